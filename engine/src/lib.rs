@@ -1,0 +1,21 @@
+//! Spate's storage engine: Kafka RecordBatch v2 batches in O_DIRECT segment
+//! files, with group commit, a tail cache and crash recovery.
+//!
+//! The engine knows nothing of sockets, flatbuffers or replication; see
+//! ARCHITECTURE.md at the repository root.
+
+pub mod batch;
+pub mod cache;
+pub mod checkpoint;
+pub mod error;
+pub mod index;
+pub mod io;
+pub mod limits;
+pub mod log;
+mod recovery;
+mod segment;
+pub mod varint;
+
+pub use cache::TailCache;
+pub use error::LogError;
+pub use log::{AppendInfo, AppendTicket, Clock, Durability, LogConfig, PartitionLog, ReadBound, ReadOutput};

@@ -1,0 +1,62 @@
+//! Every limit the engine enforces, in one place, with the relationships
+//! between them checked at compile time.
+
+/// Alignment of every O_DIRECT position and length. The device reports 512,
+/// but 4096 matches the page size and every disk we run on.
+pub const IO_ALIGN_BYTES: u64 = 4096;
+
+/// Largest single write submitted to the disk. A flush is cut into chunks of
+/// this size and the chunks are submitted together, so the device sees
+/// several writes in flight (the limits file measures 1 MiB at iodepth 8).
+pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How many chunk writes one flush keeps in flight at once.
+pub const WRITES_IN_FLIGHT_MAX: usize = 8;
+
+/// Bytes one group-commit cycle takes from the pending queue. Bounds the
+/// memory a cycle pins and the ack latency of the first append in it. A
+/// cycle always takes at least one batch, however large.
+pub const FLUSH_CYCLE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Size of one read from a segment file when scanning or serving a fetch.
+pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The largest batch any configuration may allow (max.message.bytes).
+pub const BATCH_BYTES_MAX_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Positions in the offset index are u32, so a segment can never be larger.
+pub const SEGMENT_BYTES_MAX_LIMIT: u64 = u32::MAX as u64;
+
+/// Offsets in the offset index are relative to the segment base and stored
+/// as u32, so a segment rolls before its offsets span more than this.
+pub const SEGMENT_OFFSET_SPAN_MAX: i64 = u32::MAX as i64;
+
+/// Size of one `.index` entry: relative offset u32 + position u32.
+pub const INDEX_ENTRY_BYTES: usize = 8;
+
+/// Size of one `.timeindex` entry: timestamp i64 + relative offset u32.
+pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
+
+/// Most entries the leader-epoch checkpoint may hold; a longer file is
+/// rejected as corrupt rather than allocated.
+pub const EPOCH_ENTRIES_MAX: usize = 1 << 20;
+
+/// How many index entries recovery tries, newest first, before scanning a
+/// segment from its start.
+pub const RECOVERY_INDEX_PROBES_MAX: usize = 16;
+
+const _: () = assert!(IO_ALIGN_BYTES.is_power_of_two());
+const _: () = assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!((READ_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!(FLUSH_CYCLE_BYTES_MAX >= WRITE_CHUNK_BYTES);
+const _: () = assert!((BATCH_BYTES_MAX_LIMIT as u64) < SEGMENT_BYTES_MAX_LIMIT);
+
+/// Rounds `value` down to the I/O alignment.
+pub const fn align_down(value: u64) -> u64 {
+    value & !(IO_ALIGN_BYTES - 1)
+}
+
+/// Rounds `value` up to the I/O alignment.
+pub const fn align_up(value: u64) -> u64 {
+    (value + IO_ALIGN_BYTES - 1) & !(IO_ALIGN_BYTES - 1)
+}

@@ -1,0 +1,1181 @@
+//! The partition log: an ordered set of segments on one shard, with offset
+//! assignment, group commit, reads, truncation and retention.
+//!
+//! Lives on the shard that owns the partition; nothing here is `Send`.
+//!
+//! An append is two-phase, as Redpanda's produce path: [`PartitionLog::append`]
+//! fixes the batch's offsets and order synchronously and returns an
+//! [`AppendTicket`]; awaiting the ticket completes once the bytes are durable
+//! under the log's [`Durability`]. A single flusher task per log writes
+//! everything dispatched since its last cycle in one write (chunked, several
+//! in flight) and one fdatasync, so appends that arrive while a cycle is in
+//! flight share the next one (group commit).
+//!
+//! Offsets obey, asserted on change:
+//!   log_start <= high_watermark <= log_end, and
+//!   synced <= written <= log_end (all exclusive ends).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::{StreamExt, TryStreamExt};
+use glommio::sync::Semaphore;
+
+use crate::batch::{self, BatchInfo};
+use crate::cache::{LogId, TailCache};
+use crate::checkpoint::LeaderEpochCache;
+use crate::error::{LogError, Result};
+use crate::io::{IoBuf, Storage, StorageFile, write_file_atomic};
+use crate::limits::{
+    BATCH_BYTES_MAX_LIMIT, FLUSH_CYCLE_BYTES_MAX, IO_ALIGN_BYTES, SEGMENT_BYTES_MAX_LIMIT, SEGMENT_OFFSET_SPAN_MAX,
+    WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
+};
+use crate::segment::{self, Segment};
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fdatasync before the ack: an acknowledged batch survives power loss.
+    Always,
+    /// Ack once written to the device; fdatasync at most this often.
+    IntervalMs(u64),
+    /// Ack once written to the device; the OS and device decide when it is
+    /// durable (fdatasync only at roll and close).
+    Never,
+}
+
+/// Milliseconds since the epoch; a seam so tests can move time.
+#[derive(Clone)]
+pub struct Clock(Rc<dyn Fn() -> i64>);
+
+impl Clock {
+    pub fn new(now_ms: impl Fn() -> i64 + 'static) -> Self {
+        Clock(Rc::new(now_ms))
+    }
+
+    pub fn system() -> Self {
+        Clock::new(|| {
+            let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            since_epoch.as_millis() as i64
+        })
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Roll to a new segment before this size (Kafka's segment.bytes).
+    pub segment_bytes_max: u64,
+    /// Roll a segment older than this (Kafka's segment.ms).
+    pub segment_ms: i64,
+    /// One sparse index entry per this many bytes of log.
+    pub index_interval_bytes: u64,
+    /// Largest batch accepted (Kafka's max.message.bytes).
+    pub batch_bytes_max: usize,
+    pub durability: Durability,
+    /// Delete sealed segments whose newest record is older (retention.ms).
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest sealed segments while the log is larger
+    /// (retention.bytes).
+    pub retention_bytes: Option<u64>,
+    /// Disk blocks reserved ahead of the write position.
+    pub preallocate_bytes: u64,
+    /// With one replica the high watermark follows acknowledged appends;
+    /// replication turns this off and moves it itself.
+    pub high_watermark_follows_acks: bool,
+    pub clock: Clock,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes_max: 1 << 30,
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
+            index_interval_bytes: 32 * 1024,
+            batch_bytes_max: 4 * 1024 * 1024,
+            durability: Durability::Always,
+            retention_ms: Some(7 * 24 * 60 * 60 * 1000),
+            retention_bytes: None,
+            preallocate_bytes: 32 * 1024 * 1024,
+            high_watermark_follows_acks: true,
+            clock: Clock::system(),
+        }
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<()> {
+        if self.segment_bytes_max < IO_ALIGN_BYTES || self.segment_bytes_max > SEGMENT_BYTES_MAX_LIMIT {
+            return Err(LogError::InvalidConfig("segment_bytes_max must be in [4096, 4 GiB)"));
+        }
+        if self.batch_bytes_max == 0 || self.batch_bytes_max > BATCH_BYTES_MAX_LIMIT {
+            return Err(LogError::InvalidConfig("batch_bytes_max must be in [1, 64 MiB]"));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(LogError::InvalidConfig("index_interval_bytes must be positive"));
+        }
+        if self.segment_ms <= 0 {
+            return Err(LogError::InvalidConfig("segment_ms must be positive"));
+        }
+        if let Durability::IntervalMs(0) = self.durability {
+            return Err(LogError::InvalidConfig("flush interval must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Which offsets a read may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBound {
+    /// Consumers: committed data only.
+    HighWatermark,
+    /// Followers: everything appended.
+    LogEnd,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReadOutput {
+    /// Whole batches, in offset order, contiguous.
+    pub batches: Vec<Bytes>,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+}
+
+/// Offsets given to an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// An append whose order is fixed; await [`AppendTicket::durable`] for the
+/// ack under the log's durability policy.
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only once its ticket completes"]
+pub struct AppendTicket {
+    pub info: AppendInfo,
+    done: oneshot::Receiver<Result<()>>,
+}
+
+impl AppendTicket {
+    pub async fn durable(self) -> Result<AppendInfo> {
+        match self.done.await {
+            Ok(Ok(())) => Ok(self.info),
+            Ok(Err(err)) => Err(err),
+            Err(oneshot::Canceled) => Err(LogError::Closed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+/// A dispatched batch not yet written.
+#[derive(Debug)]
+struct Pending {
+    segment_base: i64,
+    position: u64,
+    last_offset: i64,
+    bytes: Bytes,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    /// Completes when the ack point reaches this offset (exclusive end).
+    offset_end: i64,
+    /// Needs an fdatasync whatever the policy (an explicit flush).
+    needs_sync: bool,
+    done: oneshot::Sender<Result<()>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct LogState<F> {
+    segments: BTreeMap<i64, Segment<F>>,
+    log_start_offset: i64,
+    log_end_offset: i64,
+    written_offset: i64,
+    synced_offset: i64,
+    high_watermark: i64,
+    pending: VecDeque<Pending>,
+    waiters: VecDeque<Waiter>,
+    epochs: LeaderEpochCache,
+    epochs_dirty: bool,
+    sync_requested: bool,
+    last_sync_ms: i64,
+    failed: Option<LogError>,
+    closed: bool,
+    truncating: bool,
+}
+
+impl<F> LogState<F> {
+    /// The state of a log just recovered: everything on disk is written,
+    /// synced and, with one replica, committed.
+    pub(crate) fn recovered(segments: BTreeMap<i64, Segment<F>>, epochs: LeaderEpochCache, now_ms: i64) -> Self {
+        let log_start_offset = segments.keys().next().copied().unwrap_or(0);
+        let log_end_offset = segments.values().next_back().map_or(0, |segment| segment.next_offset);
+        let state = LogState {
+            segments,
+            log_start_offset,
+            log_end_offset,
+            written_offset: log_end_offset,
+            synced_offset: log_end_offset,
+            high_watermark: log_end_offset,
+            pending: VecDeque::new(),
+            waiters: VecDeque::new(),
+            epochs,
+            epochs_dirty: false,
+            sync_requested: false,
+            last_sync_ms: now_ms,
+            failed: None,
+            closed: false,
+            truncating: false,
+        };
+        state.check_offsets();
+        state
+    }
+
+    fn check_offsets(&self) {
+        assert!(self.log_start_offset <= self.high_watermark, "log start above high watermark");
+        assert!(self.high_watermark <= self.log_end_offset, "high watermark above log end");
+        assert!(self.synced_offset <= self.written_offset, "synced above written");
+        assert!(self.written_offset <= self.log_end_offset, "written above log end");
+    }
+
+    fn active(&self) -> &Segment<F> {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment<F> {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+}
+
+/// Wakes the flusher; one waiter, level-triggered.
+#[derive(Debug, Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn wait(self: &Rc<Self>) -> NotifyWait {
+        NotifyWait(self.clone())
+    }
+}
+
+struct NotifyWait(Rc<Notify>);
+
+impl Future for NotifyWait {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            return Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+struct LogInner<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    cache: Rc<TailCache>,
+    log_id: LogId,
+    state: RefCell<LogState<S::File>>,
+    /// Serialises flush cycles, truncation, retention and close.
+    io_lock: Semaphore,
+    wake: Rc<Notify>,
+    flusher_done: RefCell<Option<oneshot::Receiver<()>>>,
+}
+
+/// A partition's log. Cheap to clone; all clones are the same log.
+pub struct PartitionLog<S: Storage> {
+    inner: Rc<LogInner<S>>,
+}
+
+impl<S: Storage> Clone for PartitionLog<S> {
+    fn clone(&self) -> Self {
+        PartitionLog { inner: self.inner.clone() }
+    }
+}
+
+impl<S: Storage> fmt::Debug for PartitionLog<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.state.borrow();
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.inner.dir)
+            .field("log_start_offset", &state.log_start_offset)
+            .field("high_watermark", &state.high_watermark)
+            .field("log_end_offset", &state.log_end_offset)
+            .finish()
+    }
+}
+
+pub(crate) const EPOCH_CHECKPOINT_NAME: &str = "leader-epoch-checkpoint";
+
+impl<S: Storage> PartitionLog<S> {
+    /// Opens (recovering) or creates the log in `dir` and starts its flusher
+    /// on the current executor.
+    pub async fn open(storage: S, dir: impl Into<PathBuf>, config: LogConfig, cache: Rc<TailCache>) -> Result<Self> {
+        config.validate()?;
+        let dir = dir.into();
+        let state = crate::recovery::recover(&storage, &dir, &config).await?;
+        let log_id = cache.register_log();
+        let inner = Rc::new(LogInner {
+            storage,
+            dir,
+            config,
+            cache,
+            log_id,
+            state: RefCell::new(state),
+            io_lock: Semaphore::new(1),
+            wake: Rc::new(Notify::default()),
+            flusher_done: RefCell::new(None),
+        });
+        let (done_tx, done_rx) = oneshot::channel();
+        *inner.flusher_done.borrow_mut() = Some(done_rx);
+        glommio::spawn_local(run_flusher(Rc::downgrade(&inner), inner.wake.clone(), done_tx)).detach();
+        Ok(PartitionLog { inner })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner.state.borrow().log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.state.borrow().log_end_offset
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.inner.state.borrow().high_watermark
+    }
+
+    /// Total bytes of the log's segments, written or not.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.borrow().segments.values().map(|segment| segment.dispatched_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().segments.len()
+    }
+
+    pub fn leader_epochs(&self) -> LeaderEpochCache {
+        self.inner.state.borrow().epochs.clone()
+    }
+
+    /// The error that stopped this log's writes, if any.
+    pub fn failure(&self) -> Option<LogError> {
+        self.inner.state.borrow().failed.clone()
+    }
+
+    /// Moves the high watermark (replication). It never passes the written
+    /// log end and never goes back.
+    pub fn set_high_watermark(&self, high_watermark: i64) {
+        let mut state = self.inner.state.borrow_mut();
+        let bounded = high_watermark.min(state.written_offset);
+        state.high_watermark = state.high_watermark.max(bounded);
+        state.check_offsets();
+    }
+
+    /// Phase one of an append: validates the batch, assigns its offsets and
+    /// leader epoch (written into the header, outside the CRC) and queues it
+    /// for the next group commit. The order of appends is the order of calls.
+    pub fn append(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendTicket> {
+        let inner = &self.inner;
+        let mut state = inner.state.borrow_mut();
+        if let Some(cause) = &state.failed {
+            return Err(LogError::Failed { dir: inner.dir.clone(), cause: Box::new(cause.clone()) });
+        }
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        if state.truncating {
+            return Err(LogError::Truncating);
+        }
+        let mut info = batch::validate_produce(&batch, inner.config.batch_bytes_max)?;
+        let base_offset = state.log_end_offset;
+        info.base_offset = base_offset;
+        batch::set_base_offset(&mut batch, base_offset)?;
+        batch::set_partition_leader_epoch(&mut batch, leader_epoch)?;
+        info.partition_leader_epoch = leader_epoch;
+        if state.epochs.assign(leader_epoch, base_offset) {
+            state.epochs_dirty = true;
+        }
+        inner.roll_if_needed(&mut state, &info);
+        let segment = state.active_mut();
+        let position = segment.dispatched_bytes;
+        let segment_base = segment.base_offset;
+        segment.record_batch(position, &info, inner.config.index_interval_bytes);
+        let bytes = batch.freeze();
+        let last_offset = info.last_offset();
+        inner.cache.insert_pinned(inner.log_id, base_offset, last_offset, bytes.clone());
+        state.pending.push_back(Pending { segment_base, position, last_offset, bytes });
+        state.log_end_offset = last_offset + 1;
+        let (done_tx, done_rx) = oneshot::channel();
+        state.waiters.push_back(Waiter { offset_end: last_offset + 1, needs_sync: false, done: done_tx });
+        state.check_offsets();
+        drop(state);
+        inner.wake.notify();
+        Ok(AppendTicket { info: AppendInfo { base_offset, last_offset }, done: done_rx })
+    }
+
+    /// Appends and waits for the ack.
+    pub async fn append_durable(&self, batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
+        self.append(batch, leader_epoch)?.durable().await
+    }
+
+    /// Waits until everything appended so far is written and fdatasync'ed,
+    /// whatever the durability policy.
+    pub async fn flush(&self) -> Result<()> {
+        let done = {
+            let mut state = self.inner.state.borrow_mut();
+            if let Some(cause) = &state.failed {
+                return Err(LogError::Failed { dir: self.inner.dir.clone(), cause: Box::new(cause.clone()) });
+            }
+            if state.synced_offset == state.log_end_offset && state.pending.is_empty() {
+                return Ok(());
+            }
+            let (done_tx, done_rx) = oneshot::channel();
+            let offset_end = state.log_end_offset;
+            state.waiters.push_back(Waiter { offset_end, needs_sync: true, done: done_tx });
+            state.sync_requested = true;
+            done_rx
+        };
+        self.inner.wake.notify();
+        match done.await {
+            Ok(result) => result,
+            Err(oneshot::Canceled) => Err(LogError::Closed),
+        }
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, up
+    /// to `bytes_max` bytes (at least one batch when any is readable).
+    pub async fn read(&self, offset: i64, bytes_max: usize, bound: ReadBound) -> Result<ReadOutput> {
+        let inner = &self.inner;
+        let (mut output, offset_end) = {
+            let state = inner.state.borrow();
+            let output = ReadOutput {
+                batches: Vec::new(),
+                log_start_offset: state.log_start_offset,
+                high_watermark: state.high_watermark,
+                log_end_offset: state.log_end_offset,
+            };
+            if offset < state.log_start_offset || offset > state.log_end_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start_offset: state.log_start_offset,
+                    log_end_offset: state.log_end_offset,
+                });
+            }
+            let offset_end = match bound {
+                ReadBound::HighWatermark => state.high_watermark,
+                ReadBound::LogEnd => state.log_end_offset,
+            };
+            (output, offset_end)
+        };
+        if offset >= offset_end {
+            return Ok(output);
+        }
+        let cached = inner.cache.read(inner.log_id, offset, offset_end, bytes_max);
+        if !cached.batches.is_empty() {
+            output.batches = cached.batches;
+            return Ok(output);
+        }
+        output.batches = inner.read_from_segments(offset, offset_end, bytes_max).await?;
+        Ok(output)
+    }
+
+    /// The offset of the first record with a timestamp >= `timestamp_ms`
+    /// below the high watermark, or `None` if there is none (Kafka's
+    /// ListOffsets by timestamp).
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        let start = {
+            let state = self.inner.state.borrow();
+            let segment = state.segments.values().find(|segment| segment.max_timestamp_ms >= timestamp_ms);
+            match segment {
+                None => return Ok(None),
+                Some(segment) => {
+                    let relative = segment.time_index.floor_below(timestamp_ms).map_or(0, |e| e.relative_offset);
+                    (segment.base_offset + i64::from(relative)).max(state.log_start_offset)
+                }
+            }
+        };
+        let mut offset = start;
+        loop {
+            let output = self.read(offset, 1 << 20, ReadBound::HighWatermark).await?;
+            if output.batches.is_empty() {
+                return Ok(None);
+            }
+            for bytes in &output.batches {
+                let header = batch::peek_header(bytes)?;
+                let last_offset = header.base_offset.get() + i64::from(header.last_offset_delta.get());
+                if header.max_timestamp.get() >= timestamp_ms {
+                    return Ok(Some(first_record_at_or_after(bytes, timestamp_ms)?.max(offset)));
+                }
+                offset = last_offset + 1;
+            }
+        }
+    }
+
+    /// Removes every record at or after `offset` (replication's divergence
+    /// repair). Whole batches go: if `offset` falls inside a batch, the log
+    /// ends before that batch. Returns the new log end offset.
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64> {
+        let inner = &self.inner;
+        let _permit = loop {
+            self.flush().await?;
+            let permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+            let mut state = inner.state.borrow_mut();
+            if state.pending.is_empty() {
+                state.truncating = true;
+                break permit;
+            }
+        };
+        let result = inner.truncate_locked(offset).await;
+        inner.state.borrow_mut().truncating = false;
+        if let Err(err) = &result {
+            inner.fail(err.clone());
+        }
+        result
+    }
+
+    /// Deletes whole sealed segments past retention time or size, all of
+    /// them below the high watermark, and moves the log start offset.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        let inner = &self.inner;
+        let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        let doomed = inner.detach_expired_segments(now_ms);
+        let mut outcome = RetentionOutcome::default();
+        for segment in &doomed {
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += segment.written_bytes;
+            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+                remove_if_exists(&inner.storage, &path).await?;
+            }
+        }
+        if !doomed.is_empty() {
+            inner.storage.sync_dir(&inner.dir).await.map_err(|err| LogError::io("sync dir", &inner.dir, err))?;
+            tracing::info!(dir = %inner.dir.display(), segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
+                log_start_offset = self.log_start_offset(), "retention deleted segments");
+        }
+        Ok(outcome)
+    }
+
+    /// Runs retention every `interval` in the background on this shard, in
+    /// the given task queue, until the log is closed.
+    pub fn spawn_retention(&self, interval: Duration, queue: glommio::TaskQueueHandle) -> Result<()> {
+        let weak = Rc::downgrade(&self.inner);
+        let task = async move {
+            loop {
+                glommio::timer::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { break };
+                let log = PartitionLog { inner };
+                if log.inner.state.borrow().closed {
+                    break;
+                }
+                let now_ms = log.inner.config.clock.now_ms();
+                if let Err(err) = log.enforce_retention(now_ms).await {
+                    tracing::error!(dir = %log.dir().display(), error = %err, "retention failed");
+                }
+            }
+        };
+        glommio::spawn_local_into(task, queue)
+            .map(|task| task.detach())
+            .map(|_| ())
+            .map_err(|_| LogError::InvalidConfig("no such task queue for retention"))
+    }
+
+    /// Writes and syncs everything, persists the active segment's indexes,
+    /// and stops the flusher. Appends after close fail with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.state.borrow_mut().closed = true;
+        inner.wake.notify();
+        let done = inner.flusher_done.borrow_mut().take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+        if let Some(cause) = inner.state.borrow().failed.clone() {
+            return Err(LogError::Failed { dir: inner.dir.clone(), cause: Box::new(cause) });
+        }
+        let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        let (file, index, time_index, paths) = {
+            let state = inner.state.borrow();
+            let active = state.active();
+            let paths = (active.log_path.clone(), active.index_path(), active.time_index_path());
+            (active.file.clone(), active.index.encode(), active.time_index.encode(), paths)
+        };
+        if let Some(file) = file {
+            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &paths.0, err))?;
+            write_file_atomic(&inner.storage, &paths.1, &index)
+                .await
+                .map_err(|err| LogError::io("write", &paths.1, err))?;
+            write_file_atomic(&inner.storage, &paths.2, &time_index)
+                .await
+                .map_err(|err| LogError::io("write", &paths.2, err))?;
+        }
+        inner.cache.drop_log(inner.log_id);
+        Ok(())
+    }
+}
+
+/// The offset of the first record of `bytes` with a timestamp at or after
+/// `timestamp_ms`; the batch's base offset when its records cannot be read
+/// without decompressing.
+fn first_record_at_or_after(bytes: &[u8], timestamp_ms: i64) -> Result<i64> {
+    let header = batch::peek_header(bytes)?;
+    let base_offset = header.base_offset.get();
+    let base_timestamp = header.base_timestamp.get();
+    let Ok(records) = batch::records(bytes) else { return Ok(base_offset) };
+    for record in records {
+        let record = record?;
+        if record.timestamp_ms(base_timestamp) >= timestamp_ms {
+            return Ok(record.offset(base_offset));
+        }
+    }
+    Ok(base_offset)
+}
+
+async fn remove_if_exists<S: Storage>(storage: &S, path: &Path) -> Result<()> {
+    match storage.remove(path).await {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(LogError::io("remove", path, err)),
+    }
+}
+
+/// What one flush cycle does, decided under a borrow of the state.
+struct CyclePlan<F> {
+    segment_base: i64,
+    log_path: PathBuf,
+    file: Option<Rc<F>>,
+    /// Pending entries written by this cycle (a prefix of the queue).
+    count: usize,
+    first_position: u64,
+    end_position: u64,
+    page_head: Vec<u8>,
+    batches: Vec<Bytes>,
+    last_offset: Option<i64>,
+    preallocated_bytes: u64,
+    sync: bool,
+    seal: bool,
+    epochs: Option<LeaderEpochCache>,
+}
+
+impl<S: Storage> LogInner<S> {
+    fn roll_if_needed(&self, state: &mut LogState<S::File>, info: &BatchInfo) {
+        let now_ms = self.config.clock.now_ms();
+        let active = state.active_mut();
+        let full = active.dispatched_bytes + info.batch_bytes as u64 > self.config.segment_bytes_max;
+        let old = now_ms - active.created_ms >= self.config.segment_ms;
+        let span_exhausted = info.last_offset() - active.base_offset > SEGMENT_OFFSET_SPAN_MAX;
+        if active.is_empty() || !(full || old || span_exhausted) {
+            return;
+        }
+        active.roll_requested = true;
+        let segment = Segment::new(&self.dir, info.base_offset, now_ms);
+        tracing::debug!(dir = %self.dir.display(), base_offset = info.base_offset, "rolling segment");
+        state.segments.insert(info.base_offset, segment);
+    }
+
+    fn fail(&self, err: LogError) {
+        let mut state = self.state.borrow_mut();
+        if state.failed.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %err, "log stops accepting writes");
+            state.failed = Some(err.clone());
+        }
+        let cause = Box::new(state.failed.clone().unwrap_or(err));
+        for waiter in state.waiters.drain(..) {
+            let _ = waiter.done.send(Err(LogError::Failed { dir: self.dir.clone(), cause: cause.clone() }));
+        }
+    }
+
+    /// Whether the flusher has something to do now, and if not, how long
+    /// until an interval sync falls due.
+    fn flush_work(&self) -> (bool, Option<Duration>) {
+        let state = self.state.borrow();
+        let seal_due = state.segments.values().any(|segment| segment.roll_requested && !segment.sealed);
+        if !state.pending.is_empty() || seal_due || state.sync_requested || state.epochs_dirty {
+            return (true, None);
+        }
+        match self.config.durability {
+            Durability::IntervalMs(interval_ms) if state.synced_offset < state.written_offset => {
+                let due_ms = state.last_sync_ms + interval_ms as i64 - self.config.clock.now_ms();
+                if due_ms <= 0 { (true, None) } else { (false, Some(Duration::from_millis(due_ms as u64))) }
+            }
+            _ => (false, None),
+        }
+    }
+
+    fn plan_cycle(&self) -> CyclePlan<S::File> {
+        let state = self.state.borrow();
+        // A segment waiting to be sealed comes first: nothing may reach the
+        // next segment before the previous one is complete on disk.
+        let target = state
+            .segments
+            .values()
+            .find(|segment| segment.roll_requested && !segment.sealed)
+            .unwrap_or_else(|| state.active());
+        let segment_base = target.base_offset;
+        let mut count = 0;
+        let mut bytes_total = 0;
+        let mut batches = Vec::new();
+        let mut last_offset = None;
+        for pending in state.pending.iter().take_while(|pending| pending.segment_base == segment_base) {
+            if count > 0 && bytes_total + pending.bytes.len() > FLUSH_CYCLE_BYTES_MAX {
+                break;
+            }
+            count += 1;
+            bytes_total += pending.bytes.len();
+            batches.push(pending.bytes.clone());
+            last_offset = Some(pending.last_offset);
+        }
+        if let Some(first) = state.pending.front().filter(|_| count > 0) {
+            assert_eq!(first.position, target.written_bytes, "pending batches start where the file ends");
+        }
+        let drains_segment = state.pending.get(count).is_none_or(|next| next.segment_base != segment_base);
+        let seal = target.roll_requested && drains_segment;
+        let interval_due = match self.config.durability {
+            Durability::Always => true,
+            Durability::IntervalMs(interval_ms) => {
+                self.config.clock.now_ms() - state.last_sync_ms >= interval_ms as i64
+            }
+            Durability::Never => false,
+        };
+        let unsynced = count > 0 || state.synced_offset < state.written_offset;
+        CyclePlan {
+            segment_base,
+            log_path: target.log_path.clone(),
+            file: target.file.clone(),
+            count,
+            first_position: target.written_bytes,
+            end_position: target.written_bytes + bytes_total as u64,
+            page_head: target.page_head.clone(),
+            batches,
+            last_offset,
+            preallocated_bytes: target.preallocated_bytes,
+            sync: seal || state.sync_requested || (interval_due && unsynced),
+            seal,
+            epochs: state.epochs_dirty.then(|| state.epochs.clone()),
+        }
+    }
+
+    async fn open_segment_file(&self, path: &Path) -> Result<Rc<S::File>> {
+        let file = self.storage.open(path, true).await.map_err(|err| LogError::io("create", path, err))?;
+        self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
+        Ok(Rc::new(file))
+    }
+
+    async fn flush_cycle(&self) -> Result<()> {
+        let mut plan = self.plan_cycle();
+        let file = match plan.file.clone() {
+            Some(file) => file,
+            None if plan.count == 0 && !plan.seal => {
+                // Nothing written to this segment yet; nothing to sync.
+                self.finish_cycle(plan, false);
+                return Ok(());
+            }
+            None => self.open_segment_file(&plan.log_path).await?,
+        };
+        if plan.file.is_none()
+            && let Some(segment) = self.state.borrow_mut().segments.get_mut(&plan.segment_base)
+        {
+            segment.file = Some(file.clone());
+        }
+        let path = plan.log_path.clone();
+        if plan.count > 0 {
+            let wanted = align_up(plan.end_position);
+            if wanted > plan.preallocated_bytes {
+                let target = (wanted + self.config.preallocate_bytes).min(self.config.segment_bytes_max.max(wanted));
+                file.pre_allocate(target).await.map_err(|err| LogError::io("fallocate", &path, err))?;
+                plan.preallocated_bytes = target;
+            }
+            plan.page_head = write_batches(&*file, &path, plan.first_position, &plan.page_head, &plan.batches).await?;
+        }
+        if plan.sync {
+            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
+        }
+        if plan.seal {
+            self.seal_segment(&*file, &plan).await?;
+        }
+        if let Some(epochs) = &plan.epochs {
+            let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
+            write_file_atomic(&self.storage, &path, &epochs.encode())
+                .await
+                .map_err(|err| LogError::io("write", &path, err))?;
+        }
+        let synced = plan.sync;
+        self.finish_cycle(plan, synced);
+        Ok(())
+    }
+
+    /// Cuts a complete segment to its exact size and persists its indexes.
+    async fn seal_segment(&self, file: &S::File, plan: &CyclePlan<S::File>) -> Result<()> {
+        let path = &plan.log_path;
+        file.truncate(plan.end_position).await.map_err(|err| LogError::io("truncate", path, err))?;
+        file.fdatasync().await.map_err(|err| LogError::io("fdatasync", path, err))?;
+        let (index, time_index, index_path, time_index_path) = {
+            let state = self.state.borrow();
+            let segment = &state.segments[&plan.segment_base];
+            (segment.index.encode(), segment.time_index.encode(), segment.index_path(), segment.time_index_path())
+        };
+        write_file_atomic(&self.storage, &index_path, &index)
+            .await
+            .map_err(|err| LogError::io("write", &index_path, err))?;
+        write_file_atomic(&self.storage, &time_index_path, &time_index)
+            .await
+            .map_err(|err| LogError::io("write", &time_index_path, err))
+    }
+
+    /// Publishes a completed cycle: moves offsets, unpins cached batches and
+    /// acknowledges every waiter the new ack point covers.
+    fn finish_cycle(&self, plan: CyclePlan<S::File>, synced: bool) {
+        let mut state = self.state.borrow_mut();
+        let now_ms = self.config.clock.now_ms();
+        {
+            let segment = state.segments.get_mut(&plan.segment_base).expect("planned segment exists");
+            segment.written_bytes = plan.end_position;
+            segment.page_head = plan.page_head;
+            segment.preallocated_bytes = plan.preallocated_bytes;
+            assert!(segment.written_bytes <= segment.dispatched_bytes, "wrote more than was dispatched");
+            if plan.seal {
+                segment.sealed = true;
+                segment.roll_requested = false;
+            }
+        }
+        state.pending.drain(..plan.count);
+        if let Some(last_offset) = plan.last_offset {
+            state.written_offset = last_offset + 1;
+            self.cache.unpin_through(self.log_id, last_offset);
+        }
+        if synced {
+            state.synced_offset = state.written_offset;
+            state.last_sync_ms = now_ms;
+            state.sync_requested = false;
+        }
+        if plan.epochs.is_some() {
+            state.epochs_dirty = false;
+        }
+        let ack_offset = match self.config.durability {
+            Durability::Always => state.synced_offset,
+            Durability::IntervalMs(_) | Durability::Never => state.written_offset,
+        };
+        if self.config.high_watermark_follows_acks {
+            state.high_watermark = state.high_watermark.max(ack_offset);
+        }
+        // Waiters are in offset order except explicit flushes, which may ask
+        // for a sync the ack point alone does not imply: check each.
+        let synced_offset = state.synced_offset;
+        let waiters = std::mem::take(&mut state.waiters);
+        for waiter in waiters {
+            let reached = if waiter.needs_sync { synced_offset } else { ack_offset };
+            if waiter.offset_end <= reached {
+                let _ = waiter.done.send(Ok(()));
+            } else {
+                if waiter.needs_sync {
+                    state.sync_requested = true;
+                }
+                state.waiters.push_back(waiter);
+            }
+        }
+        state.check_offsets();
+    }
+
+    async fn read_from_segments(&self, offset: i64, offset_end: i64, bytes_max: usize) -> Result<Vec<Bytes>> {
+        let mut segment_base = offset;
+        loop {
+            let (file, path, limit, (position, position_offset), next_base) = {
+                let state = self.state.borrow();
+                let Some((_, segment)) = state.segments.range(..=segment_base).next_back() else {
+                    return Ok(Vec::new());
+                };
+                let next_base = state.segments.range(segment.base_offset + 1..).next().map(|(base, _)| *base);
+                let Some(file) = segment.file.clone() else { return Ok(Vec::new()) };
+                (file, segment.log_path.clone(), segment.written_bytes, segment.start_for(offset), next_base)
+            };
+            let batches =
+                segment::read_batches(&*file, &path, limit, position, position_offset, offset, offset_end, bytes_max)
+                    .await?;
+            match next_base {
+                // Compaction can leave the rest of a segment without the
+                // offset asked for; it is then in the next one.
+                Some(next) if batches.is_empty() && next < offset_end => segment_base = next,
+                _ => return Ok(batches),
+            }
+        }
+    }
+
+    fn detach_expired_segments(&self, now_ms: i64) -> Vec<Segment<S::File>> {
+        let mut state = self.state.borrow_mut();
+        let mut total_bytes: u64 = state.segments.values().map(|segment| segment.written_bytes).sum();
+        let mut doomed = Vec::new();
+        loop {
+            let mut bases = state.segments.keys();
+            let (Some(&first), Some(&second)) = (bases.next(), bases.next()) else { break };
+            let segment = &state.segments[&first];
+            if !segment.sealed || second > state.high_watermark {
+                break;
+            }
+            let by_time = self.config.retention_ms.is_some_and(|ms| now_ms - segment.max_timestamp_ms > ms);
+            let by_size = self.config.retention_bytes.is_some_and(|max| total_bytes - segment.written_bytes >= max);
+            if !(by_time || by_size) {
+                break;
+            }
+            let Some(segment) = state.segments.remove(&first) else { break };
+            total_bytes -= segment.written_bytes;
+            state.log_start_offset = second;
+            doomed.push(segment);
+        }
+        if !doomed.is_empty() {
+            self.cache.remove_below(self.log_id, state.log_start_offset);
+        }
+        state.check_offsets();
+        doomed
+    }
+
+    async fn truncate_locked(&self, offset: i64) -> Result<i64> {
+        let (log_end_offset, log_start_offset) = {
+            let state = self.state.borrow();
+            (state.log_end_offset, state.log_start_offset)
+        };
+        if offset >= log_end_offset {
+            return Ok(log_end_offset);
+        }
+        let offset = offset.max(log_start_offset);
+        // Find the segment and the first batch that reaches `offset`.
+        let (segment_base, file, path, (position, position_offset), written_bytes) = {
+            let state = self.state.borrow();
+            let (_, segment) = state.segments.range(..=offset).next_back().expect("offset is inside the log");
+            let start = segment.start_for(offset);
+            (segment.base_offset, segment.file.clone(), segment.log_path.clone(), start, segment.written_bytes)
+        };
+        let mut cut_position = written_bytes;
+        let mut new_end = offset;
+        if let Some(file) = &file {
+            let mut found = None;
+            let mut next_offset = i64::MIN;
+            segment::scan(&**file, &path, written_bytes, position, position_offset, |position, info, _| {
+                if found.is_none() && info.last_offset() >= offset {
+                    found = Some((position, info.base_offset));
+                }
+                next_offset = info.last_offset() + 1;
+            })
+            .await?;
+            match found {
+                Some((position, base_offset)) => (cut_position, new_end) = (position, base_offset),
+                None => new_end = next_offset.max(segment_base).min(offset),
+            }
+        }
+        // Everything after the cut: later segments go, this one shrinks.
+        let later: Vec<Segment<S::File>> = {
+            let mut state = self.state.borrow_mut();
+            let later = state.segments.split_off(&(segment_base + 1));
+            later.into_values().collect()
+        };
+        for segment in &later {
+            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+                remove_if_exists(&self.storage, &path).await?;
+            }
+        }
+        let (index_path, time_index_path) = {
+            let state = self.state.borrow();
+            let segment = &state.segments[&segment_base];
+            (segment.index_path(), segment.time_index_path())
+        };
+        // The index files describe the old content; they are rebuilt at
+        // seal or close.
+        remove_if_exists(&self.storage, &index_path).await?;
+        remove_if_exists(&self.storage, &time_index_path).await?;
+        let mut page_head = Vec::new();
+        if let Some(file) = &file {
+            file.truncate(cut_position).await.map_err(|err| LogError::io("truncate", &path, err))?;
+            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
+            page_head = read_page_head(&**file, &path, cut_position).await?;
+        }
+        self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
+        let epochs = {
+            let mut state = self.state.borrow_mut();
+            let segment = state.segments.get_mut(&segment_base).expect("segment kept");
+            segment.dispatched_bytes = cut_position;
+            segment.written_bytes = cut_position;
+            segment.page_head = page_head;
+            segment.preallocated_bytes = 0;
+            segment.next_offset = new_end;
+            segment.index.truncate_to_position(cut_position as u32);
+            segment.time_index.truncate_to_offset(segment.relative(new_end));
+            segment.bytes_since_index_entry =
+                cut_position - segment.index.last().map_or(0, |entry| u64::from(entry.position));
+            segment.roll_requested = false;
+            segment.sealed = false;
+            state.log_end_offset = new_end;
+            state.written_offset = new_end;
+            state.synced_offset = new_end;
+            state.high_watermark = state.high_watermark.min(new_end);
+            state.epochs.truncate_from(new_end).then(|| state.epochs.clone())
+        };
+        self.cache.remove_from(self.log_id, new_end);
+        if let Some(epochs) = epochs {
+            let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
+            write_file_atomic(&self.storage, &path, &epochs.encode())
+                .await
+                .map_err(|err| LogError::io("write", &path, err))?;
+        }
+        tracing::info!(dir = %self.dir.display(), log_end_offset = new_end, "log truncated");
+        self.state.borrow().check_offsets();
+        Ok(new_end)
+    }
+}
+
+/// Reads the partial last page before `position`: what the next flush must
+/// write again in front of new batches.
+pub(crate) async fn read_page_head<F: StorageFile>(file: &F, path: &Path, position: u64) -> Result<Vec<u8>> {
+    let page_start = align_down(position);
+    let head_len = (position - page_start) as usize;
+    if head_len == 0 {
+        return Ok(Vec::new());
+    }
+    let page =
+        file.read_at(page_start, IO_ALIGN_BYTES as usize).await.map_err(|err| LogError::io("read", path, err))?;
+    if page.len() < head_len {
+        return Err(LogError::corruption(path, position, "file shorter than its batches"));
+    }
+    Ok(page[..head_len].to_vec())
+}
+
+/// Writes `batches` at `position`, rewriting the partial page before it from
+/// `page_head`, in aligned chunks with several in flight. Returns the new
+/// partial last page.
+async fn write_batches<F: StorageFile>(
+    file: &F,
+    path: &Path,
+    position: u64,
+    page_head: &[u8],
+    batches: &[Bytes],
+) -> Result<Vec<u8>> {
+    let start = align_down(position);
+    assert_eq!(start + page_head.len() as u64, position, "page head ends at the write position");
+    let payload_bytes: usize = batches.iter().map(Bytes::len).sum();
+    let end = position + payload_bytes as u64;
+    let write_bytes = align_up(end - start) as usize;
+    let sources = std::iter::once(page_head).chain(batches.iter().map(|bytes| &bytes[..]));
+    let mut gather = Gather::new(sources);
+    let mut writes = Vec::with_capacity(write_bytes.div_ceil(WRITE_CHUNK_BYTES));
+    let mut chunk_start = 0;
+    while chunk_start < write_bytes {
+        let chunk_bytes = WRITE_CHUNK_BYTES.min(write_bytes - chunk_start);
+        let mut buf = file.alloc_buf(chunk_bytes);
+        gather.fill(buf.as_mut_bytes());
+        writes.push((buf, start + chunk_start as u64));
+        chunk_start += chunk_bytes;
+    }
+    // The new partial page is the tail of the last chunk.
+    let tail_len = (end - align_down(end)) as usize;
+    let new_page_head = match writes.last() {
+        Some((buf, chunk_position)) if tail_len > 0 => {
+            let from = (align_down(end) - chunk_position) as usize;
+            buf.as_bytes()[from..from + tail_len].to_vec()
+        }
+        _ => Vec::new(),
+    };
+    futures::stream::iter(writes)
+        .map(|(buf, chunk_position)| file.write_at(buf, chunk_position))
+        .buffer_unordered(WRITES_IN_FLIGHT_MAX)
+        .try_for_each(|()| std::future::ready(Ok(())))
+        .await
+        .map_err(|err| LogError::io("write", path, err))?;
+    Ok(new_page_head)
+}
+
+/// Copies a sequence of byte slices into consecutive buffers; what is left
+/// of the last buffer stays zero.
+struct Gather<'a, I: Iterator<Item = &'a [u8]>> {
+    sources: I,
+    current: &'a [u8],
+}
+
+impl<'a, I: Iterator<Item = &'a [u8]>> Gather<'a, I> {
+    fn new(sources: I) -> Self {
+        Gather { sources, current: &[] }
+    }
+
+    fn fill(&mut self, mut out: &mut [u8]) {
+        while !out.is_empty() {
+            if self.current.is_empty() {
+                match self.sources.next() {
+                    Some(next) => self.current = next,
+                    None => return,
+                }
+                continue;
+            }
+            let take = self.current.len().min(out.len());
+            out[..take].copy_from_slice(&self.current[..take]);
+            self.current = &self.current[take..];
+            out = &mut out[take..];
+        }
+    }
+}
+
+async fn run_flusher<S: Storage>(weak: Weak<LogInner<S>>, wake: Rc<Notify>, done: oneshot::Sender<()>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { break };
+        let (work_now, sync_due_in) = inner.flush_work();
+        if !work_now {
+            if inner.state.borrow().closed {
+                break;
+            }
+            drop(inner);
+            match sync_due_in {
+                Some(due_in) => {
+                    let sleep = Box::pin(glommio::timer::sleep(due_in));
+                    futures::future::select(wake.wait(), sleep).await;
+                }
+                None => wake.wait().await,
+            }
+            continue;
+        }
+        let Ok(permit) = inner.io_lock.acquire_permit(1).await else { break };
+        let result = inner.flush_cycle().await;
+        drop(permit);
+        if let Err(err) = result {
+            inner.fail(err);
+            break;
+        }
+        drop(inner);
+        glommio::yield_if_needed().await;
+    }
+    let _ = done.send(());
+}

@@ -1,0 +1,206 @@
+//! Opening a log directory after a clean shutdown or a crash.
+//!
+//! - Leftover temporary files of interrupted atomic writes are removed, and
+//!   index files without a segment.
+//! - Sealed segments (all but the last) are checked from their last index
+//!   entry to their end, which must be exactly the file's end; a missing or
+//!   damaged index is rebuilt by a full scan. Damage in a sealed segment is
+//!   corruption: reported, never truncated away.
+//! - The active (last) segment is scanned from its newest index entry that
+//!   points at the batch it claims. A torn or zeroed tail is cut off; a
+//!   damaged batch with a valid one after it is corruption.
+//! - The leader-epoch checkpoint is read, or rebuilt from batch headers when
+//!   missing or damaged, and cut to the recovered log end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::batch::BATCH_HEADER_BYTES;
+use crate::checkpoint::{CHECKPOINT_BYTES_MAX, LeaderEpochCache};
+use crate::error::{LogError, Result};
+use crate::index::{OffsetIndex, TimeIndex};
+use crate::io::{Storage, StorageFile, read_file, write_file_atomic};
+use crate::limits::{INDEX_ENTRY_BYTES, RECOVERY_INDEX_PROBES_MAX, TIME_INDEX_ENTRY_BYTES};
+use crate::log::{EPOCH_CHECKPOINT_NAME, LogConfig, LogState, read_page_head};
+use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, ScanEnd, Segment, TIME_INDEX_SUFFIX, parse_segment_name};
+
+pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogConfig) -> Result<LogState<S::File>> {
+    storage.create_dir_all(dir).await.map_err(|err| LogError::io("create dir", dir, err))?;
+    let names = storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?;
+    let mut bases = Vec::new();
+    for name in &names {
+        let path = dir.join(name);
+        if name.ends_with(".tmp") {
+            storage.remove(&path).await.map_err(|err| LogError::io("remove", &path, err))?;
+            continue;
+        }
+        match parse_segment_name(name) {
+            Some((base, LOG_SUFFIX)) => bases.push(base),
+            Some((base, INDEX_SUFFIX | TIME_INDEX_SUFFIX)) => {
+                let log_name = format!("{base:020}.{LOG_SUFFIX}");
+                if !names.contains(&log_name) {
+                    storage.remove(&path).await.map_err(|err| LogError::io("remove", &path, err))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    bases.sort_unstable();
+    let now_ms = config.clock.now_ms();
+    let mut segments = BTreeMap::new();
+    let mut epochs_seen = LeaderEpochCache::default();
+    let mut next_offset = 0;
+    for (at, &base) in bases.iter().enumerate() {
+        let active = at + 1 == bases.len();
+        if base < next_offset {
+            let path = segment::segment_path(dir, base, LOG_SUFFIX);
+            return Err(LogError::corruption(path, 0, format!("segment starts at {base}, inside the previous one")));
+        }
+        let segment = recover_segment(storage, dir, base, active, config, now_ms, &mut epochs_seen).await?;
+        next_offset = segment.next_offset;
+        segments.insert(base, segment);
+    }
+    if segments.is_empty() {
+        segments.insert(0, Segment::new(dir, 0, now_ms));
+    }
+    let log_end_offset = segments.values().next_back().map_or(0, |segment| segment.next_offset);
+    let mut epochs = recover_epochs(storage, dir, &segments).await?;
+    for entry in epochs_seen.entries() {
+        epochs.assign(entry.epoch, entry.start_offset);
+    }
+    epochs.truncate_from(log_end_offset);
+    Ok(LogState::recovered(segments, epochs, now_ms))
+}
+
+async fn recover_segment<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base: i64,
+    active: bool,
+    config: &LogConfig,
+    now_ms: i64,
+    epochs_seen: &mut LeaderEpochCache,
+) -> Result<Segment<S::File>> {
+    let mut segment = Segment::new(dir, base, now_ms);
+    let path = segment.log_path.clone();
+    let file = storage.open(&path, false).await.map_err(|err| LogError::io("open", &path, err))?;
+    let file_bytes = file.size().await.map_err(|err| LogError::io("stat", &path, err))?;
+    let entries_max = file_bytes as usize / BATCH_HEADER_BYTES + 1;
+    let index_bytes = read_file(storage, &segment.index_path(), entries_max * INDEX_ENTRY_BYTES).await;
+    let time_index_bytes = read_file(storage, &segment.time_index_path(), entries_max * TIME_INDEX_ENTRY_BYTES).await;
+    let (mut index, mut time_index, mut rebuild) = match (index_bytes, time_index_bytes) {
+        (Ok(Some(index_bytes)), Ok(Some(time_index_bytes))) => {
+            let (index, index_damaged) = OffsetIndex::decode(&index_bytes, file_bytes);
+            let (time_index, time_damaged) = TimeIndex::decode(&time_index_bytes, u64::from(u32::MAX));
+            (index, time_index, index_damaged || time_damaged)
+        }
+        // Missing, unreadable or oversized index files are rebuilt.
+        _ => (OffsetIndex::default(), TimeIndex::default(), true),
+    };
+    if rebuild && !active {
+        tracing::warn!(segment = %path.display(), "rebuilding a missing or damaged index");
+        index = OffsetIndex::default();
+        time_index = TimeIndex::default();
+    }
+    // Start from the newest entry that points at the batch it claims.
+    let mut probes = 0;
+    while let Some(entry) = index.last() {
+        let expected = base + i64::from(entry.relative_offset);
+        match segment::batch_at(&file, &path, file_bytes, u64::from(entry.position)).await? {
+            Some(info) if info.base_offset == expected => break,
+            _ => {
+                index.pop();
+                rebuild = true;
+                probes += 1;
+                if probes >= RECOVERY_INDEX_PROBES_MAX {
+                    index = OffsetIndex::default();
+                }
+            }
+        }
+    }
+    let start = index.last();
+    let start_position = start.map_or(0, |entry| u64::from(entry.position));
+    segment.next_offset = base + start.map_or(0, |entry| i64::from(entry.relative_offset));
+    segment.dispatched_bytes = start_position;
+    time_index.truncate_to_offset(start.map_or(0, |entry| entry.relative_offset) + 1);
+    segment.max_timestamp_ms = time_index.entries().last().map_or(i64::MIN, |entry| entry.timestamp_ms);
+    segment.index = index;
+    segment.time_index = time_index;
+    let interval = config.index_interval_bytes;
+    let next_offset = segment.next_offset;
+    let outcome = segment::scan(&file, &path, file_bytes, start_position, next_offset, |position, info, _| {
+        segment.record_batch(position, info, interval);
+        epochs_seen.assign(info.partition_leader_epoch, info.base_offset);
+    })
+    .await?;
+    match (outcome.end.clone(), active) {
+        (ScanEnd::Clean, _) => {}
+        (ScanEnd::Corrupt { position, reason }, _) | (ScanEnd::Tail { position, reason }, false) => {
+            tracing::error!(segment = %path.display(), position, reason = %reason, "corrupt segment");
+            return Err(LogError::corruption(&path, position, reason));
+        }
+        (ScanEnd::Tail { position, reason }, true) => {
+            tracing::warn!(segment = %path.display(), position, file_bytes, reason = %reason,
+                "cutting a torn or unwritten tail off the active segment");
+            // Cut physically, so that stale bytes past the end can never
+            // be mistaken for batches by a later recovery.
+            file.truncate(position).await.map_err(|err| LogError::io("truncate", &path, err))?;
+            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
+        }
+    }
+    segment.written_bytes = outcome.end_position;
+    assert_eq!(segment.written_bytes, segment.dispatched_bytes, "scan accounted for every batch");
+    segment.page_head = read_page_head(&file, &path, outcome.end_position).await?;
+    if !active {
+        segment.sealed = true;
+        if rebuild {
+            persist_indexes(storage, &segment).await?;
+        }
+    }
+    segment.file = Some(std::rc::Rc::new(file));
+    Ok(segment)
+}
+
+async fn persist_indexes<S: Storage>(storage: &S, segment: &Segment<S::File>) -> Result<()> {
+    let index_path = segment.index_path();
+    write_file_atomic(storage, &index_path, &segment.index.encode())
+        .await
+        .map_err(|err| LogError::io("write", &index_path, err))?;
+    let time_index_path = segment.time_index_path();
+    write_file_atomic(storage, &time_index_path, &segment.time_index.encode())
+        .await
+        .map_err(|err| LogError::io("write", &time_index_path, err))
+}
+
+/// The checkpoint as stored, or rebuilt from the batch headers of every
+/// segment when it is missing (with data present) or damaged.
+async fn recover_epochs<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    segments: &BTreeMap<i64, Segment<S::File>>,
+) -> Result<LeaderEpochCache> {
+    let path = dir.join(EPOCH_CHECKPOINT_NAME);
+    let stored = match read_file(storage, &path, CHECKPOINT_BYTES_MAX).await {
+        Ok(Some(bytes)) => LeaderEpochCache::decode(&bytes).map_err(|err| err.to_string()),
+        Ok(None) => Err("missing".to_owned()),
+        Err(err) => Err(err.to_string()),
+    };
+    let has_data = segments.values().any(|segment| !segment.is_empty());
+    match stored {
+        Ok(epochs) => return Ok(epochs),
+        Err(_) if !has_data => return Ok(LeaderEpochCache::default()),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), reason = %reason, "rebuilding the leader-epoch checkpoint")
+        }
+    }
+    let mut epochs = LeaderEpochCache::default();
+    for segment in segments.values() {
+        let Some(file) = &segment.file else { continue };
+        segment::scan(&**file, &segment.log_path, segment.written_bytes, 0, segment.base_offset, |_, info, _| {
+            epochs.assign(info.partition_leader_epoch, info.base_offset);
+        })
+        .await?;
+    }
+    write_file_atomic(storage, &path, &epochs.encode()).await.map_err(|err| LogError::io("write", &path, err))?;
+    Ok(epochs)
+}

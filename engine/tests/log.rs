@@ -1,0 +1,407 @@
+//! Behaviour of the partition log a broker relies on, on the simulated disk.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use spate_engine::io::{SimStorage, Storage, TraceOp};
+use spate_engine::{Durability, LogConfig, LogError, PartitionLog, ReadBound, TailCache};
+
+#[test]
+fn appended_batches_get_consecutive_offsets_and_read_back_unchanged() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        let first = log.append_durable(batch("a", 3, 1000), 0).await.unwrap();
+        let second = log.append_durable(batch("b", 2, 1001), 0).await.unwrap();
+        assert_eq!((first.base_offset, first.last_offset), (0, 2));
+        assert_eq!((second.base_offset, second.last_offset), (3, 4));
+        assert_eq!(log.log_end_offset(), 5);
+        assert_eq!(log.high_watermark(), 5);
+        let values: Vec<_> =
+            read_all(&log, 0).await.into_iter().map(|(o, v)| (o, String::from_utf8(v).unwrap())).collect();
+        let expected: Vec<_> =
+            ["a-0", "a-1", "a-2", "b-0", "b-1"].iter().enumerate().map(|(o, v)| (o as i64, v.to_string())).collect();
+        assert_eq!(values, expected);
+        // A read from inside a batch returns the whole batch.
+        let output = log.read(4, 1 << 20, ReadBound::HighWatermark).await.unwrap();
+        assert_eq!(records(&output.batches).first().map(|r| r.0), Some(3));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn the_leader_epoch_is_stamped_in_the_header_and_kept_in_the_checkpoint() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        log.append_durable(batch("a", 2, 0), 3).await.unwrap();
+        log.append_durable(batch("b", 2, 0), 5).await.unwrap();
+        let output = log.read(2, 1 << 20, ReadBound::HighWatermark).await.unwrap();
+        let header = spate_engine::batch::peek_header(&output.batches[0]).unwrap();
+        assert_eq!(header.partition_leader_epoch.get(), 5);
+        assert_eq!(header.base_offset.get(), 2);
+        log.close().await.unwrap();
+        let log = open(&storage, &small_config()).await;
+        let epochs: Vec<_> = log.leader_epochs().entries().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(epochs, vec![(3, 0), (5, 2)]);
+    });
+}
+
+#[test]
+fn an_always_ack_comes_only_after_an_fdatasync_covering_the_batch() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        let before = storage.trace_len();
+        log.append_durable(batch("a", 1, 0), 0).await.unwrap();
+        let trace = storage.trace();
+        let ops = &trace[before..];
+        let write_at =
+            ops.iter().position(|op| matches!(op, TraceOp::Write { path, .. } if path.extension().unwrap() == "log"));
+        let sync_at =
+            ops.iter().rposition(|op| matches!(op, TraceOp::Sync { path } if path.extension().unwrap() == "log"));
+        assert!(write_at.unwrap() < sync_at.unwrap(), "the segment was written then synced before the ack: {ops:?}");
+        // What a crash keeps now contains the batch.
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        let log = open(&crashed, &small_config()).await;
+        assert_eq!(read_all(&log, 0).await.len(), 1);
+    });
+}
+
+#[test]
+fn concurrent_appends_share_fdatasyncs() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        let before = storage.trace_len();
+        let tickets: Vec<_> = (0..50).map(|i| log.append(batch(&format!("t{i}"), 1, 0), 0).unwrap()).collect();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            assert_eq!(ticket.durable().await.unwrap().base_offset, i as i64);
+        }
+        let syncs = storage.trace()[before..].iter().filter(|op| matches!(op, TraceOp::Sync { .. })).count();
+        assert!(syncs < 10, "50 appends in flight together took {syncs} fdatasyncs");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_restart_keeps_every_record_offset_and_segment() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = small_config();
+        let log = open(&storage, &config).await;
+        for i in 0..200 {
+            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
+        }
+        let before = read_all(&log, 0).await;
+        let segments = log.segment_count();
+        assert!(segments > 3, "small segments roll: {segments}");
+        log.close().await.unwrap();
+        let log = open(&storage, &config).await;
+        assert_eq!(log.segment_count(), segments);
+        assert_eq!(log.log_end_offset(), 1000);
+        assert_eq!(read_all(&log, 0).await, before);
+        // Reads from the middle, with a cold cache, go through the index.
+        let output = log.read(777, 100, ReadBound::HighWatermark).await.unwrap();
+        assert_eq!(records(&output.batches)[0].0, 775);
+        let appended = log.append_durable(batch("after", 1, 0), 0).await.unwrap();
+        assert_eq!(appended.base_offset, 1000);
+    });
+}
+
+#[test]
+fn a_restart_after_a_crash_without_close_rebuilds_indexes() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = small_config();
+        let log = open(&storage, &config).await;
+        for i in 0..100 {
+            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
+        }
+        let before = read_all(&log, 0).await;
+        drop(log);
+        // Take every index file away: recovery must rebuild them.
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        for path in crashed.paths() {
+            if path.extension().is_some_and(|ext| ext == "index" || ext == "timeindex") {
+                crashed.remove(&path).await.unwrap();
+            }
+        }
+        let log = open(&crashed, &config).await;
+        assert_eq!(read_all(&log, 0).await, before);
+        assert!(crashed.paths().iter().any(|path| path.extension().is_some_and(|ext| ext == "index")));
+        let output = log.read(333, 100, ReadBound::HighWatermark).await.unwrap();
+        assert_eq!(records(&output.batches)[0].0, 330);
+    });
+}
+
+#[test]
+fn reads_stop_at_the_high_watermark_for_consumers_and_at_the_log_end_for_followers() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { high_watermark_follows_acks: false, ..small_config() };
+        let log = open(&storage, &config).await;
+        log.append_durable(batch("a", 2, 0), 0).await.unwrap();
+        log.append_durable(batch("b", 2, 0), 0).await.unwrap();
+        assert_eq!(log.high_watermark(), 0);
+        assert!(log.read(0, 1 << 20, ReadBound::HighWatermark).await.unwrap().batches.is_empty());
+        assert_eq!(log.read(0, 1 << 20, ReadBound::LogEnd).await.unwrap().batches.len(), 2);
+        log.set_high_watermark(2);
+        assert_eq!(read_all(&log, 0).await.len(), 2);
+        log.set_high_watermark(100);
+        assert_eq!(log.high_watermark(), 4, "the high watermark never passes the log end");
+        let err = log.read(5, 100, ReadBound::LogEnd).await.unwrap_err();
+        assert!(matches!(err, LogError::OffsetOutOfRange { requested: 5, .. }));
+    });
+}
+
+#[test]
+fn offsets_are_found_by_timestamp() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        for i in 0..300 {
+            log.append_durable(batch(&format!("r{i}"), 2, 1000 + i * 10), 0).await.unwrap();
+        }
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(1000 + 150 * 10).await.unwrap(), Some(300));
+        assert_eq!(log.offset_for_timestamp(1000 + 150 * 10 - 5).await.unwrap(), Some(300));
+        assert_eq!(log.offset_for_timestamp(1_000_000).await.unwrap(), None);
+        log.close().await.unwrap();
+        let log = open(&storage, &small_config()).await;
+        assert_eq!(log.offset_for_timestamp(1000 + 250 * 10).await.unwrap(), Some(500));
+    });
+}
+
+#[test]
+fn truncation_removes_whole_batches_from_the_cut_and_survives_restart() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = small_config();
+        let log = open(&storage, &config).await;
+        for i in 0..200 {
+            log.append_durable(batch(&format!("r{i}"), 5, i), i as i32 / 50).await.unwrap();
+        }
+        // 512 is inside the batch 510..=514: that batch goes too.
+        assert_eq!(log.truncate_to(512).await.unwrap(), 510);
+        assert_eq!(log.log_end_offset(), 510);
+        assert_eq!(log.high_watermark(), 510);
+        assert_eq!(log.leader_epochs().latest_epoch(), Some(2));
+        assert_eq!(read_all(&log, 0).await.last().unwrap().0, 509);
+        let appended = log.append_durable(batch("new", 1, 0), 7).await.unwrap();
+        assert_eq!(appended.base_offset, 510);
+        log.close().await.unwrap();
+        let log = open(&storage, &config).await;
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 511);
+        assert_eq!(all.last().unwrap(), &(510, b"new-0".to_vec()));
+        assert_eq!(log.leader_epochs().latest_epoch(), Some(7));
+    });
+}
+
+#[test]
+fn retention_deletes_old_segments_and_moves_the_log_start() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { retention_bytes: Some(200 * 1024), segment_bytes_max: 64 * 1024, ..small_config() };
+        let log = open(&storage, &config).await;
+        for i in 0..100 {
+            log.append_durable(sized_batch(4000, i as u8, i * 1000), 0).await.unwrap();
+        }
+        let size_before = log.size_bytes();
+        let outcome = log.enforce_retention(0).await.unwrap();
+        assert!(outcome.segments_deleted > 0);
+        assert!(log.size_bytes() < 200 * 1024 + 64 * 1024, "size {} after retention", log.size_bytes());
+        assert!(log.size_bytes() + outcome.bytes_deleted == size_before);
+        let start = log.log_start_offset();
+        assert!(start > 0);
+        assert!(matches!(log.read(0, 100, ReadBound::HighWatermark).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert_eq!(read_all(&log, start).await.len() as i64, 100 - start);
+        log.close().await.unwrap();
+        let log = open(&storage, &config).await;
+        assert_eq!(log.log_start_offset(), start);
+    });
+}
+
+#[test]
+fn retention_by_time_keeps_the_active_segment() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { retention_ms: Some(10_000), segment_bytes_max: 64 * 1024, ..small_config() };
+        let log = open(&storage, &config).await;
+        for i in 0..60 {
+            log.append_durable(sized_batch(4000, 1, i * 1000), 0).await.unwrap();
+        }
+        // Now = 65 s: records older than 55 s (timestamps < 55_000) may go.
+        log.enforce_retention(65_000).await.unwrap();
+        let start = log.log_start_offset();
+        assert!(start > 0 && start <= 55, "log start {start}");
+        log.enforce_retention(i64::MAX / 2).await.unwrap();
+        assert!(log.log_end_offset() - log.log_start_offset() > 0, "the active segment stays");
+    });
+}
+
+#[test]
+fn an_fdatasync_error_fails_the_waiting_appends_and_every_later_one() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        log.append_durable(batch("ok", 1, 0), 0).await.unwrap();
+        storage.fail_sync_at(0);
+        let err = log.append_durable(batch("lost", 1, 0), 0).await.unwrap_err();
+        assert!(matches!(err, LogError::Failed { .. }), "{err}");
+        // The next fdatasync would succeed; the log must not trust it.
+        let err = log.append(batch("later", 1, 0), 0).unwrap_err();
+        assert!(matches!(err, LogError::Failed { .. }), "{err}");
+        assert_eq!(log.high_watermark(), 1, "nothing unsynced became visible");
+        assert!(log.failure().is_some());
+        assert!(log.close().await.is_err());
+        // After a restart the acknowledged record is there.
+        let log = open(&storage.crash(spate_engine::io::CrashMode::DropUnsynced), &small_config()).await;
+        assert_eq!(read_all(&log, 0).await, vec![(0, b"ok-0".to_vec())]);
+    });
+}
+
+#[test]
+fn a_write_error_stops_acknowledgements_too() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &LogConfig { durability: Durability::Never, ..small_config() }).await;
+        storage.fail_write_at(0);
+        assert!(log.append_durable(batch("x", 1, 0), 0).await.is_err());
+        assert!(log.append(batch("y", 1, 0), 0).is_err());
+    });
+}
+
+#[test]
+fn malformed_batches_are_refused_with_a_typed_error_and_nothing_is_written() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &LogConfig { batch_bytes_max: 10_000, ..small_config() }).await;
+        let mut bad_crc = batch("a", 2, 0);
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        assert!(matches!(log.append(bad_crc, 0), Err(LogError::InvalidBatch(_))));
+        let mut bad_magic = batch("a", 2, 0);
+        bad_magic[16] = 1;
+        assert!(matches!(log.append(bad_magic, 0), Err(LogError::InvalidBatch(_))));
+        assert!(matches!(log.append(sized_batch(20_000, 0, 0), 0), Err(LogError::InvalidBatch(_))));
+        let truncated = batch("a", 2, 0).split_to(40);
+        assert!(matches!(log.append(truncated, 0), Err(LogError::InvalidBatch(_))));
+        assert_eq!(log.log_end_offset(), 0);
+        log.append_durable(batch("good", 1, 0), 0).await.unwrap();
+        assert_eq!(read_all(&log, 0).await.len(), 1);
+    });
+}
+
+#[test]
+fn interval_and_never_policies_ack_after_the_write_without_waiting_for_a_sync() {
+    for durability in [Durability::IntervalMs(60_000), Durability::Never] {
+        run(async {
+            let storage = SimStorage::new();
+            let log = open(&storage, &LogConfig { durability, ..small_config() }).await;
+            log.append_durable(batch("a", 1, 0), 0).await.unwrap();
+            let log_syncs = storage
+                .trace()
+                .iter()
+                .filter(|op| matches!(op, TraceOp::Sync { path } if path.extension().unwrap() == "log"))
+                .count();
+            assert_eq!(log_syncs, 0, "{durability:?} synced the segment before acking");
+            // An explicit flush syncs whatever the policy.
+            log.flush().await.unwrap();
+            let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+            assert_eq!(read_all(&open(&crashed, &small_config()).await, 0).await.len(), 1);
+        });
+    }
+}
+
+#[test]
+fn the_interval_policy_syncs_in_the_background() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &LogConfig { durability: Durability::IntervalMs(20), ..small_config() }).await;
+        log.append_durable(batch("a", 1, 0), 0).await.unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        let syncs = storage.trace().iter().filter(|op| matches!(op, TraceOp::Sync { .. })).count();
+        assert!(syncs >= 1, "no background fdatasync after 10 intervals");
+    });
+}
+
+#[test]
+fn a_corrupt_batch_in_a_sealed_segment_is_reported_and_never_served() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = small_config();
+        let log = open(&storage, &config).await;
+        for i in 0..100 {
+            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
+        }
+        log.close().await.unwrap();
+        let first = storage.paths().into_iter().find(|p| p.extension().unwrap() == "log").unwrap();
+        // A bit inside the first segment, well past its header region.
+        assert!(storage.flip_bit(&first, 5000, 3));
+        let log = open(&storage, &config).await;
+        let err = log.read(0, 64 * 1024, ReadBound::HighWatermark).await.unwrap_err();
+        assert!(matches!(err, LogError::Corruption { .. }), "{err}");
+        // Data elsewhere is still served.
+        let tail = log.read(400, 1000, ReadBound::HighWatermark).await.unwrap();
+        assert!(!tail.batches.is_empty());
+    });
+}
+
+#[test]
+fn a_corrupt_batch_in_the_middle_of_the_active_segment_fails_open_instead_of_truncating() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { segment_bytes_max: 1 << 20, ..small_config() };
+        let log = open(&storage, &config).await;
+        for i in 0..20 {
+            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
+        }
+        drop(log);
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        let segment = crashed.paths().into_iter().find(|p| p.extension().unwrap() == "log").unwrap();
+        assert!(crashed.flip_bit(&segment, 200, 0));
+        let err =
+            PartitionLog::open(crashed.clone(), log_dir(), config.clone(), TailCache::new(1 << 20)).await.unwrap_err();
+        assert!(matches!(err, LogError::Corruption { .. }), "{err}");
+        assert!(crashed.contents(&segment).unwrap().len() > 1000, "nothing was cut off");
+    });
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { durability: Durability::Never, segment_bytes_max: 1 << 20, ..small_config() };
+        let log = open(&storage, &config).await;
+        for i in 0..10 {
+            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        // Three pages long, so a tear after the first page cuts it.
+        log.append_durable(sized_batch(10_000, 9, 0), 0).await.unwrap();
+        drop(log);
+        // The last write reached the disk only in part.
+        let crashed = storage.crash(spate_engine::io::CrashMode::TearNewestWrite { keep_bytes: 4096 + 100 });
+        let log = open(&crashed, &config).await;
+        assert_eq!(log.log_end_offset(), 50);
+        log.append_durable(batch("next", 1, 0), 0).await.unwrap();
+        log.close().await.unwrap();
+        let log = open(&crashed, &config).await;
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 51);
+        assert_eq!(all[50], (50, b"next-0".to_vec()));
+    });
+}
+
+#[test]
+fn appends_after_close_are_refused() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        log.close().await.unwrap();
+        assert!(matches!(log.append(batch("a", 1, 0), 0), Err(LogError::Closed)));
+    });
+}
