@@ -71,3 +71,25 @@ fn the_never_policy_on_a_real_disk_keeps_data_written_before_close() {
         assert_eq!(read_all(&log, 0).await.len(), 1000);
     });
 }
+
+#[test]
+fn a_log_in_a_relative_directory_rolls_and_syncs_its_directory() {
+    let absolute = disk_dir("disk-relative");
+    let cwd = std::env::current_dir().unwrap();
+    // Up to the root, then down to the directory: relative whatever the cwd.
+    let mut relative = std::path::PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        relative.push("..");
+    }
+    relative.push(absolute.strip_prefix("/").unwrap());
+    assert!(relative.is_relative());
+    run(async {
+        let config = LogConfig { segment_bytes_max: 64 * 1024, ..disk_config() };
+        let log = PartitionLog::open(DmaStorage, &relative, config, TailCache::new(1 << 20)).await.unwrap();
+        for i in 0..100 {
+            log.append_durable(sized_batch(2000, i as u8, 0), 0).await.unwrap();
+        }
+        assert!(log.segment_count() > 1);
+        log.close().await.unwrap();
+    });
+}

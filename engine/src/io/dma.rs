@@ -105,7 +105,11 @@ impl Storage for DmaStorage {
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let directory = glommio::io::Directory::open(dir).await.map_err(to_io)?;
+        // glommio's Directory::open hands a relative path to openat with
+        // dirfd -1 (EBADF); its file opens resolve relative paths, this
+        // does not, so resolve it here.
+        let dir = std::path::absolute(dir)?;
+        let directory = glommio::io::Directory::open(&dir).await.map_err(to_io)?;
         directory.sync().await.map_err(to_io)?;
         directory.close().await.map_err(to_io)
     }
