@@ -144,7 +144,11 @@ impl Report {
         let a = &self.args;
         let m = &self.machine;
         let _ = writeln!(out, "# Engine append benchmark ({}, commit {})\n", self.date, self.commit);
-        let _ = writeln!(out, "Machine: {} cores, {}, kernel {}, {} on {}.", m.cores, m.cpu, m.kernel, m.filesystem, m.disk);
+        let _ = writeln!(
+            out,
+            "Machine: {} cores, {}, kernel {}, {} on {}.",
+            m.cores, m.cpu, m.kernel, m.filesystem, m.disk
+        );
         let _ = writeln!(
             out,
             "Parameters: {} records x {} B per batch, {} MB per measurement, {} appends in flight, executor pinned to cpu {}.\n",
@@ -154,14 +158,25 @@ impl Report {
             a.in_flight,
             a.cpu
         );
-        let _ = writeln!(out, "| measurement | MB/s | records/s | ratio to raw | p50 us | p90 us | p99 us | p99.9 us | max us |");
+        let _ = writeln!(
+            out,
+            "| measurement | MB/s | records/s | ratio to raw | p50 us | p90 us | p99 us | p99.9 us | max us |"
+        );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         let _ = writeln!(out, "| raw O_DIRECT write + 1 fdatasync | {:.0} | | 1.00 | | | | | |", self.raw.mb_per_s);
         for r in &self.results {
             let _ = writeln!(
                 out,
                 "| engine, durability {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
-                r.policy, r.mb_per_s, r.records_per_s, r.ratio_to_raw, r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
+                r.policy,
+                r.mb_per_s,
+                r.records_per_s,
+                r.ratio_to_raw,
+                r.p50_us,
+                r.p90_us,
+                r.p99_us,
+                r.p999_us,
+                r.max_us
             );
         }
         let _ = writeln!(

@@ -13,10 +13,11 @@ pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 /// How many chunk writes one flush keeps in flight at once.
 pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 
-/// Bytes one group-commit cycle takes from the pending queue. Bounds the
-/// memory a cycle pins and the ack latency of the first append in it. A
-/// cycle always takes at least one batch, however large.
-pub const FLUSH_CYCLE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Default bytes one group-commit cycle takes from the pending queue. Two
+/// cycles are in flight at once (one writing, one syncing), so this is
+/// about half the data a log keeps moving; it bounds the ack latency of the
+/// first append in a cycle. A cycle always takes at least one batch.
+pub const FLUSH_CYCLE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Size of one read from a segment file when scanning or serving a fetch.
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;

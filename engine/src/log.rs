@@ -98,6 +98,10 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// Disk blocks reserved ahead of the write position.
     pub preallocate_bytes: u64,
+    /// Bytes one group-commit cycle takes from the queue (at least one
+    /// batch). Smaller cycles keep two in flight sooner; larger ones
+    /// amortise each fdatasync over more appends.
+    pub flush_cycle_bytes_max: usize,
     /// With one replica the high watermark follows acknowledged appends;
     /// replication turns this off and moves it itself.
     pub high_watermark_follows_acks: bool,
@@ -115,6 +119,7 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 60 * 60 * 1000),
             retention_bytes: None,
             preallocate_bytes: 32 * 1024 * 1024,
+            flush_cycle_bytes_max: FLUSH_CYCLE_BYTES_MAX,
             high_watermark_follows_acks: true,
             clock: Clock::system(),
         }
@@ -128,6 +133,9 @@ impl LogConfig {
         }
         if self.batch_bytes_max == 0 || self.batch_bytes_max > BATCH_BYTES_MAX_LIMIT {
             return Err(LogError::InvalidConfig("batch_bytes_max must be in [1, 64 MiB]"));
+        }
+        if self.flush_cycle_bytes_max == 0 {
+            return Err(LogError::InvalidConfig("flush_cycle_bytes_max must be positive"));
         }
         if self.index_interval_bytes == 0 {
             return Err(LogError::InvalidConfig("index_interval_bytes must be positive"));
@@ -219,6 +227,8 @@ pub(crate) struct LogState<F> {
     synced_offset: i64,
     high_watermark: i64,
     pending: VecDeque<Pending>,
+    /// How many of `pending`, from the front, are in writes in flight.
+    submitted_count: usize,
     waiters: VecDeque<Waiter>,
     epochs: LeaderEpochCache,
     epochs_dirty: bool,
@@ -243,6 +253,7 @@ impl<F> LogState<F> {
             synced_offset: log_end_offset,
             high_watermark: log_end_offset,
             pending: VecDeque::new(),
+            submitted_count: 0,
             waiters: VecDeque::new(),
             epochs,
             epochs_dirty: false,
@@ -683,17 +694,30 @@ struct CyclePlan<F> {
     segment_base: i64,
     log_path: PathBuf,
     file: Option<Rc<F>>,
-    /// Pending entries written by this cycle (a prefix of the queue).
+    /// Pending entries this cycle writes: the `count` after those already
+    /// submitted by an earlier cycle still in flight.
     count: usize,
     first_position: u64,
     end_position: u64,
     page_head: Vec<u8>,
     batches: Vec<Bytes>,
     last_offset: Option<i64>,
-    preallocated_bytes: u64,
     sync: bool,
     seal: bool,
     epochs: Option<LeaderEpochCache>,
+}
+
+impl<F> CyclePlan<F> {
+    fn is_idle(&self) -> bool {
+        self.count == 0 && !self.seal && !self.sync && self.epochs.is_none()
+    }
+}
+
+/// A cycle whose writes are on their way to the device.
+struct Inflight<F> {
+    plan: CyclePlan<F>,
+    file: Rc<F>,
+    writes: glommio::Task<std::io::Result<()>>,
 }
 
 impl<S: Storage> LogInner<S> {
@@ -729,7 +753,8 @@ impl<S: Storage> LogInner<S> {
     fn flush_work(&self) -> (bool, Option<Duration>) {
         let state = self.state.borrow();
         let seal_due = state.segments.values().any(|segment| segment.roll_requested && !segment.sealed);
-        if !state.pending.is_empty() || seal_due || state.sync_requested || state.epochs_dirty {
+        let unsubmitted = state.pending.len() > state.submitted_count;
+        if unsubmitted || seal_due || state.sync_requested || state.epochs_dirty {
             return (true, None);
         }
         match self.config.durability {
@@ -755,8 +780,9 @@ impl<S: Storage> LogInner<S> {
         let mut bytes_total = 0;
         let mut batches = Vec::new();
         let mut last_offset = None;
-        for pending in state.pending.iter().take_while(|pending| pending.segment_base == segment_base) {
-            if count > 0 && bytes_total + pending.bytes.len() > FLUSH_CYCLE_BYTES_MAX {
+        let unsubmitted = state.pending.iter().skip(state.submitted_count);
+        for pending in unsubmitted.take_while(|pending| pending.segment_base == segment_base) {
+            if count > 0 && bytes_total + pending.bytes.len() > self.config.flush_cycle_bytes_max {
                 break;
             }
             count += 1;
@@ -764,10 +790,11 @@ impl<S: Storage> LogInner<S> {
             batches.push(pending.bytes.clone());
             last_offset = Some(pending.last_offset);
         }
-        if let Some(first) = state.pending.front().filter(|_| count > 0) {
-            assert_eq!(first.position, target.written_bytes, "pending batches start where the file ends");
+        if let Some(first) = state.pending.get(state.submitted_count).filter(|_| count > 0) {
+            assert_eq!(first.position, target.submitted_bytes, "pending batches start where submitted ones end");
         }
-        let drains_segment = state.pending.get(count).is_none_or(|next| next.segment_base != segment_base);
+        let after = state.submitted_count + count;
+        let drains_segment = state.pending.get(after).is_none_or(|next| next.segment_base != segment_base);
         let seal = target.roll_requested && drains_segment;
         let interval_due = match self.config.durability {
             Durability::Always => true,
@@ -782,12 +809,11 @@ impl<S: Storage> LogInner<S> {
             log_path: target.log_path.clone(),
             file: target.file.clone(),
             count,
-            first_position: target.written_bytes,
-            end_position: target.written_bytes + bytes_total as u64,
+            first_position: target.submitted_bytes,
+            end_position: target.submitted_bytes + bytes_total as u64,
             page_head: target.page_head.clone(),
             batches,
             last_offset,
-            preallocated_bytes: target.preallocated_bytes,
             sync: seal || state.sync_requested || (interval_due && unsynced),
             seal,
             epochs: state.epochs_dirty.then(|| state.epochs.clone()),
@@ -800,37 +826,124 @@ impl<S: Storage> LogInner<S> {
         Ok(Rc::new(file))
     }
 
-    async fn flush_cycle(&self) -> Result<()> {
-        let mut plan = self.plan_cycle();
-        let file = match plan.file.clone() {
-            Some(file) => file,
-            None if plan.count == 0 && !plan.seal => {
-                // Nothing written to this segment yet; nothing to sync.
-                self.finish_cycle(plan, false);
-                return Ok(());
-            }
-            None => self.open_segment_file(&plan.log_path).await?,
-        };
-        if plan.file.is_none()
-            && let Some(segment) = self.state.borrow_mut().segments.get_mut(&plan.segment_base)
-        {
+    /// The segment file a plan writes to, created on first use.
+    async fn file_for(&self, plan: &CyclePlan<S::File>) -> Result<Rc<S::File>> {
+        if let Some(file) = &plan.file {
+            return Ok(file.clone());
+        }
+        let file = self.open_segment_file(&plan.log_path).await?;
+        if let Some(segment) = self.state.borrow_mut().segments.get_mut(&plan.segment_base) {
             segment.file = Some(file.clone());
         }
-        let path = plan.log_path.clone();
-        if plan.count > 0 {
-            let wanted = align_up(plan.end_position);
-            if wanted > plan.preallocated_bytes {
-                let target = (wanted + self.config.preallocate_bytes).min(self.config.segment_bytes_max.max(wanted));
-                file.pre_allocate(target).await.map_err(|err| LogError::io("fallocate", &path, err))?;
-                plan.preallocated_bytes = target;
+        Ok(file)
+    }
+
+    /// Runs flush cycles until nothing is due, two deep: while one cycle's
+    /// writes are on the device, the next is copied into DMA buffers, and
+    /// its writes go out while the previous cycle is fdatasync'ed and acked.
+    /// Two writes of the same partial page are never in flight together:
+    /// a cycle is submitted only after the previous one's writes completed.
+    async fn flush_pipeline(&self) -> Result<()> {
+        let mut inflight: Option<Inflight<S::File>> = None;
+        loop {
+            let plan = self.plan_cycle();
+            let pipelined = plan.count > 0
+                && !plan.seal
+                && inflight.as_ref().is_none_or(|prev| prev.plan.segment_base == plan.segment_base);
+            if !pipelined {
+                // Rolls, seals and sync-only cycles run alone, after
+                // everything in flight has completed.
+                if let Some(prev) = inflight.take() {
+                    self.await_writes(&prev.plan, prev.writes).await?;
+                    self.complete(prev.plan, &prev.file).await?;
+                    continue;
+                }
+                if plan.is_idle() {
+                    return Ok(());
+                }
+                if plan.file.is_none() && plan.count == 0 && !plan.seal {
+                    // Nothing was ever written to this segment: nothing to sync.
+                    self.finish_cycle(plan, true);
+                    continue;
+                }
+                let file = self.file_for(&plan).await?;
+                if plan.count > 0 {
+                    let writes = self.submit(&plan, &file).await?;
+                    self.await_writes(&plan, writes).await?;
+                }
+                self.complete(plan, &file).await?;
+                continue;
             }
-            plan.page_head = write_batches(&*file, &path, plan.first_position, &plan.page_head, &plan.batches).await?;
+            let file = self.file_for(&plan).await?;
+            let writes = match inflight.take() {
+                Some(prev) => {
+                    let chunks = self.compose(&plan, &file).await?;
+                    self.await_writes(&prev.plan, prev.writes).await?;
+                    let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks);
+                    // Let the new writes reach the device before the sync.
+                    glommio::executor().yield_task_queue_now().await;
+                    self.complete(prev.plan, &prev.file).await?;
+                    writes
+                }
+                None => self.submit(&plan, &file).await?,
+            };
+            inflight = Some(Inflight { plan, file, writes });
         }
+    }
+
+    /// Copies a plan into DMA buffers and starts writing them.
+    async fn submit(
+        &self,
+        plan: &CyclePlan<S::File>,
+        file: &Rc<S::File>,
+    ) -> Result<glommio::Task<std::io::Result<()>>> {
+        let chunks = self.compose(plan, file).await?;
+        let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks);
+        glommio::executor().yield_task_queue_now().await;
+        Ok(writes)
+    }
+
+    async fn await_writes(&self, plan: &CyclePlan<S::File>, writes: glommio::Task<std::io::Result<()>>) -> Result<()> {
+        writes.await.map_err(|err| LogError::io("write", &plan.log_path, err))
+    }
+
+    /// Reserves disk blocks, copies the plan's batches (after the partial
+    /// page they continue) into aligned chunks, and records them as
+    /// submitted.
+    async fn compose(
+        &self,
+        plan: &CyclePlan<S::File>,
+        file: &Rc<S::File>,
+    ) -> Result<Vec<(<S::File as StorageFile>::Buf, u64)>> {
+        let wanted = align_up(plan.end_position);
+        let preallocated_bytes =
+            self.state.borrow().segments.get(&plan.segment_base).map_or(0, |s| s.preallocated_bytes);
+        if wanted > preallocated_bytes {
+            let target = (wanted + self.config.preallocate_bytes).min(self.config.segment_bytes_max.max(wanted));
+            file.pre_allocate(target).await.map_err(|err| LogError::io("fallocate", &plan.log_path, err))?;
+            if let Some(segment) = self.state.borrow_mut().segments.get_mut(&plan.segment_base) {
+                segment.preallocated_bytes = segment.preallocated_bytes.max(target);
+            }
+        }
+        let (chunks, page_head) = compose_chunks(&**file, plan.first_position, &plan.page_head, &plan.batches);
+        let mut state = self.state.borrow_mut();
+        state.submitted_count += plan.count;
+        let segment = state.segments.get_mut(&plan.segment_base).expect("planned segment exists");
+        assert_eq!(segment.submitted_bytes, plan.first_position, "cycles are submitted in order");
+        segment.submitted_bytes = plan.end_position;
+        segment.page_head = page_head;
+        assert!(segment.submitted_bytes <= segment.dispatched_bytes, "submitted more than was dispatched");
+        Ok(chunks)
+    }
+
+    /// Finishes a cycle whose writes completed: fdatasync, seal and
+    /// checkpoint as planned, then publish.
+    async fn complete(&self, plan: CyclePlan<S::File>, file: &S::File) -> Result<()> {
         if plan.sync {
-            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
+            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &plan.log_path, err))?;
         }
         if plan.seal {
-            self.seal_segment(&*file, &plan).await?;
+            self.seal_segment(file, &plan).await?;
         }
         if let Some(epochs) = &plan.epochs {
             let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
@@ -869,15 +982,14 @@ impl<S: Storage> LogInner<S> {
         {
             let segment = state.segments.get_mut(&plan.segment_base).expect("planned segment exists");
             segment.written_bytes = plan.end_position;
-            segment.page_head = plan.page_head;
-            segment.preallocated_bytes = plan.preallocated_bytes;
-            assert!(segment.written_bytes <= segment.dispatched_bytes, "wrote more than was dispatched");
+            assert!(segment.written_bytes <= segment.submitted_bytes, "wrote more than was submitted");
             if plan.seal {
                 segment.sealed = true;
                 segment.roll_requested = false;
             }
         }
         state.pending.drain(..plan.count);
+        state.submitted_count -= plan.count;
         if let Some(last_offset) = plan.last_offset {
             state.written_offset = last_offset + 1;
             self.cache.unpin_through(self.log_id, last_offset);
@@ -887,7 +999,8 @@ impl<S: Storage> LogInner<S> {
             state.last_sync_ms = now_ms;
             state.sync_requested = false;
         }
-        if plan.epochs.is_some() {
+        // An epoch assigned while this cycle ran still needs its checkpoint.
+        if plan.epochs.as_ref() == Some(&state.epochs) {
             state.epochs_dirty = false;
         }
         let ack_offset = match self.config.durability {
@@ -1032,6 +1145,7 @@ impl<S: Storage> LogInner<S> {
             let segment = state.segments.get_mut(&segment_base).expect("segment kept");
             segment.dispatched_bytes = cut_position;
             segment.written_bytes = cut_position;
+            segment.submitted_bytes = cut_position;
             segment.page_head = page_head;
             segment.preallocated_bytes = 0;
             segment.next_offset = new_end;
@@ -1076,16 +1190,16 @@ pub(crate) async fn read_page_head<F: StorageFile>(file: &F, path: &Path, positi
     Ok(page[..head_len].to_vec())
 }
 
-/// Writes `batches` at `position`, rewriting the partial page before it from
-/// `page_head`, in aligned chunks with several in flight. Returns the new
-/// partial last page.
-async fn write_batches<F: StorageFile>(
+/// Lays `batches` out for writing at `position`, after the partial page
+/// `page_head` they continue, in aligned chunks. Returns the chunks with
+/// their file positions and the new partial last page.
+#[allow(clippy::type_complexity)]
+fn compose_chunks<F: StorageFile>(
     file: &F,
-    path: &Path,
     position: u64,
     page_head: &[u8],
     batches: &[Bytes],
-) -> Result<Vec<u8>> {
+) -> (Vec<(F::Buf, u64)>, Vec<u8>) {
     let start = align_down(position);
     assert_eq!(start + page_head.len() as u64, position, "page head ends at the write position");
     let payload_bytes: usize = batches.iter().map(Bytes::len).sum();
@@ -1093,35 +1207,49 @@ async fn write_batches<F: StorageFile>(
     let write_bytes = align_up(end - start) as usize;
     let sources = std::iter::once(page_head).chain(batches.iter().map(|bytes| &bytes[..]));
     let mut gather = Gather::new(sources);
-    let mut writes = Vec::with_capacity(write_bytes.div_ceil(WRITE_CHUNK_BYTES));
+    let mut chunks = Vec::with_capacity(write_bytes.div_ceil(WRITE_CHUNK_BYTES));
     let mut chunk_start = 0;
     while chunk_start < write_bytes {
         let chunk_bytes = WRITE_CHUNK_BYTES.min(write_bytes - chunk_start);
         let mut buf = file.alloc_buf(chunk_bytes);
         gather.fill(buf.as_mut_bytes());
-        writes.push((buf, start + chunk_start as u64));
+        chunks.push((buf, start + chunk_start as u64));
         chunk_start += chunk_bytes;
     }
     // The new partial page is the tail of the last chunk.
     let tail_len = (end - align_down(end)) as usize;
-    let new_page_head = match writes.last() {
+    let new_page_head = match chunks.last() {
         Some((buf, chunk_position)) if tail_len > 0 => {
             let from = (align_down(end) - chunk_position) as usize;
             buf.as_bytes()[from..from + tail_len].to_vec()
         }
         _ => Vec::new(),
     };
-    futures::stream::iter(writes)
-        .map(|(buf, chunk_position)| file.write_at(buf, chunk_position))
-        .buffer_unordered(WRITES_IN_FLIGHT_MAX)
-        .try_for_each(|()| std::future::ready(Ok(())))
-        .await
-        .map_err(|err| LogError::io("write", path, err))?;
-    Ok(new_page_head)
+    (chunks, new_page_head)
 }
 
-/// Copies a sequence of byte slices into consecutive buffers; what is left
-/// of the last buffer stays zero.
+/// Writes the chunks, several in flight, in a task of their own so they
+/// proceed while the flusher prepares the next cycle.
+fn spawn_writes<F: StorageFile>(
+    file: Rc<F>,
+    path: PathBuf,
+    chunks: Vec<(F::Buf, u64)>,
+) -> glommio::Task<std::io::Result<()>> {
+    glommio::spawn_local(async move {
+        let result = futures::stream::iter(chunks)
+            .map(|(buf, chunk_position)| file.write_at(buf, chunk_position))
+            .buffer_unordered(WRITES_IN_FLIGHT_MAX)
+            .try_for_each(|()| std::future::ready(Ok(())))
+            .await;
+        if let Err(err) = &result {
+            tracing::error!(path = %path.display(), error = %err, "segment write failed");
+        }
+        result
+    })
+}
+
+/// Copies a sequence of byte slices into consecutive buffers and zeroes
+/// what is left of the last one.
 struct Gather<'a, I: Iterator<Item = &'a [u8]>> {
     sources: I,
     current: &'a [u8],
@@ -1137,7 +1265,11 @@ impl<'a, I: Iterator<Item = &'a [u8]>> Gather<'a, I> {
             if self.current.is_empty() {
                 match self.sources.next() {
                     Some(next) => self.current = next,
-                    None => return,
+                    None => {
+                        // Padding after the data: never leak old buffer bytes.
+                        out.fill(0);
+                        return;
+                    }
                 }
                 continue;
             }
@@ -1168,7 +1300,7 @@ async fn run_flusher<S: Storage>(weak: Weak<LogInner<S>>, wake: Rc<Notify>, done
             continue;
         }
         let Ok(permit) = inner.io_lock.acquire_permit(1).await else { break };
-        let result = inner.flush_cycle().await;
+        let result = inner.flush_pipeline().await;
         drop(permit);
         if let Err(err) = result {
             inner.fail(err);

@@ -149,6 +149,7 @@ async fn recover_segment<S: Storage>(
         }
     }
     segment.written_bytes = outcome.end_position;
+    segment.submitted_bytes = outcome.end_position;
     assert_eq!(segment.written_bytes, segment.dispatched_bytes, "scan accounted for every batch");
     segment.page_head = read_page_head(&file, &path, outcome.end_position).await?;
     if !active {

@@ -2,9 +2,9 @@
 //! sparse `.index` and `.timeindex`, and the appender state that lets a
 //! group-commit cycle rewrite the partial last page.
 //!
-//! Offsets and positions obey, asserted on change:
-//!   written_bytes <= dispatched_bytes, and the first `written_bytes` bytes of
-//!   the file are whole, valid batches.
+//! Positions obey, asserted on change:
+//!   written_bytes <= submitted_bytes <= dispatched_bytes, and the first
+//!   `written_bytes` bytes of the file are whole, valid batches.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -42,9 +42,11 @@ pub(crate) struct Segment<F> {
     pub file: Option<Rc<F>>,
     /// Bytes given to dispatched batches, written or not.
     pub dispatched_bytes: u64,
+    /// Bytes handed to writes, completed or in flight.
+    pub submitted_bytes: u64,
     /// Bytes written to the file; all of them whole batches.
     pub written_bytes: u64,
-    /// The file's bytes in [align_down(written_bytes), written_bytes): the
+    /// The bytes in [align_down(submitted_bytes), submitted_bytes): the
     /// partial last page, which the next flush rewrites with more after it.
     pub page_head: Vec<u8>,
     pub preallocated_bytes: u64,
@@ -68,6 +70,7 @@ impl<F: StorageFile> Segment<F> {
             log_path: segment_path(dir, base_offset, LOG_SUFFIX),
             file: None,
             dispatched_bytes: 0,
+            submitted_bytes: 0,
             written_bytes: 0,
             page_head: Vec::new(),
             preallocated_bytes: 0,

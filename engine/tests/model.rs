@@ -79,6 +79,9 @@ fn model_config() -> LogConfig {
         segment_bytes_max: 8 * 1024,
         index_interval_bytes: 1024,
         preallocate_bytes: 16 * 1024,
+        // One batch a cycle, so concurrent appends keep two cycles in
+        // flight and the pipeline is exercised.
+        flush_cycle_bytes_max: 1,
         retention_ms: None,
         retention_bytes: Some(24 * 1024),
         ..LogConfig::default()

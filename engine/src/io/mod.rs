@@ -31,7 +31,8 @@ pub trait IoBuf {
 pub trait StorageFile: 'static {
     type Buf: IoBuf;
 
-    /// A zeroed buffer of `len` bytes, aligned for `write_at`.
+    /// A buffer of `len` bytes, aligned for `write_at`. Its content is
+    /// unspecified: callers must fill every byte, padding included.
     fn alloc_buf(&self, len: usize) -> Self::Buf;
 
     /// Writes the whole buffer at `pos`. A short write is an error.
@@ -79,7 +80,9 @@ pub async fn write_file_atomic<S: Storage>(storage: &S, path: &Path, data: &[u8]
     file.truncate(0).await?;
     let len_aligned = crate::limits::align_up(data.len() as u64).max(crate::limits::IO_ALIGN_BYTES);
     let mut buf = file.alloc_buf(len_aligned as usize);
-    buf.as_mut_bytes()[..data.len()].copy_from_slice(data);
+    let (payload, padding) = buf.as_mut_bytes().split_at_mut(data.len());
+    payload.copy_from_slice(data);
+    padding.fill(0);
     file.write_at(buf, 0).await?;
     // Direct I/O writes whole pages; cut the zero padding off again.
     file.truncate(data.len() as u64).await?;

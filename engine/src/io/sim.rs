@@ -255,7 +255,8 @@ impl StorageFile for SimFile {
     type Buf = SimBuf;
 
     fn alloc_buf(&self, len: usize) -> SimBuf {
-        SimBuf(vec![0; len])
+        // Not zeroed, as pool memory is not: callers must fill every byte.
+        SimBuf(vec![0xA5; len])
     }
 
     async fn write_at(&self, buf: SimBuf, pos: u64) -> io::Result<()> {
