@@ -37,6 +37,10 @@ pub enum LogError {
     #[error("log is being truncated; retry the append")]
     Truncating,
 
+    /// Too many bytes are waiting for the disk; retry after a moment.
+    #[error("{pending_bytes} bytes wait for the disk, over the {limit} limit; retry the append")]
+    Backpressure { pending_bytes: usize, limit: usize },
+
     #[error("log is closed")]
     Closed,
 }

@@ -19,6 +19,10 @@ pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 /// first append in a cycle. A cycle always takes at least one batch.
 pub const FLUSH_CYCLE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Bytes a log accepts ahead of the disk before refusing appends with
+/// backpressure; bounds the memory pinned in the tail cache.
+pub const PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
+
 /// Size of one read from a segment file when scanning or serving a fetch.
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -50,6 +54,7 @@ const _: () = assert!(IO_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
 const _: () = assert!((READ_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
 const _: () = assert!(FLUSH_CYCLE_BYTES_MAX >= WRITE_CHUNK_BYTES);
+const _: () = assert!(PENDING_BYTES_MAX >= 2 * FLUSH_CYCLE_BYTES_MAX + BATCH_BYTES_MAX_LIMIT);
 const _: () = assert!((BATCH_BYTES_MAX_LIMIT as u64) < SEGMENT_BYTES_MAX_LIMIT);
 
 /// Rounds `value` down to the I/O alignment.

@@ -36,8 +36,8 @@ use crate::checkpoint::LeaderEpochCache;
 use crate::error::{LogError, Result};
 use crate::io::{IoBuf, Storage, StorageFile, write_file_atomic};
 use crate::limits::{
-    BATCH_BYTES_MAX_LIMIT, FLUSH_CYCLE_BYTES_MAX, IO_ALIGN_BYTES, SEGMENT_BYTES_MAX_LIMIT, SEGMENT_OFFSET_SPAN_MAX,
-    WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
+    BATCH_BYTES_MAX_LIMIT, FLUSH_CYCLE_BYTES_MAX, IO_ALIGN_BYTES, PENDING_BYTES_MAX, SEGMENT_BYTES_MAX_LIMIT,
+    SEGMENT_OFFSET_SPAN_MAX, WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
 };
 use crate::segment::{self, Segment};
 
@@ -46,7 +46,9 @@ use crate::segment::{self, Segment};
 pub enum Durability {
     /// fdatasync before the ack: an acknowledged batch survives power loss.
     Always,
-    /// Ack once written to the device; fdatasync at most this often.
+    /// Ack once written to the device; fdatasync in the background so that
+    /// written data waits at most this long to become durable (rolls,
+    /// `flush` and `close` sync too).
     IntervalMs(u64),
     /// Ack once written to the device; the OS and device decide when it is
     /// durable (fdatasync only at roll and close).
@@ -229,6 +231,7 @@ pub(crate) struct LogState<F> {
     pending: VecDeque<Pending>,
     /// How many of `pending`, from the front, are in writes in flight.
     submitted_count: usize,
+    pending_bytes: usize,
     waiters: VecDeque<Waiter>,
     epochs: LeaderEpochCache,
     epochs_dirty: bool,
@@ -254,6 +257,7 @@ impl<F> LogState<F> {
             high_watermark: log_end_offset,
             pending: VecDeque::new(),
             submitted_count: 0,
+            pending_bytes: 0,
             waiters: VecDeque::new(),
             epochs,
             epochs_dirty: false,
@@ -329,6 +333,14 @@ struct LogInner<S: Storage> {
     flusher_done: RefCell<Option<oneshot::Receiver<()>>>,
 }
 
+impl<S: Storage> Drop for LogInner<S> {
+    fn drop(&mut self) {
+        // A log dropped without close (or after a failure) must not leave
+        // its batches, pinned ones included, in the shard's cache.
+        self.cache.drop_log(self.log_id);
+    }
+}
+
 /// A partition's log. Cheap to clone; all clones are the same log.
 pub struct PartitionLog<S: Storage> {
     inner: Rc<LogInner<S>>,
@@ -353,6 +365,9 @@ impl<S: Storage> fmt::Debug for PartitionLog<S> {
 }
 
 pub(crate) const EPOCH_CHECKPOINT_NAME: &str = "leader-epoch-checkpoint";
+/// Present only between a clean close and the next open.
+pub(crate) const CLEAN_SHUTDOWN_NAME: &str = "clean-shutdown";
+pub(crate) const CLEAN_SHUTDOWN_CONTENT: &[u8] = b"spate clean shutdown v1\n";
 
 impl<S: Storage> PartitionLog<S> {
     /// Opens (recovering) or creates the log in `dir` and starts its flusher
@@ -437,6 +452,9 @@ impl<S: Storage> PartitionLog<S> {
         if state.truncating {
             return Err(LogError::Truncating);
         }
+        if state.pending_bytes > PENDING_BYTES_MAX {
+            return Err(LogError::Backpressure { pending_bytes: state.pending_bytes, limit: PENDING_BYTES_MAX });
+        }
         let mut info = batch::validate_produce(&batch, inner.config.batch_bytes_max)?;
         let base_offset = state.log_end_offset;
         info.base_offset = base_offset;
@@ -448,12 +466,14 @@ impl<S: Storage> PartitionLog<S> {
         }
         inner.roll_if_needed(&mut state, &info);
         let segment = state.active_mut();
+        assert!(!segment.sealed, "appends never reach a sealed segment");
         let position = segment.dispatched_bytes;
         let segment_base = segment.base_offset;
         segment.record_batch(position, &info, inner.config.index_interval_bytes);
         let bytes = batch.freeze();
         let last_offset = info.last_offset();
         inner.cache.insert_pinned(inner.log_id, base_offset, last_offset, bytes.clone());
+        state.pending_bytes += bytes.len();
         state.pending.push_back(Pending { segment_base, position, last_offset, bytes });
         state.log_end_offset = last_offset + 1;
         let (done_tx, done_rx) = oneshot::channel();
@@ -479,6 +499,9 @@ impl<S: Storage> PartitionLog<S> {
             }
             if state.synced_offset == state.log_end_offset && state.pending.is_empty() {
                 return Ok(());
+            }
+            if state.closed {
+                return Err(LogError::Closed);
             }
             let (done_tx, done_rx) = oneshot::channel();
             let offset_end = state.log_end_offset;
@@ -589,21 +612,13 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         let inner = &self.inner;
         let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
-        let doomed = inner.detach_expired_segments(now_ms);
-        let mut outcome = RetentionOutcome::default();
-        for segment in &doomed {
-            outcome.segments_deleted += 1;
-            outcome.bytes_deleted += segment.written_bytes;
-            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
-                remove_if_exists(&inner.storage, &path).await?;
-            }
+        let result = inner.delete_expired_segments(now_ms).await;
+        if let Err(err) = &result {
+            // The segments are gone from memory but maybe not from disk; a
+            // later open would bring them back. Stop, as for any I/O error.
+            inner.fail(err.clone());
         }
-        if !doomed.is_empty() {
-            inner.storage.sync_dir(&inner.dir).await.map_err(|err| LogError::io("sync dir", &inner.dir, err))?;
-            tracing::info!(dir = %inner.dir.display(), segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
-                log_start_offset = self.log_start_offset(), "retention deleted segments");
-        }
-        Ok(outcome)
+        result
     }
 
     /// Runs retention every `interval` in the background on this shard, in
@@ -644,21 +659,11 @@ impl<S: Storage> PartitionLog<S> {
             return Err(LogError::Failed { dir: inner.dir.clone(), cause: Box::new(cause) });
         }
         let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
-        let (file, index, time_index, paths) = {
-            let state = inner.state.borrow();
-            let active = state.active();
-            let paths = (active.log_path.clone(), active.index_path(), active.time_index_path());
-            (active.file.clone(), active.index.encode(), active.time_index.encode(), paths)
-        };
-        if let Some(file) = file {
-            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &paths.0, err))?;
-            write_file_atomic(&inner.storage, &paths.1, &index)
-                .await
-                .map_err(|err| LogError::io("write", &paths.1, err))?;
-            write_file_atomic(&inner.storage, &paths.2, &time_index)
-                .await
-                .map_err(|err| LogError::io("write", &paths.2, err))?;
+        let result = inner.close_active_segment().await;
+        if let Err(err) = &result {
+            inner.fail(err.clone());
         }
+        result?;
         inner.cache.drop_log(inner.log_id);
         Ok(())
     }
@@ -827,6 +832,37 @@ impl<S: Storage> LogInner<S> {
     }
 
     /// The segment file a plan writes to, created on first use.
+    /// The end of a clean shutdown: the active segment is cut to its exact
+    /// size and synced, its indexes are written, and the clean-shutdown
+    /// marker tells the next open that the segment's tail is not torn, so
+    /// any damage there is corruption rather than an interrupted write.
+    async fn close_active_segment(&self) -> Result<()> {
+        let (file, written_bytes, index, time_index, paths) = {
+            let state = self.state.borrow();
+            let active = state.active();
+            let paths = (active.log_path.clone(), active.index_path(), active.time_index_path());
+            (active.file.clone(), active.written_bytes, active.index.encode(), active.time_index.encode(), paths)
+        };
+        if let Some(file) = file {
+            file.truncate(written_bytes).await.map_err(|err| LogError::io("truncate", &paths.0, err))?;
+            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &paths.0, err))?;
+            write_file_atomic(&self.storage, &paths.1, &index)
+                .await
+                .map_err(|err| LogError::io("write", &paths.1, err))?;
+            write_file_atomic(&self.storage, &paths.2, &time_index)
+                .await
+                .map_err(|err| LogError::io("write", &paths.2, err))?;
+        }
+        {
+            let mut state = self.state.borrow_mut();
+            state.synced_offset = state.written_offset;
+        }
+        let marker = self.dir.join(CLEAN_SHUTDOWN_NAME);
+        write_file_atomic(&self.storage, &marker, CLEAN_SHUTDOWN_CONTENT)
+            .await
+            .map_err(|err| LogError::io("write", &marker, err))
+    }
+
     async fn file_for(&self, plan: &CyclePlan<S::File>) -> Result<Rc<S::File>> {
         if let Some(file) = &plan.file {
             return Ok(file.clone());
@@ -942,14 +978,17 @@ impl<S: Storage> LogInner<S> {
         if plan.sync {
             file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &plan.log_path, err))?;
         }
-        if plan.seal {
-            self.seal_segment(file, &plan).await?;
-        }
+        // The checkpoint goes before the seal: once a segment is sealed,
+        // recovery no longer scans it, so an epoch starting in it must
+        // already be in the checkpoint.
         if let Some(epochs) = &plan.epochs {
             let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
             write_file_atomic(&self.storage, &path, &epochs.encode())
                 .await
                 .map_err(|err| LogError::io("write", &path, err))?;
+        }
+        if plan.seal {
+            self.seal_segment(file, &plan).await?;
         }
         let synced = plan.sync;
         self.finish_cycle(plan, synced);
@@ -988,7 +1027,8 @@ impl<S: Storage> LogInner<S> {
                 segment.roll_requested = false;
             }
         }
-        state.pending.drain(..plan.count);
+        let drained: usize = state.pending.drain(..plan.count).map(|pending| pending.bytes.len()).sum();
+        state.pending_bytes -= drained;
         state.submitted_count -= plan.count;
         if let Some(last_offset) = plan.last_offset {
             state.written_offset = last_offset + 1;
@@ -1050,6 +1090,24 @@ impl<S: Storage> LogInner<S> {
                 _ => return Ok(batches),
             }
         }
+    }
+
+    async fn delete_expired_segments(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        let doomed = self.detach_expired_segments(now_ms);
+        let mut outcome = RetentionOutcome::default();
+        for segment in &doomed {
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += segment.written_bytes;
+            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+                remove_if_exists(&self.storage, &path).await?;
+            }
+        }
+        if !doomed.is_empty() {
+            self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
+            tracing::info!(dir = %self.dir.display(), segments = outcome.segments_deleted, bytes = outcome.bytes_deleted,
+                log_start_offset = self.state.borrow().log_start_offset, "retention deleted segments");
+        }
+        Ok(outcome)
     }
 
     fn detach_expired_segments(&self, now_ms: i64) -> Vec<Segment<S::File>> {
@@ -1119,7 +1177,8 @@ impl<S: Storage> LogInner<S> {
             let later = state.segments.split_off(&(segment_base + 1));
             later.into_values().collect()
         };
-        for segment in &later {
+        // Newest first, so a crash part way leaves contiguous segments.
+        for segment in later.iter().rev() {
             for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
                 remove_if_exists(&self.storage, &path).await?;
             }

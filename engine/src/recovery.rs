@@ -7,8 +7,15 @@
 //!   damaged index is rebuilt by a full scan. Damage in a sealed segment is
 //!   corruption: reported, never truncated away.
 //! - The active (last) segment is scanned from its newest index entry that
-//!   points at the batch it claims. A torn or zeroed tail is cut off; a
-//!   damaged batch with a valid one after it is corruption.
+//!   points at the batch it claims. After a clean close (the clean-shutdown
+//!   marker is present) it must end exactly at its file's end: any damage
+//!   is corruption. After a crash, everything from the first invalid batch
+//!   on is cut off, as Kafka does past its recovery point: concurrent chunk
+//!   writes may have reached the disk out of order, so a damaged batch with
+//!   a valid one after it is what an interrupted flush looks like too. That
+//!   case is logged as an error, with the bytes dropped.
+//! - The marker is removed before the log accepts writes, so a crash after
+//!   this open is never mistaken for a clean close.
 //! - The leader-epoch checkpoint is read, or rebuilt from batch headers when
 //!   missing or damaged, and cut to the recovered log end.
 
@@ -21,7 +28,7 @@ use crate::error::{LogError, Result};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::io::{Storage, StorageFile, read_file, write_file_atomic};
 use crate::limits::{INDEX_ENTRY_BYTES, RECOVERY_INDEX_PROBES_MAX, TIME_INDEX_ENTRY_BYTES};
-use crate::log::{EPOCH_CHECKPOINT_NAME, LogConfig, LogState, read_page_head};
+use crate::log::{CLEAN_SHUTDOWN_NAME, EPOCH_CHECKPOINT_NAME, LogConfig, LogState, read_page_head};
 use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, ScanEnd, Segment, TIME_INDEX_SUFFIX, parse_segment_name};
 
 pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogConfig) -> Result<LogState<S::File>> {
@@ -46,17 +53,24 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         }
     }
     bases.sort_unstable();
+    let marker = dir.join(CLEAN_SHUTDOWN_NAME);
+    let clean = names.iter().any(|name| name == CLEAN_SHUTDOWN_NAME);
     let now_ms = config.clock.now_ms();
     let mut segments = BTreeMap::new();
     let mut epochs_seen = LeaderEpochCache::default();
     let mut next_offset = 0;
     for (at, &base) in bases.iter().enumerate() {
         let active = at + 1 == bases.len();
-        if base < next_offset {
+        if at > 0 && base != next_offset {
             let path = segment::segment_path(dir, base, LOG_SUFFIX);
-            return Err(LogError::corruption(path, 0, format!("segment starts at {base}, inside the previous one")));
+            let reason = format!("segment starts at {base} but the previous one ends at {next_offset}");
+            return Err(LogError::corruption(path, 0, reason));
         }
-        let segment = recover_segment(storage, dir, base, active, config, now_ms, &mut epochs_seen).await?;
+        let tail = match (active, clean) {
+            (false, _) | (true, true) => Tail::MustBeWhole,
+            (true, false) => Tail::MayBeTorn,
+        };
+        let segment = recover_segment(storage, dir, base, active, tail, config, now_ms, &mut epochs_seen).await?;
         next_offset = segment.next_offset;
         segments.insert(base, segment);
     }
@@ -69,14 +83,29 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         epochs.assign(entry.epoch, entry.start_offset);
     }
     epochs.truncate_from(log_end_offset);
+    if clean {
+        storage.remove(&marker).await.map_err(|err| LogError::io("remove", &marker, err))?;
+        storage.sync_dir(dir).await.map_err(|err| LogError::io("sync dir", dir, err))?;
+    }
     Ok(LogState::recovered(segments, epochs, now_ms))
 }
 
+/// What the end of a segment may look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// Sealed, or active after a clean close: exactly whole batches.
+    MustBeWhole,
+    /// Active after a crash: writes may have been cut short.
+    MayBeTorn,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn recover_segment<S: Storage>(
     storage: &S,
     dir: &Path,
     base: i64,
     active: bool,
+    tail: Tail,
     config: &LogConfig,
     now_ms: i64,
     epochs_seen: &mut LeaderEpochCache,
@@ -133,15 +162,21 @@ async fn recover_segment<S: Storage>(
         epochs_seen.assign(info.partition_leader_epoch, info.base_offset);
     })
     .await?;
-    match (outcome.end.clone(), active) {
+    match (outcome.end.clone(), tail) {
         (ScanEnd::Clean, _) => {}
-        (ScanEnd::Corrupt { position, reason }, _) | (ScanEnd::Tail { position, reason }, false) => {
+        (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, Tail::MustBeWhole) => {
             tracing::error!(segment = %path.display(), position, reason = %reason, "corrupt segment");
             return Err(LogError::corruption(&path, position, reason));
         }
-        (ScanEnd::Tail { position, reason }, true) => {
-            tracing::warn!(segment = %path.display(), position, file_bytes, reason = %reason,
-                "cutting a torn or unwritten tail off the active segment");
+        (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, Tail::MayBeTorn) => {
+            if matches!(outcome.end, ScanEnd::Corrupt { .. }) {
+                tracing::error!(segment = %path.display(), position, file_bytes, reason = %reason,
+                    "valid batches follow a damaged one after a crash: an interrupted flush or corruption; \
+                     cutting the log at the damaged batch");
+            } else {
+                tracing::warn!(segment = %path.display(), position, file_bytes, reason = %reason,
+                    "cutting a torn or unwritten tail off the active segment");
+            }
             // Cut physically, so that stale bytes past the end can never
             // be mistaken for batches by a later recovery.
             file.truncate(position).await.map_err(|err| LogError::io("truncate", &path, err))?;

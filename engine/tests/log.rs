@@ -57,10 +57,12 @@ fn an_always_ack_comes_only_after_an_fdatasync_covering_the_batch() {
         log.append_durable(batch("a", 1, 0), 0).await.unwrap();
         let trace = storage.trace();
         let ops = &trace[before..];
-        let write_at =
-            ops.iter().position(|op| matches!(op, TraceOp::Write { path, .. } if path.extension().unwrap() == "log"));
-        let sync_at =
-            ops.iter().rposition(|op| matches!(op, TraceOp::Sync { path } if path.extension().unwrap() == "log"));
+        let write_at = ops.iter().position(
+            |op| matches!(op, TraceOp::Write { path, .. } if path.extension().is_some_and(|ext| ext == "log")),
+        );
+        let sync_at = ops
+            .iter()
+            .rposition(|op| matches!(op, TraceOp::Sync { path } if path.extension().is_some_and(|ext| ext == "log")));
         assert!(write_at.unwrap() < sync_at.unwrap(), "the segment was written then synced before the ack: {ops:?}");
         // What a crash keeps now contains the batch.
         let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
@@ -305,7 +307,7 @@ fn interval_and_never_policies_ack_after_the_write_without_waiting_for_a_sync() 
             let log_syncs = storage
                 .trace()
                 .iter()
-                .filter(|op| matches!(op, TraceOp::Sync { path } if path.extension().unwrap() == "log"))
+                .filter(|op| matches!(op, TraceOp::Sync { path } if path.extension().is_some_and(|ext| ext == "log")))
                 .count();
             assert_eq!(log_syncs, 0, "{durability:?} synced the segment before acking");
             // An explicit flush syncs whatever the policy.
@@ -338,7 +340,7 @@ fn a_corrupt_batch_in_a_sealed_segment_is_reported_and_never_served() {
             log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
         }
         log.close().await.unwrap();
-        let first = storage.paths().into_iter().find(|p| p.extension().unwrap() == "log").unwrap();
+        let first = storage.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap();
         // A bit inside the first segment, well past its header region.
         assert!(storage.flip_bit(&first, 5000, 3));
         let log = open(&storage, &config).await;
@@ -351,7 +353,59 @@ fn a_corrupt_batch_in_a_sealed_segment_is_reported_and_never_served() {
 }
 
 #[test]
-fn a_corrupt_batch_in_the_middle_of_the_active_segment_fails_open_instead_of_truncating() {
+fn after_a_clean_close_a_corrupt_batch_in_the_active_segment_fails_open_instead_of_truncating() {
+    run(async {
+        let storage = SimStorage::new();
+        // One index entry for the whole segment: recovery scans all of it.
+        let config = LogConfig { segment_bytes_max: 1 << 20, index_interval_bytes: 1 << 20, ..small_config() };
+        let log = open(&storage, &config).await;
+        for i in 0..20 {
+            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
+        }
+        log.close().await.unwrap();
+        let segment = storage.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap();
+        let bytes_before = storage.contents(&segment).unwrap().len();
+        assert!(storage.flip_bit(&segment, 200, 0));
+        let err =
+            PartitionLog::open(storage.clone(), log_dir(), config.clone(), TailCache::new(1 << 20)).await.unwrap_err();
+        assert!(matches!(err, LogError::Corruption { .. }), "{err}");
+        assert_eq!(storage.contents(&segment).unwrap().len(), bytes_before, "nothing was cut off");
+        // It stays refused: the failed open did not launder the damage.
+        let again = PartitionLog::open(storage.clone(), log_dir(), config, TailCache::new(1 << 20)).await;
+        assert!(matches!(again, Err(LogError::Corruption { .. })));
+    });
+}
+
+#[test]
+fn a_clean_close_leaves_exact_segments_and_a_reopen_needs_no_repair() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        for i in 0..50 {
+            log.append_durable(batch(&format!("r{i}"), 3, i), 0).await.unwrap();
+        }
+        let size = log.size_bytes();
+        log.close().await.unwrap();
+        let on_disk: u64 = storage
+            .paths()
+            .iter()
+            .filter(|p| p.extension().is_some_and(|ext| ext == "log"))
+            .map(|p| storage.contents(p).unwrap().len() as u64)
+            .sum();
+        assert_eq!(on_disk, size, "segments hold exactly their batches");
+        let marker = log_dir().join("clean-shutdown");
+        assert!(storage.contents(&marker).is_some());
+        let before = storage.trace_len();
+        let log = open(&storage, &small_config()).await;
+        assert!(storage.contents(&marker).is_none(), "the marker is consumed by the open");
+        let truncations = storage.trace()[before..].iter().filter(|op| matches!(op, TraceOp::Truncate { .. })).count();
+        assert_eq!(truncations, 0);
+        assert_eq!(read_all(&log, 0).await.len(), 150);
+    });
+}
+
+#[test]
+fn after_a_crash_the_log_is_cut_at_the_first_damaged_batch_of_the_unflushed_tail() {
     run(async {
         let storage = SimStorage::new();
         let config = LogConfig { segment_bytes_max: 1 << 20, ..small_config() };
@@ -361,12 +415,14 @@ fn a_corrupt_batch_in_the_middle_of_the_active_segment_fails_open_instead_of_tru
         }
         drop(log);
         let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
-        let segment = crashed.paths().into_iter().find(|p| p.extension().unwrap() == "log").unwrap();
+        let segment = crashed.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap();
+        // Inside the second batch: the first stays, the rest is cut.
+        let first = read_all(&open(&crashed.crash(spate_engine::io::CrashMode::KeepUnsynced), &config).await, 0).await;
+        assert_eq!(first.len(), 100);
         assert!(crashed.flip_bit(&segment, 200, 0));
-        let err =
-            PartitionLog::open(crashed.clone(), log_dir(), config.clone(), TailCache::new(1 << 20)).await.unwrap_err();
-        assert!(matches!(err, LogError::Corruption { .. }), "{err}");
-        assert!(crashed.contents(&segment).unwrap().len() > 1000, "nothing was cut off");
+        let log = open(&crashed, &config).await;
+        let kept = read_all(&log, 0).await;
+        assert_eq!(kept, first[..5].to_vec(), "only whole batches before the damage are kept");
     });
 }
 

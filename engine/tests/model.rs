@@ -151,7 +151,7 @@ async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimSto
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn the_log_behaves_like_its_model(ops in prop::collection::vec(op(), 1..40)) {

@@ -75,7 +75,9 @@ pub trait Storage: Clone + 'static {
 /// it over `path`, sync the directory. A crash leaves the old or the new
 /// content, never a mix.
 pub async fn write_file_atomic<S: Storage>(storage: &S, path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let file = storage.open(&tmp, true).await?;
     file.truncate(0).await?;
     let len_aligned = crate::limits::align_up(data.len() as u64).max(crate::limits::IO_ALIGN_BYTES);

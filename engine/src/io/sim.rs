@@ -42,6 +42,9 @@ pub enum CrashMode {
     /// Unsynced writes made it except the newest, of which only the first
     /// `keep_bytes` bytes reached the media.
     TearNewestWrite { keep_bytes: usize },
+    /// Unsynced writes made it except the oldest: writes in flight together
+    /// may reach the media in any order.
+    DropOldestUnsynced,
 }
 
 #[derive(Debug, Default)]
@@ -172,7 +175,13 @@ impl SimStorage {
     /// The disk as it would be found after a crash now.
     pub fn crash(&self, mode: CrashMode) -> SimStorage {
         let disk = self.disk.borrow();
-        let newest = disk.files.values().filter_map(|file| file.borrow().unsynced.last().map(|write| write.0)).max();
+        let sequences: Vec<u64> = disk
+            .files
+            .values()
+            .flat_map(|file| file.borrow().unsynced.iter().map(|write| write.0).collect::<Vec<_>>())
+            .collect();
+        let newest = sequences.iter().max().copied();
+        let oldest = sequences.iter().min().copied();
         let crashed = SimStorage::new();
         for (path, file) in &disk.files {
             let file = file.borrow();
@@ -184,6 +193,7 @@ impl SimStorage {
                             let keep = keep_bytes.min(data.len());
                             write_into(&mut image, *pos, &data[..keep]);
                         }
+                        CrashMode::DropOldestUnsynced if Some(*sequence) == oldest => {}
                         _ => write_into(&mut image, *pos, data),
                     }
                 }
