@@ -37,6 +37,10 @@ pub struct EngineArgs {
     /// Data directory; must be on a real disk (O_DIRECT), not tmpfs.
     #[arg(long, default_value = "target/bench-data")]
     pub dir: PathBuf,
+    /// Rounds; each measures every policy right after a raw write, so each
+    /// ratio compares two runs seconds apart on this noisy shared disk.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// CPU to pin the engine's executor to.
     #[arg(long, default_value_t = 0)]
     pub cpu: usize,
@@ -58,8 +62,8 @@ fn parse_policy(text: &str) -> Result<Durability, String> {
 
 pub fn run(args: EngineArgs) -> Result<(), String> {
     let policies: Vec<Durability> = args.policies.iter().map(|p| parse_policy(p)).collect::<Result<_, _>>()?;
-    if args.in_flight == 0 || args.records_per_batch == 0 {
-        return Err("--in-flight and --records-per-batch must be positive".into());
+    if args.in_flight == 0 || args.records_per_batch == 0 || args.rounds == 0 {
+        return Err("--in-flight, --records-per-batch and --rounds must be positive".into());
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).map_err(|err| format!("cannot create {}: {err}", args.dir.display()))?;
@@ -82,28 +86,30 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
         .name("engine-bench")
         .io_memory(64 << 20)
         .spawn(move || async move {
-            let raw = raw_write(&bench_args, &template, batch_count).await?;
-            eprintln!("raw O_DIRECT write: {:.0} MB/s", raw.mb_per_s);
-            let mut results = Vec::new();
-            for policy in policies {
-                let result = engine_append(&bench_args, &template, batch_count, policy, raw.mb_per_s).await?;
-                eprintln!(
-                    "{:<14} {:>7.0} MB/s ({:.0}% of raw), p50 {} us p99 {} us max {} us",
-                    result.policy,
-                    result.mb_per_s,
-                    result.ratio_to_raw * 100.0,
-                    result.p50_us,
-                    result.p99_us,
-                    result.max_us
-                );
-                results.push(result);
+            let mut pairs = Vec::new();
+            for round in 0..bench_args.rounds {
+                for &policy in &policies {
+                    let raw = raw_write(&bench_args, &template, batch_count).await?;
+                    let engine = engine_append(&bench_args, &template, batch_count, policy, raw.mb_per_s).await?;
+                    eprintln!(
+                        "round {round} {:<14} raw {:>5.0} MB/s, engine {:>5.0} MB/s ({:.0}% of raw), p50 {} us p99 {} us max {} us",
+                        engine.policy,
+                        raw.mb_per_s,
+                        engine.mb_per_s,
+                        engine.ratio_to_raw * 100.0,
+                        engine.p50_us,
+                        engine.p99_us,
+                        engine.max_us
+                    );
+                    pairs.push(report::Pair { round, raw, engine });
+                }
             }
-            Ok::<_, String>((raw, results))
+            Ok::<_, String>(pairs)
         })
         .map_err(|err| format!("cannot start executor: {err}"))?;
-    let (raw, results) = handle.join().map_err(|err| format!("executor failed: {err}"))??;
+    let pairs = handle.join().map_err(|err| format!("executor failed: {err}"))??;
     let _ = std::fs::remove_dir_all(&args.dir);
-    let report = Report::new(&args, machine, raw, results);
+    let report = Report::new(&args, machine, pairs);
     println!("{}", report.markdown());
     if !args.report_dir.is_empty() {
         let paths = report.write(&args.report_dir)?;
@@ -180,6 +186,7 @@ async fn engine_append(
     }
     let batches: Vec<BytesMut> = (0..batch_count).map(|_| arena.split_to(template.len())).collect();
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|err| err.to_string())?;
+    let cpu_started = thread_cpu_seconds();
     let started = Instant::now();
     let appends = futures::stream::iter(batches).map(|batch| {
         let log = log.clone();
@@ -195,7 +202,23 @@ async fn engine_append(
         latency_us.saturating_record(elapsed.as_micros().max(1) as u64);
     }
     let elapsed = started.elapsed();
+    let cpu_seconds = thread_cpu_seconds() - cpu_started;
     log.close().await.map_err(|err| format!("close: {err}"))?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(PolicyResult::new(policy, template.len() as u64 * batch_count as u64, elapsed, &latency_us, raw_mb_per_s))
+    let mut result =
+        PolicyResult::new(policy, template.len() as u64 * batch_count as u64, elapsed, &latency_us, raw_mb_per_s);
+    result.executor_busy = cpu_seconds / elapsed.as_secs_f64();
+    Ok(result)
+}
+
+/// CPU time (user + system) of the calling thread, from /proc, in seconds;
+/// 10 ms resolution, enough over a run of a second or more.
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    ticks as f64 / 100.0
 }

@@ -76,6 +76,8 @@ pub struct PolicyResult {
     pub p999_us: u64,
     pub max_us: u64,
     pub appends: u64,
+    /// CPU time of the engine's executor thread over wall time.
+    pub executor_busy: f64,
 }
 
 pub fn policy_name(policy: Durability) -> String {
@@ -109,8 +111,39 @@ impl PolicyResult {
             p999_us: latency_us.value_at_quantile(0.999),
             max_us: latency_us.max(),
             appends: latency_us.len(),
+            executor_busy: 0.0,
         }
     }
+}
+
+/// One engine measurement and the raw write measured just before it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pair {
+    pub round: usize,
+    pub raw: RawResult,
+    pub engine: PolicyResult,
+}
+
+/// Medians over the rounds of one policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub policy: String,
+    pub engine_mb_per_s: f64,
+    pub raw_mb_per_s: f64,
+    pub ratio_to_raw: f64,
+    pub ratio_to_raw_min: f64,
+    pub ratio_to_raw_max: f64,
+    pub records_per_s: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub executor_busy: f64,
+}
+
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -119,23 +152,50 @@ pub struct Report {
     pub machine: Machine,
     pub commit: String,
     pub date: String,
-    pub raw: RawResult,
-    pub results: Vec<PolicyResult>,
+    pub summary: Vec<Summary>,
+    pub pairs: Vec<Pair>,
 }
 
 impl Report {
-    pub fn new(args: &EngineArgs, machine: Machine, raw: RawResult, mut results: Vec<PolicyResult>) -> Self {
+    pub fn new(args: &EngineArgs, machine: Machine, mut pairs: Vec<Pair>) -> Self {
         let records_per_batch = args.records_per_batch as f64;
-        for result in &mut results {
-            result.records_per_s = result.appends as f64 * records_per_batch / result.seconds;
+        for pair in &mut pairs {
+            pair.engine.records_per_s = pair.engine.appends as f64 * records_per_batch / pair.engine.seconds;
         }
+        let mut policies: Vec<String> = Vec::new();
+        for pair in &pairs {
+            if !policies.contains(&pair.engine.policy) {
+                policies.push(pair.engine.policy.clone());
+            }
+        }
+        let summary = policies
+            .into_iter()
+            .map(|policy| {
+                let runs: Vec<&Pair> = pairs.iter().filter(|pair| pair.engine.policy == policy).collect();
+                let ratios: Vec<f64> = runs.iter().map(|pair| pair.engine.ratio_to_raw).collect();
+                Summary {
+                    engine_mb_per_s: median(runs.iter().map(|pair| pair.engine.mb_per_s).collect()),
+                    raw_mb_per_s: median(runs.iter().map(|pair| pair.raw.mb_per_s).collect()),
+                    ratio_to_raw: median(ratios.clone()),
+                    ratio_to_raw_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                    ratio_to_raw_max: ratios.iter().copied().fold(0.0, f64::max),
+                    records_per_s: median(runs.iter().map(|pair| pair.engine.records_per_s).collect()),
+                    p50_us: median(runs.iter().map(|pair| pair.engine.p50_us).collect()),
+                    p99_us: median(runs.iter().map(|pair| pair.engine.p99_us).collect()),
+                    p999_us: median(runs.iter().map(|pair| pair.engine.p999_us).collect()),
+                    max_us: runs.iter().map(|pair| pair.engine.max_us).max().unwrap_or(0),
+                    executor_busy: median(runs.iter().map(|pair| pair.engine.executor_busy).collect()),
+                    policy,
+                }
+            })
+            .collect();
         Report {
             args: args.clone(),
             machine,
             commit: command_output("git", &["rev-parse", "--short", "HEAD"]),
             date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-            raw,
-            results,
+            summary,
+            pairs,
         }
     }
 
@@ -151,38 +211,45 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "Parameters: {} records x {} B per batch, {} MB per measurement, {} appends in flight, executor pinned to cpu {}.\n",
+            "Parameters: {} records x {} B per batch, {} MB per measurement, {} appends in flight, {} rounds, executor pinned to cpu {}.\n",
             a.records_per_batch,
             a.record_bytes,
             a.total_bytes / 1_000_000,
             a.in_flight,
+            a.rounds,
             a.cpu
         );
         let _ = writeln!(
             out,
-            "| measurement | MB/s | records/s | ratio to raw | p50 us | p90 us | p99 us | p99.9 us | max us |"
+            "Medians over the rounds; each ratio is to the raw O_DIRECT write (same bytes, same glommio DmaFile API, same in-flight depth, one fdatasync at the end) measured just before it.\n"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let _ = writeln!(out, "| raw O_DIRECT write + 1 fdatasync | {:.0} | | 1.00 | | | | | |", self.raw.mb_per_s);
-        for r in &self.results {
+        let _ = writeln!(
+            out,
+            "| durability | engine MB/s | raw MB/s | ratio (min-max) | records/s | p50 us | p99 us | p99.9 us | max us | executor CPU |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.summary {
             let _ = writeln!(
                 out,
-                "| engine, durability {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {:.0} | {:.2} ({:.2}-{:.2}) | {:.0} | {} | {} | {} | {} | {:.0}% |",
                 r.policy,
-                r.mb_per_s,
-                r.records_per_s,
+                r.engine_mb_per_s,
+                r.raw_mb_per_s,
                 r.ratio_to_raw,
+                r.ratio_to_raw_min,
+                r.ratio_to_raw_max,
+                r.records_per_s,
                 r.p50_us,
-                r.p90_us,
                 r.p99_us,
                 r.p999_us,
-                r.max_us
+                r.max_us,
+                r.executor_busy * 100.0
             );
         }
         let _ = writeln!(
             out,
-            "\nReproduce: `cargo run --release -p spate-bench -- engine --record-bytes {} --records-per-batch {} --total-bytes {} --in-flight {}`",
-            a.record_bytes, a.records_per_batch, a.total_bytes, a.in_flight
+            "\nReproduce: `cargo run --release -p spate-bench -- engine --record-bytes {} --records-per-batch {} --total-bytes {} --in-flight {} --rounds {}`",
+            a.record_bytes, a.records_per_batch, a.total_bytes, a.in_flight, a.rounds
         );
         out
     }

@@ -6,10 +6,13 @@
 //! An append is two-phase, as Redpanda's produce path: [`PartitionLog::append`]
 //! fixes the batch's offsets and order synchronously and returns an
 //! [`AppendTicket`]; awaiting the ticket completes once the bytes are durable
-//! under the log's [`Durability`]. A single flusher task per log writes
-//! everything dispatched since its last cycle in one write (chunked, several
-//! in flight) and one fdatasync, so appends that arrive while a cycle is in
-//! flight share the next one (group commit).
+//! under the log's [`Durability`]. A single flusher task per log takes what
+//! was dispatched since its last cycle (up to `flush_cycle_bytes_max`) and
+//! writes it in aligned chunks followed by one fdatasync, so appends that
+//! arrive while a cycle is in flight share the next one (group commit).
+//! Cycles are pipelined two deep: the next cycle's chunks go to the device
+//! while the previous one is synced and acked; only the chunk that rewrites
+//! the previous cycle's last partial page waits for that page's write.
 //!
 //! Offsets obey, asserted on change:
 //!   log_start <= high_watermark <= log_end, and
@@ -51,7 +54,7 @@ pub enum Durability {
     /// `flush` and `close` sync too).
     IntervalMs(u64),
     /// Ack once written to the device; the OS and device decide when it is
-    /// durable (fdatasync only at roll and close).
+    /// durable (fdatasync only at roll, close, truncation and `flush`).
     Never,
 }
 
@@ -327,8 +330,10 @@ struct LogInner<S: Storage> {
     cache: Rc<TailCache>,
     log_id: LogId,
     state: RefCell<LogState<S::File>>,
-    /// Serialises flush cycles, truncation, retention and close.
+    /// Held by the flusher while cycles run, and by truncation and close.
     io_lock: Semaphore,
+    /// Serialises retention, truncation and close with each other.
+    maintenance_lock: Semaphore,
     wake: Rc<Notify>,
     flusher_done: RefCell<Option<oneshot::Receiver<()>>>,
 }
@@ -338,6 +343,9 @@ impl<S: Storage> Drop for LogInner<S> {
         // A log dropped without close (or after a failure) must not leave
         // its batches, pinned ones included, in the shard's cache.
         self.cache.drop_log(self.log_id);
+        // The flusher holds only a weak reference; wake it so it sees the
+        // log is gone and ends.
+        self.wake.notify();
     }
 }
 
@@ -385,6 +393,7 @@ impl<S: Storage> PartitionLog<S> {
             log_id,
             state: RefCell::new(state),
             io_lock: Semaphore::new(1),
+            maintenance_lock: Semaphore::new(1),
             wake: Rc::new(Notify::default()),
             flusher_done: RefCell::new(None),
         });
@@ -452,7 +461,7 @@ impl<S: Storage> PartitionLog<S> {
         if state.truncating {
             return Err(LogError::Truncating);
         }
-        if state.pending_bytes > PENDING_BYTES_MAX {
+        if !state.pending.is_empty() && state.pending_bytes + batch.len() > PENDING_BYTES_MAX {
             return Err(LogError::Backpressure { pending_bytes: state.pending_bytes, limit: PENDING_BYTES_MAX });
         }
         let mut info = batch::validate_produce(&batch, inner.config.batch_bytes_max)?;
@@ -590,6 +599,8 @@ impl<S: Storage> PartitionLog<S> {
     /// ends before that batch. Returns the new log end offset.
     pub async fn truncate_to(&self, offset: i64) -> Result<i64> {
         let inner = &self.inner;
+        let _maintenance = inner.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        inner.check_open()?;
         let _permit = loop {
             self.flush().await?;
             let permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
@@ -611,7 +622,10 @@ impl<S: Storage> PartitionLog<S> {
     /// them below the high watermark, and moves the log start offset.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         let inner = &self.inner;
-        let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        // Not the flusher's lock: the flusher never touches sealed segments,
+        // and under steady appends it may hold its lock for a long time.
+        let _permit = inner.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        inner.check_open()?;
         let result = inner.delete_expired_segments(now_ms).await;
         if let Err(err) = &result {
             // The segments are gone from memory but maybe not from disk; a
@@ -658,6 +672,7 @@ impl<S: Storage> PartitionLog<S> {
         if let Some(cause) = inner.state.borrow().failed.clone() {
             return Err(LogError::Failed { dir: inner.dir.clone(), cause: Box::new(cause) });
         }
+        let _maintenance = inner.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
         let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
         let result = inner.close_active_segment().await;
         if let Err(err) = &result {
@@ -722,7 +737,15 @@ impl<F> CyclePlan<F> {
 struct Inflight<F> {
     plan: CyclePlan<F>,
     file: Rc<F>,
-    writes: glommio::Task<std::io::Result<()>>,
+    writes: Writes,
+}
+
+/// The chunk writes of one cycle, running in a task of their own.
+struct Writes {
+    task: glommio::Task<std::io::Result<()>>,
+    /// Fires once the chunk holding the cycle's last page is written: the
+    /// next cycle rewrites that page and must not race it.
+    tail_written: Option<oneshot::Receiver<()>>,
 }
 
 impl<S: Storage> LogInner<S> {
@@ -739,6 +762,18 @@ impl<S: Storage> LogInner<S> {
         let segment = Segment::new(&self.dir, info.base_offset, now_ms);
         tracing::debug!(dir = %self.dir.display(), base_offset = info.base_offset, "rolling segment");
         state.segments.insert(info.base_offset, segment);
+    }
+
+    /// Errors unless the log is open and has not failed.
+    fn check_open(&self) -> Result<()> {
+        let state = self.state.borrow();
+        if let Some(cause) = &state.failed {
+            return Err(LogError::Failed { dir: self.dir.clone(), cause: Box::new(cause.clone()) });
+        }
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        Ok(())
     }
 
     fn fail(&self, err: LogError) {
@@ -886,6 +921,26 @@ impl<S: Storage> LogInner<S> {
             let pipelined = plan.count > 0
                 && !plan.seal
                 && inflight.as_ref().is_none_or(|prev| prev.plan.segment_base == plan.segment_base);
+            if plan.count == 0 && !plan.seal && inflight.is_some() {
+                // Nothing new yet: wait for the writes in flight or for new
+                // appends, whichever comes first, so that appends arriving
+                // now still join the pipeline instead of waiting behind it.
+                if let Some(prev) = inflight.take() {
+                    let Inflight { plan: prev_plan, file: prev_file, writes } = prev;
+                    let Writes { task, tail_written } = writes;
+                    match futures::future::select(task, self.wake.wait()).await {
+                        futures::future::Either::Left((result, _)) => {
+                            result.map_err(|err| LogError::io("write", &prev_plan.log_path, err))?;
+                            self.complete(prev_plan, &prev_file).await?;
+                        }
+                        futures::future::Either::Right(((), task)) => {
+                            let writes = Writes { task, tail_written };
+                            inflight = Some(Inflight { plan: prev_plan, file: prev_file, writes });
+                        }
+                    }
+                }
+                continue;
+            }
             if !pipelined {
                 // Rolls, seals and sync-only cycles run alone, after
                 // everything in flight has completed.
@@ -912,12 +967,13 @@ impl<S: Storage> LogInner<S> {
             }
             let file = self.file_for(&plan).await?;
             let writes = match inflight.take() {
-                Some(prev) => {
+                Some(mut prev) => {
                     let chunks = self.compose(&plan, &file).await?;
-                    self.await_writes(&prev.plan, prev.writes).await?;
-                    let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks);
-                    // Let the new writes reach the device before the sync.
+                    let gate = prev.writes.tail_written.take();
+                    let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks, gate);
+                    // Let the new writes reach the device before waiting.
                     glommio::executor().yield_task_queue_now().await;
+                    self.await_writes(&prev.plan, prev.writes).await?;
                     self.complete(prev.plan, &prev.file).await?;
                     writes
                 }
@@ -928,19 +984,15 @@ impl<S: Storage> LogInner<S> {
     }
 
     /// Copies a plan into DMA buffers and starts writing them.
-    async fn submit(
-        &self,
-        plan: &CyclePlan<S::File>,
-        file: &Rc<S::File>,
-    ) -> Result<glommio::Task<std::io::Result<()>>> {
+    async fn submit(&self, plan: &CyclePlan<S::File>, file: &Rc<S::File>) -> Result<Writes> {
         let chunks = self.compose(plan, file).await?;
-        let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks);
+        let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks, None);
         glommio::executor().yield_task_queue_now().await;
         Ok(writes)
     }
 
-    async fn await_writes(&self, plan: &CyclePlan<S::File>, writes: glommio::Task<std::io::Result<()>>) -> Result<()> {
-        writes.await.map_err(|err| LogError::io("write", &plan.log_path, err))
+    async fn await_writes(&self, plan: &CyclePlan<S::File>, writes: Writes) -> Result<()> {
+        writes.task.await.map_err(|err| LogError::io("write", &plan.log_path, err))
     }
 
     /// Reserves disk blocks, copies the plan's batches (after the partial
@@ -979,8 +1031,8 @@ impl<S: Storage> LogInner<S> {
             file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &plan.log_path, err))?;
         }
         // The checkpoint goes before the seal: once a segment is sealed,
-        // recovery no longer scans it, so an epoch starting in it must
-        // already be in the checkpoint.
+        // recovery scans it only from its last index entry, so an epoch
+        // starting in it must already be in the checkpoint.
         if let Some(epochs) = &plan.epochs {
             let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
             write_file_atomic(&self.storage, &path, &epochs.encode())
@@ -1288,15 +1340,37 @@ fn compose_chunks<F: StorageFile>(
 }
 
 /// Writes the chunks, several in flight, in a task of their own so they
-/// proceed while the flusher prepares the next cycle.
+/// proceed while the flusher prepares the next cycle. The first chunk waits
+/// for `gate`, the previous cycle's last page (which it rewrites); the other
+/// chunks go at once, so the device sees the next cycle while the previous
+/// one drains.
 fn spawn_writes<F: StorageFile>(
     file: Rc<F>,
     path: PathBuf,
     chunks: Vec<(F::Buf, u64)>,
-) -> glommio::Task<std::io::Result<()>> {
-    glommio::spawn_local(async move {
-        let result = futures::stream::iter(chunks)
-            .map(|(buf, chunk_position)| file.write_at(buf, chunk_position))
+    gate: Option<oneshot::Receiver<()>>,
+) -> Writes {
+    let (tail_tx, tail_rx) = oneshot::channel();
+    let last_index = chunks.len().saturating_sub(1);
+    let task = glommio::spawn_local(async move {
+        let mut gate = gate;
+        let mut tail_tx = Some(tail_tx);
+        let writes = chunks.into_iter().enumerate().map(|(index, (buf, chunk_position))| {
+            let file = file.clone();
+            let gate = if index == 0 { gate.take() } else { None };
+            let tail_tx = if index == last_index { tail_tx.take() } else { None };
+            async move {
+                if let Some(gate) = gate {
+                    gate.await.map_err(|_| std::io::Error::other("the previous cycle's write failed"))?;
+                }
+                file.write_at(buf, chunk_position).await?;
+                if let Some(tail_tx) = tail_tx {
+                    let _ = tail_tx.send(());
+                }
+                Ok::<(), std::io::Error>(())
+            }
+        });
+        let result = futures::stream::iter(writes)
             .buffer_unordered(WRITES_IN_FLIGHT_MAX)
             .try_for_each(|()| std::future::ready(Ok(())))
             .await;
@@ -1304,7 +1378,8 @@ fn spawn_writes<F: StorageFile>(
             tracing::error!(path = %path.display(), error = %err, "segment write failed");
         }
         result
-    })
+    });
+    Writes { task, tail_written: Some(tail_rx) }
 }
 
 /// Copies a sequence of byte slices into consecutive buffers and zeroes

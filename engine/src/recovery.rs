@@ -79,10 +79,17 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     }
     let log_end_offset = segments.values().next_back().map_or(0, |segment| segment.next_offset);
     let mut epochs = recover_epochs(storage, dir, &segments).await?;
+    let stored = epochs.clone();
     for entry in epochs_seen.entries() {
         epochs.assign(entry.epoch, entry.start_offset);
     }
     epochs.truncate_from(log_end_offset);
+    if epochs != stored {
+        // Epochs found only by scanning must be kept: a later open may scan
+        // less of the log (new index entries) and would place them later.
+        let path = dir.join(EPOCH_CHECKPOINT_NAME);
+        write_file_atomic(storage, &path, &epochs.encode()).await.map_err(|err| LogError::io("write", &path, err))?;
+    }
     if clean {
         storage.remove(&marker).await.map_err(|err| LogError::io("remove", &marker, err))?;
         storage.sync_dir(dir).await.map_err(|err| LogError::io("sync dir", dir, err))?;

@@ -453,11 +453,19 @@ fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
 }
 
 #[test]
-fn appends_after_close_are_refused() {
+fn appends_truncation_retention_and_flush_after_close_are_refused() {
     run(async {
         let storage = SimStorage::new();
         let log = open(&storage, &small_config()).await;
+        log.append_durable(batch("a", 1, 0), 0).await.unwrap();
         log.close().await.unwrap();
         assert!(matches!(log.append(batch("a", 1, 0), 0), Err(LogError::Closed)));
+        assert!(matches!(log.truncate_to(0).await, Err(LogError::Closed)));
+        assert!(matches!(log.enforce_retention(i64::MAX).await, Err(LogError::Closed)));
+        // Everything is synced, so a flush has nothing to wait for.
+        log.flush().await.unwrap();
+        // Nothing changed on disk after the clean-shutdown marker.
+        assert!(storage.contents(&log_dir().join("clean-shutdown")).is_some());
+        assert_eq!(read_all(&open(&storage, &small_config()).await, 0).await.len(), 1);
     });
 }

@@ -1,0 +1,24 @@
+# Spate's common recipes. `just --list` shows them.
+
+# Run every test (the README's test command).
+test:
+    cargo nextest run --workspace
+
+# Lints as CI runs them: formatting, then clippy with warnings denied.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Everything CI does.
+ci:
+    bash .ci/run
+
+# The engine benchmark; writes JSON and Markdown to perf-reports/.
+bench *ARGS:
+    cargo run --release -p spate-bench -- engine {{ARGS}}
+
+# The machine's limits (fio, iperf3) for the reports' ratios.
+limits DIR="target":
+    bash ../shared/perf/measure-limits.sh {{DIR}}
+
+# Regenerating flatbuffers code arrives with the protocol (flatbuf/).
