@@ -29,8 +29,12 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 1 << 30)]
     pub total_bytes: u64,
     /// Appends outstanding at once (as producers pipelining requests).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
+    /// Writes in flight in the raw O_DIRECT baseline (fio's iodepth in
+    /// ../shared/perf/limits.md is 8).
+    #[arg(long, default_value_t = 8)]
+    pub raw_depth: usize,
     /// Policies to measure: always, never, interval:<ms>.
     #[arg(long, value_delimiter = ',', default_value = "always,interval:100,never")]
     pub policies: Vec<String>,
@@ -62,8 +66,8 @@ fn parse_policy(text: &str) -> Result<Durability, String> {
 
 pub fn run(args: EngineArgs) -> Result<(), String> {
     let policies: Vec<Durability> = args.policies.iter().map(|p| parse_policy(p)).collect::<Result<_, _>>()?;
-    if args.in_flight == 0 || args.records_per_batch == 0 || args.rounds == 0 {
-        return Err("--in-flight, --records-per-batch and --rounds must be positive".into());
+    if args.in_flight == 0 || args.raw_depth == 0 || args.records_per_batch == 0 || args.rounds == 0 {
+        return Err("--in-flight, --raw-depth, --records-per-batch and --rounds must be positive".into());
     }
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).map_err(|err| format!("cannot create {}: {err}", args.dir.display()))?;
@@ -129,8 +133,8 @@ fn build_batch(record_bytes: usize, records_per_batch: usize) -> BytesMut {
     builder.build()
 }
 
-/// The same bytes through glommio's DmaFile: `in_flight` aligned writes of
-/// one batch each (copied into DMA buffers, as any writer must), then one
+/// The same bytes through glommio's DmaFile: `raw_depth` aligned writes of
+/// one batch each in flight (copied into DMA buffers, as any writer must), then one
 /// fdatasync.
 async fn raw_write(args: &EngineArgs, template: &BytesMut, batch_count: usize) -> Result<RawResult, String> {
     let path = args.dir.join("raw.bin");
@@ -154,7 +158,7 @@ async fn raw_write(args: &EngineArgs, template: &BytesMut, batch_count: usize) -
             file.write_at(buf, (i * write_bytes) as u64).await
         }
     });
-    let results: Vec<_> = writes.buffer_unordered(args.in_flight).collect().await;
+    let results: Vec<_> = writes.buffer_unordered(args.raw_depth).collect().await;
     for result in results {
         result.map_err(|err| format!("raw write: {err}"))?;
     }

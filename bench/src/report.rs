@@ -211,17 +211,18 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "Parameters: {} records x {} B per batch, {} MB per measurement, {} appends in flight, {} rounds, executor pinned to cpu {}.\n",
+            "Parameters: {} records x {} B per batch, {} MB per measurement, {} appends in flight (raw: {} writes in flight), {} rounds, executor pinned to cpu {}.\n",
             a.records_per_batch,
             a.record_bytes,
             a.total_bytes / 1_000_000,
             a.in_flight,
+            a.raw_depth,
             a.rounds,
             a.cpu
         );
         let _ = writeln!(
             out,
-            "Medians over the rounds; each ratio is to the raw O_DIRECT write (same bytes, same glommio DmaFile API, same in-flight depth, one fdatasync at the end) measured just before it.\n"
+            "Medians over the rounds; each ratio is to the raw O_DIRECT write (same bytes, same glommio DmaFile API, one fdatasync at the end) measured just before it.\n"
         );
         let _ = writeln!(
             out,
@@ -248,8 +249,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nReproduce: `cargo run --release -p spate-bench -- engine --record-bytes {} --records-per-batch {} --total-bytes {} --in-flight {} --rounds {}`",
-            a.record_bytes, a.records_per_batch, a.total_bytes, a.in_flight, a.rounds
+            "\nReproduce: `cargo run --release -p spate-bench -- engine --record-bytes {} --records-per-batch {} --total-bytes {} --in-flight {} --raw-depth {} --rounds {}`",
+            a.record_bytes, a.records_per_batch, a.total_bytes, a.in_flight, a.raw_depth, a.rounds
         );
         out
     }

@@ -910,10 +910,11 @@ impl<S: Storage> LogInner<S> {
     }
 
     /// Runs flush cycles until nothing is due, two deep: while one cycle's
-    /// writes are on the device, the next is copied into DMA buffers, and
-    /// its writes go out while the previous cycle is fdatasync'ed and acked.
-    /// Two writes of the same partial page are never in flight together:
-    /// a cycle is submitted only after the previous one's writes completed.
+    /// writes are on the device, the next is copied into DMA buffers and its
+    /// chunks go out at once, except the first, which rewrites the previous
+    /// cycle's partial last page and so waits for that page's write (two
+    /// writes of one page are never in flight together). The previous cycle
+    /// is then fdatasync'ed (if due) and acked while the new writes run.
     async fn flush_pipeline(&self) -> Result<()> {
         let mut inflight: Option<Inflight<S::File>> = None;
         loop {
