@@ -19,6 +19,11 @@ pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 /// first append in a cycle. A cycle always takes at least one batch.
 pub const FLUSH_CYCLE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Written cycles whose fdatasync may run at once. On a virtio disk an
+/// fdatasync costs about as long as writing the data it covers, so syncs
+/// overlap each other and the next cycle's writes; acks stay in order.
+pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
+
 /// Bytes a log accepts ahead of the disk before refusing appends with
 /// backpressure; bounds the memory pinned in the tail cache.
 pub const PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;

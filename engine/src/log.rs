@@ -40,7 +40,7 @@ use crate::error::{LogError, Result};
 use crate::io::{IoBuf, Storage, StorageFile, write_file_atomic};
 use crate::limits::{
     BATCH_BYTES_MAX_LIMIT, FLUSH_CYCLE_BYTES_MAX, IO_ALIGN_BYTES, PENDING_BYTES_MAX, SEGMENT_BYTES_MAX_LIMIT,
-    SEGMENT_OFFSET_SPAN_MAX, WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
+    SEGMENT_OFFSET_SPAN_MAX, SYNCS_IN_FLIGHT_MAX, WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
 };
 use crate::segment::{self, Segment};
 
@@ -740,6 +740,22 @@ struct Inflight<F> {
     writes: Writes,
 }
 
+/// A written cycle waiting for its fdatasync (if its plan syncs) before
+/// it is acked.
+struct Syncing<F> {
+    plan: CyclePlan<F>,
+    sync: Option<glommio::Task<std::io::Result<()>>>,
+}
+
+impl<F: StorageFile> Syncing<F> {
+    /// Starts the cycle's fdatasync in a task of its own. The cycle's
+    /// writes have completed, so the sync covers them whenever it runs.
+    fn start(plan: CyclePlan<F>, file: Rc<F>) -> Self {
+        let sync = plan.sync.then(|| glommio::spawn_local(async move { file.fdatasync().await }));
+        Syncing { plan, sync }
+    }
+}
+
 /// The chunk writes of one cycle, running in a task of their own.
 struct Writes {
     task: glommio::Task<std::io::Result<()>>,
@@ -917,29 +933,19 @@ impl<S: Storage> LogInner<S> {
     /// is then fdatasync'ed (if due) and acked while the new writes run.
     async fn flush_pipeline(&self) -> Result<()> {
         let mut inflight: Option<Inflight<S::File>> = None;
+        // Written cycles whose fdatasync runs, oldest first; acked in order.
+        let mut syncing: VecDeque<Syncing<S::File>> = VecDeque::new();
         loop {
+            self.finish_synced(&mut syncing, SYNCS_IN_FLIGHT_MAX).await?;
             let plan = self.plan_cycle();
             let pipelined = plan.count > 0
                 && !plan.seal
                 && inflight.as_ref().is_none_or(|prev| prev.plan.segment_base == plan.segment_base);
-            if plan.count == 0 && !plan.seal && inflight.is_some() {
-                // Nothing new yet: wait for the writes in flight or for new
-                // appends, whichever comes first, so that appends arriving
-                // now still join the pipeline instead of waiting behind it.
-                if let Some(prev) = inflight.take() {
-                    let Inflight { plan: prev_plan, file: prev_file, writes } = prev;
-                    let Writes { task, tail_written } = writes;
-                    match futures::future::select(task, self.wake.wait()).await {
-                        futures::future::Either::Left((result, _)) => {
-                            result.map_err(|err| LogError::io("write", &prev_plan.log_path, err))?;
-                            self.complete(prev_plan, &prev_file).await?;
-                        }
-                        futures::future::Either::Right(((), task)) => {
-                            let writes = Writes { task, tail_written };
-                            inflight = Some(Inflight { plan: prev_plan, file: prev_file, writes });
-                        }
-                    }
-                }
+            if plan.count == 0 && !plan.seal && (inflight.is_some() || !syncing.is_empty()) {
+                // Nothing new yet: wait for the writes or syncs in flight or
+                // for new appends, whichever comes first, so that appends
+                // arriving now still join the pipeline.
+                inflight = self.wait_for_progress(inflight, &mut syncing).await?;
                 continue;
             }
             if !pipelined {
@@ -947,7 +953,11 @@ impl<S: Storage> LogInner<S> {
                 // everything in flight has completed.
                 if let Some(prev) = inflight.take() {
                     self.await_writes(&prev.plan, prev.writes).await?;
-                    self.complete(prev.plan, &prev.file).await?;
+                    syncing.push_back(Syncing::start(prev.plan, prev.file));
+                    continue;
+                }
+                if !syncing.is_empty() {
+                    self.finish_synced(&mut syncing, 0).await?;
                     continue;
                 }
                 if plan.is_idle() {
@@ -975,13 +985,78 @@ impl<S: Storage> LogInner<S> {
                     // Let the new writes reach the device before waiting.
                     glommio::executor().yield_task_queue_now().await;
                     self.await_writes(&prev.plan, prev.writes).await?;
-                    self.complete(prev.plan, &prev.file).await?;
+                    // Its fdatasync runs while the next cycles write.
+                    syncing.push_back(Syncing::start(prev.plan, prev.file));
                     writes
                 }
                 None => self.submit(&plan, &file).await?,
             };
             inflight = Some(Inflight { plan, file, writes });
         }
+    }
+
+    /// Waits until the writes in flight complete (their cycle then starts
+    /// syncing), the oldest sync completes (its cycle is then acked), or an
+    /// append arrives. Returns what is still in flight.
+    async fn wait_for_progress(
+        &self,
+        inflight: Option<Inflight<S::File>>,
+        syncing: &mut VecDeque<Syncing<S::File>>,
+    ) -> Result<Option<Inflight<S::File>>> {
+        use futures::future::{Either, select};
+        if let Some(prev) = inflight {
+            let Inflight { plan, file, writes } = prev;
+            let Writes { task, tail_written } = writes;
+            return match select(task, self.wake.wait()).await {
+                Either::Left((result, _)) => {
+                    result.map_err(|err| LogError::io("write", &plan.log_path, err))?;
+                    syncing.push_back(Syncing::start(plan, file));
+                    Ok(None)
+                }
+                Either::Right(((), task)) => Ok(Some(Inflight { plan, file, writes: Writes { task, tail_written } })),
+            };
+        }
+        if let Some(Syncing { sync: Some(task), .. }) = syncing.front_mut() {
+            if let Either::Left((result, _)) = select(&mut *task, self.wake.wait()).await {
+                let front = syncing.pop_front().expect("the front sync exists");
+                self.finish_sync(front, result).await?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Acks, in order, the syncing cycles whose fdatasync completed; waits
+    /// for the oldest while more than `in_flight_max` are syncing.
+    async fn finish_synced(&self, syncing: &mut VecDeque<Syncing<S::File>>, in_flight_max: usize) -> Result<()> {
+        use futures::FutureExt;
+        loop {
+            let must_wait = syncing.len() > in_flight_max;
+            let Some(front) = syncing.front_mut() else { return Ok(()) };
+            let result = match front.sync.as_mut() {
+                None => Ok(()),
+                Some(task) if must_wait => task.await,
+                Some(task) => match task.now_or_never() {
+                    Some(result) => result,
+                    None => return Ok(()),
+                },
+            };
+            let front = syncing.pop_front().expect("the front sync exists");
+            self.finish_sync(front, result).await?;
+        }
+    }
+
+    async fn finish_sync(&self, entry: Syncing<S::File>, result: std::io::Result<()>) -> Result<()> {
+        result.map_err(|err| LogError::io("fdatasync", &entry.plan.log_path, err))?;
+        debug_assert!(!entry.plan.seal, "seals run outside the pipeline");
+        if let Some(epochs) = &entry.plan.epochs {
+            let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
+            write_file_atomic(&self.storage, &path, &epochs.encode())
+                .await
+                .map_err(|err| LogError::io("write", &path, err))?;
+        }
+        let synced = entry.plan.sync;
+        self.finish_cycle(entry.plan, synced);
+        Ok(())
     }
 
     /// Copies a plan into DMA buffers and starts writing them.
