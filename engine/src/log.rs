@@ -1016,11 +1016,11 @@ impl<S: Storage> LogInner<S> {
                 Either::Right(((), task)) => Ok(Some(Inflight { plan, file, writes: Writes { task, tail_written } })),
             };
         }
-        if let Some(Syncing { sync: Some(task), .. }) = syncing.front_mut() {
-            if let Either::Left((result, _)) = select(&mut *task, self.wake.wait()).await {
-                let front = syncing.pop_front().expect("the front sync exists");
-                self.finish_sync(front, result).await?;
-            }
+        if let Some(Syncing { sync: Some(task), .. }) = syncing.front_mut()
+            && let Either::Left((result, _)) = select(&mut *task, self.wake.wait()).await
+        {
+            let front = syncing.pop_front().expect("the front sync exists");
+            self.finish_sync(front, result).await?;
         }
         Ok(None)
     }
