@@ -93,8 +93,15 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
             let mut pairs = Vec::new();
             for round in 0..bench_args.rounds {
                 for &policy in &policies {
-                    let raw = raw_write(&bench_args, &template, batch_count).await?;
+                    let raw = raw_write(&bench_args, &template, batch_count, None).await?;
                     let engine = engine_append(&bench_args, &template, batch_count, policy, raw.mb_per_s).await?;
+                    let raw_synced = match policy {
+                        Durability::Always => {
+                            let every = spate_engine::limits::FLUSH_CYCLE_BYTES_MAX as u64;
+                            Some(raw_write(&bench_args, &template, batch_count, Some(every)).await?)
+                        }
+                        _ => None,
+                    };
                     eprintln!(
                         "round {round} {:<14} raw {:>5.0} MB/s, engine {:>5.0} MB/s ({:.0}% of raw), p50 {} us p99 {} us max {} us",
                         engine.policy,
@@ -105,7 +112,10 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
                         engine.p99_us,
                         engine.max_us
                     );
-                    pairs.push(report::Pair { round, raw, engine });
+                    if let Some(synced) = &raw_synced {
+                        eprintln!("round {round} raw write + fdatasync every 4 MiB: {:.0} MB/s", synced.mb_per_s);
+                    }
+                    pairs.push(report::Pair { round, raw, engine, raw_synced });
                 }
             }
             Ok::<_, String>(pairs)
@@ -136,7 +146,16 @@ fn build_batch(record_bytes: usize, records_per_batch: usize) -> BytesMut {
 /// The same bytes through glommio's DmaFile: `raw_depth` aligned writes of
 /// one batch each in flight (copied into DMA buffers, as any writer must), then one
 /// fdatasync.
-async fn raw_write(args: &EngineArgs, template: &BytesMut, batch_count: usize) -> Result<RawResult, String> {
+///
+/// With `sync_every_bytes`, the writes go in groups of that many bytes, each
+/// followed by an fdatasync before the next group starts: the naive durable
+/// writer, and the device's price for durability at that cadence.
+async fn raw_write(
+    args: &EngineArgs,
+    template: &BytesMut,
+    batch_count: usize,
+    sync_every_bytes: Option<u64>,
+) -> Result<RawResult, String> {
     let path = args.dir.join("raw.bin");
     let file = OpenOptions::new()
         .read(true)
@@ -149,20 +168,24 @@ async fn raw_write(args: &EngineArgs, template: &BytesMut, batch_count: usize) -
     let total = write_bytes as u64 * batch_count as u64;
     file.pre_allocate(total, true).await.map_err(|err| format!("fallocate: {err}"))?;
     let file = Rc::new(file);
+    let group_batches = sync_every_bytes.map_or(batch_count, |bytes| (bytes as usize / write_bytes).max(1));
     let started = Instant::now();
-    let writes = futures::stream::iter(0..batch_count).map(|i| {
-        let file = file.clone();
-        async move {
-            let mut buf = file.alloc_dma_buffer(write_bytes);
-            buf.as_bytes_mut()[..template.len()].copy_from_slice(template);
-            file.write_at(buf, (i * write_bytes) as u64).await
+    for group_start in (0..batch_count).step_by(group_batches) {
+        let group = group_start..(group_start + group_batches).min(batch_count);
+        let writes = futures::stream::iter(group).map(|i| {
+            let file = file.clone();
+            async move {
+                let mut buf = file.alloc_dma_buffer(write_bytes);
+                buf.as_bytes_mut()[..template.len()].copy_from_slice(template);
+                file.write_at(buf, (i * write_bytes) as u64).await
+            }
+        });
+        let results: Vec<_> = writes.buffer_unordered(args.raw_depth).collect().await;
+        for result in results {
+            result.map_err(|err| format!("raw write: {err}"))?;
         }
-    });
-    let results: Vec<_> = writes.buffer_unordered(args.raw_depth).collect().await;
-    for result in results {
-        result.map_err(|err| format!("raw write: {err}"))?;
+        file.fdatasync().await.map_err(|err| format!("raw fdatasync: {err}"))?;
     }
-    file.fdatasync().await.map_err(|err| format!("raw fdatasync: {err}"))?;
     let elapsed = started.elapsed();
     drop(file);
     let _ = std::fs::remove_file(&path);

@@ -122,6 +122,9 @@ pub struct Pair {
     pub round: usize,
     pub raw: RawResult,
     pub engine: PolicyResult,
+    /// For `always`: raw writes with an fdatasync after every cycle's worth
+    /// of bytes, one group after another.
+    pub raw_synced: Option<RawResult>,
 }
 
 /// Medians over the rounds of one policy.
@@ -139,6 +142,8 @@ pub struct Summary {
     pub p999_us: u64,
     pub max_us: u64,
     pub executor_busy: f64,
+    /// Median raw write + fdatasync-per-cycle figure, for `always`.
+    pub raw_synced_mb_per_s: Option<f64>,
 }
 
 fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
@@ -185,6 +190,11 @@ impl Report {
                     p999_us: median(runs.iter().map(|pair| pair.engine.p999_us).collect()),
                     max_us: runs.iter().map(|pair| pair.engine.max_us).max().unwrap_or(0),
                     executor_busy: median(runs.iter().map(|pair| pair.engine.executor_busy).collect()),
+                    raw_synced_mb_per_s: {
+                        let synced: Vec<f64> =
+                            runs.iter().filter_map(|pair| Some(pair.raw_synced.as_ref()?.mb_per_s)).collect();
+                        (!synced.is_empty()).then(|| median(synced))
+                    },
                     policy,
                 }
             })
@@ -246,6 +256,19 @@ impl Report {
                 r.max_us,
                 r.executor_busy * 100.0
             );
+        }
+        for r in &self.summary {
+            if let Some(synced) = r.raw_synced_mb_per_s {
+                let _ = writeln!(
+                    out,
+                    "\nDurable baseline for `{}`: raw writes with an fdatasync after every {} MiB, one group after another, reach {:.0} MB/s (median); the engine's {:.0} MB/s is {:.2}x that.",
+                    r.policy,
+                    spate_engine::limits::FLUSH_CYCLE_BYTES_MAX >> 20,
+                    synced,
+                    r.engine_mb_per_s,
+                    r.engine_mb_per_s / synced
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -980,7 +980,8 @@ impl<S: Storage> LogInner<S> {
             let writes = match inflight.take() {
                 Some(mut prev) => {
                     let chunks = self.compose(&plan, &file).await?;
-                    let gate = prev.writes.tail_written.take();
+                    // Only a continued partial page overlaps the previous cycle.
+                    let gate = prev.writes.tail_written.take().filter(|_| !plan.page_head.is_empty());
                     let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks, gate);
                     // Let the new writes reach the device before waiting.
                     glommio::executor().yield_task_queue_now().await;
@@ -1395,9 +1396,24 @@ fn compose_chunks<F: StorageFile>(
     let sources = std::iter::once(page_head).chain(batches.iter().map(|bytes| &bytes[..]));
     let mut gather = Gather::new(sources);
     let mut chunks = Vec::with_capacity(write_bytes.div_ceil(WRITE_CHUNK_BYTES));
+    let page_bytes = IO_ALIGN_BYTES as usize;
+    let tail_page_start = (align_down(end) - start) as usize;
     let mut chunk_start = 0;
     while chunk_start < write_bytes {
-        let chunk_bytes = WRITE_CHUNK_BYTES.min(write_bytes - chunk_start);
+        // The page continued from the previous cycle and the partial page
+        // the next cycle will continue are written on their own, so that
+        // the only write that must wait for another (a continued page for
+        // its previous write) is one small page, issued early.
+        let continued = chunk_start == 0 && !page_head.is_empty();
+        let partial_tail = end % IO_ALIGN_BYTES != 0 && chunk_start == tail_page_start;
+        let chunk_bytes = if continued || partial_tail {
+            page_bytes
+        } else if end % IO_ALIGN_BYTES != 0 && chunk_start < tail_page_start {
+            // Stop short of the partial tail page.
+            WRITE_CHUNK_BYTES.min(tail_page_start - chunk_start)
+        } else {
+            WRITE_CHUNK_BYTES.min(write_bytes - chunk_start)
+        };
         let mut buf = file.alloc_buf(chunk_bytes);
         gather.fill(buf.as_mut_bytes());
         chunks.push((buf, start + chunk_start as u64));
@@ -1416,10 +1432,11 @@ fn compose_chunks<F: StorageFile>(
 }
 
 /// Writes the chunks, several in flight, in a task of their own so they
-/// proceed while the flusher prepares the next cycle. The first chunk waits
-/// for `gate`, the previous cycle's last page (which it rewrites); the other
-/// chunks go at once, so the device sees the next cycle while the previous
-/// one drains.
+/// proceed while the flusher prepares the next cycle. The chunk at the
+/// lowest position waits for `gate`: it is then the single page continued
+/// from the previous cycle, which that cycle's last chunk (also a single
+/// page) wrote. The other chunks go at once, so the device sees the next
+/// cycle while the previous one drains.
 fn spawn_writes<F: StorageFile>(
     file: Rc<F>,
     path: PathBuf,
@@ -1427,14 +1444,19 @@ fn spawn_writes<F: StorageFile>(
     gate: Option<oneshot::Receiver<()>>,
 ) -> Writes {
     let (tail_tx, tail_rx) = oneshot::channel();
-    let last_index = chunks.len().saturating_sub(1);
+    let first_position = chunks.iter().map(|chunk| chunk.1).min();
+    let last_position = chunks.iter().map(|chunk| chunk.1).max();
+    // Single pages first: the next cycle's continued page waits for this
+    // cycle's last page, and should not queue behind megabytes.
+    let mut chunks = chunks;
+    chunks.sort_by_key(|(buf, _)| buf.as_bytes().len() > IO_ALIGN_BYTES as usize);
     let task = glommio::spawn_local(async move {
         let mut gate = gate;
         let mut tail_tx = Some(tail_tx);
-        let writes = chunks.into_iter().enumerate().map(|(index, (buf, chunk_position))| {
+        let writes = chunks.into_iter().map(|(buf, chunk_position)| {
             let file = file.clone();
-            let gate = if index == 0 { gate.take() } else { None };
-            let tail_tx = if index == last_index { tail_tx.take() } else { None };
+            let gate = if Some(chunk_position) == first_position { gate.take() } else { None };
+            let tail_tx = if Some(chunk_position) == last_position { tail_tx.take() } else { None };
             async move {
                 if let Some(gate) = gate {
                     gate.await.map_err(|_| std::io::Error::other("the previous cycle's write failed"))?;
@@ -1520,4 +1542,53 @@ async fn run_flusher<S: Storage>(weak: Weak<LogInner<S>>, wake: Rc<Notify>, done
         glommio::yield_if_needed().await;
     }
     let _ = done.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::io::{SimStorage, Storage};
+
+    /// Lays out `batches` after `page_head` and returns (position, length)
+    /// per chunk and the bytes the chunks hold, in file order.
+    fn layout(position: u64, page_head: &[u8], batches: &[Bytes]) -> (Vec<(u64, usize)>, Vec<u8>, Vec<u8>) {
+        glommio::LocalExecutor::default().run(async {
+            let file = SimStorage::new().open(Path::new("/x.log"), true).await.unwrap();
+            let (mut chunks, new_head) = compose_chunks(&file, position, page_head, batches);
+            chunks.sort_by_key(|chunk| chunk.1);
+            let shape = chunks.iter().map(|(buf, pos)| (*pos, buf.as_bytes().len())).collect();
+            let bytes = chunks.iter().flat_map(|(buf, _)| buf.as_bytes().to_vec()).collect();
+            (shape, bytes, new_head)
+        })
+    }
+
+    #[test]
+    fn a_continued_page_and_a_partial_tail_page_are_written_on_their_own() {
+        let page = IO_ALIGN_BYTES as usize;
+        let head = vec![1u8; 100];
+        let batch = Bytes::from(vec![2u8; 3 * WRITE_CHUNK_BYTES]);
+        let position = 5 * IO_ALIGN_BYTES + 100;
+        let (shape, bytes, new_head) = layout(position, &head, std::slice::from_ref(&batch));
+        let end = position as usize + batch.len();
+        assert_eq!(shape.first(), Some(&(5 * IO_ALIGN_BYTES, page)), "the continued page alone");
+        assert_eq!(shape.last(), Some(&(align_down(end as u64), page)), "the partial tail page alone");
+        for pair in shape.windows(2) {
+            assert_eq!(pair[0].0 + pair[0].1 as u64, pair[1].0, "chunks are contiguous");
+        }
+        assert!(shape.iter().all(|(_, len)| *len <= WRITE_CHUNK_BYTES));
+        // Content: head, batch, zero padding.
+        assert_eq!(&bytes[..100], &head[..]);
+        assert!(bytes[100..100 + batch.len()].iter().all(|b| *b == 2));
+        assert!(bytes[100 + batch.len()..].iter().all(|b| *b == 0), "padding is zeroed");
+        assert_eq!(new_head.len(), end % page);
+    }
+
+    #[test]
+    fn an_aligned_start_and_end_need_no_single_pages() {
+        let batch = Bytes::from(vec![3u8; 2 * WRITE_CHUNK_BYTES]);
+        let (shape, _, new_head) = layout(0, &[], std::slice::from_ref(&batch));
+        assert_eq!(shape, vec![(0, WRITE_CHUNK_BYTES), (WRITE_CHUNK_BYTES as u64, WRITE_CHUNK_BYTES)]);
+        assert!(new_head.is_empty());
+    }
 }

@@ -436,11 +436,12 @@ fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
             log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
         }
         log.flush().await.unwrap();
-        // Three pages long, so a tear after the first page cuts it.
+        // Three pages long: written as its first page, its last page, then
+        // the whole pages between them, the newest write.
         log.append_durable(sized_batch(10_000, 9, 0), 0).await.unwrap();
         drop(log);
-        // The last write reached the disk only in part.
-        let crashed = storage.crash(spate_engine::io::CrashMode::TearNewestWrite { keep_bytes: 4096 + 100 });
+        // The newest write reached the disk only in part.
+        let crashed = storage.crash(spate_engine::io::CrashMode::TearNewestWrite { keep_bytes: 100 });
         let log = open(&crashed, &config).await;
         assert_eq!(log.log_end_offset(), 50);
         log.append_durable(batch("next", 1, 0), 0).await.unwrap();
