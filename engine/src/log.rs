@@ -1405,10 +1405,10 @@ fn compose_chunks<F: StorageFile>(
         // the only write that must wait for another (a continued page for
         // its previous write) is one small page, issued early.
         let continued = chunk_start == 0 && !page_head.is_empty();
-        let partial_tail = end % IO_ALIGN_BYTES != 0 && chunk_start == tail_page_start;
+        let partial_tail = !end.is_multiple_of(IO_ALIGN_BYTES) && chunk_start == tail_page_start;
         let chunk_bytes = if continued || partial_tail {
             page_bytes
-        } else if end % IO_ALIGN_BYTES != 0 && chunk_start < tail_page_start {
+        } else if !end.is_multiple_of(IO_ALIGN_BYTES) && chunk_start < tail_page_start {
             // Stop short of the partial tail page.
             WRITE_CHUNK_BYTES.min(tail_page_start - chunk_start)
         } else {
