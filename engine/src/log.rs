@@ -648,8 +648,11 @@ impl<S: Storage> PartitionLog<S> {
                     break;
                 }
                 let now_ms = log.inner.config.clock.now_ms();
-                if let Err(err) = log.enforce_retention(now_ms).await {
-                    tracing::error!(dir = %log.dir().display(), error = %err, "retention failed");
+                match log.enforce_retention(now_ms).await {
+                    Ok(_) => {}
+                    // Stopped logs need no retention; the failure was logged.
+                    Err(LogError::Closed | LogError::Failed { .. }) => break,
+                    Err(err) => tracing::error!(dir = %log.dir().display(), error = %err, "retention failed"),
                 }
             }
         };

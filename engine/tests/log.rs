@@ -470,3 +470,36 @@ fn appends_truncation_retention_and_flush_after_close_are_refused() {
         assert_eq!(read_all(&open(&storage, &small_config()).await, 0).await.len(), 1);
     });
 }
+
+#[test]
+fn segments_roll_by_age_and_background_retention_deletes_expired_ones() {
+    run(async {
+        let now_ms = std::rc::Rc::new(std::cell::Cell::new(1_000_000i64));
+        let clock_now = now_ms.clone();
+        let config = LogConfig {
+            segment_bytes_max: 1 << 20,
+            segment_ms: 60_000,
+            retention_ms: Some(120_000),
+            clock: spate_engine::Clock::new(move || clock_now.get()),
+            ..small_config()
+        };
+        let storage = SimStorage::new();
+        let log = open(&storage, &config).await;
+        // Three minutes of appends, one a minute, stamped with the clock.
+        for minute in 0..4 {
+            log.append_durable(batch(&format!("m{minute}"), 2, now_ms.get()), 0).await.unwrap();
+            now_ms.set(now_ms.get() + 61_000);
+        }
+        assert_eq!(log.segment_count(), 4, "each append came after segment_ms and rolled");
+        let queue = glommio::executor().current_task_queue();
+        log.spawn_retention(std::time::Duration::from_millis(5), queue).unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        // Now is 1_244_000: segments whose newest record is before
+        // 1_124_000 are past retention (1_000_000, 1_061_000, 1_122_000);
+        // the active one (1_183_000) stays.
+        assert_eq!(log.log_start_offset(), 6);
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(read_all(&log, 6).await.len(), 2);
+        log.close().await.unwrap();
+    });
+}
