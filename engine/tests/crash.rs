@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use spate_engine::io::{CrashMode, SimStorage, TraceOp};
-use spate_engine::{Durability, LogConfig, PartitionLog, TailCache};
+use spate_engine::{LogConfig, PartitionLog, TailCache};
 
 /// What the workload appended, in order, and when each batch was acked.
 struct Recorded {
@@ -30,17 +30,7 @@ struct Recorded {
 }
 
 fn crash_config() -> LogConfig {
-    LogConfig {
-        durability: Durability::Always,
-        segment_bytes_max: 8 * 1024,
-        index_interval_bytes: 1024,
-        preallocate_bytes: 16 * 1024,
-        // One batch a cycle, so concurrent appends keep two cycles in
-        // flight and the pipeline is exercised.
-        flush_cycle_bytes_max: 1,
-        retention_ms: None,
-        ..LogConfig::default()
-    }
+    pipelined_config()
 }
 
 fn values_of(batch: &bytes::BytesMut) -> Vec<Vec<u8>> {

@@ -93,9 +93,7 @@ fn a_restart_keeps_every_record_offset_and_segment() {
         let storage = SimStorage::new();
         let config = small_config();
         let log = open(&storage, &config).await;
-        for i in 0..200 {
-            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
-        }
+        append_batches(&log, 200, 5).await;
         let before = read_all(&log, 0).await;
         let segments = log.segment_count();
         assert!(segments > 3, "small segments roll: {segments}");
@@ -118,9 +116,7 @@ fn a_restart_after_a_crash_without_close_rebuilds_indexes() {
         let storage = SimStorage::new();
         let config = small_config();
         let log = open(&storage, &config).await;
-        for i in 0..100 {
-            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
-        }
+        append_batches(&log, 100, 5).await;
         let before = read_all(&log, 0).await;
         drop(log);
         // Take every index file away: recovery must rebuild them.
@@ -336,9 +332,7 @@ fn a_corrupt_batch_in_a_sealed_segment_is_reported_and_never_served() {
         let storage = SimStorage::new();
         let config = small_config();
         let log = open(&storage, &config).await;
-        for i in 0..100 {
-            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
-        }
+        append_batches(&log, 100, 5).await;
         log.close().await.unwrap();
         let first = storage.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap();
         // A bit inside the first segment, well past its header region.
@@ -359,9 +353,7 @@ fn after_a_clean_close_a_corrupt_batch_in_the_active_segment_fails_open_instead_
         // One index entry for the whole segment: recovery scans all of it.
         let config = LogConfig { segment_bytes_max: 1 << 20, index_interval_bytes: 1 << 20, ..small_config() };
         let log = open(&storage, &config).await;
-        for i in 0..20 {
-            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
-        }
+        append_batches(&log, 20, 5).await;
         log.close().await.unwrap();
         let segment = storage.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap();
         let bytes_before = storage.contents(&segment).unwrap().len();
@@ -381,9 +373,7 @@ fn a_clean_close_leaves_exact_segments_and_a_reopen_needs_no_repair() {
     run(async {
         let storage = SimStorage::new();
         let log = open(&storage, &small_config()).await;
-        for i in 0..50 {
-            log.append_durable(batch(&format!("r{i}"), 3, i), 0).await.unwrap();
-        }
+        append_batches(&log, 50, 3).await;
         let size = log.size_bytes();
         log.close().await.unwrap();
         let on_disk: u64 = storage
@@ -410,9 +400,7 @@ fn after_a_crash_the_log_is_cut_at_the_first_damaged_batch_of_the_unflushed_tail
         let storage = SimStorage::new();
         let config = LogConfig { segment_bytes_max: 1 << 20, ..small_config() };
         let log = open(&storage, &config).await;
-        for i in 0..20 {
-            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
-        }
+        append_batches(&log, 20, 5).await;
         drop(log);
         let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
         let segment = crashed.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap();
@@ -432,9 +420,7 @@ fn a_torn_tail_is_cut_off_and_appends_continue_after_it() {
         let storage = SimStorage::new();
         let config = LogConfig { durability: Durability::Never, segment_bytes_max: 1 << 20, ..small_config() };
         let log = open(&storage, &config).await;
-        for i in 0..10 {
-            log.append_durable(batch(&format!("r{i}"), 5, i), 0).await.unwrap();
-        }
+        append_batches(&log, 10, 5).await;
         log.flush().await.unwrap();
         // Three pages long: written as its first page, its last page, then
         // the whole pages between them, the newest write.

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use spate_engine::io::{CrashMode, SimStorage};
-use spate_engine::{Durability, LogConfig, PartitionLog, ReadBound};
+use spate_engine::{LogConfig, PartitionLog, ReadBound};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -74,18 +74,7 @@ impl Model {
 }
 
 fn model_config() -> LogConfig {
-    LogConfig {
-        durability: Durability::Always,
-        segment_bytes_max: 8 * 1024,
-        index_interval_bytes: 1024,
-        preallocate_bytes: 16 * 1024,
-        // One batch a cycle, so concurrent appends keep two cycles in
-        // flight and the pipeline is exercised.
-        flush_cycle_bytes_max: 1,
-        retention_ms: None,
-        retention_bytes: Some(24 * 1024),
-        ..LogConfig::default()
-    }
+    LogConfig { retention_bytes: Some(24 * 1024), ..pipelined_config() }
 }
 
 async fn check(log: &PartitionLog<SimStorage>, model: &Model) {

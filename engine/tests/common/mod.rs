@@ -58,6 +58,28 @@ pub fn small_config() -> LogConfig {
     }
 }
 
+/// Small segments and one batch per flush cycle, so that rolls happen and
+/// concurrent appends keep two cycles in flight through the pipeline.
+pub fn pipelined_config() -> LogConfig {
+    LogConfig {
+        durability: spate_engine::Durability::Always,
+        segment_bytes_max: 8 * 1024,
+        index_interval_bytes: 1024,
+        preallocate_bytes: 16 * 1024,
+        flush_cycle_bytes_max: 1,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+/// Appends `count` batches of `records_per_batch` records, one at a time,
+/// each acknowledged before the next (batch `i` tagged `r{i}`, timestamp `i`).
+pub async fn append_batches<S: Storage>(log: &PartitionLog<S>, count: usize, records_per_batch: usize) {
+    for i in 0..count {
+        log.append_durable(batch(&format!("r{i}"), records_per_batch, i as i64), 0).await.unwrap();
+    }
+}
+
 pub async fn open<S: Storage>(storage: &S, config: &LogConfig) -> PartitionLog<S> {
     PartitionLog::open(storage.clone(), log_dir(), config.clone(), TailCache::new(1 << 20)).await.unwrap()
 }
