@@ -17,6 +17,10 @@ ci:
 bench *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}
 
+# Fuzz one decoder (batch, index_files) for SECONDS.
+fuzz TARGET="batch" SECONDS="300":
+    cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O {{TARGET}} -- -max_total_time={{SECONDS}}
+
 # The machine's limits (fio, iperf3) for the reports' ratios.
 limits DIR="target":
     bash ../shared/perf/measure-limits.sh {{DIR}}
