@@ -113,7 +113,8 @@ pub fn run(args: EngineArgs) -> Result<(), String> {
                         engine.max_us
                     );
                     if let Some(synced) = &raw_synced {
-                        eprintln!("round {round} raw write + fdatasync every 4 MiB: {:.0} MB/s", synced.mb_per_s);
+                        let every_mib = spate_engine::limits::FLUSH_CYCLE_BYTES_MAX >> 20;
+                        eprintln!("round {round} raw write + fdatasync every {every_mib} MiB: {:.0} MB/s", synced.mb_per_s);
                     }
                     pairs.push(report::Pair { round, raw, engine, raw_synced });
                 }

@@ -5,18 +5,19 @@
 /// but 4096 matches the page size and every disk we run on.
 pub const IO_ALIGN_BYTES: u64 = 4096;
 
-/// Largest single write submitted to the disk. A flush is cut into chunks of
-/// this size and the chunks are submitted together, so the device sees
-/// several writes in flight (the limits file measures 1 MiB at iodepth 8).
+/// Largest single write submitted to the disk. A cycle's whole pages are cut
+/// into chunks of at most this size and submitted together, so the device
+/// sees several writes in flight (the limits file measures 1 MiB at iodepth
+/// 8); a continued first page and a partial last page go as single pages.
 pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// How many chunk writes one flush keeps in flight at once.
 pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 
 /// Default bytes one group-commit cycle takes from the pending queue. Two
-/// cycles are in flight at once (one writing, one syncing), so this is
-/// about half the data a log keeps moving; it bounds the ack latency of the
-/// first append in a cycle. A cycle always takes at least one batch.
+/// cycles write at once and up to `SYNCS_IN_FLIGHT_MAX` more sync, so the
+/// data a log keeps moving is a few times this; it bounds the ack latency
+/// of the first append in a cycle. A cycle always takes at least one batch.
 pub const FLUSH_CYCLE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Written cycles whose fdatasync may run at once. On a virtio disk an

@@ -863,7 +863,7 @@ impl<S: Storage> LogInner<S> {
             Durability::Never => false,
         };
         let unsynced = count > 0 || state.synced_offset < state.written_offset;
-        CyclePlan {
+        let plan = CyclePlan {
             segment_base,
             log_path: target.log_path.clone(),
             file: target.file.clone(),
@@ -876,7 +876,14 @@ impl<S: Storage> LogInner<S> {
             sync: seal || state.sync_requested || (interval_due && unsynced),
             seal,
             epochs: state.epochs_dirty.then(|| state.epochs.clone()),
+        };
+        drop(state);
+        if plan.sync && matches!(self.config.durability, Durability::IntervalMs(_)) {
+            // The interval restarts when a sync is planned, not when it is
+            // acked: cycles planned while it runs must not sync again.
+            self.state.borrow_mut().last_sync_ms = self.config.clock.now_ms();
         }
+        plan
     }
 
     async fn open_segment_file(&self, path: &Path) -> Result<Rc<S::File>> {
@@ -928,12 +935,13 @@ impl<S: Storage> LogInner<S> {
         Ok(file)
     }
 
-    /// Runs flush cycles until nothing is due, two deep: while one cycle's
-    /// writes are on the device, the next is copied into DMA buffers and its
-    /// chunks go out at once, except the first, which rewrites the previous
-    /// cycle's partial last page and so waits for that page's write (two
-    /// writes of one page are never in flight together). The previous cycle
-    /// is then fdatasync'ed (if due) and acked while the new writes run.
+    /// Runs flush cycles until nothing is due. While one cycle's writes are
+    /// on the device, the next is copied into DMA buffers and its chunks go
+    /// out at once; only its continued first page waits for the previous
+    /// cycle's write of that page (two writes of one page are never in
+    /// flight together). A cycle whose writes completed starts its fdatasync
+    /// (if due) in a task of its own; up to `SYNCS_IN_FLIGHT_MAX` run at
+    /// once, and cycles are acked strictly in order as their syncs finish.
     async fn flush_pipeline(&self) -> Result<()> {
         let mut inflight: Option<Inflight<S::File>> = None;
         // Written cycles whose fdatasync runs, oldest first; acked in order.
@@ -988,9 +996,12 @@ impl<S: Storage> LogInner<S> {
                     let writes = spawn_writes(file.clone(), plan.log_path.clone(), chunks, gate);
                     // Let the new writes reach the device before waiting.
                     glommio::executor().yield_task_queue_now().await;
+                    // Ack what has synced meanwhile, without waiting.
+                    self.finish_synced(&mut syncing, usize::MAX).await?;
                     self.await_writes(&prev.plan, prev.writes).await?;
                     // Its fdatasync runs while the next cycles write.
                     syncing.push_back(Syncing::start(prev.plan, prev.file));
+                    self.finish_synced(&mut syncing, SYNCS_IN_FLIGHT_MAX).await?;
                     writes
                 }
                 None => self.submit(&plan, &file).await?,

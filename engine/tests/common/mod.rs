@@ -59,7 +59,7 @@ pub fn small_config() -> LogConfig {
 }
 
 /// Small segments and one batch per flush cycle, so that rolls happen and
-/// concurrent appends keep two cycles in flight through the pipeline.
+/// concurrent appends keep several cycles writing and syncing at once.
 pub fn pipelined_config() -> LogConfig {
     LogConfig {
         durability: spate_engine::Durability::Always,
