@@ -898,30 +898,30 @@ impl<S: Storage> LogInner<S> {
     /// marker tells the next open that the segment's tail is not torn, so
     /// any damage there is corruption rather than an interrupted write.
     async fn close_active_segment(&self) -> Result<()> {
-        let (file, written_bytes, index, time_index, paths) = {
+        let (file, segment_base, written_bytes) = {
             let state = self.state.borrow();
             let active = state.active();
-            let paths = (active.log_path.clone(), active.index_path(), active.time_index_path());
-            (active.file.clone(), active.written_bytes, active.index.encode(), active.time_index.encode(), paths)
+            (active.file.clone(), active.base_offset, active.written_bytes)
         };
         if let Some(file) = file {
-            file.truncate(written_bytes).await.map_err(|err| LogError::io("truncate", &paths.0, err))?;
-            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &paths.0, err))?;
-            write_file_atomic(&self.storage, &paths.1, &index)
-                .await
-                .map_err(|err| LogError::io("write", &paths.1, err))?;
-            write_file_atomic(&self.storage, &paths.2, &time_index)
-                .await
-                .map_err(|err| LogError::io("write", &paths.2, err))?;
+            self.persist_segment(&file, segment_base, written_bytes).await?;
         }
         {
             let mut state = self.state.borrow_mut();
             state.synced_offset = state.written_offset;
         }
-        let marker = self.dir.join(CLEAN_SHUTDOWN_NAME);
-        write_file_atomic(&self.storage, &marker, CLEAN_SHUTDOWN_CONTENT)
-            .await
-            .map_err(|err| LogError::io("write", &marker, err))
+        self.write_atomic(&self.dir.join(CLEAN_SHUTDOWN_NAME), CLEAN_SHUTDOWN_CONTENT).await
+    }
+
+    async fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
+        write_file_atomic(&self.storage, path, data).await.map_err(|err| LogError::io("write", path, err))
+    }
+
+    async fn write_epoch_checkpoint(&self, epochs: Option<&LeaderEpochCache>) -> Result<()> {
+        match epochs {
+            Some(epochs) => self.write_atomic(&self.dir.join(EPOCH_CHECKPOINT_NAME), &epochs.encode()).await,
+            None => Ok(()),
+        }
     }
 
     async fn file_for(&self, plan: &CyclePlan<S::File>) -> Result<Rc<S::File>> {
@@ -1063,12 +1063,7 @@ impl<S: Storage> LogInner<S> {
     async fn finish_sync(&self, entry: Syncing<S::File>, result: std::io::Result<()>) -> Result<()> {
         result.map_err(|err| LogError::io("fdatasync", &entry.plan.log_path, err))?;
         debug_assert!(!entry.plan.seal, "seals run outside the pipeline");
-        if let Some(epochs) = &entry.plan.epochs {
-            let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
-            write_file_atomic(&self.storage, &path, &epochs.encode())
-                .await
-                .map_err(|err| LogError::io("write", &path, err))?;
-        }
+        self.write_epoch_checkpoint(entry.plan.epochs.as_ref()).await?;
         let synced = entry.plan.sync;
         self.finish_cycle(entry.plan, synced);
         Ok(())
@@ -1124,36 +1119,29 @@ impl<S: Storage> LogInner<S> {
         // The checkpoint goes before the seal: once a segment is sealed,
         // recovery scans it only from its last index entry, so an epoch
         // starting in it must already be in the checkpoint.
-        if let Some(epochs) = &plan.epochs {
-            let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
-            write_file_atomic(&self.storage, &path, &epochs.encode())
-                .await
-                .map_err(|err| LogError::io("write", &path, err))?;
-        }
+        self.write_epoch_checkpoint(plan.epochs.as_ref()).await?;
         if plan.seal {
-            self.seal_segment(file, &plan).await?;
+            self.persist_segment(file, plan.segment_base, plan.end_position).await?;
         }
         let synced = plan.sync;
         self.finish_cycle(plan, synced);
         Ok(())
     }
 
-    /// Cuts a complete segment to its exact size and persists its indexes.
-    async fn seal_segment(&self, file: &S::File, plan: &CyclePlan<S::File>) -> Result<()> {
-        let path = &plan.log_path;
-        file.truncate(plan.end_position).await.map_err(|err| LogError::io("truncate", path, err))?;
-        file.fdatasync().await.map_err(|err| LogError::io("fdatasync", path, err))?;
-        let (index, time_index, index_path, time_index_path) = {
+    /// Cuts a segment whose batches are all written to its exact size,
+    /// syncs it and persists its indexes: when it is sealed, and for the
+    /// active segment at close.
+    async fn persist_segment(&self, file: &S::File, segment_base: i64, end_position: u64) -> Result<()> {
+        let (path, index, time_index, index_path, time_index_path) = {
             let state = self.state.borrow();
-            let segment = &state.segments[&plan.segment_base];
-            (segment.index.encode(), segment.time_index.encode(), segment.index_path(), segment.time_index_path())
+            let segment = &state.segments[&segment_base];
+            let encoded = (segment.index.encode(), segment.time_index.encode());
+            (segment.log_path.clone(), encoded.0, encoded.1, segment.index_path(), segment.time_index_path())
         };
-        write_file_atomic(&self.storage, &index_path, &index)
-            .await
-            .map_err(|err| LogError::io("write", &index_path, err))?;
-        write_file_atomic(&self.storage, &time_index_path, &time_index)
-            .await
-            .map_err(|err| LogError::io("write", &time_index_path, err))
+        file.truncate(end_position).await.map_err(|err| LogError::io("truncate", &path, err))?;
+        file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
+        self.write_atomic(&index_path, &index).await?;
+        self.write_atomic(&time_index_path, &time_index).await
     }
 
     /// Publishes a completed cycle: moves offsets, unpins cached batches and
@@ -1364,12 +1352,7 @@ impl<S: Storage> LogInner<S> {
             state.epochs.truncate_from(new_end).then(|| state.epochs.clone())
         };
         self.cache.remove_from(self.log_id, new_end);
-        if let Some(epochs) = epochs {
-            let path = self.dir.join(EPOCH_CHECKPOINT_NAME);
-            write_file_atomic(&self.storage, &path, &epochs.encode())
-                .await
-                .map_err(|err| LogError::io("write", &path, err))?;
-        }
+        self.write_epoch_checkpoint(epochs.as_ref()).await?;
         tracing::info!(dir = %self.dir.display(), log_end_offset = new_end, "log truncated");
         self.state.borrow().check_offsets();
         Ok(new_end)
