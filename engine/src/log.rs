@@ -103,6 +103,9 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// Disk blocks reserved ahead of the write position.
     pub preallocate_bytes: u64,
+    /// Bytes accepted ahead of the disk before appends are refused with
+    /// `Backpressure` (at least one batch is always accepted).
+    pub pending_bytes_max: usize,
     /// Bytes one group-commit cycle takes from the queue (at least one
     /// batch). Smaller cycles keep two in flight sooner; larger ones
     /// amortise each fdatasync over more appends.
@@ -125,6 +128,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             preallocate_bytes: 32 * 1024 * 1024,
             flush_cycle_bytes_max: FLUSH_CYCLE_BYTES_MAX,
+            pending_bytes_max: PENDING_BYTES_MAX,
             high_watermark_follows_acks: true,
             clock: Clock::system(),
         }
@@ -138,6 +142,9 @@ impl LogConfig {
         }
         if self.batch_bytes_max == 0 || self.batch_bytes_max > BATCH_BYTES_MAX_LIMIT {
             return Err(LogError::InvalidConfig("batch_bytes_max must be in [1, 64 MiB]"));
+        }
+        if self.pending_bytes_max < self.batch_bytes_max {
+            return Err(LogError::InvalidConfig("pending_bytes_max must hold at least the largest batch"));
         }
         if self.flush_cycle_bytes_max == 0 {
             return Err(LogError::InvalidConfig("flush_cycle_bytes_max must be positive"));
@@ -243,6 +250,8 @@ pub(crate) struct LogState<F> {
     failed: Option<LogError>,
     closed: bool,
     truncating: bool,
+    /// Counts truncations, so a read that raced one can tell.
+    truncations: u64,
 }
 
 impl<F> LogState<F> {
@@ -269,6 +278,7 @@ impl<F> LogState<F> {
             failed: None,
             closed: false,
             truncating: false,
+            truncations: 0,
         };
         state.check_offsets();
         state
@@ -461,8 +471,9 @@ impl<S: Storage> PartitionLog<S> {
         if state.truncating {
             return Err(LogError::Truncating);
         }
-        if !state.pending.is_empty() && state.pending_bytes + batch.len() > PENDING_BYTES_MAX {
-            return Err(LogError::Backpressure { pending_bytes: state.pending_bytes, limit: PENDING_BYTES_MAX });
+        let limit = inner.config.pending_bytes_max;
+        if !state.pending.is_empty() && state.pending_bytes + batch.len() > limit {
+            return Err(LogError::Backpressure { pending_bytes: state.pending_bytes, limit });
         }
         let mut info = batch::validate_produce(&batch, inner.config.batch_bytes_max)?;
         let base_offset = state.log_end_offset;
@@ -558,7 +569,22 @@ impl<S: Storage> PartitionLog<S> {
             output.batches = cached.batches;
             return Ok(output);
         }
-        output.batches = inner.read_from_segments(offset, offset_end, bytes_max).await?;
+        let truncations = inner.state.borrow().truncations;
+        match inner.read_from_segments(offset, offset_end, bytes_max).await {
+            Ok(batches) => output.batches = batches,
+            // Reads do not wait for a truncation; one that raced it may
+            // have read a file being cut. That is not corruption: the
+            // offset is gone, and the caller asks again from the new end.
+            Err(LogError::Corruption { .. }) if inner.state.borrow().truncations != truncations => {
+                let state = inner.state.borrow();
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start_offset: state.log_start_offset,
+                    log_end_offset: state.log_end_offset,
+                });
+            }
+            Err(err) => return Err(err),
+        }
         Ok(output)
     }
 
@@ -610,6 +636,7 @@ impl<S: Storage> PartitionLog<S> {
                 break permit;
             }
         };
+        inner.state.borrow_mut().truncations += 1;
         let result = inner.truncate_locked(offset).await;
         inner.state.borrow_mut().truncating = false;
         if let Err(err) = &result {

@@ -489,3 +489,28 @@ fn segments_roll_by_age_and_background_retention_deletes_expired_ones() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn appends_beyond_the_pending_limit_get_backpressure_until_the_disk_catches_up() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { pending_bytes_max: 8 * 1024, batch_bytes_max: 4096, ..small_config() };
+        let log = open(&storage, &config).await;
+        let mut tickets = Vec::new();
+        let refused = loop {
+            match log.append(sized_batch(1900, 1, 0), 0) {
+                Ok(ticket) => tickets.push(ticket),
+                Err(err) => break err,
+            }
+            assert!(tickets.len() < 100, "no backpressure after 100 appends");
+        };
+        assert!(matches!(refused, LogError::Backpressure { limit: 8192, .. }), "{refused}");
+        assert_eq!(tickets.len(), 4, "four batches of about 1975 bytes fit in 8 KiB");
+        for ticket in tickets {
+            ticket.durable().await.unwrap();
+        }
+        // Nothing was lost or reordered, and appends are welcome again.
+        assert_eq!(log.append_durable(sized_batch(2000, 2, 0), 0).await.unwrap().base_offset, 4);
+        assert_eq!(read_all(&log, 0).await.len(), 5);
+    });
+}
