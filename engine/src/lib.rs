@@ -18,4 +18,6 @@ pub mod varint;
 
 pub use cache::TailCache;
 pub use error::LogError;
-pub use log::{AppendInfo, AppendTicket, Clock, Durability, LogConfig, PartitionLog, ReadBound, ReadOutput};
+pub use log::{
+    AppendInfo, AppendTicket, Clock, Durability, HighWatermarkAbove, LogConfig, PartitionLog, ReadBound, ReadOutput,
+};

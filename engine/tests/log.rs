@@ -514,3 +514,23 @@ fn appends_beyond_the_pending_limit_get_backpressure_until_the_disk_catches_up()
         assert_eq!(read_all(&log, 0).await.len(), 5);
     });
 }
+
+#[test]
+fn a_long_poll_wakes_when_the_high_watermark_passes_its_offset_and_on_close() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        log.append_durable(batch("a", 2, 0), 0).await.unwrap();
+        // Already above: completes at once with the current high watermark.
+        assert_eq!(log.high_watermark_above(1).await, 2);
+        let waiting = glommio::spawn_local(log.high_watermark_above(2));
+        glommio::executor().yield_now().await;
+        log.append_durable(batch("b", 3, 0), 0).await.unwrap();
+        assert_eq!(waiting.await, 5);
+        // A waiter at the end is released by close rather than left hanging.
+        let waiting = glommio::spawn_local(log.high_watermark_above(5));
+        glommio::executor().yield_now().await;
+        log.close().await.unwrap();
+        assert_eq!(waiting.await, 5);
+    });
+}

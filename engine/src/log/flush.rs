@@ -392,7 +392,7 @@ impl<S: Storage> LogInner<S> {
             Durability::IntervalMs(_) | Durability::Never => state.written_offset,
         };
         if self.config.high_watermark_follows_acks {
-            state.high_watermark = state.high_watermark.max(ack_offset);
+            state.raise_high_watermark(ack_offset);
         }
         // Waiters are in offset order except explicit flushes, which may ask
         // for a sync the ack point alone does not imply: check each.

@@ -183,6 +183,34 @@ pub struct ReadOutput {
     pub log_end_offset: i64,
 }
 
+/// The future of [`PartitionLog::high_watermark_above`]; yields the high
+/// watermark it saw.
+#[must_use = "futures do nothing unless awaited"]
+pub struct HighWatermarkAbove<S: Storage> {
+    inner: Rc<LogInner<S>>,
+    offset: i64,
+}
+
+impl<S: Storage> Future for HighWatermarkAbove<S> {
+    type Output = i64;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i64> {
+        let mut state = self.inner.state.borrow_mut();
+        if state.high_watermark > self.offset || state.closed || state.failed.is_some() {
+            return Poll::Ready(state.high_watermark);
+        }
+        if !state.high_watermark_wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+            state.high_watermark_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: Storage> fmt::Debug for HighWatermarkAbove<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HighWatermarkAbove").field("offset", &self.offset).finish()
+    }
+}
+
 /// Offsets given to an appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -255,6 +283,8 @@ pub(crate) struct LogState<F> {
     truncating: bool,
     /// Counts truncations, so a read that raced one can tell.
     truncations: u64,
+    /// Tasks waiting for the high watermark to move (long-polling fetches).
+    high_watermark_wakers: Vec<Waker>,
 }
 
 impl<F> LogState<F> {
@@ -282,6 +312,7 @@ impl<F> LogState<F> {
             closed: false,
             truncating: false,
             truncations: 0,
+            high_watermark_wakers: Vec::new(),
         };
         state.check_offsets();
         state
@@ -292,6 +323,20 @@ impl<F> LogState<F> {
         assert!(self.high_watermark <= self.log_end_offset, "high watermark above log end");
         assert!(self.synced_offset <= self.written_offset, "synced above written");
         assert!(self.written_offset <= self.log_end_offset, "written above log end");
+    }
+
+    /// Raises the high watermark and wakes whoever waits for it.
+    fn raise_high_watermark(&mut self, high_watermark: i64) {
+        if high_watermark > self.high_watermark {
+            self.high_watermark = high_watermark;
+            self.wake_high_watermark_waiters();
+        }
+    }
+
+    fn wake_high_watermark_waiters(&mut self) {
+        for waker in self.high_watermark_wakers.drain(..) {
+            waker.wake();
+        }
     }
 
     fn active(&self) -> &Segment<F> {
@@ -455,8 +500,14 @@ impl<S: Storage> PartitionLog<S> {
     pub fn set_high_watermark(&self, high_watermark: i64) {
         let mut state = self.inner.state.borrow_mut();
         let bounded = high_watermark.min(state.written_offset);
-        state.high_watermark = state.high_watermark.max(bounded);
+        state.raise_high_watermark(bounded);
         state.check_offsets();
+    }
+
+    /// Completes once the high watermark is above `offset`, or the log is
+    /// closed or failed: what a long-polling fetch at `offset` waits for.
+    pub fn high_watermark_above(&self, offset: i64) -> HighWatermarkAbove<S> {
+        HighWatermarkAbove { inner: self.inner.clone(), offset }
     }
 
     /// Phase one of an append: validates the batch, assigns its offsets and
@@ -696,7 +747,11 @@ impl<S: Storage> PartitionLog<S> {
     /// and stops the flusher. Appends after close fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.state.borrow_mut().closed = true;
+        {
+            let mut state = inner.state.borrow_mut();
+            state.closed = true;
+            state.wake_high_watermark_waiters();
+        }
         inner.wake.notify();
         let done = inner.flusher_done.borrow_mut().take();
         if let Some(done) = done {
@@ -780,6 +835,7 @@ impl<S: Storage> LogInner<S> {
         for waiter in state.waiters.drain(..) {
             let _ = waiter.done.send(Err(LogError::Failed { dir: self.dir.clone(), cause: cause.clone() }));
         }
+        state.wake_high_watermark_waiters();
     }
 
     /// The end of a clean shutdown: the active segment is cut to its exact
