@@ -138,12 +138,18 @@ impl<S: Storage> LogInner<S> {
             epochs: state.epochs_dirty.then(|| state.epochs.clone()),
         };
         drop(state);
+        plan
+    }
+
+    /// Called when a plan is carried out (not merely planned: the flusher
+    /// plans on every turn and drops plans while it waits). Under an
+    /// interval policy the interval restarts when a sync is committed to,
+    /// not when it is acked, so cycles planned while it runs do not sync
+    /// again.
+    fn commit_plan_sync(&self, plan: &CyclePlan<S::File>) {
         if plan.sync && matches!(self.config.durability, Durability::IntervalMs(_)) {
-            // The interval restarts when a sync is planned, not when it is
-            // acked: cycles planned while it runs must not sync again.
             self.state.borrow_mut().last_sync_ms = self.config.clock.now_ms();
         }
-        plan
     }
 
     async fn open_segment_file(&self, path: &Path) -> Result<Rc<S::File>> {
@@ -328,6 +334,7 @@ impl<S: Storage> LogInner<S> {
                 segment.preallocated_bytes = segment.preallocated_bytes.max(target);
             }
         }
+        self.commit_plan_sync(plan);
         let (chunks, page_head) = compose_chunks(&**file, plan.first_position, &plan.page_head, &plan.batches);
         let mut state = self.state.borrow_mut();
         state.submitted_count += plan.count;
@@ -342,6 +349,7 @@ impl<S: Storage> LogInner<S> {
     /// Finishes a cycle whose writes completed: fdatasync, seal and
     /// checkpoint as planned, then publish.
     async fn complete(&self, plan: CyclePlan<S::File>, file: &S::File) -> Result<()> {
+        self.commit_plan_sync(&plan);
         if plan.sync {
             file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &plan.log_path, err))?;
         }
