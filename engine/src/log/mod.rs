@@ -515,13 +515,8 @@ impl<S: Storage> PartitionLog<S> {
     /// for the next group commit. The order of appends is the order of calls.
     pub fn append(&self, mut batch: BytesMut, leader_epoch: i32) -> Result<AppendTicket> {
         let inner = &self.inner;
+        inner.check_open()?;
         let mut state = inner.state.borrow_mut();
-        if let Some(cause) = &state.failed {
-            return Err(LogError::Failed { dir: inner.dir.clone(), cause: Box::new(cause.clone()) });
-        }
-        if state.closed {
-            return Err(LogError::Closed);
-        }
         if state.truncating {
             return Err(LogError::Truncating);
         }
@@ -566,11 +561,9 @@ impl<S: Storage> PartitionLog<S> {
     /// Waits until everything appended so far is written and fdatasync'ed,
     /// whatever the durability policy.
     pub async fn flush(&self) -> Result<()> {
+        self.inner.check_not_failed()?;
         let done = {
             let mut state = self.inner.state.borrow_mut();
-            if let Some(cause) = &state.failed {
-                return Err(LogError::Failed { dir: self.inner.dir.clone(), cause: Box::new(cause.clone()) });
-            }
             if state.synced_offset == state.log_end_offset && state.pending.is_empty() {
                 return Ok(());
             }
@@ -757,9 +750,7 @@ impl<S: Storage> PartitionLog<S> {
         if let Some(done) = done {
             let _ = done.await;
         }
-        if let Some(cause) = inner.state.borrow().failed.clone() {
-            return Err(LogError::Failed { dir: inner.dir.clone(), cause: Box::new(cause) });
-        }
+        inner.check_not_failed()?;
         let _maintenance = inner.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
         let _permit = inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
         let result = inner.close_active_segment().await;
@@ -815,14 +806,23 @@ impl<S: Storage> LogInner<S> {
 
     /// Errors unless the log is open and has not failed.
     fn check_open(&self) -> Result<()> {
-        let state = self.state.borrow();
-        if let Some(cause) = &state.failed {
-            return Err(LogError::Failed { dir: self.dir.clone(), cause: Box::new(cause.clone()) });
-        }
-        if state.closed {
+        self.check_not_failed()?;
+        if self.state.borrow().closed {
             return Err(LogError::Closed);
         }
         Ok(())
+    }
+
+    /// Errors with `Failed` once an I/O error has stopped the log.
+    fn check_not_failed(&self) -> Result<()> {
+        match &self.state.borrow().failed {
+            Some(cause) => Err(self.failed_with(cause.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn failed_with(&self, cause: LogError) -> LogError {
+        LogError::Failed { dir: self.dir.clone(), cause: Box::new(cause) }
     }
 
     fn fail(&self, err: LogError) {
@@ -831,9 +831,9 @@ impl<S: Storage> LogInner<S> {
             tracing::error!(dir = %self.dir.display(), error = %err, "log stops accepting writes");
             state.failed = Some(err.clone());
         }
-        let cause = Box::new(state.failed.clone().unwrap_or(err));
+        let cause = state.failed.clone().unwrap_or(err);
         for waiter in state.waiters.drain(..) {
-            let _ = waiter.done.send(Err(LogError::Failed { dir: self.dir.clone(), cause: cause.clone() }));
+            let _ = waiter.done.send(Err(self.failed_with(cause.clone())));
         }
         state.wake_high_watermark_waiters();
     }
