@@ -66,11 +66,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
             let reason = format!("segment starts at {base} but the previous one ends at {next_offset}");
             return Err(LogError::corruption(path, 0, reason));
         }
-        let tail = match (active, clean) {
-            (false, _) | (true, true) => Tail::MustBeWhole,
-            (true, false) => Tail::MayBeTorn,
-        };
-        let segment = recover_segment(storage, dir, base, active, tail, config, now_ms, &mut epochs_seen).await?;
+        let segment = recover_segment(storage, dir, base, active, clean, config, now_ms, &mut epochs_seen).await?;
         next_offset = segment.next_offset;
         segments.insert(base, segment);
     }
@@ -97,22 +93,13 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     Ok(LogState::recovered(segments, epochs, now_ms))
 }
 
-/// What the end of a segment may look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tail {
-    /// Sealed, or active after a clean close: exactly whole batches.
-    MustBeWhole,
-    /// Active after a crash: writes may have been cut short.
-    MayBeTorn,
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn recover_segment<S: Storage>(
     storage: &S,
     dir: &Path,
     base: i64,
     active: bool,
-    tail: Tail,
+    clean_close: bool,
     config: &LogConfig,
     now_ms: i64,
     epochs_seen: &mut LeaderEpochCache,
@@ -169,13 +156,16 @@ async fn recover_segment<S: Storage>(
         epochs_seen.assign(info.partition_leader_epoch, info.base_offset);
     })
     .await?;
-    match (outcome.end.clone(), tail) {
+    // Sealed segments, and the active one after a clean close, are exactly
+    // whole batches; only the active one after a crash may end torn.
+    let may_be_torn = active && !clean_close;
+    match (outcome.end.clone(), may_be_torn) {
         (ScanEnd::Clean, _) => {}
-        (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, Tail::MustBeWhole) => {
+        (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, false) => {
             tracing::error!(segment = %path.display(), position, reason = %reason, "corrupt segment");
             return Err(LogError::corruption(&path, position, reason));
         }
-        (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, Tail::MayBeTorn) => {
+        (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, true) => {
             if matches!(outcome.end, ScanEnd::Corrupt { .. }) {
                 tracing::error!(segment = %path.display(), position, file_bytes, reason = %reason,
                     "valid batches follow a damaged one after a crash: an interrupted flush or corruption; \
