@@ -163,6 +163,10 @@ struct ChunkReader<'a, F> {
 
 impl<'a, F: StorageFile> ChunkReader<'a, F> {
     /// The `len` bytes at `position`, or fewer if the file ends first.
+    fn new(file: &'a F, file_bytes: u64, chunk_bytes: u64) -> Self {
+        ChunkReader { file, file_bytes, chunk: Bytes::new(), chunk_position: 0, chunk_bytes }
+    }
+
     async fn bytes_at(&mut self, position: u64, len: usize, path: &Path) -> Result<Bytes> {
         let end = (position + len as u64).min(self.file_bytes);
         let cached_end = self.chunk_position + self.chunk.len() as u64;
@@ -229,7 +233,7 @@ pub(crate) async fn scan<F: StorageFile>(
     mut on_batch: impl FnMut(u64, &BatchInfo, &Bytes),
 ) -> Result<ScanOutcome> {
     let chunk_bytes = READ_CHUNK_BYTES as u64;
-    let mut reader = ChunkReader { file, file_bytes, chunk: Bytes::new(), chunk_position: 0, chunk_bytes };
+    let mut reader = ChunkReader::new(file, file_bytes, chunk_bytes);
     while position < file_bytes {
         match probe(&mut reader, position, path).await? {
             Probe::Batch(bytes, info) if info.base_offset == next_offset => {
@@ -289,7 +293,7 @@ pub(crate) async fn read_batches<F: StorageFile>(
     bytes_max: usize,
 ) -> Result<Vec<Bytes>> {
     let chunk_bytes = align_up(bytes_max as u64).clamp(READ_CHUNK_BYTES as u64, 8 * READ_CHUNK_BYTES as u64);
-    let mut reader = ChunkReader { file, file_bytes: limit_bytes, chunk: Bytes::new(), chunk_position: 0, chunk_bytes };
+    let mut reader = ChunkReader::new(file, limit_bytes, chunk_bytes);
     let mut batches = Vec::new();
     let mut bytes_total = 0usize;
     let mut next_offset = position_offset;
@@ -329,8 +333,7 @@ pub(crate) async fn batch_at<F: StorageFile>(
     file_bytes: u64,
     position: u64,
 ) -> Result<Option<BatchInfo>> {
-    let mut reader =
-        ChunkReader { file, file_bytes, chunk: Bytes::new(), chunk_position: 0, chunk_bytes: READ_CHUNK_BYTES as u64 };
+    let mut reader = ChunkReader::new(file, file_bytes, READ_CHUNK_BYTES as u64);
     match probe(&mut reader, position, path).await? {
         Probe::Batch(_, info) => Ok(Some(info)),
         Probe::NotABatch(_) | Probe::Damaged(..) => Ok(None),
