@@ -25,4 +25,9 @@ fuzz TARGET="batch" SECONDS="300":
 limits DIR="target":
     bash ../shared/perf/measure-limits.sh {{DIR}}
 
-# Regenerating flatbuffers code arrives with the protocol (flatbuf/).
+# Regenerate flatbuf/src/generated.rs from flatbuf/schema/spate.fbs with a flatc
+# built from source to match the flatbuffers crate (first run: cmake, ~3-7 min).
+flatc:
+    cd tools/flatc && cargo build --release
+    "$(tools/flatc/target/release/spate-flatc)" --rust -o target/flatc-out flatbuf/schema/spate.fbs
+    cp target/flatc-out/spate_generated.rs flatbuf/src/generated.rs

@@ -4,7 +4,6 @@
 //! The engine knows nothing of sockets, flatbuffers or replication; see
 //! ARCHITECTURE.md at the repository root.
 
-pub mod batch;
 pub mod cache;
 pub mod checkpoint;
 pub mod error;
@@ -14,7 +13,8 @@ pub mod limits;
 pub mod log;
 mod recovery;
 mod segment;
-pub mod varint;
+
+pub use spate_format::{batch, varint};
 
 pub use cache::TailCache;
 pub use error::LogError;

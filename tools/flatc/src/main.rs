@@ -1,0 +1,4 @@
+//! Prints the path of the flatc that `flatc-fork` built, so `just flatc` can run it.
+fn main() {
+    println!("{}", flatc_fork::flatc().display());
+}
