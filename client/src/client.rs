@@ -1,0 +1,291 @@
+//! `Client`: the connection pool, the metadata cache and request routing
+//! that the admin, producer and consumer share.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spate_flatbuf::Frame;
+
+use crate::config::ClientConfig;
+use crate::conn::Connection;
+use crate::error::ClientError;
+use crate::limits::METADATA_REFRESH_BACKOFF_MS;
+use crate::lock;
+use crate::metadata::{ClusterMetadata, TopicPartition};
+use crate::protocol::{self, ListedOffset, OutFrame, Stamp};
+
+/// A handle on a cluster. Cheap to clone: clones share connections and
+/// metadata.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("bootstrap", &self.inner.config.bootstrap).finish_non_exhaustive()
+    }
+}
+
+/// One pooled connection; the async mutex makes concurrent requests to a
+/// new address wait for one connect instead of each opening their own.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
+struct Inner {
+    config: ClientConfig,
+    pool: Mutex<HashMap<String, Slot>>,
+    metadata: Mutex<MetadataCache>,
+    /// Held while a metadata request is out, so that callers who all find
+    /// the cache stale send one request, not one each.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct MetadataCache {
+    current: Option<Arc<ClusterMetadata>>,
+    fetched_at: Option<Instant>,
+    /// Set when an error suggests the metadata is wrong.
+    stale: bool,
+}
+
+impl Client {
+    /// Checks the configuration and fetches the cluster's metadata from the
+    /// first bootstrap broker that answers.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                pool: Mutex::new(HashMap::new()),
+                metadata: Mutex::new(MetadataCache::default()),
+                refreshing: tokio::sync::Mutex::new(()),
+            }),
+        };
+        client.refresh_metadata().await?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.request_timeout_ms)
+    }
+
+    /// Asks a broker for metadata about `topics` (every topic when `None`).
+    pub async fn metadata(&self, topics: Option<&[String]>) -> Result<ClusterMetadata, ClientError> {
+        let frame = self.request_any(|stamp| protocol::metadata(stamp, topics)).await?;
+        let metadata = protocol::decode_metadata(&frame)?;
+        if topics.is_none() {
+            let mut cache = lock(&self.inner.metadata);
+            cache.current = Some(Arc::new(metadata.clone()));
+            cache.fetched_at = Some(Instant::now());
+            cache.stale = false;
+        }
+        Ok(metadata)
+    }
+
+    /// The cached metadata, refreshed first if it is missing, too old or
+    /// marked stale.
+    pub(crate) async fn cluster(&self) -> Result<Arc<ClusterMetadata>, ClientError> {
+        match self.cached_metadata() {
+            Some(metadata) => Ok(metadata),
+            None => self.refresh_metadata().await,
+        }
+    }
+
+    fn cached_metadata(&self) -> Option<Arc<ClusterMetadata>> {
+        let cache = lock(&self.inner.metadata);
+        let age = cache.fetched_at?.elapsed();
+        let max_age = Duration::from_millis(self.inner.config.metadata_max_age_ms);
+        // Stale metadata is still used for a moment after a refresh, so that
+        // a burst of errors causes one metadata request, not one each.
+        let backoff = Duration::from_millis(METADATA_REFRESH_BACKOFF_MS);
+        let usable = age < max_age && (!cache.stale || age < backoff);
+        if usable { cache.current.clone() } else { None }
+    }
+
+    async fn refresh_metadata(&self) -> Result<Arc<ClusterMetadata>, ClientError> {
+        let _refreshing = self.inner.refreshing.lock().await;
+        if let Some(metadata) = self.cached_metadata() {
+            return Ok(metadata);
+        }
+        Ok(Arc::new(self.metadata(None).await?))
+    }
+
+    /// Marks the cached metadata stale after an error that suggests it
+    /// sent a request to the wrong place.
+    pub(crate) fn invalidate_metadata(&self) {
+        lock(&self.inner.metadata).stale = true;
+    }
+
+    /// The topic's partition count; a topic the cache does not know is
+    /// looked up once more, since it may have been created since.
+    pub(crate) async fn partition_count(&self, topic: &str) -> Result<i32, ClientError> {
+        match self.cluster().await?.partition_count(topic) {
+            Err(ClientError::UnknownTopic(_)) => {
+                let _refreshing = self.inner.refreshing.lock().await;
+                self.metadata(None).await?.partition_count(topic)
+            }
+            other => other,
+        }
+    }
+
+    /// Where requests for `tp` go, from the cached metadata.
+    pub(crate) async fn partition_address(&self, tp: &TopicPartition) -> Result<String, ClientError> {
+        let metadata = self.cluster().await?;
+        metadata.partition_address(&tp.topic, tp.partition, self.inner.config.shard_aware)
+    }
+
+    /// The pooled connection to `address`, opened (with its handshake) if
+    /// there is none or the last one failed.
+    async fn connection(&self, address: &str) -> Result<Arc<Connection>, ClientError> {
+        let slot = lock(&self.inner.pool).entry(address.to_string()).or_default().clone();
+        let mut pooled = slot.lock().await;
+        if let Some(connection) = pooled.as_ref()
+            && connection.is_usable()
+        {
+            return Ok(connection.clone());
+        }
+        *pooled = None;
+        let config = &self.inner.config;
+        let connection =
+            Connection::connect(address, &config.client_id, self.request_timeout(), config.frame_bytes_max).await?;
+        tracing::debug!(address = connection.address(), "connected");
+        let connection = Arc::new(connection);
+        *pooled = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn note_failure(&self, error: &ClientError) {
+        if error.invalidates_metadata() {
+            self.invalidate_metadata();
+        }
+    }
+
+    /// Sends a request to `address` and waits up to `timeout` for its answer.
+    pub(crate) async fn request(
+        &self,
+        address: &str,
+        timeout: Duration,
+        build: impl FnOnce(Stamp) -> OutFrame,
+    ) -> Result<Frame, ClientError> {
+        let result = match self.connection(address).await {
+            Ok(connection) => connection.request(timeout, build).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            self.note_failure(error);
+        }
+        result
+    }
+
+    /// Sends a request that gets no answer (a produce with acks=0).
+    pub(crate) async fn send_only(
+        &self,
+        address: &str,
+        build: impl FnOnce(Stamp) -> OutFrame,
+    ) -> Result<(), ClientError> {
+        let result = match self.connection(address).await {
+            Ok(connection) => connection.send_only(self.request_timeout(), build).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            self.note_failure(error);
+        }
+        result
+    }
+
+    /// Brokers to try for requests any broker can answer: the known ones
+    /// first, then the bootstrap list.
+    fn any_broker_addresses(&self) -> Vec<String> {
+        let known = lock(&self.inner.metadata).current.clone();
+        let mut addresses: Vec<String> = known.iter().flat_map(|metadata| metadata.broker_addresses()).collect();
+        for address in &self.inner.config.bootstrap {
+            if !addresses.contains(address) {
+                addresses.push(address.clone());
+            }
+        }
+        addresses
+    }
+
+    /// Sends a request to the first broker that answers it; a retriable
+    /// failure moves on to the next broker.
+    pub(crate) async fn request_any(&self, build: impl Fn(Stamp) -> OutFrame) -> Result<Frame, ClientError> {
+        let mut last_error = None;
+        for address in self.any_broker_addresses() {
+            match self.request(&address, self.request_timeout(), &build).await {
+                Ok(frame) => return Ok(frame),
+                Err(error) if error.is_retriable() => {
+                    tracing::debug!(%address, %error, "broker did not answer; trying the next");
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or(ClientError::Closed))
+    }
+
+    /// Sends an admin request to the controller if the metadata names one,
+    /// else to any broker.
+    pub(crate) async fn request_controller(&self, build: impl Fn(Stamp) -> OutFrame) -> Result<Frame, ClientError> {
+        let metadata = self.cluster().await?;
+        match metadata.broker(metadata.controller_id) {
+            Some(controller) => {
+                let address = crate::config::format_address(&controller.host, controller.port);
+                self.request(&address, self.request_timeout(), build).await
+            }
+            None => self.request_any(build).await,
+        }
+    }
+
+    /// ListOffsets for each partition (timestamp -2 earliest, -1 latest, or
+    /// ms), sent to each partition's leader; retriable failures are retried
+    /// with fresh metadata until the request timeout.
+    pub(crate) async fn list_offsets(
+        &self,
+        entries: &[(TopicPartition, i64)],
+    ) -> Result<HashMap<TopicPartition, ListedOffset>, ClientError> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            match self.list_offsets_once(entries).await {
+                Err(error) if error.is_retriable() && Instant::now() < deadline => {
+                    tracing::debug!(%error, "list offsets failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(METADATA_REFRESH_BACKOFF_MS)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_offsets_once(
+        &self,
+        entries: &[(TopicPartition, i64)],
+    ) -> Result<HashMap<TopicPartition, ListedOffset>, ClientError> {
+        let mut by_address: HashMap<String, Vec<(TopicPartition, i64)>> = HashMap::new();
+        for (tp, timestamp) in entries {
+            let address = self.partition_address(tp).await?;
+            by_address.entry(address).or_default().push((tp.clone(), *timestamp));
+        }
+        let requests = by_address.iter().map(|(address, entries)| async move {
+            let frame =
+                self.request(address, self.request_timeout(), |stamp| protocol::list_offsets(stamp, entries)).await?;
+            protocol::decode_list_offsets(&frame)
+        });
+        let mut out = HashMap::new();
+        for listed in futures::future::try_join_all(requests).await?.into_iter().flatten() {
+            if let Some(code) = listed.error {
+                let error = ClientError::Server { code, message: Some(format!("list offsets of {}", listed.tp)) };
+                self.note_failure(&error);
+                return Err(error);
+            }
+            out.insert(listed.tp.clone(), listed);
+        }
+        if let Some((missing, _)) = entries.iter().find(|(tp, _)| !out.contains_key(tp)) {
+            return Err(ClientError::Protocol(format!("the broker did not list an offset for {missing}")));
+        }
+        Ok(out)
+    }
+}

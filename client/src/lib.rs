@@ -1,0 +1,50 @@
+//! An async client for Spate's native protocol, for tokio applications.
+//!
+//! - [`Client`] holds the connections (one per broker port, many requests
+//!   in flight on each) and the cluster metadata; it is cheap to clone.
+//! - [`Admin`] creates, deletes, lists and describes topics.
+//! - [`Producer`] batches records per partition and sends them in the
+//!   background; each `send` returns a [`DeliveryFuture`].
+//! - [`Consumer`] reads assigned partitions from positions it is told to
+//!   seek to.
+//!
+//! Requests for a partition go to the core that owns it when
+//! `ClientConfig::shard_aware` is set (design decision 6). Batches are
+//! Kafka's RecordBatch v2 (`spate-format`), keys are partitioned with
+//! Kafka's murmur2, so keyed data lands where a Kafka client would put it.
+
+mod admin;
+mod client;
+mod config;
+mod conn;
+mod consumer;
+mod error;
+mod fetch;
+mod limits;
+mod metadata;
+mod murmur2;
+mod partitioner;
+mod producer;
+mod protocol;
+
+pub use admin::Admin;
+pub use client::Client;
+pub use config::ClientConfig;
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+pub use error::ClientError;
+pub use metadata::{
+    BrokerInfo, ClusterMetadata, ConfigEntry, PartitionDescription, PartitionInfo, TopicDescription, TopicInfo,
+    TopicPartition,
+};
+pub use murmur2::{murmur2, partition_for_key, to_positive};
+pub use partitioner::Partitioner;
+pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use spate_flatbuf::proto::ErrorCode;
+pub use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST};
+
+/// Locks a std mutex, ignoring poisoning: the data behind each of this
+/// crate's mutexes stays consistent between statements, and a panic in
+/// one task must not take every other task down with it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,28 @@
+//! Every bound the client keeps, in one place.
+
+/// Requests awaiting a response on one connection. Past this, a caller
+/// waits for a slot rather than growing the pending table without bound.
+pub(crate) const IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+
+/// Frames queued for a connection's writer task.
+pub(crate) const WRITE_QUEUE_FRAMES_MAX: usize = 256;
+
+/// Bytes the writer buffers before it writes (larger frames go straight
+/// through); small requests written together take one syscall.
+pub(crate) const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Bytes the reader asks the socket for at a time when no frame is pending.
+pub(crate) const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The smallest frame cap a client may set: a metadata response for a
+/// small cluster must fit.
+pub(crate) const FRAME_BYTES_MAX_MIN: usize = 64 * 1024;
+
+/// Forced metadata refreshes (after an error) are spaced at least this far
+/// apart, so that a storm of failures does not become a storm of requests.
+pub(crate) const METADATA_REFRESH_BACKOFF_MS: u64 = 100;
+
+/// The flatbuffer fields around a produce request's record bytes: envelope,
+/// tables and vector headers, per request and per partition.
+pub(crate) const PRODUCE_REQUEST_OVERHEAD_BYTES: usize = 256;
+pub(crate) const PRODUCE_PARTITION_OVERHEAD_BYTES: usize = 64;
