@@ -139,7 +139,8 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
-    fn validate(&self) -> Result<()> {
+    /// Checks every field against the engine's limits (`open` does too).
+    pub fn validate(&self) -> Result<()> {
         if self.segment_bytes_max < IO_ALIGN_BYTES || self.segment_bytes_max > SEGMENT_BYTES_MAX_LIMIT {
             return Err(LogError::InvalidConfig("segment_bytes_max must be in [4096, 4 GiB)"));
         }
@@ -463,6 +464,10 @@ impl<S: Storage> PartitionLog<S> {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
     }
 
     pub fn log_start_offset(&self) -> i64 {

@@ -1,0 +1,154 @@
+//! The topic catalog: which topics exist, their partition counts and
+//! configs. One JSON file in the data directory, replaced atomically
+//! (write a temporary, fdatasync, rename, fsync the directory) by the admin
+//! shard; every shard reads an immutable snapshot swapped in after each
+//! change. The replication issue moves this to the Raft-backed controller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::CATALOG_BYTES_MAX;
+
+pub const CATALOG_FILE: &str = "catalog.json";
+pub const TOPICS_DIR: &str = "topics";
+const CATALOG_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    /// Unique per creation, so a topic deleted and created again under the
+    /// same name never sees the old one's files.
+    pub topic_id: String,
+    pub partitions: u32,
+    pub replication_factor: i16,
+    /// Kafka config names to values, as the user set them.
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    /// `<data>/topics/<name>.<topic_id>/<partition>`: readable, unique.
+    pub fn partition_dir(&self, data_dir: &Path, partition: u32) -> PathBuf {
+        self.topic_dir(data_dir).join(partition.to_string())
+    }
+
+    pub fn topic_dir(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(TOPICS_DIR).join(format!("{}.{}", self.name, self.topic_id))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CatalogFile {
+    version: u32,
+    topics: Vec<TopicMeta>,
+}
+
+/// One immutable snapshot of the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub topics: HashMap<String, Arc<TopicMeta>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid catalog: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl Catalog {
+    /// Reads the catalog at start (before any shard runs, so std::fs is
+    /// fine). A missing file is an empty catalog, unless topic directories
+    /// exist: then the catalog was lost and deleting them would lose data.
+    pub fn load(data_dir: &Path) -> Result<Catalog, CatalogError> {
+        let path = data_dir.join(CATALOG_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let topics_dir = data_dir.join(TOPICS_DIR);
+                let has_topics = std::fs::read_dir(&topics_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+                if has_topics {
+                    return Err(CatalogError::Invalid {
+                        path,
+                        reason: format!("missing while {} holds topic data; restore it", topics_dir.display()),
+                    });
+                }
+                return Ok(Catalog::default());
+            }
+            Err(source) => return Err(CatalogError::Io { path, source }),
+        };
+        if bytes.len() > CATALOG_BYTES_MAX {
+            return Err(CatalogError::Invalid { path, reason: format!("over {CATALOG_BYTES_MAX} bytes") });
+        }
+        let file: CatalogFile = serde_json::from_slice(&bytes)
+            .map_err(|err| CatalogError::Invalid { path: path.clone(), reason: err.to_string() })?;
+        if file.version != CATALOG_VERSION {
+            return Err(CatalogError::Invalid { path, reason: format!("unknown version {}", file.version) });
+        }
+        let mut topics = HashMap::new();
+        for topic in file.topics {
+            if spate_flatbuf::validate_topic_name(&topic.name).is_err() || topic.partitions == 0 {
+                return Err(CatalogError::Invalid { path, reason: format!("bad topic entry {:?}", topic.name) });
+            }
+            topics.insert(topic.name.clone(), Arc::new(topic));
+        }
+        Ok(Catalog { topics })
+    }
+
+    /// The bytes `load` reads back.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut topics: Vec<TopicMeta> = self.topics.values().map(|t| (**t).clone()).collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        serde_json::to_vec_pretty(&CatalogFile { version: CATALOG_VERSION, topics })
+            .expect("the catalog is plain data and always serializes")
+    }
+
+    /// Topic directories no topic in the catalog owns: left by a delete
+    /// that crashed after the catalog changed. Safe to remove.
+    pub fn orphan_dirs(&self, data_dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(data_dir.join(TOPICS_DIR)) else { return Vec::new() };
+        let owned: std::collections::HashSet<PathBuf> =
+            self.topics.values().map(|topic| topic.topic_dir(data_dir)).collect();
+        entries.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|path| !owned.contains(path)).collect()
+    }
+}
+
+/// Which shard owns a partition: spread each topic's partitions over the
+/// shards, starting at a place that depends on the name so that many small
+/// topics do not all land on shard 0. Not persisted: a broker restarted with
+/// another shard count reassigns, and any shard can open any directory.
+pub fn owner_shard(topic: &str, partition: u32, shard_count: usize) -> usize {
+    debug_assert!(shard_count > 0);
+    let start = crc32c::crc32c(topic.as_bytes()) as usize;
+    (start.wrapping_add(partition as usize)) % shard_count
+}
+
+/// A new topic id: 16 hex digits, random enough that two creations of the
+/// same name never collide (std's RandomState is seeded from the OS).
+pub fn new_topic_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_over_every_shard() {
+        let shards: std::collections::HashSet<usize> = (0..8).map(|p| owner_shard("orders", p, 4)).collect();
+        assert_eq!(shards.len(), 4);
+        assert_eq!(owner_shard("orders", 3, 1), 0);
+    }
+
+    #[test]
+    fn topic_ids_differ() {
+        assert_ne!(new_topic_id(), new_topic_id());
+    }
+}

@@ -1,0 +1,124 @@
+//! The broker's configuration. Every field has an embedded default so that
+//! `spate serve` runs with no configuration at all; the CLI layers a TOML
+//! file, environment variables and flags on top (in that order).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use spate_engine::Durability;
+use spate_flatbuf::{FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    /// Topic catalog and partition logs live here.
+    pub data_dir: PathBuf,
+    /// The address every shard accepts on (SO_REUSEPORT spreads connections).
+    pub listen_host: String,
+    /// The main port; 0 picks a free one (printed at start).
+    pub port: u16,
+    /// Shard i also listens on `shard_port_base + i` for shard-aware
+    /// clients. Absent: `port + 1` (or free ports when `port` is 0).
+    pub shard_port_base: Option<u16>,
+    /// The host clients are told to connect to. Absent: `listen_host`.
+    pub advertised_host: Option<String>,
+    /// How many shards (one pinned executor each); 0 means one per core.
+    pub shards: usize,
+    /// Pin shard i to core i (off when sharing a machine with a load
+    /// generator, say).
+    pub pin_cores: bool,
+    /// Frames above this are refused before anything is allocated.
+    pub frame_bytes_max: usize,
+    /// Requests a connection may have in flight before the broker stops
+    /// reading from it (backpressure).
+    pub connection_requests_in_flight_max: usize,
+    /// Each shard's cache of recent batches, for consumers at the tail.
+    pub tail_cache_bytes: usize,
+    /// Memory each shard registers with io_uring for DMA buffers.
+    pub io_memory_bytes: usize,
+    /// Default durability for topics that do not set `flush.ms`:
+    /// `always` (fdatasync before the ack), `never`, or `interval:<ms>`.
+    pub durability: String,
+    /// Where `/metrics` is served; empty to disable.
+    pub metrics_listen: String,
+    /// How often each shard applies retention to its partitions.
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 0,
+            data_dir: PathBuf::from("spate-data"),
+            listen_host: "127.0.0.1".into(),
+            port: 9400,
+            shard_port_base: None,
+            advertised_host: None,
+            shards: 0,
+            pin_cores: true,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connection_requests_in_flight_max: 64,
+            tail_cache_bytes: 256 << 20,
+            io_memory_bytes: 64 << 20,
+            durability: "always".into(),
+            metrics_listen: "127.0.0.1:9644".into(),
+            retention_check_interval_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid broker config: {0}")]
+pub struct ConfigError(pub String);
+
+/// `always`, `never` or `interval:<ms>`.
+pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
+    match text {
+        "always" => Ok(Durability::Always),
+        "never" => Ok(Durability::Never),
+        _ => {
+            let interval = text.strip_prefix("interval:").and_then(|ms| ms.parse::<u64>().ok()).filter(|&ms| ms > 0);
+            interval.map(Durability::IntervalMs).ok_or_else(|| {
+                ConfigError(format!("durability {text:?}: expected always, never or interval:<ms> with ms > 0"))
+            })
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_durability(&self.durability)?;
+        if self.frame_bytes_max < 1024 || self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
+            return Err(ConfigError(format!("frame_bytes_max must be in [1024, {FRAME_BYTES_MAX_LIMIT}]")));
+        }
+        if self.connection_requests_in_flight_max == 0 {
+            return Err(ConfigError("connection_requests_in_flight_max must be positive".into()));
+        }
+        if self.node_id < 0 {
+            return Err(ConfigError("node_id must not be negative".into()));
+        }
+        if self.shards > crate::limits::SHARDS_MAX {
+            return Err(ConfigError(format!("shards must be at most {}", crate::limits::SHARDS_MAX)));
+        }
+        if self.io_memory_bytes < (1 << 20) {
+            return Err(ConfigError("io_memory_bytes must be at least 1 MiB".into()));
+        }
+        if self.retention_check_interval_ms == 0 {
+            return Err(ConfigError("retention_check_interval_ms must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The shard count after resolving 0 to the number of cores.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            return self.shards;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(crate::limits::SHARDS_MAX)
+    }
+
+    pub fn advertised_host(&self) -> &str {
+        self.advertised_host.as_deref().unwrap_or(&self.listen_host)
+    }
+}

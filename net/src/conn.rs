@@ -1,0 +1,167 @@
+//! One client connection: a reader that decodes frames and dispatches them,
+//! and a writer that sends responses in request order. Up to
+//! `connection_requests_in_flight_max` requests run at once; past that the
+//! reader stops reading (TCP pushes back on the client).
+
+use std::io::IoSlice;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::io::{ReadHalf, WriteHalf};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::net::TcpStream;
+use spate_flatbuf::proto::ErrorCode;
+use spate_flatbuf::{FrameDecoder, FrameError};
+
+use crate::api::{self, Reply, Response};
+use crate::limits::READ_CHUNK_BYTES;
+use crate::shard::Shard;
+
+/// A response in the writer's queue.
+enum Pending {
+    Ready(Response),
+    Running(glommio::task::JoinHandle<Response>),
+}
+
+struct Queued {
+    pending: Pending,
+    api: &'static str,
+    started: Instant,
+}
+
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    shard.metrics.connection_opened();
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let (reader, writer) = stream.split();
+    let (queue, responses) = local_channel::new_bounded(shard.shared.config.connection_requests_in_flight_max);
+    let writer = glommio::spawn_local(write_responses(shard.clone(), writer, responses));
+    let end = read_requests(&shard, reader, &queue).await;
+    if let Err(err) = end {
+        shard.metrics.bad_frame();
+        tracing::warn!(shard = shard.id, %peer, "closing connection: {err}");
+        let code = match err {
+            FrameError::TooLarge { .. } => ErrorCode::InvalidRequest,
+            _ => ErrorCode::InvalidRequest,
+        };
+        let frame = api::error_frame(0, code, &err.to_string());
+        let _ = queue
+            .send(Queued {
+                pending: Pending::Ready(Response::Close(Some(frame))),
+                api: "error",
+                started: Instant::now(),
+            })
+            .await;
+    }
+    drop(queue);
+    writer.await;
+    shard.metrics.connection_closed();
+    tracing::debug!(shard = shard.id, %peer, "connection closed");
+}
+
+/// Reads and dispatches frames until the peer closes (Ok) or sends
+/// something that ends the stream (Err).
+async fn read_requests(
+    shard: &Rc<Shard>,
+    mut reader: ReadHalf<TcpStream>,
+    queue: &local_channel::LocalSender<Queued>,
+) -> Result<(), FrameError> {
+    let decoder = FrameDecoder::new(shard.shared.config.frame_bytes_max);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        while let Some(frame) = decoder.decode(&mut buf)? {
+            let started = Instant::now();
+            let (reply, api) = api::dispatch(shard, frame);
+            let pending = match reply {
+                Reply::Now(response) => Pending::Ready(response),
+                Reply::Later(future) => Pending::Running(glommio::spawn_local(future).detach()),
+            };
+            if queue.send(Queued { pending, api, started }).await.is_err() {
+                return Ok(()); // the writer is gone: the socket failed
+            }
+        }
+        // Room for the rest of the frame at the head (its length is checked
+        // against the cap before this reserves anything), or a chunk.
+        let needed = decoder.bytes_needed(&buf)?;
+        let want = needed.max(READ_CHUNK_BYTES.min(needed.max(1) + READ_CHUNK_BYTES));
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let read = match reader.read(&mut buf[start..]).await {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::debug!(shard = shard.id, "read failed: {err}");
+                return Ok(());
+            }
+        };
+        buf.truncate(start + read);
+        if read == 0 {
+            return if buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated { buffered_bytes: buf.len() }) };
+        }
+    }
+}
+
+async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, responses: LocalReceiver<Queued>) {
+    while let Some(queued) = responses.recv().await {
+        let response = match queued.pending {
+            Pending::Ready(response) => response,
+            Pending::Running(handle) => match handle.await {
+                Some(response) => response,
+                None => {
+                    // The request's task was cancelled (shard shutting down).
+                    break;
+                }
+            },
+        };
+        shard.metrics.request_done(queued.api, queued.started.elapsed());
+        let written = match response {
+            Response::None => Ok(()),
+            Response::Frame(frame) => writer.write_all(&frame).await,
+            Response::Vectored { head, payload } => write_vectored_all(&mut writer, head, payload).await,
+            Response::Close(frame) => {
+                if let Some(frame) = frame {
+                    let _ = writer.write_all(&frame).await;
+                }
+                break;
+            }
+        };
+        if let Err(err) = written {
+            tracing::debug!(shard = shard.id, "write failed: {err}");
+            break;
+        }
+    }
+    let _ = writer.close().await;
+}
+
+/// Writes a frame head and its payload buffers with as few syscalls as the
+/// socket allows, never copying the payload.
+async fn write_vectored_all(
+    writer: &mut WriteHalf<TcpStream>,
+    head: Bytes,
+    payload: Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut buffers: Vec<Bytes> = Vec::with_capacity(payload.len() + 1);
+    buffers.push(head);
+    buffers.extend(payload.into_iter().filter(|b| !b.is_empty()));
+    let mut first = 0;
+    while first < buffers.len() {
+        let slices: Vec<IoSlice<'_>> = buffers[first..].iter().take(1024).map(|b| IoSlice::new(b)).collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let len = buffers[first].len();
+            if written >= len {
+                written -= len;
+                first += 1;
+            } else {
+                let rest = buffers[first].split_off(written);
+                buffers[first] = rest;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}

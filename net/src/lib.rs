@@ -1,0 +1,18 @@
+//! Spate's broker: one pinned glommio executor (shard) per core, each
+//! owning a set of partitions and accepting connections on the shared main
+//! port and on a port of its own; requests for partitions a shard does not
+//! own cross to the owner through its mailbox. See ARCHITECTURE.md.
+
+mod admin;
+mod api;
+pub mod catalog;
+pub mod config;
+mod conn;
+pub mod limits;
+mod metrics;
+mod server;
+mod shard;
+pub mod topic_config;
+
+pub use config::{BrokerConfig, ConfigError, parse_durability};
+pub use server::{BrokerHandle, ServeError, run, start};

@@ -1,0 +1,20 @@
+//! The broker's limits, in one place.
+
+/// Shards per broker (shard ids travel as u16; more cores than this are
+/// left to other processes).
+pub const SHARDS_MAX: usize = 256;
+/// Partitions per topic.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+/// Topics per broker.
+pub const TOPICS_MAX: usize = 10_000;
+/// The catalog file is read whole at start.
+pub const CATALOG_BYTES_MAX: usize = 64 << 20;
+/// Config entries per topic and their lengths.
+pub const TOPIC_CONFIGS_MAX: usize = 64;
+pub const CONFIG_VALUE_BYTES_MAX: usize = 256;
+/// A long-polling fetch waits at most this long whatever it asks.
+pub const FETCH_WAIT_MS_MAX: u64 = 60_000;
+/// Produce and admin requests wait at most this long whatever they ask.
+pub const REQUEST_TIMEOUT_MS_MAX: u64 = 300_000;
+/// Bytes read from a socket at a time when no large frame is pending.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;

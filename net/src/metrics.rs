@@ -1,0 +1,241 @@
+//! Prometheus metrics. Each shard counts in plain cells (no atomics, no
+//! locks: only its own core touches them); `/metrics` on shard 0 asks every
+//! shard for a snapshot through its mailbox and renders the sum, labelled
+//! by shard.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::{AsyncReadExt, AsyncWriteExt};
+
+use crate::shard::{Shard, ShardOp};
+
+/// Request latency buckets, in seconds (Prometheus convention).
+const LATENCY_BUCKETS_S: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// A metrics request is one short GET; anything longer is refused.
+const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TopicCounters {
+    pub bytes_in: u64,
+    pub records_in: u64,
+    pub bytes_out: u64,
+    pub produce_requests: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Histogram {
+    pub buckets: [u64; LATENCY_BUCKETS_S.len()],
+    pub count: u64,
+    pub sum_s: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bucket, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS_S) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_s += seconds;
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ShardMetrics {
+    topics: RefCell<BTreeMap<String, TopicCounters>>,
+    latency: RefCell<BTreeMap<&'static str, Histogram>>,
+    connections_open: Cell<u64>,
+    connections_accepted: Cell<u64>,
+    bad_frames: Cell<u64>,
+}
+
+/// One shard's numbers, sent to shard 0 for rendering.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardSnapshot {
+    pub shard: usize,
+    pub topics: BTreeMap<String, TopicCounters>,
+    pub latency: BTreeMap<&'static str, Histogram>,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub bad_frames: u64,
+    /// (topic, partition, bytes on disk)
+    pub log_sizes: Vec<(String, u32, u64)>,
+}
+
+impl ShardMetrics {
+    fn topic<R>(&self, topic: &str, update: impl FnOnce(&mut TopicCounters) -> R) -> R {
+        let mut topics = self.topics.borrow_mut();
+        if !topics.contains_key(topic) {
+            topics.insert(topic.to_string(), TopicCounters::default());
+        }
+        update(topics.get_mut(topic).expect("inserted above"))
+    }
+
+    pub fn bytes_in(&self, topic: &str, bytes: usize, records: i64) {
+        self.topic(topic, |c| {
+            c.bytes_in += bytes as u64;
+            c.records_in += records.max(0) as u64;
+        });
+    }
+
+    pub fn produced(&self, topic: &str) {
+        self.topic(topic, |c| c.produce_requests += 1);
+    }
+
+    pub fn fetched(&self, topic: &str, bytes: usize) {
+        if bytes > 0 {
+            self.topic(topic, |c| c.bytes_out += bytes as u64);
+        }
+    }
+
+    pub fn request_done(&self, api: &'static str, elapsed: Duration) {
+        self.latency.borrow_mut().entry(api).or_default().observe(elapsed.as_secs_f64());
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.set(self.connections_open.get() + 1);
+        self.connections_accepted.set(self.connections_accepted.get() + 1);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.set(self.connections_open.get().saturating_sub(1));
+    }
+
+    pub fn bad_frame(&self) {
+        self.bad_frames.set(self.bad_frames.get() + 1);
+    }
+
+    pub fn snapshot(&self, shard: usize, log_sizes: &[(String, u32, u64)]) -> ShardSnapshot {
+        ShardSnapshot {
+            shard,
+            topics: self.topics.borrow().clone(),
+            latency: self.latency.borrow().clone(),
+            connections_open: self.connections_open.get(),
+            connections_accepted: self.connections_accepted.get(),
+            bad_frames: self.bad_frames.get(),
+            log_sizes: log_sizes.to_vec(),
+        }
+    }
+}
+
+/// The Prometheus text exposition of every shard's snapshot.
+pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
+    let mut out = String::new();
+    let counter = |out: &mut String, name: &str, help: &str, kind: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    counter(&mut out, "spate_bytes_in_total", "Record batch bytes appended.", "counter");
+    for s in snapshots {
+        for (topic, c) in &s.topics {
+            let _ = writeln!(out, "spate_bytes_in_total{{shard=\"{}\",topic=\"{topic}\"}} {}", s.shard, c.bytes_in);
+        }
+    }
+    counter(&mut out, "spate_records_in_total", "Records appended.", "counter");
+    for s in snapshots {
+        for (topic, c) in &s.topics {
+            let _ = writeln!(out, "spate_records_in_total{{shard=\"{}\",topic=\"{topic}\"}} {}", s.shard, c.records_in);
+        }
+    }
+    counter(&mut out, "spate_bytes_out_total", "Record batch bytes served to consumers.", "counter");
+    for s in snapshots {
+        for (topic, c) in &s.topics {
+            let _ = writeln!(out, "spate_bytes_out_total{{shard=\"{}\",topic=\"{topic}\"}} {}", s.shard, c.bytes_out);
+        }
+    }
+    counter(&mut out, "spate_request_latency_seconds", "Time from a request's arrival to its response.", "histogram");
+    for s in snapshots {
+        for (api, h) in &s.latency {
+            for (count, bound) in h.buckets.iter().zip(LATENCY_BUCKETS_S) {
+                let _ = writeln!(
+                    out,
+                    "spate_request_latency_seconds_bucket{{shard=\"{}\",api=\"{api}\",le=\"{bound}\"}} {count}",
+                    s.shard
+                );
+            }
+            let labels = format!("shard=\"{}\",api=\"{api}\"", s.shard);
+            let _ = writeln!(out, "spate_request_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "spate_request_latency_seconds_sum{{{labels}}} {}", h.sum_s);
+            let _ = writeln!(out, "spate_request_latency_seconds_count{{{labels}}} {}", h.count);
+        }
+    }
+    counter(&mut out, "spate_connections", "Open client connections.", "gauge");
+    for s in snapshots {
+        let _ = writeln!(out, "spate_connections{{shard=\"{}\"}} {}", s.shard, s.connections_open);
+    }
+    counter(&mut out, "spate_connections_accepted_total", "Connections accepted.", "counter");
+    for s in snapshots {
+        let _ = writeln!(out, "spate_connections_accepted_total{{shard=\"{}\"}} {}", s.shard, s.connections_accepted);
+    }
+    counter(&mut out, "spate_bad_frames_total", "Frames refused (oversized, truncated, unverifiable).", "counter");
+    for s in snapshots {
+        let _ = writeln!(out, "spate_bad_frames_total{{shard=\"{}\"}} {}", s.shard, s.bad_frames);
+    }
+    counter(&mut out, "spate_log_size_bytes", "Bytes of a partition's log on disk.", "gauge");
+    for s in snapshots {
+        for (topic, partition, bytes) in &s.log_sizes {
+            let _ = writeln!(
+                out,
+                "spate_log_size_bytes{{shard=\"{}\",topic=\"{topic}\",partition=\"{partition}\"}} {bytes}",
+                s.shard
+            );
+        }
+    }
+    out
+}
+
+/// Gathers every shard's snapshot.
+pub(crate) async fn gather(shard: &Rc<Shard>) -> Vec<ShardSnapshot> {
+    let mut waits = Vec::new();
+    for owner in 0..shard.shared.shard_count {
+        let (reply, wait) = oneshot::channel();
+        shard.submit(owner, ShardOp::Metrics { reply });
+        waits.push(wait);
+    }
+    let mut snapshots = Vec::new();
+    for wait in waits {
+        if let Ok(snapshot) = wait.await {
+            snapshots.push(snapshot);
+        }
+    }
+    snapshots
+}
+
+/// Serves `GET /metrics` (HTTP/1.0 style: one response, then close).
+pub(crate) async fn serve_http(shard: Rc<Shard>, mut stream: glommio::net::TcpStream) {
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let read = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        request.extend_from_slice(&chunk[..read]);
+        if request.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        if request.len() > HTTP_REQUEST_BYTES_MAX {
+            let _ =
+                stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n").await;
+            return;
+        }
+    }
+    let is_metrics = request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?");
+    let response = if is_metrics {
+        let body = render(&gather(&shard).await);
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.close().await;
+}

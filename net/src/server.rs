@@ -1,0 +1,350 @@
+//! Starting and stopping a broker: one pinned glommio executor per shard.
+//!
+//! Start-up: shard 0 binds the main port first (so port 0 resolves to one
+//! real port), then the other shards bind the same port (SO_REUSEPORT) and
+//! their own; every shard opens (recovers) the partitions it owns; only when
+//! all are ready do they start accepting. Shutdown (SIGTERM/SIGINT or
+//! [`BrokerHandle::shutdown`]): every shard stops accepting, closes its
+//! logs (flushing what is pending, writing the clean-shutdown marker), and
+//! ends.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+use glommio::net::TcpListener;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{BrokerConfig, ConfigError, parse_durability};
+use crate::shard::{Ports, Shard, ShardOp, Shared};
+
+const LOCK_FILE: &str = "broker.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("data directory {0} is in use by another broker")]
+    DataDirLocked(String),
+    #[error("shard {shard}: {message}")]
+    Shard { shard: usize, message: String },
+    #[error("starting shard {shard}: {source}")]
+    Executor { shard: usize, source: glommio::GlommioError<()> },
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    shared: Arc<Shared>,
+    executors: Vec<ExecutorJoinHandle<()>>,
+    /// Held for the broker's life: the data directory's lock.
+    _lock: File,
+}
+
+impl BrokerHandle {
+    /// The main port's address.
+    pub fn addr(&self) -> SocketAddr {
+        let port = self.shared.ports.get().map_or(0, |p| p.main);
+        format!("{}:{port}", self.shared.config.advertised_host())
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    pub fn shard_ports(&self) -> Vec<u16> {
+        self.shared.ports.get().map(|p| p.shards.clone()).unwrap_or_default()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shared.shard_count
+    }
+
+    /// Asks every shard to stop; `wait` returns once they have.
+    pub fn shutdown(&self) {
+        request_shutdown(&self.shared);
+    }
+
+    /// A function that asks the broker to stop (for signal handlers).
+    pub fn shutdown_trigger(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || request_shutdown(&shared)
+    }
+
+    /// Waits for every shard to end.
+    pub fn wait(self) -> Result<(), ServeError> {
+        let mut first_error = None;
+        for (shard, executor) in self.executors.into_iter().enumerate() {
+            if let Err(err) = executor.join() {
+                tracing::error!(shard, "shard ended with an error: {err}");
+                first_error.get_or_insert(ServeError::Shard { shard, message: err.to_string() });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn request_shutdown(shared: &Shared) {
+    for mailbox in &shared.mailboxes {
+        let _ = mailbox.unbounded_send(ShardOp::Shutdown);
+    }
+}
+
+/// What a shard reports once it is ready to accept (or why it is not).
+type Ready = Result<(usize, u16, u16), String>;
+
+/// Starts a broker and returns once every shard accepts connections.
+pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
+    config.validate()?;
+    let default_durability = parse_durability(&config.durability)?;
+    let data_dir = config.data_dir.clone();
+    let shown = data_dir.display().to_string();
+    let io = |source| ServeError::DataDir { path: shown.clone(), source };
+    std::fs::create_dir_all(data_dir.join(crate::catalog::TOPICS_DIR)).map_err(io)?;
+    let lock = File::create(data_dir.join(LOCK_FILE)).map_err(io)?;
+    if lock.try_lock().is_err() {
+        return Err(ServeError::DataDirLocked(shown));
+    }
+    let catalog = Catalog::load(&data_dir)?;
+    for orphan in catalog.orphan_dirs(&data_dir) {
+        tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
+        std::fs::remove_dir_all(&orphan).map_err(io)?;
+    }
+    let shard_count = config.shard_count();
+    let mut mailboxes = Vec::with_capacity(shard_count);
+    let mut inboxes = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (tx, rx) = mpsc::unbounded();
+        mailboxes.push(tx);
+        inboxes.push(rx);
+    }
+    let shared = Arc::new(Shared {
+        config,
+        default_durability,
+        shard_count,
+        catalog: ArcSwap::from_pointee(catalog),
+        mailboxes,
+        ports: OnceLock::new(),
+    });
+    let (ready_tx, ready_rx) = std_mpsc::channel::<Ready>();
+    let mut executors = Vec::with_capacity(shard_count);
+    let mut go = Vec::with_capacity(shard_count);
+    let mut main_port = shared.config.port;
+    let mut shard_ports = vec![0u16; shard_count];
+    let mut failure = None;
+    for (shard, inbox) in inboxes.into_iter().enumerate() {
+        let (go_tx, go_rx) = oneshot::channel::<()>();
+        go.push(go_tx);
+        let placement = if shared.config.pin_cores {
+            Placement::Fixed(shard % std::thread::available_parallelism().map_or(1, |n| n.get()))
+        } else {
+            Placement::Unbound
+        };
+        let (ready, shared_for_shard) = (ready_tx.clone(), shared.clone());
+        let port = main_port;
+        let spawned = LocalExecutorBuilder::new(placement)
+            .name(&format!("spate-shard-{shard}"))
+            .io_memory(shared.config.io_memory_bytes)
+            .spawn(move || run_shard(shard, shared_for_shard, inbox, port, ready, go_rx));
+        match spawned {
+            Ok(executor) => executors.push(executor),
+            Err(source) => {
+                failure = Some(ServeError::Executor { shard, source });
+                break;
+            }
+        }
+        // Shard 0 resolves the main port for the others; the others report
+        // in any order.
+        if shard == 0 {
+            match ready_rx.recv() {
+                Ok(Ok((_, main, own))) => {
+                    main_port = main;
+                    shard_ports[0] = own;
+                }
+                Ok(Err(message)) => {
+                    failure = Some(ServeError::Shard { shard: 0, message });
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(ServeError::Shard { shard: 0, message: "ended during start".into() });
+                    break;
+                }
+            }
+        }
+    }
+    drop(ready_tx);
+    if failure.is_none() {
+        for _ in 1..executors.len() {
+            match ready_rx.recv() {
+                Ok(Ok((shard, _, own))) => shard_ports[shard] = own,
+                Ok(Err(message)) => {
+                    failure = Some(ServeError::Shard { shard: usize::MAX, message });
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(ServeError::Shard { shard: usize::MAX, message: "ended during start".into() });
+                    break;
+                }
+            }
+        }
+    }
+    let handle = BrokerHandle { shared: shared.clone(), executors, _lock: lock };
+    if let Some(err) = failure {
+        // Dropping the go senders tells every started shard to close its
+        // logs and end.
+        drop(go);
+        let _ = handle.wait();
+        return Err(err);
+    }
+    let _ = shared.ports.set(Ports { main: main_port, shards: shard_ports });
+    for go in go {
+        let _ = go.send(());
+    }
+    Ok(handle)
+}
+
+/// `start`, then run until SIGTERM or SIGINT (a second signal exits at
+/// once), printing where it listens.
+pub fn run(config: BrokerConfig) -> Result<(), ServeError> {
+    let data_dir = config.data_dir.display().to_string();
+    let handle = start(config)?;
+    let trigger = handle.shutdown_trigger();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|source| ServeError::DataDir { path: "signal handler".into(), source })?;
+    std::thread::Builder::new()
+        .name("spate-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(signal, "shutting down: flushing and closing every partition");
+                    trigger();
+                } else {
+                    tracing::warn!("second signal: exiting without a clean shutdown");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .map_err(|source| ServeError::DataDir { path: "signal thread".into(), source })?;
+    let ports = handle.shard_ports();
+    println!(
+        "spate broker {} listening on {} (shards {}: ports {:?}), data in {data_dir}",
+        handle.shared.config.node_id,
+        handle.addr(),
+        handle.shard_count(),
+        ports
+    );
+    handle.wait()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn run_shard(
+    id: usize,
+    shared: Arc<Shared>,
+    mut inbox: mpsc::UnboundedReceiver<ShardOp>,
+    main_port: u16,
+    ready: std_mpsc::Sender<Ready>,
+    go: oneshot::Receiver<()>,
+) {
+    let shard = Shard::new(id, shared.clone());
+    let host = shared.config.listen_host.clone();
+    let own_port = match shared.config.shard_port_base {
+        Some(base) => base.saturating_add(id as u16),
+        None if shared.config.port == 0 => 0,
+        None => shared.config.port.saturating_add(1 + id as u16),
+    };
+    let bound = (|| {
+        let main = TcpListener::bind((host.as_str(), main_port))
+            .map_err(|err| format!("binding {host}:{main_port}: {err}"))?;
+        let own =
+            TcpListener::bind((host.as_str(), own_port)).map_err(|err| format!("binding {host}:{own_port}: {err}"))?;
+        let metrics = if id == 0 && !shared.config.metrics_listen.is_empty() {
+            let addr = &shared.config.metrics_listen;
+            Some(TcpListener::bind(addr.as_str()).map_err(|err| format!("binding metrics on {addr}: {err}"))?)
+        } else {
+            None
+        };
+        Ok::<_, String>((main, own, metrics))
+    })();
+    let (main, own, metrics) = match bound {
+        Ok(bound) => bound,
+        Err(message) => {
+            let _ = ready.send(Err(message));
+            return;
+        }
+    };
+    let catalog = shared.catalog.load_full();
+    for (topic, partitions) in shard.owned_partitions(&catalog) {
+        let (reply, wait) = oneshot::channel();
+        shard.execute(ShardOp::Open { topic: topic.clone(), partitions, reply });
+        let opened = wait.await.unwrap_or_else(|_| Err("the shard stopped".into()));
+        if let Err(message) = opened {
+            let _ = ready.send(Err(format!("topic {}: {message}", topic.name)));
+            shard.close_all().await;
+            return;
+        }
+    }
+    let (main_port, own_port) = (port_of(&main), port_of(&own));
+    let _ = ready.send(Ok((id, main_port, own_port)));
+    if go.await.is_err() {
+        shard.close_all().await;
+        return;
+    }
+    accept_loop(&shard, main, false);
+    accept_loop(&shard, own, false);
+    if let Some(metrics) = metrics {
+        accept_loop(&shard, metrics, true);
+    }
+    while let Some(op) = inbox.next().await {
+        if let ShardOp::Shutdown = op {
+            break;
+        }
+        shard.execute(op);
+    }
+    shard.stopping.set(true);
+    shard.stop_listeners.borrow_mut().clear();
+    shard.close_all().await;
+    tracing::debug!(shard = id, "shard stopped");
+}
+
+fn port_of(listener: &TcpListener) -> u16 {
+    listener.local_addr().map_or(0, |addr| addr.port())
+}
+
+fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    shard.stop_listeners.borrow_mut().push(stop_tx);
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let mut stop = stop_rx.fuse();
+        loop {
+            let accepted = futures::select! {
+                accepted = listener.accept().fuse() => accepted,
+                _ = stop => break,
+            };
+            match accepted {
+                Ok(stream) if metrics => {
+                    glommio::spawn_local(crate::metrics::serve_http(shard.clone(), stream)).detach()
+                }
+                Ok(stream) => glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach(),
+                Err(err) => {
+                    // EMFILE and friends: log, back off briefly, go on.
+                    tracing::warn!(shard = shard.id, "accept failed: {err}");
+                    glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+        }
+    })
+    .detach();
+}

@@ -1,0 +1,575 @@
+//! A shard: one pinned executor that owns a set of partitions. Only the
+//! owner touches a partition's log; other shards reach it with a
+//! [`ShardOp`] through its mailbox (design decision 1). Every op's first
+//! step runs synchronously on receipt, so appends from one connection keep
+//! the order in which they were sent even when they cross cores.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::channel::{mpsc, oneshot};
+use glommio::timer::Timer;
+use spate_engine::batch::BatchError;
+use spate_engine::io::DmaStorage;
+use spate_engine::{Durability, LogConfig, LogError, PartitionLog, ReadBound, TailCache};
+use spate_flatbuf::proto::ErrorCode;
+use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST};
+
+use crate::catalog::{Catalog, TopicMeta, owner_shard};
+use crate::config::BrokerConfig;
+use crate::metrics::ShardMetrics;
+use crate::topic_config;
+
+pub(crate) type Log = PartitionLog<DmaStorage>;
+
+/// What every shard shares: read-mostly, no locks on the data path.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: BrokerConfig,
+    pub default_durability: Durability,
+    pub shard_count: usize,
+    pub catalog: ArcSwap<Catalog>,
+    pub mailboxes: Vec<mpsc::UnboundedSender<ShardOp>>,
+    /// Set once every shard has bound its listeners.
+    pub ports: OnceLock<Ports>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Ports {
+    pub main: u16,
+    pub shards: Vec<u16>,
+}
+
+impl Shared {
+    pub fn owner(&self, topic: &str, partition: u32) -> usize {
+        owner_shard(topic, partition, self.shard_count)
+    }
+
+    /// The engine config of a topic's partitions.
+    pub fn log_config(&self, topic: &TopicMeta) -> Result<LogConfig, topic_config::TopicConfigError> {
+        let mut config = LogConfig { durability: self.default_durability, ..LogConfig::default() };
+        topic_config::apply(&topic.configs, &mut config)?;
+        Ok(config)
+    }
+}
+
+/// Outcome of one partition's part of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub error: ErrorCode,
+    pub message: Option<String>,
+}
+
+impl Outcome {
+    pub fn ok() -> Self {
+        Outcome { error: ErrorCode::None, message: None }
+    }
+    pub fn err(error: ErrorCode, message: impl Into<String>) -> Self {
+        Outcome { error, message: Some(message.into()) }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct AppendResult {
+    pub outcome: Outcome,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ReadResult {
+    pub error: ErrorCode,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+    pub batches: Vec<Bytes>,
+}
+
+impl ReadResult {
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(Bytes::len).sum()
+    }
+    fn error(error: ErrorCode) -> Self {
+        ReadResult { error, high_watermark: -1, log_start_offset: -1, log_end_offset: -1, batches: Vec::new() }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct OffsetResult {
+    pub error: ErrorCode,
+    pub offset: i64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct PartitionStats {
+    pub error: ErrorCode,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+    pub size_bytes: u64,
+    pub segment_count: u32,
+}
+
+/// Work for the shard that owns a partition (or, for `Admin`, shard 0).
+#[derive(Debug)]
+pub(crate) enum ShardOp {
+    Produce {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        batches: Vec<BytesMut>,
+        acks: i16,
+        timeout: Duration,
+        reply: oneshot::Sender<AppendResult>,
+    },
+    Fetch {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        offset: i64,
+        bytes_max: usize,
+        /// Long poll: with no data at `offset`, wait until then.
+        wait_until: Option<Instant>,
+        reply: oneshot::Sender<ReadResult>,
+    },
+    ListOffset {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        timestamp: i64,
+        reply: oneshot::Sender<OffsetResult>,
+    },
+    Stats {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        reply: oneshot::Sender<PartitionStats>,
+    },
+    /// Open (creating if new) these partitions of a topic.
+    Open {
+        topic: Arc<TopicMeta>,
+        partitions: Vec<u32>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Close these partitions and delete their files.
+    Delete {
+        topic: Arc<TopicMeta>,
+        partitions: Vec<u32>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Admin(crate::admin::AdminOp),
+    Metrics {
+        reply: oneshot::Sender<crate::metrics::ShardSnapshot>,
+    },
+    /// Stop accepting, close every log cleanly, end the shard.
+    Shutdown,
+}
+
+pub(crate) struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub cache: Rc<TailCache>,
+    logs: RefCell<HashMap<Arc<str>, HashMap<u32, Log>>>,
+    /// Serialises catalog changes (used on shard 0 only).
+    pub admin_lock: glommio::sync::Semaphore,
+    pub metrics: ShardMetrics,
+    pub stopping: Cell<bool>,
+    /// Accept loops wait on this to stop.
+    pub stop_listeners: RefCell<Vec<oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("id", &self.id).finish()
+    }
+}
+
+pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
+    match err {
+        LogError::InvalidBatch(BatchError::Oversize { .. }) => ErrorCode::MessageTooLarge,
+        LogError::InvalidBatch(_) => ErrorCode::CorruptMessage,
+        LogError::Io { .. } | LogError::Failed { .. } | LogError::Corruption { .. } => ErrorCode::StorageError,
+        LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        LogError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+        LogError::Truncating => ErrorCode::NotReady,
+        LogError::Backpressure { .. } => ErrorCode::Throttled,
+        LogError::Closed => ErrorCode::BrokerShuttingDown,
+    }
+}
+
+impl Shard {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
+        let cache = TailCache::new(shared.config.tail_cache_bytes);
+        Rc::new(Shard {
+            id,
+            shared,
+            cache,
+            logs: RefCell::new(HashMap::new()),
+            admin_lock: glommio::sync::Semaphore::new(1),
+            metrics: ShardMetrics::default(),
+            stopping: Cell::new(false),
+            stop_listeners: RefCell::new(Vec::new()),
+        })
+    }
+
+    fn log(&self, topic: &TopicMeta, partition: u32) -> Option<Log> {
+        self.logs.borrow().get(topic.topic_id.as_str()).and_then(|parts| parts.get(&partition)).cloned()
+    }
+
+    /// Sends `op` to the shard that owns it; runs it here if that is us.
+    pub fn submit(self: &Rc<Self>, owner: usize, op: ShardOp) {
+        if owner == self.id {
+            self.execute(op);
+        } else if let Err(err) = self.shared.mailboxes[owner].unbounded_send(op) {
+            // The owner has stopped (shutdown): dropping the op drops its
+            // reply sender, which the waiting request reports.
+            tracing::debug!(shard = self.id, owner, "owner shard gone: {err}");
+        }
+    }
+
+    /// Runs an op. Everything up to the first await happens now, in the
+    /// order ops arrive.
+    pub fn execute(self: &Rc<Self>, op: ShardOp) {
+        match op {
+            ShardOp::Produce { topic, partition, batches, acks, timeout, reply } => {
+                let pending = self.append(&topic, partition, batches);
+                let metrics_topic = topic.name.clone();
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let result = pending.finish(acks, timeout).await;
+                    if result.outcome.error == ErrorCode::None {
+                        shard.metrics.produced(&metrics_topic);
+                    }
+                    let _ = reply.send(result);
+                })
+                .detach();
+            }
+            ShardOp::Fetch { topic, partition, offset, bytes_max, wait_until, reply } => {
+                let log = self.log(&topic, partition);
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let cancelled = reply.is_canceled();
+                    if cancelled {
+                        return;
+                    }
+                    let result = match log {
+                        None => ReadResult::error(ErrorCode::UnknownTopicOrPartition),
+                        Some(log) => {
+                            let mut reply = reply;
+                            let result = fetch_partition(&log, offset, bytes_max, wait_until, &mut reply).await;
+                            shard.metrics.fetched(&topic.name, result.bytes());
+                            let _ = reply.send(result);
+                            return;
+                        }
+                    };
+                    let _ = reply.send(result);
+                })
+                .detach();
+            }
+            ShardOp::ListOffset { topic, partition, timestamp, reply } => {
+                let log = self.log(&topic, partition);
+                glommio::spawn_local(async move {
+                    let result = match log {
+                        None => OffsetResult { error: ErrorCode::UnknownTopicOrPartition, offset: -1 },
+                        Some(log) => list_offset(&log, timestamp).await,
+                    };
+                    let _ = reply.send(result);
+                })
+                .detach();
+            }
+            ShardOp::Stats { topic, partition, reply } => {
+                let stats = match self.log(&topic, partition) {
+                    None => PartitionStats { error: ErrorCode::UnknownTopicOrPartition, ..Default::default() },
+                    Some(log) => PartitionStats {
+                        error: log.failure().map_or(ErrorCode::None, |err| log_error_code(&err)),
+                        log_start_offset: log.log_start_offset(),
+                        high_watermark: log.high_watermark(),
+                        log_end_offset: log.log_end_offset(),
+                        size_bytes: log.size_bytes(),
+                        segment_count: log.segment_count() as u32,
+                    },
+                };
+                let _ = reply.send(stats);
+            }
+            ShardOp::Open { topic, partitions, reply } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.open_partitions(&topic, &partitions).await);
+                })
+                .detach();
+            }
+            ShardOp::Delete { topic, partitions, reply } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.delete_partitions(&topic, &partitions).await);
+                })
+                .detach();
+            }
+            ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
+            ShardOp::Metrics { reply } => {
+                let _ = reply.send(self.metrics.snapshot(self.id, &self.partition_sizes()));
+            }
+            ShardOp::Shutdown => {
+                // Handled by the mailbox loop, which owns the shard's end.
+            }
+        }
+    }
+
+    /// Phase one of a produce on the owner: every batch of the partition is
+    /// validated first (so a bad one appends nothing), then all are
+    /// appended in order.
+    fn append(&self, topic: &TopicMeta, partition: u32, batches: Vec<BytesMut>) -> PendingAppend {
+        let Some(log) = self.log(topic, partition) else {
+            return PendingAppend::Done(AppendResult {
+                outcome: Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("{}/{partition}", topic.name)),
+                base_offset: -1,
+                log_start_offset: -1,
+            });
+        };
+        if self.stopping.get() {
+            return PendingAppend::failed(ErrorCode::BrokerShuttingDown, "broker is shutting down".into());
+        }
+        if batches.len() > 1 {
+            // The engine validates each batch as it appends; with several,
+            // check them all first so that a bad one appends none.
+            for batch in &batches {
+                if let Err(err) = spate_engine::batch::validate_produce(batch, log.config().batch_bytes_max) {
+                    return PendingAppend::failed(log_error_code(&LogError::from(err.clone())), err.to_string());
+                }
+            }
+        }
+        let mut tickets = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let bytes = batch.len();
+            match log.append(batch, 0) {
+                Ok(ticket) => {
+                    self.metrics.bytes_in(&topic.name, bytes, ticket.info.last_offset - ticket.info.base_offset + 1);
+                    tickets.push(ticket);
+                }
+                Err(err) => {
+                    // Earlier batches of this request are appended and stay:
+                    // they were valid; the error names the first that failed.
+                    return PendingAppend::failed(log_error_code(&err), err.to_string());
+                }
+            }
+        }
+        PendingAppend::Appended { log, tickets }
+    }
+
+    async fn open_partitions(&self, topic: &Arc<TopicMeta>, partitions: &[u32]) -> Result<(), String> {
+        let config = self.shared.log_config(topic).map_err(|err| err.to_string())?;
+        let data_dir = self.shared.config.data_dir.clone();
+        for &partition in partitions {
+            if self.log(topic, partition).is_some() {
+                continue;
+            }
+            let dir = topic.partition_dir(&data_dir, partition);
+            let log = PartitionLog::open(DmaStorage, dir.clone(), config.clone(), self.cache.clone())
+                .await
+                .map_err(|err| format!("opening {}: {err}", dir.display()))?;
+            let retention_every = Duration::from_millis(self.shared.config.retention_check_interval_ms);
+            if let Err(err) = log.spawn_retention(retention_every, glommio::executor().current_task_queue()) {
+                tracing::warn!(dir = %dir.display(), "retention not started: {err}");
+            }
+            tracing::debug!(shard = self.id, topic = %topic.name, partition, "partition open");
+            self.logs.borrow_mut().entry(Arc::from(topic.topic_id.as_str())).or_default().insert(partition, log);
+        }
+        Ok(())
+    }
+
+    async fn delete_partitions(&self, topic: &Arc<TopicMeta>, partitions: &[u32]) -> Result<(), String> {
+        let data_dir = self.shared.config.data_dir.clone();
+        for &partition in partitions {
+            let log = {
+                let mut logs = self.logs.borrow_mut();
+                let parts = logs.get_mut(topic.topic_id.as_str());
+                let log = parts.and_then(|parts| parts.remove(&partition));
+                if logs.get(topic.topic_id.as_str()).is_some_and(HashMap::is_empty) {
+                    logs.remove(topic.topic_id.as_str());
+                }
+                log
+            };
+            if let Some(log) = log {
+                // Errors closing a log about to be deleted change nothing.
+                let _ = log.close().await;
+            }
+            let dir = topic.partition_dir(&data_dir, partition);
+            remove_dir_all_off_core(dir).await?;
+        }
+        Ok(())
+    }
+
+    fn partition_sizes(&self) -> Vec<(String, u32, u64)> {
+        let catalog = self.shared.catalog.load();
+        let names: HashMap<&str, &str> =
+            catalog.topics.values().map(|t| (t.topic_id.as_str(), t.name.as_str())).collect();
+        let logs = self.logs.borrow();
+        let mut sizes = Vec::new();
+        for (topic_id, parts) in logs.iter() {
+            let name = names.get(&**topic_id).copied().unwrap_or("(deleted)");
+            for (partition, log) in parts {
+                sizes.push((name.to_string(), *partition, log.size_bytes()));
+            }
+        }
+        sizes
+    }
+
+    /// Closes every log (flushing what is pending) so the next start is a
+    /// clean one.
+    pub async fn close_all(&self) {
+        let logs: Vec<(Arc<str>, u32, Log)> = self
+            .logs
+            .borrow_mut()
+            .drain()
+            .flat_map(|(id, parts)| parts.into_iter().map(move |(p, log)| (id.clone(), p, log)))
+            .collect();
+        for (topic_id, partition, log) in logs {
+            if let Err(err) = log.close().await {
+                tracing::error!(shard = self.id, %topic_id, partition, "close failed: {err}");
+            }
+        }
+    }
+
+    /// The partitions of the catalog this shard owns.
+    pub fn owned_partitions(&self, catalog: &Catalog) -> Vec<(Arc<TopicMeta>, Vec<u32>)> {
+        catalog
+            .topics
+            .values()
+            .map(|topic| {
+                let mine: Vec<u32> =
+                    (0..topic.partitions).filter(|&p| self.shared.owner(&topic.name, p) == self.id).collect();
+                (topic.clone(), mine)
+            })
+            .filter(|(_, mine)| !mine.is_empty())
+            .collect()
+    }
+}
+
+/// Deleting a directory tree is metadata work with no io_uring equivalent;
+/// run it on glommio's blocking pool so the core keeps serving.
+pub(crate) async fn remove_dir_all_off_core(dir: PathBuf) -> Result<(), String> {
+    let shown = dir.display().to_string();
+    let result = glommio::executor()
+        .spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        })
+        .await;
+    result.map_err(|err| format!("removing {shown}: {err}"))
+}
+
+pub(crate) enum PendingAppend {
+    Done(AppendResult),
+    Appended { log: Log, tickets: Vec<spate_engine::AppendTicket> },
+}
+
+impl PendingAppend {
+    fn failed(error: ErrorCode, message: String) -> Self {
+        PendingAppend::Done(AppendResult {
+            outcome: Outcome { error, message: Some(message) },
+            base_offset: -1,
+            log_start_offset: -1,
+        })
+    }
+
+    /// Phase two: waits for the acks the producer asked for.
+    async fn finish(self, acks: i16, timeout: Duration) -> AppendResult {
+        let (log, tickets) = match self {
+            PendingAppend::Done(result) => return result,
+            PendingAppend::Appended { log, tickets } => (log, tickets),
+        };
+        let base_offset = tickets.first().map_or(-1, |t| t.info.base_offset);
+        if acks == 0 {
+            // Nobody waits for the answer; failures are the log's to report.
+            drop(tickets);
+            return AppendResult { outcome: Outcome::ok(), base_offset, log_start_offset: log.log_start_offset() };
+        }
+        let wait_all = async {
+            for ticket in tickets {
+                ticket.durable().await?;
+            }
+            Ok::<(), LogError>(())
+        };
+        let outcome = futures::select! {
+            result = wait_all.fuse() => match result {
+                Ok(()) => Outcome::ok(),
+                Err(err) => Outcome::err(log_error_code(&err), err.to_string()),
+            },
+            _ = Timer::new(timeout).fuse() => Outcome::err(
+                ErrorCode::RequestTimedOut,
+                format!("not acknowledged within {} ms; the batch may still be appended", timeout.as_millis()),
+            ),
+        };
+        AppendResult { outcome, base_offset, log_start_offset: log.log_start_offset() }
+    }
+}
+
+/// Reads at `offset`; with nothing there yet and a deadline, waits for the
+/// high watermark to pass `offset`, the deadline, or the asker to go away.
+async fn fetch_partition(
+    log: &Log,
+    offset: i64,
+    bytes_max: usize,
+    wait_until: Option<Instant>,
+    reply: &mut oneshot::Sender<ReadResult>,
+) -> ReadResult {
+    loop {
+        let output = match log.read(offset, bytes_max, ReadBound::HighWatermark).await {
+            Ok(output) => output,
+            Err(err) => {
+                let mut result = ReadResult::error(log_error_code(&err));
+                result.log_start_offset = log.log_start_offset();
+                result.high_watermark = log.high_watermark();
+                result.log_end_offset = log.log_end_offset();
+                return result;
+            }
+        };
+        let now = Instant::now();
+        let waiting = match wait_until {
+            Some(deadline) if output.batches.is_empty() && deadline > now && log.failure().is_none() => deadline,
+            _ => {
+                return ReadResult {
+                    error: ErrorCode::None,
+                    high_watermark: output.high_watermark,
+                    log_start_offset: output.log_start_offset,
+                    log_end_offset: output.log_end_offset,
+                    batches: output.batches,
+                };
+            }
+        };
+        futures::select! {
+            _ = log.high_watermark_above(offset).fuse() => {}
+            _ = Timer::new(waiting - now).fuse() => {}
+            () = reply.cancellation().fuse() => return ReadResult::default(),
+        }
+        // After a wake, read once more and return whatever is there (a
+        // deadline that passed makes the next loop return).
+    }
+}
+
+async fn list_offset(log: &Log, timestamp: i64) -> OffsetResult {
+    match timestamp {
+        OFFSET_EARLIEST => OffsetResult { error: ErrorCode::None, offset: log.log_start_offset() },
+        OFFSET_LATEST => OffsetResult { error: ErrorCode::None, offset: log.high_watermark() },
+        ts if ts < 0 => OffsetResult { error: ErrorCode::InvalidRequest, offset: -1 },
+        ts => match log.offset_for_timestamp(ts).await {
+            Ok(Some(offset)) => OffsetResult { error: ErrorCode::None, offset },
+            Ok(None) => OffsetResult { error: ErrorCode::None, offset: -1 },
+            Err(err) => OffsetResult { error: log_error_code(&err), offset: -1 },
+        },
+    }
+}
+
+/// Configs as a map for the catalog, refusing duplicates.
+pub(crate) fn config_map(entries: &[(String, String)]) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for (key, value) in entries {
+        if map.insert(key.clone(), value.clone()).is_some() {
+            return Err(format!("config {key:?} given twice"));
+        }
+    }
+    Ok(map)
+}
