@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use spate_flatbuf::flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use spate_flatbuf::proto::*;
-use spate_flatbuf::{Frame, FrameDecoder, FrameError, encode_frame};
+use spate_flatbuf::{Frame, FrameDecoder, encode_frame};
 use spate_format::batch::BatchBuilder;
 use spate_net::{BrokerConfig, BrokerHandle};
 
@@ -202,5 +202,3 @@ pub fn error_response(frame: &Frame) -> Option<(ErrorCode, String)> {
     let error = envelope.body_as_error_response()?;
     Some((error.error(), error.message().unwrap_or_default().to_string()))
 }
-
-pub fn frame_error_is_fatal(_: FrameError) {}

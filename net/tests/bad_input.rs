@@ -1,0 +1,212 @@
+//! Bad input from the network: each gets a typed error or a clean close,
+//! the broker keeps serving everyone else, and no log is touched.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use spate_flatbuf::proto::*;
+
+/// After whatever a test did, a fresh connection still works and the
+/// topic holds exactly `records` records.
+fn still_serving(port: u16, topic: &str, records: i64) {
+    let mut conn = Conn::connect(port);
+    assert_eq!(conn.list_offset(topic, 0, spate_flatbuf::OFFSET_LATEST), (ErrorCode::None, records));
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_allocation_and_the_connection_closed() {
+    let dir = data_dir("oversized");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 1, &[]);
+    // Claims 2 GiB; the broker's cap is 4 MiB. It must answer from the
+    // length alone, not wait for (or allocate) 2 GiB.
+    conn.send_raw(&0x8000_0000u32.to_be_bytes());
+    conn.send_raw(&[0u8; 64]);
+    let frame = conn.recv().expect("an error response before the close");
+    let (code, message) = error_response(&frame).expect("an ErrorResponse");
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    assert!(message.contains("limit"), "{message}");
+    assert!(conn.recv().is_none(), "then the connection closes");
+    still_serving(port, "t", 0);
+    stop(broker);
+}
+
+#[test]
+fn a_frame_cut_short_by_a_closed_connection_changes_nothing() {
+    let dir = data_dir("truncated");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 1, &[]);
+    let records = batch(3);
+    let bytes = conn.encode(Body::ProduceRequest, |b| {
+        let name = b.create_string("t");
+        let records = b.create_vector(&records);
+        let part = ProducePartition::create(b, &ProducePartitionArgs { partition: 0, records: Some(records) });
+        let parts = b.create_vector(&[part]);
+        let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 1000, topics: Some(topics) })
+            .as_union_value()
+    });
+    conn.stream.write_all(&bytes[..bytes.len() - 10]).expect("write");
+    drop(conn);
+    still_serving(port, "t", 0);
+    stop(broker);
+}
+
+#[test]
+fn garbage_that_fails_verification_gets_an_error_and_a_close() {
+    let dir = data_dir("garbage");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 1, &[]);
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(4u32 + 100).to_be_bytes());
+    frame.extend_from_slice(&100u32.to_be_bytes());
+    frame.extend_from_slice(&[0xEE; 100]);
+    conn.send_raw(&frame);
+    let response = conn.recv().expect("an error response");
+    let (code, message) = error_response(&response).expect("an ErrorResponse");
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    assert!(message.contains("verification"), "{message}");
+    assert!(conn.recv().is_none());
+    still_serving(port, "t", 0);
+    stop(broker);
+}
+
+#[test]
+fn a_batch_with_a_bad_crc_is_refused_and_nothing_is_appended() {
+    let dir = data_dir("bad_crc");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 1, &[]);
+    let mut records = batch(3);
+    let last = records.len() - 1;
+    records[last] ^= 0x01;
+    assert_eq!(conn.produce("t", 0, &records, -1).0, ErrorCode::CorruptMessage);
+    // Two batches, the second bad: neither is appended.
+    let mut two = batch(2);
+    two.extend_from_slice(&records);
+    assert_eq!(conn.produce("t", 0, &two, -1).0, ErrorCode::CorruptMessage);
+    // Bytes that do not even split into batches.
+    assert_eq!(conn.produce("t", 0, &[1, 2, 3], -1).0, ErrorCode::CorruptMessage);
+    // The connection stays usable.
+    assert_eq!(conn.produce("t", 0, &batch(1), -1), (ErrorCode::None, 0));
+    still_serving(port, "t", 1);
+    stop(broker);
+}
+
+#[test]
+fn unknown_topics_and_partitions_get_typed_errors() {
+    let dir = data_dir("unknown");
+    let broker = start(&dir, 2);
+    let mut conn = Conn::connect(broker.addr().port());
+    conn.create_topic("t", 2, &[]);
+    assert_eq!(conn.produce("nope", 0, &batch(1), -1).0, ErrorCode::UnknownTopicOrPartition);
+    assert_eq!(conn.produce("t", 2, &batch(1), -1).0, ErrorCode::UnknownTopicOrPartition);
+    assert_eq!(conn.produce("t", -1, &batch(1), -1).0, ErrorCode::UnknownTopicOrPartition);
+    assert_eq!(conn.fetch("nope", 0, 0, 0).0, ErrorCode::UnknownTopicOrPartition);
+    assert_eq!(conn.fetch("t", 0, 99, 0).0, ErrorCode::OffsetOutOfRange);
+    assert_eq!(conn.list_offset("t", 7, -1).0, ErrorCode::UnknownTopicOrPartition);
+    stop(broker);
+}
+
+#[test]
+fn invalid_names_counts_configs_and_acks_are_refused() {
+    let dir = data_dir("invalid");
+    let broker = start(&dir, 2);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(conn.create_topic("a/b", 1, &[]), ErrorCode::InvalidTopic);
+    assert_eq!(conn.create_topic("..", 1, &[]), ErrorCode::InvalidTopic);
+    assert_eq!(conn.create_topic(&"x".repeat(300), 1, &[]), ErrorCode::InvalidTopic);
+    assert_eq!(conn.create_topic("t", 0, &[]), ErrorCode::InvalidPartitions);
+    assert_eq!(conn.create_topic("t", 2_000_000_000, &[]), ErrorCode::InvalidPartitions);
+    assert_eq!(conn.create_topic("t", 1, &[("retention.ms", "soon")]), ErrorCode::InvalidConfig);
+    assert_eq!(conn.create_topic("t", 1, &[("no.such.config", "1")]), ErrorCode::InvalidConfig);
+    assert_eq!(conn.create_topic("t", 1, &[("segment.bytes", "12")]), ErrorCode::InvalidConfig);
+    assert_eq!(conn.create_topic("t", 1, &[]), ErrorCode::None);
+    assert_eq!(conn.produce("t", 0, &batch(1), 7).0, ErrorCode::InvalidRequiredAcks);
+    // Absurd fetch sizes and waits are clamped, not obeyed or refused.
+    conn.produce("t", 0, &batch(2), 1);
+    let (error, high_watermark, _) = conn.fetch("t", 0, 0, i32::MAX);
+    assert_eq!((error, high_watermark), (ErrorCode::None, 2));
+    stop(broker);
+    let names: Vec<_> = std::fs::read_dir(dir.join("topics")).expect("topics").collect();
+    assert_eq!(names.len(), 1, "refused topics leave no files");
+}
+
+#[test]
+fn a_batch_over_max_message_bytes_is_too_large() {
+    let dir = data_dir("too_large");
+    let broker = start(&dir, 1);
+    let mut conn = Conn::connect(broker.addr().port());
+    conn.create_topic("small", 1, &[("max.message.bytes", "200")]);
+    assert_eq!(conn.produce("small", 0, &batch(100), -1).0, ErrorCode::MessageTooLarge);
+    assert_eq!(conn.produce("small", 0, &batch(1), -1), (ErrorCode::None, 0));
+    stop(broker);
+}
+
+#[test]
+fn partitions_pointing_at_one_shared_vector_are_refused() {
+    let dir = data_dir("shared_vector");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 2, &[]);
+    // A valid flatbuffer may share one vector between two tables; the
+    // broker cannot slice one buffer twice without copying, so it refuses.
+    let records = batch(1);
+    let frame = conn.call(Body::ProduceRequest, |b| {
+        let name = b.create_string("t");
+        let records = b.create_vector(&records);
+        let p0 = ProducePartition::create(b, &ProducePartitionArgs { partition: 0, records: Some(records) });
+        let p1 = ProducePartition::create(b, &ProducePartitionArgs { partition: 1, records: Some(records) });
+        let parts = b.create_vector(&[p0, p1]);
+        let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 1000, topics: Some(topics) })
+            .as_union_value()
+    });
+    let (code, _) = error_response(&frame).expect("an ErrorResponse");
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    still_serving(port, "t", 0);
+    stop(broker);
+}
+
+#[test]
+fn a_response_type_sent_as_a_request_and_a_future_version_are_refused() {
+    let dir = data_dir("wrong_body");
+    let broker = start(&dir, 1);
+    let mut conn = Conn::connect(broker.addr().port());
+    let frame = conn.call(Body::MetadataResponse, |b| {
+        MetadataResponse::create(b, &MetadataResponseArgs::default()).as_union_value()
+    });
+    assert_eq!(error_response(&frame).expect("error").0, ErrorCode::InvalidRequest);
+    let mut builder = spate_flatbuf::flatbuffers::FlatBufferBuilder::new();
+    let body = MetadataRequest::create(&mut builder, &MetadataRequestArgs::default());
+    let envelope = Envelope::create(
+        &mut builder,
+        &EnvelopeArgs {
+            request_id: 9,
+            version: 99,
+            body_type: Body::MetadataRequest,
+            body: Some(body.as_union_value()),
+        },
+    );
+    builder.finish(envelope, None);
+    conn.send_raw(&spate_flatbuf::encode_frame(&builder, &[]));
+    let frame = conn.recv().expect("response");
+    assert_eq!(error_response(&frame).expect("error").0, ErrorCode::UnsupportedVersion);
+    // Still the same connection, still serving.
+    let frame = conn
+        .call(Body::MetadataRequest, |b| MetadataRequest::create(b, &MetadataRequestArgs::default()).as_union_value());
+    assert!(frame.read().expect("verified").body_as_metadata_response().is_some());
+    stop(broker);
+}
