@@ -64,6 +64,11 @@ impl BrokerHandle {
         self.shared.ports.get().map(|p| p.shards.clone()).unwrap_or_default()
     }
 
+    /// The port `/metrics` is served on, if enabled.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.shared.metrics_port.get().copied()
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shared.shard_count
     }
@@ -133,6 +138,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         catalog: ArcSwap::from_pointee(catalog),
         mailboxes,
         ports: OnceLock::new(),
+        metrics_port: OnceLock::new(),
     });
     let (ready_tx, ready_rx) = std_mpsc::channel::<Ready>();
     let mut executors = Vec::with_capacity(shard_count);
@@ -283,6 +289,9 @@ async fn run_shard(
             return;
         }
     };
+    if let Some(metrics) = &metrics {
+        let _ = shared.metrics_port.set(port_of(metrics));
+    }
     let catalog = shared.catalog.load_full();
     for (topic, partitions) in shard.owned_partitions(&catalog) {
         let (reply, wait) = oneshot::channel();

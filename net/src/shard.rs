@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub mailboxes: Vec<mpsc::UnboundedSender<ShardOp>>,
     /// Set once every shard has bound its listeners.
     pub ports: OnceLock<Ports>,
+    /// Where /metrics listens, once bound.
+    pub metrics_port: OnceLock<u16>,
 }
 
 #[derive(Debug, Clone)]

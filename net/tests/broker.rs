@@ -216,3 +216,39 @@ fn acks_zero_gets_no_response_but_is_appended() {
     assert_eq!(high_watermark, 7);
     stop(broker);
 }
+
+#[test]
+fn metrics_count_bytes_records_requests_and_log_sizes() {
+    use std::io::{Read, Write};
+    let dir = data_dir("metrics");
+    let mut config = config(&dir, 2);
+    config.metrics_listen = "127.0.0.1:0".into();
+    let broker = spate_net::start(config).expect("broker starts");
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(conn.create_topic("m", 2, &[]), ErrorCode::None);
+    let records = batch(10);
+    conn.produce("m", 0, &records, -1);
+    conn.produce("m", 1, &records, -1);
+    let scrape = || {
+        let mut http = std::net::TcpStream::connect(("127.0.0.1", broker.metrics_port().expect("metrics on")))
+            .expect("connect metrics");
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut text = String::new();
+        http.read_to_string(&mut text).expect("response");
+        text
+    };
+    let text = scrape();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|line| line.starts_with(name) && line.contains("topic=\"m\""))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("spate_records_in_total"), 20);
+    assert_eq!(sum("spate_bytes_in_total"), 2 * records.len() as u64);
+    assert!(sum("spate_log_size_bytes") >= 2 * records.len() as u64);
+    assert!(text.contains("spate_request_latency_seconds_count{shard="), "{text}");
+    assert!(text.contains("api=\"produce\""), "{text}");
+    stop(broker);
+}
