@@ -70,6 +70,7 @@ async fn read_requests(
 ) -> Result<(), FrameError> {
     let decoder = FrameDecoder::new(shard.shared.config.frame_bytes_max);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     loop {
         while let Some(frame) = decoder.decode(&mut buf)? {
             let started = Instant::now();
@@ -82,20 +83,40 @@ async fn read_requests(
                 return Ok(()); // the writer is gone: the socket failed
             }
         }
-        // Room for the rest of the frame at the head (its length is checked
-        // against the cap before this reserves anything), or a chunk.
         let needed = decoder.bytes_needed(&buf)?;
-        let want = needed.max(READ_CHUNK_BYTES.min(needed.max(1) + READ_CHUNK_BYTES));
-        let start = buf.len();
-        buf.resize(start + want, 0);
-        let read = match reader.read(&mut buf[start..]).await {
-            Ok(read) => read,
-            Err(err) => {
-                tracing::debug!(shard = shard.id, "read failed: {err}");
-                return Ok(());
+        let read = if needed > READ_CHUNK_BYTES {
+            // A large frame: read it straight into its final place, zeroing
+            // that room once (its length was checked against the cap).
+            let start = buf.len();
+            buf.resize(start + needed, 0);
+            let mut filled = start;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(err) => {
+                        tracing::debug!(shard = shard.id, "read failed: {err}");
+                        return Ok(());
+                    }
+                }
+            }
+            buf.truncate(filled);
+            filled - start
+        } else {
+            // Small frames: read what is there into a scratch buffer and
+            // copy just those bytes, rather than zero a large region of the
+            // receive buffer for every read.
+            match reader.read(&mut scratch).await {
+                Ok(n) => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    n
+                }
+                Err(err) => {
+                    tracing::debug!(shard = shard.id, "read failed: {err}");
+                    return Ok(());
+                }
             }
         };
-        buf.truncate(start + read);
         if read == 0 {
             return if buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated { buffered_bytes: buf.len() }) };
         }
