@@ -40,7 +40,7 @@ pub use murmur2::{murmur2, partition_for_key, to_positive};
 pub use partitioner::Partitioner;
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use spate_flatbuf::proto::ErrorCode;
-pub use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST};
+pub use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST, TopicNameError, validate_topic_name};
 
 /// Locks a std mutex, ignoring poisoning: the data behind each of this
 /// crate's mutexes stays consistent between statements, and a panic in
