@@ -1,0 +1,125 @@
+//! `spate`: the broker (`serve`) and the tools around it (`topic`,
+//! `produce`, `consume`, `cluster`), in the manner of rpk and kcat.
+//!
+//! Every failure ends as one `error: ...` line on stderr and exit code 1
+//! (clap's usage errors exit with 2); a closed stdout (`| head`) ends the
+//! command quietly with exit code 0.
+
+mod cluster;
+mod consume;
+mod output;
+mod parse;
+mod produce;
+mod serve;
+mod topic;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use spate_client::{Client, ClientConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "spate", version, about = "Spate: a Kafka-class event streaming platform")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every client verb takes.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct GlobalArgs {
+    /// Brokers to bootstrap from, as host:port, comma-separated.
+    #[arg(long, global = true, env = "SPATE_BROKERS", default_value = "localhost:9400", value_delimiter = ',')]
+    brokers: Vec<String>,
+    /// How long to wait for a broker to answer a request.
+    #[arg(long, global = true, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+}
+
+impl GlobalArgs {
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            bootstrap: self.brokers.iter().map(|broker| broker.trim().to_string()).collect(),
+            client_id: "spate-cli".to_string(),
+            request_timeout_ms: self.timeout_ms,
+            ..ClientConfig::default()
+        }
+    }
+
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(self.client_config()).await.context("cannot reach the cluster")
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a broker.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce records from stdin or a file, one per line.
+    Produce(produce::ProduceArgs),
+    /// Consume records and print them, one per line.
+    Consume(consume::ConsumeArgs),
+    /// Describe the cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        // serve runs its own threads and runtimes; it must not start inside tokio.
+        Command::Serve(args) => serve::run(args),
+        command => run_client_command(&cli.global, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if output::is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            // If stderr is gone too there is no one left to tell.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client_command(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        match command {
+            Command::Serve(_) => anyhow::bail!("serve does not run inside the client runtime"),
+            Command::Topic(command) => topic::run(global, command).await,
+            Command::Produce(args) => produce::run(global, args).await,
+            Command::Consume(args) => consume::run(global, args).await,
+            Command::Cluster(command) => cluster::run(global, command).await,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn brokers_split_on_commas_and_timeout_must_be_positive() {
+        let cli = Cli::try_parse_from(["spate", "--brokers", "a:1,b:2", "cluster", "info"]).expect("valid");
+        assert_eq!(cli.global.client_config().bootstrap, vec!["a:1", "b:2"]);
+        assert!(Cli::try_parse_from(["spate", "--timeout-ms", "0", "cluster", "info"]).is_err());
+        let after =
+            Cli::try_parse_from(["spate", "topic", "list", "--timeout-ms", "5"]).expect("global flags go anywhere");
+        assert_eq!(after.global.timeout_ms, 5);
+    }
+}
