@@ -51,9 +51,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ProduceArgs) -> anyhow::Resul
     let config = ProducerConfig {
         acks: args.acks,
         linger_ms: args.linger_ms,
-        // Give up on a record after twice the request timeout, but never
-        // sooner than the library's default.
-        delivery_timeout_ms: ProducerConfig::default().delivery_timeout_ms.max(global.timeout_ms.saturating_mul(2)),
+        // Retries of a record stop after four request timeouts: Kafka's
+        // default (120 s) for the default --timeout-ms, shorter for a
+        // shorter one.
+        delivery_timeout_ms: global.timeout_ms.saturating_mul(4),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;
