@@ -672,11 +672,12 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
                 results[i] = result;
             }
         }
-        fetch_response(request_id, &topic_names, &parts, results, request_bytes_max)
+        fetch_response(&shard, request_id, &topic_names, &parts, results, request_bytes_max)
     }))
 }
 
 fn fetch_response(
+    shard: &Shard,
     request_id: u64,
     topic_names: &[String],
     parts: &[FetchPart],
@@ -697,6 +698,9 @@ fn fetch_response(
             }
             payload_bytes += batch.len();
             payload.push(batch);
+        }
+        if payload_bytes > records_offset {
+            shard.metrics.fetched(&topic_names[part.topic_index], payload_bytes - records_offset);
         }
         let offset = FetchPartitionResponse::create(
             &mut builder,

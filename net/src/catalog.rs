@@ -112,7 +112,10 @@ impl Catalog {
         let Ok(entries) = std::fs::read_dir(data_dir.join(TOPICS_DIR)) else { return Vec::new() };
         let owned: std::collections::HashSet<PathBuf> =
             self.topics.values().map(|topic| topic.topic_dir(data_dir)).collect();
-        entries.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|path| !owned.contains(path)).collect()
+        entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.is_dir() && !owned.contains(path))
+            .collect()
     }
 }
 

@@ -42,11 +42,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     if let Err(err) = end {
         shard.metrics.bad_frame();
         tracing::warn!(shard = shard.id, %peer, "closing connection: {err}");
-        let code = match err {
-            FrameError::TooLarge { .. } => ErrorCode::InvalidRequest,
-            _ => ErrorCode::InvalidRequest,
-        };
-        let frame = api::error_frame(0, code, &err.to_string());
+        // Request id 0: the frame that failed could not be read.
+        let frame = api::error_frame(0, ErrorCode::InvalidRequest, &err.to_string());
         let _ = queue
             .send(Queued {
                 pending: Pending::Ready(Response::Close(Some(frame))),

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Each shard counts in plain cells (no atomics, no
 //! locks: only its own core touches them); `/metrics` on shard 0 asks every
-//! shard for a snapshot through its mailbox and renders the sum, labelled
-//! by shard.
+//! shard for a snapshot through its mailbox and renders one series per
+//! shard (label `shard`; Prometheus sums across them).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -143,7 +143,22 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
             let _ = writeln!(out, "spate_records_in_total{{shard=\"{}\",topic=\"{topic}\"}} {}", s.shard, c.records_in);
         }
     }
-    counter(&mut out, "spate_bytes_out_total", "Record batch bytes served to consumers.", "counter");
+    counter(&mut out, "spate_produce_requests_total", "Partition appends acknowledged.", "counter");
+    for s in snapshots {
+        for (topic, c) in &s.topics {
+            let _ = writeln!(
+                out,
+                "spate_produce_requests_total{{shard=\"{}\",topic=\"{topic}\"}} {}",
+                s.shard, c.produce_requests
+            );
+        }
+    }
+    counter(
+        &mut out,
+        "spate_bytes_out_total",
+        "Record batch bytes sent to consumers (by the answering shard).",
+        "counter",
+    );
     for s in snapshots {
         for (topic, c) in &s.topics {
             let _ = writeln!(out, "spate_bytes_out_total{{shard=\"{}\",topic=\"{topic}\"}} {}", s.shard, c.bytes_out);

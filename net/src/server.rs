@@ -38,6 +38,8 @@ pub enum ServeError {
     DataDirLocked(String),
     #[error("shard {shard}: {message}")]
     Shard { shard: usize, message: String },
+    #[error("starting the broker: {0}")]
+    Start(String),
     #[error("starting shard {shard}: {source}")]
     Executor { shard: usize, source: glommio::GlommioError<()> },
 }
@@ -104,7 +106,7 @@ fn request_shutdown(shared: &Shared) {
 }
 
 /// What a shard reports once it is ready to accept (or why it is not).
-type Ready = Result<(usize, u16, u16), String>;
+type Ready = Result<(usize, u16, u16), (usize, String)>;
 
 /// Starts a broker and returns once every shard accepts connections.
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
@@ -175,12 +177,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
                     main_port = main;
                     shard_ports[0] = own;
                 }
-                Ok(Err(message)) => {
-                    failure = Some(ServeError::Shard { shard: 0, message });
+                Ok(Err((shard, message))) => {
+                    failure = Some(ServeError::Shard { shard, message });
                     break;
                 }
                 Err(_) => {
-                    failure = Some(ServeError::Shard { shard: 0, message: "ended during start".into() });
+                    failure = Some(ServeError::Start("shard 0 ended before it was ready".into()));
                     break;
                 }
             }
@@ -191,12 +193,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         for _ in 1..executors.len() {
             match ready_rx.recv() {
                 Ok(Ok((shard, _, own))) => shard_ports[shard] = own,
-                Ok(Err(message)) => {
-                    failure = Some(ServeError::Shard { shard: usize::MAX, message });
+                Ok(Err((shard, message))) => {
+                    failure = Some(ServeError::Shard { shard, message });
                     break;
                 }
                 Err(_) => {
-                    failure = Some(ServeError::Shard { shard: usize::MAX, message: "ended during start".into() });
+                    failure = Some(ServeError::Start("a shard ended before it was ready".into()));
                     break;
                 }
             }
@@ -285,7 +287,7 @@ async fn run_shard(
     let (main, own, metrics) = match bound {
         Ok(bound) => bound,
         Err(message) => {
-            let _ = ready.send(Err(message));
+            let _ = ready.send(Err((id, message)));
             return;
         }
     };
@@ -298,7 +300,7 @@ async fn run_shard(
         shard.execute(ShardOp::Open { topic: topic.clone(), partitions, reply });
         let opened = wait.await.unwrap_or_else(|_| Err("the shard stopped".into()));
         if let Err(message) = opened {
-            let _ = ready.send(Err(format!("topic {}: {message}", topic.name)));
+            let _ = ready.send(Err((id, format!("topic {}: {message}", topic.name))));
             shard.close_all().await;
             return;
         }

@@ -250,22 +250,16 @@ impl Shard {
                 .detach();
             }
             ShardOp::Fetch { topic, partition, offset, bytes_max, wait_until, reply } => {
-                let log = self.log(&topic, partition);
-                let shard = self.clone();
+                let log = if self.stopping.get() {
+                    Err(ErrorCode::BrokerShuttingDown)
+                } else {
+                    self.log(&topic, partition).ok_or(ErrorCode::UnknownTopicOrPartition)
+                };
                 glommio::spawn_local(async move {
-                    let cancelled = reply.is_canceled();
-                    if cancelled {
-                        return;
-                    }
+                    let mut reply = reply;
                     let result = match log {
-                        None => ReadResult::error(ErrorCode::UnknownTopicOrPartition),
-                        Some(log) => {
-                            let mut reply = reply;
-                            let result = fetch_partition(&log, offset, bytes_max, wait_until, &mut reply).await;
-                            shard.metrics.fetched(&topic.name, result.bytes());
-                            let _ = reply.send(result);
-                            return;
-                        }
+                        Err(error) => ReadResult::error(error),
+                        Ok(log) => fetch_partition(&log, offset, bytes_max, wait_until, &mut reply).await,
                     };
                     let _ = reply.send(result);
                 })
@@ -324,16 +318,13 @@ impl Shard {
     /// validated first (so a bad one appends nothing), then all are
     /// appended in order.
     fn append(&self, topic: &TopicMeta, partition: u32, batches: Vec<BytesMut>) -> PendingAppend {
-        let Some(log) = self.log(topic, partition) else {
-            return PendingAppend::Done(AppendResult {
-                outcome: Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("{}/{partition}", topic.name)),
-                base_offset: -1,
-                log_start_offset: -1,
-            });
-        };
         if self.stopping.get() {
             return PendingAppend::failed(ErrorCode::BrokerShuttingDown, "broker is shutting down".into());
         }
+        let Some(log) = self.log(topic, partition) else {
+            let message = format!("{}/{partition}", topic.name);
+            return PendingAppend::failed(ErrorCode::UnknownTopicOrPartition, message);
+        };
         if batches.len() > 1 {
             // The engine validates each batch as it appends; with several,
             // check them all first so that a bad one appends none.
@@ -518,37 +509,39 @@ async fn fetch_partition(
     wait_until: Option<Instant>,
     reply: &mut oneshot::Sender<ReadResult>,
 ) -> ReadResult {
-    loop {
-        let output = match log.read(offset, bytes_max, ReadBound::HighWatermark).await {
-            Ok(output) => output,
-            Err(err) => {
-                let mut result = ReadResult::error(log_error_code(&err));
-                result.log_start_offset = log.log_start_offset();
-                result.high_watermark = log.high_watermark();
-                result.log_end_offset = log.log_end_offset();
-                return result;
-            }
-        };
-        let now = Instant::now();
-        let waiting = match wait_until {
-            Some(deadline) if output.batches.is_empty() && deadline > now && log.failure().is_none() => deadline,
-            _ => {
-                return ReadResult {
-                    error: ErrorCode::None,
-                    high_watermark: output.high_watermark,
-                    log_start_offset: output.log_start_offset,
-                    log_end_offset: output.log_end_offset,
-                    batches: output.batches,
-                };
-            }
-        };
-        futures::select! {
-            _ = log.high_watermark_above(offset).fuse() => {}
-            _ = Timer::new(waiting - now).fuse() => {}
-            () = reply.cancellation().fuse() => return ReadResult::default(),
-        }
-        // After a wake, read once more and return whatever is there (a
-        // deadline that passed makes the next loop return).
+    let result = read_partition(log, offset, bytes_max).await;
+    let now = Instant::now();
+    let deadline = match wait_until {
+        Some(deadline) if result.batches.is_empty() && result.error == ErrorCode::None && deadline > now => deadline,
+        _ => return result,
+    };
+    // Wait once: for the high watermark to pass `offset` (it also fires
+    // when the log closes or fails), the deadline, or the asker to go
+    // away; then read once more and answer with whatever is there.
+    futures::select! {
+        _ = log.high_watermark_above(offset).fuse() => {}
+        _ = Timer::new(deadline - now).fuse() => {}
+        () = reply.cancellation().fuse() => return ReadResult::default(),
+    }
+    read_partition(log, offset, bytes_max).await
+}
+
+async fn read_partition(log: &Log, offset: i64, bytes_max: usize) -> ReadResult {
+    match log.read(offset, bytes_max, ReadBound::HighWatermark).await {
+        Ok(output) => ReadResult {
+            error: ErrorCode::None,
+            high_watermark: output.high_watermark,
+            log_start_offset: output.log_start_offset,
+            log_end_offset: output.log_end_offset,
+            batches: output.batches,
+        },
+        Err(err) => ReadResult {
+            error: log_error_code(&err),
+            high_watermark: log.high_watermark(),
+            log_start_offset: log.log_start_offset(),
+            log_end_offset: log.log_end_offset(),
+            batches: Vec::new(),
+        },
     }
 }
 

@@ -252,3 +252,31 @@ fn metrics_count_bytes_records_requests_and_log_sizes() {
     assert!(text.contains("api=\"produce\""), "{text}");
     stop(broker);
 }
+
+#[test]
+fn a_waiting_fetch_ends_promptly_when_its_topic_is_deleted() {
+    let dir = data_dir("fetch_delete");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    assert_eq!(conn.create_topic("brief", 1, &[]), ErrorCode::None);
+    let waiting = std::thread::spawn(move || {
+        let mut conn = Conn::connect(port);
+        let started = Instant::now();
+        let result = conn.fetch("brief", 0, 0, 20_000);
+        (result, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let frame = conn.call(Body::DeleteTopicsRequest, |b| {
+        let name = b.create_string("brief");
+        let names = b.create_vector(&[name]);
+        DeleteTopicsRequest::create(b, &DeleteTopicsRequestArgs { names: Some(names), timeout_ms: 10_000 })
+            .as_union_value()
+    });
+    assert!(frame.read().expect("verified").body_as_delete_topics_response().is_some());
+    let ((_, _, records), waited) = waiting.join().expect("fetcher");
+    assert!(records.is_empty());
+    assert!(waited < Duration::from_secs(10), "the fetch waited {waited:?} on a deleted topic");
+    // And the broker still stops cleanly.
+    stop(broker);
+}
