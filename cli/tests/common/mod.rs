@@ -1,0 +1,117 @@
+//! Real broker processes (`spate serve`) on free loopback ports, for
+//! end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+
+pub fn data_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("test dir");
+    dir
+}
+
+/// A `spate serve` child process.
+pub struct Broker {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+}
+
+impl Broker {
+    /// Starts a broker on a free port and waits until it listens.
+    pub fn start(data_dir: &Path, shards: usize) -> Broker {
+        let mut child = Command::new(SPATE)
+            .args(["serve", "--port", "0", "--metrics-listen", "", "--no-pin", "--log-level", "warn"])
+            .arg("--shards")
+            .arg(shards.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn spate serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        // "spate broker 0 listening on 127.0.0.1:PORT (shards ...".
+        let port = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Broker { child, port, data_dir: data_dir.to_path_buf(), shards }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "broker exited with {exit}");
+    }
+
+    /// kill -9: no chance to flush or close anything.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(self) -> Broker {
+        let (dir, shards) = (self.data_dir.clone(), self.shards);
+        self.stop();
+        Broker::start(&dir, shards)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        // A failed test must not leave a broker running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI with `args`, feeding `stdin`; returns (status ok, stdout,
+/// stderr).
+pub fn cli(args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(SPATE)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spate");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let output = child.wait_with_output().expect("wait");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+pub const SETTLE: Duration = Duration::from_millis(100);
