@@ -149,7 +149,7 @@ fn every_acknowledged_record_survives_kill_9_under_acks_all_and_durability_alway
                     }
                 });
                 i += 1;
-                if i % 64 == 0 {
+                if i.is_multiple_of(64) {
                     tokio::task::yield_now().await;
                 }
             }
