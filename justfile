@@ -17,7 +17,7 @@ ci:
 bench *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}
 
-# Fuzz one decoder (batch, index_files) for SECONDS.
+# Fuzz one decoder (batch, index_files, frame) for SECONDS.
 fuzz TARGET="batch" SECONDS="300":
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O {{TARGET}} -- -max_total_time={{SECONDS}}
 
