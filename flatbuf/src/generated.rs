@@ -15,10 +15,10 @@ extern crate alloc;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 19;
+pub const ENUM_MAX_ERROR_CODE: i16 = 25;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 20] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 26] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -39,6 +39,12 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 20] = [
   ErrorCode::BrokerShuttingDown,
   ErrorCode::InvalidRequiredAcks,
   ErrorCode::NotReady,
+  ErrorCode::UnknownMemberId,
+  ErrorCode::FencedMemberEpoch,
+  ErrorCode::NonEmptyGroup,
+  ErrorCode::GroupIdNotFound,
+  ErrorCode::InvalidGroupId,
+  ErrorCode::InternalTopic,
 ];
 
 /// One code for every failure a client can see. A client acts on the code;
@@ -91,9 +97,31 @@ impl ErrorCode {
   /// The broker cannot currently serve the request (e.g. a partition is
   /// still recovering); retry.
   pub const NotReady: Self = Self(19);
+  /// Group APIs: the coordinator does not know this member id (its session
+  /// timed out, it left, or the broker restarted, since membership is not
+  /// persisted). The member drops its partitions without committing and
+  /// joins again with an empty member id and epoch 0.
+  pub const UnknownMemberId: Self = Self(20);
+  /// Group APIs: the member epoch is not the member's current one (nor the
+  /// one before it): the member is a zombie whose partitions may already be
+  /// someone else's. It drops its partitions and joins again; its commit is
+  /// not applied.
+  pub const FencedMemberEpoch: Self = Self(21);
+  /// ResetOffsets (OffsetCommit without a member) or DeleteGroups: the group
+  /// still has members; stop them (or wait out their session) first.
+  pub const NonEmptyGroup: Self = Self(22);
+  /// DescribeGroups or DeleteGroups: no group of that id (no members, no
+  /// committed offsets).
+  pub const GroupIdNotFound: Self = Self(23);
+  /// A group id is empty or longer than 249 bytes, or an assignor is not
+  /// one of range, roundrobin, sticky.
+  pub const InvalidGroupId: Self = Self(24);
+  /// The topic is internal (its name starts with "__", like
+  /// __consumer_offsets): users may not produce to it, create or delete it.
+  pub const InternalTopic: Self = Self(25);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 19;
+  pub const ENUM_MAX: i16 = 25;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -115,6 +143,12 @@ impl ErrorCode {
     Self::BrokerShuttingDown,
     Self::InvalidRequiredAcks,
     Self::NotReady,
+    Self::UnknownMemberId,
+    Self::FencedMemberEpoch,
+    Self::NonEmptyGroup,
+    Self::GroupIdNotFound,
+    Self::InvalidGroupId,
+    Self::InternalTopic,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -139,6 +173,12 @@ impl ErrorCode {
       Self::BrokerShuttingDown => Some("BrokerShuttingDown"),
       Self::InvalidRequiredAcks => Some("InvalidRequiredAcks"),
       Self::NotReady => Some("NotReady"),
+      Self::UnknownMemberId => Some("UnknownMemberId"),
+      Self::FencedMemberEpoch => Some("FencedMemberEpoch"),
+      Self::NonEmptyGroup => Some("NonEmptyGroup"),
+      Self::GroupIdNotFound => Some("GroupIdNotFound"),
+      Self::InvalidGroupId => Some("InvalidGroupId"),
+      Self::InternalTopic => Some("InternalTopic"),
       _ => None,
     }
   }
@@ -196,10 +236,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 17;
+pub const ENUM_MAX_BODY: u8 = 29;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 18] = [
+pub const ENUM_VALUES_BODY: [Body; 30] = [
   Body::NONE,
   Body::HandshakeRequest,
   Body::HandshakeResponse,
@@ -218,6 +258,18 @@ pub const ENUM_VALUES_BODY: [Body; 18] = [
   Body::ListOffsetsRequest,
   Body::ListOffsetsResponse,
   Body::ErrorResponse,
+  Body::ConsumerGroupHeartbeatRequest,
+  Body::ConsumerGroupHeartbeatResponse,
+  Body::OffsetCommitRequest,
+  Body::OffsetCommitResponse,
+  Body::OffsetFetchRequest,
+  Body::OffsetFetchResponse,
+  Body::ListGroupsRequest,
+  Body::ListGroupsResponse,
+  Body::DescribeGroupsRequest,
+  Body::DescribeGroupsResponse,
+  Body::DeleteGroupsRequest,
+  Body::DeleteGroupsResponse,
 ];
 
 /// The request and response bodies. The union's type is the API.
@@ -247,9 +299,21 @@ impl Body {
   /// API it does not know); the connection stays open unless the frame
   /// itself was unreadable.
   pub const ErrorResponse: Self = Self(17);
+  pub const ConsumerGroupHeartbeatRequest: Self = Self(18);
+  pub const ConsumerGroupHeartbeatResponse: Self = Self(19);
+  pub const OffsetCommitRequest: Self = Self(20);
+  pub const OffsetCommitResponse: Self = Self(21);
+  pub const OffsetFetchRequest: Self = Self(22);
+  pub const OffsetFetchResponse: Self = Self(23);
+  pub const ListGroupsRequest: Self = Self(24);
+  pub const ListGroupsResponse: Self = Self(25);
+  pub const DescribeGroupsRequest: Self = Self(26);
+  pub const DescribeGroupsResponse: Self = Self(27);
+  pub const DeleteGroupsRequest: Self = Self(28);
+  pub const DeleteGroupsResponse: Self = Self(29);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 29;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -269,6 +333,18 @@ impl Body {
     Self::ListOffsetsRequest,
     Self::ListOffsetsResponse,
     Self::ErrorResponse,
+    Self::ConsumerGroupHeartbeatRequest,
+    Self::ConsumerGroupHeartbeatResponse,
+    Self::OffsetCommitRequest,
+    Self::OffsetCommitResponse,
+    Self::OffsetFetchRequest,
+    Self::OffsetFetchResponse,
+    Self::ListGroupsRequest,
+    Self::ListGroupsResponse,
+    Self::DescribeGroupsRequest,
+    Self::DescribeGroupsResponse,
+    Self::DeleteGroupsRequest,
+    Self::DeleteGroupsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -291,6 +367,18 @@ impl Body {
       Self::ListOffsetsRequest => Some("ListOffsetsRequest"),
       Self::ListOffsetsResponse => Some("ListOffsetsResponse"),
       Self::ErrorResponse => Some("ErrorResponse"),
+      Self::ConsumerGroupHeartbeatRequest => Some("ConsumerGroupHeartbeatRequest"),
+      Self::ConsumerGroupHeartbeatResponse => Some("ConsumerGroupHeartbeatResponse"),
+      Self::OffsetCommitRequest => Some("OffsetCommitRequest"),
+      Self::OffsetCommitResponse => Some("OffsetCommitResponse"),
+      Self::OffsetFetchRequest => Some("OffsetFetchRequest"),
+      Self::OffsetFetchResponse => Some("OffsetFetchResponse"),
+      Self::ListGroupsRequest => Some("ListGroupsRequest"),
+      Self::ListGroupsResponse => Some("ListGroupsResponse"),
+      Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
+      Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
+      Self::DeleteGroupsRequest => Some("DeleteGroupsRequest"),
+      Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
       _ => None,
     }
   }
@@ -671,6 +759,186 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_consumer_group_heartbeat_request(&self) -> Option<ConsumerGroupHeartbeatRequest<'a>> {
+    if self.body_type() == Body::ConsumerGroupHeartbeatRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ConsumerGroupHeartbeatRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_consumer_group_heartbeat_response(&self) -> Option<ConsumerGroupHeartbeatResponse<'a>> {
+    if self.body_type() == Body::ConsumerGroupHeartbeatResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ConsumerGroupHeartbeatResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_commit_request(&self) -> Option<OffsetCommitRequest<'a>> {
+    if self.body_type() == Body::OffsetCommitRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetCommitRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_commit_response(&self) -> Option<OffsetCommitResponse<'a>> {
+    if self.body_type() == Body::OffsetCommitResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetCommitResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_fetch_request(&self) -> Option<OffsetFetchRequest<'a>> {
+    if self.body_type() == Body::OffsetFetchRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetFetchRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_fetch_response(&self) -> Option<OffsetFetchResponse<'a>> {
+    if self.body_type() == Body::OffsetFetchResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetFetchResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_list_groups_request(&self) -> Option<ListGroupsRequest<'a>> {
+    if self.body_type() == Body::ListGroupsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ListGroupsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_list_groups_response(&self) -> Option<ListGroupsResponse<'a>> {
+    if self.body_type() == Body::ListGroupsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ListGroupsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_groups_request(&self) -> Option<DescribeGroupsRequest<'a>> {
+    if self.body_type() == Body::DescribeGroupsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeGroupsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_describe_groups_response(&self) -> Option<DescribeGroupsResponse<'a>> {
+    if self.body_type() == Body::DescribeGroupsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DescribeGroupsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_groups_request(&self) -> Option<DeleteGroupsRequest<'a>> {
+    if self.body_type() == Body::DeleteGroupsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeleteGroupsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_groups_response(&self) -> Option<DeleteGroupsResponse<'a>> {
+    if self.body_type() == Body::DeleteGroupsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeleteGroupsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -700,6 +968,18 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::ListOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListOffsetsRequest>>("Body::ListOffsetsRequest", pos),
           Body::ListOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListOffsetsResponse>>("Body::ListOffsetsResponse", pos),
           Body::ErrorResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("Body::ErrorResponse", pos),
+          Body::ConsumerGroupHeartbeatRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ConsumerGroupHeartbeatRequest>>("Body::ConsumerGroupHeartbeatRequest", pos),
+          Body::ConsumerGroupHeartbeatResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ConsumerGroupHeartbeatResponse>>("Body::ConsumerGroupHeartbeatResponse", pos),
+          Body::OffsetCommitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetCommitRequest>>("Body::OffsetCommitRequest", pos),
+          Body::OffsetCommitResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetCommitResponse>>("Body::OffsetCommitResponse", pos),
+          Body::OffsetFetchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetFetchRequest>>("Body::OffsetFetchRequest", pos),
+          Body::OffsetFetchResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetFetchResponse>>("Body::OffsetFetchResponse", pos),
+          Body::ListGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsRequest>>("Body::ListGroupsRequest", pos),
+          Body::ListGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsResponse>>("Body::ListGroupsResponse", pos),
+          Body::DescribeGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("Body::DescribeGroupsRequest", pos),
+          Body::DescribeGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("Body::DescribeGroupsResponse", pos),
+          Body::DeleteGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsRequest>>("Body::DeleteGroupsRequest", pos),
+          Body::DeleteGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("Body::DeleteGroupsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -882,6 +1162,90 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::ErrorResponse => {
           if let Some(x) = self.body_as_error_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ConsumerGroupHeartbeatRequest => {
+          if let Some(x) = self.body_as_consumer_group_heartbeat_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ConsumerGroupHeartbeatResponse => {
+          if let Some(x) = self.body_as_consumer_group_heartbeat_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OffsetCommitRequest => {
+          if let Some(x) = self.body_as_offset_commit_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OffsetCommitResponse => {
+          if let Some(x) = self.body_as_offset_commit_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OffsetFetchRequest => {
+          if let Some(x) = self.body_as_offset_fetch_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OffsetFetchResponse => {
+          if let Some(x) = self.body_as_offset_fetch_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ListGroupsRequest => {
+          if let Some(x) = self.body_as_list_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ListGroupsResponse => {
+          if let Some(x) = self.body_as_list_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DescribeGroupsRequest => {
+          if let Some(x) = self.body_as_describe_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DescribeGroupsResponse => {
+          if let Some(x) = self.body_as_describe_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DeleteGroupsRequest => {
+          if let Some(x) = self.body_as_delete_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::DeleteGroupsResponse => {
+          if let Some(x) = self.body_as_delete_groups_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -5712,6 +6076,2860 @@ impl ::core::fmt::Debug for ListOffsetsResponse<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("ListOffsetsResponse");
       ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum TopicPartitionsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TopicPartitions<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TopicPartitions<'a> {
+  type Inner = TopicPartitions<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TopicPartitions<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TopicPartitions { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TopicPartitionsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TopicPartitions<'bldr>> {
+    let mut builder = TopicPartitionsBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TopicPartitions::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(TopicPartitions::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TopicPartitions<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TopicPartitionsArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+}
+impl<'a> Default for TopicPartitionsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TopicPartitionsArgs {
+      topic: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct TopicPartitionsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TopicPartitionsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopicPartitions::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopicPartitions::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TopicPartitionsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TopicPartitionsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TopicPartitions<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TopicPartitions<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TopicPartitions");
+      ds.field("topic", &self.topic());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum ConsumerGroupHeartbeatRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ConsumerGroupHeartbeatRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ConsumerGroupHeartbeatRequest<'a> {
+  type Inner = ConsumerGroupHeartbeatRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ConsumerGroupHeartbeatRequest<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SUBSCRIBED_TOPICS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ASSIGNOR: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SESSION_TIMEOUT_MS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_OWNED_PARTITIONS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 18;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ConsumerGroupHeartbeatRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ConsumerGroupHeartbeatRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ConsumerGroupHeartbeatRequest<'bldr>> {
+    let mut builder = ConsumerGroupHeartbeatRequestBuilder::new(_fbb);
+    if let Some(x) = args.client_id { builder.add_client_id(x); }
+    if let Some(x) = args.owned_partitions { builder.add_owned_partitions(x); }
+    builder.add_session_timeout_ms(args.session_timeout_ms);
+    if let Some(x) = args.assignor { builder.add_assignor(x); }
+    if let Some(x) = args.subscribed_topics { builder.add_subscribed_topics(x); }
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_GROUP_ID, None)}
+  }
+  /// Empty to join; the coordinator answers with the member's id.
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_MEMBER_ID, None)}
+  }
+  /// 0 to join, -1 to leave, else the epoch of the last response.
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatRequest::VT_MEMBER_EPOCH, Some(0)).unwrap()}
+  }
+  /// The topics the member subscribes to (sent with every heartbeat).
+  #[inline]
+  pub fn subscribed_topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(ConsumerGroupHeartbeatRequest::VT_SUBSCRIBED_TOPICS, None)}
+  }
+  /// range, roundrobin or sticky; the first member of an empty group
+  /// chooses the group's.
+  #[inline]
+  pub fn assignor(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_ASSIGNOR, None)}
+  }
+  /// The member is removed when no heartbeat arrives for this long; the
+  /// broker clamps it to its configured bounds.
+  #[inline]
+  pub fn session_timeout_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatRequest::VT_SESSION_TIMEOUT_MS, Some(45000)).unwrap()}
+  }
+  /// The partitions the member owns right now: every revocation it was
+  /// asked for is done (offsets committed) before they leave this list.
+  #[inline]
+  pub fn owned_partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>(ConsumerGroupHeartbeatRequest::VT_OWNED_PARTITIONS, None)}
+  }
+  #[inline]
+  pub fn client_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatRequest::VT_CLIENT_ID, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ConsumerGroupHeartbeatRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("subscribed_topics", Self::VT_SUBSCRIBED_TOPICS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("assignor", Self::VT_ASSIGNOR, false)?
+     .visit_field::<i32>("session_timeout_ms", Self::VT_SESSION_TIMEOUT_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>("owned_partitions", Self::VT_OWNED_PARTITIONS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_id", Self::VT_CLIENT_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConsumerGroupHeartbeatRequestArgs<'a> {
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub subscribed_topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub assignor: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub session_timeout_ms: i32,
+    pub owned_partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+    pub client_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ConsumerGroupHeartbeatRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConsumerGroupHeartbeatRequestArgs {
+      group_id: None,
+      member_id: None,
+      member_epoch: 0,
+      subscribed_topics: None,
+      assignor: None,
+      session_timeout_ms: 45000,
+      owned_partitions: None,
+      client_id: None,
+    }
+  }
+}
+
+pub struct ConsumerGroupHeartbeatRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConsumerGroupHeartbeatRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatRequest::VT_MEMBER_EPOCH, member_epoch, 0);
+  }
+  #[inline]
+  pub fn add_subscribed_topics(&mut self, subscribed_topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_SUBSCRIBED_TOPICS, subscribed_topics);
+  }
+  #[inline]
+  pub fn add_assignor(&mut self, assignor: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_ASSIGNOR, assignor);
+  }
+  #[inline]
+  pub fn add_session_timeout_ms(&mut self, session_timeout_ms: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatRequest::VT_SESSION_TIMEOUT_MS, session_timeout_ms, 45000);
+  }
+  #[inline]
+  pub fn add_owned_partitions(&mut self, owned_partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_OWNED_PARTITIONS, owned_partitions);
+  }
+  #[inline]
+  pub fn add_client_id(&mut self, client_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatRequest::VT_CLIENT_ID, client_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConsumerGroupHeartbeatRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ConsumerGroupHeartbeatRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ConsumerGroupHeartbeatRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ConsumerGroupHeartbeatRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ConsumerGroupHeartbeatRequest");
+      ds.field("group_id", &self.group_id());
+      ds.field("member_id", &self.member_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("subscribed_topics", &self.subscribed_topics());
+      ds.field("assignor", &self.assignor());
+      ds.field("session_timeout_ms", &self.session_timeout_ms());
+      ds.field("owned_partitions", &self.owned_partitions());
+      ds.field("client_id", &self.client_id());
+      ds.finish()
+  }
+}
+pub enum ConsumerGroupHeartbeatResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ConsumerGroupHeartbeatResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ConsumerGroupHeartbeatResponse<'a> {
+  type Inner = ConsumerGroupHeartbeatResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ConsumerGroupHeartbeatResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MEMBER_EPOCH: ::flatbuffers::VOffsetT = 10;
+  pub const VT_HEARTBEAT_INTERVAL_MS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_ASSIGNMENT: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ConsumerGroupHeartbeatResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ConsumerGroupHeartbeatResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ConsumerGroupHeartbeatResponse<'bldr>> {
+    let mut builder = ConsumerGroupHeartbeatResponseBuilder::new(_fbb);
+    if let Some(x) = args.assignment { builder.add_assignment(x); }
+    builder.add_heartbeat_interval_ms(args.heartbeat_interval_ms);
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(ConsumerGroupHeartbeatResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatResponse::VT_MESSAGE, None)}
+  }
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConsumerGroupHeartbeatResponse::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatResponse::VT_MEMBER_EPOCH, Some(0)).unwrap()}
+  }
+  /// Heartbeat at least this often.
+  #[inline]
+  pub fn heartbeat_interval_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ConsumerGroupHeartbeatResponse::VT_HEARTBEAT_INTERVAL_MS, Some(0)).unwrap()}
+  }
+  /// The partitions the member may own now: what it owns minus what is to
+  /// be revoked, plus new partitions no other member still owns.
+  #[inline]
+  pub fn assignment(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>(ConsumerGroupHeartbeatResponse::VT_ASSIGNMENT, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ConsumerGroupHeartbeatResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<i32>("heartbeat_interval_ms", Self::VT_HEARTBEAT_INTERVAL_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>("assignment", Self::VT_ASSIGNMENT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConsumerGroupHeartbeatResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: i32,
+    pub assignment: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+}
+impl<'a> Default for ConsumerGroupHeartbeatResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConsumerGroupHeartbeatResponseArgs {
+      error: ErrorCode::None,
+      message: None,
+      member_id: None,
+      member_epoch: 0,
+      heartbeat_interval_ms: 0,
+      assignment: None,
+    }
+  }
+}
+
+pub struct ConsumerGroupHeartbeatResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConsumerGroupHeartbeatResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(ConsumerGroupHeartbeatResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatResponse::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatResponse::VT_MEMBER_EPOCH, member_epoch, 0);
+  }
+  #[inline]
+  pub fn add_heartbeat_interval_ms(&mut self, heartbeat_interval_ms: i32) {
+    self.fbb_.push_slot::<i32>(ConsumerGroupHeartbeatResponse::VT_HEARTBEAT_INTERVAL_MS, heartbeat_interval_ms, 0);
+  }
+  #[inline]
+  pub fn add_assignment(&mut self, assignment: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConsumerGroupHeartbeatResponse::VT_ASSIGNMENT, assignment);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConsumerGroupHeartbeatResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ConsumerGroupHeartbeatResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ConsumerGroupHeartbeatResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ConsumerGroupHeartbeatResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ConsumerGroupHeartbeatResponse");
+      ds.field("error", &self.error());
+      ds.field("message", &self.message());
+      ds.field("member_id", &self.member_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("heartbeat_interval_ms", &self.heartbeat_interval_ms());
+      ds.field("assignment", &self.assignment());
+      ds.finish()
+  }
+}
+pub enum OffsetCommitPartitionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitPartition<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitPartition<'a> {
+  type Inner = OffsetCommitPartition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetCommitPartition<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetCommitPartition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetCommitPartitionArgs
+  ) -> ::flatbuffers::WIPOffset<OffsetCommitPartition<'bldr>> {
+    let mut builder = OffsetCommitPartitionBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetCommitPartition::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// The next offset to consume.
+  #[inline]
+  pub fn offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(OffsetCommitPartition::VT_OFFSET, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetCommitPartition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitPartitionArgs {
+    pub partition: i32,
+    pub offset: i64,
+}
+impl<'a> Default for OffsetCommitPartitionArgs {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitPartitionArgs {
+      partition: 0,
+      offset: 0,
+    }
+  }
+}
+
+pub struct OffsetCommitPartitionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitPartitionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(OffsetCommitPartition::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: i64) {
+    self.fbb_.push_slot::<i64>(OffsetCommitPartition::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetCommitPartitionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetCommitPartitionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitPartition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetCommitPartition<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitPartition");
+      ds.field("partition", &self.partition());
+      ds.field("offset", &self.offset());
+      ds.finish()
+  }
+}
+pub enum OffsetCommitTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitTopic<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitTopic<'a> {
+  type Inner = OffsetCommitTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetCommitTopic<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetCommitTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetCommitTopicArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetCommitTopic<'bldr>> {
+    let mut builder = OffsetCommitTopicBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetCommitTopic::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitPartition<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitPartition>>>>(OffsetCommitTopic::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetCommitTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetCommitPartition>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitTopicArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitPartition<'a>>>>>,
+}
+impl<'a> Default for OffsetCommitTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitTopicArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetCommitTopicBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitTopicBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetCommitTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetCommitPartition<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetCommitTopic::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetCommitTopicBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetCommitTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetCommitTopic<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitTopic");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum OffsetCommitRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitRequest<'a> {
+  type Inner = OffsetCommitRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetCommitRequest<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetCommitRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetCommitRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetCommitRequest<'bldr>> {
+    let mut builder = OffsetCommitRequestBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetCommitRequest::VT_GROUP_ID, None)}
+  }
+  /// A member's id and epoch, checked (fencing). Empty member id and epoch
+  /// -1: an administrative commit (reset-offsets), refused with
+  /// NonEmptyGroup while the group has members.
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetCommitRequest::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetCommitRequest::VT_MEMBER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>(OffsetCommitRequest::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetCommitRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitRequestArgs<'a> {
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic<'a>>>>>,
+}
+impl<'a> Default for OffsetCommitRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitRequestArgs {
+      group_id: None,
+      member_id: None,
+      member_epoch: -1,
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetCommitRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetCommitRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetCommitRequest::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(OffsetCommitRequest::VT_MEMBER_EPOCH, member_epoch, -1);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetCommitTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetCommitRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetCommitRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetCommitRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetCommitRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitRequest");
+      ds.field("group_id", &self.group_id());
+      ds.field("member_id", &self.member_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum OffsetCommitResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetCommitResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitResponse<'a> {
+  type Inner = OffsetCommitResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetCommitResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetCommitResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetCommitResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetCommitResponse<'bldr>> {
+    let mut builder = OffsetCommitResponseBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  /// All or nothing: every offset is written (durably) or none.
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(OffsetCommitResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetCommitResponse::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetCommitResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetCommitResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for OffsetCommitResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetCommitResponseArgs {
+      error: ErrorCode::None,
+      message: None,
+    }
+  }
+}
+
+pub struct OffsetCommitResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(OffsetCommitResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetCommitResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetCommitResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetCommitResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetCommitResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetCommitResponse");
+      ds.field("error", &self.error());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum OffsetFetchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchRequest<'a> {
+  type Inner = OffsetFetchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetFetchRequest<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetFetchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetFetchRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetFetchRequest<'bldr>> {
+    let mut builder = OffsetFetchRequestBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetFetchRequest::VT_GROUP_ID, None)}
+  }
+  /// Absent: every partition the group has an offset for.
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>(OffsetFetchRequest::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetFetchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchRequestArgs<'a> {
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+}
+impl<'a> Default for OffsetFetchRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchRequestArgs {
+      group_id: None,
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetFetchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetFetchRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetFetchRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetFetchRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetFetchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetFetchRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchRequest");
+      ds.field("group_id", &self.group_id());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum OffsetFetchPartitionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchPartition<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchPartition<'a> {
+  type Inner = OffsetFetchPartition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetFetchPartition<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetFetchPartition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetFetchPartitionArgs
+  ) -> ::flatbuffers::WIPOffset<OffsetFetchPartition<'bldr>> {
+    let mut builder = OffsetFetchPartitionBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetFetchPartition::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// -1: no committed offset.
+  #[inline]
+  pub fn offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(OffsetFetchPartition::VT_OFFSET, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetFetchPartition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchPartitionArgs {
+    pub partition: i32,
+    pub offset: i64,
+}
+impl<'a> Default for OffsetFetchPartitionArgs {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchPartitionArgs {
+      partition: 0,
+      offset: -1,
+    }
+  }
+}
+
+pub struct OffsetFetchPartitionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchPartitionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(OffsetFetchPartition::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: i64) {
+    self.fbb_.push_slot::<i64>(OffsetFetchPartition::VT_OFFSET, offset, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetFetchPartitionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetFetchPartitionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchPartition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetFetchPartition<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchPartition");
+      ds.field("partition", &self.partition());
+      ds.field("offset", &self.offset());
+      ds.finish()
+  }
+}
+pub enum OffsetFetchTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchTopic<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchTopic<'a> {
+  type Inner = OffsetFetchTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetFetchTopic<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetFetchTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetFetchTopicArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetFetchTopic<'bldr>> {
+    let mut builder = OffsetFetchTopicBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetFetchTopic::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetFetchPartition<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetFetchPartition>>>>(OffsetFetchTopic::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetFetchTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetFetchPartition>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchTopicArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetFetchPartition<'a>>>>>,
+}
+impl<'a> Default for OffsetFetchTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchTopicArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetFetchTopicBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchTopicBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetFetchTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetFetchPartition<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetFetchTopic::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetFetchTopicBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetFetchTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetFetchTopic<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchTopic");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum OffsetFetchResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetFetchResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchResponse<'a> {
+  type Inner = OffsetFetchResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetFetchResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetFetchResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetFetchResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetFetchResponse<'bldr>> {
+    let mut builder = OffsetFetchResponseBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(OffsetFetchResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetFetchTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetFetchTopic>>>>(OffsetFetchResponse::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetFetchResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetFetchTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetFetchResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetFetchTopic<'a>>>>>,
+}
+impl<'a> Default for OffsetFetchResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetFetchResponseArgs {
+      error: ErrorCode::None,
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetFetchResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(OffsetFetchResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetFetchTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetFetchResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetFetchResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetFetchResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetFetchResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetFetchResponse");
+      ds.field("error", &self.error());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum ListGroupsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ListGroupsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ListGroupsRequest<'a> {
+  type Inner = ListGroupsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ListGroupsRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ListGroupsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args ListGroupsRequestArgs
+  ) -> ::flatbuffers::WIPOffset<ListGroupsRequest<'bldr>> {
+    let mut builder = ListGroupsRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for ListGroupsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ListGroupsRequestArgs {
+}
+impl<'a> Default for ListGroupsRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    ListGroupsRequestArgs {
+    }
+  }
+}
+
+pub struct ListGroupsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListGroupsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ListGroupsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ListGroupsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ListGroupsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ListGroupsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ListGroupsRequest");
+      ds.finish()
+  }
+}
+pub enum GroupListingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupListing<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupListing<'a> {
+  type Inner = GroupListing<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupListing<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupListing { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupListingArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupListing<'bldr>> {
+    let mut builder = GroupListingBuilder::new(_fbb);
+    builder.add_members(args.members);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupListing::VT_GROUP_ID, None)}
+  }
+  /// Empty (no members), Reconciling (a revocation or assignment is
+  /// pending) or Stable.
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupListing::VT_STATE, None)}
+  }
+  #[inline]
+  pub fn members(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(GroupListing::VT_MEMBERS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupListing<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .visit_field::<i32>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupListingArgs<'a> {
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub state: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub members: i32,
+}
+impl<'a> Default for GroupListingArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupListingArgs {
+      group_id: None,
+      state: None,
+      members: 0,
+    }
+  }
+}
+
+pub struct GroupListingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupListingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupListing::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupListing::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: i32) {
+    self.fbb_.push_slot::<i32>(GroupListing::VT_MEMBERS, members, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupListingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupListingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupListing<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupListing<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupListing");
+      ds.field("group_id", &self.group_id());
+      ds.field("state", &self.state());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+pub enum ListGroupsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ListGroupsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ListGroupsResponse<'a> {
+  type Inner = ListGroupsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ListGroupsResponse<'a> {
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ListGroupsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ListGroupsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ListGroupsResponse<'bldr>> {
+    let mut builder = ListGroupsResponseBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupListing<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupListing>>>>(ListGroupsResponse::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ListGroupsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupListing>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ListGroupsResponseArgs<'a> {
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupListing<'a>>>>>,
+}
+impl<'a> Default for ListGroupsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ListGroupsResponseArgs {
+      groups: None,
+    }
+  }
+}
+
+pub struct ListGroupsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ListGroupsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GroupListing<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ListGroupsResponse::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ListGroupsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ListGroupsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ListGroupsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ListGroupsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ListGroupsResponse");
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+pub enum DescribeGroupsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeGroupsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeGroupsRequest<'a> {
+  type Inner = DescribeGroupsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeGroupsRequest<'a> {
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeGroupsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeGroupsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeGroupsRequest<'bldr>> {
+    let mut builder = DescribeGroupsRequestBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(DescribeGroupsRequest::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeGroupsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeGroupsRequestArgs<'a> {
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for DescribeGroupsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeGroupsRequestArgs {
+      groups: None,
+    }
+  }
+}
+
+pub struct DescribeGroupsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeGroupsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeGroupsRequest::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeGroupsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeGroupsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeGroupsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeGroupsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeGroupsRequest");
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+pub enum MemberDescriptionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MemberDescription<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MemberDescription<'a> {
+  type Inner = MemberDescription<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MemberDescription<'a> {
+  pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MEMBER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SUBSCRIBED_TOPICS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ASSIGNMENT: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TARGET: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MemberDescription { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MemberDescriptionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MemberDescription<'bldr>> {
+    let mut builder = MemberDescriptionBuilder::new(_fbb);
+    if let Some(x) = args.target { builder.add_target(x); }
+    if let Some(x) = args.assignment { builder.add_assignment(x); }
+    if let Some(x) = args.subscribed_topics { builder.add_subscribed_topics(x); }
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.client_id { builder.add_client_id(x); }
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MemberDescription::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn client_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(MemberDescription::VT_CLIENT_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(MemberDescription::VT_MEMBER_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn subscribed_topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(MemberDescription::VT_SUBSCRIBED_TOPICS, None)}
+  }
+  /// What the member may own now (its last heartbeat's answer).
+  #[inline]
+  pub fn assignment(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>(MemberDescription::VT_ASSIGNMENT, None)}
+  }
+  /// Where the member is headed at the group epoch.
+  #[inline]
+  pub fn target(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>(MemberDescription::VT_TARGET, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MemberDescription<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_id", Self::VT_CLIENT_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("subscribed_topics", Self::VT_SUBSCRIBED_TOPICS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>("assignment", Self::VT_ASSIGNMENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>("target", Self::VT_TARGET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MemberDescriptionArgs<'a> {
+    pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub subscribed_topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+    pub assignment: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+    pub target: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+}
+impl<'a> Default for MemberDescriptionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MemberDescriptionArgs {
+      member_id: None,
+      client_id: None,
+      member_epoch: 0,
+      subscribed_topics: None,
+      assignment: None,
+      target: None,
+    }
+  }
+}
+
+pub struct MemberDescriptionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MemberDescriptionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberDescription::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_client_id(&mut self, client_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberDescription::VT_CLIENT_ID, client_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(MemberDescription::VT_MEMBER_EPOCH, member_epoch, 0);
+  }
+  #[inline]
+  pub fn add_subscribed_topics(&mut self, subscribed_topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberDescription::VT_SUBSCRIBED_TOPICS, subscribed_topics);
+  }
+  #[inline]
+  pub fn add_assignment(&mut self, assignment: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberDescription::VT_ASSIGNMENT, assignment);
+  }
+  #[inline]
+  pub fn add_target(&mut self, target: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MemberDescription::VT_TARGET, target);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MemberDescriptionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MemberDescriptionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MemberDescription<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MemberDescription<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MemberDescription");
+      ds.field("member_id", &self.member_id());
+      ds.field("client_id", &self.client_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("subscribed_topics", &self.subscribed_topics());
+      ds.field("assignment", &self.assignment());
+      ds.field("target", &self.target());
+      ds.finish()
+  }
+}
+pub enum GroupPartitionOffsetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupPartitionOffset<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupPartitionOffset<'a> {
+  type Inner = GroupPartitionOffset<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupPartitionOffset<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_COMMITTED_OFFSET: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LAG: ::flatbuffers::VOffsetT = 12;
+  pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupPartitionOffset { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupPartitionOffsetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupPartitionOffset<'bldr>> {
+    let mut builder = GroupPartitionOffsetBuilder::new(_fbb);
+    builder.add_lag(args.lag);
+    builder.add_log_end_offset(args.log_end_offset);
+    builder.add_committed_offset(args.committed_offset);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    builder.add_partition(args.partition);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupPartitionOffset::VT_TOPIC, None)}
+  }
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(GroupPartitionOffset::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// -1: none committed.
+  #[inline]
+  pub fn committed_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(GroupPartitionOffset::VT_COMMITTED_OFFSET, Some(-1)).unwrap()}
+  }
+  /// The high watermark; -1 if it could not be read.
+  #[inline]
+  pub fn log_end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(GroupPartitionOffset::VT_LOG_END_OFFSET, Some(-1)).unwrap()}
+  }
+  /// log_end_offset - committed_offset; -1 when nothing is committed or
+  /// the end is unknown.
+  #[inline]
+  pub fn lag(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(GroupPartitionOffset::VT_LAG, Some(-1)).unwrap()}
+  }
+  /// The member assigned the partition, if any.
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupPartitionOffset::VT_MEMBER_ID, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupPartitionOffset<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, false)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i64>("committed_offset", Self::VT_COMMITTED_OFFSET, false)?
+     .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
+     .visit_field::<i64>("lag", Self::VT_LAG, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupPartitionOffsetArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partition: i32,
+    pub committed_offset: i64,
+    pub log_end_offset: i64,
+    pub lag: i64,
+    pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GroupPartitionOffsetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupPartitionOffsetArgs {
+      topic: None,
+      partition: 0,
+      committed_offset: -1,
+      log_end_offset: -1,
+      lag: -1,
+      member_id: None,
+    }
+  }
+}
+
+pub struct GroupPartitionOffsetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupPartitionOffsetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupPartitionOffset::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(GroupPartitionOffset::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_committed_offset(&mut self, committed_offset: i64) {
+    self.fbb_.push_slot::<i64>(GroupPartitionOffset::VT_COMMITTED_OFFSET, committed_offset, -1);
+  }
+  #[inline]
+  pub fn add_log_end_offset(&mut self, log_end_offset: i64) {
+    self.fbb_.push_slot::<i64>(GroupPartitionOffset::VT_LOG_END_OFFSET, log_end_offset, -1);
+  }
+  #[inline]
+  pub fn add_lag(&mut self, lag: i64) {
+    self.fbb_.push_slot::<i64>(GroupPartitionOffset::VT_LAG, lag, -1);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupPartitionOffset::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupPartitionOffsetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupPartitionOffsetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupPartitionOffset<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupPartitionOffset<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupPartitionOffset");
+      ds.field("topic", &self.topic());
+      ds.field("partition", &self.partition());
+      ds.field("committed_offset", &self.committed_offset());
+      ds.field("log_end_offset", &self.log_end_offset());
+      ds.field("lag", &self.lag());
+      ds.field("member_id", &self.member_id());
+      ds.finish()
+  }
+}
+pub enum GroupDescriptionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupDescription<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupDescription<'a> {
+  type Inner = GroupDescription<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupDescription<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_GROUP_EPOCH: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ASSIGNOR: ::flatbuffers::VOffsetT = 12;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_OFFSETS: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupDescription { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupDescriptionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupDescription<'bldr>> {
+    let mut builder = GroupDescriptionBuilder::new(_fbb);
+    if let Some(x) = args.offsets { builder.add_offsets(x); }
+    if let Some(x) = args.members { builder.add_members(x); }
+    if let Some(x) = args.assignor { builder.add_assignor(x); }
+    builder.add_group_epoch(args.group_epoch);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupDescription::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(GroupDescription::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupDescription::VT_STATE, None)}
+  }
+  #[inline]
+  pub fn group_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(GroupDescription::VT_GROUP_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn assignor(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupDescription::VT_ASSIGNOR, None)}
+  }
+  #[inline]
+  pub fn members(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MemberDescription<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MemberDescription>>>>(GroupDescription::VT_MEMBERS, None)}
+  }
+  /// Every partition committed to or assigned.
+  #[inline]
+  pub fn offsets(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupPartitionOffset<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupPartitionOffset>>>>(GroupDescription::VT_OFFSETS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupDescription<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .visit_field::<i32>("group_epoch", Self::VT_GROUP_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("assignor", Self::VT_ASSIGNOR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<MemberDescription>>>>("members", Self::VT_MEMBERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupPartitionOffset>>>>("offsets", Self::VT_OFFSETS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupDescriptionArgs<'a> {
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub error: ErrorCode,
+    pub state: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub group_epoch: i32,
+    pub assignor: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub members: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<MemberDescription<'a>>>>>,
+    pub offsets: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupPartitionOffset<'a>>>>>,
+}
+impl<'a> Default for GroupDescriptionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupDescriptionArgs {
+      group_id: None,
+      error: ErrorCode::None,
+      state: None,
+      group_epoch: 0,
+      assignor: None,
+      members: None,
+      offsets: None,
+    }
+  }
+}
+
+pub struct GroupDescriptionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupDescriptionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupDescription::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(GroupDescription::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupDescription::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_group_epoch(&mut self, group_epoch: i32) {
+    self.fbb_.push_slot::<i32>(GroupDescription::VT_GROUP_EPOCH, group_epoch, 0);
+  }
+  #[inline]
+  pub fn add_assignor(&mut self, assignor: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupDescription::VT_ASSIGNOR, assignor);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<MemberDescription<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupDescription::VT_MEMBERS, members);
+  }
+  #[inline]
+  pub fn add_offsets(&mut self, offsets: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GroupPartitionOffset<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupDescription::VT_OFFSETS, offsets);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupDescriptionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupDescriptionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupDescription<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupDescription<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupDescription");
+      ds.field("group_id", &self.group_id());
+      ds.field("error", &self.error());
+      ds.field("state", &self.state());
+      ds.field("group_epoch", &self.group_epoch());
+      ds.field("assignor", &self.assignor());
+      ds.field("members", &self.members());
+      ds.field("offsets", &self.offsets());
+      ds.finish()
+  }
+}
+pub enum DescribeGroupsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DescribeGroupsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DescribeGroupsResponse<'a> {
+  type Inner = DescribeGroupsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DescribeGroupsResponse<'a> {
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DescribeGroupsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DescribeGroupsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DescribeGroupsResponse<'bldr>> {
+    let mut builder = DescribeGroupsResponseBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupDescription<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupDescription>>>>(DescribeGroupsResponse::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DescribeGroupsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupDescription>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DescribeGroupsResponseArgs<'a> {
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupDescription<'a>>>>>,
+}
+impl<'a> Default for DescribeGroupsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DescribeGroupsResponseArgs {
+      groups: None,
+    }
+  }
+}
+
+pub struct DescribeGroupsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeGroupsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GroupDescription<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DescribeGroupsResponse::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DescribeGroupsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DescribeGroupsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeGroupsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DescribeGroupsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DescribeGroupsResponse");
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+pub enum DeleteGroupsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DeleteGroupsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeleteGroupsRequest<'a> {
+  type Inner = DeleteGroupsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeleteGroupsRequest<'a> {
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeleteGroupsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteGroupsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeleteGroupsRequest<'bldr>> {
+    let mut builder = DeleteGroupsRequestBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(DeleteGroupsRequest::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeleteGroupsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteGroupsRequestArgs<'a> {
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for DeleteGroupsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteGroupsRequestArgs {
+      groups: None,
+    }
+  }
+}
+
+pub struct DeleteGroupsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteGroupsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteGroupsRequest::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteGroupsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteGroupsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeleteGroupsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeleteGroupsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteGroupsRequest");
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+pub enum GroupResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct GroupResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupResult<'a> {
+  type Inner = GroupResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupResult<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupResult<'bldr>> {
+    let mut builder = GroupResultBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupResult::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(GroupResult::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupResult::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupResultArgs<'a> {
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for GroupResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupResultArgs {
+      group_id: None,
+      error: ErrorCode::None,
+      message: None,
+    }
+  }
+}
+
+pub struct GroupResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupResult::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(GroupResult::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupResult::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupResult");
+      ds.field("group_id", &self.group_id());
+      ds.field("error", &self.error());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum DeleteGroupsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DeleteGroupsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeleteGroupsResponse<'a> {
+  type Inner = DeleteGroupsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeleteGroupsResponse<'a> {
+  pub const VT_RESULTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeleteGroupsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteGroupsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeleteGroupsResponse<'bldr>> {
+    let mut builder = DeleteGroupsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupResult>>>>(DeleteGroupsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeleteGroupsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteGroupsResponseArgs<'a> {
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupResult<'a>>>>>,
+}
+impl<'a> Default for DeleteGroupsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteGroupsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct DeleteGroupsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteGroupsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GroupResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteGroupsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteGroupsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteGroupsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeleteGroupsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeleteGroupsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteGroupsResponse");
+      ds.field("results", &self.results());
       ds.finish()
   }
 }

@@ -56,6 +56,45 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicNameError> {
     Ok(())
 }
 
+/// The internal topic whose partitions hold consumer groups' state and
+/// committed offsets (design decision 8); the shard owning a group's
+/// partition is its coordinator.
+pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Topics whose names start with this belong to the broker: users may not
+/// create, delete or produce to them.
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
+
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with(INTERNAL_TOPIC_PREFIX)
+}
+
+/// Group ids: 1 to 249 bytes of anything but control characters.
+pub const GROUP_ID_BYTES_MAX: usize = 249;
+
+pub fn validate_group_id(group_id: &str) -> Result<(), String> {
+    if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
+        return Err(format!("group id must be 1 to {GROUP_ID_BYTES_MAX} bytes, not {}", group_id.len()));
+    }
+    if group_id.chars().any(char::is_control) {
+        return Err(format!("group id {group_id:?} has a control character"));
+    }
+    Ok(())
+}
+
+/// The partition of `__consumer_offsets` that holds a group, as Kafka
+/// computes it: Java's `String.hashCode` of the id (over UTF-16 code
+/// units, wrapping), made non-negative, modulo the partition count. The
+/// broker and the client both use this, so a client finds the coordinator
+/// from metadata alone.
+pub fn group_partition(group_id: &str, partitions: u32) -> u32 {
+    assert!(partitions > 0, "__consumer_offsets has partitions");
+    let hash = group_id.encode_utf16().fold(0i32, |hash, unit| hash.wrapping_mul(31).wrapping_add(i32::from(unit)));
+    // Kafka's Utils.abs: i32::MIN maps to 0, not to itself.
+    let non_negative = if hash == i32::MIN { 0 } else { hash.abs() };
+    (non_negative as u32) % partitions
+}
+
 /// A stable, lower-case name for an API (metrics labels, logs).
 pub fn api_name(body: proto::Body) -> &'static str {
     use proto::Body;
@@ -69,6 +108,12 @@ pub fn api_name(body: proto::Body) -> &'static str {
         Body::FetchRequest | Body::FetchResponse => "fetch",
         Body::ListOffsetsRequest | Body::ListOffsetsResponse => "list_offsets",
         Body::ErrorResponse => "error",
+        Body::ConsumerGroupHeartbeatRequest | Body::ConsumerGroupHeartbeatResponse => "consumer_group_heartbeat",
+        Body::OffsetCommitRequest | Body::OffsetCommitResponse => "offset_commit",
+        Body::OffsetFetchRequest | Body::OffsetFetchResponse => "offset_fetch",
+        Body::ListGroupsRequest | Body::ListGroupsResponse => "list_groups",
+        Body::DescribeGroupsRequest | Body::DescribeGroupsResponse => "describe_groups",
+        Body::DeleteGroupsRequest | Body::DeleteGroupsResponse => "delete_groups",
         _ => "unknown",
     }
 }
@@ -97,6 +142,12 @@ pub fn error_text(code: proto::ErrorCode) -> &'static str {
         E::BrokerShuttingDown => "broker shutting down",
         E::InvalidRequiredAcks => "acks must be -1, 0 or 1",
         E::NotReady => "not ready; retry",
+        E::UnknownMemberId => "unknown group member; rejoin",
+        E::FencedMemberEpoch => "stale member epoch (fenced); rejoin",
+        E::NonEmptyGroup => "the group has members",
+        E::GroupIdNotFound => "no such group",
+        E::InvalidGroupId => "invalid group id or assignor",
+        E::InternalTopic => "internal topic",
         _ => "unknown error code",
     }
 }
@@ -114,5 +165,23 @@ mod tests {
         assert!(matches!(validate_topic_name("é"), Err(TopicNameError::BadCharacter { .. })));
         assert_eq!(validate_topic_name(&"x".repeat(250)), Err(TopicNameError::TooLong(250)));
         assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+    }
+
+    #[test]
+    fn groups_map_to_partitions_as_kafka_maps_them() {
+        // Java's String.hashCode: s[0]*31^(n-1) + ... + s[n-1], wrapping.
+        let java_hash = |s: &str| s.encode_utf16().fold(0i32, |h, u| h.wrapping_mul(31).wrapping_add(i32::from(u)));
+        assert_eq!(java_hash("a"), 97);
+        assert_eq!(java_hash("ab"), 97 * 31 + 98);
+        assert_eq!(group_partition("a", 50), 97 % 50);
+        assert_eq!(group_partition("ab", 16), ((97 * 31 + 98) % 16) as u32);
+        for id in ["g", "orders-readers", "ÿ", &"x".repeat(249)] {
+            assert!(group_partition(id, 16) < 16);
+        }
+        assert!(validate_group_id("").is_err());
+        assert!(validate_group_id("a\nb").is_ok());
+        assert!(validate_group_id("a\u{7}").is_err());
+        assert!(is_internal_topic(CONSUMER_OFFSETS_TOPIC));
+        assert!(!is_internal_topic("_single"));
     }
 }

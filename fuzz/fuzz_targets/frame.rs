@@ -47,6 +47,38 @@ fuzz_target!(|data: &[u8]| {
                 let request = envelope.body_as_metadata_request().expect("verified union");
                 let _ = request.topics().map(|t| t.iter().count());
             }
+            Body::ConsumerGroupHeartbeatRequest => {
+                let request = envelope.body_as_consumer_group_heartbeat_request().expect("verified union");
+                let _ = (request.group_id(), request.member_id(), request.member_epoch(), request.assignor());
+                let _ = (request.session_timeout_ms(), request.client_id());
+                let _ = request.subscribed_topics().map(|t| t.iter().count());
+                for owned in request.owned_partitions().iter().flatten() {
+                    let _ = (owned.topic(), owned.partitions().map(|p| p.iter().sum::<i32>()));
+                }
+            }
+            Body::OffsetCommitRequest => {
+                let request = envelope.body_as_offset_commit_request().expect("verified union");
+                let _ = (request.group_id(), request.member_id(), request.member_epoch());
+                for topic in request.topics().iter().flatten() {
+                    let _ = topic.name();
+                    for part in topic.partitions().iter().flatten() {
+                        let _ = (part.partition(), part.offset());
+                    }
+                }
+            }
+            Body::OffsetFetchRequest => {
+                let request = envelope.body_as_offset_fetch_request().expect("verified union");
+                for topic in request.topics().iter().flatten() {
+                    let _ = (topic.topic(), topic.partitions().map(|p| p.iter().count()));
+                }
+            }
+            Body::DescribeGroupsRequest | Body::DeleteGroupsRequest => {
+                let groups = envelope
+                    .body_as_describe_groups_request()
+                    .and_then(|r| r.groups())
+                    .or_else(|| envelope.body_as_delete_groups_request().and_then(|r| r.groups()));
+                let _ = groups.map(|g| g.iter().count());
+            }
             _ => {}
         }
     }

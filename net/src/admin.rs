@@ -62,6 +62,12 @@ fn check(spec: &CreateSpec, catalog: &Catalog, seen: &mut HashSet<String>) -> Re
     if let Err(err) = spate_flatbuf::validate_topic_name(&spec.name) {
         return Err(Outcome::err(ErrorCode::InvalidTopic, err.to_string()));
     }
+    if spate_flatbuf::is_internal_topic(&spec.name) {
+        return Err(Outcome::err(
+            ErrorCode::InternalTopic,
+            format!("{:?}: names starting with __ are the broker's", spec.name),
+        ));
+    }
     if catalog.topics.contains_key(&spec.name) || !seen.insert(spec.name.clone()) {
         return Err(Outcome::err(ErrorCode::TopicAlreadyExists, format!("topic {:?} exists", spec.name)));
     }
@@ -177,6 +183,10 @@ async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, Outcome)>
     let mut results = Vec::new();
     let mut doomed = Vec::new();
     for name in names {
+        if spate_flatbuf::is_internal_topic(&name) {
+            results.push((name.clone(), Outcome::err(ErrorCode::InternalTopic, format!("{name:?} is the broker's"))));
+            continue;
+        }
         match next.topics.remove(&name) {
             Some(topic) => doomed.push(topic),
             None => results

@@ -19,6 +19,7 @@ use spate_flatbuf::{Frame, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, frame_hea
 
 use crate::admin::{ADMIN_SHARD, AdminOp, CreateSpec};
 use crate::catalog::TopicMeta;
+use crate::group;
 use crate::limits::{FETCH_WAIT_MS_MAX, REQUEST_TIMEOUT_MS_MAX};
 use crate::shard::{AppendResult, OffsetResult, Outcome, PartitionStats, ReadResult, Shard, ShardOp, config_map};
 use crate::topic_config;
@@ -46,7 +47,7 @@ pub(crate) enum Reply {
     Later(Later),
 }
 
-fn envelope_frame(
+pub(crate) fn envelope_frame(
     mut builder: FlatBufferBuilder<'_>,
     request_id: u64,
     body_type: Body,
@@ -73,7 +74,7 @@ pub(crate) fn error_frame(request_id: u64, error: ErrorCode, message: &str) -> B
     envelope_frame(builder, request_id, Body::ErrorResponse, body.as_union_value(), 0)
 }
 
-fn invalid(request_id: u64, message: &str) -> Reply {
+pub(crate) fn invalid(request_id: u64, message: &str) -> Reply {
     Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::InvalidRequest, message)))
 }
 
@@ -98,6 +99,12 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str)
         Body::DeleteTopicsRequest => delete_topics(shard, &frame, request_id),
         Body::DescribeTopicsRequest => describe_topics(shard, &frame, request_id),
         Body::ListOffsetsRequest => list_offsets(shard, &frame, request_id),
+        Body::ConsumerGroupHeartbeatRequest => group::api::heartbeat(shard, &frame, request_id),
+        Body::OffsetCommitRequest => group::api::offset_commit(shard, &frame, request_id),
+        Body::OffsetFetchRequest => group::api::offset_fetch(shard, &frame, request_id),
+        Body::ListGroupsRequest => group::api::list_groups(shard, request_id),
+        Body::DescribeGroupsRequest => group::api::describe_groups(shard, &frame, request_id),
+        Body::DeleteGroupsRequest => group::api::delete_groups(shard, &frame, request_id),
         other => {
             invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))
         }
@@ -106,7 +113,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str)
 }
 
 /// The verified envelope (decode verified it; nothing has changed it).
-fn envelope(frame: &Frame) -> Option<Envelope<'_>> {
+pub(crate) fn envelope(frame: &Frame) -> Option<Envelope<'_>> {
     frame.read().ok()
 }
 
@@ -445,6 +452,9 @@ fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
             for part in topic.partitions().iter().flatten() {
                 let refused = match &meta {
                     None => Some(Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("no topic {name:?}"))),
+                    Some(_) if spate_flatbuf::is_internal_topic(name) => {
+                        Some(Outcome::err(ErrorCode::InternalTopic, format!("{name:?} is written by the broker only")))
+                    }
                     Some(meta) if partition_of(meta, part.partition()).is_none() => Some(Outcome::err(
                         ErrorCode::UnknownTopicOrPartition,
                         format!("topic {name:?} has no partition {}", part.partition()),

@@ -44,6 +44,12 @@ pub struct BrokerConfig {
     pub metrics_listen: String,
     /// How often each shard applies retention to its partitions.
     pub retention_check_interval_ms: u64,
+    /// Partitions of `__consumer_offsets`, created at the first start
+    /// (later changes are ignored: they would move every group).
+    pub group_offsets_partitions: u32,
+    /// Bounds on the session timeout a consumer asks for.
+    pub group_session_timeout_ms_min: u64,
+    pub group_session_timeout_ms_max: u64,
 }
 
 impl Default for BrokerConfig {
@@ -64,6 +70,10 @@ impl Default for BrokerConfig {
             durability: "always".into(),
             metrics_listen: "127.0.0.1:9644".into(),
             retention_check_interval_ms: 5 * 60 * 1000,
+            group_offsets_partitions: 16,
+            // Low enough for tests and fast failover; Kafka's is 6 s.
+            group_session_timeout_ms_min: 500,
+            group_session_timeout_ms_max: 300_000,
         }
     }
 }
@@ -103,6 +113,16 @@ impl BrokerConfig {
         }
         if self.io_memory_bytes < (1 << 20) {
             return Err(ConfigError("io_memory_bytes must be at least 1 MiB".into()));
+        }
+        if self.group_offsets_partitions == 0
+            || self.group_offsets_partitions > crate::limits::PARTITIONS_PER_TOPIC_MAX as u32
+        {
+            return Err(ConfigError("group_offsets_partitions must be in [1, 10000]".into()));
+        }
+        if self.group_session_timeout_ms_min == 0
+            || self.group_session_timeout_ms_min > self.group_session_timeout_ms_max
+        {
+            return Err(ConfigError("group session timeouts need 0 < min <= max".into()));
         }
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError("retention_check_interval_ms must be positive".into()));

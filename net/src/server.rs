@@ -120,7 +120,8 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     if lock.try_lock().is_err() {
         return Err(ServeError::DataDirLocked(shown));
     }
-    let catalog = Catalog::load(&data_dir)?;
+    let mut catalog = Catalog::load(&data_dir)?;
+    crate::group::ensure_offsets_topic(&mut catalog, &data_dir, config.group_offsets_partitions).map_err(io)?;
     for orphan in catalog.orphan_dirs(&data_dir) {
         tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
         std::fs::remove_dir_all(&orphan).map_err(io)?;
@@ -304,6 +305,11 @@ async fn run_shard(
             shard.close_all().await;
             return;
         }
+    }
+    if let Err(message) = crate::group::load(&shard).await {
+        let _ = ready.send(Err((id, message)));
+        shard.close_all().await;
+        return;
     }
     let (main_port, own_port) = (port_of(&main), port_of(&own));
     let _ = ready.send(Ok((id, main_port, own_port)));

@@ -163,6 +163,8 @@ pub(crate) enum ShardOp {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Admin(crate::admin::AdminOp),
+    /// For the coordinator of a consumer group.
+    Group(crate::group::GroupOp),
     Metrics {
         reply: oneshot::Sender<crate::metrics::ShardSnapshot>,
     },
@@ -178,6 +180,8 @@ pub(crate) struct Shard {
     /// Serialises catalog changes (used on shard 0 only).
     pub admin_lock: glommio::sync::Semaphore,
     pub metrics: ShardMetrics,
+    /// The consumer groups this shard coordinates.
+    pub groups: crate::group::Groups,
     pub stopping: Cell<bool>,
     /// Accept loops wait on this to stop.
     pub stop_listeners: RefCell<Vec<oneshot::Sender<()>>>,
@@ -212,12 +216,13 @@ impl Shard {
             logs: RefCell::new(HashMap::new()),
             admin_lock: glommio::sync::Semaphore::new(1),
             metrics: ShardMetrics::default(),
+            groups: crate::group::Groups::default(),
             stopping: Cell::new(false),
             stop_listeners: RefCell::new(Vec::new()),
         })
     }
 
-    fn log(&self, topic: &TopicMeta, partition: u32) -> Option<Log> {
+    pub(crate) fn log(&self, topic: &TopicMeta, partition: u32) -> Option<Log> {
         self.logs.borrow().get(topic.topic_id.as_str()).and_then(|parts| parts.get(&partition)).cloned()
     }
 
@@ -305,6 +310,7 @@ impl Shard {
                 .detach();
             }
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
+            ShardOp::Group(op) => crate::group::execute(self, op),
             ShardOp::Metrics { reply } => {
                 let _ = reply.send(self.metrics.snapshot(self.id, &self.partition_sizes()));
             }

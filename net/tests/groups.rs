@@ -1,0 +1,108 @@
+//! Consumer group APIs over raw frames, on an in-process broker: the
+//! internal topic is the broker's, commits are fenced, and committed
+//! offsets survive a restart. The client and CLI tests (cli/tests) cover
+//! membership and assignment end to end.
+
+mod common;
+
+use common::*;
+use spate_flatbuf::proto::*;
+
+fn commit(conn: &mut Conn, group: &str, member: &str, epoch: i32, topic: &str, offset: i64) -> ErrorCode {
+    let frame = conn.call(Body::OffsetCommitRequest, |b| {
+        let (group, member, name) = (b.create_string(group), b.create_string(member), b.create_string(topic));
+        let part = OffsetCommitPartition::create(b, &OffsetCommitPartitionArgs { partition: 0, offset });
+        let partitions = b.create_vector(&[part]);
+        let topic =
+            OffsetCommitTopic::create(b, &OffsetCommitTopicArgs { name: Some(name), partitions: Some(partitions) });
+        let topics = b.create_vector(&[topic]);
+        OffsetCommitRequest::create(
+            b,
+            &OffsetCommitRequestArgs {
+                group_id: Some(group),
+                member_id: Some(member),
+                member_epoch: epoch,
+                topics: Some(topics),
+            },
+        )
+        .as_union_value()
+    });
+    frame.read().expect("verified").body_as_offset_commit_response().expect("commit response").error()
+}
+
+fn committed(conn: &mut Conn, group: &str, topic: &str) -> i64 {
+    let frame = conn.call(Body::OffsetFetchRequest, |b| {
+        let group = b.create_string(group);
+        OffsetFetchRequest::create(b, &OffsetFetchRequestArgs { group_id: Some(group), topics: None }).as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let response = envelope.body_as_offset_fetch_response().expect("fetch response");
+    let found = response.topics().into_iter().flatten().find(|t| t.name() == Some(topic));
+    found.and_then(|t| t.partitions().and_then(|p| p.iter().next().map(|p| p.offset()))).unwrap_or(-1)
+}
+
+/// Joins (epoch 0) and returns (member id, epoch).
+fn join(conn: &mut Conn, group: &str, topic: &str) -> (String, i32) {
+    let frame = conn.call(Body::ConsumerGroupHeartbeatRequest, |b| {
+        let (group, topic) = (b.create_string(group), b.create_string(topic));
+        let topics = b.create_vector(&[topic]);
+        ConsumerGroupHeartbeatRequest::create(
+            b,
+            &ConsumerGroupHeartbeatRequestArgs {
+                group_id: Some(group),
+                member_epoch: 0,
+                subscribed_topics: Some(topics),
+                session_timeout_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let response = envelope.body_as_consumer_group_heartbeat_response().expect("heartbeat response");
+    assert_eq!(response.error(), ErrorCode::None);
+    (response.member_id().expect("member id").to_string(), response.member_epoch())
+}
+
+#[test]
+fn users_may_not_produce_to_create_or_delete_the_internal_topic() {
+    let dir = data_dir("groups_internal");
+    let broker = start(&dir, 2);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(conn.produce("__consumer_offsets", 0, &batch(1), -1).0, ErrorCode::InternalTopic);
+    assert_eq!(conn.create_topic("__mine", 1, &[]), ErrorCode::InternalTopic);
+    let frame = conn.call(Body::DeleteTopicsRequest, |b| {
+        let name = b.create_string("__consumer_offsets");
+        let names = b.create_vector(&[name]);
+        DeleteTopicsRequest::create(b, &DeleteTopicsRequestArgs { names: Some(names), timeout_ms: 10_000 })
+            .as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let result = envelope.body_as_delete_topics_response().expect("delete").results().expect("results").get(0);
+    assert_eq!(result.error(), ErrorCode::InternalTopic);
+    stop(broker);
+}
+
+#[test]
+fn commits_are_fenced_by_member_and_epoch_and_survive_a_restart() {
+    let dir = data_dir("groups_commits");
+    let broker = start(&dir, 2);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(conn.create_topic("t", 1, &[]), ErrorCode::None);
+    // No members: an administrative commit (reset-offsets) is allowed.
+    assert_eq!(commit(&mut conn, "g", "", -1, "t", 3), ErrorCode::None);
+    assert_eq!(commit(&mut conn, "g", "", -1, "nope", 3), ErrorCode::UnknownTopicOrPartition);
+    let (member, epoch) = join(&mut conn, "g", "t");
+    assert_eq!(commit(&mut conn, "g", "", -1, "t", 0), ErrorCode::NonEmptyGroup);
+    assert_eq!(commit(&mut conn, "g", "someone-else", epoch, "t", 0), ErrorCode::UnknownMemberId);
+    assert_eq!(commit(&mut conn, "g", &member, epoch + 7, "t", 0), ErrorCode::FencedMemberEpoch);
+    assert_eq!(committed(&mut conn, "g", "t"), 3, "refused commits change nothing");
+    assert_eq!(commit(&mut conn, "g", &member, epoch, "t", 5), ErrorCode::None);
+    assert_eq!(committed(&mut conn, "g", "t"), 5);
+    stop(broker);
+    let broker = start(&dir, 3);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(committed(&mut conn, "g", "t"), 5, "replayed at start, whatever the shard count");
+    assert_eq!(commit(&mut conn, "g", &member, epoch, "t", 9), ErrorCode::UnknownMemberId, "members are soft state");
+    stop(broker);
+}
