@@ -69,6 +69,9 @@ enum Command {
     /// Describe the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Benchmark a broker it starts itself, against the machine's limits.
+    #[command(subcommand)]
+    Bench(spate_bench::harness::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +79,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // serve runs its own threads and runtimes; it must not start inside tokio.
         Command::Serve(args) => serve::run(args),
+        // bench starts brokers and its own load-generator runtime.
+        Command::Bench(command) => spate_bench::harness::run(command),
         command => run_client_command(&cli.global, command),
     };
     match result {
@@ -93,7 +98,9 @@ fn run_client_command(global: &GlobalArgs, command: Command) -> anyhow::Result<(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         match command {
-            Command::Serve(_) => anyhow::bail!("serve does not run inside the client runtime"),
+            Command::Serve(_) | Command::Bench(_) => {
+                anyhow::bail!("serve and bench do not run inside the client runtime")
+            }
             Command::Topic(command) => topic::run(global, command).await,
             Command::Produce(args) => produce::run(global, args).await,
             Command::Consume(args) => consume::run(global, args).await,

@@ -26,6 +26,7 @@ mod murmur2;
 mod partitioner;
 mod producer;
 mod protocol;
+mod raw;
 
 pub use admin::Admin;
 pub use client::Client;
@@ -39,6 +40,7 @@ pub use metadata::{
 pub use murmur2::{murmur2, partition_for_key, to_positive};
 pub use partitioner::Partitioner;
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use raw::FetchedBatches;
 pub use spate_flatbuf::proto::ErrorCode;
 pub use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST, TopicNameError, validate_topic_name};
 

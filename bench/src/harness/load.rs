@@ -1,0 +1,327 @@
+//! The load generator: producer and consumer tasks on a tokio runtime,
+//! sending whole pre-built batches (as Iggy's and Kafka's perf tools do),
+//! recording per-request latency in hdrhistograms and throughput per second.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use spate_client::{Acks, Client, TopicPartition};
+use spate_format::batch::{self, BatchBuilder};
+
+/// Latencies are recorded in microseconds, up to an hour.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
+}
+
+/// Counters every task adds to; the reporter samples them each second.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes: AtomicU64,
+    pub records: AtomicU64,
+    pub errors: AtomicU64,
+    /// The first error seen, for the report.
+    pub first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Counters {
+    pub fn error(&self, error: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if first.is_none() {
+            *first = Some(error.to_string());
+        }
+    }
+
+    pub fn add(&self, bytes: usize, records: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+}
+
+/// What one timed phase measured.
+#[derive(Debug)]
+pub struct Measured {
+    pub bytes: u64,
+    pub records: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub latency: Histogram<u64>,
+    /// (second since the start of the measured window, MB/s) per second.
+    pub series_mb_s: Vec<f64>,
+}
+
+impl Measured {
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+    pub fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.seconds.max(1e-9)
+    }
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A batch of `records` records of `message_bytes` each; the first 8 bytes
+/// of the first record's value carry `stamp_ns` (for end-to-end latency).
+pub fn build_batch(records: usize, message_bytes: usize, stamp_ns: u64) -> Bytes {
+    let timestamp_ms = (stamp_ns / 1_000_000) as i64;
+    let mut value = vec![0x5au8; message_bytes.max(8)];
+    value[..8].copy_from_slice(&stamp_ns.to_be_bytes());
+    let mut builder = BatchBuilder::new(timestamp_ms);
+    for _ in 0..records {
+        builder.push(timestamp_ms, None, Some(&value[..message_bytes.max(8)]), &[]);
+    }
+    builder.build().freeze()
+}
+
+/// Rewrites the stamp of a batch built by `build_batch` (first record's
+/// value) and its CRC, without rebuilding it.
+pub fn restamp(template: &Bytes, stamp_ns: u64) -> Bytes {
+    let mut bytes = BytesMut::from(&template[..]);
+    if let Some(position) = first_value_position(&bytes) {
+        bytes[position..position + 8].copy_from_slice(&stamp_ns.to_be_bytes());
+        let _ = batch::write_crc(&mut bytes);
+    }
+    bytes.freeze()
+}
+
+fn first_value_position(bytes: &[u8]) -> Option<usize> {
+    let record = batch::records(bytes).ok()?.next()?.ok()?;
+    let value = record.value?;
+    Some(value.as_ptr() as usize - bytes.as_ptr() as usize)
+}
+
+/// The stamp of a fetched batch built by `build_batch`.
+pub fn stamp_of(batch_bytes: &[u8]) -> Option<u64> {
+    let record = batch::records(batch_bytes).ok()?.next()?.ok()?;
+    let value = record.value?;
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+#[derive(Debug, Clone)]
+pub struct ProduceLoad {
+    pub topic: String,
+    pub partitions: usize,
+    pub producers: usize,
+    pub in_flight: usize,
+    pub batch_records: usize,
+    pub message_bytes: usize,
+    pub acks: Acks,
+    /// Total target rate in bytes per second; None: as fast as possible.
+    pub rate_bytes_s: Option<f64>,
+    /// Stamp each batch with its intended send time (end to end).
+    pub stamp: bool,
+}
+
+/// Runs producers until `stop`; latency of each request from its intended
+/// send time (its slot in the schedule under a target rate, so a stall
+/// counts against every request it delays: no coordinated omission).
+pub async fn produce(
+    client: Client,
+    load: ProduceLoad,
+    counters: Arc<Counters>,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Histogram<u64>> {
+    let template = build_batch(load.batch_records, load.message_bytes, 0);
+    let senders = load.producers * load.in_flight;
+    let interval = load.rate_bytes_s.map(|rate| Duration::from_secs_f64(template.len() as f64 * senders as f64 / rate));
+    let mut tasks = Vec::new();
+    for sender in 0..senders {
+        let producer = sender % load.producers;
+        let tp = TopicPartition::new(load.topic.clone(), (producer % load.partitions) as i32);
+        let (client, template, counters, measuring, stop) =
+            (client.clone(), template.clone(), counters.clone(), measuring.clone(), stop.clone());
+        let (records, stamp, acks) = (load.batch_records, load.stamp, load.acks);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            // Spread the senders' slots over one interval.
+            let start = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(sender as f64 / senders as f64));
+            let mut slot = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let intended = match interval {
+                    Some(interval) => {
+                        let at = start + interval * slot;
+                        slot += 1;
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                let batch = if stamp {
+                    let lag = Instant::now().saturating_duration_since(intended).as_nanos() as u64;
+                    restamp(&template, now_ns().saturating_sub(lag))
+                } else {
+                    template.clone()
+                };
+                let result = client.produce_batches(&tp, &batch, acks, Duration::from_secs(30)).await;
+                match result {
+                    Ok(_) => {
+                        if measuring.load(Ordering::Relaxed) {
+                            counters.add(batch.len(), records);
+                            let us = intended.elapsed().as_micros() as u64;
+                            let _ = latency.record(us.clamp(1, LATENCY_MAX_US));
+                        }
+                    }
+                    Err(err) => {
+                        counters.error(&err);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            latency
+        }));
+    }
+    let mut merged = histogram();
+    for task in tasks {
+        merged.add(task.await.context("producer task")?).context("merging histograms")?;
+    }
+    Ok(merged)
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumeLoad {
+    pub topic: String,
+    pub partitions: usize,
+    pub consumers: usize,
+    pub fetch_bytes_max: usize,
+    /// Stop each partition at this offset (None: follow until stopped).
+    pub end_offsets: Option<Vec<i64>>,
+    /// Start each partition here.
+    pub start_offsets: Vec<i64>,
+    /// Record end-to-end latency (now - the batch's stamp) instead of the
+    /// fetch's round trip.
+    pub end_to_end: bool,
+}
+
+/// Consumers, each reading its share of the partitions with long-polling
+/// fetches of whole batches until every partition reaches its end offset
+/// (or `stop`).
+pub async fn consume(
+    client: Client,
+    load: ConsumeLoad,
+    counters: Arc<Counters>,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut tasks = Vec::new();
+    for consumer in 0..load.consumers {
+        let partitions: Vec<usize> = (0..load.partitions).filter(|p| p % load.consumers == consumer).collect();
+        let (client, counters, measuring, stop, load) =
+            (client.clone(), counters.clone(), measuring.clone(), stop.clone(), load.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let mut offsets: Vec<i64> = partitions.iter().map(|&p| load.start_offsets[p]).collect();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut all_done = true;
+                for (i, &partition) in partitions.iter().enumerate() {
+                    let end = load.end_offsets.as_ref().map(|ends| ends[partition]);
+                    if end.is_some_and(|end| offsets[i] >= end) {
+                        continue;
+                    }
+                    all_done = false;
+                    let tp = TopicPartition::new(load.topic.clone(), partition as i32);
+                    let sent = Instant::now();
+                    let fetched = match client
+                        .fetch_batches(&tp, offsets[i], load.fetch_bytes_max, Duration::from_millis(100))
+                        .await
+                    {
+                        Ok(fetched) => fetched,
+                        Err(err) => {
+                            counters.error(&err);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let mut bytes = 0;
+                    let mut records = 0;
+                    let received_ns = now_ns();
+                    for span in batch::split_batches(&fetched.records) {
+                        let Ok(span) = span else { break };
+                        let header = span.header;
+                        let last = header.base_offset.get() + i64::from(header.last_offset_delta.get());
+                        if last < offsets[i] {
+                            continue;
+                        }
+                        offsets[i] = last + 1;
+                        bytes += span.bytes.len();
+                        records += header.records_count.get().max(0) as usize;
+                        if load.end_to_end
+                            && measuring.load(Ordering::Relaxed)
+                            && let Some(stamp) = stamp_of(span.bytes)
+                        {
+                            let us = received_ns.saturating_sub(stamp) / 1000;
+                            let _ = latency.record(us.clamp(1, LATENCY_MAX_US));
+                        }
+                    }
+                    if measuring.load(Ordering::Relaxed) {
+                        counters.add(bytes, records);
+                        if !load.end_to_end && bytes > 0 {
+                            let _ = latency.record((sent.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_US));
+                        }
+                    }
+                }
+                if all_done {
+                    break;
+                }
+            }
+            latency
+        }));
+    }
+    let mut merged = histogram();
+    for task in tasks {
+        merged.add(task.await.context("consumer task")?).context("merging histograms")?;
+    }
+    Ok(merged)
+}
+
+/// Samples the counters once a second while measuring; prints a live
+/// progress line to stderr. Returns MB/s per second.
+pub async fn sample(
+    name: String,
+    counters: Arc<Counters>,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Vec<f64> {
+    use std::io::Write;
+    let mut series = Vec::new();
+    let mut last_bytes = 0u64;
+    let mut last_records = 0u64;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let bytes = counters.bytes.load(Ordering::Relaxed);
+        let records = counters.records.load(Ordering::Relaxed);
+        let mb_s = (bytes - last_bytes) as f64 / 1e6;
+        let records_s = records - last_records;
+        (last_bytes, last_records) = (bytes, records);
+        let phase = if measuring.load(Ordering::Relaxed) { "measuring" } else { "warm-up" };
+        if measuring.load(Ordering::Relaxed) {
+            series.push(mb_s);
+        }
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r[{name}] {:>4}s {phase:<9} {mb_s:>8.1} MB/s {records_s:>9} rec/s errors {}   ",
+            started.elapsed().as_secs(),
+            counters.errors.load(Ordering::Relaxed)
+        );
+        let _ = err.flush();
+    }
+    eprintln!();
+    series
+}

@@ -1,0 +1,273 @@
+//! The report of a run: JSON (everything), Markdown (for people) and SVG
+//! plots (throughput per second, latency distribution) in perf-reports/.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use super::limits::Limits;
+use super::{Kind, Suite, WorkloadResult};
+use crate::report::Machine;
+
+/// Peer figures on this machine class (../shared/perf/limits.md: Apache Iggy
+/// 0.9, 1000-byte messages, 1000 per batch, loopback), for the comparison.
+struct Peer {
+    what: &'static str,
+    mb_s: Option<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+const IGGY_PRODUCE: Peer = Peer { what: "Iggy 2 producers, no fsync", mb_s: Some(1005.0), p50_ms: 1.78, p99_ms: 5.18 };
+const IGGY_PRODUCE_FSYNC: Peer =
+    Peer { what: "Iggy 2 producers, fsync every batch", mb_s: Some(675.0), p50_ms: 3.06, p99_ms: 6.53 };
+const IGGY_CONSUME: Peer = Peer { what: "Iggy 2 consumers", mb_s: Some(1677.0), p50_ms: 0.95, p99_ms: 2.80 };
+const IGGY_E2E: Peer = Peer { what: "Iggy produce + consume", mb_s: Some(1382.0), p50_ms: 2.58, p99_ms: 5.91 };
+const IGGY_ROUND_TRIP: Peer = Peer { what: "Iggy 1 x 100 B per request", mb_s: None, p50_ms: 0.15, p99_ms: 0.26 };
+
+fn peer_for(result: &WorkloadResult) -> &'static Peer {
+    match result.workload.kind {
+        Kind::Produce if result.workload.durability == "always" => &IGGY_PRODUCE_FSYNC,
+        Kind::Produce => &IGGY_PRODUCE,
+        Kind::ConsumeDisk | Kind::ConsumeTail => &IGGY_CONSUME,
+        Kind::EndToEnd => &IGGY_E2E,
+        Kind::RoundTrip => &IGGY_ROUND_TRIP,
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub suite: String,
+    pub git_commit: String,
+    pub started_utc: String,
+    pub machine: Machine,
+    pub broker: super::BrokerSettings,
+    /// Cores: the broker's shards are pinned to 0..shards when `pin`.
+    pub broker_cores: String,
+    pub loadgen_cores: String,
+    pub limits: Limits,
+    pub results: Vec<WorkloadResult>,
+    pub command: String,
+}
+
+fn output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Report {
+    pub fn new(suite: &Suite, machine: Machine, limits: Limits, results: Vec<WorkloadResult>) -> Self {
+        let broker_cores = if suite.broker.pin {
+            format!("pinned to {:?}", (0..suite.broker.shards).collect::<Vec<_>>())
+        } else {
+            "not pinned".into()
+        };
+        Report {
+            suite: suite.name.clone(),
+            git_commit: output("git", &["rev-parse", "--short=12", "HEAD"]),
+            started_utc: output("date", &["-u", "+%Y-%m-%dT%H%M%SZ"]),
+            machine,
+            broker: suite.broker.clone(),
+            broker_cores,
+            loadgen_cores: if suite.loadgen.cpus.is_empty() {
+                "not pinned".into()
+            } else {
+                format!("pinned to {:?}", suite.loadgen.cpus)
+            },
+            limits,
+            results,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        }
+    }
+
+    fn ratios(&self, result: &WorkloadResult) -> String {
+        let limits = &self.limits;
+        let mut parts = vec![
+            format!("{:.2}x disk", result.mb_per_s / limits.disk_write_mb_s),
+            format!("{:.2}x loopback", result.mb_per_s / limits.loopback_mb_s),
+            format!("{:.2}x min(disk, loopback)", result.mb_per_s / limits.min_disk_loopback()),
+        ];
+        if result.workload.durability == "always" && matches!(result.workload.kind, Kind::Produce) {
+            parts.push(format!("{:.2}x disk+fdatasync/4MiB", result.mb_per_s / limits.disk_write_sync_4mib_mb_s));
+        }
+        parts.join(", ")
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# spate bench: {} ({})\n", self.suite, self.started_utc);
+        let _ = writeln!(md, "- commit `{}`; command `{}`", self.git_commit, self.command);
+        let m = &self.machine;
+        let _ = writeln!(
+            md,
+            "- machine: {} cores, {}, kernel {}, disk {} ({})",
+            m.cores, m.cpu, m.kernel, m.disk, m.filesystem
+        );
+        let _ = writeln!(
+            md,
+            "- broker: {} shard(s) {}, tail cache {} MiB/shard; load generator {}",
+            self.broker.shards,
+            self.broker_cores,
+            self.broker.tail_cache_bytes >> 20,
+            self.loadgen_cores
+        );
+        let l = &self.limits;
+        let _ = writeln!(
+            md,
+            "- limits measured in this run: disk write {:.0} MB/s, disk write + fdatasync every 4 MiB {:.0} MB/s, loopback {:.0} MB/s\n",
+            l.disk_write_mb_s, l.disk_write_sync_4mib_mb_s, l.loopback_mb_s
+        );
+        let _ = writeln!(
+            md,
+            "| workload | MB/s | records/s | p50 | p90 | p99 | p99.9 | p99.99 | max (ms) | ratios | errors |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &self.results {
+            let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
+            let l = &r.latency_us;
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.workload.name,
+                r.mb_per_s,
+                r.records_per_s,
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p99_9),
+                ms(l.p99_99),
+                ms(l.max),
+                self.ratios(r),
+                r.errors
+            );
+        }
+        let _ = writeln!(md, "\n## Against the peer (Iggy 0.9 on this machine class)\n");
+        let _ = writeln!(md, "| workload | peer | Spate MB/s / peer | Spate p50 / p99 (ms) | peer p50 / p99 (ms) |");
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for r in &self.results {
+            let peer = peer_for(r);
+            let ratio = peer.mb_s.map_or("-".into(), |mb| format!("{:.2}x", r.mb_per_s / mb));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.3} / {:.3} | {:.2} / {:.2} |",
+                r.workload.name,
+                peer.what,
+                ratio,
+                r.latency_us.p50 as f64 / 1000.0,
+                r.latency_us.p99 as f64 / 1000.0,
+                peer.p50_ms,
+                peer.p99_ms
+            );
+        }
+        let _ = writeln!(md, "\n## Parameters\n");
+        for r in &self.results {
+            let w = &r.workload;
+            let _ = writeln!(
+                md,
+                "- **{}** ({:?}): {} B x {} per batch, {} producer(s) x {} in flight, {} consumer(s), {} partition(s), acks {}, durability {}, compression {}, warm-up {} s, duration {} s{}; latency is {}; {} samples",
+                w.name,
+                w.kind,
+                w.message_bytes,
+                w.batch_records,
+                w.producers,
+                w.in_flight,
+                w.consumers,
+                w.partitions,
+                w.acks,
+                w.durability,
+                w.compression,
+                w.warmup_s,
+                w.duration_s,
+                r.target_rate_mb_s.map_or(String::new(), |rate| format!(", target {rate:.0} MB/s")),
+                r.latency_of,
+                r.latency_samples
+            );
+        }
+        md
+    }
+
+    /// Writes `<stamp>-<suite>.{json,md}` and two SVGs per workload.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<String>> {
+        std::fs::create_dir_all(dir)?;
+        let base = format!("{}-{}", self.started_utc, self.suite);
+        let mut written = Vec::new();
+        let json = dir.join(format!("{base}.json"));
+        std::fs::write(&json, serde_json::to_string_pretty(self)?).with_context(|| json.display().to_string())?;
+        written.push(json.display().to_string());
+        let mut md = self.markdown();
+        let _ = writeln!(md, "\n## Plots\n");
+        for r in &self.results {
+            let throughput = dir.join(format!("{base}-{}-throughput.svg", r.workload.name));
+            plot_series(&throughput, &r.workload.name, &r.series_mb_s)?;
+            let latency = dir.join(format!("{base}-{}-latency.svg", r.workload.name));
+            plot_distribution(&latency, &r.workload.name, &r.distribution_us)?;
+            for path in [&throughput, &latency] {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let _ = writeln!(md, "![{name}]({name})");
+                written.push(path.display().to_string());
+            }
+        }
+        let md_path = dir.join(format!("{base}.md"));
+        std::fs::write(&md_path, md).with_context(|| md_path.display().to_string())?;
+        written.push(md_path.display().to_string());
+        Ok(written)
+    }
+}
+
+fn plot_series(path: &Path, name: &str, series: &[f64]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let y_max = series.iter().copied().fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{name}: throughput per second"), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..(series.len().max(1) as f64), 0f64..y_max)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart.configure_mesh().x_desc("second").y_desc("MB/s").draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .draw_series(LineSeries::new(series.iter().enumerate().map(|(i, v)| (i as f64 + 1.0, *v)), &BLUE))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Latency against quantile on a log scale of 1/(1-q): 0 = p0, 1 = p90,
+/// 2 = p99, 3 = p99.9, 4 = p99.99.
+fn plot_distribution(path: &Path, name: &str, distribution: &[(f64, u64)]) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let points: Vec<(f64, f64)> =
+        distribution.iter().map(|(q, us)| (-(1.0 - q).max(1e-6).log10(), *us as f64 / 1000.0)).collect();
+    let y_max = points.iter().map(|p| p.1).fold(0.001, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{name}: latency distribution"), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..4.0, 0f64..y_max)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .x_label_formatter(&|x| match x.round() as i32 {
+            0 => "p0".into(),
+            1 => "p90".into(),
+            2 => "p99".into(),
+            3 => "p99.9".into(),
+            4 => "p99.99".into(),
+            _ => String::new(),
+        })
+        .y_desc("ms")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart.draw_series(LineSeries::new(points, &RED)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
