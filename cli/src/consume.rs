@@ -28,36 +28,41 @@ pub(crate) enum Format {
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct ConsumeArgs {
-    topic: String,
+    pub(crate) topic: String,
     /// Start at each partition's first record (same as --offset earliest).
     #[arg(long, conflicts_with = "offset")]
-    from_beginning: bool,
+    pub(crate) from_beginning: bool,
     /// Where to start: earliest, latest (the default), an offset, or
     /// @TIMESTAMP_MS for the first record at or after that time.
     #[arg(long, short = 'o', value_parser = parse::start_offset)]
-    offset: Option<SeekTo>,
+    pub(crate) offset: Option<SeekTo>,
     /// A partition to read (repeatable); all partitions by default.
     #[arg(long, short = 'p')]
-    partition: Vec<i32>,
+    pub(crate) partition: Vec<i32>,
     /// Exit after this many records.
     #[arg(long, short = 'c')]
-    count: Option<u64>,
+    pub(crate) count: Option<u64>,
     #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    pub(crate) format: Format,
     /// Text format: print the key, the separator, then the value.
     #[arg(long)]
-    print_key: bool,
+    pub(crate) print_key: bool,
     /// Text format: what goes between key and value with --print-key.
     #[arg(long, short = 'k', value_name = "SEP", default_value = "\t", value_parser = parse::separator)]
-    key_separator: String,
+    pub(crate) key_separator: String,
     /// Stop at the end of the partitions (their high watermarks when
     /// consuming starts) instead of waiting for more.
     #[arg(long, short = 'e')]
-    exit: bool,
+    pub(crate) exit: bool,
+    #[command(flatten)]
+    pub(crate) group_args: crate::consume_group::GroupArgs,
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: ConsumeArgs) -> anyhow::Result<()> {
     spate_client::validate_topic_name(&args.topic)?;
+    if let Some(group) = args.group_args.group.clone() {
+        return crate::consume_group::run(global, args, group).await;
+    }
     let client = global.connect().await?;
     let metadata = client.metadata(Some(std::slice::from_ref(&args.topic))).await.context("reading metadata")?;
     let partition_count = metadata.partition_count(&args.topic)?;

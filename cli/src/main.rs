@@ -7,6 +7,8 @@
 
 mod cluster;
 mod consume;
+mod consume_group;
+mod group;
 mod output;
 mod parse;
 mod produce;
@@ -69,6 +71,9 @@ enum Command {
     /// Describe the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Benchmark a broker it starts itself, against the machine's limits.
     #[command(subcommand)]
     Bench(spate_bench::harness::BenchCommand),
@@ -105,6 +110,7 @@ fn run_client_command(global: &GlobalArgs, command: Command) -> anyhow::Result<(
             Command::Produce(args) => produce::run(global, args).await,
             Command::Consume(args) => consume::run(global, args).await,
             Command::Cluster(command) => cluster::run(global, command).await,
+            Command::Group(command) => group::run(global, command).await,
         }
     })
 }

@@ -108,7 +108,11 @@ pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     partitions: BTreeMap<TopicPartition, PartitionState>,
-    fetches: FuturesUnordered<BoxFuture<'static, FetchOutcome>>,
+    /// Behind a mutex only so that `Consumer` is `Sync` (the boxed futures
+    /// are `Send`, not `Sync`), which makes the futures of its `&self`
+    /// methods `Send`; it is only ever reached through `&mut self`
+    /// (`get_mut`, no locking) or `Debug`.
+    fetches: std::sync::Mutex<FuturesUnordered<BoxFuture<'static, FetchOutcome>>>,
     /// An error found while other partitions had records: those records
     /// are returned first (their positions already moved past them) and
     /// the error by the next `poll`.
@@ -120,7 +124,7 @@ impl std::fmt::Debug for Consumer {
         f.debug_struct("Consumer")
             .field("config", &self.config)
             .field("partitions", &self.partitions)
-            .field("fetches_in_flight", &self.fetches.len())
+            .field("fetches_in_flight", &crate::lock(&self.fetches).len())
             .finish_non_exhaustive()
     }
 }
@@ -146,7 +150,7 @@ impl Consumer {
             client,
             config,
             partitions: BTreeMap::new(),
-            fetches: FuturesUnordered::new(),
+            fetches: std::sync::Mutex::new(FuturesUnordered::new()),
             deferred_error: None,
         })
     }
@@ -278,13 +282,14 @@ impl Consumer {
             self.resolve_positions().await?;
             self.start_fetches().await?;
             let wake_at = self.earliest_retry().map_or(deadline, |retry_at| retry_at.min(deadline));
-            let fetched = if self.fetches.is_empty() {
+            let fetches = self.fetches.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let fetched = if fetches.is_empty() {
                 tokio::time::sleep_until(wake_at).await;
                 None
             } else {
                 tokio::select! {
                     biased;
-                    Some(outcome) = self.fetches.next() => Some(outcome),
+                    Some(outcome) = fetches.next() => Some(outcome),
                     () = tokio::time::sleep_until(wake_at) => None,
                 }
             };
@@ -361,7 +366,8 @@ impl Consumer {
                 }
             }
             let client = self.client.clone();
-            self.fetches.push(Box::pin(async move {
+            let fetches = self.fetches.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+            fetches.push(Box::pin(async move {
                 let result = client
                     .request(&address, timeout, |stamp| protocol::fetch(stamp, limits, &entries))
                     .await

@@ -20,6 +20,8 @@ mod conn;
 mod consumer;
 mod error;
 mod fetch;
+mod group;
+mod group_protocol;
 mod limits;
 mod metadata;
 mod murmur2;
@@ -33,6 +35,8 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
 pub use error::ClientError;
+pub use group::{GroupAdmin, GroupAssignor, GroupConfig, GroupConsumer, PartitionsCallback};
+pub use group_protocol::{GroupDescription, GroupListing, GroupMember, GroupPartitionOffset, MemberAssignment};
 pub use metadata::{
     BrokerInfo, ClusterMetadata, ConfigEntry, PartitionDescription, PartitionInfo, TopicDescription, TopicInfo,
     TopicPartition,
@@ -42,7 +46,9 @@ pub use partitioner::Partitioner;
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use raw::FetchedBatches;
 pub use spate_flatbuf::proto::ErrorCode;
-pub use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST, TopicNameError, validate_topic_name};
+pub use spate_flatbuf::{
+    CONSUMER_OFFSETS_TOPIC, OFFSET_EARLIEST, OFFSET_LATEST, TopicNameError, validate_group_id, validate_topic_name,
+};
 
 /// Locks a std mutex, ignoring poisoning: the data behind each of this
 /// crate's mutexes stays consistent between statements, and a panic in

@@ -41,7 +41,7 @@ impl OutFrame {
     }
 }
 
-fn finish(
+pub(crate) fn finish(
     mut builder: FlatBufferBuilder<'_>,
     stamp: Stamp,
     body_type: Body,
@@ -57,7 +57,7 @@ fn finish(
     OutFrame { header: frame_header(envelope.len(), 0), envelope }
 }
 
-fn strings<'a>(
+pub(crate) fn strings<'a>(
     builder: &mut FlatBufferBuilder<'a>,
     names: &[String],
 ) -> WIPOffset<spate_flatbuf::flatbuffers::Vector<'a, spate_flatbuf::flatbuffers::ForwardsUOffset<&'a str>>> {
@@ -276,13 +276,13 @@ pub(crate) fn list_offsets(stamp: Stamp, entries: &[(TopicPartition, i64)]) -> O
 
 // ---- Decoding ----
 
-fn envelope(frame: &Frame) -> Result<proto::Envelope<'_>, ClientError> {
+pub(crate) fn envelope(frame: &Frame) -> Result<proto::Envelope<'_>, ClientError> {
     frame.read().map_err(|error| ClientError::Protocol(format!("unreadable response: {error}")))
 }
 
 /// The body of the expected type, or the broker's `ErrorResponse` as a
 /// `Server` error, or a protocol error naming what came instead.
-fn body<'a, T>(
+pub(crate) fn body<'a, T>(
     envelope: &proto::Envelope<'a>,
     expected: Body,
     get: impl FnOnce(&proto::Envelope<'a>) -> Option<T>,

@@ -69,6 +69,13 @@ impl Broker {
         let _ = self.child.wait();
     }
 
+    /// kill -9, then start again on the same directory.
+    pub fn kill9_and_restart(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+        *self = Broker::start(&self.data_dir.clone(), self.shards);
+    }
+
     pub fn restart(self) -> Broker {
         let (dir, shards) = (self.data_dir.clone(), self.shards);
         self.stop();
