@@ -179,7 +179,8 @@ mod tests {
             assert!(group_partition(id, 16) < 16);
         }
         assert!(validate_group_id("").is_err());
-        assert!(validate_group_id("a\nb").is_ok());
+        assert!(validate_group_id("orders readers/eu").is_ok());
+        assert!(validate_group_id("a\nb").is_err());
         assert!(validate_group_id("a\u{7}").is_err());
         assert!(is_internal_topic(CONSUMER_OFFSETS_TOPIC));
         assert!(!is_internal_topic("_single"));
