@@ -31,6 +31,8 @@ pub const PENDING_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// Size of one read from a segment file when scanning or serving a fetch.
 pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// The largest single DMA read a fetch issues (its bytes plus slack).
+pub const FETCH_READ_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// The largest batch any configuration may allow (max.message.bytes).
 pub const BATCH_BYTES_MAX_LIMIT: usize = 64 * 1024 * 1024;
@@ -72,3 +74,4 @@ pub const fn align_down(value: u64) -> u64 {
 pub const fn align_up(value: u64) -> u64 {
     (value + IO_ALIGN_BYTES - 1) & !(IO_ALIGN_BYTES - 1)
 }
+const _: () = assert!((FETCH_READ_BYTES_MAX as u64).is_multiple_of(IO_ALIGN_BYTES));

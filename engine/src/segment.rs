@@ -15,7 +15,7 @@ use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_OVERHEAD_BYTES, BatchInfo, MA
 use crate::error::{LogError, Result};
 use crate::index::{IndexEntry, OffsetIndex, TimeIndex, TimeIndexEntry};
 use crate::io::StorageFile;
-use crate::limits::{BATCH_BYTES_MAX_LIMIT, READ_CHUNK_BYTES, align_down, align_up};
+use crate::limits::{BATCH_BYTES_MAX_LIMIT, FETCH_READ_BYTES_MAX, READ_CHUNK_BYTES, align_down, align_up};
 
 pub(crate) const LOG_SUFFIX: &str = "log";
 pub(crate) const INDEX_SUFFIX: &str = "index";
@@ -292,12 +292,26 @@ pub(crate) async fn read_batches<F: StorageFile>(
     offset_end: i64,
     bytes_max: usize,
 ) -> Result<Vec<Bytes>> {
-    let chunk_bytes = align_up(bytes_max as u64).clamp(READ_CHUNK_BYTES as u64, 8 * READ_CHUNK_BYTES as u64);
+    // One read for the whole fetch where it can: the bytes asked for plus
+    // the way from the index entry to the offset (at most one index
+    // interval), so a sequential consumer costs one large DMA read a fetch.
+    let chunk_bytes = align_up(bytes_max as u64 + READ_CHUNK_BYTES as u64)
+        .clamp(READ_CHUNK_BYTES as u64, FETCH_READ_BYTES_MAX as u64);
     let mut reader = ChunkReader::new(file, limit_bytes, chunk_bytes);
     let mut batches = Vec::new();
     let mut bytes_total = 0usize;
     let mut next_offset = position_offset;
     while position < limit_bytes {
+        // A batch that will not fit is not read at all: its header says so.
+        if !batches.is_empty() {
+            let head = reader.bytes_at(position, BATCH_HEADER_BYTES, path).await?;
+            if let Ok(header) = batch::peek_header(&head) {
+                let batch_bytes = BATCH_OVERHEAD_BYTES.saturating_add(header.batch_length.get().max(0) as usize);
+                if bytes_total + batch_bytes > bytes_max {
+                    break;
+                }
+            }
+        }
         let (bytes, info) = match probe(&mut reader, position, path).await? {
             Probe::Batch(bytes, info) => (bytes, info),
             Probe::NotABatch(reason) | Probe::Damaged(reason, _) => {
