@@ -13,8 +13,14 @@ lint:
 ci:
     bash .ci/run
 
-# The engine benchmark; writes JSON and Markdown to perf-reports/.
+# The standard benchmark suite (bench/suites/standard.toml) against a broker
+# it starts itself; JSON, Markdown and SVG plots land in perf-reports/.
 bench *ARGS:
+    cargo build --release --bin spate
+    ./target/release/spate bench suite bench/suites/standard.toml {{ARGS}}
+
+# The storage engine alone, against raw O_DIRECT writes.
+bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}
 
 # Fuzz one decoder (batch, index_files, frame) for SECONDS.
