@@ -3,4 +3,6 @@
 //! so that the client builds and reads batches without the storage engine.
 
 pub mod batch;
+pub mod compression;
+pub mod limits;
 pub mod varint;
