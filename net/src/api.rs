@@ -262,7 +262,7 @@ fn admin_reply(
             results = futures::FutureExt::fuse(wait) => results.unwrap_or_else(|_| {
                 names.iter().map(|n| (n.clone(), Outcome::err(ErrorCode::BrokerShuttingDown, "admin shard stopped"))).collect()
             }),
-            _ = futures::FutureExt::fuse(glommio::timer::Timer::new(timeout)) => names
+            () = futures::FutureExt::fuse(crate::deadline::Deadline::after(timeout)) => names
                 .iter()
                 .map(|n| (n.clone(), Outcome::err(ErrorCode::RequestTimedOut, "not finished in time; it may still complete")))
                 .collect(),

@@ -8,6 +8,7 @@ mod api;
 pub mod catalog;
 pub mod config;
 mod conn;
+mod deadline;
 mod group;
 pub mod limits;
 mod metrics;

@@ -15,7 +15,6 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::channel::{mpsc, oneshot};
-use glommio::timer::Timer;
 use spate_engine::batch::BatchError;
 use spate_engine::io::DmaStorage;
 use spate_engine::{Durability, LogConfig, LogError, PartitionLog, ReadBound, TailCache};
@@ -24,6 +23,7 @@ use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST};
 
 use crate::catalog::{Catalog, TopicMeta, owner_shard};
 use crate::config::BrokerConfig;
+use crate::deadline::Deadline;
 use crate::metrics::ShardMetrics;
 use crate::topic_config;
 
@@ -497,7 +497,7 @@ impl PendingAppend {
                 Ok(()) => Outcome::ok(),
                 Err(err) => Outcome::err(log_error_code(&err), err.to_string()),
             },
-            _ = Timer::new(timeout).fuse() => Outcome::err(
+            () = Deadline::after(timeout).fuse() => Outcome::err(
                 ErrorCode::RequestTimedOut,
                 format!("not acknowledged within {} ms; the batch may still be appended", timeout.as_millis()),
             ),
@@ -526,7 +526,7 @@ async fn fetch_partition(
     // away; then read once more and answer with whatever is there.
     futures::select! {
         _ = log.high_watermark_above(offset).fuse() => {}
-        _ = Timer::new(deadline - now).fuse() => {}
+        () = Deadline::at(deadline).fuse() => {}
         () = reply.cancellation().fuse() => return ReadResult::default(),
     }
     read_partition(log, offset, bytes_max).await

@@ -26,6 +26,8 @@ pub struct BrokerSettings {
     pub pin: bool,
     pub tail_cache_bytes: usize,
     pub data_dir: PathBuf,
+    /// Where the broker serves /metrics; empty: off.
+    pub metrics_listen: String,
 }
 
 impl Default for BrokerSettings {
@@ -36,6 +38,7 @@ impl Default for BrokerSettings {
             pin: true,
             tail_cache_bytes: 256 << 20,
             data_dir: PathBuf::from("target/bench-broker"),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -68,7 +71,9 @@ impl BrokerProcess {
         let binary = settings.binary()?;
         let mut command = Command::new(&binary);
         command
-            .args(["serve", "--port", "0", "--metrics-listen", "", "--log-level", "warn"])
+            .args(["serve", "--port", "0", "--log-level", "warn"])
+            .arg("--metrics-listen")
+            .arg(&settings.metrics_listen)
             .arg("--shards")
             .arg(settings.shards.to_string())
             .arg("--tail-cache-bytes")
