@@ -76,9 +76,9 @@ impl<S: Storage> LogInner<S> {
         if unsubmitted || seal_due || state.sync_requested || state.epochs_dirty {
             return (true, None);
         }
-        match self.config.durability {
+        match self.config().durability {
             Durability::IntervalMs(interval_ms) if state.synced_offset < state.written_offset => {
-                let due_ms = state.last_sync_ms + interval_ms as i64 - self.config.clock.now_ms();
+                let due_ms = state.last_sync_ms + interval_ms as i64 - self.config().clock.now_ms();
                 if due_ms <= 0 { (true, None) } else { (false, Some(Duration::from_millis(due_ms as u64))) }
             }
             _ => (false, None),
@@ -101,7 +101,7 @@ impl<S: Storage> LogInner<S> {
         let mut last_offset = None;
         let unsubmitted = state.pending.iter().skip(state.submitted_count);
         for pending in unsubmitted.take_while(|pending| pending.segment_base == segment_base) {
-            if count > 0 && bytes_total + pending.bytes.len() > self.config.flush_cycle_bytes_max {
+            if count > 0 && bytes_total + pending.bytes.len() > self.config().flush_cycle_bytes_max {
                 break;
             }
             count += 1;
@@ -115,10 +115,10 @@ impl<S: Storage> LogInner<S> {
         let after = state.submitted_count + count;
         let drains_segment = state.pending.get(after).is_none_or(|next| next.segment_base != segment_base);
         let seal = target.roll_requested && drains_segment;
-        let interval_due = match self.config.durability {
+        let interval_due = match self.config().durability {
             Durability::Always => true,
             Durability::IntervalMs(interval_ms) => {
-                self.config.clock.now_ms() - state.last_sync_ms >= interval_ms as i64
+                self.config().clock.now_ms() - state.last_sync_ms >= interval_ms as i64
             }
             Durability::Never => false,
         };
@@ -147,8 +147,8 @@ impl<S: Storage> LogInner<S> {
     /// not when it is acked, so cycles planned while it runs do not sync
     /// again.
     fn commit_plan_sync(&self, plan: &CyclePlan<S::File>) {
-        if plan.sync && matches!(self.config.durability, Durability::IntervalMs(_)) {
-            self.state.borrow_mut().last_sync_ms = self.config.clock.now_ms();
+        if plan.sync && matches!(self.config().durability, Durability::IntervalMs(_)) {
+            self.state.borrow_mut().last_sync_ms = self.config().clock.now_ms();
         }
     }
 
@@ -328,7 +328,7 @@ impl<S: Storage> LogInner<S> {
         let preallocated_bytes =
             self.state.borrow().segments.get(&plan.segment_base).map_or(0, |s| s.preallocated_bytes);
         if wanted > preallocated_bytes {
-            let target = (wanted + self.config.preallocate_bytes).min(self.config.segment_bytes_max.max(wanted));
+            let target = (wanted + self.config().preallocate_bytes).min(self.config().segment_bytes_max.max(wanted));
             file.pre_allocate(target).await.map_err(|err| LogError::io("fallocate", &plan.log_path, err))?;
             if let Some(segment) = self.state.borrow_mut().segments.get_mut(&plan.segment_base) {
                 segment.preallocated_bytes = segment.preallocated_bytes.max(target);
@@ -369,7 +369,7 @@ impl<S: Storage> LogInner<S> {
     /// acknowledges every waiter the new ack point covers.
     fn finish_cycle(&self, plan: CyclePlan<S::File>, synced: bool) {
         let mut state = self.state.borrow_mut();
-        let now_ms = self.config.clock.now_ms();
+        let now_ms = self.config().clock.now_ms();
         {
             let segment = state.segments.get_mut(&plan.segment_base).expect("planned segment exists");
             segment.written_bytes = plan.end_position;
@@ -395,11 +395,11 @@ impl<S: Storage> LogInner<S> {
         if plan.epochs.as_ref() == Some(&state.epochs) {
             state.epochs_dirty = false;
         }
-        let ack_offset = match self.config.durability {
+        let ack_offset = match self.config().durability {
             Durability::Always => state.synced_offset,
             Durability::IntervalMs(_) | Durability::Never => state.written_offset,
         };
-        if self.config.high_watermark_follows_acks {
+        if self.config().high_watermark_follows_acks {
             state.raise_high_watermark(ack_offset);
         }
         // Waiters are in offset order except explicit flushes, which may ask

@@ -36,7 +36,7 @@ use futures::channel::oneshot;
 use futures::{StreamExt, TryStreamExt};
 use glommio::sync::Semaphore;
 
-use crate::batch::{self, BatchInfo};
+use crate::batch::{self, BatchInfo, TimestampType};
 use crate::cache::{LogId, TailCache};
 use crate::checkpoint::LeaderEpochCache;
 use crate::error::{LogError, Result};
@@ -99,6 +99,11 @@ pub struct LogConfig {
     /// Largest batch accepted (Kafka's max.message.bytes).
     pub batch_bytes_max: usize,
     pub durability: Durability,
+    /// Whose clock stamps a batch (message.timestamp.type): the producer's
+    /// (`CreateTime`, stored as sent) or the log's at append
+    /// (`LogAppendTime`: the batch's type bit and max timestamp are set and
+    /// its CRC recomputed, as Kafka does).
+    pub timestamp_type: TimestampType,
     /// Delete sealed segments whose newest record is older (retention.ms).
     pub retention_ms: Option<i64>,
     /// Delete the oldest sealed segments while the log is larger
@@ -127,6 +132,7 @@ impl Default for LogConfig {
             index_interval_bytes: 32 * 1024,
             batch_bytes_max: 4 * 1024 * 1024,
             durability: Durability::Always,
+            timestamp_type: TimestampType::CreateTime,
             retention_ms: Some(7 * 24 * 60 * 60 * 1000),
             retention_bytes: None,
             preallocate_bytes: 32 * 1024 * 1024,
@@ -385,7 +391,8 @@ impl Future for NotifyWait {
 struct LogInner<S: Storage> {
     storage: S,
     dir: PathBuf,
-    config: LogConfig,
+    /// Replaced whole by `update_config`; readers take the current one.
+    config: RefCell<Rc<LogConfig>>,
     cache: Rc<TailCache>,
     log_id: LogId,
     state: RefCell<LogState<S::File>>,
@@ -447,7 +454,7 @@ impl<S: Storage> PartitionLog<S> {
         let inner = Rc::new(LogInner {
             storage,
             dir,
-            config,
+            config: RefCell::new(Rc::new(config)),
             cache,
             log_id,
             state: RefCell::new(state),
@@ -466,8 +473,32 @@ impl<S: Storage> PartitionLog<S> {
         &self.inner.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.inner.config
+    /// The log's current config.
+    pub fn config(&self) -> Rc<LogConfig> {
+        self.inner.config()
+    }
+
+    /// Replaces the log's config while it runs (a topic config changed).
+    /// Each use reads the current config, so the change applies from the
+    /// next append (batch size, timestamp type, roll by size or age), flush
+    /// cycle (durability; the flusher is woken to see it) and retention run.
+    /// Refused with `InvalidConfig` if `config` fails `validate`, and with
+    /// `InvalidConfig` if it changes what the log was opened with and
+    /// cannot change (index interval, preallocation, high watermark owner).
+    pub fn update_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        let current = self.inner.config();
+        if config.index_interval_bytes != current.index_interval_bytes
+            || config.preallocate_bytes != current.preallocate_bytes
+            || config.high_watermark_follows_acks != current.high_watermark_follows_acks
+        {
+            return Err(LogError::InvalidConfig(
+                "index interval, preallocation and high watermark owner are fixed at open",
+            ));
+        }
+        *self.inner.config.borrow_mut() = Rc::new(config);
+        self.inner.wake.notify();
+        Ok(())
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -525,11 +556,19 @@ impl<S: Storage> PartitionLog<S> {
         if state.truncating {
             return Err(LogError::Truncating);
         }
-        let limit = inner.config.pending_bytes_max;
+        let config = inner.config();
+        let limit = config.pending_bytes_max;
         if !state.pending.is_empty() && state.pending_bytes + batch.len() > limit {
             return Err(LogError::Backpressure { pending_bytes: state.pending_bytes, limit });
         }
-        let mut info = batch::validate_produce(&batch, inner.config.batch_bytes_max)?;
+        let mut info = batch::validate_produce(&batch, config.batch_bytes_max)?;
+        if config.timestamp_type == TimestampType::LogAppendTime {
+            // Validation checked the CRC first, so resealing launders nothing.
+            let now_ms = config.clock.now_ms();
+            batch::set_log_append_time(&mut batch, now_ms)?;
+            info.attributes = batch::peek_header(&batch)?.attributes.get();
+            info.max_timestamp = now_ms;
+        }
         let base_offset = state.log_end_offset;
         info.base_offset = base_offset;
         batch::set_base_offset(&mut batch, base_offset)?;
@@ -543,7 +582,7 @@ impl<S: Storage> PartitionLog<S> {
         assert!(!segment.sealed, "appends never reach a sealed segment");
         let position = segment.dispatched_bytes;
         let segment_base = segment.base_offset;
-        segment.record_batch(position, &info, inner.config.index_interval_bytes);
+        segment.record_batch(position, &info, config.index_interval_bytes);
         let bytes = batch.freeze();
         let last_offset = info.last_offset();
         inner.cache.insert_pinned(inner.log_id, base_offset, last_offset, bytes.clone());
@@ -726,7 +765,7 @@ impl<S: Storage> PartitionLog<S> {
                 if log.inner.state.borrow().closed {
                     break;
                 }
-                let now_ms = log.inner.config.clock.now_ms();
+                let now_ms = log.inner.config().clock.now_ms();
                 match log.enforce_retention(now_ms).await {
                     Ok(_) => {}
                     // Stopped logs need no retention; the failure was logged.
@@ -794,11 +833,16 @@ async fn remove_if_exists<S: Storage>(storage: &S, path: &Path) -> Result<()> {
 }
 
 impl<S: Storage> LogInner<S> {
+    /// The current config (cheap: a reference count).
+    fn config(&self) -> Rc<LogConfig> {
+        self.config.borrow().clone()
+    }
+
     fn roll_if_needed(&self, state: &mut LogState<S::File>, info: &BatchInfo) {
-        let now_ms = self.config.clock.now_ms();
+        let now_ms = self.config().clock.now_ms();
         let active = state.active_mut();
-        let full = active.dispatched_bytes + info.batch_bytes as u64 > self.config.segment_bytes_max;
-        let old = now_ms - active.created_ms >= self.config.segment_ms;
+        let full = active.dispatched_bytes + info.batch_bytes as u64 > self.config().segment_bytes_max;
+        let old = now_ms - active.created_ms >= self.config().segment_ms;
         let span_exhausted = info.last_offset() - active.base_offset > SEGMENT_OFFSET_SPAN_MAX;
         if active.is_empty() || !(full || old || span_exhausted) {
             return;
@@ -943,8 +987,8 @@ impl<S: Storage> LogInner<S> {
             if !segment.sealed || second > state.high_watermark {
                 break;
             }
-            let by_time = self.config.retention_ms.is_some_and(|ms| now_ms - segment.max_timestamp_ms > ms);
-            let by_size = self.config.retention_bytes.is_some_and(|max| total_bytes - segment.written_bytes >= max);
+            let by_time = self.config().retention_ms.is_some_and(|ms| now_ms - segment.max_timestamp_ms > ms);
+            let by_size = self.config().retention_bytes.is_some_and(|max| total_bytes - segment.written_bytes >= max);
             if !(by_time || by_size) {
                 break;
             }
