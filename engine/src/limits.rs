@@ -58,12 +58,27 @@ pub const EPOCH_ENTRIES_MAX: usize = 1 << 20;
 /// segment from its start.
 pub const RECOVERY_INDEX_PROBES_MAX: usize = 16;
 
+/// Keys the cleaner's offset map holds at most (key digest -> latest
+/// offset, about 40 bytes each with the hash table's overhead, so about
+/// 40 MiB). A dirty range with more keys is cleaned as far as they reach,
+/// and the rest in the next pass, as Kafka does with its dedupe buffer.
+pub const CLEAN_OFFSET_MAP_ENTRIES_MAX: usize = 1 << 20;
+
+/// Default rate of the cleaner's reads plus writes, per log being cleaned
+/// (one at a time per shard), so that produce latency holds while it runs.
+pub const CLEAN_BYTES_PER_SEC_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Bytes the cleaner collects before one write of its new segment.
+pub const CLEAN_WRITE_BYTES: usize = WRITE_CHUNK_BYTES;
+
 const _: () = assert!(IO_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
 const _: () = assert!((READ_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
 const _: () = assert!(FLUSH_CYCLE_BYTES_MAX >= WRITE_CHUNK_BYTES);
 const _: () = assert!(PENDING_BYTES_MAX >= 2 * FLUSH_CYCLE_BYTES_MAX + BATCH_BYTES_MAX_LIMIT);
 const _: () = assert!((BATCH_BYTES_MAX_LIMIT as u64) < SEGMENT_BYTES_MAX_LIMIT);
+const _: () = assert!((CLEAN_WRITE_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
+const _: () = assert!(CLEAN_OFFSET_MAP_ENTRIES_MAX >= 1);
 
 /// Rounds `value` down to the I/O alignment.
 pub const fn align_down(value: u64) -> u64 {

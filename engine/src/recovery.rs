@@ -18,6 +18,11 @@
 //!   this open is never mistaken for a clean close.
 //! - The leader-epoch checkpoint is read, or rebuilt from batch headers when
 //!   missing or damaged, and cut to the recovered log end.
+//! - A cleaner's swap cut short is settled first: a `<base>.log.swap` was
+//!   committed, so it is completed (its `.cleaned` index files and then the
+//!   swap renamed over the segment's files); `.cleaned` files without a
+//!   swap are removed, leaving the old segment. The compaction checkpoint
+//!   says below which offset batches may follow a gap (`segment::follows`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,12 +33,19 @@ use crate::error::{LogError, Result};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::io::{Storage, StorageFile, read_file, write_file_atomic};
 use crate::limits::{INDEX_ENTRY_BYTES, RECOVERY_INDEX_PROBES_MAX, TIME_INDEX_ENTRY_BYTES};
+use crate::log::clean::{CHECKPOINT_BYTES, CLEANED_SUFFIX, COMPACTION_CHECKPOINT_NAME, SWAP_SUFFIX, decode_checkpoint};
 use crate::log::{CLEAN_SHUTDOWN_NAME, EPOCH_CHECKPOINT_NAME, LogConfig, LogState, read_page_head};
 use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, ScanEnd, Segment, TIME_INDEX_SUFFIX, parse_segment_name};
 
 pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogConfig) -> Result<LogState<S::File>> {
     storage.create_dir_all(dir).await.map_err(|err| LogError::io("create dir", dir, err))?;
     let names = storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?;
+    let names = if settle_swaps(storage, dir, &names).await? {
+        storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?
+    } else {
+        names
+    };
+    let gaps_below = read_gaps_below(storage, dir).await?;
     let mut bases = Vec::new();
     for name in &names {
         let path = dir.join(name);
@@ -61,12 +73,13 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     let mut next_offset = 0;
     for (at, &base) in bases.iter().enumerate() {
         let active = at + 1 == bases.len();
-        if at > 0 && base != next_offset {
+        if at > 0 && !segment::follows(base, next_offset, gaps_below) {
             let path = segment::segment_path(dir, base, LOG_SUFFIX);
             let reason = format!("segment starts at {base} but the previous one ends at {next_offset}");
             return Err(LogError::corruption(path, 0, reason));
         }
-        let segment = recover_segment(storage, dir, base, active, clean, config, now_ms, &mut epochs_seen).await?;
+        let context = SegmentContext { active, clean_close: clean, gaps_below, now_ms };
+        let segment = recover_segment(storage, dir, base, &context, config, &mut epochs_seen).await?;
         next_offset = segment.next_offset;
         segments.insert(base, segment);
     }
@@ -74,7 +87,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         segments.insert(0, Segment::new(dir, 0, now_ms));
     }
     let log_end_offset = segments.values().next_back().map_or(0, |segment| segment.next_offset);
-    let mut epochs = recover_epochs(storage, dir, &segments).await?;
+    let mut epochs = recover_epochs(storage, dir, &segments, gaps_below).await?;
     let stored = epochs.clone();
     for entry in epochs_seen.entries() {
         epochs.assign(entry.epoch, entry.start_offset);
@@ -90,20 +103,88 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         storage.remove(&marker).await.map_err(|err| LogError::io("remove", &marker, err))?;
         storage.sync_dir(dir).await.map_err(|err| LogError::io("sync dir", dir, err))?;
     }
-    Ok(LogState::recovered(segments, epochs, now_ms))
+    Ok(LogState::recovered(segments, epochs, gaps_below, now_ms))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Completes committed swaps and removes uncommitted cleaner files; true if
+/// anything changed.
+async fn settle_swaps<S: Storage>(storage: &S, dir: &Path, names: &[String]) -> Result<bool> {
+    let swap_suffix = format!("{LOG_SUFFIX}.{SWAP_SUFFIX}");
+    let swaps: Vec<i64> = names
+        .iter()
+        .filter_map(|name| parse_segment_name(name))
+        .filter(|(_, suffix)| *suffix == swap_suffix)
+        .map(|(base, _)| base)
+        .collect();
+    let mut changed = false;
+    for name in names {
+        let Some((base, suffix)) = parse_segment_name(name) else { continue };
+        let Some(kind) = suffix.strip_suffix(&format!(".{CLEANED_SUFFIX}")) else { continue };
+        // A swap's index files are renamed below; anything else cleaned
+        // belongs to a swap that never committed.
+        if kind == LOG_SUFFIX || !swaps.contains(&base) {
+            let path = dir.join(name);
+            storage.remove(&path).await.map_err(|err| LogError::io("remove", &path, err))?;
+            changed = true;
+        }
+    }
+    for base in swaps {
+        tracing::warn!(dir = %dir.display(), base, "completing a compaction swap cut short");
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let cleaned = format!("{base:020}.{suffix}.{CLEANED_SUFFIX}");
+            if names.contains(&cleaned) {
+                let (from, to) = (dir.join(&cleaned), segment::segment_path(dir, base, suffix));
+                storage.rename(&from, &to).await.map_err(|err| LogError::io("rename", &from, err))?;
+            }
+        }
+        let from = dir.join(format!("{base:020}.{swap_suffix}"));
+        let to = segment::segment_path(dir, base, LOG_SUFFIX);
+        storage.rename(&from, &to).await.map_err(|err| LogError::io("rename", &from, err))?;
+        changed = true;
+    }
+    if changed {
+        storage.sync_dir(dir).await.map_err(|err| LogError::io("sync dir", dir, err))?;
+    }
+    Ok(changed)
+}
+
+/// The compaction checkpoint: `i64::MIN` (no gaps anywhere) if the log was
+/// never compacted. A damaged one allows gaps everywhere rather than fail
+/// the open: contiguity is a check on base offsets, the CRC still guards
+/// every batch's records.
+async fn read_gaps_below<S: Storage>(storage: &S, dir: &Path) -> Result<i64> {
+    let path = dir.join(COMPACTION_CHECKPOINT_NAME);
+    match read_file(storage, &path, CHECKPOINT_BYTES).await {
+        Ok(None) => Ok(i64::MIN),
+        Ok(Some(bytes)) => Ok(decode_checkpoint(&bytes).unwrap_or_else(|| {
+            tracing::error!(path = %path.display(), "damaged compaction checkpoint; allowing gaps everywhere");
+            i64::MAX
+        })),
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::error!(path = %path.display(), "oversized compaction checkpoint; allowing gaps everywhere");
+            Ok(i64::MAX)
+        }
+        Err(err) => Err(LogError::io("read", &path, err)),
+    }
+}
+
+/// What recovering one segment depends on besides its files.
+struct SegmentContext {
+    active: bool,
+    clean_close: bool,
+    gaps_below: i64,
+    now_ms: i64,
+}
+
 async fn recover_segment<S: Storage>(
     storage: &S,
     dir: &Path,
     base: i64,
-    active: bool,
-    clean_close: bool,
+    context: &SegmentContext,
     config: &LogConfig,
-    now_ms: i64,
     epochs_seen: &mut LeaderEpochCache,
 ) -> Result<Segment<S::File>> {
+    let SegmentContext { active, clean_close, gaps_below, now_ms } = *context;
     let mut segment = Segment::new(dir, base, now_ms);
     let path = segment.log_path.clone();
     let file = storage.open(&path, false).await.map_err(|err| LogError::io("open", &path, err))?;
@@ -151,11 +232,12 @@ async fn recover_segment<S: Storage>(
     segment.time_index = time_index;
     let interval = config.index_interval_bytes;
     let next_offset = segment.next_offset;
-    let outcome = segment::scan(&file, &path, file_bytes, start_position, next_offset, |position, info, _| {
-        segment.record_batch(position, info, interval);
-        epochs_seen.assign(info.partition_leader_epoch, info.base_offset);
-    })
-    .await?;
+    let outcome =
+        segment::scan(&file, &path, file_bytes, start_position, next_offset, gaps_below, |position, info, _| {
+            segment.record_batch(position, info, interval);
+            epochs_seen.assign(info.partition_leader_epoch, info.base_offset);
+        })
+        .await?;
     // Sealed segments, and the active one after a clean close, are exactly
     // whole batches; only the active one after a crash may end torn.
     let may_be_torn = active && !clean_close;
@@ -211,6 +293,7 @@ async fn recover_epochs<S: Storage>(
     storage: &S,
     dir: &Path,
     segments: &BTreeMap<i64, Segment<S::File>>,
+    gaps_below: i64,
 ) -> Result<LeaderEpochCache> {
     let path = dir.join(EPOCH_CHECKPOINT_NAME);
     let stored = match read_file(storage, &path, CHECKPOINT_BYTES_MAX).await {
@@ -229,7 +312,8 @@ async fn recover_epochs<S: Storage>(
     let mut epochs = LeaderEpochCache::default();
     for segment in segments.values() {
         let Some(file) = &segment.file else { continue };
-        segment::scan(&**file, &segment.log_path, segment.written_bytes, 0, segment.base_offset, |_, info, _| {
+        let (path, end) = (&segment.log_path, segment.written_bytes);
+        segment::scan(&**file, path, end, 0, segment.base_offset, gaps_below, |_, info, _| {
             epochs.assign(info.partition_leader_epoch, info.base_offset);
         })
         .await?;

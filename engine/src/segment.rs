@@ -104,7 +104,9 @@ impl<F: StorageFile> Segment<F> {
     /// `index_interval_bytes`.
     pub fn record_batch(&mut self, position: u64, info: &BatchInfo, index_interval_bytes: u64) {
         assert_eq!(position, self.dispatched_bytes, "batches are placed back to back");
-        assert_eq!(info.base_offset, self.next_offset, "offsets are contiguous within a segment");
+        // Callers check contiguity (or, below a compacted log's gap bound,
+        // that offsets grow: see `follows`).
+        assert!(info.base_offset >= self.next_offset, "offsets grow within a segment");
         if position > 0 && self.bytes_since_index_entry >= index_interval_bytes {
             let relative_offset = self.relative(info.base_offset);
             self.index.push(IndexEntry { relative_offset, position: position as u32 });
@@ -130,6 +132,15 @@ impl<F: StorageFile> Segment<F> {
             (u64::from(entry.position), self.base_offset + i64::from(entry.relative_offset))
         })
     }
+}
+
+/// Whether a batch at `base_offset` may follow one that ended before
+/// `next_offset`. Offsets are contiguous, except that compaction leaves gaps
+/// below `gaps_below` (the log's compaction checkpoint): there a batch may
+/// start anywhere after the previous one's end, up to that bound. Above it a
+/// damaged base offset (outside the CRC) is still caught by contiguity.
+pub(crate) fn follows(base_offset: i64, next_offset: i64, gaps_below: i64) -> bool {
+    base_offset == next_offset || (base_offset > next_offset && base_offset <= gaps_below)
 }
 
 /// How a scan of a segment's bytes ended.
@@ -223,20 +234,22 @@ async fn probe<F: StorageFile>(reader: &mut ChunkReader<'_, F>, position: u64, p
 /// `on_batch` for each valid one, and classifies how the walk ended. Each
 /// batch must start exactly where the previous one ended, beginning at
 /// `next_offset`: base offsets sit outside the CRC, so contiguity is what
-/// catches a damaged one. (Compaction will need gaps; it will pass them.)
+/// catches a damaged one; below `gaps_below` they need only grow (`follows`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn scan<F: StorageFile>(
     file: &F,
     path: &Path,
     file_bytes: u64,
     mut position: u64,
     mut next_offset: i64,
+    gaps_below: i64,
     mut on_batch: impl FnMut(u64, &BatchInfo, &Bytes),
 ) -> Result<ScanOutcome> {
     let chunk_bytes = READ_CHUNK_BYTES as u64;
     let mut reader = ChunkReader::new(file, file_bytes, chunk_bytes);
     while position < file_bytes {
         match probe(&mut reader, position, path).await? {
-            Probe::Batch(bytes, info) if info.base_offset == next_offset => {
+            Probe::Batch(bytes, info) if follows(info.base_offset, next_offset, gaps_below) => {
                 on_batch(position, &info, &bytes);
                 position += info.batch_bytes as u64;
                 next_offset = info.last_offset() + 1;
@@ -280,7 +293,7 @@ async fn classify_damage<F: StorageFile>(
 /// `limit_bytes`, before any batch reaching `offset_end`, and once
 /// `bytes_max` is reached (one batch is always returned). The batch at
 /// `position` must start at `position_offset`, and each next one where the
-/// previous ended.
+/// previous ended (or later, below `gaps_below`: see `follows`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn read_batches<F: StorageFile>(
     file: &F,
@@ -291,6 +304,7 @@ pub(crate) async fn read_batches<F: StorageFile>(
     offset: i64,
     offset_end: i64,
     bytes_max: usize,
+    gaps_below: i64,
 ) -> Result<Vec<Bytes>> {
     // One read for the whole fetch where it can: the bytes asked for plus
     // the way from the index entry to the offset (at most one index
@@ -318,7 +332,7 @@ pub(crate) async fn read_batches<F: StorageFile>(
                 return Err(LogError::corruption(path, position, reason));
             }
         };
-        if info.base_offset != next_offset {
+        if !follows(info.base_offset, next_offset, gaps_below) {
             let reason = format!("batch at offset {} where {next_offset} was expected", info.base_offset);
             return Err(LogError::corruption(path, position, reason));
         }
@@ -351,5 +365,48 @@ pub(crate) async fn batch_at<F: StorageFile>(
     match probe(&mut reader, position, path).await? {
         Probe::Batch(_, info) => Ok(Some(info)),
         Probe::NotABatch(_) | Probe::Damaged(..) => Ok(None),
+    }
+}
+
+/// Walks a segment's batches one at a time, validating each (CRC included)
+/// and its offset against the previous one's (`follows`): the cleaner's
+/// reader, which awaits between batches (its rate limit).
+pub(crate) struct BatchCursor<'a, F> {
+    reader: ChunkReader<'a, F>,
+    path: &'a Path,
+    position: u64,
+    end: u64,
+    next_offset: i64,
+    gaps_below: i64,
+}
+
+impl<'a, F: StorageFile> BatchCursor<'a, F> {
+    /// From the batch at `position`, which starts at `position_offset`
+    /// (the segment's base offset, or an index entry's), to `end`.
+    pub fn new(file: &'a F, path: &'a Path, end: u64, start: (u64, i64), gaps_below: i64) -> Self {
+        let reader = ChunkReader::new(file, end, READ_CHUNK_BYTES as u64);
+        BatchCursor { reader, path, position: start.0, end, next_offset: start.1, gaps_below }
+    }
+
+    /// The next batch and its position, or `None` at the end. Anything but
+    /// whole valid batches up to the end is corruption.
+    pub async fn next(&mut self) -> Result<Option<(u64, BatchInfo, Bytes)>> {
+        if self.position >= self.end {
+            return Ok(None);
+        }
+        let position = self.position;
+        let (bytes, info) = match probe(&mut self.reader, position, self.path).await? {
+            Probe::Batch(bytes, info) => (bytes, info),
+            Probe::NotABatch(reason) | Probe::Damaged(reason, _) => {
+                return Err(LogError::corruption(self.path, position, reason));
+            }
+        };
+        if !follows(info.base_offset, self.next_offset, self.gaps_below) {
+            let reason = format!("batch at offset {} where {} was expected", info.base_offset, self.next_offset);
+            return Err(LogError::corruption(self.path, position, reason));
+        }
+        self.next_offset = info.last_offset() + 1;
+        self.position += info.batch_bytes as u64;
+        Ok(Some((position, info, bytes)))
     }
 }

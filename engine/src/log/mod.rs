@@ -17,8 +17,10 @@
 //!   log_start <= high_watermark <= log_end, and
 //!   synced <= written <= log_end (all exclusive ends).
 
+pub(crate) mod clean;
 mod flush;
 
+pub use clean::CleanOutcome;
 use flush::run_flusher;
 
 use std::cell::{Cell, RefCell};
@@ -42,8 +44,9 @@ use crate::checkpoint::LeaderEpochCache;
 use crate::error::{LogError, Result};
 use crate::io::{IoBuf, Storage, StorageFile, write_file_atomic};
 use crate::limits::{
-    BATCH_BYTES_MAX_LIMIT, FLUSH_CYCLE_BYTES_MAX, IO_ALIGN_BYTES, PENDING_BYTES_MAX, SEGMENT_BYTES_MAX_LIMIT,
-    SEGMENT_OFFSET_SPAN_MAX, SYNCS_IN_FLIGHT_MAX, WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
+    BATCH_BYTES_MAX_LIMIT, CLEAN_BYTES_PER_SEC_DEFAULT, CLEAN_OFFSET_MAP_ENTRIES_MAX, FLUSH_CYCLE_BYTES_MAX,
+    IO_ALIGN_BYTES, PENDING_BYTES_MAX, SEGMENT_BYTES_MAX_LIMIT, SEGMENT_OFFSET_SPAN_MAX, SYNCS_IN_FLIGHT_MAX,
+    WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
 };
 use crate::segment::{self, Segment};
 
@@ -88,6 +91,29 @@ impl fmt::Debug for Clock {
     }
 }
 
+/// What happens to old data (Kafka's cleanup.policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// Retention deletes whole old segments.
+    #[default]
+    Delete,
+    /// The cleaner keeps the latest record per key; retention deletes
+    /// nothing.
+    Compact,
+    /// Both: compaction, and retention by time and size.
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    pub fn compacts(self) -> bool {
+        matches!(self, CleanupPolicy::Compact | CleanupPolicy::CompactDelete)
+    }
+
+    pub fn deletes(self) -> bool {
+        matches!(self, CleanupPolicy::Delete | CleanupPolicy::CompactDelete)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     /// Roll to a new segment before this size (Kafka's segment.bytes).
@@ -121,6 +147,21 @@ pub struct LogConfig {
     /// With one replica the high watermark follows acknowledged appends;
     /// replication turns this off and moves it itself.
     pub high_watermark_follows_acks: bool,
+    /// Delete old segments, compact, or both (cleanup.policy).
+    pub cleanup_policy: CleanupPolicy,
+    /// How long the cleaner keeps a tombstone once it has first seen it
+    /// (delete.retention.ms): consumers reading the log within that time
+    /// see the delete.
+    pub delete_retention_ms: i64,
+    /// Clean once the dirty part of the sealed segments (written since the
+    /// last clean) is at least this fraction of them
+    /// (min.cleanable.dirty.ratio).
+    pub min_cleanable_dirty_ratio: f64,
+    /// The cleaner's reads plus writes per second.
+    pub clean_bytes_per_sec: u64,
+    /// Keys the cleaner's offset map holds; at most
+    /// `limits::CLEAN_OFFSET_MAP_ENTRIES_MAX`.
+    pub clean_offset_map_entries_max: usize,
     pub clock: Clock,
 }
 
@@ -139,6 +180,11 @@ impl Default for LogConfig {
             flush_cycle_bytes_max: FLUSH_CYCLE_BYTES_MAX,
             pending_bytes_max: PENDING_BYTES_MAX,
             high_watermark_follows_acks: true,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 24 * 60 * 60 * 1000,
+            min_cleanable_dirty_ratio: 0.5,
+            clean_bytes_per_sec: CLEAN_BYTES_PER_SEC_DEFAULT,
+            clean_offset_map_entries_max: CLEAN_OFFSET_MAP_ENTRIES_MAX,
             clock: Clock::system(),
         }
     }
@@ -167,6 +213,18 @@ impl LogConfig {
         }
         if let Durability::IntervalMs(0) = self.durability {
             return Err(LogError::InvalidConfig("flush interval must be positive"));
+        }
+        if self.delete_retention_ms < 0 {
+            return Err(LogError::InvalidConfig("delete_retention_ms must not be negative"));
+        }
+        if !(0.0..=1.0).contains(&self.min_cleanable_dirty_ratio) {
+            return Err(LogError::InvalidConfig("min_cleanable_dirty_ratio must be in [0, 1]"));
+        }
+        if self.clean_bytes_per_sec == 0 {
+            return Err(LogError::InvalidConfig("clean_bytes_per_sec must be positive"));
+        }
+        if !(1..=CLEAN_OFFSET_MAP_ENTRIES_MAX).contains(&self.clean_offset_map_entries_max) {
+            return Err(LogError::InvalidConfig("clean_offset_map_entries_max must be in [1, 2^20]"));
         }
         Ok(())
     }
@@ -292,12 +350,27 @@ pub(crate) struct LogState<F> {
     truncations: u64,
     /// Tasks waiting for the high watermark to move (long-polling fetches).
     high_watermark_wakers: Vec<Waker>,
+    /// Batches starting at or below this offset may follow a gap left by
+    /// compaction (the compaction checkpoint); above it offsets are
+    /// contiguous. `i64::MIN` in a log never compacted.
+    gaps_below: i64,
+    /// Where the cleaner's next offset map starts: everything below was
+    /// compacted (kept in memory only; the log start after an open).
+    first_dirty_offset: i64,
+    /// The earliest delete horizon of a tombstone the cleaner kept, when
+    /// it must look again even without new dirty data.
+    next_horizon_ms: Option<i64>,
 }
 
 impl<F> LogState<F> {
     /// The state of a log just recovered: everything on disk is written,
     /// synced and, with one replica, committed.
-    pub(crate) fn recovered(segments: BTreeMap<i64, Segment<F>>, epochs: LeaderEpochCache, now_ms: i64) -> Self {
+    pub(crate) fn recovered(
+        segments: BTreeMap<i64, Segment<F>>,
+        epochs: LeaderEpochCache,
+        gaps_below: i64,
+        now_ms: i64,
+    ) -> Self {
         let log_start_offset = segments.keys().next().copied().unwrap_or(0);
         let log_end_offset = segments.values().next_back().map_or(0, |segment| segment.next_offset);
         let state = LogState {
@@ -320,6 +393,9 @@ impl<F> LogState<F> {
             truncating: false,
             truncations: 0,
             high_watermark_wakers: Vec::new(),
+            gaps_below,
+            first_dirty_offset: log_start_offset,
+            next_horizon_ms: None,
         };
         state.check_offsets();
         state
@@ -937,18 +1013,28 @@ impl<S: Storage> LogInner<S> {
     async fn read_from_segments(&self, offset: i64, offset_end: i64, bytes_max: usize) -> Result<Vec<Bytes>> {
         let mut segment_base = offset;
         loop {
-            let (file, path, limit, (position, position_offset), next_base) = {
+            let (file, path, limit, (position, position_offset), next_base, gaps_below) = {
                 let state = self.state.borrow();
                 let Some((_, segment)) = state.segments.range(..=segment_base).next_back() else {
                     return Ok(Vec::new());
                 };
                 let next_base = state.segments.range(segment.base_offset + 1..).next().map(|(base, _)| *base);
                 let Some(file) = segment.file.clone() else { return Ok(Vec::new()) };
-                (file, segment.log_path.clone(), segment.written_bytes, segment.start_for(offset), next_base)
+                let start = segment.start_for(offset);
+                (file, segment.log_path.clone(), segment.written_bytes, start, next_base, state.gaps_below)
             };
-            let batches =
-                segment::read_batches(&*file, &path, limit, position, position_offset, offset, offset_end, bytes_max)
-                    .await?;
+            let batches = segment::read_batches(
+                &*file,
+                &path,
+                limit,
+                position,
+                position_offset,
+                offset,
+                offset_end,
+                bytes_max,
+                gaps_below,
+            )
+            .await?;
             match next_base {
                 // Compaction can leave the rest of a segment without the
                 // offset asked for; it is then in the next one.
@@ -977,6 +1063,10 @@ impl<S: Storage> LogInner<S> {
     }
 
     fn detach_expired_segments(&self, now_ms: i64) -> Vec<Segment<S::File>> {
+        if !self.config().cleanup_policy.deletes() {
+            // Compact alone: the cleaner decides what goes, by key.
+            return Vec::new();
+        }
         let mut state = self.state.borrow_mut();
         let mut total_bytes: u64 = state.segments.values().map(|segment| segment.written_bytes).sum();
         let mut doomed = Vec::new();
@@ -987,7 +1077,8 @@ impl<S: Storage> LogInner<S> {
             if !segment.sealed || second > state.high_watermark {
                 break;
             }
-            let by_time = self.config().retention_ms.is_some_and(|ms| now_ms - segment.max_timestamp_ms > ms);
+            let by_time =
+                self.config().retention_ms.is_some_and(|ms| now_ms.saturating_sub(segment.max_timestamp_ms) > ms);
             let by_size = self.config().retention_bytes.is_some_and(|max| total_bytes - segment.written_bytes >= max);
             if !(by_time || by_size) {
                 break;
@@ -999,6 +1090,7 @@ impl<S: Storage> LogInner<S> {
         }
         if !doomed.is_empty() {
             self.cache.remove_below(self.log_id, state.log_start_offset);
+            state.first_dirty_offset = state.first_dirty_offset.max(state.log_start_offset);
         }
         state.check_offsets();
         doomed
@@ -1014,18 +1106,19 @@ impl<S: Storage> LogInner<S> {
         }
         let offset = offset.max(log_start_offset);
         // Find the segment and the first batch that reaches `offset`.
-        let (segment_base, file, path, (position, position_offset), written_bytes) = {
+        let (segment_base, file, path, (position, position_offset), written_bytes, gaps_below) = {
             let state = self.state.borrow();
             let (_, segment) = state.segments.range(..=offset).next_back().expect("offset is inside the log");
             let start = segment.start_for(offset);
-            (segment.base_offset, segment.file.clone(), segment.log_path.clone(), start, segment.written_bytes)
+            let path = segment.log_path.clone();
+            (segment.base_offset, segment.file.clone(), path, start, segment.written_bytes, state.gaps_below)
         };
         let mut cut_position = written_bytes;
         let mut new_end = offset;
         if let Some(file) = &file {
             let mut found = None;
             let mut next_offset = i64::MIN;
-            segment::scan(&**file, &path, written_bytes, position, position_offset, |position, info, _| {
+            segment::scan(&**file, &path, written_bytes, position, position_offset, gaps_below, |position, info, _| {
                 if found.is_none() && info.last_offset() >= offset {
                     found = Some((position, info.base_offset));
                 }
@@ -1084,10 +1177,12 @@ impl<S: Storage> LogInner<S> {
             state.written_offset = new_end;
             state.synced_offset = new_end;
             state.high_watermark = state.high_watermark.min(new_end);
+            state.first_dirty_offset = state.first_dirty_offset.min(new_end);
             state.epochs.truncate_from(new_end).then(|| state.epochs.clone())
         };
         self.cache.remove_from(self.log_id, new_end);
         self.write_epoch_checkpoint(epochs.as_ref()).await?;
+        self.lower_gaps_below(new_end).await?;
         tracing::info!(dir = %self.dir.display(), log_end_offset = new_end, "log truncated");
         self.state.borrow().check_offsets();
         Ok(new_end)
