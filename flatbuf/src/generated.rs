@@ -236,10 +236,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 29;
+pub const ENUM_MAX_BODY: u8 = 31;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 30] = [
+pub const ENUM_VALUES_BODY: [Body; 32] = [
   Body::NONE,
   Body::HandshakeRequest,
   Body::HandshakeResponse,
@@ -270,6 +270,8 @@ pub const ENUM_VALUES_BODY: [Body; 30] = [
   Body::DescribeGroupsResponse,
   Body::DeleteGroupsRequest,
   Body::DeleteGroupsResponse,
+  Body::AlterConfigsRequest,
+  Body::AlterConfigsResponse,
 ];
 
 /// The request and response bodies. The union's type is the API.
@@ -311,9 +313,11 @@ impl Body {
   pub const DescribeGroupsResponse: Self = Self(27);
   pub const DeleteGroupsRequest: Self = Self(28);
   pub const DeleteGroupsResponse: Self = Self(29);
+  pub const AlterConfigsRequest: Self = Self(30);
+  pub const AlterConfigsResponse: Self = Self(31);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 29;
+  pub const ENUM_MAX: u8 = 31;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -345,6 +349,8 @@ impl Body {
     Self::DescribeGroupsResponse,
     Self::DeleteGroupsRequest,
     Self::DeleteGroupsResponse,
+    Self::AlterConfigsRequest,
+    Self::AlterConfigsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -379,6 +385,8 @@ impl Body {
       Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
       Self::DeleteGroupsRequest => Some("DeleteGroupsRequest"),
       Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
+      Self::AlterConfigsRequest => Some("AlterConfigsRequest"),
+      Self::AlterConfigsResponse => Some("AlterConfigsResponse"),
       _ => None,
     }
   }
@@ -939,6 +947,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_configs_request(&self) -> Option<AlterConfigsRequest<'a>> {
+    if self.body_type() == Body::AlterConfigsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterConfigsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_configs_response(&self) -> Option<AlterConfigsResponse<'a>> {
+    if self.body_type() == Body::AlterConfigsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterConfigsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -980,6 +1018,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::DescribeGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("Body::DescribeGroupsResponse", pos),
           Body::DeleteGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsRequest>>("Body::DeleteGroupsRequest", pos),
           Body::DeleteGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("Body::DeleteGroupsResponse", pos),
+          Body::AlterConfigsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterConfigsRequest>>("Body::AlterConfigsRequest", pos),
+          Body::AlterConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterConfigsResponse>>("Body::AlterConfigsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -1246,6 +1286,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::DeleteGroupsResponse => {
           if let Some(x) = self.body_as_delete_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AlterConfigsRequest => {
+          if let Some(x) = self.body_as_alter_configs_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AlterConfigsResponse => {
+          if let Some(x) = self.body_as_alter_configs_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2429,7 +2483,9 @@ impl<'a> ConfigEntry<'a> {
 
 
   /// Kafka's config names: retention.ms, retention.bytes, segment.bytes,
-  /// segment.ms, max.message.bytes, flush.ms.
+  /// segment.ms, cleanup.policy, delete.retention.ms, min.insync.replicas,
+  /// max.message.bytes, message.timestamp.type,
+  /// unclean.leader.election.enable, flush.ms.
   #[inline]
   pub fn key(&self) -> Option<&'a str> {
     // Safety:
@@ -3232,6 +3288,369 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteTopicsResponseBuilder<'
 impl ::core::fmt::Debug for DeleteTopicsResponse<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("DeleteTopicsResponse");
+      ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+pub enum AlterableTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterableTopic<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterableTopic<'a> {
+  type Inner = AlterableTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterableTopic<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DELETE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterableTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterableTopicArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterableTopic<'bldr>> {
+    let mut builder = AlterableTopicBuilder::new(_fbb);
+    if let Some(x) = args.delete { builder.add_delete(x); }
+    if let Some(x) = args.set { builder.add_set(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AlterableTopic::VT_NAME, None)}
+  }
+  /// Keys to set, with their new values.
+  #[inline]
+  pub fn set(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>(AlterableTopic::VT_SET, None)}
+  }
+  /// Keys to remove from the topic, which then take their defaults.
+  #[inline]
+  pub fn delete(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(AlterableTopic::VT_DELETE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterableTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>("set", Self::VT_SET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("delete", Self::VT_DELETE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterableTopicArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub set: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>>>,
+    pub delete: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for AlterableTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterableTopicArgs {
+      name: None,
+      set: None,
+      delete: None,
+    }
+  }
+}
+
+pub struct AlterableTopicBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterableTopicBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterableTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_set(&mut self, set: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ConfigEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterableTopic::VT_SET, set);
+  }
+  #[inline]
+  pub fn add_delete(&mut self, delete: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterableTopic::VT_DELETE, delete);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterableTopicBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterableTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterableTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterableTopic<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterableTopic");
+      ds.field("name", &self.name());
+      ds.field("set", &self.set());
+      ds.field("delete", &self.delete());
+      ds.finish()
+  }
+}
+pub enum AlterConfigsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Incremental, as Kafka's IncrementalAlterConfigs: keys not named keep
+/// their values. A topic's changes are checked together and applied
+/// together (catalog, then every open partition) or not at all;
+/// InvalidConfig names the first bad key. validate_only checks and
+/// changes nothing.
+pub struct AlterConfigsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterConfigsRequest<'a> {
+  type Inner = AlterConfigsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterConfigsRequest<'a> {
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_VALIDATE_ONLY: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterConfigsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterConfigsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterConfigsRequest<'bldr>> {
+    let mut builder = AlterConfigsRequestBuilder::new(_fbb);
+    builder.add_timeout_ms(args.timeout_ms);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_validate_only(args.validate_only);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterableTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterableTopic>>>>(AlterConfigsRequest::VT_TOPICS, None)}
+  }
+  #[inline]
+  pub fn timeout_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(AlterConfigsRequest::VT_TIMEOUT_MS, Some(30000)).unwrap()}
+  }
+  #[inline]
+  pub fn validate_only(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AlterConfigsRequest::VT_VALIDATE_ONLY, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterConfigsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AlterableTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<i32>("timeout_ms", Self::VT_TIMEOUT_MS, false)?
+     .visit_field::<bool>("validate_only", Self::VT_VALIDATE_ONLY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterConfigsRequestArgs<'a> {
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AlterableTopic<'a>>>>>,
+    pub timeout_ms: i32,
+    pub validate_only: bool,
+}
+impl<'a> Default for AlterConfigsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterConfigsRequestArgs {
+      topics: None,
+      timeout_ms: 30000,
+      validate_only: false,
+    }
+  }
+}
+
+pub struct AlterConfigsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterConfigsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AlterableTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterConfigsRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn add_timeout_ms(&mut self, timeout_ms: i32) {
+    self.fbb_.push_slot::<i32>(AlterConfigsRequest::VT_TIMEOUT_MS, timeout_ms, 30000);
+  }
+  #[inline]
+  pub fn add_validate_only(&mut self, validate_only: bool) {
+    self.fbb_.push_slot::<bool>(AlterConfigsRequest::VT_VALIDATE_ONLY, validate_only, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterConfigsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterConfigsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterConfigsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterConfigsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterConfigsRequest");
+      ds.field("topics", &self.topics());
+      ds.field("timeout_ms", &self.timeout_ms());
+      ds.field("validate_only", &self.validate_only());
+      ds.finish()
+  }
+}
+pub enum AlterConfigsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AlterConfigsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterConfigsResponse<'a> {
+  type Inner = AlterConfigsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterConfigsResponse<'a> {
+  pub const VT_RESULTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterConfigsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterConfigsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterConfigsResponse<'bldr>> {
+    let mut builder = AlterConfigsResponseBuilder::new(_fbb);
+    if let Some(x) = args.results { builder.add_results(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn results(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicResult>>>>(AlterConfigsResponse::VT_RESULTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterConfigsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicResult>>>>("results", Self::VT_RESULTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterConfigsResponseArgs<'a> {
+    pub results: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicResult<'a>>>>>,
+}
+impl<'a> Default for AlterConfigsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterConfigsResponseArgs {
+      results: None,
+    }
+  }
+}
+
+pub struct AlterConfigsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterConfigsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_results(&mut self, results: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterConfigsResponse::VT_RESULTS, results);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterConfigsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterConfigsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterConfigsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterConfigsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterConfigsResponse");
       ds.field("results", &self.results());
       ds.finish()
   }

@@ -114,6 +114,7 @@ pub fn api_name(body: proto::Body) -> &'static str {
         Body::ListGroupsRequest | Body::ListGroupsResponse => "list_groups",
         Body::DescribeGroupsRequest | Body::DescribeGroupsResponse => "describe_groups",
         Body::DeleteGroupsRequest | Body::DeleteGroupsResponse => "delete_groups",
+        Body::AlterConfigsRequest | Body::AlterConfigsResponse => "alter_configs",
         _ => "unknown",
     }
 }

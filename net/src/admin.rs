@@ -1,8 +1,10 @@
-//! Catalog changes (CreateTopics, DeleteTopics), run on shard 0 one at a
-//! time. Order of a create: persist the catalog, open the partitions on
-//! their owners, then publish the new snapshot, so no request sees a topic
-//! whose partitions are not open. A crash after the persist reopens (and so
-//! creates) the partitions at the next start.
+//! Catalog changes (CreateTopics, DeleteTopics, AlterConfigs), run on shard
+//! 0 one at a time. Order of a create: persist the catalog, open the
+//! partitions on their owners, then publish the new snapshot, so no request
+//! sees a topic whose partitions are not open. A crash after the persist
+//! reopens (and so creates) the partitions at the next start. Order of an
+//! alter: persist, publish, then each owner applies the new config to its
+//! open logs (a crash between persist and apply opens them with it).
 
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
@@ -39,6 +41,19 @@ pub(crate) enum AdminOp {
         names: Vec<String>,
         reply: oneshot::Sender<Vec<(String, Outcome)>>,
     },
+    Alter {
+        topics: Vec<AlterSpec>,
+        validate_only: bool,
+        reply: oneshot::Sender<Vec<(String, Outcome)>>,
+    },
+}
+
+/// One topic's part of an AlterConfigs request.
+#[derive(Debug, Clone)]
+pub(crate) struct AlterSpec {
+    pub name: String,
+    pub set: Vec<(String, String)>,
+    pub delete: Vec<String>,
 }
 
 pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
@@ -52,6 +67,9 @@ pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
             }
             AdminOp::Delete { names, reply } => {
                 let _ = reply.send(delete(&shard, names).await);
+            }
+            AdminOp::Alter { topics, validate_only, reply } => {
+                let _ = reply.send(alter(&shard, topics, validate_only).await);
             }
         }
     })
@@ -217,6 +235,65 @@ async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, Outcome)>
                 Outcome::ok()
             }
             Err(err) => Outcome::err(ErrorCode::StorageError, err),
+        };
+        results.push((topic.name.clone(), outcome));
+    }
+    results
+}
+
+/// Checks one topic's alteration against the catalog being built.
+fn check_alter(spec: &AlterSpec, catalog: &Catalog, seen: &mut HashSet<String>) -> Result<Arc<TopicMeta>, Outcome> {
+    if spate_flatbuf::is_internal_topic(&spec.name) {
+        return Err(Outcome::err(ErrorCode::InternalTopic, format!("{:?} is configured by the broker", spec.name)));
+    }
+    if !seen.insert(spec.name.clone()) {
+        return Err(Outcome::err(ErrorCode::InvalidRequest, format!("topic {:?} named twice", spec.name)));
+    }
+    let Some(topic) = catalog.topics.get(&spec.name) else {
+        return Err(Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("no topic {:?}", spec.name)));
+    };
+    let configs = topic_config::altered(&topic.configs, &spec.set, &spec.delete)
+        .map_err(|err| Outcome::err(ErrorCode::InvalidConfig, err.0))?;
+    Ok(Arc::new(TopicMeta { configs, ..(**topic).clone() }))
+}
+
+async fn alter(shard: &Rc<Shard>, topics: Vec<AlterSpec>, validate_only: bool) -> Vec<(String, Outcome)> {
+    let current = shard.shared.catalog.load_full();
+    let mut next = (*current).clone();
+    let mut seen = HashSet::new();
+    let mut results = Vec::new();
+    let mut changed = Vec::new();
+    for spec in topics {
+        match check_alter(&spec, &next, &mut seen) {
+            Err(outcome) => results.push((spec.name, outcome)),
+            Ok(_) if validate_only => results.push((spec.name, Outcome::ok())),
+            Ok(topic) => {
+                next.topics.insert(topic.name.clone(), topic.clone());
+                changed.push(topic);
+            }
+        }
+    }
+    if changed.is_empty() {
+        return results;
+    }
+    if let Err(outcome) = persist(shard, &next).await {
+        results.extend(changed.iter().map(|topic| (topic.name.clone(), outcome.clone())));
+        return results;
+    }
+    shard.shared.catalog.store(Arc::new(next));
+    for topic in changed {
+        let applied =
+            on_owners(shard, &topic, |topic, partitions, reply| ShardOp::Reconfigure { topic, partitions, reply })
+                .await;
+        let outcome = match applied {
+            Ok(()) => {
+                tracing::info!(topic = %topic.name, configs = ?topic.configs, "topic configs changed");
+                Outcome::ok()
+            }
+            Err(err) => {
+                tracing::error!(topic = %topic.name, "configs stored but not applied to every open log: {err}");
+                Outcome::err(ErrorCode::StorageError, err)
+            }
         };
         results.push((topic.name.clone(), outcome));
     }

@@ -17,7 +17,7 @@ use spate_flatbuf::flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use spate_flatbuf::proto::*;
 use spate_flatbuf::{Frame, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, frame_header};
 
-use crate::admin::{ADMIN_SHARD, AdminOp, CreateSpec};
+use crate::admin::{ADMIN_SHARD, AdminOp, AlterSpec, CreateSpec};
 use crate::catalog::TopicMeta;
 use crate::group;
 use crate::limits::{FETCH_WAIT_MS_MAX, REQUEST_TIMEOUT_MS_MAX};
@@ -98,6 +98,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str)
         Body::CreateTopicsRequest => create_topics(shard, &frame, request_id),
         Body::DeleteTopicsRequest => delete_topics(shard, &frame, request_id),
         Body::DescribeTopicsRequest => describe_topics(shard, &frame, request_id),
+        Body::AlterConfigsRequest => alter_configs(shard, &frame, request_id),
         Body::ListOffsetsRequest => list_offsets(shard, &frame, request_id),
         Body::ConsumerGroupHeartbeatRequest => group::api::heartbeat(shard, &frame, request_id),
         Body::OffsetCommitRequest => group::api::offset_commit(shard, &frame, request_id),
@@ -226,7 +227,15 @@ fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
 
 // ---- CreateTopics / DeleteTopics ----
 
-fn topic_results_frame(request_id: u64, results: &[(String, Outcome)], create: bool) -> Bytes {
+/// Which admin API a list of topic results answers.
+#[derive(Debug, Clone, Copy)]
+enum AdminApi {
+    Create,
+    Delete,
+    Alter,
+}
+
+fn topic_results_frame(request_id: u64, results: &[(String, Outcome)], api: AdminApi) -> Bytes {
     let mut builder = FlatBufferBuilder::new();
     let mut offsets = Vec::with_capacity(results.len());
     for (name, outcome) in results {
@@ -238,12 +247,19 @@ fn topic_results_frame(request_id: u64, results: &[(String, Outcome)], create: b
         ));
     }
     let results = builder.create_vector(&offsets);
-    if create {
-        let body = CreateTopicsResponse::create(&mut builder, &CreateTopicsResponseArgs { results: Some(results) });
-        envelope_frame(builder, request_id, Body::CreateTopicsResponse, body.as_union_value(), 0)
-    } else {
-        let body = DeleteTopicsResponse::create(&mut builder, &DeleteTopicsResponseArgs { results: Some(results) });
-        envelope_frame(builder, request_id, Body::DeleteTopicsResponse, body.as_union_value(), 0)
+    match api {
+        AdminApi::Create => {
+            let body = CreateTopicsResponse::create(&mut builder, &CreateTopicsResponseArgs { results: Some(results) });
+            envelope_frame(builder, request_id, Body::CreateTopicsResponse, body.as_union_value(), 0)
+        }
+        AdminApi::Delete => {
+            let body = DeleteTopicsResponse::create(&mut builder, &DeleteTopicsResponseArgs { results: Some(results) });
+            envelope_frame(builder, request_id, Body::DeleteTopicsResponse, body.as_union_value(), 0)
+        }
+        AdminApi::Alter => {
+            let body = AlterConfigsResponse::create(&mut builder, &AlterConfigsResponseArgs { results: Some(results) });
+            envelope_frame(builder, request_id, Body::AlterConfigsResponse, body.as_union_value(), 0)
+        }
     }
 }
 
@@ -251,7 +267,7 @@ fn admin_reply(
     shard: &Rc<Shard>,
     request_id: u64,
     timeout: Duration,
-    create: bool,
+    api: AdminApi,
     make: impl FnOnce(oneshot::Sender<Vec<(String, Outcome)>>) -> AdminOp,
     names: Vec<String>,
 ) -> Reply {
@@ -267,7 +283,7 @@ fn admin_reply(
                 .map(|n| (n.clone(), Outcome::err(ErrorCode::RequestTimedOut, "not finished in time; it may still complete")))
                 .collect(),
         };
-        Response::Frame(topic_results_frame(request_id, &results, create))
+        Response::Frame(topic_results_frame(request_id, &results, api))
     }))
 }
 
@@ -302,7 +318,7 @@ fn create_topics(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
         shard,
         request_id,
         timeout,
-        true,
+        AdminApi::Create,
         |reply| AdminOp::Create { topics: specs, validate_only, reply },
         names,
     )
@@ -315,7 +331,39 @@ fn delete_topics(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
     let names: Vec<String> = request.names().iter().flatten().map(str::to_string).collect();
     let timeout = clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX);
     let op_names = names.clone();
-    admin_reply(shard, request_id, timeout, false, |reply| AdminOp::Delete { names: op_names, reply }, names)
+    admin_reply(shard, request_id, timeout, AdminApi::Delete, |reply| AdminOp::Delete { names: op_names, reply }, names)
+}
+
+// ---- AlterConfigs ----
+
+fn alter_configs(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+    let Some(request) = envelope(frame).and_then(|e| e.body_as_alter_configs_request()) else {
+        return invalid(request_id, "alter configs body missing");
+    };
+    let mut specs = Vec::new();
+    let mut names = Vec::new();
+    for topic in request.topics().iter().flatten() {
+        let name = topic.name().unwrap_or_default().to_string();
+        names.push(name.clone());
+        let set = topic
+            .set()
+            .iter()
+            .flatten()
+            .map(|c| (c.key().unwrap_or_default().to_string(), c.value().unwrap_or_default().to_string()))
+            .collect();
+        let delete = topic.delete().iter().flatten().map(str::to_string).collect();
+        specs.push(AlterSpec { name, set, delete });
+    }
+    let validate_only = request.validate_only();
+    let timeout = clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX);
+    admin_reply(
+        shard,
+        request_id,
+        timeout,
+        AdminApi::Alter,
+        |reply| AdminOp::Alter { topics: specs, validate_only, reply },
+        names,
+    )
 }
 
 // ---- DescribeTopics ----
@@ -393,7 +441,7 @@ fn describe_topics(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
             }
             let partitions = builder.create_vector(&partitions);
             let effective = match shared.log_config(&topic) {
-                Ok(config) => topic_config::effective(&config),
+                Ok(config) => topic_config::effective(&config, &topic.configs),
                 Err(_) => Vec::new(),
             };
             let mut configs = Vec::new();

@@ -156,6 +156,12 @@ pub(crate) enum ShardOp {
         partitions: Vec<u32>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Apply the topic's (changed) configs to these open partitions.
+    Reconfigure {
+        topic: Arc<TopicMeta>,
+        partitions: Vec<u32>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Close these partitions and delete their files.
     Delete {
         topic: Arc<TopicMeta>,
@@ -195,7 +201,9 @@ impl std::fmt::Debug for Shard {
 
 pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
     match err {
-        LogError::InvalidBatch(BatchError::Oversize { .. }) => ErrorCode::MessageTooLarge,
+        LogError::InvalidBatch(BatchError::Oversize { .. } | BatchError::DecompressedTooLarge { .. }) => {
+            ErrorCode::MessageTooLarge
+        }
         LogError::InvalidBatch(_) => ErrorCode::CorruptMessage,
         LogError::Io { .. } | LogError::Failed { .. } | LogError::Corruption { .. } => ErrorCode::StorageError,
         LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
@@ -302,6 +310,9 @@ impl Shard {
                 })
                 .detach();
             }
+            ShardOp::Reconfigure { topic, partitions, reply } => {
+                let _ = reply.send(self.reconfigure(&topic, &partitions));
+            }
             ShardOp::Delete { topic, partitions, reply } => {
                 let shard = self.clone();
                 glommio::spawn_local(async move {
@@ -375,6 +386,19 @@ impl Shard {
             }
             tracing::debug!(shard = self.id, topic = %topic.name, partition, "partition open");
             self.logs.borrow_mut().entry(Arc::from(topic.topic_id.as_str())).or_default().insert(partition, log);
+        }
+        Ok(())
+    }
+
+    /// Gives each open partition of `topic` the config its catalog entry
+    /// now makes; they apply it from their next append, flush or retention
+    /// run.
+    fn reconfigure(&self, topic: &TopicMeta, partitions: &[u32]) -> Result<(), String> {
+        let config = self.shared.log_config(topic).map_err(|err| err.to_string())?;
+        for &partition in partitions {
+            if let Some(log) = self.log(topic, partition) {
+                log.update_config(config.clone()).map_err(|err| format!("{}/{partition}: {err}", topic.name))?;
+            }
         }
         Ok(())
     }

@@ -104,6 +104,46 @@ fn a_batch_with_a_bad_crc_is_refused_and_nothing_is_appended() {
 }
 
 #[test]
+fn a_decompression_bomb_is_refused_as_too_large_and_nothing_is_appended() {
+    use spate_format::batch::{BatchBuilder, Compression};
+    use spate_format::limits::DECOMPRESSED_BYTES_MAX;
+    let dir = data_dir("bomb");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 1, &[]);
+    // A few kilobytes of zstd whose one record decompresses past 64 MiB.
+    let mut builder = BatchBuilder::new(0).compression(Compression::Zstd);
+    builder.push(0, None, Some(&vec![7u8; DECOMPRESSED_BYTES_MAX + 1]), &[]);
+    let bomb = builder.build();
+    assert!(bomb.len() < 64 * 1024, "{} bytes on the wire", bomb.len());
+    assert_eq!(conn.produce("t", 0, &bomb, -1).0, ErrorCode::MessageTooLarge);
+    // Behind a good batch in the same request: neither is appended.
+    let mut two = batch(2);
+    two.extend_from_slice(&bomb);
+    assert_eq!(conn.produce("t", 0, &two, -1).0, ErrorCode::MessageTooLarge);
+    // A block that is not zstd at all, under a valid CRC, is corrupt.
+    let mut garbage = BatchBuilder::new(0).compression(Compression::Zstd);
+    garbage.push(0, None, Some(b"fine"), &[]);
+    let mut garbage = garbage.build();
+    let end = garbage.len();
+    garbage[spate_format::batch::BATCH_HEADER_BYTES..end].fill(0x42);
+    spate_format::batch::write_crc(&mut garbage).expect("whole batch");
+    assert_eq!(conn.produce("t", 0, &garbage, -1).0, ErrorCode::CorruptMessage);
+    still_serving(port, "t", 0);
+    // A real compressed batch is stored and served byte for byte as sent.
+    let mut good = BatchBuilder::new(0).compression(Compression::Zstd);
+    good.push(0, None, Some(&[7u8; 10_000]), &[]);
+    let good = good.build();
+    assert_eq!(conn.produce("t", 0, &good, -1), (ErrorCode::None, 0));
+    let (error, _, fetched) = conn.fetch("t", 0, 0, 0);
+    assert_eq!(error, ErrorCode::None);
+    assert_eq!(&fetched[16..], &good[16..], "as sent, but for the base offset and leader epoch");
+    still_serving(port, "t", 1);
+    stop(broker);
+}
+
+#[test]
 fn unknown_topics_and_partitions_get_typed_errors() {
     let dir = data_dir("unknown");
     let broker = start(&dir, 2);
