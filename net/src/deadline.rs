@@ -54,3 +54,33 @@ impl Future for Deadline {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn fires_when_due_however_often_its_task_is_woken() {
+        glommio::LocalExecutorBuilder::default().make().expect("executor").run(async {
+            let started = Instant::now();
+            let mut deadline = Deadline::after(Duration::from_millis(40));
+            let mut wakes = 0;
+            loop {
+                // Another branch wakes the task every millisecond, as a
+                // request's other futures do.
+                futures::select! {
+                    () = (&mut deadline).fuse() => break,
+                    _ = glommio::timer::sleep(Duration::from_millis(1)).fuse() => wakes += 1,
+                }
+            }
+            let waited = started.elapsed();
+            assert!(waited >= Duration::from_millis(40), "fired early: {waited:?}");
+            assert!(waited < Duration::from_secs(2), "fired late: {waited:?}");
+            assert!(wakes >= 5, "the task was polled {wakes} times");
+            // Polled again after firing, it stays ready.
+            assert!((&mut deadline).now_or_never().is_some());
+        });
+    }
+}

@@ -53,6 +53,8 @@ pub struct Measured {
     pub first_error: Option<String>,
     pub seconds: f64,
     pub latency: Histogram<u64>,
+    /// End to end: the producers' own request latency in the same run.
+    pub produce_latency: Option<Histogram<u64>>,
     /// (second since the start of the measured window, MB/s) per second.
     pub series_mb_s: Vec<f64>,
 }

@@ -222,6 +222,9 @@ pub struct WorkloadResult {
     pub latency_samples: u64,
     /// What the latency measures.
     pub latency_of: &'static str,
+    /// End to end: the producers' request latency (send slot to ack) in
+    /// the same run, to split the end-to-end figure.
+    pub produce_latency_us: Option<Latency>,
     pub series_mb_s: Vec<f64>,
     /// (quantile, µs) for the distribution plot.
     pub distribution_us: Vec<(f64, u64)>,
@@ -316,6 +319,9 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             result.latency_us.max,
             result.latency_of
         );
+        if let Some(produce) = &result.produce_latency_us {
+            eprintln!("  of which producing: p50 {} µs p99 {} µs p99.9 {} µs", produce.p50, produce.p99, produce.p99_9);
+        }
         results.push(result);
     }
     let report = output::Report::new(&suite, machine, limits, results);
@@ -414,9 +420,9 @@ async fn timed_produce(
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let produce_latency = producing.await.context("producers")??;
-    let (latency, counted) = match consuming {
-        Some(consuming) => (consuming.await.context("consumers")??, consumed),
-        None => (produce_latency, counters),
+    let (latency, produce_latency, counted) = match consuming {
+        Some(consuming) => (consuming.await.context("consumers")??, Some(produce_latency), consumed),
+        None => (produce_latency, None, counters),
     };
     let series_mb_s = sampler.await.context("sampler")?;
     Ok(load::Measured {
@@ -426,6 +432,7 @@ async fn timed_produce(
         first_error: counted.first_error.lock().ok().and_then(|e| e.clone()),
         seconds,
         latency,
+        produce_latency,
         series_mb_s,
     })
 }
@@ -490,6 +497,7 @@ async fn timed_consume(
         first_error: counters.first_error.lock().ok().and_then(|e| e.clone()),
         seconds,
         latency,
+        produce_latency: None,
         series_mb_s,
     })
 }
@@ -550,6 +558,7 @@ async fn run_workload(
         latency_us,
         latency_samples: measured.latency.len(),
         latency_of,
+        produce_latency_us: measured.produce_latency.as_ref().map(|h| summarize(h).0),
         series_mb_s: measured.series_mb_s,
         distribution_us,
         target_rate_mb_s: target_mb_s,

@@ -187,6 +187,17 @@ impl Report {
                 r.latency_of,
                 r.latency_samples
             );
+            if let Some(p) = &r.produce_latency_us {
+                let ms = |us: u64| us as f64 / 1000.0;
+                let _ = writeln!(
+                    md,
+                    "  - of which producing (send slot to ack): p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms",
+                    ms(p.p50),
+                    ms(p.p90),
+                    ms(p.p99),
+                    ms(p.p99_9)
+                );
+            }
         }
         md
     }
