@@ -44,6 +44,9 @@ pub struct BrokerConfig {
     pub metrics_listen: String,
     /// How often each shard applies retention to its partitions.
     pub retention_check_interval_ms: u64,
+    /// How often each shard's cleaner looks at its compacted partitions
+    /// (Kafka's log.cleaner.backoff.ms).
+    pub cleaner_check_interval_ms: u64,
     /// Partitions of `__consumer_offsets`, created at the first start
     /// (later changes are ignored: they would move every group).
     pub group_offsets_partitions: u32,
@@ -70,6 +73,7 @@ impl Default for BrokerConfig {
             durability: "always".into(),
             metrics_listen: "127.0.0.1:9644".into(),
             retention_check_interval_ms: 5 * 60 * 1000,
+            cleaner_check_interval_ms: 15 * 1000,
             group_offsets_partitions: 16,
             // Low enough for tests and fast failover; Kafka's is 6 s.
             group_session_timeout_ms_min: 500,
@@ -126,6 +130,9 @@ impl BrokerConfig {
         }
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError("retention_check_interval_ms must be positive".into()));
+        }
+        if self.cleaner_check_interval_ms == 0 {
+            return Err(ConfigError("cleaner_check_interval_ms must be positive".into()));
         }
         Ok(())
     }

@@ -191,6 +191,8 @@ pub(crate) struct Shard {
     pub stopping: Cell<bool>,
     /// Accept loops wait on this to stop.
     pub stop_listeners: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Where compaction runs: behind requests (Latency::NotImportant).
+    cleaner_queue: glommio::TaskQueueHandle,
 }
 
 impl std::fmt::Debug for Shard {
@@ -227,6 +229,11 @@ impl Shard {
             groups: crate::group::Groups::default(),
             stopping: Cell::new(false),
             stop_listeners: RefCell::new(Vec::new()),
+            cleaner_queue: glommio::executor().create_task_queue(
+                glommio::Shares::default(),
+                glommio::Latency::NotImportant,
+                "cleaner",
+            ),
         })
     }
 
@@ -383,6 +390,11 @@ impl Shard {
             let retention_every = Duration::from_millis(self.shared.config.retention_check_interval_ms);
             if let Err(err) = log.spawn_retention(retention_every, glommio::executor().current_task_queue()) {
                 tracing::warn!(dir = %dir.display(), "retention not started: {err}");
+            }
+            // Every log gets one: a topic may turn compaction on live.
+            let cleaner_every = Duration::from_millis(self.shared.config.cleaner_check_interval_ms);
+            if let Err(err) = log.spawn_cleaner(cleaner_every, self.cleaner_queue) {
+                tracing::warn!(dir = %dir.display(), "cleaner not started: {err}");
             }
             tracing::debug!(shard = self.id, topic = %topic.name, partition, "partition open");
             self.logs.borrow_mut().entry(Arc::from(topic.topic_id.as_str())).or_default().insert(partition, log);

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use spate_engine::batch::TimestampType;
-use spate_engine::{Durability, LogConfig};
+use spate_engine::{CleanupPolicy, Durability, LogConfig};
 
 use crate::limits::{CONFIG_VALUE_BYTES_MAX, TOPIC_CONFIGS_MAX};
 
@@ -110,10 +110,16 @@ fn apply_one(key: &str, value: &str, config: &mut LogConfig) -> Result<(), Topic
         }
         "segment.bytes" => config.segment_bytes_max = parse_i64(key, value, 4096)? as u64,
         "segment.ms" => config.segment_ms = parse_i64(key, value, 1)?,
-        "cleanup.policy" => check_cleanup_policy(key, value)?,
-        "delete.retention.ms" => {
-            parse_i64(key, value, 0)?;
+        "cleanup.policy" => {
+            check_cleanup_policy(key, value)?;
+            let has = |policy: &str| value.split(',').any(|part| part.trim() == policy);
+            config.cleanup_policy = match (has("compact"), has("delete")) {
+                (true, true) => CleanupPolicy::CompactDelete,
+                (true, false) => CleanupPolicy::Compact,
+                _ => CleanupPolicy::Delete,
+            };
         }
+        "delete.retention.ms" => config.delete_retention_ms = parse_i64(key, value, 0)?,
         "min.insync.replicas" => {
             parse_i64(key, value, 1)?;
         }

@@ -8,8 +8,8 @@
 //! by `load` when the shard starts. Membership is soft state: after a
 //! restart members get `UnknownMemberId` and join again.
 //!
-//! `__consumer_offsets` has `retention.ms=-1` so that no offset ages out;
-//! until log compaction (issue 7) it grows by one record per commit.
+//! `__consumer_offsets` has `retention.ms=-1` so that no offset ages out,
+//! and `cleanup.policy=compact`, so that it keeps the latest record per key.
 
 pub(crate) mod api;
 mod assign;
@@ -495,6 +495,7 @@ pub(crate) fn ensure_offsets_topic(
         // is acknowledged, whatever the broker's default durability.
         configs: BTreeMap::from([
             ("retention.ms".to_string(), "-1".to_string()),
+            ("cleanup.policy".to_string(), "compact".to_string()),
             ("flush.ms".to_string(), "0".to_string()),
         ]),
     };
