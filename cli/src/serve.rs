@@ -48,6 +48,9 @@ pub struct ServeArgs {
     pub metrics_listen: Option<String>,
     #[arg(long, env = "SPATE_NODE_ID")]
     pub node_id: Option<i32>,
+    /// An idle shard polls this long before sleeping (µs; 0: sleep at once).
+    #[arg(long, env = "SPATE_SPIN_BEFORE_PARK_US")]
+    pub spin_before_park_us: Option<u64>,
     /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style
     /// filter; RUST_LOG applies when this is absent [default: info].
     #[arg(long)]
@@ -72,6 +75,7 @@ impl ServeArgs {
         set(&mut config.tail_cache_bytes, self.tail_cache_bytes);
         set(&mut config.metrics_listen, self.metrics_listen);
         set(&mut config.node_id, self.node_id);
+        set(&mut config.spin_before_park_us, self.spin_before_park_us);
         if self.shard_port_base.is_some() {
             config.shard_port_base = self.shard_port_base;
         }

@@ -159,10 +159,13 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         };
         let (ready, shared_for_shard) = (ready_tx.clone(), shared.clone());
         let port = main_port;
-        let spawned = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("spate-shard-{shard}"))
-            .io_memory(shared.config.io_memory_bytes)
-            .spawn(move || run_shard(shard, shared_for_shard, inbox, port, ready, go_rx));
+            .io_memory(shared.config.io_memory_bytes);
+        if shared.config.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(std::time::Duration::from_micros(shared.config.spin_before_park_us));
+        }
+        let spawned = builder.spawn(move || run_shard(shard, shared_for_shard, inbox, port, ready, go_rx));
         match spawned {
             Ok(executor) => executors.push(executor),
             Err(source) => {

@@ -28,6 +28,8 @@ pub struct BrokerSettings {
     pub data_dir: PathBuf,
     /// Where the broker serves /metrics; empty: off.
     pub metrics_listen: String,
+    /// Passed to `spate serve --spin-before-park-us`.
+    pub spin_before_park_us: u64,
 }
 
 impl Default for BrokerSettings {
@@ -39,6 +41,7 @@ impl Default for BrokerSettings {
             tail_cache_bytes: 256 << 20,
             data_dir: PathBuf::from("target/bench-broker"),
             metrics_listen: String::new(),
+            spin_before_park_us: 0,
         }
     }
 }
@@ -80,6 +83,8 @@ impl BrokerProcess {
             .arg(settings.tail_cache_bytes.to_string())
             .arg("--data-dir")
             .arg(&settings.data_dir)
+            .arg("--spin-before-park-us")
+            .arg(settings.spin_before_park_us.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if !settings.pin {
