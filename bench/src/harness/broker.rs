@@ -107,6 +107,10 @@ impl BrokerProcess {
         Ok(BrokerProcess { child, port, settings: settings.clone() })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

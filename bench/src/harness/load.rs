@@ -44,6 +44,58 @@ impl Counters {
     }
 }
 
+/// CPU seconds used so far by a process (utime + stime from /proc).
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or("/proc/self/stat".to_string(), |pid| format!("/proc/{pid}/stat"));
+    let Ok(stat) = std::fs::read_to_string(path) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12
+    // after the state field that follows ')'.
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU used by the broker and by this load generator over a window, in
+/// cores (CPU seconds per wall second).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuWindow {
+    broker_pid: u32,
+    broker_s: f64,
+    loadgen_s: f64,
+    at: Instant,
+}
+
+impl CpuWindow {
+    pub fn start(broker_pid: u32) -> Self {
+        CpuWindow {
+            broker_pid,
+            broker_s: cpu_seconds(Some(broker_pid)),
+            loadgen_s: cpu_seconds(None),
+            at: Instant::now(),
+        }
+    }
+
+    /// (broker cores, load generator cores) since `start`.
+    pub fn cores(&self) -> (f64, f64) {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        ((cpu_seconds(Some(self.broker_pid)) - self.broker_s) / wall, (cpu_seconds(None) - self.loadgen_s) / wall)
+    }
+}
+
 /// What one timed phase measured.
 #[derive(Debug)]
 pub struct Measured {
@@ -57,6 +109,10 @@ pub struct Measured {
     pub produce_latency: Option<Histogram<u64>>,
     /// (second since the start of the measured window, MB/s) per second.
     pub series_mb_s: Vec<f64>,
+    /// Cores used over the measured window by the broker and the load
+    /// generator.
+    pub broker_cores: f64,
+    pub loadgen_cores: f64,
 }
 
 impl Measured {

@@ -226,6 +226,9 @@ pub struct WorkloadResult {
     /// the same run, to split the end-to-end figure.
     pub produce_latency_us: Option<Latency>,
     pub series_mb_s: Vec<f64>,
+    /// Cores the broker and the load generator used while measuring.
+    pub broker_cores: f64,
+    pub loadgen_cores: f64,
     /// (quantile, µs) for the distribution plot.
     pub distribution_us: Vec<(f64, u64)>,
     pub target_rate_mb_s: Option<f64>,
@@ -319,6 +322,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             result.latency_us.max,
             result.latency_of
         );
+        eprintln!("  cores used: broker {:.2}, load generator {:.2}", result.broker_cores, result.loadgen_cores);
         if let Some(produce) = &result.produce_latency_us {
             eprintln!("  of which producing: p50 {} µs p99 {} µs p99.9 {} µs", produce.p50, produce.p99, produce.p99_9);
         }
@@ -396,6 +400,7 @@ fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp:
 
 /// Runs `produce` for warm-up plus duration; measures the duration only.
 async fn timed_produce(
+    broker_pid: u32,
     client: &Client,
     load: ProduceLoad,
     workload: &Workload,
@@ -415,8 +420,10 @@ async fn timed_produce(
     tokio::time::sleep(Duration::from_secs_f64(workload.warmup_s)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu = load::CpuWindow::start(broker_pid);
     tokio::time::sleep(Duration::from_secs_f64(workload.duration_s)).await;
     measuring.store(false, Ordering::Relaxed);
+    let (broker_cores, loadgen_cores) = cpu.cores();
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let produce_latency = producing.await.context("producers")??;
@@ -434,6 +441,8 @@ async fn timed_produce(
         latency,
         produce_latency,
         series_mb_s,
+        broker_cores,
+        loadgen_cores,
     })
 }
 
@@ -467,6 +476,7 @@ async fn fill(client: &Client, workload: &Workload, topic: &str) -> anyhow::Resu
 }
 
 async fn timed_consume(
+    broker_pid: u32,
     client: &Client,
     workload: &Workload,
     topic: &str,
@@ -486,7 +496,9 @@ async fn timed_consume(
         end_to_end: false,
     };
     let started = Instant::now();
+    let cpu = load::CpuWindow::start(broker_pid);
     let latency = load::consume(client.clone(), consume, counters.clone(), measuring.clone(), stop.clone()).await?;
+    let (broker_cores, loadgen_cores) = cpu.cores();
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let series_mb_s = sampler.await.context("sampler")?;
@@ -499,6 +511,8 @@ async fn timed_consume(
         latency,
         produce_latency: None,
         series_mb_s,
+        broker_cores,
+        loadgen_cores,
     })
 }
 
@@ -513,13 +527,13 @@ async fn run_workload(
     let (measured, latency_of) = match workload.kind {
         Kind::Produce => {
             let load = produce_load(workload, &topic, target_mb_s, false)?;
-            (timed_produce(&client, load, workload, None).await?, "produce request, send slot to ack")
+            (timed_produce(broker.pid(), &client, load, workload, None).await?, "produce request, send slot to ack")
         }
         Kind::RoundTrip => {
             let mut single = workload.clone();
             (single.producers, single.in_flight) = (1, 1);
             let load = produce_load(&single, &topic, target_mb_s, false)?;
-            (timed_produce(&client, load, workload, None).await?, "produce request round trip")
+            (timed_produce(broker.pid(), &client, load, workload, None).await?, "produce request round trip")
         }
         Kind::EndToEnd => {
             let load = produce_load(workload, &topic, target_mb_s, true)?;
@@ -532,18 +546,21 @@ async fn run_workload(
                 end_offsets: None,
                 end_to_end: true,
             };
-            (timed_produce(&client, load, workload, Some(consume)).await?, "send slot to consumption, per batch")
+            (
+                timed_produce(broker.pid(), &client, load, workload, Some(consume)).await?,
+                "send slot to consumption, per batch",
+            )
         }
         Kind::ConsumeTail => {
             let ends = fill(&client, workload, &topic).await?;
-            (timed_consume(&client, workload, &topic, ends).await?, "fetch request round trip")
+            (timed_consume(broker.pid(), &client, workload, &topic, ends).await?, "fetch request round trip")
         }
         Kind::ConsumeDisk => {
             let ends = fill(&client, workload, &topic).await?;
             drop(client);
             broker = broker.restart()?;
             let client = connect(&broker).await?;
-            (timed_consume(&client, workload, &topic, ends).await?, "fetch request round trip")
+            (timed_consume(broker.pid(), &client, workload, &topic, ends).await?, "fetch request round trip")
         }
     };
     broker.stop()?;
@@ -560,6 +577,8 @@ async fn run_workload(
         latency_of,
         produce_latency_us: measured.produce_latency.as_ref().map(|h| summarize(h).0),
         series_mb_s: measured.series_mb_s,
+        broker_cores: measured.broker_cores,
+        loadgen_cores: measured.loadgen_cores,
         distribution_us,
         target_rate_mb_s: target_mb_s,
     })

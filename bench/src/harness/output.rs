@@ -132,7 +132,7 @@ impl Report {
             let l = &r.latency_us;
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {} |",
                 r.workload.name,
                 r.mb_per_s,
                 r.records_per_s,
@@ -143,6 +143,8 @@ impl Report {
                 ms(l.p99_99),
                 ms(l.max),
                 self.ratios(r),
+                r.broker_cores,
+                r.loadgen_cores,
                 r.errors
             );
         }
