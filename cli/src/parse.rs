@@ -29,6 +29,12 @@ pub(crate) fn acks(text: &str) -> Result<Acks, String> {
     }
 }
 
+/// `--compression`: Kafka's codec names.
+pub(crate) fn compression(text: &str) -> Result<spate_client::Compression, String> {
+    spate_client::Compression::from_name(text)
+        .ok_or_else(|| format!("compression must be none, gzip, snappy, lz4 or zstd, not {text:?}"))
+}
+
 /// `--offset`: earliest, latest, an offset, or @ms for the first record at
 /// or after a time.
 pub(crate) fn start_offset(text: &str) -> Result<SeekTo, String> {

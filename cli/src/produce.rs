@@ -40,6 +40,9 @@ pub(crate) struct ProduceArgs {
     /// How long a batch waits for more records before it is sent.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Compress each batch: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, short = 'z', default_value = "none", value_parser = parse::compression)]
+    compression: spate_client::Compression,
     /// Print each record's partition and offset to stderr.
     #[arg(long, short = 'v')]
     verbose: bool,
@@ -51,6 +54,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ProduceArgs) -> anyhow::Resul
     let config = ProducerConfig {
         acks: args.acks,
         linger_ms: args.linger_ms,
+        compression: args.compression,
         // Retries of a record stop after four request timeouts: Kafka's
         // default (120 s) for the default --timeout-ms, shorter for a
         // shorter one.
@@ -167,5 +171,9 @@ mod tests {
         assert_eq!(default.args.acks, Acks::All);
         assert!(Wrapper::try_parse_from(["p", "orders", "--acks", "2"]).is_err());
         assert!(Wrapper::try_parse_from(["p", "orders", "--key-separator", ""]).is_err());
+        assert_eq!(default.args.compression, spate_client::Compression::None);
+        let zstd = Wrapper::try_parse_from(["p", "orders", "--compression", "zstd"]).expect("valid");
+        assert_eq!(zstd.args.compression, spate_client::Compression::Zstd);
+        assert!(Wrapper::try_parse_from(["p", "orders", "-z", "brotli"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! `spate topic create|list|describe|delete`.
+//! `spate topic create|list|describe|alter-config|delete`.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -28,6 +28,16 @@ pub(crate) enum TopicCommand {
     Describe {
         #[arg(required = true)]
         names: Vec<String>,
+    },
+    /// Change a topic's configs while it runs; other keys keep their values.
+    AlterConfig {
+        name: String,
+        /// Set a config, as key=value (repeatable).
+        #[arg(long = "set", short = 's', value_name = "KEY=VALUE", value_parser = parse::config_entry)]
+        set: Vec<(String, String)>,
+        /// Return a config to its default (repeatable).
+        #[arg(long = "delete", short = 'd', value_name = "KEY")]
+        delete: Vec<String>,
     },
     /// Delete topics.
     Delete {
@@ -64,6 +74,18 @@ pub(crate) async fn run(global: &GlobalArgs, command: TopicCommand) -> anyhow::R
                 .map(describe_text)
                 .collect();
             print(&sections.join("\n"))?;
+        }
+        TopicCommand::AlterConfig { name, set, delete } => {
+            if set.is_empty() && delete.is_empty() {
+                anyhow::bail!("nothing to change: give --set KEY=VALUE or --delete KEY");
+            }
+            admin
+                .alter_configs(&name, &set, &delete)
+                .await
+                .with_context(|| format!("changing the configs of topic {name}"))?;
+            let mut table = Table::new(&["TOPIC", "STATUS"]);
+            table.row(vec![name, "OK".into()]);
+            print(&table.render())?;
         }
         TopicCommand::Delete { names } => {
             let mut table = Table::new(&["TOPIC", "STATUS"]);

@@ -1,4 +1,5 @@
-//! `Admin`: create, delete, list and describe topics.
+//! `Admin`: create, delete, list and describe topics, and change their
+//! configs.
 
 use spate_flatbuf::proto::ErrorCode;
 
@@ -45,6 +46,26 @@ impl Admin {
         let results = protocol::decode_delete_topics(&frame)?;
         self.client.invalidate_metadata();
         result_for(name, results)
+    }
+
+    /// Changes a topic's configs while it runs (Kafka's
+    /// IncrementalAlterConfigs): `set` keys take the given values, `delete`
+    /// keys return to their defaults, others keep theirs. The broker checks
+    /// the result whole and refuses it with `InvalidConfig` (nothing
+    /// changed) if any key or value is bad; otherwise it stores it and
+    /// applies it to every open partition before answering.
+    pub async fn alter_configs(
+        &self,
+        name: &str,
+        set: &[(String, String)],
+        delete: &[String],
+    ) -> Result<(), ClientError> {
+        let timeout_ms = self.broker_timeout_ms();
+        let frame = self
+            .client
+            .request_controller(|stamp| protocol::alter_configs(stamp, name, set, delete, timeout_ms))
+            .await?;
+        result_for(name, protocol::decode_alter_configs(&frame)?)
     }
 
     /// Every topic, from a Metadata request for all of them.

@@ -3,10 +3,13 @@
 //! Each partition's records are a slice of the payload: whole RecordBatch
 //! v2 batches, the same bytes the broker stored. Every batch is validated
 //! (length, magic, CRC-32C, counts, every record) before its records are
-//! read, and records are slices of the payload, not copies.
+//! read. Records of an uncompressed batch are slices of the payload, not
+//! copies; a compressed batch is decompressed (at most
+//! `limits::DECOMPRESSED_BYTES_MAX`) and its records are slices of that.
 
 use bytes::Bytes;
 use spate_format::batch::{self, TimestampType};
+use spate_format::limits::DECOMPRESSED_BYTES_MAX;
 
 use crate::consumer::ConsumerRecord;
 use crate::error::ClientError;
@@ -57,7 +60,9 @@ pub(crate) fn partition_records(
             continue;
         }
         let log_append_time = info.attributes().timestamp_type() == TimestampType::LogAppendTime;
-        for record in batch::records(batch_bytes)? {
+        let decompressed =
+            batch::decompressed_records(&records_bytes.slice(span.range.clone()), DECOMPRESSED_BYTES_MAX)?;
+        for record in decompressed.iter() {
             let record = record?;
             let offset = record.offset(info.base_offset);
             if offset < fetch_offset {
@@ -67,7 +72,7 @@ pub(crate) fn partition_records(
             // timestamp, for every record (as in Kafka).
             let timestamp_ms =
                 if log_append_time { info.max_timestamp } else { record.timestamp_ms(info.base_timestamp) };
-            let slice = |bytes: &[u8]| records_bytes.slice_ref(bytes);
+            let slice = |bytes: &[u8]| decompressed.bytes().slice_ref(bytes);
             out.records.push(ConsumerRecord {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
@@ -161,6 +166,29 @@ mod tests {
         assert_eq!(parsed.next_offset, 5);
         let empty = partition_records(&tp, &payload, 0, 0, 5).expect("no records is fine");
         assert_eq!((empty.records.len(), empty.next_offset), (0, 5));
+    }
+
+    #[test]
+    fn compressed_batches_read_as_the_same_records() {
+        use spate_format::batch::Compression;
+        let tp = TopicPartition::new("t", 0);
+        let plain = batch(0, &["a", "b", "c"]);
+        let expected = partition_records(&tp, &payload(&[&plain]), 0, u32::try_from(plain.len()).expect("small"), 0)
+            .expect("valid");
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let mut builder = BatchBuilder::new(1_000).compression(codec);
+            for (index, value) in ["a", "b", "c"].iter().enumerate() {
+                let key = format!("k{index}");
+                let headers: &[(&[u8], Option<&[u8]>)] = &[(b"trace", Some(b"abc")), (b"empty", None)];
+                let timestamp_ms = 1_000 + i64::try_from(index).expect("small");
+                builder.push(timestamp_ms, Some(key.as_bytes()), Some(value.as_bytes()), headers);
+            }
+            let compressed = builder.build();
+            let bytes = u32::try_from(compressed.len()).expect("small");
+            let parsed = partition_records(&tp, &payload(&[&compressed]), 0, bytes, 1).expect("valid");
+            assert_eq!(parsed.records, expected.records[1..], "{codec:?}");
+            assert_eq!(parsed.next_offset, 3);
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub use spate_flatbuf::proto::ErrorCode;
 pub use spate_flatbuf::{
     CONSUMER_OFFSETS_TOPIC, OFFSET_EARLIEST, OFFSET_LATEST, TopicNameError, validate_group_id, validate_topic_name,
 };
+pub use spate_format::batch::Compression;
 
 /// Locks a std mutex, ignoring poisoning: the data behind each of this
 /// crate's mutexes stays consistent between statements, and a panic in

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use spate_format::batch::BATCH_HEADER_BYTES;
+use spate_format::batch::{BATCH_HEADER_BYTES, Compression};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -76,6 +76,10 @@ pub struct ProducerConfig {
     /// before its future fails with `Timeout`.
     pub delivery_timeout_ms: u64,
     pub partitioner: Partitioner,
+    /// The codec each batch's records are compressed with (Kafka's
+    /// compression.type): none, gzip, snappy, lz4 or zstd. `batch_bytes_max`
+    /// counts records before compression.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -90,6 +94,7 @@ impl Default for ProducerConfig {
             retry_backoff_ms: 100,
             delivery_timeout_ms: 120_000,
             partitioner: Partitioner::Default,
+            compression: Compression::None,
         }
     }
 }
@@ -255,6 +260,7 @@ impl Producer {
             delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
             retries: config.retries,
             retry_backoff: Duration::from_millis(config.retry_backoff_ms),
+            compression: config.compression,
         });
         let shared = Arc::new(Shared {
             buffer: Semaphore::new(config.buffer_bytes_max),

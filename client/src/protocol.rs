@@ -138,6 +138,41 @@ pub(crate) fn delete_topics(stamp: Stamp, names: &[String], timeout_ms: i32) -> 
     finish(builder, stamp, Body::DeleteTopicsRequest, body.as_union_value())
 }
 
+/// One topic's config change: keys to set, keys to delete.
+pub(crate) fn alter_configs(
+    stamp: Stamp,
+    topic: &str,
+    set: &[(String, String)],
+    delete: &[String],
+    timeout_ms: i32,
+) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let set: Vec<_> = set
+        .iter()
+        .map(|(key, value)| {
+            let key = builder.create_string(key);
+            let value = builder.create_string(value);
+            proto::ConfigEntry::create(
+                &mut builder,
+                &proto::ConfigEntryArgs { key: Some(key), value: Some(value), is_set: true },
+            )
+        })
+        .collect();
+    let set = builder.create_vector(&set);
+    let delete = strings(&mut builder, delete);
+    let name = builder.create_string(topic);
+    let alterable = proto::AlterableTopic::create(
+        &mut builder,
+        &proto::AlterableTopicArgs { name: Some(name), set: Some(set), delete: Some(delete) },
+    );
+    let topics = builder.create_vector(&[alterable]);
+    let body = proto::AlterConfigsRequest::create(
+        &mut builder,
+        &proto::AlterConfigsRequestArgs { topics: Some(topics), timeout_ms, validate_only: false },
+    );
+    finish(builder, stamp, Body::AlterConfigsRequest, body.as_union_value())
+}
+
 pub(crate) fn describe_topics(stamp: Stamp, names: Option<&[String]>) -> OutFrame {
     let mut builder = FlatBufferBuilder::new();
     let names = names.map(|names| strings(&mut builder, names));
@@ -447,6 +482,12 @@ pub(crate) fn decode_create_topics(frame: &Frame) -> Result<Vec<TopicResult>, Cl
 pub(crate) fn decode_delete_topics(frame: &Frame) -> Result<Vec<TopicResult>, ClientError> {
     let envelope = envelope(frame)?;
     let response = body(&envelope, Body::DeleteTopicsResponse, proto::Envelope::body_as_delete_topics_response)?;
+    Ok(topic_results(response.results()))
+}
+
+pub(crate) fn decode_alter_configs(frame: &Frame) -> Result<Vec<TopicResult>, ClientError> {
+    let envelope = envelope(frame)?;
+    let response = body(&envelope, Body::AlterConfigsResponse, proto::Envelope::body_as_alter_configs_response)?;
     Ok(topic_results(response.results()))
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use spate_format::batch::BatchBuilder;
+use spate_format::batch::{BatchBuilder, Compression};
 use tokio::sync::oneshot;
 
 use crate::error::ClientError;
@@ -46,6 +46,8 @@ pub(crate) struct AccumulatorConfig {
     pub delivery_timeout: Duration,
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// Each batch's records are compressed with this codec when it closes.
+    pub compression: Compression,
 }
 
 /// One batch of one partition: open (records may join) until it is full
@@ -208,7 +210,9 @@ impl Accumulator {
                 last.close();
             }
             let deadline = now + self.config.delivery_timeout;
-            queue.batches.push_back(ProducerBatch::new(tp, seq, record.timestamp_ms, now, deadline));
+            let mut batch = ProducerBatch::new(tp, seq, record.timestamp_ms, now, deadline);
+            batch.builder = batch.builder.take().map(|builder| builder.compression(self.config.compression));
+            queue.batches.push_back(batch);
             self.incomplete.insert(seq);
             changed = true;
         }
@@ -356,6 +360,7 @@ mod tests {
             delivery_timeout: 1000 * MS,
             retries: 3,
             retry_backoff: 100 * MS,
+            compression: Compression::None,
         }
     }
 
