@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use spate_client::{Acks, Admin, Client, ClientConfig, TopicPartition};
+use spate_client::{Acks, Admin, Client, ClientConfig, Compression, TopicPartition};
 
 use broker::BrokerProcess;
 pub use broker::BrokerSettings;
@@ -87,7 +87,8 @@ pub struct Workload {
     /// always, never or interval:<ms> (the topic's flush.ms).
     #[arg(long, default_value = "always")]
     pub durability: String,
-    /// Compression codec; only none exists yet (issue 7).
+    /// Compression codec of the produced batches: none, gzip, snappy, lz4
+    /// or zstd (values are then event-like text; the report gives the ratio).
     #[arg(long, default_value = "none")]
     pub compression: String,
     #[arg(long, default_value_t = 3.0)]
@@ -152,12 +153,15 @@ impl Workload {
         })
     }
 
+    fn codec(&self) -> anyhow::Result<Compression> {
+        Compression::from_name(&self.compression)
+            .with_context(|| format!("compression {:?}: expected none, gzip, snappy, lz4 or zstd", self.compression))
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         self.acks()?;
         self.flush_ms()?;
-        if self.compression != "none" {
-            bail!("compression {:?}: only none exists until issue 7 lands", self.compression);
-        }
+        self.codec()?;
         if self.partitions == 0 || self.producers == 0 || self.consumers == 0 || self.in_flight == 0 {
             bail!("{}: partitions, producers, consumers and in_flight must be positive", self.name);
         }
@@ -395,6 +399,7 @@ fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp:
         acks: workload.acks()?,
         rate_bytes_s: rate_mb_s.map(|mb| mb * 1e6),
         stamp,
+        compression: workload.codec()?,
     })
 }
 
@@ -448,7 +453,9 @@ async fn timed_produce(
 
 /// Writes `bytes` into the topic as fast as the broker takes them.
 async fn fill(client: &Client, workload: &Workload, topic: &str) -> anyhow::Result<Vec<i64>> {
-    let template = load::build_batch(workload.batch_records, workload.message_bytes, load::now_ns());
+    let codec = workload.codec()?;
+    let plain = load::build_batch_for(workload.batch_records, workload.message_bytes, load::now_ns(), codec);
+    let template = load::compress_batch(&plain, codec);
     let batches = (workload.data_bytes as usize).div_ceil(template.len()).max(workload.partitions);
     let mut tasks = Vec::new();
     let lanes = workload.partitions * workload.in_flight;

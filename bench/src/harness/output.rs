@@ -182,7 +182,7 @@ impl Report {
                 w.partitions,
                 w.acks,
                 w.durability,
-                w.compression,
+                compression_text(w),
                 w.warmup_s,
                 w.duration_s,
                 r.target_rate_mb_s.map_or(String::new(), |rate| format!(", target {rate:.0} MB/s")),
@@ -283,4 +283,15 @@ fn plot_distribution(path: &Path, name: &str, distribution: &[(f64, u64)]) -> an
     chart.draw_series(LineSeries::new(points, &RED)).map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// A workload's codec, with how many times smaller it makes its batches.
+fn compression_text(w: &super::Workload) -> String {
+    match spate_format::batch::Compression::from_name(&w.compression) {
+        Some(codec) if codec != spate_format::batch::Compression::None => {
+            let ratio = super::load::compression_ratio(w.batch_records, w.message_bytes, codec);
+            format!("{} (ratio {ratio:.2}x)", w.compression)
+        }
+        _ => w.compression.clone(),
+    }
 }
