@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::batch::BatchError;
+use crate::producer_state::SequenceError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
@@ -43,6 +44,11 @@ pub enum LogError {
 
     #[error("log is closed")]
     Closed,
+
+    /// The idempotent producer's sequence rules refuse the batch (a gap, a
+    /// fenced epoch); nothing of it was appended.
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
 }
 
 impl LogError {

@@ -71,6 +71,18 @@ pub const CLEAN_BYTES_PER_SEC_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Bytes the cleaner collects before one write of its new segment.
 pub const CLEAN_WRITE_BYTES: usize = WRITE_CHUNK_BYTES;
 
+/// Batches remembered per producer id and partition to detect retried
+/// duplicates; Kafka's value, and the most requests an idempotent producer
+/// may keep in flight per partition.
+pub const PRODUCER_BATCHES_RETAINED: usize = 5;
+
+/// Producer ids a partition tracks; past this the one idle longest is
+/// forgotten (Kafka expires them by time, producer.id.expiration.ms).
+pub const PRODUCER_STATE_ENTRIES_MAX: usize = 1 << 16;
+
+/// Producer-state snapshots kept per partition (the newest ones).
+pub const PRODUCER_SNAPSHOTS_RETAINED: usize = 2;
+
 const _: () = assert!(IO_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!((WRITE_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
 const _: () = assert!((READ_CHUNK_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
@@ -79,6 +91,8 @@ const _: () = assert!(PENDING_BYTES_MAX >= 2 * FLUSH_CYCLE_BYTES_MAX + BATCH_BYT
 const _: () = assert!((BATCH_BYTES_MAX_LIMIT as u64) < SEGMENT_BYTES_MAX_LIMIT);
 const _: () = assert!((CLEAN_WRITE_BYTES as u64).is_multiple_of(IO_ALIGN_BYTES));
 const _: () = assert!(CLEAN_OFFSET_MAP_ENTRIES_MAX >= 1);
+const _: () = assert!(PRODUCER_BATCHES_RETAINED >= 1 && PRODUCER_BATCHES_RETAINED <= u8::MAX as usize);
+const _: () = assert!(PRODUCER_SNAPSHOTS_RETAINED >= 1);
 
 /// Rounds `value` down to the I/O alignment.
 pub const fn align_down(value: u64) -> u64 {

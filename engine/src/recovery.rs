@@ -103,7 +103,11 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         storage.remove(&marker).await.map_err(|err| LogError::io("remove", &marker, err))?;
         storage.sync_dir(dir).await.map_err(|err| LogError::io("sync dir", dir, err))?;
     }
-    Ok(LogState::recovered(segments, epochs, gaps_below, now_ms))
+    // The producer state starts from the newest snapshot at or below the
+    // log end; those above it saw batches the crash took.
+    let sources_for = |offset| crate::log::producer_sources(&segments, offset);
+    let producers = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, sources_for).await?;
+    Ok(LogState::recovered(segments, epochs, gaps_below, producers, now_ms))
 }
 
 /// Completes committed swaps and removes uncommitted cleaner files; true if

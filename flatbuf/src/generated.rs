@@ -15,10 +15,10 @@ extern crate alloc;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 25;
+pub const ENUM_MAX_ERROR_CODE: i16 = 28;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 26] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -45,6 +45,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 26] = [
   ErrorCode::GroupIdNotFound,
   ErrorCode::InvalidGroupId,
   ErrorCode::InternalTopic,
+  ErrorCode::OutOfOrderSequence,
+  ErrorCode::InvalidProducerEpoch,
+  ErrorCode::ProducerIdsUnavailable,
 ];
 
 /// One code for every failure a client can see. A client acts on the code;
@@ -119,9 +122,23 @@ impl ErrorCode {
   /// The topic is internal (its name starts with "__", like
   /// __consumer_offsets): users may not produce to it, create or delete it.
   pub const InternalTopic: Self = Self(25);
+  /// Produce (idempotent producer): the batch's first sequence number does
+  /// not follow the last one this partition has from the producer id and
+  /// epoch (records are missing between them, or the batch is older than
+  /// the five the broker remembers). Nothing was appended. The client fails
+  /// the batch and never resends it under another producer id or epoch,
+  /// which could duplicate records.
+  pub const OutOfOrderSequence: Self = Self(26);
+  /// Produce (idempotent producer): the batch's producer epoch is older
+  /// than the newest this partition has seen for its producer id: a newer
+  /// instance of the producer exists. Nothing was appended; the batch fails.
+  pub const InvalidProducerEpoch: Self = Self(27);
+  /// InitProducerId: the broker cannot allocate producer ids (its id
+  /// allocator could not be persisted); retry later.
+  pub const ProducerIdsUnavailable: Self = Self(28);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 25;
+  pub const ENUM_MAX: i16 = 28;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -149,6 +166,9 @@ impl ErrorCode {
     Self::GroupIdNotFound,
     Self::InvalidGroupId,
     Self::InternalTopic,
+    Self::OutOfOrderSequence,
+    Self::InvalidProducerEpoch,
+    Self::ProducerIdsUnavailable,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -179,6 +199,9 @@ impl ErrorCode {
       Self::GroupIdNotFound => Some("GroupIdNotFound"),
       Self::InvalidGroupId => Some("InvalidGroupId"),
       Self::InternalTopic => Some("InternalTopic"),
+      Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
+      Self::InvalidProducerEpoch => Some("InvalidProducerEpoch"),
+      Self::ProducerIdsUnavailable => Some("ProducerIdsUnavailable"),
       _ => None,
     }
   }
@@ -236,10 +259,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 31;
+pub const ENUM_MAX_BODY: u8 = 33;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 32] = [
+pub const ENUM_VALUES_BODY: [Body; 34] = [
   Body::NONE,
   Body::HandshakeRequest,
   Body::HandshakeResponse,
@@ -272,6 +295,8 @@ pub const ENUM_VALUES_BODY: [Body; 32] = [
   Body::DeleteGroupsResponse,
   Body::AlterConfigsRequest,
   Body::AlterConfigsResponse,
+  Body::InitProducerIdRequest,
+  Body::InitProducerIdResponse,
 ];
 
 /// The request and response bodies. The union's type is the API.
@@ -315,9 +340,11 @@ impl Body {
   pub const DeleteGroupsResponse: Self = Self(29);
   pub const AlterConfigsRequest: Self = Self(30);
   pub const AlterConfigsResponse: Self = Self(31);
+  pub const InitProducerIdRequest: Self = Self(32);
+  pub const InitProducerIdResponse: Self = Self(33);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 31;
+  pub const ENUM_MAX: u8 = 33;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -351,6 +378,8 @@ impl Body {
     Self::DeleteGroupsResponse,
     Self::AlterConfigsRequest,
     Self::AlterConfigsResponse,
+    Self::InitProducerIdRequest,
+    Self::InitProducerIdResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -387,6 +416,8 @@ impl Body {
       Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
       Self::AlterConfigsRequest => Some("AlterConfigsRequest"),
       Self::AlterConfigsResponse => Some("AlterConfigsResponse"),
+      Self::InitProducerIdRequest => Some("InitProducerIdRequest"),
+      Self::InitProducerIdResponse => Some("InitProducerIdResponse"),
       _ => None,
     }
   }
@@ -977,6 +1008,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_request(&self) -> Option<InitProducerIdRequest<'a>> {
+    if self.body_type() == Body::InitProducerIdRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_response(&self) -> Option<InitProducerIdResponse<'a>> {
+    if self.body_type() == Body::InitProducerIdResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -1020,6 +1081,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::DeleteGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("Body::DeleteGroupsResponse", pos),
           Body::AlterConfigsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterConfigsRequest>>("Body::AlterConfigsRequest", pos),
           Body::AlterConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterConfigsResponse>>("Body::AlterConfigsResponse", pos),
+          Body::InitProducerIdRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdRequest>>("Body::InitProducerIdRequest", pos),
+          Body::InitProducerIdResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdResponse>>("Body::InitProducerIdResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -1300,6 +1363,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::AlterConfigsResponse => {
           if let Some(x) = self.body_as_alter_configs_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::InitProducerIdRequest => {
+          if let Some(x) = self.body_as_init_producer_id_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::InitProducerIdResponse => {
+          if let Some(x) = self.body_as_init_producer_id_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -9349,6 +9426,236 @@ impl ::core::fmt::Debug for DeleteGroupsResponse<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("DeleteGroupsResponse");
       ds.field("results", &self.results());
+      ds.finish()
+  }
+}
+pub enum InitProducerIdRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks for a new producer id (Kafka's InitProducerId without a
+/// transactional id). Each call allocates an id never handed out before by
+/// this broker, restarts included, with epoch 0; the producer then numbers
+/// its batches per partition from 0 so that the broker can drop retried
+/// duplicates and refuse gaps.
+pub struct InitProducerIdRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerIdRequest<'a> {
+  type Inner = InitProducerIdRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerIdRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerIdRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args InitProducerIdRequestArgs
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'bldr>> {
+    let mut builder = InitProducerIdRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for InitProducerIdRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdRequestArgs {
+}
+impl<'a> Default for InitProducerIdRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdRequestArgs {
+    }
+  }
+}
+
+pub struct InitProducerIdRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerIdRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerIdRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerIdRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdRequest");
+      ds.finish()
+  }
+}
+pub enum InitProducerIdResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct InitProducerIdResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerIdResponse<'a> {
+  type Inner = InitProducerIdResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerIdResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerIdResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InitProducerIdResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdResponse<'bldr>> {
+    let mut builder = InitProducerIdResponseBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(InitProducerIdResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(InitProducerIdResponse::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InitProducerIdResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for InitProducerIdResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdResponseArgs {
+      error: ErrorCode::None,
+      producer_id: -1,
+      producer_epoch: -1,
+      message: None,
+    }
+  }
+}
+
+pub struct InitProducerIdResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(InitProducerIdResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(InitProducerIdResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerIdResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerIdResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerIdResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerIdResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdResponse");
+      ds.field("error", &self.error());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("message", &self.message());
       ds.finish()
   }
 }

@@ -115,6 +115,7 @@ pub fn api_name(body: proto::Body) -> &'static str {
         Body::DescribeGroupsRequest | Body::DescribeGroupsResponse => "describe_groups",
         Body::DeleteGroupsRequest | Body::DeleteGroupsResponse => "delete_groups",
         Body::AlterConfigsRequest | Body::AlterConfigsResponse => "alter_configs",
+        Body::InitProducerIdRequest | Body::InitProducerIdResponse => "init_producer_id",
         _ => "unknown",
     }
 }
@@ -149,6 +150,9 @@ pub fn error_text(code: proto::ErrorCode) -> &'static str {
         E::GroupIdNotFound => "no such group",
         E::InvalidGroupId => "invalid group id or assignor",
         E::InternalTopic => "internal topic",
+        E::OutOfOrderSequence => "out-of-order sequence number (records missing before this batch)",
+        E::InvalidProducerEpoch => "stale producer epoch (fenced by a newer producer)",
+        E::ProducerIdsUnavailable => "producer ids unavailable; retry",
         _ => "unknown error code",
     }
 }

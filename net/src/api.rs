@@ -106,6 +106,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str)
         Body::ListGroupsRequest => group::api::list_groups(shard, request_id),
         Body::DescribeGroupsRequest => group::api::describe_groups(shard, &frame, request_id),
         Body::DeleteGroupsRequest => group::api::delete_groups(shard, &frame, request_id),
+        Body::InitProducerIdRequest => init_producer_id(shard, request_id),
         other => {
             invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))
         }
@@ -636,6 +637,37 @@ fn produce_response(
     let topics = builder.create_vector(&topics);
     let body = ProduceResponse::create(&mut builder, &ProduceResponseArgs { topics: Some(topics) });
     envelope_frame(builder, request_id, Body::ProduceResponse, body.as_union_value(), 0)
+}
+
+// ---- InitProducerId ----
+
+/// A new producer id from the admin shard, with epoch 0.
+fn init_producer_id(shard: &Rc<Shard>, request_id: u64) -> Reply {
+    let (reply, wait) = oneshot::channel();
+    shard.submit(ADMIN_SHARD, ShardOp::InitProducerId { reply });
+    Reply::Later(Box::pin(async move {
+        let result = wait.await.unwrap_or_else(|_| Err("the admin shard stopped".to_string()));
+        let mut builder = FlatBufferBuilder::new();
+        let args = match &result {
+            Ok(producer_id) => InitProducerIdResponseArgs {
+                error: ErrorCode::None,
+                producer_id: *producer_id,
+                producer_epoch: 0,
+                message: None,
+            },
+            Err(message) => {
+                tracing::error!(error = %message, "cannot allocate a producer id");
+                InitProducerIdResponseArgs {
+                    error: ErrorCode::ProducerIdsUnavailable,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    message: Some(builder.create_string(message)),
+                }
+            }
+        };
+        let body = InitProducerIdResponse::create(&mut builder, &args);
+        Response::Frame(envelope_frame(builder, request_id, Body::InitProducerIdResponse, body.as_union_value(), 0))
+    }))
 }
 
 // ---- Fetch ----

@@ -12,6 +12,7 @@ mod deadline;
 mod group;
 pub mod limits;
 mod metrics;
+mod producer_ids;
 mod server;
 mod shard;
 pub mod topic_config;

@@ -16,5 +16,8 @@ pub const CONFIG_VALUE_BYTES_MAX: usize = 256;
 pub const FETCH_WAIT_MS_MAX: u64 = 60_000;
 /// Produce and admin requests wait at most this long whatever they ask.
 pub const REQUEST_TIMEOUT_MS_MAX: u64 = 300_000;
+/// Producer ids persisted at a time (the allocator's block); a restart
+/// skips what is left of the last block.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 /// Bytes read from a socket at a time when no large frame is pending.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;

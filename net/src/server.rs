@@ -126,6 +126,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
         std::fs::remove_dir_all(&orphan).map_err(io)?;
     }
+    let producer_id_start = crate::producer_ids::load(&data_dir).map_err(io)?;
     let shard_count = config.shard_count();
     let mut mailboxes = Vec::with_capacity(shard_count);
     let mut inboxes = Vec::with_capacity(shard_count);
@@ -142,6 +143,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         mailboxes,
         ports: OnceLock::new(),
         metrics_port: OnceLock::new(),
+        producer_id_start,
     });
     let (ready_tx, ready_rx) = std_mpsc::channel::<Ready>();
     let mut executors = Vec::with_capacity(shard_count);

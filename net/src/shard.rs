@@ -17,6 +17,7 @@ use futures::FutureExt;
 use futures::channel::{mpsc, oneshot};
 use spate_engine::batch::BatchError;
 use spate_engine::io::DmaStorage;
+use spate_engine::producer_state::SequenceError;
 use spate_engine::{Durability, LogConfig, LogError, PartitionLog, ReadBound, TailCache};
 use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST};
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub ports: OnceLock<Ports>,
     /// Where /metrics listens, once bound.
     pub metrics_port: OnceLock<u16>,
+    /// The first producer id this run may allocate (`producer_ids.rs`).
+    pub producer_id_start: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +177,10 @@ pub(crate) enum ShardOp {
     Metrics {
         reply: oneshot::Sender<crate::metrics::ShardSnapshot>,
     },
+    /// Allocate a producer id (on the admin shard).
+    InitProducerId {
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
     /// Stop accepting, close every log cleanly, end the shard.
     Shutdown,
 }
@@ -193,6 +200,8 @@ pub(crate) struct Shard {
     pub stop_listeners: RefCell<Vec<oneshot::Sender<()>>>,
     /// Where compaction runs: behind requests (Latency::NotImportant).
     cleaner_queue: glommio::TaskQueueHandle,
+    /// Used on the admin shard only.
+    pub producer_ids: crate::producer_ids::ProducerIdAllocator,
 }
 
 impl std::fmt::Debug for Shard {
@@ -213,13 +222,19 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         LogError::Truncating => ErrorCode::NotReady,
         LogError::Backpressure { .. } => ErrorCode::Throttled,
         LogError::Closed => ErrorCode::BrokerShuttingDown,
+        LogError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
+        LogError::Sequence(SequenceError::StaleEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+        LogError::Sequence(SequenceError::Invalid { .. }) => ErrorCode::CorruptMessage,
     }
 }
 
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
         let cache = TailCache::new(shared.config.tail_cache_bytes);
+        let producer_ids =
+            crate::producer_ids::ProducerIdAllocator::new(&shared.config.data_dir, shared.producer_id_start);
         Rc::new(Shard {
+            producer_ids,
             id,
             shared,
             cache,
@@ -331,6 +346,14 @@ impl Shard {
             ShardOp::Group(op) => crate::group::execute(self, op),
             ShardOp::Metrics { reply } => {
                 let _ = reply.send(self.metrics.snapshot(self.id, &self.partition_sizes()));
+            }
+            ShardOp::InitProducerId { reply } => {
+                assert_eq!(self.id, crate::admin::ADMIN_SHARD, "producer ids come from the admin shard");
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(shard.producer_ids.allocate().await);
+                })
+                .detach();
             }
             ShardOp::Shutdown => {
                 // Handled by the mailbox loop, which owns the shard's end.

@@ -359,6 +359,7 @@ impl<S: Storage> LogInner<S> {
         self.write_epoch_checkpoint(plan.epochs.as_ref()).await?;
         if plan.seal {
             self.persist_segment(file, plan.segment_base, plan.end_position).await?;
+            self.write_pending_snapshot().await?;
         }
         let synced = plan.sync;
         self.finish_cycle(plan, synced);

@@ -48,6 +48,7 @@ use crate::limits::{
     IO_ALIGN_BYTES, PENDING_BYTES_MAX, SEGMENT_BYTES_MAX_LIMIT, SEGMENT_OFFSET_SPAN_MAX, SYNCS_IN_FLIGHT_MAX,
     WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
 };
+use crate::producer_state::{ProducerEntry, ProducerStateTable, SequenceCheck};
 use crate::segment::{self, Segment};
 
 /// When an append counts as done.
@@ -281,6 +282,9 @@ impl<S: Storage> fmt::Debug for HighWatermarkAbove<S> {
 pub struct AppendInfo {
     pub base_offset: i64,
     pub last_offset: i64,
+    /// An idempotent producer's retry of a batch already in the log: these
+    /// are the original batch's offsets and nothing was appended.
+    pub duplicate: bool,
 }
 
 /// An append whose order is fixed; await [`AppendTicket::durable`] for the
@@ -360,6 +364,11 @@ pub(crate) struct LogState<F> {
     /// The earliest delete horizon of a tombstone the cleaner kept, when
     /// it must look again even without new dirty data.
     next_horizon_ms: Option<i64>,
+    /// The idempotent producers' sequence state (`producer_state.rs`).
+    producers: ProducerStateTable,
+    /// A snapshot of `producers` taken at a roll (its end offset and
+    /// bytes), written by the flusher when it seals the segment.
+    pending_snapshot: Option<(i64, Vec<u8>)>,
 }
 
 impl<F> LogState<F> {
@@ -369,6 +378,7 @@ impl<F> LogState<F> {
         segments: BTreeMap<i64, Segment<F>>,
         epochs: LeaderEpochCache,
         gaps_below: i64,
+        producers: ProducerStateTable,
         now_ms: i64,
     ) -> Self {
         let log_start_offset = segments.keys().next().copied().unwrap_or(0);
@@ -396,6 +406,8 @@ impl<F> LogState<F> {
             gaps_below,
             first_dirty_offset: log_start_offset,
             next_horizon_ms: None,
+            producers,
+            pending_snapshot: None,
         };
         state.check_offsets();
         state
@@ -598,6 +610,11 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().segments.len()
     }
 
+    /// What the partition knows of an idempotent producer.
+    pub fn producer_entry(&self, producer_id: i64) -> Option<ProducerEntry> {
+        self.inner.state.borrow().producers.entry(producer_id).cloned()
+    }
+
     pub fn leader_epochs(&self) -> LeaderEpochCache {
         self.inner.state.borrow().epochs.clone()
     }
@@ -645,6 +662,11 @@ impl<S: Storage> PartitionLog<S> {
             info.attributes = batch::peek_header(&batch)?.attributes.get();
             info.max_timestamp = now_ms;
         }
+        // Checked in the same step that assigns offsets: nothing can come
+        // between an idempotent producer's check and its append.
+        if let SequenceCheck::Duplicate(original) = state.producers.check(&info)? {
+            return Ok(inner.duplicate_ticket(&mut state, original.base_offset, original.last_offset));
+        }
         let base_offset = state.log_end_offset;
         info.base_offset = base_offset;
         batch::set_base_offset(&mut batch, base_offset)?;
@@ -654,6 +676,7 @@ impl<S: Storage> PartitionLog<S> {
             state.epochs_dirty = true;
         }
         inner.roll_if_needed(&mut state, &info);
+        state.producers.record(&info);
         let segment = state.active_mut();
         assert!(!segment.sealed, "appends never reach a sealed segment");
         let position = segment.dispatched_bytes;
@@ -670,7 +693,7 @@ impl<S: Storage> PartitionLog<S> {
         state.check_offsets();
         drop(state);
         inner.wake.notify();
-        Ok(AppendTicket { info: AppendInfo { base_offset, last_offset }, done: done_rx })
+        Ok(AppendTicket { info: AppendInfo { base_offset, last_offset, duplicate: false }, done: done_rx })
     }
 
     /// Appends and waits for the ack.
@@ -924,9 +947,53 @@ impl<S: Storage> LogInner<S> {
             return;
         }
         active.roll_requested = true;
+        // The producer state as of the new segment's base, written once the
+        // old segment is sealed: recovery replays only the log after it.
+        state.pending_snapshot = Some((info.base_offset, state.producers.encode(info.base_offset)));
         let segment = Segment::new(&self.dir, info.base_offset, now_ms);
         tracing::debug!(dir = %self.dir.display(), base_offset = info.base_offset, "rolling segment");
         state.segments.insert(info.base_offset, segment);
+    }
+
+    /// The ticket of a retried duplicate: it completes once the original
+    /// batch is acknowledged (at once if it already is).
+    fn duplicate_ticket(&self, state: &mut LogState<S::File>, base_offset: i64, last_offset: i64) -> AppendTicket {
+        let ack_offset = match self.config().durability {
+            Durability::Always => state.synced_offset,
+            Durability::IntervalMs(_) | Durability::Never => state.written_offset,
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        if last_offset < ack_offset {
+            let _ = done_tx.send(Ok(()));
+        } else {
+            state.waiters.push_back(Waiter { offset_end: last_offset + 1, needs_sync: false, done: done_tx });
+        }
+        AppendTicket { info: AppendInfo { base_offset, last_offset, duplicate: true }, done: done_rx }
+    }
+
+    /// Writes the producer-state snapshot taken at the last roll, if any.
+    async fn write_pending_snapshot(&self) -> Result<()> {
+        let pending = self.state.borrow_mut().pending_snapshot.take();
+        match pending {
+            Some((end_offset, bytes)) => {
+                crate::producer_state::write_snapshot(&self.storage, &self.dir, end_offset, &bytes).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds the producer state after a truncation to `log_end_offset`.
+    async fn rebuild_producer_state(&self, log_end_offset: i64) -> Result<()> {
+        let gaps_below = {
+            let mut state = self.state.borrow_mut();
+            state.pending_snapshot = None;
+            state.gaps_below
+        };
+        let sources_for = |offset| producer_sources(&self.state.borrow().segments, offset);
+        let producers =
+            crate::producer_state::recover(&self.storage, &self.dir, gaps_below, log_end_offset, sources_for).await?;
+        self.state.borrow_mut().producers = producers;
+        Ok(())
     }
 
     /// Errors unless the log is open and has not failed.
@@ -976,10 +1043,14 @@ impl<S: Storage> LogInner<S> {
         if let Some(file) = file {
             self.persist_segment(&file, segment_base, written_bytes).await?;
         }
-        {
+        let (log_end_offset, snapshot) = {
             let mut state = self.state.borrow_mut();
             state.synced_offset = state.written_offset;
-        }
+            state.pending_snapshot = None;
+            (state.log_end_offset, state.producers.encode(state.log_end_offset))
+        };
+        // The next open loads this and replays nothing.
+        crate::producer_state::write_snapshot(&self.storage, &self.dir, log_end_offset, &snapshot).await?;
         self.write_atomic(&self.dir.join(CLEAN_SHUTDOWN_NAME), CLEAN_SHUTDOWN_CONTENT).await
     }
 
@@ -1183,10 +1254,32 @@ impl<S: Storage> LogInner<S> {
         self.cache.remove_from(self.log_id, new_end);
         self.write_epoch_checkpoint(epochs.as_ref()).await?;
         self.lower_gaps_below(new_end).await?;
+        self.rebuild_producer_state(new_end).await?;
         tracing::info!(dir = %self.dir.display(), log_end_offset = new_end, "log truncated");
         self.state.borrow().check_offsets();
         Ok(new_end)
     }
+}
+
+/// The segments as the producer-state rebuild reads them, with where to
+/// start scanning for `offset`.
+pub(crate) fn producer_sources<F>(
+    segments: &BTreeMap<i64, Segment<F>>,
+    offset: i64,
+) -> Vec<crate::producer_state::SegmentSource<F>>
+where
+    F: crate::io::StorageFile,
+{
+    segments
+        .values()
+        .map(|segment| crate::producer_state::SegmentSource {
+            base_offset: segment.base_offset,
+            file: segment.file.clone(),
+            path: segment.log_path.clone(),
+            written_bytes: segment.written_bytes,
+            index_start: segment.start_for(offset.max(segment.base_offset)),
+        })
+        .collect()
 }
 
 /// Reads the partial last page before `position`: what the next flush must
