@@ -118,6 +118,7 @@ pub(crate) fn code_is_retriable(code: ErrorCode) -> bool {
             | ErrorCode::BrokerShuttingDown
             | ErrorCode::NotReady
             | ErrorCode::StorageError
+            | ErrorCode::ProducerIdsUnavailable
     )
 }
 

@@ -24,7 +24,7 @@ use spate_format::batch::{BATCH_HEADER_BYTES, Compression};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::accumulator::{Accumulator, AccumulatorConfig, ProducerBatch, RecordParts};
+use self::accumulator::{Accumulator, AccumulatorConfig, ProducerBatch, ProducerIdentity, RecordParts};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::limits::{PRODUCE_PARTITION_OVERHEAD_BYTES, PRODUCE_REQUEST_OVERHEAD_BYTES};
@@ -80,6 +80,13 @@ pub struct ProducerConfig {
     /// compression.type): none, gzip, snappy, lz4 or zstd. `batch_bytes_max`
     /// counts records before compression.
     pub compression: Compression,
+    /// The idempotent producer (Kafka's enable.idempotence, on by default
+    /// as in Kafka 3.x): the broker gives the producer an id, batches carry
+    /// it with a sequence number per partition, and a retried batch the
+    /// broker already has is acknowledged with its original offsets instead
+    /// of being appended again. Applies with `Acks::All` only (Kafka
+    /// requires acks=all); with other acks it is off.
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -95,6 +102,7 @@ impl Default for ProducerConfig {
             delivery_timeout_ms: 120_000,
             partitioner: Partitioner::Default,
             compression: Compression::None,
+            enable_idempotence: true,
         }
     }
 }
@@ -262,6 +270,10 @@ impl Producer {
             retry_backoff: Duration::from_millis(config.retry_backoff_ms),
             compression: config.compression,
         });
+        let mut accumulator = accumulator;
+        if config.enable_idempotence && config.acks == Acks::All {
+            accumulator.set_idempotent();
+        }
         let shared = Arc::new(Shared {
             buffer: Semaphore::new(config.buffer_bytes_max),
             config,
@@ -384,6 +396,10 @@ async fn run_sender(shared: Arc<Shared>) {
             shared.publish_low_watermark();
             return;
         }
+        if drained.ready.is_empty() && lock(&shared.state).accumulator.needs_producer_id() {
+            init_producer_id(&shared).await;
+            continue;
+        }
         if !drained.ready.is_empty() {
             dispatch(&shared, drained.ready).await;
             // Routing may have completed batches (unknown topic); look again.
@@ -398,6 +414,23 @@ async fn run_sender(shared: Arc<Shared>) {
         tokio::select! {
             () = shared.wake.notified() => {}
             () = sleep => {}
+        }
+    }
+}
+
+/// Asks a broker for a producer id (InitProducerId); waits the retry
+/// backoff after a failure, so the loop asks again (batches that wait past
+/// their delivery timeout fail meanwhile).
+async fn init_producer_id(shared: &Arc<Shared>) {
+    let answer = shared.client.request_any(protocol::init_producer_id).await;
+    match answer.and_then(|frame| protocol::decode_init_producer_id(&frame)) {
+        Ok((id, epoch)) => {
+            tracing::debug!(producer_id = id, epoch, "idempotent producer id");
+            lock(&shared.state).accumulator.set_producer(ProducerIdentity { id, epoch });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no producer id yet; retrying");
+            tokio::time::sleep(Duration::from_millis(shared.config.retry_backoff_ms)).await;
         }
     }
 }

@@ -180,6 +180,25 @@ pub(crate) fn describe_topics(stamp: Stamp, names: Option<&[String]>) -> OutFram
     finish(builder, stamp, Body::DescribeTopicsRequest, body.as_union_value())
 }
 
+pub(crate) fn init_producer_id(stamp: Stamp) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let body = proto::InitProducerIdRequest::create(&mut builder, &proto::InitProducerIdRequestArgs {});
+    finish(builder, stamp, Body::InitProducerIdRequest, body.as_union_value())
+}
+
+/// The producer id and epoch, or the broker's error.
+pub(crate) fn decode_init_producer_id(frame: &Frame) -> Result<(i64, i16), ClientError> {
+    let envelope = envelope(frame)?;
+    let response = body(&envelope, Body::InitProducerIdResponse, proto::Envelope::body_as_init_producer_id_response)?;
+    if let Some(code) = error_of(response.error()) {
+        return Err(ClientError::server(code, response.message()));
+    }
+    if response.producer_id() < 0 || response.producer_epoch() < 0 {
+        return Err(ClientError::Protocol("InitProducerId answered without a producer id".into()));
+    }
+    Ok((response.producer_id(), response.producer_epoch()))
+}
+
 /// One partition's batches in a produce request.
 #[derive(Debug, Clone)]
 pub(crate) struct ProduceEntry<'a> {

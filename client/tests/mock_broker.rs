@@ -164,6 +164,14 @@ impl MockBroker {
                 let request = envelope.body_as_list_offsets_request().expect("body");
                 (Body::ListOffsetsResponse, self.list_offsets(&mut builder, &request))
             }
+            Body::InitProducerIdRequest => {
+                let args =
+                    proto::InitProducerIdResponseArgs { producer_id: 1, producer_epoch: 0, ..Default::default() };
+                (
+                    Body::InitProducerIdResponse,
+                    proto::InitProducerIdResponse::create(&mut builder, &args).as_union_value(),
+                )
+            }
             other => panic!("the mock broker does not answer {other:?}"),
         };
         let envelope = proto::Envelope::create(

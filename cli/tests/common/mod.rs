@@ -27,8 +27,16 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on a free port and waits until it listens.
     pub fn start(data_dir: &Path, shards: usize) -> Broker {
+        Broker::start_with(data_dir, shards, 0, &[])
+    }
+
+    /// Starts a broker on `port` (0: a free one) with more `serve` flags.
+    pub fn start_with(data_dir: &Path, shards: usize, port: u16, extra: &[&str]) -> Broker {
         let mut child = Command::new(SPATE)
-            .args(["serve", "--port", "0", "--metrics-listen", "", "--no-pin", "--log-level", "warn"])
+            .args(["serve", "--metrics-listen", "", "--no-pin", "--log-level", "warn"])
+            .arg("--port")
+            .arg(port.to_string())
+            .args(extra)
             .arg("--shards")
             .arg(shards.to_string())
             .arg("--data-dir")
@@ -74,6 +82,14 @@ impl Broker {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
         *self = Broker::start(&self.data_dir.clone(), self.shards);
+    }
+
+    /// kill -9, then start again on the same directory and `port` with
+    /// `extra` flags.
+    pub fn kill9_and_restart_on(&mut self, port: u16, extra: &[&str]) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+        *self = Broker::start_with(&self.data_dir.clone(), self.shards, port, extra);
     }
 
     pub fn restart(self) -> Broker {

@@ -6,12 +6,26 @@
 //! of that partition is drained only after the first one's outcome is
 //! known, and a batch that will be retried goes back to the head of its
 //! queue, so records reach the log in the order they were sent.
+//!
+//! Idempotence: a batch gets its producer id, epoch and base sequence when
+//! it is first drained (its partition's next sequence, which then moves
+//! past its records), and keeps them, bytes unchanged, through every retry,
+//! so the broker can drop a retried duplicate. Kafka allows up to five
+//! batches in flight per partition with idempotence; one keeps this simple.
+//! A sequenced batch that fails for good (an error that is not retried, or
+//! its delivery timeout) is never resent; as the broker may or may not have
+//! it, its partition's sequence cannot continue, so the producer drops its
+//! identity and sends nothing new until it has a fresh producer id, from
+//! which every partition counts from 0 (where Kafka 3.x bumps the epoch,
+//! KIP-360). Batches already sequenced keep their old identity.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use spate_format::batch::{BatchBuilder, Compression};
+use std::mem::offset_of;
+
+use bytes::{Bytes, BytesMut};
+use spate_format::batch::{self, BatchBuilder, BatchHeader, Compression};
 use tokio::sync::oneshot;
 
 use crate::error::ClientError;
@@ -67,6 +81,9 @@ pub(crate) struct ProducerBatch {
     buffered_bytes: usize,
     attempts: u32,
     retry_at: Option<Instant>,
+    /// Carries a producer id and sequence (idempotence), fixed at its first
+    /// drain.
+    sequenced: bool,
 }
 
 impl ProducerBatch {
@@ -82,6 +99,7 @@ impl ProducerBatch {
             buffered_bytes: 0,
             attempts: 0,
             retry_at: None,
+            sequenced: false,
         }
     }
 
@@ -114,6 +132,26 @@ impl ProducerBatch {
         &self.bytes
     }
 
+    /// Writes the idempotent producer's fields into the built batch and
+    /// reseals its CRC (they lie inside it). The bytes are not shared yet,
+    /// so this normally reuses their buffer.
+    fn stamp_producer(&mut self, producer: ProducerIdentity, base_sequence: i32) {
+        let bytes = std::mem::take(&mut self.bytes);
+        let mut bytes = bytes.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let fields = [
+            (offset_of!(BatchHeader, producer_id), &producer.id.to_be_bytes()[..]),
+            (offset_of!(BatchHeader, producer_epoch), &producer.epoch.to_be_bytes()[..]),
+            (offset_of!(BatchHeader, base_sequence), &base_sequence.to_be_bytes()[..]),
+        ];
+        for (at, value) in fields {
+            bytes[at..at + value.len()].copy_from_slice(value);
+        }
+        // The batch was built whole just before; its header is there.
+        let _crc = batch::write_crc(&mut bytes);
+        self.bytes = bytes.freeze();
+        self.sequenced = true;
+    }
+
     #[cfg(test)]
     pub(crate) fn record_count(&self) -> usize {
         self.records.len()
@@ -139,6 +177,13 @@ impl ProducerBatch {
             let _ = pending.delivery.send(Err(error.clone()));
         }
     }
+}
+
+/// The broker-given identity of an idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerIdentity {
+    pub id: i64,
+    pub epoch: i16,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +213,13 @@ pub(crate) struct Accumulator {
     /// Batches starting below this are sent without waiting for linger.
     flush_target: u64,
     closing: bool,
+    /// Batches carry producer ids and sequences.
+    idempotent: bool,
+    /// None until InitProducerId answers, and again after a sequenced batch
+    /// failed for good.
+    producer: Option<ProducerIdentity>,
+    /// The next base sequence per partition under `producer`.
+    sequences: BTreeMap<TopicPartition, i32>,
 }
 
 impl Accumulator {
@@ -179,6 +231,34 @@ impl Accumulator {
             incomplete: BTreeSet::new(),
             flush_target: 0,
             closing: false,
+            idempotent: false,
+            producer: None,
+            sequences: BTreeMap::new(),
+        }
+    }
+
+    /// Turns idempotence on (before the first append).
+    pub(crate) fn set_idempotent(&mut self) {
+        self.idempotent = true;
+    }
+
+    /// Whether the sender must get a producer id before anything drains.
+    pub(crate) fn needs_producer_id(&self) -> bool {
+        self.idempotent && self.producer.is_none() && self.queues.values().any(|queue| !queue.batches.is_empty())
+    }
+
+    /// A fresh identity: every partition counts from sequence 0.
+    pub(crate) fn set_producer(&mut self, producer: ProducerIdentity) {
+        self.producer = Some(producer);
+        self.sequences.clear();
+    }
+
+    /// A sequenced batch failed for good: new batches wait for a new id.
+    fn drop_identity(&mut self, batch: &ProducerBatch) {
+        if batch.sequenced && self.producer.is_some() {
+            tracing::warn!(tp = %batch.tp, "a sequenced batch failed; the producer takes a new producer id");
+            self.producer = None;
+            self.sequences.clear();
         }
     }
 
@@ -248,6 +328,11 @@ impl Accumulator {
             for batch in expired {
                 drained.released_bytes += batch.buffered_bytes;
                 self.incomplete.remove(&batch.first_seq);
+                if batch.sequenced && self.producer.is_some() {
+                    tracing::warn!(tp = %batch.tp, "a sequenced batch expired; the producer takes a new producer id");
+                    self.producer = None;
+                    self.sequences.clear();
+                }
                 batch.fail(&ClientError::Timeout);
             }
             for batch in &queue.batches {
@@ -261,15 +346,30 @@ impl Accumulator {
                 ready_times.push((tp.clone(), self.ready_at(head)));
             }
         }
+        let waits_for_identity = self.idempotent && self.producer.is_none();
         for (tp, ready_at) in ready_times {
             if ready_at > now {
                 drained.next_wakeup = earliest(drained.next_wakeup, ready_at);
+                continue;
+            }
+            let head_sequenced =
+                self.queues.get(&tp).and_then(|queue| queue.batches.front()).is_some_and(|b| b.sequenced);
+            if waits_for_identity && !head_sequenced {
                 continue;
             }
             if let Some(queue) = self.queues.get_mut(&tp)
                 && let Some(mut batch) = queue.batches.pop_front()
             {
                 batch.close();
+                if self.idempotent
+                    && !batch.sequenced
+                    && let Some(producer) = self.producer
+                {
+                    let next = self.sequences.entry(tp.clone()).or_insert(0);
+                    let count = i32::try_from(batch.records.len()).unwrap_or(i32::MAX);
+                    batch.stamp_producer(producer, *next);
+                    *next = increment_sequence(*next, count);
+                }
                 batch.attempts = batch.attempts.saturating_add(1);
                 queue.in_flight = true;
                 drained.ready.push(batch);
@@ -302,6 +402,7 @@ impl Accumulator {
             }
             Err(error) => {
                 let error = if error.is_retriable() && now >= batch.deadline { ClientError::Timeout } else { error };
+                self.drop_identity(&batch);
                 let released = batch.buffered_bytes;
                 self.incomplete.remove(&batch.first_seq);
                 batch.fail(&error);
@@ -336,6 +437,11 @@ impl Accumulator {
     pub(crate) fn is_empty(&self) -> bool {
         self.queues.values().all(|queue| !queue.in_flight && queue.batches.is_empty())
     }
+}
+
+/// Kafka's `DefaultRecordBatch.incrementSequence`: wraps after i32::MAX.
+fn increment_sequence(sequence: i32, increment: i32) -> i32 {
+    if sequence > i32::MAX - increment { increment - (i32::MAX - sequence) - 1 } else { sequence + increment }
 }
 
 fn earliest(current: Option<Instant>, candidate: Instant) -> Option<Instant> {
@@ -516,6 +622,43 @@ mod tests {
         assert_eq!(drained.released_bytes, 21);
         assert!(matches!(queued.try_recv(), Ok(Err(ClientError::Timeout))));
         assert!(accumulator.is_empty());
+    }
+
+    fn producer_fields(batch: &ProducerBatch) -> (i64, i16, i32) {
+        let info = batch::validate_produce(batch.bytes(), 1 << 20).expect("a valid batch, CRC included");
+        (info.producer_id, info.producer_epoch, info.base_sequence)
+    }
+
+    #[test]
+    fn idempotent_batches_are_sequenced_at_first_drain_and_keep_it_through_retries() {
+        let now = Instant::now();
+        let mut accumulator = Accumulator::new(config(100));
+        accumulator.set_idempotent();
+        let _receivers: Vec<Receiver> = (0..6).map(|i| append(&mut accumulator, 0, &format!("{i:040}"), now)).collect();
+        assert!(accumulator.needs_producer_id());
+        assert!(accumulator.drain(now + 10 * MS).ready.is_empty(), "nothing goes out without a producer id");
+        accumulator.set_producer(ProducerIdentity { id: 42, epoch: 0 });
+        let first = accumulator.drain(now + 10 * MS).ready.pop().expect("ready");
+        assert_eq!(producer_fields(&first), (42, 0, 0));
+        let count = i32::try_from(first.record_count()).expect("small");
+        let bytes = first.bytes().clone();
+        let timeout = ClientError::Timeout;
+        accumulator.complete(first, Err(timeout), now + 10 * MS);
+        let retried = accumulator.drain(now + 200 * MS).ready.pop().expect("retried");
+        assert_eq!(retried.bytes(), &bytes, "a retry sends the same bytes, sequence included");
+        accumulator.complete(retried, Ok(0), now + 200 * MS);
+        let second = accumulator.drain(now + 200 * MS).ready.pop().expect("next");
+        assert_eq!(producer_fields(&second), (42, 0, count));
+
+        // A sequenced batch failing for good: the next waits for a new id
+        // and starts again at 0.
+        let gap = ClientError::server(ErrorCode::OutOfOrderSequence, None);
+        accumulator.complete(second, Err(gap), now + 200 * MS);
+        assert!(accumulator.needs_producer_id());
+        assert!(accumulator.drain(now + 300 * MS).ready.is_empty());
+        accumulator.set_producer(ProducerIdentity { id: 43, epoch: 0 });
+        let third = accumulator.drain(now + 300 * MS).ready.pop().expect("after the new id");
+        assert_eq!(producer_fields(&third), (43, 0, 0));
     }
 
     #[test]
