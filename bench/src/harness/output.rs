@@ -124,9 +124,9 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| workload | MB/s | records/s | p50 | p90 | p99 | p99.9 | p99.99 | max (ms) | ratios | errors |"
+            "| workload | MB/s | records/s | p50 | p90 | p99 | p99.9 | p99.99 | max (ms) | ratios | cores broker / load | errors |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &self.results {
             let ms = |us: u64| format!("{:.3}", us as f64 / 1000.0);
             let l = &r.latency_us;
