@@ -28,7 +28,9 @@ use std::io::{self, Read, Write};
 use bytes::Bytes;
 
 use crate::batch::{BatchError, Compression};
-use crate::limits::{DECOMPRESS_READ_BYTES, SNAPPY_CHUNK_BYTES, ZSTD_LEVEL_DEFAULT, ZSTD_WINDOW_LOG_MAX};
+use crate::limits::{
+    DECOMPRESS_READ_BYTES, SNAPPY_CHUNK_BYTES, SNAPPY_EXPANSION_MAX, ZSTD_LEVEL_DEFAULT, ZSTD_WINDOW_LOG_MAX,
+};
 
 /// The xerial snappy stream's magic bytes.
 const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
@@ -179,6 +181,12 @@ fn append_snappy_block(block: &[u8], out: &mut Vec<u8>, max: usize) -> Result<()
     let codec = Compression::Snappy;
     let length = snap::raw::decompress_len(block).map_err(|err| bad_data(codec, &err))?;
     check_room(out.len(), length, max)?;
+    // The densest snappy element is a 3-byte copy of 64 bytes: a block
+    // cannot honestly expand more than that, so a larger declared length is
+    // refused before anything is allocated for it.
+    if length > block.len().saturating_mul(SNAPPY_EXPANSION_MAX).saturating_add(64) {
+        return Err(snappy_error("a block declares more bytes than snappy can expand to"));
+    }
     let start = out.len();
     out.resize(start + length, 0);
     let written =
@@ -205,6 +213,39 @@ mod tests {
 
     fn compressible(bytes: usize) -> Vec<u8> {
         (0..bytes).map(|i| b"spate streams events "[i % 21]).collect()
+    }
+
+    #[test]
+    fn a_snappy_block_declaring_more_than_it_can_expand_to_is_refused_unread() {
+        // A varint of 50,000,000 and one byte: no honest block that short
+        // decompresses to 50 MB (under the 64 MiB bound, so only the
+        // expansion check can refuse it).
+        let mut block = Vec::new();
+        let mut length: u32 = 50_000_000;
+        while length >= 0x80 {
+            block.push((length as u8) | 0x80);
+            length >>= 7;
+        }
+        block.push(length as u8);
+        block.push(0);
+        let err = decompress(Compression::Snappy, &block, DECOMPRESSED_BYTES_MAX).unwrap_err();
+        assert!(err.to_string().contains("expand"), "{err}");
+    }
+
+    #[test]
+    fn a_zstd_frame_asking_for_a_window_over_the_limit_is_refused() {
+        use std::io::Write;
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(ZSTD_WINDOW_LOG_MAX + 3).unwrap();
+        encoder.write_all(&compressible(1000)).unwrap();
+        let frame = encoder.finish().unwrap();
+        assert!(decompress(Compression::Zstd, &frame, DECOMPRESSED_BYTES_MAX).is_err());
+        // The same data with zstd's usual window decompresses.
+        let normal = compress(Compression::Zstd, &compressible(1000));
+        assert_eq!(
+            &decompress(Compression::Zstd, &normal, DECOMPRESSED_BYTES_MAX).unwrap()[..],
+            &compressible(1000)[..]
+        );
     }
 
     #[test]

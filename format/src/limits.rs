@@ -11,10 +11,16 @@
 /// the largest uncompressed one could. Consumers use the same bound.
 pub const DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// The largest zstd window (2^27 bytes, 128 MiB) a frame may ask the
-/// decoder to allocate: zstd's own default limit, which every level a Kafka
-/// producer can choose (up to 22, whose window is 2^27) stays within.
-pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+/// The largest zstd window (2^24 bytes, 16 MiB) a frame may ask the
+/// decoder to allocate. zstd's own default is 2^27, but then a 20-byte
+/// hostile frame makes the broker allocate 128 MiB for one batch. Kafka
+/// producers compress each batch on its own, and zstd never uses a window
+/// larger than its input, so any batch up to 16 MiB at any level, and any
+/// batch at levels 1-20, stays within this.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+/// Snappy's densest element (a 3-byte copy of 64 bytes) bounds how far a
+/// block can expand; a block declaring more is refused unread.
+pub const SNAPPY_EXPANSION_MAX: usize = 22;
 
 /// Bytes of records per xerial snappy chunk: the block size of the xerial
 /// `SnappyOutputStream` that Kafka's Java producer writes with by default.

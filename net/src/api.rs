@@ -20,7 +20,9 @@ use spate_flatbuf::{Frame, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, frame_hea
 use crate::admin::{ADMIN_SHARD, AdminOp, AlterSpec, CreateSpec};
 use crate::catalog::TopicMeta;
 use crate::group;
-use crate::limits::{FETCH_WAIT_MS_MAX, REQUEST_TIMEOUT_MS_MAX};
+use crate::limits::{
+    FETCH_PARTITIONS_MAX, FETCH_WAIT_MS_MAX, PRODUCE_SLICE_FRACTION_MIN, READ_CHUNK_BYTES, REQUEST_TIMEOUT_MS_MAX,
+};
 use crate::shard::{AppendResult, OffsetResult, Outcome, PartitionStats, ReadResult, Shard, ShardOp, config_map};
 use crate::topic_config;
 
@@ -537,6 +539,7 @@ fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
     let mut order: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].refused.is_none()).collect();
     order.sort_by_key(|&i| parts[i].range.as_ref().map_or(0, |r| r.start));
     let mut records: Vec<Option<BytesMut>> = (0..parts.len()).map(|_| None).collect();
+    let frame_bytes = frame.envelope.len() + frame.payload.len();
     let mut rest = frame.envelope;
     let mut consumed = 0usize;
     for &i in &order {
@@ -555,7 +558,14 @@ fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
             continue;
         }
         let topic = topics[part.topic_index].clone().expect("refused unless the topic exists");
-        let batches = match split_into_batches(records[i].take().expect("sliced above")) {
+        let mut sliced = records[i].take().expect("sliced above");
+        // The tail cache keeps what it holds alive and counts only the
+        // batch: a small batch (or one much smaller than its frame) is
+        // copied so it does not pin the receive buffer around it.
+        if sliced.len() < READ_CHUNK_BYTES || sliced.len() * PRODUCE_SLICE_FRACTION_MIN < frame_bytes {
+            sliced = BytesMut::from(&sliced[..]);
+        }
+        let batches = match split_into_batches(sliced) {
             Ok(batches) => batches,
             Err(outcome) => {
                 waits.push(Err(outcome));
@@ -682,25 +692,36 @@ struct FetchPart {
     bytes_max: usize,
 }
 
-fn submit_fetch(
-    shard: &Rc<Shard>,
-    part: &FetchPart,
-    wait_until: Option<Instant>,
-) -> Option<oneshot::Receiver<ReadResult>> {
-    let (topic, partition) = part.target.clone()?;
+/// A partition's read as submitted to its owner.
+enum Submitted {
+    /// No such topic or partition.
+    Unknown,
+    /// Left out: the request's byte budget went to earlier partitions.
+    OverBudget,
+    Waiting(oneshot::Receiver<ReadResult>),
+}
+
+fn submit_fetch(shard: &Rc<Shard>, part: &FetchPart, wait_until: Option<Instant>) -> Submitted {
+    let Some((topic, partition)) = part.target.clone() else { return Submitted::Unknown };
+    if part.bytes_max == 0 {
+        return Submitted::OverBudget;
+    }
     let (reply, wait) = oneshot::channel();
     let owner = shard.shared.owner(&topic.name, partition);
     shard.submit(
         owner,
         ShardOp::Fetch { topic, partition, offset: part.offset, bytes_max: part.bytes_max, wait_until, reply },
     );
-    Some(wait)
+    Submitted::Waiting(wait)
 }
 
-async fn collect(wait: Option<oneshot::Receiver<ReadResult>>) -> ReadResult {
-    match wait {
-        None => ReadResult { error: ErrorCode::UnknownTopicOrPartition, ..unknown_read() },
-        Some(wait) => wait.await.unwrap_or(ReadResult { error: ErrorCode::BrokerShuttingDown, ..unknown_read() }),
+async fn collect(submitted: Submitted) -> ReadResult {
+    match submitted {
+        Submitted::Unknown => ReadResult { error: ErrorCode::UnknownTopicOrPartition, ..unknown_read() },
+        Submitted::OverBudget => unknown_read(),
+        Submitted::Waiting(wait) => {
+            wait.await.unwrap_or(ReadResult { error: ErrorCode::BrokerShuttingDown, ..unknown_read() })
+        }
     }
 }
 
@@ -720,18 +741,28 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
     let min_bytes = request.min_bytes().max(0) as usize;
     let mut topic_names = Vec::new();
     let mut parts = Vec::new();
+    // The request's byte budget goes to partitions in order; those past it
+    // are not read at all (each read returns at least one batch, so without
+    // this one request naming a partition many times could start as many
+    // large disk reads).
+    let mut budget = request_bytes_max;
     for (topic_index, topic) in request.topics().iter().flatten().enumerate() {
         let name = topic.name().unwrap_or_default();
         let meta = topic_of(shard, name);
         topic_names.push(name.to_string());
         for part in topic.partitions().iter().flatten() {
+            if parts.len() == FETCH_PARTITIONS_MAX {
+                return invalid(request_id, &format!("over {FETCH_PARTITIONS_MAX} partitions in one fetch"));
+            }
             let target = meta.as_ref().and_then(|m| partition_of(m, part.partition()).map(|p| (m.clone(), p)));
+            let bytes_max = if target.is_some() { (part.max_bytes().max(1) as usize).min(budget) } else { 0 };
+            budget -= bytes_max;
             parts.push(FetchPart {
                 topic_index,
                 partition: part.partition(),
                 target,
                 offset: part.offset(),
-                bytes_max: (part.max_bytes().max(1) as usize).min(request_bytes_max),
+                bytes_max,
             });
         }
     }
@@ -752,9 +783,9 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
             let waits: Vec<_> = parts
                 .iter()
                 .enumerate()
-                .filter_map(|(i, part)| {
-                    submit_fetch(&shard, part, Some(deadline))
-                        .map(|w| Box::pin(async move { (i, collect(Some(w)).await) }))
+                .filter_map(|(i, part)| match submit_fetch(&shard, part, Some(deadline)) {
+                    wait @ Submitted::Waiting(_) => Some(Box::pin(async move { (i, collect(wait).await) })),
+                    Submitted::Unknown | Submitted::OverBudget => None,
                 })
                 .collect();
             if !waits.is_empty() {

@@ -16,7 +16,7 @@ use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{FrameDecoder, FrameError};
 
 use crate::api::{self, Reply, Response};
-use crate::limits::READ_CHUNK_BYTES;
+use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES};
 use crate::shard::Shard;
 
 /// A response in the writer's queue.
@@ -82,10 +82,13 @@ async fn read_requests(
         }
         let needed = decoder.bytes_needed(&buf)?;
         let read = if needed > READ_CHUNK_BYTES {
-            // A large frame: read it straight into its final place, zeroing
-            // that room once (its length was checked against the cap).
+            // A large frame: read it straight into its final place. Room is
+            // reserved for all of it (its length was checked against the
+            // cap; untouched pages cost nothing) but zeroed and read a step
+            // at a time, so a header alone pins no memory.
+            buf.reserve(needed);
             let start = buf.len();
-            buf.resize(start + needed, 0);
+            buf.resize(start + needed.min(LARGE_READ_STEP_BYTES), 0);
             let mut filled = start;
             while filled < buf.len() {
                 match reader.read(&mut buf[filled..]).await {

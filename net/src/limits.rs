@@ -21,3 +21,15 @@ pub const REQUEST_TIMEOUT_MS_MAX: u64 = 300_000;
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 /// Bytes read from a socket at a time when no large frame is pending.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// A large frame is zeroed and read this much at a time, so that a peer
+/// that sends only a length pins no memory.
+pub const LARGE_READ_STEP_BYTES: usize = 1 << 20;
+/// Partition entries in one fetch request.
+pub const FETCH_PARTITIONS_MAX: usize = 10_000;
+/// A produced batch smaller than this fraction of its frame is copied out
+/// of the receive buffer instead of sliced: the tail cache would otherwise
+/// keep the whole frame alive while counting only the batch.
+pub const PRODUCE_SLICE_FRACTION_MIN: usize = 2;
+/// Consumer groups one shard coordinates, and members of one group.
+pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
+pub const MEMBERS_PER_GROUP_MAX: usize = 10_000;

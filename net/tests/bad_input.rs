@@ -254,3 +254,37 @@ fn a_response_type_sent_as_a_request_and_a_future_version_are_refused() {
     assert!(frame.read().expect("verified").body_as_metadata_response().is_some());
     stop(broker);
 }
+
+#[test]
+fn a_fetch_naming_one_partition_many_times_reads_only_within_its_byte_budget() {
+    let dir = data_dir("fetch_budget");
+    let broker = start(&dir, 1);
+    let mut conn = Conn::connect(broker.addr().port());
+    conn.create_topic("t", 1, &[]);
+    for _ in 0..4 {
+        conn.produce("t", 0, &batch(50), -1);
+    }
+    let one_batch = batch(50).len() as i32;
+    let frame = conn.call(Body::FetchRequest, |b| {
+        let name = b.create_string("t");
+        let parts: Vec<_> = (0..100)
+            .map(|_| FetchPartition::create(b, &FetchPartitionArgs { partition: 0, offset: 0, max_bytes: one_batch }))
+            .collect();
+        let parts = b.create_vector(&parts);
+        let topic = FetchTopic::create(b, &FetchTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        FetchRequest::create(
+            b,
+            &FetchRequestArgs { max_wait_ms: 0, min_bytes: 1, max_bytes: 2 * one_batch, topics: Some(topics) },
+        )
+        .as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let response = envelope.body_as_fetch_response().expect("fetch response");
+    let parts: Vec<_> = response.topics().expect("topics").get(0).partitions().expect("partitions").iter().collect();
+    assert_eq!(parts.len(), 100, "every entry is answered");
+    let with_records = parts.iter().filter(|p| p.records_bytes() > 0).count();
+    assert_eq!(with_records, 2, "only entries within the request's byte budget are read");
+    assert!(frame.payload.len() <= 2 * one_batch as usize);
+    stop(broker);
+}

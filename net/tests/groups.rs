@@ -106,3 +106,36 @@ fn commits_are_fenced_by_member_and_epoch_and_survive_a_restart() {
     assert_eq!(commit(&mut conn, "g", &member, epoch, "t", 9), ErrorCode::UnknownMemberId, "members are soft state");
     stop(broker);
 }
+
+#[test]
+fn heartbeats_for_groups_nobody_joined_create_nothing() {
+    let dir = data_dir("groups_unjoined");
+    let broker = start(&dir, 2);
+    let mut conn = Conn::connect(broker.addr().port());
+    for i in 0..50 {
+        let frame = conn.call(Body::ConsumerGroupHeartbeatRequest, |b| {
+            let (group, member) = (b.create_string(&format!("ghost-{i}")), b.create_string("nobody"));
+            ConsumerGroupHeartbeatRequest::create(
+                b,
+                &ConsumerGroupHeartbeatRequestArgs {
+                    group_id: Some(group),
+                    member_id: Some(member),
+                    member_epoch: 3,
+                    session_timeout_ms: 60_000,
+                    ..Default::default()
+                },
+            )
+            .as_union_value()
+        });
+        let envelope = frame.read().expect("verified");
+        let response = envelope.body_as_consumer_group_heartbeat_response().expect("heartbeat response");
+        assert_eq!(response.error(), ErrorCode::UnknownMemberId);
+    }
+    let frame = conn.call(Body::ListGroupsRequest, |b| {
+        ListGroupsRequest::create(b, &ListGroupsRequestArgs::default()).as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let listed = envelope.body_as_list_groups_response().expect("list response");
+    assert_eq!(listed.groups().map_or(0, |g| g.len()), 0, "no group exists until someone joins");
+    stop(broker);
+}

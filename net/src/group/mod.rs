@@ -31,6 +31,7 @@ pub(crate) use self::assign::{Assignor, Tp};
 use self::record::{GroupMeta, GroupRecord};
 pub(crate) use self::state::{Group, HeartbeatIn, HeartbeatOut};
 use crate::catalog::{Catalog, TopicMeta};
+use crate::limits::{GROUPS_PER_SHARD_MAX, MEMBERS_PER_GROUP_MAX};
 use crate::shard::{Outcome, Shard, log_error_code};
 
 /// Bytes read at a time while replaying a partition at start.
@@ -236,7 +237,29 @@ fn heartbeat(
     let client_id = request.client_id.clone();
     let (result, ticket) = {
         let mut groups = shard.groups.groups.borrow_mut();
+        // Only a join creates a group, and both groups per shard and members
+        // per group are bounded: a peer's heartbeats cannot grow state
+        // without limit.
+        let joining = request.member_epoch == 0;
+        if !groups.contains_key(&group_id) {
+            let refusal = if !joining {
+                Some((ErrorCode::UnknownMemberId, format!("group {group_id:?} has no members; join first")))
+            } else if groups.len() >= GROUPS_PER_SHARD_MAX {
+                Some((ErrorCode::InvalidRequest, format!("over {GROUPS_PER_SHARD_MAX} groups on this shard")))
+            } else {
+                None
+            };
+            if let Some((error, message)) = refusal {
+                let _ = reply.send(Err(Outcome::err(error, message)));
+                return;
+            }
+        }
         let group = groups.entry(group_id.clone()).or_insert_with(|| Group::new(Assignor::Sticky));
+        if joining && group.members.len() >= MEMBERS_PER_GROUP_MAX {
+            let message = format!("group {group_id:?} has {MEMBERS_PER_GROUP_MAX} members, the most allowed");
+            let _ = reply.send(Err(Outcome::err(ErrorCode::InvalidRequest, message)));
+            return;
+        }
         let epoch_before = group.epoch;
         let result = group.heartbeat(request, Instant::now(), &counts, || new_member_id(&client_id));
         let ticket = (group.epoch != epoch_before).then(|| append(shard, &group_id, &[meta_record(&group_id, group)]));
