@@ -199,7 +199,14 @@ pub(crate) fn parse_datetime(text: &str) -> Result<i64, String> {
     };
     let time: Vec<i64> = time.split(':').map(|n| n.parse().map_err(|_| bad())).collect::<Result<_, _>>()?;
     let (&[year, month, day], &[hour, minute, second]) = (date.as_slice(), time.as_slice()) else { return Err(bad()) };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    // Bounded fields keep the arithmetic below far from overflow.
+    let in_range = (0..=9999).contains(&year)
+        && (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && (0..=23).contains(&hour)
+        && (0..=59).contains(&minute)
+        && (0..=60).contains(&second);
+    if !in_range {
         return Err(bad());
     }
     Ok((days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second) * 1_000 + millis)
@@ -227,7 +234,15 @@ mod tests {
         assert_eq!(parse_datetime("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
         assert_eq!(parse_datetime("2023-11-14T22:13:20.250"), Ok(1_700_000_000_250));
         assert_eq!(parse_datetime("2000-03-01T00:00:00"), Ok(951_868_800_000));
-        for bad in ["yesterday", "2023-13-01T00:00:00", "2023-11-14", "2023-11-14T22:13", "2023-11-14T22:13:20.5"] {
+        for bad in [
+            "yesterday",
+            "2023-13-01T00:00:00",
+            "2023-11-14",
+            "2023-11-14T22:13",
+            "2023-11-14T22:13:20.5",
+            "9223372036854775807-01-01T00:00:00",
+            "2023-11-14T-1:13:20",
+        ] {
             assert!(parse_datetime(bad).is_err(), "{bad:?} accepted");
         }
     }
