@@ -41,6 +41,15 @@ const LOAD_READ_BYTES: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     groups: RefCell<HashMap<String, Group>>,
+    /// Deletes so far per group id: a commit that was appended before a
+    /// delete and becomes durable after it must not bring the group back.
+    deletions: RefCell<HashMap<String, u64>>,
+}
+
+impl Groups {
+    fn deletions(&self, group_id: &str) -> u64 {
+        self.deletions.borrow().get(group_id).copied().unwrap_or(0)
+    }
 }
 
 /// A member as DescribeGroups shows it.
@@ -356,12 +365,35 @@ fn commit(
         append(shard, &group_id, &records)
     });
     let shard = shard.clone();
+    let deletions_at_append = shard.groups.deletions(&group_id);
     glommio::spawn_local(async move {
-        let written = durable(ticket).await;
+        let mut written = durable(ticket).await;
         if written.error == ErrorCode::None {
-            let mut groups = shard.groups.groups.borrow_mut();
-            let group = groups.entry(group_id).or_insert_with(|| Group::new(Assignor::Sticky));
-            group.offsets.extend(offsets);
+            if shard.groups.deletions(&group_id) == deletions_at_append {
+                let mut groups = shard.groups.groups.borrow_mut();
+                let group = groups.entry(group_id).or_insert_with(|| Group::new(Assignor::Sticky));
+                group.offsets.extend(offsets);
+            } else {
+                // The group was deleted while this commit was on its way to
+                // disk, after the delete's tombstones were chosen: bury these
+                // offsets too, or replay (after compaction drops the group's
+                // tombstone) would bring the group back.
+                let tombstones: Vec<GroupRecord> = offsets
+                    .iter()
+                    .map(|((topic, partition), _)| GroupRecord::Offset {
+                        group: group_id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: None,
+                    })
+                    .collect();
+                let buried = durable(append(&shard, &group_id, &tombstones)).await;
+                written = if buried.error == ErrorCode::None {
+                    Outcome::err(ErrorCode::GroupIdNotFound, format!("group {group_id:?} was deleted"))
+                } else {
+                    buried
+                };
+            }
         }
         let _ = reply.send(written);
     })
@@ -394,6 +426,9 @@ fn delete(shard: &Rc<Shard>, group_id: String, reply: oneshot::Sender<Outcome>) 
             Some(_) => Ok(groups.remove(&group_id).expect("present above")),
         }
     };
+    if removed.is_ok() {
+        *shard.groups.deletions.borrow_mut().entry(group_id.clone()).or_insert(0) += 1;
+    }
     let ticket = removed.and_then(|group| {
         // A tombstone per key, so that compaction can drop every record.
         let mut records: Vec<GroupRecord> = group
