@@ -33,6 +33,11 @@ pub struct BrokerConfig {
     /// Requests a connection may have in flight before the broker stops
     /// reading from it (backpressure).
     pub connection_requests_in_flight_max: usize,
+    /// Connections one shard serves at once; more are closed on accept.
+    pub connections_per_shard_max: u64,
+    /// A connection that sends nothing for this long is closed (Kafka's
+    /// connections.max.idle.ms).
+    pub connection_idle_timeout_ms: u64,
     /// Each shard's cache of recent batches, for consumers at the tail.
     pub tail_cache_bytes: usize,
     /// Memory each shard registers with io_uring for DMA buffers.
@@ -73,6 +78,8 @@ impl Default for BrokerConfig {
             pin_cores: true,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connection_requests_in_flight_max: 64,
+            connections_per_shard_max: 10_000,
+            connection_idle_timeout_ms: 10 * 60 * 1000,
             tail_cache_bytes: 256 << 20,
             io_memory_bytes: 64 << 20,
             durability: "always".into(),
@@ -111,6 +118,11 @@ impl BrokerConfig {
         parse_durability(&self.durability)?;
         if self.frame_bytes_max < 1024 || self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
             return Err(ConfigError(format!("frame_bytes_max must be in [1024, {FRAME_BYTES_MAX_LIMIT}]")));
+        }
+        if self.connections_per_shard_max == 0 || self.connection_idle_timeout_ms == 0 {
+            return Err(ConfigError(
+                "connections_per_shard_max and connection_idle_timeout_ms must be positive".into(),
+            ));
         }
         if self.connection_requests_in_flight_max == 0 {
             return Err(ConfigError("connection_requests_in_flight_max must be positive".into()));

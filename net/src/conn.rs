@@ -34,6 +34,10 @@ struct Queued {
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     shard.metrics.connection_opened();
     let _ = stream.set_nodelay(true);
+    // A peer that sends nothing for this long is dropped; a read that times
+    // out ends the connection like a close.
+    let idle = std::time::Duration::from_millis(shard.shared.config.connection_idle_timeout_ms);
+    let _ = stream.set_read_timeout(Some(idle));
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let (reader, writer) = stream.split();
     let (queue, responses) = local_channel::new_bounded(shard.shared.config.connection_requests_in_flight_max);

@@ -104,6 +104,10 @@ impl ShardMetrics {
         self.connections_accepted.set(self.connections_accepted.get() + 1);
     }
 
+    pub fn connections_open(&self) -> u64 {
+        self.connections_open.get()
+    }
+
     pub fn connection_closed(&self) {
         self.connections_open.set(self.connections_open.get().saturating_sub(1));
     }

@@ -358,6 +358,17 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
                 Ok(stream) if metrics => {
                     glommio::spawn_local(crate::metrics::serve_http(shard.clone(), stream)).detach()
                 }
+                Ok(stream) if shard.metrics.connections_open() >= shard.shared.config.connections_per_shard_max => {
+                    // Over the limit: close at once (the client sees the
+                    // close and may retry elsewhere or later).
+                    tracing::warn!(
+                        shard = shard.id,
+                        limit = shard.shared.config.connections_per_shard_max,
+                        "refusing a connection: too many open"
+                    );
+                    drop(stream);
+                    continue;
+                }
                 Ok(stream) => glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach(),
                 Err(err) => {
                     // EMFILE and friends: log, back off briefly, go on.

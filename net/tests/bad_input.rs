@@ -288,3 +288,34 @@ fn a_fetch_naming_one_partition_many_times_reads_only_within_its_byte_budget() {
     assert!(frame.payload.len() <= 2 * one_batch as usize);
     stop(broker);
 }
+
+#[test]
+fn idle_connections_are_closed_and_connections_past_the_limit_refused() {
+    use std::io::Read;
+    let dir = data_dir("conn_limits");
+    let mut config = config(&dir, 1);
+    config.connections_per_shard_max = 2;
+    config.connection_idle_timeout_ms = 500;
+    let broker = spate_net::start(config).expect("broker starts");
+    let port = broker.addr().port();
+    let mut first = Conn::connect(port);
+    first.create_topic("t", 1, &[]);
+    let _second = Conn::connect(port);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The third is accepted and closed at once.
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    third.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(third.read(&mut byte).expect("a clean close"), 0, "over the limit: closed");
+    // An idle connection is closed after the idle timeout...
+    let mut idle = first.stream.try_clone().expect("clone");
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    let started = std::time::Instant::now();
+    assert_eq!(idle.read(&mut byte).expect("a clean close"), 0, "idle: closed");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "closed after {:?}", started.elapsed());
+    // ...which frees room for a new one that works.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let mut fresh = Conn::connect(port);
+    assert_eq!(fresh.list_offset("t", 0, -1), (ErrorCode::None, 0));
+    stop(broker);
+}
