@@ -86,21 +86,28 @@ impl Storage for DmaStorage {
     }
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        // Runs once when a log is opened, not on the data path.
-        std::fs::create_dir_all(dir)
+        // No io_uring equivalent: glommio's blocking pool, off the core.
+        let dir = dir.to_path_buf();
+        glommio::executor().spawn_blocking(move || std::fs::create_dir_all(dir)).await
     }
 
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        // Runs once when a log is opened, not on the data path.
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            if let Some(name) = entry.file_name().to_str() {
-                names.push(name.to_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+        // At open, and on the data path when producer snapshots are written
+        // or pruned: readdir runs on glommio's blocking pool, off the core.
+        let dir = dir.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let mut names = Vec::new();
+                for entry in std::fs::read_dir(dir)? {
+                    let entry = entry?;
+                    if let Some(name) = entry.file_name().to_str() {
+                        names.push(name.to_owned());
+                    }
+                }
+                names.sort();
+                Ok(names)
+            })
+            .await
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
