@@ -33,6 +33,34 @@ impl Limits {
     }
 }
 
+/// Bounds on a paired raw write's size: at least enough to get past the
+/// device's write cache, at most what a long workload's tail needs.
+pub const PAIRED_BYTES_MIN: u64 = 256 << 20;
+pub const PAIRED_BYTES_MAX: u64 = 4 << 30;
+
+/// A raw write measured right after a workload, of the bytes it wrote in
+/// its measured window (clamped to `PAIRED_BYTES_MIN..=PAIRED_BYTES_MAX`):
+/// the disk as the workload left it, not as it was at the suite's start.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Paired {
+    /// Bytes each raw write wrote (after clamping, in whole MiB).
+    pub bytes: u64,
+    /// O_DIRECT sequential write, 1 MiB at depth 8.
+    pub disk_write_mb_s: f64,
+    /// The same bytes with an fdatasync every 4 MiB, right after the plain
+    /// write; only for `durability = "always"` workloads.
+    pub disk_write_sync_4mib_mb_s: Option<f64>,
+}
+
+/// The paired raw write(s) for a workload that wrote `workload_bytes`.
+pub fn measure_paired(dir: &Path, workload_bytes: u64, sync: bool, cpu: Option<usize>) -> anyhow::Result<Paired> {
+    let bytes =
+        workload_bytes.clamp(PAIRED_BYTES_MIN, PAIRED_BYTES_MAX).div_ceil(CHUNK_BYTES as u64) * CHUNK_BYTES as u64;
+    let disk_write_mb_s = raw_write(dir, bytes, None, cpu)?;
+    let disk_write_sync_4mib_mb_s = if sync { Some(raw_write(dir, bytes, Some(4 << 20), cpu)?) } else { None };
+    Ok(Paired { bytes, disk_write_mb_s, disk_write_sync_4mib_mb_s })
+}
+
 pub fn measure(dir: &Path, bytes: u64, cpu: Option<usize>) -> anyhow::Result<Limits> {
     let disk_write_mb_s = raw_write(dir, bytes, None, cpu)?;
     let disk_write_sync_4mib_mb_s = raw_write(dir, bytes.min(1 << 30), Some(4 << 20), cpu)?;

@@ -101,6 +101,9 @@ impl CpuWindow {
 #[derive(Debug)]
 pub struct Measured {
     pub bytes: u64,
+    /// Bytes the producers had acknowledged in the measured window (0 when
+    /// only consuming): what the paired raw write writes.
+    pub written_bytes: u64,
     pub records: u64,
     pub errors: u64,
     pub first_error: Option<String>,

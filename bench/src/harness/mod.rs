@@ -236,6 +236,18 @@ pub struct WorkloadResult {
     /// (quantile, µs) for the distribution plot.
     pub distribution_us: Vec<(f64, u64)>,
     pub target_rate_mb_s: Option<f64>,
+    /// Bytes the producers wrote in the measured window (0 for consume
+    /// workloads).
+    pub written_bytes: u64,
+    /// Produce, end to end and round trip: raw O_DIRECT write of
+    /// `written_bytes` (clamped to 256 MiB..4 GiB) measured right after
+    /// the workload, so the ratio compares the disk in the state the
+    /// workload left it (it slows under sustained writes).
+    pub paired_disk_bytes: Option<u64>,
+    pub paired_disk_write_mb_s: Option<f64>,
+    /// `durability = "always"`: the same bytes with an fdatasync every
+    /// 4 MiB, right after the plain paired write.
+    pub paired_disk_write_sync_mb_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -301,8 +313,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     let machine =
         crate::report::Machine::detect(&suite.broker.data_dir.parent().map_or(PathBuf::from("."), PathBuf::from));
     eprintln!("measuring the machine's limits ({} MB to disk and over loopback)", suite.limits.bytes / 1_000_000);
-    let limits =
-        limits::measure(&suite.broker.data_dir.with_extension("limits"), suite.limits.bytes, suite.limits.cpu)?;
+    let limits_dir = suite.broker.data_dir.with_extension("limits");
+    let limits = limits::measure(&limits_dir, suite.limits.bytes, suite.limits.cpu)?;
     eprintln!(
         "limits: disk write {:.0} MB/s (with fdatasync every 4 MiB {:.0} MB/s), loopback {:.0} MB/s",
         limits.disk_write_mb_s, limits.disk_write_sync_4mib_mb_s, limits.loopback_mb_s
@@ -312,7 +324,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     for workload in &suite.workloads {
         let target = target_rate(workload, &results)?;
         eprintln!("workload {} ({:?})", workload.name, workload.kind);
-        let result = runtime.block_on(run_workload(&suite.broker, workload, target))?;
+        let mut result = runtime.block_on(run_workload(&suite.broker, workload, target))?;
         if let Some(error) = &result.first_error {
             eprintln!("  {} request(s) failed; the first: {error}", result.errors);
         }
@@ -329,6 +341,23 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         eprintln!("  cores used: broker {:.2}, load generator {:.2}", result.broker_cores, result.loadgen_cores);
         if let Some(produce) = &result.produce_latency_us {
             eprintln!("  of which producing: p50 {} µs p99 {} µs p99.9 {} µs", produce.p50, produce.p99, produce.p99_9);
+        }
+        if matches!(workload.kind, Kind::Produce | Kind::EndToEnd | Kind::RoundTrip) {
+            // Right after the workload (its broker has stopped), as
+            // `spate-bench engine` pairs its runs.
+            let sync = workload.durability == "always";
+            let paired = limits::measure_paired(&limits_dir, result.written_bytes, sync, suite.limits.cpu)?;
+            eprintln!(
+                "  paired raw write of {} MiB: {:.0} MB/s{}",
+                paired.bytes >> 20,
+                paired.disk_write_mb_s,
+                paired
+                    .disk_write_sync_4mib_mb_s
+                    .map_or(String::new(), |mb| format!(" (with fdatasync every 4 MiB {mb:.0} MB/s)"))
+            );
+            result.paired_disk_bytes = Some(paired.bytes);
+            result.paired_disk_write_mb_s = Some(paired.disk_write_mb_s);
+            result.paired_disk_write_sync_mb_s = paired.disk_write_sync_4mib_mb_s;
         }
         results.push(result);
     }
@@ -432,6 +461,7 @@ async fn timed_produce(
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let produce_latency = producing.await.context("producers")??;
+    let written_bytes = counters.bytes.load(Ordering::Relaxed);
     let (latency, produce_latency, counted) = match consuming {
         Some(consuming) => (consuming.await.context("consumers")??, Some(produce_latency), consumed),
         None => (produce_latency, None, counters),
@@ -439,6 +469,7 @@ async fn timed_produce(
     let series_mb_s = sampler.await.context("sampler")?;
     Ok(load::Measured {
         bytes: counted.bytes.load(Ordering::Relaxed),
+        written_bytes,
         records: counted.records.load(Ordering::Relaxed),
         errors: counted.errors.load(Ordering::Relaxed),
         first_error: counted.first_error.lock().ok().and_then(|e| e.clone()),
@@ -511,6 +542,7 @@ async fn timed_consume(
     let series_mb_s = sampler.await.context("sampler")?;
     Ok(load::Measured {
         bytes: counters.bytes.load(Ordering::Relaxed),
+        written_bytes: 0,
         records: counters.records.load(Ordering::Relaxed),
         errors: counters.errors.load(Ordering::Relaxed),
         first_error: counters.first_error.lock().ok().and_then(|e| e.clone()),
@@ -593,5 +625,9 @@ async fn run_workload(
         loadgen_cores: measured.loadgen_cores,
         distribution_us,
         target_rate_mb_s: target_mb_s,
+        written_bytes: measured.written_bytes,
+        paired_disk_bytes: None,
+        paired_disk_write_mb_s: None,
+        paired_disk_write_sync_mb_s: None,
     })
 }
