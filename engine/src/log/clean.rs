@@ -444,30 +444,9 @@ impl<S: Storage> PartitionLog<S> {
     /// Cleans every `interval` when a pass is due, in the background on
     /// this shard in the given task queue, until the log is closed.
     pub fn spawn_cleaner(&self, interval: Duration, queue: glommio::TaskQueueHandle) -> Result<()> {
-        let weak = Rc::downgrade(&self.inner);
-        let task = async move {
-            loop {
-                glommio::timer::sleep(interval).await;
-                let Some(inner) = weak.upgrade() else { break };
-                let log = PartitionLog { inner };
-                if log.inner.state.borrow().closed {
-                    break;
-                }
-                let now_ms = log.inner.config().clock.now_ms();
-                if !log.needs_clean(now_ms) {
-                    continue;
-                }
-                match log.clean(now_ms).await {
-                    Ok(_) => {}
-                    Err(LogError::Closed | LogError::Failed { .. }) => break,
-                    Err(err) => tracing::error!(dir = %log.dir().display(), error = %err, "cleaning failed"),
-                }
-            }
-        };
-        glommio::spawn_local_into(task, queue)
-            .map(|task| task.detach())
-            .map(|_| ())
-            .map_err(|_| LogError::InvalidConfig("no such task queue for the cleaner"))
+        self.spawn_maintenance(interval, queue, "cleaning", async |log, now_ms| {
+            if log.needs_clean(now_ms) { log.clean(now_ms).await.map(|_| ()) } else { Ok(()) }
+        })
     }
 }
 

@@ -855,6 +855,22 @@ impl<S: Storage> PartitionLog<S> {
     /// Runs retention every `interval` in the background on this shard, in
     /// the given task queue, until the log is closed.
     pub fn spawn_retention(&self, interval: Duration, queue: glommio::TaskQueueHandle) -> Result<()> {
+        self.spawn_maintenance(interval, queue, "retention", async |log, now_ms| {
+            log.enforce_retention(now_ms).await.map(|_| ())
+        })
+    }
+
+    /// Runs `work` every `interval` on this shard, in `queue`, until the log
+    /// is closed, dropped or failed (the failure was logged where it
+    /// happened); other errors are logged as `what` failing and retried at
+    /// the next interval. Retention and the cleaner share it.
+    pub(crate) fn spawn_maintenance(
+        &self,
+        interval: Duration,
+        queue: glommio::TaskQueueHandle,
+        what: &'static str,
+        work: impl AsyncFn(&PartitionLog<S>, i64) -> Result<()> + 'static,
+    ) -> Result<()> {
         let weak = Rc::downgrade(&self.inner);
         let task = async move {
             loop {
@@ -865,18 +881,16 @@ impl<S: Storage> PartitionLog<S> {
                     break;
                 }
                 let now_ms = log.inner.config().clock.now_ms();
-                match log.enforce_retention(now_ms).await {
-                    Ok(_) => {}
-                    // Stopped logs need no retention; the failure was logged.
+                match work(&log, now_ms).await {
+                    Ok(()) => {}
                     Err(LogError::Closed | LogError::Failed { .. }) => break,
-                    Err(err) => tracing::error!(dir = %log.dir().display(), error = %err, "retention failed"),
+                    Err(err) => tracing::error!(dir = %log.dir().display(), error = %err, "{what} failed"),
                 }
             }
         };
         glommio::spawn_local_into(task, queue)
-            .map(|task| task.detach())
-            .map(|_| ())
-            .map_err(|_| LogError::InvalidConfig("no such task queue for retention"))
+            .map(|task| drop(task.detach()))
+            .map_err(|_| LogError::InvalidConfig("no such task queue for background maintenance"))
     }
 
     /// Writes and syncs everything, persists the active segment's indexes,
