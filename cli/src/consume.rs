@@ -26,6 +26,34 @@ pub(crate) enum Format {
     Json,
 }
 
+impl Format {
+    /// Appends one record as a line in this format.
+    pub(crate) fn write(
+        self,
+        out: &mut Vec<u8>,
+        record: &spate_client::ConsumerRecord,
+        key_separator: Option<&str>,
+    ) -> anyhow::Result<()> {
+        match self {
+            Format::Text => output::text_line(out, record, key_separator),
+            Format::Json => {
+                out.extend_from_slice(output::json_line(record)?.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a poll's lines and flushes, so that pipes see records at once.
+pub(crate) fn flush_lines(stdout: &mut impl Write, out: &[u8]) -> anyhow::Result<()> {
+    if !out.is_empty() {
+        stdout.write_all(out).context("writing records")?;
+        stdout.flush().context("writing records")?;
+    }
+    Ok(())
+}
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct ConsumeArgs {
     pub(crate) topic: String,
@@ -97,19 +125,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ConsumeArgs) -> anyhow::Resul
             if past_end || args.count.is_some_and(|count| printed >= count) {
                 continue;
             }
-            match args.format {
-                Format::Text => output::text_line(&mut out, record, key_separator),
-                Format::Json => {
-                    out.extend_from_slice(output::json_line(record)?.as_bytes());
-                    out.push(b'\n');
-                }
-            }
+            args.format.write(&mut out, record, key_separator)?;
             printed += 1;
         }
-        if !out.is_empty() {
-            stdout.write_all(&out).context("writing records")?;
-            stdout.flush().context("writing records")?;
-        }
+        flush_lines(&mut stdout, &out)?;
     }
 }
 

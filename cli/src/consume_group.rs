@@ -6,15 +6,13 @@
 //! times out and they start at the last commit.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
 use spate_client::{AutoOffsetReset, GroupAssignor, GroupConfig, GroupConsumer, SeekTo, TopicPartition};
 
 use crate::GlobalArgs;
-use crate::consume::{ConsumeArgs, Format};
-use crate::output;
+use crate::consume::{ConsumeArgs, flush_lines};
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -88,19 +86,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ConsumeArgs, group: String) -
                 first_unprinted.entry(tp).or_insert(record.offset);
                 continue;
             }
-            match args.format {
-                Format::Text => output::text_line(&mut out, record, key_separator),
-                Format::Json => {
-                    out.extend_from_slice(output::json_line(record)?.as_bytes());
-                    out.push(b'\n');
-                }
-            }
+            args.format.write(&mut out, record, key_separator)?;
             printed += 1;
         }
-        if !out.is_empty() {
-            stdout.write_all(&out).context("writing records")?;
-            stdout.flush().context("writing records")?;
-        }
+        flush_lines(&mut stdout, &out)?;
         for (tp, offset) in first_unprinted {
             consumer.seek(&tp, offset).await.context("rewinding past the last printed record")?;
         }

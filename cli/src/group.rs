@@ -71,22 +71,8 @@ pub(crate) async fn run(global: &GlobalArgs, command: GroupCommand) -> anyhow::R
         }
         GroupCommand::ResetOffsets(args) => reset(&client, &groups, args).await?,
         GroupCommand::Delete { groups: names } => {
-            let mut table = Table::new(&["GROUP", "STATUS"]);
-            let mut failed = 0;
-            for name in &names {
-                let status = match groups.delete_group(name).await {
-                    Ok(()) => "OK".to_string(),
-                    Err(error) => {
-                        failed += 1;
-                        error.to_string()
-                    }
-                };
-                table.row(vec![name.clone(), status]);
-            }
-            print(&table.render())?;
-            if failed > 0 {
-                anyhow::bail!("{failed} of {} groups not deleted", names.len());
-            }
+            let failure = |failed| format!("{failed} of {} groups not deleted", names.len());
+            crate::output::delete_each("GROUP", &names, failure, async |name| groups.delete_group(name).await).await?;
         }
     }
     Ok(())

@@ -142,6 +142,34 @@ pub(crate) fn text_line(out: &mut Vec<u8>, record: &ConsumerRecord, key_separato
     out.push(b'\n');
 }
 
+/// Deletes each name in turn, printing a NAME / STATUS table; any failure
+/// ends the command with an error after the table (the topic and group
+/// delete verbs).
+pub(crate) async fn delete_each<E: std::fmt::Display>(
+    header: &str,
+    names: &[String],
+    failure: impl Fn(usize) -> String,
+    delete: impl AsyncFn(&str) -> Result<(), E>,
+) -> anyhow::Result<()> {
+    let mut table = Table::new(&[header, "STATUS"]);
+    let mut failed = 0;
+    for name in names {
+        let status = match delete(name).await {
+            Ok(()) => "OK".to_string(),
+            Err(error) => {
+                failed += 1;
+                error.to_string()
+            }
+        };
+        table.row(vec![name.clone(), status]);
+    }
+    print(&table.render())?;
+    if failed > 0 {
+        anyhow::bail!(failure(failed));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;

@@ -88,22 +88,8 @@ pub(crate) async fn run(global: &GlobalArgs, command: TopicCommand) -> anyhow::R
             print(&table.render())?;
         }
         TopicCommand::Delete { names } => {
-            let mut table = Table::new(&["TOPIC", "STATUS"]);
-            let mut failed = 0;
-            for name in &names {
-                let status = match admin.delete_topic(name).await {
-                    Ok(()) => "OK".to_string(),
-                    Err(error) => {
-                        failed += 1;
-                        error.to_string()
-                    }
-                };
-                table.row(vec![name.clone(), status]);
-            }
-            print(&table.render())?;
-            if failed > 0 {
-                anyhow::bail!("{failed} of {} topics could not be deleted", names.len());
-            }
+            let failure = |failed| format!("{failed} of {} topics could not be deleted", names.len());
+            crate::output::delete_each("TOPIC", &names, failure, async |name| admin.delete_topic(name).await).await?;
         }
     }
     Ok(())
