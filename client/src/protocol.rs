@@ -274,6 +274,7 @@ pub(crate) fn fetch(stamp: Stamp, limits: FetchLimits, entries: &[FetchEntry]) -
                         partition: entry.tp.partition,
                         offset: entry.offset,
                         max_bytes: entry.max_bytes,
+                        current_leader_epoch: -1,
                     },
                 )
             })
@@ -293,6 +294,7 @@ pub(crate) fn fetch(stamp: Stamp, limits: FetchLimits, entries: &[FetchEntry]) -
             min_bytes: limits.min_bytes,
             max_bytes: limits.max_bytes,
             topics: Some(topics),
+            replica_id: -1,
         },
     );
     finish(builder, stamp, Body::FetchRequest, body.as_union_value())

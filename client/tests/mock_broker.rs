@@ -192,6 +192,7 @@ impl MockBroker {
                 host: Some(host),
                 port: self.main_port,
                 shard_ports: Some(shard_ports),
+                ..Default::default()
             },
         );
         let brokers = builder.create_vector(&[broker]);

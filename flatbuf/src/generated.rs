@@ -15,10 +15,10 @@ extern crate alloc;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 28;
+pub const ENUM_MAX_ERROR_CODE: i16 = 34;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -48,6 +48,12 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 29] = [
   ErrorCode::OutOfOrderSequence,
   ErrorCode::InvalidProducerEpoch,
   ErrorCode::ProducerIdsUnavailable,
+  ErrorCode::NotEnoughReplicas,
+  ErrorCode::NotEnoughReplicasAfterAppend,
+  ErrorCode::FencedLeaderEpoch,
+  ErrorCode::UnknownLeaderEpoch,
+  ErrorCode::LeaderNotAvailable,
+  ErrorCode::NotController,
 ];
 
 /// One code for every failure a client can see. A client acts on the code;
@@ -136,9 +142,30 @@ impl ErrorCode {
   /// InitProducerId: the broker cannot allocate producer ids (its id
   /// allocator could not be persisted); retry later.
   pub const ProducerIdsUnavailable: Self = Self(28);
+  /// Produce with acks=all: the partition's in-sync replica set is smaller
+  /// than the topic's min.insync.replicas. Nothing was appended; retry.
+  pub const NotEnoughReplicas: Self = Self(29);
+  /// Produce with acks=all: the batch was appended, but the in-sync replica
+  /// set shrank below min.insync.replicas before every in-sync replica had
+  /// it. It may or may not survive a failover; an idempotent producer's
+  /// retry is deduplicated.
+  pub const NotEnoughReplicasAfterAppend: Self = Self(30);
+  /// The request's leader epoch is older than this broker's for the
+  /// partition: the sender acts on stale metadata (a follower of a deposed
+  /// leader, or a client); refresh metadata and retry.
+  pub const FencedLeaderEpoch: Self = Self(31);
+  /// The request's leader epoch is newer than this broker knows: this
+  /// broker has not caught up with the metadata yet; retry.
+  pub const UnknownLeaderEpoch: Self = Self(32);
+  /// The partition has no leader right now (an election is under way, or
+  /// no in-sync replica is alive); refresh metadata and retry.
+  pub const LeaderNotAvailable: Self = Self(33);
+  /// The controller quorum has no leader, or did not commit the change in
+  /// time; retry.
+  pub const NotController: Self = Self(34);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 28;
+  pub const ENUM_MAX: i16 = 34;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -169,6 +196,12 @@ impl ErrorCode {
     Self::OutOfOrderSequence,
     Self::InvalidProducerEpoch,
     Self::ProducerIdsUnavailable,
+    Self::NotEnoughReplicas,
+    Self::NotEnoughReplicasAfterAppend,
+    Self::FencedLeaderEpoch,
+    Self::UnknownLeaderEpoch,
+    Self::LeaderNotAvailable,
+    Self::NotController,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -202,6 +235,12 @@ impl ErrorCode {
       Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
       Self::InvalidProducerEpoch => Some("InvalidProducerEpoch"),
       Self::ProducerIdsUnavailable => Some("ProducerIdsUnavailable"),
+      Self::NotEnoughReplicas => Some("NotEnoughReplicas"),
+      Self::NotEnoughReplicasAfterAppend => Some("NotEnoughReplicasAfterAppend"),
+      Self::FencedLeaderEpoch => Some("FencedLeaderEpoch"),
+      Self::UnknownLeaderEpoch => Some("UnknownLeaderEpoch"),
+      Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
+      Self::NotController => Some("NotController"),
       _ => None,
     }
   }
@@ -259,10 +298,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 33;
+pub const ENUM_MAX_BODY: u8 = 35;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 34] = [
+pub const ENUM_VALUES_BODY: [Body; 36] = [
   Body::NONE,
   Body::HandshakeRequest,
   Body::HandshakeResponse,
@@ -297,6 +336,8 @@ pub const ENUM_VALUES_BODY: [Body; 34] = [
   Body::AlterConfigsResponse,
   Body::InitProducerIdRequest,
   Body::InitProducerIdResponse,
+  Body::OffsetForLeaderEpochRequest,
+  Body::OffsetForLeaderEpochResponse,
 ];
 
 /// The request and response bodies. The union's type is the API.
@@ -342,9 +383,11 @@ impl Body {
   pub const AlterConfigsResponse: Self = Self(31);
   pub const InitProducerIdRequest: Self = Self(32);
   pub const InitProducerIdResponse: Self = Self(33);
+  pub const OffsetForLeaderEpochRequest: Self = Self(34);
+  pub const OffsetForLeaderEpochResponse: Self = Self(35);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 33;
+  pub const ENUM_MAX: u8 = 35;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -380,6 +423,8 @@ impl Body {
     Self::AlterConfigsResponse,
     Self::InitProducerIdRequest,
     Self::InitProducerIdResponse,
+    Self::OffsetForLeaderEpochRequest,
+    Self::OffsetForLeaderEpochResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -418,6 +463,8 @@ impl Body {
       Self::AlterConfigsResponse => Some("AlterConfigsResponse"),
       Self::InitProducerIdRequest => Some("InitProducerIdRequest"),
       Self::InitProducerIdResponse => Some("InitProducerIdResponse"),
+      Self::OffsetForLeaderEpochRequest => Some("OffsetForLeaderEpochRequest"),
+      Self::OffsetForLeaderEpochResponse => Some("OffsetForLeaderEpochResponse"),
       _ => None,
     }
   }
@@ -1038,6 +1085,36 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_for_leader_epoch_request(&self) -> Option<OffsetForLeaderEpochRequest<'a>> {
+    if self.body_type() == Body::OffsetForLeaderEpochRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetForLeaderEpochRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offset_for_leader_epoch_response(&self) -> Option<OffsetForLeaderEpochResponse<'a>> {
+    if self.body_type() == Body::OffsetForLeaderEpochResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetForLeaderEpochResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -1083,6 +1160,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::AlterConfigsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterConfigsResponse>>("Body::AlterConfigsResponse", pos),
           Body::InitProducerIdRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdRequest>>("Body::InitProducerIdRequest", pos),
           Body::InitProducerIdResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdResponse>>("Body::InitProducerIdResponse", pos),
+          Body::OffsetForLeaderEpochRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochRequest>>("Body::OffsetForLeaderEpochRequest", pos),
+          Body::OffsetForLeaderEpochResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochResponse>>("Body::OffsetForLeaderEpochResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -1377,6 +1456,20 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::InitProducerIdResponse => {
           if let Some(x) = self.body_as_init_producer_id_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OffsetForLeaderEpochRequest => {
+          if let Some(x) = self.body_as_offset_for_leader_epoch_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OffsetForLeaderEpochResponse => {
+          if let Some(x) = self.body_as_offset_for_leader_epoch_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -1934,6 +2027,8 @@ impl<'a> BrokerInfo<'a> {
   pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
   pub const VT_PORT: ::flatbuffers::VOffsetT = 8;
   pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FENCED: ::flatbuffers::VOffsetT = 12;
+  pub const VT_CONTROLLER_PORT: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1948,7 +2043,9 @@ impl<'a> BrokerInfo<'a> {
     if let Some(x) = args.shard_ports { builder.add_shard_ports(x); }
     if let Some(x) = args.host { builder.add_host(x); }
     builder.add_node_id(args.node_id);
+    builder.add_controller_port(args.controller_port);
     builder.add_port(args.port);
+    builder.add_fenced(args.fenced);
     builder.finish()
   }
 
@@ -1983,6 +2080,23 @@ impl<'a> BrokerInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(BrokerInfo::VT_SHARD_PORTS, None)}
   }
+  /// The controller has fenced the broker (missed heartbeats): it leads
+  /// nothing and is not in any in-sync replica set until it comes back.
+  #[inline]
+  pub fn fenced(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(BrokerInfo::VT_FENCED, Some(false)).unwrap()}
+  }
+  /// The controller quorum's listener of this broker, when it is a voter.
+  #[inline]
+  pub fn controller_port(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(BrokerInfo::VT_CONTROLLER_PORT, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for BrokerInfo<'_> {
@@ -1995,6 +2109,8 @@ impl ::flatbuffers::Verifiable for BrokerInfo<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
      .visit_field::<u16>("port", Self::VT_PORT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("shard_ports", Self::VT_SHARD_PORTS, false)?
+     .visit_field::<bool>("fenced", Self::VT_FENCED, false)?
+     .visit_field::<u16>("controller_port", Self::VT_CONTROLLER_PORT, false)?
      .finish();
     Ok(())
   }
@@ -2004,6 +2120,8 @@ pub struct BrokerInfoArgs<'a> {
     pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub port: u16,
     pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+    pub fenced: bool,
+    pub controller_port: u16,
 }
 impl<'a> Default for BrokerInfoArgs<'a> {
   #[inline]
@@ -2013,6 +2131,8 @@ impl<'a> Default for BrokerInfoArgs<'a> {
       host: None,
       port: 0,
       shard_ports: None,
+      fenced: false,
+      controller_port: 0,
     }
   }
 }
@@ -2039,6 +2159,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BrokerInfoBuilder<'a, 'b, A> 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BrokerInfo::VT_SHARD_PORTS, shard_ports);
   }
   #[inline]
+  pub fn add_fenced(&mut self, fenced: bool) {
+    self.fbb_.push_slot::<bool>(BrokerInfo::VT_FENCED, fenced, false);
+  }
+  #[inline]
+  pub fn add_controller_port(&mut self, controller_port: u16) {
+    self.fbb_.push_slot::<u16>(BrokerInfo::VT_CONTROLLER_PORT, controller_port, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BrokerInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     BrokerInfoBuilder {
@@ -2060,6 +2188,8 @@ impl ::core::fmt::Debug for BrokerInfo<'_> {
       ds.field("host", &self.host());
       ds.field("port", &self.port());
       ds.field("shard_ports", &self.shard_ports());
+      ds.field("fenced", &self.fenced());
+      ds.field("controller_port", &self.controller_port());
       ds.finish()
   }
 }
@@ -3856,6 +3986,8 @@ impl<'a> PartitionDescription<'a> {
   pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 20;
   pub const VT_SIZE_BYTES: ::flatbuffers::VOffsetT = 22;
   pub const VT_SEGMENT_COUNT: ::flatbuffers::VOffsetT = 24;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 26;
+  pub const VT_PARTITION_EPOCH: ::flatbuffers::VOffsetT = 28;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3871,6 +4003,8 @@ impl<'a> PartitionDescription<'a> {
     builder.add_log_end_offset(args.log_end_offset);
     builder.add_high_watermark(args.high_watermark);
     builder.add_log_start_offset(args.log_start_offset);
+    builder.add_partition_epoch(args.partition_epoch);
+    builder.add_leader_epoch(args.leader_epoch);
     builder.add_segment_count(args.segment_count);
     if let Some(x) = args.isr { builder.add_isr(x); }
     if let Some(x) = args.replicas { builder.add_replicas(x); }
@@ -3959,6 +4093,21 @@ impl<'a> PartitionDescription<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(PartitionDescription::VT_SEGMENT_COUNT, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionDescription::VT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
+  /// Bumped by the controller at every change of leader or ISR.
+  #[inline]
+  pub fn partition_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(PartitionDescription::VT_PARTITION_EPOCH, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PartitionDescription<'_> {
@@ -3978,6 +4127,8 @@ impl ::flatbuffers::Verifiable for PartitionDescription<'_> {
      .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
      .visit_field::<u64>("size_bytes", Self::VT_SIZE_BYTES, false)?
      .visit_field::<u32>("segment_count", Self::VT_SEGMENT_COUNT, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<i32>("partition_epoch", Self::VT_PARTITION_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -3994,6 +4145,8 @@ pub struct PartitionDescriptionArgs<'a> {
     pub log_end_offset: i64,
     pub size_bytes: u64,
     pub segment_count: u32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
 }
 impl<'a> Default for PartitionDescriptionArgs<'a> {
   #[inline]
@@ -4010,6 +4163,8 @@ impl<'a> Default for PartitionDescriptionArgs<'a> {
       log_end_offset: 0,
       size_bytes: 0,
       segment_count: 0,
+      leader_epoch: -1,
+      partition_epoch: -1,
     }
   }
 }
@@ -4064,6 +4219,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionDescriptionBuilder<'
     self.fbb_.push_slot::<u32>(PartitionDescription::VT_SEGMENT_COUNT, segment_count, 0);
   }
   #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(PartitionDescription::VT_LEADER_EPOCH, leader_epoch, -1);
+  }
+  #[inline]
+  pub fn add_partition_epoch(&mut self, partition_epoch: i32) {
+    self.fbb_.push_slot::<i32>(PartitionDescription::VT_PARTITION_EPOCH, partition_epoch, -1);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionDescriptionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PartitionDescriptionBuilder {
@@ -4092,6 +4255,8 @@ impl ::core::fmt::Debug for PartitionDescription<'_> {
       ds.field("log_end_offset", &self.log_end_offset());
       ds.field("size_bytes", &self.size_bytes());
       ds.field("segment_count", &self.segment_count());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("partition_epoch", &self.partition_epoch());
       ds.finish()
   }
 }
@@ -5110,6 +5275,7 @@ impl<'a> FetchPartition<'a> {
   pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
   pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_CURRENT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5122,6 +5288,7 @@ impl<'a> FetchPartition<'a> {
   ) -> ::flatbuffers::WIPOffset<FetchPartition<'bldr>> {
     let mut builder = FetchPartitionBuilder::new(_fbb);
     builder.add_offset(args.offset);
+    builder.add_current_leader_epoch(args.current_leader_epoch);
     builder.add_max_bytes(args.max_bytes);
     builder.add_partition(args.partition);
     builder.finish()
@@ -5151,6 +5318,16 @@ impl<'a> FetchPartition<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(FetchPartition::VT_MAX_BYTES, Some(1048576)).unwrap()}
   }
+  /// The leader epoch the sender believes current; -1 skips the check. A
+  /// broker whose epoch differs answers FencedLeaderEpoch (the sender's is
+  /// older) or UnknownLeaderEpoch (newer).
+  #[inline]
+  pub fn current_leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(FetchPartition::VT_CURRENT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchPartition<'_> {
@@ -5162,6 +5339,7 @@ impl ::flatbuffers::Verifiable for FetchPartition<'_> {
      .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
      .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
      .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
+     .visit_field::<i32>("current_leader_epoch", Self::VT_CURRENT_LEADER_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -5170,6 +5348,7 @@ pub struct FetchPartitionArgs {
     pub partition: i32,
     pub offset: i64,
     pub max_bytes: i32,
+    pub current_leader_epoch: i32,
 }
 impl<'a> Default for FetchPartitionArgs {
   #[inline]
@@ -5178,6 +5357,7 @@ impl<'a> Default for FetchPartitionArgs {
       partition: 0,
       offset: 0,
       max_bytes: 1048576,
+      current_leader_epoch: -1,
     }
   }
 }
@@ -5200,6 +5380,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchPartitionBuilder<'a, 'b,
     self.fbb_.push_slot::<i32>(FetchPartition::VT_MAX_BYTES, max_bytes, 1048576);
   }
   #[inline]
+  pub fn add_current_leader_epoch(&mut self, current_leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(FetchPartition::VT_CURRENT_LEADER_EPOCH, current_leader_epoch, -1);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchPartitionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchPartitionBuilder {
@@ -5220,6 +5404,7 @@ impl ::core::fmt::Debug for FetchPartition<'_> {
       ds.field("partition", &self.partition());
       ds.field("offset", &self.offset());
       ds.field("max_bytes", &self.max_bytes());
+      ds.field("current_leader_epoch", &self.current_leader_epoch());
       ds.finish()
   }
 }
@@ -5356,6 +5541,7 @@ impl<'a> FetchRequest<'a> {
   pub const VT_MIN_BYTES: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 8;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REPLICA_ID: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5367,6 +5553,7 @@ impl<'a> FetchRequest<'a> {
     args: &'args FetchRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FetchRequest<'bldr>> {
     let mut builder = FetchRequestBuilder::new(_fbb);
+    builder.add_replica_id(args.replica_id);
     if let Some(x) = args.topics { builder.add_topics(x); }
     builder.add_max_bytes(args.max_bytes);
     builder.add_min_bytes(args.min_bytes);
@@ -5405,6 +5592,16 @@ impl<'a> FetchRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchTopic>>>>(FetchRequest::VT_TOPICS, None)}
   }
+  /// A follower's node id (replica fetch: the leader records the offset as
+  /// the follower's log end, and serves up to its log end rather than the
+  /// high watermark); -1 for consumers.
+  #[inline]
+  pub fn replica_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(FetchRequest::VT_REPLICA_ID, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchRequest<'_> {
@@ -5417,6 +5614,7 @@ impl ::flatbuffers::Verifiable for FetchRequest<'_> {
      .visit_field::<i32>("min_bytes", Self::VT_MIN_BYTES, false)?
      .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<FetchTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<i32>("replica_id", Self::VT_REPLICA_ID, false)?
      .finish();
     Ok(())
   }
@@ -5426,6 +5624,7 @@ pub struct FetchRequestArgs<'a> {
     pub min_bytes: i32,
     pub max_bytes: i32,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchTopic<'a>>>>>,
+    pub replica_id: i32,
 }
 impl<'a> Default for FetchRequestArgs<'a> {
   #[inline]
@@ -5435,6 +5634,7 @@ impl<'a> Default for FetchRequestArgs<'a> {
       min_bytes: 1,
       max_bytes: 52428800,
       topics: None,
+      replica_id: -1,
     }
   }
 }
@@ -5461,6 +5661,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchRequestBuilder<'a, 'b, A
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchRequest::VT_TOPICS, topics);
   }
   #[inline]
+  pub fn add_replica_id(&mut self, replica_id: i32) {
+    self.fbb_.push_slot::<i32>(FetchRequest::VT_REPLICA_ID, replica_id, -1);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchRequestBuilder {
@@ -5482,6 +5686,7 @@ impl ::core::fmt::Debug for FetchRequest<'_> {
       ds.field("min_bytes", &self.min_bytes());
       ds.field("max_bytes", &self.max_bytes());
       ds.field("topics", &self.topics());
+      ds.field("replica_id", &self.replica_id());
       ds.finish()
   }
 }
@@ -9656,6 +9861,726 @@ impl ::core::fmt::Debug for InitProducerIdResponse<'_> {
       ds.field("producer_id", &self.producer_id());
       ds.field("producer_epoch", &self.producer_epoch());
       ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum OffsetForLeaderEpochPartitionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Kafka's OffsetForLeaderEpoch (KIP-101, KIP-279): a follower asks the
+/// leader for the end offset of the largest epoch <= leader_epoch that the
+/// leader has, and truncates to the smaller of that and its own end of the
+/// same epoch, never to its high watermark.
+pub struct OffsetForLeaderEpochPartition<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetForLeaderEpochPartition<'a> {
+  type Inner = OffsetForLeaderEpochPartition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetForLeaderEpochPartition<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CURRENT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetForLeaderEpochPartition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetForLeaderEpochPartitionArgs
+  ) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochPartition<'bldr>> {
+    let mut builder = OffsetForLeaderEpochPartitionBuilder::new(_fbb);
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_current_leader_epoch(args.current_leader_epoch);
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetForLeaderEpochPartition::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// The epoch the follower believes the leader has (fencing); -1 skips.
+  #[inline]
+  pub fn current_leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetForLeaderEpochPartition::VT_CURRENT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
+  /// The follower's latest epoch.
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetForLeaderEpochPartition::VT_LEADER_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetForLeaderEpochPartition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i32>("current_leader_epoch", Self::VT_CURRENT_LEADER_EPOCH, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetForLeaderEpochPartitionArgs {
+    pub partition: i32,
+    pub current_leader_epoch: i32,
+    pub leader_epoch: i32,
+}
+impl<'a> Default for OffsetForLeaderEpochPartitionArgs {
+  #[inline]
+  fn default() -> Self {
+    OffsetForLeaderEpochPartitionArgs {
+      partition: 0,
+      current_leader_epoch: -1,
+      leader_epoch: 0,
+    }
+  }
+}
+
+pub struct OffsetForLeaderEpochPartitionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetForLeaderEpochPartitionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(OffsetForLeaderEpochPartition::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_current_leader_epoch(&mut self, current_leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(OffsetForLeaderEpochPartition::VT_CURRENT_LEADER_EPOCH, current_leader_epoch, -1);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(OffsetForLeaderEpochPartition::VT_LEADER_EPOCH, leader_epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetForLeaderEpochPartitionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetForLeaderEpochPartitionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochPartition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetForLeaderEpochPartition<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetForLeaderEpochPartition");
+      ds.field("partition", &self.partition());
+      ds.field("current_leader_epoch", &self.current_leader_epoch());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.finish()
+  }
+}
+pub enum OffsetForLeaderEpochTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetForLeaderEpochTopic<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetForLeaderEpochTopic<'a> {
+  type Inner = OffsetForLeaderEpochTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetForLeaderEpochTopic<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetForLeaderEpochTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetForLeaderEpochTopicArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochTopic<'bldr>> {
+    let mut builder = OffsetForLeaderEpochTopicBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetForLeaderEpochTopic::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochPartition<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochPartition>>>>(OffsetForLeaderEpochTopic::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetForLeaderEpochTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochPartition>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetForLeaderEpochTopicArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochPartition<'a>>>>>,
+}
+impl<'a> Default for OffsetForLeaderEpochTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetForLeaderEpochTopicArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetForLeaderEpochTopicBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetForLeaderEpochTopicBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetForLeaderEpochTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochPartition<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetForLeaderEpochTopic::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetForLeaderEpochTopicBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetForLeaderEpochTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetForLeaderEpochTopic<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetForLeaderEpochTopic");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum OffsetForLeaderEpochRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetForLeaderEpochRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetForLeaderEpochRequest<'a> {
+  type Inner = OffsetForLeaderEpochRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetForLeaderEpochRequest<'a> {
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_REPLICA_ID: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetForLeaderEpochRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetForLeaderEpochRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochRequest<'bldr>> {
+    let mut builder = OffsetForLeaderEpochRequestBuilder::new(_fbb);
+    builder.add_replica_id(args.replica_id);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopic>>>>(OffsetForLeaderEpochRequest::VT_TOPICS, None)}
+  }
+  #[inline]
+  pub fn replica_id(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(OffsetForLeaderEpochRequest::VT_REPLICA_ID, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetForLeaderEpochRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<i32>("replica_id", Self::VT_REPLICA_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetForLeaderEpochRequestArgs<'a> {
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopic<'a>>>>>,
+    pub replica_id: i32,
+}
+impl<'a> Default for OffsetForLeaderEpochRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetForLeaderEpochRequestArgs {
+      topics: None,
+      replica_id: -1,
+    }
+  }
+}
+
+pub struct OffsetForLeaderEpochRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetForLeaderEpochRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetForLeaderEpochRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn add_replica_id(&mut self, replica_id: i32) {
+    self.fbb_.push_slot::<i32>(OffsetForLeaderEpochRequest::VT_REPLICA_ID, replica_id, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetForLeaderEpochRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetForLeaderEpochRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetForLeaderEpochRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetForLeaderEpochRequest");
+      ds.field("topics", &self.topics());
+      ds.field("replica_id", &self.replica_id());
+      ds.finish()
+  }
+}
+pub enum EpochEndOffsetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct EpochEndOffset<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for EpochEndOffset<'a> {
+  type Inner = EpochEndOffset<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> EpochEndOffset<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 6;
+  pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_END_OFFSET: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    EpochEndOffset { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EpochEndOffsetArgs
+  ) -> ::flatbuffers::WIPOffset<EpochEndOffset<'bldr>> {
+    let mut builder = EpochEndOffsetBuilder::new(_fbb);
+    builder.add_end_offset(args.end_offset);
+    builder.add_leader_epoch(args.leader_epoch);
+    builder.add_partition(args.partition);
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(EpochEndOffset::VT_PARTITION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(EpochEndOffset::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  /// The largest epoch <= the one asked for that the leader has (-1: none).
+  #[inline]
+  pub fn leader_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(EpochEndOffset::VT_LEADER_EPOCH, Some(-1)).unwrap()}
+  }
+  /// Its end offset: the start of the next larger epoch, or the log end.
+  #[inline]
+  pub fn end_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(EpochEndOffset::VT_END_OFFSET, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for EpochEndOffset<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+     .visit_field::<i64>("end_offset", Self::VT_END_OFFSET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EpochEndOffsetArgs {
+    pub partition: i32,
+    pub error: ErrorCode,
+    pub leader_epoch: i32,
+    pub end_offset: i64,
+}
+impl<'a> Default for EpochEndOffsetArgs {
+  #[inline]
+  fn default() -> Self {
+    EpochEndOffsetArgs {
+      partition: 0,
+      error: ErrorCode::None,
+      leader_epoch: -1,
+      end_offset: -1,
+    }
+  }
+}
+
+pub struct EpochEndOffsetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EpochEndOffsetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: i32) {
+    self.fbb_.push_slot::<i32>(EpochEndOffset::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(EpochEndOffset::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+    self.fbb_.push_slot::<i32>(EpochEndOffset::VT_LEADER_EPOCH, leader_epoch, -1);
+  }
+  #[inline]
+  pub fn add_end_offset(&mut self, end_offset: i64) {
+    self.fbb_.push_slot::<i64>(EpochEndOffset::VT_END_OFFSET, end_offset, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EpochEndOffsetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EpochEndOffsetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<EpochEndOffset<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for EpochEndOffset<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("EpochEndOffset");
+      ds.field("partition", &self.partition());
+      ds.field("error", &self.error());
+      ds.field("leader_epoch", &self.leader_epoch());
+      ds.field("end_offset", &self.end_offset());
+      ds.finish()
+  }
+}
+pub enum OffsetForLeaderEpochTopicResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetForLeaderEpochTopicResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetForLeaderEpochTopicResponse<'a> {
+  type Inner = OffsetForLeaderEpochTopicResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetForLeaderEpochTopicResponse<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetForLeaderEpochTopicResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetForLeaderEpochTopicResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochTopicResponse<'bldr>> {
+    let mut builder = OffsetForLeaderEpochTopicResponseBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(OffsetForLeaderEpochTopicResponse::VT_NAME, None)}
+  }
+  #[inline]
+  pub fn partitions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<EpochEndOffset<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<EpochEndOffset>>>>(OffsetForLeaderEpochTopicResponse::VT_PARTITIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetForLeaderEpochTopicResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<EpochEndOffset>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetForLeaderEpochTopicResponseArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<EpochEndOffset<'a>>>>>,
+}
+impl<'a> Default for OffsetForLeaderEpochTopicResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetForLeaderEpochTopicResponseArgs {
+      name: None,
+      partitions: None,
+    }
+  }
+}
+
+pub struct OffsetForLeaderEpochTopicResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetForLeaderEpochTopicResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetForLeaderEpochTopicResponse::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<EpochEndOffset<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetForLeaderEpochTopicResponse::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetForLeaderEpochTopicResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetForLeaderEpochTopicResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochTopicResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetForLeaderEpochTopicResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetForLeaderEpochTopicResponse");
+      ds.field("name", &self.name());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum OffsetForLeaderEpochResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OffsetForLeaderEpochResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetForLeaderEpochResponse<'a> {
+  type Inner = OffsetForLeaderEpochResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetForLeaderEpochResponse<'a> {
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetForLeaderEpochResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OffsetForLeaderEpochResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochResponse<'bldr>> {
+    let mut builder = OffsetForLeaderEpochResponseBuilder::new(_fbb);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopicResponse<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopicResponse>>>>(OffsetForLeaderEpochResponse::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OffsetForLeaderEpochResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopicResponse>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetForLeaderEpochResponseArgs<'a> {
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopicResponse<'a>>>>>,
+}
+impl<'a> Default for OffsetForLeaderEpochResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OffsetForLeaderEpochResponseArgs {
+      topics: None,
+    }
+  }
+}
+
+pub struct OffsetForLeaderEpochResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetForLeaderEpochResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochTopicResponse<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OffsetForLeaderEpochResponse::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetForLeaderEpochResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetForLeaderEpochResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetForLeaderEpochResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetForLeaderEpochResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetForLeaderEpochResponse");
+      ds.field("topics", &self.topics());
       ds.finish()
   }
 }

@@ -218,7 +218,14 @@ fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
     let shard_ports = builder.create_vector(&ports.shards);
     let broker = BrokerInfo::create(
         &mut builder,
-        &BrokerInfoArgs { node_id, host: Some(host), port: ports.main, shard_ports: Some(shard_ports) },
+        &BrokerInfoArgs {
+            node_id,
+            host: Some(host),
+            port: ports.main,
+            shard_ports: Some(shard_ports),
+            fenced: false,
+            controller_port: 0,
+        },
     );
     let brokers = builder.create_vector(&[broker]);
     let body = MetadataResponse::create(
@@ -439,6 +446,8 @@ fn describe_topics(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
                         log_end_offset: stats.log_end_offset,
                         size_bytes: stats.size_bytes,
                         segment_count: stats.segment_count,
+                        leader_epoch: 0,
+                        partition_epoch: 0,
                     },
                 ));
             }

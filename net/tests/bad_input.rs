@@ -268,14 +268,25 @@ fn a_fetch_naming_one_partition_many_times_reads_only_within_its_byte_budget() {
     let frame = conn.call(Body::FetchRequest, |b| {
         let name = b.create_string("t");
         let parts: Vec<_> = (0..100)
-            .map(|_| FetchPartition::create(b, &FetchPartitionArgs { partition: 0, offset: 0, max_bytes: one_batch }))
+            .map(|_| {
+                FetchPartition::create(
+                    b,
+                    &FetchPartitionArgs { partition: 0, offset: 0, max_bytes: one_batch, ..Default::default() },
+                )
+            })
             .collect();
         let parts = b.create_vector(&parts);
         let topic = FetchTopic::create(b, &FetchTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
         FetchRequest::create(
             b,
-            &FetchRequestArgs { max_wait_ms: 0, min_bytes: 1, max_bytes: 2 * one_batch, topics: Some(topics) },
+            &FetchRequestArgs {
+                max_wait_ms: 0,
+                min_bytes: 1,
+                max_bytes: 2 * one_batch,
+                topics: Some(topics),
+                ..Default::default()
+            },
         )
         .as_union_value()
     });

@@ -152,13 +152,22 @@ impl Conn {
     pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> (ErrorCode, i64, Bytes) {
         let frame = self.call(Body::FetchRequest, |b| {
             let name = b.create_string(topic);
-            let part = FetchPartition::create(b, &FetchPartitionArgs { partition, offset, max_bytes: 1 << 20 });
+            let part = FetchPartition::create(
+                b,
+                &FetchPartitionArgs { partition, offset, max_bytes: 1 << 20, ..Default::default() },
+            );
             let parts = b.create_vector(&[part]);
             let topic = FetchTopic::create(b, &FetchTopicArgs { name: Some(name), partitions: Some(parts) });
             let topics = b.create_vector(&[topic]);
             FetchRequest::create(
                 b,
-                &FetchRequestArgs { max_wait_ms, min_bytes: 1, max_bytes: 4 << 20, topics: Some(topics) },
+                &FetchRequestArgs {
+                    max_wait_ms,
+                    min_bytes: 1,
+                    max_bytes: 4 << 20,
+                    topics: Some(topics),
+                    ..Default::default()
+                },
             )
             .as_union_value()
         });
