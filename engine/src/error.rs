@@ -38,6 +38,12 @@ pub enum LogError {
     #[error("log is being truncated; retry the append")]
     Truncating,
 
+    /// A follower was given a batch that starts below its log end: the
+    /// leader and this replica disagree on where the log ends (truncate by
+    /// leader epoch first).
+    #[error("replicated batch at offset {base_offset} starts below the log end {log_end_offset}")]
+    ReplicaOffset { base_offset: i64, log_end_offset: i64 },
+
     /// Too many bytes are waiting for the disk; retry after a moment.
     #[error("{pending_bytes} bytes wait for the disk, over the {limit} limit; retry the append")]
     Backpressure { pending_bytes: usize, limit: usize },

@@ -271,6 +271,35 @@ impl<S: Storage> Future for HighWatermarkAbove<S> {
     }
 }
 
+/// Completes once the log end offset is above `offset` (something was
+/// appended there), or the log is closed or failed: what a follower's
+/// long-polling replica fetch waits for, since the high watermark cannot
+/// move before followers fetch.
+pub struct LogEndAbove<S: Storage> {
+    inner: Rc<LogInner<S>>,
+    offset: i64,
+}
+
+impl<S: Storage> Future for LogEndAbove<S> {
+    type Output = i64;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i64> {
+        let mut state = self.inner.state.borrow_mut();
+        if state.log_end_offset > self.offset || state.closed || state.failed.is_some() || state.truncating {
+            return Poll::Ready(state.log_end_offset);
+        }
+        if !state.log_end_wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+            state.log_end_wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: Storage> fmt::Debug for LogEndAbove<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogEndAbove").field("offset", &self.offset).finish()
+    }
+}
+
 impl<S: Storage> fmt::Debug for HighWatermarkAbove<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HighWatermarkAbove").field("offset", &self.offset).finish()
@@ -354,6 +383,8 @@ pub(crate) struct LogState<F> {
     truncations: u64,
     /// Tasks waiting for the high watermark to move (long-polling fetches).
     high_watermark_wakers: Vec<Waker>,
+    /// Tasks waiting for the log end to move (replica fetches).
+    log_end_wakers: Vec<Waker>,
     /// Batches starting at or below this offset may follow a gap left by
     /// compaction (the compaction checkpoint); above it offsets are
     /// contiguous. `i64::MIN` in a log never compacted.
@@ -403,6 +434,7 @@ impl<F> LogState<F> {
             truncating: false,
             truncations: 0,
             high_watermark_wakers: Vec::new(),
+            log_end_wakers: Vec::new(),
             gaps_below,
             first_dirty_offset: log_start_offset,
             next_horizon_ms: None,
@@ -428,9 +460,27 @@ impl<F> LogState<F> {
         }
     }
 
+    /// Wakes every offset waiter: the high watermark moved, or the log
+    /// closed or failed.
     fn wake_high_watermark_waiters(&mut self) {
         for waker in self.high_watermark_wakers.drain(..) {
             waker.wake();
+        }
+        self.wake_log_end_waiters();
+    }
+
+    fn wake_log_end_waiters(&mut self) {
+        for waker in self.log_end_wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// The offset below which the log acknowledges appends under its
+    /// durability policy.
+    fn ack_offset(&self, durability: Durability) -> i64 {
+        match durability {
+            Durability::Always => self.synced_offset,
+            Durability::IntervalMs(_) | Durability::Never => self.written_offset,
         }
     }
 
@@ -633,6 +683,18 @@ impl<S: Storage> PartitionLog<S> {
         state.check_offsets();
     }
 
+    /// The offset below which appends are acknowledged under the log's
+    /// durability policy (synced under `Always`, written otherwise): the
+    /// leader's own contribution to a replicated high watermark.
+    pub fn ack_offset(&self) -> i64 {
+        self.inner.state.borrow().ack_offset(self.inner.config().durability)
+    }
+
+    /// See [`LogEndAbove`].
+    pub fn log_end_above(&self, offset: i64) -> LogEndAbove<S> {
+        LogEndAbove { inner: self.inner.clone(), offset }
+    }
+
     /// Completes once the high watermark is above `offset`, or the log is
     /// closed or failed: what a long-polling fetch at `offset` waits for.
     pub fn high_watermark_above(&self, offset: i64) -> HighWatermarkAbove<S> {
@@ -672,28 +734,39 @@ impl<S: Storage> PartitionLog<S> {
         batch::set_base_offset(&mut batch, base_offset)?;
         batch::set_partition_leader_epoch(&mut batch, leader_epoch)?;
         info.partition_leader_epoch = leader_epoch;
-        if state.epochs.assign(leader_epoch, base_offset) {
-            state.epochs_dirty = true;
+        Ok(inner.enqueue(state, batch, &info, &config))
+    }
+
+    /// A follower's append: the batch keeps the offsets and leader epoch
+    /// its leader gave it (checked, never reassigned), so every replica
+    /// holds the same bytes at the same offsets. It must start at or after
+    /// the log end (compaction may have left a gap on the leader). No
+    /// LogAppendTime restamp (the leader did it) and no sequence check (the
+    /// leader did it); the producer state still learns the batch, for the
+    /// day this replica leads.
+    pub fn append_replica(&self, batch: BytesMut) -> Result<AppendTicket> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let state = inner.state.borrow_mut();
+        if state.truncating {
+            return Err(LogError::Truncating);
         }
-        inner.roll_if_needed(&mut state, &info);
-        state.producers.record(&info);
-        let segment = state.active_mut();
-        assert!(!segment.sealed, "appends never reach a sealed segment");
-        let position = segment.dispatched_bytes;
-        let segment_base = segment.base_offset;
-        segment.record_batch(position, &info, config.index_interval_bytes);
-        let bytes = batch.freeze();
-        let last_offset = info.last_offset();
-        inner.cache.insert_pinned(inner.log_id, base_offset, last_offset, bytes.clone());
-        state.pending_bytes += bytes.len();
-        state.pending.push_back(Pending { segment_base, position, last_offset, bytes });
-        state.log_end_offset = last_offset + 1;
-        let (done_tx, done_rx) = oneshot::channel();
-        state.waiters.push_back(Waiter { offset_end: last_offset + 1, needs_sync: false, done: done_tx });
-        state.check_offsets();
-        drop(state);
-        inner.wake.notify();
-        Ok(AppendTicket { info: AppendInfo { base_offset, last_offset, duplicate: false }, done: done_rx })
+        let config = inner.config();
+        let limit = config.pending_bytes_max;
+        if !state.pending.is_empty() && state.pending_bytes + batch.len() > limit {
+            return Err(LogError::Backpressure { pending_bytes: state.pending_bytes, limit });
+        }
+        // The leader may have a larger max.message.bytes than this replica
+        // was opened with for a moment (config change in flight): replicas
+        // never refuse a batch their leader took for its size alone.
+        let info = batch::validate_stored(&batch, crate::limits::BATCH_BYTES_MAX_LIMIT)?;
+        if info.base_offset < state.log_end_offset {
+            return Err(LogError::ReplicaOffset {
+                base_offset: info.base_offset,
+                log_end_offset: state.log_end_offset,
+            });
+        }
+        Ok(inner.enqueue(state, batch, &info, &config))
     }
 
     /// Appends and waits for the ack.
@@ -949,6 +1022,43 @@ impl<S: Storage> LogInner<S> {
     /// The current config (cheap: a reference count).
     fn config(&self) -> Rc<LogConfig> {
         self.config.borrow().clone()
+    }
+
+    /// The common end of every append, once the batch has its offsets and
+    /// epoch in its header: place it in the active segment, pin it in the
+    /// tail cache, queue it for the flusher and hand out its ticket.
+    fn enqueue(
+        &self,
+        mut state: std::cell::RefMut<'_, LogState<S::File>>,
+        batch: BytesMut,
+        info: &BatchInfo,
+        config: &LogConfig,
+    ) -> AppendTicket {
+        let base_offset = info.base_offset;
+        assert!(base_offset >= state.log_end_offset, "a batch never starts below the log end");
+        if state.epochs.assign(info.partition_leader_epoch, base_offset) {
+            state.epochs_dirty = true;
+        }
+        self.roll_if_needed(&mut state, info);
+        state.producers.record(info);
+        let segment = state.active_mut();
+        assert!(!segment.sealed, "appends never reach a sealed segment");
+        let position = segment.dispatched_bytes;
+        let segment_base = segment.base_offset;
+        segment.record_batch(position, info, config.index_interval_bytes);
+        let bytes = batch.freeze();
+        let last_offset = info.last_offset();
+        self.cache.insert_pinned(self.log_id, base_offset, last_offset, bytes.clone());
+        state.pending_bytes += bytes.len();
+        state.pending.push_back(Pending { segment_base, position, last_offset, bytes });
+        state.log_end_offset = last_offset + 1;
+        let (done_tx, done_rx) = oneshot::channel();
+        state.waiters.push_back(Waiter { offset_end: last_offset + 1, needs_sync: false, done: done_tx });
+        state.check_offsets();
+        state.wake_log_end_waiters();
+        drop(state);
+        self.wake.notify();
+        AppendTicket { info: AppendInfo { base_offset, last_offset, duplicate: false }, done: done_rx }
     }
 
     fn roll_if_needed(&self, state: &mut LogState<S::File>, info: &BatchInfo) {

@@ -1,0 +1,77 @@
+//! A follower's log: batches keep their leader's offsets and epochs, and
+//! the replica-fetch wait fires on appends.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use futures::FutureExt;
+use spate_engine::io::SimStorage;
+use spate_engine::{LogConfig, LogError, ReadBound};
+
+fn replicated(config: &LogConfig) -> LogConfig {
+    LogConfig { high_watermark_follows_acks: false, ..config.clone() }
+}
+
+#[test]
+fn a_follower_keeps_the_leaders_offsets_epochs_and_bytes() {
+    run(async {
+        let leader_disk = SimStorage::new();
+        let follower_disk = SimStorage::new();
+        let leader = open(&leader_disk, &small_config()).await;
+        leader.append_durable(batch("a", 3, 1000), 1).await.unwrap();
+        leader.append_durable(batch("b", 2, 1001), 4).await.unwrap();
+        let config = replicated(&small_config());
+        let follower = open(&follower_disk, &config).await;
+        let read = leader.read(0, 1 << 20, ReadBound::LogEnd).await.unwrap();
+        for bytes in &read.batches {
+            follower.append_replica(BytesMut::from(&bytes[..])).unwrap().durable().await.unwrap();
+        }
+        assert_eq!(follower.log_end_offset(), 5);
+        let epochs: Vec<_> = follower.leader_epochs().entries().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(epochs, vec![(1, 0), (4, 3)]);
+        // Not visible to consumers until the leader's high watermark says so.
+        assert_eq!(follower.high_watermark(), 0);
+        follower.set_high_watermark(5);
+        let copy = follower.read(0, 1 << 20, ReadBound::HighWatermark).await.unwrap();
+        assert_eq!(copy.batches, read.batches, "byte for byte the leader's batches");
+        // A batch below the log end is refused and changes nothing.
+        let again = BytesMut::from(&read.batches[1][..]);
+        assert!(matches!(follower.append_replica(again), Err(LogError::ReplicaOffset { base_offset: 3, .. })));
+        assert_eq!(follower.log_end_offset(), 5);
+        follower.close().await.unwrap();
+        // Recovery keeps the epochs.
+        let follower = open(&follower_disk, &config).await;
+        assert_eq!(follower.leader_epochs().latest_epoch(), Some(4));
+    });
+}
+
+#[test]
+fn a_corrupt_replicated_batch_is_refused() {
+    run(async {
+        let storage = SimStorage::new();
+        let follower = open(&storage, &replicated(&small_config())).await;
+        let mut bytes = BytesMut::from(&batch("a", 2, 0)[..]);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        assert!(matches!(follower.append_replica(bytes), Err(LogError::InvalidBatch(_))));
+        assert_eq!(follower.log_end_offset(), 0);
+    });
+}
+
+#[test]
+fn log_end_above_waits_for_an_append_and_the_ack_offset_follows_the_disk() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &replicated(&small_config())).await;
+        let mut wait = Box::pin(log.log_end_above(0));
+        assert!((&mut wait).now_or_never().is_none(), "nothing appended yet");
+        let ticket = log.append(batch("a", 2, 0), 0).unwrap();
+        assert_eq!((&mut wait).now_or_never(), Some(2));
+        ticket.durable().await.unwrap();
+        assert_eq!(log.ack_offset(), 2);
+        // With the high watermark owned by replication, acks do not move it.
+        assert_eq!(log.high_watermark(), 0);
+    });
+}
