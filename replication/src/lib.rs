@@ -1,0 +1,1 @@
+//! Spate's cluster metadata controller: a Raft-replicated metadata log.
