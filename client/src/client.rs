@@ -10,10 +10,15 @@ use spate_flatbuf::Frame;
 use crate::config::ClientConfig;
 use crate::conn::Connection;
 use crate::error::ClientError;
-use crate::limits::METADATA_REFRESH_BACKOFF_MS;
+use crate::limits::{ANY_BROKER_ATTEMPT_MS_MIN, METADATA_REFRESH_BACKOFF_MS};
 use crate::lock;
-use crate::metadata::{ClusterMetadata, TopicPartition};
+use crate::metadata::{ClusterMetadata, PartitionRoute, TopicPartition};
 use crate::protocol::{self, ListedOffset, OutFrame, Stamp};
+
+/// The pause before a retry that needs fresh metadata.
+fn backoff() -> Duration {
+    Duration::from_millis(METADATA_REFRESH_BACKOFF_MS)
+}
 
 /// A handle on a cluster. Cheap to clone: clones share connections and
 /// metadata.
@@ -39,6 +44,9 @@ struct Inner {
     /// Held while a metadata request is out, so that callers who all find
     /// the cache stale send one request, not one each.
     refreshing: tokio::sync::Mutex<()>,
+    /// Addresses whose last connect failed, and when: requests any broker
+    /// can answer try them last, so a dead broker costs one attempt.
+    unreachable: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
@@ -51,7 +59,8 @@ struct MetadataCache {
 
 impl Client {
     /// Checks the configuration and fetches the cluster's metadata from the
-    /// first bootstrap broker that answers.
+    /// first bootstrap broker that answers (those that refuse or do not
+    /// answer are skipped, all within the request timeout).
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
         let client = Client {
@@ -60,6 +69,7 @@ impl Client {
                 pool: Mutex::new(HashMap::new()),
                 metadata: Mutex::new(MetadataCache::default()),
                 refreshing: tokio::sync::Mutex::new(()),
+                unreachable: Mutex::new(HashMap::new()),
             }),
         };
         client.refresh_metadata().await?;
@@ -122,26 +132,50 @@ impl Client {
     }
 
     /// The topic's partition count; a topic the cache does not know is
-    /// looked up once more, since it may have been created since.
+    /// looked up once more, since it may have been created since. A
+    /// retriable error (the topic's metadata reports one, or no broker
+    /// answered) is retried with fresh metadata within the request timeout.
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<i32, ClientError> {
-        match self.cluster().await?.partition_count(topic) {
-            Err(ClientError::UnknownTopic(_)) => {
-                let _refreshing = self.inner.refreshing.lock().await;
-                self.metadata(None).await?.partition_count(topic)
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let count = match self.cluster().await.and_then(|metadata| metadata.partition_count(topic)) {
+                Err(ClientError::UnknownTopic(_)) => {
+                    let _refreshing = self.inner.refreshing.lock().await;
+                    self.metadata(None).await.and_then(|metadata| metadata.partition_count(topic))
+                }
+                other => other,
+            };
+            match count {
+                Err(error) if error.is_retriable() && Instant::now() + backoff() < deadline => {
+                    tracing::debug!(topic, %error, "no usable metadata for the topic yet; retrying");
+                    self.invalidate_metadata();
+                    tokio::time::sleep(backoff()).await;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
     /// Where requests for `tp` go, from the cached metadata.
     pub(crate) async fn partition_address(&self, tp: &TopicPartition) -> Result<String, ClientError> {
-        let metadata = self.cluster().await?;
-        metadata.partition_address(&tp.topic, tp.partition, self.inner.config.shard_aware)
+        Ok(self.partition_route(tp).await?.address)
     }
 
-    /// The pooled connection to `address`, opened (with its handshake) if
-    /// there is none or the last one failed.
-    async fn connection(&self, address: &str) -> Result<Arc<Connection>, ClientError> {
+    /// The leader's address for `tp` and its leader epoch, from the cached
+    /// metadata. A partition without a leader is `LeaderNotAvailable` and
+    /// marks the metadata stale, so the caller's retry sees a fresh copy.
+    pub(crate) async fn partition_route(&self, tp: &TopicPartition) -> Result<PartitionRoute, ClientError> {
+        let metadata = self.cluster().await?;
+        let route = metadata.partition_route(&tp.topic, tp.partition, self.inner.config.shard_aware);
+        if let Err(error) = &route {
+            self.note_failure(error);
+        }
+        route
+    }
+
+    /// The pooled connection to `address`, opened (with its handshake,
+    /// within `timeout`) if there is none or the last one failed.
+    async fn connection(&self, address: &str, timeout: Duration) -> Result<Arc<Connection>, ClientError> {
         let slot = lock(&self.inner.pool).entry(address.to_string()).or_default().clone();
         let mut pooled = slot.lock().await;
         if let Some(connection) = pooled.as_ref()
@@ -151,12 +185,28 @@ impl Client {
         }
         *pooled = None;
         let config = &self.inner.config;
-        let connection =
-            Connection::connect(address, &config.client_id, self.request_timeout(), config.frame_bytes_max).await?;
+        let connected = Connection::connect(address, &config.client_id, timeout, config.frame_bytes_max).await;
+        let connection = match connected {
+            Ok(connection) => connection,
+            Err(error) => {
+                lock(&self.inner.unreachable).insert(address.to_string(), Instant::now());
+                return Err(error);
+            }
+        };
+        lock(&self.inner.unreachable).remove(address);
         tracing::debug!(address = connection.address(), "connected");
         let connection = Arc::new(connection);
         *pooled = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// `connection`, waiting at most `timeout` in all (also for another
+    /// caller's connect to the same address).
+    async fn connect_within(&self, address: &str, timeout: Duration) -> Result<Arc<Connection>, ClientError> {
+        match tokio::time::timeout(timeout, self.connection(address, timeout)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(ClientError::Timeout),
+        }
     }
 
     fn note_failure(&self, error: &ClientError) {
@@ -172,7 +222,7 @@ impl Client {
         timeout: Duration,
         build: impl FnOnce(Stamp) -> OutFrame,
     ) -> Result<Frame, ClientError> {
-        let result = match self.connection(address).await {
+        let result = match self.connect_within(address, timeout.min(self.request_timeout())).await {
             Ok(connection) => connection.request(timeout, build).await,
             Err(error) => Err(error),
         };
@@ -188,7 +238,7 @@ impl Client {
         address: &str,
         build: impl FnOnce(Stamp) -> OutFrame,
     ) -> Result<(), ClientError> {
-        let result = match self.connection(address).await {
+        let result = match self.connection(address, self.request_timeout()).await {
             Ok(connection) => connection.send_only(self.request_timeout(), build).await,
             Err(error) => Err(error),
         };
@@ -199,24 +249,40 @@ impl Client {
     }
 
     /// Brokers to try for requests any broker can answer: the known ones
-    /// first, then the bootstrap list.
+    /// first (fenced ones after the others), then the bootstrap list; any
+    /// address whose last connect failed goes to the end.
     fn any_broker_addresses(&self) -> Vec<String> {
         let known = lock(&self.inner.metadata).current.clone();
-        let mut addresses: Vec<String> = known.iter().flat_map(|metadata| metadata.broker_addresses()).collect();
+        let mut addresses: Vec<String> = known.map(|metadata| metadata.broker_addresses()).unwrap_or_default();
         for address in &self.inner.config.bootstrap {
             if !addresses.contains(address) {
                 addresses.push(address.clone());
             }
         }
+        let unreachable = lock(&self.inner.unreachable);
+        // A stable sort: the order above holds within each group, and the
+        // unreachable are tried longest-failed first.
+        addresses.sort_by_key(|address| unreachable.get(address).copied());
         addresses
     }
 
     /// Sends a request to the first broker that answers it; a retriable
-    /// failure moves on to the next broker.
+    /// failure moves on to the next broker. All of it takes at most the
+    /// request timeout: each attempt gets an equal share of what is left,
+    /// so that a broker that does not answer at all (a dead host) leaves
+    /// time for the others.
     pub(crate) async fn request_any(&self, build: impl Fn(Stamp) -> OutFrame) -> Result<Frame, ClientError> {
+        let deadline = Instant::now() + self.request_timeout();
+        let addresses = self.any_broker_addresses();
         let mut last_error = None;
-        for address in self.any_broker_addresses() {
-            match self.request(&address, self.request_timeout(), &build).await {
+        for (index, address) in addresses.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let attempts_left = u32::try_from(addresses.len() - index).unwrap_or(u32::MAX);
+            let timeout = (left / attempts_left).max(left.min(Duration::from_millis(ANY_BROKER_ATTEMPT_MS_MIN)));
+            match self.request(address, timeout, &build).await {
                 Ok(frame) => return Ok(frame),
                 Err(error) if error.is_retriable() => {
                     tracing::debug!(%address, %error, "broker did not answer; trying the next");
@@ -225,19 +291,40 @@ impl Client {
                 Err(error) => return Err(error),
             }
         }
-        Err(last_error.unwrap_or(ClientError::Closed))
+        Err(last_error.unwrap_or(ClientError::Timeout))
     }
 
     /// Sends an admin request to the controller if the metadata names one,
-    /// else to any broker.
+    /// else to any broker. A controller that cannot be reached (the request
+    /// was not sent) is looked up again in fresh metadata, within the
+    /// request timeout: the controller may have moved.
     pub(crate) async fn request_controller(&self, build: impl Fn(Stamp) -> OutFrame) -> Result<Frame, ClientError> {
-        let metadata = self.cluster().await?;
-        match metadata.broker(metadata.controller_id) {
-            Some(controller) => {
-                let address = crate::config::format_address(&controller.host, controller.port);
-                self.request(&address, self.request_timeout(), build).await
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let metadata = self.cluster().await?;
+            let Some(controller) = metadata.broker(metadata.controller_id) else {
+                return self.request_any(build).await;
+            };
+            let address = crate::config::format_address(&controller.host, controller.port);
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let connection = match self.connect_within(&address, left).await {
+                Ok(connection) => connection,
+                Err(error) if error.is_retriable() && Instant::now() + backoff() < deadline => {
+                    tracing::debug!(%address, %error, "controller unreachable; refreshing metadata");
+                    self.invalidate_metadata();
+                    tokio::time::sleep(backoff()).await;
+                    continue;
+                }
+                Err(error) => {
+                    self.note_failure(&error);
+                    return Err(error);
+                }
+            };
+            let result = connection.request(self.request_timeout(), &build).await;
+            if let Err(error) = &result {
+                self.note_failure(error);
             }
-            None => self.request_any(build).await,
+            return result;
         }
     }
 
@@ -253,7 +340,7 @@ impl Client {
             match self.list_offsets_once(entries).await {
                 Err(error) if error.is_retriable() && Instant::now() < deadline => {
                     tracing::debug!(%error, "list offsets failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(METADATA_REFRESH_BACKOFF_MS)).await;
+                    tokio::time::sleep(backoff()).await;
                 }
                 other => return other,
             }

@@ -7,6 +7,12 @@
 //! read by the next `poll`, so a long poll on one core never holds up
 //! records from another. An answer for a partition whose position changed
 //! meanwhile (a `seek`) is dropped.
+//!
+//! Each fetch carries the leader epoch of the metadata that routed it, so
+//! a deposed leader answers `FencedLeaderEpoch` rather than serving what
+//! it holds. That, a moved leader, no leader, or a broken connection
+//! refreshes the metadata and fetches the same position again after
+//! `retry_backoff_ms`, from the leader the metadata names then.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -342,13 +348,19 @@ impl Consumer {
         let partition_bytes_max = to_i32(self.config.partition_fetch_bytes_max, "partition_fetch_bytes_max")?;
         let mut by_address: BTreeMap<String, Vec<FetchEntry>> = BTreeMap::new();
         for (tp, offset) in candidates {
-            match self.client.partition_address(&tp).await {
-                Ok(address) => by_address.entry(address).or_default().push(FetchEntry {
+            match self.client.partition_route(&tp).await {
+                Ok(route) => by_address.entry(route.address).or_default().push(FetchEntry {
                     tp,
                     offset,
                     max_bytes: partition_bytes_max,
+                    current_leader_epoch: route.leader_epoch,
                 }),
-                Err(error) if error.is_retriable() => self.back_off(&tp),
+                Err(error) if error.is_retriable() => {
+                    // No leader yet (or the topic is not in the metadata
+                    // yet): the metadata is marked stale; look again soon.
+                    tracing::debug!(%tp, %error, "no leader to fetch from; backing off");
+                    self.back_off(&tp);
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -459,6 +471,12 @@ impl Consumer {
                 }
             },
             Some(code) if code_is_retriable(code) => {
+                // The leader moved (NotLeaderOrFollower), our leader epoch
+                // is older or newer than the broker's (FencedLeaderEpoch,
+                // UnknownLeaderEpoch), or there is no leader: refresh the
+                // metadata and fetch the same position again, from
+                // whichever broker leads then.
+                tracing::debug!(tp = %entry.tp, offset = entry.offset, ?code, "fetch refused; retrying");
                 if code_invalidates_metadata(code) {
                     self.client.invalidate_metadata();
                 }

@@ -108,6 +108,17 @@ impl ClientError {
 /// request. `UnknownTopicOrPartition` is among them, as in Kafka, because
 /// metadata lags right after a topic is created; `StorageError` too, because
 /// leadership moves away from a failed log in a replicated cluster.
+///
+/// The replication codes: a leader that moved (`NotLeaderOrFollower`), a
+/// partition between leaders (`LeaderNotAvailable`), leader epochs that
+/// disagree (`FencedLeaderEpoch`, `UnknownLeaderEpoch`), a controller
+/// quorum without a leader (`NotController`), and an in-sync replica set
+/// too small for acks=all (`NotEnoughReplicas`: nothing was appended).
+/// `NotEnoughReplicasAfterAppend` is retriable too, as in Kafka: the batch
+/// was appended but may not survive a failover. An idempotent producer's
+/// retry carries the same producer id, epoch and sequence, so the broker
+/// answers it with the original offsets; without idempotence the retry may
+/// append the records a second time.
 pub(crate) fn code_is_retriable(code: ErrorCode) -> bool {
     matches!(
         code,
@@ -119,10 +130,19 @@ pub(crate) fn code_is_retriable(code: ErrorCode) -> bool {
             | ErrorCode::NotReady
             | ErrorCode::StorageError
             | ErrorCode::ProducerIdsUnavailable
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::NotController
     )
 }
 
-/// Codes after which the partition may have a new leader or shard.
+/// Codes after which the partition may have a new leader, leader epoch or
+/// shard (or the controller moved), so that metadata is refreshed before
+/// the retry. Not the `NotEnoughReplicas` pair: the leader is right, its
+/// followers are behind.
 pub(crate) fn code_invalidates_metadata(code: ErrorCode) -> bool {
     matches!(
         code,
@@ -130,6 +150,10 @@ pub(crate) fn code_invalidates_metadata(code: ErrorCode) -> bool {
             | ErrorCode::UnknownTopicOrPartition
             | ErrorCode::BrokerShuttingDown
             | ErrorCode::StorageError
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::NotController
     )
 }
 
@@ -146,6 +170,36 @@ mod tests {
         assert!(!ClientError::server(ErrorCode::TopicAlreadyExists, None).is_retriable());
         assert!(!ClientError::Protocol("bad".into()).is_retriable());
         assert!(!ClientError::Closed.is_retriable());
+    }
+
+    #[test]
+    fn replication_errors_are_retriable_and_those_of_a_moved_leader_refresh_metadata() {
+        for code in [
+            ErrorCode::NotLeaderOrFollower,
+            ErrorCode::LeaderNotAvailable,
+            ErrorCode::FencedLeaderEpoch,
+            ErrorCode::UnknownLeaderEpoch,
+            ErrorCode::NotController,
+            ErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert!(code_is_retriable(code), "{code:?}");
+            assert!(code_invalidates_metadata(code), "{code:?}");
+        }
+        for code in [ErrorCode::NotEnoughReplicas, ErrorCode::NotEnoughReplicasAfterAppend] {
+            assert!(code_is_retriable(code), "{code:?}");
+            assert!(!code_invalidates_metadata(code), "{code:?}: the leader has not moved");
+        }
+        for kind in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let error = ClientError::from(std::io::Error::from(kind));
+            assert!(error.is_retriable() && error.invalidates_metadata(), "{kind:?}");
+        }
+        for code in [ErrorCode::OutOfOrderSequence, ErrorCode::InvalidProducerEpoch, ErrorCode::CorruptMessage] {
+            assert!(!code_is_retriable(code), "{code:?}");
+        }
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub(crate) const FRAME_BYTES_MAX_MIN: usize = 64 * 1024;
 /// apart, so that a storm of failures does not become a storm of requests.
 pub(crate) const METADATA_REFRESH_BACKOFF_MS: u64 = 100;
 
+/// A request any broker can answer (metadata) gives each broker an equal
+/// share of the request timeout, but at least this much of what is left.
+pub(crate) const ANY_BROKER_ATTEMPT_MS_MIN: u64 = 1_000;
+
 /// The flatbuffer fields around a produce request's record bytes: envelope,
 /// tables and vector headers, per request and per partition.
 pub(crate) const PRODUCE_REQUEST_OVERHEAD_BYTES: usize = 256;

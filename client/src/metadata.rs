@@ -43,6 +43,11 @@ pub struct BrokerInfo {
     pub port: u16,
     /// `shard_ports[i]` is core i's own port.
     pub shard_ports: Vec<u16>,
+    /// The controller fenced the broker (it missed heartbeats): it leads
+    /// nothing and is in no in-sync replica set until it comes back.
+    pub fenced: bool,
+    /// The broker's controller quorum listener when it is a voter, else 0.
+    pub controller_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +95,34 @@ pub struct PartitionDescription {
     pub log_end_offset: i64,
     pub size_bytes: u64,
     pub segment_count: u32,
+    /// -1 when the broker does not report one.
+    pub leader_epoch: i32,
+    /// Bumped by the controller at every change of leader or ISR; -1 when
+    /// not reported.
+    pub partition_epoch: i32,
+}
+
+impl PartitionDescription {
+    /// Fewer replicas in sync than assigned.
+    pub fn is_under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+}
+
+impl PartitionInfo {
+    /// Fewer replicas in sync than assigned.
+    pub fn is_under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+}
+
+/// Where a partition's requests go, and the leader epoch the metadata
+/// gave, which fetches carry so that a deposed leader refuses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartitionRoute {
+    pub address: String,
+    pub leader: i32,
+    pub leader_epoch: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,13 +166,26 @@ impl ClusterMetadata {
     /// Where requests for a partition go: the leader's port for the owning
     /// core when `shard_aware` (and the broker lists one), else its main port.
     pub fn partition_address(&self, topic: &str, partition: i32, shard_aware: bool) -> Result<String, ClientError> {
+        Ok(self.partition_route(topic, partition, shard_aware)?.address)
+    }
+
+    /// The leader's address for the partition with its leader epoch. A
+    /// partition without a leader (-1, an election under way) or whose
+    /// leader the metadata does not list is `LeaderNotAvailable`, which is
+    /// retriable: callers refresh metadata and try again.
+    pub(crate) fn partition_route(
+        &self,
+        topic: &str,
+        partition: i32,
+        shard_aware: bool,
+    ) -> Result<PartitionRoute, ClientError> {
         let info = self.usable_topic(topic)?;
         let unknown = || ClientError::UnknownPartition { topic: topic.to_string(), partition };
         let partition_info = info.partitions.iter().find(|p| p.partition == partition).ok_or_else(unknown)?;
         if let Some(code) = partition_info.error {
-            return Err(ClientError::server(code, None));
+            return Err(ClientError::Server { code, message: Some(format!("metadata of {topic}/{partition}")) });
         }
-        let no_leader = |why: String| ClientError::Server { code: ErrorCode::NotLeaderOrFollower, message: Some(why) };
+        let no_leader = |why: String| ClientError::Server { code: ErrorCode::LeaderNotAvailable, message: Some(why) };
         if partition_info.leader < 0 {
             return Err(no_leader(format!("{topic}/{partition} has no leader")));
         }
@@ -151,12 +197,19 @@ impl ClusterMetadata {
             Some(port) if shard_aware && port != 0 => port,
             _ => broker.port,
         };
-        Ok(format_address(&broker.host, port))
+        Ok(PartitionRoute {
+            address: format_address(&broker.host, port),
+            leader: partition_info.leader,
+            leader_epoch: partition_info.leader_epoch,
+        })
     }
 
-    /// Every broker's main address, for requests any broker can answer.
-    pub(crate) fn broker_addresses(&self) -> impl Iterator<Item = String> + '_ {
-        self.brokers.iter().map(|broker| format_address(&broker.host, broker.port))
+    /// Every broker's main address, for requests any broker can answer;
+    /// fenced brokers last.
+    pub(crate) fn broker_addresses(&self) -> Vec<String> {
+        let mut brokers: Vec<&BrokerInfo> = self.brokers.iter().collect();
+        brokers.sort_by_key(|broker| broker.fenced);
+        brokers.into_iter().map(|broker| format_address(&broker.host, broker.port)).collect()
     }
 }
 
@@ -173,6 +226,8 @@ pub(crate) mod tests {
                 host: "127.0.0.1".into(),
                 port: 9400,
                 shard_ports: vec![9401, 9402],
+                fenced: false,
+                controller_port: 0,
             }],
             controller_id: 1,
             topics: vec![TopicInfo {
@@ -212,9 +267,37 @@ pub(crate) mod tests {
         metadata.topics[0].partitions[0].leader = -1;
         let error = metadata.partition_address("orders", 0, true).err();
         assert!(error.as_ref().is_some_and(ClientError::is_retriable), "{error:?}");
+        assert_eq!(error.as_ref().and_then(ClientError::code), Some(ErrorCode::LeaderNotAvailable));
+        assert!(error.as_ref().is_some_and(ClientError::invalidates_metadata));
+        // A leader the metadata does not list: the same.
+        metadata.topics[0].partitions[0].leader = 7;
+        let error = metadata.partition_address("orders", 0, true).err();
+        assert_eq!(error.as_ref().and_then(ClientError::code), Some(ErrorCode::LeaderNotAvailable));
         // A shard the broker lists no port for falls back to the main port.
         let mut metadata = one_broker("orders", 1);
         metadata.brokers[0].shard_ports.clear();
         assert_eq!(metadata.partition_address("orders", 0, true).ok().as_deref(), Some("127.0.0.1:9400"));
+    }
+
+    #[test]
+    fn each_partition_goes_to_its_own_leaders_shard_port_with_its_epoch() {
+        let mut metadata = one_broker("orders", 2);
+        metadata.brokers.push(BrokerInfo {
+            node_id: 2,
+            host: "10.0.0.2".into(),
+            port: 9500,
+            shard_ports: vec![9501, 9502, 9503],
+            fenced: false,
+            controller_port: 0,
+        });
+        let p1 = &mut metadata.topics[0].partitions[1];
+        (p1.leader, p1.leader_epoch, p1.shard) = (2, 7, 2);
+        let route = metadata.partition_route("orders", 1, true).expect("routed");
+        assert_eq!((route.address.as_str(), route.leader, route.leader_epoch), ("10.0.0.2:9503", 2, 7));
+        assert_eq!(metadata.partition_address("orders", 1, false).ok().as_deref(), Some("10.0.0.2:9500"));
+        assert_eq!(metadata.partition_address("orders", 0, true).ok().as_deref(), Some("127.0.0.1:9401"));
+        // Fenced brokers are asked last for metadata.
+        metadata.brokers[0].fenced = true;
+        assert_eq!(metadata.broker_addresses(), vec!["10.0.0.2:9500".to_string(), "127.0.0.1:9400".to_string()]);
     }
 }

@@ -255,6 +255,10 @@ pub(crate) struct FetchEntry {
     pub tp: TopicPartition,
     pub offset: i64,
     pub max_bytes: i32,
+    /// The leader epoch the metadata gave (-1 skips the broker's check): a
+    /// broker with a newer epoch answers FencedLeaderEpoch instead of
+    /// serving what a deposed leader holds.
+    pub current_leader_epoch: i32,
 }
 
 pub(crate) fn fetch(stamp: Stamp, limits: FetchLimits, entries: &[FetchEntry]) -> OutFrame {
@@ -274,7 +278,7 @@ pub(crate) fn fetch(stamp: Stamp, limits: FetchLimits, entries: &[FetchEntry]) -
                         partition: entry.tp.partition,
                         offset: entry.offset,
                         max_bytes: entry.max_bytes,
-                        current_leader_epoch: -1,
+                        current_leader_epoch: entry.current_leader_epoch,
                     },
                 )
             })
@@ -431,6 +435,8 @@ pub(crate) fn decode_metadata(frame: &Frame) -> Result<ClusterMetadata, ClientEr
                     host: broker.host().unwrap_or_default().to_string(),
                     port: broker.port(),
                     shard_ports: broker.shard_ports().map(|ports| ports.iter().collect()).unwrap_or_default(),
+                    fenced: broker.fenced(),
+                    controller_port: broker.controller_port(),
                 })
                 .collect()
         })
@@ -537,6 +543,8 @@ fn describe_topic(topic: &proto::TopicDescription<'_>) -> TopicDescription {
                     log_end_offset: p.log_end_offset(),
                     size_bytes: p.size_bytes(),
                     segment_count: p.segment_count(),
+                    leader_epoch: p.leader_epoch(),
+                    partition_epoch: p.partition_epoch(),
                 })
                 .collect()
         })

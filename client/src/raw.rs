@@ -89,7 +89,7 @@ impl Client {
             min_bytes: 1,
             max_bytes: bytes_max,
         };
-        let entries = [FetchEntry { tp: tp.clone(), offset, max_bytes: bytes_max }];
+        let entries = [FetchEntry { tp: tp.clone(), offset, max_bytes: bytes_max, current_leader_epoch: -1 }];
         let frame = self
             .request(&address, max_wait + self.request_timeout(), |stamp| protocol::fetch(stamp, limits, &entries))
             .await?;
