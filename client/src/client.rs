@@ -106,21 +106,28 @@ impl Client {
         }
     }
 
+    /// The cached metadata unless it is missing, too old or marked stale.
     fn cached_metadata(&self) -> Option<Arc<ClusterMetadata>> {
         let cache = lock(&self.inner.metadata);
         let age = cache.fetched_at?.elapsed();
         let max_age = Duration::from_millis(self.inner.config.metadata_max_age_ms);
-        // Stale metadata is still used for a moment after a refresh, so that
-        // a burst of errors causes one metadata request, not one each.
-        let backoff = Duration::from_millis(METADATA_REFRESH_BACKOFF_MS);
-        let usable = age < max_age && (!cache.stale || age < backoff);
+        let usable = age < max_age && !cache.stale;
         if usable { cache.current.clone() } else { None }
     }
 
+    /// Fetches the metadata unless another caller just did. Metadata marked
+    /// stale is not used again (a retry on it would go back to the broker
+    /// that refused it); instead refreshes are spaced at least
+    /// `METADATA_REFRESH_BACKOFF_MS` apart, waiting out the rest of that,
+    /// and callers who find the cache stale together share one request.
     async fn refresh_metadata(&self) -> Result<Arc<ClusterMetadata>, ClientError> {
         let _refreshing = self.inner.refreshing.lock().await;
         if let Some(metadata) = self.cached_metadata() {
             return Ok(metadata);
+        }
+        let since_last = lock(&self.inner.metadata).fetched_at.map(|at| at.elapsed());
+        if let Some(wait) = since_last.and_then(|age| backoff().checked_sub(age)) {
+            tokio::time::sleep(wait).await;
         }
         Ok(Arc::new(self.metadata(None).await?))
     }
