@@ -1,12 +1,14 @@
 //! `Admin`: create, delete, list and describe topics, and change their
 //! configs.
 
+use std::time::{Duration, Instant};
+
 use spate_flatbuf::proto::ErrorCode;
 
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::metadata::{ClusterMetadata, TopicDescription, TopicInfo};
-use crate::protocol::{self, NewTopic, TopicResult};
+use crate::protocol::{self, NewTopic, Stamp, TopicResult};
 
 /// Topic administration over a `Client`'s connections.
 #[derive(Debug, Clone)]
@@ -33,19 +35,19 @@ impl Admin {
     ) -> Result<(), ClientError> {
         let topic = NewTopic { name, partitions, replication_factor, configs };
         let timeout_ms = self.broker_timeout_ms();
-        let frame = self.client.request_controller(|stamp| protocol::create_topics(stamp, &topic, timeout_ms)).await?;
-        let results = protocol::decode_create_topics(&frame)?;
+        let build = |stamp| protocol::create_topics(stamp, &topic, timeout_ms);
+        let result = self.controller_call(name, build, protocol::decode_create_topics).await;
         self.client.invalidate_metadata();
-        result_for(name, results)
+        result
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         let names = [name.to_string()];
         let timeout_ms = self.broker_timeout_ms();
-        let frame = self.client.request_controller(|stamp| protocol::delete_topics(stamp, &names, timeout_ms)).await?;
-        let results = protocol::decode_delete_topics(&frame)?;
+        let build = |stamp| protocol::delete_topics(stamp, &names, timeout_ms);
+        let result = self.controller_call(name, build, protocol::decode_delete_topics).await;
         self.client.invalidate_metadata();
-        result_for(name, results)
+        result
     }
 
     /// Changes a topic's configs while it runs (Kafka's
@@ -61,11 +63,33 @@ impl Admin {
         delete: &[String],
     ) -> Result<(), ClientError> {
         let timeout_ms = self.broker_timeout_ms();
-        let frame = self
-            .client
-            .request_controller(|stamp| protocol::alter_configs(stamp, name, set, delete, timeout_ms))
-            .await?;
-        result_for(name, protocol::decode_alter_configs(&frame)?)
+        let build = |stamp| protocol::alter_configs(stamp, name, set, delete, timeout_ms);
+        self.controller_call(name, build, protocol::decode_alter_configs).await
+    }
+
+    /// Sends a topic change to the controller and reads the topic's
+    /// outcome. `NotController` (the quorum has no leader, or it moved) is
+    /// retried with fresh metadata until the request timeout. As in Kafka,
+    /// a change the quorum committed after answering `NotController` makes
+    /// the retry fail (`TopicAlreadyExists`, say).
+    async fn controller_call(
+        &self,
+        name: &str,
+        build: impl Fn(Stamp) -> protocol::OutFrame,
+        decode: impl Fn(&spate_flatbuf::Frame) -> Result<Vec<TopicResult>, ClientError>,
+    ) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.client.request_timeout();
+        loop {
+            let frame = self.client.request_controller(&build).await?;
+            match result_for(name, decode(&frame)?) {
+                Err(error) if error.code() == Some(ErrorCode::NotController) && Instant::now() < deadline => {
+                    tracing::debug!(topic = name, %error, "not the controller; retrying");
+                    self.client.invalidate_metadata();
+                    tokio::time::sleep(Duration::from_millis(crate::limits::METADATA_REFRESH_BACKOFF_MS)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Every topic, from a Metadata request for all of them.

@@ -345,9 +345,8 @@ impl GroupConsumer {
             BTreeMap::new()
         } else {
             let group = &self.config.group_id;
-            let frame =
-                group_request(&self.client, group, |stamp| gp::offset_fetch(stamp, group, Some(&added))).await?;
-            gp::decode_offset_fetch(&frame)?
+            let build = |stamp| gp::offset_fetch(stamp, group, Some(&added));
+            group_request(&self.client, group, build, gp::decode_offset_fetch).await?
         };
         self.consumer.assign(target.iter().cloned().collect());
         for (tp, offset) in &starts {
@@ -400,8 +399,8 @@ impl GroupConsumer {
             client_id: &self.client.config().client_id,
         };
         let group = &self.config.group_id;
-        let frame = group_request(&self.client, group, |stamp| gp::heartbeat(stamp, &request)).await?;
-        gp::decode_heartbeat(&frame).map(|_| ())
+        let build = |stamp| gp::heartbeat(stamp, &request);
+        group_request(&self.client, group, build, gp::decode_heartbeat).await.map(|_| ())
     }
 }
 
@@ -438,10 +437,8 @@ impl HeartbeatTask {
             client_id: &self.client.config().client_id,
         };
         let group = &self.config.group_id;
-        let answer = match group_request(&self.client, group, |stamp| gp::heartbeat(stamp, &request)).await {
-            Ok(frame) => gp::decode_heartbeat(&frame),
-            Err(error) => Err(error),
-        };
+        let build = |stamp| gp::heartbeat(stamp, &request);
+        let answer = group_request(&self.client, group, build, gp::decode_heartbeat).await;
         match answer {
             Ok(MemberAssignment { member_id, member_epoch, heartbeat_interval_ms, assignment }) => {
                 member.member_id = member_id;
@@ -470,26 +467,46 @@ impl HeartbeatTask {
     }
 }
 
-/// Sends a group request to the coordinator, retrying retriable failures
-/// (a broker restarting, moved coordinators) until the request timeout.
-async fn group_request(
+/// The coordinator's answer says it does not (or no longer) lead the
+/// group's partition.
+fn coordinator_moved(error: &ClientError) -> bool {
+    matches!(
+        error.code(),
+        Some(ErrorCode::NotLeaderOrFollower | ErrorCode::LeaderNotAvailable | ErrorCode::BrokerShuttingDown)
+    )
+}
+
+/// Sends a group request to the coordinator and decodes its answer,
+/// retrying until the request timeout when the coordinator could not be
+/// reached or answered that it does not lead the group's partition of
+/// `__consumer_offsets` (metadata is refreshed first, so the retry goes to
+/// the new leader). Other errors go to the caller.
+async fn group_request<T>(
     client: &Client,
     group_id: &str,
     build: impl Fn(Stamp) -> crate::protocol::OutFrame,
-) -> Result<spate_flatbuf::Frame, ClientError> {
+    decode: impl Fn(&spate_flatbuf::Frame) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
     let deadline = Instant::now() + client.request_timeout();
     loop {
         let attempt = match coordinator_address(client, group_id).await {
             Ok(address) => client.request(&address, client.request_timeout(), &build).await,
             Err(error) => Err(error),
         };
-        match attempt {
-            Err(error) if error.is_retriable() && Instant::now() < deadline => {
-                tracing::debug!(group = group_id, %error, "group request failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let error = match attempt.and_then(|frame| decode(&frame)) {
+            Ok(answer) => return Ok(answer),
+            Err(error @ ClientError::Server { .. }) if coordinator_moved(&error) => {
+                client.invalidate_metadata();
+                error
             }
-            other => return other,
+            Err(error @ ClientError::Server { .. }) => return Err(error),
+            Err(error) => error,
+        };
+        if !error.is_retriable() || Instant::now() >= deadline {
+            return Err(error);
         }
+        tracing::debug!(group = group_id, %error, "group request failed; retrying");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -500,9 +517,8 @@ async fn commit(
     epoch: i32,
     offsets: &BTreeMap<TopicPartition, i64>,
 ) -> Result<(), ClientError> {
-    let frame =
-        group_request(client, group, |stamp| gp::offset_commit(stamp, group, member_id, epoch, offsets)).await?;
-    gp::decode_offset_commit(&frame)
+    let build = |stamp| gp::offset_commit(stamp, group, member_id, epoch, offsets);
+    group_request(client, group, build, gp::decode_offset_commit).await
 }
 
 /// Group administration: list, describe, delete, committed offsets.
@@ -525,8 +541,8 @@ impl GroupAdmin {
     /// end offset and lag. An unknown group is `GroupIdNotFound`.
     pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription, ClientError> {
         let groups = [group_id.to_string()];
-        let frame = group_request(&self.client, group_id, |stamp| gp::describe_groups(stamp, &groups)).await?;
-        let described = gp::decode_describe_groups(&frame)?;
+        let build = |stamp| gp::describe_groups(stamp, &groups);
+        let described = group_request(&self.client, group_id, build, gp::decode_describe_groups).await?;
         let group = described
             .into_iter()
             .find(|g| g.group_id == group_id)
@@ -540,8 +556,12 @@ impl GroupAdmin {
     /// Deletes a group with no members, with its committed offsets.
     pub async fn delete_group(&self, group_id: &str) -> Result<(), ClientError> {
         let groups = [group_id.to_string()];
-        let frame = group_request(&self.client, group_id, |stamp| gp::delete_groups(stamp, &groups)).await?;
-        match gp::decode_delete_groups(&frame)?.into_iter().find(|(id, _, _)| id == group_id) {
+        let build = |stamp| gp::delete_groups(stamp, &groups);
+        match group_request(&self.client, group_id, build, gp::decode_delete_groups)
+            .await?
+            .into_iter()
+            .find(|(id, _, _)| id == group_id)
+        {
             Some((_, None, _)) => Ok(()),
             Some((_, Some(code), message)) => Err(ClientError::Server { code, message }),
             None => Err(ClientError::Protocol(format!("no answer for group {group_id:?}"))),
@@ -554,9 +574,8 @@ impl GroupAdmin {
         group_id: &str,
         partitions: Option<&BTreeSet<TopicPartition>>,
     ) -> Result<BTreeMap<TopicPartition, i64>, ClientError> {
-        let frame =
-            group_request(&self.client, group_id, |stamp| gp::offset_fetch(stamp, group_id, partitions)).await?;
-        gp::decode_offset_fetch(&frame)
+        let build = |stamp| gp::offset_fetch(stamp, group_id, partitions);
+        group_request(&self.client, group_id, build, gp::decode_offset_fetch).await
     }
 
     /// Sets committed offsets; only while the group has no members

@@ -352,7 +352,9 @@ impl MockBroker {
                 let topic = request.topics().expect("topics").get(0);
                 let name = topic.name().expect("name").to_string();
                 let mut state = self.state.lock().expect("not poisoned");
-                let error = if state.topics.contains_key(&name) {
+                let error = if let Some(Action::Refuse(code)) = injected.as_ref().map(|injected| injected.action) {
+                    code
+                } else if state.topics.contains_key(&name) {
                     ErrorCode::TopicAlreadyExists
                 } else {
                     let partitions = usize::try_from(topic.partitions()).expect("positive");
@@ -1055,4 +1057,20 @@ async fn list_offsets_follow_the_leader() {
     let ends = consumer.end_offsets(&partitions).await.expect("listed after a refresh");
     assert_eq!(ends, vec![(partitions[0].clone(), 1), (partitions[1].clone(), 1)]);
     assert!(cluster.broker(3).shard_ports.iter().any(|port| cluster.broker(3).requests_on(*port, "list_offsets") > 0));
+}
+
+#[tokio::test]
+async fn a_topic_change_refused_by_a_controller_without_quorum_is_retried() {
+    let cluster = MockCluster::start(2).await;
+    let client = Client::connect(cluster.config(&[2])).await.expect("connects");
+    cluster.inject(1, "create_topics", Action::Refuse(ErrorCode::NotController), None);
+    Admin::new(client.clone()).create_topic("t", 1, 2, &[]).await.expect("created on the second try");
+    assert_eq!(cluster.requests("create_topics"), 2);
+    assert_eq!(
+        cluster.broker(1).requests_on(cluster.broker(1).main_port, "create_topics"),
+        2,
+        "sent to the controller"
+    );
+    let again = Admin::new(client).create_topic("t", 1, 2, &[]).await;
+    assert!(matches!(again, Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. })), "{again:?}");
 }
