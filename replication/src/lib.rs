@@ -1,1 +1,19 @@
 //! Spate's cluster metadata controller: a Raft-replicated metadata log.
+//!
+//! Broker registrations and liveness, topics, replica assignments, leaders,
+//! ISRs and their epochs are records in a log replicated by raft-rs, as
+//! Kafka's KRaft does. Every broker runs a controller node (combined mode);
+//! the Raft leader is the active controller and decides, the others apply.
+//! See README.md.
+
+pub mod controller;
+pub mod limits;
+pub mod metadata;
+mod quorum;
+mod raft_log;
+mod storage;
+mod transport;
+
+pub use controller::{BrokerEndpoints, ControllerError, ControllerRequest, ControllerResponse};
+pub use metadata::{BrokerImage, MetadataImage, MetadataRecord, PartitionImage, TopicImage};
+pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus};

@@ -1,0 +1,679 @@
+//! The active controller's decisions: pure functions over an image that
+//! return the records to propose. They run only on the Raft leader, against
+//! its image of everything it has proposed so far, so two requests in flight
+//! never decide on the same stale state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_ID_BLOCK, MAX_TOPIC_NAME_LEN};
+use crate::metadata::{MetadataImage, MetadataRecord, PartitionImage};
+
+/// Where a broker serves clients and its controller peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerEndpoints {
+    pub host: String,
+    pub port: u16,
+    pub shard_ports: Vec<u16>,
+    pub controller_port: u16,
+}
+
+/// A request to the active controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerRequest {
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u16,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Full replacement of the topic's configs.
+    AlterTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    /// Sent by a partition's leader to grow or shrink its ISR.
+    AlterPartition {
+        topic: String,
+        partition: u32,
+        from_node: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        new_isr: Vec<i32>,
+    },
+    AllocateProducerIds {
+        count: i64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerResponse {
+    Done,
+    /// The partition after an AlterPartition.
+    Partition(PartitionImage),
+    ProducerIds {
+        start: i64,
+        len: i64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ControllerError {
+    #[error("topic already exists")]
+    TopicAlreadyExists,
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("invalid number of partitions")]
+    InvalidPartitions,
+    #[error("fenced leader epoch")]
+    FencedLeaderEpoch,
+    #[error("invalid update version (stale partition epoch)")]
+    InvalidUpdateVersion,
+    #[error("not the partition leader")]
+    NotLeader,
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("no active controller answered in time")]
+    NotController,
+    #[error("the controller is shut down")]
+    Shutdown,
+    #[error("metadata storage error: {0}")]
+    Storage(String),
+}
+
+/// Applies each record to a scratch image as it is produced, so that later
+/// decisions in the same batch see earlier ones.
+struct Batch {
+    image: MetadataImage,
+    records: Vec<MetadataRecord>,
+}
+
+impl Batch {
+    fn new(image: &MetadataImage) -> Batch {
+        Batch { image: image.clone(), records: Vec::new() }
+    }
+
+    fn push(&mut self, record: MetadataRecord) {
+        self.image.apply(&record);
+        self.records.push(record);
+    }
+}
+
+/// A stable hash (FNV-1a) of a topic name: where its assignment starts, so
+/// that leaders of different topics spread across brokers. Stable across
+/// processes and versions, unlike std's hasher.
+fn name_hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Kafka's rule for topic names: 1..=249 of `[a-zA-Z0-9._-]`, not `.`/`..`.
+fn validate_topic_name(name: &str) -> Result<(), ControllerError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_TOPIC_NAME_LEN
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(ControllerError::InvalidRequest(format!("invalid topic name {name:?}"))) }
+}
+
+/// Replica j of partition p = brokers[(start + p + j) % n] over the unfenced
+/// brokers sorted by id: every broker gets the same number of replicas and
+/// of leaders (± 1).
+pub fn assign_replicas(brokers: &[i32], partitions: u32, rf: u16, start: usize) -> Vec<Vec<i32>> {
+    let n = brokers.len();
+    (0..partitions as usize).map(|p| (0..rf as usize).map(|j| brokers[(start + p + j) % n]).collect()).collect()
+}
+
+pub fn create_topic(
+    image: &MetadataImage,
+    name: &str,
+    partitions: u32,
+    replication_factor: u16,
+    configs: &BTreeMap<String, String>,
+    topic_id: String,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    validate_topic_name(name)?;
+    if image.topics.contains_key(name) {
+        return Err(ControllerError::TopicAlreadyExists);
+    }
+    if partitions == 0 || partitions > MAX_PARTITIONS_PER_TOPIC {
+        return Err(ControllerError::InvalidPartitions);
+    }
+    let brokers = image.unfenced_brokers();
+    if replication_factor == 0 || usize::from(replication_factor) > brokers.len() {
+        return Err(ControllerError::InvalidReplicationFactor(format!(
+            "replication factor {replication_factor} with {} unfenced brokers",
+            brokers.len()
+        )));
+    }
+    let start = (name_hash(name) % brokers.len() as u64) as usize;
+    Ok(vec![MetadataRecord::CreateTopic {
+        name: name.to_string(),
+        topic_id,
+        configs: configs.clone(),
+        assignments: assign_replicas(&brokers, partitions, replication_factor, start),
+    }])
+}
+
+pub fn delete_topic(image: &MetadataImage, name: &str) -> Result<Vec<MetadataRecord>, ControllerError> {
+    if !image.topics.contains_key(name) {
+        return Err(ControllerError::UnknownTopicOrPartition);
+    }
+    Ok(vec![MetadataRecord::DeleteTopic { name: name.to_string() }])
+}
+
+pub fn alter_topic_configs(
+    image: &MetadataImage,
+    name: &str,
+    configs: &BTreeMap<String, String>,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    if !image.topics.contains_key(name) {
+        return Err(ControllerError::UnknownTopicOrPartition);
+    }
+    Ok(vec![MetadataRecord::AlterTopicConfigs { name: name.to_string(), configs: configs.clone() }])
+}
+
+/// A broker failed (missed heartbeats for the session timeout) or restarted
+/// (a new incarnation: it lost its in-memory state). Fence it; move the
+/// leadership of what it leads to the first replica that is in the ISR and
+/// unfenced (or, with unclean election enabled, to the first unfenced
+/// replica, alone in the ISR); drop it from the ISRs it follows in, except
+/// that an ISR never becomes empty (its last member keeps its claim).
+pub fn broker_failure(image: &MetadataImage, node_id: i32) -> Vec<MetadataRecord> {
+    let mut batch = Batch::new(image);
+    fail_broker(&mut batch, node_id);
+    batch.records
+}
+
+fn fail_broker(batch: &mut Batch, node_id: i32) {
+    let Some(broker) = batch.image.brokers.get(&node_id) else {
+        return;
+    };
+    if !broker.fenced {
+        batch.push(MetadataRecord::FenceBroker { node_id });
+    }
+    let mut changes = Vec::new();
+    for topic in batch.image.topics.values() {
+        for (index, p) in topic.partitions.iter().enumerate() {
+            let eligible = |r: &i32| *r != node_id && batch.image.is_unfenced(*r);
+            let change = if p.leader == node_id {
+                let clean = p.replicas.iter().find(|r| eligible(r) && p.isr.contains(r)).copied();
+                let (leader, isr) = match clean {
+                    Some(l) => (l, p.isr.iter().copied().filter(|r| *r != node_id).collect()),
+                    None => match p.replicas.iter().find(|r| eligible(r)) {
+                        Some(l) if topic.unclean_leader_election() => (*l, vec![*l]),
+                        _ => (-1, p.isr.clone()),
+                    },
+                };
+                Some((leader, isr, p.leader_epoch + 1))
+            } else if p.isr.contains(&node_id) && p.isr.len() > 1 {
+                let isr = p.isr.iter().copied().filter(|r| *r != node_id).collect();
+                Some((p.leader, isr, p.leader_epoch))
+            } else {
+                None
+            };
+            if let Some((leader, isr, leader_epoch)) = change {
+                changes.push(MetadataRecord::PartitionChange {
+                    topic: topic.name.clone(),
+                    partition: index as u32,
+                    leader,
+                    isr,
+                    leader_epoch,
+                    partition_epoch: p.partition_epoch + 1,
+                });
+            }
+        }
+    }
+    for c in changes {
+        batch.push(c);
+    }
+}
+
+/// A fenced broker is back: unfence it, and give it the leadership of every
+/// leader-less partition whose ISR has it (or, with unclean election
+/// enabled, of which it is a replica, alone in the ISR).
+fn unfence_broker(batch: &mut Batch, node_id: i32) {
+    batch.push(MetadataRecord::UnfenceBroker { node_id });
+    let mut changes = Vec::new();
+    for topic in batch.image.topics.values() {
+        for (index, p) in topic.partitions.iter().enumerate() {
+            if p.leader != -1 {
+                continue;
+            }
+            let isr = if p.isr.contains(&node_id) {
+                p.isr.clone()
+            } else if topic.unclean_leader_election() && p.replicas.contains(&node_id) {
+                vec![node_id]
+            } else {
+                continue;
+            };
+            changes.push(MetadataRecord::PartitionChange {
+                topic: topic.name.clone(),
+                partition: index as u32,
+                leader: node_id,
+                isr,
+                leader_epoch: p.leader_epoch + 1,
+                partition_epoch: p.partition_epoch + 1,
+            });
+        }
+    }
+    for c in changes {
+        batch.push(c);
+    }
+}
+
+/// A broker heartbeat reached the active controller. Returns the records it
+/// calls for (none for a live, known, unfenced broker).
+pub fn broker_heartbeat(
+    image: &MetadataImage,
+    node_id: i32,
+    incarnation: u64,
+    endpoints: &BrokerEndpoints,
+) -> Vec<MetadataRecord> {
+    let known = image.brokers.get(&node_id);
+    if known.is_some_and(|b| b.incarnation == incarnation && !b.fenced) {
+        return Vec::new();
+    }
+    let mut batch = Batch::new(image);
+    let restarted = known.is_some_and(|b| b.incarnation != incarnation);
+    if restarted {
+        // It lost its in-memory state: a failure first. It rejoins ISRs
+        // only through AlterPartition from the partitions' leaders.
+        fail_broker(&mut batch, node_id);
+    }
+    if known.is_none() || restarted {
+        batch.push(MetadataRecord::RegisterBroker {
+            node_id,
+            incarnation,
+            host: endpoints.host.clone(),
+            port: endpoints.port,
+            shard_ports: endpoints.shard_ports.clone(),
+            controller_port: endpoints.controller_port,
+        });
+    }
+    unfence_broker(&mut batch, node_id);
+    batch.records
+}
+
+/// A partition leader asks to change its ISR. On success returns the
+/// PartitionChange (partition_epoch + 1, same leader and leader epoch) and
+/// the partition as it will be.
+#[allow(clippy::too_many_arguments)]
+pub fn alter_partition(
+    image: &MetadataImage,
+    topic: &str,
+    partition: u32,
+    from_node: i32,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    new_isr: &[i32],
+) -> Result<(Vec<MetadataRecord>, PartitionImage), ControllerError> {
+    let p = image.partition(topic, partition).ok_or(ControllerError::UnknownTopicOrPartition)?;
+    if leader_epoch != p.leader_epoch {
+        return Err(ControllerError::FencedLeaderEpoch);
+    }
+    if from_node != p.leader {
+        return Err(ControllerError::NotLeader);
+    }
+    if partition_epoch != p.partition_epoch {
+        return Err(ControllerError::InvalidUpdateVersion);
+    }
+    let mut sorted = new_isr.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != new_isr.len() {
+        return Err(ControllerError::InvalidRequest("duplicate broker in the ISR".into()));
+    }
+    if let Some(r) = new_isr.iter().find(|r| !p.replicas.contains(r)) {
+        return Err(ControllerError::InvalidRequest(format!("broker {r} is not a replica")));
+    }
+    if !new_isr.contains(&p.leader) {
+        return Err(ControllerError::InvalidRequest("the ISR must contain the leader".into()));
+    }
+    // KIP-841: a fenced broker may stay in the ISR but may not be added.
+    if let Some(r) = new_isr.iter().find(|r| !p.isr.contains(r) && !image.is_unfenced(**r)) {
+        return Err(ControllerError::InvalidRequest(format!("broker {r} is fenced and may not join the ISR")));
+    }
+    let next = PartitionImage { isr: new_isr.to_vec(), partition_epoch: p.partition_epoch + 1, ..p.clone() };
+    let record = MetadataRecord::PartitionChange {
+        topic: topic.to_string(),
+        partition,
+        leader: next.leader,
+        isr: next.isr.clone(),
+        leader_epoch: next.leader_epoch,
+        partition_epoch: next.partition_epoch,
+    };
+    Ok((vec![record], next))
+}
+
+pub fn allocate_producer_ids(
+    image: &MetadataImage,
+    node_id: i32,
+    count: i64,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    if !(1..=MAX_PRODUCER_ID_BLOCK).contains(&count) {
+        return Err(ControllerError::InvalidRequest(format!(
+            "producer id count {count} not in 1..={MAX_PRODUCER_ID_BLOCK}"
+        )));
+    }
+    if image.next_producer_id.checked_add(count).is_none() {
+        return Err(ControllerError::InvalidRequest("producer ids exhausted".into()));
+    }
+    Ok(vec![MetadataRecord::ProducerIdBlock { node_id, start: image.next_producer_id, len: count }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::UNCLEAN_LEADER_ELECTION;
+
+    fn endpoints(n: i32) -> BrokerEndpoints {
+        BrokerEndpoints {
+            host: "127.0.0.1".into(),
+            port: 9000 + n as u16,
+            shard_ports: vec![],
+            controller_port: 9100 + n as u16,
+        }
+    }
+
+    fn apply(image: &mut MetadataImage, records: &[MetadataRecord]) {
+        for r in records {
+            image.apply(r);
+        }
+    }
+
+    fn cluster(n: i32) -> MetadataImage {
+        let mut img = MetadataImage::default();
+        for id in 1..=n {
+            let recs = broker_heartbeat(&img, id, 100 + id as u64, &endpoints(id));
+            apply(&mut img, &recs);
+        }
+        img
+    }
+
+    fn with_topic(img: &mut MetadataImage, name: &str, parts: u32, rf: u16, unclean: bool) {
+        let mut configs = BTreeMap::new();
+        if unclean {
+            configs.insert(UNCLEAN_LEADER_ELECTION.to_string(), "true".to_string());
+        }
+        let recs = create_topic(img, name, parts, rf, &configs, "id".into()).expect("create");
+        apply(img, &recs);
+    }
+
+    fn set_partition(img: &mut MetadataImage, t: &str, p: u32, leader: i32, isr: Vec<i32>) {
+        let cur = img.partition(t, p).cloned().expect("partition");
+        img.apply(&MetadataRecord::PartitionChange {
+            topic: t.into(),
+            partition: p,
+            leader,
+            isr,
+            leader_epoch: cur.leader_epoch,
+            partition_epoch: cur.partition_epoch,
+        });
+    }
+
+    #[test]
+    fn heartbeat_registers_and_unfences_new_brokers() {
+        let img = MetadataImage::default();
+        let recs = broker_heartbeat(&img, 1, 5, &endpoints(1));
+        assert!(matches!(recs[0], MetadataRecord::RegisterBroker { node_id: 1, incarnation: 5, .. }));
+        assert_eq!(recs[1], MetadataRecord::UnfenceBroker { node_id: 1 });
+        let mut img = img;
+        apply(&mut img, &recs);
+        assert!(broker_heartbeat(&img, 1, 5, &endpoints(1)).is_empty(), "live: nothing to do");
+    }
+
+    #[test]
+    fn assignment_balances_replicas_and_leaders() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 6, 3, false);
+        let t = &img.topics["t"];
+        let mut leads = BTreeMap::new();
+        for p in &t.partitions {
+            *leads.entry(p.leader).or_insert(0) += 1;
+            let mut r = p.replicas.clone();
+            r.sort_unstable();
+            assert_eq!(r, vec![1, 2, 3], "three distinct replicas");
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!((p.leader_epoch, p.partition_epoch), (0, 0));
+        }
+        assert_eq!(leads.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        // rf 2 over 3 brokers: every broker holds 4 of the 12 replicas.
+        with_topic(&mut img, "u", 6, 2, false);
+        let mut holds = BTreeMap::new();
+        for p in &img.topics["u"].partitions {
+            for r in &p.replicas {
+                *holds.entry(*r).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(holds.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn leaders_of_single_partition_topics_spread() {
+        let mut img = cluster(3);
+        let mut leads = BTreeMap::new();
+        for i in 0..30 {
+            let name = format!("topic-{i}");
+            with_topic(&mut img, &name, 1, 1, false);
+            *leads.entry(img.topics[&name].partitions[0].leader).or_insert(0) += 1;
+        }
+        assert_eq!(leads.len(), 3, "every broker leads some: {leads:?}");
+    }
+
+    #[test]
+    fn create_topic_validates() {
+        let img = cluster(2);
+        let c = BTreeMap::new();
+        assert!(matches!(
+            create_topic(&img, "t", 1, 3, &c, "x".into()),
+            Err(ControllerError::InvalidReplicationFactor(_))
+        ));
+        assert!(matches!(
+            create_topic(&img, "t", 1, 0, &c, "x".into()),
+            Err(ControllerError::InvalidReplicationFactor(_))
+        ));
+        assert_eq!(create_topic(&img, "t", 0, 1, &c, "x".into()), Err(ControllerError::InvalidPartitions));
+        assert!(matches!(
+            create_topic(&img, "bad name", 1, 1, &c, "x".into()),
+            Err(ControllerError::InvalidRequest(_))
+        ));
+        let mut img = img;
+        with_topic(&mut img, "t", 1, 1, false);
+        assert_eq!(create_topic(&img, "t", 1, 1, &c, "x".into()), Err(ControllerError::TopicAlreadyExists));
+        // Fenced brokers do not count towards the replication factor.
+        let r = broker_failure(&img, 2);
+        apply(&mut img, &r);
+        assert!(matches!(
+            create_topic(&img, "v", 1, 2, &c, "x".into()),
+            Err(ControllerError::InvalidReplicationFactor(_))
+        ));
+    }
+
+    #[test]
+    fn delete_and_alter_need_the_topic() {
+        let mut img = cluster(1);
+        let c = BTreeMap::from([("retention.ms".to_string(), "1".to_string())]);
+        assert_eq!(delete_topic(&img, "t"), Err(ControllerError::UnknownTopicOrPartition));
+        assert_eq!(alter_topic_configs(&img, "t", &c), Err(ControllerError::UnknownTopicOrPartition));
+        with_topic(&mut img, "t", 1, 1, false);
+        let r = alter_topic_configs(&img, "t", &c).expect("alter");
+        apply(&mut img, &r);
+        assert_eq!(img.topics["t"].configs, c);
+        let r = delete_topic(&img, "t").expect("delete");
+        apply(&mut img, &r);
+        assert!(img.topics.is_empty());
+    }
+
+    #[test]
+    fn failure_elects_from_the_isr_only() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 1, 3, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let (l, second, third) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        // The second replica fell out of the ISR: the third must be chosen.
+        set_partition(&mut img, "t", 0, l, vec![l, third]);
+        let r = broker_failure(&img, l);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).expect("p");
+        assert!(img.brokers[&l].fenced);
+        assert_eq!(q.leader, third, "not {second}, which is out of the ISR");
+        assert_eq!(q.isr, vec![third]);
+        assert_eq!((q.leader_epoch, q.partition_epoch), (1, 1));
+    }
+
+    #[test]
+    fn failure_of_a_follower_shrinks_the_isr() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 1, 3, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let r = broker_failure(&img, p.replicas[1]);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!(q.leader, p.leader);
+        assert_eq!(q.isr, vec![p.replicas[0], p.replicas[2]]);
+        assert_eq!((q.leader_epoch, q.partition_epoch), (0, 1));
+    }
+
+    #[test]
+    fn no_clean_candidate_leaves_no_leader_and_a_non_empty_isr() {
+        let mut img = cluster(2);
+        with_topic(&mut img, "t", 1, 2, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let (l, f) = (p.replicas[0], p.replicas[1]);
+        set_partition(&mut img, "t", 0, l, vec![l]);
+        let r = broker_failure(&img, l);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!(q.leader, -1, "{f} is out of the ISR: no unclean election");
+        assert_eq!(q.isr, vec![l], "the last ISR member keeps its claim");
+        assert_eq!((q.leader_epoch, q.partition_epoch), (1, 1));
+        // The last ISR member comes back (same incarnation): it leads again.
+        let inc = img.brokers[&l].incarnation;
+        let r = broker_heartbeat(&img, l, inc, &endpoints(l));
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).expect("p");
+        assert!(!img.brokers[&l].fenced);
+        assert_eq!((q.leader, q.leader_epoch, q.partition_epoch), (l, 2, 2));
+    }
+
+    #[test]
+    fn follower_failure_never_empties_the_isr() {
+        let mut img = cluster(2);
+        with_topic(&mut img, "t", 1, 2, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let (l, f) = (p.replicas[0], p.replicas[1]);
+        let r = broker_failure(&img, f);
+        apply(&mut img, &r);
+        let r = broker_failure(&img, l);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!(q.leader, -1);
+        assert_eq!(q.isr, vec![l]);
+    }
+
+    #[test]
+    fn unclean_election_when_the_topic_allows_it() {
+        let mut img = cluster(2);
+        with_topic(&mut img, "t", 1, 2, true);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let (l, f) = (p.replicas[0], p.replicas[1]);
+        set_partition(&mut img, "t", 0, l, vec![l]);
+        let r = broker_failure(&img, l);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!((q.leader, q.isr.clone(), q.leader_epoch), (f, vec![f], 1));
+    }
+
+    #[test]
+    fn restart_is_a_failure_then_a_registration() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 3, 3, false);
+        let led: Vec<u32> = (0..3).filter(|p| img.partition("t", *p).map(|x| x.leader) == Some(1)).collect();
+        assert_eq!(led.len(), 1);
+        let recs = broker_heartbeat(&img, 1, 999, &endpoints(1));
+        assert_eq!(recs[0], MetadataRecord::FenceBroker { node_id: 1 });
+        apply(&mut img, &recs);
+        let b = &img.brokers[&1];
+        assert_eq!((b.incarnation, b.fenced), (999, false));
+        for p in 0..3 {
+            let q = img.partition("t", p).expect("p");
+            assert!(!q.isr.contains(&1), "rejoins ISRs only via AlterPartition");
+            assert_ne!(q.leader, 1);
+        }
+        let q = img.partition("t", led[0]).expect("p");
+        assert_eq!(q.leader_epoch, 1);
+    }
+
+    #[test]
+    fn alter_partition_checks_epochs_leader_and_isr() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 1, 3, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let l = p.leader;
+        let follower = p.replicas[1];
+        let ap = |img: &MetadataImage, from, le, pe, isr: &[i32]| alter_partition(img, "t", 0, from, le, pe, isr);
+        assert_eq!(
+            alter_partition(&img, "t", 5, l, 0, 0, &[l]).map(|x| x.1),
+            Err(ControllerError::UnknownTopicOrPartition)
+        );
+        assert_eq!(ap(&img, l, 1, 0, &[l]).map(|x| x.1), Err(ControllerError::FencedLeaderEpoch));
+        assert_eq!(ap(&img, follower, 0, 0, &[l]).map(|x| x.1), Err(ControllerError::NotLeader));
+        assert_eq!(ap(&img, l, 0, 3, &[l]).map(|x| x.1), Err(ControllerError::InvalidUpdateVersion));
+        assert!(matches!(ap(&img, l, 0, 0, &[follower]), Err(ControllerError::InvalidRequest(_))));
+        assert!(matches!(ap(&img, l, 0, 0, &[l, 42]), Err(ControllerError::InvalidRequest(_))));
+        assert!(matches!(ap(&img, l, 0, 0, &[l, l]), Err(ControllerError::InvalidRequest(_))));
+        // Shrink to the leader alone.
+        let (recs, next) = ap(&img, l, 0, 0, &[l]).expect("shrink");
+        apply(&mut img, &recs);
+        assert_eq!(img.partition("t", 0), Some(&next));
+        assert_eq!((next.leader, next.leader_epoch, next.partition_epoch), (l, 0, 1));
+        // The old version is now stale.
+        assert_eq!(ap(&img, l, 0, 0, &[l]).map(|x| x.1), Err(ControllerError::InvalidUpdateVersion));
+        // KIP-841: a fenced broker may not be added.
+        let r = broker_failure(&img, follower);
+        apply(&mut img, &r);
+        let pe = img.partition("t", 0).expect("p").partition_epoch;
+        assert!(matches!(
+            ap(&img, l, 0, pe, &[l, follower]),
+            Err(ControllerError::InvalidRequest(m)) if m.contains("fenced")
+        ));
+        // An unfenced one may.
+        let other = p.replicas[2];
+        let (_, grown) = ap(&img, l, 0, pe, &[l, other]).expect("grow");
+        assert_eq!(grown.isr, vec![l, other]);
+    }
+
+    #[test]
+    fn kept_fenced_isr_member_is_allowed() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 1, 3, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        // Fence a follower without the ISR change (as if the ISR shrink
+        // record were still to come): keeping it is not an addition.
+        img.apply(&MetadataRecord::FenceBroker { node_id: p.replicas[1] });
+        assert!(alter_partition(&img, "t", 0, p.leader, 0, 0, &p.replicas).is_ok());
+    }
+
+    #[test]
+    fn producer_id_blocks_are_consecutive() {
+        let mut img = cluster(1);
+        let a = allocate_producer_ids(&img, 1, 1000).expect("a");
+        apply(&mut img, &a);
+        let b = allocate_producer_ids(&img, 1, 10).expect("b");
+        assert_eq!(b, vec![MetadataRecord::ProducerIdBlock { node_id: 1, start: 1000, len: 10 }]);
+        assert!(allocate_producer_ids(&img, 1, 0).is_err());
+        assert!(allocate_producer_ids(&img, 1, MAX_PRODUCER_ID_BLOCK + 1).is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! Every limit and default of the crate, in one place.
+
+/// Kafka's limit on topic name length (249: a file name of 255 with room
+/// for a partition suffix).
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// A topic with more partitions than this is a mistake, not a plan; the cap
+/// keeps one CreateTopic record (and one Raft entry) bounded.
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 100_000;
+/// Largest producer id block per request: a broker asks for blocks, it does
+/// not reserve the id space.
+pub const MAX_PRODUCER_ID_BLOCK: i64 = 1_000_000;
+
+/// Largest frame between controllers. Raft messages are capped well below
+/// (MAX_RAFT_MSG_BYTES); anything larger is a bug or an attack and closes
+/// the connection before we allocate.
+pub const MAX_FRAME_BYTES: u32 = 16 << 20;
+/// raft-rs's max_size_per_msg: entries per append message.
+pub const MAX_RAFT_MSG_BYTES: u64 = 1 << 20;
+/// raft-rs's max_inflight_msgs: append messages in flight per follower.
+pub const MAX_INFLIGHT_MSGS: usize = 256;
+/// Largest entry record in the log file (same reasoning as MAX_FRAME_BYTES):
+/// a length above it is a torn or corrupt tail.
+pub const MAX_ENTRY_BYTES: u32 = MAX_FRAME_BYTES;
+/// Frames queued per peer while its connection is slow or down; beyond it
+/// frames are dropped (Raft resends, controller RPCs are retried).
+pub const PEER_QUEUE_FRAMES: usize = 4096;
+/// Reconnect backoff to a peer: from the first to the last value, doubling.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 50;
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 1000;
+/// Connect and write timeouts to a peer: a stalled peer must not stall the
+/// writer thread for long.
+pub const CONNECT_TIMEOUT_MS: u64 = 200;
+pub const WRITE_TIMEOUT_MS: u64 = 1000;
+/// How often the listener checks for shutdown between accepts.
+pub const ACCEPT_POLL_MS: u64 = 20;
+
+/// Raft timing in ticks (Raft's usual ratio): an election after 10-20 quiet
+/// ticks, a leader heartbeat every 2.
+pub const ELECTION_TICK: usize = 10;
+pub const HEARTBEAT_TICK: usize = 2;
+
+/// Request ids remembered as applied, so a retried request is not decided
+/// twice. Retries come within request_timeout_ms, far fewer than this.
+pub const APPLIED_REQUEST_IDS: usize = 10_000;
+/// A forwarded request is sent again after this many ticks without an
+/// answer (to the leader as then known); ids make the resend harmless.
+pub const RESEND_AFTER_TICKS: u64 = 5;
+
+/// QuorumConfig defaults.
+pub const DEFAULT_TICK_MS: u64 = 100;
+pub const DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: u64 = 6000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
