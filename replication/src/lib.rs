@@ -16,4 +16,4 @@ mod transport;
 
 pub use controller::{BrokerEndpoints, ControllerError, ControllerRequest, ControllerResponse};
 pub use metadata::{BrokerImage, MetadataImage, MetadataRecord, PartitionImage, TopicImage};
-pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus};
+pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus, read_image};

@@ -136,6 +136,8 @@ struct Shared {
 #[derive(Debug)]
 struct Inner {
     node_id: i32,
+    /// This process's incarnation, as its heartbeats register it.
+    incarnation: u64,
     tx: Mutex<Option<mpsc::Sender<Event>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     shared: Arc<Shared>,
@@ -251,9 +253,10 @@ impl Controller {
             subscribers: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel();
+        let incarnation = random_u64();
         let mut node = Node {
             id: node_id,
-            incarnation: random_u64(),
+            incarnation,
             endpoints,
             voters: voter_ids,
             raw,
@@ -295,7 +298,13 @@ impl Controller {
         }
         let thread = thread::Builder::new().name(format!("controller-{node_id}")).spawn(move || node.run(rx))?;
         Ok(Controller {
-            inner: Arc::new(Inner { node_id, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), shared }),
+            inner: Arc::new(Inner {
+                node_id,
+                incarnation,
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                shared,
+            }),
         })
     }
 
@@ -340,11 +349,38 @@ impl Controller {
         self.inner.node_id
     }
 
+    /// This process's incarnation: the broker sees itself registered (as
+    /// this process, not an earlier one) once the image's entry carries it.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
     /// Stop the threads and close the sockets. Idempotent; blocks until the
     /// node's threads have ended (briefly: at most a connect timeout).
     pub fn shutdown(&self) {
         self.inner.shutdown();
     }
+}
+
+/// The committed metadata in `data_dir`, read without starting a node (no
+/// Raft, no network): for tools and tests. Offline only: like start(), it
+/// cuts a torn tail of the log, so never point it at a running node's dir.
+pub fn read_image(data_dir: &std::path::Path) -> Result<MetadataImage, QuorumError> {
+    let (_, recovered) = DiskStorage::open(data_dir)?;
+    let commit = recovered.hard_state.commit;
+    let mut image = MetadataImage::default();
+    for e in recovered.entries.iter().take_while(|e| e.index <= commit) {
+        if e.get_entry_type() == EntryType::EntryNormal
+            && !e.data.is_empty()
+            && let Ok(payload) = serde_json::from_slice::<EntryPayload>(&e.data)
+        {
+            for r in &payload.records {
+                image.apply(r);
+            }
+        }
+        image.applied_index = e.index;
+    }
+    Ok(image)
 }
 
 /// A random u64 from std's randomly keyed SipHash, the clock and a counter:
