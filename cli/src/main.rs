@@ -34,8 +34,16 @@ struct Cli {
 /// Options every client verb takes.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct GlobalArgs {
-    /// Brokers to bootstrap from, as host:port, comma-separated.
-    #[arg(long, global = true, env = "SPATE_BROKERS", default_value = "localhost:9400", value_delimiter = ',')]
+    /// Brokers to bootstrap from, as host:port, comma-separated: any one
+    /// that answers is enough, the rest of the cluster comes from it.
+    #[arg(
+        long,
+        visible_alias = "bootstrap",
+        global = true,
+        env = "SPATE_BROKERS",
+        default_value = "localhost:9400",
+        value_delimiter = ','
+    )]
     brokers: Vec<String>,
     /// How long to wait for a broker to answer a request.
     #[arg(long, global = true, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -45,7 +53,13 @@ pub(crate) struct GlobalArgs {
 impl GlobalArgs {
     pub(crate) fn client_config(&self) -> ClientConfig {
         ClientConfig {
-            bootstrap: self.brokers.iter().map(|broker| broker.trim().to_string()).collect(),
+            bootstrap: self
+                .brokers
+                .iter()
+                .map(|broker| broker.trim())
+                .filter(|broker| !broker.is_empty())
+                .map(str::to_string)
+                .collect(),
             client_id: "spate-cli".to_string(),
             request_timeout_ms: self.timeout_ms,
             ..ClientConfig::default()
@@ -130,6 +144,8 @@ mod tests {
     fn brokers_split_on_commas_and_timeout_must_be_positive() {
         let cli = Cli::try_parse_from(["spate", "--brokers", "a:1,b:2", "cluster", "info"]).expect("valid");
         assert_eq!(cli.global.client_config().bootstrap, vec!["a:1", "b:2"]);
+        let alias = Cli::try_parse_from(["spate", "--bootstrap", " a:1, b:2,,", "cluster", "status"]).expect("valid");
+        assert_eq!(alias.global.client_config().bootstrap, vec!["a:1", "b:2"]);
         assert!(Cli::try_parse_from(["spate", "--timeout-ms", "0", "cluster", "info"]).is_err());
         let after =
             Cli::try_parse_from(["spate", "topic", "list", "--timeout-ms", "5"]).expect("global flags go anywhere");

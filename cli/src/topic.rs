@@ -24,7 +24,9 @@ pub(crate) enum TopicCommand {
     },
     /// List topics.
     List,
-    /// Describe topics: partitions with their offsets and sizes, and configs.
+    /// Describe topics: partitions (leader, leader epoch, replicas, in-sync
+    /// replicas, under-replicated or offline) with their offsets and sizes,
+    /// and configs.
     Describe {
         #[arg(required = true)]
         names: Vec<String>,
@@ -111,10 +113,13 @@ fn describe_text(topic: &TopicDescription) -> String {
         summary.row(vec!["TOPIC-ID".into(), topic_id.clone()]);
     }
     summary.row(vec!["PARTITIONS".into(), topic.partitions.len().to_string()]);
+    let under_replicated = topic.partitions.iter().filter(|p| p.is_under_replicated()).count();
+    summary.row(vec!["UNDER-REPLICATED".into(), under_replicated.to_string()]);
 
     let mut partitions = Table::new(&[
         "PARTITION",
         "LEADER",
+        "EPOCH",
         "SHARD",
         "REPLICAS",
         "ISR",
@@ -123,14 +128,25 @@ fn describe_text(topic: &TopicDescription) -> String {
         "LOG-END",
         "SIZE-BYTES",
         "SEGMENTS",
+        "STATUS",
         "ERROR",
     ]);
     let mut sorted: Vec<_> = topic.partitions.iter().collect();
     sorted.sort_by_key(|partition| partition.partition);
     for p in sorted {
+        // No leader: an election is under way, or no in-sync replica lives.
+        let leader = if p.leader < 0 { "none".to_string() } else { p.leader.to_string() };
+        let status = if p.leader < 0 {
+            "offline"
+        } else if p.is_under_replicated() {
+            "under-replicated"
+        } else {
+            "ok"
+        };
         partitions.row(vec![
             p.partition.to_string(),
-            p.leader.to_string(),
+            leader,
+            p.leader_epoch.to_string(),
             p.shard.to_string(),
             ids(&p.replicas),
             ids(&p.isr),
@@ -139,6 +155,7 @@ fn describe_text(topic: &TopicDescription) -> String {
             p.log_end_offset.to_string(),
             p.size_bytes.to_string(),
             p.segment_count.to_string(),
+            status.into(),
             p.error.map(|code| format!("{code:?}")).unwrap_or_default(),
         ]);
     }
@@ -209,6 +226,8 @@ mod tests {
                 log_end_offset: 43,
                 size_bytes: 4096,
                 segment_count: 2,
+                leader_epoch: 3,
+                partition_epoch: 4,
             }],
             configs: vec![
                 ConfigEntry { key: "segment.bytes".into(), value: "1048576".into(), is_set: false },
@@ -217,13 +236,55 @@ mod tests {
         };
         let text = describe_text(&topic);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "NAME        orders");
+        assert!(lines[0].split_whitespace().eq(["NAME", "orders"]), "{}", lines[0]);
+        assert!(lines.iter().any(|line| line.split_whitespace().eq(["UNDER-REPLICATED", "0"])));
         let row = lines.iter().find(|line| line.starts_with("0 ")).expect("partition row");
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells, vec!["0", "1", "1", "[1]", "[1]", "5", "42", "43", "4096", "2"]);
+        assert_eq!(cells, vec!["0", "1", "3", "1", "[1]", "[1]", "5", "42", "43", "4096", "2", "ok"]);
         let retention = lines.iter().find(|line| line.starts_with("retention.ms")).expect("config row");
         assert!(retention.ends_with("set"));
         let segment = lines.iter().find(|line| line.starts_with("segment.bytes")).expect("config row");
         assert!(segment.ends_with("default"));
+    }
+
+    #[test]
+    fn describe_shows_leaders_epochs_and_under_replicated_partitions() {
+        let partition = |partition, leader, isr: Vec<i32>| PartitionDescription {
+            partition,
+            error: None,
+            leader,
+            shard: 0,
+            replicas: vec![1, 2, 3],
+            isr,
+            log_start_offset: 0,
+            high_watermark: 10,
+            log_end_offset: 12,
+            size_bytes: 100,
+            segment_count: 1,
+            leader_epoch: 7,
+            partition_epoch: 9,
+        };
+        let topic = TopicDescription {
+            name: "orders".into(),
+            error: None,
+            topic_id: None,
+            partitions: vec![partition(2, -1, vec![]), partition(1, 3, vec![3, 1]), partition(0, 1, vec![1, 2, 3])],
+            configs: vec![],
+        };
+        let text = describe_text(&topic);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().any(|line| line.split_whitespace().eq(["UNDER-REPLICATED", "2"])), "{text}");
+        let header = lines.iter().position(|line| line.starts_with("PARTITION ")).expect("partition table");
+        // Cells are at least two spaces apart; id lists hold single spaces.
+        let cells = |line: &&str| -> Vec<String> {
+            line.split("  ").map(str::trim).filter(|cell| !cell.is_empty()).map(str::to_string).collect()
+        };
+        let rows: Vec<Vec<String>> = lines[header + 1..header + 4].iter().map(cells).collect();
+        assert_eq!(rows[0][..6], ["0", "1", "7", "0", "[1 2 3]", "[1 2 3]"]);
+        assert_eq!(rows[0].last().map(String::as_str), Some("ok"));
+        assert_eq!(rows[1][..6], ["1", "3", "7", "0", "[1 2 3]", "[3 1]"]);
+        assert_eq!(rows[1].last().map(String::as_str), Some("under-replicated"));
+        assert_eq!(rows[2][..2], ["2", "none"]);
+        assert_eq!(rows[2].last().map(String::as_str), Some("offline"));
     }
 }
