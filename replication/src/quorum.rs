@@ -622,6 +622,9 @@ impl Node {
     /// The active controller decides a request and proposes its records.
     /// None: not the active controller (the origin will retry).
     fn decide(&mut self, id: RequestId, request: &ControllerRequest) -> Option<Result<(), ControllerError>> {
+        if self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
         let active = self.active.as_ref()?;
         if self.applied_ids.contains(&id) || active.proposed.contains(&id) {
             // A resend of a request already decided: its entry answers it.
@@ -657,13 +660,18 @@ impl Node {
                 controller::allocate_producer_ids(img, id.node_id, *count)
             }
         };
-        let result = records.and_then(|r| self.propose(Some(id), r));
-        if result.is_ok()
-            && let Some(a) = self.active.as_mut()
-        {
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        // A dropped proposal (we just lost the leadership within this batch
+        // of events) is not the caller's error: the origin resends it to the
+        // next leader.
+        self.propose(Some(id), records).ok()?;
+        if let Some(a) = self.active.as_mut() {
             a.proposed.insert(id);
         }
-        Some(result)
+        Some(Ok(()))
     }
 
     /// Propose one entry; on success the active image includes it.
