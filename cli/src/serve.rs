@@ -46,8 +46,23 @@ pub struct ServeArgs {
     /// Where /metrics is served; "" disables [default: 127.0.0.1:9644].
     #[arg(long, env = "SPATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// This broker's id in the cluster (>= 1) [default: 1].
     #[arg(long, env = "SPATE_NODE_ID")]
     pub node_id: Option<i32>,
+    /// The controller quorum's voters, id@host:port,... (this node's entry
+    /// is where its controller listens); empty: a cluster of one.
+    #[arg(long, env = "SPATE_CONTROLLER_QUORUM")]
+    pub controller_quorum: Option<String>,
+    /// A follower not caught up for this long leaves the ISR [default: 10000].
+    #[arg(long, env = "SPATE_REPLICA_LAG_TIME_MAX_MS")]
+    pub replica_lag_time_max_ms: Option<u64>,
+    /// How often this broker heartbeats to the controller [default: 500].
+    #[arg(long, env = "SPATE_BROKER_HEARTBEAT_INTERVAL_MS")]
+    pub broker_heartbeat_interval_ms: Option<u64>,
+    /// A broker silent this long is fenced and loses its leaderships
+    /// [default: 6000].
+    #[arg(long, env = "SPATE_BROKER_SESSION_TIMEOUT_MS")]
+    pub broker_session_timeout_ms: Option<u64>,
     /// An idle shard polls this long before sleeping (µs; 0: sleep at once).
     #[arg(long, env = "SPATE_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
@@ -75,6 +90,10 @@ impl ServeArgs {
         set(&mut config.tail_cache_bytes, self.tail_cache_bytes);
         set(&mut config.metrics_listen, self.metrics_listen);
         set(&mut config.node_id, self.node_id);
+        set(&mut config.controller_quorum, self.controller_quorum);
+        set(&mut config.replica_lag_time_max_ms, self.replica_lag_time_max_ms);
+        set(&mut config.broker_heartbeat_interval_ms, self.broker_heartbeat_interval_ms);
+        set(&mut config.broker_session_timeout_ms, self.broker_session_timeout_ms);
         set(&mut config.spin_before_park_us, self.spin_before_park_us);
         if self.shard_port_base.is_some() {
             config.shard_port_base = self.shard_port_base;

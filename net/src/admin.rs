@@ -1,22 +1,20 @@
 //! Catalog changes (CreateTopics, DeleteTopics, AlterConfigs), run on shard
-//! 0 one at a time. Order of a create: persist the catalog, open the
-//! partitions on their owners, then publish the new snapshot, so no request
-//! sees a topic whose partitions are not open. A crash after the persist
-//! reopens (and so creates) the partitions at the next start. Order of an
-//! alter: persist, publish, then each owner applies the new config to its
-//! open logs (a crash between persist and apply opens them with it).
+//! 0 one at a time: checked here, then committed by the controller (the
+//! metadata log), then applied by every broker as it follows the log (this
+//! one before it answers: its partitions are open, its configs applied).
+//! A crash after the commit is repaired by the next start's reconcile.
 
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::oneshot;
-use spate_engine::io::{DmaStorage, write_file_atomic};
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::{ControllerError, ControllerRequest};
 
-use crate::catalog::{CATALOG_FILE, Catalog, TopicMeta, new_topic_id};
+use crate::catalog::{Catalog, TopicMeta};
 use crate::limits::{PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
-use crate::shard::{Outcome, Shard, ShardOp, remove_dir_all_off_core};
+use crate::shard::{Outcome, Shard};
 use crate::topic_config;
 
 /// The shard that runs catalog changes.
@@ -95,10 +93,11 @@ fn check(spec: &CreateSpec, catalog: &Catalog, seen: &mut HashSet<String>) -> Re
             format!("{} partitions: expected 1 to {PARTITIONS_PER_TOPIC_MAX}", spec.partitions),
         ));
     }
-    if spec.replication_factor != 1 {
+    let brokers = catalog.brokers.values().filter(|broker| !broker.fenced).count();
+    if spec.replication_factor < 1 || spec.replication_factor as usize > brokers.max(1) {
         return Err(Outcome::err(
             ErrorCode::InvalidReplicationFactor,
-            format!("replication factor {}: this cluster has 1 broker", spec.replication_factor),
+            format!("replication factor {}: this cluster has {brokers} live brokers", spec.replication_factor),
         ));
     }
     if catalog.topics.len() + seen.len() > TOPICS_MAX {
@@ -107,33 +106,36 @@ fn check(spec: &CreateSpec, catalog: &Catalog, seen: &mut HashSet<String>) -> Re
     topic_config::validate(&spec.configs).map_err(|err| Outcome::err(ErrorCode::InvalidConfig, err.0))
 }
 
-async fn persist(shard: &Shard, catalog: &Catalog) -> Result<(), Outcome> {
-    let path = shard.shared.config.data_dir.join(CATALOG_FILE);
-    write_file_atomic(&DmaStorage, &path, &catalog.encode())
-        .await
-        .map_err(|err| Outcome::err(ErrorCode::StorageError, format!("writing {}: {err}", path.display())))
+/// A controller refusal as the client sees it.
+fn controller_outcome(err: &ControllerError) -> Outcome {
+    let code = match err {
+        ControllerError::TopicAlreadyExists => ErrorCode::TopicAlreadyExists,
+        ControllerError::UnknownTopicOrPartition => ErrorCode::UnknownTopicOrPartition,
+        ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
+        ControllerError::InvalidPartitions => ErrorCode::InvalidPartitions,
+        ControllerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        ControllerError::NotController => ErrorCode::NotController,
+        ControllerError::Shutdown => ErrorCode::BrokerShuttingDown,
+        ControllerError::Storage(_) => ErrorCode::StorageError,
+        ControllerError::FencedLeaderEpoch | ControllerError::InvalidUpdateVersion | ControllerError::NotLeader => {
+            ErrorCode::Unknown
+        }
+    };
+    Outcome::err(code, err.to_string())
 }
 
-/// Sends one op per owning shard and waits for all of them.
-async fn on_owners(
-    shard: &Rc<Shard>,
-    topic: &Arc<TopicMeta>,
-    make: impl Fn(Arc<TopicMeta>, Vec<u32>, oneshot::Sender<Result<(), String>>) -> ShardOp,
-) -> Result<(), String> {
-    let mut by_owner: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-    for partition in 0..topic.partitions {
-        by_owner.entry(shard.shared.owner(&topic.name, partition)).or_default().push(partition);
+/// Sends a change to the controller; once it is committed and applied
+/// here, publishes the new catalog and has every shard of this broker
+/// reconcile (so what this broker hosts is open when the answer goes).
+async fn through_controller(shard: &Rc<Shard>, request: ControllerRequest) -> Outcome {
+    let result = shard.shared.controller().request(request).await;
+    let catalog = Arc::new(Catalog::from_image(&shard.shared.controller().image()));
+    shard.shared.catalog.store(catalog.clone());
+    crate::metadata::apply_everywhere(shard, &catalog).await;
+    match result {
+        Ok(_) => Outcome::ok(),
+        Err(err) => controller_outcome(&err),
     }
-    let mut waits = Vec::new();
-    for (owner, partitions) in by_owner {
-        let (tx, rx) = oneshot::channel();
-        shard.submit(owner, make(topic.clone(), partitions, tx));
-        waits.push(rx);
-    }
-    for wait in waits {
-        wait.await.map_err(|_| "a shard stopped".to_string())??;
-    }
-    Ok(())
 }
 
 async fn create(
@@ -144,7 +146,6 @@ async fn create(
     let current = shard.shared.catalog.load_full();
     let mut seen = HashSet::new();
     let mut results = Vec::new();
-    let mut accepted = Vec::new();
     for spec in topics {
         let spec = match spec {
             Ok(spec) => spec,
@@ -153,90 +154,47 @@ async fn create(
                 continue;
             }
         };
-        match check(&spec, &current, &mut seen) {
-            Err(outcome) => results.push((spec.name, outcome)),
-            Ok(()) if validate_only => results.push((spec.name, Outcome::ok())),
-            Ok(()) => accepted.push(Arc::new(TopicMeta {
-                name: spec.name,
-                topic_id: new_topic_id(),
-                partitions: spec.partitions as u32,
-                replication_factor: spec.replication_factor,
-                configs: spec.configs,
-            })),
-        }
-    }
-    if accepted.is_empty() {
-        return results;
-    }
-    let mut next = (*current).clone();
-    for topic in &accepted {
-        next.topics.insert(topic.name.clone(), topic.clone());
-    }
-    if let Err(outcome) = persist(shard, &next).await {
-        results.extend(accepted.iter().map(|topic| (topic.name.clone(), outcome.clone())));
-        return results;
-    }
-    for topic in &accepted {
-        let opened =
-            on_owners(shard, topic, |topic, partitions, reply| ShardOp::Open { topic, partitions, reply }).await;
-        let outcome = match opened {
+        let outcome = match check(&spec, &current, &mut seen) {
+            Err(outcome) => outcome,
+            Ok(()) if validate_only => Outcome::ok(),
             Ok(()) => {
-                tracing::info!(topic = %topic.name, partitions = topic.partitions, "topic created");
-                Outcome::ok()
-            }
-            Err(err) => {
-                tracing::error!(topic = %topic.name, "partitions did not open: {err}");
-                Outcome::err(ErrorCode::StorageError, err)
+                let request = ControllerRequest::CreateTopic {
+                    name: spec.name.clone(),
+                    partitions: spec.partitions as u32,
+                    replication_factor: spec.replication_factor as u16,
+                    configs: spec.configs,
+                };
+                let outcome = through_controller(shard, request).await;
+                if outcome.error == ErrorCode::None {
+                    tracing::info!(topic = %spec.name, partitions = spec.partitions, rf = spec.replication_factor, "topic created");
+                }
+                outcome
             }
         };
-        results.push((topic.name.clone(), outcome));
+        results.push((spec.name, outcome));
     }
-    shard.shared.catalog.store(Arc::new(next));
     results
 }
 
 async fn delete(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, Outcome)> {
-    let current = shard.shared.catalog.load_full();
-    let mut next = (*current).clone();
     let mut results = Vec::new();
-    let mut doomed = Vec::new();
     for name in names {
         if spate_flatbuf::is_internal_topic(&name) {
             results.push((name.clone(), Outcome::err(ErrorCode::InternalTopic, format!("{name:?} is the broker's"))));
             continue;
         }
-        match next.topics.remove(&name) {
-            Some(topic) => doomed.push(topic),
-            None => results
-                .push((name.clone(), Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("no topic {name:?}")))),
+        if !shard.shared.catalog.load().topics.contains_key(&name) {
+            results
+                .push((name.clone(), Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("no topic {name:?}"))));
+            continue;
         }
-    }
-    if doomed.is_empty() {
-        return results;
-    }
-    // Persist, then unpublish so no new request reaches the partitions,
-    // then remove the files (an orphan left by a crash here is removed at
-    // the next start).
-    if let Err(outcome) = persist(shard, &next).await {
-        results.extend(doomed.iter().map(|topic| (topic.name.clone(), outcome.clone())));
-        return results;
-    }
-    shard.shared.catalog.store(Arc::new(next));
-    for topic in doomed {
-        let deleted =
-            on_owners(shard, &topic, |topic, partitions, reply| ShardOp::Delete { topic, partitions, reply }).await;
-        let deleted = match deleted {
-            Ok(()) => remove_dir_all_off_core(topic.topic_dir(&shard.shared.config.data_dir)).await,
-            Err(err) => Err(err),
-        };
-        let outcome = match deleted {
-            Ok(()) => {
-                tracing::info!(topic = %topic.name, "topic deleted");
-                Outcome::ok()
-            }
-            Err(err) => Outcome::err(ErrorCode::StorageError, err),
-        };
-        results.push((topic.name.clone(), outcome));
+        // Every broker deletes its replicas' files when it applies the
+        // record (a crash in between: the next start's reconcile does it).
+        let outcome = through_controller(shard, ControllerRequest::DeleteTopic { name: name.clone() }).await;
+        if outcome.error == ErrorCode::None {
+            tracing::info!(topic = %name, "topic deleted");
+        }
+        results.push((name, outcome));
     }
     results
 }
@@ -259,43 +217,23 @@ fn check_alter(spec: &AlterSpec, catalog: &Catalog, seen: &mut HashSet<String>) 
 
 async fn alter(shard: &Rc<Shard>, topics: Vec<AlterSpec>, validate_only: bool) -> Vec<(String, Outcome)> {
     let current = shard.shared.catalog.load_full();
-    let mut next = (*current).clone();
     let mut seen = HashSet::new();
     let mut results = Vec::new();
-    let mut changed = Vec::new();
     for spec in topics {
-        match check_alter(&spec, &next, &mut seen) {
-            Err(outcome) => results.push((spec.name, outcome)),
-            Ok(_) if validate_only => results.push((spec.name, Outcome::ok())),
+        let outcome = match check_alter(&spec, &current, &mut seen) {
+            Err(outcome) => outcome,
+            Ok(_) if validate_only => Outcome::ok(),
             Ok(topic) => {
-                next.topics.insert(topic.name.clone(), topic.clone());
-                changed.push(topic);
-            }
-        }
-    }
-    if changed.is_empty() {
-        return results;
-    }
-    if let Err(outcome) = persist(shard, &next).await {
-        results.extend(changed.iter().map(|topic| (topic.name.clone(), outcome.clone())));
-        return results;
-    }
-    shard.shared.catalog.store(Arc::new(next));
-    for topic in changed {
-        let applied =
-            on_owners(shard, &topic, |topic, partitions, reply| ShardOp::Reconfigure { topic, partitions, reply })
-                .await;
-        let outcome = match applied {
-            Ok(()) => {
-                tracing::info!(topic = %topic.name, configs = ?topic.configs, "topic configs changed");
-                Outcome::ok()
-            }
-            Err(err) => {
-                tracing::error!(topic = %topic.name, "configs stored but not applied to every open log: {err}");
-                Outcome::err(ErrorCode::StorageError, err)
+                let request =
+                    ControllerRequest::AlterTopicConfigs { name: topic.name.clone(), configs: topic.configs.clone() };
+                let outcome = through_controller(shard, request).await;
+                if outcome.error == ErrorCode::None {
+                    tracing::info!(topic = %topic.name, configs = ?topic.configs, "topic configs changed");
+                }
+                outcome
             }
         };
-        results.push((topic.name.clone(), outcome));
+        results.push((spec.name, outcome));
     }
     results
 }

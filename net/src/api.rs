@@ -23,7 +23,9 @@ use crate::group;
 use crate::limits::{
     FETCH_PARTITIONS_MAX, FETCH_WAIT_MS_MAX, PRODUCE_SLICE_FRACTION_MIN, READ_CHUNK_BYTES, REQUEST_TIMEOUT_MS_MAX,
 };
-use crate::shard::{AppendResult, OffsetResult, Outcome, PartitionStats, ReadResult, Shard, ShardOp, config_map};
+use crate::shard::{
+    AppendResult, EpochEndResult, OffsetResult, Outcome, PartitionStats, ReadResult, Shard, ShardOp, config_map,
+};
 use crate::topic_config;
 
 /// A response as the connection writes it.
@@ -109,6 +111,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str)
         Body::DescribeGroupsRequest => group::api::describe_groups(shard, &frame, request_id),
         Body::DeleteGroupsRequest => group::api::delete_groups(shard, &frame, request_id),
         Body::InitProducerIdRequest => init_producer_id(shard, request_id),
+        Body::OffsetForLeaderEpochRequest => offset_for_leader_epoch(shard, &frame, request_id),
         other => {
             invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))
         }
@@ -165,7 +168,6 @@ fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
         return invalid(request_id, "metadata body missing");
     };
     let catalog = shard.shared.catalog.load();
-    let node_id = shard.shared.config.node_id;
     let mut builder = FlatBufferBuilder::new();
     let names: Vec<String> = match request.topics() {
         Some(topics) => topics.iter().map(str::to_string).collect(),
@@ -191,16 +193,23 @@ fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
         };
         let mut partitions = Vec::with_capacity(topic.partitions as usize);
         for partition in 0..topic.partitions {
-            let replicas = builder.create_vector(&[node_id]);
-            let isr = builder.create_vector(&[node_id]);
+            let assignment = topic.assignment(partition);
+            let replicas = builder.create_vector(&assignment.replicas);
+            let isr = builder.create_vector(&assignment.isr);
+            // The leader's shard that owns the partition (its shard count
+            // may differ from this broker's).
+            let leader_shards = catalog.brokers.get(&assignment.leader).map_or(0, |b| b.shard_ports.len());
+            let leader_shard =
+                if leader_shards == 0 { 0 } else { crate::catalog::owner_shard(&topic.name, partition, leader_shards) };
+            let error = if assignment.leader < 0 { ErrorCode::LeaderNotAvailable } else { ErrorCode::None };
             partitions.push(PartitionMetadata::create(
                 &mut builder,
                 &PartitionMetadataArgs {
                     partition: partition as i32,
-                    error: ErrorCode::None,
-                    leader: node_id,
-                    leader_epoch: 0,
-                    shard: shard.shared.owner(&topic.name, partition) as u16,
+                    error,
+                    leader: assignment.leader,
+                    leader_epoch: assignment.leader_epoch,
+                    shard: leader_shard as u16,
                     replicas: Some(replicas),
                     isr: Some(isr),
                 },
@@ -213,24 +222,30 @@ fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
         ));
     }
     let topics = builder.create_vector(&topics);
-    let ports = shard.shared.ports.get().cloned().unwrap_or(crate::shard::Ports { main: 0, shards: Vec::new() });
-    let host = builder.create_string(shard.shared.config.advertised_host());
-    let shard_ports = builder.create_vector(&ports.shards);
-    let broker = BrokerInfo::create(
-        &mut builder,
-        &BrokerInfoArgs {
-            node_id,
-            host: Some(host),
-            port: ports.main,
-            shard_ports: Some(shard_ports),
-            fenced: false,
-            controller_port: 0,
-        },
-    );
-    let brokers = builder.create_vector(&[broker]);
+    let brokers: Vec<_> = catalog
+        .brokers
+        .values()
+        .map(|broker| {
+            let host = builder.create_string(&broker.host);
+            let shard_ports = builder.create_vector(&broker.shard_ports);
+            BrokerInfo::create(
+                &mut builder,
+                &BrokerInfoArgs {
+                    node_id: broker.node_id,
+                    host: Some(host),
+                    port: broker.port,
+                    shard_ports: Some(shard_ports),
+                    fenced: broker.fenced,
+                    controller_port: broker.controller_port,
+                },
+            )
+        })
+        .collect();
+    let brokers = builder.create_vector(&brokers);
+    let controller_id = catalog.controller_id;
     let body = MetadataResponse::create(
         &mut builder,
-        &MetadataResponseArgs { brokers: Some(brokers), controller_id: node_id, topics: Some(topics) },
+        &MetadataResponseArgs { brokers: Some(brokers), controller_id, topics: Some(topics) },
     );
     Reply::Now(Response::Frame(envelope_frame(builder, request_id, Body::MetadataResponse, body.as_union_value(), 0)))
 }
@@ -428,16 +443,28 @@ fn describe_topics(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
             };
             let mut partitions = Vec::new();
             for (partition, wait) in parts.into_iter().enumerate() {
-                let stats =
+                let mut stats =
                     wait.await.unwrap_or(PartitionStats { error: ErrorCode::BrokerShuttingDown, ..Default::default() });
-                let replicas = builder.create_vector(&[node_id]);
-                let isr = builder.create_vector(&[node_id]);
+                let assignment = topic.assignment(partition as u32);
+                if stats.error == ErrorCode::UnknownTopicOrPartition && !assignment.replicas.contains(&node_id) {
+                    // Not hosted here: the assignment is all this broker
+                    // knows (its leader has the offsets).
+                    stats = PartitionStats {
+                        error: ErrorCode::None,
+                        log_start_offset: -1,
+                        high_watermark: -1,
+                        log_end_offset: -1,
+                        ..Default::default()
+                    };
+                }
+                let replicas = builder.create_vector(&assignment.replicas);
+                let isr = builder.create_vector(&assignment.isr);
                 partitions.push(PartitionDescription::create(
                     &mut builder,
                     &PartitionDescriptionArgs {
                         partition: partition as i32,
                         error: stats.error,
-                        leader: node_id,
+                        leader: assignment.leader,
                         shard: shared.owner(&topic.name, partition as u32) as u16,
                         replicas: Some(replicas),
                         isr: Some(isr),
@@ -446,8 +473,8 @@ fn describe_topics(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
                         log_end_offset: stats.log_end_offset,
                         size_bytes: stats.size_bytes,
                         segment_count: stats.segment_count,
-                        leader_epoch: 0,
-                        partition_epoch: 0,
+                        leader_epoch: assignment.leader_epoch,
+                        partition_epoch: assignment.partition_epoch,
                     },
                 ));
             }
@@ -608,7 +635,7 @@ fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
 }
 
 /// Splits a partition's records into whole batches without copying.
-fn split_into_batches(mut records: BytesMut) -> Result<Vec<BytesMut>, Outcome> {
+pub(crate) fn split_into_batches(mut records: BytesMut) -> Result<Vec<BytesMut>, Outcome> {
     let mut lengths = Vec::new();
     for span in spate_format::batch::split_batches(&records) {
         match span {
@@ -699,6 +726,7 @@ struct FetchPart {
     target: Option<(Arc<TopicMeta>, u32)>,
     offset: i64,
     bytes_max: usize,
+    current_leader_epoch: i32,
 }
 
 /// A partition's read as submitted to its owner.
@@ -710,7 +738,7 @@ enum Submitted {
     Waiting(oneshot::Receiver<ReadResult>),
 }
 
-fn submit_fetch(shard: &Rc<Shard>, part: &FetchPart, wait_until: Option<Instant>) -> Submitted {
+fn submit_fetch(shard: &Rc<Shard>, part: &FetchPart, wait_until: Option<Instant>, replica_id: i32) -> Submitted {
     let Some((topic, partition)) = part.target.clone() else { return Submitted::Unknown };
     if part.bytes_max == 0 {
         return Submitted::OverBudget;
@@ -719,7 +747,16 @@ fn submit_fetch(shard: &Rc<Shard>, part: &FetchPart, wait_until: Option<Instant>
     let owner = shard.shared.owner(&topic.name, partition);
     shard.submit(
         owner,
-        ShardOp::Fetch { topic, partition, offset: part.offset, bytes_max: part.bytes_max, wait_until, reply },
+        ShardOp::Fetch {
+            topic,
+            partition,
+            offset: part.offset,
+            bytes_max: part.bytes_max,
+            wait_until,
+            replica_id,
+            current_leader_epoch: part.current_leader_epoch,
+            reply,
+        },
     );
     Submitted::Waiting(wait)
 }
@@ -772,11 +809,13 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
                 target,
                 offset: part.offset(),
                 bytes_max,
+                current_leader_epoch: part.current_leader_epoch(),
             });
         }
     }
+    let replica_id = request.replica_id().max(-1);
     let started = Instant::now();
-    let first: Vec<_> = parts.iter().map(|part| submit_fetch(shard, part, None)).collect();
+    let first: Vec<_> = parts.iter().map(|part| submit_fetch(shard, part, None, replica_id)).collect();
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
         let mut results = Vec::with_capacity(first.len());
@@ -792,7 +831,7 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
             let waits: Vec<_> = parts
                 .iter()
                 .enumerate()
-                .filter_map(|(i, part)| match submit_fetch(&shard, part, Some(deadline)) {
+                .filter_map(|(i, part)| match submit_fetch(&shard, part, Some(deadline), replica_id) {
                     wait @ Submitted::Waiting(_) => Some(Box::pin(async move { (i, collect(wait).await) })),
                     Submitted::Unknown | Submitted::OverBudget => None,
                 })
@@ -917,5 +956,88 @@ fn list_offsets(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
         let topics = builder.create_vector(&topics);
         let body = ListOffsetsResponse::create(&mut builder, &ListOffsetsResponseArgs { topics: Some(topics) });
         Response::Frame(envelope_frame(builder, request_id, Body::ListOffsetsResponse, body.as_union_value(), 0))
+    }))
+}
+
+// ---- OffsetForLeaderEpoch ----
+
+fn offset_for_leader_epoch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+    let Some(request) = envelope(frame).and_then(|e| e.body_as_offset_for_leader_epoch_request()) else {
+        return invalid(request_id, "offset for leader epoch body missing");
+    };
+    let mut waits = Vec::new();
+    for topic in request.topics().iter().flatten() {
+        let name = topic.name().unwrap_or_default().to_string();
+        let meta = topic_of(shard, &name);
+        let mut parts = Vec::new();
+        for part in topic.partitions().iter().flatten() {
+            if parts.len() + waits.len() >= FETCH_PARTITIONS_MAX {
+                return invalid(request_id, &format!("over {FETCH_PARTITIONS_MAX} partitions in one request"));
+            }
+            let target = meta.as_ref().and_then(|m| partition_of(m, part.partition()).map(|p| (m.clone(), p)));
+            let wait = target.map(|(topic, partition)| {
+                let (reply, wait) = oneshot::channel();
+                let owner = shard.shared.owner(&topic.name, partition);
+                shard.submit(
+                    owner,
+                    ShardOp::EpochEndOffset {
+                        topic,
+                        partition,
+                        current_leader_epoch: part.current_leader_epoch(),
+                        leader_epoch: part.leader_epoch(),
+                        reply,
+                    },
+                );
+                wait
+            });
+            parts.push((part.partition(), wait));
+        }
+        waits.push((name, parts));
+    }
+    Reply::Later(Box::pin(async move {
+        let mut builder = FlatBufferBuilder::new();
+        let mut topics = Vec::new();
+        for (name, parts) in waits {
+            let mut results = Vec::new();
+            for (partition, wait) in parts {
+                let result = match wait {
+                    None => {
+                        EpochEndResult { error: ErrorCode::UnknownTopicOrPartition, leader_epoch: -1, end_offset: -1 }
+                    }
+                    Some(wait) => wait.await.unwrap_or(EpochEndResult {
+                        error: ErrorCode::BrokerShuttingDown,
+                        leader_epoch: -1,
+                        end_offset: -1,
+                    }),
+                };
+                results.push(EpochEndOffset::create(
+                    &mut builder,
+                    &EpochEndOffsetArgs {
+                        partition,
+                        error: result.error,
+                        leader_epoch: result.leader_epoch,
+                        end_offset: result.end_offset,
+                    },
+                ));
+            }
+            let results = builder.create_vector(&results);
+            let name = builder.create_string(&name);
+            topics.push(OffsetForLeaderEpochTopicResponse::create(
+                &mut builder,
+                &OffsetForLeaderEpochTopicResponseArgs { name: Some(name), partitions: Some(results) },
+            ));
+        }
+        let topics = builder.create_vector(&topics);
+        let body = OffsetForLeaderEpochResponse::create(
+            &mut builder,
+            &OffsetForLeaderEpochResponseArgs { topics: Some(topics) },
+        );
+        Response::Frame(envelope_frame(
+            builder,
+            request_id,
+            Body::OffsetForLeaderEpochResponse,
+            body.as_union_value(),
+            0,
+        ))
     }))
 }

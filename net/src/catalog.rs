@@ -26,9 +26,48 @@ pub struct TopicMeta {
     pub replication_factor: i16,
     /// Kafka config names to values, as the user set them.
     pub configs: BTreeMap<String, String>,
+    /// Per partition: replicas, ISR, leader and epochs, from the
+    /// controller's metadata (empty in a catalog file; see `assignment`).
+    #[serde(skip)]
+    pub assignments: Vec<PartitionAssignment>,
+}
+
+/// Where a partition lives in the cluster, as the controller decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PartitionAssignment {
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// -1: no leader (offline).
+    pub leader: i32,
+    /// Bumped at every leader change; stamped into every batch.
+    pub leader_epoch: i32,
+    /// Bumped at every change of leader or ISR.
+    pub partition_epoch: i32,
+}
+
+/// A broker of the cluster, as the controller's metadata has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BrokerMeta {
+    pub node_id: i32,
+    pub host: String,
+    pub port: u16,
+    pub shard_ports: Vec<u16>,
+    pub controller_port: u16,
+    pub fenced: bool,
 }
 
 impl TopicMeta {
+    /// The partition's assignment (a partition the metadata does not
+    /// describe has no replicas and no leader).
+    pub fn assignment(&self, partition: u32) -> PartitionAssignment {
+        self.assignments.get(partition as usize).cloned().unwrap_or(PartitionAssignment {
+            leader: -1,
+            leader_epoch: -1,
+            partition_epoch: -1,
+            ..Default::default()
+        })
+    }
+
     /// `<data>/topics/<name>.<topic_id>/<partition>`: readable, unique.
     pub fn partition_dir(&self, data_dir: &Path, partition: u32) -> PathBuf {
         self.topic_dir(data_dir).join(partition.to_string())
@@ -49,6 +88,10 @@ struct CatalogFile {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub topics: HashMap<String, Arc<TopicMeta>>,
+    /// Every registered broker, by node id.
+    pub brokers: BTreeMap<i32, BrokerMeta>,
+    /// The active controller's node id (-1: none known).
+    pub controller_id: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +103,52 @@ pub enum CatalogError {
 }
 
 impl Catalog {
+    /// The broker's view of the controller's metadata image.
+    pub fn from_image(image: &spate_replication::MetadataImage) -> Catalog {
+        let topics = image
+            .topics
+            .values()
+            .map(|topic| {
+                let assignments: Vec<PartitionAssignment> = topic
+                    .partitions
+                    .iter()
+                    .map(|p| PartitionAssignment {
+                        replicas: p.replicas.clone(),
+                        isr: p.isr.clone(),
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                    })
+                    .collect();
+                let meta = TopicMeta {
+                    name: topic.name.clone(),
+                    topic_id: topic.topic_id.clone(),
+                    partitions: assignments.len() as u32,
+                    replication_factor: assignments.first().map_or(1, |a| a.replicas.len() as i16),
+                    configs: topic.configs.clone(),
+                    assignments,
+                };
+                (topic.name.clone(), Arc::new(meta))
+            })
+            .collect();
+        let brokers = image
+            .brokers
+            .values()
+            .map(|broker| {
+                let meta = BrokerMeta {
+                    node_id: broker.node_id,
+                    host: broker.host.clone(),
+                    port: broker.port,
+                    shard_ports: broker.shard_ports.clone(),
+                    controller_port: broker.controller_port,
+                    fenced: broker.fenced,
+                };
+                (broker.node_id, meta)
+            })
+            .collect();
+        Catalog { topics, brokers, controller_id: image.controller_id }
+    }
+
     /// Reads the catalog at start (before any shard runs, so std::fs is
     /// fine). A missing file is an empty catalog, unless topic directories
     /// exist: then the catalog was lost and deleting them would lose data.
@@ -95,7 +184,7 @@ impl Catalog {
             }
             topics.insert(topic.name.clone(), Arc::new(topic));
         }
-        Ok(Catalog { topics })
+        Ok(Catalog { topics, ..Catalog::default() })
     }
 
     /// The bytes `load` reads back.

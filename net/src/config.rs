@@ -63,12 +63,24 @@ pub struct BrokerConfig {
     /// Bounds on the session timeout a consumer asks for.
     pub group_session_timeout_ms_min: u64,
     pub group_session_timeout_ms_max: u64,
+    /// The controller quorum's voters, `id@host:port,...` (Kafka's
+    /// controller.quorum.voters); this node's own entry is where its
+    /// controller listens. Empty: a cluster of one (this node), no network.
+    pub controller_quorum: String,
+    /// A follower that has not caught up with its leader for this long
+    /// leaves the ISR (Kafka's replica.lag.time.max.ms).
+    pub replica_lag_time_max_ms: u64,
+    /// How often this broker tells the active controller it is alive, and
+    /// how long the controller waits before fencing a silent broker (its
+    /// partitions then get new leaders from their ISR).
+    pub broker_heartbeat_interval_ms: u64,
+    pub broker_session_timeout_ms: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            node_id: 0,
+            node_id: 1,
             data_dir: PathBuf::from("spate-data"),
             listen_host: "127.0.0.1".into(),
             port: 9400,
@@ -91,6 +103,10 @@ impl Default for BrokerConfig {
             // Low enough for tests and fast failover; Kafka's is 6 s.
             group_session_timeout_ms_min: 500,
             group_session_timeout_ms_max: 300_000,
+            controller_quorum: String::new(),
+            replica_lag_time_max_ms: 10_000,
+            broker_heartbeat_interval_ms: 500,
+            broker_session_timeout_ms: 6_000,
         }
     }
 }
@@ -127,8 +143,20 @@ impl BrokerConfig {
         if self.connection_requests_in_flight_max == 0 {
             return Err(ConfigError("connection_requests_in_flight_max must be positive".into()));
         }
-        if self.node_id < 0 {
-            return Err(ConfigError("node_id must not be negative".into()));
+        if self.node_id < 1 {
+            return Err(ConfigError("node_id must be at least 1".into()));
+        }
+        let voters = self.controller_voters()?;
+        if !voters.is_empty() && !voters.iter().any(|(id, _)| *id == self.node_id) {
+            return Err(ConfigError(format!("controller_quorum does not list this node ({})", self.node_id)));
+        }
+        if self.replica_lag_time_max_ms == 0 || self.broker_heartbeat_interval_ms == 0 {
+            return Err(ConfigError(
+                "replica_lag_time_max_ms and broker_heartbeat_interval_ms must be positive".into(),
+            ));
+        }
+        if self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms {
+            return Err(ConfigError("broker_session_timeout_ms must exceed broker_heartbeat_interval_ms".into()));
         }
         if self.shards > crate::limits::SHARDS_MAX {
             return Err(ConfigError(format!("shards must be at most {}", crate::limits::SHARDS_MAX)));
@@ -161,6 +189,23 @@ impl BrokerConfig {
             return self.shards;
         }
         std::thread::available_parallelism().map_or(1, |n| n.get()).min(crate::limits::SHARDS_MAX)
+    }
+
+    /// `controller_quorum` parsed: (node id, address) per voter.
+    pub fn controller_voters(&self) -> Result<Vec<(i32, std::net::SocketAddr)>, ConfigError> {
+        use std::net::ToSocketAddrs;
+        let mut voters = Vec::new();
+        for entry in self.controller_quorum.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = || ConfigError(format!("controller_quorum entry {entry:?}: expected id@host:port"));
+            let (id, addr) = entry.split_once('@').ok_or_else(bad)?;
+            let id: i32 = id.parse().map_err(|_| bad())?;
+            if id < 1 || voters.iter().any(|(other, _)| *other == id) {
+                return Err(ConfigError(format!("controller_quorum: node id {id} is not >= 1 or is listed twice")));
+            }
+            let addr = addr.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)?;
+            voters.push((id, addr));
+        }
+        Ok(voters)
     }
 
     pub fn advertised_host(&self) -> &str {

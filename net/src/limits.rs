@@ -33,3 +33,11 @@ pub const PRODUCE_SLICE_FRACTION_MIN: usize = 2;
 /// Consumer groups one shard coordinates, and members of one group.
 pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
 pub const MEMBERS_PER_GROUP_MAX: usize = 10_000;
+/// A follower's replica fetch: how long the leader holds it when there is
+/// nothing new, and how many bytes it asks for at once.
+pub const REPLICA_FETCH_WAIT_MS: u64 = 500;
+pub const REPLICA_FETCH_BYTES_MAX: usize = 8 << 20;
+/// A follower whose fetch failed retries after this long, doubling up to
+/// the max (the leader may be restarting or an election under way).
+pub const REPLICA_FETCH_RETRY_MS_MIN: u64 = 50;
+pub const REPLICA_FETCH_RETRY_MS_MAX: u64 = 1000;

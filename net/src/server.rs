@@ -25,6 +25,10 @@ use crate::config::{BrokerConfig, ConfigError, parse_durability};
 use crate::shard::{Ports, Shard, ShardOp, Shared};
 
 const LOCK_FILE: &str = "broker.lock";
+/// The controller's Raft log and state, under the data directory.
+pub(crate) const METADATA_DIR: &str = "metadata";
+/// How long `start` waits for this broker's registration.
+const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -95,6 +99,10 @@ impl BrokerHandle {
                 first_error.get_or_insert(ServeError::Shard { shard, message: err.to_string() });
             }
         }
+        // After the shards: they may have asked it for ISR changes to the end.
+        if let Some(controller) = self.shared.controller.get() {
+            controller.shutdown();
+        }
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -120,13 +128,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     if lock.try_lock().is_err() {
         return Err(ServeError::DataDirLocked(shown));
     }
-    let mut catalog = Catalog::load(&data_dir)?;
-    crate::group::ensure_offsets_topic(&mut catalog, &data_dir, config.group_offsets_partitions).map_err(io)?;
-    for orphan in catalog.orphan_dirs(&data_dir) {
-        tracing::info!(dir = %orphan.display(), "removing the files of a deleted topic");
-        std::fs::remove_dir_all(&orphan).map_err(io)?;
-    }
-    let producer_id_start = crate::producer_ids::load(&data_dir).map_err(io)?;
+    refuse_catalog_without_metadata(&data_dir)?;
     let shard_count = config.shard_count();
     let mut mailboxes = Vec::with_capacity(shard_count);
     let mut inboxes = Vec::with_capacity(shard_count);
@@ -139,11 +141,11 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         config,
         default_durability,
         shard_count,
-        catalog: ArcSwap::from_pointee(catalog),
+        catalog: ArcSwap::from_pointee(Catalog::default()),
         mailboxes,
         ports: OnceLock::new(),
         metrics_port: OnceLock::new(),
-        producer_id_start,
+        controller: OnceLock::new(),
     });
     let (ready_tx, ready_rx) = std_mpsc::channel::<Ready>();
     let mut executors = Vec::with_capacity(shard_count);
@@ -152,7 +154,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     let mut shard_ports = vec![0u16; shard_count];
     let mut failure = None;
     for (shard, inbox) in inboxes.into_iter().enumerate() {
-        let (go_tx, go_rx) = oneshot::channel::<()>();
+        let (go_tx, go_rx) = oneshot::channel();
         go.push(go_tx);
         let placement = if shared.config.pin_cores {
             Placement::Fixed(shard % std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -218,11 +220,135 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         let _ = handle.wait();
         return Err(err);
     }
-    let _ = shared.ports.set(Ports { main: main_port, shards: shard_ports });
+    let _ = shared.ports.set(Ports { main: main_port, shards: shard_ports.clone() });
+    // The controller starts once this broker's ports are known (it
+    // registers them); it replays the metadata log before it returns, so
+    // the catalog below is what this node last knew.
+    let controller = match start_controller(&shared, main_port, shard_ports) {
+        Ok(controller) => controller,
+        Err(err) => {
+            drop(go);
+            let _ = handle.wait();
+            return Err(err);
+        }
+    };
+    wait_until_registered(&shared, &controller);
+    ensure_offsets_topic(&shared, &controller);
+    shared.catalog.store(Arc::new(Catalog::from_image(&controller.image())));
+    let _ = shared.controller.set(controller);
+    // Every shard opens (recovers) its partitions and then accepts.
+    let (accepting_tx, accepting_rx) = std_mpsc::channel::<Result<usize, (usize, String)>>();
     for go in go {
-        let _ = go.send(());
+        let _ = go.send(accepting_tx.clone());
+    }
+    drop(accepting_tx);
+    for _ in 0..handle.executors.len() {
+        match accepting_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err((shard, message))) => {
+                handle.shutdown();
+                let _ = handle.wait();
+                return Err(ServeError::Shard { shard, message });
+            }
+            Err(_) => {
+                let _ = handle.wait();
+                return Err(ServeError::Start("a shard ended before it accepted".into()));
+            }
+        }
     }
     Ok(handle)
+}
+
+/// Before the metadata log, topics lived in catalog.json; a data directory
+/// with topic data but no metadata log would lose them (the controller
+/// would delete the orphan directories): refuse it.
+fn refuse_catalog_without_metadata(data_dir: &std::path::Path) -> Result<(), ServeError> {
+    let metadata_dir = data_dir.join(METADATA_DIR);
+    let topics_dir = data_dir.join(crate::catalog::TOPICS_DIR);
+    let has_topics = std::fs::read_dir(&topics_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if has_topics && !metadata_dir.exists() {
+        return Err(ServeError::Catalog(CatalogError::Invalid {
+            path: metadata_dir,
+            reason: format!("missing while {} holds topic data; restore it", topics_dir.display()),
+        }));
+    }
+    Ok(())
+}
+
+fn start_controller(
+    shared: &Arc<Shared>,
+    main_port: u16,
+    shard_ports: Vec<u16>,
+) -> Result<spate_replication::Controller, ServeError> {
+    let config = &shared.config;
+    let voters = config.controller_voters()?;
+    let controller_port = voters.iter().find(|(id, _)| *id == config.node_id).map_or(0, |(_, addr)| addr.port());
+    let mut quorum = spate_replication::QuorumConfig::new(config.node_id, voters, config.data_dir.join(METADATA_DIR));
+    quorum.broker_heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
+    quorum.broker_session_timeout_ms = config.broker_session_timeout_ms;
+    let endpoints = spate_replication::BrokerEndpoints {
+        host: config.advertised_host().to_string(),
+        port: main_port,
+        shard_ports,
+        controller_port,
+    };
+    spate_replication::Controller::start(quorum, endpoints)
+        .map_err(|err| ServeError::Start(format!("controller: {err}")))
+}
+
+/// Creates `__consumer_offsets` through the controller if the metadata has
+/// none yet; with no quorum yet, keeps trying in the background.
+fn ensure_offsets_topic(shared: &Shared, controller: &spate_replication::Controller) {
+    let has_topic = |controller: &spate_replication::Controller| {
+        controller.image().topics.contains_key(spate_flatbuf::CONSUMER_OFFSETS_TOPIC)
+    };
+    if has_topic(controller) {
+        return;
+    }
+    let request = crate::group::offsets_topic_request(shared.config.group_offsets_partitions);
+    match futures::executor::block_on(controller.request(request.clone())) {
+        Ok(_) | Err(spate_replication::ControllerError::TopicAlreadyExists) => {}
+        Err(err) => {
+            tracing::warn!("creating {}: {err}; retrying in the background", spate_flatbuf::CONSUMER_OFFSETS_TOPIC);
+            let controller = controller.clone();
+            let spawned = std::thread::Builder::new().name("spate-offsets-topic".into()).spawn(move || {
+                while !has_topic(&controller) {
+                    match futures::executor::block_on(controller.request(request.clone())) {
+                        Ok(_) | Err(spate_replication::ControllerError::TopicAlreadyExists) => return,
+                        Err(spate_replication::ControllerError::Shutdown) => return,
+                        Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+                    }
+                }
+            });
+            if let Err(err) = spawned {
+                tracing::error!("cannot start the offsets-topic thread: {err}");
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until the controller has this broker registered, as
+/// this process, and unfenced, so that a single broker serves its
+/// partitions as soon as `start` returns. In a cluster whose quorum is not
+/// up yet it gives up after a while and serves anyway: partitions get
+/// leaders when the quorum forms.
+fn wait_until_registered(shared: &Shared, controller: &spate_replication::Controller) {
+    let deadline = std::time::Instant::now() + REGISTRATION_WAIT;
+    let node_id = shared.config.node_id;
+    let incarnation = controller.incarnation();
+    while std::time::Instant::now() < deadline {
+        let image = controller.image();
+        let registered = image.brokers.get(&node_id).is_some_and(|b| b.incarnation == incarnation && !b.fenced);
+        let leaderless_mine = image
+            .topics
+            .values()
+            .any(|topic| topic.partitions.iter().any(|p| p.leader < 0 && p.isr.contains(&node_id)));
+        if registered && !leaderless_mine {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(node_id, "not registered with the controller yet; serving anyway");
 }
 
 /// `start`, then run until SIGTERM or SIGINT (a second signal exits at
@@ -268,7 +394,7 @@ async fn run_shard(
     mut inbox: mpsc::UnboundedReceiver<ShardOp>,
     main_port: u16,
     ready: std_mpsc::Sender<Ready>,
-    go: oneshot::Receiver<()>,
+    go: oneshot::Receiver<std_mpsc::Sender<Result<usize, (usize, String)>>>,
 ) {
     let shard = Shard::new(id, shared.clone());
     let host = shared.config.listen_host.clone();
@@ -300,28 +426,28 @@ async fn run_shard(
     if let Some(metrics) = &metrics {
         let _ = shared.metrics_port.set(port_of(metrics));
     }
-    let catalog = shared.catalog.load_full();
-    for (topic, partitions) in shard.owned_partitions(&catalog) {
-        let (reply, wait) = oneshot::channel();
-        shard.execute(ShardOp::Open { topic: topic.clone(), partitions, reply });
-        let opened = wait.await.unwrap_or_else(|_| Err("the shard stopped".into()));
-        if let Err(message) = opened {
-            let _ = ready.send(Err((id, format!("topic {}: {message}", topic.name))));
-            shard.close_all().await;
-            return;
-        }
-    }
-    if let Err(message) = crate::group::load(&shard).await {
-        let _ = ready.send(Err((id, message)));
-        shard.close_all().await;
-        return;
-    }
     let (main_port, own_port) = (port_of(&main), port_of(&own));
     let _ = ready.send(Ok((id, main_port, own_port)));
-    if go.await.is_err() {
+    let Ok(accepting) = go.await else {
+        shard.close_all().await;
+        return;
+    };
+    let catalog = shared.catalog.load_full();
+    if let Err(message) = shard.reconcile(&catalog).await {
+        let _ = accepting.send(Err((id, message)));
         shard.close_all().await;
         return;
     }
+    if let Err(message) = crate::group::load(&shard).await {
+        let _ = accepting.send(Err((id, message)));
+        shard.close_all().await;
+        return;
+    }
+    shard.spawn_isr_checks();
+    if id == 0 {
+        crate::metadata::spawn_follower(shard.clone());
+    }
+    let _ = accepting.send(Ok(id));
     accept_loop(&shard, main, false);
     accept_loop(&shard, own, false);
     if let Some(metrics) = metrics {

@@ -26,9 +26,13 @@ use crate::catalog::{Catalog, TopicMeta, owner_shard};
 use crate::config::BrokerConfig;
 use crate::deadline::Deadline;
 use crate::metrics::ShardMetrics;
+use crate::replica::{Refusal, Replica, Role};
 use crate::topic_config;
 
 pub(crate) type Log = PartitionLog<DmaStorage>;
+
+/// A partition by topic id (unique per creation) and index.
+type PartitionKey = (Arc<str>, u32);
 
 /// What every shard shares: read-mostly, no locks on the data path.
 #[derive(Debug)]
@@ -42,8 +46,10 @@ pub(crate) struct Shared {
     pub ports: OnceLock<Ports>,
     /// Where /metrics listens, once bound.
     pub metrics_port: OnceLock<u16>,
-    /// The first producer id this run may allocate (`producer_ids.rs`).
-    pub producer_id_start: i64,
+    /// The cluster metadata controller (this node's Raft voter): topics,
+    /// assignments, ISR changes and producer ids go through it.
+    /// Set once at start, before any shard serves.
+    pub controller: OnceLock<spate_replication::Controller>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,11 +63,62 @@ impl Shared {
         owner_shard(topic, partition, self.shard_count)
     }
 
-    /// The engine config of a topic's partitions.
+    /// The engine config of a topic's partitions. With more than one
+    /// replica the high watermark is replication's to move.
     pub fn log_config(&self, topic: &TopicMeta) -> Result<LogConfig, topic_config::TopicConfigError> {
-        let mut config = LogConfig { durability: self.default_durability, ..LogConfig::default() };
+        let mut config = LogConfig {
+            durability: self.default_durability,
+            high_watermark_follows_acks: topic.replication_factor <= 1,
+            ..LogConfig::default()
+        };
         topic_config::apply(&topic.configs, &mut config)?;
         Ok(config)
+    }
+
+    /// min.insync.replicas of a topic (acks=all).
+    pub fn min_insync_replicas(&self, topic: &TopicMeta) -> usize {
+        topic
+            .configs
+            .get("min.insync.replicas")
+            .and_then(|value| value.parse::<usize>().ok())
+            .unwrap_or(topic_config::MIN_INSYNC_REPLICAS_DEFAULT as usize)
+    }
+
+    pub fn controller(&self) -> &spate_replication::Controller {
+        self.controller.get().expect("the controller starts before any shard serves")
+    }
+
+    /// Asks the controller to change a partition's ISR (its leader only).
+    pub fn alter_partition(
+        &self,
+        topic: String,
+        partition: u32,
+        from_node: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        new_isr: Vec<i32>,
+    ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
+        let request = self.controller().request(spate_replication::ControllerRequest::AlterPartition {
+            topic,
+            partition,
+            from_node,
+            leader_epoch,
+            partition_epoch,
+            new_isr,
+        });
+        async move {
+            match request.await {
+                Ok(spate_replication::ControllerResponse::Partition(p)) => Ok(crate::catalog::PartitionAssignment {
+                    replicas: p.replicas,
+                    isr: p.isr,
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                }),
+                Ok(other) => Err(format!("unexpected controller answer {other:?}")),
+                Err(err) => Err(err.to_string()),
+            }
+        }
     }
 }
 
@@ -107,6 +164,13 @@ impl ReadResult {
 }
 
 #[derive(Debug)]
+pub(crate) struct EpochEndResult {
+    pub error: ErrorCode,
+    pub leader_epoch: i32,
+    pub end_offset: i64,
+}
+
+#[derive(Debug)]
 pub(crate) struct OffsetResult {
     pub error: ErrorCode,
     pub offset: i64,
@@ -140,7 +204,25 @@ pub(crate) enum ShardOp {
         bytes_max: usize,
         /// Long poll: with no data at `offset`, wait until then.
         wait_until: Option<Instant>,
+        /// A follower's node id (replica fetch), or -1 for a consumer.
+        replica_id: i32,
+        /// -1: unchecked.
+        current_leader_epoch: i32,
         reply: oneshot::Sender<ReadResult>,
+    },
+    /// OffsetForLeaderEpoch on the leader.
+    EpochEndOffset {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+        reply: oneshot::Sender<EpochEndResult>,
+    },
+    /// New metadata: open what this shard now hosts, apply roles, close
+    /// and delete what the metadata no longer has.
+    Metadata {
+        catalog: Arc<Catalog>,
+        reply: oneshot::Sender<()>,
     },
     ListOffset {
         topic: Arc<TopicMeta>,
@@ -152,24 +234,6 @@ pub(crate) enum ShardOp {
         topic: Arc<TopicMeta>,
         partition: u32,
         reply: oneshot::Sender<PartitionStats>,
-    },
-    /// Open (creating if new) these partitions of a topic.
-    Open {
-        topic: Arc<TopicMeta>,
-        partitions: Vec<u32>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Apply the topic's (changed) configs to these open partitions.
-    Reconfigure {
-        topic: Arc<TopicMeta>,
-        partitions: Vec<u32>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Close these partitions and delete their files.
-    Delete {
-        topic: Arc<TopicMeta>,
-        partitions: Vec<u32>,
-        reply: oneshot::Sender<Result<(), String>>,
     },
     Admin(crate::admin::AdminOp),
     /// For the coordinator of a consumer group.
@@ -190,6 +254,10 @@ pub(crate) struct Shard {
     pub shared: Arc<Shared>,
     pub cache: Rc<TailCache>,
     logs: RefCell<HashMap<Arc<str>, HashMap<u32, Log>>>,
+    /// The replica state of every open partition, by topic id.
+    replicas: RefCell<HashMap<PartitionKey, Rc<Replica>>>,
+    /// Metadata is applied one change at a time.
+    reconcile_lock: glommio::sync::Semaphore,
     /// Serialises catalog changes (used on shard 0 only).
     pub admin_lock: glommio::sync::Semaphore,
     pub metrics: ShardMetrics,
@@ -219,7 +287,7 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         LogError::Io { .. } | LogError::Failed { .. } | LogError::Corruption { .. } => ErrorCode::StorageError,
         LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         LogError::InvalidConfig(_) => ErrorCode::InvalidConfig,
-        LogError::Truncating => ErrorCode::NotReady,
+        LogError::Truncating | LogError::ReplicaOffset { .. } => ErrorCode::NotReady,
         LogError::Backpressure { .. } => ErrorCode::Throttled,
         LogError::Closed => ErrorCode::BrokerShuttingDown,
         LogError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
@@ -231,14 +299,15 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
 impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
         let cache = TailCache::new(shared.config.tail_cache_bytes);
-        let producer_ids =
-            crate::producer_ids::ProducerIdAllocator::new(&shared.config.data_dir, shared.producer_id_start);
+        let producer_ids = crate::producer_ids::ProducerIdAllocator::default();
         Rc::new(Shard {
             producer_ids,
             id,
             shared,
             cache,
             logs: RefCell::new(HashMap::new()),
+            replicas: RefCell::new(HashMap::new()),
+            reconcile_lock: glommio::sync::Semaphore::new(1),
             admin_lock: glommio::sync::Semaphore::new(1),
             metrics: ShardMetrics::default(),
             groups: crate::group::Groups::default(),
@@ -254,6 +323,31 @@ impl Shard {
 
     pub(crate) fn log(&self, topic: &TopicMeta, partition: u32) -> Option<Log> {
         self.logs.borrow().get(topic.topic_id.as_str()).and_then(|parts| parts.get(&partition)).cloned()
+    }
+
+    pub(crate) fn replica(&self, topic: &TopicMeta, partition: u32) -> Option<Rc<Replica>> {
+        self.replicas.borrow().get(&(Arc::from(topic.topic_id.as_str()), partition)).cloned()
+    }
+
+    /// The replicas this shard leads.
+    fn leaders(&self) -> Vec<Rc<Replica>> {
+        self.replicas.borrow().values().filter(|replica| replica.role() == Role::Leader).cloned().collect()
+    }
+
+    /// Leaders drop followers that lag from their ISR, through the
+    /// controller. Runs for the life of the shard.
+    pub fn spawn_isr_checks(self: &Rc<Self>) {
+        let shard = self.clone();
+        let lag_max = Duration::from_millis(self.shared.config.replica_lag_time_max_ms);
+        glommio::spawn_local(async move {
+            while !shard.stopping.get() {
+                Deadline::after(lag_max / 2).await;
+                for replica in shard.leaders() {
+                    replica.maybe_shrink_isr(&shard.shared, &replica, lag_max);
+                }
+            }
+        })
+        .detach();
     }
 
     /// Sends `op` to the shard that owns it; runs it here if that is us.
@@ -272,7 +366,7 @@ impl Shard {
     pub fn execute(self: &Rc<Self>, op: ShardOp) {
         match op {
             ShardOp::Produce { topic, partition, batches, acks, timeout, reply } => {
-                let pending = self.append(&topic, partition, batches);
+                let pending = self.append(&topic, partition, batches, acks);
                 let metrics_topic = topic.name.clone();
                 let shard = self.clone();
                 glommio::spawn_local(async move {
@@ -284,28 +378,94 @@ impl Shard {
                 })
                 .detach();
             }
-            ShardOp::Fetch { topic, partition, offset, bytes_max, wait_until, reply } => {
-                let log = if self.stopping.get() {
+            ShardOp::Fetch {
+                topic,
+                partition,
+                offset,
+                bytes_max,
+                wait_until,
+                replica_id,
+                current_leader_epoch,
+                reply,
+            } => {
+                let replica = if self.stopping.get() {
                     Err(ErrorCode::BrokerShuttingDown)
                 } else {
-                    self.log(&topic, partition).ok_or(ErrorCode::UnknownTopicOrPartition)
+                    self.replica(&topic, partition).ok_or(ErrorCode::UnknownTopicOrPartition)
                 };
+                // Consumers read from the leader below the high watermark;
+                // a follower's fetch (from the leader) up to the log end,
+                // and tells the leader how far the follower has come.
+                let checked = replica.and_then(|replica| {
+                    let check = replica.check_leader(current_leader_epoch).map(|_| ());
+                    let check = check.and_then(|()| {
+                        if replica_id >= 0 {
+                            replica.record_follower_fetch(&self.shared, &replica, replica_id, offset)
+                        } else {
+                            Ok(())
+                        }
+                    });
+                    check.map(|()| replica).map_err(|Refusal(code)| code)
+                });
                 glommio::spawn_local(async move {
                     let mut reply = reply;
-                    let result = match log {
+                    let result = match checked {
                         Err(error) => ReadResult::error(error),
-                        Ok(log) => fetch_partition(&log, offset, bytes_max, wait_until, &mut reply).await,
+                        Ok(replica) => {
+                            let bound = if replica_id >= 0 { ReadBound::LogEnd } else { ReadBound::HighWatermark };
+                            fetch_partition(&replica.log, offset, bytes_max, wait_until, bound, &mut reply).await
+                        }
                     };
                     let _ = reply.send(result);
                 })
                 .detach();
             }
-            ShardOp::ListOffset { topic, partition, timestamp, reply } => {
-                let log = self.log(&topic, partition);
+            ShardOp::EpochEndOffset { topic, partition, current_leader_epoch, leader_epoch, reply } => {
+                let result = match self.replica(&topic, partition) {
+                    None => {
+                        EpochEndResult { error: ErrorCode::UnknownTopicOrPartition, leader_epoch: -1, end_offset: -1 }
+                    }
+                    Some(replica) => match replica.check_leader(current_leader_epoch) {
+                        Err(Refusal(error)) => EpochEndResult { error, leader_epoch: -1, end_offset: -1 },
+                        Ok(_) => {
+                            let log = &replica.log;
+                            match log.leader_epochs().end_offset_for(leader_epoch, log.log_end_offset()) {
+                                Some(entry) => EpochEndResult {
+                                    error: ErrorCode::None,
+                                    leader_epoch: entry.epoch,
+                                    end_offset: entry.start_offset,
+                                },
+                                // No epoch that old here: nothing below the
+                                // log start is known to this leader.
+                                None => EpochEndResult {
+                                    error: ErrorCode::None,
+                                    leader_epoch: -1,
+                                    end_offset: log.log_start_offset(),
+                                },
+                            }
+                        }
+                    },
+                };
+                let _ = reply.send(result);
+            }
+            ShardOp::Metadata { catalog, reply } => {
+                let shard = self.clone();
                 glommio::spawn_local(async move {
-                    let result = match log {
+                    // Errors are logged; the partition reports StorageError.
+                    let _ = shard.reconcile(&catalog).await;
+                    let _ = reply.send(());
+                })
+                .detach();
+            }
+            ShardOp::ListOffset { topic, partition, timestamp, reply } => {
+                let replica = self.replica(&topic, partition);
+                glommio::spawn_local(async move {
+                    let result = match replica {
                         None => OffsetResult { error: ErrorCode::UnknownTopicOrPartition, offset: -1 },
-                        Some(log) => list_offset(&log, timestamp).await,
+                        Some(replica) => match replica.check_leader(-1) {
+                            Err(Refusal(error)) => OffsetResult { error, offset: -1 },
+                            Ok(_) => list_offset(&replica.log, timestamp).await,
+                        },
                     };
                     let _ = reply.send(result);
                 })
@@ -325,23 +485,6 @@ impl Shard {
                 };
                 let _ = reply.send(stats);
             }
-            ShardOp::Open { topic, partitions, reply } => {
-                let shard = self.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(shard.open_partitions(&topic, &partitions).await);
-                })
-                .detach();
-            }
-            ShardOp::Reconfigure { topic, partitions, reply } => {
-                let _ = reply.send(self.reconfigure(&topic, &partitions));
-            }
-            ShardOp::Delete { topic, partitions, reply } => {
-                let shard = self.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(shard.delete_partitions(&topic, &partitions).await);
-                })
-                .detach();
-            }
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),
             ShardOp::Metrics { reply } => {
@@ -351,7 +494,7 @@ impl Shard {
                 assert_eq!(self.id, crate::admin::ADMIN_SHARD, "producer ids come from the admin shard");
                 let shard = self.clone();
                 glommio::spawn_local(async move {
-                    let _ = reply.send(shard.producer_ids.allocate().await);
+                    let _ = reply.send(shard.producer_ids.allocate(shard.shared.controller()).await);
                 })
                 .detach();
             }
@@ -364,14 +507,30 @@ impl Shard {
     /// Phase one of a produce on the owner: every batch of the partition is
     /// validated first (so a bad one appends nothing), then all are
     /// appended in order.
-    fn append(&self, topic: &TopicMeta, partition: u32, batches: Vec<BytesMut>) -> PendingAppend {
+    fn append(&self, topic: &TopicMeta, partition: u32, batches: Vec<BytesMut>, acks: i16) -> PendingAppend {
         if self.stopping.get() {
             return PendingAppend::failed(ErrorCode::BrokerShuttingDown, "broker is shutting down".into());
         }
-        let Some(log) = self.log(topic, partition) else {
+        let Some(replica) = self.replica(topic, partition) else {
             let message = format!("{}/{partition}", topic.name);
             return PendingAppend::failed(ErrorCode::UnknownTopicOrPartition, message);
         };
+        let leader_epoch = match replica.check_leader(-1) {
+            Ok(epoch) => epoch,
+            Err(Refusal(code)) => {
+                let message = format!("{}/{partition}: this broker does not lead it", topic.name);
+                return PendingAppend::failed(code, message);
+            }
+        };
+        let min_insync_replicas = self.shared.min_insync_replicas(topic);
+        if acks == -1
+            && let Err(Refusal(code)) = replica.check_min_isr(min_insync_replicas)
+        {
+            let isr = replica.assignment().isr;
+            let message = format!("ISR {isr:?} is smaller than min.insync.replicas={min_insync_replicas}");
+            return PendingAppend::failed(code, message);
+        }
+        let log = replica.log.clone();
         if batches.len() > 1 {
             // The engine validates each batch as it appends; with several,
             // check them all first so that a bad one appends none.
@@ -384,7 +543,7 @@ impl Shard {
         let mut tickets = Vec::with_capacity(batches.len());
         for batch in batches {
             let bytes = batch.len();
-            match log.append(batch, 0) {
+            match log.append(batch, leader_epoch) {
                 Ok(ticket) => {
                     self.metrics.bytes_in(&topic.name, bytes, ticket.info.last_offset - ticket.info.base_offset + 1);
                     tickets.push(ticket);
@@ -396,7 +555,7 @@ impl Shard {
                 }
             }
         }
-        PendingAppend::Appended { log, tickets }
+        PendingAppend::Appended { replica, tickets, leader_epoch, min_insync_replicas }
     }
 
     async fn open_partitions(&self, topic: &Arc<TopicMeta>, partitions: &[u32]) -> Result<(), String> {
@@ -420,9 +579,64 @@ impl Shard {
                 tracing::warn!(dir = %dir.display(), "cleaner not started: {err}");
             }
             tracing::debug!(shard = self.id, topic = %topic.name, partition, "partition open");
-            self.logs.borrow_mut().entry(Arc::from(topic.topic_id.as_str())).or_default().insert(partition, log);
+            let topic_id: Arc<str> = Arc::from(topic.topic_id.as_str());
+            let replica = Replica::new(log.clone(), topic.clone(), partition, self.shared.config.node_id);
+            self.replicas.borrow_mut().insert((topic_id.clone(), partition), replica);
+            self.logs.borrow_mut().entry(topic_id).or_default().insert(partition, log);
         }
         Ok(())
+    }
+
+    /// Brings this shard in line with the metadata: opens the partitions
+    /// it now hosts (a replica of this node, owned by this shard), gives
+    /// each its role, applies config changes, and closes and deletes the
+    /// partitions of topics the metadata no longer has.
+    /// Returns the first partition that failed to open, if any (the others
+    /// are served).
+    pub async fn reconcile(self: &Rc<Self>, catalog: &Catalog) -> Result<(), String> {
+        let Ok(_permit) = self.reconcile_lock.acquire_permit(1).await else { return Ok(()) };
+        if self.stopping.get() {
+            return Ok(());
+        }
+        let node_id = self.shared.config.node_id;
+        let mut first_error = None;
+        for (topic, mine) in self.owned_partitions(catalog) {
+            if let Err(err) = self.open_partitions(&topic, &mine).await {
+                tracing::error!(shard = self.id, topic = %topic.name, "partitions not opened: {err}");
+                first_error.get_or_insert(format!("topic {}: {err}", topic.name));
+            }
+            for partition in mine {
+                let Some(replica) = self.replica(&topic, partition) else { continue };
+                if replica.topic().configs != topic.configs
+                    && let Err(err) = self.reconfigure(&topic, &[partition])
+                {
+                    tracing::error!(shard = self.id, topic = %topic.name, partition, "config not applied: {err}");
+                }
+                replica.apply_metadata(&self.shared, topic.clone());
+            }
+        }
+        let doomed: Vec<Rc<Replica>> = self
+            .replicas
+            .borrow()
+            .values()
+            .filter(|replica| {
+                let topic = replica.topic();
+                !catalog.topics.get(&topic.name).is_some_and(|current| {
+                    current.topic_id == topic.topic_id
+                        && current.assignment(replica.partition).replicas.contains(&node_id)
+                })
+            })
+            .cloned()
+            .collect();
+        for replica in doomed {
+            replica.stop();
+            let topic = replica.topic();
+            tracing::info!(shard = self.id, topic = %topic.name, partition = replica.partition, "deleting a partition the metadata no longer has here");
+            if let Err(err) = self.delete_partitions(&topic, &[replica.partition]).await {
+                tracing::error!(shard = self.id, topic = %topic.name, "delete failed: {err}");
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Gives each open partition of `topic` the config its catalog entry
@@ -445,6 +659,11 @@ impl Shard {
                 let mut logs = self.logs.borrow_mut();
                 let parts = logs.get_mut(topic.topic_id.as_str());
                 let log = parts.and_then(|parts| parts.remove(&partition));
+                if let Some(replica) =
+                    self.replicas.borrow_mut().remove(&(Arc::from(topic.topic_id.as_str()), partition))
+                {
+                    replica.stop();
+                }
                 if logs.get(topic.topic_id.as_str()).is_some_and(HashMap::is_empty) {
                     logs.remove(topic.topic_id.as_str());
                 }
@@ -457,6 +676,10 @@ impl Shard {
             let dir = topic.partition_dir(&data_dir, partition);
             remove_dir_all_off_core(dir).await?;
         }
+        // The topic's directory goes with its last partition here (other
+        // shards may still be deleting theirs: then it is not empty yet).
+        let topic_dir = topic.topic_dir(&data_dir);
+        let _ = glommio::executor().spawn_blocking(move || std::fs::remove_dir(topic_dir)).await;
         Ok(())
     }
 
@@ -478,6 +701,9 @@ impl Shard {
     /// Closes every log (flushing what is pending) so the next start is a
     /// clean one.
     pub async fn close_all(&self) {
+        for replica in self.replicas.borrow_mut().drain().map(|(_, replica)| replica) {
+            replica.stop();
+        }
         let logs: Vec<(Arc<str>, u32, Log)> = self
             .logs
             .borrow_mut()
@@ -491,14 +717,18 @@ impl Shard {
         }
     }
 
-    /// The partitions of the catalog this shard owns.
+    /// The partitions of the catalog this shard owns: those of this node's
+    /// replicas that hash to this shard.
     pub fn owned_partitions(&self, catalog: &Catalog) -> Vec<(Arc<TopicMeta>, Vec<u32>)> {
+        let node_id = self.shared.config.node_id;
         catalog
             .topics
             .values()
             .map(|topic| {
-                let mine: Vec<u32> =
-                    (0..topic.partitions).filter(|&p| self.shared.owner(&topic.name, p) == self.id).collect();
+                let mine: Vec<u32> = (0..topic.partitions)
+                    .filter(|&p| self.shared.owner(&topic.name, p) == self.id)
+                    .filter(|&p| topic.assignment(p).replicas.contains(&node_id))
+                    .collect();
                 (topic.clone(), mine)
             })
             .filter(|(_, mine)| !mine.is_empty())
@@ -521,7 +751,12 @@ pub(crate) async fn remove_dir_all_off_core(dir: PathBuf) -> Result<(), String> 
 
 pub(crate) enum PendingAppend {
     Done(AppendResult),
-    Appended { log: Log, tickets: Vec<spate_engine::AppendTicket> },
+    Appended {
+        replica: Rc<Replica>,
+        tickets: Vec<spate_engine::AppendTicket>,
+        leader_epoch: i32,
+        min_insync_replicas: usize,
+    },
 }
 
 impl PendingAppend {
@@ -533,27 +768,51 @@ impl PendingAppend {
         })
     }
 
-    /// Phase two: waits for the acks the producer asked for.
+    /// Phase two: waits for the acks the producer asked for: the leader's
+    /// own (its durability policy), then with acks=all every in-sync
+    /// replica's (the high watermark passing the batches).
     async fn finish(self, acks: i16, timeout: Duration) -> AppendResult {
-        let (log, tickets) = match self {
+        let (replica, tickets, leader_epoch, min_insync_replicas) = match self {
             PendingAppend::Done(result) => return result,
-            PendingAppend::Appended { log, tickets } => (log, tickets),
+            PendingAppend::Appended { replica, tickets, leader_epoch, min_insync_replicas } => {
+                (replica, tickets, leader_epoch, min_insync_replicas)
+            }
         };
+        let log = replica.log.clone();
         let base_offset = tickets.first().map_or(-1, |t| t.info.base_offset);
+        let offset_end = tickets.last().map_or(-1, |t| t.info.last_offset + 1);
         if acks == 0 {
             // Nobody waits for the answer; failures are the log's to report.
-            drop(tickets);
+            // The high watermark still follows once the batches are acked.
+            let replica = replica.clone();
+            glommio::spawn_local(async move {
+                for ticket in tickets {
+                    if ticket.durable().await.is_err() {
+                        return;
+                    }
+                }
+                replica.advance_high_watermark();
+            })
+            .detach();
             return AppendResult { outcome: Outcome::ok(), base_offset, log_start_offset: log.log_start_offset() };
         }
         let wait_all = async {
             for ticket in tickets {
                 ticket.durable().await?;
             }
-            Ok::<(), LogError>(())
+            // The leader's ack point moved: so may the high watermark.
+            replica.advance_high_watermark();
+            if acks == -1 && replica.replicated() {
+                let code = replica.wait_replicated(offset_end, leader_epoch, min_insync_replicas).await;
+                if code != ErrorCode::None {
+                    return Ok(Outcome::err(code, format!("offsets below {offset_end} are not replicated to the ISR")));
+                }
+            }
+            Ok::<Outcome, LogError>(Outcome::ok())
         };
         let outcome = futures::select! {
             result = wait_all.fuse() => match result {
-                Ok(()) => Outcome::ok(),
+                Ok(outcome) => outcome,
                 Err(err) => Outcome::err(log_error_code(&err), err.to_string()),
             },
             () = Deadline::after(timeout).fuse() => Outcome::err(
@@ -572,9 +831,10 @@ async fn fetch_partition(
     offset: i64,
     bytes_max: usize,
     wait_until: Option<Instant>,
+    bound: ReadBound,
     reply: &mut oneshot::Sender<ReadResult>,
 ) -> ReadResult {
-    let result = read_partition(log, offset, bytes_max).await;
+    let result = read_partition(log, offset, bytes_max, bound).await;
     let now = Instant::now();
     let deadline = match wait_until {
         Some(deadline) if result.batches.is_empty() && result.error == ErrorCode::None && deadline > now => deadline,
@@ -583,16 +843,22 @@ async fn fetch_partition(
     // Wait once: for the high watermark to pass `offset` (it also fires
     // when the log closes or fails), the deadline, or the asker to go
     // away; then read once more and answer with whatever is there.
+    // A follower waits for the log end instead: the high watermark
+    // cannot move before followers fetch.
+    let arrived = match bound {
+        ReadBound::LogEnd => futures::future::Either::Left(log.log_end_above(offset)),
+        ReadBound::HighWatermark => futures::future::Either::Right(log.high_watermark_above(offset)),
+    };
     futures::select! {
-        _ = log.high_watermark_above(offset).fuse() => {}
+        _ = arrived.fuse() => {}
         () = Deadline::at(deadline).fuse() => {}
         () = reply.cancellation().fuse() => return ReadResult::default(),
     }
-    read_partition(log, offset, bytes_max).await
+    read_partition(log, offset, bytes_max, bound).await
 }
 
-async fn read_partition(log: &Log, offset: i64, bytes_max: usize) -> ReadResult {
-    match log.read(offset, bytes_max, ReadBound::HighWatermark).await {
+async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBound) -> ReadResult {
+    match log.read(offset, bytes_max, bound).await {
         Ok(output) => ReadResult {
             error: ErrorCode::None,
             high_watermark: output.high_watermark,

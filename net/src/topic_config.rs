@@ -33,7 +33,7 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
 /// Defaults of the keys that `LogConfig` does not hold.
 const CLEANUP_POLICY_DEFAULT: &str = "delete";
 const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
-const MIN_INSYNC_REPLICAS_DEFAULT: i64 = 1;
+pub(crate) const MIN_INSYNC_REPLICAS_DEFAULT: i64 = 1;
 const UNCLEAN_LEADER_ELECTION_DEFAULT: bool = false;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -152,9 +152,16 @@ fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<spat
     let not_ready = || Outcome::err(ErrorCode::NotReady, format!("{CONSUMER_OFFSETS_TOPIC} is not open here"));
     let topic = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).ok_or_else(not_ready)?;
     let partition = group_partition(group_id, topic.partitions);
-    let log = shard.log(topic, partition).ok_or_else(not_ready)?;
+    // The coordinator is the leader of the group's partition: elsewhere the
+    // client is told to look again.
+    let replica = shard.replica(topic, partition).ok_or_else(|| {
+        Outcome::err(ErrorCode::NotLeaderOrFollower, format!("{CONSUMER_OFFSETS_TOPIC}/{partition} is not hosted here"))
+    })?;
+    let leader_epoch = replica
+        .check_leader(-1)
+        .map_err(|refusal| Outcome::err(refusal.0, format!("not the coordinator of {group_id:?} now")))?;
     let batch = record::batch(records, now_ms());
-    log.append(batch, 0).map_err(|err| Outcome::err(log_error_code(&err), err.to_string()))
+    replica.log.append(batch, leader_epoch).map_err(|err| Outcome::err(log_error_code(&err), err.to_string()))
 }
 
 async fn durable(ticket: Result<spate_engine::AppendTicket, Outcome>) -> Outcome {
@@ -456,8 +463,11 @@ pub(crate) async fn load(shard: &Rc<Shard>) -> Result<(), String> {
     let catalog = shard.shared.catalog.load_full();
     let Some(topic) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).cloned() else { return Ok(()) };
     let mut loaded = 0usize;
+    // This shard's partitions of the offsets topic that this broker hosts.
     for partition in (0..topic.partitions).filter(|&p| shard.shared.owner(&topic.name, p) == shard.id) {
-        loaded += load_partition(shard, &topic, partition).await?;
+        if shard.log(&topic, partition).is_some() {
+            loaded += load_partition(shard, &topic, partition).await?;
+        }
     }
     if loaded > 0 {
         tracing::info!(
@@ -524,29 +534,14 @@ fn apply(groups: &Groups, record: GroupRecord) {
     }
 }
 
-/// Adds `__consumer_offsets` to the catalog if it is missing, before any
-/// shard starts (so std::fs is fine): written like every catalog change,
-/// to a temporary file that is synced and renamed, then the directory
-/// synced. An existing topic keeps its partition count whatever the
-/// config says, since changing it would move every group.
-pub(crate) fn ensure_offsets_topic(
-    catalog: &mut Catalog,
-    data_dir: &std::path::Path,
-    partitions: u32,
-) -> std::io::Result<()> {
-    if let Some(topic) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC) {
-        if topic.partitions != partitions {
-            tracing::warn!(
-                existing = topic.partitions,
-                configured = partitions,
-                "{CONSUMER_OFFSETS_TOPIC} keeps its partition count"
-            );
-        }
-        return Ok(());
-    }
-    let topic = TopicMeta {
+/// The request that creates `__consumer_offsets` (at the first start of a
+/// cluster). Its partition count never changes later, since that would
+/// move every group. One replica for now: the group coordinator loads a
+/// partition's state only at shard start, so a replicated offsets topic
+/// would not yet fail over (see the replication notes).
+pub(crate) fn offsets_topic_request(partitions: u32) -> spate_replication::ControllerRequest {
+    spate_replication::ControllerRequest::CreateTopic {
         name: CONSUMER_OFFSETS_TOPIC.to_string(),
-        topic_id: crate::catalog::new_topic_id(),
         partitions,
         replication_factor: 1,
         // Offsets must never age out, and every write is synced before it
@@ -556,20 +551,7 @@ pub(crate) fn ensure_offsets_topic(
             ("cleanup.policy".to_string(), "compact".to_string()),
             ("flush.ms".to_string(), "0".to_string()),
         ]),
-    };
-    catalog.topics.insert(topic.name.clone(), Arc::new(topic));
-    let path = data_dir.join(crate::catalog::CATALOG_FILE);
-    let temporary = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&catalog.encode())?;
-        file.sync_all()?;
     }
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
-    tracing::info!(partitions, "created {CONSUMER_OFFSETS_TOPIC}");
-    Ok(())
 }
 
 /// How often a member with this session should heartbeat: three times per

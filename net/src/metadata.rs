@@ -1,0 +1,46 @@
+//! Following the metadata log: every image the controller applies becomes
+//! the catalog every shard reads (published atomically), and each shard
+//! reconciles its partitions with it (opens, roles, configs, deletes).
+//! Runs on shard 0; images are applied one at a time, in order, and a
+//! burst of them is applied as its latest.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::channel::oneshot;
+
+use crate::catalog::Catalog;
+use crate::shard::{Shard, ShardOp};
+
+pub(crate) fn spawn_follower(shard: Rc<Shard>) {
+    let mut images = shard.shared.controller().subscribe();
+    glommio::spawn_local(async move {
+        while let Some(mut image) = images.next().await {
+            // Only the newest of what has queued up matters.
+            while let Ok(newer) = images.try_recv() {
+                image = newer;
+            }
+            if shard.stopping.get() {
+                return;
+            }
+            let catalog = Arc::new(Catalog::from_image(&image));
+            shard.shared.catalog.store(catalog.clone());
+            apply_everywhere(&shard, &catalog).await;
+        }
+    })
+    .detach();
+}
+
+/// Has every shard reconcile with `catalog`; completes when all have.
+pub(crate) async fn apply_everywhere(shard: &Rc<Shard>, catalog: &Arc<Catalog>) {
+    let mut waits = Vec::with_capacity(shard.shared.shard_count);
+    for owner in 0..shard.shared.shard_count {
+        let (reply, wait) = oneshot::channel();
+        shard.submit(owner, ShardOp::Metadata { catalog: catalog.clone(), reply });
+        waits.push(wait);
+    }
+    for wait in waits {
+        let _ = wait.await;
+    }
+}
