@@ -1,8 +1,7 @@
-//! The topic catalog: which topics exist, their partition counts and
-//! configs. One JSON file in the data directory, replaced atomically
-//! (write a temporary, fdatasync, rename, fsync the directory) by the admin
-//! shard; every shard reads an immutable snapshot swapped in after each
-//! change. The replication issue moves this to the Raft-backed controller.
+//! The topic catalog: the broker's view of the controller's metadata
+//! (topics, partition assignments, ISR, leaders, brokers). Built from each
+//! metadata image this node applies (`Catalog::from_image`); every shard
+//! reads an immutable snapshot swapped in after each change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,11 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::CATALOG_BYTES_MAX;
 
-pub const CATALOG_FILE: &str = "catalog.json";
 pub const TOPICS_DIR: &str = "topics";
-const CATALOG_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMeta {
@@ -76,12 +72,6 @@ impl TopicMeta {
     pub fn topic_dir(&self, data_dir: &Path) -> PathBuf {
         data_dir.join(TOPICS_DIR).join(format!("{}.{}", self.name, self.topic_id))
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct CatalogFile {
-    version: u32,
-    topics: Vec<TopicMeta>,
 }
 
 /// One immutable snapshot of the catalog.
@@ -147,64 +137,6 @@ impl Catalog {
             })
             .collect();
         Catalog { topics, brokers, controller_id: image.controller_id }
-    }
-
-    /// Reads the catalog at start (before any shard runs, so std::fs is
-    /// fine). A missing file is an empty catalog, unless topic directories
-    /// exist: then the catalog was lost and deleting them would lose data.
-    pub fn load(data_dir: &Path) -> Result<Catalog, CatalogError> {
-        let path = data_dir.join(CATALOG_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let topics_dir = data_dir.join(TOPICS_DIR);
-                let has_topics = std::fs::read_dir(&topics_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-                if has_topics {
-                    return Err(CatalogError::Invalid {
-                        path,
-                        reason: format!("missing while {} holds topic data; restore it", topics_dir.display()),
-                    });
-                }
-                return Ok(Catalog::default());
-            }
-            Err(source) => return Err(CatalogError::Io { path, source }),
-        };
-        if bytes.len() > CATALOG_BYTES_MAX {
-            return Err(CatalogError::Invalid { path, reason: format!("over {CATALOG_BYTES_MAX} bytes") });
-        }
-        let file: CatalogFile = serde_json::from_slice(&bytes)
-            .map_err(|err| CatalogError::Invalid { path: path.clone(), reason: err.to_string() })?;
-        if file.version != CATALOG_VERSION {
-            return Err(CatalogError::Invalid { path, reason: format!("unknown version {}", file.version) });
-        }
-        let mut topics = HashMap::new();
-        for topic in file.topics {
-            if spate_flatbuf::validate_topic_name(&topic.name).is_err() || topic.partitions == 0 {
-                return Err(CatalogError::Invalid { path, reason: format!("bad topic entry {:?}", topic.name) });
-            }
-            topics.insert(topic.name.clone(), Arc::new(topic));
-        }
-        Ok(Catalog { topics, ..Catalog::default() })
-    }
-
-    /// The bytes `load` reads back.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut topics: Vec<TopicMeta> = self.topics.values().map(|t| (**t).clone()).collect();
-        topics.sort_by(|a, b| a.name.cmp(&b.name));
-        serde_json::to_vec_pretty(&CatalogFile { version: CATALOG_VERSION, topics })
-            .expect("the catalog is plain data and always serializes")
-    }
-
-    /// Topic directories no topic in the catalog owns: left by a delete
-    /// that crashed after the catalog changed. Safe to remove.
-    pub fn orphan_dirs(&self, data_dir: &Path) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(data_dir.join(TOPICS_DIR)) else { return Vec::new() };
-        let owned: std::collections::HashSet<PathBuf> =
-            self.topics.values().map(|topic| topic.topic_dir(data_dir)).collect();
-        entries
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.is_dir() && !owned.contains(path))
-            .collect()
     }
 }
 

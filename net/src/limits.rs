@@ -7,8 +7,6 @@ pub const SHARDS_MAX: usize = 256;
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 /// Topics per broker.
 pub const TOPICS_MAX: usize = 10_000;
-/// The catalog file is read whole at start.
-pub const CATALOG_BYTES_MAX: usize = 64 << 20;
 /// Config entries per topic and their lengths.
 pub const TOPIC_CONFIGS_MAX: usize = 64;
 pub const CONFIG_VALUE_BYTES_MAX: usize = 256;
