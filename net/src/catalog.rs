@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-
 pub const TOPICS_DIR: &str = "topics";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
