@@ -20,6 +20,6 @@ pub use spate_format::{batch, varint};
 pub use cache::TailCache;
 pub use error::LogError;
 pub use log::{
-    AppendInfo, AppendTicket, CleanOutcome, CleanupPolicy, Clock, Durability, HighWatermarkAbove, LogConfig,
-    PartitionLog, ReadBound, ReadOutput,
+    AppendInfo, AppendTicket, CleanOutcome, CleanupPolicy, Clock, Durability, LogConfig, OffsetAbove, PartitionLog,
+    ReadBound, ReadOutput,
 };

@@ -40,6 +40,18 @@ pub struct PartitionAssignment {
     pub partition_epoch: i32,
 }
 
+impl From<&spate_replication::PartitionImage> for PartitionAssignment {
+    fn from(p: &spate_replication::PartitionImage) -> Self {
+        PartitionAssignment {
+            replicas: p.replicas.clone(),
+            isr: p.isr.clone(),
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+        }
+    }
+}
+
 /// A broker of the cluster, as the controller's metadata has it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BrokerMeta {
@@ -98,17 +110,8 @@ impl Catalog {
             .topics
             .values()
             .map(|topic| {
-                let assignments: Vec<PartitionAssignment> = topic
-                    .partitions
-                    .iter()
-                    .map(|p| PartitionAssignment {
-                        replicas: p.replicas.clone(),
-                        isr: p.isr.clone(),
-                        leader: p.leader,
-                        leader_epoch: p.leader_epoch,
-                        partition_epoch: p.partition_epoch,
-                    })
-                    .collect();
+                let assignments: Vec<PartitionAssignment> =
+                    topic.partitions.iter().map(PartitionAssignment::from).collect();
                 let meta = TopicMeta {
                     name: topic.name.clone(),
                     topic_id: topic.topic_id.clone(),

@@ -108,13 +108,9 @@ impl Shared {
         });
         async move {
             match request.await {
-                Ok(spate_replication::ControllerResponse::Partition(p)) => Ok(crate::catalog::PartitionAssignment {
-                    replicas: p.replicas,
-                    isr: p.isr,
-                    leader: p.leader,
-                    leader_epoch: p.leader_epoch,
-                    partition_epoch: p.partition_epoch,
-                }),
+                Ok(spate_replication::ControllerResponse::Partition(p)) => {
+                    Ok(crate::catalog::PartitionAssignment::from(&p))
+                }
                 Ok(other) => Err(format!("unexpected controller answer {other:?}")),
                 Err(err) => Err(err.to_string()),
             }
@@ -629,7 +625,7 @@ impl Shard {
             .cloned()
             .collect();
         for replica in doomed {
-            replica.stop();
+            // delete_partitions stops the replica (fetcher, waiters) first.
             let topic = replica.topic();
             tracing::info!(shard = self.id, topic = %topic.name, partition = replica.partition, "deleting a partition the metadata no longer has here");
             if let Err(err) = self.delete_partitions(&topic, &[replica.partition]).await {
@@ -846,8 +842,8 @@ async fn fetch_partition(
     // A follower waits for the log end instead: the high watermark
     // cannot move before followers fetch.
     let arrived = match bound {
-        ReadBound::LogEnd => futures::future::Either::Left(log.log_end_above(offset)),
-        ReadBound::HighWatermark => futures::future::Either::Right(log.high_watermark_above(offset)),
+        ReadBound::LogEnd => log.log_end_above(offset),
+        ReadBound::HighWatermark => log.high_watermark_above(offset),
     };
     futures::select! {
         _ = arrived.fuse() => {}

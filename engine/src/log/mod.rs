@@ -249,60 +249,49 @@ pub struct ReadOutput {
     pub log_end_offset: i64,
 }
 
-/// The future of [`PartitionLog::high_watermark_above`]; yields the high
-/// watermark it saw.
+/// Which offset an [`OffsetAbove`] waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Consumers' long polls.
+    HighWatermark,
+    /// A follower's replica fetch: the high watermark cannot move before
+    /// followers fetch, so they wait for appends.
+    LogEnd,
+}
+
+/// The future of [`PartitionLog::high_watermark_above`] and
+/// [`PartitionLog::log_end_above`]: completes once that offset is above
+/// `offset`, or the log is closed or failed (or, for the log end, being
+/// truncated); yields the offset it saw.
 #[must_use = "futures do nothing unless awaited"]
-pub struct HighWatermarkAbove<S: Storage> {
+pub struct OffsetAbove<S: Storage> {
     inner: Rc<LogInner<S>>,
     offset: i64,
+    mark: Mark,
 }
 
-impl<S: Storage> Future for HighWatermarkAbove<S> {
+impl<S: Storage> Future for OffsetAbove<S> {
     type Output = i64;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i64> {
         let mut state = self.inner.state.borrow_mut();
-        if state.high_watermark > self.offset || state.closed || state.failed.is_some() {
-            return Poll::Ready(state.high_watermark);
+        let state = &mut *state;
+        let (seen, ended, wakers) = match self.mark {
+            Mark::HighWatermark => (state.high_watermark, false, &mut state.high_watermark_wakers),
+            Mark::LogEnd => (state.log_end_offset, state.truncating, &mut state.log_end_wakers),
+        };
+        if seen > self.offset || ended || state.closed || state.failed.is_some() {
+            return Poll::Ready(seen);
         }
-        if !state.high_watermark_wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
-            state.high_watermark_wakers.push(cx.waker().clone());
+        if !wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
         }
         Poll::Pending
     }
 }
 
-/// Completes once the log end offset is above `offset` (something was
-/// appended there), or the log is closed or failed: what a follower's
-/// long-polling replica fetch waits for, since the high watermark cannot
-/// move before followers fetch.
-pub struct LogEndAbove<S: Storage> {
-    inner: Rc<LogInner<S>>,
-    offset: i64,
-}
-
-impl<S: Storage> Future for LogEndAbove<S> {
-    type Output = i64;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i64> {
-        let mut state = self.inner.state.borrow_mut();
-        if state.log_end_offset > self.offset || state.closed || state.failed.is_some() || state.truncating {
-            return Poll::Ready(state.log_end_offset);
-        }
-        if !state.log_end_wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
-            state.log_end_wakers.push(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-}
-
-impl<S: Storage> fmt::Debug for LogEndAbove<S> {
+impl<S: Storage> fmt::Debug for OffsetAbove<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogEndAbove").field("offset", &self.offset).finish()
-    }
-}
-
-impl<S: Storage> fmt::Debug for HighWatermarkAbove<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HighWatermarkAbove").field("offset", &self.offset).finish()
+        f.debug_struct("OffsetAbove").field("mark", &self.mark).field("offset", &self.offset).finish()
     }
 }
 
@@ -690,15 +679,16 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().ack_offset(self.inner.config().durability)
     }
 
-    /// See [`LogEndAbove`].
-    pub fn log_end_above(&self, offset: i64) -> LogEndAbove<S> {
-        LogEndAbove { inner: self.inner.clone(), offset }
+    /// Completes once something is appended at or after `offset` (see
+    /// [`OffsetAbove`]).
+    pub fn log_end_above(&self, offset: i64) -> OffsetAbove<S> {
+        OffsetAbove { inner: self.inner.clone(), offset, mark: Mark::LogEnd }
     }
 
     /// Completes once the high watermark is above `offset`, or the log is
     /// closed or failed: what a long-polling fetch at `offset` waits for.
-    pub fn high_watermark_above(&self, offset: i64) -> HighWatermarkAbove<S> {
-        HighWatermarkAbove { inner: self.inner.clone(), offset }
+    pub fn high_watermark_above(&self, offset: i64) -> OffsetAbove<S> {
+        OffsetAbove { inner: self.inner.clone(), offset, mark: Mark::HighWatermark }
     }
 
     /// Phase one of an append: validates the batch, assigns its offsets and
