@@ -39,3 +39,12 @@ pub const REPLICA_FETCH_BYTES_MAX: usize = 8 << 20;
 /// the max (the leader may be restarting or an election under way).
 pub const REPLICA_FETCH_RETRY_MS_MIN: u64 = 50;
 pub const REPLICA_FETCH_RETRY_MS_MAX: u64 = 1000;
+/// A consumer group's write (a commit, a group epoch) is answered with
+/// RequestTimedOut if the in-sync replicas do not all have it by then
+/// (Kafka's offsets.commit.timeout.ms).
+pub const GROUP_WRITE_TIMEOUT_MS: u64 = 5_000;
+/// At the first start of a cluster, how long brokers wait for the
+/// controller quorum's voters to register before creating
+/// `__consumer_offsets` with fewer replicas than there are voters (up to
+/// three).
+pub const OFFSETS_TOPIC_BROKERS_WAIT_MS: u64 = 30_000;

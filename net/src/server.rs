@@ -297,7 +297,18 @@ fn start_controller(
 }
 
 /// Creates `__consumer_offsets` through the controller if the metadata has
-/// none yet; with no quorum yet, keeps trying in the background.
+/// none yet, with min(3, live brokers) replicas (Kafka's
+/// offsets.topic.replication.factor=3; a cluster of one gets one).
+///
+/// At the first start of a cluster not every broker has registered yet:
+/// Kafka refuses to create the topic until enough brokers exist; here it
+/// waits until as many brokers as there are voters in `controller_quorum`
+/// (up to three) are registered and unfenced, or
+/// `OFFSETS_TOPIC_BROKERS_WAIT_MS` has passed since this broker started,
+/// then creates it with the live brokers there are. A cluster of one (or
+/// one whose voters are all up) creates it before `start` returns; else a
+/// thread keeps at it in the background, and group requests get `NotReady`
+/// until the topic exists.
 fn ensure_offsets_topic(shared: &Shared, controller: &spate_replication::Controller) {
     let has_topic = |controller: &spate_replication::Controller| {
         controller.image().topics.contains_key(spate_flatbuf::CONSUMER_OFFSETS_TOPIC)
@@ -305,25 +316,53 @@ fn ensure_offsets_topic(shared: &Shared, controller: &spate_replication::Control
     if has_topic(controller) {
         return;
     }
-    let request = crate::group::offsets_topic_request(shared.config.group_offsets_partitions);
-    match futures::executor::block_on(controller.request(request.clone())) {
-        Ok(_) | Err(spate_replication::ControllerError::TopicAlreadyExists) => {}
-        Err(err) => {
-            tracing::warn!("creating {}: {err}; retrying in the background", spate_flatbuf::CONSUMER_OFFSETS_TOPIC);
-            let controller = controller.clone();
-            let spawned = std::thread::Builder::new().name("spate-offsets-topic".into()).spawn(move || {
-                while !has_topic(&controller) {
-                    match futures::executor::block_on(controller.request(request.clone())) {
-                        Ok(_) | Err(spate_replication::ControllerError::TopicAlreadyExists) => return,
-                        Err(spate_replication::ControllerError::Shutdown) => return,
-                        Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
-                    }
-                }
-            });
-            if let Err(err) = spawned {
-                tracing::error!("cannot start the offsets-topic thread: {err}");
+    let voters = shared.config.controller_voters().map_or(0, |voters| voters.len());
+    let wanted = voters.clamp(1, crate::group::OFFSETS_TOPIC_REPLICATION_FACTOR);
+    let partitions = shared.config.group_offsets_partitions;
+    let give_up_waiting =
+        std::time::Instant::now() + std::time::Duration::from_millis(crate::limits::OFFSETS_TOPIC_BROKERS_WAIT_MS);
+    // The request to send now, if it is time: enough brokers, or waited
+    // long enough for them.
+    let request = move |controller: &spate_replication::Controller| {
+        let live = controller.image().unfenced_brokers().len();
+        if live == 0 || (live < wanted && std::time::Instant::now() < give_up_waiting) {
+            return None;
+        }
+        let replication_factor = live.min(crate::group::OFFSETS_TOPIC_REPLICATION_FACTOR) as u16;
+        if replication_factor < wanted as u16 {
+            tracing::warn!(
+                live,
+                voters,
+                "creating {} with {replication_factor} replicas: not every voter registered in time",
+                spate_flatbuf::CONSUMER_OFFSETS_TOPIC
+            );
+        }
+        Some(crate::group::offsets_topic_request(partitions, replication_factor))
+    };
+    if let Some(now) = request(controller) {
+        match futures::executor::block_on(controller.request(now)) {
+            Ok(_) | Err(spate_replication::ControllerError::TopicAlreadyExists) => return,
+            Err(err) => {
+                tracing::warn!("creating {}: {err}; retrying in the background", spate_flatbuf::CONSUMER_OFFSETS_TOPIC)
             }
         }
+    }
+    let controller = controller.clone();
+    let spawned = std::thread::Builder::new().name("spate-offsets-topic".into()).spawn(move || {
+        while !has_topic(&controller) {
+            let Some(now) = request(&controller) else {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            };
+            match futures::executor::block_on(controller.request(now)) {
+                Ok(_) | Err(spate_replication::ControllerError::TopicAlreadyExists) => return,
+                Err(spate_replication::ControllerError::Shutdown) => return,
+                Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+            }
+        }
+    });
+    if let Err(err) = spawned {
+        tracing::error!("cannot start the offsets-topic thread: {err}");
     }
 }
 
@@ -438,7 +477,9 @@ async fn run_shard(
         shard.close_all().await;
         return;
     }
-    if let Err(message) = crate::group::load(&shard).await {
+    // The groups of the offsets partitions this broker leads (their loads
+    // started at the end of the reconcile above).
+    if let Err(message) = crate::group::wait_loaded(&shard).await {
         let _ = accepting.send(Err((id, message)));
         shard.close_all().await;
         return;

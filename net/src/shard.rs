@@ -632,6 +632,8 @@ impl Shard {
                 tracing::error!(shard = self.id, topic = %topic.name, "delete failed: {err}");
             }
         }
+        // Group coordinators follow the roles of __consumer_offsets.
+        crate::group::sync(self, catalog);
         first_error.map_or(Ok(()), Err)
     }
 

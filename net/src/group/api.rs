@@ -222,11 +222,13 @@ pub(crate) fn offset_fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
     }
     Reply::Later(Box::pin(async move {
         let (error, found) = match wait.await {
-            Ok(found) => (ErrorCode::None, found),
+            Ok(Ok(found)) => (ErrorCode::None, found),
+            Ok(Err(outcome)) => (outcome.error, Vec::new()),
             Err(_) => (ErrorCode::BrokerShuttingDown, Vec::new()),
         };
         let mut by_topic: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
         // Every partition asked for is answered; -1 where none is committed.
+        let wanted = if error == ErrorCode::None { wanted } else { None };
         for (topic, partition) in wanted.into_iter().flatten() {
             by_topic.entry(topic).or_default().insert(partition, -1);
         }

@@ -1,12 +1,21 @@
 //! Consumer group coordinators (design decision 8). A group lives on the
 //! shard that owns partition `group_partition(group_id)` of
-//! `__consumer_offsets`; that shard's `Groups` holds its state (no locks:
-//! `RefCell` on one executor), other shards reach it with
-//! `ShardOp::Group`. Committed offsets and group epochs are records in
-//! that partition (`record.rs`), appended before the state changes they
-//! describe are answered (the topic is always `flush.ms=0`), and replayed
-//! by `load` when the shard starts. Membership is soft state: after a
-//! restart members get `UnknownMemberId` and join again.
+//! `__consumer_offsets`, on the broker that leads that partition; that
+//! shard's `Groups` holds its state (no locks: `RefCell` on one executor),
+//! other shards reach it with `ShardOp::Group`. Committed offsets and group
+//! epochs are records in that partition (`record.rs`), appended before the
+//! state changes they describe are answered, and answered only once the
+//! in-sync replicas have them (acks=all: the topic is `flush.ms=0`, and the
+//! high watermark must pass the records).
+//!
+//! `__consumer_offsets` replicates like any topic (replication factor up to
+//! 3). The coordinator follows the replica's role (`sync`, after every
+//! metadata change and at start): a replica that becomes leader (or leads
+//! at a new epoch) replays its partition's log, the whole of it, before it
+//! serves any group request for it (`NotReady` meanwhile); one that stops
+//! leading drops that partition's groups (`NotLeaderOrFollower`, and the
+//! client looks the coordinator up again). Membership is soft state: after
+//! a failover or restart members get `UnknownMemberId` and join again.
 //!
 //! `__consumer_offsets` has `retention.ms=-1` so that no offset ages out,
 //! and `cleanup.policy=compact`, so that it keeps the latest record per key.
@@ -16,7 +25,7 @@ mod assign;
 mod record;
 mod state;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,25 +40,60 @@ pub(crate) use self::assign::{Assignor, Tp};
 use self::record::{GroupMeta, GroupRecord};
 pub(crate) use self::state::{Group, HeartbeatIn, HeartbeatOut};
 use crate::catalog::{Catalog, TopicMeta};
-use crate::limits::{GROUPS_PER_SHARD_MAX, MEMBERS_PER_GROUP_MAX};
+use crate::deadline::Deadline;
+use crate::limits::{GROUP_WRITE_TIMEOUT_MS, GROUPS_PER_SHARD_MAX, MEMBERS_PER_GROUP_MAX};
+use crate::replica::Replica;
 use crate::shard::{Outcome, Shard, log_error_code};
 
-/// Bytes read at a time while replaying a partition at start.
+/// Bytes read at a time while replaying a partition.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
-/// A shard's groups: those whose partition of `__consumer_offsets` it owns.
+/// Kafka's offsets.topic.replication.factor: `__consumer_offsets` gets this
+/// many replicas, or as many as there are brokers when it is created.
+pub(crate) const OFFSETS_TOPIC_REPLICATION_FACTOR: usize = 3;
+
+/// A shard's groups: those of the partitions of `__consumer_offsets` that
+/// it owns and this broker leads.
 #[derive(Debug, Default)]
 pub(crate) struct Groups {
     groups: RefCell<HashMap<String, Group>>,
     /// Deletes so far per group id: a commit that was appended before a
     /// delete and becomes durable after it must not bring the group back.
     deletions: RefCell<HashMap<String, u64>>,
+    /// The partitions this shard coordinates (its replica leads them).
+    partitions: RefCell<HashMap<u32, Coordination>>,
+    /// Numbers each leadership of a partition (a `Coordination`), so that a
+    /// load or a write of an earlier one cannot touch a later one's state.
+    terms: Cell<u64>,
 }
 
 impl Groups {
     fn deletions(&self, group_id: &str) -> u64 {
         self.deletions.borrow().get(group_id).copied().unwrap_or(0)
     }
+
+    /// Whether `partition` is loaded, and still for leadership `term`.
+    fn is_current(&self, partition: u32, term: u64) -> bool {
+        self.partitions.borrow().get(&partition).is_some_and(|c| c.term == term && matches!(c.load, Load::Loaded))
+    }
+}
+
+/// A partition of `__consumer_offsets` whose replica here leads.
+#[derive(Debug)]
+struct Coordination {
+    leader_epoch: i32,
+    term: u64,
+    load: Load,
+}
+
+#[derive(Debug)]
+enum Load {
+    /// Its log is being replayed; group requests get `NotReady`. The
+    /// senders are dropped when the load ends (see `wait_loaded`).
+    Loading(Vec<oneshot::Sender<()>>),
+    Loaded,
+    /// Replay failed (a damaged log); requests get `StorageError`.
+    Failed(String),
 }
 
 /// A member as DescribeGroups shows it.
@@ -97,7 +141,7 @@ pub(crate) enum GroupOp {
     Fetch {
         group_id: String,
         partitions: Option<Vec<Tp>>,
-        reply: oneshot::Sender<Vec<(Tp, i64)>>,
+        reply: oneshot::Sender<Result<Vec<(Tp, i64)>, Outcome>>,
     },
     List {
         reply: oneshot::Sender<Vec<GroupListing>>,
@@ -145,9 +189,52 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Whether this shard coordinates `group_id` now: the group's partition's
+/// replica leads here and its groups are loaded for that leadership.
+/// Returns the partition and the term of its leadership.
+fn serving(shard: &Shard, catalog: &Catalog, group_id: &str) -> Result<(u32, u64), Outcome> {
+    let topic = catalog
+        .topics
+        .get(CONSUMER_OFFSETS_TOPIC)
+        .ok_or_else(|| Outcome::err(ErrorCode::NotReady, format!("{CONSUMER_OFFSETS_TOPIC} does not exist yet")))?;
+    let partition = group_partition(group_id, topic.partitions);
+    let replica = shard.replica(topic, partition).ok_or_else(|| {
+        Outcome::err(ErrorCode::NotLeaderOrFollower, format!("{CONSUMER_OFFSETS_TOPIC}/{partition} is not hosted here"))
+    })?;
+    let leader_epoch = replica.check_leader(-1).map_err(|refusal| {
+        Outcome::err(refusal.0, format!("not the coordinator of {group_id:?} ({CONSUMER_OFFSETS_TOPIC}/{partition})"))
+    })?;
+    let partitions = shard.groups.partitions.borrow();
+    match partitions.get(&partition) {
+        Some(c) if c.leader_epoch == leader_epoch => match &c.load {
+            Load::Loaded => Ok((partition, c.term)),
+            Load::Loading(_) => Err(Outcome::err(
+                ErrorCode::NotReady,
+                format!("loading the groups of {CONSUMER_OFFSETS_TOPIC}/{partition}"),
+            )),
+            Load::Failed(message) => Err(Outcome::err(ErrorCode::StorageError, message.clone())),
+        },
+        // The replica leads, but the coordinator has not caught up with it
+        // (its load starts at the end of this metadata change).
+        _ => Err(Outcome::err(
+            ErrorCode::NotReady,
+            format!("becoming the coordinator of {CONSUMER_OFFSETS_TOPIC}/{partition}"),
+        )),
+    }
+}
+
+/// Records on their way to the group's partition: written once durable on
+/// the leader and in every in-sync replica.
+struct Write {
+    replica: Rc<Replica>,
+    ticket: spate_engine::AppendTicket,
+    leader_epoch: i32,
+    min_insync_replicas: usize,
+}
+
 /// Appends records to the group's partition now (so records keep the order
-/// of the state changes they describe) and returns the ticket to await.
-fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<spate_engine::AppendTicket, Outcome> {
+/// of the state changes they describe) and returns the write to await.
+fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<Write, Outcome> {
     let catalog = shard.shared.catalog.load();
     let not_ready = || Outcome::err(ErrorCode::NotReady, format!("{CONSUMER_OFFSETS_TOPIC} is not open here"));
     let topic = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).ok_or_else(not_ready)?;
@@ -160,17 +247,49 @@ fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<spat
     let leader_epoch = replica
         .check_leader(-1)
         .map_err(|refusal| Outcome::err(refusal.0, format!("not the coordinator of {group_id:?} now")))?;
+    // acks=all, as Kafka's coordinator writes: not below min.insync.replicas.
+    let min_insync_replicas = shard.shared.min_insync_replicas(topic);
+    replica.check_min_isr(min_insync_replicas).map_err(|refusal| {
+        Outcome::err(
+            refusal.0,
+            format!("{CONSUMER_OFFSETS_TOPIC}/{partition} has fewer in-sync replicas than {min_insync_replicas}"),
+        )
+    })?;
     let batch = record::batch(records, now_ms());
-    replica.log.append(batch, leader_epoch).map_err(|err| Outcome::err(log_error_code(&err), err.to_string()))
+    let ticket =
+        replica.log.append(batch, leader_epoch).map_err(|err| Outcome::err(log_error_code(&err), err.to_string()))?;
+    Ok(Write { replica, ticket, leader_epoch, min_insync_replicas })
 }
 
-async fn durable(ticket: Result<spate_engine::AppendTicket, Outcome>) -> Outcome {
-    match ticket {
-        Err(outcome) => outcome,
-        Ok(ticket) => match ticket.durable().await {
-            Ok(_) => Outcome::ok(),
-            Err(err) => Outcome::err(log_error_code(&err), err.to_string()),
-        },
+/// Waits until a write is durable here and the high watermark has passed
+/// it (every in-sync replica has it, so a new leader will too), within
+/// `GROUP_WRITE_TIMEOUT_MS` (Kafka's offsets.commit.timeout.ms).
+async fn written(write: Result<Write, Outcome>) -> Outcome {
+    let Write { replica, ticket, leader_epoch, min_insync_replicas } = match write {
+        Err(outcome) => return outcome,
+        Ok(write) => write,
+    };
+    let offset_end = ticket.info.last_offset + 1;
+    let wait = async {
+        if let Err(err) = ticket.durable().await {
+            return Outcome::err(log_error_code(&err), err.to_string());
+        }
+        // Our ack point moved: so may the high watermark.
+        replica.advance_high_watermark();
+        if replica.replicated() {
+            let code = replica.wait_replicated(offset_end, leader_epoch, min_insync_replicas).await;
+            if code != ErrorCode::None {
+                return Outcome::err(code, format!("offsets below {offset_end} are not replicated to the ISR"));
+            }
+        }
+        Outcome::ok()
+    };
+    futures::select! {
+        outcome = futures::FutureExt::fuse(wait) => outcome,
+        () = futures::FutureExt::fuse(Deadline::after(Duration::from_millis(GROUP_WRITE_TIMEOUT_MS))) => Outcome::err(
+            ErrorCode::RequestTimedOut,
+            format!("not replicated within {GROUP_WRITE_TIMEOUT_MS} ms; it may still be"),
+        ),
     }
 }
 
@@ -182,42 +301,61 @@ fn meta_record(group_id: &str, group: &Group) -> GroupRecord {
 }
 
 /// Runs a group op on its coordinator: the state change now, the wait for
-/// the disk in a task.
+/// the disk and the in-sync replicas in a task. Refused unless this shard
+/// coordinates the group now (`serving`).
 pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
+    let catalog = shard.shared.catalog.load_full();
     match op {
-        GroupOp::Heartbeat { group_id, request, reply } => heartbeat(shard, group_id, request, reply),
+        GroupOp::Heartbeat { group_id, request, reply } => match serving(shard, &catalog, &group_id) {
+            Ok(_) => heartbeat(shard, group_id, request, reply),
+            Err(outcome) => drop(reply.send(Err(outcome))),
+        },
         GroupOp::Commit { group_id, member_id, member_epoch, offsets, reply } => {
-            commit(shard, group_id, &member_id, member_epoch, offsets, reply)
+            match serving(shard, &catalog, &group_id) {
+                Ok((partition, term)) => {
+                    let commit_op = CommitOp { group_id, member_id, member_epoch, offsets, partition, term };
+                    commit(shard, commit_op, reply)
+                }
+                Err(outcome) => drop(reply.send(outcome)),
+            }
         }
         GroupOp::Fetch { group_id, partitions, reply } => {
-            let groups = shard.groups.groups.borrow();
-            let offsets = groups.get(&group_id).map(|g| &g.offsets);
-            let found = match (offsets, partitions) {
-                (None, _) => Vec::new(),
-                (Some(offsets), None) => offsets.iter().map(|(tp, o)| (tp.clone(), *o)).collect(),
-                (Some(offsets), Some(wanted)) => {
-                    wanted.into_iter().filter_map(|tp| offsets.get(&tp).map(|o| (tp, *o))).collect()
+            let found = serving(shard, &catalog, &group_id).map(|_| {
+                let groups = shard.groups.groups.borrow();
+                let offsets = groups.get(&group_id).map(|g| &g.offsets);
+                match (offsets, partitions) {
+                    (None, _) => Vec::new(),
+                    (Some(offsets), None) => offsets.iter().map(|(tp, o)| (tp.clone(), *o)).collect(),
+                    (Some(offsets), Some(wanted)) => {
+                        wanted.into_iter().filter_map(|tp| offsets.get(&tp).map(|o| (tp, *o))).collect()
+                    }
                 }
-            };
+            });
             let _ = reply.send(found);
         }
         GroupOp::List { reply } => {
             let groups = shard.groups.groups.borrow();
             let listings = groups
                 .iter()
+                .filter(|(id, _)| serving(shard, &catalog, id).is_ok())
                 .map(|(id, g)| GroupListing { group_id: id.clone(), state: g.state(), members: g.members.len() })
                 .collect();
             let _ = reply.send(listings);
         }
         GroupOp::Describe { group_id, reply } => {
-            let groups = shard.groups.groups.borrow();
-            let view = groups
-                .get(&group_id)
-                .map(view)
-                .ok_or_else(|| Outcome::err(ErrorCode::GroupIdNotFound, format!("no group {group_id:?}")));
+            let view = serving(shard, &catalog, &group_id).and_then(|_| {
+                let groups = shard.groups.groups.borrow();
+                groups
+                    .get(&group_id)
+                    .map(view)
+                    .ok_or_else(|| Outcome::err(ErrorCode::GroupIdNotFound, format!("no group {group_id:?}")))
+            });
             let _ = reply.send(view);
         }
-        GroupOp::Delete { group_id, reply } => delete(shard, group_id, reply),
+        GroupOp::Delete { group_id, reply } => match serving(shard, &catalog, &group_id) {
+            Ok(_) => delete(shard, group_id, reply),
+            Err(outcome) => drop(reply.send(outcome)),
+        },
     }
 }
 
@@ -288,14 +426,15 @@ fn heartbeat(
         watch_session(shard.clone(), group_id.clone(), out.member_id.clone());
     }
     glommio::spawn_local(async move {
-        // The new epoch is on disk before anyone hears of it.
-        let written = match ticket {
-            Some(ticket) => durable(ticket).await,
+        // The new epoch is on disk, and on the in-sync replicas, before
+        // anyone hears of it.
+        let stored = match ticket {
+            Some(ticket) => written(ticket).await,
             None => Outcome::ok(),
         };
         let answer = match result {
             Err((error, message)) => Err(Outcome::err(error, message)),
-            Ok(_) if written.error != ErrorCode::None => Err(written),
+            Ok(_) if stored.error != ErrorCode::None => Err(stored),
             Ok((out, _)) => Ok(out),
         };
         let _ = reply.send(answer);
@@ -330,9 +469,9 @@ fn watch_session(shard: Rc<Shard>, group_id: String, member_id: String) {
                 tracing::info!(group = %group_id, member = %member_id, "member removed: session timed out");
                 append(&shard, &group_id, &[meta_record(&group_id, group)])
             };
-            let written = durable(Ok(ticket).and_then(|t| t)).await;
-            if written.error != ErrorCode::None {
-                tracing::warn!(group = %group_id, "group epoch not written: {:?}", written.message);
+            let stored = written(ticket).await;
+            if stored.error != ErrorCode::None {
+                tracing::warn!(group = %group_id, "group epoch not written: {:?}", stored.message);
             }
             return;
         }
@@ -340,14 +479,20 @@ fn watch_session(shard: Rc<Shard>, group_id: String, member_id: String) {
     .detach();
 }
 
-fn commit(
-    shard: &Rc<Shard>,
+/// A commit on the coordinator that serves its group's `partition` for
+/// leadership `term`.
+struct CommitOp {
     group_id: String,
-    member_id: &str,
+    member_id: String,
     member_epoch: i32,
     offsets: Vec<(Tp, i64)>,
-    reply: oneshot::Sender<Outcome>,
-) {
+    partition: u32,
+    term: u64,
+}
+
+fn commit(shard: &Rc<Shard>, op: CommitOp, reply: oneshot::Sender<Outcome>) {
+    let CommitOp { group_id, member_id, member_epoch, offsets, partition, term } = op;
+    let member_id = member_id.as_str();
     let catalog = shard.shared.catalog.load_full();
     let checked = check_offsets(&catalog, &offsets).and_then(|()| {
         let groups = shard.groups.groups.borrow();
@@ -374,9 +519,12 @@ fn commit(
     let shard = shard.clone();
     let deletions_at_append = shard.groups.deletions(&group_id);
     glommio::spawn_local(async move {
-        let mut written = durable(ticket).await;
-        if written.error == ErrorCode::None {
-            if shard.groups.deletions(&group_id) == deletions_at_append {
+        let mut stored = written(ticket).await;
+        if stored.error == ErrorCode::None {
+            if !shard.groups.is_current(partition, term) {
+                // No longer the coordinator (or at a later leadership, which
+                // loaded its state from the log, this commit included).
+            } else if shard.groups.deletions(&group_id) == deletions_at_append {
                 let mut groups = shard.groups.groups.borrow_mut();
                 let group = groups.entry(group_id).or_insert_with(|| Group::new(Assignor::Sticky));
                 group.offsets.extend(offsets);
@@ -394,15 +542,15 @@ fn commit(
                         offset: None,
                     })
                     .collect();
-                let buried = durable(append(&shard, &group_id, &tombstones)).await;
-                written = if buried.error == ErrorCode::None {
+                let buried = written(append(&shard, &group_id, &tombstones)).await;
+                stored = if buried.error == ErrorCode::None {
                     Outcome::err(ErrorCode::GroupIdNotFound, format!("group {group_id:?} was deleted"))
                 } else {
                     buried
                 };
             }
         }
-        let _ = reply.send(written);
+        let _ = reply.send(stored);
     })
     .detach();
 }
@@ -452,41 +600,169 @@ fn delete(shard: &Rc<Shard>, group_id: String, reply: oneshot::Sender<Outcome>) 
         append(shard, &group_id, &records)
     });
     glommio::spawn_local(async move {
-        let _ = reply.send(durable(ticket).await);
+        let _ = reply.send(written(ticket).await);
     })
     .detach();
 }
 
-/// Rebuilds committed offsets and group epochs from this shard's
-/// partitions of `__consumer_offsets`, before the shard accepts requests.
-pub(crate) async fn load(shard: &Rc<Shard>) -> Result<(), String> {
-    let catalog = shard.shared.catalog.load_full();
-    let Some(topic) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).cloned() else { return Ok(()) };
-    let mut loaded = 0usize;
-    // This shard's partitions of the offsets topic that this broker hosts.
-    for partition in (0..topic.partitions).filter(|&p| shard.shared.owner(&topic.name, p) == shard.id) {
-        if shard.log(&topic, partition).is_some() {
-            loaded += load_partition(shard, &topic, partition).await?;
+/// Brings the coordinator in line with this shard's replicas of
+/// `__consumer_offsets`: a partition whose replica now leads (or leads at
+/// a new leader epoch) starts loading its groups from its log; one whose
+/// replica no longer leads (follower, offline, deleted) drops its groups.
+/// Called after every metadata change and at start; idempotent.
+pub(crate) fn sync(shard: &Rc<Shard>, catalog: &Catalog) {
+    let topic = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).cloned();
+    let mut leading: HashMap<u32, i32> = HashMap::new();
+    if let Some(topic) = &topic {
+        for partition in (0..topic.partitions).filter(|&p| shard.shared.owner(&topic.name, p) == shard.id) {
+            if let Some(replica) = shard.replica(topic, partition)
+                && let Ok(leader_epoch) = replica.check_leader(-1)
+            {
+                leading.insert(partition, leader_epoch);
+            }
         }
     }
-    if loaded > 0 {
-        tracing::info!(
-            shard = shard.id,
-            records = loaded,
-            groups = shard.groups.groups.borrow().len(),
-            "groups loaded"
-        );
+    let resigned: Vec<u32> = shard
+        .groups
+        .partitions
+        .borrow()
+        .iter()
+        .filter(|(partition, c)| leading.get(partition) != Some(&c.leader_epoch))
+        .map(|(partition, _)| *partition)
+        .collect();
+    for partition in resigned {
+        unload(shard, catalog, partition);
     }
-    Ok(())
+    let Some(topic) = topic else { return };
+    for (partition, leader_epoch) in leading {
+        if !shard.groups.partitions.borrow().contains_key(&partition) {
+            start_load(shard, &topic, partition, leader_epoch);
+        }
+    }
 }
 
-async fn load_partition(shard: &Rc<Shard>, topic: &Arc<TopicMeta>, partition: u32) -> Result<usize, String> {
-    let log = shard.log(topic, partition).ok_or_else(|| format!("{}/{partition} is not open", topic.name))?;
-    let mut offset = log.log_start_offset();
-    let end = log.log_end_offset();
-    let mut applied = 0usize;
+/// Drops the groups of a partition this shard no longer coordinates (their
+/// members' session timers find them gone and end).
+fn unload(shard: &Rc<Shard>, catalog: &Catalog, partition: u32) {
+    shard.groups.partitions.borrow_mut().remove(&partition);
+    let Some(count) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).map(|t| t.partitions) else {
+        // The topic itself is gone: nothing here is coordinated any more.
+        shard.groups.groups.borrow_mut().clear();
+        return;
+    };
+    let mut groups = shard.groups.groups.borrow_mut();
+    let before = groups.len();
+    groups.retain(|group_id, _| group_partition(group_id, count) != partition);
+    tracing::info!(
+        shard = shard.id,
+        partition,
+        groups = before - groups.len(),
+        "no longer the coordinator of {CONSUMER_OFFSETS_TOPIC}/{partition}: its groups dropped"
+    );
+}
+
+/// Starts replaying a partition this shard's replica now leads. Its whole
+/// log, up to the log end: the leader's log is the truth from now on, as
+/// in Kafka (records above the high watermark that the previous leader
+/// never acknowledged are part of it too, and stay, since followers copy
+/// this log).
+fn start_load(shard: &Rc<Shard>, topic: &Arc<TopicMeta>, partition: u32, leader_epoch: i32) {
+    let term = shard.groups.terms.get() + 1;
+    shard.groups.terms.set(term);
+    shard
+        .groups
+        .partitions
+        .borrow_mut()
+        .insert(partition, Coordination { leader_epoch, term, load: Load::Loading(Vec::new()) });
+    tracing::info!(
+        shard = shard.id,
+        partition,
+        leader_epoch,
+        "loading the groups of {CONSUMER_OFFSETS_TOPIC}/{partition}"
+    );
+    let (shard, topic) = (shard.clone(), topic.clone());
+    glommio::spawn_local(async move {
+        let started = Instant::now();
+        let loaded = read_groups(&shard, &topic, partition).await;
+        let mut partitions = shard.groups.partitions.borrow_mut();
+        // Resigned (or re-elected, a new load under way) meanwhile.
+        let Some(coordination) = partitions.get_mut(&partition).filter(|c| c.term == term) else { return };
+        match loaded {
+            Ok((loaded, records)) => {
+                let mut groups = shard.groups.groups.borrow_mut();
+                groups.retain(|group_id, _| group_partition(group_id, topic.partitions) != partition);
+                let count = loaded.len();
+                groups.extend(loaded);
+                // Dropping the waiters wakes them.
+                coordination.load = Load::Loaded;
+                tracing::info!(
+                    shard = shard.id,
+                    partition,
+                    leader_epoch,
+                    records,
+                    groups = count,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "now the coordinator of {CONSUMER_OFFSETS_TOPIC}/{partition}"
+                );
+            }
+            Err(message) => {
+                tracing::error!(shard = shard.id, partition, "{message}");
+                coordination.load = Load::Failed(message);
+            }
+        }
+    })
+    .detach();
+}
+
+/// Completes once no partition of this shard is loading; the error of
+/// one that failed to load, if any (for the start, which refuses a
+/// damaged offsets partition).
+pub(crate) async fn wait_loaded(shard: &Rc<Shard>) -> Result<(), String> {
+    loop {
+        let waits: Vec<oneshot::Receiver<()>> = shard
+            .groups
+            .partitions
+            .borrow_mut()
+            .values_mut()
+            .filter_map(|c| match &mut c.load {
+                Load::Loading(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                _ => None,
+            })
+            .collect();
+        if waits.is_empty() {
+            break;
+        }
+        for wait in waits {
+            let _ = wait.await;
+        }
+    }
+    let partitions = shard.groups.partitions.borrow();
+    match partitions.values().find_map(|c| match &c.load {
+        Load::Failed(message) => Some(message.clone()),
+        _ => None,
+    }) {
+        Some(message) => Err(message),
+        None => Ok(()),
+    }
+}
+
+/// The groups in a partition's log: (groups, records applied).
+async fn read_groups(
+    shard: &Rc<Shard>,
+    topic: &Arc<TopicMeta>,
+    partition: u32,
+) -> Result<(HashMap<String, Group>, usize), String> {
     let name = topic.name.as_str();
     let fail = |err: String| format!("loading groups from {name}/{partition}: {err}");
+    let log = shard.log(topic, partition).ok_or_else(|| fail("not open".into()))?;
+    let mut offset = log.log_start_offset();
+    let end = log.log_end_offset();
+    let mut groups = HashMap::new();
+    let mut applied = 0usize;
     while offset < end {
         let output = log.read(offset, LOAD_READ_BYTES, ReadBound::LogEnd).await.map_err(|e| fail(e.to_string()))?;
         if output.batches.is_empty() {
@@ -503,18 +779,17 @@ async fn load_partition(shard: &Rc<Shard>, topic: &Arc<TopicMeta>, partition: u3
                     continue;
                 }
                 let key = record.key.ok_or_else(|| fail("a record without a key".into()))?;
-                apply(&shard.groups, GroupRecord::decode(key, record.value).map_err(&fail)?);
+                apply(&mut groups, GroupRecord::decode(key, record.value).map_err(&fail)?);
                 applied += 1;
             }
             assert!(info.last_offset() >= offset, "reads return batches at or after the offset asked for");
             offset = info.last_offset() + 1;
         }
     }
-    Ok(applied)
+    Ok((groups, applied))
 }
 
-fn apply(groups: &Groups, record: GroupRecord) {
-    let mut groups = groups.groups.borrow_mut();
+fn apply(groups: &mut HashMap<String, Group>, record: GroupRecord) {
     match record {
         GroupRecord::Offset { group, topic, partition, offset } => {
             let entry = groups.entry(group).or_insert_with(|| Group::new(Assignor::Sticky));
@@ -535,21 +810,24 @@ fn apply(groups: &Groups, record: GroupRecord) {
 }
 
 /// The request that creates `__consumer_offsets` (at the first start of a
-/// cluster). Its partition count never changes later, since that would
-/// move every group. One replica for now: the group coordinator loads a
-/// partition's state only at shard start, so a replicated offsets topic
-/// would not yet fail over (see the replication notes).
-pub(crate) fn offsets_topic_request(partitions: u32) -> spate_replication::ControllerRequest {
+/// cluster) with `replication_factor` replicas (see `server.rs`
+/// `ensure_offsets_topic`). Its partition count never changes later, since
+/// that would move every group.
+pub(crate) fn offsets_topic_request(partitions: u32, replication_factor: u16) -> spate_replication::ControllerRequest {
+    // A commit is acknowledged once the in-sync replicas have it; two of
+    // them at least where there are two (Kafka's advice for this topic).
+    let min_insync_replicas = replication_factor.min(2);
     spate_replication::ControllerRequest::CreateTopic {
         name: CONSUMER_OFFSETS_TOPIC.to_string(),
         partitions,
-        replication_factor: 1,
+        replication_factor,
         // Offsets must never age out, and every write is synced before it
         // is acknowledged, whatever the broker's default durability.
         configs: BTreeMap::from([
             ("retention.ms".to_string(), "-1".to_string()),
             ("cleanup.policy".to_string(), "compact".to_string()),
             ("flush.ms".to_string(), "0".to_string()),
+            ("min.insync.replicas".to_string(), min_insync_replicas.to_string()),
         ]),
     }
 }
