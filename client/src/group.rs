@@ -476,11 +476,28 @@ fn coordinator_moved(error: &ClientError) -> bool {
     )
 }
 
+/// The coordinator's answer says to try again shortly: it is loading the
+/// group's partition after becoming its leader (`NotReady`, as Kafka's
+/// COORDINATOR_LOAD_IN_PROGRESS), or its write did not reach every in-sync
+/// replica (too few of them, or not in time).
+fn coordinator_busy(error: &ClientError) -> bool {
+    matches!(
+        error.code(),
+        Some(
+            ErrorCode::NotReady
+                | ErrorCode::NotEnoughReplicas
+                | ErrorCode::NotEnoughReplicasAfterAppend
+                | ErrorCode::RequestTimedOut
+        )
+    )
+}
+
 /// Sends a group request to the coordinator and decodes its answer,
 /// retrying until the request timeout when the coordinator could not be
-/// reached or answered that it does not lead the group's partition of
-/// `__consumer_offsets` (metadata is refreshed first, so the retry goes to
-/// the new leader). Other errors go to the caller.
+/// found or reached, answered that it does not lead the group's partition
+/// of `__consumer_offsets` (metadata is refreshed first, so the retry goes
+/// to the new leader), or answered that it is busy (`coordinator_busy`).
+/// Other errors go to the caller.
 async fn group_request<T>(
     client: &Client,
     group_id: &str,
@@ -489,19 +506,26 @@ async fn group_request<T>(
 ) -> Result<T, ClientError> {
     let deadline = Instant::now() + client.request_timeout();
     loop {
-        let attempt = match coordinator_address(client, group_id).await {
-            Ok(address) => client.request(&address, client.request_timeout(), &build).await,
-            Err(error) => Err(error),
-        };
-        let error = match attempt.and_then(|frame| decode(&frame)) {
-            Ok(answer) => return Ok(answer),
-            Err(error @ ClientError::Server { .. }) if coordinator_moved(&error) => {
-                client.invalidate_metadata();
-                error
-            }
-            Err(error @ ClientError::Server { .. }) => return Err(error),
+        let error = match coordinator_address(client, group_id).await {
+            // No coordinator known yet: metadata lags (the offsets topic is
+            // new), or the group's partition has no leader right now.
             Err(error) => error,
+            Ok(address) => {
+                let answer = client.request(&address, client.request_timeout(), &build).await;
+                match answer.and_then(|frame| decode(&frame)) {
+                    Ok(answer) => return Ok(answer),
+                    Err(error @ ClientError::Server { .. })
+                        if !coordinator_moved(&error) && !coordinator_busy(&error) =>
+                    {
+                        return Err(error);
+                    }
+                    Err(error) => error,
+                }
+            }
         };
+        if coordinator_moved(&error) || error.invalidates_metadata() {
+            client.invalidate_metadata();
+        }
         if !error.is_retriable() || Instant::now() >= deadline {
             return Err(error);
         }
@@ -542,30 +566,34 @@ impl GroupAdmin {
     pub async fn describe_group(&self, group_id: &str) -> Result<GroupDescription, ClientError> {
         let groups = [group_id.to_string()];
         let build = |stamp| gp::describe_groups(stamp, &groups);
-        let described = group_request(&self.client, group_id, build, gp::decode_describe_groups).await?;
-        let group = described
-            .into_iter()
-            .find(|g| g.group_id == group_id)
-            .ok_or_else(|| ClientError::Protocol(format!("no answer for group {group_id:?}")))?;
-        match group.error {
-            None => Ok(group),
-            Some(code) => Err(ClientError::Server { code, message: Some(format!("group {group_id:?}")) }),
-        }
+        // The group's own error goes through group_request, which follows
+        // a coordinator that moved or is loading.
+        let decode = |frame: &spate_flatbuf::Frame| {
+            let group = gp::decode_describe_groups(frame)?
+                .into_iter()
+                .find(|g| g.group_id == group_id)
+                .ok_or_else(|| ClientError::Protocol(format!("no answer for group {group_id:?}")))?;
+            match group.error {
+                None => Ok(group),
+                Some(code) => Err(ClientError::Server { code, message: Some(format!("group {group_id:?}")) }),
+            }
+        };
+        group_request(&self.client, group_id, build, decode).await
     }
 
     /// Deletes a group with no members, with its committed offsets.
     pub async fn delete_group(&self, group_id: &str) -> Result<(), ClientError> {
         let groups = [group_id.to_string()];
         let build = |stamp| gp::delete_groups(stamp, &groups);
-        match group_request(&self.client, group_id, build, gp::decode_delete_groups)
-            .await?
+        let decode = |frame: &spate_flatbuf::Frame| match gp::decode_delete_groups(frame)?
             .into_iter()
             .find(|(id, _, _)| id == group_id)
         {
             Some((_, None, _)) => Ok(()),
             Some((_, Some(code), message)) => Err(ClientError::Server { code, message }),
             None => Err(ClientError::Protocol(format!("no answer for group {group_id:?}"))),
-        }
+        };
+        group_request(&self.client, group_id, build, decode).await
     }
 
     /// Committed offsets (of these partitions, or all).
