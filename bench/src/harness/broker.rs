@@ -1,47 +1,71 @@
-//! The broker under test: a `spate serve` child process on free ports,
-//! pinned by its own shard placement, with its data on the real disk.
+//! The brokers under test: `spate serve` child processes on free ports,
+//! with their data on the real disk. One broker (the default) runs alone,
+//! without a controller quorum, pinned by its own shard placement; a
+//! cluster of N runs N processes, each a Raft controller voter, started at
+//! once (each waits for the quorum to register), placed on the cores the
+//! suite gives each process.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-#[derive(Debug)]
-pub struct BrokerProcess {
-    child: Child,
-    pub port: u16,
-    settings: BrokerSettings,
-}
+/// How long a clean stop may take before the broker is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How the broker is started; recorded in the report.
+/// How the brokers are started; recorded in the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
     /// The `spate` binary; empty: this process's own executable (when run
     /// as `spate bench`) or `spate` beside it.
     pub spate_bin: String,
+    /// Brokers in the cluster. 1: one broker with no controller quorum,
+    /// data in `data_dir`. More: node ids 1..=brokers, every one a
+    /// controller voter on a free port, data in `data_dir/<node id>`.
+    pub brokers: usize,
+    /// Shards per broker.
     pub shards: usize,
-    /// Shards are pinned to cores 0..shards.
+    /// Each broker pins its shards to cores 0..shards itself (`spate
+    /// serve` without `--no-pin`). Ignored when `cpus` is given; several
+    /// brokers would all share cores 0..shards, so a cluster needs `cpus`
+    /// or `pin = false`.
     pub pin: bool,
+    /// Per broker (node 1 first), the cores its process may run on
+    /// (`taskset -c`); the broker's own pinning is then off (`--no-pin`),
+    /// so its shards, controller and other threads share those cores.
+    /// Empty: `pin` decides.
+    pub cpus: Vec<Vec<usize>>,
     pub tail_cache_bytes: usize,
     pub data_dir: PathBuf,
-    /// Where the broker serves /metrics; empty: off.
+    /// Where the broker serves /metrics; empty: off. Only with one broker
+    /// (each broker would need a port of its own).
     pub metrics_listen: String,
     /// Passed to `spate serve --spin-before-park-us`.
     pub spin_before_park_us: u64,
+    /// Cluster timing, passed to `spate serve` when set (else its defaults).
+    pub broker_session_timeout_ms: Option<u64>,
+    pub broker_heartbeat_interval_ms: Option<u64>,
+    pub replica_lag_time_max_ms: Option<u64>,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             spate_bin: String::new(),
+            brokers: 1,
             shards: 1,
             pin: true,
+            cpus: Vec::new(),
             tail_cache_bytes: 256 << 20,
             data_dir: PathBuf::from("target/bench-broker"),
             metrics_listen: String::new(),
             spin_before_park_us: 0,
+            broker_session_timeout_ms: None,
+            broker_heartbeat_interval_ms: None,
+            replica_lag_time_max_ms: None,
         }
     }
 }
@@ -61,18 +85,76 @@ impl BrokerSettings {
         }
         bail!("cannot find the spate binary; build it (cargo build --release --bin spate) or set spate_bin")
     }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.brokers == 0 || self.shards == 0 {
+            bail!("broker: brokers and shards must be positive");
+        }
+        if !self.cpus.is_empty() && self.cpus.len() != self.brokers {
+            bail!(
+                "broker: cpus lists {} core sets for {} broker(s); give one per broker",
+                self.cpus.len(),
+                self.brokers
+            );
+        }
+        if self.cpus.iter().any(Vec::is_empty) {
+            bail!("broker: every core set in cpus needs at least one core");
+        }
+        if self.brokers > 1 && self.pin && self.cpus.is_empty() {
+            bail!(
+                "broker: {} brokers pinned by their own shard placement would all sit on cores 0..{}; \
+                 give cpus (one core list per broker) or pin = false",
+                self.brokers,
+                self.shards
+            );
+        }
+        if self.brokers > 1 && !self.metrics_listen.is_empty() {
+            bail!("broker: metrics_listen works with one broker only");
+        }
+        Ok(())
+    }
+
+    /// Where broker `index` (0-based) keeps its data.
+    fn node_dir(&self, index: usize) -> PathBuf {
+        if self.brokers == 1 { self.data_dir.clone() } else { self.data_dir.join((index + 1).to_string()) }
+    }
+
+    /// Where each broker runs, for the report.
+    pub fn placement(&self) -> String {
+        if !self.cpus.is_empty() {
+            let each: Vec<String> =
+                self.cpus.iter().enumerate().map(|(i, cpus)| format!("broker {} on cores {cpus:?}", i + 1)).collect();
+            return format!("{} (taskset; shards not pinned inside)", each.join(", "));
+        }
+        if self.pin { format!("pinned to {:?}", (0..self.shards).collect::<Vec<_>>()) } else { "not pinned".into() }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    pub node_id: i32,
+    pub port: u16,
 }
 
 impl BrokerProcess {
-    /// Starts a broker on an empty data directory.
-    pub fn start_fresh(settings: &BrokerSettings) -> anyhow::Result<Self> {
-        let _ = std::fs::remove_dir_all(&settings.data_dir);
-        Self::start(settings)
-    }
-
-    pub fn start(settings: &BrokerSettings) -> anyhow::Result<Self> {
+    /// Starts broker `index` (0-based); `quorum` is the controller quorum
+    /// of a cluster (None: a broker alone). Returns before it listens.
+    fn spawn(settings: &BrokerSettings, index: usize, quorum: Option<&str>) -> anyhow::Result<(Child, ChildStdout)> {
         let binary = settings.binary()?;
-        let mut command = Command::new(&binary);
+        let mut command = match settings.cpus.get(index) {
+            Some(cpus) => {
+                let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+                let mut command = Command::new("taskset");
+                command.arg("-c").arg(list.join(",")).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
         command
             .args(["serve", "--port", "0", "--log-level", "warn"])
             .arg("--metrics-listen")
@@ -82,16 +164,34 @@ impl BrokerProcess {
             .arg("--tail-cache-bytes")
             .arg(settings.tail_cache_bytes.to_string())
             .arg("--data-dir")
-            .arg(&settings.data_dir)
+            .arg(settings.node_dir(index))
             .arg("--spin-before-park-us")
             .arg(settings.spin_before_park_us.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if !settings.pin {
+        if let Some(quorum) = quorum {
+            command.arg("--node-id").arg((index + 1).to_string()).arg("--controller-quorum").arg(quorum);
+        }
+        for (flag, value) in [
+            ("--broker-session-timeout-ms", settings.broker_session_timeout_ms),
+            ("--broker-heartbeat-interval-ms", settings.broker_heartbeat_interval_ms),
+            ("--replica-lag-time-max-ms", settings.replica_lag_time_max_ms),
+        ] {
+            if let Some(value) = value {
+                command.arg(flag).arg(value.to_string());
+            }
+        }
+        if !settings.pin || !settings.cpus.is_empty() {
             command.arg("--no-pin");
         }
+        // taskset execs the broker: the child's pid is the broker's.
         let mut child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().context("broker stdout")?;
+        Ok((child, stdout))
+    }
+
+    /// Waits for the broker's "listening on" line.
+    fn ready(mut child: Child, stdout: ChildStdout, index: usize) -> anyhow::Result<Self> {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).context("reading the broker's first line")?;
         let port = line
@@ -102,9 +202,10 @@ impl BrokerProcess {
             .and_then(|port| port.parse().ok());
         let Some(port) = port else {
             let _ = child.kill();
-            bail!("the broker did not start: {line:?}");
+            let _ = child.wait();
+            bail!("broker {} did not start: {line:?}", index + 1);
         };
-        Ok(BrokerProcess { child, port, settings: settings.clone() })
+        Ok(BrokerProcess { child, node_id: index as i32 + 1, port })
     }
 
     pub fn pid(&self) -> u32 {
@@ -115,25 +216,31 @@ impl BrokerProcess {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// SIGTERM and wait: a clean stop (every log flushed and closed).
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    fn terminate(&self) -> anyhow::Result<()> {
         let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
         if !status.success() {
-            bail!("kill -TERM failed");
-        }
-        let exit = self.child.wait()?;
-        if !exit.success() {
-            bail!("broker exited with {exit}");
+            bail!("kill -TERM {} failed", self.child.id());
         }
         Ok(())
     }
 
-    /// A clean stop and start on the same data: empties the tail cache, so
-    /// the next reads come from disk.
-    pub fn restart(self) -> anyhow::Result<Self> {
-        let settings = self.settings.clone();
-        self.stop()?;
-        Self::start(&settings)
+    /// Waits for the exit a `terminate` asked for, until `deadline`; then
+    /// kills it and says so.
+    fn wait_until(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            if let Some(exit) = self.child.try_wait()? {
+                if !exit.success() {
+                    bail!("broker {} exited with {exit}", self.node_id);
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("broker {} did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed", self.node_id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -141,5 +248,83 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The brokers of one workload.
+#[derive(Debug)]
+pub struct Cluster {
+    pub brokers: Vec<BrokerProcess>,
+    settings: BrokerSettings,
+    /// The controller quorum (id@127.0.0.1:port,...); None for one broker.
+    quorum: Option<String>,
+}
+
+impl Cluster {
+    /// Starts the brokers on empty data directories.
+    pub fn start_fresh(settings: &BrokerSettings) -> anyhow::Result<Self> {
+        settings.check()?;
+        let _ = std::fs::remove_dir_all(&settings.data_dir);
+        let quorum = if settings.brokers == 1 {
+            None
+        } else {
+            let entries: anyhow::Result<Vec<String>> =
+                (1..=settings.brokers).map(|node| Ok(format!("{node}@127.0.0.1:{}", free_port()?))).collect();
+            Some(entries?.join(","))
+        };
+        Self::start(settings, quorum)
+    }
+
+    /// Every broker spawned before any is waited for: a voter waits for
+    /// the quorum to form before it listens.
+    fn start(settings: &BrokerSettings, quorum: Option<String>) -> anyhow::Result<Self> {
+        let mut spawned = Vec::new();
+        for index in 0..settings.brokers {
+            spawned.push(BrokerProcess::spawn(settings, index, quorum.as_deref())?);
+        }
+        let mut brokers = Vec::new();
+        let mut failed = None;
+        for (index, (child, stdout)) in spawned.into_iter().enumerate() {
+            match BrokerProcess::ready(child, stdout, index) {
+                Ok(broker) => brokers.push(broker),
+                Err(err) => failed = failed.or(Some(err)),
+            }
+        }
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        Ok(Cluster { brokers, settings: settings.clone(), quorum })
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.brokers.iter().map(BrokerProcess::pid).collect()
+    }
+
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.brokers.iter().map(BrokerProcess::addr).collect()
+    }
+
+    /// SIGTERM to every broker, then wait for all: a clean stop (every log
+    /// flushed and closed).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        for broker in &self.brokers {
+            broker.terminate()?;
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let mut first_error = None;
+        for broker in &mut self.brokers {
+            if let Err(err) = broker.wait_until(deadline) {
+                first_error = first_error.or(Some(err));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// A clean stop and start on the same data (and controller ports):
+    /// empties the tail caches, so the next reads come from disk.
+    pub fn restart(self) -> anyhow::Result<Self> {
+        let (settings, quorum) = (self.settings.clone(), self.quorum.clone());
+        self.stop()?;
+        Self::start(&settings, quorum)
     }
 }

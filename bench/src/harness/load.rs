@@ -70,30 +70,62 @@ fn clock_ticks_per_second() -> f64 {
     })
 }
 
-/// CPU used by the broker and by this load generator over a window, in
-/// cores (CPU seconds per wall second).
-#[derive(Debug, Clone, Copy)]
+/// Bytes received on the loopback interface so far (/proc/net/dev; every
+/// byte sent over loopback is received once on `lo`).
+pub fn loopback_bytes() -> u64 {
+    let Ok(dev) = std::fs::read_to_string("/proc/net/dev") else { return 0 };
+    dev.lines()
+        .find_map(|line| line.trim_start().strip_prefix("lo:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|rx| rx.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU used by each broker and by this load generator over a window, in
+/// cores (CPU seconds per wall second), and the loopback traffic.
+#[derive(Debug, Clone)]
 pub struct CpuWindow {
-    broker_pid: u32,
-    broker_s: f64,
+    broker_pids: Vec<u32>,
+    broker_s: Vec<f64>,
     loadgen_s: f64,
+    loopback_bytes: u64,
     at: Instant,
 }
 
+/// What a `CpuWindow` saw.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Per broker, in the order of the pids given.
+    pub broker_cores: Vec<f64>,
+    pub loadgen_cores: f64,
+    /// Bytes per second over loopback (all traffic on the machine's `lo`).
+    pub loopback_mb_s: f64,
+}
+
 impl CpuWindow {
-    pub fn start(broker_pid: u32) -> Self {
+    pub fn start(broker_pids: &[u32]) -> Self {
         CpuWindow {
-            broker_pid,
-            broker_s: cpu_seconds(Some(broker_pid)),
+            broker_pids: broker_pids.to_vec(),
+            broker_s: broker_pids.iter().map(|&pid| cpu_seconds(Some(pid))).collect(),
             loadgen_s: cpu_seconds(None),
+            loopback_bytes: loopback_bytes(),
             at: Instant::now(),
         }
     }
 
-    /// (broker cores, load generator cores) since `start`.
-    pub fn cores(&self) -> (f64, f64) {
+    /// What was used since `start`.
+    pub fn usage(&self) -> Usage {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
-        ((cpu_seconds(Some(self.broker_pid)) - self.broker_s) / wall, (cpu_seconds(None) - self.loadgen_s) / wall)
+        Usage {
+            broker_cores: self
+                .broker_pids
+                .iter()
+                .zip(&self.broker_s)
+                .map(|(&pid, &before)| (cpu_seconds(Some(pid)) - before) / wall)
+                .collect(),
+            loadgen_cores: (cpu_seconds(None) - self.loadgen_s) / wall,
+            loopback_mb_s: loopback_bytes().saturating_sub(self.loopback_bytes) as f64 / 1e6 / wall,
+        }
     }
 }
 
@@ -113,10 +145,11 @@ pub struct Measured {
     pub produce_latency: Option<Histogram<u64>>,
     /// (second since the start of the measured window, MB/s) per second.
     pub series_mb_s: Vec<f64>,
-    /// Cores used over the measured window by the broker and the load
-    /// generator.
-    pub broker_cores: f64,
-    pub loadgen_cores: f64,
+    /// Cores used over the measured window by each broker and the load
+    /// generator, and loopback traffic.
+    pub usage: Usage,
+    /// Replicated topics: what the ISR did.
+    pub isr: Option<super::IsrSeen>,
 }
 
 impl Measured {

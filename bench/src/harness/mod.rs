@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use spate_client::{Acks, Admin, Client, ClientConfig, Compression, TopicPartition};
 
-use broker::BrokerProcess;
 pub use broker::BrokerSettings;
+use broker::Cluster;
 use load::{ConsumeLoad, Counters, ProduceLoad};
 
 #[derive(Debug, clap::Subcommand)]
@@ -36,11 +36,21 @@ pub enum BenchCommand {
     /// Run one workload described by flags.
     Run {
         #[command(flatten)]
-        workload: Workload,
+        workload: Box<Workload>,
         #[arg(long, default_value = "perf-reports")]
         out: PathBuf,
+        /// Shards per broker.
         #[arg(long, default_value_t = 1)]
         shards: usize,
+        /// Brokers in the cluster (more than one: each a controller voter).
+        /// Not `--brokers`: that is the CLI's global bootstrap list.
+        #[arg(long, default_value_t = 1)]
+        broker_count: usize,
+        /// Cores of one broker's process (taskset -c), e.g. 0 or 0,1; once
+        /// per broker, node 1 first. Absent: one broker pins its shards to
+        /// cores 0..shards, several are not pinned.
+        #[arg(long = "broker-cpus", value_delimiter = ';')]
+        broker_cpus: Vec<String>,
     },
 }
 
@@ -106,6 +116,12 @@ pub struct Workload {
     pub rate_fraction: Option<f64>,
     #[arg(long)]
     pub rate_of: Option<String>,
+    /// Replicas of each partition (at most the suite's brokers).
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: usize,
+    /// The topic's min.insync.replicas; absent: the broker's default.
+    #[arg(long)]
+    pub min_insync_replicas: Option<usize>,
 }
 
 impl Default for Workload {
@@ -128,6 +144,8 @@ impl Default for Workload {
             rate_mb_s: None,
             rate_fraction: None,
             rate_of: None,
+            replication_factor: 1,
+            min_insync_replicas: None,
         }
     }
 }
@@ -158,8 +176,14 @@ impl Workload {
             .with_context(|| format!("compression {:?}: expected none, gzip, snappy, lz4 or zstd", self.compression))
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    fn check(&self, brokers: usize) -> anyhow::Result<()> {
         self.acks()?;
+        if self.replication_factor == 0 || self.replication_factor > brokers {
+            bail!("{}: replication_factor {} needs 1..={brokers} (the brokers)", self.name, self.replication_factor);
+        }
+        if self.min_insync_replicas.is_some_and(|min| min == 0 || min > self.replication_factor) {
+            bail!("{}: min_insync_replicas must be in 1..=replication_factor", self.name);
+        }
         self.flush_ms()?;
         self.codec()?;
         if self.partitions == 0 || self.producers == 0 || self.consumers == 0 || self.in_flight == 0 {
@@ -230,9 +254,16 @@ pub struct WorkloadResult {
     /// the same run, to split the end-to-end figure.
     pub produce_latency_us: Option<Latency>,
     pub series_mb_s: Vec<f64>,
-    /// Cores the broker and the load generator used while measuring.
+    /// Cores the brokers (all together) and the load generator used while
+    /// measuring.
     pub broker_cores: f64,
     pub loadgen_cores: f64,
+    /// Cores each broker process used (node 1 first).
+    pub broker_cores_each: Vec<f64>,
+    /// Traffic over loopback while measuring (the whole machine's `lo`).
+    pub loopback_mb_s: f64,
+    /// Replicated topics: what the ISR did during the workload.
+    pub isr: Option<IsrSeen>,
     /// (quantile, µs) for the distribution plot.
     pub distribution_us: Vec<(f64, u64)>,
     pub target_rate_mb_s: Option<f64>,
@@ -297,18 +328,21 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             }
             (suite, out)
         }
-        BenchCommand::Run { workload, out, shards } => {
+        BenchCommand::Run { workload, out, shards, broker_count: brokers, broker_cpus } => {
+            let cpus = broker_cpus.iter().map(|list| parse_cpus(list)).collect::<anyhow::Result<Vec<_>>>()?;
+            let pin = brokers == 1 && cpus.is_empty();
             let suite = Suite {
                 name: workload.name.clone(),
-                broker: BrokerSettings { shards, ..Default::default() },
-                workloads: vec![workload],
+                broker: BrokerSettings { shards, brokers, pin, cpus, ..Default::default() },
+                workloads: vec![*workload],
                 ..Default::default()
             };
             (suite, out)
         }
     };
+    suite.broker.check()?;
     for workload in &suite.workloads {
-        workload.check()?;
+        workload.check(suite.broker.brokers)?;
     }
     let machine =
         crate::report::Machine::detect(&suite.broker.data_dir.parent().map_or(PathBuf::from("."), PathBuf::from));
@@ -338,7 +372,15 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             result.latency_us.max,
             result.latency_of
         );
-        eprintln!("  cores used: broker {:.2}, load generator {:.2}", result.broker_cores, result.loadgen_cores);
+        eprintln!(
+            "  cores used: broker {}, load generator {:.2}; loopback {:.0} MB/s",
+            cores_text(&result.broker_cores_each),
+            result.loadgen_cores,
+            result.loopback_mb_s
+        );
+        if let Some(isr) = &result.isr {
+            eprintln!("  {}", isr.summary());
+        }
         if let Some(produce) = &result.produce_latency_us {
             eprintln!("  of which producing: p50 {} µs p99 {} µs p99.9 {} µs", produce.p50, produce.p99, produce.p99_9);
         }
@@ -366,6 +408,32 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         eprintln!("wrote {path}");
     }
     Ok(())
+}
+
+/// A core list: "0", "0,1", "0-3" or a mix.
+fn parse_cpus(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let parse = |n: &str| n.trim().parse::<usize>().with_context(|| format!("core list {list:?}"));
+        match part.split_once('-') {
+            Some((first, last)) => cpus.extend(parse(first)?..=parse(last)?),
+            None => cpus.push(parse(part)?),
+        }
+    }
+    if cpus.is_empty() {
+        bail!("core list {list:?} is empty");
+    }
+    Ok(cpus)
+}
+
+/// Cores per broker, as "0.61" for one and "0.61+0.55+0.40 = 1.56" for
+/// several.
+pub(crate) fn cores_text(each: &[f64]) -> String {
+    let parts: Vec<String> = each.iter().map(|cores| format!("{cores:.2}")).collect();
+    if each.len() <= 1 {
+        return parts.join("");
+    }
+    format!("{} = {:.2}", parts.join("+"), each.iter().sum::<f64>())
 }
 
 fn target_rate(workload: &Workload, results: &[WorkloadResult]) -> anyhow::Result<Option<f64>> {
@@ -397,9 +465,9 @@ fn loadgen_runtime(settings: &LoadSettings) -> anyhow::Result<tokio::runtime::Ru
         .context("starting the load generator's runtime")
 }
 
-async fn connect(broker: &BrokerProcess) -> anyhow::Result<Client> {
+async fn connect(cluster: &Cluster) -> anyhow::Result<Client> {
     let config = ClientConfig {
-        bootstrap: vec![broker.addr()],
+        bootstrap: cluster.bootstrap(),
         client_id: "spate-bench".into(),
         frame_bytes_max: 128 << 20,
         ..Default::default()
@@ -409,12 +477,140 @@ async fn connect(broker: &BrokerProcess) -> anyhow::Result<Client> {
 
 async fn create_topic(client: &Client, workload: &Workload) -> anyhow::Result<String> {
     let topic = format!("bench-{}", workload.name);
-    let configs = vec![("flush.ms".to_string(), workload.flush_ms()?), ("retention.ms".into(), "-1".into())];
+    let mut configs = vec![("flush.ms".to_string(), workload.flush_ms()?), ("retention.ms".into(), "-1".into())];
+    if let Some(min) = workload.min_insync_replicas {
+        configs.push(("min.insync.replicas".into(), min.to_string()));
+    }
+    let replication_factor = i16::try_from(workload.replication_factor).context("replication_factor")?;
     Admin::new(client.clone())
-        .create_topic(&topic, workload.partitions as i32, 1, &configs)
+        .create_topic(&topic, workload.partitions as i32, replication_factor, &configs)
         .await
         .with_context(|| format!("creating {topic}"))?;
     Ok(topic)
+}
+
+/// How long a new topic may take to have a leader and a full ISR for
+/// every partition.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until every partition of `topic` has a leader and all its
+/// replicas in sync, so a workload starts from a healthy cluster.
+async fn wait_until_in_sync(client: &Client, workload: &Workload, topic: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+    loop {
+        let metadata = client.metadata(Some(&[topic.to_string()])).await;
+        let ready = metadata.as_ref().ok().and_then(|m| m.topics.iter().find(|t| t.name == topic)).is_some_and(|t| {
+            t.partitions.len() == workload.partitions
+                && t.partitions.iter().all(|p| p.leader > 0 && p.isr.len() == workload.replication_factor)
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{topic}: no leader or full ISR for every partition within {TOPIC_READY_TIMEOUT:?}: {metadata:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How often the ISR watcher describes a replicated topic.
+const ISR_SAMPLE: Duration = Duration::from_millis(500);
+
+/// What the ISR of a replicated topic did during a workload (warm-up
+/// included), from DescribeTopics every `ISR_SAMPLE`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IsrSeen {
+    pub replication_factor: usize,
+    pub samples: u64,
+    /// The smallest ISR any partition had at a sample.
+    pub isr_min: usize,
+    /// Times a partition's ISR was smaller than at its previous sample.
+    pub shrinks_seen: u64,
+    /// Leader and ISR changes: the growth of the partitions' epochs (the
+    /// controller bumps one at every change), so changes between samples
+    /// count too.
+    pub partition_epoch_changes: i64,
+    /// Leader changes: the growth of the leader epochs.
+    pub leader_changes: i64,
+    /// Each partition at the last sample (right after the measured window).
+    pub end: Vec<PartitionEnd>,
+    pub describe_errors: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionEnd {
+    pub partition: i32,
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// Log end minus high watermark: records not yet on every in-sync
+    /// replica when sampled.
+    pub unreplicated: i64,
+}
+
+impl IsrSeen {
+    pub fn summary(&self) -> String {
+        let end: Vec<String> = self
+            .end
+            .iter()
+            .map(|p| format!("p{} leader {} isr {:?} of {:?}", p.partition, p.leader, p.isr, p.replicas))
+            .collect();
+        format!(
+            "ISR (replication factor {}): smallest {} over {} samples, {} shrink(s) seen, {} leader/ISR change(s), {} leader change(s), {} describe error(s); at the end: {}",
+            self.replication_factor,
+            self.isr_min,
+            self.samples,
+            self.shrinks_seen,
+            self.partition_epoch_changes,
+            self.leader_changes,
+            self.describe_errors,
+            end.join("; ")
+        )
+    }
+}
+
+async fn watch_isr(client: Client, topic: String, replication_factor: usize, stop: Arc<AtomicBool>) -> IsrSeen {
+    use std::collections::BTreeMap;
+    let admin = Admin::new(client);
+    let names = [topic];
+    let mut seen = IsrSeen { replication_factor, isr_min: replication_factor, ..Default::default() };
+    // Per partition: (partition epoch, leader epoch) at the first sample,
+    // and the ISR size at the previous one.
+    let mut first: BTreeMap<i32, (i32, i32)> = BTreeMap::new();
+    let mut last_isr: BTreeMap<i32, usize> = BTreeMap::new();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        match admin.describe_topics(Some(&names)).await {
+            Ok(topics) => {
+                let partitions = topics.into_iter().flat_map(|t| t.partitions).collect::<Vec<_>>();
+                seen.samples += 1;
+                (seen.partition_epoch_changes, seen.leader_changes) = (0, 0);
+                seen.end.clear();
+                for p in partitions {
+                    seen.isr_min = seen.isr_min.min(p.isr.len());
+                    if last_isr.insert(p.partition, p.isr.len()).is_some_and(|before| p.isr.len() < before) {
+                        seen.shrinks_seen += 1;
+                    }
+                    let (partition_epoch, leader_epoch) =
+                        *first.entry(p.partition).or_insert((p.partition_epoch, p.leader_epoch));
+                    seen.partition_epoch_changes += i64::from(p.partition_epoch - partition_epoch);
+                    seen.leader_changes += i64::from(p.leader_epoch - leader_epoch);
+                    seen.end.push(PartitionEnd {
+                        partition: p.partition,
+                        leader: p.leader,
+                        replicas: p.replicas,
+                        isr: p.isr,
+                        unreplicated: p.log_end_offset - p.high_watermark,
+                    });
+                }
+            }
+            Err(_) => seen.describe_errors += 1,
+        }
+        if stopping {
+            return seen;
+        }
+        tokio::time::sleep(ISR_SAMPLE).await;
+    }
 }
 
 fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp: bool) -> anyhow::Result<ProduceLoad> {
@@ -433,8 +629,9 @@ fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp:
 }
 
 /// Runs `produce` for warm-up plus duration; measures the duration only.
+/// With more than one replica, the ISR is watched all along.
 async fn timed_produce(
-    broker_pid: u32,
+    broker_pids: &[u32],
     client: &Client,
     load: ProduceLoad,
     workload: &Workload,
@@ -446,6 +643,9 @@ async fn timed_produce(
     let stop = Arc::new(AtomicBool::new(false));
     let shown = if consume.is_some() { consumed.clone() } else { counters.clone() };
     let sampler = tokio::spawn(load::sample(workload.name.clone(), shown, measuring.clone(), stop.clone()));
+    let watching = (workload.replication_factor > 1).then(|| {
+        tokio::spawn(watch_isr(client.clone(), load.topic.clone(), workload.replication_factor, stop.clone()))
+    });
     let producing =
         tokio::spawn(load::produce(client.clone(), load, counters.clone(), measuring.clone(), stop.clone()));
     let consuming = consume.map(|consume| {
@@ -454,10 +654,10 @@ async fn timed_produce(
     tokio::time::sleep(Duration::from_secs_f64(workload.warmup_s)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let cpu = load::CpuWindow::start(broker_pid);
+    let cpu = load::CpuWindow::start(broker_pids);
     tokio::time::sleep(Duration::from_secs_f64(workload.duration_s)).await;
     measuring.store(false, Ordering::Relaxed);
-    let (broker_cores, loadgen_cores) = cpu.cores();
+    let usage = cpu.usage();
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let produce_latency = producing.await.context("producers")??;
@@ -467,6 +667,10 @@ async fn timed_produce(
         None => (produce_latency, None, counters),
     };
     let series_mb_s = sampler.await.context("sampler")?;
+    let isr = match watching {
+        Some(watching) => Some(watching.await.context("ISR watcher")?),
+        None => None,
+    };
     Ok(load::Measured {
         bytes: counted.bytes.load(Ordering::Relaxed),
         written_bytes,
@@ -477,8 +681,8 @@ async fn timed_produce(
         latency,
         produce_latency,
         series_mb_s,
-        broker_cores,
-        loadgen_cores,
+        usage,
+        isr,
     })
 }
 
@@ -514,7 +718,7 @@ async fn fill(client: &Client, workload: &Workload, topic: &str) -> anyhow::Resu
 }
 
 async fn timed_consume(
-    broker_pid: u32,
+    broker_pids: &[u32],
     client: &Client,
     workload: &Workload,
     topic: &str,
@@ -534,9 +738,9 @@ async fn timed_consume(
         end_to_end: false,
     };
     let started = Instant::now();
-    let cpu = load::CpuWindow::start(broker_pid);
+    let cpu = load::CpuWindow::start(broker_pids);
     let latency = load::consume(client.clone(), consume, counters.clone(), measuring.clone(), stop.clone()).await?;
-    let (broker_cores, loadgen_cores) = cpu.cores();
+    let usage = cpu.usage();
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let series_mb_s = sampler.await.context("sampler")?;
@@ -550,8 +754,8 @@ async fn timed_consume(
         latency,
         produce_latency: None,
         series_mb_s,
-        broker_cores,
-        loadgen_cores,
+        usage,
+        isr: None,
     })
 }
 
@@ -567,17 +771,21 @@ async fn run_workload(
         (effective.producers, effective.in_flight) = (1, 1);
     }
     let workload = &effective;
-    let mut broker = BrokerProcess::start_fresh(settings)?;
-    let client = connect(&broker).await?;
+    let mut cluster = Cluster::start_fresh(settings)?;
+    let client = connect(&cluster).await?;
     let topic = create_topic(&client, workload).await?;
+    if settings.brokers > 1 {
+        wait_until_in_sync(&client, workload, &topic).await?;
+    }
+    let pids = cluster.pids();
     let (measured, latency_of) = match workload.kind {
         Kind::Produce => {
             let load = produce_load(workload, &topic, target_mb_s, false)?;
-            (timed_produce(broker.pid(), &client, load, workload, None).await?, "produce request, send slot to ack")
+            (timed_produce(&pids, &client, load, workload, None).await?, "produce request, send slot to ack")
         }
         Kind::RoundTrip => {
             let load = produce_load(workload, &topic, target_mb_s, false)?;
-            (timed_produce(broker.pid(), &client, load, workload, None).await?, "produce request round trip")
+            (timed_produce(&pids, &client, load, workload, None).await?, "produce request round trip")
         }
         Kind::EndToEnd => {
             let load = produce_load(workload, &topic, target_mb_s, true)?;
@@ -590,24 +798,24 @@ async fn run_workload(
                 end_offsets: None,
                 end_to_end: true,
             };
-            (
-                timed_produce(broker.pid(), &client, load, workload, Some(consume)).await?,
-                "send slot to consumption, per batch",
-            )
+            (timed_produce(&pids, &client, load, workload, Some(consume)).await?, "send slot to consumption, per batch")
         }
         Kind::ConsumeTail => {
             let ends = fill(&client, workload, &topic).await?;
-            (timed_consume(broker.pid(), &client, workload, &topic, ends).await?, "fetch request round trip")
+            (timed_consume(&pids, &client, workload, &topic, ends).await?, "fetch request round trip")
         }
         Kind::ConsumeDisk => {
             let ends = fill(&client, workload, &topic).await?;
             drop(client);
-            broker = broker.restart()?;
-            let client = connect(&broker).await?;
-            (timed_consume(broker.pid(), &client, workload, &topic, ends).await?, "fetch request round trip")
+            cluster = cluster.restart()?;
+            let client = connect(&cluster).await?;
+            if settings.brokers > 1 {
+                wait_until_in_sync(&client, workload, &topic).await?;
+            }
+            (timed_consume(&cluster.pids(), &client, workload, &topic, ends).await?, "fetch request round trip")
         }
     };
-    broker.stop()?;
+    cluster.stop()?;
     let (latency_us, distribution_us) = summarize(&measured.latency);
     Ok(WorkloadResult {
         workload: workload.clone(),
@@ -621,8 +829,11 @@ async fn run_workload(
         latency_of,
         produce_latency_us: measured.produce_latency.as_ref().map(|h| summarize(h).0),
         series_mb_s: measured.series_mb_s,
-        broker_cores: measured.broker_cores,
-        loadgen_cores: measured.loadgen_cores,
+        broker_cores: measured.usage.broker_cores.iter().sum(),
+        loadgen_cores: measured.usage.loadgen_cores,
+        broker_cores_each: measured.usage.broker_cores,
+        loopback_mb_s: measured.usage.loopback_mb_s,
+        isr: measured.isr,
         distribution_us,
         target_rate_mb_s: target_mb_s,
         written_bytes: measured.written_bytes,
@@ -630,4 +841,68 @@ async fn run_workload(
         paired_disk_write_mb_s: None,
         paired_disk_write_sync_mb_s: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn suite(path: &str) -> Suite {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        toml::from_str(&std::fs::read_to_string(&file).expect("suite file")).expect("a valid suite")
+    }
+
+    #[test]
+    fn every_suite_file_parses_and_passes_its_checks() {
+        for path in ["suites/standard.toml", "suites/replication.toml"] {
+            let suite = suite(path);
+            suite.broker.check().expect(path);
+            for workload in &suite.workloads {
+                workload.check(suite.broker.brokers).expect(path);
+            }
+        }
+        let replication = suite("suites/replication.toml");
+        assert_eq!(replication.broker.brokers, 3);
+        let factors: Vec<usize> = replication.workloads.iter().map(|w| w.replication_factor).collect();
+        assert!(factors.contains(&1) && factors.contains(&3), "{factors:?}");
+    }
+
+    #[test]
+    fn one_broker_is_the_default_and_replication_defaults_to_one_replica() {
+        let standard = suite("suites/standard.toml");
+        assert_eq!((standard.broker.brokers, standard.broker.cpus.len()), (1, 0));
+        assert_eq!(standard.broker.placement(), "pinned to [0]");
+        assert!(standard.workloads.iter().all(|w| w.replication_factor == 1 && w.min_insync_replicas.is_none()));
+    }
+
+    #[test]
+    fn a_cluster_needs_a_placement_and_a_replica_per_broker_at_most() {
+        let pinned = BrokerSettings { brokers: 3, ..Default::default() };
+        assert!(pinned.check().is_err(), "three brokers all pinned to core 0");
+        let unpinned = BrokerSettings { brokers: 3, pin: false, ..Default::default() };
+        unpinned.check().expect("not pinned");
+        assert_eq!(unpinned.placement(), "not pinned");
+        let placed = BrokerSettings { brokers: 3, cpus: vec![vec![0], vec![1], vec![0, 1]], ..Default::default() };
+        placed.check().expect("placed");
+        assert!(
+            placed.placement().starts_with("broker 1 on cores [0], broker 2 on cores [1], broker 3 on cores [0, 1]")
+        );
+        let short = BrokerSettings { brokers: 3, cpus: vec![vec![0]], ..Default::default() };
+        assert!(short.check().is_err(), "one core set for three brokers");
+        let workload = Workload { replication_factor: 3, ..Default::default() };
+        assert!(workload.check(1).is_err());
+        workload.check(3).expect("three replicas on three brokers");
+        let too_many = Workload { replication_factor: 3, min_insync_replicas: Some(4), ..Default::default() };
+        assert!(too_many.check(3).is_err());
+    }
+
+    #[test]
+    fn core_lists_and_per_broker_cores_read_as_written() {
+        assert_eq!(parse_cpus("0").expect("one"), vec![0]);
+        assert_eq!(parse_cpus("0,1").expect("two"), vec![0, 1]);
+        assert_eq!(parse_cpus("0-2,5").expect("range"), vec![0, 1, 2, 5]);
+        assert!(parse_cpus("").is_err() && parse_cpus("a").is_err());
+        assert_eq!(cores_text(&[0.5]), "0.50");
+        assert_eq!(cores_text(&[0.5, 0.25, 0.25]), "0.50+0.25+0.25 = 1.00");
+    }
 }

@@ -44,7 +44,8 @@ pub struct Report {
     pub started_utc: String,
     pub machine: Machine,
     pub broker: super::BrokerSettings,
-    /// Cores: the broker's shards are pinned to 0..shards when `pin`.
+    /// Cores: the broker's shards are pinned to 0..shards when `pin`;
+    /// each broker's process confined to its `cpus` when given.
     pub broker_cores: String,
     pub loadgen_cores: String,
     pub limits: Limits,
@@ -62,11 +63,7 @@ fn output(program: &str, args: &[&str]) -> String {
 
 impl Report {
     pub fn new(suite: &Suite, machine: Machine, limits: Limits, results: Vec<WorkloadResult>) -> Self {
-        let broker_cores = if suite.broker.pin {
-            format!("pinned to {:?}", (0..suite.broker.shards).collect::<Vec<_>>())
-        } else {
-            "not pinned".into()
-        };
+        let broker_cores = suite.broker.placement();
         Report {
             suite: suite.name.clone(),
             git_commit: output("git", &["rev-parse", "--short=12", "HEAD"]),
@@ -115,14 +112,26 @@ impl Report {
             "- machine: {} cores, {}, kernel {}, disk {} ({})",
             m.cores, m.cpu, m.kernel, m.disk, m.filesystem
         );
-        let _ = writeln!(
-            md,
-            "- broker: {} shard(s) {}, tail cache {} MiB/shard; load generator {}",
-            self.broker.shards,
-            self.broker_cores,
-            self.broker.tail_cache_bytes >> 20,
-            self.loadgen_cores
-        );
+        if self.broker.brokers == 1 {
+            let _ = writeln!(
+                md,
+                "- broker: {} shard(s) {}, tail cache {} MiB/shard; load generator {}",
+                self.broker.shards,
+                self.broker_cores,
+                self.broker.tail_cache_bytes >> 20,
+                self.loadgen_cores
+            );
+        } else {
+            let _ = writeln!(
+                md,
+                "- brokers: {} (each a controller voter, one machine, one disk, loopback), {} shard(s) each, {}, tail cache {} MiB/shard; load generator {}",
+                self.broker.brokers,
+                self.broker.shards,
+                self.broker_cores,
+                self.broker.tail_cache_bytes >> 20,
+                self.loadgen_cores
+            );
+        }
         let l = &self.limits;
         let _ = writeln!(
             md,
@@ -145,7 +154,7 @@ impl Report {
             let l = &r.latency_us;
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.2} / {:.2} | {} |",
+                "| {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} / {:.2} | {} |",
                 r.workload.name,
                 r.mb_per_s,
                 r.records_per_s,
@@ -156,7 +165,7 @@ impl Report {
                 ms(l.p99_99),
                 ms(l.max),
                 self.ratios(r),
-                r.broker_cores,
+                super::cores_text(&r.broker_cores_each),
                 r.loadgen_cores,
                 r.errors
             );
@@ -184,7 +193,7 @@ impl Report {
             let w = &r.workload;
             let _ = writeln!(
                 md,
-                "- **{}** ({:?}): {} B x {} per batch, {} producer(s) x {} in flight, {} consumer(s), {} partition(s), acks {}, durability {}, compression {}, warm-up {} s, duration {} s{}; latency is {}; {} samples",
+                "- **{}** ({:?}): {} B x {} per batch, {} producer(s) x {} in flight, {} consumer(s), {} partition(s){}, acks {}, durability {}, compression {}, warm-up {} s, duration {} s{}; latency is {}; {} samples",
                 w.name,
                 w.kind,
                 w.message_bytes,
@@ -193,6 +202,7 @@ impl Report {
                 w.in_flight,
                 w.consumers,
                 w.partitions,
+                replication_text(w),
                 w.acks,
                 w.durability,
                 compression_text(w),
@@ -212,6 +222,18 @@ impl Report {
                     r.paired_disk_write_sync_mb_s
                         .map_or(String::new(), |sync| format!(", with fdatasync every 4 MiB {sync:.0} MB/s"))
                 );
+            }
+            if self.broker.brokers > 1 {
+                let _ = writeln!(
+                    md,
+                    "  - cores per broker (node 1 first): {}; loopback {:.0} MB/s ({:.2}x the workload's MB/s)",
+                    super::cores_text(&r.broker_cores_each),
+                    r.loopback_mb_s,
+                    r.loopback_mb_s / r.mb_per_s.max(1e-9)
+                );
+            }
+            if let Some(isr) = &r.isr {
+                let _ = writeln!(md, "  - {}", isr.summary());
             }
             if let Some(p) = &r.produce_latency_us {
                 let ms = |us: u64| us as f64 / 1000.0;
@@ -307,6 +329,19 @@ fn plot_distribution(path: &Path, name: &str, distribution: &[(f64, u64)]) -> an
     chart.draw_series(LineSeries::new(points, &RED)).map_err(|e| anyhow::anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// ", replication factor 3, min.insync.replicas 2" (nothing for one
+/// replica with the default minimum, as before replication).
+fn replication_text(w: &super::Workload) -> String {
+    let mut text = String::new();
+    if w.replication_factor > 1 || w.min_insync_replicas.is_some() {
+        let _ = write!(text, ", replication factor {}", w.replication_factor);
+    }
+    if let Some(min) = w.min_insync_replicas {
+        let _ = write!(text, ", min.insync.replicas {min}");
+    }
+    text
 }
 
 /// A workload's codec, with how many times smaller it makes its batches.
