@@ -48,3 +48,6 @@ pub const GROUP_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// `__consumer_offsets` with fewer replicas than there are voters (up to
 /// three).
 pub const OFFSETS_TOPIC_BROKERS_WAIT_MS: u64 = 30_000;
+/// A leader whose ISR change the controller refused waits this long (or
+/// for new metadata) before asking again.
+pub const ISR_CHANGE_RETRY_MS: u64 = 500;

@@ -27,6 +27,7 @@ use futures::channel::oneshot;
 use spate_flatbuf::proto::ErrorCode;
 
 use crate::catalog::{PartitionAssignment, TopicMeta};
+use crate::limits::ISR_CHANGE_RETRY_MS;
 use crate::shard::{Log, Shared};
 
 /// What this replica is for its partition, from the latest metadata.
@@ -61,10 +62,21 @@ struct State {
     followers: HashMap<i32, Progress>,
     /// An AlterPartition is on its way to the controller; one at a time.
     isr_change_in_flight: bool,
+    /// After a refused ISR change, none is asked for again before this
+    /// (or before new metadata for the partition arrives): a leader whose
+    /// view is stale would otherwise ask on every follower fetch.
+    isr_change_retry_after: Option<Instant>,
     /// Dropping it stops the follower's fetcher.
     fetcher_stop: Option<oneshot::Sender<()>>,
     /// Tasks waiting for a role or ISR change (acks=all produces).
     wakers: Vec<Waker>,
+}
+
+impl State {
+    /// One ISR change at a time, and none right after a refusal.
+    fn may_ask_isr_change(&self, now: Instant) -> bool {
+        !self.isr_change_in_flight && self.isr_change_retry_after.is_none_or(|after| now >= after)
+    }
 }
 
 /// Why a partition request cannot be served by this replica.
@@ -92,6 +104,7 @@ impl Replica {
                 role: Role::None,
                 followers: HashMap::new(),
                 isr_change_in_flight: false,
+                isr_change_retry_after: None,
                 fetcher_stop: None,
                 wakers: Vec::new(),
             }),
@@ -240,7 +253,7 @@ impl Replica {
     fn maybe_expand_isr(&self, shared: &Arc<Shared>, replica: &Rc<Self>, follower: i32, offset: i64) {
         let request = {
             let state = self.state.borrow();
-            if state.isr_change_in_flight || state.assignment.isr.contains(&follower) {
+            if !state.may_ask_isr_change(Instant::now()) || state.assignment.isr.contains(&follower) {
                 return;
             }
             let epoch_start = self
@@ -268,7 +281,7 @@ impl Replica {
         let now = Instant::now();
         let request = {
             let state = self.state.borrow();
-            if state.role != Role::Leader || state.isr_change_in_flight {
+            if state.role != Role::Leader || !state.may_ask_isr_change(now) {
                 return;
             }
             let log_end = self.log.log_end_offset();
@@ -309,7 +322,11 @@ impl Replica {
             replica.state.borrow_mut().isr_change_in_flight = false;
             match result {
                 Ok(assignment) => replica.apply_isr(assignment),
-                Err(err) => tracing::warn!(partition = replica.partition, "ISR change refused: {err}"),
+                Err(err) => {
+                    tracing::warn!(partition = replica.partition, "ISR change refused: {err}");
+                    let retry = Instant::now() + Duration::from_millis(ISR_CHANGE_RETRY_MS);
+                    replica.state.borrow_mut().isr_change_retry_after = Some(retry);
+                }
             }
         })
         .detach();
@@ -352,6 +369,10 @@ impl Replica {
                 Role::None
             };
             let role_changed = role != state.role || !same_epoch;
+            if assignment != state.assignment {
+                // News from the controller: an ISR change may be due again.
+                state.isr_change_retry_after = None;
+            }
             state.assignment = assignment;
             if !role_changed {
                 (false, false)
