@@ -256,6 +256,11 @@ impl Replica {
             if !state.may_ask_isr_change(Instant::now()) || state.assignment.isr.contains(&follower) {
                 return;
             }
+            // KIP-841: a fenced broker (the controller lost its heartbeats)
+            // may fetch but may not join; the controller would refuse.
+            if shared.catalog.load().brokers.get(&follower).is_none_or(|broker| broker.fenced) {
+                return;
+            }
             let epoch_start = self
                 .log
                 .leader_epochs()
