@@ -13,74 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::cluster::*;
 use common::*;
 use spate_client::*;
 
 const TOPIC: &str = "replicated";
-/// Short enough for quick failovers, long enough that a busy CI machine
-/// does not fence live brokers.
-const FLAGS_TIMING: [&str; 6] = [
-    "--broker-session-timeout-ms",
-    "2500",
-    "--broker-heartbeat-interval-ms",
-    "250",
-    "--replica-lag-time-max-ms",
-    "2500",
-];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Cluster {
-    brokers: Vec<Broker>,
-    flags: Vec<Vec<String>>,
-}
-
-impl Cluster {
-    /// Three brokers, each a controller voter, started at once (each waits
-    /// for a quorum to register).
-    fn start(name: &str) -> Cluster {
-        let controller_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let quorum: Vec<String> =
-            controller_ports.iter().enumerate().map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1)).collect();
-        let quorum = quorum.join(",");
-        let flags: Vec<Vec<String>> = (1..=3)
-            .map(|node| {
-                let mut flags =
-                    vec!["--node-id".to_string(), node.to_string(), "--controller-quorum".into(), quorum.clone()];
-                flags.extend(FLAGS_TIMING.iter().map(|s| s.to_string()));
-                flags
-            })
-            .collect();
-        let starting: Vec<_> = (0..3)
-            .map(|i| {
-                let dir = data_dir(&format!("{name}-{}", i + 1));
-                let flags = flags[i].clone();
-                std::thread::spawn(move || {
-                    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-                    Broker::start_with(&dir, 1, 0, &flags)
-                })
-            })
-            .collect();
-        let brokers = starting.into_iter().map(|t| t.join().expect("broker started")).collect();
-        Cluster { brokers, flags }
-    }
-
-    fn bootstrap(&self) -> Vec<String> {
-        self.brokers.iter().map(Broker::addr).collect()
-    }
-
-    /// kill -9, then start again on the same directory and port (as an
-    /// operator's restart would: clients keep their bootstrap addresses).
-    fn kill9_and_restart(&mut self, node: i32) {
-        let index = (node - 1) as usize;
-        let flags: Vec<&str> = self.flags[index].iter().map(String::as_str).collect();
-        let port = self.brokers[index].port;
-        self.brokers[index].kill9_and_restart_on(port, &flags);
-    }
-}
-
 fn client_config(bootstrap: Vec<String>) -> ClientConfig {
     ClientConfig { bootstrap, request_timeout_ms: 20_000, ..Default::default() }
 }
@@ -134,6 +71,11 @@ struct Workload {
 
 impl Workload {
     fn start(runtime: &tokio::runtime::Runtime, bootstrap: Vec<String>) -> Workload {
+        Workload::start_named(runtime, bootstrap, "value")
+    }
+
+    /// Values are `<prefix>-<n>`, so that several workloads stay apart.
+    fn start_named(runtime: &tokio::runtime::Runtime, bootstrap: Vec<String>, prefix: &'static str) -> Workload {
         let acked: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (acked_w, stop_w) = (acked.clone(), stop.clone());
@@ -146,7 +88,7 @@ impl Workload {
             .expect("producer");
             let mut i = 0usize;
             while !stop_w.load(Ordering::Relaxed) {
-                let value = format!("value-{i}");
+                let value = format!("{prefix}-{i}");
                 let Ok(delivery) = producer.send(ProducerRecord::new(TOPIC, value.clone())).await else { break };
                 let acked = acked_w.clone();
                 tokio::spawn(async move {
@@ -213,6 +155,81 @@ fn histories(
         }
     }
     histories
+}
+
+/// Every (leader epoch, leader) the metadata shows while it runs.
+struct LeaderWatch {
+    seen: Arc<Mutex<BTreeMap<i32, HashSet<i32>>>>,
+    watching: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaderWatch {
+    fn start(runtime: &tokio::runtime::Runtime, bootstrap: Vec<String>) -> LeaderWatch {
+        let seen: Arc<Mutex<BTreeMap<i32, HashSet<i32>>>> = Arc::default();
+        let watching = Arc::new(AtomicBool::new(true));
+        let (seen_w, watching_w) = (seen.clone(), watching.clone());
+        let task = runtime.spawn(async move {
+            let client = Client::connect(client_config(bootstrap)).await.expect("connect");
+            while watching_w.load(Ordering::Relaxed) {
+                if let Some(state) = partition_state(&client).await
+                    && state.leader > 0
+                {
+                    seen_w.lock().unwrap().entry(state.leader_epoch).or_default().insert(state.leader);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        LeaderWatch { seen, watching, task }
+    }
+
+    /// At least `epochs_min` epochs seen, each with exactly one leader.
+    fn check_one_leader_per_epoch(self, runtime: &tokio::runtime::Runtime, epochs_min: usize) {
+        self.watching.store(false, Ordering::Relaxed);
+        runtime.block_on(async {
+            let _ = self.task.await;
+        });
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        assert!(seen.len() >= epochs_min, "leaders of at least {epochs_min} epochs seen: {seen:?}");
+        assert!(seen.values().all(|leaders| leaders.len() == 1), "one leader per epoch: {seen:?}");
+    }
+}
+
+/// A TCP proxy to `upstream` that can be cut: while cut it closes what it
+/// carries and every connection it accepts (a network partition of the
+/// links that go through it).
+async fn cuttable_proxy(upstream: String, cut: Arc<AtomicBool>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let port = listener.local_addr().expect("proxy addr").port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            if cut.load(Ordering::Relaxed) {
+                continue; // dropped: closed at once
+            }
+            let (upstream, cut) = (upstream.clone(), cut.clone());
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut in_read, mut in_write) = inbound.into_split();
+                let (mut out_read, mut out_write) = outbound.into_split();
+                let forward = async {
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut in_read, &mut out_write) => {}
+                        _ = tokio::io::copy(&mut out_read, &mut in_write) => {}
+                    }
+                };
+                let watch = async {
+                    while !cut.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::select! {
+                    () = forward => {}
+                    () = watch => {}
+                }
+            });
+        }
+    });
+    port
 }
 
 /// Jepsen's queue checks on a single partition: offsets contiguous from 0,
@@ -318,23 +335,7 @@ fn a_paused_leader_is_replaced_and_nothing_acknowledged_is_lost_when_it_resumes(
     let runtime = runtime();
     let client = create_replicated(&runtime, &cluster);
     let workload = Workload::start(&runtime, cluster.bootstrap());
-    // Every (epoch, leader) the metadata ever shows.
-    let seen: Arc<Mutex<BTreeMap<i32, HashSet<i32>>>> = Arc::default();
-    let watching = Arc::new(AtomicBool::new(true));
-    let watcher = {
-        let (seen, watching, config) = (seen.clone(), watching.clone(), client_config(cluster.bootstrap()));
-        runtime.spawn(async move {
-            let client = Client::connect(config).await.expect("connect");
-            while watching.load(Ordering::Relaxed) {
-                if let Some(state) = partition_state(&client).await
-                    && state.leader > 0
-                {
-                    seen.lock().unwrap().entry(state.leader_epoch).or_default().insert(state.leader);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let watcher = LeaderWatch::start(&runtime, cluster.bootstrap());
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(1000));
         let state = runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
@@ -355,13 +356,7 @@ fn a_paused_leader_is_replaced_and_nothing_acknowledged_is_lost_when_it_resumes(
     }
     std::thread::sleep(Duration::from_millis(1500));
     let acked = workload.finish(&runtime);
-    watching.store(false, Ordering::Relaxed);
-    runtime.block_on(async {
-        let _ = watcher.await;
-    });
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(seen.len() >= 3, "leaders of at least three epochs seen: {seen:?}");
-    assert!(seen.values().all(|leaders| leaders.len() == 1), "one leader per epoch: {seen:?}");
+    watcher.check_one_leader_per_epoch(&runtime, 3);
     let histories = histories(&runtime, &mut cluster, &client, 1);
     check_history(&acked, &histories);
 }
@@ -469,4 +464,75 @@ fn an_isr_below_min_insync_replicas_refuses_acks_all_and_appends_nothing() {
         let meta = one.send(ProducerRecord::new(TOPIC, "acks=1")).await.unwrap().await.expect("acks=1 acknowledged");
         assert_eq!(meta.offset, end_before, "the refused record took no offset");
     });
+}
+
+/// A leader cut off from the controller quorum (a fault proxy on every
+/// controller link to and from it) keeps serving the clients that still
+/// reach it, but once the controller has replaced it its followers stop
+/// fetching from it, so it acknowledges nothing with acks=all that the
+/// cluster then loses; when the links heal it follows the new leader and
+/// drops its unacknowledged tail. One leader per epoch throughout.
+#[test]
+fn a_leader_cut_off_from_the_controller_acknowledges_nothing_that_is_lost() {
+    let runtime = runtime();
+    // Node i reaches node j's controller through proxy (i, j); a link is
+    // cut while either of its ends is.
+    let cuts: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let quorums = || {
+        let controller_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut quorums = Vec::new();
+        for from in 0..3 {
+            let mut entries = Vec::new();
+            for to in 0..3 {
+                let upstream = format!("127.0.0.1:{}", controller_ports[to]);
+                if from == to {
+                    entries.push(format!("{}@{upstream}", to + 1));
+                    continue;
+                }
+                let link = Arc::new(AtomicBool::new(false));
+                let (cut_from, cut_to, link_w) = (cuts[from].clone(), cuts[to].clone(), link.clone());
+                runtime.spawn(async move {
+                    loop {
+                        let cut = cut_from.load(Ordering::Relaxed) || cut_to.load(Ordering::Relaxed);
+                        link_w.store(cut, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                });
+                let port = runtime.block_on(cuttable_proxy(upstream, link));
+                entries.push(format!("{}@127.0.0.1:{port}", to + 1));
+            }
+            quorums.push(entries.join(","));
+        }
+        quorums
+    };
+    let mut cluster = Cluster::start_with_quorums("cluster-cut", quorums);
+    let client = create_replicated(&runtime, &cluster);
+    let watcher = LeaderWatch::start(&runtime, cluster.bootstrap());
+    let workload = Workload::start(&runtime, cluster.bootstrap());
+    std::thread::sleep(Duration::from_millis(1000));
+    let state = runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
+    let old_leader = state.leader;
+    // A producer that knows only the old leader keeps writing to it.
+    let stale = Workload::start_named(&runtime, vec![cluster.brokers[(old_leader - 1) as usize].addr()], "stale");
+    std::thread::sleep(Duration::from_millis(500));
+    cuts[(old_leader - 1) as usize].store(true, Ordering::Relaxed);
+    // The others replace it once its session ends.
+    let others: Vec<String> =
+        (1..=3).filter(|n| *n != old_leader).map(|n| cluster.brokers[(n - 1) as usize].addr()).collect();
+    let observer = runtime.block_on(Client::connect(client_config(others))).expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runtime.block_on(partition_state(&observer)).is_none_or(|now| now.leader_epoch == state.leader_epoch) {
+        assert!(Instant::now() < deadline, "no new leader while {old_leader} is cut off");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Both sides run on for a while, then the links heal.
+    std::thread::sleep(Duration::from_millis(2000));
+    cuts[(old_leader - 1) as usize].store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(2000));
+    let mut acked = workload.finish(&runtime);
+    let stale_acked = stale.finish(&runtime);
+    acked.extend(stale_acked);
+    watcher.check_one_leader_per_epoch(&runtime, 2);
+    let histories = histories(&runtime, &mut cluster, &client, 1);
+    check_history(&acked, &histories);
 }

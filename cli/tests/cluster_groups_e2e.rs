@@ -14,78 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::*;
 use spate_client::*;
 
 const TOPIC: &str = "events";
 const PARTITIONS: i32 = 3;
 const GROUP: &str = "survivors";
-const FLAGS_TIMING: [&str; 6] = [
-    "--broker-session-timeout-ms",
-    "1500",
-    "--broker-heartbeat-interval-ms",
-    "150",
-    "--replica-lag-time-max-ms",
-    "1500",
-];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Three `spate serve` processes, each a controller voter.
-struct Cluster {
-    brokers: Vec<Broker>,
-    flags: Vec<Vec<String>>,
-}
-
-impl Cluster {
-    /// Started at once: each waits for a quorum to register it, and the
-    /// offsets topic is created once all three have.
-    fn start(name: &str) -> Cluster {
-        let quorum: Vec<String> = (1..=3).map(|node| format!("{node}@127.0.0.1:{}", free_port())).collect();
-        let quorum = quorum.join(",");
-        let flags: Vec<Vec<String>> = (1..=3)
-            .map(|node| {
-                let mut flags =
-                    vec!["--node-id".to_string(), node.to_string(), "--controller-quorum".into(), quorum.clone()];
-                flags.extend(FLAGS_TIMING.iter().map(|s| s.to_string()));
-                flags
-            })
-            .collect();
-        let starting: Vec<_> = (0..3)
-            .map(|i| {
-                let dir = data_dir(&format!("{name}-{}", i + 1));
-                let flags = flags[i].clone();
-                std::thread::spawn(move || {
-                    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-                    Broker::start_with(&dir, 1, 0, &flags)
-                })
-            })
-            .collect();
-        let brokers = starting.into_iter().map(|t| t.join().expect("broker started")).collect();
-        Cluster { brokers, flags }
-    }
-
-    fn bootstrap(&self) -> Vec<String> {
-        self.brokers.iter().map(Broker::addr).collect()
-    }
-
-    fn kill9(&mut self, node: i32) {
-        let broker = &mut self.brokers[(node - 1) as usize];
-        broker.child.kill().unwrap();
-        let _ = broker.child.wait();
-    }
-
-    /// Starts a killed broker again on its data directory.
-    fn restart(&mut self, node: i32) {
-        let index = (node - 1) as usize;
-        let flags: Vec<&str> = self.flags[index].iter().map(String::as_str).collect();
-        let dir = self.brokers[index].data_dir.clone();
-        self.brokers[index] = Broker::start_with(&dir, 1, 0, &flags);
-    }
-}
-
 fn client_config(bootstrap: Vec<String>) -> ClientConfig {
     ClientConfig { bootstrap, request_timeout_ms: 20_000, ..Default::default() }
 }

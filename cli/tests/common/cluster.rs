@@ -1,0 +1,103 @@
+//! Three `spate serve` processes on loopback, each a controller voter,
+//! for the replication tests.
+
+use super::{Broker, data_dir};
+
+/// Short enough for quick failovers, long enough that a busy CI machine
+/// does not fence live brokers.
+pub const FLAGS_TIMING: [&str; 6] = [
+    "--broker-session-timeout-ms",
+    "2500",
+    "--broker-heartbeat-interval-ms",
+    "250",
+    "--replica-lag-time-max-ms",
+    "2500",
+];
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+pub struct Cluster {
+    pub brokers: Vec<Broker>,
+    pub flags: Vec<Vec<String>>,
+}
+
+impl Cluster {
+    /// Three brokers, each a controller voter, started at once (each waits
+    /// for a quorum to register).
+    pub fn start(name: &str) -> Cluster {
+        Cluster::start_with_quorums(name, || {
+            let controller_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let quorum: Vec<String> =
+                controller_ports.iter().enumerate().map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1)).collect();
+            vec![quorum.join(","); 3]
+        })
+    }
+
+    /// `quorums()[i]` is node i+1's --controller-quorum: the voters must
+    /// agree on ids, and each node binds its own entry, but a node may reach
+    /// the others through other addresses (a fault proxy). A free port
+    /// picked for a controller can be taken by another test's broker before
+    /// ours binds it: then the start is tried again with new ports.
+    pub fn start_with_quorums(name: &str, quorums: impl Fn() -> Vec<String>) -> Cluster {
+        for attempt in 1..=3 {
+            let flags: Vec<Vec<String>> = quorums()
+                .into_iter()
+                .enumerate()
+                .map(|(i, quorum)| {
+                    let mut flags =
+                        vec!["--node-id".to_string(), (i + 1).to_string(), "--controller-quorum".into(), quorum];
+                    flags.extend(FLAGS_TIMING.iter().map(|s| s.to_string()));
+                    flags
+                })
+                .collect();
+            let starting: Vec<_> = (0..flags.len())
+                .map(|i| {
+                    let dir = data_dir(&format!("{name}-{}", i + 1));
+                    let flags = flags[i].clone();
+                    std::thread::spawn(move || {
+                        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                        Broker::start_with(&dir, 1, 0, &flags)
+                    })
+                })
+                .collect();
+            let started: Vec<_> = starting.into_iter().map(|t| t.join()).collect();
+            if started.iter().all(Result::is_ok) {
+                let brokers = started.into_iter().map(|b| b.expect("checked")).collect();
+                return Cluster { brokers, flags };
+            }
+            // Dropping the started brokers kills them.
+            eprintln!("cluster start attempt {attempt} failed (a port was taken?); retrying");
+        }
+        panic!("the cluster did not start in 3 attempts");
+    }
+
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.brokers.iter().map(Broker::addr).collect()
+    }
+
+    /// kill -9, then start again on the same directory and port (as an
+    /// operator's restart would: clients keep their bootstrap addresses).
+    pub fn kill9_and_restart(&mut self, node: i32) {
+        let index = (node - 1) as usize;
+        let flags: Vec<&str> = self.flags[index].iter().map(String::as_str).collect();
+        let port = self.brokers[index].port;
+        self.brokers[index].kill9_and_restart_on(port, &flags);
+    }
+
+    /// kill -9, leaving the slot to `restart`.
+    pub fn kill9(&mut self, node: i32) {
+        let broker = &mut self.brokers[(node - 1) as usize];
+        broker.child.kill().expect("SIGKILL");
+        let _ = broker.child.wait();
+    }
+
+    /// Starts a killed broker again on its data directory and port.
+    pub fn restart(&mut self, node: i32) {
+        let index = (node - 1) as usize;
+        let flags: Vec<&str> = self.flags[index].iter().map(String::as_str).collect();
+        let (dir, port) = (self.brokers[index].data_dir.clone(), self.brokers[index].port);
+        self.brokers[index] = Broker::start_with(&dir, 1, port, &flags);
+    }
+}
