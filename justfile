@@ -19,6 +19,12 @@ bench *ARGS:
     cargo build --release --bin spate
     ./target/release/spate bench suite bench/suites/standard.toml {{ARGS}}
 
+# Replication (issue 6): RF=1 and RF=3 acks=all produce (and RF=3 end to end)
+# against one three-broker cluster in the same run (bench/suites/replication.toml).
+bench-replication *ARGS:
+    cargo build --release --bin spate
+    ./target/release/spate bench suite bench/suites/replication.toml {{ARGS}}
+
 # The storage engine alone, against raw O_DIRECT writes.
 bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}

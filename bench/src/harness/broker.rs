@@ -261,18 +261,30 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the brokers on empty data directories.
+    /// Starts the brokers on empty data directories. A cluster's controller
+    /// ports are found free and released before the brokers bind them, so
+    /// another process may take one in between: a cluster that does not
+    /// start is tried again on new ports (twice).
     pub fn start_fresh(settings: &BrokerSettings) -> anyhow::Result<Self> {
         settings.check()?;
-        let _ = std::fs::remove_dir_all(&settings.data_dir);
-        let quorum = if settings.brokers == 1 {
-            None
-        } else {
-            let entries: anyhow::Result<Vec<String>> =
-                (1..=settings.brokers).map(|node| Ok(format!("{node}@127.0.0.1:{}", free_port()?))).collect();
-            Some(entries?.join(","))
-        };
-        Self::start(settings, quorum)
+        let mut attempt = 1;
+        loop {
+            let _ = std::fs::remove_dir_all(&settings.data_dir);
+            let quorum = if settings.brokers == 1 {
+                None
+            } else {
+                let entries: anyhow::Result<Vec<String>> =
+                    (1..=settings.brokers).map(|node| Ok(format!("{node}@127.0.0.1:{}", free_port()?))).collect();
+                Some(entries?.join(","))
+            };
+            match Self::start(settings, quorum) {
+                Err(err) if settings.brokers > 1 && attempt < 3 => {
+                    eprintln!("the cluster did not start ({err:#}); again on new ports");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Every broker spawned before any is waited for: a voter waits for

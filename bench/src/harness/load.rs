@@ -81,13 +81,28 @@ pub fn loopback_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// The whole machine's CPU time so far, in seconds (the first line of
+/// /proc/stat): (busy: user, nice, system, irq, softirq; steal: time the
+/// hypervisor gave to others).
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return (0.0, 0.0) };
+    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else { return (0.0, 0.0) };
+    let fields: Vec<f64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0.0)).collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    (busy / clock_ticks_per_second(), field(7) / clock_ticks_per_second())
+}
+
 /// CPU used by each broker and by this load generator over a window, in
-/// cores (CPU seconds per wall second), and the loopback traffic.
+/// cores (CPU seconds per wall second), the whole machine's, and the
+/// loopback traffic.
 #[derive(Debug, Clone)]
 pub struct CpuWindow {
     broker_pids: Vec<u32>,
     broker_s: Vec<f64>,
     loadgen_s: f64,
+    machine_s: (f64, f64),
     loopback_bytes: u64,
     at: Instant,
 }
@@ -98,6 +113,10 @@ pub struct Usage {
     /// Per broker, in the order of the pids given.
     pub broker_cores: Vec<f64>,
     pub loadgen_cores: f64,
+    /// The whole machine's busy cores (every process and the kernel's own
+    /// threads and interrupts) and the cores stolen by the hypervisor.
+    pub machine_cores: f64,
+    pub steal_cores: f64,
     /// Bytes per second over loopback (all traffic on the machine's `lo`).
     pub loopback_mb_s: f64,
 }
@@ -108,6 +127,7 @@ impl CpuWindow {
             broker_pids: broker_pids.to_vec(),
             broker_s: broker_pids.iter().map(|&pid| cpu_seconds(Some(pid))).collect(),
             loadgen_s: cpu_seconds(None),
+            machine_s: machine_cpu_seconds(),
             loopback_bytes: loopback_bytes(),
             at: Instant::now(),
         }
@@ -116,6 +136,7 @@ impl CpuWindow {
     /// What was used since `start`.
     pub fn usage(&self) -> Usage {
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let machine = machine_cpu_seconds();
         Usage {
             broker_cores: self
                 .broker_pids
@@ -124,6 +145,8 @@ impl CpuWindow {
                 .map(|(&pid, &before)| (cpu_seconds(Some(pid)) - before) / wall)
                 .collect(),
             loadgen_cores: (cpu_seconds(None) - self.loadgen_s) / wall,
+            machine_cores: (machine.0 - self.machine_s.0) / wall,
+            steal_cores: (machine.1 - self.machine_s.1) / wall,
             loopback_mb_s: loopback_bytes().saturating_sub(self.loopback_bytes) as f64 / 1e6 / wall,
         }
     }

@@ -262,6 +262,11 @@ pub struct WorkloadResult {
     pub broker_cores_each: Vec<f64>,
     /// Traffic over loopback while measuring (the whole machine's `lo`).
     pub loopback_mb_s: f64,
+    /// The whole machine's busy cores while measuring (brokers, load
+    /// generator, kernel threads, interrupts, anything else running), and
+    /// the cores the hypervisor stole.
+    pub machine_cores: f64,
+    pub steal_cores: f64,
     /// Replicated topics: what the ISR did during the workload.
     pub isr: Option<IsrSeen>,
     /// (quantile, µs) for the distribution plot.
@@ -373,9 +378,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
             result.latency_of
         );
         eprintln!(
-            "  cores used: broker {}, load generator {:.2}; loopback {:.0} MB/s",
+            "  cores used: broker {}, load generator {:.2}, whole machine {:.2} (stolen {:.2}); loopback {:.0} MB/s",
             cores_text(&result.broker_cores_each),
             result.loadgen_cores,
+            result.machine_cores,
+            result.steal_cores,
             result.loopback_mb_s
         );
         if let Some(isr) = &result.isr {
@@ -816,6 +823,10 @@ async fn run_workload(
         }
     };
     cluster.stop()?;
+    // The data goes now, not at the next workload's start: a workload at
+    // 2 GB/s writes ~36 GB (three times its bytes with three replicas),
+    // and the paired raw write that follows needs room too.
+    std::fs::remove_dir_all(&settings.data_dir).with_context(|| format!("removing {}", settings.data_dir.display()))?;
     let (latency_us, distribution_us) = summarize(&measured.latency);
     Ok(WorkloadResult {
         workload: workload.clone(),
@@ -833,6 +844,8 @@ async fn run_workload(
         loadgen_cores: measured.usage.loadgen_cores,
         broker_cores_each: measured.usage.broker_cores,
         loopback_mb_s: measured.usage.loopback_mb_s,
+        machine_cores: measured.usage.machine_cores,
+        steal_cores: measured.usage.steal_cores,
         isr: measured.isr,
         distribution_us,
         target_rate_mb_s: target_mb_s,

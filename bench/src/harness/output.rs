@@ -226,8 +226,11 @@ impl Report {
             if self.broker.brokers > 1 {
                 let _ = writeln!(
                     md,
-                    "  - cores per broker (node 1 first): {}; loopback {:.0} MB/s ({:.2}x the workload's MB/s)",
+                    "  - cores per broker (node 1 first): {}; whole machine {:.2} cores busy of {} ({:.2} stolen); loopback {:.0} MB/s ({:.2}x the workload's MB/s)",
                     super::cores_text(&r.broker_cores_each),
+                    r.machine_cores,
+                    self.machine.cores,
+                    r.steal_cores,
                     r.loopback_mb_s,
                     r.loopback_mb_s / r.mb_per_s.max(1e-9)
                 );
