@@ -75,3 +75,55 @@ fn log_end_above_waits_for_an_append_and_the_ack_offset_follows_the_disk() {
         assert_eq!(log.high_watermark(), 0);
     });
 }
+
+#[test]
+fn a_reset_follower_starts_empty_at_the_leaders_log_start_and_stays_there_after_a_restart() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = replicated(&small_config());
+        let follower = open(&storage, &config).await;
+        for tag in ["a", "b"] {
+            let mut bytes = batch(tag, 2, 0);
+            let base = follower.log_end_offset();
+            spate_engine::batch::set_base_offset(&mut bytes, base).unwrap();
+            spate_engine::batch::set_partition_leader_epoch(&mut bytes, 1).unwrap();
+            follower.append_replica(bytes).unwrap().durable().await.unwrap();
+        }
+        assert_eq!(follower.log_end_offset(), 4);
+        // Only forward.
+        assert!(matches!(follower.reset_to(3).await, Err(LogError::ReplicaOffset { .. })));
+        follower.reset_to(100).await.unwrap();
+        assert_eq!(
+            (follower.log_start_offset(), follower.log_end_offset(), follower.high_watermark()),
+            (100, 100, 100)
+        );
+        assert!(follower.leader_epochs().entries().is_empty());
+        assert!(matches!(follower.read(2, 1 << 20, ReadBound::LogEnd).await, Err(LogError::OffsetOutOfRange { .. })));
+        // The leader's next batch lands at its own offset.
+        let mut bytes = batch("c", 3, 0);
+        spate_engine::batch::set_base_offset(&mut bytes, 100).unwrap();
+        spate_engine::batch::set_partition_leader_epoch(&mut bytes, 5).unwrap();
+        follower.append_replica(bytes).unwrap().durable().await.unwrap();
+        follower.set_high_watermark(103);
+        assert_eq!(records(&follower.read(100, 1 << 20, ReadBound::HighWatermark).await.unwrap().batches)[0].0, 100);
+        follower.close().await.unwrap();
+        let follower = open(&storage, &config).await;
+        assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (100, 103));
+        let epochs: Vec<_> = follower.leader_epochs().entries().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(epochs, vec![(5, 100)]);
+    });
+}
+
+#[test]
+fn a_reset_of_a_log_never_written_survives_a_crash() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = replicated(&small_config());
+        let follower = open(&storage, &config).await;
+        follower.reset_to(42).await.unwrap();
+        // No close: the restart is a crash's.
+        drop(follower);
+        let follower = open(&storage, &config).await;
+        assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (42, 42));
+    });
+}

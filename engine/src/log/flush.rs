@@ -152,7 +152,7 @@ impl<S: Storage> LogInner<S> {
         }
     }
 
-    async fn open_segment_file(&self, path: &Path) -> Result<Rc<S::File>> {
+    pub(super) async fn open_segment_file(&self, path: &Path) -> Result<Rc<S::File>> {
         let file = self.storage.open(path, true).await.map_err(|err| LogError::io("create", path, err))?;
         self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
         Ok(Rc::new(file))

@@ -877,6 +877,34 @@ impl<S: Storage> PartitionLog<S> {
     /// repair). Whole batches go: if `offset` falls inside a batch, the log
     /// ends before that batch. Returns the new log end offset.
     pub async fn truncate_to(&self, offset: i64) -> Result<i64> {
+        self.with_log_cut(|inner| async move { inner.truncate_locked(offset).await }).await
+    }
+
+    /// A follower whose log ends below its leader's log start (it was away
+    /// longer than the leader's retention, or lost its disk) cannot catch up
+    /// by fetching: it drops everything and starts over, empty, at `offset`
+    /// (Kafka's truncateFullyAndStartAt). Only forward: `offset` must not be
+    /// below the log end.
+    pub async fn reset_to(&self, offset: i64) -> Result<()> {
+        let log_end_offset = self.log_end_offset();
+        if offset < log_end_offset {
+            return Err(LogError::ReplicaOffset { base_offset: offset, log_end_offset });
+        }
+        self.with_log_cut(|inner| async move {
+            let log_start_offset = inner.state.borrow().log_start_offset;
+            inner.truncate_locked(log_start_offset).await?;
+            inner.restart_empty_at(offset).await
+        })
+        .await
+    }
+
+    /// Runs a change that cuts the log (truncation, reset) alone: after
+    /// everything pending is written, with the flusher idle and appends
+    /// refused (`Truncating`); a failure stops the log.
+    async fn with_log_cut<T, F>(&self, work: impl FnOnce(Rc<LogInner<S>>) -> F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
         let inner = &self.inner;
         let _maintenance = inner.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
         inner.check_open()?;
@@ -890,7 +918,7 @@ impl<S: Storage> PartitionLog<S> {
             }
         };
         inner.state.borrow_mut().truncations += 1;
-        let result = inner.truncate_locked(offset).await;
+        let result = work(inner.clone()).await;
         inner.state.borrow_mut().truncating = false;
         if let Err(err) = &result {
             inner.fail(err.clone());
@@ -1279,6 +1307,46 @@ impl<S: Storage> LogInner<S> {
         }
         state.check_offsets();
         doomed
+    }
+
+    /// The second step of `reset_to`, once the log is truncated to its
+    /// start (one empty segment left): that segment, the producer
+    /// snapshots and the leader epochs go, and an empty segment file at
+    /// `offset` takes their place, synced, so a restart starts there too.
+    async fn restart_empty_at(&self, offset: i64) -> Result<()> {
+        let old: Vec<Segment<S::File>> = std::mem::take(&mut self.state.borrow_mut().segments).into_values().collect();
+        assert!(old.iter().all(|segment| segment.dispatched_bytes == 0), "reset after a truncation to the log start");
+        for segment in &old {
+            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+                remove_if_exists(&self.storage, &path).await?;
+            }
+        }
+        let names = self.storage.list_dir(&self.dir).await.map_err(|err| LogError::io("list", &self.dir, err))?;
+        for name in names.iter().filter(|name| name.ends_with(&format!(".{}", crate::producer_state::SNAPSHOT_SUFFIX)))
+        {
+            remove_if_exists(&self.storage, &self.dir.join(name)).await?;
+        }
+        let mut segment = Segment::new(&self.dir, offset, self.config().clock.now_ms());
+        segment.file = Some(self.open_segment_file(&segment.log_path).await?);
+        let epochs = LeaderEpochCache::default();
+        {
+            let mut state = self.state.borrow_mut();
+            state.segments.insert(offset, segment);
+            state.log_start_offset = offset;
+            state.log_end_offset = offset;
+            state.written_offset = offset;
+            state.synced_offset = offset;
+            // Everything below the leader's log start was committed there.
+            state.high_watermark = offset;
+            state.first_dirty_offset = offset;
+            state.epochs = epochs.clone();
+            state.producers = Default::default();
+            state.check_offsets();
+        }
+        self.cache.remove_below(self.log_id, offset);
+        self.write_epoch_checkpoint(Some(&epochs)).await?;
+        tracing::warn!(dir = %self.dir.display(), log_start_offset = offset, "log reset: it ended below the leader's log start");
+        Ok(())
     }
 
     async fn truncate_locked(&self, offset: i64) -> Result<i64> {

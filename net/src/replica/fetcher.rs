@@ -132,7 +132,7 @@ async fn follow(
             },
         );
         let mut frame = peer.call(builder, Body::FetchRequest, body.as_union_value()).await?;
-        let (error, high_watermark, range) = {
+        let (error, high_watermark, leader_log_start, range) = {
             let envelope = frame.read().map_err(|err| FollowError::Malformed(err.to_string()))?;
             let response = envelope
                 .body_as_fetch_response()
@@ -145,10 +145,17 @@ async fn follow(
                 .ok_or_else(|| FollowError::Malformed("no partition in the fetch response".into()))?;
             let start = part.records_offset() as usize;
             let end = start + part.records_bytes() as usize;
-            (part.error(), part.high_watermark(), start..end)
+            (part.error(), part.high_watermark(), part.log_start_offset(), start..end)
         };
         match error {
             ErrorCode::None => {}
+            ErrorCode::OffsetOutOfRange if leader_log_start > offset => {
+                // This log ends below the leader's start (retention ran
+                // there while this replica was away, or its disk is new):
+                // start over, empty, where the leader's log starts.
+                replica.log.reset_to(leader_log_start).await?;
+                continue;
+            }
             ErrorCode::OffsetOutOfRange => {
                 // This log ends past the leader's: it diverged (or the
                 // leader lost an unacknowledged tail). Find where, again.
