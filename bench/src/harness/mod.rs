@@ -8,7 +8,7 @@ mod limits;
 mod load;
 mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -417,6 +417,46 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes available on the file system that holds `dir` (df), if known.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().last()?.trim().parse().ok()
+}
+
+/// How long a workload's deleted data may take to come back as free space.
+const SPACE_WAIT: Duration = Duration::from_secs(120);
+
+/// Waits until the file system has (nearly) the space it had before the
+/// workload: with online discard (this machine mounts with `discard`)
+/// blocks of deleted files may come back only once their discard
+/// completes, and the next workload would run out of space.
+fn wait_for_space(dir: &Path, before: Option<u64>) {
+    const SLACK: u64 = 1 << 30;
+    let Some(before) = before else { return };
+    let started = Instant::now();
+    loop {
+        let free = free_bytes(dir).unwrap_or(u64::MAX);
+        if free.saturating_add(SLACK) >= before {
+            if started.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "  waited {:.1} s for the deleted data's space to come back",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return;
+        }
+        if started.elapsed() > SPACE_WAIT {
+            eprintln!(
+                "  after {SPACE_WAIT:?}, {} MB free of the {} MB free before the workload; going on",
+                free / 1_000_000,
+                before / 1_000_000
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A core list: "0", "0,1", "0-3" or a mix.
 fn parse_cpus(list: &str) -> anyhow::Result<Vec<usize>> {
     let mut cpus = Vec::new();
@@ -778,6 +818,11 @@ async fn run_workload(
         (effective.producers, effective.in_flight) = (1, 1);
     }
     let workload = &effective;
+    let file_system = settings.data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let free_before = free_bytes(file_system);
+    if let Some(free) = free_before {
+        eprintln!("  {} GB free on {}", free / 1_000_000_000, file_system.display());
+    }
     let mut cluster = Cluster::start_fresh(settings)?;
     let client = connect(&cluster).await?;
     let topic = create_topic(&client, workload).await?;
@@ -827,6 +872,7 @@ async fn run_workload(
     // 2 GB/s writes ~36 GB (three times its bytes with three replicas),
     // and the paired raw write that follows needs room too.
     std::fs::remove_dir_all(&settings.data_dir).with_context(|| format!("removing {}", settings.data_dir.display()))?;
+    wait_for_space(file_system, free_before);
     let (latency_us, distribution_us) = summarize(&measured.latency);
     Ok(WorkloadResult {
         workload: workload.clone(),
