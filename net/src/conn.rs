@@ -85,45 +85,55 @@ async fn read_requests(
             }
         }
         let needed = decoder.bytes_needed(&buf)?;
-        let read = if needed > READ_CHUNK_BYTES {
-            // A large frame: read it straight into its final place. Room is
-            // reserved for all of it (its length was checked against the
-            // cap; untouched pages cost nothing) but zeroed and read a step
-            // at a time, so a header alone pins no memory.
-            buf.reserve(needed);
-            let start = buf.len();
-            buf.resize(start + needed.min(LARGE_READ_STEP_BYTES), 0);
-            let mut filled = start;
-            while filled < buf.len() {
-                match reader.read(&mut buf[filled..]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(err) => {
-                        tracing::debug!(shard = shard.id, "read failed: {err}");
-                        return Ok(());
-                    }
-                }
-            }
-            buf.truncate(filled);
-            filled - start
-        } else {
-            // Small frames: read what is there into a scratch buffer and
-            // copy just those bytes, rather than zero a large region of the
-            // receive buffer for every read.
-            match reader.read(&mut scratch).await {
-                Ok(n) => {
-                    buf.extend_from_slice(&scratch[..n]);
-                    n
-                }
-                Err(err) => {
-                    tracing::debug!(shard = shard.id, "read failed: {err}");
-                    return Ok(());
-                }
+        let read = match read_more(&mut reader, &mut buf, needed, &mut scratch).await {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::debug!(shard = shard.id, "read failed: {err}");
+                return Ok(());
             }
         };
         if read == 0 {
             return if buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated { buffered_bytes: buf.len() }) };
         }
+    }
+}
+
+/// Reads what the stream has into `buf`, which needs `needed` more bytes
+/// for its next frame (as `FrameDecoder::bytes_needed` says; it checked the
+/// frame's length against the cap). A large frame is read straight into its
+/// final place: room is reserved for all of it (untouched pages cost
+/// nothing) but zeroed and read a step at a time, so a header alone pins no
+/// memory. Small frames are read into `scratch` and only the bytes read
+/// copied, rather than zero a large region of the buffer for every read.
+/// Returns the bytes read (0: the peer closed).
+pub(crate) async fn read_more(
+    reader: &mut (impl futures::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    needed: usize,
+    scratch: &mut [u8],
+) -> std::io::Result<usize> {
+    if needed > scratch.len() {
+        buf.reserve(needed);
+        let start = buf.len();
+        buf.resize(start + needed.min(LARGE_READ_STEP_BYTES), 0);
+        let mut filled = start;
+        let mut result = Ok(());
+        while filled < buf.len() {
+            match reader.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        buf.truncate(filled);
+        result.map(|()| filled - start)
+    } else {
+        let n = reader.read(scratch).await?;
+        buf.extend_from_slice(&scratch[..n]);
+        Ok(n)
     }
 }
 

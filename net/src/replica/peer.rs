@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
 use spate_flatbuf::flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use spate_flatbuf::proto::Body;
 use spate_flatbuf::{Frame, FrameDecoder, FrameError};
 
 use crate::api::envelope_frame;
+use crate::conn::read_more;
 use crate::limits::READ_CHUNK_BYTES;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub(crate) struct Peer {
     stream: TcpStream,
     decoder: FrameDecoder,
     buf: BytesMut,
+    /// Small reads land here first (see `conn::read_more`).
+    scratch: Vec<u8>,
     next_request_id: u64,
 }
 
@@ -60,6 +63,7 @@ impl Peer {
             stream,
             decoder: FrameDecoder::new(frame_bytes_max),
             buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            scratch: vec![0u8; READ_CHUNK_BYTES],
             next_request_id: 1,
         })
     }
@@ -87,18 +91,19 @@ impl Peer {
 
     async fn read_frame(&mut self) -> Result<Frame, PeerError> {
         let addr = self.addr;
-        let mut scratch = vec![0u8; READ_CHUNK_BYTES];
         loop {
             if let Some(frame) =
                 self.decoder.decode(&mut self.buf).map_err(|source| PeerError::Frame { addr, source })?
             {
                 return Ok(frame);
             }
-            let read = self.stream.read(&mut scratch).await.map_err(|source| PeerError::Io { addr, source })?;
+            let needed = self.decoder.bytes_needed(&self.buf).map_err(|source| PeerError::Frame { addr, source })?;
+            let read = read_more(&mut self.stream, &mut self.buf, needed, &mut self.scratch)
+                .await
+                .map_err(|source| PeerError::Io { addr, source })?;
             if read == 0 {
                 return Err(PeerError::Closed { addr });
             }
-            self.buf.extend_from_slice(&scratch[..read]);
         }
     }
 }
