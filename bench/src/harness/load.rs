@@ -490,6 +490,10 @@ pub async fn sample(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let started = Instant::now();
+    // Only seconds measured from end to end go into the series: the first
+    // tick after the warm-up covers part of a second (the counters count
+    // only while measuring), which read as a drop to ~0 in the plots.
+    let mut measured_before = measuring.load(Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         ticker.tick().await;
         let bytes = counters.bytes.load(Ordering::Relaxed);
@@ -497,10 +501,12 @@ pub async fn sample(
         let mb_s = (bytes - last_bytes) as f64 / 1e6;
         let records_s = records - last_records;
         (last_bytes, last_records) = (bytes, records);
-        let phase = if measuring.load(Ordering::Relaxed) { "measuring" } else { "warm-up" };
-        if measuring.load(Ordering::Relaxed) {
+        let now_measuring = measuring.load(Ordering::Relaxed);
+        let phase = if now_measuring { "measuring" } else { "warm-up" };
+        if now_measuring && measured_before {
             series.push(mb_s);
         }
+        measured_before = now_measuring;
         let mut err = std::io::stderr();
         let _ = write!(
             err,
