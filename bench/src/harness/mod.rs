@@ -336,9 +336,14 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Run { workload, out, shards, broker_count: brokers, broker_cpus } => {
             let cpus = broker_cpus.iter().map(|list| parse_cpus(list)).collect::<anyhow::Result<Vec<_>>>()?;
             let pin = brokers == 1 && cpus.is_empty();
+            // One broker: it on core 0, the load on core 1 (as the standard
+            // suite). A cluster shares the cores with the load, as the
+            // replication suite does: the load generator is not pinned.
+            let loadgen = if brokers == 1 { LoadSettings::default() } else { LoadSettings { cpus: Vec::new() } };
             let suite = Suite {
                 name: workload.name.clone(),
                 broker: BrokerSettings { shards, brokers, pin, cpus, ..Default::default() },
+                loadgen,
                 workloads: vec![*workload],
                 ..Default::default()
             };
