@@ -321,6 +321,24 @@ impl Shard {
         self.logs.borrow().get(topic.topic_id.as_str()).and_then(|parts| parts.get(&partition)).cloned()
     }
 
+    /// Why a partition of `topic` has no replica open here: its topic is
+    /// gone (deleted since the request read the catalog), this broker is
+    /// not one of its replicas (stale client metadata), or it is one and the
+    /// partition is not open yet (its metadata just arrived): retriable.
+    fn not_hosted(&self, topic: &TopicMeta, partition: u32) -> ErrorCode {
+        let catalog = self.shared.catalog.load();
+        match catalog.topics.get(&topic.name) {
+            Some(current) if current.topic_id == topic.topic_id => {
+                if current.assignment(partition).replicas.contains(&self.shared.config.node_id) {
+                    ErrorCode::NotReady
+                } else {
+                    ErrorCode::NotLeaderOrFollower
+                }
+            }
+            _ => ErrorCode::UnknownTopicOrPartition,
+        }
+    }
+
     pub(crate) fn replica(&self, topic: &TopicMeta, partition: u32) -> Option<Rc<Replica>> {
         self.replicas.borrow().get(&(Arc::from(topic.topic_id.as_str()), partition)).cloned()
     }
@@ -387,7 +405,7 @@ impl Shard {
                 let replica = if self.stopping.get() {
                     Err(ErrorCode::BrokerShuttingDown)
                 } else {
-                    self.replica(&topic, partition).ok_or(ErrorCode::UnknownTopicOrPartition)
+                    self.replica(&topic, partition).ok_or_else(|| self.not_hosted(&topic, partition))
                 };
                 // Consumers read from the leader below the high watermark;
                 // a follower's fetch (from the leader) up to the log end,
@@ -454,11 +472,11 @@ impl Shard {
                 .detach();
             }
             ShardOp::ListOffset { topic, partition, timestamp, reply } => {
-                let replica = self.replica(&topic, partition);
+                let replica = self.replica(&topic, partition).ok_or_else(|| self.not_hosted(&topic, partition));
                 glommio::spawn_local(async move {
                     let result = match replica {
-                        None => OffsetResult { error: ErrorCode::UnknownTopicOrPartition, offset: -1 },
-                        Some(replica) => match replica.check_leader(-1) {
+                        Err(error) => OffsetResult { error, offset: -1 },
+                        Ok(replica) => match replica.check_leader(-1) {
                             Err(Refusal(error)) => OffsetResult { error, offset: -1 },
                             Ok(_) => list_offset(&replica.log, timestamp).await,
                         },
@@ -508,8 +526,8 @@ impl Shard {
             return PendingAppend::failed(ErrorCode::BrokerShuttingDown, "broker is shutting down".into());
         }
         let Some(replica) = self.replica(topic, partition) else {
-            let message = format!("{}/{partition}", topic.name);
-            return PendingAppend::failed(ErrorCode::UnknownTopicOrPartition, message);
+            let message = format!("{}/{partition} is not open on this broker", topic.name);
+            return PendingAppend::failed(self.not_hosted(topic, partition), message);
         };
         let leader_epoch = match replica.check_leader(-1) {
             Ok(epoch) => epoch,
