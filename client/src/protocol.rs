@@ -279,6 +279,7 @@ pub(crate) fn fetch(stamp: Stamp, limits: FetchLimits, entries: &[FetchEntry]) -
                         offset: entry.offset,
                         max_bytes: entry.max_bytes,
                         current_leader_epoch: entry.current_leader_epoch,
+                        ..Default::default()
                     },
                 )
             })

@@ -5276,6 +5276,7 @@ impl<'a> FetchPartition<'a> {
   pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 8;
   pub const VT_CURRENT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REPLICA_DURABLE_OFFSET: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5287,6 +5288,7 @@ impl<'a> FetchPartition<'a> {
     args: &'args FetchPartitionArgs
   ) -> ::flatbuffers::WIPOffset<FetchPartition<'bldr>> {
     let mut builder = FetchPartitionBuilder::new(_fbb);
+    builder.add_replica_durable_offset(args.replica_durable_offset);
     builder.add_offset(args.offset);
     builder.add_current_leader_epoch(args.current_leader_epoch);
     builder.add_max_bytes(args.max_bytes);
@@ -5328,6 +5330,17 @@ impl<'a> FetchPartition<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(FetchPartition::VT_CURRENT_LEADER_EPOCH, Some(-1)).unwrap()}
   }
+  /// Replica fetches: the follower's offset below which its log is durable
+  /// to the degree its durability policy promises (synced under `always`,
+  /// written otherwise). The leader counts this, not `offset`, toward the
+  /// high watermark and the ISR (design decision 13). -1: nothing known.
+  #[inline]
+  pub fn replica_durable_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(FetchPartition::VT_REPLICA_DURABLE_OFFSET, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchPartition<'_> {
@@ -5340,6 +5353,7 @@ impl ::flatbuffers::Verifiable for FetchPartition<'_> {
      .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
      .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
      .visit_field::<i32>("current_leader_epoch", Self::VT_CURRENT_LEADER_EPOCH, false)?
+     .visit_field::<i64>("replica_durable_offset", Self::VT_REPLICA_DURABLE_OFFSET, false)?
      .finish();
     Ok(())
   }
@@ -5349,6 +5363,7 @@ pub struct FetchPartitionArgs {
     pub offset: i64,
     pub max_bytes: i32,
     pub current_leader_epoch: i32,
+    pub replica_durable_offset: i64,
 }
 impl<'a> Default for FetchPartitionArgs {
   #[inline]
@@ -5358,6 +5373,7 @@ impl<'a> Default for FetchPartitionArgs {
       offset: 0,
       max_bytes: 1048576,
       current_leader_epoch: -1,
+      replica_durable_offset: -1,
     }
   }
 }
@@ -5384,6 +5400,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchPartitionBuilder<'a, 'b,
     self.fbb_.push_slot::<i32>(FetchPartition::VT_CURRENT_LEADER_EPOCH, current_leader_epoch, -1);
   }
   #[inline]
+  pub fn add_replica_durable_offset(&mut self, replica_durable_offset: i64) {
+    self.fbb_.push_slot::<i64>(FetchPartition::VT_REPLICA_DURABLE_OFFSET, replica_durable_offset, -1);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchPartitionBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchPartitionBuilder {
@@ -5405,6 +5425,7 @@ impl ::core::fmt::Debug for FetchPartition<'_> {
       ds.field("offset", &self.offset());
       ds.field("max_bytes", &self.max_bytes());
       ds.field("current_leader_epoch", &self.current_leader_epoch());
+      ds.field("replica_durable_offset", &self.replica_durable_offset());
       ds.finish()
   }
 }

@@ -727,6 +727,8 @@ struct FetchPart {
     offset: i64,
     bytes_max: usize,
     current_leader_epoch: i32,
+    /// Replica fetches: what the follower has made durable (-1: unknown).
+    replica_durable_offset: i64,
 }
 
 /// A partition's read as submitted to its owner.
@@ -755,6 +757,7 @@ fn submit_fetch(shard: &Rc<Shard>, part: &FetchPart, wait_until: Option<Instant>
             wait_until,
             replica_id,
             current_leader_epoch: part.current_leader_epoch,
+            replica_durable_offset: part.replica_durable_offset,
             reply,
         },
     );
@@ -810,6 +813,7 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
                 offset: part.offset(),
                 bytes_max,
                 current_leader_epoch: part.current_leader_epoch(),
+                replica_durable_offset: part.replica_durable_offset(),
             });
         }
     }

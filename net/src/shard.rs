@@ -204,6 +204,10 @@ pub(crate) enum ShardOp {
         replica_id: i32,
         /// -1: unchecked.
         current_leader_epoch: i32,
+        /// Replica fetches: what the follower has made durable under its
+        /// durability policy (-1: nothing known); what counts toward the
+        /// high watermark and the ISR.
+        replica_durable_offset: i64,
         reply: oneshot::Sender<ReadResult>,
     },
     /// OffsetForLeaderEpoch on the leader.
@@ -400,6 +404,7 @@ impl Shard {
                 wait_until,
                 replica_id,
                 current_leader_epoch,
+                replica_durable_offset,
                 reply,
             } => {
                 let replica = if self.stopping.get() {
@@ -414,7 +419,13 @@ impl Shard {
                     let check = replica.check_leader(current_leader_epoch).map(|_| ());
                     let check = check.and_then(|()| {
                         if replica_id >= 0 {
-                            replica.record_follower_fetch(&self.shared, &replica, replica_id, offset)
+                            replica.record_follower_fetch(
+                                &self.shared,
+                                &replica,
+                                replica_id,
+                                offset,
+                                replica_durable_offset,
+                            )
                         } else {
                             Ok(())
                         }

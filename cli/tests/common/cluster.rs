@@ -100,4 +100,40 @@ impl Cluster {
         let (dir, port) = (self.brokers[index].data_dir.clone(), self.brokers[index].port);
         self.brokers[index] = Broker::start_with(&dir, 1, port, &flags);
     }
+
+    /// kill -9 of every broker at once: the signals go out back to back,
+    /// before any is waited for (an OOM killer, a bad deploy, a power cut).
+    pub fn kill9_all(&mut self) {
+        for broker in &mut self.brokers {
+            broker.child.kill().expect("SIGKILL");
+        }
+        for broker in &mut self.brokers {
+            let _ = broker.child.wait();
+        }
+    }
+
+    /// Starts killed brokers again, `nodes[0]` first and each next one
+    /// `gap` later. They start on threads: a broker's start waits (bounded)
+    /// for a controller quorum, which the first alone cannot form.
+    pub fn restart_in_order(&mut self, nodes: &[i32], gap: std::time::Duration) {
+        let starting: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let index = (node - 1) as usize;
+                let flags = self.flags[index].clone();
+                let (dir, port) = (self.brokers[index].data_dir.clone(), self.brokers[index].port);
+                let delay = gap * i as u32;
+                let thread = std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                    Broker::start_with(&dir, 1, port, &flags)
+                });
+                (index, thread)
+            })
+            .collect();
+        for (index, thread) in starting {
+            self.brokers[index] = thread.join().expect("broker restarted");
+        }
+    }
 }

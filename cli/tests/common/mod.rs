@@ -140,3 +140,65 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// A disk made slow for some processes, as a noisy neighbour would: a
+/// cgroup (v1 blkio, or v2 io) that throttles writes to the block device
+/// holding a directory. Processes added to it write at most
+/// `write_bytes_per_s`; their children and restarted processes are not in
+/// it. Needs root and a cgroup hierarchy with the controller; `new`
+/// answers None (and says why) where the machine has neither.
+pub struct SlowDisk {
+    dir: PathBuf,
+    procs: PathBuf,
+}
+
+impl SlowDisk {
+    pub fn new(data: &Path, write_bytes_per_s: u64) -> Option<SlowDisk> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(data).ok()?.dev();
+        let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+        // Throttling applies to whole disks: a partition's parent is its disk.
+        let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        let device = if sys.join("partition").exists() {
+            std::fs::read_to_string(sys.join("../dev")).ok()?.trim().to_string()
+        } else {
+            format!("{major}:{minor}")
+        };
+        let name = format!("spate-e2e-{}", std::process::id());
+        let v1 = PathBuf::from("/sys/fs/cgroup/blkio");
+        let v2 = PathBuf::from("/sys/fs/cgroup");
+        let attempt = if v1.join("blkio.throttle.write_bps_device").exists() {
+            let dir = v1.join(&name);
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::write(dir.join("blkio.throttle.write_bps_device"), format!("{device} {write_bytes_per_s}"))
+                })
+                .map(|()| dir)
+        } else {
+            let dir = v2.join(&name);
+            std::fs::write(v2.join("cgroup.subtree_control"), "+io")
+                .and_then(|()| std::fs::create_dir_all(&dir))
+                .and_then(|()| std::fs::write(dir.join("io.max"), format!("{device} wbps={write_bytes_per_s}")))
+                .map(|()| dir)
+        };
+        match attempt {
+            Ok(dir) => Some(SlowDisk { procs: dir.join("cgroup.procs"), dir }),
+            Err(err) => {
+                eprintln!("no write throttling on this machine (cgroup blkio/io for {device}): {err}");
+                None
+            }
+        }
+    }
+
+    /// Throttles `pid`'s writes from now on.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(&self.procs, pid.to_string()).expect("move a process into the throttled cgroup");
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        // Only an empty cgroup can go; its members are dead by now.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

@@ -5,6 +5,15 @@
 //! there, never to its high watermark; then it fetches from its log end
 //! and appends what comes with the leader's offsets and epochs. It stops
 //! when its role changes (the replica drops the stop sender).
+//!
+//! Each fetch reports what this replica has made durable (its ack offset:
+//! synced under durability `always`, written otherwise), which is what the
+//! leader counts toward the high watermark (design decision 13). Once it
+//! has caught up with the leader's log end, it waits for its appends to be
+//! durable before the next fetch, so that the report is current: the
+//! leader has nothing new to answer with meanwhile (acks=all producers
+//! wait on this very report), so a fetch sent earlier would sit in the
+//! leader's long poll with a stale report.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -101,11 +110,17 @@ async fn follow(
     tracing::info!(topic = %topic.name, partition = replica.partition, leader, leader_epoch, log_end_offset = replica.log.log_end_offset(), "following");
     let node_id = shared.config.node_id;
     let mut last_ticket: Option<spate_engine::AppendTicket> = None;
+    let mut caught_up = false;
     loop {
         if replica.role() != (Role::Follower { leader }) || replica.assignment().leader_epoch != leader_epoch {
             return Ok(());
         }
+        if caught_up && let Some(ticket) = last_ticket.take() {
+            ticket.durable().await?;
+        }
         let offset = replica.log.log_end_offset();
+        let durable_offset = replica.log.ack_offset();
+        debug_assert!(durable_offset <= offset, "durable {durable_offset} past the log end {offset}");
         let mut builder = FlatBufferBuilder::new();
         let part = FetchPartition::create(
             &mut builder,
@@ -114,6 +129,7 @@ async fn follow(
                 offset,
                 max_bytes: REPLICA_FETCH_BYTES_MAX as i32,
                 current_leader_epoch: leader_epoch,
+                replica_durable_offset: durable_offset,
             },
         );
         let parts = builder.create_vector(&[part]);
@@ -132,7 +148,7 @@ async fn follow(
             },
         );
         let mut frame = peer.call(builder, Body::FetchRequest, body.as_union_value()).await?;
-        let (error, high_watermark, leader_log_start, range) = {
+        let (error, high_watermark, leader_log_start, leader_log_end, range) = {
             let envelope = frame.read().map_err(|err| FollowError::Malformed(err.to_string()))?;
             let response = envelope
                 .body_as_fetch_response()
@@ -145,7 +161,7 @@ async fn follow(
                 .ok_or_else(|| FollowError::Malformed("no partition in the fetch response".into()))?;
             let start = part.records_offset() as usize;
             let end = start + part.records_bytes() as usize;
-            (part.error(), part.high_watermark(), part.log_start_offset(), start..end)
+            (part.error(), part.high_watermark(), part.log_start_offset(), part.log_end_offset(), start..end)
         };
         match error {
             ErrorCode::None => {}
@@ -187,6 +203,7 @@ async fn follow(
             };
             last_ticket = Some(ticket);
         }
+        caught_up = replica.log.log_end_offset() >= leader_log_end;
         replica.log.set_high_watermark(high_watermark);
     }
 }

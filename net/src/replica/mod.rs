@@ -2,8 +2,10 @@
 //! controller's metadata says (design decision 7, Kafka's ISR replication).
 //!
 //! As leader it stamps its leader epoch into every batch, tracks each
-//! follower's log end from its replica fetches, moves the high watermark to
-//! the minimum over the in-sync replicas (never past its own ack point),
+//! follower's durable offset from its replica fetches (what it has written,
+//! or synced under durability `always`: design decision 13), moves the high
+//! watermark to the minimum over the in-sync replicas (never past its own
+//! ack point),
 //! and asks the controller to grow or shrink the ISR (versioned by the
 //! partition epoch; never changed unilaterally). As follower it runs a
 //! fetcher (`fetcher.rs`) that first truncates by leader epoch
@@ -44,10 +46,15 @@ pub(crate) enum Role {
 /// A follower as its leader sees it.
 #[derive(Debug, Clone, Copy)]
 struct Progress {
-    /// The offset of its latest fetch: everything below is on the follower.
-    log_end_offset: i64,
+    /// What its latest fetch reported durable: everything below is on the
+    /// follower's disk to the degree its durability policy promises. Not
+    /// the fetch offset: with O_DIRECT a follower's unwritten tail lives
+    /// only in its memory, and when every replica's process dies at once
+    /// (OOM killer, a bad deploy, a power cut) a tail counted from memory
+    /// could be acknowledged yet exist on no disk (issue 13).
+    durable_offset: i64,
     /// The leader's log end when it answered the follower's previous fetch:
-    /// a fetch at or past it means the follower had caught up then.
+    /// a durable offset at or past it means the follower had caught up then.
     leader_end_at_last_fetch: i64,
     last_fetch: Instant,
     /// When the follower last had everything the leader had.
@@ -183,14 +190,16 @@ impl Replica {
         }
     }
 
-    /// A leader's bookkeeping for a follower's fetch at `offset`. Returns
-    /// an error for a fetch the leader must refuse.
+    /// A leader's bookkeeping for a follower's fetch at `offset` (its log
+    /// end) reporting `durable_offset` (what it has made durable; -1 for
+    /// nothing known). Returns an error for a fetch the leader must refuse.
     pub fn record_follower_fetch(
         &self,
         shared: &Arc<Shared>,
         replica: &Rc<Self>,
         follower: i32,
         offset: i64,
+        durable_offset: i64,
     ) -> Result<(), Refusal> {
         let now = Instant::now();
         let log_end = self.log.log_end_offset();
@@ -205,29 +214,34 @@ impl Replica {
             if offset > log_end {
                 return Err(Refusal(ErrorCode::OffsetOutOfRange));
             }
+            // Nothing is durable on the follower that it does not have.
+            let durable_offset = durable_offset.clamp(-1, offset);
             let progress = state.followers.entry(follower).or_insert(Progress {
-                log_end_offset: offset,
+                durable_offset,
                 leader_end_at_last_fetch: log_end,
                 last_fetch: now,
                 last_caught_up: now,
             });
-            if offset >= log_end {
+            // Caught up means caught up on disk: a follower whose disk
+            // cannot keep up (a noisy neighbour, a throttled device) leaves
+            // the ISR instead of holding acknowledgements it cannot keep.
+            if durable_offset >= log_end {
                 progress.last_caught_up = now;
-            } else if offset >= progress.leader_end_at_last_fetch {
+            } else if durable_offset >= progress.leader_end_at_last_fetch {
                 progress.last_caught_up = progress.last_caught_up.max(progress.last_fetch);
             }
-            progress.log_end_offset = offset;
+            progress.durable_offset = durable_offset;
             progress.leader_end_at_last_fetch = log_end;
             progress.last_fetch = now;
         }
         self.advance_high_watermark();
-        self.maybe_expand_isr(shared, replica, follower, offset);
+        self.maybe_expand_isr(shared, replica, follower, durable_offset);
         Ok(())
     }
 
     /// The high watermark: the minimum over the in-sync replicas of what
-    /// each has (the leader counts what it has acknowledged under its
-    /// durability policy). Followers the leader has not heard from since it
+    /// each has made durable (the leader counts what it has acknowledged
+    /// under its durability policy, followers what they reported). Followers the leader has not heard from since it
     /// took over hold it where it is.
     pub fn advance_high_watermark(&self) {
         let state = self.state.borrow();
@@ -240,7 +254,7 @@ impl Replica {
                 continue;
             }
             match state.followers.get(member) {
-                Some(progress) => high_watermark = high_watermark.min(progress.log_end_offset),
+                Some(progress) => high_watermark = high_watermark.min(progress.durable_offset),
                 None => return,
             }
         }
@@ -248,9 +262,10 @@ impl Replica {
         self.log.set_high_watermark(high_watermark);
     }
 
-    /// A follower outside the ISR that has reached the high watermark
-    /// (and so everything this leader's epoch wrote below it) asks to join.
-    fn maybe_expand_isr(&self, shared: &Arc<Shared>, replica: &Rc<Self>, follower: i32, offset: i64) {
+    /// A follower outside the ISR that has made durable everything up to
+    /// the high watermark (and everything this leader's epoch wrote below
+    /// it) asks to join.
+    fn maybe_expand_isr(&self, shared: &Arc<Shared>, replica: &Rc<Self>, follower: i32, durable_offset: i64) {
         let request = {
             let state = self.state.borrow();
             if !state.may_ask_isr_change(Instant::now()) || state.assignment.isr.contains(&follower) {
@@ -268,7 +283,7 @@ impl Replica {
                 .iter()
                 .find(|entry| entry.epoch == state.assignment.leader_epoch)
                 .map_or(0, |entry| entry.start_offset);
-            if offset < self.log.high_watermark() || offset < epoch_start {
+            if durable_offset < self.log.high_watermark() || durable_offset < epoch_start {
                 return;
             }
             let mut isr = state.assignment.isr.clone();
@@ -298,7 +313,7 @@ impl Replica {
                 .filter(|member| *member != self.node_id)
                 .filter(|member| match state.followers.get(member) {
                     Some(progress) => {
-                        progress.log_end_offset < log_end && now.duration_since(progress.last_caught_up) > lag_max
+                        progress.durable_offset < log_end && now.duration_since(progress.last_caught_up) > lag_max
                     }
                     // Never heard from since this leader took over.
                     None => false,
@@ -391,7 +406,7 @@ impl Replica {
         };
         if became_leader {
             // Followers in the ISR get a full lag period from now to show
-            // up; until one has fetched, its log end is unknown (-1) and
+            // up; until one has fetched, what it holds is unknown (-1) and
             // holds the high watermark where it is.
             let now = Instant::now();
             let mut state = self.state.borrow_mut();
@@ -400,7 +415,7 @@ impl Replica {
                 state.followers.insert(
                     member,
                     Progress {
-                        log_end_offset: -1,
+                        durable_offset: -1,
                         leader_end_at_last_fetch: i64::MAX,
                         last_fetch: now,
                         last_caught_up: now,
