@@ -2,7 +2,7 @@
 
 # Run every test (the README's test command).
 test:
-    cargo nextest run --workspace
+    ./test
 
 # Lints as CI runs them: formatting, then clippy with warnings denied.
 lint:
