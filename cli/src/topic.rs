@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use spate_client::{Admin, TopicDescription, TopicInfo};
+use spate_client::{Admin, ErrorCode, TopicDescription, TopicInfo};
 
 use crate::GlobalArgs;
 use crate::output::{Table, ids, print};
@@ -136,7 +136,11 @@ fn describe_text(topic: &TopicDescription) -> String {
     for p in sorted {
         // No leader: an election is under way, or no in-sync replica lives.
         let leader = if p.leader < 0 { "none".to_string() } else { p.leader.to_string() };
-        let status = if p.leader < 0 {
+        // A log this broker cannot open (damaged, unreadable) is not
+        // served here whatever the metadata says: say so first.
+        let status = if p.error == Some(ErrorCode::StorageError) {
+            "storage-error"
+        } else if p.leader < 0 {
             "offline"
         } else if p.is_under_replicated() {
             "under-replicated"

@@ -67,6 +67,8 @@ pub(crate) struct ShardSnapshot {
     pub bad_frames: u64,
     /// (topic, partition, bytes on disk)
     pub log_sizes: Vec<(String, u32, u64)>,
+    /// Partitions hosted here whose log failed to open.
+    pub partitions_offline: usize,
 }
 
 impl ShardMetrics {
@@ -116,7 +118,7 @@ impl ShardMetrics {
         self.bad_frames.set(self.bad_frames.get() + 1);
     }
 
-    pub fn snapshot(&self, shard: usize, log_sizes: &[(String, u32, u64)]) -> ShardSnapshot {
+    pub fn snapshot(&self, shard: usize, log_sizes: &[(String, u32, u64)], partitions_offline: usize) -> ShardSnapshot {
         ShardSnapshot {
             shard,
             topics: self.topics.borrow().clone(),
@@ -125,6 +127,7 @@ impl ShardMetrics {
             connections_accepted: self.connections_accepted.get(),
             bad_frames: self.bad_frames.get(),
             log_sizes: log_sizes.to_vec(),
+            partitions_offline,
         }
     }
 }
@@ -195,6 +198,15 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
     counter(&mut out, "spate_bad_frames_total", "Frames refused (oversized, truncated, unverifiable).", "counter");
     for s in snapshots {
         let _ = writeln!(out, "spate_bad_frames_total{{shard=\"{}\"}} {}", s.shard, s.bad_frames);
+    }
+    counter(
+        &mut out,
+        "spate_partitions_offline",
+        "Partitions hosted here whose log failed to open (damaged or unreadable): not served until repaired.",
+        "gauge",
+    );
+    for s in snapshots {
+        let _ = writeln!(out, "spate_partitions_offline{{shard=\"{}\"}} {}", s.shard, s.partitions_offline);
     }
     counter(&mut out, "spate_log_size_bytes", "Bytes of a partition's log on disk.", "gauge");
     for s in snapshots {

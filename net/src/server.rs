@@ -473,9 +473,10 @@ async fn run_shard(
     };
     let catalog = shared.catalog.load_full();
     if let Err(message) = shard.reconcile(&catalog).await {
-        let _ = accepting.send(Err((id, message)));
-        shard.close_all().await;
-        return;
+        // The partitions that failed are offline on this broker (logged,
+        // StorageError to clients, in `topic describe` and the metrics);
+        // every other partition is served.
+        tracing::error!(shard = id, "serving with partitions offline: {message}");
     }
     // The groups of the offsets partitions this broker leads (their loads
     // started at the end of the reconcile above).

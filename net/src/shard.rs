@@ -256,6 +256,12 @@ pub(crate) struct Shard {
     logs: RefCell<HashMap<Arc<str>, HashMap<u32, Log>>>,
     /// The replica state of every open partition, by topic id.
     replicas: RefCell<HashMap<PartitionKey, Rc<Replica>>>,
+    /// Partitions hosted here whose log failed to open (a damaged segment,
+    /// an I/O error), with the reason: offline on this broker until it
+    /// restarts (an operator repairs or removes the files), answering
+    /// StorageError, while every other partition is served. One damaged
+    /// file must not keep a broker from serving everything else.
+    offline: RefCell<HashMap<PartitionKey, String>>,
     /// Metadata is applied one change at a time.
     reconcile_lock: glommio::sync::Semaphore,
     /// Serialises catalog changes (used on shard 0 only).
@@ -307,6 +313,7 @@ impl Shard {
             cache,
             logs: RefCell::new(HashMap::new()),
             replicas: RefCell::new(HashMap::new()),
+            offline: RefCell::new(HashMap::new()),
             reconcile_lock: glommio::sync::Semaphore::new(1),
             admin_lock: glommio::sync::Semaphore::new(1),
             metrics: ShardMetrics::default(),
@@ -333,7 +340,9 @@ impl Shard {
         let catalog = self.shared.catalog.load();
         match catalog.topics.get(&topic.name) {
             Some(current) if current.topic_id == topic.topic_id => {
-                if current.assignment(partition).replicas.contains(&self.shared.config.node_id) {
+                if self.is_offline(topic, partition) {
+                    ErrorCode::StorageError
+                } else if current.assignment(partition).replicas.contains(&self.shared.config.node_id) {
                     ErrorCode::NotReady
                 } else {
                     ErrorCode::NotLeaderOrFollower
@@ -341,6 +350,15 @@ impl Shard {
             }
             _ => ErrorCode::UnknownTopicOrPartition,
         }
+    }
+
+    fn is_offline(&self, topic: &TopicMeta, partition: u32) -> bool {
+        self.offline.borrow().contains_key(&(Arc::from(topic.topic_id.as_str()), partition))
+    }
+
+    /// How many partitions hosted here are offline (failed to open).
+    pub(crate) fn offline_count(&self) -> usize {
+        self.offline.borrow().len()
     }
 
     pub(crate) fn replica(&self, topic: &TopicMeta, partition: u32) -> Option<Rc<Replica>> {
@@ -498,6 +516,13 @@ impl Shard {
             }
             ShardOp::Stats { topic, partition, reply } => {
                 let stats = match self.log(&topic, partition) {
+                    None if self.is_offline(&topic, partition) => PartitionStats {
+                        error: ErrorCode::StorageError,
+                        log_start_offset: -1,
+                        high_watermark: -1,
+                        log_end_offset: -1,
+                        ..Default::default()
+                    },
                     None => PartitionStats { error: ErrorCode::UnknownTopicOrPartition, ..Default::default() },
                     Some(log) => PartitionStats {
                         error: log.failure().map_or(ErrorCode::None, |err| log_error_code(&err)),
@@ -513,7 +538,7 @@ impl Shard {
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),
             ShardOp::Metrics { reply } => {
-                let _ = reply.send(self.metrics.snapshot(self.id, &self.partition_sizes()));
+                let _ = reply.send(self.metrics.snapshot(self.id, &self.partition_sizes(), self.offline_count()));
             }
             ShardOp::InitProducerId { reply } => {
                 assert_eq!(self.id, crate::admin::ADMIN_SHARD, "producer ids come from the admin shard");
@@ -583,17 +608,31 @@ impl Shard {
         PendingAppend::Appended { replica, tickets, leader_epoch, min_insync_replicas }
     }
 
+    /// Opens the partitions not open yet. One that fails goes offline on
+    /// this broker (see `offline`) and the others open; the first failure
+    /// is returned.
     async fn open_partitions(&self, topic: &Arc<TopicMeta>, partitions: &[u32]) -> Result<(), String> {
         let config = self.shared.log_config(topic).map_err(|err| err.to_string())?;
         let data_dir = self.shared.config.data_dir.clone();
+        let mut first_error = None;
         for &partition in partitions {
-            if self.log(topic, partition).is_some() {
+            if self.log(topic, partition).is_some() || self.is_offline(topic, partition) {
                 continue;
             }
             let dir = topic.partition_dir(&data_dir, partition);
-            let log = PartitionLog::open(DmaStorage, dir.clone(), config.clone(), self.cache.clone())
-                .await
-                .map_err(|err| format!("opening {}: {err}", dir.display()))?;
+            let log = match PartitionLog::open(DmaStorage, dir.clone(), config.clone(), self.cache.clone()).await {
+                Ok(log) => log,
+                Err(err) => {
+                    // The error names the file and the position (a
+                    // Corruption) or the operation (I/O): what an operator
+                    // needs to repair it.
+                    let reason = format!("opening {}: {err}", dir.display());
+                    tracing::error!(shard = self.id, topic = %topic.name, partition, "partition offline on this broker: {reason}");
+                    self.offline.borrow_mut().insert((Arc::from(topic.topic_id.as_str()), partition), reason.clone());
+                    first_error.get_or_insert(reason);
+                    continue;
+                }
+            };
             let retention_every = Duration::from_millis(self.shared.config.retention_check_interval_ms);
             if let Err(err) = log.spawn_retention(retention_every, glommio::executor().current_task_queue()) {
                 tracing::warn!(dir = %dir.display(), "retention not started: {err}");
@@ -609,7 +648,7 @@ impl Shard {
             self.replicas.borrow_mut().insert((topic_id.clone(), partition), replica);
             self.logs.borrow_mut().entry(topic_id).or_default().insert(partition, log);
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Brings this shard in line with the metadata: opens the partitions
@@ -653,6 +692,14 @@ impl Shard {
             })
             .cloned()
             .collect();
+        // An offline partition of a topic deleted (or moved away) since is
+        // forgotten; its files go with the orphan sweep at the next start.
+        self.offline.borrow_mut().retain(|(topic_id, partition), _| {
+            catalog
+                .topics
+                .values()
+                .any(|topic| *topic.topic_id == **topic_id && topic.assignment(*partition).replicas.contains(&node_id))
+        });
         for replica in doomed {
             // delete_partitions stops the replica (fetcher, waiters) first.
             let topic = replica.topic();

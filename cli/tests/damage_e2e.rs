@@ -1,0 +1,91 @@
+//! Damaged files under a real broker process (issue 13): one damaged
+//! sealed segment takes its partition offline on that broker, reported by
+//! `spate topic describe`, while every other partition is served.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// The segment files of `topic`'s `partition` under a broker's data
+/// directory, oldest first.
+fn segments(data: &Path, topic: &str, partition: u32) -> Vec<PathBuf> {
+    let topics = data.join("topics");
+    let topic_dir = std::fs::read_dir(&topics)
+        .expect("topics dir")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(&format!("{topic}."))))
+        .expect("the topic's directory");
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(topic_dir.join(partition.to_string()))
+        .expect("partition dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+fn flip_byte(path: &Path, position: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open segment");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, position).expect("read byte");
+    byte[0] ^= 0x40;
+    file.write_all_at(&byte, position).expect("write byte");
+    file.sync_all().expect("sync");
+}
+
+/// Before, one bad byte in one sealed segment failed the whole broker's
+/// start ("partitions not opened"): every topic was down for one damaged
+/// file.
+#[test]
+fn a_damaged_sealed_segment_takes_only_its_partition_offline() {
+    let dir = data_dir("damage_sealed");
+    let broker = Broker::start(&dir, 1);
+    let brokers = broker.addr();
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut all = vec!["--brokers", brokers.as_str()];
+        all.extend_from_slice(args);
+        cli(&all, stdin)
+    };
+    let (ok, _, err) =
+        run(&["topic", "create", "damaged", "--partitions", "2", "--config", "segment.bytes=65536"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["topic", "create", "healthy", "--partitions", "1"], None);
+    assert!(ok, "{err}");
+    // Each `spate produce` sends its lines in one batch or a few; five of
+    // them roll the 64 KiB segments.
+    let lines: String = (0..1000).map(|i| format!("record-{i:06}-{}\n", "x".repeat(64))).collect();
+    for (topic, partition) in [("damaged", "0"), ("damaged", "1"), ("healthy", "0")] {
+        for _ in 0..5 {
+            let (ok, _, err) = run(&["produce", topic, "--partition", partition], Some(lines.as_bytes()));
+            assert!(ok, "produce to {topic}/{partition}: {err}");
+        }
+    }
+    broker.stop();
+    let logs = segments(&dir, "damaged", 0);
+    assert!(logs.len() >= 3, "small segments rolled: {logs:?}");
+    let sealed = &logs[0];
+    let middle = std::fs::metadata(sealed).expect("segment").len() / 2;
+    flip_byte(sealed, middle);
+
+    let broker = Broker::start(&dir, 1);
+    let brokers = broker.addr();
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut all = vec!["--brokers", brokers.as_str()];
+        all.extend_from_slice(args);
+        cli(&all, stdin)
+    };
+    // The damaged partition is reported, the rest serve.
+    let (ok, out, err) = run(&["topic", "describe", "damaged"], None);
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().filter(|line| line.trim_start().starts_with(['0', '1'])).collect();
+    assert!(rows.iter().any(|row| row.starts_with('0') && row.contains("storage-error")), "{out}");
+    assert!(rows.iter().any(|row| row.starts_with('1') && row.contains(" ok")), "{out}");
+    let (ok, _, err) = run(&["produce", "damaged", "--partition", "1"], Some(b"after the damage\n"));
+    assert!(ok, "the healthy partition of the damaged topic takes writes: {err}");
+    let (ok, out, err) = run(&["consume", "healthy", "--from-beginning", "--count", "5000", "--exit"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 5000, "another topic serves everything it had");
+}
