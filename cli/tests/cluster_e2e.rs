@@ -341,6 +341,123 @@ fn kill_9_of_every_broker_at_once_loses_nothing_acknowledged_in_any_restart_orde
     check_history(&acked, &histories);
 }
 
+/// The segment files of the test topic's partition 0 in a broker's data
+/// directory, oldest first.
+fn segment_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Some(topic_dir) = std::fs::read_dir(data.join("topics"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(&format!("{TOPIC}."))))
+    else {
+        return Vec::new();
+    };
+    let mut logs: Vec<_> = std::fs::read_dir(topic_dir.join("0"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// Issue 13: a replica whose sealed segment was damaged while its broker
+/// was down (one flipped byte, in the middle: no torn tail) is found out
+/// when it leads and a consumer reads there: it stops serving the
+/// partition, the controller moves the leadership to another in-sync
+/// replica, and it moves the damaged files aside, fetches the partition
+/// again from the new leader and rejoins the ISR. Every acknowledged
+/// record stays readable, from every later leader. Before, the damaged
+/// batch was answered with StorageError for as long as the replica led.
+#[test]
+fn a_replica_with_a_damaged_segment_hands_over_fetches_its_partition_again_and_rejoins_the_isr() {
+    let mut cluster = Cluster::start("cluster-damaged");
+    let runtime = runtime();
+    let client = runtime.block_on(async {
+        let client = Client::connect(client_config(cluster.bootstrap())).await.expect("connect");
+        let configs = [("min.insync.replicas".into(), "2".into()), ("segment.bytes".into(), "65536".into())];
+        Admin::new(client.clone()).create_topic(TOPIC, 1, 3, &configs).await.expect("create");
+        wait_for_full_isr(&client, Duration::from_secs(20)).await;
+        client
+    });
+    let workload = Workload::start(&runtime, cluster.bootstrap());
+    let state = runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
+    let damaged = *state.replicas.iter().find(|node| **node != state.leader).unwrap();
+    let data = cluster.brokers[(damaged - 1) as usize].data_dir.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segment_files(&data).len() < 3 {
+        assert!(Instant::now() < deadline, "segments did not roll: {:?}", segment_files(&data));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.kill9(damaged);
+    let sealed = segment_files(&data)[0].clone();
+    let middle = std::fs::metadata(&sealed).unwrap().len() / 2;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&sealed).unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, middle).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x10], middle).unwrap();
+    }
+    cluster.restart(damaged);
+    // Back in the ISR (its tail is sound), then made the leader.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
+        if state.leader == damaged {
+            break;
+        }
+        assert!(Instant::now() < deadline, "broker {damaged} never led");
+        cluster.kill9_and_restart(state.leader);
+    }
+    // A consumer reading from the start meets the damage on the leader.
+    let first = runtime.block_on(drain(&client));
+    let moved_aside = || {
+        std::fs::read_dir(sealed.parent().unwrap().parent().unwrap())
+            .unwrap()
+            .flatten()
+            .any(|entry| entry.file_name().to_string_lossy().starts_with("0.damaged-"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !moved_aside() {
+        assert!(Instant::now() < deadline, "the damaged partition was not moved aside");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
+    assert_ne!(state.leader, damaged, "the damaged replica handed the leadership over");
+    std::thread::sleep(Duration::from_millis(1000));
+    let acked = workload.finish(&runtime);
+    let histories = histories_from_every_leader(&runtime, &mut cluster, &client, damaged);
+    check_history(&acked, &histories);
+    // What the consumer read across the handover, while the producer ran
+    // on, is where every later history starts.
+    assert!(!first.is_empty() && histories[0].starts_with(&first), "the read across the handover agrees");
+}
+
+/// The histories read from the current leader, then from `must_lead` once
+/// it leads (the leader is killed and restarted until it does).
+fn histories_from_every_leader(
+    runtime: &tokio::runtime::Runtime,
+    cluster: &mut Cluster,
+    client: &Client,
+    must_lead: i32,
+) -> Vec<Vec<(i64, Bytes)>> {
+    let mut histories = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let state = runtime.block_on(wait_for_full_isr(client, Duration::from_secs(30)));
+        histories.push(runtime.block_on(drain(client)));
+        if state.leader == must_lead {
+            return histories;
+        }
+        assert!(Instant::now() < deadline, "broker {must_lead} never led again");
+        cluster.kill9_and_restart(state.leader);
+    }
+}
+
 /// KIP-101's scenario (a follower restarts, then the leader dies before
 /// the high watermark reaches the follower again) and KIP-279's fast double
 /// failover (the new leader dies as soon as it is elected).

@@ -88,6 +88,26 @@ impl Shared {
         self.controller.get().expect("the controller starts before any shard serves")
     }
 
+    /// Tells the controller that this broker's replica of a partition
+    /// cannot serve; answers the partition as the controller then has it.
+    pub fn replica_offline(
+        &self,
+        topic: String,
+        partition: u32,
+    ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
+        let request =
+            self.controller().request(spate_replication::ControllerRequest::ReplicaOffline { topic, partition });
+        async move {
+            match request.await {
+                Ok(spate_replication::ControllerResponse::Partition(p)) => {
+                    Ok(crate::catalog::PartitionAssignment::from(&p))
+                }
+                Ok(other) => Err(format!("unexpected controller answer {other:?}")),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+    }
+
     /// Asks the controller to change a partition's ISR (its leader only).
     pub fn alter_partition(
         &self,
@@ -148,6 +168,9 @@ pub(crate) struct ReadResult {
     pub log_start_offset: i64,
     pub log_end_offset: i64,
     pub batches: Vec<Bytes>,
+    /// The read found damaged data (a `LogError::Corruption`, with its
+    /// file and position): the partition goes offline here.
+    pub damaged: Option<String>,
 }
 
 impl ReadResult {
@@ -155,7 +178,7 @@ impl ReadResult {
         self.batches.iter().map(Bytes::len).sum()
     }
     fn error(error: ErrorCode) -> Self {
-        ReadResult { error, high_watermark: -1, log_start_offset: -1, log_end_offset: -1, batches: Vec::new() }
+        ReadResult { error, high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
     }
 }
 
@@ -257,11 +280,10 @@ pub(crate) struct Shard {
     /// The replica state of every open partition, by topic id.
     replicas: RefCell<HashMap<PartitionKey, Rc<Replica>>>,
     /// Partitions hosted here whose log failed to open (a damaged segment,
-    /// an I/O error), with the reason: offline on this broker until it
-    /// restarts (an operator repairs or removes the files), answering
-    /// StorageError, while every other partition is served. One damaged
-    /// file must not keep a broker from serving everything else.
-    offline: RefCell<HashMap<PartitionKey, String>>,
+    /// an I/O error): offline on this broker, answering StorageError, while
+    /// every other partition is served. One damaged file must not keep a
+    /// broker from serving everything else. See `recover_offline`.
+    offline: RefCell<HashMap<PartitionKey, OfflineReplica>>,
     /// Metadata is applied one change at a time.
     reconcile_lock: glommio::sync::Semaphore,
     /// Serialises catalog changes (used on shard 0 only).
@@ -276,6 +298,14 @@ pub(crate) struct Shard {
     cleaner_queue: glommio::TaskQueueHandle,
     /// Used on the admin shard only.
     pub producer_ids: crate::producer_ids::ProducerIdAllocator,
+}
+
+/// A partition hosted here whose log failed to open.
+#[derive(Debug)]
+struct OfflineReplica {
+    topic: Arc<TopicMeta>,
+    /// The controller has been told.
+    reported: bool,
 }
 
 impl std::fmt::Debug for Shard {
@@ -450,15 +480,19 @@ impl Shard {
                     });
                     check.map(|()| replica).map_err(|Refusal(code)| code)
                 });
+                let shard = self.clone();
                 glommio::spawn_local(async move {
                     let mut reply = reply;
-                    let result = match checked {
+                    let mut result = match checked {
                         Err(error) => ReadResult::error(error),
                         Ok(replica) => {
                             let bound = if replica_id >= 0 { ReadBound::LogEnd } else { ReadBound::HighWatermark };
                             fetch_partition(&replica.log, offset, bytes_max, wait_until, bound, &mut reply).await
                         }
                     };
+                    if let Some(reason) = result.damaged.take() {
+                        shard.take_offline(&topic, partition, reason).await;
+                    }
                     let _ = reply.send(result);
                 })
                 .detach();
@@ -628,7 +662,8 @@ impl Shard {
                     // needs to repair it.
                     let reason = format!("opening {}: {err}", dir.display());
                     tracing::error!(shard = self.id, topic = %topic.name, partition, "partition offline on this broker: {reason}");
-                    self.offline.borrow_mut().insert((Arc::from(topic.topic_id.as_str()), partition), reason.clone());
+                    let offline = OfflineReplica { topic: topic.clone(), reported: false };
+                    self.offline.borrow_mut().insert((Arc::from(topic.topic_id.as_str()), partition), offline);
                     first_error.get_or_insert(reason);
                     continue;
                 }
@@ -693,13 +728,26 @@ impl Shard {
             .cloned()
             .collect();
         // An offline partition of a topic deleted (or moved away) since is
-        // forgotten; its files go with the orphan sweep at the next start.
-        self.offline.borrow_mut().retain(|(topic_id, partition), _| {
-            catalog
-                .topics
-                .values()
-                .any(|topic| *topic.topic_id == **topic_id && topic.assignment(*partition).replicas.contains(&node_id))
-        });
+        // forgotten, and its files go.
+        let gone: Vec<(Arc<TopicMeta>, u32)> = self
+            .offline
+            .borrow()
+            .iter()
+            .filter(|((topic_id, partition), _)| {
+                !catalog.topics.values().any(|topic| {
+                    *topic.topic_id == **topic_id && topic.assignment(*partition).replicas.contains(&node_id)
+                })
+            })
+            .map(|((_, partition), offline)| (offline.topic.clone(), *partition))
+            .collect();
+        for (topic, partition) in gone {
+            self.offline.borrow_mut().remove(&(Arc::from(topic.topic_id.as_str()), partition));
+            let dir = topic.partition_dir(&self.shared.config.data_dir, partition);
+            if let Err(err) = remove_dir_all_off_core(dir).await {
+                tracing::error!(shard = self.id, topic = %topic.name, partition, "removing an offline partition: {err}");
+            }
+        }
+        self.report_offline();
         for replica in doomed {
             // delete_partitions stops the replica (fetcher, waiters) first.
             let topic = replica.topic();
@@ -711,6 +759,87 @@ impl Shard {
         // Group coordinators follow the roles of __consumer_offsets.
         crate::group::sync(self, catalog);
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// A partition whose log turned out damaged while serving (a read met a
+    /// batch failing its CRC in synced data) stops serving here: its log
+    /// closes, it goes offline and is reported (`recover_offline`), never
+    /// served from the damaged copy.
+    async fn take_offline(self: &Rc<Self>, topic: &Arc<TopicMeta>, partition: u32, reason: String) {
+        let key: PartitionKey = (Arc::from(topic.topic_id.as_str()), partition);
+        let Some(replica) = self.replicas.borrow_mut().remove(&key) else { return };
+        tracing::error!(shard = self.id, topic = %topic.name, partition, "partition offline on this broker: {reason}");
+        replica.stop();
+        if let Some(parts) = self.logs.borrow_mut().get_mut(topic.topic_id.as_str()) {
+            parts.remove(&partition);
+        }
+        self.offline.borrow_mut().insert(key, OfflineReplica { topic: topic.clone(), reported: false });
+        // What is in flight fails or completes; the damaged copy is set
+        // aside or kept as is, never served again.
+        if let Err(err) = replica.log.close().await {
+            tracing::warn!(topic = %topic.name, partition, "closing a damaged partition: {err}");
+        }
+        self.report_offline();
+    }
+
+    /// Tells the controller of every offline partition not reported yet,
+    /// each in a task of its own (`recover_offline`).
+    fn report_offline(self: &Rc<Self>) {
+        let mut offline = self.offline.borrow_mut();
+        for ((_, partition), replica) in offline.iter_mut().filter(|(_, replica)| !replica.reported) {
+            replica.reported = true;
+            glommio::spawn_local(self.clone().recover_offline(replica.topic.clone(), *partition)).detach();
+        }
+    }
+
+    /// An offline replica, reported: the controller takes it out of the
+    /// ISR, and moves the leadership away if it led (issue 13). If another
+    /// in-sync replica then leads, the damaged files move aside (kept for
+    /// the operator as `<partition>.damaged-<unix ms>`) and the partition
+    /// starts over empty as that leader's follower, fetching everything
+    /// again; it rejoins the ISR once caught up. A last in-sync replica
+    /// stays offline: the data may exist nowhere else, and only an
+    /// operator (repairing the files, or by unclean election) may decide.
+    async fn recover_offline(self: Rc<Self>, topic: Arc<TopicMeta>, partition: u32) {
+        let node_id = self.shared.config.node_id;
+        let assignment = match self.shared.replica_offline(topic.name.clone(), partition).await {
+            Ok(assignment) => assignment,
+            Err(err) => {
+                tracing::error!(topic = %topic.name, partition, "could not report an offline partition: {err}");
+                return;
+            }
+        };
+        if assignment.leader < 0 || assignment.leader == node_id || assignment.isr.contains(&node_id) {
+            tracing::error!(topic = %topic.name, partition, leader = assignment.leader, isr = ?assignment.isr, "partition stays offline here: no other in-sync replica leads it; repair or remove the damaged files and restart, or allow unclean.leader.election.enable");
+            return;
+        }
+        // Never act on older metadata than the controller's answer: with
+        // it this broker could still see itself as the leader.
+        loop {
+            if self.stopping.get() {
+                return;
+            }
+            let catalog = self.shared.catalog.load_full();
+            let current = catalog.topics.get(&topic.name).filter(|t| t.topic_id == topic.topic_id);
+            let Some(current) = current else { return };
+            if current.assignment(partition).partition_epoch >= assignment.partition_epoch {
+                break;
+            }
+            crate::deadline::Deadline::after(Duration::from_millis(50)).await;
+        }
+        let dir = topic.partition_dir(&self.shared.config.data_dir, partition);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        let aside = dir.with_file_name(format!("{partition}.damaged-{now_ms}"));
+        if let Err(err) = glommio::io::rename(&dir, &aside).await {
+            tracing::error!(dir = %dir.display(), "partition stays offline: moving its damaged files aside failed: {err}");
+            return;
+        }
+        tracing::warn!(topic = %topic.name, partition, leader = assignment.leader, damaged = %aside.display(), "damaged partition moved aside; fetching it again from the leader");
+        self.offline.borrow_mut().remove(&(Arc::from(topic.topic_id.as_str()), partition));
+        let catalog = self.shared.catalog.load_full();
+        if let Err(err) = self.reconcile(&catalog).await {
+            tracing::error!(topic = %topic.name, partition, "reopening a partition moved aside: {err}");
+        }
     }
 
     /// Gives each open partition of `topic` the config its catalog entry
@@ -939,6 +1068,7 @@ async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBou
             log_start_offset: output.log_start_offset,
             log_end_offset: output.log_end_offset,
             batches: output.batches,
+            damaged: None,
         },
         Err(err) => ReadResult {
             error: log_error_code(&err),
@@ -946,6 +1076,7 @@ async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBou
             log_start_offset: log.log_start_offset(),
             log_end_offset: log.log_end_offset(),
             batches: Vec::new(),
+            damaged: matches!(err, LogError::Corruption { .. }).then(|| err.to_string()),
         },
     }
 }

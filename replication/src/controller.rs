@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_ID_BLOCK, MAX_TOPIC_NAME_LEN};
-use crate::metadata::{MetadataImage, MetadataRecord, PartitionImage};
+use crate::metadata::{MetadataImage, MetadataRecord, PartitionImage, TopicImage};
 
 /// Where a broker serves clients and its controller peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,13 @@ pub enum ControllerRequest {
     },
     AllocateProducerIds {
         count: i64,
+    },
+    /// Sent by a broker whose replica of a partition cannot serve (its log
+    /// failed to open: damaged or unreadable files). The replica is the
+    /// sender's own (the request's origin), never another broker's.
+    ReplicaOffline {
+        topic: String,
+        partition: u32,
     },
 }
 
@@ -206,38 +213,73 @@ fn fail_broker(batch: &mut Batch, node_id: i32) {
     let mut changes = Vec::new();
     for topic in batch.image.topics.values() {
         for (index, p) in topic.partitions.iter().enumerate() {
-            let eligible = |r: &i32| *r != node_id && batch.image.is_unfenced(*r);
-            let change = if p.leader == node_id {
-                let clean = p.replicas.iter().find(|r| eligible(r) && p.isr.contains(r)).copied();
-                let (leader, isr) = match clean {
-                    Some(l) => (l, p.isr.iter().copied().filter(|r| *r != node_id).collect()),
-                    None => match p.replicas.iter().find(|r| eligible(r)) {
-                        Some(l) if topic.unclean_leader_election() => (*l, vec![*l]),
-                        _ => (-1, p.isr.clone()),
-                    },
-                };
-                Some((leader, isr, p.leader_epoch + 1))
-            } else if p.isr.contains(&node_id) && p.isr.len() > 1 {
-                let isr = p.isr.iter().copied().filter(|r| *r != node_id).collect();
-                Some((p.leader, isr, p.leader_epoch))
-            } else {
-                None
-            };
-            if let Some((leader, isr, leader_epoch)) = change {
-                changes.push(MetadataRecord::PartitionChange {
-                    topic: topic.name.clone(),
-                    partition: index as u32,
-                    leader,
-                    isr,
-                    leader_epoch,
-                    partition_epoch: p.partition_epoch + 1,
-                });
-            }
+            changes.extend(leave_partition(&batch.image, topic, index as u32, p, node_id));
         }
     }
     for c in changes {
         batch.push(c);
     }
+}
+
+/// `node_id`'s replica of a partition can no longer be counted on (its
+/// broker failed, or the replica's log did). If it led, the leadership
+/// moves to the first other replica that is in the ISR and unfenced (or,
+/// with unclean election enabled, to the first other unfenced replica,
+/// alone in the ISR), else the partition has no leader; if it only
+/// followed, it leaves the ISR. An ISR never becomes empty: its last
+/// member keeps its claim, since the data may exist nowhere else.
+fn leave_partition(
+    image: &MetadataImage,
+    topic: &TopicImage,
+    partition: u32,
+    p: &PartitionImage,
+    node_id: i32,
+) -> Option<MetadataRecord> {
+    let eligible = |r: &i32| *r != node_id && image.is_unfenced(*r);
+    let (leader, isr, leader_epoch) = if p.leader == node_id {
+        let clean = p.replicas.iter().find(|r| eligible(r) && p.isr.contains(r)).copied();
+        let (leader, isr) = match clean {
+            Some(l) => (l, p.isr.iter().copied().filter(|r| *r != node_id).collect()),
+            None => match p.replicas.iter().find(|r| eligible(r)) {
+                Some(l) if topic.unclean_leader_election() => (*l, vec![*l]),
+                _ => (-1, p.isr.clone()),
+            },
+        };
+        (leader, isr, p.leader_epoch + 1)
+    } else if p.isr.contains(&node_id) && p.isr.len() > 1 {
+        (p.leader, p.isr.iter().copied().filter(|r| *r != node_id).collect(), p.leader_epoch)
+    } else {
+        return None;
+    };
+    Some(MetadataRecord::PartitionChange {
+        topic: topic.name.clone(),
+        partition,
+        leader,
+        isr,
+        leader_epoch,
+        partition_epoch: p.partition_epoch + 1,
+    })
+}
+
+/// A broker reports that its replica of a partition cannot serve (the log
+/// failed to open): it leaves the ISR, and the leadership if it had it, as
+/// at a broker failure of this one partition (`leave_partition`). Nothing
+/// changes when it is the last in-sync replica and led (no other may lead
+/// but by unclean election) or was already out of the ISR.
+pub fn replica_offline(
+    image: &MetadataImage,
+    topic: &str,
+    partition: u32,
+    node_id: i32,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let t = image.topics.get(topic).ok_or(ControllerError::UnknownTopicOrPartition)?;
+    let p = t.partitions.get(partition as usize).ok_or(ControllerError::UnknownTopicOrPartition)?;
+    if !p.replicas.contains(&node_id) {
+        return Err(ControllerError::InvalidRequest(format!(
+            "broker {node_id} is not a replica of {topic}/{partition}"
+        )));
+    }
+    Ok(leave_partition(image, t, partition, p, node_id).into_iter().collect())
 }
 
 /// A fenced broker is back: unfence it, and give it the leadership of every
@@ -421,6 +463,43 @@ mod tests {
             leader_epoch: cur.leader_epoch,
             partition_epoch: cur.partition_epoch,
         });
+    }
+
+    #[test]
+    fn an_offline_replica_leaves_the_isr_and_its_leadership_but_a_last_member_keeps_its_claim() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 1, 3, false);
+        let p = img.partition("t", 0).cloned().expect("partition");
+        let follower = *p.replicas.iter().find(|r| **r != p.leader).expect("a follower");
+        // A follower's damaged replica leaves the ISR; the leader stays.
+        let recs = replica_offline(&img, "t", 0, follower).expect("offline");
+        apply(&mut img, &recs);
+        let after = img.partition("t", 0).cloned().expect("partition");
+        assert_eq!(after.leader, p.leader);
+        assert!(!after.isr.contains(&follower));
+        assert_eq!(after.partition_epoch, p.partition_epoch + 1);
+        // The leader's damaged replica hands the leadership to the other
+        // in-sync replica, under a new epoch.
+        let recs = replica_offline(&img, "t", 0, p.leader).expect("offline");
+        apply(&mut img, &recs);
+        let moved = img.partition("t", 0).cloned().expect("partition");
+        assert_ne!(moved.leader, p.leader);
+        assert!(moved.leader > 0 && moved.leader != follower);
+        assert_eq!(moved.isr, vec![moved.leader]);
+        assert_eq!(moved.leader_epoch, p.leader_epoch + 1);
+        // The last in-sync replica keeps its claim: no leader rather than
+        // one without the data.
+        let recs = replica_offline(&img, "t", 0, moved.leader).expect("offline");
+        apply(&mut img, &recs);
+        let last = img.partition("t", 0).cloned().expect("partition");
+        assert_eq!(last.leader, -1);
+        assert_eq!(last.isr, vec![moved.leader]);
+        // Only a replica may report itself.
+        with_topic(&mut img, "one", 1, 1, false);
+        let owner = img.partition("one", 0).expect("partition").leader;
+        let other = (1..=3).find(|n| *n != owner).expect("another broker");
+        assert!(matches!(replica_offline(&img, "one", 0, other), Err(ControllerError::InvalidRequest(_))));
+        assert!(matches!(replica_offline(&img, "gone", 0, 1), Err(ControllerError::UnknownTopicOrPartition)));
     }
 
     #[test]

@@ -659,6 +659,9 @@ impl Node {
             ControllerRequest::AllocateProducerIds { count } => {
                 controller::allocate_producer_ids(img, id.node_id, *count)
             }
+            ControllerRequest::ReplicaOffline { topic, partition } => {
+                controller::replica_offline(img, topic, *partition, id.node_id)
+            }
         };
         let records = match records {
             Ok(r) => r,
@@ -892,7 +895,8 @@ impl Node {
             return;
         };
         let response = match &p.request {
-            ControllerRequest::AlterPartition { topic, partition, .. } => self
+            ControllerRequest::AlterPartition { topic, partition, .. }
+            | ControllerRequest::ReplicaOffline { topic, partition } => self
                 .applied
                 .partition(topic, *partition)
                 .cloned()
