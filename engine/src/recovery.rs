@@ -42,7 +42,9 @@ use crate::log::{CLEAN_SHUTDOWN_NAME, EPOCH_CHECKPOINT_NAME, LogConfig, LogState
 use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, ScanEnd, Segment, TIME_INDEX_SUFFIX, parse_segment_name};
 
 pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogConfig) -> Result<LogState<S::File>> {
-    storage.create_dir_all(dir).await.map_err(|err| LogError::io("create dir", dir, err))?;
+    // A new partition directory (and topic directory) must survive power
+    // loss along with the files synced into it.
+    crate::io::create_dir_durable(storage, dir).await.map_err(|err| LogError::io("create dir", dir, err))?;
     let names = storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?;
     let names = if settle_swaps(storage, dir, &names).await? {
         storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?

@@ -1466,13 +1466,16 @@ impl<S: Storage> LogInner<S> {
         // seal or close.
         remove_if_exists(&self.storage, &index_path).await?;
         remove_if_exists(&self.storage, &time_index_path).await?;
+        // The removals are durable before the cut is: a power loss between
+        // them would otherwise bring the later segments back after a
+        // shorter one, a gap recovery refuses as corruption.
+        self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
         let mut page_head = Vec::new();
         if let Some(file) = &file {
             file.truncate(cut_position).await.map_err(|err| LogError::io("truncate", &path, err))?;
             file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
             page_head = read_page_head(&**file, &path, cut_position).await?;
         }
-        self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
         let epochs = {
             let mut state = self.state.borrow_mut();
             let segment = state.segments.get_mut(&segment_base).expect("segment kept");
