@@ -123,6 +123,16 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     // log end; those above it saw batches the crash took.
     let sources_for = |offset| crate::log::producer_sources(&segments, offset);
     let producers = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, sources_for).await?;
+    if recovery_point > log_end_offset {
+        // Only after a clean close, where the point plays no part (every
+        // byte was checked); it must not outlive this open, or a crash
+        // before the next sync would take the tail for corruption.
+        tracing::error!(dir = %dir.display(), recovery_point, log_end_offset, "recovery point past the log end; lowered");
+        let path = dir.join(crate::recovery_point::RECOVERY_POINT_NAME);
+        let bytes = crate::recovery_point::encode(log_end_offset);
+        write_file_atomic(storage, &path, &bytes).await.map_err(|err| LogError::io("write", &path, err))?;
+    }
+    let recovery_point = recovery_point.min(log_end_offset);
     Ok(LogState::recovered(segments, epochs, gaps_below, producers, now_ms, recovery_point))
 }
 

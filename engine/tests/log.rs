@@ -526,6 +526,35 @@ fn a_truncation_lowers_the_recovery_point_so_damage_past_the_new_end_is_still_cu
 }
 
 #[test]
+fn a_recovery_point_past_the_log_end_after_a_clean_close_is_lowered_not_trusted() {
+    // A stored point no synced batch backs (a file from elsewhere, with a
+    // valid CRC): the open lowers it instead of asserting, and a crash
+    // right after still cuts a torn tail rather than failing the open.
+    run(async {
+        let storage = SimStorage::new();
+        let (_, clock) = manual_clock();
+        let config = LogConfig { segment_bytes_max: 1 << 20, clock, ..small_config() };
+        let log = open(&storage, &config).await;
+        append_batches(&log, 4, 5).await;
+        log.close().await.unwrap();
+        let mut bytes = b"SPRP\x00\x01".to_vec();
+        bytes.extend_from_slice(&1_000i64.to_be_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
+        let path = log_dir().join("recovery-point-checkpoint");
+        spate_engine::io::write_file_atomic(&storage, &path, &bytes).await.unwrap();
+        let log = open(&storage, &config).await;
+        assert_eq!(read_all(&log, 0).await.len(), 20);
+        append_batches(&log, 2, 5).await;
+        drop(log);
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        let segment = segment_path(&crashed);
+        let contents = crashed.contents(&segment).unwrap();
+        assert!(crashed.flip_bit(&segment, batch_position(&contents, 5) + 40, 0));
+        assert_eq!(read_all(&open(&crashed, &config).await, 0).await.len(), 25);
+    });
+}
+
+#[test]
 fn a_log_without_a_recovery_point_file_cuts_a_damaged_active_segment_as_before() {
     run(async {
         let storage = SimStorage::new();
