@@ -13,6 +13,7 @@ pub mod limits;
 pub mod log;
 pub mod producer_state;
 mod recovery;
+mod recovery_point;
 mod segment;
 
 pub use spate_format::{batch, varint};

@@ -14,6 +14,10 @@
 //!   writes may have reached the disk out of order, so a damaged batch with
 //!   a valid one after it is what an interrupted flush looks like too. That
 //!   case is logged as an error, with the bytes dropped.
+//!   Only at or above the recovery point (`recovery_point.rs`), though:
+//!   damage below it is corruption of synced data and fails the open, and
+//!   so does a log that ends below it. Without the file (a log written by
+//!   an older version) the point is 0.
 //! - The marker is removed before the log accepts writes, so a crash after
 //!   this open is never mistaken for a clean close.
 //! - The leader-epoch checkpoint is read, or rebuilt from batch headers when
@@ -38,7 +42,9 @@ use crate::log::{CLEAN_SHUTDOWN_NAME, EPOCH_CHECKPOINT_NAME, LogConfig, LogState
 use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, ScanEnd, Segment, TIME_INDEX_SUFFIX, parse_segment_name};
 
 pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogConfig) -> Result<LogState<S::File>> {
-    storage.create_dir_all(dir).await.map_err(|err| LogError::io("create dir", dir, err))?;
+    // A new partition directory (and topic directory) must survive power
+    // loss along with the files synced into it.
+    crate::io::create_dir_durable(storage, dir).await.map_err(|err| LogError::io("create dir", dir, err))?;
     let names = storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?;
     let names = if settle_swaps(storage, dir, &names).await? {
         storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?
@@ -68,6 +74,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     let marker = dir.join(CLEAN_SHUTDOWN_NAME);
     let clean = names.iter().any(|name| name == CLEAN_SHUTDOWN_NAME);
     let now_ms = config.clock.now_ms();
+    let recovery_point = crate::recovery_point::read(storage, dir).await?;
     let mut segments = BTreeMap::new();
     let mut epochs_seen = LeaderEpochCache::default();
     let mut next_offset = 0;
@@ -78,7 +85,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
             let reason = format!("segment starts at {base} but the previous one ends at {next_offset}");
             return Err(LogError::corruption(path, 0, reason));
         }
-        let context = SegmentContext { active, clean_close: clean, gaps_below, now_ms };
+        let context = SegmentContext { active, clean_close: clean, gaps_below, now_ms, recovery_point };
         let segment = recover_segment(storage, dir, base, &context, config, &mut epochs_seen).await?;
         next_offset = segment.next_offset;
         segments.insert(base, segment);
@@ -87,6 +94,15 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         segments.insert(0, Segment::new(dir, 0, now_ms));
     }
     let log_end_offset = segments.values().next_back().map_or(0, |segment| segment.next_offset);
+    if !clean && log_end_offset < recovery_point {
+        // Whole synced batches are missing, not damaged: a file cut short
+        // by something other than this engine (which lowers the point
+        // before it cuts).
+        let active = segments.values().next_back().expect("a log always has an active segment");
+        let reason = format!("the log ends at offset {log_end_offset}, below its recovery point {recovery_point}");
+        tracing::error!(segment = %active.log_path.display(), reason = %reason, "synced batches are missing");
+        return Err(LogError::corruption(&active.log_path, active.written_bytes, reason));
+    }
     let mut epochs = recover_epochs(storage, dir, &segments, gaps_below).await?;
     let stored = epochs.clone();
     for entry in epochs_seen.entries() {
@@ -107,7 +123,17 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     // log end; those above it saw batches the crash took.
     let sources_for = |offset| crate::log::producer_sources(&segments, offset);
     let producers = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, sources_for).await?;
-    Ok(LogState::recovered(segments, epochs, gaps_below, producers, now_ms))
+    if recovery_point > log_end_offset {
+        // Only after a clean close, where the point plays no part (every
+        // byte was checked); it must not outlive this open, or a crash
+        // before the next sync would take the tail for corruption.
+        tracing::error!(dir = %dir.display(), recovery_point, log_end_offset, "recovery point past the log end; lowered");
+        let path = dir.join(crate::recovery_point::RECOVERY_POINT_NAME);
+        let bytes = crate::recovery_point::encode(log_end_offset);
+        write_file_atomic(storage, &path, &bytes).await.map_err(|err| LogError::io("write", &path, err))?;
+    }
+    let recovery_point = recovery_point.min(log_end_offset);
+    Ok(LogState::recovered(segments, epochs, gaps_below, producers, now_ms, recovery_point))
 }
 
 /// Completes committed swaps and removes uncommitted cleaner files; true if
@@ -178,6 +204,9 @@ struct SegmentContext {
     clean_close: bool,
     gaps_below: i64,
     now_ms: i64,
+    /// Below this offset every batch was synced: damage there is never a
+    /// torn tail.
+    recovery_point: i64,
 }
 
 async fn recover_segment<S: Storage>(
@@ -188,7 +217,7 @@ async fn recover_segment<S: Storage>(
     config: &LogConfig,
     epochs_seen: &mut LeaderEpochCache,
 ) -> Result<Segment<S::File>> {
-    let SegmentContext { active, clean_close, gaps_below, now_ms } = *context;
+    let SegmentContext { active, clean_close, gaps_below, now_ms, recovery_point } = *context;
     let mut segment = Segment::new(dir, base, now_ms);
     let path = segment.log_path.clone();
     let file = storage.open(&path, false).await.map_err(|err| LogError::io("open", &path, err))?;
@@ -244,11 +273,25 @@ async fn recover_segment<S: Storage>(
         .await?;
     // Sealed segments, and the active one after a clean close, are exactly
     // whole batches; only the active one after a crash may end torn.
+    // Only the active one after a crash, and there only at or above the
+    // recovery point: below it every batch was synced, so damage there is
+    // corruption, not an interrupted write.
     let may_be_torn = active && !clean_close;
+    let damaged_offset = segment.next_offset;
     match (outcome.end.clone(), may_be_torn) {
         (ScanEnd::Clean, _) => {}
         (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, false) => {
             tracing::error!(segment = %path.display(), position, reason = %reason, "corrupt segment");
+            return Err(LogError::corruption(&path, position, reason));
+        }
+        (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, true)
+            if damaged_offset < recovery_point =>
+        {
+            let reason = format!(
+                "batch at offset {damaged_offset}, below the recovery point {recovery_point} (synced data), is \
+                 damaged: {reason}"
+            );
+            tracing::error!(segment = %path.display(), position, reason = %reason, "corruption of synced data");
             return Err(LogError::corruption(&path, position, reason));
         }
         (ScanEnd::Corrupt { position, reason } | ScanEnd::Tail { position, reason }, true) => {
@@ -263,8 +306,13 @@ async fn recover_segment<S: Storage>(
             // Cut physically, so that stale bytes past the end can never
             // be mistaken for batches by a later recovery.
             file.truncate(position).await.map_err(|err| LogError::io("truncate", &path, err))?;
-            file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
         }
+    }
+    if may_be_torn {
+        // What survived the crash may still sit in the device's cache; the
+        // log counts it as synced (and a later recovery point covers it),
+        // so it must be.
+        file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
     }
     segment.written_bytes = outcome.end_position;
     segment.submitted_bytes = outcome.end_position;

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use proptest::prelude::*;
 use spate_engine::batch::{self, BatchBuilder};
-use spate_engine::io::{CrashMode, SimStorage, Storage, TraceOp};
+use spate_engine::io::{CrashMode, SimStorage, Storage, TornSector, TraceOp};
 use spate_engine::{CleanupPolicy, Clock, LogConfig, PartitionLog, ReadBound, TailCache};
 
 const DELETE_RETENTION_MS: i64 = 2000;
@@ -193,7 +193,7 @@ async fn apply(
             *log = open_compacted(storage, &config).await;
         }
         Op::CrashRestart => {
-            *storage = storage.crash(CrashMode::DropUnsynced);
+            *storage = storage.power_loss(CrashMode::DropUnsynced, TornSector::Zeros);
             *log = open_compacted(storage, &config).await;
         }
     }
@@ -314,15 +314,19 @@ fn a_crash_at_every_step_of_a_clean_leaves_each_segment_old_or_new() {
     let mut crash_points = 0;
     for cut in start..=end {
         let disk = SimStorage::replay(&trace[..cut]);
-        for mode in [
+        let modes = [
             CrashMode::DropUnsynced,
             CrashMode::KeepUnsynced,
             CrashMode::DropOldestUnsynced,
             CrashMode::TearNewestWrite { keep_bytes: 100 },
-        ] {
+        ];
+        // Each mode as a crash that keeps metadata, and as a power loss
+        // (unsynced directory entries and size changes revert).
+        for (mode, power_loss) in modes.into_iter().flat_map(|mode| [(mode, false), (mode, true)]) {
             crash_points += 1;
             run(async {
-                let crashed = disk.crash(mode);
+                let crashed = if power_loss { disk.power_loss(mode, TornSector::Garbage) } else { disk.crash(mode) };
+                let mode = (mode, power_loss);
                 let log = PartitionLog::open(crashed, log_dir(), config.clone(), TailCache::new(1 << 20))
                     .await
                     .unwrap_or_else(|err| panic!("recovery failed after op {cut} with {mode:?}: {err}"));

@@ -93,3 +93,29 @@ fn a_log_in_a_relative_directory_rolls_and_syncs_its_directory() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn on_a_real_disk_a_flipped_byte_below_the_recovery_point_fails_the_open_after_an_unclean_stop() {
+    let dir = disk_dir("disk-recovery-point").join("topics").join("t.id").join("0");
+    let now_ms = std::rc::Rc::new(std::cell::Cell::new(1_000_000i64));
+    let clock_now = now_ms.clone();
+    let config = LogConfig { clock: spate_engine::Clock::new(move || clock_now.get()), ..disk_config() };
+    run(async {
+        // The partition directory and the ones above it are new.
+        let log = PartitionLog::open(DmaStorage, &dir, config.clone(), TailCache::new(1 << 20)).await.unwrap();
+        append_batches(&log, 20, 5).await;
+        now_ms.set(now_ms.get() + spate_engine::limits::RECOVERY_POINT_INTERVAL_MS);
+        // The first one's synced cycle writes the recovery point after its
+        // ack; the flusher takes the second one's cycle only after that.
+        append_batches(&log, 2, 5).await;
+        drop(log);
+        assert!(dir.join("recovery-point-checkpoint").exists());
+        let segment = dir.join(format!("{:020}.log", 0));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[300] ^= 1;
+        std::fs::write(&segment, &bytes).unwrap();
+        let opened = PartitionLog::open(DmaStorage, &dir, config.clone(), TailCache::new(1 << 20)).await;
+        assert!(matches!(opened, Err(spate_engine::LogError::Corruption { .. })), "got {opened:?}");
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), bytes.len() as u64, "nothing was cut");
+    });
+}

@@ -9,7 +9,7 @@ mod common;
 use bytes::BytesMut;
 use common::*;
 use spate_engine::batch::{self, BatchBuilder};
-use spate_engine::io::{CrashMode, SimStorage, Storage};
+use spate_engine::io::{CrashMode, SimStorage, Storage, TornSector};
 use spate_engine::producer_state::{ProducerStateTable, SequenceError};
 use spate_engine::{LogConfig, LogError, PartitionLog, ReadBound};
 
@@ -189,8 +189,12 @@ fn after_a_crash_anywhere_the_state_is_what_the_recovered_log_holds() {
     });
     let mut checked = 0;
     for cut in (0..=trace.len()).step_by(3) {
-        for mode in [CrashMode::DropUnsynced, CrashMode::KeepUnsynced] {
-            let crashed = SimStorage::replay(&trace[..cut]).crash(mode);
+        for (mode, power_loss) in
+            [(CrashMode::DropUnsynced, false), (CrashMode::KeepUnsynced, false), (CrashMode::KeepUnsynced, true)]
+        {
+            let disk = SimStorage::replay(&trace[..cut]);
+            let crashed = if power_loss { disk.power_loss(mode, TornSector::Garbage) } else { disk.crash(mode) };
+            let mode = (mode, power_loss);
             run(async {
                 let log = open(&crashed, &config).await;
                 let expected = state_from_log(&log).await;

@@ -394,16 +394,42 @@ fn a_clean_close_leaves_exact_segments_and_a_reopen_needs_no_repair() {
     });
 }
 
+/// A clock the test moves, for configs whose recovery point must be due
+/// (or not) at a chosen moment.
+fn manual_clock() -> (std::rc::Rc<std::cell::Cell<i64>>, spate_engine::Clock) {
+    let now_ms = std::rc::Rc::new(std::cell::Cell::new(1_000_000i64));
+    let clock_now = now_ms.clone();
+    (now_ms, spate_engine::Clock::new(move || clock_now.get()))
+}
+
+/// The byte position of the `index`th batch in a segment's content.
+fn batch_position(contents: &[u8], index: usize) -> usize {
+    let mut position = 0;
+    for _ in 0..index {
+        let header = spate_engine::batch::peek_header(&contents[position..]).unwrap();
+        position += 12 + header.batch_length.get() as usize;
+    }
+    position
+}
+
+fn segment_path(storage: &SimStorage) -> std::path::PathBuf {
+    storage.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap()
+}
+
 #[test]
-fn after_a_crash_the_log_is_cut_at_the_first_damaged_batch_of_the_unflushed_tail() {
+fn after_a_crash_damage_at_or_above_the_recovery_point_is_cut_at_the_first_damaged_batch() {
     run(async {
         let storage = SimStorage::new();
-        let config = LogConfig { segment_bytes_max: 1 << 20, ..small_config() };
+        // The clock stands still: no recovery point is ever due, so the
+        // whole active segment may be a torn tail (as with a log written
+        // before recovery points existed).
+        let (_, clock) = manual_clock();
+        let config = LogConfig { segment_bytes_max: 1 << 20, clock, ..small_config() };
         let log = open(&storage, &config).await;
         append_batches(&log, 20, 5).await;
         drop(log);
         let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
-        let segment = crashed.paths().into_iter().find(|p| p.extension().is_some_and(|ext| ext == "log")).unwrap();
+        let segment = segment_path(&crashed);
         // Inside the second batch: the first stays, the rest is cut.
         let first = read_all(&open(&crashed.crash(spate_engine::io::CrashMode::KeepUnsynced), &config).await, 0).await;
         assert_eq!(first.len(), 100);
@@ -411,6 +437,141 @@ fn after_a_crash_the_log_is_cut_at_the_first_damaged_batch_of_the_unflushed_tail
         let log = open(&crashed, &config).await;
         let kept = read_all(&log, 0).await;
         assert_eq!(kept, first[..5].to_vec(), "only whole batches before the damage are kept");
+    });
+}
+
+#[test]
+fn after_a_crash_damage_below_the_recovery_point_fails_the_open_and_nothing_is_cut() {
+    // Issue 13: synced batches followed a flipped byte in the active
+    // segment, and recovery cut them all off and opened. Before recovery
+    // points the open succeeded here with 5 of 105 records.
+    run(async {
+        let storage = SimStorage::new();
+        let (now_ms, clock) = manual_clock();
+        let config = LogConfig { segment_bytes_max: 1 << 20, clock, ..small_config() };
+        let log = open(&storage, &config).await;
+        append_batches(&log, 20, 5).await;
+        // The next synced cycle writes the recovery point: all 21 batches.
+        now_ms.set(now_ms.get() + spate_engine::limits::RECOVERY_POINT_INTERVAL_MS);
+        log.append_durable(batch("last", 5, 0), 0).await.unwrap();
+        drop(log);
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        let segment = segment_path(&crashed);
+        let before = crashed.contents(&segment).unwrap();
+        let damaged_at = batch_position(&before, 1) + 40;
+        assert!(crashed.flip_bit(&segment, damaged_at, 0));
+        match PartitionLog::open(crashed.clone(), log_dir(), config.clone(), TailCache::new(1 << 20)).await {
+            Err(LogError::Corruption { path, position, reason }) => {
+                assert_eq!(path, segment);
+                assert_eq!(position, batch_position(&before, 1) as u64);
+                assert!(reason.contains("offset 5"), "the reason names the damaged offset: {reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        assert_eq!(crashed.contents(&segment).unwrap().len(), before.len(), "nothing was cut");
+        // Repaired (the byte flipped back), every batch is there.
+        assert!(crashed.flip_bit(&segment, damaged_at, 0));
+        assert_eq!(read_all(&open(&crashed, &config).await, 0).await.len(), 105);
+    });
+}
+
+#[test]
+fn a_log_that_acks_before_syncing_has_a_recovery_point_where_its_syncs_reached() {
+    run(async {
+        let storage = SimStorage::new();
+        let (now_ms, clock) = manual_clock();
+        let config = LogConfig { durability: Durability::Never, segment_bytes_max: 1 << 20, clock, ..small_config() };
+        let log = open(&storage, &config).await;
+        append_batches(&log, 10, 5).await;
+        now_ms.set(now_ms.get() + spate_engine::limits::RECOVERY_POINT_INTERVAL_MS);
+        // The only sync under `Never` short of a seal or close.
+        log.flush().await.unwrap();
+        append_batches(&log, 10, 5).await;
+        drop(log);
+        let crashed = storage.crash(spate_engine::io::CrashMode::KeepUnsynced);
+        let segment = segment_path(&crashed);
+        let contents = crashed.contents(&segment).unwrap();
+        // Below the point (offsets 0..50): corruption.
+        let below = crashed.crash(spate_engine::io::CrashMode::KeepUnsynced);
+        assert!(below.flip_bit(&segment, batch_position(&contents, 3) + 40, 0));
+        let opened = PartitionLog::open(below, log_dir(), config.clone(), TailCache::new(1 << 20)).await;
+        assert!(matches!(opened, Err(LogError::Corruption { .. })), "got {opened:?}");
+        // Above it: a tail that was never synced, cut at the damage.
+        let above = crashed.crash(spate_engine::io::CrashMode::KeepUnsynced);
+        assert!(above.flip_bit(&segment, batch_position(&contents, 14) + 40, 0));
+        assert_eq!(read_all(&open(&above, &config).await, 0).await.len(), 70);
+    });
+}
+
+#[test]
+fn a_truncation_lowers_the_recovery_point_so_damage_past_the_new_end_is_still_cut() {
+    run(async {
+        let storage = SimStorage::new();
+        let (now_ms, clock) = manual_clock();
+        let config = LogConfig { segment_bytes_max: 1 << 20, clock, ..small_config() };
+        let log = open(&storage, &config).await;
+        append_batches(&log, 20, 5).await;
+        now_ms.set(now_ms.get() + spate_engine::limits::RECOVERY_POINT_INTERVAL_MS);
+        log.append_durable(batch("last", 5, 0), 0).await.unwrap();
+        // The point was 105; batches at 50.. are rewritten after the cut.
+        assert_eq!(log.truncate_to(50).await.unwrap(), 50);
+        append_batches(&log, 10, 5).await;
+        drop(log);
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        let segment = segment_path(&crashed);
+        let contents = crashed.contents(&segment).unwrap();
+        assert!(crashed.flip_bit(&segment, batch_position(&contents, 12) + 40, 0));
+        assert_eq!(read_all(&open(&crashed, &config).await, 0).await.len(), 60);
+    });
+}
+
+#[test]
+fn a_recovery_point_past_the_log_end_after_a_clean_close_is_lowered_not_trusted() {
+    // A stored point no synced batch backs (a file from elsewhere, with a
+    // valid CRC): the open lowers it instead of asserting, and a crash
+    // right after still cuts a torn tail rather than failing the open.
+    run(async {
+        let storage = SimStorage::new();
+        let (_, clock) = manual_clock();
+        let config = LogConfig { segment_bytes_max: 1 << 20, clock, ..small_config() };
+        let log = open(&storage, &config).await;
+        append_batches(&log, 4, 5).await;
+        log.close().await.unwrap();
+        let mut bytes = b"SPRP\x00\x01".to_vec();
+        bytes.extend_from_slice(&1_000i64.to_be_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_be_bytes());
+        let path = log_dir().join("recovery-point-checkpoint");
+        spate_engine::io::write_file_atomic(&storage, &path, &bytes).await.unwrap();
+        let log = open(&storage, &config).await;
+        assert_eq!(read_all(&log, 0).await.len(), 20);
+        append_batches(&log, 2, 5).await;
+        drop(log);
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        let segment = segment_path(&crashed);
+        let contents = crashed.contents(&segment).unwrap();
+        assert!(crashed.flip_bit(&segment, batch_position(&contents, 5) + 40, 0));
+        assert_eq!(read_all(&open(&crashed, &config).await, 0).await.len(), 25);
+    });
+}
+
+#[test]
+fn a_log_without_a_recovery_point_file_cuts_a_damaged_active_segment_as_before() {
+    run(async {
+        let storage = SimStorage::new();
+        let (now_ms, clock) = manual_clock();
+        let config = LogConfig { segment_bytes_max: 1 << 20, clock, ..small_config() };
+        let log = open(&storage, &config).await;
+        append_batches(&log, 20, 5).await;
+        now_ms.set(now_ms.get() + spate_engine::limits::RECOVERY_POINT_INTERVAL_MS);
+        log.append_durable(batch("last", 5, 0), 0).await.unwrap();
+        drop(log);
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        // As written by a version before recovery points.
+        crashed.remove(&log_dir().join("recovery-point-checkpoint")).await.unwrap();
+        let segment = segment_path(&crashed);
+        let contents = crashed.contents(&segment).unwrap();
+        assert!(crashed.flip_bit(&segment, batch_position(&contents, 1) + 40, 0));
+        assert_eq!(read_all(&open(&crashed, &config).await, 0).await.len(), 5);
     });
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use spate_engine::io::{CrashMode, SimStorage};
+use spate_engine::io::{CrashMode, SimStorage, TornSector};
 use spate_engine::{LogConfig, PartitionLog, ReadBound};
 
 #[derive(Debug, Clone)]
@@ -133,7 +133,9 @@ async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimSto
             *log = open(storage, &config).await;
         }
         Op::CrashRestart => {
-            *storage = storage.crash(CrashMode::DropUnsynced);
+            // A power loss: what a crash keeping metadata leaves, less the
+            // directory entries and size changes not yet synced.
+            *storage = storage.power_loss(CrashMode::DropUnsynced, TornSector::Zeros);
             *log = open(storage, &config).await;
         }
     }

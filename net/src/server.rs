@@ -123,7 +123,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     let data_dir = config.data_dir.clone();
     let shown = data_dir.display().to_string();
     let io = |source| ServeError::DataDir { path: shown.clone(), source };
-    std::fs::create_dir_all(data_dir.join(crate::catalog::TOPICS_DIR)).map_err(io)?;
+    create_dir_durable(&data_dir.join(crate::catalog::TOPICS_DIR)).map_err(io)?;
     let lock = File::create(data_dir.join(LOCK_FILE)).map_err(io)?;
     if lock.try_lock().is_err() {
         return Err(ServeError::DataDirLocked(shown));
@@ -257,6 +257,23 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         }
     }
     Ok(handle)
+}
+
+/// Creates `dir` and its missing parents so that they survive power loss:
+/// a new directory's entry is durable only once its parent is synced, so
+/// each created one's parent is, outermost first. Returns the directories
+/// created. (Topic and partition directories below `topics/` are created
+/// the same way by the engine when a partition opens.)
+fn create_dir_durable(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut created: Vec<std::path::PathBuf> =
+        dir.ancestors().take_while(|path| !path.as_os_str().is_empty() && !path.exists()).map(Into::into).collect();
+    created.reverse();
+    std::fs::create_dir_all(dir)?;
+    for path in &created {
+        let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(created)
 }
 
 /// Before the metadata log, topics lived in catalog.json; a data directory
@@ -548,4 +565,24 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
         }
     })
     .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn creating_the_topics_directory_syncs_the_parent_of_each_directory_created() {
+        // Under target/ (a real disk), as the other tests' data.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/net-unit/create-dir-durable");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let topics = root.join("data").join("topics");
+        assert_eq!(create_dir_durable(&topics).unwrap(), vec![root.join("data"), topics.clone()]);
+        assert!(topics.is_dir());
+        // An existing directory: nothing created, nothing to sync.
+        assert!(create_dir_durable(&topics).unwrap().is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -5,8 +5,9 @@
 //!
 //! Contract, mirrored by both backends: `write_at` and `read_at` take
 //! positions and lengths aligned to [`crate::limits::IO_ALIGN_BYTES`];
-//! written bytes survive a crash only after `fdatasync`; metadata operations
-//! (create, rename, remove, truncate) are durable once `sync_dir` returns.
+//! written bytes survive a crash only after `fdatasync`, and so does a size
+//! change (truncate, or a write past the end); creates, renames, removes
+//! and new directories are durable once `sync_dir` of their parent returns.
 
 #![allow(async_fn_in_trait)] // Executors are single threaded: futures need not be Send.
 
@@ -19,7 +20,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 pub use dma::DmaStorage;
-pub use sim::{CrashMode, SimStorage, TraceOp};
+pub use sim::{CrashMode, SIM_SECTOR_BYTES, SimStorage, TornSector, TraceOp};
 
 /// An aligned, owned buffer handed to `write_at`.
 pub trait IoBuf {
@@ -91,8 +92,38 @@ pub async fn write_file_atomic<S: Storage>(storage: &S, path: &Path, data: &[u8]
     file.fdatasync().await?;
     drop(file);
     storage.rename(&tmp, path).await?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    storage.sync_dir(dir).await
+    storage.sync_dir(parent_dir(path)).await
+}
+
+/// Creates `dir` and its missing parents so that they survive power loss:
+/// the parent of each directory created is synced, outermost first (a
+/// directory's entry is durable once its parent is). An existing `dir`
+/// costs one listing and no sync.
+pub async fn create_dir_durable<S: Storage>(storage: &S, dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    // Roots and "" (the current directory) exist.
+    let mut probe = Some(dir).filter(|path| path.parent().is_some() && !path.as_os_str().is_empty());
+    while let Some(path) = probe {
+        match storage.list_dir(path).await {
+            Ok(_) => break,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(path.to_path_buf()),
+            Err(err) => return Err(err),
+        }
+        probe = path.parent().filter(|parent| parent.parent().is_some() && !parent.as_os_str().is_empty());
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    storage.create_dir_all(dir).await?;
+    for created in missing.iter().rev() {
+        storage.sync_dir(parent_dir(created)).await?;
+    }
+    Ok(())
+}
+
+/// The directory holding `path`'s entry ("." for a bare relative name).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Reads a whole small file, or `None` if it does not exist.

@@ -6,12 +6,24 @@
 //!
 //! Model of the media, stated so tests can rely on it: written bytes become
 //! durable only at the next `fdatasync` of their file; a crash may drop
-//! unsynced writes or tear one of them at any byte (bytes are old or new,
-//! never garbage); metadata operations (create, rename, remove, truncate)
-//! are durable immediately, as ext4's journal makes them after `sync_dir`.
+//! unsynced writes or tear one of them at any byte. Two kinds of crash:
+//!
+//! - [`SimStorage::crash`] (a process crash, or a power loss after the
+//!   journal committed every metadata change): torn bytes are old or new,
+//!   never garbage, and metadata operations (create, rename, remove,
+//!   truncate) are durable at once.
+//! - [`SimStorage::power_loss`]: a directory entry (a created, renamed or
+//!   removed file or a created directory) survives only if a `sync_dir` of
+//!   its parent covered it, else the entry reverts (a created file
+//!   vanishes, a rename reverts, a removal comes back); a file's size
+//!   reverts to what its last `fdatasync` covered (truncations and
+//!   extensions since then are lost); and the sector a torn write was in
+//!   the middle of reads as zeros or garbage ([`TornSector`]) unless it held
+//!   synced bytes: overwriting a sector of synced data is atomic (old or
+//!   new), as NVMe's atomic write unit makes one logical block.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -24,13 +36,51 @@ use crate::limits::IO_ALIGN_BYTES;
 /// One recorded operation, enough to replay a workload up to any point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceOp {
-    Create { path: PathBuf },
-    Write { path: PathBuf, pos: u64, data: Vec<u8> },
-    Sync { path: PathBuf },
-    Truncate { path: PathBuf, len: u64 },
-    Rename { from: PathBuf, to: PathBuf },
-    Remove { path: PathBuf },
+    Create {
+        path: PathBuf,
+    },
+    Write {
+        path: PathBuf,
+        pos: u64,
+        data: Vec<u8>,
+    },
+    Sync {
+        path: PathBuf,
+    },
+    Truncate {
+        path: PathBuf,
+        len: u64,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+    },
+    Remove {
+        path: PathBuf,
+    },
+    /// `create_dir_all`: the directory and every missing parent.
+    CreateDir {
+        path: PathBuf,
+    },
+    SyncDir {
+        path: PathBuf,
+    },
 }
+
+/// What the sector a torn write was in the middle of holds after a power
+/// loss (see [`SimStorage::power_loss`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TornSector {
+    /// Old or new bytes, as [`SimStorage::crash`] leaves them.
+    OldOrNew,
+    /// Zeros, as ext4 reads an unwritten extent.
+    Zeros,
+    /// Bytes that were never written there.
+    Garbage,
+}
+
+/// The device's logical sector: the unit a torn write damages.
+pub const SIM_SECTOR_BYTES: usize = 512;
 
 /// What a crash leaves of unsynced writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +101,12 @@ pub enum CrashMode {
 struct SimFileData {
     path: PathBuf,
     volatile: Vec<u8>,
+    /// What survives a crash that keeps metadata: the last synced bytes,
+    /// sized as the file is now.
     durable: Vec<u8>,
+    /// The file exactly as its last `fdatasync` left it (size included):
+    /// what survives a power loss.
+    synced: Vec<u8>,
     /// Writes since the last fdatasync, in issue order: (sequence, pos, data).
     unsynced: Vec<(u64, u64, Vec<u8>)>,
 }
@@ -59,6 +114,12 @@ struct SimFileData {
 #[derive(Debug, Default)]
 struct SimDisk {
     files: BTreeMap<PathBuf, Rc<RefCell<SimFileData>>>,
+    /// The directory entries as of the last `sync_dir` of their parent.
+    durable_files: BTreeMap<PathBuf, Rc<RefCell<SimFileData>>>,
+    /// Directories made by `create_dir_all`; any other one is taken to
+    /// exist from the start (the test's root).
+    dirs: BTreeSet<PathBuf>,
+    durable_dirs: BTreeSet<PathBuf>,
     trace: Vec<TraceOp>,
     write_sequence: u64,
     writes_done: u64,
@@ -169,38 +230,81 @@ impl SimStorage {
             TraceOp::Remove { path } => {
                 disk.files.remove(path);
             }
-        }
-    }
-
-    /// The disk as it would be found after a crash now.
-    pub fn crash(&self, mode: CrashMode) -> SimStorage {
-        let disk = self.disk.borrow();
-        let sequences: Vec<u64> = disk
-            .files
-            .values()
-            .flat_map(|file| file.borrow().unsynced.iter().map(|write| write.0).collect::<Vec<_>>())
-            .collect();
-        let newest = sequences.iter().max().copied();
-        let oldest = sequences.iter().min().copied();
-        let crashed = SimStorage::new();
-        for (path, file) in &disk.files {
-            let file = file.borrow();
-            let mut image = file.durable.clone();
-            if mode != CrashMode::DropUnsynced {
-                for (sequence, pos, data) in &file.unsynced {
-                    match mode {
-                        CrashMode::TearNewestWrite { keep_bytes } if Some(*sequence) == newest => {
-                            let keep = keep_bytes.min(data.len());
-                            write_into(&mut image, *pos, &data[..keep]);
-                        }
-                        CrashMode::DropOldestUnsynced if Some(*sequence) == oldest => {}
-                        _ => write_into(&mut image, *pos, data),
+            TraceOp::CreateDir { path } => {
+                for dir in path.ancestors().filter(|dir| dir.parent().is_some_and(|p| !p.as_os_str().is_empty())) {
+                    disk.dirs.insert(dir.to_path_buf());
+                }
+                // A bare relative name's parent is "." (ancestors stop at "").
+                if path.parent().is_some_and(|p| p.as_os_str().is_empty()) {
+                    disk.dirs.insert(path.clone());
+                }
+            }
+            TraceOp::SyncDir { path } => {
+                let dir = normalize_dir(path);
+                let disk = &mut *disk;
+                disk.durable_files.retain(|entry, _| parent_dir(entry) != dir);
+                for (entry, file) in &disk.files {
+                    if parent_dir(entry) == dir {
+                        disk.durable_files.insert(entry.clone(), file.clone());
+                    }
+                }
+                disk.durable_dirs.retain(|entry| parent_dir(entry) != dir);
+                for entry in &disk.dirs {
+                    if parent_dir(entry) == dir {
+                        disk.durable_dirs.insert(entry.clone());
                     }
                 }
             }
-            let data =
-                SimFileData { path: path.clone(), volatile: image.clone(), durable: image, unsynced: Vec::new() };
-            crashed.disk.borrow_mut().files.insert(path.clone(), Rc::new(RefCell::new(data)));
+        }
+    }
+
+    /// The disk as it would be found after a crash now, metadata kept
+    /// (see the module doc); torn bytes are old or new.
+    pub fn crash(&self, mode: CrashMode) -> SimStorage {
+        self.crash_with(mode, TornSector::OldOrNew)
+    }
+
+    /// As [`SimStorage::crash`], with the sector a torn write was in the
+    /// middle of (under [`CrashMode::TearNewestWrite`]) holding `torn`
+    /// unless it held synced bytes.
+    pub fn crash_with(&self, mode: CrashMode, torn: TornSector) -> SimStorage {
+        let disk = self.disk.borrow();
+        let unsynced = UnsyncedWrites::of(&disk.files);
+        let crashed = SimStorage::new();
+        {
+            let mut out = crashed.disk.borrow_mut();
+            for (path, file) in &disk.files {
+                let file = file.borrow();
+                let image = crash_image(&file, file.durable.clone(), mode, &unsynced, torn);
+                out.insert_durable(path, image);
+            }
+            out.dirs = disk.dirs.clone();
+            out.durable_dirs = disk.dirs.clone();
+        }
+        crashed
+    }
+
+    /// The disk as it would be found after a power loss now: directory
+    /// entries not covered by a `sync_dir` revert, file sizes revert to
+    /// what their last `fdatasync` covered, unsynced writes go as `mode`
+    /// says and a torn sector holds `torn` unless it held synced bytes.
+    pub fn power_loss(&self, mode: CrashMode, torn: TornSector) -> SimStorage {
+        let disk = self.disk.borrow();
+        let unsynced = UnsyncedWrites::of(&disk.durable_files);
+        // A directory survives if every one of its ancestors made by
+        // `create_dir_all` is in a synced parent.
+        let survives = |dir: &Path| dir.ancestors().all(|a| !disk.dirs.contains(a) || disk.durable_dirs.contains(a));
+        let crashed = SimStorage::new();
+        {
+            let mut out = crashed.disk.borrow_mut();
+            for (path, file) in disk.durable_files.iter().filter(|(path, _)| survives(&parent_dir(path))) {
+                let file = file.borrow();
+                let mut image = crash_image(&file, file.synced.clone(), mode, &unsynced, torn);
+                image.resize(file.synced.len(), 0);
+                out.insert_durable(path, image);
+            }
+            out.dirs = disk.dirs.iter().filter(|dir| survives(dir)).cloned().collect();
+            out.durable_dirs = out.dirs.clone();
         }
         crashed
     }
@@ -226,7 +330,7 @@ impl SimStorage {
         let file = &mut *file;
         let mask = 1u8 << (bit % 8);
         let mut flipped = false;
-        for image in [&mut file.volatile, &mut file.durable] {
+        for image in [&mut file.volatile, &mut file.durable, &mut file.synced] {
             if let Some(byte) = image.get_mut(byte_pos) {
                 *byte ^= mask;
                 flipped = true;
@@ -247,6 +351,109 @@ impl SimStorage {
 
     fn record(&self, op: TraceOp) {
         self.disk.borrow_mut().trace.push(op);
+    }
+}
+
+/// The sequence numbers of the newest and oldest unsynced writes.
+struct UnsyncedWrites {
+    newest: Option<u64>,
+    oldest: Option<u64>,
+}
+
+impl UnsyncedWrites {
+    fn of(files: &BTreeMap<PathBuf, Rc<RefCell<SimFileData>>>) -> Self {
+        let sequences: Vec<u64> = files
+            .values()
+            .flat_map(|file| file.borrow().unsynced.iter().map(|write| write.0).collect::<Vec<_>>())
+            .collect();
+        UnsyncedWrites { newest: sequences.iter().max().copied(), oldest: sequences.iter().min().copied() }
+    }
+}
+
+/// `base` (what is on the media for sure) with the unsynced writes of
+/// `file` that `mode` keeps.
+fn crash_image(
+    file: &SimFileData,
+    mut image: Vec<u8>,
+    mode: CrashMode,
+    unsynced: &UnsyncedWrites,
+    torn: TornSector,
+) -> Vec<u8> {
+    if mode == CrashMode::DropUnsynced {
+        return image;
+    }
+    let synced_bytes = file.synced.len().min(file.durable.len());
+    for (sequence, pos, data) in &file.unsynced {
+        match mode {
+            CrashMode::TearNewestWrite { keep_bytes } if Some(*sequence) == unsynced.newest => {
+                let keep = keep_bytes.min(data.len());
+                write_into(&mut image, *pos, &data[..keep]);
+                tear_sector(&mut image, *pos as usize, data.len(), keep, synced_bytes, torn);
+            }
+            CrashMode::DropOldestUnsynced if Some(*sequence) == unsynced.oldest => {}
+            _ => write_into(&mut image, *pos, data),
+        }
+    }
+    image
+}
+
+/// Fills the rest of the sector a write of `len` bytes at `pos` was torn
+/// in (after its first `keep` bytes) with `torn`, unless that sector held
+/// synced bytes (an overwrite of one sector is atomic).
+fn tear_sector(image: &mut Vec<u8>, pos: usize, len: usize, keep: usize, synced_bytes: usize, torn: TornSector) {
+    if keep >= len || torn == TornSector::OldOrNew {
+        return;
+    }
+    let start = pos + keep;
+    let sector_start = start / SIM_SECTOR_BYTES * SIM_SECTOR_BYTES;
+    if sector_start < synced_bytes {
+        return;
+    }
+    let end = (sector_start + SIM_SECTOR_BYTES).min(pos + len);
+    if image.len() < end {
+        image.resize(end, 0);
+    }
+    for (at, byte) in image[start..end].iter_mut().enumerate() {
+        *byte = match torn {
+            TornSector::Zeros => 0,
+            // Not a byte pattern a batch header or CRC could match by luck.
+            _ => (at as u8).wrapping_mul(151).wrapping_add(0x3D) ^ 0xA7,
+        };
+    }
+}
+
+/// The directory holding `path`'s entry: "." for a bare relative name.
+fn parent_dir(path: &Path) -> PathBuf {
+    normalize_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn normalize_dir(dir: &Path) -> PathBuf {
+    if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir.to_path_buf() }
+}
+
+impl SimDisk {
+    /// Adds a file that is durable as it is (on a disk just crashed).
+    fn insert_durable(&mut self, path: &Path, image: Vec<u8>) {
+        let data = SimFileData {
+            path: path.to_path_buf(),
+            volatile: image.clone(),
+            durable: image.clone(),
+            synced: image,
+            unsynced: Vec::new(),
+        };
+        let data = Rc::new(RefCell::new(data));
+        self.files.insert(path.to_path_buf(), data.clone());
+        self.durable_files.insert(path.to_path_buf(), data);
+    }
+
+    /// Whether `dir` exists: made by `create_dir_all`, holding an entry, or
+    /// a root (taken to exist from the start).
+    fn dir_exists(&self, dir: &Path) -> bool {
+        let dir = normalize_dir(dir);
+        dir == Path::new(".")
+            || dir.parent().is_none()
+            || self.dirs.contains(&dir)
+            || self.files.keys().chain(self.dirs.iter()).any(|path| path.starts_with(&dir) && *path != dir)
     }
 }
 
@@ -349,6 +556,7 @@ fn apply_data_op(disk: &mut SimDisk, data: &Rc<RefCell<SimFileData>>, op: &Trace
         TraceOp::Sync { .. } => {
             let mut file = data.borrow_mut();
             file.durable = file.volatile.clone();
+            file.synced = file.volatile.clone();
             file.unsynced.clear();
         }
         _ => debug_assert!(false, "only writes and syncs touch file data"),
@@ -393,21 +601,137 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    async fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let op = TraceOp::CreateDir { path: dir.to_path_buf() };
+        self.apply(&op);
+        self.record(op);
         Ok(())
     }
 
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
         let disk = self.disk.borrow();
+        if !disk.dir_exists(dir) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} not found", dir.display())));
+        }
         Ok(disk
             .files
             .keys()
-            .filter(|path| path.parent() == Some(dir))
+            .filter(|path| parent_dir(path) == normalize_dir(dir))
             .filter_map(|path| path.file_name()?.to_str().map(str::to_owned))
             .collect())
     }
 
-    async fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let op = TraceOp::SyncDir { path: dir.to_path_buf() };
+        self.apply(&op);
+        self.record(op);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+        glommio::LocalExecutor::default().run(future)
+    }
+
+    async fn write_page(storage: &SimStorage, path: &Path, fill: u8) -> SimFile {
+        let file = storage.open(path, true).await.unwrap();
+        let mut buf = file.alloc_buf(IO_ALIGN_BYTES as usize);
+        buf.as_mut_bytes().fill(fill);
+        file.write_at(buf, 0).await.unwrap();
+        file
+    }
+
+    #[test]
+    fn a_power_loss_reverts_directory_entries_no_sync_dir_covered() {
+        run(async {
+            let storage = SimStorage::new();
+            let dir = Path::new("/d");
+            storage.create_dir_all(dir).await.unwrap();
+            storage.sync_dir(Path::new("/")).await.unwrap();
+            let kept = write_page(&storage, &dir.join("kept"), 1).await;
+            kept.fdatasync().await.unwrap();
+            let gone = write_page(&storage, &dir.join("gone"), 2).await;
+            gone.fdatasync().await.unwrap();
+            storage.sync_dir(dir).await.unwrap();
+            // Not covered by a sync_dir: a create, a rename, a removal.
+            write_page(&storage, &dir.join("new"), 3).await.fdatasync().await.unwrap();
+            storage.rename(&dir.join("kept"), &dir.join("renamed")).await.unwrap();
+            storage.remove(&dir.join("gone")).await.unwrap();
+            let lost = storage.power_loss(CrashMode::KeepUnsynced, TornSector::Zeros);
+            assert_eq!(lost.paths(), vec![dir.join("gone"), dir.join("kept")]);
+            assert_eq!(lost.contents(&dir.join("gone")).unwrap(), vec![2; IO_ALIGN_BYTES as usize]);
+            // A crash that keeps metadata keeps all three changes.
+            let crashed = storage.crash(CrashMode::KeepUnsynced);
+            assert_eq!(crashed.paths(), vec![dir.join("new"), dir.join("renamed")]);
+        });
+    }
+
+    #[test]
+    fn a_power_loss_loses_a_directory_whose_parent_was_not_synced() {
+        run(async {
+            let storage = SimStorage::new();
+            storage.create_dir_all(Path::new("/a/b")).await.unwrap();
+            write_page(&storage, Path::new("/a/b/f"), 1).await.fdatasync().await.unwrap();
+            storage.sync_dir(Path::new("/a/b")).await.unwrap();
+            storage.sync_dir(Path::new("/a")).await.unwrap();
+            // `/a` itself is in no synced parent.
+            assert!(storage.power_loss(CrashMode::KeepUnsynced, TornSector::Zeros).paths().is_empty());
+            storage.sync_dir(Path::new("/")).await.unwrap();
+            let lost = storage.power_loss(CrashMode::KeepUnsynced, TornSector::Zeros);
+            assert_eq!(lost.paths(), vec![PathBuf::from("/a/b/f")]);
+        });
+    }
+
+    #[test]
+    fn a_power_loss_reverts_size_changes_no_fdatasync_covered() {
+        run(async {
+            let storage = SimStorage::new();
+            let path = Path::new("/f");
+            let file = write_page(&storage, path, 1).await;
+            file.fdatasync().await.unwrap();
+            storage.sync_dir(Path::new("/")).await.unwrap();
+            file.truncate(100).await.unwrap();
+            let lost = storage.power_loss(CrashMode::KeepUnsynced, TornSector::Zeros);
+            assert_eq!(lost.contents(path).unwrap(), vec![1; IO_ALIGN_BYTES as usize], "the truncation reverts");
+            assert_eq!(storage.crash(CrashMode::KeepUnsynced).contents(path).unwrap().len(), 100);
+            file.fdatasync().await.unwrap();
+            // An extending write, unsynced: the size reverts with it.
+            let mut buf = file.alloc_buf(IO_ALIGN_BYTES as usize);
+            buf.as_mut_bytes().fill(2);
+            file.write_at(buf, IO_ALIGN_BYTES).await.unwrap();
+            let lost = storage.power_loss(CrashMode::KeepUnsynced, TornSector::Zeros);
+            assert_eq!(lost.contents(path).unwrap().len(), 100);
+        });
+    }
+
+    #[test]
+    fn a_torn_sector_holds_zeros_or_garbage_unless_it_held_synced_bytes() {
+        run(async {
+            let storage = SimStorage::new();
+            let path = Path::new("/f");
+            let file = write_page(&storage, path, 1).await;
+            file.fdatasync().await.unwrap();
+            storage.sync_dir(Path::new("/")).await.unwrap();
+            let mut buf = file.alloc_buf(2 * IO_ALIGN_BYTES as usize);
+            buf.as_mut_bytes().fill(2);
+            file.write_at(buf, 0).await.unwrap();
+            let page = IO_ALIGN_BYTES as usize;
+            let tear = |keep_bytes, torn| storage.crash_with(CrashMode::TearNewestWrite { keep_bytes }, torn);
+            // Torn in the first page, which held synced bytes: old or new.
+            let image = tear(100, TornSector::Garbage).contents(path).unwrap();
+            assert!(image[..100].iter().all(|b| *b == 2) && image[100..page].iter().all(|b| *b == 1));
+            // Torn in the second page, past the synced bytes: the rest of
+            // its sector is zeros or garbage, the sectors after it old.
+            let image = tear(page + 100, TornSector::Zeros).contents(path).unwrap();
+            assert!(image[page + 100..page + SIM_SECTOR_BYTES].iter().all(|b| *b == 0));
+            assert_eq!(image.len(), page + SIM_SECTOR_BYTES);
+            let image = tear(page + 100, TornSector::Garbage).contents(path).unwrap();
+            assert!(image[page + 100..page + SIM_SECTOR_BYTES].iter().any(|b| *b != 0 && *b != 2));
+        });
     }
 }

@@ -76,12 +76,20 @@ impl<S: Storage> LogInner<S> {
         if unsubmitted || seal_due || state.sync_requested || state.epochs_dirty {
             return (true, None);
         }
-        match self.config().durability {
+        let now_ms = self.config().clock.now_ms();
+        let sync_due_ms = match self.config().durability {
             Durability::IntervalMs(interval_ms) if state.synced_offset < state.written_offset => {
-                let due_ms = state.last_sync_ms + interval_ms as i64 - self.config().clock.now_ms();
-                if due_ms <= 0 { (true, None) } else { (false, Some(Duration::from_millis(due_ms as u64))) }
+                Some(state.last_sync_ms + interval_ms as i64 - now_ms)
             }
-            _ => (false, None),
+            _ => None,
+        };
+        // A burst that ends within the interval leaves the recovery point
+        // behind; it is written once due, without waiting for more appends.
+        let recovery_point_due_ms = state.recovery_point_due_in_ms(now_ms, false);
+        match [sync_due_ms, recovery_point_due_ms].into_iter().flatten().min() {
+            Some(due_ms) if due_ms <= 0 => (true, None),
+            Some(due_ms) => (false, Some(Duration::from_millis(due_ms as u64))),
+            None => (false, None),
         }
     }
 
@@ -207,7 +215,7 @@ impl<S: Storage> LogInner<S> {
                     continue;
                 }
                 if plan.is_idle() {
-                    return Ok(());
+                    return self.write_recovery_point_if_due(false).await;
                 }
                 if plan.file.is_none() && plan.count == 0 && !plan.seal {
                     // Nothing was ever written to this segment: nothing to sync.
@@ -301,7 +309,7 @@ impl<S: Storage> LogInner<S> {
         self.write_epoch_checkpoint(entry.plan.epochs.as_ref()).await?;
         let synced = entry.plan.sync;
         self.finish_cycle(entry.plan, synced);
-        Ok(())
+        self.write_recovery_point_if_due(false).await
     }
 
     /// Copies a plan into DMA buffers and starts writing them.
@@ -361,9 +369,9 @@ impl<S: Storage> LogInner<S> {
             self.persist_segment(file, plan.segment_base, plan.end_position).await?;
             self.write_pending_snapshot().await?;
         }
-        let synced = plan.sync;
+        let (synced, seal) = (plan.sync, plan.seal);
         self.finish_cycle(plan, synced);
-        Ok(())
+        self.write_recovery_point_if_due(seal).await
     }
 
     /// Publishes a completed cycle: moves offsets, unpins cached batches and

@@ -45,8 +45,8 @@ use crate::error::{LogError, Result};
 use crate::io::{IoBuf, Storage, StorageFile, write_file_atomic};
 use crate::limits::{
     BATCH_BYTES_MAX_LIMIT, CLEAN_BYTES_PER_SEC_DEFAULT, CLEAN_OFFSET_MAP_ENTRIES_MAX, FLUSH_CYCLE_BYTES_MAX,
-    IO_ALIGN_BYTES, PENDING_BYTES_MAX, SEGMENT_BYTES_MAX_LIMIT, SEGMENT_OFFSET_SPAN_MAX, SYNCS_IN_FLIGHT_MAX,
-    WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
+    IO_ALIGN_BYTES, PENDING_BYTES_MAX, RECOVERY_POINT_INTERVAL_MS, SEGMENT_BYTES_MAX_LIMIT, SEGMENT_OFFSET_SPAN_MAX,
+    SYNCS_IN_FLIGHT_MAX, WRITE_CHUNK_BYTES, WRITES_IN_FLIGHT_MAX, align_down, align_up,
 };
 use crate::producer_state::{ProducerEntry, ProducerStateTable, SequenceCheck};
 use crate::segment::{self, Segment};
@@ -355,6 +355,10 @@ pub(crate) struct LogState<F> {
     log_end_offset: i64,
     written_offset: i64,
     synced_offset: i64,
+    /// The recovery point as stored on disk (`recovery_point.rs`): never
+    /// above `synced_offset`, and when it was last written.
+    recovery_point: i64,
+    recovery_point_ms: i64,
     high_watermark: i64,
     pending: VecDeque<Pending>,
     /// How many of `pending`, from the front, are in writes in flight.
@@ -400,6 +404,7 @@ impl<F> LogState<F> {
         gaps_below: i64,
         producers: ProducerStateTable,
         now_ms: i64,
+        recovery_point: i64,
     ) -> Self {
         let log_start_offset = segments.keys().next().copied().unwrap_or(0);
         let log_end_offset = segments.values().next_back().map_or(0, |segment| segment.next_offset);
@@ -409,6 +414,8 @@ impl<F> LogState<F> {
             log_end_offset,
             written_offset: log_end_offset,
             synced_offset: log_end_offset,
+            recovery_point,
+            recovery_point_ms: now_ms,
             high_watermark: log_end_offset,
             pending: VecDeque::new(),
             submitted_count: 0,
@@ -438,6 +445,7 @@ impl<F> LogState<F> {
         assert!(self.log_start_offset <= self.high_watermark, "log start above high watermark");
         assert!(self.high_watermark <= self.log_end_offset, "high watermark above log end");
         assert!(self.synced_offset <= self.written_offset, "synced above written");
+        assert!(self.recovery_point <= self.synced_offset, "recovery point above synced");
         assert!(self.written_offset <= self.log_end_offset, "written above log end");
     }
 
@@ -462,6 +470,17 @@ impl<F> LogState<F> {
         for waker in self.log_end_wakers.drain(..) {
             waker.wake();
         }
+    }
+
+    /// `Some(0)` if the recovery point should be written now (syncs moved
+    /// past it and the interval has passed, or `force`), `Some(ms)` if it
+    /// will be due in `ms`, `None` if it is up to date.
+    fn recovery_point_due_in_ms(&self, now_ms: i64, force: bool) -> Option<i64> {
+        if self.recovery_point >= self.synced_offset {
+            return None;
+        }
+        let elapsed_ms = now_ms.saturating_sub(self.recovery_point_ms);
+        Some(if force { 0 } else { (RECOVERY_POINT_INTERVAL_MS - elapsed_ms).max(0) })
     }
 
     /// The offset below which the log acknowledges appends under its
@@ -1191,6 +1210,7 @@ impl<S: Storage> LogInner<S> {
             state.pending_snapshot = None;
             (state.log_end_offset, state.producers.encode(state.log_end_offset))
         };
+        self.write_recovery_point_if_due(true).await?;
         // The next open loads this and replays nothing.
         crate::producer_state::write_snapshot(&self.storage, &self.dir, log_end_offset, &snapshot).await?;
         self.write_atomic(&self.dir.join(CLEAN_SHUTDOWN_NAME), CLEAN_SHUTDOWN_CONTENT).await
@@ -1198,6 +1218,45 @@ impl<S: Storage> LogInner<S> {
 
     async fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
         write_file_atomic(&self.storage, path, data).await.map_err(|err| LogError::io("write", path, err))
+    }
+
+    /// Writes the recovery point if it is due (see
+    /// `LogState::recovery_point_due_in_ms`): everything below the synced
+    /// offset is on the media.
+    async fn write_recovery_point_if_due(&self, force: bool) -> Result<()> {
+        let now_ms = self.config().clock.now_ms();
+        let (due_in_ms, synced_offset) = {
+            let state = self.state.borrow();
+            (state.recovery_point_due_in_ms(now_ms, force), state.synced_offset)
+        };
+        if due_in_ms != Some(0) {
+            return Ok(());
+        }
+        self.write_recovery_point(synced_offset, now_ms).await
+    }
+
+    /// Lowers the stored recovery point to `offset` before anything at or
+    /// above it is cut, so that a crash during the cut and appends after it
+    /// find no point above what the log holds synced.
+    async fn lower_recovery_point(&self, offset: i64) -> Result<()> {
+        if self.state.borrow().recovery_point <= offset {
+            return Ok(());
+        }
+        self.write_recovery_point(offset, self.config().clock.now_ms()).await
+    }
+
+    async fn write_recovery_point(&self, offset: i64, now_ms: i64) -> Result<()> {
+        // A point above the synced offset would make the next recovery
+        // refuse a torn tail as corruption; one below is only less precise.
+        assert!(offset <= self.state.borrow().synced_offset, "recovery point above the synced offset");
+        let path = self.dir.join(crate::recovery_point::RECOVERY_POINT_NAME);
+        self.write_atomic(&path, &crate::recovery_point::encode(offset)).await?;
+        let mut state = self.state.borrow_mut();
+        assert!(offset <= state.synced_offset, "the synced offset went down during the write");
+        state.recovery_point = offset;
+        state.recovery_point_ms = now_ms;
+        state.check_offsets();
+        Ok(())
     }
 
     async fn write_epoch_checkpoint(&self, epochs: Option<&LeaderEpochCache>) -> Result<()> {
@@ -1314,6 +1373,8 @@ impl<S: Storage> LogInner<S> {
     /// snapshots and the leader epochs go, and an empty segment file at
     /// `offset` takes their place, synced, so a restart starts there too.
     async fn restart_empty_at(&self, offset: i64) -> Result<()> {
+        // A crash part way may leave no segment at all: an empty log at 0.
+        self.lower_recovery_point(0).await?;
         let old: Vec<Segment<S::File>> = std::mem::take(&mut self.state.borrow_mut().segments).into_values().collect();
         assert!(old.iter().all(|segment| segment.dispatched_bytes == 0), "reset after a truncation to the log start");
         for segment in &old {
@@ -1383,6 +1444,7 @@ impl<S: Storage> LogInner<S> {
                 None => new_end = next_offset.max(segment_base).min(offset),
             }
         }
+        self.lower_recovery_point(new_end).await?;
         // Everything after the cut: later segments go, this one shrinks.
         let later: Vec<Segment<S::File>> = {
             let mut state = self.state.borrow_mut();
@@ -1404,13 +1466,16 @@ impl<S: Storage> LogInner<S> {
         // seal or close.
         remove_if_exists(&self.storage, &index_path).await?;
         remove_if_exists(&self.storage, &time_index_path).await?;
+        // The removals are durable before the cut is: a power loss between
+        // them would otherwise bring the later segments back after a
+        // shorter one, a gap recovery refuses as corruption.
+        self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
         let mut page_head = Vec::new();
         if let Some(file) = &file {
             file.truncate(cut_position).await.map_err(|err| LogError::io("truncate", &path, err))?;
             file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
             page_head = read_page_head(&**file, &path, cut_position).await?;
         }
-        self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
         let epochs = {
             let mut state = self.state.borrow_mut();
             let segment = state.segments.get_mut(&segment_base).expect("segment kept");
