@@ -748,9 +748,10 @@ impl Node {
 
     /// A peer that restarted may have lost the end of its log (a cut tail,
     /// or damage): what this leader believes it holds is then too high, and
-    /// raft-rs ignores its rejections below that, so it would never be sent
-    /// what it lacks. A new incarnation starts its replication over with a
-    /// probe. Lowering `matched` only delays commits, never hastens one.
+    /// raft-rs (Progress::maybe_decr_to) ignores a rejection at or below
+    /// that index while replicating, so the peer could wait forever for what
+    /// it lacks. A new incarnation starts its replication over with a probe.
+    /// Lowering `matched` only delays commits, never hastens one.
     fn note_incarnation(&mut self, node_id: i32, incarnation: u64) {
         let previous = self.peer_incarnations.insert(node_id, incarnation);
         if previous == Some(incarnation) || node_id == self.id || self.raw.raft.state != StateRole::Leader {

@@ -527,3 +527,38 @@ fn single_node_with_a_damaged_middle_refuses_to_start() {
     // Offline reading says the same.
     assert!(matches!(read_image(&dir.join("node-1")), Err(QuorumError::LogDamaged { .. })));
 }
+
+/// Issue 13, with the leader up: a follower restarts with a damaged middle
+/// while the other two keep committing; it is repaired from the leader and
+/// ends with the full log. Before the change it cut its log at the damage
+/// and, the leader still believing it held the lost entries, never caught
+/// up: the leader's heartbeat quoted a commit index past its log and
+/// raft-rs panicked on its thread (checked on the old code with this
+/// scenario: "to_commit 7 is out of range [last_index 4]").
+#[test]
+fn damaged_follower_is_repaired_while_the_cluster_commits() {
+    let dir = base_dir("damaged-follower");
+    let voters: Vec<(i32, SocketAddr)> = (1..=3).map(|i| (i, free_addr())).collect();
+    let mut nodes: Vec<Option<Controller>> = (1..=3).map(|i| Some(start(i, &voters, &dir))).collect();
+    let all: Vec<&Controller> = nodes.iter().flatten().collect();
+    let leader = wait_for_cluster(&all, 3);
+    let x = (1..=3).find(|i| *i != leader).unwrap();
+    let l = nodes[leader as usize - 1].clone().unwrap();
+    for name in ["a", "a2", "a3"] {
+        assert_eq!(create(&l, name, 1, 3), Ok(ControllerResponse::Done));
+    }
+    let xc = nodes[x as usize - 1].take().unwrap();
+    wait_until("x applied a3", || xc.image().topics.contains_key("a3"));
+    xc.shutdown();
+    drop(xc);
+    flip_in_log(&dir, x, br#""name":"a""#, 0);
+
+    let xc = start(x, &voters, &dir);
+    assert!(dir.join(format!("node-{x}")).join("raft-log.damaged-1").exists(), "damage found, log kept");
+    // The other two commit while x repairs (or after: both are fine).
+    assert_eq!(create(&l, "b", 1, 2), Ok(ControllerResponse::Done));
+    wait_until("x repaired", || !xc.status().repairing);
+    wait_until("x has every topic", || ["a", "a2", "a3", "b"].iter().all(|t| xc.image().topics.contains_key(*t)));
+    wait_until("same image", || replicated(&xc.image()) == replicated(&l.image()));
+    assert_eq!(xc.status().votes_refused, 0, "nobody campaigned meanwhile");
+}
