@@ -894,6 +894,7 @@ impl Node {
         }
         if let Some(a) = self.active.as_mut() {
             for r in &payload.records {
+                debug_assert_eq!(controller::check_invariants(&a.image, r), Ok(()), "proposing {r:?}");
                 a.image.apply(r);
             }
         }
@@ -1222,6 +1223,9 @@ impl Node {
 
     fn apply_payload(&mut self, payload: EntryPayload) {
         for r in &payload.records {
+            if let Err(violation) = controller::check_invariants(&self.applied, r) {
+                tracing::error!(node_id = self.id, index = self.applied.applied_index + 1, %violation, "committed metadata record breaks a controller invariant");
+            }
             self.applied.apply(r);
         }
         let Some(id) = payload.origin else {
