@@ -894,4 +894,57 @@ mod tests {
         assert!(!r.discarded, "entries below the snapshot are simply covered");
         assert_eq!(r.last_index_term(), (5, 3));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the bytes, reading them never panics, never allocates
+        /// past what is there, and a reported damage lies inside the file.
+        #[test]
+        fn any_bytes_parse_without_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let parsed = parse_log(&data);
+            proptest::prop_assert!(parsed.good_bytes <= data.len());
+            if let Some(d) = parsed.damage {
+                proptest::prop_assert!((d.position_bytes as usize) < data.len());
+            }
+        }
+
+        /// One flipped byte in any record but the last is damage: nothing
+        /// is cut, only entries before that record are kept, and the end
+        /// of the log is known. In the last record it is a torn tail.
+        #[test]
+        fn a_flip_is_damage_unless_in_the_last_record(
+            n in 2usize..12,
+            pick in 0usize..1000,
+            byte in 0usize..1000,
+            bit in 0u8..8,
+        ) {
+            let d = dir(&format!("prop-flip-{n}-{pick}-{byte}-{bit}"));
+            let (mut s, _) = DiskStorage::open(&d).expect("open");
+            let entries: Vec<Entry> = (1..=n as u64).map(|i| entry(i, 1 + i / 4, &"x".repeat(i as usize))).collect();
+            s.append(&entries).expect("append");
+            drop(s);
+            let starts = record_starts(&d);
+            let k = pick % n;
+            let mut data = fs::read(d.join(LOG_FILE)).expect("read");
+            let end = if k + 1 < n { starts[k + 1] } else { data.len() };
+            let at = starts[k] + byte % (end - starts[k]);
+            data[at] ^= 1 << bit;
+            let parsed = parse_log(&data);
+            proptest::prop_assert!(parsed.entries.len() <= k);
+            proptest::prop_assert!(parsed.entries.iter().zip(&entries).all(|(a, b)| a == b));
+            match parsed.damage {
+                Some(dmg) => {
+                    proptest::prop_assert!(k + 1 < n);
+                    proptest::prop_assert_eq!(dmg.position_bytes as usize, starts[k]);
+                    proptest::prop_assert_eq!(dmg.index_max, n as u64);
+                }
+                None => {
+                    proptest::prop_assert_eq!(k + 1, n);
+                    proptest::prop_assert_eq!(parsed.good_bytes, starts[k]);
+                }
+            }
+            let _ = fs::remove_dir_all(&d);
+        }
+    }
 }
