@@ -307,8 +307,8 @@ impl DiskStorage {
         write_atomic(&self.dir, HARD_STATE_TMP, HARD_STATE_FILE, &content)
     }
 
-    /// Replace the snapshot file atomically. Its bytes are checked by
-    /// reading them back before the rename makes them the snapshot.
+    /// Replace the snapshot file atomically. The encoded bytes are decoded
+    /// again (and compared) before they are written.
     pub fn write_snapshot(&mut self, snap: &Snapshot) -> io::Result<()> {
         let content = encode_snapshot(snap)?;
         let back = decode_snapshot(&content, &self.dir.join(SNAPSHOT_TMP))?;
