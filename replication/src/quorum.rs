@@ -1114,7 +1114,8 @@ impl Node {
         {
             return;
         }
-        if applied - snap_index < self.snapshot_interval_entries && self.disk.log_bytes() < self.snapshot_interval_bytes
+        if applied - snap_index < self.snapshot_interval_entries
+            && self.disk.log_bytes_appended() < self.snapshot_interval_bytes
         {
             return;
         }
@@ -1136,12 +1137,12 @@ impl Node {
                     bytes = d.len(),
                     "metadata image too large to snapshot: log keeps growing"
                 );
-                self.snapshot_retry_index = applied + self.snapshot_interval_entries;
+                self.snapshot_retry_index = applied.saturating_add(self.snapshot_interval_entries);
                 return;
             }
             Err(e) => {
                 tracing::error!(node_id = self.id, error = %e, "encode metadata snapshot");
-                self.snapshot_retry_index = applied + self.snapshot_interval_entries;
+                self.snapshot_retry_index = applied.saturating_add(self.snapshot_interval_entries);
                 return;
             }
         };

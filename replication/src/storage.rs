@@ -150,8 +150,11 @@ impl Recovered {
 pub(crate) struct DiskStorage {
     dir: PathBuf,
     log: File,
-    /// Size of the log file: a snapshot is due when it grows too long.
+    /// Size of the log file.
     log_bytes: u64,
+    /// Its size when it was last rewritten (0 at open: a log found long
+    /// counts whole). A snapshot is due when it has grown too much since.
+    log_bytes_rewritten: u64,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -246,11 +249,12 @@ impl DiskStorage {
             sync_dir(dir)?;
         }
         let log_bytes = log.metadata()?.len();
-        Ok((DiskStorage { dir: dir.to_path_buf(), log, log_bytes }, recovered))
+        Ok((DiskStorage { dir: dir.to_path_buf(), log, log_bytes, log_bytes_rewritten: 0 }, recovered))
     }
 
-    pub fn log_bytes(&self) -> u64 {
-        self.log_bytes
+    /// Bytes appended to the log since it was last rewritten (or opened).
+    pub fn log_bytes_appended(&self) -> u64 {
+        self.log_bytes - self.log_bytes_rewritten
     }
 
     /// Append entries and fsync before returning: only then may Raft tell
@@ -279,6 +283,7 @@ impl DiskStorage {
         write_atomic(&self.dir, LOG_TMP, LOG_FILE, &buf)?;
         self.log = OpenOptions::new().append(true).open(self.dir.join(LOG_FILE))?;
         self.log_bytes = buf.len() as u64;
+        self.log_bytes_rewritten = self.log_bytes;
         Ok(())
     }
 

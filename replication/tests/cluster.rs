@@ -562,3 +562,20 @@ fn damaged_follower_is_repaired_while_the_cluster_commits() {
     wait_until("same image", || replicated(&xc.image()) == replicated(&l.image()));
     assert_eq!(xc.status().votes_refused, 0, "nobody campaigned meanwhile");
 }
+
+/// A snapshot is also due by log size: a few large entries (topics with
+/// many partitions) count by bytes rather than number.
+#[test]
+fn snapshots_also_come_by_log_bytes() {
+    let dir = base_dir("snapshot-bytes");
+    let config = QuorumConfig { snapshot_interval_bytes: 16 << 10, ..config(1, &[], &dir) };
+    let c = Controller::start(config, endpoints(1)).unwrap();
+    for i in 0..4 {
+        assert_eq!(create(&c, &format!("big{i}"), 1000, 1), Ok(ControllerResponse::Done));
+    }
+    assert!(c.status().snapshot_index > 0, "{:?}", c.status());
+    assert!(log_len(&dir, 1) < 16 << 10);
+    let before = replicated(&c.image());
+    c.shutdown();
+    assert_eq!(replicated(&read_image(&dir.join("node-1")).unwrap()), before);
+}
