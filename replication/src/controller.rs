@@ -415,6 +415,66 @@ pub fn allocate_producer_ids(
     Ok(vec![MetadataRecord::ProducerIdBlock { node_id, start: image.next_producer_id, len: count }])
 }
 
+/// The controller's invariants, for one record about to be applied to
+/// `before`: a partition's epochs only grow (the partition epoch with every
+/// change, the leader epoch with every leader change), its ISR is never
+/// empty and holds only replicas, and its leader (if any) is in the ISR;
+/// producer id blocks never overlap. The active controller checks every
+/// record it proposes (debug builds) and every node every record it applies
+/// (a violation is logged; the record is applied anyway, as on every other
+/// node, since the log already decided it). A record for a partition that
+/// no longer exists is ignored by `apply` and passes.
+pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Result<(), String> {
+    match record {
+        MetadataRecord::PartitionChange { topic, partition, leader, isr, leader_epoch, partition_epoch } => {
+            let Some(p) = before.partition(topic, *partition) else {
+                return Ok(());
+            };
+            let at = format!("{topic}-{partition}");
+            if *partition_epoch <= p.partition_epoch {
+                return Err(format!("{at}: partition epoch {partition_epoch} after {}", p.partition_epoch));
+            }
+            if *leader_epoch < p.leader_epoch {
+                return Err(format!("{at}: leader epoch {leader_epoch} after {}", p.leader_epoch));
+            }
+            if *leader != p.leader && *leader_epoch == p.leader_epoch {
+                return Err(format!("{at}: leader {} -> {leader} without a new leader epoch", p.leader));
+            }
+            check_isr(&at, *leader, isr, &p.replicas)
+        }
+        MetadataRecord::CreateTopic { name, assignments, .. } => {
+            for (p, replicas) in assignments.iter().enumerate() {
+                // The ISR starts as the replicas, the leader as the first.
+                check_isr(&format!("{name}-{p}"), replicas.first().copied().unwrap_or(-1), replicas, replicas)?;
+            }
+            Ok(())
+        }
+        MetadataRecord::ProducerIdBlock { start, len, .. } => {
+            if *start < before.next_producer_id || *len < 1 {
+                return Err(format!(
+                    "producer ids [{start}, +{len}) overlap what was handed out (< {})",
+                    before.next_producer_id
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_isr(at: &str, leader: i32, isr: &[i32], replicas: &[i32]) -> Result<(), String> {
+    if isr.is_empty() {
+        return Err(format!("{at}: empty ISR"));
+    }
+    if let Some(r) = isr.iter().find(|r| !replicas.contains(r)) {
+        return Err(format!("{at}: ISR member {r} is not a replica"));
+    }
+    if leader != -1 && !isr.contains(&leader) {
+        return Err(format!("{at}: leader {leader} not in its ISR {isr:?}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,8 +489,11 @@ mod tests {
         }
     }
 
+    /// Every decision these tests make is also checked against the
+    /// invariants before it is applied.
     fn apply(image: &mut MetadataImage, records: &[MetadataRecord]) {
         for r in records {
+            assert_eq!(check_invariants(image, r), Ok(()), "{r:?}");
             image.apply(r);
         }
     }
@@ -754,5 +817,47 @@ mod tests {
         assert_eq!(b, vec![MetadataRecord::ProducerIdBlock { node_id: 1, start: 1000, len: 10 }]);
         assert!(allocate_producer_ids(&img, 1, 0).is_err());
         assert!(allocate_producer_ids(&img, 1, MAX_PRODUCER_ID_BLOCK + 1).is_err());
+    }
+
+    #[test]
+    fn invariant_violations_are_named() {
+        let mut img = cluster(3);
+        let recs = create_topic(&img, "t", 1, 3, &BTreeMap::new(), "id".into()).expect("create");
+        apply(&mut img, &recs);
+        let p = img.partition("t", 0).cloned().expect("partition");
+        let change =
+            |leader: i32, isr: Vec<i32>, leader_epoch: i32, partition_epoch: i32| MetadataRecord::PartitionChange {
+                topic: "t".into(),
+                partition: 0,
+                leader,
+                isr,
+                leader_epoch,
+                partition_epoch,
+            };
+        let next = p.partition_epoch + 1;
+        assert_eq!(check_invariants(&img, &change(p.leader, p.isr.clone(), p.leader_epoch, next)), Ok(()));
+        let bad = [
+            change(p.leader, p.isr.clone(), p.leader_epoch, p.partition_epoch),
+            change(p.leader, p.isr.clone(), p.leader_epoch - 1, next),
+            change(p.isr[1], p.isr.clone(), p.leader_epoch, next),
+            change(p.leader, vec![], p.leader_epoch, next),
+            change(p.leader, vec![p.isr[1]], p.leader_epoch, next),
+            change(p.leader, vec![p.leader, 9], p.leader_epoch, next),
+        ];
+        for r in &bad {
+            assert!(check_invariants(&img, r).is_err(), "{r:?}");
+        }
+        // No leader, the ISR keeping its last claim: allowed.
+        assert_eq!(check_invariants(&img, &change(-1, vec![p.leader], p.leader_epoch + 1, next)), Ok(()));
+        let ids = MetadataRecord::ProducerIdBlock { node_id: 1, start: 0, len: 10 };
+        apply(&mut img, std::slice::from_ref(&ids));
+        assert!(check_invariants(&img, &ids).is_err(), "a block handed out twice");
+        let empty = MetadataRecord::CreateTopic {
+            name: "e".into(),
+            topic_id: "e".into(),
+            configs: BTreeMap::new(),
+            assignments: vec![vec![]],
+        };
+        assert!(check_invariants(&img, &empty).is_err());
     }
 }

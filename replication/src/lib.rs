@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod limits;
+mod log_store;
 pub mod metadata;
 mod quorum;
 mod raft_log;

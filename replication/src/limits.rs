@@ -21,6 +21,21 @@ pub const MAX_INFLIGHT_MSGS: usize = 256;
 /// Largest entry record in the log file (same reasoning as MAX_FRAME_BYTES):
 /// a length above it is a torn or corrupt tail.
 pub const MAX_ENTRY_BYTES: u32 = MAX_FRAME_BYTES;
+/// Largest snapshot of the metadata image (the protobuf Snapshot, image
+/// included). A leader sends it whole in one Raft message, so it must fit a
+/// frame with room for the message around it; an image larger than this is
+/// not snapshotted (logged) and the log keeps growing instead.
+pub const SNAPSHOT_BYTES_MAX: usize = MAX_FRAME_BYTES as usize - (64 << 10);
+const _: () = assert!(SNAPSHOT_BYTES_MAX < MAX_FRAME_BYTES as usize);
+/// A node snapshots its image after this many entries applied since its
+/// last snapshot: a restart then replays at most this many entries, and a
+/// follower this far behind gets the snapshot instead of the entries. Each
+/// snapshot writes the whole image (kilobytes to megabytes), so not often.
+pub const DEFAULT_SNAPSHOT_INTERVAL_ENTRIES: u64 = 4096;
+/// ... or once this many bytes were appended to the log file since it was
+/// last rewritten (a few large entries, such as topics with many
+/// partitions, count by size rather than number).
+pub const DEFAULT_SNAPSHOT_INTERVAL_BYTES: u64 = 16 << 20;
 /// Frames queued per peer while its connection is slow or down; beyond it
 /// frames are dropped (Raft resends, controller RPCs are retried).
 pub const PEER_QUEUE_FRAMES: usize = 4096;

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -32,19 +32,19 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use futures::channel::{mpsc as fmpsc, oneshot};
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
-use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::{self, BrokerEndpoints, ControllerError, ControllerRequest, ControllerResponse};
 use crate::limits::{
     APPLIED_REQUEST_IDS, DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS, DEFAULT_BROKER_SESSION_TIMEOUT_MS,
-    DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_TICK_MS, ELECTION_TICK, HEARTBEAT_TICK, MAX_INFLIGHT_MSGS, MAX_RAFT_MSG_BYTES,
-    RESEND_AFTER_TICKS,
+    DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_SNAPSHOT_INTERVAL_BYTES, DEFAULT_SNAPSHOT_INTERVAL_ENTRIES, DEFAULT_TICK_MS,
+    ELECTION_TICK, HEARTBEAT_TICK, MAX_INFLIGHT_MSGS, MAX_RAFT_MSG_BYTES, RESEND_AFTER_TICKS, SNAPSHOT_BYTES_MAX,
 };
-use crate::metadata::{MetadataImage, MetadataRecord};
-use crate::storage::DiskStorage;
+use crate::log_store::LogStore;
+use crate::metadata::{BrokerImage, MetadataImage, MetadataRecord, TopicImage};
+use crate::storage::{self, DiskStorage, Recovered, RepairNeed};
 use crate::transport::{self, Control, Deliver, Inbound, Transport};
 
 #[derive(Clone, Debug)]
@@ -64,6 +64,10 @@ pub struct QuorumConfig {
     pub broker_session_timeout_ms: u64,
     /// How long request() keeps trying to reach an active controller.
     pub request_timeout_ms: u64,
+    /// Snapshot the image after this many applied entries...
+    pub snapshot_interval_entries: u64,
+    /// ... or once the log file has grown by this many bytes.
+    pub snapshot_interval_bytes: u64,
 }
 
 impl QuorumConfig {
@@ -77,6 +81,8 @@ impl QuorumConfig {
             broker_heartbeat_interval_ms: DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS,
             broker_session_timeout_ms: DEFAULT_BROKER_SESSION_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            snapshot_interval_entries: DEFAULT_SNAPSHOT_INTERVAL_ENTRIES,
+            snapshot_interval_bytes: DEFAULT_SNAPSHOT_INTERVAL_BYTES,
         }
     }
 }
@@ -90,6 +96,13 @@ pub struct QuorumStatus {
     pub voters: Vec<i32>,
     pub committed_index: u64,
     pub applied_index: u64,
+    /// Index of the latest snapshot: the log on disk starts after it.
+    pub snapshot_index: u64,
+    /// The log was damaged and is not yet repaired from a leader: this
+    /// node neither votes nor campaigns.
+    pub repairing: bool,
+    /// Vote and pre-vote requests ignored while repairing.
+    pub votes_refused: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +111,17 @@ pub enum QuorumError {
     Config(String),
     #[error("metadata storage: {0}")]
     Storage(#[from] std::io::Error),
+    /// A record in the middle of the metadata log fails its checksum (or
+    /// length) and valid records follow it: synced data was damaged, and
+    /// what it held may have been committed. A node with peers repairs it
+    /// from the leader; a single node cannot, and refuses to start.
+    #[error(
+        "metadata log {} is damaged at byte {position_bytes} (valid records follow the bad one, \
+         up to index {index_max}); no peer can repair it: restore the directory, or cut the file at \
+         byte {position_bytes} to accept losing what followed",
+        path.display()
+    )]
+    LogDamaged { path: PathBuf, position_bytes: u64, index_max: u64 },
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
 }
@@ -108,6 +132,30 @@ struct RequestId {
     node_id: i32,
     incarnation: u64,
     seq: u64,
+}
+
+/// The data of a metadata snapshot (JSON): the replicated part of the image
+/// and the request ids applied so far, so that a resend is still answered
+/// by its entry after a restart from the snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotData {
+    brokers: BTreeMap<i32, BrokerImage>,
+    topics: BTreeMap<String, TopicImage>,
+    next_producer_id: i64,
+    applied_ids: Vec<RequestId>,
+}
+
+/// The image (at the snapshot's index) and applied request ids in a snapshot.
+fn decode_snapshot_data(snap: &Snapshot) -> Result<(MetadataImage, Vec<RequestId>), String> {
+    let data: SnapshotData = serde_json::from_slice(&snap.data).map_err(|e| e.to_string())?;
+    let image = MetadataImage {
+        brokers: data.brokers,
+        topics: data.topics,
+        next_producer_id: data.next_producer_id,
+        applied_index: snap.get_metadata().index,
+        controller_id: -1,
+    };
+    Ok((image, data.applied_ids))
 }
 
 /// What a Raft entry holds: one decision's records, applied together, and
@@ -203,24 +251,11 @@ impl Controller {
         }
         let single = voter_ids.len() == 1;
 
-        let (disk, recovered) = DiskStorage::open(&config.data_dir)?;
-        let last_index = recovered.entries.last().map_or(0, |e| e.index);
-        if recovered.cut_bytes > 0 {
-            tracing::warn!(node_id, cut_bytes = recovered.cut_bytes, last_index, "metadata log tail was cut");
-        }
-        let mut hs = recovered.hard_state;
-        if hs.commit > last_index {
-            // Only a corrupt middle of the log can do this: what was cut had
-            // been acknowledged. The leader will send it again.
-            tracing::error!(node_id, commit = hs.commit, last_index, "metadata log shorter than its commit index");
-            hs.commit = last_index;
-        }
-        let store = MemStorage::new_with_conf_state(ConfState::from((
-            voter_ids.iter().map(|v| *v as u64).collect::<Vec<_>>(),
-            vec![],
-        )));
-        store.wl().append(&recovered.entries)?;
-        store.wl().set_hardstate(hs.clone());
+        let (mut disk, recovered) = DiskStorage::open(&config.data_dir)?;
+        let conf_state = ConfState::from((voter_ids.iter().map(|v| *v as u64).collect::<Vec<_>>(), vec![]));
+        let Recovery { store, repair, image, applied_ids } =
+            recover(node_id, single, &mut disk, recovered, conf_state)?;
+        let hs = store.hard_state().clone();
 
         let raft_config = raft::Config {
             id: node_id as u64,
@@ -249,6 +284,9 @@ impl Controller {
                 voters: voter_ids.clone(),
                 committed_index: hs.commit,
                 applied_index: 0,
+                snapshot_index: 0,
+                repairing: false,
+                votes_refused: 0,
             }),
             subscribers: Mutex::new(Vec::new()),
         });
@@ -262,7 +300,7 @@ impl Controller {
             raw,
             disk,
             transport: None,
-            applied: MetadataImage::default(),
+            applied: image,
             applied_ids: HashSet::new(),
             applied_order: VecDeque::new(),
             active: None,
@@ -277,10 +315,21 @@ impl Controller {
             published: (u64::MAX, i32::MIN),
             resolved: Vec::new(),
             failed: None,
+            repair,
+            snapshot_interval_entries: config.snapshot_interval_entries.max(1),
+            snapshot_interval_bytes: config.snapshot_interval_bytes,
+            snapshot_retry_index: 0,
+            snapshots_sent: Vec::new(),
+            votes_refused: 0,
+            peer_incarnations: HashMap::new(),
             shared: shared.clone(),
         };
+        node.remember_applied_ids(applied_ids);
         // The image is right before any network I/O.
-        let committed: Vec<Entry> = recovered.entries.into_iter().take_while(|e| e.index <= hs.commit).collect();
+        let first = node.raw.store().snapshot_index() + 1;
+        let committed: Vec<Entry> =
+            node.raw.store().entries().iter().take_while(|e| e.index <= hs.commit).cloned().collect();
+        debug_assert!(committed.first().is_none_or(|e| e.index == first));
         node.apply_entries(committed);
         node.publish();
 
@@ -362,13 +411,118 @@ impl Controller {
     }
 }
 
+/// The node's starting point, from what was on disk.
+struct Recovery {
+    store: LogStore,
+    /// Some: the log was damaged and the node must not vote or campaign
+    /// until a leader has given it back what it may have lost.
+    repair: Option<RepairNeed>,
+    /// The snapshot's image (or an empty one), before the log is replayed.
+    image: MetadataImage,
+    applied_ids: Vec<RequestId>,
+}
+
+/// Decide how a node starts from what `DiskStorage::open` found. A damaged
+/// middle of the log is kept (hard-linked aside) and the log rewritten to
+/// the entries before the damage after a repair marker; a single node, which
+/// no peer can repair, refuses to start instead.
+fn recover(
+    node_id: i32,
+    single: bool,
+    disk: &mut DiskStorage,
+    mut recovered: Recovered,
+    conf_state: ConfState,
+) -> Result<Recovery, QuorumError> {
+    let (snap_index, snap_term) = recovered.snapshot_index_term();
+    let (last_index, last_term) = recovered.last_index_term();
+    if recovered.cut_bytes > 0 {
+        tracing::warn!(node_id, cut_bytes = recovered.cut_bytes, last_index, "metadata log tail was cut");
+    }
+    let mut repair = recovered.repair;
+    let mut rewrite = recovered.discarded;
+    if let Some(d) = recovered.damage.take() {
+        // Every ack this node sent went out under a term no later than the
+        // one in its hard state (persisted before the acks).
+        let need = RepairNeed { index_max: d.index_max, term_max: d.term_max.max(recovered.hard_state.term) };
+        if single && !need.met_by(last_index, last_term) {
+            return Err(QuorumError::LogDamaged {
+                path: d.path,
+                position_bytes: d.position_bytes,
+                index_max: d.index_max,
+            });
+        }
+        let kept = disk.preserve_damaged_log()?;
+        tracing::error!(
+            node_id,
+            path = %d.path.display(),
+            position_bytes = d.position_bytes,
+            index_max = d.index_max,
+            kept_as = %kept.display(),
+            last_index,
+            "metadata log damaged in the middle: it restarts from the entries before the damage and \
+             neither votes nor campaigns until the leader has repaired it"
+        );
+        repair = RepairNeed::merge(repair, Some(need));
+        rewrite = true;
+    }
+    let repair = repair.filter(|r| !r.met_by(last_index, last_term));
+    if single && let Some(r) = repair {
+        return Err(QuorumError::Config(format!(
+            "metadata log needs repair up to index {} (it was damaged) and this node has no peer",
+            r.index_max
+        )));
+    }
+    if rewrite {
+        disk.rewrite_log(&recovered.entries, repair)?;
+    }
+    let mut hs = recovered.hard_state;
+    if repair.is_some() {
+        // Entries kept from a damaged log may be ones a lost record had
+        // replaced: apply none of them until the leader confirms them.
+        hs.commit = snap_index;
+    }
+    if hs.commit > last_index {
+        // Only a lost log can do this (the commit index is persisted after
+        // the entries): the leader will send the entries again.
+        tracing::error!(node_id, commit = hs.commit, last_index, "metadata log shorter than its commit index");
+        hs.commit = last_index;
+    }
+    // raft-rs counts the snapshot as committed.
+    hs.commit = hs.commit.max(snap_index);
+    hs.term = hs.term.max(snap_term);
+    let (image, applied_ids) = match &recovered.snapshot {
+        Some(snap) => decode_snapshot_data(snap).map_err(|e| {
+            QuorumError::Storage(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("metadata snapshot data: {e}"),
+            ))
+        })?,
+        None => (MetadataImage::default(), Vec::new()),
+    };
+    let mut store = LogStore::new(conf_state, recovered.snapshot, recovered.entries);
+    store.set_hard_state(hs);
+    Ok(Recovery { store, repair, image, applied_ids })
+}
+
 /// The committed metadata in `data_dir`, read without starting a node (no
-/// Raft, no network): for tools and tests. Offline only: like start(), it
-/// cuts a torn tail of the log, so never point it at a running node's dir.
-pub fn read_image(data_dir: &std::path::Path) -> Result<MetadataImage, QuorumError> {
-    let (_, recovered) = DiskStorage::open(data_dir)?;
-    let commit = recovered.hard_state.commit;
-    let mut image = MetadataImage::default();
+/// Raft, no network, no write): for tools and tests. The latest snapshot
+/// plus the log up to the hard state's commit index. A damaged log (see
+/// `QuorumError::LogDamaged`) is an error; a log still waiting for repair
+/// gives the image of its snapshot.
+pub fn read_image(data_dir: &Path) -> Result<MetadataImage, QuorumError> {
+    let recovered = storage::load(data_dir)?;
+    if let Some(d) = recovered.damage {
+        return Err(QuorumError::LogDamaged { path: d.path, position_bytes: d.position_bytes, index_max: d.index_max });
+    }
+    let (last_index, last_term) = recovered.last_index_term();
+    let repaired = recovered.repair.is_none_or(|r| r.met_by(last_index, last_term));
+    let (mut image, _) = match &recovered.snapshot {
+        Some(snap) => decode_snapshot_data(snap).map_err(|e| {
+            QuorumError::Storage(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("snapshot data: {e}")))
+        })?,
+        None => (MetadataImage::default(), Vec::new()),
+    };
+    let commit = if repaired { recovered.hard_state.commit } else { 0 };
     for e in recovered.entries.iter().take_while(|e| e.index <= commit) {
         if e.get_entry_type() == EntryType::EntryNormal
             && !e.data.is_empty()
@@ -424,7 +578,7 @@ struct Node {
     incarnation: u64,
     endpoints: BrokerEndpoints,
     voters: Vec<i32>,
-    raw: RawNode<MemStorage>,
+    raw: RawNode<LogStore>,
     disk: DiskStorage,
     transport: Option<Transport>,
     applied: MetadataImage,
@@ -446,6 +600,18 @@ struct Node {
     /// A storage error stops the node for good (a failed fsync cannot be
     /// retried honestly).
     failed: Option<String>,
+    /// Some while the log is not yet repaired after damage: the node then
+    /// neither ticks (so never campaigns) nor answers vote requests.
+    repair: Option<RepairNeed>,
+    snapshot_interval_entries: u64,
+    snapshot_interval_bytes: u64,
+    /// A snapshot too large to write is retried only from this index on.
+    snapshot_retry_index: u64,
+    /// Peers sent a snapshot in this ready, reported to raft-rs after it.
+    snapshots_sent: Vec<u64>,
+    votes_refused: u64,
+    /// The incarnation each peer last announced in its heartbeat.
+    peer_incarnations: HashMap<i32, u64>,
     shared: Arc<Shared>,
 }
 
@@ -473,7 +639,11 @@ impl Node {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.raw.tick();
+                // A node with a damaged log must not campaign: with no
+                // ticks its election timeout never passes.
+                if self.repair.is_none() {
+                    self.raw.tick();
+                }
                 self.ticks += 1;
                 next_tick += self.tick;
                 if next_tick < now {
@@ -512,7 +682,22 @@ impl Node {
         }
         match ev {
             Event::Shutdown => return false,
-            Event::Inbound(Inbound::Raft(m)) => {
+            Event::Inbound(Inbound::Raft(mut m)) => {
+                if m.get_msg_type() == MessageType::MsgHeartbeat {
+                    // A leader quotes the commit index up to what it thinks
+                    // we hold; after a cut tail or damage we may hold less,
+                    // and raft-rs would panic committing past our log. While
+                    // repairing, only appends (which check the log matches)
+                    // may move the commit index.
+                    let log = &self.raw.raft.raft_log;
+                    let limit = if self.repair.is_some() { log.committed } else { log.last_index() };
+                    m.commit = m.commit.min(limit);
+                }
+                if self.repair.is_some() && refused_while_repairing(m.get_msg_type()) {
+                    tracing::debug!(node_id = self.id, from = m.from, kind = ?m.get_msg_type(), "log under repair: no vote");
+                    self.votes_refused += 1;
+                    return true;
+                }
                 if self.voters.contains(&(m.from as i32))
                     && let Err(e) = self.raw.step(*m)
                 {
@@ -555,8 +740,27 @@ impl Node {
                 }
             }
             Control::Heartbeat { node_id, incarnation, endpoints } => {
+                self.note_incarnation(node_id, incarnation);
                 self.on_heartbeat(node_id, incarnation, &endpoints)
             }
+        }
+    }
+
+    /// A peer that restarted may have lost the end of its log (a cut tail,
+    /// or damage): what this leader believes it holds is then too high, and
+    /// raft-rs (Progress::maybe_decr_to) ignores a rejection at or below
+    /// that index while replicating, so the peer could wait forever for what
+    /// it lacks. A new incarnation starts its replication over with a probe.
+    /// Lowering `matched` only delays commits, never hastens one.
+    fn note_incarnation(&mut self, node_id: i32, incarnation: u64) {
+        let previous = self.peer_incarnations.insert(node_id, incarnation);
+        if previous == Some(incarnation) || node_id == self.id || self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(node_id as u64) {
+            pr.become_probe();
+            pr.matched = 0;
+            tracing::info!(node_id = self.id, peer = node_id, "peer restarted: probing its log again");
         }
     }
 
@@ -570,11 +774,14 @@ impl Node {
         }
     }
 
-    fn send_messages(&self, msgs: Vec<Message>) {
+    fn send_messages(&mut self, msgs: Vec<Message>) {
         let Some(t) = &self.transport else {
             return;
         };
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.push(m.to);
+            }
             if let Some(frame) = transport::encode_raft(&m) {
                 t.send(m.to as i32, frame);
             }
@@ -690,6 +897,7 @@ impl Node {
         }
         if let Some(a) = self.active.as_mut() {
             for r in &payload.records {
+                debug_assert_eq!(controller::check_invariants(&a.image, r), Ok(()), "proposing {r:?}");
                 a.image.apply(r);
             }
         }
@@ -813,7 +1021,7 @@ impl Node {
             self.fail("write hard state", e);
             return false;
         }
-        self.raw.mut_store().wl().set_hardstate(hs.clone());
+        self.raw.mut_store().set_hard_state(hs.clone());
         true
     }
 
@@ -824,9 +1032,8 @@ impl Node {
         let mut rd = self.raw.ready();
         // A leader may send before it persists (Raft thesis 10.2.1).
         self.send_messages(rd.take_messages());
-        if !rd.snapshot().is_empty() {
-            // Never produced: no compaction, so no peer needs a snapshot.
-            tracing::error!(node_id = self.id, "unexpected raft snapshot ignored");
+        if !rd.snapshot().is_empty() && !self.install_snapshot(rd.snapshot().clone()) {
+            return;
         }
         let committed = rd.take_committed_entries();
         self.apply_entries(committed);
@@ -834,7 +1041,7 @@ impl Node {
             self.fail("append to the metadata log", e);
             return;
         }
-        if let Err(e) = self.raw.mut_store().wl().append(rd.entries()) {
+        if let Err(e) = self.raw.mut_store().append(rd.entries()) {
             tracing::error!(node_id = self.id, error = %e, "memory log append");
         }
         if let Some(hs) = rd.hs() {
@@ -847,7 +1054,7 @@ impl Node {
         self.send_messages(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            let mut hs = self.raw.store().rl().hard_state().clone();
+            let mut hs = self.raw.store().hard_state().clone();
             hs.commit = commit;
             if !self.persist_hard_state(&hs) {
                 return;
@@ -856,6 +1063,151 @@ impl Node {
         self.send_messages(light.take_messages());
         self.apply_entries(light.take_committed_entries());
         self.raw.advance_apply();
+        // The transport cannot tell whether a snapshot arrived: reporting
+        // it done makes raft-rs probe the follower at its next heartbeat,
+        // and a follower still behind gets the snapshot again.
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.raw.report_snapshot(to, SnapshotStatus::Finish);
+        }
+        self.check_repaired();
+        self.maybe_snapshot();
+    }
+
+    /// A snapshot from the leader: durable first (snapshot file, then the
+    /// log emptied), then in memory and applied.
+    fn install_snapshot(&mut self, snap: Snapshot) -> bool {
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        let (image, ids) = match decode_snapshot_data(&snap) {
+            Ok(d) => d,
+            Err(e) => {
+                let e = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+                self.fail("decode the leader's snapshot", e);
+                return false;
+            }
+        };
+        tracing::info!(node_id = self.id, index, term, "installing the leader's metadata snapshot");
+        if let Err(e) = self.disk.write_snapshot(&snap) {
+            self.fail("write the metadata snapshot", e);
+            return false;
+        }
+        let repair = self.repair.filter(|r| !r.met_by(index, term));
+        if let Err(e) = self.disk.rewrite_log(&[], repair) {
+            self.fail("rewrite the metadata log", e);
+            return false;
+        }
+        self.raw.mut_store().apply_snapshot(snap);
+        self.applied = image;
+        self.applied_ids.clear();
+        self.applied_order.clear();
+        self.remember_applied_ids(ids);
+        true
+    }
+
+    /// Snapshot the applied image and compact the log below it, every
+    /// snapshot_interval_entries applied entries or snapshot_interval_bytes
+    /// of log. Not while the log waits for repair: its rewrite would have to
+    /// keep the repair marker, and it is short then anyway.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.applied.applied_index;
+        let snap_index = self.raw.store().snapshot_index();
+        if self.repair.is_some()
+            || self.failed.is_some()
+            || applied <= snap_index
+            || applied < self.snapshot_retry_index
+        {
+            return;
+        }
+        if applied - snap_index < self.snapshot_interval_entries
+            && self.disk.log_bytes_appended() < self.snapshot_interval_bytes
+        {
+            return;
+        }
+        let Ok(term) = raft::Storage::term(self.raw.store(), applied) else {
+            tracing::error!(node_id = self.id, applied, "applied entry missing from the log: no snapshot");
+            return;
+        };
+        let data = SnapshotData {
+            brokers: self.applied.brokers.clone(),
+            topics: self.applied.topics.clone(),
+            next_producer_id: self.applied.next_producer_id,
+            applied_ids: self.applied_order.iter().copied().collect(),
+        };
+        let data = match serde_json::to_vec(&data) {
+            Ok(d) if d.len() < SNAPSHOT_BYTES_MAX - (4 << 10) => d,
+            Ok(d) => {
+                tracing::error!(
+                    node_id = self.id,
+                    bytes = d.len(),
+                    "metadata image too large to snapshot: log keeps growing"
+                );
+                self.snapshot_retry_index = applied.saturating_add(self.snapshot_interval_entries);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(node_id = self.id, error = %e, "encode metadata snapshot");
+                self.snapshot_retry_index = applied.saturating_add(self.snapshot_interval_entries);
+                return;
+            }
+        };
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.raw.store().conf_state().clone());
+        // The snapshot is durable before the log loses what it covers.
+        if let Err(e) = self.disk.write_snapshot(&snap) {
+            self.fail("write the metadata snapshot", e);
+            return;
+        }
+        self.raw.mut_store().compact_to(snap);
+        let kept: Vec<Entry> = self.raw.store().entries().to_vec();
+        if let Err(e) = self.disk.rewrite_log(&kept, None) {
+            self.fail("compact the metadata log", e);
+            return;
+        }
+        tracing::info!(
+            node_id = self.id,
+            index = applied,
+            term,
+            kept = kept.len(),
+            "metadata snapshot written, log compacted"
+        );
+    }
+
+    /// Votes and campaigns resume once the log holds again what the damage
+    /// may have taken (see RepairNeed).
+    fn check_repaired(&mut self) {
+        let Some(need) = self.repair else {
+            return;
+        };
+        let store = self.raw.store();
+        if need.met_by(store.last_index(), store.last_term()) {
+            tracing::info!(
+                node_id = self.id,
+                last_index = store.last_index(),
+                last_term = store.last_term(),
+                "metadata log repaired from the leader: voting again"
+            );
+            self.repair = None;
+        }
+    }
+
+    fn remember_applied_ids(&mut self, ids: Vec<RequestId>) {
+        for id in ids {
+            self.remember_applied_id(id);
+        }
+    }
+
+    fn remember_applied_id(&mut self, id: RequestId) {
+        if self.applied_ids.insert(id) {
+            self.applied_order.push_back(id);
+            if self.applied_order.len() > APPLIED_REQUEST_IDS
+                && let Some(old) = self.applied_order.pop_front()
+            {
+                self.applied_ids.remove(&old);
+            }
+        }
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>) {
@@ -875,19 +1227,15 @@ impl Node {
 
     fn apply_payload(&mut self, payload: EntryPayload) {
         for r in &payload.records {
+            if let Err(violation) = controller::check_invariants(&self.applied, r) {
+                tracing::error!(node_id = self.id, index = self.applied.applied_index + 1, %violation, "committed metadata record breaks a controller invariant");
+            }
             self.applied.apply(r);
         }
         let Some(id) = payload.origin else {
             return;
         };
-        if self.applied_ids.insert(id) {
-            self.applied_order.push_back(id);
-            if self.applied_order.len() > APPLIED_REQUEST_IDS
-                && let Some(old) = self.applied_order.pop_front()
-            {
-                self.applied_ids.remove(&old);
-            }
-        }
+        self.remember_applied_id(id);
         if id.node_id != self.id || id.incarnation != self.incarnation {
             return;
         }
@@ -937,6 +1285,9 @@ impl Node {
             voters: self.voters.clone(),
             committed_index: self.raw.raft.raft_log.committed,
             applied_index: self.applied.applied_index,
+            snapshot_index: self.raw.store().snapshot_index(),
+            repairing: self.repair.is_some(),
+            votes_refused: self.votes_refused,
         };
         if **self.shared.status.load() != status {
             self.shared.status.store(Arc::new(status));
@@ -945,4 +1296,11 @@ impl Node {
             let _ = reply.send(result);
         }
     }
+}
+
+/// Messages a node with a damaged log ignores: granting a vote (or a
+/// pre-vote) could elect a leader that lacks entries this node had
+/// acknowledged and lost, and a leader transfer would make it campaign.
+fn refused_while_repairing(t: MessageType) -> bool {
+    matches!(t, MessageType::MsgRequestVote | MessageType::MsgRequestPreVote | MessageType::MsgTimeoutNow)
 }

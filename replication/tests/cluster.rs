@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use spate_replication::{
     BrokerEndpoints, Controller, ControllerError, ControllerRequest, ControllerResponse, MetadataImage, QuorumConfig,
-    read_image,
+    QuorumError, read_image,
 };
 
 const TICK_MS: u64 = 20;
@@ -39,7 +39,31 @@ fn config(node_id: i32, voters: &[(i32, SocketAddr)], dir: &std::path::Path) -> 
         broker_heartbeat_interval_ms: HEARTBEAT_MS,
         broker_session_timeout_ms: SESSION_MS,
         request_timeout_ms: 10_000,
+        snapshot_interval_entries: u64::MAX,
+        snapshot_interval_bytes: u64::MAX,
     }
+}
+
+/// Snapshots every few entries, so that tests see several.
+fn config_snapshots(node_id: i32, voters: &[(i32, SocketAddr)], dir: &std::path::Path) -> QuorumConfig {
+    QuorumConfig { snapshot_interval_entries: SNAPSHOT_EVERY, ..config(node_id, voters, dir) }
+}
+
+const SNAPSHOT_EVERY: u64 = 4;
+
+fn log_len(dir: &Path, node_id: i32) -> u64 {
+    std::fs::metadata(dir.join(format!("node-{node_id}")).join("raft-log")).unwrap().len()
+}
+
+/// Flip one byte of a node's metadata log at the first occurrence of
+/// `needle` at or after byte `from`; returns where.
+fn flip_in_log(dir: &Path, node_id: i32, needle: &[u8], from: usize) -> usize {
+    let path = dir.join(format!("node-{node_id}")).join("raft-log");
+    let mut data = std::fs::read(&path).unwrap();
+    let at = from + data[from..].windows(needle.len()).position(|w| w == needle).unwrap() + needle.len() - 1;
+    data[at] ^= 0x20;
+    std::fs::write(&path, &data).unwrap();
+    at
 }
 
 fn endpoints(node_id: i32) -> BrokerEndpoints {
@@ -288,4 +312,281 @@ fn silent_broker_is_fenced_and_returns() {
     .unwrap();
     assert!(matches!(r, ControllerResponse::Partition(ref q) if q.isr == isr));
     assert_eq!(back.image().topics["r3"].partitions[led[0]].isr, isr);
+}
+
+/// Issue 13: a voter whose metadata log is damaged in the middle may have
+/// acknowledged (and helped commit) the entries it lost. Here topic `a`
+/// and two later entries are committed by the leader and node x alone
+/// (node y is down); x's record of `a` is then damaged and the leader
+/// stops. Before issue 13, x cut its log before `a`, x and y elected a
+/// leader without `a`, and `a` was lost for good: this test timed out
+/// waiting for x to refuse votes, and `a` never came back. Now x keeps no
+/// vote until a leader that has `a` has repaired it.
+#[test]
+fn damaged_voter_neither_votes_nor_leads_until_repaired() {
+    let dir = base_dir("damaged-voter");
+    let voters: Vec<(i32, SocketAddr)> = (1..=3).map(|i| (i, free_addr())).collect();
+    let mut nodes: Vec<Option<Controller>> = (1..=3).map(|i| Some(start(i, &voters, &dir))).collect();
+    let all: Vec<&Controller> = nodes.iter().flatten().collect();
+    let leader = wait_for_cluster(&all, 3);
+    let x = (1..=3).find(|i| *i != leader).unwrap();
+    let y = (1..=3).find(|i| *i != leader && *i != x).unwrap();
+    let slot = |i: i32| i as usize - 1;
+    nodes[slot(y)].take().unwrap().shutdown();
+    let l = nodes[slot(leader)].clone().unwrap();
+    let xc = nodes[slot(x)].clone().unwrap();
+    for name in ["a", "a2", "a3"] {
+        assert_eq!(create(&l, name, 1, 1), Ok(ControllerResponse::Done));
+    }
+    wait_until("x applied a3", || xc.image().topics.contains_key("a3"));
+    let committed = replicated(&l.image());
+    drop((l, xc));
+    nodes[slot(x)].take().unwrap().shutdown();
+    nodes[slot(leader)].take().unwrap().shutdown();
+    let log_before = log_len(&dir, x);
+    flip_in_log(&dir, x, br#""name":"a""#, 0);
+
+    // x restarts damaged, next to y which never had `a`: no leader.
+    let xc = start(x, &voters, &dir);
+    assert!(xc.status().repairing);
+    let yc = start(y, &voters, &dir);
+    wait_until("x refused several vote requests", || xc.status().votes_refused >= 3);
+    assert!(xc.status().repairing);
+    assert!(xc.status().leader_id <= 0 && yc.status().leader_id <= 0, "no leader without x's vote");
+    assert!(log_len(&dir, x) < log_before, "rewritten to the entries before the damage");
+    let kept = dir.join(format!("node-{x}")).join("raft-log.damaged-1");
+    assert_eq!(std::fs::metadata(&kept).unwrap().len(), log_before, "the damaged log is kept whole");
+    // Restarted before any repair, x still knows it must not vote (the
+    // repair marker in its rewritten log).
+    xc.shutdown();
+    drop(xc);
+    let xc = start(x, &voters, &dir);
+    assert!(xc.status().repairing);
+    wait_until("x refused votes again", || xc.status().votes_refused >= 1);
+    assert!(!dir.join(format!("node-{x}")).join("raft-log.damaged-2").exists(), "the rewritten log is clean");
+
+    // The leader returns: it is elected (x does not vote, y does), repairs
+    // x, and the cluster commits again.
+    nodes[slot(leader)] = Some(start(leader, &voters, &dir));
+    nodes[slot(x)] = Some(xc);
+    nodes[slot(y)] = Some(yc);
+    let all: Vec<&Controller> = nodes.iter().flatten().collect();
+    wait_for_cluster(&all, 3);
+    let xc = nodes[slot(x)].as_ref().unwrap();
+    wait_until("x repaired", || !xc.status().repairing);
+    assert_eq!(create(all[0], "b", 1, 3), Ok(ControllerResponse::Done));
+    for n in &all {
+        wait_until("every topic everywhere", || {
+            let img = n.image();
+            committed.topics.keys().all(|t| img.topics.contains_key(t)) && img.topics.contains_key("b")
+        });
+    }
+    wait_until("identical images", || {
+        let imgs: Vec<_> = all.iter().map(|n| replicated(&n.image())).collect();
+        imgs.windows(2).all(|w| w[0] == w[1])
+    });
+    for n in &all {
+        n.shutdown();
+    }
+    // x's log alone (offline) holds the full history again. (Not compared
+    // with the leader's byte for byte: restarts keep committing fencing
+    // records, and a node may stop before it learned the last commit.)
+    let from_x = read_image(&dir.join(format!("node-{x}"))).unwrap();
+    let names: Vec<&str> = from_x.topics.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "a2", "a3", "b"]);
+    assert_eq!(from_x.topics["a"].topic_id, committed.topics["a"].topic_id);
+}
+
+/// A flipped byte in the last record is a torn tail, as before issue 13:
+/// cut, and the node votes at once. That record had been acknowledged, so
+/// the leader believed the node held it: before this change the leader's
+/// next heartbeat quoted a commit index past the shorter log, raft-rs
+/// panicked on the node's thread ("to_commit 5 is out of range [last_index
+/// 4]") and the node never caught up (checked on the old code with this
+/// scenario). Now the commit is capped at the log and the leader probes a
+/// restarted peer's log again.
+#[test]
+fn a_bad_last_record_is_cut_as_a_torn_tail() {
+    let dir = base_dir("torn-tail");
+    let voters: Vec<(i32, SocketAddr)> = (1..=3).map(|i| (i, free_addr())).collect();
+    let mut nodes: Vec<Option<Controller>> = (1..=3).map(|i| Some(start(i, &voters, &dir))).collect();
+    let all: Vec<&Controller> = nodes.iter().flatten().collect();
+    let leader = wait_for_cluster(&all, 3);
+    let x = (1..=3).find(|i| *i != leader).unwrap();
+    let l = nodes[leader as usize - 1].clone().unwrap();
+    assert_eq!(create(&l, "a", 1, 3), Ok(ControllerResponse::Done));
+    let xc = nodes[x as usize - 1].take().unwrap();
+    wait_until("x applied a", || xc.image().topics.contains_key("a"));
+    let x_last = xc.status().applied_index;
+    xc.shutdown();
+    let len = log_len(&dir, x);
+    let path = dir.join(format!("node-{x}")).join("raft-log");
+    let mut data = std::fs::read(&path).unwrap();
+    data[len as usize - 1] ^= 0x20;
+    std::fs::write(&path, &data).unwrap();
+
+    let xc = start(x, &voters, &dir);
+    assert!(!xc.status().repairing);
+    assert!(log_len(&dir, x) < len, "the bad last record was cut");
+    assert!(xc.status().applied_index < x_last || xc.status().applied_index == x_last);
+    assert_eq!(create(&l, "b", 1, 3), Ok(ControllerResponse::Done));
+    wait_until("x caught up", || xc.image().topics.contains_key("b"));
+    assert_eq!(xc.status().votes_refused, 0);
+    drop(xc);
+}
+
+fn create_many(c: &Controller, prefix: &str, n: usize) {
+    for i in 0..n {
+        assert_eq!(create(c, &format!("{prefix}{i}"), 2, 1), Ok(ControllerResponse::Done));
+    }
+}
+
+/// Issue 13: the log was replayed whole at every start and never shrank.
+/// Now a node snapshots its image every few entries and compacts its log;
+/// a restart loads the snapshot and replays only what follows. Before the
+/// change the log of 12 topics was as long as without snapshots.
+#[test]
+fn snapshots_keep_the_log_short_and_the_image_across_restarts() {
+    let dir = base_dir("snapshots");
+    // The same work without snapshots, for the log's length.
+    let plain = start(1, &[], &dir.join("plain"));
+    create_many(&plain, "t", 12);
+    plain.shutdown();
+    let plain_len = log_len(&dir.join("plain"), 1);
+
+    let c = Controller::start(config_snapshots(1, &[], &dir), endpoints(1)).unwrap();
+    create_many(&c, "t", 12);
+    let ids = block_on(c.request(ControllerRequest::AllocateProducerIds { count: 100 })).unwrap();
+    assert_eq!(ids, ControllerResponse::ProducerIds { start: 0, len: 100 });
+    let status = c.status();
+    assert!(status.snapshot_index > 0 && status.snapshot_index + SNAPSHOT_EVERY > status.applied_index, "{status:?}");
+    assert!(log_len(&dir, 1) * 2 < plain_len, "compacted {} vs {plain_len}", log_len(&dir, 1));
+    let before = replicated(&c.image());
+    c.shutdown();
+    drop(c);
+
+    // Offline: snapshot plus the log after it.
+    assert_eq!(replicated(&read_image(&dir.join("node-1")).unwrap()), before);
+    // A restart starts from the snapshot and keeps going.
+    let c = Controller::start(config_snapshots(1, &[], &dir), endpoints(1)).unwrap();
+    let img = c.image();
+    assert_eq!(img.topics, before.topics);
+    assert_eq!(img.next_producer_id, 100);
+    let ids = block_on(c.request(ControllerRequest::AllocateProducerIds { count: 10 })).unwrap();
+    assert_eq!(ids, ControllerResponse::ProducerIds { start: 100, len: 10 });
+    assert_eq!(create(&c, "t0", 1, 1), Err(ControllerError::TopicAlreadyExists));
+}
+
+/// Issue 13: a follower whose log ends below the leader's compacted log
+/// can only catch up through the leader's snapshot (raft-rs's
+/// InstallSnapshot). It does, and restarts from that snapshot.
+#[test]
+fn a_follower_far_behind_catches_up_through_a_snapshot() {
+    let dir = base_dir("install-snapshot");
+    let voters: Vec<(i32, SocketAddr)> = (1..=3).map(|i| (i, free_addr())).collect();
+    let start_s = |i: i32| Controller::start(config_snapshots(i, &voters, &dir), endpoints(i)).unwrap();
+    let mut nodes: Vec<Option<Controller>> = (1..=3).map(|i| Some(start_s(i))).collect();
+    let all: Vec<&Controller> = nodes.iter().flatten().collect();
+    let leader = wait_for_cluster(&all, 3);
+    let f = (1..=3).find(|i| *i != leader).unwrap();
+    let fc = nodes[f as usize - 1].take().unwrap();
+    let f_last = fc.status().applied_index;
+    fc.shutdown();
+    drop(fc);
+    let l = nodes[leader as usize - 1].clone().unwrap();
+    create_many(&l, "t", 12);
+    assert!(l.status().snapshot_index > f_last + 1, "the leader compacted past the follower's log");
+
+    let fc = start_s(f);
+    wait_until("follower caught up", || fc.image().topics.len() == 12);
+    assert!(fc.status().snapshot_index > f_last, "installed a snapshot: {:?}", fc.status());
+    wait_until("same image", || replicated(&fc.image()) == replicated(&l.image()));
+    let expected = replicated(&l.image());
+    fc.shutdown();
+    drop(fc);
+    // (The leader handles each restart as a new incarnation, moving
+    // leaderships, and a node may stop before it learned the last commit:
+    // the topics, not their leaders, are what must be there.)
+    let names = |img: &MetadataImage| img.topics.keys().cloned().collect::<Vec<_>>();
+    let f_dir = dir.join(format!("node-{f}"));
+    assert_eq!(names(&read_image(&f_dir).unwrap()), names(&expected), "offline: its snapshot and log");
+    let fc = start_s(f);
+    assert_eq!(names(&fc.image()), names(&expected), "restarted from its snapshot");
+    assert_eq!(create(&fc, "after", 1, 3), Ok(ControllerResponse::Done));
+}
+
+/// Issue 13: a single node has nobody to repair a damaged middle from, so
+/// it refuses to start and says where. Before the change it cut its log at
+/// the damage and started with topics `a` and `b` gone.
+#[test]
+fn single_node_with_a_damaged_middle_refuses_to_start() {
+    let dir = base_dir("single-damaged");
+    let c = start(1, &[], &dir);
+    assert_eq!(create(&c, "a", 1, 1), Ok(ControllerResponse::Done));
+    assert_eq!(create(&c, "b", 1, 1), Ok(ControllerResponse::Done));
+    c.shutdown();
+    drop(c);
+    let len = log_len(&dir, 1);
+    let at = flip_in_log(&dir, 1, br#""name":"a""#, 0);
+    let err = Controller::start(config(1, &[], &dir), endpoints(1)).unwrap_err();
+    let QuorumError::LogDamaged { path, position_bytes, .. } = &err else { panic!("{err}") };
+    assert_eq!(path, &dir.join("node-1").join("raft-log"));
+    assert!(*position_bytes < at as u64, "the bad record starts before the flipped byte");
+    let message = err.to_string();
+    assert!(message.contains("raft-log") && message.contains(&position_bytes.to_string()), "{message}");
+    assert_eq!(log_len(&dir, 1), len, "nothing cut");
+    // Offline reading says the same.
+    assert!(matches!(read_image(&dir.join("node-1")), Err(QuorumError::LogDamaged { .. })));
+}
+
+/// Issue 13, with the leader up: a follower restarts with a damaged middle
+/// while the other two keep committing; it is repaired from the leader and
+/// ends with the full log. Before the change it cut its log at the damage
+/// and, the leader still believing it held the lost entries, never caught
+/// up: the leader's heartbeat quoted a commit index past its log and
+/// raft-rs panicked on its thread (checked on the old code with this
+/// scenario: "to_commit 7 is out of range [last_index 4]").
+#[test]
+fn damaged_follower_is_repaired_while_the_cluster_commits() {
+    let dir = base_dir("damaged-follower");
+    let voters: Vec<(i32, SocketAddr)> = (1..=3).map(|i| (i, free_addr())).collect();
+    let mut nodes: Vec<Option<Controller>> = (1..=3).map(|i| Some(start(i, &voters, &dir))).collect();
+    let all: Vec<&Controller> = nodes.iter().flatten().collect();
+    let leader = wait_for_cluster(&all, 3);
+    let x = (1..=3).find(|i| *i != leader).unwrap();
+    let l = nodes[leader as usize - 1].clone().unwrap();
+    for name in ["a", "a2", "a3"] {
+        assert_eq!(create(&l, name, 1, 3), Ok(ControllerResponse::Done));
+    }
+    let xc = nodes[x as usize - 1].take().unwrap();
+    wait_until("x applied a3", || xc.image().topics.contains_key("a3"));
+    xc.shutdown();
+    drop(xc);
+    flip_in_log(&dir, x, br#""name":"a""#, 0);
+
+    let xc = start(x, &voters, &dir);
+    assert!(dir.join(format!("node-{x}")).join("raft-log.damaged-1").exists(), "damage found, log kept");
+    // The other two commit while x repairs (or after: both are fine).
+    assert_eq!(create(&l, "b", 1, 2), Ok(ControllerResponse::Done));
+    wait_until("x repaired", || !xc.status().repairing);
+    wait_until("x has every topic", || ["a", "a2", "a3", "b"].iter().all(|t| xc.image().topics.contains_key(*t)));
+    wait_until("same image", || replicated(&xc.image()) == replicated(&l.image()));
+    assert_eq!(xc.status().votes_refused, 0, "nobody campaigned meanwhile");
+}
+
+/// A snapshot is also due by log size: a few large entries (topics with
+/// many partitions) count by bytes rather than number.
+#[test]
+fn snapshots_also_come_by_log_bytes() {
+    let dir = base_dir("snapshot-bytes");
+    let config = QuorumConfig { snapshot_interval_bytes: 16 << 10, ..config(1, &[], &dir) };
+    let c = Controller::start(config, endpoints(1)).unwrap();
+    for i in 0..4 {
+        assert_eq!(create(&c, &format!("big{i}"), 1000, 1), Ok(ControllerResponse::Done));
+    }
+    assert!(c.status().snapshot_index > 0, "{:?}", c.status());
+    assert!(log_len(&dir, 1) < 16 << 10);
+    let before = replicated(&c.image());
+    c.shutdown();
+    assert_eq!(replicated(&read_image(&dir.join("node-1")).unwrap()), before);
 }
