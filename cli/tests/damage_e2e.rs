@@ -89,3 +89,49 @@ fn a_damaged_sealed_segment_takes_only_its_partition_offline() {
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 5000, "another topic serves everything it had");
 }
+
+/// Issue 13, as reproduced by hand: a broker with default durability was
+/// given acknowledged records, killed with kill -9, and one byte was
+/// flipped in the middle of its active segment. It restarted, served the
+/// records before the damage, cut the rest, and `topic describe` said
+/// "ok": synced, acknowledged data gone without a word. Now the recovery
+/// point proves the damaged batch was synced, so the open refuses to cut
+/// it, and the partition is reported offline instead.
+#[test]
+fn a_flipped_byte_in_synced_data_of_the_active_segment_is_reported_not_cut() {
+    let dir = data_dir("damage_active");
+    let broker = Broker::start(&dir, 1);
+    let brokers = broker.addr();
+    let run = |brokers: &str, args: &[&str], stdin: Option<&[u8]>| {
+        let mut all = vec!["--brokers", brokers];
+        all.extend_from_slice(args);
+        cli(&all, stdin)
+    };
+    let (ok, _, err) = run(&brokers, &["topic", "create", "flipped", "--partitions", "1"], None);
+    assert!(ok, "{err}");
+    // Several produce calls: several batches, so the flip lands in the
+    // middle with valid batches after it.
+    let lines: String = (0..500).map(|i| format!("record-{i:06}\n")).collect();
+    for _ in 0..4 {
+        let (ok, _, err) = run(&brokers, &["produce", "flipped", "--acks", "all"], Some(lines.as_bytes()));
+        assert!(ok, "{err}");
+    }
+    // The recovery point follows the syncs within a second.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    broker.kill9();
+    let logs = segments(&dir, "flipped", 0);
+    assert_eq!(logs.len(), 1, "one active segment: {logs:?}");
+    let written = std::fs::metadata(&logs[0]).expect("segment").len();
+    flip_byte(&logs[0], written / 3);
+
+    let broker = Broker::start(&dir, 1);
+    let brokers = broker.addr();
+    let (ok, out, err) = run(&brokers, &["topic", "describe", "flipped"], None);
+    assert!(ok, "{err}");
+    let row = out.lines().find(|line| line.starts_with('0')).unwrap_or_else(|| panic!("no partition row: {out}"));
+    assert!(row.contains("storage-error") && row.contains("StorageError"), "{out}");
+    drop(broker);
+    // Nothing was cut: every acknowledged byte is still in the file for
+    // the operator to recover.
+    assert!(std::fs::metadata(&logs[0]).expect("segment").len() >= written, "the damaged segment was cut");
+}
