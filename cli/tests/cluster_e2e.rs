@@ -288,7 +288,7 @@ fn acks_all_loses_nothing_acknowledged_when_the_leader_is_killed_again_and_again
 /// Issue 13, design decision 13: every replica's process dies at once
 /// (kill -9 of all three brokers within microseconds) while an acks=all
 /// producer writes, and the brokers come back in each of the six orders
-/// of (leader, follower, follower); then twice the leader and a follower
+/// of (leader, follower, follower), twice; then twice the leader and a follower
 /// die milliseconds apart. Before each kill the followers' disk writes are
 /// throttled to 1 MB/s for a moment (a cgroup, as a noisy neighbour would),
 /// less than the lag that drops them from the ISR. With O_DIRECT a
@@ -306,9 +306,10 @@ fn kill_9_of_every_broker_at_once_loses_nothing_acknowledged_in_any_restart_orde
     let watcher = LeaderWatch::start(&runtime, cluster.bootstrap());
     let workload = Workload::start(&runtime, cluster.bootstrap());
     let slow_disk = SlowDisk::new(&cluster.brokers[0].data_dir, 1 << 20);
-    // Indexes into (leader, first follower, second follower).
+    // Indexes into (leader, first follower, second follower): every
+    // order, twice.
     let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
-    for (round, order) in orders.iter().enumerate() {
+    for (round, order) in orders.iter().chain(orders.iter()).enumerate() {
         let before = workload.acked_count();
         std::thread::sleep(Duration::from_millis(800));
         let state = runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
