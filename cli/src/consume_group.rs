@@ -63,9 +63,6 @@ pub(crate) async fn run(global: &GlobalArgs, args: ConsumeArgs, group: String) -
     if !args.partition.is_empty() || args.exit {
         anyhow::bail!("with --group the coordinator assigns partitions: --partition and --exit do not apply");
     }
-    // Before anything can be fetched, so that no signal finds the member
-    // unprepared: from here on SIGTERM and SIGINT end it cleanly.
-    let stop = stop_on_signals()?;
     let client = global.connect().await?;
     let assignor = match args.group_args.assignor {
         AssignorArg::Range => GroupAssignor::Range,
@@ -81,6 +78,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ConsumeArgs, group: String) -
         auto_offset_reset: reset,
         ..GroupConfig::default()
     };
+    // Before the member joins and anything is fetched, so that no signal
+    // finds it unprepared: from here on SIGTERM and SIGINT end it cleanly.
+    // (Until here nothing is consumed, and a signal ends the process as
+    // usual, even while it waits for an unreachable cluster.)
+    let stop = stop_on_signals()?;
     let mut consumer = GroupConsumer::new(client, config)?;
     consumer.subscribe(std::slice::from_ref(&args.topic)).await.context("joining the group")?;
     match print_records(&mut consumer, &args, &stop).await {
