@@ -45,7 +45,10 @@ impl Format {
     }
 }
 
-/// Writes a poll's lines and flushes, so that pipes see records at once.
+/// Writes a poll's lines and flushes, so that pipes see records at once
+/// and, with `--group`, every line is out of the process before the next
+/// poll commits it. (Rust's stdout is a `LineWriter` whether or not it is a
+/// terminal, but the flush must not depend on how it buffers.)
 pub(crate) fn flush_lines(stdout: &mut impl Write, out: &[u8]) -> anyhow::Result<()> {
     if !out.is_empty() {
         stdout.write_all(out).context("writing records")?;

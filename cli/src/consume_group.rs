@@ -4,16 +4,26 @@
 //! flushed, before each poll), so a member killed at any moment leaves
 //! nothing skipped: its partitions move to the others after its session
 //! times out and they start at the last commit.
+//!
+//! SIGTERM and SIGINT stop it cleanly: it commits exactly what it printed,
+//! leaves the group (the partitions move at once) and exits 0. A closed
+//! pipe or a failed write ends it without committing anything more (what
+//! sat in the pipe may never have been read), leaving the group too.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use signal_hook::consts::{SIGINT, SIGTERM};
 use spate_client::{AutoOffsetReset, GroupAssignor, GroupConfig, GroupConsumer, SeekTo, TopicPartition};
 
 use crate::GlobalArgs;
 use crate::consume::{ConsumeArgs, flush_lines};
 
+/// How long one poll waits when there is nothing to print; also how long
+/// a signal may wait before the member notices it.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The group options of `spate consume`.
@@ -68,14 +78,54 @@ pub(crate) async fn run(global: &GlobalArgs, args: ConsumeArgs, group: String) -
         auto_offset_reset: reset,
         ..GroupConfig::default()
     };
+    // Before the member joins and anything is fetched, so that no signal
+    // finds it unprepared: from here on SIGTERM and SIGINT end it cleanly.
+    // (Until here nothing is consumed, and a signal ends the process as
+    // usual, even while it waits for an unreachable cluster.)
+    let stop = stop_on_signals()?;
     let mut consumer = GroupConsumer::new(client, config)?;
     consumer.subscribe(std::slice::from_ref(&args.topic)).await.context("joining the group")?;
+    match print_records(&mut consumer, &args, &stop).await {
+        Ok(()) => {
+            // Every record the polls returned is written and flushed (or,
+            // past --count, sought back over), so the positions are exactly
+            // what was printed: commit them, then leave so that the
+            // partitions move at once.
+            let committed = consumer.commit_sync().await.context("committing the printed records");
+            let left = consumer.leave().await.context("leaving the group");
+            committed.and(left)
+        }
+        Err(Stopped::Output(error)) => {
+            // What reached a closed pipe may never have been read, and a
+            // failed write may have left part of a poll out: commit nothing
+            // more. Leaving hands the partitions over at once, from the last
+            // commit; if that fails too, the session timeout does it.
+            let _ = consumer.leave().await;
+            Err(error)
+        }
+        Err(Stopped::Consumer(error)) => Err(error),
+    }
+}
+
+/// Why printing stopped early.
+enum Stopped {
+    /// Writing or flushing stdout failed (a closed pipe, a full disk).
+    Output(anyhow::Error),
+    /// Fetching or the group failed.
+    Consumer(anyhow::Error),
+}
+
+/// Polls and prints until `--count` records are printed or a signal asks
+/// to stop. Each poll's records are written and flushed before the next
+/// poll, which is where the group consumer commits: so a commit never
+/// covers a record that is not on stdout yet.
+async fn print_records(consumer: &mut GroupConsumer, args: &ConsumeArgs, stop: &AtomicBool) -> Result<(), Stopped> {
     let key_separator = args.print_key.then_some(args.key_separator.as_str());
     let mut stdout = std::io::stdout();
     let mut printed = 0u64;
     let mut out = Vec::new();
-    while args.count.is_none_or(|count| printed < count) {
-        let records = consumer.poll(POLL_TIMEOUT).await.context("fetching records")?;
+    while args.count.is_none_or(|count| printed < count) && !stop.load(Ordering::SeqCst) {
+        let records = consumer.poll(POLL_TIMEOUT).await.context("fetching records").map_err(Stopped::Consumer)?;
         out.clear();
         // Where each partition's unprinted records start, if --count cuts
         // a poll short: the position goes back there so it is not committed.
@@ -86,14 +136,34 @@ pub(crate) async fn run(global: &GlobalArgs, args: ConsumeArgs, group: String) -
                 first_unprinted.entry(tp).or_insert(record.offset);
                 continue;
             }
-            args.format.write(&mut out, record, key_separator)?;
+            args.format.write(&mut out, record, key_separator).map_err(Stopped::Consumer)?;
             printed += 1;
         }
-        flush_lines(&mut stdout, &out)?;
+        flush_lines(&mut stdout, &out).map_err(Stopped::Output)?;
         for (tp, offset) in first_unprinted {
-            consumer.seek(&tp, offset).await.context("rewinding past the last printed record")?;
+            consumer
+                .seek(&tp, offset)
+                .await
+                .context("rewinding past the last printed record")
+                .map_err(Stopped::Consumer)?;
         }
     }
-    consumer.close().await.context("leaving the group")?;
     Ok(())
+}
+
+/// The flag SIGTERM and SIGINT set: the member stops after the poll in
+/// hand (at most `POLL_TIMEOUT` when idle), commits what it printed, leaves
+/// and exits 0. A second signal ends the process at once (exit code 128 +
+/// the signal), for a member stuck on a write nobody reads or a cluster
+/// that does not answer.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        // Registered first, so that it sees the flag as the previous
+        // signal left it: it exits only on the second.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, stop.clone())
+            .context("handling signals")?;
+        signal_hook::flag::register(signal, stop.clone()).context("handling signals")?;
+    }
+    Ok(stop)
 }

@@ -3,7 +3,8 @@
 //! killed with kill -9 (its partitions move after the session timeout,
 //! nothing skipped), members killed in a loop while records are produced
 //! (every record processed at least once), committed offsets and lag
-//! across broker restarts, and a fenced zombie's late commit.
+//! across broker restarts, a fenced zombie's late commit, and a
+//! `spate consume --group` stopped by a signal or a closed pipe.
 
 mod common;
 
@@ -414,5 +415,158 @@ fn a_fenced_zombies_late_commit_is_rejected() {
     let committed = runtime.block_on(groups.committed_offsets("zombies", None)).expect("offsets");
     let total: i64 = committed.values().sum();
     assert_eq!(total, 50, "the successor's commits stand: {committed:?}");
+    broker.stop();
+}
+
+/// The records a `spate consume --format json` wrote to `path`: per
+/// partition, offset to value. Only whole lines count (the last one may be
+/// half written while the consumer runs).
+fn records_in(path: &std::path::Path) -> BTreeMap<i32, BTreeMap<i64, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut records: BTreeMap<i32, BTreeMap<i64, String>> = BTreeMap::new();
+    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    for line in whole.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let partition = record["partition"].as_i64().expect("partition") as i32;
+        let offset = record["offset"].as_i64().expect("offset");
+        let value = record["value"].as_str().expect("value").to_string();
+        let earlier = records.entry(partition).or_default().insert(offset, value);
+        assert!(earlier.is_none(), "offset {offset} of partition {partition} written twice");
+    }
+    records
+}
+
+fn record_count(records: &BTreeMap<i32, BTreeMap<i64, String>>) -> usize {
+    records.values().map(BTreeMap::len).sum()
+}
+
+/// Sends `signal` (a `kill` name: TERM, INT) and waits up to 20 s for the
+/// process to exit.
+fn signal_and_wait(child: &mut Child, signal: &str) -> std::process::ExitStatus {
+    let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().expect("kill");
+    assert!(sent.success());
+    let mut status = None;
+    wait_until(&format!("the consumer exits after SIG{signal}"), Duration::from_secs(20), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    status.expect("exited")
+}
+
+/// Issue 13: `spate consume --group G --format json > out.json`, stopped
+/// with SIGTERM or SIGINT, must have written every record whose offset
+/// the group committed, commit everything it wrote, and leave. Before the
+/// fix the signal killed it (no exit 0, no final commit, no leave), so a
+/// second member waited for the session to time out and then printed
+/// again what the file already held.
+fn a_group_consumer_stopped_by_a_signal_commits_exactly_what_its_file_holds(signal: &str) {
+    let dir = data_dir(&format!("group_signal_{signal}"));
+    let broker = Broker::start(&dir, 2);
+    let runtime = runtime();
+    let client = runtime.block_on(Client::connect(client_config(&broker))).expect("connect");
+    runtime.block_on(Admin::new(client.clone()).create_topic("piped", 2, 1, &[])).expect("create");
+    let mut acked = runtime.block_on(produce(&client, "piped", (0..500).map(|i| format!("p-{i}"))));
+    let out_path = dir.join("out.json");
+    let out = std::fs::File::create(&out_path).expect("out.json");
+    // A session far longer than the test: only leaving empties the group.
+    let mut first = Command::new(SPATE)
+        .args(["--brokers", &broker.addr(), "consume", "piped", "--group", "pipeline", "--format", "json"])
+        .args(["--from-beginning", "--commit-interval-ms", "100", "--session-timeout-ms", "60000"])
+        .stdout(out)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn spate consume --group");
+    let committed_total = |runtime: &tokio::runtime::Runtime| {
+        describe(runtime, &client, "pipeline")
+            .map_or(0, |g| g.offsets.iter().filter_map(|o| o.committed_offset).sum::<i64>())
+    };
+    wait_until("the group committed the first 500 records", Duration::from_secs(20), || {
+        committed_total(&runtime) == 500
+    });
+    // More records, then the signal as soon as the file has them: some of
+    // them, or all, are not committed yet.
+    acked.extend(runtime.block_on(produce(&client, "piped", (500..800).map(|i| format!("p-{i}")))));
+    wait_until("the file holds all 800 records", Duration::from_secs(20), || {
+        record_count(&records_in(&out_path)) == 800
+    });
+    let status = signal_and_wait(&mut first, signal);
+    assert_eq!(status.code(), Some(0), "SIG{signal} ends the consumer cleanly: {status}");
+    let written = records_in(&out_path);
+    let group = describe(&runtime, &client, "pipeline").expect("described");
+    assert!(group.members.is_empty(), "the stopped member left the group at once: {group:?}");
+    for tp in (0..2).map(|p| TopicPartition::new("piped", p)) {
+        let committed = group.offsets.iter().find(|o| o.tp == tp).and_then(|o| o.committed_offset).unwrap_or(0);
+        let in_file = written.get(&tp.partition).cloned().unwrap_or_default();
+        // Every committed record is in the file, and everything in the file
+        // is committed: the commit is exactly what was written.
+        let expected: Vec<i64> = (0..committed).collect();
+        assert_eq!(in_file.keys().copied().collect::<Vec<_>>(), expected, "{tp}: committed {committed}");
+    }
+    // A second member starts right after what the file holds: together
+    // they hold every record once.
+    acked.extend(runtime.block_on(produce(&client, "piped", (800..900).map(|i| format!("p-{i}")))));
+    let second = MemberProcess::start(&broker, "piped", "pipeline");
+    wait_until("the second member printed the 100 new records", Duration::from_secs(20), || second.printed() >= 100);
+    let mut everything: Vec<String> = written.values().flat_map(|records| records.values().cloned()).collect();
+    everything.extend(second.values.lock().expect("lock").iter().cloned());
+    everything.sort();
+    let mut expected = acked;
+    expected.sort();
+    assert_eq!(everything, expected, "the file and the second member hold every record, once");
+    drop(second);
+    broker.stop();
+}
+
+#[test]
+fn a_group_consumer_stopped_by_sigterm_commits_exactly_what_its_file_holds_and_leaves() {
+    a_group_consumer_stopped_by_a_signal_commits_exactly_what_its_file_holds("TERM");
+}
+
+#[test]
+fn a_group_consumer_stopped_by_sigint_commits_exactly_what_its_file_holds_and_leaves() {
+    a_group_consumer_stopped_by_a_signal_commits_exactly_what_its_file_holds("INT");
+}
+
+/// `spate consume --group G | head -n 1`: once the reader is gone the
+/// consumer ends quietly (exit 0, nothing on stderr) and commits nothing
+/// it wrote into the pipe, which may never have been read; it leaves the
+/// group so the partitions move at once. Before the fix it stayed a
+/// member until its session timed out.
+#[test]
+fn a_group_consumer_whose_pipe_closes_ends_quietly_commits_nothing_more_and_leaves() {
+    let dir = data_dir("group_broken_pipe");
+    let broker = Broker::start(&dir, 2);
+    let runtime = runtime();
+    let client = runtime.block_on(Client::connect(client_config(&broker))).expect("connect");
+    runtime.block_on(Admin::new(client.clone()).create_topic("headed", 2, 1, &[])).expect("create");
+    runtime.block_on(produce(&client, "headed", (0..200).map(|i| format!("h-{i}"))));
+    // No periodic commit within the test: whatever is committed would be
+    // the consumer's reaction to the closed pipe.
+    let mut child = Command::new(SPATE)
+        .args(["--brokers", &broker.addr(), "consume", "headed", "--group", "heads"])
+        .args(["--from-beginning", "--commit-interval-ms", "3600000", "--session-timeout-ms", "60000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spate consume --group");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("the first record");
+    assert!(line.starts_with("h-"), "{line:?}");
+    drop(stdout);
+    // Records that the consumer can only write into the closed pipe.
+    runtime.block_on(produce(&client, "headed", (200..300).map(|i| format!("h-{i}"))));
+    let mut status = None;
+    wait_until("the consumer exits on the closed pipe", Duration::from_secs(20), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "a closed pipe ends it quietly");
+    let group = describe(&runtime, &client, "heads").expect("described");
+    assert!(group.members.is_empty(), "it left the group: {group:?}");
+    assert!(group.offsets.iter().all(|o| o.committed_offset.is_none()), "nothing was committed: {group:?}");
     broker.stop();
 }

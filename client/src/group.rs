@@ -379,6 +379,15 @@ impl GroupConsumer {
         {
             tracing::warn!(group = %self.config.group_id, %error, "final commit failed");
         }
+        self.leave().await
+    }
+
+    /// Leaves the group without committing and stops heartbeating: its
+    /// partitions go to the others at once, from the last commit. For an
+    /// application that cannot vouch for the records it was given since
+    /// (its output failed), so that they are delivered again rather than
+    /// skipped, without waiting for the session to time out.
+    pub async fn leave(mut self) -> Result<(), ClientError> {
         if let Some(task) = self.heartbeats.take() {
             task.abort();
         }

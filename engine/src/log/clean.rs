@@ -684,8 +684,10 @@ impl<S: Storage> LogInner<S> {
         })
     }
 
-    /// Raises the compaction checkpoint before a swap can leave gaps there.
-    async fn raise_gaps_below(&self, gaps_below: i64) -> Result<()> {
+    /// Raises the compaction checkpoint before a swap (or a replicated
+    /// batch after a gap) can leave gaps there. Durable when it returns.
+    pub(super) async fn raise_gaps_below(&self, gaps_below: i64) -> Result<()> {
+        let _permit = self.gaps_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
         if self.state.borrow().gaps_below >= gaps_below {
             return Ok(());
         }
@@ -694,11 +696,23 @@ impl<S: Storage> LogInner<S> {
         Ok(())
     }
 
+    /// Raises the checkpoint over the gaps replicated batches left, before
+    /// the flusher writes them: on disk, a gap is never above it.
+    pub(super) async fn cover_replicated_gaps(&self) -> Result<()> {
+        let wanted = self.state.borrow().gaps_wanted;
+        self.raise_gaps_below(wanted).await
+    }
+
     /// Lowers the checkpoint to a new log end (after a truncation), so that
     /// batches appended there are held to contiguity again.
     pub(super) async fn lower_gaps_below(&self, log_end_offset: i64) -> Result<()> {
-        if self.state.borrow().gaps_below <= log_end_offset {
-            return Ok(());
+        let _permit = self.gaps_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        {
+            let mut state = self.state.borrow_mut();
+            state.gaps_wanted = state.gaps_wanted.min(log_end_offset);
+            if state.gaps_below <= log_end_offset {
+                return Ok(());
+            }
         }
         self.write_atomic(&self.dir.join(COMPACTION_CHECKPOINT_NAME), &encode_checkpoint(log_end_offset)).await?;
         self.state.borrow_mut().gaps_below = log_end_offset;

@@ -332,6 +332,9 @@ impl<S: Storage> LogInner<S> {
         plan: &CyclePlan<S::File>,
         file: &Rc<S::File>,
     ) -> Result<Vec<(<S::File as StorageFile>::Buf, u64)>> {
+        // Every write of batches passes here: a replicated batch after a
+        // gap reaches the disk only once the checkpoint allows the gap.
+        self.cover_replicated_gaps().await?;
         let wanted = align_up(plan.end_position);
         let preallocated_bytes =
             self.state.borrow().segments.get(&plan.segment_base).map_or(0, |s| s.preallocated_bytes);

@@ -382,6 +382,10 @@ pub(crate) struct LogState<F> {
     /// compaction (the compaction checkpoint); above it offsets are
     /// contiguous. `i64::MIN` in a log never compacted.
     gaps_below: i64,
+    /// The highest base offset of a replicated batch that follows a gap
+    /// (its leader compacted what was between): the flusher raises
+    /// `gaps_below` to it, durably, before it writes the batch.
+    gaps_wanted: i64,
     /// Where the cleaner's next offset map starts: everything below was
     /// compacted (kept in memory only; the log start after an open).
     first_dirty_offset: i64,
@@ -431,7 +435,11 @@ impl<F> LogState<F> {
             truncations: 0,
             high_watermark_wakers: Vec::new(),
             log_end_wakers: Vec::new(),
-            gaps_below,
+            // Above the log end it would only spare batches not appended
+            // yet from the contiguity check (a crash can leave it there,
+            // between the checkpoint and the batches that needed it).
+            gaps_below: gaps_below.min(log_end_offset),
+            gaps_wanted: i64::MIN,
             first_dirty_offset: log_start_offset,
             next_horizon_ms: None,
             producers,
@@ -546,6 +554,9 @@ struct LogInner<S: Storage> {
     io_lock: Semaphore,
     /// Serialises retention, truncation and close with each other.
     maintenance_lock: Semaphore,
+    /// Serialises changes of the compaction checkpoint: the cleaner (under
+    /// `maintenance_lock`) and the flusher (under `io_lock`) both raise it.
+    gaps_lock: Semaphore,
     wake: Rc<Notify>,
     flusher_done: RefCell<Option<oneshot::Receiver<()>>>,
 }
@@ -606,6 +617,7 @@ impl<S: Storage> PartitionLog<S> {
             state: RefCell::new(state),
             io_lock: Semaphore::new(1),
             maintenance_lock: Semaphore::new(1),
+            gaps_lock: Semaphore::new(1),
             wake: Rc::new(Notify::default()),
             flusher_done: RefCell::new(None),
         });
@@ -749,7 +761,9 @@ impl<S: Storage> PartitionLog<S> {
     /// A follower's append: the batch keeps the offsets and leader epoch
     /// its leader gave it (checked, never reassigned), so every replica
     /// holds the same bytes at the same offsets. It must start at or after
-    /// the log end (compaction may have left a gap on the leader). No
+    /// the log end (compaction may have left a gap on the leader; the
+    /// compaction checkpoint is raised over it before the batch is written,
+    /// so reads, recovery and a later leadership accept it). No
     /// LogAppendTime restamp (the leader did it) and no sequence check (the
     /// leader did it); the producer state still learns the batch, for the
     /// day this replica leads.
@@ -774,6 +788,10 @@ impl<S: Storage> PartitionLog<S> {
                 base_offset: info.base_offset,
                 log_end_offset: state.log_end_offset,
             });
+        }
+        let mut state = state;
+        if info.base_offset > state.log_end_offset {
+            state.gaps_wanted = state.gaps_wanted.max(info.base_offset);
         }
         Ok(inner.enqueue(state, batch, &info, &config))
     }
