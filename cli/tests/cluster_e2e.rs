@@ -459,6 +459,118 @@ fn histories_from_every_leader(
     }
 }
 
+/// A fetch claiming to be replica `replica_id` at `offset`, sent as a
+/// plain client would (no broker proof), on a fresh connection to `addr`.
+/// Returns the answer's error code (an ErrorResponse's, or the partition's).
+fn forged_replica_fetch(addr: &str, replica_id: i32, offset: i64) -> ErrorCode {
+    use spate_flatbuf::flatbuffers::FlatBufferBuilder;
+    use spate_flatbuf::proto::*;
+    use std::io::{Read, Write};
+    let mut builder = FlatBufferBuilder::new();
+    let name = builder.create_string(TOPIC);
+    let part = FetchPartition::create(
+        &mut builder,
+        &FetchPartitionArgs {
+            partition: 0,
+            offset,
+            max_bytes: 1 << 20,
+            replica_durable_offset: offset,
+            ..Default::default()
+        },
+    );
+    let parts = builder.create_vector(&[part]);
+    let topic = FetchTopic::create(&mut builder, &FetchTopicArgs { name: Some(name), partitions: Some(parts) });
+    let topics = builder.create_vector(&[topic]);
+    let body = FetchRequest::create(
+        &mut builder,
+        &FetchRequestArgs { max_wait_ms: 0, min_bytes: 1, max_bytes: 1 << 20, topics: Some(topics), replica_id },
+    );
+    let envelope = Envelope::create(
+        &mut builder,
+        &EnvelopeArgs { request_id: 1, version: 1, body_type: Body::FetchRequest, body: Some(body.as_union_value()) },
+    );
+    builder.finish(envelope, None);
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(&spate_flatbuf::encode_frame(&builder, &[])).expect("send");
+    let decoder = spate_flatbuf::FrameDecoder::new(64 << 20);
+    let mut buf = bytes::BytesMut::new();
+    let frame = loop {
+        if let Some(frame) = decoder.decode(&mut buf).expect("a good frame") {
+            break frame;
+        }
+        let mut chunk = [0u8; 65536];
+        let read = stream.read(&mut chunk).expect("read");
+        assert!(read > 0, "the broker closed the connection");
+        buf.extend_from_slice(&chunk[..read]);
+    };
+    let envelope = frame.read().expect("verified");
+    if let Some(error) = envelope.body_as_error_response() {
+        return error.error();
+    }
+    let response = envelope.body_as_fetch_response().expect("a fetch response");
+    response.topics().expect("topics").get(0).partitions().expect("partitions").get(0).error()
+}
+
+/// Issue 14, as reproduced by hand: with both followers frozen (SIGSTOP),
+/// a record acknowledged by the leader alone (acks=1), and one anonymous
+/// Fetch claiming each follower's replica id at the leader's log end, the
+/// high watermark moved over that record and a consumer read it; forged
+/// fetches repeated kept the frozen followers "caught up" in the ISR. Now a
+/// replica fetch is honoured only on a connection that proved it is that
+/// broker (an HMAC under the cluster secret in its handshake).
+#[test]
+fn a_client_claiming_a_replica_id_moves_neither_the_high_watermark_nor_the_isr() {
+    let cluster = Cluster::start("cluster-impersonate");
+    let runtime = runtime();
+    let client = create_replicated(&runtime, &cluster);
+    let state = runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
+    let followers: Vec<i32> = state.replicas.iter().copied().filter(|node| *node != state.leader).collect();
+    let signal = |node: i32, name: &str| {
+        let pid = cluster.brokers[(node - 1) as usize].child.id().to_string();
+        let status = std::process::Command::new("kill").arg(format!("-{name}")).arg(&pid).status().unwrap();
+        assert!(status.success(), "kill -{name} {pid}");
+    };
+    for follower in &followers {
+        signal(*follower, "STOP");
+    }
+    let tp = TopicPartition { topic: TOPIC.into(), partition: 0 };
+    let high_watermark = || {
+        let consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+        runtime.block_on(consumer.end_offsets(std::slice::from_ref(&tp))).expect("end offsets")[0].1
+    };
+    let before = high_watermark();
+    let mut batch = spate_format::batch::BatchBuilder::new(0);
+    batch.push(0, None, Some(b"only on the leader"), &[]);
+    let batch = batch.build().freeze();
+    runtime.block_on(client.produce_batches(&tp, &batch, Acks::Leader, Duration::from_secs(5))).expect("acks=1");
+    let leader_addr = cluster.brokers[(state.leader - 1) as usize].addr();
+    for follower in &followers {
+        let code = forged_replica_fetch(&leader_addr, *follower, before + 1);
+        assert_eq!(code, ErrorCode::ClusterAuthorizationFailed, "a plain client is not replica {follower}");
+    }
+    assert_eq!(high_watermark(), before, "the record only the leader has stays invisible");
+    // One follower thaws (the controller quorum needs it); forged fetches
+    // for the other, for longer than the lag limit, do not keep it in the
+    // ISR.
+    let (frozen, thawed) = (followers[0], followers[1]);
+    signal(thawed, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        forged_replica_fetch(&leader_addr, frozen, before + 1);
+        let isr = runtime.block_on(partition_state(&client)).map(|state| state.isr);
+        if isr.as_ref().is_some_and(|isr| !isr.contains(&frozen)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the frozen follower stayed in the ISR: {isr:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(frozen, "CONT");
+    // Real followers, proving who they are, catch up and rejoin.
+    runtime.block_on(wait_for_full_isr(&client, Duration::from_secs(30)));
+    assert!(high_watermark() > before, "replication goes on for the real followers");
+}
+
 /// KIP-101's scenario (a follower restarts, then the leader dies before
 /// the high watermark reaches the follower again) and KIP-279's fast double
 /// failover (the new leader dies as soon as it is elected).

@@ -71,6 +71,7 @@ pub(crate) fn handshake(stamp: Stamp, client_id: &str) -> OutFrame {
     let body = proto::HandshakeRequest::create(
         &mut builder,
         &proto::HandshakeRequestArgs {
+            broker_auth: None,
             client_id: Some(client_id),
             version_min: PROTOCOL_VERSION_MIN,
             version_max: PROTOCOL_VERSION_MAX,

@@ -15,10 +15,10 @@ extern crate alloc;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 34;
+pub const ENUM_MAX_ERROR_CODE: i16 = 35;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 36] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -54,6 +54,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
   ErrorCode::UnknownLeaderEpoch,
   ErrorCode::LeaderNotAvailable,
   ErrorCode::NotController,
+  ErrorCode::ClusterAuthorizationFailed,
 ];
 
 /// One code for every failure a client can see. A client acts on the code;
@@ -163,9 +164,13 @@ impl ErrorCode {
   /// The controller quorum has no leader, or did not commit the change in
   /// time; retry.
   pub const NotController: Self = Self(34);
+  /// The request needs a broker's rights (a replica fetch), and this
+  /// connection has not proved it is that broker (Kafka's
+  /// CLUSTER_AUTHORIZATION_FAILED); nothing was done.
+  pub const ClusterAuthorizationFailed: Self = Self(35);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 34;
+  pub const ENUM_MAX: i16 = 35;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -202,6 +207,7 @@ impl ErrorCode {
     Self::UnknownLeaderEpoch,
     Self::LeaderNotAvailable,
     Self::NotController,
+    Self::ClusterAuthorizationFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -241,6 +247,7 @@ impl ErrorCode {
       Self::UnknownLeaderEpoch => Some("UnknownLeaderEpoch"),
       Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
       Self::NotController => Some("NotController"),
+      Self::ClusterAuthorizationFailed => Some("ClusterAuthorizationFailed"),
       _ => None,
     }
   }
@@ -1615,6 +1622,7 @@ impl<'a> HandshakeRequest<'a> {
   pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_VERSION_MIN: ::flatbuffers::VOffsetT = 6;
   pub const VT_VERSION_MAX: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BROKER_AUTH: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1626,6 +1634,7 @@ impl<'a> HandshakeRequest<'a> {
     args: &'args HandshakeRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<HandshakeRequest<'bldr>> {
     let mut builder = HandshakeRequestBuilder::new(_fbb);
+    if let Some(x) = args.broker_auth { builder.add_broker_auth(x); }
     if let Some(x) = args.client_id { builder.add_client_id(x); }
     builder.add_version_max(args.version_max);
     builder.add_version_min(args.version_min);
@@ -1654,6 +1663,18 @@ impl<'a> HandshakeRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(HandshakeRequest::VT_VERSION_MAX, Some(1)).unwrap()}
   }
+  /// A broker's proof that it knows the cluster secret (issue 14): its
+  /// node id, a time, a nonce and an HMAC over them and the receiving
+  /// broker and shard (`net/src/broker_auth.rs`). Absent for clients. A
+  /// connection whose handshake carries a valid proof may fetch as that
+  /// broker's replica.
+  #[inline]
+  pub fn broker_auth(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(HandshakeRequest::VT_BROKER_AUTH, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for HandshakeRequest<'_> {
@@ -1665,6 +1686,7 @@ impl ::flatbuffers::Verifiable for HandshakeRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_id", Self::VT_CLIENT_ID, false)?
      .visit_field::<u16>("version_min", Self::VT_VERSION_MIN, false)?
      .visit_field::<u16>("version_max", Self::VT_VERSION_MAX, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("broker_auth", Self::VT_BROKER_AUTH, false)?
      .finish();
     Ok(())
   }
@@ -1673,6 +1695,7 @@ pub struct HandshakeRequestArgs<'a> {
     pub client_id: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub version_min: u16,
     pub version_max: u16,
+    pub broker_auth: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for HandshakeRequestArgs<'a> {
   #[inline]
@@ -1681,6 +1704,7 @@ impl<'a> Default for HandshakeRequestArgs<'a> {
       client_id: None,
       version_min: 1,
       version_max: 1,
+      broker_auth: None,
     }
   }
 }
@@ -1703,6 +1727,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HandshakeRequestBuilder<'a, '
     self.fbb_.push_slot::<u16>(HandshakeRequest::VT_VERSION_MAX, version_max, 1);
   }
   #[inline]
+  pub fn add_broker_auth(&mut self, broker_auth: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HandshakeRequest::VT_BROKER_AUTH, broker_auth);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HandshakeRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HandshakeRequestBuilder {
@@ -1723,6 +1751,7 @@ impl ::core::fmt::Debug for HandshakeRequest<'_> {
       ds.field("client_id", &self.client_id());
       ds.field("version_min", &self.version_min());
       ds.field("version_max", &self.version_max());
+      ds.field("broker_auth", &self.broker_auth());
       ds.finish()
   }
 }

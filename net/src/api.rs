@@ -82,8 +82,24 @@ pub(crate) fn invalid(request_id: u64, message: &str) -> Reply {
     Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::InvalidRequest, message)))
 }
 
+/// What a connection has established about its peer, for the requests
+/// that follow on it.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The broker this connection proved it is (a valid `broker_auth` in
+    /// its handshake), -1 for a client: only that broker may fetch as a
+    /// replica on it.
+    broker: std::cell::Cell<i32>,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session { broker: std::cell::Cell::new(-1) }
+    }
+}
+
 /// Entry point for one verified frame.
-pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str) {
+pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame) -> (Reply, &'static str) {
     let (request_id, version, body_type) = match frame.read() {
         Ok(envelope) => (envelope.request_id(), envelope.version(), envelope.body_type()),
         Err(err) => return (invalid(0, &format!("envelope fails verification: {err}")), "error"),
@@ -96,8 +112,8 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str)
     }
     let reply = match body_type {
         Body::ProduceRequest => produce(shard, frame, request_id),
-        Body::FetchRequest => fetch(shard, &frame, request_id),
-        Body::HandshakeRequest => handshake(shard, &frame, request_id),
+        Body::FetchRequest => fetch(shard, session, &frame, request_id),
+        Body::HandshakeRequest => handshake(shard, session, &frame, request_id),
         Body::MetadataRequest => metadata(shard, &frame, request_id),
         Body::CreateTopicsRequest => create_topics(shard, &frame, request_id),
         Body::DeleteTopicsRequest => delete_topics(shard, &frame, request_id),
@@ -139,13 +155,33 @@ fn partition_of(topic: &TopicMeta, partition: i32) -> Option<u32> {
 
 // ---- Handshake ----
 
-fn handshake(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+fn handshake(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_handshake_request()) else {
         return invalid(request_id, "handshake body missing");
     };
     let low = request.version_min().max(PROTOCOL_VERSION_MIN);
     let high = request.version_max().min(PROTOCOL_VERSION_MAX);
-    let (error, version) = if low <= high { (ErrorCode::None, high) } else { (ErrorCode::UnsupportedVersion, 0) };
+    let (mut error, version) = if low <= high { (ErrorCode::None, high) } else { (ErrorCode::UnsupportedVersion, 0) };
+    if let Some(proof) = request.broker_auth() {
+        let secret = shard.shared.catalog.load().cluster_secret.clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        let verified = shard.replay_guard.borrow_mut().verify(
+            secret.as_deref(),
+            proof.bytes(),
+            shard.shared.config.node_id,
+            shard.id as u16,
+            now_ms,
+        );
+        match verified {
+            Ok(node_id) => session.broker.set(node_id),
+            Err(err) => {
+                tracing::warn!(shard = shard.id, "refused a broker handshake: {err}");
+                error = ErrorCode::ClusterAuthorizationFailed;
+            }
+        }
+    }
     let mut builder = FlatBufferBuilder::new();
     let body = HandshakeResponse::create(
         &mut builder,
@@ -778,10 +814,22 @@ fn unknown_read() -> ReadResult {
     ReadResult { high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
 }
 
-fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_fetch_request()) else {
         return invalid(request_id, "fetch body missing");
     };
+    // A replica fetch moves the leader's high watermark and ISR: only the
+    // broker it names, proved on this connection, may send one (issue 14).
+    let replica_id = request.replica_id().max(-1);
+    if replica_id >= 0 && replica_id != session.broker.get() {
+        tracing::warn!(
+            shard = shard.id,
+            replica_id,
+            "refused a replica fetch from a connection that did not prove it is that broker"
+        );
+        let message = format!("fetching as replica {replica_id} needs a broker's proof on this connection");
+        return Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::ClusterAuthorizationFailed, &message)));
+    }
     // The response must fit the frames clients accept; leave room for its
     // envelope.
     let frame_room = shard.shared.config.frame_bytes_max.saturating_sub(1 << 20).max(1);
@@ -817,7 +865,6 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
             });
         }
     }
-    let replica_id = request.replica_id().max(-1);
     let started = Instant::now();
     let first: Vec<_> = parts.iter().map(|part| submit_fetch(shard, part, None, replica_id)).collect();
     let shard = shard.clone();

@@ -93,6 +93,9 @@ pub struct Catalog {
     pub brokers: BTreeMap<i32, BrokerMeta>,
     /// The active controller's node id (-1: none known).
     pub controller_id: i32,
+    /// The secret brokers prove they know (`broker_auth`); None until the
+    /// first active controller has committed it.
+    pub cluster_secret: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +141,12 @@ impl Catalog {
                 (broker.node_id, meta)
             })
             .collect();
-        Catalog { topics, brokers, controller_id: image.controller_id }
+        let cluster_secret = image
+            .cluster_secret_hex
+            .as_deref()
+            .and_then(crate::broker_auth::secret_from_hex)
+            .map(|secret| Arc::from(secret.into_boxed_slice()));
+        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret }
     }
 }
 

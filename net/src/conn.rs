@@ -70,12 +70,13 @@ async fn read_requests(
     queue: &local_channel::LocalSender<Queued>,
 ) -> Result<(), FrameError> {
     let decoder = FrameDecoder::new(shard.shared.config.frame_bytes_max);
+    let session = api::Session::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     loop {
         while let Some(frame) = decoder.decode(&mut buf)? {
             let started = Instant::now();
-            let (reply, api) = api::dispatch(shard, frame);
+            let (reply, api) = api::dispatch(shard, &session, frame);
             let pending = match reply {
                 Reply::Now(response) => Pending::Ready(response),
                 Reply::Later(future) => Pending::Running(glommio::spawn_local(future).detach()),

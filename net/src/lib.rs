@@ -5,6 +5,7 @@
 
 mod admin;
 mod api;
+mod broker_auth;
 pub mod catalog;
 pub mod config;
 mod conn;

@@ -51,3 +51,12 @@ pub const OFFSETS_TOPIC_BROKERS_WAIT_MS: u64 = 30_000;
 /// A leader whose ISR change the controller refused waits this long (or
 /// for new metadata) before asking again.
 pub const ISR_CHANGE_RETRY_MS: u64 = 500;
+/// A broker's handshake proof (`broker_auth`) is accepted this far from the
+/// receiver's clock, either way: brokers' clocks agree to well within it
+/// (NTP), and a captured proof is worthless once it is this old.
+pub const BROKER_AUTH_SKEW_MS: i64 = 60_000;
+/// Proof nonces a shard remembers to refuse a replay within the skew
+/// window. Brokers open a handful of connections per partition they follow
+/// and reconnect rarely; past this many fresh proofs in one window a proof
+/// is refused (retried later) rather than the memory growing.
+pub const BROKER_AUTH_NONCES_MAX: usize = 65_536;

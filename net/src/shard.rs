@@ -284,6 +284,8 @@ pub(crate) struct Shard {
     /// every other partition is served. One damaged file must not keep a
     /// broker from serving everything else. See `recover_offline`.
     offline: RefCell<HashMap<PartitionKey, OfflineReplica>>,
+    /// Broker proofs this shard accepted lately (`broker_auth`).
+    pub replay_guard: RefCell<crate::broker_auth::ReplayGuard>,
     /// Metadata is applied one change at a time.
     reconcile_lock: glommio::sync::Semaphore,
     /// Serialises catalog changes (used on shard 0 only).
@@ -344,6 +346,7 @@ impl Shard {
             logs: RefCell::new(HashMap::new()),
             replicas: RefCell::new(HashMap::new()),
             offline: RefCell::new(HashMap::new()),
+            replay_guard: RefCell::new(crate::broker_auth::ReplayGuard::default()),
             reconcile_lock: glommio::sync::Semaphore::new(1),
             admin_lock: glommio::sync::Semaphore::new(1),
             metrics: ShardMetrics::default(),

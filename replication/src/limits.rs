@@ -66,3 +66,7 @@ pub const DEFAULT_TICK_MS: u64 = 100;
 pub const DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_BROKER_SESSION_TIMEOUT_MS: u64 = 6000;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+/// The cluster secret brokers prove they know to each other: 256 bits, as
+/// much as the HMAC-SHA256 that proves it can use.
+pub const CLUSTER_SECRET_BYTES: usize = 32;

@@ -66,6 +66,12 @@ pub enum MetadataRecord {
         start: i64,
         len: i64,
     },
+    /// The secret brokers prove they know to each other (issue 14: only a
+    /// broker may fetch as a follower), 32 random bytes in hex. Committed
+    /// once by the first active controller; a later one is ignored.
+    ClusterSecret {
+        secret_hex: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +121,9 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicImage>,
     /// The next producer id to hand out.
     pub next_producer_id: i64,
+    /// See `MetadataRecord::ClusterSecret`; None until the first active
+    /// controller commits it.
+    pub cluster_secret_hex: Option<String>,
     /// The Raft index of the last applied entry.
     pub applied_index: u64,
     /// The Raft leader (the active controller) as this node last knew it, -1
@@ -128,6 +137,7 @@ impl Default for MetadataImage {
             brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
             next_producer_id: 0,
+            cluster_secret_hex: None,
             applied_index: 0,
             controller_id: -1,
         }
@@ -200,6 +210,9 @@ impl MetadataImage {
             }
             MetadataRecord::ProducerIdBlock { start, len, .. } => {
                 self.next_producer_id = self.next_producer_id.max(start.saturating_add(*len));
+            }
+            MetadataRecord::ClusterSecret { secret_hex } => {
+                self.cluster_secret_hex.get_or_insert_with(|| secret_hex.clone());
             }
         }
     }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::controller::{self, BrokerEndpoints, ControllerError, ControllerRequest, ControllerResponse};
 use crate::limits::{
-    APPLIED_REQUEST_IDS, DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS, DEFAULT_BROKER_SESSION_TIMEOUT_MS,
+    APPLIED_REQUEST_IDS, CLUSTER_SECRET_BYTES, DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS, DEFAULT_BROKER_SESSION_TIMEOUT_MS,
     DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_SNAPSHOT_INTERVAL_BYTES, DEFAULT_SNAPSHOT_INTERVAL_ENTRIES, DEFAULT_TICK_MS,
     ELECTION_TICK, HEARTBEAT_TICK, MAX_INFLIGHT_MSGS, MAX_RAFT_MSG_BYTES, RESEND_AFTER_TICKS, SNAPSHOT_BYTES_MAX,
 };
@@ -143,6 +143,9 @@ struct SnapshotData {
     topics: BTreeMap<String, TopicImage>,
     next_producer_id: i64,
     applied_ids: Vec<RequestId>,
+    /// Absent in snapshots written before the secret existed.
+    #[serde(default)]
+    cluster_secret_hex: Option<String>,
 }
 
 /// The image (at the snapshot's index) and applied request ids in a snapshot.
@@ -152,6 +155,7 @@ fn decode_snapshot_data(snap: &Snapshot) -> Result<(MetadataImage, Vec<RequestId
         brokers: data.brokers,
         topics: data.topics,
         next_producer_id: data.next_producer_id,
+        cluster_secret_hex: data.cluster_secret_hex,
         applied_index: snap.get_metadata().index,
         controller_id: -1,
     };
@@ -969,7 +973,24 @@ impl Node {
         }
     }
 
+    /// The first active controller of a cluster commits its secret (see
+    /// `MetadataRecord::ClusterSecret`); once in the image it never changes.
+    fn ensure_cluster_secret(&mut self) {
+        let Some(active) = self.active.as_ref() else { return };
+        if active.image.cluster_secret_hex.is_some() {
+            return;
+        }
+        let mut secret = [0u8; CLUSTER_SECRET_BYTES];
+        if let Err(err) = getrandom::fill(&mut secret) {
+            tracing::error!(node_id = self.id, "no randomness for the cluster secret: {err}");
+            return;
+        }
+        let secret_hex = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = self.propose(None, vec![MetadataRecord::ClusterSecret { secret_hex }]);
+    }
+
     fn on_tick(&mut self, now: Instant) {
+        self.ensure_cluster_secret();
         if self.last_heartbeat.is_none_or(|t| now.duration_since(t) >= self.heartbeat_interval) {
             self.heartbeat_self();
         }
@@ -1131,6 +1152,7 @@ impl Node {
             topics: self.applied.topics.clone(),
             next_producer_id: self.applied.next_producer_id,
             applied_ids: self.applied_order.iter().copied().collect(),
+            cluster_secret_hex: self.applied.cluster_secret_hex.clone(),
         };
         let data = match serde_json::to_vec(&data) {
             Ok(d) if d.len() < SNAPSHOT_BYTES_MAX - (4 << 10) => d,

@@ -31,7 +31,7 @@ use spate_flatbuf::proto::{
     OffsetForLeaderEpochRequestArgs, OffsetForLeaderEpochTopic, OffsetForLeaderEpochTopicArgs,
 };
 
-use super::peer::{Peer, PeerError};
+use super::peer::{BrokerIdentity, Peer, PeerError};
 use super::{Replica, Role};
 use crate::catalog::owner_shard;
 use crate::deadline::Deadline;
@@ -105,7 +105,11 @@ async fn follow(
     let topic = replica.topic();
     let addr = leader_addr(shared, &topic.name, replica.partition, leader)?;
     let read_timeout = Duration::from_millis(REPLICA_FETCH_WAIT_MS * 4);
-    let mut peer = Peer::connect(addr, shared.config.frame_bytes_max, read_timeout).await?;
+    let catalog = shared.catalog.load_full();
+    let identity =
+        BrokerIdentity { node_id: shared.config.node_id, to_node: leader, secret: catalog.cluster_secret.as_deref() };
+    let mut peer = Peer::connect(addr, shared.config.frame_bytes_max, read_timeout, identity).await?;
+    drop(catalog);
     truncate_by_epoch(&mut peer, replica, &topic.name, leader_epoch).await?;
     tracing::info!(topic = %topic.name, partition = replica.partition, leader, leader_epoch, log_end_offset = replica.log.log_end_offset(), "following");
     let node_id = shared.config.node_id;

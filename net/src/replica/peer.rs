@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use futures::AsyncWriteExt;
 use glommio::net::TcpStream;
 use spate_flatbuf::flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
-use spate_flatbuf::proto::Body;
+use spate_flatbuf::proto::{Body, ErrorCode, HandshakeRequest, HandshakeRequestArgs};
 use spate_flatbuf::{Frame, FrameDecoder, FrameError};
 
 use crate::api::envelope_frame;
@@ -28,6 +28,18 @@ pub(crate) enum PeerError {
     Closed { addr: SocketAddr },
     #[error("{addr} answered request {expected} with {got}")]
     Mismatch { addr: SocketAddr, expected: u64, got: u64 },
+    #[error("{addr} refused this broker's handshake: {0:?}", .code)]
+    Refused { addr: SocketAddr, code: ErrorCode },
+    #[error("no cluster secret yet to prove this broker with")]
+    NoSecret,
+}
+
+/// Who this broker is, to prove it on a connection (`broker_auth`).
+pub(crate) struct BrokerIdentity<'a> {
+    pub node_id: i32,
+    /// The broker the connection goes to.
+    pub to_node: i32,
+    pub secret: Option<&'a [u8]>,
 }
 
 pub(crate) struct Peer {
@@ -47,10 +59,54 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    /// Connects; reads time out after `read_timeout` (longer than any
-    /// long poll this side asks for), so a leader that vanished without a
-    /// FIN is noticed.
-    pub async fn connect(addr: SocketAddr, frame_bytes_max: usize, read_timeout: Duration) -> Result<Peer, PeerError> {
+    /// Connects and proves this broker's identity (issue 14): a first
+    /// handshake learns which shard accepted the connection, a second
+    /// carries the proof bound to that shard. Reads time out after
+    /// `read_timeout` (longer than any long poll this side asks for), so a
+    /// leader that vanished without a FIN is noticed.
+    pub async fn connect(
+        addr: SocketAddr,
+        frame_bytes_max: usize,
+        read_timeout: Duration,
+        identity: BrokerIdentity<'_>,
+    ) -> Result<Peer, PeerError> {
+        let secret = identity.secret.ok_or(PeerError::NoSecret)?;
+        let mut peer = Peer::open(addr, frame_bytes_max, read_timeout).await?;
+        let (code, shard) = peer.handshake(None).await?;
+        if code != ErrorCode::None {
+            return Err(PeerError::Refused { addr, code });
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        let proof = crate::broker_auth::prove(secret, identity.node_id, identity.to_node, shard, now_ms)
+            .ok_or(PeerError::NoSecret)?;
+        let (code, _) = peer.handshake(Some(&proof)).await?;
+        if code != ErrorCode::None {
+            return Err(PeerError::Refused { addr, code });
+        }
+        Ok(peer)
+    }
+
+    /// One handshake; answers its error code and the accepting shard.
+    async fn handshake(&mut self, broker_auth: Option<&[u8]>) -> Result<(ErrorCode, u16), PeerError> {
+        let addr = self.addr;
+        let mut builder = FlatBufferBuilder::new();
+        let broker_auth = broker_auth.map(|proof| builder.create_vector(proof));
+        let client_id = builder.create_string("spate-replica-fetcher");
+        let body = HandshakeRequest::create(
+            &mut builder,
+            &HandshakeRequestArgs { client_id: Some(client_id), broker_auth, ..Default::default() },
+        );
+        let frame = self.call(builder, Body::HandshakeRequest, body.as_union_value()).await?;
+        let envelope = frame.read().map_err(|source| PeerError::Frame { addr, source })?;
+        let response = envelope
+            .body_as_handshake_response()
+            .ok_or(PeerError::Refused { addr, code: ErrorCode::InvalidRequest })?;
+        Ok((response.error(), response.shard()))
+    }
+
+    async fn open(addr: SocketAddr, frame_bytes_max: usize, read_timeout: Duration) -> Result<Peer, PeerError> {
         let stream = TcpStream::connect_timeout(addr, read_timeout)
             .await
             .map_err(|err| PeerError::Connect { addr, source: std::io::Error::other(err) })?;
