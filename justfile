@@ -29,7 +29,8 @@ bench-replication *ARGS:
 bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}
 
-# Fuzz one decoder (batch, index_files, frame) for SECONDS.
+# Fuzz one decoder (batch, index_files, frame, compressed_batch,
+# producer_snapshot) for SECONDS.
 fuzz TARGET="batch" SECONDS="300":
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O {{TARGET}} -- -max_total_time={{SECONDS}}
 
