@@ -64,3 +64,9 @@ pub const OFFSETS_TOPIC_BROKERS_WAIT_MS: u64 = 30_000;
 /// A leader whose ISR change the controller refused waits this long (or
 /// for new metadata) before asking again.
 pub const ISR_CHANGE_RETRY_MS: u64 = 500;
+/// How often each shard looks for partitions whose log failed (a write or
+/// fdatasync error) where no produce answer saw it (a follower's append, a
+/// group write, retention), to take them offline and hand their leadership
+/// over. A failed produce takes its partition offline at once; this only
+/// bounds how long another failure keeps a dead log in its role.
+pub const FAILED_LOG_CHECK_INTERVAL_MS: u64 = 1_000;
