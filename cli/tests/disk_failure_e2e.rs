@@ -100,14 +100,20 @@ fn a_partition_whose_disk_fails_hands_its_leadership_over_and_stays_offline_ther
     let quorum: Vec<String> =
         controller_ports.iter().enumerate().map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1)).collect();
     let quorum = quorum.join(",");
+    let flags: Vec<Vec<String>> = (1..=3)
+        .map(|node: i32| {
+            let mut flags =
+                vec!["--node-id".to_string(), node.to_string(), "--controller-quorum".into(), quorum.clone()];
+            flags.extend(FLAGS_TIMING.iter().map(|flag| flag.to_string()));
+            flags
+        })
+        .collect();
     let starting: Vec<_> = (0..3)
         .map(|i| {
             let dir = dirs[i].clone();
-            let quorum = quorum.clone();
+            let flags = flags[i].clone();
             std::thread::spawn(move || {
-                let node = (i + 1).to_string();
-                let mut flags = vec!["--node-id", node.as_str(), "--controller-quorum", quorum.as_str()];
-                flags.extend(FLAGS_TIMING);
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
                 Broker::start_with(&dir, 1, 0, &flags)
             })
         })
@@ -202,6 +208,25 @@ fn a_partition_whose_disk_fails_hands_its_leadership_over_and_stays_offline_ther
         metadata.topics[0].partitions.iter().find(|p| p.partition == partition).cloned().unwrap()
     });
     assert!(!state.isr.contains(&1), "node 1 did not rejoin the ISR from its failed disk: {state:?}");
+
+    // Restarted on the same failed disk, node 1 still neither moves the
+    // files aside nor fetches the partition again onto it.
+    let port = brokers[0].port;
+    let node_1_flags: Vec<&str> = flags[0].iter().map(String::as_str).collect();
+    brokers[0].kill9_and_restart_on(port, &node_1_flags);
+    std::thread::sleep(Duration::from_millis(4000));
+    assert!(brokers[0].child.try_wait().unwrap().is_none(), "node 1 serves on after its restart");
+    assert!(partition_dir.is_dir(), "the partition's files stay where they were after a restart");
+    let aside = std::fs::read_dir(partition_dir.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .any(|entry| entry.file_name().to_string_lossy().contains(".damaged-"));
+    assert!(!aside, "nothing moved aside on a failed disk after a restart");
+    let state = runtime.block_on(async {
+        let metadata = client.metadata(Some(std::slice::from_ref(&topic))).await.unwrap();
+        metadata.topics[0].partitions.iter().find(|p| p.partition == partition).cloned().unwrap()
+    });
+    assert!(!state.isr.contains(&1), "node 1 did not rejoin the ISR after its restart: {state:?}");
 
     for broker in brokers.drain(..) {
         broker.kill9();
