@@ -8,6 +8,7 @@
 mod cluster;
 mod consume;
 mod consume_group;
+mod fatal;
 mod group;
 mod output;
 mod parse;

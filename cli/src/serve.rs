@@ -122,6 +122,9 @@ fn init_logging(level: Option<&str>) {
 /// its own pinned threads.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_level.as_deref());
+    // A panic on any of the broker's threads ends the process rather than
+    // leave a zombie that heartbeats (see `fatal`).
+    crate::fatal::abort_on_panic();
     let config = args.broker_config()?;
     spate_net::run(config)?;
     Ok(())

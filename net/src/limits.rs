@@ -17,6 +17,19 @@ pub const REQUEST_TIMEOUT_MS_MAX: u64 = 300_000;
 /// Producer ids persisted at a time (the allocator's block); a restart
 /// skips what is left of the last block.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+/// A producer id handed to a client is `sequence << PRODUCER_ID_RANDOM_BITS
+/// | random`: the sequence (from the controller's blocks) keeps ids unique
+/// across brokers and restarts, the random low bits (from the OS's CSPRNG)
+/// make another producer's id unguessable: a client that knows its own id
+/// must still guess 2^32 values to hit its neighbour's (issue 14). The
+/// trade: the sequence has 31 bits left (ids are non-negative i64s), 2^31
+/// producers over a cluster's life, after which InitProducerId answers
+/// ProducerIdsUnavailable.
+pub const PRODUCER_ID_RANDOM_BITS: u32 = 32;
+/// One past the largest sequence that still fits a non-negative id.
+pub const PRODUCER_ID_SEQUENCE_END: i64 = 1 << (63 - PRODUCER_ID_RANDOM_BITS);
+const _: () = assert!(PRODUCER_ID_RANDOM_BITS >= 32, "fewer random bits make a neighbour's id guessable");
+const _: () = assert!(PRODUCER_ID_BLOCK_SIZE < PRODUCER_ID_SEQUENCE_END);
 /// Bytes read from a socket at a time when no large frame is pending.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A large frame is zeroed and read this much at a time, so that a peer
@@ -60,3 +73,9 @@ pub const BROKER_AUTH_SKEW_MS: i64 = 60_000;
 /// and reconnect rarely; past this many fresh proofs in one window a proof
 /// is refused (retried later) rather than the memory growing.
 pub const BROKER_AUTH_NONCES_MAX: usize = 65_536;
+/// How often each shard looks for partitions whose log failed (a write or
+/// fdatasync error) where no produce answer saw it (a follower's append, a
+/// group write, retention), to take them offline and hand their leadership
+/// over. A failed produce takes its partition offline at once; this only
+/// bounds how long another failure keeps a dead log in its role.
+pub const FAILED_LOG_CHECK_INTERVAL_MS: u64 = 1_000;

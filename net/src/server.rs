@@ -503,6 +503,7 @@ async fn run_shard(
         return;
     }
     shard.spawn_isr_checks();
+    shard.spawn_failed_log_checks();
     if id == 0 {
         crate::metadata::spawn_follower(shard.clone());
     }

@@ -25,6 +25,7 @@ use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::catalog::{Catalog, TopicMeta, owner_shard};
 use crate::config::BrokerConfig;
 use crate::deadline::Deadline;
+use crate::limits::FAILED_LOG_CHECK_INTERVAL_MS;
 use crate::metrics::ShardMetrics;
 use crate::replica::{Refusal, Replica, Role};
 use crate::topic_config;
@@ -302,12 +303,41 @@ pub(crate) struct Shard {
     pub producer_ids: crate::producer_ids::ProducerIdAllocator,
 }
 
-/// A partition hosted here whose log failed to open.
+/// A partition hosted here whose log failed to open, met damaged data or
+/// failed a write.
 #[derive(Debug)]
 struct OfflineReplica {
     topic: Arc<TopicMeta>,
     /// The controller has been told.
     reported: bool,
+    cause: OfflineCause,
+}
+
+/// Why a partition is offline here, which decides what happens once
+/// another replica leads it (`recover_offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OfflineCause {
+    /// Damaged data (a CRC mismatch in synced data, a log that cannot be
+    /// opened because of what its files hold): the files move aside and
+    /// the partition is fetched again onto the same disk.
+    Damaged,
+    /// The disk failed under the log (a write, fallocate or fdatasync
+    /// error: `LogError::Failed`, sticky; or an I/O error opening it): the
+    /// files stay where they are and the partition stays offline, since a
+    /// copy fetched again onto a failing disk would only fail again, or
+    /// worse, be acknowledged from a disk that loses it. Replacing the disk
+    /// and restarting is the operator's.
+    DiskFailed,
+}
+
+impl OfflineCause {
+    /// The cause of a failure to open a log.
+    fn of_open_error(err: &LogError) -> OfflineCause {
+        match err {
+            LogError::Io { .. } | LogError::Failed { .. } => OfflineCause::DiskFailed,
+            _ => OfflineCause::Damaged,
+        }
+    }
 }
 
 impl std::fmt::Debug for Shard {
@@ -442,6 +472,10 @@ impl Shard {
                     let result = pending.finish(acks, timeout).await;
                     if result.outcome.error == ErrorCode::None {
                         shard.metrics.produced(&metrics_topic);
+                    } else {
+                        // A failed write fails the log for good: stop
+                        // serving it now rather than at the next check.
+                        shard.take_offline_if_failed(&topic, partition).await;
                     }
                     let _ = reply.send(result);
                 })
@@ -494,7 +528,7 @@ impl Shard {
                         }
                     };
                     if let Some(reason) = result.damaged.take() {
-                        shard.take_offline(&topic, partition, reason).await;
+                        shard.take_offline(&topic, partition, OfflineCause::Damaged, reason).await;
                     }
                     let _ = reply.send(result);
                 })
@@ -665,7 +699,8 @@ impl Shard {
                     // needs to repair it.
                     let reason = format!("opening {}: {err}", dir.display());
                     tracing::error!(shard = self.id, topic = %topic.name, partition, "partition offline on this broker: {reason}");
-                    let offline = OfflineReplica { topic: topic.clone(), reported: false };
+                    let cause = OfflineCause::of_open_error(&err);
+                    let offline = OfflineReplica { topic: topic.clone(), reported: false, cause };
                     self.offline.borrow_mut().insert((Arc::from(topic.topic_id.as_str()), partition), offline);
                     first_error.get_or_insert(reason);
                     continue;
@@ -764,23 +799,67 @@ impl Shard {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Takes the partition offline if its log has failed (a write,
+    /// fallocate or fdatasync error: sticky, the log acknowledges nothing
+    /// more until reopened).
+    async fn take_offline_if_failed(self: &Rc<Self>, topic: &Arc<TopicMeta>, partition: u32) {
+        let failure = self.log(topic, partition).and_then(|log| log.failure());
+        if let Some(failure) = failure {
+            let reason = format!("its log failed: {failure}");
+            self.take_offline(topic, partition, OfflineCause::DiskFailed, reason).await;
+        }
+    }
+
+    /// Every `FAILED_LOG_CHECK_INTERVAL_MS`, takes offline the partitions
+    /// whose log has failed in a way no produce answer saw: a follower's
+    /// append, a group write, retention, compaction, an acks=0 produce.
+    /// Runs for the life of the shard.
+    pub fn spawn_failed_log_checks(self: &Rc<Self>) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            while !shard.stopping.get() {
+                Deadline::after(Duration::from_millis(FAILED_LOG_CHECK_INTERVAL_MS)).await;
+                let failed: Vec<(Arc<TopicMeta>, u32)> = shard
+                    .replicas
+                    .borrow()
+                    .values()
+                    .filter(|replica| replica.log.failure().is_some())
+                    .map(|replica| (replica.topic(), replica.partition))
+                    .collect();
+                for (topic, partition) in failed {
+                    if shard.stopping.get() {
+                        break;
+                    }
+                    shard.take_offline_if_failed(&topic, partition).await;
+                }
+            }
+        })
+        .detach();
+    }
+
     /// A partition whose log turned out damaged while serving (a read met a
-    /// batch failing its CRC in synced data) stops serving here: its log
-    /// closes, it goes offline and is reported (`recover_offline`), never
-    /// served from the damaged copy.
-    async fn take_offline(self: &Rc<Self>, topic: &Arc<TopicMeta>, partition: u32, reason: String) {
+    /// batch failing its CRC in synced data) or failed (its disk) stops
+    /// serving here: its log closes, it goes offline and is reported
+    /// (`recover_offline`), never served from that copy again.
+    async fn take_offline(
+        self: &Rc<Self>,
+        topic: &Arc<TopicMeta>,
+        partition: u32,
+        cause: OfflineCause,
+        reason: String,
+    ) {
         let key: PartitionKey = (Arc::from(topic.topic_id.as_str()), partition);
         let Some(replica) = self.replicas.borrow_mut().remove(&key) else { return };
-        tracing::error!(shard = self.id, topic = %topic.name, partition, "partition offline on this broker: {reason}");
+        tracing::error!(shard = self.id, topic = %topic.name, partition, ?cause, "partition offline on this broker: {reason}");
         replica.stop();
         if let Some(parts) = self.logs.borrow_mut().get_mut(topic.topic_id.as_str()) {
             parts.remove(&partition);
         }
-        self.offline.borrow_mut().insert(key, OfflineReplica { topic: topic.clone(), reported: false });
+        self.offline.borrow_mut().insert(key, OfflineReplica { topic: topic.clone(), reported: false, cause });
         // What is in flight fails or completes; the damaged copy is set
         // aside or kept as is, never served again.
         if let Err(err) = replica.log.close().await {
-            tracing::warn!(topic = %topic.name, partition, "closing a damaged partition: {err}");
+            tracing::warn!(topic = %topic.name, partition, "closing an offline partition: {err}");
         }
         self.report_offline();
     }
@@ -791,7 +870,8 @@ impl Shard {
         let mut offline = self.offline.borrow_mut();
         for ((_, partition), replica) in offline.iter_mut().filter(|(_, replica)| !replica.reported) {
             replica.reported = true;
-            glommio::spawn_local(self.clone().recover_offline(replica.topic.clone(), *partition)).detach();
+            let recovery = self.clone().recover_offline(replica.topic.clone(), *partition, replica.cause);
+            glommio::spawn_local(recovery).detach();
         }
     }
 
@@ -803,7 +883,9 @@ impl Shard {
     /// again; it rejoins the ISR once caught up. A last in-sync replica
     /// stays offline: the data may exist nowhere else, and only an
     /// operator (repairing the files, or by unclean election) may decide.
-    async fn recover_offline(self: Rc<Self>, topic: Arc<TopicMeta>, partition: u32) {
+    /// So does a replica whose disk failed (`OfflineCause::DiskFailed`),
+    /// whoever leads: its files stay in place for the operator.
+    async fn recover_offline(self: Rc<Self>, topic: Arc<TopicMeta>, partition: u32, cause: OfflineCause) {
         let node_id = self.shared.config.node_id;
         let assignment = match self.shared.replica_offline(topic.name.clone(), partition).await {
             Ok(assignment) => assignment,
@@ -814,6 +896,10 @@ impl Shard {
         };
         if assignment.leader < 0 || assignment.leader == node_id || assignment.isr.contains(&node_id) {
             tracing::error!(topic = %topic.name, partition, leader = assignment.leader, isr = ?assignment.isr, "partition stays offline here: no other in-sync replica leads it; repair or remove the damaged files and restart, or allow unclean.leader.election.enable");
+            return;
+        }
+        if cause == OfflineCause::DiskFailed {
+            tracing::error!(topic = %topic.name, partition, leader = assignment.leader, "partition stays offline here: its disk failed; it is not fetched again onto it. Replace the disk (or move the data directory) and restart the broker");
             return;
         }
         // Never act on older metadata than the controller's answer: with

@@ -139,3 +139,85 @@ fn heartbeats_for_groups_nobody_joined_create_nothing() {
     assert_eq!(listed.groups().map_or(0, |g| g.len()), 0, "no group exists until someone joins");
     stop(broker);
 }
+
+/// Joins with a session timeout of `session_timeout_ms`; returns the member
+/// id.
+fn join_for(conn: &mut Conn, group: &str, topic: &str, session_timeout_ms: i32) -> String {
+    let frame = conn.call(Body::ConsumerGroupHeartbeatRequest, |b| {
+        let (group, topic) = (b.create_string(group), b.create_string(topic));
+        let topics = b.create_vector(&[topic]);
+        ConsumerGroupHeartbeatRequest::create(
+            b,
+            &ConsumerGroupHeartbeatRequestArgs {
+                group_id: Some(group),
+                member_epoch: 0,
+                subscribed_topics: Some(topics),
+                session_timeout_ms,
+                ..Default::default()
+            },
+        )
+        .as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let response = envelope.body_as_consumer_group_heartbeat_response().expect("heartbeat response");
+    assert_eq!(response.error(), ErrorCode::None);
+    response.member_id().expect("member id").to_string()
+}
+
+fn leave(conn: &mut Conn, group: &str, member: &str) {
+    let frame = conn.call(Body::ConsumerGroupHeartbeatRequest, |b| {
+        let (group, member) = (b.create_string(group), b.create_string(member));
+        ConsumerGroupHeartbeatRequest::create(
+            b,
+            &ConsumerGroupHeartbeatRequestArgs {
+                group_id: Some(group),
+                member_id: Some(member),
+                member_epoch: -1,
+                session_timeout_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let response = envelope.body_as_consumer_group_heartbeat_response().expect("heartbeat response");
+    assert_eq!(response.error(), ErrorCode::None);
+}
+
+/// Members are soft state: a coordinator that takes a group over (here a
+/// restart; a failover alike) knows none until they rejoin. Before, a
+/// commit from outside the group (no member id, epoch -1) was accepted in
+/// that window, while the live members were about to rejoin and go on from
+/// their own positions: this test failed at its first commit. Now the
+/// group's record says how many members it had and their longest session
+/// timeout, and outsiders are refused until that has passed; a group whose
+/// members had left takes them at once (reset-offsets keeps working).
+#[test]
+fn commits_from_outside_are_refused_after_a_coordinator_move_while_the_members_may_rejoin() {
+    let dir = data_dir("groups_outside_after_move");
+    let broker = start(&dir, 2);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(conn.create_topic("t", 1, &[]), ErrorCode::None);
+    join_for(&mut conn, "live", "t", 60_000);
+    // A member with a short session, never heard from again.
+    join_for(&mut conn, "brief", "t", 500);
+    let gone = join_for(&mut conn, "left", "t", 60_000);
+    leave(&mut conn, "left", &gone);
+    stop(broker);
+
+    let broker = start(&dir, 2);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(commit(&mut conn, "live", "", -1, "t", 7), ErrorCode::NonEmptyGroup, "its members may rejoin");
+    assert_eq!(committed(&mut conn, "live", "t"), -1, "the refused commit changed nothing");
+    assert_eq!(commit(&mut conn, "left", "", -1, "t", 7), ErrorCode::None, "an empty group takes it");
+    assert_eq!(committed(&mut conn, "left", "t"), 7);
+    // Once the members' session has passed without them, the group is
+    // empty: the outside commit goes through.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while commit(&mut conn, "brief", "", -1, "t", 8) != ErrorCode::None {
+        assert!(std::time::Instant::now() < deadline, "the group stayed closed past its members' session");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(committed(&mut conn, "brief", "t"), 8);
+    stop(broker);
+}

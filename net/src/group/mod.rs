@@ -296,7 +296,12 @@ async fn written(write: Result<Write, Outcome>) -> Outcome {
 fn meta_record(group_id: &str, group: &Group) -> GroupRecord {
     GroupRecord::Group {
         group: group_id.to_string(),
-        meta: Some(GroupMeta { epoch: group.epoch, assignor: group.assignor.name().to_string() }),
+        meta: Some(GroupMeta {
+            epoch: group.epoch,
+            assignor: group.assignor.name().to_string(),
+            members: u32::try_from(group.members.len()).unwrap_or(u32::MAX),
+            session_timeout_ms_max: group.session_timeout_ms_max(),
+        }),
     }
 }
 
@@ -497,7 +502,9 @@ fn commit(shard: &Rc<Shard>, op: CommitOp, reply: oneshot::Sender<Outcome>) {
     let checked = check_offsets(&catalog, &offsets).and_then(|()| {
         let groups = shard.groups.groups.borrow();
         match groups.get(&group_id) {
-            Some(group) => group.check_commit(member_id, member_epoch).map_err(|(e, m)| Outcome::err(e, m)),
+            Some(group) => {
+                group.check_commit(member_id, member_epoch, Instant::now()).map_err(|(e, m)| Outcome::err(e, m))
+            }
             None if member_id.is_empty() => Ok(()),
             None => Err(Outcome::err(ErrorCode::UnknownMemberId, format!("group {group_id:?} has no members"))),
         }
@@ -574,9 +581,9 @@ fn delete(shard: &Rc<Shard>, group_id: String, reply: oneshot::Sender<Outcome>) 
         let mut groups = shard.groups.groups.borrow_mut();
         match groups.get(&group_id) {
             None => Err(Outcome::err(ErrorCode::GroupIdNotFound, format!("no group {group_id:?}"))),
-            Some(group) if !group.members.is_empty() => Err(Outcome::err(
+            Some(group) if group.may_have_members(Instant::now()) => Err(Outcome::err(
                 ErrorCode::NonEmptyGroup,
-                format!("group {group_id:?} has {} members", group.members.len()),
+                format!("group {group_id:?} has {} members (or had, and they may rejoin)", group.members.len()),
             )),
             Some(_) => Ok(groups.remove(&group_id).expect("present above")),
         }
@@ -802,6 +809,12 @@ fn apply(groups: &mut HashMap<String, Group>, record: GroupRecord) {
             let entry = groups.entry(group).or_insert_with(|| Group::new(Assignor::Sticky));
             entry.epoch = meta.epoch;
             entry.assignor = Assignor::parse(&meta.assignor).unwrap_or(Assignor::Sticky);
+            // Members are not in the log: those of the last record may come
+            // back within their session timeout (from the load on, which
+            // takes well under a session), and until then the group is not
+            // empty to outsiders (as Kafka, which keeps members in its log).
+            let session = Duration::from_millis(u64::from(meta.session_timeout_ms_max));
+            entry.rejoin_until = (meta.members > 0).then(|| Instant::now().checked_add(session)).flatten();
         }
         GroupRecord::Group { group, meta: None } => {
             groups.remove(&group);

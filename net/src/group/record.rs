@@ -25,6 +25,13 @@ pub(crate) enum GroupRecord {
 pub(crate) struct GroupMeta {
     pub epoch: i32,
     pub assignor: String,
+    /// Members when the record was written, and the longest of their
+    /// session timeouts: a coordinator that loads the group later knows
+    /// that many may come back within that long (members themselves are
+    /// soft state). Appended after the assignor, which readers before them
+    /// ignore; a value without them reads as 0 and 0.
+    pub members: u32,
+    pub session_timeout_ms_max: u32,
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) {
@@ -63,6 +70,8 @@ impl GroupRecord {
                 let mut value = vec![VALUE_VERSION];
                 value.extend_from_slice(&meta.epoch.to_be_bytes());
                 put_str(&mut value, &meta.assignor);
+                value.extend_from_slice(&meta.members.to_be_bytes());
+                value.extend_from_slice(&meta.session_timeout_ms_max.to_be_bytes());
                 value
             }),
         }
@@ -104,7 +113,13 @@ impl GroupRecord {
                         value.version()?;
                         let epoch = i32::from_be_bytes(value.array()?);
                         let assignor = value.string()?;
-                        Some(GroupMeta { epoch, assignor })
+                        // Written by a broker before the membership fields.
+                        let (members, session_timeout_ms_max) = if value.0.is_empty() {
+                            (0, 0)
+                        } else {
+                            (u32::from_be_bytes(value.array()?), u32::from_be_bytes(value.array()?))
+                        };
+                        Some(GroupMeta { epoch, assignor, members, session_timeout_ms_max })
                     }
                 };
                 GroupRecord::Group { group, meta }
@@ -168,7 +183,15 @@ mod tests {
         let records = [
             GroupRecord::Offset { group: "g".into(), topic: "orders".into(), partition: 7, offset: Some(42) },
             GroupRecord::Offset { group: "g".into(), topic: "orders".into(), partition: 7, offset: None },
-            GroupRecord::Group { group: "g".into(), meta: Some(GroupMeta { epoch: 9, assignor: "sticky".into() }) },
+            GroupRecord::Group {
+                group: "g".into(),
+                meta: Some(GroupMeta {
+                    epoch: 9,
+                    assignor: "sticky".into(),
+                    members: 2,
+                    session_timeout_ms_max: 45_000,
+                }),
+            },
             GroupRecord::Group { group: "g".into(), meta: None },
         ];
         for record in &records {
@@ -178,6 +201,20 @@ mod tests {
         // The byte layout docs/format.md shows.
         assert_eq!(records[0].key(), b"\x00\x01\x00\x01g\x00\x06orders\x00\x00\x00\x07");
         assert_eq!(records[0].value().expect("value"), b"\x00\x00\x00\x00\x00\x00\x00\x00\x2a");
+        assert_eq!(
+            records[2].value().expect("value"),
+            b"\x00\x00\x00\x00\x09\x00\x06sticky\x00\x00\x00\x02\x00\x00\xaf\xc8"
+        );
+    }
+
+    #[test]
+    fn a_group_value_from_before_the_membership_fields_reads_as_no_members() {
+        let key = GroupRecord::Group { group: "g".into(), meta: None }.key();
+        let decoded = GroupRecord::decode(&key, Some(b"\x00\x00\x00\x00\x09\x00\x05range")).expect("decodes");
+        let meta = GroupMeta { epoch: 9, assignor: "range".into(), members: 0, session_timeout_ms_max: 0 };
+        assert_eq!(decoded, GroupRecord::Group { group: "g".into(), meta: Some(meta) });
+        // Cut inside the new fields: damage, not an older writer.
+        assert!(GroupRecord::decode(&key, Some(b"\x00\x00\x00\x00\x09\x00\x05range\x00\x00")).is_err());
     }
 
     #[test]

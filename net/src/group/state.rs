@@ -51,6 +51,10 @@ pub(crate) struct Group {
     pub topic_partitions: BTreeMap<String, u32>,
     /// Committed offsets (applied once durable).
     pub offsets: BTreeMap<Tp, i64>,
+    /// Loaded from the log of a coordinator that had members (soft state,
+    /// lost in the move): until then they may still rejoin here, and the
+    /// group counts as not empty for commits and deletes from outside it.
+    pub rejoin_until: Option<Instant>,
 }
 
 /// A heartbeat as the coordinator reads it.
@@ -91,7 +95,22 @@ impl Group {
             target: Assignment::new(),
             topic_partitions: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            rejoin_until: None,
         }
+    }
+
+    /// Whether the group may have live members: it has some here, or had
+    /// some under its previous coordinator less than their session timeout
+    /// ago, which may not have rejoined yet.
+    pub(crate) fn may_have_members(&self, now: Instant) -> bool {
+        !self.members.is_empty() || self.rejoin_until.is_some_and(|until| now < until)
+    }
+
+    /// The longest session timeout of the members, in ms (for the group
+    /// record).
+    pub(crate) fn session_timeout_ms_max(&self) -> u32 {
+        let longest = self.members.values().map(|m| m.session_timeout).max().unwrap_or_default();
+        u32::try_from(longest.as_millis()).unwrap_or(u32::MAX)
     }
 
     pub(crate) fn state(&self) -> &'static str {
@@ -202,12 +221,19 @@ impl Group {
 
     /// Whether a commit from this member (or an administrative one, with an
     /// empty id) may be applied.
-    pub(crate) fn check_commit(&self, member_id: &str, member_epoch: i32) -> Result<(), Refusal> {
+    pub(crate) fn check_commit(&self, member_id: &str, member_epoch: i32, now: Instant) -> Result<(), Refusal> {
         if member_id.is_empty() {
             if !self.members.is_empty() {
                 return Err((
                     ErrorCode::NonEmptyGroup,
                     format!("the group has {} members; offsets change only while it has none", self.members.len()),
+                ));
+            }
+            if self.may_have_members(now) {
+                return Err((
+                    ErrorCode::NonEmptyGroup,
+                    "the group had members when its coordinator moved, which may still rejoin; offsets change only while it has none"
+                        .to_string(),
                 ));
             }
             return Ok(());
@@ -343,9 +369,9 @@ mod tests {
         assert_eq!(b.assignment.len(), 4, "a's partitions went to b at once");
         let late = beat(&mut group, &a, &a.assignment.clone(), now + SESSION);
         assert_eq!(late.map_err(|e| e.0), Err(ErrorCode::UnknownMemberId));
-        assert_eq!(group.check_commit("a", a.member_epoch).map_err(|e| e.0), Err(ErrorCode::UnknownMemberId));
-        assert!(group.check_commit("b", b.member_epoch).is_ok());
-        assert_eq!(group.check_commit("", -1).map_err(|e| e.0), Err(ErrorCode::NonEmptyGroup));
+        assert_eq!(group.check_commit("a", a.member_epoch, now).map_err(|e| e.0), Err(ErrorCode::UnknownMemberId));
+        assert!(group.check_commit("b", b.member_epoch, now).is_ok());
+        assert_eq!(group.check_commit("", -1, now).map_err(|e| e.0), Err(ErrorCode::NonEmptyGroup));
     }
 
     #[test]
@@ -362,7 +388,10 @@ mod tests {
         // Neither the current epoch nor the previous one (epoch 0 would be
         // a join).
         let stale = HeartbeatOut { member_epoch: a3.member_epoch + 5, ..a3.clone() };
-        assert_eq!(group.check_commit("a", stale.member_epoch).map_err(|e| e.0), Err(ErrorCode::FencedMemberEpoch));
+        assert_eq!(
+            group.check_commit("a", stale.member_epoch, now).map_err(|e| e.0),
+            Err(ErrorCode::FencedMemberEpoch)
+        );
         let fenced = beat(&mut group, &stale, &a3.assignment.clone(), now);
         assert_eq!(fenced.map_err(|e| e.0), Err(ErrorCode::FencedMemberEpoch));
         assert!(!group.members.contains_key("a"));
@@ -387,7 +416,7 @@ mod tests {
         let (_, changed) = group.heartbeat(request, now, &counts, || unreachable!()).expect("leaves");
         assert!(changed.epoch);
         assert_eq!(group.state(), "Empty");
-        assert!(group.check_commit("", -1).is_ok());
+        assert!(group.check_commit("", -1, now).is_ok());
         assert_eq!(group.offsets.len(), 1);
     }
 }
