@@ -14,8 +14,10 @@ pub const FLAGS_TIMING: [&str; 6] = [
     "2500",
 ];
 
+/// Controller ports are bound again at every restart too: the same range
+/// as brokers' (see `free_port_below_ephemeral`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    super::free_port_below_ephemeral()
 }
 
 pub struct Cluster {

@@ -11,6 +11,26 @@ use std::time::Duration;
 
 pub const SPATE: &str = env!("CARGO_BIN_EXE_spate");
 
+/// A port free now, from 20000..32000: below Linux's ephemeral range
+/// (32768..61000), where the kernel picks clients' local ports, so that a
+/// broker restarted on its port does not find a test client's connection
+/// on it. Each broker port of the test processes here comes from this.
+pub fn free_port_below_ephemeral() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        // A listener that binds and goes at once: free for now. Another
+        // process may still take it first; the start is then retried.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn data_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -33,7 +53,22 @@ impl Broker {
     }
 
     /// Starts a broker on `port` (0: a free one) with more `serve` flags.
+    /// A port is picked below the ephemeral range, so that a client
+    /// connection's local port (other tests run alongside) cannot take it
+    /// while the broker is down for a restart; a start that still finds its
+    /// port taken is tried again (on another port if any will do).
     pub fn start_with(data_dir: &Path, shards: usize, port: u16, extra: &[&str]) -> Broker {
+        for _ in 0..5 {
+            let chosen = if port == 0 { free_port_below_ephemeral() } else { port };
+            if let Some(broker) = Broker::try_start(data_dir, shards, chosen, extra) {
+                return broker;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("spate serve did not start on {} (port {port}, 5 attempts)", data_dir.display());
+    }
+
+    fn try_start(data_dir: &Path, shards: usize, port: u16, extra: &[&str]) -> Option<Broker> {
         let mut child = Command::new(SPATE)
             .args(["serve", "--metrics-listen", "", "--no-pin", "--log-level", "warn"])
             .arg("--port")
@@ -51,14 +86,19 @@ impl Broker {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
         // "spate broker 0 listening on 127.0.0.1:PORT (shards ...".
-        let port = line
+        let Some(port) = line
             .split("listening on ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|addr| addr.rsplit(':').next())
             .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Broker { child, port, data_dir: data_dir.to_path_buf(), shards }
+        else {
+            // It exited without listening (its port taken, most likely).
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
+        Some(Broker { child, port, data_dir: data_dir.to_path_buf(), shards })
     }
 
     pub fn addr(&self) -> String {
