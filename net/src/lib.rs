@@ -6,6 +6,7 @@
 mod admin;
 mod api;
 pub mod catalog;
+mod clean_stop;
 pub mod config;
 mod conn;
 mod deadline;
