@@ -18,10 +18,12 @@
 //! counting on its replicas of partitions not synced on every write.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use spate_replication::BrokerRestart;
+
+use crate::limits::BOOT_ID_BYTES_MAX;
 
 /// Present at start: the previous process stopped cleanly.
 pub(crate) const CLEAN_STOP_FILE: &str = "clean-stop";
@@ -32,8 +34,6 @@ const BOOT_ID_TMP_FILE: &str = "boot-id.tmp";
 const KERNEL_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// The marker's content, so that a stray empty file is not taken for one.
 const CLEAN_STOP_CONTENT: &[u8] = b"spate clean stop v1\n";
-/// A boot id is a UUID (36 bytes); anything longer in the file is not one.
-const BOOT_ID_BYTES_MAX: usize = 64;
 
 /// How the previous process ended, worked out at start (before any log
 /// opens), and the marker consumed so that a crash from here on reads as
@@ -82,7 +82,8 @@ pub(crate) fn mark_clean_stop(data_dir: &Path) -> std::io::Result<()> {
 }
 
 fn read_boot_id(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
+    let mut bytes = Vec::with_capacity(BOOT_ID_BYTES_MAX + 1);
+    File::open(path).ok()?.take(BOOT_ID_BYTES_MAX as u64 + 1).read_to_end(&mut bytes).ok()?;
     if bytes.len() > BOOT_ID_BYTES_MAX {
         return None;
     }
