@@ -188,7 +188,35 @@ pub fn alter_topic_configs(
     if !image.topics.contains_key(name) {
         return Err(ControllerError::UnknownTopicOrPartition);
     }
-    Ok(vec![MetadataRecord::AlterTopicConfigs { name: name.to_string(), configs: configs.clone() }])
+    let mut batch = Batch::new(image);
+    batch.push(MetadataRecord::AlterTopicConfigs { name: name.to_string(), configs: configs.clone() });
+    // A lower min.insync.replicas may put an ISR at the minimum: its
+    // leader moves the high watermark again, past what the ELR members
+    // have, so they leave it (Kafka cleans ELRs at any change; an ISR still
+    // below the minimum keeps its ELR here, as its high watermark still
+    // waits, and an empty ISR keeps the claim of the last copies).
+    let mut changes = Vec::new();
+    if let Some(topic) = batch.image.topics.get(name) {
+        let min_isr = topic.min_insync_replicas();
+        for (index, p) in topic.partitions.iter().enumerate() {
+            if p.elr.is_empty() || p.isr.len() < min_isr {
+                continue;
+            }
+            changes.push(MetadataRecord::PartitionChange {
+                topic: name.to_string(),
+                partition: index as u32,
+                leader: p.leader,
+                isr: p.isr.clone(),
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch + 1,
+                elr: Vec::new(),
+            });
+        }
+    }
+    for c in changes {
+        batch.push(c);
+    }
+    Ok(batch.records)
 }
 
 /// How a broker's previous process ended, as it registers (KIP-966). The
@@ -1037,6 +1065,27 @@ mod tests {
         apply(&mut img, &r);
         let q = img.partition("t", 0).cloned().expect("p");
         assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (1, vec![1], Vec::<i32>::new()));
+    }
+
+    /// Lowering min.insync.replicas to the ISR's size lets the leader move
+    /// the high watermark again, past what ELR members hold: they leave.
+    /// (Before, the ELR outlived the change.)
+    #[test]
+    fn a_lower_min_insync_replicas_clears_the_elrs_it_satisfies() {
+        let mut img = cluster(3);
+        let p = with_configs(&mut img, "t", 3, &[(MIN_INSYNC_REPLICAS, "3")]);
+        let (l, a) = (p.replicas[0], p.replicas[1]);
+        alter_isr(&mut img, "t", &[l, a]);
+        let raised = BTreeMap::from([(MIN_INSYNC_REPLICAS.to_string(), "4".to_string())]);
+        let r = alter_topic_configs(&img, "t", &raised).expect("alter");
+        apply(&mut img, &r);
+        assert_eq!(img.partition("t", 0).expect("p").elr.len(), 1, "still below the minimum: kept");
+        let lowered = BTreeMap::from([(MIN_INSYNC_REPLICAS.to_string(), "2".to_string())]);
+        let r = alter_topic_configs(&img, "t", &lowered).expect("alter");
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.isr.clone(), q.elr.clone()), (vec![l, a], Vec::<i32>::new()));
+        assert_eq!(q.partition_epoch, p.partition_epoch + 2);
     }
 
     #[test]
