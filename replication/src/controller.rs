@@ -199,6 +199,15 @@ pub fn alter_topic_configs(
     if let Some(topic) = batch.image.topics.get(name) {
         let min_isr = topic.min_insync_replicas();
         for (index, p) in topic.partitions.iter().enumerate() {
+            if p.leader == -1 && p.isr.is_empty() {
+                // Unclean election just enabled is the operator's way out
+                // for a partition whose every claim is gone (or whose ELR
+                // members are all fenced): elect now, not at the next
+                // broker's return. A non-empty ISR without a leader is a
+                // last copy whose log failed; it waits for its broker.
+                changes.extend(elect_leaderless(&batch.image, topic, index as u32, p));
+                continue;
+            }
             if p.elr.is_empty() || p.isr.len() < min_isr {
                 continue;
             }
@@ -314,6 +323,31 @@ fn elect(image: &MetadataImage, topic: &TopicImage, p: &PartitionImage, leaving:
         Some(l) if topic.unclean_leader_election() => Choice::Unclean(*l),
         _ => Choice::Nobody,
     }
+}
+
+/// A leader for a partition that has none and no ISR, if `elect` finds
+/// one (an unfenced ELR member, or by unclean election).
+fn elect_leaderless(
+    image: &MetadataImage,
+    topic: &TopicImage,
+    partition: u32,
+    p: &PartitionImage,
+) -> Option<MetadataRecord> {
+    let (leader, isr, elr) = match elect(image, topic, p, -1) {
+        Choice::Isr(l) => (l, p.isr.clone(), p.elr.clone()),
+        Choice::Elr(l) => (l, vec![l], next_elr(p, &[l], topic.min_insync_replicas(), None)),
+        Choice::Unclean(l) => (l, vec![l], Vec::new()),
+        Choice::Nobody => return None,
+    };
+    Some(MetadataRecord::PartitionChange {
+        topic: topic.name.clone(),
+        partition,
+        leader,
+        isr,
+        leader_epoch: p.leader_epoch + 1,
+        partition_epoch: p.partition_epoch + 1,
+        elr,
+    })
 }
 
 /// Why a replica leaves a partition.
@@ -1086,6 +1120,35 @@ mod tests {
         let q = img.partition("t", 0).cloned().expect("p");
         assert_eq!((q.isr.clone(), q.elr.clone()), (vec![l, a], Vec::<i32>::new()));
         assert_eq!(q.partition_epoch, p.partition_epoch + 2);
+    }
+
+    /// The operator's way out when every claim is gone: enabling unclean
+    /// election elects an unfenced replica at once. (Before, a broker had
+    /// to return first.)
+    #[test]
+    fn enabling_unclean_election_elects_where_no_claim_is_left() {
+        let mut img = cluster(2);
+        let p = with_configs(&mut img, "t", 2, &[(FLUSH_MS, "-1")]);
+        let (l, f) = (p.replicas[0], p.replicas[1]);
+        let r = broker_failure(&img, f);
+        apply(&mut img, &r);
+        let r = broker_failure(&img, l);
+        apply(&mut img, &r);
+        let lost = BrokerRestart { unsynced_writes_lost: true, default_durability_always: false };
+        let r = broker_heartbeat(&img, l, 9, &endpoints(l), lost);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.len(), q.elr.len()), (-1, 0, 0), "no claim left");
+        // Another config change elects nobody.
+        let same = img.topics["t"].configs.clone();
+        assert_eq!(alter_topic_configs(&img, "t", &same).expect("alter").len(), 1);
+        let mut unclean = same;
+        unclean.insert(UNCLEAN_LEADER_ELECTION.to_string(), "true".to_string());
+        let r = alter_topic_configs(&img, "t", &unclean).expect("alter");
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (l, vec![l], Vec::<i32>::new()));
+        assert_eq!(q.leader_epoch, p.leader_epoch + 2);
     }
 
     #[test]
