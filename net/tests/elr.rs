@@ -72,7 +72,13 @@ fn a_leader_holds_the_high_watermark_while_its_isr_is_below_min_insync_replicas(
     wait_for("a leader and a full ISR", || partition(&mut conn).is_some_and(|(l, isr)| l > 0 && isr.len() == 3));
     let (leader, _) = partition(&mut conn).expect("partition");
     let mut at_leader = Conn::connect(ports[(leader - 1) as usize]);
-    assert_eq!(at_leader.produce(TOPIC, 0, &batch(10), -1), (ErrorCode::None, 0));
+    // The first may find the partition not open yet on the leader.
+    let mut produced = (ErrorCode::NotReady, -1);
+    wait_for("the leader takes a write", || {
+        produced = at_leader.produce(TOPIC, 0, &batch(10), -1);
+        produced.0 != ErrorCode::NotReady
+    });
+    assert_eq!(produced, (ErrorCode::None, 0));
     assert_eq!(at_leader.fetch(TOPIC, 0, 0, 0).1, 10);
 
     // A follower stops; the ISR shrinks to two, below the minimum of 3.
