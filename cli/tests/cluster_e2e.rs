@@ -822,3 +822,104 @@ fn a_leader_cut_off_from_the_controller_acknowledges_nothing_that_is_lost() {
     let histories = histories(&runtime, &mut cluster, &client, 1);
     check_history(&acked, &histories);
 }
+
+/// KIP-966 (issue 13) with real processes: on a topic never synced
+/// (`flush.ms=-1`, min.insync.replicas 2, two replicas), the follower is
+/// killed and leaves the ISR for the ELR; then the leader, the last ISR
+/// member, is killed and its machine "reboots" (its recorded boot id is
+/// rewritten) before it starts again. It registers as having lost unsynced
+/// writes, so it does not lead by right; the follower, killed but never
+/// rebooted, leads when it returns, with every acknowledged record. Before
+/// this change the restarted leader led again at once (the last ISR member
+/// kept its claim): this test failed at `seen_by_leader` (checked with
+/// the registration's flag ignored).
+#[test]
+fn a_last_isr_member_back_from_a_reboot_does_not_lead_while_a_clean_elr_member_does() {
+    let mut cluster = Cluster::start("cluster-elr");
+    let runtime = runtime();
+    let client = runtime.block_on(async {
+        let client = Client::connect(client_config(cluster.bootstrap())).await.expect("connect");
+        let configs = [("min.insync.replicas".into(), "2".into()), ("flush.ms".into(), "-1".into())];
+        Admin::new(client.clone()).create_topic(TOPIC, 1, 2, &configs).await.expect("create");
+        client
+    });
+    let state = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(state) = partition_state(&client).await
+                && state.leader > 0
+                && state.isr.len() == 2
+            {
+                return state;
+            }
+            assert!(Instant::now() < deadline, "no full ISR: {:?}", partition_state(&client).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (leader, follower) = (state.leader, *state.replicas.iter().find(|n| **n != state.leader).unwrap());
+    let acked: Vec<(i64, String)> = runtime.block_on(async {
+        let producer =
+            Producer::new(client.clone(), ProducerConfig { acks: Acks::All, linger_ms: 0, ..Default::default() })
+                .expect("producer");
+        let mut acked = Vec::new();
+        for i in 0..50 {
+            let value = format!("before-{i}");
+            let meta = producer.send(ProducerRecord::new(TOPIC, value.clone())).await.unwrap().await.expect("acked");
+            acked.push((meta.offset, value));
+        }
+        acked
+    });
+
+    // The follower dies: fenced, out of the ISR, which is now below the
+    // minimum, so into the ELR.
+    cluster.kill9(follower);
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while partition_state(&client).await.is_none_or(|s| s.isr != vec![leader]) {
+            assert!(Instant::now() < deadline, "the ISR did not shrink: {:?}", partition_state(&client).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The leader dies, and its machine reboots.
+    cluster.kill9(leader);
+    let boot_id = cluster.brokers[(leader - 1) as usize].data_dir.join("boot-id");
+    assert!(boot_id.exists(), "a broker records the boot id at start");
+    std::fs::write(&boot_id, "00000000-0000-0000-0000-000000000000\n").unwrap();
+    cluster.restart(leader);
+    // Its start waited until its registration was applied on it: the
+    // partition has no leader rather than one that may lack acknowledged
+    // records.
+    let seen_by_leader = runtime.block_on(async {
+        let own = Client::connect(client_config(vec![cluster.brokers[(leader - 1) as usize].addr()])).await.unwrap();
+        partition_state(&own).await
+    });
+    assert!(seen_by_leader.as_ref().is_some_and(|s| s.leader != leader), "{seen_by_leader:?}");
+
+    // The follower returns (killed, no reboot: it kept what it reported)
+    // and leads from the ELR.
+    cluster.restart(follower);
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while partition_state(&client).await.is_none_or(|s| s.leader != follower) {
+            assert!(Instant::now() < deadline, "the ELR member did not lead: {:?}", partition_state(&client).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // The rebooted broker catches up and rejoins the ISR as a follower
+    // (until then the new leader, alone in the ISR below the minimum,
+    // holds the high watermark); every acknowledged record is there.
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while partition_state(&client).await.is_none_or(|s| s.isr.len() != 2) {
+            assert!(Instant::now() < deadline, "the ISR did not fill up: {:?}", partition_state(&client).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let records = runtime.block_on(drain(&client));
+    for (offset, value) in &acked {
+        assert!(
+            records.iter().any(|(o, v)| o == offset && v.as_ref() == value.as_bytes()),
+            "acknowledged {value} at {offset} missing"
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod admin;
 mod api;
 mod broker_auth;
 pub mod catalog;
+mod clean_stop;
 pub mod config;
 mod conn;
 mod deadline;

@@ -61,6 +61,9 @@ pub const GROUP_WRITE_TIMEOUT_MS: u64 = 5_000;
 /// `__consumer_offsets` with fewer replicas than there are voters (up to
 /// three).
 pub const OFFSETS_TOPIC_BROKERS_WAIT_MS: u64 = 30_000;
+/// The longest `boot-id` file read (a boot id is a 36-byte UUID): a longer
+/// one is not a boot id, and is not read into memory whole.
+pub const BOOT_ID_BYTES_MAX: usize = 64;
 /// A leader whose ISR change the controller refused waits this long (or
 /// for new metadata) before asking again.
 pub const ISR_CHANGE_RETRY_MS: u64 = 500;

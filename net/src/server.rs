@@ -6,7 +6,8 @@
 //! all are ready do they start accepting. Shutdown (SIGTERM/SIGINT or
 //! [`BrokerHandle::shutdown`]): every shard stops accepting, closes its
 //! logs (flushing what is pending, writing the clean-shutdown marker), and
-//! ends.
+//! ends; once all have, the broker writes its clean-stop marker
+//! (`clean_stop.rs`, KIP-966).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -103,6 +104,14 @@ impl BrokerHandle {
         if let Some(controller) = self.shared.controller.get() {
             controller.shutdown();
         }
+        // Every log closed (flushed, synced): the next start may count on
+        // every write of this process (KIP-966's clean shutdown).
+        if first_error.is_none()
+            && !self.shared.close_failed.load(std::sync::atomic::Ordering::SeqCst)
+            && let Err(err) = crate::clean_stop::mark_clean_stop(&self.shared.config.data_dir)
+        {
+            tracing::error!("writing the clean-stop marker: {err}; the next start will read as unclean");
+        }
         first_error.map_or(Ok(()), Err)
     }
 }
@@ -129,6 +138,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         return Err(ServeError::DataDirLocked(shown));
     }
     refuse_catalog_without_metadata(&data_dir)?;
+    // Before any log opens: from here on, a crash reads as unclean.
+    let restart =
+        crate::clean_stop::on_start(&data_dir, default_durability == spate_engine::Durability::Always).map_err(io)?;
     let shard_count = config.shard_count();
     let mut mailboxes = Vec::with_capacity(shard_count);
     let mut inboxes = Vec::with_capacity(shard_count);
@@ -146,6 +158,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         ports: OnceLock::new(),
         metrics_port: OnceLock::new(),
         controller: OnceLock::new(),
+        close_failed: std::sync::atomic::AtomicBool::new(false),
     });
     let (ready_tx, ready_rx) = std_mpsc::channel::<Ready>();
     let mut executors = Vec::with_capacity(shard_count);
@@ -224,7 +237,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     // The controller starts once this broker's ports are known (it
     // registers them); it replays the metadata log before it returns, so
     // the catalog below is what this node last knew.
-    let controller = match start_controller(&shared, main_port, shard_ports) {
+    let controller = match start_controller(&shared, main_port, shard_ports, restart) {
         Ok(controller) => controller,
         Err(err) => {
             drop(go);
@@ -296,6 +309,7 @@ fn start_controller(
     shared: &Arc<Shared>,
     main_port: u16,
     shard_ports: Vec<u16>,
+    restart: spate_replication::BrokerRestart,
 ) -> Result<spate_replication::Controller, ServeError> {
     let config = &shared.config;
     let voters = config.controller_voters()?;
@@ -303,6 +317,7 @@ fn start_controller(
     let mut quorum = spate_replication::QuorumConfig::new(config.node_id, voters, config.data_dir.join(METADATA_DIR));
     quorum.broker_heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
     quorum.broker_session_timeout_ms = config.broker_session_timeout_ms;
+    quorum.restart = restart;
     let endpoints = spate_replication::BrokerEndpoints {
         host: config.advertised_host().to_string(),
         port: main_port,
@@ -395,10 +410,12 @@ fn wait_until_registered(shared: &Shared, controller: &spate_replication::Contro
     while std::time::Instant::now() < deadline {
         let image = controller.image();
         let registered = image.brokers.get(&node_id).is_some_and(|b| b.incarnation == incarnation && !b.fenced);
-        let leaderless_mine = image
-            .topics
-            .values()
-            .any(|topic| topic.partitions.iter().any(|p| p.leader < 0 && p.isr.contains(&node_id)));
+        let leaderless_mine = image.topics.values().any(|topic| {
+            topic
+                .partitions
+                .iter()
+                .any(|p| p.leader < 0 && (p.isr.contains(&node_id) || (p.isr.is_empty() && p.elr.contains(&node_id))))
+        });
         if registered && !leaderless_mine {
             return;
         }
@@ -485,7 +502,7 @@ async fn run_shard(
     let (main_port, own_port) = (port_of(&main), port_of(&own));
     let _ = ready.send(Ok((id, main_port, own_port)));
     let Ok(accepting) = go.await else {
-        shard.close_all().await;
+        close_all(&shard).await;
         return;
     };
     let catalog = shared.catalog.load_full();
@@ -499,7 +516,7 @@ async fn run_shard(
     // started at the end of the reconcile above).
     if let Err(message) = crate::group::wait_loaded(&shard).await {
         let _ = accepting.send(Err((id, message)));
-        shard.close_all().await;
+        close_all(&shard).await;
         return;
     }
     shard.spawn_isr_checks();
@@ -521,8 +538,15 @@ async fn run_shard(
     }
     shard.stopping.set(true);
     shard.stop_listeners.borrow_mut().clear();
-    shard.close_all().await;
+    close_all(&shard).await;
     tracing::debug!(shard = id, "shard stopped");
+}
+
+/// Closes every log of the shard; a failure makes the stop unclean.
+async fn close_all(shard: &Rc<Shard>) {
+    if !shard.close_all().await {
+        shard.shared.close_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn port_of(listener: &TcpListener) -> u16 {

@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     /// assignments, ISR changes and producer ids go through it.
     /// Set once at start, before any shard serves.
     pub controller: OnceLock<spate_replication::Controller>,
+    /// A log failed to close: the stop is not clean, so no clean-stop
+    /// marker is written (`clean_stop.rs`).
+    pub close_failed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -78,11 +81,7 @@ impl Shared {
 
     /// min.insync.replicas of a topic (acks=all).
     pub fn min_insync_replicas(&self, topic: &TopicMeta) -> usize {
-        topic
-            .configs
-            .get("min.insync.replicas")
-            .and_then(|value| value.parse::<usize>().ok())
-            .unwrap_or(topic_config::MIN_INSYNC_REPLICAS_DEFAULT as usize)
+        min_insync_replicas(topic)
     }
 
     pub fn controller(&self) -> &spate_replication::Controller {
@@ -992,7 +991,8 @@ impl Shard {
 
     /// Closes every log (flushing what is pending) so the next start is a
     /// clean one.
-    pub async fn close_all(&self) {
+    /// Returns whether every log closed without an error.
+    pub async fn close_all(&self) -> bool {
         for replica in self.replicas.borrow_mut().drain().map(|(_, replica)| replica) {
             replica.stop();
         }
@@ -1002,11 +1002,14 @@ impl Shard {
             .drain()
             .flat_map(|(id, parts)| parts.into_iter().map(move |(p, log)| (id.clone(), p, log)))
             .collect();
+        let mut all_closed = true;
         for (topic_id, partition, log) in logs {
             if let Err(err) = log.close().await {
                 tracing::error!(shard = self.id, %topic_id, partition, "close failed: {err}");
+                all_closed = false;
             }
         }
+        all_closed
     }
 
     /// The partitions of the catalog this shard owns: those of this node's
@@ -1026,6 +1029,16 @@ impl Shard {
             .filter(|(_, mine)| !mine.is_empty())
             .collect()
     }
+}
+
+/// min.insync.replicas of a topic: acks=all needs an ISR this large, and
+/// a leader moves the high watermark only with one.
+pub(crate) fn min_insync_replicas(topic: &TopicMeta) -> usize {
+    topic
+        .configs
+        .get("min.insync.replicas")
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(topic_config::MIN_INSYNC_REPLICAS_DEFAULT as usize)
 }
 
 /// Deleting a directory tree is metadata work with no io_uring equivalent;

@@ -188,15 +188,70 @@ pub fn alter_topic_configs(
     if !image.topics.contains_key(name) {
         return Err(ControllerError::UnknownTopicOrPartition);
     }
-    Ok(vec![MetadataRecord::AlterTopicConfigs { name: name.to_string(), configs: configs.clone() }])
+    let mut batch = Batch::new(image);
+    batch.push(MetadataRecord::AlterTopicConfigs { name: name.to_string(), configs: configs.clone() });
+    // A lower min.insync.replicas may put an ISR at the minimum: its
+    // leader moves the high watermark again, past what the ELR members
+    // have, so they leave it (Kafka cleans ELRs at any change; an ISR still
+    // below the minimum keeps its ELR here, as its high watermark still
+    // waits, and an empty ISR keeps the claim of the last copies).
+    let mut changes = Vec::new();
+    if let Some(topic) = batch.image.topics.get(name) {
+        let min_isr = topic.min_insync_replicas();
+        for (index, p) in topic.partitions.iter().enumerate() {
+            if p.leader == -1 && p.isr.is_empty() {
+                // Unclean election just enabled is the operator's way out
+                // for a partition whose every claim is gone (or whose ELR
+                // members are all fenced): elect now, not at the next
+                // broker's return. A non-empty ISR without a leader is a
+                // last copy whose log failed; it waits for its broker.
+                changes.extend(elect_leaderless(&batch.image, topic, index as u32, p));
+                continue;
+            }
+            if p.elr.is_empty() || p.isr.len() < min_isr {
+                continue;
+            }
+            changes.push(MetadataRecord::PartitionChange {
+                topic: name.to_string(),
+                partition: index as u32,
+                leader: p.leader,
+                isr: p.isr.clone(),
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch + 1,
+                elr: Vec::new(),
+            });
+        }
+    }
+    for c in changes {
+        batch.push(c);
+    }
+    Ok(batch.records)
+}
+
+/// How a broker's previous process ended, as it registers (KIP-966). The
+/// broker works it out from its data directory at start (`net/src/
+/// clean_stop.rs`): a marker written after a graceful stop closed every log,
+/// and the machine's boot id recorded at the previous start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRestart {
+    /// The previous process stopped uncleanly AND the machine rebooted
+    /// since: writes that were not synced may be gone, including some the
+    /// broker reported to leaders as durable under durability `never` or an
+    /// interval. (An unclean process stop alone loses nothing reported: the
+    /// page cache survives a process; with O_DIRECT nothing unwritten was
+    /// ever reported.)
+    pub unsynced_writes_lost: bool,
+    /// The broker's default durability is `always`: replicas of topics
+    /// without their own `flush.ms` reported only what they had synced.
+    pub default_durability_always: bool,
 }
 
 /// A broker failed (missed heartbeats for the session timeout) or restarted
 /// (a new incarnation: it lost its in-memory state). Fence it; move the
-/// leadership of what it leads to the first replica that is in the ISR and
-/// unfenced (or, with unclean election enabled, to the first unfenced
-/// replica, alone in the ISR); drop it from the ISRs it follows in, except
-/// that an ISR never becomes empty (its last member keeps its claim).
+/// leadership of what it leads (`elect`); drop it from the ISRs it follows
+/// in, into the ELR where the ISR falls below min.insync.replicas (an ISR
+/// that loses its last member always does: the claim of the last copy
+/// moves to the ELR, KIP-966).
 pub fn broker_failure(image: &MetadataImage, node_id: i32) -> Vec<MetadataRecord> {
     let mut batch = Batch::new(image);
     fail_broker(&mut batch, node_id);
@@ -213,7 +268,7 @@ fn fail_broker(batch: &mut Batch, node_id: i32) {
     let mut changes = Vec::new();
     for topic in batch.image.topics.values() {
         for (index, p) in topic.partitions.iter().enumerate() {
-            changes.extend(leave_partition(&batch.image, topic, index as u32, p, node_id));
+            changes.extend(leave_partition(&batch.image, topic, index as u32, p, node_id, Leaving::KeepsData));
         }
     }
     for c in changes {
@@ -221,33 +276,123 @@ fn fail_broker(batch: &mut Batch, node_id: i32) {
     }
 }
 
+/// KIP-966's rule for the ELR when the ISR becomes `isr`: at or above
+/// min.insync.replicas it is empty (the ISR alone decides); below, it keeps
+/// its members not in the new ISR and gains the members the ISR just lost,
+/// since each held everything up to the high watermark when it left and
+/// the high watermark does not move while the ISR is below the minimum.
+/// `excluded` is a replica known not to hold it (its log failed).
+fn next_elr(p: &PartitionImage, isr: &[i32], min_insync_replicas: usize, excluded: Option<i32>) -> Vec<i32> {
+    if isr.len() >= min_insync_replicas {
+        return Vec::new();
+    }
+    let mut elr: Vec<i32> = Vec::new();
+    for r in p.elr.iter().chain(p.isr.iter()) {
+        if !isr.contains(r) && Some(*r) != excluded && !elr.contains(r) {
+            elr.push(*r);
+        }
+    }
+    elr
+}
+
+/// Who may lead a partition that `leaving` (-1: nobody) leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Choice {
+    /// An unfenced member of the ISR: it has everything acknowledged.
+    Isr(i32),
+    /// An unfenced member of the ELR (KIP-966): it has everything up to
+    /// the high watermark.
+    Elr(i32),
+    /// An unfenced replica in neither, by the topic's unclean election.
+    Unclean(i32),
+    Nobody,
+}
+
+/// Leaders come from the ISR first, then from the ELR, each in replica
+/// order (the preferred replica first), then, if the topic allows unclean
+/// election, from any unfenced replica.
+fn elect(image: &MetadataImage, topic: &TopicImage, p: &PartitionImage, leaving: i32) -> Choice {
+    let eligible = |r: &&i32| **r != leaving && image.is_unfenced(**r);
+    if let Some(l) = p.replicas.iter().filter(eligible).find(|r| p.isr.contains(r)) {
+        return Choice::Isr(*l);
+    }
+    if let Some(l) = p.replicas.iter().filter(eligible).find(|r| p.elr.contains(r)) {
+        return Choice::Elr(*l);
+    }
+    match p.replicas.iter().find(eligible) {
+        Some(l) if topic.unclean_leader_election() => Choice::Unclean(*l),
+        _ => Choice::Nobody,
+    }
+}
+
+/// A leader for a partition that has none and no ISR, if `elect` finds
+/// one (an unfenced ELR member, or by unclean election).
+fn elect_leaderless(
+    image: &MetadataImage,
+    topic: &TopicImage,
+    partition: u32,
+    p: &PartitionImage,
+) -> Option<MetadataRecord> {
+    let (leader, isr, elr) = match elect(image, topic, p, -1) {
+        Choice::Isr(l) => (l, p.isr.clone(), p.elr.clone()),
+        Choice::Elr(l) => (l, vec![l], next_elr(p, &[l], topic.min_insync_replicas(), None)),
+        Choice::Unclean(l) => (l, vec![l], Vec::new()),
+        Choice::Nobody => return None,
+    };
+    Some(MetadataRecord::PartitionChange {
+        topic: topic.name.clone(),
+        partition,
+        leader,
+        isr,
+        leader_epoch: p.leader_epoch + 1,
+        partition_epoch: p.partition_epoch + 1,
+        elr,
+    })
+}
+
+/// Why a replica leaves a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaving {
+    /// Its broker failed or restarted: its disk still holds what it
+    /// reported, so below min.insync.replicas it goes to the ELR.
+    KeepsData,
+    /// Its log failed (damaged or unreadable): it leaves the ELR too,
+    /// except that a last copy keeps its ISR claim for the operator.
+    LogFailed,
+}
+
 /// `node_id`'s replica of a partition can no longer be counted on (its
 /// broker failed, or the replica's log did). If it led, the leadership
-/// moves to the first other replica that is in the ISR and unfenced (or,
-/// with unclean election enabled, to the first other unfenced replica,
-/// alone in the ISR), else the partition has no leader; if it only
-/// followed, it leaves the ISR. An ISR never becomes empty: its last
-/// member keeps its claim, since the data may exist nowhere else.
+/// moves (`elect`), else the partition has no leader; if it only followed,
+/// it leaves the ISR. The ELR follows `next_elr`.
 fn leave_partition(
     image: &MetadataImage,
     topic: &TopicImage,
     partition: u32,
     p: &PartitionImage,
     node_id: i32,
+    why: Leaving,
 ) -> Option<MetadataRecord> {
-    let eligible = |r: &i32| *r != node_id && image.is_unfenced(*r);
-    let (leader, isr, leader_epoch) = if p.leader == node_id {
-        let clean = p.replicas.iter().find(|r| eligible(r) && p.isr.contains(r)).copied();
-        let (leader, isr) = match clean {
-            Some(l) => (l, p.isr.iter().copied().filter(|r| *r != node_id).collect()),
-            None => match p.replicas.iter().find(|r| eligible(r)) {
-                Some(l) if topic.unclean_leader_election() => (*l, vec![*l]),
-                _ => (-1, p.isr.clone()),
-            },
+    let min_isr = topic.min_insync_replicas();
+    let excluded = (why == Leaving::LogFailed).then_some(node_id);
+    let isr_without: Vec<i32> = p.isr.iter().copied().filter(|r| *r != node_id).collect();
+    // A failed log that is the last copy anyone vouches for keeps its ISR
+    // claim: no one else may lead but by unclean election, and the
+    // operator may still recover it (a restart puts it in the ELR).
+    let last_copy = why == Leaving::LogFailed && isr_without.is_empty() && p.elr.iter().all(|r| *r == node_id);
+    let (leader, isr, elr, leader_epoch) = if p.leader == node_id {
+        let (leader, isr, elr) = match elect(image, topic, p, node_id) {
+            Choice::Isr(l) => (l, isr_without.clone(), next_elr(p, &isr_without, min_isr, excluded)),
+            Choice::Elr(l) => (l, vec![l], next_elr(p, &[l], min_isr, excluded)),
+            Choice::Unclean(l) => (l, vec![l], Vec::new()),
+            Choice::Nobody if last_copy => (-1, p.isr.clone(), Vec::new()),
+            Choice::Nobody => (-1, isr_without.clone(), next_elr(p, &isr_without, min_isr, excluded)),
         };
-        (leader, isr, p.leader_epoch + 1)
-    } else if p.isr.contains(&node_id) && p.isr.len() > 1 {
-        (p.leader, p.isr.iter().copied().filter(|r| *r != node_id).collect(), p.leader_epoch)
+        (leader, isr, elr, p.leader_epoch + 1)
+    } else if p.isr.contains(&node_id) && !last_copy {
+        (p.leader, isr_without.clone(), next_elr(p, &isr_without, min_isr, excluded), p.leader_epoch)
+    } else if p.elr.contains(&node_id) && why == Leaving::LogFailed && !last_copy {
+        (p.leader, p.isr.clone(), p.elr.iter().copied().filter(|r| *r != node_id).collect(), p.leader_epoch)
     } else {
         return None;
     };
@@ -258,14 +403,15 @@ fn leave_partition(
         isr,
         leader_epoch,
         partition_epoch: p.partition_epoch + 1,
+        elr,
     })
 }
 
 /// A broker reports that its replica of a partition cannot serve (the log
-/// failed to open): it leaves the ISR, and the leadership if it had it, as
-/// at a broker failure of this one partition (`leave_partition`). Nothing
-/// changes when it is the last in-sync replica and led (no other may lead
-/// but by unclean election) or was already out of the ISR.
+/// failed to open): it leaves the ISR and the ELR, and the leadership if it
+/// had it, as at a broker failure of this one partition
+/// (`leave_partition`). Nothing changes when it is the last copy and led
+/// (no other may lead but by unclean election) or holds no claim.
 pub fn replica_offline(
     image: &MetadataImage,
     topic: &str,
@@ -279,24 +425,61 @@ pub fn replica_offline(
             "broker {node_id} is not a replica of {topic}/{partition}"
         )));
     }
-    Ok(leave_partition(image, t, partition, p, node_id).into_iter().collect())
+    Ok(leave_partition(image, t, partition, p, node_id, Leaving::LogFailed).into_iter().collect())
+}
+
+/// A broker registered with `unsynced_writes_lost` (KIP-966's unclean
+/// shutdown, narrowed to what can lose reported data here): on every
+/// partition whose durability on it is not `always`, it may lack what it
+/// reported, so it leaves the ISR and the ELR and leads none of them by
+/// right. It comes back into an ISR only by fetching (AlterPartition).
+fn forget_unsynced_claims(batch: &mut Batch, node_id: i32, default_durability_always: bool) {
+    let mut changes = Vec::new();
+    for topic in batch.image.topics.values() {
+        if topic.durability_always(default_durability_always) {
+            continue;
+        }
+        for (index, p) in topic.partitions.iter().enumerate() {
+            if !p.isr.contains(&node_id) && !p.elr.contains(&node_id) {
+                continue;
+            }
+            // It was failed first, so it leads nothing here.
+            debug_assert_ne!(p.leader, node_id);
+            changes.push(MetadataRecord::PartitionChange {
+                topic: topic.name.clone(),
+                partition: index as u32,
+                leader: p.leader,
+                isr: p.isr.iter().copied().filter(|r| *r != node_id).collect(),
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch + 1,
+                elr: p.elr.iter().copied().filter(|r| *r != node_id).collect(),
+            });
+        }
+    }
+    for c in changes {
+        batch.push(c);
+    }
 }
 
 /// A fenced broker is back: unfence it, and give it the leadership of every
-/// leader-less partition whose ISR has it (or, with unclean election
-/// enabled, of which it is a replica, alone in the ISR).
+/// leader-less partition whose ISR has it, or (the ISR empty) whose ELR
+/// has it, or, with unclean election enabled, of which it is a replica,
+/// alone in the ISR.
 fn unfence_broker(batch: &mut Batch, node_id: i32) {
     batch.push(MetadataRecord::UnfenceBroker { node_id });
     let mut changes = Vec::new();
     for topic in batch.image.topics.values() {
+        let min_isr = topic.min_insync_replicas();
         for (index, p) in topic.partitions.iter().enumerate() {
             if p.leader != -1 {
                 continue;
             }
-            let isr = if p.isr.contains(&node_id) {
-                p.isr.clone()
+            let (isr, elr) = if p.isr.contains(&node_id) {
+                (p.isr.clone(), next_elr(p, &p.isr, min_isr, None))
+            } else if p.isr.is_empty() && p.elr.contains(&node_id) {
+                (vec![node_id], next_elr(p, &[node_id], min_isr, None))
             } else if topic.unclean_leader_election() && p.replicas.contains(&node_id) {
-                vec![node_id]
+                (vec![node_id], Vec::new())
             } else {
                 continue;
             };
@@ -307,6 +490,7 @@ fn unfence_broker(batch: &mut Batch, node_id: i32) {
                 isr,
                 leader_epoch: p.leader_epoch + 1,
                 partition_epoch: p.partition_epoch + 1,
+                elr,
             });
         }
     }
@@ -316,12 +500,15 @@ fn unfence_broker(batch: &mut Batch, node_id: i32) {
 }
 
 /// A broker heartbeat reached the active controller. Returns the records it
-/// calls for (none for a live, known, unfenced broker).
+/// calls for (none for a live, known, unfenced broker). `restart` is how
+/// the broker's previous process ended; it counts only when the broker
+/// registers (a new incarnation).
 pub fn broker_heartbeat(
     image: &MetadataImage,
     node_id: i32,
     incarnation: u64,
     endpoints: &BrokerEndpoints,
+    restart: BrokerRestart,
 ) -> Vec<MetadataRecord> {
     let known = image.brokers.get(&node_id);
     if known.is_some_and(|b| b.incarnation == incarnation && !b.fenced) {
@@ -335,6 +522,14 @@ pub fn broker_heartbeat(
         fail_broker(&mut batch, node_id);
     }
     if known.is_none() || restarted {
+        if restart.unsynced_writes_lost {
+            tracing::warn!(
+                broker = node_id,
+                "registers after an unclean stop and a reboot: it leaves the ISRs and ELRs of partitions not \
+                 synced on every write"
+            );
+            forget_unsynced_claims(&mut batch, node_id, restart.default_durability_always);
+        }
         batch.push(MetadataRecord::RegisterBroker {
             node_id,
             incarnation,
@@ -342,6 +537,8 @@ pub fn broker_heartbeat(
             port: endpoints.port,
             shard_ports: endpoints.shard_ports.clone(),
             controller_port: endpoints.controller_port,
+            unsynced_writes_lost: restart.unsynced_writes_lost,
+            default_durability_always: restart.default_durability_always,
         });
     }
     unfence_broker(&mut batch, node_id);
@@ -361,7 +558,8 @@ pub fn alter_partition(
     partition_epoch: i32,
     new_isr: &[i32],
 ) -> Result<(Vec<MetadataRecord>, PartitionImage), ControllerError> {
-    let p = image.partition(topic, partition).ok_or(ControllerError::UnknownTopicOrPartition)?;
+    let t = image.topics.get(topic).ok_or(ControllerError::UnknownTopicOrPartition)?;
+    let p = t.partitions.get(partition as usize).ok_or(ControllerError::UnknownTopicOrPartition)?;
     if leader_epoch != p.leader_epoch {
         return Err(ControllerError::FencedLeaderEpoch);
     }
@@ -387,7 +585,11 @@ pub fn alter_partition(
     if let Some(r) = new_isr.iter().find(|r| !p.isr.contains(r) && !image.is_unfenced(**r)) {
         return Err(ControllerError::InvalidRequest(format!("broker {r} is fenced and may not join the ISR")));
     }
-    let next = PartitionImage { isr: new_isr.to_vec(), partition_epoch: p.partition_epoch + 1, ..p.clone() };
+    // Members rejoining the ISR leave the ELR; members it drops below
+    // min.insync.replicas join it (they have everything up to the high
+    // watermark, the leader's own condition for keeping them so far).
+    let elr = next_elr(p, new_isr, t.min_insync_replicas(), None);
+    let next = PartitionImage { isr: new_isr.to_vec(), partition_epoch: p.partition_epoch + 1, elr, ..p.clone() };
     let record = MetadataRecord::PartitionChange {
         topic: topic.to_string(),
         partition,
@@ -395,6 +597,7 @@ pub fn alter_partition(
         isr: next.isr.clone(),
         leader_epoch: next.leader_epoch,
         partition_epoch: next.partition_epoch,
+        elr: next.elr.clone(),
     };
     Ok((vec![record], next))
 }
@@ -417,16 +620,19 @@ pub fn allocate_producer_ids(
 
 /// The controller's invariants, for one record about to be applied to
 /// `before`: a partition's epochs only grow (the partition epoch with every
-/// change, the leader epoch with every leader change), its ISR is never
-/// empty and holds only replicas, and its leader (if any) is in the ISR;
-/// producer id blocks never overlap. The active controller checks every
-/// record it proposes (debug builds) and every node every record it applies
-/// (a violation is logged; the record is applied anyway, as on every other
-/// node, since the log already decided it). A record for a partition that
-/// no longer exists is ignored by `apply` and passes.
+/// change, the leader epoch with every leader change); its ISR and its ELR
+/// hold only replicas, each once, and never the same one; its leader (if
+/// any) is in the ISR; producer id blocks never overlap. An ISR may be
+/// empty (KIP-966): when its last member fails, the claim of the last copy
+/// moves to the ELR, and a partition without a leader needs no ISR. The
+/// active controller checks every record it proposes (debug builds) and
+/// every node every record it applies (a violation is logged; the record is
+/// applied anyway, as on every other node, since the log already decided
+/// it). A record for a partition that no longer exists is ignored by
+/// `apply` and passes.
 pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Result<(), String> {
     match record {
-        MetadataRecord::PartitionChange { topic, partition, leader, isr, leader_epoch, partition_epoch } => {
+        MetadataRecord::PartitionChange { topic, partition, leader, isr, leader_epoch, partition_epoch, elr } => {
             let Some(p) = before.partition(topic, *partition) else {
                 return Ok(());
             };
@@ -440,12 +646,16 @@ pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Resu
             if *leader != p.leader && *leader_epoch == p.leader_epoch {
                 return Err(format!("{at}: leader {} -> {leader} without a new leader epoch", p.leader));
             }
-            check_isr(&at, *leader, isr, &p.replicas)
+            check_isr(&at, *leader, isr, &p.replicas)?;
+            check_elr(&at, isr, elr, &p.replicas)
         }
         MetadataRecord::CreateTopic { name, assignments, .. } => {
             for (p, replicas) in assignments.iter().enumerate() {
+                if replicas.is_empty() {
+                    return Err(format!("{name}-{p}: no replicas"));
+                }
                 // The ISR starts as the replicas, the leader as the first.
-                check_isr(&format!("{name}-{p}"), replicas.first().copied().unwrap_or(-1), replicas, replicas)?;
+                check_isr(&format!("{name}-{p}"), replicas[0], replicas, replicas)?;
             }
             Ok(())
         }
@@ -463,11 +673,11 @@ pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Resu
 }
 
 fn check_isr(at: &str, leader: i32, isr: &[i32], replicas: &[i32]) -> Result<(), String> {
-    if isr.is_empty() {
-        return Err(format!("{at}: empty ISR"));
-    }
     if let Some(r) = isr.iter().find(|r| !replicas.contains(r)) {
         return Err(format!("{at}: ISR member {r} is not a replica"));
+    }
+    if isr.iter().enumerate().any(|(i, r)| isr[..i].contains(r)) {
+        return Err(format!("{at}: ISR {isr:?} names a broker twice"));
     }
     if leader != -1 && !isr.contains(&leader) {
         return Err(format!("{at}: leader {leader} not in its ISR {isr:?}"));
@@ -475,10 +685,25 @@ fn check_isr(at: &str, leader: i32, isr: &[i32], replicas: &[i32]) -> Result<(),
     Ok(())
 }
 
+fn check_elr(at: &str, isr: &[i32], elr: &[i32], replicas: &[i32]) -> Result<(), String> {
+    if let Some(r) = elr.iter().find(|r| !replicas.contains(r)) {
+        return Err(format!("{at}: ELR member {r} is not a replica"));
+    }
+    if let Some(r) = elr.iter().find(|r| isr.contains(r)) {
+        return Err(format!("{at}: {r} is in both the ISR and the ELR"));
+    }
+    if elr.iter().enumerate().any(|(i, r)| elr[..i].contains(r)) {
+        return Err(format!("{at}: ELR {elr:?} names a broker twice"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::UNCLEAN_LEADER_ELECTION;
+    use crate::metadata::{FLUSH_MS, MIN_INSYNC_REPLICAS, UNCLEAN_LEADER_ELECTION};
+
+    const CLEAN: BrokerRestart = BrokerRestart { unsynced_writes_lost: false, default_durability_always: true };
 
     fn endpoints(n: i32) -> BrokerEndpoints {
         BrokerEndpoints {
@@ -501,7 +726,7 @@ mod tests {
     fn cluster(n: i32) -> MetadataImage {
         let mut img = MetadataImage::default();
         for id in 1..=n {
-            let recs = broker_heartbeat(&img, id, 100 + id as u64, &endpoints(id));
+            let recs = broker_heartbeat(&img, id, 100 + id as u64, &endpoints(id), CLEAN);
             apply(&mut img, &recs);
         }
         img
@@ -525,6 +750,7 @@ mod tests {
             isr,
             leader_epoch: cur.leader_epoch,
             partition_epoch: cur.partition_epoch,
+            elr: vec![],
         });
     }
 
@@ -568,12 +794,12 @@ mod tests {
     #[test]
     fn heartbeat_registers_and_unfences_new_brokers() {
         let img = MetadataImage::default();
-        let recs = broker_heartbeat(&img, 1, 5, &endpoints(1));
+        let recs = broker_heartbeat(&img, 1, 5, &endpoints(1), CLEAN);
         assert!(matches!(recs[0], MetadataRecord::RegisterBroker { node_id: 1, incarnation: 5, .. }));
         assert_eq!(recs[1], MetadataRecord::UnfenceBroker { node_id: 1 });
         let mut img = img;
         apply(&mut img, &recs);
-        assert!(broker_heartbeat(&img, 1, 5, &endpoints(1)).is_empty(), "live: nothing to do");
+        assert!(broker_heartbeat(&img, 1, 5, &endpoints(1), CLEAN).is_empty(), "live: nothing to do");
     }
 
     #[test]
@@ -689,7 +915,7 @@ mod tests {
     }
 
     #[test]
-    fn no_clean_candidate_leaves_no_leader_and_a_non_empty_isr() {
+    fn no_clean_candidate_leaves_no_leader_and_the_last_member_in_the_elr() {
         let mut img = cluster(2);
         with_topic(&mut img, "t", 1, 2, false);
         let p = img.partition("t", 0).cloned().expect("p");
@@ -699,30 +925,253 @@ mod tests {
         apply(&mut img, &r);
         let q = img.partition("t", 0).expect("p");
         assert_eq!(q.leader, -1, "{f} is out of the ISR: no unclean election");
-        assert_eq!(q.isr, vec![l], "the last ISR member keeps its claim");
+        assert!(q.isr.is_empty());
+        assert_eq!(q.elr, vec![l], "the last ISR member's claim moves to the ELR");
         assert_eq!((q.leader_epoch, q.partition_epoch), (1, 1));
         // The last ISR member comes back (same incarnation): it leads again.
         let inc = img.brokers[&l].incarnation;
-        let r = broker_heartbeat(&img, l, inc, &endpoints(l));
+        let r = broker_heartbeat(&img, l, inc, &endpoints(l), CLEAN);
         apply(&mut img, &r);
         let q = img.partition("t", 0).expect("p");
         assert!(!img.brokers[&l].fenced);
         assert_eq!((q.leader, q.leader_epoch, q.partition_epoch), (l, 2, 2));
+        assert_eq!((q.isr.clone(), q.elr.clone()), (vec![l], Vec::<i32>::new()), "at min.insync.replicas (1): no ELR");
     }
 
     #[test]
-    fn follower_failure_never_empties_the_isr() {
+    fn follower_failure_then_leader_failure_leaves_the_claim_with_the_last_member() {
         let mut img = cluster(2);
         with_topic(&mut img, "t", 1, 2, false);
         let p = img.partition("t", 0).cloned().expect("p");
         let (l, f) = (p.replicas[0], p.replicas[1]);
         let r = broker_failure(&img, f);
         apply(&mut img, &r);
+        assert_eq!(img.partition("t", 0).expect("p").elr, Vec::<i32>::new(), "ISR [l] is at min.insync.replicas 1");
         let r = broker_failure(&img, l);
         apply(&mut img, &r);
         let q = img.partition("t", 0).expect("p");
         assert_eq!(q.leader, -1);
-        assert_eq!(q.isr, vec![l]);
+        assert!(q.isr.is_empty());
+        assert_eq!(q.elr, vec![l], "{f} left when the ISR was at the minimum: it may lack later writes");
+        // f returns: it is in neither, so it does not lead.
+        let inc = img.brokers[&f].incarnation;
+        let r = broker_heartbeat(&img, f, inc, &endpoints(f), CLEAN);
+        apply(&mut img, &r);
+        assert_eq!(img.partition("t", 0).expect("p").leader, -1);
+    }
+
+    /// A leader shrinking its ISR via AlterPartition.
+    fn alter_isr(img: &mut MetadataImage, topic: &str, isr: &[i32]) -> PartitionImage {
+        let p = img.partition(topic, 0).cloned().expect("p");
+        let (recs, next) =
+            alter_partition(img, topic, 0, p.leader, p.leader_epoch, p.partition_epoch, isr).expect("alter");
+        apply(img, &recs);
+        assert_eq!(img.partition(topic, 0), Some(&next));
+        next
+    }
+
+    fn with_configs(img: &mut MetadataImage, name: &str, rf: u16, configs: &[(&str, &str)]) -> PartitionImage {
+        let configs = configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let recs = create_topic(img, name, 1, rf, &configs, "id".into()).expect("create");
+        apply(img, &recs);
+        img.partition(name, 0).cloned().expect("p")
+    }
+
+    /// KIP-966: the ELR holds the members the ISR lost below
+    /// min.insync.replicas; a member rejoining the ISR leaves it; an ISR
+    /// back at the minimum clears it. (Before, no ELR existed: every
+    /// member but the last lost its claim when it left.)
+    #[test]
+    fn the_elr_takes_members_the_isr_loses_below_the_minimum_and_clears_at_it() {
+        let mut img = cluster(3);
+        let p = with_configs(&mut img, "m2", 3, &[(MIN_INSYNC_REPLICAS, "2")]);
+        let (l, a, b) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        assert_eq!(alter_isr(&mut img, "m2", &[l, a]).elr, Vec::<i32>::new(), "2 of min 2: no ELR");
+        assert_eq!(alter_isr(&mut img, "m2", &[l]).elr, vec![a], "below the minimum: the removed one");
+        assert_eq!(alter_isr(&mut img, "m2", &[l, b]).elr, Vec::<i32>::new(), "back at the minimum: cleared");
+        let p = with_configs(&mut img, "m3", 3, &[(MIN_INSYNC_REPLICAS, "3")]);
+        let (l, a, b) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        assert_eq!(alter_isr(&mut img, "m3", &[l, a]).elr, vec![b]);
+        assert_eq!(alter_isr(&mut img, "m3", &[l]).elr, vec![b, a], "kept, and the next one added");
+        assert_eq!(alter_isr(&mut img, "m3", &[l, b]).elr, vec![a], "a member rejoining the ISR leaves the ELR");
+        assert_eq!(alter_isr(&mut img, "m3", &[l, b, a]).elr, Vec::<i32>::new());
+        // A follower's failure below the minimum: into the ELR, fenced.
+        alter_isr(&mut img, "m3", &[l, a]);
+        let r = broker_failure(&img, a);
+        apply(&mut img, &r);
+        let q = img.partition("m3", 0).expect("p");
+        assert_eq!((q.isr.clone(), q.elr.clone()), (vec![l], vec![b, a]));
+    }
+
+    /// KIP-966: with no ISR member left to lead, an unfenced ELR member
+    /// does (before, the partition waited for the last ISR member).
+    #[test]
+    fn leaders_come_from_the_isr_then_from_unfenced_elr_members() {
+        let mut img = cluster(3);
+        let p = with_configs(&mut img, "t", 3, &[(MIN_INSYNC_REPLICAS, "2")]);
+        let (l, a, b) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        alter_isr(&mut img, "t", &[l]);
+        let r = broker_failure(&img, a);
+        apply(&mut img, &r);
+        assert_eq!(img.partition("t", 0).expect("p").elr, vec![a, b], "a fenced member stays in the ELR");
+        let r = broker_failure(&img, l);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!(q.leader, b, "{a} is fenced; {b} is the first unfenced ELR member");
+        assert_eq!(q.isr, vec![b]);
+        assert_eq!(q.elr, vec![a, l], "the old leader left an ISR below the minimum: into the ELR");
+        assert_eq!(q.leader_epoch, p.leader_epoch + 1);
+        // b fails too: nobody unfenced; a fenced ELR member leads when it
+        // returns.
+        let r = broker_failure(&img, b);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (-1, Vec::<i32>::new(), vec![a, l, b]));
+        let inc = img.brokers[&a].incarnation;
+        let r = broker_heartbeat(&img, a, inc, &endpoints(a), CLEAN);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (a, vec![a], vec![l, b]));
+    }
+
+    /// The scenario of issue 13: a topic not synced on every write, the
+    /// last ISR member restarted after a power loss (unclean stop and a
+    /// reboot) may lack what it reported; it must not lead by right while
+    /// a clean ELR member can. Before this change it led again at once.
+    #[test]
+    fn a_broker_that_lost_unsynced_writes_leaves_every_elr_and_does_not_lead_by_right() {
+        let mut img = cluster(3);
+        let never = with_configs(&mut img, "never", 3, &[(MIN_INSYNC_REPLICAS, "2"), (FLUSH_MS, "-1")]);
+        let (l, a, b) = (never.replicas[0], never.replicas[1], never.replicas[2]);
+        alter_isr(&mut img, "never", &[l]);
+        // The same brokers hold a topic synced on every write, and one
+        // that follows the broker's default.
+        with_configs(&mut img, "always", 3, &[(FLUSH_MS, "0")]);
+        with_configs(&mut img, "default", 3, &[]);
+        for t in ["always", "default"] {
+            let p = img.partition(t, 0).cloned().expect("p");
+            assert_eq!(p.replicas, never.replicas);
+            alter_isr(&mut img, t, &[l]);
+        }
+        for n in [a, b, l] {
+            let r = broker_failure(&img, n);
+            apply(&mut img, &r);
+        }
+        assert_eq!(img.partition("never", 0).expect("p").elr, vec![a, b, l]);
+        // l restarts after a reboot: out of every ELR it might not honour.
+        let lost = BrokerRestart { unsynced_writes_lost: true, default_durability_always: false };
+        let r = broker_heartbeat(&img, l, 777, &endpoints(l), lost);
+        apply(&mut img, &r);
+        assert!(img.brokers[&l].unsynced_writes_lost);
+        for t in ["never", "default"] {
+            let q = img.partition(t, 0).cloned().expect("p");
+            assert_eq!(q.leader, -1, "{t}: {l} does not lead by right");
+            assert!(q.isr.is_empty());
+            assert!(!q.elr.contains(&l), "{t}: {q:?}");
+        }
+        // Synced on every write: what it reported is on its disk.
+        assert_eq!(img.partition("always", 0).expect("p").leader, l);
+        // A clean ELR member leads "never" when it returns.
+        let r = broker_heartbeat(&img, a, 888, &endpoints(a), CLEAN);
+        apply(&mut img, &r);
+        let q = img.partition("never", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (a, vec![a], vec![b]));
+        // Its broker default `always` would have kept l's claim on
+        // "default": only topics not synced lose it.
+        let mut img2 = cluster(1);
+        with_configs(&mut img2, "default", 1, &[]);
+        let r = broker_failure(&img2, 1);
+        apply(&mut img2, &r);
+        let synced = BrokerRestart { unsynced_writes_lost: true, default_durability_always: true };
+        let r = broker_heartbeat(&img2, 1, 5, &endpoints(1), synced);
+        apply(&mut img2, &r);
+        assert_eq!(img2.partition("default", 0).expect("p").leader, 1);
+    }
+
+    #[test]
+    fn unclean_election_still_elects_a_broker_that_lost_unsynced_writes() {
+        let mut img = cluster(1);
+        with_configs(&mut img, "t", 1, &[(FLUSH_MS, "-1"), (UNCLEAN_LEADER_ELECTION, "true")]);
+        let r = broker_failure(&img, 1);
+        apply(&mut img, &r);
+        let lost = BrokerRestart { unsynced_writes_lost: true, default_durability_always: false };
+        let r = broker_heartbeat(&img, 1, 5, &endpoints(1), lost);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (1, vec![1], Vec::<i32>::new()));
+    }
+
+    /// Lowering min.insync.replicas to the ISR's size lets the leader move
+    /// the high watermark again, past what ELR members hold: they leave.
+    /// (Before, the ELR outlived the change.)
+    #[test]
+    fn a_lower_min_insync_replicas_clears_the_elrs_it_satisfies() {
+        let mut img = cluster(3);
+        let p = with_configs(&mut img, "t", 3, &[(MIN_INSYNC_REPLICAS, "3")]);
+        let (l, a) = (p.replicas[0], p.replicas[1]);
+        alter_isr(&mut img, "t", &[l, a]);
+        let raised = BTreeMap::from([(MIN_INSYNC_REPLICAS.to_string(), "4".to_string())]);
+        let r = alter_topic_configs(&img, "t", &raised).expect("alter");
+        apply(&mut img, &r);
+        assert_eq!(img.partition("t", 0).expect("p").elr.len(), 1, "still below the minimum: kept");
+        let lowered = BTreeMap::from([(MIN_INSYNC_REPLICAS.to_string(), "2".to_string())]);
+        let r = alter_topic_configs(&img, "t", &lowered).expect("alter");
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.isr.clone(), q.elr.clone()), (vec![l, a], Vec::<i32>::new()));
+        assert_eq!(q.partition_epoch, p.partition_epoch + 2);
+    }
+
+    /// The operator's way out when every claim is gone: enabling unclean
+    /// election elects an unfenced replica at once. (Before, a broker had
+    /// to return first.)
+    #[test]
+    fn enabling_unclean_election_elects_where_no_claim_is_left() {
+        let mut img = cluster(2);
+        let p = with_configs(&mut img, "t", 2, &[(FLUSH_MS, "-1")]);
+        let (l, f) = (p.replicas[0], p.replicas[1]);
+        let r = broker_failure(&img, f);
+        apply(&mut img, &r);
+        let r = broker_failure(&img, l);
+        apply(&mut img, &r);
+        let lost = BrokerRestart { unsynced_writes_lost: true, default_durability_always: false };
+        let r = broker_heartbeat(&img, l, 9, &endpoints(l), lost);
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.len(), q.elr.len()), (-1, 0, 0), "no claim left");
+        // Another config change elects nobody.
+        let same = img.topics["t"].configs.clone();
+        assert_eq!(alter_topic_configs(&img, "t", &same).expect("alter").len(), 1);
+        let mut unclean = same;
+        unclean.insert(UNCLEAN_LEADER_ELECTION.to_string(), "true".to_string());
+        let r = alter_topic_configs(&img, "t", &unclean).expect("alter");
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (l, vec![l], Vec::<i32>::new()));
+        assert_eq!(q.leader_epoch, p.leader_epoch + 2);
+    }
+
+    #[test]
+    fn an_offline_replica_never_joins_the_elr_and_leaves_it() {
+        let mut img = cluster(3);
+        let p = with_configs(&mut img, "t", 3, &[(MIN_INSYNC_REPLICAS, "2")]);
+        let (l, a, b) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        alter_isr(&mut img, "t", &[l, a]);
+        alter_isr(&mut img, "t", &[l]);
+        assert_eq!(img.partition("t", 0).expect("p").elr, vec![a]);
+        alter_isr(&mut img, "t", &[l, b]);
+        // b's log fails while the ISR is at the minimum: b is out, not in
+        // the ELR (its log may be set aside and fetched anew).
+        let r = replica_offline(&img, "t", 0, b).expect("offline");
+        apply(&mut img, &r);
+        let q = img.partition("t", 0).cloned().expect("p");
+        assert_eq!((q.isr.clone(), q.elr.clone()), (vec![l], Vec::<i32>::new()));
+        let p = with_configs(&mut img, "u", 3, &[(MIN_INSYNC_REPLICAS, "3")]);
+        let (l, a) = (p.replicas[0], p.replicas[1]);
+        alter_isr(&mut img, "u", &[l]);
+        let r = replica_offline(&img, "u", 0, a).expect("offline");
+        apply(&mut img, &r);
+        assert!(!img.partition("u", 0).expect("p").elr.contains(&a), "an ELR member whose log failed leaves it");
     }
 
     #[test]
@@ -744,7 +1193,7 @@ mod tests {
         with_topic(&mut img, "t", 3, 3, false);
         let led: Vec<u32> = (0..3).filter(|p| img.partition("t", *p).map(|x| x.leader) == Some(1)).collect();
         assert_eq!(led.len(), 1);
-        let recs = broker_heartbeat(&img, 1, 999, &endpoints(1));
+        let recs = broker_heartbeat(&img, 1, 999, &endpoints(1), CLEAN);
         assert_eq!(recs[0], MetadataRecord::FenceBroker { node_id: 1 });
         apply(&mut img, &recs);
         let b = &img.brokers[&1];
@@ -833,6 +1282,7 @@ mod tests {
                 isr,
                 leader_epoch,
                 partition_epoch,
+                elr: vec![],
             };
         let next = p.partition_epoch + 1;
         assert_eq!(check_invariants(&img, &change(p.leader, p.isr.clone(), p.leader_epoch, next)), Ok(()));
@@ -849,6 +1299,25 @@ mod tests {
         }
         // No leader, the ISR keeping its last claim: allowed.
         assert_eq!(check_invariants(&img, &change(-1, vec![p.leader], p.leader_epoch + 1, next)), Ok(()));
+        // No leader and no ISR, the claim in the ELR (KIP-966): allowed.
+        let in_elr = |isr: Vec<i32>, elr: Vec<i32>| MetadataRecord::PartitionChange {
+            topic: "t".into(),
+            partition: 0,
+            leader: -1,
+            isr,
+            leader_epoch: p.leader_epoch + 1,
+            partition_epoch: next,
+            elr,
+        };
+        assert_eq!(check_invariants(&img, &in_elr(vec![], vec![p.leader])), Ok(()));
+        for bad in [
+            in_elr(vec![p.isr[1]], vec![p.isr[1]]),
+            in_elr(vec![], vec![9]),
+            in_elr(vec![], vec![p.leader, p.leader]),
+            in_elr(vec![p.isr[1], p.isr[1]], vec![]),
+        ] {
+            assert!(check_invariants(&img, &bad).is_err(), "{bad:?}");
+        }
         let ids = MetadataRecord::ProducerIdBlock { node_id: 1, start: 0, len: 10 };
         apply(&mut img, std::slice::from_ref(&ids));
         assert!(check_invariants(&img, &ids).is_err(), "a block handed out twice");

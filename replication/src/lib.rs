@@ -15,6 +15,6 @@ mod raft_log;
 mod storage;
 mod transport;
 
-pub use controller::{BrokerEndpoints, ControllerError, ControllerRequest, ControllerResponse};
+pub use controller::{BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
 pub use metadata::{BrokerImage, MetadataImage, MetadataRecord, PartitionImage, TopicImage};
 pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus, read_image};

@@ -12,6 +12,14 @@ use serde::{Deserialize, Serialize};
 
 /// The topic config that allows electing a leader from outside the ISR.
 pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
+/// The topic config below which the ISR puts its removed members in the
+/// ELR (KIP-966), as acks=all refuses writes below it.
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+/// Its default, Kafka's (and the broker's, `net/src/topic_config.rs`).
+pub const MIN_INSYNC_REPLICAS_DEFAULT: usize = 1;
+/// The topic config of its durability: "0" syncs before a write counts
+/// (durability `always`); absent, the broker's default applies.
+pub const FLUSH_MS: &str = "flush.ms";
 
 /// One change to the cluster metadata. Raft entries carry these as JSON: the
 /// volume is tiny and the log stays human-inspectable.
@@ -28,6 +36,16 @@ pub enum MetadataRecord {
         port: u16,
         shard_ports: Vec<u16>,
         controller_port: u16,
+        /// KIP-966: the previous process of this broker stopped uncleanly
+        /// and the machine rebooted since, so writes it had not synced may
+        /// be gone, including some it reported to leaders as durable under
+        /// a durability other than `always`. Absent in older logs: false.
+        #[serde(default)]
+        unsynced_writes_lost: bool,
+        /// The broker's default durability is `always` (topics without
+        /// their own `flush.ms` synced every write before reporting it).
+        #[serde(default)]
+        default_durability_always: bool,
     },
     FenceBroker {
         node_id: i32,
@@ -59,6 +77,10 @@ pub enum MetadataRecord {
         isr: Vec<i32>,
         leader_epoch: i32,
         partition_epoch: i32,
+        /// Eligible leader replicas (KIP-966); absent in older logs, which
+        /// knew none: empty.
+        #[serde(default)]
+        elr: Vec<i32>,
     },
     /// Producer ids `[start, start + len)` belong to `node_id`.
     ProducerIdBlock {
@@ -84,6 +106,12 @@ pub struct BrokerImage {
     pub controller_port: u16,
     /// Fenced brokers lead nothing and may not be added to an ISR.
     pub fenced: bool,
+    /// As registered (`RegisterBroker`): this process started after an
+    /// unclean stop and a reboot.
+    #[serde(default)]
+    pub unsynced_writes_lost: bool,
+    #[serde(default)]
+    pub default_durability_always: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +122,17 @@ pub struct PartitionImage {
     pub leader: i32,
     /// Bumped on every leader change.
     pub leader_epoch: i32,
-    /// Bumped on every change of leader or ISR (the version AlterPartition
-    /// requests must quote).
+    /// Bumped on every change of leader, ISR or ELR (the version
+    /// AlterPartition requests must quote).
     pub partition_epoch: i32,
+    /// Eligible leader replicas (KIP-966): replicas out of the ISR that
+    /// hold everything up to the high watermark, because they left the
+    /// ISR while it was below min.insync.replicas (when the high watermark
+    /// stops). Fenced members stay; a broker that registers
+    /// `unsynced_writes_lost` leaves. Never overlaps the ISR. Absent in
+    /// snapshots written before: empty.
+    #[serde(default)]
+    pub elr: Vec<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +147,25 @@ impl TopicImage {
     /// Whether this topic allows electing a leader from outside the ISR.
     pub fn unclean_leader_election(&self) -> bool {
         self.configs.get(UNCLEAN_LEADER_ELECTION).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
+    /// min.insync.replicas, at least 1 (so an empty ISR is always below it).
+    pub fn min_insync_replicas(&self) -> usize {
+        self.configs
+            .get(MIN_INSYNC_REPLICAS)
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(MIN_INSYNC_REPLICAS_DEFAULT)
+            .max(1)
+    }
+
+    /// Whether a replica of this topic on a broker syncs every write
+    /// before it reports it (durability `always`): its own `flush.ms` of 0,
+    /// or none and the broker's default is `always`.
+    pub fn durability_always(&self, broker_default_always: bool) -> bool {
+        match self.configs.get(FLUSH_MS) {
+            Some(v) => v.trim().parse::<i64>() == Ok(0),
+            None => broker_default_always,
+        }
     }
 }
 
@@ -149,7 +204,16 @@ impl MetadataImage {
     /// ignored.
     pub fn apply(&mut self, record: &MetadataRecord) {
         match record {
-            MetadataRecord::RegisterBroker { node_id, incarnation, host, port, shard_ports, controller_port } => {
+            MetadataRecord::RegisterBroker {
+                node_id,
+                incarnation,
+                host,
+                port,
+                shard_ports,
+                controller_port,
+                unsynced_writes_lost,
+                default_durability_always,
+            } => {
                 self.brokers.insert(
                     *node_id,
                     BrokerImage {
@@ -160,6 +224,8 @@ impl MetadataImage {
                         shard_ports: shard_ports.clone(),
                         controller_port: *controller_port,
                         fenced: true,
+                        unsynced_writes_lost: *unsynced_writes_lost,
+                        default_durability_always: *default_durability_always,
                     },
                 );
             }
@@ -185,6 +251,7 @@ impl MetadataImage {
                         leader: replicas.first().copied().unwrap_or(-1),
                         leader_epoch: 0,
                         partition_epoch: 0,
+                        elr: Vec::new(),
                     })
                     .collect();
                 self.topics.insert(
@@ -200,10 +267,11 @@ impl MetadataImage {
                     t.configs = configs.clone();
                 }
             }
-            MetadataRecord::PartitionChange { topic, partition, leader, isr, leader_epoch, partition_epoch } => {
+            MetadataRecord::PartitionChange { topic, partition, leader, isr, leader_epoch, partition_epoch, elr } => {
                 if let Some(p) = self.partition_mut(topic, *partition) {
                     p.leader = *leader;
                     p.isr = isr.clone();
+                    p.elr = elr.clone();
                     p.leader_epoch = *leader_epoch;
                     p.partition_epoch = *partition_epoch;
                 }
@@ -247,6 +315,8 @@ mod tests {
             port: 1,
             shard_ports: vec![2],
             controller_port: 3,
+            unsynced_writes_lost: false,
+            default_durability_always: true,
         }
     }
 
@@ -271,7 +341,8 @@ mod tests {
                 isr: vec![2, 1],
                 leader: 2,
                 leader_epoch: 0,
-                partition_epoch: 0
+                partition_epoch: 0,
+                elr: vec![],
             })
         );
         img.apply(&MetadataRecord::PartitionChange {
@@ -281,6 +352,7 @@ mod tests {
             isr: vec![1],
             leader_epoch: 1,
             partition_epoch: 1,
+            elr: vec![],
         });
         assert_eq!(img.partition("t", 1).map(|p| p.leader), Some(1));
         img.apply(&MetadataRecord::ProducerIdBlock { node_id: 1, start: 0, len: 1000 });
@@ -294,9 +366,30 @@ mod tests {
             isr: vec![1],
             leader_epoch: 1,
             partition_epoch: 1,
+            elr: vec![],
         });
         img.apply(&MetadataRecord::AlterTopicConfigs { name: "t".into(), configs: BTreeMap::new() });
         assert!(img.topics.is_empty());
+    }
+
+    /// Metadata logs and snapshots written before KIP-966 lack the ELR and
+    /// the restart flags: they still decode, with an empty ELR and a clean
+    /// stop.
+    #[test]
+    fn records_and_images_written_before_the_elr_still_decode() {
+        let old = r#"{"PartitionChange":{"topic":"t","partition":0,"leader":-1,"isr":[1],"leader_epoch":2,"partition_epoch":3}}"#;
+        let r: MetadataRecord = serde_json::from_str(old).expect("old PartitionChange");
+        assert!(matches!(r, MetadataRecord::PartitionChange { ref elr, .. } if elr.is_empty()));
+        let old = r#"{"RegisterBroker":{"node_id":1,"incarnation":7,"host":"h","port":1,"shard_ports":[2],"controller_port":3}}"#;
+        let r: MetadataRecord = serde_json::from_str(old).expect("old RegisterBroker");
+        assert!(matches!(r, MetadataRecord::RegisterBroker { unsynced_writes_lost: false, .. }));
+        let old = r#"{"replicas":[1,2],"isr":[1],"leader":1,"leader_epoch":0,"partition_epoch":1}"#;
+        let p: PartitionImage = serde_json::from_str(old).expect("old snapshot's partition");
+        assert!(p.elr.is_empty());
+        let old =
+            r#"{"node_id":1,"incarnation":7,"host":"h","port":1,"shard_ports":[],"controller_port":3,"fenced":false}"#;
+        let b: BrokerImage = serde_json::from_str(old).expect("old snapshot's broker");
+        assert!(!b.unsynced_writes_lost);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType
 use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 
-use crate::controller::{self, BrokerEndpoints, ControllerError, ControllerRequest, ControllerResponse};
+use crate::controller::{self, BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
 use crate::limits::{
     APPLIED_REQUEST_IDS, CLUSTER_SECRET_BYTES, DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS, DEFAULT_BROKER_SESSION_TIMEOUT_MS,
     DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_SNAPSHOT_INTERVAL_BYTES, DEFAULT_SNAPSHOT_INTERVAL_ENTRIES, DEFAULT_TICK_MS,
@@ -68,6 +68,9 @@ pub struct QuorumConfig {
     pub snapshot_interval_entries: u64,
     /// ... or once the log file has grown by this many bytes.
     pub snapshot_interval_bytes: u64,
+    /// How this broker's previous process ended, for its registration
+    /// (KIP-966); the default is a clean stop.
+    pub restart: BrokerRestart,
 }
 
 impl QuorumConfig {
@@ -83,6 +86,7 @@ impl QuorumConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             snapshot_interval_entries: DEFAULT_SNAPSHOT_INTERVAL_ENTRIES,
             snapshot_interval_bytes: DEFAULT_SNAPSHOT_INTERVAL_BYTES,
+            restart: BrokerRestart::default(),
         }
     }
 }
@@ -300,6 +304,7 @@ impl Controller {
             id: node_id,
             incarnation,
             endpoints,
+            restart: config.restart,
             voters: voter_ids,
             raw,
             disk,
@@ -581,6 +586,8 @@ struct Node {
     id: i32,
     incarnation: u64,
     endpoints: BrokerEndpoints,
+    /// How this broker's previous process ended, sent with every heartbeat.
+    restart: BrokerRestart,
     voters: Vec<i32>,
     raw: RawNode<LogStore>,
     disk: DiskStorage,
@@ -743,9 +750,9 @@ impl Node {
                     let _ = p.reply.send(Err(error));
                 }
             }
-            Control::Heartbeat { node_id, incarnation, endpoints } => {
+            Control::Heartbeat { node_id, incarnation, endpoints, restart } => {
                 self.note_incarnation(node_id, incarnation);
-                self.on_heartbeat(node_id, incarnation, &endpoints)
+                self.on_heartbeat(node_id, incarnation, &endpoints, restart)
             }
         }
     }
@@ -908,12 +915,12 @@ impl Node {
         Ok(())
     }
 
-    fn on_heartbeat(&mut self, node_id: i32, incarnation: u64, endpoints: &BrokerEndpoints) {
+    fn on_heartbeat(&mut self, node_id: i32, incarnation: u64, endpoints: &BrokerEndpoints, restart: BrokerRestart) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
         a.last_heard.insert(node_id, Instant::now());
-        let records = controller::broker_heartbeat(&a.image, node_id, incarnation, endpoints);
+        let records = controller::broker_heartbeat(&a.image, node_id, incarnation, endpoints, restart);
         if !records.is_empty() {
             tracing::info!(node_id = self.id, broker = node_id, incarnation, "broker registers or returns");
             let _ = self.propose(None, records);
@@ -925,7 +932,7 @@ impl Node {
         let leader = self.leader_id();
         if self.active.is_some() {
             let endpoints = self.endpoints.clone();
-            self.on_heartbeat(self.id, self.incarnation, &endpoints);
+            self.on_heartbeat(self.id, self.incarnation, &endpoints, self.restart);
         } else if leader > 0 && leader != self.id {
             self.send_control(
                 leader,
@@ -933,6 +940,7 @@ impl Node {
                     node_id: self.id,
                     incarnation: self.incarnation,
                     endpoints: self.endpoints.clone(),
+                    restart: self.restart,
                 },
             );
         }

@@ -26,7 +26,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::controller::{BrokerEndpoints, ControllerError, ControllerRequest};
+use crate::controller::{BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest};
 use crate::limits::{
     ACCEPT_POLL_MS, CONNECT_TIMEOUT_MS, MAX_FRAME_BYTES, PEER_QUEUE_FRAMES, RECONNECT_BACKOFF_MAX_MS,
     RECONNECT_BACKOFF_MIN_MS, WRITE_TIMEOUT_MS,
@@ -45,7 +45,15 @@ pub(crate) enum Control {
     /// reply: the origin sees its request id in the committed entry.
     ForwardReply { incarnation: u64, seq: u64, error: ControllerError },
     /// A broker's liveness, to the active controller.
-    Heartbeat { node_id: i32, incarnation: u64, endpoints: BrokerEndpoints },
+    Heartbeat {
+        node_id: i32,
+        incarnation: u64,
+        endpoints: BrokerEndpoints,
+        /// How the broker's previous process ended (KIP-966); absent from
+        /// older brokers: a clean stop.
+        #[serde(default)]
+        restart: BrokerRestart,
+    },
 }
 
 #[derive(Debug)]

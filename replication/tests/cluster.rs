@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use spate_replication::{
-    BrokerEndpoints, Controller, ControllerError, ControllerRequest, ControllerResponse, MetadataImage, QuorumConfig,
-    QuorumError, read_image,
+    BrokerEndpoints, BrokerRestart, Controller, ControllerError, ControllerRequest, ControllerResponse, MetadataImage,
+    QuorumConfig, QuorumError, read_image,
 };
 
 const TICK_MS: u64 = 20;
@@ -41,6 +41,7 @@ fn config(node_id: i32, voters: &[(i32, SocketAddr)], dir: &std::path::Path) -> 
         request_timeout_ms: 10_000,
         snapshot_interval_entries: u64::MAX,
         snapshot_interval_bytes: u64::MAX,
+        restart: BrokerRestart::default(),
     }
 }
 
@@ -276,9 +277,11 @@ fn silent_broker_is_fenced_and_returns() {
         }
         assert!(p.partition_epoch > was.partition_epoch);
     }
-    // Its rf-1 partition has no one else: no leader, and it keeps its claim.
+    // Its rf-1 partition has no one else: no leader, and its claim moves
+    // to the ELR (KIP-966).
     let lone = &img.topics["r1"].partitions[alone[0]];
-    assert_eq!((lone.leader, lone.isr.clone(), lone.leader_epoch), (-1, vec![victim], 1));
+    assert_eq!((lone.leader, lone.isr.clone(), lone.leader_epoch), (-1, vec![], 1));
+    assert_eq!(lone.elr, vec![victim]);
     // Topics can still be created over the two live brokers only.
     assert!(matches!(create(&observer, "x", 1, 3), Err(ControllerError::InvalidReplicationFactor(_))));
 
@@ -312,6 +315,61 @@ fn silent_broker_is_fenced_and_returns() {
     .unwrap();
     assert!(matches!(r, ControllerResponse::Partition(ref q) if q.isr == isr));
     assert_eq!(back.image().topics["r3"].partitions[led[0]].isr, isr);
+}
+
+/// Issue 13, KIP-966, through a running cluster: a topic never synced
+/// (`flush.ms=-1`) whose ISR shrank to its leader below
+/// min.insync.replicas 2 keeps the other two in its ELR; when the leader's
+/// node stops, an ELR member leads (before, the partition waited for the
+/// last ISR member); when it comes back after an unclean stop and a reboot,
+/// it leaves the ELR and leads nothing by right.
+#[test]
+fn elr_members_lead_and_a_broker_that_lost_unsynced_writes_leaves_the_elr() {
+    let dir = base_dir("elr");
+    let voters: Vec<(i32, SocketAddr)> = (1..=3).map(|i| (i, free_addr())).collect();
+    let mut nodes: Vec<Option<Controller>> = (1..=3).map(|i| Some(start(i, &voters, &dir))).collect();
+    let all: Vec<&Controller> = nodes.iter().flatten().collect();
+    wait_for_cluster(&all, 3);
+    let any = nodes[0].clone().unwrap();
+    let configs = BTreeMap::from([
+        ("flush.ms".to_string(), "-1".to_string()),
+        ("min.insync.replicas".to_string(), "2".to_string()),
+    ]);
+    let created = block_on(any.request(ControllerRequest::CreateTopic {
+        name: "never".into(),
+        partitions: 1,
+        replication_factor: 3,
+        configs,
+    }));
+    assert_eq!(created, Ok(ControllerResponse::Done));
+    let p = any.image().topics["never"].partitions[0].clone();
+    let (l, a, b) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+    let r = block_on(any.request(ControllerRequest::AlterPartition {
+        topic: "never".into(),
+        partition: 0,
+        from_node: l,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        new_isr: vec![l],
+    }))
+    .unwrap();
+    assert!(matches!(r, ControllerResponse::Partition(ref q) if q.elr == vec![a, b]), "{r:?}");
+
+    let slot = |i: i32| i as usize - 1;
+    nodes[slot(l)].take().unwrap().shutdown();
+    let observer = nodes[slot(a)].clone().unwrap();
+    wait_until("an ELR member leads", || observer.image().topics["never"].partitions[0].leader == a);
+    let q = observer.image().topics["never"].partitions[0].clone();
+    assert_eq!((q.isr.clone(), q.elr.clone()), (vec![a], vec![b, l]));
+
+    let lost = BrokerRestart { unsynced_writes_lost: true, default_durability_always: false };
+    let back = Controller::start(QuorumConfig { restart: lost, ..config(l, &voters, &dir) }, endpoints(l)).unwrap();
+    wait_until("the restarted broker registered", || {
+        observer.image().brokers.get(&l).is_some_and(|b| b.unsynced_writes_lost && !b.fenced)
+    });
+    let q = observer.image().topics["never"].partitions[0].clone();
+    assert_eq!((q.leader, q.isr.clone(), q.elr.clone()), (a, vec![a], vec![b]));
+    back.shutdown();
 }
 
 /// Issue 13: a voter whose metadata log is damaged in the middle may have

@@ -169,15 +169,16 @@ impl Replica {
                     return ErrorCode::NotLeaderOrFollower;
                 }
             }
+            // Kafka's rule: a batch appended while the ISR is (or fell)
+            // below the minimum is answered "appended, not safe"; the high
+            // watermark does not move then (`advance_high_watermark`), so
+            // waiting for it would only wait for the ISR to grow back.
+            let isr = self.state.borrow().assignment.isr.len();
+            if isr < min_insync_replicas {
+                return ErrorCode::NotEnoughReplicasAfterAppend;
+            }
             if self.log.high_watermark() >= offset_end {
-                // Kafka's rule: a batch the ISR has, but an ISR below the
-                // minimum, is acknowledged as "appended, not safe".
-                let isr = self.state.borrow().assignment.isr.len();
-                return if isr < min_insync_replicas {
-                    ErrorCode::NotEnoughReplicasAfterAppend
-                } else {
-                    ErrorCode::None
-                };
+                return ErrorCode::None;
             }
             if let Some(err) = self.log.failure() {
                 return crate::shard::log_error_code(&err);
@@ -241,11 +242,20 @@ impl Replica {
 
     /// The high watermark: the minimum over the in-sync replicas of what
     /// each has made durable (the leader counts what it has acknowledged
-    /// under its durability policy, followers what they reported). Followers the leader has not heard from since it
-    /// took over hold it where it is.
+    /// under its durability policy, followers what they reported).
+    /// Followers the leader has not heard from since it took over hold it
+    /// where it is, and so does an ISR below min.insync.replicas (KIP-966):
+    /// the members it lost then are the partition's eligible leader
+    /// replicas, which the controller may elect because they hold
+    /// everything up to the high watermark; were it to move on with the
+    /// leader alone, consumers could read acks=1 records that such a
+    /// leader never had, and then other records at the same offsets.
     pub fn advance_high_watermark(&self) {
         let state = self.state.borrow();
         if state.role != Role::Leader || state.assignment.replicas.len() <= 1 {
+            return;
+        }
+        if state.assignment.isr.len() < crate::shard::min_insync_replicas(&state.topic) {
             return;
         }
         let mut high_watermark = self.log.ack_offset();

@@ -106,6 +106,16 @@ impl Conn {
     }
 
     pub fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(&str, &str)]) -> ErrorCode {
+        self.create_topic_rf(name, partitions, 1, configs)
+    }
+
+    pub fn create_topic_rf(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(&str, &str)],
+    ) -> ErrorCode {
         let frame = self.call(Body::CreateTopicsRequest, |b| {
             let name = b.create_string(name);
             let configs: Vec<_> = configs
@@ -118,7 +128,7 @@ impl Conn {
             let configs = b.create_vector(&configs);
             let topic = CreatableTopic::create(
                 b,
-                &CreatableTopicArgs { name: Some(name), partitions, replication_factor: 1, configs: Some(configs) },
+                &CreatableTopicArgs { name: Some(name), partitions, replication_factor, configs: Some(configs) },
             );
             let topics = b.create_vector(&[topic]);
             CreateTopicsRequest::create(b, &CreateTopicsRequestArgs { topics: Some(topics), ..Default::default() })
