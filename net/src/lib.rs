@@ -5,6 +5,7 @@
 
 mod admin;
 mod api;
+mod caps;
 pub mod catalog;
 pub mod config;
 mod conn;

@@ -150,7 +150,7 @@ impl Outcome {
         Outcome { error: ErrorCode::None, message: None }
     }
     pub fn err(error: ErrorCode, message: impl Into<String>) -> Self {
-        Outcome { error, message: Some(message.into()) }
+        Outcome { error, message: Some(crate::caps::bounded_message(message.into())) }
     }
 }
 
@@ -965,7 +965,7 @@ pub(crate) enum PendingAppend {
 impl PendingAppend {
     fn failed(error: ErrorCode, message: String) -> Self {
         PendingAppend::Done(AppendResult {
-            outcome: Outcome { error, message: Some(message) },
+            outcome: Outcome { error, message: Some(crate::caps::bounded_message(message)) },
             base_offset: -1,
             log_start_offset: -1,
         })
