@@ -18,6 +18,7 @@ use spate_flatbuf::proto::*;
 use spate_flatbuf::{Frame, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, frame_header};
 
 use crate::admin::{ADMIN_SHARD, AdminOp, AlterSpec, CreateSpec};
+use crate::budget::Charge;
 use crate::catalog::TopicMeta;
 use crate::group;
 use crate::limits::{
@@ -42,6 +43,17 @@ pub(crate) enum Response {
     },
     /// Write this (if anything), then close: the stream is unusable.
     Close(Option<Bytes>),
+}
+
+impl Response {
+    /// The bytes the response holds until it is written.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Response::None | Response::Close(None) => 0,
+            Response::Frame(frame) | Response::Close(Some(frame)) => frame.len(),
+            Response::Vectored { head, payload } => head.len() + payload.iter().map(Bytes::len).sum::<usize>(),
+        }
+    }
 }
 
 pub(crate) type Later = Pin<Box<dyn Future<Output = Response>>>;
@@ -82,8 +94,10 @@ pub(crate) fn invalid(request_id: u64, message: &str) -> Reply {
     Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::InvalidRequest, message)))
 }
 
-/// Entry point for one verified frame.
-pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str) {
+/// Entry point for one verified frame. `charge` holds the request's bytes
+/// in the connection's and shard's budgets (a fetch sizes its answer to the
+/// room they have and charges it there).
+pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame, charge: &Charge) -> (Reply, &'static str) {
     let (request_id, version, body_type) = match frame.read() {
         Ok(envelope) => (envelope.request_id(), envelope.version(), envelope.body_type()),
         Err(err) => return (invalid(0, &format!("envelope fails verification: {err}")), "error"),
@@ -106,7 +120,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, frame: Frame) -> (Reply, &'static str)
     }
     let reply = match body_type {
         Body::ProduceRequest => produce(shard, frame, request_id),
-        Body::FetchRequest => fetch(shard, &frame, request_id),
+        Body::FetchRequest => fetch(shard, &frame, request_id, charge),
         Body::HandshakeRequest => handshake(shard, &frame, request_id),
         Body::MetadataRequest => metadata(shard, &frame, request_id),
         Body::CreateTopicsRequest => create_topics(shard, &frame, request_id),
@@ -627,7 +641,15 @@ fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
         waits.push(Ok(wait));
     }
     if acks == 0 {
-        return Reply::Now(Response::None);
+        // Nothing goes back, but the request stays in flight (and in the
+        // byte budgets) until its appends are done: an acks=0 flood is held
+        // back like any other, rather than queueing in the logs unbounded.
+        return Reply::Later(Box::pin(async move {
+            for wait in waits.into_iter().flatten() {
+                let _ = wait.await;
+            }
+            Response::None
+        }));
     }
     let partitions: Vec<(usize, i32)> = parts.iter().map(|p| (p.topic_index, p.partition)).collect();
     Reply::Later(Box::pin(async move {
@@ -812,14 +834,21 @@ impl FetchBudget {
     }
 }
 
-fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64, charge: &Charge) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_fetch_request()) else {
         return invalid(request_id, "fetch body missing");
     };
     // The response must fit the frames clients accept; leave room for its
-    // envelope.
+    // envelope. It must also fit the room left in the connection's and the
+    // shard's byte budgets, where it is charged now: a smaller answer, not
+    // a wait, so a full budget slows a consumer down instead of stopping it
+    // (at least one minimum partition slice is always read).
     let frame_room = shard.shared.config.frame_bytes_max.saturating_sub(1 << 20).max(1);
-    let request_bytes_max = (request.max_bytes().max(1) as usize).min(frame_room);
+    let budget_room = charge.budgets().room_bytes().max(FETCH_PARTITION_BYTES_MIN);
+    let request_bytes_max = (request.max_bytes().max(1) as usize).min(frame_room).min(budget_room);
+    let request_charge_bytes = frame.envelope.len() + frame.payload.len();
+    charge.resize(request_charge_bytes + request_bytes_max);
+    let charge = charge.clone();
     let max_wait = clamp_ms(request.max_wait_ms(), FETCH_WAIT_MS_MAX);
     let min_bytes = request.min_bytes().max(0) as usize;
     let mut topic_names = Vec::new();
@@ -862,6 +891,10 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
         if bytes < min_bytes.max(1) && !max_wait.is_zero() && !any_error {
             // Long poll: wait on every partition; answer when the first has
             // data or the wait ends (dropping the others cancels them).
+            // While it waits the request holds only what it has read, so
+            // idle consumers do not fill the budgets; the partition that
+            // answers reads within its share of the request as before.
+            charge.resize(request_charge_bytes + bytes);
             let deadline = started + max_wait;
             let waits: Vec<_> = parts
                 .iter()

@@ -5,6 +5,7 @@
 
 mod admin;
 mod api;
+mod budget;
 mod caps;
 pub mod catalog;
 pub mod config;

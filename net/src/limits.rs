@@ -22,6 +22,18 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A large frame is zeroed and read this much at a time, so that a peer
 /// that sends only a length pins no memory.
 pub const LARGE_READ_STEP_BYTES: usize = 1 << 20;
+/// Default byte budgets for requests in flight and responses not yet
+/// written (`budget.rs`): a connection's fits two of the largest default
+/// frames, so one producer keeps a pipeline going; a shard's is what a
+/// shard may hold for all its clients at once, besides its tail cache
+/// (default 256 MiB). Past either the broker stops reading (backpressure).
+pub const CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 128 << 20;
+pub const SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 512 << 20;
+/// A connection whose client reads nothing of a response for this long is
+/// closed: its unwritten responses would otherwise hold budget (and stall
+/// every other client of the shard) without end. Long enough for a
+/// consumer paused by its own garbage collector or a slow network.
+pub const CONNECTION_WRITE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Partition entries in one request (fetch, produce, list offsets,
 /// offsets for leader epoch, offset commit and fetch, a heartbeat's owned
 /// partitions), over all its topic entries: each costs a read, a
@@ -77,3 +89,5 @@ pub const ISR_CHANGE_RETRY_MS: u64 = 500;
 const _: () = assert!(NAME_BYTES_MAX == spate_flatbuf::GROUP_ID_BYTES_MAX);
 const _: () = assert!(ERROR_MESSAGE_BYTES_MAX > NAME_BYTES_MAX + 64, "a message can name one name");
 const _: () = assert!(PARTITIONS_PER_REQUEST_MAX >= PARTITIONS_PER_TOPIC_MAX as usize, "a request can cover a topic");
+const _: () = assert!(CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT <= SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT);
+const _: () = assert!(FETCH_PARTITION_BYTES_MIN <= CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT);

@@ -289,6 +289,9 @@ pub(crate) struct Shard {
     /// Serialises catalog changes (used on shard 0 only).
     pub admin_lock: glommio::sync::Semaphore,
     pub metrics: ShardMetrics,
+    /// Bytes of requests in flight and responses not yet written, over all
+    /// of this shard's connections (`budget.rs`).
+    pub bytes_in_flight: Rc<crate::budget::ByteBudget>,
     /// The consumer groups this shard coordinates.
     pub groups: crate::group::Groups,
     pub stopping: Cell<bool>,
@@ -336,6 +339,7 @@ impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
         let cache = TailCache::new(shared.config.tail_cache_bytes);
         let producer_ids = crate::producer_ids::ProducerIdAllocator::default();
+        let bytes_in_flight = crate::budget::ByteBudget::new(shared.config.shard_bytes_in_flight_max);
         Rc::new(Shard {
             producer_ids,
             id,
@@ -347,6 +351,7 @@ impl Shard {
             reconcile_lock: glommio::sync::Semaphore::new(1),
             admin_lock: glommio::sync::Semaphore::new(1),
             metrics: ShardMetrics::default(),
+            bytes_in_flight,
             groups: crate::group::Groups::default(),
             stopping: Cell::new(false),
             stop_listeners: RefCell::new(Vec::new()),
@@ -572,7 +577,10 @@ impl Shard {
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),
             ShardOp::Metrics { reply } => {
-                let _ = reply.send(self.metrics.snapshot(self.id, &self.partition_sizes(), self.offline_count()));
+                let mut snapshot = self.metrics.snapshot(self.id, &self.partition_sizes(), self.offline_count());
+                snapshot.bytes_in_flight = self.bytes_in_flight.used_bytes();
+                snapshot.bytes_in_flight_peak = self.bytes_in_flight.peak_bytes();
+                let _ = reply.send(snapshot);
             }
             ShardOp::InitProducerId { reply } => {
                 assert_eq!(self.id, crate::admin::ADMIN_SHARD, "producer ids come from the admin shard");
