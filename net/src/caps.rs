@@ -87,20 +87,31 @@ impl<'a> Entries<'a> {
     }
 }
 
+/// Whether a list may name one thing twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeats {
+    /// Each name is answered or worked on: a repeat would be work twice.
+    Refused,
+    /// The list is a set (a subscription a user typed): repeats cost
+    /// nothing and are not worth failing a client over.
+    Allowed,
+}
+
 /// A list of names (topics or groups): each within 249 bytes, at most
-/// `max` of them, none twice.
+/// `max` of them.
 fn names(
     field: &str,
     list: Option<Vector<'_, ForwardsUOffset<&str>>>,
     max: usize,
     error: ErrorCode,
+    repeats: Repeats,
 ) -> Result<(), Refusal> {
     let Some(list) = list else { return Ok(()) };
     count(field, list.len(), max)?;
-    let mut seen = HashSet::with_capacity(list.len());
+    let mut seen = HashSet::with_capacity(if repeats == Repeats::Refused { list.len() } else { 0 });
     for value in list.iter() {
         name(field, Some(value), error)?;
-        if !seen.insert(value) {
+        if repeats == Repeats::Refused && !seen.insert(value) {
             return Err(refuse(ErrorCode::InvalidRequest, format!("one of the {field} is named twice")));
         }
     }
@@ -154,10 +165,10 @@ pub(crate) fn check(envelope: &Envelope<'_>) -> Result<(), Refusal> {
         return topic_entries!(r.topics());
     }
     if let Some(r) = envelope.body_as_metadata_request() {
-        return names("topic names", r.topics(), TOPICS_PER_REQUEST_MAX, ErrorCode::InvalidTopic);
+        return names("topic names", r.topics(), TOPICS_PER_REQUEST_MAX, ErrorCode::InvalidTopic, Repeats::Refused);
     }
     if let Some(r) = envelope.body_as_describe_topics_request() {
-        return names("topic names", r.names(), TOPICS_PER_REQUEST_MAX, ErrorCode::InvalidTopic);
+        return names("topic names", r.names(), TOPICS_PER_REQUEST_MAX, ErrorCode::InvalidTopic, Repeats::Refused);
     }
     // The admin APIs answer each topic entry once with its name and check
     // names themselves (InvalidTopic per topic, the length in the message):
@@ -179,7 +190,13 @@ pub(crate) fn check(envelope: &Envelope<'_>) -> Result<(), Refusal> {
         name("the member id", r.member_id(), ErrorCode::InvalidRequest)?;
         name("the client id", r.client_id(), ErrorCode::InvalidRequest)?;
         name("the assignor", r.assignor(), ErrorCode::InvalidGroupId)?;
-        names("subscribed topics", r.subscribed_topics(), TOPICS_PER_REQUEST_MAX, ErrorCode::InvalidTopic)?;
+        names(
+            "subscribed topics",
+            r.subscribed_topics(),
+            TOPICS_PER_REQUEST_MAX,
+            ErrorCode::InvalidTopic,
+            Repeats::Allowed,
+        )?;
         return topic_partitions(r.owned_partitions());
     }
     if let Some(r) = envelope.body_as_offset_commit_request() {
@@ -192,10 +209,10 @@ pub(crate) fn check(envelope: &Envelope<'_>) -> Result<(), Refusal> {
         return topic_partitions(r.topics());
     }
     if let Some(r) = envelope.body_as_describe_groups_request() {
-        return names("group ids", r.groups(), GROUPS_PER_REQUEST_MAX, ErrorCode::InvalidGroupId);
+        return names("group ids", r.groups(), GROUPS_PER_REQUEST_MAX, ErrorCode::InvalidGroupId, Repeats::Refused);
     }
     if let Some(r) = envelope.body_as_delete_groups_request() {
-        return names("group ids", r.groups(), GROUPS_PER_REQUEST_MAX, ErrorCode::InvalidGroupId);
+        return names("group ids", r.groups(), GROUPS_PER_REQUEST_MAX, ErrorCode::InvalidGroupId, Repeats::Refused);
     }
     Ok(())
 }
