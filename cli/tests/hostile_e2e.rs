@@ -219,7 +219,13 @@ impl MemoryLimit {
                 .and_then(|()| std::fs::write(dir.join("memory.max"), limit_bytes.to_string()))
                 .map(|()| dir)
         };
-        let limit = attempt.and_then(|dir| std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map(|()| dir));
+        let limit = attempt.and_then(|dir| match std::fs::write(dir.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => Ok(dir),
+            Err(err) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(err)
+            }
+        });
         match limit {
             Ok(dir) => Some(MemoryLimit { dir }),
             Err(err) => {

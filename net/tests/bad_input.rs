@@ -431,6 +431,14 @@ fn a_huge_topic_name_repeated_per_partition_gets_one_small_answer() {
             .as_union_value()
     });
     assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidRequest));
+    // A producer with acks=0 reads no answers: it gets the refusal and a
+    // close, so that it learns something went wrong.
+    let mut fire_and_forget = Conn::connect(port);
+    let request = produce_to_many(&mut fire_and_forget, &name, &[0], &batch(1), 0);
+    fire_and_forget.send_raw(&request);
+    let frame = fire_and_forget.recv().expect("the refusal");
+    assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidTopic));
+    assert!(fire_and_forget.recv().is_none(), "then a close");
     still_serving(port, "t", 0);
     stop(broker);
 }
