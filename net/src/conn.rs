@@ -240,7 +240,9 @@ async fn write_vectored_all(
     let mut first = 0;
     while first < buffers.len() {
         let slices: Vec<IoSlice<'_>> = buffers[first..].iter().take(1024).map(|b| IoSlice::new(b)).collect();
-        let mut written = futures::select! {
+        // Biased: the write is polled first, so a write the socket takes at
+        // once (the usual case) never registers a timer.
+        let mut written = futures::select_biased! {
             written = futures::FutureExt::fuse(writer.write_vectored(&slices)) => written?,
             () = futures::FutureExt::fuse(Deadline::after(timeout_each)) => {
                 return Err(std::io::Error::new(
