@@ -893,7 +893,9 @@ fn fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64, charge: &Charge) -> 
             // data or the wait ends (dropping the others cancels them).
             // While it waits the request holds only what it has read, so
             // idle consumers do not fill the budgets; the partition that
-            // answers reads within its share of the request as before.
+            // answers reads within its share of the request as before
+            // (new data at the log's tail, mostly shared with the tail
+            // cache), charged once the answer is built.
             charge.resize(request_charge_bytes + bytes);
             let deadline = started + max_wait;
             let waits: Vec<_> = parts
