@@ -92,6 +92,53 @@ fn a_client_that_stops_reading_holds_no_more_than_its_connection_budget() {
     stop(broker);
 }
 
+// The shard's budget holds across connections: two clients that stop
+// reading together hold no more than it, and both are answered in full
+// once they read. On the code before there was no shard budget.
+#[test]
+fn clients_that_stop_reading_hold_no_more_than_the_shards_budget_together() {
+    const BUDGET_BYTES: usize = 4 << 20;
+    const REQUESTS: usize = 20;
+    let (broker, port, metrics_port) =
+        broker_with_data("budget_shard", 2, |c| c.shard_bytes_in_flight_max = BUDGET_BYTES);
+    let mut hogs: Vec<Conn> = (0..2).map(|_| Conn::connect(port)).collect();
+    let senders: Vec<_> = hogs
+        .iter_mut()
+        .map(|hog| {
+            let requests: Vec<_> = (0..REQUESTS).map(|_| fetch_request(hog, "t", 0, 0, 4 << 20)).collect();
+            let mut writer = hog.stream.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for request in requests {
+                    writer.write_all(&request).expect("write");
+                }
+            })
+        })
+        .collect();
+    await_condition("the budget to fill", || {
+        metric(metrics_port, "spate_bytes_in_flight") as usize >= BUDGET_BYTES / 2
+    });
+    for hog in &mut hogs {
+        for _ in 0..REQUESTS {
+            let frame = hog.recv().expect("a fetch response");
+            let envelope = frame.read().expect("verified");
+            let response = envelope.body_as_fetch_response().expect("a fetch response");
+            let part = response.topics().expect("topics").get(0).partitions().expect("partitions").get(0);
+            assert_eq!(part.error(), ErrorCode::None);
+            assert!(part.records_bytes() > 0);
+        }
+    }
+    for sender in senders {
+        sender.join().expect("sender");
+    }
+    // Each connection may pass what is left by one batch at most.
+    let peak = metric(metrics_port, "spate_bytes_in_flight_peak") as usize;
+    let batch_bytes = big_batch(4, BATCH_VALUE_BYTES).len();
+    assert!(peak <= BUDGET_BYTES + 2 * (batch_bytes + 64 * 1024), "peak {peak} bytes in flight");
+    await_condition("the budget to drain", || metric(metrics_port, "spate_bytes_in_flight") == 0);
+    stop(broker);
+}
+
 // On the code before, the connection stayed open (and its answers held)
 // for as long as the client lived.
 #[test]
