@@ -118,18 +118,25 @@ fn clients_that_stop_reading_hold_no_more_than_the_shards_budget_together() {
     await_condition("the budget to fill", || {
         metric(metrics_port, "spate_bytes_in_flight") as usize >= BUDGET_BYTES / 2
     });
-    for hog in &mut hogs {
-        for _ in 0..REQUESTS {
-            let frame = hog.recv().expect("a fetch response");
-            let envelope = frame.read().expect("verified");
-            let response = envelope.body_as_fetch_response().expect("a fetch response");
-            let part = response.topics().expect("topics").get(0).partitions().expect("partitions").get(0);
-            assert_eq!(part.error(), ErrorCode::None);
-            assert!(part.records_bytes() > 0);
-        }
-    }
-    for sender in senders {
-        sender.join().expect("sender");
+    // Both read at once: a client that went on not reading would hold the
+    // shard's budget (and stall the other) until its write timeout.
+    let readers: Vec<_> = hogs
+        .into_iter()
+        .map(|mut hog| {
+            std::thread::spawn(move || {
+                for _ in 0..REQUESTS {
+                    let frame = hog.recv().expect("a fetch response");
+                    let envelope = frame.read().expect("verified");
+                    let response = envelope.body_as_fetch_response().expect("a fetch response");
+                    let part = response.topics().expect("topics").get(0).partitions().expect("partitions").get(0);
+                    assert_eq!(part.error(), ErrorCode::None);
+                    assert!(part.records_bytes() > 0);
+                }
+            })
+        })
+        .collect();
+    for thread in senders.into_iter().chain(readers) {
+        thread.join().expect("sender or reader");
     }
     // Each connection may pass what is left by one batch at most.
     let peak = metric(metrics_port, "spate_bytes_in_flight_peak") as usize;
