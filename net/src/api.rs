@@ -18,10 +18,11 @@ use spate_flatbuf::proto::*;
 use spate_flatbuf::{Frame, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN, frame_header};
 
 use crate::admin::{ADMIN_SHARD, AdminOp, AlterSpec, CreateSpec};
+use crate::budget::Charge;
 use crate::catalog::TopicMeta;
 use crate::group;
 use crate::limits::{
-    FETCH_PARTITIONS_MAX, FETCH_WAIT_MS_MAX, PRODUCE_SLICE_FRACTION_MIN, READ_CHUNK_BYTES, REQUEST_TIMEOUT_MS_MAX,
+    FETCH_PARTITION_BYTES_MIN, FETCH_WAIT_MS_MAX, PRODUCE_SLICE_FRACTION_MIN, READ_CHUNK_BYTES, REQUEST_TIMEOUT_MS_MAX,
 };
 use crate::shard::{
     AppendResult, EpochEndResult, OffsetResult, Outcome, PartitionStats, ReadResult, Shard, ShardOp, config_map,
@@ -42,6 +43,17 @@ pub(crate) enum Response {
     },
     /// Write this (if anything), then close: the stream is unusable.
     Close(Option<Bytes>),
+}
+
+impl Response {
+    /// The bytes the response holds until it is written.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Response::None | Response::Close(None) => 0,
+            Response::Frame(frame) | Response::Close(Some(frame)) => frame.len(),
+            Response::Vectored { head, payload } => head.len() + payload.iter().map(Bytes::len).sum::<usize>(),
+        }
+    }
 }
 
 pub(crate) type Later = Pin<Box<dyn Future<Output = Response>>>;
@@ -73,7 +85,7 @@ pub(crate) fn envelope_frame(
 /// An ErrorResponse frame.
 pub(crate) fn error_frame(request_id: u64, error: ErrorCode, message: &str) -> Bytes {
     let mut builder = FlatBufferBuilder::new();
-    let message = builder.create_string(message);
+    let message = builder.create_string(&crate::caps::bounded_message(message.to_string()));
     let body = ErrorResponse::create(&mut builder, &ErrorResponseArgs { error, message: Some(message) });
     envelope_frame(builder, request_id, Body::ErrorResponse, body.as_union_value(), 0)
 }
@@ -98,8 +110,10 @@ impl Session {
     }
 }
 
-/// Entry point for one verified frame.
-pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame) -> (Reply, &'static str) {
+/// Entry point for one verified frame. `charge` holds the request's bytes
+/// in the connection's and shard's budgets (a fetch sizes its answer to the
+/// room they have and charges it there).
+pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charge: &Charge) -> (Reply, &'static str) {
     let (request_id, version, body_type) = match frame.read() {
         Ok(envelope) => (envelope.request_id(), envelope.version(), envelope.body_type()),
         Err(err) => return (invalid(0, &format!("envelope fails verification: {err}")), "error"),
@@ -110,9 +124,19 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame) -> (R
             format!("protocol version {version}; this broker speaks {PROTOCOL_VERSION_MIN}-{PROTOCOL_VERSION_MAX}");
         return (Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::UnsupportedVersion, &message))), api);
     }
+    // Caps first: nothing of a request that breaks one is copied or
+    // answered entry by entry.
+    if let Some(refusal) = envelope(&frame).and_then(|e| crate::caps::check(&e).err()) {
+        let response = error_frame(request_id, refusal.error, &refusal.message);
+        // A producer with acks=0 reads no answers: as Kafka does, close the
+        // connection so it learns that something went wrong.
+        let acks_zero = envelope(&frame).and_then(|e| e.body_as_produce_request()).is_some_and(|r| r.acks() == 0);
+        let response = if acks_zero { Response::Close(Some(response)) } else { Response::Frame(response) };
+        return (Reply::Now(response), api);
+    }
     let reply = match body_type {
         Body::ProduceRequest => produce(shard, frame, request_id),
-        Body::FetchRequest => fetch(shard, session, &frame, request_id),
+        Body::FetchRequest => fetch(shard, session, &frame, request_id, charge),
         Body::HandshakeRequest => handshake(shard, session, &frame, request_id),
         Body::MetadataRequest => metadata(shard, &frame, request_id),
         Body::CreateTopicsRequest => create_topics(shard, &frame, request_id),
@@ -574,13 +598,15 @@ fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
             topic_names.push(name.to_string());
             for part in topic.partitions().iter().flatten() {
                 let refused = match &meta {
-                    None => Some(Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("no topic {name:?}"))),
+                    // The topic's name is in the answer once, beside its
+                    // entries; the messages do not repeat it.
+                    None => Some(Outcome::err(ErrorCode::UnknownTopicOrPartition, "no such topic")),
                     Some(_) if spate_flatbuf::is_internal_topic(name) => {
-                        Some(Outcome::err(ErrorCode::InternalTopic, format!("{name:?} is written by the broker only")))
+                        Some(Outcome::err(ErrorCode::InternalTopic, "the topic is written by the broker only"))
                     }
                     Some(meta) if partition_of(meta, part.partition()).is_none() => Some(Outcome::err(
                         ErrorCode::UnknownTopicOrPartition,
-                        format!("topic {name:?} has no partition {}", part.partition()),
+                        format!("the topic has no partition {}", part.partition()),
                     )),
                     _ => None,
                 };
@@ -651,7 +677,15 @@ fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
         waits.push(Ok(wait));
     }
     if acks == 0 {
-        return Reply::Now(Response::None);
+        // Nothing goes back, but the request stays in flight (and in the
+        // byte budgets) until its appends are done: an acks=0 flood is held
+        // back like any other, rather than queueing in the logs unbounded.
+        return Reply::Later(Box::pin(async move {
+            for wait in waits.into_iter().flatten() {
+                let _ = wait.await;
+            }
+            Response::None
+        }));
     }
     let partitions: Vec<(usize, i32)> = parts.iter().map(|p| (p.topic_index, p.partition)).collect();
     Reply::Later(Box::pin(async move {
@@ -814,7 +848,29 @@ fn unknown_read() -> ReadResult {
     ReadResult { high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
 }
 
-fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64) -> Reply {
+/// A fetch request's byte budget as it is handed to its partitions.
+#[derive(Debug)]
+pub(crate) struct FetchBudget {
+    left_bytes: usize,
+}
+
+impl FetchBudget {
+    pub(crate) fn new(request_bytes_max: usize) -> Self {
+        FetchBudget { left_bytes: request_bytes_max }
+    }
+
+    /// The bytes the next partition may read (0: none, it is left out).
+    /// It may read what it asks for, within what is left, but uses up at
+    /// least `FETCH_PARTITION_BYTES_MIN` of the budget.
+    pub(crate) fn take(&mut self, partition_bytes_max: i32) -> usize {
+        let bytes_max = (partition_bytes_max.max(1) as usize).min(self.left_bytes);
+        let used = bytes_max.max(FETCH_PARTITION_BYTES_MIN).min(self.left_bytes);
+        self.left_bytes -= used;
+        bytes_max
+    }
+}
+
+fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64, charge: &Charge) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_fetch_request()) else {
         return invalid(request_id, "fetch body missing");
     };
@@ -831,29 +887,33 @@ fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64) -
         return Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::ClusterAuthorizationFailed, &message)));
     }
     // The response must fit the frames clients accept; leave room for its
-    // envelope.
+    // envelope. It must also fit the room left in the connection's and the
+    // shard's byte budgets, where it is charged now: a smaller answer, not
+    // a wait, so a full budget slows a consumer down instead of stopping it
+    // (at least one minimum partition slice is always read).
     let frame_room = shard.shared.config.frame_bytes_max.saturating_sub(1 << 20).max(1);
-    let request_bytes_max = (request.max_bytes().max(1) as usize).min(frame_room);
+    let budget_room = charge.budgets().room_bytes().max(FETCH_PARTITION_BYTES_MIN);
+    let request_bytes_max = (request.max_bytes().max(1) as usize).min(frame_room).min(budget_room);
+    let request_charge_bytes = frame.envelope.len() + frame.payload.len();
+    charge.resize(request_charge_bytes + request_bytes_max);
+    let charge = charge.clone();
     let max_wait = clamp_ms(request.max_wait_ms(), FETCH_WAIT_MS_MAX);
     let min_bytes = request.min_bytes().max(0) as usize;
     let mut topic_names = Vec::new();
     let mut parts = Vec::new();
     // The request's byte budget goes to partitions in order; those past it
-    // are not read at all (each read returns at least one batch, so without
-    // this one request naming a partition many times could start as many
-    // large disk reads).
-    let mut budget = request_bytes_max;
+    // are not read at all. Each read returns at least one batch, so each
+    // partition read takes at least a minimum slice of the budget: without
+    // it, thousands of entries asking for 1 byte each would start thousands
+    // of disk reads within any budget.
+    let mut budget = FetchBudget::new(request_bytes_max);
     for (topic_index, topic) in request.topics().iter().flatten().enumerate() {
         let name = topic.name().unwrap_or_default();
         let meta = topic_of(shard, name);
         topic_names.push(name.to_string());
         for part in topic.partitions().iter().flatten() {
-            if parts.len() == FETCH_PARTITIONS_MAX {
-                return invalid(request_id, &format!("over {FETCH_PARTITIONS_MAX} partitions in one fetch"));
-            }
             let target = meta.as_ref().and_then(|m| partition_of(m, part.partition()).map(|p| (m.clone(), p)));
-            let bytes_max = if target.is_some() { (part.max_bytes().max(1) as usize).min(budget) } else { 0 };
-            budget -= bytes_max;
+            let bytes_max = if target.is_some() { budget.take(part.max_bytes()) } else { 0 };
             parts.push(FetchPart {
                 topic_index,
                 partition: part.partition(),
@@ -878,6 +938,12 @@ fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64) -
         if bytes < min_bytes.max(1) && !max_wait.is_zero() && !any_error {
             // Long poll: wait on every partition; answer when the first has
             // data or the wait ends (dropping the others cancels them).
+            // While it waits the request holds only what it has read, so
+            // idle consumers do not fill the budgets; the partition that
+            // answers reads within its share of the request as before
+            // (new data at the log's tail, mostly shared with the tail
+            // cache), charged once the answer is built.
+            charge.resize(request_charge_bytes + bytes);
             let deadline = started + max_wait;
             let waits: Vec<_> = parts
                 .iter()
@@ -1022,9 +1088,6 @@ fn offset_for_leader_epoch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
         let meta = topic_of(shard, &name);
         let mut parts = Vec::new();
         for part in topic.partitions().iter().flatten() {
-            if parts.len() + waits.len() >= FETCH_PARTITIONS_MAX {
-                return invalid(request_id, &format!("over {FETCH_PARTITIONS_MAX} partitions in one request"));
-            }
             let target = meta.as_ref().and_then(|m| partition_of(m, part.partition()).map(|p| (m.clone(), p)));
             let wait = target.map(|(topic, partition)| {
                 let (reply, wait) = oneshot::channel();
@@ -1091,4 +1154,28 @@ fn offset_for_leader_epoch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
             0,
         ))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 14: before the minimum slice, 10,000 entries asking for one byte
+    // each all fit a 64 MiB budget, and each started a read returning at
+    // least one batch.
+    #[test]
+    fn tiny_partition_budgets_use_up_a_minimum_slice_of_the_request() {
+        let request_bytes_max = 64 << 20;
+        let mut budget = FetchBudget::new(request_bytes_max);
+        let reads = (0..10_000).filter(|_| budget.take(1) > 0).count();
+        assert_eq!(reads, request_bytes_max / FETCH_PARTITION_BYTES_MIN);
+        // A partition asking for more than the minimum gets what it asks.
+        let mut budget = FetchBudget::new(request_bytes_max);
+        assert_eq!(budget.take(1 << 20), 1 << 20);
+        assert_eq!(budget.take(1), 1, "within what is left, a small ask is served as asked");
+        // The last partition gets what is left, however little.
+        let mut budget = FetchBudget::new(FETCH_PARTITION_BYTES_MIN + 10);
+        assert_eq!(budget.take(i32::MAX), FETCH_PARTITION_BYTES_MIN + 10);
+        assert_eq!(budget.take(1), 0);
+    }
 }

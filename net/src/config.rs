@@ -33,6 +33,15 @@ pub struct BrokerConfig {
     /// Requests a connection may have in flight before the broker stops
     /// reading from it (backpressure).
     pub connection_requests_in_flight_max: usize,
+    /// Bytes one connection may have in flight (requests being handled and
+    /// responses not yet written) before the broker stops reading from it.
+    pub connection_bytes_in_flight_max: usize,
+    /// The same over all of one shard's connections (Kafka's
+    /// queued.max.request.bytes, per shard here).
+    pub shard_bytes_in_flight_max: usize,
+    /// A connection whose client reads nothing of a response for this long
+    /// is closed (its responses would otherwise be held without end).
+    pub connection_write_timeout_ms: u64,
     /// Connections one shard serves at once; more are closed on accept.
     pub connections_per_shard_max: u64,
     /// A connection that sends nothing for this long is closed (Kafka's
@@ -90,6 +99,9 @@ impl Default for BrokerConfig {
             pin_cores: true,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connection_requests_in_flight_max: 64,
+            connection_bytes_in_flight_max: crate::limits::CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT,
+            shard_bytes_in_flight_max: crate::limits::SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT,
+            connection_write_timeout_ms: crate::limits::CONNECTION_WRITE_TIMEOUT_MS_DEFAULT,
             connections_per_shard_max: 10_000,
             connection_idle_timeout_ms: 10 * 60 * 1000,
             tail_cache_bytes: 256 << 20,
@@ -139,6 +151,14 @@ impl BrokerConfig {
             return Err(ConfigError(
                 "connections_per_shard_max and connection_idle_timeout_ms must be positive".into(),
             ));
+        }
+        if self.connection_bytes_in_flight_max < (1 << 20) || self.shard_bytes_in_flight_max < (1 << 20) {
+            return Err(ConfigError(
+                "connection_bytes_in_flight_max and shard_bytes_in_flight_max must be at least 1 MiB".into(),
+            ));
+        }
+        if self.connection_write_timeout_ms == 0 {
+            return Err(ConfigError("connection_write_timeout_ms must be positive".into()));
         }
         if self.connection_requests_in_flight_max == 0 {
             return Err(ConfigError("connection_requests_in_flight_max must be positive".into()));

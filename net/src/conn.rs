@@ -1,7 +1,10 @@
 //! One client connection: a reader that decodes frames and dispatches them,
 //! and a writer that sends responses in request order. Up to
-//! `connection_requests_in_flight_max` requests run at once; past that the
-//! reader stops reading (TCP pushes back on the client).
+//! `connection_requests_in_flight_max` requests run at once, within the
+//! connection's and the shard's byte budgets (`budget.rs`); past either the
+//! reader stops reading (TCP pushes back on the client). A response the
+//! client does not read for `connection_write_timeout_ms` closes the
+//! connection.
 
 use std::io::IoSlice;
 use std::rc::Rc;
@@ -16,6 +19,8 @@ use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{FrameDecoder, FrameError};
 
 use crate::api::{self, Reply, Response};
+use crate::budget::{Budgets, ByteBudget, Charge};
+use crate::deadline::Deadline;
 use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES};
 use crate::shard::Shard;
 
@@ -29,6 +34,8 @@ struct Queued {
     pending: Pending,
     api: &'static str,
     started: Instant,
+    /// The request's bytes in the budgets, released once it is written.
+    charge: Option<Charge>,
 }
 
 pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -41,8 +48,25 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let (reader, writer) = stream.split();
     let (queue, responses) = local_channel::new_bounded(shard.shared.config.connection_requests_in_flight_max);
-    let writer = glommio::spawn_local(write_responses(shard.clone(), writer, responses));
-    let end = read_requests(&shard, reader, &queue).await;
+    let budgets = Budgets {
+        connection: ByteBudget::new(shard.shared.config.connection_bytes_in_flight_max),
+        shard: shard.bytes_in_flight.clone(),
+    };
+    // The writer gives up on a client that does not read; the reader then
+    // stops too (else it could wait for budget that the unwritten responses
+    // hold, or read on for up to the idle timeout).
+    let (writer_done, writer_gone) = futures::channel::oneshot::channel::<()>();
+    let writer = glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            write_responses(shard, writer, responses).await;
+            drop(writer_done);
+        }
+    });
+    let end = futures::select! {
+        end = futures::FutureExt::fuse(read_requests(&shard, reader, &queue, &budgets)) => end,
+        _ = futures::FutureExt::fuse(writer_gone) => Ok(()),
+    };
     if let Err(err) = end {
         shard.metrics.bad_frame();
         tracing::warn!(shard = shard.id, %peer, "closing connection: {err}");
@@ -53,6 +77,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 pending: Pending::Ready(Response::Close(Some(frame))),
                 api: "error",
                 started: Instant::now(),
+                charge: None,
             })
             .await;
     }
@@ -63,29 +88,50 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// Reads and dispatches frames until the peer closes (Ok) or sends
-/// something that ends the stream (Err).
+/// something that ends the stream (Err). Each frame is admitted within the
+/// byte budgets before it is dispatched, and a large one before its body is
+/// read (its length is known from its header).
 async fn read_requests(
     shard: &Rc<Shard>,
     mut reader: ReadHalf<TcpStream>,
     queue: &local_channel::LocalSender<Queued>,
+    budgets: &Budgets,
 ) -> Result<(), FrameError> {
     let decoder = FrameDecoder::new(shard.shared.config.frame_bytes_max);
     let session = api::Session::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
+    // A large frame's bytes, charged before its body is read.
+    let mut reserved: Option<Charge> = None;
     loop {
         while let Some(frame) = decoder.decode(&mut buf)? {
+            let frame_bytes = spate_flatbuf::FRAME_HEADER_BYTES + frame.envelope.len() + frame.payload.len();
+            let charge = match reserved.take() {
+                Some(charge) => {
+                    charge.resize(frame_bytes);
+                    charge
+                }
+                None => {
+                    budgets.room_for(frame_bytes).await;
+                    budgets.charge(frame_bytes)
+                }
+            };
             let started = Instant::now();
-            let (reply, api) = api::dispatch(shard, &session, frame);
+            let (reply, api) = api::dispatch(shard, &session, frame, &charge);
             let pending = match reply {
                 Reply::Now(response) => Pending::Ready(response),
                 Reply::Later(future) => Pending::Running(glommio::spawn_local(future).detach()),
             };
-            if queue.send(Queued { pending, api, started }).await.is_err() {
+            if queue.send(Queued { pending, api, started, charge: Some(charge) }).await.is_err() {
                 return Ok(()); // the writer is gone: the socket failed
             }
         }
         let needed = decoder.bytes_needed(&buf)?;
+        if needed > scratch.len() && reserved.is_none() {
+            let frame_bytes = buf.len() + needed;
+            budgets.room_for(frame_bytes).await;
+            reserved = Some(budgets.charge(frame_bytes));
+        }
         let read = match read_more(&mut reader, &mut buf, needed, &mut scratch).await {
             Ok(read) => read,
             Err(err) => {
@@ -139,6 +185,7 @@ pub(crate) async fn read_more(
 }
 
 async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, responses: LocalReceiver<Queued>) {
+    let write_timeout = std::time::Duration::from_millis(shard.shared.config.connection_write_timeout_ms);
     while let Some(queued) = responses.recv().await {
         let response = match queued.pending {
             Pending::Ready(response) => response,
@@ -151,19 +198,28 @@ async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, res
             },
         };
         shard.metrics.request_done(queued.api, queued.started.elapsed());
+        // From here the response is what the request holds.
+        if let Some(charge) = &queued.charge {
+            charge.resize(response.bytes());
+        }
         let written = match response {
             Response::None => Ok(()),
-            Response::Frame(frame) => writer.write_all(&frame).await,
-            Response::Vectored { head, payload } => write_vectored_all(&mut writer, head, payload).await,
+            Response::Frame(frame) => write_vectored_all(&mut writer, frame, Vec::new(), write_timeout).await,
+            Response::Vectored { head, payload } => write_vectored_all(&mut writer, head, payload, write_timeout).await,
             Response::Close(frame) => {
                 if let Some(frame) = frame {
-                    let _ = writer.write_all(&frame).await;
+                    let _ = write_vectored_all(&mut writer, frame, Vec::new(), write_timeout).await;
                 }
                 break;
             }
         };
         if let Err(err) = written {
-            tracing::debug!(shard = shard.id, "write failed: {err}");
+            if err.kind() == std::io::ErrorKind::TimedOut {
+                shard.metrics.write_timed_out();
+                tracing::warn!(shard = shard.id, "closing a connection whose client does not read: {err}");
+            } else {
+                tracing::debug!(shard = shard.id, "write failed: {err}");
+            }
             break;
         }
     }
@@ -171,11 +227,13 @@ async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, res
 }
 
 /// Writes a frame head and its payload buffers with as few syscalls as the
-/// socket allows, never copying the payload.
+/// socket allows, never copying the payload. Each write must make progress
+/// within `timeout_each`: a client that stops reading is given up on.
 async fn write_vectored_all(
     writer: &mut WriteHalf<TcpStream>,
     head: Bytes,
     payload: Vec<Bytes>,
+    timeout_each: std::time::Duration,
 ) -> std::io::Result<()> {
     let mut buffers: Vec<Bytes> = Vec::with_capacity(payload.len() + 1);
     buffers.push(head);
@@ -183,7 +241,17 @@ async fn write_vectored_all(
     let mut first = 0;
     while first < buffers.len() {
         let slices: Vec<IoSlice<'_>> = buffers[first..].iter().take(1024).map(|b| IoSlice::new(b)).collect();
-        let mut written = writer.write_vectored(&slices).await?;
+        // Biased: the write is polled first, so a write the socket takes at
+        // once (the usual case) never registers a timer.
+        let mut written = futures::select_biased! {
+            written = futures::FutureExt::fuse(writer.write_vectored(&slices)) => written?,
+            () = futures::FutureExt::fuse(Deadline::after(timeout_each)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("nothing written for {} ms", timeout_each.as_millis()),
+                ));
+            }
+        };
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -6,6 +6,8 @@
 mod admin;
 mod api;
 mod broker_auth;
+mod budget;
+mod caps;
 pub mod catalog;
 mod clean_stop;
 pub mod config;

@@ -35,8 +35,42 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A large frame is zeroed and read this much at a time, so that a peer
 /// that sends only a length pins no memory.
 pub const LARGE_READ_STEP_BYTES: usize = 1 << 20;
-/// Partition entries in one fetch request.
-pub const FETCH_PARTITIONS_MAX: usize = 10_000;
+/// Default byte budgets for requests in flight and responses not yet
+/// written (`budget.rs`): a connection's fits two of the largest default
+/// frames, so one producer keeps a pipeline going; a shard's is what a
+/// shard may hold for all its clients at once, besides its tail cache
+/// (default 256 MiB). Past either the broker stops reading (backpressure).
+pub const CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 128 << 20;
+pub const SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 512 << 20;
+/// A connection whose client reads nothing of a response for this long is
+/// closed: its unwritten responses would otherwise hold budget (and stall
+/// every other client of the shard) without end. Long enough for a
+/// consumer paused by its own garbage collector or a slow network.
+pub const CONNECTION_WRITE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Partition entries in one request (fetch, produce, list offsets,
+/// offsets for leader epoch, offset commit and fetch, a heartbeat's owned
+/// partitions), over all its topic entries: each costs a read, a
+/// cross-shard op or an entry in the answer, so one frame of small entries
+/// must not buy unbounded work. As many as one topic may have.
+pub const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
+/// Each partition a fetch reads uses up at least this much of the
+/// request's byte budget, whatever it asks for: a read returns at least one
+/// batch, so entries asking for 1 byte must not make a request of thousands
+/// of reads. 64 MiB of budget reads at most 1024 partitions.
+pub const FETCH_PARTITION_BYTES_MIN: usize = 64 * 1024;
+/// Topic entries or names in one request: as many topics as a broker holds.
+pub const TOPICS_PER_REQUEST_MAX: usize = TOPICS_MAX;
+/// Group ids in one DescribeGroups or DeleteGroups request: each costs a
+/// cross-shard op (and a describe one per partition of the group).
+pub const GROUPS_PER_REQUEST_MAX: usize = 1_000;
+/// Names from the wire (topic, group id, member id, client id): Kafka's
+/// 249 bytes. Longer ones refuse the whole request before anything is
+/// copied, so a name is never echoed into every entry of an answer.
+pub const NAME_BYTES_MAX: usize = spate_flatbuf::TOPIC_NAME_BYTES_MAX;
+/// An error message the broker sends: long enough for a sentence with a
+/// name in it, short enough that a message per entry cannot multiply a
+/// request's bytes.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 512;
 /// A produced batch smaller than this fraction of its frame is copied out
 /// of the receive buffer instead of sliced: the tail cache would otherwise
 /// keep the whole frame alive while counting only the batch.
@@ -82,3 +116,9 @@ pub const BROKER_AUTH_NONCES_MAX: usize = 65_536;
 /// over. A failed produce takes its partition offline at once; this only
 /// bounds how long another failure keeps a dead log in its role.
 pub const FAILED_LOG_CHECK_INTERVAL_MS: u64 = 1_000;
+
+const _: () = assert!(NAME_BYTES_MAX == spate_flatbuf::GROUP_ID_BYTES_MAX);
+const _: () = assert!(ERROR_MESSAGE_BYTES_MAX > NAME_BYTES_MAX + 64, "a message can name one name");
+const _: () = assert!(PARTITIONS_PER_REQUEST_MAX >= PARTITIONS_PER_TOPIC_MAX as usize, "a request can cover a topic");
+const _: () = assert!(CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT <= SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT);
+const _: () = assert!(FETCH_PARTITION_BYTES_MIN <= CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT);

@@ -54,6 +54,7 @@ pub(crate) struct ShardMetrics {
     connections_open: Cell<u64>,
     connections_accepted: Cell<u64>,
     bad_frames: Cell<u64>,
+    write_timeouts: Cell<u64>,
 }
 
 /// One shard's numbers, sent to shard 0 for rendering.
@@ -69,6 +70,10 @@ pub(crate) struct ShardSnapshot {
     pub log_sizes: Vec<(String, u32, u64)>,
     /// Partitions hosted here whose log failed to open.
     pub partitions_offline: usize,
+    /// The shard's byte budget: held now, and the most ever held.
+    pub bytes_in_flight: usize,
+    pub bytes_in_flight_peak: usize,
+    pub write_timeouts: u64,
 }
 
 impl ShardMetrics {
@@ -118,6 +123,10 @@ impl ShardMetrics {
         self.bad_frames.set(self.bad_frames.get() + 1);
     }
 
+    pub fn write_timed_out(&self) {
+        self.write_timeouts.set(self.write_timeouts.get() + 1);
+    }
+
     pub fn snapshot(&self, shard: usize, log_sizes: &[(String, u32, u64)], partitions_offline: usize) -> ShardSnapshot {
         ShardSnapshot {
             shard,
@@ -128,6 +137,9 @@ impl ShardMetrics {
             bad_frames: self.bad_frames.get(),
             log_sizes: log_sizes.to_vec(),
             partitions_offline,
+            bytes_in_flight: 0,
+            bytes_in_flight_peak: 0,
+            write_timeouts: self.write_timeouts.get(),
         }
     }
 }
@@ -198,6 +210,28 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
     counter(&mut out, "spate_bad_frames_total", "Frames refused (oversized, truncated, unverifiable).", "counter");
     for s in snapshots {
         let _ = writeln!(out, "spate_bad_frames_total{{shard=\"{}\"}} {}", s.shard, s.bad_frames);
+    }
+    counter(
+        &mut out,
+        "spate_bytes_in_flight",
+        "Bytes of requests in flight and responses not yet written (the shard's budget).",
+        "gauge",
+    );
+    for s in snapshots {
+        let _ = writeln!(out, "spate_bytes_in_flight{{shard=\"{}\"}} {}", s.shard, s.bytes_in_flight);
+    }
+    counter(&mut out, "spate_bytes_in_flight_peak", "The most bytes ever in flight at once.", "gauge");
+    for s in snapshots {
+        let _ = writeln!(out, "spate_bytes_in_flight_peak{{shard=\"{}\"}} {}", s.shard, s.bytes_in_flight_peak);
+    }
+    counter(
+        &mut out,
+        "spate_connection_write_timeouts_total",
+        "Connections closed because the client read nothing for connection_write_timeout_ms.",
+        "counter",
+    );
+    for s in snapshots {
+        let _ = writeln!(out, "spate_connection_write_timeouts_total{{shard=\"{}\"}} {}", s.shard, s.write_timeouts);
     }
     counter(
         &mut out,

@@ -150,7 +150,7 @@ impl Outcome {
         Outcome { error: ErrorCode::None, message: None }
     }
     pub fn err(error: ErrorCode, message: impl Into<String>) -> Self {
-        Outcome { error, message: Some(message.into()) }
+        Outcome { error, message: Some(crate::caps::bounded_message(message.into())) }
     }
 }
 
@@ -291,6 +291,9 @@ pub(crate) struct Shard {
     /// Serialises catalog changes (used on shard 0 only).
     pub admin_lock: glommio::sync::Semaphore,
     pub metrics: ShardMetrics,
+    /// Bytes of requests in flight and responses not yet written, over all
+    /// of this shard's connections (`budget.rs`).
+    pub bytes_in_flight: Rc<crate::budget::ByteBudget>,
     /// The consumer groups this shard coordinates.
     pub groups: crate::group::Groups,
     pub stopping: Cell<bool>,
@@ -367,6 +370,7 @@ impl Shard {
     pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Self> {
         let cache = TailCache::new(shared.config.tail_cache_bytes);
         let producer_ids = crate::producer_ids::ProducerIdAllocator::default();
+        let bytes_in_flight = crate::budget::ByteBudget::new(shared.config.shard_bytes_in_flight_max);
         Rc::new(Shard {
             producer_ids,
             id,
@@ -379,6 +383,7 @@ impl Shard {
             reconcile_lock: glommio::sync::Semaphore::new(1),
             admin_lock: glommio::sync::Semaphore::new(1),
             metrics: ShardMetrics::default(),
+            bytes_in_flight,
             groups: crate::group::Groups::default(),
             stopping: Cell::new(false),
             stop_listeners: RefCell::new(Vec::new()),
@@ -608,7 +613,10 @@ impl Shard {
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),
             ShardOp::Metrics { reply } => {
-                let _ = reply.send(self.metrics.snapshot(self.id, &self.partition_sizes(), self.offline_count()));
+                let mut snapshot = self.metrics.snapshot(self.id, &self.partition_sizes(), self.offline_count());
+                snapshot.bytes_in_flight = self.bytes_in_flight.used_bytes();
+                snapshot.bytes_in_flight_peak = self.bytes_in_flight.peak_bytes();
+                let _ = reply.send(snapshot);
             }
             ShardOp::InitProducerId { reply } => {
                 assert_eq!(self.id, crate::admin::ADMIN_SHARD, "producer ids come from the admin shard");
@@ -1067,7 +1075,7 @@ pub(crate) enum PendingAppend {
 impl PendingAppend {
     fn failed(error: ErrorCode, message: String) -> Self {
         PendingAppend::Done(AppendResult {
-            outcome: Outcome { error, message: Some(message) },
+            outcome: Outcome { error, message: Some(crate::caps::bounded_message(message)) },
             base_offset: -1,
             log_start_offset: -1,
         })

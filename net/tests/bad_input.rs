@@ -255,23 +255,41 @@ fn a_response_type_sent_as_a_request_and_a_future_version_are_refused() {
     stop(broker);
 }
 
+// A fetch over many partitions asking for a few bytes each: each read
+// returns at least one batch, so each uses up at least a minimum slice of
+// the request's budget. On the code before, all 100 partitions were read
+// (the request's budget covered 100 small asks).
 #[test]
-fn a_fetch_naming_one_partition_many_times_reads_only_within_its_byte_budget() {
+fn a_fetch_over_many_partitions_with_tiny_budgets_reads_only_a_few() {
+    use spate_net::limits::FETCH_PARTITION_BYTES_MIN;
     let dir = data_dir("fetch_budget");
     let broker = start(&dir, 1);
     let mut conn = Conn::connect(broker.addr().port());
-    conn.create_topic("t", 1, &[]);
-    for _ in 0..4 {
-        conn.produce("t", 0, &batch(50), -1);
-    }
-    let one_batch = batch(50).len() as i32;
+    conn.create_topic("t", 100, &[]);
+    let request = conn.encode(Body::ProduceRequest, |b| {
+        let name = b.create_string("t");
+        let parts: Vec<_> = (0..100)
+            .map(|partition| {
+                let records = b.create_vector(&batch(50));
+                ProducePartition::create(b, &ProducePartitionArgs { partition, records: Some(records) })
+            })
+            .collect();
+        let parts = b.create_vector(&parts);
+        let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
+            .as_union_value()
+    });
+    conn.send_raw(&request);
+    let produced = conn.recv().expect("a produce response");
+    assert!(error_response(&produced).is_none());
     let frame = conn.call(Body::FetchRequest, |b| {
         let name = b.create_string("t");
         let parts: Vec<_> = (0..100)
-            .map(|_| {
+            .map(|partition| {
                 FetchPartition::create(
                     b,
-                    &FetchPartitionArgs { partition: 0, offset: 0, max_bytes: one_batch, ..Default::default() },
+                    &FetchPartitionArgs { partition, offset: 0, max_bytes: 1, ..Default::default() },
                 )
             })
             .collect();
@@ -283,7 +301,7 @@ fn a_fetch_naming_one_partition_many_times_reads_only_within_its_byte_budget() {
             &FetchRequestArgs {
                 max_wait_ms: 0,
                 min_bytes: 1,
-                max_bytes: 2 * one_batch,
+                max_bytes: 2 * FETCH_PARTITION_BYTES_MIN as i32,
                 topics: Some(topics),
                 ..Default::default()
             },
@@ -294,9 +312,9 @@ fn a_fetch_naming_one_partition_many_times_reads_only_within_its_byte_budget() {
     let response = envelope.body_as_fetch_response().expect("fetch response");
     let parts: Vec<_> = response.topics().expect("topics").get(0).partitions().expect("partitions").iter().collect();
     assert_eq!(parts.len(), 100, "every entry is answered");
+    assert!(parts.iter().all(|p| p.error() == ErrorCode::None));
     let with_records = parts.iter().filter(|p| p.records_bytes() > 0).count();
-    assert_eq!(with_records, 2, "only entries within the request's byte budget are read");
-    assert!(frame.payload.len() <= 2 * one_batch as usize);
+    assert_eq!(with_records, 2, "only two minimum slices fit the request's budget");
     stop(broker);
 }
 
@@ -331,5 +349,168 @@ fn idle_connections_are_closed_and_connections_past_the_limit_refused() {
     std::thread::sleep(std::time::Duration::from_millis(700));
     let mut fresh = Conn::connect(port);
     assert_eq!(fresh.list_offset("t", 0, -1), (ErrorCode::None, 0));
+    stop(broker);
+}
+
+/// A produce request for partitions `0..partitions` of `topic`, each with
+/// `records` (no copy of a name per entry: flatbuffers shares one string).
+fn produce_to_many(conn: &mut Conn, topic: &str, partitions: &[i32], records: &[u8], acks: i16) -> bytes::Bytes {
+    conn.encode(Body::ProduceRequest, |b| {
+        let name = b.create_string(topic);
+        let records = b.create_vector(records);
+        let parts: Vec<_> = partitions
+            .iter()
+            .map(|&partition| ProducePartition::create(b, &ProducePartitionArgs { partition, records: Some(records) }))
+            .collect();
+        let parts = b.create_vector(&parts);
+        let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        ProduceRequest::create(b, &ProduceRequestArgs { acks, timeout_ms: 10_000, topics: Some(topics) })
+            .as_union_value()
+    })
+}
+
+/// The frame's whole size on the wire.
+fn frame_bytes(frame: &spate_flatbuf::Frame) -> usize {
+    8 + frame.envelope.len() + frame.payload.len()
+}
+
+// Issue 14's hand reproduction: a 100 KB topic name with 100 partition
+// entries came back as a 10.1 MB answer, the name copied into every
+// entry's message. On the code before the caps this answer was a
+// ProduceResponse of over 10 MB.
+#[test]
+fn a_huge_topic_name_repeated_per_partition_gets_one_small_answer() {
+    let dir = data_dir("huge_name");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 1, &[]);
+    let name = "n".repeat(100 * 1024);
+    // Each entry points at the same records (a legal flatbuffer); the
+    // name check must come before the overlap check.
+    let request = produce_to_many(&mut conn, &name, &(0..100).collect::<Vec<_>>(), &batch(1), -1);
+    conn.send_raw(&request);
+    let frame = conn.recv().expect("an answer");
+    assert!(frame_bytes(&frame) < 1024, "a {} byte answer", frame_bytes(&frame));
+    let (code, message) = error_response(&frame).expect("one ErrorResponse for the whole request");
+    assert_eq!(code, ErrorCode::InvalidTopic);
+    assert!(message.contains("249"), "{message}");
+    // The same name in a fetch, a metadata request and a list offsets.
+    let frame = conn.call(Body::MetadataRequest, |b| {
+        let names: Vec<_> = (0..10).map(|_| b.create_string(&name)).collect();
+        let names = b.create_vector(&names);
+        MetadataRequest::create(b, &MetadataRequestArgs { topics: Some(names) }).as_union_value()
+    });
+    assert!(frame_bytes(&frame) < 1024, "a {} byte answer", frame_bytes(&frame));
+    assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidTopic));
+    let frame = conn.call(Body::FetchRequest, |b| {
+        let name = b.create_string(&name);
+        let parts: Vec<_> = (0..100)
+            .map(|partition| FetchPartition::create(b, &FetchPartitionArgs { partition, ..Default::default() }))
+            .collect();
+        let parts = b.create_vector(&parts);
+        let topic = FetchTopic::create(b, &FetchTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        FetchRequest::create(b, &FetchRequestArgs { topics: Some(topics), ..Default::default() }).as_union_value()
+    });
+    assert!(frame_bytes(&frame) < 1024, "a {} byte answer", frame_bytes(&frame));
+    assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidTopic));
+    // A group id, a member id and a client id: the same cap, one answer.
+    let frame = conn.call(Body::OffsetCommitRequest, |b| {
+        let group = b.create_string("g");
+        let member = b.create_string(&name);
+        OffsetCommitRequest::create(
+            b,
+            &OffsetCommitRequestArgs { group_id: Some(group), member_id: Some(member), ..Default::default() },
+        )
+        .as_union_value()
+    });
+    assert!(frame_bytes(&frame) < 1024, "a {} byte answer", frame_bytes(&frame));
+    assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidRequest));
+    let frame = conn.call(Body::HandshakeRequest, |b| {
+        let client_id = b.create_string(&name);
+        HandshakeRequest::create(b, &HandshakeRequestArgs { client_id: Some(client_id), ..Default::default() })
+            .as_union_value()
+    });
+    assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidRequest));
+    // A producer with acks=0 reads no answers: it gets the refusal and a
+    // close, so that it learns something went wrong.
+    let mut fire_and_forget = Conn::connect(port);
+    let request = produce_to_many(&mut fire_and_forget, &name, &[0], &batch(1), 0);
+    fire_and_forget.send_raw(&request);
+    let frame = fire_and_forget.recv().expect("the refusal");
+    assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidTopic));
+    assert!(fire_and_forget.recv().is_none(), "then a close");
+    still_serving(port, "t", 0);
+    stop(broker);
+}
+
+// On the code before, both entries were appended (two records) and the
+// repeated names were each answered in full.
+#[test]
+fn repeated_entries_are_refused_and_nothing_is_appended() {
+    let dir = data_dir("repeated_entries");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 2, &[]);
+    // Partition 0 twice, from two separate record vectors.
+    let request = conn.encode(Body::ProduceRequest, |b| {
+        let name = b.create_string("t");
+        let parts: Vec<_> = (0..2)
+            .map(|_| {
+                let records = b.create_vector(&batch(1));
+                ProducePartition::create(b, &ProducePartitionArgs { partition: 0, records: Some(records) })
+            })
+            .collect();
+        let parts = b.create_vector(&parts);
+        let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
+            .as_union_value()
+    });
+    conn.send_raw(&request);
+    let frame = conn.recv().expect("an answer");
+    let (code, message) = error_response(&frame).expect("an ErrorResponse");
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    assert!(message.contains("twice"), "{message}");
+    // One topic name many times in a metadata request.
+    let frame = conn.call(Body::MetadataRequest, |b| {
+        let names: Vec<_> = (0..1000).map(|_| b.create_string("t")).collect();
+        let names = b.create_vector(&names);
+        MetadataRequest::create(b, &MetadataRequestArgs { topics: Some(names) }).as_union_value()
+    });
+    assert_eq!(error_response(&frame).map(|e| e.0), Some(ErrorCode::InvalidRequest));
+    // Nothing was appended; the connection is still usable.
+    assert_eq!(conn.produce("t", 0, &batch(1), -1), (ErrorCode::None, 0));
+    still_serving(port, "t", 1);
+    stop(broker);
+}
+
+// On the code before, a ListOffsets of any length was answered entry by
+// entry (each a cross-shard op).
+#[test]
+fn a_request_over_the_partition_entry_cap_is_refused_whole() {
+    use spate_net::limits::PARTITIONS_PER_REQUEST_MAX;
+    let dir = data_dir("entry_cap");
+    let broker = start(&dir, 2);
+    let port = broker.addr().port();
+    let mut conn = Conn::connect(port);
+    conn.create_topic("t", 1, &[]);
+    let frame = conn.call(Body::ListOffsetsRequest, |b| {
+        let name = b.create_string("t");
+        let parts: Vec<_> = (0..=PARTITIONS_PER_REQUEST_MAX as i32)
+            .map(|partition| ListOffsetsPartition::create(b, &ListOffsetsPartitionArgs { partition, timestamp: -1 }))
+            .collect();
+        let parts = b.create_vector(&parts);
+        let topic = ListOffsetsTopic::create(b, &ListOffsetsTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics) }).as_union_value()
+    });
+    let (code, message) = error_response(&frame).expect("an ErrorResponse");
+    assert_eq!(code, ErrorCode::InvalidRequest);
+    assert!(message.contains("partition entries"), "{message}");
+    still_serving(port, "t", 0);
     stop(broker);
 }

@@ -162,7 +162,9 @@ fn a_follower_refilled_from_a_compacted_leader_reopens_and_leads() {
         let value = format!("value-{i}-{}", "x".repeat(200)).into_bytes();
         let mut produced = (ErrorCode::NotReady, -1);
         // The first may find the partition not open yet on the leader, or
-        // the topic not yet in its metadata (broker 1 answered above).
+        // the topic not yet in its metadata: a new partition's ISR is all
+        // its replicas at once, so "in sync" above can be seen on broker 1
+        // before the leader has applied the topic.
         wait_until("the leader takes a write", || {
             produced = at_leader.produce("table", 0, &keyed(&key, &value), -1);
             !matches!(produced.0, ErrorCode::NotReady | ErrorCode::UnknownTopicOrPartition)

@@ -221,3 +221,50 @@ pub fn error_response(frame: &Frame) -> Option<(ErrorCode, String)> {
     let error = envelope.body_as_error_response()?;
     Some((error.error(), error.message().unwrap_or_default().to_string()))
 }
+
+/// A batch of `count` records of `value_bytes` each.
+pub fn big_batch(count: usize, value_bytes: usize) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(1_700_000_000_000);
+    for i in 0..count {
+        builder.push(1_700_000_000_000 + i as i64, None, Some(&vec![b'x'; value_bytes]), &[]);
+    }
+    builder.build().to_vec()
+}
+
+/// A fetch request of one partition from `offset`, encoded.
+pub fn fetch_request(conn: &mut Conn, topic: &str, partition: i32, offset: i64, max_bytes: i32) -> Bytes {
+    conn.encode(Body::FetchRequest, |b| {
+        let name = b.create_string(topic);
+        let part =
+            FetchPartition::create(b, &FetchPartitionArgs { partition, offset, max_bytes, ..Default::default() });
+        let parts = b.create_vector(&[part]);
+        let topic = FetchTopic::create(b, &FetchTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        FetchRequest::create(
+            b,
+            &FetchRequestArgs { max_wait_ms: 0, min_bytes: 1, max_bytes, topics: Some(topics), ..Default::default() },
+        )
+        .as_union_value()
+    })
+}
+
+/// The sum over shards of a metric without labels other than `shard`.
+pub fn metric(metrics_port: u16, name: &str) -> u64 {
+    let mut http = TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect metrics");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut text = String::new();
+    http.read_to_string(&mut text).expect("response");
+    text.lines()
+        .filter(|line| line.split('{').next() == Some(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Polls `condition` every 20 ms until it holds, for at most 20 s.
+pub fn await_condition(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
