@@ -310,6 +310,10 @@ pub(crate) struct Shard {
 #[derive(Debug)]
 struct OfflineReplica {
     topic: Arc<TopicMeta>,
+    /// The error that took it offline, naming the file and position (a
+    /// corruption) or the operation (an I/O error): produce answers carry
+    /// it, so an operator sees where to look from a client's error alone.
+    reason: String,
     /// The controller has been told.
     reported: bool,
     cause: OfflineCause,
@@ -640,7 +644,11 @@ impl Shard {
             return PendingAppend::failed(ErrorCode::BrokerShuttingDown, "broker is shutting down".into());
         }
         let Some(replica) = self.replica(topic, partition) else {
-            let message = format!("{}/{partition} is not open on this broker", topic.name);
+            let key = (Arc::from(topic.topic_id.as_str()), partition);
+            let message = match self.offline.borrow().get(&key) {
+                Some(offline) => format!("{}/{partition} is offline on this broker: {}", topic.name, offline.reason),
+                None => format!("{}/{partition} is not open on this broker", topic.name),
+            };
             return PendingAppend::failed(self.not_hosted(topic, partition), message);
         };
         let leader_epoch = match replica.check_leader(-1) {
@@ -707,7 +715,8 @@ impl Shard {
                     let reason = format!("opening {}: {err}", dir.display());
                     tracing::error!(shard = self.id, topic = %topic.name, partition, "partition offline on this broker: {reason}");
                     let cause = OfflineCause::of_open_error(&err);
-                    let offline = OfflineReplica { topic: topic.clone(), reported: false, cause };
+                    let offline =
+                        OfflineReplica { topic: topic.clone(), reason: reason.clone(), reported: false, cause };
                     self.offline.borrow_mut().insert((Arc::from(topic.topic_id.as_str()), partition), offline);
                     first_error.get_or_insert(reason);
                     continue;
@@ -862,7 +871,8 @@ impl Shard {
         if let Some(parts) = self.logs.borrow_mut().get_mut(topic.topic_id.as_str()) {
             parts.remove(&partition);
         }
-        self.offline.borrow_mut().insert(key, OfflineReplica { topic: topic.clone(), reported: false, cause });
+        let offline = OfflineReplica { topic: topic.clone(), reason: reason.clone(), reported: false, cause };
+        self.offline.borrow_mut().insert(key, offline);
         // What is in flight fails or completes; the damaged copy is set
         // aside or kept as is, never served again.
         if let Err(err) = replica.log.close().await {
