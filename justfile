@@ -30,7 +30,7 @@ bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}
 
 # Fuzz one decoder (batch, index_files, frame, compressed_batch,
-# producer_snapshot, raft_messages) for SECONDS.
+# producer_snapshot, raft_messages, group_records) for SECONDS.
 fuzz TARGET="batch" SECONDS="300":
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O {{TARGET}} -- -max_total_time={{SECONDS}}
 
