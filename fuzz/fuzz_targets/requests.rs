@@ -501,31 +501,52 @@ fn frame(request_id: u64, version: u16, body: impl FnOnce(&mut Fbb) -> (Body, WI
 
 const METADATA_REQUEST_ID: u64 = u64::MAX;
 
-/// Reads frames until the Metadata answer (true) or the close (false).
-fn await_metadata(stream: &mut TcpStream) -> bool {
+/// Reads frames until the Metadata answer (true) or the close (false);
+/// at the read timeout, (the frames read before, the bytes read since).
+fn try_await_metadata(stream: &mut TcpStream) -> Result<bool, (usize, usize)> {
     let decoder = FrameDecoder::new(64 << 20);
     let mut buf = BytesMut::new();
     let mut chunk = vec![0u8; 64 << 10];
+    let mut frames = 0;
     loop {
         match decoder.decode(&mut buf) {
             Ok(Some(frame)) => {
                 let envelope = frame.read().expect("the broker sends verifiable envelopes");
                 if envelope.request_id() == METADATA_REQUEST_ID && envelope.body_type() == Body::MetadataResponse {
-                    return true;
+                    return Ok(true);
                 }
+                frames += 1;
                 continue;
             }
             Ok(None) => {}
             Err(err) => panic!("the broker sent a bad frame: {err}"),
         }
         match stream.read(&mut chunk) {
-            Ok(0) => return false,
+            Ok(0) => return Ok(false),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock || err.kind() == std::io::ErrorKind::TimedOut => {
-                panic!("the broker did not answer Metadata within {ANSWER_TIMEOUT_MS} ms")
+                return Err((frames, buf.len()));
             }
             // A reset is a close (the broker refused what it read).
-            Err(_) => return false,
+            Err(_) => return Ok(false),
+        }
+    }
+}
+
+/// As `try_await_metadata`; a timeout fails the input, saying whether
+/// the whole broker is stuck or only this connection.
+fn await_metadata(stream: &mut TcpStream) -> bool {
+    match try_await_metadata(stream) {
+        Ok(answered) => answered,
+        Err((frames, pending_bytes)) => {
+            let mut other = connect(stream.peer_addr().expect("an address"));
+            let other_answered =
+                other.write_all(&metadata_request()).is_ok() && try_await_metadata(&mut other) == Ok(true);
+            panic!(
+                "the broker did not answer Metadata within {ANSWER_TIMEOUT_MS} ms on this connection \
+                 ({frames} responses before it, {pending_bytes} bytes of one pending); a new connection was {}answered",
+                if other_answered { "" } else { "not " }
+            )
         }
     }
 }
