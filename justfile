@@ -30,7 +30,9 @@ bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}
 
 # Fuzz one decoder (batch, index_files, frame, compressed_batch,
-# producer_snapshot) for SECONDS.
+# producer_snapshot, raft_messages, group_records, requests) for SECONDS.
+# requests runs handlers against an in-process broker: give it
+# -rss_limit_mb=2048 -detect_leaks=0 (see fuzz/fuzz_targets/requests.rs).
 fuzz TARGET="batch" SECONDS="300":
     cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O {{TARGET}} -- -max_total_time={{SECONDS}}
 

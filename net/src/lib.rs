@@ -13,6 +13,9 @@ mod clean_stop;
 pub mod config;
 mod conn;
 mod deadline;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 pub mod limits;
 mod metadata;

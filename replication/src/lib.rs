@@ -7,6 +7,9 @@
 //! See README.md.
 
 pub mod controller;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 mod log_store;
 pub mod metadata;

@@ -519,7 +519,12 @@ fn recover(
 /// `QuorumError::LogDamaged`) is an error; a log still waiting for repair
 /// gives the image of its snapshot.
 pub fn read_image(data_dir: &Path) -> Result<MetadataImage, QuorumError> {
-    let recovered = storage::load(data_dir)?;
+    image_of(storage::load(data_dir)?)
+}
+
+/// The committed image in what `storage::load` read (`read_image`'s work
+/// after the files are read, apart so the fuzz target reaches it).
+pub(crate) fn image_of(recovered: storage::Recovered) -> Result<MetadataImage, QuorumError> {
     if let Some(d) = recovered.damage {
         return Err(QuorumError::LogDamaged { path: d.path, position_bytes: d.position_bytes, index_max: d.index_max });
     }

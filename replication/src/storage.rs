@@ -79,7 +79,7 @@ impl RepairNeed {
         last_index >= self.index_max || last_term > self.term_max
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(MARKER_BYTES);
         b.extend_from_slice(MARKER_MAGIC);
         b.extend_from_slice(&MARKER_VERSION.to_be_bytes());
@@ -89,7 +89,7 @@ impl RepairNeed {
         b
     }
 
-    fn decode(payload: &[u8]) -> Option<RepairNeed> {
+    pub(crate) fn decode(payload: &[u8]) -> Option<RepairNeed> {
         if payload.len() != MARKER_BYTES || &payload[..4] != MARKER_MAGIC {
             return None;
         }
@@ -199,7 +199,7 @@ fn write_atomic(dir: &Path, tmp: &str, name: &str, content: &[u8]) -> io::Result
     sync_dir(dir)
 }
 
-fn encode_record(buf: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
+pub(crate) fn encode_record(buf: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
     if payload.len() > MAX_ENTRY_BYTES as usize {
         return Err(invalid(format!("log record of {} bytes", payload.len())));
     }
@@ -209,7 +209,7 @@ fn encode_record(buf: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn encode_entries(buf: &mut Vec<u8>, entries: &[Entry]) -> io::Result<()> {
+pub(crate) fn encode_entries(buf: &mut Vec<u8>, entries: &[Entry]) -> io::Result<()> {
     for e in entries {
         // An entry index 0 would read back as a bad record.
         assert!(e.index >= 1, "raft entry index 0");
@@ -337,9 +337,20 @@ fn load_inner(dir: &Path) -> io::Result<(Recovered, u64)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
-    let parsed = parse_log(&data);
+    recover(hard_state, snapshot, &data, &log_path)
+}
+
+/// What a log file's bytes hold after `snapshot` (`load_inner`'s work once
+/// the files are read): (what was recovered, the readable prefix's bytes).
+pub(crate) fn recover(
+    hard_state: HardState,
+    snapshot: Option<Snapshot>,
+    data: &[u8],
+    log_path: &Path,
+) -> io::Result<(Recovered, u64)> {
+    let parsed = parse_log(data);
     let damage = parsed.damage.map(|d| LogDamage {
-        path: log_path.clone(),
+        path: log_path.to_path_buf(),
         position_bytes: d.position_bytes,
         index_max: d.index_max,
         term_max: d.term_max,
@@ -354,7 +365,7 @@ fn load_inner(dir: &Path) -> io::Result<(Recovered, u64)> {
         repair: parsed.repair,
         discarded: false,
     };
-    continue_snapshot(&mut r, &log_path)?;
+    continue_snapshot(&mut r, log_path)?;
     Ok((r, parsed.good_bytes as u64))
 }
 
@@ -419,7 +430,7 @@ fn read_hard_state(path: &Path) -> io::Result<HardState> {
 
 /// `[magic SPMS][u16 version][u64 index][u64 term][u32 len][protobuf
 /// eraftpb::Snapshot][u32 crc32c of everything before]`.
-fn encode_snapshot(snap: &Snapshot) -> io::Result<Vec<u8>> {
+pub(crate) fn encode_snapshot(snap: &Snapshot) -> io::Result<Vec<u8>> {
     let meta = snap.get_metadata();
     assert!(meta.index >= 1, "a snapshot at index 0");
     let payload = snap.write_to_bytes().map_err(|e| invalid(format!("encode snapshot: {e}")))?;
@@ -438,7 +449,7 @@ fn encode_snapshot(snap: &Snapshot) -> io::Result<Vec<u8>> {
     Ok(b)
 }
 
-fn decode_snapshot(data: &[u8], path: &Path) -> io::Result<Snapshot> {
+pub(crate) fn decode_snapshot(data: &[u8], path: &Path) -> io::Result<Snapshot> {
     let bad = |what: &str| {
         invalid(format!("{}: damaged snapshot ({what}); refusing to start from an older state", path.display()))
     };

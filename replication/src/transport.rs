@@ -108,7 +108,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Inbound, String> {
 }
 
 /// Read one frame body; None at a clean end of stream.
-fn read_frame(stream: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn read_frame(stream: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len) {
         Ok(()) => {}
