@@ -188,9 +188,7 @@ fn handshake(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u6
     let (mut error, version) = if low <= high { (ErrorCode::None, high) } else { (ErrorCode::UnsupportedVersion, 0) };
     if let Some(proof) = request.broker_auth() {
         let secret = shard.shared.catalog.load().cluster_secret.clone();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        let now_ms = crate::broker_auth::unix_now_ms();
         let verified = shard.replay_guard.borrow_mut().verify(
             secret.as_deref(),
             proof.bytes(),

@@ -120,6 +120,12 @@ impl ReplayGuard {
     }
 }
 
+/// The wall clock in ms since the Unix epoch: proofs carry it, and both
+/// sides must read it the same way.
+pub(crate) fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
 /// The cluster secret from its hex form in the metadata.
 pub(crate) fn secret_from_hex(hex: &str) -> Option<Vec<u8>> {
     if !hex.len().is_multiple_of(2) {

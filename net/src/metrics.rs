@@ -199,49 +199,48 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
             let _ = writeln!(out, "spate_request_latency_seconds_count{{{labels}}} {}", h.count);
         }
     }
-    counter(&mut out, "spate_connections", "Open client connections.", "gauge");
-    for s in snapshots {
-        let _ = writeln!(out, "spate_connections{{shard=\"{}\"}} {}", s.shard, s.connections_open);
-    }
-    counter(&mut out, "spate_connections_accepted_total", "Connections accepted.", "counter");
-    for s in snapshots {
-        let _ = writeln!(out, "spate_connections_accepted_total{{shard=\"{}\"}} {}", s.shard, s.connections_accepted);
-    }
-    counter(&mut out, "spate_bad_frames_total", "Frames refused (oversized, truncated, unverifiable).", "counter");
-    for s in snapshots {
-        let _ = writeln!(out, "spate_bad_frames_total{{shard=\"{}\"}} {}", s.shard, s.bad_frames);
-    }
-    counter(
+    // One value per shard, labelled by shard.
+    let per_shard = |out: &mut String, name: &str, help: &str, kind: &str, value: &dyn Fn(&ShardSnapshot) -> u64| {
+        counter(out, name, help, kind);
+        for s in snapshots {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, value(s));
+        }
+    };
+    per_shard(&mut out, "spate_connections", "Open client connections.", "gauge", &|s| s.connections_open);
+    per_shard(&mut out, "spate_connections_accepted_total", "Connections accepted.", "counter", &|s| {
+        s.connections_accepted
+    });
+    per_shard(
+        &mut out,
+        "spate_bad_frames_total",
+        "Frames refused (oversized, truncated, unverifiable).",
+        "counter",
+        &|s| s.bad_frames,
+    );
+    per_shard(
         &mut out,
         "spate_bytes_in_flight",
         "Bytes of requests in flight and responses not yet written (the shard's budget).",
         "gauge",
+        &|s| s.bytes_in_flight as u64,
     );
-    for s in snapshots {
-        let _ = writeln!(out, "spate_bytes_in_flight{{shard=\"{}\"}} {}", s.shard, s.bytes_in_flight);
-    }
-    counter(&mut out, "spate_bytes_in_flight_peak", "The most bytes ever in flight at once.", "gauge");
-    for s in snapshots {
-        let _ = writeln!(out, "spate_bytes_in_flight_peak{{shard=\"{}\"}} {}", s.shard, s.bytes_in_flight_peak);
-    }
-    counter(
+    per_shard(&mut out, "spate_bytes_in_flight_peak", "The most bytes ever in flight at once.", "gauge", &|s| {
+        s.bytes_in_flight_peak as u64
+    });
+    per_shard(
         &mut out,
         "spate_connection_write_timeouts_total",
         "Connections closed because the client read nothing for connection_write_timeout_ms.",
         "counter",
+        &|s| s.write_timeouts,
     );
-    for s in snapshots {
-        let _ = writeln!(out, "spate_connection_write_timeouts_total{{shard=\"{}\"}} {}", s.shard, s.write_timeouts);
-    }
-    counter(
+    per_shard(
         &mut out,
         "spate_partitions_offline",
-        "Partitions hosted here whose log failed to open (damaged or unreadable): not served until repaired.",
+        "Partitions hosted here whose log failed to open, met damaged data or failed a write: not served here.",
         "gauge",
+        &|s| s.partitions_offline as u64,
     );
-    for s in snapshots {
-        let _ = writeln!(out, "spate_partitions_offline{{shard=\"{}\"}} {}", s.shard, s.partitions_offline);
-    }
     counter(&mut out, "spate_log_size_bytes", "Bytes of a partition's log on disk.", "gauge");
     for s in snapshots {
         for (topic, partition, bytes) in &s.log_sizes {

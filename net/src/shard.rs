@@ -95,8 +95,16 @@ impl Shared {
         topic: String,
         partition: u32,
     ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
-        let request =
-            self.controller().request(spate_replication::ControllerRequest::ReplicaOffline { topic, partition });
+        self.partition_answer(spate_replication::ControllerRequest::ReplicaOffline { topic, partition })
+    }
+
+    /// Sends a request the controller answers with the partition as it
+    /// then is.
+    fn partition_answer(
+        &self,
+        request: spate_replication::ControllerRequest,
+    ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
+        let request = self.controller().request(request);
         async move {
             match request.await {
                 Ok(spate_replication::ControllerResponse::Partition(p)) => {
@@ -118,23 +126,14 @@ impl Shared {
         partition_epoch: i32,
         new_isr: Vec<i32>,
     ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
-        let request = self.controller().request(spate_replication::ControllerRequest::AlterPartition {
+        self.partition_answer(spate_replication::ControllerRequest::AlterPartition {
             topic,
             partition,
             from_node,
             leader_epoch,
             partition_epoch,
             new_isr,
-        });
-        async move {
-            match request.await {
-                Ok(spate_replication::ControllerResponse::Partition(p)) => {
-                    Ok(crate::catalog::PartitionAssignment::from(&p))
-                }
-                Ok(other) => Err(format!("unexpected controller answer {other:?}")),
-                Err(err) => Err(err.to_string()),
-            }
-        }
+        })
     }
 }
 

@@ -76,9 +76,7 @@ impl Peer {
         if code != ErrorCode::None {
             return Err(PeerError::Refused { addr, code });
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as i64);
+        let now_ms = crate::broker_auth::unix_now_ms();
         let proof = crate::broker_auth::prove(secret, identity.node_id, identity.to_node, shard, now_ms)
             .ok_or(PeerError::NoSecret)?;
         let (code, _) = peer.handshake(Some(&proof)).await?;
