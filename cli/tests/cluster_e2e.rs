@@ -342,29 +342,6 @@ fn kill_9_of_every_broker_at_once_loses_nothing_acknowledged_in_any_restart_orde
     check_history(&acked, &histories);
 }
 
-/// The segment files of the test topic's partition 0 in a broker's data
-/// directory, oldest first.
-fn segment_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Some(topic_dir) = std::fs::read_dir(data.join("topics"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(&format!("{TOPIC}."))))
-    else {
-        return Vec::new();
-    };
-    let mut logs: Vec<_> = std::fs::read_dir(topic_dir.join("0"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-        .collect();
-    logs.sort();
-    logs
-}
-
 /// Issue 13: a replica whose sealed segment was damaged while its broker
 /// was down (one flipped byte, in the middle: no torn tail) is found out
 /// when it leads and a consumer reads there: it stops serving the
@@ -389,20 +366,14 @@ fn a_replica_with_a_damaged_segment_hands_over_fetches_its_partition_again_and_r
     let damaged = *state.replicas.iter().find(|node| **node != state.leader).unwrap();
     let data = cluster.brokers[(damaged - 1) as usize].data_dir.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while segment_files(&data).len() < 3 {
-        assert!(Instant::now() < deadline, "segments did not roll: {:?}", segment_files(&data));
+    while segments(&data, TOPIC, 0).len() < 3 {
+        assert!(Instant::now() < deadline, "segments did not roll: {:?}", segments(&data, TOPIC, 0));
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.kill9(damaged);
-    let sealed = segment_files(&data)[0].clone();
+    let sealed = segments(&data, TOPIC, 0)[0].clone();
     let middle = std::fs::metadata(&sealed).unwrap().len() / 2;
-    {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&sealed).unwrap();
-        let mut byte = [0u8; 1];
-        file.read_exact_at(&mut byte, middle).unwrap();
-        file.write_all_at(&[byte[0] ^ 0x10], middle).unwrap();
-    }
+    flip_byte(&sealed, middle);
     cluster.restart(damaged);
     // Back in the ISR (its tail is sound), then made the leader.
     let deadline = Instant::now() + Duration::from_secs(60);

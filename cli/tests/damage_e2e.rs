@@ -4,37 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
-
-/// The segment files of `topic`'s `partition` under a broker's data
-/// directory, oldest first.
-fn segments(data: &Path, topic: &str, partition: u32) -> Vec<PathBuf> {
-    let topics = data.join("topics");
-    let topic_dir = std::fs::read_dir(&topics)
-        .expect("topics dir")
-        .map(|entry| entry.expect("entry").path())
-        .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(&format!("{topic}."))))
-        .expect("the topic's directory");
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(topic_dir.join(partition.to_string()))
-        .expect("partition dir")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-        .collect();
-    logs.sort();
-    logs
-}
-
-fn flip_byte(path: &Path, position: u64) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open segment");
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, position).expect("read byte");
-    byte[0] ^= 0x40;
-    file.write_all_at(&byte, position).expect("write byte");
-    file.sync_all().expect("sync");
-}
 
 /// Before, one bad byte in one sealed segment failed the whole broker's
 /// start ("partitions not opened"): every topic was down for one damaged

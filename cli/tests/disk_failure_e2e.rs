@@ -57,6 +57,8 @@ impl SmallDisk {
         let mut filler = std::fs::File::create(self.mount_point.join("filler")).unwrap();
         let chunk = vec![0x5a_u8; 64 * 1024];
         while filler.write_all(&chunk).is_ok() {}
+        // Full is the point: a failing sync (ENOSPC for the last pages)
+        // leaves it as full as a succeeding one.
         let _ = filler.sync_all();
     }
 }

@@ -45,31 +45,6 @@ fn start_cluster(name: &str) -> (Vec<BrokerConfig>, Vec<Option<BrokerHandle>>) {
     (configs, starting.into_iter().map(|t| Some(t.join().expect("started"))).collect())
 }
 
-/// CreateTopics with a replication factor (the shared helper asks for one).
-fn create_replicated(conn: &mut Conn, name: &str, replication_factor: i16, configs: &[(&str, &str)]) -> ErrorCode {
-    let frame = conn.call(Body::CreateTopicsRequest, |b| {
-        let name = b.create_string(name);
-        let configs: Vec<_> = configs
-            .iter()
-            .map(|(k, v)| {
-                let (key, value) = (b.create_string(k), b.create_string(v));
-                ConfigEntry::create(b, &ConfigEntryArgs { key: Some(key), value: Some(value), is_set: true })
-            })
-            .collect();
-        let configs = b.create_vector(&configs);
-        let topic = CreatableTopic::create(
-            b,
-            &CreatableTopicArgs { name: Some(name), partitions: 1, replication_factor, configs: Some(configs) },
-        );
-        let topics = b.create_vector(&[topic]);
-        CreateTopicsRequest::create(b, &CreateTopicsRequestArgs { topics: Some(topics), ..Default::default() })
-            .as_union_value()
-    });
-    let envelope = frame.read().expect("verified");
-    let response = envelope.body_as_create_topics_response().expect("create response");
-    response.results().expect("results").get(0).error()
-}
-
 /// (leader, replicas, isr) of partition 0 of `topic` as `conn`'s broker
 /// sees it, if it knows the topic.
 fn partition_zero(conn: &mut Conn, topic: &str) -> Option<(i32, Vec<i32>, Vec<i32>)> {
@@ -147,7 +122,7 @@ fn a_follower_refilled_from_a_compacted_leader_reopens_and_leads() {
     };
     let mut conn = Conn::connect(port(&brokers, 1));
     let configs_table = [("cleanup.policy", "compact"), ("segment.bytes", "4096"), ("delete.retention.ms", "60000")];
-    wait_until("the topic is created", || create_replicated(&mut conn, "table", 2, &configs_table) == ErrorCode::None);
+    wait_until("the topic is created", || conn.create_topic_rf("table", 1, 2, &configs_table) == ErrorCode::None);
     let mut placement = None;
     wait_until("both replicas are in sync", || {
         placement = partition_zero(&mut conn, "table");
