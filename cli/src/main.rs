@@ -74,8 +74,9 @@ impl GlobalArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a broker.
-    Serve(serve::ServeArgs),
+    /// Run a broker. (Boxed: its many settings make it the largest
+    /// command by far.)
+    Serve(Box<serve::ServeArgs>),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
@@ -98,7 +99,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         // serve runs its own threads and runtimes; it must not start inside tokio.
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         // bench starts brokers and its own load-generator runtime.
         Command::Bench(command) => spate_bench::harness::run(command),
         command => run_client_command(&cli.global, command),

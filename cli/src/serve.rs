@@ -66,6 +66,14 @@ pub struct ServeArgs {
     /// An idle shard polls this long before sleeping (µs; 0: sleep at once).
     #[arg(long, env = "SPATE_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
+    /// Kafka's `listeners`: where Kafka clients connect,
+    /// PLAINTEXT://host:port; "" disables [default: PLAINTEXT://127.0.0.1:9092].
+    #[arg(long, env = "SPATE_LISTENERS")]
+    pub listeners: Option<String>,
+    /// Kafka's `advertised.listeners`: the address Kafka clients are given
+    /// in Metadata [default: the listener's, 0.0.0.0 as 127.0.0.1].
+    #[arg(long, env = "SPATE_ADVERTISED_LISTENERS")]
+    pub advertised_listeners: Option<String>,
     /// Log level (error, warn, info, debug, trace) or a RUST_LOG-style
     /// filter; RUST_LOG applies when this is absent [default: info].
     #[arg(long)]
@@ -95,6 +103,10 @@ impl ServeArgs {
         set(&mut config.broker_heartbeat_interval_ms, self.broker_heartbeat_interval_ms);
         set(&mut config.broker_session_timeout_ms, self.broker_session_timeout_ms);
         set(&mut config.spin_before_park_us, self.spin_before_park_us);
+        set(&mut config.listeners, self.listeners);
+        if self.advertised_listeners.is_some() {
+            config.advertised_listeners = self.advertised_listeners;
+        }
         if self.shard_port_base.is_some() {
             config.shard_port_base = self.shard_port_base;
         }

@@ -106,7 +106,8 @@ fn serve_refuses_bad_configuration_with_one_line() {
     assert!(err.contains("durability"), "{err}");
     // A second broker on the same data directory is refused, not raced.
     let broker = Broker::start(std::path::Path::new(dir), 1);
-    let (ok, _, err) = cli(&["serve", "--port", "0", "--metrics-listen", "", "--data-dir", dir], None);
+    let (ok, _, err) =
+        cli(&["serve", "--port", "0", "--metrics-listen", "", "--listeners", "", "--data-dir", dir], None);
     assert!(!ok);
     assert!(err.contains("in use"), "{err}");
     broker.stop();

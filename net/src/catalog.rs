@@ -60,6 +60,9 @@ pub struct BrokerMeta {
     pub port: u16,
     pub shard_ports: Vec<u16>,
     pub controller_port: u16,
+    /// Where it serves the Kafka protocol (port 0: it does not).
+    pub kafka_host: String,
+    pub kafka_port: u16,
     pub fenced: bool,
 }
 
@@ -96,6 +99,24 @@ pub struct Catalog {
     /// The secret brokers prove they know (`broker_auth`); None until the
     /// first active controller has committed it.
     pub cluster_secret: Option<Arc<[u8]>>,
+    /// Topic names by their Kafka topic id (`kafka_topic_id`), for Kafka
+    /// requests that name topics by id.
+    pub by_kafka_id: HashMap<u128, String>,
+}
+
+/// A topic's Kafka topic id: a stable 16-byte UUID derived from Spate's
+/// topic id (unique per creation, so a topic deleted and created again
+/// gets a new one, as in Kafka). Never the nil UUID, which Kafka reads as
+/// "no id".
+pub fn kafka_topic_id(topic_id: &str) -> u128 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(topic_id.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // RFC 4122 version 4 / variant bits, as Kafka's own ids have.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    u128::from_be_bytes(bytes)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +157,8 @@ impl Catalog {
                     port: broker.port,
                     shard_ports: broker.shard_ports.clone(),
                     controller_port: broker.controller_port,
+                    kafka_host: broker.kafka_host.clone(),
+                    kafka_port: broker.kafka_port,
                     fenced: broker.fenced,
                 };
                 (broker.node_id, meta)
@@ -146,7 +169,8 @@ impl Catalog {
             .as_deref()
             .and_then(crate::broker_auth::secret_from_hex)
             .map(|secret| Arc::from(secret.into_boxed_slice()));
-        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret }
+        let by_kafka_id = image.topics.values().map(|t| (kafka_topic_id(&t.topic_id), t.name.clone())).collect();
+        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret, by_kafka_id }
     }
 }
 

@@ -84,6 +84,23 @@ pub struct BrokerConfig {
     /// partitions then get new leaders from their ISR).
     pub broker_heartbeat_interval_ms: u64,
     pub broker_session_timeout_ms: u64,
+    /// Kafka's `listeners`: where the Kafka protocol is served,
+    /// `PLAINTEXT://host:port` (one listener; port 0 picks a free one).
+    /// Empty: no Kafka listener.
+    pub listeners: String,
+    /// Kafka's `advertised.listeners`: the address Metadata gives Kafka
+    /// clients. Absent: the listener's, with an unspecified host
+    /// (0.0.0.0) replaced by `advertised_host` or 127.0.0.1.
+    pub advertised_listeners: Option<String>,
+    /// Kafka's `auto.create.topics.enable`: a Kafka Metadata request for
+    /// an unknown topic creates it, with `num_partitions` partitions and
+    /// `default_replication_factor` replicas.
+    pub auto_create_topics_enable: bool,
+    /// Kafka's `num.partitions` and `default.replication.factor`: for
+    /// topics created without those (auto-created, or CreateTopics with
+    /// -1).
+    pub num_partitions: u32,
+    pub default_replication_factor: i16,
 }
 
 impl Default for BrokerConfig {
@@ -119,6 +136,11 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 10_000,
             broker_heartbeat_interval_ms: 500,
             broker_session_timeout_ms: 6_000,
+            listeners: "PLAINTEXT://127.0.0.1:9092".into(),
+            advertised_listeners: None,
+            auto_create_topics_enable: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
         }
     }
 }
@@ -197,6 +219,16 @@ impl BrokerConfig {
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError("retention_check_interval_ms must be positive".into()));
         }
+        self.kafka_listener()?;
+        if let Some(advertised) = &self.advertised_listeners {
+            parse_listener("advertised_listeners", advertised)?;
+        }
+        if self.num_partitions == 0 || self.num_partitions > crate::limits::PARTITIONS_PER_TOPIC_MAX as u32 {
+            return Err(ConfigError("num_partitions must be in [1, 10000]".into()));
+        }
+        if self.default_replication_factor < 1 {
+            return Err(ConfigError("default_replication_factor must be at least 1".into()));
+        }
         if self.cleaner_check_interval_ms == 0 {
             return Err(ConfigError("cleaner_check_interval_ms must be positive".into()));
         }
@@ -231,4 +263,63 @@ impl BrokerConfig {
     pub fn advertised_host(&self) -> &str {
         self.advertised_host.as_deref().unwrap_or(&self.listen_host)
     }
+
+    /// The Kafka listener's (host, port), if there is one.
+    pub fn kafka_listener(&self) -> Result<Option<(String, u16)>, ConfigError> {
+        if self.listeners.trim().is_empty() {
+            return Ok(None);
+        }
+        parse_listener("listeners", &self.listeners).map(Some)
+    }
+
+    /// The host Kafka clients are told to connect to (with the port the
+    /// listener got, when `advertised_listeners` is absent). Kafka clients
+    /// resolve names themselves, and `localhost` may resolve to ::1 while
+    /// the listener is IPv4: an unspecified listen address is advertised
+    /// as an address, never a name.
+    pub fn kafka_advertised(&self, bound_port: u16) -> Result<Option<(String, u16)>, ConfigError> {
+        if let Some(advertised) = &self.advertised_listeners {
+            return parse_listener("advertised_listeners", advertised).map(Some);
+        }
+        let Some((host, _)) = self.kafka_listener()? else { return Ok(None) };
+        let host = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => self.advertised_host.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
+            Ok(_) => host,
+            // A name: advertise what it resolves to, IPv4 first.
+            Err(_) => {
+                use std::net::ToSocketAddrs;
+                let resolved: Vec<std::net::SocketAddr> =
+                    (host.as_str(), bound_port).to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+                resolved.iter().find(|a| a.is_ipv4()).or(resolved.first()).map_or(host.clone(), |a| a.ip().to_string())
+            }
+        };
+        Ok(Some((host, bound_port)))
+    }
+}
+
+/// One Kafka listener, `PLAINTEXT://host:port` (or `host:port`). Other
+/// security protocols come with TLS and SASL (issue 16).
+fn parse_listener(key: &str, text: &str) -> Result<(String, u16), ConfigError> {
+    let text = text.trim();
+    let bad = |why: &str| ConfigError(format!("{key} {text:?}: {why}"));
+    if text.contains(',') {
+        return Err(bad("one listener only for now (PLAINTEXT://host:port)"));
+    }
+    let address = match text.split_once("://") {
+        Some((protocol, address)) => {
+            // Kafka names a listener by its security protocol or by a name
+            // mapped to one; only plaintext exists until issue 16.
+            if !protocol.eq_ignore_ascii_case("PLAINTEXT") {
+                return Err(bad("only PLAINTEXT listeners are supported (TLS and SASL are not built yet)"));
+            }
+            address
+        }
+        None => text,
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number in [0, 65535]"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    // Kafka: an empty host binds every interface.
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok((host.to_string(), port))
 }

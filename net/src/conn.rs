@@ -16,7 +16,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use spate_flatbuf::proto::ErrorCode;
-use spate_flatbuf::{FrameDecoder, FrameError};
+use spate_flatbuf::{Frame, FrameDecoder, FrameError};
 
 use crate::api::{self, Reply, Response};
 use crate::budget::{Budgets, ByteBudget, Charge};
@@ -38,7 +38,79 @@ struct Queued {
     charge: Option<Charge>,
 }
 
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// What a connection needs of a protocol front-end: how its frames are cut
+/// from the byte stream, and where each one goes. The native protocol and
+/// the Kafka protocol each implement it; the connection's budgets,
+/// backpressure, ordering and write timeout are the same for both.
+pub(crate) trait Protocol {
+    type Frame;
+    type Session;
+    type Error: std::fmt::Display;
+    fn session(&self) -> Self::Session;
+    /// The next whole frame in `buf`, if there is one (split off it).
+    fn decode(&self, buf: &mut BytesMut) -> Result<Option<Self::Frame>, Self::Error>;
+    /// The bytes `buf` still lacks for its next frame (its length checked
+    /// against the cap first).
+    fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, Self::Error>;
+    /// A frame's bytes as received, length prefix included.
+    fn frame_bytes(frame: &Self::Frame) -> usize;
+    fn dispatch(
+        shard: &Rc<Shard>,
+        session: &Self::Session,
+        frame: Self::Frame,
+        charge: &Charge,
+    ) -> (Reply, &'static str);
+    /// What to send before closing a stream that broke the framing.
+    fn error_frame(err: &Self::Error) -> Option<Bytes>;
+    /// A stream that closed in the middle of a frame.
+    fn truncated(buffered_bytes: usize) -> Self::Error;
+}
+
+/// Spate's native protocol: flatbuffer envelopes.
+pub(crate) struct Native(FrameDecoder);
+
+impl Native {
+    pub(crate) fn new(frame_bytes_max: usize) -> Native {
+        Native(FrameDecoder::new(frame_bytes_max))
+    }
+}
+
+impl Protocol for Native {
+    type Frame = Frame;
+    type Session = api::Session;
+    type Error = FrameError;
+
+    fn session(&self) -> api::Session {
+        api::Session::new()
+    }
+
+    fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        self.0.decode(buf)
+    }
+
+    fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, FrameError> {
+        self.0.bytes_needed(buf)
+    }
+
+    fn frame_bytes(frame: &Frame) -> usize {
+        spate_flatbuf::FRAME_HEADER_BYTES + frame.envelope.len() + frame.payload.len()
+    }
+
+    fn dispatch(shard: &Rc<Shard>, session: &api::Session, frame: Frame, charge: &Charge) -> (Reply, &'static str) {
+        api::dispatch(shard, session, frame, charge)
+    }
+
+    fn error_frame(err: &FrameError) -> Option<Bytes> {
+        // Request id 0: the frame that failed could not be read.
+        Some(api::error_frame(0, ErrorCode::InvalidRequest, &err.to_string()))
+    }
+
+    fn truncated(buffered_bytes: usize) -> FrameError {
+        FrameError::Truncated { buffered_bytes }
+    }
+}
+
+pub(crate) async fn serve<P: Protocol>(shard: Rc<Shard>, stream: TcpStream, protocol: P) {
     shard.metrics.connection_opened();
     let _ = stream.set_nodelay(true);
     // A peer that sends nothing for this long is dropped; a read that times
@@ -64,17 +136,16 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     });
     let end = futures::select! {
-        end = futures::FutureExt::fuse(read_requests(&shard, reader, &queue, &budgets)) => end,
+        end = futures::FutureExt::fuse(read_requests(&shard, &protocol, reader, &queue, &budgets)) => end,
         _ = futures::FutureExt::fuse(writer_gone) => Ok(()),
     };
     if let Err(err) = end {
         shard.metrics.bad_frame();
         tracing::warn!(shard = shard.id, %peer, "closing connection: {err}");
-        // Request id 0: the frame that failed could not be read.
-        let frame = api::error_frame(0, ErrorCode::InvalidRequest, &err.to_string());
+        let frame = P::error_frame(&err);
         let _ = queue
             .send(Queued {
-                pending: Pending::Ready(Response::Close(Some(frame))),
+                pending: Pending::Ready(Response::Close(frame)),
                 api: "error",
                 started: Instant::now(),
                 charge: None,
@@ -91,21 +162,21 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 /// something that ends the stream (Err). Each frame is admitted within the
 /// byte budgets before it is dispatched, and a large one before its body is
 /// read (its length is known from its header).
-async fn read_requests(
+async fn read_requests<P: Protocol>(
     shard: &Rc<Shard>,
+    protocol: &P,
     mut reader: ReadHalf<TcpStream>,
     queue: &local_channel::LocalSender<Queued>,
     budgets: &Budgets,
-) -> Result<(), FrameError> {
-    let decoder = FrameDecoder::new(shard.shared.config.frame_bytes_max);
-    let session = api::Session::new();
+) -> Result<(), P::Error> {
+    let session = protocol.session();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     // A large frame's bytes, charged before its body is read.
     let mut reserved: Option<Charge> = None;
     loop {
-        while let Some(frame) = decoder.decode(&mut buf)? {
-            let frame_bytes = spate_flatbuf::FRAME_HEADER_BYTES + frame.envelope.len() + frame.payload.len();
+        while let Some(frame) = protocol.decode(&mut buf)? {
+            let frame_bytes = P::frame_bytes(&frame);
             let charge = match reserved.take() {
                 Some(charge) => {
                     charge.resize(frame_bytes);
@@ -117,7 +188,7 @@ async fn read_requests(
                 }
             };
             let started = Instant::now();
-            let (reply, api) = api::dispatch(shard, &session, frame, &charge);
+            let (reply, api) = P::dispatch(shard, &session, frame, &charge);
             let pending = match reply {
                 Reply::Now(response) => Pending::Ready(response),
                 Reply::Later(future) => Pending::Running(glommio::spawn_local(future).detach()),
@@ -126,7 +197,7 @@ async fn read_requests(
                 return Ok(()); // the writer is gone: the socket failed
             }
         }
-        let needed = decoder.bytes_needed(&buf)?;
+        let needed = protocol.bytes_needed(&buf)?;
         if needed > scratch.len() && reserved.is_none() {
             let frame_bytes = buf.len() + needed;
             budgets.room_for(frame_bytes).await;
@@ -140,7 +211,7 @@ async fn read_requests(
             }
         };
         if read == 0 {
-            return if buf.is_empty() { Ok(()) } else { Err(FrameError::Truncated { buffered_bytes: buf.len() }) };
+            return if buf.is_empty() { Ok(()) } else { Err(P::truncated(buf.len())) };
         }
     }
 }

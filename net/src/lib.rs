@@ -17,6 +17,7 @@ mod deadline;
 #[doc(hidden)]
 pub mod fuzzing;
 mod group;
+mod kafka;
 pub mod limits;
 mod metadata;
 mod metrics;

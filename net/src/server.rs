@@ -71,6 +71,13 @@ impl BrokerHandle {
         self.shared.ports.get().map(|p| p.shards.clone()).unwrap_or_default()
     }
 
+    /// The Kafka listener's address, if there is one.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        let port = self.shared.ports.get()?.kafka?;
+        let (host, _) = self.shared.config.kafka_advertised(port).ok()??;
+        format!("{host}:{port}").parse().ok()
+    }
+
     /// The port `/metrics` is served on, if enabled.
     pub fn metrics_port(&self) -> Option<u16> {
         self.shared.metrics_port.get().copied()
@@ -123,7 +130,8 @@ fn request_shutdown(shared: &Shared) {
 }
 
 /// What a shard reports once it is ready to accept (or why it is not).
-type Ready = Result<(usize, u16, u16), (usize, String)>;
+/// (shard, main port, own port, Kafka port: 0 when there is no listener).
+type Ready = Result<(usize, u16, u16, u16), (usize, String)>;
 
 /// Starts a broker and returns once every shard accepts connections.
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
@@ -164,6 +172,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     let mut executors = Vec::with_capacity(shard_count);
     let mut go = Vec::with_capacity(shard_count);
     let mut main_port = shared.config.port;
+    let mut kafka_port = shared.config.kafka_listener()?.map_or(0, |(_, port)| port);
     let mut shard_ports = vec![0u16; shard_count];
     let mut failure = None;
     for (shard, inbox) in inboxes.into_iter().enumerate() {
@@ -175,14 +184,14 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
             Placement::Unbound
         };
         let (ready, shared_for_shard) = (ready_tx.clone(), shared.clone());
-        let port = main_port;
+        let (port, kafka) = (main_port, kafka_port);
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("spate-shard-{shard}"))
             .io_memory(shared.config.io_memory_bytes);
         if shared.config.spin_before_park_us > 0 {
             builder = builder.spin_before_park(std::time::Duration::from_micros(shared.config.spin_before_park_us));
         }
-        let spawned = builder.spawn(move || run_shard(shard, shared_for_shard, inbox, port, ready, go_rx));
+        let spawned = builder.spawn(move || run_shard(shard, shared_for_shard, inbox, port, kafka, ready, go_rx));
         match spawned {
             Ok(executor) => executors.push(executor),
             Err(source) => {
@@ -194,8 +203,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         // in any order.
         if shard == 0 {
             match ready_rx.recv() {
-                Ok(Ok((_, main, own))) => {
+                Ok(Ok((_, main, own, kafka))) => {
                     main_port = main;
+                    kafka_port = kafka;
                     shard_ports[0] = own;
                 }
                 Ok(Err((shard, message))) => {
@@ -213,7 +223,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     if failure.is_none() {
         for _ in 1..executors.len() {
             match ready_rx.recv() {
-                Ok(Ok((shard, _, own))) => shard_ports[shard] = own,
+                Ok(Ok((shard, _, own, _))) => shard_ports[shard] = own,
                 Ok(Err((shard, message))) => {
                     failure = Some(ServeError::Shard { shard, message });
                     break;
@@ -233,11 +243,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         let _ = handle.wait();
         return Err(err);
     }
-    let _ = shared.ports.set(Ports { main: main_port, shards: shard_ports.clone() });
+    let kafka = if shared.config.kafka_listener()?.is_some() { Some(kafka_port) } else { None };
+    let _ = shared.ports.set(Ports { main: main_port, shards: shard_ports.clone(), kafka });
     // The controller starts once this broker's ports are known (it
     // registers them); it replays the metadata log before it returns, so
     // the catalog below is what this node last knew.
-    let controller = match start_controller(&shared, main_port, shard_ports, restart) {
+    let controller = match start_controller(&shared, main_port, shard_ports, kafka, restart) {
         Ok(controller) => controller,
         Err(err) => {
             drop(go);
@@ -309,6 +320,7 @@ fn start_controller(
     shared: &Arc<Shared>,
     main_port: u16,
     shard_ports: Vec<u16>,
+    kafka_port: Option<u16>,
     restart: spate_replication::BrokerRestart,
 ) -> Result<spate_replication::Controller, ServeError> {
     let config = &shared.config;
@@ -318,7 +330,13 @@ fn start_controller(
     quorum.broker_heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
     quorum.broker_session_timeout_ms = config.broker_session_timeout_ms;
     quorum.restart = restart;
+    let (kafka_host, kafka_port) = match kafka_port {
+        Some(port) => config.kafka_advertised(port)?.unwrap_or_default(),
+        None => (String::new(), 0),
+    };
     let endpoints = spate_replication::BrokerEndpoints {
+        kafka_host,
+        kafka_port,
         host: config.advertised_host().to_string(),
         port: main_port,
         shard_ports,
@@ -449,8 +467,9 @@ pub fn run(config: BrokerConfig) -> Result<(), ServeError> {
         })
         .map_err(|source| ServeError::DataDir { path: "signal thread".into(), source })?;
     let ports = handle.shard_ports();
+    let kafka = handle.kafka_addr().map_or(String::new(), |addr| format!(", Kafka protocol on {addr}"));
     println!(
-        "spate broker {} listening on {} (shards {}: ports {:?}), data in {data_dir}",
+        "spate broker {} listening on {} (shards {}: ports {:?}){kafka}, data in {data_dir}",
         handle.shared.config.node_id,
         handle.addr(),
         handle.shard_count(),
@@ -466,6 +485,7 @@ async fn run_shard(
     shared: Arc<Shared>,
     mut inbox: mpsc::UnboundedReceiver<ShardOp>,
     main_port: u16,
+    kafka_port: u16,
     ready: std_mpsc::Sender<Ready>,
     go: oneshot::Receiver<std_mpsc::Sender<Result<usize, (usize, String)>>>,
 ) {
@@ -487,9 +507,17 @@ async fn run_shard(
         } else {
             None
         };
-        Ok::<_, String>((main, own, metrics))
+        let kafka = match shared.config.kafka_listener() {
+            Ok(Some((kafka_host, _))) => Some(
+                TcpListener::bind((kafka_host.as_str(), kafka_port))
+                    .map_err(|err| format!("binding the Kafka listener {kafka_host}:{kafka_port}: {err}"))?,
+            ),
+            Ok(None) => None,
+            Err(err) => return Err(err.to_string()),
+        };
+        Ok::<_, String>((main, own, metrics, kafka))
     })();
-    let (main, own, metrics) = match bound {
+    let (main, own, metrics, kafka) = match bound {
         Ok(bound) => bound,
         Err(message) => {
             let _ = ready.send(Err((id, message)));
@@ -500,7 +528,8 @@ async fn run_shard(
         let _ = shared.metrics_port.set(port_of(metrics));
     }
     let (main_port, own_port) = (port_of(&main), port_of(&own));
-    let _ = ready.send(Ok((id, main_port, own_port)));
+    let kafka_port = kafka.as_ref().map_or(0, port_of);
+    let _ = ready.send(Ok((id, main_port, own_port, kafka_port)));
     let Ok(accepting) = go.await else {
         close_all(&shard).await;
         return;
@@ -525,10 +554,13 @@ async fn run_shard(
         crate::metadata::spawn_follower(shard.clone());
     }
     let _ = accepting.send(Ok(id));
-    accept_loop(&shard, main, false);
-    accept_loop(&shard, own, false);
+    accept_loop(&shard, main, Listener::Native);
+    accept_loop(&shard, own, Listener::Native);
+    if let Some(kafka) = kafka {
+        accept_loop(&shard, kafka, Listener::Kafka);
+    }
     if let Some(metrics) = metrics {
-        accept_loop(&shard, metrics, true);
+        accept_loop(&shard, metrics, Listener::Metrics);
     }
     while let Some(op) = inbox.next().await {
         if let ShardOp::Shutdown = op {
@@ -553,7 +585,15 @@ fn port_of(listener: &TcpListener) -> u16 {
     listener.local_addr().map_or(0, |addr| addr.port())
 }
 
-fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Native,
+    Kafka,
+    Metrics,
+}
+
+fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     shard.stop_listeners.borrow_mut().push(stop_tx);
     let shard = shard.clone();
@@ -565,7 +605,7 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
                 _ = stop => break,
             };
             match accepted {
-                Ok(stream) if metrics => {
+                Ok(stream) if kind == Listener::Metrics => {
                     glommio::spawn_local(crate::metrics::serve_http(shard.clone(), stream)).detach()
                 }
                 Ok(stream) if shard.metrics.connections_open() >= shard.shared.config.connections_per_shard_max => {
@@ -579,7 +619,18 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
                     drop(stream);
                     continue;
                 }
-                Ok(stream) => glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach(),
+                Ok(stream) if kind == Listener::Kafka => glommio::spawn_local(crate::conn::serve(
+                    shard.clone(),
+                    stream,
+                    crate::kafka::Kafka::new(shard.shared.config.frame_bytes_max),
+                ))
+                .detach(),
+                Ok(stream) => glommio::spawn_local(crate::conn::serve(
+                    shard.clone(),
+                    stream,
+                    crate::conn::Native::new(shard.shared.config.frame_bytes_max),
+                ))
+                .detach(),
                 Err(err) => {
                     // EMFILE and friends: log, back off briefly, go on.
                     tracing::warn!(shard = shard.id, "accept failed: {err}");

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
 pub(crate) struct Ports {
     pub main: u16,
     pub shards: Vec<u16>,
+    /// The Kafka listener's port, if there is one.
+    pub kafka: Option<u16>,
 }
 
 impl Shared {

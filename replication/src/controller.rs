@@ -17,6 +17,9 @@ pub struct BrokerEndpoints {
     pub port: u16,
     pub shard_ports: Vec<u16>,
     pub controller_port: u16,
+    /// The Kafka listener's advertised address (port 0: none).
+    pub kafka_host: String,
+    pub kafka_port: u16,
 }
 
 /// A request to the active controller.
@@ -537,6 +540,8 @@ pub fn broker_heartbeat(
             port: endpoints.port,
             shard_ports: endpoints.shard_ports.clone(),
             controller_port: endpoints.controller_port,
+            kafka_host: endpoints.kafka_host.clone(),
+            kafka_port: endpoints.kafka_port,
             unsynced_writes_lost: restart.unsynced_writes_lost,
             default_durability_always: restart.default_durability_always,
         });
@@ -711,6 +716,8 @@ mod tests {
             port: 9000 + n as u16,
             shard_ports: vec![],
             controller_port: 9100 + n as u16,
+            kafka_host: "127.0.0.1".into(),
+            kafka_port: 9300 + n as u16,
         }
     }
 

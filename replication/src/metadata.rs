@@ -36,6 +36,12 @@ pub enum MetadataRecord {
         port: u16,
         shard_ports: Vec<u16>,
         controller_port: u16,
+        /// Where the broker serves the Kafka protocol (0: it does not).
+        /// Absent in older logs.
+        #[serde(default)]
+        kafka_host: String,
+        #[serde(default)]
+        kafka_port: u16,
         /// KIP-966: the previous process of this broker stopped uncleanly
         /// and the machine rebooted since, so writes it had not synced may
         /// be gone, including some it reported to leaders as durable under
@@ -104,6 +110,11 @@ pub struct BrokerImage {
     pub port: u16,
     pub shard_ports: Vec<u16>,
     pub controller_port: u16,
+    /// Where the broker serves the Kafka protocol (port 0: it does not).
+    #[serde(default)]
+    pub kafka_host: String,
+    #[serde(default)]
+    pub kafka_port: u16,
     /// Fenced brokers lead nothing and may not be added to an ISR.
     pub fenced: bool,
     /// As registered (`RegisterBroker`): this process started after an
@@ -211,6 +222,8 @@ impl MetadataImage {
                 port,
                 shard_ports,
                 controller_port,
+                kafka_host,
+                kafka_port,
                 unsynced_writes_lost,
                 default_durability_always,
             } => {
@@ -223,6 +236,8 @@ impl MetadataImage {
                         port: *port,
                         shard_ports: shard_ports.clone(),
                         controller_port: *controller_port,
+                        kafka_host: kafka_host.clone(),
+                        kafka_port: *kafka_port,
                         fenced: true,
                         unsynced_writes_lost: *unsynced_writes_lost,
                         default_durability_always: *default_durability_always,
@@ -315,6 +330,8 @@ mod tests {
             port: 1,
             shard_ports: vec![2],
             controller_port: 3,
+            kafka_host: "h".into(),
+            kafka_port: 4,
             unsynced_writes_lost: false,
             default_durability_always: true,
         }
@@ -382,7 +399,7 @@ mod tests {
         assert!(matches!(r, MetadataRecord::PartitionChange { ref elr, .. } if elr.is_empty()));
         let old = r#"{"RegisterBroker":{"node_id":1,"incarnation":7,"host":"h","port":1,"shard_ports":[2],"controller_port":3}}"#;
         let r: MetadataRecord = serde_json::from_str(old).expect("old RegisterBroker");
-        assert!(matches!(r, MetadataRecord::RegisterBroker { unsynced_writes_lost: false, .. }));
+        assert!(matches!(r, MetadataRecord::RegisterBroker { unsynced_writes_lost: false, kafka_port: 0, .. }));
         let old = r#"{"replicas":[1,2],"isr":[1],"leader":1,"leader_epoch":0,"partition_epoch":1}"#;
         let p: PartitionImage = serde_json::from_str(old).expect("old snapshot's partition");
         assert!(p.elr.is_empty());

@@ -73,6 +73,8 @@ fn endpoints(node_id: i32) -> BrokerEndpoints {
         port: 9000 + node_id as u16,
         shard_ports: vec![9100 + node_id as u16],
         controller_port: 9200 + node_id as u16,
+        kafka_host: "127.0.0.1".into(),
+        kafka_port: 9300 + node_id as u16,
     }
 }
 

@@ -157,6 +157,8 @@ impl BrokerProcess {
         };
         command
             .args(["serve", "--port", "0", "--log-level", "warn"])
+            // A free Kafka port: never share 9092 with a broker already there.
+            .args(["--listeners", "PLAINTEXT://127.0.0.1:0"])
             .arg("--metrics-listen")
             .arg(&settings.metrics_listen)
             .arg("--shards")

@@ -42,6 +42,8 @@ pub fn data_dir(name: &str) -> PathBuf {
 pub struct Broker {
     pub child: Child,
     pub port: u16,
+    /// Where it serves the Kafka protocol.
+    pub kafka_port: u16,
     pub data_dir: PathBuf,
     pub shards: usize,
 }
@@ -69,10 +71,17 @@ impl Broker {
     }
 
     fn try_start(data_dir: &Path, shards: usize, port: u16, extra: &[&str]) -> Option<Broker> {
+        // A Kafka listener of its own, unless the test names one.
+        let listeners = if extra.contains(&"--listeners") {
+            Vec::new()
+        } else {
+            vec!["--listeners".to_string(), format!("PLAINTEXT://127.0.0.1:{}", free_port_below_ephemeral())]
+        };
         let mut child = Command::new(SPATE)
             .args(["serve", "--metrics-listen", "", "--no-pin", "--log-level", "warn"])
             .arg("--port")
             .arg(port.to_string())
+            .args(&listeners)
             .args(extra)
             .arg("--shards")
             .arg(shards.to_string())
@@ -98,7 +107,20 @@ impl Broker {
             let _ = child.wait();
             return None;
         };
-        Some(Broker { child, port, data_dir: data_dir.to_path_buf(), shards })
+        // "..., Kafka protocol on 127.0.0.1:PORT, data in ...".
+        let kafka_port = line
+            .split("Kafka protocol on ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|port| port.parse().ok())
+            .unwrap_or(0);
+        Some(Broker { child, port, kafka_port, data_dir: data_dir.to_path_buf(), shards })
+    }
+
+    /// The Kafka listener's bootstrap address.
+    pub fn kafka_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.kafka_port)
     }
 
     pub fn addr(&self) -> String {

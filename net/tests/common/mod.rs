@@ -27,6 +27,8 @@ pub fn config(dir: &std::path::Path, shards: usize) -> BrokerConfig {
         shards,
         pin_cores: false,
         metrics_listen: String::new(),
+        // A free port of its own: tests run side by side.
+        listeners: "PLAINTEXT://127.0.0.1:0".into(),
         io_memory_bytes: 4 << 20,
         tail_cache_bytes: 8 << 20,
         frame_bytes_max: 4 << 20,

@@ -1,0 +1,66 @@
+//! Spate's error codes in Kafka's numbers. The native protocol has codes
+//! of its own (flatbuf/schema/spate.fbs); a Kafka client gets the Kafka
+//! error that makes it do what the native client does (retry, refresh
+//! metadata, rejoin, give up).
+
+use kafka_protocol::ResponseError as K;
+use spate_flatbuf::proto::ErrorCode;
+
+/// For partition-level answers (produce, fetch, list offsets, topics).
+pub(crate) fn kafka_code(error: ErrorCode) -> i16 {
+    let kafka = match error {
+        ErrorCode::None => return 0,
+        ErrorCode::Unknown => K::UnknownServerError,
+        ErrorCode::CorruptMessage => K::CorruptMessage,
+        ErrorCode::UnknownTopicOrPartition => K::UnknownTopicOrPartition,
+        ErrorCode::InvalidTopic => K::InvalidTopicException,
+        ErrorCode::TopicAlreadyExists => K::TopicAlreadyExists,
+        ErrorCode::InvalidPartitions => K::InvalidPartitions,
+        ErrorCode::InvalidReplicationFactor => K::InvalidReplicationFactor,
+        ErrorCode::InvalidConfig => K::InvalidConfig,
+        ErrorCode::OffsetOutOfRange => K::OffsetOutOfRange,
+        ErrorCode::MessageTooLarge => K::MessageTooLarge,
+        ErrorCode::InvalidRequest => K::InvalidRequest,
+        ErrorCode::UnsupportedVersion => K::UnsupportedVersion,
+        // Both retriable in Kafka clients; a full disk queue is a timeout
+        // to a Kafka producer (it retries the batch).
+        ErrorCode::RequestTimedOut | ErrorCode::Throttled => K::RequestTimedOut,
+        // The client refreshes metadata and retries elsewhere.
+        ErrorCode::NotLeaderOrFollower | ErrorCode::BrokerShuttingDown => K::NotLeaderOrFollower,
+        ErrorCode::StorageError => K::KafkaStorageError,
+        ErrorCode::InvalidRequiredAcks => K::InvalidRequiredAcks,
+        // A partition still opening here: retriable, like Kafka's answer for
+        // a replica not ready yet.
+        ErrorCode::NotReady | ErrorCode::LeaderNotAvailable => K::LeaderNotAvailable,
+        ErrorCode::UnknownMemberId => K::UnknownMemberId,
+        ErrorCode::FencedMemberEpoch => K::FencedMemberEpoch,
+        ErrorCode::NonEmptyGroup => K::NonEmptyGroup,
+        ErrorCode::GroupIdNotFound => K::GroupIdNotFound,
+        ErrorCode::InvalidGroupId => K::InvalidGroupId,
+        // Kafka refuses client writes to its internal topics the same way.
+        ErrorCode::InternalTopic => K::InvalidTopicException,
+        ErrorCode::OutOfOrderSequence => K::OutOfOrderSequenceNumber,
+        ErrorCode::InvalidProducerEpoch => K::InvalidProducerEpoch,
+        ErrorCode::ProducerIdsUnavailable => K::CoordinatorNotAvailable,
+        ErrorCode::NotEnoughReplicas => K::NotEnoughReplicas,
+        ErrorCode::NotEnoughReplicasAfterAppend => K::NotEnoughReplicasAfterAppend,
+        ErrorCode::FencedLeaderEpoch => K::FencedLeaderEpoch,
+        ErrorCode::UnknownLeaderEpoch => K::UnknownLeaderEpoch,
+        ErrorCode::NotController => K::NotController,
+        ErrorCode::ClusterAuthorizationFailed => K::ClusterAuthorizationFailed,
+        _ => K::UnknownServerError,
+    };
+    kafka.code()
+}
+
+/// For group coordinator answers: a coordinator that is loading, moved or
+/// stopping is told in the coordinator's words, so the client looks it up
+/// again instead of failing.
+pub(crate) fn group_code(error: ErrorCode) -> i16 {
+    match error {
+        ErrorCode::NotReady => K::CoordinatorLoadInProgress.code(),
+        ErrorCode::NotLeaderOrFollower => K::NotCoordinator.code(),
+        ErrorCode::BrokerShuttingDown | ErrorCode::RequestTimedOut => K::CoordinatorNotAvailable.code(),
+        other => kafka_code(other),
+    }
+}

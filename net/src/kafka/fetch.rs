@@ -1,0 +1,370 @@
+//! Fetch, ListOffsets and OffsetForLeaderEpoch for Kafka consumers.
+//!
+//! Fetch sessions (KIP-227): Spate keeps none, and says so the way the
+//! protocol allows: a request that asks for a new session (epoch 0) gets
+//! session id 0, which clients read as "no session, send full fetches";
+//! a request naming a session Spate never gave gets
+//! FETCH_SESSION_ID_NOT_FOUND, and the client starts over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use kafka_protocol::ResponseError as K;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+use kafka_protocol::messages::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    OffsetForLeaderEpochResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use spate_flatbuf::proto::ErrorCode;
+
+use super::codes::kafka_code;
+use super::response::{Splice, encode, marker, vectored};
+use super::{Ctx, decode, respond};
+use crate::api::{FetchBudget, Reply, Response};
+use crate::budget::Charge;
+use crate::catalog::{TopicMeta, kafka_topic_id};
+use crate::limits::{FETCH_PARTITION_BYTES_MIN, FETCH_WAIT_MS_MAX, PARTITIONS_PER_REQUEST_MAX};
+use crate::shard::{EpochEndResult, OffsetResult, ReadResult, Shard, ShardOp};
+
+/// Fetch v13+ names topics by id.
+const FETCH_TOPIC_IDS_VERSION: i16 = 13;
+
+struct Part {
+    topic_index: usize,
+    partition: i32,
+    target: Option<(Arc<TopicMeta>, u32)>,
+    offset: i64,
+    bytes_max: usize,
+    current_leader_epoch: i32,
+}
+
+enum Submitted {
+    Unknown,
+    OverBudget,
+    Waiting(oneshot::Receiver<ReadResult>),
+}
+
+fn submit(shard: &std::rc::Rc<Shard>, part: &Part, wait_until: Option<Instant>) -> Submitted {
+    let Some((topic, partition)) = part.target.clone() else { return Submitted::Unknown };
+    if part.bytes_max == 0 {
+        return Submitted::OverBudget;
+    }
+    let (reply, wait) = oneshot::channel();
+    let owner = shard.shared.owner(&topic.name, partition);
+    shard.submit(
+        owner,
+        ShardOp::Fetch {
+            topic,
+            partition,
+            offset: part.offset,
+            bytes_max: part.bytes_max,
+            wait_until,
+            replica_id: -1,
+            current_leader_epoch: part.current_leader_epoch,
+            replica_durable_offset: -1,
+            reply,
+        },
+    );
+    Submitted::Waiting(wait)
+}
+
+fn no_read(error: ErrorCode) -> ReadResult {
+    ReadResult { error, high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
+}
+
+async fn collect(submitted: Submitted) -> ReadResult {
+    match submitted {
+        Submitted::Unknown => no_read(ErrorCode::UnknownTopicOrPartition),
+        Submitted::OverBudget => no_read(ErrorCode::None),
+        Submitted::Waiting(wait) => wait.await.unwrap_or(no_read(ErrorCode::BrokerShuttingDown)),
+    }
+}
+
+pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
+    let request_bytes = 4 + body.len();
+    let request: FetchRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    // Kafka clients never fetch as replicas; only native, authenticated
+    // broker connections may (issue 14).
+    let replica_id = if ctx.version >= 15 { request.replica_state.replica_id.0 } else { request.replica_id.0 };
+    if replica_id >= 0 {
+        let response =
+            FetchResponse::default().with_error_code(K::ClusterAuthorizationFailed.code()).with_session_id(0);
+        return Reply::Now(respond(&ctx, &response));
+    }
+    if request.session_id != 0 {
+        let response = FetchResponse::default().with_error_code(K::FetchSessionIdNotFound.code());
+        return Reply::Now(respond(&ctx, &response));
+    }
+    let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    if partitions > PARTITIONS_PER_REQUEST_MAX {
+        tracing::warn!(shard = ctx.shard.id, partitions, "closing a Kafka connection: Fetch over the partition cap");
+        return Reply::Now(Response::Close(None));
+    }
+    // Sized as the native fetch is: within the frame cap and the room the
+    // connection's and shard's budgets have, charged now.
+    let config = &ctx.shard.shared.config;
+    let frame_room = config.frame_bytes_max.saturating_sub(1 << 20).max(1);
+    let budget_room = charge.budgets().room_bytes().max(FETCH_PARTITION_BYTES_MIN);
+    // v0-2 had no request-wide limit.
+    let asked = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
+    let request_bytes_max = asked.min(frame_room).min(budget_room);
+    charge.resize(request_bytes + request_bytes_max);
+    let charge = charge.clone();
+    let max_wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let by_id = ctx.version >= FETCH_TOPIC_IDS_VERSION;
+    let mut budget = FetchBudget::new(request_bytes_max);
+    let mut topics: Vec<(Option<String>, uuid::Uuid)> = Vec::with_capacity(request.topics.len());
+    let mut parts = Vec::with_capacity(partitions);
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        let name = if by_id {
+            catalog.by_kafka_id.get(&topic.topic_id.as_u128()).cloned()
+        } else {
+            Some(topic.topic.0.to_string())
+        };
+        let meta = name.as_ref().and_then(|n| catalog.topics.get(n).cloned());
+        let id = meta.as_ref().map_or(topic.topic_id, |m| uuid::Uuid::from_u128(kafka_topic_id(&m.topic_id)));
+        topics.push((if by_id { None } else { name }, id));
+        for part in &topic.partitions {
+            let target = meta
+                .as_ref()
+                .and_then(|m| u32::try_from(part.partition).ok().filter(|&p| p < m.partitions).map(|p| (m.clone(), p)));
+            let bytes_max = if target.is_some() { budget.take(part.partition_max_bytes) } else { 0 };
+            parts.push(Part {
+                topic_index,
+                partition: part.partition,
+                target,
+                offset: part.fetch_offset,
+                bytes_max,
+                current_leader_epoch: if ctx.version >= 9 { part.current_leader_epoch } else { -1 },
+            });
+        }
+    }
+    let unknown_topic = if by_id { K::UnknownTopicId.code() } else { K::UnknownTopicOrPartition.code() };
+    let read_committed = request.isolation_level == 1;
+    let started = Instant::now();
+    let first: Vec<_> = parts.iter().map(|part| submit(&ctx.shard, part, None)).collect();
+    Reply::Later(Box::pin(async move {
+        let mut results = Vec::with_capacity(first.len());
+        for wait in first {
+            results.push(collect(wait).await);
+        }
+        let bytes: usize = results.iter().map(ReadResult::bytes).sum();
+        let any_error = results.iter().any(|r| r.error != ErrorCode::None);
+        if bytes < min_bytes.max(1) && !max_wait.is_zero() && !any_error {
+            // Long poll, as the native fetch: answer when the first
+            // partition has data or the wait ends.
+            charge.resize(request_bytes + bytes);
+            let deadline = started + max_wait;
+            let waits: Vec<_> = parts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, part)| match submit(&ctx.shard, part, Some(deadline)) {
+                    wait @ Submitted::Waiting(_) => Some(Box::pin(async move { (i, collect(wait).await) })),
+                    Submitted::Unknown | Submitted::OverBudget => None,
+                })
+                .collect();
+            if !waits.is_empty() {
+                let ((i, result), _, _) = futures::future::select_all(waits).await;
+                results[i] = result;
+            }
+        }
+        // Build the response with a marker in place of each partition's
+        // records, then splice the batches in (no copy of record bytes).
+        let mut responses: Vec<FetchableTopicResponse> = topics
+            .iter()
+            .map(|(name, id)| {
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_string(name.clone().unwrap_or_default())))
+                    .with_topic_id(*id)
+            })
+            .collect();
+        let mut splices = Vec::new();
+        let mut payload_bytes = 0usize;
+        for (part, result) in parts.iter().zip(results) {
+            let mut batches = Vec::new();
+            for batch in result.batches {
+                // At least one batch, so a consumer can pass a batch larger
+                // than its limits; after that, within the request's limit.
+                if payload_bytes > 0 && payload_bytes + batch.len() > request_bytes_max {
+                    break;
+                }
+                payload_bytes += batch.len();
+                batches.push(batch);
+            }
+            let error = match (&part.target, result.error) {
+                (None, _) => unknown_topic,
+                (_, error) => kafka_code(error),
+            };
+            let mut data = PartitionData::default()
+                .with_partition_index(part.partition)
+                .with_error_code(error)
+                .with_high_watermark(result.high_watermark)
+                // No transactions yet: everything below the high watermark
+                // is stable.
+                .with_last_stable_offset(result.high_watermark)
+                .with_log_start_offset(result.log_start_offset)
+                .with_aborted_transactions(if read_committed { Some(Vec::new()) } else { None })
+                .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1));
+            if !batches.is_empty() {
+                let index = splices.len() as u32;
+                let m = marker(index);
+                data = data.with_records(Some(m.clone()));
+                if let Some((topic, _)) = &part.target {
+                    ctx.shard.metrics.fetched(&topic.name, batches.iter().map(Bytes::len).sum());
+                }
+                splices.push(Splice { marker: m, batches });
+            } else {
+                data = data.with_records(Some(Bytes::new()));
+            }
+            responses[part.topic_index].partitions.push(data);
+        }
+        let response = FetchResponse::default().with_session_id(0).with_responses(responses);
+        let frame = match encode(&ctx, &response) {
+            Ok(frame) => frame,
+            Err(err) => {
+                tracing::error!("cannot encode a Kafka fetch response: {err:#}");
+                return Response::Close(None);
+            }
+        };
+        let flexible = ctx.version >= 12;
+        vectored(frame, splices, flexible)
+    }))
+}
+
+pub(crate) fn list_offsets(ctx: Ctx, body: Bytes) -> Reply {
+    let request: ListOffsetsRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    if partitions > PARTITIONS_PER_REQUEST_MAX {
+        return Reply::Now(Response::Close(None));
+    }
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let mut waits = Vec::with_capacity(partitions);
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        let meta = catalog.topics.get(topic.name.0.as_str()).cloned();
+        for part in &topic.partitions {
+            let target =
+                meta.as_ref().and_then(|m| u32::try_from(part.partition_index).ok().filter(|&p| p < m.partitions));
+            let wait = match (&meta, target) {
+                (Some(meta), Some(partition)) if part.timestamp >= -2 => {
+                    let (reply, wait) = oneshot::channel();
+                    let owner = ctx.shard.shared.owner(&meta.name, partition);
+                    ctx.shard.submit(
+                        owner,
+                        ShardOp::ListOffset { topic: meta.clone(), partition, timestamp: part.timestamp, reply },
+                    );
+                    Ok(wait)
+                }
+                // -3 (max timestamp) and later specs: not served yet.
+                (Some(_), Some(_)) => Err(K::UnsupportedVersion.code()),
+                _ => Err(K::UnknownTopicOrPartition.code()),
+            };
+            waits.push((topic_index, part.partition_index, part.timestamp, wait));
+        }
+    }
+    let names: Vec<String> = request.topics.iter().map(|t| t.name.0.to_string()).collect();
+    Reply::Later(Box::pin(async move {
+        let mut topics: Vec<ListOffsetsTopicResponse> = names
+            .into_iter()
+            .map(|n| ListOffsetsTopicResponse::default().with_name(TopicName(StrBytes::from_string(n))))
+            .collect();
+        for (topic_index, partition, timestamp, wait) in waits {
+            let (error, offset) = match wait {
+                Ok(wait) => {
+                    let result =
+                        wait.await.unwrap_or(OffsetResult { error: ErrorCode::BrokerShuttingDown, offset: -1 });
+                    (kafka_code(result.error), result.offset)
+                }
+                Err(code) => (code, -1),
+            };
+            // Kafka answers -1 for "no record at or after this timestamp";
+            // the found record's own timestamp is not known here: the
+            // asked one stands in (ledger: docs/kafka-compat.md).
+            let answered_timestamp = if timestamp >= 0 && offset >= 0 { timestamp } else { -1 };
+            topics[topic_index].partitions.push(
+                ListOffsetsPartitionResponse::default()
+                    .with_partition_index(partition)
+                    .with_error_code(error)
+                    .with_timestamp(answered_timestamp)
+                    .with_offset(offset)
+                    .with_leader_epoch(-1),
+            );
+        }
+        respond(&ctx, &ListOffsetsResponse::default().with_topics(topics))
+    }))
+}
+
+pub(crate) fn offset_for_leader_epoch(ctx: Ctx, body: Bytes) -> Reply {
+    let request: OffsetForLeaderEpochRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    if partitions > PARTITIONS_PER_REQUEST_MAX {
+        return Reply::Now(Response::Close(None));
+    }
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let mut waits = Vec::with_capacity(partitions);
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        let meta = catalog.topics.get(topic.topic.0.as_str()).cloned();
+        for part in &topic.partitions {
+            let target = meta.as_ref().and_then(|m| u32::try_from(part.partition).ok().filter(|&p| p < m.partitions));
+            let wait = match (&meta, target) {
+                (Some(meta), Some(partition)) => {
+                    let (reply, wait) = oneshot::channel();
+                    let owner = ctx.shard.shared.owner(&meta.name, partition);
+                    ctx.shard.submit(
+                        owner,
+                        ShardOp::EpochEndOffset {
+                            topic: meta.clone(),
+                            partition,
+                            current_leader_epoch: part.current_leader_epoch,
+                            leader_epoch: part.leader_epoch,
+                            reply,
+                        },
+                    );
+                    Some(wait)
+                }
+                _ => None,
+            };
+            waits.push((topic_index, part.partition, wait));
+        }
+    }
+    let names: Vec<String> = request.topics.iter().map(|t| t.topic.0.to_string()).collect();
+    Reply::Later(Box::pin(async move {
+        let mut topics: Vec<OffsetForLeaderTopicResult> = names
+            .into_iter()
+            .map(|n| OffsetForLeaderTopicResult::default().with_topic(TopicName(StrBytes::from_string(n))))
+            .collect();
+        for (topic_index, partition, wait) in waits {
+            let result = match wait {
+                Some(wait) => wait.await.unwrap_or(EpochEndResult {
+                    error: ErrorCode::BrokerShuttingDown,
+                    leader_epoch: -1,
+                    end_offset: -1,
+                }),
+                None => EpochEndResult { error: ErrorCode::UnknownTopicOrPartition, leader_epoch: -1, end_offset: -1 },
+            };
+            topics[topic_index].partitions.push(
+                EpochEndOffset::default()
+                    .with_partition(partition)
+                    .with_error_code(kafka_code(result.error))
+                    .with_leader_epoch(result.leader_epoch)
+                    .with_end_offset(result.end_offset),
+            );
+        }
+        respond(&ctx, &OffsetForLeaderEpochResponse::default().with_topics(topics))
+    }))
+}

@@ -1,0 +1,415 @@
+//! Kafka's group APIs on Spate's one group coordinator (`group/`): the
+//! same groups, offsets and `__consumer_offsets` records whichever
+//! protocol a client speaks.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use kafka_protocol::ResponseError as K;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use spate_flatbuf::proto::ErrorCode;
+use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition};
+
+use super::codes::group_code;
+use super::{Ctx, decode, respond};
+use crate::api::{Reply, Response};
+use crate::group::{GroupListing, GroupOp, GroupView, Tp, coordinator};
+use crate::limits::{GROUPS_PER_REQUEST_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX};
+use crate::shard::{Outcome, Shard, ShardOp};
+
+/// FindCoordinator key types.
+const KEY_TYPE_GROUP: i8 = 0;
+
+fn group_name(id: &str) -> GroupId {
+    GroupId(StrBytes::from_string(id.to_string()))
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+/// The broker that coordinates `key`: the leader of its partition of
+/// `__consumer_offsets`, with its Kafka address; or an error code.
+fn coordinator_of(shard: &Shard, key: &str) -> Result<(i32, String, i32), i16> {
+    if key.is_empty() || key.len() > NAME_BYTES_MAX {
+        return Err(K::InvalidGroupId.code());
+    }
+    let catalog = shard.shared.catalog.load();
+    let Some(topic) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC) else {
+        return Err(K::CoordinatorNotAvailable.code());
+    };
+    let leader = topic.assignment(group_partition(key, topic.partitions)).leader;
+    match catalog.brokers.get(&leader) {
+        Some(b) if b.kafka_port != 0 && !b.fenced => Ok((b.node_id, b.kafka_host.clone(), i32::from(b.kafka_port))),
+        _ => Err(K::CoordinatorNotAvailable.code()),
+    }
+}
+
+pub(crate) fn find_coordinator(ctx: Ctx, body: Bytes) -> Reply {
+    let request: FindCoordinatorRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    // Transactions come with their own issue: no transaction coordinator.
+    let lookup = |key: &str| {
+        if request.key_type != KEY_TYPE_GROUP {
+            return Err(K::CoordinatorNotAvailable.code());
+        }
+        coordinator_of(&ctx.shard, key)
+    };
+    if ctx.version < 4 {
+        let response = match lookup(request.key.as_str()) {
+            Ok((node, host, port)) => FindCoordinatorResponse::default()
+                .with_node_id(BrokerId(node))
+                .with_host(StrBytes::from_string(host))
+                .with_port(port),
+            Err(code) => FindCoordinatorResponse::default()
+                .with_error_code(code)
+                .with_node_id(BrokerId(-1))
+                .with_host(StrBytes::from_static_str(""))
+                .with_port(-1),
+        };
+        return Reply::Now(respond(&ctx, &response));
+    }
+    let coordinators = request
+        .coordinator_keys
+        .iter()
+        .take(GROUPS_PER_REQUEST_MAX)
+        .map(|key| {
+            let entry = Coordinator::default().with_key(key.clone());
+            match lookup(key.as_str()) {
+                Ok((node, host, port)) => {
+                    entry.with_node_id(BrokerId(node)).with_host(StrBytes::from_string(host)).with_port(port)
+                }
+                Err(code) => entry.with_error_code(code).with_node_id(BrokerId(-1)).with_port(-1),
+            }
+        })
+        .collect();
+    Reply::Now(respond(&ctx, &FindCoordinatorResponse::default().with_coordinators(coordinators)))
+}
+
+/// Sends `op` to the group's coordinator shard on this broker; false when
+/// there is none.
+fn route(shard: &Rc<Shard>, group_id: &str, op: GroupOp) -> bool {
+    match coordinator(shard, group_id) {
+        Some(owner) => {
+            shard.submit(owner, ShardOp::Group(op));
+            true
+        }
+        None => false,
+    }
+}
+
+fn stopped() -> Outcome {
+    Outcome::err(ErrorCode::BrokerShuttingDown, "the coordinator's shard stopped")
+}
+
+fn no_coordinator() -> Outcome {
+    Outcome::err(ErrorCode::NotReady, "no group coordinator yet")
+}
+
+pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
+    let request: OffsetCommitRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    if partitions > PARTITIONS_PER_REQUEST_MAX {
+        return Reply::Now(Response::Close(None));
+    }
+    let group_id = request.group_id.0.to_string();
+    let offsets: Vec<(Tp, i64)> = request
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| ((t.name.0.to_string(), p.partition_index), p.committed_offset)))
+        .collect();
+    let entries: Vec<(String, Vec<i32>)> = request
+        .topics
+        .iter()
+        .map(|t| (t.name.0.to_string(), t.partitions.iter().map(|p| p.partition_index).collect()))
+        .collect();
+    let (reply, wait) = oneshot::channel();
+    let routed = route(
+        &ctx.shard,
+        &group_id.clone(),
+        GroupOp::Commit {
+            group_id,
+            member_id: request.member_id.to_string(),
+            member_epoch: request.generation_id_or_member_epoch,
+            offsets,
+            reply,
+        },
+    );
+    Reply::Later(Box::pin(async move {
+        let outcome = if routed { wait.await.unwrap_or_else(|_| stopped()) } else { no_coordinator() };
+        let code = group_code(outcome.error);
+        let topics = entries
+            .into_iter()
+            .map(|(name, partitions)| {
+                OffsetCommitResponseTopic::default().with_name(topic_name(&name)).with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|p| OffsetCommitResponsePartition::default().with_partition_index(p).with_error_code(code))
+                        .collect(),
+                )
+            })
+            .collect();
+        respond(&ctx, &OffsetCommitResponse::default().with_topics(topics))
+    }))
+}
+
+/// Partitions asked for, by topic (None: all the group has).
+type Asked = Option<Vec<(String, Vec<i32>)>>;
+
+/// One group's committed offsets, as asked: (error, offsets by topic).
+async fn fetch_group(shard: &Rc<Shard>, group_id: &str, asked: Asked) -> (i16, Vec<(String, Vec<(i32, i64)>)>) {
+    let partitions: Option<Vec<Tp>> =
+        asked.as_ref().map(|topics| topics.iter().flat_map(|(t, ps)| ps.iter().map(|p| (t.clone(), *p))).collect());
+    let (reply, wait) = oneshot::channel();
+    let routed = route(shard, group_id, GroupOp::Fetch { group_id: group_id.to_string(), partitions, reply });
+    let result = if routed { wait.await.unwrap_or_else(|_| Err(stopped())) } else { Err(no_coordinator()) };
+    let committed: BTreeMap<Tp, i64> = match result {
+        Ok(offsets) => offsets.into_iter().collect(),
+        Err(outcome) => return (group_code(outcome.error), Vec::new()),
+    };
+    let topics = match asked {
+        // Asked partitions without a commit answer -1 (Kafka's "none").
+        Some(topics) => topics
+            .into_iter()
+            .map(|(t, ps)| {
+                let offsets = ps.iter().map(|p| (*p, committed.get(&(t.clone(), *p)).copied().unwrap_or(-1))).collect();
+                (t, offsets)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
+            for ((t, p), offset) in committed {
+                by_topic.entry(t).or_default().push((p, offset));
+            }
+            by_topic.into_iter().collect()
+        }
+    };
+    (0, topics)
+}
+
+pub(crate) fn offset_fetch(ctx: Ctx, body: Bytes) -> Reply {
+    let request: OffsetFetchRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    if ctx.version < 8 {
+        let group_id = request.group_id.0.to_string();
+        let asked = request
+            .topics
+            .map(|topics| topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+        return Reply::Later(Box::pin(async move {
+            let (error, topics) = fetch_group(&ctx.shard, &group_id, asked).await;
+            let topics = topics
+                .into_iter()
+                .map(|(name, offsets)| {
+                    OffsetFetchResponseTopic::default().with_name(topic_name(&name)).with_partitions(
+                        offsets
+                            .into_iter()
+                            .map(|(p, offset)| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(StrBytes::from_static_str("")))
+                            })
+                            .collect(),
+                    )
+                })
+                .collect();
+            respond(&ctx, &OffsetFetchResponse::default().with_error_code(error).with_topics(topics))
+        }));
+    }
+    let groups: Vec<(String, Asked)> = request
+        .groups
+        .into_iter()
+        .take(GROUPS_PER_REQUEST_MAX)
+        .map(|g| {
+            let asked = g
+                .topics
+                .map(|topics| topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+            (g.group_id.0.to_string(), asked)
+        })
+        .collect();
+    Reply::Later(Box::pin(async move {
+        let mut answers = Vec::with_capacity(groups.len());
+        for (group_id, asked) in groups {
+            let (error, topics) = fetch_group(&ctx.shard, &group_id, asked).await;
+            let topics = topics
+                .into_iter()
+                .map(|(name, offsets)| {
+                    OffsetFetchResponseTopics::default().with_name(topic_name(&name)).with_partitions(
+                        offsets
+                            .into_iter()
+                            .map(|(p, offset)| {
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(-1)
+                                    .with_metadata(Some(StrBytes::from_static_str("")))
+                            })
+                            .collect(),
+                    )
+                })
+                .collect();
+            answers.push(
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(group_name(&group_id))
+                    .with_error_code(error)
+                    .with_topics(topics),
+            );
+        }
+        respond(&ctx, &OffsetFetchResponse::default().with_groups(answers))
+    }))
+}
+
+/// Kafka's names for group states.
+fn kafka_state(state: &str) -> &'static str {
+    match state {
+        "Empty" | "empty" => "Empty",
+        "Stable" | "stable" => "Stable",
+        "PreparingRebalance" => "PreparingRebalance",
+        "CompletingRebalance" => "CompletingRebalance",
+        "Dead" | "dead" => "Dead",
+        "Assigning" | "assigning" | "Reconciling" | "reconciling" => "Reconciling",
+        _ => "Stable",
+    }
+}
+
+pub(crate) fn list_groups(ctx: Ctx, body: Bytes) -> Reply {
+    let request: ListGroupsRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let waits: Vec<_> = (0..ctx.shard.shared.shard_count)
+        .map(|owner| {
+            let (reply, wait) = oneshot::channel();
+            ctx.shard.submit(owner, ShardOp::Group(GroupOp::List { reply }));
+            wait
+        })
+        .collect();
+    Reply::Later(Box::pin(async move {
+        let mut all: Vec<GroupListing> = Vec::new();
+        for wait in waits {
+            all.extend(wait.await.unwrap_or_default());
+        }
+        all.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        let groups = all
+            .into_iter()
+            .filter(|g| {
+                request.states_filter.is_empty()
+                    || request.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(kafka_state(g.state)))
+            })
+            .map(|g| {
+                ListedGroup::default()
+                    .with_group_id(group_name(&g.group_id))
+                    .with_protocol_type(StrBytes::from_static_str("consumer"))
+                    .with_group_state(StrBytes::from_static_str(kafka_state(g.state)))
+                    .with_group_type(StrBytes::from_static_str("consumer"))
+            })
+            .collect();
+        respond(&ctx, &ListGroupsResponse::default().with_groups(groups))
+    }))
+}
+
+fn describe_one(group_id: &str, result: Result<GroupView, Outcome>) -> DescribedGroup {
+    let entry = DescribedGroup::default().with_group_id(group_name(group_id));
+    match result {
+        Ok(view) => entry
+            .with_group_state(StrBytes::from_static_str(kafka_state(view.state)))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocol_data(StrBytes::from_static_str(view.assignor))
+            .with_members(
+                view.members
+                    .into_iter()
+                    .map(|m| {
+                        DescribedGroupMember::default()
+                            .with_member_id(StrBytes::from_string(m.member_id))
+                            .with_client_id(StrBytes::from_string(m.client_id))
+                            .with_client_host(StrBytes::from_static_str(""))
+                    })
+                    .collect(),
+            ),
+        // Kafka describes an unknown group as Dead, without an error.
+        Err(outcome) if outcome.error == ErrorCode::GroupIdNotFound => {
+            entry.with_group_state(StrBytes::from_static_str("Dead"))
+        }
+        Err(outcome) => entry.with_error_code(group_code(outcome.error)),
+    }
+}
+
+pub(crate) fn describe_groups(ctx: Ctx, body: Bytes) -> Reply {
+    let request: DescribeGroupsRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let waits: Vec<_> = request
+        .groups
+        .iter()
+        .take(GROUPS_PER_REQUEST_MAX)
+        .map(|g| {
+            let group_id = g.0.to_string();
+            let (reply, wait) = oneshot::channel();
+            let routed = route(&ctx.shard, &group_id, GroupOp::Describe { group_id: group_id.clone(), reply });
+            (group_id, routed, wait)
+        })
+        .collect();
+    Reply::Later(Box::pin(async move {
+        let mut groups = Vec::with_capacity(waits.len());
+        for (group_id, routed, wait) in waits {
+            let result = if routed { wait.await.unwrap_or_else(|_| Err(stopped())) } else { Err(no_coordinator()) };
+            groups.push(describe_one(&group_id, result));
+        }
+        respond(&ctx, &DescribeGroupsResponse::default().with_groups(groups))
+    }))
+}
+
+pub(crate) fn delete_groups(ctx: Ctx, body: Bytes) -> Reply {
+    let request: DeleteGroupsRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let waits: Vec<_> = request
+        .groups_names
+        .iter()
+        .take(GROUPS_PER_REQUEST_MAX)
+        .map(|g| {
+            let group_id = g.0.to_string();
+            let (reply, wait) = oneshot::channel();
+            let routed = route(&ctx.shard, &group_id, GroupOp::Delete { group_id: group_id.clone(), reply });
+            (group_id, routed, wait)
+        })
+        .collect();
+    Reply::Later(Box::pin(async move {
+        let mut results = Vec::with_capacity(waits.len());
+        for (group_id, routed, wait) in waits {
+            let outcome = if routed { wait.await.unwrap_or_else(|_| stopped()) } else { no_coordinator() };
+            results.push(
+                DeletableGroupResult::default()
+                    .with_group_id(group_name(&group_id))
+                    .with_error_code(group_code(outcome.error)),
+            );
+        }
+        respond(&ctx, &DeleteGroupsResponse::default().with_results(results))
+    }))
+}

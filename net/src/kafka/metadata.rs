@@ -1,0 +1,217 @@
+//! Metadata and DescribeCluster: where the cluster's brokers serve the
+//! Kafka protocol, and each partition's leader and replicas.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError as K;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use spate_flatbuf::proto::ErrorCode;
+
+use super::{Ctx, decode, respond};
+use crate::api::{Reply, Response};
+use crate::catalog::{Catalog, kafka_topic_id};
+use crate::limits::{NAME_BYTES_MAX, TOPICS_PER_REQUEST_MAX};
+
+/// Kafka's cluster id: 22 characters (a UUID in URL-safe base64). Derived
+/// from the cluster secret the first controller committed, so it is the
+/// same on every broker and across restarts, and says nothing of the
+/// secret (a hash of it).
+pub(crate) fn cluster_id(catalog: &Catalog) -> String {
+    use sha2::Digest;
+    let Some(secret) = &catalog.cluster_secret else { return "spate-cluster-pending0".to_string() };
+    let digest = sha2::Sha256::new().chain_update(b"spate cluster id").chain_update(secret).finalize();
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = u128::from_be_bytes(digest[..16].try_into().unwrap_or([0; 16]));
+    (0..22).map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char).collect()
+}
+
+fn brokers(catalog: &Catalog) -> Vec<MetadataResponseBroker> {
+    catalog
+        .brokers
+        .values()
+        .filter(|b| b.kafka_port != 0 && !b.fenced)
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.kafka_host.clone()))
+                .with_port(i32::from(b.kafka_port))
+                .with_rack(None)
+        })
+        .collect()
+}
+
+fn topic_entry(catalog: &Catalog, name: &str) -> MetadataResponseTopic {
+    let entry = MetadataResponseTopic::default().with_name(Some(TopicName(StrBytes::from_string(name.to_string()))));
+    let Some(topic) = catalog.topics.get(name) else {
+        return entry.with_error_code(K::UnknownTopicOrPartition.code());
+    };
+    let ids = |nodes: &[i32]| nodes.iter().copied().map(BrokerId).collect::<Vec<_>>();
+    let partitions = (0..topic.partitions)
+        .map(|partition| {
+            let assignment = topic.assignment(partition);
+            let error = if assignment.leader < 0 { K::LeaderNotAvailable.code() } else { 0 };
+            let offline: Vec<i32> = assignment
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| catalog.brokers.get(r).is_none_or(|b| b.fenced))
+                .collect();
+            MetadataResponsePartition::default()
+                .with_error_code(error)
+                .with_partition_index(partition as i32)
+                .with_leader_id(BrokerId(assignment.leader))
+                .with_leader_epoch(assignment.leader_epoch)
+                .with_replica_nodes(ids(&assignment.replicas))
+                .with_isr_nodes(ids(&assignment.isr))
+                .with_offline_replicas(ids(&offline))
+        })
+        .collect();
+    entry
+        .with_topic_id(uuid::Uuid::from_u128(kafka_topic_id(&topic.topic_id)))
+        .with_is_internal(spate_flatbuf::is_internal_topic(name))
+        .with_partitions(partitions)
+}
+
+/// The controller as Kafka clients see it: where admin requests go. Every
+/// Spate broker serves them (they reach the active controller inside the
+/// cluster), so, as Kafka's KRaft brokers do, answer with a broker the
+/// client can reach: the active controller when it serves Kafka clients,
+/// else this broker.
+fn controller_id(ctx: &Ctx, catalog: &Catalog) -> i32 {
+    match catalog.brokers.get(&catalog.controller_id) {
+        Some(b) if b.kafka_port != 0 && !b.fenced => b.node_id,
+        _ => ctx.shard.shared.config.node_id,
+    }
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn answer(ctx: &Ctx, catalog: &Catalog, names: &[String], invalid: &[String]) -> Response {
+    let mut topics: Vec<MetadataResponseTopic> = names.iter().map(|name| topic_entry(catalog, name)).collect();
+    for name in invalid {
+        topics.push(
+            MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                .with_error_code(K::InvalidTopicException.code()),
+        );
+    }
+    let response = MetadataResponse::default()
+        .with_brokers(brokers(catalog))
+        .with_cluster_id(Some(StrBytes::from_string(cluster_id(catalog))))
+        .with_controller_id(BrokerId(controller_id(ctx, catalog)))
+        .with_topics(topics);
+    respond(ctx, &response)
+}
+
+pub(crate) fn metadata(ctx: Ctx, body: Bytes) -> Reply {
+    let request: MetadataRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let catalog = ctx.shard.shared.catalog.load_full();
+    // v0 asks for every topic with an empty list; later versions with null.
+    let requested: Option<Vec<String>> = match &request.topics {
+        None => None,
+        Some(topics) if topics.is_empty() && ctx.version == 0 => None,
+        Some(topics) => Some(topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect()),
+    };
+    let Some(requested) = requested else {
+        let mut all: Vec<String> = catalog.topics.keys().cloned().collect();
+        all.sort();
+        return Reply::Now(answer(&ctx, &catalog, &all, &[]));
+    };
+    if requested.len() > TOPICS_PER_REQUEST_MAX {
+        tracing::warn!(
+            shard = ctx.shard.id,
+            topics = requested.len(),
+            "closing a Kafka connection: Metadata over the topic cap"
+        );
+        return Reply::Now(Response::Close(None));
+    }
+    let mut names = Vec::new();
+    let mut invalid = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for name in requested {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        if valid_name(&name) { names.push(name) } else { invalid.push(crate::caps::bounded_message(name)) }
+    }
+    // Kafka's auto.create.topics.enable: a Metadata request naming an
+    // unknown topic creates it (v4+ clients may ask it not to).
+    let config = &ctx.shard.shared.config;
+    let allow = config.auto_create_topics_enable && (ctx.version < 4 || request.allow_auto_topic_creation);
+    let missing: Vec<String> = if allow {
+        names
+            .iter()
+            .filter(|n| !catalog.topics.contains_key(*n) && !spate_flatbuf::is_internal_topic(n))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if missing.is_empty() {
+        return Reply::Now(answer(&ctx, &catalog, &names, &invalid));
+    }
+    let specs = missing
+        .iter()
+        .map(|name| {
+            Ok(crate::admin::CreateSpec {
+                name: name.clone(),
+                partitions: config.num_partitions as i32,
+                replication_factor: config.default_replication_factor,
+                configs: Default::default(),
+            })
+        })
+        .collect();
+    let created = super::admin::create(&ctx.shard, specs, false);
+    Reply::Later(Box::pin(async move {
+        for (name, outcome) in created.await {
+            if !matches!(outcome.error, ErrorCode::None | ErrorCode::TopicAlreadyExists) {
+                tracing::info!(topic = %name, "auto-creating a topic failed: {:?} {:?}", outcome.error, outcome.message);
+            }
+        }
+        let catalog: Arc<Catalog> = ctx.shard.shared.catalog.load_full();
+        answer(&ctx, &catalog, &names, &invalid)
+    }))
+}
+
+pub(crate) fn describe_cluster(ctx: Ctx, body: Bytes) -> Reply {
+    let request: DescribeClusterRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let brokers = catalog
+        .brokers
+        .values()
+        .filter(|b| b.kafka_port != 0 && (request.include_fenced_brokers || !b.fenced))
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.node_id))
+                .with_host(StrBytes::from_string(b.kafka_host.clone()))
+                .with_port(i32::from(b.kafka_port))
+                .with_is_fenced(b.fenced)
+        })
+        .collect();
+    let response = DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(cluster_id(&catalog)))
+        .with_controller_id(BrokerId(controller_id(&ctx, &catalog)))
+        .with_endpoint_type(1)
+        .with_brokers(brokers);
+    Reply::Now(respond(&ctx, &response))
+}

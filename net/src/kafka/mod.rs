@@ -1,0 +1,227 @@
+//! The Kafka protocol front-end (design decision 10): Kafka clients, tools
+//! and frameworks talk to the same shards as native clients. Each request
+//! is decoded with the `kafka-protocol` crate's codecs (generated from
+//! Kafka's own message specs), turned into the same shard operations the
+//! native front-end uses (append, read, list offsets, group coordinator
+//! calls), and answered in Kafka's terms: Kafka error codes, Kafka's
+//! response versions. The connection itself (budgets, backpressure,
+//! in-order answers, write timeout) is `conn.rs`, shared with the native
+//! protocol.
+//!
+//! Records pass through untouched: a produce request's record batches are
+//! slices of the receive buffer (as on the native path), and a fetch
+//! response's batches are written from the tail cache or the read buffers
+//! with a vectored write (`response::vectored`).
+
+mod admin;
+mod codes;
+mod fetch;
+mod groups;
+mod metadata;
+mod produce;
+mod response;
+mod versions;
+
+use std::rc::Rc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+
+use crate::api::{Reply, Response};
+use crate::budget::Charge;
+use crate::conn::Protocol;
+use crate::shard::Shard;
+
+pub(crate) use self::response::respond;
+
+/// Kafka's framing: a 4-byte big-endian size, then the request header and
+/// body.
+pub(crate) struct Kafka {
+    frame_bytes_max: usize,
+}
+
+impl Kafka {
+    pub(crate) fn new(frame_bytes_max: usize) -> Kafka {
+        Kafka { frame_bytes_max }
+    }
+}
+
+/// One request as received: header and body, size prefix removed.
+#[derive(Debug)]
+pub(crate) struct KafkaFrame {
+    bytes: BytesMut,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KafkaFrameError {
+    #[error("Kafka request of {frame_bytes} bytes is over the {frame_bytes_max}-byte limit (socket.request.max.bytes)")]
+    TooLarge { frame_bytes: i64, frame_bytes_max: usize },
+    #[error("connection closed in the middle of a Kafka request ({buffered_bytes} bytes buffered)")]
+    Truncated { buffered_bytes: usize },
+}
+
+/// The smallest request: api key, version, correlation id and a client id
+/// length.
+const REQUEST_HEADER_BYTES_MIN: usize = 10;
+
+impl Kafka {
+    fn frame_bytes(&self, buf: &[u8]) -> Result<Option<usize>, KafkaFrameError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        // A negative or tiny size cannot be a request; neither can one over
+        // the cap, which is refused before anything is allocated for it.
+        if size < 0 || size as usize > self.frame_bytes_max {
+            return Err(KafkaFrameError::TooLarge { frame_bytes: size as i64, frame_bytes_max: self.frame_bytes_max });
+        }
+        Ok(Some(size as usize))
+    }
+}
+
+impl Protocol for Kafka {
+    type Frame = KafkaFrame;
+    type Session = ();
+    type Error = KafkaFrameError;
+
+    fn session(&self) {}
+
+    fn decode(&self, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
+        let Some(size) = self.frame_bytes(buf)? else { return Ok(None) };
+        if buf.len() < 4 + size {
+            return Ok(None);
+        }
+        buf.advance(4);
+        Ok(Some(KafkaFrame { bytes: buf.split_to(size) }))
+    }
+
+    fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, KafkaFrameError> {
+        match self.frame_bytes(buf)? {
+            None => Ok(4 - buf.len()),
+            Some(size) => Ok((4 + size).saturating_sub(buf.len())),
+        }
+    }
+
+    fn frame_bytes(frame: &KafkaFrame) -> usize {
+        4 + frame.bytes.len()
+    }
+
+    fn dispatch(shard: &Rc<Shard>, _session: &(), frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
+        dispatch(shard, frame, charge)
+    }
+
+    fn error_frame(_err: &KafkaFrameError) -> Option<Bytes> {
+        // Kafka has no answer for a request it cannot frame: it closes.
+        None
+    }
+
+    fn truncated(buffered_bytes: usize) -> KafkaFrameError {
+        KafkaFrameError::Truncated { buffered_bytes }
+    }
+}
+
+/// What a handler knows of its request.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub shard: Rc<Shard>,
+    pub api: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    /// For the group coordinator's member ids and `group describe`.
+    #[allow(dead_code)]
+    pub client_id: String,
+}
+
+fn dispatch(shard: &Rc<Shard>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
+    let bytes = frame.bytes;
+    if bytes.len() < REQUEST_HEADER_BYTES_MIN - 2 {
+        tracing::debug!(shard = shard.id, "closing a Kafka connection: a request too short for its header");
+        return (Reply::Now(Response::Close(None)), "kafka.invalid");
+    }
+    let api_key = i16::from_be_bytes([bytes[0], bytes[1]]);
+    let version = i16::from_be_bytes([bytes[2], bytes[3]]);
+    let correlation_id = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let Ok(api) = ApiKey::try_from(api_key) else {
+        // Kafka closes on an API it does not know; so does Spate (there is
+        // no response schema to answer in).
+        tracing::debug!(shard = shard.id, api_key, "closing a Kafka connection: unknown API key");
+        return (Reply::Now(Response::Close(None)), "kafka.invalid");
+    };
+    let name = versions::api_name(api);
+    let Some(supported) = versions::supported(api) else {
+        tracing::debug!(shard = shard.id, ?api, "closing a Kafka connection: an API Spate does not serve");
+        return (Reply::Now(Response::Close(None)), name);
+    };
+    if !(supported.0..=supported.1).contains(&version) {
+        if api == ApiKey::ApiVersions {
+            // KIP-511: a client newer than us gets a v0 answer listing our
+            // versions, and retries at one of them.
+            return (Reply::Now(versions::unsupported_api_versions(correlation_id)), name);
+        }
+        return (Reply::Now(versions::unsupported(api, version, correlation_id)), name);
+    }
+    // Parse the header at its version (copying only its small fields),
+    // then hand the body to the handler: a produce request's body stays a
+    // `BytesMut` (its records are split off it, not copied); the others
+    // decode from `Bytes` slices of it.
+    let mut bytes = bytes;
+    let header_version = api.request_header_version(version);
+    let (header, header_bytes) = {
+        let mut view = produce::RangeBuf::new(&bytes);
+        match RequestHeader::decode(&mut view, header_version) {
+            Ok(header) if view.large.is_empty() => (header, view.position()),
+            Ok(_) => {
+                tracing::debug!(shard = shard.id, "closing a Kafka connection: an oversized client id");
+                return (Reply::Now(Response::Close(None)), name);
+            }
+            Err(err) => {
+                tracing::debug!(shard = shard.id, "closing a Kafka connection: bad request header: {err}");
+                return (Reply::Now(Response::Close(None)), name);
+            }
+        }
+    };
+    bytes.advance(header_bytes);
+    let ctx = Ctx {
+        shard: shard.clone(),
+        api,
+        version,
+        correlation_id,
+        client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
+    };
+    if api == ApiKey::Produce {
+        return (produce::produce(ctx, bytes), name);
+    }
+    let body = bytes.freeze();
+    let reply = match api {
+        ApiKey::ApiVersions => Reply::Now(versions::api_versions(&ctx)),
+        ApiKey::Metadata => metadata::metadata(ctx, body),
+        ApiKey::DescribeCluster => metadata::describe_cluster(ctx, body),
+        ApiKey::FindCoordinator => groups::find_coordinator(ctx, body),
+        ApiKey::InitProducerId => produce::init_producer_id(ctx, body),
+        ApiKey::Fetch => fetch::fetch(ctx, body, charge),
+        ApiKey::ListOffsets => fetch::list_offsets(ctx, body),
+        ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(ctx, body),
+        ApiKey::CreateTopics => admin::create_topics(ctx, body),
+        ApiKey::DeleteTopics => admin::delete_topics(ctx, body),
+        ApiKey::DescribeConfigs => admin::describe_configs(ctx, body),
+        ApiKey::AlterConfigs => admin::alter_configs(ctx, body),
+        ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),
+        ApiKey::OffsetCommit => groups::offset_commit(ctx, body),
+        ApiKey::OffsetFetch => groups::offset_fetch(ctx, body),
+        ApiKey::ListGroups => groups::list_groups(ctx, body),
+        ApiKey::DescribeGroups => groups::describe_groups(ctx, body),
+        ApiKey::DeleteGroups => groups::delete_groups(ctx, body),
+        _ => Reply::Now(Response::Close(None)),
+    };
+    (reply, name)
+}
+
+/// Decodes a request body; a body that does not parse closes the
+/// connection (Kafka does the same: the stream may be out of step).
+pub(crate) fn decode<T: Decodable>(ctx: &Ctx, mut body: Bytes) -> Result<T, Reply> {
+    T::decode(&mut body, ctx.version).map_err(|err| {
+        tracing::debug!(shard = ctx.shard.id, api = ?ctx.api, version = ctx.version, "closing a Kafka connection: {err:#}");
+        Reply::Now(Response::Close(None))
+    })
+}

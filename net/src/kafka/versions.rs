@@ -1,0 +1,124 @@
+//! Which Kafka APIs Spate serves, at which versions, and ApiVersions.
+//!
+//! Every version listed here works, old non-flexible ones and flexible
+//! ones alike (clients pick the highest both sides know: aiokafka and
+//! kafkajs send old versions, the Java client the newest). APIs that come
+//! with later issues (transactions, SASL, ACLs) are not listed until they
+//! work.
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+
+use super::Ctx;
+use crate::api::Response;
+
+/// (min, max) version served, or None: not served.
+pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    Some(match api {
+        ApiKey::ApiVersions => (0, 4),
+        // v12 adds only transactions v2 semantics (KIP-890) and v13 topic
+        // ids in place of names: later.
+        ApiKey::Produce => (3, 11),
+        // v13+ name topics by id (UUIDs mapped from Spate's topic ids).
+        ApiKey::Fetch => (4, 16),
+        ApiKey::ListOffsets => (1, 8),
+        ApiKey::Metadata => (0, 12),
+        ApiKey::OffsetForLeaderEpoch => (2, 4),
+        ApiKey::DescribeCluster => (0, 1),
+        ApiKey::FindCoordinator => (0, 6),
+        ApiKey::InitProducerId => (0, 5),
+        ApiKey::CreateTopics => (2, 7),
+        ApiKey::DeleteTopics => (1, 6),
+        ApiKey::DescribeConfigs => (1, 4),
+        ApiKey::AlterConfigs => (0, 2),
+        ApiKey::IncrementalAlterConfigs => (0, 1),
+        ApiKey::OffsetCommit => (2, 9),
+        ApiKey::OffsetFetch => (1, 9),
+        ApiKey::ListGroups => (0, 5),
+        ApiKey::DescribeGroups => (0, 5),
+        ApiKey::DeleteGroups => (0, 2),
+        _ => return None,
+    })
+}
+
+/// A name for metrics and logs.
+pub(crate) fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::ApiVersions => "kafka.api_versions",
+        ApiKey::Produce => "kafka.produce",
+        ApiKey::Fetch => "kafka.fetch",
+        ApiKey::ListOffsets => "kafka.list_offsets",
+        ApiKey::Metadata => "kafka.metadata",
+        ApiKey::OffsetForLeaderEpoch => "kafka.offset_for_leader_epoch",
+        ApiKey::DescribeCluster => "kafka.describe_cluster",
+        ApiKey::FindCoordinator => "kafka.find_coordinator",
+        ApiKey::InitProducerId => "kafka.init_producer_id",
+        ApiKey::CreateTopics => "kafka.create_topics",
+        ApiKey::DeleteTopics => "kafka.delete_topics",
+        ApiKey::DescribeConfigs => "kafka.describe_configs",
+        ApiKey::AlterConfigs => "kafka.alter_configs",
+        ApiKey::IncrementalAlterConfigs => "kafka.incremental_alter_configs",
+        ApiKey::OffsetCommit => "kafka.offset_commit",
+        ApiKey::OffsetFetch => "kafka.offset_fetch",
+        ApiKey::ListGroups => "kafka.list_groups",
+        ApiKey::DescribeGroups => "kafka.describe_groups",
+        ApiKey::DeleteGroups => "kafka.delete_groups",
+        ApiKey::JoinGroup => "kafka.join_group",
+        ApiKey::SyncGroup => "kafka.sync_group",
+        ApiKey::Heartbeat => "kafka.heartbeat",
+        ApiKey::LeaveGroup => "kafka.leave_group",
+        _ => "kafka.other",
+    }
+}
+
+fn listing() -> Vec<ApiVersion> {
+    ApiKey::iter()
+        .filter_map(|api| {
+            let (min, max) = supported(api)?;
+            Some(ApiVersion::default().with_api_key(api as i16).with_min_version(min).with_max_version(max))
+        })
+        .collect()
+}
+
+pub(crate) fn api_versions(ctx: &Ctx) -> Response {
+    super::respond(ctx, &ApiVersionsResponse::default().with_api_keys(listing()))
+}
+
+/// KIP-511: an ApiVersions request at a version newer than ours is
+/// answered at v0 (header v0 always, as every ApiVersions response), with
+/// UNSUPPORTED_VERSION and our versions; the client retries at one of them.
+pub(crate) fn unsupported_api_versions(correlation_id: i32) -> Response {
+    let ctx_version = 0;
+    let body = ApiVersionsResponse::default()
+        .with_error_code(kafka_protocol::ResponseError::UnsupportedVersion.code())
+        .with_api_keys(listing());
+    let mut out = bytes::BytesMut::new();
+    let encoded = (|| -> anyhow::Result<()> {
+        use bytes::BufMut;
+        use kafka_protocol::protocol::Encodable;
+        let header = kafka_protocol::messages::ResponseHeader::default().with_correlation_id(correlation_id);
+        let size = header.compute_size(0)? + body.compute_size(ctx_version)?;
+        out.put_i32(size as i32);
+        header.encode(&mut out, 0)?;
+        body.encode(&mut out, ctx_version)?;
+        Ok(())
+    })();
+    match encoded {
+        Ok(()) => Response::Frame(out.freeze()),
+        Err(_) => Response::Close(None),
+    }
+}
+
+/// A request at a version Spate does not serve (a client that skipped
+/// ApiVersions, or a broken one). Its schema at that version is not one
+/// Spate can write, so, as Kafka does, the connection closes; the log says
+/// why.
+pub(crate) fn unsupported(api: ApiKey, version: i16, correlation_id: i32) -> Response {
+    tracing::warn!(
+        ?api,
+        version,
+        correlation_id,
+        "closing a Kafka connection: a request at a version Spate does not serve"
+    );
+    Response::Close(None)
+}
