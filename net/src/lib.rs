@@ -4,14 +4,12 @@
 //! own cross to the owner through its mailbox. See ARCHITECTURE.md.
 
 mod admin;
-mod api;
 mod broker_auth;
 mod budget;
 mod caps;
 pub mod catalog;
 mod clean_stop;
 pub mod config;
-mod conn;
 mod deadline;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -20,11 +18,13 @@ mod group;
 pub mod limits;
 mod metadata;
 mod metrics;
+mod native;
 mod producer_ids;
 mod replica;
 mod server;
 mod shard;
 pub mod topic_config;
+mod wire;
 
 pub use config::{BrokerConfig, ConfigError, parse_durability};
 pub use server::{BrokerHandle, ServeError, run, start};

@@ -579,7 +579,10 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
                     drop(stream);
                     continue;
                 }
-                Ok(stream) => glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach(),
+                Ok(stream) => {
+                    glommio::spawn_local(crate::wire::conn::serve(crate::native::Native(shard.clone()), stream))
+                        .detach()
+                }
                 Err(err) => {
                     // EMFILE and friends: log, back off briefly, go on.
                     tracing::warn!(shard = shard.id, "accept failed: {err}");

@@ -1223,3 +1223,17 @@ pub(crate) fn config_map(entries: &[(String, String)]) -> Result<BTreeMap<String
     }
     Ok(map)
 }
+
+/// Splits a partition's records into whole batches without copying.
+pub(crate) fn split_into_batches(mut records: BytesMut) -> Result<Vec<BytesMut>, Outcome> {
+    let mut lengths = Vec::new();
+    for span in spate_format::batch::split_batches(&records) {
+        match span {
+            Ok(span) => lengths.push(span.range.len()),
+            Err(err) => return Err(Outcome::err(ErrorCode::CorruptMessage, err.to_string())),
+        }
+    }
+    let batches: Vec<BytesMut> = lengths.into_iter().map(|len| records.split_to(len)).collect();
+    assert!(records.is_empty(), "split_batches covers the buffer or fails");
+    Ok(batches)
+}

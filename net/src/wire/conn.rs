@@ -7,7 +7,6 @@
 //! connection.
 
 use std::io::IoSlice;
-use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -18,11 +17,10 @@ use glommio::net::TcpStream;
 use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{FrameDecoder, FrameError};
 
-use crate::api::{self, Reply, Response};
+use super::{FrontEnd, Reply, Response, error_frame};
 use crate::budget::{Budgets, ByteBudget, Charge};
 use crate::deadline::Deadline;
 use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES};
-use crate::shard::Shard;
 
 /// A response in the writer's queue.
 enum Pending {
@@ -38,40 +36,40 @@ struct Queued {
     charge: Option<Charge>,
 }
 
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    shard.metrics.connection_opened();
+pub(crate) async fn serve<F: FrontEnd>(front: F, stream: TcpStream) {
+    front.metrics().connection_opened();
     let _ = stream.set_nodelay(true);
     // A peer that sends nothing for this long is dropped; a read that times
     // out ends the connection like a close.
-    let idle = std::time::Duration::from_millis(shard.shared.config.connection_idle_timeout_ms);
+    let idle = std::time::Duration::from_millis(front.config().connection_idle_timeout_ms);
     let _ = stream.set_read_timeout(Some(idle));
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let (reader, writer) = stream.split();
-    let (queue, responses) = local_channel::new_bounded(shard.shared.config.connection_requests_in_flight_max);
+    let (queue, responses) = local_channel::new_bounded(front.config().connection_requests_in_flight_max);
     let budgets = Budgets {
-        connection: ByteBudget::new(shard.shared.config.connection_bytes_in_flight_max),
-        shard: shard.bytes_in_flight.clone(),
+        connection: ByteBudget::new(front.config().connection_bytes_in_flight_max),
+        shard: front.bytes_in_flight().clone(),
     };
     // The writer gives up on a client that does not read; the reader then
     // stops too (else it could wait for budget that the unwritten responses
     // hold, or read on for up to the idle timeout).
     let (writer_done, writer_gone) = futures::channel::oneshot::channel::<()>();
     let writer = glommio::spawn_local({
-        let shard = shard.clone();
+        let front = front.clone();
         async move {
-            write_responses(shard, writer, responses).await;
+            write_responses(front, writer, responses).await;
             drop(writer_done);
         }
     });
     let end = futures::select! {
-        end = futures::FutureExt::fuse(read_requests(&shard, reader, &queue, &budgets)) => end,
+        end = futures::FutureExt::fuse(read_requests(&front, reader, &queue, &budgets)) => end,
         _ = futures::FutureExt::fuse(writer_gone) => Ok(()),
     };
     if let Err(err) = end {
-        shard.metrics.bad_frame();
-        tracing::warn!(shard = shard.id, %peer, "closing connection: {err}");
+        front.metrics().bad_frame();
+        tracing::warn!(shard = front.shard_id(), %peer, "closing connection: {err}");
         // Request id 0: the frame that failed could not be read.
-        let frame = api::error_frame(0, ErrorCode::InvalidRequest, &err.to_string());
+        let frame = error_frame(0, ErrorCode::InvalidRequest, &err.to_string());
         let _ = queue
             .send(Queued {
                 pending: Pending::Ready(Response::Close(Some(frame))),
@@ -83,22 +81,22 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     drop(queue);
     writer.await;
-    shard.metrics.connection_closed();
-    tracing::debug!(shard = shard.id, %peer, "connection closed");
+    front.metrics().connection_closed();
+    tracing::debug!(shard = front.shard_id(), %peer, "connection closed");
 }
 
 /// Reads and dispatches frames until the peer closes (Ok) or sends
 /// something that ends the stream (Err). Each frame is admitted within the
 /// byte budgets before it is dispatched, and a large one before its body is
 /// read (its length is known from its header).
-async fn read_requests(
-    shard: &Rc<Shard>,
+async fn read_requests<F: FrontEnd>(
+    front: &F,
     mut reader: ReadHalf<TcpStream>,
     queue: &local_channel::LocalSender<Queued>,
     budgets: &Budgets,
 ) -> Result<(), FrameError> {
-    let decoder = FrameDecoder::new(shard.shared.config.frame_bytes_max);
-    let session = api::Session::new();
+    let decoder = FrameDecoder::new(front.config().frame_bytes_max);
+    let session = front.new_session();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     // A large frame's bytes, charged before its body is read.
@@ -117,7 +115,7 @@ async fn read_requests(
                 }
             };
             let started = Instant::now();
-            let (reply, api) = api::dispatch(shard, &session, frame, &charge);
+            let (reply, api) = front.dispatch(&session, frame, &charge);
             let pending = match reply {
                 Reply::Now(response) => Pending::Ready(response),
                 Reply::Later(future) => Pending::Running(glommio::spawn_local(future).detach()),
@@ -135,7 +133,7 @@ async fn read_requests(
         let read = match read_more(&mut reader, &mut buf, needed, &mut scratch).await {
             Ok(read) => read,
             Err(err) => {
-                tracing::debug!(shard = shard.id, "read failed: {err}");
+                tracing::debug!(shard = front.shard_id(), "read failed: {err}");
                 return Ok(());
             }
         };
@@ -184,8 +182,8 @@ pub(crate) async fn read_more(
     }
 }
 
-async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, responses: LocalReceiver<Queued>) {
-    let write_timeout = std::time::Duration::from_millis(shard.shared.config.connection_write_timeout_ms);
+async fn write_responses<F: FrontEnd>(front: F, mut writer: WriteHalf<TcpStream>, responses: LocalReceiver<Queued>) {
+    let write_timeout = std::time::Duration::from_millis(front.config().connection_write_timeout_ms);
     while let Some(queued) = responses.recv().await {
         let response = match queued.pending {
             Pending::Ready(response) => response,
@@ -197,7 +195,7 @@ async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, res
                 }
             },
         };
-        shard.metrics.request_done(queued.api, queued.started.elapsed());
+        front.metrics().request_done(queued.api, queued.started.elapsed());
         // From here the response is what the request holds.
         if let Some(charge) = &queued.charge {
             charge.resize(response.bytes());
@@ -215,10 +213,10 @@ async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, res
         };
         if let Err(err) = written {
             if err.kind() == std::io::ErrorKind::TimedOut {
-                shard.metrics.write_timed_out();
-                tracing::warn!(shard = shard.id, "closing a connection whose client does not read: {err}");
+                front.metrics().write_timed_out();
+                tracing::warn!(shard = front.shard_id(), "closing a connection whose client does not read: {err}");
             } else {
-                tracing::debug!(shard = shard.id, "write failed: {err}");
+                tracing::debug!(shard = front.shard_id(), "write failed: {err}");
             }
             break;
         }
