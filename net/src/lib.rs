@@ -18,6 +18,7 @@ mod group;
 pub mod limits;
 mod metadata;
 mod metrics;
+mod metrics_http;
 mod native;
 mod producer_ids;
 mod replica;

@@ -566,7 +566,7 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, metrics: bool) {
             };
             match accepted {
                 Ok(stream) if metrics => {
-                    glommio::spawn_local(crate::metrics::serve_http(shard.clone(), stream)).detach()
+                    glommio::spawn_local(crate::metrics_http::serve_http(shard.clone(), stream)).detach()
                 }
                 Ok(stream) if shard.metrics.connections_open() >= shard.shared.config.connections_per_shard_max => {
                     // Over the limit: close at once (the client sees the
