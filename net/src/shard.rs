@@ -351,6 +351,19 @@ impl std::fmt::Debug for Shard {
     }
 }
 
+/// Has every shard reconcile with `catalog`; completes when all have.
+pub(crate) async fn apply_everywhere(shard: &Rc<Shard>, catalog: &Arc<Catalog>) {
+    let mut waits = Vec::with_capacity(shard.shared.shard_count);
+    for owner in 0..shard.shared.shard_count {
+        let (reply, wait) = oneshot::channel();
+        shard.submit(owner, ShardOp::Metadata { catalog: catalog.clone(), reply });
+        waits.push(wait);
+    }
+    for wait in waits {
+        let _ = wait.await;
+    }
+}
+
 pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
     match err {
         LogError::InvalidBatch(BatchError::Oversize { .. } | BatchError::DecompressedTooLarge { .. }) => {
