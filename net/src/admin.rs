@@ -131,7 +131,7 @@ async fn through_controller(shard: &Rc<Shard>, request: ControllerRequest) -> Ou
     let result = shard.shared.controller().request(request).await;
     let catalog = Arc::new(Catalog::from_image(&shard.shared.controller().image()));
     shard.shared.catalog.store(catalog.clone());
-    crate::metadata::apply_everywhere(shard, &catalog).await;
+    crate::shard::apply_everywhere(shard, &catalog).await;
     match result {
         Ok(_) => Outcome::ok(),
         Err(err) => controller_outcome(&err),

@@ -4,15 +4,14 @@
 //! own cross to the owner through its mailbox. See ARCHITECTURE.md.
 
 mod admin;
-mod api;
 mod broker_auth;
 mod budget;
 mod caps;
 pub mod catalog;
 mod clean_stop;
 pub mod config;
-mod conn;
 mod deadline;
+mod fetch_budget;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -21,11 +20,14 @@ mod kafka;
 pub mod limits;
 mod metadata;
 mod metrics;
+mod metrics_http;
+mod native;
 mod producer_ids;
 mod replica;
 mod server;
 mod shard;
 pub mod topic_config;
+mod wire;
 
 pub use config::{BrokerConfig, ConfigError, parse_durability};
 pub use server::{BrokerHandle, ServeError, run, start};

@@ -8,10 +8,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use futures::channel::oneshot;
 
 use crate::catalog::Catalog;
-use crate::shard::{Shard, ShardOp};
+use crate::shard::{Shard, apply_everywhere};
 
 pub(crate) fn spawn_follower(shard: Rc<Shard>) {
     let mut images = shard.shared.controller().subscribe();
@@ -30,17 +29,4 @@ pub(crate) fn spawn_follower(shard: Rc<Shard>) {
         }
     })
     .detach();
-}
-
-/// Has every shard reconcile with `catalog`; completes when all have.
-pub(crate) async fn apply_everywhere(shard: &Rc<Shard>, catalog: &Arc<Catalog>) {
-    let mut waits = Vec::with_capacity(shard.shared.shard_count);
-    for owner in 0..shard.shared.shard_count {
-        let (reply, wait) = oneshot::channel();
-        shard.submit(owner, ShardOp::Metadata { catalog: catalog.clone(), reply });
-        waits.push(wait);
-    }
-    for wait in waits {
-        let _ = wait.await;
-    }
 }

@@ -606,7 +606,7 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
             };
             match accepted {
                 Ok(stream) if kind == Listener::Metrics => {
-                    glommio::spawn_local(crate::metrics::serve_http(shard.clone(), stream)).detach()
+                    glommio::spawn_local(crate::metrics_http::serve_http(shard.clone(), stream)).detach()
                 }
                 Ok(stream) if shard.metrics.connections_open() >= shard.shared.config.connections_per_shard_max => {
                     // Over the limit: close at once (the client sees the
@@ -619,18 +619,13 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                     drop(stream);
                     continue;
                 }
-                Ok(stream) if kind == Listener::Kafka => glommio::spawn_local(crate::conn::serve(
-                    shard.clone(),
-                    stream,
-                    crate::kafka::Kafka::new(shard.shared.config.frame_bytes_max),
-                ))
-                .detach(),
-                Ok(stream) => glommio::spawn_local(crate::conn::serve(
-                    shard.clone(),
-                    stream,
-                    crate::conn::Native::new(shard.shared.config.frame_bytes_max),
-                ))
-                .detach(),
+                Ok(stream) if kind == Listener::Kafka => {
+                    glommio::spawn_local(crate::wire::conn::serve(crate::kafka::Kafka(shard.clone()), stream)).detach()
+                }
+                Ok(stream) => {
+                    glommio::spawn_local(crate::wire::conn::serve(crate::native::Native(shard.clone()), stream))
+                        .detach()
+                }
                 Err(err) => {
                     // EMFILE and friends: log, back off briefly, go on.
                     tracing::warn!(shard = shard.id, "accept failed: {err}");

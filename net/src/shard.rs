@@ -353,6 +353,19 @@ impl std::fmt::Debug for Shard {
     }
 }
 
+/// Has every shard reconcile with `catalog`; completes when all have.
+pub(crate) async fn apply_everywhere(shard: &Rc<Shard>, catalog: &Arc<Catalog>) {
+    let mut waits = Vec::with_capacity(shard.shared.shard_count);
+    for owner in 0..shard.shared.shard_count {
+        let (reply, wait) = oneshot::channel();
+        shard.submit(owner, ShardOp::Metadata { catalog: catalog.clone(), reply });
+        waits.push(wait);
+    }
+    for wait in waits {
+        let _ = wait.await;
+    }
+}
+
 pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
     match err {
         LogError::InvalidBatch(BatchError::Oversize { .. } | BatchError::DecompressedTooLarge { .. }) => {
@@ -1224,4 +1237,18 @@ pub(crate) fn config_map(entries: &[(String, String)]) -> Result<BTreeMap<String
         }
     }
     Ok(map)
+}
+
+/// Splits a partition's records into whole batches without copying.
+pub(crate) fn split_into_batches(mut records: BytesMut) -> Result<Vec<BytesMut>, Outcome> {
+    let mut lengths = Vec::new();
+    for span in spate_format::batch::split_batches(&records) {
+        match span {
+            Ok(span) => lengths.push(span.range.len()),
+            Err(err) => return Err(Outcome::err(ErrorCode::CorruptMessage, err.to_string())),
+        }
+    }
+    let batches: Vec<BytesMut> = lengths.into_iter().map(|len| records.split_to(len)).collect();
+    assert!(records.is_empty(), "split_batches covers the buffer or fails");
+    Ok(batches)
 }

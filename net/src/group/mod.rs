@@ -20,7 +20,6 @@
 //! `__consumer_offsets` has `retention.ms=-1` so that no offset ages out,
 //! and `cleanup.policy=compact`, so that it keeps the latest record per key.
 
-pub(crate) mod api;
 mod assign;
 pub(crate) mod record;
 mod state;

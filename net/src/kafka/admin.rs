@@ -25,9 +25,9 @@ use spate_flatbuf::proto::ErrorCode;
 use super::codes::kafka_code;
 use super::{Ctx, decode, respond};
 use crate::admin::{ADMIN_SHARD, AdminOp, AlterSpec, CreateSpec};
-use crate::api::Reply;
 use crate::limits::{REQUEST_TIMEOUT_MS_MAX, TOPICS_PER_REQUEST_MAX};
 use crate::shard::{Outcome, Shard, ShardOp};
+use crate::wire::Reply;
 
 /// Kafka's ConfigResource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -84,7 +84,7 @@ pub(crate) fn create_topics(ctx: Ctx, body: Bytes) -> Reply {
         Err(reply) => return reply,
     };
     if request.topics.len() > TOPICS_PER_REQUEST_MAX {
-        return Reply::Now(crate::api::Response::Close(None));
+        return Reply::Now(crate::wire::Response::Close(None));
     }
     let config = &ctx.shard.shared.config;
     let specs: Vec<Result<CreateSpec, (String, Outcome)>> = request
@@ -168,7 +168,7 @@ pub(crate) fn delete_topics(ctx: Ctx, body: Bytes) -> Reply {
         }
     }
     if names.len() > TOPICS_PER_REQUEST_MAX {
-        return Reply::Now(crate::api::Response::Close(None));
+        return Reply::Now(crate::wire::Response::Close(None));
     }
     let ids: BTreeMap<String, uuid::Uuid> = names
         .iter()
@@ -274,7 +274,7 @@ fn alter_reply(
     specs: Vec<AlterSpec>,
     refused: Vec<Altered>,
     validate_only: bool,
-    respond_with: impl FnOnce(&Ctx, Vec<Altered>) -> crate::api::Response + 'static,
+    respond_with: impl FnOnce(&Ctx, Vec<Altered>) -> crate::wire::Response + 'static,
 ) -> Reply {
     let wait = alter(&ctx, specs, validate_only);
     Reply::Later(Box::pin(async move {

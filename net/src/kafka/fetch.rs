@@ -25,11 +25,12 @@ use spate_flatbuf::proto::ErrorCode;
 use super::codes::kafka_code;
 use super::response::{Splice, encode, marker, vectored};
 use super::{Ctx, decode, respond};
-use crate::api::{FetchBudget, Reply, Response};
 use crate::budget::Charge;
 use crate::catalog::{TopicMeta, kafka_topic_id};
+use crate::fetch_budget::FetchBudget;
 use crate::limits::{FETCH_PARTITION_BYTES_MIN, FETCH_WAIT_MS_MAX, PARTITIONS_PER_REQUEST_MAX};
 use crate::shard::{EpochEndResult, OffsetResult, ReadResult, Shard, ShardOp};
+use crate::wire::{Reply, Response};
 
 /// Fetch v13+ names topics by id.
 const FETCH_TOPIC_IDS_VERSION: i16 = 13;

@@ -28,10 +28,10 @@ use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition};
 
 use super::codes::group_code;
 use super::{Ctx, decode, respond};
-use crate::api::{Reply, Response};
 use crate::group::{GroupListing, GroupOp, GroupView, Tp, coordinator};
 use crate::limits::{GROUPS_PER_REQUEST_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX};
 use crate::shard::{Outcome, Shard, ShardOp};
+use crate::wire::{Reply, Response};
 
 /// FindCoordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;

@@ -16,9 +16,9 @@ use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
 
 use super::{Ctx, decode, respond};
-use crate::api::{Reply, Response};
 use crate::catalog::{Catalog, kafka_topic_id};
 use crate::limits::{NAME_BYTES_MAX, TOPICS_PER_REQUEST_MAX};
+use crate::wire::{Reply, Response};
 
 /// Kafka's cluster id: 22 characters (a UUID in URL-safe base64). Derived
 /// from the cluster secret the first controller committed, so it is the

@@ -28,24 +28,18 @@ use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 
-use crate::api::{Reply, Response};
-use crate::budget::Charge;
-use crate::conn::Protocol;
+use crate::budget::{ByteBudget, Charge};
+use crate::config::BrokerConfig;
+use crate::metrics::ShardMetrics;
 use crate::shard::Shard;
+use crate::wire::{FrontEnd, Reply, Response};
 
 pub(crate) use self::response::respond;
 
-/// Kafka's framing: a 4-byte big-endian size, then the request header and
-/// body.
-pub(crate) struct Kafka {
-    frame_bytes_max: usize,
-}
-
-impl Kafka {
-    pub(crate) fn new(frame_bytes_max: usize) -> Kafka {
-        Kafka { frame_bytes_max }
-    }
-}
+/// The Kafka front-end of one shard. Kafka's framing: a 4-byte big-endian
+/// size, then the request header and body.
+#[derive(Clone)]
+pub(crate) struct Kafka(pub Rc<Shard>);
 
 /// One request as received: header and body, size prefix removed.
 #[derive(Debug)]
@@ -66,29 +60,36 @@ pub(crate) enum KafkaFrameError {
 const REQUEST_HEADER_BYTES_MIN: usize = 10;
 
 impl Kafka {
-    fn frame_bytes(&self, buf: &[u8]) -> Result<Option<usize>, KafkaFrameError> {
+    fn frame_bytes_max(&self) -> usize {
+        self.0.shared.config.frame_bytes_max
+    }
+
+    fn size(&self, buf: &[u8]) -> Result<Option<usize>, KafkaFrameError> {
         if buf.len() < 4 {
             return Ok(None);
         }
         let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         // A negative or tiny size cannot be a request; neither can one over
         // the cap, which is refused before anything is allocated for it.
-        if size < 0 || size as usize > self.frame_bytes_max {
-            return Err(KafkaFrameError::TooLarge { frame_bytes: size as i64, frame_bytes_max: self.frame_bytes_max });
+        if size < 0 || size as usize > self.frame_bytes_max() {
+            return Err(KafkaFrameError::TooLarge {
+                frame_bytes: size as i64,
+                frame_bytes_max: self.frame_bytes_max(),
+            });
         }
         Ok(Some(size as usize))
     }
 }
 
-impl Protocol for Kafka {
-    type Frame = KafkaFrame;
+impl FrontEnd for Kafka {
     type Session = ();
-    type Error = KafkaFrameError;
+    type Frame = KafkaFrame;
+    type FrameError = KafkaFrameError;
 
-    fn session(&self) {}
+    fn new_session(&self) {}
 
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
-        let Some(size) = self.frame_bytes(buf)? else { return Ok(None) };
+        let Some(size) = self.size(buf)? else { return Ok(None) };
         if buf.len() < 4 + size {
             return Ok(None);
         }
@@ -97,7 +98,7 @@ impl Protocol for Kafka {
     }
 
     fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, KafkaFrameError> {
-        match self.frame_bytes(buf)? {
+        match self.size(buf)? {
             None => Ok(4 - buf.len()),
             Some(size) => Ok((4 + size).saturating_sub(buf.len())),
         }
@@ -107,17 +108,33 @@ impl Protocol for Kafka {
         4 + frame.bytes.len()
     }
 
-    fn dispatch(shard: &Rc<Shard>, _session: &(), frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
-        dispatch(shard, frame, charge)
+    fn truncated(buffered_bytes: usize) -> KafkaFrameError {
+        KafkaFrameError::Truncated { buffered_bytes }
     }
 
-    fn error_frame(_err: &KafkaFrameError) -> Option<Bytes> {
+    fn framing_error(_err: &KafkaFrameError) -> Option<Bytes> {
         // Kafka has no answer for a request it cannot frame: it closes.
         None
     }
 
-    fn truncated(buffered_bytes: usize) -> KafkaFrameError {
-        KafkaFrameError::Truncated { buffered_bytes }
+    fn dispatch(&self, _session: &(), frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
+        dispatch(&self.0, frame, charge)
+    }
+
+    fn shard_id(&self) -> usize {
+        self.0.id
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.0.metrics
+    }
+
+    fn config(&self) -> &BrokerConfig {
+        &self.0.shared.config
+    }
+
+    fn bytes_in_flight(&self) -> &Rc<ByteBudget> {
+        &self.0.bytes_in_flight
     }
 }
 

@@ -21,9 +21,9 @@ use spate_flatbuf::proto::ErrorCode;
 use super::codes::kafka_code;
 use super::{Ctx, decode, respond};
 use crate::admin::ADMIN_SHARD;
-use crate::api::{Reply, Response};
 use crate::limits::{PARTITIONS_PER_REQUEST_MAX, PRODUCE_SLICE_FRACTION_MIN, READ_CHUNK_BYTES, REQUEST_TIMEOUT_MS_MAX};
 use crate::shard::{AppendResult, Outcome, ShardOp};
+use crate::wire::{Reply, Response};
 
 /// What a large byte field decodes to: one byte no valid record set or
 /// name can be, so that a field that was not records (a huge name) cannot
@@ -173,7 +173,7 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
             waits.push(Err(Outcome::err(ErrorCode::CorruptMessage, "no records")));
             continue;
         };
-        let batches = match crate::api::split_into_batches(records) {
+        let batches = match crate::shard::split_into_batches(records) {
             Ok(batches) => batches,
             Err(outcome) => {
                 waits.push(Err(outcome));

@@ -7,7 +7,7 @@ use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::Encodable;
 
 use super::Ctx;
-use crate::api::Response;
+use crate::wire::Response;
 
 /// The response to `ctx`'s request, as one frame.
 pub(crate) fn respond<T: Encodable>(ctx: &Ctx, body: &T) -> Response {

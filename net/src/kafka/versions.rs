@@ -10,7 +10,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 use super::Ctx;
-use crate::api::Response;
+use crate::wire::Response;
 
 /// (min, max) version served, or None: not served.
 pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {

@@ -192,7 +192,7 @@ async fn follow(
         }
         let mut records: BytesMut = frame.payload.split_to(range.end);
         let _ = records.split_to(range.start);
-        let batches = crate::api::split_into_batches(records)
+        let batches = crate::shard::split_into_batches(records)
             .map_err(|outcome| FollowError::Malformed(outcome.message.unwrap_or_default()))?;
         for batch in batches {
             let ticket = match replica.log.append_replica(batch.clone()) {

@@ -12,9 +12,9 @@ use spate_flatbuf::flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use spate_flatbuf::proto::{Body, ErrorCode, HandshakeRequest, HandshakeRequestArgs};
 use spate_flatbuf::{Frame, FrameDecoder, FrameError};
 
-use crate::api::envelope_frame;
-use crate::conn::read_more;
 use crate::limits::READ_CHUNK_BYTES;
+use crate::wire::conn::read_more;
+use crate::wire::envelope_frame;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PeerError {
@@ -47,7 +47,7 @@ pub(crate) struct Peer {
     stream: TcpStream,
     decoder: FrameDecoder,
     buf: BytesMut,
-    /// Small reads land here first (see `conn::read_more`).
+    /// Small reads land here first (see `wire::conn::read_more`).
     scratch: Vec<u8>,
     next_request_id: u64,
 }

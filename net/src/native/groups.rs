@@ -12,9 +12,9 @@ use spate_flatbuf::flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIP
 use spate_flatbuf::proto::*;
 use spate_flatbuf::{Frame, OFFSET_LATEST, validate_group_id};
 
-use super::{Assignor, GroupOp, GroupView, HeartbeatIn, Tp, coordinator, heartbeat_interval};
-use crate::api::{Reply, Response, envelope, envelope_frame, invalid};
+use crate::group::{Assignor, GroupOp, GroupView, HeartbeatIn, Tp, coordinator, heartbeat_interval};
 use crate::shard::{OffsetResult, Outcome, Shard, ShardOp};
+use crate::wire::{Reply, Response, envelope, envelope_frame, invalid};
 
 type TpsVector<'a> = Vector<'a, ForwardsUOffset<TopicPartitions<'a>>>;
 
@@ -270,7 +270,7 @@ pub(crate) fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Reply {
         })
         .collect();
     Reply::Later(Box::pin(async move {
-        let mut all: Vec<super::GroupListing> = Vec::new();
+        let mut all: Vec<crate::group::GroupListing> = Vec::new();
         for wait in waits {
             all.extend(wait.await.unwrap_or_default());
         }

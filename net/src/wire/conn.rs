@@ -7,22 +7,17 @@
 //! connection.
 
 use std::io::IoSlice;
-use std::rc::Rc;
 use std::time::Instant;
 
+use super::{FrontEnd, Reply, Response};
+use crate::budget::{Budgets, ByteBudget, Charge};
+use crate::deadline::Deadline;
+use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES};
 use bytes::{Bytes, BytesMut};
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
-use spate_flatbuf::proto::ErrorCode;
-use spate_flatbuf::{Frame, FrameDecoder, FrameError};
-
-use crate::api::{self, Reply, Response};
-use crate::budget::{Budgets, ByteBudget, Charge};
-use crate::deadline::Deadline;
-use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES};
-use crate::shard::Shard;
 
 /// A response in the writer's queue.
 enum Pending {
@@ -38,111 +33,39 @@ struct Queued {
     charge: Option<Charge>,
 }
 
-/// What a connection needs of a protocol front-end: how its frames are cut
-/// from the byte stream, and where each one goes. The native protocol and
-/// the Kafka protocol each implement it; the connection's budgets,
-/// backpressure, ordering and write timeout are the same for both.
-pub(crate) trait Protocol {
-    type Frame;
-    type Session;
-    type Error: std::fmt::Display;
-    fn session(&self) -> Self::Session;
-    /// The next whole frame in `buf`, if there is one (split off it).
-    fn decode(&self, buf: &mut BytesMut) -> Result<Option<Self::Frame>, Self::Error>;
-    /// The bytes `buf` still lacks for its next frame (its length checked
-    /// against the cap first).
-    fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, Self::Error>;
-    /// A frame's bytes as received, length prefix included.
-    fn frame_bytes(frame: &Self::Frame) -> usize;
-    fn dispatch(
-        shard: &Rc<Shard>,
-        session: &Self::Session,
-        frame: Self::Frame,
-        charge: &Charge,
-    ) -> (Reply, &'static str);
-    /// What to send before closing a stream that broke the framing.
-    fn error_frame(err: &Self::Error) -> Option<Bytes>;
-    /// A stream that closed in the middle of a frame.
-    fn truncated(buffered_bytes: usize) -> Self::Error;
-}
-
-/// Spate's native protocol: flatbuffer envelopes.
-pub(crate) struct Native(FrameDecoder);
-
-impl Native {
-    pub(crate) fn new(frame_bytes_max: usize) -> Native {
-        Native(FrameDecoder::new(frame_bytes_max))
-    }
-}
-
-impl Protocol for Native {
-    type Frame = Frame;
-    type Session = api::Session;
-    type Error = FrameError;
-
-    fn session(&self) -> api::Session {
-        api::Session::new()
-    }
-
-    fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        self.0.decode(buf)
-    }
-
-    fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, FrameError> {
-        self.0.bytes_needed(buf)
-    }
-
-    fn frame_bytes(frame: &Frame) -> usize {
-        spate_flatbuf::FRAME_HEADER_BYTES + frame.envelope.len() + frame.payload.len()
-    }
-
-    fn dispatch(shard: &Rc<Shard>, session: &api::Session, frame: Frame, charge: &Charge) -> (Reply, &'static str) {
-        api::dispatch(shard, session, frame, charge)
-    }
-
-    fn error_frame(err: &FrameError) -> Option<Bytes> {
-        // Request id 0: the frame that failed could not be read.
-        Some(api::error_frame(0, ErrorCode::InvalidRequest, &err.to_string()))
-    }
-
-    fn truncated(buffered_bytes: usize) -> FrameError {
-        FrameError::Truncated { buffered_bytes }
-    }
-}
-
-pub(crate) async fn serve<P: Protocol>(shard: Rc<Shard>, stream: TcpStream, protocol: P) {
-    shard.metrics.connection_opened();
+pub(crate) async fn serve<F: FrontEnd>(front: F, stream: TcpStream) {
+    front.metrics().connection_opened();
     let _ = stream.set_nodelay(true);
     // A peer that sends nothing for this long is dropped; a read that times
     // out ends the connection like a close.
-    let idle = std::time::Duration::from_millis(shard.shared.config.connection_idle_timeout_ms);
+    let idle = std::time::Duration::from_millis(front.config().connection_idle_timeout_ms);
     let _ = stream.set_read_timeout(Some(idle));
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let (reader, writer) = stream.split();
-    let (queue, responses) = local_channel::new_bounded(shard.shared.config.connection_requests_in_flight_max);
+    let (queue, responses) = local_channel::new_bounded(front.config().connection_requests_in_flight_max);
     let budgets = Budgets {
-        connection: ByteBudget::new(shard.shared.config.connection_bytes_in_flight_max),
-        shard: shard.bytes_in_flight.clone(),
+        connection: ByteBudget::new(front.config().connection_bytes_in_flight_max),
+        shard: front.bytes_in_flight().clone(),
     };
     // The writer gives up on a client that does not read; the reader then
     // stops too (else it could wait for budget that the unwritten responses
     // hold, or read on for up to the idle timeout).
     let (writer_done, writer_gone) = futures::channel::oneshot::channel::<()>();
     let writer = glommio::spawn_local({
-        let shard = shard.clone();
+        let front = front.clone();
         async move {
-            write_responses(shard, writer, responses).await;
+            write_responses(front, writer, responses).await;
             drop(writer_done);
         }
     });
     let end = futures::select! {
-        end = futures::FutureExt::fuse(read_requests(&shard, &protocol, reader, &queue, &budgets)) => end,
+        end = futures::FutureExt::fuse(read_requests(&front, reader, &queue, &budgets)) => end,
         _ = futures::FutureExt::fuse(writer_gone) => Ok(()),
     };
     if let Err(err) = end {
-        shard.metrics.bad_frame();
-        tracing::warn!(shard = shard.id, %peer, "closing connection: {err}");
-        let frame = P::error_frame(&err);
+        front.metrics().bad_frame();
+        tracing::warn!(shard = front.shard_id(), %peer, "closing connection: {err}");
+        let frame = F::framing_error(&err);
         let _ = queue
             .send(Queued {
                 pending: Pending::Ready(Response::Close(frame)),
@@ -154,29 +77,28 @@ pub(crate) async fn serve<P: Protocol>(shard: Rc<Shard>, stream: TcpStream, prot
     }
     drop(queue);
     writer.await;
-    shard.metrics.connection_closed();
-    tracing::debug!(shard = shard.id, %peer, "connection closed");
+    front.metrics().connection_closed();
+    tracing::debug!(shard = front.shard_id(), %peer, "connection closed");
 }
 
 /// Reads and dispatches frames until the peer closes (Ok) or sends
 /// something that ends the stream (Err). Each frame is admitted within the
 /// byte budgets before it is dispatched, and a large one before its body is
 /// read (its length is known from its header).
-async fn read_requests<P: Protocol>(
-    shard: &Rc<Shard>,
-    protocol: &P,
+async fn read_requests<F: FrontEnd>(
+    front: &F,
     mut reader: ReadHalf<TcpStream>,
     queue: &local_channel::LocalSender<Queued>,
     budgets: &Budgets,
-) -> Result<(), P::Error> {
-    let session = protocol.session();
+) -> Result<(), F::FrameError> {
+    let session = front.new_session();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     // A large frame's bytes, charged before its body is read.
     let mut reserved: Option<Charge> = None;
     loop {
-        while let Some(frame) = protocol.decode(&mut buf)? {
-            let frame_bytes = P::frame_bytes(&frame);
+        while let Some(frame) = front.decode(&mut buf)? {
+            let frame_bytes = F::frame_bytes(&frame);
             let charge = match reserved.take() {
                 Some(charge) => {
                     charge.resize(frame_bytes);
@@ -188,7 +110,7 @@ async fn read_requests<P: Protocol>(
                 }
             };
             let started = Instant::now();
-            let (reply, api) = P::dispatch(shard, &session, frame, &charge);
+            let (reply, api) = front.dispatch(&session, frame, &charge);
             let pending = match reply {
                 Reply::Now(response) => Pending::Ready(response),
                 Reply::Later(future) => Pending::Running(glommio::spawn_local(future).detach()),
@@ -197,7 +119,7 @@ async fn read_requests<P: Protocol>(
                 return Ok(()); // the writer is gone: the socket failed
             }
         }
-        let needed = protocol.bytes_needed(&buf)?;
+        let needed = front.bytes_needed(&buf)?;
         if needed > scratch.len() && reserved.is_none() {
             let frame_bytes = buf.len() + needed;
             budgets.room_for(frame_bytes).await;
@@ -206,12 +128,12 @@ async fn read_requests<P: Protocol>(
         let read = match read_more(&mut reader, &mut buf, needed, &mut scratch).await {
             Ok(read) => read,
             Err(err) => {
-                tracing::debug!(shard = shard.id, "read failed: {err}");
+                tracing::debug!(shard = front.shard_id(), "read failed: {err}");
                 return Ok(());
             }
         };
         if read == 0 {
-            return if buf.is_empty() { Ok(()) } else { Err(P::truncated(buf.len())) };
+            return if buf.is_empty() { Ok(()) } else { Err(F::truncated(buf.len())) };
         }
     }
 }
@@ -255,8 +177,8 @@ pub(crate) async fn read_more(
     }
 }
 
-async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, responses: LocalReceiver<Queued>) {
-    let write_timeout = std::time::Duration::from_millis(shard.shared.config.connection_write_timeout_ms);
+async fn write_responses<F: FrontEnd>(front: F, mut writer: WriteHalf<TcpStream>, responses: LocalReceiver<Queued>) {
+    let write_timeout = std::time::Duration::from_millis(front.config().connection_write_timeout_ms);
     while let Some(queued) = responses.recv().await {
         let response = match queued.pending {
             Pending::Ready(response) => response,
@@ -268,7 +190,7 @@ async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, res
                 }
             },
         };
-        shard.metrics.request_done(queued.api, queued.started.elapsed());
+        front.metrics().request_done(queued.api, queued.started.elapsed());
         // From here the response is what the request holds.
         if let Some(charge) = &queued.charge {
             charge.resize(response.bytes());
@@ -286,10 +208,10 @@ async fn write_responses(shard: Rc<Shard>, mut writer: WriteHalf<TcpStream>, res
         };
         if let Err(err) = written {
             if err.kind() == std::io::ErrorKind::TimedOut {
-                shard.metrics.write_timed_out();
-                tracing::warn!(shard = shard.id, "closing a connection whose client does not read: {err}");
+                front.metrics().write_timed_out();
+                tracing::warn!(shard = front.shard_id(), "closing a connection whose client does not read: {err}");
             } else {
-                tracing::debug!(shard = shard.id, "write failed: {err}");
+                tracing::debug!(shard = front.shard_id(), "write failed: {err}");
             }
             break;
         }

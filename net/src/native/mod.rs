@@ -1,0 +1,160 @@
+//! The native protocol's front-end: requests in, responses out, one file
+//! per API family. `dispatch` runs a request's synchronous part at once (so
+//! a connection's appends keep their order, across cores too) and returns
+//! what is left as a future; the connection writes the responses in
+//! request order.
+
+mod fetch;
+mod groups;
+mod init_producer_id;
+mod metadata;
+mod offsets;
+mod produce;
+mod topics;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spate_flatbuf::proto::*;
+use spate_flatbuf::{Frame, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+
+use crate::budget::{ByteBudget, Charge};
+use crate::catalog::TopicMeta;
+use crate::config::BrokerConfig;
+use crate::metrics::ShardMetrics;
+use crate::shard::Shard;
+use crate::wire::{FrontEnd, Reply, Response, envelope, error_frame, invalid};
+
+/// What a connection has established about its peer, for the requests
+/// that follow on it.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The broker this connection proved it is (a valid `broker_auth` in
+    /// its handshake), -1 for a client: only that broker may fetch as a
+    /// replica on it.
+    broker: std::cell::Cell<i32>,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session { broker: std::cell::Cell::new(-1) }
+    }
+}
+
+/// Entry point for one verified frame. `charge` holds the request's bytes
+/// in the connection's and shard's budgets (a fetch sizes its answer to the
+/// room they have and charges it there).
+pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charge: &Charge) -> (Reply, &'static str) {
+    let (request_id, version, body_type) = match frame.read() {
+        Ok(envelope) => (envelope.request_id(), envelope.version(), envelope.body_type()),
+        Err(err) => return (invalid(0, &format!("envelope fails verification: {err}")), "error"),
+    };
+    let api = spate_flatbuf::api_name(body_type);
+    if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION_MAX).contains(&version) {
+        let message =
+            format!("protocol version {version}; this broker speaks {PROTOCOL_VERSION_MIN}-{PROTOCOL_VERSION_MAX}");
+        return (Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::UnsupportedVersion, &message))), api);
+    }
+    // Caps first: nothing of a request that breaks one is copied or
+    // answered entry by entry.
+    if let Some(refusal) = envelope(&frame).and_then(|e| crate::caps::check(&e).err()) {
+        let response = error_frame(request_id, refusal.error, &refusal.message);
+        // A producer with acks=0 reads no answers: as Kafka does, close the
+        // connection so it learns that something went wrong.
+        let acks_zero = envelope(&frame).and_then(|e| e.body_as_produce_request()).is_some_and(|r| r.acks() == 0);
+        let response = if acks_zero { Response::Close(Some(response)) } else { Response::Frame(response) };
+        return (Reply::Now(response), api);
+    }
+    let reply = match body_type {
+        Body::ProduceRequest => produce::produce(shard, frame, request_id),
+        Body::FetchRequest => fetch::fetch(shard, session, &frame, request_id, charge),
+        Body::HandshakeRequest => metadata::handshake(shard, session, &frame, request_id),
+        Body::MetadataRequest => metadata::metadata(shard, &frame, request_id),
+        Body::CreateTopicsRequest => topics::create_topics(shard, &frame, request_id),
+        Body::DeleteTopicsRequest => topics::delete_topics(shard, &frame, request_id),
+        Body::DescribeTopicsRequest => topics::describe_topics(shard, &frame, request_id),
+        Body::AlterConfigsRequest => topics::alter_configs(shard, &frame, request_id),
+        Body::ListOffsetsRequest => offsets::list_offsets(shard, &frame, request_id),
+        Body::ConsumerGroupHeartbeatRequest => groups::heartbeat(shard, &frame, request_id),
+        Body::OffsetCommitRequest => groups::offset_commit(shard, &frame, request_id),
+        Body::OffsetFetchRequest => groups::offset_fetch(shard, &frame, request_id),
+        Body::ListGroupsRequest => groups::list_groups(shard, request_id),
+        Body::DescribeGroupsRequest => groups::describe_groups(shard, &frame, request_id),
+        Body::DeleteGroupsRequest => groups::delete_groups(shard, &frame, request_id),
+        Body::InitProducerIdRequest => init_producer_id::init_producer_id(shard, request_id),
+        Body::OffsetForLeaderEpochRequest => offsets::offset_for_leader_epoch(shard, &frame, request_id),
+        other => {
+            invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))
+        }
+    };
+    (reply, api)
+}
+
+fn clamp_ms(ms: i32, max_ms: u64) -> Duration {
+    Duration::from_millis((ms.max(0) as u64).min(max_ms))
+}
+
+fn topic_of(shard: &Shard, name: &str) -> Option<Arc<TopicMeta>> {
+    shard.shared.catalog.load().topics.get(name).cloned()
+}
+
+/// A partition index from the wire, if the topic has it.
+fn partition_of(topic: &TopicMeta, partition: i32) -> Option<u32> {
+    u32::try_from(partition).ok().filter(|&p| p < topic.partitions)
+}
+
+/// The native front-end on one shard, as connections are handed it.
+#[derive(Clone)]
+pub(crate) struct Native(pub Rc<Shard>);
+
+impl FrontEnd for Native {
+    type Session = Session;
+    type Frame = Frame;
+    type FrameError = spate_flatbuf::FrameError;
+
+    fn new_session(&self) -> Session {
+        Session::new()
+    }
+
+    fn decode(&self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, spate_flatbuf::FrameError> {
+        spate_flatbuf::FrameDecoder::new(self.0.shared.config.frame_bytes_max).decode(buf)
+    }
+
+    fn bytes_needed(&self, buf: &bytes::BytesMut) -> Result<usize, spate_flatbuf::FrameError> {
+        spate_flatbuf::FrameDecoder::new(self.0.shared.config.frame_bytes_max).bytes_needed(buf)
+    }
+
+    fn frame_bytes(frame: &Frame) -> usize {
+        spate_flatbuf::FRAME_HEADER_BYTES + frame.envelope.len() + frame.payload.len()
+    }
+
+    fn truncated(buffered_bytes: usize) -> spate_flatbuf::FrameError {
+        spate_flatbuf::FrameError::Truncated { buffered_bytes }
+    }
+
+    fn framing_error(err: &spate_flatbuf::FrameError) -> Option<bytes::Bytes> {
+        // Request id 0: the frame that failed could not be read.
+        Some(error_frame(0, ErrorCode::InvalidRequest, &err.to_string()))
+    }
+
+    fn dispatch(&self, session: &Session, frame: Frame, charge: &Charge) -> (Reply, &'static str) {
+        dispatch(&self.0, session, frame, charge)
+    }
+
+    fn shard_id(&self) -> usize {
+        self.0.id
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.0.metrics
+    }
+
+    fn config(&self) -> &BrokerConfig {
+        &self.0.shared.config
+    }
+
+    fn bytes_in_flight(&self) -> &Rc<ByteBudget> {
+        &self.0.bytes_in_flight
+    }
+}
