@@ -72,6 +72,10 @@ pub struct BrokerConfig {
     /// Bounds on the session timeout a consumer asks for.
     pub group_session_timeout_ms_min: u64,
     pub group_session_timeout_ms_max: u64,
+    /// Kafka's group.consumer.session.timeout.ms: the session of a member
+    /// of a Kafka consumer group (KIP-848), which the client does not
+    /// choose (clamped to the bounds above).
+    pub group_consumer_session_timeout_ms: u64,
     /// The controller quorum's voters, `id@host:port,...` (Kafka's
     /// controller.quorum.voters); this node's own entry is where its
     /// controller listens. Empty: a cluster of one (this node), no network.
@@ -132,6 +136,7 @@ impl Default for BrokerConfig {
             // Low enough for tests and fast failover; Kafka's is 6 s.
             group_session_timeout_ms_min: 500,
             group_session_timeout_ms_max: 300_000,
+            group_consumer_session_timeout_ms: 45_000,
             controller_quorum: String::new(),
             replica_lag_time_max_ms: 10_000,
             broker_heartbeat_interval_ms: 500,

@@ -419,7 +419,9 @@ fn heartbeat(
             return;
         }
         let epoch_before = group.epoch;
-        let result = group.heartbeat(request, Instant::now(), &counts, || new_member_id(&client_id));
+        let chosen = request.client_member_id.clone().filter(|id| !id.is_empty());
+        let result =
+            group.heartbeat(request, Instant::now(), &counts, || chosen.unwrap_or_else(|| new_member_id(&client_id)));
         let ticket = (group.epoch != epoch_before).then(|| append(shard, &group_id, &[meta_record(&group_id, group)]));
         (result, ticket)
     };

@@ -67,6 +67,10 @@ pub(crate) struct HeartbeatIn {
     pub session_timeout: Duration,
     pub owned: BTreeSet<Tp>,
     pub client_id: String,
+    /// KIP-1082: the member id the client chose for itself (Kafka's
+    /// ConsumerGroupHeartbeat v1), kept when it joins; None: the
+    /// coordinator picks one.
+    pub client_member_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -309,6 +313,7 @@ mod tests {
             session_timeout: SESSION,
             owned: BTreeSet::new(),
             client_id: "test".into(),
+            client_member_id: None,
         };
         group.heartbeat(request, now, &counts, || id.to_string()).expect("joins").0
     }
@@ -327,6 +332,7 @@ mod tests {
             session_timeout: SESSION,
             owned: owned.clone(),
             client_id: "test".into(),
+            client_member_id: None,
         };
         group.heartbeat(request, now, &counts, || unreachable!("no join")).map(|(out, _)| out)
     }
@@ -412,6 +418,7 @@ mod tests {
             session_timeout: SESSION,
             owned: BTreeSet::new(),
             client_id: String::new(),
+            client_member_id: None,
         };
         let (_, changed) = group.heartbeat(request, now, &counts, || unreachable!()).expect("leaves");
         assert!(changed.epoch);

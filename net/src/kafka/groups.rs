@@ -284,7 +284,7 @@ pub(crate) fn offset_fetch(ctx: Ctx, body: Bytes) -> Reply {
 }
 
 /// Kafka's names for group states.
-fn kafka_state(state: &str) -> &'static str {
+pub(crate) fn kafka_state(state: &str) -> &'static str {
     match state {
         "Empty" | "empty" => "Empty",
         "Stable" | "stable" => "Stable",

@@ -15,6 +15,7 @@
 
 mod admin;
 mod codes;
+mod consumer_group;
 mod fetch;
 mod groups;
 mod metadata;
@@ -82,11 +83,13 @@ impl Kafka {
 }
 
 impl FrontEnd for Kafka {
-    type Session = ();
+    type Session = Rc<consumer_group::Remembered>;
     type Frame = KafkaFrame;
     type FrameError = KafkaFrameError;
 
-    fn new_session(&self) {}
+    fn new_session(&self) -> Self::Session {
+        Rc::default()
+    }
 
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
         let Some(size) = self.size(buf)? else { return Ok(None) };
@@ -117,8 +120,8 @@ impl FrontEnd for Kafka {
         None
     }
 
-    fn dispatch(&self, _session: &(), frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
-        dispatch(&self.0, frame, charge)
+    fn dispatch(&self, session: &Self::Session, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
+        dispatch(&self.0, session, frame, charge)
     }
 
     fn shard_id(&self) -> usize {
@@ -146,11 +149,15 @@ pub(crate) struct Ctx {
     pub version: i16,
     pub correlation_id: i32,
     /// For the group coordinator's member ids and `group describe`.
-    #[allow(dead_code)]
     pub client_id: String,
 }
 
-fn dispatch(shard: &Rc<Shard>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
+fn dispatch(
+    shard: &Rc<Shard>,
+    session: &Rc<consumer_group::Remembered>,
+    frame: KafkaFrame,
+    charge: &Charge,
+) -> (Reply, &'static str) {
     let bytes = frame.bytes;
     if bytes.len() < REQUEST_HEADER_BYTES_MIN - 2 {
         tracing::debug!(shard = shard.id, "closing a Kafka connection: a request too short for its header");
@@ -229,6 +236,8 @@ fn dispatch(shard: &Rc<Shard>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'
         ApiKey::ListGroups => groups::list_groups(ctx, body),
         ApiKey::DescribeGroups => groups::describe_groups(ctx, body),
         ApiKey::DeleteGroups => groups::delete_groups(ctx, body),
+        ApiKey::ConsumerGroupHeartbeat => consumer_group::heartbeat(ctx, body, session.clone()),
+        ApiKey::ConsumerGroupDescribe => consumer_group::describe(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)

@@ -37,6 +37,8 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::ListGroups => (0, 5),
         ApiKey::DescribeGroups => (0, 5),
         ApiKey::DeleteGroups => (0, 2),
+        ApiKey::ConsumerGroupHeartbeat => (0, 1),
+        ApiKey::ConsumerGroupDescribe => (0, 1),
         _ => return None,
     })
 }
@@ -63,6 +65,8 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::ListGroups => "kafka.list_groups",
         ApiKey::DescribeGroups => "kafka.describe_groups",
         ApiKey::DeleteGroups => "kafka.delete_groups",
+        ApiKey::ConsumerGroupHeartbeat => "kafka.consumer_group_heartbeat",
+        ApiKey::ConsumerGroupDescribe => "kafka.consumer_group_describe",
         ApiKey::JoinGroup => "kafka.join_group",
         ApiKey::SyncGroup => "kafka.sync_group",
         ApiKey::Heartbeat => "kafka.heartbeat",

@@ -100,6 +100,7 @@ pub(crate) fn heartbeat(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Re
         session_timeout,
         owned: tps(request.owned_partitions()),
         client_id: request.client_id().unwrap_or_default().to_string(),
+        client_member_id: None,
     };
     let (reply, wait) = oneshot::channel();
     if !route(shard, &group_id, GroupOp::Heartbeat { group_id: group_id.clone(), request: parsed, reply }) {
