@@ -10,7 +10,8 @@ use spate_net::BrokerConfig;
 #[derive(clap::Args, Debug, Default)]
 pub struct ServeArgs {
     /// A TOML file with any of the broker's settings (field names as the
-    /// long flags, with underscores).
+    /// long flags, with underscores), or a Kafka broker's
+    /// `server.properties` (a file ending in .properties: Kafka's keys).
     #[arg(long = "config", env = "SPATE_CONFIG", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
     /// Where topics live [default: ./spate-data].
@@ -86,7 +87,22 @@ impl ServeArgs {
             None => BrokerConfig::default(),
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                if path.extension().is_some_and(|e| e == "properties") {
+                    // A Kafka broker's server.properties: Kafka's keys mean
+                    // what they mean in Kafka; the rest are named once.
+                    let parsed = BrokerConfig::from_kafka_properties(&text)
+                        .with_context(|| format!("parsing {}", path.display()))?;
+                    if !parsed.unsupported.is_empty() {
+                        tracing::warn!(
+                            "{}: keys Spate does not support (ignored): {}",
+                            path.display(),
+                            parsed.unsupported.join(", ")
+                        );
+                    }
+                    parsed.config
+                } else {
+                    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                }
             }
         };
         set(&mut config.data_dir, self.data_dir);

@@ -105,6 +105,13 @@ pub struct BrokerConfig {
     /// -1).
     pub num_partitions: u32,
     pub default_replication_factor: i16,
+    /// Topic config defaults for every topic, under its own configs
+    /// (Kafka's broker-level `log.retention.ms`, `log.segment.bytes`, ...
+    /// by their topic names: `retention.ms`, `segment.bytes`, ...).
+    pub log_defaults: std::collections::BTreeMap<String, String>,
+    /// Kafka's group.initial.rebalance.delay.ms: the first rebalance of an
+    /// empty classic group waits this long for more members to join.
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -146,6 +153,8 @@ impl Default for BrokerConfig {
             auto_create_topics_enable: true,
             num_partitions: 1,
             default_replication_factor: 1,
+            log_defaults: Default::default(),
+            group_initial_rebalance_delay_ms: 3_000,
         }
     }
 }
@@ -234,6 +243,8 @@ impl BrokerConfig {
         if self.default_replication_factor < 1 {
             return Err(ConfigError("default_replication_factor must be at least 1".into()));
         }
+        crate::topic_config::validate(&self.log_defaults)
+            .map_err(|err| ConfigError(format!("topic defaults (log.*): {err}")))?;
         if self.cleaner_check_interval_ms == 0 {
             return Err(ConfigError("cleaner_check_interval_ms must be positive".into()));
         }
@@ -327,4 +338,202 @@ fn parse_listener(key: &str, text: &str) -> Result<(String, u16), ConfigError> {
     // Kafka: an empty host binds every interface.
     let host = if host.is_empty() { "0.0.0.0" } else { host };
     Ok((host.to_string(), port))
+}
+
+/// What `spate serve --config server.properties` made of a Kafka broker's
+/// file: the config, and the keys Spate does not support (warned about
+/// once at start, in one line).
+#[derive(Debug)]
+pub struct KafkaProperties {
+    pub config: BrokerConfig,
+    pub unsupported: Vec<String>,
+}
+
+/// Kafka's broker keys that mean the same to Spate, with where each goes.
+/// Topic-level defaults (`log.*`) become `log_defaults`, applied under
+/// every topic's own configs.
+fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<bool, ConfigError> {
+    let number = |what: &str| -> Result<u64, ConfigError> {
+        value.parse::<u64>().map_err(|_| ConfigError(format!("{key}={value:?}: {what} expected")))
+    };
+    let flag = || -> Result<bool, ConfigError> {
+        value.parse::<bool>().map_err(|_| ConfigError(format!("{key}={value:?}: true or false expected")))
+    };
+    match key {
+        "listeners" => config.listeners = value.to_string(),
+        "advertised.listeners" => config.advertised_listeners = Some(value.to_string()),
+        "log.dirs" | "log.dir" => {
+            let first = value.split(',').map(str::trim).find(|d| !d.is_empty());
+            let Some(first) = first else { return Err(ConfigError(format!("{key} is empty"))) };
+            if value.split(',').filter(|d| !d.trim().is_empty()).count() > 1 {
+                return Err(ConfigError(format!("{key}: one log directory only (Spate has no JBOD yet)")));
+            }
+            config.data_dir = PathBuf::from(first);
+        }
+        "node.id" | "broker.id" => {
+            config.node_id = value.parse().map_err(|_| ConfigError(format!("{key}={value:?}: a node id expected")))?
+        }
+        "controller.quorum.voters" => config.controller_quorum = value.to_string(),
+        "num.partitions" => config.num_partitions = number("a partition count")? as u32,
+        "default.replication.factor" => config.default_replication_factor = number("a replica count")? as i16,
+        "auto.create.topics.enable" => config.auto_create_topics_enable = flag()?,
+        "offsets.topic.num.partitions" => config.group_offsets_partitions = number("a partition count")? as u32,
+        "replica.lag.time.max.ms" => config.replica_lag_time_max_ms = number("milliseconds")?,
+        "broker.heartbeat.interval.ms" => config.broker_heartbeat_interval_ms = number("milliseconds")?,
+        "broker.session.timeout.ms" => config.broker_session_timeout_ms = number("milliseconds")?,
+        "group.min.session.timeout.ms" => config.group_session_timeout_ms_min = number("milliseconds")?,
+        "group.max.session.timeout.ms" => config.group_session_timeout_ms_max = number("milliseconds")?,
+        "group.consumer.session.timeout.ms" => config.group_consumer_session_timeout_ms = number("milliseconds")?,
+        "group.initial.rebalance.delay.ms" => config.group_initial_rebalance_delay_ms = number("milliseconds")?,
+        "socket.request.max.bytes" => config.frame_bytes_max = number("bytes")? as usize,
+        "connections.max.idle.ms" => config.connection_idle_timeout_ms = number("milliseconds")?,
+        "queued.max.request.bytes" => config.shard_bytes_in_flight_max = number("bytes")? as usize,
+        "log.retention.check.interval.ms" => config.retention_check_interval_ms = number("milliseconds")?,
+        "log.cleaner.backoff.ms" => config.cleaner_check_interval_ms = number("milliseconds")?,
+        "log.retention.ms"
+        | "log.retention.bytes"
+        | "log.segment.bytes"
+        | "log.roll.ms"
+        | "log.cleanup.policy"
+        | "log.cleaner.delete.retention.ms"
+        | "log.message.timestamp.type"
+        | "message.max.bytes"
+        | "log.flush.interval.ms" => {
+            let topic_key = match key {
+                "log.retention.ms" => "retention.ms",
+                "log.retention.bytes" => "retention.bytes",
+                "log.segment.bytes" => "segment.bytes",
+                "log.roll.ms" => "segment.ms",
+                "log.cleanup.policy" => "cleanup.policy",
+                "log.cleaner.delete.retention.ms" => "delete.retention.ms",
+                "log.message.timestamp.type" => "message.timestamp.type",
+                "message.max.bytes" => "max.message.bytes",
+                _ => "flush.ms",
+            };
+            config.log_defaults.insert(topic_key.into(), value.to_string());
+        }
+        // Kafka's coarser units: the finest given wins, as in Kafka.
+        "log.retention.minutes" | "log.retention.hours" | "log.roll.hours" => {
+            let scale = if key == "log.retention.minutes" { 60_000 } else { 3_600_000 };
+            let topic_key = if key == "log.roll.hours" { "segment.ms" } else { "retention.ms" };
+            let ms = number("a whole number")?.saturating_mul(scale);
+            config.log_defaults.entry(topic_key.into()).or_insert_with(|| ms.to_string());
+        }
+        // Settings that only describe what Spate does anyway: combined mode,
+        // plaintext, no inter-broker listener choice.
+        "process.roles"
+        | "controller.listener.names"
+        | "inter.broker.listener.name"
+        | "listener.security.protocol.map"
+        | "num.network.threads"
+        | "num.io.threads"
+        | "socket.send.buffer.bytes"
+        | "socket.receive.buffer.bytes"
+        | "num.recovery.threads.per.data.dir"
+        | "offsets.topic.replication.factor"
+        | "transaction.state.log.replication.factor"
+        | "transaction.state.log.min.isr"
+        | "share.coordinator.state.topic.replication.factor"
+        | "share.coordinator.state.topic.min.isr" => {}
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The entries of a Java properties file: `key=value`, `key: value` or
+/// `key value`, `#` and `!` comments, a trailing backslash continues a
+/// line.
+fn properties(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut logical = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if logical.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('!')) {
+            continue;
+        }
+        if let Some(continued) = trimmed.strip_suffix('\\') {
+            logical.push_str(continued);
+            continue;
+        }
+        logical.push_str(trimmed);
+        let entry = std::mem::take(&mut logical);
+        let split = entry.find(['=', ':']).or_else(|| entry.find(char::is_whitespace));
+        let (key, value) = match split {
+            Some(at) => (&entry[..at], &entry[at + 1..]),
+            None => (entry.as_str(), ""),
+        };
+        out.push((key.trim().to_string(), value.trim().to_string()));
+    }
+    out
+}
+
+impl BrokerConfig {
+    /// A Kafka broker's `server.properties`, over Spate's defaults.
+    pub fn from_kafka_properties(text: &str) -> Result<KafkaProperties, ConfigError> {
+        let mut config = BrokerConfig::default();
+        let mut unsupported = Vec::new();
+        for (key, value) in properties(text) {
+            if !apply_kafka_key(&mut config, &key, &value)? {
+                unsupported.push(key);
+            }
+        }
+        Ok(KafkaProperties { config, unsupported })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The keys of Kafka's own KRaft example file mean what they mean in
+    /// Kafka; the ones Spate cannot honour are named, not ignored.
+    #[test]
+    fn a_kafka_server_properties_file_configures_the_broker() {
+        let text = "\
+# KRaft example
+process.roles=broker,controller
+node.id=3
+controller.quorum.voters=3@127.0.0.1:9093
+listeners=PLAINTEXT://0.0.0.0:19092
+advertised.listeners=PLAINTEXT://10.1.2.3:19092
+log.dirs=/var/lib/spate
+num.partitions=6
+default.replication.factor : 1
+auto.create.topics.enable=false
+log.retention.hours=168
+log.segment.bytes=1073741824
+group.initial.rebalance.delay.ms=0
+compression.type=producer
+sasl.enabled.mechanisms=\\
+  PLAIN
+";
+        let parsed = BrokerConfig::from_kafka_properties(text).unwrap();
+        let config = parsed.config;
+        assert_eq!(config.node_id, 3);
+        assert_eq!(config.kafka_listener().unwrap(), Some(("0.0.0.0".to_string(), 19092)));
+        assert_eq!(config.kafka_advertised(19092).unwrap(), Some(("10.1.2.3".to_string(), 19092)));
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/spate"));
+        assert_eq!(config.num_partitions, 6);
+        assert_eq!(config.default_replication_factor, 1);
+        assert!(!config.auto_create_topics_enable);
+        assert_eq!(config.log_defaults.get("retention.ms").map(String::as_str), Some("604800000"));
+        assert_eq!(config.log_defaults.get("segment.bytes").map(String::as_str), Some("1073741824"));
+        assert_eq!(config.group_initial_rebalance_delay_ms, 0);
+        assert_eq!(parsed.unsupported, vec!["compression.type".to_string(), "sasl.enabled.mechanisms".to_string()]);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn listeners_are_kafka_shaped() {
+        let config = BrokerConfig { listeners: "SSL://127.0.0.1:9093".into(), ..BrokerConfig::default() };
+        assert!(config.validate().unwrap_err().0.contains("PLAINTEXT"));
+        let config = BrokerConfig { listeners: "PLAINTEXT://:9092".into(), ..BrokerConfig::default() };
+        assert_eq!(config.kafka_listener().unwrap(), Some(("0.0.0.0".into(), 9092)));
+        // An unspecified address is advertised as an address clients can
+        // reach, never a name.
+        assert_eq!(config.kafka_advertised(9092).unwrap(), Some(("127.0.0.1".into(), 9092)));
+        let config = BrokerConfig { listeners: String::new(), ..BrokerConfig::default() };
+        assert_eq!(config.kafka_listener().unwrap(), None);
+    }
 }

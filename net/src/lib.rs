@@ -29,5 +29,5 @@ mod shard;
 pub mod topic_config;
 mod wire;
 
-pub use config::{BrokerConfig, ConfigError, parse_durability};
+pub use config::{BrokerConfig, ConfigError, KafkaProperties, parse_durability};
 pub use server::{BrokerHandle, ServeError, run, start};

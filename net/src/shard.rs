@@ -77,6 +77,9 @@ impl Shared {
             high_watermark_follows_acks: topic.replication_factor <= 1,
             ..LogConfig::default()
         };
+        // The broker's defaults first (server.properties' log.*), then
+        // the topic's own.
+        topic_config::apply(&self.config.log_defaults, &mut config)?;
         topic_config::apply(&topic.configs, &mut config)?;
         Ok(config)
     }
