@@ -66,16 +66,18 @@ def emit(scenario, observed):
     print(json.dumps(observed, sort_keys=True), flush=True)
 
 
-def wait_until(condition, what, wait_s=WAIT_S_MAX, step_s=0.1):
+def wait_until(condition, what, wait_s=WAIT_S_MAX, step_s=0.1, on_timeout=None):
     """Polls `condition` until it returns something truthy, which is
-    returned; fails naming `what` when the bound passes."""
+    returned; fails naming `what` (and what `on_timeout()` says of the
+    state) when the bound passes."""
     deadline = time.monotonic() + wait_s
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            fail(f"timed out after {wait_s:.0f}s waiting for {what}")
+            state = f" ({on_timeout()})" if on_timeout else ""
+            fail(f"timed out after {wait_s:.0f}s waiting for {what}{state}")
         time.sleep(step_s)
 
 
