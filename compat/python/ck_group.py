@@ -128,7 +128,7 @@ def main():
     args = common.parse_args(__doc__, lambda p: p.add_argument(
         "--strategy", choices=["range", "cooperative-sticky"], required=True))
     admin = AdminClient({"bootstrap.servers": args.bootstrap})
-    tag = args.strategy.replace("-", "")
+    tag = {"range": "range", "cooperative-sticky": "cooperative"}[args.strategy]
     topic = f"{args.topic_prefix}-ck-group-{tag}"
     group_id = f"{args.topic_prefix}-ck-group-{tag}"
     common.ck_create_topics(admin, [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])

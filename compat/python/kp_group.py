@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """kafka-python: a consumer group with commits.
 
-Two members (threads; kafka-python is pure Python) split a 4-partition
-topic, consume and commit synchronously; one closes (LeaveGroup) and the
-other takes over its partitions and consumes the rest. The admin client's
-list_consumer_group_offsets then shows every partition committed at its end,
+A first member takes the whole 4-partition topic, a second joins and the
+two (threads; kafka-python is pure Python) split it, consume and commit
+synchronously; one closes (LeaveGroup) and the other takes over its
+partitions and consumes the rest. The admin client's
+list_group_offsets then shows every partition committed at its end,
 and a new member of the same group resumes from those commits: it sees only
 records produced after them.
 """
 
+import logging
 import threading
 
 import common
@@ -72,15 +74,22 @@ def produce(bootstrap, topic, first_seq):
 
 def main():
     args = common.parse_args(__doc__)
+    # kafka-python's own warnings (a failed join, missing metadata) say why
+    # a group does not settle.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s %(message)s")
     topic = f"{args.topic_prefix}-kp-group"
     group = f"{args.topic_prefix}-kp-group"
     admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, client_id="compat-kp")
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)], timeout_ms=30000)
     produce(args.bootstrap, topic, 0)
 
+    # A starts alone and takes every partition; B then joins, which is the
+    # rebalance under test (a join while the group is stable).
     a = Member("A", args.bootstrap, group, topic)
-    b = Member("B", args.bootstrap, group, topic)
     a.start()
+    common.wait_until(lambda: a.snapshot()[0] == set(range(PARTITIONS)), "A alone to hold every partition",
+                      on_timeout=lambda: f"A {a.snapshot()[0]}")
+    b = Member("B", args.bootstrap, group, topic)
     b.start()
     everything = {(p, o) for p in range(PARTITIONS) for o in range(PER_PARTITION)}
 
