@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # kcat: keyed records with headers produced (-P -K -H) and consumed back
 # from the beginning (-C -e -o beginning) with a -f format that shows key,
-# value, headers, partition and offset.
+# value, headers, partition and offset. The topic is auto-created; records
+# go to partition 0 (-p 0) so the expected output holds whatever the
+# broker's num.partitions (kcat_metadata observes that).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 topic="$topic_prefix-kcat-produce-consume"
 
 printf 'alpha:one\nbeta:two\nalpha:three\ngamma:four\n' |
-    k -P -t "$topic" -K : -H trace=t1 -H source=kcat || fail "kcat -P failed"
+    k -P -t "$topic" -p 0 -K : -H trace=t1 -H source=kcat || fail "kcat -P failed"
 consumed=$(k -C -t "$topic" -e -o beginning -f 'key=%k value=%s headers=%h partition=%p offset=%o\n') ||
     fail "kcat -C failed"
 expected='key=alpha value=one headers=trace=t1,source=kcat partition=0 offset=0
