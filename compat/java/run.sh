@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs one Java scenario: compat/java/run.sh NAME --bootstrap HOST:PORT [...]
+# (NAME is produce-consume, group, or admin; see Main.java).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+out=$repo/target/compat/java
+if [[ ! -f $out/build/compat-java.jar ]]; then
+    echo "FAIL: $out/build/compat-java.jar is missing: run compat/install.sh" >&2
+    exit 1
+fi
+# A small heap and the C1 compiler only: these are short client runs on a
+# 2-core machine that also runs the broker under test.
+exec java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dorg.slf4j.simpleLogger.logFile=System.err \
+    -cp "$out/build/compat-java.jar:$out/libs/*" dev.spate.compat.Main "$@"

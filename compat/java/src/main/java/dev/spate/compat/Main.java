@@ -1,0 +1,48 @@
+package dev.spate.compat;
+
+import java.util.Map;
+
+/**
+ * Entry point of the Java client scenarios. Each takes {@code --bootstrap
+ * HOST:PORT} and {@code --topic-prefix P}, prints one JSON line of what it
+ * observed on stdout, and exits 0 only when every assertion held (1 with a
+ * message on stderr otherwise, 2 for a usage error).
+ */
+public final class Main {
+    private Main() {}
+
+    public static void main(String[] argv) {
+        if (argv.length < 1) {
+            usage();
+        }
+        String name = argv[0];
+        try {
+            Scenario.Args args = Scenario.Args.parse(argv);
+            Map<String, Object> observed = switch (name) {
+                case "produce-consume" -> ProduceConsume.run(args);
+                case "group" -> GroupScenario.run(args);
+                case "admin" -> AdminScenario.run(args);
+                default -> {
+                    usage();
+                    yield null;
+                }
+            };
+            System.out.println(Json.write(observed));
+            System.out.flush();
+            System.exit(0);
+        } catch (Scenario.Failure failure) {
+            System.err.println("FAIL: " + failure.getMessage());
+            System.exit(1);
+        } catch (Exception unexpected) {
+            System.err.println("FAIL: " + name + " threw:");
+            unexpected.printStackTrace();
+            System.exit(1);
+        }
+    }
+
+    private static void usage() {
+        System.err.println("usage: run.sh {produce-consume|group|admin} --bootstrap HOST:PORT"
+                + " [--topic-prefix P] [--group-protocol classic|consumer]");
+        System.exit(2);
+    }
+}
