@@ -48,3 +48,9 @@ pub fn replay_batch(batch: &[u8], offset: i64) {
     let mut groups = HashMap::new();
     let _ = group::apply_batch(&mut groups, batch, offset);
 }
+
+/// One Kafka request (api key, version, header, body; no size prefix)
+/// decoded as the Kafka front-end decodes it (`kafka::decode_request`).
+pub fn kafka_request(bytes: &[u8]) {
+    let _ = crate::kafka::decode_request(bytes);
+}

@@ -1,0 +1,82 @@
+//! Kafka clients we did not write, against a real `spate serve`: each
+//! scenario of `compat/` (kcat, confluent-kafka, kafka-python, the Java
+//! client, franz-go; see compat/README.md) runs against its own broker's
+//! Kafka listener and must pass as it passes against Apache Kafka.
+//! `./test` installs the clients first (`compat/install.sh`).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{Broker, SPATE, data_dir};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
+}
+
+/// Runs one scenario and fails the test with its output if it fails.
+fn scenario(name: &str) {
+    let dir = data_dir(&format!("kafka-compat-{name}"));
+    // Kafka's rebalance delay is for production groups; tests join at once.
+    let broker =
+        Broker::start_with(&dir.join("broker"), 2, 0, &["--config", write_config(&dir).to_str().expect("utf-8")]);
+    let out = dir.join("observed");
+    let output = Command::new("bash")
+        .arg(repo().join("compat/run-all.sh"))
+        .args(["--bootstrap", &broker.kafka_addr(), "--only", name])
+        .arg("--out")
+        .arg(&out)
+        .args(["--spate-bin", SPATE, "--spate-brokers", &broker.addr()])
+        .output()
+        .expect("run compat/run-all.sh");
+    let log = std::fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "{name} failed against spate:\n{}\n{}\n--- its log ---\n{log}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    broker.stop();
+}
+
+/// A broker config with tests' timings.
+fn write_config(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("broker.toml");
+    std::fs::write(&path, "group_initial_rebalance_delay_ms = 0\ngroup_consumer_session_timeout_ms = 10000\n")
+        .expect("write the broker config");
+    path
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                scenario(stringify!($name));
+            }
+        )*
+    };
+}
+
+scenarios!(
+    kcat_metadata,
+    kcat_produce_consume,
+    kcat_group,
+    ck_metadata,
+    ck_keyed,
+    ck_compression,
+    ck_idempotent,
+    ck_headers_timestamps,
+    ck_admin,
+    ck_group_range,
+    ck_group_cooperative,
+    kp_produce_consume,
+    kp_group,
+    java_produce_consume,
+    java_group_classic,
+    java_group_consumer,
+    java_admin,
+    franzgo,
+    cross_protocol,
+);
