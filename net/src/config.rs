@@ -72,6 +72,13 @@ pub struct BrokerConfig {
     /// Bounds on the session timeout a consumer asks for.
     pub group_session_timeout_ms_min: u64,
     pub group_session_timeout_ms_max: u64,
+    /// How long the first rebalance of an empty classic (JoinGroup) group
+    /// waits for more members before it completes, each new member pushing
+    /// it back by as much again, up to the rebalance timeout (Kafka's
+    /// group.initial.rebalance.delay.ms, default 3000: consumers started
+    /// together then share one rebalance instead of one each). Tests set it
+    /// lower.
+    pub group_initial_rebalance_delay_ms: u64,
     /// The controller quorum's voters, `id@host:port,...` (Kafka's
     /// controller.quorum.voters); this node's own entry is where its
     /// controller listens. Empty: a cluster of one (this node), no network.
@@ -115,6 +122,7 @@ impl Default for BrokerConfig {
             // Low enough for tests and fast failover; Kafka's is 6 s.
             group_session_timeout_ms_min: 500,
             group_session_timeout_ms_max: 300_000,
+            group_initial_rebalance_delay_ms: 3_000,
             controller_quorum: String::new(),
             replica_lag_time_max_ms: 10_000,
             broker_heartbeat_interval_ms: 500,
