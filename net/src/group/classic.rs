@@ -240,8 +240,9 @@ fn sync_refused(error: i16) -> SyncOut {
     SyncOut { error, protocol_type: None, protocol_name: None, assignment: Bytes::new() }
 }
 
-/// Sends a classic op to the group's coordinator; false if there is none
-/// (no `__consumer_offsets` yet) or the group id is invalid.
+/// Sends a classic op to the group's coordinator; Kafka's code if the
+/// group id is invalid or there is no coordinator yet (no
+/// `__consumer_offsets`).
 fn route(shard: &Rc<Shard>, group_id: &str, op: ClassicOp) -> Result<(), i16> {
     validate_group_id(group_id).map_err(|_| codes::INVALID_GROUP_ID)?;
     let owner = coordinator(shard, group_id).ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
@@ -1017,7 +1018,9 @@ mod tests {
             io_memory_bytes: 4 << 20,
             tail_cache_bytes: 8 << 20,
             group_offsets_partitions: 1,
-            group_initial_rebalance_delay_ms: 100,
+            // Long enough that two joins sent back to back meet in the
+            // first rebalance even on a loaded machine.
+            group_initial_rebalance_delay_ms: 500,
             ..BrokerConfig::default()
         })
         .unwrap()
@@ -1131,6 +1134,42 @@ mod tests {
         assert_eq!(owner.member_id, b.member_id);
         assert_eq!(owner.subscribed, ["t"]);
         assert_eq!(view.offsets.get(&("t".into(), 0)), Some(&42));
+
+        // Kafka's DescribeGroups and ListGroups see the same group.
+        let (reply, wait) = oneshot::channel();
+        send(&first, "g", GroupOp::Classic(ClassicOp::Describe { group_id: "g".into(), reply }));
+        let described = block_on(wait).unwrap();
+        assert_eq!(described.error, codes::NONE);
+        assert_eq!(
+            (described.state.as_str(), described.protocol_type.as_str(), described.protocol_name.as_str()),
+            ("Stable", "consumer", "range")
+        );
+        let b_described = described.members.iter().find(|m| m.member_id == b.member_id).unwrap();
+        assert_eq!(b_described.assignment, assignment(&[("t", &[1])]));
+        assert_eq!(b_described.metadata, subscription(&["t"]));
+        assert_eq!((b_described.client_id.as_str(), b_described.client_host.as_str()), ("c", "/127.0.0.1"));
+        let (reply, wait) = oneshot::channel();
+        send(&first, "g", GroupOp::Classic(ClassicOp::List { reply }));
+        let listed = Listed {
+            group_id: "g".into(),
+            protocol_type: "consumer".into(),
+            state: "Stable".into(),
+            group_type: "classic",
+        };
+        assert_eq!(block_on(wait).unwrap(), [listed]);
+        // A KIP-848 member cannot join it meanwhile.
+        let (reply, wait) = oneshot::channel();
+        let request = super::super::HeartbeatIn {
+            member_id: String::new(),
+            member_epoch: 0,
+            subscribed: BTreeSet::from(["t".to_string()]),
+            assignor: None,
+            session_timeout: std::time::Duration::from_secs(10),
+            owned: BTreeSet::new(),
+            client_id: "native".into(),
+        };
+        send(&first, "g", GroupOp::Heartbeat { group_id: "g".into(), request, reply });
+        assert_eq!(block_on(wait).unwrap().unwrap_err().error, ErrorCode::GroupIdNotFound);
 
         // A new member starts a rebalance that a and b never rejoin: its
         // join is held, and answered when the shard stops.
