@@ -570,22 +570,22 @@ struct GenerationWrite {
 /// runs a spawned task at once, and the tasks borrow the groups).
 struct Effects {
     watch: Vec<String>,
-    join_timer: Option<u64>,
+    phase_timer: Option<u64>,
     write: Option<GenerationWrite>,
 }
 
 /// Acts on what the state machine did: answers now what needs no write,
 /// appends a new generation's record (its joins wait for it).
 fn deliver(shard: &Rc<Shard>, group_id: &str, group: &mut Group) -> Effects {
-    let mut effects = Effects { watch: Vec::new(), join_timer: None, write: None };
+    let mut effects = Effects { watch: Vec::new(), phase_timer: None, write: None };
     let Some(classic) = group.classic.as_deref_mut() else { return effects };
-    let Outbox { joins, syncs, joined, generation_changed, rebalance_started } = classic.take_outbox();
+    let Outbox { joins, syncs, joined, generation_changed, phase_started } = classic.take_outbox();
     // One epoch per group, whichever protocol: never behind a generation.
     group.epoch = group.epoch.max(classic.generation);
     effects.watch = joined;
-    if rebalance_started {
-        classic.join_timer += 1;
-        effects.join_timer = Some(classic.join_timer);
+    if phase_started {
+        classic.phase_timer += 1;
+        effects.phase_timer = Some(classic.phase_timer);
     }
     for (reply, out) in syncs {
         let _ = reply.send(out);
@@ -616,8 +616,8 @@ impl Effects {
         for member_id in self.watch {
             watch_member(shard.clone(), group_id.to_string(), member_id);
         }
-        if let Some(timer) = self.join_timer {
-            watch_join_phase(shard.clone(), group_id.to_string(), timer);
+        if let Some(timer) = self.phase_timer {
+            watch_phase(shard.clone(), group_id.to_string(), timer);
         }
         if let Some(write) = self.write {
             answer_when_written(shard.clone(), group_id.to_string(), write);
@@ -685,14 +685,15 @@ fn watch_member(shard: Rc<Shard>, group_id: String, member_id: String) {
 }
 
 /// Ends a rebalance's join phase at its deadline (the rebalance timeout,
-/// or the initial delay), unless a later rebalance took over (`timer`).
-fn watch_join_phase(shard: Rc<Shard>, group_id: String, timer: u64) {
+/// or the initial delay), or after it removes members that did not sync
+/// within the rebalance timeout; unless a later phase took over (`timer`).
+fn watch_phase(shard: Rc<Shard>, group_id: String, timer: u64) {
     glommio::spawn_local(async move {
         loop {
             let deadline = {
                 let groups = shard.groups.groups.borrow();
                 let classic = groups.get(&group_id).and_then(|g| g.classic.as_deref());
-                match classic.filter(|c| c.join_timer == timer).and_then(|c| c.join_deadline) {
+                match classic.filter(|c| c.phase_timer == timer).and_then(|c| c.phase_deadline) {
                     Some(deadline) => deadline,
                     None => return,
                 }
@@ -702,7 +703,7 @@ fn watch_join_phase(shard: Rc<Shard>, group_id: String, timer: u64) {
                 glommio::timer::Timer::new(deadline - now).await;
                 continue;
             }
-            let _ = with_group(&shard, &group_id, (), |classic, (), now| classic.on_join_deadline(now));
+            let _ = with_group(&shard, &group_id, (), |classic, (), now| classic.on_phase_deadline(now));
         }
     })
     .detach();

@@ -13,7 +13,7 @@
 //! (Stable) and answers every member's SyncGroup with its own assignment.
 //! Assignors run in the clients; the coordinator only stores bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -97,8 +97,8 @@ pub(crate) struct Outbox {
     pub joined: Vec<String>,
     /// A new generation: persist it before the joins are answered.
     pub generation_changed: bool,
-    /// A rebalance started: time its join phase (`join_deadline`).
-    pub rebalance_started: bool,
+    /// A phase with a deadline started (`phase_deadline`): time it.
+    pub phase_started: bool,
 }
 
 #[derive(Debug)]
@@ -114,14 +114,20 @@ pub(crate) struct ClassicGroup {
     /// Member ids handed out with MEMBER_ID_REQUIRED (KIP-394), and until
     /// when they may join with them (a session).
     pub pending: BTreeMap<String, Instant>,
-    /// PreparingRebalance: when the join phase ends at the latest.
-    pub join_deadline: Option<Instant>,
+    /// PreparingRebalance: when the join phase ends at the latest. After
+    /// it, while members of the generation have not sent their SyncGroup
+    /// (`unsynced`): when those that still have not are removed.
+    pub phase_deadline: Option<Instant>,
+    /// Members of the current generation whose SyncGroup has not come: a
+    /// leader that never sends its own would hold the group in
+    /// CompletingRebalance for good (Kafka's pending sync members).
+    unsynced: BTreeSet<String>,
     /// During the first rebalance of an empty group: the join phase lasts
     /// at least the initial delay, a new member pushes it back by as much
     /// again, up to this instant (the rebalance timeout).
     initial_delay_limit: Option<Instant>,
     /// Numbers each rebalance's timer, so that a timer of an earlier one ends.
-    pub join_timer: u64,
+    pub phase_timer: u64,
     pub outbox: Outbox,
 }
 
@@ -157,9 +163,10 @@ impl ClassicGroup {
             members: BTreeMap::new(),
             static_members: BTreeMap::new(),
             pending: BTreeMap::new(),
-            join_deadline: None,
+            phase_deadline: None,
+            unsynced: BTreeSet::new(),
             initial_delay_limit: None,
-            join_timer: 0,
+            phase_timer: 0,
             outbox: Outbox::default(),
         }
     }
@@ -371,7 +378,7 @@ impl ClassicGroup {
                     // One more member in the first rebalance: wait for
                     // others a while longer, as Kafka's delayed initial join.
                     let delay = Duration::from_millis(config.initial_rebalance_delay_ms);
-                    self.join_deadline = Some((now + delay).min(limit));
+                    self.phase_deadline = Some((now + delay).min(limit));
                 }
                 self.try_complete_join(now);
             }
@@ -407,6 +414,9 @@ impl ClassicGroup {
         member.deadline = now + member.session_timeout;
         if self.leader.as_deref() == Some(old_id.as_str()) {
             self.leader = Some(new_id.clone());
+        }
+        if self.unsynced.remove(&old_id) {
+            self.unsynced.insert(new_id.clone());
         }
         let instance = input.group_instance_id.clone().expect("a static member has an instance id");
         self.static_members.insert(instance, new_id.clone());
@@ -507,17 +517,18 @@ impl ClassicGroup {
         }
         let rebalance_timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
         self.state = ClassicState::PreparingRebalance;
+        self.unsynced.clear();
         match initial_delay {
             Some(delay) => {
                 self.initial_delay_limit = Some(now + rebalance_timeout);
-                self.join_deadline = Some(now + delay.min(rebalance_timeout));
+                self.phase_deadline = Some(now + delay.min(rebalance_timeout));
             }
             None => {
                 self.initial_delay_limit = None;
-                self.join_deadline = Some(now + rebalance_timeout);
+                self.phase_deadline = Some(now + rebalance_timeout);
             }
         }
-        self.outbox.rebalance_started = true;
+        self.outbox.phase_started = true;
         self.try_complete_join(now);
     }
 
@@ -532,10 +543,22 @@ impl ClassicGroup {
     }
 
     /// The join phase's deadline passed (the caller's timer).
-    pub(crate) fn on_join_deadline(&mut self, now: Instant) {
+    pub(crate) fn on_phase_deadline(&mut self, now: Instant) {
         self.purge_pending(now);
-        if self.state == ClassicState::PreparingRebalance && self.join_deadline.is_some_and(|d| d <= now) {
+        if self.phase_deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        if self.state == ClassicState::PreparingRebalance {
             self.complete_join(now);
+            return;
+        }
+        // Members that took the generation's join answer but never synced
+        // within the rebalance timeout are gone (one removal starts the
+        // next rebalance, which forgets the rest of the set).
+        self.phase_deadline = None;
+        let unsynced = std::mem::take(&mut self.unsynced);
+        for member_id in unsynced {
+            self.remove_member(&member_id, now);
         }
     }
 
@@ -559,11 +582,11 @@ impl ClassicGroup {
             // Only static members that have not rejoined: wait another
             // round; their sessions end the wait if they are gone.
             let rebalance_timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
-            self.join_deadline = Some(now + rebalance_timeout);
-            self.outbox.rebalance_started = true;
+            self.phase_deadline = Some(now + rebalance_timeout);
+            self.outbox.phase_started = true;
             return;
         }
-        self.join_deadline = None;
+        self.phase_deadline = None;
         self.generation = self.generation.saturating_add(1);
         self.outbox.generation_changed = true;
         if self.members.is_empty() {
@@ -579,6 +602,10 @@ impl ClassicGroup {
             self.leader = joined.first().cloned();
         }
         self.state = ClassicState::CompletingRebalance;
+        let rebalance_timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
+        self.phase_deadline = Some(now + rebalance_timeout);
+        self.outbox.phase_started = true;
+        self.unsynced = joined.iter().cloned().collect();
         for id in joined {
             let is_leader = self.leader.as_deref() == Some(id.as_str());
             let out = self.join_answer(&id, is_leader, false);
@@ -641,6 +668,12 @@ impl ClassicGroup {
     }
 
     fn sync_checked(&mut self, input: SyncIn, reply: oneshot::Sender<SyncOut>, now: Instant) {
+        if matches!(self.state, ClassicState::CompletingRebalance | ClassicState::Stable) {
+            self.unsynced.remove(&input.member_id);
+            if self.unsynced.is_empty() {
+                self.phase_deadline = None;
+            }
+        }
         match self.state {
             ClassicState::Empty | ClassicState::Dead => {
                 self.outbox.syncs.push((reply, sync_error(codes::UNKNOWN_MEMBER_ID)));
@@ -759,6 +792,7 @@ impl ClassicGroup {
 
     fn remove_member(&mut self, member_id: &str, now: Instant) {
         let Some(mut member) = self.members.remove(member_id) else { return };
+        self.unsynced.remove(member_id);
         if let Some(instance) = &member.group_instance_id
             && self.static_members.get(instance).map(String::as_str) == Some(member_id)
         {
@@ -812,7 +846,8 @@ impl ClassicGroup {
     /// request held is answered with `error`.
     pub(crate) fn resign(&mut self, error: i16) {
         self.state = ClassicState::Dead;
-        self.join_deadline = None;
+        self.phase_deadline = None;
+        self.unsynced.clear();
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let member = self.members.get_mut(&id).expect("listed");
@@ -930,7 +965,7 @@ mod tests {
         let mut group = ClassicGroup::new(0);
         let mut waits: Vec<_> =
             ids.iter().map(|id| join(&mut group, join_in("", None, &[("range", id)]), id, now, &config)).collect();
-        group.on_join_deadline(now + Duration::from_millis(100));
+        group.on_phase_deadline(now + Duration::from_millis(100));
         deliver(&mut group);
         let outs: Vec<JoinOut> = waits.iter_mut().map(answered).collect();
         let assignments: Vec<(&str, &str)> = ids.iter().map(|id| (*id, *id)).collect();
@@ -960,9 +995,9 @@ mod tests {
         assert_eq!(group.state, ClassicState::PreparingRebalance);
         waiting(&mut a);
         // The initial delay restarts with each new member.
-        group.on_join_deadline(now + Duration::from_millis(100));
+        group.on_phase_deadline(now + Duration::from_millis(100));
         waiting(&mut a);
-        group.on_join_deadline(later + Duration::from_millis(100));
+        group.on_phase_deadline(later + Duration::from_millis(100));
         assert!(deliver(&mut group).generation_changed);
         let (a, b, c) = (answered(&mut a), answered(&mut b), answered(&mut c));
         for out in [&a, &b, &c] {
@@ -989,6 +1024,36 @@ mod tests {
         }
         // A late follower's sync in Stable gets its assignment at once.
         assert_eq!(answered(&mut sync(&mut group, &b, &[], now)).assignment, Bytes::from("B"));
+    }
+
+    #[test]
+    fn a_leader_that_never_syncs_is_removed_after_the_rebalance_timeout() {
+        let now = Instant::now();
+        let config = config(100);
+        let mut group = ClassicGroup::new(0);
+        let mut a = join(&mut group, join_in("", None, &[("range", "a")]), "a", now, &config);
+        let mut b = join(&mut group, join_in("", None, &[("range", "b")]), "b", now, &config);
+        group.on_phase_deadline(now + Duration::from_millis(100));
+        deliver(&mut group);
+        let (a, b) = (answered(&mut a), answered(&mut b));
+        assert_eq!(a.leader, "a");
+        let mut b_sync = sync(&mut group, &b, &[], now);
+        // a keeps heartbeating but never sends its assignments.
+        let timeout = now + Duration::from_millis(REBALANCE_MS as u64 + 100);
+        assert_eq!(group.heartbeat("a", None, a.generation_id, now + Duration::from_millis(900)), codes::NONE);
+        group.on_phase_deadline(now + Duration::from_millis(REBALANCE_MS as u64));
+        deliver(&mut group);
+        waiting(&mut b_sync);
+        group.on_phase_deadline(timeout);
+        deliver(&mut group);
+        assert_eq!(answered(&mut b_sync).error, codes::REBALANCE_IN_PROGRESS, "b hears to join again");
+        assert_eq!(group.heartbeat("a", None, a.generation_id, timeout), codes::UNKNOWN_MEMBER_ID);
+        let mut b = join(&mut group, join_in("b", None, &[("range", "b")]), "-", timeout, &config);
+        let b = answered(&mut b);
+        assert_eq!((b.error, b.leader.as_str(), b.generation_id), (codes::NONE, "b", a.generation_id + 1));
+        // Once every member synced there is nothing left to time.
+        assert_eq!(answered(&mut sync(&mut group, &b, &[("b", "B")], timeout)).assignment, Bytes::from("B"));
+        assert_eq!(group.phase_deadline, None);
     }
 
     #[test]
@@ -1019,7 +1084,7 @@ mod tests {
         let mut c = join(&mut group, join_in("", None, &[("range", "c")]), "c", now, &config);
         let mut a = join(&mut group, join_in("a", None, &[("range", "a")]), "-", now, &config);
         waiting(&mut c);
-        group.on_join_deadline(now + Duration::from_millis(REBALANCE_MS as u64));
+        group.on_phase_deadline(now + Duration::from_millis(REBALANCE_MS as u64));
         deliver(&mut group);
         let (a, c) = (answered(&mut a), answered(&mut c));
         assert_eq!(a.generation_id, outs[0].generation_id + 1);
@@ -1149,7 +1214,7 @@ mod tests {
         let mut group = ClassicGroup::new(0);
         let mut a = join(&mut group, join_in("", None, &[("range", "a")]), "a", now, &config);
         let _b = join(&mut group, join_in("", None, &[("range", "b")]), "b", now, &config);
-        group.on_join_deadline(now + Duration::from_millis(100));
+        group.on_phase_deadline(now + Duration::from_millis(100));
         deliver(&mut group);
         let a = answered(&mut a);
         let mut b_sync = sync(&mut group, &JoinOut { member_id: "b".into(), ..a.clone() }, &[], now);
