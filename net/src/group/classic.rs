@@ -466,7 +466,7 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: ClassicOp) {
             }
         },
         ClassicOp::Heartbeat { group_id, member_id, group_instance_id, generation_id, reply } => {
-            let code = refusal(&group_id).unwrap_or_else(|| {
+            let code = refusal(&group_id).map(heartbeat_refusal).unwrap_or_else(|| {
                 let mut code = codes::UNKNOWN_MEMBER_ID;
                 let _ = with_group(shard, &group_id, (), |classic, (), now| {
                     code = classic.heartbeat(&member_id, group_instance_id.as_deref(), generation_id, now);
@@ -511,6 +511,13 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: ClassicOp) {
             let _ = reply.send(listed);
         }
     }
+}
+
+/// A heartbeat that arrives while the coordinator loads its partition is
+/// answered NONE, as Kafka does ("respond blindly"): the member cannot be
+/// checked yet, and clients treat an unexpected heartbeat error as fatal.
+fn heartbeat_refusal(code: i16) -> i16 {
+    if code == codes::COORDINATOR_LOAD_IN_PROGRESS { codes::NONE } else { code }
 }
 
 /// Runs `f` on the group's classic state, if it is a classic group, then
@@ -962,6 +969,17 @@ mod tests {
         assert!(consumer_assignment(&huge).is_empty());
         assert!(consumer_subscription(&huge).is_empty());
         assert!(consumer_assignment(&[0, 0, 0]).is_empty());
+    }
+
+    #[test]
+    fn coordinator_refusals_map_to_kafka_codes_clients_retry_on() {
+        let outcome = |error| Outcome::err(error, "");
+        assert_eq!(unavailable(&outcome(ErrorCode::NotReady)), codes::COORDINATOR_LOAD_IN_PROGRESS);
+        assert_eq!(unavailable(&outcome(ErrorCode::NotLeaderOrFollower)), codes::NOT_COORDINATOR);
+        assert_eq!(unavailable(&outcome(ErrorCode::BrokerShuttingDown)), codes::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(unavailable(&outcome(ErrorCode::RequestTimedOut)), codes::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(heartbeat_refusal(codes::COORDINATOR_LOAD_IN_PROGRESS), codes::NONE);
+        assert_eq!(heartbeat_refusal(codes::NOT_COORDINATOR), codes::NOT_COORDINATOR);
     }
 
     #[test]
