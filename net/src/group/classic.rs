@@ -803,12 +803,12 @@ fn describe_here(shard: &Shard, group_id: &str) -> Described {
     }
 }
 
-/// A classic group with members as the native DescribeGroups shows it:
+/// A classic group as the native DescribeGroups shows it:
 /// the generation as the epoch, the protocol as the assignor, each
 /// member's subscription and assignment read from Kafka's consumer
 /// protocol bytes where they are that (else none).
 pub(crate) fn native_view(group: &Group) -> Option<GroupView> {
-    let classic = group.classic.as_deref().filter(|c| !c.members.is_empty())?;
+    let classic = group.classic.as_deref()?;
     let consumer = classic.protocol_type.as_deref() == Some(CONSUMER_PROTOCOL_TYPE);
     let members = classic
         .members
