@@ -76,6 +76,13 @@ pub struct BrokerConfig {
     /// of a Kafka consumer group (KIP-848), which the client does not
     /// choose (clamped to the bounds above).
     pub group_consumer_session_timeout_ms: u64,
+    /// How long the first rebalance of an empty classic (JoinGroup) group
+    /// waits for more members before it completes, each new member pushing
+    /// it back by as much again, up to the rebalance timeout (Kafka's
+    /// group.initial.rebalance.delay.ms, default 3000: consumers started
+    /// together then share one rebalance instead of one each). Tests set it
+    /// lower.
+    pub group_initial_rebalance_delay_ms: u64,
     /// The controller quorum's voters, `id@host:port,...` (Kafka's
     /// controller.quorum.voters); this node's own entry is where its
     /// controller listens. Empty: a cluster of one (this node), no network.
@@ -109,9 +116,6 @@ pub struct BrokerConfig {
     /// (Kafka's broker-level `log.retention.ms`, `log.segment.bytes`, ...
     /// by their topic names: `retention.ms`, `segment.bytes`, ...).
     pub log_defaults: std::collections::BTreeMap<String, String>,
-    /// Kafka's group.initial.rebalance.delay.ms: the first rebalance of an
-    /// empty classic group waits this long for more members to join.
-    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -144,6 +148,7 @@ impl Default for BrokerConfig {
             group_session_timeout_ms_min: 500,
             group_session_timeout_ms_max: 300_000,
             group_consumer_session_timeout_ms: 45_000,
+            group_initial_rebalance_delay_ms: 3_000,
             controller_quorum: String::new(),
             replica_lag_time_max_ms: 10_000,
             broker_heartbeat_interval_ms: 500,
@@ -154,7 +159,6 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             log_defaults: Default::default(),
-            group_initial_rebalance_delay_ms: 3_000,
         }
     }
 }

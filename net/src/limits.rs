@@ -78,6 +78,20 @@ pub const PRODUCE_SLICE_FRACTION_MIN: usize = 2;
 /// Consumer groups one shard coordinates, and members of one group.
 pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
 pub const MEMBERS_PER_GROUP_MAX: usize = 10_000;
+/// A classic (JoinGroup) member's protocols: how many it may offer and the
+/// bytes of their metadata together, and the bytes of the assignment its
+/// leader gives it. The coordinator keeps these bytes for the member's
+/// life and hands every member's metadata to the leader, so they are
+/// bounded per member and per group. A consumer's subscription and
+/// assignment take a few bytes per topic and partition: 1 MiB covers tens
+/// of thousands of partitions (Kafka bounds them only by
+/// message.max.bytes, 1 MiB, since it stores them in one record).
+pub const CLASSIC_PROTOCOLS_PER_MEMBER_MAX: usize = 64;
+pub const CLASSIC_METADATA_BYTES_MAX: usize = 1 << 20;
+pub const CLASSIC_ASSIGNMENT_BYTES_MAX: usize = 1 << 20;
+/// All metadata and assignments one classic group holds: the leader's
+/// JoinGroup answer carries every member's metadata in one response.
+pub const CLASSIC_GROUP_BYTES_MAX: usize = 64 << 20;
 /// A follower's replica fetch: how long the leader holds it when there is
 /// nothing new, and how many bytes it asks for at once.
 pub const REPLICA_FETCH_WAIT_MS: u64 = 500;
@@ -120,5 +134,7 @@ pub const FAILED_LOG_CHECK_INTERVAL_MS: u64 = 1_000;
 const _: () = assert!(NAME_BYTES_MAX == spate_flatbuf::GROUP_ID_BYTES_MAX);
 const _: () = assert!(ERROR_MESSAGE_BYTES_MAX > NAME_BYTES_MAX + 64, "a message can name one name");
 const _: () = assert!(PARTITIONS_PER_REQUEST_MAX >= PARTITIONS_PER_TOPIC_MAX as usize, "a request can cover a topic");
+const _: () =
+    assert!(CLASSIC_GROUP_BYTES_MAX >= CLASSIC_METADATA_BYTES_MAX + CLASSIC_ASSIGNMENT_BYTES_MAX, "one member fits");
 const _: () = assert!(CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT <= SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT);
 const _: () = assert!(FETCH_PARTITION_BYTES_MIN <= CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT);

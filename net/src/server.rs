@@ -52,7 +52,7 @@ pub enum ServeError {
 /// A running broker.
 #[derive(Debug)]
 pub struct BrokerHandle {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     executors: Vec<ExecutorJoinHandle<()>>,
     /// Held for the broker's life: the data directory's lock.
     _lock: File,
@@ -570,6 +570,8 @@ async fn run_shard(
     }
     shard.stopping.set(true);
     shard.stop_listeners.borrow_mut().clear();
+    // Classic joins and syncs held by this shard's groups are answered.
+    crate::group::classic::stop(&shard);
     close_all(&shard).await;
     tracing::debug!(shard = id, "shard stopped");
 }

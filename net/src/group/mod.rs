@@ -21,6 +21,8 @@
 //! and `cleanup.policy=compact`, so that it keeps the latest record per key.
 
 mod assign;
+pub(crate) mod classic;
+mod classic_state;
 pub(crate) mod record;
 mod state;
 
@@ -130,12 +132,15 @@ pub(crate) enum GroupOp {
         request: HeartbeatIn,
         reply: oneshot::Sender<Result<HeartbeatOut, Outcome>>,
     },
+    /// From a member (native: its member epoch; classic: its generation
+    /// id and, if static, its instance id) or from outside the group.
     Commit {
         group_id: String,
         member_id: String,
+        group_instance_id: Option<String>,
         member_epoch: i32,
         offsets: Vec<(Tp, i64)>,
-        reply: oneshot::Sender<Outcome>,
+        reply: CommitReply,
     },
     Fetch {
         group_id: String,
@@ -153,6 +158,26 @@ pub(crate) enum GroupOp {
         group_id: String,
         reply: oneshot::Sender<Outcome>,
     },
+    /// Kafka's classic protocol (`classic.rs`).
+    Classic(classic::ClassicOp),
+}
+
+/// Where a commit's answer goes: the native API's outcome, or Kafka's code.
+#[derive(Debug)]
+pub(crate) enum CommitReply {
+    Native(oneshot::Sender<Outcome>),
+    Kafka(oneshot::Sender<i16>),
+}
+
+impl CommitReply {
+    /// `kafka`: the code of a refusal that has one of its own (else the
+    /// outcome's, mapped).
+    fn send(self, outcome: Outcome, kafka: Option<i16>) {
+        match self {
+            CommitReply::Native(reply) => drop(reply.send(outcome)),
+            CommitReply::Kafka(reply) => drop(reply.send(kafka.unwrap_or_else(|| classic::kafka_code(outcome.error)))),
+        }
+    }
 }
 
 /// The shard that coordinates `group_id`, if `__consumer_offsets` exists.
@@ -314,13 +339,14 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
             Ok(_) => heartbeat(shard, group_id, request, reply),
             Err(outcome) => drop(reply.send(Err(outcome))),
         },
-        GroupOp::Commit { group_id, member_id, member_epoch, offsets, reply } => {
+        GroupOp::Commit { group_id, member_id, group_instance_id, member_epoch, offsets, reply } => {
             match serving(shard, &catalog, &group_id) {
                 Ok((partition, term)) => {
-                    let commit_op = CommitOp { group_id, member_id, member_epoch, offsets, partition, term };
+                    let commit_op =
+                        CommitOp { group_id, member_id, group_instance_id, member_epoch, offsets, partition, term };
                     commit(shard, commit_op, reply)
                 }
-                Err(outcome) => drop(reply.send(outcome)),
+                Err(outcome) => reply.send(outcome, None),
             }
         }
         GroupOp::Fetch { group_id, partitions, reply } => {
@@ -342,7 +368,7 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
             let listings = groups
                 .iter()
                 .filter(|(id, _)| serving(shard, &catalog, id).is_ok())
-                .map(|(id, g)| GroupListing { group_id: id.clone(), state: g.state(), members: g.members.len() })
+                .map(|(id, g)| GroupListing { group_id: id.clone(), state: g.state(), members: g.member_count() })
                 .collect();
             let _ = reply.send(listings);
         }
@@ -360,10 +386,14 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
             Ok(_) => delete(shard, group_id, reply),
             Err(outcome) => drop(reply.send(outcome)),
         },
+        GroupOp::Classic(op) => classic::execute(shard, op),
     }
 }
 
 fn view(group: &Group) -> GroupView {
+    if let Some(view) = classic::native_view(group) {
+        return view;
+    }
     GroupView {
         state: group.state(),
         epoch: group.epoch,
@@ -413,6 +443,10 @@ fn heartbeat(
             }
         }
         let group = groups.entry(group_id.clone()).or_insert_with(|| Group::new(Assignor::Sticky));
+        if let Err((error, message)) = classic::claim_native(group) {
+            let _ = reply.send(Err(Outcome::err(error, message)));
+            return;
+        }
         if joining && group.members.len() >= MEMBERS_PER_GROUP_MAX {
             let message = format!("group {group_id:?} has {MEMBERS_PER_GROUP_MAX} members, the most allowed");
             let _ = reply.send(Err(Outcome::err(ErrorCode::InvalidRequest, message)));
@@ -490,23 +524,30 @@ fn watch_session(shard: Rc<Shard>, group_id: String, member_id: String) {
 struct CommitOp {
     group_id: String,
     member_id: String,
+    group_instance_id: Option<String>,
     member_epoch: i32,
     offsets: Vec<(Tp, i64)>,
     partition: u32,
     term: u64,
 }
 
-fn commit(shard: &Rc<Shard>, op: CommitOp, reply: oneshot::Sender<Outcome>) {
-    let CommitOp { group_id, member_id, member_epoch, offsets, partition, term } = op;
+fn commit(shard: &Rc<Shard>, op: CommitOp, reply: CommitReply) {
+    let CommitOp { group_id, member_id, group_instance_id, member_epoch, offsets, partition, term } = op;
     let member_id = member_id.as_str();
     let catalog = shard.shared.catalog.load_full();
+    // A refusal's own Kafka code, where the native outcome has none.
+    let mut kafka_refusal = None;
     let checked = check_offsets(&catalog, &offsets).and_then(|()| {
         let groups = shard.groups.groups.borrow();
         match groups.get(&group_id) {
             Some(group) => {
-                group.check_commit(member_id, member_epoch, Instant::now()).map_err(|(e, m)| Outcome::err(e, m))
+                classic::check_commit(group, member_id, group_instance_id.as_deref(), member_epoch, Instant::now())
+                    .map_err(|(code, outcome)| {
+                        kafka_refusal = Some(code);
+                        outcome
+                    })
             }
-            None if member_id.is_empty() => Ok(()),
+            None if member_id.is_empty() && group_instance_id.is_none() => Ok(()),
             None => Err(Outcome::err(ErrorCode::UnknownMemberId, format!("group {group_id:?} has no members"))),
         }
     });
@@ -558,7 +599,7 @@ fn commit(shard: &Rc<Shard>, op: CommitOp, reply: oneshot::Sender<Outcome>) {
                 };
             }
         }
-        let _ = reply.send(stored);
+        reply.send(stored, kafka_refusal);
     })
     .detach();
 }
@@ -655,12 +696,19 @@ fn unload(shard: &Rc<Shard>, catalog: &Catalog, partition: u32) {
     shard.groups.partitions.borrow_mut().remove(&partition);
     let Some(count) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).map(|t| t.partitions) else {
         // The topic itself is gone: nothing here is coordinated any more.
+        shard.groups.groups.borrow_mut().values_mut().for_each(classic::resign);
         shard.groups.groups.borrow_mut().clear();
         return;
     };
     let mut groups = shard.groups.groups.borrow_mut();
     let before = groups.len();
-    groups.retain(|group_id, _| group_partition(group_id, count) != partition);
+    groups.retain(|group_id, group| {
+        let keep = group_partition(group_id, count) != partition;
+        if !keep {
+            classic::resign(group);
+        }
+        keep
+    });
     tracing::info!(
         shard = shard.id,
         partition,
@@ -826,6 +874,7 @@ fn apply(groups: &mut HashMap<String, Group>, record: GroupRecord) {
         GroupRecord::Group { group, meta: Some(meta) } => {
             let entry = groups.entry(group).or_insert_with(|| Group::new(Assignor::Sticky));
             entry.epoch = meta.epoch;
+            classic::loaded_kind(entry, &meta);
             entry.assignor = Assignor::parse(&meta.assignor).unwrap_or(Assignor::Sticky);
             // Members are not in the log: those of the last record may come
             // back within their session timeout (from the load on, which

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use spate_flatbuf::proto::ErrorCode;
 
 use super::assign::{Assignment, Assignor, Tp, assign};
+use super::classic_state::ClassicGroup;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
@@ -41,7 +42,7 @@ impl Member {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Group {
     pub epoch: i32,
     pub assignor: Assignor,
@@ -55,6 +56,9 @@ pub(crate) struct Group {
     /// lost in the move): until then they may still rejoin here, and the
     /// group counts as not empty for commits and deletes from outside it.
     pub rejoin_until: Option<Instant>,
+    /// Kafka's classic protocol, if the group is (or was last) a classic
+    /// group (`classic_state.rs`); the two kinds share epoch and offsets.
+    pub classic: Option<Box<ClassicGroup>>,
 }
 
 /// A heartbeat as the coordinator reads it.
@@ -100,14 +104,20 @@ impl Group {
             topic_partitions: BTreeMap::new(),
             offsets: BTreeMap::new(),
             rejoin_until: None,
+            classic: None,
         }
+    }
+
+    /// Members of either kind.
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.len() + self.classic.as_ref().map_or(0, |c| c.members.len())
     }
 
     /// Whether the group may have live members: it has some here, or had
     /// some under its previous coordinator less than their session timeout
     /// ago, which may not have rejoined yet.
     pub(crate) fn may_have_members(&self, now: Instant) -> bool {
-        !self.members.is_empty() || self.rejoin_until.is_some_and(|until| now < until)
+        self.member_count() > 0 || self.rejoin_until.is_some_and(|until| now < until)
     }
 
     /// The longest session timeout of the members, in ms (for the group
@@ -118,6 +128,9 @@ impl Group {
     }
 
     pub(crate) fn state(&self) -> &'static str {
+        if let Some(classic) = self.classic.as_ref().filter(|c| !c.members.is_empty()) {
+            return classic.state.name();
+        }
         if self.members.is_empty() {
             return "Empty";
         }

@@ -11,6 +11,8 @@ use kafka_protocol::ResponseError as K;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::offset_fetch_response::{
@@ -22,13 +24,18 @@ use kafka_protocol::messages::{
     FindCoordinatorRequest, FindCoordinatorResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
 };
+use kafka_protocol::messages::{
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    SyncGroupRequest, SyncGroupResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition};
 
 use super::codes::group_code;
 use super::{Ctx, decode, respond};
-use crate::group::{GroupListing, GroupOp, GroupView, Tp, coordinator};
+use crate::group::classic::{self, JoinIn, SyncIn};
+use crate::group::{GroupOp, Tp, coordinator};
 use crate::limits::{GROUPS_PER_REQUEST_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX};
 use crate::shard::{Outcome, Shard, ShardOp};
 use crate::wire::{Reply, Response};
@@ -134,38 +141,51 @@ pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(Response::Close(None));
     }
     let group_id = request.group_id.0.to_string();
-    let offsets: Vec<(Tp, i64)> = request
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| ((t.name.0.to_string(), p.partition_index), p.committed_offset)))
-        .collect();
-    let entries: Vec<(String, Vec<i32>)> = request
-        .topics
-        .iter()
-        .map(|t| (t.name.0.to_string(), t.partitions.iter().map(|p| p.partition_index).collect()))
-        .collect();
-    let (reply, wait) = oneshot::channel();
-    let routed = route(
-        &ctx.shard,
-        &group_id.clone(),
-        GroupOp::Commit {
-            group_id,
-            member_id: request.member_id.to_string(),
-            member_epoch: request.generation_id_or_member_epoch,
-            offsets,
-            reply,
-        },
-    );
+    // Unknown topics and partitions are answered on their own; the rest
+    // is checked and written as one commit.
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let known = |topic: &str, partition: i32| {
+        catalog.topics.get(topic).is_some_and(|t| partition >= 0 && (partition as u32) < t.partitions)
+    };
+    let mut offsets: Vec<(Tp, i64)> = Vec::with_capacity(partitions);
+    // Per topic: (partition, its own error if it is not committed).
+    type Answers = Vec<(String, Vec<(i32, Option<i16>)>)>;
+    let mut answers: Answers = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        let mut entries = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            if known(&name, p.partition_index) {
+                offsets.push(((name.clone(), p.partition_index), p.committed_offset));
+                entries.push((p.partition_index, None));
+            } else {
+                entries.push((p.partition_index, Some(K::UnknownTopicOrPartition.code())));
+            }
+        }
+        answers.push((name, entries));
+    }
+    let member_id = request.member_id.to_string();
+    let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
+    let generation = request.generation_id_or_member_epoch;
     Reply::Later(Box::pin(async move {
-        let outcome = if routed { wait.await.unwrap_or_else(|_| stopped()) } else { no_coordinator() };
-        let code = group_code(outcome.error);
-        let topics = entries
+        let code = if offsets.is_empty() {
+            0
+        } else {
+            let results =
+                classic::commit(&ctx.shard, &group_id, &member_id, instance_id.as_deref(), generation, offsets).await;
+            results.first().map_or(0, |(_, code)| *code)
+        };
+        let topics = answers
             .into_iter()
-            .map(|(name, partitions)| {
+            .map(|(name, entries)| {
                 OffsetCommitResponseTopic::default().with_name(topic_name(&name)).with_partitions(
-                    partitions
+                    entries
                         .into_iter()
-                        .map(|p| OffsetCommitResponsePartition::default().with_partition_index(p).with_error_code(code))
+                        .map(|(p, own)| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(own.unwrap_or(code))
+                        })
                         .collect(),
                 )
             })
@@ -301,61 +321,28 @@ pub(crate) fn list_groups(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
-    let waits: Vec<_> = (0..ctx.shard.shared.shard_count)
-        .map(|owner| {
-            let (reply, wait) = oneshot::channel();
-            ctx.shard.submit(owner, ShardOp::Group(GroupOp::List { reply }));
-            wait
-        })
-        .collect();
     Reply::Later(Box::pin(async move {
-        let mut all: Vec<GroupListing> = Vec::new();
-        for wait in waits {
-            all.extend(wait.await.unwrap_or_default());
-        }
-        all.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-        let groups = all
+        let groups = classic::list(&ctx.shard)
+            .await
             .into_iter()
             .filter(|g| {
                 request.states_filter.is_empty()
-                    || request.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(kafka_state(g.state)))
+                    || request.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(&g.state))
+            })
+            .filter(|g| {
+                request.types_filter.is_empty()
+                    || request.types_filter.iter().any(|t| t.as_str().eq_ignore_ascii_case(g.group_type))
             })
             .map(|g| {
                 ListedGroup::default()
                     .with_group_id(group_name(&g.group_id))
-                    .with_protocol_type(StrBytes::from_static_str("consumer"))
-                    .with_group_state(StrBytes::from_static_str(kafka_state(g.state)))
-                    .with_group_type(StrBytes::from_static_str("consumer"))
+                    .with_protocol_type(StrBytes::from_string(g.protocol_type))
+                    .with_group_state(StrBytes::from_string(g.state))
+                    .with_group_type(StrBytes::from_static_str(g.group_type))
             })
             .collect();
         respond(&ctx, &ListGroupsResponse::default().with_groups(groups))
     }))
-}
-
-fn describe_one(group_id: &str, result: Result<GroupView, Outcome>) -> DescribedGroup {
-    let entry = DescribedGroup::default().with_group_id(group_name(group_id));
-    match result {
-        Ok(view) => entry
-            .with_group_state(StrBytes::from_static_str(kafka_state(view.state)))
-            .with_protocol_type(StrBytes::from_static_str("consumer"))
-            .with_protocol_data(StrBytes::from_static_str(view.assignor))
-            .with_members(
-                view.members
-                    .into_iter()
-                    .map(|m| {
-                        DescribedGroupMember::default()
-                            .with_member_id(StrBytes::from_string(m.member_id))
-                            .with_client_id(StrBytes::from_string(m.client_id))
-                            .with_client_host(StrBytes::from_static_str(""))
-                    })
-                    .collect(),
-            ),
-        // Kafka describes an unknown group as Dead, without an error.
-        Err(outcome) if outcome.error == ErrorCode::GroupIdNotFound => {
-            entry.with_group_state(StrBytes::from_static_str("Dead"))
-        }
-        Err(outcome) => entry.with_error_code(group_code(outcome.error)),
-    }
 }
 
 pub(crate) fn describe_groups(ctx: Ctx, body: Bytes) -> Reply {
@@ -363,22 +350,40 @@ pub(crate) fn describe_groups(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
-    let waits: Vec<_> = request
-        .groups
-        .iter()
-        .take(GROUPS_PER_REQUEST_MAX)
-        .map(|g| {
-            let group_id = g.0.to_string();
-            let (reply, wait) = oneshot::channel();
-            let routed = route(&ctx.shard, &group_id, GroupOp::Describe { group_id: group_id.clone(), reply });
-            (group_id, routed, wait)
-        })
-        .collect();
+    let ids: Vec<String> = request.groups.iter().take(GROUPS_PER_REQUEST_MAX).map(|g| g.0.to_string()).collect();
     Reply::Later(Box::pin(async move {
-        let mut groups = Vec::with_capacity(waits.len());
-        for (group_id, routed, wait) in waits {
-            let result = if routed { wait.await.unwrap_or_else(|_| Err(stopped())) } else { Err(no_coordinator()) };
-            groups.push(describe_one(&group_id, result));
+        let mut groups = Vec::with_capacity(ids.len());
+        for group_id in ids {
+            let described = classic::describe(&ctx.shard, &group_id).await;
+            // Before v6 an unknown group is Dead without an error.
+            let error = if described.error == classic::codes::GROUP_ID_NOT_FOUND && ctx.version < 6 {
+                0
+            } else {
+                described.error
+            };
+            groups.push(
+                DescribedGroup::default()
+                    .with_group_id(group_name(&group_id))
+                    .with_error_code(error)
+                    .with_group_state(StrBytes::from_string(described.state))
+                    .with_protocol_type(StrBytes::from_string(described.protocol_type))
+                    .with_protocol_data(StrBytes::from_string(described.protocol_name))
+                    .with_members(
+                        described
+                            .members
+                            .into_iter()
+                            .map(|m| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(StrBytes::from_string(m.member_id))
+                                    .with_group_instance_id(m.group_instance_id.map(StrBytes::from_string))
+                                    .with_client_id(StrBytes::from_string(m.client_id))
+                                    .with_client_host(StrBytes::from_string(m.client_host))
+                                    .with_member_metadata(m.metadata)
+                                    .with_member_assignment(m.assignment)
+                            })
+                            .collect(),
+                    ),
+            );
         }
         respond(&ctx, &DescribeGroupsResponse::default().with_groups(groups))
     }))
@@ -411,5 +416,138 @@ pub(crate) fn delete_groups(ctx: Ctx, body: Bytes) -> Reply {
             );
         }
         respond(&ctx, &DeleteGroupsResponse::default().with_results(results))
+    }))
+}
+
+fn opt(value: &Option<StrBytes>) -> Option<String> {
+    value.as_ref().map(|v| v.to_string())
+}
+
+pub(crate) fn join_group(ctx: Ctx, body: Bytes) -> Reply {
+    let request: JoinGroupRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let input = JoinIn {
+        group_id: request.group_id.0.to_string(),
+        member_id: request.member_id.to_string(),
+        group_instance_id: opt(&request.group_instance_id),
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+        session_timeout_ms: request.session_timeout_ms,
+        // v0 had one timeout for both.
+        rebalance_timeout_ms: if ctx.version >= 1 { request.rebalance_timeout_ms } else { request.session_timeout_ms },
+        client_id: ctx.client_id.clone(),
+        client_host: ctx.client_host.clone(),
+        // KIP-394: from v4 a new member first gets its id
+        // (MEMBER_ID_REQUIRED), then joins with it.
+        require_known_member_id: ctx.version >= 4,
+        reason: opt(&request.reason),
+    };
+    Reply::Later(Box::pin(async move {
+        let out = classic::join(&ctx.shard, input).await;
+        let response = JoinGroupResponse::default()
+            .with_error_code(out.error)
+            .with_generation_id(out.generation_id)
+            .with_protocol_type(out.protocol_type.map(StrBytes::from_string))
+            .with_protocol_name(out.protocol_name.map(StrBytes::from_string))
+            .with_leader(StrBytes::from_string(out.leader))
+            .with_skip_assignment(out.skip_assignment)
+            .with_member_id(StrBytes::from_string(out.member_id))
+            .with_members(
+                out.members
+                    .into_iter()
+                    .map(|m| {
+                        JoinGroupResponseMember::default()
+                            .with_member_id(StrBytes::from_string(m.member_id))
+                            .with_group_instance_id(m.group_instance_id.map(StrBytes::from_string))
+                            .with_metadata(m.metadata)
+                    })
+                    .collect(),
+            );
+        respond(&ctx, &response)
+    }))
+}
+
+pub(crate) fn sync_group(ctx: Ctx, body: Bytes) -> Reply {
+    let request: SyncGroupRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let input = SyncIn {
+        group_id: request.group_id.0.to_string(),
+        member_id: request.member_id.to_string(),
+        group_instance_id: opt(&request.group_instance_id),
+        generation_id: request.generation_id,
+        protocol_type: opt(&request.protocol_type),
+        protocol_name: opt(&request.protocol_name),
+        assignments: request.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect(),
+    };
+    Reply::Later(Box::pin(async move {
+        let out = classic::sync(&ctx.shard, input).await;
+        let response = SyncGroupResponse::default()
+            .with_error_code(out.error)
+            .with_protocol_type(out.protocol_type.map(StrBytes::from_string))
+            .with_protocol_name(out.protocol_name.map(StrBytes::from_string))
+            .with_assignment(out.assignment);
+        respond(&ctx, &response)
+    }))
+}
+
+pub(crate) fn heartbeat(ctx: Ctx, body: Bytes) -> Reply {
+    let request: HeartbeatRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    Reply::Later(Box::pin(async move {
+        let code = classic::heartbeat(
+            &ctx.shard,
+            &request.group_id.0,
+            &request.member_id,
+            request.group_instance_id.as_deref(),
+            request.generation_id,
+        )
+        .await;
+        respond(&ctx, &HeartbeatResponse::default().with_error_code(code))
+    }))
+}
+
+pub(crate) fn leave_group(ctx: Ctx, body: Bytes) -> Reply {
+    let request: LeaveGroupRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    // v0-v2 name one member; v3+ a batch, with instance ids.
+    let members: Vec<(String, Option<String>)> = if ctx.version < 3 {
+        vec![(request.member_id.to_string(), None)]
+    } else {
+        request
+            .members
+            .iter()
+            .take(crate::limits::MEMBERS_PER_GROUP_MAX)
+            .map(|m| (m.member_id.to_string(), opt(&m.group_instance_id)))
+            .collect()
+    };
+    let identities: Vec<(String, Option<String>)> = members.clone();
+    Reply::Later(Box::pin(async move {
+        let (error, codes) = classic::leave(&ctx.shard, &request.group_id.0, members).await;
+        let response = if ctx.version < 3 {
+            let own = codes.first().copied().unwrap_or(0);
+            LeaveGroupResponse::default().with_error_code(if error == 0 { own } else { error })
+        } else {
+            LeaveGroupResponse::default().with_error_code(error).with_members(
+                identities
+                    .into_iter()
+                    .zip(codes)
+                    .map(|((member_id, instance_id), code)| {
+                        MemberResponse::default()
+                            .with_member_id(StrBytes::from_string(member_id))
+                            .with_group_instance_id(instance_id.map(StrBytes::from_string))
+                            .with_error_code(code)
+                    })
+                    .collect(),
+            )
+        };
+        respond(&ctx, &response)
     }))
 }

@@ -83,12 +83,14 @@ impl Kafka {
 }
 
 impl FrontEnd for Kafka {
-    type Session = Rc<consumer_group::Remembered>;
+    type Session = Rc<Session>;
     type Frame = KafkaFrame;
     type FrameError = KafkaFrameError;
 
-    fn new_session(&self) -> Self::Session {
-        Rc::default()
+    fn new_session(&self, peer: &str) -> Self::Session {
+        // Kafka shows a member's host as "/<ip>".
+        let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
+        Rc::new(Session { client_host: format!("/{ip}"), remembered: Rc::default() })
     }
 
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
@@ -141,6 +143,15 @@ impl FrontEnd for Kafka {
     }
 }
 
+/// What a Kafka connection keeps between requests.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// "/<ip>" of the client, as Kafka shows a group member's host.
+    client_host: String,
+    /// What KIP-848 members sent last (`consumer_group`).
+    remembered: Rc<consumer_group::Remembered>,
+}
+
 /// What a handler knows of its request.
 #[derive(Debug, Clone)]
 pub(crate) struct Ctx {
@@ -150,14 +161,10 @@ pub(crate) struct Ctx {
     pub correlation_id: i32,
     /// For the group coordinator's member ids and `group describe`.
     pub client_id: String,
+    pub client_host: String,
 }
 
-fn dispatch(
-    shard: &Rc<Shard>,
-    session: &Rc<consumer_group::Remembered>,
-    frame: KafkaFrame,
-    charge: &Charge,
-) -> (Reply, &'static str) {
+fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
     let bytes = frame.bytes;
     if bytes.len() < REQUEST_HEADER_BYTES_MIN - 2 {
         tracing::debug!(shard = shard.id, "closing a Kafka connection: a request too short for its header");
@@ -212,6 +219,7 @@ fn dispatch(
         version,
         correlation_id,
         client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
+        client_host: session.client_host.clone(),
     };
     if api == ApiKey::Produce {
         return (produce::produce(ctx, bytes), name);
@@ -236,7 +244,11 @@ fn dispatch(
         ApiKey::ListGroups => groups::list_groups(ctx, body),
         ApiKey::DescribeGroups => groups::describe_groups(ctx, body),
         ApiKey::DeleteGroups => groups::delete_groups(ctx, body),
-        ApiKey::ConsumerGroupHeartbeat => consumer_group::heartbeat(ctx, body, session.clone()),
+        ApiKey::JoinGroup => groups::join_group(ctx, body),
+        ApiKey::SyncGroup => groups::sync_group(ctx, body),
+        ApiKey::Heartbeat => groups::heartbeat(ctx, body),
+        ApiKey::LeaveGroup => groups::leave_group(ctx, body),
+        ApiKey::ConsumerGroupHeartbeat => consumer_group::heartbeat(ctx, body, session.remembered.clone()),
         ApiKey::ConsumerGroupDescribe => consumer_group::describe(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };

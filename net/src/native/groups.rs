@@ -182,9 +182,10 @@ pub(crate) fn offset_commit(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -
     let op = GroupOp::Commit {
         group_id: group_id.clone(),
         member_id: request.member_id().unwrap_or_default().to_string(),
+        group_instance_id: None,
         member_epoch: request.member_epoch(),
         offsets,
-        reply,
+        reply: crate::group::CommitReply::Native(reply),
     };
     if !route(shard, &group_id, op) {
         return Reply::Now(Response::Frame(commit_frame(request_id, &no_coordinator())));

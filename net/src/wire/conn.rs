@@ -59,7 +59,7 @@ pub(crate) async fn serve<F: FrontEnd>(front: F, stream: TcpStream) {
         }
     });
     let end = futures::select! {
-        end = futures::FutureExt::fuse(read_requests(&front, reader, &queue, &budgets)) => end,
+        end = futures::FutureExt::fuse(read_requests(&front, &peer, reader, &queue, &budgets)) => end,
         _ = futures::FutureExt::fuse(writer_gone) => Ok(()),
     };
     if let Err(err) = end {
@@ -87,11 +87,12 @@ pub(crate) async fn serve<F: FrontEnd>(front: F, stream: TcpStream) {
 /// read (its length is known from its header).
 async fn read_requests<F: FrontEnd>(
     front: &F,
+    peer: &str,
     mut reader: ReadHalf<TcpStream>,
     queue: &local_channel::LocalSender<Queued>,
     budgets: &Budgets,
 ) -> Result<(), F::FrameError> {
-    let session = front.new_session();
+    let session = front.new_session(peer);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     // A large frame's bytes, charged before its body is read.

@@ -30,7 +30,8 @@ pub(crate) trait FrontEnd: Clone + 'static {
     /// Why the byte stream cannot be read on (it is closed).
     type FrameError: std::fmt::Display;
 
-    fn new_session(&self) -> Self::Session;
+    /// A new connection's session; `peer` is its address (ip:port).
+    fn new_session(&self, peer: &str) -> Self::Session;
 
     /// The next whole frame in `buf`, if there is one (split off it).
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<Self::Frame>, Self::FrameError>;
