@@ -11,7 +11,7 @@ pub mod catalog;
 mod clean_stop;
 pub mod config;
 mod deadline;
-mod fetch_budget;
+mod fetch_plan;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

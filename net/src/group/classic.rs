@@ -16,7 +16,6 @@
 //! serving the group (NOT_COORDINATOR) or the shard stops
 //! (COORDINATOR_NOT_AVAILABLE), never dropped.
 
-
 use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::Instant;

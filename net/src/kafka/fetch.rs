@@ -6,8 +6,7 @@
 //! a request naming a session Spate never gave gets
 //! FETCH_SESSION_ID_NOT_FOUND, and the client starts over.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -26,64 +25,20 @@ use super::codes::kafka_code;
 use super::response::{Splice, encode, marker, vectored};
 use super::{Ctx, decode, respond};
 use crate::budget::Charge;
-use crate::catalog::{TopicMeta, kafka_topic_id};
-use crate::fetch_budget::FetchBudget;
-use crate::limits::{FETCH_PARTITION_BYTES_MIN, FETCH_WAIT_MS_MAX, PARTITIONS_PER_REQUEST_MAX};
-use crate::shard::{EpochEndResult, OffsetResult, ReadResult, Shard, ShardOp};
+use crate::catalog::kafka_topic_id;
+use crate::fetch_plan::{self, FetchBudget, ReadPart};
+use crate::limits::{FETCH_WAIT_MS_MAX, PARTITIONS_PER_REQUEST_MAX};
+use crate::shard::{EpochEndResult, OffsetResult, ShardOp};
 use crate::wire::{Reply, Response};
 
 /// Fetch v13+ names topics by id.
 const FETCH_TOPIC_IDS_VERSION: i16 = 13;
 
+/// One partition of the request: where it goes in the answer, and its read.
 struct Part {
     topic_index: usize,
     partition: i32,
-    target: Option<(Arc<TopicMeta>, u32)>,
-    offset: i64,
-    bytes_max: usize,
-    current_leader_epoch: i32,
-}
-
-enum Submitted {
-    Unknown,
-    OverBudget,
-    Waiting(oneshot::Receiver<ReadResult>),
-}
-
-fn submit(shard: &std::rc::Rc<Shard>, part: &Part, wait_until: Option<Instant>) -> Submitted {
-    let Some((topic, partition)) = part.target.clone() else { return Submitted::Unknown };
-    if part.bytes_max == 0 {
-        return Submitted::OverBudget;
-    }
-    let (reply, wait) = oneshot::channel();
-    let owner = shard.shared.owner(&topic.name, partition);
-    shard.submit(
-        owner,
-        ShardOp::Fetch {
-            topic,
-            partition,
-            offset: part.offset,
-            bytes_max: part.bytes_max,
-            wait_until,
-            replica_id: -1,
-            current_leader_epoch: part.current_leader_epoch,
-            replica_durable_offset: -1,
-            reply,
-        },
-    );
-    Submitted::Waiting(wait)
-}
-
-fn no_read(error: ErrorCode) -> ReadResult {
-    ReadResult { error, high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
-}
-
-async fn collect(submitted: Submitted) -> ReadResult {
-    match submitted {
-        Submitted::Unknown => no_read(ErrorCode::UnknownTopicOrPartition),
-        Submitted::OverBudget => no_read(ErrorCode::None),
-        Submitted::Waiting(wait) => wait.await.unwrap_or(no_read(ErrorCode::BrokerShuttingDown)),
-    }
+    read: ReadPart,
 }
 
 pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
@@ -109,15 +64,9 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
         tracing::warn!(shard = ctx.shard.id, partitions, "closing a Kafka connection: Fetch over the partition cap");
         return Reply::Now(Response::Close(None));
     }
-    // Sized as the native fetch is: within the frame cap and the room the
-    // connection's and shard's budgets have, charged now.
-    let config = &ctx.shard.shared.config;
-    let frame_room = config.frame_bytes_max.saturating_sub(1 << 20).max(1);
-    let budget_room = charge.budgets().room_bytes().max(FETCH_PARTITION_BYTES_MIN);
     // v0-2 had no request-wide limit.
     let asked = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
-    let request_bytes_max = asked.min(frame_room).min(budget_room);
-    charge.resize(request_bytes + request_bytes_max);
+    let request_bytes_max = fetch_plan::answer_bytes_max(&ctx.shard, charge, asked, request_bytes);
     let charge = charge.clone();
     let max_wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -143,42 +92,23 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
             parts.push(Part {
                 topic_index,
                 partition: part.partition,
-                target,
-                offset: part.fetch_offset,
-                bytes_max,
-                current_leader_epoch: if ctx.version >= 9 { part.current_leader_epoch } else { -1 },
+                read: ReadPart {
+                    target,
+                    offset: part.fetch_offset,
+                    bytes_max,
+                    current_leader_epoch: if ctx.version >= 9 { part.current_leader_epoch } else { -1 },
+                    replica_durable_offset: -1,
+                },
             });
         }
     }
     let unknown_topic = if by_id { K::UnknownTopicId.code() } else { K::UnknownTopicOrPartition.code() };
     let read_committed = request.isolation_level == 1;
-    let started = Instant::now();
-    let first: Vec<_> = parts.iter().map(|part| submit(&ctx.shard, part, None)).collect();
+    let reads: Vec<ReadPart> = parts.iter().map(|p| p.read.clone()).collect();
+    let first = fetch_plan::start(&ctx.shard, &reads, -1);
+    let poll = fetch_plan::Poll { replica_id: -1, min_bytes, max_wait, request_bytes, charge };
     Reply::Later(Box::pin(async move {
-        let mut results = Vec::with_capacity(first.len());
-        for wait in first {
-            results.push(collect(wait).await);
-        }
-        let bytes: usize = results.iter().map(ReadResult::bytes).sum();
-        let any_error = results.iter().any(|r| r.error != ErrorCode::None);
-        if bytes < min_bytes.max(1) && !max_wait.is_zero() && !any_error {
-            // Long poll, as the native fetch: answer when the first
-            // partition has data or the wait ends.
-            charge.resize(request_bytes + bytes);
-            let deadline = started + max_wait;
-            let waits: Vec<_> = parts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, part)| match submit(&ctx.shard, part, Some(deadline)) {
-                    wait @ Submitted::Waiting(_) => Some(Box::pin(async move { (i, collect(wait).await) })),
-                    Submitted::Unknown | Submitted::OverBudget => None,
-                })
-                .collect();
-            if !waits.is_empty() {
-                let ((i, result), _, _) = futures::future::select_all(waits).await;
-                results[i] = result;
-            }
-        }
+        let results = fetch_plan::finish(&ctx.shard, &reads, first, &poll).await;
         // Build the response with a marker in place of each partition's
         // records, then splice the batches in (no copy of record bytes).
         let mut responses: Vec<FetchableTopicResponse> = topics
@@ -192,17 +122,8 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
         let mut splices = Vec::new();
         let mut payload_bytes = 0usize;
         for (part, result) in parts.iter().zip(results) {
-            let mut batches = Vec::new();
-            for batch in result.batches {
-                // At least one batch, so a consumer can pass a batch larger
-                // than its limits; after that, within the request's limit.
-                if payload_bytes > 0 && payload_bytes + batch.len() > request_bytes_max {
-                    break;
-                }
-                payload_bytes += batch.len();
-                batches.push(batch);
-            }
-            let error = match (&part.target, result.error) {
+            let batches = fetch_plan::within_limit(result.batches, &mut payload_bytes, request_bytes_max);
+            let error = match (&part.read.target, result.error) {
                 (None, _) => unknown_topic,
                 (_, error) => kafka_code(error),
             };
@@ -220,7 +141,7 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
                 let index = splices.len() as u32;
                 let m = marker(index);
                 data = data.with_records(Some(m.clone()));
-                if let Some((topic, _)) = &part.target {
+                if let Some((topic, _)) = &part.read.target {
                     ctx.shard.metrics.fetched(&topic.name, batches.iter().map(Bytes::len).sum());
                 }
                 splices.push(Splice { marker: m, batches });

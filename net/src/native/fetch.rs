@@ -3,81 +3,24 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
-use futures::channel::oneshot;
 use spate_flatbuf::Frame;
 use spate_flatbuf::flatbuffers::{FlatBufferBuilder, WIPOffset};
 use spate_flatbuf::proto::*;
 
 use super::{Session, clamp_ms, partition_of, topic_of};
 use crate::budget::Charge;
-use crate::catalog::TopicMeta;
-use crate::fetch_budget::FetchBudget;
-use crate::limits::{FETCH_PARTITION_BYTES_MIN, FETCH_WAIT_MS_MAX};
-use crate::shard::{ReadResult, Shard, ShardOp};
+use crate::fetch_plan::{self, FetchBudget, ReadPart};
+use crate::limits::FETCH_WAIT_MS_MAX;
+use crate::shard::{ReadResult, Shard};
 use crate::wire::{Reply, Response, envelope, envelope_frame, error_frame, invalid};
 
-#[derive(Clone)]
+/// One partition of the request: where it goes in the answer, and its read.
 struct FetchPart {
     topic_index: usize,
     partition: i32,
-    /// None: unknown topic or partition.
-    target: Option<(Arc<TopicMeta>, u32)>,
-    offset: i64,
-    bytes_max: usize,
-    current_leader_epoch: i32,
-    /// Replica fetches: what the follower has made durable (-1: unknown).
-    replica_durable_offset: i64,
-}
-
-/// A partition's read as submitted to its owner.
-enum Submitted {
-    /// No such topic or partition.
-    Unknown,
-    /// Left out: the request's byte budget went to earlier partitions.
-    OverBudget,
-    Waiting(oneshot::Receiver<ReadResult>),
-}
-
-fn submit_fetch(shard: &Rc<Shard>, part: &FetchPart, wait_until: Option<Instant>, replica_id: i32) -> Submitted {
-    let Some((topic, partition)) = part.target.clone() else { return Submitted::Unknown };
-    if part.bytes_max == 0 {
-        return Submitted::OverBudget;
-    }
-    let (reply, wait) = oneshot::channel();
-    let owner = shard.shared.owner(&topic.name, partition);
-    shard.submit(
-        owner,
-        ShardOp::Fetch {
-            topic,
-            partition,
-            offset: part.offset,
-            bytes_max: part.bytes_max,
-            wait_until,
-            replica_id,
-            current_leader_epoch: part.current_leader_epoch,
-            replica_durable_offset: part.replica_durable_offset,
-            reply,
-        },
-    );
-    Submitted::Waiting(wait)
-}
-
-async fn collect(submitted: Submitted) -> ReadResult {
-    match submitted {
-        Submitted::Unknown => ReadResult { error: ErrorCode::UnknownTopicOrPartition, ..unknown_read() },
-        Submitted::OverBudget => unknown_read(),
-        Submitted::Waiting(wait) => {
-            wait.await.unwrap_or(ReadResult { error: ErrorCode::BrokerShuttingDown, ..unknown_read() })
-        }
-    }
-}
-
-fn unknown_read() -> ReadResult {
-    ReadResult { high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
+    read: ReadPart,
 }
 
 pub(super) fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64, charge: &Charge) -> Reply {
@@ -96,16 +39,9 @@ pub(super) fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request
         let message = format!("fetching as replica {replica_id} needs a broker's proof on this connection");
         return Reply::Now(Response::Frame(error_frame(request_id, ErrorCode::ClusterAuthorizationFailed, &message)));
     }
-    // The response must fit the frames clients accept; leave room for its
-    // envelope. It must also fit the room left in the connection's and the
-    // shard's byte budgets, where it is charged now: a smaller answer, not
-    // a wait, so a full budget slows a consumer down instead of stopping it
-    // (at least one minimum partition slice is always read).
-    let frame_room = shard.shared.config.frame_bytes_max.saturating_sub(1 << 20).max(1);
-    let budget_room = charge.budgets().room_bytes().max(FETCH_PARTITION_BYTES_MIN);
-    let request_bytes_max = (request.max_bytes().max(1) as usize).min(frame_room).min(budget_room);
     let request_charge_bytes = frame.envelope.len() + frame.payload.len();
-    charge.resize(request_charge_bytes + request_bytes_max);
+    let request_bytes_max =
+        fetch_plan::answer_bytes_max(shard, charge, request.max_bytes().max(1) as usize, request_charge_bytes);
     let charge = charge.clone();
     let max_wait = clamp_ms(request.max_wait_ms(), FETCH_WAIT_MS_MAX);
     let min_bytes = request.min_bytes().max(0) as usize;
@@ -127,47 +63,22 @@ pub(super) fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request
             parts.push(FetchPart {
                 topic_index,
                 partition: part.partition(),
-                target,
-                offset: part.offset(),
-                bytes_max,
-                current_leader_epoch: part.current_leader_epoch(),
-                replica_durable_offset: part.replica_durable_offset(),
+                read: ReadPart {
+                    target,
+                    offset: part.offset(),
+                    bytes_max,
+                    current_leader_epoch: part.current_leader_epoch(),
+                    replica_durable_offset: part.replica_durable_offset(),
+                },
             });
         }
     }
-    let started = Instant::now();
-    let first: Vec<_> = parts.iter().map(|part| submit_fetch(shard, part, None, replica_id)).collect();
+    let reads: Vec<ReadPart> = parts.iter().map(|p| p.read.clone()).collect();
+    let first = fetch_plan::start(shard, &reads, replica_id);
+    let poll = fetch_plan::Poll { replica_id, min_bytes, max_wait, request_bytes: request_charge_bytes, charge };
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        let mut results = Vec::with_capacity(first.len());
-        for wait in first {
-            results.push(collect(wait).await);
-        }
-        let bytes: usize = results.iter().map(ReadResult::bytes).sum();
-        let any_error = results.iter().any(|r| r.error != ErrorCode::None);
-        if bytes < min_bytes.max(1) && !max_wait.is_zero() && !any_error {
-            // Long poll: wait on every partition; answer when the first has
-            // data or the wait ends (dropping the others cancels them).
-            // While it waits the request holds only what it has read, so
-            // idle consumers do not fill the budgets; the partition that
-            // answers reads within its share of the request as before
-            // (new data at the log's tail, mostly shared with the tail
-            // cache), charged once the answer is built.
-            charge.resize(request_charge_bytes + bytes);
-            let deadline = started + max_wait;
-            let waits: Vec<_> = parts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, part)| match submit_fetch(&shard, part, Some(deadline), replica_id) {
-                    wait @ Submitted::Waiting(_) => Some(Box::pin(async move { (i, collect(wait).await) })),
-                    Submitted::Unknown | Submitted::OverBudget => None,
-                })
-                .collect();
-            if !waits.is_empty() {
-                let ((i, result), _, _) = futures::future::select_all(waits).await;
-                results[i] = result;
-            }
-        }
+        let results = fetch_plan::finish(&shard, &reads, first, &poll).await;
         fetch_response(&shard, request_id, &topic_names, &parts, results, request_bytes_max)
     }))
 }
@@ -186,15 +97,7 @@ fn fetch_response(
     let mut by_topic: BTreeMap<usize, Vec<WIPOffset<FetchPartitionResponse>>> = BTreeMap::new();
     for (part, result) in parts.iter().zip(results) {
         let records_offset = payload_bytes;
-        for batch in result.batches {
-            // At least one batch always goes, so a consumer can pass a batch
-            // larger than its limits; after that, stay within the request.
-            if payload_bytes > 0 && payload_bytes + batch.len() > request_bytes_max {
-                break;
-            }
-            payload_bytes += batch.len();
-            payload.push(batch);
-        }
+        payload.extend(fetch_plan::within_limit(result.batches, &mut payload_bytes, request_bytes_max));
         if payload_bytes > records_offset {
             shard.metrics.fetched(&topic_names[part.topic_index], payload_bytes - records_offset);
         }
