@@ -34,6 +34,12 @@ pub enum ControllerRequest {
     DeleteTopic {
         name: String,
     },
+    /// Grow a topic to `count` partitions (Kafka's CreatePartitions); a
+    /// count at or below the current one is refused.
+    CreatePartitions {
+        name: String,
+        count: u32,
+    },
     /// Full replacement of the topic's configs.
     AlterTopicConfigs {
         name: String,
@@ -181,6 +187,38 @@ pub fn delete_topic(image: &MetadataImage, name: &str) -> Result<Vec<MetadataRec
         return Err(ControllerError::UnknownTopicOrPartition);
     }
     Ok(vec![MetadataRecord::DeleteTopic { name: name.to_string() }])
+}
+
+/// Grows a topic to `count` partitions. The new partitions are placed as
+/// `create_topic` would have placed them in a topic created with `count`
+/// (the same start, over today's unfenced brokers), so leaders and
+/// replicas stay spread; each gets as many replicas as partition 0 has.
+pub fn create_partitions(
+    image: &MetadataImage,
+    name: &str,
+    count: u32,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let Some(topic) = image.topics.get(name) else {
+        return Err(ControllerError::UnknownTopicOrPartition);
+    };
+    let current = topic.partitions.len() as u32;
+    // Kafka's rule: partitions are only ever added (keys would move to
+    // other partitions, and records in removed ones would be lost).
+    if count <= current || count > MAX_PARTITIONS_PER_TOPIC {
+        return Err(ControllerError::InvalidPartitions);
+    }
+    let replication_factor = topic.partitions.first().map_or(1, |p| p.replicas.len()) as u16;
+    let brokers = image.unfenced_brokers();
+    if replication_factor == 0 || usize::from(replication_factor) > brokers.len() {
+        return Err(ControllerError::InvalidReplicationFactor(format!(
+            "replication factor {replication_factor} with {} unfenced brokers",
+            brokers.len()
+        )));
+    }
+    let start = (name_hash(name) % brokers.len() as u64) as usize;
+    let mut assignments = assign_replicas(&brokers, count, replication_factor, start);
+    let added = assignments.split_off(current as usize);
+    Ok(vec![MetadataRecord::CreatePartitions { name: name.to_string(), first_partition: current, assignments: added }])
 }
 
 pub fn alter_topic_configs(
@@ -654,15 +692,18 @@ pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Resu
             check_isr(&at, *leader, isr, &p.replicas)?;
             check_elr(&at, isr, elr, &p.replicas)
         }
-        MetadataRecord::CreateTopic { name, assignments, .. } => {
-            for (p, replicas) in assignments.iter().enumerate() {
-                if replicas.is_empty() {
-                    return Err(format!("{name}-{p}: no replicas"));
-                }
-                // The ISR starts as the replicas, the leader as the first.
-                check_isr(&format!("{name}-{p}"), replicas[0], replicas, replicas)?;
+        MetadataRecord::CreateTopic { name, assignments, .. } => check_new_partitions(name, 0, assignments),
+        MetadataRecord::CreatePartitions { name, first_partition, assignments } => {
+            let Some(topic) = before.topics.get(name) else {
+                return Ok(());
+            };
+            if *first_partition as usize != topic.partitions.len() {
+                return Err(format!(
+                    "{name}: partitions added from {first_partition}, but the topic has {}",
+                    topic.partitions.len()
+                ));
             }
-            Ok(())
+            check_new_partitions(name, *first_partition, assignments)
         }
         MetadataRecord::ProducerIdBlock { start, len, .. } => {
             if *start < before.next_producer_id || *len < 1 {
@@ -675,6 +716,19 @@ pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Resu
         }
         _ => Ok(()),
     }
+}
+
+/// New partitions start with the ISR as the replicas, the leader as the
+/// first.
+fn check_new_partitions(name: &str, first_partition: u32, assignments: &[Vec<i32>]) -> Result<(), String> {
+    for (index, replicas) in assignments.iter().enumerate() {
+        let at = format!("{name}-{}", first_partition as usize + index);
+        if replicas.is_empty() {
+            return Err(format!("{at}: no replicas"));
+        }
+        check_isr(&at, replicas[0], replicas, replicas)?;
+    }
+    Ok(())
 }
 
 fn check_isr(at: &str, leader: i32, isr: &[i32], replicas: &[i32]) -> Result<(), String> {
@@ -833,6 +887,53 @@ mod tests {
             }
         }
         assert_eq!(holds.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn added_partitions_keep_leaders_and_replicas_balanced_and_the_old_ones_unchanged() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 2, 2, false);
+        let before = img.topics["t"].partitions.clone();
+        let recs = create_partitions(&img, "t", 6).expect("grows");
+        for r in &recs {
+            assert_eq!(check_invariants(&img, r), Ok(()));
+        }
+        apply(&mut img, &recs);
+        let t = &img.topics["t"];
+        assert_eq!(t.partitions.len(), 6);
+        assert_eq!(t.partitions[..2], before[..], "existing partitions untouched");
+        let mut leads = BTreeMap::new();
+        let mut holds = BTreeMap::new();
+        for p in &t.partitions {
+            *leads.entry(p.leader).or_insert(0) += 1;
+            for r in &p.replicas {
+                *holds.entry(*r).or_insert(0) += 1;
+            }
+            assert_eq!(p.replicas.len(), 2, "as many replicas as partition 0");
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!(p.leader, p.replicas[0]);
+        }
+        // The same placement a topic created with six partitions gets.
+        assert_eq!(leads.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(holds.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn create_partitions_refuses_a_smaller_or_equal_count_and_unknown_topics() {
+        let mut img = cluster(1);
+        with_topic(&mut img, "t", 3, 1, false);
+        assert_eq!(create_partitions(&img, "t", 3), Err(ControllerError::InvalidPartitions));
+        assert_eq!(create_partitions(&img, "t", 2), Err(ControllerError::InvalidPartitions));
+        assert_eq!(create_partitions(&img, "t", MAX_PARTITIONS_PER_TOPIC + 1), Err(ControllerError::InvalidPartitions));
+        assert_eq!(create_partitions(&img, "nope", 4), Err(ControllerError::UnknownTopicOrPartition));
+        // A record decided against an older partition count (a race that
+        // the log already settled) is ignored and flagged.
+        let stale = create_partitions(&img, "t", 4).expect("grows");
+        apply(&mut img, &stale);
+        assert_eq!(img.topics["t"].partitions.len(), 4);
+        assert!(check_invariants(&img, &stale[0]).is_err());
+        img.apply(&stale[0]);
+        assert_eq!(img.topics["t"].partitions.len(), 4, "applied once only");
     }
 
     #[test]

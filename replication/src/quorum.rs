@@ -859,6 +859,7 @@ impl Node {
                 controller::create_topic(img, name, *partitions, *replication_factor, configs, random_topic_id())
             }
             ControllerRequest::DeleteTopic { name } => controller::delete_topic(img, name),
+            ControllerRequest::CreatePartitions { name, count } => controller::create_partitions(img, name, *count),
             ControllerRequest::AlterTopicConfigs { name, configs } => {
                 controller::alter_topic_configs(img, name, configs)
             }

@@ -221,6 +221,7 @@ fn dispatch(shard: &Rc<Shard>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'
         ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(ctx, body),
         ApiKey::CreateTopics => admin::create_topics(ctx, body),
         ApiKey::DeleteTopics => admin::delete_topics(ctx, body),
+        ApiKey::CreatePartitions => admin::create_partitions(ctx, body),
         ApiKey::DescribeConfigs => admin::describe_configs(ctx, body),
         ApiKey::AlterConfigs => admin::alter_configs(ctx, body),
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),
