@@ -259,6 +259,15 @@ pub(crate) enum ShardOp {
         partition: u32,
         reply: oneshot::Sender<PartitionStats>,
     },
+    /// DeleteRecords on the leader: the log start moves to `offset` (-1:
+    /// the high watermark); the reply's offset is the new log start.
+    /// Followers move theirs as they fetch (`replica/fetcher.rs`).
+    DeleteRecords {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        offset: i64,
+        reply: oneshot::Sender<OffsetResult>,
+    },
     Admin(crate::admin::AdminOp),
     /// For the coordinator of a consumer group.
     Group(crate::group::GroupOp),
@@ -627,6 +636,20 @@ impl Shard {
                     },
                 };
                 let _ = reply.send(stats);
+            }
+            ShardOp::DeleteRecords { topic, partition, offset, reply } => {
+                let leader = self
+                    .replica(&topic, partition)
+                    .ok_or_else(|| self.not_hosted(&topic, partition))
+                    .and_then(|replica| replica.check_leader(-1).map(|_| replica).map_err(|Refusal(code)| code));
+                glommio::spawn_local(async move {
+                    let result = match leader {
+                        Err(error) => OffsetResult { error, offset: -1 },
+                        Ok(replica) => delete_records(&replica.log, offset).await,
+                    };
+                    let _ = reply.send(result);
+                })
+                .detach();
             }
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),
@@ -1212,6 +1235,16 @@ async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBou
             batches: Vec::new(),
             damaged: matches!(err, LogError::Corruption { .. }).then(|| err.to_string()),
         },
+    }
+}
+
+/// Moves a leader's log start (Kafka's DeleteRecords; -1: up to the high
+/// watermark). Past the high watermark: OffsetOutOfRange.
+async fn delete_records(log: &Log, offset: i64) -> OffsetResult {
+    let offset = if offset == -1 { log.high_watermark() } else { offset };
+    match log.advance_log_start(offset).await {
+        Ok(log_start_offset) => OffsetResult { error: ErrorCode::None, offset: log_start_offset },
+        Err(err) => OffsetResult { error: log_error_code(&err), offset: -1 },
     }
 }
 

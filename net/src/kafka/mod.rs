@@ -18,6 +18,7 @@ mod codes;
 mod fetch;
 mod groups;
 mod metadata;
+mod partitions;
 mod produce;
 mod response;
 mod versions;
@@ -222,6 +223,7 @@ fn dispatch(shard: &Rc<Shard>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'
         ApiKey::CreateTopics => admin::create_topics(ctx, body),
         ApiKey::DeleteTopics => admin::delete_topics(ctx, body),
         ApiKey::CreatePartitions => admin::create_partitions(ctx, body),
+        ApiKey::DeleteRecords => partitions::delete_records(ctx, body),
         ApiKey::DescribeConfigs => admin::describe_configs(ctx, body),
         ApiKey::AlterConfigs => admin::alter_configs(ctx, body),
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),
