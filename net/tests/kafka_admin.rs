@@ -184,3 +184,63 @@ fn records_deleted_on_the_leader_stay_deleted_after_the_follower_takes_over() {
         stop(broker);
     }
 }
+
+fn describe_log_dirs(
+    conn: &mut KafkaConn,
+    topics: Option<Vec<(&str, Vec<i32>)>>,
+) -> kafka_protocol::messages::DescribeLogDirsResponse {
+    use kafka_protocol::messages::DescribeLogDirsRequest;
+    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+    let topics = topics.map(|topics| {
+        topics
+            .into_iter()
+            .map(|(topic, partitions)| {
+                DescribableLogDirTopic::default().with_topic(name(topic)).with_partitions(partitions)
+            })
+            .collect()
+    });
+    conn.call(4, &DescribeLogDirsRequest::default().with_topics(topics))
+}
+
+/// Before DescribeLogDirs was served, a Kafka client asking for it had its
+/// connection closed.
+#[test]
+fn describe_log_dirs_lists_each_hosted_partition_with_its_size_and_the_disk_space() {
+    let dir = data_dir("kafka_describe_log_dirs");
+    let broker = start(&dir, 2);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("dirs-a", 2, 1), 0);
+    assert_eq!(conn.create_topic("dirs-b", 1, 1), 0);
+    assert_eq!(conn.produce("dirs-a", 1, batch(10)).0, 0);
+
+    let response = describe_log_dirs(&mut conn, None);
+    assert_eq!(response.results.len(), 1, "one log directory: the data directory");
+    let result = &response.results[0];
+    assert_eq!(result.error_code, 0);
+    assert_eq!(std::path::Path::new(result.log_dir.as_str()), std::path::absolute(&dir).expect("absolute"));
+    assert!(result.total_bytes > 0 && result.usable_bytes > 0 && result.usable_bytes <= result.total_bytes);
+    let sizes = |result: &kafka_protocol::messages::describe_log_dirs_response::DescribeLogDirsResult| {
+        let mut sizes: Vec<(String, i32, i64, i64)> = result
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| (t.name.0.to_string(), p.partition_index, p.partition_size, p.offset_lag))
+            })
+            .filter(|(name, ..)| name.starts_with("dirs-"))
+            .collect();
+        sizes.sort();
+        sizes
+    };
+    let listed = sizes(result);
+    assert_eq!(
+        listed.iter().map(|(n, p, _, lag)| (n.as_str(), *p, *lag)).collect::<Vec<_>>(),
+        vec![("dirs-a", 0, 0), ("dirs-a", 1, 0), ("dirs-b", 0, 0)]
+    );
+    assert_eq!(listed[0].2, 0, "an empty partition");
+    assert!(listed[1].2 > 100, "the written batch counts: {listed:?}");
+
+    let response = describe_log_dirs(&mut conn, Some(vec![("dirs-a", vec![1]), ("nope", vec![0])]));
+    let listed = sizes(&response.results[0]);
+    assert_eq!(listed.iter().map(|(n, p, ..)| (n.as_str(), *p)).collect::<Vec<_>>(), vec![("dirs-a", 1)]);
+    stop(broker);
+}
