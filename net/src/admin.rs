@@ -45,6 +45,15 @@ pub(crate) enum AdminOp {
         validate_only: bool,
         reply: oneshot::Sender<Vec<(String, Outcome)>>,
     },
+    /// Kafka's ElectLeaders: preferred (or, `unclean`, any unfenced
+    /// replica for leaderless partitions), one partition at a time; each
+    /// answer is the controller's own (its election errors have no
+    /// native `ErrorCode`).
+    ElectLeaders {
+        partitions: Vec<(String, u32)>,
+        unclean: bool,
+        reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
+    },
     /// Grow topics to a partition count each (name, count).
     CreatePartitions {
         topics: Vec<(String, i32)>,
@@ -75,6 +84,18 @@ pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
             }
             AdminOp::Alter { topics, validate_only, reply } => {
                 let _ = reply.send(alter(&shard, topics, validate_only).await);
+            }
+            AdminOp::ElectLeaders { partitions, unclean, reply } => {
+                let mut results = Vec::with_capacity(partitions.len());
+                for (topic, partition) in partitions {
+                    let request = ControllerRequest::ElectLeader { topic: topic.clone(), partition, unclean };
+                    let result = through_controller_result(&shard, request).await;
+                    if result.is_ok() {
+                        tracing::info!(%topic, partition, unclean, "leader elected on request");
+                    }
+                    results.push(result);
+                }
+                let _ = reply.send(results);
             }
             AdminOp::CreatePartitions { topics, validate_only, reply } => {
                 let _ = reply.send(create_partitions(&shard, topics, validate_only).await);
@@ -130,6 +151,10 @@ fn controller_outcome(err: &ControllerError) -> Outcome {
         ControllerError::FencedLeaderEpoch | ControllerError::InvalidUpdateVersion | ControllerError::NotLeader => {
             ErrorCode::Unknown
         }
+        // Only ElectLeaders gets these, and it answers in Kafka's codes.
+        ControllerError::ElectionNotNeeded
+        | ControllerError::PreferredLeaderNotAvailable
+        | ControllerError::EligibleLeadersNotAvailable => ErrorCode::LeaderNotAvailable,
     };
     Outcome::err(code, err.to_string())
 }
@@ -138,14 +163,19 @@ fn controller_outcome(err: &ControllerError) -> Outcome {
 /// here, publishes the new catalog and has every shard of this broker
 /// reconcile (so what this broker hosts is open when the answer goes).
 async fn through_controller(shard: &Rc<Shard>, request: ControllerRequest) -> Outcome {
+    match through_controller_result(shard, request).await {
+        Ok(()) => Outcome::ok(),
+        Err(err) => controller_outcome(&err),
+    }
+}
+
+/// `through_controller`, with the controller's own error.
+async fn through_controller_result(shard: &Rc<Shard>, request: ControllerRequest) -> Result<(), ControllerError> {
     let result = shard.shared.controller().request(request).await;
     let catalog = Arc::new(Catalog::from_image(&shard.shared.controller().image()));
     shard.shared.catalog.store(catalog.clone());
     crate::shard::apply_everywhere(shard, &catalog).await;
-    match result {
-        Ok(_) => Outcome::ok(),
-        Err(err) => controller_outcome(&err),
-    }
+    result.map(|_| ())
 }
 
 async fn create(

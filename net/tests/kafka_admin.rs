@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 
 /// Three brokers in this process, each a controller voter, started at
 /// once (each waits for a quorum to register it).
-fn start_cluster(name: &str) -> Vec<Option<BrokerHandle>> {
+fn start_cluster(name: &str) -> (Vec<BrokerConfig>, Vec<Option<BrokerHandle>>) {
     let quorum: Vec<String> = (1..=3).map(|node| format!("{node}@127.0.0.1:{}", free_port())).collect();
     let quorum = quorum.join(",");
     let configs: Vec<BrokerConfig> = (1..=3)
@@ -30,10 +30,11 @@ fn start_cluster(name: &str) -> Vec<Option<BrokerHandle>> {
         })
         .collect();
     let starting: Vec<_> = configs
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|config| std::thread::spawn(move || spate_net::start(config).expect("broker starts")))
         .collect();
-    starting.into_iter().map(|t| Some(t.join().expect("started"))).collect()
+    (configs, starting.into_iter().map(|t| Some(t.join().expect("started"))).collect())
 }
 
 fn kafka_to(brokers: &[Option<BrokerHandle>], node: i32) -> KafkaConn {
@@ -147,7 +148,7 @@ fn delete_records_moves_the_log_start_and_the_records_below_stay_unreadable_afte
 /// served them again from offset 0: checked.)
 #[test]
 fn records_deleted_on_the_leader_stay_deleted_after_the_follower_takes_over() {
-    let mut brokers = start_cluster("kafka-delete-records");
+    let (_, mut brokers) = start_cluster("kafka-delete-records");
     let mut conn = kafka_to(&brokers, 1);
     await_condition("the topic is created", || conn.create_topic("purge-rf", 1, 2) == 0);
     let mut placement = None;
@@ -243,4 +244,99 @@ fn describe_log_dirs_lists_each_hosted_partition_with_its_size_and_the_disk_spac
     let listed = sizes(&response.results[0]);
     assert_eq!(listed.iter().map(|(n, p, ..)| (n.as_str(), *p)).collect::<Vec<_>>(), vec![("dirs-a", 1)]);
     stop(broker);
+}
+
+/// (topic, partition, error) of each answer of an ElectLeaders v2.
+fn elect_leaders(
+    conn: &mut KafkaConn,
+    election_type: i8,
+    partitions: Option<Vec<(&str, i32)>>,
+) -> Vec<(String, i32, i16)> {
+    use kafka_protocol::messages::ElectLeadersRequest;
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    let topic_partitions = partitions.map(|partitions| {
+        partitions
+            .into_iter()
+            .map(|(topic, partition)| {
+                TopicPartitions::default().with_topic(name(topic)).with_partitions(vec![partition])
+            })
+            .collect()
+    });
+    let request = ElectLeadersRequest::default()
+        .with_election_type(election_type)
+        .with_topic_partitions(topic_partitions)
+        .with_timeout_ms(30_000);
+    let response = conn.call(2, &request);
+    response
+        .replica_election_results
+        .iter()
+        .flat_map(|t| t.partition_result.iter().map(|p| (t.topic.0.to_string(), p.partition_id, p.error_code)))
+        .collect()
+}
+
+/// (leader, preferred replica, ISR size) of partition 0.
+fn leadership(conn: &mut KafkaConn, topic: &str) -> Option<(i32, i32, usize)> {
+    let topic = conn.metadata(topic);
+    let p = topic.partitions.first()?;
+    Some((p.leader_id.0, p.replica_nodes.first()?.0, p.isr_nodes.len()))
+}
+
+/// Before ElectLeaders was served, a Kafka client asking for it had its
+/// connection closed, and a preferred replica back from a restart never
+/// led again until another failure.
+#[test]
+fn preferred_election_gives_the_leadership_back_to_the_first_replica_once_it_is_in_sync() {
+    let (configs, mut brokers) = start_cluster("kafka-elect-leaders");
+    let mut conn = kafka_to(&brokers, 1);
+    await_condition("the topic is created", || conn.create_topic("elect", 1, 3) == 0);
+    let mut seen = None;
+    await_condition("every replica is in sync", || {
+        seen = leadership(&mut conn, "elect");
+        seen.is_some_and(|(leader, _, isr)| leader > 0 && isr == 3)
+    });
+    let (leader, preferred, _) = seen.expect("placed");
+    assert_eq!(leader, preferred, "a new partition is led by its first replica");
+    let not_needed = vec![("elect".to_string(), 0, K::ElectionNotNeeded.code())];
+    assert_eq!(elect_leaders(&mut conn, 0, Some(vec![("elect", 0)])), not_needed);
+    assert_eq!(elect_leaders(&mut conn, 1, Some(vec![("elect", 0)])), not_needed, "unclean: it has a leader");
+    assert_eq!(
+        elect_leaders(&mut conn, 0, Some(vec![("nope", 0)])),
+        vec![("nope".to_string(), 0, K::UnknownTopicOrPartition.code())]
+    );
+    assert_eq!(
+        elect_leaders(&mut conn, 2, Some(vec![("elect", 0)])),
+        vec![("elect".to_string(), 0, K::InvalidRequest.code())],
+        "no such election type"
+    );
+    assert!(
+        elect_leaders(&mut conn, 0, None).iter().all(|(topic, ..)| topic != "elect"),
+        "asked for every partition, those that need no election are left out"
+    );
+
+    // The preferred replica's broker restarts: another replica leads, and
+    // keeps leading once the preferred one is back in sync.
+    stop(brokers[(preferred - 1) as usize].take().expect("running"));
+    let other = (1..=3).find(|&node| node != preferred).expect("another broker");
+    let mut conn = kafka_to(&brokers, other);
+    await_condition("another replica leads", || {
+        leadership(&mut conn, "elect").is_some_and(|(leader, ..)| leader > 0 && leader != preferred)
+    });
+    brokers[(preferred - 1) as usize] =
+        Some(spate_net::start(configs[(preferred - 1) as usize].clone()).expect("restarts"));
+    await_condition("the preferred replica is back in sync", || {
+        leadership(&mut conn, "elect").is_some_and(|(_, _, isr)| isr == 3)
+    });
+    assert_ne!(leadership(&mut conn, "elect").map(|(leader, ..)| leader), Some(preferred));
+    assert_eq!(elect_leaders(&mut conn, 0, Some(vec![("elect", 0)])), vec![("elect".to_string(), 0, 0)]);
+    await_condition("the preferred replica leads", || {
+        leadership(&mut conn, "elect").is_some_and(|(leader, ..)| leader == preferred)
+    });
+    // It serves as the leader: a write goes through.
+    let mut at_preferred = kafka_to(&brokers, preferred);
+    await_condition("the preferred replica takes a write", || at_preferred.produce("elect", 0, batch(1)).0 == 0);
+    drop(at_preferred);
+    drop(conn);
+    for broker in brokers.into_iter().flatten() {
+        stop(broker);
+    }
 }

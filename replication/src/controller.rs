@@ -40,6 +40,15 @@ pub enum ControllerRequest {
         name: String,
         count: u32,
     },
+    /// Kafka's ElectLeaders for one partition: the preferred replica (the
+    /// first) takes the leadership if it is in the ISR and unfenced; or,
+    /// `unclean`, a partition without a leader gets one even from outside
+    /// the ISR and ELR, whatever the topic's unclean election config.
+    ElectLeader {
+        topic: String,
+        partition: u32,
+        unclean: bool,
+    },
     /// Full replacement of the topic's configs.
     AlterTopicConfigs {
         name: String,
@@ -101,6 +110,12 @@ pub enum ControllerError {
     Shutdown,
     #[error("metadata storage error: {0}")]
     Storage(String),
+    #[error("the partition already has the leader asked for")]
+    ElectionNotNeeded,
+    #[error("the preferred replica is fenced or out of the ISR")]
+    PreferredLeaderNotAvailable,
+    #[error("no unfenced replica may lead the partition")]
+    EligibleLeadersNotAvailable,
 }
 
 /// Applies each record to a scratch image as it is produced, so that later
@@ -353,6 +368,11 @@ enum Choice {
 /// order (the preferred replica first), then, if the topic allows unclean
 /// election, from any unfenced replica.
 fn elect(image: &MetadataImage, topic: &TopicImage, p: &PartitionImage, leaving: i32) -> Choice {
+    elect_allowing(image, p, leaving, topic.unclean_leader_election())
+}
+
+/// `elect`, with unclean election allowed or not by the caller.
+fn elect_allowing(image: &MetadataImage, p: &PartitionImage, leaving: i32, unclean: bool) -> Choice {
     let eligible = |r: &&i32| **r != leaving && image.is_unfenced(**r);
     if let Some(l) = p.replicas.iter().filter(eligible).find(|r| p.isr.contains(r)) {
         return Choice::Isr(*l);
@@ -361,7 +381,7 @@ fn elect(image: &MetadataImage, topic: &TopicImage, p: &PartitionImage, leaving:
         return Choice::Elr(*l);
     }
     match p.replicas.iter().find(eligible) {
-        Some(l) if topic.unclean_leader_election() => Choice::Unclean(*l),
+        Some(l) if unclean => Choice::Unclean(*l),
         _ => Choice::Nobody,
     }
 }
@@ -374,7 +394,18 @@ fn elect_leaderless(
     partition: u32,
     p: &PartitionImage,
 ) -> Option<MetadataRecord> {
-    let (leader, isr, elr) = match elect(image, topic, p, -1) {
+    elect_leaderless_allowing(image, topic, partition, p, topic.unclean_leader_election())
+}
+
+/// `elect_leaderless`, with unclean election allowed or not by the caller.
+fn elect_leaderless_allowing(
+    image: &MetadataImage,
+    topic: &TopicImage,
+    partition: u32,
+    p: &PartitionImage,
+    unclean: bool,
+) -> Option<MetadataRecord> {
+    let (leader, isr, elr) = match elect_allowing(image, p, -1, unclean) {
         Choice::Isr(l) => (l, p.isr.clone(), p.elr.clone()),
         Choice::Elr(l) => (l, vec![l], next_elr(p, &[l], topic.min_insync_replicas(), None)),
         Choice::Unclean(l) => (l, vec![l], Vec::new()),
@@ -389,6 +420,50 @@ fn elect_leaderless(
         partition_epoch: p.partition_epoch + 1,
         elr,
     })
+}
+
+/// Kafka's ElectLeaders for one partition (KIP-460). Preferred: the
+/// first replica leads if it is unfenced and in the ISR
+/// (`PreferredLeaderNotAvailable` otherwise; `ElectionNotNeeded` if it
+/// leads already). Unclean: only a partition without a leader
+/// (`ElectionNotNeeded` otherwise) gets one, from the ISR, then the ELR,
+/// then any unfenced replica, as `elect` chooses with unclean election
+/// allowed (`EligibleLeadersNotAvailable` if none is unfenced).
+pub fn elect_leader(
+    image: &MetadataImage,
+    topic: &str,
+    partition: u32,
+    unclean: bool,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let (Some(t), Some(p)) = (image.topics.get(topic), image.partition(topic, partition)) else {
+        return Err(ControllerError::UnknownTopicOrPartition);
+    };
+    if unclean {
+        if p.leader != -1 {
+            return Err(ControllerError::ElectionNotNeeded);
+        }
+        return elect_leaderless_allowing(image, t, partition, p, true)
+            .map(|change| vec![change])
+            .ok_or(ControllerError::EligibleLeadersNotAvailable);
+    }
+    let Some(&preferred) = p.replicas.first() else {
+        return Err(ControllerError::PreferredLeaderNotAvailable);
+    };
+    if p.leader == preferred {
+        return Err(ControllerError::ElectionNotNeeded);
+    }
+    if !p.isr.contains(&preferred) || !image.is_unfenced(preferred) {
+        return Err(ControllerError::PreferredLeaderNotAvailable);
+    }
+    Ok(vec![MetadataRecord::PartitionChange {
+        topic: topic.to_string(),
+        partition,
+        leader: preferred,
+        isr: p.isr.clone(),
+        leader_epoch: p.leader_epoch + 1,
+        partition_epoch: p.partition_epoch + 1,
+        elr: p.elr.clone(),
+    }])
 }
 
 /// Why a replica leaves a partition.
@@ -990,6 +1065,50 @@ mod tests {
         let r = delete_topic(&img, "t").expect("delete");
         apply(&mut img, &r);
         assert!(img.topics.is_empty());
+    }
+
+    #[test]
+    fn preferred_election_moves_the_leadership_back_to_the_first_replica_only_if_it_is_in_sync() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 1, 3, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let (first, second, third) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        assert_eq!(elect_leader(&img, "t", 0, false), Err(ControllerError::ElectionNotNeeded));
+        // The first replica is out of the ISR while the second leads.
+        set_partition(&mut img, "t", 0, second, vec![second, third]);
+        assert_eq!(elect_leader(&img, "t", 0, false), Err(ControllerError::PreferredLeaderNotAvailable));
+        // Back in sync: it leads again, at a new leader epoch.
+        set_partition(&mut img, "t", 0, second, vec![second, third, first]);
+        let recs = elect_leader(&img, "t", 0, false).expect("elected");
+        apply(&mut img, &recs);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!((q.leader, q.leader_epoch, q.partition_epoch), (first, p.leader_epoch + 1, p.partition_epoch + 1));
+        assert_eq!(q.isr, vec![second, third, first], "the ISR is unchanged");
+        // Fenced, it may not lead.
+        set_partition(&mut img, "t", 0, second, vec![second, third, first]);
+        img.apply(&MetadataRecord::FenceBroker { node_id: first });
+        assert_eq!(elect_leader(&img, "t", 0, false), Err(ControllerError::PreferredLeaderNotAvailable));
+        assert_eq!(elect_leader(&img, "nope", 0, false), Err(ControllerError::UnknownTopicOrPartition));
+        assert_eq!(elect_leader(&img, "t", 1, false), Err(ControllerError::UnknownTopicOrPartition));
+    }
+
+    #[test]
+    fn unclean_election_gives_a_leaderless_partition_any_unfenced_replica_whatever_the_topic_config() {
+        let mut img = cluster(2);
+        with_topic(&mut img, "t", 1, 2, false);
+        assert_eq!(elect_leader(&img, "t", 0, true), Err(ControllerError::ElectionNotNeeded), "it has a leader");
+        let p = img.partition("t", 0).cloned().expect("p");
+        set_partition(&mut img, "t", 0, -1, vec![]);
+        let recs = elect_leader(&img, "t", 0, true).expect("elected");
+        apply(&mut img, &recs);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!((q.leader, q.isr.clone()), (p.replicas[0], vec![p.replicas[0]]));
+        assert_eq!(q.leader_epoch, p.leader_epoch + 1);
+        set_partition(&mut img, "t", 0, -1, vec![]);
+        for node in [1, 2] {
+            img.apply(&MetadataRecord::FenceBroker { node_id: node });
+        }
+        assert_eq!(elect_leader(&img, "t", 0, true), Err(ControllerError::EligibleLeadersNotAvailable));
     }
 
     #[test]

@@ -860,6 +860,9 @@ impl Node {
             }
             ControllerRequest::DeleteTopic { name } => controller::delete_topic(img, name),
             ControllerRequest::CreatePartitions { name, count } => controller::create_partitions(img, name, *count),
+            ControllerRequest::ElectLeader { topic, partition, unclean } => {
+                controller::elect_leader(img, topic, *partition, *unclean)
+            }
             ControllerRequest::AlterTopicConfigs { name, configs } => {
                 controller::alter_topic_configs(img, name, configs)
             }
@@ -1280,6 +1283,7 @@ impl Node {
         };
         let response = match &p.request {
             ControllerRequest::AlterPartition { topic, partition, .. }
+            | ControllerRequest::ElectLeader { topic, partition, .. }
             | ControllerRequest::ReplicaOffline { topic, partition } => self
                 .applied
                 .partition(topic, *partition)

@@ -1,7 +1,8 @@
 //! Kafka's admin APIs on partitions: DeleteRecords (the log start of each
 //! partition moves forward on its leader; followers follow as they fetch)
 //! and DescribeLogDirs (this broker's one log directory, the data
-//! directory, with the size of each partition it hosts).
+//! directory, with the size of each partition it hosts) and ElectLeaders
+//! (through the controller).
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -10,15 +11,19 @@ use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionRe
 use kafka_protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
 };
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
-    DeleteRecordsRequest, DeleteRecordsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, TopicName,
+    DeleteRecordsRequest, DeleteRecordsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, ElectLeadersRequest,
+    ElectLeadersResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::ControllerError;
 
 use super::codes::kafka_code;
 use super::{Ctx, decode, respond};
-use crate::limits::PARTITIONS_PER_REQUEST_MAX;
+use crate::admin::{ADMIN_SHARD, AdminOp};
+use crate::limits::{PARTITIONS_PER_REQUEST_MAX, REQUEST_TIMEOUT_MS_MAX};
 use crate::shard::{OffsetResult, PartitionStats, ShardOp};
 use crate::wire::{Reply, Response};
 
@@ -175,5 +180,107 @@ pub(crate) fn describe_log_dirs(ctx: Ctx, body: Bytes) -> Reply {
             }
         }
         respond(&ctx, &DescribeLogDirsResponse::default().with_results(vec![result]))
+    }))
+}
+
+/// Kafka's election types (KIP-460).
+const ELECTION_PREFERRED: i8 = 0;
+const ELECTION_UNCLEAN: i8 = 1;
+
+/// A controller answer to one partition's election, in Kafka's codes.
+fn election_code(result: &Result<(), ControllerError>) -> i16 {
+    match result {
+        Ok(()) => 0,
+        Err(ControllerError::ElectionNotNeeded) => K::ElectionNotNeeded.code(),
+        Err(ControllerError::PreferredLeaderNotAvailable) => K::PreferredLeaderNotAvailable.code(),
+        Err(ControllerError::EligibleLeadersNotAvailable) => K::EligibleLeadersNotAvailable.code(),
+        Err(ControllerError::UnknownTopicOrPartition) => K::UnknownTopicOrPartition.code(),
+        Err(ControllerError::NotController) => K::NotController.code(),
+        Err(ControllerError::Shutdown) => K::NotLeaderOrFollower.code(),
+        Err(_) => K::UnknownServerError.code(),
+    }
+}
+
+/// ElectLeaders: preferred (type 0; v0 knows no other) or unclean
+/// (type 1) election of each partition asked for, through the controller
+/// on the admin shard, one partition at a time. A null list asks for every
+/// partition, and then, as Kafka does, partitions that needed no election
+/// are left out of the answer. Partitions not done within the timeout are
+/// answered REQUEST_TIMED_OUT (they may still be elected).
+pub(crate) fn elect_leaders(ctx: Ctx, body: Bytes) -> Reply {
+    let request: ElectLeadersRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let election_type = if ctx.version == 0 { ELECTION_PREFERRED } else { request.election_type };
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let all = request.topic_partitions.is_none();
+    let asked: Vec<(String, i32)> = match &request.topic_partitions {
+        Some(topics) => topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.to_string(), *p))).collect(),
+        None => {
+            let mut every: Vec<(String, i32)> =
+                catalog.topics.values().flat_map(|t| (0..t.partitions as i32).map(|p| (t.name.clone(), p))).collect();
+            every.sort();
+            every
+        }
+    };
+    if asked.len() > PARTITIONS_PER_REQUEST_MAX {
+        return Reply::Now(Response::Close(None));
+    }
+    let refused = match election_type {
+        ELECTION_PREFERRED | ELECTION_UNCLEAN => None,
+        _ => Some(K::InvalidRequest.code()),
+    };
+    // Partitions the catalog does not know are answered here; the rest go
+    // to the controller.
+    let known = move |(name, partition): &(String, i32)| {
+        catalog.topics.get(name).is_some_and(|t| u32::try_from(*partition).is_ok_and(|p| p < t.partitions))
+    };
+    let elect: Vec<(String, u32)> = if refused.is_some() {
+        Vec::new()
+    } else {
+        asked.iter().filter(|a| known(a)).map(|(name, partition)| (name.clone(), *partition as u32)).collect()
+    };
+    let (reply, wait) = oneshot::channel();
+    if !elect.is_empty() {
+        let unclean = election_type == ELECTION_UNCLEAN;
+        ctx.shard
+            .submit(ADMIN_SHARD, ShardOp::Admin(AdminOp::ElectLeaders { partitions: elect.clone(), unclean, reply }));
+    } else {
+        let _ = reply.send(Vec::new());
+    }
+    let timeout = std::time::Duration::from_millis((request.timeout_ms.max(0) as u64).clamp(1, REQUEST_TIMEOUT_MS_MAX));
+    Reply::Later(Box::pin(async move {
+        let elected: Vec<i16> = futures::select! {
+            results = futures::FutureExt::fuse(wait) => match results {
+                Ok(results) => results.iter().map(election_code).collect(),
+                Err(_) => vec![K::NotLeaderOrFollower.code(); elect.len()],
+            },
+            () = futures::FutureExt::fuse(crate::deadline::Deadline::after(timeout)) => {
+                vec![K::RequestTimedOut.code(); elect.len()]
+            }
+        };
+        let mut elected = elect.iter().zip(elected);
+        let mut results: Vec<ReplicaElectionResult> = Vec::new();
+        for (name, partition) in &asked {
+            let code = match refused {
+                Some(code) => code,
+                None if !known(&(name.clone(), *partition)) => K::UnknownTopicOrPartition.code(),
+                None => elected.next().map_or(K::UnknownServerError.code(), |(_, code)| code),
+            };
+            if all && code == K::ElectionNotNeeded.code() {
+                continue;
+            }
+            let result = PartitionResult::default().with_partition_id(*partition).with_error_code(code);
+            match results.last_mut() {
+                Some(topic) if topic.topic.0.as_str() == name => topic.partition_result.push(result),
+                _ => results.push(
+                    ReplicaElectionResult::default()
+                        .with_topic(TopicName(StrBytes::from_string(name.clone())))
+                        .with_partition_result(vec![result]),
+                ),
+            }
+        }
+        respond(&ctx, &ElectLeadersResponse::default().with_replica_election_results(results))
     }))
 }
