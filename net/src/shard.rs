@@ -206,6 +206,15 @@ pub(crate) struct PartitionStats {
     pub segment_count: u32,
 }
 
+/// One idempotent producer as a partition's log knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The sequence number of its last record here (-1: none).
+    pub last_sequence: i32,
+}
+
 /// Work for the shard that owns a partition (or, for `Admin`, shard 0).
 #[derive(Debug)]
 pub(crate) enum ShardOp {
@@ -267,6 +276,13 @@ pub(crate) enum ShardOp {
         partition: u32,
         offset: i64,
         reply: oneshot::Sender<OffsetResult>,
+    },
+    /// DescribeProducers on the leader: each idempotent producer the log
+    /// keeps state for.
+    DescribeProducers {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        reply: oneshot::Sender<Result<Vec<ProducerSummary>, ErrorCode>>,
     },
     Admin(crate::admin::AdminOp),
     /// For the coordinator of a consumer group.
@@ -650,6 +666,24 @@ impl Shard {
                     let _ = reply.send(result);
                 })
                 .detach();
+            }
+            ShardOp::DescribeProducers { topic, partition, reply } => {
+                let producers = self
+                    .replica(&topic, partition)
+                    .ok_or_else(|| self.not_hosted(&topic, partition))
+                    .and_then(|replica| replica.check_leader(-1).map(|_| replica).map_err(|Refusal(code)| code))
+                    .map(|replica| {
+                        replica
+                            .log
+                            .producers()
+                            .into_iter()
+                            .map(|(id, entry)| {
+                                let last_sequence = entry.batches.back().map_or(-1, |batch| batch.last_seq);
+                                ProducerSummary { producer_id: id, epoch: entry.epoch, last_sequence }
+                            })
+                            .collect()
+                    });
+                let _ = reply.send(producers);
             }
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),

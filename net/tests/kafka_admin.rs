@@ -340,3 +340,70 @@ fn preferred_election_gives_the_leadership_back_to_the_first_replica_once_it_is_
         stop(broker);
     }
 }
+
+/// A batch of `count` records from an idempotent producer.
+fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, count: usize) -> Vec<u8> {
+    let mut builder =
+        spate_format::batch::BatchBuilder::new(1_700_000_000_000).producer(producer_id, epoch, base_sequence);
+    for i in 0..count {
+        builder.push(1_700_000_000_000 + i as i64, None, Some(format!("v{i}").as_bytes()), &[]);
+    }
+    builder.build().to_vec()
+}
+
+/// Before DescribeProducers was served, a Kafka client asking for it had
+/// its connection closed.
+#[test]
+fn describe_producers_lists_each_idempotent_producer_with_its_epoch_and_last_sequence() {
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    use kafka_protocol::messages::{DescribeProducersRequest, InitProducerIdRequest};
+    let dir = data_dir("kafka_describe_producers");
+    let broker = start(&dir, 2);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("producers", 2, 1), 0);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let init = conn
+            .call(4, &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000));
+        assert_eq!(init.error_code, 0);
+        ids.push((init.producer_id.0, init.producer_epoch));
+    }
+    let (first, second) = (ids[0], ids[1]);
+    assert_eq!(conn.produce("producers", 0, idempotent_batch(first.0, first.1, 0, 3)).0, 0);
+    assert_eq!(conn.produce("producers", 0, idempotent_batch(first.0, first.1, 3, 2)).0, 0);
+    assert_eq!(conn.produce("producers", 0, idempotent_batch(second.0, second.1, 0, 1)).0, 0);
+    assert_eq!(conn.produce("producers", 1, batch(1)).0, 0, "not idempotent");
+
+    let request = DescribeProducersRequest::default().with_topics(vec![
+        TopicRequest::default().with_name(name("producers")).with_partition_indexes(vec![0, 1, 2]),
+        TopicRequest::default().with_name(name("nope")).with_partition_indexes(vec![0]),
+    ]);
+    let response = conn.call(0, &request);
+    let partitions = &response.topics[0].partitions;
+    assert_eq!(
+        partitions.iter().map(|p| (p.partition_index, p.error_code)).collect::<Vec<_>>(),
+        vec![(0, 0), (1, 0), (2, K::UnknownTopicOrPartition.code())]
+    );
+    let mut producers: Vec<(i64, i32, i32, i64, i32, i64)> = partitions[0]
+        .active_producers
+        .iter()
+        .map(|p| {
+            (
+                p.producer_id.0,
+                p.producer_epoch,
+                p.last_sequence,
+                p.last_timestamp,
+                p.coordinator_epoch,
+                p.current_txn_start_offset,
+            )
+        })
+        .collect();
+    producers.sort();
+    let mut expected =
+        vec![(first.0, i32::from(first.1), 4, -1, -1, -1), (second.0, i32::from(second.1), 0, -1, -1, -1)];
+    expected.sort();
+    assert_eq!(producers, expected);
+    assert!(partitions[1].active_producers.is_empty());
+    assert_eq!(response.topics[1].partitions[0].error_code, K::UnknownTopicOrPartition.code());
+    stop(broker);
+}

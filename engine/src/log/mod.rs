@@ -695,6 +695,12 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().producers.entry(producer_id).cloned()
     }
 
+    /// Every idempotent producer this log keeps state for (Kafka's
+    /// DescribeProducers), by id.
+    pub fn producers(&self) -> Vec<(i64, ProducerEntry)> {
+        self.inner.state.borrow().producers.entries().map(|(id, entry)| (id, entry.clone())).collect()
+    }
+
     pub fn leader_epochs(&self) -> LeaderEpochCache {
         self.inner.state.borrow().epochs.clone()
     }

@@ -226,6 +226,7 @@ fn dispatch(shard: &Rc<Shard>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'
         ApiKey::DeleteRecords => partitions::delete_records(ctx, body),
         ApiKey::DescribeLogDirs => partitions::describe_log_dirs(ctx, body),
         ApiKey::ElectLeaders => partitions::elect_leaders(ctx, body),
+        ApiKey::DescribeProducers => partitions::describe_producers(ctx, body),
         ApiKey::DescribeConfigs => admin::describe_configs(ctx, body),
         ApiKey::AlterConfigs => admin::alter_configs(ctx, body),
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),

@@ -1,8 +1,9 @@
 //! Kafka's admin APIs on partitions: DeleteRecords (the log start of each
 //! partition moves forward on its leader; followers follow as they fetch)
 //! and DescribeLogDirs (this broker's one log directory, the data
-//! directory, with the size of each partition it hosts) and ElectLeaders
-//! (through the controller).
+//! directory, with the size of each partition it hosts), ElectLeaders
+//! (through the controller) and DescribeProducers (the idempotent
+//! producers' state each leader keeps).
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -11,10 +12,12 @@ use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionRe
 use kafka_protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
 };
+use kafka_protocol::messages::describe_producers_response::{PartitionResponse, ProducerState, TopicResponse};
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
-    DeleteRecordsRequest, DeleteRecordsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse, ElectLeadersRequest,
-    ElectLeadersResponse, TopicName,
+    DeleteRecordsRequest, DeleteRecordsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
+    DescribeProducersRequest, DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse, ProducerId,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
@@ -282,5 +285,70 @@ pub(crate) fn elect_leaders(ctx: Ctx, body: Bytes) -> Reply {
             }
         }
         respond(&ctx, &ElectLeadersResponse::default().with_replica_election_results(results))
+    }))
+}
+
+/// DescribeProducers (KIP-664): per partition, on its leader, each
+/// idempotent producer's id, epoch and last sequence, from the state the
+/// log keeps for the sequence rules (`engine/src/producer_state.rs`).
+/// Spate has no transactions yet: coordinator epoch and current
+/// transaction start offset are -1. The state keeps no timestamps, so the
+/// last timestamp is -1 (Kafka's "none") too.
+pub(crate) fn describe_producers(ctx: Ctx, body: Bytes) -> Reply {
+    let request: DescribeProducersRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let partitions: usize = request.topics.iter().map(|t| t.partition_indexes.len()).sum();
+    if partitions > PARTITIONS_PER_REQUEST_MAX {
+        return Reply::Now(Response::Close(None));
+    }
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let mut waits = Vec::with_capacity(partitions);
+    for (topic_index, topic) in request.topics.iter().enumerate() {
+        let meta = catalog.topics.get(topic.name.0.as_str()).cloned();
+        for &index in &topic.partition_indexes {
+            let target = meta.as_ref().and_then(|m| u32::try_from(index).ok().filter(|&p| p < m.partitions));
+            let wait = match (&meta, target) {
+                (Some(meta), Some(partition)) => {
+                    let (reply, wait) = oneshot::channel();
+                    let owner = ctx.shard.shared.owner(&meta.name, partition);
+                    ctx.shard.submit(owner, ShardOp::DescribeProducers { topic: meta.clone(), partition, reply });
+                    Some(wait)
+                }
+                _ => None,
+            };
+            waits.push((topic_index, index, wait));
+        }
+    }
+    let mut topics: Vec<TopicResponse> =
+        request.topics.iter().map(|t| TopicResponse::default().with_name(t.name.clone())).collect();
+    Reply::Later(Box::pin(async move {
+        for (topic_index, index, wait) in waits {
+            let producers = match wait {
+                None => Err(ErrorCode::UnknownTopicOrPartition),
+                Some(wait) => wait.await.unwrap_or(Err(ErrorCode::BrokerShuttingDown)),
+            };
+            let partition = PartitionResponse::default().with_partition_index(index);
+            let partition = match producers {
+                Err(error) => partition.with_error_code(kafka_code(error)),
+                Ok(producers) => partition.with_active_producers(
+                    producers
+                        .into_iter()
+                        .map(|producer| {
+                            ProducerState::default()
+                                .with_producer_id(ProducerId(producer.producer_id))
+                                .with_producer_epoch(i32::from(producer.epoch))
+                                .with_last_sequence(producer.last_sequence)
+                                .with_last_timestamp(-1)
+                                .with_coordinator_epoch(-1)
+                                .with_current_txn_start_offset(-1)
+                        })
+                        .collect(),
+                ),
+            };
+            topics[topic_index].partitions.push(partition);
+        }
+        respond(&ctx, &DescribeProducersResponse::default().with_topics(topics))
     }))
 }
