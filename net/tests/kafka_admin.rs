@@ -407,3 +407,154 @@ fn describe_producers_lists_each_idempotent_producer_with_its_epoch_and_last_seq
     assert_eq!(response.topics[1].partitions[0].error_code, K::UnknownTopicOrPartition.code());
     stop(broker);
 }
+
+fn group(id: &str) -> kafka_protocol::messages::GroupId {
+    kafka_protocol::messages::GroupId(kafka_protocol::protocol::StrBytes::from_string(id.to_string()))
+}
+
+/// Commits `offsets` for `group_id` from outside the group (no member).
+fn commit(conn: &mut KafkaConn, group_id: &str, offsets: &[(&str, i32, i64)]) {
+    use kafka_protocol::messages::OffsetCommitRequest;
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    let topics = offsets
+        .iter()
+        .map(|(topic, partition, offset)| {
+            OffsetCommitRequestTopic::default().with_name(name(topic)).with_partitions(vec![
+                OffsetCommitRequestPartition::default().with_partition_index(*partition).with_committed_offset(*offset),
+            ])
+        })
+        .collect();
+    let request = OffsetCommitRequest::default()
+        .with_group_id(group(group_id))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(topics);
+    let response = conn.call(8, &request);
+    for topic in &response.topics {
+        assert!(topic.partitions.iter().all(|p| p.error_code == 0), "commit: {response:?}");
+    }
+}
+
+/// The committed offset of each of `partitions` (-1: none).
+fn committed(conn: &mut KafkaConn, group_id: &str, partitions: &[(&str, i32)]) -> Vec<i64> {
+    use kafka_protocol::messages::OffsetFetchRequest;
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let topics = partitions
+        .iter()
+        .map(|(topic, partition)| {
+            OffsetFetchRequestTopic::default().with_name(name(topic)).with_partition_indexes(vec![*partition])
+        })
+        .collect();
+    let response =
+        conn.call(7, &OffsetFetchRequest::default().with_group_id(group(group_id)).with_topics(Some(topics)));
+    assert_eq!(response.error_code, 0);
+    partitions
+        .iter()
+        .map(|(topic, partition)| {
+            response
+                .topics
+                .iter()
+                .filter(|t| t.name.0.as_str() == *topic)
+                .flat_map(|t| t.partitions.iter())
+                .find(|p| p.partition_index == *partition)
+                .map_or(-1, |p| p.committed_offset)
+        })
+        .collect()
+}
+
+/// (group error, [(topic, partition, error)]) of an OffsetDelete.
+fn offset_delete(conn: &mut KafkaConn, group_id: &str, partitions: &[(&str, i32)]) -> (i16, Vec<(String, i32, i16)>) {
+    use kafka_protocol::messages::OffsetDeleteRequest;
+    use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+    let topics = partitions
+        .iter()
+        .map(|(topic, partition)| {
+            OffsetDeleteRequestTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![OffsetDeleteRequestPartition::default().with_partition_index(*partition)])
+        })
+        .collect();
+    let response = conn.call(0, &OffsetDeleteRequest::default().with_group_id(group(group_id)).with_topics(topics));
+    let answers = response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), p.partition_index, p.error_code)))
+        .collect();
+    (response.error_code, answers)
+}
+
+/// Whether the coordinator of `group_id` answers (the internal topic is
+/// created and loaded at start, shortly after the broker accepts).
+fn coordinator_ready(broker: &BrokerHandle, group_id: &str) -> bool {
+    use kafka_protocol::messages::OffsetFetchRequest;
+    let mut probe = KafkaConn::to(broker);
+    let response = probe.call(7, &OffsetFetchRequest::default().with_group_id(group(group_id)).with_topics(None));
+    response.error_code == 0
+}
+
+/// A member joins `group_id` through the native protocol, subscribed to
+/// `topic`.
+fn join(conn: &mut Conn, group_id: &str, topic: &str) {
+    use spate_flatbuf::proto::*;
+    let frame = conn.call(Body::ConsumerGroupHeartbeatRequest, |b| {
+        let (group, topic) = (b.create_string(group_id), b.create_string(topic));
+        let topics = b.create_vector(&[topic]);
+        ConsumerGroupHeartbeatRequest::create(
+            b,
+            &ConsumerGroupHeartbeatRequestArgs {
+                group_id: Some(group),
+                member_epoch: 0,
+                subscribed_topics: Some(topics),
+                session_timeout_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .as_union_value()
+    });
+    let envelope = frame.read().expect("verified");
+    let response = envelope.body_as_consumer_group_heartbeat_response().expect("heartbeat response");
+    assert_eq!(response.error(), spate_flatbuf::proto::ErrorCode::None);
+}
+
+/// Before OffsetDelete was served, a Kafka client asking for it had its
+/// connection closed, and a group's offsets could only go all at once
+/// (DeleteGroups) and only once it had no members.
+#[test]
+fn offset_delete_removes_committed_offsets_but_not_those_of_topics_the_members_consume() {
+    let dir = data_dir("kafka_offset_delete");
+    let broker = start(&dir, 2);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("od-sub", 2, 1), 0);
+    assert_eq!(conn.create_topic("od-other", 1, 1), 0);
+    let mut native = Conn::connect(broker.addr().port());
+    let offsets = [("od-sub", 0, 5), ("od-sub", 1, 6), ("od-other", 0, 7)];
+    await_condition("the coordinator answers", || coordinator_ready(&broker, "od-group"));
+    commit(&mut conn, "od-group", &offsets);
+    let all = [("od-sub", 0), ("od-sub", 1), ("od-other", 0)];
+    assert_eq!(committed(&mut conn, "od-group", &all), vec![5, 6, 7]);
+
+    // Without members: deleted, one partition at a time.
+    assert_eq!(
+        offset_delete(&mut conn, "od-group", &[("od-sub", 0), ("od-nope", 0)]),
+        (0, vec![("od-sub".to_string(), 0, 0), ("od-nope".to_string(), 0, K::UnknownTopicOrPartition.code())])
+    );
+    assert_eq!(committed(&mut conn, "od-group", &all), vec![-1, 6, 7]);
+    assert_eq!(offset_delete(&mut conn, "od-unknown", &[("od-sub", 0)]).0, K::GroupIdNotFound.code());
+
+    // A member consumes od-sub: its offsets stay, od-other's go.
+    join(&mut native, "od-group", "od-sub");
+    assert_eq!(
+        offset_delete(&mut conn, "od-group", &[("od-sub", 1), ("od-other", 0)]),
+        (0, vec![("od-sub".to_string(), 1, K::GroupSubscribedToTopic.code()), ("od-other".to_string(), 0, 0)])
+    );
+    assert_eq!(committed(&mut conn, "od-group", &all), vec![-1, 6, -1]);
+
+    // The deletions are in the log: a restart replays them.
+    drop(native);
+    drop(conn);
+    stop(broker);
+    let broker = start(&dir, 1);
+    let mut conn = KafkaConn::to(&broker);
+    await_condition("the coordinator has loaded the group", || coordinator_ready(&broker, "od-group"));
+    assert_eq!(committed(&mut conn, "od-group", &all), vec![-1, 6, -1]);
+    stop(broker);
+}

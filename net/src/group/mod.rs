@@ -21,6 +21,7 @@
 //! and `cleanup.policy=compact`, so that it keeps the latest record per key.
 
 mod assign;
+mod offset_delete;
 pub(crate) mod record;
 mod state;
 
@@ -36,6 +37,7 @@ use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition, is_internal_topic};
 
 pub(crate) use self::assign::{Assignor, Tp};
+pub(crate) use self::offset_delete::OffsetDeleted;
 use self::record::{GroupMeta, GroupRecord};
 pub(crate) use self::state::{Group, HeartbeatIn, HeartbeatOut};
 use crate::catalog::{Catalog, TopicMeta};
@@ -152,6 +154,12 @@ pub(crate) enum GroupOp {
     Delete {
         group_id: String,
         reply: oneshot::Sender<Outcome>,
+    },
+    /// Kafka's OffsetDelete (`offset_delete.rs`).
+    DeleteOffsets {
+        group_id: String,
+        partitions: Vec<Tp>,
+        reply: oneshot::Sender<Result<Vec<(Tp, OffsetDeleted)>, Outcome>>,
     },
 }
 
@@ -359,6 +367,10 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
         GroupOp::Delete { group_id, reply } => match serving(shard, &catalog, &group_id) {
             Ok(_) => delete(shard, group_id, reply),
             Err(outcome) => drop(reply.send(outcome)),
+        },
+        GroupOp::DeleteOffsets { group_id, partitions, reply } => match serving(shard, &catalog, &group_id) {
+            Ok(_) => offset_delete::delete_offsets(shard, group_id, partitions, reply),
+            Err(outcome) => drop(reply.send(Err(outcome))),
         },
     }
 }

@@ -18,6 +18,7 @@ mod codes;
 mod fetch;
 mod groups;
 mod metadata;
+mod offset_delete;
 mod partitions;
 mod produce;
 mod response;
@@ -227,6 +228,7 @@ fn dispatch(shard: &Rc<Shard>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'
         ApiKey::DescribeLogDirs => partitions::describe_log_dirs(ctx, body),
         ApiKey::ElectLeaders => partitions::elect_leaders(ctx, body),
         ApiKey::DescribeProducers => partitions::describe_producers(ctx, body),
+        ApiKey::OffsetDelete => offset_delete::offset_delete(ctx, body),
         ApiKey::DescribeConfigs => admin::describe_configs(ctx, body),
         ApiKey::AlterConfigs => admin::alter_configs(ctx, body),
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),
