@@ -558,3 +558,41 @@ fn offset_delete_removes_committed_offsets_but_not_those_of_topics_the_members_c
     assert_eq!(committed(&mut conn, "od-group", &all), vec![-1, 6, -1]);
     stop(broker);
 }
+
+/// Every broker opens the partitions a CreatePartitions adds that it
+/// hosts: each new partition's leader takes an acks=all write, which it
+/// answers only once its follower (in the ISR from the start) has fetched
+/// it.
+#[test]
+fn partitions_added_to_a_replicated_topic_are_opened_on_every_replica() {
+    let (_, brokers) = start_cluster("kafka-create-partitions-rf");
+    let mut conn = kafka_to(&brokers, 1);
+    await_condition("the topic is created", || conn.create_topic("grow-rf", 1, 2) == 0);
+    await_condition("partition 0 is in sync", || {
+        conn.metadata("grow-rf").partitions.first().is_some_and(|p| p.leader_id.0 > 0 && p.isr_nodes.len() == 2)
+    });
+    assert_eq!(create_partitions(&mut conn, "grow-rf", 3, false), 0);
+    let mut leaders = Vec::new();
+    await_condition("every new partition is led and in sync", || {
+        let topic = conn.metadata("grow-rf");
+        leaders = topic.partitions.iter().map(|p| p.leader_id.0).collect();
+        topic.partitions.len() == 3 && topic.partitions.iter().all(|p| p.leader_id.0 > 0 && p.isr_nodes.len() == 2)
+    });
+    let mut distinct = leaders.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "leaders spread over the three brokers: {leaders:?}");
+    for (partition, leader) in leaders.into_iter().enumerate() {
+        let mut at_leader = kafka_to(&brokers, leader);
+        let mut produced = (-1, -1);
+        await_condition("the leader takes a write", || {
+            produced = at_leader.produce("grow-rf", partition as i32, batch(3));
+            produced.0 != K::LeaderNotAvailable.code() && produced.0 != K::NotLeaderOrFollower.code()
+        });
+        assert_eq!(produced, (0, 0), "partition {partition}");
+    }
+    drop(conn);
+    for broker in brokers.into_iter().flatten() {
+        stop(broker);
+    }
+}
