@@ -227,7 +227,9 @@ pub(crate) fn elect_leaders(ctx: Ctx, body: Bytes) -> Reply {
             every
         }
     };
-    if asked.len() > PARTITIONS_PER_REQUEST_MAX {
+    // A list is the client's and capped; every partition of the cluster
+    // (a null list) is bounded by the cluster's own limits.
+    if !all && asked.len() > PARTITIONS_PER_REQUEST_MAX {
         return Reply::Now(Response::Close(None));
     }
     let refused = match election_type {
