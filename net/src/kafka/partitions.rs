@@ -21,9 +21,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
-use spate_replication::ControllerError;
 
-use super::codes::kafka_code;
+use super::codes::{election_code, kafka_code};
 use super::{Ctx, decode, respond};
 use crate::admin::{ADMIN_SHARD, AdminOp};
 use crate::limits::{PARTITIONS_PER_REQUEST_MAX, REQUEST_TIMEOUT_MS_MAX};
@@ -189,20 +188,6 @@ pub(crate) fn describe_log_dirs(ctx: Ctx, body: Bytes) -> Reply {
 /// Kafka's election types (KIP-460).
 const ELECTION_PREFERRED: i8 = 0;
 const ELECTION_UNCLEAN: i8 = 1;
-
-/// A controller answer to one partition's election, in Kafka's codes.
-fn election_code(result: &Result<(), ControllerError>) -> i16 {
-    match result {
-        Ok(()) => 0,
-        Err(ControllerError::ElectionNotNeeded) => K::ElectionNotNeeded.code(),
-        Err(ControllerError::PreferredLeaderNotAvailable) => K::PreferredLeaderNotAvailable.code(),
-        Err(ControllerError::EligibleLeadersNotAvailable) => K::EligibleLeadersNotAvailable.code(),
-        Err(ControllerError::UnknownTopicOrPartition) => K::UnknownTopicOrPartition.code(),
-        Err(ControllerError::NotController) => K::NotController.code(),
-        Err(ControllerError::Shutdown) => K::NotLeaderOrFollower.code(),
-        Err(_) => K::UnknownServerError.code(),
-    }
-}
 
 /// ElectLeaders: preferred (type 0; v0 knows no other) or unclean
 /// (type 1) election of each partition asked for, through the controller
