@@ -11,6 +11,7 @@ pub mod index;
 pub mod io;
 pub mod limits;
 pub mod log;
+mod log_start;
 pub mod producer_state;
 mod recovery;
 mod recovery_point;

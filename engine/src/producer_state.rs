@@ -126,6 +126,11 @@ impl ProducerStateTable {
         self.entries.len()
     }
 
+    /// Every producer id with its state, by id.
+    pub fn entries(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
+        self.entries.iter().map(|(id, entry)| (*id, entry))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

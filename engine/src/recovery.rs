@@ -133,7 +133,13 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         write_file_atomic(storage, &path, &bytes).await.map_err(|err| LogError::io("write", &path, err))?;
     }
     let recovery_point = recovery_point.min(log_end_offset);
-    Ok(LogState::recovered(segments, epochs, gaps_below, producers, now_ms, recovery_point))
+    // A start moved by DeleteRecords (`log_start.rs`) may lie inside the
+    // first segment. Never past the log end: a crash may have taken an
+    // unsynced tail the start had passed (durability other than `always`).
+    let log_start_offset = crate::log_start::read(storage, dir).await?.min(log_end_offset);
+    let mut state = LogState::recovered(segments, epochs, gaps_below, producers, now_ms, recovery_point);
+    state.raise_log_start(log_start_offset);
+    Ok(state)
 }
 
 /// Completes committed swaps and removes uncommitted cleaner files; true if

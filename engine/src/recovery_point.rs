@@ -24,8 +24,20 @@ pub(crate) const RECOVERY_POINT_BYTES: usize = 4 + 2 + 8 + 4;
 
 pub(crate) fn encode(offset: i64) -> Vec<u8> {
     assert!(offset >= 0, "a recovery point is an offset");
+    encode_offset_file(MAGIC, offset)
+}
+
+/// The offset the file holds, or `None` if it does not check out.
+pub(crate) fn decode(bytes: &[u8]) -> Option<i64> {
+    decode_offset_file(MAGIC, bytes)
+}
+
+/// The layout of a file holding one offset (the recovery point, the log
+/// start offset): magic, version, offset, CRC-32C of what precedes it.
+pub(crate) fn encode_offset_file(magic: &[u8; 4], offset: i64) -> Vec<u8> {
+    assert!(offset >= 0, "an offset file holds an offset");
     let mut out = Vec::with_capacity(RECOVERY_POINT_BYTES);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&VERSION.to_be_bytes());
     out.extend_from_slice(&offset.to_be_bytes());
     let crc = crc32c::crc32c(&out);
@@ -34,8 +46,9 @@ pub(crate) fn encode(offset: i64) -> Vec<u8> {
     out
 }
 
-/// The offset the file holds, or `None` if it does not check out.
-pub(crate) fn decode(bytes: &[u8]) -> Option<i64> {
+/// The offset an offset file with this magic holds, or `None` if it does
+/// not check out.
+pub(crate) fn decode_offset_file(magic: &[u8; 4], bytes: &[u8]) -> Option<i64> {
     if bytes.len() != RECOVERY_POINT_BYTES {
         return None;
     }
@@ -43,9 +56,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<i64> {
     if crc32c::crc32c(body).to_be_bytes() != crc {
         return None;
     }
-    let (magic, rest) = body.split_at(MAGIC.len());
+    let (found, rest) = body.split_at(magic.len());
     let (version, offset) = rest.split_at(2);
-    if magic != MAGIC || version != VERSION.to_be_bytes() {
+    if found != magic || version != VERSION.to_be_bytes() {
         return None;
     }
     let offset = i64::from_be_bytes(offset.try_into().ok()?);

@@ -222,6 +222,48 @@ fn retention_deletes_old_segments_and_moves_the_log_start() {
     });
 }
 
+/// DeleteRecords: the start moves inside a segment, the records below are
+/// gone at once and after a restart or a crash (the
+/// `log-start-offset-checkpoint`), the segments wholly below are deleted,
+/// and retention later never moves the start back. Without
+/// `advance_log_start` the engine could move its start only to segment
+/// boundaries (retention), and a restart put it back at the first segment.
+#[test]
+fn advancing_the_log_start_hides_the_records_below_across_restarts_and_crashes() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { segment_bytes_max: 64 * 1024, ..small_config() };
+        let log = open(&storage, &config).await;
+        for i in 0..100 {
+            log.append_durable(sized_batch(4000, i as u8, i * 1000), 0).await.unwrap();
+        }
+        let segments_before = log.segment_count();
+        assert!(segments_before > 3);
+        assert!(matches!(log.advance_log_start(101).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert_eq!(log.advance_log_start(37).await.unwrap(), 37);
+        assert_eq!(log.log_start_offset(), 37);
+        assert!(log.segment_count() < segments_before, "segments wholly below 37 are deleted");
+        assert!(matches!(log.read(36, 100, ReadBound::HighWatermark).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert_eq!(read_all(&log, 37).await.len(), 63);
+        assert_eq!(log.advance_log_start(10).await.unwrap(), 37, "never backwards");
+        assert_eq!(log.advance_log_start(100).await.unwrap(), 100, "up to the high watermark");
+        assert_eq!(log.advance_log_start(37).await.unwrap(), 100);
+        log.close().await.unwrap();
+
+        let log = open(&storage, &config).await;
+        assert_eq!(log.log_start_offset(), 100, "kept across a clean restart");
+        log.append_durable(sized_batch(4000, 1, 0), 0).await.unwrap();
+        let crashed = storage.crash(spate_engine::io::CrashMode::DropUnsynced);
+        let log = open(&crashed, &config).await;
+        assert_eq!(log.log_start_offset(), 100, "kept across a crash");
+        assert_eq!(read_all(&log, 100).await.len(), 1);
+        // Retention deleting the segment that holds the start moves it to
+        // the next segment, never back below it.
+        log.enforce_retention(i64::MAX / 2).await.unwrap();
+        assert!(log.log_start_offset() >= 100);
+    });
+}
+
 #[test]
 fn retention_by_time_keeps_the_active_segment() {
     run(async {

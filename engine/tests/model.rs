@@ -1,6 +1,6 @@
 //! Model-based property test: random sequences of append, read, truncate,
-//! retention, clean restart and crash restart, against an in-memory model of
-//! what the log must hold.
+//! retention, log start moves (DeleteRecords), clean restart and crash
+//! restart, against an in-memory model of what the log must hold.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -24,6 +24,10 @@ enum Op {
         at_permille: u16,
     },
     Retention,
+    /// `advance_log_start` to a fraction of the way through the log.
+    AdvanceStart {
+        at_permille: u16,
+    },
     Restart,
     CrashRestart,
 }
@@ -34,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u16..1000).prop_map(|at_permille| Op::Read { at_permille }),
         1 => (0u16..1000).prop_map(|at_permille| Op::Truncate { at_permille }),
         1 => Just(Op::Retention),
+        1 => (0u16..=1000).prop_map(|at_permille| Op::AdvanceStart { at_permille }),
         1 => Just(Op::Restart),
         1 => Just(Op::CrashRestart),
     ]
@@ -127,6 +132,15 @@ async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimSto
                 model.batches.retain(|(base, _)| *base >= start);
                 model.log_start_offset = start;
             }
+        }
+        Op::AdvanceStart { at_permille } => {
+            // Every batch holds one record, so any offset is a batch's base.
+            let offset = model.offset_at(*at_permille);
+            assert_eq!(log.advance_log_start(offset).await.unwrap(), offset);
+            model.batches.retain(|(base, _)| *base >= offset);
+            model.log_start_offset = offset;
+            let past = model.log_end_offset() + 1;
+            assert!(log.advance_log_start(past).await.is_err(), "past the high watermark");
         }
         Op::Restart => {
             log.close().await.unwrap();

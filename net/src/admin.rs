@@ -1,4 +1,5 @@
-//! Catalog changes (CreateTopics, DeleteTopics, AlterConfigs), run on shard
+//! Catalog changes (CreateTopics, DeleteTopics, CreatePartitions,
+//! AlterConfigs), run on shard
 //! 0 one at a time: checked here, then committed by the controller (the
 //! metadata log), then applied by every broker as it follows the log (this
 //! one before it answers: its partitions are open, its configs applied).
@@ -44,6 +45,21 @@ pub(crate) enum AdminOp {
         validate_only: bool,
         reply: oneshot::Sender<Vec<(String, Outcome)>>,
     },
+    /// Kafka's ElectLeaders: preferred (or, `unclean`, any unfenced
+    /// replica for leaderless partitions), one partition at a time; each
+    /// answer is the controller's own (its election errors have no
+    /// native `ErrorCode`).
+    ElectLeaders {
+        partitions: Vec<(String, u32)>,
+        unclean: bool,
+        reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
+    },
+    /// Grow topics to a partition count each (name, count).
+    CreatePartitions {
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+        reply: oneshot::Sender<Vec<(String, Outcome)>>,
+    },
 }
 
 /// One topic's part of an AlterConfigs request.
@@ -68,6 +84,21 @@ pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
             }
             AdminOp::Alter { topics, validate_only, reply } => {
                 let _ = reply.send(alter(&shard, topics, validate_only).await);
+            }
+            AdminOp::ElectLeaders { partitions, unclean, reply } => {
+                let mut results = Vec::with_capacity(partitions.len());
+                for (topic, partition) in partitions {
+                    let request = ControllerRequest::ElectLeader { topic: topic.clone(), partition, unclean };
+                    let result = through_controller_result(&shard, request).await;
+                    if result.is_ok() {
+                        tracing::info!(%topic, partition, unclean, "leader elected on request");
+                    }
+                    results.push(result);
+                }
+                let _ = reply.send(results);
+            }
+            AdminOp::CreatePartitions { topics, validate_only, reply } => {
+                let _ = reply.send(create_partitions(&shard, topics, validate_only).await);
             }
         }
     })
@@ -120,6 +151,10 @@ fn controller_outcome(err: &ControllerError) -> Outcome {
         ControllerError::FencedLeaderEpoch | ControllerError::InvalidUpdateVersion | ControllerError::NotLeader => {
             ErrorCode::Unknown
         }
+        // Only ElectLeaders gets these, and it answers in Kafka's codes.
+        ControllerError::ElectionNotNeeded
+        | ControllerError::PreferredLeaderNotAvailable
+        | ControllerError::EligibleLeadersNotAvailable => ErrorCode::LeaderNotAvailable,
     };
     Outcome::err(code, err.to_string())
 }
@@ -128,14 +163,19 @@ fn controller_outcome(err: &ControllerError) -> Outcome {
 /// here, publishes the new catalog and has every shard of this broker
 /// reconcile (so what this broker hosts is open when the answer goes).
 async fn through_controller(shard: &Rc<Shard>, request: ControllerRequest) -> Outcome {
+    match through_controller_result(shard, request).await {
+        Ok(()) => Outcome::ok(),
+        Err(err) => controller_outcome(&err),
+    }
+}
+
+/// `through_controller`, with the controller's own error.
+async fn through_controller_result(shard: &Rc<Shard>, request: ControllerRequest) -> Result<(), ControllerError> {
     let result = shard.shared.controller().request(request).await;
     let catalog = Arc::new(Catalog::from_image(&shard.shared.controller().image()));
     shard.shared.catalog.store(catalog.clone());
     crate::shard::apply_everywhere(shard, &catalog).await;
-    match result {
-        Ok(_) => Outcome::ok(),
-        Err(err) => controller_outcome(&err),
-    }
+    result.map(|_| ())
 }
 
 async fn create(
@@ -234,6 +274,72 @@ async fn alter(shard: &Rc<Shard>, topics: Vec<AlterSpec>, validate_only: bool) -
             }
         };
         results.push((spec.name, outcome));
+    }
+    results
+}
+
+/// Checks one topic's new partition count against the catalog.
+fn check_create_partitions(
+    name: &str,
+    count: i32,
+    catalog: &Catalog,
+    seen: &mut HashSet<String>,
+) -> Result<(), Outcome> {
+    if spate_flatbuf::is_internal_topic(name) {
+        return Err(Outcome::err(ErrorCode::InternalTopic, format!("{name:?} is the broker's")));
+    }
+    if !seen.insert(name.to_string()) {
+        return Err(Outcome::err(ErrorCode::InvalidRequest, format!("topic {name:?} named twice")));
+    }
+    let Some(topic) = catalog.topics.get(name) else {
+        return Err(Outcome::err(ErrorCode::UnknownTopicOrPartition, format!("no topic {name:?}")));
+    };
+    // Partitions are only added: removing one would lose its records and
+    // move keys to other partitions (Kafka refuses the same way).
+    if count <= topic.partitions as i32 {
+        return Err(Outcome::err(
+            ErrorCode::InvalidPartitions,
+            format!("topic {name:?} has {} partitions; only more can be asked for, not {count}", topic.partitions),
+        ));
+    }
+    if count > PARTITIONS_PER_TOPIC_MAX {
+        return Err(Outcome::err(
+            ErrorCode::InvalidPartitions,
+            format!("{count} partitions: at most {PARTITIONS_PER_TOPIC_MAX}"),
+        ));
+    }
+    let brokers = catalog.brokers.values().filter(|broker| !broker.fenced).count();
+    if topic.replication_factor as usize > brokers.max(1) {
+        return Err(Outcome::err(
+            ErrorCode::InvalidReplicationFactor,
+            format!("replication factor {}: this cluster has {brokers} live brokers", topic.replication_factor),
+        ));
+    }
+    Ok(())
+}
+
+async fn create_partitions(
+    shard: &Rc<Shard>,
+    topics: Vec<(String, i32)>,
+    validate_only: bool,
+) -> Vec<(String, Outcome)> {
+    let current = shard.shared.catalog.load_full();
+    let mut seen = HashSet::new();
+    let mut results = Vec::new();
+    for (name, count) in topics {
+        let outcome = match check_create_partitions(&name, count, &current, &mut seen) {
+            Err(outcome) => outcome,
+            Ok(()) if validate_only => Outcome::ok(),
+            Ok(()) => {
+                let request = ControllerRequest::CreatePartitions { name: name.clone(), count: count as u32 };
+                let outcome = through_controller(shard, request).await;
+                if outcome.error == ErrorCode::None {
+                    tracing::info!(topic = %name, partitions = count, "partitions added");
+                }
+                outcome
+            }
+        };
+        results.push((name, outcome));
     }
     results
 }

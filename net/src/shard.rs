@@ -209,6 +209,15 @@ pub(crate) struct PartitionStats {
     pub segment_count: u32,
 }
 
+/// One idempotent producer as a partition's log knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The sequence number of its last record here (-1: none).
+    pub last_sequence: i32,
+}
+
 /// Work for the shard that owns a partition (or, for `Admin`, shard 0).
 #[derive(Debug)]
 pub(crate) enum ShardOp {
@@ -261,6 +270,22 @@ pub(crate) enum ShardOp {
         topic: Arc<TopicMeta>,
         partition: u32,
         reply: oneshot::Sender<PartitionStats>,
+    },
+    /// DeleteRecords on the leader: the log start moves to `offset` (-1:
+    /// the high watermark); the reply's offset is the new log start.
+    /// Followers move theirs as they fetch (`replica/fetcher.rs`).
+    DeleteRecords {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        offset: i64,
+        reply: oneshot::Sender<OffsetResult>,
+    },
+    /// DescribeProducers on the leader: each idempotent producer the log
+    /// keeps state for.
+    DescribeProducers {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        reply: oneshot::Sender<Result<Vec<ProducerSummary>, ErrorCode>>,
     },
     Admin(crate::admin::AdminOp),
     /// For the coordinator of a consumer group.
@@ -630,6 +655,38 @@ impl Shard {
                     },
                 };
                 let _ = reply.send(stats);
+            }
+            ShardOp::DeleteRecords { topic, partition, offset, reply } => {
+                let leader = self
+                    .replica(&topic, partition)
+                    .ok_or_else(|| self.not_hosted(&topic, partition))
+                    .and_then(|replica| replica.check_leader(-1).map(|_| replica).map_err(|Refusal(code)| code));
+                glommio::spawn_local(async move {
+                    let result = match leader {
+                        Err(error) => OffsetResult { error, offset: -1 },
+                        Ok(replica) => delete_records(&replica.log, offset).await,
+                    };
+                    let _ = reply.send(result);
+                })
+                .detach();
+            }
+            ShardOp::DescribeProducers { topic, partition, reply } => {
+                let producers = self
+                    .replica(&topic, partition)
+                    .ok_or_else(|| self.not_hosted(&topic, partition))
+                    .and_then(|replica| replica.check_leader(-1).map(|_| replica).map_err(|Refusal(code)| code))
+                    .map(|replica| {
+                        replica
+                            .log
+                            .producers()
+                            .into_iter()
+                            .map(|(id, entry)| {
+                                let last_sequence = entry.batches.back().map_or(-1, |batch| batch.last_seq);
+                                ProducerSummary { producer_id: id, epoch: entry.epoch, last_sequence }
+                            })
+                            .collect()
+                    });
+                let _ = reply.send(producers);
             }
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),
@@ -1215,6 +1272,16 @@ async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBou
             batches: Vec::new(),
             damaged: matches!(err, LogError::Corruption { .. }).then(|| err.to_string()),
         },
+    }
+}
+
+/// Moves a leader's log start (Kafka's DeleteRecords; -1: up to the high
+/// watermark). Past the high watermark: OffsetOutOfRange.
+async fn delete_records(log: &Log, offset: i64) -> OffsetResult {
+    let offset = if offset == -1 { log.high_watermark() } else { offset };
+    match log.advance_log_start(offset).await {
+        Ok(log_start_offset) => OffsetResult { error: ErrorCode::None, offset: log_start_offset },
+        Err(err) => OffsetResult { error: log_error_code(&err), offset: -1 },
     }
 }
 

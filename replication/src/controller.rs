@@ -34,6 +34,21 @@ pub enum ControllerRequest {
     DeleteTopic {
         name: String,
     },
+    /// Grow a topic to `count` partitions (Kafka's CreatePartitions); a
+    /// count at or below the current one is refused.
+    CreatePartitions {
+        name: String,
+        count: u32,
+    },
+    /// Kafka's ElectLeaders for one partition: the preferred replica (the
+    /// first) takes the leadership if it is in the ISR and unfenced; or,
+    /// `unclean`, a partition without a leader gets one even from outside
+    /// the ISR and ELR, whatever the topic's unclean election config.
+    ElectLeader {
+        topic: String,
+        partition: u32,
+        unclean: bool,
+    },
     /// Full replacement of the topic's configs.
     AlterTopicConfigs {
         name: String,
@@ -95,6 +110,12 @@ pub enum ControllerError {
     Shutdown,
     #[error("metadata storage error: {0}")]
     Storage(String),
+    #[error("the partition already has the leader asked for")]
+    ElectionNotNeeded,
+    #[error("the preferred replica is fenced or out of the ISR")]
+    PreferredLeaderNotAvailable,
+    #[error("no unfenced replica may lead the partition")]
+    EligibleLeadersNotAvailable,
 }
 
 /// Applies each record to a scratch image as it is produced, so that later
@@ -181,6 +202,38 @@ pub fn delete_topic(image: &MetadataImage, name: &str) -> Result<Vec<MetadataRec
         return Err(ControllerError::UnknownTopicOrPartition);
     }
     Ok(vec![MetadataRecord::DeleteTopic { name: name.to_string() }])
+}
+
+/// Grows a topic to `count` partitions. The new partitions are placed as
+/// `create_topic` would have placed them in a topic created with `count`
+/// (the same start, over today's unfenced brokers), so leaders and
+/// replicas stay spread; each gets as many replicas as partition 0 has.
+pub fn create_partitions(
+    image: &MetadataImage,
+    name: &str,
+    count: u32,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let Some(topic) = image.topics.get(name) else {
+        return Err(ControllerError::UnknownTopicOrPartition);
+    };
+    let current = topic.partitions.len() as u32;
+    // Kafka's rule: partitions are only ever added (keys would move to
+    // other partitions, and records in removed ones would be lost).
+    if count <= current || count > MAX_PARTITIONS_PER_TOPIC {
+        return Err(ControllerError::InvalidPartitions);
+    }
+    let replication_factor = topic.partitions.first().map_or(1, |p| p.replicas.len()) as u16;
+    let brokers = image.unfenced_brokers();
+    if replication_factor == 0 || usize::from(replication_factor) > brokers.len() {
+        return Err(ControllerError::InvalidReplicationFactor(format!(
+            "replication factor {replication_factor} with {} unfenced brokers",
+            brokers.len()
+        )));
+    }
+    let start = (name_hash(name) % brokers.len() as u64) as usize;
+    let mut assignments = assign_replicas(&brokers, count, replication_factor, start);
+    let added = assignments.split_off(current as usize);
+    Ok(vec![MetadataRecord::CreatePartitions { name: name.to_string(), first_partition: current, assignments: added }])
 }
 
 pub fn alter_topic_configs(
@@ -315,6 +368,11 @@ enum Choice {
 /// order (the preferred replica first), then, if the topic allows unclean
 /// election, from any unfenced replica.
 fn elect(image: &MetadataImage, topic: &TopicImage, p: &PartitionImage, leaving: i32) -> Choice {
+    elect_allowing(image, p, leaving, topic.unclean_leader_election())
+}
+
+/// `elect`, with unclean election allowed or not by the caller.
+fn elect_allowing(image: &MetadataImage, p: &PartitionImage, leaving: i32, unclean: bool) -> Choice {
     let eligible = |r: &&i32| **r != leaving && image.is_unfenced(**r);
     if let Some(l) = p.replicas.iter().filter(eligible).find(|r| p.isr.contains(r)) {
         return Choice::Isr(*l);
@@ -323,7 +381,7 @@ fn elect(image: &MetadataImage, topic: &TopicImage, p: &PartitionImage, leaving:
         return Choice::Elr(*l);
     }
     match p.replicas.iter().find(eligible) {
-        Some(l) if topic.unclean_leader_election() => Choice::Unclean(*l),
+        Some(l) if unclean => Choice::Unclean(*l),
         _ => Choice::Nobody,
     }
 }
@@ -336,7 +394,18 @@ fn elect_leaderless(
     partition: u32,
     p: &PartitionImage,
 ) -> Option<MetadataRecord> {
-    let (leader, isr, elr) = match elect(image, topic, p, -1) {
+    elect_leaderless_allowing(image, topic, partition, p, topic.unclean_leader_election())
+}
+
+/// `elect_leaderless`, with unclean election allowed or not by the caller.
+fn elect_leaderless_allowing(
+    image: &MetadataImage,
+    topic: &TopicImage,
+    partition: u32,
+    p: &PartitionImage,
+    unclean: bool,
+) -> Option<MetadataRecord> {
+    let (leader, isr, elr) = match elect_allowing(image, p, -1, unclean) {
         Choice::Isr(l) => (l, p.isr.clone(), p.elr.clone()),
         Choice::Elr(l) => (l, vec![l], next_elr(p, &[l], topic.min_insync_replicas(), None)),
         Choice::Unclean(l) => (l, vec![l], Vec::new()),
@@ -351,6 +420,50 @@ fn elect_leaderless(
         partition_epoch: p.partition_epoch + 1,
         elr,
     })
+}
+
+/// Kafka's ElectLeaders for one partition (KIP-460). Preferred: the
+/// first replica leads if it is unfenced and in the ISR
+/// (`PreferredLeaderNotAvailable` otherwise; `ElectionNotNeeded` if it
+/// leads already). Unclean: only a partition without a leader
+/// (`ElectionNotNeeded` otherwise) gets one, from the ISR, then the ELR,
+/// then any unfenced replica, as `elect` chooses with unclean election
+/// allowed (`EligibleLeadersNotAvailable` if none is unfenced).
+pub fn elect_leader(
+    image: &MetadataImage,
+    topic: &str,
+    partition: u32,
+    unclean: bool,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let (Some(t), Some(p)) = (image.topics.get(topic), image.partition(topic, partition)) else {
+        return Err(ControllerError::UnknownTopicOrPartition);
+    };
+    if unclean {
+        if p.leader != -1 {
+            return Err(ControllerError::ElectionNotNeeded);
+        }
+        return elect_leaderless_allowing(image, t, partition, p, true)
+            .map(|change| vec![change])
+            .ok_or(ControllerError::EligibleLeadersNotAvailable);
+    }
+    let Some(&preferred) = p.replicas.first() else {
+        return Err(ControllerError::PreferredLeaderNotAvailable);
+    };
+    if p.leader == preferred {
+        return Err(ControllerError::ElectionNotNeeded);
+    }
+    if !p.isr.contains(&preferred) || !image.is_unfenced(preferred) {
+        return Err(ControllerError::PreferredLeaderNotAvailable);
+    }
+    Ok(vec![MetadataRecord::PartitionChange {
+        topic: topic.to_string(),
+        partition,
+        leader: preferred,
+        isr: p.isr.clone(),
+        leader_epoch: p.leader_epoch + 1,
+        partition_epoch: p.partition_epoch + 1,
+        elr: p.elr.clone(),
+    }])
 }
 
 /// Why a replica leaves a partition.
@@ -654,15 +767,18 @@ pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Resu
             check_isr(&at, *leader, isr, &p.replicas)?;
             check_elr(&at, isr, elr, &p.replicas)
         }
-        MetadataRecord::CreateTopic { name, assignments, .. } => {
-            for (p, replicas) in assignments.iter().enumerate() {
-                if replicas.is_empty() {
-                    return Err(format!("{name}-{p}: no replicas"));
-                }
-                // The ISR starts as the replicas, the leader as the first.
-                check_isr(&format!("{name}-{p}"), replicas[0], replicas, replicas)?;
+        MetadataRecord::CreateTopic { name, assignments, .. } => check_new_partitions(name, 0, assignments),
+        MetadataRecord::CreatePartitions { name, first_partition, assignments } => {
+            let Some(topic) = before.topics.get(name) else {
+                return Ok(());
+            };
+            if *first_partition as usize != topic.partitions.len() {
+                return Err(format!(
+                    "{name}: partitions added from {first_partition}, but the topic has {}",
+                    topic.partitions.len()
+                ));
             }
-            Ok(())
+            check_new_partitions(name, *first_partition, assignments)
         }
         MetadataRecord::ProducerIdBlock { start, len, .. } => {
             if *start < before.next_producer_id || *len < 1 {
@@ -675,6 +791,19 @@ pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Resu
         }
         _ => Ok(()),
     }
+}
+
+/// New partitions start with the ISR as the replicas, the leader as the
+/// first.
+fn check_new_partitions(name: &str, first_partition: u32, assignments: &[Vec<i32>]) -> Result<(), String> {
+    for (index, replicas) in assignments.iter().enumerate() {
+        let at = format!("{name}-{}", first_partition as usize + index);
+        if replicas.is_empty() {
+            return Err(format!("{at}: no replicas"));
+        }
+        check_isr(&at, replicas[0], replicas, replicas)?;
+    }
+    Ok(())
 }
 
 fn check_isr(at: &str, leader: i32, isr: &[i32], replicas: &[i32]) -> Result<(), String> {
@@ -836,6 +965,53 @@ mod tests {
     }
 
     #[test]
+    fn added_partitions_keep_leaders_and_replicas_balanced_and_the_old_ones_unchanged() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 2, 2, false);
+        let before = img.topics["t"].partitions.clone();
+        let recs = create_partitions(&img, "t", 6).expect("grows");
+        for r in &recs {
+            assert_eq!(check_invariants(&img, r), Ok(()));
+        }
+        apply(&mut img, &recs);
+        let t = &img.topics["t"];
+        assert_eq!(t.partitions.len(), 6);
+        assert_eq!(t.partitions[..2], before[..], "existing partitions untouched");
+        let mut leads = BTreeMap::new();
+        let mut holds = BTreeMap::new();
+        for p in &t.partitions {
+            *leads.entry(p.leader).or_insert(0) += 1;
+            for r in &p.replicas {
+                *holds.entry(*r).or_insert(0) += 1;
+            }
+            assert_eq!(p.replicas.len(), 2, "as many replicas as partition 0");
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!(p.leader, p.replicas[0]);
+        }
+        // The same placement a topic created with six partitions gets.
+        assert_eq!(leads.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert_eq!(holds.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn create_partitions_refuses_a_smaller_or_equal_count_and_unknown_topics() {
+        let mut img = cluster(1);
+        with_topic(&mut img, "t", 3, 1, false);
+        assert_eq!(create_partitions(&img, "t", 3), Err(ControllerError::InvalidPartitions));
+        assert_eq!(create_partitions(&img, "t", 2), Err(ControllerError::InvalidPartitions));
+        assert_eq!(create_partitions(&img, "t", MAX_PARTITIONS_PER_TOPIC + 1), Err(ControllerError::InvalidPartitions));
+        assert_eq!(create_partitions(&img, "nope", 4), Err(ControllerError::UnknownTopicOrPartition));
+        // A record decided against an older partition count (a race that
+        // the log already settled) is ignored and flagged.
+        let stale = create_partitions(&img, "t", 4).expect("grows");
+        apply(&mut img, &stale);
+        assert_eq!(img.topics["t"].partitions.len(), 4);
+        assert!(check_invariants(&img, &stale[0]).is_err());
+        img.apply(&stale[0]);
+        assert_eq!(img.topics["t"].partitions.len(), 4, "applied once only");
+    }
+
+    #[test]
     fn leaders_of_single_partition_topics_spread() {
         let mut img = cluster(3);
         let mut leads = BTreeMap::new();
@@ -889,6 +1065,50 @@ mod tests {
         let r = delete_topic(&img, "t").expect("delete");
         apply(&mut img, &r);
         assert!(img.topics.is_empty());
+    }
+
+    #[test]
+    fn preferred_election_moves_the_leadership_back_to_the_first_replica_only_if_it_is_in_sync() {
+        let mut img = cluster(3);
+        with_topic(&mut img, "t", 1, 3, false);
+        let p = img.partition("t", 0).cloned().expect("p");
+        let (first, second, third) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        assert_eq!(elect_leader(&img, "t", 0, false), Err(ControllerError::ElectionNotNeeded));
+        // The first replica is out of the ISR while the second leads.
+        set_partition(&mut img, "t", 0, second, vec![second, third]);
+        assert_eq!(elect_leader(&img, "t", 0, false), Err(ControllerError::PreferredLeaderNotAvailable));
+        // Back in sync: it leads again, at a new leader epoch.
+        set_partition(&mut img, "t", 0, second, vec![second, third, first]);
+        let recs = elect_leader(&img, "t", 0, false).expect("elected");
+        apply(&mut img, &recs);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!((q.leader, q.leader_epoch, q.partition_epoch), (first, p.leader_epoch + 1, p.partition_epoch + 1));
+        assert_eq!(q.isr, vec![second, third, first], "the ISR is unchanged");
+        // Fenced, it may not lead.
+        set_partition(&mut img, "t", 0, second, vec![second, third, first]);
+        img.apply(&MetadataRecord::FenceBroker { node_id: first });
+        assert_eq!(elect_leader(&img, "t", 0, false), Err(ControllerError::PreferredLeaderNotAvailable));
+        assert_eq!(elect_leader(&img, "nope", 0, false), Err(ControllerError::UnknownTopicOrPartition));
+        assert_eq!(elect_leader(&img, "t", 1, false), Err(ControllerError::UnknownTopicOrPartition));
+    }
+
+    #[test]
+    fn unclean_election_gives_a_leaderless_partition_any_unfenced_replica_whatever_the_topic_config() {
+        let mut img = cluster(2);
+        with_topic(&mut img, "t", 1, 2, false);
+        assert_eq!(elect_leader(&img, "t", 0, true), Err(ControllerError::ElectionNotNeeded), "it has a leader");
+        let p = img.partition("t", 0).cloned().expect("p");
+        set_partition(&mut img, "t", 0, -1, vec![]);
+        let recs = elect_leader(&img, "t", 0, true).expect("elected");
+        apply(&mut img, &recs);
+        let q = img.partition("t", 0).expect("p");
+        assert_eq!((q.leader, q.isr.clone()), (p.replicas[0], vec![p.replicas[0]]));
+        assert_eq!(q.leader_epoch, p.leader_epoch + 1);
+        set_partition(&mut img, "t", 0, -1, vec![]);
+        for node in [1, 2] {
+            img.apply(&MetadataRecord::FenceBroker { node_id: node });
+        }
+        assert_eq!(elect_leader(&img, "t", 0, true), Err(ControllerError::EligibleLeadersNotAvailable));
     }
 
     #[test]

@@ -70,6 +70,16 @@ pub enum MetadataRecord {
     DeleteTopic {
         name: String,
     },
+    /// Partitions `first_partition ..` of the topic are added, partition
+    /// `first_partition + i` with replicas `assignments[i]`; as at
+    /// creation, leader = replicas[0], isr = replicas, both epochs 0.
+    /// Applies only while the topic has exactly `first_partition`
+    /// partitions (else an earlier record decided otherwise: ignored).
+    CreatePartitions {
+        name: String,
+        first_partition: u32,
+        assignments: Vec<Vec<i32>>,
+    },
     /// Full replacement of the topic's configs.
     AlterTopicConfigs {
         name: String,
@@ -144,6 +154,20 @@ pub struct PartitionImage {
     /// snapshots written before: empty.
     #[serde(default)]
     pub elr: Vec<i32>,
+}
+
+impl PartitionImage {
+    /// A new partition: the first replica leads, every replica is in sync.
+    fn new(replicas: &[i32]) -> PartitionImage {
+        PartitionImage {
+            replicas: replicas.to_vec(),
+            isr: replicas.to_vec(),
+            leader: replicas.first().copied().unwrap_or(-1),
+            leader_epoch: 0,
+            partition_epoch: 0,
+            elr: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,17 +282,7 @@ impl MetadataImage {
                 if self.topics.contains_key(name) {
                     return;
                 }
-                let partitions = assignments
-                    .iter()
-                    .map(|replicas| PartitionImage {
-                        replicas: replicas.clone(),
-                        isr: replicas.clone(),
-                        leader: replicas.first().copied().unwrap_or(-1),
-                        leader_epoch: 0,
-                        partition_epoch: 0,
-                        elr: Vec::new(),
-                    })
-                    .collect();
+                let partitions = assignments.iter().map(|replicas| PartitionImage::new(replicas)).collect();
                 self.topics.insert(
                     name.clone(),
                     TopicImage { name: name.clone(), topic_id: topic_id.clone(), configs: configs.clone(), partitions },
@@ -276,6 +290,13 @@ impl MetadataImage {
             }
             MetadataRecord::DeleteTopic { name } => {
                 self.topics.remove(name);
+            }
+            MetadataRecord::CreatePartitions { name, first_partition, assignments } => {
+                if let Some(t) = self.topics.get_mut(name)
+                    && t.partitions.len() == *first_partition as usize
+                {
+                    t.partitions.extend(assignments.iter().map(|replicas| PartitionImage::new(replicas)));
+                }
             }
             MetadataRecord::AlterTopicConfigs { name, configs } => {
                 if let Some(t) = self.topics.get_mut(name) {

@@ -859,6 +859,10 @@ impl Node {
                 controller::create_topic(img, name, *partitions, *replication_factor, configs, random_topic_id())
             }
             ControllerRequest::DeleteTopic { name } => controller::delete_topic(img, name),
+            ControllerRequest::CreatePartitions { name, count } => controller::create_partitions(img, name, *count),
+            ControllerRequest::ElectLeader { topic, partition, unclean } => {
+                controller::elect_leader(img, topic, *partition, *unclean)
+            }
             ControllerRequest::AlterTopicConfigs { name, configs } => {
                 controller::alter_topic_configs(img, name, configs)
             }
@@ -1279,6 +1283,7 @@ impl Node {
         };
         let response = match &p.request {
             ControllerRequest::AlterPartition { topic, partition, .. }
+            | ControllerRequest::ElectLeader { topic, partition, .. }
             | ControllerRequest::ReplicaOffline { topic, partition } => self
                 .applied
                 .partition(topic, *partition)

@@ -449,6 +449,16 @@ impl<F> LogState<F> {
         state
     }
 
+    /// Raises the log start offset (recovery, from its file); the records
+    /// below it are never read.
+    pub(crate) fn raise_log_start(&mut self, offset: i64) {
+        if offset > self.log_start_offset {
+            self.log_start_offset = offset;
+            self.first_dirty_offset = self.first_dirty_offset.max(offset);
+        }
+        self.check_offsets();
+    }
+
     fn check_offsets(&self) {
         assert!(self.log_start_offset <= self.high_watermark, "log start above high watermark");
         assert!(self.high_watermark <= self.log_end_offset, "high watermark above log end");
@@ -683,6 +693,12 @@ impl<S: Storage> PartitionLog<S> {
     /// What the partition knows of an idempotent producer.
     pub fn producer_entry(&self, producer_id: i64) -> Option<ProducerEntry> {
         self.inner.state.borrow().producers.entry(producer_id).cloned()
+    }
+
+    /// Every idempotent producer this log keeps state for (Kafka's
+    /// DescribeProducers), by id.
+    pub fn producers(&self) -> Vec<(i64, ProducerEntry)> {
+        self.inner.state.borrow().producers.entries().map(|(id, entry)| (id, entry.clone())).collect()
     }
 
     pub fn leader_epochs(&self) -> LeaderEpochCache {
@@ -975,6 +991,41 @@ impl<S: Storage> PartitionLog<S> {
         if let Err(err) = &result {
             // The segments are gone from memory but maybe not from disk; a
             // later open would bring them back. Stop, as for any I/O error.
+            inner.fail(err.clone());
+        }
+        result
+    }
+
+    /// Moves the log start offset forward to `offset` (Kafka's
+    /// DeleteRecords): records below it are unreadable from now on, a
+    /// restart included, and the segments wholly below it are deleted (the
+    /// one holding it stays, as in Kafka, until retention takes it). An
+    /// offset past the high watermark is `OffsetOutOfRange`: only committed
+    /// records may be deleted. At or below the current start it changes
+    /// nothing. Returns the log start offset after the call.
+    pub async fn advance_log_start(&self, offset: i64) -> Result<i64> {
+        let inner = &self.inner;
+        // Retention, truncation and close hold it too, so the log end
+        // cannot drop below `offset` meanwhile.
+        let _permit = inner.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        inner.check_open()?;
+        {
+            let state = inner.state.borrow();
+            if offset < 0 || offset > state.high_watermark {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start_offset: state.log_start_offset,
+                    log_end_offset: state.high_watermark,
+                });
+            }
+            if offset <= state.log_start_offset {
+                return Ok(state.log_start_offset);
+            }
+        }
+        let result = inner.advance_log_start_locked(offset).await;
+        if let Err(err) = &result {
+            // As for retention: what is gone from memory may not be gone
+            // from disk, and the start may not be on disk.
             inner.fail(err.clone());
         }
         result
@@ -1352,6 +1403,44 @@ impl<S: Storage> LogInner<S> {
         Ok(outcome)
     }
 
+    async fn advance_log_start_locked(&self, offset: i64) -> Result<i64> {
+        // On disk first: once a record is answered gone, no restart may
+        // bring it back (recovery takes the larger of this and the first
+        // segment's base).
+        let path = self.dir.join(crate::log_start::LOG_START_NAME);
+        self.write_atomic(&path, &crate::log_start::encode(offset)).await?;
+        let doomed = {
+            let mut state = self.state.borrow_mut();
+            assert!(offset <= state.high_watermark, "log start moved past the high watermark");
+            assert!(offset > state.log_start_offset, "log start moved backwards");
+            state.log_start_offset = offset;
+            let mut doomed = Vec::new();
+            loop {
+                let mut bases = state.segments.keys();
+                let (Some(&first), Some(&second)) = (bases.next(), bases.next()) else { break };
+                if second > offset || !state.segments[&first].sealed {
+                    break;
+                }
+                let Some(segment) = state.segments.remove(&first) else { break };
+                doomed.push(segment);
+            }
+            self.cache.remove_below(self.log_id, offset);
+            state.first_dirty_offset = state.first_dirty_offset.max(offset);
+            state.check_offsets();
+            doomed
+        };
+        for segment in &doomed {
+            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+                remove_if_exists(&self.storage, &path).await?;
+            }
+        }
+        if !doomed.is_empty() {
+            self.storage.sync_dir(&self.dir).await.map_err(|err| LogError::io("sync dir", &self.dir, err))?;
+        }
+        tracing::info!(dir = %self.dir.display(), log_start_offset = offset, segments_deleted = doomed.len(), "log start moved (records deleted)");
+        Ok(offset)
+    }
+
     fn detach_expired_segments(&self, now_ms: i64) -> Vec<Segment<S::File>> {
         if !self.config().cleanup_policy.deletes() {
             // Compact alone: the cleaner decides what goes, by key.
@@ -1375,7 +1464,9 @@ impl<S: Storage> LogInner<S> {
             }
             let Some(segment) = state.segments.remove(&first) else { break };
             total_bytes -= segment.written_bytes;
-            state.log_start_offset = second;
+            // A start moved by `advance_log_start` may lie inside `second`'s
+            // segment already: never back.
+            state.log_start_offset = state.log_start_offset.max(second);
             doomed.push(segment);
         }
         if !doomed.is_empty() {

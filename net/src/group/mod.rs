@@ -23,6 +23,7 @@
 mod assign;
 pub(crate) mod classic;
 mod classic_state;
+mod offset_delete;
 pub(crate) mod record;
 mod state;
 
@@ -38,6 +39,7 @@ use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition, is_internal_topic};
 
 pub(crate) use self::assign::{Assignor, Tp};
+pub(crate) use self::offset_delete::OffsetDeleted;
 use self::record::{GroupMeta, GroupRecord};
 pub(crate) use self::state::{Group, HeartbeatIn, HeartbeatOut};
 use crate::catalog::{Catalog, TopicMeta};
@@ -160,6 +162,12 @@ pub(crate) enum GroupOp {
     },
     /// Kafka's classic protocol (`classic.rs`).
     Classic(classic::ClassicOp),
+    /// Kafka's OffsetDelete (`offset_delete.rs`).
+    DeleteOffsets {
+        group_id: String,
+        partitions: Vec<Tp>,
+        reply: oneshot::Sender<Result<Vec<(Tp, OffsetDeleted)>, Outcome>>,
+    },
 }
 
 /// Where a commit's answer goes: the native API's outcome, or Kafka's code.
@@ -387,6 +395,10 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
             Err(outcome) => drop(reply.send(outcome)),
         },
         GroupOp::Classic(op) => classic::execute(shard, op),
+        GroupOp::DeleteOffsets { group_id, partitions, reply } => match serving(shard, &catalog, &group_id) {
+            Ok(_) => offset_delete::delete_offsets(shard, group_id, partitions, reply),
+            Err(outcome) => drop(reply.send(Err(outcome))),
+        },
     }
 }
 

@@ -1,5 +1,5 @@
 //! Kafka's admin APIs on topics: CreateTopics, DeleteTopics,
-//! DescribeConfigs, AlterConfigs, IncrementalAlterConfigs. Each becomes the
+//! CreatePartitions, DescribeConfigs, AlterConfigs, IncrementalAlterConfigs. Each becomes the
 //! native front-end's admin operation (`admin.rs`, run through the
 //! controller on the admin shard).
 
@@ -11,13 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError as K;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
@@ -146,6 +147,59 @@ pub(crate) fn create_topics(ctx: Ctx, body: Bytes) -> Reply {
             })
             .collect();
         respond(&ctx, &CreateTopicsResponse::default().with_topics(topics))
+    }))
+}
+
+/// CreatePartitions: grows topics through the controller (`admin.rs`);
+/// the new partitions are placed by the controller as a new topic's are.
+pub(crate) fn create_partitions(ctx: Ctx, body: Bytes) -> Reply {
+    let request: CreatePartitionsRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    if request.topics.len() > TOPICS_PER_REQUEST_MAX {
+        return Reply::Now(crate::wire::Response::Close(None));
+    }
+    let mut topics = Vec::new();
+    let mut refused = Vec::new();
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+            // Manual placement is not supported (as in CreateTopics): the
+            // controller places every partition. (Clients send null for
+            // none; an empty list is taken to mean the same.)
+            refused.push(
+                CreatePartitionsTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_error_code(K::InvalidReplicaAssignment.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "manual replica assignments are not supported",
+                    ))),
+            );
+            continue;
+        }
+        topics.push((name, topic.count));
+    }
+    let names = topics.iter().map(|(name, _)| name.clone()).collect();
+    let validate_only = request.validate_only;
+    let wait = run_admin(&ctx.shard, names, timeout(request.timeout_ms), move |reply| AdminOp::CreatePartitions {
+        topics,
+        validate_only,
+        reply,
+    });
+    Reply::Later(Box::pin(async move {
+        let mut results: Vec<CreatePartitionsTopicResult> = wait
+            .await
+            .into_iter()
+            .map(|(name, outcome)| {
+                CreatePartitionsTopicResult::default()
+                    .with_name(TopicName(StrBytes::from_string(name)))
+                    .with_error_code(kafka_code(outcome.error))
+                    .with_error_message(message(&outcome))
+            })
+            .collect();
+        results.extend(refused);
+        respond(&ctx, &CreatePartitionsResponse::default().with_results(results))
     }))
 }
 

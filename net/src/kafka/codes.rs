@@ -5,6 +5,7 @@
 
 use kafka_protocol::ResponseError as K;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::ControllerError;
 
 /// For partition-level answers (produce, fetch, list offsets, topics).
 pub(crate) fn kafka_code(error: ErrorCode) -> i16 {
@@ -62,5 +63,19 @@ pub(crate) fn group_code(error: ErrorCode) -> i16 {
         ErrorCode::NotLeaderOrFollower => K::NotCoordinator.code(),
         ErrorCode::BrokerShuttingDown | ErrorCode::RequestTimedOut => K::CoordinatorNotAvailable.code(),
         other => kafka_code(other),
+    }
+}
+
+/// A controller answer to one partition's election, in Kafka's codes.
+pub(crate) fn election_code(result: &Result<(), ControllerError>) -> i16 {
+    match result {
+        Ok(()) => 0,
+        Err(ControllerError::ElectionNotNeeded) => K::ElectionNotNeeded.code(),
+        Err(ControllerError::PreferredLeaderNotAvailable) => K::PreferredLeaderNotAvailable.code(),
+        Err(ControllerError::EligibleLeadersNotAvailable) => K::EligibleLeadersNotAvailable.code(),
+        Err(ControllerError::UnknownTopicOrPartition) => K::UnknownTopicOrPartition.code(),
+        Err(ControllerError::NotController) => K::NotController.code(),
+        Err(ControllerError::Shutdown) => K::NotLeaderOrFollower.code(),
+        Err(_) => K::UnknownServerError.code(),
     }
 }

@@ -19,6 +19,8 @@ mod consumer_group;
 mod fetch;
 mod groups;
 mod metadata;
+mod offset_delete;
+mod partitions;
 mod produce;
 mod response;
 mod versions;
@@ -236,6 +238,12 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(ctx, body),
         ApiKey::CreateTopics => admin::create_topics(ctx, body),
         ApiKey::DeleteTopics => admin::delete_topics(ctx, body),
+        ApiKey::CreatePartitions => admin::create_partitions(ctx, body),
+        ApiKey::DeleteRecords => partitions::delete_records(ctx, body),
+        ApiKey::DescribeLogDirs => partitions::describe_log_dirs(ctx, body),
+        ApiKey::ElectLeaders => partitions::elect_leaders(ctx, body),
+        ApiKey::DescribeProducers => partitions::describe_producers(ctx, body),
+        ApiKey::OffsetDelete => offset_delete::offset_delete(ctx, body),
         ApiKey::DescribeConfigs => admin::describe_configs(ctx, body),
         ApiKey::AlterConfigs => admin::alter_configs(ctx, body),
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),

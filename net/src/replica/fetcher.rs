@@ -209,6 +209,14 @@ async fn follow(
         }
         caught_up = replica.log.log_end_offset() >= leader_log_end;
         replica.log.set_high_watermark(high_watermark);
+        // The leader's start moved (DeleteRecords, or its retention): so
+        // does this copy's, as a Kafka follower's does, within what it
+        // holds committed, so that records deleted there are not served
+        // here after a failover.
+        let log_start_offset = leader_log_start.min(replica.log.high_watermark());
+        if log_start_offset > replica.log.log_start_offset() {
+            replica.log.advance_log_start(log_start_offset).await?;
+        }
     }
 }
 

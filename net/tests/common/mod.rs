@@ -14,6 +14,8 @@ use spate_flatbuf::{Frame, FrameDecoder, encode_frame};
 use spate_format::batch::BatchBuilder;
 use spate_net::{BrokerConfig, BrokerHandle};
 
+pub mod kafka;
+
 pub fn data_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("net-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
