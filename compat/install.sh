@@ -5,7 +5,9 @@
 #   - the Java scenarios (kafka-clients), built with Maven into target/compat/java;
 #   - the franz-go scenario, built into target/compat/bin/franzgo;
 #   - Apache Kafka's broker jars (kafka_2.13 and its runtime dependencies)
-#     into target/compat/kafka-libs, for compat/kafka/start.sh.
+#     into target/compat/kafka-libs, for compat/kafka/start.sh;
+#   - the frameworks users attach (Kafka's tools, a Connect worker with the
+#     file connectors) into target/compat/frameworks-libs.
 # Non-interactive (CI=true, no stdin, root) and idempotent: each step keeps a
 # stamp of its inputs under target/compat/stamps and is skipped while its
 # output exists and its inputs are unchanged. Any step that fails stops the
@@ -99,6 +101,24 @@ else
         -DincludeScope=runtime -DoutputDirectory="$libs" || die "fetching the Kafka broker jars failed"
     compgen -G "$libs/kafka_2.13-*.jar" >/dev/null || die "no kafka_2.13 jar in $libs after Maven ran"
     stamp_set kafka-libs "$hash"
+    say "  $(ls "$libs" | wc -l) jars"
+    step_timer $t
+fi
+
+# --- Kafka's tools and Kafka Connect --------------------------------------
+libs=$out/frameworks-libs
+hash=$(stamp_of "$compat/frameworks/pom.xml")
+if compgen -G "$libs/kafka-tools-*.jar" >/dev/null && stamp_ok frameworks-libs "$hash"; then
+    say "kafka tools and connect jars: present ($(basename "$(compgen -G "$libs/kafka-tools-*.jar")"))"
+else
+    t=$SECONDS
+    say "kafka tools and connect jars: fetching kafka-tools, connect-runtime, connect-file with Maven into $libs"
+    rm -rf "$libs"
+    mvn -B -q -Dstyle.color=never -f "$compat/frameworks/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$libs" || die "fetching the Kafka tools and Connect jars failed"
+    compgen -G "$libs/kafka-tools-*.jar" >/dev/null || die "no kafka-tools jar in $libs after Maven ran"
+    compgen -G "$libs/connect-file-*.jar" >/dev/null || die "no connect-file jar in $libs after Maven ran"
+    stamp_set frameworks-libs "$hash"
     say "  $(ls "$libs" | wc -l) jars"
     step_timer $t
 fi
