@@ -6,8 +6,9 @@
 #   - the franz-go scenario, built into target/compat/bin/franzgo;
 #   - Apache Kafka's broker jars (kafka_2.13 and its runtime dependencies)
 #     into target/compat/kafka-libs, for compat/kafka/start.sh;
-#   - the frameworks users attach (Kafka's tools, a Connect worker with the
-#     file connectors) into target/compat/frameworks-libs.
+#   - the frameworks users attach: Kafka's tools into
+#     target/compat/frameworks-libs, a Connect worker with the file
+#     connectors into target/compat/connect-libs.
 # Non-interactive (CI=true, no stdin, root) and idempotent: each step keeps a
 # stamp of its inputs under target/compat/stamps and is skipped while its
 # output exists and its inputs are unchanged. Any step that fails stops the
@@ -106,22 +107,28 @@ else
 fi
 
 # --- Kafka's tools and Kafka Connect --------------------------------------
-libs=$out/frameworks-libs
-hash=$(stamp_of "$compat/frameworks/pom.xml")
-if compgen -G "$libs/kafka-tools-*.jar" >/dev/null && stamp_ok frameworks-libs "$hash"; then
-    say "kafka tools and connect jars: present ($(basename "$(compgen -G "$libs/kafka-tools-*.jar")"))"
-else
-    t=$SECONDS
-    say "kafka tools and connect jars: fetching kafka-tools, connect-runtime, connect-file with Maven into $libs"
+# fetch_jars NAME POM DIR JAR: the runtime dependencies of POM into DIR,
+# unless DIR holds JAR-*.jar and POM is unchanged.
+fetch_jars() {
+    local name=$1 pom=$2 libs=$3 jar=$4
+    local hash
+    hash=$(stamp_of "$pom")
+    if compgen -G "$libs/$jar-*.jar" >/dev/null && stamp_ok "$name" "$hash"; then
+        say "$name: present ($(basename "$(compgen -G "$libs/$jar-*.jar")"))"
+        return
+    fi
+    local t=$SECONDS
+    say "$name: fetching $jar and its runtime dependencies with Maven into $libs"
     rm -rf "$libs"
-    mvn -B -q -Dstyle.color=never -f "$compat/frameworks/pom.xml" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$libs" || die "fetching the Kafka tools and Connect jars failed"
-    compgen -G "$libs/kafka-tools-*.jar" >/dev/null || die "no kafka-tools jar in $libs after Maven ran"
-    compgen -G "$libs/connect-file-*.jar" >/dev/null || die "no connect-file jar in $libs after Maven ran"
-    stamp_set frameworks-libs "$hash"
+    mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$libs" || die "fetching $name failed"
+    compgen -G "$libs/$jar-*.jar" >/dev/null || die "no $jar jar in $libs after Maven ran"
+    stamp_set "$name" "$hash"
     say "  $(ls "$libs" | wc -l) jars"
     step_timer $t
-fi
+}
+fetch_jars kafka-tools "$compat/frameworks/pom.xml" "$out/frameworks-libs" kafka-tools
+fetch_jars kafka-connect "$compat/frameworks/connect/pom.xml" "$out/connect-libs" connect-file
 
 # --- Java scenarios -------------------------------------------------------
 hash=$(stamp_of "$compat/java/pom.xml" $(find "$compat/java/src" -type f | sort))

@@ -42,6 +42,7 @@ scenarios=(
     "tools_console|$compat/frameworks/tools_console.py"
     "tools_perf|$compat/frameworks/tools_perf.py"
     "streams_wordcount|$compat/java/run.sh streams-wordcount"
+    "connect_distributed|$compat/frameworks/connect_distributed.py"
 )
 
 usage() {

@@ -18,6 +18,9 @@ import common  # noqa: E402 - the path above makes it importable
 
 REPO = common.REPO
 LIBS = os.path.join(REPO, "target", "compat", "frameworks-libs")
+# Kafka Connect 4.3.1 (runtime, file connectors and their client), apart
+# from the 4.4.0 tools: see compat/frameworks/connect/pom.xml for why.
+CONNECT_LIBS = os.path.join(REPO, "target", "compat", "connect-libs")
 LOG4J_CONFIG = os.path.join(HERE, "tools-log4j2.properties")
 # Scratch files (tool configs, Connect's input and output files) live under
 # the repository's target/, not /tmp, as every test's data does.
@@ -34,14 +37,14 @@ JAVA_OPTS = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.
              f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
 
 
-def java_command(main_class, args, heap=None, classpath=None):
-    """The command line that runs `main_class` with the frameworks' jars."""
-    if not os.path.isdir(LIBS):
-        common.fail(f"no {LIBS}: run compat/install.sh first")
+def java_command(main_class, args, heap=None, libs=LIBS):
+    """The command line that runs `main_class` with the jars in `libs`."""
+    if not os.path.isdir(libs):
+        common.fail(f"no {libs}: run compat/install.sh first")
     opts = list(JAVA_OPTS)
     if heap:
         opts[0] = f"-Xmx{heap}"
-    return ["java", *opts, "-cp", classpath or os.path.join(LIBS, "*"), main_class, *args]
+    return ["java", *opts, "-cp", os.path.join(libs, "*"), main_class, *args]
 
 
 def tool(main_class, args, stdin=None, timeout_s=TOOL_TIMEOUT_S, ok_codes=(0,)):
