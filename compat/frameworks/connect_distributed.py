@@ -36,6 +36,10 @@ LINES = 200
 # with two tasks fits easily; a small heap leaves the 2-core machine's
 # memory to the broker under test.
 WORKER_HEAP = "384m"
+# How long one REST call may take before the scenario gives up on it: a
+# bound on hangs (the worker answers in milliseconds once it has joined its
+# group).
+REST_TIMEOUT_S = 10
 # How long the worker may take to stop after SIGTERM before it is killed
 # (and the scenario fails): a bound on hangs.
 STOP_WAIT_S = 30
@@ -53,7 +57,7 @@ def rest(url, method="GET", body=None):
     request = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json", "Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=REST_TIMEOUT_S) as response:
             text = response.read().decode()
             return response.status, json.loads(text) if text else None
     except urllib.error.HTTPError as exc:
@@ -177,6 +181,8 @@ def run_connectors(base, prefix, topic, source_file, sink_file, lines, worker):
             if status == 409:
                 common.log(f"POST /connectors {name}: 409 {body}")
                 return False
+            common.check(status is not None, f"POST /connectors {name}: no answer within {REST_TIMEOUT_S}s (a worker "
+                         "answers once it has joined its group and read its config topic; see its log below)")
             common.check(status == 201, f"POST /connectors {name}: {status} {body}")
             return True
         common.wait_until(created, f"the worker to accept connector {name}", step_s=0.5)

@@ -136,7 +136,12 @@ def main():
         "topic": {"partition_count": int(summary["PartitionCount"]),
                   "replication_factor": int(summary["ReplicationFactor"]),
                   "retention_ms": configs.get("retention.ms"),
-                  "partitions": sorted(int(p["Partition"]) for p in partitions)},
+                  "partitions": sorted(int(p["Partition"]) for p in partitions),
+                  # kafka-topics 4.x asks DescribeTopicPartitions (KIP-966)
+                  # for the eligible leader replicas, and prints N/A when
+                  # the broker does not serve it (it falls back to
+                  # Metadata); Apache Kafka prints an empty list.
+                  "elr": sorted({p.get("Elr", "<absent>") for p in partitions})},
         "records_read": len(read),
         "partition_of_key": partition_of_key,
         "end_offsets": end_offsets,
