@@ -108,13 +108,13 @@ fi
 
 # --- Kafka's tools and Kafka Connect --------------------------------------
 # fetch_jars NAME POM DIR JAR: the runtime dependencies of POM into DIR,
-# unless DIR holds JAR-*.jar and POM is unchanged.
+# unless DIR holds JAR-<version>.jar and POM is unchanged.
 fetch_jars() {
     local name=$1 pom=$2 libs=$3 jar=$4
     local hash
     hash=$(stamp_of "$pom")
-    if compgen -G "$libs/$jar-*.jar" >/dev/null && stamp_ok "$name" "$hash"; then
-        say "$name: present ($(basename "$(compgen -G "$libs/$jar-*.jar")"))"
+    if compgen -G "$libs/$jar-[0-9]*.jar" >/dev/null && stamp_ok "$name" "$hash"; then
+        say "$name: present ($(basename "$(compgen -G "$libs/$jar-[0-9]*.jar")"))"
         return
     fi
     local t=$SECONDS
@@ -122,7 +122,7 @@ fetch_jars() {
     rm -rf "$libs"
     mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
         -DincludeScope=runtime -DoutputDirectory="$libs" || die "fetching $name failed"
-    compgen -G "$libs/$jar-*.jar" >/dev/null || die "no $jar jar in $libs after Maven ran"
+    compgen -G "$libs/$jar-[0-9]*.jar" >/dev/null || die "no $jar jar in $libs after Maven ran"
     stamp_set "$name" "$hash"
     say "  $(ls "$libs" | wc -l) jars"
     step_timer $t
