@@ -129,7 +129,7 @@ def main():
                                   stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        observed = run_connectors(base, prefix, topic, source_file, sink_file, lines, worker)
+        observed = run_connectors(base, prefix, topic, source_file, sink_file, lines, worker, worker_log)
     except SystemExit:
         worker.kill()
         worker.wait()
@@ -154,9 +154,23 @@ def main():
     common.emit(SCENARIO, observed)
 
 
-def run_connectors(base, prefix, topic, source_file, sink_file, lines, worker):
+# What DistributedHerder logs when its thread dies (it cannot join its
+# group, say): the JVM and its REST server stay up, but every request that
+# needs the herder then goes unanswered, so waiting on REST would only
+# time out.
+HERDER_DIED = "Uncaught exception in herder work thread"
+
+
+def check_alive(worker, worker_log):
+    """Fails at once when the worker's process exited or its herder died."""
+    common.check(worker.poll() is None, f"the worker exited {worker.returncode}")
+    with open(worker_log, encoding="utf-8", errors="replace") as file:
+        common.check(HERDER_DIED not in file.read(), "the worker's herder thread died (see its log below)")
+
+
+def run_connectors(base, prefix, topic, source_file, sink_file, lines, worker, worker_log):
     def up():
-        common.check(worker.poll() is None, f"the worker exited {worker.returncode} during start")
+        check_alive(worker, worker_log)
         status, _ = rest(f"{base}/connectors")
         return status == 200
     common.wait_until(up, "the worker's REST API", step_s=0.5)
@@ -174,7 +188,7 @@ def run_connectors(base, prefix, topic, source_file, sink_file, lines, worker):
     }
     for name, config in connectors.items():
         def created(name=name, config=config):
-            common.check(worker.poll() is None, f"the worker exited {worker.returncode}")
+            check_alive(worker, worker_log)
             status, body = rest(f"{base}/connectors", "POST", {"name": name, "config": config})
             # 409: the worker has not joined its group yet, or is
             # rebalancing; Connect's own answer is to try again.
@@ -188,7 +202,7 @@ def run_connectors(base, prefix, topic, source_file, sink_file, lines, worker):
         common.wait_until(created, f"the worker to accept connector {name}", step_s=0.5)
 
     def copied():
-        common.check(worker.poll() is None, f"the worker exited {worker.returncode}")
+        check_alive(worker, worker_log)
         if not os.path.exists(sink_file):
             return False
         with open(sink_file, encoding="utf-8") as file:
