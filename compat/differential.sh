@@ -45,6 +45,14 @@ done
 out=${out:-$repo/target/compat/differential/run-$(date -u +%Y%m%dT%H%M%S)-$$}
 mkdir -p "$out"
 
+# The judge first: a compare.py that no longer tells a difference from a
+# known one would make every verdict below meaningless (about a second).
+python3 "$compat/compare_test.py" >"$out/compare_test.log" 2>&1 || {
+    echo "differential: error: compat/compare_test.py failed:" >&2
+    tail -n 20 "$out/compare_test.log" >&2
+    exit 1
+}
+
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 if [[ -z $kafka ]]; then
