@@ -92,8 +92,8 @@ def write_worker_config(path, bootstrap, prefix, port):
         # Source offsets flushed often, so the worker's offsets topic is
         # written during the scenario, not only at shutdown.
         "offset.flush.interval.ms": "1000",
-        # The connectors are on the classpath (target/compat/frameworks-libs),
-        # found through their service files as a plugin.path install would be.
+        # The connectors are on the classpath (target/compat/connect-libs),
+        # found through their service files (no scanning of every class).
         "plugin.discovery": "service_load",
     }
     with open(path, "w", encoding="utf-8") as file:
@@ -130,7 +130,10 @@ def main():
     base = f"http://127.0.0.1:{port}"
     try:
         observed = run_connectors(base, prefix, topic, source_file, sink_file, lines, worker, worker_log)
-    except SystemExit:
+    except BaseException:
+        # A failed assertion, an unexpected error or run-all.sh's SIGTERM
+        # (kafkatools turns it into SystemExit): the worker must not
+        # outlive the scenario.
         worker.kill()
         worker.wait()
         common.log(f"--- the worker's log, last lines ({worker_log}) ---")

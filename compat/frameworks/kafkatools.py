@@ -8,6 +8,7 @@ assertion held.
 """
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -35,6 +36,17 @@ TOOL_TIMEOUT_S = 60
 # runs on a 2-core machine that also runs the broker under test.
 JAVA_OPTS = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
              f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
+
+
+def _terminated(signum, frame):
+    # run-all.sh stops a scenario past its time bound with SIGTERM. As an
+    # exception (SystemExit), it reaches subprocess.run, which kills the
+    # tool it is waiting for, and the Connect scenario's handler, which
+    # kills its worker: no JVM outlives the scenario.
+    common.fail("terminated by SIGTERM (run-all.sh's time bound, or a user)")
+
+
+signal.signal(signal.SIGTERM, _terminated)
 
 
 def java_command(main_class, args, heap=None, libs=LIBS):
