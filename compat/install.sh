@@ -5,7 +5,10 @@
 #   - the Java scenarios (kafka-clients), built with Maven into target/compat/java;
 #   - the franz-go scenario, built into target/compat/bin/franzgo;
 #   - Apache Kafka's broker jars (kafka_2.13 and its runtime dependencies)
-#     into target/compat/kafka-libs, for compat/kafka/start.sh.
+#     into target/compat/kafka-libs, for compat/kafka/start.sh;
+#   - the frameworks users attach: Kafka's tools into
+#     target/compat/frameworks-libs, a Connect worker with the file
+#     connectors into target/compat/connect-libs.
 # Non-interactive (CI=true, no stdin, root) and idempotent: each step keeps a
 # stamp of its inputs under target/compat/stamps and is skipped while its
 # output exists and its inputs are unchanged. Any step that fails stops the
@@ -102,6 +105,30 @@ else
     say "  $(ls "$libs" | wc -l) jars"
     step_timer $t
 fi
+
+# --- Kafka's tools and Kafka Connect --------------------------------------
+# fetch_jars NAME POM DIR JAR: the runtime dependencies of POM into DIR,
+# unless DIR holds JAR-<version>.jar and POM is unchanged.
+fetch_jars() {
+    local name=$1 pom=$2 libs=$3 jar=$4
+    local hash
+    hash=$(stamp_of "$pom")
+    if compgen -G "$libs/$jar-[0-9]*.jar" >/dev/null && stamp_ok "$name" "$hash"; then
+        say "$name: present ($(basename "$(compgen -G "$libs/$jar-[0-9]*.jar")"))"
+        return
+    fi
+    local t=$SECONDS
+    say "$name: fetching $jar and its runtime dependencies with Maven into $libs"
+    rm -rf "$libs"
+    mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$libs" || die "fetching $name failed"
+    compgen -G "$libs/$jar-[0-9]*.jar" >/dev/null || die "no $jar jar in $libs after Maven ran"
+    stamp_set "$name" "$hash"
+    say "  $(ls "$libs" | wc -l) jars"
+    step_timer $t
+}
+fetch_jars kafka-tools "$compat/frameworks/pom.xml" "$out/frameworks-libs" kafka-tools
+fetch_jars kafka-connect "$compat/frameworks/connect/pom.xml" "$out/connect-libs" connect-file
 
 # --- Java scenarios -------------------------------------------------------
 hash=$(stamp_of "$compat/java/pom.xml" $(find "$compat/java/src" -type f | sort))

@@ -39,6 +39,10 @@ scenarios=(
     "java_admin|$compat/java/run.sh admin"
     "franzgo|$repo/target/compat/bin/franzgo"
     "cross_protocol|$compat/python/cross_protocol.py"
+    "tools_console|$compat/frameworks/tools_console.py"
+    "tools_perf|$compat/frameworks/tools_perf.py"
+    "streams_wordcount|$compat/java/run.sh streams-wordcount"
+    "connect_distributed|$compat/frameworks/connect_distributed.py"
 )
 
 usage() {

@@ -79,4 +79,8 @@ scenarios!(
     java_admin,
     franzgo,
     cross_protocol,
+    tools_console,
+    tools_perf,
+    streams_wordcount,
+    connect_distributed,
 );

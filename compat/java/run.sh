@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs one Java scenario: compat/java/run.sh NAME --bootstrap HOST:PORT [...]
-# (NAME is produce-consume, group, or admin; see Main.java).
+# (NAME is produce-consume, group, admin or streams-wordcount; see
+# Main.java). Scratch files (Kafka Streams' state directory) go under
+# target/compat/work.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=$repo/target/compat/java
@@ -12,4 +14,5 @@ fi
 # 2-core machine that also runs the broker under test.
 exec java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
     -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -Dorg.slf4j.simpleLogger.logFile=System.err \
+    "-Dcompat.work=$repo/target/compat/work" \
     -cp "$out/build/compat-java.jar:$out/libs/*" dev.spate.compat.Main "$@"

@@ -22,6 +22,7 @@ public final class Main {
                 case "produce-consume" -> ProduceConsume.run(args);
                 case "group" -> GroupScenario.run(args);
                 case "admin" -> AdminScenario.run(args);
+                case "streams-wordcount" -> WordCount.run(args);
                 default -> {
                     usage();
                     yield null;
@@ -41,7 +42,7 @@ public final class Main {
     }
 
     private static void usage() {
-        System.err.println("usage: run.sh {produce-consume|group|admin} --bootstrap HOST:PORT"
+        System.err.println("usage: run.sh {produce-consume|group|admin|streams-wordcount} --bootstrap HOST:PORT"
                 + " [--topic-prefix P] [--group-protocol classic|consumer]");
         System.exit(2);
     }
