@@ -22,6 +22,9 @@ use spate_engine::{Durability, LogConfig, LogError, PartitionLog, ReadBound, Tai
 use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{OFFSET_EARLIEST, OFFSET_LATEST};
 
+/// Kafka's ListOffsets spec for the record with the largest timestamp.
+pub(crate) const OFFSET_MAX_TIMESTAMP: i64 = -3;
+
 use crate::catalog::{Catalog, TopicMeta, owner_shard};
 use crate::config::BrokerConfig;
 use crate::deadline::Deadline;
@@ -197,6 +200,8 @@ pub(crate) struct EpochEndResult {
 pub(crate) struct OffsetResult {
     pub error: ErrorCode,
     pub offset: i64,
+    /// ListOffsets for the latest timestamp: that timestamp (-1 otherwise).
+    pub timestamp: i64,
 }
 
 #[derive(Debug, Default)]
@@ -625,9 +630,9 @@ impl Shard {
                 let replica = self.replica(&topic, partition).ok_or_else(|| self.not_hosted(&topic, partition));
                 glommio::spawn_local(async move {
                     let result = match replica {
-                        Err(error) => OffsetResult { error, offset: -1 },
+                        Err(error) => OffsetResult { error, offset: -1, timestamp: -1 },
                         Ok(replica) => match replica.check_leader(-1) {
-                            Err(Refusal(error)) => OffsetResult { error, offset: -1 },
+                            Err(Refusal(error)) => OffsetResult { error, offset: -1, timestamp: -1 },
                             Ok(_) => list_offset(&replica.log, timestamp).await,
                         },
                     };
@@ -663,7 +668,7 @@ impl Shard {
                     .and_then(|replica| replica.check_leader(-1).map(|_| replica).map_err(|Refusal(code)| code));
                 glommio::spawn_local(async move {
                     let result = match leader {
-                        Err(error) => OffsetResult { error, offset: -1 },
+                        Err(error) => OffsetResult { error, offset: -1, timestamp: -1 },
                         Ok(replica) => delete_records(&replica.log, offset).await,
                     };
                     let _ = reply.send(result);
@@ -1280,20 +1285,29 @@ async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBou
 async fn delete_records(log: &Log, offset: i64) -> OffsetResult {
     let offset = if offset == -1 { log.high_watermark() } else { offset };
     match log.advance_log_start(offset).await {
-        Ok(log_start_offset) => OffsetResult { error: ErrorCode::None, offset: log_start_offset },
-        Err(err) => OffsetResult { error: log_error_code(&err), offset: -1 },
+        Ok(log_start_offset) => OffsetResult { error: ErrorCode::None, offset: log_start_offset, timestamp: -1 },
+        Err(err) => OffsetResult { error: log_error_code(&err), offset: -1, timestamp: -1 },
     }
 }
 
 async fn list_offset(log: &Log, timestamp: i64) -> OffsetResult {
     match timestamp {
-        OFFSET_EARLIEST => OffsetResult { error: ErrorCode::None, offset: log.log_start_offset() },
-        OFFSET_LATEST => OffsetResult { error: ErrorCode::None, offset: log.high_watermark() },
-        ts if ts < 0 => OffsetResult { error: ErrorCode::InvalidRequest, offset: -1 },
-        ts => match log.offset_for_timestamp(ts).await {
-            Ok(Some(offset)) => OffsetResult { error: ErrorCode::None, offset },
-            Ok(None) => OffsetResult { error: ErrorCode::None, offset: -1 },
-            Err(err) => OffsetResult { error: log_error_code(&err), offset: -1 },
+        OFFSET_EARLIEST => OffsetResult { error: ErrorCode::None, offset: log.log_start_offset(), timestamp: -1 },
+        OFFSET_LATEST => OffsetResult { error: ErrorCode::None, offset: log.high_watermark(), timestamp: -1 },
+        // Kafka's -3: the record with the largest timestamp (KIP-734).
+        OFFSET_MAX_TIMESTAMP => match log.max_timestamp_ms() {
+            None => OffsetResult { error: ErrorCode::None, offset: -1, timestamp: -1 },
+            Some(max_ms) => match log.record_for_timestamp(max_ms).await {
+                Ok(Some((offset, _))) => OffsetResult { error: ErrorCode::None, offset, timestamp: max_ms },
+                Ok(None) => OffsetResult { error: ErrorCode::None, offset: -1, timestamp: -1 },
+                Err(err) => OffsetResult { error: log_error_code(&err), offset: -1, timestamp: -1 },
+            },
+        },
+        ts if ts < 0 => OffsetResult { error: ErrorCode::InvalidRequest, offset: -1, timestamp: -1 },
+        ts => match log.record_for_timestamp(ts).await {
+            Ok(Some((offset, timestamp))) => OffsetResult { error: ErrorCode::None, offset, timestamp },
+            Ok(None) => OffsetResult { error: ErrorCode::None, offset: -1, timestamp: -1 },
+            Err(err) => OffsetResult { error: log_error_code(&err), offset: -1, timestamp: -1 },
         },
     }
 }

@@ -63,7 +63,7 @@ pub(crate) const CLEANED_SUFFIX: &str = "cleaned";
 pub(crate) const SWAP_SUFFIX: &str = "swap";
 
 // Attribute bits of the batch header (Kafka's).
-const LOG_APPEND_TIME_BIT: i16 = 1 << 3;
+pub(super) const LOG_APPEND_TIME_BIT: i16 = 1 << 3;
 const CONTROL_BIT: i16 = 1 << 5;
 const DELETE_HORIZON_BIT: i16 = 1 << 6;
 

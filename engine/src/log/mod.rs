@@ -894,10 +894,23 @@ impl<S: Storage> PartitionLog<S> {
         Ok(output)
     }
 
+    /// The largest record timestamp in the log, if it has records (each
+    /// segment keeps its own: the last entry of its time index).
+    pub fn max_timestamp_ms(&self) -> Option<i64> {
+        let state = self.inner.state.borrow();
+        state.segments.values().map(|segment| segment.max_timestamp_ms).filter(|&ms| ms != i64::MIN).max()
+    }
+
     /// The offset of the first record with a timestamp >= `timestamp_ms`
     /// below the high watermark, or `None` if there is none (Kafka's
     /// ListOffsets by timestamp).
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        Ok(self.record_for_timestamp(timestamp_ms).await?.map(|(offset, _)| offset))
+    }
+
+    /// As `offset_for_timestamp`, with the record's own timestamp: (offset,
+    /// timestamp), as Kafka's ListOffsets answers.
+    pub async fn record_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
         let start = {
             let state = self.inner.state.borrow();
             let segment = state.segments.values().find(|segment| segment.max_timestamp_ms >= timestamp_ms);
@@ -919,7 +932,8 @@ impl<S: Storage> PartitionLog<S> {
                 let header = batch::peek_header(bytes)?;
                 let last_offset = header.base_offset.get() + i64::from(header.last_offset_delta.get());
                 if header.max_timestamp.get() >= timestamp_ms {
-                    return Ok(Some(first_record_at_or_after(bytes, timestamp_ms)?.max(offset)));
+                    let (found, found_timestamp) = first_record_at_or_after(bytes, timestamp_ms)?;
+                    return Ok(Some((found.max(offset), found_timestamp)));
                 }
                 offset = last_offset + 1;
             }
@@ -1102,18 +1116,27 @@ impl<S: Storage> PartitionLog<S> {
 /// The offset of the first record of `bytes` with a timestamp at or after
 /// `timestamp_ms`; the batch's base offset when its records cannot be read
 /// without decompressing.
-fn first_record_at_or_after(bytes: &[u8], timestamp_ms: i64) -> Result<i64> {
+/// The first record of a batch with a timestamp >= `timestamp_ms`: its
+/// offset and timestamp. A batch whose records cannot be read without
+/// decompressing answers its base offset and its max timestamp; one with
+/// LogAppendTime, its max timestamp for every record (Kafka's rule).
+fn first_record_at_or_after(bytes: &[u8], timestamp_ms: i64) -> Result<(i64, i64)> {
     let header = batch::peek_header(bytes)?;
     let base_offset = header.base_offset.get();
     let base_timestamp = header.base_timestamp.get();
-    let Ok(records) = batch::records(bytes) else { return Ok(base_offset) };
+    let max_timestamp = header.max_timestamp.get();
+    if header.attributes.get() & clean::LOG_APPEND_TIME_BIT != 0 {
+        return Ok((base_offset, max_timestamp));
+    }
+    let Ok(records) = batch::records(bytes) else { return Ok((base_offset, max_timestamp)) };
     for record in records {
         let record = record?;
-        if record.timestamp_ms(base_timestamp) >= timestamp_ms {
-            return Ok(record.offset(base_offset));
+        let record_timestamp = record.timestamp_ms(base_timestamp);
+        if record_timestamp >= timestamp_ms {
+            return Ok((record.offset(base_offset), record_timestamp));
         }
     }
-    Ok(base_offset)
+    Ok((base_offset, max_timestamp))
 }
 
 async fn remove_if_exists<S: Storage>(storage: &S, path: &Path) -> Result<()> {

@@ -180,7 +180,7 @@ pub(crate) fn list_offsets(ctx: Ctx, body: Bytes) -> Reply {
             let target =
                 meta.as_ref().and_then(|m| u32::try_from(part.partition_index).ok().filter(|&p| p < m.partitions));
             let wait = match (&meta, target) {
-                (Some(meta), Some(partition)) if part.timestamp >= -2 => {
+                (Some(meta), Some(partition)) if part.timestamp >= crate::shard::OFFSET_MAX_TIMESTAMP => {
                     let (reply, wait) = oneshot::channel();
                     let owner = ctx.shard.shared.owner(&meta.name, partition);
                     ctx.shard.submit(
@@ -189,11 +189,12 @@ pub(crate) fn list_offsets(ctx: Ctx, body: Bytes) -> Reply {
                     );
                     Ok(wait)
                 }
-                // -3 (max timestamp) and later specs: not served yet.
+                // -4 (earliest local) and -5 (latest tiered): tiered
+                // storage, which Spate does not have.
                 (Some(_), Some(_)) => Err(K::UnsupportedVersion.code()),
                 _ => Err(K::UnknownTopicOrPartition.code()),
             };
-            waits.push((topic_index, part.partition_index, part.timestamp, wait));
+            waits.push((topic_index, part.partition_index, wait));
         }
     }
     let names: Vec<String> = request.topics.iter().map(|t| t.name.0.to_string()).collect();
@@ -202,19 +203,21 @@ pub(crate) fn list_offsets(ctx: Ctx, body: Bytes) -> Reply {
             .into_iter()
             .map(|n| ListOffsetsTopicResponse::default().with_name(TopicName(StrBytes::from_string(n))))
             .collect();
-        for (topic_index, partition, timestamp, wait) in waits {
-            let (error, offset) = match wait {
+        for (topic_index, partition, wait) in waits {
+            let (error, offset, found_timestamp) = match wait {
                 Ok(wait) => {
-                    let result =
-                        wait.await.unwrap_or(OffsetResult { error: ErrorCode::BrokerShuttingDown, offset: -1 });
-                    (kafka_code(result.error), result.offset)
+                    let result = wait.await.unwrap_or(OffsetResult {
+                        error: ErrorCode::BrokerShuttingDown,
+                        offset: -1,
+                        timestamp: -1,
+                    });
+                    (kafka_code(result.error), result.offset, result.timestamp)
                 }
-                Err(code) => (code, -1),
+                Err(code) => (code, -1, -1),
             };
-            // Kafka answers -1 for "no record at or after this timestamp";
-            // the found record's own timestamp is not known here: the
-            // asked one stands in (ledger: docs/kafka-compat.md).
-            let answered_timestamp = if timestamp >= 0 && offset >= 0 { timestamp } else { -1 };
+            // The found record's timestamp; -1 for earliest and latest, and
+            // for "no record at or after this timestamp", as Kafka answers.
+            let answered_timestamp = if offset >= 0 { found_timestamp } else { -1 };
             topics[topic_index].partitions.push(
                 ListOffsetsPartitionResponse::default()
                     .with_partition_index(partition)

@@ -78,8 +78,11 @@ pub(crate) fn delete_records(ctx: Ctx, body: Bytes) -> Reply {
         for (topic_index, partition, wait) in waits {
             let (error_code, low_watermark) = match wait {
                 Ok(wait) => {
-                    let result =
-                        wait.await.unwrap_or(OffsetResult { error: ErrorCode::BrokerShuttingDown, offset: -1 });
+                    let result = wait.await.unwrap_or(OffsetResult {
+                        error: ErrorCode::BrokerShuttingDown,
+                        offset: -1,
+                        timestamp: -1,
+                    });
                     (kafka_code(result.error), result.offset)
                 }
                 Err(code) => (code, -1),

@@ -358,7 +358,8 @@ async fn high_watermarks(shard: &Rc<Shard>, partitions: &BTreeSet<Tp>) -> BTreeM
     }
     let mut ends = BTreeMap::new();
     for (tp, wait) in waits {
-        let result = wait.await.unwrap_or(OffsetResult { error: ErrorCode::BrokerShuttingDown, offset: -1 });
+        let result =
+            wait.await.unwrap_or(OffsetResult { error: ErrorCode::BrokerShuttingDown, offset: -1, timestamp: -1 });
         if result.error == ErrorCode::None {
             ends.insert(tp, result.offset);
         }

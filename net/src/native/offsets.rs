@@ -39,8 +39,12 @@ pub(super) fn list_offsets(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
         let mut by_topic: BTreeMap<usize, Vec<WIPOffset<ListOffsetsPartitionResponse>>> = BTreeMap::new();
         for (topic_index, partition, timestamp, wait) in waits {
             let result = match wait {
-                None => OffsetResult { error: ErrorCode::UnknownTopicOrPartition, offset: -1 },
-                Some(wait) => wait.await.unwrap_or(OffsetResult { error: ErrorCode::BrokerShuttingDown, offset: -1 }),
+                None => OffsetResult { error: ErrorCode::UnknownTopicOrPartition, offset: -1, timestamp: -1 },
+                Some(wait) => wait.await.unwrap_or(OffsetResult {
+                    error: ErrorCode::BrokerShuttingDown,
+                    offset: -1,
+                    timestamp: -1,
+                }),
             };
             let offset = ListOffsetsPartitionResponse::create(
                 &mut builder,
