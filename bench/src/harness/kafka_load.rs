@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -224,8 +224,16 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, addr: &str)
         .ok()
         .filter(|&n| n <= RESPONSE_BYTES_MAX)
         .ok_or(KafkaLoadError::FrameTooLarge { bytes: i64::from(frame_bytes) })?;
-    let mut frame = BytesMut::zeroed(frame_bytes);
-    reader.read_exact(&mut frame).await.map_err(io)?;
+    // Read into spare capacity: zeroing a 4 MiB fetch response first
+    // would cost the consumer a pass over every byte it reads.
+    let mut frame = BytesMut::with_capacity(frame_bytes);
+    while frame.len() < frame_bytes {
+        let missing = frame_bytes - frame.len();
+        let mut rest = (&mut frame).limit(missing);
+        if reader.read_buf(&mut rest).await.map_err(io)? == 0 {
+            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     Ok(frame.freeze())
 }
 
@@ -819,6 +827,12 @@ mod tests {
         let huge = ((RESPONSE_BYTES_MAX + 1) as i32).to_be_bytes();
         let err = read_frame(&mut &huge[..], "test").await.expect_err("over the cap");
         assert!(matches!(err, KafkaLoadError::FrameTooLarge { .. }), "{err}");
+        // A frame arriving in pieces is read whole; one cut short fails.
+        let (first, second) = ([0u8, 0, 0, 5, 1, 2], [3u8, 4, 5]);
+        let whole = read_frame(&mut AsyncReadExt::chain(&first[..], &second[..]), "test").await.expect("whole");
+        assert_eq!(&whole[..], &[1, 2, 3, 4, 5]);
+        let cut = read_frame(&mut &first[..], "test").await.expect_err("cut short");
+        assert!(matches!(cut, KafkaLoadError::Io { .. }), "{cut}");
         let negative = (-1i32).to_be_bytes();
         assert!(matches!(read_frame(&mut &negative[..], "test").await, Err(KafkaLoadError::FrameTooLarge { .. })));
     }
