@@ -25,6 +25,13 @@ bench-replication *ARGS:
     cargo build --release --bin spate
     ./target/release/spate bench suite bench/suites/replication.toml {{ARGS}}
 
+# Kafka's protocol (issue 15): produce, consume and end to end as Spate
+# native, Spate over its Kafka listener and Apache Kafka 4.4 in one run
+# (bench/suites/kafka.toml; Apache Kafka's jars from compat/install.sh).
+bench-kafka *ARGS:
+    cargo build --release --bin spate
+    ./target/release/spate bench suite bench/suites/kafka.toml {{ARGS}}
+
 # The storage engine alone, against raw O_DIRECT writes.
 bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}

@@ -139,6 +139,9 @@ pub struct BrokerProcess {
     child: Child,
     pub node_id: i32,
     pub port: u16,
+    /// The Kafka listener's port, from "Kafka protocol on HOST:PORT" in the
+    /// start line (None if the line has none).
+    pub kafka_port: Option<u16>,
 }
 
 impl BrokerProcess {
@@ -207,7 +210,7 @@ impl BrokerProcess {
             let _ = child.wait();
             bail!("broker {} did not start: {line:?}", index + 1);
         };
-        Ok(BrokerProcess { child, node_id: index as i32 + 1, port })
+        Ok(BrokerProcess { child, node_id: index as i32 + 1, port, kafka_port: kafka_port(&line) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -216,6 +219,14 @@ impl BrokerProcess {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The Kafka listener's address.
+    pub fn kafka_addr(&self) -> anyhow::Result<String> {
+        let port = self.kafka_port.with_context(|| {
+            format!("broker {} named no Kafka listener in its start line (\"Kafka protocol on ...\")", self.node_id)
+        })?;
+        Ok(format!("127.0.0.1:{port}"))
     }
 
     fn terminate(&self) -> anyhow::Result<()> {
@@ -244,6 +255,16 @@ impl BrokerProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The port of "..., Kafka protocol on 127.0.0.1:PORT, data in ..." in a
+/// broker's start line.
+fn kafka_port(line: &str) -> Option<u16> {
+    line.split("Kafka protocol on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|addr| addr.trim().rsplit(':').next())
+        .and_then(|port| port.parse().ok())
 }
 
 impl Drop for BrokerProcess {
@@ -340,5 +361,20 @@ impl Cluster {
         let (settings, quorum) = (self.settings.clone(), self.quorum.clone());
         self.stop()?;
         Self::start(&settings, quorum)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kafka_port_is_read_from_the_start_line() {
+        let line = "spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), Kafka protocol on 127.0.0.1:40003, data in target/bench-broker\n";
+        assert_eq!(kafka_port(line), Some(40003));
+        assert_eq!(
+            kafka_port("spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), data in x"),
+            None
+        );
     }
 }

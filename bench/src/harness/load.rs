@@ -14,7 +14,7 @@ use spate_format::batch::{self, BatchBuilder, Compression};
 use spate_format::limits::DECOMPRESSED_BYTES_MAX;
 
 /// Latencies are recorded in microseconds, up to an hour.
-const LATENCY_MAX_US: u64 = 3_600_000_000;
+pub const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
@@ -433,27 +433,8 @@ pub async fn consume(
                             continue;
                         }
                     };
-                    let mut bytes = 0;
-                    let mut records = 0;
-                    let received_ns = now_ns();
-                    for span in batch::split_batches(&fetched.records) {
-                        let Ok(span) = span else { break };
-                        let header = span.header;
-                        let last = header.base_offset.get() + i64::from(header.last_offset_delta.get());
-                        if last < offsets[i] {
-                            continue;
-                        }
-                        offsets[i] = last + 1;
-                        bytes += span.bytes.len();
-                        records += header.records_count.get().max(0) as usize;
-                        if load.end_to_end
-                            && measuring.load(Ordering::Relaxed)
-                            && let Some(stamp) = stamp_of(span.bytes)
-                        {
-                            let us = received_ns.saturating_sub(stamp) / 1000;
-                            let _ = latency.record(us.clamp(1, LATENCY_MAX_US));
-                        }
-                    }
+                    let stamps = load.end_to_end && measuring.load(Ordering::Relaxed);
+                    let (bytes, records) = take_batches(&fetched.records, &mut offsets[i], stamps, &mut latency);
                     if measuring.load(Ordering::Relaxed) {
                         counters.add(bytes, records);
                         if !load.end_to_end && bytes > 0 {
@@ -473,6 +454,32 @@ pub async fn consume(
         merged.add(task.await.context("consumer task")?).context("merging histograms")?;
     }
     Ok(merged)
+}
+
+/// Takes the whole batches of a fetched `records` payload at or after
+/// `offset` and moves `offset` past them; returns their bytes and records.
+/// A batch cut short at the payload's end (Kafka may send a partial last
+/// batch) ends the walk, as it ends a Kafka client's. With `stamps`, each
+/// batch's end-to-end latency (now minus its stamp) goes into `latency`.
+pub fn take_batches(records: &[u8], offset: &mut i64, stamps: bool, latency: &mut Histogram<u64>) -> (usize, usize) {
+    let (mut bytes, mut count) = (0, 0);
+    let received_ns = now_ns();
+    for span in batch::split_batches(records) {
+        let Ok(span) = span else { break };
+        let header = span.header;
+        let last = header.base_offset.get() + i64::from(header.last_offset_delta.get());
+        if last < *offset {
+            continue;
+        }
+        *offset = last + 1;
+        bytes += span.bytes.len();
+        count += header.records_count.get().max(0) as usize;
+        if stamps && let Some(stamp) = stamp_of(span.bytes) {
+            let us = received_ns.saturating_sub(stamp) / 1000;
+            let _ = latency.record(us.clamp(1, LATENCY_MAX_US));
+        }
+    }
+    (bytes, count)
 }
 
 /// Samples the counters once a second while measuring; prints a live

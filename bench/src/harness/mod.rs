@@ -3,7 +3,9 @@
 //! also as a ratio to them. A suite file (bench/suites/*.toml) lists the
 //! workloads; `spate bench run` runs one from flags.
 
+mod apache_kafka;
 mod broker;
+mod kafka_load;
 mod limits;
 mod load;
 mod output;
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use spate_client::{Acks, Admin, Client, ClientConfig, Compression, TopicPartition};
 
+pub use apache_kafka::ApacheKafkaSettings;
+use apache_kafka::KafkaProcess;
 pub use broker::BrokerSettings;
 use broker::Cluster;
 use load::{ConsumeLoad, Counters, ProduceLoad};
@@ -70,6 +74,41 @@ pub enum Kind {
     RoundTrip,
 }
 
+/// The protocol the load generator speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Spate's own protocol, through `spate_client`.
+    #[default]
+    Native,
+    /// Kafka's protocol (Produce v9, sessionless Fetch v12) to the
+    /// broker's Kafka listener, with the `kafka-protocol` codecs.
+    Kafka,
+}
+
+/// What the workload runs against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// `spate serve`, as the `[broker]` section says.
+    #[default]
+    Spate,
+    /// Apache Kafka, as the `[apache_kafka]` section says; Kafka protocol
+    /// only, its flush settings at Kafka's defaults.
+    ApacheKafka,
+}
+
+impl Workload {
+    /// "Spate native", "Spate Kafka protocol" or "Apache Kafka".
+    pub fn target_label(&self) -> &'static str {
+        match (self.target, self.protocol) {
+            (Target::ApacheKafka, _) => "Apache Kafka",
+            (Target::Spate, Protocol::Native) => "Spate native",
+            (Target::Spate, Protocol::Kafka) => "Spate Kafka protocol",
+        }
+    }
+}
+
 /// One workload; suite files use the same field names.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -122,6 +161,17 @@ pub struct Workload {
     /// The topic's min.insync.replicas; absent: the broker's default.
     #[arg(long)]
     pub min_insync_replicas: Option<usize>,
+    /// native (spate_client) or kafka (Kafka's protocol to the Kafka
+    /// listener).
+    #[arg(long, value_enum, default_value = "native")]
+    pub protocol: Protocol,
+    /// spate or apache-kafka (the suite's `[apache_kafka]`).
+    #[arg(long, value_enum, default_value = "spate")]
+    pub target: Target,
+    /// Workloads with the same `compare` name form one group of the
+    /// report's protocol and target table (empty: not in it).
+    #[arg(long, default_value = "")]
+    pub compare: String,
 }
 
 impl Default for Workload {
@@ -146,6 +196,9 @@ impl Default for Workload {
             rate_of: None,
             replication_factor: 1,
             min_insync_replicas: None,
+            protocol: Protocol::Native,
+            target: Target::Spate,
+            compare: String::new(),
         }
     }
 }
@@ -192,6 +245,42 @@ impl Workload {
         if self.batch_records == 0 || self.message_bytes < 8 {
             bail!("{}: batch_records must be positive and message_bytes at least 8", self.name);
         }
+        self.check_kafka(brokers)
+    }
+
+    /// What the Kafka path does not do (yet): a cluster (it would need
+    /// Metadata routing to each partition's leader), acks=0 (no response
+    /// to pipeline against), round trips, and Apache Kafka with anything
+    /// but its own flush defaults or natively.
+    fn check_kafka(&self, brokers: usize) -> anyhow::Result<()> {
+        if self.protocol == Protocol::Kafka {
+            if brokers > 1 && self.target == Target::Spate {
+                bail!("{}: protocol kafka runs against one broker (brokers = 1)", self.name);
+            }
+            if self.acks == "0" {
+                bail!("{}: protocol kafka needs acks all or 1 (acks 0 has no response to wait for)", self.name);
+            }
+            if self.kind == Kind::RoundTrip {
+                bail!("{}: protocol kafka has no round_trip workload yet", self.name);
+            }
+        }
+        if self.target == Target::ApacheKafka {
+            if self.protocol != Protocol::Kafka {
+                bail!("{}: target apache_kafka needs protocol = \"kafka\"", self.name);
+            }
+            if self.replication_factor != 1 || self.min_insync_replicas.is_some() {
+                bail!("{}: Apache Kafka runs as one node: replication_factor 1", self.name);
+            }
+            if self.durability != "never" {
+                bail!(
+                    "{}: Apache Kafka keeps its default flush settings (no fsync before an ack): durability = \"never\"",
+                    self.name
+                );
+            }
+            if self.compression != "none" {
+                bail!("{}: Apache Kafka workloads send uncompressed batches (compression none)", self.name);
+            }
+        }
         Ok(())
     }
 }
@@ -232,8 +321,16 @@ pub struct Suite {
     pub broker: BrokerSettings,
     pub loadgen: LoadSettings,
     pub limits: LimitSettings,
+    /// Where Apache Kafka runs for `target = "apache_kafka"` workloads.
+    pub apache_kafka: ApacheKafkaSettings,
     #[serde(rename = "workload")]
     pub workloads: Vec<Workload>,
+}
+
+impl Suite {
+    pub fn has_apache_kafka(&self) -> bool {
+        self.workloads.iter().any(|w| w.target == Target::ApacheKafka)
+    }
 }
 
 /// What one workload measured.
@@ -354,6 +451,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     for workload in &suite.workloads {
         workload.check(suite.broker.brokers)?;
     }
+    if suite.has_apache_kafka() {
+        // Before the limits are measured: a missing jar fails at once.
+        suite.apache_kafka.check()?;
+    }
     let machine =
         crate::report::Machine::detect(&suite.broker.data_dir.parent().map_or(PathBuf::from("."), PathBuf::from));
     eprintln!("measuring the machine's limits ({} MB to disk and over loopback)", suite.limits.bytes / 1_000_000);
@@ -368,7 +469,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     for workload in &suite.workloads {
         let target = target_rate(workload, &results)?;
         eprintln!("workload {} ({:?})", workload.name, workload.kind);
-        let mut result = runtime.block_on(run_workload(&suite.broker, workload, target))?;
+        let mut result = runtime.block_on(run_workload(&suite, workload, target))?;
         if let Some(error) = &result.first_error {
             eprintln!("  {} request(s) failed; the first: {error}", result.errors);
         }
@@ -684,7 +785,7 @@ fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp:
 /// With more than one replica, the ISR is watched all along.
 async fn timed_produce(
     broker_pids: &[u32],
-    client: &Client,
+    driver: &Driver,
     load: ProduceLoad,
     workload: &Workload,
     consume: Option<ConsumeLoad>,
@@ -695,14 +796,21 @@ async fn timed_produce(
     let stop = Arc::new(AtomicBool::new(false));
     let shown = if consume.is_some() { consumed.clone() } else { counters.clone() };
     let sampler = tokio::spawn(load::sample(workload.name.clone(), shown, measuring.clone(), stop.clone()));
-    let watching = (workload.replication_factor > 1).then(|| {
-        tokio::spawn(watch_isr(client.clone(), load.topic.clone(), workload.replication_factor, stop.clone()))
-    });
-    let producing =
-        tokio::spawn(load::produce(client.clone(), load, counters.clone(), measuring.clone(), stop.clone()));
-    let consuming = consume.map(|consume| {
-        tokio::spawn(load::consume(client.clone(), consume, consumed.clone(), measuring.clone(), stop.clone()))
-    });
+    let watching = match driver {
+        Driver::Native(client) if workload.replication_factor > 1 => {
+            Some(tokio::spawn(watch_isr(client.clone(), load.topic.clone(), workload.replication_factor, stop.clone())))
+        }
+        _ => None,
+    };
+    let producing = match driver {
+        Driver::Native(client) => {
+            tokio::spawn(load::produce(client.clone(), load, counters.clone(), measuring.clone(), stop.clone()))
+        }
+        Driver::Kafka(addr) => {
+            tokio::spawn(kafka_load::produce(addr.clone(), load, counters.clone(), measuring.clone(), stop.clone()))
+        }
+    };
+    let consuming = consume.map(|consume| driver.consume(consume, consumed.clone(), measuring.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs_f64(workload.warmup_s)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -715,7 +823,7 @@ async fn timed_produce(
     let produce_latency = producing.await.context("producers")??;
     let written_bytes = counters.bytes.load(Ordering::Relaxed);
     let (latency, produce_latency, counted) = match consuming {
-        Some(consuming) => (consuming.await.context("consumers")??, Some(produce_latency), consumed),
+        Some(consuming) => (consuming.await?, Some(produce_latency), consumed),
         None => (produce_latency, None, counters),
     };
     let series_mb_s = sampler.await.context("sampler")?;
@@ -739,11 +847,18 @@ async fn timed_produce(
 }
 
 /// Writes `bytes` into the topic as fast as the broker takes them.
-async fn fill(client: &Client, workload: &Workload, topic: &str) -> anyhow::Result<Vec<i64>> {
+async fn fill(driver: &Driver, workload: &Workload, topic: &str) -> anyhow::Result<Vec<i64>> {
     let codec = workload.codec()?;
     let plain = load::build_batch_for(workload.batch_records, workload.message_bytes, load::now_ns(), codec);
     let template = load::compress_batch(&plain, codec);
     let batches = (workload.data_bytes as usize).div_ceil(template.len()).max(workload.partitions);
+    let client = match driver {
+        Driver::Native(client) => client,
+        Driver::Kafka(addr) => {
+            let (partitions, in_flight, records) = (workload.partitions, workload.in_flight, workload.batch_records);
+            return kafka_load::fill(addr, topic, partitions, in_flight, template, records, batches).await;
+        }
+    };
     let mut tasks = Vec::new();
     let lanes = workload.partitions * workload.in_flight;
     for lane in 0..lanes {
@@ -771,7 +886,7 @@ async fn fill(client: &Client, workload: &Workload, topic: &str) -> anyhow::Resu
 
 async fn timed_consume(
     broker_pids: &[u32],
-    client: &Client,
+    driver: &Driver,
     workload: &Workload,
     topic: &str,
     ends: Vec<i64>,
@@ -791,7 +906,7 @@ async fn timed_consume(
     };
     let started = Instant::now();
     let cpu = load::CpuWindow::start(broker_pids);
-    let latency = load::consume(client.clone(), consume, counters.clone(), measuring.clone(), stop.clone()).await?;
+    let latency = driver.consume(consume, counters.clone(), measuring.clone(), stop.clone()).await?;
     let usage = cpu.usage();
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -811,11 +926,105 @@ async fn timed_consume(
     })
 }
 
-async fn run_workload(
-    settings: &BrokerSettings,
-    workload: &Workload,
-    target_mb_s: Option<f64>,
-) -> anyhow::Result<WorkloadResult> {
+/// How the load generator reaches the target.
+#[derive(Clone)]
+enum Driver {
+    Native(Client),
+    /// A Kafka listener's address (Spate's or Apache Kafka's).
+    Kafka(String),
+}
+
+impl Driver {
+    /// Consumers over this driver's protocol, as a task.
+    fn consume(
+        &self,
+        consume: ConsumeLoad,
+        counters: Arc<Counters>,
+        measuring: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) -> impl std::future::Future<Output = anyhow::Result<hdrhistogram::Histogram<u64>>> + use<> {
+        let task = match self {
+            Driver::Native(client) => tokio::spawn(load::consume(client.clone(), consume, counters, measuring, stop)),
+            Driver::Kafka(addr) => tokio::spawn(kafka_load::consume(addr.clone(), consume, counters, measuring, stop)),
+        };
+        async move { task.await.context("consumers")? }
+    }
+}
+
+/// What a workload runs against.
+enum Brokers {
+    Spate(Cluster),
+    ApacheKafka(KafkaProcess),
+}
+
+impl Brokers {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Brokers::Spate(cluster) => cluster.pids(),
+            Brokers::ApacheKafka(kafka) => vec![kafka.pid()],
+        }
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Brokers::Spate(cluster) => cluster.stop(),
+            Brokers::ApacheKafka(kafka) => kafka.stop(),
+        }
+    }
+
+    fn restart(self) -> anyhow::Result<Self> {
+        Ok(match self {
+            Brokers::Spate(cluster) => Brokers::Spate(cluster.restart()?),
+            Brokers::ApacheKafka(kafka) => Brokers::ApacheKafka(kafka.restart()?),
+        })
+    }
+
+    /// The driver for `workload`, once `topic` has a leader for every
+    /// partition (and, in a cluster, a full ISR) where it connects.
+    async fn driver(&self, workload: &Workload, topic: &str) -> anyhow::Result<Driver> {
+        let partitions = workload.partitions as i32;
+        match (self, workload.protocol) {
+            (Brokers::Spate(cluster), Protocol::Native) => {
+                let client = connect(cluster).await?;
+                if cluster.brokers.len() > 1 {
+                    wait_until_in_sync(&client, workload, topic).await?;
+                }
+                Ok(Driver::Native(client))
+            }
+            (Brokers::Spate(cluster), Protocol::Kafka) => {
+                let addr = cluster.brokers[0].kafka_addr()?;
+                kafka_load::wait_for_leaders(&addr, topic, partitions).await?;
+                Ok(Driver::Kafka(addr))
+            }
+            (Brokers::ApacheKafka(kafka), _) => {
+                kafka_load::wait_for_leaders(&kafka.addr(), topic, partitions).await?;
+                Ok(Driver::Kafka(kafka.addr()))
+            }
+        }
+    }
+
+    /// Creates the workload's topic: on Spate with its admin API (the
+    /// durability is a topic config there), on Apache Kafka with
+    /// CreateTopics, taking batches of up to `BATCH_BYTES_MAX`.
+    async fn create_topic(&self, workload: &Workload) -> anyhow::Result<String> {
+        match self {
+            Brokers::Spate(cluster) => create_topic(&connect(cluster).await?, workload).await,
+            Brokers::ApacheKafka(kafka) => {
+                let topic = format!("bench-{}", workload.name);
+                let configs = [
+                    ("retention.ms".to_string(), "-1".to_string()),
+                    ("max.message.bytes".into(), kafka_load::BATCH_BYTES_MAX.to_string()),
+                ];
+                kafka_load::create_topic(&kafka.addr(), &topic, workload.partitions as i32, &configs)
+                    .await
+                    .with_context(|| format!("creating {topic} on Apache Kafka"))?;
+                Ok(topic)
+            }
+        }
+    }
+}
+
+async fn run_workload(suite: &Suite, workload: &Workload, target_mb_s: Option<f64>) -> anyhow::Result<WorkloadResult> {
     // A round trip is one producer with one request in flight, whatever
     // the suite says; the report shows what ran.
     let mut effective = workload.clone();
@@ -823,26 +1032,30 @@ async fn run_workload(
         (effective.producers, effective.in_flight) = (1, 1);
     }
     let workload = &effective;
-    let file_system = settings.data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let data_dir = match workload.target {
+        Target::Spate => &suite.broker.data_dir,
+        Target::ApacheKafka => &suite.apache_kafka.data_dir,
+    };
+    let file_system = data_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let free_before = free_bytes(file_system);
     if let Some(free) = free_before {
         eprintln!("  {} GB free on {}", free / 1_000_000_000, file_system.display());
     }
-    let mut cluster = Cluster::start_fresh(settings)?;
-    let client = connect(&cluster).await?;
-    let topic = create_topic(&client, workload).await?;
-    if settings.brokers > 1 {
-        wait_until_in_sync(&client, workload, &topic).await?;
-    }
-    let pids = cluster.pids();
+    let mut brokers = match workload.target {
+        Target::Spate => Brokers::Spate(Cluster::start_fresh(&suite.broker)?),
+        Target::ApacheKafka => Brokers::ApacheKafka(KafkaProcess::start_fresh(&suite.apache_kafka)?),
+    };
+    let topic = brokers.create_topic(workload).await?;
+    let driver = brokers.driver(workload, &topic).await?;
+    let pids = brokers.pids();
     let (measured, latency_of) = match workload.kind {
         Kind::Produce => {
             let load = produce_load(workload, &topic, target_mb_s, false)?;
-            (timed_produce(&pids, &client, load, workload, None).await?, "produce request, send slot to ack")
+            (timed_produce(&pids, &driver, load, workload, None).await?, "produce request, send slot to ack")
         }
         Kind::RoundTrip => {
             let load = produce_load(workload, &topic, target_mb_s, false)?;
-            (timed_produce(&pids, &client, load, workload, None).await?, "produce request round trip")
+            (timed_produce(&pids, &driver, load, workload, None).await?, "produce request round trip")
         }
         Kind::EndToEnd => {
             let load = produce_load(workload, &topic, target_mb_s, true)?;
@@ -855,28 +1068,25 @@ async fn run_workload(
                 end_offsets: None,
                 end_to_end: true,
             };
-            (timed_produce(&pids, &client, load, workload, Some(consume)).await?, "send slot to consumption, per batch")
+            (timed_produce(&pids, &driver, load, workload, Some(consume)).await?, "send slot to consumption, per batch")
         }
         Kind::ConsumeTail => {
-            let ends = fill(&client, workload, &topic).await?;
-            (timed_consume(&pids, &client, workload, &topic, ends).await?, "fetch request round trip")
+            let ends = fill(&driver, workload, &topic).await?;
+            (timed_consume(&pids, &driver, workload, &topic, ends).await?, "fetch request round trip")
         }
         Kind::ConsumeDisk => {
-            let ends = fill(&client, workload, &topic).await?;
-            drop(client);
-            cluster = cluster.restart()?;
-            let client = connect(&cluster).await?;
-            if settings.brokers > 1 {
-                wait_until_in_sync(&client, workload, &topic).await?;
-            }
-            (timed_consume(&cluster.pids(), &client, workload, &topic, ends).await?, "fetch request round trip")
+            let ends = fill(&driver, workload, &topic).await?;
+            drop(driver);
+            brokers = brokers.restart()?;
+            let driver = brokers.driver(workload, &topic).await?;
+            (timed_consume(&brokers.pids(), &driver, workload, &topic, ends).await?, "fetch request round trip")
         }
     };
-    cluster.stop()?;
+    brokers.stop()?;
     // The data goes now, not at the next workload's start: a workload at
     // 2 GB/s writes ~36 GB (three times its bytes with three replicas),
     // and the paired raw write that follows needs room too.
-    std::fs::remove_dir_all(&settings.data_dir).with_context(|| format!("removing {}", settings.data_dir.display()))?;
+    std::fs::remove_dir_all(data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
     wait_for_space(file_system, free_before);
     let (latency_us, distribution_us) = summarize(&measured.latency);
     Ok(WorkloadResult {
@@ -918,7 +1128,7 @@ mod tests {
 
     #[test]
     fn every_suite_file_parses_and_passes_its_checks() {
-        for path in ["suites/standard.toml", "suites/replication.toml"] {
+        for path in ["suites/standard.toml", "suites/replication.toml", "suites/kafka.toml"] {
             let suite = suite(path);
             suite.broker.check().expect(path);
             for workload in &suite.workloads {
@@ -958,6 +1168,49 @@ mod tests {
         workload.check(3).expect("three replicas on three brokers");
         let too_many = Workload { replication_factor: 3, min_insync_replicas: Some(4), ..Default::default() };
         assert!(too_many.check(3).is_err());
+    }
+
+    /// Each group of the Kafka suite runs the same workload three ways:
+    /// Spate native, Spate over Kafka's protocol and Apache Kafka, and
+    /// every Kafka-path workload has a native one with its durability.
+    #[test]
+    fn the_kafka_suite_runs_each_group_three_ways() {
+        let kafka = suite("suites/kafka.toml");
+        assert!(kafka.has_apache_kafka());
+        assert_eq!((kafka.apache_kafka.cpus.as_slice(), kafka.apache_kafka.heap_mib), (&[0][..], 1024));
+        let groups: std::collections::BTreeSet<&str> = kafka.workloads.iter().map(|w| w.compare.as_str()).collect();
+        assert_eq!(groups.len(), 4, "{groups:?}");
+        for group in groups {
+            let members: Vec<&Workload> = kafka.workloads.iter().filter(|w| w.compare == group).collect();
+            let labels: std::collections::BTreeSet<&str> = members.iter().map(|w| w.target_label()).collect();
+            assert_eq!(labels.len(), 3, "{group}: {labels:?}");
+            for w in members.iter().filter(|w| w.protocol == Protocol::Kafka && w.target == Target::Spate) {
+                let native = members.iter().find(|n| n.protocol == Protocol::Native && n.durability == w.durability);
+                let native = native.unwrap_or_else(|| panic!("{}: no native workload beside it", w.name));
+                let (a, b) = (native, w);
+                assert_eq!(
+                    (a.kind, a.message_bytes, a.batch_records, a.producers, a.consumers, a.partitions, a.in_flight),
+                    (b.kind, b.message_bytes, b.batch_records, b.producers, b.consumers, b.partitions, b.in_flight),
+                    "{}: the same workload as {}",
+                    b.name,
+                    a.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_kafka_path_refuses_what_it_cannot_run() {
+        let kafka = |w: Workload| Workload { protocol: Protocol::Kafka, ..w };
+        kafka(Workload::default()).check(1).expect("produce over Kafka's protocol");
+        assert!(kafka(Workload { acks: "0".into(), ..Default::default() }).check(1).is_err());
+        assert!(kafka(Workload { kind: Kind::RoundTrip, ..Default::default() }).check(1).is_err());
+        assert!(kafka(Workload::default()).check(3).is_err(), "a cluster needs leader routing");
+        let apache = |w: Workload| Workload { target: Target::ApacheKafka, protocol: Protocol::Kafka, ..w };
+        apache(Workload { durability: "never".into(), ..Default::default() }).check(1).expect("Kafka's defaults");
+        assert!(apache(Workload { durability: "always".into(), ..Default::default() }).check(1).is_err());
+        let native = Workload { target: Target::ApacheKafka, durability: "never".into(), ..Default::default() };
+        assert!(native.check(1).is_err(), "Apache Kafka speaks only Kafka");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Report {
     pub limits: Limits,
     pub results: Vec<WorkloadResult>,
     pub command: String,
+    /// What Apache Kafka ran as, when a workload targeted it.
+    pub apache_kafka: Option<String>,
 }
 
 fn output(program: &str, args: &[&str]) -> String {
@@ -79,6 +81,7 @@ impl Report {
             limits,
             results,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            apache_kafka: suite.has_apache_kafka().then(|| suite.apache_kafka.describe()),
         }
     }
 
@@ -132,6 +135,9 @@ impl Report {
                 self.loadgen_cores
             );
         }
+        if let Some(kafka) = &self.apache_kafka {
+            let _ = writeln!(md, "- {kafka}");
+        }
         let l = &self.limits;
         let _ = writeln!(
             md,
@@ -170,6 +176,7 @@ impl Report {
                 r.errors
             );
         }
+        self.comparison(&mut md);
         let _ = writeln!(md, "\n## Against the peer (Iggy 0.9 on this machine class)\n");
         let _ = writeln!(md, "| workload | peer | Spate MB/s / peer | Spate p50 / p99 (ms) | peer p50 / p99 (ms) |");
         let _ = writeln!(md, "|---|---|---|---|---|");
@@ -193,9 +200,10 @@ impl Report {
             let w = &r.workload;
             let _ = writeln!(
                 md,
-                "- **{}** ({:?}): {} B x {} per batch, {} producer(s) x {} in flight, {} consumer(s), {} partition(s){}, acks {}, durability {}, compression {}, warm-up {} s, duration {} s{}; latency is {}; {} samples",
+                "- **{}** ({:?}, {}): {} B x {} per batch, {} producer(s) x {} in flight, {} consumer(s), {} partition(s){}, acks {}, durability {}, compression {}, warm-up {} s, duration {} s{}; latency is {}; {} samples",
                 w.name,
                 w.kind,
+                w.target_label(),
                 w.message_bytes,
                 w.batch_records,
                 w.producers,
@@ -251,6 +259,40 @@ impl Report {
             }
         }
         md
+    }
+
+    /// The protocol and target table: per `compare` group, each workload's
+    /// throughput and latency, the Kafka path against the native one (same
+    /// durability), and Spate against Apache Kafka.
+    fn comparison(&self, md: &mut String) {
+        let rows = comparison_rows(&self.results);
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "\n## Spate native, Spate over Kafka's protocol, Apache Kafka\n");
+        let _ = writeln!(
+            md,
+            "Kafka path / native: the Kafka-protocol workload's MB/s and p99 over the native one's with the same durability. Issue 15 asks the Kafka path to stay within 10% of native: at least 0.90x the MB/s, or, for a workload at a target rate (where both send the same MB/s), at most 1.10x the p99. Spate / Apache Kafka: the same ratios to Apache Kafka's workload in the group. Apache Kafka acknowledges from the page cache (its log.flush defaults: no fsync); Spate `never` is the like-for-like row, Spate `always` fdatasyncs before every ack.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| group | target | durability | MB/s | p50 / p99 (ms) | Kafka path / native | Spate / Apache Kafka |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for row in rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} | {:.3} / {:.3} | {} | {} |",
+                row.group,
+                row.target,
+                row.durability,
+                row.mb_s,
+                row.p50_ms,
+                row.p99_ms,
+                row.kafka_over_native.map_or("-".into(), |r| r.text(true)),
+                row.spate_over_kafka.map_or("-".into(), |r| r.text(false)),
+            );
+        }
     }
 
     /// Writes `<stamp>-<suite>.{json,md}` and two SVGs per workload.
@@ -355,5 +397,185 @@ fn compression_text(w: &super::Workload) -> String {
             format!("{} (ratio {ratio:.2}x)", w.compression)
         }
         _ => w.compression.clone(),
+    }
+}
+
+/// One row of the protocol and target table.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ComparisonRow {
+    pub group: String,
+    pub target: &'static str,
+    pub durability: String,
+    pub mb_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Spate over Kafka's protocol against the native workload with the
+    /// same durability in the group.
+    pub kafka_over_native: Option<Ratio>,
+    /// Spate (either protocol) against Apache Kafka's workload in the group.
+    pub spate_over_kafka: Option<Ratio>,
+}
+
+/// One workload's figures over another's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Ratio {
+    pub mb_s: f64,
+    pub p99: f64,
+    /// At a target rate both send the same MB/s: latency tells them apart.
+    pub at_target_rate: bool,
+}
+
+impl Ratio {
+    fn of(r: &WorkloadResult, base: &WorkloadResult) -> Self {
+        Ratio {
+            mb_s: r.mb_per_s / base.mb_per_s.max(1e-9),
+            p99: r.latency_us.p99 as f64 / (base.latency_us.p99 as f64).max(1.0),
+            at_target_rate: r.target_rate_mb_s.is_some(),
+        }
+    }
+
+    /// Within issue 15's 10% of the base: at least 0.90x its MB/s, or at a
+    /// target rate at most 1.10x its p99.
+    pub fn within_10_percent(&self) -> bool {
+        if self.at_target_rate { self.p99 <= 1.1 } else { self.mb_s >= 0.9 }
+    }
+
+    /// "0.95x MB/s, 1.02x p99", with the verdict when `verdict`.
+    fn text(&self, verdict: bool) -> String {
+        let ratios = format!("{:.2}x MB/s, {:.2}x p99", self.mb_s, self.p99);
+        match (verdict, self.within_10_percent()) {
+            (false, _) => ratios,
+            (true, true) => format!("{ratios}: within 10%"),
+            (true, false) => format!("{ratios}: more than 10% worse"),
+        }
+    }
+}
+
+/// The rows of the workloads that name a `compare` group, the groups in
+/// the order they first appear.
+pub(crate) fn comparison_rows(results: &[WorkloadResult]) -> Vec<ComparisonRow> {
+    use super::{Protocol, Target};
+    let mut groups: Vec<&str> = Vec::new();
+    for r in results.iter().filter(|r| !r.workload.compare.is_empty()) {
+        if !groups.contains(&r.workload.compare.as_str()) {
+            groups.push(&r.workload.compare);
+        }
+    }
+    let mut rows = Vec::new();
+    for group in groups {
+        let members: Vec<&WorkloadResult> = results.iter().filter(|r| r.workload.compare == group).collect();
+        let kafka = members.iter().find(|r| r.workload.target == Target::ApacheKafka);
+        for r in &members {
+            let w = &r.workload;
+            let native = members.iter().find(|n| {
+                n.workload.target == Target::Spate
+                    && n.workload.protocol == Protocol::Native
+                    && n.workload.durability == w.durability
+            });
+            let kafka_over_native = match (w.target, w.protocol, native) {
+                (Target::Spate, Protocol::Kafka, Some(native)) => Some(Ratio::of(r, native)),
+                _ => None,
+            };
+            let spate_over_kafka = match (w.target, kafka) {
+                (Target::Spate, Some(kafka)) => Some(Ratio::of(r, kafka)),
+                _ => None,
+            };
+            rows.push(ComparisonRow {
+                group: group.to_string(),
+                target: w.target_label(),
+                durability: if w.target == Target::ApacheKafka {
+                    "Kafka default (page cache)".into()
+                } else {
+                    w.durability.clone()
+                },
+                mb_s: r.mb_per_s,
+                p50_ms: r.latency_us.p50 as f64 / 1000.0,
+                p99_ms: r.latency_us.p99 as f64 / 1000.0,
+                kafka_over_native,
+                spate_over_kafka,
+            });
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::{Latency, Protocol, Target, Workload};
+
+    fn result(name: &str, protocol: Protocol, target: Target, durability: &str, mb_per_s: f64) -> WorkloadResult {
+        WorkloadResult {
+            workload: Workload {
+                name: name.into(),
+                compare: "produce".into(),
+                protocol,
+                target,
+                durability: durability.into(),
+                ..Default::default()
+            },
+            mb_per_s,
+            records_per_s: 0.0,
+            seconds: 1.0,
+            errors: 0,
+            first_error: None,
+            latency_us: Latency { p50: 1500, p99: 4000, ..Default::default() },
+            latency_samples: 1,
+            latency_of: "",
+            produce_latency_us: None,
+            series_mb_s: Vec::new(),
+            broker_cores: 0.0,
+            loadgen_cores: 0.0,
+            broker_cores_each: Vec::new(),
+            loopback_mb_s: 0.0,
+            machine_cores: 0.0,
+            steal_cores: 0.0,
+            isr: None,
+            distribution_us: Vec::new(),
+            target_rate_mb_s: None,
+            written_bytes: 0,
+            paired_disk_bytes: None,
+            paired_disk_write_mb_s: None,
+            paired_disk_write_sync_mb_s: None,
+        }
+    }
+
+    /// The Kafka path is compared with the native workload of the same
+    /// durability, and every Spate row with Apache Kafka's.
+    #[test]
+    fn the_comparison_pairs_kafka_with_native_of_the_same_durability_and_spate_with_apache_kafka() {
+        let results = vec![
+            result("never-native", Protocol::Native, Target::Spate, "never", 1000.0),
+            result("never-kafka", Protocol::Kafka, Target::Spate, "never", 950.0),
+            result("always-native", Protocol::Native, Target::Spate, "always", 600.0),
+            result("always-kafka", Protocol::Kafka, Target::Spate, "always", 480.0),
+            result("apache", Protocol::Kafka, Target::ApacheKafka, "never", 500.0),
+            WorkloadResult {
+                workload: Workload { compare: String::new(), ..Default::default() },
+                ..result("not-compared", Protocol::Native, Target::Spate, "never", 1.0)
+            },
+        ];
+        let rows = comparison_rows(&results);
+        assert_eq!(rows.len(), 5, "the workload without a group is not in the table");
+        let mb_s = |ratio: Option<Ratio>| ratio.map(|r| r.mb_s);
+        let ratio = |i: usize| (mb_s(rows[i].kafka_over_native), mb_s(rows[i].spate_over_kafka));
+        assert_eq!(ratio(0), (None, Some(2.0)));
+        assert_eq!(ratio(1), (Some(0.95), Some(1.9)));
+        assert_eq!(ratio(3), (Some(0.8), Some(0.96)));
+        assert_eq!(ratio(4), (None, None));
+        assert_eq!((rows[4].target, rows[4].durability.as_str()), ("Apache Kafka", "Kafka default (page cache)"));
+        assert_eq!((rows[1].p50_ms, rows[1].p99_ms), (1.5, 4.0));
+        let kafka_path = |i: usize| rows[i].kafka_over_native.expect("a Kafka-path row").text(true);
+        assert_eq!(kafka_path(1), "0.95x MB/s, 1.00x p99: within 10%");
+        assert_eq!(kafka_path(3), "0.80x MB/s, 1.00x p99: more than 10% worse");
+    }
+
+    /// At a target rate both paths send the same MB/s, so the p99 decides.
+    #[test]
+    fn at_a_target_rate_the_kafka_path_is_judged_by_its_p99() {
+        let same_rate = |p99: f64| Ratio { mb_s: 1.0, p99, at_target_rate: true };
+        assert!(same_rate(1.05).within_10_percent());
+        assert!(!same_rate(1.2).within_10_percent());
+        assert!(!Ratio { mb_s: 0.85, p99: 0.5, at_target_rate: false }.within_10_percent());
     }
 }
