@@ -824,6 +824,7 @@ pub(crate) fn native_view(group: &Group) -> Option<GroupView> {
         })
         .collect();
     Some(GroupView {
+        classic: true,
         state: classic.state.name(),
         epoch: classic.generation,
         assignor: static_protocol_name(classic.protocol_name.as_deref()),

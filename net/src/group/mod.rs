@@ -112,6 +112,10 @@ pub(crate) struct MemberView {
 
 #[derive(Debug, Clone)]
 pub(crate) struct GroupView {
+    /// A classic (JoinGroup) group: Kafka's ConsumerGroupDescribe does not
+    /// describe it (Kafka answers GROUP_ID_NOT_FOUND; admin clients then
+    /// ask DescribeGroups).
+    pub classic: bool,
     pub state: &'static str,
     pub epoch: i32,
     pub assignor: &'static str,
@@ -407,6 +411,7 @@ fn view(group: &Group) -> GroupView {
         return view;
     }
     GroupView {
+        classic: false,
         state: group.state(),
         epoch: group.epoch,
         assignor: group.assignor.name(),

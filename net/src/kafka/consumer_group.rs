@@ -241,6 +241,9 @@ pub(crate) fn describe(ctx: Ctx, body: Bytes) -> Reply {
                 Err(Outcome::err(ErrorCode::NotReady, "no coordinator"))
             };
             groups.push(match result {
+                Ok(view) if view.classic => entry
+                    .with_error_code(K::GroupIdNotFound.code())
+                    .with_error_message(Some(StrBytes::from_static_str("a classic group, not a consumer group"))),
                 Ok(view) => entry
                     .with_group_state(StrBytes::from_static_str(super::groups::kafka_state(view.state)))
                     .with_group_epoch(view.epoch)
