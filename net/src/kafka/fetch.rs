@@ -6,6 +6,7 @@
 //! a request naming a session Spate never gave gets
 //! FETCH_SESSION_ID_NOT_FOUND, and the client starts over.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,8 +23,9 @@ use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
 
 use super::codes::kafka_code;
+use super::fetch_session::{self, Plan, Sent};
 use super::response::{Splice, encode, marker, vectored};
-use super::{Ctx, decode, respond};
+use super::{Ctx, Session, decode, respond};
 use crate::budget::Charge;
 use crate::catalog::kafka_topic_id;
 use crate::fetch_plan::{self, FetchBudget, ReadPart};
@@ -41,7 +43,7 @@ struct Part {
     read: ReadPart,
 }
 
-pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
+pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>) -> Reply {
     let request_bytes = 4 + body.len();
     let request: FetchRequest = match decode(&ctx, body) {
         Ok(request) => request,
@@ -55,15 +57,28 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
             FetchResponse::default().with_error_code(K::ClusterAuthorizationFailed.code()).with_session_id(0);
         return Reply::Now(respond(&ctx, &response));
     }
-    if request.session_id != 0 {
-        let response = FetchResponse::default().with_error_code(K::FetchSessionIdNotFound.code());
-        return Reply::Now(respond(&ctx, &response));
-    }
     let partitions: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     if partitions > PARTITIONS_PER_REQUEST_MAX {
         tracing::warn!(shard = ctx.shard.id, partitions, "closing a Kafka connection: Fetch over the partition cap");
         return Reply::Now(Response::Close(None));
     }
+    let by_id = ctx.version >= FETCH_TOPIC_IDS_VERSION;
+    // Sessions came with v7; before, every fetch is full.
+    let plan = if ctx.version >= 7 {
+        fetch_session::plan(&mut session.fetch.borrow_mut(), &request, by_id, PARTITIONS_PER_REQUEST_MAX)
+    } else {
+        fetch_session::full(&request, by_id)
+    };
+    let (session_id, incremental, wanted) = match plan {
+        Plan::Full { session_id, wanted } => {
+            if session_id != 0 {
+                tracing::debug!(shard = ctx.shard.id, session_id, partitions = wanted.len(), "fetch session created");
+            }
+            (session_id, false, wanted)
+        }
+        Plan::Incremental { wanted } => (session.fetch.borrow().as_ref().map_or(0, |s| s.id), true, wanted),
+        Plan::Refused(code) => return Reply::Now(respond(&ctx, &FetchResponse::default().with_error_code(code))),
+    };
     // v0-2 had no request-wide limit.
     let asked = if request.max_bytes > 0 { request.max_bytes as usize } else { usize::MAX };
     let request_bytes_max = fetch_plan::answer_bytes_max(&ctx.shard, charge, asked, request_bytes);
@@ -71,36 +86,35 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
     let max_wait = Duration::from_millis((request.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MS_MAX));
     let min_bytes = request.min_bytes.max(0) as usize;
     let catalog = ctx.shard.shared.catalog.load_full();
-    let by_id = ctx.version >= FETCH_TOPIC_IDS_VERSION;
     let mut budget = FetchBudget::new(request_bytes_max);
-    let mut topics: Vec<(Option<String>, uuid::Uuid)> = Vec::with_capacity(request.topics.len());
-    let mut parts = Vec::with_capacity(partitions);
-    for (topic_index, topic) in request.topics.iter().enumerate() {
-        let name = if by_id {
-            catalog.by_kafka_id.get(&topic.topic_id.as_u128()).cloned()
-        } else {
-            Some(topic.topic.0.to_string())
-        };
+    // Topics in the order their partitions come, each once.
+    let mut topics: Vec<(Option<String>, uuid::Uuid)> = Vec::new();
+    let mut topic_index_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut parts = Vec::with_capacity(wanted.len());
+    for w in &wanted {
+        let name =
+            if by_id { catalog.by_kafka_id.get(&w.key.topic_id.as_u128()).cloned() } else { Some(w.key.topic.clone()) };
         let meta = name.as_ref().and_then(|n| catalog.topics.get(n).cloned());
-        let id = meta.as_ref().map_or(topic.topic_id, |m| uuid::Uuid::from_u128(kafka_topic_id(&m.topic_id)));
-        topics.push((if by_id { None } else { name }, id));
-        for part in &topic.partitions {
-            let target = meta
-                .as_ref()
-                .and_then(|m| u32::try_from(part.partition).ok().filter(|&p| p < m.partitions).map(|p| (m.clone(), p)));
-            let bytes_max = if target.is_some() { budget.take(part.partition_max_bytes) } else { 0 };
-            parts.push(Part {
-                topic_index,
-                partition: part.partition,
-                read: ReadPart {
-                    target,
-                    offset: part.fetch_offset,
-                    bytes_max,
-                    current_leader_epoch: if ctx.version >= 9 { part.current_leader_epoch } else { -1 },
-                    replica_durable_offset: -1,
-                },
-            });
-        }
+        let topic_index = *topic_index_of.entry(w.key.topic.clone()).or_insert_with(|| {
+            let id = meta.as_ref().map_or(w.key.topic_id, |m| uuid::Uuid::from_u128(kafka_topic_id(&m.topic_id)));
+            topics.push((if by_id { None } else { name.clone() }, id));
+            topics.len() - 1
+        });
+        let target = meta
+            .as_ref()
+            .and_then(|m| u32::try_from(w.key.partition).ok().filter(|&p| p < m.partitions).map(|p| (m.clone(), p)));
+        let bytes_max = if target.is_some() { budget.take(w.partition_max_bytes) } else { 0 };
+        parts.push(Part {
+            topic_index,
+            partition: w.key.partition,
+            read: ReadPart {
+                target,
+                offset: w.fetch_offset,
+                bytes_max,
+                current_leader_epoch: if ctx.version >= 9 { w.current_leader_epoch } else { -1 },
+                replica_durable_offset: -1,
+            },
+        });
     }
     let unknown_topic = if by_id { K::UnknownTopicId.code() } else { K::UnknownTopicOrPartition.code() };
     let read_committed = request.isolation_level == 1;
@@ -121,12 +135,22 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
             .collect();
         let mut splices = Vec::new();
         let mut payload_bytes = 0usize;
-        for (part, result) in parts.iter().zip(results) {
+        for ((part, result), w) in parts.iter().zip(results).zip(&wanted) {
             let batches = fetch_plan::within_limit(result.batches, &mut payload_bytes, request_bytes_max);
             let error = match (&part.read.target, result.error) {
                 (None, _) => unknown_topic,
                 (_, error) => kafka_code(error),
             };
+            // A session remembers what each partition was told; an
+            // incremental answer leaves out the partitions with nothing new.
+            if session_id != 0 {
+                let now =
+                    Sent { high_watermark: result.high_watermark, log_start_offset: result.log_start_offset, error };
+                let included = fetch_session::include(&mut session.fetch.borrow_mut(), w, now, !batches.is_empty());
+                if incremental && !included {
+                    continue;
+                }
+            }
             let mut data = PartitionData::default()
                 .with_partition_index(part.partition)
                 .with_error_code(error)
@@ -150,7 +174,11 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge) -> Reply {
             }
             responses[part.topic_index].partitions.push(data);
         }
-        let response = FetchResponse::default().with_session_id(0).with_responses(responses);
+        // An incremental answer names only the topics it has partitions of.
+        if incremental {
+            responses.retain(|t| !t.partitions.is_empty());
+        }
+        let response = FetchResponse::default().with_session_id(session_id).with_responses(responses);
         let frame = match encode(&ctx, &response) {
             Ok(frame) => frame,
             Err(err) => {

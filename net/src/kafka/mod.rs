@@ -17,6 +17,7 @@ mod admin;
 mod codes;
 mod consumer_group;
 mod fetch;
+mod fetch_session;
 mod groups;
 mod metadata;
 mod offset_delete;
@@ -92,7 +93,7 @@ impl FrontEnd for Kafka {
     fn new_session(&self, peer: &str) -> Self::Session {
         // Kafka shows a member's host as "/<ip>".
         let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
-        Rc::new(Session { client_host: format!("/{ip}"), remembered: Rc::default() })
+        Rc::new(Session { client_host: format!("/{ip}"), remembered: Rc::default(), fetch: Default::default() })
     }
 
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
@@ -152,6 +153,8 @@ pub(crate) struct Session {
     client_host: String,
     /// What KIP-848 members sent last (`consumer_group`).
     remembered: Rc<consumer_group::Remembered>,
+    /// This connection's fetch session (KIP-227), if the client made one.
+    fetch: std::cell::RefCell<Option<fetch_session::FetchSession>>,
 }
 
 /// What a handler knows of its request.
@@ -233,7 +236,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::DescribeCluster => metadata::describe_cluster(ctx, body),
         ApiKey::FindCoordinator => groups::find_coordinator(ctx, body),
         ApiKey::InitProducerId => produce::init_producer_id(ctx, body),
-        ApiKey::Fetch => fetch::fetch(ctx, body, charge),
+        ApiKey::Fetch => fetch::fetch(ctx, body, charge, session.clone()),
         ApiKey::ListOffsets => fetch::list_offsets(ctx, body),
         ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(ctx, body),
         ApiKey::CreateTopics => admin::create_topics(ctx, body),
