@@ -11,6 +11,9 @@ and the reverse.
    separator, so no key); confluent-kafka reads them through the Kafka
    listener and must see the partitions, offsets and timestamps `spate`
    reported, the keys and values of the lines, and no headers.
+3. A confluent-kafka consumer group reads that topic through the Kafka
+   listener and commits; `spate group describe` (native port) must show
+   the group's commits at each partition's log end, lag 0.
 
 Needs a Spate broker serving both protocols, and the CLI: without
 --spate-bin it cannot run (against Apache Kafka it never can) and exits 77,
@@ -131,6 +134,32 @@ def native_to_kafka(args, topic):
     return {"records": len(messages), "unkeyed": len(seen["unkeyed"])}
 
 
+def group_seen_natively(args, topic):
+    from confluent_kafka import Consumer
+
+    group = f"{args.topic_prefix}-cross-group"
+    consumer = Consumer({"bootstrap.servers": args.bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    messages = common.ck_consume_all(consumer, RECORDS, "reading as a consumer group through the Kafka listener")
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    done = spate(args, args.spate_bin, "group", "describe", group)
+    rows = {}
+    for line in done.stdout.decode().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0] == topic and fields[1].isdigit():
+            rows[int(fields[1])] = (int(fields[2]), int(fields[3]), int(fields[4]))
+    ends = {}
+    for message in messages:
+        ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
+    common.check(set(rows) == set(ends), f"spate group describe shows partitions {sorted(rows)}, the group read {sorted(ends)}")
+    for partition, (committed, log_end, lag) in rows.items():
+        common.check(committed == ends[partition] and log_end == ends[partition] and lag == 0,
+                     f"partition {partition}: committed {committed}, log end {log_end}, lag {lag}; the group read to {ends[partition]}")
+    return {"partitions": len(rows), "lag": sum(r[2] for r in rows.values())}
+
+
 def count_per_partition(spots):
     counts = {}
     for partition, _offset in spots:
@@ -157,6 +186,7 @@ def main():
     to_kafka = f"{args.topic_prefix}-cross-to-kafka"
     common.ck_create_topics(admin, [NewTopic(t, num_partitions=PARTITIONS, replication_factor=1) for t in (to_native, to_kafka)])
     observed = {"kafka_to_native": kafka_to_native(args, admin, to_native), "native_to_kafka": native_to_kafka(args, to_kafka)}
+    observed["kafka_group_seen_natively"] = group_seen_natively(args, to_kafka)
     common.ck_delete_topics(admin, [to_native, to_kafka])
     common.emit(SCENARIO, observed)
 
