@@ -81,6 +81,8 @@ fn requested(request: &FetchRequest, by_id: bool) -> Vec<Wanted> {
 /// A new session id: random, positive, never 0 (0 is "no session").
 fn new_session_id() -> i32 {
     let mut bytes = [0u8; 4];
+    // Ids need not be secret, only distinct on one connection (which
+    // holds one session): should the OS refuse randomness, id 1 serves.
     let _ = getrandom::fill(&mut bytes);
     (i32::from_be_bytes(bytes) & i32::MAX).max(1)
 }
