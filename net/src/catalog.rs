@@ -38,6 +38,9 @@ pub struct PartitionAssignment {
     pub leader_epoch: i32,
     /// Bumped at every change of leader or ISR.
     pub partition_epoch: i32,
+    /// Eligible leader replicas (KIP-966), for Kafka's
+    /// DescribeTopicPartitions.
+    pub elr: Vec<i32>,
 }
 
 impl From<&spate_replication::PartitionImage> for PartitionAssignment {
@@ -48,6 +51,7 @@ impl From<&spate_replication::PartitionImage> for PartitionAssignment {
             leader: p.leader,
             leader_epoch: p.leader_epoch,
             partition_epoch: p.partition_epoch,
+            elr: p.elr.clone(),
         }
     }
 }

@@ -215,3 +215,104 @@ pub(crate) fn describe_cluster(ctx: Ctx, body: Bytes) -> Reply {
         .with_brokers(brokers);
     Reply::Now(respond(&ctx, &response))
 }
+
+/// Kafka's max.request.partition.size.limit: the most partitions one
+/// DescribeTopicPartitions answer holds (the rest through its cursor).
+const DESCRIBE_PARTITIONS_LIMIT_MAX: usize = 2000;
+
+/// DescribeTopicPartitions (KIP-966's describe, what Kafka 4's tools and
+/// AdminClient use): topics by name in name order, each partition with its
+/// eligible leader replicas, paged by a cursor.
+pub(crate) fn describe_topic_partitions(ctx: Ctx, body: Bytes) -> Reply {
+    use kafka_protocol::messages::describe_topic_partitions_response::{
+        Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+    };
+    use kafka_protocol::messages::{DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse};
+    let request: DescribeTopicPartitionsRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    if request.topics.len() > TOPICS_PER_REQUEST_MAX {
+        return Reply::Now(Response::Close(None));
+    }
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let mut names: Vec<String> = if request.topics.is_empty() {
+        catalog.topics.keys().cloned().collect()
+    } else {
+        request.topics.iter().map(|t| t.name.0.to_string()).collect()
+    };
+    names.sort();
+    names.dedup();
+    let limit = usize::try_from(request.response_partition_limit).unwrap_or(0).clamp(1, DESCRIBE_PARTITIONS_LIMIT_MAX);
+    let (start_topic, start_partition) = match &request.cursor {
+        Some(cursor) => (Some(cursor.topic_name.0.to_string()), cursor.partition_index.max(0) as u32),
+        None => (None, 0),
+    };
+    let ids = |nodes: &[i32]| nodes.iter().copied().map(BrokerId).collect::<Vec<_>>();
+    let mut topics = Vec::new();
+    let mut next_cursor = None;
+    let mut listed = 0usize;
+    'topics: for name in names.iter().filter(|n| start_topic.as_ref().is_none_or(|start| *n >= start)) {
+        let entry = DescribeTopicPartitionsResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+            .with_topic_authorized_operations(i32::MIN);
+        let Some(topic) = catalog.topics.get(name) else {
+            topics.push(entry.with_error_code(K::UnknownTopicOrPartition.code()));
+            continue;
+        };
+        let first = if start_topic.as_deref() == Some(name.as_str()) { start_partition } else { 0 };
+        let mut partitions = Vec::new();
+        for partition in first..topic.partitions {
+            if listed == limit {
+                next_cursor = Some(
+                    Cursor::default()
+                        .with_topic_name(TopicName(StrBytes::from_string(name.clone())))
+                        .with_partition_index(partition as i32),
+                );
+                if !partitions.is_empty() {
+                    topics.push(describe_entry(topic, entry, partitions));
+                }
+                break 'topics;
+            }
+            listed += 1;
+            let assignment = topic.assignment(partition);
+            let offline: Vec<i32> = assignment
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| catalog.brokers.get(r).is_none_or(|b| b.fenced))
+                .collect();
+            partitions.push(
+                DescribeTopicPartitionsResponsePartition::default()
+                    .with_error_code(if assignment.leader < 0 { K::LeaderNotAvailable.code() } else { 0 })
+                    .with_partition_index(partition as i32)
+                    .with_leader_id(BrokerId(assignment.leader))
+                    .with_leader_epoch(assignment.leader_epoch)
+                    .with_replica_nodes(ids(&assignment.replicas))
+                    .with_isr_nodes(ids(&assignment.isr))
+                    .with_eligible_leader_replicas(Some(ids(&assignment.elr)))
+                    // Spate keeps no last-known ELR (the ELR of a partition
+                    // that lost every member): empty, as Kafka's for one
+                    // that never did.
+                    .with_last_known_elr(Some(Vec::new()))
+                    .with_offline_replicas(ids(&offline)),
+            );
+        }
+        topics.push(describe_entry(topic, entry, partitions));
+    }
+    let response = DescribeTopicPartitionsResponse::default().with_topics(topics).with_next_cursor(next_cursor);
+    Reply::Now(respond(&ctx, &response))
+}
+
+fn describe_entry(
+    topic: &crate::catalog::TopicMeta,
+    entry: kafka_protocol::messages::describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic,
+    partitions: Vec<
+        kafka_protocol::messages::describe_topic_partitions_response::DescribeTopicPartitionsResponsePartition,
+    >,
+) -> kafka_protocol::messages::describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic {
+    entry
+        .with_topic_id(uuid::Uuid::from_u128(kafka_topic_id(&topic.topic_id)))
+        .with_is_internal(spate_flatbuf::is_internal_topic(&topic.name))
+        .with_partitions(partitions)
+}
