@@ -596,3 +596,59 @@ fn partitions_added_to_a_replicated_topic_are_opened_on_every_replica() {
         stop(broker);
     }
 }
+
+/// DescribeTopicPartitions pages by cursor: no answer holds more partitions
+/// than asked, the cursor names the next one, and following the cursors
+/// gives every partition of every topic once, in name order; an unknown
+/// topic is answered with its error.
+#[test]
+fn describe_topic_partitions_pages_every_partition_once_by_cursor() {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    use kafka_protocol::messages::{DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse};
+    let dir = data_dir("kafka_describe_topic_partitions");
+    let broker = start(&dir, 2);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("paged-a", 3, 1), 0);
+    assert_eq!(conn.create_topic("paged-b", 2, 1), 0);
+    let topics = ["paged-b", "nope", "paged-a"].map(|t| TopicRequest::default().with_name(name(t))).to_vec();
+    let mut cursor: Option<Cursor> = None;
+    let mut seen: Vec<(String, i32)> = Vec::new();
+    let mut unknown = 0;
+    for _ in 0..10 {
+        let request = DescribeTopicPartitionsRequest::default()
+            .with_topics(topics.clone())
+            .with_response_partition_limit(2)
+            .with_cursor(cursor.take());
+        let response: DescribeTopicPartitionsResponse = conn.call(0, &request);
+        let in_answer: usize = response.topics.iter().map(|t| t.partitions.len()).sum();
+        assert!(in_answer <= 2, "{in_answer} partitions in one answer, 2 asked");
+        for topic in &response.topics {
+            let topic_name = topic.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+            if topic.error_code == K::UnknownTopicOrPartition.code() {
+                unknown += 1;
+                continue;
+            }
+            assert_eq!(topic.error_code, 0);
+            for p in &topic.partitions {
+                assert_eq!(p.leader_id.0, 1);
+                assert_eq!(p.eligible_leader_replicas.as_deref(), Some(&[][..]), "no ELR on a healthy partition");
+                seen.push((topic_name.clone(), p.partition_index));
+            }
+        }
+        match response.next_cursor {
+            Some(next) => {
+                cursor =
+                    Some(Cursor::default().with_topic_name(next.topic_name).with_partition_index(next.partition_index))
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<(String, i32)> = [("paged-a", 0), ("paged-a", 1), ("paged-a", 2), ("paged-b", 0), ("paged-b", 1)]
+        .map(|(t, p)| (t.to_string(), p))
+        .to_vec();
+    assert_eq!(seen, expected);
+    assert_eq!(unknown, 1, "the unknown topic is answered once, with its error");
+    drop(conn);
+    broker.shutdown();
+    broker.wait().expect("clean stop");
+}
