@@ -70,6 +70,34 @@ pub(crate) struct AlterSpec {
     pub delete: Vec<String>,
 }
 
+/// Per topic name, what an admin operation did.
+pub(crate) type TopicResults = Vec<(String, Outcome)>;
+
+/// Sends an admin operation for topics `names` to the admin shard (from
+/// any front-end) and answers with its results; if the shard stops, or
+/// nothing comes back within `timeout`, every name gets that outcome
+/// instead (a timed-out operation may still complete).
+pub(crate) fn run(
+    shard: &Rc<Shard>,
+    names: Vec<String>,
+    timeout: std::time::Duration,
+    make: impl FnOnce(oneshot::Sender<TopicResults>) -> AdminOp,
+) -> impl std::future::Future<Output = TopicResults> + 'static {
+    let (reply, wait) = oneshot::channel();
+    shard.submit(ADMIN_SHARD, crate::shard::ShardOp::Admin(make(reply)));
+    async move {
+        futures::select! {
+            results = futures::FutureExt::fuse(wait) => results.unwrap_or_else(|_| {
+                names.iter().map(|n| (n.clone(), Outcome::err(ErrorCode::BrokerShuttingDown, "admin shard stopped"))).collect()
+            }),
+            () = futures::FutureExt::fuse(crate::deadline::Deadline::after(timeout)) => names
+                .iter()
+                .map(|n| (n.clone(), Outcome::err(ErrorCode::RequestTimedOut, "not finished in time; it may still complete")))
+                .collect(),
+        }
+    }
+}
+
 pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
     assert_eq!(shard.id, ADMIN_SHARD, "catalog changes run on the admin shard only");
     glommio::spawn_local(async move {

@@ -192,6 +192,19 @@ impl CommitReply {
     }
 }
 
+/// Sends `op` to the coordinator shard of `group_id` on this broker (from
+/// any front-end); false if there is none (no `__consumer_offsets` yet,
+/// which the broker creates at start).
+pub(crate) fn route(shard: &Rc<Shard>, group_id: &str, op: GroupOp) -> bool {
+    match coordinator(shard, group_id) {
+        Some(owner) => {
+            shard.submit(owner, crate::shard::ShardOp::Group(op));
+            true
+        }
+        None => false,
+    }
+}
+
 /// The shard that coordinates `group_id`, if `__consumer_offsets` exists.
 pub(crate) fn coordinator(shard: &Shard, group_id: &str) -> Option<usize> {
     let catalog = shard.shared.catalog.load();

@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::channel::oneshot;
 use kafka_protocol::ResponseError as K;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -25,46 +24,23 @@ use spate_flatbuf::proto::ErrorCode;
 
 use super::codes::kafka_code;
 use super::{Ctx, decode, respond};
-use crate::admin::{ADMIN_SHARD, AdminOp, AlterSpec, CreateSpec};
+use crate::admin::{AdminOp, AlterSpec, CreateSpec, TopicResults};
 use crate::limits::{REQUEST_TIMEOUT_MS_MAX, TOPICS_PER_REQUEST_MAX};
-use crate::shard::{Outcome, Shard, ShardOp};
+use crate::shard::{Outcome, Shard};
 use crate::wire::Reply;
 
 /// Kafka's ConfigResource types.
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-type Results = Vec<(String, Outcome)>;
-
-fn run_admin(
-    shard: &Rc<Shard>,
-    names: Vec<String>,
-    timeout: Duration,
-    make: impl FnOnce(oneshot::Sender<Results>) -> AdminOp,
-) -> impl Future<Output = Results> + 'static {
-    let (reply, wait) = oneshot::channel();
-    shard.submit(ADMIN_SHARD, ShardOp::Admin(make(reply)));
-    async move {
-        futures::select! {
-            results = futures::FutureExt::fuse(wait) => results.unwrap_or_else(|_| {
-                names.iter().map(|n| (n.clone(), Outcome::err(ErrorCode::BrokerShuttingDown, "admin shard stopped"))).collect()
-            }),
-            () = futures::FutureExt::fuse(crate::deadline::Deadline::after(timeout)) => names
-                .iter()
-                .map(|n| (n.clone(), Outcome::err(ErrorCode::RequestTimedOut, "not finished in time; it may still complete")))
-                .collect(),
-        }
-    }
-}
-
 /// Creates topics (also for Metadata's auto-creation).
 pub(crate) fn create(
     shard: &Rc<Shard>,
     specs: Vec<Result<CreateSpec, (String, Outcome)>>,
     validate_only: bool,
-) -> impl Future<Output = Results> + 'static {
+) -> impl Future<Output = TopicResults> + 'static {
     let names = specs.iter().map(|s| s.as_ref().map_or_else(|(n, _)| n.clone(), |s| s.name.clone())).collect();
-    run_admin(shard, names, Duration::from_secs(30), move |reply| AdminOp::Create {
+    crate::admin::run(shard, names, Duration::from_secs(30), move |reply| AdminOp::Create {
         topics: specs,
         validate_only,
         reply,
@@ -120,7 +96,7 @@ pub(crate) fn create_topics(ctx: Ctx, body: Bytes) -> Reply {
     let shapes: Vec<(i32, i16)> =
         specs.iter().map(|s| s.as_ref().map_or((-1, -1), |s| (s.partitions, s.replication_factor))).collect();
     let names: Vec<String> = request.topics.iter().map(|t| t.name.0.to_string()).collect();
-    let wait = run_admin(&ctx.shard, names, timeout(request.timeout_ms), move |reply| AdminOp::Create {
+    let wait = crate::admin::run(&ctx.shard, names, timeout(request.timeout_ms), move |reply| AdminOp::Create {
         topics: specs,
         validate_only: request.validate_only,
         reply,
@@ -182,10 +158,8 @@ pub(crate) fn create_partitions(ctx: Ctx, body: Bytes) -> Reply {
     }
     let names = topics.iter().map(|(name, _)| name.clone()).collect();
     let validate_only = request.validate_only;
-    let wait = run_admin(&ctx.shard, names, timeout(request.timeout_ms), move |reply| AdminOp::CreatePartitions {
-        topics,
-        validate_only,
-        reply,
+    let wait = crate::admin::run(&ctx.shard, names, timeout(request.timeout_ms), move |reply| {
+        AdminOp::CreatePartitions { topics, validate_only, reply }
     });
     Reply::Later(Box::pin(async move {
         let mut results: Vec<CreatePartitionsTopicResult> = wait
@@ -231,9 +205,8 @@ pub(crate) fn delete_topics(ctx: Ctx, body: Bytes) -> Reply {
             Some((n.clone(), uuid::Uuid::from_u128(crate::catalog::kafka_topic_id(&topic.topic_id))))
         })
         .collect();
-    let wait = run_admin(&ctx.shard, names.clone(), timeout(request.timeout_ms), move |reply| AdminOp::Delete {
-        names,
-        reply,
+    let wait = crate::admin::run(&ctx.shard, names.clone(), timeout(request.timeout_ms), move |reply| {
+        AdminOp::Delete { names, reply }
     });
     Reply::Later(Box::pin(async move {
         let mut responses: Vec<DeletableTopicResult> = wait
@@ -314,9 +287,9 @@ struct Altered {
     outcome: Outcome,
 }
 
-fn alter(ctx: &Ctx, specs: Vec<AlterSpec>, validate_only: bool) -> impl Future<Output = Results> + 'static {
+fn alter(ctx: &Ctx, specs: Vec<AlterSpec>, validate_only: bool) -> impl Future<Output = TopicResults> + 'static {
     let names = specs.iter().map(|s| s.name.clone()).collect();
-    run_admin(&ctx.shard, names, Duration::from_secs(30), move |reply| AdminOp::Alter {
+    crate::admin::run(&ctx.shard, names, Duration::from_secs(30), move |reply| AdminOp::Alter {
         topics: specs,
         validate_only,
         reply,

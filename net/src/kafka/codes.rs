@@ -54,15 +54,16 @@ pub(crate) fn kafka_code(error: ErrorCode) -> i16 {
     kafka.code()
 }
 
-/// For group coordinator answers: a coordinator that is loading, moved or
-/// stopping is told in the coordinator's words, so the client looks it up
-/// again instead of failing.
+/// For group coordinator answers: the coordinator's own table
+/// (`group::classic::kafka_code`, which its commit answers use too), so a
+/// client gets one code for one outcome on every group API (a coordinator
+/// that is loading, moved or stopping is told in the coordinator's words,
+/// and the client looks it up again instead of failing); outcomes that
+/// table does not name map as partition answers do.
 pub(crate) fn group_code(error: ErrorCode) -> i16 {
-    match error {
-        ErrorCode::NotReady => K::CoordinatorLoadInProgress.code(),
-        ErrorCode::NotLeaderOrFollower => K::NotCoordinator.code(),
-        ErrorCode::BrokerShuttingDown | ErrorCode::RequestTimedOut => K::CoordinatorNotAvailable.code(),
-        other => kafka_code(other),
+    match crate::group::classic::kafka_code(error) {
+        code if code == K::UnknownServerError.code() && error != ErrorCode::Unknown => kafka_code(error),
+        code => code,
     }
 }
 

@@ -28,9 +28,9 @@ use spate_flatbuf::proto::ErrorCode;
 use super::codes::group_code;
 use super::{Ctx, decode, respond};
 use crate::catalog::{Catalog, kafka_topic_id};
-use crate::group::{Assignor, GroupOp, HeartbeatIn, Tp, coordinator, heartbeat_interval};
+use crate::group::{Assignor, GroupOp, HeartbeatIn, Tp, heartbeat_interval, route};
 use crate::limits::{GROUPS_PER_REQUEST_MAX, NAME_BYTES_MAX};
-use crate::shard::{Outcome, ShardOp};
+use crate::shard::Outcome;
 use crate::wire::Reply;
 
 /// Members one connection remembers (a client runs one consumer per
@@ -145,11 +145,10 @@ pub(crate) fn heartbeat(ctx: Ctx, body: Bytes, remembered: Rc<Remembered>) -> Re
     };
     // -2: a static member leaving (it may come back); served as a leave.
     let parsed = if parsed.member_epoch == -2 { HeartbeatIn { member_epoch: -1, ..parsed } } else { parsed };
-    let Some(owner) = coordinator(&ctx.shard, &group_id) else {
-        return error(K::CoordinatorNotAvailable.code(), "no group coordinator yet");
-    };
     let (reply, wait) = oneshot::channel();
-    ctx.shard.submit(owner, ShardOp::Group(GroupOp::Heartbeat { group_id: group_id.clone(), request: parsed, reply }));
+    if !route(&ctx.shard, &group_id, GroupOp::Heartbeat { group_id: group_id.clone(), request: parsed, reply }) {
+        return error(K::CoordinatorNotAvailable.code(), "no group coordinator yet");
+    }
     let interval_ms = heartbeat_interval(session_timeout).as_millis() as i32;
     Reply::Later(Box::pin(async move {
         let result = wait
@@ -220,13 +219,7 @@ pub(crate) fn describe(ctx: Ctx, body: Bytes) -> Reply {
         .map(|g| {
             let group_id = g.0.to_string();
             let (reply, wait) = oneshot::channel();
-            let routed = match coordinator(&ctx.shard, &group_id) {
-                Some(owner) => {
-                    ctx.shard.submit(owner, ShardOp::Group(GroupOp::Describe { group_id: group_id.clone(), reply }));
-                    true
-                }
-                None => false,
-            };
+            let routed = route(&ctx.shard, &group_id, GroupOp::Describe { group_id: group_id.clone(), reply });
             (group_id, routed, wait)
         })
         .collect();

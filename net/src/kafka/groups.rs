@@ -35,9 +35,9 @@ use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition};
 use super::codes::group_code;
 use super::{Ctx, decode, respond};
 use crate::group::classic::{self, JoinIn, SyncIn};
-use crate::group::{GroupOp, Tp, coordinator};
+use crate::group::{GroupOp, Tp, route};
 use crate::limits::{GROUPS_PER_REQUEST_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX};
-use crate::shard::{Outcome, Shard, ShardOp};
+use crate::shard::{Outcome, Shard};
 use crate::wire::{Reply, Response};
 
 /// FindCoordinator key types.
@@ -109,18 +109,6 @@ pub(crate) fn find_coordinator(ctx: Ctx, body: Bytes) -> Reply {
         })
         .collect();
     Reply::Now(respond(&ctx, &FindCoordinatorResponse::default().with_coordinators(coordinators)))
-}
-
-/// Sends `op` to the group's coordinator shard on this broker; false when
-/// there is none.
-fn route(shard: &Rc<Shard>, group_id: &str, op: GroupOp) -> bool {
-    match coordinator(shard, group_id) {
-        Some(owner) => {
-            shard.submit(owner, ShardOp::Group(op));
-            true
-        }
-        None => false,
-    }
 }
 
 fn stopped() -> Outcome {

@@ -48,6 +48,11 @@ fn brokers(catalog: &Catalog) -> Vec<MetadataResponseBroker> {
         .collect()
 }
 
+/// A partition's replicas on brokers that are fenced or gone.
+fn offline_replicas(catalog: &Catalog, assignment: &crate::catalog::PartitionAssignment) -> Vec<i32> {
+    assignment.replicas.iter().copied().filter(|r| catalog.brokers.get(r).is_none_or(|b| b.fenced)).collect()
+}
+
 fn topic_entry(catalog: &Catalog, name: &str) -> MetadataResponseTopic {
     let entry = MetadataResponseTopic::default().with_name(Some(TopicName(StrBytes::from_string(name.to_string()))));
     let Some(topic) = catalog.topics.get(name) else {
@@ -58,12 +63,7 @@ fn topic_entry(catalog: &Catalog, name: &str) -> MetadataResponseTopic {
         .map(|partition| {
             let assignment = topic.assignment(partition);
             let error = if assignment.leader < 0 { K::LeaderNotAvailable.code() } else { 0 };
-            let offline: Vec<i32> = assignment
-                .replicas
-                .iter()
-                .copied()
-                .filter(|r| catalog.brokers.get(r).is_none_or(|b| b.fenced))
-                .collect();
+            let offline = offline_replicas(catalog, &assignment);
             MetadataResponsePartition::default()
                 .with_error_code(error)
                 .with_partition_index(partition as i32)
@@ -276,12 +276,7 @@ pub(crate) fn describe_topic_partitions(ctx: Ctx, body: Bytes) -> Reply {
             }
             listed += 1;
             let assignment = topic.assignment(partition);
-            let offline: Vec<i32> = assignment
-                .replicas
-                .iter()
-                .copied()
-                .filter(|r| catalog.brokers.get(r).is_none_or(|b| b.fenced))
-                .collect();
+            let offline = offline_replicas(&catalog, &assignment);
             partitions.push(
                 DescribeTopicPartitionsResponsePartition::default()
                     .with_error_code(if assignment.leader < 0 { K::LeaderNotAvailable.code() } else { 0 })

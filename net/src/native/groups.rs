@@ -12,7 +12,7 @@ use spate_flatbuf::flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIP
 use spate_flatbuf::proto::*;
 use spate_flatbuf::{Frame, OFFSET_LATEST, validate_group_id};
 
-use crate::group::{Assignor, GroupOp, GroupView, HeartbeatIn, Tp, coordinator, heartbeat_interval};
+use crate::group::{Assignor, GroupOp, GroupView, HeartbeatIn, Tp, heartbeat_interval, route};
 use crate::shard::{OffsetResult, Outcome, Shard, ShardOp};
 use crate::wire::{Reply, Response, envelope, envelope_frame, invalid};
 
@@ -46,18 +46,6 @@ fn create_tps<'a>(
         })
         .collect();
     builder.create_vector(&entries)
-}
-
-/// Sends `op` to the group's coordinator; `None` if there is none (no
-/// `__consumer_offsets`, which the broker creates at start).
-fn route(shard: &Rc<Shard>, group_id: &str, op: GroupOp) -> bool {
-    match coordinator(shard, group_id) {
-        Some(owner) => {
-            shard.submit(owner, ShardOp::Group(op));
-            true
-        }
-        None => false,
-    }
 }
 
 fn stopped() -> Outcome {

@@ -11,7 +11,7 @@ use spate_flatbuf::flatbuffers::FlatBufferBuilder;
 use spate_flatbuf::proto::*;
 
 use super::clamp_ms;
-use crate::admin::{ADMIN_SHARD, AdminOp, AlterSpec, CreateSpec};
+use crate::admin::{AdminOp, AlterSpec, CreateSpec};
 use crate::limits::REQUEST_TIMEOUT_MS_MAX;
 use crate::shard::{Outcome, PartitionStats, Shard, ShardOp, config_map};
 use crate::topic_config;
@@ -58,21 +58,12 @@ fn admin_reply(
     request_id: u64,
     timeout: Duration,
     api: AdminApi,
-    make: impl FnOnce(oneshot::Sender<Vec<(String, Outcome)>>) -> AdminOp,
+    make: impl FnOnce(oneshot::Sender<crate::admin::TopicResults>) -> AdminOp,
     names: Vec<String>,
 ) -> Reply {
-    let (reply, wait) = oneshot::channel();
-    shard.submit(ADMIN_SHARD, ShardOp::Admin(make(reply)));
+    let wait = crate::admin::run(shard, names, timeout, make);
     Reply::Later(Box::pin(async move {
-        let results = futures::select! {
-            results = futures::FutureExt::fuse(wait) => results.unwrap_or_else(|_| {
-                names.iter().map(|n| (n.clone(), Outcome::err(ErrorCode::BrokerShuttingDown, "admin shard stopped"))).collect()
-            }),
-            () = futures::FutureExt::fuse(crate::deadline::Deadline::after(timeout)) => names
-                .iter()
-                .map(|n| (n.clone(), Outcome::err(ErrorCode::RequestTimedOut, "not finished in time; it may still complete")))
-                .collect(),
-        };
+        let results = wait.await;
         Response::Frame(topic_results_frame(request_id, &results, api))
     }))
 }
