@@ -24,6 +24,7 @@ mod metrics_http;
 mod native;
 mod producer_ids;
 mod replica;
+pub mod security;
 mod server;
 mod shard;
 pub mod topic_config;

@@ -26,6 +26,7 @@ mod produce;
 mod response;
 mod versions;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -35,6 +36,7 @@ use kafka_protocol::protocol::Decodable;
 use crate::budget::{ByteBudget, Charge};
 use crate::config::BrokerConfig;
 use crate::metrics::ShardMetrics;
+use crate::security::{ConnInfo, Principal, SecurityProtocol};
 use crate::shard::Shard;
 use crate::wire::{FrontEnd, Reply, Response};
 
@@ -90,10 +92,19 @@ impl FrontEnd for Kafka {
     type Frame = KafkaFrame;
     type FrameError = KafkaFrameError;
 
-    fn new_session(&self, peer: &str) -> Self::Session {
+    fn new_session(&self, info: &ConnInfo) -> Self::Session {
         // Kafka shows a member's host as "/<ip>".
+        let peer = info.peer.as_str();
         let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
-        Rc::new(Session { client_host: format!("/{ip}"), remembered: Rc::default(), fetch: Default::default() })
+        let principal = info.tls_principal.clone().unwrap_or_else(Principal::anonymous);
+        Rc::new(Session {
+            client_host: format!("/{ip}"),
+            protocol: info.protocol,
+            principal: RefCell::new(Rc::new(principal)),
+            authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
+            remembered: Rc::default(),
+            fetch: Default::default(),
+        })
     }
 
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
@@ -151,6 +162,15 @@ impl FrontEnd for Kafka {
 pub(crate) struct Session {
     /// "/<ip>" of the client, as Kafka shows a group member's host.
     client_host: String,
+    /// The listener's security protocol: on a SASL one, nothing but
+    /// ApiVersions and the SASL exchange is served until it succeeds.
+    protocol: SecurityProtocol,
+    /// Who the client is: ANONYMOUS, the TLS client certificate's subject,
+    /// or the SASL user once authenticated. Every request is authorized
+    /// as the principal at its dispatch.
+    principal: RefCell<Rc<Principal>>,
+    /// False on a SASL listener until the client authenticates.
+    authenticated: std::cell::Cell<bool>,
     /// What KIP-848 members sent last (`consumer_group`).
     remembered: Rc<consumer_group::Remembered>,
     /// This connection's fetch session (KIP-227), if the client made one.
@@ -167,6 +187,9 @@ pub(crate) struct Ctx {
     /// For the group coordinator's member ids and `group describe`.
     pub client_id: String,
     pub client_host: String,
+    /// Who sent it (see `Session::principal`).
+    #[allow(dead_code)] // authorization (issue 16) reads it
+    pub principal: Rc<Principal>,
 }
 
 fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
@@ -197,6 +220,15 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         }
         return (Reply::Now(versions::unsupported(api, version, correlation_id)), name);
     }
+    if !session.authenticated.get()
+        && !matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+    {
+        // Kafka closes a connection that sends anything else before SASL
+        // succeeds on a SASL listener.
+        tracing::info!(shard = shard.id, ?api, protocol = %session.protocol, client = %session.client_host,
+            "closing a Kafka connection: a request before SASL authentication");
+        return (Reply::Now(Response::Close(None)), name);
+    }
     // Parse the header at its version (copying only its small fields),
     // then hand the body to the handler: a produce request's body stays a
     // `BytesMut` (its records are split off it, not copied); the others
@@ -225,6 +257,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         correlation_id,
         client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
         client_host: session.client_host.clone(),
+        principal: session.principal.borrow().clone(),
     };
     if api == ApiKey::Produce {
         return (produce::produce(ctx, bytes), name);

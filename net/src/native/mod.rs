@@ -113,7 +113,7 @@ impl FrontEnd for Native {
     type Frame = Frame;
     type FrameError = spate_flatbuf::FrameError;
 
-    fn new_session(&self, _peer: &str) -> Session {
+    fn new_session(&self, _info: &crate::security::ConnInfo) -> Session {
         Session::new()
     }
 

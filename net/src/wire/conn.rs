@@ -13,6 +13,7 @@ use super::{FrontEnd, Reply, Response};
 use crate::budget::{Budgets, ByteBudget, Charge};
 use crate::deadline::Deadline;
 use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES};
+use crate::security::ConnInfo;
 use bytes::{Bytes, BytesMut};
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncReadExt, AsyncWriteExt};
@@ -92,7 +93,7 @@ async fn read_requests<F: FrontEnd>(
     queue: &local_channel::LocalSender<Queued>,
     budgets: &Budgets,
 ) -> Result<(), F::FrameError> {
-    let session = front.new_session(peer);
+    let session = front.new_session(&ConnInfo::plaintext(peer.to_string()));
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     // A large frame's bytes, charged before its body is read.

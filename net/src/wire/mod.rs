@@ -17,6 +17,7 @@ pub(crate) use self::response::{Reply, Response};
 use crate::budget::{ByteBudget, Charge};
 use crate::config::BrokerConfig;
 use crate::metrics::ShardMetrics;
+use crate::security::ConnInfo;
 
 /// A protocol front-end as a connection sees it: what it needs of the
 /// shard it runs on, a session per connection, and the dispatch of each
@@ -30,8 +31,9 @@ pub(crate) trait FrontEnd: Clone + 'static {
     /// Why the byte stream cannot be read on (it is closed).
     type FrameError: std::fmt::Display;
 
-    /// A new connection's session; `peer` is its address (ip:port).
-    fn new_session(&self, peer: &str) -> Self::Session;
+    /// A new connection's session: its peer's address, its listener's
+    /// security protocol, what TLS established.
+    fn new_session(&self, info: &ConnInfo) -> Self::Session;
 
     /// The next whole frame in `buf`, if there is one (split off it).
     fn decode(&self, buf: &mut BytesMut) -> Result<Option<Self::Frame>, Self::FrameError>;
