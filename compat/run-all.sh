@@ -41,6 +41,7 @@ scenarios=(
     "cross_protocol|$compat/python/cross_protocol.py"
     "tools_console|$compat/frameworks/tools_console.py"
     "tools_perf|$compat/frameworks/tools_perf.py"
+    "tools_quotas|$compat/frameworks/tools_quotas.py"
     "streams_wordcount|$compat/java/run.sh streams-wordcount"
     "connect_distributed|$compat/frameworks/connect_distributed.py"
 )

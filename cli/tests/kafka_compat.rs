@@ -81,6 +81,7 @@ scenarios!(
     cross_protocol,
     tools_console,
     tools_perf,
+    tools_quotas,
     streams_wordcount,
     connect_distributed,
 );

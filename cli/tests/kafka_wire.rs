@@ -153,3 +153,119 @@ fn a_kafka_fetch_claiming_a_replica_id_is_refused() {
     served(&broker);
     broker.stop();
 }
+
+/// A second broker started on a port the first one holds must fail with
+/// a clear error: every shard binds with SO_REUSEPORT, which the kernel
+/// grants to any process of the same user, so before this check the second
+/// broker started and silently took about half of the first one's new
+/// connections (seen: a Kafka tool's requests answered by another broker
+/// build, alternately).
+#[test]
+fn a_second_broker_on_the_same_port_is_refused_not_sharing_it() {
+    let broker = Broker::start(&data_dir("kafka_wire_port_taken"), 1);
+    let dir = data_dir("kafka_wire_port_taken_second");
+    let listeners = format!("PLAINTEXT://127.0.0.1:{}", broker.kafka_port);
+    let output = std::process::Command::new(common::SPATE)
+        .args(["serve", "--metrics-listen", "", "--no-pin", "--port", "0", "--shards", "1", "--listeners", &listeners])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .expect("run spate serve");
+    assert!(!output.status.success(), "a second broker started on a taken port");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("127.0.0.1:{} is not free", broker.kafka_port)), "{stderr}");
+    served(&broker);
+    broker.stop();
+}
+
+fn request_as<T: Encodable>(stream: &mut TcpStream, api: ApiKey, version: i16, client_id: &'static str, body: &T) {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)));
+    let mut out = BytesMut::new();
+    header.encode(&mut out, api.request_header_version(version)).expect("header");
+    body.encode(&mut out, version).expect("body");
+    send_raw(stream, &out);
+}
+
+/// consumer_byte_rate, set with AlterClientQuotas on a client id: a fetch
+/// that takes it over its rate is answered at once with throttle_time_ms,
+/// and the connection is not read from for that long (KIP-219); another
+/// client id is not throttled; DescribeClientQuotas shows the quota.
+#[test]
+fn a_client_over_its_consumer_byte_rate_is_throttled_and_kept_quiet() {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{
+        AlterClientQuotasRequest, AlterClientQuotasResponse, DescribeClientQuotasRequest, DescribeClientQuotasResponse,
+        TopicName,
+    };
+    let broker = Broker::start(&data_dir("kafka_wire_quota"), 1);
+    // 200 records of 1000 bytes, written by kcat.
+    let lines: String = (0..200).map(|i| format!("{i:0>1000}\n")).collect();
+    let mut kcat = std::process::Command::new("kcat")
+        .args(["-b", &broker.kafka_addr(), "-P", "-t", "quota", "-m", "10"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat (installed by compat/install.sh)");
+    kcat.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write to kcat");
+    assert!(kcat.wait().expect("kcat").success());
+
+    let mut admin = connect(&broker);
+    let quota_bytes_per_s = 15_000.0;
+    let alter = AlterClientQuotasRequest::default().with_entries(vec![
+        EntryData::default()
+            .with_entity(vec![
+                EntityData::default()
+                    .with_entity_type(StrBytes::from_static_str("client-id"))
+                    .with_entity_name(Some(StrBytes::from_static_str("slow-reader"))),
+            ])
+            .with_ops(vec![
+                OpData::default()
+                    .with_key(StrBytes::from_static_str("consumer_byte_rate"))
+                    .with_value(quota_bytes_per_s),
+            ]),
+    ]);
+    request(&mut admin, ApiKey::AlterClientQuotas, 1, 2, &alter);
+    let altered: AlterClientQuotasResponse = response(&mut admin, ApiKey::AlterClientQuotas, 1, 2);
+    assert_eq!(altered.entries[0].error_code, 0, "{altered:?}");
+    let describe = DescribeClientQuotasRequest::default().with_components(vec![
+        ComponentData::default().with_entity_type(StrBytes::from_static_str("client-id")).with_match_type(2),
+    ]);
+    request(&mut admin, ApiKey::DescribeClientQuotas, 1, 3, &describe);
+    let described: DescribeClientQuotasResponse = response(&mut admin, ApiKey::DescribeClientQuotas, 1, 3);
+    let entries = described.entries.unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].values[0].value, quota_bytes_per_s);
+
+    let fetch = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(4 << 20).with_topics(vec![
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str("quota"))).with_partitions(vec![
+            FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(4 << 20),
+        ]),
+    ]);
+    let fetch_as = |client_id: &'static str| {
+        let mut stream = connect(&broker);
+        request_as(&mut stream, ApiKey::Fetch, 12, client_id, &fetch);
+        let answer: FetchResponse = response(&mut stream, ApiKey::Fetch, 12, 1);
+        let records = answer.responses[0].partitions[0].records.as_ref().map_or(0, Bytes::len);
+        assert!(records > 150_000, "the fetch read {records} bytes");
+        (stream, answer.throttle_time_ms)
+    };
+    // ~200 KB against 15 KB/s over the 11 s quota window.
+    let (mut slow, throttle_ms) = fetch_as("slow-reader");
+    assert!(throttle_ms > 1000, "throttle_time_ms {throttle_ms}");
+    // Its next request waits out the throttle (a lower bound: a slow
+    // machine only makes it longer).
+    let asked = std::time::Instant::now();
+    request_as(&mut slow, ApiKey::ApiVersions, 3, "slow-reader", &ApiVersionsRequest::default());
+    let _: ApiVersionsResponse = response(&mut slow, ApiKey::ApiVersions, 3, 1);
+    let waited_ms = asked.elapsed().as_millis() as i32;
+    assert!(waited_ms >= throttle_ms * 8 / 10, "answered after {waited_ms} ms of a {throttle_ms} ms throttle");
+    // Another client id has no quota.
+    let (_, other) = fetch_as("fast-reader");
+    assert_eq!(other, 0);
+    broker.stop();
+}

@@ -18,6 +18,10 @@ use crate::limits::{PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
 use crate::shard::{Outcome, Shard};
 use crate::topic_config;
 
+/// One client quota entity and its changes: each key set to a rate
+/// (decimal text) or removed.
+pub(crate) type QuotaChange = (Vec<spate_replication::QuotaEntityPart>, Vec<(String, Option<String>)>);
+
 /// The shard that runs catalog changes.
 pub(crate) const ADMIN_SHARD: usize = 0;
 
@@ -52,6 +56,13 @@ pub(crate) enum AdminOp {
     ElectLeaders {
         partitions: Vec<(String, u32)>,
         unclean: bool,
+        reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
+    },
+    /// Kafka's AlterClientQuotas: each entity's changes, one controller
+    /// decision each, answered in order.
+    AlterClientQuotas {
+        entries: Vec<QuotaChange>,
+        validate_only: bool,
         reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
     },
     /// Grow topics to a partition count each (name, count).
@@ -120,6 +131,24 @@ pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
                     let result = through_controller_result(&shard, request).await;
                     if result.is_ok() {
                         tracing::info!(%topic, partition, unclean, "leader elected on request");
+                    }
+                    results.push(result);
+                }
+                let _ = reply.send(results);
+            }
+            AdminOp::AlterClientQuotas { entries, validate_only, reply } => {
+                let mut results = Vec::with_capacity(entries.len());
+                for (entity, changes) in entries {
+                    let result = if validate_only {
+                        let image = shard.shared.controller().image();
+                        spate_replication::controller::alter_client_quotas(&image, &entity, &changes).map(drop)
+                    } else {
+                        let request =
+                            ControllerRequest::AlterClientQuotas { entity: entity.clone(), changes: changes.clone() };
+                        through_controller_result(&shard, request).await
+                    };
+                    if result.is_ok() && !validate_only {
+                        tracing::info!(?entity, ?changes, "client quotas changed");
                     }
                     results.push(result);
                 }

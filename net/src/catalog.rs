@@ -122,6 +122,8 @@ pub struct Catalog {
     /// Topic names by their Kafka topic id (`kafka_topic_id`), for Kafka
     /// requests that name topics by id.
     pub by_kafka_id: HashMap<u128, String>,
+    /// Client quotas (user / client id byte rates).
+    pub(crate) client_quotas: Arc<crate::security::quota::ClientQuotas>,
 }
 
 /// A topic's Kafka topic id: a stable 16-byte UUID derived from Spate's
@@ -191,7 +193,8 @@ impl Catalog {
             .and_then(crate::broker_auth::secret_from_hex)
             .map(|secret| Arc::from(secret.into_boxed_slice()));
         let by_kafka_id = image.topics.values().map(|t| (kafka_topic_id(&t.topic_id), t.name.clone())).collect();
-        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret, by_kafka_id }
+        let client_quotas = Arc::new(crate::security::quota::ClientQuotas::from_image(&image.client_quotas));
+        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret, by_kafka_id, client_quotas }
     }
 }
 

@@ -144,3 +144,15 @@ const _: () = assert!(FETCH_PARTITION_BYTES_MIN <= CONNECTION_BYTES_IN_FLIGHT_MA
 /// request-level idle timeout applies). Kafka has no such bound; 10 s is
 /// far above a handshake's round trips on any network clients use.
 pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Client quotas measure a rate over this many samples of this length
+/// (Kafka's quota.window.num = 11 and quota.window.size.seconds = 1).
+pub const QUOTA_SAMPLES: usize = 11;
+pub const QUOTA_SAMPLE_MS: i64 = 1000;
+/// The longest a throttled connection is kept quiet at once: the whole
+/// window, after which its rate is measured afresh.
+pub const QUOTA_THROTTLE_MS_MAX: u64 = QUOTA_SAMPLES as u64 * QUOTA_SAMPLE_MS as u64;
+/// Quota meters the broker keeps (one per user/client id that a quota
+/// applies to; ~200 bytes each). Client ids are the client's to choose, so
+/// the count is bounded: past it, idle meters go first.
+pub const QUOTA_METERS_MAX: usize = 100_000;

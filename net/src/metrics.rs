@@ -47,6 +47,8 @@ pub(crate) struct ShardMetrics {
     connections_accepted: Cell<u64>,
     bad_frames: Cell<u64>,
     tls_handshakes_failed: Cell<u64>,
+    produce_throttle_ms: Cell<u64>,
+    fetch_throttle_ms: Cell<u64>,
     write_timeouts: Cell<u64>,
 }
 
@@ -60,6 +62,8 @@ pub(crate) struct ShardSnapshot {
     pub connections_accepted: u64,
     pub bad_frames: u64,
     pub tls_handshakes_failed: u64,
+    pub produce_throttle_ms: u64,
+    pub fetch_throttle_ms: u64,
     /// (topic, partition, bytes on disk)
     pub log_sizes: Vec<(String, u32, u64)>,
     /// Partitions hosted here whose log failed to open.
@@ -121,6 +125,15 @@ impl ShardMetrics {
         self.tls_handshakes_failed.set(self.tls_handshakes_failed.get() + 1);
     }
 
+    /// A client over its quota was kept quiet for `ms`.
+    pub fn throttled(&self, kind: crate::security::quota::QuotaKind, ms: u64) {
+        let counter = match kind {
+            crate::security::quota::QuotaKind::Produce => &self.produce_throttle_ms,
+            crate::security::quota::QuotaKind::Fetch => &self.fetch_throttle_ms,
+        };
+        counter.set(counter.get() + ms);
+    }
+
     pub fn write_timed_out(&self) {
         self.write_timeouts.set(self.write_timeouts.get() + 1);
     }
@@ -134,6 +147,8 @@ impl ShardMetrics {
             connections_accepted: self.connections_accepted.get(),
             bad_frames: self.bad_frames.get(),
             tls_handshakes_failed: self.tls_handshakes_failed.get(),
+            produce_throttle_ms: self.produce_throttle_ms.get(),
+            fetch_throttle_ms: self.fetch_throttle_ms.get(),
             log_sizes: log_sizes.to_vec(),
             partitions_offline,
             bytes_in_flight: 0,
@@ -222,6 +237,20 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
         "TLS connections that failed or timed out in their handshake (unknown or expired certificates, plaintext clients).",
         "counter",
         &|s| s.tls_handshakes_failed,
+    );
+    per_shard(
+        &mut out,
+        "spate_produce_throttle_ms_total",
+        "Milliseconds clients over their producer_byte_rate quota were kept quiet.",
+        "counter",
+        &|s| s.produce_throttle_ms,
+    );
+    per_shard(
+        &mut out,
+        "spate_fetch_throttle_ms_total",
+        "Milliseconds clients over their consumer_byte_rate quota were kept quiet.",
+        "counter",
+        &|s| s.fetch_throttle_ms,
     );
     per_shard(
         &mut out,

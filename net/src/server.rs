@@ -175,6 +175,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         inboxes.push(rx);
     }
     let kafka_listeners = config.kafka_listeners()?;
+    refuse_ports_in_use(&config, &kafka_listeners)?;
     // Loaded before anything binds: a missing or bad certificate stops the
     // start with the file named, not the first client's handshake.
     let tls = match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) {
@@ -184,6 +185,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     let shared = Arc::new(Shared {
         kafka_listeners,
         tls,
+        quota_meters: Default::default(),
         config,
         default_durability,
         shard_count,
@@ -532,6 +534,28 @@ pub fn run(config: BrokerConfig) -> Result<(), ServeError> {
     }
     handle.wait()?;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Every shard binds its ports with SO_REUSEPORT, which the kernel also
+/// grants to any other process of the same user that asks for it: a second
+/// broker started on the same ports would not fail but take half of the
+/// first one's connections. So each configured port is first bound the
+/// ordinary way, which fails while any socket holds it.
+fn refuse_ports_in_use(config: &BrokerConfig, kafka: &[crate::config::KafkaListener]) -> Result<(), ServeError> {
+    let shards = config.shard_count();
+    let mut ports: Vec<(String, u16)> = vec![(config.listen_host.clone(), config.port)];
+    if let Some(base) = config.shard_port_base {
+        ports.extend((0..shards).map(|i| (config.listen_host.clone(), base.saturating_add(i as u16))));
+    } else if config.port != 0 {
+        ports.extend((0..shards).map(|i| (config.listen_host.clone(), config.port.saturating_add(1 + i as u16))));
+    }
+    ports.extend(kafka.iter().map(|l| (l.host.clone(), l.port)));
+    for (host, port) in ports.into_iter().filter(|(_, port)| *port != 0) {
+        if let Err(err) = std::net::TcpListener::bind((host.as_str(), port)) {
+            return Err(ServeError::Start(format!("{host}:{port} is not free ({err}): is another broker running?")));
+        }
+    }
     Ok(())
 }
 

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub kafka_listeners: Vec<crate::config::KafkaListener>,
     /// TLS for the SSL and SASL_SSL listeners, if any (reloaded on SIGHUP).
     pub tls: Option<Arc<crate::security::tls::TlsServer>>,
+    /// Client quota meters, shared by every shard (quotas are per broker).
+    pub quota_meters: crate::security::quota::QuotaMeters,
     pub default_durability: Durability,
     pub shard_count: usize,
     pub catalog: ArcSwap<Catalog>,

@@ -56,6 +56,12 @@ pub enum ControllerRequest {
         name: String,
         configs: BTreeMap<String, String>,
     },
+    /// Kafka's AlterClientQuotas for one entity: each key set to a value
+    /// (a rate, as decimal text) or (None) removed.
+    AlterClientQuotas {
+        entity: Vec<crate::metadata::QuotaEntityPart>,
+        changes: Vec<(String, Option<String>)>,
+    },
     /// Sent by a partition's leader to grow or shrink its ISR.
     AlterPartition {
         topic: String,
@@ -236,6 +242,69 @@ pub fn create_partitions(
     let mut assignments = assign_replicas(&brokers, count, replication_factor, start);
     let added = assignments.split_off(current as usize);
     Ok(vec![MetadataRecord::CreatePartitions { name: name.to_string(), first_partition: current, assignments: added }])
+}
+
+/// The quota keys Spate enforces (Kafka's names), by the entity types
+/// they apply to.
+pub const CLIENT_QUOTA_KEYS: [&str; 2] = ["producer_byte_rate", "consumer_byte_rate"];
+/// The entity types of client quotas Spate keeps (Kafka's names).
+pub const CLIENT_QUOTA_ENTITY_TYPES: [&str; 2] = ["client-id", "user"];
+
+/// One entity's quota changes, checked: known entity types, each once and
+/// in order; known keys with finite positive values. The image keeps at
+/// most `MAX_CLIENT_QUOTA_ENTITIES` entities.
+pub fn alter_client_quotas(
+    image: &MetadataImage,
+    entity: &[crate::metadata::QuotaEntityPart],
+    changes: &[(String, Option<String>)],
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let invalid = |why: String| Err(ControllerError::InvalidRequest(why));
+    if entity.is_empty() {
+        return invalid("a client quota names an entity (user and/or client-id)".into());
+    }
+    for (i, part) in entity.iter().enumerate() {
+        if !CLIENT_QUOTA_ENTITY_TYPES.contains(&part.entity_type.as_str()) {
+            return invalid(format!(
+                "entity type {:?}: only user and client-id quotas are supported",
+                part.entity_type
+            ));
+        }
+        if i > 0 && entity[i - 1].entity_type >= part.entity_type {
+            return invalid("each entity type once, in order".into());
+        }
+        if part.name.as_ref().is_some_and(|n| n.len() > crate::limits::MAX_QUOTA_ENTITY_NAME_LEN) {
+            return invalid(format!(
+                "an entity name is longer than {} bytes",
+                crate::limits::MAX_QUOTA_ENTITY_NAME_LEN
+            ));
+        }
+    }
+    for (key, value) in changes {
+        if !CLIENT_QUOTA_KEYS.contains(&key.as_str()) {
+            return invalid(format!(
+                "quota {key:?} is not supported (Spate enforces {})",
+                CLIENT_QUOTA_KEYS.join(" and ")
+            ));
+        }
+        let rate = value.as_ref().map(|v| v.trim().parse::<f64>());
+        if rate.is_some_and(|rate| !rate.is_ok_and(|v| v.is_finite() && v > 0.0)) {
+            return invalid(format!("quota {key}: a rate must be a positive number"));
+        }
+    }
+    if !image.client_quotas.contains_key(entity)
+        && image.client_quotas.len() >= crate::limits::MAX_CLIENT_QUOTA_ENTITIES
+    {
+        return invalid(format!("at most {} quota entities", crate::limits::MAX_CLIENT_QUOTA_ENTITIES));
+    }
+    let mut batch = Batch::new(image);
+    for (key, value) in changes {
+        batch.push(MetadataRecord::AlterClientQuota {
+            entity: entity.to_vec(),
+            key: key.clone(),
+            value: value.as_ref().map(|v| v.trim().to_string()),
+        });
+    }
+    Ok(batch.records)
 }
 
 pub fn alter_topic_configs(
@@ -1559,5 +1628,40 @@ mod tests {
             assignments: vec![vec![]],
         };
         assert!(check_invariants(&img, &empty).is_err());
+    }
+
+    /// Client quotas: checked before they are committed, kept in the image
+    /// by entity, and removed key by key.
+    #[test]
+    fn client_quotas_are_checked_then_kept_by_entity() {
+        use crate::metadata::QuotaEntityPart;
+        let mut img = MetadataImage::default();
+        let client =
+            |name: Option<&str>| QuotaEntityPart { entity_type: "client-id".into(), name: name.map(str::to_string) };
+        let user = QuotaEntityPart { entity_type: "user".into(), name: Some("alice".into()) };
+        let set = |key: &str, value: &str| vec![(key.to_string(), Some(value.to_string()))];
+        for (entity, changes) in [
+            (vec![], set("producer_byte_rate", "1024")),
+            (vec![QuotaEntityPart { entity_type: "ip".into(), name: None }], set("producer_byte_rate", "1")),
+            (vec![user.clone(), client(None)], set("producer_byte_rate", "1")),
+            (vec![client(None)], set("request_percentage", "50")),
+            (vec![client(None)], set("producer_byte_rate", "-1")),
+            (vec![client(None)], set("producer_byte_rate", "lots")),
+        ] {
+            assert!(
+                matches!(alter_client_quotas(&img, &entity, &changes), Err(ControllerError::InvalidRequest(_))),
+                "{entity:?} {changes:?}"
+            );
+        }
+        let entity = vec![client(Some("app")), user];
+        let records = alter_client_quotas(&img, &entity, &set("producer_byte_rate", "1024.5")).expect("valid");
+        apply(&mut img, &records);
+        let records = alter_client_quotas(&img, &entity, &set("consumer_byte_rate", "2048")).expect("valid");
+        apply(&mut img, &records);
+        assert_eq!(img.client_quotas[&entity].get("producer_byte_rate").map(String::as_str), Some("1024.5"));
+        let remove = vec![("producer_byte_rate".to_string(), None), ("consumer_byte_rate".to_string(), None)];
+        let records = alter_client_quotas(&img, &entity, &remove).expect("valid");
+        apply(&mut img, &records);
+        assert!(img.client_quotas.is_empty(), "an entity without quotas is gone");
     }
 }

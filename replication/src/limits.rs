@@ -70,3 +70,11 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// The cluster secret brokers prove they know to each other: 256 bits, as
 /// much as the HMAC-SHA256 that proves it can use.
 pub const CLUSTER_SECRET_BYTES: usize = 32;
+
+/// Client quota entities the metadata keeps (each a few dozen bytes in
+/// every broker's image and every snapshot): far above any operator's
+/// set, and a bound on what AlterClientQuotas requests can add.
+pub const MAX_CLIENT_QUOTA_ENTITIES: usize = 10_000;
+/// Longest user or client id a quota names (Kafka bounds neither; a
+/// client id is a short string in practice).
+pub const MAX_QUOTA_ENTITY_NAME_LEN: usize = 1024;

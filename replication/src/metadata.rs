@@ -116,6 +116,23 @@ pub enum MetadataRecord {
     ClusterSecret {
         secret_hex: String,
     },
+    /// Kafka's client quotas (KIP-546): set (`value` Some) or remove one
+    /// quota key of an entity. `value` is the decimal text of Kafka's
+    /// double (a byte rate, in bytes per second).
+    AlterClientQuota {
+        entity: Vec<QuotaEntityPart>,
+        key: String,
+        value: Option<String>,
+    },
+}
+
+/// One part of a client quota's entity (Kafka's `user`, `client-id`);
+/// `name: None` is that type's default entity (`<default>`). An entity's
+/// parts are sorted by type, each type at most once.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QuotaEntityPart {
+    pub entity_type: String,
+    pub name: Option<String>,
 }
 
 /// One Kafka listener of a broker, as clients of that listener reach it.
@@ -231,6 +248,8 @@ pub struct MetadataImage {
     /// See `MetadataRecord::ClusterSecret`; None until the first active
     /// controller commits it.
     pub cluster_secret_hex: Option<String>,
+    /// Client quotas by entity: quota key -> value (decimal text).
+    pub client_quotas: BTreeMap<Vec<QuotaEntityPart>, BTreeMap<String, String>>,
     /// The Raft index of the last applied entry.
     pub applied_index: u64,
     /// The Raft leader (the active controller) as this node last knew it, -1
@@ -245,6 +264,7 @@ impl Default for MetadataImage {
             topics: BTreeMap::new(),
             next_producer_id: 0,
             cluster_secret_hex: None,
+            client_quotas: BTreeMap::new(),
             applied_index: 0,
             controller_id: -1,
         }
@@ -256,6 +276,20 @@ impl MetadataImage {
     /// ignored.
     pub fn apply(&mut self, record: &MetadataRecord) {
         match record {
+            MetadataRecord::AlterClientQuota { entity, key, value } => {
+                let quotas = self.client_quotas.entry(entity.clone()).or_default();
+                match value {
+                    Some(value) => {
+                        quotas.insert(key.clone(), value.clone());
+                    }
+                    None => {
+                        quotas.remove(key);
+                    }
+                }
+                if quotas.is_empty() {
+                    self.client_quotas.remove(entity);
+                }
+            }
             MetadataRecord::RegisterBroker {
                 node_id,
                 incarnation,

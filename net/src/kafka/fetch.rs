@@ -6,6 +6,7 @@
 //! a request naming a session Spate never gave gets
 //! FETCH_SESSION_ID_NOT_FOUND, and the client starts over.
 
+use crate::security::quota::QuotaKind;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -178,7 +179,13 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
         if incremental {
             responses.retain(|t| !t.partitions.is_empty());
         }
-        let response = FetchResponse::default().with_session_id(session_id).with_responses(responses);
+        // Kafka counts a fetch answer's size against consumer_byte_rate.
+        let record_bytes: usize = splices.iter().flat_map(|s| s.batches.iter()).map(Bytes::len).sum();
+        let throttle_ms = ctx.throttle(QuotaKind::Fetch, record_bytes);
+        let response = FetchResponse::default()
+            .with_session_id(session_id)
+            .with_responses(responses)
+            .with_throttle_time_ms(throttle_ms);
         let frame = match encode(&ctx, &response) {
             Ok(frame) => frame,
             Err(err) => {

@@ -23,6 +23,7 @@ mod metadata;
 mod offset_delete;
 mod partitions;
 mod produce;
+mod quotas;
 mod response;
 mod versions;
 
@@ -36,6 +37,8 @@ use kafka_protocol::protocol::Decodable;
 use crate::budget::{ByteBudget, Charge};
 use crate::config::BrokerConfig;
 use crate::metrics::ShardMetrics;
+use crate::security::principal::USER_TYPE;
+use crate::security::quota::{ConnQuotas, QuotaKind};
 use crate::security::{ConnInfo, Principal, SecurityProtocol};
 use crate::shard::Shard;
 use crate::wire::{FrontEnd, Reply, Response};
@@ -103,6 +106,8 @@ impl FrontEnd for Kafka {
             listener: info.listener.clone(),
             principal: RefCell::new(Rc::new(principal)),
             authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
+            quotas: ConnQuotas::default(),
+            quiet_until: std::cell::Cell::new(None),
             remembered: Rc::default(),
             fetch: Default::default(),
         })
@@ -156,6 +161,10 @@ impl FrontEnd for Kafka {
     fn bytes_in_flight(&self) -> &Rc<ByteBudget> {
         &self.0.bytes_in_flight
     }
+
+    fn quiet_until(&self, session: &Self::Session) -> Option<std::time::Instant> {
+        session.quiet_until.get()
+    }
 }
 
 /// What a Kafka connection keeps between requests.
@@ -174,6 +183,10 @@ pub(crate) struct Session {
     principal: RefCell<Rc<Principal>>,
     /// False on a SASL listener until the client authenticates.
     authenticated: std::cell::Cell<bool>,
+    /// The client's quotas as this connection resolved them.
+    quotas: ConnQuotas,
+    /// A client over its quota is not read from until then (KIP-219).
+    quiet_until: std::cell::Cell<Option<std::time::Instant>>,
     /// What KIP-848 members sent last (`consumer_group`).
     remembered: Rc<consumer_group::Remembered>,
     /// This connection's fetch session (KIP-227), if the client made one.
@@ -193,6 +206,8 @@ pub(crate) struct Ctx {
     /// The name of the listener it came in by: the brokers' addresses in
     /// answers are theirs on this listener.
     pub listener: Rc<str>,
+    /// The connection it came on.
+    pub session: Rc<Session>,
     /// Who sent it (see `Session::principal`).
     #[allow(dead_code)] // authorization (issue 16) reads it
     pub principal: Rc<Principal>,
@@ -265,6 +280,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         client_host: session.client_host.clone(),
         principal: session.principal.borrow().clone(),
         listener: session.listener.clone(),
+        session: session.clone(),
     };
     if api == ApiKey::Produce {
         return (produce::produce(ctx, bytes), name);
@@ -302,9 +318,42 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::LeaveGroup => groups::leave_group(ctx, body),
         ApiKey::ConsumerGroupHeartbeat => consumer_group::heartbeat(ctx, body, session.remembered.clone()),
         ApiKey::ConsumerGroupDescribe => consumer_group::describe(ctx, body),
+        ApiKey::DescribeClientQuotas => quotas::describe_client_quotas(ctx, body),
+        ApiKey::AlterClientQuotas => quotas::alter_client_quotas(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)
+}
+
+impl Ctx {
+    /// Counts `bytes` against the client's quota of `kind` and returns the
+    /// throttle time to answer with (0: none). A throttled connection is
+    /// not read from for that long (KIP-219: the answer goes at once, the
+    /// client's next request waits).
+    pub fn throttle(&self, kind: QuotaKind, bytes: usize) -> i32 {
+        let catalog = self.shard.shared.catalog.load();
+        if catalog.client_quotas.is_empty() {
+            return 0;
+        }
+        let user = if self.principal.principal_type == USER_TYPE { self.principal.name.as_str() } else { "" };
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let throttle_ms = self.session.quotas.record(
+            &catalog.client_quotas,
+            &self.shard.shared.quota_meters,
+            kind,
+            (user, &self.client_id),
+            bytes as u64,
+            now_ms,
+        );
+        if throttle_ms > 0 {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(throttle_ms);
+            let later = self.session.quiet_until.get().map_or(until, |current| current.max(until));
+            self.session.quiet_until.set(Some(later));
+            self.shard.metrics.throttled(kind, throttle_ms);
+        }
+        throttle_ms as i32
+    }
 }
 
 /// Decodes a request body; a body that does not parse closes the
@@ -379,6 +428,8 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::SyncGroup => one::<SyncGroupRequest>(&mut body, version),
         ApiKey::Heartbeat => one::<HeartbeatRequest>(&mut body, version),
         ApiKey::LeaveGroup => one::<LeaveGroupRequest>(&mut body, version),
+        ApiKey::DescribeClientQuotas => one::<DescribeClientQuotasRequest>(&mut body, version),
+        ApiKey::AlterClientQuotas => one::<AlterClientQuotasRequest>(&mut body, version),
         // Served APIs added later decode through their handlers' types;
         // until listed here they are not fuzzed.
         _ => Ok(()),

@@ -7,6 +7,7 @@
 //! batches are copied, as the native path does, so they do not pin a large
 //! receive buffer in the tail cache.
 
+use crate::security::quota::QuotaKind;
 use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -107,6 +108,8 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
         tracing::warn!(shard = ctx.shard.id, partitions, "closing a Kafka connection: Produce over the partition cap");
         return Reply::Now(Response::Close(None));
     }
+    // Kafka counts a produce request's size against producer_byte_rate.
+    let throttle_ms = ctx.throttle(QuotaKind::Produce, frame_bytes);
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis((request.timeout_ms.max(0) as u64).min(REQUEST_TIMEOUT_MS_MAX));
     // Split the large record sets off the buffer, in buffer order.
@@ -222,7 +225,7 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
                 .with_error_message(result.outcome.message.map(StrBytes::from_string));
             responses[part.topic_index].partition_responses.push(entry);
         }
-        respond(&ctx, &ProduceResponse::default().with_responses(responses))
+        respond(&ctx, &ProduceResponse::default().with_responses(responses).with_throttle_time_ms(throttle_ms))
     }))
 }
 

@@ -50,6 +50,8 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::LeaveGroup => (0, 5),
         ApiKey::ConsumerGroupHeartbeat => (0, 1),
         ApiKey::ConsumerGroupDescribe => (0, 1),
+        ApiKey::DescribeClientQuotas => (0, 1),
+        ApiKey::AlterClientQuotas => (0, 1),
         _ => return None,
     })
 }
@@ -89,6 +91,8 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::LeaveGroup => "kafka.leave_group",
         ApiKey::ConsumerGroupHeartbeat => "kafka.consumer_group_heartbeat",
         ApiKey::ConsumerGroupDescribe => "kafka.consumer_group_describe",
+        ApiKey::DescribeClientQuotas => "kafka.describe_client_quotas",
+        ApiKey::AlterClientQuotas => "kafka.alter_client_quotas",
         _ => "kafka.other",
     }
 }

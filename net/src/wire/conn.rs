@@ -138,7 +138,14 @@ async fn read_requests<F: FrontEnd, S: AsyncRead + AsyncWrite + Unpin>(
     // A large frame's bytes, charged before its body is read.
     let mut reserved: Option<Charge> = None;
     loop {
-        while let Some(frame) = front.decode(&mut buf)? {
+        loop {
+            if let Some(until) = front.quiet_until(&session) {
+                let now = Instant::now();
+                if until > now {
+                    Deadline::after(until - now).await;
+                }
+            }
+            let Some(frame) = front.decode(&mut buf)? else { break };
             let frame_bytes = F::frame_bytes(&frame);
             let charge = match reserved.take() {
                 Some(charge) => {

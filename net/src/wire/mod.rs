@@ -60,6 +60,12 @@ pub(crate) trait FrontEnd: Clone + 'static {
 
     fn shard_id(&self) -> usize;
 
+    /// Until when nothing more is to be read from this connection: a client
+    /// over its quota is kept quiet (Kafka's KIP-219). None: read on.
+    fn quiet_until(&self, _session: &Self::Session) -> Option<std::time::Instant> {
+        None
+    }
+
     fn metrics(&self) -> &ShardMetrics;
 
     fn config(&self) -> &BrokerConfig;
