@@ -19,5 +19,7 @@ mod storage;
 mod transport;
 
 pub use controller::{BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
-pub use metadata::{BrokerImage, MetadataImage, MetadataRecord, PartitionImage, TopicImage};
+pub use metadata::{
+    BrokerImage, MetadataImage, MetadataRecord, PartitionImage, ScramCredential, ScramMechanism, TopicImage,
+};
 pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus, read_image};

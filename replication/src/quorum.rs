@@ -43,7 +43,7 @@ use crate::limits::{
     ELECTION_TICK, HEARTBEAT_TICK, MAX_INFLIGHT_MSGS, MAX_RAFT_MSG_BYTES, RESEND_AFTER_TICKS, SNAPSHOT_BYTES_MAX,
 };
 use crate::log_store::LogStore;
-use crate::metadata::{BrokerImage, MetadataImage, MetadataRecord, TopicImage};
+use crate::metadata::{BrokerImage, MetadataImage, MetadataRecord, ScramCredential, ScramMechanism, TopicImage};
 use crate::storage::{self, DiskStorage, Recovered, RepairNeed};
 use crate::transport::{self, Control, Deliver, Inbound, Transport};
 
@@ -150,6 +150,9 @@ struct SnapshotData {
     /// Absent in snapshots written before the secret existed.
     #[serde(default)]
     cluster_secret_hex: Option<String>,
+    /// Absent in snapshots written before SCRAM: none.
+    #[serde(default)]
+    scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
 }
 
 /// The image (at the snapshot's index) and applied request ids in a snapshot.
@@ -160,6 +163,7 @@ fn decode_snapshot_data(snap: &Snapshot) -> Result<(MetadataImage, Vec<RequestId
         topics: data.topics,
         next_producer_id: data.next_producer_id,
         cluster_secret_hex: data.cluster_secret_hex,
+        scram_credentials: data.scram_credentials,
         applied_index: snap.get_metadata().index,
         controller_id: -1,
     };
@@ -889,6 +893,9 @@ impl Node {
             ControllerRequest::ReplicaOffline { topic, partition } => {
                 controller::replica_offline(img, topic, *partition, id.node_id)
             }
+            ControllerRequest::AlterScramCredentials { user, upsertions, deletions } => {
+                controller::alter_scram_credentials(img, user, upsertions, deletions)
+            }
         };
         let records = match records {
             Ok(r) => r,
@@ -1170,6 +1177,7 @@ impl Node {
             next_producer_id: self.applied.next_producer_id,
             applied_ids: self.applied_order.iter().copied().collect(),
             cluster_secret_hex: self.applied.cluster_secret_hex.clone(),
+            scram_credentials: self.applied.scram_credentials.clone(),
         };
         let data = match serde_json::to_vec(&data) {
             Ok(d) if d.len() < SNAPSHOT_BYTES_MAX - (4 << 10) => d,
