@@ -116,6 +116,9 @@ pub struct BrokerConfig {
     /// (Kafka's broker-level `log.retention.ms`, `log.segment.bytes`, ...
     /// by their topic names: `retention.ms`, `segment.bytes`, ...).
     pub log_defaults: std::collections::BTreeMap<String, String>,
+    /// Kafka's `sasl.enabled.mechanisms`: what a SASL listener offers, in
+    /// order (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN; comma-separated).
+    pub sasl_enabled_mechanisms: String,
 }
 
 impl Default for BrokerConfig {
@@ -159,6 +162,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             log_defaults: Default::default(),
+            sasl_enabled_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
         }
     }
 }

@@ -24,6 +24,8 @@ mod offset_delete;
 mod partitions;
 mod produce;
 mod response;
+mod sasl;
+mod scram_credentials;
 mod versions;
 
 use std::cell::RefCell;
@@ -102,6 +104,7 @@ impl FrontEnd for Kafka {
             protocol: info.protocol,
             principal: RefCell::new(Rc::new(principal)),
             authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
+            sasl: RefCell::default(),
             remembered: Rc::default(),
             fetch: Default::default(),
         })
@@ -171,6 +174,8 @@ pub(crate) struct Session {
     principal: RefCell<Rc<Principal>>,
     /// False on a SASL listener until the client authenticates.
     authenticated: std::cell::Cell<bool>,
+    /// Where the SASL exchange is (`sasl.rs`).
+    sasl: RefCell<sasl::SaslState>,
     /// What KIP-848 members sent last (`consumer_group`).
     remembered: Rc<consumer_group::Remembered>,
     /// This connection's fetch session (KIP-227), if the client made one.
@@ -194,6 +199,15 @@ pub(crate) struct Ctx {
 
 fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
     let bytes = frame.bytes;
+    if matches!(*session.sasl.borrow(), sasl::SaslState::Legacy) {
+        // After a SaslHandshake v0 the client sends bare SASL tokens, not
+        // Kafka requests (Kafka before 1.0; every client since sends
+        // SaslHandshake v1 and SaslAuthenticate when the broker lists it).
+        tracing::info!(shard = shard.id, client = %session.client_host,
+            "closing a Kafka connection: after SaslHandshake v0 it sends bare SASL tokens, which Spate does not read; \
+             the client must use SaslAuthenticate (Kafka 1.0+ clients do)");
+        return (Reply::Now(Response::Close(None)), "kafka.sasl_handshake");
+    }
     if bytes.len() < REQUEST_HEADER_BYTES_MIN - 2 {
         tracing::debug!(shard = shard.id, "closing a Kafka connection: a request too short for its header");
         return (Reply::Now(Response::Close(None)), "kafka.invalid");
@@ -295,6 +309,10 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::LeaveGroup => groups::leave_group(ctx, body),
         ApiKey::ConsumerGroupHeartbeat => consumer_group::heartbeat(ctx, body, session.remembered.clone()),
         ApiKey::ConsumerGroupDescribe => consumer_group::describe(ctx, body),
+        ApiKey::SaslHandshake => sasl::handshake(ctx, body, session),
+        ApiKey::SaslAuthenticate => sasl::authenticate(ctx, body, session),
+        ApiKey::AlterUserScramCredentials => scram_credentials::alter(ctx, body),
+        ApiKey::DescribeUserScramCredentials => scram_credentials::describe(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)
@@ -372,6 +390,10 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::SyncGroup => one::<SyncGroupRequest>(&mut body, version),
         ApiKey::Heartbeat => one::<HeartbeatRequest>(&mut body, version),
         ApiKey::LeaveGroup => one::<LeaveGroupRequest>(&mut body, version),
+        ApiKey::SaslHandshake => one::<SaslHandshakeRequest>(&mut body, version),
+        ApiKey::SaslAuthenticate => one::<SaslAuthenticateRequest>(&mut body, version),
+        ApiKey::AlterUserScramCredentials => one::<AlterUserScramCredentialsRequest>(&mut body, version),
+        ApiKey::DescribeUserScramCredentials => one::<DescribeUserScramCredentialsRequest>(&mut body, version),
         // Served APIs added later decode through their handlers' types;
         // until listed here they are not fuzzed.
         _ => Ok(()),

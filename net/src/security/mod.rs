@@ -6,6 +6,7 @@
 //! it names no front-end.
 
 pub(crate) mod principal;
+pub(crate) mod sasl;
 
 pub use self::principal::{Principal, PrincipalError};
 
