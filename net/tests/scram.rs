@@ -93,8 +93,10 @@ fn scram_credentials_are_altered_described_and_kept_across_a_restart() {
     // An empty list is every user too, as in Kafka.
     assert_eq!(describe(&mut conn, Some(&[])).len(), 2);
 
-    // A second mechanism for alice, then the first one deleted.
-    assert_eq!(alter(&mut conn, vec![upsert("alice", SHA512, 16384, "a")], vec![])[0].1, 0);
+    // A second mechanism for alice (with the first again, as
+    // kafka-configs sends both in one request), then the first deleted.
+    let both = vec![upsert("alice", SHA256, 8192, "a"), upsert("alice", SHA512, 16384, "a")];
+    assert_eq!(alter(&mut conn, both, vec![]), vec![("alice".into(), 0, String::new())]);
     assert_eq!(infos(&describe(&mut conn, Some(&["alice"]))[0]), [(SHA256, 8192), (SHA512, 16384)]);
     assert_eq!(alter(&mut conn, vec![], vec![delete("alice", SHA256)])[0].1, 0);
     stop(broker);
@@ -121,10 +123,14 @@ fn scram_alterations_are_refused_with_kafkas_codes() {
             upsert("many", SHA256, 16385, "x"),
             upsert("unknown", 0, 8192, "x"),
             upsert("twice", SHA256, 8192, "x"),
+            upsert("both", SHA256, 8192, "x"),
+            upsert("both", SHA512, 8192, "x"),
+            upsert("half", SHA256, 8192, "x"),
+            upsert("half", SHA512, 1, "x"),
             upsert("", SHA256, 8192, "x"),
             upsert("fine", SHA256, 8192, "x"),
         ],
-        vec![delete("twice", SHA512), delete("nobody", SHA256)],
+        vec![delete("twice", SHA256), delete("nobody", SHA256)],
     );
     let code = |user: &str| results.iter().find(|r| r.0 == user).map(|r| (r.1, r.2.as_str()));
     assert_eq!(
@@ -140,8 +146,12 @@ fn scram_alterations_are_refused_with_kafkas_codes() {
     assert_eq!(code("unknown"), Some((K::UnsupportedSaslMechanism.code(), "Unknown SCRAM mechanism")));
     assert_eq!(code(""), Some((K::UnacceptableCredential.code(), "Username must not be empty")));
     assert_eq!(code("fine"), Some((0, "")));
-    assert_eq!(results.len(), 7, "one result per user");
+    assert_eq!(code("both"), Some((0, "")), "two mechanisms of one user");
+    assert_eq!(code("half"), Some((K::UnacceptableCredential.code(), "Too few iterations")));
+    assert_eq!(results.len(), 9, "one result per user");
 
+    let described = describe(&mut conn, Some(&["half"]));
+    assert_eq!(described[0].error_code, K::ResourceNotFound.code(), "a refused user keeps none of its changes");
     let described = describe(&mut conn, Some(&["fine", "few", "fine"]));
     let by_user = |user: &str| described.iter().find(|r| r.user.as_str() == user).map(|r| r.error_code);
     assert_eq!(by_user("fine"), Some(K::DuplicateResource.code()));

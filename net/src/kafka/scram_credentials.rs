@@ -6,13 +6,13 @@
 //! the broker derives StoredKey and ServerKey from it and drops it, so
 //! only those reach the controller and the log. Each user's alteration
 //! goes through the controller on the admin shard, one user at a time.
-//! Kafka's rules: a user named twice in one request is DUPLICATE_RESOURCE
-//! (every entry of it), an unknown mechanism UNSUPPORTED_SASL_MECHANISM,
+//! Kafka's rules: a user and mechanism named twice in one request is
+//! DUPLICATE_RESOURCE (for the whole user), an unknown mechanism UNSUPPORTED_SASL_MECHANISM,
 //! iterations outside 4096..=16384 UNACCEPTABLE_CREDENTIAL, deleting or
 //! describing what does not exist RESOURCE_NOT_FOUND. A description lists
 //! mechanisms and iterations, never salts or keys.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -103,41 +103,46 @@ pub(crate) fn alter(ctx: Ctx, body: Bytes) -> Reply {
     if request.deletions.len() + request.upsertions.len() > SCRAM_ALTERATIONS_PER_REQUEST_MAX {
         return Reply::Now(Response::Close(None));
     }
-    // Users in order of first appearance; a user named twice is refused
-    // whole (Kafka: one alteration per user and request).
+    // One result per user, in order of first appearance; all of a
+    // user's changes go together. A (user, mechanism) pair named twice
+    // refuses the user (Kafka's rule; kafka-configs sends both mechanisms
+    // of a user in one request).
     let mut order: Vec<String> = Vec::new();
-    let mut count: BTreeMap<String, usize> = BTreeMap::new();
-    let names = request.deletions.iter().map(|d| &d.name).chain(request.upsertions.iter().map(|u| &u.name));
-    for name in names {
-        let seen = count.entry(name.to_string()).or_insert(0);
-        if *seen == 0 {
-            order.push(name.to_string());
+    let mut per_user: HashMap<String, Result<ScramAlteration, UserError>> = HashMap::new();
+    let mut pairs: HashSet<(String, i8)> = HashSet::new();
+    let mut duplicated: HashSet<String> = HashSet::new();
+    let deletions = request.deletions.iter().map(|d| (&d.name, d.mechanism, None));
+    let upsertions = request.upsertions.iter().map(|u| (&u.name, u.mechanism, Some(u)));
+    for (name, mechanism, upsert) in deletions.chain(upsertions) {
+        let user = name.to_string();
+        if !pairs.insert((user.clone(), mechanism)) {
+            duplicated.insert(user.clone());
         }
-        *seen += 1;
-    }
-    let mut checked: BTreeMap<String, Result<ScramAlteration, UserError>> = BTreeMap::new();
-    for deletion in &request.deletions {
-        let user = deletion.name.to_string();
-        let alteration = ScramMechanism::from_kafka_type(deletion.mechanism)
-            .ok_or_else(unsupported)
-            .map(|m| ScramAlteration { user: user.clone(), upsertions: vec![], deletions: vec![m] });
-        checked.insert(user, alteration);
-    }
-    for u in &request.upsertions {
-        let user = u.name.to_string();
-        let alteration = upsertion(u.mechanism, u.iterations, &u.salt, &u.salted_password)
-            .map(|pair| ScramAlteration { user: user.clone(), upsertions: vec![pair], deletions: vec![] });
-        checked.insert(user, alteration);
+        let entry = per_user.entry(user.clone()).or_insert_with(|| {
+            order.push(user.clone());
+            Ok(ScramAlteration { user: user.clone(), upsertions: vec![], deletions: vec![] })
+        });
+        let Ok(alteration) = entry else { continue };
+        let change = match upsert {
+            None => {
+                ScramMechanism::from_kafka_type(mechanism).ok_or_else(unsupported).map(|m| alteration.deletions.push(m))
+            }
+            Some(u) => upsertion(u.mechanism, u.iterations, &u.salt, &u.salted_password)
+                .map(|pair| alteration.upsertions.push(pair)),
+        };
+        if let Err(error) = change {
+            *entry = Err(error);
+        }
     }
     let mut results: Vec<(String, Option<UserError>)> = Vec::with_capacity(order.len());
     let mut send = Vec::new();
-    for user in &order {
-        let error = if count[user] > 1 {
+    for user in order {
+        let error = if duplicated.contains(&user) {
             Some((K::DuplicateResource.code(), "A user credential cannot be altered twice in the same request".into()))
         } else if user.is_empty() {
             Some((K::UnacceptableCredential.code(), "Username must not be empty".into()))
         } else {
-            match checked.remove(user) {
+            match per_user.remove(&user) {
                 Some(Ok(alteration)) => {
                     send.push(alteration);
                     None
@@ -146,7 +151,7 @@ pub(crate) fn alter(ctx: Ctx, body: Bytes) -> Reply {
                 None => Some((K::UnknownServerError.code(), "lost".into())),
             }
         };
-        results.push((user.clone(), error));
+        results.push((user, error));
     }
     let (reply, wait) = oneshot::channel();
     let sent = send.len();
