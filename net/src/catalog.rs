@@ -67,7 +67,23 @@ pub struct BrokerMeta {
     /// Where it serves the Kafka protocol (port 0: it does not).
     pub kafka_host: String,
     pub kafka_port: u16,
+    /// Every Kafka listener's address, by listener name.
+    pub kafka_listeners: Vec<spate_replication::KafkaEndpoint>,
     pub fenced: bool,
+}
+
+impl BrokerMeta {
+    /// Where clients of the Kafka listener `listener` reach this broker, if
+    /// it has such a listener. A broker registered before listeners had
+    /// names has one, PLAINTEXT.
+    pub fn kafka_endpoint(&self, listener: &str) -> Option<(&str, u16)> {
+        if self.kafka_listeners.is_empty() {
+            let plaintext = self.kafka_port != 0 && listener.eq_ignore_ascii_case("PLAINTEXT");
+            return plaintext.then_some((self.kafka_host.as_str(), self.kafka_port));
+        }
+        let endpoint = self.kafka_listeners.iter().find(|e| e.name.eq_ignore_ascii_case(listener))?;
+        Some((endpoint.host.as_str(), endpoint.port))
+    }
 }
 
 impl TopicMeta {
@@ -166,6 +182,7 @@ impl Catalog {
                     controller_port: broker.controller_port,
                     kafka_host: broker.kafka_host.clone(),
                     kafka_port: broker.kafka_port,
+                    kafka_listeners: broker.kafka_listeners.clone(),
                     fenced: broker.fenced,
                 };
                 (broker.node_id, meta)

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use spate_engine::Durability;
 use spate_flatbuf::{FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT};
 
+use crate::security::SecurityProtocol;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -96,13 +98,39 @@ pub struct BrokerConfig {
     pub broker_heartbeat_interval_ms: u64,
     pub broker_session_timeout_ms: u64,
     /// Kafka's `listeners`: where the Kafka protocol is served,
-    /// `PLAINTEXT://host:port` (one listener; port 0 picks a free one).
-    /// Empty: no Kafka listener.
+    /// `NAME://host:port,...` (port 0 picks a free one). A listener's name
+    /// is its security protocol (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)
+    /// or a name `listener_security_protocol_map` maps to one. Empty: no
+    /// Kafka listener.
     pub listeners: String,
-    /// Kafka's `advertised.listeners`: the address Metadata gives Kafka
-    /// clients. Absent: the listener's, with an unspecified host
-    /// (0.0.0.0) replaced by `advertised_host` or 127.0.0.1.
+    /// Kafka's `advertised.listeners`: `NAME://host:port,...`, the address
+    /// Metadata gives a client of each listener. A listener not in it is
+    /// advertised at its own address, an unspecified host (0.0.0.0)
+    /// replaced by `advertised_host` or 127.0.0.1.
     pub advertised_listeners: Option<String>,
+    /// Kafka's `listener.security.protocol.map`: `NAME:PROTOCOL,...`.
+    /// Empty: every listener is named by its protocol.
+    pub listener_security_protocol_map: String,
+    /// Kafka's `controller.listener.names`: listeners so named are Kafka's
+    /// controller listeners, which Spate does not serve (its controller has
+    /// a port of its own): they are skipped, so a KRaft combined-mode
+    /// `server.properties` works as is.
+    pub controller_listener_names: String,
+    /// TLS for SSL and SASL_SSL listeners (Kafka's `ssl.*` keys, PEM only,
+    /// KIP-651): the broker's certificate chain and private key, each
+    /// inline PEM text or a file (`ssl_keystore_location`, holding both).
+    pub ssl_keystore_type: String,
+    pub ssl_keystore_location: Option<PathBuf>,
+    pub ssl_keystore_certificate_chain: Option<String>,
+    pub ssl_keystore_key: Option<String>,
+    /// The CA certificates client certificates are verified against
+    /// (mutual TLS), inline PEM or a file.
+    pub ssl_truststore_type: String,
+    pub ssl_truststore_location: Option<PathBuf>,
+    pub ssl_truststore_certificates: Option<String>,
+    /// Kafka's `ssl.client.auth`: `none`, `requested` (a certificate, if
+    /// sent, must verify and names the principal) or `required`.
+    pub ssl_client_auth: String,
     /// Kafka's `auto.create.topics.enable`: a Kafka Metadata request for
     /// an unknown topic creates it, with `num_partitions` partitions and
     /// `default_replication_factor` replicas.
@@ -158,6 +186,16 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 6_000,
             listeners: "PLAINTEXT://127.0.0.1:9092".into(),
             advertised_listeners: None,
+            listener_security_protocol_map: String::new(),
+            controller_listener_names: "CONTROLLER".into(),
+            ssl_keystore_type: "PEM".into(),
+            ssl_keystore_location: None,
+            ssl_keystore_certificate_chain: None,
+            ssl_keystore_key: None,
+            ssl_truststore_type: "PEM".into(),
+            ssl_truststore_location: None,
+            ssl_truststore_certificates: None,
+            ssl_client_auth: "none".into(),
             auto_create_topics_enable: true,
             num_partitions: 1,
             default_replication_factor: 1,
@@ -241,9 +279,19 @@ impl BrokerConfig {
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError("retention_check_interval_ms must be positive".into()));
         }
-        self.kafka_listener()?;
-        if let Some(advertised) = &self.advertised_listeners {
-            parse_listener("advertised_listeners", advertised)?;
+        let listeners = self.kafka_listeners()?;
+        for index in 0..listeners.len() {
+            self.kafka_advertised(&listeners, index, 0)?;
+        }
+        self.client_auth()?;
+        for (key, kind) in
+            [("ssl_keystore_type", &self.ssl_keystore_type), ("ssl_truststore_type", &self.ssl_truststore_type)]
+        {
+            if !kind.eq_ignore_ascii_case("PEM") {
+                return Err(ConfigError(format!(
+                    "{key} {kind:?}: only PEM stores are supported (KIP-651; convert a JKS or PKCS12 store with keytool/openssl)"
+                )));
+            }
         }
         if self.num_partitions == 0 || self.num_partitions > crate::limits::PARTITIONS_PER_TOPIC_MAX as u32 {
             return Err(ConfigError("num_partitions must be in [1, 10000]".into()));
@@ -288,64 +336,134 @@ impl BrokerConfig {
         self.advertised_host.as_deref().unwrap_or(&self.listen_host)
     }
 
-    /// The Kafka listener's (host, port), if there is one.
-    pub fn kafka_listener(&self) -> Result<Option<(String, u16)>, ConfigError> {
-        if self.listeners.trim().is_empty() {
-            return Ok(None);
+    /// The Kafka listeners, in the order configured (controller listeners
+    /// skipped). Names are unique, as are ports other than 0.
+    pub fn kafka_listeners(&self) -> Result<Vec<KafkaListener>, ConfigError> {
+        let map = self.protocol_map()?;
+        let controller_names: Vec<&str> =
+            self.controller_listener_names.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        let mut listeners: Vec<KafkaListener> = Vec::new();
+        for (name, host, port) in parse_endpoints("listeners", &self.listeners)? {
+            if controller_names.iter().any(|c| c.eq_ignore_ascii_case(&name)) {
+                continue;
+            }
+            let protocol = match map.iter().find(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                Some((_, protocol)) => *protocol,
+                None => SecurityProtocol::parse(&name).ok_or_else(|| {
+                    ConfigError(format!(
+                        "listeners: {name:?} is neither a security protocol (PLAINTEXT, SSL, SASL_PLAINTEXT, \
+                         SASL_SSL) nor named in listener_security_protocol_map"
+                    ))
+                })?,
+            };
+            if listeners.iter().any(|l| l.name.eq_ignore_ascii_case(&name)) {
+                return Err(ConfigError(format!("listeners: the name {name} is used twice")));
+            }
+            if port != 0 && listeners.iter().any(|l| l.port == port) {
+                return Err(ConfigError(format!("listeners: port {port} is used twice")));
+            }
+            listeners.push(KafkaListener { name, protocol, host, port });
         }
-        parse_listener("listeners", &self.listeners).map(Some)
+        Ok(listeners)
     }
 
-    /// The host Kafka clients are told to connect to (with the port the
-    /// listener got, when `advertised_listeners` is absent). Kafka clients
-    /// resolve names themselves, and `localhost` may resolve to ::1 while
-    /// the listener is IPv4: an unspecified listen address is advertised
-    /// as an address, never a name.
-    pub fn kafka_advertised(&self, bound_port: u16) -> Result<Option<(String, u16)>, ConfigError> {
-        if let Some(advertised) = &self.advertised_listeners {
-            return parse_listener("advertised_listeners", advertised).map(Some);
+    fn protocol_map(&self) -> Result<Vec<(String, SecurityProtocol)>, ConfigError> {
+        let mut map = Vec::new();
+        for entry in self.listener_security_protocol_map.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = || {
+                ConfigError(format!(
+                    "listener_security_protocol_map entry {entry:?}: expected NAME:PROTOCOL (PLAINTEXT, SSL, \
+                     SASL_PLAINTEXT or SASL_SSL)"
+                ))
+            };
+            let (name, protocol) = entry.split_once(':').ok_or_else(bad)?;
+            let protocol = SecurityProtocol::parse(protocol.trim()).ok_or_else(bad)?;
+            map.push((name.trim().to_string(), protocol));
         }
-        let Some((host, _)) = self.kafka_listener()? else { return Ok(None) };
-        let host = match host.parse::<std::net::IpAddr>() {
+        Ok(map)
+    }
+
+    /// Where clients of `listeners[index]` are told to connect (with the
+    /// port the listener got, unless `advertised_listeners` names it).
+    /// Kafka clients resolve names themselves, and `localhost` may resolve
+    /// to ::1 while the listener is IPv4: an unspecified listen address is
+    /// advertised as an address, never a name.
+    pub fn kafka_advertised(
+        &self,
+        listeners: &[KafkaListener],
+        index: usize,
+        bound_port: u16,
+    ) -> Result<(String, u16), ConfigError> {
+        let listener = &listeners[index];
+        if let Some(advertised) = &self.advertised_listeners {
+            let endpoints = parse_endpoints("advertised_listeners", advertised)?;
+            // A single unnamed entry (host:port) is the first listener's.
+            let named = endpoints.iter().find(|(name, ..)| name.eq_ignore_ascii_case(&listener.name));
+            let unnamed = (index == 0 && endpoints.len() == 1 && !advertised.contains("://")).then(|| &endpoints[0]);
+            if let Some((_, host, port)) = named.or(unnamed) {
+                return Ok((host.clone(), *port));
+            }
+        }
+        let host = match listener.host.parse::<std::net::IpAddr>() {
             Ok(ip) if ip.is_unspecified() => self.advertised_host.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
-            Ok(_) => host,
+            Ok(_) => listener.host.clone(),
             // A name: advertise what it resolves to, IPv4 first.
             Err(_) => {
                 use std::net::ToSocketAddrs;
                 let resolved: Vec<std::net::SocketAddr> =
-                    (host.as_str(), bound_port).to_socket_addrs().map(Iterator::collect).unwrap_or_default();
-                resolved.iter().find(|a| a.is_ipv4()).or(resolved.first()).map_or(host.clone(), |a| a.ip().to_string())
+                    (listener.host.as_str(), bound_port).to_socket_addrs().map(Iterator::collect).unwrap_or_default();
+                let first = resolved.iter().find(|a| a.is_ipv4()).or(resolved.first());
+                first.map_or(listener.host.clone(), |a| a.ip().to_string())
             }
         };
-        Ok(Some((host, bound_port)))
+        Ok((host, bound_port))
+    }
+
+    /// `ssl_client_auth` parsed.
+    pub fn client_auth(&self) -> Result<ClientAuth, ConfigError> {
+        match self.ssl_client_auth.trim().to_ascii_lowercase().as_str() {
+            "none" | "" => Ok(ClientAuth::None),
+            "requested" => Ok(ClientAuth::Requested),
+            "required" => Ok(ClientAuth::Required),
+            other => Err(ConfigError(format!("ssl_client_auth {other:?}: expected none, requested or required"))),
+        }
     }
 }
 
-/// One Kafka listener, `PLAINTEXT://host:port` (or `host:port`). Other
-/// security protocols come with TLS and SASL (issue 16).
-fn parse_listener(key: &str, text: &str) -> Result<(String, u16), ConfigError> {
-    let text = text.trim();
-    let bad = |why: &str| ConfigError(format!("{key} {text:?}: {why}"));
-    if text.contains(',') {
-        return Err(bad("one listener only for now (PLAINTEXT://host:port)"));
-    }
-    let address = match text.split_once("://") {
-        Some((protocol, address)) => {
-            // Kafka names a listener by its security protocol or by a name
-            // mapped to one; only plaintext exists until issue 16.
-            if !protocol.eq_ignore_ascii_case("PLAINTEXT") {
-                return Err(bad("only PLAINTEXT listeners are supported (TLS and SASL are not built yet)"));
-            }
-            address
+/// One Kafka listener: its name, its security protocol, where it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaListener {
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Kafka's `ssl.client.auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Requested,
+    Required,
+}
+
+/// `NAME://host:port,...` as (name, host, port); a bare `host:port` is
+/// named PLAINTEXT. An empty host binds every interface (Kafka's rule).
+fn parse_endpoints(key: &str, text: &str) -> Result<Vec<(String, String, u16)>, ConfigError> {
+    let mut out = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = |why: &str| ConfigError(format!("{key} entry {entry:?}: {why}"));
+        let (name, address) = entry.split_once("://").unwrap_or(("PLAINTEXT", entry));
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(bad("expected NAME://host:port"));
         }
-        None => text,
-    };
-    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("the port is not a number in [0, 65535]"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    // Kafka: an empty host binds every interface.
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    Ok((host.to_string(), port))
+        let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("the port is not a number in [0, 65535]"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        out.push((name.to_ascii_uppercase(), host.to_string(), port));
+    }
+    Ok(out)
 }
 
 /// What `spate serve --config server.properties` made of a Kafka broker's
@@ -370,6 +488,24 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
     match key {
         "listeners" => config.listeners = value.to_string(),
         "advertised.listeners" => config.advertised_listeners = Some(value.to_string()),
+        "listener.security.protocol.map" => config.listener_security_protocol_map = value.to_string(),
+        "controller.listener.names" => config.controller_listener_names = value.to_string(),
+        "ssl.keystore.type" => config.ssl_keystore_type = value.to_string(),
+        "ssl.keystore.location" => config.ssl_keystore_location = Some(PathBuf::from(value)),
+        "ssl.keystore.certificate.chain" => config.ssl_keystore_certificate_chain = Some(value.to_string()),
+        "ssl.keystore.key" => config.ssl_keystore_key = Some(value.to_string()),
+        "ssl.truststore.type" => config.ssl_truststore_type = value.to_string(),
+        "ssl.truststore.location" => config.ssl_truststore_location = Some(PathBuf::from(value)),
+        "ssl.truststore.certificates" => config.ssl_truststore_certificates = Some(value.to_string()),
+        "ssl.client.auth" => config.ssl_client_auth = value.to_string(),
+        // An encrypted private key needs its password; Spate reads only
+        // unencrypted PEM keys, so one given is refused rather than ignored.
+        "ssl.key.password" | "ssl.keystore.password" if !value.is_empty() => {
+            return Err(ConfigError(format!(
+                "{key}: encrypted private keys are not supported; give ssl.keystore.key unencrypted (PKCS#8 PEM)"
+            )));
+        }
+        "ssl.key.password" | "ssl.keystore.password" | "ssl.truststore.password" => {}
         "log.dirs" | "log.dir" => {
             let first = value.split(',').map(str::trim).find(|d| !d.is_empty());
             let Some(first) = first else { return Err(ConfigError(format!("{key} is empty"))) };
@@ -430,9 +566,7 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         // Settings that only describe what Spate does anyway: combined mode,
         // plaintext, no inter-broker listener choice.
         "process.roles"
-        | "controller.listener.names"
         | "inter.broker.listener.name"
-        | "listener.security.protocol.map"
         | "num.network.threads"
         | "num.io.threads"
         | "socket.send.buffer.bytes"
@@ -519,8 +653,9 @@ sasl.enabled.mechanisms=\\
         let parsed = BrokerConfig::from_kafka_properties(text).unwrap();
         let config = parsed.config;
         assert_eq!(config.node_id, 3);
-        assert_eq!(config.kafka_listener().unwrap(), Some(("0.0.0.0".to_string(), 19092)));
-        assert_eq!(config.kafka_advertised(19092).unwrap(), Some(("10.1.2.3".to_string(), 19092)));
+        let listeners = config.kafka_listeners().unwrap();
+        assert_eq!(listeners, vec![listener("PLAINTEXT", SecurityProtocol::Plaintext, "0.0.0.0", 19092)]);
+        assert_eq!(config.kafka_advertised(&listeners, 0, 19092).unwrap(), ("10.1.2.3".to_string(), 19092));
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/spate"));
         assert_eq!(config.num_partitions, 6);
         assert_eq!(config.default_replication_factor, 1);
@@ -532,16 +667,72 @@ sasl.enabled.mechanisms=\\
         config.validate().unwrap();
     }
 
+    fn listener(name: &str, protocol: SecurityProtocol, host: &str, port: u16) -> KafkaListener {
+        KafkaListener { name: name.into(), protocol, host: host.into(), port }
+    }
+
     #[test]
     fn listeners_are_kafka_shaped() {
-        let config = BrokerConfig { listeners: "SSL://127.0.0.1:9093".into(), ..BrokerConfig::default() };
-        assert!(config.validate().unwrap_err().0.contains("PLAINTEXT"));
         let config = BrokerConfig { listeners: "PLAINTEXT://:9092".into(), ..BrokerConfig::default() };
-        assert_eq!(config.kafka_listener().unwrap(), Some(("0.0.0.0".into(), 9092)));
+        let listeners = config.kafka_listeners().unwrap();
+        assert_eq!(listeners, vec![listener("PLAINTEXT", SecurityProtocol::Plaintext, "0.0.0.0", 9092)]);
         // An unspecified address is advertised as an address clients can
         // reach, never a name.
-        assert_eq!(config.kafka_advertised(9092).unwrap(), Some(("127.0.0.1".into(), 9092)));
+        assert_eq!(config.kafka_advertised(&listeners, 0, 9092).unwrap(), ("127.0.0.1".into(), 9092));
         let config = BrokerConfig { listeners: String::new(), ..BrokerConfig::default() };
-        assert_eq!(config.kafka_listener().unwrap(), None);
+        assert_eq!(config.kafka_listeners().unwrap(), vec![]);
+    }
+
+    /// An operator's mix: a plaintext loopback listener and a SASL_SSL
+    /// external one by a name of their own, with the controller listener
+    /// of a KRaft combined-mode file skipped.
+    #[test]
+    fn several_listeners_take_their_protocols_by_name_or_by_the_map() {
+        let text = "\
+listeners=PLAINTEXT://127.0.0.1:9092,EXTERNAL://0.0.0.0:9094,CONTROLLER://:9093,SSL://:9095
+advertised.listeners=PLAINTEXT://127.0.0.1:9092,EXTERNAL://broker1.example.com:9094
+listener.security.protocol.map=EXTERNAL:SASL_SSL,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+ssl.keystore.type=PEM
+ssl.keystore.location=/etc/spate/broker.pem
+ssl.truststore.location=/etc/spate/ca.pem
+ssl.client.auth=requested
+";
+        let parsed = BrokerConfig::from_kafka_properties(text).unwrap();
+        assert!(parsed.unsupported.is_empty(), "{:?}", parsed.unsupported);
+        let config = parsed.config;
+        let listeners = config.kafka_listeners().unwrap();
+        assert_eq!(
+            listeners,
+            vec![
+                listener("PLAINTEXT", SecurityProtocol::Plaintext, "127.0.0.1", 9092),
+                listener("EXTERNAL", SecurityProtocol::SaslSsl, "0.0.0.0", 9094),
+                listener("SSL", SecurityProtocol::Ssl, "0.0.0.0", 9095),
+            ]
+        );
+        assert_eq!(config.kafka_advertised(&listeners, 1, 9094).unwrap(), ("broker1.example.com".into(), 9094));
+        assert_eq!(config.kafka_advertised(&listeners, 2, 9095).unwrap(), ("127.0.0.1".into(), 9095));
+        assert_eq!(config.client_auth().unwrap(), ClientAuth::Requested);
+        assert_eq!(config.ssl_keystore_location, Some(PathBuf::from("/etc/spate/broker.pem")));
+    }
+
+    #[test]
+    fn bad_listeners_are_refused_by_name() {
+        let with = |listeners: &str, map: &str| BrokerConfig {
+            listeners: listeners.into(),
+            listener_security_protocol_map: map.into(),
+            ..BrokerConfig::default()
+        };
+        let err = with("INTERNAL://:9092", "").kafka_listeners().unwrap_err();
+        assert!(err.0.contains("INTERNAL") && err.0.contains("listener_security_protocol_map"), "{err}");
+        let err = with("PLAINTEXT://:9092,SSL://:9092", "").kafka_listeners().unwrap_err();
+        assert!(err.0.contains("port 9092"), "{err}");
+        let err = with("PLAINTEXT://:9092,plaintext://:9093", "").kafka_listeners().unwrap_err();
+        assert!(err.0.contains("twice"), "{err}");
+        let err = with("A://:9092", "A:TLS").kafka_listeners().unwrap_err();
+        assert!(err.0.contains("A:TLS"), "{err}");
+        let config = BrokerConfig { ssl_keystore_type: "JKS".into(), ..BrokerConfig::default() };
+        assert!(config.validate().unwrap_err().0.contains("PEM"));
+        assert!(BrokerConfig::from_kafka_properties("ssl.key.password=secret\n").is_err());
     }
 }

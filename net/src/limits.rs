@@ -148,3 +148,9 @@ const _: () =
     assert!(CLASSIC_GROUP_BYTES_MAX >= CLASSIC_METADATA_BYTES_MAX + CLASSIC_ASSIGNMENT_BYTES_MAX, "one member fits");
 const _: () = assert!(CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT <= SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT);
 const _: () = assert!(FETCH_PARTITION_BYTES_MIN <= CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT);
+
+/// A TLS client must finish its handshake within this long of connecting
+/// (else a peer could hold sockets open doing nothing, before any
+/// request-level idle timeout applies). Kafka has no such bound; 10 s is
+/// far above a handshake's round trips on any network clients use.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;

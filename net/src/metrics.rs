@@ -46,6 +46,7 @@ pub(crate) struct ShardMetrics {
     connections_open: Cell<u64>,
     connections_accepted: Cell<u64>,
     bad_frames: Cell<u64>,
+    tls_handshakes_failed: Cell<u64>,
     write_timeouts: Cell<u64>,
 }
 
@@ -58,6 +59,7 @@ pub(crate) struct ShardSnapshot {
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub bad_frames: u64,
+    pub tls_handshakes_failed: u64,
     /// (topic, partition, bytes on disk)
     pub log_sizes: Vec<(String, u32, u64)>,
     /// Partitions hosted here whose log failed to open.
@@ -115,6 +117,10 @@ impl ShardMetrics {
         self.bad_frames.set(self.bad_frames.get() + 1);
     }
 
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshakes_failed.set(self.tls_handshakes_failed.get() + 1);
+    }
+
     pub fn write_timed_out(&self) {
         self.write_timeouts.set(self.write_timeouts.get() + 1);
     }
@@ -127,6 +133,7 @@ impl ShardMetrics {
             connections_open: self.connections_open.get(),
             connections_accepted: self.connections_accepted.get(),
             bad_frames: self.bad_frames.get(),
+            tls_handshakes_failed: self.tls_handshakes_failed.get(),
             log_sizes: log_sizes.to_vec(),
             partitions_offline,
             bytes_in_flight: 0,
@@ -208,6 +215,13 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
         "Frames refused (oversized, truncated, unverifiable).",
         "counter",
         &|s| s.bad_frames,
+    );
+    per_shard(
+        &mut out,
+        "spate_tls_handshakes_failed_total",
+        "TLS connections that failed or timed out in their handshake (unknown or expired certificates, plaintext clients).",
+        "counter",
+        &|s| s.tls_handshakes_failed,
     );
     per_shard(
         &mut out,

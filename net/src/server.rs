@@ -23,7 +23,9 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{BrokerConfig, ConfigError, parse_durability};
+use crate::security::SecurityProtocol;
 use crate::shard::{Ports, Shard, ShardOp, Shared};
+use crate::wire::conn::{Security, serve_tcp};
 
 const LOCK_FILE: &str = "broker.lock";
 /// The controller's Raft log and state, under the data directory.
@@ -47,6 +49,8 @@ pub enum ServeError {
     Start(String),
     #[error("starting shard {shard}: {source}")]
     Executor { shard: usize, source: glommio::GlommioError<()> },
+    #[error(transparent)]
+    Tls(#[from] crate::security::tls::TlsError),
 }
 
 /// A running broker.
@@ -71,11 +75,24 @@ impl BrokerHandle {
         self.shared.ports.get().map(|p| p.shards.clone()).unwrap_or_default()
     }
 
-    /// The Kafka listener's address, if there is one.
+    /// The first Kafka listener's address, if there is one.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
-        let port = self.shared.ports.get()?.kafka?;
-        let (host, _) = self.shared.config.kafka_advertised(port).ok()??;
-        format!("{host}:{port}").parse().ok()
+        self.kafka_addrs().into_iter().next().map(|(_, addr)| addr)
+    }
+
+    /// Every Kafka listener's name and address (as advertised, with the
+    /// port it got), in the order configured.
+    pub fn kafka_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let Some(ports) = self.shared.ports.get() else { return Vec::new() };
+        let listeners = &self.shared.kafka_listeners;
+        (0..listeners.len())
+            .filter_map(|index| {
+                let port = *ports.kafka.get(index)?;
+                let (host, _) = self.shared.config.kafka_advertised(listeners, index, port).ok()?;
+                let addr = format!("{host}:{port}").parse().ok()?;
+                Some((listeners[index].name.clone(), addr))
+            })
+            .collect()
     }
 
     /// The port `/metrics` is served on, if enabled.
@@ -130,8 +147,8 @@ fn request_shutdown(shared: &Shared) {
 }
 
 /// What a shard reports once it is ready to accept (or why it is not).
-/// (shard, main port, own port, Kafka port: 0 when there is no listener).
-type Ready = Result<(usize, u16, u16, u16), (usize, String)>;
+/// (shard, main port, own port, each Kafka listener's port).
+type Ready = Result<(usize, u16, u16, Vec<u16>), (usize, String)>;
 
 /// Starts a broker and returns once every shard accepts connections.
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
@@ -157,7 +174,16 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         mailboxes.push(tx);
         inboxes.push(rx);
     }
+    let kafka_listeners = config.kafka_listeners()?;
+    // Loaded before anything binds: a missing or bad certificate stops the
+    // start with the file named, not the first client's handshake.
+    let tls = match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) {
+        true => Some(Arc::new(crate::security::tls::TlsServer::load(&config)?)),
+        false => None,
+    };
     let shared = Arc::new(Shared {
+        kafka_listeners,
+        tls,
         config,
         default_durability,
         shard_count,
@@ -172,7 +198,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     let mut executors = Vec::with_capacity(shard_count);
     let mut go = Vec::with_capacity(shard_count);
     let mut main_port = shared.config.port;
-    let mut kafka_port = shared.config.kafka_listener()?.map_or(0, |(_, port)| port);
+    let mut kafka_ports: Vec<u16> = shared.kafka_listeners.iter().map(|l| l.port).collect();
     let mut shard_ports = vec![0u16; shard_count];
     let mut failure = None;
     for (shard, inbox) in inboxes.into_iter().enumerate() {
@@ -184,7 +210,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
             Placement::Unbound
         };
         let (ready, shared_for_shard) = (ready_tx.clone(), shared.clone());
-        let (port, kafka) = (main_port, kafka_port);
+        let (port, kafka) = (main_port, kafka_ports.clone());
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("spate-shard-{shard}"))
             .io_memory(shared.config.io_memory_bytes);
@@ -205,7 +231,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
             match ready_rx.recv() {
                 Ok(Ok((_, main, own, kafka))) => {
                     main_port = main;
-                    kafka_port = kafka;
+                    kafka_ports = kafka;
                     shard_ports[0] = own;
                 }
                 Ok(Err((shard, message))) => {
@@ -243,12 +269,11 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         let _ = handle.wait();
         return Err(err);
     }
-    let kafka = if shared.config.kafka_listener()?.is_some() { Some(kafka_port) } else { None };
-    let _ = shared.ports.set(Ports { main: main_port, shards: shard_ports.clone(), kafka });
+    let _ = shared.ports.set(Ports { main: main_port, shards: shard_ports.clone(), kafka: kafka_ports.clone() });
     // The controller starts once this broker's ports are known (it
     // registers them); it replays the metadata log before it returns, so
     // the catalog below is what this node last knew.
-    let controller = match start_controller(&shared, main_port, shard_ports, kafka, restart) {
+    let controller = match start_controller(&shared, main_port, shard_ports, &kafka_ports, restart) {
         Ok(controller) => controller,
         Err(err) => {
             drop(go);
@@ -320,7 +345,7 @@ fn start_controller(
     shared: &Arc<Shared>,
     main_port: u16,
     shard_ports: Vec<u16>,
-    kafka_port: Option<u16>,
+    kafka_ports: &[u16],
     restart: spate_replication::BrokerRestart,
 ) -> Result<spate_replication::Controller, ServeError> {
     let config = &shared.config;
@@ -330,13 +355,17 @@ fn start_controller(
     quorum.broker_heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
     quorum.broker_session_timeout_ms = config.broker_session_timeout_ms;
     quorum.restart = restart;
-    let (kafka_host, kafka_port) = match kafka_port {
-        Some(port) => config.kafka_advertised(port)?.unwrap_or_default(),
-        None => (String::new(), 0),
-    };
+    let mut kafka_listeners = Vec::new();
+    for (index, listener) in shared.kafka_listeners.iter().enumerate() {
+        let (host, port) = config.kafka_advertised(&shared.kafka_listeners, index, kafka_ports[index])?;
+        kafka_listeners.push(spate_replication::KafkaEndpoint { name: listener.name.clone(), host, port });
+    }
+    // The first listener also in the fields brokers of older versions read.
+    let (kafka_host, kafka_port) = kafka_listeners.first().map_or((String::new(), 0), |e| (e.host.clone(), e.port));
     let endpoints = spate_replication::BrokerEndpoints {
         kafka_host,
         kafka_port,
+        kafka_listeners,
         host: config.advertised_host().to_string(),
         port: main_port,
         shard_ports,
@@ -448,13 +477,19 @@ pub fn run(config: BrokerConfig) -> Result<(), ServeError> {
     let data_dir = config.data_dir.display().to_string();
     let handle = start(config)?;
     let trigger = handle.shutdown_trigger();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|source| ServeError::DataDir { path: "signal handler".into(), source })?;
+    let shared = handle.shared.clone();
     std::thread::Builder::new()
         .name("spate-signals".into())
         .spawn(move || {
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reload_tls(&shared);
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal, "shutting down: flushing and closing every partition");
@@ -467,17 +502,69 @@ pub fn run(config: BrokerConfig) -> Result<(), ServeError> {
         })
         .map_err(|source| ServeError::DataDir { path: "signal thread".into(), source })?;
     let ports = handle.shard_ports();
-    let kafka = handle.kafka_addr().map_or(String::new(), |addr| format!(", Kafka protocol on {addr}"));
+    let kafka: Vec<String> = handle.kafka_addrs().iter().map(|(name, addr)| format!("{name}://{addr}")).collect();
+    let kafka = if kafka.is_empty() { String::new() } else { format!(", Kafka protocol on {}", kafka.join(", ")) };
+    let open = unauthenticated_listeners(&handle.shared);
+    let authentication = if open.is_empty() { "" } else { "; without authentication on " };
     println!(
-        "spate broker {} listening on {} (shards {}: ports {:?}){kafka}, data in {data_dir}",
+        "spate broker {} listening on {} (shards {}: ports {:?}){kafka}, data in {data_dir}{authentication}{}",
         handle.shared.config.node_id,
         handle.addr(),
         handle.shard_count(),
-        ports
+        ports,
+        open.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),
     );
+    let exposed: Vec<String> =
+        open.iter().filter(|(_, host)| !is_loopback(host)).map(|(name, host)| format!("{name} ({host})")).collect();
+    if !exposed.is_empty() {
+        let (noun, verb) = if exposed.len() == 1 { ("listener", "accepts") } else { ("listeners", "accept") };
+        let warning = format!(
+            "WARNING: {noun} {} {verb} clients beyond this machine without authentication: anyone who reaches \
+             them may read, write and delete every topic. Use SASL_SSL (docs/security.md) or bind 127.0.0.1.",
+            exposed.join(", ")
+        );
+        // Loud even when the log level hides warnings.
+        if tracing::enabled!(tracing::Level::WARN) {
+            tracing::warn!("{warning}");
+        } else {
+            eprintln!("{warning}");
+        }
+    }
     handle.wait()?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Reads the TLS stores again (SIGHUP): new connections get the new
+/// certificate; a bad store keeps the old one, said in the log.
+fn reload_tls(shared: &Shared) {
+    let Some(tls) = &shared.tls else {
+        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
+        return;
+    };
+    match tls.reload(&shared.config) {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded; new connections use them"),
+        Err(err) => tracing::error!("SIGHUP: TLS certificates not reloaded, the previous ones stay in use: {err}"),
+    }
+}
+
+/// The listeners (name, host) where a client is served without
+/// authenticating: the native ports (no authentication there yet) and
+/// Kafka listeners with neither SASL nor required client certificates.
+fn unauthenticated_listeners(shared: &Shared) -> Vec<(String, String)> {
+    let mut open = vec![("native".to_string(), shared.config.listen_host.clone())];
+    let certificates_required = shared.config.client_auth().ok() == Some(crate::config::ClientAuth::Required);
+    for listener in &shared.kafka_listeners {
+        let authenticated = listener.protocol.uses_sasl() || (listener.protocol.uses_tls() && certificates_required);
+        if !authenticated {
+            open.push((listener.name.clone(), listener.host.clone()));
+        }
+    }
+    open
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn run_shard(
@@ -485,7 +572,7 @@ async fn run_shard(
     shared: Arc<Shared>,
     mut inbox: mpsc::UnboundedReceiver<ShardOp>,
     main_port: u16,
-    kafka_port: u16,
+    kafka_ports: Vec<u16>,
     ready: std_mpsc::Sender<Ready>,
     go: oneshot::Receiver<std_mpsc::Sender<Result<usize, (usize, String)>>>,
 ) {
@@ -507,14 +594,13 @@ async fn run_shard(
         } else {
             None
         };
-        let kafka = match shared.config.kafka_listener() {
-            Ok(Some((kafka_host, _))) => Some(
-                TcpListener::bind((kafka_host.as_str(), kafka_port))
-                    .map_err(|err| format!("binding the Kafka listener {kafka_host}:{kafka_port}: {err}"))?,
-            ),
-            Ok(None) => None,
-            Err(err) => return Err(err.to_string()),
-        };
+        let mut kafka = Vec::new();
+        for (listener, port) in shared.kafka_listeners.iter().zip(&kafka_ports) {
+            let socket = TcpListener::bind((listener.host.as_str(), *port)).map_err(|err| {
+                format!("binding the Kafka listener {} on {}:{port}: {err}", listener.name, listener.host)
+            })?;
+            kafka.push(socket);
+        }
         Ok::<_, String>((main, own, metrics, kafka))
     })();
     let (main, own, metrics, kafka) = match bound {
@@ -528,8 +614,8 @@ async fn run_shard(
         let _ = shared.metrics_port.set(port_of(metrics));
     }
     let (main_port, own_port) = (port_of(&main), port_of(&own));
-    let kafka_port = kafka.as_ref().map_or(0, port_of);
-    let _ = ready.send(Ok((id, main_port, own_port, kafka_port)));
+    let kafka_ports = kafka.iter().map(port_of).collect();
+    let _ = ready.send(Ok((id, main_port, own_port, kafka_ports)));
     let Ok(accepting) = go.await else {
         close_all(&shard).await;
         return;
@@ -556,8 +642,8 @@ async fn run_shard(
     let _ = accepting.send(Ok(id));
     accept_loop(&shard, main, Listener::Native);
     accept_loop(&shard, own, Listener::Native);
-    if let Some(kafka) = kafka {
-        accept_loop(&shard, kafka, Listener::Kafka);
+    for (index, socket) in kafka.into_iter().enumerate() {
+        accept_loop(&shard, socket, Listener::Kafka(index));
     }
     if let Some(metrics) = metrics {
         accept_loop(&shard, metrics, Listener::Metrics);
@@ -591,7 +677,8 @@ fn port_of(listener: &TcpListener) -> u16 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listener {
     Native,
-    Kafka,
+    /// The Kafka listener at this index of `Shared::kafka_listeners`.
+    Kafka(usize),
     Metrics,
 }
 
@@ -599,6 +686,19 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     shard.stop_listeners.borrow_mut().push(stop_tx);
     let shard = shard.clone();
+    let security = match kind {
+        Listener::Kafka(index) => {
+            let listener = &shard.shared.kafka_listeners[index];
+            Security {
+                listener: listener.name.as_str().into(),
+                protocol: listener.protocol,
+                tls: if listener.protocol.uses_tls() { shard.shared.tls.clone() } else { None },
+            }
+        }
+        Listener::Native | Listener::Metrics => {
+            Security { listener: "NATIVE".into(), protocol: SecurityProtocol::Plaintext, tls: None }
+        }
+    };
     glommio::spawn_local(async move {
         let mut stop = stop_rx.fuse();
         loop {
@@ -621,12 +721,13 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                     drop(stream);
                     continue;
                 }
-                Ok(stream) if kind == Listener::Kafka => {
-                    glommio::spawn_local(crate::wire::conn::serve(crate::kafka::Kafka(shard.clone()), stream)).detach()
+                Ok(stream) if matches!(kind, Listener::Kafka(_)) => {
+                    let front = crate::kafka::Kafka(shard.clone());
+                    glommio::spawn_local(serve_tcp(front, stream, security.clone())).detach()
                 }
                 Ok(stream) => {
-                    glommio::spawn_local(crate::wire::conn::serve(crate::native::Native(shard.clone()), stream))
-                        .detach()
+                    let front = crate::native::Native(shard.clone());
+                    glommio::spawn_local(serve_tcp(front, stream, security.clone())).detach()
                 }
                 Err(err) => {
                     // EMFILE and friends: log, back off briefly, go on.

@@ -42,6 +42,10 @@ type PartitionKey = (Arc<str>, u32);
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: BrokerConfig,
+    /// The Kafka listeners, as `config` names them (validated at start).
+    pub kafka_listeners: Vec<crate::config::KafkaListener>,
+    /// TLS for the SSL and SASL_SSL listeners, if any (reloaded on SIGHUP).
+    pub tls: Option<Arc<crate::security::tls::TlsServer>>,
     pub default_durability: Durability,
     pub shard_count: usize,
     pub catalog: ArcSwap<Catalog>,
@@ -63,8 +67,8 @@ pub(crate) struct Shared {
 pub(crate) struct Ports {
     pub main: u16,
     pub shards: Vec<u16>,
-    /// The Kafka listener's port, if there is one.
-    pub kafka: Option<u16>,
+    /// Each Kafka listener's port, in `Shared::kafka_listeners`' order.
+    pub kafka: Vec<u16>,
 }
 
 impl Shared {

@@ -20,9 +20,11 @@ pub struct BrokerEndpoints {
     pub port: u16,
     pub shard_ports: Vec<u16>,
     pub controller_port: u16,
-    /// The Kafka listener's advertised address (port 0: none).
+    /// The first Kafka listener's advertised address (port 0: none).
     pub kafka_host: String,
     pub kafka_port: u16,
+    /// Every Kafka listener's, by name.
+    pub kafka_listeners: Vec<crate::metadata::KafkaEndpoint>,
 }
 
 /// A request to the active controller.
@@ -672,6 +674,7 @@ pub fn broker_heartbeat(
             controller_port: endpoints.controller_port,
             kafka_host: endpoints.kafka_host.clone(),
             kafka_port: endpoints.kafka_port,
+            kafka_listeners: endpoints.kafka_listeners.clone(),
             unsynced_writes_lost: restart.unsynced_writes_lost,
             default_durability_always: restart.default_durability_always,
         });
@@ -942,6 +945,7 @@ mod tests {
             controller_port: 9100 + n as u16,
             kafka_host: "127.0.0.1".into(),
             kafka_port: 9300 + n as u16,
+            kafka_listeners: vec![],
         }
     }
 

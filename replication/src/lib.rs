@@ -20,6 +20,7 @@ mod transport;
 
 pub use controller::{BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
 pub use metadata::{
-    BrokerImage, MetadataImage, MetadataRecord, PartitionImage, ScramCredential, ScramMechanism, TopicImage,
+    BrokerImage, KafkaEndpoint, MetadataImage, MetadataRecord, PartitionImage, ScramCredential, ScramMechanism,
+    TopicImage,
 };
 pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus, read_image};

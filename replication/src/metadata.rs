@@ -42,6 +42,12 @@ pub enum MetadataRecord {
         kafka_host: String,
         #[serde(default)]
         kafka_port: u16,
+        /// Every Kafka listener's advertised address, by listener name (the
+        /// first is also `kafka_host`/`kafka_port`): a client is given the
+        /// brokers' addresses on the listener it came in by. Absent in
+        /// older logs: only `kafka_host`/`kafka_port`, as PLAINTEXT.
+        #[serde(default)]
+        kafka_listeners: Vec<KafkaEndpoint>,
         /// KIP-966: the previous process of this broker stopped uncleanly
         /// and the machine rebooted since, so writes it had not synced may
         /// be gone, including some it reported to leaders as durable under
@@ -218,6 +224,15 @@ mod hex_bytes {
     }
 }
 
+/// One Kafka listener of a broker, as clients of that listener reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaEndpoint {
+    /// The listener's name (`PLAINTEXT`, `SASL_SSL`, `EXTERNAL`, ...).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerImage {
     pub node_id: i32,
@@ -231,6 +246,8 @@ pub struct BrokerImage {
     pub kafka_host: String,
     #[serde(default)]
     pub kafka_port: u16,
+    #[serde(default)]
+    pub kafka_listeners: Vec<KafkaEndpoint>,
     /// Fenced brokers lead nothing and may not be added to an ISR.
     pub fenced: bool,
     /// As registered (`RegisterBroker`): this process started after an
@@ -357,6 +374,7 @@ impl MetadataImage {
                 controller_port,
                 kafka_host,
                 kafka_port,
+                kafka_listeners,
                 unsynced_writes_lost,
                 default_durability_always,
             } => {
@@ -371,6 +389,7 @@ impl MetadataImage {
                         controller_port: *controller_port,
                         kafka_host: kafka_host.clone(),
                         kafka_port: *kafka_port,
+                        kafka_listeners: kafka_listeners.clone(),
                         fenced: true,
                         unsynced_writes_lost: *unsynced_writes_lost,
                         default_durability_always: *default_durability_always,
@@ -479,6 +498,7 @@ mod tests {
             controller_port: 3,
             kafka_host: "h".into(),
             kafka_port: 4,
+            kafka_listeners: vec![KafkaEndpoint { name: "PLAINTEXT".into(), host: "h".into(), port: 4 }],
             unsynced_writes_lost: false,
             default_durability_always: true,
         }

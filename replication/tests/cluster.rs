@@ -75,6 +75,7 @@ fn endpoints(node_id: i32) -> BrokerEndpoints {
         controller_port: 9200 + node_id as u16,
         kafka_host: "127.0.0.1".into(),
         kafka_port: 9300 + node_id as u16,
+        kafka_listeners: vec![],
     }
 }
 

@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn the_kafka_port_is_read_from_the_start_line() {
-        let line = "spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), Kafka protocol on 127.0.0.1:40003, data in target/bench-broker\n";
+        let line = "spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), Kafka protocol on PLAINTEXT://127.0.0.1:40003, SSL://127.0.0.1:40004, data in target/bench-broker; without authentication on native, PLAINTEXT\n";
         assert_eq!(kafka_port(line), Some(40003));
         assert_eq!(
             kafka_port("spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), data in x"),

@@ -53,7 +53,7 @@ fn topic_name(name: &str) -> TopicName {
 
 /// The broker that coordinates `key`: the leader of its partition of
 /// `__consumer_offsets`, with its Kafka address; or an error code.
-fn coordinator_of(shard: &Shard, key: &str) -> Result<(i32, String, i32), i16> {
+fn coordinator_of(shard: &Shard, listener: &str, key: &str) -> Result<(i32, String, i32), i16> {
     if key.is_empty() || key.len() > NAME_BYTES_MAX {
         return Err(K::InvalidGroupId.code());
     }
@@ -63,7 +63,10 @@ fn coordinator_of(shard: &Shard, key: &str) -> Result<(i32, String, i32), i16> {
     };
     let leader = topic.assignment(group_partition(key, topic.partitions)).leader;
     match catalog.brokers.get(&leader) {
-        Some(b) if b.kafka_port != 0 && !b.fenced => Ok((b.node_id, b.kafka_host.clone(), i32::from(b.kafka_port))),
+        Some(b) if !b.fenced => match b.kafka_endpoint(listener) {
+            Some((host, port)) => Ok((b.node_id, host.to_string(), i32::from(port))),
+            None => Err(K::CoordinatorNotAvailable.code()),
+        },
         _ => Err(K::CoordinatorNotAvailable.code()),
     }
 }
@@ -78,7 +81,7 @@ pub(crate) fn find_coordinator(ctx: Ctx, body: Bytes) -> Reply {
         if request.key_type != KEY_TYPE_GROUP {
             return Err(K::CoordinatorNotAvailable.code());
         }
-        coordinator_of(&ctx.shard, key)
+        coordinator_of(&ctx.shard, &ctx.listener, key)
     };
     if ctx.version < 4 {
         let response = match lookup(request.key.as_str()) {

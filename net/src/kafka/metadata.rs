@@ -33,17 +33,23 @@ pub(crate) fn cluster_id(catalog: &Catalog) -> String {
     (0..22).map(|i| ALPHABET[((bits >> (i * 6)) & 63) as usize] as char).collect()
 }
 
-fn brokers(catalog: &Catalog) -> Vec<MetadataResponseBroker> {
+/// The live brokers with the listener the client came in by, at their
+/// addresses on it (Kafka's rule: a client is never sent to another
+/// listener, whose security it may not speak).
+fn brokers(ctx: &Ctx, catalog: &Catalog) -> Vec<MetadataResponseBroker> {
     catalog
         .brokers
         .values()
-        .filter(|b| b.kafka_port != 0 && !b.fenced)
-        .map(|b| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(b.node_id))
-                .with_host(StrBytes::from_string(b.kafka_host.clone()))
-                .with_port(i32::from(b.kafka_port))
-                .with_rack(None)
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let (host, port) = b.kafka_endpoint(&ctx.listener)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(i32::from(port))
+                    .with_rack(None),
+            )
         })
         .collect()
 }
@@ -87,7 +93,7 @@ fn topic_entry(catalog: &Catalog, name: &str) -> MetadataResponseTopic {
 /// else this broker.
 fn controller_id(ctx: &Ctx, catalog: &Catalog) -> i32 {
     match catalog.brokers.get(&catalog.controller_id) {
-        Some(b) if b.kafka_port != 0 && !b.fenced => b.node_id,
+        Some(b) if b.kafka_endpoint(&ctx.listener).is_some() && !b.fenced => b.node_id,
         _ => ctx.shard.shared.config.node_id,
     }
 }
@@ -110,7 +116,7 @@ fn answer(ctx: &Ctx, catalog: &Catalog, names: &[String], invalid: &[String]) ->
         );
     }
     let response = MetadataResponse::default()
-        .with_brokers(brokers(catalog))
+        .with_brokers(brokers(ctx, catalog))
         .with_cluster_id(Some(StrBytes::from_string(cluster_id(catalog))))
         .with_controller_id(BrokerId(controller_id(ctx, catalog)))
         .with_topics(topics);
@@ -199,13 +205,16 @@ pub(crate) fn describe_cluster(ctx: Ctx, body: Bytes) -> Reply {
     let brokers = catalog
         .brokers
         .values()
-        .filter(|b| b.kafka_port != 0 && (request.include_fenced_brokers || !b.fenced))
-        .map(|b| {
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(b.node_id))
-                .with_host(StrBytes::from_string(b.kafka_host.clone()))
-                .with_port(i32::from(b.kafka_port))
-                .with_is_fenced(b.fenced)
+        .filter(|b| request.include_fenced_brokers || !b.fenced)
+        .filter_map(|b| {
+            let (host, port) = b.kafka_endpoint(&ctx.listener)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.node_id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(i32::from(port))
+                    .with_is_fenced(b.fenced),
+            )
         })
         .collect();
     let response = DescribeClusterResponse::default()

@@ -102,6 +102,7 @@ impl FrontEnd for Kafka {
         Rc::new(Session {
             client_host: format!("/{ip}"),
             protocol: info.protocol,
+            listener: info.listener.clone(),
             principal: RefCell::new(Rc::new(principal)),
             authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
             sasl: RefCell::default(),
@@ -168,6 +169,8 @@ pub(crate) struct Session {
     /// The listener's security protocol: on a SASL one, nothing but
     /// ApiVersions and the SASL exchange is served until it succeeds.
     protocol: SecurityProtocol,
+    /// The listener's name (`PLAINTEXT`, `EXTERNAL`, ...).
+    listener: Rc<str>,
     /// Who the client is: ANONYMOUS, the TLS client certificate's subject,
     /// or the SASL user once authenticated. Every request is authorized
     /// as the principal at its dispatch.
@@ -192,6 +195,9 @@ pub(crate) struct Ctx {
     /// For the group coordinator's member ids and `group describe`.
     pub client_id: String,
     pub client_host: String,
+    /// The name of the listener it came in by: the brokers' addresses in
+    /// answers are theirs on this listener.
+    pub listener: Rc<str>,
     /// Who sent it (see `Session::principal`).
     #[allow(dead_code)] // authorization (issue 16) reads it
     pub principal: Rc<Principal>,
@@ -272,6 +278,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
         client_host: session.client_host.clone(),
         principal: session.principal.borrow().clone(),
+        listener: session.listener.clone(),
     };
     if api == ApiKey::Produce {
         return (produce::produce(ctx, bytes), name);

@@ -7,6 +7,7 @@
 
 pub(crate) mod principal;
 pub(crate) mod sasl;
+pub mod tls;
 
 pub use self::principal::{Principal, PrincipalError};
 
@@ -64,15 +65,11 @@ pub(crate) struct ConnInfo {
     /// ip:port of the peer.
     pub peer: String,
     pub protocol: SecurityProtocol,
+    /// The listener's name.
+    pub listener: std::rc::Rc<str>,
     /// Set by a verified client certificate; else the connection starts
     /// as ANONYMOUS (and SASL listeners require authentication).
     pub tls_principal: Option<Principal>,
-}
-
-impl ConnInfo {
-    pub fn plaintext(peer: String) -> ConnInfo {
-        ConnInfo { peer, protocol: SecurityProtocol::Plaintext, tls_principal: None }
-    }
 }
 
 #[cfg(test)]

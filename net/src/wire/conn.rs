@@ -12,11 +12,11 @@ use std::time::Instant;
 use super::{FrontEnd, Reply, Response};
 use crate::budget::{Budgets, ByteBudget, Charge};
 use crate::deadline::Deadline;
-use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES};
+use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES, TLS_HANDSHAKE_TIMEOUT_MS};
 use crate::security::ConnInfo;
 use bytes::{Bytes, BytesMut};
 use futures::io::{ReadHalf, WriteHalf};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 
@@ -34,14 +34,53 @@ struct Queued {
     charge: Option<Charge>,
 }
 
-pub(crate) async fn serve<F: FrontEnd>(front: F, stream: TcpStream) {
-    front.metrics().connection_opened();
+/// How an accepted connection is secured: its listener's name and
+/// protocol, and the TLS acceptor when the protocol is SSL or SASL_SSL.
+#[derive(Clone)]
+pub(crate) struct Security {
+    pub listener: std::rc::Rc<str>,
+    pub protocol: crate::security::SecurityProtocol,
+    pub tls: Option<std::sync::Arc<crate::security::tls::TlsServer>>,
+}
+
+/// Serves an accepted TCP connection: socket options, then the TLS
+/// handshake if its listener has TLS, then its frames.
+pub(crate) async fn serve_tcp<F: FrontEnd>(front: F, stream: TcpStream, security: Security) {
     let _ = stream.set_nodelay(true);
     // A peer that sends nothing for this long is dropped; a read that times
     // out ends the connection like a close.
     let idle = std::time::Duration::from_millis(front.config().connection_idle_timeout_ms);
     let _ = stream.set_read_timeout(Some(idle));
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let mut info = ConnInfo { peer, protocol: security.protocol, listener: security.listener, tls_principal: None };
+    let Some(tls) = security.tls else {
+        return serve(front, stream, info).await;
+    };
+    // A peer that opens a connection and stalls the handshake holds no
+    // more than a socket, and not for long.
+    let timeout = std::time::Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
+    let handshake = futures::select_biased! {
+        done = futures::FutureExt::fuse(tls.acceptor().accept(stream)) => done,
+        () = futures::FutureExt::fuse(Deadline::after(timeout)) => {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT_MS} ms")))
+        }
+    };
+    match handshake {
+        Ok(stream) => {
+            let certificate = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+            info.tls_principal = certificate.and_then(crate::security::tls::principal_of);
+            serve(front, stream, info).await
+        }
+        Err(err) => {
+            front.metrics().tls_handshake_failed();
+            tracing::info!(shard = front.shard_id(), peer = %info.peer, listener = %info.listener, "TLS handshake failed: {err}");
+        }
+    }
+}
+
+async fn serve<F: FrontEnd, S: AsyncRead + AsyncWrite + Unpin + 'static>(front: F, stream: S, info: ConnInfo) {
+    front.metrics().connection_opened();
+    let peer = info.peer.clone();
     let (reader, writer) = stream.split();
     let (queue, responses) = local_channel::new_bounded(front.config().connection_requests_in_flight_max);
     let budgets = Budgets {
@@ -60,7 +99,7 @@ pub(crate) async fn serve<F: FrontEnd>(front: F, stream: TcpStream) {
         }
     });
     let end = futures::select! {
-        end = futures::FutureExt::fuse(read_requests(&front, &peer, reader, &queue, &budgets)) => end,
+        end = futures::FutureExt::fuse(read_requests(&front, &info, reader, &queue, &budgets)) => end,
         _ = futures::FutureExt::fuse(writer_gone) => Ok(()),
     };
     if let Err(err) = end {
@@ -86,14 +125,14 @@ pub(crate) async fn serve<F: FrontEnd>(front: F, stream: TcpStream) {
 /// something that ends the stream (Err). Each frame is admitted within the
 /// byte budgets before it is dispatched, and a large one before its body is
 /// read (its length is known from its header).
-async fn read_requests<F: FrontEnd>(
+async fn read_requests<F: FrontEnd, S: AsyncRead + AsyncWrite + Unpin>(
     front: &F,
-    peer: &str,
-    mut reader: ReadHalf<TcpStream>,
+    info: &ConnInfo,
+    mut reader: ReadHalf<S>,
     queue: &local_channel::LocalSender<Queued>,
     budgets: &Budgets,
 ) -> Result<(), F::FrameError> {
-    let session = front.new_session(&ConnInfo::plaintext(peer.to_string()));
+    let session = front.new_session(info);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     // A large frame's bytes, charged before its body is read.
@@ -179,7 +218,11 @@ pub(crate) async fn read_more(
     }
 }
 
-async fn write_responses<F: FrontEnd>(front: F, mut writer: WriteHalf<TcpStream>, responses: LocalReceiver<Queued>) {
+async fn write_responses<F: FrontEnd, S: AsyncRead + AsyncWrite + Unpin>(
+    front: F,
+    mut writer: WriteHalf<S>,
+    responses: LocalReceiver<Queued>,
+) {
     let write_timeout = std::time::Duration::from_millis(front.config().connection_write_timeout_ms);
     while let Some(queued) = responses.recv().await {
         let response = match queued.pending {
@@ -224,8 +267,8 @@ async fn write_responses<F: FrontEnd>(front: F, mut writer: WriteHalf<TcpStream>
 /// Writes a frame head and its payload buffers with as few syscalls as the
 /// socket allows, never copying the payload. Each write must make progress
 /// within `timeout_each`: a client that stops reading is given up on.
-async fn write_vectored_all(
-    writer: &mut WriteHalf<TcpStream>,
+async fn write_vectored_all<S: AsyncRead + AsyncWrite + Unpin>(
+    writer: &mut WriteHalf<S>,
     head: Bytes,
     payload: Vec<Bytes>,
     timeout_each: std::time::Duration,
@@ -262,5 +305,13 @@ async fn write_vectored_all(
             }
         }
     }
-    Ok(())
+    // TLS keeps what it encrypted until flushed (a plain socket has
+    // nothing to flush: this returns at once).
+    futures::select_biased! {
+        flushed = futures::FutureExt::fuse(writer.flush()) => flushed,
+        () = futures::FutureExt::fuse(Deadline::after(timeout_each)) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("nothing flushed for {} ms", timeout_each.as_millis()),
+        )),
+    }
 }

@@ -1,0 +1,204 @@
+//! TLS on the Kafka listener (issue 16), shown with a client we did not
+//! write: kcat (librdkafka, OpenSSL) against a real `spate serve` whose
+//! security settings come from a Kafka `server.properties`. Certificates
+//! are made here, per test, by a throwaway CA.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Broker, data_dir, free_port_below_ephemeral};
+
+/// A throwaway certificate authority.
+struct Ca {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { params, key, pem }
+    }
+
+    /// (certificate PEM, private key PEM) for `common_name`, valid for the
+    /// loopback names, as a server or a client.
+    fn issue(&self, common_name: &str, client: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = vec![if client {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// A broker with a PLAINTEXT and an SSL listener, its keystore (chain and
+/// key in one PEM file, KIP-651) issued by `ca`.
+fn start(name: &str, ca: &Ca, client_auth: &str) -> (Broker, Files, u16, u16) {
+    let dir = data_dir(name);
+    let files = Files { dir: dir.join("tls") };
+    std::fs::create_dir_all(&files.dir).unwrap();
+    let (cert, key) = ca.issue("broker-1", false);
+    let keystore = files.write("broker.pem", &format!("{cert}{key}"));
+    let truststore = files.write("ca.pem", &ca.pem);
+    let (plain_port, ssl_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
+    let listeners = format!("PLAINTEXT://127.0.0.1:{plain_port},SSL://127.0.0.1:{ssl_port}");
+    let properties = files.write(
+        "server.properties",
+        &format!(
+            "listeners={listeners}\nssl.keystore.type=PEM\nssl.keystore.location={}\n\
+             ssl.truststore.type=PEM\nssl.truststore.location={}\nssl.client.auth={client_auth}\n",
+            keystore.display(),
+            truststore.display()
+        ),
+    );
+    let config = properties.to_str().unwrap().to_string();
+    let broker = Broker::start_with(&dir.join("data"), 1, 0, &["--config", &config, "--listeners", &listeners]);
+    (broker, files, plain_port, ssl_port)
+}
+
+fn kcat(port: u16, settings: &[(&str, &str)], args: &[&str], input: Option<&str>) -> Output {
+    let mut command = Command::new("kcat");
+    command.arg("-b").arg(format!("127.0.0.1:{port}"));
+    for (key, value) in settings {
+        command.arg("-X").arg(format!("{key}={value}"));
+    }
+    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("kcat (installed by compat/install.sh)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ssl(ca: &str) -> Vec<(&str, &str)> {
+    vec![("security.protocol", "SSL"), ("ssl.ca.location", ca)]
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn kcat_produces_and_consumes_over_ssl_and_metadata_names_the_ssl_listener() {
+    let ca = Ca::new("spate test CA");
+    let (_broker, files, plain_port, ssl_port) = start("tls-kcat", &ca, "none");
+    let ca_file = files.dir.join("ca.pem");
+    let settings = ssl(path(&ca_file));
+
+    // A client of the SSL listener is told the brokers' SSL addresses
+    // (never the plaintext one, whose security it may not speak).
+    let listed = kcat(ssl_port, &settings, &["-L", "-m", "10"], None);
+    assert!(listed.status.success(), "kcat -L over SSL: {}", text(&listed));
+    assert!(text(&listed).contains(&format!("127.0.0.1:{ssl_port}")), "{}", text(&listed));
+    assert!(!text(&listed).contains(&format!("127.0.0.1:{plain_port}")), "{}", text(&listed));
+
+    let produced = kcat(ssl_port, &settings, &["-P", "-t", "secure", "-m", "10"], Some("one\ntwo\nthree\n"));
+    assert!(produced.status.success(), "kcat -P over SSL: {}", text(&produced));
+    let consumed =
+        kcat(ssl_port, &settings, &["-C", "-t", "secure", "-o", "beginning", "-c", "3", "-e", "-m", "10"], None);
+    assert!(consumed.status.success(), "kcat -C over SSL: {}", text(&consumed));
+    assert_eq!(String::from_utf8_lossy(&consumed.stdout), "one\ntwo\nthree\n");
+    // The same log, read in plaintext on the other listener.
+    let plain = kcat(plain_port, &[], &["-C", "-t", "secure", "-o", "beginning", "-c", "3", "-e", "-m", "10"], None);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "one\ntwo\nthree\n", "{}", text(&plain));
+}
+
+#[test]
+fn a_plaintext_client_and_a_client_trusting_another_ca_are_refused() {
+    let ca = Ca::new("spate test CA");
+    let (_broker, files, _, ssl_port) = start("tls-refused", &ca, "none");
+    // Plaintext bytes on the TLS port: no Kafka answer, the client fails.
+    let plaintext = kcat(ssl_port, &[("socket.timeout.ms", "3000")], &["-L", "-m", "3"], None);
+    assert!(!plaintext.status.success(), "a plaintext client got metadata from the SSL listener");
+    // A client that trusts another CA does not accept the broker.
+    let other = Ca::new("another CA");
+    let other_file = files.write("other-ca.pem", &other.pem);
+    let untrusting = kcat(ssl_port, &ssl(path(&other_file)), &["-L", "-m", "3"], None);
+    assert!(!untrusting.status.success());
+    assert!(text(&untrusting).contains("certificate verify failed"), "{}", text(&untrusting));
+}
+
+#[test]
+fn client_certificates_are_required_when_asked_and_one_from_an_unknown_ca_is_refused() {
+    let ca = Ca::new("spate test CA");
+    let (_broker, files, _, ssl_port) = start("tls-mutual", &ca, "required");
+    let ca_file = files.dir.join("ca.pem");
+    let ca_file = path(&ca_file);
+    let with_certificate = |name: &str, issuer: &Ca| {
+        let (cert, key) = issuer.issue(name, true);
+        let cert = files.write(&format!("{name}.crt"), &cert);
+        let key = files.write(&format!("{name}.key"), &key);
+        let mut settings = ssl(ca_file);
+        settings.push(("ssl.certificate.location", Box::leak(cert.display().to_string().into_boxed_str())));
+        settings.push(("ssl.key.location", Box::leak(key.display().to_string().into_boxed_str())));
+        kcat(ssl_port, &settings, &["-L", "-m", "5"], None)
+    };
+    let without = kcat(ssl_port, &ssl(ca_file), &["-L", "-m", "3"], None);
+    assert!(!without.status.success(), "no client certificate, yet served: {}", text(&without));
+    let stranger = with_certificate("mallory", &Ca::new("another CA"));
+    assert!(!stranger.status.success(), "a certificate from an unknown CA was accepted: {}", text(&stranger));
+    let alice = with_certificate("alice", &ca);
+    assert!(alice.status.success(), "alice's certificate was refused: {}", text(&alice));
+}
+
+#[test]
+fn sighup_reloads_the_certificate_for_new_connections() {
+    let old_ca = Ca::new("old CA");
+    let (broker, files, _, ssl_port) = start("tls-reload", &old_ca, "none");
+    let old_file = files.dir.join("ca.pem");
+    assert!(kcat(ssl_port, &ssl(path(&old_file)), &["-L", "-m", "5"], None).status.success());
+    // The certificate is renewed by another CA, in place, and the broker
+    // told so: new connections get the new one, without a restart.
+    let new_ca = Ca::new("new CA");
+    let (cert, key) = new_ca.issue("broker-1", false);
+    files.write("broker.pem", &format!("{cert}{key}"));
+    let new_file = files.write("new-ca.pem", &new_ca.pem);
+    let hup = Command::new("kill").arg("-HUP").arg(broker.child.id().to_string()).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let renewed = kcat(ssl_port, &ssl(path(&new_file)), &["-L", "-m", "3"], None);
+        if renewed.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new certificate was never served: {}", text(&renewed));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stale = kcat(ssl_port, &ssl(path(&old_file)), &["-L", "-m", "3"], None);
+    assert!(!stale.status.success(), "the old certificate is still served after SIGHUP");
+}
