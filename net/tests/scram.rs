@@ -1,7 +1,9 @@
 //! SCRAM credentials through Kafka's AlterUserScramCredentials and
 //! DescribeUserScramCredentials on an in-process broker's Kafka port (as
 //! `kafka-configs --entity-type users` sends them), kept in the metadata
-//! log across a restart; and the SASL requests on a listener without SASL.
+//! log across a restart; the SASL requests on a listener without SASL;
+//! and the SASL exchange on a SASL_PLAINTEXT listener, with a SCRAM client
+//! written here from RFC 5802.
 
 mod common;
 
@@ -14,8 +16,8 @@ use kafka_protocol::messages::alter_user_scram_credentials_request::{
 use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
 use kafka_protocol::messages::describe_user_scram_credentials_response::DescribeUserScramCredentialsResult;
 use kafka_protocol::messages::{
-    AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest, DescribeUserScramCredentialsRequest,
-    SaslAuthenticateRequest, SaslHandshakeRequest,
+    AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest, DescribeUserScramCredentialsRequest, MetadataRequest,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -181,5 +183,167 @@ fn sasl_requests_on_a_plaintext_listener_are_illegal_and_harmless() {
     assert_eq!(range(ApiKey::SaslAuthenticate), Some((0, 2)));
     assert_eq!(range(ApiKey::AlterUserScramCredentials), Some((0, 0)));
     assert_eq!(range(ApiKey::DescribeUserScramCredentials), Some((0, 0)));
+    stop(broker);
+}
+
+/// A broker with a plaintext listener (for the admin) and a SASL one.
+fn start_sasl(name: &str) -> (spate_net::BrokerHandle, std::net::SocketAddr, std::net::SocketAddr) {
+    let dir = data_dir(name);
+    let config = spate_net::BrokerConfig {
+        listeners: "PLAINTEXT://127.0.0.1:0,SASL_PLAINTEXT://127.0.0.1:0".into(),
+        ..config(&dir, 2)
+    };
+    let broker = spate_net::start(config).expect("broker starts");
+    let addrs = broker.kafka_addrs();
+    let addr =
+        |listener: &str| addrs.iter().find(|(name, _)| name == listener).map(|(_, addr)| *addr).expect("listener");
+    let (plain, sasl) = (addr("PLAINTEXT"), addr("SASL_PLAINTEXT"));
+    (broker, plain, sasl)
+}
+
+fn hmac(mechanism: i8, key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    if mechanism == SHA512 {
+        let mut mac = hmac::Hmac::<sha2::Sha512>::new_from_slice(key).expect("any key");
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    } else {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key");
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+fn digest(mechanism: i8, data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    if mechanism == SHA512 { sha2::Sha512::digest(data).to_vec() } else { sha2::Sha256::digest(data).to_vec() }
+}
+
+fn authenticate(conn: &mut KafkaConn, version: i16, token: &[u8]) -> Option<SaslAuthenticateResponse> {
+    conn.try_call(version, &SaslAuthenticateRequest::default().with_auth_bytes(token.to_vec().into()))
+}
+
+/// A SCRAM client as RFC 5802 describes it: handshake, client-first,
+/// client-final; returns the last answer (None: the broker closed).
+fn scram_login(conn: &mut KafkaConn, mechanism: i8, user: &str, password: &str) -> Option<SaslAuthenticateResponse> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let name = if mechanism == SHA512 { "SCRAM-SHA-512" } else { "SCRAM-SHA-256" };
+    let handshake = conn.call(1, &SaslHandshakeRequest::default().with_mechanism(s(name)));
+    assert_eq!(handshake.error_code, 0);
+    let client_first_bare = format!("n={user},r=fyko+d2lbbFgONRv9qkxdawL");
+    let first = authenticate(conn, 2, format!("n,,{client_first_bare}").as_bytes())?;
+    assert_eq!(first.error_code, 0, "{:?}", first.error_message);
+    let server_first = String::from_utf8(first.auth_bytes.to_vec()).expect("utf-8");
+    let fields: Vec<&str> = server_first.split(',').collect();
+    let nonce = fields[0].strip_prefix("r=").expect("nonce");
+    assert!(nonce.starts_with("fyko+d2lbbFgONRv9qkxdawL") && nonce.len() > 24, "the server's nonce follows ours");
+    let salt = b64.decode(fields[1].strip_prefix("s=").expect("salt")).expect("base64");
+    let iterations: u32 = fields[2].strip_prefix("i=").expect("iterations").parse().expect("a number");
+    let mut salted = vec![0u8; if mechanism == SHA512 { 64 } else { 32 }];
+    if mechanism == SHA512 {
+        pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, iterations, &mut salted);
+    } else {
+        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), &salt, iterations, &mut salted);
+    }
+    let client_key = hmac(mechanism, &salted, b"Client Key");
+    let stored_key = digest(mechanism, &client_key);
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+    let signature = hmac(mechanism, &stored_key, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
+    let last = authenticate(conn, 2, format!("{without_proof},p={}", b64.encode(proof)).as_bytes())?;
+    if last.error_code == 0 {
+        let server_key = hmac(mechanism, &salted, b"Server Key");
+        let expected = format!("v={}", b64.encode(hmac(mechanism, &server_key, auth_message.as_bytes())));
+        assert_eq!(last.auth_bytes.as_ref(), expected.as_bytes(), "the server proves it knows the credential");
+    }
+    Some(last)
+}
+
+/// A request other than the SASL ones before authentication: closed.
+fn metadata_refused(conn: &mut KafkaConn) -> bool {
+    conn.try_call(12, &MetadataRequest::default().with_topics(Some(vec![]))).is_none()
+}
+
+/// On a SASL_PLAINTEXT listener a client gets nothing but ApiVersions and
+/// the exchange until it authenticates, with SCRAM-SHA-256, SCRAM-SHA-512
+/// or PLAIN against the credentials made through the plaintext listener;
+/// a wrong password gets Kafka's error and text, then a closed connection.
+#[test]
+fn sasl_scram_and_plain_authenticate_on_a_sasl_listener() {
+    let (broker, plain, sasl) = start_sasl("sasl_listener");
+    let mut admin = KafkaConn::connect(plain);
+    let users = vec![upsert("alice", SHA256, 4096, "alice-secret"), upsert("alice", SHA512, 4096, "alice-secret")];
+    assert_eq!(alter(&mut admin, users, vec![])[0].1, 0);
+
+    let mut conn = KafkaConn::connect(sasl);
+    assert!(metadata_refused(&mut conn), "a request before authentication closes the connection");
+
+    for mechanism in [SHA256, SHA512] {
+        let mut conn = KafkaConn::connect(sasl);
+        assert_eq!(conn.call(3, &ApiVersionsRequest::default()).error_code, 0, "ApiVersions before SASL");
+        let done = scram_login(&mut conn, mechanism, "alice", "alice-secret").expect("an answer");
+        assert_eq!((done.error_code, done.session_lifetime_ms), (0, 0));
+        let metadata = conn.call(12, &MetadataRequest::default().with_topics(Some(vec![])));
+        assert!(!metadata.brokers.is_empty(), "served once authenticated");
+        let again = conn.call(1, &SaslHandshakeRequest::default().with_mechanism(s("PLAIN")));
+        assert_eq!(again.error_code, K::IllegalSaslState.code(), "no second handshake");
+
+        let mut conn = KafkaConn::connect(sasl);
+        let refused = scram_login(&mut conn, mechanism, "alice", "wrong").expect("an answer before the close");
+        assert_eq!(refused.error_code, K::SaslAuthenticationFailed.code());
+        let name = if mechanism == SHA512 { "SCRAM-SHA-512" } else { "SCRAM-SHA-256" };
+        assert_eq!(
+            refused.error_message.as_deref(),
+            Some(
+                format!(
+                    "Authentication failed during authentication due to invalid credentials with SASL mechanism {name}"
+                )
+                .as_str()
+            )
+        );
+        assert!(metadata_refused(&mut conn), "closed after a failure");
+    }
+
+    let mut conn = KafkaConn::connect(sasl);
+    assert_eq!(conn.call(1, &SaslHandshakeRequest::default().with_mechanism(s("PLAIN"))).error_code, 0);
+    assert_eq!(authenticate(&mut conn, 0, b"\0alice\0alice-secret").expect("answer").error_code, 0);
+    assert!(!metadata_refused(&mut conn), "PLAIN authenticated");
+    let mut conn = KafkaConn::connect(sasl);
+    assert_eq!(conn.call(1, &SaslHandshakeRequest::default().with_mechanism(s("PLAIN"))).error_code, 0);
+    let refused = authenticate(&mut conn, 1, b"\0alice\0nope").expect("answer");
+    assert_eq!(refused.error_code, K::SaslAuthenticationFailed.code());
+    stop(broker);
+}
+
+/// What a client gets wrong before any password: a mechanism not offered
+/// (told the list, then closed), tokens before a handshake, and Kafka
+/// 0.10's SaslHandshake v0 followed by a bare token (closed, not read as
+/// a request).
+#[test]
+fn sasl_handshake_refusals_close_the_connection() {
+    let (broker, _plain, sasl) = start_sasl("sasl_refusals");
+    let mut conn = KafkaConn::connect(sasl);
+    let handshake = conn.call(1, &SaslHandshakeRequest::default().with_mechanism(s("GSSAPI")));
+    assert_eq!(handshake.error_code, K::UnsupportedSaslMechanism.code());
+    let offered: Vec<String> = handshake.mechanisms.iter().map(|m| m.to_string()).collect();
+    assert_eq!(offered, ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]);
+    assert!(metadata_refused(&mut conn));
+
+    let mut conn = KafkaConn::connect(sasl);
+    let early = authenticate(&mut conn, 2, b"\0alice\0x").expect("an answer");
+    assert_eq!(early.error_code, K::IllegalSaslState.code());
+    assert!(metadata_refused(&mut conn));
+
+    let mut conn = KafkaConn::connect(sasl);
+    assert_eq!(conn.call(0, &SaslHandshakeRequest::default().with_mechanism(s("PLAIN"))).error_code, 0);
+    // Kafka 0.10's next frame: the bare PLAIN token after its size.
+    use std::io::Write;
+    let token = b"\0alice\0alice-secret";
+    let mut frame = (token.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(token);
+    conn.stream().write_all(&frame).expect("write");
+    assert!(metadata_refused(&mut conn), "closed, not read as a request");
     stop(broker);
 }
