@@ -119,6 +119,8 @@ struct First {
     client_first_bare: String,
     server_first: String,
     nonce: String,
+    /// Bytes of `nonce` that are the client's.
+    client_nonce_bytes: usize,
 }
 
 impl ScramServer {
@@ -184,6 +186,7 @@ impl ScramServer {
             client_first_bare: bare.to_string(),
             server_first: server_first.clone(),
             nonce,
+            client_nonce_bytes: client_nonce.len(),
         });
         Ok(server_first.into_bytes())
     }
@@ -200,7 +203,7 @@ impl ScramServer {
             return Err(fail("channel binding differs from the GS2 header"));
         }
         let nonce = fields.next().and_then(|f| f.strip_prefix("r=")).ok_or_else(|| fail("no nonce"))?;
-        if nonce != first.nonce {
+        if nonce != first.nonce && !doubled_client_nonce(nonce, first) {
             return Err(fail("the nonce differs from the server's"));
         }
         let hash = Hash(self.mechanism);
@@ -222,6 +225,20 @@ impl ScramServer {
         let token = format!("v={}", BASE64.encode(server_signature)).into_bytes();
         Ok(Step::Success { user: first.user.clone(), token })
     }
+}
+
+/// librdkafka before 2.6.1 (kcat 1.7 and Debian's and Ubuntu's
+/// librdkafka among them) sends its own nonce again in front of the
+/// server's `r=` (confluentinc/librdkafka#4895). Kafka 3.8.1 to 3.9 took
+/// any nonce ending in the server's, Kafka 4 takes none (those clients
+/// cannot use SCRAM with it); Spate takes exactly this one other form.
+/// The server's fresh nonce is still echoed, so a recorded exchange
+/// still cannot be replayed, and the proof covers what the client sent.
+fn doubled_client_nonce(nonce: &str, first: &First) -> bool {
+    let client_nonce = &first.nonce[..first.client_nonce_bytes];
+    nonce.len() == client_nonce.len() + first.nonce.len()
+        && nonce.starts_with(client_nonce)
+        && nonce.ends_with(first.nonce.as_str())
 }
 
 /// RFC 5802's saslname: `=2C` is a comma, `=3D` an equals sign, and any
@@ -348,6 +365,8 @@ mod tests {
         assert!(failed(exchange(&creds, "n,,n=al=ice,r=abc", "right", |s| s)), "a bad escape");
         assert!(failed(exchange(&creds, "n,,n=alice,r=a c", "right", |s| s)), "an unprintable nonce");
         assert!(failed(exchange(&creds, "n,,n=alice,r=abc", "right", |s| s.replace("r=abcsrv", "r=abcxyz"))));
+        assert!(failed(exchange(&creds, "n,,n=alice,r=abc", "right", |s| s.replace("r=abcsrv", "r=xyzabcsrv"))));
+        assert!(failed(exchange(&creds, "n,,n=alice,r=abc", "right", |s| s.replace("r=abcsrv", "r=abc"))));
         assert!(failed(exchange(&creds, "n,,n=alice,r=abc", "right", |s| s.replace("c=biws", "c=eSws"))));
         assert!(failed(exchange(&creds, "n,,n=alice,r=abc", "right", |s| s + "AAAA")), "a longer proof");
         assert!(failed(exchange(&creds, "n,,n=alice,r=abc", "right", |s| s.replace(",p=", ",x="))));
@@ -356,6 +375,33 @@ mod tests {
         };
         assert_eq!(failure.user.as_deref(), Some("alice"));
         assert!(!failure.reason.contains("wrong,") && !failure.reason.contains("right"));
+    }
+
+    /// kcat 1.7.1 (librdkafka 2.0.2) answered "the nonce differs" until
+    /// its doubled client nonce was taken: the proof it computes over
+    /// what it sent is checked as any other.
+    #[test]
+    fn librdkafkas_doubled_client_nonce_is_accepted() {
+        let m = ScramMechanism::Sha256;
+        let creds = store("alice", m, credential(m, "right", b"salt", 4096));
+        let doubled = |s: String| s.replace("r=abcsrv", "r=abcabcsrv");
+        let client_first = "n,,n=alice,r=abc";
+        let mut server = ScramServer::new(m, "srv".into());
+        let Step::Challenge(server_first) = server.step(client_first.as_bytes(), &creds) else {
+            panic!("a challenge");
+        };
+        let server_first = String::from_utf8(server_first).expect("utf-8");
+        // The client computes its proof over its own (doubled) message.
+        let hash = Hash(m);
+        let salted = hash.salted_password(b"right", b"salt", 4096);
+        let client_key = hash.hmac(&salted, b"Client Key");
+        let without_proof = "c=biws,r=abcabcsrv";
+        let auth_message = format!("n=alice,r=abc,{server_first},{without_proof}");
+        let signature = hash.hmac(&hash.digest(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(k, s)| k ^ s).collect();
+        let last = format!("{without_proof},p={}", BASE64.encode(proof));
+        assert!(matches!(server.step(last.as_bytes(), &creds), Step::Success { .. }));
+        assert!(matches!(exchange(&creds, client_first, "wrong", doubled), Step::Failure(_)));
     }
 
     /// An unknown user's challenge looks like a known one's: a salt, the
