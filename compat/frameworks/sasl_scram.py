@@ -18,7 +18,8 @@ is skipped (exit 77).
    every record back.
 3. kcat lists the topic over SASL/SCRAM-SHA-512; the Java client
    (kafka-topics with --command-config, ScramLoginModule) lists it over
-   SASL/SCRAM-SHA-256.
+   SASL/SCRAM-SHA-256; kafka-python sends a record over
+   SASL/SCRAM-SHA-512.
 4. A wrong password is refused: confluent-kafka reports an authentication
    error carrying Kafka's text; kcat fails the same way.
 5. A Metadata request before authentication closes the connection.
@@ -135,6 +136,18 @@ def java_lists_topics(bootstrap, topic):
     common.check(topic in listed, f"kafka-topics over SASL listed {listed}")
 
 
+def kafka_python_sends(bootstrap, topic):
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, security_protocol="SASL_PLAINTEXT",
+                             sasl_mechanism="SCRAM-SHA-512", sasl_plain_username=USER,
+                             sasl_plain_password=PASSWORD, acks="all")
+    metadata = producer.send(topic, key=b"kafka-python", value=b"kafka-python").get(timeout=common.WAIT_S_MAX)
+    producer.close()
+    common.check(metadata.offset == RECORDS_PER_MECHANISM * len(MECHANISMS),
+                 f"kafka-python's record at offset {metadata.offset}")
+
+
 def closed_before_authentication(bootstrap):
     """A Metadata v1 request as the first thing on a SASL listener."""
     host, port = bootstrap.rsplit(":", 1)
@@ -169,6 +182,7 @@ def main():
     common.check(listed.returncode == 0 and f'topic "{topic}"' in listed.stdout,
                  f"kcat -L over SASL: {listed.stdout}{listed.stderr}")
     java_lists_topics(args.sasl_bootstrap, topic)
+    kafka_python_sends(args.sasl_bootstrap, topic)
 
     refused = refused_by_librdkafka(args.sasl_bootstrap)
     kcat_refused = kcat(args.sasl_bootstrap, "SCRAM-SHA-512", "wrong", ["-L", "-m", "10"])
