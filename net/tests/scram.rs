@@ -347,3 +347,44 @@ fn sasl_handshake_refusals_close_the_connection() {
     assert!(metadata_refused(&mut conn), "closed, not read as a request");
     stop(broker);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Credentials are cluster metadata: made through one broker, they let a
+/// client log in on every other, once each has applied the record from
+/// the metadata log (no broker keeps its own users).
+#[test]
+fn a_user_made_on_one_broker_logs_in_on_the_others() {
+    let quorum: Vec<String> = (1..=3).map(|node| format!("{node}@127.0.0.1:{}", free_port())).collect();
+    let quorum = quorum.join(",");
+    let configs: Vec<spate_net::BrokerConfig> = (1..=3)
+        .map(|node| spate_net::BrokerConfig {
+            node_id: node,
+            controller_quorum: quorum.clone(),
+            listeners: "PLAINTEXT://127.0.0.1:0,SASL_PLAINTEXT://127.0.0.1:0".into(),
+            ..config(&data_dir(&format!("scram_cluster-{node}")), 1)
+        })
+        .collect();
+    let starting: Vec<_> = configs
+        .into_iter()
+        .map(|config| std::thread::spawn(move || spate_net::start(config).expect("broker starts")))
+        .collect();
+    let brokers: Vec<spate_net::BrokerHandle> = starting.into_iter().map(|t| t.join().expect("started")).collect();
+    let addr = |broker: &spate_net::BrokerHandle, listener: &str| {
+        broker.kafka_addrs().into_iter().find(|(name, _)| name == listener).map(|(_, addr)| addr).expect("listener")
+    };
+    let mut admin = KafkaConn::connect(addr(&brokers[0], "PLAINTEXT"));
+    assert_eq!(alter(&mut admin, vec![upsert("carol", SHA512, 4096, "carol-secret")], vec![])[0].1, 0);
+    for broker in &brokers[1..] {
+        let sasl = addr(broker, "SASL_PLAINTEXT");
+        await_condition("the credential on every broker", || {
+            let mut conn = KafkaConn::connect(sasl);
+            scram_login(&mut conn, SHA512, "carol", "carol-secret").is_some_and(|done| done.error_code == 0)
+        });
+    }
+    for broker in brokers {
+        stop(broker);
+    }
+}
