@@ -6,7 +6,8 @@
 # against Spate can be compared file by file.
 #
 #   compat/run-all.sh --bootstrap HOST:PORT [--out DIR] [--only NAME[,NAME]]...
-#                     [--spate-bin PATH] [--spate-brokers HOST:PORT] [--list]
+#                     [--spate-bin PATH] [--spate-brokers HOST:PORT]
+#                     [--sasl-bootstrap HOST:PORT] [--list]
 #
 # Exit status: 0 when no scenario failed (skipped ones, exit 77, do not
 # count as failures), 1 otherwise, 2 for a usage error.
@@ -44,10 +45,11 @@ scenarios=(
     "tools_quotas|$compat/frameworks/tools_quotas.py"
     "streams_wordcount|$compat/java/run.sh streams-wordcount"
     "connect_distributed|$compat/frameworks/connect_distributed.py"
+    "sasl_scram|$compat/frameworks/sasl_scram.py"
 )
 
 usage() {
-    sed -n '9,10p' "$0" | sed 's/^# *//' >&2
+    sed -n '9,11p' "$0" | sed 's/^# *//' >&2
     exit 2
 }
 
@@ -56,6 +58,9 @@ out=""
 only=()
 spate_bin=""
 spate_brokers=""
+# A SASL_PLAINTEXT listener of the same broker, for the sasl_* scenarios
+# (skipped without it).
+sasl_bootstrap=""
 list=false
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -64,6 +69,7 @@ while [[ $# -gt 0 ]]; do
     --only) IFS=, read -ra names <<<"${2:-}"; only+=("${names[@]}"); shift 2 || usage ;;
     --spate-bin) spate_bin=${2:-}; shift 2 || usage ;;
     --spate-brokers) spate_brokers=${2:-}; shift 2 || usage ;;
+    --sasl-bootstrap) sasl_bootstrap=${2:-}; shift 2 || usage ;;
     --list) list=true; shift ;;
     *) usage ;;
     esac
@@ -103,6 +109,9 @@ for entry in "${scenarios[@]}"; do
     if [[ $name == cross_protocol ]]; then
         [[ -n $spate_bin ]] && command+=(--spate-bin "$spate_bin")
         [[ -n $spate_brokers ]] && command+=(--spate-brokers "$spate_brokers")
+    fi
+    if [[ $name == sasl_* && -n $sasl_bootstrap ]]; then
+        command+=(--sasl-bootstrap "$sasl_bootstrap")
     fi
     started_ns=$(date +%s%N)
     timeout --kill-after=10 "$scenario_timeout_s" "${command[@]}" >"$out/$name.json" 2>"$out/$name.log" </dev/null

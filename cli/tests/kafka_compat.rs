@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Broker, SPATE, data_dir};
+use common::{Broker, SPATE, data_dir, free_port_below_ephemeral};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf()
@@ -18,18 +18,31 @@ fn repo() -> PathBuf {
 /// Runs one scenario and fails the test with its output if it fails.
 fn scenario(name: &str) {
     let dir = data_dir(&format!("kafka-compat-{name}"));
+    let config = write_config(&dir);
     // Kafka's rebalance delay is for production groups; tests join at once.
-    let broker =
-        Broker::start_with(&dir.join("broker"), 2, 0, &["--config", write_config(&dir).to_str().expect("utf-8")]);
+    let mut flags = vec!["--config".to_string(), config.to_str().expect("utf-8").to_string()];
+    // SASL scenarios make their users on a plaintext listener, as an
+    // operator makes the first ones, and authenticate on a SASL one.
+    let sasl_port = name.starts_with("sasl_").then(free_port_below_ephemeral);
+    if let Some(sasl_port) = sasl_port {
+        let plain_port = free_port_below_ephemeral();
+        flags.push("--listeners".into());
+        flags.push(format!("PLAINTEXT://127.0.0.1:{plain_port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}"));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let broker = Broker::start_with(&dir.join("broker"), 2, 0, &flags);
     let out = dir.join("observed");
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(repo().join("compat/run-all.sh"))
         .args(["--bootstrap", &broker.kafka_addr(), "--only", name])
         .arg("--out")
         .arg(&out)
-        .args(["--spate-bin", SPATE, "--spate-brokers", &broker.addr()])
-        .output()
-        .expect("run compat/run-all.sh");
+        .args(["--spate-bin", SPATE, "--spate-brokers", &broker.addr()]);
+    if let Some(sasl_port) = sasl_port {
+        command.args(["--sasl-bootstrap", &format!("127.0.0.1:{sasl_port}")]);
+    }
+    let output = command.output().expect("run compat/run-all.sh");
     let log = std::fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
     assert!(
         output.status.success(),
@@ -84,4 +97,5 @@ scenarios!(
     tools_quotas,
     streams_wordcount,
     connect_distributed,
+    sasl_scram,
 );

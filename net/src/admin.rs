@@ -1,5 +1,5 @@
 //! Catalog changes (CreateTopics, DeleteTopics, CreatePartitions,
-//! AlterConfigs), run on shard
+//! AlterConfigs, AlterUserScramCredentials), run on shard
 //! 0 one at a time: checked here, then committed by the controller (the
 //! metadata log), then applied by every broker as it follows the log (this
 //! one before it answers: its partitions are open, its configs applied).
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::channel::oneshot;
 use spate_flatbuf::proto::ErrorCode;
-use spate_replication::{ControllerError, ControllerRequest};
+use spate_replication::{ControllerError, ControllerRequest, ScramCredential, ScramMechanism};
 
 use crate::catalog::{Catalog, TopicMeta};
 use crate::limits::{PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX};
@@ -65,12 +65,27 @@ pub(crate) enum AdminOp {
         validate_only: bool,
         reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
     },
+    /// Kafka's AlterUserScramCredentials: each user's alteration through
+    /// the controller, one user at a time; each answer is the controller's
+    /// own (its credential errors have no native `ErrorCode`).
+    AlterScramCredentials {
+        users: Vec<ScramAlteration>,
+        reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
+    },
     /// Grow topics to a partition count each (name, count).
     CreatePartitions {
         topics: Vec<(String, i32)>,
         validate_only: bool,
         reply: oneshot::Sender<Vec<(String, Outcome)>>,
     },
+}
+
+/// One user's credential changes: keys already derived (no password).
+#[derive(Debug, Clone)]
+pub(crate) struct ScramAlteration {
+    pub user: String,
+    pub upsertions: Vec<(ScramMechanism, ScramCredential)>,
+    pub deletions: Vec<ScramMechanism>,
 }
 
 /// One topic's part of an AlterConfigs request.
@@ -154,6 +169,24 @@ pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
                 }
                 let _ = reply.send(results);
             }
+            AdminOp::AlterScramCredentials { users, reply } => {
+                let mut results = Vec::with_capacity(users.len());
+                for alteration in users {
+                    let user = alteration.user.clone();
+                    let (upserted, deleted) = (alteration.upsertions.len(), alteration.deletions.len());
+                    let request = ControllerRequest::AlterScramCredentials {
+                        user: alteration.user,
+                        upsertions: alteration.upsertions,
+                        deletions: alteration.deletions,
+                    };
+                    let result = through_controller_result(&shard, request).await;
+                    if result.is_ok() {
+                        tracing::info!(%user, upserted, deleted, "SCRAM credentials altered");
+                    }
+                    results.push(result);
+                }
+                let _ = reply.send(results);
+            }
             AdminOp::CreatePartitions { topics, validate_only, reply } => {
                 let _ = reply.send(create_partitions(&shard, topics, validate_only).await);
             }
@@ -201,7 +234,9 @@ fn controller_outcome(err: &ControllerError) -> Outcome {
         ControllerError::UnknownTopicOrPartition => ErrorCode::UnknownTopicOrPartition,
         ControllerError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
         ControllerError::InvalidPartitions => ErrorCode::InvalidPartitions,
-        ControllerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        ControllerError::InvalidRequest(_)
+        | ControllerError::UnacceptableCredential(_)
+        | ControllerError::ResourceNotFound(_) => ErrorCode::InvalidRequest,
         ControllerError::NotController => ErrorCode::NotController,
         ControllerError::Shutdown => ErrorCode::BrokerShuttingDown,
         ControllerError::Storage(_) => ErrorCode::StorageError,

@@ -124,6 +124,9 @@ pub struct Catalog {
     pub by_kafka_id: HashMap<u128, String>,
     /// Client quotas (user / client id byte rates).
     pub(crate) client_quotas: Arc<crate::security::quota::ClientQuotas>,
+    /// Every user's SCRAM credentials (salts and keys, no passwords), for
+    /// SASL on any shard.
+    pub scram_credentials: Arc<crate::security::sasl::ScramCredentials>,
 }
 
 /// A topic's Kafka topic id: a stable 16-byte UUID derived from Spate's
@@ -194,7 +197,15 @@ impl Catalog {
             .map(|secret| Arc::from(secret.into_boxed_slice()));
         let by_kafka_id = image.topics.values().map(|t| (kafka_topic_id(&t.topic_id), t.name.clone())).collect();
         let client_quotas = Arc::new(crate::security::quota::ClientQuotas::from_image(&image.client_quotas));
-        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret, by_kafka_id, client_quotas }
+        Catalog {
+            topics,
+            brokers,
+            controller_id: image.controller_id,
+            cluster_secret,
+            by_kafka_id,
+            client_quotas,
+            scram_credentials: Arc::new(image.scram_credentials.clone()),
+        }
     }
 }
 

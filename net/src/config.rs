@@ -144,6 +144,9 @@ pub struct BrokerConfig {
     /// (Kafka's broker-level `log.retention.ms`, `log.segment.bytes`, ...
     /// by their topic names: `retention.ms`, `segment.bytes`, ...).
     pub log_defaults: std::collections::BTreeMap<String, String>,
+    /// Kafka's `sasl.enabled.mechanisms`: what a SASL listener offers, in
+    /// order (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN; comma-separated).
+    pub sasl_enabled_mechanisms: String,
 }
 
 impl Default for BrokerConfig {
@@ -197,6 +200,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             log_defaults: Default::default(),
+            sasl_enabled_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
         }
     }
 }
@@ -280,6 +284,8 @@ impl BrokerConfig {
             self.kafka_advertised(&listeners, index, 0)?;
         }
         self.client_auth()?;
+        crate::security::sasl::enabled_mechanisms(&self.sasl_enabled_mechanisms)
+            .map_err(|err| ConfigError(err.to_string()))?;
         for (key, kind) in
             [("ssl_keystore_type", &self.ssl_keystore_type), ("ssl_truststore_type", &self.ssl_truststore_type)]
         {
@@ -494,6 +500,7 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "ssl.truststore.location" => config.ssl_truststore_location = Some(PathBuf::from(value)),
         "ssl.truststore.certificates" => config.ssl_truststore_certificates = Some(value.to_string()),
         "ssl.client.auth" => config.ssl_client_auth = value.to_string(),
+        "sasl.enabled.mechanisms" => config.sasl_enabled_mechanisms = value.to_string(),
         // An encrypted private key needs its password; Spate reads only
         // unencrypted PEM keys, so one given is refused rather than ignored.
         "ssl.key.password" | "ssl.keystore.password" if !value.is_empty() => {
@@ -659,7 +666,8 @@ sasl.enabled.mechanisms=\\
         assert_eq!(config.log_defaults.get("retention.ms").map(String::as_str), Some("604800000"));
         assert_eq!(config.log_defaults.get("segment.bytes").map(String::as_str), Some("1073741824"));
         assert_eq!(config.group_initial_rebalance_delay_ms, 0);
-        assert_eq!(parsed.unsupported, vec!["compression.type".to_string(), "sasl.enabled.mechanisms".to_string()]);
+        assert_eq!(parsed.unsupported, vec!["compression.type".to_string()]);
+        assert_eq!(config.sasl_enabled_mechanisms, "PLAIN");
         config.validate().unwrap();
     }
 

@@ -30,6 +30,16 @@ pub const PRODUCER_ID_RANDOM_BITS: u32 = 32;
 pub const PRODUCER_ID_SEQUENCE_END: i64 = 1 << (63 - PRODUCER_ID_RANDOM_BITS);
 const _: () = assert!(PRODUCER_ID_RANDOM_BITS >= 32, "fewer random bits make a neighbour's id guessable");
 const _: () = assert!(PRODUCER_ID_BLOCK_SIZE < PRODUCER_ID_SEQUENCE_END);
+/// A SASL token's bytes (a SaslAuthenticate's auth_bytes). PLAIN and
+/// SCRAM messages are a name, a nonce and a proof: well under 1 KiB.
+/// Kafka's `sasl.server.max.receive.size` (512 KiB) also covers Kerberos
+/// and OAuth tokens, which Spate does not take.
+pub const SASL_TOKEN_BYTES_MAX: usize = 16 << 10;
+/// Credential alterations in one AlterUserScramCredentials request: each
+/// is a controller round trip and, for an upsertion, key derivations.
+pub const SCRAM_ALTERATIONS_PER_REQUEST_MAX: usize = 1000;
+/// Users named in one DescribeUserScramCredentials request.
+pub const SCRAM_USERS_PER_DESCRIBE_MAX: usize = 10_000;
 /// Bytes read from a socket at a time when no large frame is pending.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A large frame is zeroed and read this much at a time, so that a peer

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_ID_BLOCK, MAX_TOPIC_NAME_LEN};
-use crate::metadata::{MetadataImage, MetadataRecord, PartitionImage, TopicImage};
+use crate::limits::{
+    MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_ID_BLOCK, MAX_TOPIC_NAME_LEN, SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN,
+    SCRAM_SALT_BYTES_MAX, SCRAM_USER_NAME_BYTES_MAX, SCRAM_USERS_MAX,
+};
+use crate::metadata::{MetadataImage, MetadataRecord, PartitionImage, ScramCredential, ScramMechanism, TopicImage};
 
 /// Where a broker serves clients and its controller peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +84,14 @@ pub enum ControllerRequest {
         topic: String,
         partition: u32,
     },
+    /// Kafka's AlterUserScramCredentials for one user: its credentials for
+    /// `upsertions`' mechanisms set, for `deletions`' removed, together (one
+    /// entry). The broker derived the keys; no password travels here.
+    AlterScramCredentials {
+        user: String,
+        upsertions: Vec<(ScramMechanism, ScramCredential)>,
+        deletions: Vec<ScramMechanism>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +135,12 @@ pub enum ControllerError {
     PreferredLeaderNotAvailable,
     #[error("no unfenced replica may lead the partition")]
     EligibleLeadersNotAvailable,
+    /// Kafka's UNACCEPTABLE_CREDENTIAL.
+    #[error("unacceptable credential: {0}")]
+    UnacceptableCredential(String),
+    /// Kafka's RESOURCE_NOT_FOUND (a credential to delete does not exist).
+    #[error("{0}")]
+    ResourceNotFound(String),
 }
 
 /// Applies each record to a scratch image as it is produced, so that later
@@ -808,6 +825,75 @@ pub fn allocate_producer_ids(
     Ok(vec![MetadataRecord::ProducerIdBlock { node_id, start: image.next_producer_id, len: count }])
 }
 
+/// Checks a SCRAM credential's shape: Kafka's iteration bounds, a salt,
+/// keys as long as the mechanism's hash.
+pub fn check_scram_credential(mechanism: ScramMechanism, credential: &ScramCredential) -> Result<(), String> {
+    if credential.iterations < SCRAM_ITERATIONS_MIN {
+        return Err(format!("Too few iterations: {} (at least {SCRAM_ITERATIONS_MIN})", credential.iterations));
+    }
+    if credential.iterations > SCRAM_ITERATIONS_MAX {
+        return Err(format!("Too many iterations: {} (at most {SCRAM_ITERATIONS_MAX})", credential.iterations));
+    }
+    if credential.salt.is_empty() || credential.salt.len() > SCRAM_SALT_BYTES_MAX {
+        return Err(format!("a salt of {} bytes (1 to {SCRAM_SALT_BYTES_MAX})", credential.salt.len()));
+    }
+    let hash_bytes = mechanism.hash_bytes();
+    if credential.stored_key.len() != hash_bytes || credential.server_key.len() != hash_bytes {
+        return Err(format!("{} keys are {hash_bytes} bytes", mechanism.name()));
+    }
+    Ok(())
+}
+
+/// Sets and removes one user's SCRAM credentials (Kafka's
+/// AlterUserScramCredentials, one user's part), in one entry.
+pub fn alter_scram_credentials(
+    image: &MetadataImage,
+    user: &str,
+    upsertions: &[(ScramMechanism, ScramCredential)],
+    deletions: &[ScramMechanism],
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let unacceptable = ControllerError::UnacceptableCredential;
+    if user.is_empty() {
+        return Err(unacceptable("Username must not be empty".into()));
+    }
+    if user.len() > SCRAM_USER_NAME_BYTES_MAX {
+        return Err(unacceptable(format!("a user name of at most {SCRAM_USER_NAME_BYTES_MAX} bytes")));
+    }
+    let mut seen = Vec::new();
+    for mechanism in upsertions.iter().map(|(m, _)| m).chain(deletions) {
+        if seen.contains(mechanism) {
+            return Err(ControllerError::InvalidRequest(format!("{} altered twice", mechanism.name())));
+        }
+        seen.push(*mechanism);
+    }
+    let existing = image.scram_credentials.get(user);
+    for mechanism in deletions {
+        if !existing.is_some_and(|credentials| credentials.contains_key(mechanism)) {
+            return Err(ControllerError::ResourceNotFound(
+                "Attempt to delete a user credential that does not exist".into(),
+            ));
+        }
+    }
+    for (mechanism, credential) in upsertions {
+        check_scram_credential(*mechanism, credential).map_err(unacceptable)?;
+    }
+    if existing.is_none() && !upsertions.is_empty() && image.scram_credentials.len() >= SCRAM_USERS_MAX {
+        return Err(unacceptable(format!("at most {SCRAM_USERS_MAX} users have SCRAM credentials")));
+    }
+    let deleted = deletions
+        .iter()
+        .map(|mechanism| MetadataRecord::DeleteScramCredential { user: user.into(), mechanism: *mechanism });
+    let upserted = upsertions.iter().map(|(mechanism, c)| MetadataRecord::UpsertScramCredential {
+        user: user.into(),
+        mechanism: *mechanism,
+        salt: c.salt.clone(),
+        iterations: c.iterations,
+        stored_key: c.stored_key.clone(),
+        server_key: c.server_key.clone(),
+    });
+    Ok(deleted.chain(upserted).collect())
+}
+
 /// The controller's invariants, for one record about to be applied to
 /// `before`: a partition's epochs only grow (the partition epoch with every
 /// change, the leader epoch with every leader change); its ISR and its ELR
@@ -860,6 +946,15 @@ pub fn check_invariants(before: &MetadataImage, record: &MetadataRecord) -> Resu
                 ));
             }
             Ok(())
+        }
+        MetadataRecord::UpsertScramCredential { mechanism, salt, iterations, stored_key, server_key, .. } => {
+            let credential = ScramCredential {
+                salt: salt.clone(),
+                iterations: *iterations,
+                stored_key: stored_key.clone(),
+                server_key: server_key.clone(),
+            };
+            check_scram_credential(*mechanism, &credential)
         }
         _ => Ok(()),
     }
@@ -1663,5 +1758,55 @@ mod tests {
         let records = alter_client_quotas(&img, &entity, &remove).expect("valid");
         apply(&mut img, &records);
         assert!(img.client_quotas.is_empty(), "an entity without quotas is gone");
+    }
+
+    fn credential(iterations: u32) -> ScramCredential {
+        ScramCredential { salt: vec![7; 20], iterations, stored_key: vec![1; 32], server_key: vec![2; 32] }
+    }
+
+    /// Kafka's rules for AlterUserScramCredentials: iterations within
+    /// 4096..=16384, a non-empty user, deleting only what exists; keys
+    /// come as long as the mechanism's hash.
+    #[test]
+    fn scram_credentials_are_checked_before_they_are_committed() {
+        use ScramMechanism::{Sha256, Sha512};
+        let mut img = cluster(1);
+        let ok = alter_scram_credentials(&img, "alice", &[(Sha256, credential(4096))], &[]).expect("upsert");
+        assert_eq!(ok.len(), 1);
+        for r in &ok {
+            assert_eq!(check_invariants(&img, r), Ok(()));
+            img.apply(r);
+        }
+        assert_eq!(img.scram_credentials["alice"][&Sha256].iterations, 4096);
+        let refused = |result| matches!(result, Err(ControllerError::UnacceptableCredential(_)));
+        assert!(refused(alter_scram_credentials(&img, "alice", &[(Sha256, credential(4095))], &[])));
+        assert!(refused(alter_scram_credentials(&img, "alice", &[(Sha256, credential(16385))], &[])));
+        assert!(refused(alter_scram_credentials(&img, "", &[(Sha256, credential(8192))], &[])));
+        let short_keys = ScramCredential { stored_key: vec![1; 32], server_key: vec![2; 32], ..credential(8192) };
+        assert!(refused(alter_scram_credentials(&img, "bob", &[(Sha512, short_keys)], &[])));
+        assert!(matches!(
+            alter_scram_credentials(&img, "alice", &[], &[Sha512]),
+            Err(ControllerError::ResourceNotFound(_))
+        ));
+        assert!(matches!(
+            alter_scram_credentials(&img, "alice", &[(Sha256, credential(8192))], &[Sha256]),
+            Err(ControllerError::InvalidRequest(_))
+        ));
+        // Replacing and deleting in one go: the last credential takes the
+        // user with it.
+        let records = alter_scram_credentials(&img, "alice", &[], &[Sha256]).expect("delete");
+        for r in &records {
+            img.apply(r);
+        }
+        assert!(img.scram_credentials.is_empty());
+        let bad = MetadataRecord::UpsertScramCredential {
+            user: "x".into(),
+            mechanism: Sha256,
+            salt: vec![1],
+            iterations: 1,
+            stored_key: vec![0; 32],
+            server_key: vec![0; 32],
+        };
+        assert!(check_invariants(&img, &bad).is_err(), "the log never holds a weak credential");
     }
 }

@@ -20,6 +20,7 @@ mod transport;
 
 pub use controller::{BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
 pub use metadata::{
-    BrokerImage, KafkaEndpoint, MetadataImage, MetadataRecord, PartitionImage, QuotaEntityPart, TopicImage,
+    BrokerImage, KafkaEndpoint, MetadataImage, MetadataRecord, PartitionImage, QuotaEntityPart, ScramCredential,
+    ScramMechanism, TopicImage,
 };
 pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus, read_image};

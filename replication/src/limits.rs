@@ -10,6 +10,30 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 100_000;
 /// not reserve the id space.
 pub const MAX_PRODUCER_ID_BLOCK: i64 = 1_000_000;
 
+/// A SCRAM credential's iterations: Kafka's bounds (its ScramMechanism's
+/// minIterations, RFC 7677's recommended minimum, and maxIterations). Fewer
+/// make a stolen log cheap to attack; more make every login cost a broker
+/// core for long (PLAIN derives the salted password at each login).
+pub const SCRAM_ITERATIONS_MIN: u32 = 4096;
+pub const SCRAM_ITERATIONS_MAX: u32 = 16384;
+/// Users with SCRAM credentials: each is a few hundred bytes of the image,
+/// which a snapshot writes whole and must fit SNAPSHOT_BYTES_MAX.
+pub const SCRAM_USERS_MAX: usize = 4096;
+/// A SCRAM user name's bytes (Kafka has no limit; a principal name longer
+/// than this is a mistake or an attack on the log).
+pub const SCRAM_USER_NAME_BYTES_MAX: usize = 256;
+/// A SCRAM salt's bytes (Kafka's tools make 20-30, RFC 5802's example
+/// 16; RFC 5802 sets no bound).
+pub const SCRAM_SALT_BYTES_MAX: usize = 64;
+const _: () = assert!(SCRAM_ITERATIONS_MIN <= SCRAM_ITERATIONS_MAX);
+// A user holds a name and at most two credentials, each a salt and two
+// keys of at most 64 bytes in hex with some JSON around them: every user
+// fits in half a snapshot, leaving the other half to topics.
+const _: () = assert!(
+    SCRAM_USERS_MAX * (SCRAM_USER_NAME_BYTES_MAX + 2 * (2 * SCRAM_SALT_BYTES_MAX + 2 * 2 * 64 + 64))
+        < SNAPSHOT_BYTES_MAX / 2
+);
+
 /// Largest frame between controllers. Raft messages are capped well below
 /// (MAX_RAFT_MSG_BYTES); anything larger is a bug or an attack and closes
 /// the connection before we allocate.

@@ -124,6 +124,112 @@ pub enum MetadataRecord {
         key: String,
         value: Option<String>,
     },
+    /// A user's SCRAM credential for one mechanism (RFC 5802), added or
+    /// replaced: what a server needs to check a client's proof and prove
+    /// itself, never the password nor the salted password (either would
+    /// let whoever reads the log log in). Absent from older logs.
+    UpsertScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+        #[serde(with = "hex_bytes")]
+        salt: Vec<u8>,
+        iterations: u32,
+        #[serde(with = "hex_bytes")]
+        stored_key: Vec<u8>,
+        #[serde(with = "hex_bytes")]
+        server_key: Vec<u8>,
+    },
+    /// The user's credential for this mechanism is gone (the user with it,
+    /// if it was the last).
+    DeleteScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+    },
+}
+
+/// Kafka's SCRAM mechanisms, named as Kafka names them in
+/// `sasl.enabled.mechanisms` and in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ScramMechanism {
+    #[serde(rename = "SCRAM-SHA-256")]
+    Sha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    Sha512,
+}
+
+impl ScramMechanism {
+    pub const ALL: [ScramMechanism; 2] = [ScramMechanism::Sha256, ScramMechanism::Sha512];
+
+    /// The SASL mechanism name (`SCRAM-SHA-256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScramMechanism::Sha256 => "SCRAM-SHA-256",
+            ScramMechanism::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// The mechanism SASL calls `name` (exactly: SASL names are upper case).
+    pub fn parse(name: &str) -> Option<ScramMechanism> {
+        ScramMechanism::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Kafka's ScramMechanism type in Alter/DescribeUserScramCredentials.
+    pub fn kafka_type(self) -> i8 {
+        match self {
+            ScramMechanism::Sha256 => 1,
+            ScramMechanism::Sha512 => 2,
+        }
+    }
+
+    pub fn from_kafka_type(kafka_type: i8) -> Option<ScramMechanism> {
+        ScramMechanism::ALL.into_iter().find(|m| m.kafka_type() == kafka_type)
+    }
+
+    /// Bytes of the hash's output: of a salted password, a stored key, a
+    /// server key.
+    pub fn hash_bytes(self) -> usize {
+        match self {
+            ScramMechanism::Sha256 => 32,
+            ScramMechanism::Sha512 => 64,
+        }
+    }
+}
+
+/// One user's SCRAM credential for one mechanism, as the image keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredential {
+    #[serde(with = "hex_bytes")]
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    /// H(ClientKey): a client's proof is checked against it.
+    #[serde(with = "hex_bytes")]
+    pub stored_key: Vec<u8>,
+    /// HMAC(SaltedPassword, "Server Key"): signs the server's final message.
+    #[serde(with = "hex_bytes")]
+    pub server_key: Vec<u8>,
+}
+
+/// Byte strings in the log as lower-case hex: JSON arrays of numbers would
+/// be three times as long and unreadable.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        serializer.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if !text.len().is_multiple_of(2) {
+            return Err(serde::de::Error::custom("hex of odd length"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| serde::de::Error::custom("not hex"))
+    }
 }
 
 /// One part of a client quota's entity (Kafka's `user`, `client-id`);
@@ -250,6 +356,8 @@ pub struct MetadataImage {
     pub cluster_secret_hex: Option<String>,
     /// Client quotas by entity: quota key -> value (decimal text).
     pub client_quotas: BTreeMap<Vec<QuotaEntityPart>, BTreeMap<String, String>>,
+    /// SCRAM credentials: user -> mechanism -> credential.
+    pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
     /// The Raft index of the last applied entry.
     pub applied_index: u64,
     /// The Raft leader (the active controller) as this node last knew it, -1
@@ -265,6 +373,7 @@ impl Default for MetadataImage {
             next_producer_id: 0,
             cluster_secret_hex: None,
             client_quotas: BTreeMap::new(),
+            scram_credentials: BTreeMap::new(),
             applied_index: 0,
             controller_id: -1,
         }
@@ -370,6 +479,23 @@ impl MetadataImage {
             }
             MetadataRecord::ClusterSecret { secret_hex } => {
                 self.cluster_secret_hex.get_or_insert_with(|| secret_hex.clone());
+            }
+            MetadataRecord::UpsertScramCredential { user, mechanism, salt, iterations, stored_key, server_key } => {
+                let credential = ScramCredential {
+                    salt: salt.clone(),
+                    iterations: *iterations,
+                    stored_key: stored_key.clone(),
+                    server_key: server_key.clone(),
+                };
+                self.scram_credentials.entry(user.clone()).or_default().insert(*mechanism, credential);
+            }
+            MetadataRecord::DeleteScramCredential { user, mechanism } => {
+                if let Some(credentials) = self.scram_credentials.get_mut(user) {
+                    credentials.remove(mechanism);
+                    if credentials.is_empty() {
+                        self.scram_credentials.remove(user);
+                    }
+                }
             }
         }
     }
@@ -490,5 +616,36 @@ mod tests {
         let json = serde_json::to_string(&r).expect("encode");
         let back: MetadataRecord = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, r);
+    }
+
+    /// Credentials travel in the log as hex, with their mechanism's Kafka
+    /// name, and decode back; a deleted last credential takes its user.
+    #[test]
+    fn scram_credentials_round_trip_and_build_the_image() {
+        let upsert = MetadataRecord::UpsertScramCredential {
+            user: "alice".into(),
+            mechanism: ScramMechanism::Sha512,
+            salt: vec![0xab, 0x01],
+            iterations: 8192,
+            stored_key: vec![0xff; 64],
+            server_key: vec![0x00; 64],
+        };
+        let json = serde_json::to_string(&upsert).expect("encode");
+        assert!(json.contains(r#""mechanism":"SCRAM-SHA-512""#) && json.contains(r#""salt":"ab01""#), "{json}");
+        let back: MetadataRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, upsert);
+        let mut img = MetadataImage::default();
+        img.apply(&upsert);
+        assert_eq!(img.scram_credentials["alice"][&ScramMechanism::Sha512].salt, vec![0xab, 0x01]);
+        img.apply(&MetadataRecord::DeleteScramCredential { user: "bob".into(), mechanism: ScramMechanism::Sha256 });
+        img.apply(&MetadataRecord::DeleteScramCredential { user: "alice".into(), mechanism: ScramMechanism::Sha512 });
+        assert!(img.scram_credentials.is_empty());
+        let odd = json.replace("ab01", "ab0");
+        assert!(serde_json::from_str::<MetadataRecord>(&odd).is_err(), "odd hex is refused, not truncated");
+        for mechanism in ScramMechanism::ALL {
+            assert_eq!(ScramMechanism::parse(mechanism.name()), Some(mechanism));
+            assert_eq!(ScramMechanism::from_kafka_type(mechanism.kafka_type()), Some(mechanism));
+        }
+        assert_eq!(ScramMechanism::from_kafka_type(0), None, "Kafka's UNKNOWN");
     }
 }

@@ -43,7 +43,9 @@ use crate::limits::{
     ELECTION_TICK, HEARTBEAT_TICK, MAX_INFLIGHT_MSGS, MAX_RAFT_MSG_BYTES, RESEND_AFTER_TICKS, SNAPSHOT_BYTES_MAX,
 };
 use crate::log_store::LogStore;
-use crate::metadata::{BrokerImage, MetadataImage, MetadataRecord, QuotaEntityPart, TopicImage};
+use crate::metadata::{
+    BrokerImage, MetadataImage, MetadataRecord, QuotaEntityPart, ScramCredential, ScramMechanism, TopicImage,
+};
 use crate::storage::{self, DiskStorage, Recovered, RepairNeed};
 use crate::transport::{self, Control, Deliver, Inbound, Transport};
 
@@ -153,6 +155,9 @@ struct SnapshotData {
     /// As a list (JSON keys are strings). Absent in older snapshots.
     #[serde(default)]
     client_quotas: Vec<(Vec<QuotaEntityPart>, BTreeMap<String, String>)>,
+    /// Absent in snapshots written before SCRAM: none.
+    #[serde(default)]
+    scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
 }
 
 /// The image (at the snapshot's index) and applied request ids in a snapshot.
@@ -164,6 +169,7 @@ fn decode_snapshot_data(snap: &Snapshot) -> Result<(MetadataImage, Vec<RequestId
         next_producer_id: data.next_producer_id,
         cluster_secret_hex: data.cluster_secret_hex,
         client_quotas: data.client_quotas.into_iter().collect(),
+        scram_credentials: data.scram_credentials,
         applied_index: snap.get_metadata().index,
         controller_id: -1,
     };
@@ -896,6 +902,9 @@ impl Node {
             ControllerRequest::ReplicaOffline { topic, partition } => {
                 controller::replica_offline(img, topic, *partition, id.node_id)
             }
+            ControllerRequest::AlterScramCredentials { user, upsertions, deletions } => {
+                controller::alter_scram_credentials(img, user, upsertions, deletions)
+            }
         };
         let records = match records {
             Ok(r) => r,
@@ -1178,6 +1187,7 @@ impl Node {
             applied_ids: self.applied_order.iter().copied().collect(),
             cluster_secret_hex: self.applied.cluster_secret_hex.clone(),
             client_quotas: self.applied.client_quotas.clone().into_iter().collect(),
+            scram_credentials: self.applied.scram_credentials.clone(),
         };
         let data = match serde_json::to_vec(&data) {
             Ok(d) if d.len() < SNAPSHOT_BYTES_MAX - (4 << 10) => d,

@@ -25,6 +25,8 @@ mod partitions;
 mod produce;
 mod quotas;
 mod response;
+mod sasl;
+mod scram_credentials;
 mod versions;
 
 use std::cell::RefCell;
@@ -108,6 +110,7 @@ impl FrontEnd for Kafka {
             authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
             quotas: ConnQuotas::default(),
             quiet_until: std::cell::Cell::new(None),
+            sasl: RefCell::default(),
             remembered: Rc::default(),
             fetch: Default::default(),
         })
@@ -187,6 +190,8 @@ pub(crate) struct Session {
     quotas: ConnQuotas,
     /// A client over its quota is not read from until then (KIP-219).
     quiet_until: std::cell::Cell<Option<std::time::Instant>>,
+    /// Where the SASL exchange is (`sasl.rs`).
+    sasl: RefCell<sasl::SaslState>,
     /// What KIP-848 members sent last (`consumer_group`).
     remembered: Rc<consumer_group::Remembered>,
     /// This connection's fetch session (KIP-227), if the client made one.
@@ -215,6 +220,15 @@ pub(crate) struct Ctx {
 
 fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
     let bytes = frame.bytes;
+    if matches!(*session.sasl.borrow(), sasl::SaslState::Legacy) {
+        // After a SaslHandshake v0 the client sends bare SASL tokens, not
+        // Kafka requests (Kafka before 1.0; every client since sends
+        // SaslHandshake v1 and SaslAuthenticate when the broker lists it).
+        tracing::info!(shard = shard.id, client = %session.client_host,
+            "closing a Kafka connection: after SaslHandshake v0 it sends bare SASL tokens, which Spate does not read; \
+             the client must use SaslAuthenticate (Kafka 1.0+ clients do)");
+        return (Reply::Now(Response::Close(None)), "kafka.sasl_handshake");
+    }
     if bytes.len() < REQUEST_HEADER_BYTES_MIN - 2 {
         tracing::debug!(shard = shard.id, "closing a Kafka connection: a request too short for its header");
         return (Reply::Now(Response::Close(None)), "kafka.invalid");
@@ -320,6 +334,10 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::ConsumerGroupDescribe => consumer_group::describe(ctx, body),
         ApiKey::DescribeClientQuotas => quotas::describe_client_quotas(ctx, body),
         ApiKey::AlterClientQuotas => quotas::alter_client_quotas(ctx, body),
+        ApiKey::SaslHandshake => sasl::handshake(ctx, body, session),
+        ApiKey::SaslAuthenticate => sasl::authenticate(ctx, body, session),
+        ApiKey::AlterUserScramCredentials => scram_credentials::alter(ctx, body),
+        ApiKey::DescribeUserScramCredentials => scram_credentials::describe(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)
@@ -430,6 +448,10 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::LeaveGroup => one::<LeaveGroupRequest>(&mut body, version),
         ApiKey::DescribeClientQuotas => one::<DescribeClientQuotasRequest>(&mut body, version),
         ApiKey::AlterClientQuotas => one::<AlterClientQuotasRequest>(&mut body, version),
+        ApiKey::SaslHandshake => one::<SaslHandshakeRequest>(&mut body, version),
+        ApiKey::SaslAuthenticate => one::<SaslAuthenticateRequest>(&mut body, version),
+        ApiKey::AlterUserScramCredentials => one::<AlterUserScramCredentialsRequest>(&mut body, version),
+        ApiKey::DescribeUserScramCredentials => one::<DescribeUserScramCredentialsRequest>(&mut body, version),
         // Served APIs added later decode through their handlers' types;
         // until listed here they are not fuzzed.
         _ => Ok(()),

@@ -7,6 +7,7 @@
 
 pub(crate) mod principal;
 pub(crate) mod quota;
+pub(crate) mod sasl;
 pub mod tls;
 
 pub use self::principal::{Principal, PrincipalError};

@@ -59,10 +59,10 @@ mod tests {
 
     #[test]
     fn principals_parse_and_print_as_kafka_writes_them() {
-        let alice = Principal::parse("User:alice").unwrap();
+        let alice = Principal::parse("User:alice").expect("parses");
         assert_eq!(alice, Principal::user("alice"));
         assert_eq!(alice.to_string(), "User:alice");
-        let subject = Principal::parse("User:CN=broker-1,O=spate:x").unwrap();
+        let subject = Principal::parse("User:CN=broker-1,O=spate:x").expect("parses");
         assert_eq!(subject.name, "CN=broker-1,O=spate:x");
         assert!(Principal::parse("alice").is_err());
         assert!(Principal::parse(":alice").is_err());

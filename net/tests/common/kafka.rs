@@ -47,7 +47,10 @@ impl KafkaConn {
         let mut frame = BytesMut::with_capacity(4 + body.len());
         frame.put_i32(body.len() as i32);
         frame.extend_from_slice(&body);
-        self.stream.write_all(&frame).expect("write");
+        if self.stream.write_all(&frame).is_err() {
+            // The broker closed the connection (and said so with a reset).
+            return None;
+        }
 
         let mut size = [0u8; 4];
         if self.stream.read_exact(&mut size).is_err() {
@@ -61,6 +64,11 @@ impl KafkaConn {
         let decoded = R::Response::decode(&mut response, version).expect("decode response");
         assert_eq!(response.remaining(), 0, "the whole response decoded");
         Some(decoded)
+    }
+
+    /// The socket, for bytes that are not a Kafka request.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
     }
 
     pub fn call<R: Request>(&mut self, version: i16, request: &R) -> R::Response {

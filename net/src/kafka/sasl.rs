@@ -1,0 +1,142 @@
+//! SASL on a Kafka connection: SaslHandshake picks the mechanism,
+//! SaslAuthenticate carries its tokens (KIP-152) to the connection's
+//! `Exchange` (`security/sasl/`), against the SCRAM credentials of the
+//! metadata (the catalog). Both answer at once (`Reply::Now`), so a
+//! success has set the session's principal before the connection's next
+//! request is dispatched.
+//!
+//! As Kafka: a mechanism the listener does not offer gets
+//! UNSUPPORTED_SASL_MECHANISM with the list that is offered, and a failed
+//! authentication SASL_AUTHENTICATION_FAILED with Kafka's text, after which
+//! the connection closes. Neither request is valid on a listener without
+//! SASL or once authenticated (ILLEGAL_SASL_STATE). No re-authentication
+//! (KIP-368): the session's lifetime is 0, unlimited.
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError as K;
+use kafka_protocol::messages::{
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Ctx, Session, decode, respond};
+use crate::security::Principal;
+use crate::security::sasl::{Exchange, Mechanism, Step, enabled_mechanisms};
+use crate::wire::{Reply, Response};
+
+/// Where a connection is in its SASL authentication.
+#[derive(Debug, Default)]
+pub(crate) enum SaslState {
+    /// No handshake yet.
+    #[default]
+    Start,
+    /// A SaslHandshake v0 was answered: the client now sends bare SASL
+    /// tokens without Kafka request headers (Kafka before 1.0), which Spate
+    /// does not read.
+    Legacy,
+    /// A mechanism was chosen; SaslAuthenticate tokens go to it.
+    Exchanging(Exchange),
+    /// Authenticated (or failed, and the connection is closing).
+    Over,
+}
+
+/// The mechanisms this broker offers (`sasl.enabled.mechanisms`, in its
+/// order). A name Spate does not serve is left out, with a warning (the
+/// config's validation should have refused it at start).
+fn enabled(ctx: &Ctx) -> Vec<Mechanism> {
+    let list = &ctx.shard.shared.config.sasl_enabled_mechanisms;
+    enabled_mechanisms(list).unwrap_or_else(|err| {
+        tracing::warn!("{err}: offering the others");
+        list.split(',').filter_map(|name| Mechanism::parse(name.trim())).collect()
+    })
+}
+
+/// Answers, then closes the connection (Kafka's way after a refused
+/// handshake or a failed authentication).
+fn then_close(response: Response) -> Reply {
+    match response {
+        Response::Frame(frame) => Reply::Now(Response::Close(Some(frame))),
+        other => Reply::Now(other),
+    }
+}
+
+pub(crate) fn handshake(ctx: Ctx, body: Bytes, session: &Session) -> Reply {
+    let request: SaslHandshakeRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let enabled = enabled(&ctx);
+    let names: Vec<StrBytes> = enabled.iter().map(|m| StrBytes::from_static_str(m.name())).collect();
+    let answer = |code: i16| {
+        respond(&ctx, &SaslHandshakeResponse::default().with_error_code(code).with_mechanisms(names.clone()))
+    };
+    let mut state = session.sasl.borrow_mut();
+    if !session.protocol.uses_sasl() || !matches!(*state, SaslState::Start) {
+        // Kafka answers a handshake on a listener without SASL, or after
+        // one, with ILLEGAL_SASL_STATE; a second one in the middle of an
+        // exchange closes the connection.
+        let closing = matches!(*state, SaslState::Exchanging(_));
+        let response = answer(K::IllegalSaslState.code());
+        return if closing { then_close(response) } else { Reply::Now(response) };
+    }
+    let asked = request.mechanism.as_str();
+    let Some(mechanism) = enabled.iter().copied().find(|m| m.name() == asked) else {
+        tracing::info!(client = %session.client_host, mechanism = asked, offered = ?names,
+            "closing a Kafka connection: a SASL mechanism this listener does not offer");
+        return then_close(answer(K::UnsupportedSaslMechanism.code()));
+    };
+    *state = if ctx.version == 0 { SaslState::Legacy } else { SaslState::Exchanging(Exchange::new(mechanism)) };
+    Reply::Now(answer(0))
+}
+
+pub(crate) fn authenticate(ctx: Ctx, body: Bytes, session: &Session) -> Reply {
+    let request: SaslAuthenticateRequest = match decode(&ctx, body) {
+        Ok(request) => request,
+        Err(reply) => return reply,
+    };
+    let answer = |code: i16, message: Option<String>, token: Vec<u8>| {
+        let response = SaslAuthenticateResponse::default()
+            .with_error_code(code)
+            .with_error_message(message.map(StrBytes::from_string))
+            .with_auth_bytes(Bytes::from(token))
+            .with_session_lifetime_ms(0);
+        respond(&ctx, &response)
+    };
+    let mut state = session.sasl.borrow_mut();
+    let SaslState::Exchanging(exchange) = &mut *state else {
+        if session.authenticated.get() && !session.protocol.uses_sasl() {
+            let message = "SaslAuthenticate on a listener without SASL".to_string();
+            return Reply::Now(answer(K::IllegalSaslState.code(), Some(message), Vec::new()));
+        }
+        if session.authenticated.get() {
+            let message = "SaslAuthenticate request received after successful authentication".to_string();
+            return Reply::Now(answer(K::IllegalSaslState.code(), Some(message), Vec::new()));
+        }
+        let message = "SaslAuthenticate before a SaslHandshake chose a mechanism".to_string();
+        return then_close(answer(K::IllegalSaslState.code(), Some(message), Vec::new()));
+    };
+    let mechanism = exchange.mechanism();
+    let credentials = ctx.shard.shared.catalog.load().scram_credentials.clone();
+    match exchange.step(&request.auth_bytes, &credentials) {
+        Step::Challenge(token) => Reply::Now(answer(0, None, token)),
+        Step::Success { user, token } => {
+            tracing::info!(client = %session.client_host, %user, mechanism = mechanism.name(), "SASL authentication succeeded");
+            *session.principal.borrow_mut() = std::rc::Rc::new(Principal::user(user));
+            session.authenticated.set(true);
+            *state = SaslState::Over;
+            Reply::Now(answer(0, None, token))
+        }
+        Step::Failure(failure) => {
+            // One line per failure, for operators and intrusion detection:
+            // who tried from where how, never the password.
+            tracing::warn!(client = %session.client_host, user = failure.user.as_deref().unwrap_or("?"),
+                mechanism = mechanism.name(), reason = %failure.reason, "SASL authentication failed");
+            *state = SaslState::Over;
+            let message = format!(
+                "Authentication failed during authentication due to invalid credentials with SASL mechanism {}",
+                mechanism.name()
+            );
+            then_close(answer(K::SaslAuthenticationFailed.code(), Some(message), Vec::new()))
+        }
+    }
+}
