@@ -166,3 +166,9 @@ pub const QUOTA_THROTTLE_MS_MAX: u64 = QUOTA_SAMPLES as u64 * QUOTA_SAMPLE_MS as
 /// applies to; ~200 bytes each). Client ids are the client's to choose, so
 /// the count is bounded: past it, idle meters go first.
 pub const QUOTA_METERS_MAX: usize = 100_000;
+
+/// The largest Kafka request a client may send on a SASL listener before
+/// it has authenticated (Kafka's sasl.server.max.receive.size default):
+/// ApiVersions and the SASL exchange are small, and without this bound
+/// clients that never log in could fill the shard's byte budget.
+pub const UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 512 * 1024;

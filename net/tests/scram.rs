@@ -388,3 +388,40 @@ fn a_user_made_on_one_broker_logs_in_on_the_others() {
         stop(broker);
     }
 }
+
+/// Before SASL succeeds a client may send only a handshake's worth of
+/// bytes per request (Kafka's sasl.server.max.receive.size, 512 KiB):
+/// a larger frame closes the connection before its body is read, so
+/// clients that never log in cannot fill the shard's byte budget. The
+/// same size is fine once authenticated. (Before the bound, the broker
+/// read and buffered the whole 1 MiB frame and then closed.)
+#[test]
+fn an_unauthenticated_client_cannot_send_large_frames() {
+    use std::io::{Read, Write};
+    let (broker, plain, sasl) = start_sasl("sasl_frame_cap");
+    let mut admin = KafkaConn::connect(plain);
+    assert_eq!(alter(&mut admin, vec![upsert("alice", SHA256, 4096, "alice-secret")], vec![])[0].1, 0);
+
+    let mut conn = KafkaConn::connect(sasl);
+    let size = 1i32 << 20;
+    conn.stream().write_all(&size.to_be_bytes()).expect("write a size");
+    // The broker closes on the size alone: a read sees the end, not a wait.
+    conn.stream().set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let mut byte = [0u8; 1];
+    assert!(matches!(conn.stream().read(&mut byte), Ok(0)), "the connection stays open after a 1 MiB size");
+
+    // Authenticated, a 1 MiB request is an ordinary one.
+    let mut conn = KafkaConn::connect(sasl);
+    assert_eq!(scram_login(&mut conn, SHA256, "alice", "alice-secret").expect("answer").error_code, 0);
+    let big_topic = "t".repeat(200);
+    let topics: Vec<_> = (0..4000)
+        .map(|i| {
+            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(common::kafka::name(&format!("{big_topic}-{i}"))))
+        })
+        .collect();
+    let request = MetadataRequest::default().with_topics(Some(topics)).with_allow_auto_topic_creation(false);
+    let answer = conn.call(12, &request);
+    assert_eq!(answer.topics.len(), 4000);
+    stop(broker);
+}

@@ -60,7 +60,9 @@ pub(crate) struct KafkaFrame {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KafkaFrameError {
-    #[error("Kafka request of {frame_bytes} bytes is over the {frame_bytes_max}-byte limit (socket.request.max.bytes)")]
+    #[error(
+        "Kafka request of {frame_bytes} bytes is over the {frame_bytes_max}-byte limit (socket.request.max.bytes; sasl.server.max.receive.size before SASL authentication)"
+    )]
     TooLarge { frame_bytes: i64, frame_bytes_max: usize },
     #[error("connection closed in the middle of a Kafka request ({buffered_bytes} bytes buffered)")]
     Truncated { buffered_bytes: usize },
@@ -71,22 +73,28 @@ pub(crate) enum KafkaFrameError {
 const REQUEST_HEADER_BYTES_MIN: usize = 10;
 
 impl Kafka {
-    fn frame_bytes_max(&self) -> usize {
-        self.0.shared.config.frame_bytes_max
+    /// The largest request this connection may send now: before SASL
+    /// succeeds only a handshake's worth (Kafka's
+    /// sasl.server.max.receive.size), so that clients that have not
+    /// authenticated cannot fill the shard's byte budget.
+    fn frame_bytes_max(&self, session: &Session) -> usize {
+        if session.authenticated.get() {
+            self.0.shared.config.frame_bytes_max
+        } else {
+            crate::limits::UNAUTHENTICATED_FRAME_BYTES_MAX.min(self.0.shared.config.frame_bytes_max)
+        }
     }
 
-    fn size(&self, buf: &[u8]) -> Result<Option<usize>, KafkaFrameError> {
+    fn size(&self, session: &Session, buf: &[u8]) -> Result<Option<usize>, KafkaFrameError> {
         if buf.len() < 4 {
             return Ok(None);
         }
         let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         // A negative or tiny size cannot be a request; neither can one over
         // the cap, which is refused before anything is allocated for it.
-        if size < 0 || size as usize > self.frame_bytes_max() {
-            return Err(KafkaFrameError::TooLarge {
-                frame_bytes: size as i64,
-                frame_bytes_max: self.frame_bytes_max(),
-            });
+        let frame_bytes_max = self.frame_bytes_max(session);
+        if size < 0 || size as usize > frame_bytes_max {
+            return Err(KafkaFrameError::TooLarge { frame_bytes: size as i64, frame_bytes_max });
         }
         Ok(Some(size as usize))
     }
@@ -116,8 +124,8 @@ impl FrontEnd for Kafka {
         })
     }
 
-    fn decode(&self, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
-        let Some(size) = self.size(buf)? else { return Ok(None) };
+    fn decode(&self, session: &Self::Session, buf: &mut BytesMut) -> Result<Option<KafkaFrame>, KafkaFrameError> {
+        let Some(size) = self.size(session, buf)? else { return Ok(None) };
         if buf.len() < 4 + size {
             return Ok(None);
         }
@@ -125,8 +133,8 @@ impl FrontEnd for Kafka {
         Ok(Some(KafkaFrame { bytes: buf.split_to(size) }))
     }
 
-    fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, KafkaFrameError> {
-        match self.size(buf)? {
+    fn bytes_needed(&self, session: &Self::Session, buf: &BytesMut) -> Result<usize, KafkaFrameError> {
+        match self.size(session, buf)? {
             None => Ok(4 - buf.len()),
             Some(size) => Ok((4 + size).saturating_sub(buf.len())),
         }

@@ -117,11 +117,15 @@ impl FrontEnd for Native {
         Session::new()
     }
 
-    fn decode(&self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, spate_flatbuf::FrameError> {
+    fn decode(
+        &self,
+        _session: &Session,
+        buf: &mut bytes::BytesMut,
+    ) -> Result<Option<Frame>, spate_flatbuf::FrameError> {
         spate_flatbuf::FrameDecoder::new(self.0.shared.config.frame_bytes_max).decode(buf)
     }
 
-    fn bytes_needed(&self, buf: &bytes::BytesMut) -> Result<usize, spate_flatbuf::FrameError> {
+    fn bytes_needed(&self, _session: &Session, buf: &bytes::BytesMut) -> Result<usize, spate_flatbuf::FrameError> {
         spate_flatbuf::FrameDecoder::new(self.0.shared.config.frame_bytes_max).bytes_needed(buf)
     }
 

@@ -145,7 +145,7 @@ async fn read_requests<F: FrontEnd, S: AsyncRead + AsyncWrite + Unpin>(
                     Deadline::after(until - now).await;
                 }
             }
-            let Some(frame) = front.decode(&mut buf)? else { break };
+            let Some(frame) = front.decode(&session, &mut buf)? else { break };
             let frame_bytes = F::frame_bytes(&frame);
             let charge = match reserved.take() {
                 Some(charge) => {
@@ -167,7 +167,7 @@ async fn read_requests<F: FrontEnd, S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(()); // the writer is gone: the socket failed
             }
         }
-        let needed = front.bytes_needed(&buf)?;
+        let needed = front.bytes_needed(&session, &buf)?;
         if needed > scratch.len() && reserved.is_none() {
             let frame_bytes = buf.len() + needed;
             budgets.room_for(frame_bytes).await;

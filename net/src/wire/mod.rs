@@ -36,12 +36,14 @@ pub(crate) trait FrontEnd: Clone + 'static {
     fn new_session(&self, info: &ConnInfo) -> Self::Session;
 
     /// The next whole frame in `buf`, if there is one (split off it).
-    fn decode(&self, buf: &mut BytesMut) -> Result<Option<Self::Frame>, Self::FrameError>;
+    /// The session is the connection's: what it has established may bound
+    /// what it may send (an unauthenticated Kafka client, small frames).
+    fn decode(&self, session: &Self::Session, buf: &mut BytesMut) -> Result<Option<Self::Frame>, Self::FrameError>;
 
     /// The bytes `buf` still lacks for its next frame (its length checked
     /// against the cap first, so a large frame is refused before any room
     /// is made for it).
-    fn bytes_needed(&self, buf: &BytesMut) -> Result<usize, Self::FrameError>;
+    fn bytes_needed(&self, session: &Self::Session, buf: &BytesMut) -> Result<usize, Self::FrameError>;
 
     /// A frame's bytes as received, length prefix included.
     fn frame_bytes(frame: &Self::Frame) -> usize;
