@@ -18,12 +18,14 @@ pub const REQUEST_TIMEOUT_MS_MAX: u64 = 300_000;
 /// skips what is left of the last block.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 /// A producer id handed to a client is `sequence << PRODUCER_ID_RANDOM_BITS
-/// | random`: the sequence (from the controller's blocks) keeps ids unique
-/// across brokers and restarts, the random low bits (from the OS's CSPRNG)
-/// make another producer's id unguessable: a client that knows its own id
-/// must still guess 2^32 values to hit its neighbour's (issue 14). The
-/// trade: the sequence has 31 bits left (ids are non-negative i64s), 2^31
-/// producers over a cluster's life, after which InitProducerId answers
+/// | tag`: the sequence (from the controller's blocks) keeps ids unique
+/// across brokers and restarts; the tag, a keyed hash of the sequence and
+/// the principal the id was given to (`producer_ids.rs`), makes another
+/// producer's id unguessable (a client that knows its own id must still
+/// guess 2^32 values to hit its neighbour's, issue 14) and lets any broker
+/// check that a batch's id belongs to its sender. The trade: the sequence
+/// has 31 bits left (ids are non-negative i64s), 2^31 producers over a
+/// cluster's life, after which InitProducerId answers
 /// ProducerIdsUnavailable.
 pub const PRODUCER_ID_RANDOM_BITS: u32 = 32;
 /// One past the largest sequence that still fits a non-negative id.

@@ -540,8 +540,10 @@ pub fn run(config: BrokerConfig) -> Result<(), ServeError> {
 /// Every shard binds its ports with SO_REUSEPORT, which the kernel also
 /// grants to any other process of the same user that asks for it: a second
 /// broker started on the same ports would not fail but take half of the
-/// first one's connections. So each configured port is first bound the
-/// ordinary way, which fails while any socket holds it.
+/// first one's connections. So a configured port another socket listens
+/// on is refused first. The kernel's table of listening sockets says so
+/// (a trial bind would also fail on the connections a killed broker left
+/// behind, which must not stop its restart on the same port).
 fn refuse_ports_in_use(config: &BrokerConfig, kafka: &[crate::config::KafkaListener]) -> Result<(), ServeError> {
     let shards = config.shard_count();
     let mut ports: Vec<(String, u16)> = vec![(config.listen_host.clone(), config.port)];
@@ -551,12 +553,59 @@ fn refuse_ports_in_use(config: &BrokerConfig, kafka: &[crate::config::KafkaListe
         ports.extend((0..shards).map(|i| (config.listen_host.clone(), config.port.saturating_add(1 + i as u16))));
     }
     ports.extend(kafka.iter().map(|l| (l.host.clone(), l.port)));
+    let listening = listening_sockets();
     for (host, port) in ports.into_iter().filter(|(_, port)| *port != 0) {
-        if let Err(err) = std::net::TcpListener::bind((host.as_str(), port)) {
-            return Err(ServeError::Start(format!("{host}:{port} is not free ({err}): is another broker running?")));
+        use std::net::ToSocketAddrs;
+        let ours: Vec<std::net::IpAddr> =
+            (host.as_str(), port).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).unwrap_or_default();
+        let taken = listening.iter().find(|theirs| {
+            theirs.port() == port
+                && ours.iter().any(|ip| ip.is_unspecified() || theirs.ip().is_unspecified() || *ip == theirs.ip())
+        });
+        if let Some(theirs) = taken {
+            return Err(ServeError::Start(format!(
+                "{host}:{port} is not free (a socket listens on {theirs}): is another broker running?"
+            )));
         }
     }
     Ok(())
+}
+
+/// The addresses TCP sockets listen on in this network namespace, from
+/// /proc/net/tcp and tcp6 (Linux, which io_uring means anyway); empty if
+/// they cannot be read.
+fn listening_sockets() -> Vec<SocketAddr> {
+    const LISTEN: &str = "0A";
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&LISTEN)) = (fields.get(1), fields.get(3)) else { continue };
+            if let Some(addr) = proc_net_address(local) {
+                sockets.push(addr);
+            }
+        }
+    }
+    sockets
+}
+
+/// `0100007F:2384` (an IPv4 address as a host-order word, the port) or
+/// its 32-digit IPv6 form (four host-order words), as /proc/net/tcp* write
+/// them.
+fn proc_net_address(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<Vec<u32>>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Reads the TLS stores again (SIGHUP): new connections get the new
@@ -769,6 +818,14 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn proc_net_tcp_addresses_parse() {
+        assert_eq!(proc_net_address("0100007F:2384"), Some("127.0.0.1:9092".parse().unwrap()));
+        assert_eq!(proc_net_address("00000000:2384"), Some("0.0.0.0:9092".parse().unwrap()));
+        assert_eq!(proc_net_address("00000000000000000000000001000000:2384"), Some("[::1]:9092".parse().unwrap()));
+        assert_eq!(proc_net_address("zz:1"), None);
+    }
 
     #[test]
     fn creating_the_topics_directory_syncs_the_parent_of_each_directory_created() {

@@ -304,8 +304,10 @@ pub(crate) enum ShardOp {
     Metrics {
         reply: oneshot::Sender<crate::metrics::ShardSnapshot>,
     },
-    /// Allocate a producer id (on the admin shard).
+    /// Allocate a producer id (on the admin shard), bound to the
+    /// principal that asked.
     InitProducerId {
+        principal: crate::security::Principal,
         reply: oneshot::Sender<Result<i64, String>>,
     },
     /// Stop accepting, close every log cleanly, end the shard.
@@ -707,11 +709,14 @@ impl Shard {
                 snapshot.bytes_in_flight_peak = self.bytes_in_flight.peak_bytes();
                 let _ = reply.send(snapshot);
             }
-            ShardOp::InitProducerId { reply } => {
+            ShardOp::InitProducerId { principal, reply } => {
                 assert_eq!(self.id, crate::admin::ADMIN_SHARD, "producer ids come from the admin shard");
                 let shard = self.clone();
                 glommio::spawn_local(async move {
-                    let _ = reply.send(shard.producer_ids.allocate(shard.shared.controller()).await);
+                    let secret = shard.shared.catalog.load().cluster_secret.clone();
+                    let allocated =
+                        shard.producer_ids.allocate(shard.shared.controller(), secret.as_deref(), &principal);
+                    let _ = reply.send(allocated.await);
                 })
                 .detach();
             }

@@ -425,3 +425,44 @@ fn an_unauthenticated_client_cannot_send_large_frames() {
     assert_eq!(answer.topics.len(), 4000);
     stop(broker);
 }
+
+/// A batch under a producer id given to another principal is refused
+/// (issue 14's last item): the id's tag binds it to the principal that got
+/// it from InitProducerId, so mallory, authenticated and allowed to write,
+/// cannot send batches as alice's idempotent producer (which would make
+/// alice's own next batches look like duplicates, acknowledged and never
+/// stored). Alice's own batches go in. Before the binding, mallory's batch
+/// was appended as alice's sequence 0.
+#[test]
+fn a_producer_id_is_refused_to_any_principal_but_its_own() {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    let (broker, plain, sasl) = start_sasl("sasl_producer_ids");
+    let mut admin = KafkaConn::connect(plain);
+    let users = vec![upsert("alice", SHA256, 4096, "alice-secret"), upsert("mallory", SHA256, 4096, "mallory-secret")];
+    assert!(alter(&mut admin, users, vec![]).iter().all(|(_, code, _)| *code == 0));
+    assert_eq!(admin.create_topic("ids", 1, 1), 0);
+
+    let login = |user: &str, password: &str| {
+        let mut conn = KafkaConn::connect(sasl);
+        assert_eq!(scram_login(&mut conn, SHA256, user, password).expect("answer").error_code, 0);
+        conn
+    };
+    let mut alice = login("alice", "alice-secret");
+    let mut mallory = login("mallory", "mallory-secret");
+    let init = alice
+        .call(4, &InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000));
+    assert_eq!(init.error_code, 0);
+    let id = init.producer_id.0;
+    let batch = |sequence: i32, value: &str| {
+        let mut builder = spate_format::batch::BatchBuilder::new(1_700_000_000_000).producer(id, 0, sequence);
+        builder.push(1_700_000_000_000, None, Some(value.as_bytes()), &[]);
+        builder.build().to_vec()
+    };
+    let (refused, _) = mallory.produce("ids", 0, batch(0, "mallory"));
+    assert_eq!(refused, K::ClusterAuthorizationFailed.code(), "mallory wrote under alice's producer id");
+    // Nor can an unauthenticated client on the plaintext listener.
+    assert_eq!(admin.produce("ids", 0, batch(0, "anonymous")).0, K::ClusterAuthorizationFailed.code());
+    assert_eq!(alice.produce("ids", 0, batch(0, "alice-0")), (0, 0), "alice's first batch is the log's first");
+    assert_eq!(alice.produce("ids", 0, batch(1, "alice-1")), (0, 1));
+    stop(broker);
+}

@@ -183,6 +183,12 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
                 continue;
             }
         };
+        if let Err(outcome) =
+            crate::producer_ids::check_owner(catalog.cluster_secret.as_deref(), &ctx.principal, &batches)
+        {
+            waits.push(Err(outcome));
+            continue;
+        }
         let partition = part.partition as u32;
         let (reply, wait) = oneshot::channel();
         let owner = ctx.shard.shared.owner(&topic.name, partition);
@@ -244,7 +250,7 @@ pub(crate) fn init_producer_id(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(respond(&ctx, &response));
     }
     let (reply, wait) = oneshot::channel();
-    ctx.shard.submit(ADMIN_SHARD, ShardOp::InitProducerId { reply });
+    ctx.shard.submit(ADMIN_SHARD, ShardOp::InitProducerId { principal: (*ctx.principal).clone(), reply });
     Reply::Later(Box::pin(async move {
         let response = match wait.await.unwrap_or_else(|_| Err("the admin shard stopped".to_string())) {
             Ok(producer_id) => InitProducerIdResponse::default()

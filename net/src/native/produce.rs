@@ -114,6 +114,13 @@ pub(super) fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply
                 continue;
             }
         };
+        let secret = shard.shared.catalog.load().cluster_secret.clone();
+        if let Err(outcome) =
+            crate::producer_ids::check_owner(secret.as_deref(), &crate::security::Principal::anonymous(), &batches)
+        {
+            waits.push(Err(outcome));
+            continue;
+        }
         let partition = part.partition as u32;
         let (reply, wait) = oneshot::channel();
         let owner = shard.shared.owner(&topic.name, partition);
