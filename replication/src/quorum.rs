@@ -19,7 +19,7 @@
 //! proposed this term and every node the last APPLIED_REQUEST_IDS applied
 //! ids, so a resend is never decided twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -36,6 +36,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType
 use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 
+use crate::acl::AclBinding;
 use crate::controller::{self, BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
 use crate::limits::{
     APPLIED_REQUEST_IDS, CLUSTER_SECRET_BYTES, DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS, DEFAULT_BROKER_SESSION_TIMEOUT_MS,
@@ -150,6 +151,11 @@ struct SnapshotData {
     /// Absent in snapshots written before the secret existed.
     #[serde(default)]
     cluster_secret_hex: Option<String>,
+    /// Absent in snapshots written before ACLs: none.
+    #[serde(default)]
+    acls: BTreeSet<AclBinding>,
+    #[serde(default)]
+    acls_version: u64,
 }
 
 /// The image (at the snapshot's index) and applied request ids in a snapshot.
@@ -160,6 +166,8 @@ fn decode_snapshot_data(snap: &Snapshot) -> Result<(MetadataImage, Vec<RequestId
         topics: data.topics,
         next_producer_id: data.next_producer_id,
         cluster_secret_hex: data.cluster_secret_hex,
+        acls: data.acls,
+        acls_version: data.acls_version,
         applied_index: snap.get_metadata().index,
         controller_id: -1,
     };
@@ -889,6 +897,8 @@ impl Node {
             ControllerRequest::ReplicaOffline { topic, partition } => {
                 controller::replica_offline(img, topic, *partition, id.node_id)
             }
+            ControllerRequest::CreateAcls { acls } => controller::create_acls(img, acls),
+            ControllerRequest::DeleteAcls { filters } => controller::delete_acls(filters),
         };
         let records = match records {
             Ok(r) => r,
@@ -1170,6 +1180,8 @@ impl Node {
             next_producer_id: self.applied.next_producer_id,
             applied_ids: self.applied_order.iter().copied().collect(),
             cluster_secret_hex: self.applied.cluster_secret_hex.clone(),
+            acls: self.applied.acls.clone(),
+            acls_version: self.applied.acls_version,
         };
         let data = match serde_json::to_vec(&data) {
             Ok(d) if d.len() < SNAPSHOT_BYTES_MAX - (4 << 10) => d,
