@@ -1,5 +1,5 @@
 //! Catalog changes (CreateTopics, DeleteTopics, CreatePartitions,
-//! AlterConfigs), run on shard
+//! AlterConfigs, ElectLeaders, CreateAcls, DeleteAcls), run on shard
 //! 0 one at a time: checked here, then committed by the controller (the
 //! metadata log), then applied by every broker as it follows the log (this
 //! one before it answers: its partitions are open, its configs applied).
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use futures::channel::oneshot;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclBinding, AclFilter};
 use spate_replication::{ControllerError, ControllerRequest};
 
 use crate::catalog::{Catalog, TopicMeta};
@@ -53,6 +54,17 @@ pub(crate) enum AdminOp {
         partitions: Vec<(String, u32)>,
         unclean: bool,
         reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
+    },
+    /// Kafka's CreateAcls: the bindings join the ACL set, all or none.
+    CreateAcls {
+        acls: Vec<AclBinding>,
+        reply: oneshot::Sender<Result<(), ControllerError>>,
+    },
+    /// Kafka's DeleteAcls: per filter, the bindings it matched (and
+    /// removed), as the image had them just before the deletion.
+    DeleteAcls {
+        filters: Vec<AclFilter>,
+        reply: oneshot::Sender<Result<Vec<Vec<AclBinding>>, ControllerError>>,
     },
     /// Grow topics to a partition count each (name, count).
     CreatePartitions {
@@ -127,6 +139,33 @@ pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
             }
             AdminOp::CreatePartitions { topics, validate_only, reply } => {
                 let _ = reply.send(create_partitions(&shard, topics, validate_only).await);
+            }
+            AdminOp::CreateAcls { acls, reply } => {
+                let count = acls.len();
+                let result = through_controller_result(&shard, ControllerRequest::CreateAcls { acls }).await;
+                if result.is_ok() {
+                    tracing::info!(acls = count, "ACLs created");
+                }
+                let _ = reply.send(result);
+            }
+            AdminOp::DeleteAcls { filters, reply } => {
+                // Catalog changes run one at a time here, so what the filters
+                // match now is what the deletion removes (an ACL created
+                // meanwhile came through here too).
+                let image = shard.shared.controller().image();
+                let matched: Vec<Vec<AclBinding>> = filters
+                    .iter()
+                    .map(|filter| image.acls.iter().filter(|acl| filter.matches(acl)).cloned().collect())
+                    .collect();
+                let result = if matched.iter().all(Vec::is_empty) {
+                    Ok(())
+                } else {
+                    through_controller_result(&shard, ControllerRequest::DeleteAcls { filters }).await
+                };
+                if result.is_ok() {
+                    tracing::info!(acls = matched.iter().map(Vec::len).sum::<usize>(), "ACLs deleted");
+                }
+                let _ = reply.send(result.map(|()| matched));
             }
         }
     })

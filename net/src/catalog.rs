@@ -106,6 +106,8 @@ pub struct Catalog {
     /// Topic names by their Kafka topic id (`kafka_topic_id`), for Kafka
     /// requests that name topics by id.
     pub by_kafka_id: HashMap<u128, String>,
+    /// Kafka's ACLs, indexed for the front-ends' checks.
+    pub authorizer: Arc<crate::security::Authorizer>,
 }
 
 /// A topic's Kafka topic id: a stable 16-byte UUID derived from Spate's
@@ -174,7 +176,8 @@ impl Catalog {
             .and_then(crate::broker_auth::secret_from_hex)
             .map(|secret| Arc::from(secret.into_boxed_slice()));
         let by_kafka_id = image.topics.values().map(|t| (kafka_topic_id(&t.topic_id), t.name.clone())).collect();
-        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret, by_kafka_id }
+        let authorizer = Arc::new(crate::security::Authorizer::new(&image.acls, image.acls_version));
+        Catalog { topics, brokers, controller_id: image.controller_id, cluster_secret, by_kafka_id, authorizer }
     }
 }
 

@@ -116,6 +116,17 @@ pub struct BrokerConfig {
     /// (Kafka's broker-level `log.retention.ms`, `log.segment.bytes`, ...
     /// by their topic names: `retention.ms`, `segment.bytes`, ...).
     pub log_defaults: std::collections::BTreeMap<String, String>,
+    /// Kafka's `super.users`: principals no ACL restricts,
+    /// `User:a;User:b`.
+    pub super_users: String,
+    /// Kafka's `allow.everyone.if.no.acl.found`: a resource no ACL names
+    /// is open to every principal. Absent: true while no listener
+    /// authenticates (zero-config brokers serve everyone), false once one
+    /// does (`security::AclPolicy`).
+    pub allow_everyone_if_no_acl_found: Option<bool>,
+    /// Kafka's `ssl.client.auth` (`none`, `requested`, `required`):
+    /// `required` on an SSL listener authenticates its clients.
+    pub ssl_client_auth: String,
 }
 
 impl Default for BrokerConfig {
@@ -159,6 +170,9 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             log_defaults: Default::default(),
+            super_users: String::new(),
+            allow_everyone_if_no_acl_found: None,
+            ssl_client_auth: "none".into(),
         }
     }
 }
@@ -184,6 +198,7 @@ pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
 impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_durability(&self.durability)?;
+        crate::security::AclPolicy::from_config(self)?;
         if self.frame_bytes_max < 1024 || self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
             return Err(ConfigError(format!("frame_bytes_max must be in [1024, {FRAME_BYTES_MAX_LIMIT}]")));
         }
@@ -394,6 +409,12 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "queued.max.request.bytes" => config.shard_bytes_in_flight_max = number("bytes")? as usize,
         "log.retention.check.interval.ms" => config.retention_check_interval_ms = number("milliseconds")?,
         "log.cleaner.backoff.ms" => config.cleaner_check_interval_ms = number("milliseconds")?,
+        "super.users" => config.super_users = value.to_string(),
+        "allow.everyone.if.no.acl.found" => config.allow_everyone_if_no_acl_found = Some(flag()?),
+        "ssl.client.auth" => config.ssl_client_auth = value.to_string(),
+        // Kafka's KRaft authorizer is the only one: its name says ACLs are on,
+        // which Spate's always are.
+        "authorizer.class.name" => {}
         "log.retention.ms"
         | "log.retention.bytes"
         | "log.segment.bytes"

@@ -138,3 +138,18 @@ const _: () =
     assert!(CLASSIC_GROUP_BYTES_MAX >= CLASSIC_METADATA_BYTES_MAX + CLASSIC_ASSIGNMENT_BYTES_MAX, "one member fits");
 const _: () = assert!(CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT <= SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT);
 const _: () = assert!(FETCH_PARTITION_BYTES_MIN <= CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT);
+
+/// Authorization decisions a connection remembers (`security::acl`); a
+/// client naming more resources than this starts over, so a connection
+/// cannot grow the cache without bound. A producer to a few hundred
+/// topics stays within it.
+pub const ACL_DECISIONS_CACHED_MAX: usize = 4096;
+/// ACLs created, or filters deleted by, in one CreateAcls or DeleteAcls
+/// request: a request is one metadata record, which must stay small
+/// (kafka-acls sends a handful; the cluster holds at most
+/// `spate_replication::limits::ACLS_MAX`).
+pub const ACL_CHANGES_PER_REQUEST_MAX: usize = 1000;
+/// How long an ACL change may wait for the controller before the client
+/// is told it timed out (CreateAcls and DeleteAcls carry no timeout of
+/// their own; Kafka's AdminClient waits 30 s by default for any call).
+pub const ADMIN_TIMEOUT_MS: u64 = 30_000;

@@ -13,7 +13,9 @@
 //! response's batches are written from the tail cache or the read buffers
 //! with a vectored write (`response::vectored`).
 
+mod acls;
 mod admin;
+mod authz;
 mod codes;
 mod consumer_group;
 mod fetch;
@@ -36,6 +38,7 @@ use kafka_protocol::protocol::Decodable;
 use crate::budget::{ByteBudget, Charge};
 use crate::config::BrokerConfig;
 use crate::metrics::ShardMetrics;
+use crate::security::acl::Decisions;
 use crate::security::{ConnInfo, Principal, SecurityProtocol};
 use crate::shard::Shard;
 use crate::wire::{FrontEnd, Reply, Response};
@@ -104,6 +107,7 @@ impl FrontEnd for Kafka {
             authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
             remembered: Rc::default(),
             fetch: Default::default(),
+            decisions: Rc::default(),
         })
     }
 
@@ -175,6 +179,9 @@ pub(crate) struct Session {
     remembered: Rc<consumer_group::Remembered>,
     /// This connection's fetch session (KIP-227), if the client made one.
     fetch: std::cell::RefCell<Option<fetch_session::FetchSession>>,
+    /// This connection's authorization decisions, kept until the ACLs or
+    /// the principal change.
+    decisions: Rc<Decisions>,
 }
 
 /// What a handler knows of its request.
@@ -188,8 +195,9 @@ pub(crate) struct Ctx {
     pub client_id: String,
     pub client_host: String,
     /// Who sent it (see `Session::principal`).
-    #[allow(dead_code)] // authorization (issue 16) reads it
     pub principal: Rc<Principal>,
+    /// The connection's cached authorization decisions (`authz.rs`).
+    pub decisions: Rc<Decisions>,
 }
 
 fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
@@ -258,6 +266,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
         client_host: session.client_host.clone(),
         principal: session.principal.borrow().clone(),
+        decisions: session.decisions.clone(),
     };
     if api == ApiKey::Produce {
         return (produce::produce(ctx, bytes), name);
@@ -295,6 +304,9 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::LeaveGroup => groups::leave_group(ctx, body),
         ApiKey::ConsumerGroupHeartbeat => consumer_group::heartbeat(ctx, body, session.remembered.clone()),
         ApiKey::ConsumerGroupDescribe => consumer_group::describe(ctx, body),
+        ApiKey::CreateAcls => acls::create_acls(ctx, body),
+        ApiKey::DescribeAcls => acls::describe_acls(ctx, body),
+        ApiKey::DeleteAcls => acls::delete_acls(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)
@@ -372,6 +384,9 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::SyncGroup => one::<SyncGroupRequest>(&mut body, version),
         ApiKey::Heartbeat => one::<HeartbeatRequest>(&mut body, version),
         ApiKey::LeaveGroup => one::<LeaveGroupRequest>(&mut body, version),
+        ApiKey::CreateAcls => one::<CreateAclsRequest>(&mut body, version),
+        ApiKey::DescribeAcls => one::<DescribeAclsRequest>(&mut body, version),
+        ApiKey::DeleteAcls => one::<DeleteAclsRequest>(&mut body, version),
         // Served APIs added later decode through their handlers' types;
         // until listed here they are not fuzzed.
         _ => Ok(()),

@@ -3,8 +3,7 @@
 //! Every version listed here works, old non-flexible ones and flexible
 //! ones alike (clients pick the highest both sides know: aiokafka and
 //! kafkajs send old versions, the Java client the newest). APIs that come
-//! with later issues (transactions, SASL, ACLs) are not listed until they
-//! work.
+//! with later issues (transactions, SASL) are not listed until they work.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -50,6 +49,9 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::LeaveGroup => (0, 5),
         ApiKey::ConsumerGroupHeartbeat => (0, 1),
         ApiKey::ConsumerGroupDescribe => (0, 1),
+        ApiKey::CreateAcls => (1, 3),
+        ApiKey::DescribeAcls => (1, 3),
+        ApiKey::DeleteAcls => (1, 3),
         _ => return None,
     })
 }
@@ -89,6 +91,9 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::LeaveGroup => "kafka.leave_group",
         ApiKey::ConsumerGroupHeartbeat => "kafka.consumer_group_heartbeat",
         ApiKey::ConsumerGroupDescribe => "kafka.consumer_group_describe",
+        ApiKey::CreateAcls => "kafka.create_acls",
+        ApiKey::DescribeAcls => "kafka.describe_acls",
+        ApiKey::DeleteAcls => "kafka.delete_acls",
         _ => "kafka.other",
     }
 }

@@ -54,6 +54,7 @@ impl fmt::Display for Principal {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

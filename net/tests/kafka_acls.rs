@@ -1,0 +1,289 @@
+//! Kafka's ACLs (issue 16) through the Kafka port of an in-process broker:
+//! CreateAcls, DescribeAcls and DeleteAcls as kafka-acls sends them, and
+//! what a denied client is told by Produce, Fetch, Metadata, JoinGroup,
+//! InitProducerId and the admin APIs. Every client here is
+//! `User:ANONYMOUS` (a plaintext listener without SASL), which ACLs can
+//! name.
+
+mod common;
+
+use common::kafka::{KafkaConn, name};
+use common::*;
+use kafka_protocol::ResponseError as K;
+use kafka_protocol::messages::create_acls_request::AclCreation;
+use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+use kafka_protocol::messages::{
+    CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest, DescribeAclsResponse, GroupId, MetadataRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use spate_net::{BrokerConfig, BrokerHandle};
+
+/// Kafka's codes (org.apache.kafka.common.acl / .resource).
+const TOPIC: i8 = 2;
+const GROUP: i8 = 3;
+const CLUSTER: i8 = 4;
+const ANY: i8 = 1;
+const MATCH: i8 = 2;
+const LITERAL: i8 = 3;
+const PREFIXED: i8 = 4;
+const READ: i8 = 3;
+const WRITE: i8 = 4;
+const DESCRIBE: i8 = 8;
+const DENY: i8 = 2;
+const ALLOW: i8 = 3;
+
+fn text(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn start_with(dir: &std::path::Path, tune: impl FnOnce(BrokerConfig) -> BrokerConfig) -> BrokerHandle {
+    spate_net::start(tune(config(dir, 2))).expect("broker starts")
+}
+
+fn creation(resource: (i8, &str, i8), principal: &str, operation: i8, permission: i8) -> AclCreation {
+    AclCreation::default()
+        .with_resource_type(resource.0)
+        .with_resource_name(text(resource.1))
+        .with_resource_pattern_type(resource.2)
+        .with_principal(text(principal))
+        .with_host(text("*"))
+        .with_operation(operation)
+        .with_permission_type(permission)
+}
+
+/// Creates ACLs (CreateAcls v3, as Kafka 4's kafka-acls); per creation
+/// its error code.
+fn create_acls(conn: &mut KafkaConn, creations: Vec<AclCreation>) -> Vec<i16> {
+    let response = conn.call(3, &CreateAclsRequest::default().with_creations(creations));
+    response.results.iter().map(|r| r.error_code).collect()
+}
+
+/// An ACL as (resource type, name, pattern, principal, operation,
+/// permission).
+type Acl = (i8, String, i8, String, i8, i8);
+
+/// Every ACL (DescribeAcls at `version`) and the answer's error.
+fn describe_all(conn: &mut KafkaConn, version: i16) -> (i16, Vec<Acl>) {
+    let request = DescribeAclsRequest::default()
+        .with_resource_type_filter(ANY)
+        .with_resource_name_filter(None)
+        .with_principal_filter(None)
+        .with_host_filter(None)
+        .with_pattern_type_filter(ANY)
+        .with_operation(ANY)
+        .with_permission_type(ANY);
+    let response: DescribeAclsResponse = conn.call(version, &request);
+    let mut acls = Vec::new();
+    for resource in &response.resources {
+        for acl in &resource.acls {
+            acls.push((
+                resource.resource_type,
+                resource.resource_name.to_string(),
+                resource.pattern_type,
+                acl.principal.to_string(),
+                acl.operation,
+                acl.permission_type,
+            ));
+        }
+    }
+    (response.error_code, acls)
+}
+
+fn any_filter() -> DeleteAclsFilter {
+    // The crate's defaults are empty strings; clients send null for any.
+    DeleteAclsFilter::default()
+        .with_resource_type_filter(ANY)
+        .with_resource_name_filter(None)
+        .with_principal_filter(None)
+        .with_host_filter(None)
+        .with_pattern_type_filter(ANY)
+        .with_operation(ANY)
+        .with_permission_type(ANY)
+}
+
+/// Topic names a full Metadata request lists.
+fn listed_topics(conn: &mut KafkaConn) -> Vec<String> {
+    let response = conn.call(12, &MetadataRequest::default().with_topics(None));
+    let mut names: Vec<String> =
+        response.topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect();
+    names.sort();
+    names
+}
+
+/// The error of a Fetch v12 of partition 0 from offset 0.
+fn fetch_error(conn: &mut KafkaConn, topic: &str) -> i16 {
+    use kafka_protocol::messages::FetchRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    let request =
+        FetchRequest::default().with_replica_id((-1).into()).with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(
+            vec![FetchTopic::default().with_topic(name(topic)).with_partitions(vec![
+                FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(1 << 20),
+            ])],
+        );
+    let response = conn.call(12, &request);
+    response.responses[0].partitions[0].error_code
+}
+
+/// The error of a JoinGroup v5 of a new member.
+fn join_error(conn: &mut KafkaConn, group: &str) -> i16 {
+    use kafka_protocol::messages::JoinGroupRequest;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    let request = JoinGroupRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(text("consumer"))
+        .with_protocols(vec![JoinGroupRequestProtocol::default().with_name(text("range"))]);
+    conn.call(5, &request).error_code
+}
+
+fn init_producer_id_error(conn: &mut KafkaConn) -> i16 {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    let request = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+    conn.call(4, &request).error_code
+}
+
+/// kafka-acls --add / --list / --remove, and a restart between: the ACLs
+/// are in the metadata log (and its snapshots), not in memory.
+#[test]
+fn acls_are_created_listed_deleted_and_survive_a_restart() {
+    let dir = data_dir("kafka_acls_lifecycle");
+    let broker = start_with(&dir, |c| c);
+    let mut conn = KafkaConn::to(&broker);
+    let codes = create_acls(
+        &mut conn,
+        vec![
+            creation((TOPIC, "orders", LITERAL), "User:alice", READ, ALLOW),
+            creation((TOPIC, "pay.", PREFIXED), "User:bob", WRITE, DENY),
+            creation((GROUP, "*", LITERAL), "User:alice", READ, ALLOW),
+            // Refused one by one, as Kafka does: the cluster has one name,
+            // a principal is Type:name, MATCH is a filter only.
+            creation((CLUSTER, "other", LITERAL), "User:alice", DESCRIBE, ALLOW),
+            creation((TOPIC, "t", LITERAL), "alice", READ, ALLOW),
+            creation((TOPIC, "t", MATCH), "User:alice", READ, ALLOW),
+        ],
+    );
+    assert_eq!(codes[..3], [0, 0, 0]);
+    assert!(codes[3..].iter().all(|&code| code == K::InvalidRequest.code()), "{codes:?}");
+    let (error, acls) = describe_all(&mut conn, 1);
+    assert_eq!(error, 0);
+    assert_eq!(acls.len(), 3, "{acls:?}");
+    assert!(acls.contains(&(TOPIC, "pay.".into(), PREFIXED, "User:bob".into(), WRITE, DENY)));
+
+    // kafka-acls --list --topic pay.eu (a MATCH filter) finds the prefixed
+    // ACL that applies to it.
+    let request = DescribeAclsRequest::default()
+        .with_resource_type_filter(TOPIC)
+        .with_principal_filter(None)
+        .with_host_filter(None)
+        .with_resource_name_filter(Some(text("pay.eu")))
+        .with_pattern_type_filter(MATCH)
+        .with_operation(ANY)
+        .with_permission_type(ANY);
+    let response = conn.call(3, &request);
+    assert_eq!(response.resources.len(), 1);
+    assert_eq!(response.resources[0].resource_name.as_str(), "pay.");
+
+    // --remove --topic orders: the filter answers with what it removed.
+    let filter = any_filter().with_resource_type_filter(TOPIC).with_resource_name_filter(Some(text("orders")));
+    let response = conn.call(3, &DeleteAclsRequest::default().with_filters(vec![filter]));
+    assert_eq!(response.filter_results[0].error_code, 0);
+    let removed = &response.filter_results[0].matching_acls;
+    assert_eq!(removed.len(), 1);
+    assert_eq!((removed[0].principal.as_str(), removed[0].operation), ("User:alice", READ));
+    assert_eq!(describe_all(&mut conn, 2).1.len(), 2);
+
+    drop(conn);
+    stop(broker);
+    let broker = start_with(&dir, |c| c);
+    let mut conn = KafkaConn::to(&broker);
+    let (_, acls) = describe_all(&mut conn, 3);
+    assert_eq!(acls.len(), 2, "the ACLs survive a restart: {acls:?}");
+    assert!(!acls.iter().any(|acl| acl.1 == "orders"), "and so does the deletion");
+    let response = conn.call(1, &DeleteAclsRequest::default().with_filters(vec![any_filter()]));
+    assert_eq!(response.filter_results[0].matching_acls.len(), 2);
+    assert!(describe_all(&mut conn, 1).1.is_empty());
+    stop(broker);
+}
+
+/// A deny rule for User:ANONYMOUS stops what it names and nothing else,
+/// on a connection that was allowed a moment before (its cached decisions
+/// go when the ACLs change), and deleting the rule lets it through again.
+#[test]
+fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
+    let dir = data_dir("kafka_acls_deny");
+    let broker = start_with(&dir, |c| c);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("secret", 1, 1), 0);
+    assert_eq!(conn.create_topic("open", 1, 1), 0);
+    assert_eq!(conn.produce("secret", 0, batch(1)).0, 0, "allowed while no ACL names it");
+    assert_eq!(join_error(&mut conn, "g"), K::MemberIdRequired.code(), "a new member may join");
+
+    let codes = create_acls(
+        &mut conn,
+        vec![
+            creation((TOPIC, "secret", LITERAL), "User:ANONYMOUS", 2 /* ALL */, DENY),
+            creation((GROUP, "g", LITERAL), "User:*", READ, DENY),
+        ],
+    );
+    assert_eq!(codes, [0, 0]);
+    assert_eq!(conn.produce("secret", 0, batch(1)).0, K::TopicAuthorizationFailed.code());
+    assert_eq!(fetch_error(&mut conn, "secret"), K::TopicAuthorizationFailed.code());
+    assert_eq!(conn.list_offset("secret", 0, -1).0, K::TopicAuthorizationFailed.code());
+    assert_eq!(join_error(&mut conn, "g"), K::GroupAuthorizationFailed.code());
+    assert_eq!(conn.metadata("secret").error_code, K::TopicAuthorizationFailed.code());
+    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "open"], "the topic is not listed");
+    // Denied before existence is looked at: a client learns nothing of a
+    // topic it may not write.
+    assert_eq!(conn.produce("open", 0, batch(1)).0, 0, "other topics are not affected");
+    assert_eq!(fetch_error(&mut conn, "open"), 0);
+    assert_eq!(join_error(&mut conn, "other-group"), K::MemberIdRequired.code());
+
+    let filter = any_filter().with_resource_type_filter(TOPIC).with_resource_name_filter(Some(text("secret")));
+    let response = conn.call(3, &DeleteAclsRequest::default().with_filters(vec![filter]));
+    assert_eq!(response.filter_results[0].matching_acls.len(), 1);
+    assert_eq!(conn.produce("secret", 0, batch(1)), (0, 1), "allowed again");
+    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "open", "secret"]);
+    stop(broker);
+}
+
+/// With allow.everyone.if.no.acl.found=false (the default once a listener
+/// authenticates) a resource no ACL opens is closed, ACL changes included;
+/// super users pass everything.
+#[test]
+fn with_allow_everyone_off_only_acls_and_super_users_open_resources() {
+    let dir = data_dir("kafka_acls_closed");
+    // Set up while open: topics, and an Allow of Write on "t".
+    let broker = start_with(&dir, |c| c);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("t", 1, 1), 0);
+    assert_eq!(conn.create_topic("u", 1, 1), 0);
+    let codes = create_acls(&mut conn, vec![creation((TOPIC, "t", LITERAL), "User:ANONYMOUS", WRITE, ALLOW)]);
+    assert_eq!(codes, [0]);
+    drop(conn);
+    stop(broker);
+
+    let closed = |c: BrokerConfig| BrokerConfig { allow_everyone_if_no_acl_found: Some(false), ..c };
+    let broker = start_with(&dir, closed);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.produce("t", 0, batch(1)).0, 0, "Write on t is allowed");
+    assert_eq!(conn.produce("u", 0, batch(1)).0, K::TopicAuthorizationFailed.code(), "no ACL opens u");
+    assert_eq!(conn.metadata("t").error_code, 0, "Write implies Describe");
+    assert_eq!(listed_topics(&mut conn), ["t"]);
+    assert_eq!(init_producer_id_error(&mut conn), 0, "an idempotent producer may write some topic");
+    assert_eq!(conn.create_topic("v", 1, 1), K::TopicAuthorizationFailed.code(), "no Create");
+    let codes = create_acls(&mut conn, vec![creation((TOPIC, "u", LITERAL), "User:ANONYMOUS", WRITE, ALLOW)]);
+    assert_eq!(codes, [K::ClusterAuthorizationFailed.code()], "changing ACLs needs Alter on the cluster");
+    assert_eq!(describe_all(&mut conn, 3).0, K::ClusterAuthorizationFailed.code());
+    drop(conn);
+    stop(broker);
+
+    let broker = start_with(&dir, |c| BrokerConfig { super_users: "User:ANONYMOUS".into(), ..closed(c) });
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.produce("u", 0, batch(1)).0, 0, "a super user passes");
+    assert_eq!(
+        describe_all(&mut conn, 3),
+        (0, vec![(TOPIC, "t".into(), LITERAL, "User:ANONYMOUS".into(), WRITE, ALLOW)])
+    );
+    stop(broker);
+}
