@@ -43,6 +43,7 @@ scenarios=(
     "tools_perf|$compat/frameworks/tools_perf.py"
     "streams_wordcount|$compat/java/run.sh streams-wordcount"
     "connect_distributed|$compat/frameworks/connect_distributed.py"
+    "tools_acls|$compat/frameworks/tools_acls.py"
 )
 
 usage() {
