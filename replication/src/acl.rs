@@ -54,6 +54,60 @@ pub enum AclPermission {
     Deny,
 }
 
+/// Kafka's numbers for these enums on the wire (`ResourceType.code()`,
+/// `PatternType`, `AclOperation`, `AclPermissionType`): 0 is UNKNOWN and 1
+/// ANY in each (filters only); the values below are the rest, in Kafka's
+/// order. Kafka's names, case-insensitive, are what kafka-acls takes.
+macro_rules! kafka_codes {
+    ($type:ident { $($variant:ident = $code:literal),* $(,)? }) => {
+        impl $type {
+            pub const ALL_VALUES: &'static [$type] = &[$($type::$variant),*];
+
+            pub fn kafka_code(self) -> i8 {
+                match self {
+                    $($type::$variant => $code),*
+                }
+            }
+
+            pub fn from_kafka_code(code: i8) -> Option<$type> {
+                match code {
+                    $($code => Some($type::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The value Kafka calls `name`, in any case and with or
+            /// without underscores (`IdempotentWrite`, `IDEMPOTENT_WRITE`).
+            pub fn parse(name: &str) -> Option<$type> {
+                let folded: String = name.chars().filter(|c| *c != '_' && *c != '-').collect();
+                $type::ALL_VALUES.iter().copied().find(|value| format!("{value:?}").eq_ignore_ascii_case(&folded))
+            }
+        }
+    };
+}
+
+kafka_codes!(AclResourceType { Topic = 2, Group = 3, Cluster = 4, TransactionalId = 5 });
+kafka_codes!(AclPatternType { Literal = 3, Prefixed = 4 });
+kafka_codes!(AclOperation {
+    All = 2,
+    Read = 3,
+    Write = 4,
+    Create = 5,
+    Delete = 6,
+    Alter = 7,
+    Describe = 8,
+    ClusterAction = 9,
+    DescribeConfigs = 10,
+    AlterConfigs = 11,
+    IdempotentWrite = 12,
+});
+kafka_codes!(AclPermission { Deny = 2, Allow = 3 });
+
+/// Kafka's ANY, in every enum's filter.
+pub const KAFKA_CODE_ANY: i8 = 1;
+/// Kafka's MATCH pattern type (a filter only).
+pub const KAFKA_CODE_MATCH: i8 = 2;
+
 /// One ACL: `principal` from `host` may (Allow) or may not (Deny) do
 /// `operation` on the resources the pattern names.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -151,6 +205,26 @@ mod tests {
             operation: AclOperation::Read,
             permission: AclPermission::Allow,
         }
+    }
+
+    /// The numbers kafka-acls sends map both ways, and its names parse.
+    #[test]
+    fn kafka_codes_and_names_map_both_ways() {
+        assert_eq!(AclOperation::from_kafka_code(3), Some(AclOperation::Read));
+        assert_eq!(AclOperation::from_kafka_code(12), Some(AclOperation::IdempotentWrite));
+        assert_eq!(AclOperation::from_kafka_code(KAFKA_CODE_ANY), None, "ANY is a filter only");
+        assert_eq!(AclOperation::from_kafka_code(13), None, "CREATE_TOKENS: no delegation tokens");
+        for op in AclOperation::ALL_VALUES {
+            assert_eq!(AclOperation::from_kafka_code(op.kafka_code()), Some(*op));
+        }
+        assert_eq!(AclResourceType::from_kafka_code(5), Some(AclResourceType::TransactionalId));
+        assert_eq!(AclResourceType::from_kafka_code(7), None, "USER: not served");
+        assert_eq!(AclPatternType::from_kafka_code(KAFKA_CODE_MATCH), None, "MATCH is a filter only");
+        assert_eq!(AclPermission::Allow.kafka_code(), 3);
+        assert_eq!(AclOperation::parse("IDEMPOTENT_WRITE"), Some(AclOperation::IdempotentWrite));
+        assert_eq!(AclOperation::parse("describeconfigs"), Some(AclOperation::DescribeConfigs));
+        assert_eq!(AclResourceType::parse("transactional-id"), Some(AclResourceType::TransactionalId));
+        assert_eq!(AclOperation::parse("CreateTokens"), None);
     }
 
     /// kafka-acls --list --topic t (Match) shows the wildcard and prefixed

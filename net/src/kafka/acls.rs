@@ -18,7 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 use spate_replication::ControllerError;
 use spate_replication::acl::{
     AclBinding, AclFilter, AclOperation, AclPatternFilter, AclPatternType, AclPermission, AclResourceType,
-    CLUSTER_RESOURCE_NAME, WILDCARD_HOST,
+    CLUSTER_RESOURCE_NAME, KAFKA_CODE_ANY, KAFKA_CODE_MATCH, WILDCARD_HOST,
 };
 
 use super::authz::denied_code;
@@ -28,93 +28,6 @@ use crate::limits::{ACL_CHANGES_PER_REQUEST_MAX, ADMIN_TIMEOUT_MS};
 use crate::security::Principal;
 use crate::shard::ShardOp;
 use crate::wire::{Reply, Response};
-
-/// Kafka's numbers for the ACL enums (`org.apache.kafka.common.acl` and
-/// `.resource`): 0 is UNKNOWN, 1 ANY in every one of them.
-mod code {
-    pub const ANY: i8 = 1;
-    pub const RESOURCE_TOPIC: i8 = 2;
-    pub const RESOURCE_GROUP: i8 = 3;
-    pub const RESOURCE_CLUSTER: i8 = 4;
-    pub const RESOURCE_TRANSACTIONAL_ID: i8 = 5;
-    pub const PATTERN_MATCH: i8 = 2;
-    pub const PATTERN_LITERAL: i8 = 3;
-    pub const PATTERN_PREFIXED: i8 = 4;
-    pub const PERMISSION_DENY: i8 = 2;
-    pub const PERMISSION_ALLOW: i8 = 3;
-}
-
-fn resource_type(value: i8) -> Option<AclResourceType> {
-    Some(match value {
-        code::RESOURCE_TOPIC => AclResourceType::Topic,
-        code::RESOURCE_GROUP => AclResourceType::Group,
-        code::RESOURCE_CLUSTER => AclResourceType::Cluster,
-        code::RESOURCE_TRANSACTIONAL_ID => AclResourceType::TransactionalId,
-        _ => return None,
-    })
-}
-
-fn resource_type_code(value: AclResourceType) -> i8 {
-    match value {
-        AclResourceType::Topic => code::RESOURCE_TOPIC,
-        AclResourceType::Group => code::RESOURCE_GROUP,
-        AclResourceType::Cluster => code::RESOURCE_CLUSTER,
-        AclResourceType::TransactionalId => code::RESOURCE_TRANSACTIONAL_ID,
-    }
-}
-
-fn pattern_type(value: i8) -> Option<AclPatternType> {
-    match value {
-        code::PATTERN_LITERAL => Some(AclPatternType::Literal),
-        code::PATTERN_PREFIXED => Some(AclPatternType::Prefixed),
-        _ => None,
-    }
-}
-
-fn pattern_type_code(value: AclPatternType) -> i8 {
-    match value {
-        AclPatternType::Literal => code::PATTERN_LITERAL,
-        AclPatternType::Prefixed => code::PATTERN_PREFIXED,
-    }
-}
-
-/// Kafka's operations in Kafka's order, from 2 (ALL) on.
-const OPERATIONS: [AclOperation; 11] = [
-    AclOperation::All,
-    AclOperation::Read,
-    AclOperation::Write,
-    AclOperation::Create,
-    AclOperation::Delete,
-    AclOperation::Alter,
-    AclOperation::Describe,
-    AclOperation::ClusterAction,
-    AclOperation::DescribeConfigs,
-    AclOperation::AlterConfigs,
-    AclOperation::IdempotentWrite,
-];
-
-fn operation(value: i8) -> Option<AclOperation> {
-    OPERATIONS.get(usize::try_from(value).ok()?.checked_sub(2)?).copied()
-}
-
-fn operation_code(value: AclOperation) -> i8 {
-    OPERATIONS.iter().position(|op| *op == value).map_or(0, |index| index as i8 + 2)
-}
-
-fn permission(value: i8) -> Option<AclPermission> {
-    match value {
-        code::PERMISSION_DENY => Some(AclPermission::Deny),
-        code::PERMISSION_ALLOW => Some(AclPermission::Allow),
-        _ => None,
-    }
-}
-
-fn permission_code(value: AclPermission) -> i8 {
-    match value {
-        AclPermission::Deny => code::PERMISSION_DENY,
-        AclPermission::Allow => code::PERMISSION_ALLOW,
-    }
-}
 
 /// A binding from a CreateAcls entry, or why it cannot be one (Kafka's
 /// checks: known types, a principal `Type:name`, the cluster named
@@ -126,10 +39,13 @@ fn binding(
     op: i8,
     permission_value: i8,
 ) -> Result<AclBinding, String> {
-    let resource_type = resource_type(resource.0).ok_or(format!("resource type {} cannot be created", resource.0))?;
-    let pattern_type = pattern_type(resource.2).ok_or(format!("pattern type {} cannot be created", resource.2))?;
-    let operation = operation(op).ok_or(format!("operation {op} cannot be created"))?;
-    let permission = permission(permission_value).ok_or(format!("permission {permission_value} cannot be created"))?;
+    let resource_type = AclResourceType::from_kafka_code(resource.0)
+        .ok_or(format!("resource type {} cannot be created", resource.0))?;
+    let pattern_type =
+        AclPatternType::from_kafka_code(resource.2).ok_or(format!("pattern type {} cannot be created", resource.2))?;
+    let operation = AclOperation::from_kafka_code(op).ok_or(format!("operation {op} cannot be created"))?;
+    let permission = AclPermission::from_kafka_code(permission_value)
+        .ok_or(format!("permission {permission_value} cannot be created"))?;
     Principal::parse(principal).map_err(|err| err.to_string())?;
     if resource.1.is_empty() {
         return Err("an empty resource name".into());
@@ -160,21 +76,21 @@ fn filter(
     perm: i8,
 ) -> Option<AclFilter> {
     let resource_type = match resource.0 {
-        code::ANY => None,
-        value => Some(resource_type(value)?),
+        KAFKA_CODE_ANY => None,
+        value => Some(AclResourceType::from_kafka_code(value)?),
     };
     let pattern = match resource.2 {
-        code::ANY => AclPatternFilter::Any,
-        code::PATTERN_MATCH => AclPatternFilter::Match,
-        value => AclPatternFilter::Exactly(pattern_type(value)?),
+        KAFKA_CODE_ANY => AclPatternFilter::Any,
+        KAFKA_CODE_MATCH => AclPatternFilter::Match,
+        value => AclPatternFilter::Exactly(AclPatternType::from_kafka_code(value)?),
     };
     let operation = match op {
-        code::ANY => None,
-        value => Some(operation(value)?),
+        KAFKA_CODE_ANY => None,
+        value => Some(AclOperation::from_kafka_code(value)?),
     };
     let permission = match perm {
-        code::ANY => None,
-        value => Some(permission(value)?),
+        KAFKA_CODE_ANY => None,
+        value => Some(AclPermission::from_kafka_code(value)?),
     };
     Some(AclFilter {
         resource_type,
@@ -300,19 +216,19 @@ pub(crate) fn describe_acls(ctx: Ctx, body: Bytes) -> Reply {
         let description = AclDescription::default()
             .with_principal(text(&acl.principal))
             .with_host(text(&acl.host))
-            .with_operation(operation_code(acl.operation))
-            .with_permission_type(permission_code(acl.permission));
+            .with_operation(acl.operation.kafka_code())
+            .with_permission_type(acl.permission.kafka_code());
         let same = resources.last().is_some_and(|r| {
-            r.resource_type == resource_type_code(acl.resource_type)
+            r.resource_type == acl.resource_type.kafka_code()
                 && r.resource_name.as_str() == acl.resource_name
-                && r.pattern_type == pattern_type_code(acl.pattern_type)
+                && r.pattern_type == acl.pattern_type.kafka_code()
         });
         if !same {
             resources.push(
                 DescribeAclsResource::default()
-                    .with_resource_type(resource_type_code(acl.resource_type))
+                    .with_resource_type(acl.resource_type.kafka_code())
                     .with_resource_name(text(&acl.resource_name))
-                    .with_pattern_type(pattern_type_code(acl.pattern_type)),
+                    .with_pattern_type(acl.pattern_type.kafka_code()),
             );
         }
         if let Some(resource) = resources.last_mut() {
@@ -386,13 +302,13 @@ pub(crate) fn delete_acls(ctx: Ctx, body: Bytes) -> Reply {
 
 fn matching(acl: &AclBinding) -> DeleteAclsMatchingAcl {
     DeleteAclsMatchingAcl::default()
-        .with_resource_type(resource_type_code(acl.resource_type))
+        .with_resource_type(acl.resource_type.kafka_code())
         .with_resource_name(text(&acl.resource_name))
-        .with_pattern_type(pattern_type_code(acl.pattern_type))
+        .with_pattern_type(acl.pattern_type.kafka_code())
         .with_principal(text(&acl.principal))
         .with_host(text(&acl.host))
-        .with_operation(operation_code(acl.operation))
-        .with_permission_type(permission_code(acl.permission))
+        .with_operation(acl.operation.kafka_code())
+        .with_permission_type(acl.permission.kafka_code())
 }
 
 #[cfg(test)]
@@ -400,19 +316,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Kafka's numbers (AclOperation.code(), ResourceType.code(), ...) map
-    /// both ways; kafka-acls sends them.
+    /// CreateAcls entries and filters as kafka-acls sends them.
     #[test]
-    fn kafka_codes_map_both_ways() {
-        assert_eq!(operation(3), Some(AclOperation::Read));
-        assert_eq!(operation(12), Some(AclOperation::IdempotentWrite));
-        assert_eq!(operation(1), None, "ANY is a filter only");
-        assert_eq!(operation(13), None, "CREATE_TOKENS: delegation tokens are not served");
-        for op in OPERATIONS {
-            assert_eq!(operation(operation_code(op)), Some(op));
-        }
-        assert_eq!(resource_type(5), Some(AclResourceType::TransactionalId));
-        assert_eq!(resource_type(7), None, "USER: not served");
+    fn creations_and_filters_are_checked_as_kafka_checks_them() {
         let made = binding((4, "kafka-cluster", 3), "User:alice", "*", 7, 3).unwrap();
         assert_eq!((made.operation, made.permission), (AclOperation::Alter, AclPermission::Allow));
         assert!(binding((4, "other", 3), "User:alice", "*", 7, 3).is_err());
