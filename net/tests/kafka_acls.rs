@@ -137,6 +137,23 @@ fn join_error(conn: &mut KafkaConn, group: &str) -> i16 {
     conn.call(5, &request).error_code
 }
 
+/// The error of a KIP-848 ConsumerGroupHeartbeat v0 of a new member
+/// subscribing to `topic`.
+fn consumer_heartbeat_error(conn: &mut KafkaConn, group: &str, topic: &str) -> i16 {
+    use kafka_protocol::messages::ConsumerGroupHeartbeatRequest;
+    let request = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(text(group)))
+        .with_member_id(text("m-1"))
+        .with_member_epoch(0)
+        .with_instance_id(None)
+        .with_rack_id(None)
+        .with_rebalance_timeout_ms(10_000)
+        .with_server_assignor(None)
+        .with_subscribed_topic_names(Some(vec![name(topic)]))
+        .with_topic_partitions(Some(Vec::new()));
+    conn.call(0, &request).error_code
+}
+
 fn init_producer_id_error(conn: &mut KafkaConn) -> i16 {
     use kafka_protocol::messages::InitProducerIdRequest;
     let request = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
@@ -231,6 +248,9 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
     assert_eq!(fetch_error(&mut conn, "secret"), K::TopicAuthorizationFailed.code());
     assert_eq!(conn.list_offset("secret", 0, -1).0, K::TopicAuthorizationFailed.code());
     assert_eq!(join_error(&mut conn, "g"), K::GroupAuthorizationFailed.code());
+    assert_eq!(consumer_heartbeat_error(&mut conn, "g", "open"), K::GroupAuthorizationFailed.code());
+    assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "secret"), K::TopicAuthorizationFailed.code());
+    assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "open"), 0, "a KIP-848 member of another group joins");
     assert_eq!(conn.metadata("secret").error_code, K::TopicAuthorizationFailed.code());
     assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "open"], "the topic is not listed");
     // Denied before existence is looked at: a client learns nothing of a
@@ -285,5 +305,145 @@ fn with_allow_everyone_off_only_acls_and_super_users_open_resources() {
         describe_all(&mut conn, 3),
         (0, vec![(TOPIC, "t".into(), LITERAL, "User:ANONYMOUS".into(), WRITE, ALLOW)])
     );
+    stop(broker);
+}
+
+/// On a closed broker (allow.everyone.if.no.acl.found=false, no ACL),
+/// every served API answers with Kafka's authorization code for the
+/// resource it needs, and does nothing: the topic keeps its record and
+/// configs, the group its commit.
+#[test]
+fn every_api_refuses_a_principal_no_acl_allows_with_kafkas_codes() {
+    use kafka_protocol::messages::*;
+    let dir = data_dir("kafka_acls_every_api");
+    let broker = start_with(&dir, |c| c);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("t", 1, 1), 0);
+    assert_eq!(conn.produce("t", 0, batch(1)).0, 0);
+    drop(conn);
+    stop(broker);
+
+    let broker = start_with(&dir, |c| BrokerConfig { allow_everyone_if_no_acl_found: Some(false), ..c });
+    let mut conn = KafkaConn::to(&broker);
+    let topic_denied = K::TopicAuthorizationFailed.code();
+    let group_denied = K::GroupAuthorizationFailed.code();
+    let cluster_denied = K::ClusterAuthorizationFailed.code();
+    let group = || GroupId(text("g"));
+
+    let request = DeleteTopicsRequest::default().with_topic_names(vec![name("t")]).with_timeout_ms(10_000);
+    assert_eq!(conn.call(4, &request).responses[0].error_code, topic_denied, "DeleteTopics");
+    let request = CreatePartitionsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+        create_partitions_request::CreatePartitionsTopic::default()
+            .with_name(name("t"))
+            .with_count(3)
+            .with_assignments(None),
+    ]);
+    assert_eq!(conn.call(3, &request).results[0].error_code, topic_denied, "CreatePartitions");
+    let request = DeleteRecordsRequest::default().with_timeout_ms(10_000).with_topics(vec![
+        delete_records_request::DeleteRecordsTopic::default().with_name(name("t")).with_partitions(vec![
+            delete_records_request::DeleteRecordsPartition::default().with_partition_index(0).with_offset(-1),
+        ]),
+    ]);
+    assert_eq!(conn.call(2, &request).topics[0].partitions[0].error_code, topic_denied, "DeleteRecords");
+    let resource = |kind: i8, name: &str| {
+        describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(kind)
+            .with_resource_name(text(name))
+            .with_configuration_keys(None)
+    };
+    let request = DescribeConfigsRequest::default().with_resources(vec![resource(2, "t"), resource(4, "1")]);
+    let codes: Vec<i16> = conn.call(4, &request).results.iter().map(|r| r.error_code).collect();
+    assert_eq!(codes, [topic_denied, cluster_denied], "DescribeConfigs");
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        incremental_alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(text("t"))
+            .with_configs(vec![
+                incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(text("retention.ms"))
+                    .with_config_operation(0)
+                    .with_value(Some(text("1000"))),
+            ]),
+    ]);
+    assert_eq!(conn.call(1, &request).responses[0].error_code, topic_denied, "IncrementalAlterConfigs");
+    let request = AlterConfigsRequest::default().with_resources(vec![
+        alter_configs_request::AlterConfigsResource::default().with_resource_type(4).with_resource_name(text("1")),
+    ]);
+    assert_eq!(conn.call(2, &request).responses[0].error_code, cluster_denied, "AlterConfigs (broker)");
+
+    let request = FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![text("g")]);
+    assert_eq!(conn.call(4, &request).coordinators[0].error_code, group_denied, "FindCoordinator");
+    let request = OffsetCommitRequest::default()
+        .with_group_id(group())
+        .with_generation_id_or_member_epoch(-1)
+        .with_member_id(text(""))
+        .with_group_instance_id(None)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default().with_name(name("t")).with_partitions(vec![
+                offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(1),
+            ]),
+        ]);
+    assert_eq!(conn.call(8, &request).topics[0].partitions[0].error_code, group_denied, "OffsetCommit");
+    let request = OffsetFetchRequest::default().with_groups(vec![
+        offset_fetch_request::OffsetFetchRequestGroup::default()
+            .with_group_id(group())
+            .with_member_id(None)
+            .with_topics(None),
+    ]);
+    assert_eq!(conn.call(8, &request).groups[0].error_code, group_denied, "OffsetFetch");
+    let request = DescribeGroupsRequest::default().with_groups(vec![group()]);
+    assert_eq!(conn.call(5, &request).groups[0].error_code, group_denied, "DescribeGroups");
+    let request = DeleteGroupsRequest::default().with_groups_names(vec![group()]);
+    assert_eq!(conn.call(2, &request).results[0].error_code, group_denied, "DeleteGroups");
+    let request = OffsetDeleteRequest::default().with_group_id(group());
+    assert_eq!(conn.call(0, &request).error_code, group_denied, "OffsetDelete");
+    let request =
+        HeartbeatRequest::default().with_group_id(group()).with_member_id(text("m")).with_group_instance_id(None);
+    assert_eq!(conn.call(4, &request).error_code, group_denied, "Heartbeat");
+    let request = SyncGroupRequest::default()
+        .with_group_id(group())
+        .with_member_id(text("m"))
+        .with_group_instance_id(None)
+        .with_protocol_type(None)
+        .with_protocol_name(None);
+    assert_eq!(conn.call(5, &request).error_code, group_denied, "SyncGroup");
+    let request = LeaveGroupRequest::default().with_group_id(group()).with_members(vec![
+        leave_group_request::MemberIdentity::default().with_member_id(text("m")).with_group_instance_id(None),
+    ]);
+    assert_eq!(conn.call(5, &request).error_code, group_denied, "LeaveGroup");
+    assert!(conn.call(5, &ListGroupsRequest::default()).groups.is_empty(), "ListGroups shows no group");
+
+    let request = DescribeLogDirsRequest::default().with_topics(None);
+    assert_eq!(conn.call(4, &request).error_code, cluster_denied, "DescribeLogDirs");
+    let request =
+        ElectLeadersRequest::default().with_election_type(0).with_topic_partitions(None).with_timeout_ms(10_000);
+    assert_eq!(conn.call(2, &request).error_code, cluster_denied, "ElectLeaders");
+    let request = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default().with_name(name("t")).with_partition_indexes(vec![0]),
+    ]);
+    assert_eq!(conn.call(0, &request).topics[0].partitions[0].error_code, topic_denied, "DescribeProducers");
+    let request = OffsetForLeaderEpochRequest::default().with_replica_id((-1).into()).with_topics(vec![
+        offset_for_leader_epoch_request::OffsetForLeaderTopic::default().with_topic(name("t")).with_partitions(vec![
+            offset_for_leader_epoch_request::OffsetForLeaderPartition::default().with_partition(0).with_leader_epoch(0),
+        ]),
+    ]);
+    assert_eq!(conn.call(4, &request).topics[0].partitions[0].error_code, topic_denied, "OffsetForLeaderEpoch");
+    assert_eq!(conn.list_offset("t", 0, -1).0, topic_denied, "ListOffsets");
+    assert_eq!(fetch_error(&mut conn, "t"), topic_denied, "Fetch");
+    assert_eq!(init_producer_id_error(&mut conn), cluster_denied, "InitProducerId");
+    let request = DescribeTopicPartitionsRequest::default()
+        .with_topics(vec![describe_topic_partitions_request::TopicRequest::default().with_name(name("t"))]);
+    assert_eq!(conn.call(0, &request).topics[0].error_code, topic_denied, "DescribeTopicPartitions");
+    drop(conn);
+    stop(broker);
+
+    // Nothing was done: open again, the topic has its record and configs.
+    let broker = start_with(&dir, |c| c);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.list_offset("t", 0, -2), (0, 0), "no records deleted");
+    assert_eq!(conn.list_offset("t", 0, -1), (0, 1));
+    assert_eq!(conn.metadata("t").partitions.len(), 1, "no partitions added");
     stop(broker);
 }

@@ -100,6 +100,16 @@ pub(crate) fn heartbeat(ctx: Ctx, body: Bytes, remembered: Rc<Remembered>) -> Re
     if !ctx.allowed(AclOperation::Read, AclResourceType::Group, &group_id) {
         return error(K::GroupAuthorizationFailed.code(), "Read on the group is not allowed");
     }
+    // Kafka 4: every topic subscribed to needs Describe.
+    let subscribed = request.subscribed_topic_names.iter().flatten();
+    if let Some(topic) =
+        subscribed.into_iter().find(|t| !ctx.allowed(AclOperation::Describe, AclResourceType::Topic, &t.0))
+    {
+        return error(
+            K::TopicAuthorizationFailed.code(),
+            &format!("Describe on topic {:?} is not allowed", topic.0.as_str()),
+        );
+    }
     if request.subscribed_topic_regex.is_some() {
         return error(K::InvalidRequest.code(), "subscriptions by regular expression are not supported yet");
     }
