@@ -239,7 +239,7 @@ async fn through_controller(shard: &Rc<Shard>, request: ControllerRequest) -> Ou
 /// `through_controller`, with the controller's own error.
 async fn through_controller_result(shard: &Rc<Shard>, request: ControllerRequest) -> Result<(), ControllerError> {
     let result = shard.shared.controller().request(request).await;
-    let catalog = Arc::new(Catalog::from_image(&shard.shared.controller().image()));
+    let catalog = Arc::new(Catalog::from_image_after(&shard.shared.controller().image(), &shard.shared.catalog.load()));
     shard.shared.catalog.store(catalog.clone());
     crate::shard::apply_everywhere(shard, &catalog).await;
     result.map(|_| ())
