@@ -447,3 +447,78 @@ fn every_api_refuses_a_principal_no_acl_allows_with_kafkas_codes() {
     assert_eq!(conn.metadata("t").partitions.len(), 1, "no partitions added");
     stop(broker);
 }
+
+/// What the broker logged in this process (one capture for the process:
+/// under nextest each test is a process of its own; under `cargo test`
+/// tests share it, so assertions look only at lines naming their own
+/// resources).
+fn captured_log() -> &'static std::sync::Mutex<Vec<u8>> {
+    use std::sync::{Mutex, OnceLock};
+    static LOG: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct Capture(&'static Mutex<Vec<u8>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(log))
+            .finish();
+        // Another test of this process may have set it first: its capture
+        // is this one.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        log
+    })
+}
+
+/// Audit lines (target spate::audit) that name `resource`.
+fn audit_lines(resource: &str) -> Vec<String> {
+    let log = captured_log().lock().expect("the log");
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|line| line.contains("spate::audit") && line.contains(&format!("resource=\"{resource}\"")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every denied request logs one audit line naming who (principal and
+/// host), what (operation, resource) and which API, also when the
+/// decision came from the connection's cache; a listing that leaves the
+/// resource out logs nothing.
+#[test]
+fn each_denied_request_logs_one_audit_line() {
+    captured_log();
+    let dir = data_dir("kafka_acls_audit");
+    let broker = start_with(&dir, |c| c);
+    let mut conn = KafkaConn::to(&broker);
+    assert_eq!(conn.create_topic("audited", 1, 1), 0);
+    let codes = create_acls(&mut conn, vec![creation((TOPIC, "audited", LITERAL), "User:ANONYMOUS", 2, DENY)]);
+    assert_eq!(codes, [0]);
+    assert!(audit_lines("audited").is_empty());
+
+    assert_eq!(conn.produce("audited", 0, batch(1)).0, K::TopicAuthorizationFailed.code());
+    let lines = audit_lines("audited");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    for field in
+        ["principal=User:ANONYMOUS", "host=\"127.0.0.1\"", "operation=Write", "resource_type=Topic", "api=Produce"]
+    {
+        assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+    }
+    assert_eq!(conn.produce("audited", 0, batch(1)).0, K::TopicAuthorizationFailed.code());
+    assert_eq!(audit_lines("audited").len(), 2, "a cached denial is logged too");
+    assert!(!listed_topics(&mut conn).contains(&"audited".to_string()));
+    assert_eq!(audit_lines("audited").len(), 2, "a listing leaves the topic out without a line");
+    assert_eq!(conn.metadata("audited").error_code, K::TopicAuthorizationFailed.code());
+    let lines = audit_lines("audited");
+    assert_eq!(lines.len(), 3);
+    assert!(lines[2].contains("operation=Describe") && lines[2].contains("api=Metadata"), "{}", lines[2]);
+    stop(broker);
+}
