@@ -139,11 +139,17 @@ const _: () =
 const _: () = assert!(CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT <= SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT);
 const _: () = assert!(FETCH_PARTITION_BYTES_MIN <= CONNECTION_BYTES_IN_FLIGHT_MAX_DEFAULT);
 
-/// Authorization decisions a connection remembers (`security::acl`); a
-/// client naming more resources than this starts over, so a connection
-/// cannot grow the cache without bound. A producer to a few hundred
-/// topics stays within it.
-pub const ACL_DECISIONS_CACHED_MAX: usize = 4096;
+/// Bytes of authorization decisions a connection remembers
+/// (`security::acl`), each counted as its resource name plus
+/// `ACL_DECISION_OVERHEAD_BYTES`: a client naming more than fits starts
+/// over (it costs lookups, never a wrong answer), so a connection cannot
+/// grow its cache without bound by naming ever new topics. A producer to a
+/// few hundred topics stays within it; it is half a socket read chunk.
+pub const ACL_DECISIONS_BYTES_MAX: usize = 32 << 10;
+/// What one cached decision costs besides its name: the hash table's
+/// entry, the boxed name's header, the allocator's rounding.
+pub const ACL_DECISION_OVERHEAD_BYTES: usize = 64;
+const _: () = assert!(ACL_DECISIONS_BYTES_MAX <= READ_CHUNK_BYTES, "the cache costs less than a connection's buffer");
 /// ACLs created, or filters deleted by, in one CreateAcls or DeleteAcls
 /// request: a request is one metadata record, which must stay small
 /// (kafka-acls sends a handful; the cluster holds at most

@@ -28,7 +28,7 @@ use spate_replication::acl::{
 
 use super::Principal;
 use crate::config::{BrokerConfig, ConfigError};
-use crate::limits::ACL_DECISIONS_CACHED_MAX;
+use crate::limits::{ACL_DECISION_OVERHEAD_BYTES, ACL_DECISIONS_BYTES_MAX};
 
 /// What the broker's configuration says about authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +233,8 @@ pub struct Decisions {
     policy: RefCell<Option<Rc<AclPolicy>>>,
     version: Cell<u64>,
     cache: RefCell<DecisionCache>,
-    cached: Cell<usize>,
+    /// What `cache` holds, as `ACL_DECISIONS_BYTES_MAX` counts it.
+    cached_bytes: Cell<usize>,
 }
 
 impl Decisions {
@@ -254,14 +255,15 @@ impl Decisions {
         }
         let (policy, who) = self.current();
         let decision = authorizer.authorize(&policy, &who, op, resource);
-        if self.cached.get() >= ACL_DECISIONS_CACHED_MAX {
+        let entry_bytes = resource.1.len() + ACL_DECISION_OVERHEAD_BYTES;
+        if self.cached_bytes.get() + entry_bytes > ACL_DECISIONS_BYTES_MAX {
             // A client naming ever new resources is bounded here; forgetting
             // costs it lookups, never a wrong answer.
             self.cache.borrow_mut().clear();
-            self.cached.set(0);
+            self.cached_bytes.set(0);
         }
         self.cache.borrow_mut().entry((op, resource.0)).or_default().insert(resource.1.into(), decision);
-        self.cached.set(self.cached.get() + 1);
+        self.cached_bytes.set(self.cached_bytes.get() + entry_bytes);
         decision
     }
 
@@ -308,7 +310,7 @@ impl Decisions {
 
     fn clear(&self, version: u64) {
         self.cache.borrow_mut().clear();
-        self.cached.set(0);
+        self.cached_bytes.set(0);
         self.version.set(version);
     }
 }
@@ -465,6 +467,25 @@ mod tests {
         let changed = Authorizer::new(&denying.iter().cloned().collect(), 1);
         assert!(!decisions.allowed(&changed, &config, &anonymous, "/127.0.0.1", Write, topic("t")));
         assert!(decisions.allowed(&changed, &config, &anonymous, "/127.0.0.1", Write, topic("u")));
+    }
+
+    /// A client naming ever new topics cannot grow its connection's cache
+    /// past its bound (each answer stays right).
+    #[test]
+    fn a_connection_caches_a_bounded_number_of_decisions() {
+        let config = BrokerConfig { allow_everyone_if_no_acl_found: Some(true), ..BrokerConfig::default() };
+        let anonymous = Rc::new(Principal::anonymous());
+        let decisions = Decisions::default();
+        let auth =
+            authorizer(vec![acl(topic("t-7"), AclPatternType::Literal, "User:*", "*", Write, AclPermission::Deny)]);
+        for i in 0..10_000 {
+            let name = format!("t-{i}");
+            let allowed = decisions.allowed(&auth, &config, &anonymous, "/127.0.0.1", Write, topic(&name));
+            assert_eq!(allowed, i != 7, "{name}");
+            assert!(decisions.cached_bytes.get() <= ACL_DECISIONS_BYTES_MAX);
+        }
+        let held: usize = decisions.cache.borrow().values().map(|names| names.len()).sum();
+        assert!(held < 10_000 && held * ACL_DECISION_OVERHEAD_BYTES <= ACL_DECISIONS_BYTES_MAX, "{held}");
     }
 
     #[test]
