@@ -70,31 +70,40 @@ fn any_listener_authenticates(config: &BrokerConfig) -> bool {
     })
 }
 
-/// The ACLs of one image, indexed for lookups by resource.
+/// Bindings by resource name.
+type ByName = HashMap<String, Vec<AclBinding>>;
+
+/// The ACLs of one image, indexed for lookups by resource: a check costs
+/// a few hash lookups (the name, `*`, and each length of prefix some
+/// prefixed ACL has), whatever the number of ACLs.
 #[derive(Debug, Default)]
 pub struct Authorizer {
     /// The image's `acls_version`: decisions cached under another are stale.
     version: u64,
-    /// Literal bindings by resource type and name (`*` included).
-    literal: HashMap<(AclResourceType, String), Vec<AclBinding>>,
-    /// Prefixed bindings, scanned (operators keep few: one covers a family).
-    prefixed: Vec<AclBinding>,
+    /// Literal bindings by resource type, then name (`*` included).
+    literal: HashMap<AclResourceType, ByName>,
+    /// Prefixed bindings by resource type, then prefix.
+    prefixed: HashMap<AclResourceType, ByName>,
+    /// Per resource type, the lengths of its prefixes: the prefixes of a
+    /// name worth looking up.
+    prefix_lengths: HashMap<AclResourceType, BTreeSet<usize>>,
     all: Arc<BTreeSet<AclBinding>>,
 }
 
 impl Authorizer {
     pub fn new(acls: &BTreeSet<AclBinding>, version: u64) -> Authorizer {
-        let mut literal: HashMap<(AclResourceType, String), Vec<AclBinding>> = HashMap::new();
-        let mut prefixed = Vec::new();
+        let mut authorizer = Authorizer { version, all: Arc::new(acls.clone()), ..Authorizer::default() };
         for acl in acls.iter() {
-            match acl.pattern_type {
-                AclPatternType::Literal => {
-                    literal.entry((acl.resource_type, acl.resource_name.clone())).or_default().push(acl.clone())
+            let index = match acl.pattern_type {
+                AclPatternType::Literal => &mut authorizer.literal,
+                AclPatternType::Prefixed => {
+                    authorizer.prefix_lengths.entry(acl.resource_type).or_default().insert(acl.resource_name.len());
+                    &mut authorizer.prefixed
                 }
-                AclPatternType::Prefixed => prefixed.push(acl.clone()),
-            }
+            };
+            index.entry(acl.resource_type).or_default().entry(acl.resource_name.clone()).or_default().push(acl.clone());
         }
-        Authorizer { version, literal, prefixed, all: Arc::new(acls.clone()) }
+        authorizer
     }
 
     pub fn version(&self) -> u64 {
@@ -106,15 +115,20 @@ impl Authorizer {
         &self.all
     }
 
-    /// The bindings that apply to one resource.
+    /// The bindings that apply to one resource: literal ones of its name
+    /// or `*`, prefixed ones whose prefix starts its name.
     fn applying<'a>(&'a self, resource_type: AclResourceType, name: &'a str) -> impl Iterator<Item = &'a AclBinding> {
-        let exact = self.literal.get(&(resource_type, name.to_string())).into_iter().flatten();
-        let wildcard = self.literal.get(&(resource_type, WILDCARD_RESOURCE.to_string())).into_iter().flatten();
-        let prefixed = self
-            .prefixed
-            .iter()
-            .filter(move |acl| acl.resource_type == resource_type && name.starts_with(acl.resource_name.as_str()));
-        exact.chain(wildcard).chain(prefixed)
+        let literal = self.literal.get(&resource_type);
+        let exact = literal.and_then(|names| names.get(name)).into_iter().flatten();
+        let wildcard = literal.and_then(|names| names.get(WILDCARD_RESOURCE)).into_iter().flatten();
+        let prefixed = self.prefixed.get(&resource_type);
+        let lengths = self.prefix_lengths.get(&resource_type).into_iter().flatten();
+        let prefixes = lengths
+            .take_while(move |&&length| length <= name.len())
+            .filter_map(move |&length| name.get(..length))
+            .filter_map(move |prefix| prefixed.and_then(|names| names.get(prefix)))
+            .flatten();
+        exact.chain(wildcard).chain(prefixes)
     }
 
     /// Kafka's decision for one operation on one resource (`who`'s
@@ -398,6 +412,35 @@ mod tests {
         let elsewhere = Who::new(&Principal::user("alice"), "/10.0.0.2", &policy);
         assert!(!auth.authorize(&policy, &elsewhere, Read, (AclResourceType::Group, "g")), "another host");
         assert!(!auth.authorize(&policy, &alice, Read, (AclResourceType::TransactionalId, "g")), "another type");
+    }
+
+    /// The prefix index finds every prefixed ACL starting a name, of any
+    /// length, and none that merely shares its first bytes.
+    #[test]
+    fn prefixes_of_every_length_apply() {
+        use AclPatternType::*;
+        let auth = authorizer(vec![
+            acl(topic("a"), Prefixed, "User:alice", "*", Read, AclPermission::Allow),
+            acl(topic("ab"), Prefixed, "User:alice", "*", Write, AclPermission::Allow),
+            acl(topic("abc-long"), Prefixed, "User:alice", "*", Delete, AclPermission::Allow),
+            acl(topic("pay.€"), Prefixed, "User:alice", "*", Alter, AclPermission::Allow),
+            acl((AclResourceType::Group, "ab"), Prefixed, "User:alice", "*", Delete, AclPermission::Allow),
+        ]);
+        let applying = |name: &str| {
+            let mut ops: Vec<AclOperation> =
+                auth.applying(AclResourceType::Topic, name).map(|acl| acl.operation).collect();
+            ops.sort();
+            ops
+        };
+        assert_eq!(applying("abx"), [Read, Write]);
+        assert_eq!(applying("ab"), [Read, Write]);
+        assert_eq!(applying("abc-longer"), [Read, Write, Delete]);
+        assert_eq!(applying("abc-lon"), [Read, Write]);
+        assert_eq!(applying("b"), []);
+        assert_eq!(applying("pay.€uro"), [Alter]);
+        assert_eq!(applying("pay.x"), []);
+        // Byte 7 of this name falls inside its "€": no prefix of 7 bytes.
+        assert_eq!(applying("pay.ab€"), []);
     }
 
     #[test]
