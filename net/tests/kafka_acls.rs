@@ -256,6 +256,23 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
     // Denied before existence is looked at: a client learns nothing of a
     // topic it may not write.
     assert_eq!(conn.produce("open", 0, batch(1)).0, 0, "other topics are not affected");
+    // An idempotent producer (the Java client's default) still gets its
+    // id once the cluster has an ACL too (so IdempotentWrite on it is no
+    // longer open): Write on some topic is asked as Kafka asks it. Before
+    // Kafka's probe name, any topic ACL closed it to every principal
+    // without an Allow of its own.
+    // (Alter on the cluster keeps this client able to change ACLs.)
+    let codes = create_acls(
+        &mut conn,
+        vec![
+            creation((CLUSTER, "kafka-cluster", LITERAL), "User:admin", 2, ALLOW),
+            creation((CLUSTER, "kafka-cluster", LITERAL), "User:ANONYMOUS", 7 /* ALTER */, ALLOW),
+        ],
+    );
+    assert_eq!(codes, [0, 0]);
+    assert_eq!(init_producer_id_error(&mut conn), 0);
+    let filter = any_filter().with_resource_type_filter(CLUSTER);
+    assert_eq!(conn.call(3, &DeleteAclsRequest::default().with_filters(vec![filter])).filter_results[0].error_code, 0);
     assert_eq!(fetch_error(&mut conn, "open"), 0);
     assert_eq!(join_error(&mut conn, "other-group"), K::MemberIdRequired.code());
 

@@ -70,6 +70,10 @@ fn any_listener_authenticates(config: &BrokerConfig) -> bool {
     })
 }
 
+/// The resource name `authorize_any` asks about first: Kafka's own
+/// (`Authorizer.authorizeByResourceType`), so the same ACLs open it.
+const PROBE_RESOURCE_NAME: &str = "hardcode";
+
 /// Bindings by resource name.
 type ByName = HashMap<String, Vec<AclBinding>>;
 
@@ -164,9 +168,11 @@ impl Authorizer {
 
     /// Kafka's `authorizeByResourceType`: whether `who` may do `op` on
     /// some resource of a type (InitProducerId asks whether a producer
-    /// may write to any topic). An Allow on a pattern counts unless a
-    /// Deny for `who` covers it (a literal `*`, the same literal, or a
-    /// prefix of the allowed name).
+    /// may write to any topic). As in Kafka, a resource of a made-up name
+    /// is asked first (so `allow.everyone.if.no.acl.found` opens it while
+    /// no ACL covers that name, whatever other resources have); then an
+    /// Allow on a pattern counts unless a Deny for `who` covers it (a
+    /// literal `*`, the same literal, or a prefix of the allowed name).
     pub fn authorize_any(
         &self,
         policy: &AclPolicy,
@@ -174,7 +180,7 @@ impl Authorizer {
         op: AclOperation,
         resource_type: AclResourceType,
     ) -> bool {
-        if who.is_super {
+        if who.is_super || self.authorize(policy, who, op, (resource_type, PROBE_RESOURCE_NAME)) {
             return true;
         }
         let of_type = || self.all.iter().filter(|acl| acl.resource_type == resource_type);
@@ -194,10 +200,9 @@ impl Authorizer {
                 AclPatternType::Prefixed => allow.resource_name.starts_with(deny.resource_name.as_str()),
             })
         };
-        let allowed = of_type().any(|acl| {
+        of_type().any(|acl| {
             acl.permission == AclPermission::Allow && who.matches(acl) && implies(acl.operation, op) && !denied(acl)
-        });
-        allowed || (policy.allow_if_no_acl && of_type().next().is_none())
+        })
     }
 }
 
@@ -491,6 +496,14 @@ mod tests {
         assert!(!auth.authorize_any(&policy, &alice, Write, AclResourceType::Topic));
         let open = AclPolicy { allow_if_no_acl: true, ..closed() };
         assert!(authorizer(vec![]).authorize_any(&open, &who("alice", &open), Write, AclResourceType::Topic));
+        // Open while no ACL covers Kafka's probe name, whatever other
+        // topics have: a deny on one topic must not stop every idempotent
+        // producer of a zero-config broker (it did, before the probe).
+        let one_denied = authorizer(vec![acl(topic("secret"), Literal, "User:*", "*", All, AclPermission::Deny)]);
+        assert!(one_denied.authorize_any(&open, &who("alice", &open), Write, AclResourceType::Topic));
+        assert!(!one_denied.authorize_any(&closed(), &who("alice", &closed()), Write, AclResourceType::Topic));
+        let everything_denied = authorizer(vec![acl(topic("*"), Literal, "User:*", "*", Write, AclPermission::Deny)]);
+        assert!(!everything_denied.authorize_any(&open, &who("alice", &open), Write, AclResourceType::Topic));
     }
 
     /// A connection asks once per resource until the ACLs change.
