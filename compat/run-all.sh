@@ -46,6 +46,7 @@ scenarios=(
     "streams_wordcount|$compat/java/run.sh streams-wordcount"
     "connect_distributed|$compat/frameworks/connect_distributed.py"
     "sasl_scram|$compat/frameworks/sasl_scram.py"
+    "tools_acls|$compat/frameworks/tools_acls.py"
 )
 
 usage() {

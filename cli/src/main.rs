@@ -1,15 +1,18 @@
 //! `spate`: the broker (`serve`) and the tools around it (`topic`,
-//! `produce`, `consume`, `cluster`), in the manner of rpk and kcat.
+//! `produce`, `consume`, `cluster`, `group`, `acl`), in the manner of rpk
+//! and kcat.
 //!
 //! Every failure ends as one `error: ...` line on stderr and exit code 1
 //! (clap's usage errors exit with 2); a closed stdout (`| head`) ends the
 //! command quietly with exit code 0.
 
+mod acl;
 mod cluster;
 mod consume;
 mod consume_group;
 mod fatal;
 mod group;
+mod kafka_admin;
 mod output;
 mod parse;
 mod produce;
@@ -90,6 +93,10 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Create, delete and list Kafka ACLs (through a broker's Kafka
+    /// listener, as kafka-acls does).
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Benchmark a broker it starts itself, against the machine's limits.
     #[command(subcommand)]
     Bench(spate_bench::harness::BenchCommand),
@@ -102,6 +109,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         // bench starts brokers and its own load-generator runtime.
         Command::Bench(command) => spate_bench::harness::run(command),
+        // acl speaks the Kafka protocol over a blocking socket.
+        Command::Acl(command) => acl::run(command),
         command => run_client_command(&cli.global, command),
     };
     match result {
@@ -119,8 +128,8 @@ fn run_client_command(global: &GlobalArgs, command: Command) -> anyhow::Result<(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         match command {
-            Command::Serve(_) | Command::Bench(_) => {
-                anyhow::bail!("serve and bench do not run inside the client runtime")
+            Command::Serve(_) | Command::Bench(_) | Command::Acl(_) => {
+                anyhow::bail!("serve, bench and acl do not run inside the client runtime")
             }
             Command::Topic(command) => topic::run(global, command).await,
             Command::Produce(args) => produce::run(global, args).await,

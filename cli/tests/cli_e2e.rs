@@ -112,3 +112,72 @@ fn serve_refuses_bad_configuration_with_one_line() {
     assert!(err.contains("in use"), "{err}");
     broker.stop();
 }
+
+/// `spate acl` speaks Kafka's ACL APIs to the Kafka listener with
+/// kafka-acls' flags: each principal and operation on each resource is
+/// one ACL; list filters by resource (a `match` on a name finds the
+/// prefixed ACL over it) and principal; delete removes what it names and
+/// prints it; bad input is one error line.
+#[test]
+fn acl_commands_create_list_and_delete_through_the_kafka_listener() {
+    let dir = data_dir("cli_acl");
+    let broker = Broker::start(&dir, 1);
+    let kafka = broker.kafka_addr();
+    let acl = |args: &[&str]| {
+        let mut all = vec!["acl"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--bootstrap-server", &kafka]);
+        cli(&all, None)
+    };
+    let (ok, out, err) = acl(&[
+        "create",
+        "--allow-principal",
+        "User:alice",
+        "--allow-principal",
+        "User:bob",
+        "--operation",
+        "Read",
+        "--operation",
+        "Write",
+        "--topic",
+        "orders",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().filter(|line| line.ends_with("OK")).count(), 4, "{out}");
+    let (ok, _, err) = acl(&[
+        "create",
+        "--deny-principal",
+        "User:ANONYMOUS",
+        "--operation",
+        "All",
+        "--resource-pattern-type",
+        "prefixed",
+        "--topic",
+        "pay.",
+    ]);
+    assert!(ok, "{err}");
+
+    let (ok, out, _) = acl(&["list"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1 + 5, "a header and five ACLs:\n{out}");
+    let (_, out, _) = acl(&["list", "--topic", "pay.eu", "--resource-pattern-type", "match"]);
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert!(rows[0].split_whitespace().eq(["Topic", "pay.", "Prefixed", "User:ANONYMOUS", "*", "All", "Deny"]));
+    let (_, out, _) = acl(&["list", "--principal", "User:bob"]);
+    assert_eq!(out.lines().count(), 1 + 2, "{out}");
+
+    let (ok, out, err) = acl(&["delete", "--topic", "orders", "--allow-principal", "User:bob"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1 + 2, "the two ACLs of bob's it removed:\n{out}");
+    let (_, out, _) = acl(&["list", "--topic", "orders"]);
+    assert!(out.lines().skip(1).all(|line| line.contains("User:alice")), "{out}");
+
+    let (ok, _, err) = acl(&["create", "--allow-principal", "alice", "--operation", "Read", "--topic", "t"]);
+    assert!(!ok && err.lines().count() == 1 && err.contains("Type:name"), "{err}");
+    let (ok, _, err) = acl(&["create", "--allow-principal", "User:a", "--operation", "Fly", "--topic", "t"]);
+    assert!(!ok && err.contains("operation \"Fly\""), "{err}");
+    let (ok, _, err) = acl(&["delete"]);
+    assert!(!ok && err.contains("name the resources"), "{err}");
+    broker.stop();
+}

@@ -98,4 +98,46 @@ scenarios!(
     streams_wordcount,
     connect_distributed,
     sasl_scram,
+    tools_acls,
 );
+
+/// Runs Kafka's kafka-acls (kafka-tools 4.4.0, fetched by
+/// compat/install.sh) against `bootstrap`; its stdout.
+fn kafka_acls(bootstrap: &str, args: &[&str]) -> String {
+    let libs = repo().join("target/compat/frameworks-libs/*");
+    let output = Command::new("java")
+        .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-cp"])
+        .arg(libs)
+        .arg("org.apache.kafka.tools.AclCommand")
+        .args(["--bootstrap-server", bootstrap])
+        .args(args)
+        .output()
+        .expect("run java (compat/install.sh fetches the tools)");
+    assert!(
+        output.status.success(),
+        "kafka-acls {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// An ACL made with kafka-acls is in the metadata log: a broker killed
+/// with SIGKILL and started again still lists and enforces it (issue 16).
+#[test]
+fn acls_made_with_kafka_acls_survive_a_broker_restart() {
+    let dir = data_dir("kafka-compat-acls-restart");
+    let mut broker = Broker::start_with(&dir.join("broker"), 2, 0, &[]);
+    kafka_acls(
+        &broker.kafka_addr(),
+        &["--add", "--deny-principal", "User:ANONYMOUS", "--operation", "Write", "--topic", "kept"],
+    );
+    broker.kill9_and_restart_on(0, &[]);
+    let listed = kafka_acls(&broker.kafka_addr(), &["--list", "--topic", "kept"]);
+    assert!(
+        listed.contains("name=kept, patternType=LITERAL")
+            && listed.contains("principal=User:ANONYMOUS, host=*, operation=WRITE, permissionType=DENY"),
+        "after the restart kafka-acls --list printed:\n{listed}"
+    );
+    broker.stop();
+}

@@ -40,7 +40,10 @@ fi
 
 # Settings chosen for fast tests on one node: every internal topic with one
 # replica, no initial rebalance delay (a group's first join would otherwise
-# wait 3 s), and auto-creation on as in Kafka's default.
+# wait 3 s), and auto-creation on as in Kafka's default. The KRaft
+# authorizer with allow.everyone.if.no.acl.found=true is what Spate does
+# with no configuration: everything is open until an ACL names it (without
+# an authorizer Kafka refuses the ACL APIs, so tools_acls would not run).
 cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -67,6 +70,8 @@ group.consumer.session.timeout.ms=10000
 group.consumer.heartbeat.interval.ms=1000
 group.consumer.min.heartbeat.interval.ms=500
 delete.topic.enable=true
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
 PROPS
 
 cat >"$dir/log4j2.properties" <<PROPS

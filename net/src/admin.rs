@@ -1,5 +1,6 @@
 //! Catalog changes (CreateTopics, DeleteTopics, CreatePartitions,
-//! AlterConfigs, AlterUserScramCredentials), run on shard
+//! AlterConfigs, ElectLeaders, AlterUserScramCredentials, AlterClientQuotas, CreateAcls,
+//! DeleteAcls), run on shard
 //! 0 one at a time: checked here, then committed by the controller (the
 //! metadata log), then applied by every broker as it follows the log (this
 //! one before it answers: its partitions are open, its configs applied).
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use futures::channel::oneshot;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclBinding, AclFilter};
 use spate_replication::{ControllerError, ControllerRequest, ScramCredential, ScramMechanism};
 
 use crate::catalog::{Catalog, TopicMeta};
@@ -71,6 +73,17 @@ pub(crate) enum AdminOp {
     AlterScramCredentials {
         users: Vec<ScramAlteration>,
         reply: oneshot::Sender<Vec<Result<(), ControllerError>>>,
+    },
+    /// Kafka's CreateAcls: the bindings join the ACL set, all or none.
+    CreateAcls {
+        acls: Vec<AclBinding>,
+        reply: oneshot::Sender<Result<(), ControllerError>>,
+    },
+    /// Kafka's DeleteAcls: per filter, the bindings it matched (and
+    /// removed), as the image had them just before the deletion.
+    DeleteAcls {
+        filters: Vec<AclFilter>,
+        reply: oneshot::Sender<Result<Vec<Vec<AclBinding>>, ControllerError>>,
     },
     /// Grow topics to a partition count each (name, count).
     CreatePartitions {
@@ -190,6 +203,33 @@ pub(crate) fn execute(shard: Rc<Shard>, op: AdminOp) {
             AdminOp::CreatePartitions { topics, validate_only, reply } => {
                 let _ = reply.send(create_partitions(&shard, topics, validate_only).await);
             }
+            AdminOp::CreateAcls { acls, reply } => {
+                let count = acls.len();
+                let result = through_controller_result(&shard, ControllerRequest::CreateAcls { acls }).await;
+                if result.is_ok() {
+                    tracing::info!(acls = count, "ACLs created");
+                }
+                let _ = reply.send(result);
+            }
+            AdminOp::DeleteAcls { filters, reply } => {
+                // Catalog changes run one at a time here, so what the filters
+                // match now is what the deletion removes (an ACL created
+                // meanwhile came through here too).
+                let image = shard.shared.controller().image();
+                let matched: Vec<Vec<AclBinding>> = filters
+                    .iter()
+                    .map(|filter| image.acls.iter().filter(|acl| filter.matches(acl)).cloned().collect())
+                    .collect();
+                let result = if matched.iter().all(Vec::is_empty) {
+                    Ok(())
+                } else {
+                    through_controller_result(&shard, ControllerRequest::DeleteAcls { filters }).await
+                };
+                if result.is_ok() {
+                    tracing::info!(acls = matched.iter().map(Vec::len).sum::<usize>(), "ACLs deleted");
+                }
+                let _ = reply.send(result.map(|()| matched));
+            }
         }
     })
     .detach();
@@ -264,7 +304,7 @@ async fn through_controller(shard: &Rc<Shard>, request: ControllerRequest) -> Ou
 /// `through_controller`, with the controller's own error.
 async fn through_controller_result(shard: &Rc<Shard>, request: ControllerRequest) -> Result<(), ControllerError> {
     let result = shard.shared.controller().request(request).await;
-    let catalog = Arc::new(Catalog::from_image(&shard.shared.controller().image()));
+    let catalog = Arc::new(Catalog::from_image_after(&shard.shared.controller().image(), &shard.shared.catalog.load()));
     shard.shared.catalog.store(catalog.clone());
     crate::shard::apply_everywhere(shard, &catalog).await;
     result.map(|_| ())

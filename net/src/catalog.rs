@@ -127,6 +127,8 @@ pub struct Catalog {
     /// Every user's SCRAM credentials (salts and keys, no passwords), for
     /// SASL on any shard.
     pub scram_credentials: Arc<crate::security::sasl::ScramCredentials>,
+    /// Kafka's ACLs, indexed for the front-ends' checks.
+    pub authorizer: Arc<crate::security::Authorizer>,
 }
 
 /// A topic's Kafka topic id: a stable 16-byte UUID derived from Spate's
@@ -153,8 +155,23 @@ pub enum CatalogError {
 }
 
 impl Catalog {
+    /// The catalog of `image` after `previous`: the ACL index is kept when
+    /// the ACLs did not change (most images change partitions, not ACLs,
+    /// and the index is rebuilt from every binding).
+    pub fn from_image_after(image: &spate_replication::MetadataImage, previous: &Catalog) -> Catalog {
+        if previous.authorizer.version() == image.acls_version && image.acls.len() == previous.authorizer.acls().len() {
+            return Catalog { authorizer: previous.authorizer.clone(), ..Catalog::from_image_without_acls(image) };
+        }
+        Catalog::from_image(image)
+    }
+
     /// The broker's view of the controller's metadata image.
     pub fn from_image(image: &spate_replication::MetadataImage) -> Catalog {
+        let authorizer = Arc::new(crate::security::Authorizer::new(&image.acls, image.acls_version));
+        Catalog { authorizer, ..Catalog::from_image_without_acls(image) }
+    }
+
+    fn from_image_without_acls(image: &spate_replication::MetadataImage) -> Catalog {
         let topics = image
             .topics
             .values()
@@ -205,6 +222,7 @@ impl Catalog {
             by_kafka_id,
             client_quotas,
             scram_credentials: Arc::new(image.scram_credentials.clone()),
+            authorizer: Arc::default(),
         }
     }
 }
@@ -238,6 +256,32 @@ mod tests {
         let shards: std::collections::HashSet<usize> = (0..8).map(|p| owner_shard("orders", p, 4)).collect();
         assert_eq!(shards.len(), 4);
         assert_eq!(owner_shard("orders", 3, 1), 0);
+    }
+
+    /// A catalog after an image with the same ACLs shares the previous
+    /// one's index; an ACL change builds a new one with the new version.
+    #[test]
+    fn the_acl_index_is_rebuilt_only_when_the_acls_change() {
+        use spate_replication::MetadataRecord;
+        use spate_replication::acl::*;
+        let mut image = spate_replication::MetadataImage::default();
+        let first = Catalog::from_image(&image);
+        image.apply(&MetadataRecord::ProducerIdBlock { node_id: 1, start: 0, len: 10 });
+        let same = Catalog::from_image_after(&image, &first);
+        assert!(Arc::ptr_eq(&first.authorizer, &same.authorizer));
+        image.apply(&MetadataRecord::CreateAcls {
+            acls: vec![AclBinding {
+                resource_type: AclResourceType::Topic,
+                resource_name: "t".into(),
+                pattern_type: AclPatternType::Literal,
+                principal: "User:*".into(),
+                host: "*".into(),
+                operation: AclOperation::Read,
+                permission: AclPermission::Deny,
+            }],
+        });
+        let changed = Catalog::from_image_after(&image, &same);
+        assert_eq!((changed.authorizer.version(), changed.authorizer.acls().len()), (1, 1));
     }
 
     #[test]

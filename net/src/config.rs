@@ -147,6 +147,14 @@ pub struct BrokerConfig {
     /// Kafka's `sasl.enabled.mechanisms`: what a SASL listener offers, in
     /// order (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN; comma-separated).
     pub sasl_enabled_mechanisms: String,
+    /// Kafka's `super.users`: principals no ACL restricts,
+    /// `User:a;User:b`.
+    pub super_users: String,
+    /// Kafka's `allow.everyone.if.no.acl.found`: a resource no ACL names
+    /// is open to every principal. Absent: true while no listener
+    /// authenticates (zero-config brokers serve everyone), false once one
+    /// does (`security::AclPolicy`).
+    pub allow_everyone_if_no_acl_found: Option<bool>,
 }
 
 impl Default for BrokerConfig {
@@ -201,6 +209,8 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             log_defaults: Default::default(),
             sasl_enabled_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
+            super_users: String::new(),
+            allow_everyone_if_no_acl_found: None,
         }
     }
 }
@@ -226,6 +236,7 @@ pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
 impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_durability(&self.durability)?;
+        crate::security::AclPolicy::from_config(self)?;
         if self.frame_bytes_max < 1024 || self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
             return Err(ConfigError(format!("frame_bytes_max must be in [1024, {FRAME_BYTES_MAX_LIMIT}]")));
         }
@@ -421,6 +432,13 @@ impl BrokerConfig {
         Ok((host, bound_port))
     }
 
+    /// Whether clients of `listener` must authenticate: SASL, or TLS with
+    /// client certificates required.
+    pub fn authenticates(&self, listener: &KafkaListener) -> bool {
+        listener.protocol.uses_sasl()
+            || (listener.protocol.uses_tls() && self.client_auth().ok() == Some(ClientAuth::Required))
+    }
+
     /// `ssl_client_auth` parsed.
     pub fn client_auth(&self) -> Result<ClientAuth, ConfigError> {
         match self.ssl_client_auth.trim().to_ascii_lowercase().as_str() {
@@ -537,6 +555,11 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "queued.max.request.bytes" => config.shard_bytes_in_flight_max = number("bytes")? as usize,
         "log.retention.check.interval.ms" => config.retention_check_interval_ms = number("milliseconds")?,
         "log.cleaner.backoff.ms" => config.cleaner_check_interval_ms = number("milliseconds")?,
+        "super.users" => config.super_users = value.to_string(),
+        "allow.everyone.if.no.acl.found" => config.allow_everyone_if_no_acl_found = Some(flag()?),
+        // Kafka's KRaft authorizer is the only one: its name says ACLs are on,
+        // which Spate's always are.
+        "authorizer.class.name" => {}
         "log.retention.ms"
         | "log.retention.bytes"
         | "log.segment.bytes"

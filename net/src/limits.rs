@@ -174,3 +174,23 @@ pub const QUOTA_METERS_MAX: usize = 100_000;
 /// ApiVersions and the SASL exchange are small, and without this bound
 /// clients that never log in could fill the shard's byte budget.
 pub const UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 512 * 1024;
+/// Bytes of authorization decisions a connection remembers
+/// (`security::acl`), each counted as its resource name plus
+/// `ACL_DECISION_OVERHEAD_BYTES`: a client naming more than fits starts
+/// over (it costs lookups, never a wrong answer), so a connection cannot
+/// grow its cache without bound by naming ever new topics. A producer to a
+/// few hundred topics stays within it; it is half a socket read chunk.
+pub const ACL_DECISIONS_BYTES_MAX: usize = 32 << 10;
+/// What one cached decision costs besides its name: the hash table's
+/// entry, the boxed name's header, the allocator's rounding.
+pub const ACL_DECISION_OVERHEAD_BYTES: usize = 64;
+const _: () = assert!(ACL_DECISIONS_BYTES_MAX <= READ_CHUNK_BYTES, "the cache costs less than a connection's buffer");
+/// ACLs created, or filters deleted by, in one CreateAcls or DeleteAcls
+/// request: a request is one metadata record, which must stay small
+/// (kafka-acls sends a handful; the cluster holds at most
+/// `spate_replication::limits::ACLS_MAX`).
+pub const ACL_CHANGES_PER_REQUEST_MAX: usize = 1000;
+/// How long an ACL change may wait for the controller before the client
+/// is told it timed out (CreateAcls and DeleteAcls carry no timeout of
+/// their own; Kafka's AdminClient waits 30 s by default for any call).
+pub const ADMIN_TIMEOUT_MS: u64 = 30_000;

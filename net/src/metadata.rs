@@ -23,7 +23,7 @@ pub(crate) fn spawn_follower(shard: Rc<Shard>) {
             if shard.stopping.get() {
                 return;
             }
-            let catalog = Arc::new(Catalog::from_image(&image));
+            let catalog = Arc::new(Catalog::from_image_after(&image, &shard.shared.catalog.load()));
             shard.shared.catalog.store(catalog.clone());
             apply_everywhere(&shard, &catalog).await;
         }

@@ -626,12 +626,8 @@ fn reload_tls(shared: &Shared) {
 /// Kafka listeners with neither SASL nor required client certificates.
 fn unauthenticated_listeners(shared: &Shared) -> Vec<(String, String)> {
     let mut open = vec![("native".to_string(), shared.config.listen_host.clone())];
-    let certificates_required = shared.config.client_auth().ok() == Some(crate::config::ClientAuth::Required);
-    for listener in &shared.kafka_listeners {
-        let authenticated = listener.protocol.uses_sasl() || (listener.protocol.uses_tls() && certificates_required);
-        if !authenticated {
-            open.push((listener.name.clone(), listener.host.clone()));
-        }
+    for listener in shared.kafka_listeners.iter().filter(|l| !shared.config.authenticates(l)) {
+        open.push((listener.name.clone(), listener.host.clone()));
     }
     open
 }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclBinding, AclFilter};
 use crate::limits::{
-    MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_ID_BLOCK, MAX_TOPIC_NAME_LEN, SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN,
-    SCRAM_SALT_BYTES_MAX, SCRAM_USER_NAME_BYTES_MAX, SCRAM_USERS_MAX,
+    ACL_FIELD_BYTES_MAX, ACLS_MAX, MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_ID_BLOCK, MAX_TOPIC_NAME_LEN,
+    SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN, SCRAM_SALT_BYTES_MAX, SCRAM_USER_NAME_BYTES_MAX, SCRAM_USERS_MAX,
 };
 use crate::metadata::{MetadataImage, MetadataRecord, PartitionImage, ScramCredential, ScramMechanism, TopicImage};
 
@@ -91,6 +92,14 @@ pub enum ControllerRequest {
         user: String,
         upsertions: Vec<(ScramMechanism, ScramCredential)>,
         deletions: Vec<ScramMechanism>,
+    },
+    /// Kafka's CreateAcls: add the bindings to the ACL set.
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
+    /// Kafka's DeleteAcls: remove every binding a filter matches.
+    DeleteAcls {
+        filters: Vec<AclFilter>,
     },
 }
 
@@ -616,6 +625,34 @@ fn leave_partition(
 /// had it, as at a broker failure of this one partition
 /// (`leave_partition`). Nothing changes when it is the last copy and led
 /// (no other may lead but by unclean election) or holds no claim.
+/// Adds ACL bindings, all or none: a set that would pass `ACLS_MAX`, or a
+/// binding with an oversized field, is refused whole.
+pub fn create_acls(image: &MetadataImage, acls: &[AclBinding]) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let oversized = acls.iter().find(|acl| {
+        [&acl.resource_name, &acl.principal, &acl.host].iter().any(|field| field.len() > ACL_FIELD_BYTES_MAX)
+    });
+    if let Some(acl) = oversized {
+        return Err(ControllerError::InvalidRequest(format!(
+            "an ACL field over {ACL_FIELD_BYTES_MAX} bytes (resource {:.64}...)",
+            acl.resource_name
+        )));
+    }
+    let new = acls.iter().filter(|acl| !image.acls.contains(acl)).count();
+    if image.acls.len() + new > ACLS_MAX {
+        return Err(ControllerError::InvalidRequest(format!(
+            "the cluster would hold more than {ACLS_MAX} ACLs ({} now, {new} new)",
+            image.acls.len()
+        )));
+    }
+    Ok(vec![MetadataRecord::CreateAcls { acls: acls.to_vec() }])
+}
+
+/// Removes the bindings the filters match (none matching is no error: the
+/// record then changes nothing).
+pub fn delete_acls(filters: &[AclFilter]) -> Result<Vec<MetadataRecord>, ControllerError> {
+    Ok(vec![MetadataRecord::DeleteAcls { filters: filters.to_vec() }])
+}
+
 pub fn replica_offline(
     image: &MetadataImage,
     topic: &str,

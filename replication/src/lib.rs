@@ -6,6 +6,7 @@
 //! the Raft leader is the active controller and decides, the others apply.
 //! See README.md.
 
+pub mod acl;
 pub mod controller;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

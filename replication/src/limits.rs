@@ -33,6 +33,18 @@ const _: () = assert!(
     SCRAM_USERS_MAX * (SCRAM_USER_NAME_BYTES_MAX + 2 * (2 * SCRAM_SALT_BYTES_MAX + 2 * 2 * 64 + 64))
         < SNAPSHOT_BYTES_MAX / 2
 );
+/// ACL bindings per cluster. Every broker holds them all in memory and
+/// every snapshot carries them; Kafka clusters with many thousands are
+/// unusual (prefixed ACLs cover families of resources).
+pub const ACLS_MAX: usize = 20_000;
+/// Longest resource name, principal or host in an ACL: a topic name is at
+/// most 249 bytes, a certificate subject as a principal a few hundred.
+pub const ACL_FIELD_BYTES_MAX: usize = 1024;
+/// A full set of ACLs of ordinary size (64-byte fields) fits a snapshot
+/// with room for the rest of the image (a binding's JSON is its fields
+/// plus under 200 bytes of names). Longer fields can outgrow it; the log
+/// then keeps growing instead (logged), as for any oversized image.
+const _: () = assert!(ACLS_MAX * (3 * 64 + 200) < SNAPSHOT_BYTES_MAX);
 
 /// Largest frame between controllers. Raft messages are capped well below
 /// (MAX_RAFT_MSG_BYTES); anything larger is a bug or an attack and closes

@@ -6,9 +6,11 @@
 //! an error, because an earlier record in the log already decided the
 //! outcome on every node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+use crate::acl::{AclBinding, AclFilter};
 
 /// The topic config that allows electing a leader from outside the ISR.
 pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
@@ -144,6 +146,18 @@ pub enum MetadataRecord {
     DeleteScramCredential {
         user: String,
         mechanism: ScramMechanism,
+    },
+    /// Kafka's CreateAcls: the bindings join the ACL set (one already
+    /// there stays once).
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
+    /// Kafka's DeleteAcls: every binding any of the filters matches
+    /// leaves the ACL set. Filters, not bindings, so that every node
+    /// deletes what the filters match in its own image at this point of
+    /// the log (the same set on every node).
+    DeleteAcls {
+        filters: Vec<AclFilter>,
     },
 }
 
@@ -358,6 +372,12 @@ pub struct MetadataImage {
     pub client_quotas: BTreeMap<Vec<QuotaEntityPart>, BTreeMap<String, String>>,
     /// SCRAM credentials: user -> mechanism -> credential.
     pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
+    /// Kafka's ACLs (`CreateAcls`, `DeleteAcls`).
+    pub acls: BTreeSet<AclBinding>,
+    /// Counts the changes to `acls` (every applied `CreateAcls` or
+    /// `DeleteAcls`, whether it changed the set or not): brokers cache
+    /// authorization decisions per connection and drop them when it moves.
+    pub acls_version: u64,
     /// The Raft index of the last applied entry.
     pub applied_index: u64,
     /// The Raft leader (the active controller) as this node last knew it, -1
@@ -374,6 +394,8 @@ impl Default for MetadataImage {
             cluster_secret_hex: None,
             client_quotas: BTreeMap::new(),
             scram_credentials: BTreeMap::new(),
+            acls: BTreeSet::new(),
+            acls_version: 0,
             applied_index: 0,
             controller_id: -1,
         }
@@ -497,6 +519,14 @@ impl MetadataImage {
                     }
                 }
             }
+            MetadataRecord::CreateAcls { acls } => {
+                self.acls.extend(acls.iter().cloned());
+                self.acls_version += 1;
+            }
+            MetadataRecord::DeleteAcls { filters } => {
+                self.acls.retain(|binding| !filters.iter().any(|filter| filter.matches(binding)));
+                self.acls_version += 1;
+            }
         }
     }
 
@@ -608,6 +638,35 @@ mod tests {
             r#"{"node_id":1,"incarnation":7,"host":"h","port":1,"shard_ports":[],"controller_port":3,"fenced":false}"#;
         let b: BrokerImage = serde_json::from_str(old).expect("old snapshot's broker");
         assert!(!b.unsynced_writes_lost);
+    }
+
+    /// Every node applies the same ACL records to the same set: a deletion
+    /// by filter removes what matches at its place in the log, and each
+    /// change moves the version brokers key their cached decisions by.
+    #[test]
+    fn acl_records_add_and_delete_by_filter() {
+        use crate::acl::*;
+        let acl = |name: &str, permission| AclBinding {
+            resource_type: AclResourceType::Topic,
+            resource_name: name.into(),
+            pattern_type: AclPatternType::Literal,
+            principal: "User:ANONYMOUS".into(),
+            host: "*".into(),
+            operation: AclOperation::Write,
+            permission,
+        };
+        let mut img = MetadataImage::default();
+        img.apply(&MetadataRecord::CreateAcls {
+            acls: vec![acl("a", AclPermission::Deny), acl("b", AclPermission::Allow), acl("a", AclPermission::Deny)],
+        });
+        assert_eq!(img.acls.len(), 2, "a binding is held once");
+        assert_eq!(img.acls_version, 1);
+        let deny_filter = AclFilter { permission: Some(AclPermission::Deny), ..AclFilter::any() };
+        let json = serde_json::to_string(&MetadataRecord::DeleteAcls { filters: vec![deny_filter] }).expect("encode");
+        let record: MetadataRecord = serde_json::from_str(&json).expect("decode");
+        img.apply(&record);
+        assert_eq!(img.acls.iter().map(|a| a.resource_name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(img.acls_version, 2);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! proposed this term and every node the last APPLIED_REQUEST_IDS applied
 //! ids, so a resend is never decided twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
@@ -36,6 +36,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType
 use raft::{RawNode, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 
+use crate::acl::AclBinding;
 use crate::controller::{self, BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
 use crate::limits::{
     APPLIED_REQUEST_IDS, CLUSTER_SECRET_BYTES, DEFAULT_BROKER_HEARTBEAT_INTERVAL_MS, DEFAULT_BROKER_SESSION_TIMEOUT_MS,
@@ -158,6 +159,11 @@ struct SnapshotData {
     /// Absent in snapshots written before SCRAM: none.
     #[serde(default)]
     scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
+    /// Absent in snapshots written before ACLs: none.
+    #[serde(default)]
+    acls: BTreeSet<AclBinding>,
+    #[serde(default)]
+    acls_version: u64,
 }
 
 /// The image (at the snapshot's index) and applied request ids in a snapshot.
@@ -170,6 +176,8 @@ fn decode_snapshot_data(snap: &Snapshot) -> Result<(MetadataImage, Vec<RequestId
         cluster_secret_hex: data.cluster_secret_hex,
         client_quotas: data.client_quotas.into_iter().collect(),
         scram_credentials: data.scram_credentials,
+        acls: data.acls,
+        acls_version: data.acls_version,
         applied_index: snap.get_metadata().index,
         controller_id: -1,
     };
@@ -905,6 +913,8 @@ impl Node {
             ControllerRequest::AlterScramCredentials { user, upsertions, deletions } => {
                 controller::alter_scram_credentials(img, user, upsertions, deletions)
             }
+            ControllerRequest::CreateAcls { acls } => controller::create_acls(img, acls),
+            ControllerRequest::DeleteAcls { filters } => controller::delete_acls(filters),
         };
         let records = match records {
             Ok(r) => r,
@@ -1188,6 +1198,8 @@ impl Node {
             cluster_secret_hex: self.applied.cluster_secret_hex.clone(),
             client_quotas: self.applied.client_quotas.clone().into_iter().collect(),
             scram_credentials: self.applied.scram_credentials.clone(),
+            acls: self.applied.acls.clone(),
+            acls_version: self.applied.acls_version,
         };
         let data = match serde_json::to_vec(&data) {
             Ok(d) if d.len() < SNAPSHOT_BYTES_MAX - (4 << 10) => d,

@@ -516,6 +516,19 @@ fn snapshots_keep_the_log_short_and_the_image_across_restarts() {
     let plain_len = log_len(&dir.join("plain"), 1);
 
     let c = Controller::start(config_snapshots(1, &[], &dir), endpoints(1)).unwrap();
+    // ACLs live in the image too: before snapshots carried them, a restart
+    // from a snapshot forgot every ACL made before it (issue 16).
+    let acl = spate_replication::acl::AclBinding {
+        resource_type: spate_replication::acl::AclResourceType::Topic,
+        resource_name: "t".into(),
+        pattern_type: spate_replication::acl::AclPatternType::Prefixed,
+        principal: "User:ANONYMOUS".into(),
+        host: "*".into(),
+        operation: spate_replication::acl::AclOperation::Write,
+        permission: spate_replication::acl::AclPermission::Deny,
+    };
+    let created = block_on(c.request(ControllerRequest::CreateAcls { acls: vec![acl.clone()] }));
+    assert_eq!(created, Ok(ControllerResponse::Done));
     create_many(&c, "t", 12);
     let ids = block_on(c.request(ControllerRequest::AllocateProducerIds { count: 100 })).unwrap();
     assert_eq!(ids, ControllerResponse::ProducerIds { start: 0, len: 100 });
@@ -533,6 +546,8 @@ fn snapshots_keep_the_log_short_and_the_image_across_restarts() {
     let img = c.image();
     assert_eq!(img.topics, before.topics);
     assert_eq!(img.next_producer_id, 100);
+    assert_eq!(img.acls.iter().collect::<Vec<_>>(), [&acl]);
+    assert_eq!(img.acls_version, 1);
     let ids = block_on(c.request(ControllerRequest::AllocateProducerIds { count: 10 })).unwrap();
     assert_eq!(ids, ControllerResponse::ProducerIds { start: 100, len: 10 });
     assert_eq!(create(&c, "t0", 1, 1), Err(ControllerError::TopicAlreadyExists));

@@ -21,6 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::codes::kafka_code;
 use super::{Ctx, decode, respond};
@@ -64,11 +65,22 @@ pub(crate) fn create_topics(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(crate::wire::Response::Close(None));
     }
     let config = &ctx.shard.shared.config;
+    // Create on the cluster covers every topic; else each needs its own.
+    let on_cluster = ctx.may_on_cluster(AclOperation::Create);
+    let denied: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|topic| !on_cluster && !ctx.allowed(AclOperation::Create, AclResourceType::Topic, topic.name.0.as_str()))
+        .collect();
     let specs: Vec<Result<CreateSpec, (String, Outcome)>> = request
         .topics
         .iter()
-        .map(|topic| {
+        .zip(&denied)
+        .map(|(topic, &denied)| {
             let name = topic.name.0.to_string();
+            if denied {
+                return Err((name, Outcome::err(ErrorCode::Unknown, "Create is not allowed")));
+            }
             if !topic.assignments.is_empty() {
                 return Err((
                     name,
@@ -107,7 +119,8 @@ pub(crate) fn create_topics(ctx: Ctx, body: Bytes) -> Reply {
         let topics = results
             .into_iter()
             .zip(shapes)
-            .map(|((name, outcome), (partitions, replication_factor))| {
+            .zip(denied)
+            .map(|(((name, outcome), (partitions, replication_factor)), denied)| {
                 let id = catalog
                     .topics
                     .get(&name)
@@ -116,7 +129,11 @@ pub(crate) fn create_topics(ctx: Ctx, body: Bytes) -> Reply {
                 CreatableTopicResult::default()
                     .with_name(TopicName(StrBytes::from_string(name)))
                     .with_topic_id(if ok { id } else { uuid::Uuid::nil() })
-                    .with_error_code(kafka_code(outcome.error))
+                    .with_error_code(if denied {
+                        K::TopicAuthorizationFailed.code()
+                    } else {
+                        kafka_code(outcome.error)
+                    })
                     .with_error_message(message(&outcome))
                     .with_num_partitions(if ok { partitions } else { -1 })
                     .with_replication_factor(if ok { replication_factor } else { -1 })
@@ -140,6 +157,14 @@ pub(crate) fn create_partitions(ctx: Ctx, body: Bytes) -> Reply {
     let mut refused = Vec::new();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
+        if !ctx.allowed(AclOperation::Alter, AclResourceType::Topic, &name) {
+            refused.push(
+                CreatePartitionsTopicResult::default()
+                    .with_name(topic.name.clone())
+                    .with_error_code(K::TopicAuthorizationFailed.code()),
+            );
+            continue;
+        }
         if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
             // Manual placement is not supported (as in CreateTopics): the
             // controller places every partition. (Clients send null for
@@ -198,6 +223,8 @@ pub(crate) fn delete_topics(ctx: Ctx, body: Bytes) -> Reply {
     if names.len() > TOPICS_PER_REQUEST_MAX {
         return Reply::Now(crate::wire::Response::Close(None));
     }
+    let (names, denied): (Vec<String>, Vec<String>) =
+        names.into_iter().partition(|name| ctx.allowed(AclOperation::Delete, AclResourceType::Topic, name));
     let ids: BTreeMap<String, uuid::Uuid> = names
         .iter()
         .filter_map(|n| {
@@ -220,6 +247,13 @@ pub(crate) fn delete_topics(ctx: Ctx, body: Bytes) -> Reply {
                     .with_error_message(message(&outcome))
             })
             .collect();
+        for name in denied {
+            responses.push(
+                DeletableTopicResult::default()
+                    .with_name(Some(TopicName(StrBytes::from_string(name))))
+                    .with_error_code(K::TopicAuthorizationFailed.code()),
+            );
+        }
         for id in unknown_ids {
             responses.push(DeletableTopicResult::default().with_topic_id(id).with_error_code(K::UnknownTopicId.code()));
         }
@@ -242,6 +276,18 @@ pub(crate) fn describe_configs(ctx: Ctx, body: Bytes) -> Reply {
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             match resource.resource_type {
+                RESOURCE_TOPIC
+                    if !ctx.allowed(
+                        AclOperation::DescribeConfigs,
+                        AclResourceType::Topic,
+                        resource.resource_name.as_str(),
+                    ) =>
+                {
+                    result.with_error_code(K::TopicAuthorizationFailed.code())
+                }
+                RESOURCE_BROKER if !ctx.allowed_on_cluster(AclOperation::DescribeConfigs) => {
+                    result.with_error_code(K::ClusterAuthorizationFailed.code())
+                }
                 RESOURCE_TOPIC => {
                     let Some(topic) = catalog.topics.get(resource.resource_name.as_str()) else {
                         return result.with_error_code(K::UnknownTopicOrPartition.code());
@@ -285,6 +331,28 @@ struct Altered {
     resource_type: i8,
     name: StrBytes,
     outcome: Outcome,
+    /// Kafka's authorization error for it (0: authorized).
+    denied: i16,
+}
+
+impl Altered {
+    fn code(&self) -> i16 {
+        if self.denied != 0 { self.denied } else { kafka_code(self.outcome.error) }
+    }
+}
+
+/// Whether the principal may alter a resource's configs; if not, its
+/// answer.
+fn alter_denied(ctx: &Ctx, resource_type: i8, name: &StrBytes) -> Option<Altered> {
+    let denied = match resource_type {
+        RESOURCE_TOPIC if !ctx.allowed(AclOperation::AlterConfigs, AclResourceType::Topic, name.as_str()) => {
+            K::TopicAuthorizationFailed.code()
+        }
+        RESOURCE_BROKER if !ctx.allowed_on_cluster(AclOperation::AlterConfigs) => K::ClusterAuthorizationFailed.code(),
+        _ => return None,
+    };
+    let outcome = Outcome::err(ErrorCode::Unknown, "AlterConfigs is not allowed");
+    Some(Altered { resource_type, name: name.clone(), outcome, denied })
 }
 
 fn alter(ctx: &Ctx, specs: Vec<AlterSpec>, validate_only: bool) -> impl Future<Output = TopicResults> + 'static {
@@ -312,6 +380,7 @@ fn alter_reply(
                 resource_type: RESOURCE_TOPIC,
                 name: StrBytes::from_string(name),
                 outcome,
+                denied: 0,
             })
             .collect();
         all.extend(refused);
@@ -329,11 +398,16 @@ pub(crate) fn alter_configs(ctx: Ctx, body: Bytes) -> Reply {
     let mut specs = Vec::new();
     let mut refused = Vec::new();
     for resource in request.resources.iter().take(TOPICS_PER_REQUEST_MAX) {
+        if let Some(denied) = alter_denied(&ctx, resource.resource_type, &resource.resource_name) {
+            refused.push(denied);
+            continue;
+        }
         if resource.resource_type != RESOURCE_TOPIC {
             refused.push(Altered {
                 resource_type: resource.resource_type,
                 name: resource.resource_name.clone(),
                 outcome: Outcome::err(ErrorCode::InvalidRequest, "only topic configs can be altered"),
+                denied: 0,
             });
             continue;
         }
@@ -355,8 +429,8 @@ pub(crate) fn alter_configs(ctx: Ctx, body: Bytes) -> Reply {
             .map(|a| {
                 AlterConfigsResourceResponse::default()
                     .with_resource_type(a.resource_type)
-                    .with_resource_name(a.name)
-                    .with_error_code(kafka_code(a.outcome.error))
+                    .with_error_code(a.code())
+                    .with_resource_name(a.name.clone())
                     .with_error_message(message(&a.outcome))
             })
             .collect();
@@ -377,7 +451,12 @@ pub(crate) fn incremental_alter_configs(ctx: Ctx, body: Bytes) -> Reply {
             resource_type: resource.resource_type,
             name: resource.resource_name.clone(),
             outcome: Outcome::err(ErrorCode::InvalidRequest, why),
+            denied: 0,
         };
+        if let Some(denied) = alter_denied(&ctx, resource.resource_type, &resource.resource_name) {
+            refused.push(denied);
+            continue;
+        }
         if resource.resource_type != RESOURCE_TOPIC {
             refused.push(refuse("only topic configs can be altered"));
             continue;
@@ -404,8 +483,8 @@ pub(crate) fn incremental_alter_configs(ctx: Ctx, body: Bytes) -> Reply {
             .map(|a| {
                 AlterConfigsResourceResponse::default()
                     .with_resource_type(a.resource_type)
-                    .with_resource_name(a.name)
-                    .with_error_code(kafka_code(a.outcome.error))
+                    .with_error_code(a.code())
+                    .with_resource_name(a.name.clone())
                     .with_error_message(message(&a.outcome))
             })
             .collect();

@@ -24,6 +24,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::codes::group_code;
 use super::{Ctx, decode, respond};
@@ -95,6 +96,19 @@ pub(crate) fn heartbeat(ctx: Ctx, body: Bytes, remembered: Rc<Remembered>) -> Re
     };
     if group_id.is_empty() || group_id.len() > NAME_BYTES_MAX {
         return error(K::InvalidGroupId.code(), "group ids are 1 to 249 bytes");
+    }
+    if !ctx.allowed(AclOperation::Read, AclResourceType::Group, &group_id) {
+        return error(K::GroupAuthorizationFailed.code(), "Read on the group is not allowed");
+    }
+    // Kafka 4: every topic subscribed to needs Describe.
+    let subscribed = request.subscribed_topic_names.iter().flatten();
+    if let Some(topic) =
+        subscribed.into_iter().find(|t| !ctx.allowed(AclOperation::Describe, AclResourceType::Topic, &t.0))
+    {
+        return error(
+            K::TopicAuthorizationFailed.code(),
+            &format!("Describe on topic {:?} is not allowed", topic.0.as_str()),
+        );
     }
     if request.subscribed_topic_regex.is_some() {
         return error(K::InvalidRequest.code(), "subscriptions by regular expression are not supported yet");
@@ -218,16 +232,24 @@ pub(crate) fn describe(ctx: Ctx, body: Bytes) -> Reply {
         .take(GROUPS_PER_REQUEST_MAX)
         .map(|g| {
             let group_id = g.0.to_string();
+            // A group the principal may not Describe is never asked for.
+            if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, &group_id) {
+                return (group_id, None);
+            }
             let (reply, wait) = oneshot::channel();
             let routed = route(&ctx.shard, &group_id, GroupOp::Describe { group_id: group_id.clone(), reply });
-            (group_id, routed, wait)
+            (group_id, Some((routed, wait)))
         })
         .collect();
     Reply::Later(Box::pin(async move {
         let catalog = ctx.shard.shared.catalog.load_full();
         let mut groups = Vec::with_capacity(waits.len());
-        for (group_id, routed, wait) in waits {
+        for (group_id, asked) in waits {
             let entry = DescribedGroup::default().with_group_id(GroupId(StrBytes::from_string(group_id)));
+            let Some((routed, wait)) = asked else {
+                groups.push(entry.with_error_code(K::GroupAuthorizationFailed.code()));
+                continue;
+            };
             let result = if routed {
                 wait.await.unwrap_or_else(|_| Err(Outcome::err(ErrorCode::BrokerShuttingDown, "stopped")))
             } else {

@@ -22,6 +22,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::codes::kafka_code;
 use super::fetch_session::{self, Plan, Sent};
@@ -42,6 +43,8 @@ struct Part {
     topic_index: usize,
     partition: i32,
     read: ReadPart,
+    /// The principal may not Read the topic (nothing is read).
+    denied: bool,
 }
 
 pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>) -> Reply {
@@ -95,7 +98,8 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
     for w in &wanted {
         let name =
             if by_id { catalog.by_kafka_id.get(&w.key.topic_id.as_u128()).cloned() } else { Some(w.key.topic.clone()) };
-        let meta = name.as_ref().and_then(|n| catalog.topics.get(n).cloned());
+        let denied = name.as_ref().is_some_and(|n| !ctx.allowed(AclOperation::Read, AclResourceType::Topic, n));
+        let meta = if denied { None } else { name.as_ref().and_then(|n| catalog.topics.get(n).cloned()) };
         let topic_index = *topic_index_of.entry(w.key.topic.clone()).or_insert_with(|| {
             let id = meta.as_ref().map_or(w.key.topic_id, |m| uuid::Uuid::from_u128(kafka_topic_id(&m.topic_id)));
             topics.push((if by_id { None } else { name.clone() }, id));
@@ -107,6 +111,7 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
         let bytes_max = if target.is_some() { budget.take(w.partition_max_bytes) } else { 0 };
         parts.push(Part {
             topic_index,
+            denied,
             partition: w.key.partition,
             read: ReadPart {
                 target,
@@ -139,6 +144,7 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
         for ((part, result), w) in parts.iter().zip(results).zip(&wanted) {
             let batches = fetch_plan::within_limit(result.batches, &mut payload_bytes, request_bytes_max);
             let error = match (&part.read.target, result.error) {
+                (None, _) if part.denied => K::TopicAuthorizationFailed.code(),
                 (None, _) => unknown_topic,
                 (_, error) => kafka_code(error),
             };
@@ -210,11 +216,13 @@ pub(crate) fn list_offsets(ctx: Ctx, body: Bytes) -> Reply {
     let catalog = ctx.shard.shared.catalog.load_full();
     let mut waits = Vec::with_capacity(partitions);
     for (topic_index, topic) in request.topics.iter().enumerate() {
+        let denied = !ctx.allowed(AclOperation::Describe, AclResourceType::Topic, topic.name.0.as_str());
         let meta = catalog.topics.get(topic.name.0.as_str()).cloned();
         for part in &topic.partitions {
             let target =
                 meta.as_ref().and_then(|m| u32::try_from(part.partition_index).ok().filter(|&p| p < m.partitions));
             let wait = match (&meta, target) {
+                _ if denied => Err(K::TopicAuthorizationFailed.code()),
                 (Some(meta), Some(partition)) if part.timestamp >= crate::shard::OFFSET_MAX_TIMESTAMP => {
                     let (reply, wait) = oneshot::channel();
                     let owner = ctx.shard.shared.owner(&meta.name, partition);
@@ -278,10 +286,12 @@ pub(crate) fn offset_for_leader_epoch(ctx: Ctx, body: Bytes) -> Reply {
     let catalog = ctx.shard.shared.catalog.load_full();
     let mut waits = Vec::with_capacity(partitions);
     for (topic_index, topic) in request.topics.iter().enumerate() {
+        let denied = !ctx.allowed(AclOperation::Describe, AclResourceType::Topic, topic.topic.0.as_str());
         let meta = catalog.topics.get(topic.topic.0.as_str()).cloned();
         for part in &topic.partitions {
             let target = meta.as_ref().and_then(|m| u32::try_from(part.partition).ok().filter(|&p| p < m.partitions));
             let wait = match (&meta, target) {
+                _ if denied => Err(K::TopicAuthorizationFailed.code()),
                 (Some(meta), Some(partition)) => {
                     let (reply, wait) = oneshot::channel();
                     let owner = ctx.shard.shared.owner(&meta.name, partition);
@@ -295,9 +305,9 @@ pub(crate) fn offset_for_leader_epoch(ctx: Ctx, body: Bytes) -> Reply {
                             reply,
                         },
                     );
-                    Some(wait)
+                    Ok(wait)
                 }
-                _ => None,
+                _ => Err(K::UnknownTopicOrPartition.code()),
             };
             waits.push((topic_index, part.partition, wait));
         }
@@ -309,18 +319,21 @@ pub(crate) fn offset_for_leader_epoch(ctx: Ctx, body: Bytes) -> Reply {
             .map(|n| OffsetForLeaderTopicResult::default().with_topic(TopicName(StrBytes::from_string(n))))
             .collect();
         for (topic_index, partition, wait) in waits {
-            let result = match wait {
-                Some(wait) => wait.await.unwrap_or(EpochEndResult {
-                    error: ErrorCode::BrokerShuttingDown,
-                    leader_epoch: -1,
-                    end_offset: -1,
-                }),
-                None => EpochEndResult { error: ErrorCode::UnknownTopicOrPartition, leader_epoch: -1, end_offset: -1 },
+            let (error, result) = match wait {
+                Ok(wait) => {
+                    let result = wait.await.unwrap_or(EpochEndResult {
+                        error: ErrorCode::BrokerShuttingDown,
+                        leader_epoch: -1,
+                        end_offset: -1,
+                    });
+                    (kafka_code(result.error), result)
+                }
+                Err(code) => (code, EpochEndResult { error: ErrorCode::Unknown, leader_epoch: -1, end_offset: -1 }),
             };
             topics[topic_index].partitions.push(
                 EpochEndOffset::default()
                     .with_partition(partition)
-                    .with_error_code(kafka_code(result.error))
+                    .with_error_code(error)
                     .with_leader_epoch(result.leader_epoch)
                     .with_end_offset(result.end_offset),
             );

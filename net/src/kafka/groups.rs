@@ -31,6 +31,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
 use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition};
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::codes::group_code;
 use super::{Ctx, decode, respond};
@@ -77,9 +78,16 @@ pub(crate) fn find_coordinator(ctx: Ctx, body: Bytes) -> Reply {
         Err(reply) => return reply,
     };
     // Transactions come with their own issue: no transaction coordinator.
+    // Kafka asks Describe on the group (or transactional id) first.
     let lookup = |key: &str| {
         if request.key_type != KEY_TYPE_GROUP {
+            if !ctx.allowed(AclOperation::Describe, AclResourceType::TransactionalId, key) {
+                return Err(K::TransactionalIdAuthorizationFailed.code());
+            }
             return Err(K::CoordinatorNotAvailable.code());
+        }
+        if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, key) {
+            return Err(K::GroupAuthorizationFailed.code());
         }
         coordinator_of(&ctx.shard, &ctx.listener, key)
     };
@@ -132,6 +140,8 @@ pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(Response::Close(None));
     }
     let group_id = request.group_id.0.to_string();
+    // Read on the group, then Read on each topic (Kafka's order).
+    let group_denied = !ctx.allowed(AclOperation::Read, AclResourceType::Group, &group_id);
     // Unknown topics and partitions are answered on their own; the rest
     // is checked and written as one commit.
     let catalog = ctx.shard.shared.catalog.load_full();
@@ -144,9 +154,14 @@ pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
     let mut answers: Answers = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let name = topic.name.0.to_string();
+        let topic_denied = !group_denied && !ctx.allowed(AclOperation::Read, AclResourceType::Topic, &name);
         let mut entries = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
-            if known(&name, p.partition_index) {
+            if group_denied {
+                entries.push((p.partition_index, Some(K::GroupAuthorizationFailed.code())));
+            } else if topic_denied {
+                entries.push((p.partition_index, Some(K::TopicAuthorizationFailed.code())));
+            } else if known(&name, p.partition_index) {
                 offsets.push(((name.clone(), p.partition_index), p.committed_offset));
                 entries.push((p.partition_index, None));
             } else {
@@ -187,6 +202,34 @@ pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
 
 /// Partitions asked for, by topic (None: all the group has).
 type Asked = Option<Vec<(String, Vec<i32>)>>;
+
+/// One group's committed offsets, as asked, as the principal may see
+/// them: (group error, per topic its error and offsets). Describe on the
+/// group is needed, and on each topic: a topic asked for that the
+/// principal may not Describe is answered denied, one it did not name
+/// is left out.
+async fn fetch_group_authorized(ctx: &Ctx, group_id: &str, asked: Asked) -> (i16, Vec<(String, i16, Vec<(i32, i64)>)>) {
+    if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, group_id) {
+        return (K::GroupAuthorizationFailed.code(), Vec::new());
+    }
+    let named = asked.is_some();
+    let (error, topics) = fetch_group(&ctx.shard, group_id, asked).await;
+    let topics = topics
+        .into_iter()
+        .filter_map(|(name, offsets)| {
+            if ctx.may_see(AclOperation::Describe, AclResourceType::Topic, &name) {
+                return Some((name, 0, offsets));
+            }
+            if !named {
+                return None;
+            }
+            ctx.audit_denial(AclOperation::Describe, AclResourceType::Topic, &name);
+            let offsets = offsets.into_iter().map(|(p, _)| (p, -1)).collect();
+            Some((name, K::TopicAuthorizationFailed.code(), offsets))
+        })
+        .collect();
+    (error, topics)
+}
 
 /// One group's committed offsets, as asked: (error, offsets by topic).
 async fn fetch_group(shard: &Rc<Shard>, group_id: &str, asked: Asked) -> (i16, Vec<(String, Vec<(i32, i64)>)>) {
@@ -230,16 +273,17 @@ pub(crate) fn offset_fetch(ctx: Ctx, body: Bytes) -> Reply {
             .topics
             .map(|topics| topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
         return Reply::Later(Box::pin(async move {
-            let (error, topics) = fetch_group(&ctx.shard, &group_id, asked).await;
+            let (error, topics) = fetch_group_authorized(&ctx, &group_id, asked).await;
             let topics = topics
                 .into_iter()
-                .map(|(name, offsets)| {
+                .map(|(name, topic_error, offsets)| {
                     OffsetFetchResponseTopic::default().with_name(topic_name(&name)).with_partitions(
                         offsets
                             .into_iter()
                             .map(|(p, offset)| {
                                 OffsetFetchResponsePartition::default()
                                     .with_partition_index(p)
+                                    .with_error_code(topic_error)
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(-1)
                                     .with_metadata(Some(StrBytes::from_static_str("")))
@@ -265,16 +309,17 @@ pub(crate) fn offset_fetch(ctx: Ctx, body: Bytes) -> Reply {
     Reply::Later(Box::pin(async move {
         let mut answers = Vec::with_capacity(groups.len());
         for (group_id, asked) in groups {
-            let (error, topics) = fetch_group(&ctx.shard, &group_id, asked).await;
+            let (error, topics) = fetch_group_authorized(&ctx, &group_id, asked).await;
             let topics = topics
                 .into_iter()
-                .map(|(name, offsets)| {
+                .map(|(name, topic_error, offsets)| {
                     OffsetFetchResponseTopics::default().with_name(topic_name(&name)).with_partitions(
                         offsets
                             .into_iter()
                             .map(|(p, offset)| {
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
+                                    .with_error_code(topic_error)
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(-1)
                                     .with_metadata(Some(StrBytes::from_static_str("")))
@@ -312,6 +357,7 @@ pub(crate) fn list_groups(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
+    let all_visible = ctx.may_on_cluster(AclOperation::Describe);
     Reply::Later(Box::pin(async move {
         let groups = classic::list(&ctx.shard)
             .await
@@ -324,6 +370,9 @@ pub(crate) fn list_groups(ctx: Ctx, body: Bytes) -> Reply {
                 request.types_filter.is_empty()
                     || request.types_filter.iter().any(|t| t.as_str().eq_ignore_ascii_case(g.group_type))
             })
+            // Describe on the cluster shows every group; else each group
+            // the principal may Describe (Kafka's rule).
+            .filter(|g| all_visible || ctx.may_see(AclOperation::Describe, AclResourceType::Group, &g.group_id))
             .map(|g| {
                 ListedGroup::default()
                     .with_group_id(group_name(&g.group_id))
@@ -345,6 +394,14 @@ pub(crate) fn describe_groups(ctx: Ctx, body: Bytes) -> Reply {
     Reply::Later(Box::pin(async move {
         let mut groups = Vec::with_capacity(ids.len());
         for group_id in ids {
+            if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, &group_id) {
+                groups.push(
+                    DescribedGroup::default()
+                        .with_group_id(group_name(&group_id))
+                        .with_error_code(K::GroupAuthorizationFailed.code()),
+                );
+                continue;
+            }
             let described = classic::describe(&ctx.shard, &group_id).await;
             // Before v6 an unknown group is Dead without an error.
             let error = if described.error == classic::codes::GROUP_ID_NOT_FOUND && ctx.version < 6 {
@@ -391,20 +448,23 @@ pub(crate) fn delete_groups(ctx: Ctx, body: Bytes) -> Reply {
         .take(GROUPS_PER_REQUEST_MAX)
         .map(|g| {
             let group_id = g.0.to_string();
+            if !ctx.allowed(AclOperation::Delete, AclResourceType::Group, &group_id) {
+                return (group_id, None);
+            }
             let (reply, wait) = oneshot::channel();
             let routed = route(&ctx.shard, &group_id, GroupOp::Delete { group_id: group_id.clone(), reply });
-            (group_id, routed, wait)
+            (group_id, Some((routed, wait)))
         })
         .collect();
     Reply::Later(Box::pin(async move {
         let mut results = Vec::with_capacity(waits.len());
-        for (group_id, routed, wait) in waits {
-            let outcome = if routed { wait.await.unwrap_or_else(|_| stopped()) } else { no_coordinator() };
-            results.push(
-                DeletableGroupResult::default()
-                    .with_group_id(group_name(&group_id))
-                    .with_error_code(group_code(outcome.error)),
-            );
+        for (group_id, wait) in waits {
+            let code = match wait {
+                None => K::GroupAuthorizationFailed.code(),
+                Some((true, wait)) => group_code(wait.await.unwrap_or_else(|_| stopped()).error),
+                Some((false, _)) => group_code(no_coordinator().error),
+            };
+            results.push(DeletableGroupResult::default().with_group_id(group_name(&group_id)).with_error_code(code));
         }
         respond(&ctx, &DeleteGroupsResponse::default().with_results(results))
     }))
@@ -419,6 +479,13 @@ pub(crate) fn join_group(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
+    if !ctx.allowed(AclOperation::Read, AclResourceType::Group, &request.group_id.0) {
+        let response = JoinGroupResponse::default()
+            .with_error_code(K::GroupAuthorizationFailed.code())
+            .with_generation_id(-1)
+            .with_member_id(request.member_id.clone());
+        return Reply::Now(respond(&ctx, &response));
+    }
     let input = JoinIn {
         group_id: request.group_id.0.to_string(),
         member_id: request.member_id.to_string(),
@@ -465,6 +532,10 @@ pub(crate) fn sync_group(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
+    if !ctx.allowed(AclOperation::Read, AclResourceType::Group, &request.group_id.0) {
+        let response = SyncGroupResponse::default().with_error_code(K::GroupAuthorizationFailed.code());
+        return Reply::Now(respond(&ctx, &response));
+    }
     let input = SyncIn {
         group_id: request.group_id.0.to_string(),
         member_id: request.member_id.to_string(),
@@ -490,6 +561,10 @@ pub(crate) fn heartbeat(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
+    if !ctx.allowed(AclOperation::Read, AclResourceType::Group, &request.group_id.0) {
+        let response = HeartbeatResponse::default().with_error_code(K::GroupAuthorizationFailed.code());
+        return Reply::Now(respond(&ctx, &response));
+    }
     Reply::Later(Box::pin(async move {
         let code = classic::heartbeat(
             &ctx.shard,
@@ -508,6 +583,10 @@ pub(crate) fn leave_group(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
+    if !ctx.allowed(AclOperation::Read, AclResourceType::Group, &request.group_id.0) {
+        let response = LeaveGroupResponse::default().with_error_code(K::GroupAuthorizationFailed.code());
+        return Reply::Now(respond(&ctx, &response));
+    }
     // v0-v2 name one member; v3+ a batch, with instance ids.
     let members: Vec<(String, Option<String>)> = if ctx.version < 3 {
         vec![(request.member_id.to_string(), None)]

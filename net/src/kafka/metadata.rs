@@ -14,6 +14,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::{Ctx, decode, respond};
 use crate::catalog::{Catalog, kafka_topic_id};
@@ -106,15 +107,18 @@ pub(crate) fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-fn answer(ctx: &Ctx, catalog: &Catalog, names: &[String], invalid: &[String]) -> Response {
+/// A topic entry carrying only an error.
+fn error_entry(name: &str, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+        .with_error_code(code)
+}
+
+/// The answer: `names` described, `denied` and `invalid` as errors.
+fn answer(ctx: &Ctx, catalog: &Catalog, names: &[String], denied: &[String], invalid: &[String]) -> Response {
     let mut topics: Vec<MetadataResponseTopic> = names.iter().map(|name| topic_entry(catalog, name)).collect();
-    for name in invalid {
-        topics.push(
-            MetadataResponseTopic::default()
-                .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
-                .with_error_code(K::InvalidTopicException.code()),
-        );
-    }
+    topics.extend(denied.iter().map(|name| error_entry(name, K::TopicAuthorizationFailed.code())));
+    topics.extend(invalid.iter().map(|name| error_entry(name, K::InvalidTopicException.code())));
     let response = MetadataResponse::default()
         .with_brokers(brokers(ctx, catalog))
         .with_cluster_id(Some(StrBytes::from_string(cluster_id(catalog))))
@@ -136,9 +140,15 @@ pub(crate) fn metadata(ctx: Ctx, body: Bytes) -> Reply {
         Some(topics) => Some(topics.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect()),
     };
     let Some(requested) = requested else {
-        let mut all: Vec<String> = catalog.topics.keys().cloned().collect();
+        // Every topic the principal may Describe, the others left out.
+        let mut all: Vec<String> = catalog
+            .topics
+            .keys()
+            .filter(|name| ctx.may_see(AclOperation::Describe, AclResourceType::Topic, name))
+            .cloned()
+            .collect();
         all.sort();
-        return Reply::Now(answer(&ctx, &catalog, &all, &[]));
+        return Reply::Now(answer(&ctx, &catalog, &all, &[], &[]));
     };
     if requested.len() > TOPICS_PER_REQUEST_MAX {
         tracing::warn!(
@@ -149,19 +159,26 @@ pub(crate) fn metadata(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(Response::Close(None));
     }
     let mut names = Vec::new();
+    let mut denied = Vec::new();
     let mut invalid = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for name in requested {
         if !seen.insert(name.clone()) {
             continue;
         }
-        if valid_name(&name) { names.push(name) } else { invalid.push(crate::caps::bounded_message(name)) }
+        if !valid_name(&name) {
+            invalid.push(crate::caps::bounded_message(name));
+        } else if ctx.allowed(AclOperation::Describe, AclResourceType::Topic, &name) {
+            names.push(name);
+        } else {
+            denied.push(name);
+        }
     }
     // Kafka's auto.create.topics.enable: a Metadata request naming an
     // unknown topic creates it (v4+ clients may ask it not to).
     let config = &ctx.shard.shared.config;
     let allow = config.auto_create_topics_enable && (ctx.version < 4 || request.allow_auto_topic_creation);
-    let missing: Vec<String> = if allow {
+    let mut missing: Vec<String> = if allow {
         names
             .iter()
             .filter(|n| !catalog.topics.contains_key(*n) && !spate_flatbuf::is_internal_topic(n))
@@ -170,8 +187,17 @@ pub(crate) fn metadata(ctx: Ctx, body: Bytes) -> Reply {
     } else {
         Vec::new()
     };
+    // Creating needs Create on the cluster or on the topic; a topic the
+    // principal may not create is answered as denied (Kafka's answer).
+    if !missing.is_empty() && !ctx.may_on_cluster(AclOperation::Create) {
+        let (creatable, refused): (Vec<String>, Vec<String>) =
+            missing.into_iter().partition(|name| ctx.allowed(AclOperation::Create, AclResourceType::Topic, name));
+        names.retain(|name| !refused.contains(name));
+        denied.extend(refused);
+        missing = creatable;
+    }
     if missing.is_empty() {
-        return Reply::Now(answer(&ctx, &catalog, &names, &invalid));
+        return Reply::Now(answer(&ctx, &catalog, &names, &denied, &invalid));
     }
     let specs = missing
         .iter()
@@ -192,7 +218,7 @@ pub(crate) fn metadata(ctx: Ctx, body: Bytes) -> Reply {
             }
         }
         let catalog: Arc<Catalog> = ctx.shard.shared.catalog.load_full();
-        answer(&ctx, &catalog, &names, &invalid)
+        answer(&ctx, &catalog, &names, &denied, &invalid)
     }))
 }
 
@@ -245,8 +271,16 @@ pub(crate) fn describe_topic_partitions(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(Response::Close(None));
     }
     let catalog = ctx.shard.shared.catalog.load_full();
-    let mut names: Vec<String> = if request.topics.is_empty() {
-        catalog.topics.keys().cloned().collect()
+    // Every topic the principal may Describe, or the ones asked for (those
+    // it may not see answered as denied).
+    let listing = request.topics.is_empty();
+    let mut names: Vec<String> = if listing {
+        catalog
+            .topics
+            .keys()
+            .filter(|name| ctx.may_see(AclOperation::Describe, AclResourceType::Topic, name))
+            .cloned()
+            .collect()
     } else {
         request.topics.iter().map(|t| t.name.0.to_string()).collect()
     };
@@ -265,6 +299,10 @@ pub(crate) fn describe_topic_partitions(ctx: Ctx, body: Bytes) -> Reply {
         let entry = DescribeTopicPartitionsResponseTopic::default()
             .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
             .with_topic_authorized_operations(i32::MIN);
+        if !listing && !ctx.allowed(AclOperation::Describe, AclResourceType::Topic, name) {
+            topics.push(entry.with_error_code(K::TopicAuthorizationFailed.code()));
+            continue;
+        }
         let Some(topic) = catalog.topics.get(name) else {
             topics.push(entry.with_error_code(K::UnknownTopicOrPartition.code()));
             continue;

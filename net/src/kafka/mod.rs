@@ -13,7 +13,9 @@
 //! response's batches are written from the tail cache or the read buffers
 //! with a vectored write (`response::vectored`).
 
+mod acls;
 mod admin;
+mod authz;
 mod codes;
 mod consumer_group;
 mod fetch;
@@ -39,6 +41,7 @@ use kafka_protocol::protocol::Decodable;
 use crate::budget::{ByteBudget, Charge};
 use crate::config::BrokerConfig;
 use crate::metrics::ShardMetrics;
+use crate::security::acl::Decisions;
 use crate::security::principal::USER_TYPE;
 use crate::security::quota::{ConnQuotas, QuotaKind};
 use crate::security::{ConnInfo, Principal, SecurityProtocol};
@@ -121,6 +124,7 @@ impl FrontEnd for Kafka {
             sasl: RefCell::default(),
             remembered: Rc::default(),
             fetch: Default::default(),
+            decisions: Rc::default(),
         })
     }
 
@@ -204,6 +208,9 @@ pub(crate) struct Session {
     remembered: Rc<consumer_group::Remembered>,
     /// This connection's fetch session (KIP-227), if the client made one.
     fetch: std::cell::RefCell<Option<fetch_session::FetchSession>>,
+    /// This connection's authorization decisions, kept until the ACLs or
+    /// the principal change.
+    decisions: Rc<Decisions>,
 }
 
 /// What a handler knows of its request.
@@ -222,8 +229,9 @@ pub(crate) struct Ctx {
     /// The connection it came on.
     pub session: Rc<Session>,
     /// Who sent it (see `Session::principal`).
-    #[allow(dead_code)] // authorization (issue 16) reads it
     pub principal: Rc<Principal>,
+    /// The connection's cached authorization decisions (`authz.rs`).
+    pub decisions: Rc<Decisions>,
 }
 
 fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
@@ -303,6 +311,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         principal: session.principal.borrow().clone(),
         listener: session.listener.clone(),
         session: session.clone(),
+        decisions: session.decisions.clone(),
     };
     if api == ApiKey::Produce {
         return (produce::produce(ctx, bytes), name);
@@ -346,6 +355,9 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::SaslAuthenticate => sasl::authenticate(ctx, body, session),
         ApiKey::AlterUserScramCredentials => scram_credentials::alter(ctx, body),
         ApiKey::DescribeUserScramCredentials => scram_credentials::describe(ctx, body),
+        ApiKey::CreateAcls => acls::create_acls(ctx, body),
+        ApiKey::DescribeAcls => acls::describe_acls(ctx, body),
+        ApiKey::DeleteAcls => acls::delete_acls(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)
@@ -460,6 +472,9 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::SaslAuthenticate => one::<SaslAuthenticateRequest>(&mut body, version),
         ApiKey::AlterUserScramCredentials => one::<AlterUserScramCredentialsRequest>(&mut body, version),
         ApiKey::DescribeUserScramCredentials => one::<DescribeUserScramCredentialsRequest>(&mut body, version),
+        ApiKey::CreateAcls => one::<CreateAclsRequest>(&mut body, version),
+        ApiKey::DescribeAcls => one::<DescribeAclsRequest>(&mut body, version),
+        ApiKey::DeleteAcls => one::<DeleteAclsRequest>(&mut body, version),
         // Served APIs added later decode through their handlers' types;
         // until listed here they are not fuzzed.
         _ => Ok(()),

@@ -8,6 +8,7 @@ use kafka_protocol::ResponseError as K;
 use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::codes::group_code;
 use super::{Ctx, decode, respond};
@@ -26,6 +27,17 @@ pub(crate) fn offset_delete(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(Response::Close(None));
     }
     let group_id = request.group_id.0.to_string();
+    // Delete on the group, then Read on each topic (Kafka's rule).
+    if !ctx.allowed(AclOperation::Delete, AclResourceType::Group, &group_id) {
+        let response = OffsetDeleteResponse::default().with_error_code(K::GroupAuthorizationFailed.code());
+        return Reply::Now(respond(&ctx, &response));
+    }
+    let denied: std::collections::HashSet<String> = request
+        .topics
+        .iter()
+        .map(|t| t.name.0.to_string())
+        .filter(|name| !ctx.allowed(AclOperation::Read, AclResourceType::Topic, name))
+        .collect();
     let catalog = ctx.shard.shared.catalog.load_full();
     // Topics the cluster does not have are answered here, as Kafka does.
     let known = move |name: &str| catalog.topics.contains_key(name);
@@ -34,7 +46,7 @@ pub(crate) fn offset_delete(ctx: Ctx, body: Bytes) -> Reply {
         .iter()
         .flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), p.partition_index)))
         .collect();
-    let wanted: Vec<Tp> = asked.iter().filter(|(topic, _)| known(topic)).cloned().collect();
+    let wanted: Vec<Tp> = asked.iter().filter(|(topic, _)| known(topic) && !denied.contains(topic)).cloned().collect();
     let (reply, wait) = oneshot::channel();
     let routed = match coordinator(&ctx.shard, &group_id) {
         Some(owner) => {
@@ -61,7 +73,9 @@ pub(crate) fn offset_delete(ctx: Ctx, body: Bytes) -> Reply {
         let mut answers = answers.into_iter();
         let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
         for (topic, partition) in asked {
-            let code = if !known(&topic) {
+            let code = if denied.contains(&topic) {
+                K::TopicAuthorizationFailed.code()
+            } else if !known(&topic) {
                 K::UnknownTopicOrPartition.code()
             } else {
                 match answers.next().map(|(_, answer)| answer) {

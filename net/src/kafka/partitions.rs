@@ -21,6 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::codes::{election_code, kafka_code};
 use super::{Ctx, decode, respond};
@@ -47,11 +48,13 @@ pub(crate) fn delete_records(ctx: Ctx, body: Bytes) -> Reply {
     let catalog = ctx.shard.shared.catalog.load_full();
     let mut waits = Vec::with_capacity(partitions);
     for (topic_index, topic) in request.topics.iter().enumerate() {
+        let denied = !ctx.allowed(AclOperation::Delete, AclResourceType::Topic, topic.name.0.as_str());
         let meta = catalog.topics.get(topic.name.0.as_str()).cloned();
         for part in &topic.partitions {
             let target =
                 meta.as_ref().and_then(|m| u32::try_from(part.partition_index).ok().filter(|&p| p < m.partitions));
             let wait = match (&meta, target) {
+                _ if denied => Err(K::TopicAuthorizationFailed.code()),
                 // The group coordinator replays its topic from the log
                 // start: deleting its records would lose commits.
                 (Some(meta), Some(_)) if spate_flatbuf::is_internal_topic(&meta.name) => {
@@ -115,6 +118,12 @@ pub(crate) fn describe_log_dirs(ctx: Ctx, body: Bytes) -> Reply {
         .map(|topics| topics.iter().map(|t| (t.topic.0.to_string(), t.partitions.clone())).collect());
     if wanted.as_ref().is_some_and(|w| w.iter().map(|(_, p)| p.len()).sum::<usize>() > PARTITIONS_PER_REQUEST_MAX) {
         return Reply::Now(Response::Close(None));
+    }
+    // Describe on the cluster (Kafka's rule); before v3 the answer has no
+    // error field, and a denied client gets no directories.
+    if !ctx.allowed_on_cluster(AclOperation::Describe) {
+        let response = DescribeLogDirsResponse::default().with_error_code(K::ClusterAuthorizationFailed.code());
+        return Reply::Now(respond(&ctx, &response));
     }
     let catalog = ctx.shard.shared.catalog.load_full();
     let node_id = ctx.shard.shared.config.node_id;
@@ -220,7 +229,15 @@ pub(crate) fn elect_leaders(ctx: Ctx, body: Bytes) -> Reply {
     if !all && asked.len() > PARTITIONS_PER_REQUEST_MAX {
         return Reply::Now(Response::Close(None));
     }
+    // Alter on the cluster (Kafka's rule); a denied request for every
+    // partition learns none of them.
+    let cluster_denied = !ctx.allowed_on_cluster(AclOperation::Alter);
+    if cluster_denied && all {
+        let response = ElectLeadersResponse::default().with_error_code(K::ClusterAuthorizationFailed.code());
+        return Reply::Now(respond(&ctx, &response));
+    }
     let refused = match election_type {
+        _ if cluster_denied => Some(K::ClusterAuthorizationFailed.code()),
         ELECTION_PREFERRED | ELECTION_UNCLEAN => None,
         _ => Some(K::InvalidRequest.code()),
     };
@@ -274,7 +291,8 @@ pub(crate) fn elect_leaders(ctx: Ctx, body: Bytes) -> Reply {
                 ),
             }
         }
-        respond(&ctx, &ElectLeadersResponse::default().with_replica_election_results(results))
+        let error = if cluster_denied { K::ClusterAuthorizationFailed.code() } else { 0 };
+        respond(&ctx, &ElectLeadersResponse::default().with_error_code(error).with_replica_election_results(results))
     }))
 }
 
@@ -296,17 +314,19 @@ pub(crate) fn describe_producers(ctx: Ctx, body: Bytes) -> Reply {
     let catalog = ctx.shard.shared.catalog.load_full();
     let mut waits = Vec::with_capacity(partitions);
     for (topic_index, topic) in request.topics.iter().enumerate() {
+        let denied = !ctx.allowed(AclOperation::Read, AclResourceType::Topic, topic.name.0.as_str());
         let meta = catalog.topics.get(topic.name.0.as_str()).cloned();
         for &index in &topic.partition_indexes {
             let target = meta.as_ref().and_then(|m| u32::try_from(index).ok().filter(|&p| p < m.partitions));
             let wait = match (&meta, target) {
+                _ if denied => Err(K::TopicAuthorizationFailed.code()),
                 (Some(meta), Some(partition)) => {
                     let (reply, wait) = oneshot::channel();
                     let owner = ctx.shard.shared.owner(&meta.name, partition);
                     ctx.shard.submit(owner, ShardOp::DescribeProducers { topic: meta.clone(), partition, reply });
-                    Some(wait)
+                    Ok(wait)
                 }
-                _ => None,
+                _ => Err(K::UnknownTopicOrPartition.code()),
             };
             waits.push((topic_index, index, wait));
         }
@@ -316,12 +336,12 @@ pub(crate) fn describe_producers(ctx: Ctx, body: Bytes) -> Reply {
     Reply::Later(Box::pin(async move {
         for (topic_index, index, wait) in waits {
             let producers = match wait {
-                None => Err(ErrorCode::UnknownTopicOrPartition),
-                Some(wait) => wait.await.unwrap_or(Err(ErrorCode::BrokerShuttingDown)),
+                Err(code) => Err(code),
+                Ok(wait) => wait.await.unwrap_or(Err(ErrorCode::BrokerShuttingDown)).map_err(kafka_code),
             };
             let partition = PartitionResponse::default().with_partition_index(index);
             let partition = match producers {
-                Err(error) => partition.with_error_code(kafka_code(error)),
+                Err(code) => partition.with_error_code(code),
                 Ok(producers) => partition.with_active_producers(
                     producers
                         .into_iter()

@@ -18,6 +18,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use kafka_protocol::protocol::buf::ByteBuf;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use spate_flatbuf::proto::ErrorCode;
+use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::codes::kafka_code;
 use super::{Ctx, decode, respond};
@@ -89,6 +90,8 @@ struct Part {
     partition: i32,
     records: Option<BytesMut>,
     refused: Option<Outcome>,
+    /// Kafka's authorization error for it (0: authorized).
+    denied: i16,
 }
 
 pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
@@ -128,12 +131,27 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
         consumed = range.end;
     }
     let mut large_records = large_records.into_iter();
+    // Kafka: a request with a transactional id needs Write on it, or
+    // nothing is written.
+    let transactional_denied = request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !ctx.allowed(AclOperation::Write, AclResourceType::TransactionalId, id));
     let catalog = ctx.shard.shared.catalog.load_full();
     let mut topic_names = Vec::with_capacity(request.topic_data.len());
     let mut parts = Vec::with_capacity(partitions);
     for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
         let name = topic.name.0.to_string();
         let meta = catalog.topics.get(&name).cloned();
+        // Checked before the topic is looked up, as Kafka does: a client
+        // may not learn whether a topic it may not write exists.
+        let denied = if transactional_denied {
+            K::TransactionalIdAuthorizationFailed.code()
+        } else if !ctx.allowed(AclOperation::Write, AclResourceType::Topic, &name) {
+            K::TopicAuthorizationFailed.code()
+        } else {
+            0
+        };
         for data in topic.partition_data {
             let records = match data.records {
                 Some(bytes) if bytes.as_ptr() == LARGE_FIELD.as_ptr() => large_records.next(),
@@ -141,6 +159,7 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
                 _ => None,
             };
             let refused = match &meta {
+                _ if denied != 0 => Some(Outcome::err(ErrorCode::Unknown, "not authorized")),
                 None => Some(Outcome::err(ErrorCode::UnknownTopicOrPartition, "no such topic")),
                 Some(_) if spate_flatbuf::is_internal_topic(&name) => {
                     Some(Outcome::err(ErrorCode::InternalTopic, "the topic is written by the broker only"))
@@ -152,7 +171,7 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
                 _ if !matches!(acks, -1..=1) => Some(Outcome::err(ErrorCode::InvalidRequiredAcks, "acks")),
                 _ => None,
             };
-            parts.push(Part { topic_index, partition: data.index, records, refused });
+            parts.push(Part { topic_index, partition: data.index, records, refused, denied });
         }
         topic_names.push((name, meta));
     }
@@ -224,7 +243,7 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
             };
             let entry = PartitionProduceResponse::default()
                 .with_index(part.partition)
-                .with_error_code(kafka_code(result.outcome.error))
+                .with_error_code(if part.denied != 0 { part.denied } else { kafka_code(result.outcome.error) })
                 .with_base_offset(result.base_offset)
                 .with_log_append_time_ms(-1)
                 .with_log_start_offset(result.log_start_offset)
@@ -245,6 +264,17 @@ pub(crate) fn init_producer_id(ctx: Ctx, body: Bytes) -> Reply {
         // transactional producer is told plainly.
         let response = InitProducerIdResponse::default()
             .with_error_code(K::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+            .with_producer_epoch(-1);
+        return Reply::Now(respond(&ctx, &response));
+    }
+    // Kafka 2.8+ (KIP-679): an idempotent producer needs IdempotentWrite
+    // on the cluster, or Write on some topic.
+    if !ctx.may_on_cluster(AclOperation::IdempotentWrite)
+        && !ctx.allowed_on_any(AclOperation::Write, AclResourceType::Topic)
+    {
+        let response = InitProducerIdResponse::default()
+            .with_error_code(K::ClusterAuthorizationFailed.code())
             .with_producer_id(kafka_protocol::messages::ProducerId(-1))
             .with_producer_epoch(-1);
         return Reply::Now(respond(&ctx, &response));

@@ -11,6 +11,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use spate_replication::QuotaEntityPart;
+use spate_replication::acl::AclOperation;
 use spate_replication::controller::ControllerError;
 
 use super::{Ctx, decode, respond};
@@ -32,6 +33,13 @@ pub(crate) fn describe_client_quotas(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
+    // Kafka: quotas are the cluster's configs.
+    if !ctx.allowed_on_cluster(AclOperation::DescribeConfigs) {
+        let denied = DescribeClientQuotasResponse::default()
+            .with_error_code(K::ClusterAuthorizationFailed.code())
+            .with_entries(None);
+        return Reply::Now(respond(&ctx, &denied));
+    }
     let catalog = ctx.shard.shared.catalog.load_full();
     let mut entries = Vec::new();
     for (entity, values) in &catalog.client_quotas.entities {
@@ -88,6 +96,7 @@ pub(crate) fn alter_client_quotas(ctx: Ctx, body: Bytes) -> Reply {
     }
     // Each entry's entity, sorted by type as the metadata keeps it; a type
     // named twice is refused here, the rest is checked by the controller.
+    let allowed = ctx.allowed_on_cluster(AclOperation::AlterConfigs);
     let mut work = Vec::with_capacity(request.entries.len());
     let mut answers: Vec<Answer> = Vec::new();
     for entry in &request.entries {
@@ -107,6 +116,13 @@ pub(crate) fn alter_client_quotas(ctx: Ctx, body: Bytes) -> Reply {
             })
             .collect();
         entity.sort();
+        if !allowed {
+            answers.push((
+                echo,
+                Some((K::ClusterAuthorizationFailed.code(), "AlterConfigs on the cluster is denied".into())),
+            ));
+            continue;
+        }
         if entity.windows(2).any(|w| w[0].entity_type == w[1].entity_type) {
             answers.push((echo, Some((K::InvalidRequest.code(), "an entity type is named twice".into()))));
             continue;

@@ -26,6 +26,7 @@ use kafka_protocol::messages::{
     DescribeUserScramCredentialsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use spate_replication::acl::AclOperation;
 use spate_replication::limits::{SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN};
 use spate_replication::{ControllerError, ScramCredential, ScramMechanism};
 
@@ -95,7 +96,6 @@ fn controller_error(err: &ControllerError) -> UserError {
 }
 
 pub(crate) fn alter(ctx: Ctx, body: Bytes) -> Reply {
-    // authorize: Alter cluster
     let request: AlterUserScramCredentialsRequest = match decode(&ctx, body) {
         Ok(request) => request,
         Err(reply) => return reply,
@@ -134,10 +134,14 @@ pub(crate) fn alter(ctx: Ctx, body: Bytes) -> Reply {
             *entry = Err(error);
         }
     }
+    // Kafka: credentials are the cluster's, altered with Alter on it.
+    let allowed = ctx.allowed_on_cluster(AclOperation::Alter);
     let mut results: Vec<(String, Option<UserError>)> = Vec::with_capacity(order.len());
     let mut send = Vec::new();
     for user in order {
-        let error = if duplicated.contains(&user) {
+        let error = if !allowed {
+            Some((K::ClusterAuthorizationFailed.code(), "Alter on the cluster is denied".into()))
+        } else if duplicated.contains(&user) {
             Some((K::DuplicateResource.code(), "A user credential cannot be altered twice in the same request".into()))
         } else if user.is_empty() {
             Some((K::UnacceptableCredential.code(), "Username must not be empty".into()))
@@ -191,11 +195,15 @@ pub(crate) fn alter(ctx: Ctx, body: Bytes) -> Reply {
 }
 
 pub(crate) fn describe(ctx: Ctx, body: Bytes) -> Reply {
-    // authorize: Describe cluster
     let request: DescribeUserScramCredentialsRequest = match decode(&ctx, body) {
         Ok(request) => request,
         Err(reply) => return reply,
     };
+    if !ctx.allowed_on_cluster(AclOperation::Describe) {
+        let denied =
+            DescribeUserScramCredentialsResponse::default().with_error_code(K::ClusterAuthorizationFailed.code());
+        return Reply::Now(respond(&ctx, &denied));
+    }
     let catalog = ctx.shard.shared.catalog.load();
     let credentials = &catalog.scram_credentials;
     let info = |by_mechanism: &BTreeMap<ScramMechanism, ScramCredential>| -> Vec<CredentialInfo> {

@@ -3,8 +3,7 @@
 //! Every version listed here works, old non-flexible ones and flexible
 //! ones alike (clients pick the highest both sides know: aiokafka and
 //! kafkajs send old versions, the Java client the newest). APIs that come
-//! with later issues (transactions, ACLs) are not listed until they
-//! work.
+//! with later issues (transactions) are not listed until they work.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -63,6 +62,9 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::SaslAuthenticate => (0, 2),
         ApiKey::AlterUserScramCredentials => (0, 0),
         ApiKey::DescribeUserScramCredentials => (0, 0),
+        ApiKey::CreateAcls => (1, 3),
+        ApiKey::DescribeAcls => (1, 3),
+        ApiKey::DeleteAcls => (1, 3),
         _ => return None,
     })
 }
@@ -108,6 +110,9 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::SaslAuthenticate => "kafka.sasl_authenticate",
         ApiKey::AlterUserScramCredentials => "kafka.alter_user_scram_credentials",
         ApiKey::DescribeUserScramCredentials => "kafka.describe_user_scram_credentials",
+        ApiKey::CreateAcls => "kafka.create_acls",
+        ApiKey::DescribeAcls => "kafka.describe_acls",
+        ApiKey::DeleteAcls => "kafka.delete_acls",
         _ => "kafka.other",
     }
 }

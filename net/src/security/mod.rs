@@ -5,11 +5,13 @@
 //! before any shard operation runs. This floor sits beside the shard core:
 //! it names no front-end.
 
+pub(crate) mod acl;
 pub(crate) mod principal;
 pub(crate) mod quota;
 pub(crate) mod sasl;
 pub mod tls;
 
+pub use self::acl::{AclPolicy, Authorizer};
 pub use self::principal::{Principal, PrincipalError};
 
 /// Kafka's security protocols, as a listener names them (directly, or

@@ -1,0 +1,124 @@
+//! A small blocking Kafka-protocol client for the CLI's admin verbs that
+//! exist only on the Kafka listener (`spate acl`): one `std` TCP connection,
+//! requests encoded with the `kafka-protocol` crate's codecs at the highest
+//! version both sides serve (from ApiVersions), responses read in order.
+//! Not a Kafka client library: no retries, no metadata, one broker.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+
+/// The Kafka listener `spate serve` opens with no configuration.
+pub(crate) const BOOTSTRAP_DEFAULT: &str = "127.0.0.1:9092";
+/// Largest response accepted: an admin answer (every ACL of a cluster at
+/// its cap is a few megabytes); a larger size is a broken stream.
+const RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// The ApiVersions version asked first (KIP-511: a broker that does not
+/// serve it answers v0 with its own range).
+const API_VERSIONS_VERSION: i16 = 3;
+
+pub(crate) struct KafkaAdmin {
+    stream: TcpStream,
+    next_correlation_id: i32,
+    /// The broker's (api key, min, max) versions.
+    versions: Vec<(i16, i16, i16)>,
+}
+
+impl KafkaAdmin {
+    /// Connects to one broker's Kafka listener and learns its versions.
+    pub(crate) fn connect(bootstrap: &str, timeout_ms: u64) -> anyhow::Result<KafkaAdmin> {
+        let timeout = Duration::from_millis(timeout_ms);
+        let addr = bootstrap
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {bootstrap}"))?
+            .next()
+            .with_context(|| format!("{bootstrap} resolves to no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("cannot reach the Kafka listener at {bootstrap}"))?;
+        stream.set_read_timeout(Some(timeout)).context("setting a read timeout")?;
+        stream.set_write_timeout(Some(timeout)).context("setting a write timeout")?;
+        let mut admin = KafkaAdmin { stream, next_correlation_id: 1, versions: Vec::new() };
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("spate-cli"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let mut response: ApiVersionsResponse = admin.call_at(API_VERSIONS_VERSION, &request)?;
+        if response.error_code != 0 {
+            // KIP-511: the broker answered at v0 with its range; ask again
+            // at the highest it serves (never above ours).
+            let max =
+                response.api_keys.iter().find(|k| k.api_key == ApiVersionsRequest::KEY).map_or(0, |k| k.max_version);
+            response = admin.call_at(max.min(API_VERSIONS_VERSION), &request)?;
+        }
+        if response.error_code != 0 {
+            bail!("the broker refused ApiVersions (error {})", response.error_code);
+        }
+        admin.versions = response.api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
+        Ok(admin)
+    }
+
+    /// Sends `request` at the highest version both sides serve.
+    pub(crate) fn call<R: Request>(&mut self, request: &R) -> anyhow::Result<R::Response> {
+        let name = ApiKey::try_from(R::KEY).map(|api| format!("{api:?}")).unwrap_or_else(|()| R::KEY.to_string());
+        let Some(&(_, min, max)) = self.versions.iter().find(|(key, _, _)| *key == R::KEY) else {
+            bail!("the broker does not serve {name}");
+        };
+        let version = max.min(R::VERSIONS.max);
+        if version < min.max(R::VERSIONS.min) {
+            bail!("the broker serves {name} at versions {min} to {max}, this CLI at {:?}", R::VERSIONS);
+        }
+        self.call_at(version, request)
+    }
+
+    fn call_at<R: Request>(&mut self, version: i16, request: &R) -> anyhow::Result<R::Response> {
+        let api = ApiKey::try_from(R::KEY).map_err(|()| anyhow::anyhow!("unknown API key {}", R::KEY))?;
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("spate-cli")));
+        let mut body = BytesMut::new();
+        header.encode(&mut body, api.request_header_version(version)).context("encoding a request header")?;
+        request.encode(&mut body, version).with_context(|| format!("encoding {api:?} v{version}"))?;
+        let mut frame = BytesMut::with_capacity(4 + body.len());
+        frame.put_u32(u32::try_from(body.len()).context("a request over 4 GiB")?);
+        frame.extend_from_slice(&body);
+        self.stream.write_all(&frame).context("sending a request")?;
+
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).context("the broker closed the connection instead of answering")?;
+        let size = u32::from_be_bytes(size) as usize;
+        if size > RESPONSE_BYTES_MAX {
+            bail!("a {size}-byte response: over the {RESPONSE_BYTES_MAX}-byte limit");
+        }
+        let mut response = vec![0u8; size];
+        self.stream.read_exact(&mut response).context("reading a response")?;
+        let mut response = Bytes::from(response);
+        let header = ResponseHeader::decode(&mut response, api.response_header_version(version))
+            .context("decoding a response header")?;
+        if header.correlation_id != correlation_id {
+            bail!("a response to request {} where {correlation_id} was expected", header.correlation_id);
+        }
+        let decoded =
+            R::Response::decode(&mut response, version).with_context(|| format!("decoding {api:?} v{version}"))?;
+        if response.has_remaining() {
+            bail!("{} bytes after the {api:?} response", response.remaining());
+        }
+        Ok(decoded)
+    }
+}
+
+/// Kafka's name for an error code (TOPIC_AUTHORIZATION_FAILED), for
+/// messages.
+pub(crate) fn error_name(code: i16) -> String {
+    match kafka_protocol::ResponseError::try_from_code(code) {
+        Some(error) => format!("{error:?}"),
+        None => format!("error {code}"),
+    }
+}
