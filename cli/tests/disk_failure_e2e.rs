@@ -70,15 +70,27 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Where node 1's partitions of `topic` live, by the directory name
-/// `<topic>.<topic id>`.
-fn topic_dir(topics: &Path, topic: &str) -> PathBuf {
-    std::fs::read_dir(topics)
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with(&format!("{topic}.")))
-        .unwrap_or_else(|| panic!("no directory of {topic} under {}", topics.display()))
+/// Where node 1's partition of `topic` lives (`<topic>.<topic id>/<p>`),
+/// once node 1 has opened it: the metadata that named node 1 its leader
+/// may come from another broker, ahead of node 1's own reconcile (this
+/// test failed now and then on a loaded machine reading the directory at
+/// once).
+fn partition_dir(topics: &Path, topic: &str, partition: i32) -> PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = std::fs::read_dir(topics)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.file_name().unwrap().to_string_lossy().starts_with(&format!("{topic}.")))
+            .map(|dir| dir.join(partition.to_string()))
+            .filter(|dir| dir.is_dir());
+        if let Some(dir) = found {
+            return dir;
+        }
+        assert!(Instant::now() < deadline, "no directory of {topic}-{partition} under {}", topics.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Node 1's disk fails under a partition it leads: before, it kept the
@@ -149,8 +161,7 @@ fn a_partition_whose_disk_fails_hands_its_leadership_over_and_stays_offline_ther
         }
         unreachable!()
     });
-    let partition_dir = topic_dir(&topics, &topic).join(partition.to_string());
-    assert!(partition_dir.is_dir(), "{} is on the small disk", partition_dir.display());
+    let partition_dir = partition_dir(&topics, &topic, partition);
 
     disk.fill();
     let delivered = runtime.block_on(async {

@@ -132,7 +132,12 @@ fn kcat_authenticates_with_scram_and_plain_over_sasl_ssl() {
     let properties = dir.join("server.properties");
     std::fs::write(
         &properties,
-        format!("listeners={listeners}\nssl.keystore.type=PEM\nssl.keystore.location={}\n", keystore.display()),
+        // Authentication alone: no ACLs here (a SASL listener would
+        // otherwise close every resource to all but super users).
+        format!(
+            "listeners={listeners}\nssl.keystore.type=PEM\nssl.keystore.location={}\nallow.everyone.if.no.acl.found=true\n",
+            keystore.display()
+        ),
     )
     .unwrap();
     let broker = Broker::start_with(

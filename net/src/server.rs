@@ -465,7 +465,9 @@ fn wait_until_registered(shared: &Shared, controller: &spate_replication::Contro
                 .iter()
                 .any(|p| p.leader < 0 && (p.isr.contains(&node_id) || (p.isr.is_empty() && p.elr.contains(&node_id))))
         });
-        if registered && !leaderless_mine {
+        // The cluster secret too: producer ids are made with it, and
+        // replicas prove themselves with it.
+        if registered && !leaderless_mine && image.cluster_secret_hex.is_some() {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

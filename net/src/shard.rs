@@ -713,7 +713,15 @@ impl Shard {
                 assert_eq!(self.id, crate::admin::ADMIN_SHARD, "producer ids come from the admin shard");
                 let shard = self.clone();
                 glommio::spawn_local(async move {
-                    let secret = shard.shared.catalog.load().cluster_secret.clone();
+                    // The controller's image first: right after the first
+                    // start the secret may be committed before the catalog
+                    // this shard reads has it.
+                    let image = shard.shared.controller().image();
+                    let secret = image
+                        .cluster_secret_hex
+                        .as_deref()
+                        .and_then(crate::broker_auth::secret_from_hex)
+                        .or_else(|| shard.shared.catalog.load().cluster_secret.as_deref().map(<[u8]>::to_vec));
                     let allocated =
                         shard.producer_ids.allocate(shard.shared.controller(), secret.as_deref(), &principal);
                     let _ = reply.send(allocated.await);

@@ -191,6 +191,9 @@ fn start_sasl(name: &str) -> (spate_net::BrokerHandle, std::net::SocketAddr, std
     let dir = data_dir(name);
     let config = spate_net::BrokerConfig {
         listeners: "PLAINTEXT://127.0.0.1:0,SASL_PLAINTEXT://127.0.0.1:0".into(),
+        // Authentication alone: no ACLs here (a SASL listener would
+        // otherwise close every resource to all but super users).
+        allow_everyone_if_no_acl_found: Some(true),
         ..config(&dir, 2)
     };
     let broker = spate_net::start(config).expect("broker starts");
@@ -364,6 +367,7 @@ fn a_user_made_on_one_broker_logs_in_on_the_others() {
             node_id: node,
             controller_quorum: quorum.clone(),
             listeners: "PLAINTEXT://127.0.0.1:0,SASL_PLAINTEXT://127.0.0.1:0".into(),
+            allow_everyone_if_no_acl_found: Some(true),
             ..config(&data_dir(&format!("scram_cluster-{node}")), 1)
         })
         .collect();
