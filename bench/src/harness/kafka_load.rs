@@ -287,6 +287,9 @@ impl Endpoint {
     /// What a TLS connection to this endpoint negotiates ("TLSv1_3
     /// TLS13_AES_256_GCM_SHA384"), for the report; None for plaintext.
     pub async fn tls_session(&self) -> Result<Option<String>> {
+        if self.tls.is_none() {
+            return Ok(None);
+        }
         match self.connect().await? {
             KafkaStream::Plain(_) => Ok(None),
             KafkaStream::Tls(stream) => Ok(Some(super::tls::describe(&stream))),
