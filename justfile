@@ -32,6 +32,13 @@ bench-kafka *ARGS:
     cargo build --release --bin spate
     ./target/release/spate bench suite bench/suites/kafka.toml {{ARGS}}
 
+# TLS against plaintext on the Kafka listener (issue 16): produce and consume
+# over the PLAINTEXT and the SSL listener of the same brokers in one run, the
+# report giving TLS/plaintext per workload (bench/suites/tls.toml).
+bench-tls *ARGS:
+    cargo build --release --bin spate
+    ./target/release/spate bench suite bench/suites/tls.toml {{ARGS}}
+
 # The storage engine alone, against raw O_DIRECT writes.
 bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}

@@ -49,6 +49,11 @@ pub struct BrokerSettings {
     pub broker_session_timeout_ms: Option<u64>,
     pub broker_heartbeat_interval_ms: Option<u64>,
     pub replica_lag_time_max_ms: Option<u64>,
+    /// Set by the harness when a workload of the run asks for TLS: every
+    /// broker then serves an SSL listener beside the PLAINTEXT one, with
+    /// this certificate. Not a suite setting: the workloads' `tls` decides.
+    #[serde(skip)]
+    pub tls: Option<super::tls::TlsFiles>,
 }
 
 impl Default for BrokerSettings {
@@ -66,6 +71,7 @@ impl Default for BrokerSettings {
             broker_session_timeout_ms: None,
             broker_heartbeat_interval_ms: None,
             replica_lag_time_max_ms: None,
+            tls: None,
         }
     }
 }
@@ -139,9 +145,11 @@ pub struct BrokerProcess {
     child: Child,
     pub node_id: i32,
     pub port: u16,
-    /// The Kafka listener's port, from "Kafka protocol on HOST:PORT" in the
-    /// start line (None if the line has none).
+    /// The PLAINTEXT Kafka listener's port, from "Kafka protocol on
+    /// PLAINTEXT://HOST:PORT" in the start line (None if the line has none).
     pub kafka_port: Option<u16>,
+    /// The SSL listener's port, from the same list.
+    pub ssl_port: Option<u16>,
 }
 
 impl BrokerProcess {
@@ -160,8 +168,6 @@ impl BrokerProcess {
         };
         command
             .args(["serve", "--port", "0", "--log-level", "warn"])
-            // A free Kafka port: never share 9092 with a broker already there.
-            .args(["--listeners", "PLAINTEXT://127.0.0.1:0"])
             .arg("--metrics-listen")
             .arg(&settings.metrics_listen)
             .arg("--shards")
@@ -174,6 +180,16 @@ impl BrokerProcess {
             .arg(settings.spin_before_park_us.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // Free Kafka ports: never share 9092 with a broker already there.
+        match &settings.tls {
+            None => {
+                command.args(["--listeners", "PLAINTEXT://127.0.0.1:0"]);
+            }
+            Some(tls) => {
+                command.arg("--config").arg(&tls.broker_config);
+                command.args(["--listeners", "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0"]);
+            }
+        }
         if let Some(quorum) = quorum {
             command.arg("--node-id").arg((index + 1).to_string()).arg("--controller-quorum").arg(quorum);
         }
@@ -210,7 +226,13 @@ impl BrokerProcess {
             let _ = child.wait();
             bail!("broker {} did not start: {line:?}", index + 1);
         };
-        Ok(BrokerProcess { child, node_id: index as i32 + 1, port, kafka_port: kafka_port(&line) })
+        Ok(BrokerProcess {
+            child,
+            node_id: index as i32 + 1,
+            port,
+            kafka_port: kafka_port(&line, "PLAINTEXT"),
+            ssl_port: kafka_port(&line, "SSL"),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -225,6 +247,14 @@ impl BrokerProcess {
     pub fn kafka_addr(&self) -> anyhow::Result<String> {
         let port = self.kafka_port.with_context(|| {
             format!("broker {} named no Kafka listener in its start line (\"Kafka protocol on ...\")", self.node_id)
+        })?;
+        Ok(format!("127.0.0.1:{port}"))
+    }
+
+    /// The SSL listener's address.
+    pub fn ssl_addr(&self) -> anyhow::Result<String> {
+        let port = self.ssl_port.with_context(|| {
+            format!("broker {} named no SSL listener in its start line (\"SSL://...\")", self.node_id)
         })?;
         Ok(format!("127.0.0.1:{port}"))
     }
@@ -257,13 +287,17 @@ impl BrokerProcess {
     }
 }
 
-/// The port of "..., Kafka protocol on 127.0.0.1:PORT, data in ..." in a
+/// The port of listener `name` in "..., Kafka protocol on
+/// PLAINTEXT://127.0.0.1:PORT, SSL://127.0.0.1:PORT, data in ..." in a
 /// broker's start line.
-fn kafka_port(line: &str) -> Option<u16> {
-    line.split("Kafka protocol on ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|addr| addr.trim().rsplit(':').next())
+fn kafka_port(line: &str, name: &str) -> Option<u16> {
+    let listeners = line.split("Kafka protocol on ").nth(1)?;
+    listeners
+        .split(',')
+        .map(str::trim)
+        .take_while(|entry| entry.contains("://"))
+        .find_map(|entry| entry.strip_prefix(name)?.strip_prefix("://"))
+        .and_then(|addr| addr.rsplit(':').next())
         .and_then(|port| port.parse().ok())
 }
 
@@ -335,6 +369,11 @@ impl Cluster {
         self.brokers.iter().map(BrokerProcess::pid).collect()
     }
 
+    /// The certificate the brokers serve TLS with, if they do.
+    pub fn tls(&self) -> Option<&super::tls::TlsFiles> {
+        self.settings.tls.as_ref()
+    }
+
     pub fn bootstrap(&self) -> Vec<String> {
         self.brokers.iter().map(BrokerProcess::addr).collect()
     }
@@ -371,9 +410,13 @@ mod tests {
     #[test]
     fn the_kafka_port_is_read_from_the_start_line() {
         let line = "spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), Kafka protocol on PLAINTEXT://127.0.0.1:40003, SSL://127.0.0.1:40004, data in target/bench-broker; without authentication on native, PLAINTEXT\n";
-        assert_eq!(kafka_port(line), Some(40003));
+        assert_eq!(kafka_port(line, "PLAINTEXT"), Some(40003));
+        assert_eq!(kafka_port(line, "SSL"), Some(40004));
+        assert_eq!(kafka_port(line, "SASL_SSL"), None);
+        let plain = "spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), Kafka protocol on PLAINTEXT://127.0.0.1:40003, data in target/bench-broker; without authentication on native, PLAINTEXT\n";
+        assert_eq!((kafka_port(plain, "PLAINTEXT"), kafka_port(plain, "SSL")), (Some(40003), None));
         assert_eq!(
-            kafka_port("spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), data in x"),
+            kafka_port("spate broker 1 listening on 127.0.0.1:40001 (shards 1: ports [40002]), data in x", "PLAINTEXT"),
             None
         );
     }

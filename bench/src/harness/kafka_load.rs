@@ -5,7 +5,9 @@
 //! connection each with `in_flight` requests pipelined (responses come back
 //! in request order on a connection, matched by correlation id); consumers
 //! send sessionless Fetch v12 requests (session id 0, epoch -1), one
-//! connection each.
+//! connection each. Every connection goes to an `Endpoint`: a listener's
+//! address and, for an SSL listener, the TLS client that speaks to it
+//! (`tls.rs`); the requests are the same bytes either way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,10 +28,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::load::{self, Counters, LATENCY_MAX_US, histogram};
+use super::tls::{KafkaReadHalf, KafkaStream, KafkaWriteHalf};
 use spate_format::batch::Compression;
 
 /// Produce v9 is the first flexible version, and every version up to
@@ -71,6 +73,8 @@ const READ_BUFFER_BYTES: usize = 64 << 10;
 pub enum KafkaLoadError {
     #[error("connection to {addr}: {source}")]
     Io { addr: String, source: std::io::Error },
+    #[error("TLS handshake with {addr}: {source}")]
+    Handshake { addr: String, source: std::io::Error },
     #[error("encoding a {api:?} request: {reason}")]
     Encode { api: ApiKey, reason: String },
     #[error("decoding a {api:?} response: {reason}")]
@@ -218,6 +222,16 @@ pub fn parse_fetch(body: Bytes, topic: &str, partition: i32) -> Result<Bytes> {
 
 /// Reads one response frame (its length prefix first, capped).
 async fn read_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, addr: &str) -> Result<Bytes> {
+    read_frame_into(reader, addr, BytesMut::new()).await
+}
+
+/// `read_frame` into `frame`'s memory if it is large enough (a consumer
+/// hands back the last response's buffer), else into a new one.
+async fn read_frame_into<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    addr: &str,
+    mut frame: BytesMut,
+) -> Result<Bytes> {
     let io = |source| KafkaLoadError::Io { addr: addr.to_string(), source };
     let frame_bytes = reader.read_i32().await.map_err(io)?;
     let frame_bytes = usize::try_from(frame_bytes)
@@ -226,7 +240,8 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, addr: &str)
         .ok_or(KafkaLoadError::FrameTooLarge { bytes: i64::from(frame_bytes) })?;
     // Read into spare capacity: zeroing a 4 MiB fetch response first
     // would cost the consumer a pass over every byte it reads.
-    let mut frame = BytesMut::with_capacity(frame_bytes);
+    frame.clear();
+    frame.reserve(frame_bytes);
     while frame.len() < frame_bytes {
         let missing = frame_bytes - frame.len();
         let mut rest = (&mut frame).limit(missing);
@@ -237,22 +252,61 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, addr: &str)
     Ok(frame.freeze())
 }
 
-async fn connect(addr: &str) -> Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await.map_err(|source| KafkaLoadError::Io { addr: addr.into(), source })?;
-    stream.set_nodelay(true).map_err(|source| KafkaLoadError::Io { addr: addr.into(), source })?;
-    Ok(stream)
+/// Where the load generator connects: a Kafka listener's address, and
+/// for an SSL listener the TLS client (trusting the run's CA).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: String,
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.addr, if self.tls.is_some() { " (TLS)" } else { "" })
+    }
+}
+
+impl Endpoint {
+    pub fn plain(addr: impl Into<String>) -> Self {
+        Endpoint { addr: addr.into(), tls: None }
+    }
+
+    /// Connects (Nagle off) and, for TLS, completes the handshake.
+    async fn connect(&self) -> Result<KafkaStream> {
+        let addr = &self.addr;
+        let stream =
+            TcpStream::connect(addr).await.map_err(|source| KafkaLoadError::Io { addr: addr.clone(), source })?;
+        stream.set_nodelay(true).map_err(|source| KafkaLoadError::Io { addr: addr.clone(), source })?;
+        let Some(tls) = &self.tls else { return Ok(KafkaStream::Plain(stream)) };
+        let handshake = |source| KafkaLoadError::Handshake { addr: addr.clone(), source };
+        let name = super::tls::server_name(addr).map_err(handshake)?;
+        let stream = tls.connect(name, stream).await.map_err(handshake)?;
+        Ok(KafkaStream::Tls(Box::new(stream)))
+    }
+
+    /// What a TLS connection to this endpoint negotiates ("TLSv1_3
+    /// TLS13_AES_256_GCM_SHA384"), for the report; None for plaintext.
+    pub async fn tls_session(&self) -> Result<Option<String>> {
+        if self.tls.is_none() {
+            return Ok(None);
+        }
+        match self.connect().await? {
+            KafkaStream::Plain(_) => Ok(None),
+            KafkaStream::Tls(stream) => Ok(Some(super::tls::describe(&stream))),
+        }
+    }
 }
 
 /// One connection for setup requests (create, metadata), one at a time.
 struct Conn {
-    stream: TcpStream,
+    stream: KafkaStream,
     addr: String,
     correlation_id: i32,
 }
 
 impl Conn {
-    async fn open(addr: &str) -> Result<Self> {
-        Ok(Conn { stream: connect(addr).await?, addr: addr.to_string(), correlation_id: 0 })
+    async fn open(endpoint: &Endpoint) -> Result<Self> {
+        Ok(Conn { stream: endpoint.connect().await?, addr: endpoint.addr.clone(), correlation_id: 0 })
     }
 
     async fn call(&mut self, api: ApiKey, version: i16, body: Bytes) -> Result<Bytes> {
@@ -261,6 +315,8 @@ impl Conn {
         frame.extend_from_slice(&body);
         let io = |source| KafkaLoadError::Io { addr: self.addr.clone(), source };
         self.stream.write_all(&frame).await.map_err(io)?;
+        // TLS holds what it encrypted until flushed (plaintext: a no-op).
+        self.stream.flush().await.map_err(io)?;
         let response = read_frame(&mut self.stream, &self.addr).await?;
         let (got, body) = response_body(api, version, response)?;
         if got != self.correlation_id {
@@ -272,8 +328,13 @@ impl Conn {
 
 /// Creates `topic` with Kafka's CreateTopics (for Apache Kafka, where the
 /// native admin cannot), then waits until every partition has a leader.
-pub async fn create_topic(addr: &str, topic: &str, partitions: i32, configs: &[(String, String)]) -> Result<()> {
-    let mut conn = Conn::open(addr).await?;
+pub async fn create_topic(
+    endpoint: &Endpoint,
+    topic: &str,
+    partitions: i32,
+    configs: &[(String, String)],
+) -> Result<()> {
+    let mut conn = Conn::open(endpoint).await?;
     let configs = configs
         .iter()
         .map(|(name, value)| {
@@ -308,8 +369,8 @@ pub async fn create_topic(addr: &str, topic: &str, partitions: i32, configs: &[(
 
 /// Waits until Metadata on the Kafka listener at `addr` gives every
 /// partition of `topic` a leader (a new topic's may take a moment).
-pub async fn wait_for_leaders(addr: &str, topic: &str, partitions: i32) -> Result<()> {
-    let mut conn = Conn::open(addr).await?;
+pub async fn wait_for_leaders(endpoint: &Endpoint, topic: &str, partitions: i32) -> Result<()> {
+    let mut conn = Conn::open(endpoint).await?;
     wait_for_leaders_on(&mut conn, topic, partitions).await
 }
 
@@ -358,7 +419,7 @@ async fn serves_fetches(conn: &mut Conn, topic: &str, partitions: i32) -> Result
 /// One producer's connection: what it sends and how.
 #[derive(Debug, Clone)]
 pub struct ProducerLane {
-    pub addr: String,
+    pub endpoint: Endpoint,
     pub topic: String,
     pub partition: i32,
     pub acks: i16,
@@ -405,7 +466,7 @@ pub async fn produce_lane(
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<LaneResult> {
-    let stream = connect(&lane.addr).await?;
+    let stream = lane.endpoint.connect().await?;
     let (read, write) = stream.into_split();
     let permits = Arc::new(Semaphore::new(lane.in_flight));
     let (sent_tx, sent_rx) = mpsc::unbounded_channel();
@@ -420,7 +481,7 @@ pub async fn produce_lane(
 
 async fn write_requests(
     lane: &ProducerLane,
-    mut write: OwnedWriteHalf,
+    mut write: KafkaWriteHalf,
     sent: mpsc::UnboundedSender<Sent>,
     permits: &Semaphore,
     stop: &AtomicBool,
@@ -458,7 +519,14 @@ async fn write_requests(
         // The body goes out as it is (header and body in one vectored
         // write), not copied behind the header per request.
         let mut frame = (&mut prefix).chain(body);
-        write.write_all_buf(&mut frame).await.with_context(|| format!("sending a produce to {}", lane.addr))?;
+        write
+            .write_all_buf(&mut frame)
+            .await
+            .with_context(|| format!("sending a produce to {}", lane.endpoint.addr))?;
+        // TLS keeps the last records it encrypted until flushed, and the
+        // writer may next wait for a permit that only the broker's answer
+        // to this request gives back (plaintext: a no-op).
+        write.flush().await.with_context(|| format!("sending a produce to {}", lane.endpoint.addr))?;
         count += 1;
     }
     Ok(())
@@ -466,7 +534,7 @@ async fn write_requests(
 
 async fn read_acks(
     lane: ProducerLane,
-    read: OwnedReadHalf,
+    read: KafkaReadHalf,
     mut sent: mpsc::UnboundedReceiver<Sent>,
     permits: Arc<Semaphore>,
     counters: Arc<Counters>,
@@ -476,7 +544,7 @@ async fn read_acks(
     let mut result = LaneResult { latency: histogram(), end_offset: -1 };
     let outcome = async {
         while let Some(request) = sent.recv().await {
-            let frame = read_frame(&mut reader, &lane.addr).await?;
+            let frame = read_frame(&mut reader, &lane.endpoint.addr).await?;
             let (got, body) = response_body(ApiKey::Produce, PRODUCE_VERSION, frame)?;
             if got != request.correlation_id {
                 return Err(KafkaLoadError::Correlation { expected: request.correlation_id, got });
@@ -506,7 +574,7 @@ async fn read_acks(
 /// One consumer's connection and its partitions.
 #[derive(Debug, Clone)]
 pub struct ConsumerLane {
-    pub addr: String,
+    pub endpoint: Endpoint,
     pub topic: String,
     pub partitions: Vec<i32>,
     pub start_offsets: Vec<i64>,
@@ -525,10 +593,14 @@ pub async fn consume_lane(
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Histogram<u64>> {
-    let mut stream = connect(&lane.addr).await?;
+    let mut stream = lane.endpoint.connect().await?;
     let mut latency = histogram();
     let mut offsets = lane.start_offsets.clone();
     let mut correlation_id = 0i32;
+    // The last response's memory, read into again: a new 4 MiB buffer per
+    // fetch cost the consumer a page fault and a kernel zeroing per page
+    // (a quarter of its time over TLS, where it is CPU-bound).
+    let mut spare = BytesMut::new();
     while !stop.load(Ordering::Relaxed) {
         let mut all_done = true;
         for (i, &partition) in lane.partitions.iter().enumerate() {
@@ -541,9 +613,11 @@ pub async fn consume_lane(
             let mut frame = encode_prefix(ApiKey::Fetch, FETCH_VERSION, correlation_id, body.len())?;
             frame.extend_from_slice(&body);
             let sent = Instant::now();
-            stream.write_all(&frame).await.with_context(|| format!("sending a fetch to {}", lane.addr))?;
-            let response = read_frame(&mut stream, &lane.addr).await?;
-            let (got, body) = response_body(ApiKey::Fetch, FETCH_VERSION, response)?;
+            let sending = || format!("sending a fetch to {}", lane.endpoint.addr);
+            stream.write_all(&frame).await.with_context(sending)?;
+            stream.flush().await.with_context(sending)?;
+            let response = read_frame_into(&mut stream, &lane.endpoint.addr, std::mem::take(&mut spare)).await?;
+            let (got, body) = response_body(ApiKey::Fetch, FETCH_VERSION, response.clone())?;
             if got != correlation_id {
                 return Err(KafkaLoadError::Correlation { expected: correlation_id, got }.into());
             }
@@ -558,6 +632,9 @@ pub async fn consume_lane(
             let now_measuring = measuring.load(Ordering::Relaxed);
             let stamps = lane.end_to_end && now_measuring;
             let (bytes, records) = load::take_batches(&fetched, &mut offsets[i], stamps, &mut latency);
+            drop(fetched);
+            // Every view of the frame is gone now, so it is ours again.
+            spare = response.try_into_mut().unwrap_or_default();
             if now_measuring {
                 counters.add(bytes, records);
                 if !lane.end_to_end && bytes > 0 {
@@ -586,7 +663,7 @@ pub fn acks(acks: spate_client::Acks) -> i16 {
 /// pipelined on each (the native path runs `in_flight` senders per
 /// producer instead, over its client's connection).
 pub async fn produce(
-    addr: String,
+    endpoint: Endpoint,
     load: load::ProduceLoad,
     counters: Arc<Counters>,
     measuring: Arc<AtomicBool>,
@@ -599,7 +676,7 @@ pub async fn produce(
     let mut tasks = Vec::new();
     for producer in 0..load.producers {
         let lane = ProducerLane {
-            addr: addr.clone(),
+            endpoint: endpoint.clone(),
             topic: load.topic.clone(),
             partition: (producer % load.partitions) as i32,
             acks: acks(load.acks),
@@ -625,7 +702,7 @@ pub async fn produce(
 /// `load::consume` over Kafka's protocol: consumer `c` reads the
 /// partitions `p` with `p % consumers == c`, on a connection of its own.
 pub async fn consume(
-    addr: String,
+    endpoint: Endpoint,
     load: load::ConsumeLoad,
     counters: Arc<Counters>,
     measuring: Arc<AtomicBool>,
@@ -635,7 +712,7 @@ pub async fn consume(
     for consumer in 0..load.consumers {
         let partitions: Vec<usize> = (0..load.partitions).filter(|p| p % load.consumers == consumer).collect();
         let lane = ConsumerLane {
-            addr: addr.clone(),
+            endpoint: endpoint.clone(),
             topic: load.topic.clone(),
             partitions: partitions.iter().map(|&p| p as i32).collect(),
             start_offsets: partitions.iter().map(|&p| load.start_offsets[p]).collect(),
@@ -655,7 +732,7 @@ pub async fn consume(
 /// connection per partition, `in_flight` pipelined) and returns each
 /// partition's log end, from the produce responses' base offsets.
 pub async fn fill(
-    addr: &str,
+    endpoint: &Endpoint,
     topic: &str,
     partitions: usize,
     in_flight: usize,
@@ -669,7 +746,7 @@ pub async fn fill(
     for partition in 0..partitions {
         let count = batches / partitions + usize::from(partition < batches % partitions);
         let lane = ProducerLane {
-            addr: addr.to_string(),
+            endpoint: endpoint.clone(),
             topic: topic.to_string(),
             partition: partition as i32,
             acks: 1,
@@ -833,6 +910,13 @@ mod tests {
         assert_eq!(&whole[..], &[1, 2, 3, 4, 5]);
         let cut = read_frame(&mut &first[..], "test").await.expect_err("cut short");
         assert!(matches!(cut, KafkaLoadError::Io { .. }), "{cut}");
+        // A consumer's next response goes into the last one's memory once
+        // every view of it is dropped (no new allocation per fetch).
+        let first = read_frame_into(&mut &[0u8, 0, 0, 3, 7, 8, 9][..], "test", BytesMut::new()).await.expect("first");
+        let memory = first.as_ptr();
+        let spare = first.try_into_mut().expect("no other view");
+        let second = read_frame_into(&mut &[0u8, 0, 0, 2, 5, 6][..], "test", spare).await.expect("second");
+        assert_eq!((&second[..], second.as_ptr()), (&[5u8, 6][..], memory));
         let negative = (-1i32).to_be_bytes();
         assert!(matches!(read_frame(&mut &negative[..], "test").await, Err(KafkaLoadError::FrameTooLarge { .. })));
     }

@@ -9,6 +9,7 @@ mod kafka_load;
 mod limits;
 mod load;
 mod output;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,12 +100,14 @@ pub enum Target {
 }
 
 impl Workload {
-    /// "Spate native", "Spate Kafka protocol" or "Apache Kafka".
+    /// "Spate native", "Spate Kafka protocol", "Spate Kafka protocol over
+    /// TLS" or "Apache Kafka".
     pub fn target_label(&self) -> &'static str {
-        match (self.target, self.protocol) {
-            (Target::ApacheKafka, _) => "Apache Kafka",
-            (Target::Spate, Protocol::Native) => "Spate native",
-            (Target::Spate, Protocol::Kafka) => "Spate Kafka protocol",
+        match (self.target, self.protocol, self.tls) {
+            (Target::ApacheKafka, _, _) => "Apache Kafka",
+            (Target::Spate, Protocol::Native, _) => "Spate native",
+            (Target::Spate, Protocol::Kafka, false) => "Spate Kafka protocol",
+            (Target::Spate, Protocol::Kafka, true) => "Spate Kafka protocol over TLS",
         }
     }
 }
@@ -168,6 +171,12 @@ pub struct Workload {
     /// spate or apache-kafka (the suite's `[apache_kafka]`).
     #[arg(long, value_enum, default_value = "spate")]
     pub target: Target,
+    /// Connect to the broker's SSL listener (TLS, rustls) rather than its
+    /// PLAINTEXT one; protocol kafka only. When any workload of a run
+    /// asks for it, every broker of the run serves both listeners, with
+    /// a certificate the harness makes.
+    #[arg(long)]
+    pub tls: bool,
     /// Workloads with the same `compare` name form one group of the
     /// report's protocol and target table (empty: not in it).
     #[arg(long, default_value = "")]
@@ -198,6 +207,7 @@ impl Default for Workload {
             min_insync_replicas: None,
             protocol: Protocol::Native,
             target: Target::Spate,
+            tls: false,
             compare: String::new(),
         }
     }
@@ -263,6 +273,9 @@ impl Workload {
             if self.kind == Kind::RoundTrip {
                 bail!("{}: protocol kafka has no round_trip workload yet", self.name);
             }
+        }
+        if self.tls && (self.protocol != Protocol::Kafka || self.target != Target::Spate) {
+            bail!("{}: tls needs protocol = \"kafka\" against Spate (its SSL listener)", self.name);
         }
         if self.target == Target::ApacheKafka {
             if self.protocol != Protocol::Kafka {
@@ -331,6 +344,11 @@ impl Suite {
     pub fn has_apache_kafka(&self) -> bool {
         self.workloads.iter().any(|w| w.target == Target::ApacheKafka)
     }
+
+    /// Whether the run's brokers serve an SSL listener beside PLAINTEXT.
+    pub fn has_tls(&self) -> bool {
+        self.workloads.iter().any(|w| w.tls)
+    }
 }
 
 /// What one workload measured.
@@ -372,6 +390,8 @@ pub struct WorkloadResult {
     /// Bytes the producers wrote in the measured window (0 for consume
     /// workloads).
     pub written_bytes: u64,
+    /// TLS workloads: the protocol version and cipher suite negotiated.
+    pub tls_session: Option<String>,
     /// Produce, end to end and round trip: raw O_DIRECT write of
     /// `written_bytes` (clamped to 256 MiB..4 GiB) measured right after
     /// the workload, so the ratio compares the disk in the state the
@@ -454,6 +474,13 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     if suite.has_apache_kafka() {
         // Before the limits are measured: a missing jar fails at once.
         suite.apache_kafka.check()?;
+    }
+    let mut suite = suite;
+    if suite.has_tls() {
+        // Beside the data directory, which each workload empties: one CA
+        // and certificate for the whole run.
+        let dir = suite.broker.data_dir.with_extension("tls");
+        suite.broker.tls = Some(tls::TlsFiles::make(&dir)?);
     }
     let machine =
         crate::report::Machine::detect(&suite.broker.data_dir.parent().map_or(PathBuf::from("."), PathBuf::from));
@@ -806,8 +833,8 @@ async fn timed_produce(
         Driver::Native(client) => {
             tokio::spawn(load::produce(client.clone(), load, counters.clone(), measuring.clone(), stop.clone()))
         }
-        Driver::Kafka(addr) => {
-            tokio::spawn(kafka_load::produce(addr.clone(), load, counters.clone(), measuring.clone(), stop.clone()))
+        Driver::Kafka(endpoint) => {
+            tokio::spawn(kafka_load::produce(endpoint.clone(), load, counters.clone(), measuring.clone(), stop.clone()))
         }
     };
     let consuming = consume.map(|consume| driver.consume(consume, consumed.clone(), measuring.clone(), stop.clone()));
@@ -854,9 +881,9 @@ async fn fill(driver: &Driver, workload: &Workload, topic: &str) -> anyhow::Resu
     let batches = (workload.data_bytes as usize).div_ceil(template.len()).max(workload.partitions);
     let client = match driver {
         Driver::Native(client) => client,
-        Driver::Kafka(addr) => {
+        Driver::Kafka(endpoint) => {
             let (partitions, in_flight, records) = (workload.partitions, workload.in_flight, workload.batch_records);
-            return kafka_load::fill(addr, topic, partitions, in_flight, template, records, batches).await;
+            return kafka_load::fill(endpoint, topic, partitions, in_flight, template, records, batches).await;
         }
     };
     let mut tasks = Vec::new();
@@ -930,8 +957,8 @@ async fn timed_consume(
 #[derive(Clone)]
 enum Driver {
     Native(Client),
-    /// A Kafka listener's address (Spate's or Apache Kafka's).
-    Kafka(String),
+    /// A Kafka listener (Spate's or Apache Kafka's, plaintext or TLS).
+    Kafka(kafka_load::Endpoint),
 }
 
 impl Driver {
@@ -945,7 +972,9 @@ impl Driver {
     ) -> impl std::future::Future<Output = anyhow::Result<hdrhistogram::Histogram<u64>>> + use<> {
         let task = match self {
             Driver::Native(client) => tokio::spawn(load::consume(client.clone(), consume, counters, measuring, stop)),
-            Driver::Kafka(addr) => tokio::spawn(kafka_load::consume(addr.clone(), consume, counters, measuring, stop)),
+            Driver::Kafka(endpoint) => {
+                tokio::spawn(kafka_load::consume(endpoint.clone(), consume, counters, measuring, stop))
+            }
         };
         async move { task.await.context("consumers")? }
     }
@@ -992,13 +1021,19 @@ impl Brokers {
                 Ok(Driver::Native(client))
             }
             (Brokers::Spate(cluster), Protocol::Kafka) => {
-                let addr = cluster.brokers[0].kafka_addr()?;
-                kafka_load::wait_for_leaders(&addr, topic, partitions).await?;
-                Ok(Driver::Kafka(addr))
+                let endpoint = if workload.tls {
+                    let files = cluster.tls().context("a TLS workload on brokers without an SSL listener")?;
+                    kafka_load::Endpoint { addr: cluster.brokers[0].ssl_addr()?, tls: Some(files.connector()?) }
+                } else {
+                    kafka_load::Endpoint::plain(cluster.brokers[0].kafka_addr()?)
+                };
+                kafka_load::wait_for_leaders(&endpoint, topic, partitions).await?;
+                Ok(Driver::Kafka(endpoint))
             }
             (Brokers::ApacheKafka(kafka), _) => {
-                kafka_load::wait_for_leaders(&kafka.addr(), topic, partitions).await?;
-                Ok(Driver::Kafka(kafka.addr()))
+                let endpoint = kafka_load::Endpoint::plain(kafka.addr());
+                kafka_load::wait_for_leaders(&endpoint, topic, partitions).await?;
+                Ok(Driver::Kafka(endpoint))
             }
         }
     }
@@ -1015,7 +1050,8 @@ impl Brokers {
                     ("retention.ms".to_string(), "-1".to_string()),
                     ("max.message.bytes".into(), kafka_load::BATCH_BYTES_MAX.to_string()),
                 ];
-                kafka_load::create_topic(&kafka.addr(), &topic, workload.partitions as i32, &configs)
+                let endpoint = kafka_load::Endpoint::plain(kafka.addr());
+                kafka_load::create_topic(&endpoint, &topic, workload.partitions as i32, &configs)
                     .await
                     .with_context(|| format!("creating {topic} on Apache Kafka"))?;
                 Ok(topic)
@@ -1047,6 +1083,13 @@ async fn run_workload(suite: &Suite, workload: &Workload, target_mb_s: Option<f6
     };
     let topic = brokers.create_topic(workload).await?;
     let driver = brokers.driver(workload, &topic).await?;
+    let tls_session = match &driver {
+        Driver::Kafka(endpoint) => endpoint.tls_session().await?,
+        Driver::Native(_) => None,
+    };
+    if let Some(session) = &tls_session {
+        eprintln!("  over TLS: {session}");
+    }
     let pids = brokers.pids();
     let (measured, latency_of) = match workload.kind {
         Kind::Produce => {
@@ -1111,6 +1154,7 @@ async fn run_workload(suite: &Suite, workload: &Workload, target_mb_s: Option<f6
         distribution_us,
         target_rate_mb_s: target_mb_s,
         written_bytes: measured.written_bytes,
+        tls_session,
         paired_disk_bytes: None,
         paired_disk_write_mb_s: None,
         paired_disk_write_sync_mb_s: None,
@@ -1128,7 +1172,7 @@ mod tests {
 
     #[test]
     fn every_suite_file_parses_and_passes_its_checks() {
-        for path in ["suites/standard.toml", "suites/replication.toml", "suites/kafka.toml"] {
+        for path in ["suites/standard.toml", "suites/replication.toml", "suites/kafka.toml", "suites/tls.toml"] {
             let suite = suite(path);
             suite.broker.check().expect(path);
             for workload in &suite.workloads {
@@ -1197,6 +1241,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The TLS suite runs each workload over both listeners with the same
+    /// parameters (the report pairs them by those), produce under both
+    /// durabilities and both consumes; no other suite asks for TLS.
+    #[test]
+    fn the_tls_suite_runs_every_workload_over_plaintext_and_tls() {
+        let tls = suite("suites/tls.toml");
+        assert!(tls.has_tls());
+        let (secure, plain): (Vec<&Workload>, Vec<&Workload>) = tls.workloads.iter().partition(|w| w.tls);
+        assert_eq!(secure.len(), plain.len());
+        for w in &secure {
+            let twin = Workload { tls: false, name: w.name.replace("-tls", "-plaintext"), ..(*w).clone() };
+            let found = plain.iter().find(|p| p.name == twin.name).unwrap_or_else(|| panic!("{}: no twin", w.name));
+            assert_eq!(toml::to_string(found).expect("toml"), toml::to_string(&twin).expect("toml"), "{}", w.name);
+        }
+        let kinds: Vec<(Kind, &str)> = secure.iter().map(|w| (w.kind, w.durability.as_str())).collect();
+        for expected in [(Kind::Produce, "never"), (Kind::Produce, "always"), (Kind::ConsumeTail, "never")] {
+            assert!(kinds.contains(&expected), "{expected:?} in {kinds:?}");
+        }
+        assert!(kinds.iter().any(|(kind, _)| *kind == Kind::ConsumeDisk));
+        for path in ["suites/standard.toml", "suites/replication.toml", "suites/kafka.toml"] {
+            assert!(!suite(path).has_tls(), "{path}");
+        }
+    }
+
+    #[test]
+    fn tls_is_for_spates_kafka_listener() {
+        let tls = |w: Workload| Workload { tls: true, ..w };
+        tls(Workload { protocol: Protocol::Kafka, ..Default::default() }).check(1).expect("Kafka over TLS");
+        assert!(tls(Workload::default()).check(1).is_err(), "the native protocol has no TLS here");
+        let apache = Workload {
+            target: Target::ApacheKafka,
+            protocol: Protocol::Kafka,
+            durability: "never".into(),
+            ..Default::default()
+        };
+        assert!(tls(apache).check(1).is_err(), "Apache Kafka runs without an SSL listener");
+        let label = tls(Workload { protocol: Protocol::Kafka, ..Default::default() }).target_label();
+        assert_eq!(label, "Spate Kafka protocol over TLS");
     }
 
     #[test]
