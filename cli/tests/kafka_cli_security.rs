@@ -15,6 +15,12 @@ use common::{Broker, SPATE, cli, data_dir, free_port_below_ephemeral};
 /// A CA's certificate and a broker keystore (chain and key, KIP-651) it
 /// issued for the loopback names.
 fn certificates(dir: &Path, ca_name: &str) -> (PathBuf, PathBuf) {
+    certificates_with_clients(dir, ca_name, &[])
+}
+
+/// As `certificates`, and for each client name a certificate and key
+/// (`NAME.crt`, `NAME.key` in `dir`) for mutual TLS.
+fn certificates_with_clients(dir: &Path, ca_name: &str, clients: &[&str]) -> (PathBuf, PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -31,6 +37,14 @@ fn certificates(dir: &Path, ca_name: &str) -> (PathBuf, PathBuf) {
     let (ca_file, keystore) = (dir.join("ca.pem"), dir.join("broker.pem"));
     std::fs::write(&ca_file, ca_pem).unwrap();
     std::fs::write(&keystore, format!("{cert}{}", key.serialize_pem())).unwrap();
+    for client in clients {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, *client);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        std::fs::write(dir.join(format!("{client}.crt")), params.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+        std::fs::write(dir.join(format!("{client}.key")), key.serialize_pem()).unwrap();
+    }
     (ca_file, keystore)
 }
 
@@ -240,4 +254,53 @@ fn wrong_passwords_untrusted_brokers_and_wrong_protocols_fail_clearly() {
     assert!(!ok && err.contains("the listener does not take SASL"), "SASL to a PLAINTEXT listener: {err}");
     secured.broker.stop();
     let _ = std::fs::remove_dir_all(&secured.dir);
+}
+
+/// Mutual TLS: on an SSL listener that requires client certificates, the
+/// CLI presents the one its settings name (`ssl.certificate.location`,
+/// `ssl.key.location`) and is served as that certificate's principal; a
+/// client without one is refused with the broker's TLS alert, and naming
+/// only half of the pair is a settings error.
+#[test]
+fn a_client_certificate_from_the_settings_passes_mutual_tls() {
+    let dir = data_dir("cli-mutual-tls");
+    let tls = dir.join("tls");
+    let (ca, keystore) = certificates_with_clients(&tls, "spate mTLS test CA", &["alice"]);
+    let ssl_port = free_port_below_ephemeral();
+    let listeners = format!("SSL://127.0.0.1:{ssl_port}");
+    let properties = dir.join("server.properties");
+    std::fs::write(
+        &properties,
+        format!(
+            "listeners={listeners}\nssl.keystore.type=PEM\nssl.keystore.location={}\n\
+             ssl.truststore.type=PEM\nssl.truststore.location={}\nssl.client.auth=required\n\
+             super.users=User:CN=alice\n",
+            keystore.display(),
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start_with(
+        &dir.join("data"),
+        1,
+        0,
+        &["--config", properties.to_str().unwrap(), "--listeners", &listeners],
+    );
+    let bootstrap = format!("127.0.0.1:{ssl_port}");
+    let base = ["acl", "list", "--bootstrap-server", &bootstrap, "--security-protocol", "SSL", "--ssl-ca-location"];
+    let base = [&base[..], &[ca.to_str().unwrap()]].concat();
+    let (cert, key) = (tls.join("alice.crt"), tls.join("alice.key"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let with_pair = [&base[..], &["--ssl-certificate-location", cert, "--ssl-key-location", key]].concat();
+    let (ok, out, err) = cli(&with_pair, None);
+    assert!(ok, "acl list with alice's certificate: {err}");
+    assert!(out.starts_with("RESOURCE-TYPE"), "{out}");
+
+    let (ok, _, err) = cli(&base, None);
+    assert!(!ok, "served without a client certificate");
+    assert!(err.contains("did not answer over TLS") && err.contains("CertificateRequired"), "{err}");
+    let (ok, _, err) = cli(&[&base[..], &["--ssl-certificate-location", cert]].concat(), None);
+    assert!(!ok && err.contains("needs both ssl.certificate.location and ssl.key.location"), "{err}");
+    broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
