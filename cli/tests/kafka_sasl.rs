@@ -132,7 +132,14 @@ fn kcat_authenticates_with_scram_and_plain_over_sasl_ssl() {
     let properties = dir.join("server.properties");
     std::fs::write(
         &properties,
-        format!("listeners={listeners}\nssl.keystore.type=PEM\nssl.keystore.location={}\n", keystore.display()),
+        // With a SASL listener nothing is allowed without an ACL
+        // (allow.everyone.if.no.acl.found defaults to false): the operator
+        // on the loopback listener (ANONYMOUS) and alice are super users.
+        format!(
+            "listeners={listeners}\nssl.keystore.type=PEM\nssl.keystore.location={}\n\
+             super.users=User:ANONYMOUS;User:alice\n",
+            keystore.display()
+        ),
     )
     .unwrap();
     let broker = Broker::start_with(
