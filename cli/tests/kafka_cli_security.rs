@@ -18,9 +18,18 @@ fn certificates(dir: &Path, ca_name: &str) -> (PathBuf, PathBuf) {
     certificates_with_clients(dir, ca_name, &[])
 }
 
+/// As `certificates`, the broker's certificate for `names` only.
+fn certificates_for(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+    make_certificates(dir, "spate CLI test CA", names, &[])
+}
+
 /// As `certificates`, and for each client name a certificate and key
 /// (`NAME.crt`, `NAME.key` in `dir`) for mutual TLS.
 fn certificates_with_clients(dir: &Path, ca_name: &str, clients: &[&str]) -> (PathBuf, PathBuf) {
+    make_certificates(dir, ca_name, &["localhost", "127.0.0.1"], clients)
+}
+
+fn make_certificates(dir: &Path, ca_name: &str, names: &[&str], clients: &[&str]) -> (PathBuf, PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -28,7 +37,8 @@ fn certificates_with_clients(dir: &Path, ca_name: &str, clients: &[&str]) -> (Pa
     ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, "broker-1");
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
@@ -58,8 +68,13 @@ struct Secured {
 }
 
 fn start(name: &str) -> Secured {
+    start_named(name, &["localhost", "127.0.0.1"])
+}
+
+/// A broker whose certificate names `names` only.
+fn start_named(name: &str, names: &[&str]) -> Secured {
     let dir = data_dir(name);
-    let (ca, keystore) = certificates(&dir.join("tls"), "spate CLI test CA");
+    let (ca, keystore) = certificates_for(&dir.join("tls"), names);
     let (plain_port, sasl_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
     let listeners = format!("PLAINTEXT://127.0.0.1:{plain_port},SASL_SSL://127.0.0.1:{sasl_port}");
     let properties = dir.join("server.properties");
@@ -303,4 +318,19 @@ fn a_client_certificate_from_the_settings_passes_mutual_tls() {
     assert!(!ok && err.contains("needs both ssl.certificate.location and ssl.key.location"), "{err}");
     broker.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The broker's host name is verified: a certificate from the trusted CA
+/// but for another name is refused, and the error says which name was
+/// expected.
+#[test]
+fn a_certificate_for_another_host_is_refused() {
+    let secured = start_named("cli-host-name", &["broker.example"]);
+    let ca = secured.ca.to_str().unwrap();
+    let args = ["user", "list", "--bootstrap-server", &secured.sasl_ssl, "--security-protocol", "SSL"];
+    let (ok, _, err) = cli(&[&args[..], &["--ssl-ca-location", ca]].concat(), None);
+    assert!(!ok, "a certificate for broker.example was accepted for 127.0.0.1");
+    assert!(err.contains("for \"127.0.0.1\"") && err.contains("certificate not valid for name \"127.0.0.1\""), "{err}");
+    secured.broker.stop();
+    let _ = std::fs::remove_dir_all(&secured.dir);
 }
