@@ -97,7 +97,7 @@ fn sasl_name(user: &str) -> String {
     user.replace('=', "=3D").replace(',', "=2C")
 }
 
-#[derive(Debug)]
+/// One login's client side. No Debug: it holds the password.
 pub(crate) struct ScramClient {
     mechanism: ScramMechanism,
     password: String,
