@@ -14,7 +14,7 @@ use spate_replication::acl::{
     KAFKA_CODE_MATCH, WILDCARD_HOST,
 };
 
-use crate::kafka_admin::{BOOTSTRAP_DEFAULT, KafkaAdmin, error_name};
+use crate::kafka_admin::{Connection, KafkaAdmin, error_name};
 use crate::output::{Table, print};
 
 #[derive(Subcommand, Debug)]
@@ -26,17 +26,6 @@ pub(crate) enum AclCommand {
     Delete(Resources),
     /// List ACLs (all, or those of the resources given).
     List(Resources),
-}
-
-/// Where to send the request.
-#[derive(Args, Debug, Clone)]
-pub(crate) struct Connection {
-    /// A broker's Kafka listener, as host:port.
-    #[arg(long, default_value = BOOTSTRAP_DEFAULT)]
-    bootstrap_server: String,
-    /// How long to wait for the broker to answer.
-    #[arg(long = "request-timeout-ms", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
-    timeout_ms: u64,
 }
 
 /// The resources and principals an ACL command names, as kafka-acls'.
@@ -177,7 +166,7 @@ fn create(args: &Resources) -> anyhow::Result<()> {
             }
         }
     }
-    let mut admin = KafkaAdmin::connect(&args.connection.bootstrap_server, args.connection.timeout_ms)?;
+    let mut admin = KafkaAdmin::connect(&args.connection)?;
     let response = admin.call(&CreateAclsRequest::default().with_creations(creations))?;
     let mut table = Table::new(&HEADERS_WITH_STATUS);
     let mut failed = 0;
@@ -302,7 +291,7 @@ fn delete(args: &Resources) -> anyhow::Result<()> {
         bail!("name the resources whose ACLs to delete (--topic, --group, --cluster, --transactional-id)");
     }
     let filters = filters(args, AclPatternType::Literal.kafka_code())?;
-    let mut admin = KafkaAdmin::connect(&args.connection.bootstrap_server, args.connection.timeout_ms)?;
+    let mut admin = KafkaAdmin::connect(&args.connection)?;
     let response = admin.call(&DeleteAclsRequest::default().with_filters(filters))?;
     let mut table = Table::new(&HEADERS);
     for result in &response.filter_results {
@@ -326,7 +315,7 @@ fn delete(args: &Resources) -> anyhow::Result<()> {
 
 fn list(args: &Resources) -> anyhow::Result<()> {
     let filters = filters(args, KAFKA_CODE_ANY)?;
-    let mut admin = KafkaAdmin::connect(&args.connection.bootstrap_server, args.connection.timeout_ms)?;
+    let mut admin = KafkaAdmin::connect(&args.connection)?;
     let mut rows = Vec::new();
     for filter in filters {
         let request = DescribeAclsRequest::default()

@@ -1,5 +1,5 @@
 //! `spate`: the broker (`serve`) and the tools around it (`topic`,
-//! `produce`, `consume`, `cluster`, `group`, `acl`), in the manner of rpk
+//! `produce`, `consume`, `cluster`, `group`, `acl`, `user`), in the manner of rpk
 //! and kcat.
 //!
 //! Every failure ends as one `error: ...` line on stderr and exit code 1
@@ -13,11 +13,15 @@ mod consume_group;
 mod fatal;
 mod group;
 mod kafka_admin;
+mod kafka_security;
+mod limits;
 mod output;
 mod parse;
 mod produce;
+mod scram;
 mod serve;
 mod topic;
+mod user;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -97,6 +101,10 @@ enum Command {
     /// listener, as kafka-acls does).
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// Create, delete and list SCRAM users (through a broker's Kafka
+    /// listener, as kafka-configs --entity-type users does).
+    #[command(subcommand)]
+    User(user::UserCommand),
     /// Benchmark a broker it starts itself, against the machine's limits.
     #[command(subcommand)]
     Bench(spate_bench::harness::BenchCommand),
@@ -111,6 +119,7 @@ fn main() -> ExitCode {
         Command::Bench(command) => spate_bench::harness::run(command),
         // acl speaks the Kafka protocol over a blocking socket.
         Command::Acl(command) => acl::run(command),
+        Command::User(command) => user::run(command),
         command => run_client_command(&cli.global, command),
     };
     match result {
@@ -128,8 +137,8 @@ fn run_client_command(global: &GlobalArgs, command: Command) -> anyhow::Result<(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         match command {
-            Command::Serve(_) | Command::Bench(_) | Command::Acl(_) => {
-                anyhow::bail!("serve, bench and acl do not run inside the client runtime")
+            Command::Serve(_) | Command::Bench(_) | Command::Acl(_) | Command::User(_) => {
+                anyhow::bail!("serve, bench, acl and user do not run inside the client runtime")
             }
             Command::Topic(command) => topic::run(global, command).await,
             Command::Produce(args) => produce::run(global, args).await,

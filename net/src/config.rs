@@ -610,8 +610,9 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
 
 /// The entries of a Java properties file: `key=value`, `key: value` or
 /// `key value`, `#` and `!` comments, a trailing backslash continues a
-/// line.
-fn properties(text: &str) -> Vec<(String, String)> {
+/// line. Public for the CLI's `--command-config` (a Kafka client's
+/// properties file), so both sides read the format one way.
+pub fn properties(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut logical = String::new();
     for line in text.lines() {
