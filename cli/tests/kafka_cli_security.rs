@@ -30,32 +30,14 @@ fn certificates_with_clients(dir: &Path, ca_name: &str, clients: &[&str]) -> (Pa
 }
 
 fn make_certificates(dir: &Path, ca_name: &str, names: &[&str], clients: &[&str]) -> (PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
-    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut params = rcgen::CertificateParams::new(names).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "broker-1");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
-    let cert = params.signed_by(&key, &issuer).unwrap().pem();
-    std::fs::create_dir_all(dir).unwrap();
-    let (ca_file, keystore) = (dir.join("ca.pem"), dir.join("broker.pem"));
-    std::fs::write(&ca_file, ca_pem).unwrap();
-    std::fs::write(&keystore, format!("{cert}{}", key.serialize_pem())).unwrap();
+    let ca = common::tls::Ca::new(ca_name);
+    let stores = ca.write_broker_stores(dir, names);
     for client in clients {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, *client);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        std::fs::write(dir.join(format!("{client}.crt")), params.signed_by(&key, &issuer).unwrap().pem()).unwrap();
-        std::fs::write(dir.join(format!("{client}.key")), key.serialize_pem()).unwrap();
+        let (cert, key) = ca.issue_for(client, &[], true);
+        std::fs::write(dir.join(format!("{client}.crt")), cert).unwrap();
+        std::fs::write(dir.join(format!("{client}.key")), key).unwrap();
     }
-    (ca_file, keystore)
+    stores
 }
 
 struct Secured {

@@ -10,10 +10,10 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::tls::{Ca, kcat, text};
 use common::{Broker, data_dir, free_port_below_ephemeral};
 use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
 use kafka_protocol::messages::{
@@ -26,23 +26,7 @@ const REFUSED: &str = "Authentication failed during authentication due to invali
 /// The CA's certificate, and a broker keystore (chain and key in one PEM
 /// file, KIP-651) it issued for the loopback names.
 fn certificates(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "spate SASL test CA");
-    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "broker-1");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
-    let cert = params.signed_by(&key, &issuer).unwrap().pem();
-    std::fs::create_dir_all(dir).unwrap();
-    let (ca_file, keystore) = (dir.join("ca.pem"), dir.join("broker.pem"));
-    std::fs::write(&ca_file, ca_pem).unwrap();
-    std::fs::write(&keystore, format!("{cert}{}", key.serialize_pem())).unwrap();
-    (ca_file, keystore)
+    Ca::new("spate SASL test CA").write_broker_stores(dir, &["localhost", "127.0.0.1"])
 }
 
 /// AlterUserScramCredentials v0 on the plaintext listener, with the salted
@@ -84,27 +68,6 @@ fn make_user(port: u16, user: &str, password: &str) {
     let response = AlterUserScramCredentialsResponse::decode(&mut answer, 0).unwrap();
     assert_eq!(response.results.len(), 1);
     assert_eq!(response.results[0].error_code, 0, "{response:?}");
-}
-
-fn kcat(port: u16, settings: &[(&str, &str)], args: &[&str], input: Option<&str>) -> Output {
-    let mut command = Command::new("kcat");
-    command.arg("-b").arg(format!("127.0.0.1:{port}"));
-    for (key, value) in settings {
-        command.arg("-X").arg(format!("{key}={value}"));
-    }
-    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("kcat (installed by compat/install.sh)");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(input) = input {
-            stdin.write_all(input.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 /// kcat's settings for SASL_SSL as `user` with `mechanism`.

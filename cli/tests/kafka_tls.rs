@@ -7,44 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::tls::{Ca, kcat, text};
 use common::{Broker, data_dir, free_port_below_ephemeral};
-
-/// A throwaway certificate authority.
-struct Ca {
-    params: rcgen::CertificateParams,
-    key: rcgen::KeyPair,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca { params, key, pem }
-    }
-
-    /// (certificate PEM, private key PEM) for `common_name`, valid for the
-    /// loopback names, as a server or a client.
-    fn issue(&self, common_name: &str, client: bool) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
-    }
-}
 
 struct Files {
     dir: PathBuf,
@@ -83,30 +50,8 @@ fn start(name: &str, ca: &Ca, client_auth: &str) -> (Broker, Files, u16, u16) {
     (broker, files, plain_port, ssl_port)
 }
 
-fn kcat(port: u16, settings: &[(&str, &str)], args: &[&str], input: Option<&str>) -> Output {
-    let mut command = Command::new("kcat");
-    command.arg("-b").arg(format!("127.0.0.1:{port}"));
-    for (key, value) in settings {
-        command.arg("-X").arg(format!("{key}={value}"));
-    }
-    command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("kcat (installed by compat/install.sh)");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(input) = input {
-            stdin.write_all(input.as_bytes()).unwrap();
-        }
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn ssl(ca: &str) -> Vec<(&str, &str)> {
     vec![("security.protocol", "SSL"), ("ssl.ca.location", ca)]
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 fn path(p: &Path) -> &str {

@@ -8,8 +8,6 @@ use serde::Deserialize;
 use spate_engine::Durability;
 use spate_flatbuf::{FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT};
 
-use crate::security::SecurityProtocol;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -236,7 +234,6 @@ pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
 impl BrokerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_durability(&self.durability)?;
-        crate::security::AclPolicy::from_config(self)?;
         if self.frame_bytes_max < 1024 || self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
             return Err(ConfigError(format!("frame_bytes_max must be in [1024, {FRAME_BYTES_MAX_LIMIT}]")));
         }
@@ -295,8 +292,6 @@ impl BrokerConfig {
             self.kafka_advertised(&listeners, index, 0)?;
         }
         self.client_auth()?;
-        crate::security::sasl::enabled_mechanisms(&self.sasl_enabled_mechanisms)
-            .map_err(|err| ConfigError(err.to_string()))?;
         for (key, kind) in
             [("ssl_keystore_type", &self.ssl_keystore_type), ("ssl_truststore_type", &self.ssl_truststore_type)]
         {
@@ -447,6 +442,52 @@ impl BrokerConfig {
             "required" => Ok(ClientAuth::Required),
             other => Err(ConfigError(format!("ssl_client_auth {other:?}: expected none, requested or required"))),
         }
+    }
+}
+
+/// Kafka's security protocols, as a listener names them (directly, or
+/// through `listener.security.protocol.map`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// Kafka's name for it (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// The protocol Kafka calls `name` (any case), if there is one.
+    pub fn parse(name: &str) -> Option<SecurityProtocol> {
+        [SecurityProtocol::Plaintext, SecurityProtocol::Ssl, SecurityProtocol::SaslPlaintext, SecurityProtocol::SaslSsl]
+            .into_iter()
+            .find(|protocol| protocol.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Bytes on this listener are encrypted (TLS).
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// A client must authenticate with SASL before anything but
+    /// ApiVersions and the SASL handshake.
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+}
+
+impl std::fmt::Display for SecurityProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -31,12 +31,10 @@ use std::cell::Cell;
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use spate_flatbuf::proto::ErrorCode;
 use spate_replication::{ControllerRequest, ControllerResponse};
 
 use crate::limits::{PRODUCER_ID_BLOCK_SIZE, PRODUCER_ID_RANDOM_BITS, PRODUCER_ID_SEQUENCE_END};
 use crate::security::Principal;
-use crate::shard::Outcome;
 
 /// The allocator; lives on shard 0.
 #[derive(Debug)]
@@ -107,7 +105,8 @@ pub(crate) fn belongs_to(secret: &[u8], id: i64, principal: &Principal) -> bool 
 /// Refuses batches whose producer id was not given to `principal` (a
 /// batch without one, id -1, is not idempotent and needs none). Without
 /// a committed secret no id was handed out under it, so none is checked.
-pub(crate) fn check_owner(secret: Option<&[u8]>, principal: &Principal, batches: &[BytesMut]) -> Result<(), Outcome> {
+/// The error is the message for the refusal (CLUSTER_AUTHORIZATION_FAILED).
+pub(crate) fn check_owner(secret: Option<&[u8]>, principal: &Principal, batches: &[BytesMut]) -> Result<(), String> {
     let Some(secret) = secret else { return Ok(()) };
     for batch in batches {
         let Ok(header) = spate_format::batch::peek_header(batch) else { continue };
@@ -115,10 +114,7 @@ pub(crate) fn check_owner(secret: Option<&[u8]>, principal: &Principal, batches:
         if id >= 0 && !belongs_to(secret, id, principal) {
             tracing::warn!(target: "spate::audit", %principal, producer_id = id,
                 "refused a batch under a producer id given to another principal (or never given)");
-            return Err(Outcome::err(
-                ErrorCode::ClusterAuthorizationFailed,
-                format!("producer id {id} was not given to {principal}: get one with InitProducerId"),
-            ));
+            return Err(format!("producer id {id} was not given to {principal}: get one with InitProducerId"));
         }
     }
     Ok(())

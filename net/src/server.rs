@@ -153,6 +153,7 @@ type Ready = Result<(usize, u16, u16, Vec<u16>), (usize, String)>;
 /// Starts a broker and returns once every shard accepts connections.
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     config.validate()?;
+    crate::security::check_config(&config)?;
     let default_durability = parse_durability(&config.durability)?;
     let data_dir = config.data_dir.clone();
     let shown = data_dir.display().to_string();

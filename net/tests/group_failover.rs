@@ -161,6 +161,15 @@ fn committed_offsets_survive_the_coordinators_failover_to_another_replica() {
     let partition = group_partition(group, OFFSETS_PARTITIONS) as usize;
     let (leader, replicas, _) = partitions(&mut conn, CONSUMER_OFFSETS_TOPIC)[partition].clone();
     let mut coordinator = Conn::connect(ports[(leader - 1) as usize]);
+    // The topic was created through broker 1; the coordinator knows it once
+    // it has followed the metadata log that far (a commit before then is
+    // refused UnknownTopicOrPartition, which failed this test on a loaded
+    // machine).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while partitions(&mut coordinator, "t").is_empty() {
+        assert!(Instant::now() < deadline, "the coordinator never learned of topic t");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Followers do not coordinate: the client looks again.
     let follower = *replicas.iter().find(|node| **node != leader).expect("a follower");
     let mut at_follower = Conn::connect(ports[(follower - 1) as usize]);

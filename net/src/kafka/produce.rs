@@ -202,10 +202,10 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
                 continue;
             }
         };
-        if let Err(outcome) =
+        if let Err(refusal) =
             crate::producer_ids::check_owner(catalog.cluster_secret.as_deref(), &ctx.principal, &batches)
         {
-            waits.push(Err(outcome));
+            waits.push(Err(Outcome::err(ErrorCode::ClusterAuthorizationFailed, refusal)));
             continue;
         }
         let partition = part.partition as u32;

@@ -115,10 +115,10 @@ pub(super) fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply
             }
         };
         let secret = shard.shared.catalog.load().cluster_secret.clone();
-        if let Err(outcome) =
+        if let Err(refusal) =
             crate::producer_ids::check_owner(secret.as_deref(), &crate::security::Principal::anonymous(), &batches)
         {
-            waits.push(Err(outcome));
+            waits.push(Err(Outcome::err(ErrorCode::ClusterAuthorizationFailed, refusal)));
             continue;
         }
         let partition = part.partition as u32;

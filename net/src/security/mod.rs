@@ -14,50 +14,18 @@ pub mod tls;
 pub use self::acl::{AclPolicy, Authorizer};
 pub use self::principal::{Principal, PrincipalError};
 
-/// Kafka's security protocols, as a listener names them (directly, or
-/// through `listener.security.protocol.map`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SecurityProtocol {
-    Plaintext,
-    Ssl,
-    SaslPlaintext,
-    SaslSsl,
-}
+/// Kafka's security protocols live with the listeners that name them
+/// (`config`), a floor below; here they are used.
+pub use crate::config::SecurityProtocol;
 
-impl SecurityProtocol {
-    /// Kafka's name for it (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`).
-    pub fn name(self) -> &'static str {
-        match self {
-            SecurityProtocol::Plaintext => "PLAINTEXT",
-            SecurityProtocol::Ssl => "SSL",
-            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
-            SecurityProtocol::SaslSsl => "SASL_SSL",
-        }
-    }
-
-    /// The protocol Kafka calls `name` (any case), if there is one.
-    pub fn parse(name: &str) -> Option<SecurityProtocol> {
-        [SecurityProtocol::Plaintext, SecurityProtocol::Ssl, SecurityProtocol::SaslPlaintext, SecurityProtocol::SaslSsl]
-            .into_iter()
-            .find(|protocol| protocol.name().eq_ignore_ascii_case(name))
-    }
-
-    /// Bytes on this listener are encrypted (TLS).
-    pub fn uses_tls(self) -> bool {
-        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
-    }
-
-    /// A client must authenticate with SASL before anything but
-    /// ApiVersions and the SASL handshake.
-    pub fn uses_sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
-    }
-}
-
-impl std::fmt::Display for SecurityProtocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// What `BrokerConfig::validate` cannot check from its floor: the
+/// security settings, by the rules this floor holds (ACL policy, SASL
+/// mechanisms). `server::start` runs both.
+pub(crate) fn check_config(config: &crate::config::BrokerConfig) -> Result<(), crate::config::ConfigError> {
+    AclPolicy::from_config(config)?;
+    sasl::enabled_mechanisms(&config.sasl_enabled_mechanisms)
+        .map_err(|err| crate::config::ConfigError(err.to_string()))?;
+    Ok(())
 }
 
 /// What a connection knows of its peer when it is accepted: the address,
