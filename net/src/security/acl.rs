@@ -307,7 +307,7 @@ impl Decisions {
     /// principal.
     fn refresh(&self, authorizer: &Authorizer, config: &BrokerConfig, principal: &Rc<Principal>, host: &str) {
         if self.policy.borrow().is_none() {
-            // `BrokerConfig::validate` refused a bad policy at start; the
+            // `security::check_config` refused a bad policy at start; the
             // fallback (no super users, nothing open) is never reached.
             let policy = AclPolicy::from_config(config).unwrap_or_default();
             *self.policy.borrow_mut() = Some(Rc::new(policy));

@@ -97,7 +97,12 @@ fn fake_salt_key() -> &'static [u8; 32] {
     static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
         let mut key = [0u8; 32];
-        let _ = getrandom::fill(&mut key);
+        // getrandom does not fail on Linux once the pool is seeded; if it
+        // did, the made-up salts would be computable (telling which users
+        // exist), so say so.
+        if let Err(err) = getrandom::fill(&mut key) {
+            tracing::error!("no random bits for the SCRAM made-up salt key ({err}): unknown users may be told apart");
+        }
         key
     })
 }
