@@ -119,3 +119,43 @@ fn on_a_real_disk_a_flipped_byte_below_the_recovery_point_fails_the_open_after_a
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), bytes.len() as u64, "nothing was cut");
     });
 }
+
+/// Opening a file while another moves its directory aside (what a broker
+/// does to a damaged partition) is an error at worst, never a panic:
+/// glommio-ng 0.12 looked the file system up by the path again after the
+/// open and unwrapped ENOENT when the directory had moved in between,
+/// aborting the broker (seen in CI: cluster_e2e's damaged-replica test).
+/// The vendored copy asks the open file itself (vendor/README.md). A race,
+/// so many tries: the old code panicked within the first few hundred here.
+#[test]
+fn opening_a_file_while_its_directory_moves_aside_never_panics() {
+    use spate_engine::io::Storage;
+    let root = disk_dir("disk-open-rename");
+    let (here, aside) = (root.join("partition"), root.join("partition.aside"));
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::write(here.join("segment.log"), vec![0u8; 4096]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mover = {
+        let (here, aside, stop) = (here.clone(), aside.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::rename(&here, &aside);
+                let _ = std::fs::rename(&aside, &here);
+            }
+        })
+    };
+    let opened = run(async {
+        let mut opened = 0;
+        for _ in 0..3000 {
+            if let Ok(file) = DmaStorage.open(&here.join("segment.log"), false).await {
+                opened += 1;
+                let _ = file.close().await;
+            }
+        }
+        opened
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    mover.join().unwrap();
+    assert!(opened > 0, "no open succeeded at all");
+    let _ = std::fs::remove_dir_all(&root);
+}
