@@ -147,3 +147,28 @@ fn sighup_reloads_the_certificate_for_new_connections() {
     let stale = kcat(ssl_port, &ssl(path(&old_file)), &["-L", "-m", "3"], None);
     assert!(!stale.status.success(), "the old certificate is still served after SIGHUP");
 }
+
+/// A broker serving an expired certificate is refused by clients (they
+/// check the dates), as an unknown one is.
+#[test]
+fn an_expired_broker_certificate_is_refused() {
+    let ca = Ca::new("spate test CA");
+    let (broker, files, _, ssl_port) = start("tls-expired", &ca, "none");
+    // The running broker's certificate, replaced by an expired one.
+    let (cert, key) = ca.issue_expired("broker-1");
+    files.write("broker.pem", &format!("{cert}{key}"));
+    let ca_file = files.dir.join("ca.pem");
+    let hup = Command::new("kill").arg("-HUP").arg(broker.child.id().to_string()).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = kcat(ssl_port, &ssl(path(&ca_file)), &["-L", "-m", "3"], None);
+        if !listed.status.success() {
+            let said = text(&listed);
+            assert!(said.contains("certificate verify failed") || said.contains("expired"), "{said}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the expired certificate was never served");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

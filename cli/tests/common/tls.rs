@@ -40,6 +40,18 @@ impl Ca {
         (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
     }
 
+    /// A server certificate for the loopback names that expired in 2021.
+    pub fn issue_expired(&self, common_name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    }
+
     /// As `issue_for`, valid for the loopback names.
     pub fn issue(&self, common_name: &str, client: bool) -> (String, String) {
         self.issue_for(common_name, &["localhost", "127.0.0.1"], client)
