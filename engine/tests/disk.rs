@@ -149,6 +149,7 @@ fn opening_a_file_while_its_directory_moves_aside_never_panics() {
         for _ in 0..3000 {
             if let Ok(file) = DmaStorage.open(&here.join("segment.log"), false).await {
                 opened += 1;
+                // Its directory may be moving: a failed close says nothing here.
                 let _ = file.close().await;
             }
         }

@@ -53,7 +53,7 @@ impl Ctx {
     /// (Kafka's authorizeByResourceType); a denial is audited.
     pub(crate) fn allowed_on_any(&self, op: AclOperation, resource_type: AclResourceType) -> bool {
         let catalog = self.shard.shared.catalog.load();
-        let allowed = self.decisions.allowed_any(
+        let allowed = self.session.decisions.allowed_any(
             &catalog.authorizer,
             &self.shard.shared.config,
             &self.principal,
@@ -69,7 +69,7 @@ impl Ctx {
 
     fn decide(&self, op: AclOperation, resource_type: AclResourceType, name: &str) -> bool {
         let catalog = self.shard.shared.catalog.load();
-        self.decisions.allowed(
+        self.session.decisions.allowed(
             &catalog.authorizer,
             &self.shard.shared.config,
             &self.principal,

@@ -89,7 +89,7 @@ pub(crate) fn find_coordinator(ctx: Ctx, body: Bytes) -> Reply {
         if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, key) {
             return Err(K::GroupAuthorizationFailed.code());
         }
-        coordinator_of(&ctx.shard, &ctx.listener, key)
+        coordinator_of(&ctx.shard, &ctx.session.listener, key)
     };
     if ctx.version < 4 {
         let response = match lookup(request.key.as_str()) {

@@ -43,7 +43,7 @@ fn brokers(ctx: &Ctx, catalog: &Catalog) -> Vec<MetadataResponseBroker> {
         .values()
         .filter(|b| !b.fenced)
         .filter_map(|b| {
-            let (host, port) = b.kafka_endpoint(&ctx.listener)?;
+            let (host, port) = b.kafka_endpoint(&ctx.session.listener)?;
             Some(
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.node_id))
@@ -94,7 +94,7 @@ fn topic_entry(catalog: &Catalog, name: &str) -> MetadataResponseTopic {
 /// else this broker.
 fn controller_id(ctx: &Ctx, catalog: &Catalog) -> i32 {
     match catalog.brokers.get(&catalog.controller_id) {
-        Some(b) if b.kafka_endpoint(&ctx.listener).is_some() && !b.fenced => b.node_id,
+        Some(b) if b.kafka_endpoint(&ctx.session.listener).is_some() && !b.fenced => b.node_id,
         _ => ctx.shard.shared.config.node_id,
     }
 }
@@ -233,7 +233,7 @@ pub(crate) fn describe_cluster(ctx: Ctx, body: Bytes) -> Reply {
         .values()
         .filter(|b| request.include_fenced_brokers || !b.fenced)
         .filter_map(|b| {
-            let (host, port) = b.kafka_endpoint(&ctx.listener)?;
+            let (host, port) = b.kafka_endpoint(&ctx.session.listener)?;
             Some(
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.node_id))

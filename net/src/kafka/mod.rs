@@ -223,15 +223,11 @@ pub(crate) struct Ctx {
     /// For the group coordinator's member ids and `group describe`.
     pub client_id: String,
     pub client_host: String,
-    /// The name of the listener it came in by: the brokers' addresses in
-    /// answers are theirs on this listener.
-    pub listener: Rc<str>,
-    /// The connection it came on.
+    /// The connection it came on (its listener, whose brokers' addresses
+    /// answers give; its cached authorization decisions, `authz.rs`).
     pub session: Rc<Session>,
-    /// Who sent it (see `Session::principal`).
+    /// Who sent it (see `Session::principal`), as it was at dispatch.
     pub principal: Rc<Principal>,
-    /// The connection's cached authorization decisions (`authz.rs`).
-    pub decisions: Rc<Decisions>,
 }
 
 fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge: &Charge) -> (Reply, &'static str) {
@@ -309,9 +305,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         client_id: header.client_id.map(|c| c.to_string()).unwrap_or_default(),
         client_host: session.client_host.clone(),
         principal: session.principal.borrow().clone(),
-        listener: session.listener.clone(),
         session: session.clone(),
-        decisions: session.decisions.clone(),
     };
     if api == ApiKey::Produce {
         return (produce::produce(ctx, bytes), name);
