@@ -180,6 +180,10 @@ pub enum BatchError {
     DecompressedTooLarge { max: usize },
     #[error("the batch's {codec:?} block cannot be decompressed: {reason}")]
     BadCompressedData { codec: Compression, reason: String },
+    #[error("the batch is not a control batch (attribute bit 5 is clear)")]
+    NotControl,
+    #[error("the control batch is malformed: {reason}")]
+    BadControlRecord { reason: &'static str },
 }
 
 /// The compression codec named by bits 0-2 of the attributes.
@@ -928,7 +932,7 @@ impl core::iter::FusedIterator for SplitBatches<'_> {}
 /// Assembles an uncompressed batch, for clients and tests.
 ///
 /// The output has base offset 0, partition leader epoch -1 and attributes 0
-/// (uncompressed, create time, not transactional). A builder with no records
+/// (uncompressed, create time, not transactional unless `transactional`). A builder with no records
 /// builds a header-only batch with `last_offset_delta` 0 and
 /// `max_timestamp` equal to the base timestamp; `validate_stored` accepts it
 /// and `validate_produce` refuses it as `EmptyBatch`.
@@ -949,6 +953,8 @@ pub struct BatchBuilder {
     base_sequence: i32,
     records_count: i32,
     compression: Compression,
+    /// Bits 4 (transactional) and 5 (control) of the attributes.
+    flags: i16,
 }
 
 impl BatchBuilder {
@@ -969,7 +975,17 @@ impl BatchBuilder {
             base_sequence: -1,
             records_count: 0,
             compression: Compression::None,
+            flags: 0,
         }
+    }
+
+    /// Marks the batch as part of a transaction (attribute bit 4): what a
+    /// transactional producer sends between its begin and its commit or
+    /// abort.
+    #[must_use]
+    pub fn transactional(mut self) -> Self {
+        self.flags |= Attributes::TRANSACTIONAL_BIT;
+        self
     }
 
     /// Builds a batch whose records are compressed with `codec` (as Kafka
@@ -1059,7 +1075,7 @@ impl BatchBuilder {
             partition_leader_epoch: I32::new(-1),
             magic: MAGIC_V2,
             crc: U32::new(0),
-            attributes: I16::new(Attributes::default().with_compression(self.compression).0),
+            attributes: I16::new(Attributes(self.flags).with_compression(self.compression).0),
             last_offset_delta: I32::new(self.records_count.saturating_sub(1).max(0)),
             base_timestamp: I64::new(self.base_timestamp_ms),
             max_timestamp: I64::new(self.max_timestamp_ms.unwrap_or(self.base_timestamp_ms)),
@@ -1112,6 +1128,100 @@ impl RecordFields<'_> {
             put_nullable(buf, value);
         }
     }
+}
+
+/// A transaction marker: the one record of a control batch, written by the
+/// partition leader when the transaction coordinator ends a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ControlRecord {
+    /// A commit marker (control type 1) or an abort marker (type 0).
+    pub commit: bool,
+    /// The coordinator's epoch when it wrote the marker (Kafka's
+    /// `EndTransactionMarker.coordinatorEpoch`), so that a partition can
+    /// tell markers of a deposed coordinator.
+    pub coordinator_epoch: i32,
+}
+
+/// Kafka's control record key: version i16, type i16.
+const CONTROL_KEY_BYTES: usize = 4;
+/// Kafka's `EndTransactionMarker` value (version 0): version i16,
+/// coordinator epoch i32.
+const CONTROL_VALUE_BYTES: usize = 6;
+/// `ControlRecordType` numbers of the two transaction markers.
+const CONTROL_TYPE_ABORT: i16 = 0;
+const CONTROL_TYPE_COMMIT: i16 = 1;
+
+/// A control batch carrying one transaction marker, as Kafka's
+/// `MemoryRecords.withEndTransactionMarker` writes it: attributes
+/// transactional and control (0x30), uncompressed, create time; the
+/// producer's id and epoch; base sequence -1; one record at offset delta 0
+/// and timestamp `timestamp_ms`, no headers, whose key is `version i16 = 0,
+/// type i16 (0 abort, 1 commit)` and whose value is `version i16 = 0,
+/// coordinator_epoch i32`. Base offset 0 and leader epoch -1: the log
+/// stamps both, outside the CRC.
+pub fn build_control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: ControlRecord,
+    timestamp_ms: i64,
+) -> BytesMut {
+    let control_type = if marker.commit { CONTROL_TYPE_COMMIT } else { CONTROL_TYPE_ABORT };
+    let mut key = [0u8; CONTROL_KEY_BYTES];
+    key[2..].copy_from_slice(&control_type.to_be_bytes());
+    let mut value = [0u8; CONTROL_VALUE_BYTES];
+    value[2..].copy_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    let mut builder = BatchBuilder::new(timestamp_ms).producer(producer_id, producer_epoch, -1);
+    builder.flags = Attributes::TRANSACTIONAL_BIT | Attributes::CONTROL_BIT;
+    builder.push(timestamp_ms, Some(&key), Some(&value), &[]);
+    let batch = builder.build();
+    debug_assert!(parse_control_batch(&batch) == Ok(marker));
+    batch
+}
+
+/// The marker of a control batch. Everything about the batch is checked
+/// first (length, magic, CRC, counts, the record's framing), since the
+/// bytes may come from the network: it must have the control bit, be
+/// uncompressed and hold exactly one record whose key is a commit or abort
+/// control key and whose value holds a coordinator epoch. Key and value
+/// versions above 0 are read as version 0 (Kafka's readers do the same:
+/// later versions may only add fields at the end).
+pub fn parse_control_batch(batch: &[u8]) -> Result<ControlRecord, BatchError> {
+    let info = validate_stored(batch, batch.len())?;
+    let bad = |reason| BatchError::BadControlRecord { reason };
+    if !info.attributes().is_control() {
+        return Err(BatchError::NotControl);
+    }
+    if info.compression != Compression::None {
+        return Err(bad("a control batch must be uncompressed"));
+    }
+    let mut records = records(batch)?;
+    let record = records.next().ok_or(bad("a control batch must hold one record"))??;
+    if records.next().is_some() {
+        return Err(bad("a control batch must hold exactly one record"));
+    }
+    let key = record.key.ok_or(bad("the control record has no key"))?;
+    if key.len() < CONTROL_KEY_BYTES {
+        return Err(bad("the control record's key is shorter than 4 bytes"));
+    }
+    let key_version = i16::from_be_bytes([key[0], key[1]]);
+    let control_type = i16::from_be_bytes([key[2], key[3]]);
+    if key_version < 0 {
+        return Err(bad("the control record's key has a negative version"));
+    }
+    let commit = match control_type {
+        CONTROL_TYPE_ABORT => false,
+        CONTROL_TYPE_COMMIT => true,
+        _ => return Err(bad("the control record is not a commit or abort marker")),
+    };
+    let value = record.value.ok_or(bad("the transaction marker has no value"))?;
+    if value.len() < CONTROL_VALUE_BYTES {
+        return Err(bad("the transaction marker's value is shorter than 6 bytes"));
+    }
+    if i16::from_be_bytes([value[0], value[1]]) < 0 {
+        return Err(bad("the transaction marker's value has a negative version"));
+    }
+    let coordinator_epoch = i32::from_be_bytes([value[2], value[3], value[4], value[5]]);
+    Ok(ControlRecord { commit, coordinator_epoch })
 }
 
 fn nullable_bytes(bytes: Option<&[u8]>) -> usize {
@@ -2033,5 +2143,146 @@ mod tests {
             let torn = usize::from(!results.last().is_none_or(Result::is_ok));
             prop_assert_eq!(results.len(), whole_batches + torn);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod control_tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression as KafkaCompression, Record as KafkaRecord, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType as KafkaTimestampType,
+    };
+
+    const COMMIT: ControlRecord = ControlRecord { commit: true, coordinator_epoch: 79 };
+
+    /// The same marker written by kafka-protocol's encoder, an
+    /// implementation independent of ours, with the key and value laid out
+    /// as Kafka's protocol guide and `EndTransactionMarker` define them.
+    fn kafka_protocol_marker(producer_id: i64, producer_epoch: i16, marker: ControlRecord, ts: i64) -> Vec<u8> {
+        let control_type: i16 = if marker.commit { 1 } else { 0 };
+        let mut key = vec![0, 0];
+        key.extend_from_slice(&control_type.to_be_bytes());
+        let mut value = vec![0, 0];
+        value.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+        let record = KafkaRecord {
+            transactional: true,
+            control: true,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch,
+            timestamp_type: KafkaTimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: ts,
+            key: Some(key.into()),
+            value: Some(value.into()),
+            headers: Default::default(),
+        };
+        let mut out = BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression: KafkaCompression::None };
+        RecordBatchEncoder::encode(&mut out, [&record], &options).unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn control_batches_match_an_independent_kafka_encoder_byte_for_byte() {
+        for marker in [COMMIT, ControlRecord { commit: false, coordinator_epoch: -1 }] {
+            let ours = build_control_batch(4_000, 7, marker, 1_700_000_000_123);
+            assert_eq!(ours.to_vec(), kafka_protocol_marker(4_000, 7, marker, 1_700_000_000_123), "{marker:?}");
+        }
+    }
+
+    #[test]
+    fn a_control_batch_has_kafkas_header_fields_and_record() {
+        let batch = build_control_batch(4_000, 7, COMMIT, 1_000);
+        let info = validate_stored(&batch, 1 << 20).unwrap();
+        assert_eq!(info.attributes, 0x30, "transactional and control, uncompressed, create time");
+        assert_eq!((info.producer_id, info.producer_epoch, info.base_sequence), (4_000, 7, -1));
+        assert_eq!((info.base_offset, info.partition_leader_epoch), (0, -1));
+        assert_eq!((info.records_count, info.last_offset_delta), (1, 0));
+        assert_eq!(info.base_timestamp, 1_000);
+        assert_eq!(info.max_timestamp, 1_000);
+        let record = records(&batch).unwrap().next().unwrap().unwrap();
+        assert_eq!(record.key, Some(&[0, 0, 0, 1][..]), "key: version 0, type 1 (commit)");
+        assert_eq!(record.value, Some(&[0, 0, 0, 0, 0, 79][..]), "value: version 0, coordinator epoch 79");
+        assert!(record.headers.is_empty());
+        assert_eq!(validate_produce(&batch, 1 << 20), Err(BatchError::ControlBatch), "producers may not send them");
+    }
+
+    #[test]
+    fn control_batches_parse_back_to_their_marker() {
+        for commit in [true, false] {
+            for coordinator_epoch in [0, 1, i32::MAX, -1] {
+                let marker = ControlRecord { commit, coordinator_epoch };
+                assert_eq!(parse_control_batch(&build_control_batch(1, 2, marker, 3)), Ok(marker));
+            }
+        }
+    }
+
+    /// A control batch with the given key and value (and `flags`),
+    /// otherwise as Kafka writes one.
+    fn control_batch_with(key: Option<&[u8]>, value: Option<&[u8]>, flags: i16) -> BytesMut {
+        let mut builder = BatchBuilder::new(0).producer(1, 0, -1);
+        builder.flags = flags;
+        builder.push(0, key, value, &[]);
+        builder.build()
+    }
+
+    #[test]
+    fn malformed_control_batches_are_typed_errors() {
+        let control = Attributes::TRANSACTIONAL_BIT | Attributes::CONTROL_BIT;
+        let value: &[u8] = &[0, 0, 0, 0, 0, 5];
+        let not_control = control_batch_with(Some(&[0, 0, 0, 1]), Some(value), Attributes::TRANSACTIONAL_BIT);
+        assert_eq!(parse_control_batch(&not_control), Err(BatchError::NotControl));
+        type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+        let cases: [KeyValue; 6] = [
+            (None, Some(value)),
+            (Some(&[0, 0, 0]), Some(value)),
+            (Some(&[0xff, 0xff, 0, 1]), Some(value)),
+            (Some(&[0, 0, 0, 2]), Some(value)),
+            (Some(&[0, 0, 0, 0]), Some(&[0, 0, 0, 0, 5])),
+            (Some(&[0, 0, 0, 0]), None),
+        ];
+        for (key, value) in cases {
+            let result = parse_control_batch(&control_batch_with(key, value, control));
+            assert!(matches!(result, Err(BatchError::BadControlRecord { .. })), "{key:?} {value:?}: {result:?}");
+        }
+        // Two records, a damaged CRC, a compressed marker, a cut batch.
+        let mut two = BatchBuilder::new(0).producer(1, 0, -1);
+        two.flags = control;
+        two.push(0, Some(&[0, 0, 0, 1]), Some(value), &[]);
+        two.push(0, Some(&[0, 0, 0, 1]), Some(value), &[]);
+        assert!(matches!(parse_control_batch(&two.build()), Err(BatchError::BadControlRecord { .. })));
+        let mut flipped = build_control_batch(1, 0, COMMIT, 0);
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(parse_control_batch(&flipped), Err(BatchError::BadCrc { .. })));
+        let mut compressed = BatchBuilder::new(0).producer(1, 0, -1).compression(Compression::Gzip);
+        compressed.flags = control;
+        compressed.push(0, Some(&[0, 0, 0, 1]), Some(value), &[]);
+        assert!(matches!(parse_control_batch(&compressed.build()), Err(BatchError::BadControlRecord { .. })));
+        let whole = build_control_batch(1, 0, COMMIT, 0);
+        for cut in [0, 10, BATCH_HEADER_BYTES, whole.len() - 1] {
+            assert!(parse_control_batch(&whole[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn versions_above_zero_are_read_as_version_zero() {
+        let control = Attributes::TRANSACTIONAL_BIT | Attributes::CONTROL_BIT;
+        let batch = control_batch_with(Some(&[0, 1, 0, 0, 9]), Some(&[0, 3, 0, 0, 1, 0, 7, 7]), control);
+        assert_eq!(parse_control_batch(&batch), Ok(ControlRecord { commit: false, coordinator_epoch: 256 }));
+    }
+
+    #[test]
+    fn the_transactional_builder_sets_bit_4_only() {
+        let mut builder = BatchBuilder::new(0).producer(3, 0, 0).transactional();
+        builder.push(0, None, Some(b"v"), &[]);
+        let info = validate_produce(&builder.build(), 1 << 20).unwrap();
+        assert!(info.attributes().is_transactional());
+        assert!(!info.attributes().is_control());
     }
 }
