@@ -51,6 +51,12 @@ pub enum LogError {
     #[error("log is closed")]
     Closed,
 
+    /// A transaction marker from an epoch older than the producer's
+    /// (Kafka's INVALID_PRODUCER_EPOCH): a deposed coordinator or a fenced
+    /// producer's transaction; nothing was appended.
+    #[error("marker for producer {producer_id} epoch {epoch} is fenced: the partition has seen epoch {current_epoch}")]
+    InvalidProducerEpoch { producer_id: i64, epoch: i16, current_epoch: i16 },
+
     /// The idempotent producer's sequence rules refuse the batch (a gap, a
     /// fenced epoch); nothing of it was appended.
     #[error(transparent)]

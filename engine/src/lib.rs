@@ -16,6 +16,7 @@ pub mod producer_state;
 mod recovery;
 mod recovery_point;
 mod segment;
+pub mod txn;
 
 pub use spate_format::{batch, varint};
 
@@ -25,3 +26,4 @@ pub use log::{
     AppendInfo, AppendTicket, CleanOutcome, CleanupPolicy, Clock, Durability, LogConfig, OffsetAbove, PartitionLog,
     ReadBound, ReadOutput,
 };
+pub use txn::{AbortedTxn, TxnMarker};

@@ -20,21 +20,37 @@
 //! 4. A producer id the partition has no state for (new, or every batch of
 //!    it expired) is accepted at any sequence, as Kafka does since KIP-360.
 //!
-//! The state is rebuilt from batch headers: `recover` loads the newest
-//! snapshot at or below the log end and replays the batches after it.
+//! Transactions (Kafka's `ProducerStateManager` again): a producer's first
+//! transactional batch (attribute bit 4) opens its transaction at that
+//! batch's base offset; a control batch (a commit or abort marker) closes
+//! it, and `record` answers the completed transaction. A marker with a
+//! newer epoch makes that the producer's epoch (the coordinator bumps it
+//! when it aborts for a fenced or timed-out producer, and on every
+//! transaction under KIP-890). A producer with an open transaction is never
+//! evicted, and an entry may hold no batches (its epoch and transaction
+//! come from a marker or a snapshot).
+//!
+//! The state is rebuilt from batch headers (and markers' records):
+//! `recover` loads the newest snapshot at or below the log end and replays
+//! the batches after it.
 //!
 //! Snapshot file (`<offset:020>.snapshot`, the state after every batch
 //! below `offset`), big-endian, written atomically:
-//!   magic "SPPS" | version u16 = 1 | end_offset i64 | count u32 |
-//!   count x (producer_id i64 | epoch i16 | batch_count u8 (1-5) |
-//!   batch_count x (first_seq i32 | last_seq i32 | base_offset i64 |
-//!   last_offset i64)) | crc32c u32 over everything before it.
+//!   magic "SPPS" | version u16 = 2 | end_offset i64 | count u32 |
+//!   count x (producer_id i64 | epoch i16 | txn_first_offset i64 (-1: none)
+//!   | batch_count u8 (0-5) | batch_count x (first_seq i32 | last_seq i32 |
+//!   base_offset i64 | last_offset i64)) | crc32c u32 over everything
+//!   before it.
+//! Version 1 (before transactions) has no txn_first_offset and 1-5 batches;
+//! it is still read.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use crate::batch::BatchInfo;
+use std::collections::BTreeSet;
+
+use crate::batch::{self, BatchInfo};
 use crate::error::{LogError, Result};
 use crate::io::{Storage, StorageFile, read_file, write_file_atomic};
 use crate::limits::{PRODUCER_BATCHES_RETAINED, PRODUCER_SNAPSHOTS_RETAINED, PRODUCER_STATE_ENTRIES_MAX};
@@ -42,10 +58,14 @@ use crate::segment;
 
 pub(crate) const SNAPSHOT_SUFFIX: &str = "snapshot";
 const MAGIC: &[u8; 4] = b"SPPS";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
+/// Snapshots written before transactions: no transaction offset.
+const VERSION_1: u16 = 1;
 const HEADER_BYTES: usize = MAGIC.len() + 2 + 8 + 4;
 const BATCH_BYTES: usize = 4 + 4 + 8 + 8;
-const ENTRY_HEADER_BYTES: usize = 8 + 2 + 1;
+const ENTRY_HEADER_BYTES: usize = 8 + 2 + 8 + 1;
+/// The transaction offset of a producer with no open transaction.
+const NO_TXN: i64 = -1;
 const CRC_BYTES: usize = 4;
 /// Bytes a snapshot can ever take; a larger file is corrupt.
 pub const SNAPSHOT_BYTES_MAX: usize = HEADER_BYTES
@@ -68,14 +88,34 @@ pub struct BatchMetadata {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerEntry {
     pub epoch: i16,
-    /// Oldest first; never empty, at most `PRODUCER_BATCHES_RETAINED`.
+    /// Oldest first; at most `PRODUCER_BATCHES_RETAINED`. Empty only when
+    /// the entry has an open transaction or its epoch came from a marker.
     pub batches: VecDeque<BatchMetadata>,
+    /// The first offset of the producer's open transaction, if it has one.
+    pub current_txn_first_offset: Option<i64>,
 }
 
 impl ProducerEntry {
     fn last_offset(&self) -> i64 {
         self.batches.back().map_or(i64::MIN, |batch| batch.last_offset)
     }
+
+    fn new(epoch: i16) -> Self {
+        ProducerEntry { epoch, batches: VecDeque::new(), current_txn_first_offset: None }
+    }
+}
+
+/// A transaction a marker ended, at the marker's append (or replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    /// The marker's offset.
+    pub last_offset: i64,
+    pub commit: bool,
+    /// Kafka's `lastStableOffset(completedTxn)`: the first offset of the
+    /// oldest other transaction still open, else the marker's offset + 1.
+    pub last_stable_offset: i64,
 }
 
 /// What `ProducerStateTable::check` decided about a batch.
@@ -115,6 +155,9 @@ fn in_sequence(last_seq: i32, next_seq: i32) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerStateTable {
     entries: BTreeMap<i64, ProducerEntry>,
+    /// (first offset, producer id) of every open transaction: derived from
+    /// `entries`, for the last stable offset.
+    ongoing: BTreeSet<(i64, i64)>,
 }
 
 impl ProducerStateTable {
@@ -133,6 +176,16 @@ impl ProducerStateTable {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// (producer id, first offset) of every open transaction, oldest first.
+    pub fn ongoing_transactions(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.ongoing.iter().map(|&(first_offset, producer_id)| (producer_id, first_offset))
+    }
+
+    /// The first offset of the oldest open transaction.
+    pub fn first_ongoing_offset(&self) -> Option<i64> {
+        self.ongoing.first().map(|&(first_offset, _)| first_offset)
     }
 
     /// Applies the sequence rules (module docs) to a produced batch.
@@ -158,7 +211,9 @@ impl ProducerStateTable {
         let expected_seq = if epoch > entry.epoch {
             0
         } else {
-            let last = entry.batches.back().expect("an entry holds at least one batch").last_seq;
+            // An entry without batches (its epoch came from a marker)
+            // expects sequence 0, as Kafka's `checkSequence` does.
+            let last = entry.batches.back().map_or(-1, |batch| batch.last_seq);
             if in_sequence(last, first_seq) {
                 return Ok(SequenceCheck::Append);
             }
@@ -172,9 +227,20 @@ impl ProducerStateTable {
 
     /// Records a batch at its assigned offsets: after `check` allowed it,
     /// or unchecked while replaying the log (recovery, replication).
-    pub fn record(&mut self, info: &BatchInfo) {
-        if info.producer_id < 0 || info.base_sequence < 0 {
-            return;
+    /// `marker` is the parsed record of a control batch (`None` for data
+    /// batches, and for control batches that are not transaction markers).
+    /// Answers the transaction a marker completed, if it completed one: a
+    /// marker for a producer with no open transaction (a coordinator
+    /// resending after a failover) changes nothing but the epoch.
+    pub fn record(&mut self, info: &BatchInfo, marker: Option<batch::ControlRecord>) -> Option<CompletedTxn> {
+        if info.producer_id < 0 {
+            return None;
+        }
+        if info.attributes().is_control() {
+            return self.record_marker(info, marker?);
+        }
+        if info.base_sequence < 0 {
+            return None;
         }
         let batch = BatchMetadata {
             first_seq: info.base_sequence,
@@ -182,10 +248,7 @@ impl ProducerStateTable {
             base_offset: info.base_offset,
             last_offset: info.last_offset(),
         };
-        let entry = self
-            .entries
-            .entry(info.producer_id)
-            .or_insert_with(|| ProducerEntry { epoch: info.producer_epoch, batches: VecDeque::new() });
+        let entry = self.entries.entry(info.producer_id).or_insert_with(|| ProducerEntry::new(info.producer_epoch));
         if entry.epoch != info.producer_epoch {
             entry.epoch = info.producer_epoch;
             entry.batches.clear();
@@ -194,28 +257,60 @@ impl ProducerStateTable {
         while entry.batches.len() > PRODUCER_BATCHES_RETAINED {
             entry.batches.pop_front();
         }
+        if info.attributes().is_transactional() && entry.current_txn_first_offset.is_none() {
+            entry.current_txn_first_offset = Some(info.base_offset);
+            self.ongoing.insert((info.base_offset, info.producer_id));
+        }
         if self.entries.len() > PRODUCER_STATE_ENTRIES_MAX {
             self.evict_oldest();
         }
+        None
+    }
+
+    fn record_marker(&mut self, info: &BatchInfo, marker: batch::ControlRecord) -> Option<CompletedTxn> {
+        let producer_id = info.producer_id;
+        let entry = self.entries.entry(producer_id).or_insert_with(|| ProducerEntry::new(info.producer_epoch));
+        if info.producer_epoch > entry.epoch {
+            entry.epoch = info.producer_epoch;
+            entry.batches.clear();
+        }
+        let first_offset = entry.current_txn_first_offset.take()?;
+        let removed = self.ongoing.remove(&(first_offset, producer_id));
+        assert!(removed, "an open transaction is in the ongoing index");
+        let last_offset = info.base_offset;
+        assert!(first_offset <= last_offset, "a transaction ends after it starts");
+        let last_stable_offset = self.first_ongoing_offset().unwrap_or(last_offset + 1);
+        Some(CompletedTxn { producer_id, first_offset, last_offset, commit: marker.commit, last_stable_offset })
     }
 
     /// Forgets the producer whose last batch is oldest: past the limit,
     /// as Kafka expires idle producer ids (producer.id.expiration.ms). It
     /// is then unknown, and accepted at any sequence.
+    /// A producer in a transaction is never forgotten: its marker must
+    /// still close the transaction (Kafka does not expire them either).
     fn evict_oldest(&mut self) {
-        let oldest = self.entries.iter().min_by_key(|(_, entry)| entry.last_offset()).map(|(id, _)| *id);
+        let oldest = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.current_txn_first_offset.is_none())
+            .min_by_key(|(_, entry)| entry.last_offset())
+            .map(|(id, _)| *id);
         if let Some(producer_id) = oldest {
             self.entries.remove(&producer_id);
         }
     }
 
-    /// Forgets batches at or after `offset` (the log was truncated there).
-    /// A producer left with none is forgotten, so it is unknown.
+    /// Forgets batches and transactions at or after `offset` (the log was
+    /// truncated there). A producer left with neither is forgotten, so it
+    /// is unknown. (A transaction whose marker was cut cannot be reopened
+    /// from here: the log rebuilds the table by replay instead.)
     pub fn truncate_from(&mut self, offset: i64) {
         for entry in self.entries.values_mut() {
             entry.batches.retain(|batch| batch.last_offset < offset);
+            entry.current_txn_first_offset = entry.current_txn_first_offset.filter(|&first| first < offset);
         }
-        self.entries.retain(|_, entry| !entry.batches.is_empty());
+        self.entries.retain(|_, entry| !entry.batches.is_empty() || entry.current_txn_first_offset.is_some());
+        self.ongoing.retain(|&(first_offset, _)| first_offset < offset);
     }
 
     pub fn encode(&self, end_offset: i64) -> Vec<u8> {
@@ -225,9 +320,12 @@ impl ProducerStateTable {
         out.extend_from_slice(&end_offset.to_be_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
         for (producer_id, entry) in &self.entries {
-            assert!(!entry.batches.is_empty() && entry.batches.len() <= PRODUCER_BATCHES_RETAINED);
+            assert!(entry.batches.len() <= PRODUCER_BATCHES_RETAINED);
+            let txn_first_offset = entry.current_txn_first_offset.unwrap_or(NO_TXN);
+            assert!(txn_first_offset < end_offset, "a snapshot holds only transactions below its offset");
             out.extend_from_slice(&producer_id.to_be_bytes());
             out.extend_from_slice(&entry.epoch.to_be_bytes());
+            out.extend_from_slice(&txn_first_offset.to_be_bytes());
             out.push(entry.batches.len() as u8);
             for batch in &entry.batches {
                 assert!(batch.last_offset < end_offset, "a snapshot holds only batches below its offset");
@@ -253,7 +351,11 @@ impl ProducerStateTable {
             return None;
         }
         let mut reader = Reader(body);
-        if reader.take(MAGIC.len())? != MAGIC || reader.take(2)? != VERSION.to_be_bytes() {
+        if reader.take(MAGIC.len())? != MAGIC {
+            return None;
+        }
+        let version = u16::from_be_bytes(reader.array()?);
+        if version != VERSION && version != VERSION_1 {
             return None;
         }
         let end_offset = i64::from_be_bytes(reader.array()?);
@@ -265,10 +367,16 @@ impl ProducerStateTable {
         for _ in 0..count {
             let producer_id = i64::from_be_bytes(reader.array()?);
             let epoch = i16::from_be_bytes(reader.array()?);
+            let txn_first_offset = if version == VERSION { i64::from_be_bytes(reader.array()?) } else { NO_TXN };
             let batch_count = usize::from(reader.take(1)?[0]);
-            if producer_id < 0 || !(1..=PRODUCER_BATCHES_RETAINED).contains(&batch_count) {
+            let batches_min = if version == VERSION { 0 } else { 1 };
+            if producer_id < 0 || !(batches_min..=PRODUCER_BATCHES_RETAINED).contains(&batch_count) {
                 return None;
             }
+            if txn_first_offset < NO_TXN || txn_first_offset >= end_offset {
+                return None;
+            }
+            let current_txn_first_offset = (txn_first_offset != NO_TXN).then_some(txn_first_offset);
             let mut batches = VecDeque::with_capacity(batch_count);
             for _ in 0..batch_count {
                 let batch = BatchMetadata {
@@ -282,7 +390,11 @@ impl ProducerStateTable {
                 }
                 batches.push_back(batch);
             }
-            if table.entries.insert(producer_id, ProducerEntry { epoch, batches }).is_some() {
+            if let Some(first_offset) = current_txn_first_offset {
+                table.ongoing.insert((first_offset, producer_id));
+            }
+            let entry = ProducerEntry { epoch, batches, current_txn_first_offset };
+            if table.entries.insert(producer_id, entry).is_some() {
                 return None;
             }
         }
@@ -369,21 +481,34 @@ pub(crate) struct SegmentSource<F> {
     pub index_start: (u64, i64),
 }
 
+/// What `recover` rebuilt: the table, the offset its replay started from
+/// (the snapshot's; `i64::MIN` without one) and the transactions the
+/// replay saw completed, in marker order.
+pub(crate) struct Recovered {
+    pub table: ProducerStateTable,
+    pub replayed_from: i64,
+    pub completed: Vec<CompletedTxn>,
+}
+
 /// Producer state at `log_end_offset`: the newest valid snapshot at or
 /// below it (newer ones are removed: the log lost what they saw), then
 /// every batch from the snapshot's offset on. `sources_for(offset)` gives
 /// the segments, in offset order, with where to start scanning for `offset`.
+/// `use_snapshots` false replays the whole log instead (the aborted
+/// transactions below a snapshot could not be found otherwise).
 pub(crate) async fn recover<S: Storage>(
     storage: &S,
     dir: &Path,
     gaps_below: i64,
     log_end_offset: i64,
+    use_snapshots: bool,
     sources_for: impl FnOnce(i64) -> Vec<SegmentSource<S::File>>,
-) -> Result<ProducerStateTable> {
+) -> Result<Recovered> {
     remove_snapshots_above(storage, dir, log_end_offset).await?;
     let names = storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?;
     let mut loaded = None;
-    for &offset in snapshot_offsets(&names).iter().rev() {
+    let offsets = if use_snapshots { snapshot_offsets(&names) } else { Vec::new() };
+    for &offset in offsets.iter().rev() {
         let path = snapshot_path(dir, offset);
         let bytes = read_file(storage, &path, SNAPSHOT_BYTES_MAX).await;
         match bytes.ok().flatten().and_then(|bytes| ProducerStateTable::decode(&bytes)) {
@@ -395,17 +520,19 @@ pub(crate) async fn recover<S: Storage>(
         }
     }
     let (from_offset, mut table) = loaded.unwrap_or((i64::MIN, ProducerStateTable::default()));
-    replay(&mut table, &sources_for(from_offset), gaps_below, from_offset).await?;
-    Ok(table)
+    let completed = replay(&mut table, &sources_for(from_offset), gaps_below, from_offset).await?;
+    Ok(Recovered { table, replayed_from: from_offset, completed })
 }
 
-/// Records every batch ending at or after `from_offset`.
+/// Records every batch ending at or after `from_offset`; answers the
+/// transactions completed meanwhile.
 pub(crate) async fn replay<F: StorageFile>(
     table: &mut ProducerStateTable,
     segments: &[SegmentSource<F>],
     gaps_below: i64,
     from_offset: i64,
-) -> Result<()> {
+) -> Result<Vec<CompletedTxn>> {
+    let mut completed = Vec::new();
     for (at, source) in segments.iter().enumerate() {
         let next_base = segments.get(at + 1).map_or(i64::MAX, |next| next.base_offset);
         if next_base <= from_offset {
@@ -421,15 +548,31 @@ pub(crate) async fn replay<F: StorageFile>(
             position,
             position_offset,
             gaps_below,
-            |_, info, _| {
+            |_, info, bytes| {
                 if info.last_offset() >= from_offset {
-                    table.record(info);
+                    let marker = marker_of(info, bytes);
+                    completed.extend(table.record(info, marker));
                 }
             },
         )
         .await?;
     }
-    Ok(())
+    Ok(completed)
+}
+
+/// The transaction marker of a control batch; `None` for data batches and
+/// for control records that are not markers (which change no state).
+pub fn marker_of(info: &BatchInfo, bytes: &[u8]) -> Option<batch::ControlRecord> {
+    if !info.attributes().is_control() {
+        return None;
+    }
+    match batch::parse_control_batch(bytes) {
+        Ok(marker) => Some(marker),
+        Err(err) => {
+            tracing::warn!(offset = info.base_offset, error = %err, "a control batch that is no transaction marker");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -454,7 +597,7 @@ mod tests {
     fn append(table: &mut ProducerStateTable, info: &BatchInfo) -> Result<SequenceCheck, SequenceError> {
         let check = table.check(info)?;
         if check == SequenceCheck::Append {
-            table.record(info);
+            table.record(info, None);
         }
         Ok(check)
     }

@@ -122,7 +122,14 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     // The producer state starts from the newest snapshot at or below the
     // log end; those above it saw batches the crash took.
     let sources_for = |offset| crate::log::producer_sources(&segments, offset);
-    let producers = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, sources_for).await?;
+    let recovered = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, true, sources_for).await?;
+    let mut txns = crate::txn::TxnState::default();
+    // Everything recovered is committed (the high watermark is the log
+    // end), so no completed transaction is unstable.
+    for done in &recovered.completed {
+        txns.complete(done, log_end_offset + 1);
+    }
+    let producers = recovered.table;
     if recovery_point > log_end_offset {
         // Only after a clean close, where the point plays no part (every
         // byte was checked); it must not outlive this open, or a crash
@@ -137,7 +144,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     // first segment. Never past the log end: a crash may have taken an
     // unsynced tail the start had passed (durability other than `always`).
     let log_start_offset = crate::log_start::read(storage, dir).await?.min(log_end_offset);
-    let mut state = LogState::recovered(segments, epochs, gaps_below, producers, now_ms, recovery_point);
+    let mut state = LogState::recovered(segments, epochs, gaps_below, producers, txns, now_ms, recovery_point);
     state.raise_log_start(log_start_offset);
     Ok(state)
 }

@@ -34,7 +34,7 @@ async fn state_from_log<S: Storage>(log: &PartitionLog<S>) -> ProducerStateTable
         }
         for bytes in &output.batches {
             let info = batch::validate_stored(bytes, usize::MAX).unwrap();
-            table.record(&info);
+            table.record(&info, spate_engine::producer_state::marker_of(&info, bytes));
             offset = info.last_offset() + 1;
         }
     }

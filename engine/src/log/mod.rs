@@ -50,6 +50,7 @@ use crate::limits::{
 };
 use crate::producer_state::{ProducerEntry, ProducerStateTable, SequenceCheck};
 use crate::segment::{self, Segment};
+use crate::txn::{AbortedTxn, TxnMarker, TxnState};
 
 /// When an append counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,10 +235,13 @@ impl LogConfig {
 /// Which offsets a read may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadBound {
-    /// Consumers: committed data only.
+    /// Consumers: committed data only (read_uncommitted).
     HighWatermark,
     /// Followers: everything appended.
     LogEnd,
+    /// read_committed consumers: below the last stable offset, where every
+    /// transaction is decided and its marker committed.
+    LastStable,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -247,6 +251,8 @@ pub struct ReadOutput {
     pub log_start_offset: i64,
     pub high_watermark: i64,
     pub log_end_offset: i64,
+    /// The last stable offset when the read began (whatever the bound).
+    pub last_stable_offset: i64,
 }
 
 /// Which offset an [`OffsetAbove`] waits on.
@@ -257,6 +263,10 @@ enum Mark {
     /// A follower's replica fetch: the high watermark cannot move before
     /// followers fetch, so they wait for appends.
     LogEnd,
+    /// read_committed long polls. The last stable offset moves only when
+    /// the high watermark does (or a truncation lowers it), so these wait
+    /// with the high watermark's waiters and look again when woken.
+    LastStable,
 }
 
 /// The future of [`PartitionLog::high_watermark_above`] and
@@ -275,9 +285,11 @@ impl<S: Storage> Future for OffsetAbove<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i64> {
         let mut state = self.inner.state.borrow_mut();
         let state = &mut *state;
+        let last_stable_offset = state.last_stable_offset();
         let (seen, ended, wakers) = match self.mark {
             Mark::HighWatermark => (state.high_watermark, false, &mut state.high_watermark_wakers),
             Mark::LogEnd => (state.log_end_offset, state.truncating, &mut state.log_end_wakers),
+            Mark::LastStable => (last_stable_offset, false, &mut state.high_watermark_wakers),
         };
         if seen > self.offset || ended || state.closed || state.failed.is_some() {
             return Poll::Ready(seen);
@@ -397,6 +409,8 @@ pub(crate) struct LogState<F> {
     /// A snapshot of `producers` taken at a roll (its end offset and
     /// bytes), written by the flusher when it seals the segment.
     pending_snapshot: Option<(i64, Vec<u8>)>,
+    /// Aborted and not yet stable transactions (`txn.rs`).
+    txns: TxnState,
 }
 
 impl<F> LogState<F> {
@@ -407,6 +421,7 @@ impl<F> LogState<F> {
         epochs: LeaderEpochCache,
         gaps_below: i64,
         producers: ProducerStateTable,
+        txns: TxnState,
         now_ms: i64,
         recovery_point: i64,
     ) -> Self {
@@ -444,6 +459,7 @@ impl<F> LogState<F> {
             next_horizon_ms: None,
             producers,
             pending_snapshot: None,
+            txns,
         };
         state.check_offsets();
         state
@@ -471,8 +487,18 @@ impl<F> LogState<F> {
     fn raise_high_watermark(&mut self, high_watermark: i64) {
         if high_watermark > self.high_watermark {
             self.high_watermark = high_watermark;
+            self.txns.high_watermark_moved(high_watermark);
             self.wake_high_watermark_waiters();
         }
+    }
+
+    /// Kafka's last stable offset (`txn.rs`); never above the high
+    /// watermark.
+    fn last_stable_offset(&self) -> i64 {
+        let last_stable_offset =
+            self.txns.last_stable_offset(self.high_watermark, self.producers.first_ongoing_offset());
+        debug_assert!(last_stable_offset <= self.high_watermark);
+        last_stable_offset
     }
 
     /// Wakes every offset waiter: the high watermark moved, or the log
@@ -681,6 +707,28 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().high_watermark
     }
 
+    /// Kafka's last stable offset: the lowest first offset of the
+    /// transactions still unstable (no marker yet, or a marker not yet
+    /// below the high watermark), else the high watermark. read_committed
+    /// consumers read below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.inner.state.borrow().last_stable_offset()
+    }
+
+    /// The aborted transactions that may have records in
+    /// `[start_offset, end_offset)` (last offset >= start, first offset <
+    /// end), ordered by first offset: what a read_committed fetch returns
+    /// beside its batches.
+    pub fn aborted_transactions(&self, start_offset: i64, end_offset: i64) -> Vec<AbortedTxn> {
+        self.inner.state.borrow().txns.aborted_between(start_offset, end_offset)
+    }
+
+    /// (producer id, first offset) of every open transaction, oldest first
+    /// (DescribeProducers' current transaction start).
+    pub fn ongoing_transactions(&self) -> Vec<(i64, i64)> {
+        self.inner.state.borrow().producers.ongoing_transactions().collect()
+    }
+
     /// Total bytes of the log's segments, written or not.
     pub fn size_bytes(&self) -> u64 {
         self.inner.state.borrow().segments.values().map(|segment| segment.dispatched_bytes).sum()
@@ -736,6 +784,15 @@ impl<S: Storage> PartitionLog<S> {
     /// closed or failed: what a long-polling fetch at `offset` waits for.
     pub fn high_watermark_above(&self, offset: i64) -> OffsetAbove<S> {
         OffsetAbove { inner: self.inner.clone(), offset, mark: Mark::HighWatermark }
+    }
+
+    /// Completes (with the last stable offset) once the last stable offset
+    /// is above `offset`, or the log is closed or failed: a read_committed
+    /// long poll. The high watermark can move while the last stable offset
+    /// stays (an open transaction holds it), so such a fetch waits on this
+    /// rather than on `high_watermark_above`.
+    pub fn last_stable_above(&self, offset: i64) -> OffsetAbove<S> {
+        OffsetAbove { inner: self.inner.clone(), offset, mark: Mark::LastStable }
     }
 
     /// Phase one of an append: validates the batch, assigns its offsets and
@@ -812,6 +869,54 @@ impl<S: Storage> PartitionLog<S> {
         Ok(inner.enqueue(state, batch, &info, &config))
     }
 
+    /// Writes a transaction marker (WriteTxnMarkers): a control batch built
+    /// here, stamped with the log's clock, appended like any batch (its
+    /// ticket is the ack). It closes the producer's open transaction; an
+    /// abort marker adds the transaction to the aborted list. A marker for
+    /// a producer with no open transaction (a coordinator resending after a
+    /// failover) is written too, and changes nothing but the epoch. A
+    /// marker with an epoch below the producer's is refused with
+    /// `InvalidProducerEpoch` (a deposed coordinator or a fenced producer);
+    /// a higher one becomes the producer's epoch.
+    pub fn append_marker(&self, marker: TxnMarker, leader_epoch: i32) -> Result<AppendTicket> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let state = inner.state.borrow_mut();
+        if state.truncating {
+            return Err(LogError::Truncating);
+        }
+        let config = inner.config();
+        if let Some(entry) = state.producers.entry(marker.producer_id)
+            && marker.producer_epoch < entry.epoch
+        {
+            return Err(LogError::InvalidProducerEpoch {
+                producer_id: marker.producer_id,
+                epoch: marker.producer_epoch,
+                current_epoch: entry.epoch,
+            });
+        }
+        if marker.producer_id < 0 || marker.producer_epoch < 0 {
+            return Err(LogError::InvalidProducerEpoch {
+                producer_id: marker.producer_id,
+                epoch: marker.producer_epoch,
+                current_epoch: -1,
+            });
+        }
+        // Markers are not refused for backpressure: the coordinator would
+        // only retry, and a transaction left open holds the last stable
+        // offset back. A marker is 80 bytes.
+        let control = batch::ControlRecord { commit: marker.commit, coordinator_epoch: marker.coordinator_epoch };
+        let mut batch =
+            batch::build_control_batch(marker.producer_id, marker.producer_epoch, control, config.clock.now_ms());
+        let mut info = batch::validate_stored(&batch, BATCH_BYTES_MAX_LIMIT)?;
+        let base_offset = state.log_end_offset;
+        info.base_offset = base_offset;
+        batch::set_base_offset(&mut batch, base_offset)?;
+        batch::set_partition_leader_epoch(&mut batch, leader_epoch)?;
+        info.partition_leader_epoch = leader_epoch;
+        Ok(inner.enqueue(state, batch, &info, &config))
+    }
+
     /// Appends and waits for the ack.
     pub async fn append_durable(&self, batch: BytesMut, leader_epoch: i32) -> Result<AppendInfo> {
         self.append(batch, leader_epoch)?.durable().await
@@ -853,6 +958,7 @@ impl<S: Storage> PartitionLog<S> {
                 log_start_offset: state.log_start_offset,
                 high_watermark: state.high_watermark,
                 log_end_offset: state.log_end_offset,
+                last_stable_offset: state.last_stable_offset(),
             };
             if offset < state.log_start_offset || offset > state.log_end_offset {
                 return Err(LogError::OffsetOutOfRange {
@@ -864,6 +970,7 @@ impl<S: Storage> PartitionLog<S> {
             let offset_end = match bound {
                 ReadBound::HighWatermark => state.high_watermark,
                 ReadBound::LogEnd => state.log_end_offset,
+                ReadBound::LastStable => output.last_stable_offset,
             };
             (output, offset_end)
         };
@@ -1169,7 +1276,11 @@ impl<S: Storage> LogInner<S> {
             state.epochs_dirty = true;
         }
         self.roll_if_needed(&mut state, info);
-        state.producers.record(info);
+        let marker = crate::producer_state::marker_of(info, &batch);
+        if let Some(done) = state.producers.record(info, marker) {
+            let high_watermark = state.high_watermark;
+            state.txns.complete(&done, high_watermark);
+        }
         let segment = state.active_mut();
         assert!(!segment.sealed, "appends never reach a sealed segment");
         let position = segment.dispatched_bytes;
@@ -1243,9 +1354,13 @@ impl<S: Storage> LogInner<S> {
             state.gaps_below
         };
         let sources_for = |offset| producer_sources(&self.state.borrow().segments, offset);
-        let producers =
-            crate::producer_state::recover(&self.storage, &self.dir, gaps_below, log_end_offset, sources_for).await?;
-        self.state.borrow_mut().producers = producers;
+        let recovered =
+            crate::producer_state::recover(&self.storage, &self.dir, gaps_below, log_end_offset, true, sources_for)
+                .await?;
+        let mut state = self.state.borrow_mut();
+        let high_watermark = state.high_watermark;
+        state.txns.rebuilt_from(recovered.replayed_from, &recovered.completed, high_watermark);
+        state.producers = recovered.table;
         Ok(())
     }
 
@@ -1449,6 +1564,7 @@ impl<S: Storage> LogInner<S> {
             }
             self.cache.remove_below(self.log_id, offset);
             state.first_dirty_offset = state.first_dirty_offset.max(offset);
+            state.txns.drop_below(offset);
             state.check_offsets();
             doomed
         };
@@ -1495,6 +1611,8 @@ impl<S: Storage> LogInner<S> {
         if !doomed.is_empty() {
             self.cache.remove_below(self.log_id, state.log_start_offset);
             state.first_dirty_offset = state.first_dirty_offset.max(state.log_start_offset);
+            let log_start_offset = state.log_start_offset;
+            state.txns.drop_below(log_start_offset);
         }
         state.check_offsets();
         doomed
@@ -1534,6 +1652,7 @@ impl<S: Storage> LogInner<S> {
             state.first_dirty_offset = offset;
             state.epochs = epochs.clone();
             state.producers = Default::default();
+            state.txns = TxnState::default();
             state.check_offsets();
         }
         self.cache.remove_below(self.log_id, offset);
