@@ -44,6 +44,9 @@ pub(crate) struct ReadPart {
     pub current_leader_epoch: i32,
     /// Replica fetches: what the follower has made durable (-1: unknown).
     pub replica_durable_offset: i64,
+    /// Kafka consumers with isolation.level=read_committed: up to the last
+    /// stable offset, with the aborted transactions.
+    pub read_committed: bool,
 }
 
 /// A partition's read as submitted to its owner.
@@ -71,6 +74,7 @@ fn submit(shard: &Rc<Shard>, part: &ReadPart, wait_until: Option<Instant>, repli
             replica_id,
             current_leader_epoch: part.current_leader_epoch,
             replica_durable_offset: part.replica_durable_offset,
+            read_committed: part.read_committed,
             reply,
         },
     );
@@ -78,7 +82,13 @@ fn submit(shard: &Rc<Shard>, part: &ReadPart, wait_until: Option<Instant>, repli
 }
 
 fn no_read() -> ReadResult {
-    ReadResult { high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
+    ReadResult {
+        high_watermark: -1,
+        last_stable_offset: -1,
+        log_start_offset: -1,
+        log_end_offset: -1,
+        ..Default::default()
+    }
 }
 
 async fn collect(submitted: Submitted) -> ReadResult {

@@ -5,8 +5,6 @@
 //! of a stored batch into groups) on bytes from outside, and assert what
 //! must hold of what decodes.
 
-use std::collections::HashMap;
-
 use spate_format::batch::BatchBuilder;
 
 use crate::group::{self, record::GroupRecord};
@@ -45,7 +43,7 @@ pub fn records_batch(records: &[KeyValue<'_>], base_offset: i64) -> Vec<u8> {
 /// coordinator that takes over the partition does: a bad batch or record
 /// is an error (which stops the load), never a panic.
 pub fn replay_batch(batch: &[u8], offset: i64) {
-    let mut groups = HashMap::new();
+    let mut groups = group::Replayed::default();
     let _ = group::apply_batch(&mut groups, batch, offset);
 }
 

@@ -178,6 +178,11 @@ pub(crate) struct AppendResult {
 pub(crate) struct ReadResult {
     pub error: ErrorCode,
     pub high_watermark: i64,
+    /// Kafka's last stable offset: below it every transaction has ended.
+    pub last_stable_offset: i64,
+    /// read_committed reads: the aborted transactions that may have data
+    /// among `batches` (the consumer drops those batches).
+    pub aborted: Vec<spate_engine::AbortedTxn>,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
     pub batches: Vec<Bytes>,
@@ -191,7 +196,14 @@ impl ReadResult {
         self.batches.iter().map(Bytes::len).sum()
     }
     fn error(error: ErrorCode) -> Self {
-        ReadResult { error, high_watermark: -1, log_start_offset: -1, log_end_offset: -1, ..Default::default() }
+        ReadResult {
+            error,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            log_end_offset: -1,
+            ..Default::default()
+        }
     }
 }
 
@@ -227,6 +239,8 @@ pub(crate) struct ProducerSummary {
     pub epoch: i16,
     /// The sequence number of its last record here (-1: none).
     pub last_sequence: i32,
+    /// The first offset of its open transaction here (-1: none).
+    pub current_txn_start_offset: i64,
 }
 
 /// Work for the shard that owns a partition (or, for `Admin`, shard 0).
@@ -255,6 +269,8 @@ pub(crate) enum ShardOp {
         /// durability policy (-1: nothing known); what counts toward the
         /// high watermark and the ISR.
         replica_durable_offset: i64,
+        /// A consumer with Kafka's isolation.level=read_committed.
+        read_committed: bool,
         reply: oneshot::Sender<ReadResult>,
     },
     /// OffsetForLeaderEpoch on the leader.
@@ -275,6 +291,9 @@ pub(crate) enum ShardOp {
         topic: Arc<TopicMeta>,
         partition: u32,
         timestamp: i64,
+        /// Kafka's isolation.level=read_committed: "latest" is the last
+        /// stable offset.
+        read_committed: bool,
         reply: oneshot::Sender<OffsetResult>,
     },
     Stats {
@@ -420,7 +439,9 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         LogError::Backpressure { .. } => ErrorCode::Throttled,
         LogError::Closed => ErrorCode::BrokerShuttingDown,
         LogError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
-        LogError::Sequence(SequenceError::StaleEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+        LogError::Sequence(SequenceError::StaleEpoch { .. }) | LogError::InvalidProducerEpoch { .. } => {
+            ErrorCode::InvalidProducerEpoch
+        }
         LogError::Sequence(SequenceError::Invalid { .. }) => ErrorCode::CorruptMessage,
     }
 }
@@ -553,6 +574,7 @@ impl Shard {
                 replica_id,
                 current_leader_epoch,
                 replica_durable_offset,
+                read_committed,
                 reply,
             } => {
                 let replica = if self.stopping.get() {
@@ -586,7 +608,15 @@ impl Shard {
                     let mut result = match checked {
                         Err(error) => ReadResult::error(error),
                         Ok(replica) => {
-                            let bound = if replica_id >= 0 { ReadBound::LogEnd } else { ReadBound::HighWatermark };
+                            // read_committed consumers stop at the last
+                            // stable offset: nothing of an open transaction.
+                            let bound = if replica_id >= 0 {
+                                ReadBound::LogEnd
+                            } else if read_committed {
+                                ReadBound::LastStable
+                            } else {
+                                ReadBound::HighWatermark
+                            };
                             fetch_partition(&replica.log, offset, bytes_max, wait_until, bound, &mut reply).await
                         }
                     };
@@ -634,14 +664,14 @@ impl Shard {
                 })
                 .detach();
             }
-            ShardOp::ListOffset { topic, partition, timestamp, reply } => {
+            ShardOp::ListOffset { topic, partition, timestamp, read_committed, reply } => {
                 let replica = self.replica(&topic, partition).ok_or_else(|| self.not_hosted(&topic, partition));
                 glommio::spawn_local(async move {
                     let result = match replica {
                         Err(error) => OffsetResult { error, offset: -1, timestamp: -1 },
                         Ok(replica) => match replica.check_leader(-1) {
                             Err(Refusal(error)) => OffsetResult { error, offset: -1, timestamp: -1 },
-                            Ok(_) => list_offset(&replica.log, timestamp).await,
+                            Ok(_) => list_offset(&replica.log, timestamp, read_committed).await,
                         },
                     };
                     let _ = reply.send(result);
@@ -689,13 +719,20 @@ impl Shard {
                     .ok_or_else(|| self.not_hosted(&topic, partition))
                     .and_then(|replica| replica.check_leader(-1).map(|_| replica).map_err(|Refusal(code)| code))
                     .map(|replica| {
+                        let open: HashMap<i64, i64> = replica.log.ongoing_transactions().into_iter().collect();
                         replica
                             .log
                             .producers()
                             .into_iter()
                             .map(|(id, entry)| {
                                 let last_sequence = entry.batches.back().map_or(-1, |batch| batch.last_seq);
-                                ProducerSummary { producer_id: id, epoch: entry.epoch, last_sequence }
+                                let current_txn_start_offset = open.get(&id).copied().unwrap_or(-1);
+                                ProducerSummary {
+                                    producer_id: id,
+                                    epoch: entry.epoch,
+                                    last_sequence,
+                                    current_txn_start_offset,
+                                }
                             })
                             .collect()
                     });
@@ -1269,6 +1306,7 @@ async fn fetch_partition(
     let arrived = match bound {
         ReadBound::LogEnd => log.log_end_above(offset),
         ReadBound::HighWatermark => log.high_watermark_above(offset),
+        ReadBound::LastStable => log.last_stable_above(offset),
     };
     futures::select! {
         _ = arrived.fuse() => {}
@@ -1283,6 +1321,18 @@ async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBou
         Ok(output) => ReadResult {
             error: ErrorCode::None,
             high_watermark: output.high_watermark,
+            last_stable_offset: output.last_stable_offset,
+            aborted: match (bound, output.batches.last()) {
+                // The transactions aborted with data from `offset` to the
+                // end of what was read.
+                (ReadBound::LastStable, Some(last)) => {
+                    let end = spate_engine::batch::peek_header(last).map_or(offset, |h| {
+                        h.base_offset.get().saturating_add(i64::from(h.last_offset_delta.get())).saturating_add(1)
+                    });
+                    log.aborted_transactions(offset, end)
+                }
+                _ => Vec::new(),
+            },
             log_start_offset: output.log_start_offset,
             log_end_offset: output.log_end_offset,
             batches: output.batches,
@@ -1291,6 +1341,8 @@ async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBou
         Err(err) => ReadResult {
             error: log_error_code(&err),
             high_watermark: log.high_watermark(),
+            last_stable_offset: log.last_stable_offset(),
+            aborted: Vec::new(),
             log_start_offset: log.log_start_offset(),
             log_end_offset: log.log_end_offset(),
             batches: Vec::new(),
@@ -1309,9 +1361,12 @@ async fn delete_records(log: &Log, offset: i64) -> OffsetResult {
     }
 }
 
-async fn list_offset(log: &Log, timestamp: i64) -> OffsetResult {
+async fn list_offset(log: &Log, timestamp: i64, read_committed: bool) -> OffsetResult {
     match timestamp {
         OFFSET_EARLIEST => OffsetResult { error: ErrorCode::None, offset: log.log_start_offset(), timestamp: -1 },
+        OFFSET_LATEST if read_committed => {
+            OffsetResult { error: ErrorCode::None, offset: log.last_stable_offset(), timestamp: -1 }
+        }
         OFFSET_LATEST => OffsetResult { error: ErrorCode::None, offset: log.high_watermark(), timestamp: -1 },
         // Kafka's -3: the record with the largest timestamp (KIP-734).
         OFFSET_MAX_TIMESTAMP => match log.max_timestamp_ms() {

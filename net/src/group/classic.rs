@@ -1212,7 +1212,7 @@ mod tests {
         assert_eq!(again.generation_id, 2, "generation 1 was written; the next goes on from it");
         let (reply, wait) = oneshot::channel();
         send(&second, "g", GroupOp::Fetch { group_id: "g".into(), partitions: None, reply });
-        assert_eq!(block_on(wait).unwrap().unwrap(), [(("t".into(), 0), 42)]);
+        assert_eq!(block_on(wait).unwrap().unwrap().offsets, [(("t".into(), 0), 42)]);
         second.shutdown();
         second.wait().unwrap();
         let _ = std::fs::remove_dir_all(&dir);

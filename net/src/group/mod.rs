@@ -26,6 +26,7 @@ mod classic_state;
 mod offset_delete;
 pub(crate) mod record;
 mod state;
+pub(crate) mod txn_offsets;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -68,6 +69,11 @@ pub(crate) struct Groups {
     /// Numbers each leadership of a partition (a `Coordination`), so that a
     /// load or a write of an earlier one cannot touch a later one's state.
     terms: Cell<u64>,
+    /// Offsets committed inside transactions that have not ended yet, per
+    /// (partition, producer id): they take effect when the transaction's
+    /// commit marker lands on the partition, and vanish at its abort
+    /// (`txn_offsets.rs`).
+    txn_offsets: RefCell<HashMap<(u32, i64), Vec<txn_offsets::Pending>>>,
 }
 
 impl Groups {
@@ -123,6 +129,15 @@ pub(crate) struct GroupView {
     pub offsets: BTreeMap<Tp, i64>,
 }
 
+/// A group's committed offsets, and the partitions among them that a
+/// transaction still open has committed an offset for (KIP-447: a
+/// consumer asking for stable offsets waits until it ends).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FetchedOffsets {
+    pub offsets: Vec<(Tp, i64)>,
+    pub unstable: BTreeSet<Tp>,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct GroupListing {
     pub group_id: String,
@@ -151,7 +166,7 @@ pub(crate) enum GroupOp {
     Fetch {
         group_id: String,
         partitions: Option<Vec<Tp>>,
-        reply: oneshot::Sender<Result<Vec<(Tp, i64)>, Outcome>>,
+        reply: oneshot::Sender<Result<FetchedOffsets, Outcome>>,
     },
     List {
         reply: oneshot::Sender<Vec<GroupListing>>,
@@ -166,6 +181,8 @@ pub(crate) enum GroupOp {
     },
     /// Kafka's classic protocol (`classic.rs`).
     Classic(classic::ClassicOp),
+    /// Kafka's TxnOffsetCommit (`txn_offsets.rs`).
+    TxnCommit(txn_offsets::TxnCommit),
     /// Kafka's OffsetDelete (`offset_delete.rs`).
     DeleteOffsets {
         group_id: String,
@@ -272,39 +289,64 @@ fn serving(shard: &Shard, catalog: &Catalog, group_id: &str) -> Result<(u32, u64
     }
 }
 
-/// Records on their way to the group's partition: written once durable on
-/// the leader and in every in-sync replica.
-struct Write {
+/// Records on their way to a coordinator's partition (a group's, a
+/// transaction's): written once durable on the leader and in every
+/// in-sync replica.
+pub(crate) struct Write {
     replica: Rc<Replica>,
     ticket: spate_engine::AppendTicket,
     leader_epoch: i32,
     min_insync_replicas: usize,
 }
 
+impl Write {
+    /// A write appended by other means (a transaction marker).
+    #[allow(dead_code)] // Until the transaction coordinator lands.
+    pub(crate) fn new(
+        replica: Rc<Replica>,
+        ticket: spate_engine::AppendTicket,
+        leader_epoch: i32,
+        min_insync_replicas: usize,
+    ) -> Write {
+        Write { replica, ticket, leader_epoch, min_insync_replicas }
+    }
+}
+
 /// Appends records to the group's partition now (so records keep the order
 /// of the state changes they describe) and returns the write to await.
 fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<Write, Outcome> {
     let catalog = shard.shared.catalog.load();
-    let not_ready = || Outcome::err(ErrorCode::NotReady, format!("{CONSUMER_OFFSETS_TOPIC} is not open here"));
-    let topic = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).ok_or_else(not_ready)?;
+    let topic = catalog
+        .topics
+        .get(CONSUMER_OFFSETS_TOPIC)
+        .ok_or_else(|| Outcome::err(ErrorCode::NotReady, format!("{CONSUMER_OFFSETS_TOPIC} is not open here")))?;
     let partition = group_partition(group_id, topic.partitions);
-    // The coordinator is the leader of the group's partition: elsewhere the
-    // client is told to look again.
+    let batch = record::batch(records, now_ms());
+    append_batch(shard, topic, partition, batch, group_id)
+}
+
+/// Appends a coordinator's batch to `partition` of its internal `topic`,
+/// which this shard's replica must lead (elsewhere the client is told to
+/// look again), with at least min.insync.replicas in sync (acks=all, as
+/// Kafka's coordinators write). `key`: whose state it is, for messages.
+pub(crate) fn append_batch(
+    shard: &Shard,
+    topic: &TopicMeta,
+    partition: u32,
+    batch: bytes::BytesMut,
+    key: &str,
+) -> Result<Write, Outcome> {
+    let name = topic.name.as_str();
     let replica = shard.replica(topic, partition).ok_or_else(|| {
-        Outcome::err(ErrorCode::NotLeaderOrFollower, format!("{CONSUMER_OFFSETS_TOPIC}/{partition} is not hosted here"))
+        Outcome::err(ErrorCode::NotLeaderOrFollower, format!("{name}/{partition} is not hosted here"))
     })?;
     let leader_epoch = replica
         .check_leader(-1)
-        .map_err(|refusal| Outcome::err(refusal.0, format!("not the coordinator of {group_id:?} now")))?;
-    // acks=all, as Kafka's coordinator writes: not below min.insync.replicas.
+        .map_err(|refusal| Outcome::err(refusal.0, format!("not the coordinator of {key:?} now")))?;
     let min_insync_replicas = shard.shared.min_insync_replicas(topic);
     replica.check_min_isr(min_insync_replicas).map_err(|refusal| {
-        Outcome::err(
-            refusal.0,
-            format!("{CONSUMER_OFFSETS_TOPIC}/{partition} has fewer in-sync replicas than {min_insync_replicas}"),
-        )
+        Outcome::err(refusal.0, format!("{name}/{partition} has fewer in-sync replicas than {min_insync_replicas}"))
     })?;
-    let batch = record::batch(records, now_ms());
     let ticket =
         replica.log.append(batch, leader_epoch).map_err(|err| Outcome::err(log_error_code(&err), err.to_string()))?;
     Ok(Write { replica, ticket, leader_epoch, min_insync_replicas })
@@ -313,7 +355,7 @@ fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<Writ
 /// Waits until a write is durable here and the high watermark has passed
 /// it (every in-sync replica has it, so a new leader will too), within
 /// `GROUP_WRITE_TIMEOUT_MS` (Kafka's offsets.commit.timeout.ms).
-async fn written(write: Result<Write, Outcome>) -> Outcome {
+pub(crate) async fn written(write: Result<Write, Outcome>) -> Outcome {
     let Write { replica, ticket, leader_epoch, min_insync_replicas } = match write {
         Err(outcome) => return outcome,
         Ok(write) => write,
@@ -375,16 +417,18 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
             }
         }
         GroupOp::Fetch { group_id, partitions, reply } => {
-            let found = serving(shard, &catalog, &group_id).map(|_| {
+            let found = serving(shard, &catalog, &group_id).map(|(partition, _)| {
                 let groups = shard.groups.groups.borrow();
                 let offsets = groups.get(&group_id).map(|g| &g.offsets);
-                match (offsets, partitions) {
+                let offsets = match (offsets, &partitions) {
                     (None, _) => Vec::new(),
                     (Some(offsets), None) => offsets.iter().map(|(tp, o)| (tp.clone(), *o)).collect(),
                     (Some(offsets), Some(wanted)) => {
-                        wanted.into_iter().filter_map(|tp| offsets.get(&tp).map(|o| (tp, *o))).collect()
+                        wanted.iter().filter_map(|tp| offsets.get(tp).map(|o| (tp.clone(), *o))).collect()
                     }
-                }
+                };
+                let unstable = txn_offsets::unstable(&shard.groups, partition, &group_id);
+                FetchedOffsets { offsets, unstable }
             });
             let _ = reply.send(found);
         }
@@ -412,6 +456,10 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: GroupOp) {
             Err(outcome) => drop(reply.send(outcome)),
         },
         GroupOp::Classic(op) => classic::execute(shard, op),
+        GroupOp::TxnCommit(op) => match serving(shard, &catalog, &op.group_id) {
+            Ok((partition, term)) => txn_offsets::commit(shard, op, partition, term),
+            Err(outcome) => op.refuse(outcome),
+        },
         GroupOp::DeleteOffsets { group_id, partitions, reply } => match serving(shard, &catalog, &group_id) {
             Ok(_) => offset_delete::delete_offsets(shard, group_id, partitions, reply),
             Err(outcome) => drop(reply.send(Err(outcome))),
@@ -724,6 +772,7 @@ pub(crate) fn sync(shard: &Rc<Shard>, catalog: &Catalog) {
 /// members' session timers find them gone and end).
 fn unload(shard: &Rc<Shard>, catalog: &Catalog, partition: u32) {
     shard.groups.partitions.borrow_mut().remove(&partition);
+    shard.groups.txn_offsets.borrow_mut().retain(|(p, _), _| *p != partition);
     let Some(count) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).map(|t| t.partitions) else {
         // The topic itself is gone: nothing here is coordinated any more.
         shard.groups.groups.borrow_mut().values_mut().for_each(classic::resign);
@@ -777,8 +826,11 @@ fn start_load(shard: &Rc<Shard>, topic: &Arc<TopicMeta>, partition: u32, leader_
             Ok((loaded, records)) => {
                 let mut groups = shard.groups.groups.borrow_mut();
                 groups.retain(|group_id, _| group_partition(group_id, topic.partitions) != partition);
-                let count = loaded.len();
-                groups.extend(loaded);
+                let count = loaded.groups.len();
+                groups.extend(loaded.groups);
+                let mut txn_offsets = shard.groups.txn_offsets.borrow_mut();
+                txn_offsets.retain(|(p, _), _| *p != partition);
+                txn_offsets.extend(loaded.pending.into_iter().map(|(pid, pending)| ((partition, pid), pending)));
                 // Dropping the waiters wakes them.
                 coordination.load = Load::Loaded;
                 tracing::info!(
@@ -836,18 +888,22 @@ pub(crate) async fn wait_loaded(shard: &Rc<Shard>) -> Result<(), String> {
     }
 }
 
+/// What a partition's log holds: its groups, and the offsets committed
+/// by transactions that have not ended in it (per producer id).
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    pub groups: HashMap<String, Group>,
+    pub pending: HashMap<i64, Vec<txn_offsets::Pending>>,
+}
+
 /// The groups in a partition's log: (groups, records applied).
-async fn read_groups(
-    shard: &Rc<Shard>,
-    topic: &Arc<TopicMeta>,
-    partition: u32,
-) -> Result<(HashMap<String, Group>, usize), String> {
+async fn read_groups(shard: &Rc<Shard>, topic: &Arc<TopicMeta>, partition: u32) -> Result<(Replayed, usize), String> {
     let name = topic.name.as_str();
     let fail = |err: String| format!("loading groups from {name}/{partition}: {err}");
     let log = shard.log(topic, partition).ok_or_else(|| fail("not open".into()))?;
     let mut offset = log.log_start_offset();
     let end = log.log_end_offset();
-    let mut groups = HashMap::new();
+    let mut groups = Replayed::default();
     let mut applied = 0usize;
     while offset < end {
         let output = log.read(offset, LOAD_READ_BYTES, ReadBound::LogEnd).await.map_err(|e| fail(e.to_string()))?;
@@ -866,14 +922,31 @@ async fn read_groups(
 
 /// Applies a stored batch's records from `offset` on: (the offset after
 /// the batch, records applied). Any malformed batch or record is an error.
-pub(crate) fn apply_batch(
-    groups: &mut HashMap<String, Group>,
-    batch: &[u8],
-    offset: i64,
-) -> Result<(i64, usize), String> {
+pub(crate) fn apply_batch(replayed: &mut Replayed, batch: &[u8], offset: i64) -> Result<(i64, usize), String> {
     // The engine checked the CRC on the way in; check the structure
     // again right where it is read back.
     let info = spate_format::batch::validate_stored(batch, usize::MAX).map_err(|e| e.to_string())?;
+    // A batch may end at the last offset there is (validation allows it);
+    // the offset after it is then an error, not a wrapped-around offset
+    // that fails the caller's progress assertion.
+    let next = info.last_offset().checked_add(1).ok_or_else(|| "a batch ends at the last offset".to_string())?;
+    let attributes = info.attributes();
+    if attributes.is_control() {
+        // A transaction's end: its offsets take effect, or vanish.
+        if info.last_offset() >= offset {
+            let commit = txn_offsets::control_commits(batch)?;
+            let pending = replayed.pending.remove(&info.producer_id).unwrap_or_default();
+            if commit {
+                for txn_offsets::Pending { group, tp, offset } in pending {
+                    apply(
+                        &mut replayed.groups,
+                        GroupRecord::Offset { group, topic: tp.0, partition: tp.1, offset: Some(offset) },
+                    );
+                }
+            }
+        }
+        return Ok((next, 0));
+    }
     let records = spate_format::batch::records(batch).map_err(|e| e.to_string())?;
     let mut applied = 0;
     for record in records {
@@ -882,13 +955,22 @@ pub(crate) fn apply_batch(
             continue;
         }
         let key = record.key.ok_or_else(|| "a record without a key".to_string())?;
-        apply(groups, GroupRecord::decode(key, record.value)?);
+        let decoded = GroupRecord::decode(key, record.value)?;
+        if attributes.is_transactional() {
+            // Offsets of a transaction: pending until its marker.
+            let GroupRecord::Offset { group, topic, partition, offset: Some(offset) } = decoded else {
+                return Err("a transactional batch holds a record other than an offset".to_string());
+            };
+            replayed.pending.entry(info.producer_id).or_default().push(txn_offsets::Pending {
+                group,
+                tp: (topic, partition),
+                offset,
+            });
+        } else {
+            apply(&mut replayed.groups, decoded);
+        }
         applied += 1;
     }
-    // A batch may end at the last offset there is (validation allows it);
-    // the offset after it is then an error, not a wrapped-around offset
-    // that fails the caller's progress assertion.
-    let next = info.last_offset().checked_add(1).ok_or_else(|| "a batch ends at the last offset".to_string())?;
     Ok((next, applied))
 }
 
@@ -961,7 +1043,7 @@ mod tests {
 
     #[test]
     fn a_replayed_batch_moves_the_offset_past_it() {
-        let mut groups = HashMap::new();
+        let mut groups = Replayed::default();
         assert_eq!(apply_batch(&mut groups, &batch_at(41), 41), Ok((42, 1)));
         assert_eq!(apply_batch(&mut groups, &batch_at(41), 42), Ok((42, 0)), "records below the offset are skipped");
     }
@@ -973,7 +1055,7 @@ mod tests {
     /// builds run without overflow checks, so it would not report this).
     #[test]
     fn a_batch_at_the_last_offset_is_an_error_not_an_overflow() {
-        let mut groups = HashMap::new();
+        let mut groups = Replayed::default();
         assert!(apply_batch(&mut groups, &batch_at(i64::MAX), i64::MAX).is_err());
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError as K;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
 use kafka_protocol::messages::{
@@ -92,6 +92,8 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
     let catalog = ctx.shard.shared.catalog.load_full();
     let mut budget = FetchBudget::new(request_bytes_max);
     // Topics in the order their partitions come, each once.
+    // Kafka's isolation.level: 1 is read_committed.
+    let read_committed = request.isolation_level == 1;
     let mut topics: Vec<(Option<String>, uuid::Uuid)> = Vec::new();
     let mut topic_index_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut parts = Vec::with_capacity(wanted.len());
@@ -119,11 +121,11 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
                 bytes_max,
                 current_leader_epoch: if ctx.version >= 9 { w.current_leader_epoch } else { -1 },
                 replica_durable_offset: -1,
+                read_committed,
             },
         });
     }
     let unknown_topic = if by_id { K::UnknownTopicId.code() } else { K::UnknownTopicOrPartition.code() };
-    let read_committed = request.isolation_level == 1;
     let reads: Vec<ReadPart> = parts.iter().map(|p| p.read.clone()).collect();
     let first = fetch_plan::start(&ctx.shard, &reads, -1);
     let poll = fetch_plan::Poll { replica_id: -1, min_bytes, max_wait, request_bytes, charge };
@@ -162,11 +164,9 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
                 .with_partition_index(part.partition)
                 .with_error_code(error)
                 .with_high_watermark(result.high_watermark)
-                // No transactions yet: everything below the high watermark
-                // is stable.
-                .with_last_stable_offset(result.high_watermark)
+                .with_last_stable_offset(result.last_stable_offset)
                 .with_log_start_offset(result.log_start_offset)
-                .with_aborted_transactions(if read_committed { Some(Vec::new()) } else { None })
+                .with_aborted_transactions(read_committed.then(|| aborted_transactions(&result.aborted)))
                 .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1));
             if !batches.is_empty() {
                 let index = splices.len() as u32;
@@ -214,6 +214,7 @@ pub(crate) fn list_offsets(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(Response::Close(None));
     }
     let catalog = ctx.shard.shared.catalog.load_full();
+    let read_committed = request.isolation_level == 1;
     let mut waits = Vec::with_capacity(partitions);
     for (topic_index, topic) in request.topics.iter().enumerate() {
         let denied = !ctx.allowed(AclOperation::Describe, AclResourceType::Topic, topic.name.0.as_str());
@@ -228,7 +229,13 @@ pub(crate) fn list_offsets(ctx: Ctx, body: Bytes) -> Reply {
                     let owner = ctx.shard.shared.owner(&meta.name, partition);
                     ctx.shard.submit(
                         owner,
-                        ShardOp::ListOffset { topic: meta.clone(), partition, timestamp: part.timestamp, reply },
+                        ShardOp::ListOffset {
+                            topic: meta.clone(),
+                            partition,
+                            timestamp: part.timestamp,
+                            read_committed,
+                            reply,
+                        },
                     );
                     Ok(wait)
                 }
@@ -340,4 +347,18 @@ pub(crate) fn offset_for_leader_epoch(ctx: Ctx, body: Bytes) -> Reply {
         }
         respond(&ctx, &OffsetForLeaderEpochResponse::default().with_topics(topics))
     }))
+}
+
+/// A read's aborted transactions as Kafka's fetch answer lists them: the
+/// consumer drops each producer's batches from its first offset until the
+/// abort marker.
+fn aborted_transactions(aborted: &[spate_engine::AbortedTxn]) -> Vec<AbortedTransaction> {
+    aborted
+        .iter()
+        .map(|txn| {
+            AbortedTransaction::default()
+                .with_producer_id(kafka_protocol::messages::ProducerId(txn.producer_id))
+                .with_first_offset(txn.first_offset)
+        })
+        .collect()
 }

@@ -204,16 +204,23 @@ pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
 type Asked = Option<Vec<(String, Vec<i32>)>>;
 
 /// One group's committed offsets, as asked, as the principal may see
-/// them: (group error, per topic its error and offsets). Describe on the
-/// group is needed, and on each topic: a topic asked for that the
-/// principal may not Describe is answered denied, one it did not name
-/// is left out.
-async fn fetch_group_authorized(ctx: &Ctx, group_id: &str, asked: Asked) -> (i16, Vec<(String, i16, Vec<(i32, i64)>)>) {
+/// them: (group error, per topic its error and (partition, offset, its
+/// own error)). Describe on the group is needed, and on each topic: a
+/// topic asked for that the principal may not Describe is answered
+/// denied, one it did not name is left out. With `require_stable`
+/// (KIP-447), a partition a transaction still open has committed an
+/// offset for is answered UNSTABLE_OFFSET_COMMIT, and the client asks again.
+async fn fetch_group_authorized(
+    ctx: &Ctx,
+    group_id: &str,
+    asked: Asked,
+    require_stable: bool,
+) -> (i16, Vec<(String, i16, Vec<(i32, i64, i16)>)>) {
     if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, group_id) {
         return (K::GroupAuthorizationFailed.code(), Vec::new());
     }
     let named = asked.is_some();
-    let (error, topics) = fetch_group(&ctx.shard, group_id, asked).await;
+    let (error, topics) = fetch_group(&ctx.shard, group_id, asked, require_stable).await;
     let topics = topics
         .into_iter()
         .filter_map(|(name, offsets)| {
@@ -224,37 +231,50 @@ async fn fetch_group_authorized(ctx: &Ctx, group_id: &str, asked: Asked) -> (i16
                 return None;
             }
             ctx.audit_denial(AclOperation::Describe, AclResourceType::Topic, &name);
-            let offsets = offsets.into_iter().map(|(p, _)| (p, -1)).collect();
+            let offsets = offsets.into_iter().map(|(p, _, _)| (p, -1, 0)).collect();
             Some((name, K::TopicAuthorizationFailed.code(), offsets))
         })
         .collect();
     (error, topics)
 }
 
+/// Offsets by topic: (partition, offset, the partition's own error).
+type TopicOffsets = Vec<(String, Vec<(i32, i64, i16)>)>;
+
 /// One group's committed offsets, as asked: (error, offsets by topic).
-async fn fetch_group(shard: &Rc<Shard>, group_id: &str, asked: Asked) -> (i16, Vec<(String, Vec<(i32, i64)>)>) {
+async fn fetch_group(shard: &Rc<Shard>, group_id: &str, asked: Asked, require_stable: bool) -> (i16, TopicOffsets) {
     let partitions: Option<Vec<Tp>> =
         asked.as_ref().map(|topics| topics.iter().flat_map(|(t, ps)| ps.iter().map(|p| (t.clone(), *p))).collect());
     let (reply, wait) = oneshot::channel();
     let routed = route(shard, group_id, GroupOp::Fetch { group_id: group_id.to_string(), partitions, reply });
     let result = if routed { wait.await.unwrap_or_else(|_| Err(stopped())) } else { Err(no_coordinator()) };
-    let committed: BTreeMap<Tp, i64> = match result {
-        Ok(offsets) => offsets.into_iter().collect(),
+    let fetched = match result {
+        Ok(fetched) => fetched,
         Err(outcome) => return (group_code(outcome.error), Vec::new()),
+    };
+    let committed: BTreeMap<Tp, i64> = fetched.offsets.into_iter().collect();
+    let unstable = |tp: &Tp| {
+        if require_stable && fetched.unstable.contains(tp) { K::UnstableOffsetCommit.code() } else { 0 }
     };
     let topics = match asked {
         // Asked partitions without a commit answer -1 (Kafka's "none").
         Some(topics) => topics
             .into_iter()
             .map(|(t, ps)| {
-                let offsets = ps.iter().map(|p| (*p, committed.get(&(t.clone(), *p)).copied().unwrap_or(-1))).collect();
+                let offsets = ps
+                    .iter()
+                    .map(|p| {
+                        let tp = (t.clone(), *p);
+                        (*p, committed.get(&tp).copied().unwrap_or(-1), unstable(&tp))
+                    })
+                    .collect();
                 (t, offsets)
             })
             .collect(),
         None => {
-            let mut by_topic: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
-            for ((t, p), offset) in committed {
-                by_topic.entry(t).or_default().push((p, offset));
+            let mut by_topic: BTreeMap<String, Vec<(i32, i64, i16)>> = BTreeMap::new();
+            for (tp, offset) in &committed {
+                by_topic.entry(tp.0.clone()).or_default().push((tp.1, *offset, unstable(tp)));
             }
             by_topic.into_iter().collect()
         }
@@ -272,18 +292,19 @@ pub(crate) fn offset_fetch(ctx: Ctx, body: Bytes) -> Reply {
         let asked = request
             .topics
             .map(|topics| topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+        let require_stable = request.require_stable;
         return Reply::Later(Box::pin(async move {
-            let (error, topics) = fetch_group_authorized(&ctx, &group_id, asked).await;
+            let (error, topics) = fetch_group_authorized(&ctx, &group_id, asked, require_stable).await;
             let topics = topics
                 .into_iter()
                 .map(|(name, topic_error, offsets)| {
                     OffsetFetchResponseTopic::default().with_name(topic_name(&name)).with_partitions(
                         offsets
                             .into_iter()
-                            .map(|(p, offset)| {
+                            .map(|(p, offset, own)| {
                                 OffsetFetchResponsePartition::default()
                                     .with_partition_index(p)
-                                    .with_error_code(topic_error)
+                                    .with_error_code(if topic_error != 0 { topic_error } else { own })
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(-1)
                                     .with_metadata(Some(StrBytes::from_static_str("")))
@@ -306,20 +327,21 @@ pub(crate) fn offset_fetch(ctx: Ctx, body: Bytes) -> Reply {
             (g.group_id.0.to_string(), asked)
         })
         .collect();
+    let require_stable = request.require_stable;
     Reply::Later(Box::pin(async move {
         let mut answers = Vec::with_capacity(groups.len());
         for (group_id, asked) in groups {
-            let (error, topics) = fetch_group_authorized(&ctx, &group_id, asked).await;
+            let (error, topics) = fetch_group_authorized(&ctx, &group_id, asked, require_stable).await;
             let topics = topics
                 .into_iter()
                 .map(|(name, topic_error, offsets)| {
                     OffsetFetchResponseTopics::default().with_name(topic_name(&name)).with_partitions(
                         offsets
                             .into_iter()
-                            .map(|(p, offset)| {
+                            .map(|(p, offset, own)| {
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
-                                    .with_error_code(topic_error)
+                                    .with_error_code(if topic_error != 0 { topic_error } else { own })
                                     .with_committed_offset(offset)
                                     .with_committed_leader_epoch(-1)
                                     .with_metadata(Some(StrBytes::from_static_str("")))

@@ -29,6 +29,7 @@ mod quotas;
 mod response;
 mod sasl;
 mod scram_credentials;
+mod txn_offset_commit;
 mod versions;
 
 use std::cell::RefCell;
@@ -334,6 +335,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),
         ApiKey::OffsetCommit => groups::offset_commit(ctx, body),
         ApiKey::OffsetFetch => groups::offset_fetch(ctx, body),
+        ApiKey::TxnOffsetCommit => txn_offset_commit::txn_offset_commit(ctx, body),
         ApiKey::ListGroups => groups::list_groups(ctx, body),
         ApiKey::DescribeGroups => groups::describe_groups(ctx, body),
         ApiKey::DeleteGroups => groups::delete_groups(ctx, body),
@@ -451,6 +453,7 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::IncrementalAlterConfigs => one::<IncrementalAlterConfigsRequest>(&mut body, version),
         ApiKey::OffsetCommit => one::<OffsetCommitRequest>(&mut body, version),
         ApiKey::OffsetFetch => one::<OffsetFetchRequest>(&mut body, version),
+        ApiKey::TxnOffsetCommit => one::<TxnOffsetCommitRequest>(&mut body, version),
         ApiKey::ListGroups => one::<ListGroupsRequest>(&mut body, version),
         ApiKey::DescribeGroups => one::<DescribeGroupsRequest>(&mut body, version),
         ApiKey::DeleteGroups => one::<DeleteGroupsRequest>(&mut body, version),

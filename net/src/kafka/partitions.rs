@@ -352,7 +352,7 @@ pub(crate) fn describe_producers(ctx: Ctx, body: Bytes) -> Reply {
                                 .with_last_sequence(producer.last_sequence)
                                 .with_last_timestamp(-1)
                                 .with_coordinator_epoch(-1)
-                                .with_current_txn_start_offset(-1)
+                                .with_current_txn_start_offset(producer.current_txn_start_offset)
                         })
                         .collect(),
                 ),

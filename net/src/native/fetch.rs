@@ -69,6 +69,8 @@ pub(super) fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request
                     bytes_max,
                     current_leader_epoch: part.current_leader_epoch(),
                     replica_durable_offset: part.replica_durable_offset(),
+                    // The native protocol reads everything acknowledged.
+                    read_committed: false,
                 },
             });
         }

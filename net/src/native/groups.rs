@@ -212,7 +212,7 @@ pub(crate) fn offset_fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
     }
     Reply::Later(Box::pin(async move {
         let (error, found) = match wait.await {
-            Ok(Ok(found)) => (ErrorCode::None, found),
+            Ok(Ok(found)) => (ErrorCode::None, found.offsets),
             Ok(Err(outcome)) => (outcome.error, Vec::new()),
             Err(_) => (ErrorCode::BrokerShuttingDown, Vec::new()),
         };
@@ -341,7 +341,10 @@ async fn high_watermarks(shard: &Rc<Shard>, partitions: &BTreeSet<Tp>) -> BTreeM
         }
         let (reply, wait) = oneshot::channel();
         let owner = shard.shared.owner(&topic.name, partition);
-        shard.submit(owner, ShardOp::ListOffset { topic, partition, timestamp: OFFSET_LATEST, reply });
+        shard.submit(
+            owner,
+            ShardOp::ListOffset { topic, partition, timestamp: OFFSET_LATEST, read_committed: false, reply },
+        );
         waits.push((tp.clone(), wait));
     }
     let mut ends = BTreeMap::new();

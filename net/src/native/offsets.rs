@@ -28,7 +28,10 @@ pub(super) fn list_offsets(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
             let wait = target.map(|(topic, partition)| {
                 let (reply, wait) = oneshot::channel();
                 let owner = shard.shared.owner(&topic.name, partition);
-                shard.submit(owner, ShardOp::ListOffset { topic, partition, timestamp: part.timestamp(), reply });
+                shard.submit(
+                    owner,
+                    ShardOp::ListOffset { topic, partition, timestamp: part.timestamp(), read_committed: false, reply },
+                );
                 wait
             });
             waits.push((topic_index, part.partition(), part.timestamp(), wait));
