@@ -252,7 +252,7 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
     assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "secret"), K::TopicAuthorizationFailed.code());
     assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "open"), 0, "a KIP-848 member of another group joins");
     assert_eq!(conn.metadata("secret").error_code, K::TopicAuthorizationFailed.code());
-    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "open"], "the topic is not listed");
+    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "__transaction_state", "open"], "the topic is not listed");
     // Denied before existence is looked at: a client learns nothing of a
     // topic it may not write.
     assert_eq!(conn.produce("open", 0, batch(1)).0, 0, "other topics are not affected");
@@ -280,7 +280,7 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
     let response = conn.call(3, &DeleteAclsRequest::default().with_filters(vec![filter]));
     assert_eq!(response.filter_results[0].matching_acls.len(), 1);
     assert_eq!(conn.produce("secret", 0, batch(1)), (0, 1), "allowed again");
-    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "open", "secret"]);
+    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "__transaction_state", "open", "secret"]);
     stop(broker);
 }
 

@@ -272,39 +272,63 @@ fn serving(shard: &Shard, catalog: &Catalog, group_id: &str) -> Result<(u32, u64
     }
 }
 
-/// Records on their way to the group's partition: written once durable on
-/// the leader and in every in-sync replica.
-struct Write {
+/// Records on their way to a coordinator's partition (a group's, a
+/// transaction's): written once durable on the leader and in every
+/// in-sync replica.
+pub(crate) struct Write {
     replica: Rc<Replica>,
     ticket: spate_engine::AppendTicket,
     leader_epoch: i32,
     min_insync_replicas: usize,
 }
 
+impl Write {
+    /// A write appended by other means (a transaction marker).
+    pub(crate) fn new(
+        replica: Rc<Replica>,
+        ticket: spate_engine::AppendTicket,
+        leader_epoch: i32,
+        min_insync_replicas: usize,
+    ) -> Write {
+        Write { replica, ticket, leader_epoch, min_insync_replicas }
+    }
+}
+
 /// Appends records to the group's partition now (so records keep the order
 /// of the state changes they describe) and returns the write to await.
 fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<Write, Outcome> {
     let catalog = shard.shared.catalog.load();
-    let not_ready = || Outcome::err(ErrorCode::NotReady, format!("{CONSUMER_OFFSETS_TOPIC} is not open here"));
-    let topic = catalog.topics.get(CONSUMER_OFFSETS_TOPIC).ok_or_else(not_ready)?;
+    let topic = catalog
+        .topics
+        .get(CONSUMER_OFFSETS_TOPIC)
+        .ok_or_else(|| Outcome::err(ErrorCode::NotReady, format!("{CONSUMER_OFFSETS_TOPIC} is not open here")))?;
     let partition = group_partition(group_id, topic.partitions);
-    // The coordinator is the leader of the group's partition: elsewhere the
-    // client is told to look again.
+    let batch = record::batch(records, now_ms());
+    append_batch(shard, topic, partition, batch, group_id)
+}
+
+/// Appends a coordinator's batch to `partition` of its internal `topic`,
+/// which this shard's replica must lead (elsewhere the client is told to
+/// look again), with at least min.insync.replicas in sync (acks=all, as
+/// Kafka's coordinators write). `key`: whose state it is, for messages.
+pub(crate) fn append_batch(
+    shard: &Shard,
+    topic: &TopicMeta,
+    partition: u32,
+    batch: bytes::BytesMut,
+    key: &str,
+) -> Result<Write, Outcome> {
+    let name = topic.name.as_str();
     let replica = shard.replica(topic, partition).ok_or_else(|| {
-        Outcome::err(ErrorCode::NotLeaderOrFollower, format!("{CONSUMER_OFFSETS_TOPIC}/{partition} is not hosted here"))
+        Outcome::err(ErrorCode::NotLeaderOrFollower, format!("{name}/{partition} is not hosted here"))
     })?;
     let leader_epoch = replica
         .check_leader(-1)
-        .map_err(|refusal| Outcome::err(refusal.0, format!("not the coordinator of {group_id:?} now")))?;
-    // acks=all, as Kafka's coordinator writes: not below min.insync.replicas.
+        .map_err(|refusal| Outcome::err(refusal.0, format!("not the coordinator of {key:?} now")))?;
     let min_insync_replicas = shard.shared.min_insync_replicas(topic);
     replica.check_min_isr(min_insync_replicas).map_err(|refusal| {
-        Outcome::err(
-            refusal.0,
-            format!("{CONSUMER_OFFSETS_TOPIC}/{partition} has fewer in-sync replicas than {min_insync_replicas}"),
-        )
+        Outcome::err(refusal.0, format!("{name}/{partition} has fewer in-sync replicas than {min_insync_replicas}"))
     })?;
-    let batch = record::batch(records, now_ms());
     let ticket =
         replica.log.append(batch, leader_epoch).map_err(|err| Outcome::err(log_error_code(&err), err.to_string()))?;
     Ok(Write { replica, ticket, leader_epoch, min_insync_replicas })
@@ -313,7 +337,7 @@ fn append(shard: &Shard, group_id: &str, records: &[GroupRecord]) -> Result<Writ
 /// Waits until a write is durable here and the high watermark has passed
 /// it (every in-sync replica has it, so a new leader will too), within
 /// `GROUP_WRITE_TIMEOUT_MS` (Kafka's offsets.commit.timeout.ms).
-async fn written(write: Result<Write, Outcome>) -> Outcome {
+pub(crate) async fn written(write: Result<Write, Outcome>) -> Outcome {
     let Write { replica, ticket, leader_epoch, min_insync_replicas } = match write {
         Err(outcome) => return outcome,
         Ok(write) => write,
