@@ -252,7 +252,11 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
     assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "secret"), K::TopicAuthorizationFailed.code());
     assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "open"), 0, "a KIP-848 member of another group joins");
     assert_eq!(conn.metadata("secret").error_code, K::TopicAuthorizationFailed.code());
-    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "__transaction_state", "open"], "the topic is not listed");
+    assert_eq!(
+        listed_topics(&mut conn),
+        ["__consumer_offsets", "__transaction_state", "open"],
+        "the topic is not listed"
+    );
     // Denied before existence is looked at: a client learns nothing of a
     // topic it may not write.
     assert_eq!(conn.produce("open", 0, batch(1)).0, 0, "other topics are not affected");

@@ -269,3 +269,19 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     assert_eq!(end_txn(&mut kafka, "slow", pid, epoch, true, 3), K::ProducerFenced.code());
     stop(broker);
 }
+
+/// Only brokers write markers: a client's control batch is refused on
+/// either protocol, and nothing of it is appended.
+#[test]
+fn a_clients_control_batch_is_refused() {
+    let broker = one_broker("txn-client-control", |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let control = spate_format::batch::ControlRecord { commit: true, coordinator_epoch: 0 };
+    let batch = spate_format::batch::build_control_batch(7, 0, control, 1).to_vec();
+    assert_ne!(conn.produce("t", 0, &batch, -1).0, ErrorCode::None, "native");
+    assert_ne!(kafka.produce("t", 0, batch).0, 0, "Kafka");
+    assert_eq!(conn.list_offset("t", 0, -1), (ErrorCode::None, 0), "nothing appended");
+    stop(broker);
+}
