@@ -394,6 +394,31 @@ fn every_api_refuses_a_principal_no_acl_allows_with_kafkas_codes() {
 
     let request = FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![text("g")]);
     assert_eq!(conn.call(4, &request).coordinators[0].error_code, group_denied, "FindCoordinator");
+    let txn_denied = K::TransactionalIdAuthorizationFailed.code();
+    let txn = || TransactionalId(text("tx"));
+    let request = FindCoordinatorRequest::default().with_key_type(1).with_coordinator_keys(vec![text("tx")]);
+    assert_eq!(conn.call(4, &request).coordinators[0].error_code, txn_denied, "FindCoordinator (transaction)");
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(txn()))
+        .with_transaction_timeout_ms(1000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    assert_eq!(conn.call(4, &request).error_code, txn_denied, "InitProducerId (transactional)");
+    let request =
+        AddPartitionsToTxnRequest::default().with_v3_and_below_transactional_id(txn()).with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(name("t"))
+                .with_partitions(vec![0]),
+        ]);
+    let response = conn.call(3, &request);
+    assert_eq!(response.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, txn_denied);
+    let request = AddOffsetsToTxnRequest::default().with_transactional_id(txn()).with_group_id(group());
+    assert_eq!(conn.call(3, &request).error_code, txn_denied, "AddOffsetsToTxn");
+    let request = EndTxnRequest::default().with_transactional_id(txn());
+    assert_eq!(conn.call(3, &request).error_code, txn_denied, "EndTxn");
+    let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![txn()]);
+    assert_eq!(conn.call(0, &request).transaction_states[0].error_code, txn_denied, "DescribeTransactions");
+    assert!(conn.call(1, &ListTransactionsRequest::default()).transaction_states.is_empty(), "ListTransactions");
     let request = OffsetCommitRequest::default()
         .with_group_id(group())
         .with_generation_id_or_member_epoch(-1)

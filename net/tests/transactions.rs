@@ -242,6 +242,12 @@ fn a_second_init_producer_id_fences_the_first_producer_with_each_versions_code()
         [K::UnknownTopicOrPartition.code(), K::OperationNotAttempted.code()]
     );
 
+    // Internal topics get markers only through AddOffsetsToTxn.
+    assert_eq!(
+        add_partitions(&mut kafka, "zombie", pid, new, &[("__transaction_state", 0)], 3),
+        [K::InvalidTopicException.code()]
+    );
+
     // An init while a transaction is open aborts it under a bumped epoch
     // (the client retries on CONCURRENT_TRANSACTIONS), then bumps again.
     assert_eq!(add_partitions(&mut kafka, "zombie", pid, new, &[("t", 0)], 3), [0]);

@@ -158,6 +158,10 @@ pub(crate) fn add_partitions_to_txn(ctx: Ctx, body: Bytes) -> Reply {
         } else {
             None
         };
+        // Internal topics take markers only through AddOffsetsToTxn (a
+        // marker in `__transaction_state` would be a record its
+        // coordinator cannot read); clients may not write them anyway.
+        let own = own.or(spate_flatbuf::is_internal_topic(&name).then_some(K::InvalidTopicException.code()));
         let meta = catalog.topics.get(&name);
         for &partition in &topic.partitions {
             let known = meta.is_some_and(|t| partition >= 0 && (partition as u32) < t.partitions);

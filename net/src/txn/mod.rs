@@ -620,6 +620,12 @@ async fn read_txns(shard: &Rc<Shard>, topic: &TopicMeta, partition: u32) -> Resu
 pub(crate) fn apply_batch(txns: &mut HashMap<String, TxnMeta>, batch: &[u8], offset: i64) -> Result<i64, String> {
     // Checked again right where it is read back.
     let info = spate_format::batch::validate_stored(batch, usize::MAX).map_err(|e| e.to_string())?;
+    let next = info.last_offset().checked_add(1).ok_or_else(|| "a batch ends at the last offset".to_string())?;
+    // A transaction marker holds no state (none is written here: internal
+    // topics are refused by AddPartitionsToTxn).
+    if info.attributes().is_control() {
+        return Ok(next);
+    }
     for record in spate_format::batch::records(batch).map_err(|e| e.to_string())? {
         let record = record.map_err(|e| e.to_string())?;
         if record.offset(info.base_offset) < offset {
@@ -631,7 +637,7 @@ pub(crate) fn apply_batch(txns: &mut HashMap<String, TxnMeta>, batch: &[u8], off
             (txn_id, None) => txns.remove(&txn_id),
         };
     }
-    info.last_offset().checked_add(1).ok_or_else(|| "a batch ends at the last offset".to_string())
+    Ok(next)
 }
 
 /// The request that creates `__transaction_state` at the first start of a
