@@ -160,7 +160,11 @@ fn control_batches(bytes: &Bytes) -> Vec<(bool, i64)> {
 }
 
 fn one_broker(name: &str, configure: impl FnOnce(&mut spate_net::config::BrokerConfig)) -> BrokerHandle {
-    let mut config = config(&data_dir(name), 2);
+    start_at(&data_dir(name), configure)
+}
+
+fn start_at(dir: &std::path::Path, configure: impl FnOnce(&mut spate_net::config::BrokerConfig)) -> BrokerHandle {
+    let mut config = config(dir, 2);
     config.transaction_state_partitions = TXN_PARTITIONS;
     configure(&mut config);
     spate_net::start(config).expect("broker starts")
@@ -168,7 +172,8 @@ fn one_broker(name: &str, configure: impl FnOnce(&mut spate_net::config::BrokerC
 
 #[test]
 fn a_transaction_commits_then_one_aborts_with_a_marker_on_each_partition() {
-    let broker = one_broker("txn-commit-abort", |_| {});
+    let dir = data_dir("txn-commit-abort");
+    let broker = start_at(&dir, |_| {});
     let mut kafka = KafkaConn::to(&broker);
     let mut conn = Conn::connect(broker.addr().port());
     assert_eq!(kafka.create_topic("t", 2, 1), 0);
@@ -214,6 +219,18 @@ fn a_transaction_commits_then_one_aborts_with_a_marker_on_each_partition() {
     assert!(listed.transaction_states.is_empty(), "no Ongoing transaction");
     assert_eq!(listed.unknown_state_filters, [StrBytes::from_static_str("Bogus")]);
     assert_eq!(describe(&mut kafka, "nobody").error_code, K::TransactionalIdNotFound.code());
+    drop((kafka, conn));
+    stop(broker);
+
+    // The state is replayed from __transaction_state at the next start,
+    // and the commit marker in __consumer_offsets does not stop the
+    // groups' replay (it failed the start before groups skipped markers).
+    let broker = start_at(&dir, |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    let reloaded = await_state(&mut kafka, "app", "CompleteAbort");
+    assert_eq!((reloaded.producer_id.0, reloaded.producer_epoch), (pid, epoch));
+    let (again, next) = init(&mut kafka, "app", 60_000);
+    assert_eq!((again, next), (pid, epoch + 1), "the epoch goes on from the one replayed");
     stop(broker);
 }
 

@@ -898,6 +898,12 @@ pub(crate) fn apply_batch(
     // The engine checked the CRC on the way in; check the structure
     // again right where it is read back.
     let info = spate_format::batch::validate_stored(batch, usize::MAX).map_err(|e| e.to_string())?;
+    // A transaction's marker (its offsets' commit or abort) holds no group
+    // record of its own.
+    if info.attributes().is_control() {
+        let next = info.last_offset().checked_add(1).ok_or_else(|| "a batch ends at the last offset".to_string())?;
+        return Ok((next, 0));
+    }
     let records = spate_format::batch::records(batch).map_err(|e| e.to_string())?;
     let mut applied = 0;
     for record in records {
@@ -988,6 +994,20 @@ mod tests {
         let mut groups = HashMap::new();
         assert_eq!(apply_batch(&mut groups, &batch_at(41), 41), Ok((42, 1)));
         assert_eq!(apply_batch(&mut groups, &batch_at(41), 42), Ok((42, 0)), "records below the offset are skipped");
+    }
+
+    /// A transaction's marker lands in `__consumer_offsets` (the group's
+    /// partition joins the transaction through AddOffsetsToTxn): replay
+    /// read its control record as a group record ("unknown record type"),
+    /// which failed the partition's load and with it the broker's start.
+    #[test]
+    fn a_transaction_marker_in_the_offsets_log_is_skipped_on_replay() {
+        let control = spate_format::batch::ControlRecord { commit: true, coordinator_epoch: 3 };
+        let mut marker = spate_format::batch::build_control_batch(7, 0, control, 1).to_vec();
+        marker[..8].copy_from_slice(&41i64.to_be_bytes());
+        let mut groups = HashMap::new();
+        assert_eq!(apply_batch(&mut groups, &marker, 41), Ok((42, 0)));
+        assert!(groups.is_empty());
     }
 
     /// A batch ending at i64::MAX (which validation accepts) used to give

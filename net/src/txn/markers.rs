@@ -44,6 +44,8 @@ pub(crate) async fn write_all(
 ) -> bool {
     let marker =
         TxnMarker { producer_id: meta.producer_id, producer_epoch: meta.producer_epoch, commit, coordinator_epoch };
+    // A stopping shard leaves them to the partition's next coordinator.
+    let current = || current() && !shard.stopping.get();
     let writes =
         meta.partitions.iter().map(|(topic, partition)| until_written(shard, topic, *partition, marker, &current));
     futures::future::join_all(writes).await.into_iter().all(|done| done)
