@@ -69,6 +69,20 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets`, created at the first start
     /// (later changes are ignored: they would move every group).
     pub group_offsets_partitions: u32,
+    /// Partitions of `__transaction_state`, created at the first start
+    /// (later changes are ignored: they would move every transactional
+    /// id). Kafka's transaction.state.log.num.partitions is 50; 16 here
+    /// as for `__consumer_offsets`: each partition is a log on up to three
+    /// brokers and a replay at every change of its leader, and a small
+    /// cluster gains nothing from more coordinators than cores.
+    pub transaction_state_partitions: u32,
+    /// The longest transaction timeout a producer may ask for (Kafka's
+    /// transaction.max.timeout.ms); InitProducerId refuses longer ones.
+    pub transaction_max_timeout_ms: u64,
+    /// How often each coordinator aborts its transactions past their
+    /// timeout (Kafka's
+    /// transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    pub transaction_abort_check_interval_ms: u64,
     /// Bounds on the session timeout a consumer asks for.
     pub group_session_timeout_ms_min: u64,
     pub group_session_timeout_ms_max: u64,
@@ -181,6 +195,9 @@ impl Default for BrokerConfig {
             cleaner_check_interval_ms: 15 * 1000,
             spin_before_park_us: 0,
             group_offsets_partitions: 16,
+            transaction_state_partitions: 16,
+            transaction_max_timeout_ms: 900_000,
+            transaction_abort_check_interval_ms: 10_000,
             // Low enough for tests and fast failover; Kafka's is 6 s.
             group_session_timeout_ms_min: 500,
             group_session_timeout_ms_max: 300_000,
@@ -278,6 +295,17 @@ impl BrokerConfig {
             || self.group_offsets_partitions > crate::limits::PARTITIONS_PER_TOPIC_MAX as u32
         {
             return Err(ConfigError("group_offsets_partitions must be in [1, 10000]".into()));
+        }
+        if self.transaction_state_partitions == 0
+            || self.transaction_state_partitions > crate::limits::PARTITIONS_PER_TOPIC_MAX as u32
+        {
+            return Err(ConfigError("transaction_state_partitions must be in [1, 10000]".into()));
+        }
+        if self.transaction_max_timeout_ms == 0 || self.transaction_max_timeout_ms > i32::MAX as u64 {
+            return Err(ConfigError("transaction_max_timeout_ms must be in [1, 2147483647]".into()));
+        }
+        if self.transaction_abort_check_interval_ms == 0 {
+            return Err(ConfigError("transaction_abort_check_interval_ms must be positive".into()));
         }
         if self.group_session_timeout_ms_min == 0
             || self.group_session_timeout_ms_min > self.group_session_timeout_ms_max
@@ -584,6 +612,13 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "default.replication.factor" => config.default_replication_factor = number("a replica count")? as i16,
         "auto.create.topics.enable" => config.auto_create_topics_enable = flag()?,
         "offsets.topic.num.partitions" => config.group_offsets_partitions = number("a partition count")? as u32,
+        "transaction.state.log.num.partitions" => {
+            config.transaction_state_partitions = number("a partition count")? as u32
+        }
+        "transaction.max.timeout.ms" => config.transaction_max_timeout_ms = number("milliseconds")?,
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+            config.transaction_abort_check_interval_ms = number("milliseconds")?
+        }
         "replica.lag.time.max.ms" => config.replica_lag_time_max_ms = number("milliseconds")?,
         "broker.heartbeat.interval.ms" => config.broker_heartbeat_interval_ms = number("milliseconds")?,
         "broker.session.timeout.ms" => config.broker_session_timeout_ms = number("milliseconds")?,

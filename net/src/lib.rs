@@ -28,6 +28,7 @@ pub mod security;
 mod server;
 mod shard;
 pub mod topic_config;
+mod txn;
 mod wire;
 
 pub use config::{BrokerConfig, ConfigError, KafkaProperties, parse_durability};

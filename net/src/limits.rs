@@ -194,3 +194,29 @@ pub const ACL_CHANGES_PER_REQUEST_MAX: usize = 1000;
 /// is told it timed out (CreateAcls and DeleteAcls carry no timeout of
 /// their own; Kafka's AdminClient waits 30 s by default for any call).
 pub const ADMIN_TIMEOUT_MS: u64 = 30_000;
+
+/// Partitions one transaction may write (its record in
+/// `__transaction_state` lists them all, and each gets a marker at its
+/// end): 1000 names of at most 249 bytes keep that record under 256 KiB,
+/// well inside a batch. Kafka has no cap; Kafka Streams' transactions
+/// span a task's partitions, far fewer.
+pub const TXN_PARTITIONS_MAX: usize = 1_000;
+/// Transactional ids one shard coordinates: each costs its record's state
+/// in memory (a few hundred bytes plus its partitions' names).
+pub const TXNS_PER_SHARD_MAX: usize = 100_000;
+/// A coordinator's write to `__transaction_state` (a state change) is
+/// answered with an error if the in-sync replicas do not all have it by
+/// then (Kafka's transaction.state.log.write timeout is the request
+/// timeout; this matches the group coordinator's).
+pub const TXN_WRITE_TIMEOUT_MS: u64 = GROUP_WRITE_TIMEOUT_MS;
+/// A marker that cannot be written yet (no leader, leader moving, fewer
+/// in-sync replicas than required) is retried after this, doubling up to
+/// `TXN_MARKER_RETRY_MS_MAX` (Kafka's coordinator retries markers until
+/// written; the transaction stays in PrepareX meanwhile).
+pub const TXN_MARKER_RETRY_MS: u64 = 50;
+pub const TXN_MARKER_RETRY_MS_MAX: u64 = 2_000;
+/// How long a marker's broker-to-broker request may take before the
+/// connection is dropped and the marker retried.
+pub const TXN_MARKER_READ_TIMEOUT_MS: u64 = 30_000;
+const _: () = assert!(TXN_MARKER_RETRY_MS <= TXN_MARKER_RETRY_MS_MAX);
+const _: () = assert!(TXN_PARTITIONS_MAX * (NAME_BYTES_MAX + 6) < 1 << 20, "a transaction's record fits a batch");

@@ -378,9 +378,10 @@ fn start_controller(
         .map_err(|err| ServeError::Start(format!("controller: {err}")))
 }
 
-/// Creates `__consumer_offsets` through the controller if the metadata has
-/// none yet, with min(3, live brokers) replicas (Kafka's
-/// offsets.topic.replication.factor=3; a cluster of one gets one).
+/// Creates `__consumer_offsets` and `__transaction_state` through the
+/// controller if the metadata has none yet, with min(3, live brokers)
+/// replicas (Kafka's offsets.topic.replication.factor=3 and
+/// transaction.state.log.replication.factor=3; a cluster of one gets one).
 ///
 /// At the first start of a cluster not every broker has registered yet:
 /// Kafka refuses to create the topic until enough brokers exist; here it
@@ -389,18 +390,48 @@ fn start_controller(
 /// `OFFSETS_TOPIC_BROKERS_WAIT_MS` has passed since this broker started,
 /// then creates it with the live brokers there are. A cluster of one (or
 /// one whose voters are all up) creates it before `start` returns; else a
-/// thread keeps at it in the background, and group requests get `NotReady`
-/// until the topic exists.
+/// thread keeps at it in the background, and group (transaction) requests
+/// get `NotReady` (COORDINATOR_NOT_AVAILABLE) until the topic exists.
 fn ensure_offsets_topic(shared: &Shared, controller: &spate_replication::Controller) {
-    let has_topic = |controller: &spate_replication::Controller| {
-        controller.image().topics.contains_key(spate_flatbuf::CONSUMER_OFFSETS_TOPIC)
-    };
+    ensure_internal_topic(
+        shared,
+        controller,
+        spate_flatbuf::CONSUMER_OFFSETS_TOPIC,
+        shared.config.group_offsets_partitions,
+        crate::group::OFFSETS_TOPIC_REPLICATION_FACTOR,
+        crate::group::offsets_topic_request,
+    );
+    // Transactions' coordinators, beside the groups' (Kafka creates it at
+    // the first FindCoordinator for a transactional id; at the first start
+    // here, so that no client waits on a topic creation).
+    ensure_internal_topic(
+        shared,
+        controller,
+        crate::txn::TRANSACTION_STATE_TOPIC,
+        shared.config.transaction_state_partitions,
+        crate::txn::TXN_TOPIC_REPLICATION_FACTOR,
+        crate::txn::txn_topic_request,
+    );
+}
+
+/// Creates an internal topic at the cluster's first start (`name`, with
+/// `partitions` and up to `replication_factor_max` replicas), once enough
+/// brokers registered or after waiting long enough for them; in the
+/// background if it cannot be created at once.
+fn ensure_internal_topic(
+    shared: &Shared,
+    controller: &spate_replication::Controller,
+    name: &'static str,
+    partitions: u32,
+    replication_factor_max: usize,
+    make_request: fn(u32, u16) -> spate_replication::ControllerRequest,
+) {
+    let has_topic = move |controller: &spate_replication::Controller| controller.image().topics.contains_key(name);
     if has_topic(controller) {
         return;
     }
     let voters = shared.config.controller_voters().map_or(0, |voters| voters.len());
-    let wanted = voters.clamp(1, crate::group::OFFSETS_TOPIC_REPLICATION_FACTOR);
-    let partitions = shared.config.group_offsets_partitions;
+    let wanted = voters.clamp(1, replication_factor_max);
     let give_up_waiting =
         std::time::Instant::now() + std::time::Duration::from_millis(crate::limits::OFFSETS_TOPIC_BROKERS_WAIT_MS);
     // The request to send now, if it is time: enough brokers, or waited
@@ -410,27 +441,24 @@ fn ensure_offsets_topic(shared: &Shared, controller: &spate_replication::Control
         if live == 0 || (live < wanted && std::time::Instant::now() < give_up_waiting) {
             return None;
         }
-        let replication_factor = live.min(crate::group::OFFSETS_TOPIC_REPLICATION_FACTOR) as u16;
+        let replication_factor = live.min(replication_factor_max) as u16;
         if replication_factor < wanted as u16 {
             tracing::warn!(
                 live,
                 voters,
-                "creating {} with {replication_factor} replicas: not every voter registered in time",
-                spate_flatbuf::CONSUMER_OFFSETS_TOPIC
+                "creating {name} with {replication_factor} replicas: not every voter registered in time"
             );
         }
-        Some(crate::group::offsets_topic_request(partitions, replication_factor))
+        Some(make_request(partitions, replication_factor))
     };
     if let Some(now) = request(controller) {
         match futures::executor::block_on(controller.request(now)) {
             Ok(_) | Err(spate_replication::ControllerError::TopicAlreadyExists) => return,
-            Err(err) => {
-                tracing::warn!("creating {}: {err}; retrying in the background", spate_flatbuf::CONSUMER_OFFSETS_TOPIC)
-            }
+            Err(err) => tracing::warn!("creating {name}: {err}; retrying in the background"),
         }
     }
     let controller = controller.clone();
-    let spawned = std::thread::Builder::new().name("spate-offsets-topic".into()).spawn(move || {
+    let spawned = std::thread::Builder::new().name("spate-internal-topic".into()).spawn(move || {
         while !has_topic(&controller) {
             let Some(now) = request(&controller) else {
                 std::thread::sleep(std::time::Duration::from_millis(100));
@@ -444,7 +472,7 @@ fn ensure_offsets_topic(shared: &Shared, controller: &spate_replication::Control
         }
     });
     if let Err(err) = spawned {
-        tracing::error!("cannot start the offsets-topic thread: {err}");
+        tracing::error!("cannot start the thread that creates {name}: {err}");
     }
 }
 
@@ -708,6 +736,7 @@ async fn run_shard(
     }
     shard.spawn_isr_checks();
     shard.spawn_failed_log_checks();
+    crate::txn::spawn_timeout_checks(&shard);
     if id == 0 {
         crate::metadata::spawn_follower(shard.clone());
     }

@@ -320,6 +320,16 @@ pub(crate) enum ShardOp {
     Admin(crate::admin::AdminOp),
     /// For the coordinator of a consumer group.
     Group(crate::group::GroupOp),
+    /// For the coordinator of a transactional id.
+    Txn(crate::txn::TxnOp),
+    /// A transaction marker for a partition this shard owns (`txn/markers.rs`),
+    /// answered once the in-sync replicas have it.
+    WriteMarker {
+        topic: Arc<TopicMeta>,
+        partition: u32,
+        marker: spate_engine::TxnMarker,
+        reply: oneshot::Sender<Outcome>,
+    },
     Metrics {
         reply: oneshot::Sender<crate::metrics::ShardSnapshot>,
     },
@@ -357,6 +367,8 @@ pub(crate) struct Shard {
     pub bytes_in_flight: Rc<crate::budget::ByteBudget>,
     /// The consumer groups this shard coordinates.
     pub groups: crate::group::Groups,
+    /// The transactional ids this shard coordinates.
+    pub txns: crate::txn::Txns,
     pub stopping: Cell<bool>,
     /// Accept loops wait on this to stop.
     pub stop_listeners: RefCell<Vec<oneshot::Sender<()>>>,
@@ -439,9 +451,10 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         LogError::Backpressure { .. } => ErrorCode::Throttled,
         LogError::Closed => ErrorCode::BrokerShuttingDown,
         LogError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
-        LogError::Sequence(SequenceError::StaleEpoch { .. }) | LogError::InvalidProducerEpoch { .. } => {
-            ErrorCode::InvalidProducerEpoch
-        }
+        LogError::Sequence(SequenceError::StaleEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+        // A marker from a fenced producer's or a deposed coordinator's
+        // transaction: the coordinator counts it as written.
+        LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         LogError::Sequence(SequenceError::Invalid { .. }) => ErrorCode::CorruptMessage,
     }
 }
@@ -465,6 +478,7 @@ impl Shard {
             metrics: ShardMetrics::default(),
             bytes_in_flight,
             groups: crate::group::Groups::default(),
+            txns: crate::txn::Txns::default(),
             stopping: Cell::new(false),
             stop_listeners: RefCell::new(Vec::new()),
             cleaner_queue: glommio::executor().create_task_queue(
@@ -740,6 +754,10 @@ impl Shard {
             }
             ShardOp::Admin(op) => crate::admin::execute(self.clone(), op),
             ShardOp::Group(op) => crate::group::execute(self, op),
+            ShardOp::Txn(op) => crate::txn::execute(self, op),
+            ShardOp::WriteMarker { topic, partition, marker, reply } => {
+                crate::txn::write_marker_here(self, topic, partition, marker, reply);
+            }
             ShardOp::Metrics { reply } => {
                 let mut snapshot = self.metrics.snapshot(self.id, &self.partition_sizes(), self.offline_count());
                 snapshot.bytes_in_flight = self.bytes_in_flight.used_bytes();
@@ -947,6 +965,8 @@ impl Shard {
         }
         // Group coordinators follow the roles of __consumer_offsets.
         crate::group::sync(self, catalog);
+        // Transaction coordinators follow the roles of __transaction_state.
+        crate::txn::sync(self, catalog);
         first_error.map_or(Ok(()), Err)
     }
 

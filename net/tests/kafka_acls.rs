@@ -252,7 +252,11 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
     assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "secret"), K::TopicAuthorizationFailed.code());
     assert_eq!(consumer_heartbeat_error(&mut conn, "g2", "open"), 0, "a KIP-848 member of another group joins");
     assert_eq!(conn.metadata("secret").error_code, K::TopicAuthorizationFailed.code());
-    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "open"], "the topic is not listed");
+    assert_eq!(
+        listed_topics(&mut conn),
+        ["__consumer_offsets", "__transaction_state", "open"],
+        "the topic is not listed"
+    );
     // Denied before existence is looked at: a client learns nothing of a
     // topic it may not write.
     assert_eq!(conn.produce("open", 0, batch(1)).0, 0, "other topics are not affected");
@@ -280,7 +284,7 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
     let response = conn.call(3, &DeleteAclsRequest::default().with_filters(vec![filter]));
     assert_eq!(response.filter_results[0].matching_acls.len(), 1);
     assert_eq!(conn.produce("secret", 0, batch(1)), (0, 1), "allowed again");
-    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "open", "secret"]);
+    assert_eq!(listed_topics(&mut conn), ["__consumer_offsets", "__transaction_state", "open", "secret"]);
     stop(broker);
 }
 
@@ -390,6 +394,31 @@ fn every_api_refuses_a_principal_no_acl_allows_with_kafkas_codes() {
 
     let request = FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![text("g")]);
     assert_eq!(conn.call(4, &request).coordinators[0].error_code, group_denied, "FindCoordinator");
+    let txn_denied = K::TransactionalIdAuthorizationFailed.code();
+    let txn = || TransactionalId(text("tx"));
+    let request = FindCoordinatorRequest::default().with_key_type(1).with_coordinator_keys(vec![text("tx")]);
+    assert_eq!(conn.call(4, &request).coordinators[0].error_code, txn_denied, "FindCoordinator (transaction)");
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(txn()))
+        .with_transaction_timeout_ms(1000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    assert_eq!(conn.call(4, &request).error_code, txn_denied, "InitProducerId (transactional)");
+    let request =
+        AddPartitionsToTxnRequest::default().with_v3_and_below_transactional_id(txn()).with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(name("t"))
+                .with_partitions(vec![0]),
+        ]);
+    let response = conn.call(3, &request);
+    assert_eq!(response.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, txn_denied);
+    let request = AddOffsetsToTxnRequest::default().with_transactional_id(txn()).with_group_id(group());
+    assert_eq!(conn.call(3, &request).error_code, txn_denied, "AddOffsetsToTxn");
+    let request = EndTxnRequest::default().with_transactional_id(txn());
+    assert_eq!(conn.call(3, &request).error_code, txn_denied, "EndTxn");
+    let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![txn()]);
+    assert_eq!(conn.call(0, &request).transaction_states[0].error_code, txn_denied, "DescribeTransactions");
+    assert!(conn.call(1, &ListTransactionsRequest::default()).transaction_states.is_empty(), "ListTransactions");
     let request = OffsetCommitRequest::default()
         .with_group_id(group())
         .with_generation_id_or_member_epoch(-1)

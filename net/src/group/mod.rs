@@ -301,7 +301,6 @@ pub(crate) struct Write {
 
 impl Write {
     /// A write appended by other means (a transaction marker).
-    #[allow(dead_code)] // Until the transaction coordinator lands.
     pub(crate) fn new(
         replica: Rc<Replica>,
         ticket: spate_engine::AppendTicket,
@@ -1046,6 +1045,20 @@ mod tests {
         let mut groups = Replayed::default();
         assert_eq!(apply_batch(&mut groups, &batch_at(41), 41), Ok((42, 1)));
         assert_eq!(apply_batch(&mut groups, &batch_at(41), 42), Ok((42, 0)), "records below the offset are skipped");
+    }
+
+    /// A transaction's marker lands in `__consumer_offsets` (the group's
+    /// partition joins the transaction through AddOffsetsToTxn): replay
+    /// read its control record as a group record ("unknown record type"),
+    /// which failed the partition's load and with it the broker's start.
+    #[test]
+    fn a_transaction_marker_in_the_offsets_log_is_skipped_on_replay() {
+        let control = spate_format::batch::ControlRecord { commit: true, coordinator_epoch: 3 };
+        let mut marker = spate_format::batch::build_control_batch(7, 0, control, 1).to_vec();
+        marker[..8].copy_from_slice(&41i64.to_be_bytes());
+        let mut groups = Replayed::default();
+        assert_eq!(apply_batch(&mut groups, &marker, 41), Ok((42, 0)));
+        assert!(groups.groups.is_empty());
     }
 
     /// A batch ending at i64::MAX (which validation accepts) used to give

@@ -183,7 +183,6 @@ fn transactional_batch(
 /// A transaction marker has landed (durable on the in-sync replicas) on
 /// `partition` of `__consumer_offsets`, which this shard owns: the
 /// producer's pending offsets there take effect (commit) or vanish.
-#[allow(dead_code)] // Until the transaction coordinator lands.
 pub(crate) fn txn_marker_written(shard: &Rc<Shard>, partition: u32, producer_id: i64, commit: bool) {
     let Some(pending) = shard.groups.txn_offsets.borrow_mut().remove(&(partition, producer_id)) else {
         return;

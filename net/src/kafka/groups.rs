@@ -43,6 +43,7 @@ use crate::wire::{Reply, Response};
 
 /// FindCoordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 fn group_name(id: &str) -> GroupId {
     GroupId(StrBytes::from_string(id.to_string()))
@@ -53,13 +54,14 @@ fn topic_name(name: &str) -> TopicName {
 }
 
 /// The broker that coordinates `key`: the leader of its partition of
-/// `__consumer_offsets`, with its Kafka address; or an error code.
-fn coordinator_of(shard: &Shard, listener: &str, key: &str) -> Result<(i32, String, i32), i16> {
+/// `topic` (`__consumer_offsets`, `__transaction_state`), with its Kafka
+/// address; or an error code.
+fn coordinator_of(shard: &Shard, listener: &str, topic: &str, key: &str) -> Result<(i32, String, i32), i16> {
     if key.is_empty() || key.len() > NAME_BYTES_MAX {
-        return Err(K::InvalidGroupId.code());
+        return Err(if topic == CONSUMER_OFFSETS_TOPIC { K::InvalidGroupId.code() } else { K::InvalidRequest.code() });
     }
     let catalog = shard.shared.catalog.load();
-    let Some(topic) = catalog.topics.get(CONSUMER_OFFSETS_TOPIC) else {
+    let Some(topic) = catalog.topics.get(topic) else {
         return Err(K::CoordinatorNotAvailable.code());
     };
     let leader = topic.assignment(group_partition(key, topic.partitions)).leader;
@@ -77,19 +79,21 @@ pub(crate) fn find_coordinator(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
-    // Transactions come with their own issue: no transaction coordinator.
     // Kafka asks Describe on the group (or transactional id) first.
-    let lookup = |key: &str| {
-        if request.key_type != KEY_TYPE_GROUP {
+    let lookup = |key: &str| match request.key_type {
+        KEY_TYPE_GROUP => {
+            if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, key) {
+                return Err(K::GroupAuthorizationFailed.code());
+            }
+            coordinator_of(&ctx.shard, &ctx.session.listener, CONSUMER_OFFSETS_TOPIC, key)
+        }
+        KEY_TYPE_TRANSACTION => {
             if !ctx.allowed(AclOperation::Describe, AclResourceType::TransactionalId, key) {
                 return Err(K::TransactionalIdAuthorizationFailed.code());
             }
-            return Err(K::CoordinatorNotAvailable.code());
+            coordinator_of(&ctx.shard, &ctx.session.listener, crate::txn::TRANSACTION_STATE_TOPIC, key)
         }
-        if !ctx.allowed(AclOperation::Describe, AclResourceType::Group, key) {
-            return Err(K::GroupAuthorizationFailed.code());
-        }
-        coordinator_of(&ctx.shard, &ctx.session.listener, key)
+        _ => Err(K::InvalidRequest.code()),
     };
     if ctx.version < 4 {
         let response = match lookup(request.key.as_str()) {

@@ -2,8 +2,8 @@
 //! and frameworks talk to the same shards as native clients. Each request
 //! is decoded with the `kafka-protocol` crate's codecs (generated from
 //! Kafka's own message specs), turned into the same shard operations the
-//! native front-end uses (append, read, list offsets, group coordinator
-//! calls), and answered in Kafka's terms: Kafka error codes, Kafka's
+//! native front-end uses (append, read, list offsets, group and
+//! transaction coordinator calls), and answered in Kafka's terms: Kafka error codes, Kafka's
 //! response versions. The connection itself (budgets, backpressure,
 //! in-order answers, write timeout) is `conn.rs`, shared with the native
 //! protocol.
@@ -29,6 +29,7 @@ mod quotas;
 mod response;
 mod sasl;
 mod scram_credentials;
+mod txn;
 mod txn_offset_commit;
 mod versions;
 
@@ -354,6 +355,11 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::CreateAcls => acls::create_acls(ctx, body),
         ApiKey::DescribeAcls => acls::describe_acls(ctx, body),
         ApiKey::DeleteAcls => acls::delete_acls(ctx, body),
+        ApiKey::AddPartitionsToTxn => txn::add_partitions_to_txn(ctx, body),
+        ApiKey::AddOffsetsToTxn => txn::add_offsets_to_txn(ctx, body),
+        ApiKey::EndTxn => txn::end_txn(ctx, body),
+        ApiKey::DescribeTransactions => txn::describe_transactions(ctx, body),
+        ApiKey::ListTransactions => txn::list_transactions(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)
@@ -472,6 +478,11 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::CreateAcls => one::<CreateAclsRequest>(&mut body, version),
         ApiKey::DescribeAcls => one::<DescribeAclsRequest>(&mut body, version),
         ApiKey::DeleteAcls => one::<DeleteAclsRequest>(&mut body, version),
+        ApiKey::AddPartitionsToTxn => one::<AddPartitionsToTxnRequest>(&mut body, version),
+        ApiKey::AddOffsetsToTxn => one::<AddOffsetsToTxnRequest>(&mut body, version),
+        ApiKey::EndTxn => one::<EndTxnRequest>(&mut body, version),
+        ApiKey::DescribeTransactions => one::<DescribeTransactionsRequest>(&mut body, version),
+        ApiKey::ListTransactions => one::<ListTransactionsRequest>(&mut body, version),
         // Served APIs added later decode through their handlers' types;
         // until listed here they are not fuzzed.
         _ => Ok(()),

@@ -1,4 +1,4 @@
-//! Produce and InitProducerId.
+//! Produce and InitProducerId (a transactional producer's is `txn.rs`).
 //!
 //! A produce request's record batches are appended from the receive
 //! buffer, as on the native path: the request is decoded from a view that
@@ -259,14 +259,8 @@ pub(crate) fn init_producer_id(ctx: Ctx, body: Bytes) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
-    if request.transactional_id.is_some() {
-        // Transactions come with their own issue; until then a
-        // transactional producer is told plainly.
-        let response = InitProducerIdResponse::default()
-            .with_error_code(K::TransactionalIdAuthorizationFailed.code())
-            .with_producer_id(kafka_protocol::messages::ProducerId(-1))
-            .with_producer_epoch(-1);
-        return Reply::Now(respond(&ctx, &response));
+    if let Some(txn_id) = request.transactional_id.as_ref().map(|id| id.0.to_string()) {
+        return super::txn::init_producer_id(ctx, request, txn_id);
     }
     // Kafka 2.8+ (KIP-679): an idempotent producer needs IdempotentWrite
     // on the cluster, or Write on some topic.

@@ -3,7 +3,7 @@
 //! Every version listed here works, old non-flexible ones and flexible
 //! ones alike (clients pick the highest both sides know: aiokafka and
 //! kafkajs send old versions, the Java client the newest). APIs that come
-//! with later issues (transactions) are not listed until they work.
+//! with later issues are not listed until they work.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -67,6 +67,14 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreateAcls => (1, 3),
         ApiKey::DescribeAcls => (1, 3),
         ApiKey::DeleteAcls => (1, 3),
+        // v4 is brokers' batched verification and v5 (like AddOffsetsToTxn
+        // v4 and EndTxn v4-v5) transactions v2 (KIP-890): later.
+        ApiKey::AddPartitionsToTxn => (0, 3),
+        ApiKey::AddOffsetsToTxn => (0, 3),
+        ApiKey::EndTxn => (0, 3),
+        ApiKey::DescribeTransactions => (0, 0),
+        // v2 adds a transactional id pattern: later.
+        ApiKey::ListTransactions => (0, 1),
         _ => return None,
     })
 }
@@ -116,6 +124,11 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreateAcls => "kafka.create_acls",
         ApiKey::DescribeAcls => "kafka.describe_acls",
         ApiKey::DeleteAcls => "kafka.delete_acls",
+        ApiKey::AddPartitionsToTxn => "kafka.add_partitions_to_txn",
+        ApiKey::AddOffsetsToTxn => "kafka.add_offsets_to_txn",
+        ApiKey::EndTxn => "kafka.end_txn",
+        ApiKey::DescribeTransactions => "kafka.describe_transactions",
+        ApiKey::ListTransactions => "kafka.list_transactions",
         _ => "kafka.other",
     }
 }

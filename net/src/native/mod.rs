@@ -67,7 +67,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         return (Reply::Now(response), api);
     }
     let reply = match body_type {
-        Body::ProduceRequest => produce::produce(shard, frame, request_id),
+        Body::ProduceRequest => produce::produce(shard, session, frame, request_id),
         Body::FetchRequest => fetch::fetch(shard, session, &frame, request_id, charge),
         Body::HandshakeRequest => metadata::handshake(shard, session, &frame, request_id),
         Body::MetadataRequest => metadata::metadata(shard, &frame, request_id),

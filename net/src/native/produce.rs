@@ -27,7 +27,10 @@ struct ProducePart {
     refused: Option<Outcome>,
 }
 
-pub(super) fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply {
+pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame, request_id: u64) -> Reply {
+    // A connection proven to be a broker's may send transaction markers
+    // (control batches), to internal topics too (`txn/markers.rs`).
+    let from_broker = session.broker.get() >= 0;
     let mut topic_names: Vec<String> = Vec::new();
     let mut topics: Vec<Option<Arc<TopicMeta>>> = Vec::new();
     let mut parts: Vec<ProducePart> = Vec::new();
@@ -45,7 +48,7 @@ pub(super) fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply
                     // The topic's name is in the answer once, beside its
                     // entries; the messages do not repeat it.
                     None => Some(Outcome::err(ErrorCode::UnknownTopicOrPartition, "no such topic")),
-                    Some(_) if spate_flatbuf::is_internal_topic(name) => {
+                    Some(_) if spate_flatbuf::is_internal_topic(name) && !from_broker => {
                         Some(Outcome::err(ErrorCode::InternalTopic, "the topic is written by the broker only"))
                     }
                     Some(meta) if partition_of(meta, part.partition()).is_none() => Some(Outcome::err(
@@ -114,6 +117,23 @@ pub(super) fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply
                 continue;
             }
         };
+        let partition = part.partition as u32;
+        let owner = shard.shared.owner(&topic.name, partition);
+        if from_broker {
+            // Markers only: a broker never produces anything else here.
+            let (reply, wait) = oneshot::channel();
+            match (batches.len(), batches.first().and_then(|batch| crate::txn::marker_from_batch(batch))) {
+                (1, Some(Ok(marker))) => {
+                    shard.submit(owner, ShardOp::WriteMarker { topic, partition, marker, reply: reply_outcome(reply) });
+                    waits.push(Ok(wait));
+                }
+                (_, Some(Err(message))) => waits.push(Err(Outcome::err(ErrorCode::CorruptMessage, message))),
+                _ => {
+                    waits.push(Err(Outcome::err(ErrorCode::InvalidRequest, "a broker sends one marker per partition")))
+                }
+            }
+            continue;
+        }
         let secret = shard.shared.catalog.load().cluster_secret.clone();
         if let Err(refusal) =
             crate::producer_ids::check_owner(secret.as_deref(), &crate::security::Principal::anonymous(), &batches)
@@ -121,9 +141,7 @@ pub(super) fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply
             waits.push(Err(Outcome::err(ErrorCode::ClusterAuthorizationFailed, refusal)));
             continue;
         }
-        let partition = part.partition as u32;
         let (reply, wait) = oneshot::channel();
-        let owner = shard.shared.owner(&topic.name, partition);
         shard.submit(owner, ShardOp::Produce { topic, partition, batches, acks, timeout, reply });
         waits.push(Ok(wait));
     }
@@ -153,6 +171,18 @@ pub(super) fn produce(shard: &Rc<Shard>, frame: Frame, request_id: u64) -> Reply
         }
         Response::Frame(produce_response(request_id, &topic_names, &partitions, &results))
     }))
+}
+
+/// A marker's answer (an outcome) as a produce's.
+fn reply_outcome(reply: oneshot::Sender<AppendResult>) -> oneshot::Sender<Outcome> {
+    let (tx, rx) = oneshot::channel::<Outcome>();
+    glommio::spawn_local(async move {
+        let outcome =
+            rx.await.unwrap_or_else(|_| Outcome::err(ErrorCode::BrokerShuttingDown, "the partition's shard stopped"));
+        let _ = reply.send(AppendResult { outcome, base_offset: -1, log_start_offset: -1 });
+    })
+    .detach();
+    tx
 }
 
 fn produce_response(

@@ -1,0 +1,423 @@
+//! Kafka's transaction state machine (`TransactionMetadata` and the
+//! checks of `TransactionCoordinator`), as pure functions from a
+//! transaction's state and a request to the next state or an error, so
+//! that every rule is testable without a broker. The coordinator
+//! (`mod.rs`) persists each next state before it answers.
+
+use std::collections::BTreeSet;
+
+use crate::group::Tp;
+use crate::limits::TXN_PARTITIONS_MAX;
+
+/// An epoch this high takes a new producer id at the next
+/// InitProducerId (Kafka's `isEpochExhausted`: one epoch is kept in
+/// reserve for fencing the producer at a timeout).
+pub(crate) const EPOCH_EXHAUSTED: i16 = i16::MAX - 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum TxnState {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+    /// Kafka's state of an expired transactional id; Spate does not
+    /// expire ids yet, so nothing is written in it.
+    Dead,
+    /// Kafka's transient state while a fenced producer's transaction is
+    /// aborted; Spate goes straight to PrepareAbort with the bumped epoch
+    /// (the same record Kafka writes next), so it is never written either.
+    PrepareEpochFence,
+}
+
+impl TxnState {
+    pub(crate) const ALL: [TxnState; 8] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+        TxnState::Dead,
+        TxnState::PrepareEpochFence,
+    ];
+
+    /// Kafka's byte for the state (its `TransactionState.id`), which is
+    /// also what the record stores.
+    pub(crate) fn id(self) -> u8 {
+        match self {
+            TxnState::Empty => 0,
+            TxnState::Ongoing => 1,
+            TxnState::PrepareCommit => 2,
+            TxnState::PrepareAbort => 3,
+            TxnState::CompleteCommit => 4,
+            TxnState::CompleteAbort => 5,
+            TxnState::Dead => 6,
+            TxnState::PrepareEpochFence => 7,
+        }
+    }
+
+    pub(crate) fn from_id(id: u8) -> Option<TxnState> {
+        TxnState::ALL.into_iter().find(|state| state.id() == id)
+    }
+
+    /// The name Kafka's DescribeTransactions and ListTransactions use.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TxnState::Empty => "Empty",
+            TxnState::Ongoing => "Ongoing",
+            TxnState::PrepareCommit => "PrepareCommit",
+            TxnState::PrepareAbort => "PrepareAbort",
+            TxnState::CompleteCommit => "CompleteCommit",
+            TxnState::CompleteAbort => "CompleteAbort",
+            TxnState::Dead => "Dead",
+            TxnState::PrepareEpochFence => "PrepareEpochFence",
+        }
+    }
+
+    pub(crate) fn parse(name: &str) -> Option<TxnState> {
+        TxnState::ALL.into_iter().find(|state| state.name() == name)
+    }
+
+    /// Markers are being written: the outcome is decided, not yet done.
+    pub(crate) fn is_prepared(self) -> bool {
+        matches!(self, TxnState::PrepareCommit | TxnState::PrepareAbort)
+    }
+}
+
+/// A transactional id's state, as its record holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TxnMeta {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// The producer id and epoch before the last InitProducerId (-1:
+    /// none), so that a retried InitProducerId (KIP-360) is recognised.
+    pub last_producer_id: i64,
+    pub last_producer_epoch: i16,
+    pub timeout_ms: i32,
+    pub state: TxnState,
+    pub partitions: BTreeSet<Tp>,
+    /// When the transaction's first partition was added (-1: none yet).
+    pub txn_start_ms: i64,
+    pub txn_last_update_ms: i64,
+}
+
+/// Why a request on a transaction is refused, in Kafka's terms (the
+/// front-end picks each version's code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxnError {
+    NotCoordinator,
+    CoordinatorLoadInProgress,
+    CoordinatorNotAvailable,
+    /// A state change of the transaction is under way; retry.
+    ConcurrentTransactions,
+    /// A newer producer with this transactional id exists.
+    ProducerFenced,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    InvalidTransactionTimeout,
+    /// More partitions than `TXN_PARTITIONS_MAX` in one transaction.
+    TooManyPartitions,
+    /// No producer id could be allocated.
+    ProducerIdsUnavailable,
+}
+
+/// What an InitProducerId does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum InitStep {
+    /// A new producer id is needed first: the id is new, its producer's
+    /// epochs are exhausted, or its producer id was given to another
+    /// principal (whose batches would be refused under this one's).
+    NeedProducerId,
+    /// Persist this state, then answer with its producer id and epoch.
+    Write(TxnMeta),
+    /// The transaction is Ongoing: it is aborted first, under a bumped
+    /// epoch that fences its producer (persist this PrepareAbort, then
+    /// markers, then CompleteAbort); the client is told
+    /// CONCURRENT_TRANSACTIONS and retries.
+    AbortFirst(TxnMeta),
+}
+
+/// InitProducerId with a transactional id. `expected`: the producer id
+/// and epoch the client had (KIP-360), if any; `fresh_producer_id`: a
+/// new id, once `NeedProducerId` asked for one; `producer_id_usable`:
+/// the current id was given to the requesting principal.
+pub(crate) fn init(
+    current: Option<&TxnMeta>,
+    timeout_ms: i32,
+    expected: Option<(i64, i16)>,
+    fresh_producer_id: Option<i64>,
+    producer_id_usable: bool,
+    now_ms: i64,
+) -> Result<InitStep, TxnError> {
+    let empty = |producer_id: i64, producer_epoch: i16, last_producer_id: i64, last_producer_epoch: i16| TxnMeta {
+        producer_id,
+        producer_epoch,
+        last_producer_id,
+        last_producer_epoch,
+        timeout_ms,
+        state: TxnState::Empty,
+        partitions: BTreeSet::new(),
+        txn_start_ms: -1,
+        txn_last_update_ms: now_ms,
+    };
+    let Some(current) = current else {
+        let Some(producer_id) = fresh_producer_id else { return Ok(InitStep::NeedProducerId) };
+        return Ok(InitStep::Write(empty(producer_id, 0, -1, -1)));
+    };
+    if let Some((producer_id, epoch)) = expected {
+        // Kafka's isValidProducerId: the current producer, or the one
+        // before a rotation retrying.
+        let valid = current.producer_epoch < 0
+            || producer_id == current.producer_id
+            || (producer_id == current.last_producer_id && epoch >= EPOCH_EXHAUSTED);
+        if !valid {
+            return Err(TxnError::ProducerFenced);
+        }
+    }
+    match current.state {
+        TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::PrepareEpochFence | TxnState::Dead => {
+            Err(TxnError::ConcurrentTransactions)
+        }
+        TxnState::Ongoing => Ok(InitStep::AbortFirst(fenced_abort(current, now_ms))),
+        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => {
+            let exhausted = current.producer_epoch >= EPOCH_EXHAUSTED;
+            let matches_expected = expected.is_none_or(|(_, epoch)| epoch == current.producer_epoch);
+            if (exhausted || !producer_id_usable) && matches_expected {
+                let Some(producer_id) = fresh_producer_id else { return Ok(InitStep::NeedProducerId) };
+                let last_epoch = if expected.is_some() { current.producer_epoch } else { -1 };
+                return Ok(InitStep::Write(empty(producer_id, 0, current.producer_id, last_epoch)));
+            }
+            let bumped = current.producer_epoch + 1;
+            let (epoch, last_epoch) = match expected {
+                None => (bumped, -1),
+                Some((_, epoch)) if current.producer_epoch < 0 || epoch == current.producer_epoch => {
+                    (bumped, current.producer_epoch)
+                }
+                // A retry of an InitProducerId that succeeded: its answer
+                // again, without another bump.
+                Some((_, epoch)) if epoch == current.last_producer_epoch => {
+                    (current.producer_epoch, current.last_producer_epoch)
+                }
+                Some(_) => return Err(TxnError::ProducerFenced),
+            };
+            Ok(InitStep::Write(empty(current.producer_id, epoch, current.last_producer_id, last_epoch)))
+        }
+    }
+}
+
+/// The PrepareAbort that ends an Ongoing transaction whose producer is
+/// fenced (a new InitProducerId, or its timeout): the epoch is bumped
+/// (unless none is left), so the old producer's next request fails and
+/// the markers are written under an epoch it cannot reuse.
+pub(crate) fn fenced_abort(current: &TxnMeta, now_ms: i64) -> TxnMeta {
+    assert_eq!(current.state, TxnState::Ongoing, "only an Ongoing transaction is fenced");
+    let mut next = current.clone();
+    next.producer_epoch = next.producer_epoch.saturating_add(1);
+    next.state = TxnState::PrepareAbort;
+    next.txn_last_update_ms = now_ms;
+    next
+}
+
+/// The checks every request from a producer makes first (Kafka's order).
+fn check_producer(current: Option<&TxnMeta>, producer_id: i64, producer_epoch: i16) -> Result<&TxnMeta, TxnError> {
+    let current = current.ok_or(TxnError::InvalidProducerIdMapping)?;
+    if current.producer_id != producer_id {
+        return Err(TxnError::InvalidProducerIdMapping);
+    }
+    if current.producer_epoch != producer_epoch {
+        return Err(TxnError::ProducerFenced);
+    }
+    Ok(current)
+}
+
+/// AddPartitionsToTxn (and AddOffsetsToTxn's one partition): the next
+/// state, or None when every partition is in the transaction already
+/// (nothing to write; the answer is success).
+pub(crate) fn add_partitions(
+    current: Option<&TxnMeta>,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: &[Tp],
+    now_ms: i64,
+) -> Result<Option<TxnMeta>, TxnError> {
+    let current = check_producer(current, producer_id, producer_epoch)?;
+    match current.state {
+        TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::PrepareEpochFence | TxnState::Dead => {
+            Err(TxnError::ConcurrentTransactions)
+        }
+        TxnState::Ongoing if partitions.iter().all(|tp| current.partitions.contains(tp)) => Ok(None),
+        state => {
+            let mut next = current.clone();
+            if state != TxnState::Ongoing {
+                next.partitions.clear();
+                next.txn_start_ms = now_ms;
+            }
+            next.partitions.extend(partitions.iter().cloned());
+            if next.partitions.len() > TXN_PARTITIONS_MAX {
+                return Err(TxnError::TooManyPartitions);
+            }
+            next.state = TxnState::Ongoing;
+            next.txn_last_update_ms = now_ms;
+            Ok(Some(next))
+        }
+    }
+}
+
+/// EndTxn: the PrepareCommit or PrepareAbort to persist, or None for a
+/// retry of an EndTxn that completed (success, nothing to write).
+pub(crate) fn end(
+    current: Option<&TxnMeta>,
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    now_ms: i64,
+) -> Result<Option<TxnMeta>, TxnError> {
+    let current = check_producer(current, producer_id, producer_epoch)?;
+    let same = |state: TxnState| (state == TxnState::CompleteCommit || state == TxnState::PrepareCommit) == commit;
+    match current.state {
+        TxnState::Ongoing => {
+            let mut next = current.clone();
+            next.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
+            next.txn_last_update_ms = now_ms;
+            Ok(Some(next))
+        }
+        state @ (TxnState::CompleteCommit | TxnState::CompleteAbort) if same(state) => Ok(None),
+        state @ (TxnState::PrepareCommit | TxnState::PrepareAbort) if same(state) => {
+            Err(TxnError::ConcurrentTransactions)
+        }
+        TxnState::PrepareEpochFence | TxnState::Dead => Err(TxnError::ConcurrentTransactions),
+        _ => Err(TxnError::InvalidTxnState),
+    }
+}
+
+/// The CompleteCommit or CompleteAbort after every marker of a prepared
+/// transaction is written.
+pub(crate) fn complete(prepared: &TxnMeta, now_ms: i64) -> TxnMeta {
+    assert!(prepared.state.is_prepared(), "only a prepared transaction completes");
+    let mut next = prepared.clone();
+    next.state =
+        if prepared.state == TxnState::PrepareCommit { TxnState::CompleteCommit } else { TxnState::CompleteAbort };
+    next.partitions.clear();
+    next.txn_last_update_ms = now_ms;
+    next
+}
+
+/// An Ongoing transaction past its timeout (the coordinator aborts it).
+pub(crate) fn timed_out(meta: &TxnMeta, now_ms: i64) -> bool {
+    meta.state == TxnState::Ongoing && meta.txn_start_ms.saturating_add(i64::from(meta.timeout_ms)) <= now_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(topic: &str, partition: i32) -> Tp {
+        (topic.to_string(), partition)
+    }
+
+    fn started(producer_id: i64, epoch: i16) -> TxnMeta {
+        match init(None, 1000, None, Some(producer_id), true, 0) {
+            Ok(InitStep::Write(mut meta)) => {
+                meta.producer_epoch = epoch;
+                meta
+            }
+            other => panic!("a new id is written: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_transactional_id_needs_a_producer_id_then_starts_empty_at_epoch_0() {
+        assert_eq!(init(None, 1000, None, None, true, 0), Ok(InitStep::NeedProducerId));
+        let meta = started(7, 0);
+        assert_eq!((meta.producer_id, meta.producer_epoch, meta.state), (7, 0, TxnState::Empty));
+    }
+
+    #[test]
+    fn init_again_bumps_the_epoch_and_fences_the_old_producer() {
+        let first = started(7, 0);
+        let Ok(InitStep::Write(second)) = init(Some(&first), 1000, None, None, true, 1) else { panic!("bumped") };
+        assert_eq!((second.producer_id, second.producer_epoch), (7, 1));
+        let tps = [tp("t", 0)];
+        assert_eq!(add_partitions(Some(&second), 7, 0, &tps, 2), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&second), 7, 0, true, 2), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&second), 8, 1, true, 2), Err(TxnError::InvalidProducerIdMapping));
+    }
+
+    #[test]
+    fn init_during_an_ongoing_transaction_aborts_it_under_a_bumped_epoch() {
+        let meta = started(7, 3);
+        let ongoing = add_partitions(Some(&meta), 7, 3, &[tp("t", 0)], 5).expect("allowed").expect("a change");
+        let Ok(InitStep::AbortFirst(abort)) = init(Some(&ongoing), 1000, None, None, true, 6) else { panic!() };
+        assert_eq!((abort.state, abort.producer_epoch), (TxnState::PrepareAbort, 4));
+        assert_eq!(abort.partitions, ongoing.partitions, "the markers go to every partition");
+        assert_eq!(init(Some(&abort), 1000, None, None, true, 7), Err(TxnError::ConcurrentTransactions));
+    }
+
+    #[test]
+    fn exhausted_epochs_or_another_principals_id_take_a_new_producer_id() {
+        let tired = started(7, EPOCH_EXHAUSTED);
+        assert_eq!(init(Some(&tired), 1000, None, None, true, 1), Ok(InitStep::NeedProducerId));
+        let Ok(InitStep::Write(rotated)) = init(Some(&tired), 1000, None, Some(9), true, 1) else { panic!() };
+        assert_eq!((rotated.producer_id, rotated.producer_epoch, rotated.last_producer_id), (9, 0, 7));
+        let theirs = started(7, 2);
+        assert_eq!(init(Some(&theirs), 1000, None, None, false, 1), Ok(InitStep::NeedProducerId));
+    }
+
+    #[test]
+    fn kip_360_a_producer_that_names_its_epoch_bumps_it_and_a_retry_gets_the_same_answer() {
+        let meta = started(7, 4);
+        let Ok(InitStep::Write(bumped)) = init(Some(&meta), 1000, Some((7, 4)), None, true, 1) else { panic!() };
+        assert_eq!((bumped.producer_epoch, bumped.last_producer_epoch), (5, 4));
+        let Ok(InitStep::Write(retry)) = init(Some(&bumped), 1000, Some((7, 4)), None, true, 2) else { panic!() };
+        assert_eq!(retry.producer_epoch, 5, "a retry is not bumped again");
+        assert_eq!(init(Some(&bumped), 1000, Some((7, 2)), None, true, 2), Err(TxnError::ProducerFenced));
+        assert_eq!(init(Some(&bumped), 1000, Some((8, 5)), None, true, 2), Err(TxnError::ProducerFenced));
+    }
+
+    #[test]
+    fn a_transaction_commits_through_prepare_and_complete() {
+        let meta = started(7, 0);
+        let ongoing = add_partitions(Some(&meta), 7, 0, &[tp("t", 0)], 5).expect("allowed").expect("a change");
+        assert_eq!((ongoing.state, ongoing.txn_start_ms), (TxnState::Ongoing, 5));
+        assert_eq!(add_partitions(Some(&ongoing), 7, 0, &[tp("t", 0)], 6), Ok(None), "already in");
+        let prepared = end(Some(&ongoing), 7, 0, true, 7).expect("allowed").expect("a change");
+        assert_eq!(prepared.state, TxnState::PrepareCommit);
+        assert_eq!(end(Some(&prepared), 7, 0, true, 8), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(end(Some(&prepared), 7, 0, false, 8), Err(TxnError::InvalidTxnState));
+        assert_eq!(add_partitions(Some(&prepared), 7, 0, &[tp("u", 0)], 8), Err(TxnError::ConcurrentTransactions));
+        let done = complete(&prepared, 9);
+        assert_eq!((done.state, done.partitions.len()), (TxnState::CompleteCommit, 0));
+        assert_eq!(end(Some(&done), 7, 0, true, 10), Ok(None), "a retried commit succeeds");
+        assert_eq!(end(Some(&done), 7, 0, false, 10), Err(TxnError::InvalidTxnState));
+        assert_eq!(end(Some(&meta), 7, 0, true, 10), Err(TxnError::InvalidTxnState), "nothing to end");
+        let next = add_partitions(Some(&done), 7, 0, &[tp("u", 1)], 11).expect("allowed").expect("a change");
+        assert_eq!(next.partitions.len(), 1, "a new transaction starts with only its own partitions");
+    }
+
+    #[test]
+    fn an_ongoing_transaction_times_out_after_its_timeout_from_its_start() {
+        let meta = started(7, 0);
+        let ongoing = add_partitions(Some(&meta), 7, 0, &[tp("t", 0)], 100).expect("allowed").expect("a change");
+        assert!(!timed_out(&ongoing, 100 + 999));
+        assert!(timed_out(&ongoing, 100 + 1000));
+        assert!(!timed_out(&meta, i64::MAX), "only Ongoing transactions time out");
+    }
+
+    #[test]
+    fn a_transaction_is_capped_in_partitions() {
+        let meta = started(7, 0);
+        let many: Vec<Tp> = (0..=TXN_PARTITIONS_MAX as i32).map(|p| tp("t", p)).collect();
+        assert_eq!(add_partitions(Some(&meta), 7, 0, &many, 1), Err(TxnError::TooManyPartitions));
+    }
+
+    #[test]
+    fn state_names_and_ids_are_kafkas() {
+        for state in TxnState::ALL {
+            assert_eq!(TxnState::from_id(state.id()), Some(state));
+            assert_eq!(TxnState::parse(state.name()), Some(state));
+        }
+        assert_eq!(TxnState::CompleteAbort.id(), 5);
+    }
+}

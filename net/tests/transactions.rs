@@ -1,0 +1,310 @@
+//! The transaction coordinator through Kafka's APIs (issue 17), on
+//! brokers in this process: a transaction commits and aborts (a marker on
+//! each of its partitions, the coordinator's state CompleteCommit or
+//! CompleteAbort); a second InitProducerId fences the first producer (the
+//! codes Kafka answers each version); a transaction past its timeout is
+//! aborted; requests while a transaction is prepared get
+//! CONCURRENT_TRANSACTIONS; and a coordinator that takes over a prepared
+//! transaction finishes it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::kafka::{KafkaConn, name};
+use common::*;
+use kafka_protocol::ResponseError as K;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::describe_transactions_response::TransactionState;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use spate_flatbuf::proto::ErrorCode;
+use spate_net::BrokerHandle;
+
+const TXN_PARTITIONS: u32 = 4;
+
+fn txn_id(id: &str) -> TransactionalId {
+    TransactionalId(StrBytes::from_string(id.to_string()))
+}
+
+/// Codes a client retries on (the coordinator is loading, moving or
+/// busy finishing the previous transaction).
+fn retriable(code: i16) -> bool {
+    [
+        K::CoordinatorLoadInProgress.code(),
+        K::CoordinatorNotAvailable.code(),
+        K::NotCoordinator.code(),
+        K::ConcurrentTransactions.code(),
+    ]
+    .contains(&code)
+}
+
+/// The broker coordinating `id` (FindCoordinator v4, key type 1).
+fn find_coordinator(conn: &mut KafkaConn, id: &str) -> (i16, i32) {
+    let request = FindCoordinatorRequest::default()
+        .with_key_type(1)
+        .with_coordinator_keys(vec![StrBytes::from_string(id.to_string())]);
+    let response = conn.call(4, &request);
+    (response.coordinators[0].error_code, response.coordinators[0].node_id.0)
+}
+
+/// InitProducerId at `version`: (code, producer id, epoch).
+fn init_once(conn: &mut KafkaConn, id: &str, timeout_ms: i32, version: i16) -> (i16, i64, i16) {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(txn_id(id)))
+        .with_transaction_timeout_ms(timeout_ms)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let response = conn.call(version, &request);
+    (response.error_code, response.producer_id.0, response.producer_epoch)
+}
+
+/// InitProducerId retried as a client retries it.
+fn init(conn: &mut KafkaConn, id: &str, timeout_ms: i32) -> (i64, i16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, producer_id, epoch) = init_once(conn, id, timeout_ms, 4);
+        if code == 0 {
+            return (producer_id, epoch);
+        }
+        assert!(retriable(code) && Instant::now() < deadline, "InitProducerId: {code}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// AddPartitionsToTxn at `version`: each partition's code.
+fn add_partitions(conn: &mut KafkaConn, id: &str, pid: i64, epoch: i16, tps: &[(&str, i32)], version: i16) -> Vec<i16> {
+    let topics = tps
+        .iter()
+        .map(|(topic, partition)| {
+            AddPartitionsToTxnTopic::default().with_name(name(topic)).with_partitions(vec![*partition])
+        })
+        .collect();
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(txn_id(id))
+        .with_v3_and_below_producer_id(ProducerId(pid))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(topics);
+    let response = conn.call(version, &request);
+    response
+        .results_by_topic_v3_and_below
+        .iter()
+        .flat_map(|t| t.results_by_partition.iter().map(|p| p.partition_error_code))
+        .collect()
+}
+
+fn add_offsets(conn: &mut KafkaConn, id: &str, pid: i64, epoch: i16, group: &str) -> i16 {
+    let request = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(txn_id(id))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())));
+    conn.call(3, &request).error_code
+}
+
+fn end_txn(conn: &mut KafkaConn, id: &str, pid: i64, epoch: i16, commit: bool, version: i16) -> i16 {
+    let request = EndTxnRequest::default()
+        .with_transactional_id(txn_id(id))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_committed(commit);
+    conn.call(version, &request).error_code
+}
+
+fn describe(conn: &mut KafkaConn, id: &str) -> TransactionState {
+    let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![txn_id(id)]);
+    conn.call(0, &request).transaction_states.remove(0)
+}
+
+/// Waits until `id`'s state is `state` (a coordinator completes a
+/// transaction after it answers EndTxn).
+fn await_state(conn: &mut KafkaConn, id: &str, state: &str) -> TransactionState {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let described = describe(conn, id);
+        if described.error_code == 0 && described.transaction_state.as_str() == state {
+            return described;
+        }
+        assert!(Instant::now() < deadline, "{id} never reached {state}: {described:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A transactional batch of one record (attributes bit 4), as a
+/// transactional producer sends it.
+fn txn_batch(pid: i64, epoch: i16, sequence: i32) -> Vec<u8> {
+    let mut builder = spate_format::batch::BatchBuilder::new(1).producer(pid, epoch, sequence).transactional();
+    builder.push(1, None, Some(b"in a transaction"), &[]);
+    builder.build().to_vec()
+}
+
+/// The control batches of a partition, oldest first: (commit, producer id).
+fn markers(conn: &mut Conn, topic: &str, partition: i32) -> Vec<(bool, i64)> {
+    let (error, _, bytes) = conn.fetch(topic, partition, 0, 0);
+    assert_eq!(error, ErrorCode::None, "fetch {topic}/{partition}");
+    control_batches(&bytes)
+}
+
+fn control_batches(bytes: &Bytes) -> Vec<(bool, i64)> {
+    let mut out = Vec::new();
+    for span in spate_format::batch::split_batches(bytes) {
+        let batch = &bytes[span.expect("whole batches").range];
+        let header = spate_format::batch::peek_header(batch).expect("a header");
+        if header.attributes().is_control() {
+            let control = spate_format::batch::parse_control_batch(batch).expect("a control record");
+            out.push((control.commit, header.producer_id.get()));
+        }
+    }
+    out
+}
+
+fn one_broker(name: &str, configure: impl FnOnce(&mut spate_net::config::BrokerConfig)) -> BrokerHandle {
+    start_at(&data_dir(name), configure)
+}
+
+fn start_at(dir: &std::path::Path, configure: impl FnOnce(&mut spate_net::config::BrokerConfig)) -> BrokerHandle {
+    let mut config = config(dir, 2);
+    config.transaction_state_partitions = TXN_PARTITIONS;
+    configure(&mut config);
+    spate_net::start(config).expect("broker starts")
+}
+
+#[test]
+fn a_transaction_commits_then_one_aborts_with_a_marker_on_each_partition() {
+    let dir = data_dir("txn-commit-abort");
+    let broker = start_at(&dir, |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(kafka.create_topic("t", 2, 1), 0);
+    assert_eq!(find_coordinator(&mut kafka, "app"), (0, 1), "this broker coordinates every id");
+    let (pid, epoch) = init(&mut kafka, "app", 60_000);
+    assert_eq!(epoch, 0, "a new transactional id starts at epoch 0");
+
+    assert_eq!(add_partitions(&mut kafka, "app", pid, epoch, &[("t", 0), ("t", 1)], 3), [0, 0]);
+    assert_eq!(add_offsets(&mut kafka, "app", pid, epoch, "readers"), 0);
+    assert_eq!(kafka.produce("t", 0, txn_batch(pid, epoch, 0)).0, 0);
+    assert_eq!(kafka.produce("t", 1, txn_batch(pid, epoch, 0)).0, 0);
+    let ongoing = describe(&mut kafka, "app");
+    assert_eq!(ongoing.transaction_state.as_str(), "Ongoing");
+    let topics: Vec<&str> = ongoing.topics.iter().map(|t| t.topic.0.as_str()).collect();
+    assert_eq!(topics, ["__consumer_offsets", "t"], "AddOffsetsToTxn adds the group's offsets partition");
+
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, true, 3), 0);
+    let done = await_state(&mut kafka, "app", "CompleteCommit");
+    assert!(done.topics.is_empty(), "a complete transaction has no partitions");
+    for partition in [0, 1] {
+        assert_eq!(markers(&mut conn, "t", partition), [(true, pid)], "t/{partition} has a commit marker");
+    }
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, true, 3), 0, "a retried commit succeeds");
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, false, 3), K::InvalidTxnState.code());
+
+    assert_eq!(add_partitions(&mut kafka, "app", pid, epoch, &[("t", 1)], 3), [0]);
+    assert_eq!(kafka.produce("t", 1, txn_batch(pid, epoch, 1)).0, 0);
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, false, 3), 0);
+    await_state(&mut kafka, "app", "CompleteAbort");
+    assert_eq!(markers(&mut conn, "t", 1), [(true, pid), (false, pid)], "t/1 has an abort marker after the commit");
+    assert_eq!(markers(&mut conn, "t", 0), [(true, pid)], "t/0 was not in the second transaction");
+
+    let listed = kafka.call(1, &ListTransactionsRequest::default().with_duration_filter(-1));
+    let states: Vec<(&str, &str)> = listed
+        .transaction_states
+        .iter()
+        .map(|t| (t.transactional_id.0.as_str(), t.transaction_state.as_str()))
+        .collect();
+    assert_eq!(states, [("app", "CompleteAbort")]);
+    let filtered = ListTransactionsRequest::default()
+        .with_state_filters(vec![StrBytes::from_static_str("Ongoing"), StrBytes::from_static_str("Bogus")]);
+    let listed = kafka.call(0, &filtered);
+    assert!(listed.transaction_states.is_empty(), "no Ongoing transaction");
+    assert_eq!(listed.unknown_state_filters, [StrBytes::from_static_str("Bogus")]);
+    assert_eq!(describe(&mut kafka, "nobody").error_code, K::TransactionalIdNotFound.code());
+    drop((kafka, conn));
+    stop(broker);
+
+    // The state is replayed from __transaction_state at the next start,
+    // and the commit marker in __consumer_offsets does not stop the
+    // groups' replay (it failed the start before groups skipped markers).
+    let broker = start_at(&dir, |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    let reloaded = await_state(&mut kafka, "app", "CompleteAbort");
+    assert_eq!((reloaded.producer_id.0, reloaded.producer_epoch), (pid, epoch));
+    let (again, next) = init(&mut kafka, "app", 60_000);
+    assert_eq!((again, next), (pid, epoch + 1), "the epoch goes on from the one replayed");
+    stop(broker);
+}
+
+#[test]
+fn a_second_init_producer_id_fences_the_first_producer_with_each_versions_code() {
+    let broker = one_broker("txn-fencing", |config| config.transaction_max_timeout_ms = 120_000);
+    let mut kafka = KafkaConn::to(&broker);
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    assert_eq!(init_once(&mut kafka, "zombie", 120_001, 4).0, K::InvalidTransactionTimeout.code());
+    let (pid, old) = init(&mut kafka, "zombie", 60_000);
+    let (again, new) = init(&mut kafka, "zombie", 60_000);
+    assert_eq!((again, new), (pid, old + 1), "the same producer id at the next epoch");
+
+    // Kafka answers INVALID_PRODUCER_EPOCH before PRODUCER_FENCED existed.
+    assert_eq!(add_partitions(&mut kafka, "zombie", pid, old, &[("t", 0)], 1), [K::InvalidProducerEpoch.code()]);
+    assert_eq!(add_partitions(&mut kafka, "zombie", pid, old, &[("t", 0)], 2), [K::ProducerFenced.code()]);
+    assert_eq!(end_txn(&mut kafka, "zombie", pid, old, true, 1), K::InvalidProducerEpoch.code());
+    assert_eq!(end_txn(&mut kafka, "zombie", pid, old, true, 3), K::ProducerFenced.code());
+    assert_eq!(
+        add_partitions(&mut kafka, "zombie", pid + 1, new, &[("t", 0)], 3),
+        [K::InvalidProducerIdMapping.code()]
+    );
+    // Answered by topic name: "nope" before "t".
+    assert_eq!(
+        add_partitions(&mut kafka, "zombie", pid, new, &[("t", 0), ("nope", 0)], 3),
+        [K::UnknownTopicOrPartition.code(), K::OperationNotAttempted.code()]
+    );
+
+    // Internal topics get markers only through AddOffsetsToTxn.
+    assert_eq!(
+        add_partitions(&mut kafka, "zombie", pid, new, &[("__transaction_state", 0)], 3),
+        [K::InvalidTopicException.code()]
+    );
+
+    // An init while a transaction is open aborts it under a bumped epoch
+    // (the client retries on CONCURRENT_TRANSACTIONS), then bumps again.
+    assert_eq!(add_partitions(&mut kafka, "zombie", pid, new, &[("t", 0)], 3), [0]);
+    assert_eq!(init_once(&mut kafka, "zombie", 60_000, 4).0, K::ConcurrentTransactions.code());
+    let (_, newest) = init(&mut kafka, "zombie", 60_000);
+    assert_eq!(newest, new + 2, "one bump for the abort, one for the new producer");
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(markers(&mut conn, "t", 0), [(false, pid)], "the fenced transaction was aborted");
+    assert_eq!(end_txn(&mut kafka, "zombie", pid, newest, true, 3), K::InvalidTxnState.code(), "nothing is open");
+    stop(broker);
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+    let broker = one_broker("txn-timeout", |config| config.transaction_abort_check_interval_ms = 50);
+    let mut kafka = KafkaConn::to(&broker);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let (pid, epoch) = init(&mut kafka, "slow", 300);
+    assert_eq!(add_partitions(&mut kafka, "slow", pid, epoch, &[("t", 0)], 3), [0]);
+    assert_eq!(kafka.produce("t", 0, txn_batch(pid, epoch, 0)).0, 0);
+    let aborted = await_state(&mut kafka, "slow", "CompleteAbort");
+    assert_eq!(aborted.producer_epoch, epoch + 1, "the abort bumped the epoch");
+    assert_eq!(markers(&mut conn, "t", 0), [(false, pid)]);
+    assert_eq!(end_txn(&mut kafka, "slow", pid, epoch, true, 3), K::ProducerFenced.code());
+    stop(broker);
+}
+
+/// Only brokers write markers: a client's control batch is refused on
+/// either protocol, and nothing of it is appended.
+#[test]
+fn a_clients_control_batch_is_refused() {
+    let broker = one_broker("txn-client-control", |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let control = spate_format::batch::ControlRecord { commit: true, coordinator_epoch: 0 };
+    let batch = spate_format::batch::build_control_batch(7, 0, control, 1).to_vec();
+    assert_ne!(conn.produce("t", 0, &batch, -1).0, ErrorCode::None, "native");
+    assert_ne!(kafka.produce("t", 0, batch).0, 0, "Kafka");
+    assert_eq!(conn.list_offset("t", 0, -1), (ErrorCode::None, 0), "nothing appended");
+    stop(broker);
+}
