@@ -28,6 +28,7 @@ scenarios=(
     "ck_keyed|$compat/python/ck_keyed.py"
     "ck_compression|$compat/python/ck_compression.py"
     "ck_idempotent|$compat/python/ck_idempotent.py"
+    "ck_transactions|$compat/python/ck_transactions.py"
     "ck_headers_timestamps|$compat/python/ck_headers_timestamps.py"
     "ck_admin|$compat/python/ck_admin.py"
     "ck_group_range|$compat/python/ck_group.py --strategy range"

@@ -84,6 +84,7 @@ scenarios!(
     ck_keyed,
     ck_compression,
     ck_idempotent,
+    ck_transactions,
     ck_headers_timestamps,
     ck_admin,
     ck_group_range,
