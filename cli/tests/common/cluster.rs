@@ -43,6 +43,25 @@ impl Cluster {
     /// picked for a controller can be taken by another test's broker before
     /// ours binds it: then the start is tried again with new ports.
     pub fn start_with_quorums(name: &str, quorums: impl Fn() -> Vec<String>) -> Cluster {
+        Cluster::start_with(name, quorums, |_| Vec::new())
+    }
+
+    /// Three brokers whose Kafka listeners keep their ports across
+    /// restarts (Kafka clients bootstrap from them).
+    pub fn start_with_kafka_listeners(name: &str) -> Cluster {
+        let quorums = || {
+            let controller_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let quorum: Vec<String> =
+                controller_ports.iter().enumerate().map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1)).collect();
+            vec![quorum.join(","); 3]
+        };
+        Cluster::start_with(name, quorums, |_| {
+            vec!["--listeners".to_string(), format!("PLAINTEXT://127.0.0.1:{}", free_port())]
+        })
+    }
+
+    /// `start_with_quorums`, with `extra(i)` appended to node i+1's flags.
+    pub fn start_with(name: &str, quorums: impl Fn() -> Vec<String>, extra: impl Fn(usize) -> Vec<String>) -> Cluster {
         for attempt in 1..=3 {
             let flags: Vec<Vec<String>> = quorums()
                 .into_iter()
@@ -51,6 +70,7 @@ impl Cluster {
                     let mut flags =
                         vec!["--node-id".to_string(), (i + 1).to_string(), "--controller-quorum".into(), quorum];
                     flags.extend(FLAGS_TIMING.iter().map(|s| s.to_string()));
+                    flags.extend(extra(i));
                     flags
                 })
                 .collect();
@@ -77,6 +97,21 @@ impl Cluster {
 
     pub fn bootstrap(&self) -> Vec<String> {
         self.brokers.iter().map(Broker::addr).collect()
+    }
+
+    /// The Kafka listeners, as a Kafka client's bootstrap.servers.
+    pub fn kafka_bootstrap(&self) -> String {
+        self.brokers.iter().map(Broker::kafka_addr).collect::<Vec<_>>().join(",")
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to a broker: a process that
+    /// stops answering without closing anything (a long GC pause, a VM
+    /// migration), then resumes where it was.
+    pub fn pause(&self, node: i32, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let pid = self.brokers[(node - 1) as usize].child.id().to_string();
+        let status = std::process::Command::new("kill").args([signal, &pid]).status().expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// kill -9, then start again on the same directory and port (as an
