@@ -416,6 +416,24 @@ fn every_api_refuses_a_principal_no_acl_allows_with_kafkas_codes() {
     assert_eq!(conn.call(3, &request).error_code, txn_denied, "AddOffsetsToTxn");
     let request = EndTxnRequest::default().with_transactional_id(txn());
     assert_eq!(conn.call(3, &request).error_code, txn_denied, "EndTxn");
+    let request = TxnOffsetCommitRequest::default()
+        .with_transactional_id(txn())
+        .with_group_id(group())
+        .with_producer_id(ProducerId(1))
+        .with_producer_epoch(0)
+        .with_generation_id(-1)
+        .with_member_id(text(""))
+        .with_topics(vec![
+            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default().with_name(name("t")).with_partitions(
+                vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1),
+                ],
+            ),
+        ]);
+    let response = conn.call(3, &request);
+    assert_eq!(response.topics[0].partitions[0].error_code, txn_denied, "TxnOffsetCommit");
     let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![txn()]);
     assert_eq!(conn.call(0, &request).transaction_states[0].error_code, txn_denied, "DescribeTransactions");
     assert!(conn.call(1, &ListTransactionsRequest::default()).transaction_states.is_empty(), "ListTransactions");

@@ -308,3 +308,101 @@ fn a_clients_control_batch_is_refused() {
     assert_eq!(conn.list_offset("t", 0, -1), (ErrorCode::None, 0), "nothing appended");
     stop(broker);
 }
+
+/// TxnOffsetCommit at v3 for `group`'s offset of t/0: the partition's code.
+fn txn_offset_commit(conn: &mut KafkaConn, id: &str, pid: i64, epoch: i16, group: &str, offset: i64) -> i16 {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    let request = TxnOffsetCommitRequest::default()
+        .with_transactional_id(txn_id(id))
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_generation_id(-1)
+        .with_member_id(StrBytes::from_static_str(""))
+        .with_topics(vec![TxnOffsetCommitRequestTopic::default().with_name(name("t")).with_partitions(vec![
+            TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(offset),
+        ])]);
+    conn.call(3, &request).topics[0].partitions[0].error_code
+}
+
+/// OffsetFetch v7 of `group`'s offset of t/0: (partition code, offset).
+fn committed(conn: &mut KafkaConn, group: &str, require_stable: bool) -> (i16, i64) {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_topics(Some(vec![
+            OffsetFetchRequestTopic::default().with_name(name("t")).with_partition_indexes(vec![0]),
+        ]))
+        .with_require_stable(require_stable);
+    let response = conn.call(7, &request);
+    assert_eq!(response.error_code, 0, "OffsetFetch");
+    let partition = &response.topics[0].partitions[0];
+    (partition.error_code, partition.committed_offset)
+}
+
+/// Waits until `group`'s committed offset of t/0 is `offset` (the
+/// coordinator writes markers after it answers EndTxn).
+fn await_committed(conn: &mut KafkaConn, group: &str, offset: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = committed(conn, group, true);
+        if found == (0, offset) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{group}'s offset never became {offset}: {found:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The consumer half of exactly-once: offsets committed in a transaction
+/// are invisible (and unstable to a reader that asks for stable offsets,
+/// KIP-447) until the transaction commits, never visible if it aborts, a
+/// zombie's commit is refused, and a coordinator that starts again holds
+/// an open transaction's offsets pending until its marker.
+#[test]
+fn offsets_committed_in_a_transaction_count_only_once_it_commits() {
+    let dir = data_dir("txn-offsets");
+    let broker = start_at(&dir, |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let (pid, epoch) = init(&mut kafka, "app", 60_000);
+
+    assert_eq!(add_offsets(&mut kafka, "app", pid, epoch, "readers"), 0);
+    assert_eq!(txn_offset_commit(&mut kafka, "app", pid, epoch, "readers", 5), 0);
+    assert_eq!(committed(&mut kafka, "readers", false), (0, -1), "pending: not committed yet");
+    assert_eq!(committed(&mut kafka, "readers", true).0, K::UnstableOffsetCommit.code(), "KIP-447");
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, true, 3), 0);
+    await_committed(&mut kafka, "readers", 5);
+
+    assert_eq!(add_offsets(&mut kafka, "app", pid, epoch, "readers"), 0);
+    assert_eq!(txn_offset_commit(&mut kafka, "app", pid, epoch, "readers", 9), 0);
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, false, 3), 0);
+    await_state(&mut kafka, "app", "CompleteAbort");
+    await_committed(&mut kafka, "readers", 5);
+
+    // A successor fences the producer: its offsets are refused.
+    let (same, next) = init(&mut kafka, "app", 60_000);
+    assert_eq!((same, next), (pid, epoch + 1));
+    assert_eq!(add_offsets(&mut kafka, "app", pid, next, "readers"), 0);
+    assert_eq!(txn_offset_commit(&mut kafka, "app", pid, next, "readers", 7), 0);
+    assert_eq!(
+        txn_offset_commit(&mut kafka, "app", pid, epoch, "readers", 8),
+        K::InvalidProducerEpoch.code(),
+        "the fenced epoch's commit"
+    );
+    drop(kafka);
+    stop(broker);
+
+    // The open transaction's offset is replayed as pending, and takes
+    // effect at its commit.
+    let broker = start_at(&dir, |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    await_state(&mut kafka, "app", "Ongoing");
+    assert_eq!(committed(&mut kafka, "readers", true).0, K::UnstableOffsetCommit.code(), "still pending");
+    assert_eq!(committed(&mut kafka, "readers", false), (0, 5));
+    assert_eq!(end_txn(&mut kafka, "app", pid, next, true, 3), 0);
+    await_committed(&mut kafka, "readers", 7);
+    stop(broker);
+}
