@@ -577,22 +577,53 @@ pub fn run(config: BrokerConfig) -> Result<(), ServeError> {
 /// behind, which must not stop its restart on the same port).
 fn refuse_ports_in_use(config: &BrokerConfig, kafka: &[crate::config::KafkaListener]) -> Result<(), ServeError> {
     let shards = config.shard_count();
-    let mut ports: Vec<(String, u16)> = vec![(config.listen_host.clone(), config.port)];
-    if let Some(base) = config.shard_port_base {
-        ports.extend((0..shards).map(|i| (config.listen_host.clone(), base.saturating_add(i as u16))));
-    } else if config.port != 0 {
-        ports.extend((0..shards).map(|i| (config.listen_host.clone(), config.port.saturating_add(1 + i as u16))));
+    let host = || config.listen_host.clone();
+    // (what binds it, host, port) for every port this broker binds.
+    let mut ports: Vec<(String, String, u16)> = vec![("the native port".into(), host(), config.port)];
+    let shard_base = match config.shard_port_base {
+        Some(base) => Some(base),
+        None if config.port != 0 => Some(config.port.saturating_add(1)),
+        None => None,
+    };
+    if let Some(base) = shard_base {
+        ports.extend((0..shards).map(|i| (format!("shard {i}'s native port"), host(), base.saturating_add(i as u16))));
     }
-    ports.extend(kafka.iter().map(|l| (l.host.clone(), l.port)));
-    let listening = listening_sockets();
-    for (host, port) in ports.into_iter().filter(|(_, port)| *port != 0) {
+    ports.extend(kafka.iter().map(|l| (format!("the Kafka listener {}", l.name), l.host.clone(), l.port)));
+    if let Ok(voters) = config.controller_voters()
+        && let Some((_, own)) = voters.iter().find(|(id, _)| *id == config.node_id)
+    {
+        ports.push(("the controller port".into(), own.ip().to_string(), own.port()));
+    }
+    let ips = |host: &str, port: u16| -> Vec<std::net::IpAddr> {
         use std::net::ToSocketAddrs;
-        let ours: Vec<std::net::IpAddr> =
-            (host.as_str(), port).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).unwrap_or_default();
-        let taken = listening.iter().find(|theirs| {
-            theirs.port() == port
-                && ours.iter().any(|ip| ip.is_unspecified() || theirs.ip().is_unspecified() || *ip == theirs.ip())
-        });
+        (host, port).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).unwrap_or_default()
+    };
+    let overlap = |a: &[std::net::IpAddr], b: &[std::net::IpAddr]| {
+        a.iter().any(|x| b.iter().any(|y| x.is_unspecified() || y.is_unspecified() || x == y))
+    };
+    let ports: Vec<(String, String, u16, Vec<std::net::IpAddr>)> = ports
+        .into_iter()
+        .filter(|(_, _, port)| *port != 0)
+        .map(|(what, host, port)| {
+            let ours = ips(&host, port);
+            (what, host, port, ours)
+        })
+        .collect();
+    // SO_REUSEPORT lets this broker bind one port twice too: a Kafka
+    // listener on a shard's native port would get half of the native
+    // clients' connections, and answer them in the wrong protocol.
+    for (i, (what, host, port, ours)) in ports.iter().enumerate() {
+        if let Some((other, ..)) =
+            ports[..i].iter().find(|(_, _, their_port, theirs)| their_port == port && overlap(ours, theirs))
+        {
+            return Err(ServeError::Start(format!(
+                "{host}:{port} is configured twice: for {other} and for {what} (shard ports are the native port + 1, + 2, ...)"
+            )));
+        }
+    }
+    let listening = listening_sockets();
+    for (_, host, port, ours) in &ports {
+        let taken = listening.iter().find(|theirs| theirs.port() == *port && overlap(ours, &[theirs.ip()]));
         if let Some(theirs) = taken {
             return Err(ServeError::Start(format!(
                 "{host}:{port} is not free (a socket listens on {theirs}): is another broker running?"
