@@ -48,6 +48,7 @@ scenarios=(
     "connect_distributed|$compat/frameworks/connect_distributed.py"
     "sasl_scram|$compat/frameworks/sasl_scram.py"
     "tools_acls|$compat/frameworks/tools_acls.py"
+    "tools_transactions|$compat/frameworks/tools_transactions.py"
 )
 
 usage() {

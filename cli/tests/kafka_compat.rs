@@ -104,6 +104,7 @@ scenarios!(
     connect_distributed,
     sasl_scram,
     tools_acls,
+    tools_transactions,
 );
 
 /// Runs Kafka's kafka-acls (kafka-tools 4.4.0, fetched by
