@@ -96,9 +96,7 @@ fn api_versions_newer_than_ours_gets_a_v0_answer() {
     assert_eq!(answer.error_code, 0);
     assert!(answer.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
     assert!(answer.api_keys.iter().any(|k| k.api_key == ApiKey::EndTxn as i16));
-    // APIs not served are not advertised (brokers' WriteTxnMarkers go over
-    // the native protocol; delegation tokens come later).
-    assert!(!answer.api_keys.iter().any(|k| k.api_key == ApiKey::WriteTxnMarkers as i16));
+    // APIs not served (delegation tokens come later) are not advertised.
     assert!(!answer.api_keys.iter().any(|k| k.api_key == ApiKey::CreateDelegationToken as i16));
     broker.stop();
 }

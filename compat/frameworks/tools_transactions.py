@@ -10,6 +10,10 @@ confluent-kafka producer holds open, then commits.
 4. `find-hanging --broker-id` finds no hanging transaction (the open one
    is known to its coordinator).
 5. After the commit, `describe` shows CompleteCommit and no partitions.
+6. A second transaction left open is ended on its partition by
+   `kafka-transactions abort --start-offset` (WriteTxnMarkers, what an
+   operator does to a hanging transaction): the partition has no open
+   transaction left and its last stable offset moves past the marker.
 """
 
 import kafkatools
@@ -64,8 +68,29 @@ def main():
     [done] = table(kafkatools.tool(TXN, base + ["describe", "--transactional-id", txn_id]))
     common.check(done["TransactionState"] == "CompleteCommit" and done["TopicPartitions"] == "", f"after: {done}")
 
+    # An open transaction, aborted on its partition by the operator's tool.
+    producer.begin_transaction()
+    producer.produce(topic, value=b"to be aborted")
+    common.check(producer.flush(30) == 0, "the second transaction's record undelivered")
+    [open_producer] = table(kafkatools.tool(TXN, base + ["describe-producers", "--topic", topic, "--partition", "0"]))
+    start = open_producer["CurrentTransactionStartOffset"]
+    common.check(start not in ("-1", "None"), f"the second transaction is open: {open_producer}")
+    kafkatools.tool(TXN, base + ["abort", "--topic", topic, "--partition", "0", "--start-offset", start])
+    [after_abort] = table(kafkatools.tool(TXN, base + ["describe-producers", "--topic", topic, "--partition", "0"]))
+    # The tool prints None for a producer with no open transaction.
+    common.check(after_abort["CurrentTransactionStartOffset"] == "None", f"after abort: {after_abort}")
+    from confluent_kafka import Consumer, TopicPartition
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-reader",
+                       "isolation.level": "read_committed"})
+    _, stable = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+    reader.close()
+    common.check(stable > int(start), f"the last stable offset {stable} is still at the aborted transaction ({start})")
+    # The producer's own end of it: the coordinator's abort marker lands
+    # on a partition with nothing open, harmlessly.
+    producer.abort_transaction(30)
+
     common.ck_delete_topics(admin, [topic])
-    common.emit(SCENARIO, {
+    common.emit(SCENARIO, {"aborted_by_tool": after_abort["CurrentTransactionStartOffset"],
         "list": [row["TransactionState"] for row in listed],
         "describe": {k: described[k] for k in ("ProducerEpoch", "TransactionState", "TransactionTimeoutMs")},
         "open_transaction_start_offset": producers[0]["CurrentTransactionStartOffset"],

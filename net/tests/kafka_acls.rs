@@ -434,6 +434,19 @@ fn every_api_refuses_a_principal_no_acl_allows_with_kafkas_codes() {
         ]);
     let response = conn.call(3, &request);
     assert_eq!(response.topics[0].partitions[0].error_code, txn_denied, "TxnOffsetCommit");
+    let request = WriteTxnMarkersRequest::default().with_markers(vec![
+        write_txn_markers_request::WritableTxnMarker::default()
+            .with_producer_id(ProducerId(1))
+            .with_producer_epoch(0)
+            .with_transaction_result(false)
+            .with_topics(vec![
+                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                    .with_name(name("t"))
+                    .with_partition_indexes(vec![0]),
+            ]),
+    ]);
+    let response = conn.call(1, &request);
+    assert_eq!(response.markers[0].topics[0].partitions[0].error_code, cluster_denied, "WriteTxnMarkers");
     let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![txn()]);
     assert_eq!(conn.call(0, &request).transaction_states[0].error_code, txn_denied, "DescribeTransactions");
     assert!(conn.call(1, &ListTransactionsRequest::default()).transaction_states.is_empty(), "ListTransactions");

@@ -32,6 +32,7 @@ mod scram_credentials;
 mod txn;
 mod txn_offset_commit;
 mod versions;
+mod write_txn_markers;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -337,6 +338,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::OffsetCommit => groups::offset_commit(ctx, body),
         ApiKey::OffsetFetch => groups::offset_fetch(ctx, body),
         ApiKey::TxnOffsetCommit => txn_offset_commit::txn_offset_commit(ctx, body),
+        ApiKey::WriteTxnMarkers => write_txn_markers::write_txn_markers(ctx, body),
         ApiKey::ListGroups => groups::list_groups(ctx, body),
         ApiKey::DescribeGroups => groups::describe_groups(ctx, body),
         ApiKey::DeleteGroups => groups::delete_groups(ctx, body),
@@ -460,6 +462,7 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::OffsetCommit => one::<OffsetCommitRequest>(&mut body, version),
         ApiKey::OffsetFetch => one::<OffsetFetchRequest>(&mut body, version),
         ApiKey::TxnOffsetCommit => one::<TxnOffsetCommitRequest>(&mut body, version),
+        ApiKey::WriteTxnMarkers => one::<WriteTxnMarkersRequest>(&mut body, version),
         ApiKey::ListGroups => one::<ListGroupsRequest>(&mut body, version),
         ApiKey::DescribeGroups => one::<DescribeGroupsRequest>(&mut body, version),
         ApiKey::DeleteGroups => one::<DeleteGroupsRequest>(&mut body, version),

@@ -42,6 +42,8 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::OffsetFetch => (1, 9),
         // v5 is transactions v2 (KIP-890 part 2): later.
         ApiKey::TxnOffsetCommit => (0, 4),
+        // v0 is gone from Kafka 4; v1 is the only version its tools send.
+        ApiKey::WriteTxnMarkers => (1, 1),
         ApiKey::ListGroups => (0, 5),
         ApiKey::DescribeGroups => (0, 5),
         ApiKey::DeleteGroups => (0, 2),
@@ -106,6 +108,7 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::OffsetCommit => "kafka.offset_commit",
         ApiKey::OffsetFetch => "kafka.offset_fetch",
         ApiKey::TxnOffsetCommit => "kafka.txn_offset_commit",
+        ApiKey::WriteTxnMarkers => "kafka.write_txn_markers",
         ApiKey::ListGroups => "kafka.list_groups",
         ApiKey::DescribeGroups => "kafka.describe_groups",
         ApiKey::DeleteGroups => "kafka.delete_groups",
