@@ -16,6 +16,11 @@
 //!    delete horizon gets one (now + `delete_retention_ms`, in its base
 //!    timestamp, attribute bit 6: KIP-534). Compressed and control batches
 //!    are kept whole (their keys are not read). Offsets never change.
+//!    Transactions: only segments wholly below the last stable offset are
+//!    read (an undecided transaction's records may yet be aborted); the
+//!    data batches of aborted transactions go whole and stay out of the
+//!    map; markers stay (Kafka removes them after `delete.retention.ms`,
+//!    a later step not taken here).
 //! 3. swaps each rewritten segment in, crash-safely: `<base>.log.cleaned`
 //!    and its `.index.cleaned`, `.timeindex.cleaned` are written and synced;
 //!    the compaction checkpoint is raised; `.log.cleaned` is renamed to
