@@ -151,7 +151,7 @@ impl TxnState {
 }
 
 /// One segment's `.txnindex` bytes.
-pub(crate) fn encode_index(entries: &[AbortedTxn]) -> Vec<u8> {
+pub fn encode_index(entries: &[AbortedTxn]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * TXN_INDEX_ENTRY_BYTES);
     for txn in entries {
         assert!(txn.first_offset <= txn.last_offset, "a transaction ends at or after its start");
@@ -169,7 +169,7 @@ pub(crate) fn encode_index(entries: &[AbortedTxn]) -> Vec<u8> {
 /// out: whole entries of version 0, markers inside `[base_offset,
 /// end_offset)` in increasing order, each transaction starting at or before
 /// its marker (and not below 0), a non-negative producer id.
-pub(crate) fn decode_index(bytes: &[u8], base_offset: i64, end_offset: i64) -> Option<Vec<AbortedTxn>> {
+pub fn decode_index(bytes: &[u8], base_offset: i64, end_offset: i64) -> Option<Vec<AbortedTxn>> {
     if !bytes.len().is_multiple_of(TXN_INDEX_ENTRY_BYTES) {
         return None;
     }
