@@ -420,7 +420,9 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         LogError::Backpressure { .. } => ErrorCode::Throttled,
         LogError::Closed => ErrorCode::BrokerShuttingDown,
         LogError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
-        LogError::Sequence(SequenceError::StaleEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+        LogError::Sequence(SequenceError::StaleEpoch { .. }) | LogError::InvalidProducerEpoch { .. } => {
+            ErrorCode::InvalidProducerEpoch
+        }
         LogError::Sequence(SequenceError::Invalid { .. }) => ErrorCode::CorruptMessage,
     }
 }
@@ -1269,6 +1271,9 @@ async fn fetch_partition(
     let arrived = match bound {
         ReadBound::LogEnd => log.log_end_above(offset),
         ReadBound::HighWatermark => log.high_watermark_above(offset),
+        // read_committed: the high watermark can move while an open
+        // transaction holds the last stable offset.
+        ReadBound::LastStable => log.last_stable_above(offset),
     };
     futures::select! {
         _ = arrived.fuse() => {}
