@@ -57,6 +57,11 @@ enum Op {
         commit: bool,
     },
     CrashRestart,
+    /// Moves the high watermark part of the way to the written end (the
+    /// replicated run only; with one replica it follows the acks).
+    MoveHighWatermark {
+        at_permille: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -73,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (prop::collection::vec(0..PRODUCERS, 1..4), any::<bool>())
             .prop_map(|(producers, commit)| Op::CrashWithAppendsInFlight { producers, commit }),
         1 => Just(Op::CrashRestart),
+        3 => (0u16..=1000).prop_map(|at_permille| Op::MoveHighWatermark { at_permille }),
     ]
 }
 
@@ -80,6 +86,9 @@ fn op() -> impl Strategy<Value = Op> {
 /// sequence, and the batches retention has taken (by base offset).
 #[derive(Debug, Default)]
 struct Model {
+    /// Replication moves the high watermark (`MoveHighWatermark`), so
+    /// markers stay above it for a while and hold the last stable offset.
+    replicated: bool,
     epochs: [i16; PRODUCERS],
     next_seq: [i32; PRODUCERS],
     deleted: Vec<(i64, Bytes)>,
@@ -126,8 +135,14 @@ impl Model {
     }
 }
 
-fn model_config() -> LogConfig {
-    LogConfig { retention_bytes: Some(24 * 1024), ..pipelined_config() }
+impl Model {
+    fn config(&self) -> LogConfig {
+        LogConfig {
+            retention_bytes: Some(24 * 1024),
+            high_watermark_follows_acks: !self.replicated,
+            ..pipelined_config()
+        }
+    }
 }
 
 /// Every batch of the log from its start (`LogEnd`: appended ones too).
@@ -209,15 +224,19 @@ async fn check(log: &PartitionLog<SimStorage>, model: &mut Model) {
     model.deleted.retain(|(base, _)| *base < log_start_offset);
     let mut all = model.deleted.clone();
     all.extend(current.iter().cloned());
-    let Replayed { ongoing, aborted, .. } = replay(&all);
+    let Replayed { ongoing, aborted, committed } = replay(&all);
     let aborted: Vec<AbortedTxn> = aborted.into_iter().filter(|txn| txn.last_offset >= log_start_offset).collect();
     assert_eq!(log.ongoing_transactions(), ongoing, "open transactions");
     let mut by_first = aborted.clone();
     by_first.sort_by_key(|txn| (txn.first_offset, txn.last_offset));
     assert_eq!(log.aborted_transactions(i64::MIN, i64::MAX), by_first, "aborted transactions");
     let high_watermark = log.high_watermark();
-    let expected_lso =
-        ongoing.iter().map(|&(_, first)| first).chain([high_watermark]).min().unwrap().max(log_start_offset);
+    // Completed transactions hold it too while their marker is not below
+    // the high watermark.
+    let completed = committed.iter().copied().chain(aborted.iter().map(|txn| (txn.first_offset, txn.last_offset)));
+    let unstable = completed.filter(|&(_, marker)| marker >= high_watermark).map(|(first, _)| first);
+    let held = ongoing.iter().map(|&(_, first)| first).chain(unstable).chain([high_watermark]).min().unwrap();
+    let expected_lso = held.max(log_start_offset);
     assert_eq!(log.last_stable_offset(), expected_lso, "last stable offset");
     // The read_committed view through the log's own answers.
     let lso = log.last_stable_offset();
@@ -238,7 +257,7 @@ async fn check(log: &PartitionLog<SimStorage>, model: &mut Model) {
 }
 
 async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimStorage, model: &mut Model) {
-    let config = model_config();
+    let config = model.config();
     match op {
         Op::Data { producer, records, value_bytes } => {
             let batch = model.data_batch(*producer, *records, *value_bytes);
@@ -263,8 +282,9 @@ async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimSto
             // follows the acks, so every acknowledged marker is).
             let mut all = model.deleted.clone();
             all.extend(log_batches(log).await);
+            let high_watermark = log.high_watermark();
             for (first, marker) in replay(&all).committed {
-                if first < start && marker >= offset {
+                if first < start && marker >= offset && marker < high_watermark {
                     offset = marker + 1;
                 }
             }
@@ -283,8 +303,11 @@ async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimSto
             let target = start + (high_watermark - start) * i64::from(*at_permille) / 1000;
             // At a batch boundary: a start inside a batch is the plain
             // log model's business (`model.rs`), not this one's.
-            let offset = before.iter().map(|(base, _)| *base).find(|&base| base >= target).unwrap_or(high_watermark);
-            log.advance_log_start(offset.min(high_watermark)).await.unwrap();
+            let boundaries = before.iter().map(|(base, _)| *base).chain([log.log_end_offset()]);
+            let Some(offset) = boundaries.filter(|&base| base >= target && base <= high_watermark).min() else {
+                return;
+            };
+            log.advance_log_start(offset).await.unwrap();
             let start = log.log_start_offset();
             model.deleted.extend(before.into_iter().filter(|(base, _)| *base < start));
         }
@@ -311,6 +334,20 @@ async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimSto
             *log = open(storage, &config).await;
             model.bump_all();
         }
+        Op::MoveHighWatermark { at_permille } => {
+            let (high_watermark, end) = (log.high_watermark(), log.log_end_offset());
+            log.set_high_watermark(high_watermark + (end - high_watermark) * i64::from(*at_permille) / 1000);
+        }
+    }
+}
+
+async fn run_model(ops: &[Op], replicated: bool) {
+    let mut model = Model { replicated, ..Model::default() };
+    let mut storage = SimStorage::new();
+    let mut log = open(&storage, &model.config()).await;
+    for op in ops {
+        apply(op, &mut log, &mut storage, &mut model).await;
+        check(&log, &mut model).await;
     }
 }
 
@@ -319,14 +356,13 @@ proptest! {
 
     #[test]
     fn transactions_survive_everything_the_log_does(ops in prop::collection::vec(op(), 1..40)) {
-        run(async {
-            let mut storage = SimStorage::new();
-            let mut log = open(&storage, &model_config()).await;
-            let mut model = Model::default();
-            for op in &ops {
-                apply(op, &mut log, &mut storage, &mut model).await;
-                check(&log, &mut model).await;
-            }
-        });
+        run(run_model(&ops, false));
+    }
+
+    /// The same with the high watermark moved by replication: markers
+    /// above it hold the last stable offset, and a truncation may cut them.
+    #[test]
+    fn transactions_survive_everything_the_log_does_under_replication(ops in prop::collection::vec(op(), 1..40)) {
+        run(run_model(&ops, true));
     }
 }
