@@ -1326,6 +1326,8 @@ async fn fetch_partition(
     let arrived = match bound {
         ReadBound::LogEnd => log.log_end_above(offset),
         ReadBound::HighWatermark => log.high_watermark_above(offset),
+        // read_committed: the high watermark can move while an open
+        // transaction holds the last stable offset.
         ReadBound::LastStable => log.last_stable_above(offset),
     };
     futures::select! {
