@@ -202,7 +202,9 @@ impl ProducerStateTable {
     /// Applies the sequence rules (module docs) to a produced batch.
     pub fn check(&self, info: &BatchInfo) -> Result<SequenceCheck, SequenceError> {
         let (producer_id, epoch, first_seq) = (info.producer_id, info.producer_epoch, info.base_sequence);
-        if producer_id == NO_PRODUCER_ID {
+        // A transactional batch must name its producer (Kafka refuses one
+        // without): it would open a transaction no marker can end.
+        if producer_id == NO_PRODUCER_ID && !info.attributes().is_transactional() {
             return Ok(SequenceCheck::Append);
         }
         if producer_id < 0 || epoch < 0 || first_seq < 0 {

@@ -61,6 +61,23 @@ fn a_marker_from_an_older_epoch_is_fenced_and_a_newer_epoch_becomes_the_producer
     });
 }
 
+/// A transactional batch that names no producer (id -1) would open a
+/// transaction that no marker can ever end, holding the last stable
+/// offset back for good: it is refused, as Kafka refuses it. It was
+/// appended before, as a plain batch.
+#[test]
+fn a_transactional_batch_without_a_producer_id_is_refused() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &small_config()).await;
+        let refused = log.append(txn_batch(-1, -1, -1, 1, "orphan"), 0);
+        assert!(matches!(refused, Err(LogError::Sequence(_))), "{refused:?}");
+        assert_eq!(log.log_end_offset(), 0, "nothing appended");
+        assert_eq!(log.last_stable_offset(), log.high_watermark());
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn the_last_stable_offset_stops_at_an_open_transaction_until_its_marker_is_below_the_high_watermark() {
     run(async {
