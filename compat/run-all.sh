@@ -45,6 +45,7 @@ scenarios=(
     "tools_perf|$compat/frameworks/tools_perf.py"
     "tools_quotas|$compat/frameworks/tools_quotas.py"
     "streams_wordcount|$compat/java/run.sh streams-wordcount"
+    "streams_wordcount_eos|$compat/java/run.sh streams-wordcount-eos"
     "connect_distributed|$compat/frameworks/connect_distributed.py"
     "sasl_scram|$compat/frameworks/sasl_scram.py"
     "tools_acls|$compat/frameworks/tools_acls.py"

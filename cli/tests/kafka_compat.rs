@@ -101,6 +101,7 @@ scenarios!(
     tools_perf,
     tools_quotas,
     streams_wordcount,
+    streams_wordcount_eos,
     connect_distributed,
     sasl_scram,
     tools_acls,

@@ -22,7 +22,8 @@ public final class Main {
                 case "produce-consume" -> ProduceConsume.run(args);
                 case "group" -> GroupScenario.run(args);
                 case "admin" -> AdminScenario.run(args);
-                case "streams-wordcount" -> WordCount.run(args);
+                case "streams-wordcount" -> WordCount.run(args, false);
+                case "streams-wordcount-eos" -> WordCount.run(args, true);
                 default -> {
                     usage();
                     yield null;
@@ -42,7 +43,7 @@ public final class Main {
     }
 
     private static void usage() {
-        System.err.println("usage: run.sh {produce-consume|group|admin|streams-wordcount} --bootstrap HOST:PORT"
+        System.err.println("usage: run.sh {produce-consume|group|admin|streams-wordcount|streams-wordcount-eos} --bootstrap HOST:PORT"
                 + " [--topic-prefix P] [--group-protocol classic|consumer]");
         System.exit(2);
     }

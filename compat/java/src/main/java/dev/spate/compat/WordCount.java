@@ -62,7 +62,8 @@ final class WordCount {
     /** Each line is sent this many times, so that counts grow past one update. */
     private static final int ROUNDS = 5;
 
-    static Map<String, Object> run(Scenario.Args args) throws Exception {
+    static Map<String, Object> run(Scenario.Args args, boolean exactlyOnce) throws Exception {
+        String guarantee = exactlyOnce ? StreamsConfig.EXACTLY_ONCE_V2 : StreamsConfig.AT_LEAST_ONCE;
         String input = args.topicPrefix() + "-wc-input";
         String output = args.topicPrefix() + "-wc-counts";
         String applicationId = args.topicPrefix() + "-wordcount";
@@ -84,7 +85,7 @@ final class WordCount {
             Properties props = new Properties();
             props.put(StreamsConfig.APPLICATION_ID_CONFIG, applicationId);
             props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, args.bootstrap());
-            props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
+            props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, guarantee);
             props.put(StreamsConfig.STATE_DIR_CONFIG, stateDir.toString());
             props.put(StreamsConfig.REPLICATION_FACTOR_CONFIG, 1);
             // Commit (and so forward counts) often, so the scenario waits
@@ -113,7 +114,7 @@ final class WordCount {
             });
             try {
                 streams.start();
-                readCounts(args.bootstrap(), output, expected, counts, uncaught, streams);
+                readCounts(args.bootstrap(), output, expected, counts, uncaught, streams, exactlyOnce);
             } finally {
                 // Leave the group on close (Streams stays in it by default,
                 // to spare a rebalance on restart), so the group can be
@@ -151,10 +152,9 @@ final class WordCount {
             }
 
             Map<String, Object> observed = new LinkedHashMap<>();
-            observed.put("scenario", "streams_wordcount");
+            observed.put("scenario", exactlyOnce ? "streams_wordcount_eos" : "streams_wordcount");
             observed.put("group_protocol", groupProtocol);
-            observed.put("processing_guarantee", StreamsConfig.AT_LEAST_ONCE);
-            observed.put("exactly_once_v2", "not run: it needs transactions, which Spate does not serve yet");
+            observed.put("processing_guarantee", guarantee);
             observed.put("counts", counts);
             observed.put("internal_topics", internal);
             observed.put("changelog_cleanup_policy", cleanupPolicy);
@@ -184,9 +184,12 @@ final class WordCount {
 
     /** Reads the output topic until every word's latest count is the expected final one. */
     private static void readCounts(String bootstrap, String topic, Map<String, Long> expected, Map<String, Long> counts,
-            AtomicReference<Throwable> uncaught, KafkaStreams streams) {
+            AtomicReference<Throwable> uncaught, KafkaStreams streams, boolean readCommitted) {
         Properties props = new Properties();
         props.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        if (readCommitted) {
+            props.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+        }
         props.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, false);
         props.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class);
         props.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class);
