@@ -7,12 +7,16 @@
 //! `ShardOp::WriteMarker` to the partition's owner shard. For one led
 //! elsewhere it sends a native Produce of the control batch
 //! (`build_control_batch`) over a `Peer` connection, which proves it is a
-//! broker; the receiving broker accepts a control batch only on such a
+//! broker (kept for the next markers, `MarkerPeers`); the receiving broker
+//! accepts a control batch only on such a
 //! connection (`native/produce.rs`; clients' control batches stay refused)
 //! and appends it with `append_marker` the same way. Each partition is
 //! retried (following its leader as it moves) until written; a marker
 //! refused as fenced (a newer epoch wrote there) counts as written.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +32,9 @@ use super::state::TxnMeta;
 use crate::catalog::{Catalog, TopicMeta, owner_shard};
 use crate::deadline::Deadline;
 use crate::group::{Write, written};
-use crate::limits::{TXN_MARKER_READ_TIMEOUT_MS, TXN_MARKER_RETRY_MS, TXN_MARKER_RETRY_MS_MAX};
+use crate::limits::{
+    TXN_MARKER_PEERS_IDLE_MAX, TXN_MARKER_READ_TIMEOUT_MS, TXN_MARKER_RETRY_MS, TXN_MARKER_RETRY_MS_MAX,
+};
 use crate::replica::peer::{BrokerIdentity, Peer};
 use crate::shard::{Outcome, Shard, ShardOp, log_error_code};
 
@@ -103,9 +109,33 @@ async fn write_one(shard: &Rc<Shard>, topic: &str, partition: i32, marker: TxnMa
     }
 }
 
+/// Connections to other brokers' shards that markers went over, kept for
+/// the next markers (a connection costs two handshakes): at most
+/// `TXN_MARKER_PEERS_IDLE_MAX` idle ones per address, one per marker in
+/// flight beyond that. A connection that failed is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct MarkerPeers {
+    idle: RefCell<HashMap<(i32, SocketAddr), Vec<Peer>>>,
+}
+
+impl MarkerPeers {
+    fn take(&self, key: (i32, SocketAddr)) -> Option<Peer> {
+        self.idle.borrow_mut().get_mut(&key).and_then(Vec::pop)
+    }
+
+    fn put(&self, key: (i32, SocketAddr), peer: Peer) {
+        let mut idle = self.idle.borrow_mut();
+        let peers = idle.entry(key).or_default();
+        if peers.len() < TXN_MARKER_PEERS_IDLE_MAX {
+            peers.push(peer);
+        }
+    }
+}
+
 /// Sends a marker to the leader `leader` of a partition led elsewhere, as
 /// a native Produce (acks=all) of its control batch on a connection that
-/// proves this broker's identity.
+/// proves this broker's identity: an idle one if there is, else a new one
+/// (and a new one again if the idle one turns out closed).
 async fn remote(
     shard: &Rc<Shard>,
     catalog: &Arc<Catalog>,
@@ -124,15 +154,35 @@ async fn remote(
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| format!("no address for broker {leader}"))?;
-    let identity = BrokerIdentity {
-        node_id: shard.shared.config.node_id,
-        to_node: leader,
-        secret: catalog.cluster_secret.as_deref(),
+    let key = (leader, addr);
+    let connect = || async {
+        let identity = BrokerIdentity {
+            node_id: shard.shared.config.node_id,
+            to_node: leader,
+            secret: catalog.cluster_secret.as_deref(),
+        };
+        let read_timeout = Duration::from_millis(TXN_MARKER_READ_TIMEOUT_MS);
+        Peer::connect(addr, shard.shared.config.frame_bytes_max, read_timeout, identity)
+            .await
+            .map_err(|e| e.to_string())
     };
-    let read_timeout = Duration::from_millis(TXN_MARKER_READ_TIMEOUT_MS);
-    let mut peer = Peer::connect(addr, shard.shared.config.frame_bytes_max, read_timeout, identity)
-        .await
-        .map_err(|e| e.to_string())?;
+    let peers = &shard.txns.peers;
+    // An idle connection may have been closed meanwhile (the other side's
+    // idle timeout, a restart): then a new one.
+    if let Some(mut peer) = peers.take(key)
+        && let Ok(outcome) = send(&mut peer, topic, partition, marker).await
+    {
+        peers.put(key, peer);
+        return Ok(outcome);
+    }
+    let mut peer = connect().await?;
+    let outcome = send(&mut peer, topic, partition, marker).await?;
+    peers.put(key, peer);
+    Ok(outcome)
+}
+
+/// One marker on `peer`: the partition's answer.
+async fn send(peer: &mut Peer, topic: &TopicMeta, partition: u32, marker: TxnMarker) -> Result<Outcome, String> {
     let control = ControlRecord { commit: marker.commit, coordinator_epoch: marker.coordinator_epoch };
     let batch = build_control_batch(marker.producer_id, marker.producer_epoch, control, super::now_ms());
     let mut builder = FlatBufferBuilder::new();

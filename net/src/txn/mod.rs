@@ -67,6 +67,8 @@ pub(crate) struct Txns {
     /// Numbers each leadership of a partition, so that a write or a load
     /// of an earlier one cannot touch a later one's state.
     terms: Cell<u64>,
+    /// Connections for markers to partitions led by other brokers.
+    peers: markers::MarkerPeers,
 }
 
 #[derive(Debug)]
