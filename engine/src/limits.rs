@@ -50,6 +50,13 @@ pub const INDEX_ENTRY_BYTES: usize = 8;
 /// Size of one `.timeindex` entry: timestamp i64 + relative offset u32.
 pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
 
+/// Bytes of one `.txnindex` entry, Kafka's `AbortedTxn.TOTAL_SIZE`: version
+/// i16, producer id i64, first, last and last stable offsets i64. A
+/// segment holds at most one entry per abort marker, and a marker takes a
+/// whole batch, so a file past `(segment bytes / batch header bytes + 1) *
+/// TXN_INDEX_ENTRY_BYTES` is damaged.
+pub const TXN_INDEX_ENTRY_BYTES: usize = 2 + 8 + 8 + 8 + 8;
+
 /// Most entries the leader-epoch checkpoint may hold; a longer file is
 /// rejected as corrupt rather than allocated.
 pub const EPOCH_ENTRIES_MAX: usize = 1 << 20;

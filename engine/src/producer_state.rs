@@ -183,6 +183,17 @@ impl ProducerStateTable {
         self.ongoing.iter().map(|&(first_offset, producer_id)| (producer_id, first_offset))
     }
 
+    /// Opens `producer_id`'s transaction at `first_offset` unless it has
+    /// one open: a truncation's rebuild carries over the transactions that
+    /// began before where its replay starts (module docs of `recover`).
+    pub(crate) fn seed_open_txn(&mut self, producer_id: i64, epoch: i16, first_offset: i64) {
+        let entry = self.entries.entry(producer_id).or_insert_with(|| ProducerEntry::new(epoch));
+        if entry.current_txn_first_offset.is_none() {
+            entry.current_txn_first_offset = Some(first_offset);
+            self.ongoing.insert((first_offset, producer_id));
+        }
+    }
+
     /// The first offset of the oldest open transaction.
     pub fn first_ongoing_offset(&self) -> Option<i64> {
         self.ongoing.first().map(|&(first_offset, _)| first_offset)
@@ -494,21 +505,26 @@ pub(crate) struct Recovered {
 /// below it (newer ones are removed: the log lost what they saw), then
 /// every batch from the snapshot's offset on. `sources_for(offset)` gives
 /// the segments, in offset order, with where to start scanning for `offset`.
-/// `use_snapshots` false replays the whole log instead (the aborted
-/// transactions below a snapshot could not be found otherwise).
+///
+/// `seeds` (producer id, epoch, first offset) are transactions known open
+/// at `log_end_offset` or cut open by a truncation there; those that began
+/// before the replay starts are opened before it, since the replay cannot
+/// see their first batch (it may lie below the log start, or below a
+/// snapshot that was removed). A transaction that began there and was
+/// committed by a marker the truncation cut is not among them: it stays
+/// closed (the log keeps no list of committed transactions).
 pub(crate) async fn recover<S: Storage>(
     storage: &S,
     dir: &Path,
     gaps_below: i64,
     log_end_offset: i64,
-    use_snapshots: bool,
+    seeds: &[(i64, i16, i64)],
     sources_for: impl FnOnce(i64) -> Vec<SegmentSource<S::File>>,
 ) -> Result<Recovered> {
     remove_snapshots_above(storage, dir, log_end_offset).await?;
     let names = storage.list_dir(dir).await.map_err(|err| LogError::io("list dir", dir, err))?;
     let mut loaded = None;
-    let offsets = if use_snapshots { snapshot_offsets(&names) } else { Vec::new() };
-    for &offset in offsets.iter().rev() {
+    for &offset in snapshot_offsets(&names).iter().rev() {
         let path = snapshot_path(dir, offset);
         let bytes = read_file(storage, &path, SNAPSHOT_BYTES_MAX).await;
         match bytes.ok().flatten().and_then(|bytes| ProducerStateTable::decode(&bytes)) {
@@ -520,7 +536,12 @@ pub(crate) async fn recover<S: Storage>(
         }
     }
     let (from_offset, mut table) = loaded.unwrap_or((i64::MIN, ProducerStateTable::default()));
-    let completed = replay(&mut table, &sources_for(from_offset), gaps_below, from_offset).await?;
+    let sources = sources_for(from_offset);
+    let replay_start = sources.first().map_or(from_offset, |first| from_offset.max(first.base_offset));
+    for &(producer_id, epoch, first_offset) in seeds.iter().filter(|&&(_, _, first)| first < replay_start) {
+        table.seed_open_txn(producer_id, epoch, first_offset);
+    }
+    let completed = replay(&mut table, &sources, gaps_below, from_offset).await?;
     Ok(Recovered { table, replayed_from: from_offset, completed })
 }
 
@@ -672,6 +693,90 @@ mod tests {
         assert_eq!(table.entry(1).unwrap().batches.len(), 1);
         assert!(table.entry(2).is_none());
         assert_eq!(table.check(&info(1, 0, 2, 2, -1)), Ok(SequenceCheck::Append), "the cut batch may come again");
+    }
+
+    fn marker_info(producer_id: i64, epoch: i16, commit: bool, offset: i64) -> (BatchInfo, batch::ControlRecord) {
+        let control = batch::ControlRecord { commit, coordinator_epoch: 0 };
+        let mut info =
+            batch::validate_stored(&batch::build_control_batch(producer_id, epoch, control, 0), 1 << 20).unwrap();
+        info.base_offset = offset;
+        (info, control)
+    }
+
+    fn txn_info(producer_id: i64, epoch: i16, first_seq: i32, base_offset: i64) -> BatchInfo {
+        let mut builder = BatchBuilder::new(0).producer(producer_id, epoch, first_seq).transactional();
+        builder.push(0, None, Some(b"v"), &[]);
+        let mut info = batch::validate_produce(&builder.build(), 1 << 20).unwrap();
+        info.base_offset = base_offset;
+        info
+    }
+
+    #[test]
+    fn a_transaction_opens_at_its_first_batch_and_a_marker_closes_it() {
+        let mut table = ProducerStateTable::default();
+        assert_eq!(table.record(&txn_info(1, 0, 0, 10), None), None);
+        assert_eq!(table.record(&txn_info(2, 0, 0, 11), None), None);
+        assert_eq!(table.record(&txn_info(1, 0, 1, 12), None), None);
+        assert_eq!(table.ongoing_transactions().collect::<Vec<_>>(), vec![(1, 10), (2, 11)]);
+        let (info, control) = marker_info(1, 1, false, 13);
+        let done = table.record(&info, Some(control)).unwrap();
+        assert_eq!(
+            done,
+            CompletedTxn { producer_id: 1, first_offset: 10, last_offset: 13, commit: false, last_stable_offset: 11 }
+        );
+        assert_eq!(table.entry(1).unwrap().epoch, 1, "a newer marker epoch is the producer's");
+        assert!(table.entry(1).unwrap().batches.is_empty());
+        assert_eq!(table.check(&txn_info(1, 1, 0, -1)), Ok(SequenceCheck::Append), "the new epoch starts at 0");
+        assert!(table.check(&txn_info(1, 1, 5, -1)).is_err());
+        // A resent marker finds no transaction.
+        let (info, control) = marker_info(1, 1, false, 14);
+        assert_eq!(table.record(&info, Some(control)), None);
+        let (info, control) = marker_info(2, 0, true, 15);
+        assert_eq!(table.record(&info, Some(control)).unwrap().last_stable_offset, 16);
+    }
+
+    #[test]
+    fn snapshots_keep_open_transactions_and_read_version_1() {
+        let mut table = ProducerStateTable::default();
+        table.record(&txn_info(1, 0, 0, 3), None);
+        let (info, control) = marker_info(2, 4, true, 4);
+        table.record(&info, Some(control));
+        let bytes = table.encode(5);
+        let (end, decoded) = ProducerStateTable::decode(&bytes).unwrap();
+        assert_eq!((end, &decoded), (5, &table));
+        assert_eq!(decoded.ongoing_transactions().collect::<Vec<_>>(), vec![(1, 3)]);
+        assert_eq!(decoded.entry(2).unwrap().epoch, 4, "an entry with no batches keeps its epoch");
+        // Version 1, as written before transactions: one producer, one batch.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"SPPS");
+        v1.extend_from_slice(&1u16.to_be_bytes());
+        v1.extend_from_slice(&9i64.to_be_bytes());
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&7i64.to_be_bytes());
+        v1.extend_from_slice(&2i16.to_be_bytes());
+        v1.push(1);
+        for field in [0i32, 4] {
+            v1.extend_from_slice(&field.to_be_bytes());
+        }
+        for field in [3i64, 7] {
+            v1.extend_from_slice(&field.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        let (end, old) = ProducerStateTable::decode(&v1).unwrap();
+        assert_eq!(end, 9);
+        let entry = old.entry(7).unwrap();
+        assert_eq!((entry.epoch, entry.batches.len(), entry.current_txn_first_offset), (2, 1, None));
+        // A transaction at or past the snapshot's end is damage.
+        let mut past = ProducerStateTable::default();
+        past.record(&txn_info(1, 0, 0, 3), None);
+        let mut bytes = past.encode(4);
+        let at = HEADER_BYTES + 8 + 2 + 7;
+        bytes[at] = 4;
+        let body = bytes.len() - CRC_BYTES;
+        let crc = crc32c::crc32c(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(ProducerStateTable::decode(&bytes), None);
     }
 
     #[test]

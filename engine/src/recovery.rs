@@ -39,7 +39,9 @@ use crate::io::{Storage, StorageFile, read_file, write_file_atomic};
 use crate::limits::{INDEX_ENTRY_BYTES, RECOVERY_INDEX_PROBES_MAX, TIME_INDEX_ENTRY_BYTES};
 use crate::log::clean::{CHECKPOINT_BYTES, CLEANED_SUFFIX, COMPACTION_CHECKPOINT_NAME, SWAP_SUFFIX, decode_checkpoint};
 use crate::log::{CLEAN_SHUTDOWN_NAME, EPOCH_CHECKPOINT_NAME, LogConfig, LogState, read_page_head};
-use crate::segment::{self, INDEX_SUFFIX, LOG_SUFFIX, ScanEnd, Segment, TIME_INDEX_SUFFIX, parse_segment_name};
+use crate::segment::{
+    self, INDEX_SUFFIX, LOG_SUFFIX, ScanEnd, Segment, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX, parse_segment_name,
+};
 
 pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogConfig) -> Result<LogState<S::File>> {
     // A new partition directory (and topic directory) must survive power
@@ -61,7 +63,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
         }
         match parse_segment_name(name) {
             Some((base, LOG_SUFFIX)) => bases.push(base),
-            Some((base, INDEX_SUFFIX | TIME_INDEX_SUFFIX)) => {
+            Some((base, INDEX_SUFFIX | TIME_INDEX_SUFFIX | TXN_INDEX_SUFFIX)) => {
                 let log_name = format!("{base:020}.{LOG_SUFFIX}");
                 if !names.contains(&log_name) {
                     storage.remove(&path).await.map_err(|err| LogError::io("remove", &path, err))?;
@@ -122,13 +124,12 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     // The producer state starts from the newest snapshot at or below the
     // log end; those above it saw batches the crash took.
     let sources_for = |offset| crate::log::producer_sources(&segments, offset);
-    let recovered = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, true, sources_for).await?;
-    let mut txns = crate::txn::TxnState::default();
+    let recovered = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, &[], sources_for).await?;
     // Everything recovered is committed (the high watermark is the log
-    // end), so no completed transaction is unstable.
-    for done in &recovered.completed {
-        txns.complete(done, log_end_offset + 1);
-    }
+    // end), so no completed transaction is unstable: only the aborted list
+    // is recovered.
+    let mut txns = crate::txn::TxnState::default();
+    txns.set_aborted(crate::txn::recover_aborted(storage, &segments, &recovered, gaps_below).await?);
     let producers = recovered.table;
     if recovery_point > log_end_offset {
         // Only after a clean close, where the point plays no part (every

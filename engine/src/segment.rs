@@ -20,6 +20,8 @@ use crate::limits::{BATCH_BYTES_MAX_LIMIT, FETCH_READ_BYTES_MAX, READ_CHUNK_BYTE
 pub(crate) const LOG_SUFFIX: &str = "log";
 pub(crate) const INDEX_SUFFIX: &str = "index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// The aborted transactions whose abort marker is in the segment (`txn.rs`).
+pub(crate) const TXN_INDEX_SUFFIX: &str = "txnindex";
 
 /// `<base offset, 20 digits>.<suffix>`, as Kafka names segment files.
 pub(crate) fn segment_path(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
@@ -91,6 +93,10 @@ impl<F: StorageFile> Segment<F> {
 
     pub fn time_index_path(&self) -> PathBuf {
         self.log_path.with_extension(TIME_INDEX_SUFFIX)
+    }
+
+    pub fn txn_index_path(&self) -> PathBuf {
+        self.log_path.with_extension(TXN_INDEX_SUFFIX)
     }
 
     pub fn relative(&self, offset: i64) -> u32 {

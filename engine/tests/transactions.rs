@@ -10,8 +10,8 @@ mod common;
 use bytes::BytesMut;
 use common::*;
 use spate_engine::batch::{self, BatchBuilder};
-use spate_engine::io::SimStorage;
-use spate_engine::{AbortedTxn, LogConfig, LogError, ReadBound, TxnMarker};
+use spate_engine::io::{CrashMode, SimStorage, Storage, TornSector};
+use spate_engine::{AbortedTxn, LogConfig, LogError, PartitionLog, ReadBound, TxnMarker};
 
 /// A transactional batch of `count` records from `producer_id`/`epoch` at
 /// sequence `first_seq`, values `"{tag}-{i}"`.
@@ -180,5 +180,261 @@ fn a_follower_learns_transactions_and_markers_from_its_leaders_batches() {
         assert_eq!(follower.last_stable_offset(), 2);
         leader.close().await.unwrap();
         follower.close().await.unwrap();
+    });
+}
+
+/// Small segments: a few batches of 1 KiB values roll.
+fn rolling_config() -> LogConfig {
+    LogConfig { segment_bytes_max: 4096, index_interval_bytes: 512, ..small_config() }
+}
+
+/// A transactional batch of one record with a 1 KiB value.
+fn big_txn_batch(producer_id: i64, epoch: i16, seq: i32) -> BytesMut {
+    let mut builder = BatchBuilder::new(0).producer(producer_id, epoch, seq).transactional();
+    builder.push(0, Some(b"k"), Some(&[b'x'; 1024]), &[]);
+    builder.build()
+}
+
+/// Four producers over several segments: producer 0 commits one
+/// transaction and leaves its next one open, producers 1, 2 and 3 abort
+/// theirs. Answers the aborted list.
+async fn aborted_workload(log: &PartitionLog<SimStorage>) -> Vec<AbortedTxn> {
+    let mut seq = [0i32; 4];
+    for round in 0..12 {
+        let producer = round % 4;
+        log.append_durable(big_txn_batch(producer as i64, 0, seq[producer]), 0).await.unwrap();
+        seq[producer] += 1;
+        if round % 5 == 4 {
+            log.append_marker(marker(producer as i64, 0, round != 9), 0).unwrap().durable().await.unwrap();
+        }
+    }
+    log.append_marker(marker(2, 0, false), 0).unwrap().durable().await.unwrap();
+    log.append_marker(marker(3, 0, false), 0).unwrap().durable().await.unwrap();
+    log.aborted_transactions(0, i64::MAX)
+}
+
+#[test]
+fn aborted_transactions_and_open_ones_survive_seals_and_a_close() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &rolling_config()).await;
+        let aborted = aborted_workload(&log).await;
+        assert_eq!(aborted.len(), 3, "{aborted:?}");
+        let ongoing = log.ongoing_transactions();
+        assert_eq!(ongoing.len(), 1, "{ongoing:?}");
+        assert!(log.segment_count() > 3);
+        log.close().await.unwrap();
+        // Every segment has its .txnindex: 34-byte entries for the aborts
+        // whose marker it holds.
+        let index_bytes: usize = storage
+            .paths()
+            .iter()
+            .filter(|path| path.extension().is_some_and(|ext| ext == "txnindex"))
+            .map(|path| storage.contents(path).unwrap().len())
+            .sum();
+        assert_eq!(index_bytes, 3 * 34);
+        let log = open(&storage, &rolling_config()).await;
+        assert_eq!(log.aborted_transactions(0, i64::MAX), aborted);
+        assert_eq!(log.ongoing_transactions(), ongoing);
+        assert_eq!(log.last_stable_offset(), ongoing[0].1);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_damaged_or_missing_txnindex_is_rebuilt_from_the_log() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &rolling_config()).await;
+        let aborted = aborted_workload(&log).await;
+        log.close().await.unwrap();
+        let is_txn_index = |path: &std::path::PathBuf| path.extension().is_some_and(|ext| ext == "txnindex");
+        let indexes: Vec<_> = storage.paths().into_iter().filter(is_txn_index).collect();
+        let (full, empty): (Vec<_>, Vec<_>) =
+            indexes.into_iter().partition(|path| !storage.contents(path).unwrap().is_empty());
+        assert!(!full.is_empty() && !empty.is_empty(), "{full:?} {empty:?}");
+        // One damaged (its version field), one gone.
+        assert!(storage.flip_bit(&full[0], 1, 0));
+        storage.remove(&empty[0]).await.unwrap();
+        let log = open(&storage, &rolling_config()).await;
+        assert_eq!(log.aborted_transactions(0, i64::MAX), aborted);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncating_away_an_abort_marker_reopens_its_transaction_and_drops_its_entry() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &rolling_config()).await;
+        log.append_durable(big_txn_batch(1, 0, 0), 0).await.unwrap(); // 0
+        log.append_durable(big_txn_batch(2, 0, 0), 0).await.unwrap(); // 1
+        log.append_marker(marker(2, 0, false), 0).unwrap().durable().await.unwrap(); // 2
+        log.append_durable(big_txn_batch(1, 0, 1), 0).await.unwrap(); // 3
+        log.append_marker(marker(1, 0, false), 0).unwrap().durable().await.unwrap(); // 4
+        log.append_durable(big_txn_batch(3, 0, 0), 0).await.unwrap(); // 5
+        log.append_marker(marker(3, 0, true), 0).unwrap().durable().await.unwrap(); // 6
+        assert_eq!(log.aborted_transactions(0, 10).len(), 2);
+        assert_eq!(log.last_stable_offset(), 7);
+        assert_eq!(log.truncate_to(4).await.unwrap(), 4);
+        assert_eq!(
+            log.aborted_transactions(0, 10),
+            vec![AbortedTxn { producer_id: 2, first_offset: 1, last_offset: 2, last_stable_offset: 0 }]
+        );
+        assert_eq!(log.ongoing_transactions(), vec![(1, 0)], "its marker was cut: open again");
+        assert_eq!(log.last_stable_offset(), 0);
+        // And so after a restart, which reads the index and snapshot the
+        // truncation wrote.
+        log.close().await.unwrap();
+        let log = open(&storage, &rolling_config()).await;
+        assert_eq!(log.ongoing_transactions(), vec![(1, 0)]);
+        assert_eq!(log.aborted_transactions(0, 10).len(), 1);
+        log.append_marker(marker(1, 0, true), 0).unwrap().durable().await.unwrap();
+        assert_eq!(log.last_stable_offset(), 5);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_drops_aborted_entries_below_the_log_start_with_their_txnindex_files() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig { retention_bytes: Some(6 * 1024), ..rolling_config() };
+        let log = open(&storage, &config).await;
+        for round in 0..12 {
+            let producer = 10 + round;
+            log.append_durable(big_txn_batch(producer, 0, 0), 0).await.unwrap();
+            log.append_marker(marker(producer, 0, false), 0).unwrap().durable().await.unwrap();
+        }
+        assert_eq!(log.aborted_transactions(0, i64::MAX).len(), 12);
+        let outcome = log.enforce_retention(0).await.unwrap();
+        assert!(outcome.segments_deleted > 0);
+        let start = log.log_start_offset();
+        let kept = log.aborted_transactions(0, i64::MAX);
+        assert!(kept.iter().all(|txn| txn.last_offset >= start), "{kept:?} from {start}");
+        assert_eq!(kept.len(), (12 - start / 2) as usize, "one per marker at or above the start");
+        let indexes = storage.paths().into_iter().filter(|p| p.extension().is_some_and(|e| e == "txnindex")).count();
+        assert_eq!(indexes, log.segment_count() - 1, "a .txnindex per sealed segment, none for the deleted ones");
+        log.close().await.unwrap();
+        let log = open(&storage, &config).await;
+        assert_eq!(log.aborted_transactions(0, i64::MAX), kept);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_power_loss_after_every_step_keeps_the_aborted_list_and_open_transactions() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &rolling_config()).await;
+        let mut expected = Vec::new();
+        for step in 0..14i64 {
+            let producer = step % 3;
+            log.append_durable(big_txn_batch(producer, 0, (step / 3) as i32), 0).await.unwrap();
+            if step % 2 == 1 {
+                log.append_marker(marker(producer, 0, step % 4 == 1), 0).unwrap().durable().await.unwrap();
+            }
+            expected.push((log.aborted_transactions(0, i64::MAX), log.ongoing_transactions()));
+            // Acknowledged under durability `always`: a power loss now
+            // keeps all of it.
+            let crashed = storage.power_loss(CrashMode::DropUnsynced, TornSector::Zeros);
+            let reopened = open(&crashed, &rolling_config()).await;
+            assert_eq!(reopened.aborted_transactions(0, i64::MAX), expected.last().unwrap().0, "step {step}");
+            assert_eq!(reopened.ongoing_transactions(), expected.last().unwrap().1, "step {step}");
+            drop(reopened);
+        }
+        log.close().await.unwrap();
+    });
+}
+
+/// One record `key` = `value` (1 KiB of padding after it, so that segments
+/// roll), transactional if `producer` is given.
+fn keyed(producer: Option<(i64, i32)>, key: &str, value: &str) -> BytesMut {
+    let mut builder = BatchBuilder::new(0);
+    if let Some((producer_id, seq)) = producer {
+        builder = builder.producer(producer_id, 0, seq).transactional();
+    }
+    let mut padded = value.as_bytes().to_vec();
+    padded.extend_from_slice(&[b' '; 1024]);
+    builder.push(0, Some(key.as_bytes()), Some(&padded), &[]);
+    builder.build()
+}
+
+/// (key, value without padding) of every data record, and the number of
+/// control batches, from the log start to the high watermark.
+async fn compacted_view(log: &PartitionLog<SimStorage>) -> (Vec<(String, String)>, usize) {
+    let (mut data, mut markers) = (Vec::new(), 0);
+    let mut offset = log.log_start_offset();
+    loop {
+        let output = log.read(offset, 1 << 20, ReadBound::HighWatermark).await.unwrap();
+        let Some(last) = output.batches.last() else { return (data, markers) };
+        offset = batch::validate_stored(last, usize::MAX).unwrap().last_offset() + 1;
+        for bytes in &output.batches {
+            if batch::peek_header(bytes).unwrap().attributes().is_control() {
+                markers += 1;
+                continue;
+            }
+            for record in batch::records(bytes).unwrap() {
+                let record = record.unwrap();
+                let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
+                let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+                data.push((key, value.trim_end().to_owned()));
+            }
+        }
+    }
+}
+
+#[test]
+fn compaction_removes_aborted_records_keeps_committed_ones_and_markers_and_stops_at_the_last_stable_offset() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = LogConfig {
+            cleanup_policy: spate_engine::CleanupPolicy::Compact,
+            min_cleanable_dirty_ratio: 0.0,
+            clean_bytes_per_sec: u64::MAX,
+            ..rolling_config()
+        };
+        let log = open(&storage, &config).await;
+        let append = |batch: BytesMut| {
+            let log = log.clone();
+            async move { log.append_durable(batch, 0).await.unwrap() }
+        };
+        append(keyed(None, "a", "a1")).await;
+        append(keyed(Some((1, 0)), "a", "a-aborted")).await;
+        append(keyed(Some((2, 0)), "c", "c1")).await;
+        append(keyed(Some((1, 1)), "b", "b-aborted")).await;
+        log.append_marker(marker(1, 0, false), 0).unwrap().durable().await.unwrap();
+        log.append_marker(marker(2, 0, true), 0).unwrap().durable().await.unwrap();
+        append(keyed(None, "d", "d1")).await;
+        for i in 0..3 {
+            append(keyed(None, "e", &format!("e{i}"))).await;
+        }
+        // An open transaction, in a later segment that gets sealed.
+        let open_at = append(keyed(Some((3, 0)), "a", "a-open")).await.base_offset;
+        for i in 0..8 {
+            append(keyed(None, "f", &format!("f{i}"))).await;
+        }
+        assert_eq!(log.last_stable_offset(), open_at);
+        log.clean(0).await.unwrap();
+        let (data, markers) = compacted_view(&log).await;
+        let has = |key: &str, value: &str| data.iter().any(|(k, v)| k == key && v == value);
+        assert!(has("a", "a1"), "an aborted record never shadows a committed one: {data:?}");
+        assert!(!has("a", "a-aborted") && !has("b", "b-aborted"), "aborted records go: {data:?}");
+        assert!(has("c", "c1") && has("d", "d1"));
+        assert_eq!(markers, 2, "markers stay");
+        assert!(has("a", "a-open"), "nothing at or above the last stable offset is cleaned");
+        assert_eq!(data.iter().filter(|(k, _)| k == "f").count(), 8, "f's records are above it too");
+        // Once the transaction commits, a later pass may clean past it.
+        log.append_marker(marker(3, 0, true), 0).unwrap().durable().await.unwrap();
+        for i in 8..12 {
+            append(keyed(None, "f", &format!("f{i}"))).await;
+        }
+        log.clean(0).await.unwrap();
+        let (data, markers) = compacted_view(&log).await;
+        assert!(!data.iter().any(|(k, v)| k == "a" && v == "a1"), "superseded by the committed a-open: {data:?}");
+        assert!(data.iter().any(|(k, v)| k == "a" && v == "a-open"));
+        assert!(data.iter().filter(|(k, _)| k == "f").count() < 12, "f cleaned now: {data:?}");
+        assert_eq!(markers, 3);
+        log.close().await.unwrap();
     });
 }

@@ -16,6 +16,11 @@
 //!    delete horizon gets one (now + `delete_retention_ms`, in its base
 //!    timestamp, attribute bit 6: KIP-534). Compressed and control batches
 //!    are kept whole (their keys are not read). Offsets never change.
+//!    Transactions: only segments wholly below the last stable offset are
+//!    read (an undecided transaction's records may yet be aborted); the
+//!    data batches of aborted transactions go whole and stay out of the
+//!    map; markers stay (Kafka removes them after `delete.retention.ms`,
+//!    a later step not taken here).
 //! 3. swaps each rewritten segment in, crash-safely: `<base>.log.cleaned`
 //!    and its `.index.cleaned`, `.timeindex.cleaned` are written and synced;
 //!    the compaction checkpoint is raised; `.log.cleaned` is renamed to
@@ -47,7 +52,7 @@ use crate::batch::{self, BATCH_HEADER_BYTES, BATCH_OVERHEAD_BYTES, BatchInfo, MA
 use crate::error::{LogError, Result};
 use crate::io::{IoBuf, Storage, StorageFile};
 use crate::limits::{BATCH_BYTES_MAX_LIMIT, CLEAN_WRITE_BYTES, SEGMENT_BYTES_MAX_LIMIT, align_down, align_up};
-use crate::segment::{BatchCursor, INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX};
+use crate::segment::{BatchCursor, INDEX_SUFFIX, Segment, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX};
 use crate::varint;
 
 /// The log's compaction checkpoint: batches at or below the offset it holds
@@ -64,6 +69,7 @@ pub(crate) const SWAP_SUFFIX: &str = "swap";
 
 // Attribute bits of the batch header (Kafka's).
 pub(super) const LOG_APPEND_TIME_BIT: i16 = 1 << 3;
+const TRANSACTIONAL_BIT: i16 = 1 << 4;
 const CONTROL_BIT: i16 = 1 << 5;
 const DELETE_HORIZON_BIT: i16 = 1 << 6;
 
@@ -202,9 +208,38 @@ struct SegmentView<F> {
     dirty_start: (u64, i64),
 }
 
+/// The aborted transactions over the segments a pass reads, by producer:
+/// their data batches go, whatever their keys (Kafka's cleaner drops
+/// aborted records too). Their markers stay.
+#[derive(Default)]
+struct AbortedRanges {
+    by_producer: HashMap<i64, Vec<(i64, i64)>>,
+}
+
+impl AbortedRanges {
+    fn new(aborted: &[crate::txn::AbortedTxn]) -> Self {
+        let mut by_producer: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for txn in aborted {
+            by_producer.entry(txn.producer_id).or_default().push((txn.first_offset, txn.last_offset));
+        }
+        AbortedRanges { by_producer }
+    }
+
+    /// Whether `info` is a data batch of an aborted transaction.
+    fn holds(&self, info: &BatchInfo) -> bool {
+        let transactional_data = info.attributes & TRANSACTIONAL_BIT != 0 && info.attributes & CONTROL_BIT == 0;
+        transactional_data
+            && self
+                .by_producer
+                .get(&info.producer_id)
+                .is_some_and(|ranges| ranges.iter().any(|&(first, last)| (first..=last).contains(&info.base_offset)))
+    }
+}
+
 /// The rules of one pass.
 struct Filter<'a> {
     map: &'a OffsetMap,
+    aborted: &'a AbortedRanges,
     clean_end: i64,
     now_ms: i64,
     delete_retention_ms: i64,
@@ -287,6 +322,9 @@ impl<F: StorageFile> SegmentOut<F> {
 
 /// Decides a batch's fate under the pass's rules.
 fn filter_batch(filter: &Filter<'_>, info: &BatchInfo, bytes: &[u8]) -> Result<(Filtered, Option<i64>)> {
+    if filter.aborted.holds(info) {
+        return Ok((Filtered::Drop { records: u64::try_from(info.records_count).unwrap_or_default() }, None));
+    }
     // Compressed batches' keys are not read (the engine has no codecs), and
     // control batches are not the cleaner's: both are kept whole.
     let records = match batch::records(bytes) {
@@ -452,15 +490,17 @@ impl<S: Storage> PartitionLog<S> {
 
 impl<S: Storage> LogInner<S> {
     async fn clean_pass(&self, now_ms: i64) -> Result<CleanOutcome> {
-        let (views, first_dirty, gaps_below, truncations) = self.sealed_views();
+        let (views, first_dirty, gaps_below, truncations, aborted) = self.sealed_views();
         let mut outcome = CleanOutcome { clean_end_offset: first_dirty, ..Default::default() };
         let Some(last) = views.last() else { return Ok(outcome) };
         let mut throttle = Throttle::new(self.config().clean_bytes_per_sec);
         let dirty_end = last.next_base;
-        let (map, clean_end) =
-            self.build_offset_map(&views, first_dirty, dirty_end, gaps_below, &mut throttle, &mut outcome).await?;
+        let (map, clean_end) = self
+            .build_offset_map(&views, first_dirty..dirty_end, gaps_below, &aborted, &mut throttle, &mut outcome)
+            .await?;
         outcome.clean_end_offset = clean_end;
-        let filter = Filter { map: &map, clean_end, now_ms, delete_retention_ms: self.config().delete_retention_ms };
+        let delete_retention_ms = self.config().delete_retention_ms;
+        let filter = Filter { map: &map, aborted: &aborted, clean_end, now_ms, delete_retention_ms };
         let cleaned: Vec<&SegmentView<S::File>> = views.iter().filter(|view| view.base < clean_end).collect();
         let new_gaps_below = cleaned.last().map_or(gaps_below, |view| view.next_base.max(gaps_below));
         let mut next_horizon_ms: Option<i64> = None;
@@ -484,15 +524,19 @@ impl<S: Storage> LogInner<S> {
         Ok(outcome)
     }
 
-    /// The sealed segments below the first unsealed one, oldest first.
-    fn sealed_views(&self) -> (Vec<SegmentView<S::File>>, i64, i64, u64) {
+    /// The sealed segments below the first unsealed one, and wholly below
+    /// the last stable offset (Kafka never cleans an undecided
+    /// transaction: whether its records stay is not known yet), oldest
+    /// first; with the aborted transactions over them.
+    fn sealed_views(&self) -> (Vec<SegmentView<S::File>>, i64, i64, u64, AbortedRanges) {
         let state = self.state.borrow();
+        let last_stable_offset = state.last_stable_offset();
         let mut views = Vec::new();
         let mut segments = state.segments.values().peekable();
         while let Some(segment) = segments.next() {
             let Some(next) = segments.peek() else { break };
             let Some(file) = segment.file.clone() else { break };
-            if !segment.sealed {
+            if !segment.sealed || next.base_offset > last_stable_offset {
                 break;
             }
             views.push(SegmentView {
@@ -505,21 +549,26 @@ impl<S: Storage> LogInner<S> {
                 dirty_start: segment.start_for(state.first_dirty_offset),
             });
         }
-        (views, state.first_dirty_offset, state.gaps_below, state.truncations)
+        let aborted = match (views.first(), views.last()) {
+            (Some(first), Some(last)) => AbortedRanges::new(&state.txns.aborted_between(first.base, last.next_base)),
+            _ => AbortedRanges::default(),
+        };
+        (views, state.first_dirty_offset, state.gaps_below, state.truncations, aborted)
     }
 
-    /// Maps every key from `first_dirty` on; returns the map and the offset
-    /// where it stopped: the first record whose key did not fit, or
-    /// `dirty_end`.
+    /// Maps every key of `dirty` (first dirty offset to dirty end) but
+    /// those of aborted transactions; returns the map and the offset where
+    /// it stopped: the first record whose key did not fit, or the dirty end.
     async fn build_offset_map(
         &self,
         views: &[SegmentView<S::File>],
-        first_dirty: i64,
-        dirty_end: i64,
+        dirty: std::ops::Range<i64>,
         gaps_below: i64,
+        aborted: &AbortedRanges,
         throttle: &mut Throttle,
         outcome: &mut CleanOutcome,
     ) -> Result<(OffsetMap, i64)> {
+        let (first_dirty, dirty_end) = (dirty.start, dirty.end);
         let mut map = OffsetMap::new(self.config().clean_offset_map_entries_max);
         for view in views.iter().filter(|view| view.next_base > first_dirty) {
             let start = if view.base <= first_dirty { view.dirty_start } else { (0, view.base) };
@@ -527,7 +576,9 @@ impl<S: Storage> LogInner<S> {
             while let Some((_, info, bytes)) = cursor.next().await? {
                 throttle.consume(info.batch_bytes as u64).await;
                 outcome.bytes_read += info.batch_bytes as u64;
-                if info.last_offset() < first_dirty || info.attributes & CONTROL_BIT != 0 {
+                // An aborted record must not shadow an earlier committed
+                // one of its key: it goes, and the earlier one stays.
+                if info.last_offset() < first_dirty || info.attributes & CONTROL_BIT != 0 || aborted.holds(&info) {
                     continue;
                 }
                 // A compressed batch's keys stay unknown: its older
@@ -775,8 +826,8 @@ impl<S: Storage> LogInner<S> {
         }
         self.raise_gaps_below(gaps_below).await?;
         let removed = async {
-            for path in
-                [view.path.clone(), view.path.with_extension(INDEX_SUFFIX), view.path.with_extension(TIME_INDEX_SUFFIX)]
+            for path in [crate::segment::LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX]
+                .map(|suffix| view.path.with_extension(suffix))
             {
                 remove_if_exists(&self.storage, &path).await?;
             }

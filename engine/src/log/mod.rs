@@ -471,6 +471,7 @@ impl<F> LogState<F> {
         if offset > self.log_start_offset {
             self.log_start_offset = offset;
             self.first_dirty_offset = self.first_dirty_offset.max(offset);
+            self.txns.drop_below(offset);
         }
         self.check_offsets();
     }
@@ -1348,18 +1349,30 @@ impl<S: Storage> LogInner<S> {
 
     /// Rebuilds the producer state after a truncation to `log_end_offset`.
     async fn rebuild_producer_state(&self, log_end_offset: i64) -> Result<()> {
-        let gaps_below = {
+        let (gaps_below, seeds) = {
             let mut state = self.state.borrow_mut();
             state.pending_snapshot = None;
-            state.gaps_below
+            // Open before the cut: still open. Aborted by a marker the cut
+            // took: open again.
+            let epoch_of = |producer_id| state.producers.entry(producer_id).map_or(0, |entry| entry.epoch);
+            let mut seeds: Vec<(i64, i16, i64)> = state
+                .producers
+                .ongoing_transactions()
+                .map(|(producer_id, first_offset)| (producer_id, epoch_of(producer_id), first_offset))
+                .collect();
+            for txn in state.txns.aborted_between(log_end_offset, i64::MAX) {
+                if txn.last_offset >= log_end_offset && txn.first_offset < log_end_offset {
+                    seeds.push((txn.producer_id, epoch_of(txn.producer_id), txn.first_offset));
+                }
+            }
+            (state.gaps_below, seeds)
         };
         let sources_for = |offset| producer_sources(&self.state.borrow().segments, offset);
         let recovered =
-            crate::producer_state::recover(&self.storage, &self.dir, gaps_below, log_end_offset, true, sources_for)
+            crate::producer_state::recover(&self.storage, &self.dir, gaps_below, log_end_offset, &seeds, sources_for)
                 .await?;
         let mut state = self.state.borrow_mut();
-        let high_watermark = state.high_watermark;
-        state.txns.rebuilt_from(recovered.replayed_from, &recovered.completed, high_watermark);
+        state.txns.truncate_from(log_end_offset);
         state.producers = recovered.table;
         Ok(())
     }
@@ -1486,7 +1499,22 @@ impl<S: Storage> LogInner<S> {
         file.truncate(end_position).await.map_err(|err| LogError::io("truncate", &path, err))?;
         file.fdatasync().await.map_err(|err| LogError::io("fdatasync", &path, err))?;
         self.write_atomic(&index_path, &index).await?;
-        self.write_atomic(&time_index_path, &time_index).await
+        self.write_atomic(&time_index_path, &time_index).await?;
+        // Before the producer snapshot that follows a seal or close: the
+        // next open takes the aborted transactions below that snapshot from
+        // these files.
+        self.write_txn_index(segment_base).await
+    }
+
+    /// Writes a segment's `.txnindex`: the aborted transactions whose marker
+    /// it holds, as known now.
+    async fn write_txn_index(&self, segment_base: i64) -> Result<()> {
+        let (path, entries) = {
+            let state = self.state.borrow();
+            let segment = &state.segments[&segment_base];
+            (segment.txn_index_path(), state.txns.aborted_in(segment_base, segment.next_offset))
+        };
+        crate::txn::write_index(&self.storage, &path, &entries).await
     }
 
     async fn read_from_segments(&self, offset: i64, offset_end: i64, bytes_max: usize) -> Result<Vec<Bytes>> {
@@ -1529,7 +1557,9 @@ impl<S: Storage> LogInner<S> {
         for segment in &doomed {
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += segment.written_bytes;
-            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+            for path in
+                [segment.log_path.clone(), segment.index_path(), segment.time_index_path(), segment.txn_index_path()]
+            {
                 remove_if_exists(&self.storage, &path).await?;
             }
         }
@@ -1569,7 +1599,9 @@ impl<S: Storage> LogInner<S> {
             doomed
         };
         for segment in &doomed {
-            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+            for path in
+                [segment.log_path.clone(), segment.index_path(), segment.time_index_path(), segment.txn_index_path()]
+            {
                 remove_if_exists(&self.storage, &path).await?;
             }
         }
@@ -1628,7 +1660,9 @@ impl<S: Storage> LogInner<S> {
         let old: Vec<Segment<S::File>> = std::mem::take(&mut self.state.borrow_mut().segments).into_values().collect();
         assert!(old.iter().all(|segment| segment.dispatched_bytes == 0), "reset after a truncation to the log start");
         for segment in &old {
-            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+            for path in
+                [segment.log_path.clone(), segment.index_path(), segment.time_index_path(), segment.txn_index_path()]
+            {
                 remove_if_exists(&self.storage, &path).await?;
             }
         }
@@ -1704,19 +1738,22 @@ impl<S: Storage> LogInner<S> {
         };
         // Newest first, so a crash part way leaves contiguous segments.
         for segment in later.iter().rev() {
-            for path in [segment.log_path.clone(), segment.index_path(), segment.time_index_path()] {
+            for path in
+                [segment.log_path.clone(), segment.index_path(), segment.time_index_path(), segment.txn_index_path()]
+            {
                 remove_if_exists(&self.storage, &path).await?;
             }
         }
-        let (index_path, time_index_path) = {
+        let (index_path, time_index_path, txn_index_path) = {
             let state = self.state.borrow();
             let segment = &state.segments[&segment_base];
-            (segment.index_path(), segment.time_index_path())
+            (segment.index_path(), segment.time_index_path(), segment.txn_index_path())
         };
         // The index files describe the old content; they are rebuilt at
-        // seal or close.
+        // seal or close (the transaction index below, once the state is).
         remove_if_exists(&self.storage, &index_path).await?;
         remove_if_exists(&self.storage, &time_index_path).await?;
+        remove_if_exists(&self.storage, &txn_index_path).await?;
         // The removals are durable before the cut is: a power loss between
         // them would otherwise bring the later segments back after a
         // shorter one, a gap recovery refuses as corruption.
@@ -1753,6 +1790,14 @@ impl<S: Storage> LogInner<S> {
         self.write_epoch_checkpoint(epochs.as_ref()).await?;
         self.lower_gaps_below(new_end).await?;
         self.rebuild_producer_state(new_end).await?;
+        // The next open takes the cut segment's aborted transactions below
+        // its snapshot from here rather than replaying the whole log.
+        self.write_txn_index(segment_base).await?;
+        // The rebuild removed the snapshots above the cut and may have
+        // carried over transactions whose first batch no replay can see
+        // (below the log start): a snapshot at the cut keeps them.
+        let snapshot = self.state.borrow().producers.encode(new_end);
+        crate::producer_state::write_snapshot(&self.storage, &self.dir, new_end, &snapshot).await?;
         tracing::info!(dir = %self.dir.display(), log_end_offset = new_end, "log truncated");
         self.state.borrow().check_offsets();
         Ok(new_end)
