@@ -274,9 +274,8 @@ pub(crate) fn write_marker_here(
 /// coordinator makes the transaction's offsets visible (commit) or drops
 /// them (abort). The one call site of the group side's hook.
 fn offsets_marker_written(shard: &Rc<Shard>, partition: u32, marker: TxnMarker) {
-    // HOOK, to be made a call when this branch meets main (where the lead's
-    // group side has it):
-    // crate::group::txn_offsets::txn_marker_written(shard, partition, marker.producer_id, marker.commit);
+    // HOOK (the lead's): crate::group::txn_marker_written(shard, partition,
+    // marker.producer_id, marker.commit) once it exists in this branch.
     tracing::debug!(
         shard = shard.id,
         partition,
