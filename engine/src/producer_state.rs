@@ -507,12 +507,13 @@ pub(crate) struct Recovered {
 /// the segments, in offset order, with where to start scanning for `offset`.
 ///
 /// `seeds` (producer id, epoch, first offset) are transactions known open
-/// at `log_end_offset` or cut open by a truncation there; those that began
-/// before the replay starts are opened before it, since the replay cannot
-/// see their first batch (it may lie below the log start, or below a
-/// snapshot that was removed). A transaction that began there and was
-/// committed by a marker the truncation cut is not among them: it stays
-/// closed (the log keeps no list of committed transactions).
+/// at `log_end_offset` or cut open by a truncation there (aborted, or
+/// committed by a marker not yet below the high watermark); those that
+/// began before the replay starts are opened before it, since the replay
+/// cannot see their first batch (it may lie below the log start, or below a
+/// snapshot that was removed). One committed by a marker already below the
+/// high watermark is not among them and stays closed: the log keeps no
+/// older commits.
 pub(crate) async fn recover<S: Storage>(
     storage: &S,
     dir: &Path,

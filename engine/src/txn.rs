@@ -75,9 +75,10 @@ impl AbortedTxn {
 pub(crate) struct TxnState {
     /// Ascending by `last_offset` (markers are appended in offset order).
     aborted: Vec<AbortedTxn>,
-    /// (first offset, marker offset) of completed transactions whose marker
-    /// is at or above the high watermark, ascending by marker offset.
-    unstable: VecDeque<(i64, i64)>,
+    /// (producer id, first offset, marker offset) of completed transactions
+    /// whose marker is at or above the high watermark, ascending by marker
+    /// offset.
+    unstable: VecDeque<(i64, i64, i64)>,
 }
 
 impl TxnState {
@@ -89,7 +90,7 @@ impl TxnState {
             self.aborted.push(AbortedTxn::from_completed(done));
         }
         if done.last_offset >= high_watermark {
-            self.unstable.push_back((done.first_offset, done.last_offset));
+            self.unstable.push_back((done.producer_id, done.first_offset, done.last_offset));
         }
     }
 
@@ -97,17 +98,33 @@ impl TxnState {
     /// visible to consumers, so their transactions no longer hold the last
     /// stable offset back.
     pub(crate) fn high_watermark_moved(&mut self, high_watermark: i64) {
-        while self.unstable.front().is_some_and(|&(_, marker_offset)| marker_offset < high_watermark) {
+        while self.unstable.front().is_some_and(|&(_, _, marker_offset)| marker_offset < high_watermark) {
             self.unstable.pop_front();
         }
     }
 
     /// Kafka's last stable offset: the high watermark, held back by the
     /// oldest open transaction (`first_ongoing_offset`) and by completed
-    /// ones whose marker is not below the high watermark yet.
-    pub(crate) fn last_stable_offset(&self, high_watermark: i64, first_ongoing_offset: Option<i64>) -> i64 {
-        let unstable = self.unstable.iter().map(|&(first_offset, _)| first_offset).min();
-        [Some(high_watermark), first_ongoing_offset, unstable].into_iter().flatten().min().unwrap_or(high_watermark)
+    /// ones whose marker is not below the high watermark yet; never below
+    /// the log start (Kafka's rule: a transaction that began below it
+    /// holds the last stable offset there).
+    pub(crate) fn last_stable_offset(
+        &self,
+        log_start_offset: i64,
+        high_watermark: i64,
+        first_ongoing_offset: Option<i64>,
+    ) -> i64 {
+        debug_assert!(log_start_offset <= high_watermark);
+        let unstable = self.unstable.iter().map(|&(_, first_offset, _)| first_offset).min();
+        let held = [Some(high_watermark), first_ongoing_offset, unstable].into_iter().flatten().min();
+        held.unwrap_or(high_watermark).max(log_start_offset)
+    }
+
+    /// (producer id, first offset) of the completed transactions whose
+    /// marker is at or after `offset` and not yet below the high
+    /// watermark: a truncation to `offset` reopens them.
+    pub(crate) fn unstable_from(&self, offset: i64) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.unstable.iter().filter(move |&&(_, _, marker)| marker >= offset).map(|&(id, first, _)| (id, first))
     }
 
     /// The aborted transactions that may have records in
@@ -140,7 +157,7 @@ impl TxnState {
     /// batch).
     pub(crate) fn truncate_from(&mut self, offset: i64) {
         self.aborted.retain(|txn| txn.last_offset < offset);
-        self.unstable.retain(|&(_, marker_offset)| marker_offset < offset);
+        self.unstable.retain(|&(_, _, marker_offset)| marker_offset < offset);
     }
 
     /// The log start moved to `offset`: transactions wholly below it are
@@ -151,7 +168,7 @@ impl TxnState {
 }
 
 /// One segment's `.txnindex` bytes.
-pub(crate) fn encode_index(entries: &[AbortedTxn]) -> Vec<u8> {
+pub fn encode_index(entries: &[AbortedTxn]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * TXN_INDEX_ENTRY_BYTES);
     for txn in entries {
         assert!(txn.first_offset <= txn.last_offset, "a transaction ends at or after its start");
@@ -169,7 +186,7 @@ pub(crate) fn encode_index(entries: &[AbortedTxn]) -> Vec<u8> {
 /// out: whole entries of version 0, markers inside `[base_offset,
 /// end_offset)` in increasing order, each transaction starting at or before
 /// its marker (and not below 0), a non-negative producer id.
-pub(crate) fn decode_index(bytes: &[u8], base_offset: i64, end_offset: i64) -> Option<Vec<AbortedTxn>> {
+pub fn decode_index(bytes: &[u8], base_offset: i64, end_offset: i64) -> Option<Vec<AbortedTxn>> {
     if !bytes.len().is_multiple_of(TXN_INDEX_ENTRY_BYTES) {
         return None;
     }
@@ -300,16 +317,19 @@ mod tests {
     #[test]
     fn the_last_stable_offset_is_held_by_open_and_unreplicated_transactions() {
         let mut state = TxnState::default();
-        assert_eq!(state.last_stable_offset(10, None), 10);
-        assert_eq!(state.last_stable_offset(10, Some(4)), 4);
+        assert_eq!(state.last_stable_offset(0, 10, None), 10);
+        assert_eq!(state.last_stable_offset(0, 10, Some(4)), 4);
+        assert_eq!(state.last_stable_offset(6, 10, Some(4)), 6, "never below the log start");
         let done =
             CompletedTxn { producer_id: 1, first_offset: 2, last_offset: 12, commit: true, last_stable_offset: 13 };
         state.complete(&done, 10);
-        assert_eq!(state.last_stable_offset(10, None), 2, "its marker is not below the high watermark");
+        assert_eq!(state.last_stable_offset(0, 10, None), 2, "its marker is not below the high watermark");
+        assert_eq!(state.unstable_from(12).collect::<Vec<_>>(), vec![(1, 2)]);
+        assert_eq!(state.unstable_from(13).count(), 0);
         state.high_watermark_moved(12);
-        assert_eq!(state.last_stable_offset(12, None), 2);
+        assert_eq!(state.last_stable_offset(0, 12, None), 2);
         state.high_watermark_moved(13);
-        assert_eq!(state.last_stable_offset(13, None), 13);
+        assert_eq!(state.last_stable_offset(0, 13, None), 13);
         assert!(state.aborted_between(0, 100).is_empty(), "a commit is no aborted entry");
     }
 }

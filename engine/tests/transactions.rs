@@ -438,3 +438,43 @@ fn compaction_removes_aborted_records_keeps_committed_ones_and_markers_and_stops
         log.close().await.unwrap();
     });
 }
+
+/// Without the truncation carrying over the not-yet-stable commits (and
+/// writing its snapshot), the transaction stayed closed: the replay after
+/// the cut starts above its first batch.
+#[test]
+fn a_cut_commit_marker_reopens_a_transaction_that_began_below_the_log_start() {
+    run(async {
+        let storage = SimStorage::new();
+        // One 3 KiB batch per segment, so that seals leave snapshots behind
+        // and the log start can pass a whole segment.
+        let config = LogConfig { high_watermark_follows_acks: false, ..rolling_config() };
+        let log = open(&storage, &config).await;
+        let fat = |producer: Option<(i64, i32)>| {
+            let mut builder = BatchBuilder::new(0);
+            if let Some((producer_id, seq)) = producer {
+                builder = builder.producer(producer_id, 0, seq).transactional();
+            }
+            builder.push(0, None, Some(&[b'x'; 3000]), &[]);
+            builder.build()
+        };
+        log.append_durable(fat(Some((1, 0))), 0).await.unwrap(); // 0, its own segment
+        for _ in 1..5 {
+            log.append_durable(fat(None), 0).await.unwrap(); // 1..=4
+        }
+        log.set_high_watermark(5);
+        assert_eq!(log.advance_log_start(1).await.unwrap(), 1, "the transaction's first batch is gone");
+        assert_eq!(log.last_stable_offset(), 1, "held at the log start, Kafka's rule");
+        log.append_marker(marker(1, 0, true), 0).unwrap().durable().await.unwrap(); // 5
+        assert!(log.ongoing_transactions().is_empty());
+        // The cut takes the commit marker, not yet below the high watermark,
+        // and the snapshots above it: no replay can see offset 0.
+        assert_eq!(log.truncate_to(2).await.unwrap(), 2);
+        assert_eq!(log.ongoing_transactions(), vec![(1, 0)], "open again, from its first offset");
+        assert_eq!(log.last_stable_offset(), 1);
+        log.close().await.unwrap();
+        let log = open(&storage, &config).await;
+        assert_eq!(log.ongoing_transactions(), vec![(1, 0)], "and after a restart (the truncation's snapshot)");
+        log.close().await.unwrap();
+    });
+}

@@ -216,7 +216,8 @@ async fn check(log: &PartitionLog<SimStorage>, model: &mut Model) {
     by_first.sort_by_key(|txn| (txn.first_offset, txn.last_offset));
     assert_eq!(log.aborted_transactions(i64::MIN, i64::MAX), by_first, "aborted transactions");
     let high_watermark = log.high_watermark();
-    let expected_lso = ongoing.iter().map(|&(_, first)| first).chain([high_watermark]).min().unwrap();
+    let expected_lso =
+        ongoing.iter().map(|&(_, first)| first).chain([high_watermark]).min().unwrap().max(log_start_offset);
     assert_eq!(log.last_stable_offset(), expected_lso, "last stable offset");
     // The read_committed view through the log's own answers.
     let lso = log.last_stable_offset();
@@ -257,7 +258,9 @@ async fn apply(op: &Op, log: &mut PartitionLog<SimStorage>, storage: &mut SimSto
             let mut offset = start + (end - start) * i64::from(*at_permille) / 1000;
             // The one case the log does not restore (see
             // `producer_state::recover`): a cut that reopens a committed
-            // transaction which began below the log start.
+            // transaction which began below the log start, its marker
+            // already below the high watermark (here the high watermark
+            // follows the acks, so every acknowledged marker is).
             let mut all = model.deleted.clone();
             all.extend(log_batches(log).await);
             for (first, marker) in replay(&all).committed {

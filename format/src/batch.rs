@@ -2029,6 +2029,9 @@ mod tests {
         for span in split_batches(bytes).batch_bytes_max(BATCH_BYTES_MAX).flatten() {
             assert_eq!(&bytes[span.range.clone()], span.bytes);
         }
+        if parse_control_batch(bytes).is_ok() {
+            assert!(validate_stored(bytes, bytes.len()).is_ok(), "a marker is a valid batch");
+        }
         let _ = peek_header(bytes);
         let _ = crc_of(bytes);
     }

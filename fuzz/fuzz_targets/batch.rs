@@ -21,6 +21,17 @@ fuzz_target!(|data: &[u8]| {
     let _ = batch::validate_stored(data, max);
     let _ = batch::validate_produce(data, max);
     let _ = batch::peek_header(data);
+    // Markers come from the network (a leader's fetch response) too.
+    if let Ok(marker) = batch::parse_control_batch(data) {
+        let header = batch::peek_header(data).expect("a marker has a header");
+        let rebuilt = batch::build_control_batch(
+            header.producer_id.get(),
+            header.producer_epoch.get(),
+            marker,
+            header.base_timestamp.get(),
+        );
+        assert_eq!(batch::parse_control_batch(&rebuilt), Ok(marker));
+    }
     if let Ok(records) = batch::records(data) {
         for _ in records {}
     }

@@ -11,7 +11,10 @@ use spate_engine::producer_state::ProducerStateTable;
 
 fuzz_target!(|data: &[u8]| {
     let _ = ProducerStateTable::decode(data);
-    let mut file = b"SPPS\x00\x01".to_vec();
+    // The first byte picks the version: 1 (before transactions) or 2.
+    let Some((&version, data)) = data.split_first() else { return };
+    let mut file = b"SPPS\x00".to_vec();
+    file.push(1 + version % 2);
     file.extend_from_slice(data);
     let crc = crc32c::crc32c(&file);
     file.extend_from_slice(&crc.to_be_bytes());

@@ -432,10 +432,9 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         LogError::Backpressure { .. } => ErrorCode::Throttled,
         LogError::Closed => ErrorCode::BrokerShuttingDown,
         LogError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
-        LogError::Sequence(SequenceError::StaleEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
-        // A marker from a fenced producer's or a deposed coordinator's
-        // transaction: the coordinator counts it as written.
-        LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+        LogError::Sequence(SequenceError::StaleEpoch { .. }) | LogError::InvalidProducerEpoch { .. } => {
+            ErrorCode::InvalidProducerEpoch
+        }
         LogError::Sequence(SequenceError::Invalid { .. }) => ErrorCode::CorruptMessage,
     }
 }
@@ -1291,6 +1290,8 @@ async fn fetch_partition(
     let arrived = match bound {
         ReadBound::LogEnd => log.log_end_above(offset),
         ReadBound::HighWatermark => log.high_watermark_above(offset),
+        // read_committed: the high watermark can move while an open
+        // transaction holds the last stable offset.
         ReadBound::LastStable => log.last_stable_above(offset),
     };
     futures::select! {

@@ -496,9 +496,10 @@ impl<F> LogState<F> {
     /// Kafka's last stable offset (`txn.rs`); never above the high
     /// watermark.
     fn last_stable_offset(&self) -> i64 {
+        let first_ongoing_offset = self.producers.first_ongoing_offset();
         let last_stable_offset =
-            self.txns.last_stable_offset(self.high_watermark, self.producers.first_ongoing_offset());
-        debug_assert!(last_stable_offset <= self.high_watermark);
+            self.txns.last_stable_offset(self.log_start_offset, self.high_watermark, first_ongoing_offset);
+        debug_assert!(self.log_start_offset <= last_stable_offset && last_stable_offset <= self.high_watermark);
         last_stable_offset
     }
 
@@ -1363,6 +1364,13 @@ impl<S: Storage> LogInner<S> {
             for txn in state.txns.aborted_between(log_end_offset, i64::MAX) {
                 if txn.last_offset >= log_end_offset && txn.first_offset < log_end_offset {
                     seeds.push((txn.producer_id, epoch_of(txn.producer_id), txn.first_offset));
+                }
+            }
+            // Committed by a marker the cut took, if it was not yet below
+            // the high watermark (the log keeps no older commits).
+            for (producer_id, first_offset) in state.txns.unstable_from(log_end_offset) {
+                if first_offset < log_end_offset {
+                    seeds.push((producer_id, epoch_of(producer_id), first_offset));
                 }
             }
             (state.gaps_below, seeds)
