@@ -419,15 +419,6 @@ fn every_api_refuses_a_principal_no_acl_allows_with_kafkas_codes() {
     let request = DescribeTransactionsRequest::default().with_transactional_ids(vec![txn()]);
     assert_eq!(conn.call(0, &request).transaction_states[0].error_code, txn_denied, "DescribeTransactions");
     assert!(conn.call(1, &ListTransactionsRequest::default()).transaction_states.is_empty(), "ListTransactions");
-    let request = WriteTxnMarkersRequest::default().with_markers(vec![
-        write_txn_markers_request::WritableTxnMarker::default().with_topics(vec![
-            write_txn_markers_request::WritableTxnMarkerTopic::default()
-                .with_name(name("t"))
-                .with_partition_indexes(vec![0]),
-        ]),
-    ]);
-    let response = conn.call(1, &request);
-    assert_eq!(response.markers[0].topics[0].partitions[0].error_code, cluster_denied, "WriteTxnMarkers");
     let request = OffsetCommitRequest::default()
         .with_group_id(group())
         .with_generation_id_or_member_epoch(-1)

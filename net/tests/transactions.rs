@@ -308,38 +308,3 @@ fn a_clients_control_batch_is_refused() {
     assert_eq!(conn.list_offset("t", 0, -1), (ErrorCode::None, 0), "nothing appended");
     stop(broker);
 }
-
-/// WriteTxnMarkers (what `kafka-transactions.sh abort` sends to a
-/// partition's leader): a transaction the coordinator never heard of (a
-/// batch sent without AddPartitionsToTxn) is ended on its partition; a
-/// marker from an older epoch is refused as Kafka refuses it.
-#[test]
-fn write_txn_markers_ends_a_hanging_transaction_on_its_partition() {
-    use kafka_protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
-    let broker = one_broker("txn-write-markers", |_| {});
-    let mut kafka = KafkaConn::to(&broker);
-    let mut conn = Conn::connect(broker.addr().port());
-    assert_eq!(kafka.create_topic("t", 1, 1), 0);
-    let (pid, epoch) = init(&mut kafka, "hanging", 60_000);
-    assert_eq!(kafka.produce("t", 0, txn_batch(pid, epoch + 1, 0)).0, 0, "never added to its transaction");
-    let abort = |epoch: i16, partitions: Vec<i32>| {
-        WriteTxnMarkersRequest::default().with_markers(vec![
-            WritableTxnMarker::default()
-                .with_producer_id(ProducerId(pid))
-                .with_producer_epoch(epoch)
-                .with_transaction_result(false)
-                .with_coordinator_epoch(0)
-                .with_topics(vec![
-                    WritableTxnMarkerTopic::default().with_name(name("t")).with_partition_indexes(partitions),
-                ]),
-        ])
-    };
-    let codes = |response: WriteTxnMarkersResponse| -> Vec<i16> {
-        response.markers[0].topics[0].partitions.iter().map(|p| p.error_code).collect()
-    };
-    assert_eq!(codes(kafka.call(1, &abort(epoch + 1, vec![0, 7]))), [0, K::UnknownTopicOrPartition.code()]);
-    assert_eq!(markers(&mut conn, "t", 0), [(false, pid)]);
-    assert_eq!(codes(kafka.call(1, &abort(epoch, vec![0]))), [K::InvalidProducerEpoch.code()], "an older epoch");
-    assert_eq!(markers(&mut conn, "t", 0), [(false, pid)], "nothing more written");
-    stop(broker);
-}

@@ -358,7 +358,6 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::EndTxn => txn::end_txn(ctx, body),
         ApiKey::DescribeTransactions => txn::describe_transactions(ctx, body),
         ApiKey::ListTransactions => txn::list_transactions(ctx, body),
-        ApiKey::WriteTxnMarkers => txn::write_txn_markers(ctx, body),
         _ => Reply::Now(Response::Close(None)),
     };
     (reply, name)
@@ -481,7 +480,6 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::EndTxn => one::<EndTxnRequest>(&mut body, version),
         ApiKey::DescribeTransactions => one::<DescribeTransactionsRequest>(&mut body, version),
         ApiKey::ListTransactions => one::<ListTransactionsRequest>(&mut body, version),
-        ApiKey::WriteTxnMarkers => one::<WriteTxnMarkersRequest>(&mut body, version),
         // Served APIs added later decode through their handlers' types;
         // until listed here they are not fuzzed.
         _ => Ok(()),

@@ -2,10 +2,7 @@
 //! InitProducerId with a transactional id, AddPartitionsToTxn (v0-v3, the
 //! client's), AddOffsetsToTxn, EndTxn, DescribeTransactions and
 //! ListTransactions, authorized with Kafka's rules and answered with
-//! Kafka's codes for each version. And WriteTxnMarkers, which Spate's own
-//! coordinators do not send (they write markers on the native protocol)
-//! but Kafka's admin tools do: `kafka-transactions.sh abort` ends a
-//! hanging transaction on a partition with it.
+//! Kafka's codes for each version.
 
 use std::collections::BTreeMap;
 
@@ -371,93 +368,5 @@ pub(crate) fn list_transactions(ctx: Ctx, body: Bytes) -> Reply {
             .with_unknown_state_filters(unknown_states)
             .with_transaction_states(listed);
         respond(&ctx, &response)
-    }))
-}
-
-pub(crate) fn write_txn_markers(ctx: Ctx, body: Bytes) -> Reply {
-    use kafka_protocol::messages::write_txn_markers_response::{
-        WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
-    };
-    use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
-    let request: WriteTxnMarkersRequest = match decode(&ctx, body) {
-        Ok(request) => request,
-        Err(reply) => return reply,
-    };
-    let count: usize = request.markers.iter().flat_map(|m| m.topics.iter()).map(|t| t.partition_indexes.len()).sum();
-    if count > PARTITIONS_PER_REQUEST_MAX {
-        return Reply::Now(Response::Close(None));
-    }
-    // Kafka: ClusterAction on the cluster (brokers and admins only).
-    let denied = !ctx.allowed_on_cluster(AclOperation::ClusterAction);
-    let catalog = ctx.shard.shared.catalog.load_full();
-    // Per marker, per topic: (partition, a refusal or the marker's wait).
-    type Waits = Vec<(i32, Result<oneshot::Receiver<crate::shard::Outcome>, i16>)>;
-    let mut plan: Vec<(i64, Vec<(String, Waits)>)> = Vec::with_capacity(request.markers.len());
-    for marker in &request.markers {
-        let txn_marker = spate_engine::TxnMarker {
-            producer_id: marker.producer_id.0,
-            producer_epoch: marker.producer_epoch,
-            commit: marker.transaction_result,
-            coordinator_epoch: marker.coordinator_epoch,
-        };
-        let mut topics = Vec::with_capacity(marker.topics.len());
-        for topic in &marker.topics {
-            let name = topic.name.0.to_string();
-            let meta = catalog.topics.get(&name).cloned();
-            let mut waits = Vec::with_capacity(topic.partition_indexes.len());
-            for &partition in &topic.partition_indexes {
-                let index = meta.as_ref().and_then(|t| u32::try_from(partition).ok().filter(|&p| p < t.partitions));
-                let wait = match (&meta, index) {
-                    _ if denied => Err(K::ClusterAuthorizationFailed.code()),
-                    (Some(meta), Some(index)) => {
-                        let (reply, wait) = oneshot::channel();
-                        let owner = ctx.shard.shared.owner(&meta.name, index);
-                        let op = crate::shard::ShardOp::WriteMarker {
-                            topic: meta.clone(),
-                            partition: index,
-                            marker: txn_marker,
-                            reply,
-                        };
-                        ctx.shard.submit(owner, op);
-                        Ok(wait)
-                    }
-                    _ => Err(K::UnknownTopicOrPartition.code()),
-                };
-                waits.push((partition, wait));
-            }
-            topics.push((name, waits));
-        }
-        plan.push((marker.producer_id.0, topics));
-    }
-    Reply::Later(Box::pin(async move {
-        let mut markers = Vec::with_capacity(plan.len());
-        for (producer_id, topics) in plan {
-            let mut results = Vec::with_capacity(topics.len());
-            for (name, waits) in topics {
-                let mut partitions = Vec::with_capacity(waits.len());
-                for (partition, wait) in waits {
-                    let code = match wait {
-                        Err(code) => code,
-                        Ok(wait) => wait
-                            .await
-                            .map_or(K::NotLeaderOrFollower.code(), |outcome| super::codes::kafka_code(outcome.error)),
-                    };
-                    partitions.push(
-                        WritableTxnMarkerPartitionResult::default()
-                            .with_partition_index(partition)
-                            .with_error_code(code),
-                    );
-                }
-                results.push(
-                    WritableTxnMarkerTopicResult::default()
-                        .with_name(TopicName(StrBytes::from_string(name)))
-                        .with_partitions(partitions),
-                );
-            }
-            markers.push(
-                WritableTxnMarkerResult::default().with_producer_id(ProducerId(producer_id)).with_topics(results),
-            );
-        }
-        respond(&ctx, &WriteTxnMarkersResponse::default().with_markers(markers))
     }))
 }

@@ -73,9 +73,6 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::DescribeTransactions => (0, 0),
         // v2 adds a transactional id pattern: later.
         ApiKey::ListTransactions => (0, 1),
-        // For Kafka's admin tools (kafka-transactions.sh abort); v0 is gone
-        // from Kafka 4.
-        ApiKey::WriteTxnMarkers => (1, 1),
         _ => return None,
     })
 }
@@ -129,7 +126,6 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::EndTxn => "kafka.end_txn",
         ApiKey::DescribeTransactions => "kafka.describe_transactions",
         ApiKey::ListTransactions => "kafka.list_transactions",
-        ApiKey::WriteTxnMarkers => "kafka.write_txn_markers",
         _ => "kafka.other",
     }
 }
