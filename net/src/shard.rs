@@ -432,9 +432,10 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         LogError::Backpressure { .. } => ErrorCode::Throttled,
         LogError::Closed => ErrorCode::BrokerShuttingDown,
         LogError::Sequence(SequenceError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
-        LogError::Sequence(SequenceError::StaleEpoch { .. }) | LogError::InvalidProducerEpoch { .. } => {
-            ErrorCode::InvalidProducerEpoch
-        }
+        LogError::Sequence(SequenceError::StaleEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+        // A marker from a fenced producer's or a deposed coordinator's
+        // transaction: the coordinator counts it as written.
+        LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         LogError::Sequence(SequenceError::Invalid { .. }) => ErrorCode::CorruptMessage,
     }
 }
