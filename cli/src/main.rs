@@ -21,7 +21,6 @@ mod produce;
 mod scram;
 mod serve;
 mod topic;
-mod txn;
 mod user;
 
 use std::io::Write;
@@ -106,10 +105,6 @@ enum Command {
     /// listener, as kafka-configs --entity-type users does).
     #[command(subcommand)]
     User(user::UserCommand),
-    /// List, describe and abort transactions (through the brokers' Kafka
-    /// listeners, as kafka-transactions does).
-    #[command(subcommand)]
-    Txn(txn::TxnCommand),
     /// Benchmark a broker it starts itself, against the machine's limits.
     #[command(subcommand)]
     Bench(spate_bench::harness::BenchCommand),
@@ -125,7 +120,6 @@ fn main() -> ExitCode {
         // acl speaks the Kafka protocol over a blocking socket.
         Command::Acl(command) => acl::run(command),
         Command::User(command) => user::run(command),
-        Command::Txn(command) => txn::run(command),
         command => run_client_command(&cli.global, command),
     };
     match result {
@@ -143,7 +137,7 @@ fn run_client_command(global: &GlobalArgs, command: Command) -> anyhow::Result<(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         match command {
-            Command::Serve(_) | Command::Bench(_) | Command::Acl(_) | Command::User(_) | Command::Txn(_) => {
+            Command::Serve(_) | Command::Bench(_) | Command::Acl(_) | Command::User(_) => {
                 anyhow::bail!("serve, bench, acl and user do not run inside the client runtime")
             }
             Command::Topic(command) => topic::run(global, command).await,
