@@ -31,7 +31,6 @@ mod sasl;
 mod scram_credentials;
 mod txn;
 mod versions;
-mod write_txn_markers;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -336,7 +335,6 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::IncrementalAlterConfigs => admin::incremental_alter_configs(ctx, body),
         ApiKey::OffsetCommit => groups::offset_commit(ctx, body),
         ApiKey::OffsetFetch => groups::offset_fetch(ctx, body),
-        ApiKey::WriteTxnMarkers => write_txn_markers::write_txn_markers(ctx, body),
         ApiKey::ListGroups => groups::list_groups(ctx, body),
         ApiKey::DescribeGroups => groups::describe_groups(ctx, body),
         ApiKey::DeleteGroups => groups::delete_groups(ctx, body),
@@ -459,7 +457,6 @@ pub(crate) fn decode_request(bytes: &[u8]) -> Result<(), String> {
         ApiKey::IncrementalAlterConfigs => one::<IncrementalAlterConfigsRequest>(&mut body, version),
         ApiKey::OffsetCommit => one::<OffsetCommitRequest>(&mut body, version),
         ApiKey::OffsetFetch => one::<OffsetFetchRequest>(&mut body, version),
-        ApiKey::WriteTxnMarkers => one::<WriteTxnMarkersRequest>(&mut body, version),
         ApiKey::ListGroups => one::<ListGroupsRequest>(&mut body, version),
         ApiKey::DescribeGroups => one::<DescribeGroupsRequest>(&mut body, version),
         ApiKey::DeleteGroups => one::<DeleteGroupsRequest>(&mut body, version),

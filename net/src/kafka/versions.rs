@@ -40,8 +40,6 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::IncrementalAlterConfigs => (0, 1),
         ApiKey::OffsetCommit => (2, 9),
         ApiKey::OffsetFetch => (1, 9),
-        // v0 is gone from Kafka 4; v1 is the only version its tools send.
-        ApiKey::WriteTxnMarkers => (1, 1),
         ApiKey::ListGroups => (0, 5),
         ApiKey::DescribeGroups => (0, 5),
         ApiKey::DeleteGroups => (0, 2),
@@ -105,7 +103,6 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "kafka.incremental_alter_configs",
         ApiKey::OffsetCommit => "kafka.offset_commit",
         ApiKey::OffsetFetch => "kafka.offset_fetch",
-        ApiKey::WriteTxnMarkers => "kafka.write_txn_markers",
         ApiKey::ListGroups => "kafka.list_groups",
         ApiKey::DescribeGroups => "kafka.describe_groups",
         ApiKey::DeleteGroups => "kafka.delete_groups",
