@@ -215,6 +215,10 @@ pub const TXN_WRITE_TIMEOUT_MS: u64 = GROUP_WRITE_TIMEOUT_MS;
 /// written; the transaction stays in PrepareX meanwhile).
 pub const TXN_MARKER_RETRY_MS: u64 = 50;
 pub const TXN_MARKER_RETRY_MS_MAX: u64 = 2_000;
+/// Idle broker-to-broker connections a shard keeps per address for
+/// markers: enough for the markers of a few transactions ending at once;
+/// more in flight open their own and close them after.
+pub const TXN_MARKER_PEERS_IDLE_MAX: usize = 4;
 /// How long a marker's broker-to-broker request may take before the
 /// connection is dropped and the marker retried.
 pub const TXN_MARKER_READ_TIMEOUT_MS: u64 = 30_000;

@@ -235,23 +235,36 @@ fn a_prepared_commit_blocks_the_transaction_until_a_new_coordinator_completes_it
     ]);
     assert_eq!(kafka.call(1, &request).responses[0].error_code, 0);
     let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
+    let new_coordinator = loop {
         let (code, node) = find_coordinator(&mut kafka, "app");
         if code == 0 && node != coordinator {
             let mut at_new = KafkaConn::to(running(&brokers, node));
             if state_of(&mut at_new, "app") == (0, "CompleteCommit".to_string()) {
-                break;
+                break node;
             }
         }
         assert!(Instant::now() < deadline, "the new coordinator did not complete the commit");
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
     let stuck_leader = partitions(&mut kafka, "stuck")[stuck as usize].0;
     assert_eq!(
         markers(running(&brokers, stuck_leader), "stuck", stuck),
         [true],
         "the marker the old one could not write"
     );
+
+    // The producer goes on with the new coordinator: its next transaction
+    // aborts, its markers on connections kept from the last ones.
+    let mut at_new = KafkaConn::to(running(&brokers, new_coordinator));
+    let (code, pid, epoch) = init_once(&mut at_new, "app");
+    assert_eq!(code, 0);
+    let tps = [("t", 0), ("t", 1), ("t", 2), ("stuck", stuck)];
+    assert_eq!(add_partitions(&mut at_new, "app", pid, epoch, &tps), [0, 0, 0, 0]);
+    assert_eq!(end_txn(&mut at_new, "app", pid, epoch, false), 0);
+    await_condition("the second transaction aborted", || {
+        state_of(&mut at_new, "app") == (0, "CompleteAbort".to_string())
+    });
+    assert_eq!(markers(running(&brokers, stuck_leader), "stuck", stuck), [true, false]);
     for broker in brokers.into_iter().flatten() {
         stop(broker);
     }

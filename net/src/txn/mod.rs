@@ -67,6 +67,8 @@ pub(crate) struct Txns {
     /// Numbers each leadership of a partition, so that a write or a load
     /// of an earlier one cannot touch a later one's state.
     terms: Cell<u64>,
+    /// Connections for markers to partitions led by other brokers.
+    peers: markers::MarkerPeers,
 }
 
 #[derive(Debug)]
@@ -204,11 +206,8 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: TxnOp) {
             let step = serving(shard, &catalog, &txn_id).and_then(|(partition, term)| {
                 let txns = shard.txns.txns.borrow();
                 let entry = txns.get(&txn_id);
-                if entry.is_some_and(|e| e.pending) {
-                    return Err(TxnError::ConcurrentTransactions);
-                }
-                let current = entry.and_then(|e| e.meta.as_ref());
-                let next = state::add_partitions(current, producer_id, producer_epoch, &partitions, now_ms())?;
+                let (current, pending) = (entry.and_then(|e| e.meta.as_ref()), entry.is_some_and(|e| e.pending));
+                let next = state::add_partitions(current, pending, producer_id, producer_epoch, &partitions, now_ms())?;
                 Ok(next.map(|next| (partition, term, next)))
             });
             match step {
@@ -228,11 +227,8 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: TxnOp) {
             let step = serving(shard, &catalog, &txn_id).and_then(|(partition, term)| {
                 let txns = shard.txns.txns.borrow();
                 let entry = txns.get(&txn_id);
-                if entry.is_some_and(|e| e.pending) {
-                    return Err(TxnError::ConcurrentTransactions);
-                }
-                let current = entry.and_then(|e| e.meta.as_ref());
-                let next = state::end(current, producer_id, producer_epoch, commit, now_ms())?;
+                let (current, pending) = (entry.and_then(|e| e.meta.as_ref()), entry.is_some_and(|e| e.pending));
+                let next = state::end(current, pending, producer_id, producer_epoch, commit, now_ms())?;
                 Ok(next.map(|next| (partition, term, next)))
             });
             match step {

@@ -220,14 +220,24 @@ pub(crate) fn fenced_abort(current: &TxnMeta, now_ms: i64) -> TxnMeta {
     next
 }
 
-/// The checks every request from a producer makes first (Kafka's order).
-fn check_producer(current: Option<&TxnMeta>, producer_id: i64, producer_epoch: i16) -> Result<&TxnMeta, TxnError> {
+/// The checks every request from a producer makes first, in Kafka's
+/// order: its id, its epoch, then whether a state change is on its way
+/// (`pending`), so that a fenced producer learns it is fenced.
+fn check_producer(
+    current: Option<&TxnMeta>,
+    pending: bool,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<&TxnMeta, TxnError> {
     let current = current.ok_or(TxnError::InvalidProducerIdMapping)?;
     if current.producer_id != producer_id {
         return Err(TxnError::InvalidProducerIdMapping);
     }
     if current.producer_epoch != producer_epoch {
         return Err(TxnError::ProducerFenced);
+    }
+    if pending {
+        return Err(TxnError::ConcurrentTransactions);
     }
     Ok(current)
 }
@@ -237,12 +247,13 @@ fn check_producer(current: Option<&TxnMeta>, producer_id: i64, producer_epoch: i
 /// (nothing to write; the answer is success).
 pub(crate) fn add_partitions(
     current: Option<&TxnMeta>,
+    pending: bool,
     producer_id: i64,
     producer_epoch: i16,
     partitions: &[Tp],
     now_ms: i64,
 ) -> Result<Option<TxnMeta>, TxnError> {
-    let current = check_producer(current, producer_id, producer_epoch)?;
+    let current = check_producer(current, pending, producer_id, producer_epoch)?;
     match current.state {
         TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::PrepareEpochFence | TxnState::Dead => {
             Err(TxnError::ConcurrentTransactions)
@@ -269,12 +280,13 @@ pub(crate) fn add_partitions(
 /// retry of an EndTxn that completed (success, nothing to write).
 pub(crate) fn end(
     current: Option<&TxnMeta>,
+    pending: bool,
     producer_id: i64,
     producer_epoch: i16,
     commit: bool,
     now_ms: i64,
 ) -> Result<Option<TxnMeta>, TxnError> {
-    let current = check_producer(current, producer_id, producer_epoch)?;
+    let current = check_producer(current, pending, producer_id, producer_epoch)?;
     let same = |state: TxnState| (state == TxnState::CompleteCommit || state == TxnState::PrepareCommit) == commit;
     match current.state {
         TxnState::Ongoing => {
@@ -340,15 +352,15 @@ mod tests {
         let Ok(InitStep::Write(second)) = init(Some(&first), 1000, None, None, true, 1) else { panic!("bumped") };
         assert_eq!((second.producer_id, second.producer_epoch), (7, 1));
         let tps = [tp("t", 0)];
-        assert_eq!(add_partitions(Some(&second), 7, 0, &tps, 2), Err(TxnError::ProducerFenced));
-        assert_eq!(end(Some(&second), 7, 0, true, 2), Err(TxnError::ProducerFenced));
-        assert_eq!(end(Some(&second), 8, 1, true, 2), Err(TxnError::InvalidProducerIdMapping));
+        assert_eq!(add_partitions(Some(&second), false, 7, 0, &tps, 2), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&second), false, 7, 0, true, 2), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&second), false, 8, 1, true, 2), Err(TxnError::InvalidProducerIdMapping));
     }
 
     #[test]
     fn init_during_an_ongoing_transaction_aborts_it_under_a_bumped_epoch() {
         let meta = started(7, 3);
-        let ongoing = add_partitions(Some(&meta), 7, 3, &[tp("t", 0)], 5).expect("allowed").expect("a change");
+        let ongoing = add_partitions(Some(&meta), false, 7, 3, &[tp("t", 0)], 5).expect("allowed").expect("a change");
         let Ok(InitStep::AbortFirst(abort)) = init(Some(&ongoing), 1000, None, None, true, 6) else { panic!() };
         assert_eq!((abort.state, abort.producer_epoch), (TxnState::PrepareAbort, 4));
         assert_eq!(abort.partitions, ongoing.partitions, "the markers go to every partition");
@@ -379,37 +391,48 @@ mod tests {
     #[test]
     fn a_transaction_commits_through_prepare_and_complete() {
         let meta = started(7, 0);
-        let ongoing = add_partitions(Some(&meta), 7, 0, &[tp("t", 0)], 5).expect("allowed").expect("a change");
+        let ongoing = add_partitions(Some(&meta), false, 7, 0, &[tp("t", 0)], 5).expect("allowed").expect("a change");
         assert_eq!((ongoing.state, ongoing.txn_start_ms), (TxnState::Ongoing, 5));
-        assert_eq!(add_partitions(Some(&ongoing), 7, 0, &[tp("t", 0)], 6), Ok(None), "already in");
-        let prepared = end(Some(&ongoing), 7, 0, true, 7).expect("allowed").expect("a change");
+        assert_eq!(add_partitions(Some(&ongoing), false, 7, 0, &[tp("t", 0)], 6), Ok(None), "already in");
+        let prepared = end(Some(&ongoing), false, 7, 0, true, 7).expect("allowed").expect("a change");
         assert_eq!(prepared.state, TxnState::PrepareCommit);
-        assert_eq!(end(Some(&prepared), 7, 0, true, 8), Err(TxnError::ConcurrentTransactions));
-        assert_eq!(end(Some(&prepared), 7, 0, false, 8), Err(TxnError::InvalidTxnState));
-        assert_eq!(add_partitions(Some(&prepared), 7, 0, &[tp("u", 0)], 8), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(end(Some(&prepared), false, 7, 0, true, 8), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(end(Some(&prepared), false, 7, 0, false, 8), Err(TxnError::InvalidTxnState));
+        assert_eq!(
+            add_partitions(Some(&prepared), false, 7, 0, &[tp("u", 0)], 8),
+            Err(TxnError::ConcurrentTransactions)
+        );
         let done = complete(&prepared, 9);
         assert_eq!((done.state, done.partitions.len()), (TxnState::CompleteCommit, 0));
-        assert_eq!(end(Some(&done), 7, 0, true, 10), Ok(None), "a retried commit succeeds");
-        assert_eq!(end(Some(&done), 7, 0, false, 10), Err(TxnError::InvalidTxnState));
-        assert_eq!(end(Some(&meta), 7, 0, true, 10), Err(TxnError::InvalidTxnState), "nothing to end");
-        let next = add_partitions(Some(&done), 7, 0, &[tp("u", 1)], 11).expect("allowed").expect("a change");
+        assert_eq!(end(Some(&done), false, 7, 0, true, 10), Ok(None), "a retried commit succeeds");
+        assert_eq!(end(Some(&done), false, 7, 0, false, 10), Err(TxnError::InvalidTxnState));
+        assert_eq!(end(Some(&meta), false, 7, 0, true, 10), Err(TxnError::InvalidTxnState), "nothing to end");
+        let next = add_partitions(Some(&done), false, 7, 0, &[tp("u", 1)], 11).expect("allowed").expect("a change");
         assert_eq!(next.partitions.len(), 1, "a new transaction starts with only its own partitions");
     }
 
     #[test]
     fn an_ongoing_transaction_times_out_after_its_timeout_from_its_start() {
         let meta = started(7, 0);
-        let ongoing = add_partitions(Some(&meta), 7, 0, &[tp("t", 0)], 100).expect("allowed").expect("a change");
+        let ongoing = add_partitions(Some(&meta), false, 7, 0, &[tp("t", 0)], 100).expect("allowed").expect("a change");
         assert!(!timed_out(&ongoing, 100 + 999));
         assert!(timed_out(&ongoing, 100 + 1000));
         assert!(!timed_out(&meta, i64::MAX), "only Ongoing transactions time out");
     }
 
     #[test]
+    fn a_fenced_producer_is_told_so_even_while_a_change_is_on_its_way() {
+        let meta = started(7, 2);
+        assert_eq!(add_partitions(Some(&meta), true, 7, 1, &[tp("t", 0)], 1), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&meta), true, 7, 1, true, 1), Err(TxnError::ProducerFenced));
+        assert_eq!(add_partitions(Some(&meta), true, 7, 2, &[tp("t", 0)], 1), Err(TxnError::ConcurrentTransactions));
+    }
+
+    #[test]
     fn a_transaction_is_capped_in_partitions() {
         let meta = started(7, 0);
         let many: Vec<Tp> = (0..=TXN_PARTITIONS_MAX as i32).map(|p| tp("t", p)).collect();
-        assert_eq!(add_partitions(Some(&meta), 7, 0, &many, 1), Err(TxnError::TooManyPartitions));
+        assert_eq!(add_partitions(Some(&meta), false, 7, 0, &many, 1), Err(TxnError::TooManyPartitions));
     }
 
     #[test]
