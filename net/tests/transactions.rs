@@ -286,7 +286,10 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     let (pid, epoch) = init(&mut kafka, "slow", 300);
     assert_eq!(add_partitions(&mut kafka, "slow", pid, epoch, &[("t", 0)], 3), [0]);
     assert_eq!(kafka.produce("t", 0, txn_batch(pid, epoch, 0)).0, 0);
+    assert_eq!(kafka.list_offset_isolated("t", 0, -1, 1), (0, 0), "the open transaction holds the LSO at 0");
     let aborted = await_state(&mut kafka, "slow", "CompleteAbort");
+    // The abort marker (offset 1) unblocks read_committed readers.
+    assert_eq!(kafka.list_offset_isolated("t", 0, -1, 1), (0, 2), "the LSO moved past the abort marker");
     assert_eq!(aborted.producer_epoch, epoch + 1, "the abort bumped the epoch");
     assert_eq!(markers(&mut conn, "t", 0), [(false, pid)]);
     assert_eq!(end_txn(&mut kafka, "slow", pid, epoch, true, 3), K::ProducerFenced.code());

@@ -122,13 +122,20 @@ impl KafkaConn {
     /// ListOffsets v7 of one partition at `timestamp` (-1 latest, -2
     /// earliest); returns (error code, offset).
     pub fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> (i16, i64) {
+        self.list_offset_isolated(topic, partition, timestamp, 0)
+    }
+
+    /// `list_offset` at an isolation level (1: read_committed, whose latest
+    /// is the last stable offset).
+    pub fn list_offset_isolated(&mut self, topic: &str, partition: i32, timestamp: i64, isolation: i8) -> (i16, i64) {
         use kafka_protocol::messages::ListOffsetsRequest;
         use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-        let request = ListOffsetsRequest::default().with_replica_id((-1).into()).with_topics(vec![
-            ListOffsetsTopic::default().with_name(name(topic)).with_partitions(vec![
+        let request = ListOffsetsRequest::default()
+            .with_replica_id((-1).into())
+            .with_isolation_level(isolation)
+            .with_topics(vec![ListOffsetsTopic::default().with_name(name(topic)).with_partitions(vec![
                 ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp),
-            ]),
-        ]);
+            ])]);
         let response = self.call(7, &request);
         let part = &response.topics[0].partitions[0];
         (part.error_code, part.offset)
