@@ -489,6 +489,19 @@ impl Shard {
         })
     }
 
+    /// The partitions of `topic` this shard owns whose replica leads here,
+    /// with their leader epochs: what a coordinator (groups, transactions)
+    /// serves.
+    pub(crate) fn led_partitions(&self, topic: &TopicMeta) -> HashMap<u32, i32> {
+        (0..topic.partitions)
+            .filter(|&partition| self.shared.owner(&topic.name, partition) == self.id)
+            .filter_map(|partition| {
+                let replica = self.replica(topic, partition)?;
+                replica.check_leader(-1).ok().map(|leader_epoch| (partition, leader_epoch))
+            })
+            .collect()
+    }
+
     pub(crate) fn log(&self, topic: &TopicMeta, partition: u32) -> Option<Log> {
         self.logs.borrow().get(topic.topic_id.as_str()).and_then(|parts| parts.get(&partition)).cloned()
     }

@@ -142,10 +142,12 @@ pub(crate) fn batch(records: &[GroupRecord], now_ms: i64) -> bytes::BytesMut {
     builder.build()
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads a coordinator record's big-endian fields (groups' and
+/// transactions' records share the encoding), every read bounded.
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl Reader<'_> {
-    fn take(&mut self, bytes: usize) -> Result<&[u8], String> {
+    pub(crate) fn take(&mut self, bytes: usize) -> Result<&[u8], String> {
         if self.0.len() < bytes {
             return Err(format!("record cut short: {} bytes where {bytes} were needed", self.0.len()));
         }
@@ -153,15 +155,15 @@ impl Reader<'_> {
         self.0 = rest;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    pub(crate) fn u8(&mut self) -> Result<u8, String> {
         Ok(self.take(1)?[0])
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
-    fn string(&mut self) -> Result<String, String> {
+    pub(crate) fn string(&mut self) -> Result<String, String> {
         let len = u16::from_be_bytes(self.array()?);
         let bytes = self.take(usize::from(len))?;
         String::from_utf8(bytes.to_vec()).map_err(|_| "a name is not UTF-8".to_string())

@@ -500,16 +500,7 @@ fn abort_timed_out(shard: &Rc<Shard>) {
 /// every metadata change and at start; idempotent.
 pub(crate) fn sync(shard: &Rc<Shard>, catalog: &Catalog) {
     let topic = catalog.topics.get(TRANSACTION_STATE_TOPIC).cloned();
-    let mut leading: HashMap<u32, i32> = HashMap::new();
-    if let Some(topic) = &topic {
-        for partition in (0..topic.partitions).filter(|&p| shard.shared.owner(&topic.name, p) == shard.id) {
-            if let Some(replica) = shard.replica(topic, partition)
-                && let Ok(leader_epoch) = replica.check_leader(-1)
-            {
-                leading.insert(partition, leader_epoch);
-            }
-        }
-    }
+    let leading = topic.as_ref().map(|topic| shard.led_partitions(topic)).unwrap_or_default();
     let resigned: Vec<u32> = shard
         .txns
         .partitions

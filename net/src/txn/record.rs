@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use spate_format::batch::BatchBuilder;
 
 use super::state::{TxnMeta, TxnState};
+use crate::group::record::Reader;
 use crate::limits::TXN_PARTITIONS_MAX;
 
 const KEY_VERSION: u8 = 0;
@@ -109,32 +110,6 @@ pub(crate) fn batch(txn_id: &str, meta: &TxnMeta, now_ms: i64) -> bytes::BytesMu
     let mut builder = BatchBuilder::new(now_ms);
     builder.push(now_ms, Some(&key(txn_id)), Some(&value(meta)), &[]);
     builder.build()
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, bytes: usize) -> Result<&[u8], String> {
-        if self.0.len() < bytes {
-            return Err(format!("record cut short: {} bytes where {bytes} were needed", self.0.len()));
-        }
-        let (head, rest) = self.0.split_at(bytes);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-    fn string(&mut self) -> Result<String, String> {
-        let len = u16::from_be_bytes(self.array()?);
-        let bytes = self.take(usize::from(len))?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "a name is not UTF-8".to_string())
-    }
 }
 
 #[cfg(test)]
