@@ -599,6 +599,27 @@ pub fn marker_of(info: &BatchInfo, bytes: &[u8]) -> Option<batch::ControlRecord>
     }
 }
 
+/// The segments as the producer-state rebuild reads them, with where to
+/// start scanning for `offset`.
+pub(crate) fn producer_sources<F>(
+    segments: &BTreeMap<i64, crate::segment::Segment<F>>,
+    offset: i64,
+) -> Vec<SegmentSource<F>>
+where
+    F: crate::io::StorageFile,
+{
+    segments
+        .values()
+        .map(|segment| SegmentSource {
+            base_offset: segment.base_offset,
+            file: segment.file.clone(),
+            path: segment.log_path.clone(),
+            written_bytes: segment.written_bytes,
+            index_start: segment.start_for(offset.max(segment.base_offset)),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

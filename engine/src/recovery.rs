@@ -123,7 +123,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     }
     // The producer state starts from the newest snapshot at or below the
     // log end; those above it saw batches the crash took.
-    let sources_for = |offset| crate::log::producer_sources(&segments, offset);
+    let sources_for = |offset| crate::producer_state::producer_sources(&segments, offset);
     let recovered = crate::producer_state::recover(storage, dir, gaps_below, log_end_offset, &[], sources_for).await?;
     // Everything recovered is committed (the high watermark is the log
     // end), so no completed transaction is unstable: only the aborted list

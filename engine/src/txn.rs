@@ -245,7 +245,7 @@ pub(crate) async fn recover_aborted<S: Storage>(
     if !missing.is_empty() {
         tracing::warn!(segments = missing.len(), "rebuilding missing or damaged transaction indexes from the log");
         let mut table = ProducerStateTable::default();
-        let sources = crate::log::producer_sources(segments, i64::MIN);
+        let sources = crate::producer_state::producer_sources(segments, i64::MIN);
         let completed = crate::producer_state::replay(&mut table, &sources, gaps_below, i64::MIN).await?;
         let in_missing = |offset: i64| missing.iter().any(|&(base, end)| (base..end).contains(&offset));
         rebuilt = aborted_of(&completed)

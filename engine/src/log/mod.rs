@@ -1375,7 +1375,7 @@ impl<S: Storage> LogInner<S> {
             }
             (state.gaps_below, seeds)
         };
-        let sources_for = |offset| producer_sources(&self.state.borrow().segments, offset);
+        let sources_for = |offset| crate::producer_state::producer_sources(&self.state.borrow().segments, offset);
         let recovered =
             crate::producer_state::recover(&self.storage, &self.dir, gaps_below, log_end_offset, &seeds, sources_for)
                 .await?;
@@ -1810,27 +1810,6 @@ impl<S: Storage> LogInner<S> {
         self.state.borrow().check_offsets();
         Ok(new_end)
     }
-}
-
-/// The segments as the producer-state rebuild reads them, with where to
-/// start scanning for `offset`.
-pub(crate) fn producer_sources<F>(
-    segments: &BTreeMap<i64, Segment<F>>,
-    offset: i64,
-) -> Vec<crate::producer_state::SegmentSource<F>>
-where
-    F: crate::io::StorageFile,
-{
-    segments
-        .values()
-        .map(|segment| crate::producer_state::SegmentSource {
-            base_offset: segment.base_offset,
-            file: segment.file.clone(),
-            path: segment.log_path.clone(),
-            written_bytes: segment.written_bytes,
-            index_start: segment.start_for(offset.max(segment.base_offset)),
-        })
-        .collect()
 }
 
 /// Reads the partial last page before `position`: what the next flush must
