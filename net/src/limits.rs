@@ -89,6 +89,12 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 512;
 pub const PRODUCE_SLICE_FRACTION_MIN: usize = 2;
 /// Consumer groups one shard coordinates, and members of one group.
 pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
+/// Offsets committed inside transactions still open, held pending on one
+/// shard (one per group, partition and producer): each is a few dozen
+/// bytes, and a client looping TxnOffsetCommit over made-up group ids
+/// must not grow them without bound (they last until the transaction's
+/// timeout, 15 min at most).
+pub const TXN_OFFSETS_PENDING_PER_SHARD_MAX: usize = 1_000_000;
 pub const MEMBERS_PER_GROUP_MAX: usize = 10_000;
 /// A classic (JoinGroup) member's protocols: how many it may offer and the
 /// bytes of their metadata together, and the bytes of the assignment its

@@ -951,11 +951,8 @@ pub(crate) fn apply_batch(replayed: &mut Replayed, batch: &[u8], offset: i64) ->
             let GroupRecord::Offset { group, topic, partition, offset: Some(offset) } = decoded else {
                 return Err("a transactional batch holds a record other than an offset".to_string());
             };
-            replayed.pending.entry(info.producer_id).or_default().push(txn_offsets::Pending {
-                group,
-                tp: (topic, partition),
-                offset,
-            });
+            let held = replayed.pending.entry(info.producer_id).or_default();
+            txn_offsets::add_pending(held, txn_offsets::Pending { group, tp: (topic, partition), offset });
         } else {
             apply(&mut replayed.groups, decoded);
         }

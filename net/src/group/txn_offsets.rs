@@ -22,6 +22,7 @@ use spate_format::batch::BatchBuilder;
 
 use super::record::GroupRecord;
 use super::{Groups, Tp, append_batch, check_offsets, classic, now_ms, written};
+use crate::limits::TXN_OFFSETS_PENDING_PER_SHARD_MAX;
 use crate::shard::{Outcome, Shard};
 
 /// One offset a transaction committed for a group.
@@ -30,6 +31,16 @@ pub(crate) struct Pending {
     pub group: String,
     pub tp: Tp,
     pub offset: i64,
+}
+
+/// Adds `pending` to a transaction's offsets: a later commit of the same
+/// group and partition in the transaction replaces the earlier one (as the
+/// marker would), so repeated commits take no more room.
+pub(crate) fn add_pending(offsets: &mut Vec<Pending>, pending: Pending) {
+    match offsets.iter_mut().find(|p| p.group == pending.group && p.tp == pending.tp) {
+        Some(existing) => existing.offset = pending.offset,
+        None => offsets.push(pending),
+    }
 }
 
 /// A TxnOffsetCommit for one group, as the Kafka front-end decoded it.
@@ -87,7 +98,14 @@ pub(crate) fn commit(shard: &Rc<Shard>, op: TxnCommit, partition: u32, term: u64
     }
     let catalog = shard.shared.catalog.load_full();
     let mut kafka_refusal = None;
+    let pending_count: usize = shard.groups.txn_offsets.borrow().values().map(Vec::len).sum();
     let checked = check_offsets(&catalog, &offsets).and_then(|()| {
+        if pending_count + offsets.len() > TXN_OFFSETS_PENDING_PER_SHARD_MAX {
+            return Err(Outcome::err(
+                ErrorCode::InvalidRequest,
+                format!("over {TXN_OFFSETS_PENDING_PER_SHARD_MAX} offsets of open transactions on this shard"),
+            ));
+        }
         let in_group = !member_id.is_empty() || generation_id >= 0 || group_instance_id.is_some();
         let groups = shard.groups.groups.borrow();
         match groups.get(&group_id) {
@@ -132,8 +150,11 @@ pub(crate) fn commit(shard: &Rc<Shard>, op: TxnCommit, partition: u32, term: u64
     glommio::spawn_local(async move {
         let stored = written(write).await;
         if stored.error == ErrorCode::None && shard.groups.is_current(partition, term) {
-            let pending = offsets.into_iter().map(|(tp, offset)| Pending { group: group_id.clone(), tp, offset });
-            shard.groups.txn_offsets.borrow_mut().entry((partition, producer_id)).or_default().extend(pending);
+            let mut txn_offsets = shard.groups.txn_offsets.borrow_mut();
+            let held = txn_offsets.entry((partition, producer_id)).or_default();
+            for (tp, offset) in offsets {
+                add_pending(held, Pending { group: group_id.clone(), tp, offset });
+            }
         }
         let code = match stored.error {
             ErrorCode::None => 0,
@@ -244,5 +265,22 @@ mod tests {
         apply_batch(&mut replayed, &at(marker(7, true), 5), 5).expect("replays");
         assert_eq!(replayed.groups["g"].offsets[&tp], 10, "a committed transaction's offset shows at its marker");
         assert_eq!(replayed.pending.keys().copied().collect::<Vec<_>>(), vec![9], "the open one stays pending");
+    }
+
+    /// A transaction that commits one partition's offset again and again
+    /// holds one pending offset, the last: a client looping
+    /// TxnOffsetCommit in a long transaction grew the pending list by one
+    /// entry a call before.
+    #[test]
+    fn repeated_commits_in_a_transaction_hold_one_pending_offset_the_last() {
+        let mut replayed = Replayed::default();
+        for (offset, value) in [(0, 3), (1, 4), (2, 5)] {
+            let batch = at(transactional_batch(&[offset_record("g", value)], 7, 0, offset as i32), offset);
+            apply_batch(&mut replayed, &batch, offset).expect("replays");
+        }
+        let tp = ("t".to_string(), 0);
+        assert_eq!(replayed.pending[&7], [Pending { group: "g".into(), tp: tp.clone(), offset: 5 }]);
+        apply_batch(&mut replayed, &at(marker(7, true), 3), 3).expect("replays");
+        assert_eq!(replayed.groups["g"].offsets[&tp], 5);
     }
 }
