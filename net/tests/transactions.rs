@@ -183,8 +183,11 @@ fn a_transaction_commits_then_one_aborts_with_a_marker_on_each_partition() {
 
     assert_eq!(add_partitions(&mut kafka, "app", pid, epoch, &[("t", 0), ("t", 1)], 3), [0, 0]);
     assert_eq!(add_offsets(&mut kafka, "app", pid, epoch, "readers"), 0);
-    assert_eq!(kafka.produce("t", 0, txn_batch(pid, epoch, 0)).0, 0);
-    assert_eq!(kafka.produce("t", 1, txn_batch(pid, epoch, 0)).0, 0);
+    // A transactional batch needs its transactional id in the request.
+    let code = kafka.produce("t", 0, txn_batch(pid, epoch, 0)).0;
+    assert_eq!(code, K::TransactionalIdAuthorizationFailed.code(), "no transactional id");
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, 0)).0, 0);
+    assert_eq!(kafka.produce_as(Some("app"), "t", 1, txn_batch(pid, epoch, 0)).0, 0);
     let ongoing = describe(&mut kafka, "app");
     assert_eq!(ongoing.transaction_state.as_str(), "Ongoing");
     let topics: Vec<&str> = ongoing.topics.iter().map(|t| t.topic.0.as_str()).collect();
@@ -200,7 +203,7 @@ fn a_transaction_commits_then_one_aborts_with_a_marker_on_each_partition() {
     assert_eq!(end_txn(&mut kafka, "app", pid, epoch, false, 3), K::InvalidTxnState.code());
 
     assert_eq!(add_partitions(&mut kafka, "app", pid, epoch, &[("t", 1)], 3), [0]);
-    assert_eq!(kafka.produce("t", 1, txn_batch(pid, epoch, 1)).0, 0);
+    assert_eq!(kafka.produce_as(Some("app"), "t", 1, txn_batch(pid, epoch, 1)).0, 0);
     assert_eq!(end_txn(&mut kafka, "app", pid, epoch, false, 3), 0);
     await_state(&mut kafka, "app", "CompleteAbort");
     assert_eq!(markers(&mut conn, "t", 1), [(true, pid), (false, pid)], "t/1 has an abort marker after the commit");
@@ -285,7 +288,7 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
     assert_eq!(kafka.create_topic("t", 1, 1), 0);
     let (pid, epoch) = init(&mut kafka, "slow", 300);
     assert_eq!(add_partitions(&mut kafka, "slow", pid, epoch, &[("t", 0)], 3), [0]);
-    assert_eq!(kafka.produce("t", 0, txn_batch(pid, epoch, 0)).0, 0);
+    assert_eq!(kafka.produce_as(Some("slow"), "t", 0, txn_batch(pid, epoch, 0)).0, 0);
     assert_eq!(kafka.list_offset_isolated("t", 0, -1, 1), (0, 0), "the open transaction holds the LSO at 0");
     let aborted = await_state(&mut kafka, "slow", "CompleteAbort");
     // The abort marker (offset 1) unblocks read_committed readers.
@@ -307,6 +310,10 @@ fn a_clients_control_batch_is_refused() {
     let control = spate_format::batch::ControlRecord { commit: true, coordinator_epoch: 0 };
     let batch = spate_format::batch::build_control_batch(7, 0, control, 1).to_vec();
     assert_ne!(conn.produce("t", 0, &batch, -1).0, ErrorCode::None, "native");
+    // Nor a transactional data batch on the native protocol, which has no
+    // coordinator to end its transaction (it would hold the LSO forever).
+    let (code, _) = conn.produce("t", 0, &txn_batch(7, 0, 0), -1);
+    assert_eq!(code, ErrorCode::InvalidRequest, "native transactional batch");
     assert_ne!(kafka.produce("t", 0, batch).0, 0, "Kafka");
     assert_eq!(conn.list_offset("t", 0, -1), (ErrorCode::None, 0), "nothing appended");
     stop(broker);

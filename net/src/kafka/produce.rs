@@ -94,6 +94,17 @@ struct Part {
     denied: i16,
 }
 
+/// Whether any batch in a partition's records carries the transactional
+/// attribute (a malformed set answers false: the append refuses it).
+fn holds_transactional_batch(records: &[u8]) -> bool {
+    spate_format::batch::split_batches(records).any(|span| {
+        span.ok()
+            .and_then(|span| records.get(span.range))
+            .and_then(|batch| spate_format::batch::peek_header(batch).ok())
+            .is_some_and(|header| header.attributes().is_transactional())
+    })
+}
+
 pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
     let frame_bytes = body.len();
     let (request, large) = {
@@ -157,6 +168,16 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
                 Some(bytes) if bytes.as_ptr() == LARGE_FIELD.as_ptr() => large_records.next(),
                 Some(bytes) if !bytes.is_empty() => Some(BytesMut::from(bytes)),
                 _ => None,
+            };
+            // Kafka: transactional records need a transactional id, on
+            // which the sender has Write; without one they are refused.
+            let denied = if denied == 0
+                && request.transactional_id.is_none()
+                && records.as_deref().is_some_and(holds_transactional_batch)
+            {
+                K::TransactionalIdAuthorizationFailed.code()
+            } else {
+                denied
             };
             let refused = match &meta {
                 _ if denied != 0 => Some(Outcome::err(ErrorCode::Unknown, "not authorized")),

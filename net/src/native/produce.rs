@@ -134,6 +134,19 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
             }
             continue;
         }
+        // The native protocol has no transaction coordinator: a
+        // transactional batch here would open a transaction that no marker
+        // ever ends, holding the partition's last stable offset back.
+        // Transactions go through the Kafka protocol.
+        if batches.iter().any(|batch| {
+            spate_format::batch::peek_header(batch).is_ok_and(|header| header.attributes().is_transactional())
+        }) {
+            waits.push(Err(Outcome::err(
+                ErrorCode::InvalidRequest,
+                "transactional batches go through the Kafka protocol (the native protocol has no transactions)",
+            )));
+            continue;
+        }
         let secret = shard.shared.catalog.load().cluster_secret.clone();
         if let Err(refusal) =
             crate::producer_ids::check_owner(secret.as_deref(), &crate::security::Principal::anonymous(), &batches)

@@ -107,13 +107,29 @@ impl KafkaConn {
     /// Produces `records` (whole batches) with acks=-1 through Produce v9;
     /// returns (error code, base offset).
     pub fn produce(&mut self, topic: &str, partition: i32, records: Vec<u8>) -> (i16, i64) {
+        self.produce_as(None, topic, partition, records)
+    }
+
+    /// `produce` naming a transactional id, as a transactional producer's
+    /// requests do.
+    pub fn produce_as(
+        &mut self,
+        transactional_id: Option<&str>,
+        topic: &str,
+        partition: i32,
+        records: Vec<u8>,
+    ) -> (i16, i64) {
         use kafka_protocol::messages::ProduceRequest;
         use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
-            TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![
+        let transactional_id =
+            transactional_id.map(|id| kafka_protocol::messages::TransactionalId(StrBytes::from_string(id.to_string())));
+        let request = ProduceRequest::default()
+            .with_transactional_id(transactional_id)
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![
                 PartitionProduceData::default().with_index(partition).with_records(Some(Bytes::from(records))),
-            ]),
-        ]);
+            ])]);
         let response = self.call(9, &request);
         let part = &response.responses[0].partition_responses[0];
         (part.error_code, part.base_offset)
