@@ -65,12 +65,15 @@ const TRANSACTION_TIMEOUT_MS: i32 = 60_000;
 /// The longest commit interval a workload may ask for: well inside the
 /// transaction timeout, so no transaction is aborted under the load.
 pub const COMMIT_INTERVAL_MS_MAX: u64 = 10_000;
-/// The wait before asking again after a retriable answer (the coordinator
-/// loading, or CONCURRENT_TRANSACTIONS while the last transaction's markers
-/// are written): Java's TransactionManager waits 20 ms before it retries
-/// an AddPartitionsToTxn refused with CONCURRENT_TRANSACTIONS, rather than
-/// its 100 ms `retry.backoff.ms`.
-pub const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+/// The default wait before asking again after a retriable answer (the
+/// coordinator loading, or CONCURRENT_TRANSACTIONS while the last
+/// transaction's markers are written): Java's TransactionManager waits
+/// 20 ms before it retries an AddPartitionsToTxn refused with
+/// CONCURRENT_TRANSACTIONS, rather than its 100 ms `retry.backoff.ms`.
+pub const RETRY_BACKOFF_MS_DEFAULT: u64 = 20;
+/// The longest retry backoff a workload may ask for (librdkafka's
+/// `retry.backoff.max.ms` default).
+pub const RETRY_BACKOFF_MS_MAX: u64 = 1000;
 /// How long one control request may keep getting retriable answers (the
 /// coordinator of a just-started broker loads `__transaction_state` first).
 const RETRY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -292,6 +295,9 @@ pub struct SequencedLane {
     pub commit_interval: Duration,
     /// Stop after this many batches (filling a topic); None: at `stop`.
     pub batches_max: Option<u64>,
+    /// The wait before asking a control request again after a retriable
+    /// answer.
+    pub retry_backoff: Duration,
 }
 
 /// What one idempotent or transactional producer did.
@@ -366,7 +372,7 @@ impl Session {
         api: ApiKey,
         version: i16,
         body: &Bytes,
-        retries: &mut (u64, Duration),
+        (backoff, retries): (Duration, &mut (u64, Duration)),
         parse: impl Fn(Bytes) -> Result<T>,
     ) -> Result<T> {
         let deadline = Instant::now() + RETRY_TIMEOUT;
@@ -374,7 +380,7 @@ impl Session {
             match parse(self.call(api, version, body).await?) {
                 Err(KafkaLoadError::Broker { code, .. }) if retriable(code) && Instant::now() < deadline => {
                     let waited = Instant::now();
-                    tokio::time::sleep(RETRY_BACKOFF).await;
+                    tokio::time::sleep(backoff).await;
                     retries.0 += 1;
                     retries.1 += waited.elapsed();
                 }
@@ -438,7 +444,8 @@ pub async fn sequenced_lane(
             let body = add_partitions_body(id, producer, &lane.topic, lane.partition)?;
             let add = ApiKey::AddPartitionsToTxn;
             let parse = |body| parse_add_partitions(body, id);
-            session.call_retrying(add, ADD_PARTITIONS_TO_TXN_VERSION, &body, &mut retries, parse).await?;
+            let retrying = (lane.retry_backoff, &mut retries);
+            session.call_retrying(add, ADD_PARTITIONS_TO_TXN_VERSION, &body, retrying, parse).await?;
         }
         let began = Instant::now();
         let commit_due = |now: Instant| lane.transactional_id.is_some() && now >= began + lane.commit_interval;
@@ -470,7 +477,8 @@ pub async fn sequenced_lane(
             let body = end_txn_body(id, producer, true)?;
             let sent = Instant::now();
             let parse = |body| parse_end_txn(body, id);
-            session.call_retrying(ApiKey::EndTxn, END_TXN_VERSION, &body, &mut retries, parse).await?;
+            let retrying = (lane.retry_backoff, &mut retries);
+            session.call_retrying(ApiKey::EndTxn, END_TXN_VERSION, &body, retrying, parse).await?;
             if measuring.load(Ordering::Relaxed) {
                 let us = sent.elapsed().as_micros() as u64;
                 let _ = result.end_txn_latency.record(us.clamp(1, LATENCY_MAX_US));
@@ -492,8 +500,15 @@ async fn init(lane: &SequencedLane, session: &mut Session, retries: &mut (u64, D
     if let Some(id) = &lane.transactional_id {
         let body = find_coordinator_body(id)?;
         let parse = |body| parse_find_coordinator(body, id);
-        let port =
-            session.call_retrying(ApiKey::FindCoordinator, FIND_COORDINATOR_VERSION, &body, retries, parse).await?;
+        let port = session
+            .call_retrying(
+                ApiKey::FindCoordinator,
+                FIND_COORDINATOR_VERSION,
+                &body,
+                (lane.retry_backoff, retries),
+                parse,
+            )
+            .await?;
         if !lane.endpoint.addr.ends_with(&format!(":{port}")) {
             return Err(KafkaLoadError::Encode {
                 api: ApiKey::FindCoordinator,
@@ -503,8 +518,9 @@ async fn init(lane: &SequencedLane, session: &mut Session, retries: &mut (u64, D
     }
     let body = init_producer_id_body(lane.transactional_id.as_deref())?;
     let parse = |body| parse_init_producer_id(body, key);
-    let (producer_id, producer_epoch) =
-        session.call_retrying(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &body, retries, parse).await?;
+    let (producer_id, producer_epoch) = session
+        .call_retrying(ApiKey::InitProducerId, INIT_PRODUCER_ID_VERSION, &body, (lane.retry_backoff, retries), parse)
+        .await?;
     Ok(ProducerIdentity { producer_id, producer_epoch, transactional: lane.transactional_id.is_some() })
 }
 

@@ -312,6 +312,9 @@ pub struct ProduceLoad {
     /// transactional producer's commit interval.
     pub mode: super::ProducerMode,
     pub commit_interval: Duration,
+    /// Idempotent and transactional producers: the wait before asking a
+    /// control request again after a retriable answer.
+    pub retry_backoff: Duration,
 }
 
 /// Runs producers until `stop`; latency of each request from its intended

@@ -224,6 +224,11 @@ pub struct Workload {
     /// Transactional producers commit a transaction this often.
     #[arg(long, default_value_t = 100)]
     pub commit_interval_ms: u64,
+    /// Transactional producers wait this long before asking again after
+    /// a retriable answer (CONCURRENT_TRANSACTIONS while the last commit's
+    /// markers are written); 20 is Java's client.
+    #[arg(long, default_value_t = kafka_txn::RETRY_BACKOFF_MS_DEFAULT)]
+    pub txn_retry_backoff_ms: u64,
     /// read_uncommitted or read_committed consumers (protocol kafka).
     #[arg(long, value_enum, default_value = "read-uncommitted")]
     pub isolation: Isolation,
@@ -260,6 +265,7 @@ impl Default for Workload {
             tls: false,
             producer_mode: ProducerMode::Plain,
             commit_interval_ms: 100,
+            txn_retry_backoff_ms: kafka_txn::RETRY_BACKOFF_MS_DEFAULT,
             isolation: Isolation::ReadUncommitted,
             compare: String::new(),
         }
@@ -378,6 +384,14 @@ impl Workload {
                 self.name,
                 self.commit_interval_ms,
                 kafka_txn::COMMIT_INTERVAL_MS_MAX
+            );
+        }
+        if !(1..=kafka_txn::RETRY_BACKOFF_MS_MAX).contains(&self.txn_retry_backoff_ms) {
+            bail!(
+                "{}: txn_retry_backoff_ms {} must be in 1..={}",
+                self.name,
+                self.txn_retry_backoff_ms,
+                kafka_txn::RETRY_BACKOFF_MS_MAX
             );
         }
         Ok(())
@@ -914,6 +928,7 @@ fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp:
         compression: workload.codec()?,
         mode: workload.producer_mode,
         commit_interval: Duration::from_millis(workload.commit_interval_ms),
+        retry_backoff: Duration::from_millis(workload.txn_retry_backoff_ms),
     })
 }
 
@@ -1035,6 +1050,7 @@ fn sequenced_lanes(
                 .then(|| kafka_txn::transactional_id(&load.topic, lane)),
             commit_interval: load.commit_interval,
             batches_max: batches.map(|b| (b / lanes + usize::from(lane < b % lanes)) as u64),
+            retry_backoff: load.retry_backoff,
         })
         .collect())
 }
@@ -1469,13 +1485,17 @@ mod tests {
             .workloads
             .iter()
             .filter(|w| w.kind == Kind::Produce && w.producer_mode == ProducerMode::Transactional)
+            .filter(|w| w.txn_retry_backoff_ms == kafka_txn::RETRY_BACKOFF_MS_DEFAULT)
             .collect();
         let durabilities: Vec<&str> = transactional.iter().map(|w| w.durability.as_str()).collect();
         assert_eq!(durabilities, ["never", "always"]);
+        let sooner = txn.workloads.iter().filter(|w| w.txn_retry_backoff_ms < kafka_txn::RETRY_BACKOFF_MS_DEFAULT);
+        assert_eq!(sooner.count(), 1, "one row retries sooner than Java's client, to show what the backoff costs");
         for w in &transactional {
             assert_eq!(w.commit_interval_ms, 100, "{}", w.name);
             let base = Workload {
                 name: w.name.replace("-transactional", "-idempotent"),
+                txn_retry_backoff_ms: kafka_txn::RETRY_BACKOFF_MS_DEFAULT,
                 producer_mode: ProducerMode::Idempotent,
                 ..(*w).clone()
             };
@@ -1517,6 +1537,8 @@ mod tests {
             let w = kafka(txn(Workload { commit_interval_ms: interval, ..Default::default() }));
             assert!(w.check(1).is_err(), "commit_interval_ms {interval}");
         }
+        let no_backoff = kafka(txn(Workload { txn_retry_backoff_ms: 0, ..Default::default() }));
+        assert!(no_backoff.check(1).is_err(), "a retry without a wait would spin");
         let idempotent = kafka(Workload { producer_mode: ProducerMode::Idempotent, ..Default::default() });
         idempotent.check(1).expect("idempotent produce");
         assert_eq!((Isolation::ReadUncommitted.level(), Isolation::ReadCommitted.level()), (0, 1));
