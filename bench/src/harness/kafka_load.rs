@@ -23,7 +23,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -131,13 +131,23 @@ pub fn encode_prefix(api: ApiKey, version: i16, correlation_id: i32, body_bytes:
 }
 
 /// A Produce v9 body: `batch` (whole RecordBatch v2 bytes, sent as they
-/// are) to one partition.
-pub fn produce_body(topic: &str, partition: i32, acks: i16, batch: Bytes) -> Result<Bytes> {
-    let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(PRODUCE_TIMEOUT_MS).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(topic_name(topic))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
-    ]);
+/// are) to one partition; a transactional producer's names its
+/// transactional id (Kafka refuses transactional batches without one).
+pub fn produce_body(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    batch: Bytes,
+    transactional_id: Option<&str>,
+) -> Result<Bytes> {
+    let transactional_id = transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string())));
+    let request = ProduceRequest::default()
+        .with_transactional_id(transactional_id)
+        .with_acks(acks)
+        .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+        .with_topic_data(vec![TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![
+            PartitionProduceData::default().with_index(partition).with_records(Some(batch)),
+        ])]);
     encode_body(ApiKey::Produce, &request, PRODUCE_VERSION)
 }
 
@@ -494,7 +504,7 @@ async fn write_requests(
     permits: &Semaphore,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let body = produce_body(&lane.topic, lane.partition, lane.acks, lane.template.clone())?;
+    let body = produce_body(&lane.topic, lane.partition, lane.acks, lane.template.clone(), None)?;
     let start = Instant::now() + lane.start_delay;
     let mut correlation_id = 0i32;
     let mut count = 0u64;
@@ -515,7 +525,7 @@ async fn write_requests(
             let batch =
                 load::compress_batch(&load::restamp(&lane.plain, load::now_ns().saturating_sub(lag)), lane.codec);
             let bytes = batch.len();
-            (produce_body(&lane.topic, lane.partition, lane.acks, batch)?, bytes)
+            (produce_body(&lane.topic, lane.partition, lane.acks, batch, None)?, bytes)
         } else {
             (body.clone(), lane.template.len())
         };
@@ -806,7 +816,7 @@ mod tests {
     #[test]
     fn a_produce_request_carries_the_prebuilt_batch_unchanged() {
         let batch = load::build_batch(10, 100, 42);
-        let body = produce_body("bench-t", 1, -1, batch.clone()).expect("body");
+        let body = produce_body("bench-t", 1, -1, batch.clone(), None).expect("body");
         let prefix = encode_prefix(ApiKey::Produce, PRODUCE_VERSION, 7, body.len()).expect("prefix");
         let mut frame = BytesMut::new();
         frame.extend_from_slice(&prefix);

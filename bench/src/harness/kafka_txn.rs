@@ -405,6 +405,15 @@ fn split_around(body: &Bytes, template: &[u8]) -> Result<(Bytes, Bytes)> {
         })
 }
 
+/// A lane's produce body around its template: a transactional producer's
+/// names its transactional id, which Kafka requires of a produce that
+/// carries transactional batches (it answers
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED without one).
+fn lane_produce_body(lane: &SequencedLane) -> Result<Bytes> {
+    let id = lane.transactional_id.as_deref();
+    kafka_load::produce_body(&lane.topic, lane.partition, lane.acks, lane.template.clone(), id)
+}
+
 /// Runs one idempotent or transactional producer until `stop` (or
 /// `batches_max`): see the module's comment for the steps.
 pub async fn sequenced_lane(
@@ -431,7 +440,7 @@ pub async fn sequenced_lane(
     let mut setup_retries = (0, Duration::ZERO);
     let producer = init(&lane, &mut session, &mut setup_retries).await.with_context(|| name.clone())?;
     let mut sequencer = Sequencer::new(producer, lane.records)?;
-    let body = kafka_load::produce_body(&lane.topic, lane.partition, lane.acks, lane.template.clone())?;
+    let body = lane_produce_body(&lane)?;
     let (head, tail) = split_around(&body, &lane.template)?;
     // One batch buffer, stamped in place per send: a send completes its
     // write before the next stamps it again.
@@ -672,11 +681,28 @@ mod tests {
 
     /// The produce body is encoded once; a send puts the stamped batch
     /// between its head and tail, which must give the same bytes as
-    /// encoding the request around that batch.
+    /// encoding the request around that batch. A transactional producer's
+    /// request names its transactional id: the first version sent none,
+    /// which Spate took and Apache Kafka refused (the first produce of the
+    /// transactional workload failed with
+    /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
     #[test]
     fn a_produce_body_around_a_stamped_batch_is_the_encoded_request() {
         let template = load::build_batch(10, 100, 7);
-        let body = kafka_load::produce_body("bench-t", 0, -1, template.clone()).expect("body");
+        let lane = SequencedLane {
+            endpoint: Endpoint::plain("127.0.0.1:9092"),
+            topic: "bench-t".into(),
+            partition: 0,
+            acks: -1,
+            in_flight: 2,
+            records: 10,
+            template: template.clone(),
+            transactional_id: Some("t-1".into()),
+            commit_interval: Duration::from_millis(100),
+            batches_max: None,
+            retry_backoff: Duration::from_millis(20),
+        };
+        let body = lane_produce_body(&lane).expect("body");
         let (head, tail) = split_around(&body, &template).expect("found");
         let mut stamped = BytesMut::from(&template[..]);
         stamp_batch(&mut stamped, PRODUCER, 20).expect("stamped");
@@ -685,11 +711,16 @@ mod tests {
             sent.extend_from_slice(part);
         }
         let stamped = stamped.freeze();
-        let expected = kafka_load::produce_body("bench-t", 0, -1, stamped.clone()).expect("body");
+        let expected = kafka_load::produce_body("bench-t", 0, -1, stamped.clone(), Some("t-1")).expect("body");
         assert_eq!(sent.freeze(), expected);
         let mut body = expected;
         let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).expect("decodes");
+        assert_eq!(request.transactional_id.as_ref().map(|id| id.0.as_str()), Some("t-1"));
         assert_eq!(request.topic_data[0].partition_data[0].records.as_ref(), Some(&stamped));
+        let idempotent = SequencedLane { transactional_id: None, ..lane };
+        let mut body = lane_produce_body(&idempotent).expect("body");
+        let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).expect("decodes");
+        assert!(request.transactional_id.is_none(), "an idempotent producer has no transactional id");
     }
 
     /// Answers: a coordinator's port, a producer id, every partition
