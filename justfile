@@ -39,6 +39,14 @@ bench-tls *ARGS:
     cargo build --release --bin spate
     ./target/release/spate bench suite bench/suites/tls.toml {{ARGS}}
 
+# Transactions (issue 17): transactional against idempotent produce (a
+# commit every 100 ms) and read_committed against read_uncommitted
+# consumers over Kafka's protocol, one broker, one run
+# (bench/suites/transactions.toml).
+bench-txn *ARGS:
+    cargo build --release --bin spate
+    ./target/release/spate bench suite bench/suites/transactions.toml {{ARGS}}
+
 # The storage engine alone, against raw O_DIRECT writes.
 bench-engine *ARGS:
     cargo run --release -p spate-bench -- engine {{ARGS}}

@@ -23,7 +23,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -65,7 +65,7 @@ pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// How long a new topic may take to have a leader for every partition.
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Buffer for reading responses: many small produce responses per read.
-const READ_BUFFER_BYTES: usize = 64 << 10;
+pub(super) const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// What can go wrong talking Kafka to a broker: its bytes come from outside,
 /// so each way they can be wrong has a name.
@@ -90,16 +90,16 @@ pub enum KafkaLoadError {
 }
 
 impl KafkaLoadError {
-    fn broker(api: ApiKey, topic: &str, partition: i32, code: i16, message: Option<&StrBytes>) -> Self {
+    pub(super) fn broker(api: ApiKey, topic: &str, partition: i32, code: i16, message: Option<&StrBytes>) -> Self {
         let name = ResponseError::try_from_code(code).map_or_else(|| "none".to_string(), |e| format!("{e:?}"));
         let message = message.map_or(String::new(), |m| format!(": {}", m.as_str()));
         KafkaLoadError::Broker { api, topic: topic.to_string(), partition, code, name, message }
     }
 }
 
-type Result<T> = std::result::Result<T, KafkaLoadError>;
+pub(super) type Result<T> = std::result::Result<T, KafkaLoadError>;
 
-fn topic_name(topic: &str) -> TopicName {
+pub(super) fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
@@ -131,24 +131,42 @@ pub fn encode_prefix(api: ApiKey, version: i16, correlation_id: i32, body_bytes:
 }
 
 /// A Produce v9 body: `batch` (whole RecordBatch v2 bytes, sent as they
-/// are) to one partition.
-pub fn produce_body(topic: &str, partition: i32, acks: i16, batch: Bytes) -> Result<Bytes> {
-    let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(PRODUCE_TIMEOUT_MS).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(topic_name(topic))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
-    ]);
+/// are) to one partition; a transactional producer's names its
+/// transactional id (Kafka refuses transactional batches without one).
+pub fn produce_body(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    batch: Bytes,
+    transactional_id: Option<&str>,
+) -> Result<Bytes> {
+    let transactional_id = transactional_id.map(|id| TransactionalId(StrBytes::from_string(id.to_string())));
+    let request = ProduceRequest::default()
+        .with_transactional_id(transactional_id)
+        .with_acks(acks)
+        .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+        .with_topic_data(vec![TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![
+            PartitionProduceData::default().with_index(partition).with_records(Some(batch)),
+        ])]);
     encode_body(ApiKey::Produce, &request, PRODUCE_VERSION)
 }
 
-/// A sessionless Fetch v12 body for one partition from `offset`.
-pub fn fetch_body(topic: &str, partition: i32, offset: i64, bytes_max: i32, wait_ms: i32) -> Result<Bytes> {
+/// A sessionless Fetch v12 body for one partition from `offset`, at
+/// `isolation_level` (0 read_uncommitted, 1 read_committed).
+pub fn fetch_body(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    bytes_max: i32,
+    wait_ms: i32,
+    isolation_level: i8,
+) -> Result<Bytes> {
     let request = FetchRequest::default()
         .with_replica_id((-1).into())
         .with_max_wait_ms(wait_ms)
         .with_min_bytes(1)
         .with_max_bytes(bytes_max)
-        .with_isolation_level(0)
+        .with_isolation_level(isolation_level)
         .with_session_id(0)
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
@@ -162,14 +180,14 @@ pub fn fetch_body(topic: &str, partition: i32, offset: i64, bytes_max: i32, wait
 
 /// Splits a response frame (without its length prefix) into its header's
 /// correlation id and the body.
-fn response_body(api: ApiKey, version: i16, mut frame: Bytes) -> Result<(i32, Bytes)> {
+pub(super) fn response_body(api: ApiKey, version: i16, mut frame: Bytes) -> Result<(i32, Bytes)> {
     let header_version = api.response_header_version(version);
     let header = ResponseHeader::decode(&mut frame, header_version)
         .map_err(|e| KafkaLoadError::Decode { api, reason: e.to_string() })?;
     Ok((header.correlation_id, frame))
 }
 
-fn decode<R: Decodable>(api: ApiKey, version: i16, mut body: Bytes) -> Result<R> {
+pub(super) fn decode<R: Decodable>(api: ApiKey, version: i16, mut body: Bytes) -> Result<R> {
     let decoded = R::decode(&mut body, version).map_err(|e| KafkaLoadError::Decode { api, reason: e.to_string() })?;
     if body.has_remaining() {
         return Err(KafkaLoadError::Decode { api, reason: format!("{} bytes after the response", body.remaining()) });
@@ -221,7 +239,7 @@ pub fn parse_fetch(body: Bytes, topic: &str, partition: i32) -> Result<Bytes> {
 }
 
 /// Reads one response frame (its length prefix first, capped).
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, addr: &str) -> Result<Bytes> {
+pub(super) async fn read_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R, addr: &str) -> Result<Bytes> {
     read_frame_into(reader, addr, BytesMut::new()).await
 }
 
@@ -272,7 +290,7 @@ impl Endpoint {
     }
 
     /// Connects (Nagle off) and, for TLS, completes the handshake.
-    async fn connect(&self) -> Result<KafkaStream> {
+    pub(super) async fn connect(&self) -> Result<KafkaStream> {
         let addr = &self.addr;
         let stream =
             TcpStream::connect(addr).await.map_err(|source| KafkaLoadError::Io { addr: addr.clone(), source })?;
@@ -407,7 +425,7 @@ async fn wait_for_leaders_on(conn: &mut Conn, topic: &str, partitions: i32) -> R
 /// without an error.
 async fn serves_fetches(conn: &mut Conn, topic: &str, partitions: i32) -> Result<bool> {
     for partition in 0..partitions {
-        let body = fetch_body(topic, partition, 0, 1, 0)?;
+        let body = fetch_body(topic, partition, 0, 1, 0, 0)?;
         let response = conn.call(ApiKey::Fetch, FETCH_VERSION, body).await?;
         if parse_fetch(response, topic, partition).is_err() {
             return Ok(false);
@@ -486,7 +504,7 @@ async fn write_requests(
     permits: &Semaphore,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let body = produce_body(&lane.topic, lane.partition, lane.acks, lane.template.clone())?;
+    let body = produce_body(&lane.topic, lane.partition, lane.acks, lane.template.clone(), None)?;
     let start = Instant::now() + lane.start_delay;
     let mut correlation_id = 0i32;
     let mut count = 0u64;
@@ -507,7 +525,7 @@ async fn write_requests(
             let batch =
                 load::compress_batch(&load::restamp(&lane.plain, load::now_ns().saturating_sub(lag)), lane.codec);
             let bytes = batch.len();
-            (produce_body(&lane.topic, lane.partition, lane.acks, batch)?, bytes)
+            (produce_body(&lane.topic, lane.partition, lane.acks, batch, None)?, bytes)
         } else {
             (body.clone(), lane.template.len())
         };
@@ -581,6 +599,8 @@ pub struct ConsumerLane {
     /// Stop each partition here (None: follow until `stop`).
     pub end_offsets: Option<Vec<i64>>,
     pub end_to_end: bool,
+    /// Fetch's isolation_level.
+    pub isolation_level: i8,
 }
 
 /// Runs one consumer as the native one runs: a fetch of one partition at a
@@ -609,7 +629,8 @@ pub async fn consume_lane(
             }
             all_done = false;
             correlation_id = correlation_id.wrapping_add(1);
-            let body = fetch_body(&lane.topic, partition, offsets[i], FETCH_BYTES_MAX, FETCH_WAIT_MS)?;
+            let body =
+                fetch_body(&lane.topic, partition, offsets[i], FETCH_BYTES_MAX, FETCH_WAIT_MS, lane.isolation_level)?;
             let mut frame = encode_prefix(ApiKey::Fetch, FETCH_VERSION, correlation_id, body.len())?;
             frame.extend_from_slice(&body);
             let sent = Instant::now();
@@ -718,6 +739,7 @@ pub async fn consume(
             start_offsets: partitions.iter().map(|&p| load.start_offsets[p]).collect(),
             end_offsets: load.end_offsets.as_ref().map(|ends| partitions.iter().map(|&p| ends[p]).collect()),
             end_to_end: load.end_to_end,
+            isolation_level: load.isolation_level,
         };
         tasks.push(tokio::spawn(consume_lane(lane, counters.clone(), measuring.clone(), stop.clone())));
     }
@@ -794,7 +816,7 @@ mod tests {
     #[test]
     fn a_produce_request_carries_the_prebuilt_batch_unchanged() {
         let batch = load::build_batch(10, 100, 42);
-        let body = produce_body("bench-t", 1, -1, batch.clone()).expect("body");
+        let body = produce_body("bench-t", 1, -1, batch.clone(), None).expect("body");
         let prefix = encode_prefix(ApiKey::Produce, PRODUCE_VERSION, 7, body.len()).expect("prefix");
         let mut frame = BytesMut::new();
         frame.extend_from_slice(&prefix);
@@ -818,10 +840,11 @@ mod tests {
     /// consumer's replica id, one partition from the offset asked.
     #[test]
     fn a_fetch_request_is_sessionless_for_one_partition() {
-        let mut body = fetch_body("bench-t", 3, 12_345, FETCH_BYTES_MAX, 100).expect("body");
+        let mut body = fetch_body("bench-t", 3, 12_345, FETCH_BYTES_MAX, 100, 1).expect("body");
         let request = FetchRequest::decode(&mut body, FETCH_VERSION).expect("request");
         assert_eq!((request.session_id, request.session_epoch, request.replica_id.0), (0, -1, -1));
         assert_eq!((request.max_wait_ms, request.min_bytes, request.max_bytes), (100, 1, FETCH_BYTES_MAX));
+        assert_eq!(request.isolation_level, 1, "read_committed as asked");
         let partition = &request.topics[0].partitions[0];
         assert_eq!(request.topics[0].topic.0.as_str(), "bench-t");
         assert_eq!((partition.partition, partition.fetch_offset), (3, 12_345));

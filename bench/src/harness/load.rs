@@ -173,6 +173,8 @@ pub struct Measured {
     pub usage: Usage,
     /// Replicated topics: what the ISR did.
     pub isr: Option<super::IsrSeen>,
+    /// Transactional producers: what their transactions did.
+    pub transactions: Option<super::TxnSeen>,
 }
 
 impl Measured {
@@ -306,6 +308,13 @@ pub struct ProduceLoad {
     /// Codec of the records on the wire; a stamped batch is compressed
     /// per send, as a producer would.
     pub compression: Compression,
+    /// Kafka's protocol only: plain, idempotent or transactional, and a
+    /// transactional producer's commit interval.
+    pub mode: super::ProducerMode,
+    pub commit_interval: Duration,
+    /// Idempotent and transactional producers: the wait before asking a
+    /// control request again after a retriable answer.
+    pub retry_backoff: Duration,
 }
 
 /// Runs producers until `stop`; latency of each request from its intended
@@ -389,6 +398,9 @@ pub struct ConsumeLoad {
     /// Record end-to-end latency (now - the batch's stamp) instead of the
     /// fetch's round trip.
     pub end_to_end: bool,
+    /// Fetch's isolation_level (Kafka's protocol only): 0
+    /// read_uncommitted, 1 read_committed.
+    pub isolation_level: i8,
 }
 
 /// Consumers, each reading its share of the partitions with long-polling

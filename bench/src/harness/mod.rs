@@ -6,6 +6,7 @@
 mod apache_kafka;
 mod broker;
 mod kafka_load;
+mod kafka_txn;
 mod limits;
 mod load;
 mod output;
@@ -85,6 +86,45 @@ pub enum Protocol {
     /// Kafka's protocol (Produce v9, sessionless Fetch v12) to the
     /// broker's Kafka listener, with the `kafka-protocol` codecs.
     Kafka,
+}
+
+/// How the Kafka-protocol producers identify themselves (issue 17's
+/// benchmark compares the last two).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ProducerMode {
+    /// No producer id: the pre-built batches as they are.
+    #[default]
+    Plain,
+    /// InitProducerId, then each batch with the producer id and epoch and
+    /// its partition's next sequence number (`enable.idempotence`).
+    Idempotent,
+    /// As idempotent, with a transactional.id per producer connection and
+    /// a transaction committed every `commit_interval_ms`
+    /// (`harness/kafka_txn.rs`).
+    Transactional,
+}
+
+/// What a Kafka-protocol consumer asks to read (Fetch's isolation_level).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Everything up to the high watermark (isolation_level 0).
+    #[default]
+    ReadUncommitted,
+    /// Up to the last stable offset, with the aborted transactions listed
+    /// (isolation_level 1).
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// Fetch's isolation_level.
+    pub fn level(self) -> i8 {
+        match self {
+            Isolation::ReadUncommitted => 0,
+            Isolation::ReadCommitted => 1,
+        }
+    }
 }
 
 /// What the workload runs against.
@@ -177,6 +217,21 @@ pub struct Workload {
     /// a certificate the harness makes.
     #[arg(long)]
     pub tls: bool,
+    /// plain, idempotent or transactional producers (protocol kafka; the
+    /// producers of a consume workload's fill too).
+    #[arg(long, value_enum, default_value = "plain")]
+    pub producer_mode: ProducerMode,
+    /// Transactional producers commit a transaction this often.
+    #[arg(long, default_value_t = 100)]
+    pub commit_interval_ms: u64,
+    /// Transactional producers wait this long before asking again after
+    /// a retriable answer (CONCURRENT_TRANSACTIONS while the last commit's
+    /// markers are written); 20 is Java's client.
+    #[arg(long, default_value_t = kafka_txn::RETRY_BACKOFF_MS_DEFAULT)]
+    pub txn_retry_backoff_ms: u64,
+    /// read_uncommitted or read_committed consumers (protocol kafka).
+    #[arg(long, value_enum, default_value = "read-uncommitted")]
+    pub isolation: Isolation,
     /// Workloads with the same `compare` name form one group of the
     /// report's protocol and target table (empty: not in it).
     #[arg(long, default_value = "")]
@@ -208,6 +263,10 @@ impl Default for Workload {
             protocol: Protocol::Native,
             target: Target::Spate,
             tls: false,
+            producer_mode: ProducerMode::Plain,
+            commit_interval_ms: 100,
+            txn_retry_backoff_ms: kafka_txn::RETRY_BACKOFF_MS_DEFAULT,
+            isolation: Isolation::ReadUncommitted,
             compare: String::new(),
         }
     }
@@ -274,6 +333,7 @@ impl Workload {
                 bail!("{}: protocol kafka has no round_trip workload yet", self.name);
             }
         }
+        self.check_transactions()?;
         if self.tls && (self.protocol != Protocol::Kafka || self.target != Target::Spate) {
             bail!("{}: tls needs protocol = \"kafka\" against Spate (its SSL listener)", self.name);
         }
@@ -293,6 +353,46 @@ impl Workload {
             if self.compression != "none" {
                 bail!("{}: Apache Kafka workloads send uncompressed batches (compression none)", self.name);
             }
+        }
+        Ok(())
+    }
+}
+
+impl Workload {
+    /// What the idempotent and transactional producers and the
+    /// read_committed consumers run in: Kafka's protocol only, and
+    /// producers as fast as acknowledged (their lanes keep no schedule)
+    /// with batches that carry no send stamp.
+    fn check_transactions(&self) -> anyhow::Result<()> {
+        let sequenced = self.producer_mode != ProducerMode::Plain;
+        if (sequenced || self.isolation != Isolation::ReadUncommitted) && self.protocol != Protocol::Kafka {
+            bail!("{}: producer_mode and isolation need protocol = \"kafka\"", self.name);
+        }
+        if sequenced {
+            if !matches!(self.kind, Kind::Produce | Kind::ConsumeTail | Kind::ConsumeDisk) {
+                bail!("{}: {:?} producers run produce, consume_tail and consume_disk", self.name, self.producer_mode);
+            }
+            if self.rate_mb_s.is_some() || self.rate_fraction.is_some() {
+                bail!("{}: {:?} producers go as fast as acknowledged (no target rate)", self.name, self.producer_mode);
+            }
+        }
+        if self.producer_mode == ProducerMode::Transactional
+            && !(1..=kafka_txn::COMMIT_INTERVAL_MS_MAX).contains(&self.commit_interval_ms)
+        {
+            bail!(
+                "{}: commit_interval_ms {} must be in 1..={} (inside the transaction timeout)",
+                self.name,
+                self.commit_interval_ms,
+                kafka_txn::COMMIT_INTERVAL_MS_MAX
+            );
+        }
+        if !(1..=kafka_txn::RETRY_BACKOFF_MS_MAX).contains(&self.txn_retry_backoff_ms) {
+            bail!(
+                "{}: txn_retry_backoff_ms {} must be in 1..={}",
+                self.name,
+                self.txn_retry_backoff_ms,
+                kafka_txn::RETRY_BACKOFF_MS_MAX
+            );
         }
         Ok(())
     }
@@ -392,6 +492,8 @@ pub struct WorkloadResult {
     pub written_bytes: u64,
     /// TLS workloads: the protocol version and cipher suite negotiated.
     pub tls_session: Option<String>,
+    /// Transactional producers: what their transactions did.
+    pub transactions: Option<TxnSeen>,
     /// Produce, end to end and round trip: raw O_DIRECT write of
     /// `written_bytes` (clamped to 256 MiB..4 GiB) measured right after
     /// the workload, so the ratio compares the disk in the state the
@@ -401,6 +503,25 @@ pub struct WorkloadResult {
     /// `durability = "always"`: the same bytes with an fdatasync every
     /// 4 MiB, right after the plain paired write.
     pub paired_disk_write_sync_mb_s: Option<f64>,
+}
+
+/// What transactional producers' transactions did while measuring.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TxnSeen {
+    /// Transactions committed (EndTxn answered), all producers together.
+    pub committed: u64,
+    pub committed_per_s: f64,
+    /// EndTxn from its send to its answer, in microseconds.
+    pub end_txn_latency_us: Latency,
+    /// AddPartitionsToTxn and EndTxn asked again after a retriable answer
+    /// (CONCURRENT_TRANSACTIONS while the last commit's markers are being
+    /// written), and the time the producers waited before asking again,
+    /// summed over producers, as a fraction of their time.
+    pub retries: u64,
+    pub retry_wait_fraction: f64,
+    /// The producers' time spent waiting for EndTxn answers, as a fraction
+    /// of their time (no produce is in flight meanwhile).
+    pub end_txn_wait_fraction: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -805,6 +926,9 @@ fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp:
         rate_bytes_s: rate_mb_s.map(|mb| mb * 1e6),
         stamp,
         compression: workload.codec()?,
+        mode: workload.producer_mode,
+        commit_interval: Duration::from_millis(workload.commit_interval_ms),
+        retry_backoff: Duration::from_millis(workload.txn_retry_backoff_ms),
     })
 }
 
@@ -831,10 +955,22 @@ async fn timed_produce(
     };
     let producing = match driver {
         Driver::Native(client) => {
-            tokio::spawn(load::produce(client.clone(), load, counters.clone(), measuring.clone(), stop.clone()))
+            let producing = load::produce(client.clone(), load, counters.clone(), measuring.clone(), stop.clone());
+            tokio::spawn(async move { producing.await.map(|latency| (latency, None)) })
+        }
+        Driver::Kafka(endpoint) if load.mode != ProducerMode::Plain => {
+            let lanes = sequenced_lanes(endpoint, &load, load.producers, None)?;
+            let producing = kafka_txn::run_lanes(lanes, counters.clone(), measuring.clone(), stop.clone());
+            let transactional = load.mode == ProducerMode::Transactional;
+            tokio::spawn(async move {
+                let outcome = producing.await?;
+                Ok((outcome.latency.clone(), transactional.then_some(outcome)))
+            })
         }
         Driver::Kafka(endpoint) => {
-            tokio::spawn(kafka_load::produce(endpoint.clone(), load, counters.clone(), measuring.clone(), stop.clone()))
+            let producing =
+                kafka_load::produce(endpoint.clone(), load, counters.clone(), measuring.clone(), stop.clone());
+            tokio::spawn(async move { producing.await.map(|latency| (latency, None)) })
         }
     };
     let consuming = consume.map(|consume| driver.consume(consume, consumed.clone(), measuring.clone(), stop.clone()));
@@ -847,7 +983,8 @@ async fn timed_produce(
     let usage = cpu.usage();
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let produce_latency = producing.await.context("producers")??;
+    let (produce_latency, transactions) = producing.await.context("producers")??;
+    let transactions = transactions.map(|outcome| txn_seen(&outcome, seconds, workload.producers));
     let written_bytes = counters.bytes.load(Ordering::Relaxed);
     let (latency, produce_latency, counted) = match consuming {
         Some(consuming) => (consuming.await?, Some(produce_latency), consumed),
@@ -870,7 +1007,52 @@ async fn timed_produce(
         series_mb_s,
         usage,
         isr,
+        transactions,
     })
+}
+
+/// What the transactional producers' outcome says per second of the
+/// measured window.
+fn txn_seen(outcome: &kafka_txn::SequencedOutcome, seconds: f64, producers: usize) -> TxnSeen {
+    TxnSeen {
+        committed: outcome.transactions,
+        committed_per_s: outcome.transactions as f64 / seconds.max(1e-9),
+        end_txn_latency_us: summarize(&outcome.end_txn_latency).0,
+        retries: outcome.retries,
+        retry_wait_fraction: outcome.retry_wait.as_secs_f64() / (seconds * producers as f64).max(1e-9),
+        end_txn_wait_fraction: outcome.end_txn_latency.mean() * outcome.end_txn_latency.len() as f64
+            / 1e6
+            / (seconds * producers as f64).max(1e-9),
+    }
+}
+
+/// One idempotent or transactional producer lane per producer (producer
+/// `p` on partition `p % partitions`), or, to fill a topic, per partition
+/// with `batches` spread over them.
+fn sequenced_lanes(
+    endpoint: &kafka_load::Endpoint,
+    load: &ProduceLoad,
+    lanes: usize,
+    batches: Option<usize>,
+) -> anyhow::Result<Vec<kafka_txn::SequencedLane>> {
+    let plain = load::build_batch_for(load.batch_records, load.message_bytes, load::now_ns(), load.compression);
+    let template = load::compress_batch(&plain, load.compression);
+    Ok((0..lanes)
+        .map(|lane| kafka_txn::SequencedLane {
+            endpoint: endpoint.clone(),
+            topic: load.topic.clone(),
+            partition: (lane % load.partitions) as i32,
+            acks: kafka_load::acks(load.acks),
+            in_flight: load.in_flight,
+            records: load.batch_records,
+            template: template.clone(),
+            transactional_id: (load.mode == ProducerMode::Transactional)
+                .then(|| kafka_txn::transactional_id(&load.topic, lane)),
+            commit_interval: load.commit_interval,
+            batches_max: batches.map(|b| (b / lanes + usize::from(lane < b % lanes)) as u64),
+            retry_backoff: load.retry_backoff,
+        })
+        .collect())
 }
 
 /// Writes `bytes` into the topic as fast as the broker takes them.
@@ -881,6 +1063,18 @@ async fn fill(driver: &Driver, workload: &Workload, topic: &str) -> anyhow::Resu
     let batches = (workload.data_bytes as usize).div_ceil(template.len()).max(workload.partitions);
     let client = match driver {
         Driver::Native(client) => client,
+        Driver::Kafka(endpoint) if workload.producer_mode != ProducerMode::Plain => {
+            // Written as the workload's producers write: a transactional
+            // fill commits every commit_interval_ms, so a read_committed
+            // consumer meets markers as often as it would behind them.
+            // With the workload's acks (all by default): clients with
+            // idempotence or transactions must ask for all.
+            let load = produce_load(workload, topic, None, false)?;
+            let lanes = sequenced_lanes(endpoint, &load, workload.partitions, Some(batches))?;
+            let (counters, measuring, stop) =
+                (Arc::new(Counters::default()), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+            return Ok(kafka_txn::run_lanes(lanes, counters, measuring, stop).await?.end_offsets);
+        }
         Driver::Kafka(endpoint) => {
             let (partitions, in_flight, records) = (workload.partitions, workload.in_flight, workload.batch_records);
             return kafka_load::fill(endpoint, topic, partitions, in_flight, template, records, batches).await;
@@ -930,6 +1124,7 @@ async fn timed_consume(
         start_offsets: vec![0; workload.partitions],
         end_offsets: Some(ends),
         end_to_end: false,
+        isolation_level: workload.isolation.level(),
     };
     let started = Instant::now();
     let cpu = load::CpuWindow::start(broker_pids);
@@ -950,6 +1145,7 @@ async fn timed_consume(
         series_mb_s,
         usage,
         isr: None,
+        transactions: None,
     })
 }
 
@@ -1110,6 +1306,7 @@ async fn run_workload(suite: &Suite, workload: &Workload, target_mb_s: Option<f6
                 start_offsets: vec![0; workload.partitions],
                 end_offsets: None,
                 end_to_end: true,
+                isolation_level: workload.isolation.level(),
             };
             (timed_produce(&pids, &driver, load, workload, Some(consume)).await?, "send slot to consumption, per batch")
         }
@@ -1155,6 +1352,7 @@ async fn run_workload(suite: &Suite, workload: &Workload, target_mb_s: Option<f6
         target_rate_mb_s: target_mb_s,
         written_bytes: measured.written_bytes,
         tls_session,
+        transactions: measured.transactions,
         paired_disk_bytes: None,
         paired_disk_write_mb_s: None,
         paired_disk_write_sync_mb_s: None,
@@ -1172,7 +1370,14 @@ mod tests {
 
     #[test]
     fn every_suite_file_parses_and_passes_its_checks() {
-        for path in ["suites/standard.toml", "suites/replication.toml", "suites/kafka.toml", "suites/tls.toml"] {
+        let paths = [
+            "suites/standard.toml",
+            "suites/replication.toml",
+            "suites/kafka.toml",
+            "suites/tls.toml",
+            "suites/transactions.toml",
+        ];
+        for path in paths {
             let suite = suite(path);
             suite.broker.check().expect(path);
             for workload in &suite.workloads {
@@ -1265,6 +1470,78 @@ mod tests {
         for path in ["suites/standard.toml", "suites/replication.toml", "suites/kafka.toml"] {
             assert!(!suite(path).has_tls(), "{path}");
         }
+    }
+
+    /// Issue 17's suite: one broker, Kafka's protocol; transactional
+    /// produce beside idempotent produce (commit every 100 ms) under both
+    /// durabilities, read_committed beside read_uncommitted consumers over
+    /// transactionally written data, from the tail and from disk.
+    #[test]
+    fn the_transactions_suite_pairs_each_workload_with_its_base() {
+        let txn = suite("suites/transactions.toml");
+        assert_eq!(txn.broker.brokers, 1);
+        assert!(txn.workloads.iter().all(|w| w.protocol == Protocol::Kafka && w.target == Target::Spate));
+        let transactional: Vec<&Workload> = txn
+            .workloads
+            .iter()
+            .filter(|w| w.kind == Kind::Produce && w.producer_mode == ProducerMode::Transactional)
+            .filter(|w| w.txn_retry_backoff_ms == kafka_txn::RETRY_BACKOFF_MS_DEFAULT)
+            .collect();
+        let durabilities: Vec<&str> = transactional.iter().map(|w| w.durability.as_str()).collect();
+        assert_eq!(durabilities, ["never", "always"]);
+        let sooner = txn.workloads.iter().filter(|w| w.txn_retry_backoff_ms < kafka_txn::RETRY_BACKOFF_MS_DEFAULT);
+        assert_eq!(sooner.count(), 1, "one row retries sooner than Java's client, to show what the backoff costs");
+        for w in &transactional {
+            assert_eq!(w.commit_interval_ms, 100, "{}", w.name);
+            let base = Workload {
+                name: w.name.replace("-transactional", "-idempotent"),
+                txn_retry_backoff_ms: kafka_txn::RETRY_BACKOFF_MS_DEFAULT,
+                producer_mode: ProducerMode::Idempotent,
+                ..(*w).clone()
+            };
+            let found = txn.workloads.iter().find(|b| b.name == base.name).expect("an idempotent twin");
+            assert_eq!(toml::to_string(found).expect("toml"), toml::to_string(&base).expect("toml"), "{}", w.name);
+        }
+        let committed: Vec<&Workload> =
+            txn.workloads.iter().filter(|w| w.isolation == Isolation::ReadCommitted).collect();
+        let kinds: Vec<Kind> = committed.iter().map(|w| w.kind).collect();
+        assert_eq!(kinds, [Kind::ConsumeTail, Kind::ConsumeDisk]);
+        for w in &committed {
+            assert_eq!(w.producer_mode, ProducerMode::Transactional, "{}: over transactional data", w.name);
+            let base = Workload {
+                name: w.name.replace("-read-committed", "-read-uncommitted"),
+                isolation: Isolation::ReadUncommitted,
+                ..(*w).clone()
+            };
+            let found = txn.workloads.iter().find(|b| b.name == base.name).expect("a read_uncommitted twin");
+            assert_eq!(toml::to_string(found).expect("toml"), toml::to_string(&base).expect("toml"), "{}", w.name);
+        }
+    }
+
+    /// Idempotent and transactional producers and read_committed consumers
+    /// exist on the Kafka path only; the producers go as fast as
+    /// acknowledged and commit within the transaction timeout.
+    #[test]
+    fn transactions_are_refused_where_the_load_generator_cannot_run_them() {
+        let kafka = |w: Workload| Workload { protocol: Protocol::Kafka, ..w };
+        let txn = |w: Workload| Workload { producer_mode: ProducerMode::Transactional, ..w };
+        kafka(txn(Workload::default())).check(1).expect("transactional produce over Kafka's protocol");
+        assert!(txn(Workload::default()).check(1).is_err(), "not natively");
+        let committed = Workload { isolation: Isolation::ReadCommitted, kind: Kind::ConsumeTail, ..Default::default() };
+        assert!(committed.clone().check(1).is_err(), "read_committed natively");
+        kafka(committed).check(1).expect("read_committed over Kafka's protocol");
+        let rated = kafka(txn(Workload { rate_mb_s: Some(100.0), ..Default::default() }));
+        assert!(rated.check(1).is_err(), "no target rate");
+        assert!(kafka(txn(Workload { kind: Kind::EndToEnd, ..Default::default() })).check(1).is_err());
+        for interval in [0, kafka_txn::COMMIT_INTERVAL_MS_MAX + 1] {
+            let w = kafka(txn(Workload { commit_interval_ms: interval, ..Default::default() }));
+            assert!(w.check(1).is_err(), "commit_interval_ms {interval}");
+        }
+        let no_backoff = kafka(txn(Workload { txn_retry_backoff_ms: 0, ..Default::default() }));
+        assert!(no_backoff.check(1).is_err(), "a retry without a wait would spin");
+        let idempotent = kafka(Workload { producer_mode: ProducerMode::Idempotent, ..Default::default() });
+        idempotent.check(1).expect("idempotent produce");
+        assert_eq!((Isolation::ReadUncommitted.level(), Isolation::ReadCommitted.level()), (0, 1));
     }
 
     #[test]

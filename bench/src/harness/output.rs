@@ -178,6 +178,7 @@ impl Report {
         }
         self.comparison(&mut md);
         self.tls_table(&mut md);
+        self.transactions_table(&mut md);
         let _ = writeln!(md, "\n## Against the peer (Iggy 0.9 on this machine class)\n");
         let _ = writeln!(md, "| workload | peer | Spate MB/s / peer | Spate p50 / p99 (ms) | peer p50 / p99 (ms) |");
         let _ = writeln!(md, "|---|---|---|---|---|");
@@ -223,6 +224,9 @@ impl Report {
             );
             if let Some(session) = &r.tls_session {
                 let _ = writeln!(md, "  - over TLS to the SSL listener: {session} (rustls, ring provider, both sides)");
+            }
+            if let Some(text) = transactions_text(r) {
+                let _ = writeln!(md, "  - {text}");
             }
             if let (Some(bytes), Some(mb_s)) = (r.paired_disk_bytes, r.paired_disk_write_mb_s) {
                 let _ = writeln!(
@@ -334,6 +338,50 @@ impl Report {
                 per_gb(tls),
                 plain.loadgen_cores,
                 tls.loadgen_cores,
+            );
+        }
+    }
+
+    /// Issue 17's table: transactional produce over idempotent produce, and
+    /// read_committed consumers over read_uncommitted ones, each pair with
+    /// the same parameters otherwise (at least 0.90x the MB/s asked).
+    fn transactions_table(&self, md: &mut String) {
+        let pairs = transaction_pairs(&self.results);
+        if pairs.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "\n## Transactions against idempotent produce, read_committed against read_uncommitted\n");
+        let _ = writeln!(
+            md,
+            "Each workload over the one with the same parameters but idempotent producers (for transactional ones) or read_uncommitted consumers (for read_committed ones), in this run. Issue 17 asks for at least {TXN_RATIO_MIN:.2}x the MB/s in both. Produce latency is per produce request, from its send to its acknowledgment (a transaction's records become visible to read_committed consumers at its commit, later).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| workload | over | MB/s | base MB/s | ratio | p50 / p99 (ms) | base p50 / p99 (ms) | EndTxn p50 / p99 (ms) | commits/s | broker cores / base |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        for (r, base) in pairs {
+            let ms = |us: u64| us as f64 / 1000.0;
+            let (end_txn, commits) = r.transactions.map_or(("-".into(), "-".into()), |t| {
+                let l = t.end_txn_latency_us;
+                (format!("{:.3} / {:.3}", ms(l.p50), ms(l.p99)), format!("{:.1}", t.committed_per_s))
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {} | {} | {:.2} / {:.2} |",
+                r.workload.name,
+                base.workload.name,
+                r.mb_per_s,
+                base.mb_per_s,
+                txn_verdict(r, base),
+                ms(r.latency_us.p50),
+                ms(r.latency_us.p99),
+                ms(base.latency_us.p50),
+                ms(base.latency_us.p99),
+                end_txn,
+                commits,
+                r.broker_cores,
+                base.broker_cores,
             );
         }
     }
@@ -529,6 +577,96 @@ fn tls_verdict(tls: &WorkloadResult, plain: &WorkloadResult) -> String {
     format!("{:.2}x MB/s: {verdict} {TLS_RATIO_MIN:.2}x", ratio.mb_s)
 }
 
+/// Issue 17's target: transactional produce and read_committed consumers
+/// at least this fraction of idempotent produce's and read_uncommitted
+/// consumers' MB/s.
+pub(crate) const TXN_RATIO_MIN: f64 = 0.9;
+
+/// Each transactional produce result with the idempotent one, and each
+/// read_committed consume result with the read_uncommitted one, whose
+/// parameters are the same otherwise (name and `compare` aside), in the
+/// results' order; a result without one is left out.
+pub(crate) fn transaction_pairs(results: &[WorkloadResult]) -> Vec<(&WorkloadResult, &WorkloadResult)> {
+    use super::{Isolation, ProducerMode};
+    let consume = |w: &super::Workload| matches!(w.kind, Kind::ConsumeTail | Kind::ConsumeDisk);
+    // The base a result is measured against: the same workload with
+    // idempotent producers, or read_uncommitted consumers.
+    let base_of = |w: &super::Workload| -> Option<super::Workload> {
+        let mut base = w.clone();
+        if w.kind == Kind::Produce && w.producer_mode == ProducerMode::Transactional {
+            base.producer_mode = ProducerMode::Idempotent;
+        } else if consume(w) && w.isolation == Isolation::ReadCommitted {
+            base.isolation = Isolation::ReadUncommitted;
+        } else {
+            return None;
+        }
+        Some(base)
+    };
+    // Parameters that do not change what runs: the name, the report group,
+    // and the commit interval of producers that commit nothing.
+    let shape = |w: &super::Workload| {
+        let mut w = w.clone();
+        (w.name, w.compare) = (String::new(), String::new());
+        if w.producer_mode != ProducerMode::Transactional {
+            (w.commit_interval_ms, w.txn_retry_backoff_ms) = (0, 0);
+        }
+        serde_json::to_string(&w).unwrap_or_default()
+    };
+    results
+        .iter()
+        .filter_map(|r| {
+            let base = shape(&base_of(&r.workload)?);
+            let found = results.iter().find(|b| !std::ptr::eq(*b, r) && shape(&b.workload) == base)?;
+            Some((r, found))
+        })
+        .collect()
+}
+
+/// "0.95x MB/s: at least 0.90x".
+fn txn_verdict(r: &WorkloadResult, base: &WorkloadResult) -> String {
+    let ratio = r.mb_per_s / base.mb_per_s.max(1e-9);
+    let verdict = if ratio >= TXN_RATIO_MIN { "at least" } else { "below" };
+    format!("{ratio:.2}x MB/s: {verdict} {TXN_RATIO_MIN:.2}x")
+}
+
+/// The producer mode, isolation and transactions of a workload that uses
+/// them, for its parameters line.
+fn transactions_text(r: &WorkloadResult) -> Option<String> {
+    use super::{Isolation, ProducerMode};
+    let w = &r.workload;
+    let mut parts = Vec::new();
+    match w.producer_mode {
+        ProducerMode::Plain => {}
+        ProducerMode::Idempotent => parts.push("idempotent producers".to_string()),
+        ProducerMode::Transactional => parts.push(format!(
+            "transactional producers (a transactional.id per connection), commit every {} ms, retry after {} ms",
+            w.commit_interval_ms, w.txn_retry_backoff_ms
+        )),
+    }
+    if w.isolation == Isolation::ReadCommitted {
+        parts.push("read_committed consumers".into());
+    } else if matches!(w.kind, Kind::ConsumeTail | Kind::ConsumeDisk) && w.producer_mode != ProducerMode::Plain {
+        parts.push("read_uncommitted consumers".into());
+    }
+    if let Some(t) = &r.transactions {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let l = &t.end_txn_latency_us;
+        parts.push(format!(
+            "{} commits ({:.1}/s), EndTxn p50 {:.3} p90 {:.3} p99 {:.3} max {:.3} ms (waiting for EndTxn: {:.1}% of the producers' time), {} control request(s) asked again after CONCURRENT_TRANSACTIONS or a loading coordinator (waiting {:.1}% of the producers' time before asking again)",
+            t.committed,
+            t.committed_per_s,
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.max),
+            t.end_txn_wait_fraction * 100.0,
+            t.retries,
+            t.retry_wait_fraction * 100.0
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// The rows of the workloads that name a `compare` group, the groups in
 /// the order they first appear.
 pub(crate) fn comparison_rows(results: &[WorkloadResult]) -> Vec<ComparisonRow> {
@@ -613,10 +751,46 @@ mod tests {
             target_rate_mb_s: None,
             written_bytes: 0,
             tls_session: None,
+            transactions: None,
             paired_disk_bytes: None,
             paired_disk_write_mb_s: None,
             paired_disk_write_sync_mb_s: None,
         }
+    }
+
+    /// Transactional produce is set against idempotent produce, and
+    /// read_committed against read_uncommitted consumers, each with the
+    /// same parameters otherwise (a different durability is another pair).
+    #[test]
+    fn transaction_rows_pair_with_idempotent_producers_and_read_uncommitted_consumers() {
+        use crate::harness::{Isolation, ProducerMode};
+        let with = |name: &str, kind: Kind, mode: ProducerMode, isolation: Isolation, durability: &str, mb: f64| {
+            let mut r = result(name, Protocol::Kafka, Target::Spate, durability, mb);
+            (r.workload.kind, r.workload.producer_mode, r.workload.isolation) = (kind, mode, isolation);
+            r.workload.compare = String::new();
+            r
+        };
+        let (p, c) = (Kind::Produce, Kind::ConsumeTail);
+        let (idem, txn) = (ProducerMode::Idempotent, ProducerMode::Transactional);
+        let (ru, rc) = (Isolation::ReadUncommitted, Isolation::ReadCommitted);
+        let results = vec![
+            with("never-idem", p, idem, ru, "never", 1000.0),
+            with("never-txn", p, txn, ru, "never", 950.0),
+            with("always-idem", p, idem, ru, "always", 600.0),
+            with("always-txn", p, txn, ru, "always", 500.0),
+            with("lonely-txn", p, txn, ru, "interval:5", 1.0),
+            with("tail-ru", c, txn, ru, "never", 2000.0),
+            with("tail-rc", c, txn, rc, "never", 1900.0),
+        ];
+        let pairs = transaction_pairs(&results);
+        let names: Vec<(&str, &str)> =
+            pairs.iter().map(|(r, base)| (r.workload.name.as_str(), base.workload.name.as_str())).collect();
+        assert_eq!(names, vec![("never-txn", "never-idem"), ("always-txn", "always-idem"), ("tail-rc", "tail-ru")]);
+        assert_eq!(txn_verdict(pairs[0].0, pairs[0].1), "0.95x MB/s: at least 0.90x");
+        assert_eq!(txn_verdict(pairs[1].0, pairs[1].1), "0.83x MB/s: below 0.90x");
+        let text = transactions_text(&results[5]).expect("a consume over transactional data");
+        assert!(text.contains("transactional producers") && text.contains("read_uncommitted"), "{text}");
+        assert!(transactions_text(&result("plain", Protocol::Native, Target::Spate, "never", 1.0)).is_none());
     }
 
     /// The Kafka path is compared with the native workload of the same
