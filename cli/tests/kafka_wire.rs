@@ -178,6 +178,40 @@ fn a_second_broker_on_the_same_port_is_refused_not_sharing_it() {
     broker.stop();
 }
 
+/// A start refused (here: its Kafka port is taken) changes nothing on
+/// disk: it used to record the machine's boot id before the check, so a
+/// broker that had crashed before a reboot, then failed one start, then
+/// started again no longer knew it may have lost unsynced writes and led
+/// by right (CI's cluster_e2e ELR test failed this way: the restart right
+/// after a kill -9 met its own port still held by io_uring's teardown, the
+/// retry found the boot id rewritten).
+#[test]
+fn a_refused_start_leaves_the_record_of_a_reboot_for_the_next_start() {
+    let dir = data_dir("kafka_wire_refused_start");
+    let broker = Broker::start(&dir, 1);
+    broker.kill9();
+    let boot_id = dir.join("boot-id");
+    assert!(boot_id.exists(), "a start that registered records the boot id");
+    let rebooted = "00000000-0000-0000-0000-000000000000\n";
+    std::fs::write(&boot_id, rebooted).expect("rewrite the boot id");
+    let port = common::free_port_below_ephemeral();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
+    let listeners = format!("PLAINTEXT://127.0.0.1:{port}");
+    let output = std::process::Command::new(common::SPATE)
+        .args(["serve", "--metrics-listen", "", "--no-pin", "--port", "0", "--shards", "1", "--listeners", &listeners])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .expect("run spate serve");
+    assert!(!output.status.success(), "started on a taken port");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is not free"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&boot_id).expect("the boot id"), rebooted, "the refused start rewrote it");
+}
+
 /// `--port 39500 --listeners PLAINTEXT://127.0.0.1:39501` put the Kafka
 /// listener on shard 0's native port (the native port + 1): SO_REUSEPORT
 /// let both bind it, so half of the Kafka clients' connections reached the

@@ -7,8 +7,9 @@
 //!   directory synced) at start, before any log opens. Present at start:
 //!   the previous process stopped cleanly.
 //! - `boot-id`: the machine's boot id (`/proc/sys/kernel/random/boot_id`)
-//!   as of the previous start, replaced atomically at every start. A
-//!   different one at start: the machine rebooted since.
+//!   as of the previous start, replaced atomically once a start has
+//!   registered with the controller. A different one at start: the
+//!   machine rebooted since.
 //!
 //! An unclean stop alone loses nothing this broker reported to a leader:
 //! followers report what they wrote (or synced, under durability `always`),
@@ -56,9 +57,10 @@ pub(crate) fn on_start(data_dir: &Path, default_durability_always: bool) -> std:
         std::fs::remove_file(&marker)?;
         sync_dir(data_dir)?;
     }
-    if let Some(current) = &current {
-        write_boot_id(data_dir, current)?;
-    }
+    // The boot id is recorded only once the controller has this start's
+    // registration (`record_boot_id`): a start that fails before that
+    // (a port in use, a quorum not reached) must leave the next start to
+    // find the reboot too, or it would lead by right with writes lost.
     let unsynced_writes_lost = !clean && rebooted;
     if unsynced_writes_lost {
         tracing::warn!(
@@ -69,6 +71,15 @@ pub(crate) fn on_start(data_dir: &Path, default_durability_always: bool) -> std:
         tracing::info!("the previous process did not stop cleanly (no reboot since: nothing reported was lost)");
     }
     Ok(BrokerRestart { unsynced_writes_lost, default_durability_always })
+}
+
+/// Records the machine's boot id as this broker's, once the controller
+/// has the registration that reported how the previous process ended.
+pub(crate) fn record_boot_id(data_dir: &Path) -> std::io::Result<()> {
+    match read_boot_id(Path::new(KERNEL_BOOT_ID)) {
+        Some(current) => write_boot_id(data_dir, &current),
+        None => Ok(()),
+    }
 }
 
 /// Written after every log closed at a graceful stop. A failure is logged
@@ -123,8 +134,11 @@ mod tests {
     #[test]
     fn a_clean_stop_or_no_reboot_loses_nothing_and_an_unclean_reboot_does() {
         let d = dir("states");
-        // First start: nothing recorded, nothing lost; the boot id is now.
+        // First start: nothing recorded, nothing lost; once registered,
+        // the boot id is this one.
         assert!(!on_start(&d, false).expect("start").unsynced_writes_lost);
+        assert!(!d.join(BOOT_ID_FILE).exists(), "recorded only once registered");
+        record_boot_id(&d).expect("record");
         let booted = std::fs::read_to_string(d.join(BOOT_ID_FILE)).expect("boot id recorded");
         assert_eq!(Some(booted.trim().to_string()), read_boot_id(Path::new(KERNEL_BOOT_ID)));
         // Killed (no marker), same boot: nothing reported was lost.
@@ -134,6 +148,9 @@ mod tests {
         let restart = on_start(&d, true).expect("start");
         assert!(restart.unsynced_writes_lost);
         assert!(restart.default_durability_always);
+        // A start that fails before it registers leaves the old id: the
+        // next start still knows of the reboot.
+        assert!(on_start(&d, true).expect("start again").unsynced_writes_lost);
         // A graceful stop, then a reboot: clean.
         mark_clean_stop(&d).expect("mark");
         std::fs::write(d.join(BOOT_ID_FILE), "00000000-0000-0000-0000-000000000000\n").expect("rewrite");

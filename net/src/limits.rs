@@ -230,3 +230,9 @@ pub const TXN_MARKER_PEERS_IDLE_MAX: usize = 4;
 pub const TXN_MARKER_READ_TIMEOUT_MS: u64 = 30_000;
 const _: () = assert!(TXN_MARKER_RETRY_MS <= TXN_MARKER_RETRY_MS_MAX);
 const _: () = assert!(TXN_PARTITIONS_MAX * (NAME_BYTES_MAX + 6) < 1 << 20, "a transaction's record fits a batch");
+
+/// How long a start waits for a port it needs to stop being listened on
+/// before it refuses: the sockets of a broker killed a moment before go
+/// when io_uring's asynchronous teardown of its ring drops them (CI saw a
+/// restart right after a kill -9 find its own port still listening).
+pub const PORT_FREE_WAIT_MS: u64 = 3_000;

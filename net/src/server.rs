@@ -164,6 +164,16 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         return Err(ServeError::DataDirLocked(shown));
     }
     refuse_catalog_without_metadata(&data_dir)?;
+    // Checked before the stop marker is consumed: a start refused here
+    // changes nothing on disk.
+    let kafka_listeners = config.kafka_listeners()?;
+    refuse_ports_in_use(&config, &kafka_listeners)?;
+    // Loaded before anything binds: a missing or bad certificate stops the
+    // start with the file named, not the first client's handshake.
+    let tls = match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) {
+        true => Some(Arc::new(crate::security::tls::TlsServer::load(&config)?)),
+        false => None,
+    };
     // Before any log opens: from here on, a crash reads as unclean.
     let restart =
         crate::clean_stop::on_start(&data_dir, default_durability == spate_engine::Durability::Always).map_err(io)?;
@@ -175,14 +185,6 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         mailboxes.push(tx);
         inboxes.push(rx);
     }
-    let kafka_listeners = config.kafka_listeners()?;
-    refuse_ports_in_use(&config, &kafka_listeners)?;
-    // Loaded before anything binds: a missing or bad certificate stops the
-    // start with the file named, not the first client's handshake.
-    let tls = match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) {
-        true => Some(Arc::new(crate::security::tls::TlsServer::load(&config)?)),
-        false => None,
-    };
     let shared = Arc::new(Shared {
         kafka_listeners,
         tls,
@@ -284,7 +286,15 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
             return Err(err);
         }
     };
-    wait_until_registered(&shared, &controller);
+    if wait_until_registered(&shared, &controller) {
+        // The controller has how the previous process ended (KIP-966):
+        // from now on this boot is the one to compare with.
+        // A failure leaves the older boot id: the next start may then read
+        // as after a reboot, which is only cautious.
+        if let Err(err) = crate::clean_stop::record_boot_id(&shared.config.data_dir) {
+            tracing::warn!("recording the boot id: {err}");
+        }
+    }
     ensure_offsets_topic(&shared, &controller);
     shared.catalog.store(Arc::new(Catalog::from_image(&controller.image())));
     let _ = shared.controller.set(controller);
@@ -481,7 +491,9 @@ fn ensure_internal_topic(
 /// partitions as soon as `start` returns. In a cluster whose quorum is not
 /// up yet it gives up after a while and serves anyway: partitions get
 /// leaders when the quorum forms.
-fn wait_until_registered(shared: &Shared, controller: &spate_replication::Controller) {
+/// Whether this start's registration was applied (false: it timed out,
+/// and the broker serves anyway).
+fn wait_until_registered(shared: &Shared, controller: &spate_replication::Controller) -> bool {
     let deadline = std::time::Instant::now() + REGISTRATION_WAIT;
     let node_id = shared.config.node_id;
     let incarnation = controller.incarnation();
@@ -497,11 +509,12 @@ fn wait_until_registered(shared: &Shared, controller: &spate_replication::Contro
         // The cluster secret too: producer ids are made with it, and
         // replicas prove themselves with it.
         if registered && !leaderless_mine && image.cluster_secret_hex.is_some() {
-            return;
+            return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     tracing::warn!(node_id, "not registered with the controller yet; serving anyway");
+    false
 }
 
 /// `start`, then run until SIGTERM or SIGINT (a second signal exits at
@@ -621,16 +634,25 @@ fn refuse_ports_in_use(config: &BrokerConfig, kafka: &[crate::config::KafkaListe
             )));
         }
     }
-    let listening = listening_sockets();
-    for (_, host, port, ours) in &ports {
-        let taken = listening.iter().find(|theirs| theirs.port() == *port && overlap(ours, &[theirs.ip()]));
-        if let Some(theirs) = taken {
+    // A broker killed a moment ago may still hold its listening sockets:
+    // io_uring drops the files of a dead process's ring asynchronously,
+    // after the process is gone. So a taken port is looked at again for a
+    // while before the start is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(crate::limits::PORT_FREE_WAIT_MS);
+    loop {
+        let listening = listening_sockets();
+        let taken = ports.iter().find_map(|(_, host, port, ours)| {
+            let theirs = listening.iter().find(|theirs| theirs.port() == *port && overlap(ours, &[theirs.ip()]))?;
+            Some((host, port, *theirs))
+        });
+        let Some((host, port, theirs)) = taken else { return Ok(()) };
+        if std::time::Instant::now() >= deadline {
             return Err(ServeError::Start(format!(
                 "{host}:{port} is not free (a socket listens on {theirs}): is another broker running?"
             )));
         }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(())
 }
 
 /// The addresses TCP sockets listen on in this network namespace, from
