@@ -134,6 +134,47 @@ fn no_coordinator() -> Outcome {
     Outcome::err(ErrorCode::NotReady, "no group coordinator yet")
 }
 
+/// Per topic of a commit: (partition, its own error if it is not
+/// committed); the rest is committed as one and answered with its code.
+pub(super) type CommitAnswers = Vec<(String, Vec<(i32, Option<i16>)>)>;
+
+/// Sorts a commit's partitions (OffsetCommit, TxnOffsetCommit), given as
+/// (topic, [(partition, offset)]): what to commit, and the answers. A
+/// `refusal` (the group's or transactional id's authorization) answers
+/// every partition; otherwise Read on each topic (Kafka's order), then
+/// unknown topics and partitions are answered on their own.
+pub(super) fn sort_commit<'a>(
+    ctx: &Ctx,
+    refusal: Option<i16>,
+    topics: impl Iterator<Item = (&'a str, Vec<(i32, i64)>)>,
+) -> (Vec<(Tp, i64)>, CommitAnswers) {
+    let catalog = ctx.shard.shared.catalog.load_full();
+    let known = |topic: &str, partition: i32| {
+        catalog.topics.get(topic).is_some_and(|t| partition >= 0 && (partition as u32) < t.partitions)
+    };
+    let mut offsets: Vec<(Tp, i64)> = Vec::new();
+    let mut answers: CommitAnswers = Vec::new();
+    for (name, partitions) in topics {
+        let topic_denied = refusal.is_none() && !ctx.allowed(AclOperation::Read, AclResourceType::Topic, name);
+        let mut entries = Vec::with_capacity(partitions.len());
+        for (partition, offset) in partitions {
+            let own = if refusal.is_some() {
+                refusal
+            } else if topic_denied {
+                Some(K::TopicAuthorizationFailed.code())
+            } else if known(name, partition) {
+                offsets.push(((name.to_string(), partition), offset));
+                None
+            } else {
+                Some(K::UnknownTopicOrPartition.code())
+            };
+            entries.push((partition, own));
+        }
+        answers.push((name.to_string(), entries));
+    }
+    (offsets, answers)
+}
+
 pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
     let request: OffsetCommitRequest = match decode(&ctx, body) {
         Ok(request) => request,
@@ -146,34 +187,12 @@ pub(crate) fn offset_commit(ctx: Ctx, body: Bytes) -> Reply {
     let group_id = request.group_id.0.to_string();
     // Read on the group, then Read on each topic (Kafka's order).
     let group_denied = !ctx.allowed(AclOperation::Read, AclResourceType::Group, &group_id);
-    // Unknown topics and partitions are answered on their own; the rest
-    // is checked and written as one commit.
-    let catalog = ctx.shard.shared.catalog.load_full();
-    let known = |topic: &str, partition: i32| {
-        catalog.topics.get(topic).is_some_and(|t| partition >= 0 && (partition as u32) < t.partitions)
-    };
-    let mut offsets: Vec<(Tp, i64)> = Vec::with_capacity(partitions);
-    // Per topic: (partition, its own error if it is not committed).
-    type Answers = Vec<(String, Vec<(i32, Option<i16>)>)>;
-    let mut answers: Answers = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        let name = topic.name.0.to_string();
-        let topic_denied = !group_denied && !ctx.allowed(AclOperation::Read, AclResourceType::Topic, &name);
-        let mut entries = Vec::with_capacity(topic.partitions.len());
-        for p in &topic.partitions {
-            if group_denied {
-                entries.push((p.partition_index, Some(K::GroupAuthorizationFailed.code())));
-            } else if topic_denied {
-                entries.push((p.partition_index, Some(K::TopicAuthorizationFailed.code())));
-            } else if known(&name, p.partition_index) {
-                offsets.push(((name.clone(), p.partition_index), p.committed_offset));
-                entries.push((p.partition_index, None));
-            } else {
-                entries.push((p.partition_index, Some(K::UnknownTopicOrPartition.code())));
-            }
-        }
-        answers.push((name, entries));
-    }
+    let refusal = group_denied.then(|| K::GroupAuthorizationFailed.code());
+    let topics = request
+        .topics
+        .iter()
+        .map(|t| (t.name.0.as_str(), t.partitions.iter().map(|p| (p.partition_index, p.committed_offset)).collect()));
+    let (offsets, answers) = sort_commit(&ctx, refusal, topics);
     let member_id = request.member_id.to_string();
     let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
     let generation = request.generation_id_or_member_epoch;

@@ -12,14 +12,12 @@ use kafka_protocol::messages::{TopicName, TxnOffsetCommitRequest, TxnOffsetCommi
 use kafka_protocol::protocol::StrBytes;
 use spate_replication::acl::{AclOperation, AclResourceType};
 
+use super::groups::sort_commit;
 use super::{Ctx, decode, respond};
 use crate::group::txn_offsets::TxnCommit;
-use crate::group::{GroupOp, Tp, route};
+use crate::group::{GroupOp, route};
 use crate::limits::PARTITIONS_PER_REQUEST_MAX;
 use crate::wire::{Reply, Response};
-
-/// A partition and its own error, if it is not committed.
-type PartitionAnswer = (i32, Option<i16>);
 
 pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
     let request: TxnOffsetCommitRequest = match decode(&ctx, body) {
@@ -40,34 +38,11 @@ pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
     } else {
         None
     };
-    let catalog = ctx.shard.shared.catalog.load_full();
-    let known = |topic: &str, partition: i32| {
-        catalog.topics.get(topic).is_some_and(|t| partition >= 0 && (partition as u32) < t.partitions)
-    };
-    let mut offsets: Vec<(Tp, i64)> = Vec::with_capacity(partitions);
-    let mut answers: Vec<(String, Vec<PartitionAnswer>)> = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        let name = topic.name.0.to_string();
-        let topic_denied = refusal.is_none() && !ctx.allowed(AclOperation::Read, AclResourceType::Topic, &name);
-        let entries = topic
-            .partitions
-            .iter()
-            .map(|p| {
-                let own = if let Some(code) = refusal {
-                    Some(code)
-                } else if topic_denied {
-                    Some(K::TopicAuthorizationFailed.code())
-                } else if known(&name, p.partition_index) {
-                    offsets.push(((name.clone(), p.partition_index), p.committed_offset));
-                    None
-                } else {
-                    Some(K::UnknownTopicOrPartition.code())
-                };
-                (p.partition_index, own)
-            })
-            .collect();
-        answers.push((name, entries));
-    }
+    let topics = request
+        .topics
+        .iter()
+        .map(|t| (t.name.0.as_str(), t.partitions.iter().map(|p| (p.partition_index, p.committed_offset)).collect()));
+    let (offsets, answers) = sort_commit(&ctx, refusal, topics);
     let (reply, wait) = oneshot::channel();
     let routed = !offsets.is_empty()
         && route(
