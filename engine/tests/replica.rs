@@ -127,3 +127,80 @@ fn a_reset_of_a_log_never_written_survives_a_crash() {
         assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (42, 42));
     });
 }
+
+/// A follower's log of `batches` batches of `records` records each, at
+/// leader epoch 1.
+async fn replica_of(
+    storage: &SimStorage,
+    config: &LogConfig,
+    batches: usize,
+    records: usize,
+) -> spate_engine::PartitionLog<SimStorage> {
+    let follower = open(storage, config).await;
+    for index in 0..batches {
+        let mut bytes = batch(&format!("b{index}"), records, 0);
+        let base = follower.log_end_offset();
+        spate_engine::batch::set_base_offset(&mut bytes, base).unwrap();
+        spate_engine::batch::set_partition_leader_epoch(&mut bytes, 1).unwrap();
+        follower.append_replica(bytes).unwrap().durable().await.unwrap();
+    }
+    follower.set_high_watermark(follower.log_end_offset());
+    follower
+}
+
+#[test]
+fn truncating_into_the_batch_that_holds_a_moved_log_start_leaves_the_log_empty_at_its_start() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = replicated(&small_config());
+        // Batches 0..=1 and 2..=3; DeleteRecords moved the start to 3.
+        let follower = replica_of(&storage, &config, 2, 2).await;
+        assert_eq!(follower.advance_log_start(3).await.unwrap(), 3);
+        // A leader change cuts at 3: whole batches go, so 2..=3 does, and
+        // with it the log start's record. It used to panic ("log start
+        // above high watermark").
+        assert_eq!(follower.truncate_to(3).await.unwrap(), 3);
+        let offsets = (follower.log_start_offset(), follower.log_end_offset(), follower.high_watermark());
+        assert_eq!(offsets, (3, 3, 3), "empty at its start");
+        assert!(matches!(follower.read(0, 1 << 20, ReadBound::LogEnd).await, Err(LogError::OffsetOutOfRange { .. })));
+        follower.close().await.unwrap();
+        let follower = open(&storage, &config).await;
+        assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (3, 3), "and after a restart");
+
+        // The same through reset_to (a log start inside the last batch).
+        let storage = SimStorage::new();
+        let follower = replica_of(&storage, &config, 1, 2).await;
+        follower.advance_log_start(1).await.unwrap();
+        follower.reset_to(7).await.unwrap();
+        assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (7, 7));
+    });
+}
+
+#[test]
+fn an_empty_follower_at_a_log_start_inside_a_batch_takes_that_batch_whole() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = replicated(&small_config());
+        let follower = open(&storage, &config).await;
+        // The leader's start is 6, inside its batch 5..=8: the follower
+        // reset there and is sent the batch from 5.
+        follower.reset_to(6).await.unwrap();
+        let mut straddling = batch("leader", 4, 0);
+        spate_engine::batch::set_base_offset(&mut straddling, 5).unwrap();
+        spate_engine::batch::set_partition_leader_epoch(&mut straddling, 3).unwrap();
+        let refused = follower.append_replica(straddling.clone());
+        assert!(matches!(refused, Err(LogError::ReplicaOffset { base_offset: 5, log_end_offset: 6 })));
+        // Only a batch that holds the log end, and only into an empty log.
+        assert!(matches!(follower.restart_at_batch(2, 4).await, Err(LogError::ReplicaOffset { .. })));
+        follower.restart_at_batch(5, 8).await.unwrap();
+        follower.append_replica(straddling).unwrap().durable().await.unwrap();
+        follower.set_high_watermark(9);
+        assert_eq!(follower.advance_log_start(6).await.unwrap(), 6, "the fetcher follows the leader's start");
+        let read = follower.read(6, 1 << 20, ReadBound::HighWatermark).await.unwrap();
+        assert_eq!(records(&read.batches).iter().map(|r| r.0).collect::<Vec<_>>(), [5, 6, 7, 8]);
+        assert!(matches!(follower.restart_at_batch(5, 9).await, Err(LogError::ReplicaOffset { .. })), "not empty");
+        follower.close().await.unwrap();
+        let follower = open(&storage, &config).await;
+        assert_eq!((follower.log_start_offset(), follower.log_end_offset()), (6, 9));
+    });
+}

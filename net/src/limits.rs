@@ -210,6 +210,14 @@ pub const TXN_PARTITIONS_MAX: usize = 1_000;
 /// Transactional ids one shard coordinates: each costs its record's state
 /// in memory (a few hundred bytes plus its partitions' names).
 pub const TXNS_PER_SHARD_MAX: usize = 100_000;
+/// How long an AddPartitionsToTxn waits for the transaction before it to
+/// complete (markers written, CompleteX persisted: ~1-2 ms on one broker)
+/// before it is answered CONCURRENT_TRANSACTIONS after all.
+pub const ADD_PARTITIONS_PARK_MS: u64 = 100;
+/// AddPartitionsToTxn requests parked on one transactional id at once
+/// (its one producer sends a few: partitions and offsets); more are
+/// answered CONCURRENT_TRANSACTIONS at once.
+pub const TXN_PARKED_PER_ID_MAX: usize = 8;
 /// A coordinator's write to `__transaction_state` (a state change) is
 /// answered with an error if the in-sync replicas do not all have it by
 /// then (Kafka's transaction.state.log.write timeout is the request

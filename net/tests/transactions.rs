@@ -238,6 +238,29 @@ fn a_transaction_commits_then_one_aborts_with_a_marker_on_each_partition() {
 }
 
 #[test]
+fn the_next_transactions_first_add_partitions_waits_for_the_previous_commit_to_complete() {
+    let broker = one_broker("txn-add-parks", |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let (pid, epoch) = init(&mut kafka, "app", 60_000);
+    // A producer starts its next transaction as soon as EndTxn is
+    // answered, while the coordinator still writes the markers and
+    // CompleteCommit: the AddPartitionsToTxn waits for that (a few
+    // milliseconds) rather than sending the client into its backoff with
+    // CONCURRENT_TRANSACTIONS.
+    for sequence in 0..20 {
+        assert_eq!(add_partitions(&mut kafka, "app", pid, epoch, &[("t", 0)], 3), [0], "transaction {sequence}");
+        assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, sequence)).0, 0);
+        assert_eq!(end_txn(&mut kafka, "app", pid, epoch, true, 3), 0);
+    }
+    await_state(&mut kafka, "app", "CompleteCommit");
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(markers(&mut conn, "t", 0).len(), 20, "every transaction committed");
+    drop((kafka, conn));
+    stop(broker);
+}
+
+#[test]
 fn a_second_init_producer_id_fences_the_first_producer_with_each_versions_code() {
     let broker = one_broker("txn-fencing", |config| config.transaction_max_timeout_ms = 120_000);
     let mut kafka = KafkaConn::to(&broker);

@@ -1066,12 +1066,25 @@ impl<S: Storage> PartitionLog<S> {
         if offset < log_end_offset {
             return Err(LogError::ReplicaOffset { base_offset: offset, log_end_offset });
         }
-        self.with_log_cut(|inner| async move {
-            let log_start_offset = inner.state.borrow().log_start_offset;
-            inner.truncate_locked(log_start_offset).await?;
-            inner.restart_empty_at(offset).await
-        })
-        .await
+        self.with_log_cut(|inner| async move { inner.restart_empty_at(offset).await }).await
+    }
+
+    /// A follower that reset to its leader's log start (`reset_to`), where
+    /// DeleteRecords had moved it into a batch, is sent that batch whole:
+    /// it starts before this log's end. Such a log, empty, starts over at
+    /// the batch's base offset so that the batch can be appended, as a
+    /// Kafka follower does; the log start follows the leader's again with
+    /// the next fetch. Refused (`ReplicaOffset`) unless the log is empty
+    /// and the batch `base_offset..=last_offset` holds its end.
+    pub async fn restart_at_batch(&self, base_offset: i64, last_offset: i64) -> Result<()> {
+        let (log_start_offset, log_end_offset) = {
+            let state = self.inner.state.borrow();
+            (state.log_start_offset, state.log_end_offset)
+        };
+        if log_start_offset != log_end_offset || base_offset >= log_end_offset || last_offset < log_end_offset {
+            return Err(LogError::ReplicaOffset { base_offset, log_end_offset });
+        }
+        self.with_log_cut(|inner| async move { inner.restart_empty_at(base_offset).await }).await
     }
 
     /// Runs a change that cuts the log (truncation, reset) alone: after
@@ -1658,15 +1671,16 @@ impl<S: Storage> LogInner<S> {
         doomed
     }
 
-    /// The second step of `reset_to`, once the log is truncated to its
-    /// start (one empty segment left): that segment, the producer
-    /// snapshots and the leader epochs go, and an empty segment file at
-    /// `offset` takes their place, synced, so a restart starts there too.
+    /// Drops the whole log and starts it over, empty, at `offset`: every
+    /// segment, the producer snapshots and the leader epochs go, and an
+    /// empty segment file at `offset` takes their place, synced, so a
+    /// restart starts there too. Runs with the log cut (`with_log_cut`).
     async fn restart_empty_at(&self, offset: i64) -> Result<()> {
         // A crash part way may leave no segment at all: an empty log at 0.
         self.lower_recovery_point(0).await?;
         let old: Vec<Segment<S::File>> = std::mem::take(&mut self.state.borrow_mut().segments).into_values().collect();
-        assert!(old.iter().all(|segment| segment.dispatched_bytes == 0), "reset after a truncation to the log start");
+        // Oldest first: a crash part way leaves the newer segments, a
+        // contiguous log recovery takes as it was before the reset.
         for segment in &old {
             for path in
                 [segment.log_path.clone(), segment.index_path(), segment.time_index_path(), segment.txn_index_path()]
@@ -1698,6 +1712,8 @@ impl<S: Storage> LogInner<S> {
             state.check_offsets();
         }
         self.cache.remove_below(self.log_id, offset);
+        self.cache.remove_from(self.log_id, offset);
+        self.lower_gaps_below(offset).await?;
         self.write_epoch_checkpoint(Some(&epochs)).await?;
         tracing::warn!(dir = %self.dir.display(), log_start_offset = offset, "log reset: it ended below the leader's log start");
         Ok(())
@@ -1736,6 +1752,14 @@ impl<S: Storage> LogInner<S> {
                 Some((position, base_offset)) => (cut_position, new_end) = (position, base_offset),
                 None => new_end = next_offset.max(segment_base).min(offset),
             }
+        }
+        if new_end < log_start_offset {
+            // The cut batch holds the log start (DeleteRecords moved it into
+            // the batch): no record at or past the start survives, and the
+            // records below it are deleted already. Kafka's follower ends
+            // the same way: empty, at its log start.
+            self.restart_empty_at(log_start_offset).await?;
+            return Ok(log_start_offset);
         }
         self.lower_recovery_point(new_end).await?;
         // Everything after the cut: later segments go, this one shrinks.

@@ -203,6 +203,18 @@ async fn follow(
                     }
                     replica.log.append_replica(batch)?
                 }
+                Err(LogError::ReplicaOffset { .. })
+                    if replica.log.log_start_offset() == replica.log.log_end_offset() =>
+                {
+                    // An empty log reset to a leader's log start inside this
+                    // batch: start it over at the batch.
+                    let header = spate_format::batch::peek_header(&batch)
+                        .map_err(|err| FollowError::Malformed(err.to_string()))?;
+                    let base_offset = header.base_offset.get();
+                    let last_offset = base_offset + i64::from(header.last_offset_delta.get());
+                    replica.log.restart_at_batch(base_offset, last_offset).await?;
+                    replica.log.append_replica(batch)?
+                }
                 other => other?,
             };
             last_ticket = Some(ticket);

@@ -8,7 +8,9 @@
 //! appended and replicated to the in-sync replicas (acks=all, the topic is
 //! `flush.ms=0`) before it is answered; while it is on its way the id is
 //! `pending` and other requests on it get CONCURRENT_TRANSACTIONS, as in
-//! Kafka. The state machine itself is `state.rs`.
+//! Kafka, except AddPartitionsToTxn, which waits up to
+//! `ADD_PARTITIONS_PARK_MS` for the previous transaction to complete
+//! (`add_partitions`). The state machine itself is `state.rs`.
 //!
 //! Leadership follows the replica's role as groups do (`sync`, after every
 //! metadata change): a partition whose replica starts leading replays its
@@ -44,7 +46,7 @@ use crate::admin::ADMIN_SHARD;
 use crate::catalog::{Catalog, TopicMeta};
 use crate::deadline::Deadline;
 use crate::group::{Tp, Write, written};
-use crate::limits::TXNS_PER_SHARD_MAX;
+use crate::limits::{ADD_PARTITIONS_PARK_MS, TXN_PARKED_PER_ID_MAX, TXNS_PER_SHARD_MAX};
 use crate::security::Principal;
 use crate::shard::{Outcome, Shard, ShardOp};
 
@@ -79,6 +81,22 @@ struct Entry {
     /// A state change is being written (requests get
     /// CONCURRENT_TRANSACTIONS).
     pending: bool,
+    /// AddPartitionsToTxn requests parked until the transaction before
+    /// theirs completes (`park`): woken by every settled state change,
+    /// dropped (and so woken) with the entry.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Entry {
+    fn new(meta: Option<TxnMeta>) -> Entry {
+        Entry { meta, pending: false, waiters: Vec::new() }
+    }
+
+    fn wake_parked(&mut self) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
 }
 
 /// A partition of `__transaction_state` whose replica here leads.
@@ -203,25 +221,8 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: TxnOp) {
             init(shard, &catalog, txn_id, timeout_ms, expected, principal, fresh_producer_id, reply);
         }
         TxnOp::AddPartitions { txn_id, producer_id, producer_epoch, partitions, reply } => {
-            let step = serving(shard, &catalog, &txn_id).and_then(|(partition, term)| {
-                let txns = shard.txns.txns.borrow();
-                let entry = txns.get(&txn_id);
-                let (current, pending) = (entry.and_then(|e| e.meta.as_ref()), entry.is_some_and(|e| e.pending));
-                let next = state::add_partitions(current, pending, producer_id, producer_epoch, &partitions, now_ms())?;
-                Ok(next.map(|next| (partition, term, next)))
-            });
-            match step {
-                Err(err) => drop(reply.send(Err(err))),
-                Ok(None) => drop(reply.send(Ok(()))),
-                Ok(Some((partition, term, next))) => {
-                    let write = persist(shard, &catalog, &txn_id, partition, &next);
-                    let shard = shard.clone();
-                    glommio::spawn_local(async move {
-                        let _ = reply.send(settle(&shard, &txn_id, partition, term, next, write).await);
-                    })
-                    .detach();
-                }
-            }
+            let park_until = Instant::now() + Duration::from_millis(ADD_PARTITIONS_PARK_MS);
+            add_partitions(shard, &catalog, txn_id, producer_id, producer_epoch, partitions, reply, park_until);
         }
         TxnOp::End { txn_id, producer_id, producer_epoch, commit, reply } => {
             let step = serving(shard, &catalog, &txn_id).and_then(|(partition, term)| {
@@ -251,6 +252,74 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: TxnOp) {
                 .filter_map(|(id, e)| e.meta.clone().map(|meta| (id.clone(), meta)))
                 .collect();
             let _ = reply.send(listed);
+        }
+    }
+}
+
+/// AddPartitionsToTxn (and AddOffsetsToTxn). One that meets the
+/// previous transaction still completing (its markers and CompleteX on
+/// their way, a few milliseconds after EndTxn was answered: the producer's
+/// next transaction starts at once) is parked until that completes, up to
+/// `park_until`, rather than answered CONCURRENT_TRANSACTIONS: the client
+/// would back off (the Java client 20 ms) for what takes ~1-2 ms, which
+/// cost a committing producer a fifth of its throughput under
+/// durability=always (perf-reports/2026-12-07-transactions.md).
+#[allow(clippy::too_many_arguments)]
+fn add_partitions(
+    shard: &Rc<Shard>,
+    catalog: &Arc<Catalog>,
+    txn_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: Vec<Tp>,
+    reply: oneshot::Sender<Result<(), TxnError>>,
+    park_until: Instant,
+) {
+    let step = serving(shard, catalog, &txn_id).and_then(|(partition, term)| {
+        let txns = shard.txns.txns.borrow();
+        let entry = txns.get(&txn_id);
+        let (current, pending) = (entry.and_then(|e| e.meta.as_ref()), entry.is_some_and(|e| e.pending));
+        let next = state::add_partitions(current, pending, producer_id, producer_epoch, &partitions, now_ms())?;
+        Ok(next.map(|next| (partition, term, next)))
+    });
+    match step {
+        Err(TxnError::ConcurrentTransactions) if Instant::now() < park_until => {
+            let (wake, woken) = oneshot::channel();
+            let parked = {
+                let mut txns = shard.txns.txns.borrow_mut();
+                match txns.get_mut(&txn_id) {
+                    Some(entry) if entry.waiters.len() < TXN_PARKED_PER_ID_MAX => {
+                        entry.waiters.push(wake);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if !parked {
+                let _ = reply.send(Err(TxnError::ConcurrentTransactions));
+                return;
+            }
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let timer = glommio::timer::sleep(park_until.saturating_duration_since(Instant::now()));
+                futures::future::select(woken, Box::pin(timer)).await;
+                // Woken by a state change (or the entry gone), or out of
+                // time: look again with the coordinator's state as it is
+                // now; past the deadline a CONCURRENT_TRANSACTIONS goes out.
+                let catalog = shard.shared.catalog.load_full();
+                add_partitions(&shard, &catalog, txn_id, producer_id, producer_epoch, partitions, reply, park_until);
+            })
+            .detach();
+        }
+        Err(err) => drop(reply.send(Err(err))),
+        Ok(None) => drop(reply.send(Ok(()))),
+        Ok(Some((partition, term, next))) => {
+            let write = persist(shard, catalog, &txn_id, partition, &next);
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(settle(&shard, &txn_id, partition, term, next, write).await);
+            })
+            .detach();
         }
     }
 }
@@ -353,8 +422,7 @@ fn persist(shard: &Shard, catalog: &Catalog, txn_id: &str, partition: u32, next:
         .ok_or_else(|| Outcome::err(ErrorCode::NotReady, format!("{TRANSACTION_STATE_TOPIC} does not exist")))?;
     let batch = record::batch(txn_id, next, now_ms());
     let write = crate::group::append_batch(shard, topic, partition, batch, txn_id)?;
-    shard.txns.txns.borrow_mut().entry(txn_id.to_string()).or_insert(Entry { meta: None, pending: false }).pending =
-        true;
+    shard.txns.txns.borrow_mut().entry(txn_id.to_string()).or_insert_with(|| Entry::new(None)).pending = true;
     Ok(write)
 }
 
@@ -381,13 +449,18 @@ async fn settle(
         // replicated later; a new coordinator would then read it).
         if appended && let Some(entry) = txns.get_mut(txn_id) {
             entry.pending = false;
+            entry.wake_parked();
             if entry.meta.is_none() {
                 txns.remove(txn_id);
             }
         }
         return Err(write_error(&outcome));
     }
-    txns.insert(txn_id.to_string(), Entry { meta: Some(next), pending: false });
+    let entry = txns.entry(txn_id.to_string()).or_insert_with(|| Entry::new(None));
+    entry.meta = Some(next);
+    entry.pending = false;
+    // The parked requests run once this task yields (they are tasks).
+    entry.wake_parked();
     Ok(())
 }
 
@@ -555,7 +628,7 @@ fn start_load(shard: &Rc<Shard>, topic: &Arc<TopicMeta>, partition: u32, leader_
                         .map(|(i, m)| (i.clone(), m.clone()))
                         .collect();
                     let count = loaded.len();
-                    txns.extend(loaded.into_iter().map(|(id, meta)| (id, Entry { meta: Some(meta), pending: false })));
+                    txns.extend(loaded.into_iter().map(|(id, meta)| (id, Entry::new(Some(meta)))));
                     coordination.load = Load::Loaded;
                     tracing::info!(
                         shard = shard.id,
