@@ -186,6 +186,53 @@ fn records_deleted_on_the_leader_stay_deleted_after_the_follower_takes_over() {
     }
 }
 
+/// A follower away while DeleteRecords moved its leader's log start into
+/// a batch (10..=14, start 12) ends below that start: it resets to 12 and
+/// is sent the batch from 10 whole. Before the fix its log refused that
+/// batch on every fetch and it never caught up.
+#[test]
+fn a_follower_reset_to_a_log_start_inside_a_batch_catches_up_and_can_lead() {
+    let (configs, mut brokers) = start_cluster("kafka-delete-records-away");
+    let mut conn = kafka_to(&brokers, 1);
+    await_condition("the topic is created", || conn.create_topic("purge-away", 1, 2) == 0);
+    let mut placement = None;
+    await_condition("both replicas are in sync", || {
+        let topic = conn.metadata("purge-away");
+        placement = topic.partitions.first().map(|p| (p.leader_id.0, p.replica_nodes.clone(), p.isr_nodes.clone()));
+        placement.as_ref().is_some_and(|(leader, _, isr)| *leader > 0 && isr.len() == 2)
+    });
+    let (leader, replicas, _) = placement.expect("placed");
+    let follower = replicas.iter().map(|r| r.0).find(|&r| r != leader).expect("a follower");
+    let isr_of = |conn: &mut KafkaConn| conn.metadata("purge-away").partitions.first().map(|p| p.isr_nodes.len());
+    let mut at_leader = kafka_to(&brokers, leader);
+    stop(brokers[(follower - 1) as usize].take().expect("running"));
+    await_condition("the stopped follower leaves the ISR", || isr_of(&mut at_leader) == Some(1));
+    for i in 0..4 {
+        let mut produced = (-1, -1);
+        await_condition("the leader takes a write", || {
+            produced = at_leader.produce("purge-away", 0, batch(5));
+            produced.0 != K::LeaderNotAvailable.code() && produced.0 != K::UnknownTopicOrPartition.code()
+        });
+        assert_eq!(produced, (0, i * 5));
+    }
+    assert_eq!(delete_records(&mut at_leader, "purge-away", 0, 12), (0, 12));
+
+    let follower_config = configs[(follower - 1) as usize].clone();
+    brokers[(follower - 1) as usize] = Some(spate_net::start(follower_config).expect("restarts"));
+    await_condition("the follower catches up and rejoins the ISR", || isr_of(&mut at_leader) == Some(2));
+    drop(at_leader);
+    stop(brokers[(leader - 1) as usize].take().expect("running"));
+    let mut at_follower = kafka_to(&brokers, follower);
+    await_condition("the follower leads and serves every record", || {
+        at_follower.metadata("purge-away").partitions.first().is_some_and(|p| p.leader_id.0 == follower)
+            && at_follower.list_offset("purge-away", 0, -1) == (0, 20)
+    });
+    assert_eq!(at_follower.list_offset("purge-away", 0, -2), (0, 12), "its log starts where the leader's did");
+    for broker in brokers.into_iter().flatten() {
+        stop(broker);
+    }
+}
+
 fn describe_log_dirs(
     conn: &mut KafkaConn,
     topics: Option<Vec<(&str, Vec<i32>)>>,
