@@ -83,6 +83,12 @@ pub struct BrokerConfig {
     /// timeout (Kafka's
     /// transaction.abort.timed.out.transaction.cleanup.interval.ms).
     pub transaction_abort_check_interval_ms: u64,
+    /// A transactional id with no transaction in progress and no state
+    /// change for this long is forgotten (Kafka's
+    /// transactional.id.expiration.ms): a tombstone in
+    /// `__transaction_state`, its memory freed; checked with the timeouts,
+    /// every `transaction_abort_check_interval_ms`.
+    pub transactional_id_expiration_ms: u64,
     /// Bounds on the session timeout a consumer asks for.
     pub group_session_timeout_ms_min: u64,
     pub group_session_timeout_ms_max: u64,
@@ -198,6 +204,7 @@ impl Default for BrokerConfig {
             transaction_state_partitions: 16,
             transaction_max_timeout_ms: 900_000,
             transaction_abort_check_interval_ms: 10_000,
+            transactional_id_expiration_ms: 604_800_000,
             // Low enough for tests and fast failover; Kafka's is 6 s.
             group_session_timeout_ms_min: 500,
             group_session_timeout_ms_max: 300_000,
@@ -303,6 +310,9 @@ impl BrokerConfig {
         }
         if self.transaction_max_timeout_ms == 0 || self.transaction_max_timeout_ms > i32::MAX as u64 {
             return Err(ConfigError("transaction_max_timeout_ms must be in [1, 2147483647]".into()));
+        }
+        if self.transactional_id_expiration_ms == 0 || self.transactional_id_expiration_ms > i32::MAX as u64 {
+            return Err(ConfigError("transactional_id_expiration_ms must be in [1, 2147483647]".into()));
         }
         if self.transaction_abort_check_interval_ms == 0 {
             return Err(ConfigError("transaction_abort_check_interval_ms must be positive".into()));
@@ -619,6 +629,7 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
             config.transaction_abort_check_interval_ms = number("milliseconds")?
         }
+        "transactional.id.expiration.ms" => config.transactional_id_expiration_ms = number("milliseconds")?,
         "replica.lag.time.max.ms" => config.replica_lag_time_max_ms = number("milliseconds")?,
         "broker.heartbeat.interval.ms" => config.broker_heartbeat_interval_ms = number("milliseconds")?,
         "broker.session.timeout.ms" => config.broker_session_timeout_ms = number("milliseconds")?,

@@ -325,6 +325,47 @@ fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
 /// Only brokers write markers: a client's control batch is refused on
 /// either protocol, and nothing of it is appended.
 #[test]
+fn an_idle_transactional_id_expires_and_stays_forgotten_after_a_restart() {
+    let dir = data_dir("txn-expiration");
+    let configure = |config: &mut spate_net::config::BrokerConfig| {
+        config.transaction_abort_check_interval_ms = 50;
+        config.transactional_id_expiration_ms = 1_000;
+    };
+    let broker = start_at(&dir, configure);
+    let mut kafka = KafkaConn::to(&broker);
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let (idle_pid, epoch) = init(&mut kafka, "idle", 60_000);
+    assert_eq!(add_partitions(&mut kafka, "idle", idle_pid, epoch, &[("t", 0)], 3), [0]);
+    assert_eq!(end_txn(&mut kafka, "idle", idle_pid, epoch, true, 3), 0);
+    let (busy_pid, busy_epoch) = init(&mut kafka, "busy", 60_000);
+    assert_eq!(add_partitions(&mut kafka, "busy", busy_pid, busy_epoch, &[("t", 0)], 3), [0]);
+
+    // Kafka's transactional.id.expiration.ms: an id with no transaction in
+    // progress is forgotten once idle that long; one with a transaction
+    // open is kept.
+    let not_found = K::TransactionalIdNotFound.code();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while describe(&mut kafka, "idle").error_code != not_found {
+        assert!(Instant::now() < deadline, "the idle id never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(describe(&mut kafka, "busy").transaction_state.as_str(), "Ongoing", "an open transaction stays");
+    drop(kafka);
+    stop(broker);
+
+    // Its tombstone is replayed: still gone after a restart, and the
+    // producer that comes back starts over with a new producer id.
+    let broker = start_at(&dir, configure);
+    let mut kafka = KafkaConn::to(&broker);
+    assert_eq!(await_state(&mut kafka, "busy", "Ongoing").producer_id.0, busy_pid);
+    assert_eq!(describe(&mut kafka, "idle").error_code, not_found);
+    let (again, epoch) = init(&mut kafka, "idle", 60_000);
+    assert_ne!(again, idle_pid, "a new producer id");
+    assert_eq!(epoch, 0);
+    stop(broker);
+}
+
+#[test]
 fn a_clients_control_batch_is_refused() {
     let broker = one_broker("txn-client-control", |_| {});
     let mut kafka = KafkaConn::to(&broker);

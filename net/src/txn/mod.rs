@@ -416,6 +416,18 @@ fn init(
 /// Appends `next` as the id's state and marks the id pending until
 /// `settle` has the outcome.
 fn persist(shard: &Shard, catalog: &Catalog, txn_id: &str, partition: u32, next: &TxnMeta) -> Result<Write, Outcome> {
+    persist_record(shard, catalog, txn_id, partition, Some(next))
+}
+
+/// Appends the id's record (`None`: its tombstone) and marks the id
+/// pending.
+fn persist_record(
+    shard: &Shard,
+    catalog: &Catalog,
+    txn_id: &str,
+    partition: u32,
+    next: Option<&TxnMeta>,
+) -> Result<Write, Outcome> {
     let topic = catalog
         .topics
         .get(TRANSACTION_STATE_TOPIC)
@@ -542,6 +554,7 @@ pub(crate) fn spawn_timeout_checks(shard: &Rc<Shard>) {
 
 fn abort_timed_out(shard: &Rc<Shard>) {
     let now = now_ms();
+    expire_idle(shard, now);
     let expired: Vec<(String, TxnMeta)> = shard
         .txns
         .txns
@@ -565,6 +578,48 @@ fn abort_timed_out(shard: &Rc<Shard>) {
         );
         let (done, _) = oneshot::channel();
         prepare(shard, &catalog, txn_id, partition, term, state::fenced_abort(&meta, now), done);
+    }
+}
+
+/// Forgets the ids idle past `transactional_id_expiration_ms`: a
+/// tombstone each, replicated, then the entry goes (unless its state
+/// changed meanwhile). A producer that comes back gets a new producer id.
+fn expire_idle(shard: &Rc<Shard>, now: i64) {
+    let expiration_ms = shard.shared.config.transactional_id_expiration_ms;
+    let idle: Vec<(String, TxnMeta)> = shard
+        .txns
+        .txns
+        .borrow()
+        .iter()
+        .filter(|(_, e)| !e.pending && e.waiters.is_empty())
+        .filter_map(|(id, e)| {
+            e.meta.as_ref().filter(|m| state::expired(m, now, expiration_ms)).map(|m| (id.clone(), m.clone()))
+        })
+        .collect();
+    if idle.is_empty() {
+        return;
+    }
+    let catalog = shard.shared.catalog.load_full();
+    for (txn_id, meta) in idle {
+        let Ok((partition, term)) = serving(shard, &catalog, &txn_id) else { continue };
+        let write = persist_record(shard, &catalog, &txn_id, partition, None);
+        let appended = write.is_ok();
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let outcome = written(write).await;
+            if !appended || !is_current(&shard, partition, term) {
+                return;
+            }
+            let mut txns = shard.txns.txns.borrow_mut();
+            let Some(entry) = txns.get_mut(&txn_id) else { return };
+            entry.pending = false;
+            entry.wake_parked();
+            if outcome.error == ErrorCode::None && entry.meta.as_ref() == Some(&meta) {
+                txns.remove(&txn_id);
+                tracing::info!(shard = shard.id, txn_id, producer_id = meta.producer_id, "transactional id expired");
+            }
+        })
+        .detach();
     }
 }
 

@@ -106,9 +106,10 @@ pub(crate) fn decode(key: &[u8], value: Option<&[u8]>) -> Result<(String, Option
 }
 
 /// A batch of one record, timestamped now, ready to append.
-pub(crate) fn batch(txn_id: &str, meta: &TxnMeta, now_ms: i64) -> bytes::BytesMut {
+pub(crate) fn batch(txn_id: &str, meta: Option<&TxnMeta>, now_ms: i64) -> bytes::BytesMut {
     let mut builder = BatchBuilder::new(now_ms);
-    builder.push(now_ms, Some(&key(txn_id)), Some(&value(meta)), &[]);
+    let value = meta.map(value);
+    builder.push(now_ms, Some(&key(txn_id)), value.as_deref(), &[]);
     builder.build()
 }
 

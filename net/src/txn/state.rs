@@ -317,6 +317,13 @@ pub(crate) fn complete(prepared: &TxnMeta, now_ms: i64) -> TxnMeta {
 }
 
 /// An Ongoing transaction past its timeout (the coordinator aborts it).
+/// Kafka's rule for forgetting a transactional id: no transaction in
+/// progress (Empty or complete) and no change for `expiration_ms`.
+pub(crate) fn expired(meta: &TxnMeta, now_ms: i64, expiration_ms: u64) -> bool {
+    let idle = matches!(meta.state, TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort);
+    idle && now_ms.saturating_sub(meta.txn_last_update_ms) >= expiration_ms as i64
+}
+
 pub(crate) fn timed_out(meta: &TxnMeta, now_ms: i64) -> bool {
     meta.state == TxnState::Ongoing && meta.txn_start_ms.saturating_add(i64::from(meta.timeout_ms)) <= now_ms
 }
