@@ -7,10 +7,13 @@
 # "Differences" section).
 #
 #   compat/differential.sh --spate HOST:PORT [--kafka HOST:PORT] [--out DIR]
-#                          [--only NAME[,NAME]]...
+#                          [--kafka-ports PORT,CONTROLLER_PORT] [--only NAME[,NAME]]...
 #
-# Without --kafka it starts Apache Kafka 4.4 (compat/kafka/start.sh) on free
-# ports under OUT/kafka-broker and stops it at the end. The scenarios run
+# Without --kafka it starts Apache Kafka 4.4 (compat/kafka/start.sh) under
+# OUT/kafka-broker, on --kafka-ports or else on ports the kernel says are
+# free now, and stops it at the end. (The tests pass ports they reserved:
+# during the JVM's start a free port of the ephemeral range can become some
+# client connection's local port.) The scenarios run
 # against one broker, then the other, never both at once (the machine has 2
 # cores). cross_protocol is skipped on both sides: it needs Spate's own CLI,
 # so Apache Kafka has nothing to compare it with.
@@ -32,11 +35,13 @@ spate=""
 kafka=""
 out=""
 only=()
+kafka_ports=""
 while [[ $# -gt 0 ]]; do
     case $1 in
     --spate) spate=${2:-}; shift 2 || usage ;;
     --kafka) kafka=${2:-}; shift 2 || usage ;;
     --out) out=${2:-}; shift 2 || usage ;;
+    --kafka-ports) kafka_ports=${2:-}; shift 2 || usage ;;
     --only) only+=(--only "${2:-}"); shift 2 || usage ;;
     *) usage ;;
     esac
@@ -57,8 +62,14 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 
 if [[ -z $kafka ]]; then
     broker_dir=$out/kafka-broker
-    port=$(free_port)
-    controller_port=$(free_port)
+    if [[ -n $kafka_ports ]]; then
+        [[ $kafka_ports =~ ^[0-9]+,[0-9]+$ ]] || usage
+        port=${kafka_ports%,*}
+        controller_port=${kafka_ports#*,}
+    else
+        port=$(free_port)
+        controller_port=$(free_port)
+    fi
     echo "differential: starting Apache Kafka on 127.0.0.1:$port (logs in $broker_dir)"
     KAFKA_CONTROLLER_PORT=$controller_port "$compat/kafka/start.sh" "$port" "$broker_dir" >/dev/null || {
         echo "differential: error: Apache Kafka did not start" >&2

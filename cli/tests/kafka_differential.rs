@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Broker, data_dir};
+use common::{Broker, data_dir, free_port_below_ephemeral};
 
 #[test]
 fn kafka_clients_observe_what_they_observe_against_apache_kafka() {
@@ -22,9 +22,12 @@ fn kafka_clients_observe_what_they_observe_against_apache_kafka() {
     std::fs::write(&config, "group_initial_rebalance_delay_ms = 0\ngroup_consumer_session_timeout_ms = 10000\n")
         .expect("write the broker config");
     let broker = Broker::start_with(&dir.join("broker"), 2, 0, &["--config", config.to_str().expect("utf-8")]);
+    // Apache Kafka's ports, reserved to this test process while it runs.
+    let kafka_ports = format!("{},{}", free_port_below_ephemeral(), free_port_below_ephemeral());
     let output = Command::new("bash")
         .arg(repo.join("compat/differential.sh"))
         .args(["--spate", &broker.kafka_addr()])
+        .args(["--kafka-ports", &kafka_ports])
         .arg("--out")
         .arg(dir.join("runs"))
         .output()

@@ -16,8 +16,10 @@ why not 4.4.0).
 4. The connectors are deleted and the worker stops on SIGTERM.
 """
 
+import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -45,10 +47,31 @@ REST_TIMEOUT_S = 10
 STOP_WAIT_S = 30
 
 
+# Ports reserved by the workspace's tests (net/tests/common/ports.rs): one
+# lock file per port, held for the life of the process that reserved it.
+PORT_LOCKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target", "tmp", "ports")
+_held_port_locks = []
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for the worker's REST listener, below the kernel's ephemeral
+    range and reserved to this process as the Rust tests reserve theirs:
+    the JVM binds it seconds later, and a free ephemeral port could be some
+    client connection's local port by then."""
+    os.makedirs(PORT_LOCKS, exist_ok=True)
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    while True:
+        port = 20_000 + rng.randrange(12_000)
+        lock = open(os.path.join(PORT_LOCKS, str(port)), "a", encoding="utf-8")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            lock.close()
+            continue
+        _held_port_locks.append(lock)
+        return port
 
 
 def rest(url, method="GET", body=None):

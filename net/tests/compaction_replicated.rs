@@ -16,10 +16,6 @@ use spate_net::{BrokerConfig, BrokerHandle};
 /// (offset, key, value) of one record fetched.
 type Rec = (i64, Vec<u8>, Vec<u8>);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Three brokers, each a controller voter with a fast cleaner, started at
 /// once (each waits for a quorum to register it); their configs, for
 /// restarts.

@@ -14,10 +14,6 @@ use spate_net::BrokerHandle;
 
 const TOPIC: &str = "held";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// A fresh data directory for `node`.
 fn broker_config(name: &str, node: i32, quorum: &str) -> spate_net::BrokerConfig {
     let _ = data_dir(&format!("{name}-{node}"));

@@ -16,10 +16,6 @@ use spate_net::BrokerHandle;
 
 const OFFSETS_PARTITIONS: u32 = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Three brokers, each a controller voter, started at once (each waits for
 /// a quorum to register it).
 fn start_cluster(name: &str) -> Vec<Option<BrokerHandle>> {

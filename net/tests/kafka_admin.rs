@@ -10,10 +10,6 @@ use common::*;
 use kafka_protocol::ResponseError as K;
 use spate_net::{BrokerConfig, BrokerHandle};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Three brokers in this process, each a controller voter, started at
 /// once (each waits for a quorum to register it).
 fn start_cluster(name: &str) -> (Vec<BrokerConfig>, Vec<Option<BrokerHandle>>) {

@@ -351,10 +351,6 @@ fn sasl_handshake_refusals_close_the_connection() {
     stop(broker);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 /// Credentials are cluster metadata: made through one broker, they let a
 /// client log in on every other, once each has applied the record from
 /// the metadata log (no broker keeps its own users).

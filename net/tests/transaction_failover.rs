@@ -23,10 +23,6 @@ use spate_net::BrokerHandle;
 
 const TXN_PARTITIONS: u32 = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn text(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }

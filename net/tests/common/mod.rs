@@ -15,6 +15,16 @@ use spate_format::batch::BatchBuilder;
 use spate_net::{BrokerConfig, BrokerHandle};
 
 pub mod kafka;
+pub mod ports;
+
+/// A port for a broker's controller (or another listener a test must know
+/// before the broker starts): reserved to this test process, outside the
+/// kernel's ephemeral range (`ports.rs`). Binding 127.0.0.1:0 and closing
+/// gave a port that another test's client connection could take as its
+/// local port before the broker bound it.
+pub fn free_port() -> u16 {
+    ports::free_port_below_ephemeral()
+}
 
 pub fn data_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("net-tests").join(name);
