@@ -44,6 +44,14 @@ pub struct BrokerConfig {
     pub connection_write_timeout_ms: u64,
     /// Connections one shard serves at once; more are closed on accept.
     pub connections_per_shard_max: u64,
+    /// Client connections one address may hold open on this broker, all
+    /// listeners and shards together; more are closed on accept (Kafka's
+    /// max.connections.per.ip; its default, no practical limit).
+    pub max_connections_per_ip: u64,
+    /// Kafka's max.connections.per.ip.overrides: `host:count,...`, a
+    /// limit of its own for each host (a name counts for every address it
+    /// resolves to at start).
+    pub max_connections_per_ip_overrides: String,
     /// A connection that sends nothing for this long is closed (Kafka's
     /// connections.max.idle.ms).
     pub connection_idle_timeout_ms: u64,
@@ -192,6 +200,8 @@ impl Default for BrokerConfig {
             shard_bytes_in_flight_max: crate::limits::SHARD_BYTES_IN_FLIGHT_MAX_DEFAULT,
             connection_write_timeout_ms: crate::limits::CONNECTION_WRITE_TIMEOUT_MS_DEFAULT,
             connections_per_shard_max: 10_000,
+            max_connections_per_ip: i32::MAX as u64,
+            max_connections_per_ip_overrides: String::new(),
             connection_idle_timeout_ms: 10 * 60 * 1000,
             tail_cache_bytes: 256 << 20,
             io_memory_bytes: 64 << 20,
@@ -266,6 +276,16 @@ impl BrokerConfig {
                 "connections_per_shard_max and connection_idle_timeout_ms must be positive".into(),
             ));
         }
+        if self.max_connections_per_ip == 0 && self.max_connections_per_ip_overrides.trim().is_empty() {
+            // Kafka's rule: 0 for everyone is only meaningful with overrides.
+            return Err(ConfigError(
+                "max_connections_per_ip is 0 and no max_connections_per_ip_overrides let anyone connect".into(),
+            ));
+        }
+        crate::wire::connection_limits::ConnectionLimits::new(
+            self.max_connections_per_ip,
+            &self.max_connections_per_ip_overrides,
+        )?;
         if self.connection_bytes_in_flight_max < (1 << 20) || self.shard_bytes_in_flight_max < (1 << 20) {
             return Err(ConfigError(
                 "connection_bytes_in_flight_max and shard_bytes_in_flight_max must be at least 1 MiB".into(),
@@ -639,6 +659,8 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "group.initial.rebalance.delay.ms" => config.group_initial_rebalance_delay_ms = number("milliseconds")?,
         "socket.request.max.bytes" => config.frame_bytes_max = number("bytes")? as usize,
         "connections.max.idle.ms" => config.connection_idle_timeout_ms = number("milliseconds")?,
+        "max.connections.per.ip" => config.max_connections_per_ip = number("a connection count")?,
+        "max.connections.per.ip.overrides" => config.max_connections_per_ip_overrides = value.to_string(),
         "queued.max.request.bytes" => config.shard_bytes_in_flight_max = number("bytes")? as usize,
         "log.retention.check.interval.ms" => config.retention_check_interval_ms = number("milliseconds")?,
         "log.cleaner.backoff.ms" => config.cleaner_check_interval_ms = number("milliseconds")?,
@@ -761,6 +783,9 @@ log.retention.hours=168
 log.segment.bytes=1073741824
 group.initial.rebalance.delay.ms=0
 compression.type=producer
+max.connections.per.ip=100
+max.connections.per.ip.overrides=127.0.0.1:1000,10.0.0.1:0
+transactional.id.expiration.ms=3600000
 sasl.enabled.mechanisms=\\
   PLAIN
 ";
@@ -779,7 +804,19 @@ sasl.enabled.mechanisms=\\
         assert_eq!(config.group_initial_rebalance_delay_ms, 0);
         assert_eq!(parsed.unsupported, vec!["compression.type".to_string()]);
         assert_eq!(config.sasl_enabled_mechanisms, "PLAIN");
+        assert_eq!(config.max_connections_per_ip, 100);
+        assert_eq!(config.max_connections_per_ip_overrides, "127.0.0.1:1000,10.0.0.1:0");
+        assert_eq!(config.transactional_id_expiration_ms, 3_600_000);
         config.validate().unwrap();
+        let nobody = BrokerConfig {
+            max_connections_per_ip: 0,
+            max_connections_per_ip_overrides: String::new(),
+            ..config.clone()
+        };
+        let refused = nobody.validate().unwrap_err().to_string();
+        assert!(refused.contains("max_connections_per_ip"), "{refused}");
+        let bad = BrokerConfig { max_connections_per_ip_overrides: "10.0.0.1".into(), ..config };
+        assert!(bad.validate().unwrap_err().to_string().contains("host:count"));
     }
 
     fn listener(name: &str, protocol: SecurityProtocol, host: &str, port: u16) -> KafkaListener {

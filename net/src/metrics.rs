@@ -50,6 +50,7 @@ pub(crate) struct ShardMetrics {
     produce_throttle_ms: Cell<u64>,
     fetch_throttle_ms: Cell<u64>,
     write_timeouts: Cell<u64>,
+    connections_refused_per_ip: Cell<u64>,
 }
 
 /// One shard's numbers, sent to shard 0 for rendering.
@@ -72,6 +73,7 @@ pub(crate) struct ShardSnapshot {
     pub bytes_in_flight: usize,
     pub bytes_in_flight_peak: usize,
     pub write_timeouts: u64,
+    pub connections_refused_per_ip: u64,
 }
 
 impl ShardMetrics {
@@ -134,6 +136,12 @@ impl ShardMetrics {
         counter.set(counter.get() + ms);
     }
 
+    /// A connection closed on accept: its address had
+    /// max.connections.per.ip open.
+    pub fn connection_refused_per_ip(&self) {
+        self.connections_refused_per_ip.set(self.connections_refused_per_ip.get() + 1);
+    }
+
     pub fn write_timed_out(&self) {
         self.write_timeouts.set(self.write_timeouts.get() + 1);
     }
@@ -154,6 +162,7 @@ impl ShardMetrics {
             bytes_in_flight: 0,
             bytes_in_flight_peak: 0,
             write_timeouts: self.write_timeouts.get(),
+            connections_refused_per_ip: self.connections_refused_per_ip.get(),
         }
     }
 }
@@ -268,6 +277,13 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
         "Connections closed because the client read nothing for connection_write_timeout_ms.",
         "counter",
         &|s| s.write_timeouts,
+    );
+    per_shard(
+        &mut out,
+        "spate_connections_refused_per_ip_total",
+        "Connections closed on accept: their address had max.connections.per.ip open.",
+        "counter",
+        &|s| s.connections_refused_per_ip,
     );
     per_shard(
         &mut out,

@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::catalog::{Catalog, CatalogError};
@@ -185,7 +185,12 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         mailboxes.push(tx);
         inboxes.push(rx);
     }
+    let connection_limits = Arc::new(crate::wire::connection_limits::ConnectionLimits::new(
+        config.max_connections_per_ip,
+        &config.max_connections_per_ip_overrides,
+    )?);
     let shared = Arc::new(Shared {
+        connection_limits,
         kafka_listeners,
         tls,
         quota_meters: Default::default(),
@@ -875,13 +880,24 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                     drop(stream);
                     continue;
                 }
-                Ok(stream) if matches!(kind, Listener::Kafka(_)) => {
-                    let front = crate::kafka::Kafka(shard.clone());
-                    glommio::spawn_local(serve_tcp(front, stream, security.clone())).detach()
-                }
                 Ok(stream) => {
-                    let front = crate::native::Native(shard.clone());
-                    glommio::spawn_local(serve_tcp(front, stream, security.clone())).detach()
+                    let Some(slot) = admit(&shard, &stream) else { continue };
+                    let security = security.clone();
+                    if matches!(kind, Listener::Kafka(_)) {
+                        let front = crate::kafka::Kafka(shard.clone());
+                        glommio::spawn_local(async move {
+                            serve_tcp(front, stream, security).await;
+                            drop(slot);
+                        })
+                        .detach()
+                    } else {
+                        let front = crate::native::Native(shard.clone());
+                        glommio::spawn_local(async move {
+                            serve_tcp(front, stream, security).await;
+                            drop(slot);
+                        })
+                        .detach()
+                    }
                 }
                 Err(err) => {
                     // EMFILE and friends: log, back off briefly, go on.
@@ -893,6 +909,24 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
         }
     })
     .detach();
+}
+
+/// The connection's place in its address's count
+/// (`max_connections_per_ip`), or None: over the limit, it is closed here.
+fn admit(shard: &Shard, stream: &TcpStream) -> Option<crate::wire::connection_limits::Slot> {
+    // A connection whose peer is already gone has no address to count.
+    let ip = stream.peer_addr().ok()?.ip();
+    let slot = shard.shared.connection_limits.admit(ip);
+    if slot.is_none() {
+        shard.metrics.connection_refused_per_ip();
+        tracing::warn!(
+            shard = shard.id,
+            %ip,
+            limit = shard.shared.connection_limits.limit_of(ip),
+            "refusing a connection: its address has max.connections.per.ip open"
+        );
+    }
+    slot
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<crate::security::tls::TlsServer>>,
     /// Client quota meters, shared by every shard (quotas are per broker).
     pub quota_meters: crate::security::quota::QuotaMeters,
+    /// Open client connections per address, shared by every shard.
+    pub connection_limits: Arc<crate::wire::connection_limits::ConnectionLimits>,
     pub default_durability: Durability,
     pub shard_count: usize,
     pub catalog: ArcSwap<Catalog>,

@@ -514,3 +514,52 @@ fn a_request_over_the_partition_entry_cap_is_refused_whole() {
     still_serving(port, "t", 0);
     stop(broker);
 }
+
+/// Whether the broker closed `stream` without answering: a request sent on
+/// it gets EOF or a reset back.
+fn closed_by_broker(mut stream: std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    // ApiVersions v0 (a Kafka request; the native listener closes on it
+    // too, but only once read): written, then read for an answer.
+    let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0];
+    let _ = stream.write_all(&request);
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn one_address_holds_at_most_max_connections_per_ip_across_listeners_and_shards() {
+    let dir = data_dir("per-ip-limit");
+    let mut config = config(&dir, 2);
+    config.max_connections_per_ip = 3;
+    config.metrics_listen = "127.0.0.1:0".into();
+    let broker = spate_net::start(config).expect("broker starts");
+    let port = broker.addr().port();
+    let kafka_addr = broker.kafka_addr().expect("a Kafka listener");
+    let api_versions = kafka_protocol::messages::ApiVersionsRequest::default();
+    // Three from 127.0.0.1: two native (over the shards), one Kafka.
+    let mut native = [Conn::connect(port), Conn::connect(port)];
+    for conn in &mut native {
+        let _ = conn.create_topic("t", 1, &[]);
+    }
+    let mut kafka = common::kafka::KafkaConn::connect(kafka_addr);
+    assert!(kafka.try_call(3, &api_versions).is_some());
+    // The fourth is closed on accept, on either listener.
+    assert!(closed_by_broker(std::net::TcpStream::connect(kafka_addr).expect("connect")));
+    assert!(closed_by_broker(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect")));
+    let metrics_port = broker.metrics_port().expect("metrics");
+    assert_eq!(metric(metrics_port, "spate_connections_refused_per_ip_total"), 2);
+    assert!(kafka.try_call(3, &api_versions).is_some(), "the three admitted are served on");
+    // A closed connection gives its place back.
+    drop(native);
+    await_condition("a new connection is admitted", || {
+        let mut again = common::kafka::KafkaConn::connect(kafka_addr);
+        again.try_call(3, &api_versions).is_some()
+    });
+    stop(broker);
+}

@@ -5,6 +5,7 @@
 //! (replica fetchers) may use the frame helpers and reads below it.
 
 pub(crate) mod conn;
+pub(crate) mod connection_limits;
 pub(crate) mod frame;
 pub(crate) mod response;
 

@@ -1,0 +1,144 @@
+//! Connections per client address (Kafka's `max.connections.per.ip` and
+//! `max.connections.per.ip.overrides`), counted across every shard of the
+//! broker: one client opening connections without end would otherwise
+//! take every shard's slots (`connections_per_shard_max`) from the others.
+//! A connection over its address's limit is closed as soon as it is
+//! accepted, as Kafka closes it; the slot is given back when the
+//! connection ends, however it ends (`Slot`'s drop).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+
+use crate::config::ConfigError;
+
+/// The broker's counts of open client connections per address, with the
+/// limits they are held to.
+#[derive(Debug)]
+pub(crate) struct ConnectionLimits {
+    per_ip_max: u64,
+    overrides: HashMap<IpAddr, u64>,
+    open: Mutex<HashMap<IpAddr, u64>>,
+}
+
+/// One open connection's place in its address's count.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                // Addresses that come and go leave nothing behind.
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// `overrides` is Kafka's `host:count,host:count`; a host name stands
+    /// for every address it resolves to now (at start).
+    pub(crate) fn new(per_ip_max: u64, overrides: &str) -> Result<ConnectionLimits, ConfigError> {
+        Ok(ConnectionLimits { per_ip_max, overrides: parse_overrides(overrides)?, open: Mutex::new(HashMap::new()) })
+    }
+
+    fn limit(&self, ip: IpAddr) -> u64 {
+        self.overrides.get(&canonical(ip)).copied().unwrap_or(self.per_ip_max)
+    }
+
+    /// A slot for one more connection from `ip`, or None when its address
+    /// has as many open as it may.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = canonical(ip);
+        let limit = self.limit(ip);
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            if *count == 0 {
+                open.remove(&ip);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(Slot { limits: self.clone(), ip })
+    }
+
+    /// The connection limit of `ip` (for the refusal's log line).
+    pub(crate) fn limit_of(&self, ip: IpAddr) -> u64 {
+        self.limit(canonical(ip))
+    }
+}
+
+/// An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d: one
+/// client, one count.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn parse_overrides(overrides: &str) -> Result<HashMap<IpAddr, u64>, ConfigError> {
+    let mut out = HashMap::new();
+    for entry in overrides.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        let bad = |why: &str| ConfigError(format!("max.connections.per.ip.overrides entry {entry:?}: {why}"));
+        let (host, count) = entry.rsplit_once(':').ok_or_else(|| bad("host:count expected"))?;
+        let count: u64 = count.trim().parse().map_err(|_| bad("the count is not a whole number"))?;
+        let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+        let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => (host, 0)
+                .to_socket_addrs()
+                .map_err(|err| bad(&format!("{host} does not resolve: {err}")))?
+                .map(|addr| addr.ip())
+                .collect(),
+        };
+        for ip in addresses {
+            out.insert(canonical(ip), count);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn an_address_gets_its_limit_and_its_slots_back_when_they_close() {
+        let limits = Arc::new(ConnectionLimits::new(2, "10.0.0.9:0, 127.0.0.2:3").unwrap());
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let first = limits.admit(local).unwrap();
+        let _second = limits.admit(local).unwrap();
+        assert!(limits.admit(local).is_none(), "two per address");
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(limits.admit(mapped).is_none(), "the same client through a dual-stack socket");
+        drop(first);
+        assert!(limits.admit(local).is_some(), "a closed connection gives its slot back");
+        assert!(limits.admit("10.0.0.9".parse().unwrap()).is_none(), "an override of 0 refuses every connection");
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let held: Vec<Slot> = (0..3).map(|_| limits.admit(other).unwrap()).collect();
+        assert!(limits.admit(other).is_none());
+        drop(held);
+        assert!(limits.open.lock().unwrap().get(&other).is_none(), "nothing kept for an address with none open");
+    }
+
+    #[test]
+    fn overrides_are_host_count_pairs() {
+        assert!(ConnectionLimits::new(1, "").unwrap().overrides.is_empty());
+        let limits = ConnectionLimits::new(1, "localhost:5,[::1]:7").unwrap();
+        assert_eq!(limits.limit_of("::1".parse().unwrap()), 7);
+        assert_eq!(limits.limit_of("127.0.0.1".parse().unwrap()), 5, "a name: every address it resolves to");
+        assert_eq!(limits.limit_of("192.0.2.1".parse().unwrap()), 1);
+        for bad in ["127.0.0.1", "127.0.0.1:x", "no-such-host.invalid:3"] {
+            assert!(ConnectionLimits::new(1, bad).is_err(), "{bad}");
+        }
+    }
+}
