@@ -139,6 +139,10 @@ pub enum SequenceError {
     StaleEpoch { producer_id: i64, epoch: i16, current_epoch: i16 },
     #[error("producer {producer_id} sent base sequence {base_sequence} or epoch {epoch}; both must be >= 0")]
     Invalid { producer_id: i64, epoch: i16, base_sequence: i32 },
+    #[error(
+        "producer {producer_id} epoch {epoch} has a transaction open on this partition and sent a batch outside it"
+    )]
+    OutsideTransaction { producer_id: i64, epoch: i16 },
 }
 
 /// Kafka's `DefaultRecordBatch.incrementSequence`: sequences wrap from
@@ -220,6 +224,13 @@ impl ProducerStateTable {
         }
         if epoch < entry.epoch {
             return Err(SequenceError::StaleEpoch { producer_id, epoch, current_epoch: entry.epoch });
+        }
+        // Kafka's rule (INVALID_TXN_STATE): a producer's batches while its
+        // transaction is open belong to it; a plain one would be read as
+        // committed at once, ahead of the transaction's outcome. A newer
+        // epoch has fenced that transaction (its abort marker follows).
+        if epoch == entry.epoch && !info.attributes().is_transactional() && entry.current_txn_first_offset.is_some() {
+            return Err(SequenceError::OutsideTransaction { producer_id, epoch });
         }
         let expected_seq = if epoch > entry.epoch {
             0
@@ -757,6 +768,20 @@ mod tests {
         assert_eq!(table.record(&info, Some(control)), None);
         let (info, control) = marker_info(2, 0, true, 15);
         assert_eq!(table.record(&info, Some(control)).unwrap().last_stable_offset, 16);
+    }
+
+    #[test]
+    fn a_plain_batch_while_the_producers_transaction_is_open_is_refused() {
+        let mut table = ProducerStateTable::default();
+        table.record(&txn_info(1, 0, 0, 10), None);
+        let plain = info(1, 0, 1, 1, -1);
+        assert_eq!(table.check(&plain), Err(SequenceError::OutsideTransaction { producer_id: 1, epoch: 0 }));
+        assert_eq!(table.check(&txn_info(1, 0, 1, -1)), Ok(SequenceCheck::Append), "inside it, it goes on");
+        // A newer epoch fenced the transaction (its abort marker follows).
+        assert_eq!(table.check(&info(1, 1, 0, 1, -1)), Ok(SequenceCheck::Append));
+        let (marker, control) = marker_info(1, 0, true, 11);
+        table.record(&marker, Some(control));
+        assert_eq!(table.check(&info(1, 0, 1, 1, -1)), Ok(SequenceCheck::Append), "closed: plain batches again");
     }
 
     #[test]

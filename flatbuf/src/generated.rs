@@ -15,10 +15,10 @@ extern crate alloc;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 35;
+pub const ENUM_MAX_ERROR_CODE: i16 = 36;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 36] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 37] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -55,6 +55,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 36] = [
   ErrorCode::LeaderNotAvailable,
   ErrorCode::NotController,
   ErrorCode::ClusterAuthorizationFailed,
+  ErrorCode::InvalidTxnState,
 ];
 
 /// One code for every failure a client can see. A client acts on the code;
@@ -168,9 +169,12 @@ impl ErrorCode {
   /// connection has not proved it is that broker (Kafka's
   /// CLUSTER_AUTHORIZATION_FAILED); nothing was done.
   pub const ClusterAuthorizationFailed: Self = Self(35);
+  /// A producer with a transaction open on the partition sent a batch
+  /// outside it (Kafka's INVALID_TXN_STATE); nothing was appended.
+  pub const InvalidTxnState: Self = Self(36);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 35;
+  pub const ENUM_MAX: i16 = 36;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -208,6 +212,7 @@ impl ErrorCode {
     Self::LeaderNotAvailable,
     Self::NotController,
     Self::ClusterAuthorizationFailed,
+    Self::InvalidTxnState,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -248,6 +253,7 @@ impl ErrorCode {
       Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
       Self::NotController => Some("NotController"),
       Self::ClusterAuthorizationFailed => Some("ClusterAuthorizationFailed"),
+      Self::InvalidTxnState => Some("InvalidTxnState"),
       _ => None,
     }
   }

@@ -458,6 +458,7 @@ pub(crate) fn log_error_code(err: &LogError) -> ErrorCode {
         // transaction: the coordinator counts it as written.
         LogError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         LogError::Sequence(SequenceError::Invalid { .. }) => ErrorCode::CorruptMessage,
+        LogError::Sequence(SequenceError::OutsideTransaction { .. }) => ErrorCode::InvalidTxnState,
     }
 }
 

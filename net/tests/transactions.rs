@@ -366,6 +366,27 @@ fn an_idle_transactional_id_expires_and_stays_forgotten_after_a_restart() {
 }
 
 #[test]
+fn a_plain_batch_from_a_producer_with_its_transaction_open_is_refused() {
+    let broker = one_broker("txn-plain-inside", |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let (pid, epoch) = init(&mut kafka, "app", 60_000);
+    assert_eq!(add_partitions(&mut kafka, "app", pid, epoch, &[("t", 0)], 3), [0]);
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, 0)), (0, 0));
+    // The same producer's next batch without the transactional bit: it
+    // would be read as committed ahead of its transaction. Kafka refuses it.
+    let mut plain = spate_format::batch::BatchBuilder::new(1).producer(pid, epoch, 1);
+    plain.push(1, None, Some(b"outside"), &[]);
+    let refused = kafka.produce_as(Some("app"), "t", 0, plain.build().to_vec()).0;
+    assert_eq!(refused, K::InvalidTxnState.code());
+    assert_eq!(kafka.list_offset("t", 0, -1), (0, 1), "nothing appended");
+    // Inside the transaction the sequence goes on where it was.
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, 1)), (0, 1));
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, true, 3), 0);
+    stop(broker);
+}
+
+#[test]
 fn a_clients_control_batch_is_refused() {
     let broker = one_broker("txn-client-control", |_| {});
     let mut kafka = KafkaConn::to(&broker);

@@ -42,6 +42,7 @@ pub(crate) fn kafka_code(error: ErrorCode) -> i16 {
         ErrorCode::InternalTopic => K::InvalidTopicException,
         ErrorCode::OutOfOrderSequence => K::OutOfOrderSequenceNumber,
         ErrorCode::InvalidProducerEpoch => K::InvalidProducerEpoch,
+        ErrorCode::InvalidTxnState => K::InvalidTxnState,
         ErrorCode::ProducerIdsUnavailable => K::CoordinatorNotAvailable,
         ErrorCode::NotEnoughReplicas => K::NotEnoughReplicas,
         ErrorCode::NotEnoughReplicasAfterAppend => K::NotEnoughReplicasAfterAppend,
