@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     /// limit of its own for each host (a name counts for every address it
     /// resolves to at start).
     pub max_connections_per_ip_overrides: String,
+    /// New client connections the broker takes a second, all listeners
+    /// together (Kafka's max.connection.creation.rate; its default, no
+    /// practical limit): past it, accepting waits.
+    pub max_connection_creation_rate: u64,
     /// A connection that sends nothing for this long is closed (Kafka's
     /// connections.max.idle.ms).
     pub connection_idle_timeout_ms: u64,
@@ -202,6 +206,7 @@ impl Default for BrokerConfig {
             connections_per_shard_max: 10_000,
             max_connections_per_ip: i32::MAX as u64,
             max_connections_per_ip_overrides: String::new(),
+            max_connection_creation_rate: i32::MAX as u64,
             connection_idle_timeout_ms: 10 * 60 * 1000,
             tail_cache_bytes: 256 << 20,
             io_memory_bytes: 64 << 20,
@@ -285,6 +290,7 @@ impl BrokerConfig {
         crate::wire::connection_limits::ConnectionLimits::new(
             self.max_connections_per_ip,
             &self.max_connections_per_ip_overrides,
+            self.max_connection_creation_rate,
         )?;
         if self.connection_bytes_in_flight_max < (1 << 20) || self.shard_bytes_in_flight_max < (1 << 20) {
             return Err(ConfigError(
@@ -661,6 +667,7 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "connections.max.idle.ms" => config.connection_idle_timeout_ms = number("milliseconds")?,
         "max.connections.per.ip" => config.max_connections_per_ip = number("a connection count")?,
         "max.connections.per.ip.overrides" => config.max_connections_per_ip_overrides = value.to_string(),
+        "max.connection.creation.rate" => config.max_connection_creation_rate = number("connections a second")?,
         "queued.max.request.bytes" => config.shard_bytes_in_flight_max = number("bytes")? as usize,
         "log.retention.check.interval.ms" => config.retention_check_interval_ms = number("milliseconds")?,
         "log.cleaner.backoff.ms" => config.cleaner_check_interval_ms = number("milliseconds")?,
@@ -785,6 +792,7 @@ group.initial.rebalance.delay.ms=0
 compression.type=producer
 max.connections.per.ip=100
 max.connections.per.ip.overrides=127.0.0.1:1000,10.0.0.1:0
+max.connection.creation.rate=50
 transactional.id.expiration.ms=3600000
 sasl.enabled.mechanisms=\\
   PLAIN
@@ -807,6 +815,7 @@ sasl.enabled.mechanisms=\\
         assert_eq!(config.max_connections_per_ip, 100);
         assert_eq!(config.max_connections_per_ip_overrides, "127.0.0.1:1000,10.0.0.1:0");
         assert_eq!(config.transactional_id_expiration_ms, 3_600_000);
+        assert_eq!(config.max_connection_creation_rate, 50);
         config.validate().unwrap();
         let nobody = BrokerConfig {
             max_connections_per_ip: 0,

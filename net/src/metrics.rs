@@ -51,6 +51,7 @@ pub(crate) struct ShardMetrics {
     fetch_throttle_ms: Cell<u64>,
     write_timeouts: Cell<u64>,
     connections_refused_per_ip: Cell<u64>,
+    accept_throttle_ms: Cell<u64>,
 }
 
 /// One shard's numbers, sent to shard 0 for rendering.
@@ -74,6 +75,7 @@ pub(crate) struct ShardSnapshot {
     pub bytes_in_flight_peak: usize,
     pub write_timeouts: u64,
     pub connections_refused_per_ip: u64,
+    pub accept_throttle_ms: u64,
 }
 
 impl ShardMetrics {
@@ -142,6 +144,11 @@ impl ShardMetrics {
         self.connections_refused_per_ip.set(self.connections_refused_per_ip.get() + 1);
     }
 
+    /// The accept loop waited `wait` (max.connection.creation.rate).
+    pub fn accept_throttled(&self, wait: Duration) {
+        self.accept_throttle_ms.set(self.accept_throttle_ms.get() + wait.as_millis() as u64);
+    }
+
     pub fn write_timed_out(&self) {
         self.write_timeouts.set(self.write_timeouts.get() + 1);
     }
@@ -163,6 +170,7 @@ impl ShardMetrics {
             bytes_in_flight_peak: 0,
             write_timeouts: self.write_timeouts.get(),
             connections_refused_per_ip: self.connections_refused_per_ip.get(),
+            accept_throttle_ms: self.accept_throttle_ms.get(),
         }
     }
 }
@@ -284,6 +292,13 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
         "Connections closed on accept: their address had max.connections.per.ip open.",
         "counter",
         &|s| s.connections_refused_per_ip,
+    );
+    per_shard(
+        &mut out,
+        "spate_connection_accept_throttle_ms_total",
+        "Time accepting waited to hold new connections to max.connection.creation.rate.",
+        "counter",
+        &|s| s.accept_throttle_ms,
     );
     per_shard(
         &mut out,

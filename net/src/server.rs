@@ -188,6 +188,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     let connection_limits = Arc::new(crate::wire::connection_limits::ConnectionLimits::new(
         config.max_connections_per_ip,
         &config.max_connections_per_ip_overrides,
+        config.max_connection_creation_rate,
     )?);
     let shared = Arc::new(Shared {
         connection_limits,
@@ -881,6 +882,14 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                     continue;
                 }
                 Ok(stream) => {
+                    // Past the broker's connection creation rate this loop
+                    // waits (it accepts nothing meanwhile), as Kafka's
+                    // acceptor does.
+                    let wait = shard.shared.connection_limits.creation_delay(std::time::Instant::now());
+                    if !wait.is_zero() {
+                        shard.metrics.accept_throttled(wait);
+                        glommio::timer::sleep(wait).await;
+                    }
                     let Some(slot) = admit(&shard, &stream) else { continue };
                     let security = security.clone();
                     if matches!(kind, Listener::Kafka(_)) {

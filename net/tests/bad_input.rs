@@ -563,3 +563,26 @@ fn one_address_holds_at_most_max_connections_per_ip_across_listeners_and_shards(
     });
     stop(broker);
 }
+
+#[test]
+fn new_connections_past_max_connection_creation_rate_wait_their_turn() {
+    let dir = data_dir("creation-rate");
+    let mut config = config(&dir, 2);
+    config.max_connection_creation_rate = 10;
+    config.metrics_listen = "127.0.0.1:0".into();
+    let broker = spate_net::start(config).expect("broker starts");
+    let kafka_addr = broker.kafka_addr().expect("a Kafka listener");
+    let api_versions = kafka_protocol::messages::ApiVersionsRequest::default();
+    // 25 connections one after another, each served once: a second's worth
+    // (10) at once, the other 15 at 10 a second, whichever shard takes them.
+    let started = std::time::Instant::now();
+    for _ in 0..25 {
+        let mut conn = common::kafka::KafkaConn::connect(kafka_addr);
+        assert!(conn.try_call(3, &api_versions).is_some(), "served, later");
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= std::time::Duration::from_millis(1_300), "25 connections in {elapsed:?}");
+    let metrics_port = broker.metrics_port().expect("metrics");
+    assert!(metric(metrics_port, "spate_connection_accept_throttle_ms_total") >= 1_000);
+    stop(broker);
+}

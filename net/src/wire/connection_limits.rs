@@ -5,10 +5,17 @@
 //! A connection over its address's limit is closed as soon as it is
 //! accepted, as Kafka closes it; the slot is given back when the
 //! connection ends, however it ends (`Slot`'s drop).
+//!
+//! New connections on the whole broker are also held to Kafka's
+//! `max.connection.creation.rate` (per second): past it, a shard's accept
+//! loop waits before it serves the connection it accepted and before it
+//! accepts another, as Kafka's acceptor blocks; the waiting ones sit in
+//! the kernel's backlog (`creation_delay`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::ConfigError;
 
@@ -19,6 +26,12 @@ pub(crate) struct ConnectionLimits {
     per_ip_max: u64,
     overrides: HashMap<IpAddr, u64>,
     open: Mutex<HashMap<IpAddr, u64>>,
+    /// Connections a second the broker takes, and the bucket that holds
+    /// it to that: (tokens, when last refilled). Tokens go below zero:
+    /// each connection over the rate reserves its turn, so that the
+    /// shards' waits add up to the rate rather than all waking at once.
+    creation_rate: u64,
+    creation_tokens: Mutex<(f64, Instant)>,
 }
 
 /// One open connection's place in its address's count.
@@ -44,8 +57,30 @@ impl Drop for Slot {
 impl ConnectionLimits {
     /// `overrides` is Kafka's `host:count,host:count`; a host name stands
     /// for every address it resolves to now (at start).
-    pub(crate) fn new(per_ip_max: u64, overrides: &str) -> Result<ConnectionLimits, ConfigError> {
-        Ok(ConnectionLimits { per_ip_max, overrides: parse_overrides(overrides)?, open: Mutex::new(HashMap::new()) })
+    pub(crate) fn new(per_ip_max: u64, overrides: &str, creation_rate: u64) -> Result<ConnectionLimits, ConfigError> {
+        if creation_rate == 0 {
+            return Err(ConfigError("max_connection_creation_rate must be positive".into()));
+        }
+        Ok(ConnectionLimits {
+            per_ip_max,
+            overrides: parse_overrides(overrides)?,
+            open: Mutex::new(HashMap::new()),
+            creation_rate,
+            creation_tokens: Mutex::new((creation_rate as f64, Instant::now())),
+        })
+    }
+
+    /// How long a connection accepted at `now` waits before it is served
+    /// (zero within the rate). A second's worth may come at once.
+    pub(crate) fn creation_delay(&self, now: Instant) -> Duration {
+        let rate = self.creation_rate as f64;
+        let mut bucket = self.creation_tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (tokens, refilled) = &mut *bucket;
+        let elapsed_s = now.saturating_duration_since(*refilled).as_secs_f64();
+        *tokens = (*tokens + elapsed_s * rate).min(rate);
+        *refilled = (*refilled).max(now);
+        *tokens -= 1.0;
+        if *tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-*tokens / rate) }
     }
 
     fn limit(&self, ip: IpAddr) -> u64 {
@@ -113,7 +148,7 @@ mod tests {
 
     #[test]
     fn an_address_gets_its_limit_and_its_slots_back_when_they_close() {
-        let limits = Arc::new(ConnectionLimits::new(2, "10.0.0.9:0, 127.0.0.2:3").unwrap());
+        let limits = Arc::new(ConnectionLimits::new(2, "10.0.0.9:0, 127.0.0.2:3", 100).unwrap());
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let first = limits.admit(local).unwrap();
         let _second = limits.admit(local).unwrap();
@@ -131,14 +166,29 @@ mod tests {
     }
 
     #[test]
+    fn connections_past_the_creation_rate_wait_their_turn() {
+        let limits = ConnectionLimits::new(10, "", 4).unwrap();
+        let start = Instant::now();
+        let waits: Vec<Duration> = (0..6).map(|_| limits.creation_delay(start)).collect();
+        assert_eq!(&waits[..4], &[Duration::ZERO; 4], "a second's worth at once");
+        assert_eq!(waits[4], Duration::from_millis(250));
+        assert_eq!(waits[5], Duration::from_millis(500), "each reserves the next turn");
+        // Two seconds later the bucket is full again (and no fuller).
+        let later = start + Duration::from_secs(2);
+        let waits: Vec<Duration> = (0..5).map(|_| limits.creation_delay(later)).collect();
+        assert_eq!(waits.iter().filter(|wait| wait.is_zero()).count(), 4);
+        assert!(ConnectionLimits::new(1, "", 0).is_err());
+    }
+
+    #[test]
     fn overrides_are_host_count_pairs() {
-        assert!(ConnectionLimits::new(1, "").unwrap().overrides.is_empty());
-        let limits = ConnectionLimits::new(1, "localhost:5,[::1]:7").unwrap();
+        assert!(ConnectionLimits::new(1, "", 100).unwrap().overrides.is_empty());
+        let limits = ConnectionLimits::new(1, "localhost:5,[::1]:7", 100).unwrap();
         assert_eq!(limits.limit_of("::1".parse().unwrap()), 7);
         assert_eq!(limits.limit_of("127.0.0.1".parse().unwrap()), 5, "a name: every address it resolves to");
         assert_eq!(limits.limit_of("192.0.2.1".parse().unwrap()), 1);
         for bad in ["127.0.0.1", "127.0.0.1:x", "no-such-host.invalid:3"] {
-            assert!(ConnectionLimits::new(1, bad).is_err(), "{bad}");
+            assert!(ConnectionLimits::new(1, bad, 100).is_err(), "{bad}");
         }
     }
 }
