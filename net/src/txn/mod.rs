@@ -552,17 +552,21 @@ pub(crate) fn spawn_timeout_checks(shard: &Rc<Shard>) {
     .detach();
 }
 
+/// The ids with a persisted state for which `wanted` holds, with that
+/// state (copied: the caller writes, which needs the map).
+fn settled_where(shard: &Shard, wanted: impl Fn(&Entry, &TxnMeta) -> bool) -> Vec<(String, TxnMeta)> {
+    let txns = shard.txns.txns.borrow();
+    txns.iter()
+        .filter_map(|(id, entry)| {
+            entry.meta.as_ref().filter(|meta| wanted(entry, meta)).map(|meta| (id.clone(), meta.clone()))
+        })
+        .collect()
+}
+
 fn abort_timed_out(shard: &Rc<Shard>) {
     let now = now_ms();
     expire_idle(shard, now);
-    let expired: Vec<(String, TxnMeta)> = shard
-        .txns
-        .txns
-        .borrow()
-        .iter()
-        .filter(|(_, e)| !e.pending)
-        .filter_map(|(id, e)| e.meta.as_ref().filter(|m| state::timed_out(m, now)).map(|m| (id.clone(), m.clone())))
-        .collect();
+    let expired = settled_where(shard, |entry, meta| !entry.pending && state::timed_out(meta, now));
     if expired.is_empty() {
         return;
     }
@@ -586,16 +590,9 @@ fn abort_timed_out(shard: &Rc<Shard>) {
 /// changed meanwhile). A producer that comes back gets a new producer id.
 fn expire_idle(shard: &Rc<Shard>, now: i64) {
     let expiration_ms = shard.shared.config.transactional_id_expiration_ms;
-    let idle: Vec<(String, TxnMeta)> = shard
-        .txns
-        .txns
-        .borrow()
-        .iter()
-        .filter(|(_, e)| !e.pending && e.waiters.is_empty())
-        .filter_map(|(id, e)| {
-            e.meta.as_ref().filter(|m| state::expired(m, now, expiration_ms)).map(|m| (id.clone(), m.clone()))
-        })
-        .collect();
+    let idle = settled_where(shard, |entry, meta| {
+        !entry.pending && entry.waiters.is_empty() && state::expired(meta, now, expiration_ms)
+    });
     if idle.is_empty() {
         return;
     }
