@@ -2,6 +2,8 @@
 //! `spate serve` runs with no configuration at all; the CLI layers a TOML
 //! file, environment variables and flags on top (in that order).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -271,6 +273,30 @@ pub fn parse_durability(text: &str) -> Result<Durability, ConfigError> {
 }
 
 impl BrokerConfig {
+    /// `max_connections_per_ip_overrides` (Kafka's `host:count,...`) read:
+    /// a host name stands for every address it resolves to now (at start).
+    pub(crate) fn connection_overrides(&self) -> Result<HashMap<IpAddr, u64>, ConfigError> {
+        let mut out = HashMap::new();
+        for entry in self.max_connections_per_ip_overrides.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+            let bad = |why: &str| ConfigError(format!("max.connections.per.ip.overrides entry {entry:?}: {why}"));
+            let (host, count) = entry.rsplit_once(':').ok_or_else(|| bad("host:count expected"))?;
+            let count: u64 = count.trim().parse().map_err(|_| bad("the count is not a whole number"))?;
+            let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+            let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => (host, 0)
+                    .to_socket_addrs()
+                    .map_err(|err| bad(&format!("{host} does not resolve: {err}")))?
+                    .map(|addr| addr.ip())
+                    .collect(),
+            };
+            for ip in addresses {
+                out.insert(ip, count);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_durability(&self.durability)?;
         if self.frame_bytes_max < 1024 || self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
@@ -287,11 +313,10 @@ impl BrokerConfig {
                 "max_connections_per_ip is 0 and no max_connections_per_ip_overrides let anyone connect".into(),
             ));
         }
-        crate::wire::connection_limits::ConnectionLimits::new(
-            self.max_connections_per_ip,
-            &self.max_connections_per_ip_overrides,
-            self.max_connection_creation_rate,
-        )?;
+        self.connection_overrides()?;
+        if self.max_connection_creation_rate == 0 {
+            return Err(ConfigError("max_connection_creation_rate must be positive".into()));
+        }
         if self.connection_bytes_in_flight_max < (1 << 20) || self.shard_bytes_in_flight_max < (1 << 20) {
             return Err(ConfigError(
                 "connection_bytes_in_flight_max and shard_bytes_in_flight_max must be at least 1 MiB".into(),
@@ -824,8 +849,16 @@ sasl.enabled.mechanisms=\\
         };
         let refused = nobody.validate().unwrap_err().to_string();
         assert!(refused.contains("max_connections_per_ip"), "{refused}");
-        let bad = BrokerConfig { max_connections_per_ip_overrides: "10.0.0.1".into(), ..config };
+        let bad = BrokerConfig { max_connections_per_ip_overrides: "10.0.0.1".into(), ..config.clone() };
         assert!(bad.validate().unwrap_err().to_string().contains("host:count"));
+        for bad in ["127.0.0.1:x", "no-such-host.invalid:3"] {
+            let bad = BrokerConfig { max_connections_per_ip_overrides: bad.into(), ..config.clone() };
+            assert!(bad.validate().is_err(), "{}", bad.max_connections_per_ip_overrides);
+        }
+        let named = BrokerConfig { max_connections_per_ip_overrides: "localhost:5,[::1]:7".into(), ..config };
+        let overrides = named.connection_overrides().unwrap();
+        assert_eq!(overrides.get(&"127.0.0.1".parse().unwrap()), Some(&5), "a name: each address it resolves to");
+        assert_eq!(overrides.get(&"::1".parse().unwrap()), Some(&7));
     }
 
     fn listener(name: &str, protocol: SecurityProtocol, host: &str, port: u16) -> KafkaListener {

@@ -187,9 +187,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     }
     let connection_limits = Arc::new(crate::wire::connection_limits::ConnectionLimits::new(
         config.max_connections_per_ip,
-        &config.max_connections_per_ip_overrides,
+        config.connection_overrides()?,
         config.max_connection_creation_rate,
-    )?);
+    ));
     let shared = Arc::new(Shared {
         connection_limits,
         kafka_listeners,
