@@ -218,6 +218,13 @@ pub const ADD_PARTITIONS_PARK_MS: u64 = 100;
 /// (its one producer sends a few: partitions and offsets); more are
 /// answered CONCURRENT_TRANSACTIONS at once.
 pub const TXN_PARKED_PER_ID_MAX: usize = 8;
+/// Client addresses whose `connection_creation_rate` quota (KIP-612) a
+/// broker tracks at once (a few dozen bytes each): past it, those idle
+/// for `IP_CREATION_IDLE_MS` are forgotten, and if none is, a new address
+/// goes untracked (the broker-wide max.connection.creation.rate still
+/// holds).
+pub const IP_CREATION_BUCKETS_MAX: usize = 65_536;
+pub const IP_CREATION_IDLE_MS: u64 = 10_000;
 /// A coordinator's write to `__transaction_state` (a state change) is
 /// answered with an error if the in-sync replicas do not all have it by
 /// then (Kafka's transaction.state.log.write timeout is the request

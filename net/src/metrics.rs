@@ -51,6 +51,7 @@ pub(crate) struct ShardMetrics {
     fetch_throttle_ms: Cell<u64>,
     write_timeouts: Cell<u64>,
     connections_refused_per_ip: Cell<u64>,
+    connections_refused_ip_rate: Cell<u64>,
     accept_throttle_ms: Cell<u64>,
 }
 
@@ -75,6 +76,7 @@ pub(crate) struct ShardSnapshot {
     pub bytes_in_flight_peak: usize,
     pub write_timeouts: u64,
     pub connections_refused_per_ip: u64,
+    pub connections_refused_ip_rate: u64,
     pub accept_throttle_ms: u64,
 }
 
@@ -144,6 +146,12 @@ impl ShardMetrics {
         self.connections_refused_per_ip.set(self.connections_refused_per_ip.get() + 1);
     }
 
+    /// A connection closed on accept: its address was over its
+    /// connection_creation_rate quota.
+    pub fn connection_refused_ip_rate(&self) {
+        self.connections_refused_ip_rate.set(self.connections_refused_ip_rate.get() + 1);
+    }
+
     /// The accept loop waited `wait` (max.connection.creation.rate).
     pub fn accept_throttled(&self, wait: Duration) {
         self.accept_throttle_ms.set(self.accept_throttle_ms.get() + wait.as_millis() as u64);
@@ -170,6 +178,7 @@ impl ShardMetrics {
             bytes_in_flight_peak: 0,
             write_timeouts: self.write_timeouts.get(),
             connections_refused_per_ip: self.connections_refused_per_ip.get(),
+            connections_refused_ip_rate: self.connections_refused_ip_rate.get(),
             accept_throttle_ms: self.accept_throttle_ms.get(),
         }
     }
@@ -292,6 +301,13 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
         "Connections closed on accept: their address had max.connections.per.ip open.",
         "counter",
         &|s| s.connections_refused_per_ip,
+    );
+    per_shard(
+        &mut out,
+        "spate_connections_refused_ip_rate_total",
+        "Connections closed on accept: their address was over its connection_creation_rate quota.",
+        "counter",
+        &|s| s.connections_refused_ip_rate,
     );
     per_shard(
         &mut out,

@@ -924,8 +924,17 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
 /// (`max_connections_per_ip`), or None: over the limit, it is closed here.
 fn admit(shard: &Shard, stream: &TcpStream) -> Option<crate::wire::connection_limits::Slot> {
     // A connection whose peer is already gone has no address to count.
-    let ip = stream.peer_addr().ok()?.ip();
-    let slot = shard.shared.connection_limits.admit(ip);
+    let ip = crate::wire::connection_limits::canonical(stream.peer_addr().ok()?.ip());
+    // KIP-612's ip quota: over its connection_creation_rate, closed.
+    let limits = &shard.shared.connection_limits;
+    if let Some(rate) = shard.shared.catalog.load().client_quotas.connection_creation_rate(ip)
+        && !limits.within_ip_creation_rate(ip, rate, std::time::Instant::now())
+    {
+        shard.metrics.connection_refused_ip_rate();
+        tracing::warn!(shard = shard.id, %ip, rate, "refusing a connection: its address is over its connection_creation_rate quota");
+        return None;
+    }
+    let slot = limits.admit(ip);
     if slot.is_none() {
         shard.metrics.connection_refused_per_ip();
         tracing::warn!(

@@ -586,3 +586,62 @@ fn new_connections_past_max_connection_creation_rate_wait_their_turn() {
     assert!(metric(metrics_port, "spate_connection_accept_throttle_ms_total") >= 1_000);
     stop(broker);
 }
+
+#[test]
+fn an_address_over_its_connection_creation_rate_quota_is_refused() {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
+    use kafka_protocol::messages::{AlterClientQuotasRequest, DescribeClientQuotasRequest};
+    use kafka_protocol::protocol::StrBytes;
+    let dir = data_dir("ip-creation-quota");
+    let mut config = config(&dir, 2);
+    config.metrics_listen = "127.0.0.1:0".into();
+    let broker = spate_net::start(config).expect("broker starts");
+    let kafka_addr = broker.kafka_addr().expect("a Kafka listener");
+    let mut admin = common::kafka::KafkaConn::connect(kafka_addr);
+    // kafka-configs --alter --entity-type ips --entity-name 127.0.0.1
+    //   --add-config connection_creation_rate=2 (KIP-612)
+    let ip_entity = |name: Option<&'static str>| {
+        vec![
+            EntityData::default()
+                .with_entity_type(StrBytes::from_static_str("ip"))
+                .with_entity_name(name.map(StrBytes::from_static_str)),
+        ]
+    };
+    let set_rate = |name, rate: f64| {
+        AlterClientQuotasRequest::default().with_entries(vec![
+            EntryData::default().with_entity(ip_entity(name)).with_ops(vec![
+                OpData::default().with_key(StrBytes::from_static_str("connection_creation_rate")).with_value(rate),
+            ]),
+        ])
+    };
+    assert_eq!(admin.call(1, &set_rate(Some("127.0.0.1"), 2.0)).entries[0].error_code, 0);
+    assert_eq!(admin.call(1, &set_rate(None, 1000.0)).entries[0].error_code, 0, "the default ip entity");
+    let not_an_ip = admin.call(1, &set_rate(Some("host.example"), 2.0));
+    assert_eq!(not_an_ip.entries[0].error_code, kafka_protocol::ResponseError::InvalidRequest.code());
+    let describe = DescribeClientQuotasRequest::default().with_components(vec![
+        ComponentData::default().with_entity_type(StrBytes::from_static_str("ip")).with_match_type(2),
+    ]);
+    let described = admin.call(1, &describe).entries.unwrap_or_default();
+    assert_eq!(described.len(), 2, "{described:?}");
+
+    // Connections from 127.0.0.1 faster than 2 a second: once the quota
+    // reached every shard, some are closed on accept.
+    let api_versions = kafka_protocol::messages::ApiVersionsRequest::default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut refused = 0;
+    while refused < 3 {
+        let mut conn = common::kafka::KafkaConn::connect(kafka_addr);
+        if conn.try_call(3, &api_versions).is_none() {
+            refused += 1;
+        }
+        assert!(std::time::Instant::now() < deadline, "no connection was refused");
+    }
+    let metrics_port = broker.metrics_port().expect("metrics");
+    assert!(metric(metrics_port, "spate_connections_refused_ip_rate_total") >= 3);
+    assert!(admin.try_call(3, &api_versions).is_some(), "an open connection is not touched");
+    // Slower than the rate, they are served again.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert!(common::kafka::KafkaConn::connect(kafka_addr).try_call(3, &api_versions).is_some());
+    stop(broker);
+}

@@ -270,11 +270,14 @@ pub fn create_partitions(
     Ok(vec![MetadataRecord::CreatePartitions { name: name.to_string(), first_partition: current, assignments: added }])
 }
 
-/// The quota keys Spate enforces (Kafka's names), by the entity types
-/// they apply to.
+/// The quota keys Spate enforces on user and client-id entities (Kafka's
+/// names).
 pub const CLIENT_QUOTA_KEYS: [&str; 2] = ["producer_byte_rate", "consumer_byte_rate"];
 /// The entity types of client quotas Spate keeps (Kafka's names).
-pub const CLIENT_QUOTA_ENTITY_TYPES: [&str; 2] = ["client-id", "user"];
+pub const CLIENT_QUOTA_ENTITY_TYPES: [&str; 3] = ["client-id", "ip", "user"];
+/// The one quota of an `ip` entity (KIP-612): new connections a second
+/// from that address (or, for the default ip entity, from each address).
+pub const IP_QUOTA_KEY: &str = "connection_creation_rate";
 
 /// One entity's quota changes, checked: known entity types, each once and
 /// in order; known keys with finite positive values. The image keeps at
@@ -286,17 +289,25 @@ pub fn alter_client_quotas(
 ) -> Result<Vec<MetadataRecord>, ControllerError> {
     let invalid = |why: String| Err(ControllerError::InvalidRequest(why));
     if entity.is_empty() {
-        return invalid("a client quota names an entity (user and/or client-id)".into());
+        return invalid("a client quota names an entity (user and/or client-id, or an ip)".into());
     }
     for (i, part) in entity.iter().enumerate() {
         if !CLIENT_QUOTA_ENTITY_TYPES.contains(&part.entity_type.as_str()) {
             return invalid(format!(
-                "entity type {:?}: only user and client-id quotas are supported",
+                "entity type {:?}: only user, client-id and ip quotas are supported",
                 part.entity_type
             ));
         }
         if i > 0 && entity[i - 1].entity_type >= part.entity_type {
             return invalid("each entity type once, in order".into());
+        }
+        if part.entity_type == "ip" {
+            if entity.len() > 1 {
+                return invalid("an ip quota names the ip alone".into());
+            }
+            if part.name.as_ref().is_some_and(|name| name.parse::<std::net::IpAddr>().is_err()) {
+                return invalid(format!("ip {:?} is not an IP address", part.name.as_deref().unwrap_or_default()));
+            }
         }
         if part.name.as_ref().is_some_and(|n| n.len() > crate::limits::MAX_QUOTA_ENTITY_NAME_LEN) {
             return invalid(format!(
@@ -305,10 +316,14 @@ pub fn alter_client_quotas(
             ));
         }
     }
+    let ip = entity[0].entity_type == "ip";
     for (key, value) in changes {
-        if !CLIENT_QUOTA_KEYS.contains(&key.as_str()) {
+        if ip && key != IP_QUOTA_KEY {
+            return invalid(format!("quota {key:?} is not one of an ip entity (it takes {IP_QUOTA_KEY})"));
+        }
+        if !ip && !CLIENT_QUOTA_KEYS.contains(&key.as_str()) {
             return invalid(format!(
-                "quota {key:?} is not supported (Spate enforces {})",
+                "quota {key:?} is not supported (Spate enforces {} on users and client ids, {IP_QUOTA_KEY} on ips)",
                 CLIENT_QUOTA_KEYS.join(" and ")
             ));
         }
@@ -1771,12 +1786,16 @@ mod tests {
         let client =
             |name: Option<&str>| QuotaEntityPart { entity_type: "client-id".into(), name: name.map(str::to_string) };
         let user = QuotaEntityPart { entity_type: "user".into(), name: Some("alice".into()) };
+        let ip = |name: Option<&str>| QuotaEntityPart { entity_type: "ip".into(), name: name.map(str::to_string) };
         let set = |key: &str, value: &str| vec![(key.to_string(), Some(value.to_string()))];
         for (entity, changes) in [
             (vec![], set("producer_byte_rate", "1024")),
             (vec![QuotaEntityPart { entity_type: "ip".into(), name: None }], set("producer_byte_rate", "1")),
             (vec![user.clone(), client(None)], set("producer_byte_rate", "1")),
             (vec![client(None)], set("request_percentage", "50")),
+            (vec![client(None)], set("connection_creation_rate", "5")),
+            (vec![ip(Some("not-an-ip"))], set("connection_creation_rate", "5")),
+            (vec![ip(None), user.clone()], set("connection_creation_rate", "5")),
             (vec![client(None)], set("producer_byte_rate", "-1")),
             (vec![client(None)], set("producer_byte_rate", "lots")),
         ] {
@@ -1795,6 +1814,11 @@ mod tests {
         let records = alter_client_quotas(&img, &entity, &remove).expect("valid");
         apply(&mut img, &records);
         assert!(img.client_quotas.is_empty(), "an entity without quotas is gone");
+        for entity in [vec![ip(Some("10.0.0.1"))], vec![ip(None)]] {
+            let records = alter_client_quotas(&img, &entity, &set("connection_creation_rate", "5")).expect("valid");
+            apply(&mut img, &records);
+        }
+        assert_eq!(img.client_quotas.len(), 2);
     }
 
     fn credential(iterations: u32) -> ScramCredential {

@@ -19,7 +19,9 @@ mod raft_log;
 mod storage;
 mod transport;
 
-pub use controller::{BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse};
+pub use controller::{
+    BrokerEndpoints, BrokerRestart, ControllerError, ControllerRequest, ControllerResponse, IP_QUOTA_KEY,
+};
 pub use metadata::{
     BrokerImage, KafkaEndpoint, MetadataImage, MetadataRecord, PartitionImage, QuotaEntityPart, ScramCredential,
     ScramMechanism, TopicImage,

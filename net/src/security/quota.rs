@@ -50,6 +50,9 @@ enum Part {
 #[derive(Debug, Default)]
 pub(crate) struct ClientQuotas {
     rates: BTreeMap<(Part, Part), BTreeMap<String, f64>>,
+    /// `connection_creation_rate` per ip entity (KIP-612): the named
+    /// addresses', and the default one's (None) for every other address.
+    ip_rates: HashMap<Option<std::net::IpAddr>, f64>,
     /// As the metadata has them, for DescribeClientQuotas.
     pub entities: BTreeMap<Vec<QuotaEntityPart>, BTreeMap<String, String>>,
 }
@@ -68,7 +71,24 @@ struct MeterKey {
 impl ClientQuotas {
     pub fn from_image(quotas: &BTreeMap<Vec<QuotaEntityPart>, BTreeMap<String, String>>) -> ClientQuotas {
         let mut rates = BTreeMap::new();
+        let mut ip_rates = HashMap::new();
         for (entity, values) in quotas {
+            if let [QuotaEntityPart { entity_type, name }] = entity.as_slice()
+                && entity_type == "ip"
+            {
+                // The controller took only IP addresses and this one key.
+                let ip = match name {
+                    None => None,
+                    Some(name) => match name.parse() {
+                        Ok(ip) => Some(ip),
+                        Err(_) => continue,
+                    },
+                };
+                if let Some(rate) = values.get(spate_replication::IP_QUOTA_KEY).and_then(|v| v.parse::<f64>().ok()) {
+                    ip_rates.insert(ip, rate);
+                }
+                continue;
+            }
             let part = |entity_type: &str| match entity.iter().find(|p| p.entity_type == entity_type) {
                 None => Part::Absent,
                 Some(QuotaEntityPart { name: None, .. }) => Part::Default,
@@ -77,11 +97,22 @@ impl ClientQuotas {
             let parsed = values.iter().filter_map(|(k, v)| Some((k.clone(), v.parse::<f64>().ok()?))).collect();
             rates.insert((part("user"), part("client-id")), parsed);
         }
-        ClientQuotas { rates, entities: quotas.clone() }
+        ClientQuotas { rates, ip_rates, entities: quotas.clone() }
     }
 
+    /// Whether there is no user or client-id quota (ip quotas are kept
+    /// apart: they are checked when a connection is accepted).
     pub fn is_empty(&self) -> bool {
         self.rates.is_empty()
+    }
+
+    /// The `connection_creation_rate` that holds for connections from
+    /// `ip`: its own quota, else the default ip entity's.
+    pub fn connection_creation_rate(&self, ip: std::net::IpAddr) -> Option<f64> {
+        if self.ip_rates.is_empty() {
+            return None;
+        }
+        self.ip_rates.get(&Some(ip)).or_else(|| self.ip_rates.get(&None)).copied()
     }
 
     /// The quota on `kind` for this user and client id, by Kafka's order of

@@ -17,6 +17,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::limits::{IP_CREATION_BUCKETS_MAX, IP_CREATION_IDLE_MS};
+
 /// The broker's counts of open client connections per address, with the
 /// limits they are held to.
 #[derive(Debug)]
@@ -30,6 +32,9 @@ pub(crate) struct ConnectionLimits {
     /// shards' waits add up to the rate rather than all waking at once.
     creation_rate: u64,
     creation_tokens: Mutex<(f64, Instant)>,
+    /// Per address, for the `connection_creation_rate` ip quotas: (tokens,
+    /// when last refilled). At most `IP_CREATION_BUCKETS_MAX`.
+    ip_tokens: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
 /// One open connection's place in its address's count.
@@ -64,7 +69,33 @@ impl ConnectionLimits {
             open: Mutex::new(HashMap::new()),
             creation_rate,
             creation_tokens: Mutex::new((creation_rate as f64, Instant::now())),
+            ip_tokens: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a new connection from `ip` at `now` is within its address's
+    /// `connection_creation_rate` quota (`rate` a second, as resolved by
+    /// `ClientQuotas::connection_creation_rate`; a second's worth at
+    /// once). One over it is refused (Kafka closes it), and counts
+    /// nothing.
+    pub(crate) fn within_ip_creation_rate(&self, ip: IpAddr, rate: f64, now: Instant) -> bool {
+        let capacity = rate.max(1.0);
+        let mut buckets = self.ip_tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !buckets.contains_key(&ip) && buckets.len() >= IP_CREATION_BUCKETS_MAX {
+            let idle = Duration::from_millis(IP_CREATION_IDLE_MS);
+            buckets.retain(|_, (_, refilled)| now.saturating_duration_since(*refilled) < idle);
+            if buckets.len() >= IP_CREATION_BUCKETS_MAX {
+                return true;
+            }
+        }
+        let (tokens, refilled) = buckets.entry(ip).or_insert((capacity, now));
+        *tokens = (*tokens + now.saturating_duration_since(*refilled).as_secs_f64() * rate).min(capacity);
+        *refilled = (*refilled).max(now);
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
     }
 
     /// How long a connection accepted at `now` waits before it is served
@@ -109,7 +140,7 @@ impl ConnectionLimits {
 
 /// An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d: one
 /// client, one count.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -152,6 +183,22 @@ mod tests {
         let later = start + Duration::from_secs(2);
         let waits: Vec<Duration> = (0..5).map(|_| limits.creation_delay(later)).collect();
         assert_eq!(waits.iter().filter(|wait| wait.is_zero()).count(), 4);
+    }
+
+    #[test]
+    fn an_address_over_its_creation_rate_is_refused_until_it_slows_down() {
+        let limits = ConnectionLimits::new(10, HashMap::new(), 1_000);
+        let start = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let admitted = (0..5).filter(|_| limits.within_ip_creation_rate(ip, 3.0, start)).count();
+        assert_eq!(admitted, 3, "a second's worth");
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(limits.within_ip_creation_rate(other, 3.0, start), "each address its own");
+        let later = start + Duration::from_millis(400);
+        assert!(limits.within_ip_creation_rate(ip, 3.0, later), "1.2 tokens back after 400 ms");
+        assert!(!limits.within_ip_creation_rate(ip, 3.0, later));
+        // A rate under one a second still lets one through now and then.
+        assert!(limits.within_ip_creation_rate("10.0.0.3".parse().unwrap(), 0.5, start));
     }
 
     fn overrides(pairs: &[(&str, u64)]) -> HashMap<IpAddr, u64> {
