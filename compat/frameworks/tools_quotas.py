@@ -13,6 +13,10 @@ kafka-tools 4.4.0) and honoured against confluent-kafka producers.
    polite is never throttled.
 3. kafka-configs --delete-config removes greedy's quota: --describe no
    longer shows it.
+4. An ip quota (KIP-612): kafka-configs --alter --add-config
+   connection_creation_rate=... --entity-type ips on an address (one of
+   TEST-NET-2's, so no connection of this scenario is held to it);
+   --describe --entity-type ips shows it; --delete-config removes it.
 """
 
 import json
@@ -36,8 +40,13 @@ DEFAULT_QUOTA_BYTES_PER_S = 1024 * 1024 * 1024
 RECORD_BYTES = 1024
 
 
-def describe(base):
-    out = kafkatools.tool(CONFIGS, base + ["--describe", "--entity-type", "clients"])
+# Step 4's address and rate.
+QUOTA_IP = "198.51.100.7"
+IP_CONNECTIONS_PER_S = 25
+
+
+def describe(base, entity_type="clients"):
+    out = kafkatools.tool(CONFIGS, base + ["--describe", "--entity-type", entity_type])
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
@@ -119,11 +128,23 @@ def main():
     listed = describe(base)
     common.check(not any(greedy in line for line in listed), f"greedy's quota is still listed: {listed}")
 
+    kafkatools.tool(CONFIGS, base + ["--alter", "--add-config", f"connection_creation_rate={IP_CONNECTIONS_PER_S}",
+                                     "--entity-type", "ips", "--entity-name", QUOTA_IP])
+    listed = describe(base, "ips")
+    common.check(any(QUOTA_IP in line and f"connection_creation_rate={IP_CONNECTIONS_PER_S}" in line
+                     for line in listed), f"--describe does not show the ip quota: {listed}")
+    kafkatools.tool(CONFIGS, base + ["--alter", "--delete-config", "connection_creation_rate",
+                                     "--entity-type", "ips", "--entity-name", QUOTA_IP])
+    listed = describe(base, "ips")
+    common.check(not any(QUOTA_IP in line for line in listed), f"the ip quota is still listed: {listed}")
+
     common.emit(SCENARIO, {
         "described": True,
         "greedy_throttled": True,
         "polite_throttled": False,
         "removed": True,
+        "ip_quota_described": True,
+        "ip_quota_removed": True,
     })
 
 
