@@ -172,3 +172,61 @@ fn an_expired_broker_certificate_is_refused() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A GET of /metrics with Python's urllib (OpenSSL), `https` with the CA
+/// or plain `http`: the status, or the error.
+fn scrape(url: &str, ca: Option<&Path>) -> String {
+    let script = "import ssl, sys, urllib.request\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None\n\
+                  try:\n    r = urllib.request.urlopen(sys.argv[1], context=ctx, timeout=10)\n    \
+                  body = r.read().decode()\n    print(r.status, 'spate_connections' in body)\n\
+                  except Exception as e:\n    print('error', type(e).__name__)\n";
+    let mut command = Command::new("python3");
+    command.args(["-c", script, url]);
+    if let Some(ca) = ca {
+        command.arg(ca);
+    }
+    let output = command.output().expect("python3");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn metrics_served_over_tls_with_the_brokers_keystore() {
+    use std::io::BufRead;
+    let ca = Ca::new("spate metrics CA");
+    let dir = data_dir("tls-metrics");
+    let files = Files { dir: dir.join("tls") };
+    std::fs::create_dir_all(&files.dir).unwrap();
+    let (cert, key) = ca.issue("broker-1", false);
+    let keystore = files.write("broker.pem", &format!("{cert}{key}"));
+    let ca_file = files.write("ca.pem", &ca.pem);
+    let (ssl_port, metrics_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
+    let config = files.write(
+        "spate.toml",
+        &format!(
+            "listeners = \"SSL://127.0.0.1:{ssl_port}\"\nssl_keystore_type = \"PEM\"\n\
+             ssl_keystore_location = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nmetrics_tls = true\n",
+            keystore.display()
+        ),
+    );
+    let mut child = Command::new(common::SPATE)
+        .args(["serve", "--no-pin", "--log-level", "warn", "--shards", "1", "--config", path(&config)])
+        .arg("--port")
+        .arg(free_port_below_ephemeral().to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn spate serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+
+    let https = format!("https://127.0.0.1:{metrics_port}/metrics");
+    assert_eq!(scrape(&https, Some(&ca_file)), "200 True", "a scrape over TLS, the broker's certificate trusted");
+    assert!(scrape(&https, None).starts_with("error"), "a certificate no CA of the system's signed");
+    let http = format!("http://127.0.0.1:{metrics_port}/metrics");
+    assert!(scrape(&http, None).starts_with("error"), "plain HTTP is not served");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -70,6 +70,10 @@ pub struct BrokerConfig {
     pub durability: String,
     /// Where `/metrics` is served; empty to disable.
     pub metrics_listen: String,
+    /// Serve `/metrics` over TLS with the broker's keystore (and its
+    /// `ssl.client.auth`: with `required`, scrapers present a certificate
+    /// the truststore trusts).
+    pub metrics_tls: bool,
     /// How often each shard applies retention to its partitions.
     pub retention_check_interval_ms: u64,
     /// How often each shard's cleaner looks at its compacted partitions
@@ -214,6 +218,7 @@ impl Default for BrokerConfig {
             io_memory_bytes: 64 << 20,
             durability: "always".into(),
             metrics_listen: "127.0.0.1:9644".into(),
+            metrics_tls: false,
             retention_check_interval_ms: 5 * 60 * 1000,
             cleaner_check_interval_ms: 15 * 1000,
             spin_before_park_us: 0,

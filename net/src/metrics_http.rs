@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use futures::channel::oneshot;
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::{ShardSnapshot, render};
 use crate::shard::{Shard, ShardOp};
@@ -30,8 +30,9 @@ pub(crate) async fn gather(shard: &Rc<Shard>) -> Vec<ShardSnapshot> {
     snapshots
 }
 
-/// Serves `GET /metrics` (HTTP/1.0 style: one response, then close).
-pub(crate) async fn serve_http(shard: Rc<Shard>, mut stream: glommio::net::TcpStream) {
+/// Serves `GET /metrics` (HTTP/1.0 style: one response, then close), over
+/// plain TCP or TLS (`metrics_tls`).
+pub(crate) async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(shard: Rc<Shard>, mut stream: S) {
     let mut request = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {

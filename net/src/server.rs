@@ -170,7 +170,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     refuse_ports_in_use(&config, &kafka_listeners)?;
     // Loaded before anything binds: a missing or bad certificate stops the
     // start with the file named, not the first client's handshake.
-    let tls = match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) {
+    let tls = match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) || config.metrics_tls {
         true => Some(Arc::new(crate::security::tls::TlsServer::load(&config)?)),
         false => None,
     };
@@ -868,7 +868,24 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
             };
             match accepted {
                 Ok(stream) if kind == Listener::Metrics => {
-                    glommio::spawn_local(crate::metrics_http::serve_http(shard.clone(), stream)).detach()
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        let tls = shard.shared.tls.clone().filter(|_| shard.shared.config.metrics_tls);
+                        match tls {
+                            None => crate::metrics_http::serve_http(shard, stream).await,
+                            Some(tls) => match crate::wire::conn::tls_handshake(&tls, stream).await {
+                                Ok(stream) => crate::metrics_http::serve_http(shard, stream).await,
+                                Err(err) => {
+                                    shard.metrics.tls_handshake_failed();
+                                    tracing::info!(
+                                        shard = shard.id,
+                                        "TLS handshake on the metrics listener failed: {err}"
+                                    );
+                                }
+                            },
+                        }
+                    })
+                    .detach()
                 }
                 Ok(stream) if shard.metrics.connections_open() >= shard.shared.config.connections_per_shard_max => {
                     // Over the limit: close at once (the client sees the

@@ -45,6 +45,22 @@ pub(crate) struct Security {
 
 /// Serves an accepted TCP connection: socket options, then the TLS
 /// handshake if its listener has TLS, then its frames.
+/// The server side of a TLS handshake on an accepted connection. A peer
+/// that opens a connection and stalls the handshake holds no more than a
+/// socket, and not for long (`TLS_HANDSHAKE_TIMEOUT_MS`).
+pub(crate) async fn tls_handshake(
+    tls: &crate::security::tls::TlsServer,
+    stream: TcpStream,
+) -> std::io::Result<futures_rustls::server::TlsStream<TcpStream>> {
+    let timeout = std::time::Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
+    futures::select_biased! {
+        done = futures::FutureExt::fuse(tls.acceptor().accept(stream)) => done,
+        () = futures::FutureExt::fuse(Deadline::after(timeout)) => {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT_MS} ms")))
+        }
+    }
+}
+
 pub(crate) async fn serve_tcp<F: FrontEnd>(front: F, stream: TcpStream, security: Security) {
     let _ = stream.set_nodelay(true);
     // A peer that sends nothing for this long is dropped; a read that times
@@ -56,16 +72,7 @@ pub(crate) async fn serve_tcp<F: FrontEnd>(front: F, stream: TcpStream, security
     let Some(tls) = security.tls else {
         return serve(front, stream, info).await;
     };
-    // A peer that opens a connection and stalls the handshake holds no
-    // more than a socket, and not for long.
-    let timeout = std::time::Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
-    let handshake = futures::select_biased! {
-        done = futures::FutureExt::fuse(tls.acceptor().accept(stream)) => done,
-        () = futures::FutureExt::fuse(Deadline::after(timeout)) => {
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT_MS} ms")))
-        }
-    };
-    match handshake {
+    match tls_handshake(&tls, stream).await {
         Ok(stream) => {
             let certificate = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
             info.tls_principal = certificate.and_then(crate::security::tls::principal_of);
