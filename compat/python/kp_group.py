@@ -19,6 +19,17 @@ common.ensure_venv()
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
+from kafka.errors import (  # noqa: E402
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+
+# A commit that meets a rebalance is tried again on the member's next turn,
+# as an application does (it would otherwise end the member).
+REBALANCE_COMMIT_ERRORS = (CommitFailedError, IllegalGenerationError, RebalanceInProgressError,
+                           UnknownMemberIdError)
 
 SCENARIO = "kp_group"
 PARTITIONS = 4
@@ -44,11 +55,16 @@ class Member(threading.Thread):
 
     def run(self):
         try:
+            commit_owed = False
             while not self.stop.is_set():
                 batches = self.consumer.poll(timeout_ms=200)
                 got = [(r.partition, r.offset) for batch in batches.values() for r in batch]
-                if got:
-                    self.consumer.commit()
+                if got or commit_owed:
+                    try:
+                        self.consumer.commit()
+                        commit_owed = False
+                    except REBALANCE_COMMIT_ERRORS:
+                        commit_owed = True
                 with self.lock:
                     self.records.update(got)
                     self.assignment = {tp.partition for tp in self.consumer.assignment()}
