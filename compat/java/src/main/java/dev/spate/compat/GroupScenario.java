@@ -57,13 +57,22 @@ final class GroupScenario {
         @Override
         public void run() {
             try {
+                // A commit that meets a rebalance is tried again on the next
+                // turn, as an application does; it used to end the member.
+                boolean commitOwed = false;
                 while (!stop) {
                     var records = consumer.poll(Duration.ofMillis(100));
                     for (ConsumerRecord<String, String> record : records) {
                         consumed.add(((long) record.partition() << 32) | record.offset());
                     }
-                    if (!records.isEmpty()) {
-                        consumer.commitSync();
+                    if (!records.isEmpty() || commitOwed) {
+                        try {
+                            consumer.commitSync();
+                            commitOwed = false;
+                        } catch (org.apache.kafka.clients.consumer.CommitFailedException
+                                | org.apache.kafka.common.errors.RebalanceInProgressException e) {
+                            commitOwed = true;
+                        }
                     }
                     assignment = consumer.assignment().stream().map(TopicPartition::partition)
                             .collect(Collectors.toUnmodifiableSet());
