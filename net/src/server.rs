@@ -885,7 +885,7 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                             },
                         }
                     })
-                    .detach()
+                    .detach();
                 }
                 Ok(stream) if shard.metrics.connections_open() >= shard.shared.config.connections_per_shard_max => {
                     // Over the limit: close at once (the client sees the
@@ -910,19 +910,9 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                     let Some(slot) = admit(&shard, &stream) else { continue };
                     let security = security.clone();
                     if matches!(kind, Listener::Kafka(_)) {
-                        let front = crate::kafka::Kafka(shard.clone());
-                        glommio::spawn_local(async move {
-                            serve_tcp(front, stream, security).await;
-                            drop(slot);
-                        })
-                        .detach()
+                        serve_in_slot(crate::kafka::Kafka(shard.clone()), stream, security, slot)
                     } else {
-                        let front = crate::native::Native(shard.clone());
-                        glommio::spawn_local(async move {
-                            serve_tcp(front, stream, security).await;
-                            drop(slot);
-                        })
-                        .detach()
+                        serve_in_slot(crate::native::Native(shard.clone()), stream, security, slot)
                     }
                 }
                 Err(err) => {
@@ -933,6 +923,21 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                 }
             };
         }
+    })
+    .detach();
+}
+
+/// Serves a client connection in a task that holds its address's slot
+/// until the connection ends.
+fn serve_in_slot<F: crate::wire::FrontEnd + 'static>(
+    front: F,
+    stream: TcpStream,
+    security: Security,
+    slot: crate::wire::connection_limits::Slot,
+) {
+    glommio::spawn_local(async move {
+        serve_tcp(front, stream, security).await;
+        drop(slot);
     })
     .detach();
 }
@@ -957,7 +962,7 @@ fn admit(shard: &Shard, stream: &TcpStream) -> Option<crate::wire::connection_li
         tracing::warn!(
             shard = shard.id,
             %ip,
-            limit = shard.shared.connection_limits.limit_of(ip),
+            limit = limits.limit_of(ip),
             "refusing a connection: its address has max.connections.per.ip open"
         );
     }

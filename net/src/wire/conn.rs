@@ -43,8 +43,6 @@ pub(crate) struct Security {
     pub tls: Option<std::sync::Arc<crate::security::tls::TlsServer>>,
 }
 
-/// Serves an accepted TCP connection: socket options, then the TLS
-/// handshake if its listener has TLS, then its frames.
 /// The server side of a TLS handshake on an accepted connection. A peer
 /// that opens a connection and stalls the handshake holds no more than a
 /// socket, and not for long (`TLS_HANDSHAKE_TIMEOUT_MS`).
@@ -61,6 +59,8 @@ pub(crate) async fn tls_handshake(
     }
 }
 
+/// Serves an accepted TCP connection: socket options, then the TLS
+/// handshake if its listener has TLS, then its frames.
 pub(crate) async fn serve_tcp<F: FrontEnd>(front: F, stream: TcpStream, security: Security) {
     let _ = stream.set_nodelay(true);
     // A peer that sends nothing for this long is dropped; a read that times
