@@ -128,8 +128,7 @@ pub(crate) async fn recover<S: Storage>(storage: &S, dir: &Path, config: &LogCon
     // Everything recovered is committed (the high watermark is the log
     // end), so no completed transaction is unstable: only the aborted list
     // is recovered.
-    let mut txns = crate::txn::TxnState::default();
-    txns.set_aborted(crate::txn::recover_aborted(storage, &segments, &recovered, gaps_below).await?);
+    let txns = crate::txn::recover_aborted(storage, &mut segments, &recovered, gaps_below).await?;
     let producers = recovered.table;
     if recovery_point > log_end_offset {
         // Only after a clean close, where the point plays no part (every

@@ -63,6 +63,9 @@ pub(crate) struct Segment<F> {
     pub roll_requested: bool,
     /// Written, synced, cut to size and indexed: immutable from now on.
     pub sealed: bool,
+    /// The entries of its `.txnindex` as last written (sealed segments:
+    /// their aborted transactions are read from there, `txn.rs`).
+    pub aborted_entries: usize,
 }
 
 impl<F: StorageFile> Segment<F> {
@@ -84,6 +87,7 @@ impl<F: StorageFile> Segment<F> {
             bytes_since_index_entry: 0,
             roll_requested: false,
             sealed: false,
+            aborted_entries: 0,
         }
     }
 

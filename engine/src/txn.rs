@@ -11,6 +11,13 @@
 //!   watermark: until it is, a consumer could see the data but not the
 //!   marker, so they still hold the last stable offset back.
 //!
+//! In memory are only the aborted transactions whose marker is in the
+//! active segment (or a rolled one not sealed yet): a sealed segment's live
+//! in its `.txnindex` file alone, read when a read_committed fetch or the
+//! cleaner reaches it, as Kafka reads its transaction indexes. A client that
+//! aborts transactions in a loop therefore costs the broker memory in
+//! proportion to one segment, not to the whole log.
+//!
 //! The aborted list persists as Kafka's `.txnindex`, one file beside each
 //! segment holding the entries whose abort marker is in that segment,
 //! written atomically when the segment is sealed, at close and after a
@@ -73,8 +80,12 @@ impl AbortedTxn {
 /// What the markers of a log left behind (module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TxnState {
-    /// Ascending by `last_offset` (markers are appended in offset order).
+    /// The aborted transactions whose marker is at or above
+    /// `resident_from`, ascending by `last_offset` (markers are appended in
+    /// offset order). Those below live in sealed segments' `.txnindex`.
     aborted: Vec<AbortedTxn>,
+    /// The base offset of the oldest segment whose entries are in memory.
+    resident_from: i64,
     /// (producer id, first offset, marker offset) of completed transactions
     /// whose marker is at or above the high watermark, ascending by marker
     /// offset.
@@ -127,7 +138,38 @@ impl TxnState {
         self.unstable.iter().filter(move |&&(_, _, marker)| marker >= offset).map(|&(id, first, _)| (id, first))
     }
 
-    /// The aborted transactions that may have records in
+    /// Entries whose marker is below this offset are not in memory: they
+    /// are in the `.txnindex` of the sealed segment holding the marker.
+    pub(crate) fn resident_from(&self) -> i64 {
+        self.resident_from
+    }
+
+    /// How many aborted transactions are held in memory.
+    pub(crate) fn resident_count(&self) -> usize {
+        self.aborted.len()
+    }
+
+    /// A segment ending at `offset` was sealed and its `.txnindex` written:
+    /// its entries leave memory.
+    pub(crate) fn evict_below(&mut self, offset: i64) {
+        self.aborted.retain(|txn| txn.last_offset >= offset);
+        self.resident_from = self.resident_from.max(offset);
+    }
+
+    /// The entries of the sealed segments from `offset` up to
+    /// `resident_from` come back into memory (a truncation into them
+    /// makes the cut segment the active one).
+    pub(crate) fn load_below(&mut self, offset: i64, mut entries: Vec<AbortedTxn>) {
+        assert!(offset <= self.resident_from, "entries come back below the resident ones");
+        assert!(
+            entries.iter().all(|txn| (offset..self.resident_from).contains(&txn.last_offset)),
+            "loaded entries are those of the segments below the resident ones"
+        );
+        entries.append(&mut self.aborted);
+        self.set_aborted(entries, offset);
+    }
+
+    /// The resident aborted transactions that may have records in
     /// `[start_offset, end_offset)`, ordered by first offset.
     pub(crate) fn aborted_between(&self, start_offset: i64, end_offset: i64) -> Vec<AbortedTxn> {
         let from = self.aborted.partition_point(|txn| txn.last_offset < start_offset);
@@ -144,10 +186,13 @@ impl TxnState {
         self.aborted[from..].iter().take_while(|txn| txn.last_offset < end_offset).copied().collect()
     }
 
-    /// Replaces the aborted transactions (recovery).
-    pub(crate) fn set_aborted(&mut self, aborted: Vec<AbortedTxn>) {
+    /// Replaces the resident aborted transactions: those whose marker is
+    /// at or above `resident_from` (recovery).
+    pub(crate) fn set_aborted(&mut self, aborted: Vec<AbortedTxn>, resident_from: i64) {
         assert!(aborted.windows(2).all(|pair| pair[0].last_offset < pair[1].last_offset), "markers in order");
+        assert!(aborted.iter().all(|txn| txn.last_offset >= resident_from), "only resident entries");
         self.aborted = aborted;
+        self.resident_from = resident_from;
     }
 
     /// The log was cut at `offset`: what a marker at or above it left
@@ -222,16 +267,20 @@ pub(crate) async fn write_index<S: Storage>(storage: &S, path: &Path, entries: &
 /// `.txnindex` files below `recovered.replayed_from`, then from the replay
 /// after it. A segment below it without a valid file gets its entries from
 /// a replay of the whole log, and its file written again if it is sealed.
+///
+/// Every segment but the active (last) one leaves with a valid `.txnindex`
+/// and its entry count in `aborted_entries`; the returned state holds the
+/// active segment's entries only.
 pub(crate) async fn recover_aborted<S: Storage>(
     storage: &S,
-    segments: &BTreeMap<i64, Segment<S::File>>,
+    segments: &mut BTreeMap<i64, Segment<S::File>>,
     recovered: &Recovered,
     gaps_below: i64,
-) -> Result<Vec<AbortedTxn>> {
+) -> Result<TxnState> {
     let replayed_from = recovered.replayed_from;
     let mut from_files: Vec<AbortedTxn> = Vec::new();
     let mut missing: Vec<(i64, i64)> = Vec::new();
-    let active_base = segments.keys().next_back().copied();
+    let active_base = segments.keys().next_back().copied().unwrap_or(0);
     for segment in segments.values().filter(|segment| segment.base_offset < replayed_from) {
         let (base, end) = (segment.base_offset, segment.next_offset);
         let bytes_max = (segment.written_bytes as usize / BATCH_HEADER_BYTES + 1) * TXN_INDEX_ENTRY_BYTES;
@@ -251,18 +300,47 @@ pub(crate) async fn recover_aborted<S: Storage>(
         rebuilt = aborted_of(&completed)
             .filter(|txn| txn.last_offset < replayed_from && in_missing(txn.last_offset))
             .collect();
-        for &(base, end) in missing.iter().filter(|&&(base, _)| Some(base) != active_base) {
-            let segment = &segments[&base];
-            let entries: Vec<AbortedTxn> =
-                rebuilt.iter().filter(|txn| (base..end).contains(&txn.last_offset)).copied().collect();
-            write_index(storage, &segment.txn_index_path(), &entries).await?;
-        }
     }
     let mut aborted = from_files;
     aborted.extend(rebuilt);
     aborted.sort_by_key(|txn| txn.last_offset);
     aborted.extend(aborted_of(&recovered.completed));
-    Ok(aborted)
+    // The sealed segments' entries go to their files and leave memory.
+    // Written again: a file found missing or damaged, and a segment
+    // reaching past the snapshot the replay started from (its file, if
+    // any, may predate markers the replay found).
+    for segment in segments.values_mut().filter(|segment| segment.base_offset < active_base) {
+        let (base, end) = (segment.base_offset, segment.next_offset);
+        let entries: Vec<AbortedTxn> =
+            aborted.iter().filter(|txn| (base..end).contains(&txn.last_offset)).copied().collect();
+        if end > replayed_from || missing.iter().any(|&(missing_base, _)| missing_base == base) {
+            write_index(storage, &segment.txn_index_path(), &entries).await?;
+        }
+        segment.aborted_entries = entries.len();
+    }
+    let mut state = TxnState::default();
+    state.set_aborted(aborted.into_iter().filter(|txn| txn.last_offset >= active_base).collect(), active_base);
+    Ok(state)
+}
+
+/// The entries of a sealed segment's `.txnindex`, which must be the
+/// `entries` its segment counts: anything else is corruption.
+pub(crate) async fn read_index<S: Storage>(
+    storage: &S,
+    path: &Path,
+    base_offset: i64,
+    end_offset: i64,
+    entries: usize,
+) -> Result<Vec<AbortedTxn>> {
+    let bytes_max = entries * TXN_INDEX_ENTRY_BYTES;
+    let bytes = read_file(storage, path, bytes_max)
+        .await
+        .map_err(|err| LogError::io("read", path, err))?
+        .ok_or_else(|| LogError::corruption(path, 0, "transaction index missing or longer than its segment counts"))?;
+    match decode_index(&bytes, base_offset, end_offset) {
+        Some(decoded) if decoded.len() == entries => Ok(decoded),
+        _ => Err(LogError::corruption(path, 0, format!("transaction index is not the {entries} entries written"))),
+    }
 }
 
 fn aborted_of(completed: &[CompletedTxn]) -> impl Iterator<Item = AbortedTxn> + '_ {

@@ -142,10 +142,10 @@ fn aborted_transactions_are_listed_by_first_offset_for_the_range_they_touch() {
         log.append_marker(marker(1, 0, false), 0).unwrap().durable().await.unwrap(); // 8
         let b = AbortedTxn { producer_id: 2, first_offset: 2, last_offset: 6, last_stable_offset: 0 };
         let a = AbortedTxn { producer_id: 1, first_offset: 0, last_offset: 8, last_stable_offset: 9 };
-        assert_eq!(log.aborted_transactions(0, 9), vec![a, b], "ordered by first offset");
-        assert_eq!(log.aborted_transactions(7, 9), vec![a], "b ended before 7");
-        assert_eq!(log.aborted_transactions(0, 2), vec![a], "b starts at 2");
-        assert_eq!(log.aborted_transactions(9, 20), vec![]);
+        assert_eq!(log.aborted_transactions(0, 9).await.unwrap(), vec![a, b], "ordered by first offset");
+        assert_eq!(log.aborted_transactions(7, 9).await.unwrap(), vec![a], "b ended before 7");
+        assert_eq!(log.aborted_transactions(0, 2).await.unwrap(), vec![a], "b starts at 2");
+        assert_eq!(log.aborted_transactions(9, 20).await.unwrap(), vec![]);
         assert!(log.ongoing_transactions().is_empty());
         assert_eq!(log.last_stable_offset(), 9);
         log.close().await.unwrap();
@@ -164,7 +164,7 @@ fn a_marker_for_a_producer_without_an_open_transaction_is_written_and_harmless()
         let resent = log.append_marker(marker(4, 0, false), 0).unwrap().durable().await.unwrap();
         let unknown = log.append_marker(marker(99, 0, true), 0).unwrap().durable().await.unwrap();
         assert_eq!((resent.base_offset, unknown.base_offset), (2, 3), "both are written");
-        assert_eq!(log.aborted_transactions(0, 10).len(), 1, "but add no aborted entry");
+        assert_eq!(log.aborted_transactions(0, 10).await.unwrap().len(), 1, "but add no aborted entry");
         assert_eq!(log.last_stable_offset(), 4);
         let stored = log.read(2, 1 << 20, ReadBound::HighWatermark).await.unwrap();
         let parsed: Vec<_> = stored.batches.iter().map(|b| batch::parse_control_batch(b).unwrap()).collect();
@@ -190,7 +190,10 @@ fn a_follower_learns_transactions_and_markers_from_its_leaders_batches() {
             follower.append_replica(BytesMut::from(&bytes[..])).unwrap().durable().await.unwrap();
         }
         assert_eq!(follower.ongoing_transactions(), leader.ongoing_transactions());
-        assert_eq!(follower.aborted_transactions(0, 100), leader.aborted_transactions(0, 100));
+        assert_eq!(
+            follower.aborted_transactions(0, 100).await.unwrap(),
+            leader.aborted_transactions(0, 100).await.unwrap()
+        );
         assert_eq!(follower.last_stable_offset(), 0, "its high watermark has not moved");
         follower.set_high_watermark(5);
         assert_eq!(follower.last_stable_offset(), leader.last_stable_offset());
@@ -227,7 +230,7 @@ async fn aborted_workload(log: &PartitionLog<SimStorage>) -> Vec<AbortedTxn> {
     }
     log.append_marker(marker(2, 0, false), 0).unwrap().durable().await.unwrap();
     log.append_marker(marker(3, 0, false), 0).unwrap().durable().await.unwrap();
-    log.aborted_transactions(0, i64::MAX)
+    log.aborted_transactions(0, i64::MAX).await.unwrap()
 }
 
 #[test]
@@ -251,9 +254,68 @@ fn aborted_transactions_and_open_ones_survive_seals_and_a_close() {
             .sum();
         assert_eq!(index_bytes, 3 * 34);
         let log = open(&storage, &rolling_config()).await;
-        assert_eq!(log.aborted_transactions(0, i64::MAX), aborted);
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), aborted);
         assert_eq!(log.ongoing_transactions(), ongoing);
         assert_eq!(log.last_stable_offset(), ongoing[0].1);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn aborted_transactions_of_sealed_segments_are_read_from_their_indexes_not_held_in_memory() {
+    run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &rolling_config()).await;
+        // Producer 100 opens a transaction first and aborts it last: every
+        // abort in between keeps the last stable offset at its first batch.
+        log.append_durable(big_txn_batch(100, 0, 0), 0).await.unwrap();
+        let long_first = 0;
+        // A client aborting in a loop, over many segments.
+        for producer in 1..=40i64 {
+            log.append_durable(big_txn_batch(producer, 0, 0), 0).await.unwrap();
+            log.append_marker(marker(producer, 0, false), 0).unwrap().durable().await.unwrap();
+        }
+        log.append_marker(marker(100, 0, false), 0).unwrap().durable().await.unwrap();
+        let long_last = log.log_end_offset() - 1;
+        assert!(log.segment_count() > 8, "{} segments", log.segment_count());
+        let all = log.aborted_transactions(0, i64::MAX).await.unwrap();
+        assert_eq!(all.len(), 41, "{all:?}");
+        // Only the unsealed segments' entries stay in memory (a 4 KiB
+        // segment holds at most two of these aborts).
+        let resident = log.aborted_transactions_resident();
+        assert!(resident <= 4, "{resident} aborted transactions held in memory");
+        // A fetch of the long transaction's first batch finds its abort,
+        // whose marker is many sealed segments later.
+        let first_fetch = log.aborted_transactions(long_first, long_first + 1).await.unwrap();
+        assert_eq!(
+            first_fetch,
+            vec![AbortedTxn {
+                producer_id: 100,
+                first_offset: 0,
+                last_offset: long_last,
+                last_stable_offset: long_last + 1
+            }]
+        );
+        // A fetch in the middle: the short transaction there and the long one.
+        let mid = all.iter().find(|txn| txn.producer_id == 20).copied().unwrap();
+        let mid_fetch = log.aborted_transactions(mid.first_offset, mid.last_offset + 1).await.unwrap();
+        assert_eq!(mid_fetch.iter().map(|txn| txn.producer_id).collect::<Vec<_>>(), vec![100, 20]);
+        // The same after a restart.
+        log.close().await.unwrap();
+        let log = open(&storage, &rolling_config()).await;
+        assert!(log.aborted_transactions_resident() <= 4);
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), all);
+        assert_eq!(log.aborted_transactions(long_first, long_first + 1).await.unwrap(), first_fetch);
+        // A truncation into a sealed segment keeps what is below the cut
+        // (its entries come back into memory with the cut segment).
+        let cut = mid.last_offset + 1;
+        assert_eq!(log.truncate_to(cut).await.unwrap(), cut);
+        let below: Vec<AbortedTxn> = all.iter().filter(|txn| txn.last_offset < cut).copied().collect();
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), below);
+        assert_eq!(log.ongoing_transactions(), vec![(100, long_first)], "its abort was cut away");
+        log.close().await.unwrap();
+        let log = open(&storage, &rolling_config()).await;
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), below);
         log.close().await.unwrap();
     });
 }
@@ -274,7 +336,7 @@ fn a_damaged_or_missing_txnindex_is_rebuilt_from_the_log() {
         assert!(storage.flip_bit(&full[0], 1, 0));
         storage.remove(&empty[0]).await.unwrap();
         let log = open(&storage, &rolling_config()).await;
-        assert_eq!(log.aborted_transactions(0, i64::MAX), aborted);
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), aborted);
         log.close().await.unwrap();
     });
 }
@@ -291,11 +353,11 @@ fn truncating_away_an_abort_marker_reopens_its_transaction_and_drops_its_entry()
         log.append_marker(marker(1, 0, false), 0).unwrap().durable().await.unwrap(); // 4
         log.append_durable(big_txn_batch(3, 0, 0), 0).await.unwrap(); // 5
         log.append_marker(marker(3, 0, true), 0).unwrap().durable().await.unwrap(); // 6
-        assert_eq!(log.aborted_transactions(0, 10).len(), 2);
+        assert_eq!(log.aborted_transactions(0, 10).await.unwrap().len(), 2);
         assert_eq!(log.last_stable_offset(), 7);
         assert_eq!(log.truncate_to(4).await.unwrap(), 4);
         assert_eq!(
-            log.aborted_transactions(0, 10),
+            log.aborted_transactions(0, 10).await.unwrap(),
             vec![AbortedTxn { producer_id: 2, first_offset: 1, last_offset: 2, last_stable_offset: 0 }]
         );
         assert_eq!(log.ongoing_transactions(), vec![(1, 0)], "its marker was cut: open again");
@@ -305,7 +367,7 @@ fn truncating_away_an_abort_marker_reopens_its_transaction_and_drops_its_entry()
         log.close().await.unwrap();
         let log = open(&storage, &rolling_config()).await;
         assert_eq!(log.ongoing_transactions(), vec![(1, 0)]);
-        assert_eq!(log.aborted_transactions(0, 10).len(), 1);
+        assert_eq!(log.aborted_transactions(0, 10).await.unwrap().len(), 1);
         log.append_marker(marker(1, 0, true), 0).unwrap().durable().await.unwrap();
         assert_eq!(log.last_stable_offset(), 5);
         log.close().await.unwrap();
@@ -323,18 +385,18 @@ fn retention_drops_aborted_entries_below_the_log_start_with_their_txnindex_files
             log.append_durable(big_txn_batch(producer, 0, 0), 0).await.unwrap();
             log.append_marker(marker(producer, 0, false), 0).unwrap().durable().await.unwrap();
         }
-        assert_eq!(log.aborted_transactions(0, i64::MAX).len(), 12);
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap().len(), 12);
         let outcome = log.enforce_retention(0).await.unwrap();
         assert!(outcome.segments_deleted > 0);
         let start = log.log_start_offset();
-        let kept = log.aborted_transactions(0, i64::MAX);
+        let kept = log.aborted_transactions(0, i64::MAX).await.unwrap();
         assert!(kept.iter().all(|txn| txn.last_offset >= start), "{kept:?} from {start}");
         assert_eq!(kept.len(), (12 - start / 2) as usize, "one per marker at or above the start");
         let indexes = storage.paths().into_iter().filter(|p| p.extension().is_some_and(|e| e == "txnindex")).count();
         assert_eq!(indexes, log.segment_count() - 1, "a .txnindex per sealed segment, none for the deleted ones");
         log.close().await.unwrap();
         let log = open(&storage, &config).await;
-        assert_eq!(log.aborted_transactions(0, i64::MAX), kept);
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), kept);
         log.close().await.unwrap();
     });
 }
@@ -351,12 +413,16 @@ fn a_power_loss_after_every_step_keeps_the_aborted_list_and_open_transactions() 
             if step % 2 == 1 {
                 log.append_marker(marker(producer, 0, step % 4 == 1), 0).unwrap().durable().await.unwrap();
             }
-            expected.push((log.aborted_transactions(0, i64::MAX), log.ongoing_transactions()));
+            expected.push((log.aborted_transactions(0, i64::MAX).await.unwrap(), log.ongoing_transactions()));
             // Acknowledged under durability `always`: a power loss now
             // keeps all of it.
             let crashed = storage.power_loss(CrashMode::DropUnsynced, TornSector::Zeros);
             let reopened = open(&crashed, &rolling_config()).await;
-            assert_eq!(reopened.aborted_transactions(0, i64::MAX), expected.last().unwrap().0, "step {step}");
+            assert_eq!(
+                reopened.aborted_transactions(0, i64::MAX).await.unwrap(),
+                expected.last().unwrap().0,
+                "step {step}"
+            );
             assert_eq!(reopened.ongoing_transactions(), expected.last().unwrap().1, "step {step}");
             drop(reopened);
         }

@@ -1355,22 +1355,28 @@ async fn fetch_partition(
 }
 
 async fn read_partition(log: &Log, offset: i64, bytes_max: usize, bound: ReadBound) -> ReadResult {
-    match log.read(offset, bytes_max, bound).await {
-        Ok(output) => ReadResult {
+    let read = async {
+        let output = log.read(offset, bytes_max, bound).await?;
+        let aborted = match (bound, output.batches.last()) {
+            // The transactions aborted with data from `offset` to the end
+            // of what was read. Without them the batches are not served: a
+            // read_committed consumer would take aborted records.
+            (ReadBound::LastStable, Some(last)) => {
+                let end = spate_engine::batch::peek_header(last).map_or(offset, |h| {
+                    h.base_offset.get().saturating_add(i64::from(h.last_offset_delta.get())).saturating_add(1)
+                });
+                log.aborted_transactions(offset, end).await?
+            }
+            _ => Vec::new(),
+        };
+        Ok::<_, LogError>((output, aborted))
+    };
+    match read.await {
+        Ok((output, aborted)) => ReadResult {
             error: ErrorCode::None,
             high_watermark: output.high_watermark,
             last_stable_offset: output.last_stable_offset,
-            aborted: match (bound, output.batches.last()) {
-                // The transactions aborted with data from `offset` to the
-                // end of what was read.
-                (ReadBound::LastStable, Some(last)) => {
-                    let end = spate_engine::batch::peek_header(last).map_or(offset, |h| {
-                        h.base_offset.get().saturating_add(i64::from(h.last_offset_delta.get())).saturating_add(1)
-                    });
-                    log.aborted_transactions(offset, end)
-                }
-                _ => Vec::new(),
-            },
+            aborted,
             log_start_offset: output.log_start_offset,
             log_end_offset: output.log_end_offset,
             batches: output.batches,

@@ -490,7 +490,11 @@ impl<S: Storage> PartitionLog<S> {
 
 impl<S: Storage> LogInner<S> {
     async fn clean_pass(&self, now_ms: i64) -> Result<CleanOutcome> {
-        let (views, first_dirty, gaps_below, truncations, aborted) = self.sealed_views();
+        let (views, first_dirty, gaps_below, truncations) = self.sealed_views();
+        let aborted = match (views.first(), views.last()) {
+            (Some(first), Some(last)) => AbortedRanges::new(&self.aborted_over(first.base, last.next_base).await?),
+            _ => AbortedRanges::default(),
+        };
         let mut outcome = CleanOutcome { clean_end_offset: first_dirty, ..Default::default() };
         let Some(last) = views.last() else { return Ok(outcome) };
         let mut throttle = Throttle::new(self.config().clean_bytes_per_sec);
@@ -527,8 +531,8 @@ impl<S: Storage> LogInner<S> {
     /// The sealed segments below the first unsealed one, and wholly below
     /// the last stable offset (Kafka never cleans an undecided
     /// transaction: whether its records stay is not known yet), oldest
-    /// first; with the aborted transactions over them.
-    fn sealed_views(&self) -> (Vec<SegmentView<S::File>>, i64, i64, u64, AbortedRanges) {
+    /// first.
+    fn sealed_views(&self) -> (Vec<SegmentView<S::File>>, i64, i64, u64) {
         let state = self.state.borrow();
         let last_stable_offset = state.last_stable_offset();
         let mut views = Vec::new();
@@ -549,11 +553,7 @@ impl<S: Storage> LogInner<S> {
                 dirty_start: segment.start_for(state.first_dirty_offset),
             });
         }
-        let aborted = match (views.first(), views.last()) {
-            (Some(first), Some(last)) => AbortedRanges::new(&state.txns.aborted_between(first.base, last.next_base)),
-            _ => AbortedRanges::default(),
-        };
-        (views, state.first_dirty_offset, state.gaps_below, state.truncations, aborted)
+        (views, state.first_dirty_offset, state.gaps_below, state.truncations)
     }
 
     /// Maps every key of `dirty` (first dirty offset to dirty end) but
@@ -774,7 +774,7 @@ impl<S: Storage> LogInner<S> {
     async fn commit_swap(
         &self,
         view: &SegmentView<S::File>,
-        segment: Segment<S::File>,
+        mut segment: Segment<S::File>,
         gaps_below: i64,
     ) -> Result<bool> {
         let permit = self.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed);
@@ -794,7 +794,11 @@ impl<S: Storage> LogInner<S> {
             self.fail(err.clone());
             return Err(err);
         }
-        self.state.borrow_mut().segments.insert(view.base, segment);
+        let mut state = self.state.borrow_mut();
+        // Markers stay: the segment's `.txnindex`, not rewritten, still
+        // counts for it.
+        segment.aborted_entries = state.segments.get(&view.base).map_or(0, |old| old.aborted_entries);
+        state.segments.insert(view.base, segment);
         Ok(true)
     }
 

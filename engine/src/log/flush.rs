@@ -371,6 +371,9 @@ impl<S: Storage> LogInner<S> {
         if plan.seal {
             self.persist_segment(file, plan.segment_base, plan.end_position).await?;
             self.write_pending_snapshot().await?;
+            // Only now: a recovery takes the entries below the snapshot
+            // from the file, which is complete.
+            self.evict_sealed_txns(plan.segment_base);
         }
         let (synced, seal) = (plan.sync, plan.seal);
         self.finish_cycle(plan, synced);

@@ -597,6 +597,10 @@ struct LogInner<S: Storage> {
     gaps_lock: Semaphore,
     wake: Rc<Notify>,
     flusher_done: RefCell<Option<oneshot::Receiver<()>>>,
+    /// The sealed segment's `.txnindex` a read needed last (base offset,
+    /// entries): a read_committed consumer catching up reads the same
+    /// segment's many fetches in a row. Bounded by one segment's entries.
+    txn_index_cache: RefCell<Option<(i64, Rc<Vec<AbortedTxn>>)>>,
 }
 
 impl<S: Storage> Drop for LogInner<S> {
@@ -658,6 +662,7 @@ impl<S: Storage> PartitionLog<S> {
             gaps_lock: Semaphore::new(1),
             wake: Rc::new(Notify::default()),
             flusher_done: RefCell::new(None),
+            txn_index_cache: RefCell::new(None),
         });
         let (done_tx, done_rx) = oneshot::channel();
         *inner.flusher_done.borrow_mut() = Some(done_rx);
@@ -720,9 +725,18 @@ impl<S: Storage> PartitionLog<S> {
     /// The aborted transactions that may have records in
     /// `[start_offset, end_offset)` (last offset >= start, first offset <
     /// end), ordered by first offset: what a read_committed fetch returns
-    /// beside its batches.
-    pub fn aborted_transactions(&self, start_offset: i64, end_offset: i64) -> Vec<AbortedTxn> {
-        self.inner.state.borrow().txns.aborted_between(start_offset, end_offset)
+    /// beside its batches. Those of sealed segments are read from their
+    /// `.txnindex` files (`txn.rs`). A segment that retention or a
+    /// truncation removed while this ran is `OffsetOutOfRange` or
+    /// `Truncating` (retriable), never a shorter list.
+    pub async fn aborted_transactions(&self, start_offset: i64, end_offset: i64) -> Result<Vec<AbortedTxn>> {
+        self.inner.aborted_over(start_offset, end_offset).await
+    }
+
+    /// How many aborted transactions the log holds in memory: those whose
+    /// marker is in a segment not sealed yet.
+    pub fn aborted_transactions_resident(&self) -> usize {
+        self.inner.state.borrow().txns.resident_count()
     }
 
     /// (producer id, first offset) of every open transaction, oldest first
@@ -1535,7 +1549,136 @@ impl<S: Storage> LogInner<S> {
             let segment = &state.segments[&segment_base];
             (segment.txn_index_path(), state.txns.aborted_in(segment_base, segment.next_offset))
         };
-        crate::txn::write_index(&self.storage, &path, &entries).await
+        crate::txn::write_index(&self.storage, &path, &entries).await?;
+        if let Some(segment) = self.state.borrow_mut().segments.get_mut(&segment_base) {
+            segment.aborted_entries = entries.len();
+        }
+        Ok(())
+    }
+
+    /// A segment was sealed, its `.txnindex` written with it: its aborted
+    /// transactions leave memory (reads find them in the file).
+    pub(crate) fn evict_sealed_txns(&self, segment_base: i64) {
+        let mut state = self.state.borrow_mut();
+        let next_offset = state.segments[&segment_base].next_offset;
+        state.txns.evict_below(next_offset);
+    }
+
+    /// `PartitionLog::aborted_transactions`: the resident entries, and
+    /// those of the sealed segments' `.txnindex` files from the segment
+    /// holding `start_offset` on, until an entry shows that no transaction
+    /// begun below `end_offset` was still open at its marker (its last
+    /// stable offset is at or past `end_offset`: Kafka's `isComplete`), so
+    /// a fetch near the end of the log reads no file.
+    pub(crate) async fn aborted_over(&self, start_offset: i64, end_offset: i64) -> Result<Vec<AbortedTxn>> {
+        // One look at the state: a seal in between moves entries from
+        // memory to a file this list would not hold.
+        let (sealed, mut found, log_start_offset) = {
+            let state = self.state.borrow();
+            let resident_from = state.txns.resident_from();
+            let sealed: Vec<(i64, i64, usize, PathBuf)> = state
+                .segments
+                .values()
+                .filter(|segment| {
+                    segment.base_offset < resident_from
+                        && segment.next_offset > start_offset
+                        && segment.aborted_entries > 0
+                })
+                .map(|segment| {
+                    (segment.base_offset, segment.next_offset, segment.aborted_entries, segment.txn_index_path())
+                })
+                .collect();
+            (sealed, state.txns.aborted_between(start_offset, end_offset), state.log_start_offset)
+        };
+        // Transactions wholly below the log start went with their records
+        // (a start moved into a segment leaves its file as it was).
+        let start_offset = start_offset.max(log_start_offset);
+        'segments: for (base_offset, next_offset, entries, path) in sealed {
+            let index = self.sealed_txn_index(base_offset, next_offset, entries, &path, start_offset).await?;
+            for txn in index.iter().filter(|txn| txn.last_offset >= start_offset) {
+                if txn.first_offset < end_offset {
+                    found.push(*txn);
+                }
+                if txn.last_stable_offset >= end_offset {
+                    break 'segments;
+                }
+            }
+        }
+        found.sort_by_key(|txn| (txn.first_offset, txn.last_offset));
+        Ok(found)
+    }
+
+    /// A sealed segment's `.txnindex` entries, from the one-segment cache
+    /// or its file.
+    async fn sealed_txn_index(
+        &self,
+        base_offset: i64,
+        next_offset: i64,
+        entries: usize,
+        path: &Path,
+        start_offset: i64,
+    ) -> Result<Rc<Vec<AbortedTxn>>> {
+        if let Some((cached_base, index)) = self.txn_index_cache.borrow().as_ref()
+            && *cached_base == base_offset
+            && index.len() == entries
+        {
+            return Ok(index.clone());
+        }
+        match crate::txn::read_index(&self.storage, path, base_offset, next_offset, entries).await {
+            Ok(index) => {
+                let index = Rc::new(index);
+                *self.txn_index_cache.borrow_mut() = Some((base_offset, index.clone()));
+                Ok(index)
+            }
+            Err(err) => {
+                let state = self.state.borrow();
+                let unchanged = base_offset < state.txns.resident_from()
+                    && state.segments.get(&base_offset).is_some_and(|segment| {
+                        segment.next_offset == next_offset && segment.aborted_entries == entries
+                    });
+                if unchanged {
+                    Err(err)
+                } else if start_offset < state.log_start_offset {
+                    // Retention took the segment meanwhile.
+                    Err(LogError::OffsetOutOfRange {
+                        requested: start_offset,
+                        log_start_offset: state.log_start_offset,
+                        log_end_offset: state.log_end_offset,
+                    })
+                } else {
+                    // A truncation rewrote it meanwhile: ask again.
+                    Err(LogError::Truncating)
+                }
+            }
+        }
+    }
+
+    /// Brings the aborted transactions of the sealed segments from
+    /// `segment_base` on back into memory: a truncation into them makes the
+    /// cut segment the active one.
+    async fn load_sealed_txns_from(&self, segment_base: i64) -> Result<()> {
+        let sealed: Vec<(i64, i64, usize, PathBuf)> = {
+            let state = self.state.borrow();
+            let resident_from = state.txns.resident_from();
+            state
+                .segments
+                .range(segment_base..resident_from.max(segment_base))
+                .map(|(_, segment)| segment)
+                .filter(|segment| segment.aborted_entries > 0)
+                .map(|segment| {
+                    (segment.base_offset, segment.next_offset, segment.aborted_entries, segment.txn_index_path())
+                })
+                .collect()
+        };
+        let mut loaded = Vec::new();
+        for (base_offset, next_offset, entries, path) in sealed {
+            loaded.extend(crate::txn::read_index(&self.storage, &path, base_offset, next_offset, entries).await?);
+        }
+        let mut state = self.state.borrow_mut();
+        if segment_base < state.txns.resident_from() {
+            state.txns.load_below(segment_base, loaded);
+        }
+        Ok(())
     }
 
     async fn read_from_segments(&self, offset: i64, offset_end: i64, bytes_max: usize) -> Result<Vec<Bytes>> {
@@ -1711,6 +1854,7 @@ impl<S: Storage> LogInner<S> {
             state.txns = TxnState::default();
             state.check_offsets();
         }
+        *self.txn_index_cache.borrow_mut() = None;
         self.cache.remove_below(self.log_id, offset);
         self.cache.remove_from(self.log_id, offset);
         self.lower_gaps_below(offset).await?;
@@ -1761,6 +1905,11 @@ impl<S: Storage> LogInner<S> {
             self.restart_empty_at(log_start_offset).await?;
             return Ok(log_start_offset);
         }
+        // The cut segment becomes the active one, whose aborted
+        // transactions are kept in memory; the rebuild below also needs
+        // those of the later segments, whose files go now.
+        *self.txn_index_cache.borrow_mut() = None;
+        self.load_sealed_txns_from(segment_base).await?;
         self.lower_recovery_point(new_end).await?;
         // Everything after the cut: later segments go, this one shrinks.
         let later: Vec<Segment<S::File>> = {
