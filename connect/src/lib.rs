@@ -1,1 +1,36 @@
-//! Spate Connect: source and sink connectors and their workers over spate-client, in the shape of Kafka Connect.
+//! Spate Connect: source and sink connectors and their workers over
+//! spate-client, in the shape of Kafka Connect.
+//!
+//! - [`connector`]: the connector and task traits.
+//! - [`converter`]: StringConverter, ByteArrayConverter, JsonConverter.
+//! - [`file`]: FileStreamSource and FileStreamSink.
+//! - [`worker`]: the standalone worker (offsets in a local file).
+
+pub mod config;
+pub mod connector;
+pub mod converter;
+pub mod data;
+pub mod error;
+pub mod file;
+pub mod limits;
+pub mod offsets;
+pub mod plugins;
+pub mod props;
+pub mod record;
+pub mod worker;
+
+pub use error::{ConnectError, Result};
+pub use props::Props;
+
+/// The version the REST API and `connector-plugins` report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A fresh directory under the workspace's target/tmp for a unit test.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/connect-unit").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    #[allow(clippy::expect_used)]
+    std::fs::create_dir_all(&dir).expect("test dir");
+    dir
+}

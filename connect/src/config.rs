@@ -1,0 +1,177 @@
+//! The worker's configuration, from Kafka's standalone worker keys.
+
+use std::path::PathBuf;
+
+use crate::converter::{converter_for, with_prefix};
+use crate::error::{ConnectError, Result};
+use crate::props::Props;
+
+/// Kafka's default `offset.flush.interval.ms`.
+pub const OFFSET_FLUSH_INTERVAL_MS_DEFAULT: u64 = 60_000;
+/// Kafka Connect's REST port.
+pub const REST_PORT_DEFAULT: u16 = 8083;
+/// Kafka's consumer default `session.timeout.ms`.
+pub const CONSUMER_SESSION_TIMEOUT_MS_DEFAULT: u64 = 45_000;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Spate brokers' native addresses (host:port).
+    pub bootstrap_servers: Vec<String>,
+    pub key_converter: String,
+    pub value_converter: String,
+    /// The worker's keys, for converter settings (`key.converter.*`).
+    pub props: Props,
+    pub offset_storage_file: PathBuf,
+    pub offset_flush_interval_ms: u64,
+    /// Where the REST API listens: host (empty: every interface) and port.
+    pub rest_host: String,
+    pub rest_port: u16,
+    /// `consumer.session.timeout.ms`: how long a sink's group keeps a
+    /// member that stopped heartbeating (a killed worker) before its
+    /// partitions move.
+    pub consumer_session_timeout_ms: u64,
+    /// Keys the worker does not use, for one warning.
+    pub unknown_keys: Vec<String>,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "key.converter",
+    "value.converter",
+    "offset.storage.file.filename",
+    "offset.flush.interval.ms",
+    "listeners",
+    "rest.port",
+    "rest.host.name",
+    // The file connectors are built in; Kafka's quickstart sets plugin.path
+    // to find their jar, which Spate does not need.
+    "plugin.path",
+    "consumer.session.timeout.ms",
+];
+
+fn number<T: std::str::FromStr>(props: &Props, key: &str) -> Result<Option<T>> {
+    props
+        .get(key)
+        .map(|value| {
+            value
+                .trim()
+                .parse::<T>()
+                .map_err(|_| ConnectError::Config(format!("{key} must be a number, not {value:?}")))
+        })
+        .transpose()
+}
+
+fn required<'a>(props: &'a Props, key: &str) -> Result<&'a str> {
+    props.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()).ok_or_else(|| {
+        ConnectError::Config(format!("Missing required configuration \"{key}\" which has no default value."))
+    })
+}
+
+/// `http://host:port` (scheme any case, host may be empty) from `listeners`.
+fn parse_listener(listeners: &str) -> Result<(String, u16)> {
+    let first = listeners.split(',').map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let bad = || ConnectError::Config(format!("listeners must be http://host:port, not {listeners:?}"));
+    let (scheme, rest) = first.split_once("://").ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(ConnectError::Config(format!("listeners: only http is supported yet, not {scheme}")));
+    }
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+impl WorkerConfig {
+    pub fn from_props(props: &Props) -> Result<WorkerConfig> {
+        let bootstrap_servers: Vec<String> = props
+            .get("bootstrap.servers")
+            .map_or("localhost:9400", String::as_str)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            // Kafka accepts PLAINTEXT://host:port too.
+            .map(|s| s.split_once("://").map_or(s, |(_, addr)| addr).to_string())
+            .collect();
+        if bootstrap_servers.is_empty() {
+            return Err(ConnectError::Config("bootstrap.servers names no broker".into()));
+        }
+        let key_converter = required(props, "key.converter")?.to_string();
+        let value_converter = required(props, "value.converter")?.to_string();
+        converter_for(&key_converter, &with_prefix(props, "key.converter"))?;
+        converter_for(&value_converter, &with_prefix(props, "value.converter"))?;
+        let offset_storage_file = PathBuf::from(required(props, "offset.storage.file.filename")?);
+        let offset_flush_interval_ms =
+            number::<u64>(props, "offset.flush.interval.ms")?.unwrap_or(OFFSET_FLUSH_INTERVAL_MS_DEFAULT);
+        if offset_flush_interval_ms == 0 {
+            return Err(ConnectError::Config("offset.flush.interval.ms must be positive".into()));
+        }
+        let (rest_host, rest_port) = match props.get("listeners").filter(|l| !l.trim().is_empty()) {
+            Some(listeners) => parse_listener(listeners)?,
+            None => (
+                props.get("rest.host.name").cloned().unwrap_or_default(),
+                number::<u16>(props, "rest.port")?.unwrap_or(REST_PORT_DEFAULT),
+            ),
+        };
+        let consumer_session_timeout_ms =
+            number::<u64>(props, "consumer.session.timeout.ms")?.unwrap_or(CONSUMER_SESSION_TIMEOUT_MS_DEFAULT);
+        let unknown_keys = props
+            .keys()
+            .filter(|key| {
+                !KNOWN_KEYS.contains(&key.as_str())
+                    && !key.starts_with("key.converter.")
+                    && !key.starts_with("value.converter.")
+            })
+            .cloned()
+            .collect();
+        Ok(WorkerConfig {
+            bootstrap_servers,
+            key_converter,
+            value_converter,
+            props: props.clone(),
+            offset_storage_file,
+            offset_flush_interval_ms,
+            rest_host,
+            rest_port,
+            consumer_session_timeout_ms,
+            unknown_keys,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::props::parse;
+
+    #[test]
+    fn kafkas_sample_worker_config_is_read_with_defaults_and_unknown_keys_listed() {
+        let props = parse(
+            "bootstrap.servers=localhost:9400\nkey.converter=org.apache.kafka.connect.json.JsonConverter\n\
+             value.converter=org.apache.kafka.connect.json.JsonConverter\nkey.converter.schemas.enable=true\n\
+             value.converter.schemas.enable=true\noffset.storage.file.filename=/tmp/connect.offsets\n\
+             offset.flush.interval.ms=10000\nplugin.path=libs/connect-file-3.9.0.jar\ngroup.id=x\nproducer.acks=1\n",
+        )
+        .expect("parse");
+        let config = WorkerConfig::from_props(&props).expect("valid");
+        assert_eq!(config.bootstrap_servers, ["localhost:9400"]);
+        assert_eq!(config.offset_flush_interval_ms, 10_000);
+        assert_eq!((config.rest_host.as_str(), config.rest_port), ("", 8083));
+        assert_eq!(config.unknown_keys, ["group.id", "producer.acks"]);
+    }
+
+    #[test]
+    fn listeners_and_bad_values_are_parsed_or_refused_clearly() {
+        let base = "key.converter=StringConverter\nvalue.converter=StringConverter\noffset.storage.file.filename=o\n";
+        let with = |extra: &str| WorkerConfig::from_props(&parse(&format!("{base}{extra}")).expect("parse"));
+        let config = with("listeners=HTTP://127.0.0.1:18083\nbootstrap.servers=PLAINTEXT://a:1, b:2").expect("valid");
+        assert_eq!((config.rest_host.as_str(), config.rest_port), ("127.0.0.1", 18083));
+        assert_eq!(config.bootstrap_servers, ["a:1", "b:2"]);
+        assert_eq!(with("listeners=http://:9999").expect("valid").rest_port, 9999);
+        assert_eq!(with("rest.port=8084").expect("valid").rest_port, 8084);
+        for bad in ["listeners=https://:8443", "listeners=8083", "offset.flush.interval.ms=soon", "key.converter=Avro"]
+        {
+            assert!(matches!(with(bad), Err(ConnectError::Config(_))), "{bad}");
+        }
+        let missing = WorkerConfig::from_props(&parse("key.converter=StringConverter").expect("parse"));
+        assert!(matches!(missing, Err(ConnectError::Config(why)) if why.contains("value.converter")));
+    }
+}

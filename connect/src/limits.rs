@@ -1,0 +1,38 @@
+//! Every limit of the Connect runtime, with its reason.
+
+/// The largest REST request body: a connector config is a few kilobytes;
+/// a megabyte leaves room for generous ones and keeps a hostile client from
+/// making the worker buffer gigabytes.
+pub const REST_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// The largest properties file the worker reads (worker or connector
+/// config): far above any real one, and a bound on what a mistaken path
+/// (a log file, a device) can make the worker read.
+pub const PROPERTIES_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The largest standalone offsets file read at start: each source partition
+/// takes a line of JSON; this is room for hundreds of thousands.
+pub const OFFSETS_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// How many bytes the file source reads from its file per read call.
+pub const FILE_SOURCE_READ_BYTES: usize = 64 * 1024;
+
+/// The longest line the file source buffers before it emits what it has as
+/// a record: a file without newlines must not grow the buffer without end.
+pub const FILE_SOURCE_LINE_BYTES_MAX: usize = 1024 * 1024;
+
+/// How long a source or sink task waits before polling again when it has
+/// nothing (or is paused); short enough that pause, resume and stop are
+/// seen at once by a person.
+pub const TASK_IDLE_WAIT_MS: u64 = 100;
+
+/// How long the file source waits for more data at the end of its file,
+/// as Kafka's FileStreamSourceTask waits (1 s there; less here, so a
+/// quickstart feels immediate).
+pub const FILE_SOURCE_EOF_WAIT_MS: u64 = 250;
+
+/// The sink's consumer poll timeout: a stop or pause waits at most this.
+pub const SINK_POLL_MS: u64 = 200;
+
+const _: () = assert!(FILE_SOURCE_READ_BYTES <= FILE_SOURCE_LINE_BYTES_MAX);
+const _: () = assert!(SINK_POLL_MS < 1000 && TASK_IDLE_WAIT_MS < 1000);

@@ -1,0 +1,999 @@
+//! The standalone worker (Kafka's `ConnectStandalone` with its
+//! `StandaloneHerder`): it runs connectors and their tasks in this
+//! process, each task on a thread of its own, stores source offsets in a
+//! local file, and is driven by connector configs given at start and by the
+//! REST API.
+//!
+//! Delivery is at-least-once. A source record's offset is stored only
+//! after the cluster acknowledged it and every record before it; a sink
+//! partition's consumer offset is committed only after the sink task
+//! flushed every record below it. A worker killed in between sends (or
+//! writes) those records again when it restarts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use spate_client::{
+    Admin, AutoOffsetReset, Client, ClientConfig, ClientError, ErrorCode, GroupConfig, GroupConsumer, Producer,
+    ProducerConfig, ProducerRecord, TopicPartition,
+};
+use tokio::runtime::Handle;
+
+use crate::config::WorkerConfig;
+use crate::connector::{
+    ConfigKey, ConfigReport, ConfigType, Importance, OffsetStorageReader, SinkTask, SourceTask, validate_against,
+};
+use crate::converter::{Converter, converter_for, with_prefix};
+use crate::error::{ConnectError, Result};
+use crate::limits::{SINK_POLL_MS, TASK_IDLE_WAIT_MS};
+use crate::offsets::OffsetStore;
+use crate::plugins::{self, AnyConnector, ConnectorType, Plugin};
+use crate::props::Props;
+use crate::record::{ConnectRecord, Header, SinkRecord, SourceOffset, SourcePartition};
+
+/// How long stopping a task waits for its thread (Kafka's
+/// task.shutdown.graceful.timeout.ms): a source blocked reading stdin
+/// cannot be interrupted, and must not hold up the worker's shutdown.
+const TASK_SHUTDOWN_GRACEFUL_TIMEOUT_MS: u64 = 5_000;
+
+/// A connector's or task's state, as Kafka's REST API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    Unassigned,
+    Running,
+    Paused,
+    Failed,
+    Restarting,
+}
+
+#[derive(Debug)]
+struct TaskControl {
+    stop: AtomicBool,
+    paused: AtomicBool,
+    status: Mutex<(State, Option<String>)>,
+    done: Mutex<bool>,
+    done_signal: Condvar,
+}
+
+impl TaskControl {
+    fn new(paused: bool) -> Arc<TaskControl> {
+        Arc::new(TaskControl {
+            stop: AtomicBool::new(false),
+            paused: AtomicBool::new(paused),
+            status: Mutex::new((State::Unassigned, None)),
+            done: Mutex::new(false),
+            done_signal: Condvar::new(),
+        })
+    }
+
+    fn set(&self, state: State, trace: Option<String>) {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = (state, trace);
+    }
+
+    fn status(&self) -> (State, Option<String>) {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Waits, while paused, showing PAUSED; returns false once stopping.
+    fn wait_while_paused(&self) -> bool {
+        if !self.paused.load(Ordering::Acquire) {
+            return !self.stopping();
+        }
+        self.set(State::Paused, None);
+        while self.paused.load(Ordering::Acquire) && !self.stopping() {
+            std::thread::sleep(Duration::from_millis(TASK_IDLE_WAIT_MS));
+        }
+        if !self.stopping() {
+            self.set(State::Running, None);
+        }
+        !self.stopping()
+    }
+
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.done_signal.notify_all();
+    }
+
+    /// Asks the task to stop and waits for it (bounded).
+    fn stop_and_wait(&self, connector: &str, id: usize) {
+        self.stop.store(true, Ordering::Release);
+        let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let timeout = Duration::from_millis(TASK_SHUTDOWN_GRACEFUL_TIMEOUT_MS);
+        let (done, _) =
+            self.done_signal.wait_timeout_while(done, timeout, |done| !*done).unwrap_or_else(PoisonError::into_inner);
+        if !*done {
+            tracing::warn!(
+                connector,
+                task = id,
+                "task did not stop within {TASK_SHUTDOWN_GRACEFUL_TIMEOUT_MS} ms; left behind"
+            );
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ConnectorEntry {
+    config: Props,
+    plugin: &'static Plugin,
+    connector: AnyConnector,
+    paused: bool,
+    /// Why the connector itself failed to start, if it did.
+    failure: Option<String>,
+    task_configs: Vec<Props>,
+    tasks: Vec<Arc<TaskControl>>,
+}
+
+/// Kafka's ConnectorInfo: `GET /connectors/{name}`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConnectorInfo {
+    pub name: String,
+    pub config: Props,
+    pub tasks: Vec<TaskId>,
+    #[serde(rename = "type")]
+    pub connector_type: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TaskId {
+    pub connector: String,
+    pub task: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StateInfo {
+    pub state: State,
+    pub worker_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskState {
+    pub id: usize,
+    #[serde(flatten)]
+    pub state: StateInfo,
+}
+
+/// Kafka's ConnectorStateInfo: `GET /connectors/{name}/status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConnectorStatus {
+    pub name: String,
+    pub connector: StateInfo,
+    pub tasks: Vec<TaskState>,
+    #[serde(rename = "type")]
+    pub connector_type: &'static str,
+}
+
+/// One entry of `GET /connectors/{name}/tasks`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskInfo {
+    pub id: TaskId,
+    pub config: Props,
+}
+
+/// Kafka's ConfigInfos: the answer of `config/validate`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConfigInfos {
+    pub name: String,
+    pub error_count: usize,
+    pub groups: Vec<String>,
+    pub configs: Vec<ConfigInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConfigInfo {
+    pub definition: ConfigDefinition,
+    pub value: ConfigValueInfo,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConfigDefinition {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub config_type: &'static str,
+    pub required: bool,
+    pub default_value: Option<String>,
+    pub importance: &'static str,
+    pub documentation: String,
+    pub group: String,
+    pub order_in_group: usize,
+    pub width: &'static str,
+    pub display_name: String,
+    pub dependents: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConfigValueInfo {
+    pub name: String,
+    pub value: Option<String>,
+    pub recommended_values: Vec<String>,
+    pub errors: Vec<String>,
+    pub visible: bool,
+}
+
+/// A connector plugin as `GET /connector-plugins` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PluginInfo {
+    pub class: &'static str,
+    #[serde(rename = "type")]
+    pub connector_type: &'static str,
+    pub version: String,
+}
+
+struct Shared {
+    config: WorkerConfig,
+    handle: Handle,
+    client: Client,
+    producer: Producer,
+    offsets: OffsetStore,
+    worker_id: String,
+    connectors: Mutex<BTreeMap<String, ConnectorEntry>>,
+    /// Topics known to exist (created if they were not).
+    topics: Mutex<BTreeSet<String>>,
+    shutting_down: AtomicBool,
+}
+
+/// The standalone worker. Its methods block (they start and stop task
+/// threads): call them off the async runtime (`spawn_blocking`).
+#[derive(Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("worker_id", &self.shared.worker_id).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn common_keys(connector_type: Option<ConnectorType>) -> Vec<ConfigKey> {
+    let key = |name, config_type, default, documentation| ConfigKey {
+        name,
+        config_type,
+        default,
+        importance: Importance::High,
+        documentation,
+        group: "Common",
+    };
+    let mut keys = vec![
+        key("name", ConfigType::String, None, "Globally unique name to use for this connector."),
+        key("connector.class", ConfigType::String, None, "Name or alias of the class for this connector."),
+        key("tasks.max", ConfigType::Int, Some("1"), "Maximum number of tasks to use for this connector."),
+        key(
+            "key.converter",
+            ConfigType::Class,
+            Some(""),
+            "Converter class used to convert between Kafka Connect format and the serialized form that is written to Kafka.",
+        ),
+        key(
+            "value.converter",
+            ConfigType::Class,
+            Some(""),
+            "Converter class used to convert between Kafka Connect format and the serialized form that is written to Kafka.",
+        ),
+        key(
+            "transforms",
+            ConfigType::List,
+            Some(""),
+            "Aliases for the transformations to be applied to records (not supported yet).",
+        ),
+    ];
+    if connector_type == Some(ConnectorType::Sink) {
+        keys.push(key("topics", ConfigType::List, Some(""), "List of topics to consume, separated by commas"));
+        keys.push(key(
+            "topics.regex",
+            ConfigType::String,
+            Some(""),
+            "Regular expression giving topics to consume (not supported yet).",
+        ));
+    }
+    keys
+}
+
+fn topics_of(props: &Props) -> Vec<String> {
+    props
+        .get("topics")
+        .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn tasks_max(props: &Props) -> Result<usize> {
+    match props.get("tasks.max").map(|v| v.trim().parse::<usize>()) {
+        None => Ok(1),
+        Some(Ok(n)) if n >= 1 => Ok(n),
+        Some(_) => Err(ConnectError::Config(format!(
+            "Invalid value {} for configuration tasks.max: Value must be at least 1",
+            props.get("tasks.max").map_or("", String::as_str)
+        ))),
+    }
+}
+
+/// The common keys' own rules, beyond presence and type.
+fn check_common(report: &mut ConfigReport, props: &Props, connector_type: Option<ConnectorType>) {
+    let value = report.value.as_deref().unwrap_or("").trim();
+    match report.key.name {
+        "name" if report.value.is_some() && value.is_empty() => {
+            report.errors.push("Connector name must not be empty".into());
+        }
+        "connector.class" if report.value.is_some() && connector_type.is_none() => report.errors.push(format!(
+            "Failed to find any class that implements Connector and which name matches {value}, available connectors are: {}",
+            plugins::plugins().iter().map(|p| p.class).collect::<Vec<_>>().join(", ")
+        )),
+        "tasks.max" => {
+            if let Err(error) = tasks_max(props) {
+                report.errors.push(error.to_string());
+            }
+        }
+        "key.converter" | "value.converter" if !value.is_empty() => {
+            let settings = with_prefix(props, report.key.name);
+            if let Err(error) = converter_for(value, &settings) {
+                report.errors.push(error.to_string());
+            }
+        }
+        "transforms" if !value.is_empty() => {
+            report.errors.push("single message transforms are not supported by Spate Connect yet".into());
+        }
+        "topics" if topics_of(props).is_empty() && props.get("topics.regex").is_none_or(|r| r.trim().is_empty()) => {
+            report.errors.push("Must configure one of topics or topics.regex".into());
+        }
+        "topics.regex" if !value.is_empty() => {
+            report.errors.push("topics.regex is not supported by Spate Connect yet; list the topics in topics".into());
+        }
+        _ => {}
+    }
+}
+
+/// Validates a connector config as `config/validate` does.
+pub fn validate(props: &Props) -> ConfigInfos {
+    let plugin = props.get("connector.class").and_then(|c| plugins::find(c));
+    let connector_type = plugin.map(|p| p.connector_type);
+    let mut reports = validate_against(&common_keys(connector_type), props);
+    for report in &mut reports {
+        if report.errors.is_empty() {
+            check_common(report, props, connector_type);
+        }
+    }
+    if let Some(plugin) = plugin {
+        reports.extend(plugin.instantiate().as_connector().validate(props));
+    }
+    let mut groups: Vec<String> = Vec::new();
+    let configs = reports
+        .into_iter()
+        .map(|report| {
+            if !groups.iter().any(|g| g == report.key.group) {
+                groups.push(report.key.group.to_string());
+            }
+            let order_in_group = groups.iter().position(|g| g == report.key.group).unwrap_or(0) + 1;
+            ConfigInfo {
+                definition: ConfigDefinition {
+                    name: report.key.name.to_string(),
+                    config_type: report.key.config_type.name(),
+                    required: report.key.required(),
+                    default_value: report.key.default.filter(|d| !d.is_empty()).map(str::to_string),
+                    importance: report.key.importance.name(),
+                    documentation: report.key.documentation.to_string(),
+                    group: report.key.group.to_string(),
+                    order_in_group,
+                    width: "NONE",
+                    display_name: report.key.name.to_string(),
+                    dependents: Vec::new(),
+                },
+                value: ConfigValueInfo {
+                    name: report.key.name.to_string(),
+                    value: report.value,
+                    recommended_values: Vec::new(),
+                    errors: report.errors,
+                    visible: true,
+                },
+            }
+        })
+        .collect::<Vec<_>>();
+    let name = plugin
+        .map(|p| p.class.rsplit('.').next().unwrap_or(p.class).to_string())
+        .or_else(|| props.get("connector.class").cloned())
+        .unwrap_or_default();
+    ConfigInfos { name, error_count: configs.iter().map(|c| c.value.errors.len()).sum(), groups, configs }
+}
+
+/// The connector's errors as one message, as Kafka words it.
+fn invalid_config_message(infos: &ConfigInfos) -> String {
+    let errors: Vec<String> = infos
+        .configs
+        .iter()
+        .flat_map(|c| c.value.errors.iter().map(move |e| format!("{}: {e}", c.definition.name)))
+        .collect();
+    format!(
+        "Connector configuration is invalid and contains the following {} error(s):\n{}\nYou can also find the above list of errors at the endpoint `/connector-plugins/{{connectorType}}/config/validate`",
+        errors.len(),
+        errors.join("\n")
+    )
+}
+
+struct StoreReader<'a> {
+    store: &'a OffsetStore,
+    connector: &'a str,
+}
+
+impl OffsetStorageReader for StoreReader<'_> {
+    fn offset(&self, partition: &SourcePartition) -> Option<SourceOffset> {
+        self.store.get(self.connector, partition)
+    }
+}
+
+impl Worker {
+    /// Connects to the cluster and opens the offsets file. Call inside the
+    /// tokio runtime whose `handle` the task threads will use.
+    pub async fn new(config: WorkerConfig, handle: Handle) -> Result<Worker> {
+        let offsets = OffsetStore::open(&config.offset_storage_file)?;
+        let client = Client::connect(ClientConfig {
+            bootstrap: config.bootstrap_servers.clone(),
+            client_id: "spate-connect".into(),
+            ..ClientConfig::default()
+        })
+        .await?;
+        let producer = Producer::new(client.clone(), ProducerConfig::default())?;
+        let host = if config.rest_host.is_empty() { "0.0.0.0" } else { config.rest_host.as_str() };
+        let worker_id = format!("{host}:{}", config.rest_port);
+        Ok(Worker {
+            shared: Arc::new(Shared {
+                config,
+                handle,
+                client,
+                producer,
+                offsets,
+                worker_id,
+                connectors: Mutex::new(BTreeMap::new()),
+                topics: Mutex::new(BTreeSet::new()),
+                shutting_down: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.shared.config
+    }
+
+    /// Sets the id status reports name the worker by (its REST address).
+    pub fn worker_id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    /// Creates a connector, or with `replace` replaces an existing one's
+    /// config (restarting it). Returns its info and whether it was new.
+    pub fn put_connector(&self, name: &str, mut config: Props, replace: bool) -> Result<(ConnectorInfo, bool)> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(ConnectError::Task("the worker is shutting down".into()));
+        }
+        if name.trim().is_empty() {
+            return Err(ConnectError::Config("Connector name must not be empty".into()));
+        }
+        match config.get("name") {
+            Some(inner) if inner != name => {
+                return Err(ConnectError::Config(format!(
+                    "Connector name configuration ({inner}) doesn't match connector name in the URL ({name})"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                config.insert("name".into(), name.to_string());
+            }
+        }
+        let infos = validate(&config);
+        if infos.error_count > 0 {
+            return Err(ConnectError::Config(invalid_config_message(&infos)));
+        }
+        let existed = lock(&self.shared.connectors).contains_key(name);
+        if existed && !replace {
+            return Err(ConnectError::AlreadyExists(format!("Connector {name} already exists")));
+        }
+        let paused = if existed { self.remove(name)?.paused } else { false };
+        self.start_connector(name, config, paused)?;
+        Ok((self.info(name)?, !existed))
+    }
+
+    fn start_connector(&self, name: &str, config: Props, paused: bool) -> Result<()> {
+        let plugin = config
+            .get("connector.class")
+            .and_then(|c| plugins::find(c))
+            .ok_or_else(|| ConnectError::Config("unknown connector.class".into()))?;
+        let mut connector = plugin.instantiate();
+        let tasks_max = tasks_max(&config)?;
+        let (failure, task_configs) = match connector.as_connector_mut().start(&config) {
+            Ok(()) => (None, connector.as_connector().task_configs(tasks_max)),
+            Err(error) => (Some(error.to_string()), Vec::new()),
+        };
+        let mut entry = ConnectorEntry { config, plugin, connector, paused, failure, task_configs, tasks: Vec::new() };
+        for (id, task_config) in entry.task_configs.clone().into_iter().enumerate() {
+            let control = self.spawn_task(name, id, &entry, task_config)?;
+            entry.tasks.push(control);
+        }
+        tracing::info!(connector = name, tasks = entry.tasks.len(), "connector started");
+        lock(&self.shared.connectors).insert(name.to_string(), entry);
+        Ok(())
+    }
+
+    fn converters(&self, config: &Props) -> Result<(Box<dyn Converter>, Box<dyn Converter>)> {
+        let worker = &self.shared.config;
+        let pick = |which: &str, default: &str| -> Result<Box<dyn Converter>> {
+            // A connector's own converter, with its own settings, wins.
+            match config.get(which).filter(|c| !c.trim().is_empty()) {
+                Some(class) => converter_for(class, &with_prefix(config, which)),
+                None => converter_for(default, &with_prefix(&worker.props, which)),
+            }
+        };
+        Ok((pick("key.converter", &worker.key_converter)?, pick("value.converter", &worker.value_converter)?))
+    }
+
+    fn spawn_task(
+        &self,
+        name: &str,
+        id: usize,
+        entry: &ConnectorEntry,
+        task_config: Props,
+    ) -> Result<Arc<TaskControl>> {
+        let control = TaskControl::new(entry.paused);
+        let (key_converter, value_converter) = self.converters(&entry.config)?;
+        let converters = Converters { key: key_converter, value: value_converter };
+        let worker = self.clone();
+        let connector = name.to_string();
+        let thread_control = control.clone();
+        let thread_name = format!("{name}-{id}");
+        let spawned = match &entry.connector {
+            AnyConnector::Source(source) => {
+                let task = source.create_task();
+                std::thread::Builder::new().name(thread_name).spawn(move || {
+                    let result = worker.run_source(&connector, task, &task_config, &converters, &thread_control);
+                    finish_task(&connector, id, result, &thread_control);
+                })
+            }
+            AnyConnector::Sink(sink) => {
+                let task = sink.create_task();
+                let topics = topics_of(&entry.config);
+                std::thread::Builder::new().name(thread_name).spawn(move || {
+                    let result = worker.run_sink(&connector, task, &task_config, &topics, &converters, &thread_control);
+                    finish_task(&connector, id, result, &thread_control);
+                })
+            }
+        };
+        spawned.map_err(|e| ConnectError::io("starting a task thread", e))?;
+        Ok(control)
+    }
+
+    /// Stops a connector's tasks and removes it; returns its entry.
+    fn remove(&self, name: &str) -> Result<ConnectorEntry> {
+        let mut entry = lock(&self.shared.connectors)
+            .remove(name)
+            .ok_or_else(|| ConnectError::NotFound(format!("Connector {name} not found")))?;
+        for (id, task) in entry.tasks.iter().enumerate() {
+            task.stop_and_wait(name, id);
+        }
+        entry.connector.as_connector_mut().stop();
+        Ok(entry)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<()> {
+        self.remove(name).map(|_| tracing::info!(connector = name, "connector deleted"))
+    }
+
+    fn with_entry<T>(&self, name: &str, f: impl FnOnce(&mut ConnectorEntry) -> T) -> Result<T> {
+        let mut connectors = lock(&self.shared.connectors);
+        let entry =
+            connectors.get_mut(name).ok_or_else(|| ConnectError::NotFound(format!("Connector {name} not found")))?;
+        Ok(f(entry))
+    }
+
+    pub fn pause(&self, name: &str) -> Result<()> {
+        self.set_paused(name, true)
+    }
+
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.set_paused(name, false)
+    }
+
+    fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
+        self.with_entry(name, |entry| {
+            entry.paused = paused;
+            for task in &entry.tasks {
+                task.paused.store(paused, Ordering::Release);
+            }
+        })
+    }
+
+    /// Restarts the connector and, with `include_tasks`, its tasks (all, or
+    /// with `only_failed` the failed ones), as Kafka's restart.
+    pub fn restart(&self, name: &str, include_tasks: bool, only_failed: bool) -> Result<()> {
+        let (config, paused, failed, states) = self.with_entry(name, |entry| {
+            let states: Vec<State> = entry.tasks.iter().map(|t| t.status().0).collect();
+            (entry.config.clone(), entry.paused, entry.failure.is_some(), states)
+        })?;
+        let connector_restart = !only_failed || failed;
+        let any_task = include_tasks && states.iter().any(|s| !only_failed || *s == State::Failed);
+        if connector_restart || any_task {
+            // The file connectors keep no state between tasks: restarting
+            // the whole connector restarts what was asked and its siblings.
+            self.remove(name)?;
+            self.start_connector(name, config, paused)?;
+        }
+        Ok(())
+    }
+
+    /// Restarts one task.
+    pub fn restart_task(&self, name: &str, id: usize) -> Result<()> {
+        let (old, task_config, entry_config, paused) = self.with_entry(name, |entry| {
+            (entry.tasks.get(id).cloned(), entry.task_configs.get(id).cloned(), entry.config.clone(), entry.paused)
+        })?;
+        let (Some(old), Some(task_config)) = (old, task_config) else {
+            return Err(ConnectError::NotFound(format!("Task {name}-{id} not found")));
+        };
+        old.stop_and_wait(name, id);
+        let mut connectors = lock(&self.shared.connectors);
+        let entry =
+            connectors.get_mut(name).ok_or_else(|| ConnectError::NotFound(format!("Connector {name} not found")))?;
+        debug_assert_eq!(entry.config, entry_config);
+        entry.paused = paused;
+        let control = self.spawn_task(name, id, entry, task_config)?;
+        if let Some(slot) = entry.tasks.get_mut(id) {
+            *slot = control;
+        }
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        lock(&self.shared.connectors).keys().cloned().collect()
+    }
+
+    pub fn info(&self, name: &str) -> Result<ConnectorInfo> {
+        self.with_entry(name, |entry| ConnectorInfo {
+            name: name.to_string(),
+            config: entry.config.clone(),
+            tasks: (0..entry.task_configs.len()).map(|task| TaskId { connector: name.to_string(), task }).collect(),
+            connector_type: entry.plugin.connector_type.name(),
+        })
+    }
+
+    pub fn connector_config(&self, name: &str) -> Result<Props> {
+        self.with_entry(name, |entry| entry.config.clone())
+    }
+
+    pub fn status(&self, name: &str) -> Result<ConnectorStatus> {
+        let worker_id = self.shared.worker_id.clone();
+        self.with_entry(name, |entry| {
+            let connector_state = match (&entry.failure, entry.paused) {
+                (Some(_), _) => State::Failed,
+                (None, true) => State::Paused,
+                (None, false) => State::Running,
+            };
+            ConnectorStatus {
+                name: name.to_string(),
+                connector: StateInfo {
+                    state: connector_state,
+                    worker_id: worker_id.clone(),
+                    trace: entry.failure.clone(),
+                },
+                tasks: entry
+                    .tasks
+                    .iter()
+                    .enumerate()
+                    .map(|(id, task)| {
+                        let (state, trace) = task.status();
+                        TaskState { id, state: StateInfo { state, worker_id: worker_id.clone(), trace } }
+                    })
+                    .collect(),
+                connector_type: entry.plugin.connector_type.name(),
+            }
+        })
+    }
+
+    pub fn tasks(&self, name: &str) -> Result<Vec<TaskInfo>> {
+        self.with_entry(name, |entry| {
+            entry
+                .task_configs
+                .iter()
+                .enumerate()
+                .map(|(task, config)| TaskInfo {
+                    id: TaskId { connector: name.to_string(), task },
+                    config: config.clone(),
+                })
+                .collect()
+        })
+    }
+
+    pub fn task_status(&self, name: &str, id: usize) -> Result<TaskState> {
+        self.status(name)?
+            .tasks
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| ConnectError::NotFound(format!("Task {name}-{id} not found")))
+    }
+
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        plugins::plugins()
+            .iter()
+            .map(|p| PluginInfo {
+                class: p.class,
+                connector_type: p.connector_type.name(),
+                version: crate::VERSION.to_string(),
+            })
+            .collect()
+    }
+
+    /// Writes the offsets file if anything changed.
+    pub fn flush_offsets(&self) -> Result<()> {
+        self.shared.offsets.flush().map(|_| ())
+    }
+
+    /// Flushes offsets every `offset.flush.interval.ms` until shutdown.
+    pub fn spawn_offset_flusher(&self) -> Result<std::thread::JoinHandle<()>> {
+        let worker = self.clone();
+        let interval = Duration::from_millis(self.shared.config.offset_flush_interval_ms);
+        std::thread::Builder::new()
+            .name("offset-flusher".into())
+            .spawn(move || {
+                let mut next = Instant::now() + interval;
+                while !worker.shared.shutting_down.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(TASK_IDLE_WAIT_MS));
+                    if Instant::now() >= next {
+                        next = Instant::now() + interval;
+                        if let Err(error) = worker.flush_offsets() {
+                            tracing::error!(%error, "offset flush failed; trying again next interval");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| ConnectError::io("starting the offset flusher", e))
+    }
+
+    /// Stops every connector (sinks flush and commit), then writes the
+    /// offsets file a last time.
+    pub fn shutdown(&self) -> Result<()> {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        for name in self.list() {
+            if let Err(error) = self.remove(&name) {
+                tracing::warn!(connector = %name, %error, "stopping the connector");
+            }
+        }
+        let flushed = self.flush_offsets();
+        let closed = self.shared.handle.block_on(self.shared.producer.close());
+        flushed?;
+        closed.map_err(ConnectError::from)
+    }
+
+    /// Creates a topic the worker writes to or reads from if it does not
+    /// exist, with Kafka's broker defaults (one partition, one replica), as
+    /// a Kafka broker's auto.create.topics.enable does for Kafka Connect.
+    fn ensure_topic(&self, topic: &str) -> Result<()> {
+        if lock(&self.shared.topics).contains(topic) {
+            return Ok(());
+        }
+        let admin = Admin::new(self.shared.client.clone());
+        match self.shared.handle.block_on(admin.create_topic(topic, 1, 1, &[])) {
+            Ok(()) => tracing::info!(topic, "created topic"),
+            Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+        lock(&self.shared.topics).insert(topic.to_string());
+        Ok(())
+    }
+
+    fn run_source(
+        &self,
+        connector: &str,
+        mut task: Box<dyn SourceTask>,
+        props: &Props,
+        converters: &Converters,
+        control: &TaskControl,
+    ) -> Result<()> {
+        task.start(props, &StoreReader { store: &self.shared.offsets, connector })?;
+        control.set(State::Running, None);
+        let result = self.source_loop(connector, task.as_mut(), converters, control);
+        task.stop();
+        result
+    }
+
+    fn source_loop(
+        &self,
+        connector: &str,
+        task: &mut dyn SourceTask,
+        converters: &Converters,
+        control: &TaskControl,
+    ) -> Result<()> {
+        let handle = &self.shared.handle;
+        while control.wait_while_paused() {
+            let records = task.poll()?;
+            if records.is_empty() {
+                continue;
+            }
+            let mut deliveries = Vec::with_capacity(records.len());
+            for source in records {
+                let record = &source.record;
+                let key = converters.key.from_connect_data(&record.topic, &record.key)?;
+                let value = converters.value.from_connect_data(&record.topic, &record.value)?;
+                self.ensure_topic(&record.topic)?;
+                let produced = ProducerRecord {
+                    topic: record.topic.clone(),
+                    partition: record.kafka_partition,
+                    key,
+                    value,
+                    headers: record
+                        .headers
+                        .iter()
+                        .map(|h| (h.key.clone(), h.value.clone().unwrap_or_default()))
+                        .collect(),
+                    timestamp_ms: record.timestamp_ms,
+                };
+                let delivery = handle.block_on(self.shared.producer.send(produced))?;
+                deliveries.push((delivery, source.source_partition, source.source_offset));
+            }
+            // Offsets move only over acknowledged records, in poll order.
+            for (delivery, partition, offset) in deliveries {
+                handle.block_on(delivery)?;
+                if let (Some(partition), Some(offset)) = (partition, offset) {
+                    self.shared.offsets.put(connector, partition, offset);
+                }
+            }
+            task.commit()?;
+        }
+        Ok(())
+    }
+
+    fn run_sink(
+        &self,
+        connector: &str,
+        mut task: Box<dyn SinkTask>,
+        props: &Props,
+        topics: &[String],
+        converters: &Converters,
+        control: &TaskControl,
+    ) -> Result<()> {
+        let handle = &self.shared.handle;
+        task.start(props)?;
+        for topic in topics {
+            self.ensure_topic(topic)?;
+        }
+        // Kafka's naming: the group of connector X is connect-X.
+        let group = GroupConfig {
+            group_id: format!("connect-{connector}"),
+            auto_commit: false,
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            session_timeout_ms: self.shared.config.consumer_session_timeout_ms,
+            ..GroupConfig::default()
+        };
+        let mut consumer = GroupConsumer::new(self.shared.client.clone(), group)?;
+        let revoked = Arc::new(Mutex::new(Vec::new()));
+        let revoked_by_group = revoked.clone();
+        consumer.set_on_revoke(Box::new(move |partitions| lock(&revoked_by_group).extend_from_slice(partitions)));
+        handle.block_on(consumer.subscribe(topics))?;
+        control.set(State::Running, None);
+        let mut pending = BTreeMap::new();
+        let result = self.sink_loop(task.as_mut(), &mut consumer, converters, control, &revoked, &mut pending);
+        let finished = match result {
+            Ok(()) => {
+                // A clean stop: flush what was put, commit it, leave.
+                let committed = commit(task.as_mut(), &mut consumer, &mut pending, handle);
+                if let Err(error) = handle.block_on(consumer.close()) {
+                    tracing::warn!(connector, %error, "leaving the group");
+                }
+                committed
+            }
+            Err(error) => {
+                // Nothing since the last commit is vouched for: leave
+                // without committing, so it is delivered again.
+                if let Err(leave_error) = handle.block_on(consumer.leave()) {
+                    tracing::warn!(connector, error = %leave_error, "leaving the group");
+                }
+                Err(error)
+            }
+        };
+        task.stop();
+        finished
+    }
+
+    fn sink_loop(
+        &self,
+        task: &mut dyn SinkTask,
+        consumer: &mut GroupConsumer,
+        converters: &Converters,
+        control: &TaskControl,
+        revoked: &Mutex<Vec<TopicPartition>>,
+        pending: &mut BTreeMap<TopicPartition, i64>,
+    ) -> Result<()> {
+        let handle = &self.shared.handle;
+        let commit_interval = Duration::from_millis(self.shared.config.offset_flush_interval_ms);
+        let mut last_commit = Instant::now();
+        while control.wait_while_paused() {
+            let polled = handle.block_on(consumer.poll(Duration::from_millis(SINK_POLL_MS)));
+            for partition in lock(revoked).drain(..) {
+                // No longer ours: its next owner starts from the last commit.
+                pending.remove(&partition);
+            }
+            let records = match polled {
+                Ok(records) => records,
+                Err(error) if error.is_retriable() => {
+                    tracing::warn!(%error, "sink poll failed; trying again");
+                    std::thread::sleep(Duration::from_millis(TASK_IDLE_WAIT_MS));
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            if !records.is_empty() {
+                let mut sink_records = Vec::with_capacity(records.len());
+                for record in &records {
+                    let key = converters.key.to_connect_data(&record.topic, record.key.as_deref())?;
+                    let value = converters.value.to_connect_data(&record.topic, record.value.as_deref())?;
+                    sink_records.push(SinkRecord {
+                        record: ConnectRecord {
+                            topic: record.topic.clone(),
+                            kafka_partition: Some(record.partition),
+                            key,
+                            value,
+                            timestamp_ms: Some(record.timestamp_ms),
+                            headers: record
+                                .headers
+                                .iter()
+                                .map(|(key, value)| Header { key: key.clone(), value: value.clone() })
+                                .collect(),
+                        },
+                        kafka_offset: record.offset,
+                    });
+                }
+                task.put(sink_records)?;
+                for record in &records {
+                    pending.insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset + 1);
+                }
+            }
+            if !pending.is_empty() && last_commit.elapsed() >= commit_interval {
+                last_commit = Instant::now();
+                commit(task, consumer, pending, handle)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flushes the sink up to `pending`, then commits those offsets. A failed
+/// commit is not fatal: the offsets stay pending for the next one, and at
+/// worst records are written again (at-least-once).
+fn commit(
+    task: &mut dyn SinkTask,
+    consumer: &mut GroupConsumer,
+    pending: &mut BTreeMap<TopicPartition, i64>,
+    handle: &Handle,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    task.flush(pending)?;
+    match handle.block_on(consumer.commit(pending.clone())) {
+        Ok(()) => pending.clear(),
+        Err(error) => tracing::warn!(%error, "committing sink offsets failed; they stay pending"),
+    }
+    Ok(())
+}
+
+struct Converters {
+    key: Box<dyn Converter>,
+    value: Box<dyn Converter>,
+}
+
+fn finish_task(connector: &str, id: usize, result: Result<()>, control: &TaskControl) {
+    match result {
+        Ok(()) => control.set(State::Unassigned, None),
+        Err(error) => {
+            tracing::error!(connector, task = id, %error, "task failed");
+            control.set(State::Failed, Some(error.to_string()));
+        }
+    }
+    control.finish();
+}
