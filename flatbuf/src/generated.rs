@@ -15,10 +15,10 @@ extern crate alloc;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 36;
+pub const ENUM_MAX_ERROR_CODE: i16 = 38;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 37] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 39] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -56,6 +56,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 37] = [
   ErrorCode::NotController,
   ErrorCode::ClusterAuthorizationFailed,
   ErrorCode::InvalidTxnState,
+  ErrorCode::TopicAuthorizationFailed,
+  ErrorCode::GroupAuthorizationFailed,
 ];
 
 /// One code for every failure a client can see. A client acts on the code;
@@ -172,9 +174,16 @@ impl ErrorCode {
   /// A producer with a transaction open on the partition sent a batch
   /// outside it (Kafka's INVALID_TXN_STATE); nothing was appended.
   pub const InvalidTxnState: Self = Self(36);
+  /// The connection's principal may not do this to a topic the request
+  /// names (Kafka's TOPIC_AUTHORIZATION_FAILED: ACLs, `docs/security.md`);
+  /// nothing of the request was done.
+  pub const TopicAuthorizationFailed: Self = Self(37);
+  /// The connection's principal may not do this to the group (Kafka's
+  /// GROUP_AUTHORIZATION_FAILED); nothing of the request was done.
+  pub const GroupAuthorizationFailed: Self = Self(38);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 36;
+  pub const ENUM_MAX: i16 = 38;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -213,6 +222,8 @@ impl ErrorCode {
     Self::NotController,
     Self::ClusterAuthorizationFailed,
     Self::InvalidTxnState,
+    Self::TopicAuthorizationFailed,
+    Self::GroupAuthorizationFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -254,6 +265,8 @@ impl ErrorCode {
       Self::NotController => Some("NotController"),
       Self::ClusterAuthorizationFailed => Some("ClusterAuthorizationFailed"),
       Self::InvalidTxnState => Some("InvalidTxnState"),
+      Self::TopicAuthorizationFailed => Some("TopicAuthorizationFailed"),
+      Self::GroupAuthorizationFailed => Some("GroupAuthorizationFailed"),
       _ => None,
     }
   }

@@ -623,3 +623,102 @@ fn each_denied_request_logs_one_audit_line() {
     assert!(lines[2].contains("operation=Describe") && lines[2].contains("api=Metadata"), "{}", lines[2]);
     stop(broker);
 }
+
+/// The native port is held to the ACLs as a plaintext Kafka listener is:
+/// its clients are `User:ANONYMOUS`. Before, a Deny that stopped a Kafka
+/// client did not stop the same client on the native port, and a broker
+/// closed to unauthenticated clients served them everything there.
+#[test]
+fn the_native_port_is_held_to_the_acls_as_anonymous() {
+    use spate_flatbuf::proto::*;
+    let dir = data_dir("kafka_acls_native");
+    let broker = start_with(&dir, |c| c);
+    let mut native = Conn::connect(broker.addr().port());
+    assert_eq!(native.create_topic("secret", 1, &[]), ErrorCode::None, "open while no ACL names it");
+    assert_eq!(native.create_topic("open", 1, &[]), ErrorCode::None);
+    let mut conn = KafkaConn::to(&broker);
+    let codes = create_acls(
+        &mut conn,
+        vec![
+            creation((TOPIC, "secret", LITERAL), "User:ANONYMOUS", 2 /* ALL */, DENY),
+            creation((GROUP, "g", LITERAL), "User:*", READ, DENY),
+        ],
+    );
+    assert_eq!(codes, [0, 0]);
+    let produce = |native: &mut Conn, topic: &str| {
+        native.call(Body::ProduceRequest, |b| {
+            let name = b.create_string(topic);
+            let records = b.create_vector(&batch(1));
+            let part = ProducePartition::create(b, &ProducePartitionArgs { partition: 0, records: Some(records) });
+            let parts = b.create_vector(&[part]);
+            let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
+            let topics = b.create_vector(&[topic]);
+            ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
+                .as_union_value()
+        })
+    };
+    let denied = error_response(&produce(&mut native, "secret")).expect("an error answer");
+    assert_eq!(denied.0, ErrorCode::TopicAuthorizationFailed, "{denied:?}");
+    assert!(denied.1.contains("User:ANONYMOUS may not Write"), "{}", denied.1);
+    assert!(error_response(&produce(&mut native, "open")).is_none(), "another topic is served");
+    let list_offsets = native.call(Body::ListOffsetsRequest, |b| {
+        let name = b.create_string("secret");
+        let part = ListOffsetsPartition::create(b, &ListOffsetsPartitionArgs { partition: 0, timestamp: -1 });
+        let parts = b.create_vector(&[part]);
+        let topic = ListOffsetsTopic::create(b, &ListOffsetsTopicArgs { name: Some(name), partitions: Some(parts) });
+        let topics = b.create_vector(&[topic]);
+        ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics) }).as_union_value()
+    });
+    assert_eq!(error_response(&list_offsets).map(|e| e.0), Some(ErrorCode::TopicAuthorizationFailed));
+    let delete = native.call(Body::DeleteTopicsRequest, |b| {
+        let name = b.create_string("secret");
+        let names = b.create_vector(&[name]);
+        DeleteTopicsRequest::create(b, &DeleteTopicsRequestArgs { names: Some(names), timeout_ms: 10_000 })
+            .as_union_value()
+    });
+    assert_eq!(error_response(&delete).map(|e| e.0), Some(ErrorCode::TopicAuthorizationFailed));
+    let commit = native.call(Body::OffsetCommitRequest, |b| {
+        let group = b.create_string("g");
+        OffsetCommitRequest::create(b, &OffsetCommitRequestArgs { group_id: Some(group), ..Default::default() })
+            .as_union_value()
+    });
+    assert_eq!(error_response(&commit).map(|e| e.0), Some(ErrorCode::GroupAuthorizationFailed));
+    // Metadata of every topic leaves it out; named, it is refused.
+    let metadata = |native: &mut Conn, named: Option<&str>| {
+        let frame = native.call(Body::MetadataRequest, |b| {
+            let topics = named.map(|name| {
+                let name = b.create_string(name);
+                b.create_vector(&[name])
+            });
+            MetadataRequest::create(b, &MetadataRequestArgs { topics }).as_union_value()
+        });
+        let envelope = frame.read().expect("verified");
+        let response = envelope.body_as_metadata_response().expect("metadata response");
+        let topics = response.topics().expect("topics");
+        topics.iter().map(|t| (t.name().unwrap_or_default().to_string(), t.error())).collect::<Vec<_>>()
+    };
+    let listed: Vec<String> = metadata(&mut native, None).into_iter().map(|(name, _)| name).collect();
+    assert!(listed.contains(&"open".to_string()) && !listed.contains(&"secret".to_string()), "{listed:?}");
+    assert_eq!(metadata(&mut native, Some("secret")), [("secret".to_string(), ErrorCode::TopicAuthorizationFailed)]);
+    drop((native, conn));
+    stop(broker);
+
+    // Closed to everyone no ACL names: a create over the native port is
+    // refused, nothing made.
+    let closed = |c: BrokerConfig| BrokerConfig { allow_everyone_if_no_acl_found: Some(false), ..c };
+    let broker = start_with(&dir, closed);
+    let mut native = Conn::connect(broker.addr().port());
+    let create = native.call(Body::CreateTopicsRequest, |b| {
+        let name = b.create_string("made");
+        let topic = CreatableTopic::create(
+            b,
+            &CreatableTopicArgs { name: Some(name), partitions: 1, replication_factor: 1, configs: None },
+        );
+        let topics = b.create_vector(&[topic]);
+        CreateTopicsRequest::create(b, &CreateTopicsRequestArgs { topics: Some(topics), ..Default::default() })
+            .as_union_value()
+    });
+    assert_eq!(error_response(&create).map(|e| e.0), Some(ErrorCode::TopicAuthorizationFailed));
+    assert!(metadata(&mut native, None).is_empty(), "nothing is listed");
+    stop(broker);
+}

@@ -251,7 +251,13 @@ pub(crate) fn offset_fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
 
 // ---- ListGroups ----
 
-pub(crate) fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Reply {
+pub(crate) fn list_groups(shard: &Rc<Shard>, session: &super::Session, request_id: u64) -> Reply {
+    // Kafka: all groups with Describe on the cluster, else those the
+    // principal may Describe (decided here, before the answer is awaited).
+    use spate_replication::acl::{AclOperation, AclResourceType, CLUSTER_RESOURCE_NAME};
+    let on_cluster = (AclResourceType::Cluster, CLUSTER_RESOURCE_NAME);
+    let asker = (!super::authz::may(shard, session, AclOperation::Describe, on_cluster)).then(|| session.asker());
+    let filter_shard = shard.clone();
     let waits: Vec<_> = (0..shard.shared.shard_count)
         .map(|owner| {
             let (reply, wait) = oneshot::channel();
@@ -263,6 +269,11 @@ pub(crate) fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Reply {
         let mut all: Vec<crate::group::GroupListing> = Vec::new();
         for wait in waits {
             all.extend(wait.await.unwrap_or_default());
+        }
+        if let Some(asker) = asker {
+            all.retain(|listing| {
+                asker.may(&filter_shard, AclOperation::Describe, (AclResourceType::Group, &listing.group_id))
+            });
         }
         all.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         let mut builder = FlatBufferBuilder::new();

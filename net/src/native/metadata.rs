@@ -6,6 +6,8 @@ use spate_flatbuf::flatbuffers::FlatBufferBuilder;
 use spate_flatbuf::proto::*;
 use spate_flatbuf::{Frame, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
 
+use spate_replication::acl::{AclOperation, AclResourceType};
+
 use super::Session;
 use crate::shard::Shard;
 use crate::wire::{Reply, Response, envelope, envelope_frame, invalid};
@@ -52,7 +54,7 @@ pub(super) fn handshake(shard: &Rc<Shard>, session: &Session, frame: &Frame, req
 
 // ---- Metadata ----
 
-pub(super) fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+pub(super) fn metadata(shard: &Rc<Shard>, session: &Session, frame: &Frame, request_id: u64) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_metadata_request()) else {
         return invalid(request_id, "metadata body missing");
     };
@@ -61,7 +63,15 @@ pub(super) fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Rep
     let names: Vec<String> = match request.topics() {
         Some(topics) => topics.iter().map(str::to_string).collect(),
         None => {
-            let mut all: Vec<String> = catalog.topics.keys().cloned().collect();
+            // All topics: those the principal may see (`authz.rs`).
+            let mut all: Vec<String> = catalog
+                .topics
+                .keys()
+                .filter(|name| {
+                    super::authz::may(shard, session, AclOperation::Describe, (AclResourceType::Topic, name))
+                })
+                .cloned()
+                .collect();
             all.sort();
             all
         }
@@ -69,6 +79,19 @@ pub(super) fn metadata(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Rep
     let mut topics = Vec::with_capacity(names.len());
     for name in &names {
         let name_offset = builder.create_string(name);
+        if !super::authz::may(shard, session, AclOperation::Describe, (AclResourceType::Topic, name)) {
+            // Named but not to be seen: Kafka answers the same whether it
+            // exists or not.
+            topics.push(TopicMetadata::create(
+                &mut builder,
+                &TopicMetadataArgs {
+                    name: Some(name_offset),
+                    error: ErrorCode::TopicAuthorizationFailed,
+                    partitions: None,
+                },
+            ));
+            continue;
+        }
         let Some(topic) = catalog.topics.get(name) else {
             topics.push(TopicMetadata::create(
                 &mut builder,

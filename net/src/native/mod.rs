@@ -4,6 +4,7 @@
 //! what is left as a future; the connection writes the responses in
 //! request order.
 
+mod authz;
 mod fetch;
 mod groups;
 mod init_producer_id;
@@ -32,13 +33,27 @@ use crate::wire::{FrontEnd, Reply, Response, envelope, error_frame, invalid};
 pub(crate) struct Session {
     /// The broker this connection proved it is (a valid `broker_auth` in
     /// its handshake), -1 for a client: only that broker may fetch as a
-    /// replica on it.
+    /// replica on it, and it is authorized as a super user (`authz.rs`).
     broker: std::cell::Cell<i32>,
+    /// Who the client is for ACLs: ANONYMOUS (the native protocol has no
+    /// authentication yet).
+    principal: Rc<crate::security::Principal>,
+    /// The client's ip, as ACLs name hosts.
+    host: Rc<str>,
+    /// This connection's authorization decisions, kept until the ACLs
+    /// change.
+    decisions: Rc<crate::security::acl::Decisions>,
 }
 
 impl Session {
-    pub fn new() -> Session {
-        Session { broker: std::cell::Cell::new(-1) }
+    pub fn new(peer: &str) -> Session {
+        let host = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
+        Session {
+            broker: std::cell::Cell::new(-1),
+            principal: Rc::new(crate::security::Principal::anonymous()),
+            host: host.trim_start_matches('[').trim_end_matches(']').into(),
+            decisions: Default::default(),
+        }
     }
 }
 
@@ -66,11 +81,14 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         let response = if acks_zero { Response::Close(Some(response)) } else { Response::Frame(response) };
         return (Reply::Now(response), api);
     }
+    if let Err(denied) = authz::check(shard, session, body_type, &frame) {
+        return (Reply::Now(Response::Frame(error_frame(request_id, denied.error, &denied.message))), api);
+    }
     let reply = match body_type {
         Body::ProduceRequest => produce::produce(shard, session, frame, request_id),
         Body::FetchRequest => fetch::fetch(shard, session, &frame, request_id, charge),
         Body::HandshakeRequest => metadata::handshake(shard, session, &frame, request_id),
-        Body::MetadataRequest => metadata::metadata(shard, &frame, request_id),
+        Body::MetadataRequest => metadata::metadata(shard, session, &frame, request_id),
         Body::CreateTopicsRequest => topics::create_topics(shard, &frame, request_id),
         Body::DeleteTopicsRequest => topics::delete_topics(shard, &frame, request_id),
         Body::DescribeTopicsRequest => topics::describe_topics(shard, &frame, request_id),
@@ -79,7 +97,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         Body::ConsumerGroupHeartbeatRequest => groups::heartbeat(shard, &frame, request_id),
         Body::OffsetCommitRequest => groups::offset_commit(shard, &frame, request_id),
         Body::OffsetFetchRequest => groups::offset_fetch(shard, &frame, request_id),
-        Body::ListGroupsRequest => groups::list_groups(shard, request_id),
+        Body::ListGroupsRequest => groups::list_groups(shard, session, request_id),
         Body::DescribeGroupsRequest => groups::describe_groups(shard, &frame, request_id),
         Body::DeleteGroupsRequest => groups::delete_groups(shard, &frame, request_id),
         Body::InitProducerIdRequest => init_producer_id::init_producer_id(shard, request_id),
@@ -113,8 +131,8 @@ impl FrontEnd for Native {
     type Frame = Frame;
     type FrameError = spate_flatbuf::FrameError;
 
-    fn new_session(&self, _info: &crate::security::ConnInfo) -> Session {
-        Session::new()
+    fn new_session(&self, info: &crate::security::ConnInfo) -> Session {
+        Session::new(&info.peer)
     }
 
     fn decode(
