@@ -1,0 +1,158 @@
+//! The application's settings, under Kafka Streams' config keys.
+
+use crate::error::StreamsError;
+
+/// `processing.guarantee`. Only at-least-once is here: exactly-once waits
+/// for transactions in spate-client (issue 18's order).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProcessingGuarantee {
+    #[default]
+    AtLeastOnce,
+}
+
+/// `default.deserialization.exception.handler`: what a record that cannot
+/// be deserialized does to the application.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeserializationExceptionHandler {
+    /// Log it and stop the application (Kafka's default). Its offset is
+    /// not committed: a restart meets it again.
+    #[default]
+    LogAndFail,
+    /// Log it, skip it, and go on; it counts as processed.
+    LogAndContinue,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    /// `application.id`: the consumer group, and the prefix of internal
+    /// topics (`<id>-<store>-changelog`, `<id>-<name>-repartition`).
+    pub application_id: String,
+    /// `bootstrap.servers`, comma-separated in the key form.
+    pub bootstrap_servers: Vec<String>,
+    pub processing_guarantee: ProcessingGuarantee,
+    /// `commit.interval.ms`: how often outputs are flushed and input
+    /// offsets committed (Kafka's default for at-least-once: 30 s).
+    pub commit_interval_ms: u64,
+    pub deserialization_exception_handler: DeserializationExceptionHandler,
+    /// `replication.factor` of the internal topics.
+    pub replication_factor: i16,
+    /// `poll.ms`: the longest a poll waits for records.
+    pub poll_ms: u64,
+    /// `session.timeout.ms` of the consumer group.
+    pub session_timeout_ms: u64,
+}
+
+pub const COMMIT_INTERVAL_MS_DEFAULT: u64 = 30_000;
+pub const POLL_MS_DEFAULT: u64 = 100;
+pub const SESSION_TIMEOUT_MS_DEFAULT: u64 = 45_000;
+
+impl StreamsConfig {
+    pub fn new(application_id: &str, bootstrap_servers: &str) -> Self {
+        StreamsConfig {
+            application_id: application_id.to_string(),
+            bootstrap_servers: split_servers(bootstrap_servers),
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
+            commit_interval_ms: COMMIT_INTERVAL_MS_DEFAULT,
+            deserialization_exception_handler: DeserializationExceptionHandler::LogAndFail,
+            replication_factor: 1,
+            poll_ms: POLL_MS_DEFAULT,
+            session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
+        }
+    }
+
+    /// From Kafka Streams' keys; `application.id` is required, unknown keys
+    /// are refused (a typo must not pass silently).
+    pub fn from_properties(properties: &[(&str, &str)]) -> Result<Self, StreamsError> {
+        let mut config = StreamsConfig::new("", "");
+        for (key, value) in properties {
+            let number = |value: &str| {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| StreamsError::Config(format!("{key}={value:?} is not a number")))
+            };
+            match *key {
+                "application.id" => config.application_id = value.to_string(),
+                "bootstrap.servers" => config.bootstrap_servers = split_servers(value),
+                "processing.guarantee" => {
+                    config.processing_guarantee = match *value {
+                        "at_least_once" => ProcessingGuarantee::AtLeastOnce,
+                        other => {
+                            return Err(StreamsError::Config(format!(
+                                "processing.guarantee={other:?}: only at_least_once is supported (exactly-once needs transactions in spate-client)"
+                            )));
+                        }
+                    }
+                }
+                "commit.interval.ms" => config.commit_interval_ms = number(value)?,
+                "poll.ms" => config.poll_ms = number(value)?,
+                "session.timeout.ms" => config.session_timeout_ms = number(value)?,
+                "replication.factor" => {
+                    config.replication_factor = i16::try_from(number(value)?)
+                        .map_err(|_| StreamsError::Config(format!("replication.factor={value} is too large")))?
+                }
+                "default.deserialization.exception.handler" => {
+                    config.deserialization_exception_handler = match value.rsplit('.').next().unwrap_or(value) {
+                        "LogAndFailExceptionHandler" => DeserializationExceptionHandler::LogAndFail,
+                        "LogAndContinueExceptionHandler" => DeserializationExceptionHandler::LogAndContinue,
+                        other => {
+                            return Err(StreamsError::Config(format!("unknown deserialization handler {other:?}")));
+                        }
+                    }
+                }
+                other => return Err(StreamsError::Config(format!("unknown config key {other:?}"))),
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StreamsError> {
+        let id_ok = !self.application_id.is_empty()
+            && self.application_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !id_ok {
+            return Err(StreamsError::Config(format!(
+                "application.id {:?} must be non-empty ASCII letters, digits, '.', '_' or '-' (it prefixes topic names)",
+                self.application_id
+            )));
+        }
+        if self.commit_interval_ms == 0 {
+            return Err(StreamsError::Config("commit.interval.ms must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+fn split_servers(servers: &str) -> Vec<String> {
+    servers.split(',').map(str::trim).filter(|server| !server.is_empty()).map(str::to_string).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_keys_are_read_and_mistakes_refused() {
+        let config = StreamsConfig::from_properties(&[
+            ("application.id", "wordcount"),
+            ("bootstrap.servers", "a:9400, b:9400"),
+            ("commit.interval.ms", "100"),
+            (
+                "default.deserialization.exception.handler",
+                "org.apache.kafka.streams.errors.LogAndContinueExceptionHandler",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(config.bootstrap_servers, vec!["a:9400", "b:9400"]);
+        assert_eq!(config.commit_interval_ms, 100);
+        assert_eq!(config.deserialization_exception_handler, DeserializationExceptionHandler::LogAndContinue);
+        assert!(
+            StreamsConfig::from_properties(&[("application.id", "a"), ("processing.guarantee", "exactly_once_v2")])
+                .is_err()
+        );
+        assert!(StreamsConfig::from_properties(&[("application.id", "a"), ("commit.interval.msx", "1")]).is_err());
+        assert!(StreamsConfig::from_properties(&[("application.id", "bad id")]).is_err());
+        assert!(StreamsConfig::from_properties(&[("bootstrap.servers", "a:1")]).is_err());
+    }
+}

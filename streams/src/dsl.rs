@@ -1,0 +1,1021 @@
+//! The DSL, with Kafka Streams' names and semantics: `StreamsBuilder`,
+//! `KStream`, `KGroupedStream`, `TimeWindowedKStream`, `KTable`. Every
+//! operation adds a processor (built on the Processor API) to a
+//! `Topology`, named as Kafka names them (`KSTREAM-FILTER-0000000001`).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::error::StreamsError;
+use crate::processor::{Data, Processor, ProcessorContext, Record, StoreMap};
+use crate::serde::{SerdeRef, Serdes};
+use crate::store::{KeyValueStore, Stores, WindowStore};
+use crate::topology::{TimestampExtractor, TopicName, Topology};
+use crate::window::{TimeWindows, Windowed};
+
+/// How a source topic is read: serdes and, optionally, event time from
+/// the record's bytes rather than its timestamp.
+pub struct Consumed<K, V> {
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+    extractor: Option<TimestampExtractor>,
+}
+
+impl<K, V> Consumed<K, V> {
+    pub fn with(key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        Consumed { key_serde, value_serde, extractor: None }
+    }
+    #[must_use]
+    pub fn with_timestamp_extractor(mut self, extractor: TimestampExtractor) -> Self {
+        self.extractor = Some(extractor);
+        self
+    }
+}
+
+/// How records are written to a topic.
+pub struct Produced<K, V> {
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+}
+
+impl<K, V> Produced<K, V> {
+    pub fn with(key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        Produced { key_serde, value_serde }
+    }
+}
+
+/// Serdes for a grouping (needed when the key changed and records go
+/// through a repartition topic, and for the store), and an optional name
+/// for the repartition topic (`<application.id>-<name>-repartition`).
+pub struct Grouped<K, V> {
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+    name: Option<String>,
+}
+
+impl<K, V> Grouped<K, V> {
+    pub fn with(key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        Grouped { key_serde, value_serde, name: None }
+    }
+    #[must_use]
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+}
+
+/// Serdes and an optional name for `KStream::repartition`.
+pub struct Repartitioned<K, V> {
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+    name: Option<String>,
+}
+
+impl<K, V> Repartitioned<K, V> {
+    pub fn with(key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        Repartitioned { key_serde, value_serde, name: None }
+    }
+    #[must_use]
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+}
+
+/// The store behind a table: its name (else one is generated), the value
+/// serde (`aggregate` needs one; `count` and `reduce` know theirs) and
+/// whether it has a changelog.
+pub struct Materialized<V> {
+    name: Option<String>,
+    value_serde: Option<SerdeRef<V>>,
+    logging: bool,
+}
+
+impl<V> Default for Materialized<V> {
+    fn default() -> Self {
+        Materialized { name: None, value_serde: None, logging: true }
+    }
+}
+
+impl<V> Materialized<V> {
+    /// A store named `name` (its changelog: `<application.id>-<name>-changelog`).
+    pub fn as_(name: &str) -> Self {
+        Materialized { name: Some(name.to_string()), ..Materialized::default() }
+    }
+    #[must_use]
+    pub fn with_value_serde(mut self, serde: SerdeRef<V>) -> Self {
+        self.value_serde = Some(serde);
+        self
+    }
+    #[must_use]
+    pub fn with_logging_disabled(mut self) -> Self {
+        self.logging = false;
+        self
+    }
+}
+
+/// A table update: the new value (None: deleted) and the one it replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change<V> {
+    pub new: Option<V>,
+    pub old: Option<V>,
+}
+
+struct BuildState {
+    topology: Topology,
+    next_index: usize,
+    /// The first error; `build` returns it (the DSL's methods chain, so
+    /// they do not return results).
+    error: Option<StreamsError>,
+}
+
+type Builder = Rc<RefCell<BuildState>>;
+
+fn next_name(builder: &Builder, prefix: &str) -> String {
+    let mut state = builder.borrow_mut();
+    let name = format!("{prefix}{:010}", state.next_index);
+    state.next_index += 1;
+    name
+}
+
+fn record_error(builder: &Builder, result: Result<(), StreamsError>) {
+    if let Err(error) = result {
+        builder.borrow_mut().error.get_or_insert(error);
+    }
+}
+
+fn add_processor<KIn, VIn, KOut, VOut, P, F>(builder: &Builder, name: &str, supplier: F, parents: &[&str])
+where
+    KIn: Data,
+    VIn: Data,
+    KOut: Data,
+    VOut: Data,
+    P: Processor<KIn, VIn, KOut, VOut> + 'static,
+    F: Fn() -> P + Send + Sync + 'static,
+{
+    let result = builder.borrow_mut().topology.add_processor(name, supplier, parents).map(|_| ());
+    record_error(builder, result);
+}
+
+/// A stateless processor from a function of the record and an output.
+type StatelessFn<KIn, VIn, KOut, VOut> =
+    Arc<dyn Fn(Record<KIn, VIn>, &mut dyn FnMut(Record<KOut, VOut>)) + Send + Sync>;
+
+struct Stateless<KIn, VIn, KOut, VOut> {
+    function: StatelessFn<KIn, VIn, KOut, VOut>,
+}
+
+impl<KIn: Data, VIn: Data, KOut: Data, VOut: Data> Processor<KIn, VIn, KOut, VOut> for Stateless<KIn, VIn, KOut, VOut> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, KOut, VOut>,
+        record: Record<KIn, VIn>,
+    ) -> Result<(), StreamsError> {
+        (self.function)(record, &mut |out| ctx.forward(out));
+        Ok(())
+    }
+}
+
+/// Builds a topology with the DSL.
+#[derive(Clone)]
+pub struct StreamsBuilder {
+    builder: Builder,
+}
+
+impl std::fmt::Debug for StreamsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamsBuilder")
+    }
+}
+
+impl Default for StreamsBuilder {
+    fn default() -> Self {
+        StreamsBuilder::new()
+    }
+}
+
+impl StreamsBuilder {
+    pub fn new() -> Self {
+        StreamsBuilder {
+            builder: Rc::new(RefCell::new(BuildState { topology: Topology::new(), next_index: 0, error: None })),
+        }
+    }
+
+    /// A stream of the records of `topic`.
+    pub fn stream<K: Data, V: Data>(&self, topic: &str, consumed: Consumed<K, V>) -> KStream<K, V> {
+        let name = next_name(&self.builder, "KSTREAM-SOURCE-");
+        let result = self
+            .builder
+            .borrow_mut()
+            .topology
+            .add_source_inner(
+                &name,
+                vec![TopicName::user(topic)],
+                consumed.key_serde,
+                consumed.value_serde,
+                consumed.extractor,
+            )
+            .map(|_| ());
+        record_error(&self.builder, result);
+        KStream::at(&self.builder, name, false)
+    }
+
+    /// A table of the latest value per key of `topic`: a null value (a
+    /// tombstone) deletes the key. Materialized in a store (by default
+    /// `<topic>-STATE-STORE-<n>`) with a changelog.
+    pub fn table<K: Data, V: Data>(
+        &self,
+        topic: &str,
+        consumed: Consumed<K, V>,
+        materialized: Materialized<V>,
+    ) -> KTable<K, V> {
+        let source = next_name(&self.builder, "KSTREAM-SOURCE-");
+        let store =
+            materialized.name.clone().unwrap_or_else(|| next_name(&self.builder, &format!("{topic}-STATE-STORE-")));
+        let processor = next_name(&self.builder, "KTABLE-SOURCE-");
+        let value_serde = consumed.value_serde.clone();
+        let result = self
+            .builder
+            .borrow_mut()
+            .topology
+            .add_source_inner(
+                &source,
+                vec![TopicName::user(topic)],
+                consumed.key_serde.clone(),
+                Serdes::nullable(consumed.value_serde),
+                consumed.extractor,
+            )
+            .map(|_| ());
+        record_error(&self.builder, result);
+        let store_name = store.clone();
+        add_processor(
+            &self.builder,
+            &processor,
+            move || TableSource::<K, V> { store: store_name.clone(), _types: PhantomData },
+            &[&source],
+        );
+        let mut store_builder = Stores::key_value_store_builder(&store, consumed.key_serde, value_serde);
+        if !materialized.logging {
+            store_builder = store_builder.with_logging_disabled();
+        }
+        let result = self.builder.borrow_mut().topology.add_state_store(store_builder, &[&processor]).map(|_| ());
+        record_error(&self.builder, result);
+        KTable::materialized(&self.builder, processor, store)
+    }
+
+    /// The topology, or the first mistake made building it.
+    pub fn build(self) -> Result<Topology, StreamsError> {
+        let mut state = self.builder.borrow_mut();
+        if let Some(error) = state.error.take() {
+            return Err(error);
+        }
+        Ok(std::mem::take(&mut state.topology))
+    }
+}
+
+/// A record stream.
+pub struct KStream<K, V> {
+    builder: Builder,
+    node: String,
+    /// The key may have changed since the source: a grouping must go
+    /// through a repartition topic first.
+    key_changed: bool,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for KStream<K, V> {
+    fn clone(&self) -> Self {
+        KStream {
+            builder: Rc::clone(&self.builder),
+            node: self.node.clone(),
+            key_changed: self.key_changed,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for KStream<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KStream").field("node", &self.node).finish()
+    }
+}
+
+impl<K: Data, V: Data> KStream<K, V> {
+    fn at(builder: &Builder, node: String, key_changed: bool) -> Self {
+        KStream { builder: Rc::clone(builder), node, key_changed, _types: PhantomData }
+    }
+
+    fn stateless<K2: Data, V2: Data>(
+        &self,
+        prefix: &str,
+        key_changed: bool,
+        function: impl Fn(Record<K, V>, &mut dyn FnMut(Record<K2, V2>)) + Send + Sync + 'static,
+    ) -> KStream<K2, V2> {
+        let name = next_name(&self.builder, prefix);
+        let function: StatelessFn<K, V, K2, V2> = Arc::new(function);
+        add_processor(&self.builder, &name, move || Stateless { function: Arc::clone(&function) }, &[&self.node]);
+        KStream::at(&self.builder, name, self.key_changed || key_changed)
+    }
+
+    /// The name of this stream's last node (as `describe` shows it).
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KStream<K, V> {
+        self.stateless("KSTREAM-FILTER-", false, move |record, out| {
+            if predicate(&record.key, &record.value) {
+                out(record);
+            }
+        })
+    }
+
+    pub fn filter_not(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KStream<K, V> {
+        self.stateless("KSTREAM-FILTER-", false, move |record, out| {
+            if !predicate(&record.key, &record.value) {
+                out(record);
+            }
+        })
+    }
+
+    /// A new key and value per record (the key changes: a later grouping
+    /// repartitions).
+    pub fn map<K2: Data, V2: Data>(
+        &self,
+        mapper: impl Fn(&K, &V) -> (K2, V2) + Send + Sync + 'static,
+    ) -> KStream<K2, V2> {
+        self.stateless("KSTREAM-MAP-", true, move |record, out| {
+            let (key, value) = mapper(&record.key, &record.value);
+            out(Record::new(key, value, record.timestamp_ms));
+        })
+    }
+
+    pub fn map_values<V2: Data>(&self, mapper: impl Fn(&V) -> V2 + Send + Sync + 'static) -> KStream<K, V2> {
+        self.stateless("KSTREAM-MAPVALUES-", false, move |record, out| {
+            let value = mapper(&record.value);
+            out(record.with_value(value));
+        })
+    }
+
+    pub fn flat_map<K2: Data, V2: Data, I>(
+        &self,
+        mapper: impl Fn(&K, &V) -> I + Send + Sync + 'static,
+    ) -> KStream<K2, V2>
+    where
+        I: IntoIterator<Item = (K2, V2)>,
+    {
+        self.stateless("KSTREAM-FLATMAP-", true, move |record, out| {
+            for (key, value) in mapper(&record.key, &record.value) {
+                out(Record::new(key, value, record.timestamp_ms));
+            }
+        })
+    }
+
+    pub fn flat_map_values<V2: Data, I>(&self, mapper: impl Fn(&V) -> I + Send + Sync + 'static) -> KStream<K, V2>
+    where
+        I: IntoIterator<Item = V2>,
+    {
+        self.stateless("KSTREAM-FLATMAPVALUES-", false, move |record, out| {
+            for value in mapper(&record.value) {
+                out(Record::new(record.key.clone(), value, record.timestamp_ms));
+            }
+        })
+    }
+
+    pub fn select_key<K2: Data>(&self, mapper: impl Fn(&K, &V) -> K2 + Send + Sync + 'static) -> KStream<K2, V> {
+        self.stateless("KSTREAM-KEY-SELECT-", true, move |record, out| {
+            let key = mapper(&record.key, &record.value);
+            out(record.with_key(key));
+        })
+    }
+
+    /// Calls `action` on each record and passes it on unchanged.
+    pub fn peek(&self, action: impl Fn(&K, &V) + Send + Sync + 'static) -> KStream<K, V> {
+        self.stateless("KSTREAM-PEEK-", false, move |record, out| {
+            action(&record.key, &record.value);
+            out(record);
+        })
+    }
+
+    /// Calls `action` on each record; a terminal operation.
+    pub fn foreach(&self, action: impl Fn(&K, &V) + Send + Sync + 'static) {
+        let _: KStream<K, V> = self.stateless("KSTREAM-FOREACH-", false, move |record, _out| {
+            action(&record.key, &record.value);
+        });
+    }
+
+    /// Writes the stream to `topic`.
+    pub fn to(&self, topic: &str, produced: Produced<K, V>) {
+        let name = next_name(&self.builder, "KSTREAM-SINK-");
+        let result = self
+            .builder
+            .borrow_mut()
+            .topology
+            .add_sink_inner(&name, TopicName::user(topic), produced.key_serde, produced.value_serde, &[&self.node])
+            .map(|_| ());
+        record_error(&self.builder, result);
+    }
+
+    /// One stream of both streams' records.
+    pub fn merge(&self, other: &KStream<K, V>) -> KStream<K, V> {
+        let name = next_name(&self.builder, "KSTREAM-MERGE-");
+        let function: StatelessFn<K, V, K, V> = Arc::new(|record, out| out(record));
+        add_processor(
+            &self.builder,
+            &name,
+            move || Stateless { function: Arc::clone(&function) },
+            &[&self.node, &other.node],
+        );
+        KStream::at(&self.builder, name, self.key_changed || other.key_changed)
+    }
+
+    /// Splits the stream by predicates (`branch`), each record going to the
+    /// first branch it matches, as Kafka's `split()`.
+    pub fn split(&self) -> BranchedKStream<K, V> {
+        let name = next_name(&self.builder, "KSTREAM-BRANCH-");
+        BranchedKStream { stream: self.clone(), prefix: name, branches: Vec::new() }
+    }
+
+    /// Sends the stream through a repartition topic
+    /// (`<application.id>-<name>-repartition`), so that records are
+    /// partitioned by their current key.
+    pub fn repartition(&self, repartitioned: Repartitioned<K, V>) -> KStream<K, V> {
+        let base = repartitioned.name.unwrap_or_else(|| next_name(&self.builder, "KSTREAM-REPARTITION-"));
+        let source = through_repartition_topic(
+            &self.builder,
+            &self.node,
+            &base,
+            repartitioned.key_serde,
+            repartitioned.value_serde,
+        );
+        KStream::at(&self.builder, source, false)
+    }
+
+    pub fn group_by_key(&self, grouped: Grouped<K, V>) -> KGroupedStream<K, V> {
+        KGroupedStream { stream: self.clone(), grouped }
+    }
+
+    /// Groups by a new key: the records go through a repartition topic.
+    pub fn group_by<K2: Data>(
+        &self,
+        selector: impl Fn(&K, &V) -> K2 + Send + Sync + 'static,
+        grouped: Grouped<K2, V>,
+    ) -> KGroupedStream<K2, V> {
+        KGroupedStream { stream: self.select_key(selector), grouped }
+    }
+
+    /// Each record joined with the table's value for its key; records
+    /// whose key is not in the table are dropped.
+    pub fn join<VT: Data, VR: Data>(
+        &self,
+        table: &KTable<K, VT>,
+        joiner: impl Fn(&V, &VT) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR> {
+        self.join_inner(
+            table,
+            "KSTREAM-JOIN-",
+            Arc::new(move |value, table_value| table_value.map(|tv| joiner(value, tv))),
+        )
+    }
+
+    /// Each record joined with the table's value for its key, or `None`.
+    pub fn left_join<VT: Data, VR: Data>(
+        &self,
+        table: &KTable<K, VT>,
+        joiner: impl Fn(&V, Option<&VT>) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR> {
+        self.join_inner(
+            table,
+            "KSTREAM-LEFTJOIN-",
+            Arc::new(move |value, table_value| Some(joiner(value, table_value))),
+        )
+    }
+
+    fn join_inner<VT: Data, VR: Data>(
+        &self,
+        table: &KTable<K, VT>,
+        prefix: &str,
+        joiner: Joiner<V, VT, VR>,
+    ) -> KStream<K, VR> {
+        let name = next_name(&self.builder, prefix);
+        if self.key_changed {
+            record_error(
+                &self.builder,
+                Err(StreamsError::Topology(format!(
+                    "{name}: the stream's key changed before a join; repartition() it first so that it is co-partitioned with the table"
+                ))),
+            );
+        }
+        let Some((store, getter)) = table.getter.clone() else {
+            record_error(
+                &self.builder,
+                Err(StreamsError::Topology(format!("{name}: the table has no store to join with"))),
+            );
+            return KStream::at(&self.builder, name, false);
+        };
+        add_processor(
+            &self.builder,
+            &name,
+            move || StreamTableJoin { getter: Arc::clone(&getter), joiner: Arc::clone(&joiner) },
+            &[&self.node],
+        );
+        let result =
+            self.builder.borrow_mut().topology.connect_processor_and_state_stores(&name, &[&store]).map(|_| ());
+        record_error(&self.builder, result);
+        KStream::at(&self.builder, name, false)
+    }
+}
+
+/// Adds a sink to `<base>-repartition` after `parent` and a source reading
+/// it; returns the source's name.
+fn through_repartition_topic<K: Data, V: Data>(
+    builder: &Builder,
+    parent: &str,
+    base: &str,
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+) -> String {
+    let topic = TopicName { name: format!("{base}-repartition"), internal: true };
+    let sink = next_name(builder, "KSTREAM-SINK-");
+    let source = next_name(builder, "KSTREAM-SOURCE-");
+    let mut state = builder.borrow_mut();
+    let result = state
+        .topology
+        .add_sink_inner(&sink, topic.clone(), key_serde.clone(), value_serde.clone(), &[parent])
+        .and_then(|_| state.topology.add_source_inner(&source, vec![topic], key_serde, value_serde, None))
+        .map(|_| ());
+    drop(state);
+    record_error(builder, result);
+    source
+}
+
+/// `split()` in progress: add branches, then end with a default branch or none.
+pub struct BranchedKStream<K, V> {
+    stream: KStream<K, V>,
+    prefix: String,
+    branches: Vec<(String, BranchPredicate<K, V>)>,
+}
+
+type BranchPredicate<K, V> = Arc<dyn Fn(&K, &V) -> bool + Send + Sync>;
+
+impl<K, V> std::fmt::Debug for BranchedKStream<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BranchedKStream").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl<K: Data, V: Data> BranchedKStream<K, V> {
+    /// Records matching `predicate` (and no earlier branch) go to the
+    /// stream named `<prefix><name>` in the result.
+    #[must_use]
+    pub fn branch(mut self, name: &str, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> Self {
+        self.branches.push((format!("{}{name}", self.prefix), Arc::new(predicate)));
+        self
+    }
+
+    /// Records matching no branch go to `<prefix><name>`.
+    pub fn default_branch(self, name: &str) -> BTreeMap<String, KStream<K, V>> {
+        let default = format!("{}{name}", self.prefix);
+        self.finish(Some(default))
+    }
+
+    /// Records matching no branch are dropped.
+    pub fn no_default_branch(self) -> BTreeMap<String, KStream<K, V>> {
+        self.finish(None)
+    }
+
+    fn finish(self, default: Option<String>) -> BTreeMap<String, KStream<K, V>> {
+        let builder = &self.stream.builder;
+        let branches = self.branches.clone();
+        let default_child = default.clone();
+        add_processor(
+            builder,
+            &self.prefix,
+            move || Branch { branches: branches.clone(), default: default_child.clone() },
+            &[&self.stream.node],
+        );
+        let mut streams = BTreeMap::new();
+        for name in self.branches.iter().map(|(name, _)| name.clone()).chain(default) {
+            let function: StatelessFn<K, V, K, V> = Arc::new(|record, out| out(record));
+            add_processor(builder, &name, move || Stateless { function: Arc::clone(&function) }, &[&self.prefix]);
+            streams.insert(name.clone(), KStream::at(builder, name, self.stream.key_changed));
+        }
+        streams
+    }
+}
+
+struct Branch<K, V> {
+    branches: Vec<(String, BranchPredicate<K, V>)>,
+    default: Option<String>,
+}
+
+impl<K: Data, V: Data> Processor<K, V, K, V> for Branch<K, V> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, V>, record: Record<K, V>) -> Result<(), StreamsError> {
+        let chosen = self
+            .branches
+            .iter()
+            .find(|(_, predicate)| predicate(&record.key, &record.value))
+            .map(|(name, _)| name)
+            .or(self.default.as_ref());
+        match chosen {
+            Some(child) => ctx.forward_to(child, record),
+            None => Ok(()),
+        }
+    }
+}
+
+type Joiner<V, VT, VR> = Arc<dyn Fn(&V, Option<&VT>) -> Option<VR> + Send + Sync>;
+
+struct StreamTableJoin<K, V, VT, VR> {
+    getter: GetterFn<K, VT>,
+    joiner: Joiner<V, VT, VR>,
+}
+
+impl<K: Data, V: Data, VT: Data, VR: Data> Processor<K, V, K, VR> for StreamTableJoin<K, V, VT, VR> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, VR>, record: Record<K, V>) -> Result<(), StreamsError> {
+        let table_value = (self.getter)(&ctx.state.stores, &record.key)?;
+        if let Some(joined) = (self.joiner)(&record.value, table_value.as_ref()) {
+            ctx.forward(Record::new(record.key, joined, record.timestamp_ms));
+        }
+        Ok(())
+    }
+}
+
+/// A grouped stream, ready to aggregate.
+pub struct KGroupedStream<K, V> {
+    stream: KStream<K, V>,
+    grouped: Grouped<K, V>,
+}
+
+impl<K, V> std::fmt::Debug for KGroupedStream<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KGroupedStream").field("node", &self.stream.node).finish()
+    }
+}
+
+type AggregateFn<K, V, VA> = Arc<dyn Fn(&K, &V, Option<VA>) -> VA + Send + Sync>;
+
+impl<K: Data, V: Data> KGroupedStream<K, V> {
+    /// Where the aggregation attaches: after a repartition topic if the key changed.
+    fn input_node(&self, store: &str) -> String {
+        if !self.stream.key_changed {
+            return self.stream.node.clone();
+        }
+        let base = self.grouped.name.clone().unwrap_or_else(|| store.to_string());
+        through_repartition_topic(
+            &self.stream.builder,
+            &self.stream.node,
+            &base,
+            self.grouped.key_serde.clone(),
+            self.grouped.value_serde.clone(),
+        )
+    }
+
+    fn aggregate_inner<VA: Data>(
+        &self,
+        prefix: &str,
+        materialized: Materialized<VA>,
+        value_serde: SerdeRef<VA>,
+        function: AggregateFn<K, V, VA>,
+    ) -> KTable<K, VA> {
+        let builder = &self.stream.builder;
+        let store = materialized.name.clone().unwrap_or_else(|| next_name(builder, &format!("{prefix}STATE-STORE-")));
+        let input = self.input_node(&store);
+        let name = next_name(builder, prefix);
+        let store_name = store.clone();
+        add_processor(
+            builder,
+            &name,
+            move || Aggregate { store: store_name.clone(), function: Arc::clone(&function) },
+            &[&input],
+        );
+        let mut store_builder = Stores::key_value_store_builder(&store, self.grouped.key_serde.clone(), value_serde);
+        if !materialized.logging {
+            store_builder = store_builder.with_logging_disabled();
+        }
+        let result = builder.borrow_mut().topology.add_state_store(store_builder, &[&name]).map(|_| ());
+        record_error(builder, result);
+        KTable::materialized(builder, name, store)
+    }
+
+    /// The number of records per key.
+    pub fn count(&self, materialized: Materialized<i64>) -> KTable<K, i64> {
+        let serde = materialized.value_serde.clone().unwrap_or_else(Serdes::i64);
+        self.aggregate_inner("KSTREAM-AGGREGATE-", materialized, serde, Arc::new(|_, _, old| old.unwrap_or(0) + 1))
+    }
+
+    /// Combines the values per key; the first value is the start.
+    pub fn reduce(
+        &self,
+        reducer: impl Fn(&V, &V) -> V + Send + Sync + 'static,
+        materialized: Materialized<V>,
+    ) -> KTable<K, V> {
+        let serde = materialized.value_serde.clone().unwrap_or_else(|| self.grouped.value_serde.clone());
+        self.aggregate_inner(
+            "KSTREAM-REDUCE-",
+            materialized,
+            serde,
+            Arc::new(move |_, value, old| match old {
+                Some(aggregate) => reducer(&aggregate, value),
+                None => value.clone(),
+            }),
+        )
+    }
+
+    /// Folds the values per key into an aggregate that starts at
+    /// `initializer()`. `materialized` must carry the aggregate's serde.
+    pub fn aggregate<VA: Data>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        aggregator: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<K, VA> {
+        let Some(serde) = materialized.value_serde.clone() else {
+            record_error(
+                &self.stream.builder,
+                Err(StreamsError::Topology("aggregate needs Materialized::with_value_serde".into())),
+            );
+            return KTable::materialized(&self.stream.builder, String::new(), String::new());
+        };
+        self.aggregate_inner(
+            "KSTREAM-AGGREGATE-",
+            materialized,
+            serde,
+            Arc::new(move |key, value, old| aggregator(key, value, old.unwrap_or_else(&initializer))),
+        )
+    }
+
+    /// Groups further by time window.
+    pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
+        TimeWindowedKStream {
+            grouped: KGroupedStream {
+                stream: self.stream.clone(),
+                grouped: Grouped {
+                    key_serde: self.grouped.key_serde.clone(),
+                    value_serde: self.grouped.value_serde.clone(),
+                    name: self.grouped.name.clone(),
+                },
+            },
+            windows,
+        }
+    }
+}
+
+struct Aggregate<K, V, VA> {
+    store: String,
+    function: AggregateFn<K, V, VA>,
+}
+
+impl<K: Data, V: Data, VA: Data> Processor<K, V, K, Change<VA>> for Aggregate<K, V, VA> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, K, Change<VA>>,
+        record: Record<K, V>,
+    ) -> Result<(), StreamsError> {
+        let store = ctx.get_state_store::<KeyValueStore<K, VA>>(&self.store)?;
+        let old = store.get(&record.key)?;
+        let new = (self.function)(&record.key, &record.value, old.clone());
+        store.put(&record.key, &new)?;
+        ctx.forward(Record::new(record.key, Change { new: Some(new), old }, record.timestamp_ms));
+        Ok(())
+    }
+}
+
+/// A grouped stream cut into time windows.
+pub struct TimeWindowedKStream<K, V> {
+    grouped: KGroupedStream<K, V>,
+    windows: TimeWindows,
+}
+
+impl<K, V> std::fmt::Debug for TimeWindowedKStream<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeWindowedKStream").field("windows", &self.windows).finish()
+    }
+}
+
+impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
+    fn aggregate_inner<VA: Data>(
+        &self,
+        materialized: Materialized<VA>,
+        value_serde: SerdeRef<VA>,
+        function: AggregateFn<K, V, VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        let builder = &self.grouped.stream.builder;
+        let store = materialized.name.clone().unwrap_or_else(|| next_name(builder, "KSTREAM-AGGREGATE-STATE-STORE-"));
+        let input = self.grouped.input_node(&store);
+        let name = next_name(builder, "KSTREAM-AGGREGATE-");
+        let (store_name, windows) = (store.clone(), self.windows);
+        add_processor(
+            builder,
+            &name,
+            move || WindowAggregate { store: store_name.clone(), windows, function: Arc::clone(&function) },
+            &[&input],
+        );
+        let retention_ms = self.windows.size_ms.saturating_add(self.windows.grace_ms);
+        let mut store_builder =
+            Stores::window_store_builder(&store, retention_ms, self.grouped.grouped.key_serde.clone(), value_serde);
+        if !materialized.logging {
+            store_builder = store_builder.with_logging_disabled();
+        }
+        let result = builder.borrow_mut().topology.add_state_store(store_builder, &[&name]).map(|_| ());
+        record_error(builder, result);
+        KTable { builder: Rc::clone(builder), node: name, getter: None, _types: PhantomData }
+    }
+
+    pub fn count(&self, materialized: Materialized<i64>) -> KTable<Windowed<K>, i64> {
+        let serde = materialized.value_serde.clone().unwrap_or_else(Serdes::i64);
+        self.aggregate_inner(materialized, serde, Arc::new(|_, _, old| old.unwrap_or(0) + 1))
+    }
+
+    pub fn reduce(
+        &self,
+        reducer: impl Fn(&V, &V) -> V + Send + Sync + 'static,
+        materialized: Materialized<V>,
+    ) -> KTable<Windowed<K>, V> {
+        let serde = materialized.value_serde.clone().unwrap_or_else(|| self.grouped.grouped.value_serde.clone());
+        self.aggregate_inner(
+            materialized,
+            serde,
+            Arc::new(move |_, value, old| match old {
+                Some(aggregate) => reducer(&aggregate, value),
+                None => value.clone(),
+            }),
+        )
+    }
+
+    pub fn aggregate<VA: Data>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        aggregator: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        let builder = &self.grouped.stream.builder;
+        let Some(serde) = materialized.value_serde.clone() else {
+            record_error(builder, Err(StreamsError::Topology("aggregate needs Materialized::with_value_serde".into())));
+            return KTable { builder: Rc::clone(builder), node: String::new(), getter: None, _types: PhantomData };
+        };
+        self.aggregate_inner(
+            materialized,
+            serde,
+            Arc::new(move |key, value, old| aggregator(key, value, old.unwrap_or_else(&initializer))),
+        )
+    }
+}
+
+struct WindowAggregate<K, V, VA> {
+    store: String,
+    windows: TimeWindows,
+    function: AggregateFn<K, V, VA>,
+}
+
+impl<K: Data, V: Data, VA: Data> Processor<K, V, Windowed<K>, Change<VA>> for WindowAggregate<K, V, VA> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        record: Record<K, V>,
+    ) -> Result<(), StreamsError> {
+        // As Kafka's KStreamWindowAggregate: a window whose end is at or
+        // before stream time minus the grace period is closed, and a
+        // record for it is dropped.
+        let close_ms = ctx.stream_time_ms().saturating_sub(self.windows.grace_ms);
+        for window in self.windows.windows_for(record.timestamp_ms) {
+            if window.end_ms <= close_ms {
+                tracing::debug!(store = %self.store, window_start_ms = window.start_ms, timestamp_ms = record.timestamp_ms, "skipping record for expired window");
+                continue;
+            }
+            let store = ctx.get_state_store::<WindowStore<K, VA>>(&self.store)?;
+            let old = store.fetch(&record.key, window.start_ms)?;
+            let new = (self.function)(&record.key, &record.value, old.clone());
+            store.put(&record.key, window.start_ms, &new)?;
+            let key = Windowed { key: record.key.clone(), window };
+            ctx.forward(Record::new(key, Change { new: Some(new), old }, record.timestamp_ms));
+        }
+        Ok(())
+    }
+}
+
+type GetterFn<K, V> = Arc<dyn Fn(&StoreMap, &K) -> Result<Option<V>, StreamsError> + Send + Sync>;
+type Getter<K, V> = (String, GetterFn<K, V>);
+/// A derived table's function of a value (None: not in the derived table).
+type ValueFn<K, V, V2> = Arc<dyn Fn(&K, V) -> Option<V2> + Send + Sync>;
+
+/// A changelog stream read as a table: the latest value per key.
+pub struct KTable<K, V> {
+    builder: Builder,
+    node: String,
+    /// The store a join reads, and how to read this table's value from it
+    /// (a filtered or mapped table applies its function on the way).
+    getter: Option<Getter<K, V>>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> std::fmt::Debug for KTable<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KTable").field("node", &self.node).finish()
+    }
+}
+
+impl<K: Data, V: Data> KTable<K, V> {
+    fn materialized(builder: &Builder, node: String, store: String) -> Self {
+        let store_name = store.clone();
+        let read: GetterFn<K, V> = Arc::new(move |stores, key| {
+            let store = stores
+                .get(&store_name)
+                .and_then(|store| store.as_any().downcast_ref::<KeyValueStore<K, V>>())
+                .ok_or_else(|| StreamsError::Store {
+                    name: store_name.clone(),
+                    reason: "not a key-value store of this table".into(),
+                })?;
+            store.get(key)
+        });
+        KTable { builder: Rc::clone(builder), node, getter: Some((store, read)), _types: PhantomData }
+    }
+
+    fn derive<V2: Data>(&self, prefix: &str, on_value: ValueFn<K, V, V2>) -> KTable<K, V2> {
+        let name = next_name(&self.builder, prefix);
+        let function = Arc::clone(&on_value);
+        let stateless: StatelessFn<K, Change<V>, K, Change<V2>> = Arc::new(move |record, out| {
+            let key = record.key;
+            let new = record.value.new.and_then(|value| function(&key, value));
+            let old = record.value.old.and_then(|value| function(&key, value));
+            // Nothing was in the table and nothing is: no update to send.
+            if new.is_some() || old.is_some() {
+                out(Record::new(key, Change { new, old }, record.timestamp_ms));
+            }
+        });
+        add_processor(&self.builder, &name, move || Stateless { function: Arc::clone(&stateless) }, &[&self.node]);
+        let getter = self.getter.clone().map(|(store, read)| {
+            let derived: GetterFn<K, V2> =
+                Arc::new(move |stores, key| Ok(read(stores, key)?.and_then(|value| on_value(key, value))));
+            (store, derived)
+        });
+        KTable { builder: Rc::clone(&self.builder), node: name, getter, _types: PhantomData }
+    }
+
+    /// Keeps the entries matching `predicate`; an update that stops
+    /// matching deletes the key downstream.
+    pub fn filter(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KTable<K, V> {
+        self.derive("KTABLE-FILTER-", Arc::new(move |key, value| predicate(key, &value).then_some(value)))
+    }
+
+    pub fn filter_not(&self, predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static) -> KTable<K, V> {
+        self.derive("KTABLE-FILTER-", Arc::new(move |key, value| (!predicate(key, &value)).then_some(value)))
+    }
+
+    pub fn map_values<V2: Data>(&self, mapper: impl Fn(&V) -> V2 + Send + Sync + 'static) -> KTable<K, V2> {
+        self.derive("KTABLE-MAPVALUES-", Arc::new(move |_, value| Some(mapper(&value))))
+    }
+
+    /// The table's updates as a stream; a deletion is a `None` value (a
+    /// tombstone once written with a nullable serde).
+    pub fn to_stream(&self) -> KStream<K, Option<V>> {
+        let name = next_name(&self.builder, "KTABLE-TOSTREAM-");
+        let function: StatelessFn<K, Change<V>, K, Option<V>> =
+            Arc::new(|record, out| out(Record::new(record.key, record.value.new, record.timestamp_ms)));
+        add_processor(&self.builder, &name, move || Stateless { function: Arc::clone(&function) }, &[&self.node]);
+        KStream::at(&self.builder, name, false)
+    }
+}
+
+struct TableSource<K, V> {
+    store: String,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K: Data, V: Data> Processor<K, Option<V>, K, Change<V>> for TableSource<K, V> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, K, Change<V>>,
+        record: Record<K, Option<V>>,
+    ) -> Result<(), StreamsError> {
+        let store = ctx.get_state_store::<KeyValueStore<K, V>>(&self.store)?;
+        let old = match &record.value {
+            Some(value) => {
+                let old = store.get(&record.key)?;
+                store.put(&record.key, value)?;
+                old
+            }
+            None => store.delete(&record.key)?,
+        };
+        if record.value.is_some() || old.is_some() {
+            ctx.forward(Record::new(record.key, Change { new: record.value, old }, record.timestamp_ms));
+        }
+        Ok(())
+    }
+}
+
+/// Debug for the option holders: their serdes have no useful Debug.
+macro_rules! opaque_debug {
+    ($($name:ident<$($param:ident),+>),+) => {$(
+        impl<$($param),+> std::fmt::Debug for $name<$($param),+> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+    )+};
+}
+
+opaque_debug!(Consumed<K, V>, Produced<K, V>, Grouped<K, V>, Repartitioned<K, V>, Materialized<V>);

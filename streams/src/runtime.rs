@@ -1,0 +1,432 @@
+//! `KafkaStreams`: runs a topology against a Spate cluster through
+//! spate-client, at least once.
+//!
+//! One tokio task polls a `GroupConsumer` (group id = application.id)
+//! subscribed to every source topic, repartition topics included. A record
+//! of partition p of a topic goes to the task (sub-topology, p); tasks are
+//! made when their partitions first deliver, and their logged stores are
+//! restored from their changelogs first. The commit cycle keeps the
+//! at-least-once promise: process a poll's records, send what they wrote
+//! (outputs, repartition records, changelog changes), and every
+//! `commit.interval.ms` flush the producer, wait for every delivery, and
+//! only then commit the offsets after the records processed. A crash
+//! loses no output: what was not committed is read and processed again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use spate_client::{
+    Admin, AutoOffsetReset, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, DeliveryFuture, ErrorCode,
+    GroupAssignor, GroupConfig, GroupConsumer, Producer, ProducerConfig, ProducerRecord, SeekTo, TopicPartition,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{DeserializationExceptionHandler, StreamsConfig};
+use crate::error::StreamsError;
+use crate::processor::OutRecord;
+use crate::store::changelog_topic;
+use crate::task::Task;
+use crate::topology::Topology;
+
+/// Where an application is in its life, as Kafka's `KafkaStreams.State`
+/// (fewer states: there is no rebalancing state of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    /// Closed, or stopped by an error (`close` returns it).
+    NotRunning,
+}
+
+/// A running streams application.
+#[derive(Debug)]
+pub struct KafkaStreams {
+    topology: Arc<Topology>,
+    config: StreamsConfig,
+    shutdown: Option<watch::Sender<bool>>,
+    worker: Option<JoinHandle<Result<(), StreamsError>>>,
+}
+
+impl KafkaStreams {
+    pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
+        config.validate()?;
+        Ok(KafkaStreams { topology: Arc::new(topology), config, shutdown: None, worker: None })
+    }
+
+    /// Connects, creates the internal topics, joins the group and starts
+    /// processing in a tokio task. Returns once the topics exist.
+    pub async fn start(&mut self) -> Result<(), StreamsError> {
+        if self.worker.is_some() {
+            return Err(StreamsError::NotRunning("start was already called".into()));
+        }
+        let client = Client::connect(ClientConfig {
+            bootstrap: self.config.bootstrap_servers.clone(),
+            client_id: self.config.application_id.clone(),
+            ..ClientConfig::default()
+        })
+        .await?;
+        create_internal_topics(&client, &self.topology, &self.config).await?;
+        let (sender, receiver) = watch::channel(false);
+        let runner = Runner::new(client, Arc::clone(&self.topology), self.config.clone())?;
+        self.shutdown = Some(sender);
+        self.worker = Some(tokio::spawn(runner.run(receiver)));
+        Ok(())
+    }
+
+    pub fn state(&self) -> State {
+        match &self.worker {
+            None => State::Created,
+            Some(worker) if worker.is_finished() => State::NotRunning,
+            Some(_) => State::Running,
+        }
+    }
+
+    /// Stops processing: a last flush and commit, then the member leaves
+    /// the group. Returns the error that stopped the application, if one did.
+    pub async fn close(mut self) -> Result<(), StreamsError> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(true);
+        }
+        match self.worker.take() {
+            Some(worker) => worker.await.map_err(|error| StreamsError::NotRunning(format!("worker task: {error}")))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the application stops by itself (an error).
+    pub async fn wait(&mut self) -> Result<(), StreamsError> {
+        match self.worker.take() {
+            Some(worker) => worker.await.map_err(|error| StreamsError::NotRunning(format!("worker task: {error}")))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for KafkaStreams {
+    /// Dropped without `close`, the application stops at once, as a
+    /// crashed process would: nothing more is committed, and the member
+    /// leaves when its session times out.
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn create_topic_if_absent(
+    admin: &Admin,
+    name: &str,
+    partitions: i32,
+    replication: i16,
+    configs: &[(String, String)],
+) -> Result<(), StreamsError> {
+    match admin.create_topic(name, partitions, replication, configs).await {
+        Ok(()) => Ok(()),
+        Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Repartition topics get as many partitions as the largest user source
+/// topic; a changelog as many as its sub-topology's sources, so that task
+/// p logs to partition p.
+async fn create_internal_topics(
+    client: &Client,
+    topology: &Topology,
+    config: &StreamsConfig,
+) -> Result<(), StreamsError> {
+    let admin = Admin::new(client.clone());
+    let sources = topology.source_topics();
+    let user_topics: Vec<String> =
+        sources.iter().filter(|(topic, _)| !topic.internal).map(|(topic, _)| topic.name.clone()).collect();
+    let described = admin.describe_topics(Some(&user_topics)).await?;
+    let mut partitions_of: BTreeMap<String, i32> = BTreeMap::new();
+    for topic in &described {
+        if topic.error.is_some() || topic.partitions.is_empty() {
+            return Err(StreamsError::Config(format!(
+                "source topic {:?} does not exist (create it first)",
+                topic.name
+            )));
+        }
+        partitions_of.insert(topic.name.clone(), i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX));
+    }
+    for topic in &user_topics {
+        if !partitions_of.contains_key(topic) {
+            return Err(StreamsError::Config(format!("source topic {topic:?} does not exist (create it first)")));
+        }
+    }
+    let repartition_partitions = partitions_of.values().copied().max().unwrap_or(1);
+    for topic in topology.repartition_topics() {
+        create_topic_if_absent(
+            &admin,
+            &topic.resolve(&config.application_id),
+            repartition_partitions,
+            config.replication_factor,
+            &[],
+        )
+        .await?;
+    }
+    let compacted = [("cleanup.policy".to_string(), "compact".to_string())];
+    for (store, sub) in topology.logged_stores() {
+        let partitions = sources
+            .iter()
+            .filter(|(_, source_sub)| *source_sub == sub)
+            .map(|(topic, _)| {
+                if topic.internal {
+                    repartition_partitions
+                } else {
+                    partitions_of.get(&topic.name).copied().unwrap_or(1)
+                }
+            })
+            .max()
+            .unwrap_or(1);
+        create_topic_if_absent(
+            &admin,
+            &changelog_topic(&config.application_id, &store),
+            partitions,
+            config.replication_factor,
+            &compacted,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+struct Runner {
+    client: Client,
+    topology: Arc<Topology>,
+    config: StreamsConfig,
+    producer: Producer,
+    /// Resolved source topic -> sub-topology.
+    sub_of: BTreeMap<String, usize>,
+    tasks: BTreeMap<(usize, i32), Task>,
+    /// The offset after the last record processed, per input partition,
+    /// not committed yet.
+    processed: BTreeMap<TopicPartition, i64>,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+impl Runner {
+    fn new(client: Client, topology: Arc<Topology>, config: StreamsConfig) -> Result<Self, StreamsError> {
+        let producer = Producer::new(client.clone(), ProducerConfig::default())?;
+        let sub_of = topology
+            .source_topics()
+            .into_iter()
+            .map(|(topic, sub)| (topic.resolve(&config.application_id), sub))
+            .collect();
+        Ok(Runner {
+            client,
+            topology,
+            config,
+            producer,
+            sub_of,
+            tasks: BTreeMap::new(),
+            processed: BTreeMap::new(),
+            deliveries: Vec::new(),
+        })
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StreamsError> {
+        let mut consumer = GroupConsumer::new(
+            self.client.clone(),
+            GroupConfig {
+                group_id: self.config.application_id.clone(),
+                // Range gives a member the same partition numbers of every
+                // topic (equal counts), which co-partitioned inputs (a
+                // stream and the table it joins) need.
+                assignor: GroupAssignor::Range,
+                session_timeout_ms: self.config.session_timeout_ms,
+                auto_commit: false,
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                ..GroupConfig::default()
+            },
+        )?;
+        let topics: Vec<String> = self.sub_of.keys().cloned().collect();
+        consumer.subscribe(&topics).await?;
+        let commit_interval = Duration::from_millis(self.config.commit_interval_ms);
+        let mut last_commit = Instant::now();
+        let result = loop {
+            if *shutdown.borrow() {
+                break Ok(());
+            }
+            let poll = tokio::select! {
+                records = consumer.poll(Duration::from_millis(self.config.poll_ms)) => records,
+                _ = shutdown.changed() => continue,
+            };
+            let step = match poll {
+                Ok(records) => self.process_poll(&consumer, records).await,
+                Err(error) if error.is_retriable() => {
+                    tracing::warn!(%error, "poll failed; polling again");
+                    Ok(())
+                }
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = step {
+                break Err(error);
+            }
+            if last_commit.elapsed() >= commit_interval {
+                if let Err(error) = self.commit(&mut consumer).await {
+                    break Err(error);
+                }
+                last_commit = Instant::now();
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.commit(&mut consumer).await?;
+                self.producer.close().await?;
+                consumer.close().await?;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "streams application stopped");
+                // What was processed before the failure is still committed,
+                // if its outputs are delivered; never anything after it.
+                if let Err(commit_error) = self.commit(&mut consumer).await {
+                    tracing::warn!(%commit_error, "last commit before stopping failed");
+                }
+                let _ = consumer.leave().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn process_poll(
+        &mut self,
+        consumer: &GroupConsumer,
+        records: Vec<spate_client::ConsumerRecord>,
+    ) -> Result<(), StreamsError> {
+        let assigned = consumer.assignment();
+        // Tasks whose partitions moved away are dropped; their uncommitted
+        // records are processed again by the new owner (at least once).
+        self.tasks.retain(|(_, partition), task| {
+            task.sources.iter().any(|(topic, _)| assigned.contains(&TopicPartition::new(topic.clone(), *partition)))
+        });
+        self.processed.retain(|tp, _| assigned.contains(tp));
+        for record in records {
+            let Some(&sub) = self.sub_of.get(&record.topic) else {
+                continue;
+            };
+            let key = (sub, record.partition);
+            if !self.tasks.contains_key(&key) {
+                let task = self.make_task(sub, record.partition).await?;
+                self.tasks.insert(key, task);
+            }
+            let Some(task) = self.tasks.get_mut(&key) else {
+                continue;
+            };
+            let outcome = task.process(
+                &record.topic,
+                record.offset,
+                record.timestamp_ms,
+                record.key.as_deref(),
+                record.value.as_deref(),
+            );
+            match outcome {
+                Ok(_) => {}
+                Err(error @ StreamsError::Deserialization { .. }) => {
+                    match self.config.deserialization_exception_handler {
+                        DeserializationExceptionHandler::LogAndContinue => {
+                            tracing::warn!(%error, "skipping a record that cannot be deserialized (LogAndContinue)");
+                        }
+                        DeserializationExceptionHandler::LogAndFail => {
+                            tracing::error!(%error, "a record cannot be deserialized (LogAndFail)");
+                            return Err(error);
+                        }
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+            let output = task.take_output();
+            self.send(output).await?;
+            self.processed.insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset + 1);
+        }
+        let now_ms = now_ms();
+        let mut punctuated = Vec::new();
+        for task in self.tasks.values_mut() {
+            task.advance_wall_clock(now_ms)?;
+            punctuated.extend(task.take_output());
+        }
+        self.send(punctuated).await
+    }
+
+    async fn send(&mut self, output: Vec<OutRecord>) -> Result<(), StreamsError> {
+        for record in output {
+            let delivery = self
+                .producer
+                .send(ProducerRecord {
+                    topic: record.topic,
+                    partition: record.partition,
+                    key: record.key,
+                    value: record.value,
+                    headers: Vec::new(),
+                    timestamp_ms: Some(record.timestamp_ms),
+                })
+                .await?;
+            self.deliveries.push(delivery);
+        }
+        Ok(())
+    }
+
+    /// Flushes, waits for every delivery, then commits the processed
+    /// offsets; a failed delivery commits nothing.
+    async fn commit(&mut self, consumer: &mut GroupConsumer) -> Result<(), StreamsError> {
+        self.producer.flush().await?;
+        for delivery in self.deliveries.drain(..) {
+            delivery.await?;
+        }
+        if !self.processed.is_empty() {
+            consumer.commit(self.processed.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes a task and restores its logged stores from their changelogs,
+    /// from the start to the end offset read before restoring.
+    async fn make_task(&mut self, sub: usize, partition: i32) -> Result<Task, StreamsError> {
+        let mut task = self.topology.make_task(sub, partition, &self.config.application_id, now_ms())?;
+        for (store, topic) in task.logged_stores() {
+            let started = Instant::now();
+            let restored = restore(&self.client, &mut task, &store, TopicPartition::new(topic, partition)).await?;
+            tracing::info!(%store, partition, restored, elapsed_ms = started.elapsed().as_millis() as u64, "store restored from its changelog");
+        }
+        Ok(task)
+    }
+}
+
+/// Applies a changelog partition to a task's store, from its start to the
+/// end offset read before restoring; returns the records applied.
+async fn restore(client: &Client, task: &mut Task, store: &str, tp: TopicPartition) -> Result<u64, StreamsError> {
+    let mut consumer = Consumer::new(
+        client.clone(),
+        ConsumerConfig {
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            fetch_max_wait_ms: 100,
+            ..ConsumerConfig::default()
+        },
+    )?;
+    consumer.assign(vec![tp.clone()]);
+    let end_offset = consumer.end_offsets(std::slice::from_ref(&tp)).await?.first().map_or(0, |(_, offset)| *offset);
+    let mut position = consumer.seek(&tp, SeekTo::Earliest).await?;
+    let mut restored = 0u64;
+    while position < end_offset {
+        for record in consumer.poll(Duration::from_millis(500)).await? {
+            if record.offset >= end_offset {
+                break;
+            }
+            let key = record.key.as_deref().unwrap_or_default();
+            task.restore(store, key, record.value.as_deref())?;
+            restored += 1;
+        }
+        position = consumer.position(&tp).unwrap_or(end_offset);
+    }
+    Ok(restored)
+}

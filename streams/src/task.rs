@@ -1,0 +1,200 @@
+//! A task: one partition of one sub-topology, with its nodes and stores.
+//! The test driver and the runtime both feed records through tasks.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::error::StreamsError;
+use crate::processor::{DynRecord, Node, OutRecord, ProcessorContext, PunctuationType, TaskState};
+use crate::store::{StateStore, changelog_topic};
+use crate::topology::{NodeKind, SourceRecord, Topology};
+
+pub(crate) struct Task {
+    pub topology: Arc<Topology>,
+    pub sub: usize,
+    pub nodes: Vec<Option<Box<dyn Node>>>,
+    pub state: TaskState,
+    /// Resolved source topic and the source node that reads it.
+    pub sources: Vec<(String, usize)>,
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task").field("sub", &self.sub).field("partition", &self.state.partition).finish()
+    }
+}
+
+/// Whether a record went through or was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Processed {
+    Done,
+    /// Its timestamp was negative (logged).
+    SkippedTimestamp,
+}
+
+impl Task {
+    pub fn init(&mut self) -> Result<(), StreamsError> {
+        for index in 0..self.nodes.len() {
+            self.with_node(index, |node, ctx| node.init(ctx))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on node `index` with its context, then runs what it
+    /// forwarded, depth first.
+    fn with_node(
+        &mut self,
+        index: usize,
+        call: impl FnOnce(&mut Box<dyn Node>, &mut ProcessorContext<'_, (), ()>) -> Result<(), StreamsError>,
+    ) -> Result<(), StreamsError> {
+        let Some(mut node) = self.nodes.get_mut(index).and_then(Option::take) else {
+            return Ok(());
+        };
+        let topology = Arc::clone(&self.topology);
+        let def = &topology.nodes[index];
+        let mut forwarded = Vec::new();
+        let result = {
+            let mut ctx = ProcessorContext {
+                node: index,
+                node_name: &def.name,
+                children: &def.children,
+                forwarded: &mut forwarded,
+                state: &mut self.state,
+                _types: PhantomData,
+            };
+            call(&mut node, &mut ctx)
+        };
+        self.nodes[index] = Some(node);
+        result?;
+        for (child, record) in forwarded {
+            self.dispatch(child, record)?;
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, index: usize, record: DynRecord) -> Result<(), StreamsError> {
+        self.with_node(index, |node, ctx| node.process(ctx, record))
+    }
+
+    /// Runs one input record through the sub-topology. A record that cannot
+    /// be deserialized is an error the caller's handler decides on; the
+    /// task is unchanged by it.
+    pub fn process(
+        &mut self,
+        topic: &str,
+        offset: i64,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Processed, StreamsError> {
+        let source = self
+            .sources
+            .iter()
+            .find(|(name, _)| name == topic)
+            .map(|(_, index)| *index)
+            .ok_or_else(|| StreamsError::Topology(format!("task {} does not read topic {topic:?}", self.sub)))?;
+        let NodeKind::Source { decode, extractor, .. } = &self.topology.nodes[source].kind else {
+            return Err(StreamsError::Topology(format!("node {source} is not a source")));
+        };
+        let partition = self.state.partition;
+        let timestamp_ms = match extractor {
+            Some(extract) => extract(&SourceRecord { topic, partition, offset, timestamp_ms, key, value }),
+            None => timestamp_ms,
+        };
+        if timestamp_ms < 0 {
+            tracing::warn!(topic, partition, offset, timestamp_ms, "skipping record with a negative timestamp");
+            return Ok(Processed::SkippedTimestamp);
+        }
+        let (key, value) = decode(topic, key, value).map_err(|source| StreamsError::Deserialization {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            source,
+        })?;
+        self.state.stream_time_ms = self.state.stream_time_ms.max(timestamp_ms);
+        self.state.current = Some((topic.to_string(), offset));
+        let result = self.dispatch(source, DynRecord { key, value, timestamp_ms });
+        self.state.current = None;
+        self.log_changes(timestamp_ms);
+        result?;
+        self.punctuate(PunctuationType::StreamTime, self.state.stream_time_ms)?;
+        Ok(Processed::Done)
+    }
+
+    /// Moves the task's wall clock and runs the wall-clock punctuations due.
+    pub fn advance_wall_clock(&mut self, wall_clock_ms: i64) -> Result<(), StreamsError> {
+        self.state.wall_clock_ms = self.state.wall_clock_ms.max(wall_clock_ms);
+        self.punctuate(PunctuationType::WallClockTime, self.state.wall_clock_ms)
+    }
+
+    fn punctuate(&mut self, kind: PunctuationType, now_ms: i64) -> Result<(), StreamsError> {
+        for position in 0..self.state.schedules.len() {
+            let schedule = self.state.schedules[position].clone();
+            if schedule.kind != kind {
+                continue;
+            }
+            let due_ms = schedule.next_ms.unwrap_or(now_ms);
+            if now_ms < due_ms {
+                continue;
+            }
+            // Missed intervals are not replayed: the next is the first one
+            // after now, as Kafka's punctuation schedule.
+            let missed = (now_ms - due_ms) / schedule.interval_ms;
+            self.state.schedules[position].next_ms =
+                Some(due_ms.saturating_add((missed + 1).saturating_mul(schedule.interval_ms)));
+            self.with_node(schedule.node, |node, ctx| node.punctuate(ctx, schedule.id, now_ms))?;
+            self.log_changes(now_ms);
+        }
+        Ok(())
+    }
+
+    fn log_changes(&mut self, timestamp_ms: i64) {
+        let (application_id, partition) = (&self.state.application_id, self.state.partition);
+        for (name, store) in &mut self.state.stores {
+            let changes = store.take_changes();
+            let logged = self.topology.stores.get(name).is_some_and(|builder| builder.logging);
+            if !logged {
+                continue;
+            }
+            let topic = changelog_topic(application_id, name);
+            self.state.out.extend(changes.into_iter().map(|(key, value)| OutRecord {
+                topic: topic.clone(),
+                partition: Some(partition),
+                key: Some(key),
+                value,
+                timestamp_ms,
+            }));
+        }
+    }
+
+    /// What the task wrote since the last call, in order.
+    pub fn take_output(&mut self) -> Vec<OutRecord> {
+        std::mem::take(&mut self.state.out)
+    }
+
+    /// The task's stores with a changelog, and the changelog's topic.
+    pub fn logged_stores(&self) -> Vec<(String, String)> {
+        self.state
+            .stores
+            .keys()
+            .filter(|name| self.topology.stores.get(*name).is_some_and(|builder| builder.logging))
+            .map(|name| (name.clone(), changelog_topic(&self.state.application_id, name)))
+            .collect()
+    }
+
+    pub fn restore(&mut self, store: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), StreamsError> {
+        let target = self
+            .state
+            .stores
+            .get_mut(store)
+            .ok_or_else(|| StreamsError::Store { name: store.to_string(), reason: "not in this task".into() })?;
+        target.restore(key, value)?;
+        // A restored change is already in the changelog.
+        target.take_changes();
+        Ok(())
+    }
+
+    pub fn store(&self, name: &str) -> Option<&dyn StateStore> {
+        self.state.stores.get(name).map(|store| store.as_ref())
+    }
+}

@@ -1,0 +1,288 @@
+//! `TopologyTestDriver`: runs a topology in the calling thread without a
+//! broker, as Kafka Streams' test driver does. Each sub-topology runs as
+//! one task (partition 0); records written to a topic a source reads
+//! (repartition topics) are processed at once; wall-clock time moves only
+//! when the test advances it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{DeserializationExceptionHandler, StreamsConfig};
+use crate::error::StreamsError;
+use crate::processor::OutRecord;
+use crate::serde::{SerdeError, SerdeRef};
+use crate::store::{KeyValueStore, WindowStore};
+use crate::task::Task;
+use crate::topology::Topology;
+
+struct Inner {
+    config: StreamsConfig,
+    tasks: Vec<Task>,
+    /// Resolved source topic -> index into `tasks`.
+    source_of: BTreeMap<String, usize>,
+    /// Every record written, by topic, for output topics to read.
+    written: BTreeMap<String, VecDeque<OutRecord>>,
+    next_offset: BTreeMap<String, i64>,
+    wall_clock_ms: i64,
+}
+
+/// Runs a topology deterministically, without a broker.
+#[derive(Clone)]
+pub struct TopologyTestDriver {
+    inner: Rc<RefCell<Inner>>,
+}
+
+impl std::fmt::Debug for TopologyTestDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TopologyTestDriver")
+    }
+}
+
+impl TopologyTestDriver {
+    /// Wall-clock time starts at 0.
+    pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
+        TopologyTestDriver::with_wall_clock(topology, config, 0)
+    }
+
+    pub fn with_wall_clock(
+        topology: Topology,
+        config: StreamsConfig,
+        wall_clock_ms: i64,
+    ) -> Result<Self, StreamsError> {
+        config.validate()?;
+        let topology = Arc::new(topology);
+        let mut tasks = Vec::new();
+        let mut source_of = BTreeMap::new();
+        for sub in 0..topology.sub_topologies().len() {
+            let task = topology.make_task(sub, 0, &config.application_id, wall_clock_ms)?;
+            for (topic, _) in &task.sources {
+                source_of.insert(topic.clone(), tasks.len());
+            }
+            tasks.push(task);
+        }
+        let inner =
+            Inner { config, tasks, source_of, written: BTreeMap::new(), next_offset: BTreeMap::new(), wall_clock_ms };
+        Ok(TopologyTestDriver { inner: Rc::new(RefCell::new(inner)) })
+    }
+
+    pub fn create_input_topic<K, V>(
+        &self,
+        topic: &str,
+        key_serde: SerdeRef<K>,
+        value_serde: SerdeRef<V>,
+    ) -> TestInputTopic<K, V> {
+        TestInputTopic { driver: self.clone(), topic: topic.to_string(), key_serde, value_serde }
+    }
+
+    pub fn create_output_topic<K, V>(
+        &self,
+        topic: &str,
+        key_serde: SerdeRef<K>,
+        value_serde: SerdeRef<V>,
+    ) -> TestOutputTopic<K, V> {
+        TestOutputTopic { driver: self.clone(), topic: topic.to_string(), key_serde, value_serde, _types: PhantomData }
+    }
+
+    /// Pipes raw bytes, as a producer would write them.
+    pub fn pipe_raw(
+        &self,
+        topic: &str,
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+        timestamp_ms: i64,
+    ) -> Result<(), StreamsError> {
+        let mut inner = self.inner.borrow_mut();
+        let mut queue =
+            VecDeque::from([OutRecord { topic: topic.to_string(), partition: Some(0), key, value, timestamp_ms }]);
+        while let Some(record) = queue.pop_front() {
+            let offset = inner.next_offset.entry(record.topic.clone()).or_insert(0);
+            let record_offset = *offset;
+            *offset += 1;
+            let Some(&task_index) = inner.source_of.get(&record.topic) else {
+                continue;
+            };
+            let handler = inner.config.deserialization_exception_handler;
+            let task = &mut inner.tasks[task_index];
+            match task.process(
+                &record.topic,
+                record_offset,
+                record.timestamp_ms,
+                record.key.as_deref(),
+                record.value.as_deref(),
+            ) {
+                Ok(_) => {}
+                Err(error @ StreamsError::Deserialization { .. }) => match handler {
+                    DeserializationExceptionHandler::LogAndContinue => {
+                        tracing::warn!(%error, "skipping a record that cannot be deserialized (LogAndContinue)");
+                    }
+                    DeserializationExceptionHandler::LogAndFail => return Err(error),
+                },
+                Err(error) => return Err(error),
+            }
+            let output = inner.tasks[task_index].take_output();
+            inner.route(output, &mut queue);
+        }
+        Ok(())
+    }
+
+    /// Moves wall-clock time forward and runs the punctuations due.
+    pub fn advance_wall_clock_time(&self, advance_ms: i64) -> Result<(), StreamsError> {
+        let mut queue = VecDeque::new();
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.wall_clock_ms = inner.wall_clock_ms.saturating_add(advance_ms);
+            let now_ms = inner.wall_clock_ms;
+            for index in 0..inner.tasks.len() {
+                inner.tasks[index].advance_wall_clock(now_ms)?;
+                let output = inner.tasks[index].take_output();
+                inner.route(output, &mut queue);
+            }
+        }
+        // What punctuations wrote to repartition topics goes on through.
+        for record in queue {
+            self.pipe_raw(&record.topic, record.key, record.value, record.timestamp_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Every record written to `topic` so far (changelogs included), read
+    /// or not.
+    pub fn written(&self, topic: &str) -> Vec<OutRecord> {
+        self.inner.borrow().written.get(topic).map(|records| records.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The entries of a key-value store, in key-byte order.
+    pub fn key_value_store_all<K: 'static, V: 'static>(&self, store: &str) -> Result<Vec<(K, V)>, StreamsError> {
+        self.with_store(store, |found: &KeyValueStore<K, V>| found.all())
+    }
+
+    pub fn key_value_store_get<K: 'static, V: 'static>(&self, store: &str, key: &K) -> Result<Option<V>, StreamsError> {
+        self.with_store(store, |found: &KeyValueStore<K, V>| found.get(key))
+    }
+
+    /// The entries of a window store: (key, window start, value).
+    pub fn window_store_all<K: 'static, V: 'static>(&self, store: &str) -> Result<Vec<(K, i64, V)>, StreamsError> {
+        self.with_store(store, |found: &WindowStore<K, V>| found.all())
+    }
+
+    fn with_store<S: 'static, R>(
+        &self,
+        store: &str,
+        read: impl FnOnce(&S) -> Result<R, StreamsError>,
+    ) -> Result<R, StreamsError> {
+        let inner = self.inner.borrow();
+        for task in &inner.tasks {
+            if let Some(found) = task.store(store) {
+                let typed = found.as_any().downcast_ref::<S>().ok_or_else(|| StreamsError::Store {
+                    name: store.to_string(),
+                    reason: format!("is not a {}", std::any::type_name::<S>()),
+                })?;
+                return read(typed);
+            }
+        }
+        Err(StreamsError::Store { name: store.to_string(), reason: "not in the topology".into() })
+    }
+}
+
+impl Inner {
+    /// Keeps written records for output topics; those for a topic a
+    /// source reads go back into the queue.
+    fn route(&mut self, output: Vec<OutRecord>, queue: &mut VecDeque<OutRecord>) {
+        for record in output {
+            if self.source_of.contains_key(&record.topic) {
+                queue.push_back(record.clone());
+            }
+            self.written.entry(record.topic.clone()).or_default().push_back(record);
+        }
+    }
+}
+
+/// Pipes typed records into a topic of the driver.
+pub struct TestInputTopic<K, V> {
+    driver: TopologyTestDriver,
+    topic: String,
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+}
+
+impl<K, V> std::fmt::Debug for TestInputTopic<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestInputTopic").field("topic", &self.topic).finish()
+    }
+}
+
+impl<K, V> TestInputTopic<K, V> {
+    pub fn pipe_input(&self, key: &K, value: &V, timestamp_ms: i64) -> Result<(), StreamsError> {
+        let error = |source| StreamsError::Serialization { target: format!("topic {}", self.topic), source };
+        let key = self.key_serde.serialize(&self.topic, key).map_err(error)?;
+        let value = self.value_serde.serialize(&self.topic, value).map_err(error)?;
+        self.driver.pipe_raw(&self.topic, key, value, timestamp_ms)
+    }
+
+    /// A record with a null value: a tombstone for a table.
+    pub fn pipe_tombstone(&self, key: &K, timestamp_ms: i64) -> Result<(), StreamsError> {
+        let key = self
+            .key_serde
+            .serialize(&self.topic, key)
+            .map_err(|source| StreamsError::Serialization { target: format!("topic {}", self.topic), source })?;
+        self.driver.pipe_raw(&self.topic, key, None, timestamp_ms)
+    }
+}
+
+/// Reads typed records from a topic of the driver, oldest first.
+pub struct TestOutputTopic<K, V> {
+    driver: TopologyTestDriver,
+    topic: String,
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+    _types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> std::fmt::Debug for TestOutputTopic<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestOutputTopic").field("topic", &self.topic).finish()
+    }
+}
+
+/// A record read from an output topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRecord<K, V> {
+    pub key: K,
+    pub value: V,
+    pub timestamp_ms: i64,
+}
+
+impl<K, V> TestOutputTopic<K, V> {
+    /// The next unread record, if any.
+    pub fn read_record(&self) -> Option<Result<TestRecord<K, V>, SerdeError>> {
+        let record = self.driver.inner.borrow_mut().written.get_mut(&self.topic)?.pop_front()?;
+        let read = || {
+            let key = self.key_serde.deserialize(&self.topic, record.key.as_deref())?;
+            let value = self.value_serde.deserialize(&self.topic, record.value.as_deref())?;
+            Ok(TestRecord { key, value, timestamp_ms: record.timestamp_ms })
+        };
+        Some(read())
+    }
+
+    /// Every unread record as (key, value).
+    pub fn read_key_values_to_list(&self) -> Result<Vec<(K, V)>, SerdeError> {
+        std::iter::from_fn(|| self.read_record()).map(|record| record.map(|r| (r.key, r.value))).collect()
+    }
+
+    /// Every unread record, the last value per key winning (a table's view).
+    pub fn read_key_values_to_map(&self) -> Result<BTreeMap<K, V>, SerdeError>
+    where
+        K: Ord,
+    {
+        Ok(self.read_key_values_to_list()?.into_iter().collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.driver.inner.borrow().written.get(&self.topic).is_none_or(VecDeque::is_empty)
+    }
+}

@@ -1,0 +1,477 @@
+//! The DSL and Processor API run through `TopologyTestDriver`, checked
+//! against Kafka Streams' documented results.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use spate_streams::*;
+
+fn config(application_id: &str) -> StreamsConfig {
+    StreamsConfig::new(application_id, "unused:9400")
+}
+
+fn word_count_topology() -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("text-input", Consumed::with(Serdes::nullable(Serdes::string()), Serdes::string()))
+        .flat_map_values(|line: &String| line.to_lowercase().split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .group_by(|_, word| word.clone(), Grouped::with(Serdes::string(), Serdes::string()))
+        .count(Materialized::as_("counts-store"))
+        .to_stream()
+        .to("word-counts", Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
+    builder.build().unwrap()
+}
+
+#[test]
+fn word_count_emits_kafkas_documented_updates() {
+    // The input and output of Kafka's WordCountDemo quickstart.
+    let driver = TopologyTestDriver::new(word_count_topology(), config("wordcount")).unwrap();
+    let input = driver.create_input_topic("text-input", Serdes::nullable(Serdes::string()), Serdes::string());
+    let output = driver.create_output_topic("word-counts", Serdes::string(), Serdes::i64());
+    for (offset, line) in ["all streams lead to kafka", "hello kafka streams", "join kafka summit"].iter().enumerate() {
+        input.pipe_input(&None, &line.to_string(), offset as i64).unwrap();
+    }
+    let updates = output.read_key_values_to_list().unwrap();
+    let expected: Vec<(String, i64)> = [
+        ("all", 1),
+        ("streams", 1),
+        ("lead", 1),
+        ("to", 1),
+        ("kafka", 1),
+        ("hello", 1),
+        ("kafka", 2),
+        ("streams", 2),
+        ("join", 1),
+        ("kafka", 3),
+        ("summit", 1),
+    ]
+    .iter()
+    .map(|(word, count)| (word.to_string(), *count))
+    .collect();
+    assert_eq!(updates, expected);
+    assert_eq!(driver.key_value_store_get::<String, i64>("counts-store", &"kafka".into()).unwrap(), Some(3));
+
+    // The word became the key: records went through the repartition topic,
+    // and every count change went to the store's changelog.
+    assert_eq!(driver.written("wordcount-counts-store-repartition").len(), 11);
+    let changelog = driver.written("wordcount-counts-store-changelog");
+    assert_eq!(changelog.len(), 11);
+    let last = changelog.iter().rev().find(|record| record.key.as_deref() == Some(&b"kafka"[..])).unwrap();
+    assert_eq!(last.value.as_deref(), Some(&3i64.to_be_bytes()[..]));
+}
+
+#[test]
+fn describe_prints_sub_topologies_split_at_the_repartition_topic() {
+    let description = word_count_topology().describe().to_string();
+    let expected = "\
+Topologies:
+   Sub-topology: 0
+    Source: KSTREAM-SOURCE-0000000000 (topics: [text-input])
+      --> KSTREAM-FLATMAPVALUES-0000000001
+    Processor: KSTREAM-FLATMAPVALUES-0000000001 (stores: [])
+      --> KSTREAM-KEY-SELECT-0000000002
+      <-- KSTREAM-SOURCE-0000000000
+    Processor: KSTREAM-KEY-SELECT-0000000002 (stores: [])
+      --> KSTREAM-SINK-0000000003
+      <-- KSTREAM-FLATMAPVALUES-0000000001
+    Sink: KSTREAM-SINK-0000000003 (topic: counts-store-repartition)
+      <-- KSTREAM-KEY-SELECT-0000000002
+
+   Sub-topology: 1
+    Source: KSTREAM-SOURCE-0000000004 (topics: [counts-store-repartition])
+      --> KSTREAM-AGGREGATE-0000000005
+    Processor: KSTREAM-AGGREGATE-0000000005 (stores: [counts-store])
+      --> KTABLE-TOSTREAM-0000000006
+      <-- KSTREAM-SOURCE-0000000004
+    Processor: KTABLE-TOSTREAM-0000000006 (stores: [])
+      --> KSTREAM-SINK-0000000007
+      <-- KSTREAM-AGGREGATE-0000000005
+    Sink: KSTREAM-SINK-0000000007 (topic: word-counts)
+      <-- KTABLE-TOSTREAM-0000000006
+
+";
+    assert_eq!(description, expected);
+}
+
+/// Clicks per user in windows of `windows`, written as "user@start" -> count.
+fn windowed_count_driver(
+    windows: TimeWindows,
+) -> (TopologyTestDriver, TestInputTopic<String, String>, TestOutputTopic<String, i64>) {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("clicks", Consumed::with(Serdes::string(), Serdes::string()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .windowed_by(windows)
+        .count(Materialized::as_("clicks-per-window"))
+        .to_stream()
+        .map(|windowed: &Windowed<String>, count: &Option<i64>| {
+            (format!("{}@{}", windowed.key, windowed.window.start_ms), count.unwrap_or(0))
+        })
+        .to("click-counts", Produced::with(Serdes::string(), Serdes::i64()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("clicks")).unwrap();
+    let input = driver.create_input_topic("clicks", Serdes::string(), Serdes::string());
+    let output = driver.create_output_topic("click-counts", Serdes::string(), Serdes::i64());
+    (driver, input, output)
+}
+
+fn pairs(list: &[(&str, i64)]) -> Vec<(String, i64)> {
+    list.iter().map(|(key, value)| (key.to_string(), *value)).collect()
+}
+
+#[test]
+fn tumbling_window_counts_late_records_within_grace_and_drops_those_after() {
+    // Windows of 10 ms with 5 ms grace: window [0,10) closes when stream
+    // time reaches 15.
+    let (driver, input, output) = windowed_count_driver(TimeWindows::of_size_and_grace(10, 5));
+    let click = |timestamp_ms| input.pipe_input(&"alice".to_string(), &"page".to_string(), timestamp_ms).unwrap();
+    click(1);
+    click(5);
+    click(12); // stream time 12: [0,10) is past its end, but within grace
+    click(8); // late, within grace: counted
+    click(20); // stream time 20: [0,10) is closed (10 + 5 <= 20)
+    click(3); // late, past grace: dropped
+    click(14); // [10,20) is still open (20 + 5 > 20)
+    assert_eq!(
+        output.read_key_values_to_list().unwrap(),
+        pairs(&[("alice@0", 1), ("alice@0", 2), ("alice@10", 1), ("alice@0", 3), ("alice@20", 1), ("alice@10", 2)])
+    );
+    // The store keeps size + grace (15 ms) of windows behind the latest
+    // start, as Kafka's default retention: [0,10) is gone once [20,30) opens.
+    let store = driver.window_store_all::<String, i64>("clicks-per-window").unwrap();
+    assert_eq!(store, vec![("alice".into(), 10, 2), ("alice".into(), 20, 1)]);
+}
+
+#[test]
+fn tumbling_window_without_grace_drops_a_record_once_its_window_has_ended() {
+    let (_driver, input, output) = windowed_count_driver(TimeWindows::of_size_with_no_grace(10));
+    input.pipe_input(&"bob".to_string(), &"p".to_string(), 12).unwrap();
+    input.pipe_input(&"bob".to_string(), &"p".to_string(), 9).unwrap(); // [0,10) ended at stream time 12
+    input.pipe_input(&"bob".to_string(), &"p".to_string(), 10).unwrap();
+    assert_eq!(output.read_key_values_to_list().unwrap(), pairs(&[("bob@10", 1), ("bob@10", 2)]));
+}
+
+#[test]
+fn hopping_windows_count_a_record_in_every_window_that_contains_it() {
+    // Size 10, advance 5: 7 is in [0,10) and [5,15); 12 in [5,15) and [10,20).
+    let (_driver, input, output) = windowed_count_driver(TimeWindows::of_size_and_grace(10, 0).advance_by(5));
+    input.pipe_input(&"carol".to_string(), &"p".to_string(), 7).unwrap();
+    input.pipe_input(&"carol".to_string(), &"p".to_string(), 12).unwrap();
+    assert_eq!(
+        output.read_key_values_to_list().unwrap(),
+        pairs(&[("carol@0", 1), ("carol@5", 1), ("carol@5", 2), ("carol@10", 1)])
+    );
+}
+
+struct Enrich {
+    driver: TopologyTestDriver,
+    customers: TestInputTopic<String, String>,
+    orders: TestInputTopic<String, String>,
+    output: TestOutputTopic<String, String>,
+}
+
+fn orders_and_customers(left: bool) -> Enrich {
+    let builder = StreamsBuilder::new();
+    let customers = builder.table(
+        "customers",
+        Consumed::with(Serdes::string(), Serdes::string()),
+        Materialized::as_("customers-store"),
+    );
+    let orders = builder.stream("orders", Consumed::with(Serdes::string(), Serdes::string()));
+    let enriched = if left {
+        orders.left_join(&customers, |order: &String, customer: Option<&String>| {
+            format!("{order} for {}", customer.map_or("unknown", String::as_str))
+        })
+    } else {
+        orders.join(&customers, |order: &String, customer: &String| format!("{order} for {customer}"))
+    };
+    enriched.to("orders-enriched", Produced::with(Serdes::string(), Serdes::string()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("enrich")).unwrap();
+    let customers = driver.create_input_topic("customers", Serdes::string(), Serdes::string());
+    let orders = driver.create_input_topic("orders", Serdes::string(), Serdes::string());
+    let output = driver.create_output_topic("orders-enriched", Serdes::string(), Serdes::string());
+    Enrich { driver, customers, orders, output }
+}
+
+#[test]
+fn stream_table_join_stops_matching_after_a_tombstone() {
+    let Enrich { driver, customers, orders, output } = orders_and_customers(false);
+    let c1 = "c1".to_string();
+    orders.pipe_input(&c1, &"book".into(), 1).unwrap(); // no customer yet: no output
+    customers.pipe_input(&c1, &"Ada".into(), 2).unwrap();
+    orders.pipe_input(&c1, &"pen".into(), 3).unwrap();
+    customers.pipe_input(&c1, &"Ada L.".into(), 4).unwrap();
+    orders.pipe_input(&c1, &"ink".into(), 5).unwrap();
+    customers.pipe_tombstone(&c1, 6).unwrap(); // deletes c1
+    orders.pipe_input(&c1, &"cup".into(), 7).unwrap();
+    assert_eq!(
+        output.read_key_values_to_list().unwrap(),
+        vec![("c1".to_string(), "pen for Ada".to_string()), ("c1".to_string(), "ink for Ada L.".to_string())]
+    );
+    assert_eq!(driver.key_value_store_get::<String, String>("customers-store", &c1).unwrap(), None);
+    // The delete was logged as a tombstone.
+    let changelog = driver.written("enrich-customers-store-changelog");
+    assert_eq!(changelog.last().map(|record| record.value.clone()), Some(None));
+}
+
+#[test]
+fn stream_table_left_join_emits_with_none_when_the_key_is_absent_or_deleted() {
+    let Enrich { customers, orders, output, .. } = orders_and_customers(true);
+    let c1 = "c1".to_string();
+    orders.pipe_input(&c1, &"book".into(), 1).unwrap();
+    customers.pipe_input(&c1, &"Ada".into(), 2).unwrap();
+    orders.pipe_input(&c1, &"pen".into(), 3).unwrap();
+    customers.pipe_tombstone(&c1, 4).unwrap();
+    orders.pipe_input(&c1, &"cup".into(), 5).unwrap();
+    let values: Vec<String> = output.read_key_values_to_list().unwrap().into_iter().map(|(_, value)| value).collect();
+    assert_eq!(values, vec!["book for unknown", "pen for Ada", "cup for unknown"]);
+}
+
+#[test]
+fn table_filter_and_to_stream_forward_deletes_as_none() {
+    let builder = StreamsBuilder::new();
+    builder
+        .table("prices", Consumed::with(Serdes::string(), Serdes::i64()), Materialized::default())
+        .filter(|_, price| *price >= 10)
+        .map_values(|price| price * 2)
+        .to_stream()
+        .to("doubled-expensive", Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("prices")).unwrap();
+    let input = driver.create_input_topic("prices", Serdes::string(), Serdes::i64());
+    let output = driver.create_output_topic("doubled-expensive", Serdes::string(), Serdes::nullable(Serdes::i64()));
+    let (a, b) = ("a".to_string(), "b".to_string());
+    input.pipe_input(&a, &20, 1).unwrap();
+    input.pipe_input(&b, &5, 2).unwrap(); // filtered out, nothing was there: nothing sent
+    input.pipe_input(&a, &7, 3).unwrap(); // no longer passes: a delete downstream
+    input.pipe_input(&b, &30, 4).unwrap();
+    input.pipe_tombstone(&b, 5).unwrap();
+    assert_eq!(
+        output.read_key_values_to_list().unwrap(),
+        vec![(a.clone(), Some(40)), (a, None), (b.clone(), Some(60)), (b, None)]
+    );
+}
+
+#[test]
+fn reduce_and_aggregate_emit_every_update_per_key() {
+    let builder = StreamsBuilder::new();
+    let grouped = builder
+        .stream("amounts", Consumed::with(Serdes::string(), Serdes::i64()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()));
+    grouped
+        .reduce(|total, amount| total + amount, Materialized::as_("sums"))
+        .to_stream()
+        .to("sums", Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
+    grouped
+        .aggregate(
+            String::new,
+            |_, amount, list: String| if list.is_empty() { amount.to_string() } else { format!("{list},{amount}") },
+            Materialized::as_("lists").with_value_serde(Serdes::string()),
+        )
+        .to_stream()
+        .to("lists", Produced::with(Serdes::string(), Serdes::nullable(Serdes::string())));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("agg")).unwrap();
+    let input = driver.create_input_topic("amounts", Serdes::string(), Serdes::i64());
+    for (key, amount) in [("x", 3), ("y", 1), ("x", 4), ("x", -2)] {
+        input.pipe_input(&key.to_string(), &amount, 0).unwrap();
+    }
+    let sums = driver.create_output_topic("sums", Serdes::string(), Serdes::i64());
+    assert_eq!(sums.read_key_values_to_list().unwrap(), pairs(&[("x", 3), ("y", 1), ("x", 7), ("x", 5)]));
+    let lists = driver.create_output_topic("lists", Serdes::string(), Serdes::string());
+    let lists: BTreeMap<String, String> = lists.read_key_values_to_map().unwrap();
+    assert_eq!(lists.get("x").map(String::as_str), Some("3,4,-2"));
+    assert_eq!(driver.key_value_store_all::<String, i64>("sums").unwrap(), pairs(&[("x", 5), ("y", 1)]));
+    // No key changed: no repartition topic.
+    assert!(driver.written("agg-sums-repartition").is_empty());
+}
+
+fn amounts_driver(handler: DeserializationExceptionHandler) -> TopologyTestDriver {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("amounts", Consumed::with(Serdes::string(), Serdes::i64()))
+        .map_values(|amount| amount * 10)
+        .to("scaled", Produced::with(Serdes::string(), Serdes::i64()));
+    let mut config = config("bad-input");
+    config.deserialization_exception_handler = handler;
+    TopologyTestDriver::new(builder.build().unwrap(), config).unwrap()
+}
+
+#[test]
+fn a_bad_record_fails_by_default_and_is_skipped_with_log_and_continue() {
+    let bad_value = Some(Bytes::from_static(b"abc")); // 3 bytes: not an i64
+    let key = Some(Bytes::from_static(b"k"));
+    let good_value = Some(Bytes::copy_from_slice(&2i64.to_be_bytes()));
+
+    let failing = amounts_driver(DeserializationExceptionHandler::LogAndFail);
+    let error = failing.pipe_raw("amounts", key.clone(), bad_value.clone(), 0).unwrap_err();
+    assert!(
+        matches!(error, StreamsError::Deserialization { ref topic, offset: 0, .. } if topic == "amounts"),
+        "{error}"
+    );
+
+    let skipping = amounts_driver(DeserializationExceptionHandler::LogAndContinue);
+    skipping.pipe_raw("amounts", key.clone(), bad_value, 0).unwrap();
+    skipping.pipe_raw("amounts", key, good_value, 1).unwrap();
+    let output = skipping.create_output_topic("scaled", Serdes::string(), Serdes::i64());
+    assert_eq!(output.read_key_values_to_list().unwrap(), pairs(&[("k", 20)]));
+}
+
+#[test]
+fn split_merge_and_stateless_operations_route_records_like_kafka() {
+    let builder = StreamsBuilder::new();
+    let numbers = builder.stream("numbers", Consumed::with(Serdes::string(), Serdes::i64()));
+    let branches =
+        numbers.split().branch("negative", |_, n| *n < 0).branch("small", |_, n| *n < 10).default_branch("large");
+    assert_eq!(branches.len(), 3);
+    let by_suffix =
+        |suffix: &str| branches.iter().find(|(name, _)| name.ends_with(suffix)).map(|(_, s)| s.clone()).unwrap();
+    by_suffix("negative").to("negative", Produced::with(Serdes::string(), Serdes::i64()));
+    by_suffix("small")
+        .merge(&by_suffix("large").filter_not(|_, n| *n > 100))
+        .select_key(|_, n| format!("n{n}"))
+        .flat_map(|key, n| vec![(key.clone(), *n), (format!("{key}-again"), *n)])
+        .filter(|key, _| !key.starts_with("n5-"))
+        .to("positive", Produced::with(Serdes::string(), Serdes::i64()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("split")).unwrap();
+    let input = driver.create_input_topic("numbers", Serdes::string(), Serdes::i64());
+    for n in [-1, 5, 50, 500] {
+        input.pipe_input(&"k".to_string(), &n, 0).unwrap();
+    }
+    let negative = driver.create_output_topic("negative", Serdes::string(), Serdes::i64());
+    assert_eq!(negative.read_key_values_to_list().unwrap(), pairs(&[("k", -1)]));
+    let positive = driver.create_output_topic("positive", Serdes::string(), Serdes::i64());
+    assert_eq!(positive.read_key_values_to_list().unwrap(), pairs(&[("n5", 5), ("n50", 50), ("n50-again", 50)]));
+}
+
+#[test]
+fn event_time_can_come_from_the_value_through_a_timestamp_extractor() {
+    // The value is "<event time>:<page>"; windows follow that time, not the
+    // record's timestamp.
+    let builder = StreamsBuilder::new();
+    let extractor: TimestampExtractor = std::sync::Arc::new(|record: &SourceRecord<'_>| {
+        record
+            .value
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|value| value.split(':').next())
+            .and_then(|time| time.parse().ok())
+            .unwrap_or(-1)
+    });
+    builder
+        .stream("views", Consumed::with(Serdes::string(), Serdes::string()).with_timestamp_extractor(extractor))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .windowed_by(TimeWindows::of_size_with_no_grace(100))
+        .count(Materialized::as_("views"))
+        .to_stream()
+        .map(|windowed, count| (windowed.window.start_ms, count.unwrap_or(0)))
+        .to("view-counts", Produced::with(Serdes::i64(), Serdes::i64()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("views")).unwrap();
+    let input = driver.create_input_topic("views", Serdes::string(), Serdes::string());
+    input.pipe_input(&"u".into(), &"150:home".into(), 0).unwrap();
+    input.pipe_input(&"u".into(), &"no time".into(), 0).unwrap(); // -1: skipped
+    input.pipe_input(&"u".into(), &"250:home".into(), 0).unwrap();
+    let output = driver.create_output_topic("view-counts", Serdes::i64(), Serdes::i64());
+    assert_eq!(output.read_key_values_to_list().unwrap(), vec![(100, 1), (200, 1)]);
+}
+
+/// Counts per key in a store and emits every count on a wall-clock
+/// punctuation, and the number of records seen on a stream-time one.
+struct CountAndReport {
+    wall_clock: Option<PunctuationId>,
+    seen: i64,
+}
+
+impl Processor<String, String, String, i64> for CountAndReport {
+    fn init(&mut self, ctx: &mut ProcessorContext<'_, String, i64>) -> Result<(), StreamsError> {
+        self.wall_clock = Some(ctx.schedule(1_000, PunctuationType::WallClockTime)?);
+        ctx.schedule(100, PunctuationType::StreamTime)?;
+        Ok(())
+    }
+
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, String, i64>,
+        record: Record<String, String>,
+    ) -> Result<(), StreamsError> {
+        self.seen += 1;
+        let store = ctx.get_state_store::<KeyValueStore<String, i64>>("report-counts")?;
+        let count = store.get(&record.key)?.unwrap_or(0) + 1;
+        store.put(&record.key, &count)
+    }
+
+    fn punctuate(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, String, i64>,
+        id: PunctuationId,
+        timestamp_ms: i64,
+    ) -> Result<(), StreamsError> {
+        if Some(id) == self.wall_clock {
+            let counts = ctx.get_state_store::<KeyValueStore<String, i64>>("report-counts")?.all()?;
+            for (key, count) in counts {
+                ctx.forward_to("counts-sink", Record::new(key, count, timestamp_ms))?;
+            }
+        } else {
+            ctx.forward_to("seen-sink", Record::new("seen".to_string(), self.seen, timestamp_ms))?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn processor_api_stores_and_punctuations_by_wall_clock_and_stream_time() {
+    let mut topology = Topology::new();
+    topology
+        .add_source("events", &["events"], Serdes::string(), Serdes::string())
+        .unwrap()
+        .add_processor("report", || CountAndReport { wall_clock: None, seen: 0 }, &["events"])
+        .unwrap()
+        .add_state_store(Stores::key_value_store_builder("report-counts", Serdes::string(), Serdes::i64()), &["report"])
+        .unwrap()
+        .add_sink("counts-sink", "counts", Serdes::string(), Serdes::i64(), &["report"])
+        .unwrap()
+        .add_sink("seen-sink", "seen", Serdes::string(), Serdes::i64(), &["report"])
+        .unwrap();
+    assert!(topology.add_sink("bad", "x", Serdes::string(), Serdes::i64(), &["nope"]).is_err());
+
+    let driver = TopologyTestDriver::new(topology, config("report")).unwrap();
+    let input = driver.create_input_topic("events", Serdes::string(), Serdes::string());
+    let counts = driver.create_output_topic("counts", Serdes::string(), Serdes::i64());
+    let seen = driver.create_output_topic("seen", Serdes::string(), Serdes::i64());
+    input.pipe_input(&"a".into(), &"x".into(), 0).unwrap(); // first stream-time punctuation at 0
+    input.pipe_input(&"a".into(), &"x".into(), 50).unwrap();
+    input.pipe_input(&"b".into(), &"x".into(), 120).unwrap(); // stream time passes 100
+    assert_eq!(seen.read_key_values_to_list().unwrap(), pairs(&[("seen", 1), ("seen", 3)]));
+
+    driver.advance_wall_clock_time(999).unwrap();
+    assert!(counts.is_empty(), "the wall-clock punctuation is not due before 1000 ms");
+    driver.advance_wall_clock_time(1).unwrap();
+    assert_eq!(counts.read_key_values_to_list().unwrap(), pairs(&[("a", 2), ("b", 1)]));
+}
+
+#[test]
+fn topology_mistakes_are_errors_at_build() {
+    // Joining after a key change without a repartition is refused, as the
+    // stream would not be co-partitioned with the table.
+    let builder = StreamsBuilder::new();
+    let table = builder.table("t", Consumed::with(Serdes::string(), Serdes::string()), Materialized::default());
+    builder
+        .stream("s", Consumed::with(Serdes::string(), Serdes::string()))
+        .select_key(|_, v| v.clone())
+        .join(&table, |a, b| format!("{a}{b}"))
+        .to("out", Produced::with(Serdes::string(), Serdes::string()));
+    assert!(matches!(builder.build(), Err(StreamsError::Topology(_))));
+
+    // With the repartition it builds, and the join reads the repartitioned stream.
+    let builder = StreamsBuilder::new();
+    let table = builder.table("t", Consumed::with(Serdes::string(), Serdes::string()), Materialized::default());
+    builder
+        .stream("s", Consumed::with(Serdes::string(), Serdes::string()))
+        .select_key(|_, v| v.clone())
+        .repartition(Repartitioned::with(Serdes::string(), Serdes::string()).with_name("by-value"))
+        .join(&table, |a, b| format!("{a}+{b}"))
+        .to("out", Produced::with(Serdes::string(), Serdes::string()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("rekey")).unwrap();
+    driver.create_input_topic("t", Serdes::string(), Serdes::string()).pipe_input(&"v".into(), &"T".into(), 0).unwrap();
+    driver.create_input_topic("s", Serdes::string(), Serdes::string()).pipe_input(&"k".into(), &"v".into(), 1).unwrap();
+    let output = driver.create_output_topic("out", Serdes::string(), Serdes::string());
+    assert_eq!(output.read_key_values_to_list().unwrap(), vec![("v".to_string(), "v+T".to_string())]);
+    assert_eq!(driver.written("rekey-by-value-repartition").len(), 1);
+}
