@@ -4,7 +4,9 @@
 //! - [`connector`]: the connector and task traits.
 //! - [`converter`]: StringConverter, ByteArrayConverter, JsonConverter.
 //! - [`file`]: FileStreamSource and FileStreamSink.
-//! - [`worker`]: the standalone worker (offsets in a local file).
+//! - [`worker`]: the standalone worker (offsets in a local file),
+//!   [`rest`], Kafka Connect's REST API on it, and [`standalone`], the
+//!   `spate connect standalone` command.
 
 pub mod config;
 pub mod connector;
@@ -17,6 +19,8 @@ pub mod offsets;
 pub mod plugins;
 pub mod props;
 pub mod record;
+pub mod rest;
+pub mod standalone;
 pub mod worker;
 
 pub use error::{ConnectError, Result};
