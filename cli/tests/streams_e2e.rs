@@ -1,0 +1,193 @@
+//! Spate Streams at least once on a real broker (issue 18): the wordcount
+//! example (`streams/examples/wordcount.rs`) runs as two processes in one
+//! application; input is produced while one of them is killed with
+//! kill -9. The survivor takes over its partitions (after the session
+//! timeout), restores the counts from the changelog and processes what was
+//! not committed; no final count may be short of the exact count.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use spate_client::{
+    Admin, Client, ClientConfig, Consumer, ConsumerConfig, GroupAdmin, Producer, ProducerConfig, ProducerRecord,
+    SeekTo, TopicPartition,
+};
+
+const PARTITIONS: i32 = 4;
+const LINES: usize = 600;
+/// Short, so that the killed instance's partitions move within seconds.
+const SESSION_TIMEOUT_MS: u64 = 2_000;
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).expect("read source dir").flatten() {
+        let path = entry.path();
+        let mtime = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(mtime);
+    }
+    newest
+}
+
+/// The wordcount example's binary, next to this test's profile directory;
+/// built first if it is missing or older than its sources (a workspace
+/// test build has built it already).
+fn wordcount_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let binary = profile_dir.join("examples").join("wordcount");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sources = ["streams/src", "streams/examples", "client/src"].map(|dir| newest_mtime(&root.join(dir)));
+    let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
+    if built.is_none_or(|built| sources.iter().any(|source| *source > built)) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "-p", "spate-streams", "--example", "wordcount"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the wordcount example failed");
+    }
+    binary
+}
+
+/// A wordcount process, killed (kill -9) when dropped, so that a failed
+/// assertion leaves no process behind.
+struct Instance(Child);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_wordcount(binary: &Path, broker: &Broker) -> Instance {
+    let child = Command::new(binary)
+        .env("SPATE_BROKERS", broker.addr())
+        .env("COMMIT_INTERVAL_MS", "200")
+        .env("SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the wordcount example");
+    Instance(child)
+}
+
+fn line(index: usize) -> String {
+    format!("w{} W{} w{} w{}", index % 7, index % 11, index % 13, index % 3)
+}
+
+async fn produce_lines(client: &Client, lines: std::ops::Range<usize>) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).expect("producer");
+    let mut deliveries = Vec::new();
+    for index in lines {
+        deliveries.push(producer.send(ProducerRecord::new("text-input", line(index))).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("acknowledged");
+    }
+    producer.close().await.expect("close");
+}
+
+/// The last count per word in `word-counts` (a word's updates are in one
+/// partition, in order).
+async fn last_counts(client: &Client) -> BTreeMap<String, i64> {
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+    let partitions: Vec<TopicPartition> = (0..PARTITIONS).map(|p| TopicPartition::new("word-counts", p)).collect();
+    let ends = consumer.end_offsets(&partitions).await.expect("end offsets");
+    let mut counts = BTreeMap::new();
+    for (tp, end) in ends {
+        // One partition at a time: a poll fetches every assigned partition.
+        consumer.assign(vec![tp.clone()]);
+        let mut position = consumer.seek(&tp, SeekTo::Earliest).await.expect("seek");
+        while position < end {
+            for record in consumer.poll(Duration::from_millis(500)).await.expect("poll") {
+                let word = String::from_utf8(record.key.expect("a key").to_vec()).expect("a UTF-8 word");
+                let bytes: [u8; 8] = record.value.as_deref().expect("a count").try_into().expect("8 bytes");
+                counts.insert(word, i64::from_be_bytes(bytes));
+            }
+            position = consumer.position(&tp).unwrap_or(end);
+        }
+    }
+    counts
+}
+
+fn short_words(expected: &BTreeMap<String, i64>, counts: &BTreeMap<String, i64>) -> Vec<String> {
+    expected
+        .iter()
+        .filter(|(word, count)| counts.get(*word).copied().unwrap_or(0) < **count)
+        .map(|(word, count)| format!("{word}: {} < {count}", counts.get(word).copied().unwrap_or(0)))
+        .collect()
+}
+
+#[test]
+fn wordcount_in_two_processes_one_killed_with_kill_9_never_loses_a_count() {
+    let binary = wordcount_binary();
+    let dir = data_dir("streams_wordcount");
+    let broker = Broker::start(&dir, 1);
+    let runtime = runtime();
+    let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+    let client = runtime.block_on(Client::connect(config)).expect("connect");
+    let admin = Admin::new(client.clone());
+    for topic in ["text-input", "word-counts"] {
+        runtime.block_on(admin.create_topic(topic, PARTITIONS, 1, &[])).expect("create topic");
+    }
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for index in 0..LINES {
+        for word in line(index).to_lowercase().split_whitespace() {
+            *expected.entry(word.to_string()).or_default() += 1;
+        }
+    }
+
+    let mut doomed = spawn_wordcount(&binary, &broker);
+    let mut survivor = spawn_wordcount(&binary, &broker);
+    // Both members own partitions before any input, so that the kill takes
+    // work away from one that was doing it.
+    let groups = GroupAdmin::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let group = runtime.block_on(groups.describe_group("streams-wordcount")).ok();
+        let busy = group.is_some_and(|g| g.members.len() == 2 && g.members.iter().all(|m| !m.assignment.is_empty()));
+        if busy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the two instances did not both get partitions");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    runtime.block_on(produce_lines(&client, 0..LINES / 2));
+    // Some of it processed (outputs appear), some maybe not committed: kill.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime.block_on(last_counts(&client)).is_empty() {
+        assert!(Instant::now() < deadline, "no counts came out before the kill");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    doomed.0.kill().expect("kill -9 one instance");
+    let _ = doomed.0.wait();
+    runtime.block_on(produce_lines(&client, LINES / 2..LINES));
+
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let counts = runtime.block_on(last_counts(&client));
+        let short = short_words(&expected, &counts);
+        if short.is_empty() {
+            let extra: i64 = counts.iter().map(|(word, count)| count - expected.get(word).copied().unwrap_or(0)).sum();
+            eprintln!("every count reached ({} words; {extra} counted more than once)", expected.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts short of the input: {short:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The survivor is still running: nothing stopped it.
+    assert!(survivor.0.try_wait().expect("try_wait").is_none(), "the surviving instance exited");
+}
