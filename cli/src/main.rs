@@ -8,6 +8,7 @@
 
 mod acl;
 mod cluster;
+mod connect;
 mod consume;
 mod consume_group;
 mod fatal;
@@ -110,6 +111,10 @@ enum Command {
     /// listeners, as kafka-transactions does).
     #[command(subcommand)]
     Txn(txn::TxnCommand),
+    /// Run a Kafka Connect worker (standalone) and manage its connectors
+    /// through its REST API.
+    #[command(subcommand)]
+    Connect(connect::ConnectCommand),
     /// Benchmark a broker it starts itself, against the machine's limits.
     #[command(subcommand)]
     Bench(spate_bench::harness::BenchCommand),
@@ -126,6 +131,8 @@ fn main() -> ExitCode {
         Command::Acl(command) => acl::run(command),
         Command::User(command) => user::run(command),
         Command::Txn(command) => txn::run(command),
+        // connect runs its own runtime and task threads, or blocking HTTP.
+        Command::Connect(command) => connect::run(command),
         command => run_client_command(&cli.global, command),
     };
     match result {
@@ -143,8 +150,13 @@ fn run_client_command(global: &GlobalArgs, command: Command) -> anyhow::Result<(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async {
         match command {
-            Command::Serve(_) | Command::Bench(_) | Command::Acl(_) | Command::User(_) | Command::Txn(_) => {
-                anyhow::bail!("serve, bench, acl, user and txn do not run inside the client runtime")
+            Command::Serve(_)
+            | Command::Bench(_)
+            | Command::Acl(_)
+            | Command::User(_)
+            | Command::Txn(_)
+            | Command::Connect(_) => {
+                anyhow::bail!("serve, bench, acl, user, txn and connect do not run inside the client runtime")
             }
             Command::Topic(command) => topic::run(global, command).await,
             Command::Produce(args) => produce::run(global, args).await,

@@ -1,0 +1,405 @@
+//! Spate Connect as a Kafka Connect user runs it (issue 19): real `spate
+//! serve` and `spate connect standalone` processes, Kafka's quickstart
+//! configs from `connect/config/`, a worker killed with kill -9 in the
+//! middle of a stream and started again, and the REST API on port 8083's
+//! paths.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Broker, SPATE, data_dir, free_port_below_ephemeral};
+
+fn sample_config(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../connect/config").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Kafka's sample worker config, pointed at `broker` with the offsets file
+/// in `dir` (not /tmp: tests run side by side), REST on `rest_port`, and
+/// `extra` lines.
+fn worker_properties(dir: &Path, broker: &Broker, rest_port: u16, extra: &str) -> PathBuf {
+    let text = sample_config("connect-standalone.properties")
+        .replace("bootstrap.servers=localhost:9400", &format!("bootstrap.servers={}", broker.addr()))
+        .replace("/tmp/connect.offsets", &dir.join("connect.offsets").display().to_string());
+    let path = dir.join("worker.properties");
+    std::fs::write(&path, format!("{text}\nlisteners=http://127.0.0.1:{rest_port}\n{extra}\n")).expect("write");
+    path
+}
+
+/// Kafka's two connector samples, unchanged, copied into `dir` (their
+/// `file` paths, test.txt and test.sink.txt, are relative to it).
+fn connector_properties(dir: &Path) -> (PathBuf, PathBuf) {
+    let source = dir.join("connect-file-source.properties");
+    let sink = dir.join("connect-file-sink.properties");
+    std::fs::write(&source, sample_config("connect-file-source.properties")).expect("write");
+    std::fs::write(&sink, sample_config("connect-file-sink.properties")).expect("write");
+    (source, sink)
+}
+
+/// A `spate connect standalone` process running in `dir`.
+struct ConnectWorker {
+    child: Child,
+    rest_port: u16,
+}
+
+impl ConnectWorker {
+    fn start(dir: &Path, configs: &[&Path], run: usize) -> ConnectWorker {
+        let stderr = std::fs::File::create(dir.join(format!("worker-{run}.log"))).expect("log file");
+        let mut child = Command::new(SPATE)
+            .args(["connect", "standalone"])
+            .args(configs)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn spate connect standalone");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the start line");
+        // "spate connect standalone: REST API on http://127.0.0.1:PORT, N connectors".
+        let rest_port = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|port| port.parse().ok());
+        let Some(rest_port) = rest_port else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.join(format!("worker-{run}.log"))).unwrap_or_default();
+            panic!("the worker did not start: {line:?}\n{log}");
+        };
+        ConnectWorker { child, rest_port }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; the worker must flush, commit and exit 0.
+    fn stop(mut self) {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "worker exited with {exit}");
+    }
+}
+
+impl Drop for ConnectWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The complete lines of a file (a torn last line is not yet a line).
+fn complete_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    complete.lines().map(str::to_string).collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn numbered_lines(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("line-{i:06} with text that is not just a number")).collect()
+}
+
+fn append(path: &Path, lines: &[String]) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    file.write_all(text.as_bytes()).expect("append");
+}
+
+#[test]
+fn kafkas_quickstart_moves_every_line_file_to_topic_to_file_in_order() {
+    let dir = data_dir("connect-quickstart");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    let worker_config = worker_properties(&dir, &broker, free_port_below_ephemeral(), "");
+    let (source, sink) = connector_properties(&dir);
+    let source_file = dir.join("test.txt");
+    let sink_file = dir.join("test.sink.txt");
+    let first = numbered_lines(0..2000);
+    append(&source_file, &first);
+
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &source, &sink], 1);
+    wait_for("the first lines in the sink file", Duration::from_secs(20), || {
+        complete_lines(&sink_file).len() >= first.len()
+    });
+    assert_eq!(complete_lines(&sink_file), first, "every line, once, in order");
+
+    // Lines appended while it runs follow, as Kafka's quickstart shows.
+    let more = numbered_lines(2000..2100);
+    append(&source_file, &more);
+    let all: Vec<String> = first.iter().chain(&more).cloned().collect();
+    wait_for("the appended lines", Duration::from_secs(20), || complete_lines(&sink_file).len() >= all.len());
+    assert_eq!(complete_lines(&sink_file), all);
+
+    // The topic holds JsonConverter's envelope, as Kafka's worker writes it.
+    let (ok, out, err) = common::cli(
+        &["--brokers", &broker.addr(), "consume", "connect-test", "--from-beginning", "--count", "1"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!(r#"{{"schema":{{"type":"string","optional":false}},"payload":"{}"}}"#, first[0]));
+
+    // A clean stop writes the source's position: the whole file.
+    worker.stop();
+    let offsets = std::fs::read_to_string(dir.join("connect.offsets")).expect("offsets file");
+    let size = std::fs::metadata(&source_file).expect("size").len();
+    assert!(offsets.contains(&format!("\"position\":{size}")), "{offsets} should hold position {size}");
+}
+
+#[test]
+fn a_worker_killed_mid_stream_and_restarted_delivers_every_line_at_least_once() {
+    let dir = data_dir("connect-kill9");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    // Offsets flushed and sink offsets committed every 500 ms, so the kill
+    // lands between two commits; a short session, so the restarted worker's
+    // sink gets the partition soon after the killed one's session ends.
+    let worker_config = worker_properties(
+        &dir,
+        &broker,
+        free_port_below_ephemeral(),
+        "offset.flush.interval.ms=500\nconsumer.session.timeout.ms=3000",
+    );
+    let (source, sink) = connector_properties(&dir);
+    let source_file = dir.join("test.txt");
+    let sink_file = dir.join("test.sink.txt");
+    let expected = numbered_lines(0..6000);
+    append(&source_file, &expected[..1000]);
+
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &source, &sink], 1);
+    // Keep writing while the worker runs and dies.
+    let writer = {
+        let (path, rest) = (source_file.clone(), expected[1000..].to_vec());
+        std::thread::spawn(move || {
+            for chunk in rest.chunks(250) {
+                append(&path, chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Mid-stream: offsets stored at least once, lines still coming.
+    wait_for("some lines in the sink and a first offset flush", Duration::from_secs(20), || {
+        complete_lines(&sink_file).len() >= 1500 && dir.join("connect.offsets").exists()
+    });
+    worker.kill9();
+    let before_kill = complete_lines(&sink_file);
+    assert!(before_kill.len() < expected.len(), "the kill should land mid-stream");
+    // Where the restarted source must resume: the stored byte position,
+    // in whole lines (every line has the same length).
+    let offsets = std::fs::read_to_string(dir.join("connect.offsets")).expect("offsets file");
+    let position: usize = offsets
+        .split("\"position\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no position in {offsets}"));
+    let line_bytes = expected[0].len() + 1;
+    assert_eq!(position % line_bytes, 0, "a stored position is at a line's end");
+    let resume_line = position / line_bytes;
+    assert!(resume_line > 0, "an offset was stored before the kill");
+
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &source, &sink], 2);
+    writer.join().expect("writer");
+    let wanted: std::collections::BTreeSet<&String> = expected.iter().collect();
+    wait_for("every line after the restart", Duration::from_secs(30), || {
+        let got = complete_lines(&sink_file);
+        wanted.iter().all(|line| got.contains(line))
+    });
+    worker.stop();
+    let got = complete_lines(&sink_file);
+    assert_duplicates_are_replays(&expected, &before_kill, &got, resume_line);
+    eprintln!("{} lines, {} written twice after kill -9 (at-least-once)", expected.len(), got.len() - expected.len());
+}
+
+/// What at-least-once allows after one kill: before it, the sink wrote a
+/// prefix of the lines, in order. After it, the sink re-reads the topic from
+/// its last commit (at or below what it had written); the topic holds the
+/// first run's lines, then the restarted source's, which resume from the
+/// last stored offset (at or below where the first run stopped). So the
+/// rest of the file is at most two ascending runs of consecutive lines, the
+/// second starting no later than the first ends, the last ending at the
+/// last line; the second run starts at the source's stored position
+/// (`resume_line`). Anything else (a gap, a line out of order, a torn or invented
+/// line) is a bug.
+fn assert_duplicates_are_replays(expected: &[String], before_kill: &[String], got: &[String], resume_line: usize) {
+    assert_eq!(before_kill, &expected[..before_kill.len()], "before the kill: a prefix, in order, once");
+    assert_eq!(&got[..before_kill.len()], before_kill, "what was written before the kill stays");
+    let index_of: std::collections::BTreeMap<&String, usize> =
+        expected.iter().enumerate().map(|(i, l)| (l, i)).collect();
+    let after: Vec<usize> = got[before_kill.len()..]
+        .iter()
+        .map(|line| *index_of.get(line).unwrap_or_else(|| panic!("a line the source never had: {line:?}")))
+        .collect();
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for index in after {
+        match runs.last_mut() {
+            Some((_, end)) if index == *end + 1 => *end = index,
+            _ => runs.push((index, index)),
+        }
+    }
+    assert!(!runs.is_empty() && runs.len() <= 2, "after the restart: {runs:?} runs of lines, not one or two");
+    assert!(runs[0].0 <= before_kill.len(), "the sink resumed at line {}, past what it had written", runs[0].0);
+    if let [(_, first_end), (second_start, _)] = runs[..] {
+        assert!(second_start <= first_end + 1, "a gap: the source resumed at {second_start} after {first_end}");
+        assert_eq!(second_start, resume_line, "the source resumes at its stored position");
+    }
+    assert_eq!(runs.last().map(|r| r.1), Some(expected.len() - 1), "the last line arrived last");
+}
+
+/// One HTTP/1.1 request; answers (status, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the REST port");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    // A refused large body may be answered before it is all sent.
+    let _ = stream.write_all(body.as_bytes());
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn connect_cli(port: u16, args: &[&str]) -> (bool, String, String) {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut all = vec!["connect"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--url", &url]);
+    common::cli(&all, None)
+}
+
+#[test]
+fn rest_api_creates_pauses_resumes_and_deletes_connectors_with_kafkas_shapes() {
+    let dir = data_dir("connect-rest");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    let worker_config = worker_properties(&dir, &broker, free_port_below_ephemeral(), "offset.flush.interval.ms=500");
+    let worker = ConnectWorker::start(&dir, &[&worker_config], 1);
+    let port = worker.rest_port;
+
+    let (status, body) = http(port, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(json(&body)["version"].is_string());
+    let (status, body) = http(port, "GET", "/connector-plugins", "");
+    assert_eq!(status, 200);
+    let classes: Vec<String> =
+        json(&body).as_array().expect("list").iter().map(|p| p["class"].as_str().expect("class").to_string()).collect();
+    assert!(classes.contains(&"org.apache.kafka.connect.file.FileStreamSourceConnector".to_string()));
+
+    // A sink created from Kafka's sample file through `spate connect create`.
+    let (_, sink) = connector_properties(&dir);
+    let (ok, out, err) = connect_cli(port, &["create", sink.to_str().expect("path")]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["type"], "sink");
+    // A source created by a plain POST, Kafka's body shape.
+    let source_file = dir.join("test.txt");
+    let create = serde_json::json!({"name": "src", "config": {
+        "connector.class": "FileStreamSource", "tasks.max": "1", "file": source_file, "topic": "connect-test"}});
+    let (status, body) = http(port, "POST", "/connectors", &create.to_string());
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(json(&body)["tasks"][0], serde_json::json!({"connector": "src", "task": 0}));
+    let (status, body) = http(port, "POST", "/connectors", &create.to_string());
+    assert_eq!((status, json(&body)["error_code"].clone()), (409, serde_json::json!(409)), "{body}");
+
+    let (status, body) = http(port, "GET", "/connectors", "");
+    assert_eq!((status, json(&body)), (200, serde_json::json!(["local-file-sink", "src"])));
+    let sink_file = dir.join("test.sink.txt");
+    append(&source_file, &numbered_lines(0..10));
+    wait_for("lines through src and the sink", Duration::from_secs(20), || complete_lines(&sink_file).len() == 10);
+    let (ok, out, err) = connect_cli(port, &["status", "src"]);
+    assert!(ok, "{err}");
+    let status_json = json(&out);
+    assert_eq!(status_json["connector"]["state"], "RUNNING");
+    assert_eq!(status_json["tasks"][0]["state"], "RUNNING");
+    assert_eq!(status_json["type"], "source");
+
+    // Paused: nothing moves, and status says so; resumed: it catches up.
+    let (ok, _, err) = connect_cli(port, &["pause", "src"]);
+    assert!(ok, "{err}");
+    wait_for("the task to show PAUSED", Duration::from_secs(5), || {
+        json(&http(port, "GET", "/connectors/src/status", "").1)["tasks"][0]["state"] == "PAUSED"
+    });
+    assert_eq!(json(&http(port, "GET", "/connectors/src/status", "").1)["connector"]["state"], "PAUSED");
+    append(&source_file, &numbered_lines(10..20));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(complete_lines(&sink_file).len(), 10, "a paused source reads nothing");
+    let (ok, _, err) = connect_cli(port, &["resume", "src"]);
+    assert!(ok, "{err}");
+    wait_for("the lines held while paused", Duration::from_secs(20), || complete_lines(&sink_file).len() == 20);
+    assert_eq!(complete_lines(&sink_file), numbered_lines(0..20));
+
+    // Config and tasks as Kafka shows them; a config update restarts it.
+    let (status, body) = http(port, "GET", "/connectors/src/config", "");
+    assert_eq!((status, json(&body)["topic"].clone()), (200, serde_json::json!("connect-test")));
+    let (status, body) = http(port, "GET", "/connectors/src/tasks", "");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)[0]["id"], serde_json::json!({"connector": "src", "task": 0}));
+    let mut config = create["config"].clone();
+    config["batch.size"] = "100".into();
+    let (status, body) = http(port, "PUT", "/connectors/src/config", &config.to_string());
+    assert_eq!((status, json(&body)["config"]["batch.size"].clone()), (200, serde_json::json!("100")), "{body}");
+    let (status, body) = http(port, "GET", "/connectors?expand=status", "");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["src"]["status"]["connector"]["state"], "RUNNING");
+
+    // Bad input: Kafka's error bodies, and the worker keeps running.
+    let (status, body) = http(port, "GET", "/connectors/nope/status", "");
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["error_code"], 404);
+    assert!(json(&body)["message"].as_str().expect("message").contains("nope"));
+    let (status, body) = http(port, "POST", "/connectors", "{not json");
+    assert_eq!((status, json(&body)["error_code"].clone()), (400, serde_json::json!(400)));
+    let missing_class = serde_json::json!({"name": "bad", "config": {"tasks.max": "1"}});
+    let (status, body) = http(port, "POST", "/connectors", &missing_class.to_string());
+    assert_eq!(status, 400);
+    assert!(json(&body)["message"].as_str().expect("message").contains("connector.class"), "{body}");
+    let huge = format!("{{\"name\":\"big\",\"config\":{{\"x\":\"{}\"}}}}", "a".repeat(2 * 1024 * 1024));
+    let (status, _) = http(port, "POST", "/connectors", &huge);
+    assert_eq!(status, 413, "a body over 1 MiB is refused");
+    let validate = serde_json::json!({"connector.class": "FileStreamSource", "tasks.max": "0", "name": "v"});
+    let (status, body) =
+        http(port, "PUT", "/connector-plugins/FileStreamSourceConnector/config/validate", &validate.to_string());
+    assert_eq!(status, 200);
+    let infos = json(&body);
+    assert_eq!(infos["name"], "FileStreamSourceConnector");
+    assert_eq!(infos["error_count"], 2, "tasks.max and the missing topic: {body}");
+
+    // Restart and delete through the CLI.
+    let (ok, out, err) = connect_cli(port, &["restart", "src"]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["name"], "src");
+    let (ok, _, err) = connect_cli(port, &["delete", "src"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = connect_cli(port, &["status", "src"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, out, err) = connect_cli(port, &["list"]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out), serde_json::json!(["local-file-sink"]));
+    worker.stop();
+}
