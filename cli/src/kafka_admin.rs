@@ -21,7 +21,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rustls::{ClientConnection, StreamOwned};
 
 use crate::kafka_security::{ClientSecurity, SaslLogin, SaslMechanism, SecurityArgs, Transport, server_name};
-use crate::scram::ScramClient;
+use crate::scram::{ScramClient, client_mechanism};
 
 /// The Kafka listener `spate serve` opens with no configuration.
 pub(crate) const BOOTSTRAP_DEFAULT: &str = "127.0.0.1:9092";
@@ -137,7 +137,7 @@ impl KafkaAdmin {
                 self.authenticate(token.into_bytes())?;
             }
             SaslMechanism::Scram(mechanism) => {
-                let mut scram = ScramClient::new(mechanism, &login.username, &login.password)?;
+                let mut scram = ScramClient::new(client_mechanism(mechanism), &login.username, &login.password)?;
                 let server_first = self.authenticate(scram.client_first())?;
                 let client_final = scram.client_final(&server_first)?;
                 let server_final = self.authenticate(client_final)?;

@@ -1,8 +1,10 @@
 //! The CLI's limits, each with its reason.
 
-/// Random bytes in the SCRAM client nonce (RFC 5802 asks for enough to be
-/// unpredictable; 18 bytes are 24 base64 characters, as the broker's).
-pub(crate) const SCRAM_CLIENT_NONCE_BYTES: usize = 18;
+// The SCRAM client's bounds (nonce bytes, iterations) are the client
+// library's (`spate_client::limits`); its iteration bounds must be the
+// broker's.
+const _: () = assert!(spate_client::limits::SCRAM_ITERATIONS_MIN == spate_replication::limits::SCRAM_ITERATIONS_MIN);
+const _: () = assert!(spate_client::limits::SCRAM_ITERATIONS_MAX == spate_replication::limits::SCRAM_ITERATIONS_MAX);
 /// Random bytes of the salt `spate user create` makes (Kafka's tools make
 /// 20 to 30; 32 is a hash block's worth, within the broker's
 /// `SCRAM_SALT_BYTES_MAX`).

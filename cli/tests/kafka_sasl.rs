@@ -131,3 +131,88 @@ fn kcat_authenticates_with_scram_and_plain_over_sasl_ssl() {
     assert!(!unauthenticated.status.success(), "served without SASL: {}", text(&unauthenticated));
     broker.stop();
 }
+
+/// SASL on the native port (issue 16): the Rust client logs in with SCRAM
+/// (both hashes) or PLAIN and is then its user for the ACLs, while a
+/// client that does not log in stays `User:ANONYMOUS`; a wrong password
+/// is refused with SaslAuthenticationFailed. Before, native connections
+/// had no way to authenticate.
+#[test]
+fn the_native_client_authenticates_with_scram_and_plain_and_is_authorized_as_its_user() {
+    use spate_client::scram::ScramMechanism;
+    use spate_client::{
+        Admin, Client, ClientConfig, ClientError, ErrorCode, Producer, ProducerConfig, ProducerRecord, SaslConfig,
+        SaslMechanism,
+    };
+    let dir = data_dir("native-sasl");
+    let (plain_port, sasl_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
+    let listeners = format!("PLAINTEXT://127.0.0.1:{plain_port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}");
+    let properties = dir.join("server.properties");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Open where no ACL says otherwise (so the user and the ACL can be
+    // made as ANONYMOUS), alice a super user.
+    std::fs::write(
+        &properties,
+        format!("listeners={listeners}\nallow.everyone.if.no.acl.found=true\nsuper.users=User:alice\n"),
+    )
+    .unwrap();
+    let broker = Broker::start_with(
+        &dir.join("data"),
+        1,
+        0,
+        &["--config", properties.to_str().unwrap(), "--listeners", &listeners],
+    );
+    make_user(plain_port, "alice", "alice-secret");
+    let kafka = format!("127.0.0.1:{plain_port}");
+    let deny = ["acl", "create", "--deny-principal", "User:ANONYMOUS", "--operation", "All", "--topic", "payroll"];
+    let (ok, _, err) = common::cli(&[&deny[..], &["--bootstrap-server", &kafka]].concat(), None);
+    assert!(ok, "spate acl create: {err}");
+
+    let config = |sasl: Option<(SaslMechanism, &str)>| ClientConfig {
+        bootstrap: vec![broker.addr()],
+        request_timeout_ms: 10_000,
+        sasl: sasl.map(|(mechanism, password)| SaslConfig {
+            mechanism,
+            username: "alice".into(),
+            password: password.into(),
+        }),
+        ..ClientConfig::default()
+    };
+    let runtime = common::runtime();
+    runtime.block_on(async {
+        // alice over SCRAM-SHA-512: a super user.
+        let alice = Client::connect(config(Some((SaslMechanism::Scram(ScramMechanism::Sha512), "alice-secret"))))
+            .await
+            .unwrap();
+        Admin::new(alice.clone()).create_topic("payroll", 1, 1, &[]).await.unwrap();
+        let producer = Producer::new(alice.clone(), ProducerConfig::default()).unwrap();
+        let delivery = producer.send(ProducerRecord::new("payroll", "salary")).await.unwrap();
+        assert_eq!(delivery.await.unwrap().offset, 0, "alice produces");
+        producer.close().await.unwrap();
+        // The same from SCRAM-SHA-256 and PLAIN logins.
+        for mechanism in [SaslMechanism::Scram(ScramMechanism::Sha256), SaslMechanism::Plain] {
+            let client = Client::connect(config(Some((mechanism, "alice-secret")))).await.unwrap();
+            let topics = Admin::new(client).describe_topics(Some(&["payroll".to_string()])).await;
+            assert!(topics.is_ok(), "{mechanism:?}: {topics:?}");
+        }
+        // ANONYMOUS: denied by the ACL.
+        let anonymous = Client::connect(config(None)).await.unwrap();
+        let described = Admin::new(anonymous.clone()).describe_topics(Some(&["payroll".to_string()])).await;
+        assert!(
+            matches!(described, Err(ClientError::Server { code: ErrorCode::TopicAuthorizationFailed, .. })),
+            "{described:?}"
+        );
+        let producer = Producer::new(anonymous, ProducerConfig::default()).unwrap();
+        let refused = match producer.send(ProducerRecord::new("payroll", "x")).await {
+            Ok(delivery) => delivery.await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        assert!(refused.is_err(), "an anonymous produce went through");
+        // A wrong password: refused, never served.
+        let wrong = config(Some((SaslMechanism::Scram(ScramMechanism::Sha512), "not-it")));
+        let refused = Client::connect(wrong).await;
+        let text = format!("{refused:?}");
+        assert!(text.contains("SaslAuthenticationFailed"), "{text}");
+    });
+    broker.stop();
+}

@@ -27,6 +27,59 @@ pub struct ClientConfig {
     pub frame_bytes_max: usize,
     /// Metadata older than this is refreshed before it is used.
     pub metadata_max_age_ms: u64,
+    /// Authenticate every connection with SASL after its handshake (as a
+    /// Kafka client's `sasl.mechanism`, `sasl.username`,
+    /// `sasl.password`); None: the connection is `User:ANONYMOUS`, and the
+    /// broker's ACLs say what that may do.
+    pub sasl: Option<SaslConfig>,
+}
+
+/// A SASL login (Kafka's mechanism names).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslConfig {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SaslConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, in logs or errors.
+        f.debug_struct("SaslConfig").field("mechanism", &self.mechanism).field("username", &self.username).finish()
+    }
+}
+
+/// The SASL mechanisms a Spate broker offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// SCRAM-SHA-256 or SCRAM-SHA-512: the password never crosses the
+    /// wire, and the broker proves it holds the credential.
+    Scram(crate::scram::ScramMechanism),
+    /// PLAIN: the password is sent as is (use it only where the link is
+    /// private).
+    Plain,
+}
+
+impl SaslMechanism {
+    /// Kafka's name (`SCRAM-SHA-512`, `PLAIN`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Scram(scram) => scram.name(),
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+
+    /// The mechanism of a Kafka name, case-insensitively as Kafka's
+    /// clients take `sasl.mechanism`.
+    pub fn parse(name: &str) -> Option<SaslMechanism> {
+        use crate::scram::ScramMechanism;
+        match name.trim().to_ascii_uppercase().as_str() {
+            "SCRAM-SHA-256" => Some(SaslMechanism::Scram(ScramMechanism::Sha256)),
+            "SCRAM-SHA-512" => Some(SaslMechanism::Scram(ScramMechanism::Sha512)),
+            "PLAIN" => Some(SaslMechanism::Plain),
+            _ => None,
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -38,6 +91,7 @@ impl Default for ClientConfig {
             shard_aware: true,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             metadata_max_age_ms: 300_000,
+            sasl: None,
         }
     }
 }

@@ -24,12 +24,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::config::{SaslConfig, SaslMechanism};
 use crate::error::ClientError;
 use crate::limits::{
     IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, READ_CHUNK_BYTES, WRITE_BUFFER_BYTES, WRITE_QUEUE_FRAMES_MAX,
 };
 use crate::lock;
 use crate::protocol::{self, HandshakeInfo, OutFrame, Stamp};
+use crate::scram::ScramClient;
 
 type Reply = oneshot::Sender<Result<Frame, ClientError>>;
 
@@ -141,6 +143,7 @@ impl Connection {
         client_id: &str,
         timeout: Duration,
         frame_bytes_max: usize,
+        sasl: Option<&SaslConfig>,
     ) -> Result<Connection, ClientError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
             Err(_elapsed) => return Err(ClientError::Timeout),
@@ -152,7 +155,43 @@ impl Connection {
         let (read, write) = stream.into_split();
         let mut connection = Connection::start(address, read, write, frame_bytes_max);
         connection.handshake(client_id, timeout).await?;
+        if let Some(sasl) = sasl {
+            connection.authenticate(sasl, timeout).await?;
+        }
         Ok(connection)
+    }
+
+    /// The SASL exchange after the handshake: SCRAM's client-first and
+    /// client-final (the broker's final signature checked, so an impostor
+    /// that accepts any proof is refused), or PLAIN's one message.
+    async fn authenticate(&self, sasl: &SaslConfig, timeout: Duration) -> Result<(), ClientError> {
+        let name = sasl.mechanism.name();
+        let exchange = async |token: Vec<u8>, first: bool| {
+            let mechanism = first.then_some(name);
+            let frame = self.request(timeout, |stamp| protocol::sasl_authenticate(stamp, mechanism, &token)).await?;
+            protocol::decode_sasl_authenticate(&frame)
+        };
+        match sasl.mechanism {
+            SaslMechanism::Plain => {
+                let token = format!("\0{}\0{}", sasl.username, sasl.password).into_bytes();
+                let (_, complete) = exchange(token, true).await?;
+                if !complete {
+                    return Err(ClientError::Protocol("the broker did not end the PLAIN exchange".into()));
+                }
+            }
+            SaslMechanism::Scram(scram) => {
+                let scram_error = |err: crate::scram::ScramError| ClientError::Protocol(err.to_string());
+                let mut client = ScramClient::new(scram, &sasl.username, &sasl.password)?;
+                let (server_first, _) = exchange(client.client_first(), true).await?;
+                let client_final = client.client_final(&server_first).map_err(scram_error)?;
+                let (server_final, complete) = exchange(client_final, false).await?;
+                client.verify_server_final(&server_final).map_err(scram_error)?;
+                if !complete {
+                    return Err(ClientError::Protocol("the broker did not end the SCRAM exchange".into()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts the reader and writer tasks on an already open stream.

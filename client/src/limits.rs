@@ -30,3 +30,14 @@ pub(crate) const ANY_BROKER_ATTEMPT_MS_MIN: u64 = 1_000;
 /// tables and vector headers, per request and per partition.
 pub(crate) const PRODUCE_REQUEST_OVERHEAD_BYTES: usize = 256;
 pub(crate) const PRODUCE_PARTITION_OVERHEAD_BYTES: usize = 64;
+
+/// Random bytes in the SCRAM client nonce (RFC 5802 asks for enough to be
+/// unguessable; 18 bytes are 24 base64 characters).
+pub const SCRAM_CLIENT_NONCE_BYTES: usize = 18;
+
+/// The SCRAM iterations a client accepts from a broker's challenge:
+/// Kafka's bounds (ScramMechanism minIterations, RFC 7677's recommended
+/// minimum, and maxIterations). Fewer is a weak credential a broker should
+/// not have; more is a broker making the client burn CPU.
+pub const SCRAM_ITERATIONS_MIN: u32 = 4096;
+pub const SCRAM_ITERATIONS_MAX: u32 = 16384;

@@ -80,6 +80,30 @@ pub(crate) fn handshake(stamp: Stamp, client_id: &str) -> OutFrame {
     finish(builder, stamp, Body::HandshakeRequest, body.as_union_value())
 }
 
+/// One SASL token; the first of an exchange names the mechanism.
+pub(crate) fn sasl_authenticate(stamp: Stamp, mechanism: Option<&str>, token: &[u8]) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let mechanism = mechanism.map(|name| builder.create_string(name));
+    let auth_bytes = builder.create_vector(token);
+    let body = proto::SaslAuthenticateRequest::create(
+        &mut builder,
+        &proto::SaslAuthenticateRequestArgs { mechanism, auth_bytes: Some(auth_bytes) },
+    );
+    finish(builder, stamp, Body::SaslAuthenticateRequest, body.as_union_value())
+}
+
+/// The broker's token, and whether the exchange has succeeded.
+pub(crate) fn decode_sasl_authenticate(frame: &Frame) -> Result<(Vec<u8>, bool), ClientError> {
+    let envelope = envelope(frame)?;
+    let response =
+        body(&envelope, Body::SaslAuthenticateResponse, proto::Envelope::body_as_sasl_authenticate_response)?;
+    if response.error() != ErrorCode::None {
+        return Err(ClientError::server(response.error(), response.message()));
+    }
+    let token = response.auth_bytes().map(|bytes| bytes.bytes().to_vec()).unwrap_or_default();
+    Ok((token, response.complete()))
+}
+
 pub(crate) fn metadata(stamp: Stamp, topics: Option<&[String]>) -> OutFrame {
     let mut builder = FlatBufferBuilder::new();
     let topics = topics.map(|names| strings(&mut builder, names));

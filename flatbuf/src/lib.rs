@@ -116,6 +116,8 @@ pub fn api_name(body: proto::Body) -> &'static str {
         Body::DeleteGroupsRequest | Body::DeleteGroupsResponse => "delete_groups",
         Body::AlterConfigsRequest | Body::AlterConfigsResponse => "alter_configs",
         Body::InitProducerIdRequest | Body::InitProducerIdResponse => "init_producer_id",
+        Body::OffsetForLeaderEpochRequest | Body::OffsetForLeaderEpochResponse => "offset_for_leader_epoch",
+        Body::SaslAuthenticateRequest | Body::SaslAuthenticateResponse => "sasl_authenticate",
         _ => "unknown",
     }
 }
@@ -153,6 +155,18 @@ pub fn error_text(code: proto::ErrorCode) -> &'static str {
         E::OutOfOrderSequence => "out-of-order sequence number (records missing before this batch)",
         E::InvalidProducerEpoch => "stale producer epoch (fenced by a newer producer)",
         E::ProducerIdsUnavailable => "producer ids unavailable; retry",
+        E::NotEnoughReplicas => "fewer in-sync replicas than min.insync.replicas; retry",
+        E::NotEnoughReplicasAfterAppend => "appended, but the in-sync replicas shrank below min.insync.replicas",
+        E::FencedLeaderEpoch => "stale leader epoch; refresh metadata",
+        E::UnknownLeaderEpoch => "leader epoch newer than the broker knows; retry",
+        E::LeaderNotAvailable => "no leader for the partition; retry",
+        E::NotController => "not the controller, or no quorum; retry",
+        E::ClusterAuthorizationFailed => "not authorized on the cluster",
+        E::InvalidTxnState => "a batch outside the producer's open transaction",
+        E::TopicAuthorizationFailed => "not authorized on the topic",
+        E::GroupAuthorizationFailed => "not authorized on the group",
+        E::SaslAuthenticationFailed => "authentication failed",
+        E::UnsupportedSaslMechanism => "SASL mechanism not offered by the broker",
         _ => "unknown error code",
     }
 }

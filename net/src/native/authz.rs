@@ -66,7 +66,7 @@ impl Session {
     pub(super) fn asker(&self) -> Asker {
         Asker {
             broker: self.broker.get(),
-            principal: self.principal.clone(),
+            principal: self.principal.borrow().clone(),
             host: self.host.clone(),
             decisions: self.decisions.clone(),
         }
@@ -172,7 +172,7 @@ pub(super) fn check(shard: &Shard, session: &Session, body_type: Body, frame: &F
                 || session.decisions.allowed_any(
                     &catalog.authorizer,
                     &shard.shared.config,
-                    &session.principal,
+                    &session.principal.borrow(),
                     &session.host,
                     Write,
                     Topic,
@@ -197,7 +197,7 @@ fn denied(session: &Session, body_type: Body, op: AclOperation, resource_type: A
     let api = spate_flatbuf::api_name(body_type);
     tracing::info!(
         target: "spate::audit",
-        principal = %session.principal,
+        principal = %session.principal.borrow(),
         host = %session.host,
         operation = ?op,
         resource_type = ?resource_type,
@@ -211,8 +211,8 @@ fn denied(session: &Session, body_type: Body, op: AclOperation, resource_type: A
         AclResourceType::Cluster | AclResourceType::TransactionalId => ErrorCode::ClusterAuthorizationFailed,
     };
     let message = format!(
-        "{} may not {op:?} {resource_type:?} {name:?} (ACLs; the native protocol's clients are User:ANONYMOUS)",
-        session.principal
+        "{} may not {op:?} {resource_type:?} {name:?} (ACLs; a native connection that did not authenticate is User:ANONYMOUS)",
+        session.principal.borrow()
     );
     Denied { error, message }
 }

@@ -11,11 +11,10 @@ use crate::shard::{Shard, ShardOp};
 use crate::wire::{Reply, Response, envelope_frame};
 
 /// A new producer id from the admin shard, with epoch 0.
-pub(super) fn init_producer_id(shard: &Rc<Shard>, request_id: u64) -> Reply {
+pub(super) fn init_producer_id(shard: &Rc<Shard>, session: &super::Session, request_id: u64) -> Reply {
     let (reply, wait) = oneshot::channel();
-    // The native protocol has no authentication yet: its producers are
-    // all ANONYMOUS, as unauthenticated Kafka clients are.
-    let principal = crate::security::Principal::anonymous();
+    // ANONYMOUS unless the connection authenticated (`sasl.rs`).
+    let principal = (**session.principal.borrow()).clone();
     shard.submit(ADMIN_SHARD, ShardOp::InitProducerId { principal, reply });
     Reply::Later(Box::pin(async move {
         let result = wait.await.unwrap_or_else(|_| Err("the admin shard stopped".to_string()));

@@ -11,6 +11,7 @@ mod init_producer_id;
 mod metadata;
 mod offsets;
 mod produce;
+mod sasl;
 mod topics;
 
 use std::rc::Rc;
@@ -35,9 +36,11 @@ pub(crate) struct Session {
     /// its handshake), -1 for a client: only that broker may fetch as a
     /// replica on it, and it is authorized as a super user (`authz.rs`).
     broker: std::cell::Cell<i32>,
-    /// Who the client is for ACLs: ANONYMOUS (the native protocol has no
-    /// authentication yet).
-    principal: Rc<crate::security::Principal>,
+    /// Who the client is for ACLs: ANONYMOUS, or the user a
+    /// SaslAuthenticate exchange proved (`sasl.rs`).
+    principal: std::cell::RefCell<Rc<crate::security::Principal>>,
+    /// Where the connection is in its SASL authentication.
+    sasl: std::cell::RefCell<sasl::SaslState>,
     /// The client's ip, as ACLs name hosts.
     host: Rc<str>,
     /// This connection's authorization decisions, kept until the ACLs
@@ -50,7 +53,8 @@ impl Session {
         let host = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
         Session {
             broker: std::cell::Cell::new(-1),
-            principal: Rc::new(crate::security::Principal::anonymous()),
+            principal: std::cell::RefCell::new(Rc::new(crate::security::Principal::anonymous())),
+            sasl: Default::default(),
             host: host.trim_start_matches('[').trim_end_matches(']').into(),
             decisions: Default::default(),
         }
@@ -88,6 +92,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         Body::ProduceRequest => produce::produce(shard, session, frame, request_id),
         Body::FetchRequest => fetch::fetch(shard, session, &frame, request_id, charge),
         Body::HandshakeRequest => metadata::handshake(shard, session, &frame, request_id),
+        Body::SaslAuthenticateRequest => sasl::authenticate(shard, session, &frame, request_id),
         Body::MetadataRequest => metadata::metadata(shard, session, &frame, request_id),
         Body::CreateTopicsRequest => topics::create_topics(shard, &frame, request_id),
         Body::DeleteTopicsRequest => topics::delete_topics(shard, &frame, request_id),
@@ -100,7 +105,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         Body::ListGroupsRequest => groups::list_groups(shard, session, request_id),
         Body::DescribeGroupsRequest => groups::describe_groups(shard, &frame, request_id),
         Body::DeleteGroupsRequest => groups::delete_groups(shard, &frame, request_id),
-        Body::InitProducerIdRequest => init_producer_id::init_producer_id(shard, request_id),
+        Body::InitProducerIdRequest => init_producer_id::init_producer_id(shard, session, request_id),
         Body::OffsetForLeaderEpochRequest => offsets::offset_for_leader_epoch(shard, &frame, request_id),
         other => {
             invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))

@@ -148,8 +148,9 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
             continue;
         }
         let secret = shard.shared.catalog.load().cluster_secret.clone();
-        if let Err(refusal) =
-            crate::producer_ids::check_owner(secret.as_deref(), &crate::security::Principal::anonymous(), &batches)
+        // The id must have been given to this connection's principal
+        // (ANONYMOUS unless it authenticated).
+        if let Err(refusal) = crate::producer_ids::check_owner(secret.as_deref(), &session.principal.borrow(), &batches)
         {
             waits.push(Err(Outcome::err(ErrorCode::ClusterAuthorizationFailed, refusal)));
             continue;
