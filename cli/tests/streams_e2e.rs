@@ -191,3 +191,92 @@ fn wordcount_in_two_processes_one_killed_with_kill_9_never_loses_a_count() {
     // The survivor is still running: nothing stopped it.
     assert!(survivor.0.try_wait().expect("try_wait").is_none(), "the surviving instance exited");
 }
+
+/// amounts (i64 values) -> scaled (x10), with the given handler.
+fn scaling_app(broker: &Broker, application_id: &str, handler: &str) -> spate_streams::KafkaStreams {
+    use spate_streams::{Consumed, KafkaStreams, Produced, Serdes, StreamsBuilder, StreamsConfig};
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("amounts", Consumed::with(Serdes::string(), Serdes::i64()))
+        .map_values(|amount| amount * 10)
+        .to(&format!("scaled-{application_id}"), Produced::with(Serdes::string(), Serdes::i64()));
+    let config = StreamsConfig::from_properties(&[
+        ("application.id", application_id),
+        ("bootstrap.servers", &broker.addr()),
+        ("commit.interval.ms", "100"),
+        ("session.timeout.ms", "2000"),
+        ("default.deserialization.exception.handler", handler),
+    ])
+    .expect("config");
+    KafkaStreams::new(builder.build().expect("topology"), config).expect("app")
+}
+
+async fn values_of(client: &Client, topic: &str) -> Vec<i64> {
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+    let tp = TopicPartition::new(topic, 0);
+    consumer.assign(vec![tp.clone()]);
+    let end = consumer.end_offsets(std::slice::from_ref(&tp)).await.expect("end")[0].1;
+    let mut position = consumer.seek(&tp, SeekTo::Earliest).await.expect("seek");
+    let mut values = Vec::new();
+    while position < end {
+        for record in consumer.poll(Duration::from_millis(500)).await.expect("poll") {
+            let bytes: [u8; 8] = record.value.as_deref().expect("value").try_into().expect("8 bytes");
+            values.push(i64::from_be_bytes(bytes));
+        }
+        position = consumer.position(&tp).unwrap_or(end);
+    }
+    values
+}
+
+#[test]
+fn a_bad_record_stops_log_and_fail_before_its_offset_and_is_skipped_by_log_and_continue() {
+    let dir = data_dir("streams_bad_record");
+    let broker = Broker::start(&dir, 1);
+    let runtime = runtime();
+    let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+    let client = runtime.block_on(Client::connect(config)).expect("connect");
+    let admin = Admin::new(client.clone());
+    for topic in ["amounts", "scaled-fail", "scaled-continue"] {
+        runtime.block_on(admin.create_topic(topic, 1, 1, &[])).expect("create topic");
+    }
+    // Offsets 0 and 2 are 8-byte longs; offset 1 (3 bytes) is not.
+    runtime.block_on(async {
+        let producer = Producer::new(client.clone(), ProducerConfig::default()).expect("producer");
+        for value in [&1i64.to_be_bytes()[..], b"bad", &2i64.to_be_bytes()[..]] {
+            let record = ProducerRecord::new("amounts", bytes::Bytes::copy_from_slice(value)).with_key("k");
+            producer.send(record).await.expect("send").await.expect("acked");
+        }
+        producer.close().await.expect("close");
+    });
+    let amounts_0 = TopicPartition::new("amounts", 0);
+    let groups = GroupAdmin::new(client.clone());
+
+    // LogAndFail (the default): the application stops with the record's
+    // error, nothing panics, and the committed offset stays at the bad
+    // record, so that a restart meets it again.
+    let mut failing = scaling_app(&broker, "fail", "LogAndFailExceptionHandler");
+    let error = runtime.block_on(async {
+        failing.start().await.expect("start");
+        tokio::time::timeout(Duration::from_secs(20), failing.wait()).await.expect("stops within 20 s")
+    });
+    assert!(
+        matches!(error, Err(spate_streams::StreamsError::Deserialization { offset: 1, .. })),
+        "stopped with {error:?}"
+    );
+    let committed = runtime.block_on(groups.committed_offsets("fail", None)).expect("committed offsets");
+    assert_eq!(committed.get(&amounts_0), Some(&1), "committed {committed:?}");
+    assert_eq!(runtime.block_on(values_of(&client, "scaled-fail")), vec![10]);
+
+    // LogAndContinue: skipped, the rest processed, everything committed.
+    let mut continuing = scaling_app(&broker, "continue", "LogAndContinueExceptionHandler");
+    runtime.block_on(continuing.start()).expect("start");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runtime.block_on(values_of(&client, "scaled-continue")).len() < 2 {
+        assert!(Instant::now() < deadline, "the good records were not all processed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    runtime.block_on(continuing.close()).expect("a clean close");
+    assert_eq!(runtime.block_on(values_of(&client, "scaled-continue")), vec![10, 20]);
+    let committed = runtime.block_on(groups.committed_offsets("continue", None)).expect("committed offsets");
+    assert_eq!(committed.get(&amounts_0), Some(&3), "committed {committed:?}");
+}
