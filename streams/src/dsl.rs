@@ -14,7 +14,7 @@ use crate::processor::{Data, Processor, ProcessorContext, Record, StoreMap};
 use crate::serde::{SerdeRef, Serdes};
 use crate::store::{KeyValueStore, Stores, WindowStore};
 use crate::topology::{TimestampExtractor, TopicName, Topology};
-use crate::window::{TimeWindows, Windowed};
+use crate::window::{TimeWindowedSerde, TimeWindows, Windowed};
 
 /// How a source topic is read: serdes and, optionally, event time from
 /// the record's bytes rather than its timestamp.
@@ -822,7 +822,13 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         }
         let result = builder.borrow_mut().topology.add_state_store(store_builder, &[&name]).map(|_| ());
         record_error(builder, result);
-        KTable { builder: Rc::clone(builder), node: name, getter: None, _types: PhantomData }
+        KTable {
+            builder: Rc::clone(builder),
+            node: name,
+            getter: None,
+            windows: Some(self.windows),
+            _types: PhantomData,
+        }
     }
 
     pub fn count(&self, materialized: Materialized<i64>) -> KTable<Windowed<K>, i64> {
@@ -855,7 +861,13 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         let builder = &self.grouped.stream.builder;
         let Some(serde) = materialized.value_serde.clone() else {
             record_error(builder, Err(StreamsError::Topology("aggregate needs Materialized::with_value_serde".into())));
-            return KTable { builder: Rc::clone(builder), node: String::new(), getter: None, _types: PhantomData };
+            return KTable {
+                builder: Rc::clone(builder),
+                node: String::new(),
+                getter: None,
+                windows: None,
+                _types: PhantomData,
+            };
         };
         self.aggregate_inner(
             materialized,
@@ -909,6 +921,9 @@ pub struct KTable<K, V> {
     /// The store a join reads, and how to read this table's value from it
     /// (a filtered or mapped table applies its function on the way).
     getter: Option<Getter<K, V>>,
+    /// The windows of a windowed aggregation's table (suppress needs
+    /// their size and grace).
+    windows: Option<TimeWindows>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -931,7 +946,7 @@ impl<K: Data, V: Data> KTable<K, V> {
                 })?;
             store.get(key)
         });
-        KTable { builder: Rc::clone(builder), node, getter: Some((store, read)), _types: PhantomData }
+        KTable { builder: Rc::clone(builder), node, getter: Some((store, read)), windows: None, _types: PhantomData }
     }
 
     fn derive<V2: Data>(&self, prefix: &str, on_value: ValueFn<K, V, V2>) -> KTable<K, V2> {
@@ -952,7 +967,7 @@ impl<K: Data, V: Data> KTable<K, V> {
                 Arc::new(move |stores, key| Ok(read(stores, key)?.and_then(|value| on_value(key, value))));
             (store, derived)
         });
-        KTable { builder: Rc::clone(&self.builder), node: name, getter, _types: PhantomData }
+        KTable { builder: Rc::clone(&self.builder), node: name, getter, windows: self.windows, _types: PhantomData }
     }
 
     /// Keeps the entries matching `predicate`; an update that stops
@@ -1019,3 +1034,130 @@ macro_rules! opaque_debug {
 }
 
 opaque_debug!(Consumed<K, V>, Produced<K, V>, Grouped<K, V>, Repartitioned<K, V>, Materialized<V>);
+
+/// How `KTable::suppress` holds back updates: until the window closes
+/// (its end plus the grace period passed in stream time), then only the
+/// final result, as Kafka's `Suppressed.untilWindowCloses`. The buffer is
+/// a store with a changelog, so results not yet emitted survive a crash.
+pub struct Suppressed<K, V> {
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+    name: Option<String>,
+}
+
+impl<K, V> Suppressed<K, V> {
+    pub fn until_window_closes(key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        Suppressed { key_serde, value_serde, name: None }
+    }
+    /// Names the processor `name` and its buffer store `<name>-store`.
+    #[must_use]
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+}
+
+opaque_debug!(Suppressed<K, V>);
+
+impl<K: Data, V: Data> KTable<Windowed<K>, V> {
+    /// Emits each window's final result once, when it closes.
+    pub fn suppress(&self, suppressed: Suppressed<K, V>) -> KTable<Windowed<K>, V> {
+        let Some(windows) = self.windows else {
+            let error =
+                StreamsError::Topology("suppress(until_window_closes) needs a windowed aggregation's table".into());
+            record_error(&self.builder, Err(error));
+            return KTable {
+                builder: Rc::clone(&self.builder),
+                node: String::new(),
+                getter: None,
+                windows: None,
+                _types: PhantomData,
+            };
+        };
+        let name = suppressed.name.clone().unwrap_or_else(|| next_name(&self.builder, "KTABLE-SUPPRESS-"));
+        let store = match &suppressed.name {
+            Some(name) => format!("{name}-store"),
+            None => next_name(&self.builder, "KTABLE-SUPPRESS-STATE-STORE-"),
+        };
+        let store_name = store.clone();
+        add_processor(
+            &self.builder,
+            &name,
+            move || Suppress::<K, V> {
+                store: store_name.clone(),
+                grace_ms: windows.grace_ms,
+                next_close_ms: i64::MIN,
+                _types: PhantomData,
+            },
+            &[&self.node],
+        );
+        let key_serde = TimeWindowedSerde::of(suppressed.key_serde, windows.size_ms);
+        let builder = Stores::key_value_store_builder(&store, key_serde, suppressed.value_serde);
+        let result = self.builder.borrow_mut().topology.add_state_store(builder, &[&name]).map(|_| ());
+        record_error(&self.builder, result);
+        KTable {
+            builder: Rc::clone(&self.builder),
+            node: name,
+            getter: None,
+            windows: Some(windows),
+            _types: PhantomData,
+        }
+    }
+}
+
+struct Suppress<K, V> {
+    store: String,
+    grace_ms: i64,
+    /// The earliest window end in the buffer (i64::MIN: unknown, as after
+    /// a restore: look).
+    next_close_ms: i64,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K: Data, V: Data> Processor<Windowed<K>, Change<V>, Windowed<K>, Change<V>> for Suppress<K, V> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<V>>,
+        record: Record<Windowed<K>, Change<V>>,
+    ) -> Result<(), StreamsError> {
+        let buffer = ctx.get_state_store::<KeyValueStore<Windowed<K>, V>>(&self.store)?;
+        match &record.value.new {
+            Some(value) => {
+                buffer.put(&record.key, value)?;
+                self.next_close_ms = self.next_close_ms.min(record.key.window.end_ms);
+            }
+            None => {
+                buffer.delete(&record.key)?;
+            }
+        }
+        // A window is closed once its end is at or before stream time minus
+        // the grace period: the same point at which the aggregation stops
+        // taking records for it, so its result is final.
+        let close_ms = ctx.stream_time_ms().saturating_sub(self.grace_ms);
+        if self.next_close_ms > close_ms {
+            return Ok(());
+        }
+        let buffer = ctx.get_state_store::<KeyValueStore<Windowed<K>, V>>(&self.store)?;
+        let mut closed = Vec::new();
+        let mut next_close_ms = i64::MAX;
+        for (key, value) in buffer.all()? {
+            if key.window.end_ms <= close_ms {
+                closed.push((key, value));
+            } else {
+                next_close_ms = next_close_ms.min(key.window.end_ms);
+            }
+        }
+        self.next_close_ms = next_close_ms;
+        closed.sort_by_key(|(key, _)| key.window.end_ms);
+        for (key, _) in &closed {
+            buffer.delete(key)?;
+        }
+        for (key, value) in closed {
+            // The window's last instant: the result covers the whole window.
+            let timestamp_ms = key.window.end_ms.saturating_sub(1);
+            let forwarded = Record::new(key, Change { new: Some(value), old: None }, timestamp_ms);
+            ctx.forward(forwarded);
+        }
+        Ok(())
+    }
+}

@@ -7,6 +7,7 @@
 mod config;
 mod dsl;
 mod error;
+pub mod limits;
 mod processor;
 mod runtime;
 mod serde;
@@ -19,7 +20,7 @@ mod window;
 pub use crate::config::{DeserializationExceptionHandler, ProcessingGuarantee, StreamsConfig};
 pub use crate::dsl::{
     BranchedKStream, Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, Repartitioned,
-    StreamsBuilder, TimeWindowedKStream,
+    StreamsBuilder, Suppressed, TimeWindowedKStream,
 };
 pub use crate::error::StreamsError;
 pub use crate::processor::{Data, OutRecord, Processor, ProcessorContext, PunctuationId, PunctuationType, Record};

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DeserializationExceptionHandler, StreamsConfig};
 use crate::error::StreamsError;
+use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_POLL_MS};
 use crate::processor::OutRecord;
 use crate::store::changelog_topic;
 use crate::task::Task;
@@ -272,7 +273,8 @@ impl Runner {
             if let Err(error) = step {
                 break Err(error);
             }
-            if last_commit.elapsed() >= commit_interval {
+            // Commit on time, or early when the deliveries to wait for pile up.
+            if last_commit.elapsed() >= commit_interval || self.deliveries.len() >= DELIVERIES_PENDING_MAX {
                 if let Err(error) = self.commit(&mut consumer).await {
                     break Err(error);
                 }
@@ -417,8 +419,20 @@ async fn restore(client: &Client, task: &mut Task, store: &str, tp: TopicPartiti
     let end_offset = consumer.end_offsets(std::slice::from_ref(&tp)).await?.first().map_or(0, |(_, offset)| *offset);
     let mut position = consumer.seek(&tp, SeekTo::Earliest).await?;
     let mut restored = 0u64;
+    let mut empty_polls = 0u32;
     while position < end_offset {
-        for record in consumer.poll(Duration::from_millis(500)).await? {
+        let records = consumer.poll(Duration::from_millis(RESTORE_POLL_MS)).await?;
+        empty_polls = if records.is_empty() { empty_polls + 1 } else { 0 };
+        if empty_polls >= RESTORE_EMPTY_POLLS_MAX {
+            return Err(StreamsError::Store {
+                name: store.to_string(),
+                reason: format!(
+                    "restore of {}-{} stalled at offset {position} of {end_offset}",
+                    tp.topic, tp.partition
+                ),
+            });
+        }
+        for record in records {
             if record.offset >= end_offset {
                 break;
             }

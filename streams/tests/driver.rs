@@ -475,3 +475,37 @@ fn topology_mistakes_are_errors_at_build() {
     assert_eq!(output.read_key_values_to_list().unwrap(), vec![("v".to_string(), "v+T".to_string())]);
     assert_eq!(driver.written("rekey-by-value-repartition").len(), 1);
 }
+
+#[test]
+fn suppress_until_window_closes_emits_each_windows_final_count_once() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("clicks", Consumed::with(Serdes::string(), Serdes::string()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .windowed_by(TimeWindows::of_size_and_grace(10, 5))
+        .count(Materialized::as_("clicks-per-window"))
+        .suppress(Suppressed::until_window_closes(Serdes::string(), Serdes::i64()).with_name("final"))
+        .to_stream()
+        .map(|windowed: &Windowed<String>, count: &Option<i64>| {
+            (format!("{}@{}", windowed.key, windowed.window.start_ms), count.unwrap_or(0))
+        })
+        .to("final-counts", Produced::with(Serdes::string(), Serdes::i64()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("suppress")).unwrap();
+    let input = driver.create_input_topic("clicks", Serdes::string(), Serdes::string());
+    let output = driver.create_output_topic("final-counts", Serdes::string(), Serdes::i64());
+    let click =
+        |user: &str, timestamp_ms| input.pipe_input(&user.to_string(), &"page".to_string(), timestamp_ms).unwrap();
+    click("alice", 1);
+    click("alice", 5);
+    click("bob", 12);
+    click("alice", 8); // late, within grace: still counts in [0,10)
+    assert!(output.is_empty(), "nothing before [0,10) closes at stream time 15");
+    click("alice", 20); // [0,10) closes: its final counts, once
+    assert_eq!(output.read_key_values_to_list().unwrap(), pairs(&[("alice@0", 3)]));
+    click("alice", 3); // past grace: dropped, and nothing emitted again
+    click("alice", 14);
+    click("bob", 26); // [10,20) closes (20 + 5 <= 26)
+    assert_eq!(output.read_key_values_to_list().unwrap(), pairs(&[("alice@10", 1), ("bob@10", 1)]));
+    // The buffer is a logged store: what it held and emitted is in its changelog.
+    assert!(!driver.written("suppress-final-store-changelog").is_empty());
+}

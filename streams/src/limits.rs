@@ -1,0 +1,22 @@
+//! Every limit of the runtime in one place, with its reason (as
+//! `engine/src/limits.rs`).
+
+/// Deliveries waiting between commits, at most: past it the runtime
+/// commits early (flush, await, commit). Each pending delivery holds a
+/// channel; with a long `commit.interval.ms` and a fast input the list
+/// would otherwise grow with the input, not with the configuration.
+pub const DELIVERIES_PENDING_MAX: usize = 100_000;
+
+/// How long a restore waits for one fetch of a changelog partition. A
+/// changelog's records up to the end offset read at the start all exist,
+/// so a fetch comes back at once unless the broker is unwell.
+pub const RESTORE_POLL_MS: u64 = 500;
+
+/// Restores that see this many empty polls in a row (of
+/// `RESTORE_POLL_MS` each) while short of the end offset give up with an
+/// error rather than hang the application.
+pub const RESTORE_EMPTY_POLLS_MAX: u32 = 120;
+
+const _: () = assert!(DELIVERIES_PENDING_MAX >= 1);
+const _: () =
+    assert!(RESTORE_POLL_MS as u128 * RESTORE_EMPTY_POLLS_MAX as u128 >= 10_000, "give a restore at least 10 s");
