@@ -15,6 +15,7 @@ use spate_replication::acl::{
 };
 
 use crate::kafka_admin::{Connection, KafkaAdmin, error_name};
+use crate::kafka_security::SecurityArgs;
 use crate::output::{Table, print};
 
 #[derive(Subcommand, Debug)]
@@ -125,11 +126,15 @@ fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_string())
 }
 
-pub(crate) fn run(command: AclCommand) -> anyhow::Result<()> {
+pub(crate) fn run(command: AclCommand, security: &SecurityArgs) -> anyhow::Result<()> {
+    let with_security = |mut args: Resources| {
+        args.connection.security = security.clone();
+        args
+    };
     match command {
-        AclCommand::Create(args) => create(&args),
-        AclCommand::Delete(args) => delete(&args),
-        AclCommand::List(args) => list(&args),
+        AclCommand::Create(args) => create(&with_security(args)),
+        AclCommand::Delete(args) => delete(&with_security(args)),
+        AclCommand::List(args) => list(&with_security(args)),
     }
 }
 

@@ -21,7 +21,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use rustls::{ClientConnection, StreamOwned};
 
 use crate::kafka_security::{ClientSecurity, SaslLogin, SaslMechanism, SecurityArgs, Transport, server_name};
-use crate::scram::{ScramClient, client_mechanism};
+use spate_client::scram::ScramClient;
 
 /// The Kafka listener `spate serve` opens with no configuration.
 pub(crate) const BOOTSTRAP_DEFAULT: &str = "127.0.0.1:9092";
@@ -42,7 +42,9 @@ pub(crate) struct Connection {
     /// How long to wait for the broker to answer.
     #[arg(long = "request-timeout-ms", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
-    #[command(flatten)]
+    /// The global security flags (`GlobalArgs`), set by the command's
+    /// `run` before it connects.
+    #[arg(skip)]
     pub security: SecurityArgs,
 }
 
@@ -137,7 +139,7 @@ impl KafkaAdmin {
                 self.authenticate(token.into_bytes())?;
             }
             SaslMechanism::Scram(mechanism) => {
-                let mut scram = ScramClient::new(client_mechanism(mechanism), &login.username, &login.password)?;
+                let mut scram = ScramClient::new(mechanism, &login.username, &login.password)?;
                 let server_first = self.authenticate(scram.client_first())?;
                 let client_final = scram.client_final(&server_first)?;
                 let server_final = self.authenticate(client_final)?;

@@ -17,39 +17,40 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use spate_net::security::SecurityProtocol;
-use spate_replication::ScramMechanism;
 
 use crate::limits::{COMMAND_CONFIG_BYTES_MAX, PEM_FILE_BYTES_MAX};
 
-/// The security flags every Kafka-protocol command takes.
+/// The security flags: global, for the native commands (SASL only: the
+/// native port has no TLS yet) and the Kafka-protocol ones (acl, user,
+/// txn) alike.
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct SecurityArgs {
     /// A Kafka client properties file (security.protocol, sasl.mechanism,
     /// sasl.username, sasl.password or sasl.jaas.config, ssl.ca.location,
     /// ssl.certificate.location, ssl.key.location); flags override it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     command_config: Option<PathBuf>,
     /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default PLAINTEXT).
-    #[arg(long)]
+    #[arg(long, global = true)]
     security_protocol: Option<String>,
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default PLAIN, as Kafka's).
-    #[arg(long)]
+    #[arg(long, global = true)]
     sasl_mechanism: Option<String>,
     /// The SASL user.
-    #[arg(long)]
+    #[arg(long, global = true)]
     sasl_username: Option<String>,
     /// The SASL password (better from the environment than the command
     /// line, where other users of the machine can read it).
-    #[arg(long, env = "SPATE_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = "SPATE_SASL_PASSWORD", hide_env_values = true, global = true)]
     sasl_password: Option<String>,
     /// A PEM file of the CAs to trust (default: Mozilla's roots, built in).
-    #[arg(long)]
+    #[arg(long, global = true)]
     ssl_ca_location: Option<PathBuf>,
     /// This client's certificate chain (PEM), for mutual TLS.
-    #[arg(long)]
+    #[arg(long, global = true)]
     ssl_certificate_location: Option<PathBuf>,
     /// This client's private key (PEM), for mutual TLS.
-    #[arg(long)]
+    #[arg(long, global = true)]
     ssl_key_location: Option<PathBuf>,
 }
 
@@ -80,45 +81,9 @@ pub(crate) enum SettingsError {
     Tls(rustls::Error),
 }
 
-/// A SASL mechanism as the client speaks it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SaslMechanism {
-    Plain,
-    Scram(ScramMechanism),
-}
-
-impl SaslMechanism {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::Scram(scram) => scram.name(),
-        }
-    }
-
-    fn parse(name: &str) -> Option<SaslMechanism> {
-        let upper = name.trim().to_ascii_uppercase();
-        if upper == "PLAIN" {
-            Some(SaslMechanism::Plain)
-        } else {
-            ScramMechanism::parse(&upper).map(SaslMechanism::Scram)
-        }
-    }
-}
-
-/// Who to log in as.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct SaslLogin {
-    pub mechanism: SaslMechanism,
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for SaslLogin {
-    // Never the password, should a setting be printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SaslLogin").field("mechanism", &self.mechanism).field("username", &self.username).finish()
-    }
-}
+/// A SASL mechanism and login as the client library takes them (Debug
+/// never shows the password).
+pub(crate) use spate_client::{SaslConfig as SaslLogin, SaslMechanism};
 
 /// The resolved settings of one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +305,7 @@ mod tests {
         let resolved = parsed(&["--command-config", file_arg]).resolve().expect("valid");
         assert_eq!(resolved.protocol, SecurityProtocol::SaslSsl);
         let login = resolved.sasl.clone().expect("sasl");
-        assert_eq!(login.mechanism, SaslMechanism::Scram(ScramMechanism::Sha512));
+        assert_eq!(login.mechanism, SaslMechanism::Scram(spate_client::scram::ScramMechanism::Sha512));
         assert_eq!((login.username.as_str(), login.password.as_str()), ("alice", "se\"cret"));
         assert_eq!(resolved.ssl_ca_location, Some(PathBuf::from("/ca.pem")));
         assert!(!format!("{resolved:?}").contains("cret"), "no password in Debug");

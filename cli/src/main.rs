@@ -58,11 +58,23 @@ pub(crate) struct GlobalArgs {
     /// How long to wait for a broker to answer a request.
     #[arg(long, global = true, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
+    /// How to log in: SASL for the native commands (their port has no TLS
+    /// yet), TLS and SASL for the Kafka-protocol ones (acl, user, txn).
+    #[command(flatten)]
+    security: kafka_security::SecurityArgs,
 }
 
 impl GlobalArgs {
-    pub(crate) fn client_config(&self) -> ClientConfig {
-        ClientConfig {
+    pub(crate) fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let security = self.security.resolve()?;
+        if security.protocol.uses_tls() {
+            anyhow::bail!(
+                "security.protocol {}: the native port has no TLS yet (SASL_PLAINTEXT logs in without it; \
+                 TLS is on the Kafka listeners)",
+                security.protocol
+            );
+        }
+        Ok(ClientConfig {
             bootstrap: self
                 .brokers
                 .iter()
@@ -72,12 +84,13 @@ impl GlobalArgs {
                 .collect(),
             client_id: "spate-cli".to_string(),
             request_timeout_ms: self.timeout_ms,
+            sasl: security.sasl,
             ..ClientConfig::default()
-        }
+        })
     }
 
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
-        Client::connect(self.client_config()).await.context("cannot reach the cluster")
+        Client::connect(self.client_config()?).await.context("cannot reach the cluster")
     }
 }
 
@@ -128,9 +141,9 @@ fn main() -> ExitCode {
         // bench starts brokers and its own load-generator runtime.
         Command::Bench(command) => spate_bench::harness::run(command),
         // acl speaks the Kafka protocol over a blocking socket.
-        Command::Acl(command) => acl::run(command),
-        Command::User(command) => user::run(command),
-        Command::Txn(command) => txn::run(command),
+        Command::Acl(command) => acl::run(command, &cli.global.security),
+        Command::User(command) => user::run(command, &cli.global.security),
+        Command::Txn(command) => txn::run(command, &cli.global.security),
         // connect runs its own runtime and task threads, or blocking HTTP.
         Command::Connect(command) => connect::run(command),
         command => run_client_command(&cli.global, command),
@@ -181,9 +194,9 @@ mod tests {
     #[test]
     fn brokers_split_on_commas_and_timeout_must_be_positive() {
         let cli = Cli::try_parse_from(["spate", "--brokers", "a:1,b:2", "cluster", "info"]).expect("valid");
-        assert_eq!(cli.global.client_config().bootstrap, vec!["a:1", "b:2"]);
+        assert_eq!(cli.global.client_config().expect("valid").bootstrap, vec!["a:1", "b:2"]);
         let alias = Cli::try_parse_from(["spate", "--bootstrap", " a:1, b:2,,", "cluster", "status"]).expect("valid");
-        assert_eq!(alias.global.client_config().bootstrap, vec!["a:1", "b:2"]);
+        assert_eq!(alias.global.client_config().expect("valid").bootstrap, vec!["a:1", "b:2"]);
         assert!(Cli::try_parse_from(["spate", "--timeout-ms", "0", "cluster", "info"]).is_err());
         let after =
             Cli::try_parse_from(["spate", "topic", "list", "--timeout-ms", "5"]).expect("global flags go anywhere");

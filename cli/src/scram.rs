@@ -1,13 +1,11 @@
-//! SCRAM's client side for the CLI's Kafka connections and `spate user`:
-//! the client library's (`spate_client::scram`), taking the metadata's
-//! mechanism type.
+//! The salted passwords `spate user create` sends, with the client
+//! library's SCRAM (`spate_client::scram`), for the metadata's mechanism
+//! type.
 
 use spate_replication::ScramMechanism;
 
-pub(crate) use spate_client::scram::ScramClient;
-
 /// The client library's name for one of the metadata's mechanisms.
-pub(crate) fn client_mechanism(mechanism: ScramMechanism) -> spate_client::scram::ScramMechanism {
+fn client_mechanism(mechanism: ScramMechanism) -> spate_client::scram::ScramMechanism {
     match mechanism {
         ScramMechanism::Sha256 => spate_client::scram::ScramMechanism::Sha256,
         ScramMechanism::Sha512 => spate_client::scram::ScramMechanism::Sha512,

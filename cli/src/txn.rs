@@ -20,6 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::kafka_admin::{Connection, KafkaAdmin, error_name};
+use crate::kafka_security::SecurityArgs;
 use crate::output::{Table, print};
 
 /// FindCoordinator's key type for transactional ids.
@@ -80,12 +81,25 @@ pub(crate) struct AbortArgs {
     coordinator_epoch: Option<i32>,
 }
 
-pub(crate) fn run(command: TxnCommand) -> anyhow::Result<()> {
+pub(crate) fn run(command: TxnCommand, security: &SecurityArgs) -> anyhow::Result<()> {
+    let secure = |connection: &mut Connection| connection.security = security.clone();
     match command {
-        TxnCommand::List(args) => list(&args),
-        TxnCommand::Describe(args) => describe(&args),
-        TxnCommand::DescribeProducers(args) => describe_producers(&args),
-        TxnCommand::Abort(args) => abort(&args),
+        TxnCommand::List(mut args) => {
+            secure(&mut args.connection);
+            list(&args)
+        }
+        TxnCommand::Describe(mut args) => {
+            secure(&mut args.connection);
+            describe(&args)
+        }
+        TxnCommand::DescribeProducers(mut args) => {
+            secure(&mut args.connection);
+            describe_producers(&args)
+        }
+        TxnCommand::Abort(mut args) => {
+            secure(&mut args.partition.connection);
+            abort(&args)
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use spate_replication::ScramMechanism;
 use spate_replication::limits::{SCRAM_ITERATIONS_MAX, SCRAM_ITERATIONS_MIN};
 
 use crate::kafka_admin::{Connection, KafkaAdmin, error_name};
+use crate::kafka_security::SecurityArgs;
 use crate::limits::USER_SALT_BYTES;
 use crate::output::{Table, print};
 use crate::scram::{random_bytes, salted_password};
@@ -72,11 +73,20 @@ pub(crate) struct ListArgs {
     names: Vec<String>,
 }
 
-pub(crate) fn run(command: UserCommand) -> anyhow::Result<()> {
+pub(crate) fn run(command: UserCommand, security: &SecurityArgs) -> anyhow::Result<()> {
     match command {
-        UserCommand::Create(args) => create(args),
-        UserCommand::Delete(args) => delete(&args),
-        UserCommand::List(args) => list(&args),
+        UserCommand::Create(mut args) => {
+            args.connection.security = security.clone();
+            create(args)
+        }
+        UserCommand::Delete(mut args) => {
+            args.connection.security = security.clone();
+            delete(&args)
+        }
+        UserCommand::List(mut args) => {
+            args.connection.security = security.clone();
+            list(&args)
+        }
     }
 }
 

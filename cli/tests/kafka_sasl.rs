@@ -214,5 +214,22 @@ fn the_native_client_authenticates_with_scram_and_plain_and_is_authorized_as_its
         let text = format!("{refused:?}");
         assert!(text.contains("SaslAuthenticationFailed"), "{text}");
     });
+    // The CLI's native commands: the same login from a Kafka client's
+    // properties file, or refused as ANONYMOUS.
+    let brokers = broker.addr();
+    let alice = dir.join("alice.properties");
+    std::fs::write(&alice, "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-256\nsasl.username=alice\nsasl.password=alice-secret\n").unwrap();
+    let alice = alice.to_str().unwrap();
+    let produce = ["--brokers", &brokers, "produce", "payroll"];
+    let (ok, _, err) = common::cli(&produce, Some(b"bonus\n"));
+    assert!(!ok && err.contains("TopicAuthorizationFailed"), "an anonymous produce: {err}");
+    let (ok, _, err) = common::cli(&[&produce[..], &["--command-config", alice]].concat(), Some(b"bonus\n"));
+    assert!(ok, "alice's produce: {err}");
+    let consume = ["--brokers", &brokers, "consume", "payroll", "--from-beginning", "--count", "2"];
+    let (ok, out, err) = common::cli(&[&consume[..], &["--command-config", alice]].concat(), None);
+    assert!(ok, "alice's consume: {err}");
+    assert_eq!(out, "salary\nbonus\n");
+    let (ok, _, err) = common::cli(&[&consume[..], &["--security-protocol", "SSL"]].concat(), None);
+    assert!(!ok && err.contains("the native port has no TLS yet"), "{err}");
     broker.stop();
 }

@@ -148,7 +148,16 @@ impl Client {
             let count = match self.cluster().await.and_then(|metadata| metadata.partition_count(topic)) {
                 Err(ClientError::UnknownTopic(_)) => {
                     let _refreshing = self.inner.refreshing.lock().await;
-                    self.metadata(None).await.and_then(|metadata| metadata.partition_count(topic))
+                    match self.metadata(None).await.and_then(|metadata| metadata.partition_count(topic)) {
+                        // Still unknown: asked by name, the broker says
+                        // whether it is hidden from this principal (a
+                        // listing leaves out what it may not describe).
+                        Err(ClientError::UnknownTopic(_)) => self
+                            .metadata(Some(&[topic.to_string()]))
+                            .await
+                            .and_then(|metadata| metadata.partition_count(topic)),
+                        other => other,
+                    }
                 }
                 other => other,
             };
