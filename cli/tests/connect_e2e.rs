@@ -403,3 +403,76 @@ fn rest_api_creates_pauses_resumes_and_deletes_connectors_with_kafkas_shapes() {
     assert_eq!(json(&out), serde_json::json!(["local-file-sink"]));
     worker.stop();
 }
+
+#[test]
+fn a_sink_transforms_records_and_sends_those_it_cannot_convert_to_the_dead_letter_topic() {
+    let dir = data_dir("connect-dlq");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    let worker_config = worker_properties(&dir, &broker, free_port_below_ephemeral(), "offset.flush.interval.ms=500");
+    let (ok, _, err) = common::cli(&["--brokers", &broker.addr(), "topic", "create", "events"], None);
+    assert!(ok, "{err}");
+    let sink = dir.join("json-sink.properties");
+    std::fs::write(
+        &sink,
+        "name=json-sink\nconnector.class=FileStreamSink\ntopics=events\nfile=events.txt\n\
+         value.converter=org.apache.kafka.connect.json.JsonConverter\nvalue.converter.schemas.enable=false\n\
+         transforms=tag,hide\n\
+         transforms.tag.type=org.apache.kafka.connect.transforms.InsertField$Value\n\
+         transforms.tag.static.field=source\ntransforms.tag.static.value=spate\n\
+         transforms.hide.type=org.apache.kafka.connect.transforms.ReplaceField$Value\ntransforms.hide.exclude=secret\n\
+         errors.tolerance=all\nerrors.deadletterqueue.topic.name=events-dlq\n\
+         errors.deadletterqueue.context.headers.enable=true\n",
+    )
+    .expect("write");
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &sink], 1);
+    let input = "{\"id\":1,\"secret\":\"s\"}\nnot json\n{\"id\":2}\n";
+    let (ok, _, err) = common::cli(&["--brokers", &broker.addr(), "produce", "events"], Some(input.as_bytes()));
+    assert!(ok, "{err}");
+    let out = dir.join("events.txt");
+    wait_for("the two good records", Duration::from_secs(20), || complete_lines(&out).len() >= 2);
+    assert_eq!(complete_lines(&out), ["{id=1, source=spate}", "{id=2, source=spate}"]);
+    let status = json(&http(worker.rest_port, "GET", "/connectors/json-sink/status", "").1);
+    assert_eq!(
+        status["tasks"][0]["state"], "RUNNING",
+        "a bad record does not fail the task under errors.tolerance=all"
+    );
+
+    let (ok, dead, err) = common::cli(
+        &["--brokers", &broker.addr(), "consume", "events-dlq", "--from-beginning", "--count", "1", "--format", "json"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let dead = json(dead.trim());
+    assert_eq!(dead["value"], "not json", "the record as it was consumed");
+    let header = |name: &str| {
+        dead["headers"].as_array().expect("headers").iter().find(|h| h["key"] == name).map(|h| h["value"].clone())
+    };
+    assert_eq!(header("__connect.errors.topic"), Some("events".into()));
+    assert_eq!(header("__connect.errors.offset"), Some("1".into()));
+    assert_eq!(header("__connect.errors.stage"), Some("VALUE_CONVERTER".into()));
+    assert_eq!(header("__connect.errors.connector.name"), Some("json-sink".into()));
+    worker.stop();
+}
+
+#[test]
+fn a_bad_connector_config_stops_the_worker_at_start_with_a_clear_error() {
+    let dir = data_dir("connect-bad-config");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    let worker_config = worker_properties(&dir, &broker, free_port_below_ephemeral(), "");
+    let bad = dir.join("bad.properties");
+    std::fs::write(&bad, "name=bad\nconnector.class=FileStreamSource\ntasks.max=0\n").expect("write");
+    let output = Command::new(SPATE)
+        .args(["connect", "standalone"])
+        .arg(&worker_config)
+        .arg(&bad)
+        .current_dir(&dir)
+        .output()
+        .expect("run the worker");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tasks.max") && stderr.contains("topic"), "names both errors: {stderr}");
+    let missing =
+        Command::new(SPATE).args(["connect", "standalone", "/nonexistent/worker.properties"]).output().expect("run");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/worker.properties"));
+}

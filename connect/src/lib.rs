@@ -4,6 +4,7 @@
 //! - [`connector`]: the connector and task traits.
 //! - [`converter`]: StringConverter, ByteArrayConverter, JsonConverter.
 //! - [`file`]: FileStreamSource and FileStreamSink.
+//! - [`transforms`]: single message transforms and predicates.
 //! - [`worker`]: the standalone worker (offsets in a local file),
 //!   [`rest`], Kafka Connect's REST API on it, and [`standalone`], the
 //!   `spate connect standalone` command.
@@ -16,11 +17,13 @@ pub mod error;
 pub mod file;
 pub mod limits;
 pub mod offsets;
+pub mod pipeline;
 pub mod plugins;
 pub mod props;
 pub mod record;
 pub mod rest;
 pub mod standalone;
+pub mod transforms;
 pub mod worker;
 
 pub use error::{ConnectError, Result};

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use spate_client::{
     Admin, AutoOffsetReset, Client, ClientConfig, ClientError, ErrorCode, GroupConfig, GroupConsumer, Producer,
-    ProducerConfig, ProducerRecord, TopicPartition,
+    ProducerConfig, TopicPartition,
 };
 use tokio::runtime::Handle;
 
@@ -26,13 +26,15 @@ use crate::config::WorkerConfig;
 use crate::connector::{
     ConfigKey, ConfigReport, ConfigType, Importance, OffsetStorageReader, SinkTask, SourceTask, validate_against,
 };
-use crate::converter::{Converter, converter_for, with_prefix};
+use crate::converter::{converter_for, with_prefix};
 use crate::error::{ConnectError, Result};
 use crate::limits::{SINK_POLL_MS, TASK_IDLE_WAIT_MS};
 use crate::offsets::OffsetStore;
+use crate::pipeline::{Failure, Pipeline};
 use crate::plugins::{self, AnyConnector, ConnectorType, Plugin};
 use crate::props::Props;
-use crate::record::{ConnectRecord, Header, SinkRecord, SourceOffset, SourcePartition};
+use crate::record::{SourceOffset, SourcePartition};
+use crate::transforms::TransformChain;
 
 /// How long stopping a task waits for its thread (Kafka's
 /// task.shutdown.graceful.timeout.ms): a source blocked reading stdin
@@ -283,11 +285,14 @@ fn common_keys(connector_type: Option<ConnectorType>) -> Vec<ConfigKey> {
             Some(""),
             "Converter class used to convert between Kafka Connect format and the serialized form that is written to Kafka.",
         ),
+        key("transforms", ConfigType::List, Some(""), "Aliases for the transformations to be applied to records."),
+        key("predicates", ConfigType::List, Some(""), "Aliases for the predicates used by transformations."),
+        key("errors.tolerance", ConfigType::String, Some("none"), "Behavior for tolerating errors: none or all."),
         key(
-            "transforms",
-            ConfigType::List,
-            Some(""),
-            "Aliases for the transformations to be applied to records (not supported yet).",
+            "errors.log.enable",
+            ConfigType::Boolean,
+            Some("false"),
+            "Log each record skipped under errors.tolerance=all.",
         ),
     ];
     if connector_type == Some(ConnectorType::Sink) {
@@ -297,6 +302,18 @@ fn common_keys(connector_type: Option<ConnectorType>) -> Vec<ConfigKey> {
             ConfigType::String,
             Some(""),
             "Regular expression giving topics to consume (not supported yet).",
+        ));
+        keys.push(key(
+            "errors.deadletterqueue.topic.name",
+            ConfigType::String,
+            Some(""),
+            "The dead letter queue topic for records skipped under errors.tolerance=all.",
+        ));
+        keys.push(key(
+            "errors.deadletterqueue.context.headers.enable",
+            ConfigType::Boolean,
+            Some("false"),
+            "Add the error's context to dead-lettered records' headers.",
         ));
     }
     keys
@@ -343,7 +360,14 @@ fn check_common(report: &mut ConfigReport, props: &Props, connector_type: Option
             }
         }
         "transforms" if !value.is_empty() => {
-            report.errors.push("single message transforms are not supported by Spate Connect yet".into());
+            if let Err(error) = TransformChain::from_config(props) {
+                report.errors.push(error.to_string());
+            }
+        }
+        "errors.tolerance" => {
+            if let Err(error) = crate::pipeline::ErrorPolicy::from_config(props) {
+                report.errors.push(error.to_string());
+            }
         }
         "topics" if topics_of(props).is_empty() && props.get("topics.regex").is_none_or(|r| r.trim().is_empty()) => {
             report.errors.push("Must configure one of topics or topics.regex".into());
@@ -524,18 +548,6 @@ impl Worker {
         Ok(())
     }
 
-    fn converters(&self, config: &Props) -> Result<(Box<dyn Converter>, Box<dyn Converter>)> {
-        let worker = &self.shared.config;
-        let pick = |which: &str, default: &str| -> Result<Box<dyn Converter>> {
-            // A connector's own converter, with its own settings, wins.
-            match config.get(which).filter(|c| !c.trim().is_empty()) {
-                Some(class) => converter_for(class, &with_prefix(config, which)),
-                None => converter_for(default, &with_prefix(&worker.props, which)),
-            }
-        };
-        Ok((pick("key.converter", &worker.key_converter)?, pick("value.converter", &worker.value_converter)?))
-    }
-
     fn spawn_task(
         &self,
         name: &str,
@@ -544,8 +556,13 @@ impl Worker {
         task_config: Props,
     ) -> Result<Arc<TaskControl>> {
         let control = TaskControl::new(entry.paused);
-        let (key_converter, value_converter) = self.converters(&entry.config)?;
-        let converters = Converters { key: key_converter, value: value_converter };
+        let worker_config = &self.shared.config;
+        let pipeline = Pipeline::new(
+            &entry.config,
+            &worker_config.props,
+            &worker_config.key_converter,
+            &worker_config.value_converter,
+        )?;
         let worker = self.clone();
         let connector = name.to_string();
         let thread_control = control.clone();
@@ -554,7 +571,7 @@ impl Worker {
             AnyConnector::Source(source) => {
                 let task = source.create_task();
                 std::thread::Builder::new().name(thread_name).spawn(move || {
-                    let result = worker.run_source(&connector, task, &task_config, &converters, &thread_control);
+                    let result = worker.run_source(&connector, task, &task_config, &pipeline, &thread_control);
                     finish_task(&connector, id, result, &thread_control);
                 })
             }
@@ -562,7 +579,8 @@ impl Worker {
                 let task = sink.create_task();
                 let topics = topics_of(&entry.config);
                 std::thread::Builder::new().name(thread_name).spawn(move || {
-                    let result = worker.run_sink(&connector, task, &task_config, &topics, &converters, &thread_control);
+                    let result =
+                        worker.run_sink(&connector, id, task, &task_config, &topics, &pipeline, &thread_control);
                     finish_task(&connector, id, result, &thread_control);
                 })
             }
@@ -787,17 +805,44 @@ impl Worker {
         Ok(())
     }
 
+    /// A record skipped under errors.tolerance=all: logged if asked, and
+    /// sent to the dead-letter topic if there is one, acknowledged before
+    /// the sink goes on (its offset may be committed after this).
+    fn skip_sink_record(
+        &self,
+        connector: &str,
+        task_id: usize,
+        pipeline: &Pipeline,
+        record: &spate_client::ConsumerRecord,
+        failure: &Failure,
+    ) -> Result<()> {
+        if pipeline.errors.log {
+            tracing::warn!(
+                connector, topic = %record.topic, partition = record.partition, offset = record.offset,
+                stage = failure.stage.name(), error = %failure.error, "skipped a record"
+            );
+        }
+        if let Some(topic) = &pipeline.errors.dead_letter_topic {
+            self.ensure_topic(topic)?;
+            let dead = pipeline.dead_letter(topic, record, failure, connector, task_id);
+            let handle = &self.shared.handle;
+            let delivery = handle.block_on(self.shared.producer.send(dead))?;
+            handle.block_on(delivery)?;
+        }
+        Ok(())
+    }
+
     fn run_source(
         &self,
         connector: &str,
         mut task: Box<dyn SourceTask>,
         props: &Props,
-        converters: &Converters,
+        pipeline: &Pipeline,
         control: &TaskControl,
     ) -> Result<()> {
         task.start(props, &StoreReader { store: &self.shared.offsets, connector })?;
         control.set(State::Running, None);
-        let result = self.source_loop(connector, task.as_mut(), converters, control);
+        let result = self.source_loop(connector, task.as_mut(), pipeline, control);
         task.stop();
         result
     }
@@ -806,7 +851,7 @@ impl Worker {
         &self,
         connector: &str,
         task: &mut dyn SourceTask,
-        converters: &Converters,
+        pipeline: &Pipeline,
         control: &TaskControl,
     ) -> Result<()> {
         let handle = &self.shared.handle;
@@ -817,28 +862,29 @@ impl Worker {
             }
             let mut deliveries = Vec::with_capacity(records.len());
             for source in records {
-                let record = &source.record;
-                let key = converters.key.from_connect_data(&record.topic, &record.key)?;
-                let value = converters.value.from_connect_data(&record.topic, &record.value)?;
-                self.ensure_topic(&record.topic)?;
-                let produced = ProducerRecord {
-                    topic: record.topic.clone(),
-                    partition: record.kafka_partition,
-                    key,
-                    value,
-                    headers: record
-                        .headers
-                        .iter()
-                        .map(|h| (h.key.clone(), h.value.clone().unwrap_or_default()))
-                        .collect(),
-                    timestamp_ms: record.timestamp_ms,
+                // A record dropped by a transform or skipped under
+                // errors.tolerance=all still moves its partition's offset.
+                let delivery = match pipeline.source_record(source.record) {
+                    Ok(Some(produced)) => {
+                        self.ensure_topic(&produced.topic)?;
+                        Some(handle.block_on(self.shared.producer.send(produced))?)
+                    }
+                    Ok(None) => None,
+                    Err(failure) if pipeline.tolerates(&failure) => {
+                        if pipeline.errors.log {
+                            tracing::warn!(connector, stage = failure.stage.name(), error = %failure.error, "skipped a record");
+                        }
+                        None
+                    }
+                    Err(failure) => return Err(failure.error),
                 };
-                let delivery = handle.block_on(self.shared.producer.send(produced))?;
                 deliveries.push((delivery, source.source_partition, source.source_offset));
             }
             // Offsets move only over acknowledged records, in poll order.
             for (delivery, partition, offset) in deliveries {
-                handle.block_on(delivery)?;
+                if let Some(delivery) = delivery {
+                    handle.block_on(delivery)?;
+                }
                 if let (Some(partition), Some(offset)) = (partition, offset) {
                     self.shared.offsets.put(connector, partition, offset);
                 }
@@ -848,13 +894,15 @@ impl Worker {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)] // the task's identity, its parts and its control
     fn run_sink(
         &self,
         connector: &str,
+        task_id: usize,
         mut task: Box<dyn SinkTask>,
         props: &Props,
         topics: &[String],
-        converters: &Converters,
+        pipeline: &Pipeline,
         control: &TaskControl,
     ) -> Result<()> {
         let handle = &self.shared.handle;
@@ -877,7 +925,15 @@ impl Worker {
         handle.block_on(consumer.subscribe(topics))?;
         control.set(State::Running, None);
         let mut pending = BTreeMap::new();
-        let result = self.sink_loop(task.as_mut(), &mut consumer, converters, control, &revoked, &mut pending);
+        let result = self.sink_loop(
+            (connector, task_id),
+            task.as_mut(),
+            &mut consumer,
+            pipeline,
+            control,
+            &revoked,
+            &mut pending,
+        );
         let finished = match result {
             Ok(()) => {
                 // A clean stop: flush what was put, commit it, leave.
@@ -900,11 +956,13 @@ impl Worker {
         finished
     }
 
+    #[allow(clippy::too_many_arguments)] // the task's identity, its parts, its control and its state
     fn sink_loop(
         &self,
+        (connector, task_id): (&str, usize),
         task: &mut dyn SinkTask,
         consumer: &mut GroupConsumer,
-        converters: &Converters,
+        pipeline: &Pipeline,
         control: &TaskControl,
         revoked: &Mutex<Vec<TopicPartition>>,
         pending: &mut BTreeMap<TopicPartition, i64>,
@@ -930,23 +988,14 @@ impl Worker {
             if !records.is_empty() {
                 let mut sink_records = Vec::with_capacity(records.len());
                 for record in &records {
-                    let key = converters.key.to_connect_data(&record.topic, record.key.as_deref())?;
-                    let value = converters.value.to_connect_data(&record.topic, record.value.as_deref())?;
-                    sink_records.push(SinkRecord {
-                        record: ConnectRecord {
-                            topic: record.topic.clone(),
-                            kafka_partition: Some(record.partition),
-                            key,
-                            value,
-                            timestamp_ms: Some(record.timestamp_ms),
-                            headers: record
-                                .headers
-                                .iter()
-                                .map(|(key, value)| Header { key: key.clone(), value: value.clone() })
-                                .collect(),
-                        },
-                        kafka_offset: record.offset,
-                    });
+                    match pipeline.sink_record(record) {
+                        Ok(Some(sink_record)) => sink_records.push(sink_record),
+                        Ok(None) => {}
+                        Err(failure) if pipeline.tolerates(&failure) => {
+                            self.skip_sink_record(connector, task_id, pipeline, record, &failure)?;
+                        }
+                        Err(failure) => return Err(failure.error),
+                    }
                 }
                 task.put(sink_records)?;
                 for record in &records {
@@ -982,11 +1031,6 @@ fn commit(
     Ok(())
 }
 
-struct Converters {
-    key: Box<dyn Converter>,
-    value: Box<dyn Converter>,
-}
-
 fn finish_task(connector: &str, id: usize, result: Result<()>, control: &TaskControl) {
     match result {
         Ok(()) => control.set(State::Unassigned, None),
@@ -996,4 +1040,36 @@ fn finish_task(connector: &str, id: usize, result: Result<()>, control: &TaskCon
         }
     }
     control.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::props::parse;
+
+    fn errors_of(infos: &ConfigInfos, key: &str) -> Vec<String> {
+        infos.configs.iter().find(|c| c.definition.name == key).map(|c| c.value.errors.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn validation_reports_each_bad_key_as_kafka_does() {
+        let good = validate(
+            &parse("name=s\nconnector.class=FileStreamSink\ntopics=a\ntransforms=r\ntransforms.r.type=RegexRouter\ntransforms.r.regex=a\ntransforms.r.replacement=b\n")
+                .expect("props"),
+        );
+        assert_eq!(good.error_count, 0, "{good:?}");
+        assert_eq!(good.name, "FileStreamSinkConnector");
+        let bad = validate(
+            &parse("name=s\nconnector.class=FileStreamSink\ntasks.max=0\ntransforms=x\nerrors.tolerance=some\nvalue.converter=Avro\n")
+                .expect("props"),
+        );
+        for key in ["tasks.max", "topics", "transforms", "errors.tolerance", "value.converter"] {
+            assert_eq!(errors_of(&bad, key).len(), 1, "{key}: {bad:?}");
+        }
+        assert_eq!(bad.error_count, 5);
+        let unknown = validate(&parse("name=s\nconnector.class=com.example.Jdbc\n").expect("props"));
+        assert!(errors_of(&unknown, "connector.class")[0].contains("com.example.Jdbc"));
+        let message = invalid_config_message(&bad);
+        assert!(message.starts_with("Connector configuration is invalid and contains the following 5 error(s):"));
+    }
 }
