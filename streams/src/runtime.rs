@@ -164,41 +164,70 @@ async fn create_internal_topics(
             return Err(StreamsError::Config(format!("source topic {topic:?} does not exist (create it first)")));
         }
     }
-    let repartition_partitions = partitions_of.values().copied().max().unwrap_or(1);
-    for topic in topology.repartition_topics() {
-        create_topic_if_absent(
-            &admin,
-            &topic.resolve(&config.application_id),
-            repartition_partitions,
-            config.replication_factor,
-            &[],
-        )
-        .await?;
-    }
     let compacted = [("cleanup.policy".to_string(), "compact".to_string())];
-    for (store, sub) in topology.logged_stores() {
-        let partitions = sources
-            .iter()
-            .filter(|(_, source_sub)| *source_sub == sub)
-            .map(|(topic, _)| {
-                if topic.internal {
-                    repartition_partitions
-                } else {
-                    partitions_of.get(&topic.name).copied().unwrap_or(1)
-                }
-            })
-            .max()
-            .unwrap_or(1);
-        create_topic_if_absent(
-            &admin,
-            &changelog_topic(&config.application_id, &store),
-            partitions,
-            config.replication_factor,
-            &compacted,
-        )
-        .await?;
+    for topic in internal_topic_plan(topology, &config.application_id, &partitions_of)? {
+        let configs: &[(String, String)] = if topic.compacted { &compacted } else { &[] };
+        create_topic_if_absent(&admin, &topic.name, topic.partitions, config.replication_factor, configs).await?;
     }
     Ok(())
+}
+
+/// An internal topic the application needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InternalTopic {
+    pub name: String,
+    pub partitions: i32,
+    /// Changelogs are compacted; repartition topics are not.
+    pub compacted: bool,
+}
+
+/// The internal topics and their partition counts. A sub-topology runs as
+/// many tasks as its user source topics have partitions (the largest
+/// user topic's count if it reads only repartition topics); its
+/// repartition inputs and its changelogs get that many partitions, so that
+/// task p reads and logs partition p. A sub-topology with stores that
+/// reads several user topics needs them co-partitioned (equal counts), as
+/// Kafka Streams checks: otherwise a stream's key and the table entry it
+/// joins could be in different tasks.
+pub(crate) fn internal_topic_plan(
+    topology: &Topology,
+    application_id: &str,
+    user_partitions: &BTreeMap<String, i32>,
+) -> Result<Vec<InternalTopic>, StreamsError> {
+    let sources = topology.source_topics();
+    let max_user = user_partitions.values().copied().max().unwrap_or(1);
+    let stateful = topology.subs_with_stores();
+    let partitions_of_sub = |sub: usize| -> Result<i32, StreamsError> {
+        let counts: Vec<(String, i32)> = sources
+            .iter()
+            .filter(|(topic, source_sub)| *source_sub == sub && !topic.internal)
+            .map(|(topic, _)| (topic.name.clone(), user_partitions.get(&topic.name).copied().unwrap_or(1)))
+            .collect();
+        let (Some(min), Some(max)) = (counts.iter().map(|(_, n)| *n).min(), counts.iter().map(|(_, n)| *n).max())
+        else {
+            return Ok(max_user);
+        };
+        if min != max && stateful.contains(&sub) {
+            return Err(StreamsError::Config(format!(
+                "topics {counts:?} are read by one stateful sub-topology (a join) but are not co-partitioned: give them the same number of partitions"
+            )));
+        }
+        Ok(max)
+    };
+    let mut plan = Vec::new();
+    for topic in topology.repartition_topics() {
+        let sub = sources.iter().find(|(source, _)| *source == topic).map(|(_, sub)| *sub);
+        let partitions = match sub {
+            Some(sub) => partitions_of_sub(sub)?,
+            None => max_user,
+        };
+        plan.push(InternalTopic { name: topic.resolve(application_id), partitions, compacted: false });
+    }
+    for (store, sub) in topology.logged_stores() {
+        let partitions = partitions_of_sub(sub)?;
+        plan.push(InternalTopic { name: changelog_topic(application_id, &store), partitions, compacted: true });
+    }
+    Ok(plan)
 }
 
 struct Runner {
@@ -443,4 +472,65 @@ async fn restore(client: &Client, task: &mut Task, store: &str, tp: TopicPartiti
         position = consumer.position(&tp).unwrap_or(end_offset);
     }
     Ok(restored)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::dsl::{Consumed, Grouped, Materialized, Produced, Repartitioned, StreamsBuilder};
+    use crate::serde::Serdes;
+
+    fn partitions(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
+        list.iter().map(|(topic, count)| (topic.to_string(), *count)).collect()
+    }
+
+    #[test]
+    fn internal_topics_follow_the_partitions_of_the_tasks_that_use_them() {
+        // A re-keyed stream joined with a table of 3 partitions: the
+        // repartition topic gets 3 (co-partitioned with the table), the
+        // table's changelog 3; the count after a group_by on an 8-partition
+        // stream gets the largest user count.
+        let builder = StreamsBuilder::new();
+        let table = builder.table(
+            "customers",
+            Consumed::with(Serdes::string(), Serdes::string()),
+            Materialized::as_("customers"),
+        );
+        let orders = builder.stream("orders", Consumed::with(Serdes::string(), Serdes::string()));
+        orders
+            .select_key(|_, value| value.clone())
+            .repartition(Repartitioned::with(Serdes::string(), Serdes::string()).with_name("by-customer"))
+            .join(&table, |order, customer| format!("{order}{customer}"))
+            .to("enriched", Produced::with(Serdes::string(), Serdes::string()));
+        orders
+            .group_by(|_, value| value.clone(), Grouped::with(Serdes::string(), Serdes::string()))
+            .count(Materialized::as_("counts"));
+        let topology = builder.build().unwrap();
+        let plan = internal_topic_plan(&topology, "app", &partitions(&[("customers", 3), ("orders", 8)])).unwrap();
+        let find = |name: &str| plan.iter().find(|topic| topic.name == name).cloned().unwrap();
+        assert_eq!(
+            find("app-by-customer-repartition"),
+            InternalTopic { name: "app-by-customer-repartition".into(), partitions: 3, compacted: false }
+        );
+        assert_eq!(find("app-customers-changelog").partitions, 3);
+        assert!(find("app-customers-changelog").compacted);
+        assert_eq!(find("app-counts-repartition").partitions, 8);
+        assert_eq!(find("app-counts-changelog").partitions, 8);
+    }
+
+    #[test]
+    fn a_join_of_topics_with_different_partition_counts_is_refused() {
+        let builder = StreamsBuilder::new();
+        let table =
+            builder.table("customers", Consumed::with(Serdes::string(), Serdes::string()), Materialized::default());
+        builder
+            .stream("orders", Consumed::with(Serdes::string(), Serdes::string()))
+            .join(&table, |order, customer| format!("{order}{customer}"))
+            .to("enriched", Produced::with(Serdes::string(), Serdes::string()));
+        let topology = builder.build().unwrap();
+        let refused = internal_topic_plan(&topology, "app", &partitions(&[("customers", 3), ("orders", 4)]));
+        assert!(matches!(refused, Err(StreamsError::Config(_))));
+        assert!(internal_topic_plan(&topology, "app", &partitions(&[("customers", 4), ("orders", 4)])).is_ok());
+    }
 }

@@ -380,6 +380,16 @@ impl Topology {
             .collect()
     }
 
+    /// The sub-topologies with at least one store.
+    pub(crate) fn subs_with_stores(&self) -> BTreeSet<usize> {
+        self.sub_topologies()
+            .iter()
+            .enumerate()
+            .filter(|(_, nodes)| nodes.iter().any(|&index| !self.nodes[index].stores.is_empty()))
+            .map(|(sub, _)| sub)
+            .collect()
+    }
+
     /// Logged stores, by the sub-topology they live in.
     pub(crate) fn logged_stores(&self) -> Vec<(String, usize)> {
         let subs = self.sub_topologies();
