@@ -23,6 +23,7 @@ pub mod props;
 pub mod record;
 pub mod rest;
 pub mod standalone;
+mod timestamp;
 pub mod transforms;
 pub mod worker;
 

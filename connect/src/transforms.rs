@@ -5,6 +5,8 @@
 //! - `org.apache.kafka.connect.transforms.ReplaceField$Key` / `$Value`
 //! - `org.apache.kafka.connect.transforms.Filter`
 //! - `org.apache.kafka.connect.transforms.RegexRouter`
+//! - `org.apache.kafka.connect.transforms.TimestampConverter$Key` / `$Value`
+//!   (`timestamp.rs`)
 //! - predicates `TopicNameMatches`, `HasHeaderKey`, `RecordIsTombstone`
 //!
 //! Configured as Kafka's: `transforms=a,b`, `transforms.a.type=CLASS`,
@@ -22,8 +24,7 @@ use crate::record::ConnectRecord;
 
 const TRANSFORMS_PACKAGE: &str = "org.apache.kafka.connect.transforms.";
 const PREDICATES_PACKAGE: &str = "org.apache.kafka.connect.transforms.predicates.";
-/// Kafka's Timestamp logical type: int64 milliseconds since the epoch.
-const TIMESTAMP_SCHEMA_NAME: &str = "org.apache.kafka.connect.data.Timestamp";
+use crate::timestamp::TIMESTAMP_SCHEMA_NAME;
 
 /// Changes a record, or drops it (None).
 pub trait Transformation: Send + Sync + std::fmt::Debug {
@@ -173,10 +174,13 @@ fn build_transform(class: &str, props: &Props, what: &str) -> Result<Box<dyn Tra
         "ReplaceField" => Box::new(ReplaceField::new(needs_target(target)?, props)),
         "Filter" if target.is_none() => Box::new(Filter),
         "RegexRouter" if target.is_none() => Box::new(RegexRouter::new(props, what)?),
+        "TimestampConverter" => {
+            Box::new(crate::timestamp::TimestampConverter::new(needs_target(target)? == Target::Key, props, what)?)
+        }
         _ => {
             return Err(ConnectError::Config(format!(
-                "{what}: unknown transform class {class}: InsertField$Key/$Value, ReplaceField$Key/$Value, Filter \
-                 and RegexRouter are available"
+                "{what}: unknown transform class {class}: InsertField$Key/$Value, ReplaceField$Key/$Value, \
+                 TimestampConverter$Key/$Value, Filter and RegexRouter are available"
             )));
         }
     })
