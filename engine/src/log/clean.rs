@@ -208,7 +208,7 @@ struct SegmentView<F> {
     dirty_start: (u64, i64),
 }
 
-/// The aborted transactions over the segments a pass reads, by producer:
+/// The aborted transactions with data in a segment a pass reads, by producer:
 /// their data batches go, whatever their keys (Kafka's cleaner drops
 /// aborted records too). Their markers stay.
 #[derive(Default)]
@@ -491,25 +491,22 @@ impl<S: Storage> PartitionLog<S> {
 impl<S: Storage> LogInner<S> {
     async fn clean_pass(&self, now_ms: i64) -> Result<CleanOutcome> {
         let (views, first_dirty, gaps_below, truncations) = self.sealed_views();
-        let aborted = match (views.first(), views.last()) {
-            (Some(first), Some(last)) => AbortedRanges::new(&self.aborted_over(first.base, last.next_base).await?),
-            _ => AbortedRanges::default(),
-        };
         let mut outcome = CleanOutcome { clean_end_offset: first_dirty, ..Default::default() };
         let Some(last) = views.last() else { return Ok(outcome) };
         let mut throttle = Throttle::new(self.config().clean_bytes_per_sec);
         let dirty_end = last.next_base;
         let (map, clean_end) = self
-            .build_offset_map(&views, first_dirty..dirty_end, gaps_below, &aborted, &mut throttle, &mut outcome)
+            .build_offset_map(&views, first_dirty..dirty_end, gaps_below, &mut throttle, &mut outcome)
             .await?;
         outcome.clean_end_offset = clean_end;
         let delete_retention_ms = self.config().delete_retention_ms;
-        let filter = Filter { map: &map, aborted: &aborted, clean_end, now_ms, delete_retention_ms };
         let cleaned: Vec<&SegmentView<S::File>> = views.iter().filter(|view| view.base < clean_end).collect();
         let new_gaps_below = cleaned.last().map_or(gaps_below, |view| view.next_base.max(gaps_below));
         let mut next_horizon_ms: Option<i64> = None;
         for view in cleaned {
             self.check_open()?;
+            let aborted = self.aborted_ranges(view).await?;
+            let filter = Filter { map: &map, aborted: &aborted, clean_end, now_ms, delete_retention_ms };
             let horizon_ms =
                 self.clean_segment(view, &filter, gaps_below, new_gaps_below, &mut throttle, &mut outcome).await?;
             next_horizon_ms = match (next_horizon_ms, horizon_ms) {
@@ -564,13 +561,13 @@ impl<S: Storage> LogInner<S> {
         views: &[SegmentView<S::File>],
         dirty: std::ops::Range<i64>,
         gaps_below: i64,
-        aborted: &AbortedRanges,
         throttle: &mut Throttle,
         outcome: &mut CleanOutcome,
     ) -> Result<(OffsetMap, i64)> {
         let (first_dirty, dirty_end) = (dirty.start, dirty.end);
         let mut map = OffsetMap::new(self.config().clean_offset_map_entries_max);
         for view in views.iter().filter(|view| view.next_base > first_dirty) {
+            let aborted = self.aborted_ranges(view).await?;
             let start = if view.base <= first_dirty { view.dirty_start } else { (0, view.base) };
             let mut cursor = BatchCursor::new(&*view.file, &view.path, view.written_bytes, start, gaps_below);
             while let Some((_, info, bytes)) = cursor.next().await? {
@@ -597,6 +594,14 @@ impl<S: Storage> LogInner<S> {
         // Past a truncation the first dirty offset may lie beyond the sealed
         // segments; the pass then stays within them.
         Ok((map, dirty_end))
+    }
+
+    /// The aborted transactions with data in one segment (read from the
+    /// `.txnindex` files as a fetch reads them): one segment's worth at a
+    /// time, so a pass over a log with many aborts holds no more than
+    /// that in memory.
+    async fn aborted_ranges(&self, view: &SegmentView<S::File>) -> Result<AbortedRanges> {
+        Ok(AbortedRanges::new(&self.aborted_over(view.base, view.next_base).await?))
     }
 
     /// Filters one segment; writes what it keeps to `out` when given.
