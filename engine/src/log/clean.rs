@@ -495,9 +495,8 @@ impl<S: Storage> LogInner<S> {
         let Some(last) = views.last() else { return Ok(outcome) };
         let mut throttle = Throttle::new(self.config().clean_bytes_per_sec);
         let dirty_end = last.next_base;
-        let (map, clean_end) = self
-            .build_offset_map(&views, first_dirty..dirty_end, gaps_below, &mut throttle, &mut outcome)
-            .await?;
+        let (map, clean_end) =
+            self.build_offset_map(&views, first_dirty..dirty_end, gaps_below, &mut throttle, &mut outcome).await?;
         outcome.clean_end_offset = clean_end;
         let delete_retention_ms = self.config().delete_retention_ms;
         let cleaned: Vec<&SegmentView<S::File>> = views.iter().filter(|view| view.base < clean_end).collect();
