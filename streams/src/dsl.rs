@@ -141,6 +141,12 @@ fn next_name(builder: &Builder, prefix: &str) -> String {
     name
 }
 
+fn connect_stores(builder: &Builder, processor: &str, stores: &[String]) {
+    let names: Vec<&str> = stores.iter().map(String::as_str).collect();
+    let result = builder.borrow_mut().topology.connect_processor_and_state_stores(processor, &names).map(|_| ());
+    record_error(builder, result);
+}
+
 fn record_error(builder: &Builder, result: Result<(), StreamsError>) {
     if let Err(error) = result {
         builder.borrow_mut().error.get_or_insert(error);
@@ -509,7 +515,7 @@ impl<K: Data, V: Data> KStream<K, V> {
                 ))),
             );
         }
-        let Some((store, getter)) = table.getter.clone() else {
+        let Some((stores, getter)) = table.getter.clone() else {
             record_error(
                 &self.builder,
                 Err(StreamsError::Topology(format!("{name}: the table has no store to join with"))),
@@ -522,9 +528,7 @@ impl<K: Data, V: Data> KStream<K, V> {
             move || StreamTableJoin { getter: Arc::clone(&getter), joiner: Arc::clone(&joiner) },
             &[&self.node],
         );
-        let result =
-            self.builder.borrow_mut().topology.connect_processor_and_state_stores(&name, &[&store]).map(|_| ());
-        record_error(&self.builder, result);
+        connect_stores(&self.builder, &name, &stores);
         KStream::at(&self.builder, name, false)
     }
 }
@@ -910,7 +914,8 @@ impl<K: Data, V: Data, VA: Data> Processor<K, V, Windowed<K>, Change<VA>> for Wi
 }
 
 type GetterFn<K, V> = Arc<dyn Fn(&StoreMap, &K) -> Result<Option<V>, StreamsError> + Send + Sync>;
-type Getter<K, V> = (String, GetterFn<K, V>);
+/// The stores a table's values are read from, and how.
+type Getter<K, V> = (Vec<String>, GetterFn<K, V>);
 /// A derived table's function of a value (None: not in the derived table).
 type ValueFn<K, V, V2> = Arc<dyn Fn(&K, V) -> Option<V2> + Send + Sync>;
 
@@ -946,7 +951,13 @@ impl<K: Data, V: Data> KTable<K, V> {
                 })?;
             store.get(key)
         });
-        KTable { builder: Rc::clone(builder), node, getter: Some((store, read)), windows: None, _types: PhantomData }
+        KTable {
+            builder: Rc::clone(builder),
+            node,
+            getter: Some((vec![store], read)),
+            windows: None,
+            _types: PhantomData,
+        }
     }
 
     fn derive<V2: Data>(&self, prefix: &str, on_value: ValueFn<K, V, V2>) -> KTable<K, V2> {
@@ -982,6 +993,75 @@ impl<K: Data, V: Data> KTable<K, V> {
 
     pub fn map_values<V2: Data>(&self, mapper: impl Fn(&V) -> V2 + Send + Sync + 'static) -> KTable<K, V2> {
         self.derive("KTABLE-MAPVALUES-", Arc::new(move |_, value| Some(mapper(&value))))
+    }
+
+    /// The inner join of two tables on their key: an entry wherever both
+    /// have one, updated when either side changes and deleted when either
+    /// side deletes its entry (Kafka's `KTable.join(KTable)`). Both tables
+    /// must have stores (a table from a topic or an aggregation, or one
+    /// derived from it).
+    pub fn join<V2: Data, VR: Data>(
+        &self,
+        other: &KTable<K, V2>,
+        joiner: impl Fn(&V, &V2) -> VR + Send + Sync + 'static,
+    ) -> KTable<K, VR> {
+        let this_name = next_name(&self.builder, "KTABLE-JOINTHIS-");
+        let other_name = next_name(&self.builder, "KTABLE-JOINOTHER-");
+        let merge_name = next_name(&self.builder, "KTABLE-MERGE-");
+        let (Some((this_stores, this_get)), Some((other_stores, other_get))) =
+            (self.getter.clone(), other.getter.clone())
+        else {
+            let error = StreamsError::Topology(format!("{this_name}: both tables of a join need stores"));
+            record_error(&self.builder, Err(error));
+            return KTable {
+                builder: Rc::clone(&self.builder),
+                node: merge_name,
+                getter: None,
+                windows: None,
+                _types: PhantomData,
+            };
+        };
+        let joiner: JoinSide<V, V2, VR> = Arc::new(joiner);
+        let (this_joiner, other_joiner) = (Arc::clone(&joiner), Arc::clone(&joiner));
+        let this_lookup = Arc::clone(&other_get);
+        let this_side: JoinSide<V, V2, VR> = Arc::new(move |mine, theirs| this_joiner(mine, theirs));
+        add_processor(
+            &self.builder,
+            &this_name,
+            move || TableJoin { other: Arc::clone(&this_lookup), join: Arc::clone(&this_side) },
+            &[&self.node],
+        );
+        connect_stores(&self.builder, &this_name, &other_stores);
+        let other_lookup = Arc::clone(&this_get);
+        let other_side: JoinSide<V2, V, VR> = Arc::new(move |mine, theirs| other_joiner(theirs, mine));
+        add_processor(
+            &self.builder,
+            &other_name,
+            move || TableJoin { other: Arc::clone(&other_lookup), join: Arc::clone(&other_side) },
+            &[&other.node],
+        );
+        connect_stores(&self.builder, &other_name, &this_stores);
+        let pass: StatelessFn<K, Change<VR>, K, Change<VR>> = Arc::new(|record, out| out(record));
+        add_processor(
+            &self.builder,
+            &merge_name,
+            move || Stateless { function: Arc::clone(&pass) },
+            &[&this_name, &other_name],
+        );
+        let getter: GetterFn<K, VR> = Arc::new(move |stores, key| {
+            Ok(match (this_get(stores, key)?, other_get(stores, key)?) {
+                (Some(mine), Some(theirs)) => Some(joiner(&mine, &theirs)),
+                _ => None,
+            })
+        });
+        let stores = this_stores.into_iter().chain(other_stores).collect();
+        KTable {
+            builder: Rc::clone(&self.builder),
+            node: merge_name,
+            getter: Some((stores, getter)),
+            windows: None,
+            _types: PhantomData,
+        }
     }
 
     /// The table's updates as a stream; a deletion is a `None` value (a
@@ -1157,6 +1237,33 @@ impl<K: Data, V: Data> Processor<Windowed<K>, Change<V>, Windowed<K>, Change<V>>
             let timestamp_ms = key.window.end_ms.saturating_sub(1);
             let forwarded = Record::new(key, Change { new: Some(value), old: None }, timestamp_ms);
             ctx.forward(forwarded);
+        }
+        Ok(())
+    }
+}
+
+/// One side of a table-table join: this side's value with the other's.
+type JoinSide<V, VO, VR> = Arc<dyn Fn(&V, &VO) -> VR + Send + Sync>;
+
+struct TableJoin<K, V, VO, VR> {
+    other: GetterFn<K, VO>,
+    join: JoinSide<V, VO, VR>,
+}
+
+impl<K: Data, V: Data, VO: Data, VR: Data> Processor<K, Change<V>, K, Change<VR>> for TableJoin<K, V, VO, VR> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, K, Change<VR>>,
+        record: Record<K, Change<V>>,
+    ) -> Result<(), StreamsError> {
+        let Some(theirs) = (self.other)(&ctx.state.stores, &record.key)? else {
+            // Nothing on the other side: no joined entry before or after.
+            return Ok(());
+        };
+        let new = record.value.new.as_ref().map(|mine| (self.join)(mine, &theirs));
+        let old = record.value.old.as_ref().map(|mine| (self.join)(mine, &theirs));
+        if new.is_some() || old.is_some() {
+            ctx.forward(Record::new(record.key, Change { new, old }, record.timestamp_ms));
         }
         Ok(())
     }

@@ -509,3 +509,43 @@ fn suppress_until_window_closes_emits_each_windows_final_count_once() {
     // The buffer is a logged store: what it held and emitted is in its changelog.
     assert!(!driver.written("suppress-final-store-changelog").is_empty());
 }
+
+#[test]
+fn table_table_join_follows_updates_and_deletes_on_both_sides() {
+    let builder = StreamsBuilder::new();
+    let names = builder.table("names", Consumed::with(Serdes::string(), Serdes::string()), Materialized::as_("names"));
+    let cities =
+        builder.table("cities", Consumed::with(Serdes::string(), Serdes::string()), Materialized::as_("cities"));
+    let joined = names.join(&cities, |name: &String, city: &String| format!("{name} in {city}"));
+    joined.to_stream().to("people", Produced::with(Serdes::string(), Serdes::nullable(Serdes::string())));
+    // A stream joined with the joined table reads both stores.
+    builder
+        .stream("visits", Consumed::with(Serdes::string(), Serdes::string()))
+        .left_join(&joined, |visit: &String, person: Option<&String>| {
+            format!("{visit}: {}", person.map_or("?", String::as_str))
+        })
+        .to("visits-enriched", Produced::with(Serdes::string(), Serdes::string()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("tables")).unwrap();
+    let names = driver.create_input_topic("names", Serdes::string(), Serdes::string());
+    let cities = driver.create_input_topic("cities", Serdes::string(), Serdes::string());
+    let visits = driver.create_input_topic("visits", Serdes::string(), Serdes::string());
+    let people = driver.create_output_topic("people", Serdes::string(), Serdes::nullable(Serdes::string()));
+    let u1 = "u1".to_string();
+    names.pipe_input(&u1, &"Ada".into(), 1).unwrap(); // no city yet: nothing
+    cities.pipe_input(&u1, &"London".into(), 2).unwrap();
+    names.pipe_input(&u1, &"Ada L.".into(), 3).unwrap();
+    visits.pipe_input(&u1, &"museum".into(), 4).unwrap();
+    cities.pipe_tombstone(&u1, 5).unwrap(); // the join's entry goes
+    visits.pipe_input(&u1, &"park".into(), 6).unwrap();
+    assert_eq!(
+        people.read_key_values_to_list().unwrap(),
+        vec![
+            (u1.clone(), Some("Ada in London".to_string())),
+            (u1.clone(), Some("Ada L. in London".to_string())),
+            (u1, None)
+        ]
+    );
+    let enriched = driver.create_output_topic("visits-enriched", Serdes::string(), Serdes::string());
+    let values: Vec<String> = enriched.read_key_values_to_list().unwrap().into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values, vec!["museum: Ada L. in London", "park: ?"]);
+}
