@@ -1080,7 +1080,10 @@ impl<S: Storage> PartitionLog<S> {
         if offset < log_end_offset {
             return Err(LogError::ReplicaOffset { base_offset: offset, log_end_offset });
         }
-        self.with_log_cut(|inner| async move { inner.restart_empty_at(offset).await }).await
+        self.with_log_cut(|inner| async move {
+            inner.restart_empty_at(offset, "it ended below the leader's log start").await
+        })
+        .await
     }
 
     /// A follower that reset to its leader's log start (`reset_to`), where
@@ -1098,7 +1101,10 @@ impl<S: Storage> PartitionLog<S> {
         if log_start_offset != log_end_offset || base_offset >= log_end_offset || last_offset < log_end_offset {
             return Err(LogError::ReplicaOffset { base_offset, log_end_offset });
         }
-        self.with_log_cut(|inner| async move { inner.restart_empty_at(base_offset).await }).await
+        self.with_log_cut(|inner| async move {
+            inner.restart_empty_at(base_offset, "the leader's first batch starts before its log start").await
+        })
+        .await
     }
 
     /// Runs a change that cuts the log (truncation, reset) alone: after
@@ -1818,7 +1824,7 @@ impl<S: Storage> LogInner<S> {
     /// segment, the producer snapshots and the leader epochs go, and an
     /// empty segment file at `offset` takes their place, synced, so a
     /// restart starts there too. Runs with the log cut (`with_log_cut`).
-    async fn restart_empty_at(&self, offset: i64) -> Result<()> {
+    async fn restart_empty_at(&self, offset: i64, reason: &str) -> Result<()> {
         // A crash part way may leave no segment at all: an empty log at 0.
         self.lower_recovery_point(0).await?;
         let old: Vec<Segment<S::File>> = std::mem::take(&mut self.state.borrow_mut().segments).into_values().collect();
@@ -1859,7 +1865,7 @@ impl<S: Storage> LogInner<S> {
         self.cache.remove_from(self.log_id, offset);
         self.lower_gaps_below(offset).await?;
         self.write_epoch_checkpoint(Some(&epochs)).await?;
-        tracing::warn!(dir = %self.dir.display(), log_start_offset = offset, "log reset: it ended below the leader's log start");
+        tracing::warn!(dir = %self.dir.display(), log_start_offset = offset, reason, "log reset: every segment dropped");
         Ok(())
     }
 
@@ -1902,7 +1908,7 @@ impl<S: Storage> LogInner<S> {
             // the batch): no record at or past the start survives, and the
             // records below it are deleted already. Kafka's follower ends
             // the same way: empty, at its log start.
-            self.restart_empty_at(log_start_offset).await?;
+            self.restart_empty_at(log_start_offset, "a truncation into the batch holding the log start").await?;
             return Ok(log_start_offset);
         }
         // The cut segment becomes the active one, whose aborted
