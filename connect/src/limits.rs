@@ -34,5 +34,20 @@ pub const FILE_SOURCE_EOF_WAIT_MS: u64 = 250;
 /// The sink's consumer poll timeout: a stop or pause waits at most this.
 pub const SINK_POLL_MS: u64 = 200;
 
+/// Tasks of one connector: each is a thread (and for sinks a group
+/// member); a `tasks.max` typo of 100000 must be a config error, not a
+/// worker that runs out of threads.
+pub const TASKS_PER_CONNECTOR_MAX: usize = 1024;
+
+/// Connectors on one worker, so that a REST client cannot make the worker
+/// start threads without end.
+pub const CONNECTORS_PER_WORKER_MAX: usize = 1024;
+
+/// Creating a topic a task needs is tried this many times on retriable
+/// errors (a broker restarting), `TOPIC_CREATE_BACKOFF_MS` apart, before
+/// the task fails: half a minute, the client's request timeout.
+pub const TOPIC_CREATE_ATTEMPTS_MAX: u32 = 30;
+pub const TOPIC_CREATE_BACKOFF_MS: u64 = 1000;
+
 const _: () = assert!(FILE_SOURCE_READ_BYTES <= FILE_SOURCE_LINE_BYTES_MAX);
 const _: () = assert!(SINK_POLL_MS < 1000 && TASK_IDLE_WAIT_MS < 1000);

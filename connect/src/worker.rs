@@ -28,7 +28,10 @@ use crate::connector::{
 };
 use crate::converter::{converter_for, with_prefix};
 use crate::error::{ConnectError, Result};
-use crate::limits::{SINK_POLL_MS, TASK_IDLE_WAIT_MS};
+use crate::limits::{
+    CONNECTORS_PER_WORKER_MAX, SINK_POLL_MS, TASK_IDLE_WAIT_MS, TASKS_PER_CONNECTOR_MAX, TOPIC_CREATE_ATTEMPTS_MAX,
+    TOPIC_CREATE_BACKOFF_MS,
+};
 use crate::offsets::OffsetStore;
 use crate::pipeline::{Failure, Pipeline};
 use crate::plugins::{self, AnyConnector, ConnectorType, Plugin};
@@ -327,12 +330,15 @@ fn topics_of(props: &Props) -> Vec<String> {
 }
 
 fn tasks_max(props: &Props) -> Result<usize> {
+    let value = props.get("tasks.max").map_or("", String::as_str);
     match props.get("tasks.max").map(|v| v.trim().parse::<usize>()) {
         None => Ok(1),
-        Some(Ok(n)) if n >= 1 => Ok(n),
+        Some(Ok(n)) if (1..=TASKS_PER_CONNECTOR_MAX).contains(&n) => Ok(n),
+        Some(Ok(n)) if n > TASKS_PER_CONNECTOR_MAX => Err(ConnectError::Config(format!(
+            "Invalid value {value} for configuration tasks.max: Value must be no more than {TASKS_PER_CONNECTOR_MAX}"
+        ))),
         Some(_) => Err(ConnectError::Config(format!(
-            "Invalid value {} for configuration tasks.max: Value must be at least 1",
-            props.get("tasks.max").map_or("", String::as_str)
+            "Invalid value {value} for configuration tasks.max: Value must be at least 1"
         ))),
     }
 }
@@ -518,9 +524,17 @@ impl Worker {
         if infos.error_count > 0 {
             return Err(ConnectError::Config(invalid_config_message(&infos)));
         }
-        let existed = lock(&self.shared.connectors).contains_key(name);
+        let (existed, count) = {
+            let connectors = lock(&self.shared.connectors);
+            (connectors.contains_key(name), connectors.len())
+        };
         if existed && !replace {
             return Err(ConnectError::AlreadyExists(format!("Connector {name} already exists")));
+        }
+        if !existed && count >= CONNECTORS_PER_WORKER_MAX {
+            return Err(ConnectError::Config(format!(
+                "this worker runs {CONNECTORS_PER_WORKER_MAX} connectors already, its limit"
+            )));
         }
         let paused = if existed { self.remove(name)?.paused } else { false };
         self.start_connector(name, config, paused)?;
@@ -796,10 +810,22 @@ impl Worker {
             return Ok(());
         }
         let admin = Admin::new(self.shared.client.clone());
-        match self.shared.handle.block_on(admin.create_topic(topic, 1, 1, &[])) {
-            Ok(()) => tracing::info!(topic, "created topic"),
-            Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
-            Err(error) => return Err(error.into()),
+        let mut attempt = 1;
+        loop {
+            match self.shared.handle.block_on(admin.create_topic(topic, 1, 1, &[])) {
+                Ok(()) => tracing::info!(topic, "created topic"),
+                Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
+                // A broker restarting or a controller moving: the task
+                // waits for it rather than failing.
+                Err(error) if error.is_retriable() && attempt < TOPIC_CREATE_ATTEMPTS_MAX => {
+                    tracing::warn!(topic, %error, attempt, "creating the topic failed; trying again");
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(TOPIC_CREATE_BACKOFF_MS));
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            }
+            break;
         }
         lock(&self.shared.topics).insert(topic.to_string());
         Ok(())
@@ -1067,6 +1093,9 @@ mod tests {
             assert_eq!(errors_of(&bad, key).len(), 1, "{key}: {bad:?}");
         }
         assert_eq!(bad.error_count, 5);
+        let huge =
+            validate(&parse("name=s\nconnector.class=FileStreamSink\ntopics=a\ntasks.max=100000\n").expect("props"));
+        assert!(errors_of(&huge, "tasks.max")[0].contains("no more than"), "{huge:?}");
         let unknown = validate(&parse("name=s\nconnector.class=com.example.Jdbc\n").expect("props"));
         assert!(errors_of(&unknown, "connector.class")[0].contains("com.example.Jdbc"));
         let message = invalid_config_message(&bad);
