@@ -280,3 +280,94 @@ fn a_bad_record_stops_log_and_fail_before_its_offset_and_is_skipped_by_log_and_c
     let committed = runtime.block_on(groups.committed_offsets("continue", None)).expect("committed offsets");
     assert_eq!(committed.get(&amounts_0), Some(&3), "committed {committed:?}");
 }
+
+async fn produce_keyed(client: &Client, topic: &str, records: &[(&str, &str)]) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).expect("producer");
+    for (key, value) in records {
+        let record = ProducerRecord::new(topic, value.to_string()).with_key(key.to_string());
+        producer.send(record).await.expect("send").await.expect("acked");
+    }
+    producer.close().await.expect("close");
+}
+
+async fn text_values_of(client: &Client, topic: &str, partitions: i32) -> Vec<String> {
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+    let mut values = Vec::new();
+    for partition in 0..partitions {
+        let tp = TopicPartition::new(topic, partition);
+        consumer.assign(vec![tp.clone()]);
+        let end = consumer.end_offsets(std::slice::from_ref(&tp)).await.expect("end")[0].1;
+        let mut position = consumer.seek(&tp, SeekTo::Earliest).await.expect("seek");
+        while position < end {
+            for record in consumer.poll(Duration::from_millis(500)).await.expect("poll") {
+                values.push(String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned());
+            }
+            position = consumer.position(&tp).unwrap_or(end);
+        }
+    }
+    values.sort();
+    values
+}
+
+#[test]
+fn a_global_table_is_filled_before_processing_and_follows_its_topic() {
+    use spate_streams::{Consumed, KafkaStreams, Materialized, Produced, Serdes, StreamsBuilder, StreamsConfig};
+    let dir = data_dir("streams_global_table");
+    let broker = Broker::start(&dir, 1);
+    let runtime = runtime();
+    let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+    let client = runtime.block_on(Client::connect(config)).expect("connect");
+    let admin = Admin::new(client.clone());
+    // Three partitions of customers against two of orders: a global table
+    // needs no co-partitioning.
+    for (topic, partitions) in [("customers", 3), ("orders", 2), ("orders-by", 2)] {
+        runtime.block_on(admin.create_topic(topic, partitions, 1, &[])).expect("create topic");
+    }
+    runtime.block_on(produce_keyed(&client, "customers", &[("c1", "Ada"), ("c2", "Grace"), ("c3", "Edsger")]));
+
+    let builder = StreamsBuilder::new();
+    let customers =
+        builder.global_table("customers", Consumed::with(Serdes::string(), Serdes::string()), Materialized::default());
+    builder
+        .stream("orders", Consumed::with(Serdes::string(), Serdes::string()))
+        .join_global(
+            &customers,
+            |_, order: &String| order.split(':').next().unwrap_or_default().to_string(),
+            |order: &String, name: &String| format!("{order} by {name}"),
+        )
+        .to("orders-by", Produced::with(Serdes::string(), Serdes::string()));
+    let streams_config = StreamsConfig::from_properties(&[
+        ("application.id", "global"),
+        ("bootstrap.servers", &broker.addr()),
+        ("commit.interval.ms", "100"),
+    ])
+    .expect("config");
+    let mut app = KafkaStreams::new(builder.build().expect("topology"), streams_config).expect("app");
+    runtime.block_on(app.start()).expect("start");
+    // Bootstrapped before the first order: every customer is there.
+    runtime.block_on(produce_keyed(&client, "orders", &[("o1", "c1:book"), ("o2", "c2:pen"), ("o3", "c3:ink")]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runtime.block_on(text_values_of(&client, "orders-by", 2)).len() < 3 {
+        assert!(Instant::now() < deadline, "the first orders were not joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A customer added while running is followed. The table follows its
+    // topic asynchronously (as Kafka's global thread does): an order sent
+    // before the update is seen is dropped, so it is sent again until one
+    // is joined.
+    runtime.block_on(produce_keyed(&client, "customers", &[("c4", "Barbara")]));
+    let joined = |values: &[String]| values.iter().any(|value| value == "c4:cup by Barbara");
+    let mut sent_at = Instant::now() - Duration::from_secs(1);
+    while !joined(&runtime.block_on(text_values_of(&client, "orders-by", 2))) {
+        assert!(Instant::now() < deadline, "the order of the new customer was never joined");
+        if sent_at.elapsed() >= Duration::from_secs(1) {
+            runtime.block_on(produce_keyed(&client, "orders", &[("o4", "c4:cup")]));
+            sent_at = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    runtime.block_on(app.close()).expect("a clean close");
+    let mut values = runtime.block_on(text_values_of(&client, "orders-by", 2));
+    values.dedup();
+    assert_eq!(values, vec!["c1:book by Ada", "c2:pen by Grace", "c3:ink by Edsger", "c4:cup by Barbara"]);
+}

@@ -272,6 +272,55 @@ impl StreamsBuilder {
         KTable::materialized(&self.builder, processor, store)
     }
 
+    /// A table of every partition of `topic`, in every instance of the
+    /// application (Kafka's `GlobalKTable`): no co-partitioning needed to
+    /// join with it. Its store is filled from the topic itself (its
+    /// changelog) before processing starts and kept current while it runs.
+    /// Values are checked by the serde when a join reads them.
+    pub fn global_table<K: Data, V: Data>(
+        &self,
+        topic: &str,
+        consumed: Consumed<K, V>,
+        materialized: Materialized<V>,
+    ) -> GlobalKTable<K, V> {
+        let source_name = next_name(&self.builder, "KSTREAM-SOURCE-");
+        let store =
+            materialized.name.clone().unwrap_or_else(|| next_name(&self.builder, &format!("{topic}-STATE-STORE-")));
+        let processor_name = next_name(&self.builder, "KTABLE-SOURCE-");
+        let builder =
+            Stores::key_value_store_builder(&store, consumed.key_serde, consumed.value_serde).with_logging_disabled();
+        {
+            let mut state = self.builder.borrow_mut();
+            let taken =
+                state.topology.global_stores.iter().any(|global| global.topic == topic || global.builder.name == store)
+                    || state.topology.stores.contains_key(&store);
+            if taken {
+                let error = StreamsError::Topology(format!(
+                    "global table {topic:?} (store {store:?}) is already in the topology"
+                ));
+                state.error.get_or_insert(error);
+            }
+            state.topology.global_stores.push(crate::topology::GlobalStore {
+                topic: topic.to_string(),
+                builder,
+                source_name,
+                processor_name,
+            });
+        }
+        let store_name = store.clone();
+        let getter: GetterFn<K, V> = Arc::new(move |stores, key| {
+            let store = stores
+                .get(&store_name)
+                .and_then(|store| store.as_any().downcast_ref::<KeyValueStore<K, V>>())
+                .ok_or_else(|| StreamsError::Store {
+                    name: store_name.clone(),
+                    reason: "not the global table's store".into(),
+                })?;
+            store.get(key)
+        });
+        GlobalKTable { getter }
+    }
+
     /// The topology, or the first mistake made building it.
     pub fn build(self) -> Result<Topology, StreamsError> {
         let mut state = self.builder.borrow_mut();
@@ -279,6 +328,18 @@ impl StreamsBuilder {
             return Err(error);
         }
         Ok(std::mem::take(&mut state.topology))
+    }
+}
+
+/// A table of a whole topic, in every instance (see
+/// `StreamsBuilder::global_table`).
+pub struct GlobalKTable<K, V> {
+    getter: GetterFn<K, V>,
+}
+
+impl<K, V> std::fmt::Debug for GlobalKTable<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GlobalKTable")
     }
 }
 
@@ -498,6 +559,51 @@ impl<K: Data, V: Data> KStream<K, V> {
             "KSTREAM-LEFTJOIN-",
             Arc::new(move |value, table_value| Some(joiner(value, table_value))),
         )
+    }
+
+    /// Each record joined with the global table's value for the key
+    /// `key_mapper` picks from it; records with no match are dropped.
+    pub fn join_global<KG: Data, VG: Data, VR: Data>(
+        &self,
+        table: &GlobalKTable<KG, VG>,
+        key_mapper: impl Fn(&K, &V) -> KG + Send + Sync + 'static,
+        joiner: impl Fn(&V, &VG) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR> {
+        let joiner: GlobalJoiner<V, VG, VR> = Arc::new(move |value, found| found.map(|found| joiner(value, found)));
+        self.join_global_inner(table, "KSTREAM-JOIN-", Arc::new(key_mapper), joiner)
+    }
+
+    /// As `join_global`, but records with no match are joined with `None`.
+    pub fn left_join_global<KG: Data, VG: Data, VR: Data>(
+        &self,
+        table: &GlobalKTable<KG, VG>,
+        key_mapper: impl Fn(&K, &V) -> KG + Send + Sync + 'static,
+        joiner: impl Fn(&V, Option<&VG>) -> VR + Send + Sync + 'static,
+    ) -> KStream<K, VR> {
+        let joiner: GlobalJoiner<V, VG, VR> = Arc::new(move |value, found| Some(joiner(value, found)));
+        self.join_global_inner(table, "KSTREAM-LEFTJOIN-", Arc::new(key_mapper), joiner)
+    }
+
+    fn join_global_inner<KG: Data, VG: Data, VR: Data>(
+        &self,
+        table: &GlobalKTable<KG, VG>,
+        prefix: &str,
+        key_mapper: KeyMapper<K, V, KG>,
+        joiner: GlobalJoiner<V, VG, VR>,
+    ) -> KStream<K, VR> {
+        let name = next_name(&self.builder, prefix);
+        let getter = Arc::clone(&table.getter);
+        add_processor(
+            &self.builder,
+            &name,
+            move || GlobalJoin {
+                getter: Arc::clone(&getter),
+                key_mapper: Arc::clone(&key_mapper),
+                joiner: Arc::clone(&joiner),
+            },
+            &[&self.node],
+        );
+        KStream::at(&self.builder, name, self.key_changed)
     }
 
     fn join_inner<VT: Data, VR: Data>(
@@ -1264,6 +1370,29 @@ impl<K: Data, V: Data, VO: Data, VR: Data> Processor<K, Change<V>, K, Change<VR>
         let old = record.value.old.as_ref().map(|mine| (self.join)(mine, &theirs));
         if new.is_some() || old.is_some() {
             ctx.forward(Record::new(record.key, Change { new, old }, record.timestamp_ms));
+        }
+        Ok(())
+    }
+}
+
+type KeyMapper<K, V, KG> = Arc<dyn Fn(&K, &V) -> KG + Send + Sync>;
+type GlobalJoiner<V, VG, VR> = Arc<dyn Fn(&V, Option<&VG>) -> Option<VR> + Send + Sync>;
+
+struct GlobalJoin<K, V, KG, VG, VR> {
+    getter: GetterFn<KG, VG>,
+    key_mapper: KeyMapper<K, V, KG>,
+    joiner: GlobalJoiner<V, VG, VR>,
+}
+
+impl<K: Data, V: Data, KG: Data, VG: Data, VR: Data> Processor<K, V, K, VR> for GlobalJoin<K, V, KG, VG, VR> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, VR>, record: Record<K, V>) -> Result<(), StreamsError> {
+        let table_key = (self.key_mapper)(&record.key, &record.value);
+        let found = {
+            let global = ctx.state.global.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (self.getter)(&global, &table_key)?
+        };
+        if let Some(joined) = (self.joiner)(&record.value, found.as_ref()) {
+            ctx.forward(Record::new(record.key, joined, record.timestamp_ms));
         }
         Ok(())
     }

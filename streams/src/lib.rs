@@ -19,8 +19,8 @@ mod window;
 
 pub use crate::config::{DeserializationExceptionHandler, ProcessingGuarantee, StreamsConfig};
 pub use crate::dsl::{
-    BranchedKStream, Consumed, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced, Repartitioned,
-    StreamsBuilder, Suppressed, TimeWindowedKStream,
+    BranchedKStream, Consumed, GlobalKTable, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced,
+    Repartitioned, StreamsBuilder, Suppressed, TimeWindowedKStream,
 };
 pub use crate::error::StreamsError;
 pub use crate::processor::{Data, OutRecord, Processor, ProcessorContext, PunctuationId, PunctuationType, Record};

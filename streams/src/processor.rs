@@ -115,6 +115,10 @@ pub(crate) struct Schedule {
 
 pub(crate) type StoreMap = BTreeMap<String, Box<dyn StateStore>>;
 
+/// The global tables' stores: one set per application instance, read by
+/// every task. Locked only for a lookup or an update, never across an await.
+pub(crate) type GlobalStores = Arc<std::sync::Mutex<StoreMap>>;
+
 /// A task's mutable state, shared by its nodes while they run.
 pub(crate) struct TaskState {
     pub application_id: String,
@@ -127,6 +131,7 @@ pub(crate) struct TaskState {
     pub schedules: Vec<Schedule>,
     /// Where the record being processed came from (topic, offset).
     pub current: Option<(String, i64)>,
+    pub global: GlobalStores,
 }
 
 /// What a processor sees of its task: forward to children, stores, time

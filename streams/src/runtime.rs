@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::config::{DeserializationExceptionHandler, StreamsConfig};
 use crate::error::StreamsError;
 use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_POLL_MS};
-use crate::processor::OutRecord;
+use crate::processor::{GlobalStores, OutRecord};
 use crate::store::changelog_topic;
 use crate::task::Task;
 use crate::topology::Topology;
@@ -242,11 +242,15 @@ struct Runner {
     /// not committed yet.
     processed: BTreeMap<TopicPartition, i64>,
     deliveries: Vec<DeliveryFuture>,
+    global: GlobalStores,
+    /// Reads every partition of the global tables' topics.
+    global_consumer: Option<Consumer>,
 }
 
 impl Runner {
     fn new(client: Client, topology: Arc<Topology>, config: StreamsConfig) -> Result<Self, StreamsError> {
         let producer = Producer::new(client.clone(), ProducerConfig::default())?;
+        let global = topology.make_global_stores();
         let sub_of = topology
             .source_topics()
             .into_iter()
@@ -261,7 +265,81 @@ impl Runner {
             tasks: BTreeMap::new(),
             processed: BTreeMap::new(),
             deliveries: Vec::new(),
+            global,
+            global_consumer: None,
         })
+    }
+
+    /// Fills the global stores from their topics up to the end offsets
+    /// (before any task runs, as Kafka's global thread bootstraps), then
+    /// keeps the consumer to follow them.
+    async fn bootstrap_global(&mut self) -> Result<(), StreamsError> {
+        if self.topology.global_stores.is_empty() {
+            return Ok(());
+        }
+        let topics: Vec<String> = self.topology.global_stores.iter().map(|global| global.topic.clone()).collect();
+        let described = Admin::new(self.client.clone()).describe_topics(Some(&topics)).await?;
+        let mut partitions = Vec::new();
+        for topic in &described {
+            if topic.error.is_some() || topic.partitions.is_empty() {
+                return Err(StreamsError::Config(format!("global table topic {:?} does not exist", topic.name)));
+            }
+            let count = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+            partitions.extend((0..count).map(|partition| TopicPartition::new(topic.name.clone(), partition)));
+        }
+        let mut consumer = Consumer::new(
+            self.client.clone(),
+            ConsumerConfig {
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                fetch_max_wait_ms: 50,
+                ..ConsumerConfig::default()
+            },
+        )?;
+        consumer.assign(partitions.clone());
+        let ends = consumer.end_offsets(&partitions).await?;
+        for tp in &partitions {
+            consumer.seek(tp, SeekTo::Earliest).await?;
+        }
+        let mut empty_polls = 0u32;
+        loop {
+            let behind = ends.iter().any(|(tp, end)| consumer.position(tp).unwrap_or(0) < *end);
+            if !behind {
+                break;
+            }
+            let records = consumer.poll(Duration::from_millis(RESTORE_POLL_MS)).await?;
+            empty_polls = if records.is_empty() { empty_polls + 1 } else { 0 };
+            if empty_polls >= RESTORE_EMPTY_POLLS_MAX {
+                return Err(StreamsError::Store {
+                    name: "global".into(),
+                    reason: "global table bootstrap stalled".into(),
+                });
+            }
+            self.apply_global(records)?;
+        }
+        self.global_consumer = Some(consumer);
+        Ok(())
+    }
+
+    fn apply_global(&self, records: Vec<spate_client::ConsumerRecord>) -> Result<(), StreamsError> {
+        let mut global = self.global.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for record in records {
+            let (Some(store), Some(key)) = (self.topology.global_store_of(&record.topic), record.key.as_deref()) else {
+                continue;
+            };
+            if let Some(target) = global.get_mut(store) {
+                target.restore(key, record.value.as_deref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies what the global topics received since the last look.
+    async fn follow_global(&mut self) -> Result<(), StreamsError> {
+        let Some(consumer) = self.global_consumer.as_mut() else {
+            return Ok(());
+        };
+        let records = consumer.poll(Duration::from_millis(1)).await?;
+        self.apply_global(records)
     }
 
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StreamsError> {
@@ -279,6 +357,7 @@ impl Runner {
                 ..GroupConfig::default()
             },
         )?;
+        self.bootstrap_global().await?;
         let topics: Vec<String> = self.sub_of.keys().cloned().collect();
         consumer.subscribe(&topics).await?;
         let commit_interval = Duration::from_millis(self.config.commit_interval_ms);
@@ -335,6 +414,7 @@ impl Runner {
         consumer: &GroupConsumer,
         records: Vec<spate_client::ConsumerRecord>,
     ) -> Result<(), StreamsError> {
+        self.follow_global().await?;
         let assigned = consumer.assignment();
         // Tasks whose partitions moved away are dropped; their uncommitted
         // records are processed again by the new owner (at least once).
@@ -423,7 +503,8 @@ impl Runner {
     /// Makes a task and restores its logged stores from their changelogs,
     /// from the start to the end offset read before restoring.
     async fn make_task(&mut self, sub: usize, partition: i32) -> Result<Task, StreamsError> {
-        let mut task = self.topology.make_task(sub, partition, &self.config.application_id, now_ms())?;
+        let mut task =
+            self.topology.make_task(sub, partition, &self.config.application_id, now_ms(), Arc::clone(&self.global))?;
         for (store, topic) in task.logged_stores() {
             let started = Instant::now();
             let restored = restore(&self.client, &mut task, &store, TopicPartition::new(topic, partition)).await?;

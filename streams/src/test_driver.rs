@@ -14,13 +14,15 @@ use bytes::Bytes;
 
 use crate::config::{DeserializationExceptionHandler, StreamsConfig};
 use crate::error::StreamsError;
-use crate::processor::OutRecord;
+use crate::processor::{GlobalStores, OutRecord};
 use crate::serde::{SerdeError, SerdeRef};
 use crate::store::{KeyValueStore, WindowStore};
 use crate::task::Task;
 use crate::topology::Topology;
 
 struct Inner {
+    topology: Arc<Topology>,
+    global: GlobalStores,
     config: StreamsConfig,
     tasks: Vec<Task>,
     /// Resolved source topic -> index into `tasks`.
@@ -56,17 +58,26 @@ impl TopologyTestDriver {
     ) -> Result<Self, StreamsError> {
         config.validate()?;
         let topology = Arc::new(topology);
+        let global = topology.make_global_stores();
         let mut tasks = Vec::new();
         let mut source_of = BTreeMap::new();
         for sub in 0..topology.sub_topologies().len() {
-            let task = topology.make_task(sub, 0, &config.application_id, wall_clock_ms)?;
+            let task = topology.make_task(sub, 0, &config.application_id, wall_clock_ms, Arc::clone(&global))?;
             for (topic, _) in &task.sources {
                 source_of.insert(topic.clone(), tasks.len());
             }
             tasks.push(task);
         }
-        let inner =
-            Inner { config, tasks, source_of, written: BTreeMap::new(), next_offset: BTreeMap::new(), wall_clock_ms };
+        let inner = Inner {
+            topology: Arc::clone(&topology),
+            global,
+            config,
+            tasks,
+            source_of,
+            written: BTreeMap::new(),
+            next_offset: BTreeMap::new(),
+            wall_clock_ms,
+        };
         Ok(TopologyTestDriver { inner: Rc::new(RefCell::new(inner)) })
     }
 
@@ -103,6 +114,13 @@ impl TopologyTestDriver {
             let offset = inner.next_offset.entry(record.topic.clone()).or_insert(0);
             let record_offset = *offset;
             *offset += 1;
+            // A global table's topic updates its store, in every task's view.
+            if let Some(store) = inner.topology.global_store_of(&record.topic) {
+                let mut global = inner.global.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let (Some(key), Some(target)) = (&record.key, global.get_mut(store)) {
+                    target.restore(key, record.value.as_deref())?;
+                }
+            }
             let Some(&task_index) = inner.source_of.get(&record.topic) else {
                 continue;
             };
@@ -176,6 +194,15 @@ impl TopologyTestDriver {
         read: impl FnOnce(&S) -> Result<R, StreamsError>,
     ) -> Result<R, StreamsError> {
         let inner = self.inner.borrow();
+        let global = inner.global.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = global.get(store) {
+            let typed = found.as_any().downcast_ref::<S>().ok_or_else(|| StreamsError::Store {
+                name: store.to_string(),
+                reason: format!("is not a {}", std::any::type_name::<S>()),
+            })?;
+            return read(typed);
+        }
+        drop(global);
         for task in &inner.tasks {
             if let Some(found) = task.store(store) {
                 let typed = found.as_any().downcast_ref::<S>().ok_or_else(|| StreamsError::Store {
@@ -194,7 +221,7 @@ impl Inner {
     /// source reads go back into the queue.
     fn route(&mut self, output: Vec<OutRecord>, queue: &mut VecDeque<OutRecord>) {
         for record in output {
-            if self.source_of.contains_key(&record.topic) {
+            if self.source_of.contains_key(&record.topic) || self.topology.global_store_of(&record.topic).is_some() {
                 queue.push_back(record.clone());
             }
             self.written.entry(record.topic.clone()).or_default().push_back(record);

@@ -74,6 +74,18 @@ pub(crate) struct NodeDef {
 pub struct Topology {
     pub(crate) nodes: Vec<NodeDef>,
     pub(crate) stores: BTreeMap<String, StoreBuilder>,
+    /// Global tables: the store, read by every task, is filled from its
+    /// topic (all partitions), which is also its changelog.
+    pub(crate) global_stores: Vec<GlobalStore>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct GlobalStore {
+    pub topic: String,
+    pub builder: StoreBuilder,
+    /// Node names, for `describe`.
+    pub source_name: String,
+    pub processor_name: String,
 }
 
 impl fmt::Debug for Topology {
@@ -442,7 +454,31 @@ impl Topology {
             }
             text.push('\n');
         }
+        let first_global = self.sub_topologies().len();
+        for (offset, global) in self.global_stores.iter().enumerate() {
+            text.push_str(&format!(
+                "   Sub-topology: {} for global store (will not generate tasks)\n",
+                first_global + offset
+            ));
+            text.push_str(&format!("    Source: {} (topics: [{}])\n", global.source_name, global.topic));
+            text.push_str(&format!("      --> {}\n", global.processor_name));
+            text.push_str(&format!("    Processor: {} (stores: [{}])\n", global.processor_name, global.builder.name));
+            text.push_str("      --> none\n");
+            text.push_str(&format!("      <-- {}\n\n", global.source_name));
+        }
         TopologyDescription { text }
+    }
+
+    /// Empty stores for the global tables, to fill from their topics.
+    pub(crate) fn make_global_stores(&self) -> crate::processor::GlobalStores {
+        let stores =
+            self.global_stores.iter().map(|global| (global.builder.name.clone(), (global.builder.factory)())).collect();
+        Arc::new(std::sync::Mutex::new(stores))
+    }
+
+    /// Which global store a topic fills.
+    pub(crate) fn global_store_of(&self, topic: &str) -> Option<&str> {
+        self.global_stores.iter().find(|global| global.topic == topic).map(|global| global.builder.name.as_str())
     }
 
     /// Makes the task for one partition of a sub-topology: its nodes,
@@ -453,6 +489,7 @@ impl Topology {
         partition: i32,
         application_id: &str,
         wall_clock_ms: i64,
+        global: crate::processor::GlobalStores,
     ) -> Result<Task, StreamsError> {
         let subs = self.sub_topologies();
         let members = subs.get(sub).ok_or_else(|| StreamsError::Topology(format!("no sub-topology {sub}")))?;
@@ -479,6 +516,7 @@ impl Topology {
             wall_clock_ms,
             schedules: Vec::new(),
             current: None,
+            global,
         };
         let mut sources = Vec::new();
         for &index in members {

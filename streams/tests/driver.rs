@@ -549,3 +549,45 @@ fn table_table_join_follows_updates_and_deletes_on_both_sides() {
     let values: Vec<String> = enriched.read_key_values_to_list().unwrap().into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec!["museum: Ada L. in London", "park: ?"]);
 }
+
+#[test]
+fn global_table_join_looks_up_a_key_picked_from_the_record() {
+    // Orders keyed by order id; the customer id is in the value. A global
+    // table needs no co-partitioning: the key is picked per record.
+    let builder = StreamsBuilder::new();
+    let customers = builder.global_table(
+        "customers",
+        Consumed::with(Serdes::string(), Serdes::string()),
+        Materialized::as_("customers-global"),
+    );
+    let orders = builder.stream("orders", Consumed::with(Serdes::string(), Serdes::string()));
+    let customer_of = |_: &String, order: &String| order.split(':').next().unwrap_or_default().to_string();
+    orders
+        .join_global(&customers, customer_of, |order: &String, name: &String| format!("{order} by {name}"))
+        .to("joined", Produced::with(Serdes::string(), Serdes::string()));
+    orders
+        .left_join_global(&customers, customer_of, |order: &String, name: Option<&String>| {
+            format!("{order} by {}", name.map_or("nobody", String::as_str))
+        })
+        .to("left-joined", Produced::with(Serdes::string(), Serdes::string()));
+    let topology = builder.build().unwrap();
+    let description = topology.describe().to_string();
+    assert!(
+        description.contains("Sub-topology: 1 for global store (will not generate tasks)\n    Source: KSTREAM-SOURCE-0000000000 (topics: [customers])"),
+        "{description}"
+    );
+    let driver = TopologyTestDriver::new(topology, config("global")).unwrap();
+    let customers = driver.create_input_topic("customers", Serdes::string(), Serdes::string());
+    let orders = driver.create_input_topic("orders", Serdes::string(), Serdes::string());
+    customers.pipe_input(&"c1".into(), &"Ada".into(), 0).unwrap();
+    orders.pipe_input(&"o1".into(), &"c1:book".into(), 1).unwrap();
+    orders.pipe_input(&"o2".into(), &"c2:pen".into(), 2).unwrap();
+    customers.pipe_tombstone(&"c1".into(), 3).unwrap();
+    orders.pipe_input(&"o3".into(), &"c1:ink".into(), 4).unwrap();
+    let joined = driver.create_output_topic("joined", Serdes::string(), Serdes::string());
+    assert_eq!(joined.read_key_values_to_list().unwrap(), vec![("o1".to_string(), "c1:book by Ada".to_string())]);
+    let left = driver.create_output_topic("left-joined", Serdes::string(), Serdes::string());
+    let values: Vec<String> = left.read_key_values_to_list().unwrap().into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values, vec!["c1:book by Ada", "c2:pen by nobody", "c1:ink by nobody"]);
+    assert_eq!(driver.key_value_store_all::<String, String>("customers-global").unwrap(), vec![]);
+}
