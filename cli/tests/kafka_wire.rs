@@ -249,6 +249,54 @@ fn request_as<T: Encodable>(stream: &mut TcpStream, api: ApiKey, version: i16, c
     send_raw(stream, &out);
 }
 
+/// request_percentage (KIP-124), set with AlterClientQuotas on a client
+/// id: a client whose requests take more of the shard's time than its
+/// share is kept quiet, so it gets far fewer requests through than a
+/// client without a quota, on the same broker at the same time. Before,
+/// the key was refused and a client could take the whole core.
+#[test]
+fn a_client_over_its_request_percentage_is_held_to_its_share_of_the_core() {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
+    let broker = Broker::start(&data_dir("kafka_wire_request_quota"), 1);
+    let mut admin = connect(&broker);
+    // 0.1% of a core: 1 ms of the shard's time a second.
+    let alter = AlterClientQuotasRequest::default().with_entries(vec![
+        EntryData::default()
+            .with_entity(vec![
+                EntityData::default()
+                    .with_entity_type(StrBytes::from_static_str("client-id"))
+                    .with_entity_name(Some(StrBytes::from_static_str("busy"))),
+            ])
+            .with_ops(vec![
+                OpData::default().with_key(StrBytes::from_static_str("request_percentage")).with_value(0.1),
+            ]),
+    ]);
+    request(&mut admin, ApiKey::AlterClientQuotas, 1, 2, &alter);
+    let altered: AlterClientQuotasResponse = response(&mut admin, ApiKey::AlterClientQuotas, 1, 2);
+    assert_eq!(altered.entries[0].error_code, 0, "{altered:?}");
+    // Requests answered within `seconds`, one at a time.
+    let answered = |client_id: &'static str, seconds: u64| {
+        let mut stream = connect(&broker);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut count = 0u64;
+        while std::time::Instant::now() < until {
+            request_as(&mut stream, ApiKey::ApiVersions, 3, client_id, &ApiVersionsRequest::default());
+            let _: ApiVersionsResponse = response(&mut stream, ApiKey::ApiVersions, 3, 1);
+            count += 1;
+        }
+        count as f64 / seconds as f64
+    };
+    let free_per_s = answered("free", 2);
+    let busy_per_s = answered("busy", 4);
+    eprintln!("requests/s: free {free_per_s:.0}, busy {busy_per_s:.0}");
+    assert!(
+        busy_per_s * 3.0 < free_per_s,
+        "the quota'd client got {busy_per_s:.0} requests/s through, the free one {free_per_s:.0}"
+    );
+    broker.stop();
+}
+
 /// consumer_byte_rate, set with AlterClientQuotas on a client id: a fetch
 /// that takes it over its rate is answered at once with throttle_time_ms,
 /// and the connection is not read from for that long (KIP-219); another

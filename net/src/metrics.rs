@@ -49,6 +49,7 @@ pub(crate) struct ShardMetrics {
     tls_handshakes_failed: Cell<u64>,
     produce_throttle_ms: Cell<u64>,
     fetch_throttle_ms: Cell<u64>,
+    request_throttle_ms: Cell<u64>,
     write_timeouts: Cell<u64>,
     connections_refused_per_ip: Cell<u64>,
     connections_refused_ip_rate: Cell<u64>,
@@ -67,6 +68,7 @@ pub(crate) struct ShardSnapshot {
     pub tls_handshakes_failed: u64,
     pub produce_throttle_ms: u64,
     pub fetch_throttle_ms: u64,
+    pub request_throttle_ms: u64,
     /// (topic, partition, bytes on disk)
     pub log_sizes: Vec<(String, u32, u64)>,
     /// Partitions hosted here whose log failed to open.
@@ -136,6 +138,7 @@ impl ShardMetrics {
         let counter = match kind {
             crate::security::quota::QuotaKind::Produce => &self.produce_throttle_ms,
             crate::security::quota::QuotaKind::Fetch => &self.fetch_throttle_ms,
+            crate::security::quota::QuotaKind::Request => &self.request_throttle_ms,
         };
         counter.set(counter.get() + ms);
     }
@@ -172,6 +175,7 @@ impl ShardMetrics {
             tls_handshakes_failed: self.tls_handshakes_failed.get(),
             produce_throttle_ms: self.produce_throttle_ms.get(),
             fetch_throttle_ms: self.fetch_throttle_ms.get(),
+            request_throttle_ms: self.request_throttle_ms.get(),
             log_sizes: log_sizes.to_vec(),
             partitions_offline,
             bytes_in_flight: 0,
@@ -277,6 +281,13 @@ pub(crate) fn render(snapshots: &[ShardSnapshot]) -> String {
         "Milliseconds clients over their consumer_byte_rate quota were kept quiet.",
         "counter",
         &|s| s.fetch_throttle_ms,
+    );
+    per_shard(
+        &mut out,
+        "spate_request_throttle_ms_total",
+        "Milliseconds clients over their request_percentage quota were kept quiet.",
+        "counter",
+        &|s| s.request_throttle_ms,
     );
     per_shard(
         &mut out,

@@ -271,8 +271,9 @@ pub fn create_partitions(
 }
 
 /// The quota keys Spate enforces on user and client-id entities (Kafka's
-/// names).
-pub const CLIENT_QUOTA_KEYS: [&str; 2] = ["producer_byte_rate", "consumer_byte_rate"];
+/// names; `request_percentage` is of one core's time, as Kafka's is of
+/// one request handler thread's).
+pub const CLIENT_QUOTA_KEYS: [&str; 3] = ["producer_byte_rate", "consumer_byte_rate", "request_percentage"];
 /// The entity types of client quotas Spate keeps (Kafka's names).
 pub const CLIENT_QUOTA_ENTITY_TYPES: [&str; 3] = ["client-id", "ip", "user"];
 /// The one quota of an `ip` entity (KIP-612): new connections a second
@@ -324,7 +325,7 @@ pub fn alter_client_quotas(
         if !ip && !CLIENT_QUOTA_KEYS.contains(&key.as_str()) {
             return invalid(format!(
                 "quota {key:?} is not supported (Spate enforces {} on users and client ids, {IP_QUOTA_KEY} on ips)",
-                CLIENT_QUOTA_KEYS.join(" and ")
+                CLIENT_QUOTA_KEYS.join(", ")
             ));
         }
         let rate = value.as_ref().map(|v| v.trim().parse::<f64>());
@@ -1792,7 +1793,7 @@ mod tests {
             (vec![], set("producer_byte_rate", "1024")),
             (vec![QuotaEntityPart { entity_type: "ip".into(), name: None }], set("producer_byte_rate", "1")),
             (vec![user.clone(), client(None)], set("producer_byte_rate", "1")),
-            (vec![client(None)], set("request_percentage", "50")),
+            (vec![client(None)], set("controller_mutation_rate", "50")),
             (vec![client(None)], set("connection_creation_rate", "5")),
             (vec![ip(Some("not-an-ip"))], set("connection_creation_rate", "5")),
             (vec![ip(None), user.clone()], set("connection_creation_rate", "5")),

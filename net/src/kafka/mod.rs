@@ -310,11 +310,23 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         principal: session.principal.borrow().clone(),
         session: session.clone(),
     };
+    let started = std::time::Instant::now();
+    let request_time = RequestTime::start(&ctx);
+    let reply = serve(api, ctx, bytes, charge, session);
+    let reply = match request_time {
+        Some(time) => time.charged(started, reply),
+        None => reply,
+    };
+    (reply, name)
+}
+
+/// Runs the handler of `api`.
+fn serve(api: ApiKey, ctx: Ctx, bytes: BytesMut, charge: &Charge, session: &Rc<Session>) -> Reply {
     if api == ApiKey::Produce {
-        return (produce::produce(ctx, bytes), name);
+        return produce::produce(ctx, bytes);
     }
     let body = bytes.freeze();
-    let reply = match api {
+    match api {
         ApiKey::ApiVersions => Reply::Now(versions::api_versions(&ctx)),
         ApiKey::Metadata => metadata::metadata(ctx, body),
         ApiKey::DescribeCluster => metadata::describe_cluster(ctx, body),
@@ -363,8 +375,7 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         ApiKey::DescribeTransactions => txn::describe_transactions(ctx, body),
         ApiKey::ListTransactions => txn::list_transactions(ctx, body),
         _ => Reply::Now(Response::Close(None)),
-    };
-    (reply, name)
+    }
 }
 
 impl Ctx {
@@ -373,28 +384,107 @@ impl Ctx {
     /// not read from for that long (KIP-219: the answer goes at once, the
     /// client's next request waits).
     pub fn throttle(&self, kind: QuotaKind, bytes: usize) -> i32 {
-        let catalog = self.shard.shared.catalog.load();
-        if catalog.client_quotas.is_empty() {
-            return 0;
+        throttle(&self.shard, &self.session, &self.principal, &self.client_id, kind, bytes as u64) as i32
+    }
+}
+
+/// Counts `amount` against the client's quota of `kind` and returns the
+/// throttle time (0: none); a throttled connection is kept quiet that
+/// long.
+fn throttle(
+    shard: &Shard,
+    session: &Session,
+    principal: &Principal,
+    client_id: &str,
+    kind: QuotaKind,
+    amount: u64,
+) -> u64 {
+    let catalog = shard.shared.catalog.load();
+    if catalog.client_quotas.is_empty() {
+        return 0;
+    }
+    let user = if principal.principal_type == USER_TYPE { principal.name.as_str() } else { "" };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let throttle_ms = session.quotas.record(
+        &catalog.client_quotas,
+        &shard.shared.quota_meters,
+        kind,
+        (user, client_id),
+        amount,
+        now_ms,
+    );
+    if throttle_ms > 0 {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(throttle_ms);
+        let later = session.quiet_until.get().map_or(until, |current| current.max(until));
+        session.quiet_until.set(Some(later));
+        shard.metrics.throttled(kind, throttle_ms);
+    }
+    throttle_ms
+}
+
+/// The time a request takes on this shard, charged to the client's
+/// `request_percentage` quota (KIP-124) once it is answered: the
+/// synchronous part of its dispatch and every poll of what it left to do
+/// later. Over the quota, the connection is kept quiet (KIP-219); the
+/// answer itself carries no throttle time for it (it is already encoded).
+struct RequestTime {
+    shard: Rc<Shard>,
+    session: Rc<Session>,
+    principal: Rc<Principal>,
+    client_id: String,
+    spent: std::time::Duration,
+}
+
+impl RequestTime {
+    /// None while no client quota exists (nothing is timed).
+    fn start(ctx: &Ctx) -> Option<RequestTime> {
+        if ctx.shard.shared.catalog.load().client_quotas.is_empty() {
+            return None;
         }
-        let user = if self.principal.principal_type == USER_TYPE { self.principal.name.as_str() } else { "" };
-        let now_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let throttle_ms = self.session.quotas.record(
-            &catalog.client_quotas,
-            &self.shard.shared.quota_meters,
-            kind,
-            (user, &self.client_id),
-            bytes as u64,
-            now_ms,
-        );
-        if throttle_ms > 0 {
-            let until = std::time::Instant::now() + std::time::Duration::from_millis(throttle_ms);
-            let later = self.session.quiet_until.get().map_or(until, |current| current.max(until));
-            self.session.quiet_until.set(Some(later));
-            self.shard.metrics.throttled(kind, throttle_ms);
+        Some(RequestTime {
+            shard: ctx.shard.clone(),
+            session: ctx.session.clone(),
+            principal: ctx.principal.clone(),
+            client_id: ctx.client_id.clone(),
+            spent: std::time::Duration::ZERO,
+        })
+    }
+
+    fn charge(&self) {
+        let micros = u64::try_from(self.spent.as_micros()).unwrap_or(u64::MAX);
+        throttle(&self.shard, &self.session, &self.principal, &self.client_id, QuotaKind::Request, micros);
+    }
+
+    /// Charges the dispatch that began at `started` and returned `reply`.
+    fn charged(mut self, started: std::time::Instant, reply: Reply) -> Reply {
+        self.spent += started.elapsed();
+        match reply {
+            Reply::Now(response) => {
+                self.charge();
+                Reply::Now(response)
+            }
+            Reply::Later(later) => Reply::Later(Box::pin(Timed { later, time: self })),
         }
-        throttle_ms as i32
+    }
+}
+
+/// A reply's future, with the time spent polling it counted.
+struct Timed {
+    later: crate::wire::response::Later,
+    time: RequestTime,
+}
+
+impl std::future::Future for Timed {
+    type Output = Response;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Response> {
+        let polled = std::time::Instant::now();
+        let poll = self.later.as_mut().poll(cx);
+        self.time.spent += polled.elapsed();
+        if poll.is_ready() {
+            self.time.charge();
+        }
+        poll
     }
 }
 

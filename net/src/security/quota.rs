@@ -1,5 +1,7 @@
 //! Kafka's client quotas: byte rates per user and/or client id
-//! (`producer_byte_rate`, `consumer_byte_rate`), set with AlterClientQuotas
+//! (`producer_byte_rate`, `consumer_byte_rate`) and the share of a core's
+//! time its requests may take (`request_percentage`, KIP-124: 100 is one
+//! core, as Kafka's is one request handler thread), set with AlterClientQuotas
 //! (`kafka-configs --entity-type users|clients`) and kept in the metadata
 //! log. A client over its rate is throttled as Kafka does since KIP-219:
 //! its answer carries `throttle_time_ms` at once, and the broker reads
@@ -27,6 +29,9 @@ pub(crate) enum QuotaKind {
     Produce,
     /// `consumer_byte_rate`: bytes of fetch responses.
     Fetch,
+    /// `request_percentage`: microseconds the shard spent on the client's
+    /// requests, against the percentage of a second the quota gives.
+    Request,
 }
 
 impl QuotaKind {
@@ -34,6 +39,16 @@ impl QuotaKind {
         match self {
             QuotaKind::Produce => "producer_byte_rate",
             QuotaKind::Fetch => "consumer_byte_rate",
+            QuotaKind::Request => "request_percentage",
+        }
+    }
+
+    /// The quota's value in the meter's unit per second: bytes, or
+    /// microseconds of a core for a percentage of it.
+    fn per_second(self, quota: f64) -> f64 {
+        match self {
+            QuotaKind::Produce | QuotaKind::Fetch => quota,
+            QuotaKind::Request => quota * 1_000_000.0 / 100.0,
         }
     }
 }
@@ -256,11 +271,13 @@ struct Resolved {
     client_id: String,
     produce: Option<(f64, Arc<Meter>)>,
     fetch: Option<(f64, Arc<Meter>)>,
+    request: Option<(f64, Arc<Meter>)>,
 }
 
 impl ConnQuotas {
-    /// Counts `bytes` of `kind` for this client and returns how long it is
-    /// to be throttled (0: it is within its quota, or has none).
+    /// Counts `bytes` of `kind` (microseconds for `Request`) for this
+    /// client and returns how long it is to be throttled (0: it is within
+    /// its quota, or has none).
     /// `who` is the (user, client id) the request came from.
     pub fn record(
         &self,
@@ -288,16 +305,18 @@ impl ConnQuotas {
                 client_id: client_id.to_string(),
                 produce: lookup(QuotaKind::Produce),
                 fetch: lookup(QuotaKind::Fetch),
+                request: lookup(QuotaKind::Request),
             });
         }
         let Some(resolved) = resolved.as_ref() else { return 0 };
         let entry = match kind {
             QuotaKind::Produce => &resolved.produce,
             QuotaKind::Fetch => &resolved.fetch,
+            QuotaKind::Request => &resolved.request,
         };
-        let Some((rate, meter)) = entry else { return 0 };
+        let Some((quota, meter)) = entry else { return 0 };
         meter.record(now_ms, bytes);
-        meter.throttle_ms(now_ms, *rate)
+        meter.throttle_ms(now_ms, kind.per_second(*quota))
     }
 }
 
