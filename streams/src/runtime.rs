@@ -172,6 +172,10 @@ async fn create_internal_topics(
     Ok(())
 }
 
+fn is_rebalance(error: &ClientError) -> bool {
+    matches!(error, ClientError::Server { code: ErrorCode::UnknownMemberId | ErrorCode::FencedMemberEpoch, .. })
+}
+
 /// An internal topic the application needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct InternalTopic {
@@ -393,7 +397,10 @@ impl Runner {
             Ok(()) => {
                 self.commit(&mut consumer).await?;
                 self.producer.close().await?;
-                consumer.close().await?;
+                // Leave without the consumer's own commit: its positions may
+                // be past records a cancelled poll fetched but never handed
+                // over. Only the offsets of processed records are committed.
+                consumer.leave().await?;
                 Ok(())
             }
             Err(error) => {
@@ -494,10 +501,21 @@ impl Runner {
         for delivery in self.deliveries.drain(..) {
             delivery.await?;
         }
-        if !self.processed.is_empty() {
-            consumer.commit(self.processed.clone()).await?;
+        if self.processed.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        match consumer.commit(self.processed.clone()).await {
+            Ok(()) => Ok(()),
+            // The member was dropped or its epoch moved on (a rebalance met
+            // the commit): the partitions may be another member's now, which
+            // starts from the last commit. Not committing is safe (at least
+            // once); the next poll rejoins or applies the new assignment.
+            Err(error) if is_rebalance(&error) || error.is_retriable() => {
+                tracing::warn!(%error, "commit not done; the records will be committed later or processed again");
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Makes a task and restores its logged stores from their changelogs,
