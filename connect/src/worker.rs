@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use spate_client::{
-    Admin, AutoOffsetReset, Client, ClientConfig, ClientError, ErrorCode, GroupConfig, GroupConsumer, Producer,
-    ProducerConfig, TopicPartition,
+    Admin, AutoOffsetReset, Client, ClientConfig, ClientError, DeliveryFuture, ErrorCode, GroupConfig, GroupConsumer,
+    Producer, ProducerConfig, TopicPartition,
 };
 use tokio::runtime::Handle;
 
@@ -36,7 +36,7 @@ use crate::offsets::OffsetStore;
 use crate::pipeline::{Failure, Pipeline};
 use crate::plugins::{self, AnyConnector, ConnectorType, Plugin};
 use crate::props::Props;
-use crate::record::{SourceOffset, SourcePartition};
+use crate::record::{SourceOffset, SourcePartition, SourceRecord};
 use crate::transforms::TransformChain;
 
 /// How long stopping a task waits for its thread (Kafka's
@@ -873,6 +873,10 @@ impl Worker {
         result
     }
 
+    /// Polls, converts and sends; one batch's acknowledgements are awaited
+    /// while the next is polled and sent, so the file is read while the
+    /// cluster acknowledges (one round trip per batch would bound the
+    /// throughput otherwise).
     fn source_loop(
         &self,
         connector: &str,
@@ -880,42 +884,89 @@ impl Worker {
         pipeline: &Pipeline,
         control: &TaskControl,
     ) -> Result<()> {
-        let handle = &self.shared.handle;
-        while control.wait_while_paused() {
+        let mut in_flight: Option<Vec<Pending>> = None;
+        loop {
+            if control.paused.load(Ordering::Acquire)
+                && let Some(batch) = in_flight.take()
+            {
+                self.complete(connector, batch)?;
+                task.commit()?;
+            }
+            if !control.wait_while_paused() {
+                break;
+            }
             let records = task.poll()?;
-            if records.is_empty() {
-                continue;
+            let batch = if records.is_empty() { None } else { Some(self.send_batch(connector, records, pipeline)?) };
+            // Nothing new: what is in flight is completed now, not later.
+            let previous = match batch {
+                Some(batch) => in_flight.replace(batch),
+                None => in_flight.take(),
+            };
+            if let Some(previous) = previous {
+                self.complete(connector, previous)?;
+                task.commit()?;
             }
-            let mut deliveries = Vec::with_capacity(records.len());
-            for source in records {
-                // A record dropped by a transform or skipped under
-                // errors.tolerance=all still moves its partition's offset.
-                let delivery = match pipeline.source_record(source.record) {
-                    Ok(Some(produced)) => {
-                        self.ensure_topic(&produced.topic)?;
-                        Some(handle.block_on(self.shared.producer.send(produced))?)
-                    }
-                    Ok(None) => None,
-                    Err(failure) if pipeline.tolerates(&failure) => {
-                        if pipeline.errors.log {
-                            tracing::warn!(connector, stage = failure.stage.name(), error = %failure.error, "skipped a record");
-                        }
-                        None
-                    }
-                    Err(failure) => return Err(failure.error),
-                };
-                deliveries.push((delivery, source.source_partition, source.source_offset));
-            }
-            // Offsets move only over acknowledged records, in poll order.
-            for (delivery, partition, offset) in deliveries {
-                if let Some(delivery) = delivery {
-                    handle.block_on(delivery)?;
-                }
-                if let (Some(partition), Some(offset)) = (partition, offset) {
-                    self.shared.offsets.put(connector, partition, offset);
-                }
-            }
+        }
+        if let Some(batch) = in_flight.take() {
+            self.complete(connector, batch)?;
             task.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Transforms, converts and sends a poll's records (one trip into the
+    /// runtime for the whole batch).
+    fn send_batch(&self, connector: &str, records: Vec<SourceRecord>, pipeline: &Pipeline) -> Result<Vec<Pending>> {
+        let mut prepared = Vec::with_capacity(records.len());
+        for source in records {
+            // A record dropped by a transform or skipped under
+            // errors.tolerance=all still moves its partition's offset.
+            let produced = match pipeline.source_record(source.record) {
+                Ok(produced) => produced,
+                Err(failure) if pipeline.tolerates(&failure) => {
+                    if pipeline.errors.log {
+                        tracing::warn!(connector, stage = failure.stage.name(), error = %failure.error, "skipped a record");
+                    }
+                    None
+                }
+                Err(failure) => return Err(failure.error),
+            };
+            if let Some(produced) = &produced {
+                self.ensure_topic(&produced.topic)?;
+            }
+            prepared.push((produced, source.source_partition, source.source_offset));
+        }
+        let producer = &self.shared.producer;
+        self.shared.handle.block_on(async {
+            let mut batch = Vec::with_capacity(prepared.len());
+            for (produced, partition, offset) in prepared {
+                let delivery = match produced {
+                    Some(produced) => Some(producer.send(produced).await?),
+                    None => None,
+                };
+                batch.push(Pending { delivery, partition, offset });
+            }
+            Ok(batch)
+        })
+    }
+
+    /// Waits for a batch's acknowledgements, then stores its offsets: they
+    /// move only over acknowledged records, in poll order.
+    fn complete(&self, connector: &str, batch: Vec<Pending>) -> Result<()> {
+        let mut offsets = Vec::with_capacity(batch.len());
+        self.shared.handle.block_on(async {
+            for pending in batch {
+                if let Some(delivery) = pending.delivery {
+                    delivery.await?;
+                }
+                offsets.push((pending.partition, pending.offset));
+            }
+            Ok::<(), ConnectError>(())
+        })?;
+        for (partition, offset) in offsets {
+            if let (Some(partition), Some(offset)) = (partition, offset) {
+                self.shared.offsets.put(connector, partition, offset);
+            }
         }
         Ok(())
     }
@@ -1055,6 +1106,14 @@ fn commit(
         Err(error) => tracing::warn!(%error, "committing sink offsets failed; they stay pending"),
     }
     Ok(())
+}
+
+/// A sent source record waiting for its acknowledgement (None: dropped
+/// or skipped, nothing to wait for), with the offset it completes.
+struct Pending {
+    delivery: Option<DeliveryFuture>,
+    partition: Option<SourcePartition>,
+    offset: Option<SourceOffset>,
 }
 
 fn finish_task(connector: &str, id: usize, result: Result<()>, control: &TaskControl) {
