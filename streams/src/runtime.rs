@@ -465,7 +465,8 @@ impl Runner {
             }
             let output = task.take_output();
             self.send(output).await?;
-            self.processed.insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset + 1);
+            self.processed
+                .insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset.saturating_add(1));
         }
         let now_ms = now_ms();
         let mut punctuated = Vec::new();

@@ -22,11 +22,13 @@ pub struct Windowed<K> {
     pub window: Window,
 }
 
+/// Made only through its constructors, which keep `1 <= advance_ms <=
+/// size_ms` and `grace_ms >= 0` (a zero advance would divide by zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeWindows {
-    pub size_ms: i64,
-    pub advance_ms: i64,
-    pub grace_ms: i64,
+    pub(crate) size_ms: i64,
+    pub(crate) advance_ms: i64,
+    pub(crate) grace_ms: i64,
 }
 
 impl TimeWindows {
@@ -47,6 +49,16 @@ impl TimeWindows {
     pub fn advance_by(mut self, advance_ms: i64) -> Self {
         self.advance_ms = advance_ms.clamp(1, self.size_ms);
         self
+    }
+
+    pub fn size_ms(&self) -> i64 {
+        self.size_ms
+    }
+    pub fn advance_ms(&self) -> i64 {
+        self.advance_ms
+    }
+    pub fn grace_ms(&self) -> i64 {
+        self.grace_ms
     }
 
     /// The windows containing `timestamp_ms`, earliest first (as Kafka's
