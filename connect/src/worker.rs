@@ -241,6 +241,11 @@ struct Shared {
     offsets: OffsetStore,
     worker_id: String,
     connectors: Mutex<BTreeMap<String, ConnectorEntry>>,
+    /// Held through every change of the set of connectors or their tasks
+    /// (create, replace, delete, restart, shutdown), so that two REST
+    /// calls for one name cannot both start it and leave one's tasks
+    /// running unowned. Reads (status, lists) take only `connectors`.
+    changes: Mutex<()>,
     /// Topics known to exist (created if they were not).
     topics: Mutex<BTreeSet<String>>,
     shutting_down: AtomicBool,
@@ -485,6 +490,7 @@ impl Worker {
                 offsets,
                 worker_id,
                 connectors: Mutex::new(BTreeMap::new()),
+                changes: Mutex::new(()),
                 topics: Mutex::new(BTreeSet::new()),
                 shutting_down: AtomicBool::new(false),
             }),
@@ -503,6 +509,7 @@ impl Worker {
     /// Creates a connector, or with `replace` replaces an existing one's
     /// config (restarting it). Returns its info and whether it was new.
     pub fn put_connector(&self, name: &str, mut config: Props, replace: bool) -> Result<(ConnectorInfo, bool)> {
+        let _changes = lock(&self.shared.changes);
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(ConnectError::Task("the worker is shutting down".into()));
         }
@@ -554,8 +561,17 @@ impl Worker {
         };
         let mut entry = ConnectorEntry { config, plugin, connector, paused, failure, task_configs, tasks: Vec::new() };
         for (id, task_config) in entry.task_configs.clone().into_iter().enumerate() {
-            let control = self.spawn_task(name, id, &entry, task_config)?;
-            entry.tasks.push(control);
+            match self.spawn_task(name, id, &entry, task_config) {
+                Ok(control) => entry.tasks.push(control),
+                Err(error) => {
+                    // No task may outlive its connector's entry.
+                    for (started, task) in entry.tasks.iter().enumerate() {
+                        task.stop_and_wait(name, started);
+                    }
+                    entry.connector.as_connector_mut().stop();
+                    return Err(error);
+                }
+            }
         }
         tracing::info!(connector = name, tasks = entry.tasks.len(), "connector started");
         lock(&self.shared.connectors).insert(name.to_string(), entry);
@@ -616,6 +632,7 @@ impl Worker {
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {
+        let _changes = lock(&self.shared.changes);
         self.remove(name).map(|_| tracing::info!(connector = name, "connector deleted"))
     }
 
@@ -646,6 +663,7 @@ impl Worker {
     /// Restarts the connector and, with `include_tasks`, its tasks (all, or
     /// with `only_failed` the failed ones), as Kafka's restart.
     pub fn restart(&self, name: &str, include_tasks: bool, only_failed: bool) -> Result<()> {
+        let _changes = lock(&self.shared.changes);
         let (config, paused, failed, states) = self.with_entry(name, |entry| {
             let states: Vec<State> = entry.tasks.iter().map(|t| t.status().0).collect();
             (entry.config.clone(), entry.paused, entry.failure.is_some(), states)
@@ -663,6 +681,7 @@ impl Worker {
 
     /// Restarts one task.
     pub fn restart_task(&self, name: &str, id: usize) -> Result<()> {
+        let _changes = lock(&self.shared.changes);
         let (old, task_config, entry_config, paused) = self.with_entry(name, |entry| {
             (entry.tasks.get(id).cloned(), entry.task_configs.get(id).cloned(), entry.config.clone(), entry.paused)
         })?;
@@ -790,6 +809,7 @@ impl Worker {
     /// Stops every connector (sinks flush and commit), then writes the
     /// offsets file a last time.
     pub fn shutdown(&self) -> Result<()> {
+        let _changes = lock(&self.shared.changes);
         self.shared.shutting_down.store(true, Ordering::Release);
         for name in self.list() {
             if let Err(error) = self.remove(&name) {
