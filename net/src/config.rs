@@ -167,6 +167,15 @@ pub struct BrokerConfig {
     /// Kafka's `ssl.client.auth`: `none`, `requested` (a certificate, if
     /// sent, must verify and names the principal) or `required`.
     pub ssl_client_auth: String,
+    /// Kafka's `ssl.cipher.suites`: the cipher suites TLS listeners offer,
+    /// comma-separated IANA names (`TLS_AES_128_GCM_SHA256`,
+    /// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`, ...), in the operator's
+    /// order of preference, which then wins over the client's. Empty:
+    /// rustls's safe defaults, in the client's order.
+    pub ssl_cipher_suites: String,
+    /// Kafka's `ssl.enabled.protocols`: `TLSv1.2` and/or `TLSv1.3`
+    /// (comma-separated; empty: both).
+    pub ssl_enabled_protocols: String,
     /// Kafka's `auto.create.topics.enable`: a Kafka Metadata request for
     /// an unknown topic creates it, with `num_partitions` partitions and
     /// `default_replication_factor` replicas.
@@ -248,6 +257,8 @@ impl Default for BrokerConfig {
             ssl_truststore_location: None,
             ssl_truststore_certificates: None,
             ssl_client_auth: "none".into(),
+            ssl_cipher_suites: String::new(),
+            ssl_enabled_protocols: String::new(),
             auto_create_topics_enable: true,
             num_partitions: 1,
             default_replication_factor: 1,
@@ -653,6 +664,8 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "ssl.truststore.location" => config.ssl_truststore_location = Some(PathBuf::from(value)),
         "ssl.truststore.certificates" => config.ssl_truststore_certificates = Some(value.to_string()),
         "ssl.client.auth" => config.ssl_client_auth = value.to_string(),
+        "ssl.cipher.suites" => config.ssl_cipher_suites = value.to_string(),
+        "ssl.enabled.protocols" => config.ssl_enabled_protocols = value.to_string(),
         "sasl.enabled.mechanisms" => config.sasl_enabled_mechanisms = value.to_string(),
         // An encrypted private key needs its password; Spate reads only
         // unencrypted PEM keys, so one given is refused rather than ignored.
