@@ -310,8 +310,10 @@ async fn text_values_of(client: &Client, topic: &str, partitions: i32) -> Vec<St
 }
 
 #[test]
-fn a_global_table_is_filled_before_processing_and_follows_its_topic() {
-    use spate_streams::{Consumed, KafkaStreams, Materialized, Produced, Serdes, StreamsBuilder, StreamsConfig};
+fn a_global_table_is_filled_before_processing_and_follows_its_topic_and_stores_answer_queries() {
+    use spate_streams::{
+        Consumed, Grouped, KafkaStreams, Materialized, Produced, Serdes, StreamsBuilder, StreamsConfig,
+    };
     let dir = data_dir("streams_global_table");
     let broker = Broker::start(&dir, 1);
     let runtime = runtime();
@@ -326,10 +328,20 @@ fn a_global_table_is_filled_before_processing_and_follows_its_topic() {
     runtime.block_on(produce_keyed(&client, "customers", &[("c1", "Ada"), ("c2", "Grace"), ("c3", "Edsger")]));
 
     let builder = StreamsBuilder::new();
-    let customers =
-        builder.global_table("customers", Consumed::with(Serdes::string(), Serdes::string()), Materialized::default());
-    builder
-        .stream("orders", Consumed::with(Serdes::string(), Serdes::string()))
+    let customers = builder.global_table(
+        "customers",
+        Consumed::with(Serdes::string(), Serdes::string()),
+        Materialized::as_("customers-global"),
+    );
+    let orders = builder.stream("orders", Consumed::with(Serdes::string(), Serdes::string()));
+    // Orders per customer, read back with an interactive query.
+    orders
+        .group_by(
+            |_, order: &String| order.split(':').next().unwrap_or_default().to_string(),
+            Grouped::with(Serdes::string(), Serdes::string()),
+        )
+        .count(Materialized::as_("orders-per-customer"));
+    orders
         .join_global(
             &customers,
             |_, order: &String| order.split(':').next().unwrap_or_default().to_string(),
@@ -366,6 +378,22 @@ fn a_global_table_is_filled_before_processing_and_follows_its_topic() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Interactive queries: a task's store and the global table's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let counted = runtime.block_on(app.query_key_value::<String, i64>("orders-per-customer", "c1".into()));
+        if counted.expect("query the count") == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the count of c1's orders never read 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let name = runtime.block_on(app.query_key_value::<String, String>("customers-global", "c4".into()));
+    assert_eq!(name.expect("query the global table"), Some("Barbara".to_string()));
+    let all = runtime.block_on(app.query_key_value_all::<String, String>("customers-global")).expect("all");
+    assert_eq!(all.len(), 4);
+    let unknown = runtime.block_on(app.query_key_value::<String, i64>("no-such-store", "c1".into()));
+    assert!(unknown.is_err(), "a store not in the topology is an error, not an empty answer");
     runtime.block_on(app.close()).expect("a clean close");
     let mut values = runtime.block_on(text_values_of(&client, "orders-by", 2));
     values.dedup();

@@ -20,14 +20,14 @@ use spate_client::{
     Admin, AutoOffsetReset, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, DeliveryFuture, ErrorCode,
     GroupAssignor, GroupConfig, GroupConsumer, Producer, ProducerConfig, ProducerRecord, SeekTo, TopicPartition,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{DeserializationExceptionHandler, StreamsConfig};
 use crate::error::StreamsError;
 use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_POLL_MS};
 use crate::processor::{GlobalStores, OutRecord};
-use crate::store::changelog_topic;
+use crate::store::{KeyValueStore, changelog_topic};
 use crate::task::Task;
 use crate::topology::Topology;
 
@@ -48,12 +48,20 @@ pub struct KafkaStreams {
     config: StreamsConfig,
     shutdown: Option<watch::Sender<bool>>,
     worker: Option<JoinHandle<Result<(), StreamsError>>>,
+    queries: Option<mpsc::Sender<Query>>,
 }
+
+/// A question for the worker about its stores, answered between polls
+/// (never by cancelling a poll: records it fetched would be skipped).
+type Query = Box<dyn FnOnce(&Runner) + Send>;
+
+/// How many queries may wait for the worker; more wait to be sent.
+const QUERIES_PENDING_MAX: usize = 64;
 
 impl KafkaStreams {
     pub fn new(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
         config.validate()?;
-        Ok(KafkaStreams { topology: Arc::new(topology), config, shutdown: None, worker: None })
+        Ok(KafkaStreams { topology: Arc::new(topology), config, shutdown: None, worker: None, queries: None })
     }
 
     /// Connects, creates the internal topics, joins the group and starts
@@ -70,10 +78,49 @@ impl KafkaStreams {
         .await?;
         create_internal_topics(&client, &self.topology, &self.config).await?;
         let (sender, receiver) = watch::channel(false);
+        let (queries, query_receiver) = mpsc::channel(QUERIES_PENDING_MAX);
         let runner = Runner::new(client, Arc::clone(&self.topology), self.config.clone())?;
         self.shutdown = Some(sender);
-        self.worker = Some(tokio::spawn(runner.run(receiver)));
+        self.queries = Some(queries);
+        self.worker = Some(tokio::spawn(runner.run(receiver, query_receiver)));
         Ok(())
+    }
+
+    /// Interactive query: the value of `key` in a key-value store of this
+    /// instance (a task's store of a partition it owns, or a global
+    /// table's). `None` if no local task holds the key. Answered between
+    /// two polls, so within about `poll.ms` of a busy instance.
+    pub async fn query_key_value<K, V>(&self, store: &str, key: K) -> Result<Option<V>, StreamsError>
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+    {
+        let store = store.to_string();
+        self.ask(move |runner: &Runner| runner.local_get::<K, V>(&store, &key)).await
+    }
+
+    /// Interactive query: every entry of a key-value store across this
+    /// instance's tasks (or of a global table), in key-byte order per task.
+    pub async fn query_key_value_all<K, V>(&self, store: &str) -> Result<Vec<(K, V)>, StreamsError>
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+    {
+        let store = store.to_string();
+        self.ask(move |runner: &Runner| runner.local_all::<K, V>(&store)).await
+    }
+
+    async fn ask<R: Send + 'static>(
+        &self,
+        question: impl FnOnce(&Runner) -> Result<R, StreamsError> + Send + 'static,
+    ) -> Result<R, StreamsError> {
+        let queries = self.queries.as_ref().ok_or_else(|| StreamsError::NotRunning("not started".into()))?;
+        let (answer, answered) = oneshot::channel();
+        let query: Query = Box::new(move |runner| {
+            let _ = answer.send(question(runner));
+        });
+        queries.send(query).await.map_err(|_| StreamsError::NotRunning("the application stopped".into()))?;
+        answered.await.map_err(|_| StreamsError::NotRunning("the application stopped".into()))?
     }
 
     pub fn state(&self) -> State {
@@ -346,7 +393,64 @@ impl Runner {
         self.apply_global(records)
     }
 
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), StreamsError> {
+    /// A store of this instance by name: a global table's, or every task's.
+    fn with_local_stores<T>(
+        &self,
+        store: &str,
+        mut visit: impl FnMut(&dyn crate::store::StateStore) -> Result<Option<T>, StreamsError>,
+    ) -> Result<Option<T>, StreamsError> {
+        {
+            let global = self.global.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(found) = global.get(store) {
+                return visit(found.as_ref());
+            }
+        }
+        let mut known = false;
+        for task in self.tasks.values() {
+            if let Some(found) = task.store(store) {
+                known = true;
+                if let Some(answer) = visit(found)? {
+                    return Ok(Some(answer));
+                }
+            }
+        }
+        let in_topology = self.topology.stores.contains_key(store);
+        if !known && !in_topology {
+            return Err(StreamsError::Store { name: store.to_string(), reason: "not in the topology".into() });
+        }
+        Ok(None)
+    }
+
+    fn local_get<K: 'static, V: 'static>(&self, store: &str, key: &K) -> Result<Option<V>, StreamsError> {
+        self.with_local_stores(store, |found| match found.as_any().downcast_ref::<KeyValueStore<K, V>>() {
+            Some(typed) => typed.get(key),
+            None => Err(StreamsError::Store {
+                name: store.to_string(),
+                reason: "not a key-value store of these types".into(),
+            }),
+        })
+    }
+
+    fn local_all<K: 'static, V: 'static>(&self, store: &str) -> Result<Vec<(K, V)>, StreamsError> {
+        let mut entries = Vec::new();
+        self.with_local_stores(store, |found| match found.as_any().downcast_ref::<KeyValueStore<K, V>>() {
+            Some(typed) => {
+                entries.extend(typed.all()?);
+                Ok(None::<()>)
+            }
+            None => Err(StreamsError::Store {
+                name: store.to_string(),
+                reason: "not a key-value store of these types".into(),
+            }),
+        })?;
+        Ok(entries)
+    }
+
+    async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut queries: mpsc::Receiver<Query>,
+    ) -> Result<(), StreamsError> {
         let mut consumer = GroupConsumer::new(
             self.client.clone(),
             GroupConfig {
@@ -384,6 +488,9 @@ impl Runner {
             };
             if let Err(error) = step {
                 break Err(error);
+            }
+            while let Ok(query) = queries.try_recv() {
+                query(&self);
             }
             // Commit on time, or early when the deliveries to wait for pile up.
             if last_commit.elapsed() >= commit_interval || self.deliveries.len() >= DELIVERIES_PENDING_MAX {
