@@ -127,15 +127,8 @@ pub(crate) fn authenticate(ctx: Ctx, body: Bytes, session: &Session) -> Reply {
             Reply::Now(answer(0, None, token))
         }
         Step::Failure(failure) => {
-            // One line per failure, for operators and intrusion detection:
-            // who tried from where how, never the password.
-            tracing::warn!(client = %session.client_host, user = failure.user.as_deref().unwrap_or("?"),
-                mechanism = mechanism.name(), reason = %failure.reason, "SASL authentication failed");
             *state = SaslState::Over;
-            let message = format!(
-                "Authentication failed during authentication due to invalid credentials with SASL mechanism {}",
-                mechanism.name()
-            );
+            let message = failure.report(&session.client_host, mechanism, "kafka");
             then_close(answer(K::SaslAuthenticationFailed.code(), Some(message), Vec::new()))
         }
     }

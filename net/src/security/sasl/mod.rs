@@ -76,6 +76,19 @@ impl Failure {
     fn new(user: Option<&str>, reason: impl Into<String>) -> Failure {
         Failure { user: user.map(str::to_string), reason: reason.into() }
     }
+
+    /// Logs the failure (one line per failure, for operators and
+    /// intrusion detection: who tried from where how, never the password)
+    /// and returns what the client is told: Kafka's text, which says
+    /// nothing of what was wrong.
+    pub fn report(&self, client: &str, mechanism: Mechanism, front_end: &str) -> String {
+        tracing::warn!(client, user = self.user.as_deref().unwrap_or("?"), mechanism = mechanism.name(),
+            reason = %self.reason, front_end, "SASL authentication failed");
+        format!(
+            "Authentication failed during authentication due to invalid credentials with SASL mechanism {}",
+            mechanism.name()
+        )
+    }
 }
 
 /// What a client's token led to.
