@@ -193,7 +193,12 @@ fn wordcount_in_two_processes_one_killed_with_kill_9_never_loses_a_count() {
 }
 
 /// amounts (i64 values) -> scaled (x10), with the given handler.
-fn scaling_app(broker: &Broker, application_id: &str, handler: &str) -> spate_streams::KafkaStreams {
+fn scaling_app(
+    broker: &Broker,
+    application_id: &str,
+    handler: &str,
+    dead_letter_topic: &str,
+) -> spate_streams::KafkaStreams {
     use spate_streams::{Consumed, KafkaStreams, Produced, Serdes, StreamsBuilder, StreamsConfig};
     let builder = StreamsBuilder::new();
     builder
@@ -206,6 +211,7 @@ fn scaling_app(broker: &Broker, application_id: &str, handler: &str) -> spate_st
         ("commit.interval.ms", "100"),
         ("session.timeout.ms", "2000"),
         ("default.deserialization.exception.handler", handler),
+        ("errors.dead.letter.queue.topic.name", dead_letter_topic),
     ])
     .expect("config");
     KafkaStreams::new(builder.build().expect("topology"), config).expect("app")
@@ -236,7 +242,7 @@ fn a_bad_record_stops_log_and_fail_before_its_offset_and_is_skipped_by_log_and_c
     let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
     let client = runtime.block_on(Client::connect(config)).expect("connect");
     let admin = Admin::new(client.clone());
-    for topic in ["amounts", "scaled-fail", "scaled-continue"] {
+    for topic in ["amounts", "scaled-fail", "scaled-continue", "amounts-dlq"] {
         runtime.block_on(admin.create_topic(topic, 1, 1, &[])).expect("create topic");
     }
     // Offsets 0 and 2 are 8-byte longs; offset 1 (3 bytes) is not.
@@ -254,7 +260,7 @@ fn a_bad_record_stops_log_and_fail_before_its_offset_and_is_skipped_by_log_and_c
     // LogAndFail (the default): the application stops with the record's
     // error, nothing panics, and the committed offset stays at the bad
     // record, so that a restart meets it again.
-    let mut failing = scaling_app(&broker, "fail", "LogAndFailExceptionHandler");
+    let mut failing = scaling_app(&broker, "fail", "LogAndFailExceptionHandler", "");
     let error = runtime.block_on(async {
         failing.start().await.expect("start");
         tokio::time::timeout(Duration::from_secs(20), failing.wait()).await.expect("stops within 20 s")
@@ -268,7 +274,7 @@ fn a_bad_record_stops_log_and_fail_before_its_offset_and_is_skipped_by_log_and_c
     assert_eq!(runtime.block_on(values_of(&client, "scaled-fail")), vec![10]);
 
     // LogAndContinue: skipped, the rest processed, everything committed.
-    let mut continuing = scaling_app(&broker, "continue", "LogAndContinueExceptionHandler");
+    let mut continuing = scaling_app(&broker, "continue", "LogAndContinueExceptionHandler", "amounts-dlq");
     runtime.block_on(continuing.start()).expect("start");
     let deadline = Instant::now() + Duration::from_secs(20);
     while runtime.block_on(values_of(&client, "scaled-continue")).len() < 2 {
@@ -279,6 +285,20 @@ fn a_bad_record_stops_log_and_fail_before_its_offset_and_is_skipped_by_log_and_c
     assert_eq!(runtime.block_on(values_of(&client, "scaled-continue")), vec![10, 20]);
     let committed = runtime.block_on(groups.committed_offsets("continue", None)).expect("committed offsets");
     assert_eq!(committed.get(&amounts_0), Some(&3), "committed {committed:?}");
+    // The skipped record went to the dead letter topic, bytes unchanged,
+    // with where it came from in its headers.
+    let dead = runtime.block_on(async {
+        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+        let tp = TopicPartition::new("amounts-dlq", 0);
+        consumer.assign(vec![tp.clone()]);
+        consumer.seek(&tp, SeekTo::Earliest).await.expect("seek");
+        consumer.poll(Duration::from_secs(5)).await.expect("poll")
+    });
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value.as_deref(), Some(&b"bad"[..]));
+    let header = |name: &str| dead[0].headers.iter().find(|(key, _)| key == name).and_then(|(_, value)| value.clone());
+    assert_eq!(header("__streams.errors.topic").as_deref(), Some(&b"amounts"[..]));
+    assert_eq!(header("__streams.errors.offset").as_deref(), Some(&b"1"[..]));
 }
 
 async fn produce_keyed(client: &Client, topic: &str, records: &[(&str, &str)]) {

@@ -40,6 +40,11 @@ pub struct StreamsConfig {
     pub poll_ms: u64,
     /// `session.timeout.ms` of the consumer group.
     pub session_timeout_ms: u64,
+    /// `errors.dead.letter.queue.topic.name` (KIP-1034): a record that
+    /// cannot be deserialized is also written there, bytes unchanged, with
+    /// the error in its headers; then the handler decides (continue, or
+    /// fail and meet it again at the next start).
+    pub dead_letter_queue_topic: Option<String>,
 }
 
 pub const COMMIT_INTERVAL_MS_DEFAULT: u64 = 30_000;
@@ -57,6 +62,7 @@ impl StreamsConfig {
             replication_factor: 1,
             poll_ms: POLL_MS_DEFAULT,
             session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
+            dead_letter_queue_topic: None,
         }
     }
 
@@ -86,6 +92,9 @@ impl StreamsConfig {
                 }
                 "commit.interval.ms" => config.commit_interval_ms = number(value)?,
                 "poll.ms" => config.poll_ms = number(value)?,
+                "errors.dead.letter.queue.topic.name" => {
+                    config.dead_letter_queue_topic = Some(value.to_string()).filter(|topic| !topic.is_empty())
+                }
                 "session.timeout.ms" => config.session_timeout_ms = number(value)?,
                 "replication.factor" => {
                     config.replication_factor = i16::try_from(number(value)?)
@@ -138,6 +147,7 @@ mod tests {
             ("application.id", "wordcount"),
             ("bootstrap.servers", "a:9400, b:9400"),
             ("commit.interval.ms", "100"),
+            ("errors.dead.letter.queue.topic.name", "wordcount-dlq"),
             (
                 "default.deserialization.exception.handler",
                 "org.apache.kafka.streams.errors.LogAndContinueExceptionHandler",
@@ -146,6 +156,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.bootstrap_servers, vec!["a:9400", "b:9400"]);
         assert_eq!(config.commit_interval_ms, 100);
+        assert_eq!(config.dead_letter_queue_topic.as_deref(), Some("wordcount-dlq"));
         assert_eq!(config.deserialization_exception_handler, DeserializationExceptionHandler::LogAndContinue);
         assert!(
             StreamsConfig::from_properties(&[("application.id", "a"), ("processing.guarantee", "exactly_once_v2")])

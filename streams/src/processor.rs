@@ -100,6 +100,9 @@ pub struct OutRecord {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     pub timestamp_ms: i64,
+    /// Only dead-letter records carry headers (the error's details);
+    /// record headers are not carried through a topology yet.
+    pub headers: Vec<(String, Bytes)>,
 }
 
 #[derive(Debug, Clone)]

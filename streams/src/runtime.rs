@@ -28,7 +28,7 @@ use crate::error::StreamsError;
 use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_POLL_MS};
 use crate::processor::{GlobalStores, OutRecord};
 use crate::store::{KeyValueStore, changelog_topic};
-use crate::task::Task;
+use crate::task::{Task, dead_letter_record};
 use crate::topology::Topology;
 
 /// Where an application is in its life, as Kafka's `KafkaStreams.State`
@@ -555,22 +555,37 @@ impl Runner {
                 record.key.as_deref(),
                 record.value.as_deref(),
             );
+            let mut output = task.take_output();
             match outcome {
                 Ok(_) => {}
                 Err(error @ StreamsError::Deserialization { .. }) => {
+                    if let Some(dead_letter_topic) = &self.config.dead_letter_queue_topic {
+                        let source = (record.topic.as_str(), record.partition, record.offset);
+                        let (key, value) = (record.key.as_deref(), record.value.as_deref());
+                        output.push(dead_letter_record(
+                            dead_letter_topic,
+                            &error,
+                            source,
+                            key,
+                            value,
+                            record.timestamp_ms,
+                        ));
+                    }
                     match self.config.deserialization_exception_handler {
                         DeserializationExceptionHandler::LogAndContinue => {
                             tracing::warn!(%error, "skipping a record that cannot be deserialized (LogAndContinue)");
                         }
                         DeserializationExceptionHandler::LogAndFail => {
                             tracing::error!(%error, "a record cannot be deserialized (LogAndFail)");
+                            // The dead letter goes out with the last commit's
+                            // flush; the record's offset is not committed.
+                            self.send(output).await?;
                             return Err(error);
                         }
                     }
                 }
                 Err(error) => return Err(error),
             }
-            let output = task.take_output();
             self.send(output).await?;
             self.processed
                 .insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset.saturating_add(1));
@@ -593,7 +608,7 @@ impl Runner {
                     partition: record.partition,
                     key: record.key,
                     value: record.value,
-                    headers: Vec::new(),
+                    headers: record.headers,
                     timestamp_ms: Some(record.timestamp_ms),
                 })
                 .await?;

@@ -163,6 +163,7 @@ impl Task {
                 key: Some(key),
                 value,
                 timestamp_ms,
+                headers: Vec::new(),
             }));
         }
     }
@@ -196,5 +197,34 @@ impl Task {
 
     pub fn store(&self, name: &str) -> Option<&dyn StateStore> {
         self.state.stores.get(name).map(|store| store.as_ref())
+    }
+}
+
+/// A record that could not be deserialized, as it goes to the dead letter
+/// queue (KIP-1034's headers): its key and value bytes unchanged, and
+/// where it came from and why it failed.
+pub(crate) fn dead_letter_record(
+    dead_letter_topic: &str,
+    error: &StreamsError,
+    source: (&str, i32, i64),
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    timestamp_ms: i64,
+) -> OutRecord {
+    let (topic, partition, offset) = source;
+    let header = |name: &str, value: String| (name.to_string(), bytes::Bytes::from(value));
+    OutRecord {
+        topic: dead_letter_topic.to_string(),
+        partition: None,
+        key: key.map(bytes::Bytes::copy_from_slice),
+        value: value.map(bytes::Bytes::copy_from_slice),
+        timestamp_ms,
+        headers: vec![
+            header("__streams.errors.exception", "spate_streams::StreamsError::Deserialization".into()),
+            header("__streams.errors.message", error.to_string()),
+            header("__streams.errors.topic", topic.to_string()),
+            header("__streams.errors.partition", partition.to_string()),
+            header("__streams.errors.offset", offset.to_string()),
+        ],
     }
 }

@@ -17,7 +17,7 @@ use crate::error::StreamsError;
 use crate::processor::{GlobalStores, OutRecord};
 use crate::serde::{SerdeError, SerdeRef};
 use crate::store::{KeyValueStore, WindowStore};
-use crate::task::Task;
+use crate::task::{Task, dead_letter_record};
 use crate::topology::Topology;
 
 struct Inner {
@@ -108,8 +108,14 @@ impl TopologyTestDriver {
         timestamp_ms: i64,
     ) -> Result<(), StreamsError> {
         let mut inner = self.inner.borrow_mut();
-        let mut queue =
-            VecDeque::from([OutRecord { topic: topic.to_string(), partition: Some(0), key, value, timestamp_ms }]);
+        let mut queue = VecDeque::from([OutRecord {
+            topic: topic.to_string(),
+            partition: Some(0),
+            key,
+            value,
+            timestamp_ms,
+            headers: Vec::new(),
+        }]);
         while let Some(record) = queue.pop_front() {
             let offset = inner.next_offset.entry(record.topic.clone()).or_insert(0);
             let record_offset = *offset;
@@ -134,12 +140,21 @@ impl TopologyTestDriver {
                 record.value.as_deref(),
             ) {
                 Ok(_) => {}
-                Err(error @ StreamsError::Deserialization { .. }) => match handler {
-                    DeserializationExceptionHandler::LogAndContinue => {
-                        tracing::warn!(%error, "skipping a record that cannot be deserialized (LogAndContinue)");
+                Err(error @ StreamsError::Deserialization { .. }) => {
+                    if let Some(dead_letter_topic) = inner.config.dead_letter_queue_topic.clone() {
+                        let source = (record.topic.as_str(), 0, record_offset);
+                        let (key, value) = (record.key.as_deref(), record.value.as_deref());
+                        let dead =
+                            dead_letter_record(&dead_letter_topic, &error, source, key, value, record.timestamp_ms);
+                        inner.route(vec![dead], &mut queue);
                     }
-                    DeserializationExceptionHandler::LogAndFail => return Err(error),
-                },
+                    match handler {
+                        DeserializationExceptionHandler::LogAndContinue => {
+                            tracing::warn!(%error, "skipping a record that cannot be deserialized (LogAndContinue)");
+                        }
+                        DeserializationExceptionHandler::LogAndFail => return Err(error),
+                    }
+                }
                 Err(error) => return Err(error),
             }
             let output = inner.tasks[task_index].take_output();

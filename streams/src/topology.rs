@@ -138,6 +138,7 @@ impl Node for Sink {
             key,
             value,
             timestamp_ms: record.timestamp_ms,
+            headers: Vec::new(),
         });
         Ok(())
     }

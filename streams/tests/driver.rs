@@ -285,6 +285,13 @@ fn reduce_and_aggregate_emit_every_update_per_key() {
 }
 
 fn amounts_driver(handler: DeserializationExceptionHandler) -> TopologyTestDriver {
+    amounts_driver_with(handler, None)
+}
+
+fn amounts_driver_with(
+    handler: DeserializationExceptionHandler,
+    dead_letter_topic: Option<&str>,
+) -> TopologyTestDriver {
     let builder = StreamsBuilder::new();
     builder
         .stream("amounts", Consumed::with(Serdes::string(), Serdes::i64()))
@@ -292,6 +299,7 @@ fn amounts_driver(handler: DeserializationExceptionHandler) -> TopologyTestDrive
         .to("scaled", Produced::with(Serdes::string(), Serdes::i64()));
     let mut config = config("bad-input");
     config.deserialization_exception_handler = handler;
+    config.dead_letter_queue_topic = dead_letter_topic.map(str::to_string);
     TopologyTestDriver::new(builder.build().unwrap(), config).unwrap()
 }
 
@@ -590,4 +598,32 @@ fn global_table_join_looks_up_a_key_picked_from_the_record() {
     let values: Vec<String> = left.read_key_values_to_list().unwrap().into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec!["c1:book by Ada", "c2:pen by nobody", "c1:ink by nobody"]);
     assert_eq!(driver.key_value_store_all::<String, String>("customers-global").unwrap(), vec![]);
+}
+
+#[test]
+fn a_bad_record_goes_to_the_dead_letter_topic_unchanged_with_the_error_in_its_headers() {
+    let bad_value = Some(Bytes::from_static(b"abc"));
+    let key = Some(Bytes::from_static(b"k"));
+    for handler in [DeserializationExceptionHandler::LogAndContinue, DeserializationExceptionHandler::LogAndFail] {
+        let driver = amounts_driver_with(handler, Some("amounts-dlq"));
+        driver.pipe_raw("amounts", key.clone(), Some(Bytes::copy_from_slice(&1i64.to_be_bytes())), 0).unwrap();
+        let result = driver.pipe_raw("amounts", key.clone(), bad_value.clone(), 7);
+        assert_eq!(result.is_err(), handler == DeserializationExceptionHandler::LogAndFail);
+        let dead = driver.written("amounts-dlq");
+        assert_eq!(dead.len(), 1, "{handler:?}");
+        assert_eq!(
+            (dead[0].key.clone(), dead[0].value.clone(), dead[0].timestamp_ms),
+            (key.clone(), bad_value.clone(), 7)
+        );
+        let header = |name: &str| {
+            dead[0]
+                .headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        };
+        assert_eq!(header("__streams.errors.topic").as_deref(), Some("amounts"));
+        assert_eq!(header("__streams.errors.offset").as_deref(), Some("1"));
+        assert!(header("__streams.errors.message").is_some_and(|message| message.contains("i64")));
+    }
 }
