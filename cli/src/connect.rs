@@ -22,6 +22,9 @@ pub(crate) enum ConnectCommand {
     List(RestArgs),
     /// Show a connector's status and its tasks'.
     Status(NamedArgs),
+    /// Show a connector's offsets (a source's stored positions, a sink's
+    /// committed consumer offsets).
+    Offsets(NamedArgs),
     /// Create a connector from a .properties or .json config file.
     Create(CreateArgs),
     /// Pause a connector's tasks.
@@ -79,6 +82,9 @@ pub(crate) fn run(command: ConnectCommand) -> anyhow::Result<()> {
         ConnectCommand::List(rest) => print_answer(call(&rest.url, "GET", "/connectors", None)?),
         ConnectCommand::Status(args) => {
             print_answer(call(&args.rest.url, "GET", &format!("/connectors/{}/status", args.name), None)?)
+        }
+        ConnectCommand::Offsets(args) => {
+            print_answer(call(&args.rest.url, "GET", &format!("/connectors/{}/offsets", args.name), None)?)
         }
         ConnectCommand::Create(args) => {
             let body = create_body(&args.file)?;

@@ -354,6 +354,22 @@ fn rest_api_creates_pauses_resumes_and_deletes_connectors_with_kafkas_shapes() {
     wait_for("the lines held while paused", Duration::from_secs(20), || complete_lines(&sink_file).len() == 20);
     assert_eq!(complete_lines(&sink_file), numbered_lines(0..20));
 
+    // KIP-875 offsets and KIP-558 active topics.
+    let size = std::fs::metadata(&source_file).expect("size").len();
+    wait_for("the source's offset at the end of its file", Duration::from_secs(10), || {
+        json(&http(port, "GET", "/connectors/src/offsets", "").1)["offsets"][0]["offset"]["position"] == size
+    });
+    let (ok, out, err) = connect_cli(port, &["offsets", "src"]);
+    assert!(ok, "{err}");
+    let source_offsets = json(&out);
+    assert_eq!(source_offsets["offsets"][0]["partition"]["filename"], source_file.display().to_string());
+    wait_for("the sink's committed offset", Duration::from_secs(10), || {
+        json(&http(port, "GET", "/connectors/local-file-sink/offsets", "").1)["offsets"]
+            == serde_json::json!([{"partition": {"kafka_topic": "connect-test", "kafka_partition": 0}, "offset": {"kafka_offset": 20}}])
+    });
+    let (status, body) = http(port, "GET", "/connectors/src/topics", "");
+    assert_eq!((status, json(&body)), (200, serde_json::json!({"src": {"topics": ["connect-test"]}})));
+
     // Config and tasks as Kafka shows them; a config update restarts it.
     let (status, body) = http(port, "GET", "/connectors/src/config", "");
     assert_eq!((status, json(&body)["topic"].clone()), (200, serde_json::json!("connect-test")));

@@ -94,6 +94,11 @@ impl OffsetStore {
         self.lock().map.get(&(connector.to_string(), canonical(partition))).map(|(_, offset)| offset.clone())
     }
 
+    /// Every stored partition and offset of `connector`.
+    pub fn connector_offsets(&self, connector: &str) -> Vec<(SourcePartition, SourceOffset)> {
+        self.lock().map.iter().filter(|((name, _), _)| name == connector).map(|(_, entry)| entry.clone()).collect()
+    }
+
     /// Records that everything of `partition` up to `offset` is acknowledged.
     pub fn put(&self, connector: &str, partition: SourcePartition, offset: SourceOffset) {
         let mut entries = self.lock();
@@ -178,6 +183,7 @@ mod tests {
         assert_eq!(reopened.get("src", &partition("a.txt")), Some(offset(25)));
         assert_eq!(reopened.get("other", &partition("a.txt")), Some(offset(3)));
         assert_eq!(reopened.get("src", &partition("b.txt")), None);
+        assert_eq!(reopened.connector_offsets("src"), vec![(partition("a.txt"), offset(25))]);
         assert!(!dir.join("connect.offsets.tmp").exists());
     }
 

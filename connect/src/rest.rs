@@ -124,6 +124,9 @@ pub fn router(worker: Worker) -> Router {
         .route("/connectors/{name}/config", get(connector_config).put(put_connector_config))
         .route("/connectors/{name}/status", get(connector_status))
         .route("/connectors/{name}/tasks", get(connector_tasks))
+        .route("/connectors/{name}/offsets", get(connector_offsets))
+        .route("/connectors/{name}/topics", get(connector_topics))
+        .route("/connectors/{name}/topics/reset", put(reset_connector_topics))
         .route("/connectors/{name}/tasks/{task}/status", get(task_status))
         .route("/connectors/{name}/tasks/{task}/restart", post(restart_task))
         .route("/connectors/{name}/pause", put(pause_connector))
@@ -234,6 +237,21 @@ async fn connector_status(State(worker): State<Worker>, Path(name): Path<String>
 
 async fn connector_tasks(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
     ok(&worker.tasks(&name)?)
+}
+
+async fn connector_offsets(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
+    ok(&worker.offsets(&name).await?)
+}
+
+/// KIP-558's shape: `{"NAME": {"topics": [...]}}`.
+async fn connector_topics(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
+    let topics = worker.active_topics(&name)?;
+    ok(&json!({ name: {"topics": topics} }))
+}
+
+async fn reset_connector_topics(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
+    worker.reset_active_topics(&name)?;
+    empty(StatusCode::ACCEPTED)
 }
 
 fn task_id(name: &str, task: &str) -> Result<usize, RestError> {

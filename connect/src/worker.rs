@@ -224,6 +224,18 @@ pub struct ConfigValueInfo {
     pub visible: bool,
 }
 
+/// KIP-875's `GET /connectors/{name}/offsets`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConnectorOffsets {
+    pub offsets: Vec<PartitionOffset>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PartitionOffset {
+    pub partition: serde_json::Value,
+    pub offset: serde_json::Value,
+}
+
 /// A connector plugin as `GET /connector-plugins` lists it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PluginInfo {
@@ -248,6 +260,9 @@ struct Shared {
     changes: Mutex<()>,
     /// Topics known to exist (created if they were not).
     topics: Mutex<BTreeSet<String>>,
+    /// Per connector, the topics it has produced to or consumed from
+    /// (KIP-558's active topics), until it is deleted or they are reset.
+    active_topics: Mutex<BTreeMap<String, BTreeSet<String>>>,
     shutting_down: AtomicBool,
 }
 
@@ -492,6 +507,7 @@ impl Worker {
                 connectors: Mutex::new(BTreeMap::new()),
                 changes: Mutex::new(()),
                 topics: Mutex::new(BTreeSet::new()),
+                active_topics: Mutex::new(BTreeMap::new()),
                 shutting_down: AtomicBool::new(false),
             }),
         })
@@ -633,7 +649,10 @@ impl Worker {
 
     pub fn delete(&self, name: &str) -> Result<()> {
         let _changes = lock(&self.shared.changes);
-        self.remove(name).map(|_| tracing::info!(connector = name, "connector deleted"))
+        self.remove(name)?;
+        lock(&self.shared.active_topics).remove(name);
+        tracing::info!(connector = name, "connector deleted");
+        Ok(())
     }
 
     fn with_entry<T>(&self, name: &str, f: impl FnOnce(&mut ConnectorEntry) -> T) -> Result<T> {
@@ -767,6 +786,59 @@ impl Worker {
             .into_iter()
             .find(|t| t.id == id)
             .ok_or_else(|| ConnectError::NotFound(format!("Task {name}-{id} not found")))
+    }
+
+    fn note_active_topics<'a>(&self, connector: &str, topics: impl Iterator<Item = &'a str>) {
+        let mut active = lock(&self.shared.active_topics);
+        let set = active.entry(connector.to_string()).or_default();
+        for topic in topics {
+            if !set.contains(topic) {
+                set.insert(topic.to_string());
+            }
+        }
+    }
+
+    /// KIP-558: the topics a connector has used.
+    pub fn active_topics(&self, name: &str) -> Result<Vec<String>> {
+        self.with_entry(name, |_| ())?;
+        Ok(lock(&self.shared.active_topics).get(name).map(|t| t.iter().cloned().collect()).unwrap_or_default())
+    }
+
+    /// KIP-558: forgets a connector's active topics.
+    pub fn reset_active_topics(&self, name: &str) -> Result<()> {
+        self.with_entry(name, |_| ())?;
+        lock(&self.shared.active_topics).remove(name);
+        Ok(())
+    }
+
+    /// KIP-875: a connector's offsets. A source's come from the offsets
+    /// file's store; a sink's are its group's committed offsets.
+    pub async fn offsets(&self, name: &str) -> Result<ConnectorOffsets> {
+        let connector_type = self.with_entry(name, |entry| entry.plugin.connector_type)?;
+        let offsets = match connector_type {
+            ConnectorType::Source => self
+                .shared
+                .offsets
+                .connector_offsets(name)
+                .into_iter()
+                .map(|(partition, offset)| PartitionOffset {
+                    partition: serde_json::Value::Object(partition),
+                    offset: serde_json::Value::Object(offset),
+                })
+                .collect(),
+            ConnectorType::Sink => {
+                let admin = spate_client::GroupAdmin::new(self.shared.client.clone());
+                let committed = admin.committed_offsets(&format!("connect-{name}"), None).await?;
+                committed
+                    .into_iter()
+                    .map(|(tp, offset)| PartitionOffset {
+                        partition: serde_json::json!({"kafka_topic": tp.topic, "kafka_partition": tp.partition}),
+                        offset: serde_json::json!({"kafka_offset": offset}),
+                    })
+                    .collect()
+            }
+        };
+        Ok(ConnectorOffsets { offsets })
     }
 
     pub fn plugins(&self) -> Vec<PluginInfo> {
@@ -956,6 +1028,10 @@ impl Worker {
             }
             prepared.push((produced, source.source_partition, source.source_offset));
         }
+        self.note_active_topics(
+            connector,
+            prepared.iter().filter_map(|(p, _, _)| p.as_ref().map(|p| p.topic.as_str())),
+        );
         let producer = &self.shared.producer;
         self.shared.handle.block_on(async {
             let mut batch = Vec::with_capacity(prepared.len());
@@ -1020,6 +1096,7 @@ impl Worker {
         let revoked_by_group = revoked.clone();
         consumer.set_on_revoke(Box::new(move |partitions| lock(&revoked_by_group).extend_from_slice(partitions)));
         handle.block_on(consumer.subscribe(topics))?;
+        self.note_active_topics(connector, topics.iter().map(String::as_str));
         control.set(State::Running, None);
         let mut pending = BTreeMap::new();
         let result = self.sink_loop(
