@@ -492,3 +492,44 @@ fn a_bad_connector_config_stops_the_worker_at_start_with_a_clear_error() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/worker.properties"));
 }
+
+#[test]
+fn a_failed_task_reports_its_error_and_runs_again_after_restart_of_failed_tasks() {
+    let dir = data_dir("connect-restart");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    let worker_config = worker_properties(&dir, &broker, free_port_below_ephemeral(), "offset.flush.interval.ms=200");
+    let worker = ConnectWorker::start(&dir, &[&worker_config], 1);
+    let port = worker.rest_port;
+    // A directory where the file should be: reading it fails the task.
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).expect("dir");
+    let create = serde_json::json!({"name": "src", "config": {
+        "connector.class": "FileStreamSource", "file": input, "topic": "restarted"}});
+    let (status, body) = http(port, "POST", "/connectors", &create.to_string());
+    assert_eq!(status, 201, "{body}");
+    wait_for("the task to fail", Duration::from_secs(10), || {
+        json(&http(port, "GET", "/connectors/src/status", "").1)["tasks"][0]["state"] == "FAILED"
+    });
+    let status = json(&http(port, "GET", "/connectors/src/status", "").1);
+    assert_eq!(status["connector"]["state"], "RUNNING", "the connector itself did not fail");
+    assert!(status["tasks"][0]["trace"].as_str().is_some_and(|t| t.contains("reading")), "{status}");
+    let (code, body) = http(port, "GET", "/connectors/src/tasks/0/status", "");
+    assert_eq!((code, json(&body)["state"].clone()), (200, serde_json::json!("FAILED")));
+
+    // Fixed, then restarted: only the failed task, which now reads the file.
+    std::fs::remove_dir(&input).expect("remove dir");
+    append(&input, &numbered_lines(0..5));
+    let (code, body) = http(port, "POST", "/connectors/src/restart?includeTasks=true&onlyFailed=true", "");
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(json(&body)["name"], "src");
+    let size = std::fs::metadata(&input).expect("size").len();
+    wait_for("the restarted task to read the whole file", Duration::from_secs(10), || {
+        json(&http(port, "GET", "/connectors/src/offsets", "").1)["offsets"][0]["offset"]["position"] == size
+    });
+    assert_eq!(json(&http(port, "GET", "/connectors/src/status", "").1)["tasks"][0]["state"], "RUNNING");
+    // A plain restart restarts the connector instance alone: 204.
+    assert_eq!(http(port, "POST", "/connectors/src/restart", "").0, 204);
+    let (code, _) = http(port, "POST", "/connectors/nope/restart", "");
+    assert_eq!(code, 404);
+    worker.stop();
+}

@@ -679,21 +679,44 @@ impl Worker {
         })
     }
 
-    /// Restarts the connector and, with `include_tasks`, its tasks (all, or
-    /// with `only_failed` the failed ones), as Kafka's restart.
+    /// Kafka's restart: the connector instance (with `only_failed`, only
+    /// if it failed) and, with `include_tasks`, its tasks (with
+    /// `only_failed`, the failed ones). A connector whose restart changes
+    /// its task configs (one that had failed, say) restarts its tasks too,
+    /// as Kafka reconfigures them.
     pub fn restart(&self, name: &str, include_tasks: bool, only_failed: bool) -> Result<()> {
         let _changes = lock(&self.shared.changes);
         let (config, paused, failed, states) = self.with_entry(name, |entry| {
             let states: Vec<State> = entry.tasks.iter().map(|t| t.status().0).collect();
             (entry.config.clone(), entry.paused, entry.failure.is_some(), states)
         })?;
-        let connector_restart = !only_failed || failed;
-        let any_task = include_tasks && states.iter().any(|s| !only_failed || *s == State::Failed);
-        if connector_restart || any_task {
-            // The file connectors keep no state between tasks: restarting
-            // the whole connector restarts what was asked and its siblings.
-            self.remove(name)?;
-            self.start_connector(name, config, paused)?;
+        if !only_failed || failed {
+            let tasks_max = tasks_max(&config)?;
+            let reconfigured = self.with_entry(name, |entry| {
+                let connector = entry.connector.as_connector_mut();
+                connector.stop();
+                match connector.start(&entry.config) {
+                    Ok(()) => {
+                        entry.failure = None;
+                        connector.task_configs(tasks_max) != entry.task_configs
+                    }
+                    Err(error) => {
+                        entry.failure = Some(error.to_string());
+                        false
+                    }
+                }
+            })?;
+            if reconfigured {
+                self.remove(name)?;
+                return self.start_connector(name, config, paused);
+            }
+        }
+        if include_tasks {
+            for (id, state) in states.iter().enumerate() {
+                if !only_failed || *state == State::Failed {
+                    self.restart_task_locked(name, id)?;
+                }
+            }
         }
         Ok(())
     }
@@ -701,6 +724,11 @@ impl Worker {
     /// Restarts one task.
     pub fn restart_task(&self, name: &str, id: usize) -> Result<()> {
         let _changes = lock(&self.shared.changes);
+        self.restart_task_locked(name, id)
+    }
+
+    /// `restart_task`, under the `changes` lock its caller holds.
+    fn restart_task_locked(&self, name: &str, id: usize) -> Result<()> {
         let (old, task_config, entry_config, paused) = self.with_entry(name, |entry| {
             (entry.tasks.get(id).cloned(), entry.task_configs.get(id).cloned(), entry.config.clone(), entry.paused)
         })?;
