@@ -14,7 +14,7 @@ use crate::processor::{Data, Processor, ProcessorContext, Record, StoreMap};
 use crate::serde::{SerdeRef, Serdes};
 use crate::store::{KeyValueStore, Stores, WindowStore};
 use crate::topology::{TimestampExtractor, TopicName, Topology};
-use crate::window::{TimeWindowedSerde, TimeWindows, Windowed};
+use crate::window::{JoinWindows, TimeWindowedSerde, TimeWindows, Windowed};
 
 /// How a source topic is read: serdes and, optionally, event time from
 /// the record's bytes rather than its timestamp.
@@ -604,6 +604,90 @@ impl<K: Data, V: Data> KStream<K, V> {
             &[&self.node],
         );
         KStream::at(&self.builder, name, self.key_changed)
+    }
+
+    /// The inner windowed join of two streams on their key, as Kafka's
+    /// `KStream.join(KStream, ValueJoiner, JoinWindows, StreamJoined)`:
+    /// each pair of records with the same key whose timestamps are within
+    /// `windows` is joined once, when the later of the two arrives, stamped
+    /// with the later timestamp. Both streams are kept in window stores
+    /// (with changelogs) for the window plus grace. The streams must be
+    /// co-partitioned: a changed key needs `repartition()` first.
+    pub fn join_stream<V2: Data, VR: Data>(
+        &self,
+        other: &KStream<K, V2>,
+        joiner: impl Fn(&V, &V2) -> VR + Send + Sync + 'static,
+        windows: JoinWindows,
+        joined: StreamJoined<K, V, V2>,
+    ) -> KStream<K, VR> {
+        let this_name = next_name(&self.builder, "KSTREAM-JOINTHIS-");
+        let other_name = next_name(&self.builder, "KSTREAM-JOINOTHER-");
+        let merge_name = next_name(&self.builder, "KSTREAM-MERGE-");
+        if self.key_changed || other.key_changed {
+            let error = format!("{this_name}: a stream's key changed before a join; repartition() it first");
+            record_error(&self.builder, Err(StreamsError::Topology(error)));
+        }
+        let base = joined.name.clone().unwrap_or_else(|| this_name.clone());
+        let (this_store, other_store) = (format!("{base}-this-join-store"), format!("{base}-other-join-store"));
+        let retention_ms = windows.before_ms.saturating_add(windows.after_ms).saturating_add(windows.grace_ms);
+        let joiner: JoinSide<V, V2, VR> = Arc::new(joiner);
+        let this_joiner = Arc::clone(&joiner);
+        let this_side: JoinSide<V, V2, VR> = Arc::new(move |mine, theirs| this_joiner(mine, theirs));
+        let other_side: JoinSide<V2, V, VR> = Arc::new(move |mine, theirs| joiner(theirs, mine));
+        let (mine, theirs) = (this_store.clone(), other_store.clone());
+        add_processor(
+            &self.builder,
+            &this_name,
+            move || StreamJoin::<K, V, V2, VR> {
+                own: mine.clone(),
+                other: theirs.clone(),
+                windows,
+                join: Arc::clone(&this_side),
+                _types: PhantomData,
+            },
+            &[&self.node],
+        );
+        let (mine, theirs) = (other_store.clone(), this_store.clone());
+        let reversed = windows.reversed();
+        add_processor(
+            &self.builder,
+            &other_name,
+            move || StreamJoin::<K, V2, V, VR> {
+                own: mine.clone(),
+                other: theirs.clone(),
+                windows: reversed,
+                join: Arc::clone(&other_side),
+                _types: PhantomData,
+            },
+            &[&other.node],
+        );
+        let builders = [
+            Stores::window_store_builder(
+                &this_store,
+                retention_ms,
+                joined.key_serde.clone(),
+                Serdes::list(joined.value_serde),
+            ),
+            Stores::window_store_builder(
+                &other_store,
+                retention_ms,
+                joined.key_serde,
+                Serdes::list(joined.other_value_serde),
+            ),
+        ];
+        for builder in builders {
+            let result =
+                self.builder.borrow_mut().topology.add_state_store(builder, &[&this_name, &other_name]).map(|_| ());
+            record_error(&self.builder, result);
+        }
+        let pass: StatelessFn<K, VR, K, VR> = Arc::new(|record, out| out(record));
+        add_processor(
+            &self.builder,
+            &merge_name,
+            move || Stateless { function: Arc::clone(&pass) },
+            &[&this_name, &other_name],
+        );
+        KStream::at(&self.builder, merge_name, false)
     }
 
     fn join_inner<VT: Data, VR: Data>(
@@ -1393,6 +1477,72 @@ impl<K: Data, V: Data, KG: Data, VG: Data, VR: Data> Processor<K, V, K, VR> for 
         };
         if let Some(joined) = (self.joiner)(&record.value, found.as_ref()) {
             ctx.forward(Record::new(record.key, joined, record.timestamp_ms));
+        }
+        Ok(())
+    }
+}
+
+/// Serdes of a stream-stream join's stores (the key, and each stream's
+/// values), and an optional name for them (`<name>-this-join-store`,
+/// `<name>-other-join-store`), as Kafka's `StreamJoined`.
+pub struct StreamJoined<K, V, V2> {
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+    other_value_serde: SerdeRef<V2>,
+    name: Option<String>,
+}
+
+impl<K, V, V2> StreamJoined<K, V, V2> {
+    pub fn with(key_serde: SerdeRef<K>, value_serde: SerdeRef<V>, other_value_serde: SerdeRef<V2>) -> Self {
+        StreamJoined { key_serde, value_serde, other_value_serde, name: None }
+    }
+    #[must_use]
+    pub fn with_store_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+}
+
+impl<K, V, V2> std::fmt::Debug for StreamJoined<K, V, V2> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamJoined")
+    }
+}
+
+/// One side of a stream-stream join: keeps its records by (key,
+/// timestamp) and joins each with the other side's within the window.
+struct StreamJoin<K, V, VO, VR> {
+    own: String,
+    other: String,
+    windows: JoinWindows,
+    join: JoinSide<V, VO, VR>,
+    _types: PhantomData<fn(K)>,
+}
+
+impl<K: Data, V: Data, VO: Data, VR: Data> Processor<K, V, K, VR> for StreamJoin<K, V, VO, VR> {
+    fn process(&mut self, ctx: &mut ProcessorContext<'_, K, VR>, record: Record<K, V>) -> Result<(), StreamsError> {
+        let timestamp_ms = record.timestamp_ms;
+        // As Kafka's KStreamKStreamJoin: a record whose window (and grace)
+        // ended before stream time finds nothing to join it anymore.
+        let late = timestamp_ms.saturating_add(self.windows.after_ms).saturating_add(self.windows.grace_ms)
+            < ctx.stream_time_ms();
+        if late {
+            tracing::debug!(store = %self.own, timestamp_ms, "skipping a record for an expired join window");
+            return Ok(());
+        }
+        let own = ctx.get_state_store::<WindowStore<K, Vec<V>>>(&self.own)?;
+        let mut kept = own.fetch(&record.key, timestamp_ms)?.unwrap_or_default();
+        kept.push(record.value.clone());
+        own.put(&record.key, timestamp_ms, &kept)?;
+        let from_ms = timestamp_ms.saturating_sub(self.windows.before_ms);
+        let to_ms = timestamp_ms.saturating_add(self.windows.after_ms);
+        let matches =
+            ctx.get_state_store::<WindowStore<K, Vec<VO>>>(&self.other)?.fetch_range(&record.key, from_ms, to_ms)?;
+        for (other_timestamp_ms, values) in matches {
+            for value in values {
+                let joined = (self.join)(&record.value, &value);
+                ctx.forward(Record::new(record.key.clone(), joined, timestamp_ms.max(other_timestamp_ms)));
+            }
         }
         Ok(())
     }

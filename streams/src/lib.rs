@@ -20,15 +20,16 @@ mod window;
 pub use crate::config::{DeserializationExceptionHandler, ProcessingGuarantee, StreamsConfig};
 pub use crate::dsl::{
     BranchedKStream, Consumed, GlobalKTable, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced,
-    Repartitioned, StreamsBuilder, Suppressed, TimeWindowedKStream,
+    Repartitioned, StreamJoined, StreamsBuilder, Suppressed, TimeWindowedKStream,
 };
 pub use crate::error::StreamsError;
 pub use crate::processor::{Data, OutRecord, Processor, ProcessorContext, PunctuationId, PunctuationType, Record};
 pub use crate::runtime::{KafkaStreams, State};
 pub use crate::serde::{
-    BytesSerde, I32Serde, I64Serde, JsonSerde, Nullable, Serde, SerdeError, SerdeRef, Serdes, StringSerde, U64Serde,
+    BytesSerde, I32Serde, I64Serde, JsonSerde, ListSerde, Nullable, Serde, SerdeError, SerdeRef, Serdes, StringSerde,
+    U64Serde,
 };
 pub use crate::store::{KeyValueStore, StateStore, StoreBuilder, Stores, WindowStore, changelog_topic};
 pub use crate::test_driver::{TestInputTopic, TestOutputTopic, TestRecord, TopologyTestDriver};
 pub use crate::topology::{SourceRecord, TimestampExtractor, Topology, TopologyDescription};
-pub use crate::window::{TimeWindowedSerde, TimeWindows, Window, Windowed};
+pub use crate::window::{JoinWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};

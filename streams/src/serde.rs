@@ -79,6 +79,13 @@ impl Serdes {
     {
         Arc::new(JsonSerde(PhantomData))
     }
+    /// A list of values, each as `inner` writes it (Kafka's `ListSerde`
+    /// layout for variable-size entries: the count, then each entry's
+    /// length and bytes, all lengths 4 bytes big-endian).
+    pub fn list<T: 'static>(inner: SerdeRef<T>) -> SerdeRef<Vec<T>> {
+        Arc::new(ListSerde(inner))
+    }
+
     /// Reads a null as `None` and writes `None` as a null.
     pub fn nullable<T: 'static>(inner: SerdeRef<T>) -> SerdeRef<Option<T>> {
         Arc::new(Nullable(inner))
@@ -188,6 +195,61 @@ where
     }
 }
 
+pub struct ListSerde<T>(SerdeRef<T>);
+
+impl<T> fmt::Debug for ListSerde<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ListSerde")
+    }
+}
+
+impl<T> Serde<Vec<T>> for ListSerde<T> {
+    fn serialize(&self, topic: &str, data: &Vec<T>) -> Result<Option<Bytes>, SerdeError> {
+        let too_long = |what: &str| SerdeError::Invalid {
+            topic: topic.to_string(),
+            type_name: "List",
+            reason: format!("{what} does not fit in 4 bytes"),
+        };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&u32::try_from(data.len()).map_err(|_| too_long("the count"))?.to_be_bytes());
+        for entry in data {
+            let entry = self.0.serialize(topic, entry)?.ok_or_else(|| SerdeError::Null { topic: topic.to_string() })?;
+            bytes.extend_from_slice(&u32::try_from(entry.len()).map_err(|_| too_long("an entry"))?.to_be_bytes());
+            bytes.extend_from_slice(&entry);
+        }
+        Ok(Some(Bytes::from(bytes)))
+    }
+
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<Vec<T>, SerdeError> {
+        let mut rest = present(topic, data)?;
+        let take = |rest: &mut &[u8], count: usize| -> Result<Vec<u8>, SerdeError> {
+            if rest.len() < count {
+                return Err(SerdeError::Size {
+                    topic: topic.to_string(),
+                    type_name: "List",
+                    expected_bytes: count,
+                    actual_bytes: rest.len(),
+                });
+            }
+            let (head, tail) = rest.split_at(count);
+            *rest = tail;
+            Ok(head.to_vec())
+        };
+        let read_u32 = |bytes: Vec<u8>| bytes.try_into().map(|four: [u8; 4]| u32::from_be_bytes(four) as usize);
+        let length_of = |bytes: Vec<u8>| read_u32(bytes).unwrap_or(usize::MAX);
+        let count = length_of(take(&mut rest, 4)?);
+        // The count comes from the data: capacity is bounded by the bytes
+        // present (each entry takes at least its 4-byte length).
+        let mut entries = Vec::with_capacity(count.min(rest.len() / 4));
+        for _ in 0..count {
+            let length = length_of(take(&mut rest, 4)?);
+            let entry = take(&mut rest, length)?;
+            entries.push(self.0.deserialize(topic, Some(&entry))?);
+        }
+        Ok(entries)
+    }
+}
+
 pub struct Nullable<T>(SerdeRef<T>);
 
 impl<T> fmt::Debug for Nullable<T> {
@@ -246,6 +308,18 @@ mod tests {
         assert_eq!(serde.deserialize("t", Some(b"a")).unwrap(), Some("a".to_string()));
         assert_eq!(serde.serialize("t", &None).unwrap(), None);
         assert_eq!(serde.serialize("t", &Some("a".to_string())).unwrap(), Some(Bytes::from_static(b"a")));
+    }
+
+    #[test]
+    fn list_round_trips_and_a_truncated_or_huge_count_is_an_error() {
+        let serde = Serdes::list(Serdes::string());
+        let list = vec!["a".to_string(), String::new(), "ccc".to_string()];
+        let bytes = serde.serialize("t", &list).unwrap().unwrap();
+        assert_eq!(&bytes[..8], &[0, 0, 0, 3, 0, 0, 0, 1]);
+        assert_eq!(serde.deserialize("t", Some(&bytes)).unwrap(), list);
+        assert!(serde.deserialize("t", Some(&bytes[..bytes.len() - 1])).is_err());
+        // A count of 4 billion over 4 bytes: an error, no huge allocation.
+        assert!(serde.deserialize("t", Some(&[0xff, 0xff, 0xff, 0xff])).is_err());
     }
 
     #[test]

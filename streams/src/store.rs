@@ -241,6 +241,21 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
         self.entries.get(&(window_start_ms, key)).map(|value| self.read_value(value)).transpose()
     }
 
+    /// The values of `key` in windows starting from `from_ms` to `to_ms`
+    /// (inclusive), by start.
+    pub fn fetch_range(&self, key: &K, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, V)>, StreamsError> {
+        if from_ms > to_ms {
+            return Ok(Vec::new());
+        }
+        let key = key_bytes(&self.name, &self.key_serde, key)?;
+        self.entries
+            .range((from_ms, Bytes::new())..)
+            .take_while(|((start_ms, _), _)| *start_ms <= to_ms)
+            .filter(|((_, entry_key), _)| *entry_key == key)
+            .map(|((start_ms, _), value)| Ok((*start_ms, self.read_value(value)?)))
+            .collect()
+    }
+
     pub fn put(&mut self, key: &K, window_start_ms: i64, value: &V) -> Result<(), StreamsError> {
         let key = key_bytes(&self.name, &self.key_serde, key)?;
         let value =

@@ -77,6 +77,47 @@ impl TimeWindows {
     }
 }
 
+/// How far apart in time two records of a stream-stream join may be, as
+/// Kafka's `JoinWindows`: a record at t joins the other stream's records
+/// of the same key from t - before_ms to t + after_ms; a record older
+/// than stream time minus (after + grace) is dropped as late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinWindows {
+    pub(crate) before_ms: i64,
+    pub(crate) after_ms: i64,
+    pub(crate) grace_ms: i64,
+}
+
+impl JoinWindows {
+    pub fn of_time_difference_without_grace(difference_ms: i64) -> Self {
+        JoinWindows::of_time_difference_and_grace(difference_ms, 0)
+    }
+
+    pub fn of_time_difference_and_grace(difference_ms: i64, grace_ms: i64) -> Self {
+        let difference_ms = difference_ms.max(0);
+        JoinWindows { before_ms: difference_ms, after_ms: difference_ms, grace_ms: grace_ms.max(0) }
+    }
+
+    /// How long a record's window reaches back in time (default: the difference).
+    #[must_use]
+    pub fn before(mut self, before_ms: i64) -> Self {
+        self.before_ms = before_ms.max(0);
+        self
+    }
+
+    /// How long a record's window reaches ahead in time (default: the difference).
+    #[must_use]
+    pub fn after(mut self, after_ms: i64) -> Self {
+        self.after_ms = after_ms.max(0);
+        self
+    }
+
+    /// The same windows seen from the other stream.
+    pub(crate) fn reversed(self) -> Self {
+        JoinWindows { before_ms: self.after_ms, after_ms: self.before_ms, grace_ms: self.grace_ms }
+    }
+}
+
 /// Kafka's `TimeWindowedSerde`: the key's bytes, then the window start
 /// (8 bytes, big-endian). The end is the start plus the window size.
 pub struct TimeWindowedSerde<K> {

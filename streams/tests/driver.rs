@@ -627,3 +627,67 @@ fn a_bad_record_goes_to_the_dead_letter_topic_unchanged_with_the_error_in_its_he
         assert!(header("__streams.errors.message").is_some_and(|message| message.contains("i64")));
     }
 }
+
+#[test]
+fn stream_stream_join_pairs_records_within_the_window_once_and_drops_late_ones() {
+    let builder = StreamsBuilder::new();
+    let left = builder.stream("left", Consumed::with(Serdes::string(), Serdes::string()));
+    let right = builder.stream("right", Consumed::with(Serdes::string(), Serdes::string()));
+    left.join_stream(
+        &right,
+        |l: &String, r: &String| format!("{l}+{r}"),
+        JoinWindows::of_time_difference_without_grace(10),
+        StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::string()).with_store_name("pairs"),
+    )
+    .to("joined", Produced::with(Serdes::string(), Serdes::string()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("ssjoin")).unwrap();
+    let left = driver.create_input_topic("left", Serdes::string(), Serdes::string());
+    let right = driver.create_input_topic("right", Serdes::string(), Serdes::string());
+    let output = driver.create_output_topic("joined", Serdes::string(), Serdes::string());
+    let k = "k".to_string();
+    left.pipe_input(&k, &"A".into(), 0).unwrap(); // nothing on the right yet
+    right.pipe_input(&k, &"a".into(), 5).unwrap(); // A+a
+    right.pipe_input(&"other".to_string(), &"x".into(), 6).unwrap(); // another key: never joins
+    right.pipe_input(&k, &"b".into(), 20).unwrap(); // 20 ms after A: outside the 10 ms window
+    left.pipe_input(&k, &"B".into(), 15).unwrap(); // B+a (10 apart), B+b (5 apart)
+    left.pipe_input(&k, &"C".into(), 3).unwrap(); // late: 3 + 10 < stream time 20
+    left.pipe_input(&k, &"D".into(), 12).unwrap(); // D+a, D+b
+    let mut joined = Vec::new();
+    while let Some(record) = output.read_record() {
+        let record = record.unwrap();
+        joined.push((record.value, record.timestamp_ms));
+    }
+    let expected: Vec<(String, i64)> = [("A+a", 5), ("B+a", 15), ("B+b", 20), ("D+a", 12), ("D+b", 20)]
+        .iter()
+        .map(|(v, t)| (v.to_string(), *t))
+        .collect();
+    assert_eq!(joined, expected);
+    // Both sides are logged, several values per (key, time) as a list.
+    assert_eq!(driver.written("ssjoin-pairs-this-join-store-changelog").len(), 3, "A, B and D (C was late)");
+    assert_eq!(driver.written("ssjoin-pairs-other-join-store-changelog").len(), 3);
+}
+
+#[test]
+fn stream_stream_join_keeps_every_record_of_the_same_key_and_time() {
+    let builder = StreamsBuilder::new();
+    let left = builder.stream("left", Consumed::with(Serdes::string(), Serdes::string()));
+    let right = builder.stream("right", Consumed::with(Serdes::string(), Serdes::string()));
+    left.join_stream(
+        &right,
+        |l: &String, r: &String| format!("{l}+{r}"),
+        JoinWindows::of_time_difference_and_grace(0, 5),
+        StreamJoined::with(Serdes::string(), Serdes::string(), Serdes::string()),
+    )
+    .to("joined", Produced::with(Serdes::string(), Serdes::string()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("dups")).unwrap();
+    let left = driver.create_input_topic("left", Serdes::string(), Serdes::string());
+    let right = driver.create_input_topic("right", Serdes::string(), Serdes::string());
+    let k = "k".to_string();
+    right.pipe_input(&k, &"a".into(), 7).unwrap();
+    right.pipe_input(&k, &"b".into(), 7).unwrap();
+    right.pipe_input(&k, &"c".into(), 8).unwrap(); // 1 ms apart: outside a 0 ms difference
+    left.pipe_input(&k, &"L".into(), 7).unwrap();
+    let output = driver.create_output_topic("joined", Serdes::string(), Serdes::string());
+    let values: Vec<String> = output.read_key_values_to_list().unwrap().into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values, vec!["L+a", "L+b"]);
+}
