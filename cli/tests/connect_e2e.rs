@@ -494,7 +494,7 @@ fn a_bad_connector_config_stops_the_worker_at_start_with_a_clear_error() {
 }
 
 #[test]
-fn a_failed_task_reports_its_error_and_runs_again_after_restart_of_failed_tasks() {
+fn a_failed_task_restarts_and_a_stopped_connectors_offsets_can_be_reset_and_altered() {
     let dir = data_dir("connect-restart");
     let broker = Broker::start(&dir.join("broker"), 1);
     let worker_config = worker_properties(&dir, &broker, free_port_below_ephemeral(), "offset.flush.interval.ms=200");
@@ -531,5 +531,45 @@ fn a_failed_task_reports_its_error_and_runs_again_after_restart_of_failed_tasks(
     assert_eq!(http(port, "POST", "/connectors/src/restart", "").0, 204);
     let (code, _) = http(port, "POST", "/connectors/nope/restart", "");
     assert_eq!(code, 404);
+
+    // KIP-875: offsets change only while stopped; then the source resumes
+    // where they were set.
+    let patch = serde_json::json!({"offsets": [{"partition": {"filename": input}, "offset": {"position": 0}}]});
+    let (code, body) = http(port, "PATCH", "/connectors/src/offsets", &patch.to_string());
+    assert_eq!(code, 400, "a running connector's offsets stay: {body}");
+    assert!(json(&body)["message"].as_str().is_some_and(|m| m.contains("STOPPED")));
+    assert_eq!(http(port, "PUT", "/connectors/src/stop", "").0, 204);
+    let status = json(&http(port, "GET", "/connectors/src/status", "").1);
+    assert_eq!(
+        (status["connector"]["state"].clone(), status["tasks"].clone()),
+        ("STOPPED".into(), serde_json::json!([]))
+    );
+    let (code, body) = http(port, "DELETE", "/connectors/src/offsets", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&http(port, "GET", "/connectors/src/offsets", "").1), serde_json::json!({"offsets": []}));
+    let line_bytes = numbered_lines(0..1)[0].len() as u64 + 1;
+    let patch =
+        serde_json::json!({"offsets": [{"partition": {"filename": input}, "offset": {"position": 3 * line_bytes}}]});
+    let (code, body) = http(port, "PATCH", "/connectors/src/offsets", &patch.to_string());
+    assert_eq!(code, 200, "{body}");
+    // A sink reading what the source wrote, from offset 3 of its topic.
+    let sink = serde_json::json!({"name": "snk", "config": {
+        "connector.class": "FileStreamSink", "file": dir.join("out.txt"), "topics": "restarted"}});
+    assert_eq!(http(port, "POST", "/connectors", &sink.to_string()).0, 201);
+    wait_for("the sink to catch up", Duration::from_secs(10), || complete_lines(&dir.join("out.txt")).len() == 5);
+    assert_eq!(http(port, "PUT", "/connectors/snk/stop", "").0, 204);
+    let patch = serde_json::json!({"offsets": [{"partition": {"kafka_topic": "restarted", "kafka_partition": 0}, "offset": {"kafka_offset": 3}}]});
+    let (code, body) = http(port, "PATCH", "/connectors/snk/offsets", &patch.to_string());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http(port, "PUT", "/connectors/snk/resume", "").0, 202);
+    // The source resumes at line 3: lines 3 and 4 again; the sink re-reads from offset 3.
+    assert_eq!(http(port, "PUT", "/connectors/src/resume", "").0, 202);
+    let mut expected_out = numbered_lines(0..5);
+    expected_out.extend(numbered_lines(3..5));
+    expected_out.extend(numbered_lines(3..5));
+    wait_for("the replays", Duration::from_secs(10), || {
+        complete_lines(&dir.join("out.txt")).len() == expected_out.len()
+    });
+    assert_eq!(complete_lines(&dir.join("out.txt")), expected_out);
     worker.stop();
 }

@@ -106,6 +106,24 @@ impl OffsetStore {
         entries.dirty = true;
     }
 
+    /// Forgets one partition's offset.
+    pub fn remove(&self, connector: &str, partition: &SourcePartition) {
+        let mut entries = self.lock();
+        if entries.map.remove(&(connector.to_string(), canonical(partition))).is_some() {
+            entries.dirty = true;
+        }
+    }
+
+    /// Forgets every offset of `connector`.
+    pub fn remove_connector(&self, connector: &str) {
+        let mut entries = self.lock();
+        let before = entries.map.len();
+        entries.map.retain(|(name, _), _| name != connector);
+        if entries.map.len() != before {
+            entries.dirty = true;
+        }
+    }
+
     /// Writes the file if anything changed since the last write. Returns
     /// whether it wrote.
     pub fn flush(&self) -> Result<bool> {
@@ -184,6 +202,11 @@ mod tests {
         assert_eq!(reopened.get("other", &partition("a.txt")), Some(offset(3)));
         assert_eq!(reopened.get("src", &partition("b.txt")), None);
         assert_eq!(reopened.connector_offsets("src"), vec![(partition("a.txt"), offset(25))]);
+        reopened.remove("src", &partition("a.txt"));
+        reopened.remove_connector("other");
+        reopened.flush().expect("flush");
+        let emptied = OffsetStore::open(&path).expect("reopen");
+        assert!(emptied.connector_offsets("src").is_empty() && emptied.connector_offsets("other").is_empty());
         assert!(!dir.join("connect.offsets.tmp").exists());
     }
 

@@ -124,7 +124,11 @@ pub fn router(worker: Worker) -> Router {
         .route("/connectors/{name}/config", get(connector_config).put(put_connector_config))
         .route("/connectors/{name}/status", get(connector_status))
         .route("/connectors/{name}/tasks", get(connector_tasks))
-        .route("/connectors/{name}/offsets", get(connector_offsets))
+        .route(
+            "/connectors/{name}/offsets",
+            get(connector_offsets).patch(alter_connector_offsets).delete(reset_connector_offsets),
+        )
+        .route("/connectors/{name}/stop", put(stop_connector))
         .route("/connectors/{name}/topics", get(connector_topics))
         .route("/connectors/{name}/topics/reset", put(reset_connector_topics))
         .route("/connectors/{name}/tasks/{task}/status", get(task_status))
@@ -270,13 +274,46 @@ async fn restart_task(State(worker): State<Worker>, Path((name, task)): Path<(St
 }
 
 async fn pause_connector(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
-    worker.pause(&name)?;
+    blocking(&worker, move |worker| worker.pause(&name)).await?;
     empty(StatusCode::ACCEPTED)
 }
 
 async fn resume_connector(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
-    worker.resume(&name)?;
+    blocking(&worker, move |worker| worker.resume(&name)).await?;
     empty(StatusCode::ACCEPTED)
+}
+
+async fn stop_connector(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
+    blocking(&worker, move |worker| worker.stop(&name)).await?;
+    empty(StatusCode::NO_CONTENT)
+}
+
+/// KIP-875's body: `{"offsets":[{"partition":{...},"offset":{...}|null}]}`.
+async fn alter_connector_offsets(
+    State(worker): State<Worker>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let body = parse_body(body)?;
+    let entries = body
+        .get("offsets")
+        .and_then(Json::as_array)
+        .ok_or_else(|| RestError::bad_request("the body must be {\"offsets\": [...]}"))?;
+    let offsets = entries
+        .iter()
+        .map(|entry| {
+            let partition = entry.get("partition").cloned().unwrap_or(Json::Null);
+            let offset = entry.get("offset").cloned().unwrap_or(Json::Null);
+            worker::PartitionOffset { partition, offset }
+        })
+        .collect::<Vec<_>>();
+    worker.alter_offsets(&name, &offsets).await?;
+    ok(&json!({"message": "The offsets for this connector have been altered successfully"}))
+}
+
+async fn reset_connector_offsets(State(worker): State<Worker>, Path(name): Path<String>) -> Answer {
+    worker.reset_offsets(&name).await?;
+    ok(&json!({"message": "The offsets for this connector have been reset successfully"}))
 }
 
 /// Kafka's restart: the connector alone answers 204; with `includeTasks`

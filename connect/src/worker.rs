@@ -53,6 +53,8 @@ pub enum State {
     Paused,
     Failed,
     Restarting,
+    /// KIP-875: stopped by `PUT .../stop`, no tasks, config kept.
+    Stopped,
 }
 
 #[derive(Debug)]
@@ -130,6 +132,8 @@ struct ConnectorEntry {
     plugin: &'static Plugin,
     connector: AnyConnector,
     paused: bool,
+    /// Stopped (KIP-875): no tasks run until it is resumed.
+    stopped: bool,
     /// Why the connector itself failed to start, if it did.
     failure: Option<String>,
     task_configs: Vec<Props>,
@@ -575,7 +579,16 @@ impl Worker {
             Ok(()) => (None, connector.as_connector().task_configs(tasks_max)),
             Err(error) => (Some(error.to_string()), Vec::new()),
         };
-        let mut entry = ConnectorEntry { config, plugin, connector, paused, failure, task_configs, tasks: Vec::new() };
+        let mut entry = ConnectorEntry {
+            config,
+            plugin,
+            connector,
+            paused,
+            stopped: false,
+            failure,
+            task_configs,
+            tasks: Vec::new(),
+        };
         for (id, task_config) in entry.task_configs.clone().into_iter().enumerate() {
             match self.spawn_task(name, id, &entry, task_config) {
                 Ok(control) => entry.tasks.push(control),
@@ -662,15 +675,112 @@ impl Worker {
         Ok(f(entry))
     }
 
+    /// Pauses a connector's tasks; a stopped connector starts, paused.
     pub fn pause(&self, name: &str) -> Result<()> {
         self.set_paused(name, true)
     }
 
+    /// Resumes a paused connector's tasks; a stopped connector starts.
     pub fn resume(&self, name: &str) -> Result<()> {
         self.set_paused(name, false)
     }
 
+    /// KIP-875: stops a connector's tasks (sinks flush and commit) and
+    /// keeps its config; its offsets may then be altered or reset.
+    pub fn stop(&self, name: &str) -> Result<()> {
+        let _changes = lock(&self.shared.changes);
+        let mut entry = self.remove(name)?;
+        entry.tasks.clear();
+        entry.task_configs.clear();
+        entry.stopped = true;
+        entry.paused = false;
+        lock(&self.shared.connectors).insert(name.to_string(), entry);
+        tracing::info!(connector = name, "connector stopped");
+        Ok(())
+    }
+
+    /// Fails unless the connector is stopped (KIP-875's rule for
+    /// changing offsets).
+    fn require_stopped(&self, name: &str) -> Result<ConnectorType> {
+        let (stopped, connector_type) = self.with_entry(name, |entry| (entry.stopped, entry.plugin.connector_type))?;
+        if !stopped {
+            return Err(ConnectError::Config(
+                "Connectors must be in the STOPPED state before their offsets can be modified. This can be done \
+                 for the specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint"
+                    .into(),
+            ));
+        }
+        Ok(connector_type)
+    }
+
+    /// KIP-875: sets (or with a null offset removes) offsets of a stopped
+    /// connector: a source's stored ones, a sink's committed ones.
+    pub async fn alter_offsets(&self, name: &str, offsets: &[PartitionOffset]) -> Result<()> {
+        let connector_type = self.require_stopped(name)?;
+        let bad = |why: &str| ConnectError::Config(format!("invalid offsets: {why}"));
+        match connector_type {
+            ConnectorType::Source => {
+                for entry in offsets {
+                    let partition = entry.partition.as_object().ok_or_else(|| bad("a partition must be an object"))?;
+                    match &entry.offset {
+                        serde_json::Value::Null => self.shared.offsets.remove(name, partition),
+                        serde_json::Value::Object(offset) => {
+                            self.shared.offsets.put(name, partition.clone(), offset.clone())
+                        }
+                        _ => return Err(bad("an offset must be an object or null")),
+                    }
+                }
+                self.flush_offsets()
+            }
+            ConnectorType::Sink => {
+                let mut committed = BTreeMap::new();
+                for entry in offsets {
+                    let topic = entry.partition.get("kafka_topic").and_then(serde_json::Value::as_str);
+                    let partition = entry.partition.get("kafka_partition").and_then(serde_json::Value::as_i64);
+                    let offset = entry.offset.get("kafka_offset").and_then(serde_json::Value::as_i64);
+                    let (Some(topic), Some(partition), Some(offset)) = (topic, partition, offset) else {
+                        return Err(bad(
+                            "a sink's partition is {\"kafka_topic\",\"kafka_partition\"} and its offset {\"kafka_offset\"}",
+                        ));
+                    };
+                    let partition = i32::try_from(partition).map_err(|_| bad("kafka_partition is out of range"))?;
+                    if offset < 0 {
+                        return Err(bad("kafka_offset must not be negative"));
+                    }
+                    committed.insert(TopicPartition::new(topic, partition), offset);
+                }
+                let admin = spate_client::GroupAdmin::new(self.shared.client.clone());
+                admin.reset_offsets(&format!("connect-{name}"), &committed).await.map_err(ConnectError::from)
+            }
+        }
+    }
+
+    /// KIP-875: forgets every offset of a stopped connector, so it starts
+    /// over (a source from the beginning of its data, a sink from its
+    /// topics' earliest offsets).
+    pub async fn reset_offsets(&self, name: &str) -> Result<()> {
+        match self.require_stopped(name)? {
+            ConnectorType::Source => {
+                self.shared.offsets.remove_connector(name);
+                self.flush_offsets()
+            }
+            ConnectorType::Sink => {
+                let admin = spate_client::GroupAdmin::new(self.shared.client.clone());
+                match admin.delete_group(&format!("connect-{name}")).await {
+                    Ok(()) | Err(ClientError::Server { code: ErrorCode::GroupIdNotFound, .. }) => Ok(()),
+                    Err(error) => Err(error.into()),
+                }
+            }
+        }
+    }
+
     fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
+        let _changes = lock(&self.shared.changes);
+        let (stopped, config) = self.with_entry(name, |entry| (entry.stopped, entry.config.clone()))?;
+        if stopped {
+            self.remove(name)?;
+            return self.start_connector(name, config, paused);
+        }
         self.with_entry(name, |entry| {
             entry.paused = paused;
             for task in &entry.tasks {
@@ -769,6 +879,7 @@ impl Worker {
         let worker_id = self.shared.worker_id.clone();
         self.with_entry(name, |entry| {
             let connector_state = match (&entry.failure, entry.paused) {
+                _ if entry.stopped => State::Stopped,
                 (Some(_), _) => State::Failed,
                 (None, true) => State::Paused,
                 (None, false) => State::Running,
