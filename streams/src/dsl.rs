@@ -661,25 +661,8 @@ impl<K: Data, V: Data> KStream<K, V> {
             },
             &[&other.node],
         );
-        let builders = [
-            Stores::window_store_builder(
-                &this_store,
-                retention_ms,
-                joined.key_serde.clone(),
-                Serdes::list(joined.value_serde),
-            ),
-            Stores::window_store_builder(
-                &other_store,
-                retention_ms,
-                joined.key_serde,
-                Serdes::list(joined.other_value_serde),
-            ),
-        ];
-        for builder in builders {
-            let result =
-                self.builder.borrow_mut().topology.add_state_store(builder, &[&this_name, &other_name]).map(|_| ());
-            record_error(&self.builder, result);
-        }
+        let stores = (this_store.as_str(), other_store.as_str());
+        add_join_stores(&self.builder, stores, retention_ms, joined, [&this_name, &other_name]);
         let pass: StatelessFn<K, VR, K, VR> = Arc::new(|record, out| out(record));
         add_processor(
             &self.builder,
@@ -1545,5 +1528,34 @@ impl<K: Data, V: Data, VO: Data, VR: Data> Processor<K, V, K, VR> for StreamJoin
             }
         }
         Ok(())
+    }
+}
+
+/// The two window stores of a stream-stream join, each connected to both
+/// sides' processors.
+fn add_join_stores<K: Data, V: Data, V2: Data>(
+    builder: &Builder,
+    (this_store, other_store): (&str, &str),
+    retention_ms: i64,
+    joined: StreamJoined<K, V, V2>,
+    processors: [&str; 2],
+) {
+    let builders = [
+        Stores::window_store_builder(
+            this_store,
+            retention_ms,
+            joined.key_serde.clone(),
+            Serdes::list(joined.value_serde),
+        ),
+        Stores::window_store_builder(
+            other_store,
+            retention_ms,
+            joined.key_serde,
+            Serdes::list(joined.other_value_serde),
+        ),
+    ];
+    for store in builders {
+        let result = builder.borrow_mut().topology.add_state_store(store, &processors).map(|_| ());
+        record_error(builder, result);
     }
 }

@@ -500,6 +500,15 @@ impl Runner {
                 last_commit = Instant::now();
             }
         };
+        self.finish(result, consumer).await
+    }
+
+    /// The end of `run`: a last commit, then leave the group.
+    async fn finish(
+        &mut self,
+        result: Result<(), StreamsError>,
+        mut consumer: GroupConsumer,
+    ) -> Result<(), StreamsError> {
         match result {
             Ok(()) => {
                 self.commit(&mut consumer).await?;
@@ -537,58 +546,7 @@ impl Runner {
         });
         self.processed.retain(|tp, _| assigned.contains(tp));
         for record in records {
-            let Some(&sub) = self.sub_of.get(&record.topic) else {
-                continue;
-            };
-            let key = (sub, record.partition);
-            if !self.tasks.contains_key(&key) {
-                let task = self.make_task(sub, record.partition).await?;
-                self.tasks.insert(key, task);
-            }
-            let Some(task) = self.tasks.get_mut(&key) else {
-                continue;
-            };
-            let outcome = task.process(
-                &record.topic,
-                record.offset,
-                record.timestamp_ms,
-                record.key.as_deref(),
-                record.value.as_deref(),
-            );
-            let mut output = task.take_output();
-            match outcome {
-                Ok(_) => {}
-                Err(error @ StreamsError::Deserialization { .. }) => {
-                    if let Some(dead_letter_topic) = &self.config.dead_letter_queue_topic {
-                        let source = (record.topic.as_str(), record.partition, record.offset);
-                        let (key, value) = (record.key.as_deref(), record.value.as_deref());
-                        output.push(dead_letter_record(
-                            dead_letter_topic,
-                            &error,
-                            source,
-                            key,
-                            value,
-                            record.timestamp_ms,
-                        ));
-                    }
-                    match self.config.deserialization_exception_handler {
-                        DeserializationExceptionHandler::LogAndContinue => {
-                            tracing::warn!(%error, "skipping a record that cannot be deserialized (LogAndContinue)");
-                        }
-                        DeserializationExceptionHandler::LogAndFail => {
-                            tracing::error!(%error, "a record cannot be deserialized (LogAndFail)");
-                            // The dead letter goes out with the last commit's
-                            // flush; the record's offset is not committed.
-                            self.send(output).await?;
-                            return Err(error);
-                        }
-                    }
-                }
-                Err(error) => return Err(error),
-            }
-            self.send(output).await?;
-            self.processed
-                .insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset.saturating_add(1));
+            self.process_record(record).await?;
         }
         let now_ms = now_ms();
         let mut punctuated = Vec::new();
@@ -597,6 +555,57 @@ impl Runner {
             punctuated.extend(task.take_output());
         }
         self.send(punctuated).await
+    }
+
+    /// Runs one record through its task and sends what it wrote; its
+    /// offset counts as processed only after that.
+    async fn process_record(&mut self, record: spate_client::ConsumerRecord) -> Result<(), StreamsError> {
+        let Some(&sub) = self.sub_of.get(&record.topic) else {
+            return Ok(());
+        };
+        let key = (sub, record.partition);
+        if !self.tasks.contains_key(&key) {
+            let task = self.make_task(sub, record.partition).await?;
+            self.tasks.insert(key, task);
+        }
+        let Some(task) = self.tasks.get_mut(&key) else {
+            return Ok(());
+        };
+        let outcome = task.process(
+            &record.topic,
+            record.offset,
+            record.timestamp_ms,
+            record.key.as_deref(),
+            record.value.as_deref(),
+        );
+        let mut output = task.take_output();
+        match outcome {
+            Ok(_) => {}
+            Err(error @ StreamsError::Deserialization { .. }) => {
+                if let Some(dead_letter_topic) = &self.config.dead_letter_queue_topic {
+                    let source = (record.topic.as_str(), record.partition, record.offset);
+                    let (key, value) = (record.key.as_deref(), record.value.as_deref());
+                    output.push(dead_letter_record(dead_letter_topic, &error, source, key, value, record.timestamp_ms));
+                }
+                match self.config.deserialization_exception_handler {
+                    DeserializationExceptionHandler::LogAndContinue => {
+                        tracing::warn!(%error, "skipping a record that cannot be deserialized (LogAndContinue)");
+                    }
+                    DeserializationExceptionHandler::LogAndFail => {
+                        tracing::error!(%error, "a record cannot be deserialized (LogAndFail)");
+                        // The dead letter goes out with the last commit's
+                        // flush; the record's offset is not committed.
+                        self.send(output).await?;
+                        return Err(error);
+                    }
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        self.send(output).await?;
+        self.processed
+            .insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset.saturating_add(1));
+        Ok(())
     }
 
     async fn send(&mut self, output: Vec<OutRecord>) -> Result<(), StreamsError> {
