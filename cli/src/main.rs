@@ -1,6 +1,6 @@
 //! `spate`: the broker (`serve`) and the tools around it (`topic`,
 //! `produce`, `consume`, `cluster`, `group`, `acl`, `user`), in the manner of rpk
-//! and kcat.
+//! and kcat, and `connect`, a Kafka Connect worker.
 //!
 //! Every failure ends as one `error: ...` line on stderr and exit code 1
 //! (clap's usage errors exit with 2); a closed stdout (`| head`) ends the
