@@ -4,7 +4,7 @@
 //! One tokio task polls a `GroupConsumer` (group id = application.id)
 //! subscribed to every source topic, repartition topics included. A record
 //! of partition p of a topic goes to the task (sub-topology, p); tasks are
-//! made when their partitions first deliver, and their logged stores are
+//! made when their partitions are assigned, and their logged stores are
 //! restored from their changelogs first. The commit cycle keeps the
 //! at-least-once promise: process a poll's records, send what they wrote
 //! (outputs, repartition records, changelog changes), and every
@@ -545,6 +545,18 @@ impl Runner {
             task.sources.iter().any(|(topic, _)| assigned.contains(&TopicPartition::new(topic.clone(), *partition)))
         });
         self.processed.retain(|tp, _| assigned.contains(tp));
+        // Tasks of newly assigned partitions are made (and their stores
+        // restored) at once, not at their first record: their stores answer
+        // queries and their punctuations run even while no input comes.
+        for tp in &assigned {
+            let Some(&sub) = self.sub_of.get(&tp.topic) else {
+                continue;
+            };
+            if !self.tasks.contains_key(&(sub, tp.partition)) {
+                let task = self.make_task(sub, tp.partition).await?;
+                self.tasks.insert((sub, tp.partition), task);
+            }
+        }
         for record in records {
             self.process_record(record).await?;
         }
