@@ -573,3 +573,67 @@ fn a_failed_task_restarts_and_a_stopped_connectors_offsets_can_be_reset_and_alte
     assert_eq!(complete_lines(&dir.join("out.txt")), expected_out);
     worker.stop();
 }
+
+/// Kafka's worker security keys log the worker in on the native port
+/// (SASL, issue 16): with alice's SCRAM login it moves lines through a
+/// topic that ANONYMOUS may not touch; a worker without a login is refused
+/// and its task reports why.
+#[test]
+fn a_worker_logs_in_with_kafkas_sasl_keys_and_one_without_a_login_is_refused() {
+    let dir = data_dir("connect-sasl");
+    let (plain_port, sasl_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
+    let listeners = format!("PLAINTEXT://127.0.0.1:{plain_port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}");
+    let server = dir.join("server.properties");
+    std::fs::write(
+        &server,
+        format!("listeners={listeners}\nallow.everyone.if.no.acl.found=true\nsuper.users=User:alice\n"),
+    )
+    .expect("write");
+    let broker = Broker::start_with(
+        &dir.join("data"),
+        1,
+        0,
+        &["--config", server.to_str().expect("path"), "--listeners", &listeners],
+    );
+    let kafka = format!("127.0.0.1:{plain_port}");
+    let (ok, _, err) =
+        common::cli(&["user", "create", "alice", "--password", "alice-secret", "--bootstrap-server", &kafka], None);
+    assert!(ok, "spate user create: {err}");
+    let deny = ["acl", "create", "--deny-principal", "User:ANONYMOUS", "--operation", "All", "--topic", "secured"];
+    let (ok, _, err) = common::cli(&[&deny[..], &["--bootstrap-server", &kafka]].concat(), None);
+    assert!(ok, "spate acl create: {err}");
+
+    let login = "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\n\
+                 sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required \
+                 username=\"alice\" password=\"alice-secret\";";
+    let alice_dir = dir.join("alice");
+    std::fs::create_dir_all(&alice_dir).expect("dir");
+    let alice_config = worker_properties(&alice_dir, &broker, free_port_below_ephemeral(), login);
+    let connectors = alice_dir.join("connectors.properties");
+    std::fs::write(&connectors, "name=src\nconnector.class=FileStreamSource\nfile=in.txt\ntopic=secured\n")
+        .expect("write");
+    let sink = alice_dir.join("sink.properties");
+    std::fs::write(&sink, "name=snk\nconnector.class=FileStreamSink\nfile=out.txt\ntopics=secured\n").expect("write");
+    append(&alice_dir.join("in.txt"), &numbered_lines(0..50));
+    let alice = ConnectWorker::start(&alice_dir, &[&alice_config, &connectors, &sink], 1);
+    wait_for("alice's lines", Duration::from_secs(20), || complete_lines(&alice_dir.join("out.txt")).len() == 50);
+    assert_eq!(complete_lines(&alice_dir.join("out.txt")), numbered_lines(0..50));
+    alice.stop();
+
+    let anonymous_dir = dir.join("anonymous");
+    std::fs::create_dir_all(&anonymous_dir).expect("dir");
+    let anonymous_config = worker_properties(&anonymous_dir, &broker, free_port_below_ephemeral(), "");
+    let connectors = anonymous_dir.join("connectors.properties");
+    std::fs::write(&connectors, "name=src\nconnector.class=FileStreamSource\nfile=in.txt\ntopic=secured\n")
+        .expect("write");
+    append(&anonymous_dir.join("in.txt"), &numbered_lines(0..5));
+    let anonymous = ConnectWorker::start(&anonymous_dir, &[&anonymous_config, &connectors], 1);
+    let port = anonymous.rest_port;
+    wait_for("the anonymous task to fail", Duration::from_secs(20), || {
+        json(&http(port, "GET", "/connectors/src/status", "").1)["tasks"][0]["state"] == "FAILED"
+    });
+    let status = json(&http(port, "GET", "/connectors/src/status", "").1);
+    let trace = status["tasks"][0]["trace"].as_str().expect("a trace").to_string();
+    assert!(trace.contains("Authorization"), "{trace}");
+    anonymous.stop();
+}

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use spate_client::{SaslConfig, SaslMechanism};
+
 use crate::converter::{converter_for, with_prefix};
 use crate::error::{ConnectError, Result};
 use crate::props::Props;
@@ -19,8 +21,13 @@ pub struct WorkerConfig {
     pub bootstrap_servers: Vec<String>,
     pub key_converter: String,
     pub value_converter: String,
-    /// The worker's keys, for converter settings (`key.converter.*`).
-    pub props: Props,
+    /// The worker's `key.converter.*` and `value.converter.*` keys, for
+    /// the converters' settings (only those: the config holds no secret).
+    pub converter_props: Props,
+    /// `security.protocol=SASL_PLAINTEXT`: the login on the native port
+    /// (`sasl.mechanism`, and `sasl.jaas.config` or `sasl.username` /
+    /// `sasl.password`). Its Debug never shows the password.
+    pub sasl: Option<SaslConfig>,
     pub offset_storage_file: PathBuf,
     pub offset_flush_interval_ms: u64,
     /// Where the REST API listens: host (empty: every interface) and port.
@@ -47,6 +54,11 @@ const KNOWN_KEYS: &[&str] = &[
     // to find their jar, which Spate does not need.
     "plugin.path",
     "consumer.session.timeout.ms",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.jaas.config",
+    "sasl.username",
+    "sasl.password",
 ];
 
 fn number<T: std::str::FromStr>(props: &Props, key: &str) -> Result<Option<T>> {
@@ -78,6 +90,44 @@ fn parse_listener(listeners: &str) -> Result<(String, u16)> {
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     let port = port.parse::<u16>().map_err(|_| bad())?;
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+/// A value of `key="value"` in a JAAS line
+/// (`...ScramLoginModule required username="alice" password="secret";`).
+fn jaas_option(jaas: &str, key: &str) -> Option<String> {
+    let start = jaas.find(&format!("{key}=\""))? + key.len() + 2;
+    let end = jaas[start..].find('"')?;
+    Some(jaas[start..start + end].to_string())
+}
+
+/// The native port's login from Kafka's client security keys.
+fn sasl_config(props: &Props) -> Result<Option<SaslConfig>> {
+    let protocol = props.get("security.protocol").map_or("PLAINTEXT".to_string(), |p| p.trim().to_ascii_uppercase());
+    match protocol.as_str() {
+        "PLAINTEXT" => return Ok(None),
+        "SASL_PLAINTEXT" => {}
+        "SSL" | "SASL_SSL" => {
+            return Err(ConnectError::Config(format!(
+                "security.protocol={protocol}: Spate's native port has no TLS yet (PLAINTEXT or SASL_PLAINTEXT)"
+            )));
+        }
+        other => return Err(ConnectError::Config(format!("unknown security.protocol {other}"))),
+    }
+    let mechanism_name = props.get("sasl.mechanism").map_or("PLAIN", |m| m.trim());
+    let mechanism = SaslMechanism::parse(mechanism_name).ok_or_else(|| {
+        ConnectError::Config(format!("sasl.mechanism {mechanism_name}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"))
+    })?;
+    let jaas = props.get("sasl.jaas.config").map(String::as_str).unwrap_or("");
+    let username = props.get("sasl.username").cloned().or_else(|| jaas_option(jaas, "username"));
+    let password = props.get("sasl.password").cloned().or_else(|| jaas_option(jaas, "password"));
+    match (username, password) {
+        (Some(username), Some(password)) => Ok(Some(SaslConfig { mechanism, username, password })),
+        _ => Err(ConnectError::Config(
+            "security.protocol=SASL_PLAINTEXT needs a username and password: sasl.jaas.config (username=\"...\" \
+             password=\"...\") or sasl.username and sasl.password"
+                .into(),
+        )),
+    }
 }
 
 impl WorkerConfig {
@@ -126,7 +176,12 @@ impl WorkerConfig {
             bootstrap_servers,
             key_converter,
             value_converter,
-            props: props.clone(),
+            converter_props: props
+                .iter()
+                .filter(|(key, _)| key.starts_with("key.converter.") || key.starts_with("value.converter."))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            sasl: sasl_config(props)?,
             offset_storage_file,
             offset_flush_interval_ms,
             rest_host,
@@ -156,6 +211,34 @@ mod tests {
         assert_eq!(config.offset_flush_interval_ms, 10_000);
         assert_eq!((config.rest_host.as_str(), config.rest_port), ("", 8083));
         assert_eq!(config.unknown_keys, ["group.id", "producer.acks"]);
+    }
+
+    #[test]
+    fn kafkas_sasl_keys_become_the_native_login_and_tls_is_refused() {
+        let base = "key.converter=StringConverter\nvalue.converter=StringConverter\noffset.storage.file.filename=o\n";
+        let with = |extra: &str| WorkerConfig::from_props(&parse(&format!("{base}{extra}")).expect("parse"));
+        assert_eq!(with("").expect("plain").sasl, None);
+        let jaas = with(
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\nsasl.jaas.config=org.apache.kafka.common.\
+             security.scram.ScramLoginModule required username=\"alice\" password=\"s3cret\";\n",
+        )
+        .expect("jaas");
+        let sasl = jaas.sasl.clone().expect("a login");
+        assert_eq!(
+            (sasl.username.as_str(), sasl.password.as_str(), sasl.mechanism.name()),
+            ("alice", "s3cret", "SCRAM-SHA-512")
+        );
+        assert!(!format!("{jaas:?}").contains("s3cret"), "the password stays out of Debug");
+        let plain = with("security.protocol=sasl_plaintext\nsasl.username=bob\nsasl.password=pw\n").expect("plain");
+        assert_eq!(plain.sasl.expect("login").mechanism.name(), "PLAIN");
+        for bad in [
+            "security.protocol=SASL_SSL",
+            "security.protocol=SASL_PLAINTEXT",
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=GSSAPI\nsasl.username=a\nsasl.password=b",
+            "security.protocol=CARRIER_PIGEON",
+        ] {
+            assert!(matches!(with(bad), Err(ConnectError::Config(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -494,6 +494,7 @@ impl Worker {
         let client = Client::connect(ClientConfig {
             bootstrap: config.bootstrap_servers.clone(),
             client_id: "spate-connect".into(),
+            sasl: config.sasl.clone(),
             ..ClientConfig::default()
         })
         .await?;
@@ -618,7 +619,7 @@ impl Worker {
         let worker_config = &self.shared.config;
         let pipeline = Pipeline::new(
             &entry.config,
-            &worker_config.props,
+            &worker_config.converter_props,
             &worker_config.key_converter,
             &worker_config.value_converter,
         )?;
