@@ -47,6 +47,17 @@ impl OffsetStore {
     pub fn open(path: &Path) -> Result<OffsetStore> {
         let store =
             OffsetStore { path: path.to_path_buf(), entries: Mutex::new(Entries::default()), writing: Mutex::new(()) };
+        // A directory that is not there would fail every flush, long after
+        // the start; say so now.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(ConnectError::Config(format!(
+                "offset.storage.file.filename {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
         let context = || format!("reading the offsets file {}", path.display());
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
@@ -216,6 +227,10 @@ mod tests {
         let path = dir.join("connect.offsets");
         std::fs::write(&path, b"{\"version\":1,\"offs").expect("write");
         assert!(matches!(OffsetStore::open(&path), Err(ConnectError::Config(_))));
+        let nowhere = dir.join("missing-dir").join("connect.offsets");
+        assert!(
+            matches!(OffsetStore::open(&nowhere), Err(ConnectError::Config(why)) if why.contains("does not exist"))
+        );
         // Kafka's own (Java-serialized) offsets file is refused clearly too.
         std::fs::write(&path, [0xac, 0xed, 0x00, 0x05]).expect("write");
         assert!(matches!(OffsetStore::open(&path), Err(ConnectError::Config(_))));
