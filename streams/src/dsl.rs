@@ -12,9 +12,9 @@ use std::sync::Arc;
 use crate::error::StreamsError;
 use crate::processor::{Data, Processor, ProcessorContext, Record, StoreMap};
 use crate::serde::{SerdeRef, Serdes};
-use crate::store::{KeyValueStore, Stores, WindowStore};
+use crate::store::{KeyValueStore, SessionStore, Stores, WindowStore};
 use crate::topology::{TimestampExtractor, TopicName, Topology};
-use crate::window::{JoinWindows, TimeWindowedSerde, TimeWindows, Windowed};
+use crate::window::{JoinWindows, SessionWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};
 
 /// How a source topic is read: serdes and, optionally, event time from
 /// the record's bytes rather than its timestamp.
@@ -926,6 +926,16 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
     }
 
     /// Groups further by time window.
+    /// Groups further into sessions of activity (`SessionWindows`).
+    pub fn windowed_by_session(&self, windows: SessionWindows) -> SessionWindowedKStream<K, V> {
+        let grouped = Grouped {
+            key_serde: self.grouped.key_serde.clone(),
+            value_serde: self.grouped.value_serde.clone(),
+            name: self.grouped.name.clone(),
+        };
+        SessionWindowedKStream { grouped: KGroupedStream { stream: self.stream.clone(), grouped }, windows }
+    }
+
     pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
         TimeWindowedKStream {
             grouped: KGroupedStream {
@@ -1557,5 +1567,151 @@ fn add_join_stores<K: Data, V: Data, V2: Data>(
     for store in builders {
         let result = builder.borrow_mut().topology.add_state_store(store, &processors).map(|_| ());
         record_error(builder, result);
+    }
+}
+
+/// A grouped stream cut into sessions (Kafka's `SessionWindowedKStream`).
+/// Its table's keys are `Windowed<K>` with the session's [first, last]
+/// record times; a merge deletes the merged sessions downstream (a `None`
+/// update) before the merged one comes.
+pub struct SessionWindowedKStream<K, V> {
+    grouped: KGroupedStream<K, V>,
+    windows: SessionWindows,
+}
+
+impl<K, V> std::fmt::Debug for SessionWindowedKStream<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionWindowedKStream").field("windows", &self.windows).finish()
+    }
+}
+
+type MergeFn<K, VA> = Arc<dyn Fn(&K, VA, VA) -> VA + Send + Sync>;
+
+impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
+    fn aggregate_inner<VA: Data>(
+        &self,
+        materialized: Materialized<VA>,
+        value_serde: SerdeRef<VA>,
+        function: AggregateFn<K, V, VA>,
+        merger: MergeFn<K, VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        let builder = &self.grouped.stream.builder;
+        let store = materialized.name.clone().unwrap_or_else(|| next_name(builder, "KSTREAM-AGGREGATE-STATE-STORE-"));
+        let input = self.grouped.input_node(&store);
+        let name = next_name(builder, "KSTREAM-AGGREGATE-");
+        let (store_name, windows) = (store.clone(), self.windows);
+        add_processor(
+            builder,
+            &name,
+            move || SessionAggregate {
+                store: store_name.clone(),
+                windows,
+                function: Arc::clone(&function),
+                merger: Arc::clone(&merger),
+            },
+            &[&input],
+        );
+        let retention_ms = self.windows.gap_ms.saturating_add(self.windows.grace_ms);
+        let mut store_builder =
+            Stores::session_store_builder(&store, retention_ms, self.grouped.grouped.key_serde.clone(), value_serde);
+        if !materialized.logging {
+            store_builder = store_builder.with_logging_disabled();
+        }
+        let result = builder.borrow_mut().topology.add_state_store(store_builder, &[&name]).map(|_| ());
+        record_error(builder, result);
+        KTable { builder: Rc::clone(builder), node: name, getter: None, windows: None, _types: PhantomData }
+    }
+
+    /// Records per session.
+    pub fn count(&self, materialized: Materialized<i64>) -> KTable<Windowed<K>, i64> {
+        let serde = materialized.value_serde.clone().unwrap_or_else(Serdes::i64);
+        let merger: MergeFn<K, i64> = Arc::new(|_, a, b| a + b);
+        self.aggregate_inner(materialized, serde, Arc::new(|_, _, old| old.unwrap_or(0) + 1), merger)
+    }
+
+    /// Folds each session's values; `merger` combines two sessions'
+    /// aggregates when a record joins them.
+    pub fn aggregate<VA: Data>(
+        &self,
+        initializer: impl Fn() -> VA + Send + Sync + 'static,
+        aggregator: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
+        merger: impl Fn(&K, VA, VA) -> VA + Send + Sync + 'static,
+        materialized: Materialized<VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        let builder = &self.grouped.stream.builder;
+        let Some(serde) = materialized.value_serde.clone() else {
+            record_error(builder, Err(StreamsError::Topology("aggregate needs Materialized::with_value_serde".into())));
+            return KTable {
+                builder: Rc::clone(builder),
+                node: String::new(),
+                getter: None,
+                windows: None,
+                _types: PhantomData,
+            };
+        };
+        let function: AggregateFn<K, V, VA> =
+            Arc::new(move |key, value, old| aggregator(key, value, old.unwrap_or_else(&initializer)));
+        self.aggregate_inner(materialized, serde, function, Arc::new(merger))
+    }
+}
+
+struct SessionAggregate<K, V, VA> {
+    store: String,
+    windows: SessionWindows,
+    function: AggregateFn<K, V, VA>,
+    merger: MergeFn<K, VA>,
+}
+
+impl<K: Data, V: Data, VA: Data> Processor<K, V, Windowed<K>, Change<VA>> for SessionAggregate<K, V, VA> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        record: Record<K, V>,
+    ) -> Result<(), StreamsError> {
+        let timestamp_ms = record.timestamp_ms;
+        let close_ms = ctx.stream_time_ms().saturating_sub(self.windows.grace_ms);
+        let store = ctx.get_state_store::<SessionStore<K, VA>>(&self.store)?;
+        let gap_ms = self.windows.gap_ms;
+        let overlapping = store.find_sessions(
+            &record.key,
+            timestamp_ms.saturating_sub(gap_ms),
+            timestamp_ms.saturating_add(gap_ms),
+        )?;
+        let start_ms = overlapping.iter().map(|(start, _, _)| *start).fold(timestamp_ms, i64::min);
+        let end_ms = overlapping.iter().map(|(_, end, _)| *end).fold(timestamp_ms, i64::max);
+        // As Kafka's KStreamSessionWindowAggregate: a session ending before
+        // stream time minus the grace is closed; the record is dropped.
+        if end_ms < close_ms {
+            tracing::debug!(store = %self.store, timestamp_ms, "skipping record for an expired session");
+            return Ok(());
+        }
+        let mut merged: Option<VA> = None;
+        let mut replaced = Vec::new();
+        for (start, end, aggregate) in overlapping {
+            merged = Some(match merged {
+                Some(so_far) => (self.merger)(&record.key, so_far, aggregate.clone()),
+                None => aggregate.clone(),
+            });
+            replaced.push((start, end, aggregate));
+        }
+        let new = (self.function)(&record.key, &record.value, merged);
+        let mut unchanged_old = None;
+        for (start, end, aggregate) in &replaced {
+            if (*start, *end) == (start_ms, end_ms) {
+                unchanged_old = Some(aggregate.clone());
+            } else {
+                store.remove(&record.key, *start, *end)?;
+            }
+        }
+        store.put(&record.key, start_ms, end_ms, &new)?;
+        for (start, end, aggregate) in replaced {
+            if (start, end) != (start_ms, end_ms) {
+                let key = Windowed { key: record.key.clone(), window: Window { start_ms: start, end_ms: end } };
+                ctx.forward(Record::new(key, Change { new: None, old: Some(aggregate) }, timestamp_ms));
+            }
+        }
+        let key = Windowed { key: record.key, window: Window { start_ms, end_ms } };
+        ctx.forward(Record::new(key, Change { new: Some(new), old: unchanged_old }, timestamp_ms));
+        Ok(())
     }
 }

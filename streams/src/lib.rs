@@ -20,7 +20,7 @@ mod window;
 pub use crate::config::{DeserializationExceptionHandler, ProcessingGuarantee, StreamsConfig};
 pub use crate::dsl::{
     BranchedKStream, Consumed, GlobalKTable, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced,
-    Repartitioned, StreamJoined, StreamsBuilder, Suppressed, TimeWindowedKStream,
+    Repartitioned, SessionWindowedKStream, StreamJoined, StreamsBuilder, Suppressed, TimeWindowedKStream,
 };
 pub use crate::error::StreamsError;
 pub use crate::processor::{Data, OutRecord, Processor, ProcessorContext, PunctuationId, PunctuationType, Record};
@@ -29,7 +29,7 @@ pub use crate::serde::{
     BytesSerde, I32Serde, I64Serde, JsonSerde, ListSerde, Nullable, Serde, SerdeError, SerdeRef, Serdes, StringSerde,
     U64Serde,
 };
-pub use crate::store::{KeyValueStore, StateStore, StoreBuilder, Stores, WindowStore, changelog_topic};
+pub use crate::store::{KeyValueStore, SessionStore, StateStore, StoreBuilder, Stores, WindowStore, changelog_topic};
 pub use crate::test_driver::{TestInputTopic, TestOutputTopic, TestRecord, TopologyTestDriver};
 pub use crate::topology::{SourceRecord, TimestampExtractor, Topology, TopologyDescription};
-pub use crate::window::{JoinWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};
+pub use crate::window::{JoinWindows, SessionWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};

@@ -77,6 +77,25 @@ impl Stores {
         }
     }
 
+    /// A store of values per key and session, keeping sessions that end
+    /// within `retention_ms` of the latest end.
+    pub fn session_store_builder<K: 'static, V: 'static>(
+        name: &str,
+        retention_ms: i64,
+        key_serde: SerdeRef<K>,
+        value_serde: SerdeRef<V>,
+    ) -> StoreBuilder {
+        let store_name = name.to_string();
+        StoreBuilder {
+            name: name.to_string(),
+            logging: true,
+            factory: Arc::new(move || {
+                Box::new(SessionStore::new(&store_name, retention_ms, key_serde.clone(), value_serde.clone()))
+                    as Box<dyn StateStore>
+            }),
+        }
+    }
+
     /// A store of values per key and window start, keeping windows that
     /// start within `retention_ms` of the latest start put.
     pub fn window_store_builder<K: 'static, V: 'static>(
@@ -297,6 +316,142 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
     }
 }
 
+/// An in-memory session store: a value per key and session [start, end]
+/// (end inclusive), as Kafka's session store. Sessions ending more than
+/// the retention before the latest end are dropped.
+pub struct SessionStore<K, V> {
+    name: String,
+    retention_ms: i64,
+    /// (key bytes, end, start): a key's sessions by end.
+    entries: BTreeMap<(Bytes, i64, i64), Bytes>,
+    observed_end_ms: i64,
+    changes: Vec<(Bytes, Option<Bytes>)>,
+    key_serde: SerdeRef<K>,
+    value_serde: SerdeRef<V>,
+}
+
+impl<K, V> std::fmt::Debug for SessionStore<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore").field("name", &self.name).field("entries", &self.entries.len()).finish()
+    }
+}
+
+impl<K: 'static, V: 'static> SessionStore<K, V> {
+    pub fn new(name: &str, retention_ms: i64, key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        SessionStore {
+            name: name.to_string(),
+            retention_ms,
+            entries: BTreeMap::new(),
+            observed_end_ms: i64::MIN,
+            changes: Vec::new(),
+            key_serde,
+            value_serde,
+        }
+    }
+
+    /// The key's sessions that end at or after `earliest_end_ms` and start
+    /// at or before `latest_start_ms`: (start, end, value), by end.
+    pub fn find_sessions(
+        &self,
+        key: &K,
+        earliest_end_ms: i64,
+        latest_start_ms: i64,
+    ) -> Result<Vec<(i64, i64, V)>, StreamsError> {
+        let key = key_bytes(&self.name, &self.key_serde, key)?;
+        self.entries
+            .range((key.clone(), earliest_end_ms, i64::MIN)..=(key, i64::MAX, i64::MAX))
+            .filter(|((_, _, start_ms), _)| *start_ms <= latest_start_ms)
+            .map(|((_, end_ms, start_ms), value)| Ok((*start_ms, *end_ms, self.read_value(value)?)))
+            .collect()
+    }
+
+    pub fn put(&mut self, key: &K, start_ms: i64, end_ms: i64, value: &V) -> Result<(), StreamsError> {
+        let key = key_bytes(&self.name, &self.key_serde, key)?;
+        let value =
+            self.value_serde.serialize(&self.name, value).map_err(|source| serialization(&self.name, source))?;
+        self.changes.push((session_changelog_key(&key, start_ms, end_ms), value.clone()));
+        self.apply(key, start_ms, end_ms, value);
+        Ok(())
+    }
+
+    pub fn remove(&mut self, key: &K, start_ms: i64, end_ms: i64) -> Result<(), StreamsError> {
+        let key = key_bytes(&self.name, &self.key_serde, key)?;
+        self.changes.push((session_changelog_key(&key, start_ms, end_ms), None));
+        self.apply(key, start_ms, end_ms, None);
+        Ok(())
+    }
+
+    /// Every (key, start, end, value), by key bytes then end.
+    pub fn all(&self) -> Result<Vec<(K, i64, i64, V)>, StreamsError> {
+        self.entries
+            .iter()
+            .map(|((key, end_ms, start_ms), value)| {
+                let key = self
+                    .key_serde
+                    .deserialize(&self.name, Some(key))
+                    .map_err(|source| serialization(&self.name, source))?;
+                Ok((key, *start_ms, *end_ms, self.read_value(value)?))
+            })
+            .collect()
+    }
+
+    fn apply(&mut self, key: Bytes, start_ms: i64, end_ms: i64, value: Option<Bytes>) {
+        match value {
+            Some(value) => self.entries.insert((key, end_ms, start_ms), value),
+            None => self.entries.remove(&(key, end_ms, start_ms)),
+        };
+        self.observed_end_ms = self.observed_end_ms.max(end_ms);
+        let keep_from_ms = self.observed_end_ms.saturating_sub(self.retention_ms);
+        // Sessions are ordered by key first, so expiry is a scan; it runs
+        // only when the oldest kept end is behind (rarely, in a busy store).
+        if self.entries.keys().any(|(_, end, _)| *end < keep_from_ms) {
+            self.entries.retain(|(_, end, _), _| *end >= keep_from_ms);
+        }
+    }
+
+    fn read_value(&self, bytes: &[u8]) -> Result<V, StreamsError> {
+        self.value_serde.deserialize(&self.name, Some(bytes)).map_err(|source| serialization(&self.name, source))
+    }
+}
+
+/// Kafka's `SessionKeySchema`: the key, then the end and the start (8
+/// bytes each, big-endian).
+fn session_changelog_key(key: &[u8], start_ms: i64, end_ms: i64) -> Bytes {
+    let mut bytes = BytesMut::with_capacity(key.len() + 16);
+    bytes.put_slice(key);
+    bytes.put_i64(end_ms);
+    bytes.put_i64(start_ms);
+    bytes.freeze()
+}
+
+impl<K: 'static, V: 'static> StateStore for SessionStore<K, V> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StreamsError> {
+        let split = key.len().checked_sub(16).ok_or_else(|| StreamsError::Store {
+            name: self.name.clone(),
+            reason: format!("changelog key of {} bytes is shorter than a session key", key.len()),
+        })?;
+        let mut end = [0u8; 8];
+        end.copy_from_slice(&key[split..split + 8]);
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&key[split + 8..]);
+        let (start_ms, end_ms) = (i64::from_be_bytes(start), i64::from_be_bytes(end));
+        self.apply(Bytes::copy_from_slice(&key[..split]), start_ms, end_ms, value.map(Bytes::copy_from_slice));
+        Ok(())
+    }
+    fn take_changes(&mut self) -> Vec<(Bytes, Option<Bytes>)> {
+        std::mem::take(&mut self.changes)
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 fn window_changelog_key(key: &[u8], window_start_ms: i64) -> Bytes {
     let mut bytes = BytesMut::with_capacity(key.len() + WINDOW_KEY_SUFFIX_BYTES);
     bytes.put_slice(key);
@@ -354,6 +509,26 @@ mod tests {
         }
         assert_eq!(restored.all().unwrap(), vec![("a".to_string(), 3)]);
         assert!(restored.take_changes().is_empty(), "a restore is not logged again");
+    }
+
+    #[test]
+    fn session_store_finds_overlapping_sessions_and_restores_from_kafkas_session_keys() {
+        let mut store = SessionStore::new("s", 100, Serdes::string(), Serdes::i64());
+        store.put(&"k".into(), 0, 10, &2).unwrap();
+        store.put(&"k".into(), 20, 30, &3).unwrap();
+        store.put(&"j".into(), 0, 50, &9).unwrap();
+        // Sessions of k ending at or after 5 and starting at or before 25.
+        let found = store.find_sessions(&"k".into(), 5, 25).unwrap();
+        assert_eq!(found, vec![(0, 10, 2), (20, 30, 3)]);
+        assert_eq!(store.find_sessions(&"k".into(), 11, 19).unwrap(), vec![]);
+        store.remove(&"k".into(), 0, 10).unwrap();
+        let changes = store.take_changes();
+        assert_eq!(changes[0].0.len(), 1 + 16);
+        let mut restored = SessionStore::new("s", 100, Serdes::string(), Serdes::i64());
+        for (key, value) in &changes {
+            restored.restore(key, value.as_deref()).unwrap();
+        }
+        assert_eq!(restored.all().unwrap(), vec![("j".to_string(), 0, 50, 9), ("k".to_string(), 20, 30, 3)]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::config::{DeserializationExceptionHandler, StreamsConfig};
 use crate::error::StreamsError;
 use crate::processor::{GlobalStores, OutRecord};
 use crate::serde::{SerdeError, SerdeRef};
-use crate::store::{KeyValueStore, WindowStore};
+use crate::store::{KeyValueStore, SessionStore, WindowStore};
 use crate::task::{Task, dead_letter_record};
 use crate::topology::Topology;
 
@@ -196,6 +196,14 @@ impl TopologyTestDriver {
 
     pub fn key_value_store_get<K: 'static, V: 'static>(&self, store: &str, key: &K) -> Result<Option<V>, StreamsError> {
         self.with_store(store, |found: &KeyValueStore<K, V>| found.get(key))
+    }
+
+    /// The entries of a session store: (key, start, end, value).
+    pub fn session_store_all<K: 'static, V: 'static>(
+        &self,
+        store: &str,
+    ) -> Result<Vec<(K, i64, i64, V)>, StreamsError> {
+        self.with_store(store, |found: &SessionStore<K, V>| found.all())
     }
 
     /// The entries of a window store: (key, window start, value).

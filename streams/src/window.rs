@@ -77,6 +77,31 @@ impl TimeWindows {
     }
 }
 
+/// Session windows, as Kafka's `SessionWindows`: a key's records closer
+/// than the inactivity gap form one session [first, last]; a record that
+/// bridges two sessions merges them. A session is closed (late records
+/// for it dropped) once its end is before stream time minus the grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionWindows {
+    pub(crate) gap_ms: i64,
+    pub(crate) grace_ms: i64,
+}
+
+impl SessionWindows {
+    pub fn of_inactivity_gap_with_no_grace(gap_ms: i64) -> Self {
+        SessionWindows::of_inactivity_gap_and_grace(gap_ms, 0)
+    }
+    pub fn of_inactivity_gap_and_grace(gap_ms: i64, grace_ms: i64) -> Self {
+        SessionWindows { gap_ms: gap_ms.max(1), grace_ms: grace_ms.max(0) }
+    }
+    pub fn gap_ms(&self) -> i64 {
+        self.gap_ms
+    }
+    pub fn grace_ms(&self) -> i64 {
+        self.grace_ms
+    }
+}
+
 /// How far apart in time two records of a stream-stream join may be, as
 /// Kafka's `JoinWindows`: a record at t joins the other stream's records
 /// of the same key from t - before_ms to t + after_ms; a record older

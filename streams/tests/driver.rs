@@ -691,3 +691,70 @@ fn stream_stream_join_keeps_every_record_of_the_same_key_and_time() {
     let values: Vec<String> = output.read_key_values_to_list().unwrap().into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec!["L+a", "L+b"]);
 }
+
+/// Counts per session of user "a", written as "a@start-end" -> count
+/// (None: the session was merged away).
+fn session_counts(windows: SessionWindows, clicks_ms: &[i64]) -> (TopologyTestDriver, Vec<(String, Option<i64>)>) {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("clicks", Consumed::with(Serdes::string(), Serdes::string()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .windowed_by_session(windows)
+        .count(Materialized::as_("sessions"))
+        .to_stream()
+        .map(|windowed: &Windowed<String>, count: &Option<i64>| {
+            let session = format!("{}@{}-{}", windowed.key, windowed.window.start_ms, windowed.window.end_ms);
+            (session, *count)
+        })
+        .to("session-counts", Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("sessions")).unwrap();
+    let input = driver.create_input_topic("clicks", Serdes::string(), Serdes::string());
+    for timestamp_ms in clicks_ms {
+        input.pipe_input(&"a".to_string(), &"p".to_string(), *timestamp_ms).unwrap();
+    }
+    let output = driver.create_output_topic("session-counts", Serdes::string(), Serdes::nullable(Serdes::i64()));
+    let updates = output.read_key_values_to_list().unwrap();
+    (driver, updates)
+}
+
+fn session_updates(list: &[(&str, Option<i64>)]) -> Vec<(String, Option<i64>)> {
+    list.iter().map(|(session, count)| (session.to_string(), *count)).collect()
+}
+
+#[test]
+fn session_windows_merge_on_a_bridging_record_within_grace() {
+    // Gap 5, grace 10. 8 is within 5 of 3 and of 12: it bridges [0,3] and
+    // [12,12] into [0,12]; both are deleted downstream first.
+    let (_driver, updates) = session_counts(SessionWindows::of_inactivity_gap_and_grace(5, 10), &[0, 3, 12, 8]);
+    let expected = session_updates(&[
+        ("a@0-0", Some(1)),
+        ("a@0-0", None),
+        ("a@0-3", Some(2)),
+        ("a@12-12", Some(1)),
+        ("a@0-3", None),
+        ("a@12-12", None),
+        ("a@0-12", Some(4)),
+    ]);
+    assert_eq!(updates, expected);
+}
+
+#[test]
+fn a_closed_session_is_never_merged_again_and_records_for_closed_sessions_are_dropped() {
+    // No grace: at stream time 12, [0,3] is closed, so 8 joins [12,12] only;
+    // at stream time 30, a record at 20 would make a session ending before
+    // 30: dropped.
+    let (driver, updates) = session_counts(SessionWindows::of_inactivity_gap_with_no_grace(5), &[0, 3, 12, 8, 30, 20]);
+    let expected = session_updates(&[
+        ("a@0-0", Some(1)),
+        ("a@0-0", None),
+        ("a@0-3", Some(2)),
+        ("a@12-12", Some(1)),
+        ("a@12-12", None),
+        ("a@8-12", Some(2)),
+        ("a@30-30", Some(1)),
+    ]);
+    assert_eq!(updates, expected);
+    // The store keeps gap + grace behind the latest end: only [30,30].
+    let store = driver.session_store_all::<String, i64>("sessions").unwrap();
+    assert_eq!(store, vec![("a".to_string(), 30, 30, 1)]);
+}
