@@ -1629,6 +1629,24 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
         self.aggregate_inner(materialized, serde, Arc::new(|_, _, old| old.unwrap_or(0) + 1), merger)
     }
 
+    /// Combines each session's values; merged sessions combine with the
+    /// same reducer.
+    pub fn reduce(
+        &self,
+        reducer: impl Fn(&V, &V) -> V + Send + Sync + 'static,
+        materialized: Materialized<V>,
+    ) -> KTable<Windowed<K>, V> {
+        let serde = materialized.value_serde.clone().unwrap_or_else(|| self.grouped.grouped.value_serde.clone());
+        let reducer = Arc::new(reducer);
+        let merge_with = Arc::clone(&reducer);
+        let merger: MergeFn<K, V> = Arc::new(move |_, a, b| merge_with(&a, &b));
+        let function: AggregateFn<K, V, V> = Arc::new(move |_, value, old| match old {
+            Some(aggregate) => reducer(&aggregate, value),
+            None => value.clone(),
+        });
+        self.aggregate_inner(materialized, serde, function, merger)
+    }
+
     /// Folds each session's values; `merger` combines two sessions'
     /// aggregates when a record joins them.
     pub fn aggregate<VA: Data>(

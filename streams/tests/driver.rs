@@ -758,3 +758,33 @@ fn a_closed_session_is_never_merged_again_and_records_for_closed_sessions_are_dr
     let store = driver.session_store_all::<String, i64>("sessions").unwrap();
     assert_eq!(store, vec![("a".to_string(), 30, 30, 1)]);
 }
+
+#[test]
+fn session_reduce_and_aggregate_combine_values_across_a_merge() {
+    let builder = StreamsBuilder::new();
+    let sessions = builder
+        .stream("amounts", Consumed::with(Serdes::string(), Serdes::i64()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()))
+        .windowed_by_session(SessionWindows::of_inactivity_gap_and_grace(10, 100));
+    sessions.reduce(|a, b| a + b, Materialized::as_("sums"));
+    sessions.aggregate(
+        Vec::new,
+        |_, amount, mut list: Vec<i64>| {
+            list.push(*amount);
+            list
+        },
+        |_, mut first, second| {
+            first.extend(second);
+            first
+        },
+        Materialized::as_("lists").with_value_serde(Serdes::json::<Vec<i64>>()),
+    );
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("session-agg")).unwrap();
+    let input = driver.create_input_topic("amounts", Serdes::string(), Serdes::i64());
+    let k = "k".to_string();
+    input.pipe_input(&k, &1, 0).unwrap();
+    input.pipe_input(&k, &10, 20).unwrap(); // 20 apart: a second session
+    input.pipe_input(&k, &100, 10).unwrap(); // 10 from each: bridges them
+    assert_eq!(driver.session_store_all::<String, i64>("sums").unwrap(), vec![(k.clone(), 0, 20, 111)]);
+    assert_eq!(driver.session_store_all::<String, Vec<i64>>("lists").unwrap(), vec![(k, 0, 20, vec![1, 10, 100])]);
+}
