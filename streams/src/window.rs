@@ -8,7 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::serde::{Serde, SerdeError, SerdeRef};
 
-/// A window: [start_ms, end_ms).
+/// A window: [start_ms, end_ms) for time windows; for a session, the
+/// times of its first and last records, both included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Window {
     pub start_ms: i64,
