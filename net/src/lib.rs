@@ -27,6 +27,7 @@ mod replica;
 pub mod security;
 mod server;
 mod shard;
+mod throttle;
 pub mod topic_config;
 mod txn;
 mod wire;

@@ -645,3 +645,46 @@ fn an_address_over_its_connection_creation_rate_quota_is_refused() {
     assert!(common::kafka::KafkaConn::connect(kafka_addr).try_call(3, &api_versions).is_some());
     stop(broker);
 }
+
+/// Quotas hold on the native port too: a native producer over its
+/// producer_byte_rate (here the default client-id quota, which covers
+/// every client id) is kept quiet, so its next request waits. Before,
+/// native clients were never charged: one could take the broker's whole
+/// disk and network while Kafka clients were held to their quotas.
+#[test]
+fn a_native_producer_over_its_byte_rate_is_kept_quiet() {
+    use kafka_protocol::messages::AlterClientQuotasRequest;
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::protocol::StrBytes;
+    let dir = data_dir("native-produce-quota");
+    let mut config = config(&dir, 1);
+    config.metrics_listen = "127.0.0.1:0".into();
+    let broker = spate_net::start(config).expect("broker starts");
+    let mut admin = common::kafka::KafkaConn::to(&broker);
+    let quota = AlterClientQuotasRequest::default().with_entries(vec![
+        EntryData::default()
+            .with_entity(vec![EntityData::default().with_entity_type(StrBytes::from_static_str("client-id"))])
+            .with_ops(vec![
+                OpData::default().with_key(StrBytes::from_static_str("producer_byte_rate")).with_value(40_000.0),
+            ]),
+    ]);
+    assert_eq!(admin.call(1, &quota).entries[0].error_code, 0);
+    let mut native = Conn::connect(broker.addr().port());
+    assert_eq!(native.create_topic("q", 1, &[]), ErrorCode::None);
+    // 100 KB a request against 40 KB/s over the 11 s quota window: within a
+    // few requests the producer is over, and the request after waits.
+    let mut waited = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        assert_eq!(native.produce("q", 0, &big_batch(100, 1000), -1).0, ErrorCode::None);
+        let asked = std::time::Instant::now();
+        native.list_offset("q", 0, -1);
+        waited = asked.elapsed();
+        if waited >= std::time::Duration::from_millis(500) {
+            break;
+        }
+    }
+    assert!(waited >= std::time::Duration::from_millis(500), "never kept quiet (last wait {waited:?})");
+    let metrics_port = broker.metrics_port().expect("metrics");
+    assert!(metric(metrics_port, "spate_produce_throttle_ms_total") >= 500);
+    stop(broker);
+}

@@ -45,10 +45,10 @@ use crate::budget::{ByteBudget, Charge};
 use crate::config::BrokerConfig;
 use crate::metrics::ShardMetrics;
 use crate::security::acl::Decisions;
-use crate::security::principal::USER_TYPE;
-use crate::security::quota::{ConnQuotas, QuotaKind};
+use crate::security::quota::QuotaKind;
 use crate::security::{ConnInfo, Principal, SecurityProtocol};
 use crate::shard::Shard;
+use crate::throttle::{ConnThrottle, RequestTime};
 use crate::wire::{FrontEnd, Reply, Response};
 
 pub(crate) use self::response::respond;
@@ -122,8 +122,7 @@ impl FrontEnd for Kafka {
             listener: info.listener.clone(),
             principal: RefCell::new(Rc::new(principal)),
             authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
-            quotas: ConnQuotas::default(),
-            quiet_until: std::cell::Cell::new(None),
+            throttle: Default::default(),
             sasl: RefCell::default(),
             remembered: Rc::default(),
             fetch: Default::default(),
@@ -181,7 +180,7 @@ impl FrontEnd for Kafka {
     }
 
     fn quiet_until(&self, session: &Self::Session) -> Option<std::time::Instant> {
-        session.quiet_until.get()
+        session.throttle.quiet_until()
     }
 }
 
@@ -201,10 +200,9 @@ pub(crate) struct Session {
     principal: RefCell<Rc<Principal>>,
     /// False on a SASL listener until the client authenticates.
     authenticated: std::cell::Cell<bool>,
-    /// The client's quotas as this connection resolved them.
-    quotas: ConnQuotas,
-    /// A client over its quota is not read from until then (KIP-219).
-    quiet_until: std::cell::Cell<Option<std::time::Instant>>,
+    /// The client's quotas as this connection resolved them, and how long
+    /// it is kept quiet for going over one (KIP-219).
+    throttle: Rc<ConnThrottle>,
     /// Where the SASL exchange is (`sasl.rs`).
     sasl: RefCell<sasl::SaslState>,
     /// What KIP-848 members sent last (`consumer_group`).
@@ -310,11 +308,10 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         principal: session.principal.borrow().clone(),
         session: session.clone(),
     };
-    let started = std::time::Instant::now();
-    let request_time = RequestTime::start(&ctx);
+    let request_time = RequestTime::start(shard, &session.throttle, &ctx.principal, &ctx.client_id);
     let reply = serve(api, ctx, bytes, charge, session);
     let reply = match request_time {
-        Some(time) => time.charged(started, reply),
+        Some(time) => time.charged(reply),
         None => reply,
     };
     (reply, name)
@@ -384,107 +381,8 @@ impl Ctx {
     /// not read from for that long (KIP-219: the answer goes at once, the
     /// client's next request waits).
     pub fn throttle(&self, kind: QuotaKind, bytes: usize) -> i32 {
-        throttle(&self.shard, &self.session, &self.principal, &self.client_id, kind, bytes as u64) as i32
-    }
-}
-
-/// Counts `amount` against the client's quota of `kind` and returns the
-/// throttle time (0: none); a throttled connection is kept quiet that
-/// long.
-fn throttle(
-    shard: &Shard,
-    session: &Session,
-    principal: &Principal,
-    client_id: &str,
-    kind: QuotaKind,
-    amount: u64,
-) -> u64 {
-    let catalog = shard.shared.catalog.load();
-    if catalog.client_quotas.is_empty() {
-        return 0;
-    }
-    let user = if principal.principal_type == USER_TYPE { principal.name.as_str() } else { "" };
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let throttle_ms = session.quotas.record(
-        &catalog.client_quotas,
-        &shard.shared.quota_meters,
-        kind,
-        (user, client_id),
-        amount,
-        now_ms,
-    );
-    if throttle_ms > 0 {
-        let until = std::time::Instant::now() + std::time::Duration::from_millis(throttle_ms);
-        let later = session.quiet_until.get().map_or(until, |current| current.max(until));
-        session.quiet_until.set(Some(later));
-        shard.metrics.throttled(kind, throttle_ms);
-    }
-    throttle_ms
-}
-
-/// The time a request takes on this shard, charged to the client's
-/// `request_percentage` quota (KIP-124) once it is answered: the
-/// synchronous part of its dispatch and every poll of what it left to do
-/// later. Over the quota, the connection is kept quiet (KIP-219); the
-/// answer itself carries no throttle time for it (it is already encoded).
-struct RequestTime {
-    shard: Rc<Shard>,
-    session: Rc<Session>,
-    principal: Rc<Principal>,
-    client_id: String,
-    spent: std::time::Duration,
-}
-
-impl RequestTime {
-    /// None while no client quota exists (nothing is timed).
-    fn start(ctx: &Ctx) -> Option<RequestTime> {
-        if ctx.shard.shared.catalog.load().client_quotas.is_empty() {
-            return None;
-        }
-        Some(RequestTime {
-            shard: ctx.shard.clone(),
-            session: ctx.session.clone(),
-            principal: ctx.principal.clone(),
-            client_id: ctx.client_id.clone(),
-            spent: std::time::Duration::ZERO,
-        })
-    }
-
-    fn charge(&self) {
-        let micros = u64::try_from(self.spent.as_micros()).unwrap_or(u64::MAX);
-        throttle(&self.shard, &self.session, &self.principal, &self.client_id, QuotaKind::Request, micros);
-    }
-
-    /// Charges the dispatch that began at `started` and returned `reply`.
-    fn charged(mut self, started: std::time::Instant, reply: Reply) -> Reply {
-        self.spent += started.elapsed();
-        match reply {
-            Reply::Now(response) => {
-                self.charge();
-                Reply::Now(response)
-            }
-            Reply::Later(later) => Reply::Later(Box::pin(Timed { later, time: self })),
-        }
-    }
-}
-
-/// A reply's future, with the time spent polling it counted.
-struct Timed {
-    later: crate::wire::response::Later,
-    time: RequestTime,
-}
-
-impl std::future::Future for Timed {
-    type Output = Response;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Response> {
-        let polled = std::time::Instant::now();
-        let poll = self.later.as_mut().poll(cx);
-        self.time.spent += polled.elapsed();
-        if poll.is_ready() {
-            self.time.charge();
-        }
-        poll
+        let who = (&*self.principal, self.client_id.as_str());
+        self.session.throttle.charge(&self.shard, who, kind, bytes as u64) as i32
     }
 }
 

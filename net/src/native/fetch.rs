@@ -79,8 +79,14 @@ pub(super) fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request
     let first = fetch_plan::start(shard, &reads, replica_id);
     let poll = fetch_plan::Poll { replica_id, min_bytes, max_wait, request_bytes: request_charge_bytes, charge };
     let shard = shard.clone();
+    let charged = (session.broker.get() < 0)
+        .then(|| (session.throttle.clone(), session.principal.borrow().clone(), session.client_id.borrow().clone()));
     Reply::Later(Box::pin(async move {
         let results = fetch_plan::finish(&shard, &reads, first, &poll).await;
+        if let Some((throttle, principal, client_id)) = charged {
+            let bytes: usize = results.iter().flat_map(|result| &result.batches).map(bytes::Bytes::len).sum();
+            throttle.charge(&shard, (&principal, &client_id), crate::security::quota::QuotaKind::Fetch, bytes as u64);
+        }
         fetch_response(&shard, request_id, &topic_names, &parts, results, request_bytes_max)
     }))
 }

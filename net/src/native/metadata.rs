@@ -19,6 +19,8 @@ pub(super) fn handshake(shard: &Rc<Shard>, session: &Session, frame: &Frame, req
     let low = request.version_min().max(PROTOCOL_VERSION_MIN);
     let high = request.version_max().min(PROTOCOL_VERSION_MAX);
     let (mut error, version) = if low <= high { (ErrorCode::None, high) } else { (ErrorCode::UnsupportedVersion, 0) };
+    // Client-id quotas name it; bounded by the frame cap like any string.
+    *session.client_id.borrow_mut() = request.client_id().unwrap_or_default().to_string();
     if let Some(proof) = request.broker_auth() {
         let secret = shard.shared.catalog.load().cluster_secret.clone();
         let now_ms = crate::broker_auth::unix_now_ms();

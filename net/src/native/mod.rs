@@ -46,6 +46,11 @@ pub(crate) struct Session {
     /// This connection's authorization decisions, kept until the ACLs
     /// change.
     decisions: Rc<crate::security::acl::Decisions>,
+    /// The client id its handshake sent, for client-id quotas.
+    client_id: std::cell::RefCell<String>,
+    /// The client's quotas as this connection resolved them, and how long
+    /// it is kept quiet for going over one.
+    throttle: Rc<crate::throttle::ConnThrottle>,
 }
 
 impl Session {
@@ -57,6 +62,8 @@ impl Session {
             sasl: Default::default(),
             host: host.trim_start_matches('[').trim_end_matches(']').into(),
             decisions: Default::default(),
+            client_id: Default::default(),
+            throttle: Default::default(),
         }
     }
 }
@@ -88,7 +95,32 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
     if let Err(denied) = authz::check(shard, session, body_type, &frame) {
         return (Reply::Now(Response::Frame(error_frame(request_id, denied.error, &denied.message))), api);
     }
-    let reply = match body_type {
+    // A proven broker's requests (replication, markers) are not a
+    // client's to be charged for.
+    let request_time = (session.broker.get() < 0)
+        .then(|| {
+            let principal = session.principal.borrow().clone();
+            crate::throttle::RequestTime::start(shard, &session.throttle, &principal, &session.client_id.borrow())
+        })
+        .flatten();
+    let reply = serve(shard, session, frame, charge, request_id, body_type);
+    let reply = match request_time {
+        Some(time) => time.charged(reply),
+        None => reply,
+    };
+    (reply, api)
+}
+
+/// Runs the handler of the request's API.
+fn serve(
+    shard: &Rc<Shard>,
+    session: &Session,
+    frame: Frame,
+    charge: &Charge,
+    request_id: u64,
+    body_type: Body,
+) -> Reply {
+    match body_type {
         Body::ProduceRequest => produce::produce(shard, session, frame, request_id),
         Body::FetchRequest => fetch::fetch(shard, session, &frame, request_id, charge),
         Body::HandshakeRequest => metadata::handshake(shard, session, &frame, request_id),
@@ -110,8 +142,18 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         other => {
             invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))
         }
-    };
-    (reply, api)
+    }
+}
+
+impl Session {
+    /// Charges `bytes` of `kind` to the client's quota (a proven broker is
+    /// not charged); the connection is kept quiet if it went over.
+    fn charge(&self, shard: &Shard, kind: crate::security::quota::QuotaKind, bytes: usize) {
+        if self.broker.get() < 0 {
+            let principal = self.principal.borrow().clone();
+            self.throttle.charge(shard, (&principal, &self.client_id.borrow()), kind, bytes as u64);
+        }
+    }
 }
 
 fn clamp_ms(ms: i32, max_ms: u64) -> Duration {
@@ -183,5 +225,9 @@ impl FrontEnd for Native {
 
     fn bytes_in_flight(&self) -> &Rc<ByteBudget> {
         &self.0.bytes_in_flight
+    }
+
+    fn quiet_until(&self, session: &Session) -> Option<std::time::Instant> {
+        session.throttle.quiet_until()
     }
 }

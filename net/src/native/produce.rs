@@ -85,6 +85,7 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
     order.sort_by_key(|&i| parts[i].range.as_ref().map_or(0, |r| r.start));
     let mut records: Vec<Option<BytesMut>> = (0..parts.len()).map(|_| None).collect();
     let frame_bytes = frame.envelope.len() + frame.payload.len();
+    session.charge(shard, crate::security::quota::QuotaKind::Produce, frame_bytes);
     let mut rest = frame.envelope;
     let mut consumed = 0usize;
     for &i in &order {
