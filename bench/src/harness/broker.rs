@@ -49,6 +49,10 @@ pub struct BrokerSettings {
     pub broker_session_timeout_ms: Option<u64>,
     pub broker_heartbeat_interval_ms: Option<u64>,
     pub replica_lag_time_max_ms: Option<u64>,
+    /// Kafka's `ssl.cipher.suites` for the TLS listener (IANA names, in
+    /// the broker's order of preference); empty: rustls's defaults in the
+    /// client's order.
+    pub ssl_cipher_suites: String,
     /// Set by the harness when a workload of the run asks for TLS: every
     /// broker then serves an SSL listener beside the PLAINTEXT one, with
     /// this certificate. Not a suite setting: the workloads' `tls` decides.
@@ -71,6 +75,7 @@ impl Default for BrokerSettings {
             broker_session_timeout_ms: None,
             broker_heartbeat_interval_ms: None,
             replica_lag_time_max_ms: None,
+            ssl_cipher_suites: String::new(),
             tls: None,
         }
     }

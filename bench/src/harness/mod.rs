@@ -601,7 +601,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         // Beside the data directory, which each workload empties: one CA
         // and certificate for the whole run.
         let dir = suite.broker.data_dir.with_extension("tls");
-        suite.broker.tls = Some(tls::TlsFiles::make(&dir)?);
+        suite.broker.tls = Some(tls::TlsFiles::make(&dir, &suite.broker.ssl_cipher_suites)?);
     }
     let machine =
         crate::report::Machine::detect(&suite.broker.data_dir.parent().map_or(PathBuf::from("."), PathBuf::from));
@@ -1375,6 +1375,7 @@ mod tests {
             "suites/replication.toml",
             "suites/kafka.toml",
             "suites/tls.toml",
+            "suites/tls-aes128.toml",
             "suites/transactions.toml",
         ];
         for path in paths {

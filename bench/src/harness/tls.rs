@@ -36,8 +36,9 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Makes a CA and a server certificate for the loopback names
     /// (`localhost`, `127.0.0.1`) in `dir` (replaced), and the broker's
-    /// config file naming them.
-    pub fn make(dir: &Path) -> anyhow::Result<Self> {
+    /// config file naming them (and `cipher_suites`, Kafka's
+    /// `ssl.cipher.suites`, when not empty).
+    pub fn make(dir: &Path, cipher_suites: &str) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ca_key = rcgen::KeyPair::generate().context("a CA key")?;
@@ -63,7 +64,11 @@ impl TlsFiles {
         // A TOML string: the path's backslashes and quotes escaped by Debug.
         let keystore = files.keystore.canonicalize().context("the keystore's path")?;
         let keystore = keystore.to_str().context("the keystore's path is not UTF-8")?;
-        write(&files.broker_config, &format!("ssl_keystore_type = \"PEM\"\nssl_keystore_location = {keystore:?}\n"))?;
+        let mut config = format!("ssl_keystore_type = \"PEM\"\nssl_keystore_location = {keystore:?}\n");
+        if !cipher_suites.is_empty() {
+            config.push_str(&format!("ssl_cipher_suites = {cipher_suites:?}\n"));
+        }
+        write(&files.broker_config, &config)?;
         Ok(files)
     }
 
@@ -311,7 +316,7 @@ mod tests {
     #[tokio::test]
     async fn a_producer_sends_the_same_batches_over_tls_and_reads_every_answer() {
         let dir = test_dir("tls-produce");
-        let files = TlsFiles::make(&dir).expect("certificates");
+        let files = TlsFiles::make(&dir, "").expect("certificates");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let template = load::build_batch(10, 100, 7);
@@ -331,7 +336,7 @@ mod tests {
     async fn a_certificate_from_another_ca_fails_the_handshake() {
         let (ours, theirs) = (test_dir("tls-ours"), test_dir("tls-theirs"));
         let (ours_files, theirs_files) =
-            (TlsFiles::make(&ours).expect("ours"), TlsFiles::make(&theirs).expect("theirs"));
+            (TlsFiles::make(&ours, "").expect("ours"), TlsFiles::make(&theirs, "").expect("theirs"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let acceptor = acceptor(&theirs_files);
@@ -354,7 +359,7 @@ mod tests {
     #[test]
     fn the_broker_config_names_a_keystore_with_chain_and_key() {
         let dir = test_dir("tls-files");
-        let files = TlsFiles::make(&dir).expect("certificates");
+        let files = TlsFiles::make(&dir, "").expect("certificates");
         let config = std::fs::read_to_string(&files.broker_config).expect("config");
         let table: toml::Table = toml::from_str(&config).expect("TOML");
         let location = table["ssl_keystore_location"].as_str().expect("a path");
