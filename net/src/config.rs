@@ -192,6 +192,12 @@ pub struct BrokerConfig {
     /// Kafka's `sasl.enabled.mechanisms`: what a SASL listener offers, in
     /// order (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN; comma-separated).
     pub sasl_enabled_mechanisms: String,
+    /// Kafka's `connections.max.reauth.ms` (KIP-368): above 0, a SASL
+    /// login on a Kafka listener lasts this long; the client is told so
+    /// and must authenticate again on the same connection before then, or
+    /// the connection closes at its next other request. 0: logins last
+    /// as long as the connection.
+    pub connections_max_reauth_ms: u64,
     /// Kafka's `super.users`: principals no ACL restricts,
     /// `User:a;User:b`.
     pub super_users: String,
@@ -264,6 +270,7 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             log_defaults: Default::default(),
             sasl_enabled_mechanisms: "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
+            connections_max_reauth_ms: 0,
             super_users: String::new(),
             allow_everyone_if_no_acl_found: None,
         }
@@ -667,6 +674,7 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "ssl.cipher.suites" => config.ssl_cipher_suites = value.to_string(),
         "ssl.enabled.protocols" => config.ssl_enabled_protocols = value.to_string(),
         "sasl.enabled.mechanisms" => config.sasl_enabled_mechanisms = value.to_string(),
+        "connections.max.reauth.ms" => config.connections_max_reauth_ms = number("milliseconds")?,
         // An encrypted private key needs its password; Spate reads only
         // unencrypted PEM keys, so one given is refused rather than ignored.
         "ssl.key.password" | "ssl.keystore.password" if !value.is_empty() => {

@@ -188,14 +188,21 @@ fn sasl_requests_on_a_plaintext_listener_are_illegal_and_harmless() {
 
 /// A broker with a plaintext listener (for the admin) and a SASL one.
 fn start_sasl(name: &str) -> (spate_net::BrokerHandle, std::net::SocketAddr, std::net::SocketAddr) {
+    start_sasl_with(name, |config| config)
+}
+
+fn start_sasl_with(
+    name: &str,
+    tune: impl FnOnce(spate_net::BrokerConfig) -> spate_net::BrokerConfig,
+) -> (spate_net::BrokerHandle, std::net::SocketAddr, std::net::SocketAddr) {
     let dir = data_dir(name);
-    let config = spate_net::BrokerConfig {
+    let config = tune(spate_net::BrokerConfig {
         listeners: "PLAINTEXT://127.0.0.1:0,SASL_PLAINTEXT://127.0.0.1:0".into(),
         // Authentication alone: no ACLs here (a SASL listener would
         // otherwise close every resource to all but super users).
         allow_everyone_if_no_acl_found: Some(true),
         ..config(&dir, 2)
-    };
+    });
     let broker = spate_net::start(config).expect("broker starts");
     let addrs = broker.kafka_addrs();
     let addr =
@@ -464,5 +471,47 @@ fn a_producer_id_is_refused_to_any_principal_but_its_own() {
     assert_eq!(admin.produce("ids", 0, batch(0, "anonymous")).0, K::ClusterAuthorizationFailed.code());
     assert_eq!(alice.produce("ids", 0, batch(0, "alice-0")), (0, 0), "alice's first batch is the log's first");
     assert_eq!(alice.produce("ids", 0, batch(1, "alice-1")), (0, 1));
+    stop(broker);
+}
+
+/// KIP-368: with connections.max.reauth.ms a login lasts that long and
+/// the client is told so; logging in again on the same connection (as the
+/// same user) extends it; a connection past its login serves nothing but
+/// a re-authentication (closed); a re-authentication as another user is
+/// refused and closes the connection. Before, a login lasted as long as
+/// its connection and a second handshake was always refused.
+#[test]
+fn with_connections_max_reauth_ms_a_login_expires_unless_the_client_logs_in_again() {
+    let lifetime_ms = 1_500;
+    let (broker, plain, sasl) = start_sasl_with("sasl_reauth", |config| spate_net::BrokerConfig {
+        connections_max_reauth_ms: lifetime_ms,
+        ..config
+    });
+    let mut admin = KafkaConn::connect(plain);
+    let users = vec![upsert("alice", SHA256, 4096, "alice-secret"), upsert("bob", SHA256, 4096, "bob-secret")];
+    assert_eq!(alter(&mut admin, users, vec![])[0].1, 0);
+    let served = |conn: &mut KafkaConn| !metadata_refused(conn);
+
+    let mut lapsing = KafkaConn::connect(sasl);
+    let login = scram_login(&mut lapsing, SHA256, "alice", "alice-secret").expect("an answer");
+    assert_eq!((login.error_code, login.session_lifetime_ms), (0, lifetime_ms as i64));
+    assert!(served(&mut lapsing));
+    let mut renewing = KafkaConn::connect(sasl);
+    assert_eq!(scram_login(&mut renewing, SHA256, "alice", "alice-secret").expect("an answer").error_code, 0);
+
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    let again = scram_login(&mut renewing, SHA256, "alice", "alice-secret").expect("re-authenticated");
+    assert_eq!((again.error_code, again.session_lifetime_ms), (0, lifetime_ms as i64));
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    // 1.8 s after the first logins: the renewed one is 0.9 s old.
+    assert!(served(&mut renewing), "a renewed login is served");
+    assert!(!served(&mut lapsing), "an expired login is closed at its next request");
+
+    let mut switching = KafkaConn::connect(sasl);
+    assert_eq!(scram_login(&mut switching, SHA256, "alice", "alice-secret").expect("an answer").error_code, 0);
+    let refused = scram_login(&mut switching, SHA256, "bob", "bob-secret").expect("an answer before the close");
+    assert_eq!(refused.error_code, K::SaslAuthenticationFailed.code());
+    assert!(refused.error_message.unwrap_or_default().contains("Cannot change principals"));
+    assert!(!served(&mut switching), "closed after a refused re-authentication");
     stop(broker);
 }

@@ -122,6 +122,7 @@ impl FrontEnd for Kafka {
             listener: info.listener.clone(),
             principal: RefCell::new(Rc::new(principal)),
             authenticated: std::cell::Cell::new(!info.protocol.uses_sasl()),
+            login_expires: std::cell::Cell::new(None),
             throttle: Default::default(),
             sasl: RefCell::default(),
             remembered: Rc::default(),
@@ -200,6 +201,9 @@ pub(crate) struct Session {
     principal: RefCell<Rc<Principal>>,
     /// False on a SASL listener until the client authenticates.
     authenticated: std::cell::Cell<bool>,
+    /// When the SASL login ends (`connections.max.reauth.ms`, KIP-368):
+    /// past it, any request but a re-authentication closes the connection.
+    login_expires: std::cell::Cell<Option<std::time::Instant>>,
     /// The client's quotas as this connection resolved them, and how long
     /// it is kept quiet for going over one (KIP-219).
     throttle: Rc<ConnThrottle>,
@@ -268,9 +272,15 @@ fn dispatch(shard: &Rc<Shard>, session: &Rc<Session>, frame: KafkaFrame, charge:
         }
         return (Reply::Now(versions::unsupported(api, version, correlation_id)), name);
     }
-    if !session.authenticated.get()
-        && !matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
-    {
+    let sasl_api = matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate);
+    if session.login_expires.get().is_some_and(|expires| std::time::Instant::now() >= expires) && !sasl_api {
+        // KIP-368: a login past its lifetime serves nothing but its
+        // re-authentication.
+        tracing::info!(shard = shard.id, ?api, client = %session.client_host,
+            "closing a Kafka connection: its SASL login expired (connections.max.reauth.ms) without re-authentication");
+        return (Reply::Now(Response::Close(None)), name);
+    }
+    if !session.authenticated.get() && !sasl_api && api != ApiKey::ApiVersions {
         // Kafka closes a connection that sends anything else before SASL
         // succeeds on a SASL listener.
         tracing::info!(shard = shard.id, ?api, protocol = %session.protocol, client = %session.client_host,

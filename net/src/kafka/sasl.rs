@@ -9,8 +9,11 @@
 //! UNSUPPORTED_SASL_MECHANISM with the list that is offered, and a failed
 //! authentication SASL_AUTHENTICATION_FAILED with Kafka's text, after which
 //! the connection closes. Neither request is valid on a listener without
-//! SASL or once authenticated (ILLEGAL_SASL_STATE). No re-authentication
-//! (KIP-368): the session's lifetime is 0, unlimited.
+//! SASL or once authenticated (ILLEGAL_SASL_STATE), except for a
+//! re-authentication (KIP-368): with `connections.max.reauth.ms` a login
+//! lasts that long (told to the client as its session lifetime), the
+//! client logs in again on the same connection as the same principal, and
+//! a connection whose login expired serves nothing else.
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError as K;
@@ -71,7 +74,13 @@ pub(crate) fn handshake(ctx: Ctx, body: Bytes, session: &Session) -> Reply {
         respond(&ctx, &SaslHandshakeResponse::default().with_error_code(code).with_mechanisms(names.clone()))
     };
     let mut state = session.sasl.borrow_mut();
-    if !session.protocol.uses_sasl() || !matches!(*state, SaslState::Start) {
+    // KIP-368: with connections.max.reauth.ms, an authenticated client
+    // logs in again on the same connection, starting with a handshake.
+    let reauthentication = session.authenticated.get()
+        && matches!(*state, SaslState::Over)
+        && ctx.shard.shared.config.connections_max_reauth_ms > 0
+        && ctx.version >= 1;
+    if !session.protocol.uses_sasl() || !(matches!(*state, SaslState::Start) || reauthentication) {
         // Kafka answers a handshake on a listener without SASL, or after
         // one, with ILLEGAL_SASL_STATE; a second one in the middle of an
         // exchange closes the connection.
@@ -94,42 +103,59 @@ pub(crate) fn authenticate(ctx: Ctx, body: Bytes, session: &Session) -> Reply {
         Ok(request) => request,
         Err(reply) => return reply,
     };
-    let answer = |code: i16, message: Option<String>, token: Vec<u8>| {
+    let lifetime_ms = ctx.shard.shared.config.connections_max_reauth_ms;
+    let answer = |code: i16, message: Option<String>, token: Vec<u8>, lifetime_ms: u64| {
         let response = SaslAuthenticateResponse::default()
             .with_error_code(code)
             .with_error_message(message.map(StrBytes::from_string))
             .with_auth_bytes(Bytes::from(token))
-            .with_session_lifetime_ms(0);
+            .with_session_lifetime_ms(i64::try_from(lifetime_ms).unwrap_or(i64::MAX));
         respond(&ctx, &response)
     };
     let mut state = session.sasl.borrow_mut();
     let SaslState::Exchanging(exchange) = &mut *state else {
         if session.authenticated.get() && !session.protocol.uses_sasl() {
             let message = "SaslAuthenticate on a listener without SASL".to_string();
-            return Reply::Now(answer(K::IllegalSaslState.code(), Some(message), Vec::new()));
+            return Reply::Now(answer(K::IllegalSaslState.code(), Some(message), Vec::new(), 0));
         }
         if session.authenticated.get() {
             let message = "SaslAuthenticate request received after successful authentication".to_string();
-            return Reply::Now(answer(K::IllegalSaslState.code(), Some(message), Vec::new()));
+            return Reply::Now(answer(K::IllegalSaslState.code(), Some(message), Vec::new(), 0));
         }
         let message = "SaslAuthenticate before a SaslHandshake chose a mechanism".to_string();
-        return then_close(answer(K::IllegalSaslState.code(), Some(message), Vec::new()));
+        return then_close(answer(K::IllegalSaslState.code(), Some(message), Vec::new(), 0));
     };
     let mechanism = exchange.mechanism();
     let credentials = ctx.shard.shared.catalog.load().scram_credentials.clone();
     match exchange.step(&request.auth_bytes, &credentials) {
-        Step::Challenge(token) => Reply::Now(answer(0, None, token)),
+        Step::Challenge(token) => Reply::Now(answer(0, None, token, 0)),
         Step::Success { user, token } => {
-            tracing::info!(client = %session.client_host, %user, mechanism = mechanism.name(), "SASL authentication succeeded");
-            *session.principal.borrow_mut() = std::rc::Rc::new(Principal::user(user));
-            session.authenticated.set(true);
+            let principal = Principal::user(user);
             *state = SaslState::Over;
-            Reply::Now(answer(0, None, token))
+            if session.authenticated.get() && **session.principal.borrow() != principal {
+                // KIP-368: a re-authentication may not change who the
+                // connection is.
+                let message = format!(
+                    "Cannot change principals during re-authentication from {}: {principal}",
+                    session.principal.borrow()
+                );
+                tracing::warn!(client = %session.client_host, "{message}");
+                return then_close(answer(K::SaslAuthenticationFailed.code(), Some(message), Vec::new(), 0));
+            }
+            tracing::info!(client = %session.client_host, %principal, mechanism = mechanism.name(), "SASL authentication succeeded");
+            *session.principal.borrow_mut() = std::rc::Rc::new(principal);
+            session.authenticated.set(true);
+            if lifetime_ms > 0 && ctx.version >= 1 {
+                let expires = std::time::Instant::now() + std::time::Duration::from_millis(lifetime_ms);
+                session.login_expires.set(Some(expires));
+            }
+            let told_ms = if ctx.version >= 1 { lifetime_ms } else { 0 };
+            Reply::Now(answer(0, None, token, told_ms))
         }
         Step::Failure(failure) => {
             *state = SaslState::Over;
             let message = failure.report(&session.client_host, mechanism, "kafka");
-            then_close(answer(K::SaslAuthenticationFailed.code(), Some(message), Vec::new()))
+            then_close(answer(K::SaslAuthenticationFailed.code(), Some(message), Vec::new(), 0))
         }
     }
 }
