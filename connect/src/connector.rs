@@ -158,6 +158,11 @@ pub trait SourceTask: Send {
     fn commit(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Called once per non-empty `poll`, in poll order, after the cluster
+    /// acknowledged every record that poll returned (Kafka's per-record
+    /// `commitRecord`, per poll): a source whose sender waits for
+    /// durability (HttpSource's 200) answers here.
+    fn poll_acknowledged(&mut self) {}
     fn stop(&mut self) {}
 }
 

@@ -29,6 +29,13 @@ pub enum ConnectError {
     /// A connector of that name exists already.
     #[error("{0}")]
     AlreadyExists(String),
+    /// An HTTP server refused a batch with a 4xx other than 429 (sending
+    /// it again would not help).
+    #[error("{url} rejected a request of {records} records with HTTP {status}: {body}")]
+    HttpRejected { url: String, status: u16, records: usize, body: String },
+    /// An HTTP server did not accept a request after every retry.
+    #[error("{url} did not accept a request after {attempts} attempts; last: {last}")]
+    HttpUnavailable { url: String, attempts: u32, last: String },
     /// A task or connector failed for a reason of its own.
     #[error("{0}")]
     Task(String),

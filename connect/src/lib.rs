@@ -4,6 +4,8 @@
 //! - [`connector`]: the connector and task traits.
 //! - [`converter`]: StringConverter, ByteArrayConverter, JsonConverter.
 //! - [`file`]: FileStreamSource and FileStreamSink.
+//! - [`http_sink`] and [`http_source`]: HttpSink (records to an HTTP URL)
+//!   and HttpSource (a webhook receiver).
 //! - [`transforms`]: single message transforms and predicates.
 //! - [`worker`]: the standalone worker (offsets in a local file),
 //!   [`rest`], Kafka Connect's REST API on it, and [`standalone`], the
@@ -15,6 +17,8 @@ pub mod converter;
 pub mod data;
 pub mod error;
 pub mod file;
+pub mod http_sink;
+pub mod http_source;
 pub mod limits;
 pub mod offsets;
 pub mod pipeline;

@@ -49,5 +49,40 @@ pub const CONNECTORS_PER_WORKER_MAX: usize = 1024;
 pub const TOPIC_CREATE_ATTEMPTS_MAX: u32 = 30;
 pub const TOPIC_CREATE_BACKOFF_MS: u64 = 1000;
 
+/// The most records HttpSink puts in one request (`batch.max.size`).
+pub const HTTP_SINK_BATCH_RECORDS_MAX: usize = 100_000;
+
+/// The largest request body HttpSink may be configured to send
+/// (`request.body.bytes.max`): a batch is built in memory before it is
+/// sent, so this bounds a task's buffer.
+pub const HTTP_SINK_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The longest HttpSink waits between two tries of a request, whatever
+/// `retry.backoff.ms` doubled or a server's `Retry-After` ask for: a task
+/// never looks hung for more than a few minutes.
+pub const HTTP_SINK_BACKOFF_MS_MAX: u64 = 5 * 60 * 1000;
+
+/// How much of an HTTP answer's body is kept (to show why a request was
+/// rejected); the rest is not read.
+pub const HTTP_ERROR_BODY_BYTES_MAX: usize = 4096;
+
+/// The largest request body HttpSource may be configured to accept
+/// (`http.body.bytes.max`); each request in flight holds its body.
+pub const HTTP_SOURCE_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The most requests HttpSource may be configured to hold at once
+/// (`http.requests.inflight.max`); more get 503 at once.
+pub const HTTP_SOURCE_REQUESTS_INFLIGHT_MAX: usize = 4096;
+
+/// The most records HttpSource hands the worker in one poll.
+pub const HTTP_SOURCE_POLL_RECORDS_MAX: usize = 10_000;
+
+/// HttpSource answers 503 when the worker has not polled it for this long:
+/// the task is paused (or the cluster is stalled), and a sender is better
+/// told to come back than kept waiting.
+pub const HTTP_SOURCE_POLL_STALE_MS: u64 = 2000;
+
+const _: () = assert!(HTTP_SOURCE_POLL_STALE_MS > 10 * TASK_IDLE_WAIT_MS);
+const _: () = assert!(HTTP_ERROR_BODY_BYTES_MAX < HTTP_SINK_BODY_BYTES_MAX);
 const _: () = assert!(FILE_SOURCE_READ_BYTES <= FILE_SOURCE_LINE_BYTES_MAX);
 const _: () = assert!(SINK_POLL_MS < 1000 && TASK_IDLE_WAIT_MS < 1000);

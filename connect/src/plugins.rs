@@ -3,6 +3,8 @@
 
 use crate::connector::{SinkConnector, SourceConnector};
 use crate::file::{FileStreamSinkConnector, FileStreamSourceConnector};
+use crate::http_sink::HttpSinkConnector;
+use crate::http_source::HttpSourceConnector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectorType {
@@ -72,6 +74,19 @@ const PLUGINS: &[Plugin] = &[
         connector_type: ConnectorType::Source,
         make: || AnyConnector::Source(Box::new(FileStreamSourceConnector::default())),
     },
+    // Spate's own connectors: full names under io.spate.connect.
+    Plugin {
+        class: "io.spate.connect.http.HttpSinkConnector",
+        aliases: &["HttpSinkConnector", "HttpSink"],
+        connector_type: ConnectorType::Sink,
+        make: || AnyConnector::Sink(Box::new(HttpSinkConnector::default())),
+    },
+    Plugin {
+        class: "io.spate.connect.http.HttpSourceConnector",
+        aliases: &["HttpSourceConnector", "HttpSource"],
+        connector_type: ConnectorType::Source,
+        make: || AnyConnector::Source(Box::new(HttpSourceConnector::default())),
+    },
 ];
 
 pub fn plugins() -> &'static [Plugin] {
@@ -102,6 +117,10 @@ mod tests {
             ("org.apache.kafka.connect.file.FileStreamSourceConnector", ConnectorType::Source),
             ("FileStreamSink", ConnectorType::Sink),
             ("org.apache.kafka.connect.file.FileStreamSinkConnector", ConnectorType::Sink),
+            ("HttpSink", ConnectorType::Sink),
+            ("io.spate.connect.http.HttpSinkConnector", ConnectorType::Sink),
+            ("HttpSource", ConnectorType::Source),
+            ("io.spate.connect.http.HttpSourceConnector", ConnectorType::Source),
         ] {
             let plugin = find(class).expect(class);
             assert_eq!(plugin.connector_type, kind);

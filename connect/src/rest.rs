@@ -43,9 +43,11 @@ impl From<ConnectError> for RestError {
             ConnectError::Config(_) | ConnectError::Data(_) => StatusCode::BAD_REQUEST,
             ConnectError::NotFound(_) => StatusCode::NOT_FOUND,
             ConnectError::AlreadyExists(_) => StatusCode::CONFLICT,
-            ConnectError::Io { .. } | ConnectError::Client(_) | ConnectError::Task(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ConnectError::Io { .. }
+            | ConnectError::Client(_)
+            | ConnectError::Task(_)
+            | ConnectError::HttpRejected { .. }
+            | ConnectError::HttpUnavailable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         RestError::new(status, error.to_string())
     }

@@ -1122,6 +1122,7 @@ impl Worker {
                 && let Some(batch) = in_flight.take()
             {
                 self.complete(connector, batch)?;
+                task.poll_acknowledged();
                 task.commit()?;
             }
             if !control.wait_while_paused() {
@@ -1136,11 +1137,13 @@ impl Worker {
             };
             if let Some(previous) = previous {
                 self.complete(connector, previous)?;
+                task.poll_acknowledged();
                 task.commit()?;
             }
         }
         if let Some(batch) = in_flight.take() {
             self.complete(connector, batch)?;
+            task.poll_acknowledged();
             task.commit()?;
         }
         Ok(())
