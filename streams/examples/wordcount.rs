@@ -5,8 +5,12 @@
 //! Brokers from SPATE_BROKERS (default localhost:9400); commit interval
 //! from COMMIT_INTERVAL_MS (default 1000); the group session from
 //! SESSION_TIMEOUT_MS (default 45000: a killed instance's partitions move
-//! to the others after that long). Runs until killed: what was not
-//! committed is processed again on the next start (at least once).
+//! to the others after that long); its persistent store's directory from
+//! STATE_DIR (Kafka's `state.dir`; default: `spate-streams` in the temporary
+//! directory). Ctrl-C (SIGINT) closes it cleanly: a last commit and
+//! checkpoint, so the next start restores only what the changelog has
+//! after it. Killed otherwise, what was not committed is processed again
+//! on the next start (at least once).
 
 use spate_streams::{Consumed, Grouped, KafkaStreams, Materialized, Produced, Serdes, StreamsBuilder, StreamsConfig};
 
@@ -16,6 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let brokers = std::env::var("SPATE_BROKERS").unwrap_or_else(|_| "localhost:9400".into());
     let commit_interval_ms = std::env::var("COMMIT_INTERVAL_MS").unwrap_or_else(|_| "1000".into());
     let session_timeout_ms = std::env::var("SESSION_TIMEOUT_MS").unwrap_or_else(|_| "45000".into());
+    let state_dir = std::env::var("STATE_DIR").ok();
 
     let builder = StreamsBuilder::new();
     builder
@@ -29,15 +34,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let topology = builder.build()?;
     println!("{}", topology.describe());
 
-    let config = StreamsConfig::from_properties(&[
+    let mut properties = vec![
         ("application.id", "streams-wordcount"),
-        ("bootstrap.servers", &brokers),
-        ("commit.interval.ms", &commit_interval_ms),
-        ("session.timeout.ms", &session_timeout_ms),
-    ])?;
+        ("bootstrap.servers", brokers.as_str()),
+        ("commit.interval.ms", commit_interval_ms.as_str()),
+        ("session.timeout.ms", session_timeout_ms.as_str()),
+    ];
+    if let Some(state_dir) = &state_dir {
+        properties.push(("state.dir", state_dir.as_str()));
+    }
+    let config = StreamsConfig::from_properties(&properties)?;
     let mut streams = KafkaStreams::new(topology, config)?;
     streams.start().await?;
-    // Runs until the process is stopped, or an error stops the application.
-    streams.wait().await?;
+    // Runs until Ctrl-C, or an error stops the application.
+    tokio::select! {
+        result = streams.wait() => result?,
+        signal = tokio::signal::ctrl_c() => {
+            signal?;
+            streams.close().await?;
+            eprintln!("wordcount closed");
+        }
+    }
     Ok(())
 }

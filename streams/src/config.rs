@@ -1,5 +1,7 @@
 //! The application's settings, under Kafka Streams' config keys.
 
+use std::path::PathBuf;
+
 use crate::error::StreamsError;
 
 /// `processing.guarantee`. Only at-least-once is here: exactly-once waits
@@ -45,6 +47,16 @@ pub struct StreamsConfig {
     /// the error in its headers; then the handler decides (continue, or
     /// fail and meet it again at the next start).
     pub dead_letter_queue_topic: Option<String>,
+    /// `state.dir`: persistent stores live in
+    /// `<state.dir>/<application.id>/<task id>/<store>`, with the task's
+    /// `.checkpoint` beside them. Default: `spate-streams` in the system's
+    /// temporary directory (Kafka's is `kafka-streams` there).
+    pub state_dir: PathBuf,
+}
+
+/// The default `state.dir`.
+pub fn state_dir_default() -> PathBuf {
+    std::env::temp_dir().join("spate-streams")
 }
 
 pub const COMMIT_INTERVAL_MS_DEFAULT: u64 = 30_000;
@@ -63,6 +75,7 @@ impl StreamsConfig {
             poll_ms: POLL_MS_DEFAULT,
             session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
             dead_letter_queue_topic: None,
+            state_dir: state_dir_default(),
         }
     }
 
@@ -95,6 +108,7 @@ impl StreamsConfig {
                 "errors.dead.letter.queue.topic.name" => {
                     config.dead_letter_queue_topic = Some(value.to_string()).filter(|topic| !topic.is_empty())
                 }
+                "state.dir" => config.state_dir = PathBuf::from(value),
                 "session.timeout.ms" => config.session_timeout_ms = number(value)?,
                 "replication.factor" => {
                     config.replication_factor = i16::try_from(number(value)?)
@@ -125,6 +139,9 @@ impl StreamsConfig {
                 self.application_id
             )));
         }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(StreamsError::Config("state.dir must not be empty".into()));
+        }
         if self.commit_interval_ms == 0 {
             return Err(StreamsError::Config("commit.interval.ms must be at least 1".into()));
         }
@@ -147,6 +164,7 @@ mod tests {
             ("application.id", "wordcount"),
             ("bootstrap.servers", "a:9400, b:9400"),
             ("commit.interval.ms", "100"),
+            ("state.dir", "/var/lib/wordcount"),
             ("errors.dead.letter.queue.topic.name", "wordcount-dlq"),
             (
                 "default.deserialization.exception.handler",
@@ -156,6 +174,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.bootstrap_servers, vec!["a:9400", "b:9400"]);
         assert_eq!(config.commit_interval_ms, 100);
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/wordcount"));
+        assert_eq!(StreamsConfig::new("a", "b:1").state_dir, std::env::temp_dir().join("spate-streams"));
         assert_eq!(config.dead_letter_queue_topic.as_deref(), Some("wordcount-dlq"));
         assert_eq!(config.deserialization_exception_handler, DeserializationExceptionHandler::LogAndContinue);
         assert!(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::error::StreamsError;
 use crate::processor::{Data, Processor, ProcessorContext, Record, StoreMap};
 use crate::serde::{SerdeRef, Serdes};
-use crate::store::{KeyValueStore, SessionStore, Stores, WindowStore};
+use crate::store::{KeyValueStore, KeyValueStoreSupplier, SessionStore, Stores, WindowStore};
 use crate::topology::{TimestampExtractor, TopicName, Topology};
 use crate::window::{JoinWindows, SessionWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};
 
@@ -92,11 +92,24 @@ pub struct Materialized<V> {
     name: Option<String>,
     value_serde: Option<SerdeRef<V>>,
     logging: bool,
+    store_type: StoreType,
+}
+
+/// Where a DSL key-value store keeps its entries, as Kafka's
+/// `Materialized.StoreType` (`ROCKS_DB` is `Persistent` here: redb).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreType {
+    /// On disk under `state.dir`, restored from its checkpoint (the
+    /// default, as Kafka Streams' RocksDB stores).
+    #[default]
+    Persistent,
+    /// In memory, restored from its changelog's start.
+    InMemory,
 }
 
 impl<V> Default for Materialized<V> {
     fn default() -> Self {
-        Materialized { name: None, value_serde: None, logging: true }
+        Materialized { name: None, value_serde: None, logging: true, store_type: StoreType::default() }
     }
 }
 
@@ -114,6 +127,18 @@ impl<V> Materialized<V> {
     pub fn with_logging_disabled(mut self) -> Self {
         self.logging = false;
         self
+    }
+    /// Persistent (the default) or in memory, as Kafka's `withStoreType`.
+    #[must_use]
+    pub fn with_store_type(mut self, store_type: StoreType) -> Self {
+        self.store_type = store_type;
+        self
+    }
+    fn supplier(&self, store: &str) -> KeyValueStoreSupplier {
+        match self.store_type {
+            StoreType::Persistent => Stores::persistent_key_value_store(store),
+            StoreType::InMemory => Stores::in_memory_key_value_store(store),
+        }
     }
 }
 
@@ -263,7 +288,8 @@ impl StreamsBuilder {
             move || TableSource::<K, V> { store: store_name.clone(), _types: PhantomData },
             &[&source],
         );
-        let mut store_builder = Stores::key_value_store_builder(&store, consumed.key_serde, value_serde);
+        let mut store_builder =
+            Stores::key_value_store_builder(materialized.supplier(&store), consumed.key_serde, value_serde);
         if !materialized.logging {
             store_builder = store_builder.with_logging_disabled();
         }
@@ -287,8 +313,8 @@ impl StreamsBuilder {
         let store =
             materialized.name.clone().unwrap_or_else(|| next_name(&self.builder, &format!("{topic}-STATE-STORE-")));
         let processor_name = next_name(&self.builder, "KTABLE-SOURCE-");
-        let builder =
-            Stores::key_value_store_builder(&store, consumed.key_serde, consumed.value_serde).with_logging_disabled();
+        let builder = Stores::key_value_store_builder(store.as_str(), consumed.key_serde, consumed.value_serde)
+            .with_logging_disabled();
         {
             let mut state = self.builder.borrow_mut();
             let taken =
@@ -869,7 +895,8 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
             move || Aggregate { store: store_name.clone(), function: Arc::clone(&function) },
             &[&input],
         );
-        let mut store_builder = Stores::key_value_store_builder(&store, self.grouped.key_serde.clone(), value_serde);
+        let mut store_builder =
+            Stores::key_value_store_builder(materialized.supplier(&store), self.grouped.key_serde.clone(), value_serde);
         if !materialized.logging {
             store_builder = store_builder.with_logging_disabled();
         }
@@ -1355,7 +1382,7 @@ impl<K: Data, V: Data> KTable<Windowed<K>, V> {
             &[&self.node],
         );
         let key_serde = TimeWindowedSerde::of(suppressed.key_serde, windows.size_ms);
-        let builder = Stores::key_value_store_builder(&store, key_serde, suppressed.value_serde);
+        let builder = Stores::key_value_store_builder(store.as_str(), key_serde, suppressed.value_serde);
         let result = self.builder.borrow_mut().topology.add_state_store(builder, &[&name]).map(|_| ());
         record_error(&self.builder, result);
         KTable {

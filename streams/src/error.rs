@@ -17,6 +17,10 @@ pub enum StreamsError {
     /// A processor asked for a store it is not connected to, or of another type.
     #[error("state store {name:?}: {reason}")]
     Store { name: String, reason: String },
+    /// A task's checkpoint could not be written (reading a bad one is not
+    /// an error: the stores it covers are wiped and restored instead).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("config: {0}")]
     Config(String),
     #[error(transparent)]

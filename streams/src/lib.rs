@@ -4,10 +4,12 @@
 //! ([`Topology`], [`Processor`]), test it with [`TopologyTestDriver`], run
 //! it against a broker with [`KafkaStreams`]. See README.md.
 
+mod checkpoint;
 mod config;
 mod dsl;
 mod error;
 pub mod limits;
+mod persistent;
 mod processor;
 mod runtime;
 mod serde;
@@ -17,10 +19,11 @@ mod test_driver;
 mod topology;
 mod window;
 
+pub use crate::checkpoint::CheckpointError;
 pub use crate::config::{DeserializationExceptionHandler, ProcessingGuarantee, StreamsConfig};
 pub use crate::dsl::{
     BranchedKStream, Consumed, GlobalKTable, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced,
-    Repartitioned, SessionWindowedKStream, StreamJoined, StreamsBuilder, Suppressed, TimeWindowedKStream,
+    Repartitioned, SessionWindowedKStream, StoreType, StreamJoined, StreamsBuilder, Suppressed, TimeWindowedKStream,
 };
 pub use crate::error::StreamsError;
 pub use crate::processor::{Data, OutRecord, Processor, ProcessorContext, PunctuationId, PunctuationType, Record};
@@ -29,7 +32,9 @@ pub use crate::serde::{
     BytesSerde, I32Serde, I64Serde, JsonSerde, ListSerde, Nullable, Serde, SerdeError, SerdeRef, Serdes, StringSerde,
     U64Serde,
 };
-pub use crate::store::{KeyValueStore, SessionStore, StateStore, StoreBuilder, Stores, WindowStore, changelog_topic};
+pub use crate::store::{
+    KeyValueStore, KeyValueStoreSupplier, SessionStore, StateStore, StoreBuilder, Stores, WindowStore, changelog_topic,
+};
 pub use crate::test_driver::{TestInputTopic, TestOutputTopic, TestRecord, TopologyTestDriver};
 pub use crate::topology::{SourceRecord, TimestampExtractor, Topology, TopologyDescription};
 pub use crate::window::{JoinWindows, SessionWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};

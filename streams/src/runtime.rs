@@ -13,6 +13,7 @@
 //! loses no output: what was not committed is read and processed again.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,12 +24,13 @@ use spate_client::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::checkpoint::{CheckpointOffsets, delete_checkpoint, read_checkpoint};
 use crate::config::{DeserializationExceptionHandler, StreamsConfig};
 use crate::error::StreamsError;
 use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_POLL_MS};
 use crate::processor::{GlobalStores, OutRecord};
 use crate::store::{KeyValueStore, changelog_topic};
-use crate::task::{Task, dead_letter_record};
+use crate::task::{Task, dead_letter_record, task_dir};
 use crate::topology::Topology;
 
 /// Where an application is in its life, as Kafka's `KafkaStreams.State`
@@ -144,11 +146,16 @@ impl KafkaStreams {
     }
 
     /// Waits until the application stops by itself (an error).
+    ///
+    /// Cancel-safe: dropped before the application stops (in a `select!`
+    /// with a Ctrl-C, say), it leaves the worker for `close` to stop.
     pub async fn wait(&mut self) -> Result<(), StreamsError> {
-        match self.worker.take() {
-            Some(worker) => worker.await.map_err(|error| StreamsError::NotRunning(format!("worker task: {error}")))?,
-            None => Ok(()),
-        }
+        let Some(worker) = self.worker.as_mut() else {
+            return Ok(());
+        };
+        let result = worker.await;
+        self.worker = None;
+        result.map_err(|error| StreamsError::NotRunning(format!("worker task: {error}")))?
     }
 }
 
@@ -640,11 +647,36 @@ impl Runner {
 
     /// Flushes, waits for every delivery, then commits the processed
     /// offsets; a failed delivery commits nothing.
+    ///
+    /// Persistent stores, in Kafka Streams' order: once every changelog
+    /// write is acknowledged the stores are flushed, the offsets
+    /// committed, and each task's checkpoint written with the changelog
+    /// offsets its stores now hold.
     async fn commit(&mut self, consumer: &mut GroupConsumer) -> Result<(), StreamsError> {
         self.producer.flush().await?;
+        let mut acked = BTreeMap::<(String, i32), i64>::new();
         for delivery in self.deliveries.drain(..) {
-            delivery.await?;
+            let metadata = delivery.await?;
+            let next = acked.entry((metadata.topic, metadata.partition)).or_insert(0);
+            *next = (*next).max(metadata.offset.saturating_add(1));
         }
+        for task in self.tasks.values_mut() {
+            for (tp, next_offset) in &mut task.changelog_offsets {
+                if let Some(&acked_next) = acked.get(tp) {
+                    *next_offset = (*next_offset).max(acked_next);
+                }
+            }
+            task.flush_stores()?;
+        }
+        let committed = self.commit_offsets(consumer).await;
+        for task in self.tasks.values() {
+            task.write_checkpoint()?;
+        }
+        committed
+    }
+
+    /// Commits the offsets after the processed records.
+    async fn commit_offsets(&mut self, consumer: &mut GroupConsumer) -> Result<(), StreamsError> {
         if self.processed.is_empty() {
             return Ok(());
         }
@@ -662,23 +694,82 @@ impl Runner {
         }
     }
 
-    /// Makes a task and restores its logged stores from their changelogs,
-    /// from the start to the end offset read before restoring.
+    /// Makes a task and restores its logged stores from their changelogs:
+    /// a persistent store from its checkpointed offset, an in-memory one
+    /// (or a persistent one without a usable checkpoint, wiped first) from
+    /// the start, up to the end offset read before restoring.
     async fn make_task(&mut self, sub: usize, partition: i32) -> Result<Task, StreamsError> {
-        let mut task =
-            self.topology.make_task(sub, partition, &self.config.application_id, now_ms(), Arc::clone(&self.global))?;
+        let app = &self.config.application_id;
+        let dir = task_dir(&self.config.state_dir, app, sub, partition);
+        let mut task = self.topology.make_task(sub, partition, app, now_ms(), Arc::clone(&self.global), &dir)?;
+        let checkpoint = take_checkpoint(&dir);
         for (store, topic) in task.logged_stores() {
+            let tp = TopicPartition::new(topic, partition);
+            let persistent = task.is_persistent(&store);
+            let checkpointed = (persistent && !task.wiped.contains(&store))
+                .then(|| checkpoint.get(&(tp.topic.clone(), tp.partition)).copied())
+                .flatten();
             let started = Instant::now();
-            let restored = restore(&self.client, &mut task, &store, TopicPartition::new(topic, partition)).await?;
-            tracing::info!(%store, partition, restored, elapsed_ms = started.elapsed().as_millis() as u64, "store restored from its changelog");
+            let restored = restore(&self.client, &mut task, &store, tp.clone(), checkpointed).await?;
+            tracing::info!(
+                %store,
+                partition,
+                persistent,
+                from_offset = restored.from_offset,
+                end_offset = restored.end_offset,
+                restored = restored.records,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "store restored from its changelog"
+            );
+            if persistent {
+                task.changelog_offsets.insert((tp.topic, tp.partition), restored.end_offset);
+            }
         }
         Ok(task)
     }
 }
 
-/// Applies a changelog partition to a task's store, from its start to the
-/// end offset read before restoring; returns the records applied.
-async fn restore(client: &Client, task: &mut Task, store: &str, tp: TopicPartition) -> Result<u64, StreamsError> {
+/// Reads a task's checkpoint and deletes it (Kafka Streams' order): until
+/// the next commit writes a new one, a crash leaves none, and the stores
+/// are wiped and restored from the start rather than trusted past it. A
+/// damaged checkpoint is logged and counts as none.
+fn take_checkpoint(dir: &Path) -> CheckpointOffsets {
+    let offsets = match read_checkpoint(dir) {
+        Ok(offsets) => offsets.unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, "checkpoint unusable; its stores are restored from the changelog's start");
+            CheckpointOffsets::new()
+        }
+    };
+    if let Err(error) = delete_checkpoint(dir) {
+        // A checkpoint that stays could be trusted after a crash with the
+        // store past it; for a key-value store replaying from an older
+        // offset still converges (each changelog record is a whole value).
+        tracing::warn!(%error, "checkpoint could not be deleted");
+    }
+    offsets
+}
+
+/// What a restore read: from which offset, to which end, how many records.
+#[derive(Debug, Clone, Copy)]
+struct Restored {
+    from_offset: i64,
+    end_offset: i64,
+    records: u64,
+}
+
+/// Applies a changelog partition to a task's store, from `checkpointed`
+/// (else from the start, the store wiped first) to the end offset read
+/// before restoring. A checkpoint outside the changelog (ahead of its end,
+/// or before its start after compaction or deletion) is not trusted: the
+/// store is wiped and restored from the start.
+async fn restore(
+    client: &Client,
+    task: &mut Task,
+    store: &str,
+    tp: TopicPartition,
+    checkpointed: Option<i64>,
+) -> Result<Restored, StreamsError> {
     let mut consumer = Consumer::new(
         client.clone(),
         ConsumerConfig {
@@ -689,12 +780,25 @@ async fn restore(client: &Client, task: &mut Task, store: &str, tp: TopicPartiti
     )?;
     consumer.assign(vec![tp.clone()]);
     let end_offset = consumer.end_offsets(std::slice::from_ref(&tp)).await?.first().map_or(0, |(_, offset)| *offset);
-    let mut position = consumer.seek(&tp, SeekTo::Earliest).await?;
-    let mut restored = 0u64;
+    let start_offset = consumer.seek(&tp, SeekTo::Earliest).await?;
+    let from_offset = match checkpointed {
+        Some(offset) if (start_offset..=end_offset).contains(&offset) => {
+            consumer.seek(&tp, SeekTo::Offset(offset)).await?
+        }
+        other => {
+            if let Some(offset) = other {
+                tracing::warn!(%store, partition = tp.partition, offset, start_offset, end_offset, "checkpoint outside the changelog; wiping the store and restoring from the start");
+            }
+            task.wipe(store)?;
+            start_offset
+        }
+    };
+    let mut position = from_offset;
+    let mut records = 0u64;
     let mut empty_polls = 0u32;
     while position < end_offset {
-        let records = consumer.poll(Duration::from_millis(RESTORE_POLL_MS)).await?;
-        empty_polls = if records.is_empty() { empty_polls + 1 } else { 0 };
+        let batch = consumer.poll(Duration::from_millis(RESTORE_POLL_MS)).await?;
+        empty_polls = if batch.is_empty() { empty_polls + 1 } else { 0 };
         if empty_polls >= RESTORE_EMPTY_POLLS_MAX {
             return Err(StreamsError::Store {
                 name: store.to_string(),
@@ -704,17 +808,20 @@ async fn restore(client: &Client, task: &mut Task, store: &str, tp: TopicPartiti
                 ),
             });
         }
-        for record in records {
+        for record in batch {
             if record.offset >= end_offset {
                 break;
             }
             let key = record.key.as_deref().unwrap_or_default();
             task.restore(store, key, record.value.as_deref())?;
-            restored += 1;
+            records += 1;
         }
+        // A persistent store's overlay holds what was restored until a
+        // flush: flushing per batch keeps a large restore's memory bounded.
+        task.flush_stores()?;
         position = consumer.position(&tp).unwrap_or(end_offset);
     }
-    Ok(restored)
+    Ok(Restored { from_offset, end_offset, records })
 }
 
 #[cfg(test)]

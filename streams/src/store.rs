@@ -6,11 +6,13 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::StreamsError;
+use crate::persistent::PersistentBytes;
 use crate::serde::{SerdeError, SerdeRef};
 
 /// A store a task owns. Changes are bytes, as they go to the changelog.
@@ -22,6 +24,23 @@ pub trait StateStore: Any + Send {
     fn take_changes(&mut self) -> Vec<(Bytes, Option<Bytes>)>;
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn as_any(&self) -> &dyn Any;
+    /// Whether the store keeps its state on disk (and so has a checkpoint).
+    fn persistent(&self) -> bool {
+        false
+    }
+    /// Opens a persistent store's files in `dir`; true when what was there
+    /// was damaged and wiped (the store must be restored from the start).
+    fn open(&mut self, _dir: &Path) -> Result<bool, StreamsError> {
+        Ok(false)
+    }
+    /// Makes the changes so far durable (a persistent store's file).
+    fn flush(&mut self) -> Result<(), StreamsError> {
+        Ok(())
+    }
+    /// Empties the store before a restore from the changelog's start.
+    fn wipe(&mut self) -> Result<(), StreamsError> {
+        Ok(())
+    }
 }
 
 /// The changelog topic of a store, by Kafka Streams' naming.
@@ -57,22 +76,56 @@ impl StoreBuilder {
     }
 }
 
+/// Where a key-value store keeps its entries, as Kafka's
+/// `KeyValueBytesStoreSupplier` (`Stores.persistentKeyValueStore(name)` or
+/// `Stores.inMemoryKeyValueStore(name)`). A bare name (`&str`) is an
+/// in-memory store, as this builder took before stores could persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValueStoreSupplier {
+    pub(crate) name: String,
+    pub(crate) persistent: bool,
+}
+
+impl From<&str> for KeyValueStoreSupplier {
+    fn from(name: &str) -> Self {
+        Stores::in_memory_key_value_store(name)
+    }
+}
+
 /// Builders of the ready stores, as Kafka's `Stores`.
 #[derive(Debug)]
 pub struct Stores;
 
 impl Stores {
+    /// A key-value store on disk (redb), under
+    /// `<state.dir>/<application.id>/<task id>/<name>`, restored from its
+    /// checkpointed changelog offset.
+    pub fn persistent_key_value_store(name: &str) -> KeyValueStoreSupplier {
+        KeyValueStoreSupplier { name: name.to_string(), persistent: true }
+    }
+
+    /// A key-value store in memory, restored from its changelog's start.
+    pub fn in_memory_key_value_store(name: &str) -> KeyValueStoreSupplier {
+        KeyValueStoreSupplier { name: name.to_string(), persistent: false }
+    }
+
     pub fn key_value_store_builder<K: 'static, V: 'static>(
-        name: &str,
+        supplier: impl Into<KeyValueStoreSupplier>,
         key_serde: SerdeRef<K>,
         value_serde: SerdeRef<V>,
     ) -> StoreBuilder {
-        let store_name = name.to_string();
+        let KeyValueStoreSupplier { name, persistent } = supplier.into();
+        let store_name = name.clone();
         StoreBuilder {
-            name: name.to_string(),
+            name,
             logging: true,
             factory: Arc::new(move || {
-                Box::new(KeyValueStore::new(&store_name, key_serde.clone(), value_serde.clone())) as Box<dyn StateStore>
+                let store = if persistent {
+                    KeyValueStore::persistent(&store_name, key_serde.clone(), value_serde.clone())
+                } else {
+                    KeyValueStore::new(&store_name, key_serde.clone(), value_serde.clone())
+                };
+                Box::new(store) as Box<dyn StateStore>
             }),
         }
     }
@@ -127,10 +180,55 @@ fn key_bytes<K>(store: &str, serde: &SerdeRef<K>, key: &K) -> Result<Bytes, Stre
         .ok_or_else(|| serialization(store, SerdeError::Null { topic: store.to_string() }))
 }
 
-/// An in-memory key-value store, ordered by key bytes (as Kafka's).
+/// Where a key-value store's bytes live.
+enum KeyValueEntries {
+    Memory(BTreeMap<Bytes, Bytes>),
+    Persistent(PersistentBytes),
+}
+
+impl KeyValueEntries {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StreamsError> {
+        match self {
+            KeyValueEntries::Memory(entries) => Ok(entries.get(key).cloned()),
+            KeyValueEntries::Persistent(store) => store.get(key),
+        }
+    }
+
+    /// Applies a change (None deletes).
+    fn apply(&mut self, key: Bytes, value: Option<Bytes>) {
+        match (self, value) {
+            (KeyValueEntries::Memory(entries), Some(value)) => {
+                entries.insert(key, value);
+            }
+            (KeyValueEntries::Memory(entries), None) => {
+                entries.remove(&key);
+            }
+            (KeyValueEntries::Persistent(store), value) => store.put(key, value),
+        }
+    }
+
+    fn all(&self) -> Result<Vec<(Bytes, Bytes)>, StreamsError> {
+        match self {
+            KeyValueEntries::Memory(entries) => {
+                Ok(entries.iter().map(|(key, value)| (key.clone(), value.clone())).collect())
+            }
+            KeyValueEntries::Persistent(store) => store.all(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KeyValueEntries::Memory(entries) => entries.len(),
+            KeyValueEntries::Persistent(store) => store.approximate_num_entries(),
+        }
+    }
+}
+
+/// A key-value store, ordered by key bytes (as Kafka's), in memory or on
+/// disk (`Stores::persistent_key_value_store`).
 pub struct KeyValueStore<K, V> {
     name: String,
-    entries: BTreeMap<Bytes, Bytes>,
+    entries: KeyValueEntries,
     changes: Vec<(Bytes, Option<Bytes>)>,
     key_serde: SerdeRef<K>,
     value_serde: SerdeRef<V>,
@@ -143,13 +241,21 @@ impl<K, V> std::fmt::Debug for KeyValueStore<K, V> {
 }
 
 impl<K: 'static, V: 'static> KeyValueStore<K, V> {
+    /// An in-memory store.
     pub fn new(name: &str, key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
-        KeyValueStore { name: name.to_string(), entries: BTreeMap::new(), changes: Vec::new(), key_serde, value_serde }
+        let entries = KeyValueEntries::Memory(BTreeMap::new());
+        KeyValueStore { name: name.to_string(), entries, changes: Vec::new(), key_serde, value_serde }
+    }
+
+    /// A store on disk; usable once the task opens it in its directory.
+    pub fn persistent(name: &str, key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        let entries = KeyValueEntries::Persistent(PersistentBytes::new(name));
+        KeyValueStore { name: name.to_string(), entries, changes: Vec::new(), key_serde, value_serde }
     }
 
     pub fn get(&self, key: &K) -> Result<Option<V>, StreamsError> {
         let key = key_bytes(&self.name, &self.key_serde, key)?;
-        self.entries.get(&key).map(|value| self.read_value(value)).transpose()
+        self.entries.get(&key)?.map(|value| self.read_value(&value)).transpose()
     }
 
     /// Stores `value` (a value that serializes to null deletes the key).
@@ -157,10 +263,7 @@ impl<K: 'static, V: 'static> KeyValueStore<K, V> {
         let key = key_bytes(&self.name, &self.key_serde, key)?;
         let value =
             self.value_serde.serialize(&self.name, value).map_err(|source| serialization(&self.name, source))?;
-        match &value {
-            Some(bytes) => self.entries.insert(key.clone(), bytes.clone()),
-            None => self.entries.remove(&key),
-        };
+        self.entries.apply(key.clone(), value.clone());
         self.changes.push((key, value));
         Ok(())
     }
@@ -168,7 +271,8 @@ impl<K: 'static, V: 'static> KeyValueStore<K, V> {
     /// Removes the key, returning what it held.
     pub fn delete(&mut self, key: &K) -> Result<Option<V>, StreamsError> {
         let key = key_bytes(&self.name, &self.key_serde, key)?;
-        let old = self.entries.remove(&key);
+        let old = self.entries.get(&key)?;
+        self.entries.apply(key.clone(), None);
         self.changes.push((key, None));
         old.map(|value| self.read_value(&value)).transpose()
     }
@@ -176,6 +280,7 @@ impl<K: 'static, V: 'static> KeyValueStore<K, V> {
     /// Every entry, in key-byte order.
     pub fn all(&self) -> Result<Vec<(K, V)>, StreamsError> {
         self.entries
+            .all()?
             .iter()
             .map(|(key, value)| {
                 let key = self
@@ -201,11 +306,7 @@ impl<K: 'static, V: 'static> StateStore for KeyValueStore<K, V> {
         &self.name
     }
     fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StreamsError> {
-        let key = Bytes::copy_from_slice(key);
-        match value {
-            Some(value) => self.entries.insert(key, Bytes::copy_from_slice(value)),
-            None => self.entries.remove(&key),
-        };
+        self.entries.apply(Bytes::copy_from_slice(key), value.map(Bytes::copy_from_slice));
         Ok(())
     }
     fn take_changes(&mut self) -> Vec<(Bytes, Option<Bytes>)> {
@@ -216,6 +317,30 @@ impl<K: 'static, V: 'static> StateStore for KeyValueStore<K, V> {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn persistent(&self) -> bool {
+        matches!(self.entries, KeyValueEntries::Persistent(_))
+    }
+    fn open(&mut self, dir: &Path) -> Result<bool, StreamsError> {
+        match &mut self.entries {
+            KeyValueEntries::Memory(_) => Ok(false),
+            KeyValueEntries::Persistent(store) => store.open(dir),
+        }
+    }
+    fn flush(&mut self) -> Result<(), StreamsError> {
+        match &mut self.entries {
+            KeyValueEntries::Memory(_) => Ok(()),
+            KeyValueEntries::Persistent(store) => store.flush(),
+        }
+    }
+    fn wipe(&mut self) -> Result<(), StreamsError> {
+        match &mut self.entries {
+            KeyValueEntries::Memory(entries) => {
+                entries.clear();
+                Ok(())
+            }
+            KeyValueEntries::Persistent(store) => store.wipe(),
+        }
     }
 }
 

@@ -1,8 +1,12 @@
 //! A task: one partition of one sub-topology, with its nodes and stores.
 //! The test driver and the runtime both feed records through tasks.
 
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::checkpoint::{CheckpointError, CheckpointOffsets, write_checkpoint};
 
 use crate::error::StreamsError;
 use crate::processor::{DynRecord, Node, OutRecord, ProcessorContext, PunctuationType, TaskState};
@@ -16,6 +20,21 @@ pub(crate) struct Task {
     pub state: TaskState,
     /// Resolved source topic and the source node that reads it.
     pub sources: Vec<(String, usize)>,
+    /// `<state.dir>/<application.id>/<sub>_<partition>`: its persistent
+    /// stores and its `.checkpoint`.
+    pub dir: PathBuf,
+    /// Persistent stores whose files were damaged and wiped at open: they
+    /// restore from the changelog's start whatever the checkpoint says.
+    pub wiped: BTreeSet<String>,
+    /// Per changelog partition of a persistent store, the next offset
+    /// after what the store holds once flushed: the restore's end, then
+    /// each acknowledged changelog write. What the checkpoint records.
+    pub changelog_offsets: CheckpointOffsets,
+}
+
+/// A task's directory, by Kafka's task id (`<sub-topology>_<partition>`).
+pub(crate) fn task_dir(state_dir: &Path, application_id: &str, sub: usize, partition: i32) -> PathBuf {
+    state_dir.join(application_id).join(format!("{sub}_{partition}"))
 }
 
 impl std::fmt::Debug for Task {
@@ -193,6 +212,36 @@ impl Task {
         // A restored change is already in the changelog.
         target.take_changes();
         Ok(())
+    }
+
+    /// Whether the named store keeps its state on disk.
+    pub fn is_persistent(&self, store: &str) -> bool {
+        self.state.stores.get(store).is_some_and(|store| store.persistent())
+    }
+
+    /// Empties a store before it is restored from the changelog's start.
+    pub fn wipe(&mut self, store: &str) -> Result<(), StreamsError> {
+        match self.state.stores.get_mut(store) {
+            Some(target) => target.wipe(),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes every store's changes durable (before the checkpoint names
+    /// the changelog offsets they reach).
+    pub fn flush_stores(&mut self) -> Result<(), StreamsError> {
+        self.state.stores.values_mut().try_for_each(|store| store.flush())
+    }
+
+    /// Writes the task's checkpoint: the changelog offsets its persistent
+    /// stores hold, once flushed. Call after `flush_stores`, and only when
+    /// every changelog write up to those offsets is acknowledged.
+    pub fn write_checkpoint(&self) -> Result<(), CheckpointError> {
+        if self.changelog_offsets.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|source| CheckpointError::Io { path: self.dir.clone(), source })?;
+        write_checkpoint(&self.dir, &self.changelog_offsets)
     }
 
     pub fn store(&self, name: &str) -> Option<&dyn StateStore> {

@@ -7,8 +7,10 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -17,7 +19,7 @@ use crate::error::StreamsError;
 use crate::processor::{GlobalStores, OutRecord};
 use crate::serde::{SerdeError, SerdeRef};
 use crate::store::{KeyValueStore, SessionStore, WindowStore};
-use crate::task::{Task, dead_letter_record};
+use crate::task::{Task, dead_letter_record, task_dir};
 use crate::topology::Topology;
 
 struct Inner {
@@ -31,7 +33,24 @@ struct Inner {
     written: BTreeMap<String, VecDeque<OutRecord>>,
     next_offset: BTreeMap<String, i64>,
     wall_clock_ms: i64,
+    /// This driver's own directory under `state.dir`, for its persistent
+    /// stores: unique per driver, so that tests running at once never
+    /// share a store file; removed when the driver is dropped.
+    state_root: PathBuf,
 }
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.state_root)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, dir = %self.state_root.display(), "test driver state not removed");
+        }
+    }
+}
+
+/// Tells apart the drivers of one process (each gets its own state).
+static DRIVERS_MADE: AtomicU64 = AtomicU64::new(0);
 
 /// Runs a topology deterministically, without a broker.
 #[derive(Clone)]
@@ -61,8 +80,11 @@ impl TopologyTestDriver {
         let global = topology.make_global_stores();
         let mut tasks = Vec::new();
         let mut source_of = BTreeMap::new();
+        let driver_id = DRIVERS_MADE.fetch_add(1, Ordering::Relaxed);
+        let state_root = config.state_dir.join(format!("test-driver-{}-{driver_id}", std::process::id()));
         for sub in 0..topology.sub_topologies().len() {
-            let task = topology.make_task(sub, 0, &config.application_id, wall_clock_ms, Arc::clone(&global))?;
+            let dir = task_dir(&state_root, &config.application_id, sub, 0);
+            let task = topology.make_task(sub, 0, &config.application_id, wall_clock_ms, Arc::clone(&global), &dir)?;
             for (topic, _) in &task.sources {
                 source_of.insert(topic.clone(), tasks.len());
             }
@@ -77,6 +99,7 @@ impl TopologyTestDriver {
             written: BTreeMap::new(),
             next_offset: BTreeMap::new(),
             wall_clock_ms,
+            state_root,
         };
         Ok(TopologyTestDriver { inner: Rc::new(RefCell::new(inner)) })
     }
@@ -160,7 +183,9 @@ impl TopologyTestDriver {
             let output = inner.tasks[task_index].take_output();
             inner.route(output, &mut queue);
         }
-        Ok(())
+        // Kafka's driver commits after every record: persistent stores
+        // reach their files, so tests read them back through the file.
+        inner.tasks.iter_mut().try_for_each(Task::flush_stores)
     }
 
     /// Moves wall-clock time forward and runs the punctuations due.

@@ -491,6 +491,7 @@ impl Topology {
         application_id: &str,
         wall_clock_ms: i64,
         global: crate::processor::GlobalStores,
+        task_dir: &std::path::Path,
     ) -> Result<Task, StreamsError> {
         let subs = self.sub_topologies();
         let members = subs.get(sub).ok_or_else(|| StreamsError::Topology(format!("no sub-topology {sub}")))?;
@@ -506,6 +507,15 @@ impl Topology {
                         self.stores.get(store).ok_or_else(|| StreamsError::Topology(format!("no store {store:?}")))?;
                     stores.insert(store.clone(), (builder.factory)());
                 }
+            }
+        }
+        // Persistent stores open their files before any processor's init
+        // can read them; a damaged file is wiped and noted, so that the
+        // caller restores it from the changelog's start.
+        let mut wiped = std::collections::BTreeSet::new();
+        for (name, store) in &mut stores {
+            if store.open(&task_dir.join(name))? {
+                wiped.insert(name.clone());
             }
         }
         let state = crate::processor::TaskState {
@@ -525,7 +535,16 @@ impl Topology {
                 sources.extend(topics.iter().map(|topic| (topic.resolve(application_id), index)));
             }
         }
-        let mut task = Task { topology: Arc::clone(self), sub, nodes, state, sources };
+        let mut task = Task {
+            topology: Arc::clone(self),
+            sub,
+            nodes,
+            state,
+            sources,
+            dir: task_dir.to_path_buf(),
+            wiped,
+            changelog_offsets: crate::checkpoint::CheckpointOffsets::new(),
+        };
         task.init()?;
         Ok(task)
     }

@@ -8,7 +8,77 @@ use bytes::Bytes;
 use spate_streams::*;
 
 fn config(application_id: &str) -> StreamsConfig {
-    StreamsConfig::new(application_id, "unused:9400")
+    let mut config = StreamsConfig::new(application_id, "unused:9400");
+    // Persistent stores (the DSL's default) keep test data under target/.
+    config.state_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("streams-driver-state");
+    config
+}
+
+/// The redb files under a state directory, found by walking it.
+fn store_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(store_files(&path));
+        } else if path.file_name().is_some_and(|name| name == "store.redb") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn counts_topology(store_type: StoreType) -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("words", Consumed::with(Serdes::nullable(Serdes::string()), Serdes::string()))
+        .group_by(|_, word| word.clone(), Grouped::with(Serdes::string(), Serdes::string()))
+        .count(Materialized::as_("counts").with_store_type(store_type))
+        .to_stream()
+        .to("counts-out", Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
+    builder.build().unwrap()
+}
+
+#[test]
+fn dsl_counts_are_on_disk_by_default_and_in_memory_on_request_with_the_same_results() {
+    let mut results = Vec::new();
+    for (application_id, store_type) in
+        [("persistent-counts", StoreType::Persistent), ("memory-counts", StoreType::InMemory)]
+    {
+        let config = config(application_id);
+        let app_dirs = |config: &StreamsConfig| {
+            store_files(&config.state_dir)
+                .into_iter()
+                .filter(|path| path.to_string_lossy().contains(&format!("/{application_id}/")))
+                .collect::<Vec<_>>()
+        };
+        let driver = TopologyTestDriver::new(counts_topology(store_type), config.clone()).unwrap();
+        let input = driver.create_input_topic("words", Serdes::nullable(Serdes::string()), Serdes::string());
+        for (time_ms, word) in ["a", "b", "a", "a"].iter().enumerate() {
+            input.pipe_input(&None, &word.to_string(), time_ms as i64).unwrap();
+        }
+        let files = app_dirs(&config);
+        match store_type {
+            // `<state.dir>/<driver's dir>/<application.id>/<task id>/<store>/store.redb`:
+            // the count runs in sub-topology 1, after the repartition topic.
+            StoreType::Persistent => {
+                assert_eq!(files.len(), 1, "{files:?}");
+                assert!(files[0].ends_with(format!("{application_id}/1_0/counts/store.redb")), "{files:?}");
+            }
+            StoreType::InMemory => assert!(files.is_empty(), "{files:?}"),
+        }
+        assert_eq!(driver.key_value_store_get::<String, i64>("counts", &"a".into()).unwrap(), Some(3));
+        let output = driver.create_output_topic("counts-out", Serdes::string(), Serdes::i64());
+        results.push(output.read_key_values_to_list().unwrap());
+        // The topics hold the driver too: its state goes with the last.
+        drop((driver, input, output));
+        assert!(app_dirs(&config).is_empty(), "a dropped driver removes its state");
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0].last(), Some(&("a".to_string(), 3)));
 }
 
 fn word_count_topology() -> Topology {
