@@ -70,17 +70,28 @@ impl Drop for Instance {
     }
 }
 
-fn spawn_wordcount(binary: &Path, broker: &Broker) -> Instance {
-    let child = Command::new(binary)
+/// Starts a wordcount process with its own `state.dir` (two instances on
+/// one machine must not share one: a store file is locked by its owner).
+/// With `log`, its output and info lines (restores) go to that file.
+fn spawn_wordcount(binary: &Path, broker: &Broker, state_dir: &Path, log: Option<&Path>) -> Instance {
+    let mut command = Command::new(binary);
+    command
         .env("SPATE_BROKERS", broker.addr())
         .env("COMMIT_INTERVAL_MS", "200")
         .env("SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the wordcount example");
-    Instance(child)
+        .env("STATE_DIR", state_dir)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null());
+    match log {
+        Some(log) => {
+            // tracing's fmt subscriber writes to stdout.
+            let file = std::fs::File::create(log).expect("create the log file");
+            let copy = file.try_clone().expect("clone the log file");
+            command.env("RUST_LOG", "warn,spate_streams=info").stdout(file).stderr(copy)
+        }
+        None => command.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
+    };
+    Instance(command.spawn().expect("start the wordcount example"))
 }
 
 fn line(index: usize) -> String {
@@ -149,8 +160,9 @@ fn wordcount_in_two_processes_one_killed_with_kill_9_never_loses_a_count() {
         }
     }
 
-    let mut doomed = spawn_wordcount(&binary, &broker);
-    let mut survivor = spawn_wordcount(&binary, &broker);
+    let state = data_dir("streams_wordcount_state");
+    let mut doomed = spawn_wordcount(&binary, &broker, &state.join("doomed"), None);
+    let mut survivor = spawn_wordcount(&binary, &broker, &state.join("survivor"), None);
     // Both members own partitions before any input, so that the kill takes
     // work away from one that was doing it.
     let groups = GroupAdmin::new(client.clone());
@@ -190,6 +202,150 @@ fn wordcount_in_two_processes_one_killed_with_kill_9_never_loses_a_count() {
     }
     // The survivor is still running: nothing stopped it.
     assert!(survivor.0.try_wait().expect("try_wait").is_none(), "the surviving instance exited");
+}
+
+const CHANGELOG: &str = "streams-wordcount-counts-store-changelog";
+
+fn expected_counts(lines: std::ops::Range<usize>) -> BTreeMap<String, i64> {
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for index in lines {
+        for word in line(index).to_lowercase().split_whitespace() {
+            *expected.entry(word.to_string()).or_default() += 1;
+        }
+    }
+    expected
+}
+
+/// Waits until every word's last count is at least `expected`'s; returns
+/// the counts then.
+fn wait_for_counts(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    expected: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let counts = runtime.block_on(last_counts(client));
+        let short = short_words(expected, &counts);
+        if short.is_empty() {
+            return counts;
+        }
+        assert!(Instant::now() < deadline, "counts short of the input: {short:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The restores a wordcount process logged: (partition, from offset,
+/// records read), once it has logged one per changelog partition.
+fn restores_logged(log: &Path) -> Vec<(i32, i64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let field = |line: &str, name: &str| -> Option<i64> {
+            let start = line.find(&format!(" {name}="))? + name.len() + 2;
+            line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        };
+        let restores: Vec<(i32, i64, u64)> = text
+            .lines()
+            .filter(|line| line.contains("store restored from its changelog"))
+            .filter_map(|line| {
+                let partition = i32::try_from(field(line, "partition")?).ok()?;
+                let records = u64::try_from(field(line, "restored")?).ok()?;
+                Some((partition, field(line, "from_offset")?, records))
+            })
+            .collect();
+        if restores.len() >= PARTITIONS as usize {
+            return restores;
+        }
+        assert!(Instant::now() < deadline, "no restore of every partition logged: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn changelog_ends(runtime: &tokio::runtime::Runtime, broker: &Broker) -> BTreeMap<i32, i64> {
+    // A new client: the application made the changelog after the test's
+    // client read its metadata.
+    let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+    let client = runtime.block_on(Client::connect(config)).expect("connect");
+    let consumer = Consumer::new(client, ConsumerConfig::default()).expect("consumer");
+    let partitions: Vec<TopicPartition> = (0..PARTITIONS).map(|p| TopicPartition::new(CHANGELOG, p)).collect();
+    let ends = runtime.block_on(consumer.end_offsets(&partitions)).expect("end offsets");
+    ends.into_iter().map(|(tp, end)| (tp.partition, end)).collect()
+}
+
+#[test]
+fn a_persistent_wordcount_restores_only_the_changelog_after_its_checkpoint_and_kill_9_loses_no_count() {
+    let binary = wordcount_binary();
+    let dir = data_dir("streams_wordcount_persistent");
+    let state = data_dir("streams_wordcount_persistent_state");
+    let broker = Broker::start(&dir, 1);
+    let runtime = runtime();
+    let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+    let client = runtime.block_on(Client::connect(config)).expect("connect");
+    let admin = Admin::new(client.clone());
+    for topic in ["text-input", "word-counts"] {
+        runtime.block_on(admin.create_topic(topic, PARTITIONS, 1, &[])).expect("create topic");
+    }
+
+    // First run: counts exact, then a clean close (SIGINT), which commits
+    // and writes every task's checkpoint at the changelog's end.
+    let mut first = spawn_wordcount(&binary, &broker, &state, Some(&state.join("first.log")));
+    runtime.block_on(produce_lines(&client, 0..200));
+    let counts = wait_for_counts(&runtime, &client, &expected_counts(0..200));
+    assert_eq!(counts, expected_counts(0..200), "no crash, so no count twice");
+    let interrupted = Command::new("kill").args(["-INT", &first.0.id().to_string()]).status().expect("kill -INT");
+    assert!(interrupted.success());
+    let exit = first.0.wait().expect("wait for the first run");
+    assert!(exit.success(), "a clean close exits 0: {exit:?}");
+    let ends = changelog_ends(&runtime, &broker);
+    assert!(ends.values().sum::<i64>() > 0, "the counts were logged");
+    for (partition, end) in &ends {
+        // The count is sub-topology 1 (after the repartition topic).
+        let checkpoint = std::fs::read_to_string(state.join(format!("streams-wordcount/1_{partition}/.checkpoint")))
+            .expect("a checkpoint after a clean close");
+        assert_eq!(checkpoint, format!("0\n1\n{CHANGELOG} {partition} {end}\n"));
+    }
+
+    // Second run on the same state: restores nothing (the stores are on
+    // disk up to the checkpoints), and counts on from where they were.
+    let second_log = state.join("second.log");
+    let mut second = spawn_wordcount(&binary, &broker, &state, Some(&second_log));
+    let restores = restores_logged(&second_log);
+    for (partition, from_offset, records) in &restores {
+        assert_eq!(Some(from_offset), ends.get(partition), "restore starts at the checkpoint");
+        assert_eq!(*records, 0, "partition {partition}: nothing after the checkpoint to read");
+    }
+    runtime.block_on(produce_lines(&client, 200..400));
+    let counts = wait_for_counts(&runtime, &client, &expected_counts(0..400));
+    assert_eq!(counts, expected_counts(0..400), "the persisted counts went on, none lost or doubled");
+
+    // Killed with kill -9 mid-stream: the next run restores from the last
+    // commit's checkpoints (a tail, not the whole changelog) and no count
+    // is ever short.
+    runtime.block_on(produce_lines(&client, 400..500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime.block_on(last_counts(&client)) == counts {
+        assert!(Instant::now() < deadline, "no new counts before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    second.0.kill().expect("kill -9");
+    let _ = second.0.wait();
+    let ends_at_kill = changelog_ends(&runtime, &broker);
+    runtime.block_on(produce_lines(&client, 500..600));
+    let third_log = state.join("third.log");
+    let mut third = spawn_wordcount(&binary, &broker, &state, Some(&third_log));
+    let restores = restores_logged(&third_log);
+    let read: u64 = restores.iter().map(|(_, _, records)| records).sum();
+    let logged: i64 = ends_at_kill.values().sum();
+    eprintln!("after kill -9: {read} of {logged} changelog records restored");
+    assert!(restores.iter().any(|(_, from_offset, _)| *from_offset > 0), "some restore started at a checkpoint");
+    assert!((read as i64) < logged, "only a tail was read: {read} of {logged}");
+    wait_for_counts(&runtime, &client, &expected_counts(0..600));
+    assert!(third.0.try_wait().expect("try_wait").is_none(), "the third run exited");
+    // The disk is shared: a passing run leaves no broker data or stores.
+    drop((third, broker));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&state);
 }
 
 /// amounts (i64 values) -> scaled (x10), with the given handler.
