@@ -750,6 +750,26 @@ fn take_checkpoint(dir: &Path) -> CheckpointOffsets {
     offsets
 }
 
+/// Where a store's restore starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RestoreStart {
+    /// At the checkpointed offset: the store on disk holds what came before.
+    Checkpoint(i64),
+    /// Empty the store, and read the changelog from its start.
+    WipeAndStart,
+}
+
+/// A checkpoint is trusted only inside the changelog's offsets: one ahead
+/// of its end (the topic was deleted and made again, or the checkpoint is
+/// another cluster's) or before its start (the records it would skip to
+/// were deleted) says the store on disk is not this changelog's prefix.
+fn restore_start(checkpointed: Option<i64>, start_offset: i64, end_offset: i64) -> RestoreStart {
+    match checkpointed {
+        Some(offset) if (start_offset..=end_offset).contains(&offset) => RestoreStart::Checkpoint(offset),
+        _ => RestoreStart::WipeAndStart,
+    }
+}
+
 /// What a restore read: from which offset, to which end, how many records.
 #[derive(Debug, Clone, Copy)]
 struct Restored {
@@ -781,12 +801,10 @@ async fn restore(
     consumer.assign(vec![tp.clone()]);
     let end_offset = consumer.end_offsets(std::slice::from_ref(&tp)).await?.first().map_or(0, |(_, offset)| *offset);
     let start_offset = consumer.seek(&tp, SeekTo::Earliest).await?;
-    let from_offset = match checkpointed {
-        Some(offset) if (start_offset..=end_offset).contains(&offset) => {
-            consumer.seek(&tp, SeekTo::Offset(offset)).await?
-        }
-        other => {
-            if let Some(offset) = other {
+    let from_offset = match restore_start(checkpointed, start_offset, end_offset) {
+        RestoreStart::Checkpoint(offset) => consumer.seek(&tp, SeekTo::Offset(offset)).await?,
+        RestoreStart::WipeAndStart => {
+            if let Some(offset) = checkpointed {
                 tracing::warn!(%store, partition = tp.partition, offset, start_offset, end_offset, "checkpoint outside the changelog; wiping the store and restoring from the start");
             }
             task.wipe(store)?;
@@ -867,6 +885,19 @@ mod tests {
         assert!(find("app-customers-changelog").compacted);
         assert_eq!(find("app-counts-repartition").partitions, 8);
         assert_eq!(find("app-counts-changelog").partitions, 8);
+    }
+
+    #[test]
+    fn a_checkpoint_is_trusted_only_inside_the_changelog() {
+        // Changelog offsets 10..50 (start 10 after deletion, end 50).
+        assert_eq!(restore_start(Some(30), 10, 50), RestoreStart::Checkpoint(30));
+        assert_eq!(restore_start(Some(50), 10, 50), RestoreStart::Checkpoint(50), "at the end: nothing to read");
+        assert_eq!(restore_start(Some(10), 10, 50), RestoreStart::Checkpoint(10));
+        assert_eq!(restore_start(Some(51), 10, 50), RestoreStart::WipeAndStart, "ahead of the changelog's end");
+        assert_eq!(restore_start(Some(0), 10, 50), RestoreStart::WipeAndStart, "before its start: records gone");
+        assert_eq!(restore_start(None, 10, 50), RestoreStart::WipeAndStart, "no checkpoint");
+        // A changelog made anew (empty) after a checkpoint of an older one.
+        assert_eq!(restore_start(Some(124), 0, 0), RestoreStart::WipeAndStart);
     }
 
     #[test]
