@@ -409,10 +409,16 @@ impl SinkTask for HttpSinkTask {
             return Err(ConnectError::Task("HttpSinkTask was not started".into()));
         };
         for record in records {
-            let value = started
-                .converter
-                .from_connect_data(&record.record.topic, &record.record.value)?
-                .unwrap_or_else(|| Bytes::from_static(b"null"));
+            let converted = started.converter.from_connect_data(&record.record.topic, &record.record.value);
+            let value = match converted {
+                Ok(value) => value.unwrap_or_else(|| Bytes::from_static(b"null")),
+                // A value JSON cannot hold (a NaN): as an oversized one.
+                Err(error) if started.config.tolerate_errors => {
+                    tracing::warn!(%error, offset = record.kafka_offset, "HttpSink skipped a record");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             match started.batcher.push(value) {
                 Ok(Some(full)) => started.send(full)?,
                 Ok(None) => {}
@@ -648,6 +654,76 @@ mod tests {
         );
         assert_eq!(classify(400, None, "bad".into()), Outcome::Rejected { status: 400, body: "bad".into() });
         assert_eq!(classify(301, None, String::new()), Outcome::Rejected { status: 301, body: String::new() });
+    }
+
+    /// A server that answers each connection with the next of `answers`
+    /// (raw HTTP) and counts requests.
+    fn scripted_server(answers: Vec<&'static str>) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for (answer, stream) in answers.into_iter().zip(listener.incoming()) {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Enough of the request: its head and the small body.
+                while !request.ends_with(b"]") && !request.ends_with(b"\"") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (port, count)
+    }
+
+    fn string_record(offset: i64) -> SinkRecord {
+        SinkRecord {
+            record: crate::record::ConnectRecord::new(
+                "t",
+                crate::data::SchemaAndValue::NULL,
+                crate::data::SchemaAndValue::string("x"),
+            ),
+            kafka_offset: offset,
+        }
+    }
+
+    const TOO_MANY: &str =
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    const BAD: &str = "HTTP/1.1 400 Bad Request\r\nContent-Length: 11\r\nConnection: close\r\n\r\nno such key";
+    const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+    #[test]
+    fn a_429_is_retried_and_a_400_fails_the_flush_unless_errors_are_tolerated() {
+        let (port, count) = scripted_server(vec![TOO_MANY, OK, BAD]);
+        let props = |extra: &str| {
+            parse(&format!("http.api.url=http://127.0.0.1:{port}/\nretry.backoff.ms=1\nbatch.max.size=1\n{extra}"))
+                .expect("props")
+        };
+        let mut task = HttpSinkTask::default();
+        task.start(&props("")).expect("start");
+        // batch.max.size=1: sent in put; the 429 is retried, then 200.
+        task.put(vec![string_record(0)]).expect("accepted after a 429");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+        match task.put(vec![string_record(1)]) {
+            Err(ConnectError::HttpRejected { status: 400, records: 1, body, .. }) => assert_eq!(body, "no such key"),
+            other => panic!("expected HttpRejected, got {other:?}"),
+        }
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3, "a 400 is not retried");
+
+        let (port, count) = scripted_server(vec![BAD, OK]);
+        let mut tolerant = HttpSinkTask::default();
+        let props = parse(&format!("http.api.url=http://127.0.0.1:{port}/\nbatch.max.size=1\nerrors.tolerance=all\n"))
+            .expect("props");
+        tolerant.start(&props).expect("start");
+        tolerant.put(vec![string_record(0), string_record(1)]).expect("the rejected one skipped");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

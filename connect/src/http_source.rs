@@ -263,6 +263,14 @@ impl SourceTask for HttpSourceTask {
         let Some(running) = self.running.as_mut() else {
             return Err(ConnectError::Task("HttpSourceTask was not started".into()));
         };
+        if running.server.as_ref().is_some_and(|server| server.is_finished()) {
+            // The listener failed (its error is logged): fail the task so
+            // that its status says so, rather than run deaf.
+            return Err(ConnectError::Task(format!(
+                "HttpSource's listener on {} stopped",
+                running.shared.config.listener
+            )));
+        }
         let shared = running.shared.clone();
         shared.last_poll_ms.store(shared.elapsed_ms(), Ordering::Release);
         let mut records = Vec::new();
@@ -314,17 +322,21 @@ impl SourceTask for HttpSourceTask {
     }
 
     fn stop(&mut self) {
-        let Some(mut running) = self.running.take() else { return };
-        running.shared.stopping.store(true, Ordering::Release);
+        let Some(running) = self.running.take() else { return };
+        let Running { shared, submissions, unacknowledged, held, shutdown, server } = running;
+        shared.stopping.store(true, Ordering::Release);
         // Dropping what waits (acknowledgements not seen, requests not
-        // polled) answers those senders 503.
-        running.unacknowledged.clear();
-        running.held = None;
-        while running.submissions.try_recv().is_ok() {}
-        if let Some(shutdown) = running.shutdown.take() {
+        // polled, and the receiver, so that a request arriving now is
+        // refused rather than queued) answers those senders 503 at once,
+        // and the server's graceful shutdown does not wait for them.
+        drop(unacknowledged);
+        drop(held);
+        drop(submissions);
+        if let Some(shutdown) = shutdown {
             let _ = shutdown.send(());
         }
-        if let Some(server) = running.server.take()
+        // Joined, so that the port is free when the task is restarted.
+        if let Some(server) = server
             && server.join().is_err()
         {
             tracing::error!("HttpSource's server thread panicked");
@@ -466,6 +478,79 @@ mod tests {
             let (bad, message) = HttpSourceConfig::parse(&parse(text).expect("props")).expect_err(text);
             assert_eq!(bad, key, "{text}: {message}");
         }
+    }
+
+    struct NoOffsets;
+
+    impl OffsetStorageReader for NoOffsets {
+        fn offset(&self, _partition: &crate::record::SourcePartition) -> Option<crate::record::SourceOffset> {
+            None
+        }
+    }
+
+    /// POSTs `body` from another thread; its status arrives on the channel.
+    fn post(port: u16, body: &'static str) -> std::sync::mpsc::Receiver<u16> {
+        use std::io::{Read, Write};
+        let (status_tx, status_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let head =
+                format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            stream.write_all(head.as_bytes()).expect("write");
+            stream.write_all(body.as_bytes()).expect("write");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let _ = status_tx.send(status);
+        });
+        status_rx
+    }
+
+    fn started_task() -> (HttpSourceTask, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut task = HttpSourceTask::default();
+        let props = parse(&format!("http.listener=127.0.0.1:{port}\ntopic=hooks\n")).expect("props");
+        task.start(&props, &NoOffsets).expect("start");
+        (task, port)
+    }
+
+    fn poll_until_records(task: &mut HttpSourceTask) -> Vec<SourceRecord> {
+        for _ in 0..100 {
+            let records = task.poll().expect("poll");
+            if !records.is_empty() {
+                return records;
+            }
+        }
+        panic!("no records polled");
+    }
+
+    #[test]
+    fn a_request_is_answered_200_only_after_its_poll_was_acknowledged() {
+        let (mut task, port) = started_task();
+        let status = post(port, "hello");
+        let records = poll_until_records(&mut task);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].record.topic, "hooks");
+        assert_eq!(records[0].record.value, SchemaAndValue::string("hello"));
+        // Polled but not yet acknowledged by the cluster: no answer yet.
+        assert!(status.recv_timeout(Duration::from_millis(300)).is_err(), "answered before the acknowledgement");
+        task.poll_acknowledged();
+        assert_eq!(status.recv_timeout(Duration::from_secs(5)).expect("an answer"), 200);
+        task.stop();
+    }
+
+    #[test]
+    fn a_task_stopped_before_the_acknowledgement_answers_503_and_frees_its_port() {
+        let (mut task, port) = started_task();
+        let status = post(port, "lost?");
+        poll_until_records(&mut task);
+        task.stop();
+        assert_eq!(status.recv_timeout(Duration::from_secs(5)).expect("an answer"), 503);
+        // The port is free again: a restarted task listens on it.
+        let mut again = HttpSourceTask::default();
+        let props = parse(&format!("http.listener=127.0.0.1:{port}\ntopic=hooks\n")).expect("props");
+        again.start(&props, &NoOffsets).expect("the same port after a stop");
+        again.stop();
     }
 
     #[test]
