@@ -31,8 +31,8 @@ use crate::connector::{
 use crate::data::SchemaAndValue;
 use crate::error::{ConnectError, Result};
 use crate::limits::{
-    HTTP_SOURCE_BODY_BYTES_MAX, HTTP_SOURCE_POLL_RECORDS_MAX, HTTP_SOURCE_POLL_STALE_MS,
-    HTTP_SOURCE_REQUESTS_INFLIGHT_MAX, TASK_IDLE_WAIT_MS,
+    HTTP_SOURCE_ARRAY_ELEMENTS_MAX, HTTP_SOURCE_BODY_BYTES_MAX, HTTP_SOURCE_POLL_RECORDS_MAX,
+    HTTP_SOURCE_POLL_STALE_MS, HTTP_SOURCE_REQUESTS_INFLIGHT_MAX, TASK_IDLE_WAIT_MS,
 };
 use crate::props::Props;
 use crate::record::{ConnectRecord, SourceRecord};
@@ -451,6 +451,11 @@ fn values_of(body: &[u8], batch_array: bool) -> std::result::Result<Vec<String>,
     }
     let elements: Vec<Box<serde_json::value::RawValue>> =
         serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON array: {e}"))?;
+    // A 1 MiB body of `0,` is half a million records: each would be held
+    // (a String each) until acknowledged, for every request in flight.
+    if elements.len() > HTTP_SOURCE_ARRAY_ELEMENTS_MAX {
+        return Err(format!("the array has {} elements, over {HTTP_SOURCE_ARRAY_ELEMENTS_MAX}", elements.len()));
+    }
     Ok(elements.into_iter().map(|raw| raw.get().to_string()).collect())
 }
 
@@ -563,6 +568,8 @@ mod tests {
         for bad in [&b"{\"a\":1}"[..], b"[1,", b"", b"\xff"] {
             assert!(values_of(bad, true).is_err(), "{bad:?}");
         }
+        let too_many = format!("[{}0]", "0,".repeat(HTTP_SOURCE_ARRAY_ELEMENTS_MAX));
+        assert!(values_of(too_many.as_bytes(), true).is_err(), "over the element limit");
         assert_eq!(values_of(b"not json", false).expect("text"), ["not json"]);
         assert!(values_of(b"\xff\xfe", false).is_err());
     }

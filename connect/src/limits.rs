@@ -77,6 +77,11 @@ pub const HTTP_SOURCE_REQUESTS_INFLIGHT_MAX: usize = 4096;
 /// The most records HttpSource hands the worker in one poll.
 pub const HTTP_SOURCE_POLL_RECORDS_MAX: usize = 10_000;
 
+/// The most elements of one JSON array body HttpSource takes (400
+/// beyond): with the in-flight limit, this bounds the records held waiting
+/// for acknowledgement, whatever the bodies are made of.
+pub const HTTP_SOURCE_ARRAY_ELEMENTS_MAX: usize = 10_000;
+
 /// HttpSource answers 503 when the worker has not polled it for this long:
 /// the task is paused (or the cluster is stalled), and a sender is better
 /// told to come back than kept waiting.
@@ -84,5 +89,8 @@ pub const HTTP_SOURCE_POLL_STALE_MS: u64 = 2000;
 
 const _: () = assert!(HTTP_SOURCE_POLL_STALE_MS > 10 * TASK_IDLE_WAIT_MS);
 const _: () = assert!(HTTP_ERROR_BODY_BYTES_MAX < HTTP_SINK_BODY_BYTES_MAX);
+// A request's records always fit in one poll, so a request is answered
+// after one acknowledgement.
+const _: () = assert!(HTTP_SOURCE_ARRAY_ELEMENTS_MAX <= HTTP_SOURCE_POLL_RECORDS_MAX);
 const _: () = assert!(FILE_SOURCE_READ_BYTES <= FILE_SOURCE_LINE_BYTES_MAX);
 const _: () = assert!(SINK_POLL_MS < 1000 && TASK_IDLE_WAIT_MS < 1000);
