@@ -7,7 +7,9 @@
 //! SESSION_TIMEOUT_MS (default 45000: a killed instance's partitions move
 //! to the others after that long); its persistent store's directory from
 //! STATE_DIR (Kafka's `state.dir`; default: `spate-streams` in the temporary
-//! directory). Ctrl-C (SIGINT) closes it cleanly: a last commit and
+//! directory); its record cache's bound from CACHE_MAX_BYTES (Kafka's
+//! `statestore.cache.max.bytes`, default 10 MiB; 0 writes every count to
+//! the changelog as it changes). Ctrl-C (SIGINT) closes it cleanly: a last commit and
 //! checkpoint, so the next start restores only what the changelog has
 //! after it. Killed otherwise, what was not committed is processed again
 //! on the next start (at least once).
@@ -21,6 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let commit_interval_ms = std::env::var("COMMIT_INTERVAL_MS").unwrap_or_else(|_| "1000".into());
     let session_timeout_ms = std::env::var("SESSION_TIMEOUT_MS").unwrap_or_else(|_| "45000".into());
     let state_dir = std::env::var("STATE_DIR").ok();
+    let cache_max_bytes = std::env::var("CACHE_MAX_BYTES").ok();
 
     let builder = StreamsBuilder::new();
     builder
@@ -42,6 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     if let Some(state_dir) = &state_dir {
         properties.push(("state.dir", state_dir.as_str()));
+    }
+    if let Some(cache_max_bytes) = &cache_max_bytes {
+        properties.push(("statestore.cache.max.bytes", cache_max_bytes.as_str()));
     }
     let config = StreamsConfig::from_properties(&properties)?;
     let mut streams = KafkaStreams::new(topology, config)?;

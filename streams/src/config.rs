@@ -52,7 +52,14 @@ pub struct StreamsConfig {
     /// `.checkpoint` beside them. Default: `spate-streams` in the system's
     /// temporary directory (Kafka's is `kafka-streams` there).
     pub state_dir: PathBuf,
+    /// `statestore.cache.max.bytes`: what the changelog caches of all
+    /// tasks may hold between commits; past it they are written out.
+    /// 0 writes every change at once.
+    pub statestore_cache_max_bytes: u64,
 }
+
+/// Kafka Streams' default `statestore.cache.max.bytes`: 10 MiB.
+pub const STATESTORE_CACHE_MAX_BYTES_DEFAULT: u64 = 10 * 1024 * 1024;
 
 /// The default `state.dir`.
 pub fn state_dir_default() -> PathBuf {
@@ -76,6 +83,7 @@ impl StreamsConfig {
             session_timeout_ms: SESSION_TIMEOUT_MS_DEFAULT,
             dead_letter_queue_topic: None,
             state_dir: state_dir_default(),
+            statestore_cache_max_bytes: STATESTORE_CACHE_MAX_BYTES_DEFAULT,
         }
     }
 
@@ -109,6 +117,7 @@ impl StreamsConfig {
                     config.dead_letter_queue_topic = Some(value.to_string()).filter(|topic| !topic.is_empty())
                 }
                 "state.dir" => config.state_dir = PathBuf::from(value),
+                "statestore.cache.max.bytes" => config.statestore_cache_max_bytes = number(value)?,
                 "session.timeout.ms" => config.session_timeout_ms = number(value)?,
                 "replication.factor" => {
                     config.replication_factor = i16::try_from(number(value)?)
@@ -165,6 +174,7 @@ mod tests {
             ("bootstrap.servers", "a:9400, b:9400"),
             ("commit.interval.ms", "100"),
             ("state.dir", "/var/lib/wordcount"),
+            ("statestore.cache.max.bytes", "0"),
             ("errors.dead.letter.queue.topic.name", "wordcount-dlq"),
             (
                 "default.deserialization.exception.handler",
@@ -175,6 +185,8 @@ mod tests {
         assert_eq!(config.bootstrap_servers, vec!["a:9400", "b:9400"]);
         assert_eq!(config.commit_interval_ms, 100);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/wordcount"));
+        assert_eq!(config.statestore_cache_max_bytes, 0);
+        assert_eq!(StreamsConfig::new("a", "b:1").statestore_cache_max_bytes, 10 * 1024 * 1024);
         assert_eq!(StreamsConfig::new("a", "b:1").state_dir, std::env::temp_dir().join("spate-streams"));
         assert_eq!(config.dead_letter_queue_topic.as_deref(), Some("wordcount-dlq"));
         assert_eq!(config.deserialization_exception_handler, DeserializationExceptionHandler::LogAndContinue);

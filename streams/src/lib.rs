@@ -4,6 +4,7 @@
 //! ([`Topology`], [`Processor`]), test it with [`TopologyTestDriver`], run
 //! it against a broker with [`KafkaStreams`]. See README.md.
 
+mod cache;
 mod checkpoint;
 mod config;
 mod dsl;

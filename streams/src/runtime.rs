@@ -24,6 +24,7 @@ use spate_client::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::cache::ChangelogCache;
 use crate::checkpoint::{CheckpointOffsets, delete_checkpoint, read_checkpoint};
 use crate::config::{DeserializationExceptionHandler, StreamsConfig};
 use crate::error::StreamsError;
@@ -621,6 +622,12 @@ impl Runner {
             }
             Err(error) => return Err(error),
         }
+        // The caches over their bound are written out (Kafka evicts the
+        // least recently used entries; writing all keeps this simple).
+        let cached_bytes: usize = self.tasks.values().map(Task::cached_changelog_bytes).sum();
+        if cached_bytes as u64 > self.config.statestore_cache_max_bytes {
+            output.extend(self.tasks.values_mut().flat_map(Task::take_cached_changelog));
+        }
         self.send(output).await?;
         self.processed
             .insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset.saturating_add(1));
@@ -653,6 +660,8 @@ impl Runner {
     /// committed, and each task's checkpoint written with the changelog
     /// offsets its stores now hold.
     async fn commit(&mut self, consumer: &mut GroupConsumer) -> Result<(), StreamsError> {
+        let cached: Vec<OutRecord> = self.tasks.values_mut().flat_map(Task::take_cached_changelog).collect();
+        self.send(cached).await?;
         self.producer.flush().await?;
         let mut acked = BTreeMap::<(String, i32), i64>::new();
         for delivery in self.deliveries.drain(..) {
@@ -702,6 +711,7 @@ impl Runner {
         let app = &self.config.application_id;
         let dir = task_dir(&self.config.state_dir, app, sub, partition);
         let mut task = self.topology.make_task(sub, partition, app, now_ms(), Arc::clone(&self.global), &dir)?;
+        task.changelog_cache = Some(ChangelogCache::default());
         let checkpoint = take_checkpoint(&dir);
         for (store, topic) in task.logged_stores() {
             let tp = TopicPartition::new(topic, partition);

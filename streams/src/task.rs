@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::cache::ChangelogCache;
 use crate::checkpoint::{CheckpointError, CheckpointOffsets, write_checkpoint};
 
 use crate::error::StreamsError;
@@ -30,6 +31,10 @@ pub(crate) struct Task {
     /// after what the store holds once flushed: the restore's end, then
     /// each acknowledged changelog write. What the checkpoint records.
     pub changelog_offsets: CheckpointOffsets,
+    /// With a cache (the runtime's tasks), changelog writes wait in it
+    /// until the runtime drains it; without (the test driver, which
+    /// commits after every record anyway), they go out with the output.
+    pub changelog_cache: Option<ChangelogCache>,
 }
 
 /// A task's directory, by Kafka's task id (`<sub-topology>_<partition>`).
@@ -176,6 +181,12 @@ impl Task {
                 continue;
             }
             let topic = changelog_topic(application_id, name);
+            if let Some(cache) = &mut self.changelog_cache {
+                for (key, value) in changes {
+                    cache.put(&topic, key, value, timestamp_ms);
+                }
+                continue;
+            }
             self.state.out.extend(changes.into_iter().map(|(key, value)| OutRecord {
                 topic: topic.clone(),
                 partition: Some(partition),
@@ -185,6 +196,16 @@ impl Task {
                 headers: Vec::new(),
             }));
         }
+    }
+
+    /// The changelog writes waiting in the cache, newest per key; empties it.
+    pub fn take_cached_changelog(&mut self) -> Vec<OutRecord> {
+        let partition = self.state.partition;
+        self.changelog_cache.as_mut().map(|cache| cache.drain(partition)).unwrap_or_default()
+    }
+
+    pub fn cached_changelog_bytes(&self) -> usize {
+        self.changelog_cache.as_ref().map_or(0, ChangelogCache::size_bytes)
     }
 
     /// What the task wrote since the last call, in order.

@@ -544,6 +544,7 @@ impl Topology {
             dir: task_dir.to_path_buf(),
             wiped,
             changelog_offsets: crate::checkpoint::CheckpointOffsets::new(),
+            changelog_cache: None,
         };
         task.init()?;
         Ok(task)
