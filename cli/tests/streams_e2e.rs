@@ -3,7 +3,10 @@
 //! application; input is produced while one of them is killed with
 //! kill -9. The survivor takes over its partitions (after the session
 //! timeout), restores the counts from the changelog and processes what was
-//! not committed; no final count may be short of the exact count.
+//! not committed; no final count may be short of the exact count. The
+//! wordcount with persistent stores also restarts from its checkpoints:
+//! after a clean close it reads no changelog record, after kill -9 only the
+//! tail after the last commit.
 
 mod common;
 
