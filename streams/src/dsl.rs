@@ -313,8 +313,8 @@ impl StreamsBuilder {
         let store =
             materialized.name.clone().unwrap_or_else(|| next_name(&self.builder, &format!("{topic}-STATE-STORE-")));
         let processor_name = next_name(&self.builder, "KTABLE-SOURCE-");
-        let builder = Stores::key_value_store_builder(store.as_str(), consumed.key_serde, consumed.value_serde)
-            .with_logging_disabled();
+        let builder =
+            Stores::key_value_store_builder(&store, consumed.key_serde, consumed.value_serde).with_logging_disabled();
         {
             let mut state = self.builder.borrow_mut();
             let taken =
@@ -1382,7 +1382,7 @@ impl<K: Data, V: Data> KTable<Windowed<K>, V> {
             &[&self.node],
         );
         let key_serde = TimeWindowedSerde::of(suppressed.key_serde, windows.size_ms);
-        let builder = Stores::key_value_store_builder(store.as_str(), key_serde, suppressed.value_serde);
+        let builder = Stores::key_value_store_builder(&store, key_serde, suppressed.value_serde);
         let result = self.builder.borrow_mut().topology.add_state_store(builder, &[&name]).map(|_| ());
         record_error(&self.builder, result);
         KTable {

@@ -92,6 +92,12 @@ impl From<&str> for KeyValueStoreSupplier {
     }
 }
 
+impl From<&String> for KeyValueStoreSupplier {
+    fn from(name: &String) -> Self {
+        Stores::in_memory_key_value_store(name)
+    }
+}
+
 /// Builders of the ready stores, as Kafka's `Stores`.
 #[derive(Debug)]
 pub struct Stores;
