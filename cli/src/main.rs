@@ -58,8 +58,8 @@ pub(crate) struct GlobalArgs {
     /// How long to wait for a broker to answer a request.
     #[arg(long, global = true, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
-    /// How to log in: SASL for the native commands (their port has no TLS
-    /// yet), TLS and SASL for the Kafka-protocol ones (acl, user, txn).
+    /// How to connect and log in (TLS, SASL), for the native commands and
+    /// the Kafka-protocol ones (acl, user, txn) alike.
     #[command(flatten)]
     security: kafka_security::SecurityArgs,
 }
@@ -67,13 +67,12 @@ pub(crate) struct GlobalArgs {
 impl GlobalArgs {
     pub(crate) fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let security = self.security.resolve()?;
-        if security.protocol.uses_tls() {
-            anyhow::bail!(
-                "security.protocol {}: the native port has no TLS yet (SASL_PLAINTEXT logs in without it; \
-                 TLS is on the Kafka listeners)",
-                security.protocol
-            );
-        }
+        // SSL and SASL_SSL: brokers whose native ports take TLS
+        // (native_security_protocol = SSL).
+        let tls = match security.protocol.uses_tls() {
+            true => Some(spate_client::ClientTls(security.tls_config()?)),
+            false => None,
+        };
         Ok(ClientConfig {
             bootstrap: self
                 .brokers
@@ -85,6 +84,7 @@ impl GlobalArgs {
             client_id: "spate-cli".to_string(),
             request_timeout_ms: self.timeout_ms,
             sasl: security.sasl,
+            tls,
             ..ClientConfig::default()
         })
     }

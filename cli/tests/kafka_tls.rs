@@ -163,12 +163,14 @@ fn an_expired_broker_certificate_is_refused() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let listed = kcat(ssl_port, &ssl(path(&ca_file)), &["-L", "-m", "3"], None);
-        if !listed.status.success() {
-            let said = text(&listed);
-            assert!(said.contains("certificate verify failed") || said.contains("expired"), "{said}");
+        let said = text(&listed);
+        // Refused for the certificate: done. (kcat may also give up on a
+        // busy machine before the handshake ends: that says nothing, so
+        // it is tried again.)
+        if !listed.status.success() && (said.contains("certificate verify failed") || said.contains("expired")) {
             break;
         }
-        assert!(Instant::now() < deadline, "the expired certificate was never served");
+        assert!(Instant::now() < deadline, "the expired certificate was never refused: {said}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -201,9 +201,14 @@ impl Client {
         }
         *pooled = None;
         let config = &self.inner.config;
-        let connected =
-            Connection::connect(address, &config.client_id, timeout, config.frame_bytes_max, config.sasl.as_ref())
-                .await;
+        let connected = Connection::connect(
+            address,
+            &config.client_id,
+            timeout,
+            config.frame_bytes_max,
+            (config.sasl.as_ref(), config.tls.as_ref()),
+        )
+        .await;
         let connection = match connected {
             Ok(connection) => connection,
             Err(error) => {

@@ -32,7 +32,33 @@ pub struct ClientConfig {
     /// `sasl.password`); None: the connection is `User:ANONYMOUS`, and the
     /// broker's ACLs say what that may do.
     pub sasl: Option<SaslConfig>,
+    /// Connect with TLS (as a Kafka client's `security.protocol=SSL` or
+    /// `SASL_SSL`), to brokers whose native ports take clients over TLS
+    /// (`native_security_protocol = SSL`): the rustls configuration (its
+    /// roots, and a client certificate for mutual TLS). The broker's name
+    /// is checked against the host of the address dialled. None: plain TCP.
+    pub tls: Option<ClientTls>,
 }
+
+/// A TLS client configuration (rustls).
+#[derive(Clone)]
+pub struct ClientTls(pub std::sync::Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls")
+    }
+}
+
+impl PartialEq for ClientTls {
+    /// The same configuration, not an equal one (rustls's has no
+    /// equality).
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ClientTls {}
 
 /// A SASL login (Kafka's mechanism names).
 #[derive(Clone, PartialEq, Eq)]
@@ -92,6 +118,7 @@ impl Default for ClientConfig {
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             metadata_max_age_ms: 300_000,
             sasl: None,
+            tls: None,
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
 
-use crate::config::{SaslConfig, SaslMechanism};
+use crate::config::{ClientTls, SaslConfig, SaslMechanism};
 use crate::error::ClientError;
 use crate::limits::{
     IN_FLIGHT_REQUESTS_PER_CONNECTION_MAX, READ_CHUNK_BYTES, WRITE_BUFFER_BYTES, WRITE_QUEUE_FRAMES_MAX,
@@ -143,8 +143,9 @@ impl Connection {
         client_id: &str,
         timeout: Duration,
         frame_bytes_max: usize,
-        sasl: Option<&SaslConfig>,
+        security: (Option<&SaslConfig>, Option<&ClientTls>),
     ) -> Result<Connection, ClientError> {
+        let (sasl, tls) = security;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
             Err(_elapsed) => return Err(ClientError::Timeout),
             Ok(Err(error)) => return Err(std::io::Error::new(error.kind(), format!("{address}: {error}")).into()),
@@ -152,8 +153,30 @@ impl Connection {
         };
         // Requests are written whole; Nagle would only delay small ones.
         stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
-        let mut connection = Connection::start(address, read, write, frame_bytes_max);
+        let mut connection = match tls {
+            None => {
+                let (read, write) = stream.into_split();
+                Connection::start(address, read, write, frame_bytes_max)
+            }
+            Some(tls) => {
+                let (host, _) = crate::config::parse_address(address)?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+                    ClientError::InvalidConfig(format!("{host:?} is not a host name or address TLS can check"))
+                })?;
+                let connector = tokio_rustls::TlsConnector::from(tls.0.clone());
+                let stream = match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+                    Err(_elapsed) => return Err(ClientError::Timeout),
+                    Ok(Err(error)) => {
+                        let message = format!("{address}: TLS handshake failed: {error}");
+                        return Err(std::io::Error::new(error.kind(), message).into());
+                    }
+                    Ok(Ok(stream)) => stream,
+                };
+                let (read, write) = tokio::io::split(stream);
+                Connection::start(address, read, write, frame_bytes_max)
+            }
+        };
         connection.handshake(client_id, timeout).await?;
         if let Some(sasl) = sasl {
             connection.authenticate(sasl, timeout).await?;

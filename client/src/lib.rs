@@ -33,7 +33,7 @@ pub mod scram;
 
 pub use admin::Admin;
 pub use client::Client;
-pub use config::{ClientConfig, SaslConfig, SaslMechanism};
+pub use config::{ClientConfig, ClientTls, SaslConfig, SaslMechanism};
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
 pub use error::ClientError;
 pub use group::{GroupAdmin, GroupAssignor, GroupConfig, GroupConsumer, PartitionsCallback};
@@ -46,6 +46,8 @@ pub use murmur2::{murmur2, partition_for_key, to_positive};
 pub use partitioner::Partitioner;
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use raw::FetchedBatches;
+/// The TLS library `ClientTls` takes a configuration of.
+pub use rustls;
 pub use spate_flatbuf::proto::ErrorCode;
 pub use spate_flatbuf::{
     CONSUMER_OFFSETS_TOPIC, OFFSET_EARLIEST, OFFSET_LATEST, TopicNameError, validate_group_id, validate_topic_name,

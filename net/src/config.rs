@@ -10,6 +10,8 @@ use serde::Deserialize;
 use spate_engine::Durability;
 use spate_flatbuf::{FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT};
 
+use crate::limits::NATIVE_TLS_FRAME_BYTES_MAX;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -176,6 +178,14 @@ pub struct BrokerConfig {
     /// Kafka's `ssl.enabled.protocols`: `TLSv1.2` and/or `TLSv1.3`
     /// (comma-separated; empty: both).
     pub ssl_enabled_protocols: String,
+    /// The native ports' security (`native.security.protocol`; Spate's
+    /// own key, the native port not being a Kafka listener): `PLAINTEXT`,
+    /// or `SSL`: clients connect with TLS (the broker's keystore and
+    /// `ssl.client.auth`, a client certificate naming the principal), and
+    /// a connection without TLS is served only once its handshake proves
+    /// it is a broker of the cluster (replication and transaction markers,
+    /// authenticated by the cluster secret, not encrypted yet).
+    pub native_security_protocol: String,
     /// Kafka's `auto.create.topics.enable`: a Kafka Metadata request for
     /// an unknown topic creates it, with `num_partitions` partitions and
     /// `default_replication_factor` replicas.
@@ -265,6 +275,7 @@ impl Default for BrokerConfig {
             ssl_client_auth: "none".into(),
             ssl_cipher_suites: String::new(),
             ssl_enabled_protocols: String::new(),
+            native_security_protocol: "PLAINTEXT".into(),
             auto_create_topics_enable: true,
             num_partitions: 1,
             default_replication_factor: 1,
@@ -322,6 +333,7 @@ impl BrokerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_durability(&self.durability)?;
+        self.native_tls()?;
         if self.frame_bytes_max < 1024 || self.frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
             return Err(ConfigError(format!("frame_bytes_max must be in [1024, {FRAME_BYTES_MAX_LIMIT}]")));
         }
@@ -546,6 +558,25 @@ impl BrokerConfig {
             || (listener.protocol.uses_tls() && self.client_auth().ok() == Some(ClientAuth::Required))
     }
 
+    /// Whether the native ports take clients over TLS
+    /// (`native_security_protocol`). A native frame's first byte is that of
+    /// its length, which the frame cap keeps below a TLS record's first
+    /// byte (0x16: a handshake), so one port tells the two apart.
+    pub fn native_tls(&self) -> Result<bool, ConfigError> {
+        match self.native_security_protocol.trim().to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => Ok(false),
+            "SSL" if self.frame_bytes_max >= NATIVE_TLS_FRAME_BYTES_MAX => Err(ConfigError(format!(
+                "native_security_protocol SSL needs frame_bytes_max below {NATIVE_TLS_FRAME_BYTES_MAX} (a frame's \
+                 length would start like a TLS record)"
+            ))),
+            "SSL" => Ok(true),
+            other => Err(ConfigError(format!(
+                "native_security_protocol {other:?}: expected PLAINTEXT or SSL (SASL is optional on the native \
+                 port either way)"
+            ))),
+        }
+    }
+
     /// `ssl_client_auth` parsed.
     pub fn client_auth(&self) -> Result<ClientAuth, ConfigError> {
         match self.ssl_client_auth.trim().to_ascii_lowercase().as_str() {
@@ -673,6 +704,7 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
         "ssl.client.auth" => config.ssl_client_auth = value.to_string(),
         "ssl.cipher.suites" => config.ssl_cipher_suites = value.to_string(),
         "ssl.enabled.protocols" => config.ssl_enabled_protocols = value.to_string(),
+        "native.security.protocol" => config.native_security_protocol = value.to_string(),
         "sasl.enabled.mechanisms" => config.sasl_enabled_mechanisms = value.to_string(),
         "connections.max.reauth.ms" => config.connections_max_reauth_ms = number("milliseconds")?,
         // An encrypted private key needs its password; Spate reads only

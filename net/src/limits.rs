@@ -251,3 +251,11 @@ const _: () = assert!(TXN_PARTITIONS_MAX * (NAME_BYTES_MAX + 6) < 1 << 20, "a tr
 /// when io_uring's asynchronous teardown of its ring drops them (CI saw a
 /// restart right after a kill -9 find its own port still listening).
 pub const PORT_FREE_WAIT_MS: u64 = 3_000;
+
+/// The frame cap under which a native port can serve TLS and plaintext
+/// side by side: a frame whose length field starts with 0x16 (a TLS
+/// handshake record's first byte) would be at least this long.
+pub const NATIVE_TLS_FRAME_BYTES_MAX: usize = 0x1600_0000;
+/// A TLS record's first byte when it carries a handshake (RFC 8446 5.1).
+pub const TLS_HANDSHAKE_RECORD_BYTE: u8 = 0x16;
+const _: () = assert!(spate_flatbuf::FRAME_BYTES_MAX_DEFAULT < NATIVE_TLS_FRAME_BYTES_MAX);

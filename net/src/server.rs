@@ -170,10 +170,11 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
     refuse_ports_in_use(&config, &kafka_listeners)?;
     // Loaded before anything binds: a missing or bad certificate stops the
     // start with the file named, not the first client's handshake.
-    let tls = match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) || config.metrics_tls {
-        true => Some(Arc::new(crate::security::tls::TlsServer::load(&config)?)),
-        false => None,
-    };
+    let tls =
+        match kafka_listeners.iter().any(|l| l.protocol.uses_tls()) || config.metrics_tls || config.native_tls()? {
+            true => Some(Arc::new(crate::security::tls::TlsServer::load(&config)?)),
+            false => None,
+        };
     // Before any log opens: from here on, a crash reads as unclean.
     let restart =
         crate::clean_stop::on_start(&data_dir, default_durability == spate_engine::Durability::Always).map_err(io)?;
@@ -854,6 +855,11 @@ fn accept_loop(shard: &Rc<Shard>, listener: TcpListener, kind: Listener) {
                 protocol: listener.protocol,
                 tls: if listener.protocol.uses_tls() { shard.shared.tls.clone() } else { None },
             }
+        }
+        // With native TLS the native ports take TLS clients and plaintext
+        // brokers alike (`wire::conn::serve_tcp` tells them apart).
+        Listener::Native if shard.shared.config.native_tls().unwrap_or(false) => {
+            Security { listener: "NATIVE".into(), protocol: SecurityProtocol::Ssl, tls: shard.shared.tls.clone() }
         }
         Listener::Native | Listener::Metrics => {
             Security { listener: "NATIVE".into(), protocol: SecurityProtocol::Plaintext, tls: None }

@@ -48,17 +48,27 @@ pub(crate) struct Session {
     decisions: Rc<crate::security::acl::Decisions>,
     /// The client id its handshake sent, for client-id quotas.
     client_id: std::cell::RefCell<String>,
+    /// A connection without TLS on ports that take clients over TLS
+    /// (`native_security_protocol = SSL`): served only once its handshake
+    /// proves it is a broker.
+    brokers_only: bool,
     /// The client's quotas as this connection resolved them, and how long
     /// it is kept quiet for going over one.
     throttle: Rc<crate::throttle::ConnThrottle>,
 }
 
 impl Session {
-    pub fn new(peer: &str) -> Session {
+    pub fn new(info: &crate::security::ConnInfo, config: &BrokerConfig) -> Session {
+        let peer = info.peer.as_str();
         let host = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
+        let brokers_only =
+            info.protocol == crate::security::SecurityProtocol::Plaintext && config.native_tls().unwrap_or(false);
+        // A verified client certificate names the principal (mutual TLS).
+        let principal = info.tls_principal.clone().unwrap_or_else(crate::security::Principal::anonymous);
         Session {
             broker: std::cell::Cell::new(-1),
-            principal: std::cell::RefCell::new(Rc::new(crate::security::Principal::anonymous())),
+            brokers_only,
+            principal: std::cell::RefCell::new(Rc::new(principal)),
             sasl: Default::default(),
             host: host.trim_start_matches('[').trim_end_matches(']').into(),
             decisions: Default::default(),
@@ -91,6 +101,20 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         let acks_zero = envelope(&frame).and_then(|e| e.body_as_produce_request()).is_some_and(|r| r.acks() == 0);
         let response = if acks_zero { Response::Close(Some(response)) } else { Response::Frame(response) };
         return (Reply::Now(response), api);
+    }
+    if session.brokers_only && session.broker.get() < 0 {
+        // Only handshakes are served until one proves a broker (a broker
+        // first asks which shard accepted it, without a proof, then proves
+        // itself for that shard: `replica::peer`).
+        if body_type != Body::HandshakeRequest {
+            tracing::info!(shard = shard.id, peer = %session.host, api, "closing a native connection without TLS: this broker takes native clients over TLS only");
+            let message = "this broker's native ports take clients over TLS only (native_security_protocol = SSL): \
+                           connect with security.protocol SSL or SASL_SSL";
+            return (
+                Reply::Now(Response::Close(Some(error_frame(request_id, ErrorCode::InvalidRequest, message)))),
+                api,
+            );
+        }
     }
     if let Err(denied) = authz::check(shard, session, body_type, &frame) {
         return (Reply::Now(Response::Frame(error_frame(request_id, denied.error, &denied.message))), api);
@@ -179,7 +203,11 @@ impl FrontEnd for Native {
     type FrameError = spate_flatbuf::FrameError;
 
     fn new_session(&self, info: &crate::security::ConnInfo) -> Session {
-        Session::new(&info.peer)
+        Session::new(info, &self.0.shared.config)
+    }
+
+    fn plaintext_beside_tls(&self) -> bool {
+        true
     }
 
     fn decode(

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::{FrontEnd, Reply, Response};
 use crate::budget::{Budgets, ByteBudget, Charge};
 use crate::deadline::Deadline;
-use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES, TLS_HANDSHAKE_TIMEOUT_MS};
+use crate::limits::{LARGE_READ_STEP_BYTES, READ_CHUNK_BYTES, TLS_HANDSHAKE_RECORD_BYTE, TLS_HANDSHAKE_TIMEOUT_MS};
 use crate::security::ConnInfo;
 use bytes::{Bytes, BytesMut};
 use futures::io::{ReadHalf, WriteHalf};
@@ -72,6 +72,25 @@ pub(crate) async fn serve_tcp<F: FrontEnd>(front: F, stream: TcpStream, security
     let Some(tls) = security.tls else {
         return serve(front, stream, info).await;
     };
+    if front.plaintext_beside_tls() {
+        // A native port with TLS: a connection that does not open with a
+        // TLS handshake is served in plaintext, as PLAINTEXT (the front-end
+        // serves such a connection only to a proven broker).
+        let mut first = [0u8; 1];
+        let opened = futures::select_biased! {
+            peeked = futures::FutureExt::fuse(stream.peek(&mut first)) => peeked.ok(),
+            () = futures::FutureExt::fuse(Deadline::after(idle)) => None,
+        };
+        match opened {
+            Some(1..) if first[0] == TLS_HANDSHAKE_RECORD_BYTE => {}
+            Some(1..) => {
+                info.protocol = crate::security::SecurityProtocol::Plaintext;
+                return serve(front, stream, info).await;
+            }
+            // Closed or silent before its first byte.
+            _ => return,
+        }
+    }
     match tls_handshake(&tls, stream).await {
         Ok(stream) => {
             let certificate = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());

@@ -65,6 +65,12 @@ pub(crate) trait FrontEnd: Clone + 'static {
 
     /// Until when nothing more is to be read from this connection: a client
     /// over its quota is kept quiet (Kafka's KIP-219). None: read on.
+    /// Whether a listener with TLS also serves connections that do not
+    /// open with a TLS handshake (the native ports: brokers' connections).
+    fn plaintext_beside_tls(&self) -> bool {
+        false
+    }
+
     fn quiet_until(&self, _session: &Self::Session) -> Option<std::time::Instant> {
         None
     }
