@@ -14,15 +14,29 @@ use common::{cli, data_dir, free_port_below_ephemeral};
 
 #[test]
 fn native_clients_connect_over_tls_while_brokers_replicate_in_plaintext() {
-    let dir = data_dir("native-tls");
+    clients_over_tls("native-tls", false);
+}
+
+/// With a truststore the brokers link over TLS too (replication fetches
+/// and markers, each broker checking the other's certificate), and the
+/// native ports take no plaintext connection at all: the cluster still
+/// replicates, so its links are TLS.
+#[test]
+fn with_a_truststore_brokers_replicate_over_tls_and_no_plaintext_is_served() {
+    clients_over_tls("native-tls-peers", true);
+}
+
+fn clients_over_tls(name: &str, truststore: bool) {
+    let dir = data_dir(name);
     let ca = Ca::new("spate native TLS CA");
     let (ca_file, keystore) = ca.write_broker_stores(&dir.join("tls"), &["localhost", "127.0.0.1"]);
     let properties = dir.join("server.properties");
-    std::fs::write(
-        &properties,
-        format!("ssl.keystore.type=PEM\nssl.keystore.location={}\nnative.security.protocol=SSL\n", keystore.display()),
-    )
-    .unwrap();
+    let mut settings =
+        format!("ssl.keystore.type=PEM\nssl.keystore.location={}\nnative.security.protocol=SSL\n", keystore.display());
+    if truststore {
+        settings.push_str(&format!("ssl.truststore.type=PEM\nssl.truststore.location={}\n", ca_file.display()));
+    }
+    std::fs::write(&properties, settings).unwrap();
     let properties = properties.to_str().unwrap().to_string();
     let quorums = || {
         let ports: Vec<u16> = (0..3).map(|_| free_port_below_ephemeral()).collect();
@@ -30,7 +44,7 @@ fn native_clients_connect_over_tls_while_brokers_replicate_in_plaintext() {
             ports.iter().enumerate().map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1)).collect();
         vec![quorum.join(","); 3]
     };
-    let cluster = Cluster::start_with("native-tls", quorums, |_| vec!["--config".to_string(), properties.clone()]);
+    let cluster = Cluster::start_with(name, quorums, |_| vec!["--config".to_string(), properties.clone()]);
     let brokers = cluster.bootstrap().join(",");
     let ca_file = ca_file.to_str().unwrap();
     let tls = ["--brokers", &brokers, "--security-protocol", "SSL", "--ssl-ca-location", ca_file];

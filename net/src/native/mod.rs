@@ -50,24 +50,28 @@ pub(crate) struct Session {
     client_id: std::cell::RefCell<String>,
     /// A connection without TLS on ports that take clients over TLS
     /// (`native_security_protocol = SSL`): served only once its handshake
-    /// proves it is a broker.
+    /// proves it is a broker, and not at all when the brokers link over
+    /// TLS too (the broker has a truststore: `replica::peer::PeerTls`).
     brokers_only: bool,
+    plaintext_refused: bool,
     /// The client's quotas as this connection resolved them, and how long
     /// it is kept quiet for going over one.
     throttle: Rc<crate::throttle::ConnThrottle>,
 }
 
 impl Session {
-    pub fn new(info: &crate::security::ConnInfo, config: &BrokerConfig) -> Session {
+    pub fn new(info: &crate::security::ConnInfo, shared: &crate::shard::Shared) -> Session {
         let peer = info.peer.as_str();
         let host = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
-        let brokers_only =
-            info.protocol == crate::security::SecurityProtocol::Plaintext && config.native_tls().unwrap_or(false);
+        let brokers_only = info.protocol == crate::security::SecurityProtocol::Plaintext
+            && shared.config.native_tls().unwrap_or(false);
+        let plaintext_refused = brokers_only && shared.tls.as_ref().is_some_and(|tls| tls.peer_client().is_some());
         // A verified client certificate names the principal (mutual TLS).
         let principal = info.tls_principal.clone().unwrap_or_else(crate::security::Principal::anonymous);
         Session {
             broker: std::cell::Cell::new(-1),
             brokers_only,
+            plaintext_refused,
             principal: std::cell::RefCell::new(Rc::new(principal)),
             sasl: Default::default(),
             host: host.trim_start_matches('[').trim_end_matches(']').into(),
@@ -106,10 +110,10 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, session: &Session, frame: Frame, charg
         // Only handshakes are served until one proves a broker (a broker
         // first asks which shard accepted it, without a proof, then proves
         // itself for that shard: `replica::peer`).
-        if body_type != Body::HandshakeRequest {
+        if body_type != Body::HandshakeRequest || session.plaintext_refused {
             tracing::info!(shard = shard.id, peer = %session.host, api, "closing a native connection without TLS: this broker takes native clients over TLS only");
-            let message = "this broker's native ports take clients over TLS only (native_security_protocol = SSL): \
-                           connect with security.protocol SSL or SASL_SSL";
+            let message = "this broker's native ports take clients over TLS only (native_security_protocol = SSL; \
+                           brokers too when it has a truststore): connect with security.protocol SSL or SASL_SSL";
             return (
                 Reply::Now(Response::Close(Some(error_frame(request_id, ErrorCode::InvalidRequest, message)))),
                 api,
@@ -203,7 +207,7 @@ impl FrontEnd for Native {
     type FrameError = spate_flatbuf::FrameError;
 
     fn new_session(&self, info: &crate::security::ConnInfo) -> Session {
-        Session::new(info, &self.0.shared.config)
+        Session::new(info, &self.0.shared)
     }
 
     fn plaintext_beside_tls(&self) -> bool {

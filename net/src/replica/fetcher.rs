@@ -31,7 +31,7 @@ use spate_flatbuf::proto::{
     OffsetForLeaderEpochRequestArgs, OffsetForLeaderEpochTopic, OffsetForLeaderEpochTopicArgs,
 };
 
-use super::peer::{BrokerIdentity, Peer, PeerError};
+use super::peer::{BrokerIdentity, Peer, PeerError, PeerTls};
 use super::{Replica, Role};
 use crate::catalog::owner_shard;
 use crate::deadline::Deadline;
@@ -81,7 +81,12 @@ async fn run(shared: Arc<Shared>, replica: Rc<Replica>) {
 }
 
 /// The address of the leader's shard that owns this partition.
-fn leader_addr(shared: &Shared, topic: &str, partition: u32, leader: i32) -> Result<SocketAddr, FollowError> {
+fn leader_addr(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+    leader: i32,
+) -> Result<(SocketAddr, Option<PeerTls>), FollowError> {
     let catalog = shared.catalog.load();
     let broker = catalog.brokers.get(&leader).ok_or(FollowError::NoAddress(leader))?;
     let port = if broker.shard_ports.is_empty() {
@@ -89,11 +94,12 @@ fn leader_addr(shared: &Shared, topic: &str, partition: u32, leader: i32) -> Res
     } else {
         broker.shard_ports[owner_shard(topic, partition, broker.shard_ports.len())]
     };
-    (broker.host.as_str(), port)
+    let addr = (broker.host.as_str(), port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or(FollowError::NoAddress(leader))
+        .ok_or(FollowError::NoAddress(leader))?;
+    Ok((addr, PeerTls::to(shared, &broker.host)))
 }
 
 async fn follow(
@@ -103,12 +109,12 @@ async fn follow(
     leader_epoch: i32,
 ) -> Result<(), FollowError> {
     let topic = replica.topic();
-    let addr = leader_addr(shared, &topic.name, replica.partition, leader)?;
+    let (addr, tls) = leader_addr(shared, &topic.name, replica.partition, leader)?;
     let read_timeout = Duration::from_millis(REPLICA_FETCH_WAIT_MS * 4);
     let catalog = shared.catalog.load_full();
     let identity =
         BrokerIdentity { node_id: shared.config.node_id, to_node: leader, secret: catalog.cluster_secret.as_deref() };
-    let mut peer = Peer::connect(addr, shared.config.frame_bytes_max, read_timeout, identity).await?;
+    let mut peer = Peer::connect(addr, shared.config.frame_bytes_max, read_timeout, identity, tls).await?;
     drop(catalog);
     truncate_by_epoch(&mut peer, replica, &topic.name, leader_epoch).await?;
     tracing::info!(topic = %topic.name, partition = replica.partition, leader, leader_epoch, log_end_offset = replica.log.log_end_offset(), "following");

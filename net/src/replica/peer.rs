@@ -42,9 +42,83 @@ pub(crate) struct BrokerIdentity<'a> {
     pub secret: Option<&'a [u8]>,
 }
 
+/// A connection to another broker: plain TCP, or TLS over it when the
+/// native ports take TLS and this broker has a truststore to check the
+/// other against.
+enum PeerStream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl futures::AsyncRead for PeerStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            PeerStream::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl futures::AsyncWrite for PeerStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
+            PeerStream::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+            PeerStream::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => std::pin::Pin::new(stream).poll_close(cx),
+            PeerStream::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// TLS to another broker: this broker's client configuration and the host
+/// name the other's certificate must carry (its advertised host).
+pub(crate) struct PeerTls {
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    pub host: String,
+}
+
+impl PeerTls {
+    /// TLS to the broker reached at `host`, when this broker's native
+    /// ports take TLS and it has a truststore (`TlsServer::peer_client`);
+    /// else None: plaintext, the link proven by the cluster secret alone.
+    pub fn to(shared: &crate::shard::Shared, host: &str) -> Option<PeerTls> {
+        if !shared.config.native_tls().unwrap_or(false) {
+            return None;
+        }
+        let client = shared.tls.as_ref()?.peer_client()?;
+        Some(PeerTls { client, host: host.to_string() })
+    }
+}
+
 pub(crate) struct Peer {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: PeerStream,
     decoder: FrameDecoder,
     buf: BytesMut,
     /// Small reads land here first (see `wire::conn::read_more`).
@@ -69,9 +143,10 @@ impl Peer {
         frame_bytes_max: usize,
         read_timeout: Duration,
         identity: BrokerIdentity<'_>,
+        tls: Option<PeerTls>,
     ) -> Result<Peer, PeerError> {
         let secret = identity.secret.ok_or(PeerError::NoSecret)?;
-        let mut peer = Peer::open(addr, frame_bytes_max, read_timeout).await?;
+        let mut peer = Peer::open(addr, frame_bytes_max, read_timeout, tls).await?;
         let (code, shard) = peer.handshake(None).await?;
         if code != ErrorCode::None {
             return Err(PeerError::Refused { addr, code });
@@ -104,7 +179,12 @@ impl Peer {
         Ok((response.error(), response.shard()))
     }
 
-    async fn open(addr: SocketAddr, frame_bytes_max: usize, read_timeout: Duration) -> Result<Peer, PeerError> {
+    async fn open(
+        addr: SocketAddr,
+        frame_bytes_max: usize,
+        read_timeout: Duration,
+        tls: Option<PeerTls>,
+    ) -> Result<Peer, PeerError> {
         let stream = TcpStream::connect_timeout(addr, read_timeout)
             .await
             .map_err(|err| PeerError::Connect { addr, source: std::io::Error::other(err) })?;
@@ -112,6 +192,22 @@ impl Peer {
         stream
             .set_read_timeout(Some(read_timeout))
             .map_err(|err| PeerError::Connect { addr, source: std::io::Error::other(err) })?;
+        let stream = match tls {
+            None => PeerStream::Plain(stream),
+            Some(tls) => {
+                let name =
+                    rustls_pki_types::ServerName::try_from(tls.host.clone()).map_err(|_| PeerError::Connect {
+                        addr,
+                        source: std::io::Error::other(format!("{:?} is not a host name TLS can check", tls.host)),
+                    })?;
+                let connector = futures_rustls::TlsConnector::from(tls.client);
+                let stream = connector.connect(name, stream).await.map_err(|err| PeerError::Connect {
+                    addr,
+                    source: std::io::Error::new(err.kind(), format!("TLS handshake: {err}")),
+                })?;
+                PeerStream::Tls(Box::new(stream))
+            }
+        };
         Ok(Peer {
             addr,
             stream,

@@ -41,18 +41,33 @@ pub enum TlsError {
 #[derive(Debug)]
 pub(crate) struct TlsServer {
     current: ArcSwap<rustls::ServerConfig>,
+    /// The client side of this broker's TLS to other brokers' native ports
+    /// (replication, markers): its keystore as the client certificate, its
+    /// truststore as the roots. None without a truststore.
+    peers: arc_swap::ArcSwapOption<rustls::ClientConfig>,
 }
 
 impl TlsServer {
     /// Loads the stores `config` names.
     pub fn load(config: &BrokerConfig) -> Result<TlsServer, TlsError> {
-        Ok(TlsServer { current: ArcSwap::from(build(config)?) })
+        Ok(TlsServer {
+            current: ArcSwap::from(build(config)?),
+            peers: arc_swap::ArcSwapOption::new(build_peer_client(config)?),
+        })
     }
 
     /// Reads the stores again; on an error the config in use stays.
     pub fn reload(&self, config: &BrokerConfig) -> Result<(), TlsError> {
-        self.current.store(build(config)?);
+        let (server, peers) = (build(config)?, build_peer_client(config)?);
+        self.current.store(server);
+        self.peers.store(peers);
         Ok(())
+    }
+
+    /// How this broker connects to other brokers' native ports over TLS,
+    /// or None (no truststore to check them against).
+    pub fn peer_client(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.peers.load_full()
     }
 
     pub fn acceptor(&self) -> futures_rustls::TlsAcceptor {
@@ -91,6 +106,23 @@ fn build(config: &BrokerConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     // otherwise follows the client's order.
     server.ignore_client_order = !config.ssl_cipher_suites.trim().is_empty();
     Ok(Arc::new(server))
+}
+
+/// The client side of broker-to-broker TLS: the truststore's CAs check the
+/// other broker, whose certificate must name the host it is reached by;
+/// the keystore's certificate is presented (servers may require one).
+fn build_peer_client(config: &BrokerConfig) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+    let Some(roots) = truststore(config)? else { return Ok(None) };
+    let (chain, key) = keystore(config)?;
+    #[allow(deprecated)]
+    let provider = Arc::new(cipher_suites(rustls::crypto::ring::default_provider(), &config.ssl_cipher_suites)?);
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&protocol_versions(&config.ssl_enabled_protocols)?)
+        .map_err(|err| TlsError::Rustls(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|err| TlsError::Rustls(err.to_string()))?;
+    Ok(Some(Arc::new(client)))
 }
 
 /// The provider's suites that `list` names (Kafka's `ssl.cipher.suites`),

@@ -37,7 +37,7 @@ use crate::group::{Write, written};
 use crate::limits::{
     TXN_MARKER_PEERS_IDLE_MAX, TXN_MARKER_READ_TIMEOUT_MS, TXN_MARKER_RETRY_MS, TXN_MARKER_RETRY_MS_MAX,
 };
-use crate::replica::peer::{BrokerIdentity, Peer};
+use crate::replica::peer::{BrokerIdentity, Peer, PeerTls};
 use crate::shard::{Outcome, Shard, ShardOp, log_error_code};
 
 /// Writes the marker of a prepared transaction to every one of its
@@ -217,7 +217,8 @@ async fn remote_markers(
         secret: catalog.cluster_secret.as_deref(),
     };
     let read_timeout = Duration::from_millis(TXN_MARKER_READ_TIMEOUT_MS);
-    let mut peer = Peer::connect(addr, shard.shared.config.frame_bytes_max, read_timeout, identity)
+    let tls = catalog.brokers.get(&leader).and_then(|broker| PeerTls::to(&shard.shared, &broker.host));
+    let mut peer = Peer::connect(addr, shard.shared.config.frame_bytes_max, read_timeout, identity, tls)
         .await
         .map_err(|e| e.to_string())?;
     let outcomes = send(&mut peer, parts, marker).await?;
