@@ -30,6 +30,7 @@ mod producer;
 mod protocol;
 mod raw;
 pub mod scram;
+pub mod security;
 
 pub use admin::Admin;
 pub use client::Client;

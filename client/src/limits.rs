@@ -41,3 +41,7 @@ pub const SCRAM_CLIENT_NONCE_BYTES: usize = 18;
 /// not have; more is a broker making the client burn CPU.
 pub const SCRAM_ITERATIONS_MIN: u32 = 4096;
 pub const SCRAM_ITERATIONS_MAX: u32 = 16384;
+
+/// Largest PEM file read for TLS settings (`security.rs`): a CA bundle is
+/// a few hundred KiB; anything far larger is the wrong file.
+pub const PEM_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use spate_client::{SaslConfig, SaslMechanism};
+use spate_client::SaslConfig;
 
 use crate::converter::{converter_for, with_prefix};
 use crate::error::{ConnectError, Result};
@@ -24,10 +24,12 @@ pub struct WorkerConfig {
     /// The worker's `key.converter.*` and `value.converter.*` keys, for
     /// the converters' settings (only those: the config holds no secret).
     pub converter_props: Props,
-    /// `security.protocol=SASL_PLAINTEXT`: the login on the native port
-    /// (`sasl.mechanism`, and `sasl.jaas.config` or `sasl.username` /
-    /// `sasl.password`). Its Debug never shows the password.
+    /// Kafka's client security keys (`security.protocol`, `sasl.*`,
+    /// `ssl.ca.location`, ...), as `spate_client::security` reads them: the
+    /// login (its Debug never shows the password) and TLS to native ports
+    /// that take it.
     pub sasl: Option<SaslConfig>,
+    pub tls: Option<spate_client::ClientTls>,
     pub offset_storage_file: PathBuf,
     pub offset_flush_interval_ms: u64,
     /// Where the REST API listens: host (empty: every interface) and port.
@@ -54,11 +56,6 @@ const KNOWN_KEYS: &[&str] = &[
     // to find their jar, which Spate does not need.
     "plugin.path",
     "consumer.session.timeout.ms",
-    "security.protocol",
-    "sasl.mechanism",
-    "sasl.jaas.config",
-    "sasl.username",
-    "sasl.password",
 ];
 
 fn number<T: std::str::FromStr>(props: &Props, key: &str) -> Result<Option<T>> {
@@ -92,44 +89,6 @@ fn parse_listener(listeners: &str) -> Result<(String, u16)> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
 }
 
-/// A value of `key="value"` in a JAAS line
-/// (`...ScramLoginModule required username="alice" password="secret";`).
-fn jaas_option(jaas: &str, key: &str) -> Option<String> {
-    let start = jaas.find(&format!("{key}=\""))? + key.len() + 2;
-    let end = jaas[start..].find('"')?;
-    Some(jaas[start..start + end].to_string())
-}
-
-/// The native port's login from Kafka's client security keys.
-fn sasl_config(props: &Props) -> Result<Option<SaslConfig>> {
-    let protocol = props.get("security.protocol").map_or("PLAINTEXT".to_string(), |p| p.trim().to_ascii_uppercase());
-    match protocol.as_str() {
-        "PLAINTEXT" => return Ok(None),
-        "SASL_PLAINTEXT" => {}
-        "SSL" | "SASL_SSL" => {
-            return Err(ConnectError::Config(format!(
-                "security.protocol={protocol}: Spate's native port has no TLS yet (PLAINTEXT or SASL_PLAINTEXT)"
-            )));
-        }
-        other => return Err(ConnectError::Config(format!("unknown security.protocol {other}"))),
-    }
-    let mechanism_name = props.get("sasl.mechanism").map_or("PLAIN", |m| m.trim());
-    let mechanism = SaslMechanism::parse(mechanism_name).ok_or_else(|| {
-        ConnectError::Config(format!("sasl.mechanism {mechanism_name}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"))
-    })?;
-    let jaas = props.get("sasl.jaas.config").map(String::as_str).unwrap_or("");
-    let username = props.get("sasl.username").cloned().or_else(|| jaas_option(jaas, "username"));
-    let password = props.get("sasl.password").cloned().or_else(|| jaas_option(jaas, "password"));
-    match (username, password) {
-        (Some(username), Some(password)) => Ok(Some(SaslConfig { mechanism, username, password })),
-        _ => Err(ConnectError::Config(
-            "security.protocol=SASL_PLAINTEXT needs a username and password: sasl.jaas.config (username=\"...\" \
-             password=\"...\") or sasl.username and sasl.password"
-                .into(),
-        )),
-    }
-}
-
 impl WorkerConfig {
     pub fn from_props(props: &Props) -> Result<WorkerConfig> {
         let bootstrap_servers: Vec<String> = props
@@ -144,6 +103,8 @@ impl WorkerConfig {
         if bootstrap_servers.is_empty() {
             return Err(ConnectError::Config("bootstrap.servers names no broker".into()));
         }
+        let security = spate_client::security::from_kafka_properties(&|key| props.get(key).cloned())
+            .map_err(|err| ConnectError::Config(err.to_string()))?;
         let key_converter = required(props, "key.converter")?.to_string();
         let value_converter = required(props, "value.converter")?.to_string();
         converter_for(&key_converter, &with_prefix(props, "key.converter"))?;
@@ -167,6 +128,7 @@ impl WorkerConfig {
             .keys()
             .filter(|key| {
                 !KNOWN_KEYS.contains(&key.as_str())
+                    && !spate_client::security::KAFKA_SECURITY_KEYS.contains(&key.as_str())
                     && !key.starts_with("key.converter.")
                     && !key.starts_with("value.converter.")
             })
@@ -181,7 +143,8 @@ impl WorkerConfig {
                 .filter(|(key, _)| key.starts_with("key.converter.") || key.starts_with("value.converter."))
                 .map(|(key, value)| (key.clone(), value.clone()))
                 .collect(),
-            sasl: sasl_config(props)?,
+            sasl: security.sasl,
+            tls: security.tls,
             offset_storage_file,
             offset_flush_interval_ms,
             rest_host,
@@ -214,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn kafkas_sasl_keys_become_the_native_login_and_tls_is_refused() {
+    fn kafkas_security_keys_become_the_native_login_and_tls() {
         let base = "key.converter=StringConverter\nvalue.converter=StringConverter\noffset.storage.file.filename=o\n";
         let with = |extra: &str| WorkerConfig::from_props(&parse(&format!("{base}{extra}")).expect("parse"));
         assert_eq!(with("").expect("plain").sasl, None);
@@ -232,7 +195,7 @@ mod tests {
         let plain = with("security.protocol=sasl_plaintext\nsasl.username=bob\nsasl.password=pw\n").expect("plain");
         assert_eq!(plain.sasl.expect("login").mechanism.name(), "PLAIN");
         for bad in [
-            "security.protocol=SASL_SSL",
+            "security.protocol=SASL_SSL\nsasl.username=a\nsasl.password=b",
             "security.protocol=SASL_PLAINTEXT",
             "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=GSSAPI\nsasl.username=a\nsasl.password=b",
             "security.protocol=CARRIER_PIGEON",

@@ -495,6 +495,7 @@ impl Worker {
             bootstrap: config.bootstrap_servers.clone(),
             client_id: "spate-connect".into(),
             sasl: config.sasl.clone(),
+            tls: config.tls.clone(),
             ..ClientConfig::default()
         })
         .await?;

@@ -56,6 +56,10 @@ pub struct StreamsConfig {
     /// tasks may hold between commits; past it they are written out.
     /// 0 writes every change at once.
     pub statestore_cache_max_bytes: u64,
+    /// How the application connects and logs in: Kafka's client security
+    /// keys (`security.protocol`, `sasl.*`, `ssl.*`), as
+    /// `spate_client::security` reads them.
+    pub security: spate_client::security::ClientSecurity,
 }
 
 /// Kafka Streams' default `statestore.cache.max.bytes`: 10 MiB.
@@ -84,6 +88,7 @@ impl StreamsConfig {
             dead_letter_queue_topic: None,
             state_dir: state_dir_default(),
             statestore_cache_max_bytes: STATESTORE_CACHE_MAX_BYTES_DEFAULT,
+            security: Default::default(),
         }
     }
 
@@ -91,7 +96,13 @@ impl StreamsConfig {
     /// are refused (a typo must not pass silently).
     pub fn from_properties(properties: &[(&str, &str)]) -> Result<Self, StreamsError> {
         let mut config = StreamsConfig::new("", "");
+        let lookup = |key: &str| properties.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v.to_string());
+        config.security = spate_client::security::from_kafka_properties(&lookup)
+            .map_err(|err| StreamsError::Config(err.to_string()))?;
         for (key, value) in properties {
+            if spate_client::security::KAFKA_SECURITY_KEYS.contains(key) {
+                continue;
+            }
             let number = |value: &str| {
                 value
                     .trim()
@@ -197,5 +208,24 @@ mod tests {
         assert!(StreamsConfig::from_properties(&[("application.id", "a"), ("commit.interval.msx", "1")]).is_err());
         assert!(StreamsConfig::from_properties(&[("application.id", "bad id")]).is_err());
         assert!(StreamsConfig::from_properties(&[("bootstrap.servers", "a:1")]).is_err());
+    }
+
+    /// Kafka's client security keys log the application in (they were
+    /// refused as unknown keys).
+    #[test]
+    fn kafkas_security_keys_log_the_application_in() {
+        let config = StreamsConfig::from_properties(&[
+            ("application.id", "wordcount"),
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "SCRAM-SHA-256"),
+            ("sasl.username", "alice"),
+            ("sasl.password", "alice-secret"),
+        ])
+        .unwrap();
+        let sasl = config.security.sasl.clone().unwrap();
+        assert_eq!((sasl.username.as_str(), sasl.mechanism.name()), ("alice", "SCRAM-SHA-256"));
+        assert!(!format!("{config:?}").contains("alice-secret"), "no password in Debug");
+        let no_ca = StreamsConfig::from_properties(&[("application.id", "a"), ("security.protocol", "SSL")]);
+        assert!(no_ca.unwrap_err().to_string().contains("ssl.ca.location"));
     }
 }

@@ -76,6 +76,8 @@ impl KafkaStreams {
         let client = Client::connect(ClientConfig {
             bootstrap: self.config.bootstrap_servers.clone(),
             client_id: self.config.application_id.clone(),
+            sasl: self.config.security.sasl.clone(),
+            tls: self.config.security.tls.clone(),
             ..ClientConfig::default()
         })
         .await?;
