@@ -18,6 +18,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use spate_net::security::SecurityProtocol;
 
+use spate_client::security::jaas_option;
+
 use crate::limits::{COMMAND_CONFIG_BYTES_MAX, PEM_FILE_BYTES_MAX};
 
 /// The security flags: global, for the native commands (SASL only: the
@@ -104,33 +106,6 @@ fn read_bounded(what: &'static str, path: &Path, max_bytes: u64) -> Result<Vec<u
         return Err(SettingsError::TooLarge { what, path: path.to_path_buf(), max_bytes });
     }
     Ok(bytes)
-}
-
-/// `username="..."` and `password="..."` of a Java `sasl.jaas.config`
-/// (PlainLoginModule or ScramLoginModule), with `\"` and `\\` escapes.
-fn jaas_option(jaas: &str, name: &str) -> Option<String> {
-    let mut rest = jaas;
-    loop {
-        let at = rest.find(name)?;
-        let before_ok = at == 0 || rest[..at].ends_with(|c: char| c.is_whitespace());
-        let after = rest[at + name.len()..].trim_start();
-        rest = &rest[at + name.len()..];
-        let Some(value) = after.strip_prefix('=').map(str::trim_start) else { continue };
-        if !before_ok {
-            continue;
-        }
-        let quoted = value.strip_prefix('"')?;
-        let mut out = String::new();
-        let mut chars = quoted.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '"' => return Some(out),
-                '\\' => out.push(chars.next()?),
-                c => out.push(c),
-            }
-        }
-        return None;
-    }
 }
 
 impl SecurityArgs {

@@ -81,25 +81,30 @@ fn sasl_login(get: &dyn Fn(&str) -> Option<String>, protocol: &str) -> Result<Sa
 }
 
 /// A value of `key="value"` in a JAAS line (`...ScramLoginModule required
-/// username="alice" password="se\"cret";`), backslash escapes undone.
+/// username="alice" password="se\"cret";`; PlainLoginModule too), with
+/// `\"` and `\\` escapes undone and spaces around `=` allowed.
 pub fn jaas_option(jaas: &str, key: &str) -> Option<String> {
     let mut rest = jaas;
     loop {
         let at = rest.find(key)?;
         let before_ok = at == 0 || rest[..at].ends_with(|c: char| c.is_whitespace());
+        let after = rest[at + key.len()..].trim_start();
         rest = &rest[at + key.len()..];
-        if let (true, Some(value)) = (before_ok, rest.strip_prefix("=\"")) {
-            let mut out = String::new();
-            let mut chars = value.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => return Some(out),
-                    '\\' => out.push(chars.next()?),
-                    c => out.push(c),
-                }
-            }
-            return None;
+        let Some(value) = after.strip_prefix('=').map(str::trim_start) else { continue };
+        if !before_ok {
+            continue;
         }
+        let quoted = value.strip_prefix('"')?;
+        let mut out = String::new();
+        let mut chars = quoted.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return Some(out),
+                '\\' => out.push(chars.next()?),
+                c => out.push(c),
+            }
+        }
+        return None;
     }
 }
 
