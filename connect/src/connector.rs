@@ -77,6 +77,23 @@ pub struct ConfigReport {
     pub errors: Vec<String>,
 }
 
+/// `validate_against`, then, once every key checks out on its own, the
+/// connector's own parse: its first error goes to the key it names.
+pub fn validate_parsed<T>(
+    keys: &[ConfigKey],
+    props: &Props,
+    parse: impl Fn(&Props) -> std::result::Result<T, (&'static str, String)>,
+) -> Vec<ConfigReport> {
+    let mut reports = validate_against(keys, props);
+    if reports.iter().all(|r| r.errors.is_empty())
+        && let Err((key, message)) = parse(props)
+        && let Some(report) = reports.iter_mut().find(|r| r.key.name == key)
+    {
+        report.errors.push(message);
+    }
+    reports
+}
+
 /// Checks `props` against `keys`: required keys present, numbers and
 /// booleans parse. Connectors add their own rules on top.
 pub fn validate_against(keys: &[ConfigKey], props: &Props) -> Vec<ConfigReport> {

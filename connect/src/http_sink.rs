@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use spate_client::TopicPartition;
 
 use crate::connector::{
-    ConfigKey, ConfigReport, ConfigType, Connector, Importance, SinkConnector, SinkTask, validate_against,
+    ConfigKey, ConfigReport, ConfigType, Connector, Importance, SinkConnector, SinkTask, validate_parsed,
 };
 use crate::converter::{Converter, JsonConverter};
 use crate::error::{ConnectError, Result};
@@ -342,14 +342,7 @@ impl Connector for HttpSinkConnector {
     }
 
     fn validate(&self, props: &Props) -> Vec<ConfigReport> {
-        let mut reports = validate_against(&keys(), props);
-        if reports.iter().all(|r| r.errors.is_empty())
-            && let Err((key, message)) = HttpSinkConfig::parse(props)
-            && let Some(report) = reports.iter_mut().find(|r| r.key.name == key)
-        {
-            report.errors.push(message);
-        }
-        reports
+        validate_parsed(&keys(), props, HttpSinkConfig::parse)
     }
 
     fn start(&mut self, props: &Props) -> Result<()> {

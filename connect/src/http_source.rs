@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 use crate::connector::{
     ConfigKey, ConfigReport, ConfigType, Connector, Importance, OffsetStorageReader, SourceConnector, SourceTask,
-    validate_against,
+    validate_parsed,
 };
 use crate::data::SchemaAndValue;
 use crate::error::{ConnectError, Result};
@@ -147,14 +147,7 @@ impl Connector for HttpSourceConnector {
     }
 
     fn validate(&self, props: &Props) -> Vec<ConfigReport> {
-        let mut reports = validate_against(&keys(), props);
-        if reports.iter().all(|r| r.errors.is_empty())
-            && let Err((key, message)) = HttpSourceConfig::parse(props)
-            && let Some(report) = reports.iter_mut().find(|r| r.key.name == key)
-        {
-            report.errors.push(message);
-        }
-        reports
+        validate_parsed(&keys(), props, HttpSourceConfig::parse)
     }
 
     fn start(&mut self, props: &Props) -> Result<()> {
