@@ -1579,8 +1579,12 @@ impl<S: Storage> LogInner<S> {
     pub(crate) async fn aborted_over(&self, start_offset: i64, end_offset: i64) -> Result<Vec<AbortedTxn>> {
         // One look at the state: a seal in between moves entries from
         // memory to a file this list would not hold.
-        let (sealed, mut found, log_start_offset) = {
+        let (sealed, mut found, start_offset) = {
             let state = self.state.borrow();
+            // Transactions wholly below the log start went with their
+            // records (a start moved into a segment leaves its file as it
+            // was, and a truncation brings such entries back into memory).
+            let start_offset = start_offset.max(state.log_start_offset);
             let resident_from = state.txns.resident_from();
             let sealed: Vec<(i64, i64, usize, PathBuf)> = state
                 .segments
@@ -1594,11 +1598,8 @@ impl<S: Storage> LogInner<S> {
                     (segment.base_offset, segment.next_offset, segment.aborted_entries, segment.txn_index_path())
                 })
                 .collect();
-            (sealed, state.txns.aborted_between(start_offset, end_offset), state.log_start_offset)
+            (sealed, state.txns.aborted_between(start_offset, end_offset), start_offset)
         };
-        // Transactions wholly below the log start went with their records
-        // (a start moved into a segment leaves its file as it was).
-        let start_offset = start_offset.max(log_start_offset);
         'segments: for (base_offset, next_offset, entries, path) in sealed {
             let index = self.sealed_txn_index(base_offset, next_offset, entries, &path, start_offset).await?;
             for txn in index.iter().filter(|txn| txn.last_offset >= start_offset) {
@@ -1681,6 +1682,9 @@ impl<S: Storage> LogInner<S> {
             loaded.extend(crate::txn::read_index(&self.storage, &path, base_offset, next_offset, entries).await?);
         }
         let mut state = self.state.borrow_mut();
+        // What the log start left behind stays gone, as `drop_below` had it.
+        let log_start_offset = state.log_start_offset;
+        loaded.retain(|txn| txn.last_offset >= log_start_offset);
         if segment_base < state.txns.resident_from() {
             state.txns.load_below(segment_base, loaded);
         }
