@@ -178,6 +178,19 @@ fn record_error(builder: &Builder, result: Result<(), StreamsError>) {
     }
 }
 
+/// Adds the store `store` that `processor` writes, its changelog left off
+/// when `materialized` says so.
+fn add_materialized_store<V>(
+    builder: &Builder,
+    store: crate::store::StoreBuilder,
+    materialized: &Materialized<V>,
+    processor: &str,
+) {
+    let store = if materialized.logging { store } else { store.with_logging_disabled() };
+    let result = builder.borrow_mut().topology.add_state_store(store, &[processor]).map(|_| ());
+    record_error(builder, result);
+}
+
 fn add_processor<KIn, VIn, KOut, VOut, P, F>(builder: &Builder, name: &str, supplier: F, parents: &[&str])
 where
     KIn: Data,
@@ -288,13 +301,9 @@ impl StreamsBuilder {
             move || TableSource::<K, V> { store: store_name.clone(), _types: PhantomData },
             &[&source],
         );
-        let mut store_builder =
+        let store_builder =
             Stores::key_value_store_builder(materialized.supplier(&store), consumed.key_serde, value_serde);
-        if !materialized.logging {
-            store_builder = store_builder.with_logging_disabled();
-        }
-        let result = self.builder.borrow_mut().topology.add_state_store(store_builder, &[&processor]).map(|_| ());
-        record_error(&self.builder, result);
+        add_materialized_store(&self.builder, store_builder, &materialized, &processor);
         KTable::materialized(&self.builder, processor, store)
     }
 
@@ -895,13 +904,9 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
             move || Aggregate { store: store_name.clone(), function: Arc::clone(&function) },
             &[&input],
         );
-        let mut store_builder =
+        let store_builder =
             Stores::key_value_store_builder(materialized.supplier(&store), self.grouped.key_serde.clone(), value_serde);
-        if !materialized.logging {
-            store_builder = store_builder.with_logging_disabled();
-        }
-        let result = builder.borrow_mut().topology.add_state_store(store_builder, &[&name]).map(|_| ());
-        record_error(builder, result);
+        add_materialized_store(builder, store_builder, &materialized, &name);
         KTable::materialized(builder, name, store)
     }
 
@@ -1029,13 +1034,9 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
             &[&input],
         );
         let retention_ms = self.windows.size_ms.saturating_add(self.windows.grace_ms);
-        let mut store_builder =
+        let store_builder =
             Stores::window_store_builder(&store, retention_ms, self.grouped.grouped.key_serde.clone(), value_serde);
-        if !materialized.logging {
-            store_builder = store_builder.with_logging_disabled();
-        }
-        let result = builder.borrow_mut().topology.add_state_store(store_builder, &[&name]).map(|_| ());
-        record_error(builder, result);
+        add_materialized_store(builder, store_builder, &materialized, &name);
         KTable {
             builder: Rc::clone(builder),
             node: name,
@@ -1639,13 +1640,9 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
             &[&input],
         );
         let retention_ms = self.windows.gap_ms.saturating_add(self.windows.grace_ms);
-        let mut store_builder =
+        let store_builder =
             Stores::session_store_builder(&store, retention_ms, self.grouped.grouped.key_serde.clone(), value_serde);
-        if !materialized.logging {
-            store_builder = store_builder.with_logging_disabled();
-        }
-        let result = builder.borrow_mut().topology.add_state_store(store_builder, &[&name]).map(|_| ());
-        record_error(builder, result);
+        add_materialized_store(builder, store_builder, &materialized, &name);
         KTable { builder: Rc::clone(builder), node: name, getter: None, windows: None, _types: PhantomData }
     }
 
