@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs one Java scenario: compat/java/run.sh NAME --bootstrap HOST:PORT [...]
-# (NAME is produce-consume, group, admin or streams-wordcount; see
+# (NAME is produce-consume, group, admin, streams-wordcount or
+# streams-twins, the differential test's Kafka Streams applications; see
 # Main.java). Scratch files (Kafka Streams' state directory) go under
 # target/compat/work.
 set -euo pipefail

@@ -4,7 +4,11 @@
 //! (key: the user; value: JSON `{"user", "window_start_ms",
 //! "window_end_ms", "clicks"}`). Event time is the record's timestamp.
 //!
-//! Brokers from SPATE_BROKERS (default localhost:9400). Runs until killed.
+//! Brokers from SPATE_BROKERS (default localhost:9400); commit interval
+//! from COMMIT_INTERVAL_MS (default 1000); the stores' directory from
+//! STATE_DIR (Kafka's `state.dir`); NAME_PREFIX (default empty) goes in
+//! front of the topics' names and the application id, so that several
+//! copies share a broker. Runs until killed.
 
 use serde::{Deserialize, Serialize};
 use spate_streams::{
@@ -27,10 +31,14 @@ struct WindowCount {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())).init();
     let brokers = std::env::var("SPATE_BROKERS").unwrap_or_else(|_| "localhost:9400".into());
+    let commit_interval_ms = std::env::var("COMMIT_INTERVAL_MS").unwrap_or_else(|_| "1000".into());
+    let state_dir = std::env::var("STATE_DIR").ok();
+    let prefix = std::env::var("NAME_PREFIX").unwrap_or_default();
+    let application_id = format!("{prefix}streams-windowed-clicks");
 
     let builder = StreamsBuilder::new();
     builder
-        .stream("clicks", Consumed::with(Serdes::string(), Serdes::bytes()))
+        .stream(&format!("{prefix}clicks"), Consumed::with(Serdes::string(), Serdes::bytes()))
         .group_by_key(Grouped::with(Serdes::string(), Serdes::bytes()))
         .windowed_by(TimeWindows::of_size_and_grace(WINDOW_MS, GRACE_MS))
         .count(Materialized::as_("clicks-per-window"))
@@ -45,15 +53,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             (windowed.key.clone(), count)
         })
-        .to("clicks-per-minute", Produced::with(Serdes::string(), Serdes::json::<WindowCount>()));
+        .to(&format!("{prefix}clicks-per-minute"), Produced::with(Serdes::string(), Serdes::json::<WindowCount>()));
     let topology = builder.build()?;
     println!("{}", topology.describe());
 
-    let config = StreamsConfig::from_properties(&[
-        ("application.id", "streams-windowed-clicks"),
-        ("bootstrap.servers", &brokers),
-        ("commit.interval.ms", "1000"),
-    ])?;
+    let mut properties = vec![
+        ("application.id", application_id.as_str()),
+        ("bootstrap.servers", brokers.as_str()),
+        ("commit.interval.ms", commit_interval_ms.as_str()),
+    ];
+    if let Some(state_dir) = &state_dir {
+        properties.push(("state.dir", state_dir.as_str()));
+    }
+    let config = StreamsConfig::from_properties(&properties)?;
     let mut streams = KafkaStreams::new(topology, config)?;
     streams.start().await?;
     streams.wait().await?;

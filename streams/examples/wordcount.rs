@@ -9,7 +9,10 @@
 //! STATE_DIR (Kafka's `state.dir`; default: `spate-streams` in the temporary
 //! directory); its record cache's bound from CACHE_MAX_BYTES (Kafka's
 //! `statestore.cache.max.bytes`, default 10 MiB; 0 writes every count to
-//! the changelog as it changes). Ctrl-C (SIGINT) closes it cleanly: a last commit and
+//! the changelog as it changes); NAME_PREFIX (default empty) goes in front
+//! of the topics' names and the application id, so that several copies
+//! share a broker (the differential test runs one next to its Kafka
+//! Streams twin). Ctrl-C (SIGINT) closes it cleanly: a last commit and
 //! checkpoint, so the next start restores only what the changelog has
 //! after it. Killed otherwise, what was not committed is processed again
 //! on the next start (at least once).
@@ -24,21 +27,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let session_timeout_ms = std::env::var("SESSION_TIMEOUT_MS").unwrap_or_else(|_| "45000".into());
     let state_dir = std::env::var("STATE_DIR").ok();
     let cache_max_bytes = std::env::var("CACHE_MAX_BYTES").ok();
+    let prefix = std::env::var("NAME_PREFIX").unwrap_or_default();
+    let application_id = format!("{prefix}streams-wordcount");
 
     let builder = StreamsBuilder::new();
     builder
         // Lines have no key: read it as an Option.
-        .stream("text-input", Consumed::with(Serdes::nullable(Serdes::string()), Serdes::string()))
+        .stream(&format!("{prefix}text-input"), Consumed::with(Serdes::nullable(Serdes::string()), Serdes::string()))
         .flat_map_values(|line: &String| line.to_lowercase().split_whitespace().map(str::to_string).collect::<Vec<_>>())
         .group_by(|_, word| word.clone(), Grouped::with(Serdes::string(), Serdes::string()))
         .count(Materialized::as_("counts-store"))
         .to_stream()
-        .to("word-counts", Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
+        .to(&format!("{prefix}word-counts"), Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
     let topology = builder.build()?;
     println!("{}", topology.describe());
 
     let mut properties = vec![
-        ("application.id", "streams-wordcount"),
+        ("application.id", application_id.as_str()),
         ("bootstrap.servers", brokers.as_str()),
         ("commit.interval.ms", commit_interval_ms.as_str()),
         ("session.timeout.ms", session_timeout_ms.as_str()),

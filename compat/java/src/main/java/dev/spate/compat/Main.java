@@ -17,6 +17,12 @@ public final class Main {
         }
         String name = argv[0];
         try {
+            if (name.equals("streams-twins")) {
+                // Not a scenario: the differential test's Kafka Streams
+                // twins, with flags of their own, running until stdin ends.
+                StreamsTwins.run(argv);
+                System.exit(0);
+            }
             Scenario.Args args = Scenario.Args.parse(argv);
             Map<String, Object> observed = switch (name) {
                 case "produce-consume" -> ProduceConsume.run(args);
@@ -45,6 +51,7 @@ public final class Main {
     private static void usage() {
         System.err.println("usage: run.sh {produce-consume|group|admin|streams-wordcount|streams-wordcount-eos} --bootstrap HOST:PORT"
                 + " [--topic-prefix P] [--group-protocol classic|consumer]");
+        System.err.println("       run.sh streams-twins --bootstrap HOST:PORT --prefix P --state-dir DIR");
         System.exit(2);
     }
 }
