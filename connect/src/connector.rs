@@ -193,5 +193,20 @@ pub trait SinkTask: Send {
     /// Make everything `put` so far durable in the sink, up to `offsets`
     /// (the next offset to read per partition).
     fn flush(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()>;
+    /// Records the sink could not write and skipped under
+    /// `errors.tolerance=all` (Kafka's ErrantRecordReporter, KIP-610),
+    /// each with a `ConnectError::Data` saying why. The worker takes them
+    /// after every `put` and `flush` and sends them to the dead-letter
+    /// topic (if any) before it commits their offsets.
+    fn take_errant(&mut self) -> Vec<ErrantRecord> {
+        Vec::new()
+    }
     fn stop(&mut self) {}
+}
+
+/// A record a sink task skipped, and why.
+#[derive(Debug)]
+pub struct ErrantRecord {
+    pub record: SinkRecord,
+    pub error: crate::error::ConnectError,
 }

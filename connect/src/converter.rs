@@ -259,6 +259,14 @@ fn write_float(out: &mut String, value: f64) -> Result<()> {
     }
 }
 
+/// A value as JSON text without a schema, as JsonConverter with
+/// `schemas.enable=false` writes it (the PostgreSQL sink's JSONB columns).
+pub(crate) fn schemaless_json(value: &Value) -> Result<String> {
+    let mut out = String::new();
+    write_value(&mut out, None, value)?;
+    Ok(out)
+}
+
 /// A value as JSON, checked against its schema when there is one.
 fn write_value(out: &mut String, schema: Option<&Schema>, value: &Value) -> Result<()> {
     if let Some(schema) = schema {

@@ -6,6 +6,8 @@
 //! - [`file`]: FileStreamSource and FileStreamSink.
 //! - [`http_sink`] and [`http_source`]: HttpSink (records to an HTTP URL)
 //!   and HttpSource (a webhook receiver).
+//! - [`postgres`] holds PostgresSink (records to tables: insert or
+//!   upsert) and PostgresSource (incremental queries of tables).
 //! - [`transforms`]: single message transforms and predicates.
 //! - [`worker`]: the standalone worker (offsets in a local file),
 //!   [`rest`], Kafka Connect's REST API on it, and [`standalone`], the
@@ -23,6 +25,7 @@ pub mod limits;
 pub mod offsets;
 pub mod pipeline;
 pub mod plugins;
+pub mod postgres;
 pub mod props;
 pub mod record;
 pub mod rest;

@@ -87,6 +87,32 @@ pub const HTTP_SOURCE_ARRAY_ELEMENTS_MAX: usize = 10_000;
 /// told to come back than kept waiting.
 pub const HTTP_SOURCE_POLL_STALE_MS: u64 = 2000;
 
+/// PostgreSQL keeps identifiers of at most NAMEDATALEN - 1 bytes and cuts
+/// longer ones silently; the connectors refuse them instead.
+pub const POSTGRES_IDENTIFIER_BYTES_MAX: usize = 63;
+
+/// How long opening a PostgreSQL connection may take before it counts as
+/// a transient failure (retried), unless the URL sets connect_timeout.
+pub const POSTGRES_CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// The most rows the PostgreSQL sink writes in one transaction
+/// (`batch.size`): a batch's rows and their parameters are held in memory
+/// and its statements pipelined on one connection.
+pub const POSTGRES_SINK_BATCH_ROWS_MAX: usize = 100_000;
+
+/// The longest wait between two tries of a PostgreSQL batch
+/// (`retry.backoff.ms`): a task never looks hung for more than minutes.
+pub const POSTGRES_RETRY_BACKOFF_MS_MAX: u64 = 5 * 60 * 1000;
+
+/// The most rows one incremental query of the PostgreSQL source returns
+/// (`batch.max.rows`): one poll's records are held in memory.
+pub const POSTGRES_SOURCE_BATCH_ROWS_MAX: usize = 100_000;
+
+/// The PostgreSQL source sleeps in steps of at most this while it waits
+/// for `poll.interval.ms`, so that pause and stop are seen.
+pub const POSTGRES_SOURCE_WAIT_STEP_MS: u64 = 200;
+
+const _: () = assert!(POSTGRES_SOURCE_WAIT_STEP_MS < 1000);
 const _: () = assert!(HTTP_SOURCE_POLL_STALE_MS > 10 * TASK_IDLE_WAIT_MS);
 const _: () = assert!(HTTP_ERROR_BODY_BYTES_MAX < HTTP_SINK_BODY_BYTES_MAX);
 // A request's records always fit in one poll, so a request is answered

@@ -26,6 +26,8 @@ pub enum Stage {
     KeyConverter,
     ValueConverter,
     Transformation,
+    /// The sink task's `put` or `flush` (a record it could not write).
+    TaskPut,
 }
 
 impl Stage {
@@ -34,6 +36,7 @@ impl Stage {
             Stage::KeyConverter => "KEY_CONVERTER",
             Stage::ValueConverter => "VALUE_CONVERTER",
             Stage::Transformation => "TRANSFORMATION",
+            Stage::TaskPut => "TASK_PUT",
         }
     }
 }
@@ -193,6 +196,7 @@ impl Pipeline {
                 Stage::KeyConverter => self.key_class.as_str(),
                 Stage::ValueConverter => self.value_class.as_str(),
                 Stage::Transformation => "org.apache.kafka.connect.transforms.Transformation",
+                Stage::TaskPut => "org.apache.kafka.connect.sink.SinkTask",
             };
             let message = failure.error.to_string();
             for (name, value) in [

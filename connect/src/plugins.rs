@@ -5,6 +5,8 @@ use crate::connector::{SinkConnector, SourceConnector};
 use crate::file::{FileStreamSinkConnector, FileStreamSourceConnector};
 use crate::http_sink::HttpSinkConnector;
 use crate::http_source::HttpSourceConnector;
+use crate::postgres::sink::PostgresSinkConnector;
+use crate::postgres::source::PostgresSourceConnector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectorType {
@@ -87,6 +89,18 @@ const PLUGINS: &[Plugin] = &[
         connector_type: ConnectorType::Source,
         make: || AnyConnector::Source(Box::new(HttpSourceConnector::default())),
     },
+    Plugin {
+        class: "io.spate.connect.postgres.PostgresSinkConnector",
+        aliases: &["PostgresSinkConnector", "PostgresSink"],
+        connector_type: ConnectorType::Sink,
+        make: || AnyConnector::Sink(Box::new(PostgresSinkConnector::default())),
+    },
+    Plugin {
+        class: "io.spate.connect.postgres.PostgresSourceConnector",
+        aliases: &["PostgresSourceConnector", "PostgresSource"],
+        connector_type: ConnectorType::Source,
+        make: || AnyConnector::Source(Box::new(PostgresSourceConnector::default())),
+    },
 ];
 
 pub fn plugins() -> &'static [Plugin] {
@@ -121,6 +135,10 @@ mod tests {
             ("io.spate.connect.http.HttpSinkConnector", ConnectorType::Sink),
             ("HttpSource", ConnectorType::Source),
             ("io.spate.connect.http.HttpSourceConnector", ConnectorType::Source),
+            ("PostgresSink", ConnectorType::Sink),
+            ("io.spate.connect.postgres.PostgresSinkConnector", ConnectorType::Sink),
+            ("PostgresSource", ConnectorType::Source),
+            ("io.spate.connect.postgres.PostgresSourceConnector", ConnectorType::Source),
         ] {
             let plugin = find(class).expect(class);
             assert_eq!(plugin.connector_type, kind);

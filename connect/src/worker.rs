@@ -24,7 +24,8 @@ use tokio::runtime::Handle;
 
 use crate::config::WorkerConfig;
 use crate::connector::{
-    ConfigKey, ConfigReport, ConfigType, Importance, OffsetStorageReader, SinkTask, SourceTask, validate_against,
+    ConfigKey, ConfigReport, ConfigType, ErrantRecord, Importance, OffsetStorageReader, SinkTask, SourceTask,
+    validate_against,
 };
 use crate::converter::{converter_for, with_prefix};
 use crate::error::{ConnectError, Result};
@@ -33,7 +34,7 @@ use crate::limits::{
     TOPIC_CREATE_BACKOFF_MS,
 };
 use crate::offsets::OffsetStore;
-use crate::pipeline::{Failure, Pipeline};
+use crate::pipeline::{Failure, Pipeline, Stage};
 use crate::plugins::{self, AnyConnector, ConnectorType, Plugin};
 use crate::props::Props;
 use crate::record::{SourceOffset, SourcePartition, SourceRecord};
@@ -1255,7 +1256,8 @@ impl Worker {
         let finished = match result {
             Ok(()) => {
                 // A clean stop: flush what was put, commit it, leave.
-                let committed = commit(task.as_mut(), &mut consumer, &mut pending, handle);
+                let report = |errant| self.report_errant(connector, task_id, pipeline, errant);
+                let committed = commit(task.as_mut(), &mut consumer, &mut pending, handle, &report);
                 if let Err(error) = handle.block_on(consumer.close()) {
                     tracing::warn!(connector, %error, "leaving the group");
                 }
@@ -1316,20 +1318,56 @@ impl Worker {
                     }
                 }
                 task.put(sink_records)?;
+                self.report_errant(connector, task_id, pipeline, task.take_errant())?;
                 for record in &records {
                     pending.insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset + 1);
                 }
             }
             if !pending.is_empty() && last_commit.elapsed() >= commit_interval {
                 last_commit = Instant::now();
-                commit(task, consumer, pending, handle)?;
+                let report = |errant| self.report_errant(connector, task_id, pipeline, errant);
+                commit(task, consumer, pending, handle, &report)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Records a sink task skipped (`SinkTask::take_errant`), handled as
+    /// the pipeline's own failures: logged and sent to the dead-letter
+    /// topic, acknowledged before their offsets can be committed. Their
+    /// key and value are converted back with the connector's converters
+    /// (the task holds them as Connect data). Only a task under
+    /// errors.tolerance=all may skip; from any other, the first fails it.
+    fn report_errant(
+        &self,
+        connector: &str,
+        task_id: usize,
+        pipeline: &Pipeline,
+        errant: Vec<ErrantRecord>,
+    ) -> Result<()> {
+        for ErrantRecord { record, error } in errant {
+            let failure = Failure { stage: Stage::TaskPut, error };
+            if !pipeline.tolerates(&failure) {
+                return Err(failure.error);
+            }
+            let topic = record.record.topic.clone();
+            let consumed = spate_client::ConsumerRecord {
+                key: pipeline.key.from_connect_data(&topic, &record.record.key).unwrap_or(None),
+                value: pipeline.value.from_connect_data(&topic, &record.record.value).unwrap_or(None),
+                partition: record.record.kafka_partition.unwrap_or(0),
+                offset: record.kafka_offset,
+                timestamp_ms: record.record.timestamp_ms.unwrap_or(0),
+                headers: record.record.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+                topic,
+            };
+            self.skip_sink_record(connector, task_id, pipeline, &consumed, &failure)?;
         }
         Ok(())
     }
 }
 
-/// Flushes the sink up to `pending`, then commits those offsets. A failed
+/// Flushes the sink up to `pending`, hands on the records it skipped,
+/// then commits those offsets. A failed
 /// commit is not fatal: the offsets stay pending for the next one, and at
 /// worst records are written again (at-least-once).
 fn commit(
@@ -1337,11 +1375,13 @@ fn commit(
     consumer: &mut GroupConsumer,
     pending: &mut BTreeMap<TopicPartition, i64>,
     handle: &Handle,
+    report_errant: &dyn Fn(Vec<ErrantRecord>) -> Result<()>,
 ) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
     task.flush(pending)?;
+    report_errant(task.take_errant())?;
     match handle.block_on(consumer.commit(pending.clone())) {
         Ok(()) => pending.clear(),
         Err(error) => tracing::warn!(%error, "committing sink offsets failed; they stay pending"),
