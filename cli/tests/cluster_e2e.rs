@@ -454,7 +454,14 @@ fn forged_replica_fetch(addr: &str, replica_id: i32, offset: i64) -> ErrorCode {
     let topics = builder.create_vector(&[topic]);
     let body = FetchRequest::create(
         &mut builder,
-        &FetchRequestArgs { max_wait_ms: 0, min_bytes: 1, max_bytes: 1 << 20, topics: Some(topics), replica_id },
+        &FetchRequestArgs {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: Some(topics),
+            replica_id,
+            ..Default::default()
+        },
     );
     let envelope = Envelope::create(
         &mut builder,

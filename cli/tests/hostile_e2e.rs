@@ -139,8 +139,11 @@ impl Raw {
             let parts = b.create_vector(&parts);
             let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
             let topics = b.create_vector(&[topic]);
-            ProduceRequest::create(b, &ProduceRequestArgs { acks, timeout_ms: 30_000, topics: Some(topics) })
-                .as_union_value()
+            ProduceRequest::create(
+                b,
+                &ProduceRequestArgs { acks, timeout_ms: 30_000, topics: Some(topics), ..Default::default() },
+            )
+            .as_union_value()
         })
     }
 

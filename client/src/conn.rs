@@ -499,7 +499,7 @@ mod tests {
         let request = broker.next_request().await.expect("first request");
         let first_id = request.read().expect("valid").request_id();
         let fire_and_forget = connection.send_only(SECOND, |stamp| {
-            protocol::produce(stamp, 0, 1000, &[ProduceEntry { topic: "t", partition: 0, records: b"x" }])
+            protocol::produce(stamp, 0, 1000, None, &[ProduceEntry { topic: "t", partition: 0, records: b"x" }])
         });
         fire_and_forget.await.expect("acks=0 produce is written");
         let second = tokio::spawn(ask(connection.clone()));

@@ -56,6 +56,19 @@ pub struct ConsumerConfig {
     pub auto_offset_reset: AutoOffsetReset,
     /// Wait before fetching again from a partition after a retriable error.
     pub retry_backoff_ms: u64,
+    /// Kafka's isolation.level: `ReadCommitted` reads only up to the last
+    /// stable offset and skips the records of aborted transactions (what
+    /// an exactly-once pipeline reads); `ReadUncommitted` (the default, as
+    /// in Kafka) reads everything up to the high watermark.
+    pub isolation_level: IsolationLevel,
+}
+
+/// Kafka's isolation.level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IsolationLevel {
+    #[default]
+    ReadUncommitted,
+    ReadCommitted,
 }
 
 impl Default for ConsumerConfig {
@@ -67,6 +80,7 @@ impl Default for ConsumerConfig {
             fetch_bytes_max: 50 * 1024 * 1024,
             auto_offset_reset: AutoOffsetReset::None,
             retry_backoff_ms: 100,
+            isolation_level: IsolationLevel::ReadUncommitted,
         }
     }
 }
@@ -368,6 +382,7 @@ impl Consumer {
             max_wait_ms: i32::try_from(self.config.fetch_max_wait_ms).unwrap_or(i32::MAX),
             min_bytes: to_i32(self.config.fetch_min_bytes, "fetch_min_bytes")?,
             max_bytes: to_i32(self.config.fetch_bytes_max, "fetch_bytes_max")?,
+            read_committed: self.config.isolation_level == IsolationLevel::ReadCommitted,
         };
         // The broker may hold the fetch for max_wait_ms before it answers.
         let timeout = self.client.request_timeout() + Duration::from_millis(self.config.fetch_max_wait_ms);
@@ -453,6 +468,7 @@ impl Consumer {
                     fetched.records_offset,
                     fetched.records_bytes,
                     entry.offset,
+                    &fetched.aborted,
                 )?;
                 state.position = Some(parsed.next_offset);
                 records.extend(parsed.records);

@@ -51,6 +51,15 @@ pub enum ClientError {
     /// The producer or consumer was closed.
     #[error("closed")]
     Closed,
+    /// A transactional producer's call out of order (a send before
+    /// `begin_transaction`, a commit with no transaction open, a producer
+    /// that is not transactional).
+    #[error("transaction state: {0}")]
+    TransactionState(String),
+    /// A record of the transaction failed for good, so the transaction
+    /// cannot commit: abort it (Kafka's TransactionAbortableException).
+    #[error("the transaction must be aborted: {0}")]
+    TransactionAbortable(String),
     /// A fetched batch failed validation (CRC, framing) or cannot be read.
     #[error("bad record batch: {0}")]
     Batch(#[from] BatchError),
@@ -136,6 +145,7 @@ pub(crate) fn code_is_retriable(code: ErrorCode) -> bool {
             | ErrorCode::UnknownLeaderEpoch
             | ErrorCode::LeaderNotAvailable
             | ErrorCode::NotController
+            | ErrorCode::ConcurrentTransactions
     )
 }
 

@@ -28,9 +28,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
 use crate::error::ClientError;
-use crate::group_protocol::{
-    self as gp, GroupDescription, GroupListing, HeartbeatRequest, MemberAssignment, coordinator_address,
-};
+use crate::group_protocol::{self as gp, GroupDescription, GroupListing, HeartbeatRequest, MemberAssignment};
 use crate::metadata::TopicPartition;
 use crate::protocol::Stamp;
 
@@ -214,6 +212,14 @@ impl GroupConsumer {
     pub async fn member(&self) -> (String, i32) {
         let member = self.shared.member.lock().await;
         (member.member_id.clone(), member.epoch)
+    }
+
+    /// Kafka's groupMetadata(): the group id and this member's id and
+    /// epoch, for `Producer::send_offsets_to_transaction` (the coordinator
+    /// refuses the offsets of a member fenced from the group).
+    pub async fn group_metadata(&self) -> crate::ConsumerGroupMetadata {
+        let (member_id, member_epoch) = self.member().await;
+        crate::ConsumerGroupMetadata { group_id: self.config.group_id.clone(), member_id, member_epoch }
     }
 
     pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
@@ -497,27 +503,41 @@ fn coordinator_busy(error: &ClientError) -> bool {
                 | ErrorCode::NotEnoughReplicas
                 | ErrorCode::NotEnoughReplicasAfterAppend
                 | ErrorCode::RequestTimedOut
+                // A transaction coordinator still writing the markers of
+                // the id's previous transaction.
+                | ErrorCode::ConcurrentTransactions
         )
     )
 }
 
 /// Sends a group request to the coordinator and decodes its answer,
-/// retrying until the request timeout when the coordinator could not be
-/// found or reached, answered that it does not lead the group's partition
-/// of `__consumer_offsets` (metadata is refreshed first, so the retry goes
-/// to the new leader), or answered that it is busy (`coordinator_busy`).
-/// Other errors go to the caller.
+/// retrying as `coordinator_request` does.
 async fn group_request<T>(
     client: &Client,
     group_id: &str,
     build: impl Fn(Stamp) -> crate::protocol::OutFrame,
     decode: impl Fn(&spate_flatbuf::Frame) -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
+    coordinator_request(client, gp::Coordinator::Group(group_id), build, decode).await
+}
+
+/// Sends a request to a group's or transactional id's coordinator and
+/// decodes its answer, retrying until the request timeout when the
+/// coordinator could not be found or reached, answered that it does not
+/// lead the key's partition of its internal topic (metadata is refreshed
+/// first, so the retry goes to the new leader), or answered that it is
+/// busy (`coordinator_busy`). Other errors go to the caller.
+pub(crate) async fn coordinator_request<T>(
+    client: &Client,
+    coordinator: gp::Coordinator<'_>,
+    build: impl Fn(Stamp) -> crate::protocol::OutFrame,
+    decode: impl Fn(&spate_flatbuf::Frame) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
     let deadline = Instant::now() + client.request_timeout();
     loop {
-        let error = match coordinator_address(client, group_id).await {
-            // No coordinator known yet: metadata lags (the offsets topic is
-            // new), or the group's partition has no leader right now.
+        let error = match gp::coordinator_address_of(client, coordinator).await {
+            // No coordinator known yet: metadata lags (the internal topic
+            // is new), or the key's partition has no leader right now.
             Err(error) => error,
             Ok(address) => {
                 let answer = client.request(&address, client.request_timeout(), &build).await;
@@ -538,7 +558,7 @@ async fn group_request<T>(
         if !error.is_retriable() || Instant::now() >= deadline {
             return Err(error);
         }
-        tracing::debug!(group = group_id, %error, "group request failed; retrying");
+        tracing::debug!(?coordinator, %error, "coordinator request failed; retrying");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use spate_flatbuf::flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 use spate_flatbuf::proto::{self, Body, ErrorCode};
-use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, Frame, group_partition};
+use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, Frame, TRANSACTION_STATE_TOPIC, group_partition};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -46,15 +46,70 @@ fn read_tps(vector: Option<TpsVector<'_>>) -> BTreeSet<TopicPartition> {
     out
 }
 
-/// The address of the shard coordinating `group_id`.
-pub(crate) async fn coordinator_address(client: &Client, group_id: &str) -> Result<String, ClientError> {
-    let count = client.partition_count(CONSUMER_OFFSETS_TOPIC).await?;
+/// Offsets to commit, as OffsetCommit and TxnOffsetCommit carry them.
+pub(crate) fn create_offsets<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    offsets: &BTreeMap<TopicPartition, i64>,
+) -> WIPOffset<Vector<'a, ForwardsUOffset<proto::OffsetCommitTopic<'a>>>> {
+    let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+    for (tp, offset) in offsets {
+        by_topic.entry(&tp.topic).or_default().push((tp.partition, *offset));
+    }
+    let topics: Vec<_> = by_topic
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partitions: Vec<_> = partitions
+                .into_iter()
+                .map(|(partition, offset)| {
+                    proto::OffsetCommitPartition::create(
+                        builder,
+                        &proto::OffsetCommitPartitionArgs { partition, offset },
+                    )
+                })
+                .collect();
+            let partitions = builder.create_vector(&partitions);
+            let name = builder.create_string(name);
+            proto::OffsetCommitTopic::create(
+                builder,
+                &proto::OffsetCommitTopicArgs { name: Some(name), partitions: Some(partitions) },
+            )
+        })
+        .collect();
+    builder.create_vector(&topics)
+}
+
+/// A coordinator's internal topic and the key it is chosen by: groups by
+/// their partition of `__consumer_offsets`, transactional ids by theirs of
+/// `__transaction_state` (the same hash, as in Kafka).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Coordinator<'a> {
+    Group(&'a str),
+    Transaction(&'a str),
+}
+
+impl Coordinator<'_> {
+    fn topic_and_key(&self) -> (&'static str, &str) {
+        match self {
+            Coordinator::Group(group_id) => (CONSUMER_OFFSETS_TOPIC, group_id),
+            Coordinator::Transaction(txn_id) => (TRANSACTION_STATE_TOPIC, txn_id),
+        }
+    }
+}
+
+/// The address of the shard that is `coordinator`: the leader of the key's
+/// partition of the coordinator's internal topic.
+pub(crate) async fn coordinator_address_of(
+    client: &Client,
+    coordinator: Coordinator<'_>,
+) -> Result<String, ClientError> {
+    let (topic, key) = coordinator.topic_and_key();
+    let count = client.partition_count(topic).await?;
     let count = u32::try_from(count)
         .ok()
         .filter(|&c| c > 0)
-        .ok_or_else(|| ClientError::Protocol(format!("{CONSUMER_OFFSETS_TOPIC} reports {count} partitions")))?;
-    let partition = group_partition(group_id, count) as i32;
-    client.partition_address(&TopicPartition::new(CONSUMER_OFFSETS_TOPIC, partition)).await
+        .ok_or_else(|| ClientError::Protocol(format!("{topic} reports {count} partitions")))?;
+    let partition = group_partition(key, count) as i32;
+    client.partition_address(&TopicPartition::new(topic, partition)).await
 }
 
 /// A heartbeat as the member sends it.
@@ -130,31 +185,7 @@ pub(crate) fn offset_commit(
     offsets: &BTreeMap<TopicPartition, i64>,
 ) -> OutFrame {
     let mut builder = FlatBufferBuilder::new();
-    let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
-    for (tp, offset) in offsets {
-        by_topic.entry(&tp.topic).or_default().push((tp.partition, *offset));
-    }
-    let topics: Vec<_> = by_topic
-        .into_iter()
-        .map(|(name, partitions)| {
-            let partitions: Vec<_> = partitions
-                .into_iter()
-                .map(|(partition, offset)| {
-                    proto::OffsetCommitPartition::create(
-                        &mut builder,
-                        &proto::OffsetCommitPartitionArgs { partition, offset },
-                    )
-                })
-                .collect();
-            let partitions = builder.create_vector(&partitions);
-            let name = builder.create_string(name);
-            proto::OffsetCommitTopic::create(
-                &mut builder,
-                &proto::OffsetCommitTopicArgs { name: Some(name), partitions: Some(partitions) },
-            )
-        })
-        .collect();
-    let topics = builder.create_vector(&topics);
+    let topics = create_offsets(&mut builder, offsets);
     let group_id = builder.create_string(group_id);
     let member_id = builder.create_string(member_id);
     let body = proto::OffsetCommitRequest::create(

@@ -31,11 +31,12 @@ mod protocol;
 mod raw;
 pub mod scram;
 pub mod security;
+mod txn_protocol;
 
 pub use admin::Admin;
 pub use client::Client;
 pub use config::{ClientConfig, ClientTls, SaslConfig, SaslMechanism};
-pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, SeekTo};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, IsolationLevel, SeekTo};
 pub use error::ClientError;
 pub use group::{GroupAdmin, GroupAssignor, GroupConfig, GroupConsumer, PartitionsCallback};
 pub use group_protocol::{GroupDescription, GroupListing, GroupMember, GroupPartitionOffset, MemberAssignment};
@@ -51,9 +52,11 @@ pub use raw::FetchedBatches;
 pub use rustls;
 pub use spate_flatbuf::proto::ErrorCode;
 pub use spate_flatbuf::{
-    CONSUMER_OFFSETS_TOPIC, OFFSET_EARLIEST, OFFSET_LATEST, TopicNameError, validate_group_id, validate_topic_name,
+    CONSUMER_OFFSETS_TOPIC, OFFSET_EARLIEST, OFFSET_LATEST, TRANSACTION_STATE_TOPIC, TopicNameError, validate_group_id,
+    validate_topic_name,
 };
 pub use spate_format::batch::Compression;
+pub use txn_protocol::ConsumerGroupMetadata;
 
 /// Locks a std mutex, ignoring poisoning: the data behind each of this
 /// crate's mutexes stays consistent between statements, and a panic in

@@ -45,3 +45,7 @@ pub const SCRAM_ITERATIONS_MAX: u32 = 16384;
 /// Largest PEM file read for TLS settings (`security.rs`): a CA bundle is
 /// a few hundred KiB; anything far larger is the wrong file.
 pub const PEM_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// The longest transactional id (Kafka's 249-byte name limit, as the
+/// broker enforces it).
+pub const TRANSACTIONAL_ID_BYTES_MAX: usize = 249;

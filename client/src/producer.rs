@@ -12,6 +12,7 @@
 //! records not yet acknowledged take that much.
 
 mod accumulator;
+mod transaction;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +25,8 @@ use spate_format::batch::{BATCH_HEADER_BYTES, Compression};
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::accumulator::{Accumulator, AccumulatorConfig, ProducerBatch, ProducerIdentity, RecordParts};
+pub(crate) use self::accumulator::ProducerIdentity;
+use self::accumulator::{Accumulator, AccumulatorConfig, ProducerBatch, RecordParts};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::limits::{PRODUCE_PARTITION_OVERHEAD_BYTES, PRODUCE_REQUEST_OVERHEAD_BYTES};
@@ -87,6 +89,15 @@ pub struct ProducerConfig {
     /// of being appended again. Applies with `Acks::All` only (Kafka
     /// requires acks=all); with other acks it is off.
     pub enable_idempotence: bool,
+    /// Kafka's transactional.id: makes this a transactional producer
+    /// (`init_transactions`, then `begin_transaction` .. `send` ..
+    /// `commit_transaction` or `abort_transaction`). The id survives
+    /// restarts: a new producer with the same id fences the old one and
+    /// ends what it left open. Requires idempotence and `Acks::All`.
+    pub transactional_id: Option<String>,
+    /// Kafka's transaction.timeout.ms: the coordinator aborts a
+    /// transaction open longer than this.
+    pub transaction_timeout_ms: i32,
 }
 
 impl Default for ProducerConfig {
@@ -103,6 +114,8 @@ impl Default for ProducerConfig {
             partitioner: Partitioner::Default,
             compression: Compression::None,
             enable_idempotence: true,
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
         }
     }
 }
@@ -128,6 +141,20 @@ impl ProducerConfig {
         }
         if self.delivery_timeout_ms == 0 {
             return invalid("delivery_timeout_ms must be positive".into());
+        }
+        if let Some(id) = &self.transactional_id {
+            if id.is_empty() || id.len() > crate::limits::TRANSACTIONAL_ID_BYTES_MAX {
+                return invalid(format!(
+                    "transactional_id must be 1 to {} bytes",
+                    crate::limits::TRANSACTIONAL_ID_BYTES_MAX
+                ));
+            }
+            if !self.enable_idempotence || self.acks != Acks::All {
+                return invalid("a transactional producer needs enable_idempotence and acks=all (as Kafka)".into());
+            }
+            if self.transaction_timeout_ms <= 0 {
+                return invalid("transaction_timeout_ms must be positive".into());
+            }
         }
         Ok(())
     }
@@ -226,6 +253,8 @@ struct Shared {
     buffer: Semaphore,
     /// The accumulator's low watermark after every change, for flush.
     low_watermark: watch::Sender<u64>,
+    /// A transactional producer's transaction state.
+    txn: Option<transaction::TxnShared>,
 }
 
 impl Shared {
@@ -274,7 +303,12 @@ impl Producer {
         if config.enable_idempotence && config.acks == Acks::All {
             accumulator.set_idempotent();
         }
+        let txn = config.transactional_id.clone().map(transaction::TxnShared::new);
+        if txn.is_some() {
+            accumulator.set_transactional();
+        }
         let shared = Arc::new(Shared {
+            txn,
             buffer: Semaphore::new(config.buffer_bytes_max),
             config,
             client,
@@ -289,6 +323,15 @@ impl Producer {
     /// Queues a record. Waits only for metadata (to pick a partition) and
     /// for buffer room; the returned future tells when it is delivered.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        match &self.shared.txn {
+            Some(txn) => transaction::send(self, txn, record).await,
+            None => self.send_now(record).await,
+        }
+    }
+
+    /// `send` with the record's partition known to be in the transaction,
+    /// or for a producer that is not transactional.
+    async fn send_now(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let record_bytes = record_bytes_upper_bound(&record);
         let record_bytes_max = self.shared.config.record_bytes_max();
         if record_bytes > record_bytes_max {
@@ -396,7 +439,9 @@ async fn run_sender(shared: Arc<Shared>) {
             shared.publish_low_watermark();
             return;
         }
-        if drained.ready.is_empty() && lock(&shared.state).accumulator.needs_producer_id() {
+        // A transactional producer's id comes from `init_transactions`
+        // (and again after an abort), never from here.
+        if drained.ready.is_empty() && shared.txn.is_none() && lock(&shared.state).accumulator.needs_producer_id() {
             init_producer_id(&shared).await;
             continue;
         }
@@ -476,7 +521,8 @@ async fn send_request(shared: Arc<Shared>, address: String, batches: Vec<Produce
         .iter()
         .map(|batch| ProduceEntry { topic: &batch.tp.topic, partition: batch.tp.partition, records: batch.bytes() })
         .collect();
-    let build = |stamp| protocol::produce(stamp, acks.as_i16(), broker_timeout_ms, &entries);
+    let transactional_id = shared.txn.as_ref().map(|txn| txn.id.as_str());
+    let build = |stamp| protocol::produce(stamp, acks.as_i16(), broker_timeout_ms, transactional_id, &entries);
     let outcomes: Vec<Result<i64, ClientError>> = if acks == Acks::None {
         let sent = client.send_only(&address, build).await;
         batches.iter().map(|_| sent.clone().map(|()| -1)).collect()

@@ -207,7 +207,7 @@ pub(crate) fn describe_topics(stamp: Stamp, names: Option<&[String]>) -> OutFram
 
 pub(crate) fn init_producer_id(stamp: Stamp) -> OutFrame {
     let mut builder = FlatBufferBuilder::new();
-    let body = proto::InitProducerIdRequest::create(&mut builder, &proto::InitProducerIdRequestArgs {});
+    let body = proto::InitProducerIdRequest::create(&mut builder, &proto::InitProducerIdRequestArgs::default());
     finish(builder, stamp, Body::InitProducerIdRequest, body.as_union_value())
 }
 
@@ -232,7 +232,15 @@ pub(crate) struct ProduceEntry<'a> {
     pub records: &'a [u8],
 }
 
-pub(crate) fn produce(stamp: Stamp, acks: i16, timeout_ms: i32, entries: &[ProduceEntry<'_>]) -> OutFrame {
+/// `transactional_id`: a transactional producer's (its batches are
+/// transactional, and the broker needs the id to accept them).
+pub(crate) fn produce(
+    stamp: Stamp,
+    acks: i16,
+    timeout_ms: i32,
+    transactional_id: Option<&str>,
+    entries: &[ProduceEntry<'_>],
+) -> OutFrame {
     let records_bytes: usize = entries.iter().map(|entry| entry.records.len()).sum();
     let mut builder = FlatBufferBuilder::with_capacity(records_bytes + 1024);
     let mut by_topic: BTreeMap<&str, Vec<&ProduceEntry<'_>>> = BTreeMap::new();
@@ -259,9 +267,10 @@ pub(crate) fn produce(stamp: Stamp, acks: i16, timeout_ms: i32, entries: &[Produ
         ));
     }
     let topics = builder.create_vector(&topics);
+    let transactional_id = transactional_id.map(|id| builder.create_string(id));
     let body = proto::ProduceRequest::create(
         &mut builder,
-        &proto::ProduceRequestArgs { acks, timeout_ms, topics: Some(topics) },
+        &proto::ProduceRequestArgs { acks, timeout_ms, topics: Some(topics), transactional_id },
     );
     finish(builder, stamp, Body::ProduceRequest, body.as_union_value())
 }
@@ -272,6 +281,8 @@ pub(crate) struct FetchLimits {
     pub max_wait_ms: i32,
     pub min_bytes: i32,
     pub max_bytes: i32,
+    /// Kafka's isolation.level=read_committed.
+    pub read_committed: bool,
 }
 
 /// One partition to fetch from `offset`.
@@ -325,6 +336,7 @@ pub(crate) fn fetch(stamp: Stamp, limits: FetchLimits, entries: &[FetchEntry]) -
             max_bytes: limits.max_bytes,
             topics: Some(topics),
             replica_id: -1,
+            isolation_level: i8::from(limits.read_committed),
         },
     );
     finish(builder, stamp, Body::FetchRequest, body.as_union_value())
@@ -635,6 +647,9 @@ pub(crate) struct FetchedPartition {
     pub log_end_offset: i64,
     pub records_offset: u32,
     pub records_bytes: u32,
+    /// read_committed: the transactions aborted with data in the records,
+    /// as (producer id, first offset).
+    pub aborted: Vec<(i64, i64)>,
 }
 
 /// A fetch response: the partitions and the payload their records are in.
@@ -660,6 +675,12 @@ pub(crate) fn decode_fetch(frame: Frame) -> Result<FetchResponse, ClientError> {
                     log_end_offset: p.log_end_offset(),
                     records_offset: p.records_offset(),
                     records_bytes: p.records_bytes(),
+                    aborted: p
+                        .aborted_transactions()
+                        .into_iter()
+                        .flatten()
+                        .map(|txn| (txn.producer_id(), txn.first_offset()))
+                        .collect(),
                 });
             }
         }
@@ -733,13 +754,14 @@ pub(crate) mod tests {
             ProduceEntry { topic: "a", partition: 2, records: b"second" },
             ProduceEntry { topic: "b", partition: 1, records: b"third" },
         ];
-        let out = produce(Stamp { request_id: 42, version: 1 }, -1, 3000, &entries);
+        let out = produce(Stamp { request_id: 42, version: 1 }, -1, 3000, Some("app-1"), &entries);
         let frame = as_received(&out);
         let envelope = frame.read().expect("verified");
         assert_eq!(envelope.request_id(), 42);
         let request = envelope.body_as_produce_request().expect("produce body");
         assert_eq!(request.acks(), -1);
         assert_eq!(request.timeout_ms(), 3000);
+        assert_eq!(request.transactional_id(), Some("app-1"), "the broker needs it for transactional batches");
         let mut seen = Vec::new();
         for topic in request.topics().into_iter().flatten() {
             for p in topic.partitions().into_iter().flatten() {

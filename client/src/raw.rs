@@ -50,7 +50,7 @@ impl Client {
         let address = self.raw_address(tp).await?;
         let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         let entries = [ProduceEntry { topic: &tp.topic, partition: tp.partition, records }];
-        let build = |stamp| protocol::produce(stamp, acks.as_i16(), timeout_ms, &entries);
+        let build = |stamp| protocol::produce(stamp, acks.as_i16(), timeout_ms, None, &entries);
         if acks == Acks::None {
             self.send_only(&address, build).await?;
             return Ok(-1);
@@ -88,6 +88,7 @@ impl Client {
             max_wait_ms: i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX),
             min_bytes: 1,
             max_bytes: bytes_max,
+            read_committed: false,
         };
         let entries = [FetchEntry { tp: tp.clone(), offset, max_bytes: bytes_max, current_leader_epoch: -1 }];
         let frame = self

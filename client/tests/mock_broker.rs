@@ -631,6 +631,7 @@ impl MockBroker {
                         log_end_offset: high_watermark,
                         records_offset,
                         records_bytes,
+                        ..Default::default()
                     },
                 ));
             }

@@ -15,10 +15,10 @@ extern crate alloc;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 40;
+pub const ENUM_MAX_ERROR_CODE: i16 = 45;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 41] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 46] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -60,6 +60,11 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 41] = [
   ErrorCode::GroupAuthorizationFailed,
   ErrorCode::SaslAuthenticationFailed,
   ErrorCode::UnsupportedSaslMechanism,
+  ErrorCode::ConcurrentTransactions,
+  ErrorCode::ProducerFenced,
+  ErrorCode::InvalidProducerIdMapping,
+  ErrorCode::InvalidTransactionTimeout,
+  ErrorCode::TransactionalIdAuthorizationFailed,
 ];
 
 /// One code for every failure a client can see. A client acts on the code;
@@ -189,9 +194,25 @@ impl ErrorCode {
   /// SaslAuthenticate: the broker does not offer that mechanism (its
   /// `sasl.enabled.mechanisms`), or the connection authenticated already.
   pub const UnsupportedSaslMechanism: Self = Self(40);
+  /// Transactions: the coordinator is busy with the transactional id's
+  /// previous transaction (its markers are being written); retry shortly.
+  pub const ConcurrentTransactions: Self = Self(41);
+  /// Transactions: a newer instance of the transactional producer exists
+  /// (its InitProducerId bumped the epoch); this one is a zombie and must
+  /// close. Nothing was done.
+  pub const ProducerFenced: Self = Self(42);
+  /// Transactions: the coordinator knows no such producer id for the
+  /// transactional id (InitProducerId was not called, or expired).
+  pub const InvalidProducerIdMapping: Self = Self(43);
+  /// InitProducerId: the transaction timeout is above the broker's
+  /// transaction.max.timeout.ms (or not positive).
+  pub const InvalidTransactionTimeout: Self = Self(44);
+  /// The connection's principal may not use the transactional id (Kafka's
+  /// TRANSACTIONAL_ID_AUTHORIZATION_FAILED); nothing was done.
+  pub const TransactionalIdAuthorizationFailed: Self = Self(45);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 40;
+  pub const ENUM_MAX: i16 = 45;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -234,6 +255,11 @@ impl ErrorCode {
     Self::GroupAuthorizationFailed,
     Self::SaslAuthenticationFailed,
     Self::UnsupportedSaslMechanism,
+    Self::ConcurrentTransactions,
+    Self::ProducerFenced,
+    Self::InvalidProducerIdMapping,
+    Self::InvalidTransactionTimeout,
+    Self::TransactionalIdAuthorizationFailed,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -279,6 +305,11 @@ impl ErrorCode {
       Self::GroupAuthorizationFailed => Some("GroupAuthorizationFailed"),
       Self::SaslAuthenticationFailed => Some("SaslAuthenticationFailed"),
       Self::UnsupportedSaslMechanism => Some("UnsupportedSaslMechanism"),
+      Self::ConcurrentTransactions => Some("ConcurrentTransactions"),
+      Self::ProducerFenced => Some("ProducerFenced"),
+      Self::InvalidProducerIdMapping => Some("InvalidProducerIdMapping"),
+      Self::InvalidTransactionTimeout => Some("InvalidTransactionTimeout"),
+      Self::TransactionalIdAuthorizationFailed => Some("TransactionalIdAuthorizationFailed"),
       _ => None,
     }
   }
@@ -336,10 +367,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 37;
+pub const ENUM_MAX_BODY: u8 = 45;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 38] = [
+pub const ENUM_VALUES_BODY: [Body; 46] = [
   Body::NONE,
   Body::HandshakeRequest,
   Body::HandshakeResponse,
@@ -378,6 +409,14 @@ pub const ENUM_VALUES_BODY: [Body; 38] = [
   Body::OffsetForLeaderEpochResponse,
   Body::SaslAuthenticateRequest,
   Body::SaslAuthenticateResponse,
+  Body::AddPartitionsToTxnRequest,
+  Body::AddPartitionsToTxnResponse,
+  Body::AddOffsetsToTxnRequest,
+  Body::AddOffsetsToTxnResponse,
+  Body::TxnOffsetCommitRequest,
+  Body::TxnOffsetCommitResponse,
+  Body::EndTxnRequest,
+  Body::EndTxnResponse,
 ];
 
 /// The request and response bodies. The union's type is the API.
@@ -427,9 +466,17 @@ impl Body {
   pub const OffsetForLeaderEpochResponse: Self = Self(35);
   pub const SaslAuthenticateRequest: Self = Self(36);
   pub const SaslAuthenticateResponse: Self = Self(37);
+  pub const AddPartitionsToTxnRequest: Self = Self(38);
+  pub const AddPartitionsToTxnResponse: Self = Self(39);
+  pub const AddOffsetsToTxnRequest: Self = Self(40);
+  pub const AddOffsetsToTxnResponse: Self = Self(41);
+  pub const TxnOffsetCommitRequest: Self = Self(42);
+  pub const TxnOffsetCommitResponse: Self = Self(43);
+  pub const EndTxnRequest: Self = Self(44);
+  pub const EndTxnResponse: Self = Self(45);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 37;
+  pub const ENUM_MAX: u8 = 45;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -469,6 +516,14 @@ impl Body {
     Self::OffsetForLeaderEpochResponse,
     Self::SaslAuthenticateRequest,
     Self::SaslAuthenticateResponse,
+    Self::AddPartitionsToTxnRequest,
+    Self::AddPartitionsToTxnResponse,
+    Self::AddOffsetsToTxnRequest,
+    Self::AddOffsetsToTxnResponse,
+    Self::TxnOffsetCommitRequest,
+    Self::TxnOffsetCommitResponse,
+    Self::EndTxnRequest,
+    Self::EndTxnResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -511,6 +566,14 @@ impl Body {
       Self::OffsetForLeaderEpochResponse => Some("OffsetForLeaderEpochResponse"),
       Self::SaslAuthenticateRequest => Some("SaslAuthenticateRequest"),
       Self::SaslAuthenticateResponse => Some("SaslAuthenticateResponse"),
+      Self::AddPartitionsToTxnRequest => Some("AddPartitionsToTxnRequest"),
+      Self::AddPartitionsToTxnResponse => Some("AddPartitionsToTxnResponse"),
+      Self::AddOffsetsToTxnRequest => Some("AddOffsetsToTxnRequest"),
+      Self::AddOffsetsToTxnResponse => Some("AddOffsetsToTxnResponse"),
+      Self::TxnOffsetCommitRequest => Some("TxnOffsetCommitRequest"),
+      Self::TxnOffsetCommitResponse => Some("TxnOffsetCommitResponse"),
+      Self::EndTxnRequest => Some("EndTxnRequest"),
+      Self::EndTxnResponse => Some("EndTxnResponse"),
       _ => None,
     }
   }
@@ -1191,6 +1254,126 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_partitions_to_txn_request(&self) -> Option<AddPartitionsToTxnRequest<'a>> {
+    if self.body_type() == Body::AddPartitionsToTxnRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AddPartitionsToTxnRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_partitions_to_txn_response(&self) -> Option<AddPartitionsToTxnResponse<'a>> {
+    if self.body_type() == Body::AddPartitionsToTxnResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AddPartitionsToTxnResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_offsets_to_txn_request(&self) -> Option<AddOffsetsToTxnRequest<'a>> {
+    if self.body_type() == Body::AddOffsetsToTxnRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AddOffsetsToTxnRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_add_offsets_to_txn_response(&self) -> Option<AddOffsetsToTxnResponse<'a>> {
+    if self.body_type() == Body::AddOffsetsToTxnResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AddOffsetsToTxnResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_txn_offset_commit_request(&self) -> Option<TxnOffsetCommitRequest<'a>> {
+    if self.body_type() == Body::TxnOffsetCommitRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TxnOffsetCommitRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_txn_offset_commit_response(&self) -> Option<TxnOffsetCommitResponse<'a>> {
+    if self.body_type() == Body::TxnOffsetCommitResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TxnOffsetCommitResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_end_txn_request(&self) -> Option<EndTxnRequest<'a>> {
+    if self.body_type() == Body::EndTxnRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { EndTxnRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_end_txn_response(&self) -> Option<EndTxnResponse<'a>> {
+    if self.body_type() == Body::EndTxnResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { EndTxnResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -1240,6 +1423,14 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::OffsetForLeaderEpochResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetForLeaderEpochResponse>>("Body::OffsetForLeaderEpochResponse", pos),
           Body::SaslAuthenticateRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SaslAuthenticateRequest>>("Body::SaslAuthenticateRequest", pos),
           Body::SaslAuthenticateResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SaslAuthenticateResponse>>("Body::SaslAuthenticateResponse", pos),
+          Body::AddPartitionsToTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddPartitionsToTxnRequest>>("Body::AddPartitionsToTxnRequest", pos),
+          Body::AddPartitionsToTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddPartitionsToTxnResponse>>("Body::AddPartitionsToTxnResponse", pos),
+          Body::AddOffsetsToTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddOffsetsToTxnRequest>>("Body::AddOffsetsToTxnRequest", pos),
+          Body::AddOffsetsToTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AddOffsetsToTxnResponse>>("Body::AddOffsetsToTxnResponse", pos),
+          Body::TxnOffsetCommitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnOffsetCommitRequest>>("Body::TxnOffsetCommitRequest", pos),
+          Body::TxnOffsetCommitResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TxnOffsetCommitResponse>>("Body::TxnOffsetCommitResponse", pos),
+          Body::EndTxnRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EndTxnRequest>>("Body::EndTxnRequest", pos),
+          Body::EndTxnResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EndTxnResponse>>("Body::EndTxnResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -1562,6 +1753,62 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::SaslAuthenticateResponse => {
           if let Some(x) = self.body_as_sasl_authenticate_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AddPartitionsToTxnRequest => {
+          if let Some(x) = self.body_as_add_partitions_to_txn_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AddPartitionsToTxnResponse => {
+          if let Some(x) = self.body_as_add_partitions_to_txn_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AddOffsetsToTxnRequest => {
+          if let Some(x) = self.body_as_add_offsets_to_txn_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::AddOffsetsToTxnResponse => {
+          if let Some(x) = self.body_as_add_offsets_to_txn_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::TxnOffsetCommitRequest => {
+          if let Some(x) = self.body_as_txn_offset_commit_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::TxnOffsetCommitResponse => {
+          if let Some(x) = self.body_as_txn_offset_commit_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::EndTxnRequest => {
+          if let Some(x) = self.body_as_end_txn_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::EndTxnResponse => {
+          if let Some(x) = self.body_as_end_txn_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -5146,6 +5393,7 @@ impl<'a> ProduceRequest<'a> {
   pub const VT_ACKS: ::flatbuffers::VOffsetT = 4;
   pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5157,6 +5405,7 @@ impl<'a> ProduceRequest<'a> {
     args: &'args ProduceRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ProduceRequest<'bldr>> {
     let mut builder = ProduceRequestBuilder::new(_fbb);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
     if let Some(x) = args.topics { builder.add_topics(x); }
     builder.add_timeout_ms(args.timeout_ms);
     builder.add_acks(args.acks);
@@ -5188,6 +5437,15 @@ impl<'a> ProduceRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ProduceTopic>>>>(ProduceRequest::VT_TOPICS, None)}
   }
+  /// A transactional producer's id: required for transactional batches
+  /// (and the principal needs Write on it), as in Kafka's Produce.
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProduceRequest::VT_TRANSACTIONAL_ID, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ProduceRequest<'_> {
@@ -5199,6 +5457,7 @@ impl ::flatbuffers::Verifiable for ProduceRequest<'_> {
      .visit_field::<i16>("acks", Self::VT_ACKS, false)?
      .visit_field::<i32>("timeout_ms", Self::VT_TIMEOUT_MS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ProduceTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
      .finish();
     Ok(())
   }
@@ -5207,6 +5466,7 @@ pub struct ProduceRequestArgs<'a> {
     pub acks: i16,
     pub timeout_ms: i32,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ProduceTopic<'a>>>>>,
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ProduceRequestArgs<'a> {
   #[inline]
@@ -5215,6 +5475,7 @@ impl<'a> Default for ProduceRequestArgs<'a> {
       acks: -1,
       timeout_ms: 30000,
       topics: None,
+      transactional_id: None,
     }
   }
 }
@@ -5237,6 +5498,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProduceRequestBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProduceRequest::VT_TOPICS, topics);
   }
   #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProduceRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProduceRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ProduceRequestBuilder {
@@ -5257,6 +5522,7 @@ impl ::core::fmt::Debug for ProduceRequest<'_> {
       ds.field("acks", &self.acks());
       ds.field("timeout_ms", &self.timeout_ms());
       ds.field("topics", &self.topics());
+      ds.field("transactional_id", &self.transactional_id());
       ds.finish()
   }
 }
@@ -5941,6 +6207,7 @@ impl<'a> FetchRequest<'a> {
   pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 8;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
   pub const VT_REPLICA_ID: ::flatbuffers::VOffsetT = 12;
+  pub const VT_ISOLATION_LEVEL: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5957,6 +6224,7 @@ impl<'a> FetchRequest<'a> {
     builder.add_max_bytes(args.max_bytes);
     builder.add_min_bytes(args.min_bytes);
     builder.add_max_wait_ms(args.max_wait_ms);
+    builder.add_isolation_level(args.isolation_level);
     builder.finish()
   }
 
@@ -6001,6 +6269,16 @@ impl<'a> FetchRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(FetchRequest::VT_REPLICA_ID, Some(-1)).unwrap()}
   }
+  /// Kafka's isolation.level: 0 read_uncommitted (up to the high
+  /// watermark), 1 read_committed (up to the last stable offset, with the
+  /// aborted transactions of the records returned).
+  #[inline]
+  pub fn isolation_level(&self) -> i8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i8>(FetchRequest::VT_ISOLATION_LEVEL, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchRequest<'_> {
@@ -6014,6 +6292,7 @@ impl ::flatbuffers::Verifiable for FetchRequest<'_> {
      .visit_field::<i32>("max_bytes", Self::VT_MAX_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<FetchTopic>>>>("topics", Self::VT_TOPICS, false)?
      .visit_field::<i32>("replica_id", Self::VT_REPLICA_ID, false)?
+     .visit_field::<i8>("isolation_level", Self::VT_ISOLATION_LEVEL, false)?
      .finish();
     Ok(())
   }
@@ -6024,6 +6303,7 @@ pub struct FetchRequestArgs<'a> {
     pub max_bytes: i32,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchTopic<'a>>>>>,
     pub replica_id: i32,
+    pub isolation_level: i8,
 }
 impl<'a> Default for FetchRequestArgs<'a> {
   #[inline]
@@ -6034,6 +6314,7 @@ impl<'a> Default for FetchRequestArgs<'a> {
       max_bytes: 52428800,
       topics: None,
       replica_id: -1,
+      isolation_level: 0,
     }
   }
 }
@@ -6064,6 +6345,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchRequestBuilder<'a, 'b, A
     self.fbb_.push_slot::<i32>(FetchRequest::VT_REPLICA_ID, replica_id, -1);
   }
   #[inline]
+  pub fn add_isolation_level(&mut self, isolation_level: i8) {
+    self.fbb_.push_slot::<i8>(FetchRequest::VT_ISOLATION_LEVEL, isolation_level, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchRequestBuilder {
@@ -6086,6 +6371,7 @@ impl ::core::fmt::Debug for FetchRequest<'_> {
       ds.field("max_bytes", &self.max_bytes());
       ds.field("topics", &self.topics());
       ds.field("replica_id", &self.replica_id());
+      ds.field("isolation_level", &self.isolation_level());
       ds.finish()
   }
 }
@@ -6112,6 +6398,8 @@ impl<'a> FetchPartitionResponse<'a> {
   pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 12;
   pub const VT_RECORDS_OFFSET: ::flatbuffers::VOffsetT = 14;
   pub const VT_RECORDS_BYTES: ::flatbuffers::VOffsetT = 16;
+  pub const VT_LAST_STABLE_OFFSET: ::flatbuffers::VOffsetT = 18;
+  pub const VT_ABORTED_TRANSACTIONS: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6120,12 +6408,14 @@ impl<'a> FetchPartitionResponse<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    args: &'args FetchPartitionResponseArgs
+    args: &'args FetchPartitionResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FetchPartitionResponse<'bldr>> {
     let mut builder = FetchPartitionResponseBuilder::new(_fbb);
+    builder.add_last_stable_offset(args.last_stable_offset);
     builder.add_log_end_offset(args.log_end_offset);
     builder.add_log_start_offset(args.log_start_offset);
     builder.add_high_watermark(args.high_watermark);
+    if let Some(x) = args.aborted_transactions { builder.add_aborted_transactions(x); }
     builder.add_records_bytes(args.records_bytes);
     builder.add_records_offset(args.records_offset);
     builder.add_partition(args.partition);
@@ -6185,6 +6475,23 @@ impl<'a> FetchPartitionResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(FetchPartitionResponse::VT_RECORDS_BYTES, Some(0)).unwrap()}
   }
+  /// read_committed: the offset below which every transaction is decided.
+  #[inline]
+  pub fn last_stable_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(FetchPartitionResponse::VT_LAST_STABLE_OFFSET, Some(-1)).unwrap()}
+  }
+  /// read_committed: the transactions aborted with data in the records
+  /// returned; their batches are skipped by the consumer (Kafka's rule).
+  #[inline]
+  pub fn aborted_transactions(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AbortedTransaction<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AbortedTransaction>>>>(FetchPartitionResponse::VT_ABORTED_TRANSACTIONS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchPartitionResponse<'_> {
@@ -6200,11 +6507,13 @@ impl ::flatbuffers::Verifiable for FetchPartitionResponse<'_> {
      .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
      .visit_field::<u32>("records_offset", Self::VT_RECORDS_OFFSET, false)?
      .visit_field::<u32>("records_bytes", Self::VT_RECORDS_BYTES, false)?
+     .visit_field::<i64>("last_stable_offset", Self::VT_LAST_STABLE_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<AbortedTransaction>>>>("aborted_transactions", Self::VT_ABORTED_TRANSACTIONS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct FetchPartitionResponseArgs {
+pub struct FetchPartitionResponseArgs<'a> {
     pub partition: i32,
     pub error: ErrorCode,
     pub high_watermark: i64,
@@ -6212,8 +6521,10 @@ pub struct FetchPartitionResponseArgs {
     pub log_end_offset: i64,
     pub records_offset: u32,
     pub records_bytes: u32,
+    pub last_stable_offset: i64,
+    pub aborted_transactions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<AbortedTransaction<'a>>>>>,
 }
-impl<'a> Default for FetchPartitionResponseArgs {
+impl<'a> Default for FetchPartitionResponseArgs<'a> {
   #[inline]
   fn default() -> Self {
     FetchPartitionResponseArgs {
@@ -6224,6 +6535,8 @@ impl<'a> Default for FetchPartitionResponseArgs {
       log_end_offset: -1,
       records_offset: 0,
       records_bytes: 0,
+      last_stable_offset: -1,
+      aborted_transactions: None,
     }
   }
 }
@@ -6262,6 +6575,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchPartitionResponseBuilder
     self.fbb_.push_slot::<u32>(FetchPartitionResponse::VT_RECORDS_BYTES, records_bytes, 0);
   }
   #[inline]
+  pub fn add_last_stable_offset(&mut self, last_stable_offset: i64) {
+    self.fbb_.push_slot::<i64>(FetchPartitionResponse::VT_LAST_STABLE_OFFSET, last_stable_offset, -1);
+  }
+  #[inline]
+  pub fn add_aborted_transactions(&mut self, aborted_transactions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<AbortedTransaction<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchPartitionResponse::VT_ABORTED_TRANSACTIONS, aborted_transactions);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchPartitionResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchPartitionResponseBuilder {
@@ -6286,6 +6607,122 @@ impl ::core::fmt::Debug for FetchPartitionResponse<'_> {
       ds.field("log_end_offset", &self.log_end_offset());
       ds.field("records_offset", &self.records_offset());
       ds.field("records_bytes", &self.records_bytes());
+      ds.field("last_stable_offset", &self.last_stable_offset());
+      ds.field("aborted_transactions", &self.aborted_transactions());
+      ds.finish()
+  }
+}
+pub enum AbortedTransactionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AbortedTransaction<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AbortedTransaction<'a> {
+  type Inner = AbortedTransaction<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AbortedTransaction<'a> {
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FIRST_OFFSET: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AbortedTransaction { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AbortedTransactionArgs
+  ) -> ::flatbuffers::WIPOffset<AbortedTransaction<'bldr>> {
+    let mut builder = AbortedTransactionBuilder::new(_fbb);
+    builder.add_first_offset(args.first_offset);
+    builder.add_producer_id(args.producer_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AbortedTransaction::VT_PRODUCER_ID, Some(0)).unwrap()}
+  }
+  /// The transaction's first offset in this partition.
+  #[inline]
+  pub fn first_offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AbortedTransaction::VT_FIRST_OFFSET, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AbortedTransaction<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i64>("first_offset", Self::VT_FIRST_OFFSET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AbortedTransactionArgs {
+    pub producer_id: i64,
+    pub first_offset: i64,
+}
+impl<'a> Default for AbortedTransactionArgs {
+  #[inline]
+  fn default() -> Self {
+    AbortedTransactionArgs {
+      producer_id: 0,
+      first_offset: 0,
+    }
+  }
+}
+
+pub struct AbortedTransactionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AbortedTransactionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(AbortedTransaction::VT_PRODUCER_ID, producer_id, 0);
+  }
+  #[inline]
+  pub fn add_first_offset(&mut self, first_offset: i64) {
+    self.fbb_.push_slot::<i64>(AbortedTransaction::VT_FIRST_OFFSET, first_offset, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AbortedTransactionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AbortedTransactionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AbortedTransaction<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AbortedTransaction<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AbortedTransaction");
+      ds.field("producer_id", &self.producer_id());
+      ds.field("first_offset", &self.first_offset());
       ds.finish()
   }
 }
@@ -10054,6 +10491,8 @@ impl<'a> ::flatbuffers::Follow<'a> for InitProducerIdRequest<'a> {
 }
 
 impl<'a> InitProducerIdRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TRANSACTION_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -10062,12 +10501,34 @@ impl<'a> InitProducerIdRequest<'a> {
   #[allow(unused_mut)]
   pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
     _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
-    _args: &'args InitProducerIdRequestArgs
+    args: &'args InitProducerIdRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'bldr>> {
     let mut builder = InitProducerIdRequestBuilder::new(_fbb);
+    builder.add_transaction_timeout_ms(args.transaction_timeout_ms);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
     builder.finish()
   }
 
+
+  /// Absent: an idempotent producer's id, from any broker. Present: the
+  /// transactional id's producer, asked of its transaction coordinator;
+  /// the epoch is bumped (fencing any older instance) and a transaction
+  /// the old instance left open is aborted first.
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(InitProducerIdRequest::VT_TRANSACTIONAL_ID, None)}
+  }
+  /// A transaction open longer than this is aborted by the coordinator.
+  #[inline]
+  pub fn transaction_timeout_ms(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(InitProducerIdRequest::VT_TRANSACTION_TIMEOUT_MS, Some(60000)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for InitProducerIdRequest<'_> {
@@ -10076,16 +10537,22 @@ impl ::flatbuffers::Verifiable for InitProducerIdRequest<'_> {
     v: &mut ::flatbuffers::Verifier, pos: usize
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<i32>("transaction_timeout_ms", Self::VT_TRANSACTION_TIMEOUT_MS, false)?
      .finish();
     Ok(())
   }
 }
-pub struct InitProducerIdRequestArgs {
+pub struct InitProducerIdRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub transaction_timeout_ms: i32,
 }
-impl<'a> Default for InitProducerIdRequestArgs {
+impl<'a> Default for InitProducerIdRequestArgs<'a> {
   #[inline]
   fn default() -> Self {
     InitProducerIdRequestArgs {
+      transactional_id: None,
+      transaction_timeout_ms: 60000,
     }
   }
 }
@@ -10095,6 +10562,14 @@ pub struct InitProducerIdRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator 
   start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
 }
 impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(InitProducerIdRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_transaction_timeout_ms(&mut self, transaction_timeout_ms: i32) {
+    self.fbb_.push_slot::<i32>(InitProducerIdRequest::VT_TRANSACTION_TIMEOUT_MS, transaction_timeout_ms, 60000);
+  }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerIdRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
@@ -10113,6 +10588,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdRequestBuilder<
 impl ::core::fmt::Debug for InitProducerIdRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("InitProducerIdRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("transaction_timeout_ms", &self.transaction_timeout_ms());
       ds.finish()
   }
 }
@@ -10259,6 +10736,1104 @@ impl ::core::fmt::Debug for InitProducerIdResponse<'_> {
       ds.field("error", &self.error());
       ds.field("producer_id", &self.producer_id());
       ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum AddPartitionsToTxnRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddPartitionsToTxnRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddPartitionsToTxnRequest<'a> {
+  type Inner = AddPartitionsToTxnRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddPartitionsToTxnRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddPartitionsToTxnRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddPartitionsToTxnRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnRequest<'bldr>> {
+    let mut builder = AddPartitionsToTxnRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddPartitionsToTxnRequest::VT_TRANSACTIONAL_ID, None)}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AddPartitionsToTxnRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(AddPartitionsToTxnRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>(AddPartitionsToTxnRequest::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddPartitionsToTxnRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddPartitionsToTxnRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+}
+impl<'a> Default for AddPartitionsToTxnRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddPartitionsToTxnRequestArgs {
+      transactional_id: None,
+      producer_id: -1,
+      producer_epoch: -1,
+      topics: None,
+    }
+  }
+}
+
+pub struct AddPartitionsToTxnRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddPartitionsToTxnRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddPartitionsToTxnRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(AddPartitionsToTxnRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(AddPartitionsToTxnRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicPartitions<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddPartitionsToTxnRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddPartitionsToTxnRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddPartitionsToTxnRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddPartitionsToTxnRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddPartitionsToTxnRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum AddPartitionsToTxnResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddPartitionsToTxnResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddPartitionsToTxnResponse<'a> {
+  type Inner = AddPartitionsToTxnResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddPartitionsToTxnResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddPartitionsToTxnResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddPartitionsToTxnResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnResponse<'bldr>> {
+    let mut builder = AddPartitionsToTxnResponseBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(AddPartitionsToTxnResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddPartitionsToTxnResponse::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddPartitionsToTxnResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddPartitionsToTxnResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AddPartitionsToTxnResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddPartitionsToTxnResponseArgs {
+      error: ErrorCode::None,
+      message: None,
+    }
+  }
+}
+
+pub struct AddPartitionsToTxnResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddPartitionsToTxnResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(AddPartitionsToTxnResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddPartitionsToTxnResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddPartitionsToTxnResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddPartitionsToTxnResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddPartitionsToTxnResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddPartitionsToTxnResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddPartitionsToTxnResponse");
+      ds.field("error", &self.error());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum AddOffsetsToTxnRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddOffsetsToTxnRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddOffsetsToTxnRequest<'a> {
+  type Inner = AddOffsetsToTxnRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddOffsetsToTxnRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddOffsetsToTxnRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddOffsetsToTxnRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnRequest<'bldr>> {
+    let mut builder = AddOffsetsToTxnRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddOffsetsToTxnRequest::VT_TRANSACTIONAL_ID, None)}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AddOffsetsToTxnRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(AddOffsetsToTxnRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddOffsetsToTxnRequest::VT_GROUP_ID, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddOffsetsToTxnRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddOffsetsToTxnRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AddOffsetsToTxnRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddOffsetsToTxnRequestArgs {
+      transactional_id: None,
+      producer_id: -1,
+      producer_epoch: -1,
+      group_id: None,
+    }
+  }
+}
+
+pub struct AddOffsetsToTxnRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddOffsetsToTxnRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddOffsetsToTxnRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(AddOffsetsToTxnRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(AddOffsetsToTxnRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddOffsetsToTxnRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddOffsetsToTxnRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddOffsetsToTxnRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddOffsetsToTxnRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddOffsetsToTxnRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("group_id", &self.group_id());
+      ds.finish()
+  }
+}
+pub enum AddOffsetsToTxnResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct AddOffsetsToTxnResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AddOffsetsToTxnResponse<'a> {
+  type Inner = AddOffsetsToTxnResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AddOffsetsToTxnResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AddOffsetsToTxnResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AddOffsetsToTxnResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnResponse<'bldr>> {
+    let mut builder = AddOffsetsToTxnResponseBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(AddOffsetsToTxnResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AddOffsetsToTxnResponse::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AddOffsetsToTxnResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AddOffsetsToTxnResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for AddOffsetsToTxnResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AddOffsetsToTxnResponseArgs {
+      error: ErrorCode::None,
+      message: None,
+    }
+  }
+}
+
+pub struct AddOffsetsToTxnResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddOffsetsToTxnResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(AddOffsetsToTxnResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddOffsetsToTxnResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddOffsetsToTxnResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AddOffsetsToTxnResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AddOffsetsToTxnResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AddOffsetsToTxnResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AddOffsetsToTxnResponse");
+      ds.field("error", &self.error());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum TxnOffsetCommitRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Sent to the group's coordinator: the offsets become the group's
+/// committed offsets when the transaction commits, and are dropped if it
+/// aborts.
+pub struct TxnOffsetCommitRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnOffsetCommitRequest<'a> {
+  type Inner = TxnOffsetCommitRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnOffsetCommitRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 10;
+  pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 12;
+  pub const VT_MEMBER_EPOCH: ::flatbuffers::VOffsetT = 14;
+  pub const VT_TOPICS: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnOffsetCommitRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnOffsetCommitRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnOffsetCommitRequest<'bldr>> {
+    let mut builder = TxnOffsetCommitRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_member_epoch(args.member_epoch);
+    if let Some(x) = args.member_id { builder.add_member_id(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnOffsetCommitRequest::VT_TRANSACTIONAL_ID, None)}
+  }
+  #[inline]
+  pub fn group_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnOffsetCommitRequest::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(TxnOffsetCommitRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(TxnOffsetCommitRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  /// The consumer's member id and epoch (checked as an OffsetCommit's are,
+  /// so a member fenced from the group cannot commit); empty and -1 for a
+  /// producer outside the group.
+  #[inline]
+  pub fn member_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnOffsetCommitRequest::VT_MEMBER_ID, None)}
+  }
+  #[inline]
+  pub fn member_epoch(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(TxnOffsetCommitRequest::VT_MEMBER_EPOCH, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn topics(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>(TxnOffsetCommitRequest::VT_TOPICS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnOffsetCommitRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
+     .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnOffsetCommitRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub member_epoch: i32,
+    pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic<'a>>>>>,
+}
+impl<'a> Default for TxnOffsetCommitRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnOffsetCommitRequestArgs {
+      transactional_id: None,
+      group_id: None,
+      producer_id: -1,
+      producer_epoch: -1,
+      member_id: None,
+      member_epoch: -1,
+      topics: None,
+    }
+  }
+}
+
+pub struct TxnOffsetCommitRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOffsetCommitRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOffsetCommitRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOffsetCommitRequest::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(TxnOffsetCommitRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(TxnOffsetCommitRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOffsetCommitRequest::VT_MEMBER_ID, member_id);
+  }
+  #[inline]
+  pub fn add_member_epoch(&mut self, member_epoch: i32) {
+    self.fbb_.push_slot::<i32>(TxnOffsetCommitRequest::VT_MEMBER_EPOCH, member_epoch, -1);
+  }
+  #[inline]
+  pub fn add_topics(&mut self, topics: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<OffsetCommitTopic<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOffsetCommitRequest::VT_TOPICS, topics);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnOffsetCommitRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnOffsetCommitRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnOffsetCommitRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnOffsetCommitRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnOffsetCommitRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("group_id", &self.group_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("member_id", &self.member_id());
+      ds.field("member_epoch", &self.member_epoch());
+      ds.field("topics", &self.topics());
+      ds.finish()
+  }
+}
+pub enum TxnOffsetCommitResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct TxnOffsetCommitResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TxnOffsetCommitResponse<'a> {
+  type Inner = TxnOffsetCommitResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TxnOffsetCommitResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TxnOffsetCommitResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TxnOffsetCommitResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TxnOffsetCommitResponse<'bldr>> {
+    let mut builder = TxnOffsetCommitResponseBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(TxnOffsetCommitResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(TxnOffsetCommitResponse::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TxnOffsetCommitResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TxnOffsetCommitResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for TxnOffsetCommitResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TxnOffsetCommitResponseArgs {
+      error: ErrorCode::None,
+      message: None,
+    }
+  }
+}
+
+pub struct TxnOffsetCommitResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOffsetCommitResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(TxnOffsetCommitResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOffsetCommitResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnOffsetCommitResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TxnOffsetCommitResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TxnOffsetCommitResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TxnOffsetCommitResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TxnOffsetCommitResponse");
+      ds.field("error", &self.error());
+      ds.field("message", &self.message());
+      ds.finish()
+  }
+}
+pub enum EndTxnRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct EndTxnRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for EndTxnRequest<'a> {
+  type Inner = EndTxnRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> EndTxnRequest<'a> {
+  pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_COMMIT: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    EndTxnRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EndTxnRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<EndTxnRequest<'bldr>> {
+    let mut builder = EndTxnRequestBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.add_commit(args.commit);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn transactional_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(EndTxnRequest::VT_TRANSACTIONAL_ID, None)}
+  }
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(EndTxnRequest::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(EndTxnRequest::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+  /// true: commit; false: abort.
+  #[inline]
+  pub fn commit(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(EndTxnRequest::VT_COMMIT, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for EndTxnRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .visit_field::<bool>("commit", Self::VT_COMMIT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EndTxnRequestArgs<'a> {
+    pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+}
+impl<'a> Default for EndTxnRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    EndTxnRequestArgs {
+      transactional_id: None,
+      producer_id: -1,
+      producer_epoch: -1,
+      commit: false,
+    }
+  }
+}
+
+pub struct EndTxnRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EndTxnRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_transactional_id(&mut self, transactional_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(EndTxnRequest::VT_TRANSACTIONAL_ID, transactional_id);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(EndTxnRequest::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(EndTxnRequest::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn add_commit(&mut self, commit: bool) {
+    self.fbb_.push_slot::<bool>(EndTxnRequest::VT_COMMIT, commit, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EndTxnRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EndTxnRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<EndTxnRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for EndTxnRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("EndTxnRequest");
+      ds.field("transactional_id", &self.transactional_id());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.field("commit", &self.commit());
+      ds.finish()
+  }
+}
+pub enum EndTxnResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct EndTxnResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for EndTxnResponse<'a> {
+  type Inner = EndTxnResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> EndTxnResponse<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+  pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    EndTxnResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EndTxnResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<EndTxnResponse<'bldr>> {
+    let mut builder = EndTxnResponseBuilder::new(_fbb);
+    if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> ErrorCode {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<ErrorCode>(EndTxnResponse::VT_ERROR, Some(ErrorCode::None)).unwrap()}
+  }
+  #[inline]
+  pub fn message(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(EndTxnResponse::VT_MESSAGE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for EndTxnResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EndTxnResponseArgs<'a> {
+    pub error: ErrorCode,
+    pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for EndTxnResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    EndTxnResponseArgs {
+      error: ErrorCode::None,
+      message: None,
+    }
+  }
+}
+
+pub struct EndTxnResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EndTxnResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: ErrorCode) {
+    self.fbb_.push_slot::<ErrorCode>(EndTxnResponse::VT_ERROR, error, ErrorCode::None);
+  }
+  #[inline]
+  pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(EndTxnResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EndTxnResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EndTxnResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<EndTxnResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for EndTxnResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("EndTxnResponse");
+      ds.field("error", &self.error());
       ds.field("message", &self.message());
       ds.finish()
   }

@@ -61,6 +61,11 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicNameError> {
 /// partition is its coordinator.
 pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Kafka's internal topic of transaction states (issue 17): the shard
+/// leading a transactional id's partition (`group_partition`) is its
+/// transaction coordinator.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
 /// Topics whose names start with this belong to the broker: users may not
 /// create, delete or produce to them.
 pub const INTERNAL_TOPIC_PREFIX: &str = "__";
@@ -118,6 +123,10 @@ pub fn api_name(body: proto::Body) -> &'static str {
         Body::InitProducerIdRequest | Body::InitProducerIdResponse => "init_producer_id",
         Body::OffsetForLeaderEpochRequest | Body::OffsetForLeaderEpochResponse => "offset_for_leader_epoch",
         Body::SaslAuthenticateRequest | Body::SaslAuthenticateResponse => "sasl_authenticate",
+        Body::AddPartitionsToTxnRequest | Body::AddPartitionsToTxnResponse => "add_partitions_to_txn",
+        Body::AddOffsetsToTxnRequest | Body::AddOffsetsToTxnResponse => "add_offsets_to_txn",
+        Body::TxnOffsetCommitRequest | Body::TxnOffsetCommitResponse => "txn_offset_commit",
+        Body::EndTxnRequest | Body::EndTxnResponse => "end_txn",
         _ => "unknown",
     }
 }
@@ -167,6 +176,11 @@ pub fn error_text(code: proto::ErrorCode) -> &'static str {
         E::GroupAuthorizationFailed => "not authorized on the group",
         E::SaslAuthenticationFailed => "authentication failed",
         E::UnsupportedSaslMechanism => "SASL mechanism not offered by the broker",
+        E::ConcurrentTransactions => "the previous transaction is still being completed; retry",
+        E::ProducerFenced => "fenced by a newer instance of the transactional producer",
+        E::InvalidProducerIdMapping => "no producer id for the transactional id",
+        E::InvalidTransactionTimeout => "transaction timeout above transaction.max.timeout.ms",
+        E::TransactionalIdAuthorizationFailed => "not authorized on the transactional id",
         _ => "unknown error code",
     }
 }

@@ -317,7 +317,7 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 2 => 1,
                 _ => input.i16(),
             };
-            let args = ProduceRequestArgs { acks, timeout_ms: i32::from(input.u8()) * 100, topics: Some(topics) };
+            let args = ProduceRequestArgs { acks, timeout_ms: i32::from(input.u8()) * 100, topics: Some(topics), ..Default::default() };
             (Body::ProduceRequest, ProduceRequest::create(b, &args).as_union_value())
         }
         7 => {
@@ -348,6 +348,7 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 max_bytes: input.i32(),
                 topics: Some(topics),
                 replica_id: input.small() - 1,
+                isolation_level: (input.u8() % 2) as i8,
             };
             (Body::FetchRequest, FetchRequest::create(b, &args).as_union_value())
         }
@@ -463,7 +464,7 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
         }
         15 => (
             Body::InitProducerIdRequest,
-            InitProducerIdRequest::create(b, &InitProducerIdRequestArgs {}).as_union_value(),
+            InitProducerIdRequest::create(b, &InitProducerIdRequestArgs::default()).as_union_value(),
         ),
         _ => {
             let topics: Vec<_> = (0..input.count().max(1))

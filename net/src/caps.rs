@@ -153,6 +153,7 @@ macro_rules! topic_entries {
 /// Checks the caps of one verified envelope's request.
 pub(crate) fn check(envelope: &Envelope<'_>) -> Result<(), Refusal> {
     if let Some(r) = envelope.body_as_produce_request() {
+        name("the transactional id", r.transactional_id(), ErrorCode::InvalidRequest)?;
         return topic_entries!(r.topics());
     }
     if let Some(r) = envelope.body_as_fetch_request() {
@@ -213,6 +214,26 @@ pub(crate) fn check(envelope: &Envelope<'_>) -> Result<(), Refusal> {
     }
     if let Some(r) = envelope.body_as_delete_groups_request() {
         return names("group ids", r.groups(), GROUPS_PER_REQUEST_MAX, ErrorCode::InvalidGroupId, Repeats::Refused);
+    }
+    if let Some(r) = envelope.body_as_init_producer_id_request() {
+        return name("the transactional id", r.transactional_id(), ErrorCode::InvalidRequest);
+    }
+    if let Some(r) = envelope.body_as_add_partitions_to_txn_request() {
+        name("the transactional id", r.transactional_id(), ErrorCode::InvalidRequest)?;
+        return topic_partitions(r.topics());
+    }
+    if let Some(r) = envelope.body_as_add_offsets_to_txn_request() {
+        name("the transactional id", r.transactional_id(), ErrorCode::InvalidRequest)?;
+        return name("the group id", r.group_id(), ErrorCode::InvalidGroupId);
+    }
+    if let Some(r) = envelope.body_as_txn_offset_commit_request() {
+        name("the transactional id", r.transactional_id(), ErrorCode::InvalidRequest)?;
+        name("the group id", r.group_id(), ErrorCode::InvalidGroupId)?;
+        name("the member id", r.member_id(), ErrorCode::InvalidRequest)?;
+        return topic_entries!(r.topics());
+    }
+    if let Some(r) = envelope.body_as_end_txn_request() {
+        return name("the transactional id", r.transactional_id(), ErrorCode::InvalidRequest);
     }
     Ok(())
 }

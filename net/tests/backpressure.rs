@@ -39,8 +39,11 @@ fn broker_with_data(
             let parts = b.create_vector(&[part]);
             let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
             let topics = b.create_vector(&[topic]);
-            ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
-                .as_union_value()
+            ProduceRequest::create(
+                b,
+                &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+            )
+            .as_union_value()
         });
         let (code, message) = error_response(&frame).map_or((ErrorCode::None, String::new()), |e| e);
         assert_eq!(code, ErrorCode::None, "{message}");

@@ -50,8 +50,11 @@ fn a_frame_cut_short_by_a_closed_connection_changes_nothing() {
         let parts = b.create_vector(&[part]);
         let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 1000, topics: Some(topics) })
-            .as_union_value()
+        ProduceRequest::create(
+            b,
+            &ProduceRequestArgs { acks: -1, timeout_ms: 1000, topics: Some(topics), ..Default::default() },
+        )
+        .as_union_value()
     });
     conn.stream.write_all(&bytes[..bytes.len() - 10]).expect("write");
     drop(conn);
@@ -215,8 +218,11 @@ fn partitions_pointing_at_one_shared_vector_are_refused() {
         let parts = b.create_vector(&[p0, p1]);
         let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 1000, topics: Some(topics) })
-            .as_union_value()
+        ProduceRequest::create(
+            b,
+            &ProduceRequestArgs { acks: -1, timeout_ms: 1000, topics: Some(topics), ..Default::default() },
+        )
+        .as_union_value()
     });
     let (code, _) = error_response(&frame).expect("an ErrorResponse");
     assert_eq!(code, ErrorCode::InvalidRequest);
@@ -277,8 +283,11 @@ fn a_fetch_over_many_partitions_with_tiny_budgets_reads_only_a_few() {
         let parts = b.create_vector(&parts);
         let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
-            .as_union_value()
+        ProduceRequest::create(
+            b,
+            &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+        )
+        .as_union_value()
     });
     conn.send_raw(&request);
     let produced = conn.recv().expect("a produce response");
@@ -365,8 +374,11 @@ fn produce_to_many(conn: &mut Conn, topic: &str, partitions: &[i32], records: &[
         let parts = b.create_vector(&parts);
         let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ProduceRequest::create(b, &ProduceRequestArgs { acks, timeout_ms: 10_000, topics: Some(topics) })
-            .as_union_value()
+        ProduceRequest::create(
+            b,
+            &ProduceRequestArgs { acks, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+        )
+        .as_union_value()
     })
 }
 
@@ -467,8 +479,11 @@ fn repeated_entries_are_refused_and_nothing_is_appended() {
         let parts = b.create_vector(&parts);
         let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
-            .as_union_value()
+        ProduceRequest::create(
+            b,
+            &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+        )
+        .as_union_value()
     });
     conn.send_raw(&request);
     let frame = conn.recv().expect("an answer");

@@ -175,8 +175,11 @@ fn many_requests_in_flight_on_one_connection_are_answered_in_order() {
             let parts = b.create_vector(&[part]);
             let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
             let topics = b.create_vector(&[topic]);
-            ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
-                .as_union_value()
+            ProduceRequest::create(
+                b,
+                &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+            )
+            .as_union_value()
         });
         sent.extend_from_slice(&bytes);
     }
@@ -210,8 +213,11 @@ fn acks_zero_gets_no_response_but_is_appended() {
         let parts = b.create_vector(&[part]);
         let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ProduceRequest::create(b, &ProduceRequestArgs { acks: 0, timeout_ms: 10_000, topics: Some(topics) })
-            .as_union_value()
+        ProduceRequest::create(
+            b,
+            &ProduceRequestArgs { acks: 0, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+        )
+        .as_union_value()
     });
     conn.send_raw(&bytes);
     // The next response on the connection is for the next request.

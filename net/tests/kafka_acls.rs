@@ -653,8 +653,11 @@ fn the_native_port_is_held_to_the_acls_as_anonymous() {
             let parts = b.create_vector(&[part]);
             let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
             let topics = b.create_vector(&[topic]);
-            ProduceRequest::create(b, &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics) })
-                .as_union_value()
+            ProduceRequest::create(
+                b,
+                &ProduceRequestArgs { acks: -1, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+            )
+            .as_union_value()
         })
     };
     let denied = error_response(&produce(&mut native, "secret")).expect("an error answer");

@@ -9,7 +9,7 @@ use spate_format::batch::BatchBuilder;
 
 fn init_producer_id(conn: &mut Conn) -> i64 {
     let frame = conn.call(Body::InitProducerIdRequest, |b| {
-        InitProducerIdRequest::create(b, &InitProducerIdRequestArgs {}).as_union_value()
+        InitProducerIdRequest::create(b, &InitProducerIdRequestArgs::default()).as_union_value()
     });
     let envelope = frame.read().expect("verified");
     let response = envelope.body_as_init_producer_id_response().expect("init producer id response");

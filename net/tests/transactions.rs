@@ -395,10 +395,11 @@ fn a_clients_control_batch_is_refused() {
     let control = spate_format::batch::ControlRecord { commit: true, coordinator_epoch: 0 };
     let batch = spate_format::batch::build_control_batch(7, 0, control, 1).to_vec();
     assert_ne!(conn.produce("t", 0, &batch, -1).0, ErrorCode::None, "native");
-    // Nor a transactional data batch on the native protocol, which has no
-    // coordinator to end its transaction (it would hold the LSO forever).
+    // Nor a transactional data batch without the producer's transactional
+    // id on the request (Kafka's rule: the id is what ACLs and the
+    // coordinator know the transaction by).
     let (code, _) = conn.produce("t", 0, &txn_batch(7, 0, 0), -1);
-    assert_eq!(code, ErrorCode::InvalidRequest, "native transactional batch");
+    assert_eq!(code, ErrorCode::TransactionalIdAuthorizationFailed, "native transactional batch without its id");
     assert_ne!(kafka.produce("t", 0, batch).0, 0, "Kafka");
     assert_eq!(conn.list_offset("t", 0, -1), (ErrorCode::None, 0), "nothing appended");
     stop(broker);

@@ -220,6 +220,11 @@ pub(crate) struct Accumulator {
     producer: Option<ProducerIdentity>,
     /// The next base sequence per partition under `producer`.
     sequences: BTreeMap<TopicPartition, i32>,
+    /// Batches are transactional (a transactional producer's).
+    transactional: bool,
+    /// Batches that failed for good (expired or refused), ever: a
+    /// transaction with a failed batch must not commit.
+    failed_batches: u64,
 }
 
 impl Accumulator {
@@ -234,7 +239,27 @@ impl Accumulator {
             idempotent: false,
             producer: None,
             sequences: BTreeMap::new(),
+            transactional: false,
+            failed_batches: 0,
         }
+    }
+
+    /// Makes batches transactional (before the first append); implies
+    /// idempotence, as in Kafka.
+    pub(crate) fn set_transactional(&mut self) {
+        self.idempotent = true;
+        self.transactional = true;
+    }
+
+    /// How many batches have failed for good so far.
+    pub(crate) fn failed_batches(&self) -> u64 {
+        self.failed_batches
+    }
+
+    /// Whether the producer's identity is gone (a sequenced batch failed
+    /// for good) and new batches wait for a new one.
+    pub(crate) fn lost_identity(&self) -> bool {
+        self.producer.is_none()
     }
 
     /// Turns idempotence on (before the first append).
@@ -291,7 +316,11 @@ impl Accumulator {
             }
             let deadline = now + self.config.delivery_timeout;
             let mut batch = ProducerBatch::new(tp, seq, record.timestamp_ms, now, deadline);
-            batch.builder = batch.builder.take().map(|builder| builder.compression(self.config.compression));
+            let transactional = self.transactional;
+            batch.builder = batch.builder.take().map(|builder| {
+                let builder = builder.compression(self.config.compression);
+                if transactional { builder.transactional() } else { builder }
+            });
             queue.batches.push_back(batch);
             self.incomplete.insert(seq);
             changed = true;
@@ -333,6 +362,7 @@ impl Accumulator {
                     self.producer = None;
                     self.sequences.clear();
                 }
+                self.failed_batches += 1;
                 batch.fail(&ClientError::Timeout);
             }
             for batch in &queue.batches {
@@ -403,6 +433,7 @@ impl Accumulator {
             Err(error) => {
                 let error = if error.is_retriable() && now >= batch.deadline { ClientError::Timeout } else { error };
                 self.drop_identity(&batch);
+                self.failed_batches += 1;
                 let released = batch.buffered_bytes;
                 self.incomplete.remove(&batch.first_seq);
                 batch.fail(&error);

@@ -77,7 +77,7 @@ impl Session {
 /// Metadata and ListGroups filter instead; the handshake is open.
 pub(super) fn check(shard: &Shard, session: &Session, body_type: Body, frame: &Frame) -> Result<(), Denied> {
     use AclOperation::*;
-    use AclResourceType::{Cluster, Group, Topic};
+    use AclResourceType::{Cluster, Group, Topic, TransactionalId};
     let Some(request) = envelope(frame) else { return Ok(()) };
     let mut asks: Vec<(AclOperation, AclResourceType, &str)> = Vec::new();
     fn topics<'a>(
@@ -90,6 +90,10 @@ pub(super) fn check(shard: &Shard, session: &Session, body_type: Body, frame: &F
     match body_type {
         Body::ProduceRequest => {
             if let Some(body) = request.body_as_produce_request() {
+                // Kafka: a transactional producer needs Write on its id.
+                if let Some(txn_id) = body.transactional_id() {
+                    asks.push((Write, TransactionalId, txn_id));
+                }
                 topics(&mut asks, Write, body.topics().iter().flatten().filter_map(|t| t.name()));
             }
         }
@@ -163,6 +167,38 @@ pub(super) fn check(shard: &Shard, session: &Session, body_type: Body, frame: &F
                 asks.extend(body.groups().iter().flatten().map(|group| (Delete, Group, group)));
             }
         }
+        Body::InitProducerIdRequest
+            if let Some(txn_id) = request.body_as_init_producer_id_request().and_then(|b| b.transactional_id()) =>
+        {
+            asks.push((Write, TransactionalId, txn_id));
+        }
+        // Kafka's rules for the transaction APIs: Write on the
+        // transactional id; the partitions' topics Write; a group's
+        // offsets Read on the group (and on each topic when committed).
+        Body::AddPartitionsToTxnRequest => {
+            if let Some(body) = request.body_as_add_partitions_to_txn_request() {
+                asks.push((Write, TransactionalId, body.transactional_id().unwrap_or_default()));
+                topics(&mut asks, Write, body.topics().iter().flatten().filter_map(|t| t.topic()));
+            }
+        }
+        Body::AddOffsetsToTxnRequest => {
+            if let Some(body) = request.body_as_add_offsets_to_txn_request() {
+                asks.push((Write, TransactionalId, body.transactional_id().unwrap_or_default()));
+                asks.push((Read, Group, body.group_id().unwrap_or_default()));
+            }
+        }
+        Body::TxnOffsetCommitRequest => {
+            if let Some(body) = request.body_as_txn_offset_commit_request() {
+                asks.push((Write, TransactionalId, body.transactional_id().unwrap_or_default()));
+                asks.push((Read, Group, body.group_id().unwrap_or_default()));
+                topics(&mut asks, Read, body.topics().iter().flatten().filter_map(|t| t.name()));
+            }
+        }
+        Body::EndTxnRequest => {
+            if let Some(body) = request.body_as_end_txn_request() {
+                asks.push((Write, TransactionalId, body.transactional_id().unwrap_or_default()));
+            }
+        }
         Body::InitProducerIdRequest => {
             // Kafka 2.8+ (KIP-679): IdempotentWrite on the cluster, or
             // Write on some topic.
@@ -208,7 +244,8 @@ fn denied(session: &Session, body_type: Body, op: AclOperation, resource_type: A
     let error = match resource_type {
         AclResourceType::Topic => ErrorCode::TopicAuthorizationFailed,
         AclResourceType::Group => ErrorCode::GroupAuthorizationFailed,
-        AclResourceType::Cluster | AclResourceType::TransactionalId => ErrorCode::ClusterAuthorizationFailed,
+        AclResourceType::TransactionalId => ErrorCode::TransactionalIdAuthorizationFailed,
+        AclResourceType::Cluster => ErrorCode::ClusterAuthorizationFailed,
     };
     let message = format!(
         "{} may not {op:?} {resource_type:?} {name:?} (ACLs; a native connection that did not authenticate is User:ANONYMOUS)",

@@ -53,6 +53,8 @@ pub(super) fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request
     // it, thousands of entries asking for 1 byte each would start thousands
     // of disk reads within any budget.
     let mut budget = FetchBudget::new(request_bytes_max);
+    // Kafka's isolation.level; a replica reads everything.
+    let read_committed = request.isolation_level() == 1 && replica_id < 0;
     for (topic_index, topic) in request.topics().iter().flatten().enumerate() {
         let name = topic.name().unwrap_or_default();
         let meta = topic_of(shard, name);
@@ -69,8 +71,7 @@ pub(super) fn fetch(shard: &Rc<Shard>, session: &Session, frame: &Frame, request
                     bytes_max,
                     current_leader_epoch: part.current_leader_epoch(),
                     replica_durable_offset: part.replica_durable_offset(),
-                    // The native protocol reads everything acknowledged.
-                    read_committed: false,
+                    read_committed,
                 },
             });
         }
@@ -109,6 +110,19 @@ fn fetch_response(
         if payload_bytes > records_offset {
             shard.metrics.fetched(&topic_names[part.topic_index], payload_bytes - records_offset);
         }
+        let aborted_transactions = (!result.aborted.is_empty()).then(|| {
+            let entries: Vec<_> = result
+                .aborted
+                .iter()
+                .map(|txn| {
+                    AbortedTransaction::create(
+                        &mut builder,
+                        &AbortedTransactionArgs { producer_id: txn.producer_id, first_offset: txn.first_offset },
+                    )
+                })
+                .collect();
+            builder.create_vector(&entries)
+        });
         let offset = FetchPartitionResponse::create(
             &mut builder,
             &FetchPartitionResponseArgs {
@@ -119,6 +133,8 @@ fn fetch_response(
                 log_end_offset: result.log_end_offset,
                 records_offset: records_offset as u32,
                 records_bytes: (payload_bytes - records_offset) as u32,
+                last_stable_offset: result.last_stable_offset,
+                aborted_transactions,
             },
         );
         by_topic.entry(part.topic_index).or_default().push(offset);

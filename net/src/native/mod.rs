@@ -13,6 +13,7 @@ mod offsets;
 mod produce;
 mod sasl;
 mod topics;
+mod txn;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -165,7 +166,17 @@ fn serve(
         Body::ListGroupsRequest => groups::list_groups(shard, session, request_id),
         Body::DescribeGroupsRequest => groups::describe_groups(shard, &frame, request_id),
         Body::DeleteGroupsRequest => groups::delete_groups(shard, &frame, request_id),
-        Body::InitProducerIdRequest => init_producer_id::init_producer_id(shard, session, request_id),
+        Body::InitProducerIdRequest => {
+            let request = crate::wire::envelope(&frame).and_then(|e| e.body_as_init_producer_id_request());
+            match request.and_then(|r| r.transactional_id().map(|id| (id.to_string(), r.transaction_timeout_ms()))) {
+                Some((txn_id, timeout_ms)) => txn::init_producer_id(shard, session, &txn_id, timeout_ms, request_id),
+                None => init_producer_id::init_producer_id(shard, session, request_id),
+            }
+        }
+        Body::AddPartitionsToTxnRequest => txn::add_partitions_to_txn(shard, &frame, request_id),
+        Body::AddOffsetsToTxnRequest => txn::add_offsets_to_txn(shard, &frame, request_id),
+        Body::TxnOffsetCommitRequest => txn::txn_offset_commit(shard, &frame, request_id),
+        Body::EndTxnRequest => txn::end_txn(shard, &frame, request_id),
         Body::OffsetForLeaderEpochRequest => offsets::offset_for_leader_epoch(shard, &frame, request_id),
         other => {
             invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))

@@ -34,10 +34,11 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
     let mut topic_names: Vec<String> = Vec::new();
     let mut topics: Vec<Option<Arc<TopicMeta>>> = Vec::new();
     let mut parts: Vec<ProducePart> = Vec::new();
-    let (acks, timeout) = {
+    let (acks, timeout, transactional) = {
         let Some(request) = envelope(&frame).and_then(|e| e.body_as_produce_request()) else {
             return invalid(request_id, "produce body missing");
         };
+        let transactional = request.transactional_id().is_some_and(|id| !id.is_empty());
         let base = frame.envelope.as_ptr() as usize;
         for (topic_index, topic) in request.topics().iter().flatten().enumerate() {
             let name = topic.name().unwrap_or_default();
@@ -71,7 +72,7 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
             }
             topics.push(meta);
         }
-        (request.acks(), clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX))
+        (request.acks(), clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX), transactional)
     };
     if !matches!(acks, -1..=1) {
         for part in &mut parts {
@@ -135,16 +136,17 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
             }
             continue;
         }
-        // The native protocol has no transaction coordinator: a
-        // transactional batch here would open a transaction that no marker
-        // ever ends, holding the partition's last stable offset back.
-        // Transactions go through the Kafka protocol.
-        if batches.iter().any(|batch| {
-            spate_format::batch::peek_header(batch).is_ok_and(|header| header.attributes().is_transactional())
-        }) {
+        // Kafka: transactional batches need the producer's transactional
+        // id on the request (the principal's Write on it is checked in
+        // `authz.rs`); without one they are refused, nothing appended.
+        if !transactional
+            && batches.iter().any(|batch| {
+                spate_format::batch::peek_header(batch).is_ok_and(|header| header.attributes().is_transactional())
+            })
+        {
             waits.push(Err(Outcome::err(
-                ErrorCode::InvalidRequest,
-                "transactional batches go through the Kafka protocol (the native protocol has no transactions)",
+                ErrorCode::TransactionalIdAuthorizationFailed,
+                "transactional batches need the producer's transactional_id on the produce request",
             )));
             continue;
         }

@@ -155,6 +155,7 @@ async fn follow(
                 max_bytes: REPLICA_FETCH_BYTES_MAX as i32,
                 topics: Some(topics),
                 replica_id: node_id,
+                isolation_level: 0,
             },
         );
         let mut frame = peer.call(builder, Body::FetchRequest, body.as_union_value()).await?;

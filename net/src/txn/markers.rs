@@ -260,7 +260,12 @@ async fn send(peer: &mut Peer, parts: &[RemotePart], marker: TxnMarker) -> Resul
     let topics = builder.create_vector(&topics);
     let body = ProduceRequest::create(
         &mut builder,
-        &ProduceRequestArgs { acks: -1, timeout_ms: crate::limits::TXN_WRITE_TIMEOUT_MS as i32, topics: Some(topics) },
+        &ProduceRequestArgs {
+            acks: -1,
+            timeout_ms: crate::limits::TXN_WRITE_TIMEOUT_MS as i32,
+            topics: Some(topics),
+            transactional_id: None,
+        },
     );
     let frame = peer.call(builder, Body::ProduceRequest, body.as_union_value()).await.map_err(|e| e.to_string())?;
     let envelope = frame.read().map_err(|e| e.to_string())?;

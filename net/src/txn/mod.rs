@@ -50,8 +50,7 @@ use crate::limits::{ADD_PARTITIONS_PARK_MS, TXN_PARKED_PER_ID_MAX, TXNS_PER_SHAR
 use crate::security::Principal;
 use crate::shard::{Outcome, Shard, ShardOp};
 
-/// Kafka's name for the topic of transaction states.
-pub(crate) const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+pub(crate) use spate_flatbuf::TRANSACTION_STATE_TOPIC;
 
 /// Kafka's transaction.state.log.replication.factor: up to this many
 /// replicas, as many as there are brokers when it is created.

@@ -163,8 +163,11 @@ impl Conn {
             let parts = b.create_vector(&[part]);
             let topic = ProduceTopic::create(b, &ProduceTopicArgs { name: Some(name), partitions: Some(parts) });
             let topics = b.create_vector(&[topic]);
-            ProduceRequest::create(b, &ProduceRequestArgs { acks, timeout_ms: 10_000, topics: Some(topics) })
-                .as_union_value()
+            ProduceRequest::create(
+                b,
+                &ProduceRequestArgs { acks, timeout_ms: 10_000, topics: Some(topics), ..Default::default() },
+            )
+            .as_union_value()
         });
         let envelope = frame.read().expect("verified");
         let response = envelope.body_as_produce_response().expect("produce response");

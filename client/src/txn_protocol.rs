@@ -1,0 +1,174 @@
+//! The transaction APIs' requests and responses (schema: "Transactions"
+//! in flatbuf/schema/spate.fbs), with no I/O. Each answer is one code for
+//! the whole request.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use spate_flatbuf::Frame;
+use spate_flatbuf::flatbuffers::FlatBufferBuilder;
+use spate_flatbuf::proto::{self, Body, ErrorCode};
+
+use crate::error::ClientError;
+use crate::metadata::TopicPartition;
+use crate::producer::ProducerIdentity;
+use crate::protocol::{OutFrame, Stamp, body, envelope, finish};
+
+pub(crate) fn init_producer_id(stamp: Stamp, transactional_id: &str, transaction_timeout_ms: i32) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let transactional_id = builder.create_string(transactional_id);
+    let body = proto::InitProducerIdRequest::create(
+        &mut builder,
+        &proto::InitProducerIdRequestArgs { transactional_id: Some(transactional_id), transaction_timeout_ms },
+    );
+    finish(builder, stamp, Body::InitProducerIdRequest, body.as_union_value())
+}
+
+pub(crate) fn add_partitions(
+    stamp: Stamp,
+    transactional_id: &str,
+    producer: ProducerIdentity,
+    partitions: &BTreeSet<TopicPartition>,
+) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in partitions {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    let topics: Vec<_> = by_topic
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let topic = builder.create_string(topic);
+            let partitions = builder.create_vector(&partitions);
+            proto::TopicPartitions::create(
+                &mut builder,
+                &proto::TopicPartitionsArgs { topic: Some(topic), partitions: Some(partitions) },
+            )
+        })
+        .collect();
+    let topics = builder.create_vector(&topics);
+    let transactional_id = builder.create_string(transactional_id);
+    let body = proto::AddPartitionsToTxnRequest::create(
+        &mut builder,
+        &proto::AddPartitionsToTxnRequestArgs {
+            transactional_id: Some(transactional_id),
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
+            topics: Some(topics),
+        },
+    );
+    finish(builder, stamp, Body::AddPartitionsToTxnRequest, body.as_union_value())
+}
+
+pub(crate) fn add_offsets(
+    stamp: Stamp,
+    transactional_id: &str,
+    producer: ProducerIdentity,
+    group_id: &str,
+) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let transactional_id = builder.create_string(transactional_id);
+    let group_id = builder.create_string(group_id);
+    let body = proto::AddOffsetsToTxnRequest::create(
+        &mut builder,
+        &proto::AddOffsetsToTxnRequestArgs {
+            transactional_id: Some(transactional_id),
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
+            group_id: Some(group_id),
+        },
+    );
+    finish(builder, stamp, Body::AddOffsetsToTxnRequest, body.as_union_value())
+}
+
+/// A consumer group member's identity for a transactional offset commit
+/// (Kafka's ConsumerGroupMetadata): the coordinator refuses the commit of
+/// a member fenced from the group. `member_id` empty and `member_epoch` -1
+/// commit as a producer outside the group (not checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    pub group_id: String,
+    pub member_id: String,
+    pub member_epoch: i32,
+}
+
+impl ConsumerGroupMetadata {
+    /// A group's offsets committed from outside its membership.
+    pub fn new(group_id: impl Into<String>) -> Self {
+        ConsumerGroupMetadata { group_id: group_id.into(), member_id: String::new(), member_epoch: -1 }
+    }
+}
+
+pub(crate) fn txn_offset_commit(
+    stamp: Stamp,
+    transactional_id: &str,
+    producer: ProducerIdentity,
+    group: &ConsumerGroupMetadata,
+    offsets: &BTreeMap<TopicPartition, i64>,
+) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let topics = crate::group_protocol::create_offsets(&mut builder, offsets);
+    let transactional_id = builder.create_string(transactional_id);
+    let group_id = builder.create_string(&group.group_id);
+    let member_id = builder.create_string(&group.member_id);
+    let body = proto::TxnOffsetCommitRequest::create(
+        &mut builder,
+        &proto::TxnOffsetCommitRequestArgs {
+            transactional_id: Some(transactional_id),
+            group_id: Some(group_id),
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
+            member_id: Some(member_id),
+            member_epoch: group.member_epoch,
+            topics: Some(topics),
+        },
+    );
+    finish(builder, stamp, Body::TxnOffsetCommitRequest, body.as_union_value())
+}
+
+pub(crate) fn end_txn(stamp: Stamp, transactional_id: &str, producer: ProducerIdentity, commit: bool) -> OutFrame {
+    let mut builder = FlatBufferBuilder::new();
+    let transactional_id = builder.create_string(transactional_id);
+    let body = proto::EndTxnRequest::create(
+        &mut builder,
+        &proto::EndTxnRequestArgs {
+            transactional_id: Some(transactional_id),
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
+            commit,
+        },
+    );
+    finish(builder, stamp, Body::EndTxnRequest, body.as_union_value())
+}
+
+fn outcome(error: ErrorCode, message: Option<&str>) -> Result<(), ClientError> {
+    match error {
+        ErrorCode::None => Ok(()),
+        code => Err(ClientError::server(code, message)),
+    }
+}
+
+pub(crate) fn decode_add_partitions(frame: &Frame) -> Result<(), ClientError> {
+    let envelope = envelope(frame)?;
+    let response =
+        body(&envelope, Body::AddPartitionsToTxnResponse, proto::Envelope::body_as_add_partitions_to_txn_response)?;
+    outcome(response.error(), response.message())
+}
+
+pub(crate) fn decode_add_offsets(frame: &Frame) -> Result<(), ClientError> {
+    let envelope = envelope(frame)?;
+    let response =
+        body(&envelope, Body::AddOffsetsToTxnResponse, proto::Envelope::body_as_add_offsets_to_txn_response)?;
+    outcome(response.error(), response.message())
+}
+
+pub(crate) fn decode_txn_offset_commit(frame: &Frame) -> Result<(), ClientError> {
+    let envelope = envelope(frame)?;
+    let response = body(&envelope, Body::TxnOffsetCommitResponse, proto::Envelope::body_as_txn_offset_commit_response)?;
+    outcome(response.error(), response.message())
+}
+
+pub(crate) fn decode_end_txn(frame: &Frame) -> Result<(), ClientError> {
+    let envelope = envelope(frame)?;
+    let response = body(&envelope, Body::EndTxnResponse, proto::Envelope::body_as_end_txn_response)?;
+    outcome(response.error(), response.message())
+}
