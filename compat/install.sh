@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the compatibility scenarios need, and only what is missing:
 #   - kcat (Debian package), when `kcat` is not on PATH;
+#   - PostgreSQL (Debian package), when no /usr/lib/postgresql/*/bin/initdb
+#     exists, for Spate Connect's PostgreSQL connector tests;
 #   - a Python virtualenv at target/compat/venv with the pinned clients;
 #   - the Java scenarios (kafka-clients), built with Maven into target/compat/java;
 #   - the franz-go scenario, built into target/compat/bin/franzgo;
@@ -70,6 +72,19 @@ else
     say "kcat: installing the Debian package"
     apt_install kcat
     command -v kcat >/dev/null || die "kcat is still missing after apt-get install"
+    step_timer $t
+fi
+
+# --- PostgreSQL -------------------------------------------------------------
+# Spate Connect's PostgreSQL connector tests (cli/tests/connect_postgres_e2e.rs)
+# start a real server from Debian's package (initdb, pg_ctl).
+if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    say "postgresql: present ($(compgen -G "/usr/lib/postgresql/*/bin/initdb" | head -1))"
+else
+    t=$SECONDS
+    say "postgresql: installing the Debian package"
+    apt_install postgresql
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || die "postgresql's initdb is still missing after apt-get install"
     step_timer $t
 fi
 

@@ -5,6 +5,7 @@
 //! - `org.apache.kafka.connect.transforms.ReplaceField$Key` / `$Value`
 //! - `org.apache.kafka.connect.transforms.Filter`
 //! - `org.apache.kafka.connect.transforms.RegexRouter`
+//! - `org.apache.kafka.connect.transforms.ValueToKey`
 //! - `org.apache.kafka.connect.transforms.TimestampConverter$Key` / `$Value`
 //!   (`timestamp.rs`)
 //! - predicates `TopicNameMatches`, `HasHeaderKey`, `RecordIsTombstone`
@@ -174,13 +175,14 @@ fn build_transform(class: &str, props: &Props, what: &str) -> Result<Box<dyn Tra
         "ReplaceField" => Box::new(ReplaceField::new(needs_target(target)?, props)),
         "Filter" if target.is_none() => Box::new(Filter),
         "RegexRouter" if target.is_none() => Box::new(RegexRouter::new(props, what)?),
+        "ValueToKey" if target.is_none() => Box::new(ValueToKey::new(props, what)?),
         "TimestampConverter" => {
             Box::new(crate::timestamp::TimestampConverter::new(needs_target(target)? == Target::Key, props, what)?)
         }
         _ => {
             return Err(ConnectError::Config(format!(
                 "{what}: unknown transform class {class}: InsertField$Key/$Value, ReplaceField$Key/$Value, \
-                 TimestampConverter$Key/$Value, Filter and RegexRouter are available"
+                 TimestampConverter$Key/$Value, Filter, RegexRouter and ValueToKey are available"
             )));
         }
     })
@@ -427,6 +429,61 @@ impl Transformation for Filter {
     }
 }
 
+/// Kafka's ValueToKey: the key becomes the value's `fields`, a struct
+/// (with its schema) of a struct value, a map of a schemaless one (a field
+/// the map lacks is null there, as Kafka's). Any other value, a tombstone
+/// too, is refused as Kafka refuses it.
+#[derive(Debug)]
+struct ValueToKey {
+    fields: Vec<String>,
+}
+
+impl ValueToKey {
+    fn new(props: &Props, what: &str) -> Result<ValueToKey> {
+        let fields = list(Some(&required_key(props, "fields", what)?.to_string()));
+        Ok(ValueToKey { fields })
+    }
+}
+
+impl Transformation for ValueToKey {
+    fn apply(&self, mut record: ConnectRecord, _kafka_offset: Option<i64>) -> Result<Option<ConnectRecord>> {
+        record.key = match (&record.value.schema, &record.value.value) {
+            (None, Value::Map(entries)) => {
+                let value_of = |name: &str| {
+                    entries.iter().find(|(k, _)| matches!(k, Value::String(k) if k == name)).map(|(_, v)| v.clone())
+                };
+                let key = self
+                    .fields
+                    .iter()
+                    .map(|f| (Value::String(f.clone()), value_of(f).unwrap_or(Value::Null)))
+                    .collect();
+                SchemaAndValue::new(None, Value::Map(key))
+            }
+            (Some(schema), Value::Struct(values)) if schema.schema_type == SchemaType::Struct => {
+                let mut fields = Vec::with_capacity(self.fields.len());
+                let mut key = Vec::with_capacity(self.fields.len());
+                for name in &self.fields {
+                    let field = schema.fields.iter().find(|f| &f.name == name);
+                    let Some(field) = field else {
+                        return Err(ConnectError::Data(format!("ValueToKey: the value has no field {name}")));
+                    };
+                    fields.push(field.clone());
+                    let value = values.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+                    key.push((name.clone(), value.unwrap_or(Value::Null)));
+                }
+                SchemaAndValue::new(Some(Schema::structure(fields)), Value::Struct(key))
+            }
+            (_, other) => {
+                return Err(ConnectError::Data(format!(
+                    "ValueToKey needs a struct or a map value, not {}",
+                    type_name(other)
+                )));
+            }
+        };
+        Ok(Some(record))
+    }
+}
+
 /// Kafka's RegexRouter: a topic that matches `regex` whole becomes
 /// `replacement`, with `$1`... naming its groups.
 #[derive(Debug)]
@@ -639,6 +696,31 @@ mod tests {
             assert!(matches!(result, Err(ConnectError::Config(_))), "{text}");
         }
         assert!(TransformChain::from_config(&Props::new()).expect("none").is_empty());
+    }
+
+    #[test]
+    fn value_to_key_copies_the_named_fields_into_the_key_and_refuses_what_has_none() {
+        let chain = TransformChain::from_config(
+            &parse("transforms=k\ntransforms.k.type=ValueToKey\ntransforms.k.fields=id\n").expect("props"),
+        )
+        .expect("chain");
+        let map = Value::Map(vec![
+            (Value::String("id".into()), Value::Int64(7)),
+            (Value::String("x".into()), Value::Int64(1)),
+        ]);
+        let record = ConnectRecord::new("t", SchemaAndValue::NULL, SchemaAndValue::new(None, map));
+        let out = chain.apply(record, None).expect("ok").expect("kept");
+        assert_eq!(out.key.value, Value::Map(vec![(Value::String("id".into()), Value::Int64(7))]));
+        let schema = Schema::structure(vec![Field { name: "id".into(), schema: Schema::new(SchemaType::Int32) }]);
+        let record = ConnectRecord::new(
+            "t",
+            SchemaAndValue::NULL,
+            SchemaAndValue::new(Some(schema.clone()), Value::Struct(vec![("id".into(), Value::Int32(3))])),
+        );
+        let out = chain.apply(record, None).expect("ok").expect("kept");
+        assert_eq!(out.key, SchemaAndValue::new(Some(schema), Value::Struct(vec![("id".into(), Value::Int32(3))])));
+        let tombstone = ConnectRecord::new("t", SchemaAndValue::NULL, SchemaAndValue::NULL);
+        assert!(matches!(chain.apply(tombstone, None), Err(ConnectError::Data(_))));
     }
 
     #[test]
