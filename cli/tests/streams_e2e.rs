@@ -6,7 +6,9 @@
 //! not committed; no final count may be short of the exact count. The
 //! wordcount with persistent stores also restarts from its checkpoints:
 //! after a clean close it reads no changelog record, after kill -9 only the
-//! tail after the last commit.
+//! tail after the last commit. The windowed_clicks example's window
+//! store persists too: a window's count survives a clean restart that
+//! restores nothing (the store file is at its checkpoint) and goes on.
 
 mod common;
 
@@ -40,13 +42,18 @@ fn newest_mtime(dir: &Path) -> SystemTime {
     newest
 }
 
-/// The wordcount example's binary, next to this test's profile directory;
-/// built first if it is missing or older than its sources (a workspace
-/// test build has built it already).
+/// The wordcount example's binary (see `example_binary`).
 fn wordcount_binary() -> PathBuf {
+    example_binary("wordcount")
+}
+
+/// An example's binary, next to this test's profile directory; built
+/// first if it is missing or older than its sources (a workspace test
+/// build has built it already).
+fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("wordcount");
+    let binary = profile_dir.join("examples").join(name);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let sources = ["streams/src", "streams/examples", "client/src"].map(|dir| newest_mtime(&root.join(dir)));
     let built = std::fs::metadata(&binary).and_then(|m| m.modified()).ok();
@@ -54,10 +61,10 @@ fn wordcount_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "-p", "spate-streams", "--example", "wordcount"])
+            .args(["build", "-p", "spate-streams", "--example", name])
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "building the wordcount example failed");
+        assert!(status.success(), "building the {name} example failed");
     }
     binary
 }
@@ -606,4 +613,169 @@ fn a_global_table_is_filled_before_processing_and_follows_its_topic_and_stores_a
     let mut values = runtime.block_on(text_values_of(&client, "orders-by", 2));
     values.dedup();
     assert_eq!(values, vec!["c1:book by Ada", "c2:pen by Grace", "c3:ink by Edsger", "c4:cup by Barbara"]);
+}
+
+/// The windowed_clicks example with its own state.dir, logging its
+/// restores to `log`.
+fn spawn_windowed_clicks(binary: &Path, broker: &Broker, state_dir: &Path, log: &Path) -> Instance {
+    let file = std::fs::File::create(log).expect("create the log file");
+    let copy = file.try_clone().expect("clone the log file");
+    let child = Command::new(binary)
+        .env("SPATE_BROKERS", broker.addr())
+        .env("COMMIT_INTERVAL_MS", "200")
+        .env("STATE_DIR", state_dir)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "warn,spate_streams=info")
+        .stdout(file)
+        .stderr(copy)
+        .spawn()
+        .expect("start the windowed_clicks example");
+    Instance(child)
+}
+
+const CLICKS_PARTITIONS: i32 = 2;
+const WINDOW_STORE_CHANGELOG: &str = "streams-windowed-clicks-clicks-per-window-changelog";
+
+/// Clicks of `user` on `partition` at `times_ms`, acknowledged.
+async fn produce_clicks(client: &Client, partition: i32, user: &str, times_ms: &[i64]) {
+    let producer = Producer::new(client.clone(), ProducerConfig::default()).expect("producer");
+    for time_ms in times_ms {
+        let record = ProducerRecord {
+            topic: "clicks".into(),
+            partition: Some(partition),
+            key: Some(bytes::Bytes::from(user.to_string())),
+            value: Some(bytes::Bytes::from_static(b"page")),
+            headers: Vec::new(),
+            timestamp_ms: Some(*time_ms),
+        };
+        producer.send(record).await.expect("send").await.expect("acknowledged");
+    }
+    producer.close().await.expect("close");
+}
+
+/// Waits until the application has committed every click produced.
+fn wait_for_clicks_committed(runtime: &tokio::runtime::Runtime, client: &Client) {
+    let consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+    let partitions: Vec<TopicPartition> = (0..CLICKS_PARTITIONS).map(|p| TopicPartition::new("clicks", p)).collect();
+    let ends: BTreeMap<TopicPartition, i64> =
+        runtime.block_on(consumer.end_offsets(&partitions)).expect("end offsets").into_iter().collect();
+    let groups = GroupAdmin::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let committed = runtime.block_on(groups.committed_offsets("streams-windowed-clicks", None)).unwrap_or_default();
+        if ends.iter().all(|(tp, end)| committed.get(tp) == Some(end)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "clicks not all committed: {committed:?} of {ends:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The window store's restores a run logged: (partition, from offset,
+/// records read), once both partitions are logged.
+fn window_store_restores(log: &Path) -> Vec<(i64, i64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let field = |line: &str, name: &str| -> Option<i64> {
+            let start = line.find(&format!(" {name}="))? + name.len() + 2;
+            line[start..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        };
+        let restores: Vec<(i64, i64, i64)> = text
+            .lines()
+            .filter(|line| {
+                line.contains("store restored from its changelog") && line.contains("store=clicks-per-window ")
+            })
+            .filter_map(|line| Some((field(line, "partition")?, field(line, "from_offset")?, field(line, "restored")?)))
+            .collect();
+        if restores.len() >= CLICKS_PARTITIONS as usize {
+            return restores;
+        }
+        assert!(Instant::now() < deadline, "no restore of the window store logged: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_persistent_window_count_survives_a_clean_restart_restoring_nothing_from_the_changelog() {
+    let binary = example_binary("windowed_clicks");
+    let dir = data_dir("streams_windowed_restart");
+    let state = data_dir("streams_windowed_restart_state");
+    let broker = Broker::start(&dir, 1);
+    let runtime = runtime();
+    let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+    let client = runtime.block_on(Client::connect(config)).expect("connect");
+    let admin = Admin::new(client.clone());
+    for topic in ["clicks", "clicks-per-minute"] {
+        runtime.block_on(admin.create_topic(topic, CLICKS_PARTITIONS, 1, &[])).expect("create topic");
+    }
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_millis();
+    // Ten minutes ago, on a minute: the window [base, base + 1 min).
+    let base_ms = (i64::try_from(now_ms).expect("ms") / 60_000 - 10) * 60_000;
+
+    // First run: three clicks of ann and two of bo in the window, all
+    // committed, then a clean close (SIGINT): the window store's file is
+    // flushed and checkpointed at its changelog's end.
+    let mut first = spawn_windowed_clicks(&binary, &broker, &state, &state.join("first.log"));
+    runtime.block_on(produce_clicks(&client, 0, "ann", &[base_ms + 1_000, base_ms + 2_000, base_ms + 3_000]));
+    runtime.block_on(produce_clicks(&client, 1, "bo", &[base_ms + 1_000, base_ms + 5_000]));
+    wait_for_clicks_committed(&runtime, &client);
+    let interrupted = Command::new("kill").args(["-INT", &first.0.id().to_string()]).status().expect("kill -INT");
+    assert!(interrupted.success());
+    let exit = first.0.wait().expect("wait for the first run");
+    assert!(exit.success(), "a clean close exits 0: {exit:?}");
+    for partition in 0..CLICKS_PARTITIONS {
+        let path = state.join(format!("streams-windowed-clicks/0_{partition}/clicks-per-window/store.redb"));
+        assert!(path.exists(), "the window store is on disk: {}", path.display());
+    }
+
+    // Second run: the window store restores from its checkpoint, reading
+    // no changelog record; two more clicks of ann and one of bo count on
+    // from the first run's counts.
+    let _second = spawn_windowed_clicks(&binary, &broker, &state, &state.join("second.log"));
+    let restores = window_store_restores(&state.join("second.log"));
+    for (partition, from_offset, records) in &restores {
+        assert_eq!(*records, 0, "partition {partition}: restored from its checkpoint, not the changelog: {restores:?}");
+        assert!(*from_offset > 0, "partition {partition}: the checkpoint is past the counts: {restores:?}");
+    }
+    runtime.block_on(produce_clicks(&client, 0, "ann", &[base_ms + 30_000, base_ms + 40_000]));
+    runtime.block_on(produce_clicks(&client, 1, "bo", &[base_ms + 50_000]));
+    // A click far ahead on each partition closes the window (its end plus
+    // the 10 s grace passed): the final counts come out.
+    runtime.block_on(produce_clicks(&client, 0, "zz", &[base_ms + 300_000]));
+    runtime.block_on(produce_clicks(&client, 1, "zz", &[base_ms + 300_000]));
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut finals: BTreeMap<String, i64> = BTreeMap::new();
+    while finals.len() < 2 {
+        assert!(Instant::now() < deadline, "no final counts: {finals:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default()).expect("consumer");
+        for partition in 0..CLICKS_PARTITIONS {
+            let tp = TopicPartition::new("clicks-per-minute", partition);
+            consumer.assign(vec![tp.clone()]);
+            runtime.block_on(consumer.seek(&tp, SeekTo::Earliest)).expect("seek");
+            for record in runtime.block_on(consumer.poll(Duration::from_millis(300))).expect("poll") {
+                let value: serde_json::Value = serde_json::from_slice(&record.value.expect("a value")).expect("JSON");
+                assert_eq!(value["window_start_ms"], base_ms, "only the first window closed: {value}");
+                finals.insert(
+                    value["user"].as_str().expect("user").to_string(),
+                    value["clicks"].as_i64().expect("clicks"),
+                );
+            }
+        }
+    }
+    assert_eq!(finals, BTreeMap::from([("ann".to_string(), 5), ("bo".to_string(), 3)]));
+    // The changelog was not read back: the counts came from the file.
+    let ends = {
+        // A new client: the application made the changelog after the
+        // test's client read its metadata.
+        let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+        let client = runtime.block_on(Client::connect(config)).expect("connect");
+        let consumer = Consumer::new(client, ConsumerConfig::default()).expect("consumer");
+        let partitions: Vec<TopicPartition> =
+            (0..CLICKS_PARTITIONS).map(|p| TopicPartition::new(WINDOW_STORE_CHANGELOG, p)).collect();
+        runtime.block_on(consumer.end_offsets(&partitions)).expect("end offsets")
+    };
+    assert!(ends.iter().all(|(_, end)| *end > 0), "the counts were logged: {ends:?}");
 }

@@ -11,7 +11,7 @@
 //! from COMMIT_INTERVAL_MS (default 1000); the stores' directory from
 //! STATE_DIR (Kafka's `state.dir`); NAME_PREFIX (default empty) goes in
 //! front of the topics' names and the application id, so that several
-//! copies share a broker. Runs until killed.
+//! copies share a broker. Runs until Ctrl-C (a clean close) or killed.
 
 use serde::{Deserialize, Serialize};
 use spate_streams::{Consumed, KafkaStreams, Materialized, Produced, Serdes, StreamsBuilder, StreamsConfig};
@@ -58,6 +58,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = StreamsConfig::from_properties(&properties)?;
     let mut streams = KafkaStreams::new(topology, config)?;
     streams.start().await?;
-    streams.wait().await?;
+    // Runs until Ctrl-C (a clean close: a last commit and checkpoint), or
+    // an error stops the application.
+    tokio::select! {
+        result = streams.wait() => result?,
+        signal = tokio::signal::ctrl_c() => {
+            signal?;
+            streams.close().await?;
+        }
+    }
     Ok(())
 }

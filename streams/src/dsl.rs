@@ -12,7 +12,9 @@ use std::sync::Arc;
 use crate::error::StreamsError;
 use crate::processor::{Data, Processor, ProcessorContext, Record, StoreMap};
 use crate::serde::{SerdeRef, Serdes};
-use crate::store::{KeyValueStore, KeyValueStoreSupplier, SessionStore, Stores, WindowStore};
+use crate::store::{
+    KeyValueStore, KeyValueStoreSupplier, SessionStore, SessionStoreSupplier, Stores, WindowStore, WindowStoreSupplier,
+};
 use crate::topology::{TimestampExtractor, TopicName, Topology};
 use crate::window::{JoinWindows, SessionWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};
 
@@ -138,6 +140,18 @@ impl<V> Materialized<V> {
         match self.store_type {
             StoreType::Persistent => Stores::persistent_key_value_store(store),
             StoreType::InMemory => Stores::in_memory_key_value_store(store),
+        }
+    }
+    fn window_supplier(&self, store: &str) -> WindowStoreSupplier {
+        match self.store_type {
+            StoreType::Persistent => Stores::persistent_window_store(store),
+            StoreType::InMemory => Stores::in_memory_window_store(store),
+        }
+    }
+    fn session_supplier(&self, store: &str) -> SessionStoreSupplier {
+        match self.store_type {
+            StoreType::Persistent => Stores::persistent_session_store(store),
+            StoreType::InMemory => Stores::in_memory_session_store(store),
         }
     }
 }
@@ -1034,8 +1048,12 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
             &[&input],
         );
         let retention_ms = self.windows.size_ms.saturating_add(self.windows.grace_ms);
-        let store_builder =
-            Stores::window_store_builder(&store, retention_ms, self.grouped.grouped.key_serde.clone(), value_serde);
+        let store_builder = Stores::window_store_builder(
+            materialized.window_supplier(&store),
+            retention_ms,
+            self.grouped.grouped.key_serde.clone(),
+            value_serde,
+        );
         add_materialized_store(builder, store_builder, &materialized, &name);
         KTable {
             builder: Rc::clone(builder),
@@ -1640,8 +1658,12 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
             &[&input],
         );
         let retention_ms = self.windows.gap_ms.saturating_add(self.windows.grace_ms);
-        let store_builder =
-            Stores::session_store_builder(&store, retention_ms, self.grouped.grouped.key_serde.clone(), value_serde);
+        let store_builder = Stores::session_store_builder(
+            materialized.session_supplier(&store),
+            retention_ms,
+            self.grouped.grouped.key_serde.clone(),
+            value_serde,
+        );
         add_materialized_store(builder, store_builder, &materialized, &name);
         KTable { builder: Rc::clone(builder), node: name, getter: None, windows: None, _types: PhantomData }
     }

@@ -13,6 +13,7 @@ pub mod limits;
 mod persistent;
 mod processor;
 mod runtime;
+mod segmented;
 mod serde;
 mod store;
 mod task;
@@ -34,7 +35,8 @@ pub use crate::serde::{
     U64Serde,
 };
 pub use crate::store::{
-    KeyValueStore, KeyValueStoreSupplier, SessionStore, StateStore, StoreBuilder, Stores, WindowStore, changelog_topic,
+    KeyValueStore, KeyValueStoreSupplier, SessionStore, SessionStoreSupplier, StateStore, StoreBuilder, Stores,
+    WindowStore, WindowStoreSupplier, changelog_topic,
 };
 pub use crate::test_driver::{TestInputTopic, TestOutputTopic, TestRecord, TopologyTestDriver};
 pub use crate::topology::{SourceRecord, TimestampExtractor, Topology, TopologyDescription};

@@ -20,3 +20,10 @@ pub const RESTORE_EMPTY_POLLS_MAX: u32 = 120;
 const _: () = assert!(DELIVERIES_PENDING_MAX >= 1);
 const _: () =
     assert!(RESTORE_POLL_MS as u128 * RESTORE_EMPTY_POLLS_MAX as u128 >= 10_000, "give a restore at least 10 s");
+
+/// The shortest segment of a persistent window or session store, as
+/// Kafka's (`Math.max(retentionPeriod / 2, 60_000L)`): a short retention
+/// would otherwise make a table per few records.
+pub const SEGMENT_INTERVAL_MS_MIN: i64 = 60_000;
+
+const _: () = assert!(SEGMENT_INTERVAL_MS_MIN > 0);

@@ -13,6 +13,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::StreamsError;
 use crate::persistent::PersistentBytes;
+use crate::segmented::{SegmentedBytes, from_sortable_ms, sortable_ms};
 use crate::serde::{SerdeError, SerdeRef};
 
 /// A store a task owns. Changes are bytes, as they go to the changelog.
@@ -136,42 +137,121 @@ impl Stores {
         }
     }
 
+    /// A window store on disk (redb, a table per time segment), under
+    /// `<state.dir>/<application.id>/<task id>/<name>`, restored from its
+    /// checkpointed changelog offset (Kafka's
+    /// `Stores.persistentWindowStore`; the retention is given to
+    /// `window_store_builder`).
+    pub fn persistent_window_store(name: &str) -> WindowStoreSupplier {
+        WindowStoreSupplier { name: name.to_string(), persistent: true }
+    }
+
+    /// A window store in memory, restored from its changelog's start.
+    pub fn in_memory_window_store(name: &str) -> WindowStoreSupplier {
+        WindowStoreSupplier { name: name.to_string(), persistent: false }
+    }
+
+    /// A session store on disk (redb, a table per time segment), restored
+    /// from its checkpointed changelog offset.
+    pub fn persistent_session_store(name: &str) -> SessionStoreSupplier {
+        SessionStoreSupplier { name: name.to_string(), persistent: true }
+    }
+
+    /// A session store in memory, restored from its changelog's start.
+    pub fn in_memory_session_store(name: &str) -> SessionStoreSupplier {
+        SessionStoreSupplier { name: name.to_string(), persistent: false }
+    }
+
     /// A store of values per key and session, keeping sessions that end
-    /// within `retention_ms` of the latest end.
+    /// within `retention_ms` of the latest end. A bare name is an
+    /// in-memory store.
     pub fn session_store_builder<K: 'static, V: 'static>(
-        name: &str,
+        supplier: impl Into<SessionStoreSupplier>,
         retention_ms: i64,
         key_serde: SerdeRef<K>,
         value_serde: SerdeRef<V>,
     ) -> StoreBuilder {
-        let store_name = name.to_string();
+        let SessionStoreSupplier { name, persistent } = supplier.into();
+        let store_name = name.clone();
         StoreBuilder {
-            name: name.to_string(),
+            name,
             logging: true,
             factory: Arc::new(move || {
-                Box::new(SessionStore::new(&store_name, retention_ms, key_serde.clone(), value_serde.clone()))
-                    as Box<dyn StateStore>
+                let (key_serde, value_serde) = (key_serde.clone(), value_serde.clone());
+                let store = if persistent {
+                    SessionStore::persistent(&store_name, retention_ms, key_serde, value_serde)
+                } else {
+                    SessionStore::new(&store_name, retention_ms, key_serde, value_serde)
+                };
+                Box::new(store) as Box<dyn StateStore>
             }),
         }
     }
 
     /// A store of values per key and window start, keeping windows that
-    /// start within `retention_ms` of the latest start put.
+    /// start within `retention_ms` of the latest start put. A bare name
+    /// is an in-memory store.
     pub fn window_store_builder<K: 'static, V: 'static>(
-        name: &str,
+        supplier: impl Into<WindowStoreSupplier>,
         retention_ms: i64,
         key_serde: SerdeRef<K>,
         value_serde: SerdeRef<V>,
     ) -> StoreBuilder {
-        let store_name = name.to_string();
+        let WindowStoreSupplier { name, persistent } = supplier.into();
+        let store_name = name.clone();
         StoreBuilder {
-            name: name.to_string(),
+            name,
             logging: true,
             factory: Arc::new(move || {
-                Box::new(WindowStore::new(&store_name, retention_ms, key_serde.clone(), value_serde.clone()))
-                    as Box<dyn StateStore>
+                let (key_serde, value_serde) = (key_serde.clone(), value_serde.clone());
+                let store = if persistent {
+                    WindowStore::persistent(&store_name, retention_ms, key_serde, value_serde)
+                } else {
+                    WindowStore::new(&store_name, retention_ms, key_serde, value_serde)
+                };
+                Box::new(store) as Box<dyn StateStore>
             }),
         }
+    }
+}
+
+/// Where a window store keeps its entries, as Kafka's
+/// `WindowBytesStoreSupplier`. A bare name is an in-memory store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowStoreSupplier {
+    pub(crate) name: String,
+    pub(crate) persistent: bool,
+}
+
+impl From<&str> for WindowStoreSupplier {
+    fn from(name: &str) -> Self {
+        Stores::in_memory_window_store(name)
+    }
+}
+
+impl From<&String> for WindowStoreSupplier {
+    fn from(name: &String) -> Self {
+        Stores::in_memory_window_store(name)
+    }
+}
+
+/// Where a session store keeps its entries, as Kafka's
+/// `SessionBytesStoreSupplier`. A bare name is an in-memory store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStoreSupplier {
+    pub(crate) name: String,
+    pub(crate) persistent: bool,
+}
+
+impl From<&str> for SessionStoreSupplier {
+    fn from(name: &str) -> Self {
+        Stores::in_memory_session_store(name)
+    }
+}
+
+impl From<&String> for SessionStoreSupplier {
+    fn from(name: &String) -> Self {
+        Stores::in_memory_session_store(name)
     }
 }
 
@@ -354,13 +434,29 @@ impl<K: 'static, V: 'static> StateStore for KeyValueStore<K, V> {
 /// start (8, big-endian) and a sequence number (4), as Kafka's
 /// `WindowKeySchema` writes them.
 const WINDOW_KEY_SUFFIX_BYTES: usize = 12;
+/// Bytes after the key in a persistent window store's table key: the
+/// window start, sortable.
+const WINDOW_TABLE_SUFFIX_BYTES: usize = 8;
+/// Bytes after the key in a persistent session store's table key: the
+/// end, then the start, both sortable.
+const SESSION_TABLE_SUFFIX_BYTES: usize = 16;
 
-/// An in-memory window store: a value per key and window start.
+/// Where a window store's bytes live.
+enum WindowEntries {
+    /// By window start first, so that expired windows are a prefix.
+    Memory(BTreeMap<(i64, Bytes), Bytes>),
+    /// Segments by window start (redb tables); in a segment by key bytes,
+    /// then start: the key, then the start sortable (Kafka's
+    /// `WindowKeySchema` order in a segment).
+    Persistent(SegmentedBytes),
+}
+
+/// A window store: a value per key and window start, in memory or on
+/// disk (redb, one table per time segment).
 pub struct WindowStore<K, V> {
     name: String,
     retention_ms: i64,
-    /// By window start first, so that expired windows are a prefix.
-    entries: BTreeMap<(i64, Bytes), Bytes>,
+    entries: WindowEntries,
     observed_start_ms: i64,
     changes: Vec<(Bytes, Option<Bytes>)>,
     key_serde: SerdeRef<K>,
@@ -369,16 +465,50 @@ pub struct WindowStore<K, V> {
 
 impl<K, V> std::fmt::Debug for WindowStore<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WindowStore").field("name", &self.name).field("entries", &self.entries.len()).finish()
+        let persistent = matches!(self.entries, WindowEntries::Persistent(_));
+        f.debug_struct("WindowStore").field("name", &self.name).field("persistent", &persistent).finish()
     }
 }
 
+/// The key, then `suffix`: a persistent store's key in its segment table.
+fn table_key(key: &[u8], suffix: &[&[u8; 8]]) -> Bytes {
+    let mut bytes = BytesMut::with_capacity(key.len() + 8 * suffix.len());
+    bytes.put_slice(key);
+    suffix.iter().for_each(|part| bytes.put_slice(*part));
+    bytes.freeze()
+}
+
+/// A table key's key bytes, if it is `key`'s (a longer key that starts
+/// with `key`'s bytes shares its range in the table).
+fn key_of_table_key(table_key: &[u8], suffix_bytes: usize) -> Option<&[u8]> {
+    table_key.get(..table_key.len().checked_sub(suffix_bytes)?)
+}
+
 impl<K: 'static, V: 'static> WindowStore<K, V> {
+    /// A window store in memory, restored from its changelog's start.
     pub fn new(name: &str, retention_ms: i64, key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        Self::with_entries(name, retention_ms, WindowEntries::Memory(BTreeMap::new()), key_serde, value_serde)
+    }
+
+    /// A window store on disk, opened by its task under `state.dir`,
+    /// restored from its checkpointed changelog offset.
+    pub fn persistent(name: &str, retention_ms: i64, key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        let entries = WindowEntries::Persistent(SegmentedBytes::new(name, retention_ms));
+        Self::with_entries(name, retention_ms, entries, key_serde, value_serde)
+    }
+
+    fn with_entries(
+        name: &str,
+        retention_ms: i64,
+        entries: WindowEntries,
+        key_serde: SerdeRef<K>,
+        value_serde: SerdeRef<V>,
+    ) -> Self {
+        assert!(retention_ms >= 0, "a window store's retention is not negative");
         WindowStore {
             name: name.to_string(),
             retention_ms,
-            entries: BTreeMap::new(),
+            entries,
             observed_start_ms: i64::MIN,
             changes: Vec::new(),
             key_serde,
@@ -386,24 +516,62 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
         }
     }
 
+    fn is_persistent(&self) -> bool {
+        matches!(self.entries, WindowEntries::Persistent(_))
+    }
+
+    /// The earliest window start kept: windows that started more than the
+    /// retention before the latest start are gone, as in Kafka's window
+    /// stores (memory and disk stay bounded by the retention, not by the
+    /// input).
+    fn keep_from_ms(&self) -> i64 {
+        self.observed_start_ms.saturating_sub(self.retention_ms).saturating_add(1)
+    }
+
     pub fn fetch(&self, key: &K, window_start_ms: i64) -> Result<Option<V>, StreamsError> {
+        if window_start_ms < self.keep_from_ms() {
+            return Ok(None);
+        }
         let key = key_bytes(&self.name, &self.key_serde, key)?;
-        self.entries.get(&(window_start_ms, key)).map(|value| self.read_value(value)).transpose()
+        let value = match &self.entries {
+            WindowEntries::Memory(entries) => entries.get(&(window_start_ms, key)).cloned(),
+            WindowEntries::Persistent(store) => {
+                store.get(store.segment_of(window_start_ms), &table_key(&key, &[&sortable_ms(window_start_ms)]))?
+            }
+        };
+        value.map(|value| self.read_value(&value)).transpose()
     }
 
     /// The values of `key` in windows starting from `from_ms` to `to_ms`
     /// (inclusive), by start.
     pub fn fetch_range(&self, key: &K, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, V)>, StreamsError> {
+        let from_ms = from_ms.max(self.keep_from_ms());
         if from_ms > to_ms {
             return Ok(Vec::new());
         }
         let key = key_bytes(&self.name, &self.key_serde, key)?;
-        self.entries
-            .range((from_ms, Bytes::new())..)
-            .take_while(|((start_ms, _), _)| *start_ms <= to_ms)
-            .filter(|((_, entry_key), _)| *entry_key == key)
-            .map(|((start_ms, _), value)| Ok((*start_ms, self.read_value(value)?)))
-            .collect()
+        let found: Vec<(i64, Bytes)> = match &self.entries {
+            WindowEntries::Memory(entries) => entries
+                .range((from_ms, Bytes::new())..)
+                .take_while(|((start_ms, _), _)| *start_ms <= to_ms)
+                .filter(|((_, entry_key), _)| *entry_key == key)
+                .map(|((start_ms, _), value)| (*start_ms, value.clone()))
+                .collect(),
+            WindowEntries::Persistent(store) => {
+                let (from, to) = (table_key(&key, &[&sortable_ms(from_ms)]), table_key(&key, &[&sortable_ms(to_ms)]));
+                let (first, last) = (store.segment_of(from_ms), store.segment_of(to_ms));
+                let mut found = Vec::new();
+                for segment in store.segments()?.into_iter().filter(|s| (first..=last).contains(s)) {
+                    for (table_key, value) in store.range(segment, &from, Some(&to))? {
+                        if key_of_table_key(&table_key, WINDOW_TABLE_SUFFIX_BYTES) == Some(key.as_ref()) {
+                            found.push((from_sortable_ms(&table_key[key.len()..]), value));
+                        }
+                    }
+                }
+                found
+            }
+        };
+        found.into_iter().map(|(start_ms, value)| Ok((start_ms, self.read_value(&value)?))).collect()
     }
 
     pub fn put(&mut self, key: &K, window_start_ms: i64, value: &V) -> Result<(), StreamsError> {
@@ -417,29 +585,60 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
 
     /// Every (key, window start, value), by window start then key bytes.
     pub fn all(&self) -> Result<Vec<(K, i64, V)>, StreamsError> {
-        self.entries
-            .iter()
-            .map(|((start_ms, key), value)| {
+        let entries: Vec<(i64, Bytes, Bytes)> = match &self.entries {
+            WindowEntries::Memory(entries) => {
+                entries.iter().map(|((start_ms, key), value)| (*start_ms, key.clone(), value.clone())).collect()
+            }
+            WindowEntries::Persistent(store) => {
+                let mut entries = Vec::new();
+                for segment in store.segments()? {
+                    for (table_key, value) in store.segment_entries(segment)? {
+                        let key = key_of_table_key(&table_key, WINDOW_TABLE_SUFFIX_BYTES).unwrap_or_default();
+                        let start_ms = from_sortable_ms(&table_key[key.len()..]);
+                        if start_ms >= self.keep_from_ms() {
+                            entries.push((start_ms, Bytes::copy_from_slice(key), value));
+                        }
+                    }
+                }
+                entries.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+                entries
+            }
+        };
+        entries
+            .into_iter()
+            .map(|(start_ms, key, value)| {
                 let key = self
                     .key_serde
-                    .deserialize(&self.name, Some(key))
+                    .deserialize(&self.name, Some(&key))
                     .map_err(|source| serialization(&self.name, source))?;
-                Ok((key, *start_ms, self.read_value(value)?))
+                Ok((key, start_ms, self.read_value(&value)?))
             })
             .collect()
     }
 
     fn apply(&mut self, key: Bytes, window_start_ms: i64, value: Option<Bytes>) {
-        match value {
-            Some(value) => self.entries.insert((window_start_ms, key), value),
-            None => self.entries.remove(&(window_start_ms, key)),
-        };
         self.observed_start_ms = self.observed_start_ms.max(window_start_ms);
-        // Windows that started more than the retention before the latest
-        // are gone, as in Kafka's in-memory window store: memory stays
-        // bounded by the retention, not by the input.
-        let keep_from_ms = self.observed_start_ms.saturating_sub(self.retention_ms).saturating_add(1);
-        self.entries = self.entries.split_off(&(keep_from_ms, Bytes::new()));
+        let keep_from_ms = self.keep_from_ms();
+        match &mut self.entries {
+            WindowEntries::Memory(entries) => {
+                match value {
+                    Some(value) => entries.insert((window_start_ms, key), value),
+                    None => entries.remove(&(window_start_ms, key)),
+                };
+                *entries = entries.split_off(&(keep_from_ms, Bytes::new()));
+            }
+            WindowEntries::Persistent(store) => {
+                // An expired window is not written (Kafka's stores skip it
+                // too); older segments go whole, the rest of an expired
+                // window's segment is left out of every read.
+                if window_start_ms >= keep_from_ms {
+                    let segment = store.segment_of(window_start_ms);
+                    store.put(segment, table_key(&key, &[&sortable_ms(window_start_ms)]), value);
+                }
+                store.set_observed_ms(self.observed_start_ms);
+                store.drop_segments_before(store.segment_of(keep_from_ms));
+            }
+        }
     }
 
     fn read_value(&self, bytes: &[u8]) -> Result<V, StreamsError> {
@@ -447,14 +646,24 @@ impl<K: 'static, V: 'static> WindowStore<K, V> {
     }
 }
 
-/// An in-memory session store: a value per key and session [start, end]
-/// (end inclusive), as Kafka's session store. Sessions ending more than
-/// the retention before the latest end are dropped.
+/// Where a session store's bytes live.
+enum SessionEntries {
+    /// (key bytes, end, start): a key's sessions by end.
+    Memory(BTreeMap<(Bytes, i64, i64), Bytes>),
+    /// Segments by session end (redb tables); in a segment the key, the
+    /// end and the start (sortable): a key's sessions by end, as Kafka's
+    /// `SessionKeySchema` segments them.
+    Persistent(SegmentedBytes),
+}
+
+/// A session store: a value per key and session [start, end] (end
+/// inclusive), as Kafka's session store, in memory or on disk (redb, one
+/// table per time segment). Sessions ending more than the retention
+/// before the latest end are dropped.
 pub struct SessionStore<K, V> {
     name: String,
     retention_ms: i64,
-    /// (key bytes, end, start): a key's sessions by end.
-    entries: BTreeMap<(Bytes, i64, i64), Bytes>,
+    entries: SessionEntries,
     observed_end_ms: i64,
     changes: Vec<(Bytes, Option<Bytes>)>,
     key_serde: SerdeRef<K>,
@@ -463,21 +672,49 @@ pub struct SessionStore<K, V> {
 
 impl<K, V> std::fmt::Debug for SessionStore<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionStore").field("name", &self.name).field("entries", &self.entries.len()).finish()
+        let persistent = matches!(self.entries, SessionEntries::Persistent(_));
+        f.debug_struct("SessionStore").field("name", &self.name).field("persistent", &persistent).finish()
     }
 }
 
+/// (start, end, value) of a session.
+type Session = (i64, i64, Bytes);
+
 impl<K: 'static, V: 'static> SessionStore<K, V> {
+    /// A session store in memory, restored from its changelog's start.
     pub fn new(name: &str, retention_ms: i64, key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        Self::with_entries(name, retention_ms, SessionEntries::Memory(BTreeMap::new()), key_serde, value_serde)
+    }
+
+    /// A session store on disk, opened by its task under `state.dir`,
+    /// restored from its checkpointed changelog offset.
+    pub fn persistent(name: &str, retention_ms: i64, key_serde: SerdeRef<K>, value_serde: SerdeRef<V>) -> Self {
+        let entries = SessionEntries::Persistent(SegmentedBytes::new(name, retention_ms));
+        Self::with_entries(name, retention_ms, entries, key_serde, value_serde)
+    }
+
+    fn with_entries(
+        name: &str,
+        retention_ms: i64,
+        entries: SessionEntries,
+        key_serde: SerdeRef<K>,
+        value_serde: SerdeRef<V>,
+    ) -> Self {
+        assert!(retention_ms >= 0, "a session store's retention is not negative");
         SessionStore {
             name: name.to_string(),
             retention_ms,
-            entries: BTreeMap::new(),
+            entries,
             observed_end_ms: i64::MIN,
             changes: Vec::new(),
             key_serde,
             value_serde,
         }
+    }
+
+    /// The earliest session end kept.
+    fn keep_from_ms(&self) -> i64 {
+        self.observed_end_ms.saturating_sub(self.retention_ms)
     }
 
     /// The key's sessions that end at or after `earliest_end_ms` and start
@@ -489,10 +726,32 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
         latest_start_ms: i64,
     ) -> Result<Vec<(i64, i64, V)>, StreamsError> {
         let key = key_bytes(&self.name, &self.key_serde, key)?;
-        self.entries
-            .range((key.clone(), earliest_end_ms, i64::MIN)..=(key, i64::MAX, i64::MAX))
-            .filter(|((_, _, start_ms), _)| *start_ms <= latest_start_ms)
-            .map(|((_, end_ms, start_ms), value)| Ok((*start_ms, *end_ms, self.read_value(value)?)))
+        let earliest_end_ms = earliest_end_ms.max(self.keep_from_ms());
+        let found: Vec<Session> = match &self.entries {
+            SessionEntries::Memory(entries) => entries
+                .range((key.clone(), earliest_end_ms, i64::MIN)..=(key.clone(), i64::MAX, i64::MAX))
+                .map(|((_, end_ms, start_ms), value)| (*start_ms, *end_ms, value.clone()))
+                .collect(),
+            SessionEntries::Persistent(store) => {
+                let from = table_key(&key, &[&sortable_ms(earliest_end_ms), &sortable_ms(i64::MIN)]);
+                let to = table_key(&key, &[&sortable_ms(i64::MAX), &sortable_ms(i64::MAX)]);
+                let first = store.segment_of(earliest_end_ms);
+                let mut found = Vec::new();
+                for segment in store.segments()?.into_iter().filter(|segment| *segment >= first) {
+                    for (table_key, value) in store.range(segment, &from, Some(&to))? {
+                        if key_of_table_key(&table_key, SESSION_TABLE_SUFFIX_BYTES) == Some(key.as_ref()) {
+                            let times = &table_key[key.len()..];
+                            found.push((from_sortable_ms(&times[8..]), from_sortable_ms(times), value));
+                        }
+                    }
+                }
+                found
+            }
+        };
+        found
+            .into_iter()
+            .filter(|(start_ms, _, _)| *start_ms <= latest_start_ms)
+            .map(|(start_ms, end_ms, value)| Ok((start_ms, end_ms, self.read_value(&value)?)))
             .collect()
     }
 
@@ -514,29 +773,63 @@ impl<K: 'static, V: 'static> SessionStore<K, V> {
 
     /// Every (key, start, end, value), by key bytes then end.
     pub fn all(&self) -> Result<Vec<(K, i64, i64, V)>, StreamsError> {
-        self.entries
-            .iter()
-            .map(|((key, end_ms, start_ms), value)| {
+        let entries: Vec<(Bytes, i64, i64, Bytes)> = match &self.entries {
+            SessionEntries::Memory(entries) => entries
+                .iter()
+                .map(|((key, end_ms, start_ms), value)| (key.clone(), *end_ms, *start_ms, value.clone()))
+                .collect(),
+            SessionEntries::Persistent(store) => {
+                let mut entries = Vec::new();
+                for segment in store.segments()? {
+                    for (table_key, value) in store.segment_entries(segment)? {
+                        let key = key_of_table_key(&table_key, SESSION_TABLE_SUFFIX_BYTES).unwrap_or_default();
+                        let times = &table_key[key.len()..];
+                        let (end_ms, start_ms) = (from_sortable_ms(times), from_sortable_ms(&times[8..]));
+                        if end_ms >= self.keep_from_ms() {
+                            entries.push((Bytes::copy_from_slice(key), end_ms, start_ms, value));
+                        }
+                    }
+                }
+                entries.sort_unstable_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+                entries
+            }
+        };
+        entries
+            .into_iter()
+            .map(|(key, end_ms, start_ms, value)| {
                 let key = self
                     .key_serde
-                    .deserialize(&self.name, Some(key))
+                    .deserialize(&self.name, Some(&key))
                     .map_err(|source| serialization(&self.name, source))?;
-                Ok((key, *start_ms, *end_ms, self.read_value(value)?))
+                Ok((key, start_ms, end_ms, self.read_value(&value)?))
             })
             .collect()
     }
 
     fn apply(&mut self, key: Bytes, start_ms: i64, end_ms: i64, value: Option<Bytes>) {
-        match value {
-            Some(value) => self.entries.insert((key, end_ms, start_ms), value),
-            None => self.entries.remove(&(key, end_ms, start_ms)),
-        };
         self.observed_end_ms = self.observed_end_ms.max(end_ms);
-        let keep_from_ms = self.observed_end_ms.saturating_sub(self.retention_ms);
-        // Sessions are ordered by key first, so expiry is a scan; it runs
-        // only when the oldest kept end is behind (rarely, in a busy store).
-        if self.entries.keys().any(|(_, end, _)| *end < keep_from_ms) {
-            self.entries.retain(|(_, end, _), _| *end >= keep_from_ms);
+        let keep_from_ms = self.keep_from_ms();
+        match &mut self.entries {
+            SessionEntries::Memory(entries) => {
+                match value {
+                    Some(value) => entries.insert((key, end_ms, start_ms), value),
+                    None => entries.remove(&(key, end_ms, start_ms)),
+                };
+                // Sessions are ordered by key first, so expiry is a scan;
+                // it runs only when the oldest kept end is behind (rarely,
+                // in a busy store).
+                if entries.keys().any(|(_, end, _)| *end < keep_from_ms) {
+                    entries.retain(|(_, end, _), _| *end >= keep_from_ms);
+                }
+            }
+            SessionEntries::Persistent(store) => {
+                if end_ms >= keep_from_ms {
+                    let table_key = table_key(&key, &[&sortable_ms(end_ms), &sortable_ms(start_ms)]);
+                    store.put(store.segment_of(end_ms), table_key, value);
+                }
+                store.set_observed_ms(self.observed_end_ms);
+                store.drop_segments_before(store.segment_of(keep_from_ms));
+            }
         }
     }
 
@@ -581,6 +874,35 @@ impl<K: 'static, V: 'static> StateStore for SessionStore<K, V> {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn persistent(&self) -> bool {
+        matches!(self.entries, SessionEntries::Persistent(_))
+    }
+    fn open(&mut self, dir: &Path) -> Result<bool, StreamsError> {
+        match &mut self.entries {
+            SessionEntries::Memory(_) => Ok(false),
+            SessionEntries::Persistent(store) => {
+                let wiped = store.open(dir)?;
+                self.observed_end_ms = store.observed_ms();
+                Ok(wiped)
+            }
+        }
+    }
+    fn flush(&mut self) -> Result<(), StreamsError> {
+        match &mut self.entries {
+            SessionEntries::Memory(_) => Ok(()),
+            SessionEntries::Persistent(store) => store.flush(),
+        }
+    }
+    fn wipe(&mut self) -> Result<(), StreamsError> {
+        self.observed_end_ms = i64::MIN;
+        match &mut self.entries {
+            SessionEntries::Memory(entries) => {
+                entries.clear();
+                Ok(())
+            }
+            SessionEntries::Persistent(store) => store.wipe(),
+        }
+    }
 }
 
 fn window_changelog_key(key: &[u8], window_start_ms: i64) -> Bytes {
@@ -614,6 +936,35 @@ impl<K: 'static, V: 'static> StateStore for WindowStore<K, V> {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn persistent(&self) -> bool {
+        self.is_persistent()
+    }
+    fn open(&mut self, dir: &Path) -> Result<bool, StreamsError> {
+        match &mut self.entries {
+            WindowEntries::Memory(_) => Ok(false),
+            WindowEntries::Persistent(store) => {
+                let wiped = store.open(dir)?;
+                self.observed_start_ms = store.observed_ms();
+                Ok(wiped)
+            }
+        }
+    }
+    fn flush(&mut self) -> Result<(), StreamsError> {
+        match &mut self.entries {
+            WindowEntries::Memory(_) => Ok(()),
+            WindowEntries::Persistent(store) => store.flush(),
+        }
+    }
+    fn wipe(&mut self) -> Result<(), StreamsError> {
+        self.observed_start_ms = i64::MIN;
+        match &mut self.entries {
+            WindowEntries::Memory(entries) => {
+                entries.clear();
+                Ok(())
+            }
+            WindowEntries::Persistent(store) => store.wipe(),
+        }
     }
 }
 
@@ -681,5 +1032,112 @@ mod tests {
         }
         assert_eq!(restored.all().unwrap(), vec![("k".to_string(), 50, 2), ("k".to_string(), 149, 3)]);
         assert!(restored.restore(b"short", Some(b"x")).is_err());
+    }
+
+    fn test_dir(name: &str) -> std::path::PathBuf {
+        // Test data stays under target/, per process.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/spate-streams-unit")
+            .join(format!("{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// A small deterministic generator (xorshift), so that the model
+    /// tests need no dependency and replay exactly.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn a_persistent_window_store_answers_as_the_in_memory_one_through_expiry_flushes_and_a_reopen() {
+        let dir = test_dir("window-model");
+        // A retention of 3 minutes: segments of 90 s, so time moving over
+        // 20 minutes drops many of them.
+        let retention_ms = 180_000;
+        let mut memory = WindowStore::new("w", retention_ms, Serdes::string(), Serdes::i64());
+        let mut disk = WindowStore::persistent("w", retention_ms, Serdes::string(), Serdes::i64());
+        assert!(!disk.open(&dir).unwrap());
+        let keys = ["a", "ab", "b", ""];
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..2_000_i64 {
+            let key = keys[(next(&mut state) % 4) as usize].to_string();
+            // Mostly forward in time, sometimes late (before the newest).
+            let start_ms = step * 600 - (next(&mut state) % 240_000) as i64;
+            disk.put(&key, start_ms, &step).unwrap();
+            memory.put(&key, start_ms, &step).unwrap();
+            if step % 97 == 0 {
+                disk.flush().unwrap();
+            }
+            if step % 250 == 0 {
+                // A clean restart: flushed, closed, reopened from the file
+                // (its observed time included, so it expires the same).
+                disk.flush().unwrap();
+                drop(disk);
+                disk = WindowStore::persistent("w", retention_ms, Serdes::string(), Serdes::i64());
+                assert!(!disk.open(&dir).unwrap());
+            }
+            let probe = keys[(next(&mut state) % 4) as usize].to_string();
+            let (from_ms, to_ms) = (start_ms - 200_000, start_ms + 1_000);
+            assert_eq!(
+                disk.fetch_range(&probe, from_ms, to_ms).unwrap(),
+                memory.fetch_range(&probe, from_ms, to_ms).unwrap(),
+                "step {step}"
+            );
+            assert_eq!(disk.fetch(&key, start_ms).unwrap(), memory.fetch(&key, start_ms).unwrap(), "step {step}");
+        }
+        assert_eq!(disk.all().unwrap(), memory.all().unwrap());
+        disk.flush().unwrap();
+        let segments = store_segments(&disk);
+        // The retention spans two 90 s segments, so at most three hold a
+        // live window; the older ones were dropped.
+        assert!(!segments.is_empty() && segments.len() <= 3, "live segments: {segments:?}");
+    }
+
+    fn store_segments<K: 'static, V: 'static>(store: &WindowStore<K, V>) -> Vec<i64> {
+        match &store.entries {
+            WindowEntries::Persistent(store) => store.segments().unwrap(),
+            WindowEntries::Memory(_) => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_persistent_session_store_answers_as_the_in_memory_one_through_expiry_and_a_reopen() {
+        let dir = test_dir("session-model");
+        let retention_ms = 150_000;
+        let mut memory = SessionStore::new("s", retention_ms, Serdes::string(), Serdes::i64());
+        let mut disk = SessionStore::persistent("s", retention_ms, Serdes::string(), Serdes::i64());
+        assert!(!disk.open(&dir).unwrap());
+        let keys = ["a", "ab", "b"];
+        let mut state = 0x2545_f491_4f6c_dd1d;
+        for step in 0..1_500_i64 {
+            let key = keys[(next(&mut state) % 3) as usize].to_string();
+            let end_ms = step * 500 - (next(&mut state) % 100_000) as i64;
+            let start_ms = end_ms - (next(&mut state) % 30_000) as i64;
+            if step % 5 == 4 {
+                disk.remove(&key, start_ms, end_ms).unwrap();
+                memory.remove(&key, start_ms, end_ms).unwrap();
+            } else {
+                disk.put(&key, start_ms, end_ms, &step).unwrap();
+                memory.put(&key, start_ms, end_ms, &step).unwrap();
+            }
+            if step % 200 == 0 {
+                disk.flush().unwrap();
+                drop(disk);
+                disk = SessionStore::persistent("s", retention_ms, Serdes::string(), Serdes::i64());
+                assert!(!disk.open(&dir).unwrap());
+            }
+            let probe = keys[(next(&mut state) % 3) as usize].to_string();
+            let (earliest_end_ms, latest_start_ms) = (end_ms - 300_000, end_ms);
+            assert_eq!(
+                disk.find_sessions(&probe, earliest_end_ms, latest_start_ms).unwrap(),
+                memory.find_sessions(&probe, earliest_end_ms, latest_start_ms).unwrap(),
+                "step {step}"
+            );
+        }
+        assert_eq!(disk.all().unwrap(), memory.all().unwrap());
     }
 }

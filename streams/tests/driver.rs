@@ -185,6 +185,85 @@ fn windowed_count_driver(
     (driver, input, output)
 }
 
+/// Clicks of three users over 40 minutes of event time, some late,
+/// counted in 5-minute windows (1 minute of grace) and in sessions (gap 2
+/// minutes, grace 1), in stores of `store_type`: the window updates, the
+/// session updates, then both stores' contents and the store files.
+type WindowedRun =
+    (Vec<(String, i64)>, Vec<(String, Option<i64>)>, Vec<(String, i64, i64)>, Vec<(String, i64, i64, i64)>);
+
+fn windowed_and_session_counts(store_type: StoreType) -> (WindowedRun, Vec<std::path::PathBuf>) {
+    const MINUTE_MS: i64 = 60_000;
+    let builder = StreamsBuilder::new();
+    let grouped = builder
+        .stream("clicks", Consumed::with(Serdes::string(), Serdes::string()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()));
+    grouped
+        .windowed_by(TimeWindows::of_size_and_grace(5 * MINUTE_MS, MINUTE_MS))
+        .count(Materialized::as_("per-window").with_store_type(store_type))
+        .to_stream()
+        .map(|windowed: &Windowed<String>, count: &Option<i64>| {
+            (format!("{}@{}", windowed.key, windowed.window.start_ms), count.unwrap_or(0))
+        })
+        .to("window-counts", Produced::with(Serdes::string(), Serdes::i64()));
+    grouped
+        .windowed_by_session(SessionWindows::of_inactivity_gap_and_grace(2 * MINUTE_MS, MINUTE_MS))
+        .count(Materialized::as_("per-session").with_store_type(store_type))
+        .to_stream()
+        .map(|windowed: &Windowed<String>, count: &Option<i64>| {
+            (format!("{}@{}-{}", windowed.key, windowed.window.start_ms, windowed.window.end_ms), *count)
+        })
+        .to("session-counts", Produced::with(Serdes::string(), Serdes::nullable(Serdes::i64())));
+    let application_id = format!("windowed-{store_type:?}");
+    let config = config(&application_id);
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config.clone()).unwrap();
+    let input = driver.create_input_topic("clicks", Serdes::string(), Serdes::string());
+    let users = ["ann", "ben", "cy"];
+    for step in 20..420_i64 {
+        // Every 6 s, a user; every seventh click 90 s late (57 of them).
+        let time_ms = step * 6_000 - if step % 7 == 0 { 90_000 } else { 0 };
+        input.pipe_input(&users[(step % 3) as usize].to_string(), &"p".to_string(), time_ms).unwrap();
+    }
+    let windows = driver.create_output_topic("window-counts", Serdes::string(), Serdes::i64());
+    let sessions = driver.create_output_topic("session-counts", Serdes::string(), Serdes::nullable(Serdes::i64()));
+    let run = (
+        windows.read_key_values_to_list().unwrap(),
+        sessions.read_key_values_to_list().unwrap(),
+        driver.window_store_all::<String, i64>("per-window").unwrap(),
+        driver.session_store_all::<String, i64>("per-session").unwrap(),
+    );
+    let files = store_files(&config.state_dir)
+        .into_iter()
+        .filter(|path| path.to_string_lossy().contains(&format!("/{application_id}/")))
+        .collect();
+    (run, files)
+}
+
+#[test]
+fn windowed_and_session_counts_are_on_disk_by_default_and_in_memory_on_request_with_the_same_results() {
+    let (on_disk, files) = windowed_and_session_counts(StoreType::Persistent);
+    let mut files: Vec<String> = files.iter().map(|path| path.to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].ends_with("/0_0/per-session/store.redb") && files[1].ends_with("/0_0/per-window/store.redb"));
+    let (in_memory, files) = windowed_and_session_counts(StoreType::InMemory);
+    assert!(files.is_empty(), "{files:?}");
+    assert_eq!(on_disk, in_memory);
+    let (window_updates, session_updates, windows, sessions) = on_disk;
+    // One update per counted click: every click on time, and the late
+    // ones whose window was still within its grace (some, not all).
+    assert!((400 - 57 + 1..400).contains(&window_updates.len()), "{} updates", window_updates.len());
+    assert!(session_updates.iter().any(|(_, count)| count.is_none()), "some sessions merged");
+    // Retention: windows starting within size + grace (6 minutes) of the
+    // newest start, sessions ending within gap + grace (3 minutes) of the
+    // newest end (419 * 6 s); the older ones are gone.
+    let newest_start_ms = windows.iter().map(|(_, start_ms, _)| *start_ms).max().unwrap();
+    assert!(windows.iter().all(|(_, start_ms, _)| *start_ms > newest_start_ms - 6 * 60_000), "{windows:?}");
+    assert_eq!(windows.iter().map(|(_, start_ms, _)| *start_ms).min(), Some(newest_start_ms - 5 * 60_000));
+    assert!(sessions.iter().all(|(_, _, end_ms, _)| *end_ms >= 419 * 6_000 - 3 * 60_000), "{sessions:?}");
+    assert!(!sessions.is_empty());
+}
+
 fn pairs(list: &[(&str, i64)]) -> Vec<(String, i64)> {
     list.iter().map(|(key, value)| (key.to_string(), *value)).collect()
 }
