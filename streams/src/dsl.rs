@@ -95,6 +95,9 @@ pub struct Materialized<V> {
     value_serde: Option<SerdeRef<V>>,
     logging: bool,
     store_type: StoreType,
+    /// A window or session store's retention (None: the window's size, or
+    /// the session gap, plus the grace period, as Kafka's default).
+    retention_ms: Option<i64>,
 }
 
 /// Where a DSL key-value store keeps its entries, as Kafka's
@@ -111,7 +114,13 @@ pub enum StoreType {
 
 impl<V> Default for Materialized<V> {
     fn default() -> Self {
-        Materialized { name: None, value_serde: None, logging: true, store_type: StoreType::default() }
+        Materialized {
+            name: None,
+            value_serde: None,
+            logging: true,
+            store_type: StoreType::default(),
+            retention_ms: None,
+        }
     }
 }
 
@@ -135,6 +144,26 @@ impl<V> Materialized<V> {
     pub fn with_store_type(mut self, store_type: StoreType) -> Self {
         self.store_type = store_type;
         self
+    }
+    /// How long a window or session store keeps windows, as Kafka's
+    /// `withRetention`: at least the window's size (or the session gap)
+    /// plus the grace period, else `build` fails.
+    #[must_use]
+    pub fn with_retention(mut self, retention_ms: i64) -> Self {
+        self.retention_ms = Some(retention_ms);
+        self
+    }
+    /// A windowed store's retention: the one set, or `least_ms` (size or
+    /// gap plus grace); one shorter than `least_ms` is an error, as
+    /// Kafka's.
+    fn window_retention_ms(&self, store: &str, least_ms: i64) -> Result<i64, StreamsError> {
+        match self.retention_ms {
+            None => Ok(least_ms),
+            Some(retention_ms) if retention_ms >= least_ms => Ok(retention_ms),
+            Some(retention_ms) => Err(StreamsError::Config(format!(
+                "the retention of store {store} ({retention_ms} ms) is shorter than its window plus the grace period ({least_ms} ms)"
+            ))),
+        }
     }
     fn supplier(&self, store: &str) -> KeyValueStoreSupplier {
         match self.store_type {
@@ -1047,7 +1076,11 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
             move || WindowAggregate { store: store_name.clone(), windows, function: Arc::clone(&function) },
             &[&input],
         );
-        let retention_ms = self.windows.size_ms.saturating_add(self.windows.grace_ms);
+        let least_ms = self.windows.size_ms.saturating_add(self.windows.grace_ms);
+        let retention_ms = materialized.window_retention_ms(&store, least_ms).unwrap_or_else(|error| {
+            record_error(builder, Err(error));
+            least_ms
+        });
         let store_builder = Stores::window_store_builder(
             materialized.window_supplier(&store),
             retention_ms,
@@ -1657,7 +1690,11 @@ impl<K: Data, V: Data> SessionWindowedKStream<K, V> {
             },
             &[&input],
         );
-        let retention_ms = self.windows.gap_ms.saturating_add(self.windows.grace_ms);
+        let least_ms = self.windows.gap_ms.saturating_add(self.windows.grace_ms);
+        let retention_ms = materialized.window_retention_ms(&store, least_ms).unwrap_or_else(|error| {
+            record_error(builder, Err(error));
+            least_ms
+        });
         let store_builder = Stores::session_store_builder(
             materialized.session_supplier(&store),
             retention_ms,

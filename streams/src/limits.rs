@@ -27,3 +27,10 @@ const _: () =
 pub const SEGMENT_INTERVAL_MS_MIN: i64 = 60_000;
 
 const _: () = assert!(SEGMENT_INTERVAL_MS_MIN > 0);
+
+/// How much longer than its store a window or session store's changelog
+/// keeps records (`retention.ms` is the store's retention plus this, with
+/// `cleanup.policy=compact,delete`): Kafka's default of
+/// `windowstore.changelog.additional.retention.ms`, one day, room for a
+/// restore to find what the store still keeps even when clocks drift.
+pub const WINDOW_CHANGELOG_ADDITIONAL_RETENTION_MS: i64 = 86_400_000;

@@ -221,10 +221,9 @@ async fn create_internal_topics(
             return Err(StreamsError::Config(format!("source topic {topic:?} does not exist (create it first)")));
         }
     }
-    let compacted = [("cleanup.policy".to_string(), "compact".to_string())];
     for topic in internal_topic_plan(topology, &config.application_id, &partitions_of)? {
-        let configs: &[(String, String)] = if topic.compacted { &compacted } else { &[] };
-        create_topic_if_absent(&admin, &topic.name, topic.partitions, config.replication_factor, configs).await?;
+        let configs = topic.configs();
+        create_topic_if_absent(&admin, &topic.name, topic.partitions, config.replication_factor, &configs).await?;
     }
     Ok(())
 }
@@ -240,6 +239,25 @@ pub(crate) struct InternalTopic {
     pub partitions: i32,
     /// Changelogs are compacted; repartition topics are not.
     pub compacted: bool,
+    /// A window or session store's changelog also deletes records older
+    /// than this (`compact,delete`), as Kafka Streams makes it: each
+    /// window is a key of its own, so compaction alone would keep every
+    /// window ever counted.
+    pub retention_ms: Option<i64>,
+}
+
+impl InternalTopic {
+    /// The topic's configs at creation.
+    pub fn configs(&self) -> Vec<(String, String)> {
+        match (self.compacted, self.retention_ms) {
+            (false, _) => Vec::new(),
+            (true, None) => vec![("cleanup.policy".into(), "compact".into())],
+            (true, Some(retention_ms)) => vec![
+                ("cleanup.policy".into(), "compact,delete".into()),
+                ("retention.ms".into(), retention_ms.to_string()),
+            ],
+        }
+    }
 }
 
 /// The internal topics and their partition counts. A sub-topology runs as
@@ -282,11 +300,15 @@ pub(crate) fn internal_topic_plan(
             Some(sub) => partitions_of_sub(sub)?,
             None => max_user,
         };
-        plan.push(InternalTopic { name: topic.resolve(application_id), partitions, compacted: false });
+        let name = topic.resolve(application_id);
+        plan.push(InternalTopic { name, partitions, compacted: false, retention_ms: None });
     }
-    for (store, sub) in topology.logged_stores() {
+    for (store, sub, window_retention_ms) in topology.logged_stores() {
         let partitions = partitions_of_sub(sub)?;
-        plan.push(InternalTopic { name: changelog_topic(application_id, &store), partitions, compacted: true });
+        let retention_ms =
+            window_retention_ms.map(|ms| ms.saturating_add(crate::limits::WINDOW_CHANGELOG_ADDITIONAL_RETENTION_MS));
+        let name = changelog_topic(application_id, &store);
+        plan.push(InternalTopic { name, partitions, compacted: true, retention_ms });
     }
     Ok(plan)
 }
@@ -861,6 +883,35 @@ mod tests {
     use crate::dsl::{Consumed, Grouped, Materialized, Produced, Repartitioned, StreamsBuilder};
     use crate::serde::Serdes;
 
+    #[test]
+    fn window_and_session_changelogs_also_delete_past_the_stores_retention_plus_a_day() {
+        use crate::window::{SessionWindows, TimeWindows};
+        let builder = StreamsBuilder::new();
+        let grouped = builder
+            .stream("clicks", Consumed::with(Serdes::string(), Serdes::string()))
+            .group_by_key(Grouped::with(Serdes::string(), Serdes::string()));
+        grouped.windowed_by(TimeWindows::of_size_and_grace(60_000, 10_000)).count(Materialized::as_("windows"));
+        grouped
+            .windowed_by(TimeWindows::of_size_and_grace(60_000, 10_000))
+            .count(Materialized::as_("kept-longer").with_retention(3_600_000));
+        grouped
+            .windowed_by_session(SessionWindows::of_inactivity_gap_and_grace(30_000, 5_000))
+            .count(Materialized::as_("sessions"));
+        grouped.count(Materialized::as_("totals"));
+        let topology = builder.build().unwrap();
+        let plan = internal_topic_plan(&topology, "app", &partitions(&[("clicks", 2)])).unwrap();
+        let configs = |store: &str| {
+            let topic = plan.iter().find(|topic| topic.name == format!("app-{store}-changelog")).unwrap();
+            topic.configs().into_iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>()
+        };
+        let day_ms = 86_400_000;
+        let window = |ms: i64| vec!["cleanup.policy=compact,delete".to_string(), format!("retention.ms={ms}")];
+        assert_eq!(configs("windows"), window(70_000 + day_ms));
+        assert_eq!(configs("kept-longer"), window(3_600_000 + day_ms));
+        assert_eq!(configs("sessions"), window(35_000 + day_ms));
+        assert_eq!(configs("totals"), vec!["cleanup.policy=compact".to_string()]);
+    }
+
     fn partitions(list: &[(&str, i32)]) -> BTreeMap<String, i32> {
         list.iter().map(|(topic, count)| (topic.to_string(), *count)).collect()
     }
@@ -891,7 +942,12 @@ mod tests {
         let find = |name: &str| plan.iter().find(|topic| topic.name == name).cloned().unwrap();
         assert_eq!(
             find("app-by-customer-repartition"),
-            InternalTopic { name: "app-by-customer-repartition".into(), partitions: 3, compacted: false }
+            InternalTopic {
+                name: "app-by-customer-repartition".into(),
+                partitions: 3,
+                compacted: false,
+                retention_ms: None
+            }
         );
         assert_eq!(find("app-customers-changelog").partitions, 3);
         assert!(find("app-customers-changelog").compacted);

@@ -56,6 +56,11 @@ type StoreFactory = Arc<dyn Fn() -> Box<dyn StateStore> + Send + Sync>;
 pub struct StoreBuilder {
     pub(crate) name: String,
     pub(crate) logging: bool,
+    /// A window or session store's retention (None: a key-value store):
+    /// its changelog deletes what is older than this plus
+    /// `WINDOW_CHANGELOG_ADDITIONAL_RETENTION_MS`, as the store no longer
+    /// keeps it.
+    pub(crate) window_retention_ms: Option<i64>,
     pub(crate) factory: StoreFactory,
 }
 
@@ -126,6 +131,7 @@ impl Stores {
         StoreBuilder {
             name,
             logging: true,
+            window_retention_ms: None,
             factory: Arc::new(move || {
                 let store = if persistent {
                     KeyValueStore::persistent(&store_name, key_serde.clone(), value_serde.clone())
@@ -176,6 +182,7 @@ impl Stores {
         StoreBuilder {
             name,
             logging: true,
+            window_retention_ms: Some(retention_ms),
             factory: Arc::new(move || {
                 let (key_serde, value_serde) = (key_serde.clone(), value_serde.clone());
                 let store = if persistent {
@@ -202,6 +209,7 @@ impl Stores {
         StoreBuilder {
             name,
             logging: true,
+            window_retention_ms: Some(retention_ms),
             factory: Arc::new(move || {
                 let (key_serde, value_serde) = (key_serde.clone(), value_serde.clone());
                 let store = if persistent {

@@ -404,13 +404,13 @@ impl Topology {
     }
 
     /// Logged stores, by the sub-topology they live in.
-    pub(crate) fn logged_stores(&self) -> Vec<(String, usize)> {
+    pub(crate) fn logged_stores(&self) -> Vec<(String, usize, Option<i64>)> {
         let subs = self.sub_topologies();
         let mut stores = Vec::new();
         for (name, builder) in &self.stores {
             let sub = subs.iter().position(|nodes| nodes.iter().any(|&index| self.nodes[index].stores.contains(name)));
             if let (true, Some(sub)) = (builder.logging, sub) {
-                stores.push((name.clone(), sub));
+                stores.push((name.clone(), sub, builder.window_retention_ms));
             }
         }
         stores

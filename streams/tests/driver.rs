@@ -264,6 +264,34 @@ fn windowed_and_session_counts_are_on_disk_by_default_and_in_memory_on_request_w
     assert!(!sessions.is_empty());
 }
 
+#[test]
+fn a_window_retention_shorter_than_size_plus_grace_fails_at_build_and_a_longer_one_keeps_more_windows() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("clicks", Consumed::with(Serdes::string(), Serdes::string()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .windowed_by(TimeWindows::of_size_and_grace(10, 5))
+        .count(Materialized::as_("short").with_retention(14));
+    assert!(matches!(builder.build(), Err(StreamsError::Config(message)) if message.contains("short")));
+
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("clicks", Consumed::with(Serdes::string(), Serdes::string()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::string()))
+        .windowed_by(TimeWindows::of_size_and_grace(10, 5))
+        .count(Materialized::as_("long").with_retention(100));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("long-retention")).unwrap();
+    let input = driver.create_input_topic("clicks", Serdes::string(), Serdes::string());
+    for timestamp_ms in [1, 25, 55, 95] {
+        input.pipe_input(&"dee".to_string(), &"p".to_string(), timestamp_ms).unwrap();
+    }
+    // Size + grace (15 ms) would keep only [90,100); 100 ms keeps every
+    // window starting after 90 - 100.
+    let starts: Vec<i64> =
+        driver.window_store_all::<String, i64>("long").unwrap().into_iter().map(|(_, start_ms, _)| start_ms).collect();
+    assert_eq!(starts, vec![0, 20, 50, 90]);
+}
+
 fn pairs(list: &[(&str, i64)]) -> Vec<(String, i64)> {
     list.iter().map(|(key, value)| (key.to_string(), *value)).collect()
 }
