@@ -9,8 +9,10 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.Properties;
 import java.util.concurrent.atomic.AtomicReference;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.utils.Bytes;
+import org.apache.kafka.streams.CloseOptions;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.KeyValue;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -98,8 +100,12 @@ final class StreamsTwins {
         while (stdin.isAlive() && failed.get() == null) {
             stdin.join(200);
         }
+        // Leave the groups (Streams stays in them by default, to spare a
+        // rebalance on restart): a twin started again after a failure
+        // then gets its partitions at once, not after the session timeout.
         for (KafkaStreams app : apps) {
-            app.close(Duration.ofSeconds(10));
+            app.close(CloseOptions.timeout(Duration.ofSeconds(10))
+                    .withGroupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP));
         }
         Scenario.check(failed.get() == null, "a twin failed: " + failed.get());
     }
@@ -114,6 +120,9 @@ final class StreamsTwins {
         // Commit (and so flush the record caches downstream) often: the
         // test waits on the outputs, not on a 30 s default interval.
         props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 200);
+        // A member that died without leaving (a twin killed) gives its
+        // partitions back after 6 s, not Streams' default 45 s.
+        props.put(StreamsConfig.consumerPrefix(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG), 6_000);
         return props;
     }
 
