@@ -12,7 +12,8 @@
 //! the changelog as it changes); NAME_PREFIX (default empty) goes in front
 //! of the topics' names and the application id, so that several copies
 //! share a broker (the differential test runs one next to its Kafka
-//! Streams twin). Ctrl-C (SIGINT) closes it cleanly: a last commit and
+//! Streams twin); PROCESSING_GUARANTEE (default at_least_once; or
+//! exactly_once_v2: counts exact through crashes). Ctrl-C (SIGINT) closes it cleanly: a last commit and
 //! checkpoint, so the next start restores only what the changelog has
 //! after it. Killed otherwise, what was not committed is processed again
 //! on the next start (at least once).
@@ -28,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let state_dir = std::env::var("STATE_DIR").ok();
     let cache_max_bytes = std::env::var("CACHE_MAX_BYTES").ok();
     let prefix = std::env::var("NAME_PREFIX").unwrap_or_default();
+    let processing_guarantee = std::env::var("PROCESSING_GUARANTEE").unwrap_or_else(|_| "at_least_once".into());
     let application_id = format!("{prefix}streams-wordcount");
 
     let builder = StreamsBuilder::new();
@@ -47,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("bootstrap.servers", brokers.as_str()),
         ("commit.interval.ms", commit_interval_ms.as_str()),
         ("session.timeout.ms", session_timeout_ms.as_str()),
+        ("processing.guarantee", processing_guarantee.as_str()),
     ];
     if let Some(state_dir) = &state_dir {
         properties.push(("state.dir", state_dir.as_str()));

@@ -4,13 +4,28 @@ use std::path::PathBuf;
 
 use crate::error::StreamsError;
 
-/// `processing.guarantee`. Only at-least-once is here: exactly-once waits
-/// for transactions in spate-client (issue 18's order).
+/// `processing.guarantee`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ProcessingGuarantee {
+    /// Outputs and changelog writes are acknowledged before input offsets
+    /// commit: after a crash, records since the last commit are processed
+    /// again (their outputs may appear twice).
     #[default]
     AtLeastOnce,
+    /// `exactly_once_v2` (KIP-447): one transactional producer per
+    /// instance; each commit puts the outputs, the changelog writes and the
+    /// input offsets in one transaction, and inputs and changelogs are read
+    /// read_committed. After a crash nothing of an uncommitted interval is
+    /// visible, and the stores are rebuilt from their changelogs.
+    ExactlyOnceV2,
 }
+
+/// Kafka Streams' `commit.interval.ms` under exactly-once (when not set):
+/// short, since outputs are visible only at commits.
+pub const COMMIT_INTERVAL_MS_EXACTLY_ONCE_DEFAULT: u64 = 100;
+/// Kafka Streams' transaction timeout under exactly-once: an instance that
+/// died mid-transaction holds its partitions' readers back this long.
+pub const TRANSACTION_TIMEOUT_MS_DEFAULT: i32 = 10_000;
 
 /// `default.deserialization.exception.handler`: what a record that cannot
 /// be deserialized does to the application.
@@ -115,9 +130,15 @@ impl StreamsConfig {
                 "processing.guarantee" => {
                     config.processing_guarantee = match *value {
                         "at_least_once" => ProcessingGuarantee::AtLeastOnce,
+                        "exactly_once_v2" => {
+                            if lookup("commit.interval.ms").is_none() {
+                                config.commit_interval_ms = COMMIT_INTERVAL_MS_EXACTLY_ONCE_DEFAULT;
+                            }
+                            ProcessingGuarantee::ExactlyOnceV2
+                        }
                         other => {
                             return Err(StreamsError::Config(format!(
-                                "processing.guarantee={other:?}: only at_least_once is supported (exactly-once needs transactions in spate-client)"
+                                "processing.guarantee={other:?}: at_least_once or exactly_once_v2 (Kafka 4 removed exactly_once and exactly_once_beta)"
                             )));
                         }
                     }
@@ -201,8 +222,20 @@ mod tests {
         assert_eq!(StreamsConfig::new("a", "b:1").state_dir, std::env::temp_dir().join("spate-streams"));
         assert_eq!(config.dead_letter_queue_topic.as_deref(), Some("wordcount-dlq"));
         assert_eq!(config.deserialization_exception_handler, DeserializationExceptionHandler::LogAndContinue);
-        assert!(
+        let exactly_once =
             StreamsConfig::from_properties(&[("application.id", "a"), ("processing.guarantee", "exactly_once_v2")])
+                .unwrap();
+        assert_eq!(exactly_once.processing_guarantee, ProcessingGuarantee::ExactlyOnceV2);
+        assert_eq!(exactly_once.commit_interval_ms, COMMIT_INTERVAL_MS_EXACTLY_ONCE_DEFAULT, "Kafka's EOS default");
+        let explicit = StreamsConfig::from_properties(&[
+            ("application.id", "a"),
+            ("processing.guarantee", "exactly_once_v2"),
+            ("commit.interval.ms", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(explicit.commit_interval_ms, 1000);
+        assert!(
+            StreamsConfig::from_properties(&[("application.id", "a"), ("processing.guarantee", "exactly_once")])
                 .is_err()
         );
         assert!(StreamsConfig::from_properties(&[("application.id", "a"), ("commit.interval.msx", "1")]).is_err());

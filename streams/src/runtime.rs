@@ -11,22 +11,36 @@
 //! `commit.interval.ms` flush the producer, wait for every delivery, and
 //! only then commit the offsets after the records processed. A crash
 //! loses no output: what was not committed is read and processed again.
+//!
+//! Under `processing.guarantee=exactly_once_v2` (KIP-447) the producer is
+//! transactional: everything sent between two commits (outputs,
+//! repartition records, changelog writes) and the input offsets commit in
+//! one transaction, with the member's id and epoch, so an instance fenced
+//! from the group cannot commit. Inputs and changelogs are read
+//! read_committed. If a commit fails or partitions are taken away, the
+//! transaction is aborted, every task is dropped, and the inputs are read
+//! again from the committed offsets into stores rebuilt from their
+//! changelogs (checkpoints are written only at a clean close, so a crash
+//! always rebuilds).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use spate_client::{
     Admin, AutoOffsetReset, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, DeliveryFuture, ErrorCode,
-    GroupAssignor, GroupConfig, GroupConsumer, Producer, ProducerConfig, ProducerRecord, SeekTo, TopicPartition,
+    GroupAdmin, GroupAssignor, GroupConfig, GroupConsumer, IsolationLevel, Producer, ProducerConfig, ProducerRecord,
+    SeekTo, TopicPartition,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::cache::ChangelogCache;
 use crate::checkpoint::{CheckpointOffsets, delete_checkpoint, read_checkpoint};
-use crate::config::{DeserializationExceptionHandler, StreamsConfig};
+use crate::config::{
+    DeserializationExceptionHandler, ProcessingGuarantee, StreamsConfig, TRANSACTION_TIMEOUT_MS_DEFAULT,
+};
 use crate::error::StreamsError;
 use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_POLL_MS};
 use crate::processor::{GlobalStores, OutRecord};
@@ -328,11 +342,36 @@ struct Runner {
     global: GlobalStores,
     /// Reads every partition of the global tables' topics.
     global_consumer: Option<Consumer>,
+    /// Exactly-once: a transaction is open (begun at the first send or
+    /// commit after the last one ended).
+    in_transaction: bool,
+}
+
+/// A transactional id that stays the same when an instance restarts with
+/// the same state directory, so that its new producer fences the old one
+/// and aborts the transaction a crash left open at once (instead of after
+/// the transaction timeout). FNV-1a: stable across builds.
+fn transactional_id(config: &StreamsConfig) -> String {
+    let dir = config.state_dir.join(&config.application_id);
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let hash = dir
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("{}-{hash:016x}", config.application_id)
 }
 
 impl Runner {
     fn new(client: Client, topology: Arc<Topology>, config: StreamsConfig) -> Result<Self, StreamsError> {
-        let producer = Producer::new(client.clone(), ProducerConfig::default())?;
+        let producer_config = match config.processing_guarantee {
+            ProcessingGuarantee::AtLeastOnce => ProducerConfig::default(),
+            ProcessingGuarantee::ExactlyOnceV2 => ProducerConfig {
+                transactional_id: Some(transactional_id(&config)),
+                transaction_timeout_ms: TRANSACTION_TIMEOUT_MS_DEFAULT,
+                ..ProducerConfig::default()
+            },
+        };
+        let producer = Producer::new(client.clone(), producer_config)?;
         let global = topology.make_global_stores();
         let sub_of = topology
             .source_topics()
@@ -350,7 +389,57 @@ impl Runner {
             deliveries: Vec::new(),
             global,
             global_consumer: None,
+            in_transaction: false,
         })
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.config.processing_guarantee == ProcessingGuarantee::ExactlyOnceV2
+    }
+
+    fn isolation_level(&self) -> IsolationLevel {
+        if self.exactly_once() { IsolationLevel::ReadCommitted } else { IsolationLevel::ReadUncommitted }
+    }
+
+    /// Exactly-once: opens a transaction if none is.
+    async fn ensure_transaction(&mut self) -> Result<(), StreamsError> {
+        if self.exactly_once() && !self.in_transaction {
+            self.producer.begin_transaction().await?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once, after a failed commit or a partition taken away:
+    /// aborts the open transaction (nothing of it is ever visible), drops
+    /// every task (their stores hold uncommitted changes; without a
+    /// checkpoint they are rebuilt from their changelogs when made again)
+    /// and moves the inputs back to the committed offsets.
+    async fn abort_and_rewind(&mut self, consumer: &mut GroupConsumer, why: &str) -> Result<(), StreamsError> {
+        tracing::warn!(
+            why,
+            "exactly-once: aborting the transaction; tasks are rebuilt from their changelogs and inputs read again from the committed offsets"
+        );
+        self.deliveries.clear();
+        if self.in_transaction {
+            self.producer.abort_transaction().await?;
+            self.in_transaction = false;
+        }
+        self.tasks.clear();
+        self.processed.clear();
+        let assigned: BTreeSet<TopicPartition> = consumer.assignment().into_iter().collect();
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        let committed = GroupAdmin::new(self.client.clone())
+            .committed_offsets(&self.config.application_id, Some(&assigned))
+            .await?;
+        for tp in &assigned {
+            // No commit yet: from the start, as auto.offset.reset=earliest.
+            let offset = committed.get(tp).copied().filter(|&offset| offset >= 0).unwrap_or(0);
+            consumer.seek(tp, offset).await?;
+        }
+        Ok(())
     }
 
     /// Fills the global stores from their topics up to the end offsets
@@ -494,9 +583,14 @@ impl Runner {
                 session_timeout_ms: self.config.session_timeout_ms,
                 auto_commit: false,
                 auto_offset_reset: AutoOffsetReset::Earliest,
+                consumer: ConsumerConfig { isolation_level: self.isolation_level(), ..ConsumerConfig::default() },
                 ..GroupConfig::default()
             },
         )?;
+        if self.exactly_once() {
+            // Fences this instance's predecessor and ends what it left open.
+            self.producer.init_transactions().await?;
+        }
         self.bootstrap_global().await?;
         let topics: Vec<String> = self.sub_of.keys().cloned().collect();
         consumer.subscribe(&topics).await?;
@@ -511,7 +605,7 @@ impl Runner {
                 _ = shutdown.changed() => continue,
             };
             let step = match poll {
-                Ok(records) => self.process_poll(&consumer, records).await,
+                Ok(records) => self.process_poll(&mut consumer, records).await,
                 Err(error) if error.is_retriable() => {
                     tracing::warn!(%error, "poll failed; polling again");
                     Ok(())
@@ -544,6 +638,13 @@ impl Runner {
         match result {
             Ok(()) => {
                 self.commit(&mut consumer).await?;
+                if self.exactly_once() {
+                    // A clean close: the stores hold exactly what committed,
+                    // so the next start may trust them (checkpoints).
+                    for task in self.tasks.values() {
+                        task.write_checkpoint()?;
+                    }
+                }
                 self.producer.close().await?;
                 // Leave without the consumer's own commit: its positions may
                 // be past records a cancelled poll fetched but never handed
@@ -566,11 +667,20 @@ impl Runner {
 
     async fn process_poll(
         &mut self,
-        consumer: &GroupConsumer,
+        consumer: &mut GroupConsumer,
         records: Vec<spate_client::ConsumerRecord>,
     ) -> Result<(), StreamsError> {
         self.follow_global().await?;
         let assigned = consumer.assignment();
+        let revoked = self.tasks.iter().any(|((_, partition), task)| {
+            !task.sources.iter().any(|(topic, _)| assigned.contains(&TopicPartition::new(topic.clone(), *partition)))
+        });
+        if revoked && self.exactly_once() {
+            // The open transaction holds work of partitions that are
+            // another member's now: none of it may commit. The records of
+            // this poll are read again after the rewind.
+            return self.abort_and_rewind(consumer, "partitions were taken away").await;
+        }
         // Tasks whose partitions moved away are dropped; their uncommitted
         // records are processed again by the new owner (at least once).
         self.tasks.retain(|(_, partition), task| {
@@ -659,6 +769,10 @@ impl Runner {
     }
 
     async fn send(&mut self, output: Vec<OutRecord>) -> Result<(), StreamsError> {
+        if output.is_empty() {
+            return Ok(());
+        }
+        self.ensure_transaction().await?;
         for record in output {
             let delivery = self
                 .producer
@@ -684,6 +798,47 @@ impl Runner {
     /// committed, and each task's checkpoint written with the changelog
     /// offsets its stores now hold.
     async fn commit(&mut self, consumer: &mut GroupConsumer) -> Result<(), StreamsError> {
+        if !self.exactly_once() {
+            return self.commit_at_least_once(consumer).await;
+        }
+        match self.commit_transaction(consumer).await {
+            Ok(()) => Ok(()),
+            // Fenced by a newer instance of this one: only stopping is left.
+            Err(StreamsError::Client(error)) if error.code() == Some(ErrorCode::ProducerFenced) => {
+                Err(StreamsError::Client(error))
+            }
+            Err(error) => self.abort_and_rewind(consumer, &error.to_string()).await,
+        }
+    }
+
+    /// Exactly-once: the cached changelog writes go out, every send of the
+    /// transaction is acknowledged, the stores are flushed, and the input
+    /// offsets join the transaction, which then commits.
+    async fn commit_transaction(&mut self, consumer: &mut GroupConsumer) -> Result<(), StreamsError> {
+        let cached: Vec<OutRecord> = self.tasks.values_mut().flat_map(Task::take_cached_changelog).collect();
+        self.send(cached).await?;
+        if self.processed.is_empty() && !self.in_transaction {
+            return Ok(());
+        }
+        self.ensure_transaction().await?;
+        self.producer.flush().await?;
+        for delivery in self.deliveries.drain(..) {
+            delivery.await?;
+        }
+        for task in self.tasks.values_mut() {
+            task.flush_stores()?;
+        }
+        if !self.processed.is_empty() {
+            let group = consumer.group_metadata().await;
+            self.producer.send_offsets_to_transaction(&self.processed, &group).await?;
+        }
+        self.producer.commit_transaction().await?;
+        self.in_transaction = false;
+        self.processed.clear();
+        Ok(())
+    }
+
+    async fn commit_at_least_once(&mut self, consumer: &mut GroupConsumer) -> Result<(), StreamsError> {
         let cached: Vec<OutRecord> = self.tasks.values_mut().flat_map(Task::take_cached_changelog).collect();
         self.send(cached).await?;
         self.producer.flush().await?;
@@ -744,7 +899,8 @@ impl Runner {
                 .then(|| checkpoint.get(&(tp.topic.clone(), tp.partition)).copied())
                 .flatten();
             let started = Instant::now();
-            let restored = restore(&self.client, &mut task, &store, tp.clone(), checkpointed).await?;
+            let isolation_level = self.isolation_level();
+            let restored = restore(&self.client, &mut task, &store, tp.clone(), checkpointed, isolation_level).await?;
             tracing::info!(
                 %store,
                 partition,
@@ -823,12 +979,16 @@ async fn restore(
     store: &str,
     tp: TopicPartition,
     checkpointed: Option<i64>,
+    isolation_level: IsolationLevel,
 ) -> Result<Restored, StreamsError> {
     let mut consumer = Consumer::new(
         client.clone(),
         ConsumerConfig {
             auto_offset_reset: AutoOffsetReset::Earliest,
             fetch_max_wait_ms: 100,
+            // Exactly-once: an aborted transaction's changes never enter a
+            // store; an open one is waited for (its end, or its timeout).
+            isolation_level,
             ..ConsumerConfig::default()
         },
     )?;
