@@ -61,6 +61,15 @@ async fn read_for(
     values
 }
 
+/// The sum over `topic`'s partitions of the latest offset as a consumer
+/// of `isolation_level` sees it.
+async fn end_offsets_sum(client: &Client, topic: &str, isolation_level: IsolationLevel) -> i64 {
+    let config = ConsumerConfig { isolation_level, ..Default::default() };
+    let consumer = Consumer::new(client.clone(), config).expect("consumer");
+    let partitions: Vec<TopicPartition> = (0..PARTITIONS).map(|p| TopicPartition::new(topic, p)).collect();
+    consumer.end_offsets(&partitions).await.expect("end offsets").iter().map(|(_, offset)| offset).sum()
+}
+
 async fn send_all(producer: &Producer, topic: &str, prefix: &str, count: usize) {
     for i in 0..count {
         let record = ProducerRecord::new(topic, format!("{prefix}-{i}")).with_key(format!("k{i}"));
@@ -125,6 +134,10 @@ fn a_new_instance_fences_the_old_one_and_aborts_what_it_left_open() {
         zombie.flush().await.expect("flush");
         let held = read_for(&client, "fenced-out", IsolationLevel::ReadCommitted, 1, Duration::from_secs(2)).await;
         assert!(held.is_empty(), "an open transaction is invisible to read_committed: {held:?}");
+        // ListOffsets latest: the last stable offset for read_committed
+        // (before the open transaction), the high watermark otherwise.
+        assert_eq!(end_offsets_sum(&client, "fenced-out", IsolationLevel::ReadCommitted).await, 0);
+        assert_eq!(end_offsets_sum(&client, "fenced-out", IsolationLevel::ReadUncommitted).await, 30);
 
         // Its replacement starts: the open transaction is aborted.
         let successor = transactional(&client, "native-tx-fence");

@@ -357,10 +357,11 @@ impl Client {
     pub(crate) async fn list_offsets(
         &self,
         entries: &[(TopicPartition, i64)],
+        read_committed: bool,
     ) -> Result<HashMap<TopicPartition, ListedOffset>, ClientError> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
-            match self.list_offsets_once(entries).await {
+            match self.list_offsets_once(entries, read_committed).await {
                 Err(error) if error.is_retriable() && Instant::now() < deadline => {
                     tracing::debug!(%error, "list offsets failed; retrying");
                     tokio::time::sleep(backoff()).await;
@@ -373,6 +374,7 @@ impl Client {
     async fn list_offsets_once(
         &self,
         entries: &[(TopicPartition, i64)],
+        read_committed: bool,
     ) -> Result<HashMap<TopicPartition, ListedOffset>, ClientError> {
         let mut by_address: HashMap<String, Vec<(TopicPartition, i64)>> = HashMap::new();
         for (tp, timestamp) in entries {
@@ -380,8 +382,11 @@ impl Client {
             by_address.entry(address).or_default().push((tp.clone(), *timestamp));
         }
         let requests = by_address.iter().map(|(address, entries)| async move {
-            let frame =
-                self.request(address, self.request_timeout(), |stamp| protocol::list_offsets(stamp, entries)).await?;
+            let frame = self
+                .request(address, self.request_timeout(), |stamp| {
+                    protocol::list_offsets(stamp, entries, read_committed)
+                })
+                .await?;
             protocol::decode_list_offsets(&frame)
         });
         let mut out = HashMap::new();

@@ -256,7 +256,8 @@ impl Consumer {
         timestamp: i64,
     ) -> Result<Vec<(TopicPartition, i64)>, ClientError> {
         let entries: Vec<(TopicPartition, i64)> = partitions.iter().map(|tp| (tp.clone(), timestamp)).collect();
-        let listed = self.client.list_offsets(&entries).await?;
+        let listed =
+            self.client.list_offsets(&entries, self.config.isolation_level == IsolationLevel::ReadCommitted).await?;
         partitions
             .iter()
             .map(|tp| {
@@ -277,7 +278,8 @@ impl Consumer {
         timestamp_ms: i64,
     ) -> Result<Vec<(TopicPartition, i64)>, ClientError> {
         let entries: Vec<(TopicPartition, i64)> = partitions.iter().map(|tp| (tp.clone(), timestamp_ms)).collect();
-        let listed = self.client.list_offsets(&entries).await?;
+        let listed =
+            self.client.list_offsets(&entries, self.config.isolation_level == IsolationLevel::ReadCommitted).await?;
         let past_the_end: Vec<TopicPartition> =
             partitions.iter().filter(|tp| listed.get(tp).is_none_or(|listed| listed.offset < 0)).cloned().collect();
         let ends = if past_the_end.is_empty() { Vec::new() } else { self.end_offsets(&past_the_end).await? };

@@ -342,8 +342,9 @@ pub(crate) fn fetch(stamp: Stamp, limits: FetchLimits, entries: &[FetchEntry]) -
     finish(builder, stamp, Body::FetchRequest, body.as_union_value())
 }
 
-/// `timestamp` is -2 (earliest), -1 (latest) or a time in ms.
-pub(crate) fn list_offsets(stamp: Stamp, entries: &[(TopicPartition, i64)]) -> OutFrame {
+/// `timestamp` is -2 (earliest), -1 (latest: the last stable offset when
+/// `read_committed`, else the high watermark) or a time in ms.
+pub(crate) fn list_offsets(stamp: Stamp, entries: &[(TopicPartition, i64)], read_committed: bool) -> OutFrame {
     let mut builder = FlatBufferBuilder::new();
     let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
     for (tp, timestamp) in entries {
@@ -368,7 +369,10 @@ pub(crate) fn list_offsets(stamp: Stamp, entries: &[(TopicPartition, i64)]) -> O
         ));
     }
     let topics = builder.create_vector(&topics);
-    let body = proto::ListOffsetsRequest::create(&mut builder, &proto::ListOffsetsRequestArgs { topics: Some(topics) });
+    let body = proto::ListOffsetsRequest::create(
+        &mut builder,
+        &proto::ListOffsetsRequestArgs { topics: Some(topics), isolation_level: i8::from(read_committed) },
+    );
     finish(builder, stamp, Body::ListOffsetsRequest, body.as_union_value())
 }
 

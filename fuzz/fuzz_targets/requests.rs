@@ -212,7 +212,7 @@ fn records(input: &mut Input<'_>) -> Vec<u8> {
 
 /// The request the input describes: (body type, body).
 fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<UnionWIPOffset>) {
-    match kind % 17 {
+    match kind % 22 {
         0 => {
             let client_id = b.create_string(&input.text());
             let auth = (input.u8() & 1 == 1).then(|| {
@@ -317,7 +317,15 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 2 => 1,
                 _ => input.i16(),
             };
-            let args = ProduceRequestArgs { acks, timeout_ms: i32::from(input.u8()) * 100, topics: Some(topics), ..Default::default() };
+            // Sometimes a transactional producer's request (its batches
+            // may be transactional: the id is what lets them in).
+            let transactional_id = (input.u8() & 3 == 0).then(|| b.create_string(&input.text()));
+            let args = ProduceRequestArgs {
+                acks,
+                timeout_ms: i32::from(input.u8()) * 100,
+                topics: Some(topics),
+                transactional_id,
+            };
             (Body::ProduceRequest, ProduceRequest::create(b, &args).as_union_value())
         }
         7 => {
@@ -370,7 +378,7 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 })
                 .collect();
             let topics = b.create_vector(&topics);
-            let args = ListOffsetsRequestArgs { topics: Some(topics) };
+            let args = ListOffsetsRequestArgs { topics: Some(topics), isolation_level: (input.u8() % 2) as i8 };
             (Body::ListOffsetsRequest, ListOffsetsRequest::create(b, &args).as_union_value())
         }
         9 => {
@@ -462,10 +470,83 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
             let args = DeleteGroupsRequestArgs { groups: Some(groups) };
             (Body::DeleteGroupsRequest, DeleteGroupsRequest::create(b, &args).as_union_value())
         }
-        15 => (
-            Body::InitProducerIdRequest,
-            InitProducerIdRequest::create(b, &InitProducerIdRequestArgs::default()).as_union_value(),
-        ),
+        15 => {
+            // Idempotent, or a transactional id's (the coordinator path).
+            let transactional_id = (input.u8() & 1 == 0).then(|| b.create_string(&input.text()));
+            let args = InitProducerIdRequestArgs { transactional_id, transaction_timeout_ms: input.i32() };
+            (Body::InitProducerIdRequest, InitProducerIdRequest::create(b, &args).as_union_value())
+        }
+        // The transaction APIs (issue 17), with ids, epochs and partitions
+        // from the input: refused or answered, never a panic.
+        17 => {
+            let transactional_id = b.create_string(&input.text());
+            let topics: Vec<_> = (0..input.count())
+                .map(|_| {
+                    let topic = b.create_string(&input.topic());
+                    let partitions: Vec<i32> = (0..input.count()).map(|_| input.small() - 1).collect();
+                    let partitions = b.create_vector(&partitions);
+                    TopicPartitions::create(b, &TopicPartitionsArgs { topic: Some(topic), partitions: Some(partitions) })
+                })
+                .collect();
+            let topics = b.create_vector(&topics);
+            let args = AddPartitionsToTxnRequestArgs {
+                transactional_id: Some(transactional_id),
+                producer_id: input.i64(),
+                producer_epoch: input.i16(),
+                topics: Some(topics),
+            };
+            (Body::AddPartitionsToTxnRequest, AddPartitionsToTxnRequest::create(b, &args).as_union_value())
+        }
+        18 => {
+            let transactional_id = b.create_string(&input.text());
+            let group_id = b.create_string(&input.text());
+            let args = AddOffsetsToTxnRequestArgs {
+                transactional_id: Some(transactional_id),
+                producer_id: input.i64(),
+                producer_epoch: input.i16(),
+                group_id: Some(group_id),
+            };
+            (Body::AddOffsetsToTxnRequest, AddOffsetsToTxnRequest::create(b, &args).as_union_value())
+        }
+        19 => {
+            let transactional_id = b.create_string(&input.text());
+            let group_id = b.create_string(&input.text());
+            let member_id = b.create_string(&input.text());
+            let topics: Vec<_> = (0..input.count())
+                .map(|_| {
+                    let name = b.create_string(&input.topic());
+                    let partitions: Vec<_> = (0..input.count())
+                        .map(|_| {
+                            let args = OffsetCommitPartitionArgs { partition: input.small(), offset: input.i64() };
+                            OffsetCommitPartition::create(b, &args)
+                        })
+                        .collect();
+                    let partitions = b.create_vector(&partitions);
+                    OffsetCommitTopic::create(b, &OffsetCommitTopicArgs { name: Some(name), partitions: Some(partitions) })
+                })
+                .collect();
+            let topics = b.create_vector(&topics);
+            let args = TxnOffsetCommitRequestArgs {
+                transactional_id: Some(transactional_id),
+                group_id: Some(group_id),
+                producer_id: input.i64(),
+                producer_epoch: input.i16(),
+                member_id: Some(member_id),
+                member_epoch: input.small() - 1,
+                topics: Some(topics),
+            };
+            (Body::TxnOffsetCommitRequest, TxnOffsetCommitRequest::create(b, &args).as_union_value())
+        }
+        20 => {
+            let transactional_id = b.create_string(&input.text());
+            let args = EndTxnRequestArgs {
+                transactional_id: Some(transactional_id),
+                producer_id: input.i64(),
+                producer_epoch: input.i16(),
+                commit: input.u8() & 1 == 0,
+            };
+            (Body::EndTxnRequest, EndTxnRequest::create(b, &args).as_union_value())
+        }
         _ => {
             let topics: Vec<_> = (0..input.count().max(1))
                 .map(|_| {

@@ -521,7 +521,8 @@ fn a_request_over_the_partition_entry_cap_is_refused_whole() {
         let parts = b.create_vector(&parts);
         let topic = ListOffsetsTopic::create(b, &ListOffsetsTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics) }).as_union_value()
+        ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics), ..Default::default() })
+            .as_union_value()
     });
     let (code, message) = error_response(&frame).expect("an ErrorResponse");
     assert_eq!(code, ErrorCode::InvalidRequest);

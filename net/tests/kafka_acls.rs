@@ -22,6 +22,7 @@ use spate_net::{BrokerConfig, BrokerHandle};
 const TOPIC: i8 = 2;
 const GROUP: i8 = 3;
 const CLUSTER: i8 = 4;
+const TRANSACTIONAL_ID: i8 = 5;
 const ANY: i8 = 1;
 const MATCH: i8 = 2;
 const LITERAL: i8 = 3;
@@ -241,9 +242,10 @@ fn a_deny_for_anonymous_stops_produce_fetch_join_and_hides_the_topic() {
         vec![
             creation((TOPIC, "secret", LITERAL), "User:ANONYMOUS", 2 /* ALL */, DENY),
             creation((GROUP, "g", LITERAL), "User:*", READ, DENY),
+            creation((TRANSACTIONAL_ID, "tx-secret", LITERAL), "User:ANONYMOUS", WRITE, DENY),
         ],
     );
-    assert_eq!(codes, [0, 0]);
+    assert_eq!(codes, [0, 0, 0]);
     assert_eq!(conn.produce("secret", 0, batch(1)).0, K::TopicAuthorizationFailed.code());
     assert_eq!(fetch_error(&mut conn, "secret"), K::TopicAuthorizationFailed.code());
     assert_eq!(conn.list_offset("secret", 0, -1).0, K::TopicAuthorizationFailed.code());
@@ -642,9 +644,10 @@ fn the_native_port_is_held_to_the_acls_as_anonymous() {
         vec![
             creation((TOPIC, "secret", LITERAL), "User:ANONYMOUS", 2 /* ALL */, DENY),
             creation((GROUP, "g", LITERAL), "User:*", READ, DENY),
+            creation((TRANSACTIONAL_ID, "tx-secret", LITERAL), "User:ANONYMOUS", WRITE, DENY),
         ],
     );
-    assert_eq!(codes, [0, 0]);
+    assert_eq!(codes, [0, 0, 0]);
     let produce = |native: &mut Conn, topic: &str| {
         native.call(Body::ProduceRequest, |b| {
             let name = b.create_string(topic);
@@ -670,7 +673,8 @@ fn the_native_port_is_held_to_the_acls_as_anonymous() {
         let parts = b.create_vector(&[part]);
         let topic = ListOffsetsTopic::create(b, &ListOffsetsTopicArgs { name: Some(name), partitions: Some(parts) });
         let topics = b.create_vector(&[topic]);
-        ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics) }).as_union_value()
+        ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics), ..Default::default() })
+            .as_union_value()
     });
     assert_eq!(error_response(&list_offsets).map(|e| e.0), Some(ErrorCode::TopicAuthorizationFailed));
     let delete = native.call(Body::DeleteTopicsRequest, |b| {
@@ -686,6 +690,39 @@ fn the_native_port_is_held_to_the_acls_as_anonymous() {
             .as_union_value()
     });
     assert_eq!(error_response(&commit).map(|e| e.0), Some(ErrorCode::GroupAuthorizationFailed));
+    // A transactional id needs Write on it, for each transaction API.
+    let init = |native: &mut Conn, txn_id: &str| {
+        native.call(Body::InitProducerIdRequest, |b| {
+            let txn_id = b.create_string(txn_id);
+            let args = InitProducerIdRequestArgs { transactional_id: Some(txn_id), transaction_timeout_ms: 60_000 };
+            InitProducerIdRequest::create(b, &args).as_union_value()
+        })
+    };
+    let denied = error_response(&init(&mut native, "tx-secret")).expect("an error answer");
+    assert_eq!(denied.0, ErrorCode::TransactionalIdAuthorizationFailed, "{denied:?}");
+    let end = native.call(Body::EndTxnRequest, |b| {
+        let txn_id = b.create_string("tx-secret");
+        let args =
+            EndTxnRequestArgs { transactional_id: Some(txn_id), producer_id: 1, producer_epoch: 0, commit: true };
+        EndTxnRequest::create(b, &args).as_union_value()
+    });
+    assert_eq!(error_response(&end).map(|e| e.0), Some(ErrorCode::TransactionalIdAuthorizationFailed));
+    // Another id is served (its coordinator may still be loading at first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let allowed = init(&mut native, "tx-open");
+        assert!(error_response(&allowed).is_none(), "another transactional id is served");
+        let envelope = allowed.read().expect("verified");
+        let response = envelope.body_as_init_producer_id_response().expect("init producer id response");
+        let retriable = matches!(response.error(), ErrorCode::NotReady | ErrorCode::LeaderNotAvailable);
+        if retriable && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        assert_eq!(response.error(), ErrorCode::None, "{:?}", response.message());
+        assert!(response.producer_id() >= 0 && response.producer_epoch() >= 0);
+        break;
+    }
     // Metadata of every topic leaves it out; named, it is refused.
     let metadata = |native: &mut Conn, named: Option<&str>| {
         let frame = native.call(Body::MetadataRequest, |b| {

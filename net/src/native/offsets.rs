@@ -17,6 +17,7 @@ pub(super) fn list_offsets(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
     let Some(request) = envelope(frame).and_then(|e| e.body_as_list_offsets_request()) else {
         return invalid(request_id, "list offsets body missing");
     };
+    let read_committed = request.isolation_level() == 1;
     let mut topic_names = Vec::new();
     let mut waits = Vec::new();
     for (topic_index, topic) in request.topics().iter().flatten().enumerate() {
@@ -30,7 +31,7 @@ pub(super) fn list_offsets(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
                 let owner = shard.shared.owner(&topic.name, partition);
                 shard.submit(
                     owner,
-                    ShardOp::ListOffset { topic, partition, timestamp: part.timestamp(), read_committed: false, reply },
+                    ShardOp::ListOffset { topic, partition, timestamp: part.timestamp(), read_committed, reply },
                 );
                 wait
             });

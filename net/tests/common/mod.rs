@@ -215,7 +215,8 @@ impl Conn {
             let topic =
                 ListOffsetsTopic::create(b, &ListOffsetsTopicArgs { name: Some(name), partitions: Some(parts) });
             let topics = b.create_vector(&[topic]);
-            ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics) }).as_union_value()
+            ListOffsetsRequest::create(b, &ListOffsetsRequestArgs { topics: Some(topics), ..Default::default() })
+                .as_union_value()
         });
         let envelope = frame.read().expect("verified");
         let response = envelope.body_as_list_offsets_response().expect("list offsets response");
