@@ -638,6 +638,26 @@ fn the_native_port_is_held_to_the_acls_as_anonymous() {
     let mut native = Conn::connect(broker.addr().port());
     assert_eq!(native.create_topic("secret", 1, &[]), ErrorCode::None, "open while no ACL names it");
     assert_eq!(native.create_topic("open", 1, &[]), ErrorCode::None);
+    // Offsets of group "g-all" on both topics, committed while no ACL
+    // names them (an administrative commit: no member).
+    let committed = native.call(Body::OffsetCommitRequest, |b| {
+        let topics: Vec<_> = ["secret", "open"]
+            .iter()
+            .map(|topic| {
+                let name = b.create_string(topic);
+                let part = OffsetCommitPartition::create(b, &OffsetCommitPartitionArgs { partition: 0, offset: 0 });
+                let parts = b.create_vector(&[part]);
+                OffsetCommitTopic::create(b, &OffsetCommitTopicArgs { name: Some(name), partitions: Some(parts) })
+            })
+            .collect();
+        let topics = b.create_vector(&topics);
+        let group = b.create_string("g-all");
+        let args = OffsetCommitRequestArgs { group_id: Some(group), topics: Some(topics), ..Default::default() };
+        OffsetCommitRequest::create(b, &args).as_union_value()
+    });
+    let envelope = committed.read().expect("verified");
+    let response = envelope.body_as_offset_commit_response().expect("offset commit response");
+    assert_eq!(response.error(), ErrorCode::None, "{:?}", response.message());
     let mut conn = KafkaConn::to(&broker);
     let codes = create_acls(
         &mut conn,
@@ -690,6 +710,17 @@ fn the_native_port_is_held_to_the_acls_as_anonymous() {
             .as_union_value()
     });
     assert_eq!(error_response(&commit).map(|e| e.0), Some(ErrorCode::GroupAuthorizationFailed));
+    // The offsets of all of a group's topics leave out a topic the
+    // principal may not Describe, as Kafka's OffsetFetch does.
+    let fetched = native.call(Body::OffsetFetchRequest, |b| {
+        let group = b.create_string("g-all");
+        OffsetFetchRequest::create(b, &OffsetFetchRequestArgs { group_id: Some(group), topics: None }).as_union_value()
+    });
+    let envelope = fetched.read().expect("verified");
+    let response = envelope.body_as_offset_fetch_response().expect("offset fetch response");
+    assert_eq!(response.error(), ErrorCode::None);
+    let topics: Vec<&str> = response.topics().expect("topics").iter().filter_map(|t| t.name()).collect();
+    assert_eq!(topics, ["open"], "the denied topic's offset is left out");
     // A transactional id needs Write on it, for each transaction API.
     let init = |native: &mut Conn, txn_id: &str| {
         native.call(Body::InitProducerIdRequest, |b| {

@@ -186,7 +186,7 @@ pub(crate) fn offset_commit(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -
 
 // ---- OffsetFetch ----
 
-pub(crate) fn offset_fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+pub(crate) fn offset_fetch(shard: &Rc<Shard>, session: &super::Session, frame: &Frame, request_id: u64) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_offset_fetch_request()) else {
         return invalid(request_id, "offset fetch body missing");
     };
@@ -210,12 +210,23 @@ pub(crate) fn offset_fetch(shard: &Rc<Shard>, frame: &Frame, request_id: u64) ->
     if !route(shard, &group_id, GroupOp::Fetch { group_id: group_id.clone(), partitions: wanted.clone(), reply }) {
         return error_frame(ErrorCode::NotReady);
     }
+    // Kafka: the offsets of all of a group's topics leave out the topics
+    // the principal may not Describe (named topics were checked whole,
+    // before: `authz.rs`).
+    let asker = wanted.is_none().then(|| session.asker());
+    let filter_shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        let (error, found) = match wait.await {
+        let (error, mut found) = match wait.await {
             Ok(Ok(found)) => (ErrorCode::None, found.offsets),
             Ok(Err(outcome)) => (outcome.error, Vec::new()),
             Err(_) => (ErrorCode::BrokerShuttingDown, Vec::new()),
         };
+        if let Some(asker) = asker {
+            use spate_replication::acl::{AclOperation, AclResourceType};
+            found.retain(|((topic, _), _)| {
+                asker.may(&filter_shard, AclOperation::Describe, (AclResourceType::Topic, topic))
+            });
+        }
         let mut by_topic: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
         // Every partition asked for is answered; -1 where none is committed.
         let wanted = if error == ErrorCode::None { wanted } else { None };

@@ -162,7 +162,7 @@ fn serve(
         Body::ListOffsetsRequest => offsets::list_offsets(shard, &frame, request_id),
         Body::ConsumerGroupHeartbeatRequest => groups::heartbeat(shard, &frame, request_id),
         Body::OffsetCommitRequest => groups::offset_commit(shard, &frame, request_id),
-        Body::OffsetFetchRequest => groups::offset_fetch(shard, &frame, request_id),
+        Body::OffsetFetchRequest => groups::offset_fetch(shard, session, &frame, request_id),
         Body::ListGroupsRequest => groups::list_groups(shard, session, request_id),
         Body::DescribeGroupsRequest => groups::describe_groups(shard, &frame, request_id),
         Body::DeleteGroupsRequest => groups::delete_groups(shard, &frame, request_id),
