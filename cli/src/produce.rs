@@ -46,6 +46,11 @@ pub(crate) struct ProduceArgs {
     /// Print each record's partition and offset to stderr.
     #[arg(long, short = 'v')]
     verbose: bool,
+    /// A value equal to MARKER is produced as null: a tombstone, which
+    /// deletes its key from a compacted topic (Kafka's console producer's
+    /// null.marker, KIP-810).
+    #[arg(long, value_name = "MARKER")]
+    null_marker: Option<String>,
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: ProduceArgs) -> anyhow::Result<()> {
@@ -105,11 +110,12 @@ async fn send_lines(
         }
         let (key, value) =
             parse::split_key(parse::trim_line_end(&line), args.key_separator.as_deref().map(str::as_bytes));
+        let tombstone = args.null_marker.as_deref().is_some_and(|marker| marker.as_bytes() == value);
         let record = ProducerRecord {
             topic: args.topic.clone(),
             partition: args.partition,
             key: key.map(Bytes::copy_from_slice),
-            value: Some(Bytes::copy_from_slice(value)),
+            value: (!tombstone).then(|| Bytes::copy_from_slice(value)),
             ..ProducerRecord::default()
         };
         let delivery = producer.send(record).await.with_context(|| format!("producing to {}", args.topic))?;

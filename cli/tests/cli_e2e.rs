@@ -52,6 +52,29 @@ fn keyed_lines_produced_through_the_cli_are_consumed_once_in_order_per_partition
 }
 
 #[test]
+fn a_value_equal_to_the_null_marker_is_produced_as_a_tombstone() {
+    let dir = data_dir("cli_null_marker");
+    let broker = Broker::start(&dir, 1);
+    let brokers = broker.addr();
+    let (ok, _, err) = cli(&["--brokers", &brokers, "topic", "create", "users", "--partitions", "1"], None);
+    assert!(ok, "{err}");
+    let input = "alice:admin\nbob:NULL\ncarol:\n";
+    let args = ["--brokers", &brokers, "produce", "users", "--key-separator", ":", "--null-marker", "NULL"];
+    let (ok, _, err) = cli(&args, Some(input.as_bytes()));
+    assert!(ok, "produce failed: {err}");
+    let args = ["--brokers", &brokers, "consume", "users", "--from-beginning", "--count", "3", "--format", "json"];
+    let (ok, out, err) = cli(&args, None);
+    assert!(ok, "consume failed: {err}");
+    let values: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON")["value"].clone())
+        .collect();
+    // The marker is a null value; an empty value stays an empty string.
+    assert_eq!(values, [serde_json::json!("admin"), serde_json::Value::Null, serde_json::json!("")]);
+    broker.stop();
+}
+
+#[test]
 fn topic_commands_create_describe_list_and_delete() {
     let dir = data_dir("cli_topics");
     let broker = Broker::start(&dir, 2);
