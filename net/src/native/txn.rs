@@ -206,7 +206,19 @@ pub(super) fn add_partitions_to_txn(shard: &Rc<Shard>, frame: &Frame, request_id
     if partitions.is_empty() {
         return Reply::Now(add_partitions_answer(request_id, Ok(())));
     }
-    let (producer_id, producer_epoch) = (request.producer_id(), request.producer_epoch());
+    let producer = (request.producer_id(), request.producer_epoch());
+    add_to_transaction(shard, txn_id, producer, partitions, move |result| add_partitions_answer(request_id, result))
+}
+
+/// Adds `partitions` to the transactional id's open transaction at its
+/// coordinator; `answer` builds the response from the outcome.
+fn add_to_transaction(
+    shard: &Rc<Shard>,
+    txn_id: String,
+    (producer_id, producer_epoch): (i64, i16),
+    partitions: Vec<Tp>,
+    answer: impl FnOnce(Result<(), (ErrorCode, &str)>) -> Response + 'static,
+) -> Reply {
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
         let result = call(&shard, &txn_id.clone(), |reply| TxnOp::AddPartitions {
@@ -217,7 +229,7 @@ pub(super) fn add_partitions_to_txn(shard: &Rc<Shard>, frame: &Frame, request_id
             reply,
         })
         .await;
-        add_partitions_answer(request_id, result.map_err(txn_code))
+        answer(result.map_err(txn_code))
     }))
 }
 
@@ -246,19 +258,8 @@ pub(super) fn add_offsets_to_txn(shard: &Rc<Shard>, frame: &Frame, request_id: u
         ));
     };
     let partition = (CONSUMER_OFFSETS_TOPIC.to_string(), group_partition(&group_id, offsets_partitions) as i32);
-    let (producer_id, producer_epoch) = (request.producer_id(), request.producer_epoch());
-    let shard = shard.clone();
-    Reply::Later(Box::pin(async move {
-        let result = call(&shard, &txn_id.clone(), |reply| TxnOp::AddPartitions {
-            txn_id,
-            producer_id,
-            producer_epoch,
-            partitions: vec![partition],
-            reply,
-        })
-        .await;
-        add_offsets_answer(request_id, result.map_err(txn_code))
-    }))
+    let producer = (request.producer_id(), request.producer_epoch());
+    add_to_transaction(shard, txn_id, producer, vec![partition], move |result| add_offsets_answer(request_id, result))
 }
 
 pub(super) fn txn_offset_commit(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
