@@ -16,7 +16,7 @@ use crate::store::{
     KeyValueStore, KeyValueStoreSupplier, SessionStore, SessionStoreSupplier, Stores, WindowStore, WindowStoreSupplier,
 };
 use crate::topology::{TimestampExtractor, TopicName, Topology};
-use crate::window::{JoinWindows, SessionWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};
+use crate::window::{JoinWindows, SessionWindows, SlidingWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};
 
 /// How a source topic is read: serdes and, optionally, event time from
 /// the record's bytes rather than its timestamp.
@@ -1011,7 +1011,17 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         SessionWindowedKStream { grouped: KGroupedStream { stream: self.stream.clone(), grouped }, windows }
     }
 
-    pub fn windowed_by(&self, windows: TimeWindows) -> TimeWindowedKStream<K, V> {
+    /// Windows of time (`TimeWindows`: tumbling, hopping) or sliding
+    /// windows (`SlidingWindows`), as Kafka's `windowedBy`.
+    pub fn windowed_by(&self, windows: impl Into<WindowedBy>) -> TimeWindowedKStream<K, V> {
+        let (windows, sliding) = match windows.into() {
+            WindowedBy::Time(windows) => (windows, None),
+            // A sliding window's table is a time window's of size d (its
+            // end d after its start) for suppression and windowed serdes.
+            WindowedBy::Sliding(sliding) => {
+                (TimeWindows::of_size_and_grace(sliding.time_difference_ms, sliding.grace_ms), Some(sliding))
+            }
+        };
         TimeWindowedKStream {
             grouped: KGroupedStream {
                 stream: self.stream.clone(),
@@ -1022,6 +1032,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
                 },
             },
             windows,
+            sliding,
         }
     }
 }
@@ -1050,6 +1061,29 @@ impl<K: Data, V: Data, VA: Data> Processor<K, V, K, Change<VA>> for Aggregate<K,
 pub struct TimeWindowedKStream<K, V> {
     grouped: KGroupedStream<K, V>,
     windows: TimeWindows,
+    /// Sliding windows, when `windowed_by` was given them (`windows` is
+    /// then their time-window view).
+    sliding: Option<SlidingWindows>,
+}
+
+/// What `KGroupedStream::windowed_by` takes: time windows or sliding
+/// windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowedBy {
+    Time(TimeWindows),
+    Sliding(SlidingWindows),
+}
+
+impl From<TimeWindows> for WindowedBy {
+    fn from(windows: TimeWindows) -> Self {
+        WindowedBy::Time(windows)
+    }
+}
+
+impl From<SlidingWindows> for WindowedBy {
+    fn from(windows: SlidingWindows) -> Self {
+        WindowedBy::Sliding(windows)
+    }
 }
 
 impl<K, V> std::fmt::Debug for TimeWindowedKStream<K, V> {
@@ -1068,6 +1102,9 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
         let builder = &self.grouped.stream.builder;
         let store = materialized.name.clone().unwrap_or_else(|| next_name(builder, "KSTREAM-AGGREGATE-STATE-STORE-"));
         let input = self.grouped.input_node(&store);
+        if let Some(sliding) = self.sliding {
+            return self.sliding_aggregate(sliding, (store, input), materialized, value_serde, function);
+        }
         let name = next_name(builder, "KSTREAM-AGGREGATE-");
         let (store_name, windows) = (store.clone(), self.windows);
         add_processor(
@@ -1088,6 +1125,65 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
             value_serde,
         );
         add_materialized_store(builder, store_builder, &materialized, &name);
+        KTable {
+            builder: Rc::clone(builder),
+            node: name,
+            getter: None,
+            windows: Some(self.windows),
+            _types: PhantomData,
+        }
+    }
+
+    /// A sliding-window aggregation: the aggregates in `store` (a window
+    /// store by window start) and the records they are made of in
+    /// `<store>-records` (a window store by record time, every value of a
+    /// key at one time as a list), both kept for 2 d + grace, as Kafka
+    /// keeps sliding windows.
+    fn sliding_aggregate<VA: Data>(
+        &self,
+        sliding: SlidingWindows,
+        (store, input): (String, String),
+        materialized: Materialized<VA>,
+        value_serde: SerdeRef<VA>,
+        function: AggregateFn<K, V, VA>,
+    ) -> KTable<Windowed<K>, VA> {
+        let builder = &self.grouped.stream.builder;
+        let name = next_name(builder, "KSTREAM-SLIDINGWINDOWAGGREGATE-");
+        let records_store = format!("{store}-records");
+        let (store_name, records_name) = (store.clone(), records_store.clone());
+        add_processor(
+            builder,
+            &name,
+            move || SlidingWindowAggregate {
+                store: store_name.clone(),
+                records_store: records_name.clone(),
+                windows: sliding,
+                function: Arc::clone(&function),
+            },
+            &[&input],
+        );
+        let least_ms = sliding.time_difference_ms.saturating_mul(2).saturating_add(sliding.grace_ms);
+        let retention_ms = materialized.window_retention_ms(&store, least_ms).unwrap_or_else(|error| {
+            record_error(builder, Err(error));
+            least_ms
+        });
+        let key_serde = self.grouped.grouped.key_serde.clone();
+        let aggregates = Stores::window_store_builder(
+            materialized.window_supplier(&store),
+            retention_ms,
+            key_serde.clone(),
+            value_serde,
+        );
+        add_materialized_store(builder, aggregates, &materialized, &name);
+        // A late record still inside its right window's grace needs the
+        // records from d + 1 before it: 2 ms more than the aggregates keep.
+        let records = Stores::window_store_builder(
+            materialized.window_supplier(&records_store),
+            retention_ms.saturating_add(2),
+            key_serde,
+            Serdes::list(self.grouped.grouped.value_serde.clone()),
+        );
+        add_materialized_store(builder, records, &materialized, &name);
         KTable {
             builder: Rc::clone(builder),
             node: name,
@@ -1170,6 +1266,110 @@ impl<K: Data, V: Data, VA: Data> Processor<K, V, Windowed<K>, Change<VA>> for Wi
             store.put(&record.key, window.start_ms, &new)?;
             let key = Windowed { key: record.key.clone(), window };
             ctx.forward(Record::new(key, Change { new: Some(new), old }, record.timestamp_ms));
+        }
+        Ok(())
+    }
+}
+
+/// Kafka's `KStreamSlidingWindowAggregate`, computed from the records: a
+/// record updates every window that contains it and makes the windows it
+/// brings into being (its left window, the previous record's right window
+/// when it falls in it, its own right window when later records fall in
+/// that), each window's aggregate folded from the records in it, in time
+/// order. Updates go out in Kafka's order: the windows that already held
+/// other records (by start), then the previous record's new right window,
+/// then its own left and right windows; for a record before d, its own
+/// right window, the previous one's, then the shared [0, d].
+struct SlidingWindowAggregate<K, V, VA> {
+    store: String,
+    records_store: String,
+    windows: SlidingWindows,
+    function: AggregateFn<K, V, VA>,
+}
+
+impl<K: Data, V: Data, VA: Data> SlidingWindowAggregate<K, V, VA> {
+    /// The aggregate of the records from `start_ms` to `start_ms + d` (both
+    /// included) and the latest of their times, or None if there are none.
+    fn fold(&self, key: &K, records: &BTreeMap<i64, Vec<V>>, start_ms: i64) -> Option<(VA, i64)> {
+        let end_ms = start_ms.saturating_add(self.windows.time_difference_ms);
+        let mut aggregate: Option<(VA, i64)> = None;
+        for (time_ms, values) in records.range(start_ms..=end_ms) {
+            for value in values {
+                let old = aggregate.take().map(|(old, _)| old);
+                aggregate = Some(((self.function)(key, value, old), *time_ms));
+            }
+        }
+        aggregate
+    }
+
+    /// The window starts to update, in Kafka's order (see the type's doc).
+    fn updated_starts(&self, timestamp_ms: i64, before: &[i64], after: &[i64]) -> Vec<i64> {
+        let d = self.windows.time_difference_ms;
+        let (from_ms, to_ms) = (timestamp_ms.saturating_sub(d), timestamp_ms.saturating_add(1));
+        let old = self.windows.window_starts(before, from_ms, to_ms);
+        let new = self.windows.window_starts(after, from_ms, to_ms);
+        let left_ms = self.windows.left_start_ms(timestamp_ms);
+        let right_ms = timestamp_ms.saturating_add(1);
+        let existing = new.iter().copied().filter(|start| old.contains(start) && *start <= timestamp_ms);
+        let created = |start: &i64| !old.contains(start);
+        let previous_right =
+            new.iter().copied().filter(|start| created(start) && *start != left_ms && *start != right_ms);
+        let own_right = new.contains(&right_ms).then_some(right_ms).filter(created);
+        let own_left = Some(left_ms).filter(|start| created(start) && new.contains(start));
+        if timestamp_ms < d {
+            // An early record: its left window is the shared [0, d], updated last.
+            let existing: Vec<i64> = existing.filter(|start| *start != 0).collect();
+            existing.into_iter().chain(own_right).chain(previous_right).chain(std::iter::once(0)).collect()
+        } else {
+            existing.chain(previous_right).chain(own_left).chain(own_right).collect()
+        }
+    }
+}
+
+impl<K: Data, V: Data, VA: Data> Processor<K, V, Windowed<K>, Change<VA>> for SlidingWindowAggregate<K, V, VA> {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        record: Record<K, V>,
+    ) -> Result<(), StreamsError> {
+        let (t, d) = (record.timestamp_ms, self.windows.time_difference_ms);
+        let close_ms = ctx.stream_time_ms().saturating_sub(self.windows.grace_ms);
+        // As Kafka's: a record whose right window is closed too is dropped
+        // (and one before the epoch has no window).
+        if t < 0 || t.saturating_add(1).saturating_add(d) <= close_ms {
+            tracing::debug!(store = %self.store, timestamp_ms = t, "skipping record for expired window");
+            return Ok(());
+        }
+        // Every window the record touches lies within [t - d, t + 1 + d];
+        // whether the previous record's right window exists needs d + 1
+        // more before.
+        let (from_ms, to_ms) = (t.saturating_sub(d).saturating_sub(1), t.saturating_add(1).saturating_add(d));
+        let records_store = ctx.get_state_store::<WindowStore<K, Vec<V>>>(&self.records_store)?;
+        let mut records: BTreeMap<i64, Vec<V>> =
+            records_store.fetch_range(&record.key, from_ms, to_ms)?.into_iter().collect();
+        let before: Vec<i64> = records.keys().copied().collect();
+        let values = records.entry(t).or_default();
+        values.push(record.value.clone());
+        records_store.put(&record.key, t, values)?;
+        let after: Vec<i64> = records.keys().copied().collect();
+
+        for start_ms in self.updated_starts(t, &before, &after) {
+            let end_ms = start_ms.saturating_add(d);
+            // A closed window never changes (its end, included in it, is
+            // before stream time minus the grace); the record's own right
+            // window cannot be closed (checked above).
+            if end_ms < close_ms {
+                tracing::debug!(store = %self.store, window_start_ms = start_ms, timestamp_ms = t, "skipping record for expired window");
+                continue;
+            }
+            let Some((new, latest_ms)) = self.fold(&record.key, &records, start_ms) else {
+                continue;
+            };
+            let store = ctx.get_state_store::<WindowStore<K, VA>>(&self.store)?;
+            let old = store.fetch(&record.key, start_ms)?;
+            store.put(&record.key, start_ms, &new)?;
+            let key = Windowed { key: record.key.clone(), window: Window { start_ms, end_ms } };
+            ctx.forward(Record::new(key, Change { new: Some(new), old }, latest_ms));
         }
         Ok(())
     }

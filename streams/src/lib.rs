@@ -26,6 +26,7 @@ pub use crate::config::{DeserializationExceptionHandler, ProcessingGuarantee, St
 pub use crate::dsl::{
     BranchedKStream, Consumed, GlobalKTable, Grouped, KGroupedStream, KStream, KTable, Materialized, Produced,
     Repartitioned, SessionWindowedKStream, StoreType, StreamJoined, StreamsBuilder, Suppressed, TimeWindowedKStream,
+    WindowedBy,
 };
 pub use crate::error::StreamsError;
 pub use crate::processor::{Data, OutRecord, Processor, ProcessorContext, PunctuationId, PunctuationType, Record};
@@ -40,4 +41,6 @@ pub use crate::store::{
 };
 pub use crate::test_driver::{TestInputTopic, TestOutputTopic, TestRecord, TopologyTestDriver};
 pub use crate::topology::{SourceRecord, TimestampExtractor, Topology, TopologyDescription};
-pub use crate::window::{JoinWindows, SessionWindows, TimeWindowedSerde, TimeWindows, Window, Windowed};
+pub use crate::window::{
+    JoinWindows, SessionWindows, SlidingWindows, TimeWindowedSerde, TimeWindows, Window, Windowed,
+};

@@ -965,3 +965,95 @@ fn session_reduce_and_aggregate_combine_values_across_a_merge() {
     assert_eq!(driver.session_store_all::<String, i64>("sums").unwrap(), vec![(k.clone(), 0, 20, 111)]);
     assert_eq!(driver.session_store_all::<String, Vec<i64>>("lists").unwrap(), vec![(k, 0, 20, vec![1, 10, 100])]);
 }
+
+/// Values per sliding window of key "A", written "A@start-end" -> the
+/// values in it, comma-separated, in the order the updates came out.
+fn sliding_contents(windows: SlidingWindows, records: &[(i64, i64)]) -> (TopologyTestDriver, Vec<(String, String)>) {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("values", Consumed::with(Serdes::string(), Serdes::i64()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::i64()))
+        .windowed_by(windows)
+        .aggregate(
+            Vec::new,
+            |_, value: &i64, mut values: Vec<i64>| {
+                values.push(*value);
+                values
+            },
+            Materialized::as_("contents").with_value_serde(Serdes::list(Serdes::i64())),
+        )
+        .to_stream()
+        .map(|windowed: &Windowed<String>, values: &Option<Vec<i64>>| {
+            let window = format!("{}@{}-{}", windowed.key, windowed.window.start_ms, windowed.window.end_ms);
+            let values: Vec<String> = values.iter().flatten().map(i64::to_string).collect();
+            (window, values.join(","))
+        })
+        .to("contents-out", Produced::with(Serdes::string(), Serdes::string()));
+    let driver = TopologyTestDriver::new(builder.build().unwrap(), config("sliding")).unwrap();
+    let input = driver.create_input_topic("values", Serdes::string(), Serdes::i64());
+    for (timestamp_ms, value) in records {
+        input.pipe_input(&"A".to_string(), value, *timestamp_ms).unwrap();
+    }
+    let output = driver.create_output_topic("contents-out", Serdes::string(), Serdes::string());
+    let updates = output.read_key_values_to_list().unwrap();
+    (driver, updates)
+}
+
+fn window_updates(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(window, values)| (window.to_string(), values.to_string())).collect()
+}
+
+#[test]
+fn sliding_windows_reproduce_kafkas_documented_example() {
+    // SlidingWindows' Javadoc: a time difference of 5000 ms and A=1 at
+    // 8000, A=2 at 9200, A=3 at 12400 make five windows: [3000;8000] holds
+    // [1], [4200;9200] [1,2], [7400;12400] [1,2,3], [8001;13001] [2,3]
+    // (made when 1 drops out), [9201;14201] [3] (made when 2 drops out).
+    let windows = SlidingWindows::of_time_difference_with_no_grace(5_000);
+    let (driver, updates) = sliding_contents(windows, &[(8_000, 1), (9_200, 2), (12_400, 3)]);
+    // In Kafka's order: windows that held the record's time already, the
+    // previous record's new right window, the record's left window.
+    let expected = window_updates(&[
+        ("A@3000-8000", "1"),
+        ("A@8001-13001", "2"),
+        ("A@4200-9200", "1,2"),
+        ("A@8001-13001", "2,3"),
+        ("A@9201-14201", "3"),
+        ("A@7400-12400", "1,2,3"),
+    ]);
+    assert_eq!(updates, expected);
+    let store: Vec<(i64, Vec<i64>)> = driver
+        .window_store_all::<String, Vec<i64>>("contents")
+        .unwrap()
+        .into_iter()
+        .map(|(_, start_ms, values)| (start_ms, values))
+        .collect();
+    assert_eq!(
+        store,
+        vec![(3_000, vec![1]), (4_200, vec![1, 2]), (7_400, vec![1, 2, 3]), (8_001, vec![2, 3]), (9_201, vec![3])]
+    );
+}
+
+#[test]
+fn a_late_sliding_record_updates_open_windows_within_grace_and_is_dropped_past_it() {
+    // d = 10, grace 5. At stream time 40 windows ending at or before 35
+    // are closed. 22's right window [23,33] is closed too: dropped. 34's
+    // left window [24,34] is closed, but it joins [30,40] and makes its
+    // right window [35,45] (holding 40, not 34).
+    let windows = SlidingWindows::of_time_difference_and_grace(10, 5);
+    let (_driver, updates) = sliding_contents(windows, &[(20, 20), (40, 40), (22, 22), (34, 34)]);
+    let expected = window_updates(&[("A@10-20", "20"), ("A@30-40", "40"), ("A@30-40", "34,40"), ("A@35-45", "40")]);
+    assert_eq!(updates, expected);
+}
+
+#[test]
+fn sliding_records_before_the_time_difference_share_the_window_from_zero() {
+    // d = 10: 3 and 7 fall in [0,10] (no window starts before 0); 7 makes
+    // 3's right window [4,14]; 15 makes 7's right window [8,18] and its
+    // left window [5,15], which holds 7 and 15.
+    let windows = SlidingWindows::of_time_difference_with_no_grace(10);
+    let (_driver, updates) = sliding_contents(windows, &[(3, 3), (7, 7), (15, 15)]);
+    let expected =
+        window_updates(&[("A@0-10", "3"), ("A@4-14", "7"), ("A@0-10", "3,7"), ("A@8-18", "15"), ("A@5-15", "7,15")]);
+    assert_eq!(updates, expected);
+}
