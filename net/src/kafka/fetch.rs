@@ -141,7 +141,15 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
                     .with_topic_id(*id)
             })
             .collect();
-        let mut splices = Vec::new();
+        // Each topic's partitions, each with the batches that replace its
+        // records. The markers are numbered below, in the order the answer
+        // encodes them (topic by topic), which `vectored` needs: the
+        // partitions may come topic after topic interleaved (a request
+        // naming a topic twice, a fetch session's order), and the answer
+        // groups them under their topic. (Numbered in request order, a
+        // marker was searched for past where it stood, left unspliced, and
+        // read by the client as a batch: Kafka Streams died of it.)
+        let mut grouped: Vec<Vec<(PartitionData, Vec<Bytes>)>> = (0..responses.len()).map(|_| Vec::new()).collect();
         let mut payload_bytes = 0usize;
         for ((part, result), w) in parts.iter().zip(results).zip(&wanted) {
             let batches = fetch_plan::within_limit(result.batches, &mut payload_bytes, request_bytes_max);
@@ -160,7 +168,7 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
                     continue;
                 }
             }
-            let mut data = PartitionData::default()
+            let data = PartitionData::default()
                 .with_partition_index(part.partition)
                 .with_error_code(error)
                 .with_high_watermark(result.high_watermark)
@@ -168,18 +176,25 @@ pub(crate) fn fetch(ctx: Ctx, body: Bytes, charge: &Charge, session: Rc<Session>
                 .with_log_start_offset(result.log_start_offset)
                 .with_aborted_transactions(read_committed.then(|| aborted_transactions(&result.aborted)))
                 .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1));
-            if !batches.is_empty() {
-                let index = splices.len() as u32;
-                let m = marker(index);
-                data = data.with_records(Some(m.clone()));
-                if let Some((topic, _)) = &part.read.target {
-                    ctx.shard.metrics.fetched(&topic.name, batches.iter().map(Bytes::len).sum());
-                }
-                splices.push(Splice { marker: m, batches });
-            } else {
-                data = data.with_records(Some(Bytes::new()));
+            if !batches.is_empty()
+                && let Some((topic, _)) = &part.read.target
+            {
+                ctx.shard.metrics.fetched(&topic.name, batches.iter().map(Bytes::len).sum());
             }
-            responses[part.topic_index].partitions.push(data);
+            grouped[part.topic_index].push((data, batches));
+        }
+        let mut splices = Vec::new();
+        for (response, partitions) in responses.iter_mut().zip(grouped) {
+            for (data, batches) in partitions {
+                let data = if batches.is_empty() {
+                    data.with_records(Some(Bytes::new()))
+                } else {
+                    let m = marker(splices.len() as u32);
+                    splices.push(Splice { marker: m.clone(), batches });
+                    data.with_records(Some(m))
+                };
+                response.partitions.push(data);
+            }
         }
         // An incremental answer names only the topics it has partitions of.
         if incremental {
