@@ -4,8 +4,9 @@
 //! standalone` processes: a file through a topic into a table by upsert
 //! with the worker killed with kill -9 and restarted; a table created from
 //! JsonConverter schemas; rows read from a table by a source killed and
-//! restarted; rows that do not fit their table sent to the dead-letter
-//! topic while the sink goes on.
+//! restarted; a sink retrying its batch through a PostgreSQL crash; rows
+//! that do not fit their table sent to the dead-letter topic while the
+//! sink goes on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -210,6 +211,56 @@ fn file_lines_reach_a_table_by_upsert_and_a_worker_killed_mid_stream_loses_none(
     );
     assert_eq!(key.trim(), "id", "auto.create made the record key the primary key");
     second.stop();
+}
+
+#[test]
+fn a_sink_retries_its_batch_through_a_postgres_crash_and_loses_no_row() {
+    let dir = data_dir("connect-pg-crash");
+    let pg = Postgres::start(&dir.join("postgres"));
+    let broker = Broker::start(&dir.join("broker"), 1);
+    let worker = worker_properties(&dir, &broker, "offset.flush.interval.ms=200");
+    let source = write_config(
+        &dir,
+        "source.properties",
+        "name=lines-source\nconnector.class=FileStreamSource\nfile=lines.txt\ntopic=lines\nbatch.size=100\n\
+         value.converter=org.apache.kafka.connect.storage.StringConverter\n",
+    );
+    let sink = write_config(
+        &dir,
+        "sink.properties",
+        &format!(
+            "name=lines-sink\nconnector.class=PostgresSink\ntopics=lines\nconnection.url={}\n\
+             insert.mode=upsert\npk.mode=record_value\npk.fields=id\nauto.create=true\nbatch.size=50\n\
+             max.retries=100\nretry.backoff.ms=100\n\
+             value.converter=org.apache.kafka.connect.json.JsonConverter\nvalue.converter.schemas.enable=false\n",
+            pg.url()
+        ),
+    );
+    let expected: Vec<String> = (0..3000).map(|i| format!(r#"{{"id":{i},"line":"line {i}"}}"#)).collect();
+    let lines_file = dir.join("lines.txt");
+    append(&lines_file, &expected[..100]);
+    let running = ConnectWorker::start(&dir, &[&worker, &source, &sink], 1);
+    // Lines keep coming while PostgreSQL is down.
+    let writer = {
+        let (path, rest) = (lines_file.clone(), expected[100..].to_vec());
+        std::thread::spawn(move || {
+            for chunk in rest.chunks(100) {
+                append(&path, chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_for("the first rows", Duration::from_secs(20), || row_count(&pg, "lines") >= 100);
+    pg.crash_and_restart(Duration::from_millis(1500));
+    writer.join().expect("writer");
+    wait_for("every line as a row", Duration::from_secs(30), || row_count(&pg, "lines") >= expected.len());
+    let ids = pg.psql("SELECT count(DISTINCT id), min(id), max(id) FROM lines");
+    assert_eq!(ids.trim(), format!("{}|0|{}", expected.len(), expected.len() - 1));
+    let state = running.task_state("lines-sink");
+    assert!(state.starts_with("RUNNING"), "the task lives through the crash: {state}");
+    let log = std::fs::read_to_string(dir.join("worker-1.log")).expect("log");
+    assert!(log.contains("PostgreSQL batch failed; trying again"), "the crash was seen and retried:\n{log}");
+    running.stop();
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub struct Postgres {
     bin: PathBuf,
     /// The user the server runs as when the test runs as root.
     run_as: Option<String>,
+    /// The server's options (port, listen address, socket directory).
+    options: String,
 }
 
 /// The newest installed server's bin directory, or a failure that says
@@ -83,7 +85,8 @@ impl Postgres {
                 None,
             );
         }
-        let postgres = Postgres { port: free_port_below_ephemeral(), dir: dir.to_path_buf(), bin, run_as };
+        let mut postgres =
+            Postgres { port: free_port_below_ephemeral(), dir: dir.to_path_buf(), bin, run_as, options: String::new() };
         let data = postgres.data();
         check(
             "initdb",
@@ -95,28 +98,42 @@ impl Postgres {
                 .output(),
             None,
         );
+        // fsync=off: the tests crash the server process, never the machine,
+        // and the kernel keeps what was written. synchronous_commit stays
+        // on: off, a crash loses commits the client was told about.
         // The socket path must fit a sockaddr_un (107 bytes); a deep
         // checkout gets no socket (the tests use TCP).
         let socket_dir = if dir.as_os_str().len() < 80 { dir.display().to_string() } else { String::new() };
-        let options = format!(
+        postgres.options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{socket_dir}' -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off",
+             -c full_page_writes=off",
             postgres.port
         );
-        let log = dir.join("postgres.log");
-        check(
-            "pg_ctl start",
-            postgres
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", "30", "-o", &options, "start"])
-                .output(),
-            Some(&log),
-        );
+        postgres.pg_ctl_start();
         postgres
+    }
+
+    fn pg_ctl_start(&self) {
+        let log = self.dir.join("postgres.log");
+        let output = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "30", "-o", &self.options, "start"])
+            .output();
+        check("pg_ctl start", output, Some(&log));
+    }
+
+    /// Kills the server as a crash would (immediate shutdown: every
+    /// connection cut, no checkpoint), keeps it down for `down`, and
+    /// starts it again on the same port.
+    pub fn crash_and_restart(&self, down: std::time::Duration) {
+        let output = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]).output();
+        check("pg_ctl stop", output, None);
+        std::thread::sleep(down);
+        self.pg_ctl_start();
     }
 
     fn data(&self) -> PathBuf {
