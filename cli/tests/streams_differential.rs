@@ -28,6 +28,10 @@
 //! topic of partition p has then been processed, so the phases' orders
 //! meet exactly the table the test expects. Probes are left out of the
 //! comparison (how many a side needed is timing).
+//!
+//! The clicks also go to a sliding-window count (30 s, 10 s of grace) run
+//! in the test's process and to its twin: per window its last count must
+//! be the same on both sides.
 
 mod common;
 
@@ -42,13 +46,25 @@ use spate_client::{
     Admin, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, SeekTo,
     TopicPartition,
 };
+use spate_streams::{
+    Consumed, Grouped, KafkaStreams, Materialized, Produced, Serdes, SlidingWindows, StreamsBuilder, StreamsConfig,
+    Windowed,
+};
 
 /// Every topic of the test, on both sides, has this many partitions.
 const PARTITIONS: i32 = 2;
 const SIDES: [&str; 2] = ["rust-", "java-"];
 const EXAMPLES: [&str; 3] = ["wordcount", "windowed_clicks", "enrich_orders"];
-const TOPICS: [&str; 7] =
-    ["text-input", "word-counts", "clicks", "clicks-per-minute", "orders", "customers", "orders-enriched"];
+const TOPICS: [&str; 8] = [
+    "text-input",
+    "word-counts",
+    "clicks",
+    "clicks-per-minute",
+    "clicks-sliding",
+    "orders",
+    "customers",
+    "orders-enriched",
+];
 /// How long both sides may take to reach the final outputs, JVM start and
 /// group joins included.
 const OUTPUTS_WAIT_MS_MAX: u64 = 30_000;
@@ -232,15 +248,25 @@ async fn read_all(client: &Client, topic: &str) -> Vec<(String, Option<String>)>
 }
 
 /// The final outputs of one side, in the form the test compares.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Outputs {
     /// word -> its last count.
     counts: BTreeMap<String, i64>,
     /// (user, window start) -> the emitted result (JSON).
     windows: BTreeMap<(String, i64), serde_json::Value>,
+    /// "user@start-end" -> the last count of that sliding window (the
+    /// test's own topology, no example's).
+    sliding: BTreeMap<String, i64>,
     /// (customer id, order, customer name) of every enriched order but the
     /// barriers' probes.
     enriched: BTreeSet<(String, String, String)>,
+}
+
+impl Outputs {
+    /// What the test expects exactly: all but the sliding windows.
+    fn without_sliding(&self) -> Outputs {
+        Outputs { sliding: BTreeMap::new(), ..self.clone() }
+    }
 }
 
 async fn outputs(client: &Client, side: &str) -> Outputs {
@@ -253,6 +279,10 @@ async fn outputs(client: &Client, side: &str) -> Outputs {
         let value: serde_json::Value = serde_json::from_str(&value.expect("a value")).expect("JSON");
         let start = value["window_start_ms"].as_i64().expect("window_start_ms");
         out.windows.insert((user, start), value);
+    }
+    for (window, count) in read_all(client, &format!("{side}clicks-sliding")).await {
+        let bytes: [u8; 8] = count.expect("a count").as_bytes().try_into().expect("8 bytes");
+        out.sliding.insert(window, i64::from_be_bytes(bytes));
     }
     for (customer_id, value) in read_all(client, &format!("{side}orders-enriched")).await {
         let value: serde_json::Value = serde_json::from_str(&value.expect("a value")).expect("JSON");
@@ -330,7 +360,7 @@ async fn feed_wordcount(input: &Input, expected: &mut Outputs) {
 /// earlier window (its own stays open, so neither side emits it).
 async fn feed_clicks(input: &Input, base_ms: i64, expected: &mut Outputs) {
     // (partition, user, event time after base in ms)
-    let clicks: [(i32, &str, i64); 16] = [
+    let clicks: [(i32, &str, i64); 18] = [
         (0, "alice", 5_000),
         (0, "alice", 20_000),
         (0, "carol", 30_000),
@@ -349,6 +379,11 @@ async fn feed_clicks(input: &Input, base_ms: i64, expected: &mut Outputs) {
         (1, "dave", 119_999),
         (1, "bob", 50_000),
         (1, "bob", 115_000),
+        // Stream time 119.999 s: in 30 s sliding windows with 10 s of
+        // grace, 85 s is only in closed windows yet, and 110 s's left
+        // window [80, 110] spans it (Kafka counts it there nowhere).
+        (1, "eve", 85_000),
+        (1, "eve", 110_000),
         (0, "zz-closer", 600_000),
         (1, "zz-closer", 600_000),
     ];
@@ -356,7 +391,7 @@ async fn feed_clicks(input: &Input, base_ms: i64, expected: &mut Outputs) {
         input.send("clicks", partition, Some(user), Some("page"), Some(base_ms + offset_ms)).await;
     }
     // (user, window index, clicks counted)
-    let finals: [(&str, i64, i64); 7] = [
+    let finals: [(&str, i64, i64); 8] = [
         ("alice", 0, 4),
         ("carol", 0, 1),
         ("alice", 1, 1),
@@ -364,6 +399,7 @@ async fn feed_clicks(input: &Input, base_ms: i64, expected: &mut Outputs) {
         ("bob", 0, 2),
         ("bob", 1, 1),
         ("dave", 1, 1),
+        ("eve", 1, 2),
     ];
     for (user, window_index, clicks) in finals {
         let start = base_ms + window_index * WINDOW_MS;
@@ -417,6 +453,36 @@ async fn feed_orders(input: &Input, client: &Client, processes: &mut [Process], 
     }
 }
 
+/// Clicks per user in sliding windows of 30 s with 10 s of grace, every
+/// update written as "user@start-end" -> count: the sliding-window twin
+/// of `StreamsTwins.slidingClicks`, run in the test's process (it is no
+/// example's).
+async fn start_sliding_clicks(broker: &Broker, state_dir: &Path) -> KafkaStreams {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream("rust-clicks", Consumed::with(Serdes::string(), Serdes::bytes()))
+        .group_by_key(Grouped::with(Serdes::string(), Serdes::bytes()))
+        .windowed_by(SlidingWindows::of_time_difference_and_grace(30_000, 10_000))
+        .count(Materialized::as_("sliding-counts"))
+        .to_stream()
+        .map(|windowed: &Windowed<String>, count: &Option<i64>| {
+            let window = format!("{}@{}-{}", windowed.key, windowed.window.start_ms, windowed.window.end_ms);
+            (window, count.unwrap_or(0))
+        })
+        .to("rust-clicks-sliding", Produced::with(Serdes::string(), Serdes::i64()));
+    let state_dir = state_dir.to_str().expect("utf-8");
+    let config = StreamsConfig::from_properties(&[
+        ("application.id", "rust-streams-sliding-clicks"),
+        ("bootstrap.servers", &broker.addr()),
+        ("commit.interval.ms", "200"),
+        ("state.dir", state_dir),
+    ])
+    .expect("config");
+    let mut streams = KafkaStreams::new(builder.build().expect("topology"), config).expect("streams");
+    streams.start().await.expect("start the sliding-window count");
+    streams
+}
+
 #[test]
 fn each_example_and_its_kafka_streams_twin_reach_the_same_final_outputs() {
     let binaries = example_binaries();
@@ -461,6 +527,7 @@ fn each_example_and_its_kafka_streams_twin_reach_the_same_final_outputs() {
         processes.push(Process::spawn(command, name, &dir.join(format!("{name}.log"))));
     }
 
+    let sliding = runtime.block_on(start_sliding_clicks(&broker, &dir.join("rust-state")));
     let mut expected = Outputs::default();
     let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_millis();
     // Ten minutes ago, on a minute: the first window's start.
@@ -479,7 +546,11 @@ fn each_example_and_its_kafka_streams_twin_reach_the_same_final_outputs() {
     loop {
         let rust = runtime.block_on(outputs(&client, "rust-"));
         let java = runtime.block_on(outputs(&client, "java-"));
-        if rust == expected && java == expected {
+        // The sliding windows are compared side to side only (the
+        // driver tests check them against Kafka's documented example).
+        let agree = rust.sliding == java.sliding && !rust.sliding.is_empty();
+        if agree && rust.without_sliding() == expected && java.without_sliding() == expected {
+            eprintln!("both sides agree; {} sliding windows: {:?}", rust.sliding.len(), rust.sliding);
             break;
         }
         processes.iter_mut().for_each(Process::assert_running);
@@ -489,8 +560,13 @@ fn each_example_and_its_kafka_streams_twin_reach_the_same_final_outputs() {
         }
         if Instant::now() > deadline {
             assert_eq!(rust, java, "Spate Streams (left) and Kafka Streams (right) differ");
-            assert_eq!(rust, expected, "both sides agree, on something other than the expected output");
+            assert_eq!(
+                rust.without_sliding(),
+                expected,
+                "both sides agree, on something other than the expected output"
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    runtime.block_on(sliding.close()).expect("close the sliding-window count");
 }

@@ -4,7 +4,7 @@
 //! `Topology`, named as Kafka names them (`KSTREAM-FILTER-0000000001`).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -1135,10 +1135,9 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
     }
 
     /// A sliding-window aggregation: the aggregates in `store` (a window
-    /// store by window start) and the records they are made of in
-    /// `<store>-records` (a window store by record time, every value of a
-    /// key at one time as a list), both kept for 2 d + grace, as Kafka
-    /// keeps sliding windows.
+    /// store by window start) and each window's latest record time in
+    /// `<store>-times` (Kafka keeps them together, as a timestamped
+    /// store), both kept for 2 d + grace, as Kafka keeps sliding windows.
     fn sliding_aggregate<VA: Data>(
         &self,
         sliding: SlidingWindows,
@@ -1149,14 +1148,14 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
     ) -> KTable<Windowed<K>, VA> {
         let builder = &self.grouped.stream.builder;
         let name = next_name(builder, "KSTREAM-SLIDINGWINDOWAGGREGATE-");
-        let records_store = format!("{store}-records");
-        let (store_name, records_name) = (store.clone(), records_store.clone());
+        let times_store = format!("{store}-times");
+        let (store_name, times_name) = (store.clone(), times_store.clone());
         add_processor(
             builder,
             &name,
             move || SlidingWindowAggregate {
                 store: store_name.clone(),
-                records_store: records_name.clone(),
+                times_store: times_name.clone(),
                 windows: sliding,
                 function: Arc::clone(&function),
             },
@@ -1175,15 +1174,13 @@ impl<K: Data, V: Data> TimeWindowedKStream<K, V> {
             value_serde,
         );
         add_materialized_store(builder, aggregates, &materialized, &name);
-        // A late record still inside its right window's grace needs the
-        // records from d + 1 before it: 2 ms more than the aggregates keep.
-        let records = Stores::window_store_builder(
-            materialized.window_supplier(&records_store),
-            retention_ms.saturating_add(2),
+        let times = Stores::window_store_builder(
+            materialized.window_supplier(&times_store),
+            retention_ms,
             key_serde,
-            Serdes::list(self.grouped.grouped.value_serde.clone()),
+            Serdes::i64(),
         );
-        add_materialized_store(builder, records, &materialized, &name);
+        add_materialized_store(builder, times, &materialized, &name);
         KTable {
             builder: Rc::clone(builder),
             node: name,
@@ -1271,58 +1268,191 @@ impl<K: Data, V: Data, VA: Data> Processor<K, V, Windowed<K>, Change<VA>> for Wi
     }
 }
 
-/// Kafka's `KStreamSlidingWindowAggregate`, computed from the records: a
-/// record updates every window that contains it and makes the windows it
-/// brings into being (its left window, the previous record's right window
-/// when it falls in it, its own right window when later records fall in
-/// that), each window's aggregate folded from the records in it, in time
-/// order. Updates go out in Kafka's order: the windows that already held
-/// other records (by start), then the previous record's new right window,
-/// then its own left and right windows; for a record before d, its own
-/// right window, the previous one's, then the shared [0, d].
+/// Kafka's `KStreamSlidingWindowAggregate` (the backward-iterating path
+/// its stores take): a record updates every open window that contains
+/// it, makes the previous record's right window when it falls in it, its
+/// own left window (starting from the aggregate of the window that ends
+/// just before it, when the previous record is within d), and its own
+/// right window (a copy of the latest window that also holds later
+/// records). Windows carry the latest time of the records they hold, in
+/// `<store>-times`, which is how a window tells whether a previous record
+/// exists and whether a right window would be empty. As Kafka's, a late
+/// record that only closed windows could hold is counted nowhere, even in
+/// a window made later that spans its time.
 struct SlidingWindowAggregate<K, V, VA> {
     store: String,
-    records_store: String,
+    times_store: String,
     windows: SlidingWindows,
     function: AggregateFn<K, V, VA>,
 }
 
+/// A window's aggregate and the latest time of its records.
+type Timed<VA> = (VA, i64);
+
 impl<K: Data, V: Data, VA: Data> SlidingWindowAggregate<K, V, VA> {
-    /// The aggregate of the records from `start_ms` to `start_ms + d` (both
-    /// included) and the latest of their times, or None if there are none.
-    fn fold(&self, key: &K, records: &BTreeMap<i64, Vec<V>>, start_ms: i64) -> Option<(VA, i64)> {
-        let end_ms = start_ms.saturating_add(self.windows.time_difference_ms);
-        let mut aggregate: Option<(VA, i64)> = None;
-        for (time_ms, values) in records.range(start_ms..=end_ms) {
-            for value in values {
-                let old = aggregate.take().map(|(old, _)| old);
-                aggregate = Some(((self.function)(key, value, old), *time_ms));
-            }
+    /// The key's windows starting from `from_ms` to `to_ms`, latest start
+    /// first, with their aggregates and latest record times.
+    fn windows_back(
+        &self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        key: &K,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, Timed<VA>)>, StreamsError> {
+        let aggregates = ctx.get_state_store::<WindowStore<K, VA>>(&self.store)?.fetch_range(key, from_ms, to_ms)?;
+        let times: BTreeMap<i64, i64> = ctx
+            .get_state_store::<WindowStore<K, i64>>(&self.times_store)?
+            .fetch_range(key, from_ms, to_ms)?
+            .into_iter()
+            .collect();
+        let mut windows = Vec::with_capacity(aggregates.len());
+        for (start_ms, aggregate) in aggregates.into_iter().rev() {
+            let latest_ms = times.get(&start_ms).copied().ok_or_else(|| StreamsError::Store {
+                name: self.times_store.clone(),
+                reason: format!("no record time for the window starting at {start_ms}"),
+            })?;
+            windows.push((start_ms, (aggregate, latest_ms)));
         }
-        aggregate
+        Ok(windows)
     }
 
-    /// The window starts to update, in Kafka's order (see the type's doc).
-    fn updated_starts(&self, timestamp_ms: i64, before: &[i64], after: &[i64]) -> Vec<i64> {
-        let d = self.windows.time_difference_ms;
-        let (from_ms, to_ms) = (timestamp_ms.saturating_sub(d), timestamp_ms.saturating_add(1));
-        let old = self.windows.window_starts(before, from_ms, to_ms);
-        let new = self.windows.window_starts(after, from_ms, to_ms);
-        let left_ms = self.windows.left_start_ms(timestamp_ms);
-        let right_ms = timestamp_ms.saturating_add(1);
-        let existing = new.iter().copied().filter(|start| old.contains(start) && *start <= timestamp_ms);
-        let created = |start: &i64| !old.contains(start);
-        let previous_right =
-            new.iter().copied().filter(|start| created(start) && *start != left_ms && *start != right_ms);
-        let own_right = new.contains(&right_ms).then_some(right_ms).filter(created);
-        let own_left = Some(left_ms).filter(|start| created(start) && new.contains(start));
-        if timestamp_ms < d {
-            // An early record: its left window is the shared [0, d], updated last.
-            let existing: Vec<i64> = existing.filter(|start| *start != 0).collect();
-            existing.into_iter().chain(own_right).chain(previous_right).chain(std::iter::once(0)).collect()
-        } else {
-            existing.chain(previous_right).chain(own_left).chain(own_right).collect()
+    /// Adds the record to the window at `start_ms` whose aggregate was
+    /// `base` (None: a new window, from the initializer) and forwards it;
+    /// a closed window (its end before `close_ms`) is left alone.
+    fn update(
+        &self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        record: &Record<K, V>,
+        start_ms: i64,
+        base: Option<Timed<VA>>,
+        close_ms: i64,
+    ) -> Result<(), StreamsError> {
+        let end_ms = start_ms.saturating_add(self.windows.time_difference_ms);
+        if end_ms < close_ms {
+            tracing::debug!(store = %self.store, window_start_ms = start_ms, timestamp_ms = record.timestamp_ms, "skipping record for expired window");
+            return Ok(());
         }
+        let latest_ms = base.as_ref().map_or(record.timestamp_ms, |(_, latest_ms)| record.timestamp_ms.max(*latest_ms));
+        let new = (self.function)(&record.key, &record.value, base.map(|(aggregate, _)| aggregate));
+        self.put_and_forward(ctx, &record.key, start_ms, (new, latest_ms))
+    }
+
+    fn put_and_forward(
+        &self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        key: &K,
+        start_ms: i64,
+        (new, latest_ms): Timed<VA>,
+    ) -> Result<(), StreamsError> {
+        ctx.get_state_store::<WindowStore<K, i64>>(&self.times_store)?.put(key, start_ms, &latest_ms)?;
+        let store = ctx.get_state_store::<WindowStore<K, VA>>(&self.store)?;
+        let old = store.fetch(key, start_ms)?;
+        store.put(key, start_ms, &new)?;
+        let end_ms = start_ms.saturating_add(self.windows.time_difference_ms);
+        let windowed = Windowed { key: key.clone(), window: Window { start_ms, end_ms } };
+        ctx.forward(Record::new(windowed, Change { new: Some(new), old }, latest_ms));
+        Ok(())
+    }
+
+    /// A record at or after d: its windows are [t - d, t] and [t + 1, t + 1 + d].
+    fn process_in_time(
+        &self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        record: &Record<K, V>,
+        close_ms: i64,
+    ) -> Result<(), StreamsError> {
+        let (t, d) = (record.timestamp_ms, self.windows.time_difference_ms);
+        let windows = self.windows_back(ctx, &record.key, t.saturating_sub(d.saturating_mul(2)).max(0), t + 1)?;
+        let starts: BTreeSet<i64> = windows.iter().map(|(start_ms, _)| *start_ms).collect();
+        let (mut left, mut right): (Option<Timed<VA>>, Option<Timed<VA>>) = (None, None);
+        let (mut left_exists, mut right_exists) = (false, false);
+        let mut previous_ms: Option<i64> = None;
+        for (start_ms, window) in windows {
+            let end_ms = start_ms.saturating_add(d);
+            if start_ms == t + 1 {
+                right_exists = true;
+            } else if end_ms > t {
+                // Holds t: the latest such window is what t's right window copies.
+                if right.is_none() {
+                    right = Some(window.clone());
+                }
+                self.update(ctx, record, start_ms, Some(window), close_ms)?;
+            } else if end_ms == t {
+                left_exists = true;
+                let latest_ms = window.1;
+                self.update(ctx, record, start_ms, Some(window), close_ms)?;
+                if latest_ms >= t {
+                    // Another record at t made every window of t already.
+                    return Ok(());
+                }
+                previous_ms = Some(latest_ms);
+            } else {
+                previous_ms = Some(window.1);
+                left = Some(window);
+                break;
+            }
+        }
+        if let Some(previous_ms) = previous_ms {
+            // The previous record's right window, if it did not exist and
+            // now holds t.
+            let start_ms = previous_ms + 1;
+            if !starts.contains(&start_ms) && start_ms.saturating_add(d) >= t {
+                self.update(ctx, record, start_ms, None, close_ms)?;
+            }
+        }
+        if !left_exists {
+            // The window ending before t holds the previous record's
+            // window; if that record is within d, t's left window starts
+            // from its aggregate.
+            let base = left.filter(|_| previous_ms.is_some_and(|previous_ms| t - d <= previous_ms));
+            self.update(ctx, record, t - d, base.map(|(aggregate, _)| (aggregate, t)), close_ms)?;
+        }
+        if let Some(right) = right.filter(|(_, latest_ms)| !right_exists && *latest_ms > t) {
+            // t's right window holds what its right neighbour holds after t.
+            self.put_and_forward(ctx, &record.key, t + 1, right)?;
+        }
+        Ok(())
+    }
+
+    /// A record before d: it goes into the shared window [0, d].
+    fn process_early(
+        &self,
+        ctx: &mut ProcessorContext<'_, Windowed<K>, Change<VA>>,
+        record: &Record<K, V>,
+        close_ms: i64,
+    ) -> Result<(), StreamsError> {
+        let t = record.timestamp_ms;
+        let mut windows = self.windows_back(ctx, &record.key, 0, t + 1)?;
+        windows.reverse();
+        let starts: BTreeSet<i64> = windows.iter().map(|(start_ms, _)| *start_ms).collect();
+        let (mut combined, mut right): (Option<Timed<VA>>, Option<Timed<VA>>) = (None, None);
+        let mut right_exists = false;
+        let mut previous_ms = None;
+        for (start_ms, window) in windows {
+            if start_ms == 0 {
+                if window.1 < t {
+                    previous_ms = Some(window.1);
+                }
+                combined = Some(window);
+            } else if start_ms <= t {
+                right = Some(window.clone());
+                self.update(ctx, record, start_ms, Some(window), close_ms)?;
+            } else if start_ms == t + 1 {
+                right_exists = true;
+            }
+        }
+        // With nothing after t but the shared window's records, those are
+        // what t's right window holds.
+        if right.is_none() {
+            right = combined.clone().filter(|(_, latest_ms)| *latest_ms > t);
+        }
+        if let Some(right) = right.filter(|(_, latest_ms)| !right_exists && *latest_ms > t) {
+            self.put_and_forward(ctx, &record.key, t + 1, right)?;
+        }
+        if let Some(previous_ms) = previous_ms.filter(|previous_ms| !starts.contains(&(previous_ms + 1))) {
+            self.update(ctx, record, previous_ms + 1, None, close_ms)?;
+        }
+        self.update(ctx, record, 0, combined, close_ms)
     }
 }
 
@@ -1340,38 +1470,7 @@ impl<K: Data, V: Data, VA: Data> Processor<K, V, Windowed<K>, Change<VA>> for Sl
             tracing::debug!(store = %self.store, timestamp_ms = t, "skipping record for expired window");
             return Ok(());
         }
-        // Every window the record touches lies within [t - d, t + 1 + d];
-        // whether the previous record's right window exists needs d + 1
-        // more before.
-        let (from_ms, to_ms) = (t.saturating_sub(d).saturating_sub(1), t.saturating_add(1).saturating_add(d));
-        let records_store = ctx.get_state_store::<WindowStore<K, Vec<V>>>(&self.records_store)?;
-        let mut records: BTreeMap<i64, Vec<V>> =
-            records_store.fetch_range(&record.key, from_ms, to_ms)?.into_iter().collect();
-        let before: Vec<i64> = records.keys().copied().collect();
-        let values = records.entry(t).or_default();
-        values.push(record.value.clone());
-        records_store.put(&record.key, t, values)?;
-        let after: Vec<i64> = records.keys().copied().collect();
-
-        for start_ms in self.updated_starts(t, &before, &after) {
-            let end_ms = start_ms.saturating_add(d);
-            // A closed window never changes (its end, included in it, is
-            // before stream time minus the grace); the record's own right
-            // window cannot be closed (checked above).
-            if end_ms < close_ms {
-                tracing::debug!(store = %self.store, window_start_ms = start_ms, timestamp_ms = t, "skipping record for expired window");
-                continue;
-            }
-            let Some((new, latest_ms)) = self.fold(&record.key, &records, start_ms) else {
-                continue;
-            };
-            let store = ctx.get_state_store::<WindowStore<K, VA>>(&self.store)?;
-            let old = store.fetch(&record.key, start_ms)?;
-            store.put(&record.key, start_ms, &new)?;
-            let key = Windowed { key: record.key.clone(), window: Window { start_ms, end_ms } };
-            ctx.forward(Record::new(key, Change { new: Some(new), old }, latest_ms));
-        }
-        Ok(())
+        if t < d { self.process_early(ctx, &record, close_ms) } else { self.process_in_time(ctx, &record, close_ms) }
     }
 }
 

@@ -106,29 +106,6 @@ impl SlidingWindows {
     pub fn grace_ms(&self) -> i64 {
         self.grace_ms
     }
-
-    /// A record's left window's start: d before it, but never before 0.
-    pub(crate) fn left_start_ms(&self, timestamp_ms: i64) -> i64 {
-        timestamp_ms.saturating_sub(self.time_difference_ms).max(0)
-    }
-
-    /// The starts of the windows that the records at `times_ms` (sorted)
-    /// make, from `from_ms` to `to_ms` (both included): each record's
-    /// left window, and each record's right window when a later record is
-    /// within d + 1 of it.
-    pub(crate) fn window_starts(&self, times_ms: &[i64], from_ms: i64, to_ms: i64) -> std::collections::BTreeSet<i64> {
-        let mut starts = std::collections::BTreeSet::new();
-        for (index, &time_ms) in times_ms.iter().enumerate() {
-            starts.insert(self.left_start_ms(time_ms));
-            let right_start_ms = time_ms.saturating_add(1);
-            let next_ms = times_ms[index + 1..].iter().find(|&&later_ms| later_ms > time_ms);
-            if next_ms.is_some_and(|&next_ms| next_ms <= right_start_ms.saturating_add(self.time_difference_ms)) {
-                starts.insert(right_start_ms);
-            }
-        }
-        starts.retain(|start_ms| (from_ms..=to_ms).contains(start_ms));
-        starts
-    }
 }
 
 /// Session windows, as Kafka's `SessionWindows`: a key's records closer
@@ -270,21 +247,5 @@ mod tests {
         assert_eq!(&bytes[5..], &60_000i64.to_be_bytes());
         assert_eq!(serde.deserialize("t", Some(&bytes)).unwrap(), key);
         assert!(serde.deserialize("t", Some(b"abc")).is_err());
-    }
-
-    #[test]
-    fn sliding_window_starts_are_each_records_left_window_and_the_right_windows_later_records_fill() {
-        let windows = SlidingWindows::of_time_difference_with_no_grace(5_000);
-        // Kafka's Javadoc example: 8000, 9200, 12400.
-        let starts: Vec<i64> = windows.window_starts(&[8_000, 9_200, 12_400], 0, i64::MAX).into_iter().collect();
-        assert_eq!(starts, vec![3_000, 4_200, 7_400, 8_001, 9_201]);
-        // 12400's right window would hold nothing; 8000's holds 9200 even
-        // with two records at 9200.
-        let starts: Vec<i64> = windows.window_starts(&[8_000, 9_200, 9_200], 0, i64::MAX).into_iter().collect();
-        assert_eq!(starts, vec![3_000, 4_200, 8_001]);
-        // Records before d share [0, d]; bounds cut the answer.
-        let early = SlidingWindows::of_time_difference_with_no_grace(10);
-        assert_eq!(early.window_starts(&[3, 7], 0, 100).into_iter().collect::<Vec<_>>(), vec![0, 4]);
-        assert_eq!(early.window_starts(&[3, 7], 1, 100).into_iter().collect::<Vec<_>>(), vec![4]);
     }
 }

@@ -1036,13 +1036,14 @@ fn sliding_windows_reproduce_kafkas_documented_example() {
 
 #[test]
 fn a_late_sliding_record_updates_open_windows_within_grace_and_is_dropped_past_it() {
-    // d = 10, grace 5. At stream time 40 windows ending at or before 35
-    // are closed. 22's right window [23,33] is closed too: dropped. 34's
-    // left window [24,34] is closed, but it joins [30,40] and makes its
-    // right window [35,45] (holding 40, not 34).
+    // d = 10, grace 5. At stream time 40 windows ending before 35 are
+    // closed. 22's right window [23,33] is closed too: dropped. 34's left
+    // window [24,34] is closed, but it joins [30,40] (values in arrival
+    // order, as Kafka's aggregator adds them) and makes its right window
+    // [35,45] (holding 40, not 34).
     let windows = SlidingWindows::of_time_difference_and_grace(10, 5);
     let (_driver, updates) = sliding_contents(windows, &[(20, 20), (40, 40), (22, 22), (34, 34)]);
-    let expected = window_updates(&[("A@10-20", "20"), ("A@30-40", "40"), ("A@30-40", "34,40"), ("A@35-45", "40")]);
+    let expected = window_updates(&[("A@10-20", "20"), ("A@30-40", "40"), ("A@30-40", "40,34"), ("A@35-45", "40")]);
     assert_eq!(updates, expected);
 }
 

@@ -24,6 +24,7 @@ import org.apache.kafka.streams.kstream.Grouped;
 import org.apache.kafka.streams.kstream.KTable;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.Produced;
+import org.apache.kafka.streams.kstream.SlidingWindows;
 import org.apache.kafka.streams.kstream.Suppressed;
 import org.apache.kafka.streams.kstream.TimeWindows;
 import org.apache.kafka.streams.state.KeyValueStore;
@@ -31,12 +32,13 @@ import org.apache.kafka.streams.state.WindowStore;
 
 /**
  * The Java twins of Spate Streams' three examples (streams/examples:
- * wordcount, windowed_clicks, enrich_orders), written with Kafka Streams,
+ * wordcount, windowed_clicks, enrich_orders) and of the test's sliding-window
+ * count, written with Kafka Streams,
  * for the differential test cli/tests/streams_differential.rs. Each twin
  * builds the same topology as its example, with the same serdes and the
  * same output encoding, and the same names: topics and application ids are
  * the example's with {@code --prefix} in front (the Rust examples take the
- * same prefix from NAME_PREFIX). The three run in one JVM, each as its own
+ * same prefix from NAME_PREFIX). They run in one JVM, each as its own
  * application, until stdin closes (or the process is killed); the first
  * failure of any of them is printed to stderr and exits 1. It checks
  * nothing itself: the test reads the output topics and compares.
@@ -71,6 +73,7 @@ final class StreamsTwins {
         topologies.put("streams-wordcount", wordcount(prefix));
         topologies.put("streams-windowed-clicks", windowedClicks(prefix));
         topologies.put("streams-enrich-orders", enrichOrders(prefix));
+        topologies.put("streams-sliding-clicks", slidingClicks(prefix));
         for (Map.Entry<String, Topology> entry : topologies.entrySet()) {
             String applicationId = prefix + entry.getKey();
             KafkaStreams app = new KafkaStreams(entry.getValue(),
@@ -157,6 +160,24 @@ final class StreamsTwins {
                     return KeyValue.pair(windowed.key(), Json.write(count));
                 })
                 .to(prefix + "clicks-per-minute", Produced.with(Serdes.String(), Serdes.String()));
+        return builder.build();
+    }
+
+    /**
+     * The sliding-window count of cli/tests/streams_differential.rs (no
+     * example of its own): clicks per user in sliding windows of 30 s with
+     * 10 s of grace, every update written as "user@start-end" -> count.
+     */
+    static Topology slidingClicks(String prefix) {
+        StreamsBuilder builder = new StreamsBuilder();
+        builder.stream(prefix + "clicks", Consumed.with(Serdes.String(), Serdes.ByteArray()))
+                .groupByKey(Grouped.with(Serdes.String(), Serdes.ByteArray()))
+                .windowedBy(SlidingWindows.ofTimeDifferenceAndGrace(Duration.ofSeconds(30), Duration.ofSeconds(10)))
+                .count(Materialized.<String, Long, WindowStore<Bytes, byte[]>>as("sliding-counts"))
+                .toStream()
+                .map((windowed, clicks) -> KeyValue.pair(
+                        windowed.key() + "@" + windowed.window().start() + "-" + windowed.window().end(), clicks))
+                .to(prefix + "clicks-sliding", Produced.with(Serdes.String(), Serdes.Long()));
         return builder.build();
     }
 
