@@ -407,6 +407,75 @@ fn a_source_killed_and_restarted_resumes_from_its_stored_offset_and_loses_no_row
 }
 
 #[test]
+fn a_query_source_writes_each_column_type_with_its_schema() {
+    let dir = data_dir("connect-pg-source-query");
+    let pg = Postgres::start(&dir.join("postgres"));
+    let broker = Broker::start(&dir.join("broker"), 1);
+    pg.psql(
+        "CREATE TABLE kinds (id SERIAL PRIMARY KEY, b BOOLEAN, i2 SMALLINT, f4 REAL, f8 DOUBLE PRECISION, \
+         n NUMERIC(6,2), t TEXT, j JSONB, ts TIMESTAMPTZ, raw BYTEA)",
+    );
+    pg.psql(
+        "INSERT INTO kinds (b, i2, f4, f8, n, t, j, ts, raw) VALUES \
+         (true, 7, 1.5, 2.25, 1234.5, 'O''Brien \"q\"', '{\"a\": [1, 2]}', '2026-12-07 10:00:00.123456+01', '\\x00ff'), \
+         (NULL, NULL, NULL, NULL, NULL, 'skip', NULL, NULL, NULL), \
+         (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    );
+    let worker = worker_properties(&dir, &broker, "offset.flush.interval.ms=300");
+    let source = write_config(
+        &dir,
+        "source.properties",
+        &format!(
+            "name=kinds-source\nconnector.class=PostgresSource\nconnection.url={}\n\
+             query=SELECT * FROM kinds WHERE t IS DISTINCT FROM 'skip'\nmode=incrementing\n\
+             incrementing.column.name=id\ntopic.prefix=pg-kinds\npoll.interval.ms=100\n",
+            pg.url()
+        ),
+    );
+    let running = ConnectWorker::start(&dir, &[&worker, &source], 1);
+    let mut records = Vec::new();
+    wait_for("the two rows", Duration::from_secs(20), || {
+        records = topic_records(&broker, "pg-kinds");
+        records.len() >= 2
+    });
+    running.stop();
+    let envelope = |i: usize| -> serde_json::Value {
+        serde_json::from_str(records[i]["value"].as_str().expect("a value")).expect("JsonConverter's envelope")
+    };
+    let first = envelope(0);
+    let types: Vec<(String, String)> = first["schema"]["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .map(|f| (f["field"].as_str().unwrap_or("").to_string(), f["type"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let expected_types = [
+        ("id", "int32"),
+        ("b", "boolean"),
+        ("i2", "int16"),
+        ("f4", "float"),
+        ("f8", "double"),
+        ("n", "string"),
+        ("t", "string"),
+        ("j", "string"),
+        ("ts", "string"),
+        ("raw", "bytes"),
+    ];
+    assert_eq!(types, expected_types.map(|(f, t)| (f.to_string(), t.to_string())));
+    assert_eq!(
+        first["payload"],
+        serde_json::json!({"id": 1, "b": true, "i2": 7, "f4": 1.5, "f8": 2.25, "n": "1234.50",
+            "t": "O'Brien \"q\"", "j": "{\"a\": [1, 2]}", "ts": "2026-12-07 09:00:00.123456+00", "raw": "AP8="})
+    );
+    let nulls = envelope(1);
+    assert_eq!(nulls["payload"]["id"], 3, "the filtered row is not read");
+    assert!(nulls["payload"]["b"].is_null() && nulls["payload"]["raw"].is_null(), "{nulls}");
+    let offsets = std::fs::read_to_string(dir.join("connect.offsets")).expect("offsets");
+    assert!(offsets.contains(r#""partition":{"query":"SELECT * FROM kinds"#), "{offsets}");
+    assert!(offsets.contains(r#""offset":{"incrementing":3}"#), "{offsets}");
+}
+
+#[test]
 fn rows_that_do_not_fit_the_table_go_to_the_dead_letter_topic_and_the_sink_goes_on() {
     let dir = data_dir("connect-pg-dead-letter");
     let pg = Postgres::start(&dir.join("postgres"));
