@@ -144,6 +144,12 @@ impl Client {
     /// answered) is retried with fresh metadata within the request timeout.
     pub(crate) async fn partition_count(&self, topic: &str) -> Result<i32, ClientError> {
         let deadline = Instant::now() + self.request_timeout();
+        // A topic just created may not have reached the broker asked yet
+        // (each applies the controller's log on its own): it is looked up
+        // again for a while before it counts as unknown, as a Kafka
+        // producer waits for a topic's metadata (max.block.ms).
+        let unknown_deadline =
+            Instant::now() + self.request_timeout().min(Duration::from_millis(crate::limits::UNKNOWN_TOPIC_WAIT_MS));
         loop {
             let count = match self.cluster().await.and_then(|metadata| metadata.partition_count(topic)) {
                 Err(ClientError::UnknownTopic(_)) => {
@@ -161,8 +167,13 @@ impl Client {
                 }
                 other => other,
             };
+            let unknown_for_now = |error: &ClientError| {
+                matches!(error, ClientError::UnknownTopic(_)) && Instant::now() < unknown_deadline
+            };
             match count {
-                Err(error) if error.is_retriable() && Instant::now() + backoff() < deadline => {
+                Err(error)
+                    if (error.is_retriable() || unknown_for_now(&error)) && Instant::now() + backoff() < deadline =>
+                {
                     tracing::debug!(topic, %error, "no usable metadata for the topic yet; retrying");
                     self.invalidate_metadata();
                     tokio::time::sleep(backoff()).await;

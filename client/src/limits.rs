@@ -49,3 +49,8 @@ pub const PEM_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// The longest transactional id (Kafka's 249-byte name limit, as the
 /// broker enforces it).
 pub const TRANSACTIONAL_ID_BYTES_MAX: usize = 249;
+
+/// How long a topic missing from the metadata is looked up again before
+/// it counts as unknown: one just created reaches every broker within
+/// milliseconds, rarely more (Kafka's producer waits max.block.ms, 60 s).
+pub const UNKNOWN_TOPIC_WAIT_MS: u64 = 5_000;

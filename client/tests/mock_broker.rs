@@ -836,7 +836,7 @@ async fn an_offset_out_of_range_is_an_error_unless_a_reset_policy_is_set() {
 }
 
 #[tokio::test]
-async fn sending_to_an_unknown_topic_or_partition_fails_at_once() {
+async fn sending_to_an_unknown_topic_fails_once_it_stays_unknown_and_an_unknown_partition_at_once() {
     let broker = MockBroker::start().await;
     let client = Client::connect(broker.config()).await.expect("connects");
     Admin::new(client.clone()).create_topic("known", 1, 1, &[]).await.expect("created");

@@ -464,6 +464,31 @@ impl BrokerConfig {
         Ok(voters)
     }
 
+    /// The host each voter of `controller_quorum` is written with (a name
+    /// or an address): under TLS its certificate must name it.
+    pub fn controller_voter_hosts(&self) -> Vec<(i32, String)> {
+        let mut hosts = Vec::new();
+        for entry in self.controller_quorum.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some((id, addr)) = entry.split_once('@') else { continue };
+            let (Ok(id), Some((host, _))) = (id.parse::<i32>(), addr.rsplit_once(':')) else { continue };
+            hosts.push((id, host.trim_start_matches('[').trim_end_matches(']').to_string()));
+        }
+        hosts
+    }
+
+    /// The security protocol of the controller's (Raft) port: Kafka's
+    /// controller listener (the first of `controller_listener_names`) as
+    /// `listener_security_protocol_map` maps it, or its own name when that
+    /// is a protocol; PLAINTEXT otherwise. SSL (and SASL_SSL, whose SASL
+    /// part the voters do not speak) is mutual TLS between the voters.
+    pub fn controller_security_protocol(&self) -> Result<SecurityProtocol, ConfigError> {
+        let Some(name) = self.controller_listener_names.split(',').map(str::trim).find(|n| !n.is_empty()) else {
+            return Ok(SecurityProtocol::Plaintext);
+        };
+        let mapped = self.protocol_map()?.into_iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, p)| p);
+        Ok(mapped.or_else(|| SecurityProtocol::parse(name)).unwrap_or(SecurityProtocol::Plaintext))
+    }
+
     pub fn advertised_host(&self) -> &str {
         self.advertised_host.as_deref().unwrap_or(&self.listen_host)
     }

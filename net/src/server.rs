@@ -375,6 +375,12 @@ fn start_controller(
     quorum.broker_heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
     quorum.broker_session_timeout_ms = config.broker_session_timeout_ms;
     quorum.restart = restart;
+    if config.controller_security_protocol()?.uses_tls() && quorum.voters.len() > 1 {
+        let (server, client) = crate::security::tls::controller_tls(config)
+            .map_err(|err| ServeError::Start(format!("controller listener TLS: {err}")))?;
+        let peer_names = config.controller_voter_hosts().into_iter().collect();
+        quorum.tls = Some(spate_replication::TransportTls { server, client, peer_names });
+    }
     let mut kafka_listeners = Vec::new();
     for (index, listener) in shared.kafka_listeners.iter().enumerate() {
         let (host, port) = config.kafka_advertised(&shared.kafka_listeners, index, kafka_ports[index])?;

@@ -27,3 +27,4 @@ pub use metadata::{
     ScramMechanism, TopicImage,
 };
 pub use quorum::{Controller, QuorumConfig, QuorumError, QuorumStatus, read_image};
+pub use transport::TransportTls;

@@ -74,6 +74,9 @@ pub struct QuorumConfig {
     /// How this broker's previous process ended, for its registration
     /// (KIP-966); the default is a clean stop.
     pub restart: BrokerRestart,
+    /// Mutual TLS between the voters (the controller listener is SSL);
+    /// None: plaintext, open to whoever reaches the port.
+    pub tls: Option<crate::transport::TransportTls>,
 }
 
 impl QuorumConfig {
@@ -90,6 +93,7 @@ impl QuorumConfig {
             snapshot_interval_entries: DEFAULT_SNAPSHOT_INTERVAL_ENTRIES,
             snapshot_interval_bytes: DEFAULT_SNAPSHOT_INTERVAL_BYTES,
             restart: BrokerRestart::default(),
+            tls: None,
         }
     }
 }
@@ -370,7 +374,7 @@ impl Controller {
             let peers: Vec<_> = config.voters.iter().copied().filter(|v| v.0 != node_id).collect();
             let inbound_tx = tx.clone();
             let deliver: Deliver = Arc::new(move |m| inbound_tx.send(Event::Inbound(m)).is_ok());
-            node.transport = Some(Transport::start(node_id, addr, &peers, deliver)?);
+            node.transport = Some(Transport::start(node_id, addr, &peers, deliver, config.tls.clone())?);
         }
         let thread = thread::Builder::new().name(format!("controller-{node_id}")).spawn(move || node.run(rx))?;
         Ok(Controller {

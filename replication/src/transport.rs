@@ -12,6 +12,13 @@
 //! resends, controller RPCs are retried by their origin). Each accepted
 //! connection gets a reader thread. Frames carry their sender's id, so the
 //! two directions need not be paired.
+//!
+//! With `TransportTls` (the controller listener's protocol is SSL) every
+//! connection is mutual TLS: a voter presents its certificate and checks
+//! the other's against the cluster's CAs, the connecting side also the
+//! name it dialled; a connection that is not TLS, or whose certificate the
+//! CAs did not sign, is closed before any frame is read. Without it the
+//! port is open to whoever can reach it.
 
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Read, Write};
@@ -127,6 +134,74 @@ pub(crate) fn read_frame(stream: &mut impl Read) -> io::Result<Option<Vec<u8>>> 
     Ok(Some(body))
 }
 
+/// Mutual TLS on the voters' connections: this voter's server side (which
+/// must require and verify client certificates) and client side (its own
+/// certificate, the CAs), and the name each peer's certificate must hold.
+#[derive(Clone)]
+pub struct TransportTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+    /// Per voter id, the host it is dialled by (its certificate must name
+    /// it); a voter missing here is checked for its address's IP.
+    pub peer_names: HashMap<i32, String>,
+}
+
+impl std::fmt::Debug for TransportTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportTls").field("peer_names", &self.peer_names).finish_non_exhaustive()
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    ServerTls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    ClientTls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::ServerTls(s) => s.read(buf),
+            Stream::ClientTls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::ServerTls(s) => s.write(buf),
+            Stream::ClientTls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::ServerTls(s) => s.flush(),
+            Stream::ClientTls(s) => s.flush(),
+        }
+    }
+}
+
+impl Stream {
+    fn shutdown(&self) {
+        let socket = match self {
+            Stream::Plain(s) => s,
+            Stream::ServerTls(s) => &s.sock,
+            Stream::ClientTls(s) => &s.sock,
+        };
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+}
+
+fn tls_error(error: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
 #[derive(Debug)]
 pub(crate) struct Transport {
     peers: HashMap<i32, SyncSender<Vec<u8>>>,
@@ -143,6 +218,7 @@ impl Transport {
         listen: SocketAddr,
         peers: &[(i32, SocketAddr)],
         deliver: Deliver,
+        tls: Option<TransportTls>,
     ) -> io::Result<Transport> {
         let listener = TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
@@ -151,19 +227,33 @@ impl Transport {
         let listener = {
             let stop = stop.clone();
             let inbound = inbound.clone();
+            let server = tls.as_ref().map(|tls| tls.server.clone());
             thread::Builder::new()
                 .name(format!("ctrl-listen-{node_id}"))
-                .spawn(move || accept_loop(listener, stop, inbound, deliver))?
+                .spawn(move || accept_loop(listener, stop, inbound, deliver, server))?
         };
         let mut senders = HashMap::new();
         let mut writers = Vec::new();
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::sync_channel(PEER_QUEUE_FRAMES);
             senders.insert(peer, tx);
+            let client = match &tls {
+                Some(tls) => {
+                    let host = tls.peer_names.get(&peer).cloned().unwrap_or_else(|| addr.ip().to_string());
+                    let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("voter {peer}: {host:?} is not a host name"),
+                        )
+                    })?;
+                    Some((tls.client.clone(), name))
+                }
+                None => None,
+            };
             writers.push(
                 thread::Builder::new()
                     .name(format!("ctrl-peer-{node_id}-{peer}"))
-                    .spawn(move || write_loop(peer, addr, rx))?,
+                    .spawn(move || write_loop(peer, addr, rx, client))?,
             );
         }
         Ok(Transport { peers: senders, writers, listener: Some(listener), stop, inbound })
@@ -212,11 +302,17 @@ impl Drop for Transport {
 
 type Readers = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
 
-fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, inbound: Readers, deliver: Deliver) {
+fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    inbound: Readers,
+    deliver: Deliver,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                if let Err(e) = start_reader(stream, peer, &inbound, deliver.clone()) {
+                if let Err(e) = start_reader(stream, peer, &inbound, deliver.clone(), tls.clone()) {
                     tracing::warn!(%peer, error = %e, "controller connection setup failed");
                 }
             }
@@ -231,10 +327,26 @@ fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, inbound: Readers, d
     }
 }
 
-fn start_reader(stream: TcpStream, peer: SocketAddr, inbound: &Readers, deliver: Deliver) -> io::Result<()> {
+fn start_reader(
+    stream: TcpStream,
+    peer: SocketAddr,
+    inbound: &Readers,
+    deliver: Deliver,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    let mut reader = stream.try_clone()?;
+    let socket = stream.try_clone()?;
+    // The handshake runs on the first read: a peer that does not speak TLS
+    // or presents no certificate the CAs signed fails it, and is closed
+    // below like a bad frame, before any frame is read.
+    let mut reader = match tls {
+        Some(config) => Stream::ServerTls(Box::new(rustls::StreamOwned::new(
+            rustls::ServerConnection::new(config).map_err(tls_error)?,
+            socket,
+        ))),
+        None => Stream::Plain(socket),
+    };
     let handle = thread::Builder::new().name("ctrl-reader".into()).spawn(move || {
         loop {
             match read_frame(&mut reader) {
@@ -260,7 +372,8 @@ fn start_reader(stream: TcpStream, peer: SocketAddr, inbound: &Readers, deliver:
                 }
             }
         }
-        let _ = reader.shutdown(Shutdown::Both);
+        // Shut down, not just dropped: `inbound` holds a clone of the socket.
+        reader.shutdown();
     })?;
     let mut v = match inbound.lock() {
         Ok(v) => v,
@@ -276,13 +389,18 @@ fn start_reader(stream: TcpStream, peer: SocketAddr, inbound: &Readers, deliver:
     Ok(())
 }
 
-fn write_loop(peer: i32, addr: SocketAddr, rx: Receiver<Vec<u8>>) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+fn write_loop(
+    peer: i32,
+    addr: SocketAddr,
+    rx: Receiver<Vec<u8>>,
+    tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+) {
+    let mut conn: Option<BufWriter<Stream>> = None;
     let mut backoff = Duration::from_millis(RECONNECT_BACKOFF_MIN_MS);
     let mut next_attempt = Instant::now();
     while let Ok(first) = rx.recv() {
         if conn.is_none() && Instant::now() >= next_attempt {
-            match connect(addr) {
+            match connect(addr, tls.as_ref()) {
                 Ok(s) => {
                     tracing::debug!(peer, %addr, "connected to controller peer");
                     conn = Some(BufWriter::new(s));
@@ -314,11 +432,23 @@ fn write_loop(peer: i32, addr: SocketAddr, rx: Receiver<Vec<u8>>) {
     }
 }
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+fn connect(
+    addr: SocketAddr,
+    tls: Option<&(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+) -> io::Result<Stream> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
     s.set_nodelay(true)?;
     s.set_write_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
-    Ok(s)
+    let Some((config, name)) = tls else { return Ok(Stream::Plain(s)) };
+    // The handshake completes before the first frame is written; reads time
+    // out too, so a peer that never answers it does not hold the writer.
+    s.set_read_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
+    let mut tls =
+        rustls::StreamOwned::new(rustls::ClientConnection::new(config.clone(), name.clone()).map_err(tls_error)?, s);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(Stream::ClientTls(Box::new(tls)))
 }
 
 #[cfg(test)]
@@ -369,7 +499,7 @@ mod tests {
         let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = probe.local_addr().expect("addr");
         drop(probe);
-        let mut t = Transport::start(1, addr, &[], deliver).expect("start");
+        let mut t = Transport::start(1, addr, &[], deliver, None).expect("start");
         let mut bad = TcpStream::connect(addr).expect("connect");
         bad.write_all(&u32::MAX.to_be_bytes()).expect("write");
         let mut buf = [0u8; 1];

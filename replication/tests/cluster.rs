@@ -42,6 +42,7 @@ fn config(node_id: i32, voters: &[(i32, SocketAddr)], dir: &std::path::Path) -> 
         snapshot_interval_entries: u64::MAX,
         snapshot_interval_bytes: u64::MAX,
         restart: BrokerRestart::default(),
+        tls: None,
     }
 }
 

@@ -62,7 +62,16 @@ impl Ca {
     /// their paths.
     pub fn write_broker_stores(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
         std::fs::create_dir_all(dir).unwrap();
-        let (cert, key) = self.issue_for("broker-1", names, false);
+        // A broker's certificate serves both ends: its listeners, and its
+        // connections to other brokers (mutual TLS on the controller port).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "broker-1");
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let (cert, key) = (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem());
         let (ca_file, keystore) = (dir.join("ca.pem"), dir.join("broker.pem"));
         std::fs::write(&ca_file, &self.pem).unwrap();
         std::fs::write(&keystore, format!("{cert}{key}")).unwrap();

@@ -33,6 +33,10 @@ pub enum TlsError {
         "ssl.client.auth={0} needs the CAs client certificates are checked against: set ssl.truststore.location or ssl.truststore.certificates"
     )]
     NoTruststore(&'static str),
+    #[error(
+        "the controller listener is SSL: its voters check each other's certificates against the CAs of ssl.truststore.location or ssl.truststore.certificates, which is not set"
+    )]
+    ControllerNoTruststore,
     #[error("TLS configuration: {0}")]
     Rustls(String),
 }
@@ -106,6 +110,31 @@ fn build(config: &BrokerConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     // otherwise follows the client's order.
     server.ignore_client_order = !config.ssl_cipher_suites.trim().is_empty();
     Ok(Arc::new(server))
+}
+
+/// Mutual TLS for the controller's (Raft) port: the server side requires a
+/// client certificate the truststore's CAs signed (only brokers hold one),
+/// the client side is the brokers' (`build_peer_client`). A controller
+/// listener that is SSL without a truststore cannot check its peers: an
+/// error.
+pub(crate) fn controller_tls(
+    config: &BrokerConfig,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let roots = truststore(config)?.ok_or(TlsError::ControllerNoTruststore)?;
+    let (chain, key) = keystore(config)?;
+    #[allow(deprecated)]
+    let provider = Arc::new(cipher_suites(rustls::crypto::ring::default_provider(), &config.ssl_cipher_suites)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|err| TlsError::Rustls(err.to_string()))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&protocol_versions(&config.ssl_enabled_protocols)?)
+        .map_err(|err| TlsError::Rustls(err.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|err| TlsError::Rustls(err.to_string()))?;
+    let client = build_peer_client(config)?.ok_or(TlsError::ControllerNoTruststore)?;
+    Ok((Arc::new(server), client))
 }
 
 /// The client side of broker-to-broker TLS: the truststore's CAs check the
