@@ -100,6 +100,15 @@ pub const POSTGRES_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// and its statements pipelined on one connection.
 pub const POSTGRES_SINK_BATCH_ROWS_MAX: usize = 100_000;
 
+/// The most parameters one PostgreSQL statement takes (the protocol's
+/// count is a 16-bit integer); the sink's multi-row INSERTs stay under it.
+pub const POSTGRES_STATEMENT_PARAMS_MAX: usize = 65_535;
+
+/// The most rows the PostgreSQL sink puts in one INSERT: past a few
+/// hundred a longer statement saves nothing more, and each distinct row
+/// count is a statement prepared on the connection.
+pub const POSTGRES_STATEMENT_ROWS_MAX: usize = 500;
+
 /// The longest wait between two tries of a PostgreSQL batch
 /// (`retry.backoff.ms`): a task never looks hung for more than minutes.
 pub const POSTGRES_RETRY_BACKOFF_MS_MAX: u64 = 5 * 60 * 1000;
@@ -113,6 +122,7 @@ pub const POSTGRES_SOURCE_BATCH_ROWS_MAX: usize = 100_000;
 pub const POSTGRES_SOURCE_WAIT_STEP_MS: u64 = 200;
 
 const _: () = assert!(POSTGRES_SOURCE_WAIT_STEP_MS < 1000);
+const _: () = assert!(POSTGRES_STATEMENT_ROWS_MAX <= POSTGRES_STATEMENT_PARAMS_MAX);
 const _: () = assert!(HTTP_SOURCE_POLL_STALE_MS > 10 * TASK_IDLE_WAIT_MS);
 const _: () = assert!(HTTP_ERROR_BODY_BYTES_MAX < HTTP_SINK_BODY_BYTES_MAX);
 // A request's records always fit in one poll, so a request is answered

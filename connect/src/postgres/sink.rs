@@ -29,7 +29,10 @@ use crate::connector::{
 };
 use crate::data::{Schema, SchemaAndValue, Value};
 use crate::error::{ConnectError, Result};
-use crate::limits::{POSTGRES_RETRY_BACKOFF_MS_MAX, POSTGRES_SINK_BATCH_ROWS_MAX};
+use crate::limits::{
+    POSTGRES_RETRY_BACKOFF_MS_MAX, POSTGRES_SINK_BATCH_ROWS_MAX, POSTGRES_STATEMENT_PARAMS_MAX,
+    POSTGRES_STATEMENT_ROWS_MAX,
+};
 use crate::props::Props;
 use crate::record::SinkRecord;
 
@@ -381,9 +384,9 @@ struct Started {
     runtime: tokio::runtime::Runtime,
 }
 
-/// A statement is prepared once per connection for each table, kind and
-/// column list.
-type StatementKey = (TableName, bool, Vec<String>);
+/// A statement is prepared once per connection for each table, kind
+/// (delete or not), column list and number of rows.
+type StatementKey = (TableName, bool, Vec<String>, usize);
 
 /// The connection and what is known through it.
 #[derive(Default)]
@@ -408,11 +411,65 @@ fn classify(context: &str, error: &tokio_postgres::Error) -> WriteError {
     if is_transient(error) { WriteError::Transient(text) } else { WriteError::Fatal(ConnectError::Task(text)) }
 }
 
-/// A row ready to execute: its statement and parameters.
+/// A row ready to execute: its single-row statement and parameters, and
+/// what lets it share a multi-row INSERT with its neighbours.
 struct Planned {
     index: usize,
     statement: Statement,
     params: Vec<Param>,
+    /// None for a delete (one row per statement).
+    shared: Option<Shared>,
+}
+
+/// Rows of equal `key` may be written by one INSERT of many rows.
+struct Shared {
+    key: StatementKey,
+    targets: Vec<Target>,
+    upsert_key: Option<Vec<String>>,
+    /// The row's key values (under upsert): two rows with the same key
+    /// never share a statement.
+    key_values: Option<String>,
+}
+
+/// Consecutive planned rows (indexes into the plan) written by one
+/// statement.
+struct Chunk {
+    rows: std::ops::Range<usize>,
+    statement: Option<Statement>,
+}
+
+/// Cuts `planned` into runs of rows that one INSERT can write: the same
+/// table and columns, at most `rows_max` rows and the protocol's parameter
+/// count, and under upsert no key twice (PostgreSQL refuses to update a
+/// row twice in one command).
+fn chunks_of(planned: &[Option<&Shared>], rows_max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut keys_seen = std::collections::HashSet::new();
+    for (at, p) in planned.iter().enumerate() {
+        let fits = at > start
+            && match (planned[start], p) {
+                (Some(a), Some(b)) => {
+                    let params_max = POSTGRES_STATEMENT_PARAMS_MAX / a.targets.len().max(1);
+                    a.key == b.key
+                        && at - start < rows_max.min(params_max)
+                        && b.key_values.as_ref().is_none_or(|k| !keys_seen.contains(k))
+                }
+                _ => false,
+            };
+        if at > start && !fits {
+            chunks.push(start..at);
+            start = at;
+            keys_seen.clear();
+        }
+        if let Some(key) = p.and_then(|s| s.key_values.clone()) {
+            keys_seen.insert(key);
+        }
+    }
+    if start < planned.len() {
+        chunks.push(start..planned.len());
+    }
+    chunks
 }
 
 impl Db {
@@ -499,7 +556,8 @@ impl Db {
         &mut self,
         config: &PostgresSinkConfig,
         row: &Row,
-    ) -> std::result::Result<std::result::Result<Option<(Statement, Vec<Param>)>, String>, WriteError> {
+    ) -> std::result::Result<std::result::Result<Option<(Statement, Vec<Param>, Option<Shared>)>, String>, WriteError>
+    {
         let Some(table_columns) = self.table(config, row).await? else { return Ok(Ok(None)) };
         let mut targets = Vec::with_capacity(row.columns.len());
         let mut params = Vec::with_capacity(row.columns.len());
@@ -514,9 +572,25 @@ impl Db {
             targets.push(Target { name: column.name.clone(), cast: kind.cast() });
         }
         let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-        let statement_key = (row.table.clone(), row.delete, names);
+        let statement_key = (row.table.clone(), row.delete, names, 1);
+        let upsert_key = config.upsert.then(|| row.key.clone());
+        let shared = (!row.delete).then(|| Shared {
+            key: statement_key.clone(),
+            targets: targets.clone(),
+            key_values: upsert_key.as_ref().map(|key| {
+                let values: Vec<String> = row
+                    .columns
+                    .iter()
+                    .zip(&params)
+                    .filter(|(column, _)| key.contains(&column.name))
+                    .map(|(_, param)| format!("{param:?}"))
+                    .collect();
+                values.join("\u{0}")
+            }),
+            upsert_key,
+        });
         if let Some(statement) = self.statements.get(&statement_key) {
-            return Ok(Ok(Some((statement.clone(), params))));
+            return Ok(Ok(Some((statement.clone(), params, shared))));
         }
         let text = if row.delete {
             sql::delete(&row.table, &targets)
@@ -536,7 +610,29 @@ impl Db {
             Err(error) => return Ok(Err(describe(&error))),
         };
         self.statements.insert(statement_key, statement.clone());
-        Ok(Ok(Some((statement, params))))
+        Ok(Ok(Some((statement, params, shared))))
+    }
+
+    /// The INSERT of `rows` rows like `shared`'s, prepared once.
+    async fn statement_for_rows(
+        &mut self,
+        config: &PostgresSinkConfig,
+        shared: &Shared,
+        rows: usize,
+    ) -> std::result::Result<Statement, WriteError> {
+        let mut key = shared.key.clone();
+        key.3 = rows;
+        if let Some(statement) = self.statements.get(&key) {
+            return Ok(statement.clone());
+        }
+        let text = sql::insert_rows(&key.0, &shared.targets, shared.upsert_key.as_deref(), rows)
+            .map_err(|e| WriteError::Fatal(ConnectError::Task(e)))?;
+        let client = self.client(config).await?;
+        // The single-row form of the same statement was prepared: this
+        // one fails only as that one would.
+        let statement = client.prepare(&text).await.map_err(|e| classify("preparing", &e))?;
+        self.statements.insert(key, statement.clone());
+        Ok(statement)
     }
 
     /// Writes `rows` in one transaction, pipelined. Returns the rows that
@@ -552,7 +648,7 @@ impl Db {
         let mut planned = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
             match self.plan(config, row).await? {
-                Ok(Some((statement, params))) => planned.push(Planned { index, statement, params }),
+                Ok(Some((statement, params, shared))) => planned.push(Planned { index, statement, params, shared }),
                 Ok(None) => {}
                 Err(why) if config.tolerate_errors => failed.push((index, why)),
                 Err(why) => return Ok(vec![(index, why)]),
@@ -561,24 +657,47 @@ impl Db {
         if planned.is_empty() {
             return Ok(failed);
         }
+        let mut chunks = Vec::new();
+        let shared: Vec<Option<&Shared>> = planned.iter().map(|p| p.shared.as_ref()).collect();
+        for rows in chunks_of(&shared, POSTGRES_STATEMENT_ROWS_MAX) {
+            let statement = match (&planned[rows.start].shared, rows.len()) {
+                (Some(shared), n) if n > 1 => Some(self.statement_for_rows(config, shared, n).await?),
+                _ => None,
+            };
+            chunks.push(Chunk { rows, statement });
+        }
         let client = self.client(config).await?;
         client.batch_execute("BEGIN").await.map_err(|e| classify("BEGIN", &e))?;
-        let results =
-            futures::future::join_all(planned.iter().map(|p| client.execute_raw(&p.statement, p.params.iter()))).await;
-        let first_error = results.into_iter().zip(&planned).find_map(|(result, p)| result.err().map(|e| (p.index, e)));
+        let results = futures::future::join_all(chunks.iter().map(|chunk| match &chunk.statement {
+            Some(statement) => {
+                let params: Vec<&Param> = planned[chunk.rows.clone()].iter().flat_map(|p| p.params.iter()).collect();
+                client.execute_raw(statement, params)
+            }
+            None => {
+                let p = &planned[chunk.rows.start];
+                client.execute_raw(&p.statement, p.params.iter().collect::<Vec<_>>())
+            }
+        }))
+        .await;
+        let first_error =
+            results.into_iter().zip(&chunks).find_map(|(result, c)| result.err().map(|e| (c.rows.start, e)));
         match first_error {
             None => {}
             Some((_, error)) if is_transient(&error) => {
                 return Err(classify("writing the batch", &error));
             }
-            Some((index, error)) => {
+            Some((at, error)) => {
                 // Nothing of this transaction stands; a rollback that
                 // fails only means the connection is gone.
                 let _ = client.batch_execute("ROLLBACK").await;
+                // Row by row, to name the rows the server refuses (a
+                // statement of many rows does not say which).
+                let found = self.write_row_by_row(config, &planned, config.tolerate_errors).await?;
                 if !config.tolerate_errors {
-                    return Ok(vec![(index, describe(&error))]);
+                    let first = found.into_iter().next();
+                    return Ok(vec![first.unwrap_or_else(|| (planned[at].index, describe(&error)))]);
                 }
-                failed.extend(self.write_row_by_row(config, &planned).await?);
+                failed.extend(found);
                 failed.sort_by_key(|(index, _)| *index);
                 return Ok(failed);
             }
@@ -589,11 +708,13 @@ impl Db {
 
     /// The slow path once a batch held a row the server refused: one
     /// transaction, each row behind a savepoint, the refused ones rolled
-    /// back alone.
+    /// back alone. Without `commit` it stops at the first refused row and
+    /// rolls everything back (it only names the row).
     async fn write_row_by_row(
         &mut self,
         config: &PostgresSinkConfig,
         planned: &[Planned],
+        commit: bool,
     ) -> std::result::Result<Vec<(usize, String)>, WriteError> {
         let client = self.client(config).await?;
         let mut failed = Vec::new();
@@ -605,6 +726,10 @@ impl Db {
                 Err(error) if is_transient(&error) => return Err(classify("writing a row", &error)),
                 Err(error) => {
                     failed.push((p.index, describe(&error)));
+                    if !commit {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Ok(failed);
+                    }
                     client
                         .batch_execute("ROLLBACK TO SAVEPOINT spate_row")
                         .await
@@ -613,7 +738,8 @@ impl Db {
             }
             client.batch_execute("RELEASE SAVEPOINT spate_row").await.map_err(|e| classify("RELEASE", &e))?;
         }
-        client.batch_execute("COMMIT").await.map_err(|e| classify("COMMIT", &e))?;
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        client.batch_execute(end).await.map_err(|e| classify(end, &e))?;
         Ok(failed)
     }
 }
@@ -806,6 +932,28 @@ mod tests {
         let delete = config("pk.mode=record_key\ndelete.enabled=true").row_of(tombstone()).expect("ok").expect("row");
         assert!(delete.delete);
         assert_eq!(delete.key, ["id"]);
+    }
+
+    #[test]
+    fn rows_share_a_statement_only_with_the_same_columns_no_repeated_key_and_within_the_bound() {
+        let table = TableName::from_format("${topic}", "t").expect("ok");
+        let shared = |columns: &[&str], key: Option<&str>| Shared {
+            key: (table.clone(), false, columns.iter().map(|c| c.to_string()).collect(), 1),
+            targets: columns.iter().map(|c| Target { name: c.to_string(), cast: None }).collect(),
+            upsert_key: key.map(|_| vec!["id".to_string()]),
+            key_values: key.map(String::from),
+        };
+        let ab = [shared(&["id", "a"], Some("1")), shared(&["id", "a"], Some("2")), shared(&["id", "a"], Some("1"))];
+        let other = shared(&["id", "b"], Some("3"));
+        let rows = [Some(&ab[0]), Some(&ab[1]), Some(&ab[2]), Some(&other), None, Some(&other)];
+        // Key 1 again starts a statement; other columns another; a delete
+        // (None) is alone.
+        assert_eq!(chunks_of(&rows, 500), [0..2, 2..3, 3..4, 4..5, 5..6]);
+        let inserts: Vec<Shared> = (0..5).map(|_| shared(&["x"], None)).collect();
+        let rows: Vec<Option<&Shared>> = inserts.iter().map(Some).collect();
+        assert_eq!(chunks_of(&rows, 2), [0..2, 2..4, 4..5], "at most rows_max rows");
+        assert_eq!(chunks_of(&rows, 500), vec![0..5_usize], "inserts without a key may repeat anything");
+        assert!(chunks_of(&[], 500).is_empty());
     }
 
     #[test]

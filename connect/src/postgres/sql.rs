@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::data::{Schema, SchemaType, Value};
-use crate::limits::POSTGRES_IDENTIFIER_BYTES_MAX;
+use crate::limits::{POSTGRES_IDENTIFIER_BYTES_MAX, POSTGRES_STATEMENT_PARAMS_MAX};
 
 /// `name` as a quoted identifier: `"` doubled inside, the whole in `"`.
 /// Refused: an empty name, a NUL (PostgreSQL cannot store it), and a name
@@ -171,10 +171,32 @@ fn quoted_list(names: &[String]) -> Result<String, String> {
 /// empty then) `... ON CONFLICT (key) DO UPDATE SET` every other column
 /// to the new row's (`DO NOTHING` when every column is in the key).
 pub fn insert(table: &TableName, columns: &[Target], upsert_key: Option<&[String]>) -> Result<String, String> {
+    insert_rows(table, columns, upsert_key, 1)
+}
+
+/// As `insert`, for `rows` rows in one statement: `VALUES ($1, $2), ($3,
+/// $4)`, the parameters row after row. One statement for many rows saves
+/// the server a statement's start and end per row. Under upsert no two
+/// rows of one statement may share a key (PostgreSQL refuses to update a
+/// row twice in one command): the caller cuts them apart.
+pub fn insert_rows(
+    table: &TableName,
+    columns: &[Target],
+    upsert_key: Option<&[String]>,
+    rows: usize,
+) -> Result<String, String> {
     assert!(!columns.is_empty(), "a row writes at least one column");
+    assert!(rows >= 1, "a statement writes at least one row");
+    assert!(rows * columns.len() <= POSTGRES_STATEMENT_PARAMS_MAX, "too many parameters for one statement");
     let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-    let values: Vec<String> = columns.iter().enumerate().map(|(i, c)| placeholder(c, i + 1)).collect();
-    let mut sql = format!("INSERT INTO {table} ({}) VALUES ({})", quoted_list(&names)?, values.join(", "));
+    let tuples: Vec<String> = (0..rows)
+        .map(|row| {
+            let first = row * columns.len();
+            let values: Vec<String> = columns.iter().enumerate().map(|(i, c)| placeholder(c, first + i + 1)).collect();
+            format!("({})", values.join(", "))
+        })
+        .collect();
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES {}", quoted_list(&names)?, tuples.join(", "));
     if let Some(key) = upsert_key {
         assert!(!key.is_empty(), "an upsert needs a key");
         let _ = write!(sql, " ON CONFLICT ({}) DO ", quoted_list(key)?);
@@ -250,6 +272,18 @@ mod tests {
             "INSERT INTO \"users\" (\"a\", \"b\") VALUES ($1, $2) ON CONFLICT (\"a\", \"b\") DO NOTHING"
         );
         assert_eq!(insert(&table, &plain(&["x"]), None).expect("ok"), "INSERT INTO \"users\" (\"x\") VALUES ($1)");
+    }
+
+    #[test]
+    fn many_rows_in_one_statement_number_their_parameters_row_after_row() {
+        let table = TableName::from_format("${topic}", "t").expect("ok");
+        let columns =
+            vec![Target { name: "id".into(), cast: None }, Target { name: "n".into(), cast: Some("numeric".into()) }];
+        assert_eq!(
+            insert_rows(&table, &columns, Some(&["id".to_string()]), 3).expect("ok"),
+            "INSERT INTO \"t\" (\"id\", \"n\") VALUES ($1, CAST($2::text AS numeric)), ($3, CAST($4::text AS numeric)), \
+             ($5, CAST($6::text AS numeric)) ON CONFLICT (\"id\") DO UPDATE SET \"n\" = EXCLUDED.\"n\""
+        );
     }
 
     #[test]
