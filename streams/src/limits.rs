@@ -34,3 +34,11 @@ const _: () = assert!(SEGMENT_INTERVAL_MS_MIN > 0);
 /// `windowstore.changelog.additional.retention.ms`, one day, room for a
 /// restore to find what the store still keeps even when clocks drift.
 pub const WINDOW_CHANGELOG_ADDITIONAL_RETENTION_MS: i64 = 86_400_000;
+
+/// Changelog bytes a restore applies to a persistent store between two
+/// flushes (one durable redb transaction each): the store's in-memory
+/// overlay stays below about this much whatever the changelog's size,
+/// and a large restore pays an fsync per 64 MiB, not per fetch.
+pub const RESTORE_FLUSH_BYTES: usize = 64 << 20;
+
+const _: () = assert!(RESTORE_FLUSH_BYTES >= 1 << 20, "a flush per fetch or so would cost a sync each");

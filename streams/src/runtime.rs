@@ -42,7 +42,7 @@ use crate::config::{
     DeserializationExceptionHandler, ProcessingGuarantee, StreamsConfig, TRANSACTION_TIMEOUT_MS_DEFAULT,
 };
 use crate::error::StreamsError;
-use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_POLL_MS};
+use crate::limits::{DELIVERIES_PENDING_MAX, RESTORE_EMPTY_POLLS_MAX, RESTORE_FLUSH_BYTES, RESTORE_POLL_MS};
 use crate::processor::{GlobalStores, OutRecord};
 use crate::store::{KeyValueStore, changelog_topic};
 use crate::task::{Task, dead_letter_record, task_dir};
@@ -1008,6 +1008,7 @@ async fn restore(
     let mut position = from_offset;
     let mut records = 0u64;
     let mut empty_polls = 0u32;
+    let mut unflushed_bytes = 0usize;
     while position < end_offset {
         let batch = consumer.poll(Duration::from_millis(RESTORE_POLL_MS)).await?;
         empty_polls = if batch.is_empty() { empty_polls + 1 } else { 0 };
@@ -1025,13 +1026,19 @@ async fn restore(
                 break;
             }
             let key = record.key.as_deref().unwrap_or_default();
+            unflushed_bytes =
+                unflushed_bytes.saturating_add(key.len() + record.value.as_ref().map_or(0, |value| value.len()));
             task.restore(store, key, record.value.as_deref())?;
             records += 1;
         }
-        // A persistent store's overlay holds what was restored until a
-        // flush: flushing per batch keeps a large restore's memory bounded.
-        task.flush_stores()?;
         position = consumer.position(&tp).unwrap_or(end_offset);
+        // A persistent store's overlay holds what was restored until a
+        // flush: flushing every RESTORE_FLUSH_BYTES keeps a large restore's
+        // memory bounded, without a durable transaction per fetch.
+        if unflushed_bytes >= RESTORE_FLUSH_BYTES || position >= end_offset {
+            task.flush_stores()?;
+            unflushed_bytes = 0;
+        }
     }
     Ok(Restored { from_offset, end_offset, records })
 }
