@@ -175,6 +175,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
             true => Some(Arc::new(crate::security::tls::TlsServer::load(&config)?)),
             false => None,
         };
+    let controller_tls = crate::security::tls::controller_tls(&config)?;
     // Before any log opens: from here on, a crash reads as unclean.
     let restart =
         crate::clean_stop::on_start(&data_dir, default_durability == spate_engine::Durability::Always).map_err(io)?;
@@ -195,6 +196,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         connection_limits,
         kafka_listeners,
         tls,
+        controller_tls,
         quota_meters: Default::default(),
         config,
         default_durability,
@@ -375,11 +377,8 @@ fn start_controller(
     quorum.broker_heartbeat_interval_ms = config.broker_heartbeat_interval_ms;
     quorum.broker_session_timeout_ms = config.broker_session_timeout_ms;
     quorum.restart = restart;
-    if config.controller_security_protocol()?.uses_tls() && quorum.voters.len() > 1 {
-        let (server, client) = crate::security::tls::controller_tls(config)
-            .map_err(|err| ServeError::Start(format!("controller listener TLS: {err}")))?;
-        let peer_names = config.controller_voter_hosts().into_iter().collect();
-        quorum.tls = Some(spate_replication::TransportTls { server, client, peer_names });
+    if quorum.voters.len() > 1 {
+        quorum.tls = shared.controller_tls.clone();
     }
     let mut kafka_listeners = Vec::new();
     for (index, listener) in shared.kafka_listeners.iter().enumerate() {
@@ -708,6 +707,12 @@ fn proc_net_address(text: &str) -> Option<SocketAddr> {
 /// Reads the TLS stores again (SIGHUP): new connections get the new
 /// certificate; a bad store keeps the old one, said in the log.
 fn reload_tls(shared: &Shared) {
+    if let Some(controller) = &shared.controller_tls {
+        match crate::security::tls::reload_controller_tls(controller, &shared.config) {
+            Ok(()) => tracing::info!("SIGHUP: the controller port's TLS certificates reloaded"),
+            Err(err) => tracing::error!("SIGHUP: the controller port's TLS certificates not reloaded: {err}"),
+        }
+    }
     let Some(tls) = &shared.tls else {
         tracing::info!("SIGHUP: no TLS listener, nothing to reload");
         return;

@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     pub kafka_listeners: Vec<crate::config::KafkaListener>,
     /// TLS for the SSL and SASL_SSL listeners, if any (reloaded on SIGHUP).
     pub tls: Option<Arc<crate::security::tls::TlsServer>>,
+    /// Mutual TLS between the controller voters, when the controller
+    /// listener is SSL (reloaded on SIGHUP).
+    pub controller_tls: Option<spate_replication::TransportTls>,
     /// Client quota meters, shared by every shard (quotas are per broker).
     pub quota_meters: crate::security::quota::QuotaMeters,
     /// Open client connections per address, shared by every shard.

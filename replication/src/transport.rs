@@ -137,10 +137,12 @@ pub(crate) fn read_frame(stream: &mut impl Read) -> io::Result<Option<Vec<u8>>> 
 /// Mutual TLS on the voters' connections: this voter's server side (which
 /// must require and verify client certificates) and client side (its own
 /// certificate, the CAs), and the name each peer's certificate must hold.
+/// The configs are swapped whole when the broker reloads its certificates
+/// (SIGHUP); each new connection takes the current ones.
 #[derive(Clone)]
 pub struct TransportTls {
-    pub server: Arc<rustls::ServerConfig>,
-    pub client: Arc<rustls::ClientConfig>,
+    pub server: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    pub client: Arc<arc_swap::ArcSwap<rustls::ClientConfig>>,
     /// Per voter id, the host it is dialled by (its certificate must name
     /// it); a voter missing here is checked for its address's IP.
     pub peer_names: HashMap<i32, String>,
@@ -307,12 +309,13 @@ fn accept_loop(
     stop: Arc<AtomicBool>,
     inbound: Readers,
     deliver: Deliver,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
 ) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                if let Err(e) = start_reader(stream, peer, &inbound, deliver.clone(), tls.clone()) {
+                let server = tls.as_ref().map(|tls| tls.load_full());
+                if let Err(e) = start_reader(stream, peer, &inbound, deliver.clone(), server) {
                     tracing::warn!(%peer, error = %e, "controller connection setup failed");
                 }
             }
@@ -393,7 +396,7 @@ fn write_loop(
     peer: i32,
     addr: SocketAddr,
     rx: Receiver<Vec<u8>>,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    tls: Option<(Arc<arc_swap::ArcSwap<rustls::ClientConfig>>, rustls_pki_types::ServerName<'static>)>,
 ) {
     let mut conn: Option<BufWriter<Stream>> = None;
     let mut backoff = Duration::from_millis(RECONNECT_BACKOFF_MIN_MS);
@@ -434,7 +437,7 @@ fn write_loop(
 
 fn connect(
     addr: SocketAddr,
-    tls: Option<&(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+    tls: Option<&(Arc<arc_swap::ArcSwap<rustls::ClientConfig>>, rustls_pki_types::ServerName<'static>)>,
 ) -> io::Result<Stream> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
     s.set_nodelay(true)?;
@@ -443,8 +446,10 @@ fn connect(
     // The handshake completes before the first frame is written; reads time
     // out too, so a peer that never answers it does not hold the writer.
     s.set_read_timeout(Some(Duration::from_millis(WRITE_TIMEOUT_MS)))?;
-    let mut tls =
-        rustls::StreamOwned::new(rustls::ClientConnection::new(config.clone(), name.clone()).map_err(tls_error)?, s);
+    let mut tls = rustls::StreamOwned::new(
+        rustls::ClientConnection::new(config.load_full(), name.clone()).map_err(tls_error)?,
+        s,
+    );
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
     }

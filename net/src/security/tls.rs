@@ -117,7 +117,7 @@ fn build(config: &BrokerConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
 /// the client side is the brokers' (`build_peer_client`). A controller
 /// listener that is SSL without a truststore cannot check its peers: an
 /// error.
-pub(crate) fn controller_tls(
+pub(crate) fn controller_tls_configs(
     config: &BrokerConfig,
 ) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
     let roots = truststore(config)?.ok_or(TlsError::ControllerNoTruststore)?;
@@ -304,6 +304,34 @@ fn escape_rfc2253(value: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// The controller port's mutual TLS when the controller listener is SSL
+/// (else None), loaded at start so a bad store stops it with the file
+/// named; `reload_controller_tls` swaps the configs on SIGHUP.
+pub(crate) fn controller_tls(config: &BrokerConfig) -> Result<Option<spate_replication::TransportTls>, TlsError> {
+    let protocol = config.controller_security_protocol().map_err(|err| TlsError::Rustls(err.0))?;
+    if !protocol.uses_tls() {
+        return Ok(None);
+    }
+    let (server, client) = controller_tls_configs(config)?;
+    Ok(Some(spate_replication::TransportTls {
+        server: Arc::new(ArcSwap::new(server)),
+        client: Arc::new(ArcSwap::new(client)),
+        peer_names: config.controller_voter_hosts().into_iter().collect(),
+    }))
+}
+
+/// Reads the stores again for the controller port's TLS; on an error the
+/// configs in use stay.
+pub(crate) fn reload_controller_tls(
+    tls: &spate_replication::TransportTls,
+    config: &BrokerConfig,
+) -> Result<(), TlsError> {
+    let (server, client) = controller_tls_configs(config)?;
+    tls.server.store(server);
+    tls.client.store(client);
+    Ok(())
 }
 
 #[cfg(test)]
