@@ -23,6 +23,12 @@ public final class Main {
                 StreamsTwins.run(argv);
                 System.exit(0);
             }
+            if (name.equals("streams-bench-wordcount")) {
+                // Not a scenario: the Kafka Streams side of
+                // streams/examples/bench.rs's wordcount.
+                StreamsBench.run(argv);
+                System.exit(0);
+            }
             Scenario.Args args = Scenario.Args.parse(argv);
             Map<String, Object> observed = switch (name) {
                 case "produce-consume" -> ProduceConsume.run(args);
@@ -52,6 +58,7 @@ public final class Main {
         System.err.println("usage: run.sh {produce-consume|group|admin|streams-wordcount|streams-wordcount-eos} --bootstrap HOST:PORT"
                 + " [--topic-prefix P] [--group-protocol classic|consumer]");
         System.err.println("       run.sh streams-twins --bootstrap HOST:PORT --prefix P --state-dir DIR");
+        System.err.println("       run.sh streams-bench-wordcount --bootstrap HOST:PORT --lines N --state-dir DIR");
         System.exit(2);
     }
 }
