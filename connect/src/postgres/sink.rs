@@ -438,6 +438,25 @@ struct Chunk {
     statement: Option<Statement>,
 }
 
+/// A run of rows cut into statements of a few sizes only: whole runs of
+/// the most rows a statement takes, else powers of two (a partial batch
+/// of 300 rows is 256 + 32 + 8 + 4), so a connection prepares at most a
+/// dozen INSERTs per table and column list, whatever sizes flushes cut.
+fn statement_sizes(rows: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
+    if rows.len() == POSTGRES_STATEMENT_ROWS_MAX || rows.len().is_power_of_two() {
+        return vec![rows];
+    }
+    let mut pieces = Vec::new();
+    let mut start = rows.start;
+    while start < rows.end {
+        let left = rows.end - start;
+        let size = 1 << left.ilog2();
+        pieces.push(start..start + size);
+        start += size;
+    }
+    pieces
+}
+
 /// Cuts `planned` into runs of rows that one INSERT can write: the same
 /// table and columns, at most `rows_max` rows and the protocol's parameter
 /// count, and under upsert no key twice (PostgreSQL refuses to update a
@@ -659,7 +678,7 @@ impl Db {
         }
         let mut chunks = Vec::new();
         let shared: Vec<Option<&Shared>> = planned.iter().map(|p| p.shared.as_ref()).collect();
-        for rows in chunks_of(&shared, POSTGRES_STATEMENT_ROWS_MAX) {
+        for rows in chunks_of(&shared, POSTGRES_STATEMENT_ROWS_MAX).into_iter().flat_map(statement_sizes) {
             let statement = match (&planned[rows.start].shared, rows.len()) {
                 (Some(shared), n) if n > 1 => Some(self.statement_for_rows(config, shared, n).await?),
                 _ => None,
@@ -954,6 +973,9 @@ mod tests {
         assert_eq!(chunks_of(&rows, 2), [0..2, 2..4, 4..5], "at most rows_max rows");
         assert_eq!(chunks_of(&rows, 500), vec![0..5_usize], "inserts without a key may repeat anything");
         assert!(chunks_of(&[], 500).is_empty());
+        assert_eq!(statement_sizes(10..310), [10..266, 266..298, 298..306, 306..310]);
+        assert_eq!(statement_sizes(0..POSTGRES_STATEMENT_ROWS_MAX), vec![0..POSTGRES_STATEMENT_ROWS_MAX]);
+        assert_eq!(statement_sizes(4..5), vec![4..5_usize]);
     }
 
     #[test]

@@ -441,6 +441,13 @@ fn classify(context: &str, error: &tokio_postgres::Error) -> ReadError {
     if is_transient(error) { ReadError::Transient(text) } else { ReadError::Permanent(ConnectError::Task(text)) }
 }
 
+/// A value the driver could not decode: reading the row again would fail
+/// again, so the task fails (not a connection's hiccup, though it has no
+/// SQLSTATE).
+fn undecodable(error: tokio_postgres::Error) -> ReadError {
+    ReadError::Permanent(ConnectError::Task(format!("reading a row: {}", describe(&error))))
+}
+
 impl SourceState {
     async fn connect(&mut self, config: &PostgresSourceConfig) -> std::result::Result<(), ReadError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
@@ -502,15 +509,14 @@ impl SourceState {
         for row in &rows {
             let mut fields = Vec::with_capacity(columns.len());
             for (column, (name, column_type)) in columns.iter().enumerate() {
-                let value = column_value(row, column, column_type).map_err(|e| classify("reading a row", &e))?;
+                let value = column_value(row, column, column_type).map_err(undecodable)?;
                 fields.push((name.clone(), value));
             }
             if config.mode.incrementing() {
-                position.incrementing =
-                    row.try_get(OFFSET_INCREMENTING_COLUMN).map_err(|e| classify("reading a row", &e))?;
+                position.incrementing = row.try_get(OFFSET_INCREMENTING_COLUMN).map_err(undecodable)?;
             }
             if config.mode.timestamp() {
-                position.timestamp = row.try_get(OFFSET_TIMESTAMP_COLUMN).map_err(|e| classify("reading a row", &e))?;
+                position.timestamp = row.try_get(OFFSET_TIMESTAMP_COLUMN).map_err(undecodable)?;
             }
             let value = SchemaAndValue::new(Some(schema.clone()), Value::Struct(fields));
             records.push(SourceRecord {
