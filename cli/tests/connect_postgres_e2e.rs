@@ -562,3 +562,32 @@ fn rows_that_do_not_fit_the_table_go_to_the_dead_letter_topic_and_the_sink_goes_
     assert!(running.task_state("events-sink").starts_with("RUNNING"));
     running.stop();
 }
+
+#[test]
+fn without_errors_tolerance_a_row_the_server_refuses_fails_the_task_naming_it_and_writes_nothing() {
+    let dir = data_dir("connect-pg-strict");
+    let pg = Postgres::start(&dir.join("postgres"));
+    let broker = Broker::start(&dir.join("broker"), 1);
+    pg.psql("CREATE TABLE events (id BIGINT PRIMARY KEY, amount INTEGER NOT NULL)");
+    let worker = worker_properties(&dir, &broker, "offset.flush.interval.ms=300");
+    let sink = write_config(
+        &dir,
+        "sink.properties",
+        &format!(
+            "name=strict-sink\nconnector.class=PostgresSink\ntopics=events\nconnection.url={}\n\
+             insert.mode=upsert\npk.mode=record_value\npk.fields=id\n\
+             value.converter=org.apache.kafka.connect.json.JsonConverter\nvalue.converter.schemas.enable=false\n",
+            pg.url()
+        ),
+    );
+    create_topic(&broker, "events");
+    // One batch: two good rows around one the server refuses (NOT NULL).
+    let input = "{\"id\":1,\"amount\":10}\n{\"id\":2}\n{\"id\":3,\"amount\":30}\n";
+    let (ok, _, err) = common::cli(&["--brokers", &broker.addr(), "produce", "events"], Some(input.as_bytes()));
+    assert!(ok, "{err}");
+    let running = ConnectWorker::start(&dir, &[&worker, &sink], 1);
+    wait_for("the task to fail", Duration::from_secs(20), || running.task_state("strict-sink").starts_with("FAILED"));
+    let state = running.task_state("strict-sink");
+    assert!(state.contains("events-0@1") && state.contains("23502"), "the refused record named: {state}");
+    assert_eq!(row_count(&pg, "events"), 0, "nothing of the failed batch is committed");
+}
