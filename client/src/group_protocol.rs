@@ -16,7 +16,11 @@ use crate::protocol::{OutFrame, Stamp, body, envelope, finish, strings};
 
 type TpsVector<'a> = Vector<'a, ForwardsUOffset<proto::TopicPartitions<'a>>>;
 
-fn create_tps<'a>(builder: &mut FlatBufferBuilder<'a>, set: &BTreeSet<TopicPartition>) -> WIPOffset<TpsVector<'a>> {
+/// Partitions grouped by topic, as the group and transaction APIs carry them.
+pub(crate) fn create_tps<'a>(
+    builder: &mut FlatBufferBuilder<'a>,
+    set: &BTreeSet<TopicPartition>,
+) -> WIPOffset<TpsVector<'a>> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for tp in set {
         by_topic.entry(&tp.topic).or_default().push(tp.partition);

@@ -30,22 +30,7 @@ pub(crate) fn add_partitions(
     partitions: &BTreeSet<TopicPartition>,
 ) -> OutFrame {
     let mut builder = FlatBufferBuilder::new();
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for tp in partitions {
-        by_topic.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    let topics: Vec<_> = by_topic
-        .into_iter()
-        .map(|(topic, partitions)| {
-            let topic = builder.create_string(topic);
-            let partitions = builder.create_vector(&partitions);
-            proto::TopicPartitions::create(
-                &mut builder,
-                &proto::TopicPartitionsArgs { topic: Some(topic), partitions: Some(partitions) },
-            )
-        })
-        .collect();
-    let topics = builder.create_vector(&topics);
+    let topics = crate::group_protocol::create_tps(&mut builder, partitions);
     let transactional_id = builder.create_string(transactional_id);
     let body = proto::AddPartitionsToTxnRequest::create(
         &mut builder,
