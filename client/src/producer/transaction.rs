@@ -296,8 +296,12 @@ impl Producer {
         let txn = txn_of(self)?;
         let mut state = txn.state.lock().await;
         let identity = state.check(&Phase::InTransaction, "abort_transaction")?;
-        // Their outcomes do not matter: the transaction is aborted.
-        let _ = self.flush().await;
+        // Their outcomes do not matter: the transaction is aborted. A flush
+        // that cannot run (the producer is closed) still lets the abort go
+        // to the coordinator.
+        if let Err(error) = self.flush().await {
+            tracing::warn!(transactional_id = %txn.id, %error, "aborting a transaction whose records could not be flushed");
+        }
         if !state.partitions.is_empty() || !state.groups.is_empty() {
             end_transaction(&self.shared, txn, identity, false).await.map_err(|error| state.note(error))?;
         }

@@ -26,7 +26,7 @@ use spate_replication::acl::{AclOperation, AclResourceType};
 use super::{Ctx, decode, respond};
 use crate::group::Tp;
 use crate::limits::{GROUPS_PER_REQUEST_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX};
-use crate::txn::{TxnError, TxnMeta, TxnOp, TxnState, route};
+use crate::txn::{TxnError, TxnMeta, TxnOp, TxnState, call};
 use crate::wire::{Reply, Response};
 
 /// Kafka's code for a refusal, at the request's version: clients before
@@ -46,19 +46,6 @@ fn code(ctx: &Ctx, err: TxnError) -> i16 {
         TxnError::InvalidTransactionTimeout => K::InvalidTransactionTimeout.code(),
         TxnError::TooManyPartitions => K::InvalidRequest.code(),
     }
-}
-
-/// Sends `op` to the id's coordinator shard and waits for its answer.
-async fn call<T>(
-    ctx: &Ctx,
-    txn_id: &str,
-    op: impl FnOnce(oneshot::Sender<Result<T, TxnError>>) -> TxnOp,
-) -> Result<T, TxnError> {
-    let (reply, wait) = oneshot::channel();
-    if !route(&ctx.shard, txn_id, op(reply)) {
-        return Err(TxnError::CoordinatorNotAvailable);
-    }
-    wait.await.unwrap_or(Err(TxnError::CoordinatorNotAvailable))
 }
 
 fn valid_id(txn_id: &str) -> bool {
@@ -87,7 +74,7 @@ pub(crate) fn init_producer_id(ctx: Ctx, request: InitProducerIdRequest, txn_id:
     let timeout_ms = request.transaction_timeout_ms;
     let principal = (*ctx.principal).clone();
     Reply::Later(Box::pin(async move {
-        let result = call(&ctx, &txn_id.clone(), |reply| TxnOp::Init {
+        let result = call(&ctx.shard, &txn_id.clone(), |reply| TxnOp::Init {
             txn_id,
             timeout_ms,
             expected,
@@ -181,7 +168,7 @@ pub(crate) fn add_partitions_to_txn(ctx: Ctx, body: Bytes) -> Reply {
     }
     let (producer_id, producer_epoch) = (request.v3_and_below_producer_id.0, request.v3_and_below_producer_epoch);
     Reply::Later(Box::pin(async move {
-        let result = call(&ctx, &txn_id.clone(), |reply| TxnOp::AddPartitions {
+        let result = call(&ctx.shard, &txn_id.clone(), |reply| TxnOp::AddPartitions {
             txn_id,
             producer_id,
             producer_epoch,
@@ -225,7 +212,7 @@ pub(crate) fn add_offsets_to_txn(ctx: Ctx, body: Bytes) -> Reply {
     let partition = (CONSUMER_OFFSETS_TOPIC.to_string(), group_partition(&group_id, offsets_partitions) as i32);
     let (producer_id, producer_epoch) = (request.producer_id.0, request.producer_epoch);
     Reply::Later(Box::pin(async move {
-        let result = call(&ctx, &txn_id.clone(), |reply| TxnOp::AddPartitions {
+        let result = call(&ctx.shard, &txn_id.clone(), |reply| TxnOp::AddPartitions {
             txn_id,
             producer_id,
             producer_epoch,
@@ -250,9 +237,14 @@ pub(crate) fn end_txn(ctx: Ctx, body: Bytes) -> Reply {
     }
     let (producer_id, producer_epoch, commit) = (request.producer_id.0, request.producer_epoch, request.committed);
     Reply::Later(Box::pin(async move {
-        let result =
-            call(&ctx, &txn_id.clone(), |reply| TxnOp::End { txn_id, producer_id, producer_epoch, commit, reply })
-                .await;
+        let result = call(&ctx.shard, &txn_id.clone(), |reply| TxnOp::End {
+            txn_id,
+            producer_id,
+            producer_epoch,
+            commit,
+            reply,
+        })
+        .await;
         let answer = result.err().map_or(0, |err| code(&ctx, err));
         respond(&ctx, &EndTxnResponse::default().with_error_code(answer))
     }))
@@ -307,7 +299,8 @@ pub(crate) fn describe_transactions(ctx: Ctx, body: Bytes) -> Reply {
                 states.push(entry.with_error_code(K::TransactionalIdAuthorizationFailed.code()));
                 continue;
             }
-            let result = call(&ctx, &txn_id.clone(), |reply| TxnOp::Describe { txn_id: txn_id.clone(), reply }).await;
+            let result =
+                call(&ctx.shard, &txn_id.clone(), |reply| TxnOp::Describe { txn_id: txn_id.clone(), reply }).await;
             states.push(match result {
                 Ok(Some(meta)) => described(&ctx, &txn_id, &meta),
                 Ok(None) => entry.with_error_code(K::TransactionalIdNotFound.code()),

@@ -17,7 +17,7 @@ use crate::group::txn_offsets::TxnCommit;
 use crate::group::{GroupOp, Tp, classic::codes};
 use crate::limits::PARTITIONS_PER_REQUEST_MAX;
 use crate::shard::Shard;
-use crate::txn::{TxnError, TxnOp, route};
+use crate::txn::{TxnError, TxnOp, call};
 use crate::wire::{Reply, Response, envelope, envelope_frame, invalid};
 
 /// The native code for a coordinator's refusal. The codes the client
@@ -67,20 +67,6 @@ fn group_code(code: i16) -> ErrorCode {
         INVALID_PRODUCER_ID_MAPPING => ErrorCode::InvalidProducerIdMapping,
         _ => ErrorCode::Unknown,
     }
-}
-
-/// Sends `op` to the transactional id's coordinator shard (on this broker)
-/// and waits for its answer.
-async fn call<T>(
-    shard: &Rc<Shard>,
-    txn_id: &str,
-    op: impl FnOnce(oneshot::Sender<Result<T, TxnError>>) -> TxnOp,
-) -> Result<T, TxnError> {
-    let (reply, wait) = oneshot::channel();
-    if !route(shard, txn_id, op(reply)) {
-        return Err(TxnError::CoordinatorNotAvailable);
-    }
-    wait.await.unwrap_or(Err(TxnError::CoordinatorNotAvailable))
 }
 
 fn valid_txn_id(txn_id: &str) -> bool {

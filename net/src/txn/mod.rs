@@ -171,6 +171,20 @@ pub(crate) fn route(shard: &Rc<Shard>, txn_id: &str, op: TxnOp) -> bool {
     }
 }
 
+/// Sends `op` to the transactional id's coordinator shard and waits for
+/// its answer (both front-ends' transaction APIs).
+pub(crate) async fn call<T>(
+    shard: &Rc<Shard>,
+    txn_id: &str,
+    op: impl FnOnce(oneshot::Sender<Result<T, TxnError>>) -> TxnOp,
+) -> Result<T, TxnError> {
+    let (reply, wait) = oneshot::channel();
+    if !route(shard, txn_id, op(reply)) {
+        return Err(TxnError::CoordinatorNotAvailable);
+    }
+    wait.await.unwrap_or(Err(TxnError::CoordinatorNotAvailable))
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
