@@ -107,7 +107,7 @@ fn a_partition_whose_disk_fails_hands_its_leadership_over_and_stays_offline_ther
     // A run that died before its unmount left the small disk mounted.
     let leftover = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(&names[0]).join("topics");
     let _ = Command::new("umount").arg("-l").arg(&leftover).stderr(std::process::Stdio::null()).status();
-    let dirs: Vec<PathBuf> = names.iter().map(|name| data_dir(name)).collect();
+    let dirs: Vec<common::TestDir> = names.iter().map(|name| data_dir(name)).collect();
     let topics = dirs[0].join("topics");
     let Some(disk) = SmallDisk::mount(&topics, 24 << 20) else { return };
     let controller_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -124,7 +124,7 @@ fn a_partition_whose_disk_fails_hands_its_leadership_over_and_stays_offline_ther
         .collect();
     let starting: Vec<_> = (0..3)
         .map(|i| {
-            let dir = dirs[i].clone();
+            let dir = dirs[i].to_path_buf();
             let flags = flags[i].clone();
             std::thread::spawn(move || {
                 let flags: Vec<&str> = flags.iter().map(String::as_str).collect();

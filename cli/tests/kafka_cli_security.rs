@@ -42,7 +42,7 @@ fn make_certificates(dir: &Path, ca_name: &str, names: &[&str], clients: &[&str]
 
 struct Secured {
     broker: Broker,
-    dir: PathBuf,
+    dir: common::TestDir,
     /// host:port of each listener.
     plain: String,
     sasl_ssl: String,

@@ -15,6 +15,9 @@ use common::{Broker, data_dir, free_port_below_ephemeral};
 
 struct Files {
     dir: PathBuf,
+    /// The test's directory, when `start` made it: it outlives the broker
+    /// returned beside it (removed once the test passes).
+    _root: Option<common::TestDir>,
 }
 
 impl Files {
@@ -29,7 +32,7 @@ impl Files {
 /// key in one PEM file, KIP-651) issued by `ca`.
 fn start(name: &str, ca: &Ca, client_auth: &str) -> (Broker, Files, u16, u16) {
     let dir = data_dir(name);
-    let files = Files { dir: dir.join("tls") };
+    let files = Files { dir: dir.join("tls"), _root: None };
     std::fs::create_dir_all(&files.dir).unwrap();
     let (cert, key) = ca.issue("broker-1", false);
     let keystore = files.write("broker.pem", &format!("{cert}{key}"));
@@ -47,7 +50,7 @@ fn start(name: &str, ca: &Ca, client_auth: &str) -> (Broker, Files, u16, u16) {
     );
     let config = properties.to_str().unwrap().to_string();
     let broker = Broker::start_with(&dir.join("data"), 1, 0, &["--config", &config, "--listeners", &listeners]);
-    (broker, files, plain_port, ssl_port)
+    (broker, Files { _root: Some(dir), ..files }, plain_port, ssl_port)
 }
 
 fn ssl(ca: &str) -> Vec<(&str, &str)> {
@@ -197,7 +200,7 @@ fn metrics_served_over_tls_with_the_brokers_keystore() {
     use std::io::BufRead;
     let ca = Ca::new("spate metrics CA");
     let dir = data_dir("tls-metrics");
-    let files = Files { dir: dir.join("tls") };
+    let files = Files { dir: dir.join("tls"), _root: None };
     std::fs::create_dir_all(&files.dir).unwrap();
     let (cert, key) = ca.issue("broker-1", false);
     let keystore = files.write("broker.pem", &format!("{cert}{key}"));

@@ -73,7 +73,8 @@ fn served(broker: &Broker) {
 /// the broker's versions, not a closed connection.
 #[test]
 fn api_versions_newer_than_ours_gets_a_v0_answer() {
-    let broker = Broker::start(&data_dir("kafka_wire_api_versions"), 1);
+    let dir = data_dir("kafka_wire_api_versions");
+    let broker = Broker::start(&dir, 1);
     let mut stream = connect(&broker);
     // v99 of ApiVersions: its body cannot be parsed; only its header.
     let header = RequestHeader::default()
@@ -107,7 +108,8 @@ fn api_versions_newer_than_ours_gets_a_v0_answer() {
 /// the count it read, 2^31 entries; vendor/README.md.)
 #[test]
 fn broken_frames_close_the_connection_not_the_broker() {
-    let broker = Broker::start(&data_dir("kafka_wire_broken"), 1);
+    let dir = data_dir("kafka_wire_broken");
+    let broker = Broker::start(&dir, 1);
     // A negative size, a size over the cap, a header cut short, an API key
     // Kafka does not have, a body that does not parse.
     let mut cases: Vec<Vec<u8>> = vec![
@@ -144,7 +146,8 @@ fn broken_frames_close_the_connection_not_the_broker() {
 /// (only an authenticated broker connection may move the high watermark).
 #[test]
 fn a_kafka_fetch_claiming_a_replica_id_is_refused() {
-    let broker = Broker::start(&data_dir("kafka_wire_replica_fetch"), 1);
+    let dir = data_dir("kafka_wire_replica_fetch");
+    let broker = Broker::start(&dir, 1);
     let mut stream = connect(&broker);
     let fetch = FetchRequest::default().with_replica_id(kafka_protocol::messages::BrokerId(1)).with_max_wait_ms(0);
     request(&mut stream, ApiKey::Fetch, 12, 3, &fetch);
@@ -162,7 +165,8 @@ fn a_kafka_fetch_claiming_a_replica_id_is_refused() {
 /// build, alternately).
 #[test]
 fn a_second_broker_on_the_same_port_is_refused_not_sharing_it() {
-    let broker = Broker::start(&data_dir("kafka_wire_port_taken"), 1);
+    let first_dir = data_dir("kafka_wire_port_taken");
+    let broker = Broker::start(&first_dir, 1);
     let dir = data_dir("kafka_wire_port_taken_second");
     let listeners = format!("PLAINTEXT://127.0.0.1:{}", broker.kafka_port);
     let output = std::process::Command::new(common::SPATE)
@@ -223,11 +227,12 @@ fn a_refused_start_leaves_the_record_of_a_reboot_for_the_next_start() {
 fn a_kafka_listener_on_a_shard_port_of_the_same_broker_is_refused() {
     let port = common::free_port_below_ephemeral();
     let listeners = format!("PLAINTEXT://127.0.0.1:{}", port + 1);
+    let dir = data_dir("kafka_wire_port_twice");
     let output = std::process::Command::new(common::SPATE)
         .args(["serve", "--metrics-listen", "", "--no-pin", "--shards", "1", "--listeners", &listeners])
         .args(["--port", &port.to_string()])
         .arg("--data-dir")
-        .arg(data_dir("kafka_wire_port_twice"))
+        .arg(&dir)
         .output()
         .expect("run spate serve");
     assert!(!output.status.success(), "a broker started with one port bound twice");
@@ -258,7 +263,8 @@ fn request_as<T: Encodable>(stream: &mut TcpStream, api: ApiKey, version: i16, c
 fn a_client_over_its_request_percentage_is_held_to_its_share_of_the_core() {
     use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
     use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
-    let broker = Broker::start(&data_dir("kafka_wire_request_quota"), 1);
+    let dir = data_dir("kafka_wire_request_quota");
+    let broker = Broker::start(&dir, 1);
     let mut admin = connect(&broker);
     // 0.1% of a core: 1 ms of the shard's time a second.
     let alter = AlterClientQuotasRequest::default().with_entries(vec![
@@ -310,7 +316,8 @@ fn a_client_over_its_consumer_byte_rate_is_throttled_and_kept_quiet() {
         AlterClientQuotasRequest, AlterClientQuotasResponse, DescribeClientQuotasRequest, DescribeClientQuotasResponse,
         TopicName,
     };
-    let broker = Broker::start(&data_dir("kafka_wire_quota"), 1);
+    let dir = data_dir("kafka_wire_quota");
+    let broker = Broker::start(&dir, 1);
     // 200 records of 1000 bytes, written by kcat.
     let lines: String = (0..200).map(|i| format!("{i:0>1000}\n")).collect();
     let mut kcat = std::process::Command::new("kcat")

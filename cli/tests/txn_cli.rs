@@ -66,7 +66,8 @@ fn rows(out: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn txn_lists_describes_and_aborts_an_open_transaction() {
-    let broker = Broker::start(&data_dir("txn_cli"), 1);
+    let dir = data_dir("txn_cli");
+    let broker = Broker::start(&dir, 1);
     let mut producer = hold_open(&broker.kafka_addr(), "held");
 
     let (ok, out, err) = spate_txn(&broker, &["list"]);

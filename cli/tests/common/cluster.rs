@@ -1,7 +1,7 @@
 //! Three `spate serve` processes on loopback, each a controller voter,
 //! for the replication tests.
 
-use super::{Broker, data_dir};
+use super::{Broker, TestDir, data_dir};
 
 /// Short enough for quick failovers, long enough that a busy CI machine
 /// does not fence live brokers.
@@ -23,6 +23,9 @@ pub fn free_port() -> u16 {
 pub struct Cluster {
     pub brokers: Vec<Broker>,
     pub flags: Vec<Vec<String>>,
+    /// Dropped after the brokers (fields drop in order): removed when the
+    /// test passes.
+    dirs: Vec<TestDir>,
 }
 
 impl Cluster {
@@ -74,9 +77,10 @@ impl Cluster {
                     flags
                 })
                 .collect();
+            let dirs: Vec<TestDir> = (0..flags.len()).map(|i| data_dir(&format!("{name}-{}", i + 1))).collect();
             let starting: Vec<_> = (0..flags.len())
                 .map(|i| {
-                    let dir = data_dir(&format!("{name}-{}", i + 1));
+                    let dir = dirs[i].to_path_buf();
                     let flags = flags[i].clone();
                     std::thread::spawn(move || {
                         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -87,7 +91,7 @@ impl Cluster {
             let started: Vec<_> = starting.into_iter().map(|t| t.join()).collect();
             if started.iter().all(Result::is_ok) {
                 let brokers = started.into_iter().map(|b| b.expect("checked")).collect();
-                return Cluster { brokers, flags };
+                return Cluster { brokers, flags, dirs };
             }
             // Dropping the started brokers kills them.
             eprintln!("cluster start attempt {attempt} failed (a port was taken?); retrying");

@@ -16,10 +16,13 @@ pub const SPATE: &str = env!("CARGO_BIN_EXE_spate");
 #[path = "../../../net/tests/common/ports.rs"]
 mod ports;
 pub use ports::free_port_below_ephemeral;
+mod test_dir;
+pub use test_dir::TestDir;
 
-pub fn data_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
+/// The test's data directory, created empty and removed when the test
+/// passes (`test_dir.rs`).
+pub fn data_dir(name: &str) -> TestDir {
+    let dir = TestDir::fresh(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e"), name);
     std::fs::create_dir_all(&dir).expect("test dir");
     dir
 }

@@ -26,6 +26,11 @@ pub fn free_port() -> u16 {
     ports::free_port_below_ephemeral()
 }
 
+/// The test's data directory, emptied of an earlier run's files. Left on
+/// disk after the test: brokers here run in the test's process, often
+/// started by helpers that return them, where a guard removing the
+/// directory (`test_dir.rs`, for the real-process tests of cli/) would
+/// drop before the broker stops.
 pub fn data_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("net-tests").join(name);
     let _ = std::fs::remove_dir_all(&dir);
