@@ -39,6 +39,7 @@ pub(crate) fn add_partitions(
             producer_id: producer.id,
             producer_epoch: producer.epoch,
             topics: Some(topics),
+            verify_only: false,
         },
     );
     finish(builder, stamp, Body::AddPartitionsToTxnRequest, body.as_union_value())

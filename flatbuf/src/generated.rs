@@ -10779,6 +10779,7 @@ impl<'a> AddPartitionsToTxnRequest<'a> {
   pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_VERIFY_ONLY: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -10794,6 +10795,7 @@ impl<'a> AddPartitionsToTxnRequest<'a> {
     if let Some(x) = args.topics { builder.add_topics(x); }
     if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
     builder.add_producer_epoch(args.producer_epoch);
+    builder.add_verify_only(args.verify_only);
     builder.finish()
   }
 
@@ -10826,6 +10828,13 @@ impl<'a> AddPartitionsToTxnRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>(AddPartitionsToTxnRequest::VT_TOPICS, None)}
   }
+  #[inline]
+  pub fn verify_only(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AddPartitionsToTxnRequest::VT_VERIFY_ONLY, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for AddPartitionsToTxnRequest<'_> {
@@ -10838,6 +10847,7 @@ impl ::flatbuffers::Verifiable for AddPartitionsToTxnRequest<'_> {
      .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
      .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicPartitions>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<bool>("verify_only", Self::VT_VERIFY_ONLY, false)?
      .finish();
     Ok(())
   }
@@ -10847,6 +10857,7 @@ pub struct AddPartitionsToTxnRequestArgs<'a> {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicPartitions<'a>>>>>,
+    pub verify_only: bool,
 }
 impl<'a> Default for AddPartitionsToTxnRequestArgs<'a> {
   #[inline]
@@ -10856,6 +10867,7 @@ impl<'a> Default for AddPartitionsToTxnRequestArgs<'a> {
       producer_id: -1,
       producer_epoch: -1,
       topics: None,
+      verify_only: false,
     }
   }
 }
@@ -10882,6 +10894,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AddPartitionsToTxnRequestBuil
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AddPartitionsToTxnRequest::VT_TOPICS, topics);
   }
   #[inline]
+  pub fn add_verify_only(&mut self, verify_only: bool) {
+    self.fbb_.push_slot::<bool>(AddPartitionsToTxnRequest::VT_VERIFY_ONLY, verify_only, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AddPartitionsToTxnRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AddPartitionsToTxnRequestBuilder {
@@ -10903,6 +10919,7 @@ impl ::core::fmt::Debug for AddPartitionsToTxnRequest<'_> {
       ds.field("producer_id", &self.producer_id());
       ds.field("producer_epoch", &self.producer_epoch());
       ds.field("topics", &self.topics());
+      ds.field("verify_only", &self.verify_only());
       ds.finish()
   }
 }

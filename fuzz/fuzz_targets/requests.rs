@@ -494,6 +494,8 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 producer_id: input.i64(),
                 producer_epoch: input.i16(),
                 topics: Some(topics),
+                // A client's claim to be a broker's verification is refused.
+                verify_only: input.u8() % 2 == 1,
             };
             (Body::AddPartitionsToTxnRequest, AddPartitionsToTxnRequest::create(b, &args).as_union_value())
         }

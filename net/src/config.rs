@@ -99,6 +99,12 @@ pub struct BrokerConfig {
     /// The longest transaction timeout a producer may ask for (Kafka's
     /// transaction.max.timeout.ms); InitProducerId refuses longer ones.
     pub transaction_max_timeout_ms: u64,
+    /// KIP-890 part 1 (Kafka's transaction.partition.verification.enable):
+    /// a partition leader asks the transaction coordinator before it takes
+    /// a producer's first transactional batch of a transaction. Off only
+    /// while a cluster still has brokers that do not answer the question
+    /// (they would add the partition instead of checking it).
+    pub transaction_partition_verification_enable: bool,
     /// How often each coordinator aborts its transactions past their
     /// timeout (Kafka's
     /// transaction.abort.timed.out.transaction.cleanup.interval.ms).
@@ -250,6 +256,7 @@ impl Default for BrokerConfig {
             group_offsets_partitions: 16,
             transaction_state_partitions: 16,
             transaction_max_timeout_ms: 900_000,
+            transaction_partition_verification_enable: true,
             transaction_abort_check_interval_ms: 10_000,
             transactional_id_expiration_ms: 604_800_000,
             // Low enough for tests and fast failover; Kafka's is 6 s.
@@ -760,6 +767,7 @@ fn apply_kafka_key(config: &mut BrokerConfig, key: &str, value: &str) -> Result<
             config.transaction_state_partitions = number("a partition count")? as u32
         }
         "transaction.max.timeout.ms" => config.transaction_max_timeout_ms = number("milliseconds")?,
+        "transaction.partition.verification.enable" => config.transaction_partition_verification_enable = flag()?,
         "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
             config.transaction_abort_check_interval_ms = number("milliseconds")?
         }

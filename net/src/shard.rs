@@ -248,17 +248,25 @@ pub(crate) struct ProducerSummary {
     pub current_txn_start_offset: i64,
 }
 
+/// A produce to one partition, for its owner shard.
+#[derive(Debug)]
+pub(crate) struct ProduceOp {
+    pub topic: Arc<TopicMeta>,
+    pub partition: u32,
+    pub batches: Vec<BytesMut>,
+    pub acks: i16,
+    pub timeout: Duration,
+    /// The request's transactional id: its coordinator is asked before
+    /// the producer's first transactional batch of a transaction is taken
+    /// (KIP-890 part 1, `txn/guard.rs`).
+    pub transactional_id: Option<Arc<str>>,
+    pub reply: oneshot::Sender<AppendResult>,
+}
+
 /// Work for the shard that owns a partition (or, for `Admin`, shard 0).
 #[derive(Debug)]
 pub(crate) enum ShardOp {
-    Produce {
-        topic: Arc<TopicMeta>,
-        partition: u32,
-        batches: Vec<BytesMut>,
-        acks: i16,
-        timeout: Duration,
-        reply: oneshot::Sender<AppendResult>,
-    },
+    Produce(ProduceOp),
     Fetch {
         topic: Arc<TopicMeta>,
         partition: u32,
@@ -374,6 +382,8 @@ pub(crate) struct Shard {
     pub groups: crate::group::Groups,
     /// The transactional ids this shard coordinates.
     pub txns: crate::txn::Txns,
+    /// Produces waiting for their transaction's verification (KIP-890).
+    pub verifications: crate::txn::guard::Verifications<ProduceOp>,
     pub stopping: Cell<bool>,
     /// Accept loops wait on this to stop.
     pub stop_listeners: RefCell<Vec<oneshot::Sender<()>>>,
@@ -381,6 +391,32 @@ pub(crate) struct Shard {
     cleaner_queue: glommio::TaskQueueHandle,
     /// Used on the admin shard only.
     pub producer_ids: crate::producer_ids::ProducerIdAllocator,
+}
+
+/// A produce's answer when its transaction's coordinator did not confirm
+/// the partition is in the transaction (KIP-890 part 1). A coordinator
+/// that could not answer is retriable (Kafka's produce path answers
+/// NOT_ENOUGH_REPLICAS then, which every client retries).
+fn verification_refusal(err: crate::txn::TxnError, topic: &str, partition: u32) -> (ErrorCode, String) {
+    use crate::txn::TxnError;
+    match err {
+        TxnError::ProducerFenced => (
+            ErrorCode::InvalidProducerEpoch,
+            format!("{topic}/{partition}: a newer producer with this transactional id exists"),
+        ),
+        TxnError::InvalidProducerIdMapping => (
+            ErrorCode::InvalidProducerIdMapping,
+            format!("{topic}/{partition}: the producer id is not the transactional id's"),
+        ),
+        TxnError::InvalidTxnState => (
+            ErrorCode::InvalidTxnState,
+            format!("{topic}/{partition} is not in the producer's ongoing transaction (add it first)"),
+        ),
+        other => (
+            ErrorCode::NotEnoughReplicas,
+            format!("{topic}/{partition}: the transaction coordinator could not verify the partition ({other:?})"),
+        ),
+    }
 }
 
 /// A partition hosted here whose log failed to open, met damaged data or
@@ -485,6 +521,7 @@ impl Shard {
             bytes_in_flight,
             groups: crate::group::Groups::default(),
             txns: crate::txn::Txns::default(),
+            verifications: Default::default(),
             stopping: Cell::new(false),
             stop_listeners: RefCell::new(Vec::new()),
             cleaner_queue: glommio::executor().create_task_queue(
@@ -581,23 +618,7 @@ impl Shard {
     /// order ops arrive.
     pub fn execute(self: &Rc<Self>, op: ShardOp) {
         match op {
-            ShardOp::Produce { topic, partition, batches, acks, timeout, reply } => {
-                let pending = self.append(&topic, partition, batches, acks);
-                let metrics_topic = topic.name.clone();
-                let shard = self.clone();
-                glommio::spawn_local(async move {
-                    let result = pending.finish(acks, timeout).await;
-                    if result.outcome.error == ErrorCode::None {
-                        shard.metrics.produced(&metrics_topic);
-                    } else {
-                        // A failed write fails the log for good: stop
-                        // serving it now rather than at the next check.
-                        shard.take_offline_if_failed(&topic, partition).await;
-                    }
-                    let _ = reply.send(result);
-                })
-                .detach();
-            }
+            ShardOp::Produce(op) => self.produce(op),
             ShardOp::Fetch {
                 topic,
                 partition,
@@ -806,6 +827,115 @@ impl Shard {
                 // Handled by the mailbox loop, which owns the shard's end.
             }
         }
+    }
+
+    /// A produce on the owner: appended now, unless it carries its
+    /// producer's first transactional batch of a transaction here (its
+    /// coordinator is asked first) or that producer's verification here is
+    /// still on its way (it queues behind).
+    fn produce(self: &Rc<Self>, op: ProduceOp) {
+        let Some((key, question)) = self.verification(&op) else { return self.produce_now(op) };
+        let Some(op) = self.verifications.queue_behind(&key, op) else { return };
+        let Some((txn_id, producer_epoch, leader_epoch)) = question else { return self.produce_now(op) };
+        self.verifications.begin(key.clone(), leader_epoch);
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let tp = (op.topic.name.clone(), op.partition as i32);
+            let answer = crate::txn::verify(&shard, &txn_id, key.1, producer_epoch, tp).await;
+            shard.verified(&key, op, answer);
+        })
+        .detach();
+    }
+
+    /// Whether `op` takes part in a KIP-890 verification: its producer on
+    /// the partition, and the question to ask (transactional id, producer
+    /// epoch, leader epoch now) if its first transactional batch opens the
+    /// producer's transaction here. None: append it now.
+    #[allow(clippy::type_complexity)]
+    fn verification(&self, op: &ProduceOp) -> Option<(crate::txn::guard::GuardKey, Option<(Arc<str>, i16, i32)>)> {
+        if !self.shared.config.transaction_partition_verification_enable {
+            return None;
+        }
+        let txn_id = op.transactional_id.clone()?;
+        let header = op.batches.iter().find_map(|batch| {
+            spate_format::batch::peek_header(batch).ok().filter(|header| header.attributes().is_transactional())
+        })?;
+        let (producer_id, producer_epoch) = (header.producer_id.get(), header.producer_epoch.get());
+        let key = ((Arc::from(op.topic.topic_id.as_str()), op.partition), producer_id);
+        // Refusals (not hosted, not the leader) are the append's to give.
+        let replica = self.replica(&op.topic, op.partition)?;
+        let leader_epoch = replica.check_leader(-1).ok()?;
+        // Open here at this epoch: verified when it opened, and its marker
+        // has not ended it (a marker clears it in the same step).
+        let open = replica
+            .log
+            .producer_entry(producer_id)
+            .is_some_and(|entry| entry.epoch == producer_epoch && entry.current_txn_first_offset.is_some());
+        Some((key, (!open).then_some((txn_id, producer_epoch, leader_epoch))))
+    }
+
+    /// The coordinator answered `op`'s verification: append it or refuse
+    /// it, then run what queued behind it, in order.
+    fn verified(
+        self: &Rc<Self>,
+        key: &crate::txn::guard::GuardKey,
+        op: ProduceOp,
+        answer: Result<(), crate::txn::TxnError>,
+    ) {
+        let finished = self.verifications.finish(key);
+        let name = &op.topic.name;
+        let partition = op.partition;
+        let refusal = match answer {
+            Ok(()) if finished.marked => Some((
+                ErrorCode::InvalidTxnState,
+                format!("{name}/{partition}: the transaction ended while the partition was verified"),
+            )),
+            Ok(()) => {
+                let now = self.replica(&op.topic, partition).map(|replica| replica.check_leader(-1));
+                match now {
+                    Some(Ok(epoch)) if epoch == finished.leader_epoch => None,
+                    _ => Some((
+                        ErrorCode::NotLeaderOrFollower,
+                        format!("{name}/{partition}: leadership moved while the transaction was verified"),
+                    )),
+                }
+            }
+            Err(err) => Some(verification_refusal(err, name, partition)),
+        };
+        match refusal {
+            None => self.produce_now(op),
+            Some((code, message)) => {
+                tracing::debug!(shard = self.id, topic = %name, partition, producer_id = key.1, ?code, "{message}");
+                let _ = op.reply.send(AppendResult {
+                    outcome: Outcome::err(code, message),
+                    base_offset: -1,
+                    log_start_offset: -1,
+                });
+            }
+        }
+        for queued in finished.queued {
+            self.produce(queued);
+        }
+    }
+
+    /// Appends now (phase one) and answers once acknowledged (phase two).
+    fn produce_now(self: &Rc<Self>, op: ProduceOp) {
+        let ProduceOp { topic, partition, batches, acks, timeout, transactional_id: _, reply } = op;
+        let pending = self.append(&topic, partition, batches, acks);
+        let metrics_topic = topic.name.clone();
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            let result = pending.finish(acks, timeout).await;
+            if result.outcome.error == ErrorCode::None {
+                shard.metrics.produced(&metrics_topic);
+            } else {
+                // A failed write fails the log for good: stop
+                // serving it now rather than at the next check.
+                shard.take_offline_if_failed(&topic, partition).await;
+            }
+            let _ = reply.send(result);
+        })
+        .detach();
     }
 
     /// Phase one of a produce on the owner: every batch of the partition is

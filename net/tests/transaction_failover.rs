@@ -161,6 +161,14 @@ fn control_batches(bytes: &Bytes) -> Vec<bool> {
     out
 }
 
+/// A transactional batch of one record, as a transactional producer
+/// sends it.
+fn txn_batch(pid: i64, epoch: i16, sequence: i32) -> Vec<u8> {
+    let mut builder = spate_format::batch::BatchBuilder::new(1).producer(pid, epoch, sequence).transactional();
+    builder.push(1, None, Some(b"in a transaction"), &[]);
+    builder.build().to_vec()
+}
+
 fn running(brokers: &[Option<BrokerHandle>], node: i32) -> &BrokerHandle {
     brokers[(node - 1) as usize].as_ref().expect("running")
 }
@@ -256,11 +264,27 @@ fn a_prepared_commit_blocks_the_transaction_until_a_new_coordinator_completes_it
     assert_eq!(code, 0);
     let tps = [("t", 0), ("t", 1), ("t", 2), ("stuck", stuck)];
     assert_eq!(add_partitions(&mut at_new, "app", pid, epoch, &tps), [0, 0, 0, 0]);
+    // KIP-890 part 1 across brokers: a partition of t led elsewhere than
+    // the coordinator asks it (a verify-only AddPartitionsToTxn between
+    // brokers) before it takes the transaction's first batch.
+    let t_leaders: Vec<i32> = partitions(&mut kafka, "t").iter().map(|(leader, _, _)| *leader).collect();
+    let remote = t_leaders.iter().position(|leader| *leader != new_coordinator).expect("a partition elsewhere");
+    let mut at_leader = KafkaConn::to(running(&brokers, t_leaders[remote]));
+    let first = at_leader.produce_as(Some("app"), "t", remote as i32, txn_batch(pid, epoch, 0));
+    assert_eq!(first.0, 0, "a partition in the transaction takes its batch");
     assert_eq!(end_txn(&mut at_new, "app", pid, epoch, false), 0);
     await_condition("the second transaction aborted", || {
         state_of(&mut at_new, "app") == (0, "CompleteAbort".to_string())
     });
     assert_eq!(markers(running(&brokers, stuck_leader), "stuck", stuck), [true, false]);
+    // A batch of the aborted transaction arriving late is refused: taken,
+    // it would hold t's last stable offset for good.
+    let late = at_leader.produce_as(Some("app"), "t", remote as i32, txn_batch(pid, epoch, 1));
+    assert_eq!(late.0, K::InvalidTxnState.code());
+    let marks = markers(running(&brokers, t_leaders[remote]), "t", remote as i32);
+    assert_eq!(marks.last(), Some(&false), "the abort marker is the partition's last batch: {marks:?}");
+    let end = at_leader.list_offset("t", remote as i32, -1);
+    assert_eq!(at_leader.list_offset_isolated("t", remote as i32, -1, 1), end, "no transaction holds t's LSO");
     for broker in brokers.into_iter().flatten() {
         stop(broker);
     }

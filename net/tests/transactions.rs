@@ -386,6 +386,70 @@ fn a_plain_batch_from_a_producer_with_its_transaction_open_is_refused() {
     stop(broker);
 }
 
+/// KIP-890 part 1: the partition leader asks the coordinator before it
+/// takes a producer's first transactional batch of a transaction. Without
+/// it each batch refused below was appended: a transaction no coordinator
+/// knows, whose partition's last stable offset stayed below the high
+/// watermark for good (read_committed consumers stuck there).
+#[test]
+fn a_transactional_batch_outside_the_producers_ongoing_transaction_is_refused() {
+    let broker = one_broker("txn-verify", |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    let mut conn = Conn::connect(broker.addr().port());
+    assert_eq!(kafka.create_topic("t", 2, 1), 0);
+    let (pid, epoch) = init(&mut kafka, "app", 60_000);
+    let invalid_txn_state = K::InvalidTxnState.code();
+    // No transaction yet.
+    assert_eq!(kafka.produce_as(Some("app"), "t", 1, txn_batch(pid, epoch, 0)).0, invalid_txn_state);
+    assert_eq!(add_partitions(&mut kafka, "app", pid, epoch, &[("t", 0)], 3), [0]);
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, 0)), (0, 0));
+    // A partition the transaction does not hold.
+    assert_eq!(kafka.produce_as(Some("app"), "t", 1, txn_batch(pid, epoch, 0)).0, invalid_txn_state);
+    assert_eq!(end_txn(&mut kafka, "app", pid, epoch, false, 3), 0);
+    await_state(&mut kafka, "app", "CompleteAbort");
+    // A batch that arrives after its transaction was aborted (a retry
+    // delayed past the abort).
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, 1)).0, invalid_txn_state);
+    for (partition, end) in [(0, 2), (1, 0)] {
+        assert_eq!(kafka.list_offset("t", partition, -1), (0, end), "t/{partition}: nothing appended");
+        let stable = kafka.list_offset_isolated("t", partition, -1, 1);
+        assert_eq!(stable, (0, end), "t/{partition}: no transaction holds the last stable offset");
+    }
+    assert_eq!(markers(&mut conn, "t", 0), [(false, pid)]);
+
+    // A fenced producer's batch: the partition has its epoch (no batch of
+    // the newer one there yet), only the coordinator knows it is fenced.
+    let (same, newer) = init(&mut kafka, "app", 60_000);
+    assert_eq!((same, newer), (pid, epoch + 1));
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, 2)).0, K::InvalidProducerEpoch.code());
+    // The new producer goes on, its batches verified once per transaction.
+    assert_eq!(add_partitions(&mut kafka, "app", pid, newer, &[("t", 0), ("t", 1)], 3), [0, 0]);
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, newer, 0)), (0, 2));
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, newer, 1)), (0, 3));
+    assert_eq!(kafka.produce_as(Some("app"), "t", 1, txn_batch(pid, newer, 0)), (0, 0));
+    assert_eq!(end_txn(&mut kafka, "app", pid, newer, true, 3), 0);
+    await_state(&mut kafka, "app", "CompleteCommit");
+    assert_eq!(markers(&mut conn, "t", 0), [(false, pid), (true, pid)]);
+    assert_eq!(kafka.list_offset_isolated("t", 0, -1, 1), (0, 5), "committed: stable up to its marker");
+    drop((kafka, conn));
+    stop(broker);
+}
+
+/// With transaction.partition.verification.enable=false (a cluster whose
+/// brokers do not all answer the question yet) the leader takes the batch
+/// as before KIP-890.
+#[test]
+fn without_verification_a_batch_outside_the_transaction_is_taken() {
+    let broker = one_broker("txn-verify-off", |config| config.transaction_partition_verification_enable = false);
+    let mut kafka = KafkaConn::to(&broker);
+    assert_eq!(kafka.create_topic("t", 1, 1), 0);
+    let (pid, epoch) = init(&mut kafka, "app", 60_000);
+    assert_eq!(kafka.produce_as(Some("app"), "t", 0, txn_batch(pid, epoch, 0)), (0, 0));
+    assert_eq!(kafka.list_offset_isolated("t", 0, -1, 1), (0, 0), "an unknown transaction holds the LSO");
+    drop(kafka);
+    stop(broker);
+}
+
 #[test]
 fn a_clients_control_batch_is_refused() {
     let broker = one_broker("txn-client-control", |_| {});

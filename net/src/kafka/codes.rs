@@ -43,6 +43,7 @@ pub(crate) fn kafka_code(error: ErrorCode) -> i16 {
         ErrorCode::OutOfOrderSequence => K::OutOfOrderSequenceNumber,
         ErrorCode::InvalidProducerEpoch => K::InvalidProducerEpoch,
         ErrorCode::InvalidTxnState => K::InvalidTxnState,
+        ErrorCode::InvalidProducerIdMapping => K::InvalidProducerIdMapping,
         ErrorCode::ProducerIdsUnavailable => K::CoordinatorNotAvailable,
         ErrorCode::NotEnoughReplicas => K::NotEnoughReplicas,
         ErrorCode::NotEnoughReplicasAfterAppend => K::NotEnoughReplicasAfterAppend,

@@ -9,6 +9,7 @@
 
 use crate::security::quota::QuotaKind;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::oneshot;
@@ -24,7 +25,7 @@ use super::codes::kafka_code;
 use super::{Ctx, decode, respond};
 use crate::admin::ADMIN_SHARD;
 use crate::limits::{PARTITIONS_PER_REQUEST_MAX, PRODUCE_SLICE_FRACTION_MIN, READ_CHUNK_BYTES, REQUEST_TIMEOUT_MS_MAX};
-use crate::shard::{AppendResult, Outcome, ShardOp};
+use crate::shard::{AppendResult, Outcome, ProduceOp, ShardOp};
 use crate::wire::{Reply, Response};
 
 /// What a large byte field decodes to: one byte no valid record set or
@@ -202,6 +203,9 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
         tracing::warn!(shard = ctx.shard.id, "closing a Kafka connection: a Produce with an oversized field");
         return Reply::Now(Response::Close(None));
     }
+    // The owner asks its coordinator about a producer's first batch of a
+    // transaction on a partition (KIP-890 part 1).
+    let transactional_id: Option<Arc<str>> = request.transactional_id.as_ref().map(|id| Arc::from(&*id.0));
     let mut waits: Vec<Result<oneshot::Receiver<AppendResult>, Outcome>> = Vec::with_capacity(parts.len());
     for part in &mut parts {
         if let Some(refused) = part.refused.take() {
@@ -232,7 +236,9 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
         let partition = part.partition as u32;
         let (reply, wait) = oneshot::channel();
         let owner = ctx.shard.shared.owner(&topic.name, partition);
-        ctx.shard.submit(owner, ShardOp::Produce { topic, partition, batches, acks, timeout, reply });
+        let transactional_id = transactional_id.clone();
+        let op = ProduceOp { topic, partition, batches, acks, timeout, transactional_id, reply };
+        ctx.shard.submit(owner, ShardOp::Produce(op));
         waits.push(Ok(wait));
     }
     if acks == 0 {

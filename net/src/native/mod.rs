@@ -14,6 +14,8 @@ mod produce;
 mod sasl;
 mod topics;
 mod txn;
+#[cfg(test)]
+pub(crate) use txn::txn_code;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -173,7 +175,7 @@ fn serve(
                 None => init_producer_id::init_producer_id(shard, session, request_id),
             }
         }
-        Body::AddPartitionsToTxnRequest => txn::add_partitions_to_txn(shard, &frame, request_id),
+        Body::AddPartitionsToTxnRequest => txn::add_partitions_to_txn(shard, session, &frame, request_id),
         Body::AddOffsetsToTxnRequest => txn::add_offsets_to_txn(shard, &frame, request_id),
         Body::TxnOffsetCommitRequest => txn::txn_offset_commit(shard, &frame, request_id),
         Body::EndTxnRequest => txn::end_txn(shard, &frame, request_id),

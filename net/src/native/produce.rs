@@ -15,7 +15,7 @@ use spate_flatbuf::proto::*;
 use super::{clamp_ms, partition_of, topic_of};
 use crate::catalog::TopicMeta;
 use crate::limits::{PRODUCE_SLICE_FRACTION_MIN, READ_CHUNK_BYTES, REQUEST_TIMEOUT_MS_MAX};
-use crate::shard::{AppendResult, Outcome, Shard, ShardOp, split_into_batches};
+use crate::shard::{AppendResult, Outcome, ProduceOp, Shard, ShardOp, split_into_batches};
 use crate::wire::{Reply, Response, envelope, envelope_frame, invalid};
 
 /// One partition's part of a produce request, as read from the envelope.
@@ -34,11 +34,11 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
     let mut topic_names: Vec<String> = Vec::new();
     let mut topics: Vec<Option<Arc<TopicMeta>>> = Vec::new();
     let mut parts: Vec<ProducePart> = Vec::new();
-    let (acks, timeout, transactional) = {
+    let (acks, timeout, transactional_id) = {
         let Some(request) = envelope(&frame).and_then(|e| e.body_as_produce_request()) else {
             return invalid(request_id, "produce body missing");
         };
-        let transactional = request.transactional_id().is_some_and(|id| !id.is_empty());
+        let transactional_id: Option<Arc<str>> = request.transactional_id().filter(|id| !id.is_empty()).map(Arc::from);
         let base = frame.envelope.as_ptr() as usize;
         for (topic_index, topic) in request.topics().iter().flatten().enumerate() {
             let name = topic.name().unwrap_or_default();
@@ -72,7 +72,7 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
             }
             topics.push(meta);
         }
-        (request.acks(), clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX), transactional)
+        (request.acks(), clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX), transactional_id)
     };
     if !matches!(acks, -1..=1) {
         for part in &mut parts {
@@ -139,7 +139,7 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
         // Kafka: transactional batches need the producer's transactional
         // id on the request (the principal's Write on it is checked in
         // `authz.rs`); without one they are refused, nothing appended.
-        if !transactional
+        if transactional_id.is_none()
             && batches.iter().any(|batch| {
                 spate_format::batch::peek_header(batch).is_ok_and(|header| header.attributes().is_transactional())
             })
@@ -159,7 +159,9 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
             continue;
         }
         let (reply, wait) = oneshot::channel();
-        shard.submit(owner, ShardOp::Produce { topic, partition, batches, acks, timeout, reply });
+        let transactional_id = transactional_id.clone();
+        let op = ProduceOp { topic, partition, batches, acks, timeout, transactional_id, reply };
+        shard.submit(owner, ShardOp::Produce(op));
         waits.push(Ok(wait));
     }
     if acks == 0 {

@@ -24,7 +24,7 @@ use crate::wire::{Reply, Response, envelope, envelope_frame, invalid};
 /// retries on are the group coordinator's (`NotLeaderOrFollower`: look the
 /// coordinator up again; `NotReady`: loading), so one retry loop serves
 /// both coordinators.
-fn txn_code(err: TxnError) -> (ErrorCode, &'static str) {
+pub(crate) fn txn_code(err: TxnError) -> (ErrorCode, &'static str) {
     match err {
         TxnError::NotCoordinator => (ErrorCode::NotLeaderOrFollower, "not the transactional id's coordinator"),
         TxnError::CoordinatorLoadInProgress => (ErrorCode::NotReady, "the transaction coordinator is loading"),
@@ -154,7 +154,12 @@ pub(super) fn init_producer_id(
     }))
 }
 
-pub(super) fn add_partitions_to_txn(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+pub(super) fn add_partitions_to_txn(
+    shard: &Rc<Shard>,
+    session: &super::Session,
+    frame: &Frame,
+    request_id: u64,
+) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_add_partitions_to_txn_request()) else {
         return invalid(request_id, "add partitions to txn body missing");
     };
@@ -193,7 +198,41 @@ pub(super) fn add_partitions_to_txn(shard: &Rc<Shard>, frame: &Frame, request_id
         return Reply::Now(add_partitions_answer(request_id, Ok(())));
     }
     let producer = (request.producer_id(), request.producer_epoch());
+    if request.verify_only() {
+        // KIP-890 part 1: a partition leader's question (`txn/verify.rs`),
+        // Kafka's AddPartitionsToTxn v4 verifyOnly; brokers only.
+        if session.broker.get() < 0 {
+            return Reply::Now(add_partitions_answer(
+                request_id,
+                Err((ErrorCode::ClusterAuthorizationFailed, "verify_only is for brokers")),
+            ));
+        }
+        return verify_in_transaction(shard, txn_id, producer, partitions, request_id);
+    }
     add_to_transaction(shard, txn_id, producer, partitions, move |result| add_partitions_answer(request_id, result))
+}
+
+/// Whether `partitions` are in the ongoing transaction, asked of this
+/// broker's coordinator by another broker's partition leader.
+fn verify_in_transaction(
+    shard: &Rc<Shard>,
+    txn_id: String,
+    (producer_id, producer_epoch): (i64, i16),
+    partitions: Vec<Tp>,
+    request_id: u64,
+) -> Reply {
+    let shard = shard.clone();
+    Reply::Later(Box::pin(async move {
+        let result = call(&shard, &txn_id.clone(), |reply| TxnOp::Verify {
+            txn_id,
+            producer_id,
+            producer_epoch,
+            partitions,
+            reply,
+        })
+        .await;
+        add_partitions_answer(request_id, result.map_err(txn_code))
+    }))
 }
 
 /// Adds `partitions` to the transactional id's open transaction at its

@@ -71,7 +71,7 @@ pub(crate) async fn write_all(
 
 /// Where a remote marker goes: the leader's node id and the address of
 /// its shard that owns the partition.
-type Destination = (i32, SocketAddr);
+pub(super) type Destination = (i32, SocketAddr);
 
 /// A partition's marker on its way to another broker.
 struct RemotePart {
@@ -152,7 +152,7 @@ async fn attempt(shard: &Rc<Shard>, pending: Vec<Tp>, marker: TxnMarker) -> Vec<
 }
 
 /// The leader's shard that owns the partition, as its broker registered.
-fn destination(catalog: &Catalog, topic: &str, partition: u32, leader: i32) -> Result<Destination, String> {
+pub(super) fn destination(catalog: &Catalog, topic: &str, partition: u32, leader: i32) -> Result<Destination, String> {
     let broker = catalog.brokers.get(&leader).ok_or_else(|| format!("no address for broker {leader}"))?;
     let port = if broker.shard_ports.is_empty() {
         broker.port
@@ -166,8 +166,9 @@ fn destination(catalog: &Catalog, topic: &str, partition: u32, leader: i32) -> R
     Ok((leader, addr))
 }
 
-/// Connections to other brokers' shards that markers went over, kept for
-/// the next markers (a connection costs two handshakes): at most
+/// Connections to other brokers' shards that markers (and KIP-890
+/// verifications, `verify.rs`) went over, kept for the next ones (a
+/// connection costs two handshakes): at most
 /// `TXN_MARKER_PEERS_IDLE_MAX` idle ones per address, one per request in
 /// flight beyond that. A connection that failed is dropped.
 #[derive(Debug, Default)]
@@ -176,11 +177,11 @@ pub(crate) struct MarkerPeers {
 }
 
 impl MarkerPeers {
-    fn take(&self, key: Destination) -> Option<Peer> {
+    pub(super) fn take(&self, key: Destination) -> Option<Peer> {
         self.idle.borrow_mut().get_mut(&key).and_then(Vec::pop)
     }
 
-    fn put(&self, key: Destination, peer: Peer) {
+    pub(super) fn put(&self, key: Destination, peer: Peer) {
         let mut idle = self.idle.borrow_mut();
         let peers = idle.entry(key).or_default();
         if peers.len() < TXN_MARKER_PEERS_IDLE_MAX {
@@ -201,7 +202,6 @@ async fn remote_markers(
     parts: &[RemotePart],
     marker: TxnMarker,
 ) -> Result<Vec<Outcome>, String> {
-    let (leader, addr) = to;
     let peers = &shard.txns.peers;
     // An idle connection may have been closed meanwhile (the other side's
     // idle timeout, a restart): then a new one.
@@ -211,19 +211,26 @@ async fn remote_markers(
         peers.put(to, peer);
         return Ok(outcomes);
     }
-    let identity = BrokerIdentity {
-        node_id: shard.shared.config.node_id,
-        to_node: leader,
-        secret: catalog.cluster_secret.as_deref(),
-    };
-    let read_timeout = Duration::from_millis(TXN_MARKER_READ_TIMEOUT_MS);
-    let tls = catalog.brokers.get(&leader).and_then(|broker| PeerTls::to(&shard.shared, &broker.host));
-    let mut peer = Peer::connect(addr, shard.shared.config.frame_bytes_max, read_timeout, identity, tls)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut peer = connect(shard, catalog, to).await?;
     let outcomes = send(&mut peer, parts, marker).await?;
     peers.put(to, peer);
     Ok(outcomes)
+}
+
+/// A new connection to another broker's shard that proves this broker's
+/// identity (over TLS where the brokers' links are).
+pub(super) async fn connect(shard: &Rc<Shard>, catalog: &Catalog, to: Destination) -> Result<Peer, String> {
+    let (node, addr) = to;
+    let identity = BrokerIdentity {
+        node_id: shard.shared.config.node_id,
+        to_node: node,
+        secret: catalog.cluster_secret.as_deref(),
+    };
+    let read_timeout = Duration::from_millis(TXN_MARKER_READ_TIMEOUT_MS);
+    let tls = catalog.brokers.get(&node).and_then(|broker| PeerTls::to(&shard.shared, &broker.host));
+    Peer::connect(addr, shard.shared.config.frame_bytes_max, read_timeout, identity, tls)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// One request with the marker for each of `parts` on `peer`: each part's
@@ -332,6 +339,10 @@ pub(crate) fn write_marker_here(
             .log
             .append_marker(marker, leader_epoch)
             .map_err(|err| Outcome::err(log_error_code(&err), err.to_string()))?;
+        // The producer's transaction ended here: a first batch of it still
+        // being verified must not open it again (`guard.rs`).
+        let key = ((Arc::from(topic.topic_id.as_str()), partition), marker.producer_id);
+        shard.verifications.marker_written(&key);
         Ok(Write::new(replica, ticket, leader_epoch, min_insync_replicas))
     })();
     let shard = shard.clone();

@@ -24,9 +24,12 @@
 //! persisted. An Ongoing transaction past its timeout is aborted under a
 //! bumped epoch, checked every `transaction_abort_check_interval_ms`.
 
+pub(crate) mod guard;
 mod markers;
 pub(crate) mod record;
 pub(crate) mod state;
+mod verify;
+pub(crate) use verify::verify;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -142,6 +145,15 @@ pub(crate) enum TxnOp {
         commit: bool,
         reply: oneshot::Sender<Result<(), TxnError>>,
     },
+    /// KIP-890 part 1, from a partition leader (`verify.rs`): are these
+    /// partitions in the producer's ongoing transaction? Writes nothing.
+    Verify {
+        txn_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: Vec<Tp>,
+        reply: oneshot::Sender<Result<(), TxnError>>,
+    },
     Describe {
         txn_id: String,
         reply: oneshot::Sender<Result<Option<TxnMeta>, TxnError>>,
@@ -250,6 +262,13 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: TxnOp) {
                 Ok(None) => drop(reply.send(Ok(()))),
                 Ok(Some((partition, term, next))) => prepare(shard, &catalog, txn_id, partition, term, next, reply),
             }
+        }
+        TxnOp::Verify { txn_id, producer_id, producer_epoch, partitions, reply } => {
+            let verified = serving(shard, &catalog, &txn_id).and_then(|_| {
+                let txns = shard.txns.txns.borrow();
+                state::verify(txns.get(&txn_id).and_then(|e| e.meta.as_ref()), producer_id, producer_epoch, &partitions)
+            });
+            let _ = reply.send(verified);
         }
         TxnOp::Describe { txn_id, reply } => {
             let described = serving(shard, &catalog, &txn_id)

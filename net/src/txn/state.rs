@@ -276,6 +276,27 @@ pub(crate) fn add_partitions(
     }
 }
 
+/// KIP-890 part 1: whether a partition leader may take the producer's
+/// first transactional batch of a transaction on `partitions`: each must
+/// be in its ongoing transaction. Unlike the producer's own requests a
+/// state change on its way (`pending`) does not matter: the partitions
+/// persisted are the ones the producer was told were added, and a
+/// transaction ending after this answer is caught at the partition
+/// (its marker lands first: `shard.rs` verifications).
+pub(crate) fn verify(
+    current: Option<&TxnMeta>,
+    producer_id: i64,
+    producer_epoch: i16,
+    partitions: &[Tp],
+) -> Result<(), TxnError> {
+    let current = check_producer(current, false, producer_id, producer_epoch)?;
+    if current.state == TxnState::Ongoing && partitions.iter().all(|tp| current.partitions.contains(tp)) {
+        Ok(())
+    } else {
+        Err(TxnError::InvalidTxnState)
+    }
+}
+
 /// EndTxn: the PrepareCommit or PrepareAbort to persist, or None for a
 /// retry of an EndTxn that completed (success, nothing to write).
 pub(crate) fn end(
@@ -344,6 +365,26 @@ mod tests {
             }
             other => panic!("a new id is written: {other:?}"),
         }
+    }
+
+    #[test]
+    fn verification_passes_only_partitions_of_the_ongoing_transaction_at_the_current_epoch() {
+        let meta = started(7, 0);
+        let (t0, t1) = ([tp("t", 0)], [tp("t", 1)]);
+        // Nothing added yet: a batch would open a transaction the
+        // coordinator does not know.
+        assert_eq!(verify(Some(&meta), 7, 0, &t0), Err(TxnError::InvalidTxnState));
+        let ongoing = add_partitions(Some(&meta), false, 7, 0, &t0, 1).expect("added").expect("written");
+        assert_eq!(verify(Some(&ongoing), 7, 0, &t0), Ok(()));
+        assert_eq!(verify(Some(&ongoing), 7, 0, &t1), Err(TxnError::InvalidTxnState));
+        assert_eq!(verify(Some(&ongoing), 7, 1, &t0), Err(TxnError::ProducerFenced));
+        assert_eq!(verify(Some(&ongoing), 8, 0, &t0), Err(TxnError::InvalidProducerIdMapping));
+        assert_eq!(verify(None, 7, 0, &t0), Err(TxnError::InvalidProducerIdMapping));
+        // Ended (aborting, then complete): a late batch is refused.
+        let Ok(Some(aborting)) = end(Some(&ongoing), false, 7, 0, false, 2) else { panic!("abort prepared") };
+        assert_eq!(verify(Some(&aborting), 7, 0, &t0), Err(TxnError::InvalidTxnState));
+        let done = complete(&aborting, 3);
+        assert_eq!(verify(Some(&done), 7, 0, &t0), Err(TxnError::InvalidTxnState));
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! KIP-890 part 1, the partition leader's side of the question: is this
+//! partition in the producer's ongoing transaction? Asked of the
+//! transactional id's coordinator before the producer's first
+//! transactional batch of a transaction is taken on a partition
+//! (`shard.rs`, verifications). Without it a batch that arrives after its
+//! transaction ended (a retry delayed past an abort, a client that never
+//! added the partition) opens a transaction no coordinator will end, and
+//! the partition's last stable offset stops there.
+//!
+//! The coordinator on this broker is asked with a `TxnOp::Verify`; one on
+//! another broker with a native AddPartitionsToTxn marked `verify_only`,
+//! over the connections markers use (`markers.rs`), which prove this
+//! broker's identity: the other side answers it only on such a one.
+
+use std::rc::Rc;
+
+use spate_flatbuf::flatbuffers::FlatBufferBuilder;
+use spate_flatbuf::proto::*;
+use spate_flatbuf::{TRANSACTION_STATE_TOPIC, group_partition};
+
+use super::markers::{connect, destination};
+use super::{TxnError, TxnOp, call};
+use crate::group::Tp;
+use crate::replica::peer::Peer;
+use crate::shard::Shard;
+
+/// Asks `txn_id`'s coordinator whether `tp` is in the ongoing transaction
+/// of (`producer_id`, `producer_epoch`). A coordinator that cannot be
+/// reached (moving, loading, a broken connection) is an error the
+/// producer retries (`TxnError::CoordinatorNotAvailable` and kin).
+pub(crate) async fn verify(
+    shard: &Rc<Shard>,
+    txn_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    tp: Tp,
+) -> Result<(), TxnError> {
+    let catalog = shard.shared.catalog.load_full();
+    let topic = catalog.topics.get(TRANSACTION_STATE_TOPIC).ok_or(TxnError::CoordinatorNotAvailable)?;
+    let partition = group_partition(txn_id, topic.partitions);
+    let leader = topic.assignment(partition).leader;
+    if leader < 0 {
+        return Err(TxnError::CoordinatorNotAvailable);
+    }
+    if leader == shard.shared.config.node_id {
+        let txn_id = txn_id.to_string();
+        return call(shard, &txn_id.clone(), |reply| TxnOp::Verify {
+            txn_id,
+            producer_id,
+            producer_epoch,
+            partitions: vec![tp],
+            reply,
+        })
+        .await;
+    }
+    let to = destination(&catalog, TRANSACTION_STATE_TOPIC, partition, leader).map_err(|message| {
+        tracing::debug!(shard = shard.id, txn_id, "transaction verification: {message}");
+        TxnError::CoordinatorNotAvailable
+    })?;
+    let question = Question { txn_id, producer_id, producer_epoch, tp: &tp };
+    let peers = &shard.txns.peers;
+    // An idle connection may have been closed meanwhile: then a new one
+    // (the question changes nothing, so asking twice is harmless).
+    if let Some(mut peer) = peers.take(to)
+        && let Ok(answer) = ask(&mut peer, &question).await
+    {
+        peers.put(to, peer);
+        return answer;
+    }
+    let asked = async {
+        let mut peer = connect(shard, &catalog, to).await?;
+        let answer = ask(&mut peer, &question).await?;
+        peers.put(to, peer);
+        Ok::<_, String>(answer)
+    };
+    asked.await.unwrap_or_else(|message| {
+        tracing::debug!(shard = shard.id, txn_id, coordinator = to.0, "transaction verification: {message}");
+        Err(TxnError::CoordinatorNotAvailable)
+    })
+}
+
+struct Question<'a> {
+    txn_id: &'a str,
+    producer_id: i64,
+    producer_epoch: i16,
+    tp: &'a Tp,
+}
+
+/// One verify-only AddPartitionsToTxn on `peer`: the coordinator's answer,
+/// or why there was none.
+async fn ask(peer: &mut Peer, question: &Question<'_>) -> Result<Result<(), TxnError>, String> {
+    let mut builder = FlatBufferBuilder::new();
+    let partitions = builder.create_vector(&[question.tp.1]);
+    let topic = builder.create_string(&question.tp.0);
+    let topics = [TopicPartitions::create(
+        &mut builder,
+        &TopicPartitionsArgs { topic: Some(topic), partitions: Some(partitions) },
+    )];
+    let topics = builder.create_vector(&topics);
+    let transactional_id = builder.create_string(question.txn_id);
+    let body = AddPartitionsToTxnRequest::create(
+        &mut builder,
+        &AddPartitionsToTxnRequestArgs {
+            transactional_id: Some(transactional_id),
+            producer_id: question.producer_id,
+            producer_epoch: question.producer_epoch,
+            topics: Some(topics),
+            verify_only: true,
+        },
+    );
+    let frame =
+        peer.call(builder, Body::AddPartitionsToTxnRequest, body.as_union_value()).await.map_err(|e| e.to_string())?;
+    let envelope = frame.read().map_err(|e| e.to_string())?;
+    let response = envelope.body_as_add_partitions_to_txn_response().ok_or("not an add partitions to txn response")?;
+    Ok(from_code(response.error()))
+}
+
+/// The coordinator's answer, back from the native code it travelled in
+/// (`native/txn.rs` txn_code, its inverse here).
+fn from_code(code: ErrorCode) -> Result<(), TxnError> {
+    Err(match code {
+        ErrorCode::None => return Ok(()),
+        ErrorCode::InvalidTxnState => TxnError::InvalidTxnState,
+        ErrorCode::ProducerFenced => TxnError::ProducerFenced,
+        ErrorCode::InvalidProducerIdMapping => TxnError::InvalidProducerIdMapping,
+        ErrorCode::NotLeaderOrFollower => TxnError::NotCoordinator,
+        ErrorCode::NotReady => TxnError::CoordinatorLoadInProgress,
+        _ => TxnError::CoordinatorNotAvailable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every refusal the coordinator can give a verification survives the
+    /// trip through the native code (native/txn.rs txn_code).
+    #[test]
+    fn a_remote_coordinators_answer_means_what_a_local_one_would() {
+        for err in [
+            TxnError::InvalidTxnState,
+            TxnError::ProducerFenced,
+            TxnError::InvalidProducerIdMapping,
+            TxnError::NotCoordinator,
+            TxnError::CoordinatorLoadInProgress,
+            TxnError::CoordinatorNotAvailable,
+        ] {
+            let (code, _) = crate::native::txn_code(err);
+            assert_eq!(from_code(code), Err(err), "{err:?} as {code:?}");
+        }
+        assert_eq!(from_code(ErrorCode::None), Ok(()));
+    }
+}
