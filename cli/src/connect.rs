@@ -16,7 +16,8 @@ const REST_RESPONSE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 #[derive(Subcommand, Debug)]
 pub(crate) enum ConnectCommand {
     /// Run a standalone worker: WORKER.properties, then any number of
-    /// connector .properties files (Kafka's connect-standalone.sh).
+    /// connector .properties files (Kafka's connect-standalone.sh); any of
+    /// them may be a YAML pipeline file (.yaml, .yml).
     Standalone(StandaloneArgs),
     /// List the worker's connectors.
     List(RestArgs),
@@ -25,7 +26,7 @@ pub(crate) enum ConnectCommand {
     /// Show a connector's offsets (a source's stored positions, a sink's
     /// committed consumer offsets).
     Offsets(NamedArgs),
-    /// Create a connector from a .properties or .json config file.
+    /// Create a connector from a .properties, .yaml/.yml or .json config file.
     Create(CreateArgs),
     /// Pause a connector's tasks.
     Pause(NamedArgs),
@@ -65,7 +66,8 @@ pub(crate) struct NamedArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct CreateArgs {
-    /// A connector config: .properties (Kafka's connector files) or JSON
+    /// A connector config: .properties (Kafka's connector files), a YAML
+    /// pipeline (.yaml, .yml) or JSON
     /// (`{"name":..., "config":{...}}`, as POST /connectors takes).
     file: PathBuf,
     #[command(flatten)]
@@ -121,7 +123,7 @@ fn create_body(file: &std::path::Path) -> anyhow::Result<String> {
             serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
         return Ok(json.to_string());
     }
-    let props = spate_connect::props::load_file(file)?;
+    let props = spate_connect::yaml::load_config_file(file)?;
     let Some(name) = props.get("name").cloned() else { bail!("{}: no name", file.display()) };
     Ok(serde_json::json!({"name": name, "config": props}).to_string())
 }

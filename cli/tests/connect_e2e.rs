@@ -471,6 +471,60 @@ fn a_sink_transforms_records_and_sends_those_it_cannot_convert_to_the_dead_lette
 }
 
 #[test]
+fn yaml_pipelines_move_lines_from_a_file_through_a_topic_into_a_file_transformed() {
+    let dir = data_dir("connect-yaml");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    let rest_port = free_port_below_ephemeral();
+    // The worker's file is YAML too, its keys nested where Kafka's share a prefix.
+    let worker_config = dir.join("worker.yaml");
+    std::fs::write(
+        &worker_config,
+        format!(
+            "bootstrap.servers: {}\nkey.converter: org.apache.kafka.connect.storage.StringConverter\n\
+             value.converter: org.apache.kafka.connect.storage.StringConverter\n\
+             offset:\n  storage.file.filename: {}\n  flush.interval.ms: 500\n\
+             listeners: http://127.0.0.1:{rest_port}\n",
+            broker.addr(),
+            dir.join("connect.offsets").display()
+        ),
+    )
+    .expect("write");
+    let source = dir.join("orders-source.yaml");
+    std::fs::write(&source, "name: orders-from-file\nconnector: FileStreamSource\nfile: orders.jsonl\ntopic: orders\n")
+        .expect("write");
+    let sink = dir.join("orders-sink.yml");
+    std::fs::write(
+        &sink,
+        "name: orders-to-file\nconnector.class: FileStreamSink\ntasks.max: 1\ntopics:\n  - orders\n\
+         file: orders.txt\nvalue.converter: org.apache.kafka.connect.json.JsonConverter\n\
+         value.converter.schemas.enable: false\n\
+         transforms:\n\
+         \x20 - name: addSource\n    type: InsertField$Value\n    static.field: source\n    static.value: spate\n\
+         \x20 - name: rename\n    type: org.apache.kafka.connect.transforms.ReplaceField$Value\n    renames: id:order_id\n\
+         errors:\n  tolerance: all\n  deadletterqueue.topic.name: orders-dlq\n",
+    )
+    .expect("write");
+    append(&dir.join("orders.jsonl"), &["{\"id\":1}".to_string(), "not json".to_string(), "{\"id\":2}".to_string()]);
+
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &source, &sink], 1);
+    let out = dir.join("orders.txt");
+    wait_for("the two good records", Duration::from_secs(20), || complete_lines(&out).len() >= 2);
+    assert_eq!(
+        complete_lines(&out),
+        ["{order_id=1, source=spate}", "{order_id=2, source=spate}"],
+        "both transforms, in the order listed; the record JSON cannot read skipped"
+    );
+    let (ok, dead, err) =
+        common::cli(&["--brokers", &broker.addr(), "consume", "orders-dlq", "--from-beginning", "--count", "1"], None);
+    assert!(ok, "{err}");
+    assert_eq!(dead.trim(), "not json", "errors.deadletterqueue.topic.name from the nested errors mapping");
+    let config = json(&http(worker.rest_port, "GET", "/connectors/orders-to-file/config", "").1);
+    assert_eq!(config["transforms"], "addSource,rename");
+    assert_eq!(config["transforms.addSource.type"], "InsertField$Value");
+    worker.stop();
+}
+
+#[test]
 fn a_bad_connector_config_stops_the_worker_at_start_with_a_clear_error() {
     let dir = data_dir("connect-bad-config");
     let broker = Broker::start(&dir.join("broker"), 1);
@@ -487,6 +541,14 @@ fn a_bad_connector_config_stops_the_worker_at_start_with_a_clear_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("tasks.max") && stderr.contains("topic"), "names both errors: {stderr}");
+    // A YAML pipeline that cannot map names the file, the line and the key.
+    let bad_yaml = dir.join("bad.yaml");
+    std::fs::write(&bad_yaml, "name: bad\nconnector: FileStreamSink\ntopics: t\nfile:\n  - a.txt\n").expect("write");
+    let output =
+        Command::new(SPATE).args(["connect", "standalone"]).arg(&worker_config).arg(&bad_yaml).output().expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bad.yaml: line 5: file: a list where a single value is expected"), "{stderr}");
     let missing =
         Command::new(SPATE).args(["connect", "standalone", "/nonexistent/worker.properties"]).output().expect("run");
     assert!(!missing.status.success());

@@ -10,6 +10,14 @@ pub enum ConnectError {
     /// of the wrong type, or names something that does not exist.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A YAML pipeline (or worker) file that does not map onto Kafka's
+    /// keys.
+    #[error("{path}: {error}")]
+    PipelineFile {
+        path: String,
+        #[source]
+        error: crate::yaml::YamlError,
+    },
     /// A record that a converter cannot convert (Kafka's DataException).
     #[error("data conversion failed: {0}")]
     Data(String),

@@ -12,6 +12,7 @@
 //! - [`worker`]: the standalone worker (offsets in a local file),
 //!   [`rest`], Kafka Connect's REST API on it, and [`standalone`], the
 //!   `spate connect standalone` command.
+//! - [`yaml`]: pipeline files in YAML, mapped onto Kafka's keys.
 
 pub mod config;
 pub mod connector;
@@ -33,6 +34,7 @@ pub mod standalone;
 mod timestamp;
 pub mod transforms;
 pub mod worker;
+pub mod yaml;
 
 pub use error::{ConnectError, Result};
 pub use props::Props;

@@ -10,6 +10,11 @@ pub const REST_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// (a log file, a device) can make the worker read.
 pub const PROPERTIES_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
+/// How deep a YAML pipeline file may nest: a config is a few levels
+/// (`transforms`, a transform, its keys); the bound keeps a file of
+/// `[[[[...` from recursing the loader off its stack.
+pub const PIPELINE_YAML_DEPTH_MAX: usize = 16;
+
 /// The largest standalone offsets file read at start: each source partition
 /// takes a line of JSON; this is room for hundreds of thousands.
 pub const OFFSETS_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;

@@ -15,24 +15,29 @@ pub type Props = BTreeMap<String, String>;
 
 /// Reads a properties file (at most `PROPERTIES_FILE_BYTES_MAX`).
 pub fn load_file(path: &Path) -> Result<Props> {
+    let text = read_config_text(path)?;
+    parse(&text).map_err(|e| match e {
+        ConnectError::Config(why) => ConnectError::Config(format!("{}: {why}", path.display())),
+        other => other,
+    })
+}
+
+/// A config file's text (properties or YAML): at most
+/// `PROPERTIES_FILE_BYTES_MAX` bytes of UTF-8.
+pub(crate) fn read_config_text(path: &Path) -> Result<String> {
     let context = || format!("reading {}", path.display());
     let file = std::fs::File::open(path).map_err(|e| ConnectError::io(context(), e))?;
     let mut bytes = Vec::new();
     file.take(PROPERTIES_FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|e| ConnectError::io(context(), e))?;
     if bytes.len() as u64 > PROPERTIES_FILE_BYTES_MAX {
         return Err(ConnectError::Config(format!(
-            "{} is larger than {PROPERTIES_FILE_BYTES_MAX} bytes: not a properties file",
+            "{} is larger than {PROPERTIES_FILE_BYTES_MAX} bytes: not a config file",
             path.display()
         )));
     }
     // Java reads properties as ISO-8859-1 bytes; UTF-8 is what people write
     // today, and every ASCII file reads the same either way.
-    let text =
-        String::from_utf8(bytes).map_err(|_| ConnectError::Config(format!("{} is not UTF-8 text", path.display())))?;
-    parse(&text).map_err(|e| match e {
-        ConnectError::Config(why) => ConnectError::Config(format!("{}: {why}", path.display())),
-        other => other,
-    })
+    String::from_utf8(bytes).map_err(|_| ConnectError::Config(format!("{} is not UTF-8 text", path.display())))
 }
 
 /// Parses properties text.

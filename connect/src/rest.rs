@@ -40,7 +40,9 @@ impl RestError {
 impl From<ConnectError> for RestError {
     fn from(error: ConnectError) -> RestError {
         let status = match &error {
-            ConnectError::Config(_) | ConnectError::Data(_) => StatusCode::BAD_REQUEST,
+            ConnectError::Config(_) | ConnectError::PipelineFile { .. } | ConnectError::Data(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ConnectError::NotFound(_) => StatusCode::NOT_FOUND,
             ConnectError::AlreadyExists(_) => StatusCode::CONFLICT,
             ConnectError::Io { .. }

@@ -1,5 +1,6 @@
 //! `spate connect standalone WORKER.properties [CONNECTOR.properties ...]`:
-//! Kafka's ConnectStandalone. Reads the configs, starts the worker and its
+//! Kafka's ConnectStandalone. Any of the files may be a YAML pipeline
+//! (`.yaml`, `.yml`; see `yaml.rs`). Reads the configs, starts the worker and its
 //! connectors, serves the REST API, and on SIGTERM or SIGINT stops every
 //! task (sinks flush and commit) and writes the offsets file a last time.
 
@@ -8,12 +9,13 @@ use std::path::PathBuf;
 
 use crate::config::WorkerConfig;
 use crate::error::{ConnectError, Result};
-use crate::props::{self, Props};
+use crate::props::Props;
 use crate::worker::Worker;
+use crate::yaml;
 
 /// Runs a standalone worker until SIGTERM or SIGINT.
 pub fn run(worker_config: &std::path::Path, connector_configs: &[PathBuf]) -> Result<()> {
-    let worker_props = props::load_file(worker_config)?;
+    let worker_props = yaml::load_config_file(worker_config)?;
     let config = WorkerConfig::from_props(&worker_props)?;
     if !config.unknown_keys.is_empty() {
         tracing::warn!(
@@ -22,7 +24,8 @@ pub fn run(worker_config: &std::path::Path, connector_configs: &[PathBuf]) -> Re
             config.unknown_keys.join(", ")
         );
     }
-    let connectors: Vec<Props> = connector_configs.iter().map(|path| props::load_file(path)).collect::<Result<_>>()?;
+    let connectors: Vec<Props> =
+        connector_configs.iter().map(|path| yaml::load_config_file(path)).collect::<Result<_>>()?;
     for (path, props) in connector_configs.iter().zip(&connectors) {
         if props.get("name").is_none_or(|n| n.trim().is_empty()) {
             return Err(ConnectError::Config(format!("{}: Missing required configuration \"name\"", path.display())));
