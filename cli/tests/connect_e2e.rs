@@ -471,7 +471,7 @@ fn a_sink_transforms_records_and_sends_those_it_cannot_convert_to_the_dead_lette
 }
 
 #[test]
-fn yaml_pipelines_move_lines_from_a_file_through_a_topic_into_a_file_transformed() {
+fn yaml_pipelines_move_lines_from_a_file_through_a_topic_into_rotated_files_transformed() {
     let dir = data_dir("connect-yaml");
     let broker = Broker::start(&dir.join("broker"), 1);
     let rest_port = free_port_below_ephemeral();
@@ -496,7 +496,7 @@ fn yaml_pipelines_move_lines_from_a_file_through_a_topic_into_a_file_transformed
     std::fs::write(
         &sink,
         "name: orders-to-file\nconnector.class: FileStreamSink\ntasks.max: 1\ntopics:\n  - orders\n\
-         file: orders.txt\nvalue.converter: org.apache.kafka.connect.json.JsonConverter\n\
+         file: orders.txt\nfile.rotate.bytes: 40\nvalue.converter: org.apache.kafka.connect.json.JsonConverter\n\
          value.converter.schemas.enable: false\n\
          transforms:\n\
          \x20 - name: addSource\n    type: InsertField$Value\n    static.field: source\n    static.value: spate\n\
@@ -507,12 +507,15 @@ fn yaml_pipelines_move_lines_from_a_file_through_a_topic_into_a_file_transformed
     append(&dir.join("orders.jsonl"), &["{\"id\":1}".to_string(), "not json".to_string(), "{\"id\":2}".to_string()]);
 
     let worker = ConnectWorker::start(&dir, &[&worker_config, &source, &sink], 1);
+    // 27 bytes a line, files of at most 40: the second line starts a new file.
+    let rotated = dir.join("orders.txt.000001");
     let out = dir.join("orders.txt");
-    wait_for("the two good records", Duration::from_secs(20), || complete_lines(&out).len() >= 2);
+    let written = || [complete_lines(&rotated), complete_lines(&out)].concat();
+    wait_for("the two good records", Duration::from_secs(20), || written().len() >= 2);
     assert_eq!(
-        complete_lines(&out),
+        written(),
         ["{order_id=1, source=spate}", "{order_id=2, source=spate}"],
-        "both transforms, in the order listed; the record JSON cannot read skipped"
+        "both transforms, in the order listed; the record JSON cannot read skipped; the file rotated"
     );
     let (ok, dead, err) =
         common::cli(&["--brokers", &broker.addr(), "consume", "orders-dlq", "--from-beginning", "--count", "1"], None);
