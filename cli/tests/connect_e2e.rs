@@ -524,6 +524,18 @@ fn yaml_pipelines_move_lines_from_a_file_through_a_topic_into_rotated_files_tran
     let config = json(&http(worker.rest_port, "GET", "/connectors/orders-to-file/config", "").1);
     assert_eq!(config["transforms"], "addSource,rename");
     assert_eq!(config["transforms.addSource.type"], "InsertField$Value");
+    // `spate connect create` takes a YAML pipeline too (a source: it
+    // joins no group, which would cost the test seconds).
+    let again = dir.join("orders-again.yaml");
+    std::fs::write(
+        &again,
+        "name: orders-again\nconnector: FileStreamSource\nfile: orders.jsonl\ntopic: orders-again\n",
+    )
+    .expect("write");
+    let (ok, _, err) = connect_cli(worker.rest_port, &["create", again.to_str().expect("utf-8 path")]);
+    assert!(ok, "{err}");
+    let config = json(&http(worker.rest_port, "GET", "/connectors/orders-again/config", "").1);
+    assert_eq!(config["connector.class"], "FileStreamSource");
     worker.stop();
 }
 

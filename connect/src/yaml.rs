@@ -143,7 +143,7 @@ impl Flat {
 
 fn top_level_entry(flat: &mut Flat, key: String, key_line: usize, value: Node) -> Result<(), YamlError> {
     match (key.as_str(), value) {
-        ("transforms" | "predicates", Node::Seq { items, .. }) => named_list(flat, &key, items),
+        ("transforms" | "predicates", Node::Seq { items, line }) => named_list(flat, &key, line, items),
         ("transforms" | "predicates", Node::Map { entries, line }) => named_map(flat, &key, line, entries),
         ("topics", Node::Seq { items, line }) => {
             let names = items
@@ -173,14 +173,11 @@ fn list_element(key: &str, item: Node) -> Result<String, YamlError> {
 }
 
 /// `transforms: [{name: a, type: T, ...}, ...]`.
-fn named_list(flat: &mut Flat, list_key: &str, items: Vec<Node>) -> Result<(), YamlError> {
-    let Some(first_line) = items.first().map(Node::line) else {
-        return flat.set(list_key.to_string(), String::new(), 0);
-    };
+fn named_list(flat: &mut Flat, list_key: &str, line: usize, items: Vec<Node>) -> Result<(), YamlError> {
     let mut names: Vec<(String, usize)> = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let element_key = format!("{list_key}[{index}]");
-        let Node::Map { mut entries, line } = item else {
+        let Node::Map { mut entries, line: item_line } = item else {
             return Err(YamlError::Shape {
                 key: element_key,
                 line: item.line(),
@@ -189,14 +186,14 @@ fn named_list(flat: &mut Flat, list_key: &str, items: Vec<Node>) -> Result<(), Y
             });
         };
         let Some(position) = entries.iter().position(|(key, _, _)| key == "name") else {
-            return Err(YamlError::BadName { key: element_key, line, why: "has no name".into() });
+            return Err(YamlError::BadName { key: element_key, line: item_line, why: "has no name".into() });
         };
         let (_, _, name) = entries.remove(position);
         let name = list_element(&format!("{element_key}.name"), name)?;
-        add_named(flat, list_key, &mut names, name, line, entries)?;
+        add_named(flat, list_key, &mut names, name, item_line, entries)?;
     }
     let joined = names.into_iter().map(|(name, _)| name).collect::<Vec<_>>().join(",");
-    flat.set(list_key.to_string(), joined, first_line)
+    flat.set(list_key.to_string(), joined, line)
 }
 
 /// `transforms: {a: {type: T, ...}, ...}`: names in the order written.
@@ -446,6 +443,7 @@ mod tests {
         let flat = parsed("transforms: a\ntransforms.a.type: Filter\n");
         assert_eq!(flat["transforms"], "a");
         assert_eq!(flat["transforms.a.type"], "Filter");
+        assert_eq!(parsed("transforms: []\n")["transforms"], "", "no transforms");
     }
 
     #[test]
