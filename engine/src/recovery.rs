@@ -173,7 +173,8 @@ async fn settle_swaps<S: Storage>(storage: &S, dir: &Path, names: &[String]) -> 
     }
     for base in swaps {
         tracing::warn!(dir = %dir.display(), base, "completing a compaction swap cut short");
-        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        // A swap that removed markers carries its new `.txnindex` too.
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
             let cleaned = format!("{base:020}.{suffix}.{CLEANED_SUFFIX}");
             if names.contains(&cleaned) {
                 let (from, to) = (dir.join(&cleaned), segment::segment_path(dir, base, suffix));

@@ -561,3 +561,177 @@ fn a_cut_commit_marker_reopens_a_transaction_that_began_below_the_log_start() {
         log.close().await.unwrap();
     });
 }
+
+/// Markers of transactions whose data compaction removed: the commit of
+/// a superseded value and the abort of removed records. Before a pass
+/// after their delete horizon they stay; after it they go, and the abort's
+/// `.txnindex` entry with it (left, it would make a read_committed
+/// consumer skip the producer's later, committed batches, waiting for an
+/// abort marker that is gone).
+async fn marker_workload(log: &PartitionLog<SimStorage>) {
+    let append = |batch: BytesMut| {
+        let log = log.clone();
+        async move { log.append_durable(batch, 0).await.unwrap() }
+    };
+    append(keyed(None, "a", "a1")).await;
+    append(keyed(Some((1, 0)), "a", "a-aborted")).await;
+    log.append_marker(marker(1, 0, false), 0).unwrap().durable().await.unwrap();
+    append(keyed(Some((2, 0)), "b", "b1")).await;
+    log.append_marker(marker(2, 0, true), 0).unwrap().durable().await.unwrap();
+    append(keyed(Some((2, 1)), "b", "b2")).await;
+    log.append_marker(marker(2, 0, true), 0).unwrap().durable().await.unwrap();
+    // The same producer commits again after its abort.
+    append(keyed(Some((1, 1)), "c", "c1")).await;
+    log.append_marker(marker(1, 0, true), 0).unwrap().durable().await.unwrap();
+    for i in 0..10 {
+        append(keyed(None, "f", &format!("f{i}"))).await;
+    }
+}
+
+fn marker_config() -> LogConfig {
+    LogConfig {
+        cleanup_policy: spate_engine::CleanupPolicy::Compact,
+        min_cleanable_dirty_ratio: 0.0,
+        clean_bytes_per_sec: u64::MAX,
+        delete_retention_ms: 1000,
+        ..rolling_config()
+    }
+}
+
+/// What a read_committed consumer sees, as the Java consumer filters: the
+/// data records of (key, value), dropping a transactional batch of a
+/// producer listed as aborted from the entry's first offset until that
+/// producer's abort marker.
+async fn read_committed_view(log: &PartitionLog<SimStorage>) -> Vec<(String, String)> {
+    let aborted = log.aborted_transactions(0, i64::MAX).await.unwrap();
+    let mut out = Vec::new();
+    let mut skipping: Vec<i64> = Vec::new();
+    let mut pending = aborted.clone();
+    let mut offset = log.log_start_offset();
+    loop {
+        let output = log.read(offset, 1 << 20, ReadBound::LastStable).await.unwrap();
+        let Some(last) = output.batches.last() else { return out };
+        offset = batch::validate_stored(last, usize::MAX).unwrap().last_offset() + 1;
+        for bytes in &output.batches {
+            let info = batch::validate_stored(bytes, usize::MAX).unwrap();
+            let header = batch::peek_header(bytes).unwrap();
+            pending.retain(|txn| {
+                let reached = txn.first_offset <= info.last_offset();
+                if reached {
+                    skipping.push(txn.producer_id);
+                }
+                !reached
+            });
+            let producer_id = header.producer_id.get();
+            if header.attributes().is_control() {
+                let control = batch::parse_control_batch(bytes).unwrap();
+                if !control.commit {
+                    skipping.retain(|&p| p != producer_id);
+                }
+                continue;
+            }
+            if header.attributes().is_transactional() && skipping.contains(&producer_id) {
+                continue;
+            }
+            for record in batch::records(bytes).unwrap() {
+                let record = record.unwrap();
+                let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
+                let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+                out.push((key, value.trim_end().to_owned()));
+            }
+        }
+    }
+}
+
+#[test]
+fn compaction_removes_a_marker_whose_data_is_gone_after_its_delete_horizon_with_its_txnindex_entry() {
+    run(async {
+        let storage = SimStorage::new();
+        let config = marker_config();
+        let log = open(&storage, &config).await;
+        marker_workload(&log).await;
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap().len(), 1);
+        let expected = read_committed_view(&log).await;
+        assert!(expected.contains(&("c".into(), "c1".into())), "{expected:?}");
+
+        log.clean(0).await.unwrap();
+        let (data, markers) = compacted_view(&log).await;
+        assert!(!data.iter().any(|(_, v)| v == "a-aborted" || v == "b1"), "{data:?}");
+        assert_eq!(markers, 4, "markers stay until their horizon");
+        assert!(!log.needs_clean(999), "the horizon (1000) is not reached");
+        assert!(log.needs_clean(1000), "a marker's passed horizon calls for a pass");
+
+        log.clean(1000).await.unwrap();
+        let (_, markers) = compacted_view(&log).await;
+        assert_eq!(markers, 2, "the abort of a-aborted and the commit of b1 go; b2's and c1's stay");
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), vec![], "the abort's entry went with it");
+        let view = read_committed_view(&log).await;
+        assert!(view.contains(&("c".into(), "c1".into())), "producer 1's commit after its abort is read: {view:?}");
+        let committed = |view: &[(String, String)]| -> Vec<(String, String)> {
+            let mut latest: std::collections::BTreeMap<String, String> = Default::default();
+            for (key, value) in view {
+                latest.insert(key.clone(), value.clone());
+            }
+            latest.into_iter().collect()
+        };
+        assert_eq!(committed(&view), committed(&expected), "the latest committed value of each key");
+        log.close().await.unwrap();
+
+        // As found again at the next open.
+        let log = open(&storage, &config).await;
+        assert_eq!(log.aborted_transactions(0, i64::MAX).await.unwrap(), vec![]);
+        assert_eq!(read_committed_view(&log).await, view);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_pass_removing_markers_never_lists_an_abort_without_its_marker() {
+    let config = marker_config();
+    let (trace, start, end, after) = run(async {
+        let storage = SimStorage::new();
+        let log = open(&storage, &config).await;
+        marker_workload(&log).await;
+        log.clean(0).await.unwrap();
+        // Closed and opened again: the pass starts from a log with a
+        // producer snapshot at its end, as a broker's after a restart.
+        log.close().await.unwrap();
+        let log = open(&storage, &config).await;
+        let start = storage.trace_len();
+        log.clean(1000).await.unwrap();
+        let end = storage.trace_len();
+        let after = read_committed_view(&log).await;
+        log.close().await.unwrap();
+        (storage.trace(), start, end, after)
+    });
+    let mut crash_points = 0;
+    for cut in start..=end {
+        let disk = SimStorage::replay(&trace[..cut]);
+        for mode in [CrashMode::DropUnsynced, CrashMode::KeepUnsynced, CrashMode::DropOldestUnsynced] {
+            for power_loss in [false, true] {
+                crash_points += 1;
+                run(async {
+                    let crashed =
+                        if power_loss { disk.power_loss(mode, TornSector::Garbage) } else { disk.crash(mode) };
+                    let log = open(&crashed, &config).await;
+                    // Every aborted transaction listed still has its marker.
+                    for txn in log.aborted_transactions(0, i64::MAX).await.unwrap() {
+                        let output = log.read(txn.last_offset, 1 << 16, ReadBound::HighWatermark).await.unwrap();
+                        let first = output.batches.first().expect("a batch at the marker");
+                        let info = batch::validate_stored(first, usize::MAX).unwrap();
+                        assert!(
+                            info.base_offset == txn.last_offset
+                                && batch::peek_header(first).unwrap().attributes().is_control(),
+                            "op {cut} {mode:?} power loss {power_loss}: {txn:?} listed without its marker"
+                        );
+                    }
+                    // And a pass from there reaches the same log.
+                    log.clean(1000).await.unwrap();
+                    assert_eq!(read_committed_view(&log).await, after, "op {cut} {mode:?}");
+                    log.close().await.unwrap();
+                });
+            }
+        }
+    }
+    assert!(crash_points > 20, "{crash_points} crash points");
+}

@@ -19,10 +19,18 @@
 //!    Transactions: only segments wholly below the last stable offset are
 //!    read (an undecided transaction's records may yet be aborted); the
 //!    data batches of aborted transactions go whole and stay out of the
-//!    map; markers stay (Kafka removes them after `delete.retention.ms`,
-//!    a later step not taken here).
+//!    map. A marker (control batch) below the clean end whose transaction
+//!    has no data batch left gets a delete horizon, as a tombstone does,
+//!    and goes at a pass after it (Kafka's cleaner); an abort marker's
+//!    entry leaves its segment's `.txnindex` with it, since a
+//!    read_committed consumer told of an aborted transaction skips that
+//!    producer's batches until it meets the abort marker. A pass whose
+//!    rewrite of a segment did not go in (the segment changed meanwhile)
+//!    removes no marker after it: the data it meant to drop is still
+//!    there.
 //! 3. swaps each rewritten segment in, crash-safely: `<base>.log.cleaned`
-//!    and its `.index.cleaned`, `.timeindex.cleaned` are written and synced;
+//!    and its `.index.cleaned`, `.timeindex.cleaned` (and `.txnindex.cleaned`
+//!    when a marker went) are written and synced;
 //!    the compaction checkpoint is raised; `.log.cleaned` is renamed to
 //!    `.log.swap` and the directory synced (the commit point: recovery
 //!    completes a swap from here, and removes `.cleaned` files without one);
@@ -243,6 +251,31 @@ struct Filter<'a> {
     clean_end: i64,
     now_ms: i64,
     delete_retention_ms: i64,
+    /// False once a rewrite of this pass did not go in.
+    markers_removable: bool,
+}
+
+/// The transactions a pass has read into, by producer: whether the one
+/// open (since the producer's last marker) has a data batch kept. Read in
+/// log order across the pass's segments.
+#[derive(Debug, Clone, Default)]
+struct OpenTxns {
+    with_data: HashMap<i64, bool>,
+}
+
+impl OpenTxns {
+    /// A data batch kept.
+    fn kept(&mut self, info: &BatchInfo) {
+        if info.attributes & TRANSACTIONAL_BIT != 0 && info.attributes & CONTROL_BIT == 0 {
+            self.with_data.insert(info.producer_id, true);
+        }
+    }
+
+    /// A marker: the transaction it ends had data kept; the producer's
+    /// next one starts empty.
+    fn ended(&mut self, producer_id: i64) -> bool {
+        self.with_data.remove(&producer_id).unwrap_or(false)
+    }
 }
 
 enum Filtered {
@@ -257,8 +290,22 @@ struct SegmentSummary {
     changed: bool,
     batches_kept: usize,
     records_removed: u64,
-    /// The earliest future delete horizon of a tombstone kept.
+    /// The earliest future delete horizon of a tombstone or marker kept.
     horizon_ms: Option<i64>,
+    /// The offsets of the markers removed (their `.txnindex` entries go).
+    markers_removed: Vec<i64>,
+    /// The open transactions after the segment.
+    open_txns: OpenTxns,
+}
+
+/// What cleaning one segment left for the rest of the pass.
+struct SegmentCleaned {
+    /// The segment is as the pass decided (unchanged, rewritten or
+    /// deleted); false if its rewrite did not go in.
+    went_in: bool,
+    /// The earliest future delete horizon of a tombstone or marker kept.
+    horizon_ms: Option<i64>,
+    open_txns: OpenTxns,
 }
 
 /// The new segment file being written, and its in-memory segment.
@@ -363,6 +410,41 @@ fn filter_batch(filter: &Filter<'_>, info: &BatchInfo, bytes: &[u8]) -> Result<(
     }
     let bytes = encode_batch(info, &kept, new_horizon);
     Ok((Filtered::Rewrite { bytes, records_removed: removed }, pending_horizon))
+}
+
+/// Decides a marker's fate: one whose transaction has no data left
+/// (`had_data` false) and that lies below the clean end gets a delete
+/// horizon, then goes once the horizon has passed.
+fn filter_marker(
+    filter: &Filter<'_>,
+    info: &BatchInfo,
+    bytes: &[u8],
+    had_data: bool,
+) -> Result<(Filtered, Option<i64>)> {
+    if had_data || !filter.markers_removable || info.last_offset() >= filter.clean_end {
+        return Ok((Filtered::Keep, None));
+    }
+    match (info.attributes & DELETE_HORIZON_BIT != 0).then_some(info.base_timestamp) {
+        Some(horizon_ms) if horizon_ms <= filter.now_ms => {
+            Ok((Filtered::Drop { records: u64::try_from(info.records_count).unwrap_or_default() }, None))
+        }
+        Some(horizon_ms) => Ok((Filtered::Keep, Some(horizon_ms))),
+        None => {
+            let horizon_ms = filter.now_ms.saturating_add(filter.delete_retention_ms);
+            let corrupt = |err: &dyn std::fmt::Display| LogError::corruption(PathBuf::new(), 0, err.to_string());
+            let mut kept: Vec<(Record<'_>, i64)> = Vec::new();
+            for record in batch::records(bytes).map_err(|err| corrupt(&err))? {
+                let record = record.map_err(|err| corrupt(&err))?;
+                let timestamp_ms = record.timestamp_ms(info.base_timestamp);
+                kept.push((record, timestamp_ms));
+            }
+            if kept.is_empty() {
+                return Ok((Filtered::Keep, None));
+            }
+            let bytes = encode_batch(info, &kept, Some(horizon_ms));
+            Ok((Filtered::Rewrite { bytes, records_removed: 0 }, Some(horizon_ms)))
+        }
+    }
 }
 
 /// A batch holding `kept` (records with their timestamps) under `info`'s
@@ -502,13 +584,19 @@ impl<S: Storage> LogInner<S> {
         let cleaned: Vec<&SegmentView<S::File>> = views.iter().filter(|view| view.base < clean_end).collect();
         let new_gaps_below = cleaned.last().map_or(gaps_below, |view| view.next_base.max(gaps_below));
         let mut next_horizon_ms: Option<i64> = None;
+        let mut open_txns = OpenTxns::default();
+        let mut markers_removable = true;
         for view in cleaned {
             self.check_open()?;
             let aborted = self.aborted_ranges(view).await?;
-            let filter = Filter { map: &map, aborted: &aborted, clean_end, now_ms, delete_retention_ms };
-            let horizon_ms =
-                self.clean_segment(view, &filter, gaps_below, new_gaps_below, &mut throttle, &mut outcome).await?;
-            next_horizon_ms = match (next_horizon_ms, horizon_ms) {
+            let filter =
+                Filter { map: &map, aborted: &aborted, clean_end, now_ms, delete_retention_ms, markers_removable };
+            let cleaned = self
+                .clean_segment(view, &filter, &open_txns, gaps_below, new_gaps_below, &mut throttle, &mut outcome)
+                .await?;
+            open_txns = cleaned.open_txns;
+            markers_removable &= cleaned.went_in;
+            next_horizon_ms = match (next_horizon_ms, cleaned.horizon_ms) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -604,21 +692,32 @@ impl<S: Storage> LogInner<S> {
     }
 
     /// Filters one segment; writes what it keeps to `out` when given.
+    #[allow(clippy::too_many_arguments)]
     async fn filter_segment(
         &self,
         view: &SegmentView<S::File>,
         filter: &Filter<'_>,
+        open_txns: &OpenTxns,
         gaps_below: i64,
         throttle: &mut Throttle,
         outcome: &mut CleanOutcome,
         mut out: Option<&mut SegmentOut<S::File>>,
     ) -> Result<SegmentSummary> {
-        let mut summary = SegmentSummary::default();
+        let mut summary = SegmentSummary { open_txns: open_txns.clone(), ..Default::default() };
         let mut cursor = BatchCursor::new(&*view.file, &view.path, view.written_bytes, (0, view.base), gaps_below);
         while let Some((_, info, bytes)) = cursor.next().await? {
             throttle.consume(info.batch_bytes as u64).await;
             outcome.bytes_read += info.batch_bytes as u64;
-            let (filtered, horizon_ms) = filter_batch(filter, &info, &bytes)?;
+            let (filtered, horizon_ms) = if info.attributes & CONTROL_BIT != 0 {
+                let had_data = summary.open_txns.ended(info.producer_id);
+                let decided = filter_marker(filter, &info, &bytes, had_data)?;
+                if matches!(decided.0, Filtered::Drop { .. }) {
+                    summary.markers_removed.push(info.base_offset);
+                }
+                decided
+            } else {
+                filter_batch(filter, &info, &bytes)?
+            };
             if let Some(horizon_ms) = horizon_ms {
                 summary.horizon_ms = Some(summary.horizon_ms.map_or(horizon_ms, |h| h.min(horizon_ms)));
             }
@@ -640,6 +739,7 @@ impl<S: Storage> LogInner<S> {
                 }
             };
             if let Some((bytes, kept_info)) = kept {
+                summary.open_txns.kept(&kept_info);
                 summary.batches_kept += 1;
                 if let Some(out) = out.as_deref_mut() {
                     out.push(&bytes, &kept_info, throttle).await?;
@@ -649,61 +749,74 @@ impl<S: Storage> LogInner<S> {
         Ok(summary)
     }
 
-    /// Cleans one sealed segment; returns the earliest future delete horizon
-    /// of the tombstones it keeps.
+    /// Cleans one sealed segment, reading on from `open_txns`.
+    #[allow(clippy::too_many_arguments)]
     async fn clean_segment(
         &self,
         view: &SegmentView<S::File>,
         filter: &Filter<'_>,
+        open_txns: &OpenTxns,
         gaps_below: i64,
         new_gaps_below: i64,
         throttle: &mut Throttle,
         outcome: &mut CleanOutcome,
-    ) -> Result<Option<i64>> {
+    ) -> Result<SegmentCleaned> {
         // A first read decides; most segments of a compacted log are
         // already clean, and writing them again would be wasted.
-        let dry = self.filter_segment(view, filter, gaps_below, throttle, outcome, None).await?;
+        let dry = self.filter_segment(view, filter, open_txns, gaps_below, throttle, outcome, None).await?;
+        let cleaned = |went_in: bool, horizon_ms: Option<i64>| SegmentCleaned {
+            went_in,
+            horizon_ms,
+            open_txns: dry.open_txns.clone(),
+        };
         if !dry.changed {
-            return Ok(dry.horizon_ms);
+            return Ok(cleaned(true, dry.horizon_ms));
         }
         if dry.batches_kept == 0 {
             if self.commit_delete(view, new_gaps_below).await? {
                 outcome.segments_deleted += 1;
                 outcome.records_removed += dry.records_removed;
-                return Ok(None);
+                return Ok(cleaned(true, None));
             }
             if !self.is_first_segment(view.base) {
-                return Ok(dry.horizon_ms);
+                return Ok(cleaned(false, dry.horizon_ms));
             }
             // The first segment stays, empty, so the log start stays.
         }
         let path = with_suffix(&view.path, CLEANED_SUFFIX);
-        let written = self.write_cleaned(view, filter, gaps_below, throttle, outcome, &path).await;
-        let segment = match written {
-            Ok(segment) => segment,
+        let decided = (open_txns, dry.markers_removed.as_slice());
+        let written = self.write_cleaned(view, filter, decided, gaps_below, throttle, outcome, &path).await;
+        let (segment, txn_index) = match written {
+            Ok(written) => written,
             Err(err) => {
                 self.remove_cleaned(view).await;
                 return Err(err);
             }
         };
         outcome.bytes_written += segment.written_bytes;
-        if self.commit_swap(view, segment, new_gaps_below).await? {
+        let went_in = self.commit_swap(view, segment, txn_index, new_gaps_below).await?;
+        if went_in {
             outcome.segments_rewritten += 1;
             outcome.records_removed += dry.records_removed;
         }
-        Ok(dry.horizon_ms)
+        Ok(cleaned(went_in, dry.horizon_ms))
     }
 
-    /// Writes `<base>.log.cleaned` and its `.cleaned` index files, synced.
+    /// Writes `<base>.log.cleaned` and its `.cleaned` index files, synced,
+    /// from the open transactions before the segment and the markers its
+    /// first read removed; true if the `.txnindex` changed (the removed
+    /// abort markers' entries went with them).
+    #[allow(clippy::too_many_arguments)]
     async fn write_cleaned(
         &self,
         view: &SegmentView<S::File>,
         filter: &Filter<'_>,
+        (open_txns, markers_removed): (&OpenTxns, &[i64]),
         gaps_below: i64,
         throttle: &mut Throttle,
         outcome: &mut CleanOutcome,
         path: &Path,
-    ) -> Result<Segment<S::File>> {
+    ) -> Result<(Segment<S::File>, bool)> {
         let file = self.storage.open(path, true).await.map_err(|err| LogError::io("open", path, err))?;
         file.truncate(0).await.map_err(|err| LogError::io("truncate", path, err))?;
         let mut out = SegmentOut {
@@ -714,14 +827,32 @@ impl<S: Storage> LogInner<S> {
             flushed: 0,
             index_interval_bytes: self.config().index_interval_bytes,
         };
-        self.filter_segment(view, filter, gaps_below, throttle, outcome, Some(&mut out)).await?;
+        let written =
+            self.filter_segment(view, filter, open_txns, gaps_below, throttle, outcome, Some(&mut out)).await?;
+        // The same bytes under the same rules decide the same.
+        assert_eq!(written.markers_removed, markers_removed, "a segment's two reads decide alike");
         let (file, mut segment) = out.finish(throttle).await?;
         segment.file = Some(Rc::new(file));
         let index_path = with_suffix(&segment.index_path(), CLEANED_SUFFIX);
         self.write_atomic(&index_path, &segment.index.encode()).await?;
         let time_index_path = with_suffix(&segment.time_index_path(), CLEANED_SUFFIX);
         self.write_atomic(&time_index_path, &segment.time_index.encode()).await?;
-        Ok(segment)
+        let entries = self.state.borrow().segments.get(&view.base).map_or(0, |old| old.aborted_entries);
+        segment.aborted_entries = entries;
+        if markers_removed.is_empty() || entries == 0 {
+            return Ok((segment, false));
+        }
+        let txn_index_path = view.path.with_extension(TXN_INDEX_SUFFIX);
+        let aborted =
+            crate::txn::read_index(&self.storage, &txn_index_path, view.base, view.next_base, entries).await?;
+        let kept: Vec<crate::txn::AbortedTxn> =
+            aborted.into_iter().filter(|txn| !markers_removed.contains(&txn.last_offset)).collect();
+        if kept.len() == entries {
+            return Ok((segment, false));
+        }
+        self.write_atomic(&with_suffix(&txn_index_path, CLEANED_SUFFIX), &crate::txn::encode_index(&kept)).await?;
+        segment.aborted_entries = kept.len();
+        Ok((segment, true))
     }
 
     fn is_first_segment(&self, base: i64) -> bool {
@@ -778,7 +909,8 @@ impl<S: Storage> LogInner<S> {
     async fn commit_swap(
         &self,
         view: &SegmentView<S::File>,
-        mut segment: Segment<S::File>,
+        segment: Segment<S::File>,
+        txn_index: bool,
         gaps_below: i64,
     ) -> Result<bool> {
         let permit = self.maintenance_lock.acquire_permit(1).await.map_err(|_| LogError::Closed);
@@ -794,21 +926,22 @@ impl<S: Storage> LogInner<S> {
                 return ready.map(|_| false);
             }
         };
-        if let Err(err) = self.swap_files(view).await {
+        // `still_there` held: the `.txnindex` count the new one was cut
+        // from (`write_cleaned`) is still the segment's.
+        if let Err(err) = self.swap_files(view, txn_index).await {
             self.fail(err.clone());
             return Err(err);
         }
         let mut state = self.state.borrow_mut();
-        // Markers stay: the segment's `.txnindex`, not rewritten, still
-        // counts for it.
-        segment.aborted_entries = state.segments.get(&view.base).map_or(0, |old| old.aborted_entries);
         state.segments.insert(view.base, segment);
+        // The cached entries may be the segment's old ones.
+        *self.txn_index_cache.borrow_mut() = None;
         Ok(true)
     }
 
     /// The renames of a swap. From the first one on, recovery completes
     /// the swap, so an error here stops the log.
-    async fn swap_files(&self, view: &SegmentView<S::File>) -> Result<()> {
+    async fn swap_files(&self, view: &SegmentView<S::File>, txn_index: bool) -> Result<()> {
         let storage = &self.storage;
         let rename = |from: PathBuf, to: PathBuf| async move {
             storage.rename(&from, &to).await.map_err(|err| LogError::io("rename", &from, err))
@@ -816,7 +949,8 @@ impl<S: Storage> LogInner<S> {
         let swap = with_suffix(&view.path, SWAP_SUFFIX);
         rename(with_suffix(&view.path, CLEANED_SUFFIX), swap.clone()).await?;
         self.sync_dir().await?;
-        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let txn_index = txn_index.then_some(TXN_INDEX_SUFFIX);
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX].into_iter().chain(txn_index) {
             let path = view.path.with_extension(suffix);
             rename(with_suffix(&path, CLEANED_SUFFIX), path).await?;
         }
@@ -851,7 +985,7 @@ impl<S: Storage> LogInner<S> {
 
     /// Best effort: a leftover `.cleaned` file is removed at the next open.
     async fn remove_cleaned(&self, view: &SegmentView<S::File>) {
-        for suffix in [crate::segment::LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [crate::segment::LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
             let path = with_suffix(&view.path.with_extension(suffix), CLEANED_SUFFIX);
             let _ = remove_if_exists(&self.storage, &path).await;
         }
