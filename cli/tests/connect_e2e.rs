@@ -264,6 +264,127 @@ fn assert_duplicates_are_replays(expected: &[String], before_kill: &[String], go
     assert_eq!(runs.last().map(|r| r.1), Some(expected.len() - 1), "the last line arrived last");
 }
 
+/// Every value of `topic` (one partition) a consumer at `isolation_level`
+/// reads from the beginning to the end offset it is given.
+fn read_topic(broker: &Broker, topic: &str, isolation_level: spate_client::IsolationLevel) -> Vec<String> {
+    use spate_client::{Client, ClientConfig, Consumer, ConsumerConfig, SeekTo, TopicPartition};
+    common::runtime().block_on(async {
+        let client = Client::connect(ClientConfig { bootstrap: vec![broker.addr()], ..Default::default() })
+            .await
+            .expect("connect");
+        let mut consumer =
+            Consumer::new(client, ConsumerConfig { isolation_level, ..Default::default() }).expect("consumer");
+        let tp = TopicPartition::new(topic, 0);
+        consumer.assign(vec![tp.clone()]);
+        consumer.seek(&tp, SeekTo::Earliest).await.expect("seek");
+        let end = consumer.end_offsets(std::slice::from_ref(&tp)).await.expect("end offsets")[0].1;
+        let mut values = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while consumer.position(&tp).is_none_or(|position| position < end) {
+            assert!(Instant::now() < deadline, "reading {topic} to offset {end} timed out");
+            for record in consumer.poll(Duration::from_millis(200)).await.expect("poll") {
+                values.push(String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned());
+            }
+        }
+        values
+    })
+}
+
+#[test]
+fn an_exactly_once_source_killed_mid_stream_delivers_every_line_once_to_read_committed() {
+    use spate_client::IsolationLevel::{ReadCommitted, ReadUncommitted};
+    let dir = data_dir("connect-eos-kill9");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    // The offsets file is flushed every 300 ms, so that with exactly-once
+    // off the kill lands after a flush and replays lines: with
+    // exactly.once.source.support=disabled (and exactly.once.support=
+    // requested) this test fails, 450 to 550 lines read twice.
+    let worker_config = worker_properties(
+        &dir,
+        &broker,
+        free_port_below_ephemeral(),
+        "offset.flush.interval.ms=300\nexactly.once.source.support=enabled",
+    );
+    // A transaction every 400 ms over small polls: while lines keep
+    // coming one is nearly always open with records in the log, so the
+    // kill leaves one for the restarted worker's producer to fence and
+    // abort (poll, the default boundary, commits through the same code
+    // after every poll).
+    let source = dir.join("eos-source.properties");
+    std::fs::write(
+        &source,
+        "name=eos-file-source\nconnector.class=FileStreamSource\nfile=test.txt\ntopic=eos-lines\nbatch.size=50\n\
+         exactly.once.support=required\ntransaction.boundary=interval\ntransaction.boundary.interval.ms=400\n\
+         value.converter=org.apache.kafka.connect.storage.StringConverter\n",
+    )
+    .expect("write");
+    let source_file = dir.join("test.txt");
+    let expected = numbered_lines(0..4000);
+    append(&source_file, &expected[..500]);
+
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &source], 1);
+    let writer = {
+        let (path, rest) = (source_file.clone(), expected[500..].to_vec());
+        std::thread::spawn(move || {
+            for chunk in rest.chunks(100) {
+                append(&path, chunk);
+                std::thread::sleep(Duration::from_millis(60));
+            }
+        })
+    };
+    wait_for("lines in the topic and a first offset flush", Duration::from_secs(20), || {
+        dir.join("connect.offsets").exists() && read_topic(&broker, "eos-lines", ReadCommitted).len() >= 1000
+    });
+    worker.kill9();
+    let before_kill = read_topic(&broker, "eos-lines", ReadCommitted).len();
+    assert!(before_kill < expected.len(), "the kill should land mid-stream");
+
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &source], 2);
+    writer.join().expect("writer");
+    wait_for("every line after the restart", Duration::from_secs(30), || {
+        read_topic(&broker, "eos-lines", ReadCommitted).len() >= expected.len()
+    });
+    worker.stop();
+    let committed = read_topic(&broker, "eos-lines", ReadCommitted);
+    let distinct: std::collections::BTreeSet<&String> = committed.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        committed.len(),
+        "a line read twice: {} of {}",
+        committed.len() - distinct.len(),
+        committed.len()
+    );
+    assert_eq!(committed, expected, "every line, once, in order, read_committed");
+    // The offsets topic holds the position after the last line, Kafka's key.
+    let stored = read_topic(&broker, "connect-offsets", ReadCommitted);
+    let size = std::fs::metadata(&source_file).expect("size").len();
+    assert_eq!(stored.last().map(String::as_str), Some(format!("{{\"position\":{size}}}").as_str()));
+    let everything = read_topic(&broker, "eos-lines", ReadUncommitted).len();
+    eprintln!(
+        "{} lines once; {before_kill} committed at the kill; {everything} in the log with aborted ones",
+        committed.len()
+    );
+
+    // KIP-875 under exactly-once: offsets set while stopped go to the
+    // offsets topic, where the resumed task reads them: it sends the last
+    // 1000 lines again (committed: read_committed sees them twice now).
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &source], 3);
+    let port = worker.rest_port;
+    assert_eq!(http(port, "PUT", "/connectors/eos-file-source/stop", "").0, 204);
+    let line_bytes = expected[0].len() + 1;
+    let patch = serde_json::json!({"offsets": [{"partition": {"filename": "test.txt"}, "offset": {"position": 3000 * line_bytes}}]});
+    let (code, body) = http(port, "PATCH", "/connectors/eos-file-source/offsets", &patch.to_string());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http(port, "PUT", "/connectors/eos-file-source/resume", "").0, 202);
+    wait_for("the last 1000 lines again", Duration::from_secs(20), || {
+        read_topic(&broker, "eos-lines", ReadCommitted).len() >= expected.len() + 1000
+    });
+    worker.stop();
+    let again = read_topic(&broker, "eos-lines", ReadCommitted);
+    assert_eq!(&again[..expected.len()], &expected[..]);
+    assert_eq!(&again[expected.len()..], &expected[3000..], "resumed at the offset set while stopped");
+}
+
 /// One HTTP/1.1 request; answers (status, body).
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the REST port");

@@ -14,6 +14,11 @@ pub const OFFSET_FLUSH_INTERVAL_MS_DEFAULT: u64 = 60_000;
 pub const REST_PORT_DEFAULT: u16 = 8083;
 /// Kafka's consumer default `session.timeout.ms`.
 pub const CONSUMER_SESSION_TIMEOUT_MS_DEFAULT: u64 = 45_000;
+/// Kafka's default `offset.storage.topic`.
+pub const OFFSET_STORAGE_TOPIC_DEFAULT: &str = "connect-offsets";
+/// One replica unless asked: a standalone worker runs against one broker
+/// as often as against a cluster (Kafka's distributed default is 3).
+pub const OFFSET_STORAGE_REPLICATION_FACTOR_DEFAULT: i16 = 1;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -39,6 +44,15 @@ pub struct WorkerConfig {
     /// member that stopped heartbeating (a killed worker) before its
     /// partitions move.
     pub consumer_session_timeout_ms: u64,
+    /// `exactly.once.source.support=enabled` (KIP-618): source tasks write
+    /// their records and offsets in one transaction, the offsets to
+    /// `offset_storage_topic`.
+    pub exactly_once_source_support: bool,
+    /// `offset.storage.topic`: the compacted topic of source offsets under
+    /// exactly-once (created if missing).
+    pub offset_storage_topic: String,
+    /// `offset.storage.replication.factor`, for creating that topic.
+    pub offset_storage_replication_factor: i16,
     /// Keys the worker does not use, for one warning.
     pub unknown_keys: Vec<String>,
 }
@@ -56,6 +70,9 @@ const KNOWN_KEYS: &[&str] = &[
     // to find their jar, which Spate does not need.
     "plugin.path",
     "consumer.session.timeout.ms",
+    "exactly.once.source.support",
+    "offset.storage.topic",
+    "offset.storage.replication.factor",
 ];
 
 fn number<T: std::str::FromStr>(props: &Props, key: &str) -> Result<Option<T>> {
@@ -124,6 +141,29 @@ impl WorkerConfig {
         };
         let consumer_session_timeout_ms =
             number::<u64>(props, "consumer.session.timeout.ms")?.unwrap_or(CONSUMER_SESSION_TIMEOUT_MS_DEFAULT);
+        let exactly_once_source_support =
+            match props.get("exactly.once.source.support").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+                None | Some("") | Some("disabled") => false,
+                Some("enabled") => true,
+                // Kafka's "preparing" readies a distributed cluster for a
+                // rolling upgrade; a standalone worker has no such step.
+                Some(other) => {
+                    return Err(ConnectError::Config(format!(
+                        "Invalid value {other} for configuration exactly.once.source.support: \
+                         String must be one of: disabled, enabled"
+                    )));
+                }
+            };
+        let offset_storage_topic = props
+            .get("offset.storage.topic")
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| OFFSET_STORAGE_TOPIC_DEFAULT.to_string());
+        let offset_storage_replication_factor = number::<i16>(props, "offset.storage.replication.factor")?
+            .unwrap_or(OFFSET_STORAGE_REPLICATION_FACTOR_DEFAULT);
+        if offset_storage_replication_factor < 1 {
+            return Err(ConnectError::Config("offset.storage.replication.factor must be at least 1".into()));
+        }
         let unknown_keys = props
             .keys()
             .filter(|key| {
@@ -150,6 +190,9 @@ impl WorkerConfig {
             rest_host,
             rest_port,
             consumer_session_timeout_ms,
+            exactly_once_source_support,
+            offset_storage_topic,
+            offset_storage_replication_factor,
             unknown_keys,
         })
     }
@@ -174,6 +217,25 @@ mod tests {
         assert_eq!(config.offset_flush_interval_ms, 10_000);
         assert_eq!((config.rest_host.as_str(), config.rest_port), ("", 8083));
         assert_eq!(config.unknown_keys, ["group.id", "producer.acks"]);
+        assert!(!config.exactly_once_source_support, "at-least-once unless asked");
+    }
+
+    #[test]
+    fn exactly_once_source_support_and_the_offsets_topic_are_read() {
+        let base = "key.converter=StringConverter\nvalue.converter=StringConverter\noffset.storage.file.filename=o\n";
+        let with = |extra: &str| WorkerConfig::from_props(&parse(&format!("{base}{extra}")).expect("parse"));
+        let defaults = with("exactly.once.source.support=Enabled").expect("valid");
+        assert!(defaults.exactly_once_source_support);
+        assert_eq!(
+            (defaults.offset_storage_topic.as_str(), defaults.offset_storage_replication_factor),
+            ("connect-offsets", 1)
+        );
+        let set =
+            with("exactly.once.source.support=enabled\noffset.storage.topic=offs\noffset.storage.replication.factor=3")
+                .expect("valid");
+        assert_eq!((set.offset_storage_topic.as_str(), set.offset_storage_replication_factor), ("offs", 3));
+        assert!(set.unknown_keys.is_empty(), "{:?}", set.unknown_keys);
+        assert!(!with("exactly.once.source.support=disabled").expect("valid").exactly_once_source_support);
     }
 
     #[test]
@@ -216,6 +278,12 @@ mod tests {
         for bad in ["listeners=https://:8443", "listeners=8083", "offset.flush.interval.ms=soon", "key.converter=Avro"]
         {
             assert!(matches!(with(bad), Err(ConnectError::Config(_))), "{bad}");
+        }
+        for bad in ["exactly.once.source.support=preparing", "offset.storage.replication.factor=0"] {
+            assert!(
+                matches!(with(bad), Err(ConnectError::Config(why)) if why.contains(bad.split('=').next().unwrap_or(bad))),
+                "{bad}"
+            );
         }
         let missing = WorkerConfig::from_props(&parse("key.converter=StringConverter").expect("parse"));
         assert!(matches!(missing, Err(ConnectError::Config(why)) if why.contains("value.converter")));

@@ -19,6 +19,7 @@ pub mod connector;
 pub mod converter;
 pub mod data;
 pub mod error;
+pub mod exactly_once;
 pub mod file;
 pub mod http_sink;
 pub mod http_source;

@@ -8,7 +8,10 @@
 //! after the cluster acknowledged it and every record before it; a sink
 //! partition's consumer offset is committed only after the sink task
 //! flushed every record below it. A worker killed in between sends (or
-//! writes) those records again when it restarts.
+//! writes) those records again when it restarts. With
+//! `exactly.once.source.support=enabled`, a source task's records and
+//! offsets go in one transaction instead (`run_source_exactly_once`,
+//! `exactly_once.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +32,7 @@ use crate::connector::{
 };
 use crate::converter::{converter_for, with_prefix};
 use crate::error::{ConnectError, Result};
+use crate::exactly_once::{self, Boundary, ConnectorSettings, Support};
 use crate::limits::{
     CONNECTORS_PER_WORKER_MAX, SINK_POLL_MS, TASK_IDLE_WAIT_MS, TASKS_PER_CONNECTOR_MAX, TOPIC_CREATE_ATTEMPTS_MAX,
     TOPIC_CREATE_BACKOFF_MS,
@@ -323,6 +327,26 @@ fn common_keys(connector_type: Option<ConnectorType>) -> Vec<ConfigKey> {
             "Log each record skipped under errors.tolerance=all.",
         ),
     ];
+    if connector_type == Some(ConnectorType::Source) {
+        keys.push(key(
+            exactly_once::SUPPORT_KEY,
+            ConfigType::String,
+            Some("requested"),
+            "requested or required: whether the connector must be able to deliver exactly once (with exactly.once.source.support=enabled on the worker).",
+        ));
+        keys.push(key(
+            exactly_once::BOUNDARY_KEY,
+            ConfigType::String,
+            Some("poll"),
+            "When a task's transaction commits under exactly-once: poll (each poll's batch) or interval.",
+        ));
+        keys.push(key(
+            exactly_once::BOUNDARY_INTERVAL_KEY,
+            ConfigType::Long,
+            Some(""),
+            "With transaction.boundary=interval: milliseconds between commits (default offset.flush.interval.ms).",
+        ));
+    }
     if connector_type == Some(ConnectorType::Sink) {
         keys.push(key("topics", ConfigType::List, Some(""), "List of topics to consume, separated by commas"));
         keys.push(key(
@@ -392,6 +416,12 @@ fn check_common(report: &mut ConfigReport, props: &Props, connector_type: Option
         }
         "transforms" if !value.is_empty() => {
             if let Err(error) = TransformChain::from_config(props) {
+                report.errors.push(error.to_string());
+            }
+        }
+        exactly_once::SUPPORT_KEY | exactly_once::BOUNDARY_KEY | exactly_once::BOUNDARY_INTERVAL_KEY => {
+            // The interval's default does not matter for validity.
+            if let Err(error) = ConnectorSettings::from_config(props, 1) {
                 report.errors.push(error.to_string());
             }
         }
@@ -501,6 +531,9 @@ impl Worker {
         })
         .await?;
         let producer = Producer::new(client.clone(), ProducerConfig::default())?;
+        if config.exactly_once_source_support {
+            create_offsets_topic(&client, &config).await?;
+        }
         let host = if config.rest_host.is_empty() { "0.0.0.0" } else { config.rest_host.as_str() };
         let worker_id = format!("{host}:{}", config.rest_port);
         Ok(Worker {
@@ -554,6 +587,7 @@ impl Worker {
         if infos.error_count > 0 {
             return Err(ConnectError::Config(invalid_config_message(&infos)));
         }
+        self.check_exactly_once_support(&config)?;
         let (existed, count) = {
             let connectors = lock(&self.shared.connectors);
             (connectors.contains_key(name), connectors.len())
@@ -569,6 +603,35 @@ impl Worker {
         let paused = if existed { self.remove(name)?.paused } else { false };
         self.start_connector(name, config, paused)?;
         Ok((self.info(name)?, !existed))
+    }
+
+    /// `exactly.once.support=required` needs a worker with exactly-once
+    /// sources enabled and a connector that can replay from its offsets
+    /// (Kafka refuses such a connector the same way).
+    fn check_exactly_once_support(&self, config: &Props) -> Result<()> {
+        let class = config.get("connector.class").map_or("", String::as_str);
+        if plugins::find(class).map(|p| p.connector_type) != Some(ConnectorType::Source) {
+            return Ok(());
+        }
+        let settings = ConnectorSettings::from_config(config, self.shared.config.offset_flush_interval_ms)?;
+        if settings.support != Support::Required {
+            return Ok(());
+        }
+        if !self.shared.config.exactly_once_source_support {
+            return Err(ConnectError::Config(format!(
+                "{}=required: this worker does not have exactly-once source support enabled \
+                 (exactly.once.source.support=enabled in the worker config)",
+                exactly_once::SUPPORT_KEY
+            )));
+        }
+        if !exactly_once::connector_supports(class, config) {
+            return Err(ConnectError::Config(format!(
+                "{}=required: {class} cannot provide exactly-once delivery with this configuration \
+                 (it cannot replay what it read before a crash)",
+                exactly_once::SUPPORT_KEY
+            )));
+        }
+        Ok(())
     }
 
     fn start_connector(&self, name: &str, config: Props, paused: bool) -> Result<()> {
@@ -632,8 +695,18 @@ impl Worker {
         let spawned = match &entry.connector {
             AnyConnector::Source(source) => {
                 let task = source.create_task();
+                let exactly_once = if worker_config.exactly_once_source_support {
+                    Some(ConnectorSettings::from_config(&entry.config, worker_config.offset_flush_interval_ms)?)
+                } else {
+                    None
+                };
                 std::thread::Builder::new().name(thread_name).spawn(move || {
-                    let result = worker.run_source(&connector, task, &task_config, &pipeline, &thread_control);
+                    let source_task =
+                        SourceTaskRun { connector: &connector, id, props: &task_config, pipeline: &pipeline };
+                    let result = match exactly_once {
+                        Some(settings) => worker.run_source_exactly_once(&source_task, task, settings, &thread_control),
+                        None => worker.run_source(&source_task, task, &thread_control),
+                    };
                     finish_task(&connector, id, result, &thread_control);
                 })
             }
@@ -723,14 +796,20 @@ impl Worker {
         let bad = |why: &str| ConnectError::Config(format!("invalid offsets: {why}"));
         match connector_type {
             ConnectorType::Source => {
+                let mut changes = Vec::with_capacity(offsets.len());
                 for entry in offsets {
                     let partition = entry.partition.as_object().ok_or_else(|| bad("a partition must be an object"))?;
                     match &entry.offset {
-                        serde_json::Value::Null => self.shared.offsets.remove(name, partition),
-                        serde_json::Value::Object(offset) => {
-                            self.shared.offsets.put(name, partition.clone(), offset.clone())
-                        }
+                        serde_json::Value::Null => changes.push((partition.clone(), None)),
+                        serde_json::Value::Object(offset) => changes.push((partition.clone(), Some(offset.clone()))),
                         _ => return Err(bad("an offset must be an object or null")),
+                    }
+                }
+                self.write_topic_offsets(name, &changes).await?;
+                for (partition, offset) in changes {
+                    match offset {
+                        Some(offset) => self.shared.offsets.put(name, partition, offset),
+                        None => self.shared.offsets.remove(name, &partition),
                     }
                 }
                 self.flush_offsets()
@@ -764,6 +843,13 @@ impl Worker {
     pub async fn reset_offsets(&self, name: &str) -> Result<()> {
         match self.require_stopped(name)? {
             ConnectorType::Source => {
+                if self.shared.config.exactly_once_source_support {
+                    let topic = &self.shared.config.offset_storage_topic;
+                    let stored = exactly_once::read_offsets(&self.shared.client, topic, name).await?;
+                    let tombstones: Vec<_> =
+                        stored.offsets.into_values().map(|(partition, _)| (partition, None)).collect();
+                    self.write_topic_offsets(name, &tombstones).await?;
+                }
                 self.shared.offsets.remove_connector(name);
                 self.flush_offsets()
             }
@@ -775,6 +861,28 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Under exactly-once, a source's offsets set through the REST API go
+    /// to the offsets topic too (where its tasks read them), acknowledged
+    /// before the call returns; a None offset is a tombstone.
+    async fn write_topic_offsets(&self, name: &str, changes: &[(SourcePartition, Option<SourceOffset>)]) -> Result<()> {
+        if !self.shared.config.exactly_once_source_support {
+            return Ok(());
+        }
+        let topic = &self.shared.config.offset_storage_topic;
+        let mut deliveries = Vec::with_capacity(changes.len());
+        for (partition, offset) in changes {
+            let record = match offset {
+                Some(offset) => exactly_once::offset_record(topic, name, partition, offset),
+                None => exactly_once::tombstone_record(topic, name, partition),
+            };
+            deliveries.push(self.shared.producer.send(record).await?);
+        }
+        for delivery in deliveries {
+            delivery.await?;
+        }
+        Ok(())
     }
 
     fn set_paused(&self, name: &str, paused: bool) -> Result<()> {
@@ -1092,19 +1200,148 @@ impl Worker {
         Ok(())
     }
 
-    fn run_source(
-        &self,
-        connector: &str,
-        mut task: Box<dyn SourceTask>,
-        props: &Props,
-        pipeline: &Pipeline,
-        control: &TaskControl,
-    ) -> Result<()> {
-        task.start(props, &StoreReader { store: &self.shared.offsets, connector })?;
+    fn run_source(&self, run: &SourceTaskRun<'_>, mut task: Box<dyn SourceTask>, control: &TaskControl) -> Result<()> {
+        task.start(run.props, &StoreReader { store: &self.shared.offsets, connector: run.connector })?;
         control.set(State::Running, None);
-        let result = self.source_loop(connector, task.as_mut(), pipeline, control);
+        let result = self.source_loop(run.connector, task.as_mut(), run.pipeline, control);
         task.stop();
         result
+    }
+
+    /// A source task under exactly-once (KIP-618): its own transactional
+    /// producer, whose transactions carry the task's records and the
+    /// offsets past them to the offsets topic.
+    fn run_source_exactly_once(
+        &self,
+        run: &SourceTaskRun<'_>,
+        mut task: Box<dyn SourceTask>,
+        settings: ConnectorSettings,
+        control: &TaskControl,
+    ) -> Result<()> {
+        let handle = &self.shared.handle;
+        // The producer spawns its sender task on the worker's runtime.
+        let producer = {
+            let _runtime = handle.enter();
+            Producer::new(
+                self.shared.client.clone(),
+                ProducerConfig {
+                    transactional_id: Some(exactly_once::transactional_id(run.connector, run.id)),
+                    transaction_timeout_ms: exactly_once::transaction_timeout_ms(settings.boundary),
+                    ..ProducerConfig::default()
+                },
+            )?
+        };
+        let result = (|| {
+            // Fencing first: the transaction a killed predecessor left open
+            // is aborted before this returns, so the offsets read next are
+            // the last it committed.
+            handle.block_on(producer.init_transactions())?;
+            self.load_topic_offsets(run.connector)?;
+            task.start(run.props, &StoreReader { store: &self.shared.offsets, connector: run.connector })?;
+            control.set(State::Running, None);
+            let mut transaction = OpenTransaction::default();
+            let result =
+                self.transactional_loop(run, task.as_mut(), &producer, settings.boundary, control, &mut transaction);
+            if result.is_err() && transaction.open {
+                // Nothing of it may count: its records are never read
+                // committed and the offsets stay where the last commit
+                // left them, where a restarted task resumes.
+                if let Err(error) = handle.block_on(producer.abort_transaction()) {
+                    tracing::warn!(connector = run.connector, task = run.id, %error, "aborting the transaction");
+                }
+            }
+            task.stop();
+            result
+        })();
+        if let Err(error) = handle.block_on(producer.close()) {
+            tracing::warn!(connector = run.connector, task = run.id, %error, "closing the transactional producer");
+        }
+        result
+    }
+
+    /// The offsets topic's committed offsets of `connector` replace the
+    /// file's; a partition the topic does not have keeps the file's (a
+    /// connector that ran at-least-once before resumes where it was).
+    fn load_topic_offsets(&self, connector: &str) -> Result<()> {
+        let topic = &self.shared.config.offset_storage_topic;
+        let replay = self.shared.handle.block_on(exactly_once::read_offsets(&self.shared.client, topic, connector))?;
+        for (partition, offset) in replay.offsets.into_values() {
+            match offset {
+                Some(offset) => self.shared.offsets.put(connector, partition, offset),
+                None => self.shared.offsets.remove(connector, &partition),
+            }
+        }
+        Ok(())
+    }
+
+    fn transactional_loop(
+        &self,
+        run: &SourceTaskRun<'_>,
+        task: &mut dyn SourceTask,
+        producer: &Producer,
+        boundary: Boundary,
+        control: &TaskControl,
+        transaction: &mut OpenTransaction,
+    ) -> Result<()> {
+        let handle = &self.shared.handle;
+        loop {
+            // A pause or a stop ends the open transaction first.
+            if transaction.open && (control.paused.load(Ordering::Acquire) || control.stopping()) {
+                self.commit_transaction(run.connector, task, producer, transaction)?;
+            }
+            if !control.wait_while_paused() {
+                return Ok(());
+            }
+            let records = task.poll()?;
+            if !records.is_empty() {
+                if !transaction.open {
+                    handle.block_on(producer.begin_transaction())?;
+                    transaction.open = true;
+                    transaction.began = Instant::now();
+                }
+                // Their outcomes are the commit's: it refuses if any failed.
+                for pending in self.send_batch(run.connector, records, run.pipeline, producer)? {
+                    if let (Some(partition), Some(offset)) = (pending.partition, pending.offset) {
+                        transaction
+                            .offsets
+                            .insert(serde_json::Value::Object(partition.clone()).to_string(), (partition, offset));
+                    }
+                }
+            }
+            let due = match boundary {
+                Boundary::Poll => transaction.open,
+                Boundary::Interval { interval_ms } => {
+                    transaction.open && transaction.began.elapsed() >= Duration::from_millis(interval_ms)
+                }
+            };
+            if due {
+                self.commit_transaction(run.connector, task, producer, transaction)?;
+            }
+        }
+    }
+
+    /// Adds the offsets past the transaction's records to it and commits
+    /// both; only then are they the task's stored offsets.
+    fn commit_transaction(
+        &self,
+        connector: &str,
+        task: &mut dyn SourceTask,
+        producer: &Producer,
+        transaction: &mut OpenTransaction,
+    ) -> Result<()> {
+        let topic = &self.shared.config.offset_storage_topic;
+        self.shared.handle.block_on(async {
+            for (partition, offset) in transaction.offsets.values() {
+                let _delivery = producer.send(exactly_once::offset_record(topic, connector, partition, offset)).await?;
+            }
+            producer.commit_transaction().await
+        })?;
+        transaction.open = false;
+        for (_, (partition, offset)) in std::mem::take(&mut transaction.offsets) {
+            self.shared.offsets.put(connector, partition, offset);
+        }
+        task.poll_acknowledged();
+        task.commit()
     }
 
     /// Polls, converts and sends; one batch's acknowledgements are awaited
@@ -1131,7 +1368,11 @@ impl Worker {
                 break;
             }
             let records = task.poll()?;
-            let batch = if records.is_empty() { None } else { Some(self.send_batch(connector, records, pipeline)?) };
+            let batch = if records.is_empty() {
+                None
+            } else {
+                Some(self.send_batch(connector, records, pipeline, &self.shared.producer)?)
+            };
             // Nothing new: what is in flight is completed now, not later.
             let previous = match batch {
                 Some(batch) => in_flight.replace(batch),
@@ -1153,7 +1394,13 @@ impl Worker {
 
     /// Transforms, converts and sends a poll's records (one trip into the
     /// runtime for the whole batch).
-    fn send_batch(&self, connector: &str, records: Vec<SourceRecord>, pipeline: &Pipeline) -> Result<Vec<Pending>> {
+    fn send_batch(
+        &self,
+        connector: &str,
+        records: Vec<SourceRecord>,
+        pipeline: &Pipeline,
+        producer: &Producer,
+    ) -> Result<Vec<Pending>> {
         let mut prepared = Vec::with_capacity(records.len());
         for source in records {
             // A record dropped by a transform or skipped under
@@ -1177,7 +1424,6 @@ impl Worker {
             connector,
             prepared.iter().filter_map(|(p, _, _)| p.as_ref().map(|p| p.topic.as_str())),
         );
-        let producer = &self.shared.producer;
         self.shared.handle.block_on(async {
             let mut batch = Vec::with_capacity(prepared.len());
             for (produced, partition, offset) in prepared {
@@ -1387,6 +1633,46 @@ fn commit(
         Err(error) => tracing::warn!(%error, "committing sink offsets failed; they stay pending"),
     }
     Ok(())
+}
+
+/// A source task's identity and parts, as its thread runs it.
+struct SourceTaskRun<'a> {
+    connector: &'a str,
+    id: usize,
+    props: &'a Props,
+    pipeline: &'a Pipeline,
+}
+
+/// An exactly-once source task's transaction: whether one is open, since
+/// when, and the offsets (by the partition's canonical JSON) its records
+/// reached so far.
+struct OpenTransaction {
+    open: bool,
+    began: Instant,
+    offsets: BTreeMap<String, (SourcePartition, SourceOffset)>,
+}
+
+impl Default for OpenTransaction {
+    fn default() -> Self {
+        OpenTransaction { open: false, began: Instant::now(), offsets: BTreeMap::new() }
+    }
+}
+
+/// Creates the offsets topic if it is missing: compacted, as Kafka's
+/// `connect-offsets` (only the last offset of each key matters), one
+/// partition (a standalone worker's tasks all write it).
+async fn create_offsets_topic(client: &Client, config: &WorkerConfig) -> Result<()> {
+    let admin = Admin::new(client.clone());
+    let configs = [("cleanup.policy".to_string(), "compact".to_string())];
+    let topic = &config.offset_storage_topic;
+    match admin.create_topic(topic, 1, config.offset_storage_replication_factor, &configs).await {
+        Ok(()) => {
+            tracing::info!(topic = %topic, "created the offsets topic");
+            Ok(())
+        }
+        Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => Ok(()),
+        Err(error) => Err(ConnectError::Config(format!("creating the offsets topic {topic}: {error}"))),
+    }
 }
 
 /// A sent source record waiting for its acknowledgement (None: dropped
