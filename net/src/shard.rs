@@ -113,7 +113,9 @@ impl Shared {
         &self,
         topic: String,
         partition: u32,
-    ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
+    ) -> impl std::future::Future<
+        Output = Result<crate::catalog::PartitionAssignment, spate_replication::ControllerError>,
+    > + 'static {
         self.partition_answer(spate_replication::ControllerRequest::ReplicaOffline { topic, partition })
     }
 
@@ -122,15 +124,19 @@ impl Shared {
     fn partition_answer(
         &self,
         request: spate_replication::ControllerRequest,
-    ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
+    ) -> impl std::future::Future<
+        Output = Result<crate::catalog::PartitionAssignment, spate_replication::ControllerError>,
+    > + 'static {
         let request = self.controller().request(request);
         async move {
-            match request.await {
-                Ok(spate_replication::ControllerResponse::Partition(p)) => {
+            match request.await? {
+                spate_replication::ControllerResponse::Partition(p) => {
                     Ok(crate::catalog::PartitionAssignment::from(&p))
                 }
-                Ok(other) => Err(format!("unexpected controller answer {other:?}")),
-                Err(err) => Err(err.to_string()),
+                // Not a refusal: what became of the request is unknown.
+                other => {
+                    Err(spate_replication::ControllerError::Storage(format!("unexpected controller answer {other:?}")))
+                }
             }
         }
     }
@@ -144,7 +150,9 @@ impl Shared {
         leader_epoch: i32,
         partition_epoch: i32,
         new_isr: Vec<i32>,
-    ) -> impl std::future::Future<Output = Result<crate::catalog::PartitionAssignment, String>> + 'static {
+    ) -> impl std::future::Future<
+        Output = Result<crate::catalog::PartitionAssignment, spate_replication::ControllerError>,
+    > + 'static {
         self.partition_answer(spate_replication::ControllerRequest::AlterPartition {
             topic,
             partition,
