@@ -443,28 +443,41 @@ fn keyed(producer: Option<(i64, i32)>, key: &str, value: &str) -> BytesMut {
     builder.build()
 }
 
+/// Every batch from the log start up to `bound`, in order.
+async fn all_batches(log: &PartitionLog<SimStorage>, bound: ReadBound) -> Vec<bytes::Bytes> {
+    let mut batches = Vec::new();
+    let mut offset = log.log_start_offset();
+    loop {
+        let output = log.read(offset, 1 << 20, bound).await.unwrap();
+        let Some(last) = output.batches.last() else { return batches };
+        offset = batch::validate_stored(last, usize::MAX).unwrap().last_offset() + 1;
+        batches.extend(output.batches);
+    }
+}
+
+/// (key, value without padding) of each record of a data batch.
+fn keyed_records(bytes: &[u8]) -> Vec<(String, String)> {
+    let records = batch::records(bytes).unwrap().map(|record| {
+        let record = record.unwrap();
+        let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
+        let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+        (key, value.trim_end().to_owned())
+    });
+    records.collect()
+}
+
 /// (key, value without padding) of every data record, and the number of
 /// control batches, from the log start to the high watermark.
 async fn compacted_view(log: &PartitionLog<SimStorage>) -> (Vec<(String, String)>, usize) {
     let (mut data, mut markers) = (Vec::new(), 0);
-    let mut offset = log.log_start_offset();
-    loop {
-        let output = log.read(offset, 1 << 20, ReadBound::HighWatermark).await.unwrap();
-        let Some(last) = output.batches.last() else { return (data, markers) };
-        offset = batch::validate_stored(last, usize::MAX).unwrap().last_offset() + 1;
-        for bytes in &output.batches {
-            if batch::peek_header(bytes).unwrap().attributes().is_control() {
-                markers += 1;
-                continue;
-            }
-            for record in batch::records(bytes).unwrap() {
-                let record = record.unwrap();
-                let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
-                let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
-                data.push((key, value.trim_end().to_owned()));
-            }
+    for bytes in all_batches(log, ReadBound::HighWatermark).await {
+        if batch::peek_header(&bytes).unwrap().attributes().is_control() {
+            markers += 1;
+        } else {
+            data.extend(keyed_records(&bytes));
         }
     }
+    (data, markers)
 }
 
 #[test]
@@ -603,44 +616,29 @@ fn marker_config() -> LogConfig {
 /// producer listed as aborted from the entry's first offset until that
 /// producer's abort marker.
 async fn read_committed_view(log: &PartitionLog<SimStorage>) -> Vec<(String, String)> {
-    let aborted = log.aborted_transactions(0, i64::MAX).await.unwrap();
+    let mut pending = log.aborted_transactions(0, i64::MAX).await.unwrap();
     let mut out = Vec::new();
     let mut skipping: Vec<i64> = Vec::new();
-    let mut pending = aborted.clone();
-    let mut offset = log.log_start_offset();
-    loop {
-        let output = log.read(offset, 1 << 20, ReadBound::LastStable).await.unwrap();
-        let Some(last) = output.batches.last() else { return out };
-        offset = batch::validate_stored(last, usize::MAX).unwrap().last_offset() + 1;
-        for bytes in &output.batches {
-            let info = batch::validate_stored(bytes, usize::MAX).unwrap();
-            let header = batch::peek_header(bytes).unwrap();
-            pending.retain(|txn| {
-                let reached = txn.first_offset <= info.last_offset();
-                if reached {
-                    skipping.push(txn.producer_id);
-                }
-                !reached
-            });
-            let producer_id = header.producer_id.get();
-            if header.attributes().is_control() {
-                let control = batch::parse_control_batch(bytes).unwrap();
-                if !control.commit {
-                    skipping.retain(|&p| p != producer_id);
-                }
-                continue;
+    for bytes in all_batches(log, ReadBound::LastStable).await {
+        let info = batch::validate_stored(&bytes, usize::MAX).unwrap();
+        let header = batch::peek_header(&bytes).unwrap();
+        pending.retain(|txn| {
+            let reached = txn.first_offset <= info.last_offset();
+            if reached {
+                skipping.push(txn.producer_id);
             }
-            if header.attributes().is_transactional() && skipping.contains(&producer_id) {
-                continue;
+            !reached
+        });
+        let producer_id = header.producer_id.get();
+        if header.attributes().is_control() {
+            if !batch::parse_control_batch(&bytes).unwrap().commit {
+                skipping.retain(|&p| p != producer_id);
             }
-            for record in batch::records(bytes).unwrap() {
-                let record = record.unwrap();
-                let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
-                let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
-                out.push((key, value.trim_end().to_owned()));
-            }
+        } else if !(header.attributes().is_transactional() && skipping.contains(&producer_id)) {
+            out.extend(keyed_records(&bytes));
         }
     }
+    out
 }
 
 #[test]

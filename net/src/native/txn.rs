@@ -207,51 +207,32 @@ pub(super) fn add_partitions_to_txn(
                 Err((ErrorCode::ClusterAuthorizationFailed, "verify_only is for brokers")),
             ));
         }
-        return verify_in_transaction(shard, txn_id, producer, partitions, request_id);
     }
-    add_to_transaction(shard, txn_id, producer, partitions, move |result| add_partitions_answer(request_id, result))
-}
-
-/// Whether `partitions` are in the ongoing transaction, asked of this
-/// broker's coordinator by another broker's partition leader.
-fn verify_in_transaction(
-    shard: &Rc<Shard>,
-    txn_id: String,
-    (producer_id, producer_epoch): (i64, i16),
-    partitions: Vec<Tp>,
-    request_id: u64,
-) -> Reply {
-    let shard = shard.clone();
-    Reply::Later(Box::pin(async move {
-        let result = call(&shard, &txn_id.clone(), |reply| TxnOp::Verify {
-            txn_id,
-            producer_id,
-            producer_epoch,
-            partitions,
-            reply,
-        })
-        .await;
-        add_partitions_answer(request_id, result.map_err(txn_code))
-    }))
+    add_to_transaction(shard, txn_id, producer, partitions, request.verify_only(), move |result| {
+        add_partitions_answer(request_id, result)
+    })
 }
 
 /// Adds `partitions` to the transactional id's open transaction at its
-/// coordinator; `answer` builds the response from the outcome.
+/// coordinator, or with `verify_only` (another broker's partition leader
+/// asking) answers whether they are in it; `answer` builds the response
+/// from the outcome.
 fn add_to_transaction(
     shard: &Rc<Shard>,
     txn_id: String,
     (producer_id, producer_epoch): (i64, i16),
     partitions: Vec<Tp>,
+    verify_only: bool,
     answer: impl FnOnce(Result<(), (ErrorCode, &str)>) -> Response + 'static,
 ) -> Reply {
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        let result = call(&shard, &txn_id.clone(), |reply| TxnOp::AddPartitions {
-            txn_id,
-            producer_id,
-            producer_epoch,
-            partitions,
-            reply,
+        let result = call(&shard, &txn_id.clone(), |reply| {
+            if verify_only {
+                TxnOp::Verify { txn_id, producer_id, producer_epoch, partitions, reply }
+            } else {
+                TxnOp::AddPartitions { txn_id, producer_id, producer_epoch, partitions, reply }
+            }
         })
         .await;
         answer(result.map_err(txn_code))
@@ -284,7 +265,9 @@ pub(super) fn add_offsets_to_txn(shard: &Rc<Shard>, frame: &Frame, request_id: u
     };
     let partition = (CONSUMER_OFFSETS_TOPIC.to_string(), group_partition(&group_id, offsets_partitions) as i32);
     let producer = (request.producer_id(), request.producer_epoch());
-    add_to_transaction(shard, txn_id, producer, vec![partition], move |result| add_offsets_answer(request_id, result))
+    add_to_transaction(shard, txn_id, producer, vec![partition], false, move |result| {
+        add_offsets_answer(request_id, result)
+    })
 }
 
 pub(super) fn txn_offset_commit(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
