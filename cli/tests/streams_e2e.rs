@@ -615,6 +615,79 @@ fn a_global_table_is_filled_before_processing_and_follows_its_topic_and_stores_a
     assert_eq!(values, vec!["c1:book by Ada", "c2:pen by Grace", "c3:ink by Edsger", "c4:cup by Barbara"]);
 }
 
+/// Under exactly_once_v2 a global table reads its topic read_committed, as
+/// Kafka Streams' global consumer does: a record of an aborted transaction
+/// never reaches the table. Before, the global consumer read
+/// read_uncommitted and the table held the aborted names.
+#[test]
+fn under_exactly_once_a_global_table_holds_nothing_of_an_aborted_transaction() {
+    use spate_client::Acks;
+    use spate_streams::{Consumed, KafkaStreams, Materialized, Produced, Serdes, StreamsBuilder, StreamsConfig};
+    let dir = data_dir("streams_global_eos");
+    let broker = Broker::start(&dir, 1);
+    let runtime = runtime();
+    let config = ClientConfig { bootstrap: vec![broker.addr()], request_timeout_ms: 10_000, ..Default::default() };
+    let client = runtime.block_on(Client::connect(config)).expect("connect");
+    let admin = Admin::new(client.clone());
+    for topic in ["customers", "orders", "orders-by"] {
+        runtime.block_on(admin.create_topic(topic, 1, 1, &[])).expect("create topic");
+    }
+    runtime.block_on(produce_keyed(&client, "customers", &[("c1", "Ada")]));
+    runtime.block_on(async {
+        let config = ProducerConfig { acks: Acks::All, transactional_id: Some("writer".into()), ..Default::default() };
+        let producer = Producer::new(client.clone(), config).expect("producer");
+        producer.init_transactions().await.expect("init");
+        producer.begin_transaction().await.expect("begin");
+        for (key, value) in [("c1", "Mallory"), ("c2", "Eve")] {
+            let record = ProducerRecord::new("customers", value.to_string()).with_key(key.to_string());
+            producer.send(record).await.expect("send");
+        }
+        producer.flush().await.expect("flush");
+        producer.abort_transaction().await.expect("abort");
+        producer.begin_transaction().await.expect("begin");
+        let record = ProducerRecord::new("customers", "Grace".to_string()).with_key("c3".to_string());
+        producer.send(record).await.expect("send");
+        producer.commit_transaction().await.expect("commit");
+    });
+
+    let builder = StreamsBuilder::new();
+    let customers = builder.global_table(
+        "customers",
+        Consumed::with(Serdes::string(), Serdes::string()),
+        Materialized::as_("customers-global"),
+    );
+    builder
+        .stream("orders", Consumed::with(Serdes::string(), Serdes::string()))
+        .join_global(
+            &customers,
+            |_, customer: &String| customer.clone(),
+            |order: &String, name: &String| format!("{order} by {name}"),
+        )
+        .to("orders-by", Produced::with(Serdes::string(), Serdes::string()));
+    let streams_config = StreamsConfig::from_properties(&[
+        ("application.id", "global-eos"),
+        ("bootstrap.servers", &broker.addr()),
+        ("processing.guarantee", "exactly_once_v2"),
+        ("state.dir", dir.join("state").to_str().expect("utf-8")),
+    ])
+    .expect("config");
+    let mut app = KafkaStreams::new(builder.build().expect("topology"), streams_config).expect("app");
+    runtime.block_on(app.start()).expect("start");
+    let name_of = |key: &str| {
+        runtime.block_on(app.query_key_value::<String, String>("customers-global", key.into())).expect("query")
+    };
+    // Grace was committed after the aborted transaction: once she is in
+    // the table, everything before her has been read.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while name_of("c3").is_none() {
+        assert!(Instant::now() < deadline, "the committed customer never reached the global table");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(name_of("c1"), Some("Ada".to_string()), "an aborted update is not applied");
+    assert_eq!(name_of("c2"), None, "an aborted insert is not applied");
+    runtime.block_on(app.close()).expect("a clean close");
+}
+
 /// The windowed_clicks example with its own state.dir, logging its
 /// restores to `log`.
 fn spawn_windowed_clicks(binary: &Path, broker: &Broker, state_dir: &Path, log: &Path) -> Instance {

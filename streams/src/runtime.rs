@@ -459,11 +459,17 @@ impl Runner {
             let count = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
             partitions.extend((0..count).map(|partition| TopicPartition::new(topic.name.clone(), partition)));
         }
+        // Under exactly-once the global tables read read_committed, as
+        // every other input (Kafka Streams' global consumer too): a record
+        // of an aborted transaction never reaches a table. The end offsets
+        // are then the last stable offsets, so the bootstrap does not wait
+        // on a transaction still open.
         let mut consumer = Consumer::new(
             self.client.clone(),
             ConsumerConfig {
                 auto_offset_reset: AutoOffsetReset::Earliest,
                 fetch_max_wait_ms: 50,
+                isolation_level: self.isolation_level(),
                 ..ConsumerConfig::default()
             },
         )?;
