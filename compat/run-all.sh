@@ -39,6 +39,7 @@ scenarios=(
     "java_group_classic|$compat/java/run.sh group --group-protocol classic"
     "java_group_consumer|$compat/java/run.sh group --group-protocol consumer"
     "java_admin|$compat/java/run.sh admin"
+    "java_transactions|$compat/java/run.sh transactions"
     "franzgo|$repo/target/compat/bin/franzgo"
     "cross_protocol|$compat/python/cross_protocol.py"
     "tools_console|$compat/frameworks/tools_console.py"

@@ -95,6 +95,7 @@ scenarios!(
     java_group_classic,
     java_group_consumer,
     java_admin,
+    java_transactions,
     franzgo,
     cross_protocol,
     tools_console,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one Java scenario: compat/java/run.sh NAME --bootstrap HOST:PORT [...]
-# (NAME is produce-consume, group, admin, streams-wordcount,
+# (NAME is produce-consume, group, admin, transactions, streams-wordcount,
 # streams-twins (the differential test's Kafka Streams applications) or
 # streams-bench-wordcount (the Java side of streams/examples/bench.rs); see
 # Main.java). Scratch files (Kafka Streams' state directory) go under

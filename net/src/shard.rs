@@ -268,7 +268,31 @@ pub(crate) struct ProduceOp {
     /// the producer's first transactional batch of a transaction is taken
     /// (KIP-890 part 1, `txn/guard.rs`).
     pub transactional_id: Option<Arc<str>>,
+    /// A transactions-v2 client (Kafka's Produce v12+, KIP-890 part 2):
+    /// it adds no partition itself; the coordinator is told to add this
+    /// one rather than asked whether it is in.
+    pub transactions_v2: bool,
     pub reply: oneshot::Sender<AppendResult>,
+}
+
+/// Where a produce stands with KIP-890 (`Shard::verification`).
+enum Verification {
+    /// Nothing to verify: append now.
+    None,
+    /// The producer's transaction is open here: append, behind the
+    /// producer's verification on its way, if any.
+    Open(crate::txn::guard::GuardKey),
+    /// Its first batch of a transaction here: the coordinator first.
+    Ask(crate::txn::guard::GuardKey, Question),
+}
+
+/// What the partition's leader asks the transaction's coordinator.
+struct Question {
+    txn_id: Arc<str>,
+    ask: crate::txn::Ask,
+    producer_epoch: i16,
+    /// The partition's leader epoch when asked.
+    leader_epoch: i32,
 }
 
 /// Work for the shard that owns a partition (or, for `Admin`, shard 0).
@@ -419,6 +443,10 @@ fn verification_refusal(err: crate::txn::TxnError, topic: &str, partition: u32) 
         TxnError::InvalidTxnState => (
             ErrorCode::InvalidTxnState,
             format!("{topic}/{partition} is not in the producer's ongoing transaction (add it first)"),
+        ),
+        TxnError::TooManyPartitions => (
+            ErrorCode::InvalidTxnState,
+            format!("{topic}/{partition}: the transaction has as many partitions as it may"),
         ),
         other => (
             ErrorCode::NotEnoughReplicas,
@@ -842,44 +870,55 @@ impl Shard {
     /// coordinator is asked first) or that producer's verification here is
     /// still on its way (it queues behind).
     fn produce(self: &Rc<Self>, op: ProduceOp) {
-        let Some((key, question)) = self.verification(&op) else { return self.produce_now(op) };
+        let (key, question) = match self.verification(&op) {
+            Verification::None => return self.produce_now(op),
+            Verification::Open(key) => (key, None),
+            Verification::Ask(key, question) => (key, Some(question)),
+        };
         let Some(op) = self.verifications.queue_behind(&key, op) else { return };
-        let Some((txn_id, producer_epoch, leader_epoch)) = question else { return self.produce_now(op) };
-        self.verifications.begin(key.clone(), leader_epoch);
+        let Some(question) = question else { return self.produce_now(op) };
+        self.verifications.begin(key.clone(), question.leader_epoch);
         let shard = self.clone();
         glommio::spawn_local(async move {
             let tp = (op.topic.name.clone(), op.partition as i32);
-            let answer = crate::txn::verify(&shard, &txn_id, key.1, producer_epoch, tp).await;
-            shard.verified(&key, op, answer);
+            let Question { txn_id, ask, producer_epoch, .. } = &question;
+            let answer = crate::txn::verify(&shard, *ask, txn_id, key.1, *producer_epoch, tp).await;
+            shard.verified(&key, &question, op, answer);
         })
         .detach();
     }
 
     /// Whether `op` takes part in a KIP-890 verification: its producer on
-    /// the partition, and the question to ask (transactional id, producer
-    /// epoch, leader epoch now) if its first transactional batch opens the
-    /// producer's transaction here. None: append it now.
-    #[allow(clippy::type_complexity)]
-    fn verification(&self, op: &ProduceOp) -> Option<(crate::txn::guard::GuardKey, Option<(Arc<str>, i16, i32)>)> {
-        if !self.shared.config.transaction_partition_verification_enable {
-            return None;
+    /// the partition, and the question to ask if its first transactional
+    /// batch opens the producer's transaction here.
+    fn verification(&self, op: &ProduceOp) -> Verification {
+        // A v2 client's partitions join its transaction only this way.
+        if !self.shared.config.transaction_partition_verification_enable && !op.transactions_v2 {
+            return Verification::None;
         }
-        let txn_id = op.transactional_id.clone()?;
+        let Some(txn_id) = op.transactional_id.clone() else { return Verification::None };
         let header = op.batches.iter().find_map(|batch| {
             spate_format::batch::peek_header(batch).ok().filter(|header| header.attributes().is_transactional())
-        })?;
+        });
+        let Some(header) = header else { return Verification::None };
         let (producer_id, producer_epoch) = (header.producer_id.get(), header.producer_epoch.get());
         let key = ((Arc::from(op.topic.topic_id.as_str()), op.partition), producer_id);
         // Refusals (not hosted, not the leader) are the append's to give.
-        let replica = self.replica(&op.topic, op.partition)?;
-        let leader_epoch = replica.check_leader(-1).ok()?;
-        // Open here at this epoch: verified when it opened, and its marker
-        // has not ended it (a marker clears it in the same step).
-        let open = replica
-            .log
-            .producer_entry(producer_id)
-            .is_some_and(|entry| entry.epoch == producer_epoch && entry.current_txn_first_offset.is_some());
-        Some((key, (!open).then_some((txn_id, producer_epoch, leader_epoch))))
+        let Some(replica) = self.replica(&op.topic, op.partition) else { return Verification::None };
+        let Ok(leader_epoch) = replica.check_leader(-1) else { return Verification::None };
+        match replica.log.producer_transaction(producer_id) {
+            // A newer epoch was here (a marker of the transaction this
+            // batch belonged to, under transactions v2, or a newer
+            // producer's batch): the append refuses it as fenced, with no
+            // question asked.
+            Some((epoch, _)) if epoch > producer_epoch => return Verification::None,
+            // Open here at this epoch: verified when it opened, and its
+            // marker has not ended it (a marker clears it in the same step).
+            Some((epoch, true)) if epoch == producer_epoch => return Verification::Open(key),
+            _ => {}
+        }
+        let ask = if op.transactions_v2 { crate::txn::Ask::Add } else { crate::txn::Ask::Verify };
+        Verification::Ask(key, Question { txn_id, ask, producer_epoch, leader_epoch })
     }
 
     /// The coordinator answered `op`'s verification: append it or refuse
@@ -887,14 +926,16 @@ impl Shard {
     fn verified(
         self: &Rc<Self>,
         key: &crate::txn::guard::GuardKey,
+        question: &Question,
         op: ProduceOp,
         answer: Result<(), crate::txn::TxnError>,
     ) {
         let finished = self.verifications.finish(key);
         let name = &op.topic.name;
         let partition = op.partition;
+        let epoch_bumps = question.ask == crate::txn::Ask::Add;
         let refusal = match answer {
-            Ok(()) if finished.marked => Some((
+            Ok(()) if finished.ended(question.producer_epoch, epoch_bumps) => Some((
                 ErrorCode::InvalidTxnState,
                 format!("{name}/{partition}: the transaction ended while the partition was verified"),
             )),
@@ -928,7 +969,7 @@ impl Shard {
 
     /// Appends now (phase one) and answers once acknowledged (phase two).
     fn produce_now(self: &Rc<Self>, op: ProduceOp) {
-        let ProduceOp { topic, partition, batches, acks, timeout, transactional_id: _, reply } = op;
+        let ProduceOp { topic, partition, batches, acks, timeout, reply, .. } = op;
         let pending = self.append(&topic, partition, batches, acks);
         let metrics_topic = topic.name.clone();
         let shard = self.clone();

@@ -289,3 +289,105 @@ fn a_prepared_commit_blocks_the_transaction_until_a_new_coordinator_completes_it
         stop(broker);
     }
 }
+
+/// (code, node) of the coordinator of a group (FindCoordinator key type 0).
+fn group_coordinator(conn: &mut KafkaConn, group: &str) -> (i16, i32) {
+    let request = FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![text(group)]);
+    let response = conn.call(4, &request);
+    (response.coordinators[0].error_code, response.coordinators[0].node_id.0)
+}
+
+/// KIP-890 part 2 across brokers: a transactions-v2 client's Produce v12
+/// to a partition led elsewhere than its transaction's coordinator has
+/// that leader add the partition (a native AddPartitionsToTxn between
+/// brokers), and its TxnOffsetCommit v5 has the group's coordinator on a
+/// third broker add the group's offsets partition; EndTxn v5 ends it all
+/// under the next epoch.
+#[test]
+fn transactions_v2_partitions_and_offsets_join_through_other_brokers() {
+    let brokers = start_cluster("txn-v2-cluster");
+    let mut kafka = KafkaConn::to(running(&brokers, 1));
+    await_partitions(&mut kafka, "__transaction_state", TXN_PARTITIONS as usize, 3);
+    await_partitions(&mut kafka, "__consumer_offsets", 2, 3);
+    create(&mut kafka, "t", 3, 3, &[]);
+    await_partitions(&mut kafka, "t", 3, 3);
+    let (code, coordinator) = find_coordinator(&mut kafka, "app");
+    assert_eq!(code, 0);
+    let mut at_coordinator = KafkaConn::to(running(&brokers, coordinator));
+    let (pid, epoch) = loop {
+        let (code, pid, epoch) = init_once(&mut at_coordinator, "app");
+        if code == 0 {
+            break (pid, epoch);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let t_leaders: Vec<i32> = partitions(&mut kafka, "t").iter().map(|(leader, _, _)| *leader).collect();
+    let remote = t_leaders.iter().position(|leader| *leader != coordinator).expect("a partition elsewhere");
+    let mut at_leader = KafkaConn::to(running(&brokers, t_leaders[remote]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let answer = at_leader.produce_at(12, Some("app"), "t", remote as i32, txn_batch(pid, epoch, 0));
+        // The leader learns of the new topic and the coordinator's
+        // leadership from the metadata log.
+        if answer.0 != K::NotEnoughReplicas.code() || Instant::now() >= deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(first, (0, 0), "the leader added t/{remote} to the transaction");
+    let (_, described) = state_of(&mut at_coordinator, "app");
+    assert_eq!(described, "Ongoing");
+
+    // A group whose coordinator is not the transaction's.
+    let group = (0..64)
+        .map(|n| format!("g{n}"))
+        .find(|group| group_coordinator(&mut kafka, group).1 != coordinator)
+        .expect("two offsets partitions on three brokers: one elsewhere");
+    let (_, group_node) = group_coordinator(&mut kafka, &group);
+    let mut at_group = KafkaConn::to(running(&brokers, group_node));
+    {
+        use kafka_protocol::messages::txn_offset_commit_request::{
+            TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+        };
+        let request = TxnOffsetCommitRequest::default()
+            .with_transactional_id(TransactionalId(text("app")))
+            .with_group_id(GroupId(text(&group)))
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch)
+            .with_generation_id(-1)
+            .with_member_id(text(""))
+            .with_topics(vec![TxnOffsetCommitRequestTopic::default().with_name(name("t")).with_partitions(vec![
+                TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(1),
+            ])]);
+        let code = at_group.call(5, &request).topics[0].partitions[0].error_code;
+        assert_eq!(code, 0, "the group's coordinator added its offsets partition");
+    }
+    let request = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(text("app")))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_committed(true);
+    let ended = at_coordinator.call(5, &request);
+    assert_eq!((ended.error_code, ended.producer_id.0, ended.producer_epoch), (0, pid, epoch + 1));
+    await_condition("the commit marker on the remote partition", || {
+        markers(running(&brokers, t_leaders[remote]), "t", remote as i32) == [true]
+    });
+    await_condition("the group's offset committed", || {
+        use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(text(&group)))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default().with_name(name("t")).with_partition_indexes(vec![0]),
+            ]))
+            .with_require_stable(true);
+        let response = at_group.call(7, &request);
+        response.error_code == 0 && response.topics[0].partitions[0].committed_offset == 1
+    });
+    // A late batch of the committed transaction: fenced by the marker's
+    // epoch at the partition.
+    let late = at_leader.produce_at(12, Some("app"), "t", remote as i32, txn_batch(pid, epoch, 1));
+    assert_eq!(late.0, K::InvalidProducerEpoch.code());
+    for broker in brokers.into_iter().flatten() {
+        stop(broker);
+    }
+}

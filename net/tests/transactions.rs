@@ -435,6 +435,104 @@ fn a_transactional_batch_outside_the_producers_ongoing_transaction_is_refused() 
     stop(broker);
 }
 
+/// EndTxn v5 (transactions v2): (code, producer id, epoch) the producer
+/// goes on with.
+fn end_txn_v5(conn: &mut KafkaConn, id: &str, pid: i64, epoch: i16, commit: bool) -> (i16, i64, i16) {
+    let request = EndTxnRequest::default()
+        .with_transactional_id(txn_id(id))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_committed(commit);
+    let response = conn.call(5, &request);
+    (response.error_code, response.producer_id.0, response.producer_epoch)
+}
+
+/// A Produce v12 as a transactions-v2 client sends it, retried on the
+/// codes it retries (the coordinator still completing the previous
+/// transaction).
+fn produce_v12(conn: &mut KafkaConn, id: &str, topic: &str, partition: i32, batch: Vec<u8>) -> (i16, i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = conn.produce_at(12, Some(id), topic, partition, batch.clone());
+        if answer.0 != K::NotEnoughReplicas.code() || Instant::now() >= deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// KIP-890 part 2 as the Java client (4.0+) uses it: the broker
+/// advertises transaction.version 2; the client adds no partition (its
+/// Produce v12 does, and its TxnOffsetCommit v5 the group's) and every
+/// EndTxn v5 answers the next epoch, under which the markers are written,
+/// so a late batch of an ended transaction is fenced by its epoch.
+#[test]
+fn transactions_v2_add_partitions_by_producing_and_end_under_the_next_epoch() {
+    let broker = one_broker("txn-v2", |_| {});
+    let mut kafka = KafkaConn::to(&broker);
+    let mut conn = Conn::connect(broker.addr().port());
+    let versions = kafka.call(3, &ApiVersionsRequest::default());
+    let feature = versions.finalized_features.iter().find(|f| f.name.as_str() == "transaction.version");
+    assert_eq!(feature.map(|f| f.max_version_level), Some(2), "transactions v2 finalized");
+    assert!(versions.finalized_features_epoch >= 0);
+    assert_eq!(kafka.create_topic("t", 2, 1), 0);
+    assert_eq!(kafka.create_topic("u", 1, 1), 0);
+    let (pid, epoch) = init(&mut kafka, "app", 60_000);
+
+    // No AddPartitionsToTxn: the produces add their partitions.
+    assert_eq!(produce_v12(&mut kafka, "app", "t", 0, txn_batch(pid, epoch, 0)), (0, 0));
+    assert_eq!(produce_v12(&mut kafka, "app", "t", 0, txn_batch(pid, epoch, 1)), (0, 1));
+    assert_eq!(produce_v12(&mut kafka, "app", "t", 1, txn_batch(pid, epoch, 0)), (0, 0));
+    let ongoing = describe(&mut kafka, "app");
+    assert_eq!((ongoing.transaction_state.as_str(), ongoing.topics.len()), ("Ongoing", 1));
+    assert_eq!(ongoing.topics[0].partitions, [0, 1]);
+    // No AddOffsetsToTxn either: TxnOffsetCommit v5 adds the group's
+    // offsets partition.
+    assert_eq!(txn_offset_commit_at(&mut kafka, 5, "app", pid, epoch, "g", 2), 0);
+
+    let (code, same_pid, next) = end_txn_v5(&mut kafka, "app", pid, epoch, true);
+    assert_eq!((code, same_pid, next), (0, pid, epoch + 1), "the commit answers the next epoch");
+    // The next transaction starts at once, while the coordinator may
+    // still be writing the markers of the first.
+    assert_eq!(produce_v12(&mut kafka, "app", "t", 0, txn_batch(pid, next, 0)).0, 0);
+    await_committed(&mut kafka, "g", 2);
+    for partition in [0, 1] {
+        let found = markers(&mut conn, "t", partition);
+        assert_eq!(found[0], (true, pid), "t/{partition} has the commit marker");
+    }
+
+    // Late batches of the committed transaction: on a partition with its
+    // marker the bumped epoch fences it; on one it never touched the
+    // coordinator does.
+    let fenced = K::InvalidProducerEpoch.code();
+    assert_eq!(kafka.produce_at(12, Some("app"), "t", 1, txn_batch(pid, epoch, 1)).0, fenced);
+    assert_eq!(kafka.produce_at(12, Some("app"), "u", 0, txn_batch(pid, epoch, 0)).0, fenced);
+    assert_eq!(kafka.list_offset("u", 0, -1), (0, 0), "nothing appended to u/0");
+
+    // The second transaction aborts; its answer is the epoch after.
+    let (code, _, after) = end_txn_v5(&mut kafka, "app", pid, next, false);
+    assert_eq!((code, after), (0, next + 1));
+    await_state(&mut kafka, "app", "CompleteAbort");
+    // A retried EndTxn (its answer lost) names the epoch before the bump:
+    // the same answer again.
+    assert_eq!(end_txn_v5(&mut kafka, "app", pid, next, false), (0, pid, next + 1), "a retried abort");
+    assert_eq!(end_txn_v5(&mut kafka, "app", pid, next, true).0, K::ProducerFenced.code(), "not the same end");
+    // An abort with nothing added still moves the epoch on (a v2 client's
+    // transaction whose first produce never reached the coordinator).
+    assert_eq!(end_txn_v5(&mut kafka, "app", pid, next + 1, false), (0, pid, next + 2));
+    await_state(&mut kafka, "app", "CompleteAbort");
+    for partition in [0, 1] {
+        let end = kafka.list_offset("t", partition, -1);
+        assert_eq!(kafka.list_offset_isolated("t", partition, -1, 1), end, "t/{partition}: nothing holds the LSO");
+    }
+    // A v1 client's EndTxn (v3) keeps its epoch, as before.
+    assert_eq!(add_partitions(&mut kafka, "app", pid, next + 2, &[("t", 1)], 3), [0]);
+    assert_eq!(end_txn(&mut kafka, "app", pid, next + 2, true, 3), 0);
+    assert_eq!(await_state(&mut kafka, "app", "CompleteCommit").producer_epoch, next + 2);
+    drop((kafka, conn));
+    stop(broker);
+}
+
 /// With transaction.partition.verification.enable=false (a cluster whose
 /// brokers do not all answer the question yet) the leader takes the batch
 /// as before KIP-890.
@@ -471,6 +569,19 @@ fn a_clients_control_batch_is_refused() {
 
 /// TxnOffsetCommit at v3 for `group`'s offset of t/0: the partition's code.
 fn txn_offset_commit(conn: &mut KafkaConn, id: &str, pid: i64, epoch: i16, group: &str, offset: i64) -> i16 {
+    txn_offset_commit_at(conn, 3, id, pid, epoch, group, offset)
+}
+
+/// `txn_offset_commit` at `version`.
+fn txn_offset_commit_at(
+    conn: &mut KafkaConn,
+    version: i16,
+    id: &str,
+    pid: i64,
+    epoch: i16,
+    group: &str,
+    offset: i64,
+) -> i16 {
     use kafka_protocol::messages::txn_offset_commit_request::{
         TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
     };
@@ -484,7 +595,7 @@ fn txn_offset_commit(conn: &mut KafkaConn, id: &str, pid: i64, epoch: i16, group
         .with_topics(vec![TxnOffsetCommitRequestTopic::default().with_name(name("t")).with_partitions(vec![
             TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(offset),
         ])]);
-    conn.call(3, &request).topics[0].partitions[0].error_code
+    conn.call(version, &request).topics[0].partitions[0].error_code
 }
 
 /// OffsetFetch v7 of `group`'s offset of t/0: (partition code, offset).

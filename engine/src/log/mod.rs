@@ -759,6 +759,14 @@ impl<S: Storage> PartitionLog<S> {
         self.inner.state.borrow().producers.entry(producer_id).cloned()
     }
 
+    /// The producer's epoch here and whether it has a transaction open:
+    /// what a KIP-890 check needs on every transactional produce, without
+    /// copying the producer's entry.
+    pub fn producer_transaction(&self, producer_id: i64) -> Option<(i16, bool)> {
+        let state = self.inner.state.borrow();
+        state.producers.entry(producer_id).map(|entry| (entry.epoch, entry.current_txn_first_offset.is_some()))
+    }
+
     /// Every idempotent producer this log keeps state for (Kafka's
     /// DescribeProducers), by id.
     pub fn producers(&self) -> Vec<(i64, ProducerEntry)> {

@@ -204,8 +204,10 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
         return Reply::Now(Response::Close(None));
     }
     // The owner asks its coordinator about a producer's first batch of a
-    // transaction on a partition (KIP-890 part 1).
+    // transaction on a partition (KIP-890 part 1), or from v12 (a
+    // transactions-v2 client, part 2) tells it to add the partition.
     let transactional_id: Option<Arc<str>> = request.transactional_id.as_ref().map(|id| Arc::from(&*id.0));
+    let transactions_v2 = ctx.version >= 12;
     let mut waits: Vec<Result<oneshot::Receiver<AppendResult>, Outcome>> = Vec::with_capacity(parts.len());
     for part in &mut parts {
         if let Some(refused) = part.refused.take() {
@@ -237,7 +239,7 @@ pub(crate) fn produce(ctx: Ctx, mut body: BytesMut) -> Reply {
         let (reply, wait) = oneshot::channel();
         let owner = ctx.shard.shared.owner(&topic.name, partition);
         let transactional_id = transactional_id.clone();
-        let op = ProduceOp { topic, partition, batches, acks, timeout, transactional_id, reply };
+        let op = ProduceOp { topic, partition, batches, acks, timeout, transactional_id, transactions_v2, reply };
         ctx.shard.submit(owner, ShardOp::Produce(op));
         waits.push(Ok(wait));
     }

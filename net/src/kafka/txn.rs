@@ -236,17 +236,32 @@ pub(crate) fn end_txn(ctx: Ctx, body: Bytes) -> Reply {
         return Reply::Now(respond(&ctx, &response));
     }
     let (producer_id, producer_epoch, commit) = (request.producer_id.0, request.producer_epoch, request.committed);
+    // v5 is transactions v2 (KIP-890 part 2): every transaction ends under
+    // the next epoch, which the answer carries.
+    let bump_epoch = ctx.version >= 5;
+    let principal = (*ctx.principal).clone();
     Reply::Later(Box::pin(async move {
         let result = call(&ctx.shard, &txn_id.clone(), |reply| TxnOp::End {
             txn_id,
             producer_id,
             producer_epoch,
             commit,
+            bump_epoch,
+            fresh_producer_id: None,
+            principal,
             reply,
         })
         .await;
-        let answer = result.err().map_or(0, |err| code(&ctx, err));
-        respond(&ctx, &EndTxnResponse::default().with_error_code(answer))
+        let response = match result {
+            Ok((producer_id, producer_epoch)) => {
+                EndTxnResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(producer_epoch)
+            }
+            Err(err) => EndTxnResponse::default()
+                .with_error_code(code(&ctx, err))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        };
+        respond(&ctx, &response)
     }))
 }
 

@@ -10,14 +10,41 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 use kafka_protocol::protocol::StrBytes;
+use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition};
 use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::groups::sort_commit;
 use super::{Ctx, decode, respond};
+use crate::group::Tp;
 use crate::group::txn_offsets::TxnCommit;
 use crate::group::{GroupOp, route};
 use crate::limits::PARTITIONS_PER_REQUEST_MAX;
+use crate::txn::{Ask, TxnError};
 use crate::wire::{Reply, Response};
+
+/// The group's partition of `__consumer_offsets`, if the topic exists.
+fn offsets_partition(ctx: &Ctx, group_id: &str) -> Option<Tp> {
+    let catalog = ctx.shard.shared.catalog.load();
+    let partitions = catalog.topics.get(CONSUMER_OFFSETS_TOPIC)?.partitions;
+    Some((CONSUMER_OFFSETS_TOPIC.to_string(), group_partition(group_id, partitions) as i32))
+}
+
+/// A v5 commit's answer when its offsets partition could not join the
+/// transaction. The coordinator's passing states are codes the Java
+/// client retries with the same group coordinator.
+fn join_code(err: TxnError) -> i16 {
+    match err {
+        TxnError::ProducerFenced => K::ProducerFenced.code(),
+        TxnError::InvalidProducerIdMapping => K::InvalidProducerIdMapping.code(),
+        TxnError::InvalidTxnState | TxnError::TooManyPartitions => K::InvalidTxnState.code(),
+        TxnError::ConcurrentTransactions => K::ConcurrentTransactions.code(),
+        TxnError::NotCoordinator
+        | TxnError::CoordinatorLoadInProgress
+        | TxnError::CoordinatorNotAvailable
+        | TxnError::ProducerIdsUnavailable
+        | TxnError::InvalidTransactionTimeout => K::CoordinatorLoadInProgress.code(),
+    }
+}
 
 pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
     let request: TxnOffsetCommitRequest = match decode(&ctx, body) {
@@ -43,28 +70,45 @@ pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
         .iter()
         .map(|t| (t.name.0.as_str(), t.partitions.iter().map(|p| (p.partition_index, p.committed_offset)).collect()));
     let (offsets, answers) = sort_commit(&ctx, refusal, topics);
-    let (reply, wait) = oneshot::channel();
-    let routed = !offsets.is_empty()
-        && route(
-            &ctx.shard,
-            &group_id,
-            GroupOp::TxnCommit(TxnCommit {
-                group_id: group_id.clone(),
-                member_id: request.member_id.to_string(),
-                group_instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
-                generation_id: request.generation_id,
-                producer_id: request.producer_id.0,
-                producer_epoch: request.producer_epoch,
-                offsets,
-                reply,
-            }),
-        );
+    let (producer_id, producer_epoch) = (request.producer_id.0, request.producer_epoch);
+    let commit = TxnCommit {
+        group_id: group_id.clone(),
+        member_id: request.member_id.to_string(),
+        group_instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
+        generation_id: request.generation_id,
+        producer_id,
+        producer_epoch,
+        offsets,
+        reply: oneshot::channel().0,
+    };
+    // v5 is transactions v2 (KIP-890 part 2): the client sent no
+    // AddOffsetsToTxn, so the group's offsets partition joins the
+    // transaction here, before the offsets are written to it.
+    let join = (ctx.version >= 5 && !commit.offsets.is_empty())
+        .then(|| (request.transactional_id.0.to_string(), offsets_partition(&ctx, &group_id)));
     Reply::Later(Box::pin(async move {
-        let code = if routed {
-            // A stopped coordinator shard: the client looks it up again.
-            wait.await.unwrap_or(K::CoordinatorNotAvailable.code())
-        } else {
-            K::CoordinatorNotAvailable.code()
+        let joined = match join {
+            None => Ok(()),
+            Some((_, None)) => Err(K::CoordinatorNotAvailable.code()),
+            Some((txn_id, Some(tp))) => {
+                crate::txn::verify(&ctx.shard, Ask::Add, &txn_id, producer_id, producer_epoch, tp)
+                    .await
+                    .map_err(join_code)
+            }
+        };
+        let code = match joined {
+            Err(code) => code,
+            Ok(()) => {
+                let (reply, wait) = oneshot::channel();
+                let routed = !commit.offsets.is_empty()
+                    && route(&ctx.shard, &group_id, GroupOp::TxnCommit(TxnCommit { reply, ..commit }));
+                if routed {
+                    // A stopped coordinator shard: the client looks it up again.
+                    wait.await.unwrap_or(K::CoordinatorNotAvailable.code())
+                } else {
+                    K::CoordinatorNotAvailable.code()
+                }
+            }
         };
         let topics = answers
             .into_iter()

@@ -15,9 +15,9 @@ use crate::wire::Response;
 pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
     Some(match api {
         ApiKey::ApiVersions => (0, 4),
-        // v12 adds only transactions v2 semantics (KIP-890) and v13 topic
-        // ids in place of names: later.
-        ApiKey::Produce => (3, 11),
+        // v12 is transactions v2 (KIP-890 part 2: the leader adds the
+        // partition to the transaction); v13 names topics by id: later.
+        ApiKey::Produce => (3, 12),
         // v13+ name topics by id (UUIDs mapped from Spate's topic ids).
         ApiKey::Fetch => (4, 16),
         ApiKey::ListOffsets => (1, 8),
@@ -40,8 +40,9 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::IncrementalAlterConfigs => (0, 1),
         ApiKey::OffsetCommit => (2, 9),
         ApiKey::OffsetFetch => (1, 9),
-        // v5 is transactions v2 (KIP-890 part 2): later.
-        ApiKey::TxnOffsetCommit => (0, 4),
+        // v5 is transactions v2 (KIP-890 part 2: the group's offsets
+        // partition is added to the transaction by the coordinator).
+        ApiKey::TxnOffsetCommit => (0, 5),
         // v0 is gone from Kafka 4; v1 is the only version its tools send.
         ApiKey::WriteTxnMarkers => (1, 1),
         ApiKey::ListGroups => (0, 5),
@@ -69,11 +70,14 @@ pub(crate) fn supported(api: ApiKey) -> Option<(i16, i16)> {
         ApiKey::CreateAcls => (1, 3),
         ApiKey::DescribeAcls => (1, 3),
         ApiKey::DeleteAcls => (1, 3),
-        // v4 is brokers' batched verification and v5 (like AddOffsetsToTxn
-        // v4 and EndTxn v4-v5) transactions v2 (KIP-890): later.
+        // v4-v5 are brokers' batched verification: Spate's brokers ask
+        // each other over the native port (`txn/verify.rs`).
         ApiKey::AddPartitionsToTxn => (0, 3),
-        ApiKey::AddOffsetsToTxn => (0, 3),
-        ApiKey::EndTxn => (0, 3),
+        // v4 adds only the TRANSACTION_ABORTABLE code (never sent).
+        ApiKey::AddOffsetsToTxn => (0, 4),
+        // v5 is transactions v2: the transaction ends under the next
+        // epoch, which the answer carries (KIP-890 part 2).
+        ApiKey::EndTxn => (0, 5),
         ApiKey::DescribeTransactions => (0, 0),
         // v2 adds a transactional id pattern: later.
         ApiKey::ListTransactions => (0, 1),
@@ -145,8 +149,44 @@ fn listing() -> Vec<ApiVersion> {
         .collect()
 }
 
+/// Kafka's feature flags Spate has, each finalized at its highest level
+/// (Spate has no UpdateFeatures: a broker serves what it is built with).
+/// `transaction.version` 2 is transactions v2 (KIP-890 part 2): the Java
+/// client (4.0+) turns it on from this finalized level alone.
+const FEATURES: &[(&str, i16)] = &[("transaction.version", 2)];
+
+/// Kafka's finalized-features epoch: clients keep the highest they saw and
+/// re-read the features when it grows. Spate's never change while a
+/// broker runs.
+const FINALIZED_FEATURES_EPOCH: i64 = 1;
+
 pub(crate) fn api_versions(ctx: &Ctx) -> Response {
-    super::respond(ctx, &ApiVersionsResponse::default().with_api_keys(listing()))
+    use kafka_protocol::messages::api_versions_response::{FinalizedFeatureKey, SupportedFeatureKey};
+    use kafka_protocol::protocol::StrBytes;
+    let supported = FEATURES
+        .iter()
+        .map(|&(name, level)| {
+            SupportedFeatureKey::default()
+                .with_name(StrBytes::from_static_str(name))
+                .with_min_version(0)
+                .with_max_version(level)
+        })
+        .collect();
+    let finalized = FEATURES
+        .iter()
+        .map(|&(name, level)| {
+            FinalizedFeatureKey::default()
+                .with_name(StrBytes::from_static_str(name))
+                .with_min_version_level(level)
+                .with_max_version_level(level)
+        })
+        .collect();
+    let response = ApiVersionsResponse::default()
+        .with_api_keys(listing())
+        .with_supported_features(supported)
+        .with_finalized_features_epoch(FINALIZED_FEATURES_EPOCH)
+        .with_finalized_features(finalized);
+    super::respond(ctx, &response)
 }
 
 /// KIP-511: an ApiVersions request at a version newer than ours is

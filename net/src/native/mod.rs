@@ -178,7 +178,7 @@ fn serve(
         Body::AddPartitionsToTxnRequest => txn::add_partitions_to_txn(shard, session, &frame, request_id),
         Body::AddOffsetsToTxnRequest => txn::add_offsets_to_txn(shard, &frame, request_id),
         Body::TxnOffsetCommitRequest => txn::txn_offset_commit(shard, &frame, request_id),
-        Body::EndTxnRequest => txn::end_txn(shard, &frame, request_id),
+        Body::EndTxnRequest => txn::end_txn(shard, session, &frame, request_id),
         Body::OffsetForLeaderEpochRequest => offsets::offset_for_leader_epoch(shard, &frame, request_id),
         other => {
             invalid(request_id, &format!("{} is not a request this broker serves", spate_flatbuf::api_name(other)))

@@ -160,7 +160,9 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
         }
         let (reply, wait) = oneshot::channel();
         let transactional_id = transactional_id.clone();
-        let op = ProduceOp { topic, partition, batches, acks, timeout, transactional_id, reply };
+        // The native client adds its partitions itself (transactions v1).
+        let transactions_v2 = false;
+        let op = ProduceOp { topic, partition, batches, acks, timeout, transactional_id, transactions_v2, reply };
         shard.submit(owner, ShardOp::Produce(op));
         waits.push(Ok(wait));
     }

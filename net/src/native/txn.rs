@@ -174,8 +174,11 @@ pub(super) fn add_partitions_to_txn(
     let mut partitions: Vec<Tp> = Vec::new();
     for entry in request.topics().iter().flatten() {
         let topic = entry.topic().unwrap_or_default();
-        // Internal topics join a transaction only through AddOffsetsToTxn.
-        if spate_flatbuf::is_internal_topic(topic) {
+        // Internal topics join a transaction only through AddOffsetsToTxn,
+        // or a group coordinator's add for a TxnOffsetCommit v5 (another
+        // broker, KIP-890 part 2).
+        let offsets_from_broker = topic == CONSUMER_OFFSETS_TOPIC && session.broker.get() >= 0;
+        if spate_flatbuf::is_internal_topic(topic) && !offsets_from_broker {
             return Reply::Now(add_partitions_answer(
                 request_id,
                 Err((ErrorCode::InternalTopic, "internal topics join a transaction through AddOffsetsToTxn only")),
@@ -320,7 +323,7 @@ pub(super) fn txn_offset_commit(shard: &Rc<Shard>, frame: &Frame, request_id: u6
     }))
 }
 
-pub(super) fn end_txn(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Reply {
+pub(super) fn end_txn(shard: &Rc<Shard>, session: &super::Session, frame: &Frame, request_id: u64) -> Reply {
     let Some(request) = envelope(frame).and_then(|e| e.body_as_end_txn_request()) else {
         return invalid(request_id, "end txn body missing");
     };
@@ -329,12 +332,23 @@ pub(super) fn end_txn(shard: &Rc<Shard>, frame: &Frame, request_id: u64) -> Repl
         return Reply::Now(end_txn_answer(request_id, Err((ErrorCode::InvalidRequest, "an empty transactional id"))));
     }
     let (producer_id, producer_epoch, commit) = (request.producer_id(), request.producer_epoch(), request.commit());
+    let principal = (**session.principal.borrow()).clone();
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        let result =
-            call(&shard, &txn_id.clone(), |reply| TxnOp::End { txn_id, producer_id, producer_epoch, commit, reply })
-                .await;
-        end_txn_answer(request_id, result.map_err(txn_code))
+        // The native client adds each partition itself and keeps its
+        // epoch across transactions (transactions v1).
+        let result = call(&shard, &txn_id.clone(), |reply| TxnOp::End {
+            txn_id,
+            producer_id,
+            producer_epoch,
+            commit,
+            bump_epoch: false,
+            fresh_producer_id: None,
+            principal,
+            reply,
+        })
+        .await;
+        end_txn_answer(request_id, result.map(drop).map_err(txn_code))
     }))
 }
 

@@ -9,7 +9,12 @@
 //! - A marker of the producer written to the partition meanwhile (its
 //!   transaction ended after the coordinator said yes) marks the wait: the
 //!   batch is refused then, as Kafka's VerificationGuard does, since taken
-//!   after the marker it would open a transaction nobody ends.
+//!   after the marker it would open a transaction nobody ends. Which
+//!   markers end the batch's transaction depends on the client
+//!   (`Finished::ended`): under transactions v2 (KIP-890 part 2) a
+//!   transaction of epoch E ends with markers of epoch E + 1, and a marker
+//!   of the batch's own epoch ended the transaction before it (one the
+//!   client's next transaction may start right after).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -35,7 +40,8 @@ struct Wait<T> {
     /// (markers may have arrived by replication, not through
     /// `marker_written`) refuses the batch.
     leader_epoch: i32,
-    marked: bool,
+    /// The highest epoch of the producer's markers written meanwhile.
+    marker_epoch: Option<i16>,
     queued: VecDeque<T>,
 }
 
@@ -43,8 +49,9 @@ struct Wait<T> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Finished<T> {
     pub leader_epoch: i32,
-    /// A marker of the producer was written while it was asked.
-    pub marked: bool,
+    /// The highest epoch of the producer's markers written while it was
+    /// asked, if any was.
+    pub marker_epoch: Option<i16>,
     /// The producer's produces that came meanwhile, oldest first.
     pub queued: VecDeque<T>,
 }
@@ -64,22 +71,36 @@ impl<T> Verifications<T> {
 
     pub(crate) fn begin(&self, key: GuardKey, leader_epoch: i32) {
         let previous =
-            self.waits.borrow_mut().insert(key, Wait { leader_epoch, marked: false, queued: VecDeque::new() });
+            self.waits.borrow_mut().insert(key, Wait { leader_epoch, marker_epoch: None, queued: VecDeque::new() });
         // A second would let two of the producer's batches race.
         assert!(previous.is_none(), "one verification per producer and partition at a time");
     }
 
-    /// A marker of `key`'s producer was written to its partition.
-    pub(crate) fn marker_written(&self, key: &GuardKey) {
+    /// A marker of `key`'s producer, at `epoch`, was written to its
+    /// partition.
+    pub(crate) fn marker_written(&self, key: &GuardKey, epoch: i16) {
         if let Some(wait) = self.waits.borrow_mut().get_mut(key) {
-            wait.marked = true;
+            wait.marker_epoch = wait.marker_epoch.max(Some(epoch));
         }
     }
 
     /// Ends the wait: what happened meanwhile.
     pub(crate) fn finish(&self, key: &GuardKey) -> Finished<T> {
         let wait = self.waits.borrow_mut().remove(key).expect("a verification finishes once, after it began");
-        Finished { leader_epoch: wait.leader_epoch, marked: wait.marked, queued: wait.queued }
+        Finished { leader_epoch: wait.leader_epoch, marker_epoch: wait.marker_epoch, queued: wait.queued }
+    }
+}
+
+impl<T> Finished<T> {
+    /// Whether a marker written during the wait ended the transaction of
+    /// a batch at `batch_epoch`: one at that epoch or later, or under
+    /// transactions v2 (`epoch_bumps`) one past it.
+    pub(crate) fn ended(&self, batch_epoch: i16, epoch_bumps: bool) -> bool {
+        match self.marker_epoch {
+            None => false,
+            Some(marker) if epoch_bumps => marker > batch_epoch,
+            Some(marker) => marker >= batch_epoch,
+        }
     }
 }
 
@@ -102,7 +123,7 @@ mod tests {
         assert_eq!(book.queue_behind(&key(0, 8), 4), Some(4));
         assert_eq!(book.queue_behind(&key(1, 7), 5), Some(5));
         let finished = book.finish(&key(0, 7));
-        assert_eq!(finished, Finished { leader_epoch: 3, marked: false, queued: VecDeque::from([2, 3]) });
+        assert_eq!(finished, Finished { leader_epoch: 3, marker_epoch: None, queued: VecDeque::from([2, 3]) });
         assert_eq!(book.queue_behind(&key(0, 7), 6), Some(6), "the wait is over");
     }
 
@@ -110,15 +131,29 @@ mod tests {
     fn a_marker_of_the_producer_during_the_wait_marks_it() {
         let book: Verifications<u32> = Verifications::default();
         book.begin(key(0, 7), 1);
-        book.marker_written(&key(0, 8));
-        book.marker_written(&key(1, 7));
-        assert!(!book.finish(&key(0, 7)).marked, "other producers' and partitions' markers do not count");
+        book.marker_written(&key(0, 8), 5);
+        book.marker_written(&key(1, 7), 5);
+        assert_eq!(book.finish(&key(0, 7)).marker_epoch, None, "other producers' and partitions' markers do not count");
         book.begin(key(0, 7), 1);
-        book.marker_written(&key(0, 7));
-        assert!(book.finish(&key(0, 7)).marked);
+        book.marker_written(&key(0, 7), 4);
+        book.marker_written(&key(0, 7), 3);
+        assert_eq!(book.finish(&key(0, 7)).marker_epoch, Some(4), "the highest");
         // Outside a wait a marker leaves nothing behind.
-        book.marker_written(&key(0, 7));
+        book.marker_written(&key(0, 7), 4);
         book.begin(key(0, 7), 1);
-        assert!(!book.finish(&key(0, 7)).marked);
+        assert_eq!(book.finish(&key(0, 7)).marker_epoch, None);
+    }
+
+    #[test]
+    fn under_transactions_v2_the_marker_of_the_previous_transaction_does_not_end_the_batchs() {
+        let finished = |marker_epoch| Finished::<u32> { leader_epoch: 1, marker_epoch, queued: VecDeque::new() };
+        // v1: a transaction of epoch 4 ends with markers of epoch 4.
+        assert!(finished(Some(4)).ended(4, false));
+        assert!(!finished(Some(3)).ended(4, false));
+        // v2: it ends with markers of epoch 5; one of epoch 4 ended the
+        // transaction before (its epoch bumped to the batch's).
+        assert!(!finished(Some(4)).ended(4, true));
+        assert!(finished(Some(5)).ended(4, true));
+        assert!(!finished(None).ended(4, true));
     }
 }

@@ -342,7 +342,7 @@ pub(crate) fn write_marker_here(
         // The producer's transaction ended here: a first batch of it still
         // being verified must not open it again (`guard.rs`).
         let key = ((Arc::from(topic.topic_id.as_str()), partition), marker.producer_id);
-        shard.verifications.marker_written(&key);
+        shard.verifications.marker_written(&key, marker.producer_epoch);
         Ok(Write::new(replica, ticket, leader_epoch, min_insync_replicas))
     })();
     let shard = shard.clone();

@@ -29,7 +29,7 @@ mod markers;
 pub(crate) mod record;
 pub(crate) mod state;
 mod verify;
-pub(crate) use verify::verify;
+pub(crate) use verify::{Ask, verify};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -43,7 +43,7 @@ use spate_flatbuf::group_partition;
 use spate_flatbuf::proto::ErrorCode;
 
 pub(crate) use self::markers::{marker_from_batch, write_marker_here};
-use self::state::InitStep;
+use self::state::{EndStep, InitStep};
 pub(crate) use self::state::{TxnError, TxnMeta, TxnState};
 use crate::admin::ADMIN_SHARD;
 use crate::catalog::{Catalog, TopicMeta};
@@ -143,7 +143,15 @@ pub(crate) enum TxnOp {
         producer_id: i64,
         producer_epoch: i16,
         commit: bool,
-        reply: oneshot::Sender<Result<(), TxnError>>,
+        /// A transactions-v2 client (KIP-890 part 2): the transaction ends
+        /// under the next epoch (`state::end`).
+        bump_epoch: bool,
+        /// A new producer id, once the coordinator asked for one (a v2
+        /// end with the epochs exhausted), bound to this principal.
+        fresh_producer_id: Option<i64>,
+        principal: Principal,
+        /// The producer id and epoch the producer goes on with.
+        reply: oneshot::Sender<Result<(i64, i16), TxnError>>,
     },
     /// KIP-890 part 1, from a partition leader (`verify.rs`): are these
     /// partitions in the producer's ongoing transaction? Writes nothing.
@@ -249,18 +257,52 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: TxnOp) {
             let park_until = Instant::now() + Duration::from_millis(ADD_PARTITIONS_PARK_MS);
             add_partitions(shard, &catalog, txn_id, producer_id, producer_epoch, partitions, reply, park_until);
         }
-        TxnOp::End { txn_id, producer_id, producer_epoch, commit, reply } => {
+        TxnOp::End { txn_id, producer_id, producer_epoch, commit, bump_epoch, fresh_producer_id, principal, reply } => {
             let step = serving(shard, &catalog, &txn_id).and_then(|(partition, term)| {
                 let txns = shard.txns.txns.borrow();
                 let entry = txns.get(&txn_id);
                 let (current, pending) = (entry.and_then(|e| e.meta.as_ref()), entry.is_some_and(|e| e.pending));
-                let next = state::end(current, pending, producer_id, producer_epoch, commit, now_ms())?;
-                Ok(next.map(|next| (partition, term, next)))
+                let step = state::end(
+                    current,
+                    pending,
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    bump_epoch,
+                    fresh_producer_id,
+                    now_ms(),
+                )?;
+                Ok((partition, term, step))
             });
             match step {
                 Err(err) => drop(reply.send(Err(err))),
-                Ok(None) => drop(reply.send(Ok(()))),
-                Ok(Some((partition, term, next))) => prepare(shard, &catalog, txn_id, partition, term, next, reply),
+                Ok((_, _, EndStep::Done(continues_as))) => drop(reply.send(Ok(continues_as))),
+                Ok((partition, term, EndStep::Prepare(next))) => {
+                    prepare(shard, &catalog, txn_id, partition, term, next, reply)
+                }
+                Ok((_, _, EndStep::NeedProducerId)) => {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        match allocate_producer_id(&shard, &txn_id, &principal).await {
+                            Err(err) => drop(reply.send(Err(err))),
+                            Ok(fresh) => {
+                                let fresh_producer_id = Some(fresh);
+                                let op = TxnOp::End {
+                                    txn_id,
+                                    producer_id,
+                                    producer_epoch,
+                                    commit,
+                                    bump_epoch,
+                                    fresh_producer_id,
+                                    principal,
+                                    reply,
+                                };
+                                execute(&shard, op);
+                            }
+                        }
+                    })
+                    .detach();
+                }
             }
         }
         TxnOp::Verify { txn_id, producer_id, producer_epoch, partitions, reply } => {
@@ -403,25 +445,15 @@ fn init(
         InitStep::NeedProducerId => {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                let (allocated, wait) = oneshot::channel();
-                shard.submit(ADMIN_SHARD, ShardOp::InitProducerId { principal: principal.clone(), reply: allocated });
-                match wait.await {
-                    Ok(Ok(producer_id)) => {
-                        let op = TxnOp::Init {
-                            txn_id,
-                            timeout_ms,
-                            expected,
-                            principal,
-                            fresh_producer_id: Some(producer_id),
-                            reply,
-                        };
-                        execute(&shard, op);
+                match allocate_producer_id(&shard, &txn_id, &principal).await {
+                    Err(err) => drop(reply.send(Err(err))),
+                    Ok(fresh) => {
+                        let fresh_producer_id = Some(fresh);
+                        execute(
+                            &shard,
+                            TxnOp::Init { txn_id, timeout_ms, expected, principal, fresh_producer_id, reply },
+                        );
                     }
-                    Ok(Err(message)) => {
-                        tracing::error!(shard = shard.id, "cannot allocate a producer id: {message}");
-                        let _ = reply.send(Err(TxnError::ProducerIdsUnavailable));
-                    }
-                    Err(_) => drop(reply.send(Err(TxnError::CoordinatorNotAvailable))),
                 }
             })
             .detach();
@@ -442,6 +474,21 @@ fn init(
             prepare(shard, catalog, txn_id, partition, term, next, done);
             let _ = reply.send(Err(TxnError::ConcurrentTransactions));
         }
+    }
+}
+
+/// A new producer id from the admin shard's allocator for `txn_id`'s
+/// producer, bound to `principal`.
+async fn allocate_producer_id(shard: &Rc<Shard>, txn_id: &str, principal: &Principal) -> Result<i64, TxnError> {
+    let (allocated, wait) = oneshot::channel();
+    shard.submit(ADMIN_SHARD, ShardOp::InitProducerId { principal: principal.clone(), reply: allocated });
+    match wait.await {
+        Ok(Ok(producer_id)) => Ok(producer_id),
+        Ok(Err(message)) => {
+            tracing::error!(shard = shard.id, txn_id, "cannot allocate a producer id: {message}");
+            Err(TxnError::ProducerIdsUnavailable)
+        }
+        Err(_) => Err(TxnError::CoordinatorNotAvailable),
     }
 }
 
@@ -517,7 +564,7 @@ fn prepare(
     partition: u32,
     term: u64,
     prepared: TxnMeta,
-    reply: oneshot::Sender<Result<(), TxnError>>,
+    reply: oneshot::Sender<Result<(i64, i16), TxnError>>,
 ) {
     assert!(prepared.state.is_prepared(), "markers follow a prepared state only");
     let write = persist(shard, catalog, &txn_id, partition, &prepared);
@@ -525,7 +572,7 @@ fn prepare(
     glommio::spawn_local(async move {
         let settled = settle(&shard, &txn_id, partition, term, prepared.clone(), write).await;
         let ok = settled.is_ok();
-        let _ = reply.send(settled);
+        let _ = reply.send(settled.map(|()| prepared.continues_as()));
         if ok {
             finish(&shard, &txn_id, partition, term, prepared).await;
         }

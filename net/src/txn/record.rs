@@ -14,7 +14,10 @@ use crate::group::record::Reader;
 use crate::limits::TXN_PARTITIONS_MAX;
 
 const KEY_VERSION: u8 = 0;
-const VALUE_VERSION: u8 = 0;
+/// Version 1 adds `next_producer_id` at the end (KIP-890 part 2). It is
+/// written only when there is one (a prepared transaction rotating its
+/// producer id), so a broker from before reads every other record.
+const VALUE_VERSION: u8 = 1;
 
 fn put_str(out: &mut Vec<u8>, text: &str) {
     // Transactional ids and topic names are at most 249 bytes (checked
@@ -32,7 +35,8 @@ pub(crate) fn key(txn_id: &str) -> Vec<u8> {
 
 pub(crate) fn value(meta: &TxnMeta) -> Vec<u8> {
     assert!(meta.partitions.len() <= TXN_PARTITIONS_MAX, "AddPartitionsToTxn caps a transaction's partitions");
-    let mut value = vec![VALUE_VERSION];
+    let version = if meta.next_producer_id >= 0 { VALUE_VERSION } else { 0 };
+    let mut value = vec![version];
     value.extend_from_slice(&meta.producer_id.to_be_bytes());
     value.extend_from_slice(&meta.producer_epoch.to_be_bytes());
     value.extend_from_slice(&meta.last_producer_id.to_be_bytes());
@@ -45,6 +49,9 @@ pub(crate) fn value(meta: &TxnMeta) -> Vec<u8> {
     for (topic, partition) in &meta.partitions {
         put_str(&mut value, topic);
         value.extend_from_slice(&partition.to_be_bytes());
+    }
+    if version >= 1 {
+        value.extend_from_slice(&meta.next_producer_id.to_be_bytes());
     }
     value
 }
@@ -65,7 +72,7 @@ pub(crate) fn decode(key: &[u8], value: Option<&[u8]>) -> Result<(String, Option
     let Some(value) = value else { return Ok((txn_id, None)) };
     let mut value = Reader(value);
     let version = value.u8()?;
-    if version != VALUE_VERSION {
+    if version > VALUE_VERSION {
         return Err(format!("unknown transaction value version {version}"));
     }
     let producer_id = i64::from_be_bytes(value.array()?);
@@ -88,6 +95,7 @@ pub(crate) fn decode(key: &[u8], value: Option<&[u8]>) -> Result<(String, Option
         let partition = i32::from_be_bytes(value.array()?);
         partitions.insert((topic, partition));
     }
+    let next_producer_id = if version >= 1 { i64::from_be_bytes(value.array()?) } else { -1 };
     if !value.0.is_empty() {
         return Err(format!("{} stray bytes after the value", value.0.len()));
     }
@@ -101,6 +109,7 @@ pub(crate) fn decode(key: &[u8], value: Option<&[u8]>) -> Result<(String, Option
         partitions,
         txn_start_ms,
         txn_last_update_ms,
+        next_producer_id,
     };
     Ok((txn_id, Some(meta)))
 }
@@ -133,6 +142,7 @@ mod tests {
             partitions: [tp("t", 1)].into_iter().collect(),
             txn_start_ms: 5,
             txn_last_update_ms: 6,
+            next_producer_id: 0x0a,
         }
     }
 
@@ -141,15 +151,23 @@ mod tests {
         let meta = meta();
         assert_eq!(key("tx"), b"\x00\x00\x02tx");
         let value = value(&meta);
-        let expected: &[u8] = b"\x00\
+        let expected: &[u8] = b"\x01\
             \x00\x00\x00\x00\x00\x00\x01\x02\x00\x03\
             \xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\
             \x00\x00\xea\x60\x01\
             \x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00\x06\
-            \x00\x00\x00\x01\x00\x01t\x00\x00\x00\x01";
+            \x00\x00\x00\x01\x00\x01t\x00\x00\x00\x01\
+            \x00\x00\x00\x00\x00\x00\x00\x0a";
         assert_eq!(value, expected);
-        assert_eq!(decode(&key("tx"), Some(&value)), Ok(("tx".to_string(), Some(meta))));
+        assert_eq!(decode(&key("tx"), Some(&value)), Ok(("tx".to_string(), Some(meta.clone()))));
         assert_eq!(decode(&key("tx"), None), Ok(("tx".to_string(), None)));
+        // Without a next producer id the value is version 0, as written
+        // before KIP-890 part 2, and loads as none.
+        let old = TxnMeta { next_producer_id: -1, ..meta };
+        let v0 = super::value(&old);
+        assert_eq!(v0[0], 0);
+        assert_eq!(v0[1..], value[1..value.len() - 8]);
+        assert_eq!(decode(&key("tx"), Some(&v0)), Ok(("tx".to_string(), Some(old))));
     }
 
     #[test]
@@ -166,7 +184,7 @@ mod tests {
         assert!(decode(&key, Some(&bad_state)).is_err());
         // A partition count no record can have is refused before it is
         // allocated for.
-        let mut huge = value[..value.len() - 7].to_vec();
+        let mut huge = value[..value.len() - 8 - 7].to_vec();
         let at = huge.len() - 4;
         huge[at..].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(&key, Some(&huge)).is_err());

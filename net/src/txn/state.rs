@@ -101,6 +101,19 @@ pub(crate) struct TxnMeta {
     /// When the transaction's first partition was added (-1: none yet).
     pub txn_start_ms: i64,
     pub txn_last_update_ms: i64,
+    /// KIP-890 part 2: the producer id the producer continues under once
+    /// this prepared transaction completes (-1: the same). Set when a
+    /// transactions-v2 EndTxn finds the epochs exhausted: the markers go
+    /// out under the old id at the last epoch, then the id rotates.
+    pub next_producer_id: i64,
+}
+
+impl TxnMeta {
+    /// The producer id and epoch the producer goes on with after this
+    /// state: what EndTxn v5 answers.
+    pub(crate) fn continues_as(&self) -> (i64, i16) {
+        if self.next_producer_id >= 0 { (self.next_producer_id, 0) } else { (self.producer_id, self.producer_epoch) }
+    }
 }
 
 /// Why a request on a transaction is refused, in Kafka's terms (the
@@ -161,6 +174,7 @@ pub(crate) fn init(
         partitions: BTreeSet::new(),
         txn_start_ms: -1,
         txn_last_update_ms: now_ms,
+        next_producer_id: -1,
     };
     let Some(current) = current else {
         let Some(producer_id) = fresh_producer_id else { return Ok(InitStep::NeedProducerId) };
@@ -297,26 +311,97 @@ pub(crate) fn verify(
     }
 }
 
-/// EndTxn: the PrepareCommit or PrepareAbort to persist, or None for a
-/// retry of an EndTxn that completed (success, nothing to write).
+/// What an EndTxn does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EndStep {
+    /// Persist this PrepareCommit or PrepareAbort, answer, write markers.
+    Prepare(TxnMeta),
+    /// A retry of an EndTxn that completed: success, nothing to write;
+    /// the producer goes on as (producer id, epoch).
+    Done((i64, i16)),
+    /// A v2 EndTxn with the producer's epochs exhausted: a new producer id
+    /// is needed first (the producer continues under it).
+    NeedProducerId,
+}
+
+/// EndTxn. `bump_epoch`: a transactions-v2 client (EndTxn v5, KIP-890
+/// part 2), whose every transaction ends under the next epoch: the
+/// prepared state carries it (the markers are written with it, so a late
+/// batch of the ended transaction is fenced at the partition by its epoch
+/// alone) and the client is answered it. Its retry comes with the epoch
+/// before the bump (`last_producer_epoch`), or the producer id before a
+/// rotation (`last_producer_id`), and is recognised as one.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn end(
     current: Option<&TxnMeta>,
     pending: bool,
     producer_id: i64,
     producer_epoch: i16,
     commit: bool,
+    bump_epoch: bool,
+    fresh_producer_id: Option<i64>,
     now_ms: i64,
-) -> Result<Option<TxnMeta>, TxnError> {
-    let current = check_producer(current, pending, producer_id, producer_epoch)?;
+) -> Result<EndStep, TxnError> {
     let same = |state: TxnState| (state == TxnState::CompleteCommit || state == TxnState::PrepareCommit) == commit;
+    if bump_epoch && let Some(meta) = current {
+        let ended = matches!(
+            meta.state,
+            TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::CompleteCommit | TxnState::CompleteAbort
+        );
+        let before_bump = meta.producer_id == producer_id
+            && meta.last_producer_epoch == producer_epoch
+            && meta.producer_epoch == producer_epoch.saturating_add(1);
+        let before_rotation = meta.producer_epoch == 0
+            && meta.last_producer_id == producer_id
+            && meta.last_producer_epoch == producer_epoch;
+        if ended && same(meta.state) && (before_bump || before_rotation) {
+            return if pending || meta.state.is_prepared() {
+                Err(TxnError::ConcurrentTransactions)
+            } else {
+                Ok(EndStep::Done(meta.continues_as()))
+            };
+        }
+    }
+    let current = check_producer(current, pending, producer_id, producer_epoch)?;
+    let ends = match current.state {
+        TxnState::Ongoing => true,
+        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => bump_epoch && !commit,
+        _ => false,
+    };
+    let exhausted = bump_epoch && current.producer_epoch >= EPOCH_EXHAUSTED;
+    if ends && exhausted && fresh_producer_id.is_none() {
+        return Ok(EndStep::NeedProducerId);
+    }
+    let next_producer_id = if exhausted { fresh_producer_id.unwrap_or(-1) } else { -1 };
+    let prepared = |state: TxnState| {
+        let mut next = current.clone();
+        next.state = state;
+        next.txn_last_update_ms = now_ms;
+        if bump_epoch {
+            // Exhausted epochs keep the last one for this bump
+            // (EPOCH_EXHAUSTED is i16::MAX - 1); the id rotates after.
+            next.last_producer_epoch = current.producer_epoch;
+            next.producer_epoch = current.producer_epoch.saturating_add(1);
+            next.next_producer_id = next_producer_id;
+        }
+        next
+    };
     match current.state {
         TxnState::Ongoing => {
-            let mut next = current.clone();
-            next.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
-            next.txn_last_update_ms = now_ms;
-            Ok(Some(next))
+            let state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
+            Ok(EndStep::Prepare(prepared(state)))
         }
-        state @ (TxnState::CompleteCommit | TxnState::CompleteAbort) if same(state) => Ok(None),
+        // A v2 client's transaction may end with nothing added (its first
+        // produce failed before it reached the coordinator): an abort then
+        // still bumps the epoch, fencing whatever of it is in flight.
+        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort if bump_epoch && !commit => {
+            let mut next = prepared(TxnState::PrepareAbort);
+            next.partitions.clear();
+            Ok(EndStep::Prepare(next))
+        }
+        state @ (TxnState::CompleteCommit | TxnState::CompleteAbort) if same(state) && !bump_epoch => {
+            Ok(EndStep::Done(current.continues_as()))
+        }
         state @ (TxnState::PrepareCommit | TxnState::PrepareAbort) if same(state) => {
             Err(TxnError::ConcurrentTransactions)
         }
@@ -334,6 +419,16 @@ pub(crate) fn complete(prepared: &TxnMeta, now_ms: i64) -> TxnMeta {
         if prepared.state == TxnState::PrepareCommit { TxnState::CompleteCommit } else { TxnState::CompleteAbort };
     next.partitions.clear();
     next.txn_last_update_ms = now_ms;
+    if prepared.next_producer_id >= 0 {
+        // KIP-890 part 2: the epochs ran out; the producer goes on under
+        // the new id (a retried EndTxn names the old one: `end`).
+        // The id and epoch the producer had (before the bump).
+        next.last_producer_id = prepared.producer_id;
+        next.last_producer_epoch = prepared.last_producer_epoch;
+        next.producer_id = prepared.next_producer_id;
+        next.producer_epoch = 0;
+        next.next_producer_id = -1;
+    }
     next
 }
 
@@ -381,7 +476,9 @@ mod tests {
         assert_eq!(verify(Some(&ongoing), 8, 0, &t0), Err(TxnError::InvalidProducerIdMapping));
         assert_eq!(verify(None, 7, 0, &t0), Err(TxnError::InvalidProducerIdMapping));
         // Ended (aborting, then complete): a late batch is refused.
-        let Ok(Some(aborting)) = end(Some(&ongoing), false, 7, 0, false, 2) else { panic!("abort prepared") };
+        let Ok(EndStep::Prepare(aborting)) = end(Some(&ongoing), false, 7, 0, false, false, None, 2) else {
+            panic!("abort prepared")
+        };
         assert_eq!(verify(Some(&aborting), 7, 0, &t0), Err(TxnError::InvalidTxnState));
         let done = complete(&aborting, 3);
         assert_eq!(verify(Some(&done), 7, 0, &t0), Err(TxnError::InvalidTxnState));
@@ -401,8 +498,8 @@ mod tests {
         assert_eq!((second.producer_id, second.producer_epoch), (7, 1));
         let tps = [tp("t", 0)];
         assert_eq!(add_partitions(Some(&second), false, 7, 0, &tps, 2), Err(TxnError::ProducerFenced));
-        assert_eq!(end(Some(&second), false, 7, 0, true, 2), Err(TxnError::ProducerFenced));
-        assert_eq!(end(Some(&second), false, 8, 1, true, 2), Err(TxnError::InvalidProducerIdMapping));
+        assert_eq!(end(Some(&second), false, 7, 0, true, false, None, 2), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&second), false, 8, 1, true, false, None, 2), Err(TxnError::InvalidProducerIdMapping));
     }
 
     #[test]
@@ -442,21 +539,101 @@ mod tests {
         let ongoing = add_partitions(Some(&meta), false, 7, 0, &[tp("t", 0)], 5).expect("allowed").expect("a change");
         assert_eq!((ongoing.state, ongoing.txn_start_ms), (TxnState::Ongoing, 5));
         assert_eq!(add_partitions(Some(&ongoing), false, 7, 0, &[tp("t", 0)], 6), Ok(None), "already in");
-        let prepared = end(Some(&ongoing), false, 7, 0, true, 7).expect("allowed").expect("a change");
+        let Ok(EndStep::Prepare(prepared)) = end(Some(&ongoing), false, 7, 0, true, false, None, 7) else { panic!() };
         assert_eq!(prepared.state, TxnState::PrepareCommit);
-        assert_eq!(end(Some(&prepared), false, 7, 0, true, 8), Err(TxnError::ConcurrentTransactions));
-        assert_eq!(end(Some(&prepared), false, 7, 0, false, 8), Err(TxnError::InvalidTxnState));
+        assert_eq!(end(Some(&prepared), false, 7, 0, true, false, None, 8), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(end(Some(&prepared), false, 7, 0, false, false, None, 8), Err(TxnError::InvalidTxnState));
         assert_eq!(
             add_partitions(Some(&prepared), false, 7, 0, &[tp("u", 0)], 8),
             Err(TxnError::ConcurrentTransactions)
         );
         let done = complete(&prepared, 9);
         assert_eq!((done.state, done.partitions.len()), (TxnState::CompleteCommit, 0));
-        assert_eq!(end(Some(&done), false, 7, 0, true, 10), Ok(None), "a retried commit succeeds");
-        assert_eq!(end(Some(&done), false, 7, 0, false, 10), Err(TxnError::InvalidTxnState));
-        assert_eq!(end(Some(&meta), false, 7, 0, true, 10), Err(TxnError::InvalidTxnState), "nothing to end");
+        assert_eq!(
+            end(Some(&done), false, 7, 0, true, false, None, 10),
+            Ok(EndStep::Done((7, 0))),
+            "a retried commit succeeds"
+        );
+        assert_eq!(end(Some(&done), false, 7, 0, false, false, None, 10), Err(TxnError::InvalidTxnState));
+        assert_eq!(
+            end(Some(&meta), false, 7, 0, true, false, None, 10),
+            Err(TxnError::InvalidTxnState),
+            "nothing to end"
+        );
         let next = add_partitions(Some(&done), false, 7, 0, &[tp("u", 1)], 11).expect("allowed").expect("a change");
         assert_eq!(next.partitions.len(), 1, "a new transaction starts with only its own partitions");
+    }
+
+    /// KIP-890 part 2: a v2 client's transaction ends under the next
+    /// epoch, the answer names it, a retry with the epoch before is
+    /// recognised, and the next transaction begins at the new epoch.
+    #[test]
+    fn a_v2_end_bumps_the_epoch_and_a_retry_with_the_old_one_succeeds() {
+        let meta = started(7, 3);
+        let ongoing = add_partitions(Some(&meta), false, 7, 3, &[tp("t", 0)], 5).expect("allowed").expect("a change");
+        let Ok(EndStep::Prepare(prepared)) = end(Some(&ongoing), false, 7, 3, true, true, None, 6) else { panic!() };
+        assert_eq!(
+            (prepared.state, prepared.producer_epoch, prepared.last_producer_epoch),
+            (TxnState::PrepareCommit, 4, 3)
+        );
+        assert_eq!(prepared.continues_as(), (7, 4));
+        assert_eq!(prepared.partitions, ongoing.partitions, "the markers go to every partition");
+        // A retry while the markers are written: retriable.
+        assert_eq!(end(Some(&prepared), false, 7, 3, true, true, None, 7), Err(TxnError::ConcurrentTransactions));
+        let done = complete(&prepared, 8);
+        assert_eq!(end(Some(&done), false, 7, 3, true, true, None, 9), Ok(EndStep::Done((7, 4))));
+        // The other outcome, or an older epoch, is not a retry.
+        assert_eq!(end(Some(&done), false, 7, 3, false, true, None, 9), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&done), false, 7, 2, true, true, None, 9), Err(TxnError::ProducerFenced));
+        // The old epoch can no longer add a partition: a late batch of the
+        // ended transaction is fenced.
+        assert_eq!(add_partitions(Some(&done), false, 7, 3, &[tp("t", 1)], 9), Err(TxnError::ProducerFenced));
+        let next = add_partitions(Some(&done), false, 7, 4, &[tp("t", 1)], 10).expect("allowed").expect("a change");
+        assert_eq!((next.state, next.producer_epoch, next.partitions.len()), (TxnState::Ongoing, 4, 1));
+        // A v2 commit of nothing is refused, as Kafka refuses it.
+        assert_eq!(end(Some(&done), false, 7, 4, true, true, None, 11), Err(TxnError::InvalidTxnState));
+    }
+
+    #[test]
+    fn a_v2_abort_with_nothing_added_still_bumps_the_epoch() {
+        let meta = started(7, 0);
+        let Ok(EndStep::Prepare(aborting)) = end(Some(&meta), false, 7, 0, false, true, None, 1) else { panic!() };
+        assert_eq!(
+            (aborting.state, aborting.producer_epoch, aborting.partitions.len()),
+            (TxnState::PrepareAbort, 1, 0)
+        );
+        let done = complete(&aborting, 2);
+        assert_eq!(end(Some(&done), false, 7, 0, false, true, None, 3), Ok(EndStep::Done((7, 1))), "a retry");
+        let Ok(EndStep::Prepare(again)) = end(Some(&done), false, 7, 1, false, true, None, 4) else { panic!() };
+        assert_eq!(again.producer_epoch, 2);
+    }
+
+    #[test]
+    fn a_v2_end_with_exhausted_epochs_rotates_the_producer_id_after_the_markers() {
+        let meta = started(7, EPOCH_EXHAUSTED);
+        let tps = [tp("t", 0)];
+        let ongoing =
+            add_partitions(Some(&meta), false, 7, EPOCH_EXHAUSTED, &tps, 1).expect("allowed").expect("a change");
+        assert_eq!(end(Some(&ongoing), false, 7, EPOCH_EXHAUSTED, true, true, None, 2), Ok(EndStep::NeedProducerId));
+        let Ok(EndStep::Prepare(prepared)) = end(Some(&ongoing), false, 7, EPOCH_EXHAUSTED, true, true, Some(9), 2)
+        else {
+            panic!()
+        };
+        // The markers go out under the old id at the last epoch.
+        assert_eq!((prepared.producer_id, prepared.producer_epoch), (7, i16::MAX));
+        assert_eq!(prepared.continues_as(), (9, 0));
+        let done = complete(&prepared, 3);
+        assert_eq!(
+            (done.producer_id, done.producer_epoch, done.last_producer_id, done.next_producer_id),
+            (9, 0, 7, -1)
+        );
+        assert_eq!(end(Some(&done), false, 7, EPOCH_EXHAUSTED, true, true, None, 4), Ok(EndStep::Done((9, 0))));
+        assert!(add_partitions(Some(&done), false, 9, 0, &tps, 5).expect("allowed").is_some());
+        // A v1 client's end never bumps.
+        let Ok(EndStep::Prepare(v1)) = end(Some(&ongoing), false, 7, EPOCH_EXHAUSTED, true, false, None, 2) else {
+            panic!()
+        };
+        assert_eq!(v1.continues_as(), (7, EPOCH_EXHAUSTED));
     }
 
     #[test]
@@ -472,7 +649,7 @@ mod tests {
     fn a_fenced_producer_is_told_so_even_while_a_change_is_on_its_way() {
         let meta = started(7, 2);
         assert_eq!(add_partitions(Some(&meta), true, 7, 1, &[tp("t", 0)], 1), Err(TxnError::ProducerFenced));
-        assert_eq!(end(Some(&meta), true, 7, 1, true, 1), Err(TxnError::ProducerFenced));
+        assert_eq!(end(Some(&meta), true, 7, 1, true, false, None, 1), Err(TxnError::ProducerFenced));
         assert_eq!(add_partitions(Some(&meta), true, 7, 2, &[tp("t", 0)], 1), Err(TxnError::ConcurrentTransactions));
     }
 

@@ -7,10 +7,18 @@
 //! added the partition) opens a transaction no coordinator will end, and
 //! the partition's last stable offset stops there.
 //!
-//! The coordinator on this broker is asked with a `TxnOp::Verify`; one on
-//! another broker with a native AddPartitionsToTxn marked `verify_only`,
-//! over the connections markers use (`markers.rs`), which prove this
-//! broker's identity: the other side answers it only on such a one.
+//! KIP-890 part 2 (transactions v2) asks the same question as an order:
+//! a v2 client adds no partition itself, so the leader of a partition its
+//! first batch of a transaction goes to adds the partition
+//! (`Ask::Add`), as the group coordinator adds a group's offsets
+//! partition for a TxnOffsetCommit v5. The coordinator refuses an older
+//! epoch, so a late batch of an ended transaction is fenced.
+//!
+//! The coordinator on this broker is asked with a `TxnOp::Verify` (or
+//! `AddPartitions`); one on another broker with a native
+//! AddPartitionsToTxn (marked `verify_only` for a question), over the
+//! connections markers use (`markers.rs`), which prove this broker's
+//! identity: the other side answers a question only on such a one.
 
 use std::rc::Rc;
 
@@ -24,12 +32,22 @@ use crate::group::Tp;
 use crate::replica::peer::Peer;
 use crate::shard::Shard;
 
+/// What a partition leader asks of a transaction's coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// Is the partition in the producer's ongoing transaction (part 1)?
+    Verify,
+    /// Add it, beginning the transaction if none is ongoing (part 2).
+    Add,
+}
+
 /// Asks `txn_id`'s coordinator whether `tp` is in the ongoing transaction
-/// of (`producer_id`, `producer_epoch`). A coordinator that cannot be
-/// reached (moving, loading, a broken connection) is an error the
-/// producer retries (`TxnError::CoordinatorNotAvailable` and kin).
+/// of (`producer_id`, `producer_epoch`), or to add it. A coordinator that
+/// cannot be reached (moving, loading, a broken connection) is an error
+/// the producer retries (`TxnError::CoordinatorNotAvailable` and kin).
 pub(crate) async fn verify(
     shard: &Rc<Shard>,
+    ask: Ask,
     txn_id: &str,
     producer_id: i64,
     producer_epoch: i16,
@@ -44,12 +62,10 @@ pub(crate) async fn verify(
     }
     if leader == shard.shared.config.node_id {
         let txn_id = txn_id.to_string();
-        return call(shard, &txn_id.clone(), |reply| TxnOp::Verify {
-            txn_id,
-            producer_id,
-            producer_epoch,
-            partitions: vec![tp],
-            reply,
+        let partitions = vec![tp];
+        return call(shard, &txn_id.clone(), |reply| match ask {
+            Ask::Verify => TxnOp::Verify { txn_id, producer_id, producer_epoch, partitions, reply },
+            Ask::Add => TxnOp::AddPartitions { txn_id, producer_id, producer_epoch, partitions, reply },
         })
         .await;
     }
@@ -57,19 +73,19 @@ pub(crate) async fn verify(
         tracing::debug!(shard = shard.id, txn_id, "transaction verification: {message}");
         TxnError::CoordinatorNotAvailable
     })?;
-    let question = Question { txn_id, producer_id, producer_epoch, tp: &tp };
+    let question = Question { ask, txn_id, producer_id, producer_epoch, tp: &tp };
     let peers = &shard.txns.peers;
     // An idle connection may have been closed meanwhile: then a new one
     // (the question changes nothing, so asking twice is harmless).
     if let Some(mut peer) = peers.take(to)
-        && let Ok(answer) = ask(&mut peer, &question).await
+        && let Ok(answer) = call_peer(&mut peer, &question).await
     {
         peers.put(to, peer);
         return answer;
     }
     let asked = async {
         let mut peer = connect(shard, &catalog, to).await?;
-        let answer = ask(&mut peer, &question).await?;
+        let answer = call_peer(&mut peer, &question).await?;
         peers.put(to, peer);
         Ok::<_, String>(answer)
     };
@@ -80,15 +96,16 @@ pub(crate) async fn verify(
 }
 
 struct Question<'a> {
+    ask: Ask,
     txn_id: &'a str,
     producer_id: i64,
     producer_epoch: i16,
     tp: &'a Tp,
 }
 
-/// One verify-only AddPartitionsToTxn on `peer`: the coordinator's answer,
-/// or why there was none.
-async fn ask(peer: &mut Peer, question: &Question<'_>) -> Result<Result<(), TxnError>, String> {
+/// One AddPartitionsToTxn (verify-only for a question) on `peer`: the
+/// coordinator's answer, or why there was none.
+async fn call_peer(peer: &mut Peer, question: &Question<'_>) -> Result<Result<(), TxnError>, String> {
     let mut builder = FlatBufferBuilder::new();
     let partitions = builder.create_vector(&[question.tp.1]);
     let topic = builder.create_string(&question.tp.0);
@@ -105,7 +122,7 @@ async fn ask(peer: &mut Peer, question: &Question<'_>) -> Result<Result<(), TxnE
             producer_id: question.producer_id,
             producer_epoch: question.producer_epoch,
             topics: Some(topics),
-            verify_only: true,
+            verify_only: question.ask == Ask::Verify,
         },
     );
     let frame =
@@ -121,6 +138,8 @@ fn from_code(code: ErrorCode) -> Result<(), TxnError> {
     Err(match code {
         ErrorCode::None => return Ok(()),
         ErrorCode::InvalidTxnState => TxnError::InvalidTxnState,
+        ErrorCode::ConcurrentTransactions => TxnError::ConcurrentTransactions,
+        ErrorCode::InvalidRequest => TxnError::TooManyPartitions,
         ErrorCode::ProducerFenced => TxnError::ProducerFenced,
         ErrorCode::InvalidProducerIdMapping => TxnError::InvalidProducerIdMapping,
         ErrorCode::NotLeaderOrFollower => TxnError::NotCoordinator,
@@ -139,6 +158,8 @@ mod tests {
     fn a_remote_coordinators_answer_means_what_a_local_one_would() {
         for err in [
             TxnError::InvalidTxnState,
+            TxnError::ConcurrentTransactions,
+            TxnError::TooManyPartitions,
             TxnError::ProducerFenced,
             TxnError::InvalidProducerIdMapping,
             TxnError::NotCoordinator,

@@ -119,6 +119,19 @@ impl KafkaConn {
         partition: i32,
         records: Vec<u8>,
     ) -> (i16, i64) {
+        self.produce_at(9, transactional_id, topic, partition, records)
+    }
+
+    /// `produce_as` at a given Produce version (v12+: a transactions-v2
+    /// client's, whose partitions join its transaction through it).
+    pub fn produce_at(
+        &mut self,
+        version: i16,
+        transactional_id: Option<&str>,
+        topic: &str,
+        partition: i32,
+        records: Vec<u8>,
+    ) -> (i16, i64) {
         use kafka_protocol::messages::ProduceRequest;
         use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
         let transactional_id =
@@ -130,7 +143,7 @@ impl KafkaConn {
             .with_topic_data(vec![TopicProduceData::default().with_name(name(topic)).with_partition_data(vec![
                 PartitionProduceData::default().with_index(partition).with_records(Some(Bytes::from(records))),
             ])]);
-        let response = self.call(9, &request);
+        let response = self.call(version, &request);
         let part = &response.responses[0].partition_responses[0];
         (part.error_code, part.base_offset)
     }

@@ -34,6 +34,7 @@ public final class Main {
                 case "produce-consume" -> ProduceConsume.run(args);
                 case "group" -> GroupScenario.run(args);
                 case "admin" -> AdminScenario.run(args);
+                case "transactions" -> Transactions.run(args);
                 case "streams-wordcount" -> WordCount.run(args, false);
                 case "streams-wordcount-eos" -> WordCount.run(args, true);
                 default -> {
@@ -55,7 +56,7 @@ public final class Main {
     }
 
     private static void usage() {
-        System.err.println("usage: run.sh {produce-consume|group|admin|streams-wordcount|streams-wordcount-eos} --bootstrap HOST:PORT"
+        System.err.println("usage: run.sh {produce-consume|group|admin|transactions|streams-wordcount|streams-wordcount-eos} --bootstrap HOST:PORT"
                 + " [--topic-prefix P] [--group-protocol classic|consumer]");
         System.err.println("       run.sh streams-twins --bootstrap HOST:PORT --prefix P --state-dir DIR");
         System.err.println("       run.sh streams-bench-wordcount --bootstrap HOST:PORT --lines N --state-dir DIR");
