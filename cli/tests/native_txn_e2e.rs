@@ -27,6 +27,25 @@ fn transactional(client: &Client, id: &str) -> Producer {
     Producer::new(client.clone(), config).expect("producer")
 }
 
+/// The producer epoch `spate txn describe` shows for `id` once its last
+/// transaction completed.
+fn described_epoch(broker: &Broker, id: &str) -> i32 {
+    let bootstrap = broker.kafka_addr();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) =
+            cli(&["txn", "describe", "--bootstrap-server", &bootstrap, "--transactional-id", id], None);
+        assert!(ok, "{err}");
+        // PRODUCER-EPOCH and STATE, under the header.
+        let row: Vec<&str> = out.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        if row.len() > 4 && !row[4].starts_with("Prepare") && row[4] != "Ongoing" {
+            return row[3].parse().expect("an epoch");
+        }
+        assert!(Instant::now() < deadline, "{id} never completed: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn value_of(record: &ConsumerRecord) -> String {
     String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned()
 }
@@ -90,6 +109,7 @@ fn read_committed_consumers_see_committed_transactions_once_and_aborted_ones_nev
         let early = producer.send(ProducerRecord::new("txn-out", "early")).await;
         assert!(matches!(early, Err(ClientError::TransactionState(_))), "{early:?}");
         producer.init_transactions().await.expect("init");
+        let first_epoch = described_epoch(&broker, "native-tx-1");
 
         producer.begin_transaction().await.expect("begin");
         send_all(&producer, "txn-out", "committed", 100).await;
@@ -103,6 +123,9 @@ fn read_committed_consumers_see_committed_transactions_once_and_aborted_ones_nev
         producer.begin_transaction().await.expect("begin");
         send_all(&producer, "txn-out", "later", 20).await;
         producer.commit_transaction().await.expect("commit");
+
+        // Transactions v2 (KIP-890 part 2): each ended under a new epoch.
+        assert_eq!(described_epoch(&broker, "native-tx-1"), first_epoch + 3, "one epoch per transaction");
 
         let committed = read_all(&client, "txn-out", IsolationLevel::ReadCommitted, 120).await;
         let distinct: BTreeSet<&String> = committed.iter().collect();

@@ -267,10 +267,13 @@ pub(crate) fn produce(
         ));
     }
     let topics = builder.create_vector(&topics);
+    // A transactional producer adds no partition itself (transactions v2,
+    // KIP-890 part 2): each leader adds its partition.
+    let transactions_v2 = transactional_id.is_some();
     let transactional_id = transactional_id.map(|id| builder.create_string(id));
     let body = proto::ProduceRequest::create(
         &mut builder,
-        &proto::ProduceRequestArgs { acks, timeout_ms, topics: Some(topics), transactional_id },
+        &proto::ProduceRequestArgs { acks, timeout_ms, topics: Some(topics), transactional_id, transactions_v2 },
     );
     finish(builder, stamp, Body::ProduceRequest, body.as_union_value())
 }

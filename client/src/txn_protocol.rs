@@ -2,7 +2,7 @@
 //! in flatbuf/schema/spate.fbs), with no I/O. Each answer is one code for
 //! the whole request.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use spate_flatbuf::Frame;
 use spate_flatbuf::flatbuffers::FlatBufferBuilder;
@@ -21,49 +21,6 @@ pub(crate) fn init_producer_id(stamp: Stamp, transactional_id: &str, transaction
         &proto::InitProducerIdRequestArgs { transactional_id: Some(transactional_id), transaction_timeout_ms },
     );
     finish(builder, stamp, Body::InitProducerIdRequest, body.as_union_value())
-}
-
-pub(crate) fn add_partitions(
-    stamp: Stamp,
-    transactional_id: &str,
-    producer: ProducerIdentity,
-    partitions: &BTreeSet<TopicPartition>,
-) -> OutFrame {
-    let mut builder = FlatBufferBuilder::new();
-    let topics = crate::group_protocol::create_tps(&mut builder, partitions);
-    let transactional_id = builder.create_string(transactional_id);
-    let body = proto::AddPartitionsToTxnRequest::create(
-        &mut builder,
-        &proto::AddPartitionsToTxnRequestArgs {
-            transactional_id: Some(transactional_id),
-            producer_id: producer.id,
-            producer_epoch: producer.epoch,
-            topics: Some(topics),
-            verify_only: false,
-        },
-    );
-    finish(builder, stamp, Body::AddPartitionsToTxnRequest, body.as_union_value())
-}
-
-pub(crate) fn add_offsets(
-    stamp: Stamp,
-    transactional_id: &str,
-    producer: ProducerIdentity,
-    group_id: &str,
-) -> OutFrame {
-    let mut builder = FlatBufferBuilder::new();
-    let transactional_id = builder.create_string(transactional_id);
-    let group_id = builder.create_string(group_id);
-    let body = proto::AddOffsetsToTxnRequest::create(
-        &mut builder,
-        &proto::AddOffsetsToTxnRequestArgs {
-            transactional_id: Some(transactional_id),
-            producer_id: producer.id,
-            producer_epoch: producer.epoch,
-            group_id: Some(group_id),
-        },
-    );
-    finish(builder, stamp, Body::AddOffsetsToTxnRequest, body.as_union_value())
 }
 
 /// A consumer group member's identity for a transactional offset commit
@@ -106,6 +63,7 @@ pub(crate) fn txn_offset_commit(
             member_id: Some(member_id),
             member_epoch: group.member_epoch,
             topics: Some(topics),
+            transactions_v2: true,
         },
     );
     finish(builder, stamp, Body::TxnOffsetCommitRequest, body.as_union_value())
@@ -121,6 +79,7 @@ pub(crate) fn end_txn(stamp: Stamp, transactional_id: &str, producer: ProducerId
             producer_id: producer.id,
             producer_epoch: producer.epoch,
             commit,
+            transactions_v2: true,
         },
     );
     finish(builder, stamp, Body::EndTxnRequest, body.as_union_value())
@@ -133,28 +92,24 @@ fn outcome(error: ErrorCode, message: Option<&str>) -> Result<(), ClientError> {
     }
 }
 
-pub(crate) fn decode_add_partitions(frame: &Frame) -> Result<(), ClientError> {
-    let envelope = envelope(frame)?;
-    let response =
-        body(&envelope, Body::AddPartitionsToTxnResponse, proto::Envelope::body_as_add_partitions_to_txn_response)?;
-    outcome(response.error(), response.message())
-}
-
-pub(crate) fn decode_add_offsets(frame: &Frame) -> Result<(), ClientError> {
-    let envelope = envelope(frame)?;
-    let response =
-        body(&envelope, Body::AddOffsetsToTxnResponse, proto::Envelope::body_as_add_offsets_to_txn_response)?;
-    outcome(response.error(), response.message())
-}
-
 pub(crate) fn decode_txn_offset_commit(frame: &Frame) -> Result<(), ClientError> {
     let envelope = envelope(frame)?;
     let response = body(&envelope, Body::TxnOffsetCommitResponse, proto::Envelope::body_as_txn_offset_commit_response)?;
     outcome(response.error(), response.message())
 }
 
-pub(crate) fn decode_end_txn(frame: &Frame) -> Result<(), ClientError> {
+/// The producer id and epoch to go on with (transactions v2: the next
+/// epoch, or a new id once the epochs ran out).
+pub(crate) fn decode_end_txn(frame: &Frame) -> Result<ProducerIdentity, ClientError> {
     let envelope = envelope(frame)?;
     let response = body(&envelope, Body::EndTxnResponse, proto::Envelope::body_as_end_txn_response)?;
-    outcome(response.error(), response.message())
+    outcome(response.error(), response.message())?;
+    let (id, epoch) = (response.producer_id(), response.producer_epoch());
+    if id < 0 || epoch < 0 {
+        // A broker from before transactions v2 kept the epoch.
+        return Err(ClientError::Protocol(
+            "EndTxn answered no producer epoch: the broker predates transactions v2".into(),
+        ));
+    }
+    Ok(ProducerIdentity { id, epoch })
 }

@@ -5394,6 +5394,7 @@ impl<'a> ProduceRequest<'a> {
   pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 8;
   pub const VT_TRANSACTIONAL_ID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TRANSACTIONS_V2: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5409,6 +5410,7 @@ impl<'a> ProduceRequest<'a> {
     if let Some(x) = args.topics { builder.add_topics(x); }
     builder.add_timeout_ms(args.timeout_ms);
     builder.add_acks(args.acks);
+    builder.add_transactions_v2(args.transactions_v2);
     builder.finish()
   }
 
@@ -5446,6 +5448,16 @@ impl<'a> ProduceRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProduceRequest::VT_TRANSACTIONAL_ID, None)}
   }
+  /// Transactions v2 (KIP-890 part 2, Kafka's Produce v12): the client
+  /// adds no partition to its transaction itself; the leader of each
+  /// partition its first batch of a transaction goes to adds it.
+  #[inline]
+  pub fn transactions_v2(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ProduceRequest::VT_TRANSACTIONS_V2, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ProduceRequest<'_> {
@@ -5458,6 +5470,7 @@ impl ::flatbuffers::Verifiable for ProduceRequest<'_> {
      .visit_field::<i32>("timeout_ms", Self::VT_TIMEOUT_MS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ProduceTopic>>>>("topics", Self::VT_TOPICS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("transactional_id", Self::VT_TRANSACTIONAL_ID, false)?
+     .visit_field::<bool>("transactions_v2", Self::VT_TRANSACTIONS_V2, false)?
      .finish();
     Ok(())
   }
@@ -5467,6 +5480,7 @@ pub struct ProduceRequestArgs<'a> {
     pub timeout_ms: i32,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ProduceTopic<'a>>>>>,
     pub transactional_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub transactions_v2: bool,
 }
 impl<'a> Default for ProduceRequestArgs<'a> {
   #[inline]
@@ -5476,6 +5490,7 @@ impl<'a> Default for ProduceRequestArgs<'a> {
       timeout_ms: 30000,
       topics: None,
       transactional_id: None,
+      transactions_v2: false,
     }
   }
 }
@@ -5502,6 +5517,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProduceRequestBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProduceRequest::VT_TRANSACTIONAL_ID, transactional_id);
   }
   #[inline]
+  pub fn add_transactions_v2(&mut self, transactions_v2: bool) {
+    self.fbb_.push_slot::<bool>(ProduceRequest::VT_TRANSACTIONS_V2, transactions_v2, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProduceRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ProduceRequestBuilder {
@@ -5523,6 +5542,7 @@ impl ::core::fmt::Debug for ProduceRequest<'_> {
       ds.field("timeout_ms", &self.timeout_ms());
       ds.field("topics", &self.topics());
       ds.field("transactional_id", &self.transactional_id());
+      ds.field("transactions_v2", &self.transactions_v2());
       ds.finish()
   }
 }
@@ -11322,6 +11342,7 @@ impl<'a> TxnOffsetCommitRequest<'a> {
   pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 12;
   pub const VT_MEMBER_EPOCH: ::flatbuffers::VOffsetT = 14;
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_TRANSACTIONS_V2: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -11340,6 +11361,7 @@ impl<'a> TxnOffsetCommitRequest<'a> {
     if let Some(x) = args.group_id { builder.add_group_id(x); }
     if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
     builder.add_producer_epoch(args.producer_epoch);
+    builder.add_transactions_v2(args.transactions_v2);
     builder.finish()
   }
 
@@ -11396,6 +11418,15 @@ impl<'a> TxnOffsetCommitRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>(TxnOffsetCommitRequest::VT_TOPICS, None)}
   }
+  /// Transactions v2 (Kafka's TxnOffsetCommit v5): no AddOffsetsToTxn was
+  /// sent; the group's coordinator adds its offsets partition.
+  #[inline]
+  pub fn transactions_v2(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(TxnOffsetCommitRequest::VT_TRANSACTIONS_V2, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TxnOffsetCommitRequest<'_> {
@@ -11411,6 +11442,7 @@ impl ::flatbuffers::Verifiable for TxnOffsetCommitRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("member_id", Self::VT_MEMBER_ID, false)?
      .visit_field::<i32>("member_epoch", Self::VT_MEMBER_EPOCH, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic>>>>("topics", Self::VT_TOPICS, false)?
+     .visit_field::<bool>("transactions_v2", Self::VT_TRANSACTIONS_V2, false)?
      .finish();
     Ok(())
   }
@@ -11423,6 +11455,7 @@ pub struct TxnOffsetCommitRequestArgs<'a> {
     pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub member_epoch: i32,
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetCommitTopic<'a>>>>>,
+    pub transactions_v2: bool,
 }
 impl<'a> Default for TxnOffsetCommitRequestArgs<'a> {
   #[inline]
@@ -11435,6 +11468,7 @@ impl<'a> Default for TxnOffsetCommitRequestArgs<'a> {
       member_id: None,
       member_epoch: -1,
       topics: None,
+      transactions_v2: false,
     }
   }
 }
@@ -11473,6 +11507,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TxnOffsetCommitRequestBuilder
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TxnOffsetCommitRequest::VT_TOPICS, topics);
   }
   #[inline]
+  pub fn add_transactions_v2(&mut self, transactions_v2: bool) {
+    self.fbb_.push_slot::<bool>(TxnOffsetCommitRequest::VT_TRANSACTIONS_V2, transactions_v2, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TxnOffsetCommitRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     TxnOffsetCommitRequestBuilder {
@@ -11497,6 +11535,7 @@ impl ::core::fmt::Debug for TxnOffsetCommitRequest<'_> {
       ds.field("member_id", &self.member_id());
       ds.field("member_epoch", &self.member_epoch());
       ds.field("topics", &self.topics());
+      ds.field("transactions_v2", &self.transactions_v2());
       ds.finish()
   }
 }
@@ -11633,6 +11672,7 @@ impl<'a> EndTxnRequest<'a> {
   pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 8;
   pub const VT_COMMIT: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TRANSACTIONS_V2: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -11647,6 +11687,7 @@ impl<'a> EndTxnRequest<'a> {
     builder.add_producer_id(args.producer_id);
     if let Some(x) = args.transactional_id { builder.add_transactional_id(x); }
     builder.add_producer_epoch(args.producer_epoch);
+    builder.add_transactions_v2(args.transactions_v2);
     builder.add_commit(args.commit);
     builder.finish()
   }
@@ -11681,6 +11722,15 @@ impl<'a> EndTxnRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(EndTxnRequest::VT_COMMIT, Some(false)).unwrap()}
   }
+  /// Transactions v2 (Kafka's EndTxn v5): the transaction ends under the
+  /// next epoch, which the answer carries.
+  #[inline]
+  pub fn transactions_v2(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(EndTxnRequest::VT_TRANSACTIONS_V2, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for EndTxnRequest<'_> {
@@ -11693,6 +11743,7 @@ impl ::flatbuffers::Verifiable for EndTxnRequest<'_> {
      .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
      .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
      .visit_field::<bool>("commit", Self::VT_COMMIT, false)?
+     .visit_field::<bool>("transactions_v2", Self::VT_TRANSACTIONS_V2, false)?
      .finish();
     Ok(())
   }
@@ -11702,6 +11753,7 @@ pub struct EndTxnRequestArgs<'a> {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub commit: bool,
+    pub transactions_v2: bool,
 }
 impl<'a> Default for EndTxnRequestArgs<'a> {
   #[inline]
@@ -11711,6 +11763,7 @@ impl<'a> Default for EndTxnRequestArgs<'a> {
       producer_id: -1,
       producer_epoch: -1,
       commit: false,
+      transactions_v2: false,
     }
   }
 }
@@ -11737,6 +11790,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EndTxnRequestBuilder<'a, 'b, 
     self.fbb_.push_slot::<bool>(EndTxnRequest::VT_COMMIT, commit, false);
   }
   #[inline]
+  pub fn add_transactions_v2(&mut self, transactions_v2: bool) {
+    self.fbb_.push_slot::<bool>(EndTxnRequest::VT_TRANSACTIONS_V2, transactions_v2, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EndTxnRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     EndTxnRequestBuilder {
@@ -11758,6 +11815,7 @@ impl ::core::fmt::Debug for EndTxnRequest<'_> {
       ds.field("producer_id", &self.producer_id());
       ds.field("producer_epoch", &self.producer_epoch());
       ds.field("commit", &self.commit());
+      ds.field("transactions_v2", &self.transactions_v2());
       ds.finish()
   }
 }
@@ -11779,6 +11837,8 @@ impl<'a> ::flatbuffers::Follow<'a> for EndTxnResponse<'a> {
 impl<'a> EndTxnResponse<'a> {
   pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -11790,7 +11850,9 @@ impl<'a> EndTxnResponse<'a> {
     args: &'args EndTxnResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<EndTxnResponse<'bldr>> {
     let mut builder = EndTxnResponseBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
     if let Some(x) = args.message { builder.add_message(x); }
+    builder.add_producer_epoch(args.producer_epoch);
     builder.add_error(args.error);
     builder.finish()
   }
@@ -11810,6 +11872,22 @@ impl<'a> EndTxnResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(EndTxnResponse::VT_MESSAGE, None)}
   }
+  /// The producer id and epoch to go on with (transactions v2: the next
+  /// epoch, or a new id when the epochs ran out); -1 otherwise.
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(EndTxnResponse::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(EndTxnResponse::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for EndTxnResponse<'_> {
@@ -11820,6 +11898,8 @@ impl ::flatbuffers::Verifiable for EndTxnResponse<'_> {
     v.visit_table(pos)?
      .visit_field::<ErrorCode>("error", Self::VT_ERROR, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
      .finish();
     Ok(())
   }
@@ -11827,6 +11907,8 @@ impl ::flatbuffers::Verifiable for EndTxnResponse<'_> {
 pub struct EndTxnResponseArgs<'a> {
     pub error: ErrorCode,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
 }
 impl<'a> Default for EndTxnResponseArgs<'a> {
   #[inline]
@@ -11834,6 +11916,8 @@ impl<'a> Default for EndTxnResponseArgs<'a> {
     EndTxnResponseArgs {
       error: ErrorCode::None,
       message: None,
+      producer_id: -1,
+      producer_epoch: -1,
     }
   }
 }
@@ -11850,6 +11934,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EndTxnResponseBuilder<'a, 'b,
   #[inline]
   pub fn add_message(&mut self, message: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(EndTxnResponse::VT_MESSAGE, message);
+  }
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(EndTxnResponse::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(EndTxnResponse::VT_PRODUCER_EPOCH, producer_epoch, -1);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EndTxnResponseBuilder<'a, 'b, A> {
@@ -11871,6 +11963,8 @@ impl ::core::fmt::Debug for EndTxnResponse<'_> {
     let mut ds = f.debug_struct("EndTxnResponse");
       ds.field("error", &self.error());
       ds.field("message", &self.message());
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
       ds.finish()
   }
 }

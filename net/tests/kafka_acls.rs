@@ -733,8 +733,13 @@ fn the_native_port_is_held_to_the_acls_as_anonymous() {
     assert_eq!(denied.0, ErrorCode::TransactionalIdAuthorizationFailed, "{denied:?}");
     let end = native.call(Body::EndTxnRequest, |b| {
         let txn_id = b.create_string("tx-secret");
-        let args =
-            EndTxnRequestArgs { transactional_id: Some(txn_id), producer_id: 1, producer_epoch: 0, commit: true };
+        let args = EndTxnRequestArgs {
+            transactional_id: Some(txn_id),
+            producer_id: 1,
+            producer_epoch: 0,
+            commit: true,
+            ..Default::default()
+        };
         EndTxnRequest::create(b, &args).as_union_value()
     });
     assert_eq!(error_response(&end).map(|e| e.0), Some(ErrorCode::TransactionalIdAuthorizationFailed));

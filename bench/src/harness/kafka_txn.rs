@@ -7,12 +7,17 @@
 //!
 //! A transactional producer is one connection with its own
 //! transactional.id: FindCoordinator (key type 1), InitProducerId with that
-//! id, then per transaction AddPartitionsToTxn for its partition, produce
-//! requests pipelined (`in_flight`) until `commit_interval` has passed since
-//! the transaction began, every produce response awaited, and EndTxn
-//! (commit). Those are the steps a client takes (Kafka's TransactionManager,
-//! librdkafka's txnmgr) with transactions v1: EndTxn v3 keeps the epoch, so
-//! sequence numbers run on across transactions. An idempotent producer does
+//! id, then per transaction produce requests pipelined (`in_flight`) until
+//! `commit_interval` has passed since the transaction began, every produce
+//! response awaited, and EndTxn (commit). Those are the steps a client
+//! takes (Kafka's TransactionManager, librdkafka's txnmgr). With
+//! transactions v2 (KIP-890 part 2, Java's client 4.0+) the produces are
+//! Produce v12, whose leader adds the partition to the transaction, and
+//! EndTxn v5 answers the next epoch, under which the next transaction's
+//! batches are numbered from 0. With transactions v1 (librdkafka) each
+//! transaction begins with AddPartitionsToTxn for its partition, and
+//! EndTxn v3 keeps the epoch, so sequence numbers run on across
+//! transactions. An idempotent producer does
 //! the same without the transaction: InitProducerId without an id, then
 //! produce requests pipelined until told to stop. Both run in one task per
 //! connection, so the only difference between them is the transaction.
@@ -53,10 +58,16 @@ pub const FIND_COORDINATOR_VERSION: i16 = 4;
 /// Spate and Apache Kafka 4.4 serve 0..=5.
 pub const INIT_PRODUCER_ID_VERSION: i16 = 4;
 /// AddPartitionsToTxn v3 and EndTxn v3 are the last versions of
-/// transactions v1 (v4+ of the first is for brokers, v5 and EndTxn v5 are
-/// KIP-890's transactions v2, which Spate does not serve yet).
+/// transactions v1 (v4+ of the first is for brokers).
 pub const ADD_PARTITIONS_TO_TXN_VERSION: i16 = 3;
 pub const END_TXN_VERSION: i16 = 3;
+/// Transactions v2 (KIP-890 part 2): Produce v12 (the same fields as v9)
+/// and EndTxn v5, whose answer carries the next epoch.
+pub const TXN_V2_PRODUCE_VERSION: i16 = 12;
+pub const TXN_V2_END_TXN_VERSION: i16 = 5;
+/// What the Java client (4.0+) uses against a broker that finalizes
+/// transaction.version 2, as Spate and Apache Kafka 4 do.
+pub const TRANSACTION_VERSION_DEFAULT: u8 = 2;
 /// Kafka's key type for a transactional id in FindCoordinator.
 const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Kafka's default `transaction.timeout.ms`: far above any commit
@@ -198,14 +209,15 @@ pub fn add_partitions_body(
     encode_body(ApiKey::AddPartitionsToTxn, &request, ADD_PARTITIONS_TO_TXN_VERSION)
 }
 
-/// EndTxn v3: commit (or abort) the producer's transaction.
-pub fn end_txn_body(transactional_id: &str, producer: ProducerIdentity, commit: bool) -> Result<Bytes> {
+/// EndTxn at `version` (v3: transactions v1, v5: v2): commit (or abort)
+/// the producer's transaction.
+pub fn end_txn_body(transactional_id: &str, producer: ProducerIdentity, commit: bool, version: i16) -> Result<Bytes> {
     let request = EndTxnRequest::default()
         .with_transactional_id(txn_id(transactional_id))
         .with_producer_id(ProducerId(producer.producer_id))
         .with_producer_epoch(producer.producer_epoch)
         .with_committed(commit);
-    encode_body(ApiKey::EndTxn, &request, END_TXN_VERSION)
+    encode_body(ApiKey::EndTxn, &request, version)
 }
 
 /// Whether a control request refused with `code` may be asked again as it
@@ -268,12 +280,14 @@ pub fn parse_add_partitions(body: Bytes, key: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn parse_end_txn(body: Bytes, key: &str) -> Result<()> {
-    let response: EndTxnResponse = decode(ApiKey::EndTxn, END_TXN_VERSION, body)?;
+/// EndTxn's answer at `version`: the producer id and epoch to go on with
+/// (v5; -1 and -1 before, where the epoch stays).
+pub fn parse_end_txn(body: Bytes, key: &str, version: i16) -> Result<(i64, i16)> {
+    let response: EndTxnResponse = decode(ApiKey::EndTxn, version, body)?;
     if response.error_code != 0 {
         return Err(refused(ApiKey::EndTxn, key, response.error_code, None));
     }
-    Ok(())
+    Ok((response.producer_id.0, response.producer_epoch))
 }
 
 /// One idempotent or transactional producer's connection.
@@ -298,6 +312,8 @@ pub struct SequencedLane {
     /// The wait before asking a control request again after a retriable
     /// answer.
     pub retry_backoff: Duration,
+    /// Transactions v1 or v2 (see the module's comment).
+    pub transaction_version: u8,
 }
 
 /// What one idempotent or transactional producer did.
@@ -440,6 +456,9 @@ pub async fn sequenced_lane(
     let mut setup_retries = (0, Duration::ZERO);
     let producer = init(&lane, &mut session, &mut setup_retries).await.with_context(|| name.clone())?;
     let mut sequencer = Sequencer::new(producer, lane.records)?;
+    let v2 = lane.transactional_id.is_some() && lane.transaction_version >= 2;
+    let (produce_version, end_txn_version) =
+        if v2 { (TXN_V2_PRODUCE_VERSION, TXN_V2_END_TXN_VERSION) } else { (PRODUCE_VERSION, END_TXN_VERSION) };
     let body = lane_produce_body(&lane)?;
     let (head, tail) = split_around(&body, &lane.template)?;
     // One batch buffer, stamped in place per send: a send completes its
@@ -449,8 +468,8 @@ pub async fn sequenced_lane(
     let more = |sent: u64| !stop.load(Ordering::Relaxed) && lane.batches_max.is_none_or(|max| sent < max);
     while more(sent_count) {
         let mut retries = (0, Duration::ZERO);
-        if let Some(id) = &lane.transactional_id {
-            let body = add_partitions_body(id, producer, &lane.topic, lane.partition)?;
+        if let Some(id) = lane.transactional_id.as_ref().filter(|_| !v2) {
+            let body = add_partitions_body(id, sequencer.producer, &lane.topic, lane.partition)?;
             let add = ApiKey::AddPartitionsToTxn;
             let parse = |body| parse_add_partitions(body, id);
             let retrying = (lane.retry_backoff, &mut retries);
@@ -464,14 +483,14 @@ pub async fn sequenced_lane(
                 sequencer.stamp_next(&mut batch)?;
                 let sent = Instant::now();
                 let correlation_id =
-                    session.send(ApiKey::Produce, PRODUCE_VERSION, [&head[..], &batch[..], &tail[..]]).await?;
+                    session.send(ApiKey::Produce, produce_version, [&head[..], &batch[..], &tail[..]]).await?;
                 pending.push_back(Pending { correlation_id, sent, bytes: batch.len() });
                 sent_count += 1;
             }
             // A transaction ends only once every produce in it is answered,
             // as a client's commit waits for its sends.
             let Some(request) = pending.pop_front() else { break };
-            let body = session.receive(ApiKey::Produce, PRODUCE_VERSION, request.correlation_id).await?;
+            let body = session.receive(ApiKey::Produce, produce_version, request.correlation_id).await?;
             // A refused batch leaves the sequence numbers behind it out
             // of order: the producer cannot go on, so the workload stops.
             let base_offset = parse_produce(body, &lane.topic, lane.partition).with_context(|| name.clone())?;
@@ -483,11 +502,18 @@ pub async fn sequenced_lane(
             }
         }
         if let Some(id) = &lane.transactional_id {
-            let body = end_txn_body(id, producer, true)?;
+            let body = end_txn_body(id, sequencer.producer, true, end_txn_version)?;
             let sent = Instant::now();
-            let parse = |body| parse_end_txn(body, id);
+            let parse = |body| parse_end_txn(body, id, end_txn_version);
             let retrying = (lane.retry_backoff, &mut retries);
-            session.call_retrying(ApiKey::EndTxn, END_TXN_VERSION, &body, retrying, parse).await?;
+            let next = session.call_retrying(ApiKey::EndTxn, end_txn_version, &body, retrying, parse).await?;
+            if v2 {
+                // Every transaction ends under a new epoch (or producer
+                // id): the next one numbers its batches from 0 under it.
+                let (producer_id, producer_epoch) = next;
+                let producer = ProducerIdentity { producer_id, producer_epoch, transactional: true };
+                sequencer = Sequencer::new(producer, lane.records)?;
+            }
             if measuring.load(Ordering::Relaxed) {
                 let us = sent.elapsed().as_micros() as u64;
                 let _ = result.end_txn_latency.record(us.clamp(1, LATENCY_MAX_US));
@@ -673,10 +699,12 @@ mod tests {
         let topic = &request.v3_and_below_topics[0];
         assert_eq!((topic.name.0.as_str(), topic.partitions.as_slice()), ("bench-t", &[1][..]));
 
-        let mut body = end_txn_body("t-1", PRODUCER, true).expect("body");
-        let request = EndTxnRequest::decode(&mut body, END_TXN_VERSION).expect("decodes");
-        assert_eq!(request.transactional_id.0.as_str(), "t-1");
-        assert_eq!((request.producer_id.0, request.producer_epoch, request.committed), (4242, 3, true));
+        for version in [END_TXN_VERSION, TXN_V2_END_TXN_VERSION] {
+            let mut body = end_txn_body("t-1", PRODUCER, true, version).expect("body");
+            let request = EndTxnRequest::decode(&mut body, version).expect("decodes");
+            assert_eq!(request.transactional_id.0.as_str(), "t-1");
+            assert_eq!((request.producer_id.0, request.producer_epoch, request.committed), (4242, 3, true));
+        }
     }
 
     /// The produce body is encoded once; a send puts the stamped batch
@@ -701,6 +729,7 @@ mod tests {
             commit_interval: Duration::from_millis(100),
             batches_max: None,
             retry_backoff: Duration::from_millis(20),
+            transaction_version: 2,
         };
         let body = lane_produce_body(&lane).expect("body");
         let (head, tail) = split_around(&body, &template).expect("found");
@@ -713,10 +742,17 @@ mod tests {
         let stamped = stamped.freeze();
         let expected = kafka_load::produce_body("bench-t", 0, -1, stamped.clone(), Some("t-1")).expect("body");
         assert_eq!(sent.freeze(), expected);
-        let mut body = expected;
-        let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).expect("decodes");
-        assert_eq!(request.transactional_id.as_ref().map(|id| id.0.as_str()), Some("t-1"));
-        assert_eq!(request.topic_data[0].partition_data[0].records.as_ref(), Some(&stamped));
+        // Transactions v2 send the same bytes as Produce v12: its fields
+        // are v9's.
+        for version in [PRODUCE_VERSION, TXN_V2_PRODUCE_VERSION] {
+            let mut body = expected.clone();
+            let request = ProduceRequest::decode(&mut body, version).expect("decodes");
+            assert_eq!(request.transactional_id.as_ref().map(|id| id.0.as_str()), Some("t-1"));
+            assert_eq!(request.topic_data[0].partition_data[0].records.as_ref(), Some(&stamped));
+            let mut again = BytesMut::new();
+            request.encode(&mut again, version).expect("encodes");
+            assert_eq!(again.freeze(), expected, "v{version} encodes as v{PRODUCE_VERSION}");
+        }
         let idempotent = SequencedLane { transactional_id: None, ..lane };
         let mut body = lane_produce_body(&idempotent).expect("body");
         let request = ProduceRequest::decode(&mut body, PRODUCE_VERSION).expect("decodes");
@@ -767,9 +803,12 @@ mod tests {
         let empty = encode(&AddPartitionsToTxnResponse::default(), ADD_PARTITIONS_TO_TXN_VERSION);
         assert!(parse_add_partitions(empty, "t-1").is_err(), "no partition answered");
 
-        parse_end_txn(encode(&EndTxnResponse::default(), END_TXN_VERSION), "t-1").expect("committed");
+        parse_end_txn(encode(&EndTxnResponse::default(), END_TXN_VERSION), "t-1", END_TXN_VERSION).expect("committed");
+        let next = EndTxnResponse::default().with_producer_id(ProducerId(7)).with_producer_epoch(3);
+        let v2 = TXN_V2_END_TXN_VERSION;
+        assert_eq!(parse_end_txn(encode(&next, v2), "t-1", v2).expect("committed"), (7, 3), "v5 names the next epoch");
         let invalid = EndTxnResponse::default().with_error_code(48);
-        let err = parse_end_txn(encode(&invalid, END_TXN_VERSION), "t-1").expect_err("invalid state");
+        let err = parse_end_txn(encode(&invalid, END_TXN_VERSION), "t-1", END_TXN_VERSION).expect_err("invalid state");
         assert!(err.to_string().contains("InvalidTxnState") && !retriable(48), "{err}");
     }
 }

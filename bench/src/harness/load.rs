@@ -315,6 +315,8 @@ pub struct ProduceLoad {
     /// Idempotent and transactional producers: the wait before asking a
     /// control request again after a retriable answer.
     pub retry_backoff: Duration,
+    /// Transactional producers: transactions v1 or v2 (KIP-890 part 2).
+    pub transaction_version: u8,
 }
 
 /// Runs producers until `stop`; latency of each request from its intended

@@ -229,6 +229,12 @@ pub struct Workload {
     /// markers are written); 20 is Java's client.
     #[arg(long, default_value_t = kafka_txn::RETRY_BACKOFF_MS_DEFAULT)]
     pub txn_retry_backoff_ms: u64,
+    /// Transactional producers speak transactions v2 (KIP-890 part 2: no
+    /// AddPartitionsToTxn, Produce v12, EndTxn v5 bumps the epoch), as
+    /// Java's client 4.0+ does, or v1 (AddPartitionsToTxn per
+    /// transaction, EndTxn v3), as librdkafka does.
+    #[arg(long, default_value_t = kafka_txn::TRANSACTION_VERSION_DEFAULT)]
+    pub transaction_version: u8,
     /// read_uncommitted or read_committed consumers (protocol kafka).
     #[arg(long, value_enum, default_value = "read-uncommitted")]
     pub isolation: Isolation,
@@ -266,6 +272,7 @@ impl Default for Workload {
             producer_mode: ProducerMode::Plain,
             commit_interval_ms: 100,
             txn_retry_backoff_ms: kafka_txn::RETRY_BACKOFF_MS_DEFAULT,
+            transaction_version: kafka_txn::TRANSACTION_VERSION_DEFAULT,
             isolation: Isolation::ReadUncommitted,
             compare: String::new(),
         }
@@ -385,6 +392,9 @@ impl Workload {
                 self.commit_interval_ms,
                 kafka_txn::COMMIT_INTERVAL_MS_MAX
             );
+        }
+        if !(1..=2).contains(&self.transaction_version) {
+            bail!("{}: transaction_version {} must be 1 or 2", self.name, self.transaction_version);
         }
         if !(1..=kafka_txn::RETRY_BACKOFF_MS_MAX).contains(&self.txn_retry_backoff_ms) {
             bail!(
@@ -929,6 +939,7 @@ fn produce_load(workload: &Workload, topic: &str, rate_mb_s: Option<f64>, stamp:
         mode: workload.producer_mode,
         commit_interval: Duration::from_millis(workload.commit_interval_ms),
         retry_backoff: Duration::from_millis(workload.txn_retry_backoff_ms),
+        transaction_version: workload.transaction_version,
     })
 }
 
@@ -1051,6 +1062,7 @@ fn sequenced_lanes(
             commit_interval: load.commit_interval,
             batches_max: batches.map(|b| (b / lanes + usize::from(lane < b % lanes)) as u64),
             retry_backoff: load.retry_backoff,
+            transaction_version: load.transaction_version,
         })
         .collect())
 }

@@ -608,7 +608,7 @@ pub(crate) fn transaction_pairs(results: &[WorkloadResult]) -> Vec<(&WorkloadRes
         let mut w = w.clone();
         (w.name, w.compare) = (String::new(), String::new());
         if w.producer_mode != ProducerMode::Transactional {
-            (w.commit_interval_ms, w.txn_retry_backoff_ms) = (0, 0);
+            (w.commit_interval_ms, w.txn_retry_backoff_ms, w.transaction_version) = (0, 0, 0);
         }
         serde_json::to_string(&w).unwrap_or_default()
     };
@@ -639,8 +639,9 @@ fn transactions_text(r: &WorkloadResult) -> Option<String> {
         ProducerMode::Plain => {}
         ProducerMode::Idempotent => parts.push("idempotent producers".to_string()),
         ProducerMode::Transactional => parts.push(format!(
-            "transactional producers (a transactional.id per connection), commit every {} ms, retry after {} ms",
-            w.commit_interval_ms, w.txn_retry_backoff_ms
+            "transactional producers (a transactional.id per connection, transactions v{}), commit every {} ms, \
+             retry after {} ms",
+            w.transaction_version, w.commit_interval_ms, w.txn_retry_backoff_ms
         )),
     }
     if w.isolation == Isolation::ReadCommitted {

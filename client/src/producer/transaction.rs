@@ -2,13 +2,17 @@
 //!
 //! `init_transactions` asks the transactional id's coordinator for the
 //! producer id and a new epoch (fencing any older instance and ending what
-//! it left open). Each transaction then adds every partition to the
-//! coordinator before the partition's first record is queued (so no batch
-//! reaches a partition outside its transaction: a crash can never leave
-//! data the coordinator does not know about, which would hold the
-//! partition's last stable offset back), may add a consumer group's
-//! offsets (`send_offsets_to_transaction`: read-process-write exactly
-//! once), and ends with EndTxn once every record is acknowledged. A batch
+//! it left open). Transactions are Kafka's transactions v2 (KIP-890 part
+//! 2): the producer adds no partition itself; its produces say so, and the
+//! leader of a partition adds it to the transaction before it takes the
+//! transaction's first batch there (so no batch reaches a partition
+//! outside its transaction: a crash can never leave data the coordinator
+//! does not know about, which would hold the partition's last stable
+//! offset back). A consumer group's offsets (`send_offsets_to_transaction`:
+//! read-process-write exactly once) go to the group's coordinator, which
+//! adds the group's offsets partition. EndTxn, once every record is
+//! acknowledged, answers the next epoch: every transaction ends under a
+//! new one, so a late batch of an ended transaction is fenced. A batch
 //! that failed for good inside a transaction makes the commit refuse: the
 //! caller aborts and may retry the work in a new transaction.
 //!
@@ -45,7 +49,7 @@ enum Phase {
 struct TxnState {
     phase: Phase,
     producer: Option<ProducerIdentity>,
-    /// Partitions the coordinator has in the open transaction.
+    /// Partitions the open transaction has sent to.
     partitions: BTreeSet<TopicPartition>,
     /// Groups whose offsets the open transaction carries.
     groups: BTreeSet<String>,
@@ -134,34 +138,35 @@ async fn init_identity(shared: &Shared, txn: &TxnShared, state: &mut TxnState) -
     )
     .await;
     let (id, epoch) = result.map_err(|error| state.note(error))?;
-    let producer = ProducerIdentity { id, epoch };
     tracing::debug!(transactional_id = %txn.id, producer_id = id, epoch, "transactional producer id");
-    lock(&shared.state).accumulator.set_producer(producer);
-    shared.wake.notify_one();
-    state.producer = Some(producer);
+    set_identity(shared, state, ProducerIdentity { id, epoch });
     Ok(())
 }
 
-/// Adds partitions to the open transaction at its coordinator.
-async fn add_partitions(
-    shared: &Shared,
-    txn: &TxnShared,
-    producer: ProducerIdentity,
-    partitions: &BTreeSet<TopicPartition>,
-) -> Result<(), ClientError> {
-    let build = |stamp| txn_protocol::add_partitions(stamp, &txn.id, producer, partitions);
-    coordinator_request(&shared.client, Coordinator::Transaction(&txn.id), build, txn_protocol::decode_add_partitions)
-        .await
+/// The producer goes on as `producer`: its batches carry it, every
+/// partition's sequence from 0.
+fn set_identity(shared: &Shared, state: &mut TxnState, producer: ProducerIdentity) {
+    lock(&shared.state).accumulator.set_producer(producer);
+    shared.wake.notify_one();
+    state.producer = Some(producer);
 }
 
+/// Ends the open transaction at its coordinator, then goes on under the
+/// epoch it answers (transactions v2).
 async fn end_transaction(
     shared: &Shared,
     txn: &TxnShared,
+    state: &mut TxnState,
     producer: ProducerIdentity,
     commit: bool,
 ) -> Result<(), ClientError> {
     let build = |stamp| txn_protocol::end_txn(stamp, &txn.id, producer, commit);
-    coordinator_request(&shared.client, Coordinator::Transaction(&txn.id), build, txn_protocol::decode_end_txn).await
+    let result =
+        coordinator_request(&shared.client, Coordinator::Transaction(&txn.id), build, txn_protocol::decode_end_txn)
+            .await;
+    let next = result.map_err(|error| state.note(error))?;
+    set_identity(shared, state, next);
+    Ok(())
 }
 
 /// `Producer::send` of a transactional producer: the record's partition
@@ -172,17 +177,13 @@ pub(super) async fn send(
     mut record: ProducerRecord,
 ) -> Result<DeliveryFuture, ClientError> {
     let mut state = txn.state.lock().await;
-    let identity = state.check(&Phase::InTransaction, "send")?;
+    state.check(&Phase::InTransaction, "send")?;
     let partition = match record.partition {
         Some(partition) => partition,
         None => producer.choose_partition(&record).await?,
     };
-    let tp = TopicPartition::new(record.topic.clone(), partition);
-    if !state.partitions.contains(&tp) {
-        let added = BTreeSet::from([tp.clone()]);
-        add_partitions(&producer.shared, txn, identity, &added).await.map_err(|error| state.note(error))?;
-        state.partitions.insert(tp);
-    }
+    // Its leader adds the partition to the transaction (transactions v2).
+    state.partitions.insert(TopicPartition::new(record.topic.clone(), partition));
     record.partition = Some(partition);
     // Queued under the lock: a commit waits for it and then flushes it.
     producer.send_now(record).await
@@ -240,18 +241,9 @@ impl Producer {
             return Ok(());
         }
         let shared = &self.shared;
-        if !state.groups.contains(&group.group_id) {
-            let build = |stamp| txn_protocol::add_offsets(stamp, &txn.id, identity, &group.group_id);
-            coordinator_request(
-                &shared.client,
-                Coordinator::Transaction(&txn.id),
-                build,
-                txn_protocol::decode_add_offsets,
-            )
-            .await
-            .map_err(|error| state.note(error))?;
-            state.groups.insert(group.group_id.clone());
-        }
+        // The group's coordinator adds its offsets partition to the
+        // transaction (transactions v2: no AddOffsetsToTxn).
+        state.groups.insert(group.group_id.clone());
         let build = |stamp| txn_protocol::txn_offset_commit(stamp, &txn.id, identity, group, offsets);
         coordinator_request(
             &shared.client,
@@ -282,7 +274,7 @@ impl Producer {
         }
         // A transaction that touched nothing has nothing at the coordinator.
         if !state.partitions.is_empty() || !state.groups.is_empty() {
-            end_transaction(&self.shared, txn, identity, true).await.map_err(|error| state.note(error))?;
+            end_transaction(&self.shared, txn, &mut state, identity, true).await?;
         }
         state.phase = Phase::Ready;
         Ok(())
@@ -303,7 +295,7 @@ impl Producer {
             tracing::warn!(transactional_id = %txn.id, %error, "aborting a transaction whose records could not be flushed");
         }
         if !state.partitions.is_empty() || !state.groups.is_empty() {
-            end_transaction(&self.shared, txn, identity, false).await.map_err(|error| state.note(error))?;
+            end_transaction(&self.shared, txn, &mut state, identity, false).await?;
         }
         // A batch that failed for good dropped the producer's sequence
         // state: bump the epoch (the coordinator's InitProducerId) so the

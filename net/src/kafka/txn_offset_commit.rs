@@ -10,24 +10,15 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{TopicName, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 use kafka_protocol::protocol::StrBytes;
-use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, group_partition};
 use spate_replication::acl::{AclOperation, AclResourceType};
 
 use super::groups::sort_commit;
 use super::{Ctx, decode, respond};
-use crate::group::Tp;
 use crate::group::txn_offsets::TxnCommit;
 use crate::group::{GroupOp, route};
 use crate::limits::PARTITIONS_PER_REQUEST_MAX;
-use crate::txn::{Ask, TxnError};
+use crate::txn::{TxnError, add_offsets_partition};
 use crate::wire::{Reply, Response};
-
-/// The group's partition of `__consumer_offsets`, if the topic exists.
-fn offsets_partition(ctx: &Ctx, group_id: &str) -> Option<Tp> {
-    let catalog = ctx.shard.shared.catalog.load();
-    let partitions = catalog.topics.get(CONSUMER_OFFSETS_TOPIC)?.partitions;
-    Some((CONSUMER_OFFSETS_TOPIC.to_string(), group_partition(group_id, partitions) as i32))
-}
 
 /// A v5 commit's answer when its offsets partition could not join the
 /// transaction. The coordinator's passing states are codes the Java
@@ -84,17 +75,13 @@ pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
     // v5 is transactions v2 (KIP-890 part 2): the client sent no
     // AddOffsetsToTxn, so the group's offsets partition joins the
     // transaction here, before the offsets are written to it.
-    let join = (ctx.version >= 5 && !commit.offsets.is_empty())
-        .then(|| (request.transactional_id.0.to_string(), offsets_partition(&ctx, &group_id)));
+    let join = (ctx.version >= 5 && !commit.offsets.is_empty()).then(|| request.transactional_id.0.to_string());
     Reply::Later(Box::pin(async move {
         let joined = match join {
             None => Ok(()),
-            Some((_, None)) => Err(K::CoordinatorNotAvailable.code()),
-            Some((txn_id, Some(tp))) => {
-                crate::txn::verify(&ctx.shard, Ask::Add, &txn_id, producer_id, producer_epoch, tp)
-                    .await
-                    .map_err(join_code)
-            }
+            Some(txn_id) => add_offsets_partition(&ctx.shard, &txn_id, &group_id, producer_id, producer_epoch)
+                .await
+                .map_err(join_code),
         };
         let code = match joined {
             Err(code) => code,

@@ -34,11 +34,13 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
     let mut topic_names: Vec<String> = Vec::new();
     let mut topics: Vec<Option<Arc<TopicMeta>>> = Vec::new();
     let mut parts: Vec<ProducePart> = Vec::new();
-    let (acks, timeout, transactional_id) = {
+    let (acks, timeout, transactional_id, transactions_v2) = {
         let Some(request) = envelope(&frame).and_then(|e| e.body_as_produce_request()) else {
             return invalid(request_id, "produce body missing");
         };
         let transactional_id: Option<Arc<str>> = request.transactional_id().filter(|id| !id.is_empty()).map(Arc::from);
+        // Transactions v2 (KIP-890 part 2): the leader adds the partition.
+        let transactions_v2 = request.transactions_v2();
         let base = frame.envelope.as_ptr() as usize;
         for (topic_index, topic) in request.topics().iter().flatten().enumerate() {
             let name = topic.name().unwrap_or_default();
@@ -72,7 +74,7 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
             }
             topics.push(meta);
         }
-        (request.acks(), clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX), transactional_id)
+        (request.acks(), clamp_ms(request.timeout_ms(), REQUEST_TIMEOUT_MS_MAX), transactional_id, transactions_v2)
     };
     if !matches!(acks, -1..=1) {
         for part in &mut parts {
@@ -160,8 +162,6 @@ pub(super) fn produce(shard: &Rc<Shard>, session: &super::Session, frame: Frame,
         }
         let (reply, wait) = oneshot::channel();
         let transactional_id = transactional_id.clone();
-        // The native client adds its partitions itself (transactions v1).
-        let transactions_v2 = false;
         let op = ProduceOp { topic, partition, batches, acks, timeout, transactional_id, transactions_v2, reply };
         shard.submit(owner, ShardOp::Produce(op));
         waits.push(Ok(wait));

@@ -105,9 +105,20 @@ fn txn_offset_commit_answer(request_id: u64, result: Result<(), (ErrorCode, &str
     answer!(TxnOffsetCommitResponse, TxnOffsetCommitResponseArgs, TxnOffsetCommitResponse, request_id, error, message)
 }
 
-fn end_txn_answer(request_id: u64, result: Result<(), (ErrorCode, &str)>) -> Response {
-    let (error, message) = result.err().map_or((ErrorCode::None, None), |(code, text)| (code, Some(text)));
-    answer!(EndTxnResponse, EndTxnResponseArgs, EndTxnResponse, request_id, error, message)
+/// EndTxn's answer: the producer id and epoch to go on with, or why not.
+fn end_txn_answer(request_id: u64, result: Result<(i64, i16), (ErrorCode, &str)>) -> Response {
+    let mut builder = FlatBufferBuilder::new();
+    let args = match result {
+        Ok((producer_id, producer_epoch)) => {
+            EndTxnResponseArgs { error: ErrorCode::None, message: None, producer_id, producer_epoch }
+        }
+        Err((error, text)) => {
+            let message = Some(builder.create_string(text));
+            EndTxnResponseArgs { error, message, producer_id: -1, producer_epoch: -1 }
+        }
+    };
+    let body = EndTxnResponse::create(&mut builder, &args);
+    Response::Frame(envelope_frame(builder, request_id, Body::EndTxnResponse, body.as_union_value(), 0))
 }
 
 /// InitProducerId with a transactional id: the coordinator bumps the
@@ -294,6 +305,10 @@ pub(super) fn txn_offset_commit(shard: &Rc<Shard>, frame: &Frame, request_id: u6
     if offsets.is_empty() {
         return Reply::Now(txn_offset_commit_answer(request_id, Ok(())));
     }
+    // Transactions v2: no AddOffsetsToTxn was sent; the group's offsets
+    // partition joins the transaction first.
+    let join = request.transactions_v2().then(|| request.transactional_id().unwrap_or_default().to_string());
+    let (producer_id, producer_epoch) = (request.producer_id(), request.producer_epoch());
     let (reply, wait) = oneshot::channel();
     let op = GroupOp::TxnCommit(TxnCommit {
         group_id: group_id.clone(),
@@ -302,18 +317,25 @@ pub(super) fn txn_offset_commit(shard: &Rc<Shard>, frame: &Frame, request_id: u6
         // A KIP-848 member's epoch stands where a classic member's
         // generation does (the coordinator checks whichever the group has).
         generation_id: request.member_epoch(),
-        producer_id: request.producer_id(),
-        producer_epoch: request.producer_epoch(),
+        producer_id,
+        producer_epoch,
         offsets,
         reply,
     });
-    if !crate::group::route(shard, &group_id, op) {
-        return Reply::Now(txn_offset_commit_answer(
-            request_id,
-            Err((ErrorCode::LeaderNotAvailable, "no group coordinator: __consumer_offsets is missing")),
-        ));
-    }
+    let shard = shard.clone();
     Reply::Later(Box::pin(async move {
+        if let Some(txn_id) = join {
+            let joined = crate::txn::add_offsets_partition(&shard, &txn_id, &group_id, producer_id, producer_epoch);
+            if let Err(err) = joined.await {
+                return txn_offset_commit_answer(request_id, Err(txn_code(err)));
+            }
+        }
+        if !crate::group::route(&shard, &group_id, op) {
+            return txn_offset_commit_answer(
+                request_id,
+                Err((ErrorCode::LeaderNotAvailable, "no group coordinator: __consumer_offsets is missing")),
+            );
+        }
         let code = wait.await.unwrap_or(codes::COORDINATOR_NOT_AVAILABLE);
         let result = match group_code(code) {
             ErrorCode::None => Ok(()),
@@ -332,23 +354,23 @@ pub(super) fn end_txn(shard: &Rc<Shard>, session: &super::Session, frame: &Frame
         return Reply::Now(end_txn_answer(request_id, Err((ErrorCode::InvalidRequest, "an empty transactional id"))));
     }
     let (producer_id, producer_epoch, commit) = (request.producer_id(), request.producer_epoch(), request.commit());
+    // Transactions v2 (KIP-890 part 2): the next epoch, in the answer.
+    let bump_epoch = request.transactions_v2();
     let principal = (**session.principal.borrow()).clone();
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        // The native client adds each partition itself and keeps its
-        // epoch across transactions (transactions v1).
         let result = call(&shard, &txn_id.clone(), |reply| TxnOp::End {
             txn_id,
             producer_id,
             producer_epoch,
             commit,
-            bump_epoch: false,
+            bump_epoch,
             fresh_producer_id: None,
             principal,
             reply,
         })
         .await;
-        end_txn_answer(request_id, result.map(drop).map_err(txn_code))
+        end_txn_answer(request_id, result.map_err(txn_code))
     }))
 }
 

@@ -272,6 +272,7 @@ async fn send(peer: &mut Peer, parts: &[RemotePart], marker: TxnMarker) -> Resul
             timeout_ms: crate::limits::TXN_WRITE_TIMEOUT_MS as i32,
             topics: Some(topics),
             transactional_id: None,
+            transactions_v2: false,
         },
     );
     let frame = peer.call(builder, Body::ProduceRequest, body.as_union_value()).await.map_err(|e| e.to_string())?;

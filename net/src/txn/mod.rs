@@ -29,7 +29,7 @@ mod markers;
 pub(crate) mod record;
 pub(crate) mod state;
 mod verify;
-pub(crate) use verify::{Ask, verify};
+pub(crate) use verify::{Ask, add_offsets_partition, verify};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

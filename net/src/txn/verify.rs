@@ -24,7 +24,7 @@ use std::rc::Rc;
 
 use spate_flatbuf::flatbuffers::FlatBufferBuilder;
 use spate_flatbuf::proto::*;
-use spate_flatbuf::{TRANSACTION_STATE_TOPIC, group_partition};
+use spate_flatbuf::{CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC, group_partition};
 
 use super::markers::{connect, destination};
 use super::{TxnError, TxnOp, call};
@@ -93,6 +93,23 @@ pub(crate) async fn verify(
         tracing::debug!(shard = shard.id, txn_id, coordinator = to.0, "transaction verification: {message}");
         Err(TxnError::CoordinatorNotAvailable)
     })
+}
+
+/// Transactions v2: `group_id`'s partition of `__consumer_offsets` joins
+/// the producer's transaction, as a TxnOffsetCommit v5 asks (its client
+/// sent no AddOffsetsToTxn); the group's coordinator calls this before it
+/// writes the offsets there.
+pub(crate) async fn add_offsets_partition(
+    shard: &Rc<Shard>,
+    txn_id: &str,
+    group_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<(), TxnError> {
+    let partitions = shard.shared.catalog.load().topics.get(CONSUMER_OFFSETS_TOPIC).map(|topic| topic.partitions);
+    let partitions = partitions.ok_or(TxnError::CoordinatorNotAvailable)?;
+    let tp = (CONSUMER_OFFSETS_TOPIC.to_string(), group_partition(group_id, partitions) as i32);
+    verify(shard, Ask::Add, txn_id, producer_id, producer_epoch, tp).await
 }
 
 struct Question<'a> {
