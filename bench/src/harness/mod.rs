@@ -1500,15 +1500,20 @@ mod tests {
             .filter(|w| w.kind == Kind::Produce && w.producer_mode == ProducerMode::Transactional)
             .filter(|w| w.txn_retry_backoff_ms == kafka_txn::RETRY_BACKOFF_MS_DEFAULT)
             .collect();
-        let durabilities: Vec<&str> = transactional.iter().map(|w| w.durability.as_str()).collect();
+        let v2 = transactional.iter().filter(|w| w.transaction_version == kafka_txn::TRANSACTION_VERSION_DEFAULT);
+        let durabilities: Vec<&str> = v2.map(|w| w.durability.as_str()).collect();
         assert_eq!(durabilities, ["never", "always"]);
+        let v1 = txn.workloads.iter().filter(|w| w.producer_mode == ProducerMode::Transactional);
+        let v1: Vec<&str> = v1.filter(|w| w.transaction_version == 1).map(|w| w.name.as_str()).collect();
+        assert_eq!(v1, ["produce-never-transactional-v1", "produce-never-transactional-v1-retry-2ms"]);
         let sooner = txn.workloads.iter().filter(|w| w.txn_retry_backoff_ms < kafka_txn::RETRY_BACKOFF_MS_DEFAULT);
         assert_eq!(sooner.count(), 1, "one row retries sooner than Java's client, to show what the backoff costs");
         for w in &transactional {
             assert_eq!(w.commit_interval_ms, 100, "{}", w.name);
             let base = Workload {
-                name: w.name.replace("-transactional", "-idempotent"),
+                name: w.name.replace("-transactional", "-idempotent").replace("-v1", ""),
                 txn_retry_backoff_ms: kafka_txn::RETRY_BACKOFF_MS_DEFAULT,
+                transaction_version: kafka_txn::TRANSACTION_VERSION_DEFAULT,
                 producer_mode: ProducerMode::Idempotent,
                 ..(*w).clone()
             };
