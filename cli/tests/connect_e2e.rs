@@ -835,3 +835,69 @@ fn a_worker_logs_in_with_kafkas_sasl_keys_and_one_without_a_login_is_refused() {
     assert!(trace.contains("Authorization"), "{trace}");
     anonymous.stop();
 }
+
+/// A sink behind transactional producers: with the worker's
+/// `consumer.isolation.level=read_committed` it writes only committed
+/// transactions' records; a connector's `consumer.override.isolation.level
+/// =read_uncommitted` (KIP-458) writes the aborted one's too, as Kafka's
+/// consumers would read them.
+#[test]
+fn a_read_committed_sink_skips_an_aborted_transactions_records() {
+    use spate_client::{Acks, Admin, Client, ClientConfig, Producer, ProducerConfig, ProducerRecord};
+    let dir = data_dir("connect-sink-isolation");
+    let broker = Broker::start(&dir.join("broker"), 1);
+    common::runtime().block_on(async {
+        let client = Client::connect(ClientConfig { bootstrap: vec![broker.addr()], ..Default::default() })
+            .await
+            .expect("connect");
+        Admin::new(client.clone()).create_topic("txn-lines", 1, 1, &[]).await.expect("create");
+        let config = ProducerConfig {
+            acks: Acks::All,
+            transactional_id: Some("lines-writer".into()),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client, config).expect("producer");
+        producer.init_transactions().await.expect("init");
+        for (prefix, count, commit) in [("committed", 100, true), ("aborted", 50, false), ("later", 20, true)] {
+            producer.begin_transaction().await.expect("begin");
+            for i in 0..count {
+                producer.send(ProducerRecord::new("txn-lines", format!("{prefix}-{i}"))).await.expect("send");
+            }
+            producer.flush().await.expect("flush");
+            if commit {
+                producer.commit_transaction().await.expect("commit");
+            } else {
+                producer.abort_transaction().await.expect("abort");
+            }
+        }
+        producer.close().await.expect("close");
+    });
+    let worker_config =
+        worker_properties(&dir, &broker, free_port_below_ephemeral(), "consumer.isolation.level=read_committed");
+    let sink = |name: &str, extra: &str| {
+        let path = dir.join(format!("{name}.properties"));
+        let text = format!(
+            "name={name}\nconnector.class=FileStreamSink\ntasks.max=1\ntopics=txn-lines\nfile={name}.txt\n\
+             value.converter=org.apache.kafka.connect.storage.StringConverter\n{extra}\n"
+        );
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let committed_sink = sink("committed-sink", "");
+    let everything_sink = sink("everything-sink", "consumer.override.isolation.level=read_uncommitted");
+    let worker = ConnectWorker::start(&dir, &[&worker_config, &committed_sink, &everything_sink], 1);
+    let (committed_file, everything_file) = (dir.join("committed-sink.txt"), dir.join("everything-sink.txt"));
+    wait_for("both sinks' lines", Duration::from_secs(30), || {
+        complete_lines(&committed_file).len() >= 120 && complete_lines(&everything_file).len() >= 170
+    });
+    // A moment more: nothing else may arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    let committed = complete_lines(&committed_file);
+    let expected: Vec<String> =
+        (0..100).map(|i| format!("committed-{i}")).chain((0..20).map(|i| format!("later-{i}"))).collect();
+    assert_eq!(committed, expected, "only committed records, once each, in order");
+    let everything = complete_lines(&everything_file);
+    assert_eq!(everything.len(), 170, "read_uncommitted writes the aborted records too");
+    assert_eq!(everything.iter().filter(|line| line.starts_with("aborted-")).count(), 50);
+    worker.stop();
+}

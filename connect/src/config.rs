@@ -53,6 +53,11 @@ pub struct WorkerConfig {
     pub offset_storage_topic: String,
     /// `offset.storage.replication.factor`, for creating that topic.
     pub offset_storage_replication_factor: i16,
+    /// `consumer.isolation.level`: whether sinks read read_committed
+    /// (records of aborted transactions skipped, reads up to the last
+    /// stable offset) or read_uncommitted, Kafka's default. A connector
+    /// sets its own with `consumer.override.isolation.level` (KIP-458).
+    pub consumer_read_committed: bool,
     /// Keys the worker does not use, for one warning.
     pub unknown_keys: Vec<String>,
 }
@@ -73,7 +78,19 @@ const KNOWN_KEYS: &[&str] = &[
     "exactly.once.source.support",
     "offset.storage.topic",
     "offset.storage.replication.factor",
+    "consumer.isolation.level",
 ];
+
+/// An `isolation.level` value (under `key`): true for read_committed.
+pub fn read_committed(key: &str, value: &str) -> Result<bool> {
+    match value.trim() {
+        "read_committed" => Ok(true),
+        "read_uncommitted" => Ok(false),
+        other => Err(ConnectError::Config(format!(
+            "Invalid value {other} for configuration {key}: String must be one of: read_committed, read_uncommitted"
+        ))),
+    }
+}
 
 fn number<T: std::str::FromStr>(props: &Props, key: &str) -> Result<Option<T>> {
     props
@@ -164,6 +181,10 @@ impl WorkerConfig {
         if offset_storage_replication_factor < 1 {
             return Err(ConnectError::Config("offset.storage.replication.factor must be at least 1".into()));
         }
+        let consumer_read_committed = match props.get("consumer.isolation.level") {
+            Some(value) => read_committed("consumer.isolation.level", value)?,
+            None => false,
+        };
         let unknown_keys = props
             .keys()
             .filter(|key| {
@@ -193,6 +214,7 @@ impl WorkerConfig {
             exactly_once_source_support,
             offset_storage_topic,
             offset_storage_replication_factor,
+            consumer_read_committed,
             unknown_keys,
         })
     }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use spate_client::{
-    Admin, AutoOffsetReset, Client, ClientConfig, ClientError, DeliveryFuture, ErrorCode, GroupConfig, GroupConsumer,
-    Producer, ProducerConfig, TopicPartition,
+    Admin, AutoOffsetReset, Client, ClientConfig, ClientError, ConsumerConfig, DeliveryFuture, ErrorCode, GroupConfig,
+    GroupConsumer, IsolationLevel, Producer, ProducerConfig, TopicPartition,
 };
 use tokio::runtime::Handle;
 
@@ -48,6 +48,9 @@ use crate::transforms::TransformChain;
 /// task.shutdown.graceful.timeout.ms): a source blocked reading stdin
 /// cannot be interrupted, and must not hold up the worker's shutdown.
 const TASK_SHUTDOWN_GRACEFUL_TIMEOUT_MS: u64 = 5_000;
+
+/// A connector's own isolation level for its sink's consumer (KIP-458).
+const CONSUMER_OVERRIDE_ISOLATION_LEVEL: &str = "consumer.override.isolation.level";
 
 /// A connector's or task's state, as Kafka's REST API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -350,6 +353,12 @@ fn common_keys(connector_type: Option<ConnectorType>) -> Vec<ConfigKey> {
     if connector_type == Some(ConnectorType::Sink) {
         keys.push(key("topics", ConfigType::List, Some(""), "List of topics to consume, separated by commas"));
         keys.push(key(
+            CONSUMER_OVERRIDE_ISOLATION_LEVEL,
+            ConfigType::String,
+            Some(""),
+            "read_committed or read_uncommitted: this sink's consumer, over the worker's consumer.isolation.level.",
+        ));
+        keys.push(key(
             "topics.regex",
             ConfigType::String,
             Some(""),
@@ -411,6 +420,11 @@ fn check_common(report: &mut ConfigReport, props: &Props, connector_type: Option
         "key.converter" | "value.converter" if !value.is_empty() => {
             let settings = with_prefix(props, report.key.name);
             if let Err(error) = converter_for(value, &settings) {
+                report.errors.push(error.to_string());
+            }
+        }
+        CONSUMER_OVERRIDE_ISOLATION_LEVEL if !value.is_empty() => {
+            if let Err(error) = crate::config::read_committed(CONSUMER_OVERRIDE_ISOLATION_LEVEL, value) {
                 report.errors.push(error.to_string());
             }
         }
@@ -1474,12 +1488,22 @@ impl Worker {
         for topic in topics {
             self.ensure_topic(topic)?;
         }
+        // The worker's consumer.isolation.level, or the connector's own
+        // (KIP-458's consumer.override.*): a sink behind an exactly-once
+        // source reads read_committed to skip aborted transactions.
+        let read_committed = match props.get(CONSUMER_OVERRIDE_ISOLATION_LEVEL) {
+            Some(value) => crate::config::read_committed(CONSUMER_OVERRIDE_ISOLATION_LEVEL, value)?,
+            None => self.shared.config.consumer_read_committed,
+        };
+        let isolation_level =
+            if read_committed { IsolationLevel::ReadCommitted } else { IsolationLevel::ReadUncommitted };
         // Kafka's naming: the group of connector X is connect-X.
         let group = GroupConfig {
             group_id: format!("connect-{connector}"),
             auto_commit: false,
             auto_offset_reset: AutoOffsetReset::Earliest,
             session_timeout_ms: self.shared.config.consumer_session_timeout_ms,
+            consumer: ConsumerConfig { isolation_level, ..ConsumerConfig::default() },
             ..GroupConfig::default()
         };
         let mut consumer = GroupConsumer::new(self.shared.client.clone(), group)?;
