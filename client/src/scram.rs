@@ -2,10 +2,12 @@
 //! Kafka names it), for the client's native connections (`conn.rs`) and
 //! the CLI's Kafka ones:
 //!
-//!     client-first  n,,n=user,r=cnonce
-//!     server-first  r=cnonce+snonce,s=base64(salt),i=iterations
-//!     client-final  c=biws,r=cnonce+snonce,p=base64(ClientKey XOR ClientSignature)
-//!     server-final  v=base64(ServerSignature)
+//! ```text
+//! client-first  n,,n=user,r=cnonce
+//! server-first  r=cnonce+snonce,s=base64(salt),i=iterations
+//! client-final  c=biws,r=cnonce+snonce,p=base64(ClientKey XOR ClientSignature)
+//! server-final  v=base64(ServerSignature)
+//! ```
 //!
 //! The server signature is checked: a broker that cannot show it knows
 //! the credential (an impostor that merely accepts any proof) is refused,

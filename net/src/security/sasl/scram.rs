@@ -1,10 +1,12 @@
 //! SCRAM's server side (RFC 5802 with RFC 7677's SHA-256, and SHA-512 as
 //! Kafka names it): two client messages, two answers.
 //!
-//!     client-first  n,[a=authzid],n=user,r=cnonce[,ext]
-//!     server-first  r=cnonce+snonce,s=base64(salt),i=iterations
-//!     client-final  c=base64(gs2 header),r=cnonce+snonce[,ext],p=base64(proof)
-//!     server-final  v=base64(ServerSignature)
+//! ```text
+//! client-first  n,[a=authzid],n=user,r=cnonce[,ext]
+//! server-first  r=cnonce+snonce,s=base64(salt),i=iterations
+//! client-final  c=base64(gs2 header),r=cnonce+snonce[,ext],p=base64(proof)
+//! server-final  v=base64(ServerSignature)
+//! ```
 //!
 //! The server keeps StoredKey = H(HMAC(SaltedPassword, "Client Key")) and
 //! ServerKey = HMAC(SaltedPassword, "Server Key"), never the password:
