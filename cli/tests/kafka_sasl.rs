@@ -234,3 +234,105 @@ fn the_native_client_authenticates_with_scram_and_plain_and_is_authorized_as_its
     assert!(!ok && err.contains("TLS handshake failed"), "{err}");
     broker.stop();
 }
+
+/// A signing key for OAUTHBEARER tokens (ECDSA P-256, as an identity
+/// provider's) and its JWKS entry, `kid` naming it.
+fn jwt_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+    use base64::Engine as _;
+    let pair = rcgen::KeyPair::generate().unwrap();
+    // The raw public key is the uncompressed point: 0x04, x, y.
+    let point = pair.public_key_raw();
+    assert_eq!((point.len(), point[0]), (65, 4));
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwk =
+        serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&point[1..33]), "y": b64(&point[33..])});
+    (jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der()), jwk)
+}
+
+/// A JWT for `sub`, expiring `expires_in_s` from now (negative: expired),
+/// signed by `key` under key id `kid`.
+fn token(key: &jsonwebtoken::EncodingKey, kid: &str, sub: &str, expires_in_s: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_string());
+    let claims =
+        serde_json::json!({"sub": sub, "iss": "test-idp", "aud": "spate", "iat": now, "exp": now + expires_in_s});
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// confluent-kafka (librdkafka) producing 3 records with OAUTHBEARER and
+/// `token` (compat/python/ck_oauthbearer.py): success, or its error text.
+fn produce_with_token(port: u16, topic: &str, token: &str) -> Result<(), String> {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/compat/venv/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../compat/python/ck_oauthbearer.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .args(["--bootstrap", &format!("127.0.0.1:{port}"), "--topic", topic, "--token", token])
+        .output()
+        .expect("run ck_oauthbearer.py (compat/install.sh makes the venv)");
+    if output.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&output.stderr).into_owned()) }
+}
+
+/// SASL OAUTHBEARER (issue 16, KIP-768's validation), shown with
+/// librdkafka's OAUTHBEARER client: a token signed by a key of the
+/// broker's JWKS logs in as the `User:` its `sub` names (alice, a super
+/// user, produces; bob, with no ACL, is refused the topic); an expired
+/// token, one signed by a key not in the JWKS, one for another audience
+/// and one for another issuer are refused with Kafka's words.
+#[test]
+fn librdkafka_logs_in_with_an_oauthbearer_jwt_the_jwks_verifies() {
+    let dir = data_dir("kafka-oauthbearer");
+    let (key, jwk) = jwt_key("idp-key-1");
+    let (stranger, _) = jwt_key("idp-key-1");
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    let (plain_port, sasl_port) = (free_port_below_ephemeral(), free_port_below_ephemeral());
+    let listeners = format!("PLAINTEXT://127.0.0.1:{plain_port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}");
+    let properties = dir.join("server.properties");
+    std::fs::write(
+        &properties,
+        format!(
+            "listeners={listeners}\nsasl.enabled.mechanisms=OAUTHBEARER\n\
+             sasl.oauthbearer.jwks.endpoint.url=file://{}\nsasl.oauthbearer.expected.audience=spate\n\
+             sasl.oauthbearer.expected.issuer=test-idp\n\
+             listener.name.sasl_plaintext.oauthbearer.sasl.server.callback.handler.class=\
+             org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler\n\
+             allow.everyone.if.no.acl.found=false\nsuper.users=User:alice;User:ANONYMOUS\nnum.partitions=1\n",
+            jwks.display()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start_with(
+        &dir.join("data"),
+        1,
+        0,
+        &["--config", properties.to_str().unwrap(), "--listeners", &listeners],
+    );
+    let (ok, _, err) =
+        common::cli(&["--brokers", &broker.addr(), "topic", "create", "oauth", "--partitions", "1"], None);
+    assert!(ok, "{err}");
+
+    produce_with_token(sasl_port, "oauth", &token(&key, "idp-key-1", "alice", 600)).expect("alice produces");
+    let bob = produce_with_token(sasl_port, "oauth", &token(&key, "idp-key-1", "bob", 600));
+    assert!(bob.as_ref().is_err_and(|e| e.contains("TOPIC_AUTHORIZATION_FAILED")), "bob: {bob:?}");
+    let refused = [
+        ("expired", token(&key, "idp-key-1", "alice", -600)),
+        ("signed by a key not in the JWKS", token(&stranger, "idp-key-1", "alice", 600)),
+        ("a key id not in the JWKS", token(&key, "other-key", "alice", 600)),
+    ];
+    for (what, jwt) in refused {
+        let result = produce_with_token(sasl_port, "oauth", &jwt);
+        assert!(result.as_ref().is_err_and(|e| e.contains(REFUSED)), "{what}: {result:?}");
+    }
+    for (claim, value) in [("aud", "someone-else"), ("iss", "another-idp")] {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let mut claims = serde_json::json!({"sub": "alice", "iss": "test-idp", "aud": "spate", "exp": now + 600});
+        claims[claim] = serde_json::json!(value);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("idp-key-1".into());
+        let jwt = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let result = produce_with_token(sasl_port, "oauth", &jwt);
+        assert!(result.as_ref().is_err_and(|e| e.contains(REFUSED)), "{claim}={value}: {result:?}");
+    }
+    broker.stop();
+}

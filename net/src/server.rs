@@ -176,6 +176,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
             false => None,
         };
     let controller_tls = crate::security::tls::controller_tls(&config)?;
+    let oauth = crate::security::sasl::OAuthValidator::from_config(&config)?.map(Arc::new);
     // Before any log opens: from here on, a crash reads as unclean.
     let restart =
         crate::clean_stop::on_start(&data_dir, default_durability == spate_engine::Durability::Always).map_err(io)?;
@@ -197,6 +198,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, ServeError> {
         kafka_listeners,
         tls,
         controller_tls,
+        oauth: arc_swap::ArcSwapOption::new(oauth),
         quota_meters: Default::default(),
         config,
         default_durability,
@@ -707,6 +709,15 @@ fn proc_net_address(text: &str) -> Option<SocketAddr> {
 /// Reads the TLS stores again (SIGHUP): new connections get the new
 /// certificate; a bad store keeps the old one, said in the log.
 fn reload_tls(shared: &Shared) {
+    if shared.oauth.load().is_some() {
+        match crate::security::sasl::OAuthValidator::from_config(&shared.config) {
+            Ok(validator) => {
+                shared.oauth.store(validator.map(Arc::new));
+                tracing::info!("SIGHUP: the OAUTHBEARER JWKS reloaded");
+            }
+            Err(err) => tracing::error!("SIGHUP: the OAUTHBEARER JWKS not reloaded, the previous keys stay: {err}"),
+        }
+    }
     if let Some(controller) = &shared.controller_tls {
         match crate::security::tls::reload_controller_tls(controller, &shared.config) {
             Ok(()) => tracing::info!("SIGHUP: the controller port's TLS certificates reloaded"),

@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     /// Mutual TLS between the controller voters, when the controller
     /// listener is SSL (reloaded on SIGHUP).
     pub controller_tls: Option<spate_replication::TransportTls>,
+    /// OAUTHBEARER's JWKS and rules, when configured (reloaded on SIGHUP).
+    pub oauth: arc_swap::ArcSwapOption<crate::security::sasl::OAuthValidator>,
     /// Client quota meters, shared by every shard (quotas are per broker).
     pub quota_meters: crate::security::quota::QuotaMeters,
     /// Open client connections per address, shared by every shard.

@@ -24,7 +24,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{Ctx, Session, decode, respond};
 use crate::security::Principal;
-use crate::security::sasl::{Exchange, Mechanism, Step, enabled_mechanisms};
+use crate::security::sasl::{Exchange, Mechanism, Step, Verifiers, enabled_mechanisms};
 use crate::wire::{Reply, Response};
 
 /// Where a connection is in its SASL authentication.
@@ -127,7 +127,8 @@ pub(crate) fn authenticate(ctx: Ctx, body: Bytes, session: &Session) -> Reply {
     };
     let mechanism = exchange.mechanism();
     let credentials = ctx.shard.shared.catalog.load().scram_credentials.clone();
-    match exchange.step(&request.auth_bytes, &credentials) {
+    let oauth = ctx.shard.shared.oauth.load();
+    match exchange.step(&request.auth_bytes, Verifiers { scram: &credentials, oauth: oauth.as_deref() }) {
         Step::Challenge(token) => Reply::Now(answer(0, None, token, 0)),
         Step::Success { user, token } => {
             let principal = Principal::user(user);

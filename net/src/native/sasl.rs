@@ -17,7 +17,7 @@ use spate_flatbuf::proto::*;
 
 use super::Session;
 use crate::security::Principal;
-use crate::security::sasl::{Exchange, Mechanism, Step, enabled_mechanisms};
+use crate::security::sasl::{Exchange, Mechanism, Step, Verifiers, enabled_mechanisms};
 use crate::shard::Shard;
 use crate::wire::{Reply, Response, envelope, envelope_frame, invalid};
 
@@ -72,7 +72,8 @@ pub(super) fn authenticate(shard: &Rc<Shard>, session: &Session, frame: &Frame, 
     };
     let mechanism = exchange.mechanism();
     let credentials = shard.shared.catalog.load().scram_credentials.clone();
-    match exchange.step(token, &credentials) {
+    let oauth = shard.shared.oauth.load();
+    match exchange.step(token, Verifiers { scram: &credentials, oauth: oauth.as_deref() }) {
         Step::Challenge(token) => Reply::Now(Response::Frame(answer(request_id, ErrorCode::None, None, &token, false))),
         Step::Success { user, token } => {
             tracing::info!(client = %session.host, %user, mechanism = mechanism.name(),

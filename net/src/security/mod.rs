@@ -23,8 +23,15 @@ pub use crate::config::SecurityProtocol;
 /// mechanisms). `server::start` runs both.
 pub(crate) fn check_config(config: &crate::config::BrokerConfig) -> Result<(), crate::config::ConfigError> {
     AclPolicy::from_config(config)?;
-    sasl::enabled_mechanisms(&config.sasl_enabled_mechanisms)
+    let mechanisms = sasl::enabled_mechanisms(&config.sasl_enabled_mechanisms)
         .map_err(|err| crate::config::ConfigError(err.to_string()))?;
+    if mechanisms.contains(&sasl::Mechanism::OAuthBearer) && config.sasl_oauthbearer_jwks_endpoint_url.trim().is_empty()
+    {
+        return Err(crate::config::ConfigError(
+            "sasl.enabled.mechanisms offers OAUTHBEARER: sasl.oauthbearer.jwks.endpoint.url must name the JWKS              (file:///path/jwks.json) whose keys sign the tokens"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

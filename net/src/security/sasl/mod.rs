@@ -1,12 +1,14 @@
 //! SASL mechanisms on the server side: SCRAM-SHA-256 and SCRAM-SHA-512
 //! (RFC 5802, RFC 7677) and PLAIN (RFC 4616), checked against the SCRAM
-//! credentials of the metadata log. An `Exchange` is one connection's
+//! credentials of the metadata log, and OAUTHBEARER (RFC 7628), a JWT
+//! checked against the configured JWKS (`oauthbearer.rs`). An `Exchange` is one connection's
 //! authentication: it takes the client's tokens one at a time and answers
 //! with a challenge, a success (the user, and a last token for the
 //! client), or a failure. It knows no protocol: the Kafka front-end
 //! carries its tokens in SaslAuthenticate, a native handshake could carry
 //! them in its own frames.
 
+mod oauthbearer;
 mod plain;
 mod scram;
 
@@ -16,6 +18,7 @@ use spate_replication::{ScramCredential, ScramMechanism};
 
 use crate::limits::SASL_TOKEN_BYTES_MAX;
 
+pub(crate) use self::oauthbearer::OAuthValidator;
 pub(crate) use self::scram::scram_keys;
 
 /// Every user's SCRAM credentials, by user then mechanism, as the
@@ -27,17 +30,23 @@ pub(crate) type ScramCredentials = BTreeMap<String, BTreeMap<ScramMechanism, Scr
 pub(crate) enum Mechanism {
     Plain,
     Scram(ScramMechanism),
+    OAuthBearer,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 3] =
-        [Mechanism::Scram(ScramMechanism::Sha256), Mechanism::Scram(ScramMechanism::Sha512), Mechanism::Plain];
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::Scram(ScramMechanism::Sha256),
+        Mechanism::Scram(ScramMechanism::Sha512),
+        Mechanism::Plain,
+        Mechanism::OAuthBearer,
+    ];
 
     /// Its SASL name, as clients ask for it (`sasl.mechanism`).
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Scram(scram) => scram.name(),
+            Mechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
@@ -48,7 +57,9 @@ impl Mechanism {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("sasl.enabled.mechanisms: {name:?} is not a mechanism Spate serves (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN)")]
+#[error(
+    "sasl.enabled.mechanisms: {name:?} is not a mechanism Spate serves (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN, OAUTHBEARER)"
+)]
 pub struct UnknownMechanism {
     pub name: String,
 }
@@ -118,8 +129,18 @@ pub(crate) struct Exchange {
 enum State {
     Plain,
     Scram(Box<scram::ScramServer>),
+    OAuthBearer,
     /// Succeeded or failed: no further token is taken.
     Over,
+}
+
+/// What a client's credentials are checked against.
+#[derive(Clone, Copy)]
+pub(crate) struct Verifiers<'a> {
+    /// SCRAM's and PLAIN's: the metadata log's SCRAM credentials.
+    pub scram: &'a ScramCredentials,
+    /// OAUTHBEARER's: the JWKS, when one is configured.
+    pub oauth: Option<&'a OAuthValidator>,
 }
 
 impl Exchange {
@@ -127,6 +148,7 @@ impl Exchange {
         let state = match mechanism {
             Mechanism::Plain => State::Plain,
             Mechanism::Scram(scram) => State::Scram(Box::new(scram::ScramServer::new(scram, scram::random_nonce()))),
+            Mechanism::OAuthBearer => State::OAuthBearer,
         };
         Exchange { mechanism, state }
     }
@@ -137,7 +159,8 @@ impl Exchange {
 
     /// Takes the client's next token. After a success or a failure the
     /// exchange is over and every further token fails.
-    pub fn step(&mut self, token: &[u8], credentials: &ScramCredentials) -> Step {
+    pub fn step(&mut self, token: &[u8], verifiers: Verifiers<'_>) -> Step {
+        let credentials = verifiers.scram;
         if token.len() > SASL_TOKEN_BYTES_MAX {
             self.state = State::Over;
             return Step::Failure(Failure::new(None, format!("a token of {} bytes", token.len())));
@@ -145,6 +168,10 @@ impl Exchange {
         let step = match &mut self.state {
             State::Plain => plain::authenticate(token, credentials),
             State::Scram(server) => server.step(token, credentials),
+            State::OAuthBearer => match verifiers.oauth {
+                Some(validator) => validator.authenticate(token),
+                None => Step::Failure(Failure::new(None, "OAUTHBEARER without sasl.oauthbearer.jwks.endpoint.url")),
+            },
             State::Over => Step::Failure(Failure::new(None, "a token after the exchange ended")),
         };
         if !matches!(step, Step::Challenge(_)) {
@@ -177,7 +204,9 @@ mod tests {
     fn oversized_tokens_fail_and_end_the_exchange() {
         let mut exchange = Exchange::new(Mechanism::Plain);
         let token = vec![b'a'; SASL_TOKEN_BYTES_MAX + 1];
-        assert!(matches!(exchange.step(&token, &ScramCredentials::new()), Step::Failure(_)));
-        assert!(matches!(exchange.step(b"\0alice\0pw", &ScramCredentials::new()), Step::Failure(_)));
+        let credentials = ScramCredentials::new();
+        let verifiers = Verifiers { scram: &credentials, oauth: None };
+        assert!(matches!(exchange.step(&token, verifiers), Step::Failure(_)));
+        assert!(matches!(exchange.step(b"\0alice\0pw", verifiers), Step::Failure(_)));
     }
 }
