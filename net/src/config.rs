@@ -948,6 +948,11 @@ max.connection.creation.rate=50
 transactional.id.expiration.ms=3600000
 sasl.enabled.mechanisms=\\
   PLAIN
+listener.name.external.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+listener.name.external.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required ;
+listener.name.external.oauthbearer.sasl.oauthbearer.jwks.endpoint.url=file:///etc/jwks.json
+sasl.oauthbearer.expected.audience=spate
+sasl.oauthbearer.clock.skew.seconds=5
 ";
         let parsed = BrokerConfig::from_kafka_properties(text).unwrap();
         let config = parsed.config;
@@ -964,6 +969,12 @@ sasl.enabled.mechanisms=\\
         assert_eq!(config.group_initial_rebalance_delay_ms, 0);
         assert_eq!(parsed.unsupported, vec!["compression.type".to_string()]);
         assert_eq!(config.sasl_enabled_mechanisms, "PLAIN");
+        // OAUTHBEARER's keys, plain or per listener; Kafka's validator and
+        // login module lines are accepted as such (not unsupported).
+        assert_eq!(config.sasl_oauthbearer_jwks_endpoint_url, "file:///etc/jwks.json");
+        assert_eq!(config.sasl_oauthbearer_expected_audience, "spate");
+        assert_eq!(config.sasl_oauthbearer_clock_skew_seconds, 5);
+        assert_eq!(config.sasl_oauthbearer_sub_claim_name, "sub");
         assert_eq!(config.max_connections_per_ip, 100);
         assert_eq!(config.max_connections_per_ip_overrides, "127.0.0.1:1000,10.0.0.1:0");
         assert_eq!(config.transactional_id_expiration_ms, 3_600_000);
