@@ -36,6 +36,15 @@ pub const TASK_IDLE_WAIT_MS: u64 = 100;
 /// quickstart feels immediate).
 pub const FILE_SOURCE_EOF_WAIT_MS: u64 = 250;
 
+/// How many of a source task's polls may be sent and not yet acknowledged
+/// at once. Their acknowledgements are awaited oldest first, so offsets
+/// still move in poll order over acknowledged records only; more than one
+/// keeps the producer's pipeline full while the broker syncs (with one,
+/// the file pipeline ran at a quarter of the CLI producer's rate, waiting
+/// on each batch's fdatasync). The memory held is this many polls'
+/// records (the file source's `batch.size`, 2000 lines by default).
+pub const SOURCE_POLLS_IN_FLIGHT_MAX: usize = 16;
+
 /// The sink's consumer poll timeout: a stop or pause waits at most this.
 pub const SINK_POLL_MS: u64 = 200;
 

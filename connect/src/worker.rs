@@ -13,7 +13,7 @@
 //! offsets go in one transaction instead (`run_source_exactly_once`,
 //! `exactly_once.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,8 +34,8 @@ use crate::converter::{converter_for, with_prefix};
 use crate::error::{ConnectError, Result};
 use crate::exactly_once::{self, Boundary, ConnectorSettings, Support};
 use crate::limits::{
-    CONNECTORS_PER_WORKER_MAX, SINK_POLL_MS, TASK_IDLE_WAIT_MS, TASKS_PER_CONNECTOR_MAX, TOPIC_CREATE_ATTEMPTS_MAX,
-    TOPIC_CREATE_BACKOFF_MS,
+    CONNECTORS_PER_WORKER_MAX, SINK_POLL_MS, SOURCE_POLLS_IN_FLIGHT_MAX, TASK_IDLE_WAIT_MS, TASKS_PER_CONNECTOR_MAX,
+    TOPIC_CREATE_ATTEMPTS_MAX, TOPIC_CREATE_BACKOFF_MS,
 };
 use crate::offsets::OffsetStore;
 use crate::pipeline::{Failure, Pipeline, Stage};
@@ -1369,40 +1369,37 @@ impl Worker {
         pipeline: &Pipeline,
         control: &TaskControl,
     ) -> Result<()> {
-        let mut in_flight: Option<Vec<Pending>> = None;
+        // Polls sent and not yet acknowledged, oldest first (at most
+        // SOURCE_POLLS_IN_FLIGHT_MAX): each is completed, in order, when
+        // the window is full, when a poll brings nothing, on pause and at
+        // the end.
+        let mut in_flight: VecDeque<Vec<Pending>> = VecDeque::new();
+        let complete_oldest = |in_flight: &mut VecDeque<Vec<Pending>>, task: &mut dyn SourceTask| -> Result<bool> {
+            let Some(batch) = in_flight.pop_front() else { return Ok(false) };
+            self.complete(connector, batch)?;
+            task.poll_acknowledged();
+            task.commit()?;
+            Ok(true)
+        };
         loop {
-            if control.paused.load(Ordering::Acquire)
-                && let Some(batch) = in_flight.take()
-            {
-                self.complete(connector, batch)?;
-                task.poll_acknowledged();
-                task.commit()?;
+            if control.paused.load(Ordering::Acquire) {
+                while complete_oldest(&mut in_flight, task)? {}
             }
             if !control.wait_while_paused() {
                 break;
             }
             let records = task.poll()?;
-            let batch = if records.is_empty() {
-                None
-            } else {
-                Some(self.send_batch(connector, records, pipeline, &self.shared.producer)?)
-            };
-            // Nothing new: what is in flight is completed now, not later.
-            let previous = match batch {
-                Some(batch) => in_flight.replace(batch),
-                None => in_flight.take(),
-            };
-            if let Some(previous) = previous {
-                self.complete(connector, previous)?;
-                task.poll_acknowledged();
-                task.commit()?;
+            if records.is_empty() {
+                // Nothing new: what is in flight is completed now, not later.
+                while complete_oldest(&mut in_flight, task)? {}
+                continue;
+            }
+            in_flight.push_back(self.send_batch(connector, records, pipeline, &self.shared.producer)?);
+            while in_flight.len() > SOURCE_POLLS_IN_FLIGHT_MAX {
+                complete_oldest(&mut in_flight, task)?;
             }
         }
-        if let Some(batch) = in_flight.take() {
-            self.complete(connector, batch)?;
-            task.poll_acknowledged();
-            task.commit()?;
-        }
+        while complete_oldest(&mut in_flight, task)? {}
         Ok(())
     }
 
@@ -1464,10 +1461,8 @@ impl Worker {
             }
             Ok::<(), ConnectError>(())
         })?;
-        for (partition, offset) in offsets {
-            if let (Some(partition), Some(offset)) = (partition, offset) {
-                self.shared.offsets.put(connector, partition, offset);
-            }
+        for (partition, offset) in last_offsets(offsets) {
+            self.shared.offsets.put(connector, partition, offset);
         }
         Ok(())
     }
@@ -1589,7 +1584,16 @@ impl Worker {
                 }
                 task.put(sink_records)?;
                 self.report_errant(connector, task_id, pipeline, task.take_errant())?;
-                for record in &records {
+                // Per partition the offset past its last record (a poll's
+                // records come in runs of one partition, in order).
+                let mut records = records.iter().peekable();
+                while let Some(record) = records.next() {
+                    let same = |next: &&spate_client::ConsumerRecord| {
+                        next.partition == record.partition && next.topic == record.topic
+                    };
+                    if records.peek().is_some_and(same) {
+                        continue;
+                    }
                     pending.insert(TopicPartition::new(record.topic.clone(), record.partition), record.offset + 1);
                 }
             }
@@ -1707,6 +1711,25 @@ struct Pending {
     offset: Option<SourceOffset>,
 }
 
+/// The offsets of an acknowledged batch to store: per source partition
+/// the last one, which covers the ones before it (a poll's records come
+/// in their partition's order). Storing each record's offset cost a key
+/// built and a map entry replaced per record, a tenth of the file
+/// pipeline's CPU; a run of one partition now costs one comparison each.
+fn last_offsets(
+    offsets: impl IntoIterator<Item = (Option<SourcePartition>, Option<SourceOffset>)>,
+) -> Vec<(SourcePartition, SourceOffset)> {
+    let mut last: Vec<(SourcePartition, SourceOffset)> = Vec::new();
+    for (partition, offset) in offsets {
+        let (Some(partition), Some(offset)) = (partition, offset) else { continue };
+        match last.iter_mut().rev().find(|(seen, _)| *seen == partition) {
+            Some((_, stored)) => *stored = offset,
+            None => last.push((partition, offset)),
+        }
+    }
+    last
+}
+
 fn finish_task(connector: &str, id: usize, result: Result<()>, control: &TaskControl) {
     match result {
         Ok(()) => control.set(State::Unassigned, None),
@@ -1722,6 +1745,27 @@ fn finish_task(connector: &str, id: usize, result: Result<()>, control: &TaskCon
 mod tests {
     use super::*;
     use crate::props::parse;
+
+    /// Offsets move per source partition to the last acknowledged
+    /// record's; records without a partition or offset move nothing.
+    #[test]
+    fn an_acknowledged_batch_stores_each_partitions_last_offset() {
+        let map = |key: &str, value: serde_json::Value| serde_json::Map::from_iter([(key.to_string(), value)]);
+        let partition = |file: &str| Some(map("filename", serde_json::json!(file)));
+        let offset = |position: u64| Some(map("position", serde_json::json!(position)));
+        let batch = vec![
+            (partition("a"), offset(1)),
+            (partition("a"), offset(2)),
+            (partition("b"), offset(5)),
+            (None, None),
+            (partition("a"), offset(3)),
+            (partition("b"), None),
+        ];
+        let stored = last_offsets(batch);
+        let expected =
+            vec![(partition("a").unwrap(), offset(3).unwrap()), (partition("b").unwrap(), offset(5).unwrap())];
+        assert_eq!(stored, expected);
+    }
 
     fn errors_of(infos: &ConfigInfos, key: &str) -> Vec<String> {
         infos.configs.iter().find(|c| c.definition.name == key).map(|c| c.value.errors.clone()).unwrap_or_default()
