@@ -1751,19 +1751,18 @@ mod tests {
     #[test]
     fn an_acknowledged_batch_stores_each_partitions_last_offset() {
         let map = |key: &str, value: serde_json::Value| serde_json::Map::from_iter([(key.to_string(), value)]);
-        let partition = |file: &str| Some(map("filename", serde_json::json!(file)));
-        let offset = |position: u64| Some(map("position", serde_json::json!(position)));
+        let partition = |file: &str| map("filename", serde_json::json!(file));
+        let offset = |position: u64| map("position", serde_json::json!(position));
         let batch = vec![
-            (partition("a"), offset(1)),
-            (partition("a"), offset(2)),
-            (partition("b"), offset(5)),
+            (Some(partition("a")), Some(offset(1))),
+            (Some(partition("a")), Some(offset(2))),
+            (Some(partition("b")), Some(offset(5))),
             (None, None),
-            (partition("a"), offset(3)),
-            (partition("b"), None),
+            (Some(partition("a")), Some(offset(3))),
+            (Some(partition("b")), None),
         ];
         let stored = last_offsets(batch);
-        let expected =
-            vec![(partition("a").unwrap(), offset(3).unwrap()), (partition("b").unwrap(), offset(5).unwrap())];
+        let expected = vec![(partition("a"), offset(3)), (partition("b"), offset(5))];
         assert_eq!(stored, expected);
     }
 
