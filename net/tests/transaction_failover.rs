@@ -328,8 +328,15 @@ fn transactions_v2_partitions_and_offsets_join_through_other_brokers() {
     let first = loop {
         let answer = at_leader.produce_at(12, Some("app"), "t", remote as i32, txn_batch(pid, epoch, 0));
         // The leader learns of the new topic and the coordinator's
-        // leadership from the metadata log.
-        if answer.0 != K::NotEnoughReplicas.code() || Instant::now() >= deadline {
+        // leadership from the metadata log: until then a client retries
+        // (nothing was appended).
+        let retriable = [
+            K::NotEnoughReplicas.code(),
+            K::NotLeaderOrFollower.code(),
+            K::UnknownTopicOrPartition.code(),
+            K::LeaderNotAvailable.code(),
+        ];
+        if !retriable.contains(&answer.0) || Instant::now() >= deadline {
             break answer;
         }
         std::thread::sleep(Duration::from_millis(50));

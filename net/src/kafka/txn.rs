@@ -26,7 +26,7 @@ use spate_replication::acl::{AclOperation, AclResourceType};
 use super::{Ctx, decode, respond};
 use crate::group::Tp;
 use crate::limits::{GROUPS_PER_REQUEST_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX};
-use crate::txn::{TxnError, TxnMeta, TxnOp, TxnState, call};
+use crate::txn::{TxnError, TxnMeta, TxnOp, TxnState, call, end_transaction};
 use crate::wire::{Reply, Response};
 
 /// Kafka's code for a refusal, at the request's version: clients before
@@ -241,17 +241,8 @@ pub(crate) fn end_txn(ctx: Ctx, body: Bytes) -> Reply {
     let bump_epoch = ctx.version >= 5;
     let principal = (*ctx.principal).clone();
     Reply::Later(Box::pin(async move {
-        let result = call(&ctx.shard, &txn_id.clone(), |reply| TxnOp::End {
-            txn_id,
-            producer_id,
-            producer_epoch,
-            commit,
-            bump_epoch,
-            fresh_producer_id: None,
-            principal,
-            reply,
-        })
-        .await;
+        let producer = (producer_id, producer_epoch);
+        let result = end_transaction(&ctx.shard, txn_id, producer, commit, bump_epoch, principal).await;
         let response = match result {
             Ok((producer_id, producer_epoch)) => {
                 EndTxnResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(producer_epoch)

@@ -359,17 +359,8 @@ pub(super) fn end_txn(shard: &Rc<Shard>, session: &super::Session, frame: &Frame
     let principal = (**session.principal.borrow()).clone();
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        let result = call(&shard, &txn_id.clone(), |reply| TxnOp::End {
-            txn_id,
-            producer_id,
-            producer_epoch,
-            commit,
-            bump_epoch,
-            fresh_producer_id: None,
-            principal,
-            reply,
-        })
-        .await;
+        let producer = (producer_id, producer_epoch);
+        let result = crate::txn::end_transaction(&shard, txn_id, producer, commit, bump_epoch, principal).await;
         end_txn_answer(request_id, result.map_err(txn_code))
     }))
 }

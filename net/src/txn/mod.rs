@@ -205,6 +205,29 @@ pub(crate) async fn call<T>(
     wait.await.unwrap_or(Err(TxnError::CoordinatorNotAvailable))
 }
 
+/// EndTxn at the transactional id's coordinator (both front-ends): the
+/// producer id and epoch the producer goes on with.
+pub(crate) async fn end_transaction(
+    shard: &Rc<Shard>,
+    txn_id: String,
+    (producer_id, producer_epoch): (i64, i16),
+    commit: bool,
+    bump_epoch: bool,
+    principal: Principal,
+) -> Result<(i64, i16), TxnError> {
+    call(shard, &txn_id.clone(), |reply| TxnOp::End {
+        txn_id,
+        producer_id,
+        producer_epoch,
+        commit,
+        bump_epoch,
+        fresh_producer_id: None,
+        principal,
+        reply,
+    })
+    .await
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -281,27 +304,19 @@ pub(crate) fn execute(shard: &Rc<Shard>, op: TxnOp) {
                     prepare(shard, &catalog, txn_id, partition, term, next, reply)
                 }
                 Ok((_, _, EndStep::NeedProducerId)) => {
-                    let shard = shard.clone();
-                    glommio::spawn_local(async move {
-                        match allocate_producer_id(&shard, &txn_id, &principal).await {
-                            Err(err) => drop(reply.send(Err(err))),
-                            Ok(fresh) => {
-                                let fresh_producer_id = Some(fresh);
-                                let op = TxnOp::End {
-                                    txn_id,
-                                    producer_id,
-                                    producer_epoch,
-                                    commit,
-                                    bump_epoch,
-                                    fresh_producer_id,
-                                    principal,
-                                    reply,
-                                };
-                                execute(&shard, op);
-                            }
+                    with_fresh_producer_id(shard, txn_id, principal, reply, move |txn_id, principal, fresh, reply| {
+                        let fresh_producer_id = Some(fresh);
+                        TxnOp::End {
+                            txn_id,
+                            producer_id,
+                            producer_epoch,
+                            commit,
+                            bump_epoch,
+                            fresh_producer_id,
+                            principal,
+                            reply,
                         }
-                    })
-                    .detach();
+                    });
                 }
             }
         }
@@ -443,20 +458,10 @@ fn init(
     };
     match step {
         InitStep::NeedProducerId => {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                match allocate_producer_id(&shard, &txn_id, &principal).await {
-                    Err(err) => drop(reply.send(Err(err))),
-                    Ok(fresh) => {
-                        let fresh_producer_id = Some(fresh);
-                        execute(
-                            &shard,
-                            TxnOp::Init { txn_id, timeout_ms, expected, principal, fresh_producer_id, reply },
-                        );
-                    }
-                }
-            })
-            .detach();
+            with_fresh_producer_id(shard, txn_id, principal, reply, move |txn_id, principal, fresh, reply| {
+                let fresh_producer_id = Some(fresh);
+                TxnOp::Init { txn_id, timeout_ms, expected, principal, fresh_producer_id, reply }
+            });
         }
         InitStep::Write(next) => {
             let write = persist(shard, catalog, &txn_id, partition, &next);
@@ -475,6 +480,26 @@ fn init(
             let _ = reply.send(Err(TxnError::ConcurrentTransactions));
         }
     }
+}
+
+/// Asks for a new producer id for `txn_id`'s producer (bound to
+/// `principal`), then runs again the op `retry` makes with it; a refusal
+/// is `reply`'s answer.
+fn with_fresh_producer_id<T: 'static>(
+    shard: &Rc<Shard>,
+    txn_id: String,
+    principal: Principal,
+    reply: oneshot::Sender<Result<T, TxnError>>,
+    retry: impl FnOnce(String, Principal, i64, oneshot::Sender<Result<T, TxnError>>) -> TxnOp + 'static,
+) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        match allocate_producer_id(&shard, &txn_id, &principal).await {
+            Err(err) => drop(reply.send(Err(err))),
+            Ok(fresh) => execute(&shard, retry(txn_id, principal, fresh, reply)),
+        }
+    })
+    .detach();
 }
 
 /// A new producer id from the admin shard's allocator for `txn_id`'s
