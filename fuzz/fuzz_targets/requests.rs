@@ -325,6 +325,7 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 timeout_ms: i32::from(input.u8()) * 100,
                 topics: Some(topics),
                 transactional_id,
+                transactions_v2: input.u8() & 1 == 0,
             };
             (Body::ProduceRequest, ProduceRequest::create(b, &args).as_union_value())
         }
@@ -536,6 +537,7 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 member_id: Some(member_id),
                 member_epoch: input.small() - 1,
                 topics: Some(topics),
+                transactions_v2: input.u8() & 1 == 0,
             };
             (Body::TxnOffsetCommitRequest, TxnOffsetCommitRequest::create(b, &args).as_union_value())
         }
@@ -546,6 +548,7 @@ fn request(b: &mut Fbb, kind: u8, input: &mut Input<'_>) -> (Body, WIPOffset<Uni
                 producer_id: input.i64(),
                 producer_epoch: input.i16(),
                 commit: input.u8() & 1 == 0,
+                transactions_v2: input.u8() & 1 == 0,
             };
             (Body::EndTxnRequest, EndTxnRequest::create(b, &args).as_union_value())
         }
