@@ -62,6 +62,7 @@ pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
         .map(|t| (t.name.0.as_str(), t.partitions.iter().map(|p| (p.partition_index, p.committed_offset)).collect()));
     let (offsets, answers) = sort_commit(&ctx, refusal, topics);
     let (producer_id, producer_epoch) = (request.producer_id.0, request.producer_epoch);
+    let (reply, wait) = oneshot::channel();
     let commit = TxnCommit {
         group_id: group_id.clone(),
         member_id: request.member_id.to_string(),
@@ -70,7 +71,7 @@ pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
         producer_id,
         producer_epoch,
         offsets,
-        reply: oneshot::channel().0,
+        reply,
     };
     // v5 is transactions v2 (KIP-890 part 2): the client sent no
     // AddOffsetsToTxn, so the group's offsets partition joins the
@@ -86,9 +87,7 @@ pub(crate) fn txn_offset_commit(ctx: Ctx, body: Bytes) -> Reply {
         let code = match joined {
             Err(code) => code,
             Ok(()) => {
-                let (reply, wait) = oneshot::channel();
-                let routed = !commit.offsets.is_empty()
-                    && route(&ctx.shard, &group_id, GroupOp::TxnCommit(TxnCommit { reply, ..commit }));
+                let routed = !commit.offsets.is_empty() && route(&ctx.shard, &group_id, GroupOp::TxnCommit(commit));
                 if routed {
                     // A stopped coordinator shard: the client looks it up again.
                     wait.await.unwrap_or(K::CoordinatorNotAvailable.code())
